@@ -1,0 +1,444 @@
+"""Configuration: TOML file -> validated, frozen Config.
+
+Two sources, one shape: no --config gives the development stack (``dev_config``); a TOML file
+gives a production config whose missing keys take production defaults. Every error names the
+file, the key and the fix (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+
+# Port plan (fixed by the foundation issue; dev ports match Mailpit/MailHog where they overlap).
+DEV_PORTS = {
+    "smtp": 1025,
+    "submission": 1587,
+    "smtps": 1465,
+    "imap": 1143,
+    "imaps": 1993,
+    "pop3": 1110,
+    "pop3s": 1995,
+    "web": 8025,
+}
+PRODUCTION_PORTS = {
+    "smtp": 25,
+    "submission": 587,
+    "smtps": 465,
+    "imap": 143,
+    "imaps": 993,
+    "pop3": 110,
+    "pop3s": 995,
+    "web": 8025,
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Protocol limits. Each is answered with its own status code when hit."""
+
+    # RFC 5321 4.5.3.1.7 says at least 64K; 35 MiB is a common production figure.
+    max_message_size: int = 35 * 1024 * 1024
+    # RFC 5321 4.5.3.1.6: a text line is at most 1000 octets including CRLF. Applies to command
+    # lines too (4.5.3.1.4 says 512, but ESMTP parameters lengthen them; 1000 is what peers send).
+    max_line_length: int = 1000
+    # RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients.
+    max_recipients: int = 100
+    # RFC 5321 4.5.3.2.7: the server should wait at least 5 minutes for the next command.
+    idle_timeout: float = 300.0
+    # Bad commands in one session before "421 4.7.0 too many errors" and disconnect.
+    max_errors: int = 20
+    # Simultaneous connections, in total and from one client address (421 4.7.0 beyond).
+    max_connections: int = 500
+    max_connections_per_ip: int = 50
+
+
+@dataclass(frozen=True)
+class DomainsConfig:
+    """Which recipient domains are ours."""
+
+    local: tuple[str, ...] = ()  # domains we deliver for (lower-case, IDNA A-labels)
+    catch_all: tuple[str, ...] = ()  # local domains where any local part gets a mailbox
+    accept_any: bool = False  # dev stack: every domain is local and catch-all
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    """Receiver behaviour that is policy, not limits."""
+
+    # What to do with a bare CR or LF in message data (RFC 5321 2.3.8; the SMTP smuggling
+    # class). "reject" answers 550 after the real end of data; "normalise" turns it into CRLF.
+    # Either way only <CRLF>.<CRLF> ends a message.
+    bare_line_endings: str = "reject"
+    expn: bool = False  # EXPN leaks list members: 502 5.5.1 unless enabled
+    banner: str = "mailhub ESMTP"
+
+
+@dataclass(frozen=True)
+class ListenersConfig:
+    """Twisted endpoint strings per service; an empty tuple turns the service off."""
+
+    smtp: tuple[str, ...] = ()
+    submission: tuple[str, ...] = ()
+    smtps: tuple[str, ...] = ()
+    imap: tuple[str, ...] = ()
+    imaps: tuple[str, ...] = ()
+    pop3: tuple[str, ...] = ()
+    pop3s: tuple[str, ...] = ()
+    web: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    certificate: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str  # the file it came from, or "<development defaults>"
+    hostname: str
+    data_dir: Path
+    dev: bool
+    domains: DomainsConfig = field(default_factory=DomainsConfig)
+    listeners: ListenersConfig = field(default_factory=ListenersConfig)
+    limits: Limits = field(default_factory=Limits)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    users_file: Path | None = None
+    aliases_file: Path | None = None
+
+    @property
+    def mail_dir(self) -> Path:
+        """Root of the Maildir tree: DATA/mail/<domain>/<localpart>/."""
+        return self.data_dir / "mail"
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+DEV_SOURCE = "<development defaults>"
+
+
+class ConfigError(Exception):
+    """A config problem, worded for the operator: where it is, what is wrong, how to fix it."""
+
+    def __init__(self, source: str, key: str | None, problem: str, fix: str = "") -> None:
+        self.source, self.key, self.problem, self.fix = source, key, problem, fix
+        where = f"{source}: [{key}]" if key else source
+        text = f"{where}: {problem}"
+        if fix:
+            text += f"\n  fix: {fix}"
+        super().__init__(text)
+
+
+def dev_config(data_dir: Path | str = "mailhub-data", hostname: str | None = None) -> Config:
+    """The zero-config development stack: loopback only, every address accepted, nothing leaves."""
+    return Config(
+        source=DEV_SOURCE,
+        hostname=hostname or "localhost",
+        data_dir=Path(data_dir).absolute(),
+        dev=True,
+        domains=DomainsConfig(accept_any=True),
+        listeners=ListenersConfig(
+            **{name: (f"tcp:{port}:interface=127.0.0.1",) for name, port in DEV_PORTS.items()}
+        ),
+        limits=Limits(),
+        smtp=SMTPConfig(),
+    )
+
+
+_SIZE_SUFFIXES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _type_name(value: object) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+class _Reader:
+    """Walks one TOML table, converting and validating keys, remembering which were read."""
+
+    def __init__(self, source: str, section: str, table: Mapping[str, Any]) -> None:
+        self.source, self.section, self.table = source, section, table
+        self.known: list[str] = []
+
+    def _error(self, key: str, problem: str, fix: str = "") -> ConfigError:
+        return ConfigError(self.source, f"{self.section}] {key}".lstrip("] "), problem, fix)
+
+    def get(self, key: str, default: Any, convert: Callable[[str, Any], Any]) -> Any:
+        self.known.append(key)
+        if key not in self.table:
+            return default
+        return convert(key, self.table[key])
+
+    def string(self, key: str, default: str, choices: tuple[str, ...] = ()) -> str:
+        def convert(k: str, v: Any) -> str:
+            if not isinstance(v, str):
+                raise self._error(k, f"must be a string, not {_type_name(v)}", f'{k} = "..."')
+            if choices and v not in choices:
+                raise self._error(k, f"{v!r} is not one of {', '.join(choices)}")
+            return v
+
+        return self.get(key, default, convert)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        def convert(k: str, v: Any) -> bool:
+            if not isinstance(v, bool):
+                raise self._error(k, f"must be true or false, not {_type_name(v)}", f"{k} = true")
+            return v
+
+        return self.get(key, default, convert)
+
+    def number(self, key: str, default: float, minimum: float = 0, integer: bool = True) -> Any:
+        def convert(k: str, v: Any) -> Any:
+            ok = isinstance(v, int) if integer else isinstance(v, int | float)
+            if isinstance(v, bool) or not ok:
+                kind = "a whole number" if integer else "a number"
+                raise self._error(k, f"must be {kind}, not {_type_name(v)}", f"{k} = {default}")
+            if v < minimum:
+                raise self._error(k, f"must be at least {minimum}, not {v}")
+            return v
+
+        return self.get(key, default, convert)
+
+    def size(self, key: str, default: int) -> int:
+        """Bytes, as a whole number or a string with a K/M/G suffix ("35M")."""
+
+        def convert(k: str, v: Any) -> int:
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+            if isinstance(v, str):
+                text = v.strip().upper().removesuffix("B").removesuffix("I")
+                unit = text[-1:] if text[-1:] in "KMG" else ""
+                digits = text[: len(text) - len(unit)].strip()
+                if digits.isdigit() and int(digits) > 0:
+                    return int(digits) * _SIZE_SUFFIXES[unit]
+            raise self._error(k, f'must be a size in bytes such as 10485760 or "10M", not {v!r}')
+
+        return self.get(key, default, convert)
+
+    def path(self, key: str, default: Path | None, base: Path, must_exist: bool) -> Path | None:
+        def convert(k: str, v: Any) -> Path:
+            if not isinstance(v, str) or not v:
+                raise self._error(k, "must be a file path string", f'{k} = "/etc/mailhub/..."')
+            p = Path(v).expanduser()
+            p = p if p.is_absolute() else base / p
+            if must_exist and not p.exists():
+                raise self._error(k, f"file {str(p)!r} does not exist", "create it or fix the path")
+            return p
+
+        return self.get(key, default, convert)
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        def convert(k: str, v: Any) -> tuple[str, ...]:
+            if isinstance(v, str):
+                v = [v]
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise self._error(k, "must be a list of strings", f'{k} = ["...", "..."]')
+            return tuple(v)
+
+        return self.get(key, default, convert)
+
+    def finish(self) -> None:
+        """Unknown keys are errors: a typo must not silently become a default."""
+        for key in self.table:
+            if key not in self.known:
+                close = difflib.get_close_matches(key, self.known, n=1)
+                fix = (
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else ("known keys: " + ", ".join(self.known))
+                )
+                raise self._error(key, "unknown key", fix)
+
+
+def normalise_domain(domain: str) -> str:
+    """Lower-case IDNA A-label form of a domain name, or ValueError saying what is wrong."""
+    text = domain.strip().rstrip(".").lower()
+    if not text:
+        raise ValueError("empty domain name")
+    try:
+        ascii_form = text.encode("idna").decode("ascii")
+    except UnicodeError as e:
+        raise ValueError(f"{domain!r} is not a valid domain name ({e})") from None
+    labels = ascii_form.split(".")
+    # RFC 1035 2.3.1 / RFC 5321 4.1.2: letters, digits, hyphens; no hyphen at either end.
+    if len(ascii_form) > 253 or len(labels) < 1:
+        raise ValueError(f"{domain!r} is too long for a domain name")
+    for label in labels:
+        if (
+            not label
+            or len(label) > 63
+            or label[0] == "-"
+            or label[-1] == "-"
+            or not all(c.isalnum() or c == "-" for c in label)
+            or not label.isascii()
+        ):
+            raise ValueError(f"{domain!r} is not a valid domain name (label {label!r})")
+    return ascii_form
+
+
+def _domains(source: str, table: Mapping[str, Any]) -> DomainsConfig:
+    r = _Reader(source, "domains", table)
+    local = r.strings("local", ())
+    catch_all = r.strings("catch_all", ())
+    accept_any = r.boolean("accept_any", False)
+    r.finish()
+
+    def clean(key: str, names: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for name in names:
+            try:
+                out.append(normalise_domain(name))
+            except ValueError as e:
+                raise ConfigError(
+                    source, f"domains] {key}", str(e), "use a plain host name like example.com"
+                ) from None
+        return tuple(dict.fromkeys(out))
+
+    local_t, catch_t = clean("local", local), clean("catch_all", catch_all)
+    # A catch-all domain is local by definition; list it once, in either key.
+    local_t = local_t + tuple(d for d in catch_t if d not in local_t)
+    return DomainsConfig(local=local_t, catch_all=catch_t, accept_any=accept_any)
+
+
+def _listeners(source: str, table: Mapping[str, Any], reactor: Any) -> ListenersConfig:
+    r = _Reader(source, "listeners", table)
+    values = {name: r.strings(name, ()) for name in DEV_PORTS}
+    r.finish()
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    for name, endpoints in values.items():
+        for description in endpoints:
+            try:
+                serverFromString(reactor, description)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ConfigError(
+                    source,
+                    f"listeners] {name}",
+                    f"{description!r} is not a Twisted server endpoint string ({e})",
+                    f'for example {name} = ["tcp:{PRODUCTION_PORTS[name]}:interface=0.0.0.0"]',
+                ) from None
+    return ListenersConfig(**values)
+
+
+_SECTIONS = ("server", "domains", "listeners", "limits", "smtp", "tls", "files")
+
+
+def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any = None) -> Config:
+    """Read and validate a TOML config file. Raises ConfigError with an operator-facing message."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            source, None, "config file not found", "check the --config path"
+        ) from None
+    except OSError as e:
+        raise ConfigError(source, None, f"cannot read config file: {e.strerror}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(source, None, "config file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, None, f"not valid TOML: {e}", "see https://toml.io") from None
+
+    for section, value in doc.items():
+        if section not in _SECTIONS:
+            close = difflib.get_close_matches(section, _SECTIONS, n=1)
+            fix = f"did you mean [{close[0]}]?" if close else "sections: " + ", ".join(_SECTIONS)
+            raise ConfigError(source, section, "unknown section", fix)
+        if not isinstance(value, dict):
+            raise ConfigError(source, section, "must be a table", f"write it as [{section}]")
+    # Relative paths resolve against the working directory, as --data does.
+    base = Path.cwd()
+
+    server = _Reader(source, "server", doc.get("server", {}))
+    hostname = server.string("hostname", socket.getfqdn() or "localhost")
+    data = server.path("data_dir", Path("/var/lib/mailhub"), base, must_exist=False)
+    dev = server.boolean("dev", False)
+    server.finish()
+    try:
+        hostname = normalise_domain(hostname)
+    except ValueError as e:
+        raise ConfigError(source, "server] hostname", str(e), "use this host's DNS name") from None
+
+    limits_r = _Reader(source, "limits", doc.get("limits", {}))
+    d = Limits()
+    limits = Limits(
+        max_message_size=limits_r.size("max_message_size", d.max_message_size),
+        max_line_length=limits_r.number("max_line_length", d.max_line_length, minimum=100),
+        max_recipients=limits_r.number("max_recipients", d.max_recipients, minimum=1),
+        idle_timeout=float(limits_r.number("idle_timeout", d.idle_timeout, 1, integer=False)),
+        max_errors=limits_r.number("max_errors", d.max_errors, minimum=1),
+        max_connections=limits_r.number("max_connections", d.max_connections, minimum=1),
+        max_connections_per_ip=limits_r.number(
+            "max_connections_per_ip", d.max_connections_per_ip, minimum=1
+        ),
+    )
+    limits_r.finish()
+
+    smtp_r = _Reader(source, "smtp", doc.get("smtp", {}))
+    s = SMTPConfig()
+    smtp = SMTPConfig(
+        bare_line_endings=smtp_r.string(
+            "bare_line_endings", s.bare_line_endings, ("reject", "normalise")
+        ),
+        expn=smtp_r.boolean("expn", s.expn),
+        banner=smtp_r.string("banner", s.banner),
+    )
+    smtp_r.finish()
+
+    tls_r = _Reader(source, "tls", doc.get("tls", {}))
+    tls = TLSConfig(
+        certificate=tls_r.path("certificate", None, base, must_exist=True),
+        key=tls_r.path("key", None, base, must_exist=True),
+    )
+    tls_r.finish()
+    if (tls.certificate is None) != (tls.key is None):
+        raise ConfigError(source, "tls", "certificate and key go together", "set both or neither")
+
+    files = _Reader(source, "files", doc.get("files", {}))
+    users_file = files.path("users", None, base, must_exist=True)
+    aliases_file = files.path("aliases", None, base, must_exist=True)
+    files.finish()
+
+    domains = _domains(source, doc.get("domains", {}))
+    if not domains.local and not domains.accept_any:
+        raise ConfigError(
+            source,
+            "domains] local",
+            "no local domains: this server would accept no mail",
+            'add local = ["example.com"] (or accept_any = true for a catch-everything test server)',
+        )
+    listeners = _listeners(source, doc.get("listeners", {}), reactor)
+
+    return Config(
+        source=source,
+        hostname=hostname,
+        data_dir=Path(data_dir).absolute() if data_dir is not None else data,
+        dev=dev,
+        domains=domains,
+        listeners=listeners,
+        limits=limits,
+        smtp=smtp,
+        tls=tls,
+        users_file=users_file,
+        aliases_file=aliases_file,
+    )

@@ -1,0 +1,49 @@
+"""The seams between protocol code and the code that keeps messages.
+
+The SMTP receiver knows its destination only through ``IMessageSink``. Today the sink is the
+Maildir store (``mailhub.store.delivery.MaildirSink``); the relay issue puts the durable queue
+behind the same interface. A delivery is open -> write* -> commit | abort (maddy's shape): the body
+streams to disk as it arrives, and ``commit`` fires only when every copy is durable.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class DeliveryError(Exception):
+    """A delivery could not be made durable. ``permanent`` False means try again later (4xx)."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class IIncomingMessage(Interface):
+    """One message being received. Written in order, then committed or aborted exactly once."""
+
+    envelope = Attribute("The mailhub.envelope.Envelope this message travels with.")
+
+    def write(data: bytes) -> None:
+        """Append message bytes (CRLF line endings, dot-unstuffed). May raise DeliveryError."""
+
+    def commit():
+        """Make the message durable for every recipient.
+
+        Returns a Deferred that fires (with the queue id) once every copy is fsync'd and
+        visible, or fails with DeliveryError. Nothing is visible to readers before that.
+        """
+
+    def abort() -> None:
+        """Drop the message: nothing of it stays visible or on disk. Safe to call twice."""
+
+
+class IMessageSink(Interface):
+    """Where the SMTP receiver sends accepted messages."""
+
+    def open(envelope) -> IIncomingMessage:
+        """Start receiving a message for ``envelope`` (recipients already accepted).
+
+        May raise DeliveryError (for example when the disk is full), which the receiver answers
+        with a 4xx reply.
+        """

@@ -1,0 +1,163 @@
+"""Config loading: the shipped examples load, and every mistake names file, key and fix."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailhub.config import (
+    DEV_PORTS,
+    DEV_SOURCE,
+    ConfigError,
+    Limits,
+    dev_config,
+    load,
+    normalise_domain,
+)
+
+ETC = Path(__file__).parent.parent / "etc"
+
+
+class ShippedConfigs(SynchronousTestCase):
+    def test_dev_toml_is_the_builtin_default(self) -> None:
+        """etc/dev.toml spells out exactly what no --config gives."""
+        loaded = load(ETC / "dev.toml")
+        self.assertEqual(dataclasses.replace(loaded, source=DEV_SOURCE), dev_config())
+
+    def test_dev_stack_listens_on_loopback_ports_of_the_port_plan(self) -> None:
+        config = dev_config()
+        self.assertTrue(config.dev)
+        self.assertTrue(config.domains.accept_any)
+        for name, port in DEV_PORTS.items():
+            self.assertEqual(getattr(config.listeners, name), (f"tcp:{port}:interface=127.0.0.1",))
+        self.assertEqual(
+            (DEV_PORTS["smtp"], DEV_PORTS["submission"], DEV_PORTS["web"]), (1025, 1587, 8025)
+        )
+
+    def test_production_example_loads(self) -> None:
+        config = load(ETC / "mailhub.toml")
+        self.assertFalse(config.dev)
+        self.assertEqual(config.domains.local, ("example.com", "example.org"))
+        self.assertFalse(config.domains.accept_any)
+        self.assertEqual(config.listeners.smtp, ("tcp:25",))
+        self.assertEqual(config.listeners.submission, ("tcp:587",))
+        self.assertEqual(config.listeners.imaps, ("tcp:993",))
+        self.assertEqual(config.limits.max_message_size, 35 * 1024 * 1024)
+        self.assertEqual(config.mail_dir, Path("/var/lib/mailhub/mail"))
+
+    def test_data_option_overrides_data_dir(self) -> None:
+        config = load(ETC / "mailhub.toml", data_dir="/srv/mail")
+        self.assertEqual(config.data_dir, Path("/srv/mail"))
+
+
+class Mistakes(SynchronousTestCase):
+    """Each mistake is one ConfigError whose text names the file, the key and a fix."""
+
+    def write(self, text: str) -> Path:
+        path = Path(self.mktemp())
+        path.write_text(text)
+        return path
+
+    def error(self, text: str) -> ConfigError:
+        path = self.write(text)
+        err = self.assertRaises(ConfigError, load, path)
+        self.assertIn(str(path), str(err))
+        return err
+
+    def test_unknown_key_suggests_the_right_one(self) -> None:
+        err = self.error('[domains]\nlocal=["a.example"]\n[limits]\nmax_msg_size = 10\n')
+        self.assertIn("[limits] max_msg_size", str(err))
+        self.assertIn("unknown key", str(err))
+        self.assertIn("did you mean 'max_message_size'", str(err))
+
+    def test_unknown_section(self) -> None:
+        err = self.error('[domain]\nlocal=["a.example"]\n')
+        self.assertIn("[domain]", str(err))
+        self.assertIn("did you mean [domains]", str(err))
+
+    def test_wrong_type(self) -> None:
+        err = self.error('[domains]\nlocal=["a.example"]\n[limits]\nmax_recipients = "many"\n')
+        self.assertIn("[limits] max_recipients", str(err))
+        self.assertIn("must be a whole number, not a string", str(err))
+        self.assertIn("fix: max_recipients = 100", str(err))
+
+    def test_boolean_is_not_a_number(self) -> None:
+        err = self.error('[domains]\nlocal=["a.example"]\n[limits]\nmax_errors = true\n')
+        self.assertIn("[limits] max_errors", str(err))
+
+    def test_too_small(self) -> None:
+        err = self.error('[domains]\nlocal=["a.example"]\n[limits]\nmax_line_length = 10\n')
+        self.assertIn("must be at least 100", str(err))
+
+    def test_bad_size(self) -> None:
+        err = self.error('[domains]\nlocal=["a.example"]\n[limits]\nmax_message_size = "lots"\n')
+        self.assertIn("[limits] max_message_size", str(err))
+        self.assertIn('"10M"', str(err))
+
+    def test_sizes_take_suffixes(self) -> None:
+        for text, expected in [("10M", 10 * 2**20), ("512k", 512 * 1024), ("1G", 2**30)]:
+            path = self.write(
+                f'[domains]\nlocal=["a.example"]\n[limits]\nmax_message_size="{text}"'
+            )
+            self.assertEqual(load(path).limits.max_message_size, expected)
+
+    def test_missing_config_file(self) -> None:
+        err = self.assertRaises(ConfigError, load, "/nonexistent/mailhub.toml")
+        self.assertIn("/nonexistent/mailhub.toml", str(err))
+        self.assertIn("not found", str(err))
+
+    def test_missing_referenced_file(self) -> None:
+        err = self.error('[domains]\nlocal=["a.example"]\n[files]\nusers = "/nonexistent/users"\n')
+        self.assertIn("[files] users", str(err))
+        self.assertIn("does not exist", str(err))
+
+    def test_certificate_without_key(self) -> None:
+        cert = self.write("not really a cert")
+        err = self.error(f'[domains]\nlocal=["a.example"]\n[tls]\ncertificate = "{cert}"\n')
+        self.assertIn("[tls]", str(err))
+        self.assertIn("set both or neither", str(err))
+
+    def test_bad_endpoint_string(self) -> None:
+        err = self.error('[domains]\nlocal=["a.example"]\n[listeners]\nsmtp = ["tcpp:25"]\n')
+        self.assertIn("[listeners] smtp", str(err))
+        self.assertIn("'tcpp:25' is not a Twisted server endpoint string", str(err))
+        self.assertIn('smtp = ["tcp:25:interface=0.0.0.0"]', str(err))
+
+    def test_bad_domain_syntax(self) -> None:
+        for bad in ["exa mple.com", "-bad.example", "a..b", "under_score.example", "x" * 64 + ".c"]:
+            err = self.error(f'[domains]\nlocal = ["{bad}"]\n')
+            self.assertIn("[domains] local", str(err))
+            self.assertIn("not a valid domain name", str(err))
+
+    def test_no_local_domains(self) -> None:
+        err = self.error("[server]\nhostname = 'mx.example'\n")
+        self.assertIn("[domains] local", str(err))
+        self.assertIn("accept no mail", str(err))
+
+    def test_invalid_toml(self) -> None:
+        err = self.error("[domains\n")
+        self.assertIn("not valid TOML", str(err))
+
+    def test_bad_choice(self) -> None:
+        err = self.error('[domains]\nlocal=["a.example"]\n[smtp]\nbare_line_endings = "fix"\n')
+        self.assertIn("'fix' is not one of reject, normalise", str(err))
+
+
+class Domains(SynchronousTestCase):
+    def test_normalised_to_lower_case_a_labels(self) -> None:
+        self.assertEqual(normalise_domain("Example.COM."), "example.com")
+        self.assertEqual(normalise_domain("bücher.example"), "xn--bcher-kva.example")
+
+    def test_catch_all_domains_are_local(self) -> None:
+        path = Path(self.mktemp())
+        path.write_text('[domains]\nlocal = ["A.example"]\ncatch_all = ["b.example"]\n')
+        domains = load(path).domains
+        self.assertEqual(domains.local, ("a.example", "b.example"))
+        self.assertEqual(domains.catch_all, ("b.example",))
+
+    def test_defaults_when_a_section_is_absent(self) -> None:
+        path = Path(self.mktemp())
+        path.write_text('[domains]\nlocal = ["a.example"]\n')
+        self.assertEqual(load(path).limits, Limits())
