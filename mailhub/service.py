@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from mailhub.config import Config
 from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy
-from mailhub.store.delivery import GroupCommitter, MaildirSink
+from mailhub.store.delivery import GroupCommitter, MaildirSink, StaleTmpCleaner
 from mailhub.store.store import MailStore
 
 log = Logger()
@@ -108,11 +108,12 @@ FACTORIES: dict[str, Callable[[Config, MailStore, MaildirSink], Factory]] = {
 def build(config: Config) -> MailhubService:
     config.mail_dir.mkdir(parents=True, exist_ok=True)
     store = MailStore(config.mail_dir, hostname=config.hostname)
+    # Added before the listeners so it stops after them, waiting for commits in flight.
     committer = GroupCommitter()
     sink = MaildirSink(store, committer)
     top = MailhubService(config, store, sink)
     committer.setServiceParent(top)
-    TimerService(TMP_CLEAN_INTERVAL, store.clean_tmp).setServiceParent(top)
+    StaleTmpCleaner(store, interval=TMP_CLEAN_INTERVAL).setServiceParent(top)
 
     for key, builder in FACTORIES.items():
         descriptions = getattr(config.listeners, key)

@@ -1,0 +1,134 @@
+"""The ``mailhub`` admin command: check a config, look at and create mailboxes.
+
+Works beside a running server: it only touches the Maildir tree the way a delivering or reading
+process does (new mailboxes are created with the same durable steps as on first delivery).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mailhub import __version__
+from mailhub.config import Config, ConfigError, dev_config, load
+
+
+def _config(args: argparse.Namespace) -> Config:
+    if args.config:
+        return load(args.config, data_dir=args.data)
+    return dev_config(args.data or "mailhub-data")
+
+
+def _store(config: Config):  # -> MailStore; imported late so check-config stays light
+    from mailhub.store.store import MailStore
+
+    return MailStore(config.mail_dir, hostname=config.hostname)
+
+
+def _canonical(address: str) -> str:
+    from mailhub.config import normalise_domain
+
+    local, sep, domain = address.strip().rpartition("@")
+    if not sep or not local:
+        raise SystemExit(f"mailhub: {address!r} is not an address like alice@example.com")
+    try:
+        return f"{local.lower()}@{normalise_domain(domain)}"
+    except ValueError as e:
+        raise SystemExit(f"mailhub: {e}") from None
+
+
+def check_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    print(f"{config.source}: ok")
+    print(f"  hostname   {config.hostname}")
+    print(f"  mail in    {config.mail_dir}")
+    domains = "any (catch-all)" if config.domains.accept_any else ", ".join(config.domains.local)
+    print(f"  domains    {domains}")
+    if config.domains.catch_all:
+        print(f"  catch-all  {', '.join(config.domains.catch_all)}")
+    for name in config.listeners.__dataclass_fields__:
+        endpoints = getattr(config.listeners, name)
+        if endpoints:
+            print(f"  {name:<10} {', '.join(endpoints)}")
+    return 0
+
+
+def mailbox_list(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    addresses = store.mailboxes()
+    if not addresses:
+        print("no mailboxes")
+    for address in addresses:
+        inbox = store.mailbox(address).folder("INBOX")
+        print(f"{address}\t{inbox.count()} messages\t{inbox.total_size()} bytes")
+    return 0
+
+
+def mailbox_add(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    address = _canonical(args.address)
+    existed = store.has_mailbox(address)
+    store.mailbox(address, create=True)
+    print(f"{address}: {'exists already' if existed else 'created'}")
+    return 0
+
+
+def mailbox_show(args: argparse.Namespace) -> int:
+    from mailhub.store.errors import MailboxNotFound
+
+    store = _store(_config(args))
+    address = _canonical(args.address)
+    try:
+        mailbox = store.mailbox(address)
+    except MailboxNotFound:
+        print(f"mailhub: no mailbox {address}", file=sys.stderr)
+        return 1
+    for name in mailbox.list_folders():
+        folder = mailbox.folder(name)
+        print(f"{name}\t{folder.count()} messages\t{folder.total_size()} bytes")
+    return 0
+
+
+def version(args: argparse.Namespace) -> int:
+    print(f"mailhub {__version__}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="mailhub", description="mailhub administration")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", help="TOML config file (default: dev stack defaults)")
+    common.add_argument("--data", "-d", help="data directory (overrides the config's data_dir)")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("check-config", parents=[common], help="validate a config file").set_defaults(
+        run=check_config
+    )
+    sub.add_parser("version", help="print the version").set_defaults(run=version)
+
+    mailbox = sub.add_parser("mailbox", help="list, create and show mailboxes")
+    mailbox_sub = mailbox.add_subparsers(dest="action", required=True)
+    mailbox_sub.add_parser("list", parents=[common], help="mailboxes with counts").set_defaults(
+        run=mailbox_list
+    )
+    add = mailbox_sub.add_parser("add", parents=[common], help="create a mailbox")
+    add.add_argument("address")
+    add.set_defaults(run=mailbox_add)
+    show = mailbox_sub.add_parser("show", parents=[common], help="folders of a mailbox")
+    show.add_argument("address")
+    show.set_defaults(run=mailbox_show)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        status = args.run(args)
+    except ConfigError as e:
+        print(f"mailhub: configuration error in {e}", file=sys.stderr)
+        status = 1
+    except OSError as e:
+        print(f"mailhub: {e}", file=sys.stderr)
+        status = 1
+    sys.exit(status)

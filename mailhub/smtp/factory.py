@@ -1,0 +1,82 @@
+"""The SMTP listener's factory: settings, policy, sink, clock, logger and connection limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from mailhub.config import Limits, SMTPConfig
+from mailhub.interfaces import IMessageSink
+from mailhub.smtp import replies
+from mailhub.smtp.policy import ISMTPPolicy
+from mailhub.smtp.protocol import SMTPServerProtocol
+from mailhub.smtp.queueid import QueueIdGenerator
+from mailhub.smtp.replies import Reply
+
+BARE_LINE_ENDING_POLICIES = ("reject", "normalise", "normalize")
+
+
+class SMTPServerFactory(ServerFactory):
+    """Builds ``SMTPServerProtocol`` sessions sharing one configuration.
+
+    Use with any stream endpoint: ``serverFromString(reactor, "tcp:1025").listen(factory)``.
+    ``tls_context_factory`` (an ``IOpenSSLServerConnectionCreator`` or context factory) turns
+    on STARTTLS. ``log`` and ``queue_ids`` are injectable for tests.
+    """
+
+    protocol = SMTPServerProtocol
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        limits: Limits,
+        smtp_config: SMTPConfig,
+        policy: ISMTPPolicy,
+        sink: IMessageSink,
+        clock: IReactorTime,
+        tls_context_factory: object | None = None,
+        log: Logger | None = None,
+        queue_ids: Callable[[], str] | None = None,
+    ) -> None:
+        if smtp_config.bare_line_endings not in BARE_LINE_ENDING_POLICIES:
+            raise ValueError(
+                f"bare_line_endings must be 'reject' or 'normalise', "
+                f"not {smtp_config.bare_line_endings!r}"
+            )
+        self.hostname = hostname
+        self.limits = limits
+        self.smtp_config = smtp_config
+        self.policy = policy
+        self.sink = sink
+        self.clock = clock
+        self.tls_context_factory = tls_context_factory
+        self.log = log if log is not None else Logger(namespace="mailhub.smtp")
+        self.new_queue_id = queue_ids if queue_ids is not None else QueueIdGenerator(clock)
+        # RFC 5321 4.2 / RFC 2034: the greeting carries no enhanced status code.
+        self.greeting = Reply(220, None, f"{hostname} {smtp_config.banner}")
+        self.connections = 0
+        self.connections_by_ip: dict[str, int] = {}
+
+    def connection_opened(self, client_address: str) -> Reply | None:
+        """Count a new connection, or return the 421 to refuse it with (then it is not counted)."""
+        per_ip = self.connections_by_ip.get(client_address, 0)
+        if (
+            self.connections >= self.limits.max_connections
+            or per_ip >= self.limits.max_connections_per_ip
+        ):
+            return replies.TOO_MANY_CONNECTIONS
+        self.connections += 1
+        self.connections_by_ip[client_address] = per_ip + 1
+        return None
+
+    def connection_closed(self, client_address: str) -> None:
+        self.connections -= 1
+        left = self.connections_by_ip.get(client_address, 1) - 1
+        if left > 0:
+            self.connections_by_ip[client_address] = left
+        else:
+            self.connections_by_ip.pop(client_address, None)

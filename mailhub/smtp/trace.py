@@ -1,0 +1,78 @@
+"""The ``Received:`` trace header (RFC 5321 4.4, RFC 3848 ``with`` keywords, RFC 5322 dates)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from functools import lru_cache
+
+from mailhub.envelope import Envelope
+from mailhub.smtp.address import AddressError, normalise_domain
+
+# What may appear as a bare token in the "from" clause without breaking the header grammar.
+_UNSAFE = re.compile(r"[^\x21-\x7e]|[()\\;]")
+
+
+def address_literal(ip: str) -> str:
+    """RFC 5321 4.1.3: ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return "[unknown]"
+    if addr.version == 6:
+        return f"[IPv6:{addr.compressed}]"
+    return f"[{addr}]"
+
+
+def _helo_token(helo: str) -> str:
+    # The HELO argument is client-chosen text; keep it from smuggling header syntax, and keep
+    # the header 7-bit even for a U-label HELO (A-label instead).
+    if not helo.isascii():
+        try:
+            helo = normalise_domain(helo)
+        except AddressError:
+            return "unknown"
+    helo = _UNSAFE.sub("", helo)
+    return helo or "unknown"
+
+
+@lru_cache(maxsize=4)
+def _rfc5322_date(second: int) -> str:
+    # Many messages arrive within one second: format each second once.
+    return format_datetime(datetime.fromtimestamp(second, UTC))
+
+
+def protocol_keyword(*, esmtp: bool, tls: bool, authenticated: bool, smtputf8: bool) -> str:
+    """RFC 3848 (ESMTP, ESMTPS, ESMTPA, ESMTPSA) and RFC 6531 3.7.3 (UTF8SMTP...)."""
+    if smtputf8:
+        base = "UTF8SMTP"
+    elif esmtp:
+        base = "ESMTP"
+    else:
+        return "SMTP"
+    return base + ("S" if tls else "") + ("A" if authenticated else "")
+
+
+def received_header(envelope: Envelope) -> bytes:
+    """The trace header for ``envelope``, folded, ending with CRLF.
+
+    ``for`` is written only with a single recipient: with several, naming one would be wrong
+    and naming all would leak Bcc recipients to every copy.
+    """
+    client = address_literal(envelope.client_address)
+    rdns = envelope.client_name or "unknown"
+    lines = [
+        f"Received: from {_helo_token(envelope.helo)} ({rdns} {client})",
+        f"\tby {envelope.server_name} (mailhub) with {envelope.protocol} id {envelope.queue_id}",
+    ]
+    if envelope.tls:
+        lines.append(f"\t(using {_UNSAFE.sub(' ', envelope.tls).strip()})")
+    date = _rfc5322_date(int(envelope.received_at))
+    if len(envelope.recipients) == 1:
+        lines.append(f"\tfor <{envelope.recipients[0].address}>; {date}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{date}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")

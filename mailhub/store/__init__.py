@@ -1,0 +1,36 @@
+"""The Maildir store: delivery, folders, flags, UIDs. No protocol knowledge.
+
+Protocol code uses ``MailStore`` -> ``Mailbox`` -> ``Folder`` (names and UIDs, never paths);
+the SMTP receiver uses ``MaildirSink`` (``IMessageSink``) with a ``GroupCommitter`` service.
+"""
+
+from mailhub.store.errors import (
+    CorruptUidList,
+    FolderError,
+    FolderExists,
+    FolderNotFound,
+    InvalidName,
+    LockTimeout,
+    MailboxNotFound,
+    MessageGone,
+    StoreError,
+)
+from mailhub.store.maildir import Folder, FolderState, MessageInfo
+from mailhub.store.store import Mailbox, MailStore
+
+__all__ = [
+    "CorruptUidList",
+    "Folder",
+    "FolderError",
+    "FolderExists",
+    "FolderNotFound",
+    "FolderState",
+    "InvalidName",
+    "LockTimeout",
+    "MailStore",
+    "Mailbox",
+    "MailboxNotFound",
+    "MessageGone",
+    "MessageInfo",
+    "StoreError",
+]

@@ -1,0 +1,280 @@
+"""Names: network strings -> safe path components, and the Maildir file-name grammar.
+
+Everything that turns a string from the network into a path goes through this module, so the
+rules that keep a name inside the data directory live in one place:
+
+* a component is never empty, ``.`` or ``..``, never contains ``/``, ``\\``, NUL or a control
+  character (< 0x20, 0x7f, and the C1 range 0x80-0x9f), and is at most 255 bytes on disk
+  (NAME_MAX on Linux and most file systems);
+* a mailbox localpart or domain never starts with ``.`` (it would hide, and ``..`` escapes);
+* domains are IDNA A-labels, hence ASCII.
+
+Folder names (the store's API) use ``.`` as the hierarchy delimiter, as on disk in Maildir++
+(``Sent`` -> ``.Sent``, ``Archive.2024`` -> ``.Archive.2024``), and as Dovecot's default
+Maildir++ namespace does, so the IMAP layer can hand its names through unchanged (after
+decoding IMAP's modified UTF-7). A folder name component therefore cannot contain ``.``. On disk,
+non-ASCII folder names are stored in modified UTF-7 (RFC 3501 5.1.3), as Dovecot and Courier do,
+so their tools read our tree without conversion.
+
+File names follow https://cr.yp.to/proto/maildir.html with Dovecot's extensions:
+``<secs>.M<usecs>P<pid>Q<counter>.<host>,S=<size>:2,<flags>``. The *base* (before ``:``) is the
+message's identity; flags live in the info part after ``:2,``.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+
+from mailhub.store.errors import InvalidName
+
+NAME_MAX = 255  # bytes per path component (Linux NAME_MAX; also ext4, xfs, NFS, CephFS)
+INBOX = "INBOX"
+FOLDER_DELIMITER = "."
+INFO_SEPARATOR = ":"  # the spec's separator between unique name and info
+FLAGS_PREFIX = "2,"  # "info starting with 2, ... experimental semantics" (maildir.html)
+
+# Standard Maildir flag letters (maildir.html, "info semantics"). P is "passed" (resent).
+DRAFT, FLAGGED, PASSED, REPLIED, SEEN, TRASHED = "D", "F", "P", "R", "S", "T"
+
+
+def _bad_char(ch: str) -> bool:
+    o = ord(ch)
+    return o < 0x20 or 0x7F <= o <= 0x9F or ch in "/\\"
+
+
+def check_component(value: str, what: str, *, allow_leading_dot: bool = False) -> bytes:
+    """Check one path component from the network; return its on-disk bytes (UTF-8).
+
+    Raises InvalidName naming ``what`` and the rule broken, never echoing a control character.
+    """
+    if not value:
+        raise InvalidName(f"{what} is empty")
+    if value in (".", ".."):
+        raise InvalidName(f"{what} may not be {value!r}")
+    if not allow_leading_dot and value.startswith("."):
+        raise InvalidName(f"{what} may not start with '.'")
+    for ch in value:
+        if ch == "\0":
+            raise InvalidName(f"{what} contains NUL")
+        if _bad_char(ch):
+            raise InvalidName(f"{what} contains a forbidden character {ch!r}")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidName(f"{what} is not valid Unicode") from None
+    if len(raw) > NAME_MAX:
+        raise InvalidName(f"{what} is longer than {NAME_MAX} bytes")
+    return raw
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """``localpart@domain`` -> (localpart, domain), both checked as path components.
+
+    The address is already canonical (lower-cased by recipient policy). The split is at the last
+    ``@`` because a quoted localpart may contain one (RFC 5321 4.1.2). The localpart may be UTF-8
+    (RFC 6531); the domain must be an IDNA A-label (ASCII).
+    """
+    if not isinstance(address, str):
+        raise InvalidName("address must be a str")
+    localpart, at, domain = address.rpartition("@")
+    if not at:
+        raise InvalidName("address has no '@'")
+    check_component(localpart, "localpart")
+    check_component(domain, "domain")
+    if not domain.isascii():
+        raise InvalidName("domain must be an IDNA A-label (ASCII), e.g. xn--...")
+    return localpart, domain
+
+
+# -- folder names ---------------------------------------------------------------------------
+
+
+def normalise_folder(name: str) -> str:
+    """Check a folder name from the API; return it with INBOX's spelling normalised.
+
+    ``INBOX`` is case-insensitive (RFC 3501 5.1). Other names are case-sensitive. Names under
+    INBOX (``INBOX.x``) are refused: in Maildir++ INBOX is the mailbox root and cannot have
+    children; the other folders are its siblings.
+    """
+    if not isinstance(name, str):
+        raise InvalidName("folder name must be a str")
+    if name.upper() == INBOX:
+        return INBOX
+    parts = name.split(FOLDER_DELIMITER)
+    for part in parts:
+        check_component(part, "folder name component", allow_leading_dot=True)
+    if parts[0].upper() == INBOX:
+        raise InvalidName("folders cannot be created under INBOX in Maildir++")
+    disk = folder_dirname(name)
+    if len(os.fsencode(disk)) > NAME_MAX:
+        raise InvalidName(f"folder name is longer than {NAME_MAX} bytes on disk")
+    return name
+
+
+def folder_dirname(name: str) -> str:
+    """API folder name (not INBOX) -> Maildir++ directory name: ``A.B`` -> ``.A.B`` (mUTF-7)."""
+    return "." + encode_mutf7(name)
+
+
+def folder_from_dirname(dirname: str) -> str | None:
+    """Maildir++ directory name -> API folder name, or None if it is not a folder directory."""
+    if not dirname.startswith(".") or dirname in (".", ".."):
+        return None
+    try:
+        name = decode_mutf7(dirname[1:])
+    except ValueError:
+        return None
+    parts = name.split(FOLDER_DELIMITER)
+    if any(not p or any(_bad_char(c) or c == "\0" for c in p) for p in parts):
+        return None
+    return name
+
+
+def encode_mutf7(text: str) -> str:
+    """Modified UTF-7 (RFC 3501 5.1.3): printable ASCII as itself, ``&`` as ``&-``, the rest
+    as ``&`` + base64 (``,`` for ``/``, no padding) of UTF-16BE + ``-``."""
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            raw = "".join(pending).encode("utf-16-be")
+            b64 = base64.b64encode(raw).decode("ascii").rstrip("=").replace("/", ",")
+            out.append("&" + b64 + "-")
+            pending.clear()
+
+    for ch in text:
+        if 0x20 <= ord(ch) <= 0x7E:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            pending.append(ch)
+    flush()
+    return "".join(out)
+
+
+_MUTF7_RUN = re.compile(r"&([^-]*)-")
+
+
+def decode_mutf7(text: str) -> str:
+    """Inverse of encode_mutf7; raises ValueError on malformed input."""
+    if not text.isascii():
+        raise ValueError("modified UTF-7 is ASCII")
+
+    def run(m: re.Match[str]) -> str:
+        b64 = m.group(1)
+        if not b64:
+            return "&"
+        raw = base64.b64decode(b64.replace(",", "/") + "=" * (-len(b64) % 4), validate=True)
+        return raw.decode("utf-16-be")
+
+    try:
+        decoded = _MUTF7_RUN.sub(run, text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"bad modified UTF-7: {e}") from None
+    if "&" in _MUTF7_RUN.sub("", text):
+        raise ValueError("bad modified UTF-7: unterminated '&'")
+    return decoded
+
+
+# -- message file names ---------------------------------------------------------------------
+
+_counter = itertools.count(1)
+
+
+def escape_host(hostname: str) -> str:
+    """The spec: replace ``/`` with ``\\057`` and ``:`` with ``\\072`` in the host part. We also
+    escape ``,`` (``\\054``) so that ``,S=`` fields parse unambiguously, as Dovecot does."""
+    return hostname.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+
+def unique_name(hostname: str, now: Callable[[], float] = time.time) -> str:
+    """A new Dovecot-compatible unique base name without size: ``<secs>.M<usecs>P<pid>Q<n>.<host>``.
+
+    Unique across hosts (host), processes (pid) and calls in one process (Q counter), which is
+    what maildir.html asks for without relying on sleeping for a second.
+    """
+    t = now()
+    secs = int(t)
+    usecs = int((t - secs) * 1_000_000)
+    return f"{secs}.M{usecs}P{os.getpid()}Q{next(_counter)}.{escape_host(hostname)}"
+
+
+def with_size(base: str, size: int) -> str:
+    """Append Dovecot's ``,S=<size>`` so readers know the size without stat()."""
+    return f"{base},S={size}"
+
+
+def split_filename(filename: str) -> tuple[str, str | None]:
+    """``base:info`` -> (base, info) ; a file in new/ usually has no info (None)."""
+    base, sep, info = filename.partition(INFO_SEPARATOR)
+    return base, (info if sep else None)
+
+
+_NO_FLAGS: frozenset[str] = frozenset()
+_flags_cache: dict[str, frozenset[str]] = {}
+
+
+def flags_of(info: str | None) -> frozenset[str]:
+    """The flag letters of an info part, or empty if it is not ``2,`` semantics.
+
+    Memoised: a folder has few distinct flag combinations, and a rescan of a big folder parses
+    one per message.
+    """
+    if not info:
+        return _NO_FLAGS
+    flags = _flags_cache.get(info)
+    if flags is None:
+        if info.startswith(FLAGS_PREFIX):
+            letters = info[len(FLAGS_PREFIX) :]
+            flags = frozenset(c for c in letters if c.isascii() and c.isalpha())
+        else:
+            flags = _NO_FLAGS
+        if len(_flags_cache) > 4096:  # odd names must not grow it without bound
+            _flags_cache.clear()
+        _flags_cache[info] = flags
+    return flags
+
+
+def check_flags(flags: Iterable[str]) -> frozenset[str]:
+    """Flags are single ASCII letters: ``D F P R S T`` and Dovecot keyword letters ``a``-``z``.
+    Unknown letters are kept as they are, so mutt/Dovecot flags survive our renames."""
+    result = frozenset(flags)
+    for f in result:
+        if len(f) != 1 or not (f.isascii() and f.isalpha()):
+            raise InvalidName(f"flag must be one ASCII letter, not {f!r}")
+    return result
+
+
+def format_filename(base: str, flags: Iterable[str]) -> str:
+    """Base + ``:2,`` + flags in ASCII order (maildir.html: "must be in ASCII order")."""
+    return base + INFO_SEPARATOR + FLAGS_PREFIX + "".join(sorted(flags))
+
+
+_SIZE_FIELD = re.compile(r",S=(\d+)")
+_TIME_PREFIX = re.compile(r"(\d+)\.(?:M(\d+))?")
+
+
+def size_from_base(base: str) -> int | None:
+    """Dovecot's ``,S=<size>`` field, if present."""
+    m = _SIZE_FIELD.search(base)
+    return int(m.group(1)) if m else None
+
+
+def time_from_base(base: str) -> tuple[int, int] | None:
+    """(seconds, microseconds) from a name starting ``<secs>.`` (``.M<usecs>`` optional)."""
+    m = _TIME_PREFIX.match(base)
+    if m is None:
+        return None
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def is_message_filename(filename: str) -> bool:
+    """Files a scan considers messages: not hidden (``.nfs*`` etc.), no line breaks (they would
+    break the line-oriented UID list)."""
+    return bool(filename) and filename[0] != "." and "\n" not in filename and "\r" not in filename

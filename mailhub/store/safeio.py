@@ -1,0 +1,65 @@
+"""Small durable-I/O helpers: the temp -> fsync -> rename -> fsync(dir) dance in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mailhub.store.names import unique_name
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory so the names created or renamed in it survive a crash (rename(2) and
+    link(2) are only durable once the directory is flushed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, hostname: str = "localhost") -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix, and
+    the new one survives a crash once this returns."""
+    # No leading dot: in a mailbox root, dot-names are Maildir++ folders.
+    tmp = path.with_name(f"{path.name}.{unique_name(hostname)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def makedirs_durable(path: Path, mode: int = 0o700) -> bool:
+    """Create ``path`` and missing parents, fsyncing each parent that gained an entry.
+
+    Returns True if anything was created. Tolerates another process creating the same
+    directories concurrently (two deliveries to a brand-new mailbox).
+    """
+    missing: list[Path] = []
+    p = path
+    while not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            if not d.is_dir():
+                raise
+        fsync_dir(d.parent)
+    return bool(missing)

@@ -1,0 +1,263 @@
+"""Mailboxes: ``<root>/<domain>/<localpart>/`` Maildir++ trees, and their folders.
+
+Layout (readable by mutt and Dovecot as they are)::
+
+    <root>/example.com/alice/            INBOX: tmp/ new/ cur/ + mailhub-uidlist
+    <root>/example.com/alice/.Sent/      folder "Sent" (+ empty maildirfolder file)
+    <root>/example.com/alice/.A.B/       folder "A.B": child B of A (Maildir++ nesting)
+
+Folder names use ``.`` as the hierarchy delimiter in this API and on disk (see names.py).
+Renaming INBOX is refused (RFC 3501 6.3.5 asks for a move of all messages instead; a gap, noted
+in FolderError). Deleting a folder leaves its children in place (RFC 3501 6.3.4).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+from twisted.logger import Logger
+
+from mailhub.store import names
+from mailhub.store.errors import (
+    FolderError,
+    FolderExists,
+    FolderNotFound,
+    InvalidName,
+    MailboxNotFound,
+)
+from mailhub.store.maildir import (
+    STALE_TMP_AGE,
+    Folder,
+    StoreSettings,
+    clean_stale_tmp,
+    create_maildir,
+    is_maildir,
+)
+from mailhub.store.safeio import fsync_dir, makedirs_durable
+
+log = Logger()
+
+
+class MailStore:
+    """The root of all mailboxes (``config.mail_dir``).
+
+    Addresses are canonical ``localpart@domain`` (lower-cased by the caller). Every method that
+    takes an address or folder name may raise ``InvalidName``.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        hostname: str,
+        *,
+        now: Callable[[], float] = time.time,
+        lock_timeout: float = 10.0,
+        lock_stale_after: float = 60.0,
+        dirty_window: float = 1.0,
+    ) -> None:
+        self.root = Path(root)
+        self.hostname = hostname
+        self.settings = StoreSettings(hostname, now, lock_timeout, lock_stale_after, dirty_window)
+        # One Folder object per directory while anybody uses it, so sessions share its cache.
+        self._folders: weakref.WeakValueDictionary[str, Folder] = weakref.WeakValueDictionary()
+        # Mailboxes known to exist: delivery must not stat() them for every message.
+        self._delivery_dirs: dict[str, tuple[str, str]] = {}
+
+    def _path(self, address: str) -> Path:
+        localpart, domain = names.split_address(address)
+        return self.root / domain / localpart
+
+    def has_mailbox(self, address: str) -> bool:
+        return is_maildir(self._path(address))
+
+    def mailbox(self, address: str, create: bool = False) -> Mailbox:
+        """The mailbox of ``address``; MailboxNotFound unless it exists or ``create``."""
+        path = self._path(address)
+        if not is_maildir(path):
+            if not create:
+                raise MailboxNotFound(f"no mailbox for {address}")
+            self._create(path)
+        return Mailbox(self, address, path)
+
+    def _create(self, path: Path) -> None:
+        makedirs_durable(path.parent)
+        create_maildir(path, folder=False)
+
+    def mailboxes(self) -> list[str]:
+        """Every mailbox address in the store, sorted."""
+        found: list[str] = []
+        try:
+            domains = sorted(os.scandir(self.root), key=lambda d: d.name)
+        except FileNotFoundError:
+            return []
+        for dom in domains:
+            if dom.name.startswith(".") or not dom.is_dir(follow_symlinks=False):
+                continue
+            with os.scandir(dom.path) as it:
+                for box in it:
+                    if box.name.startswith(".") or not box.is_dir(follow_symlinks=False):
+                        continue
+                    if is_maildir(Path(box.path)):
+                        found.append(f"{box.name}@{dom.name}")
+        return sorted(found)
+
+    def clean_stale_tmp(self, max_age: float = STALE_TMP_AGE) -> int:
+        """Remove stale files from every tmp/ of every mailbox and folder (maildir.html: 36 h).
+
+        Walks the whole tree: call it at start and then every few hours, in a thread for big
+        trees (see ``mailhub.store.delivery.StaleTmpCleaner``).
+        """
+        removed = 0
+        for address in self.mailboxes():
+            path = self._path(address)
+            removed += clean_stale_tmp(path, self.settings.now, max_age)
+            with os.scandir(path) as it:
+                for de in it:
+                    if names.folder_from_dirname(de.name) is not None and de.is_dir(
+                        follow_symlinks=False
+                    ):
+                        removed += clean_stale_tmp(Path(de.path), self.settings.now, max_age)
+        return removed
+
+    def clean_tmp(self) -> int:
+        """Alias of ``clean_stale_tmp()`` with the default 36 hours (used by service.py)."""
+        return self.clean_stale_tmp()
+
+    # -- for mailhub.store.delivery only ----------------------------------------------------
+
+    def delivery_dirs(self, address: str) -> tuple[str, str]:
+        """(tmp dir, new dir) of the INBOX of ``address``, creating the mailbox on first
+        delivery (the caller's policy already accepted the recipient). Cached: no syscalls for
+        a mailbox seen before. Store-internal: protocol code never sees paths."""
+        dirs = self._delivery_dirs.get(address)
+        if dirs is None:
+            path = self._path(address)
+            if not is_maildir(path):
+                self._create(path)
+            dirs = (f"{path}/tmp", f"{path}/new")
+            self._delivery_dirs[address] = dirs
+        return dirs
+
+    def forget_delivery_dirs(self, address: str) -> None:
+        """The mailbox vanished under a delivery: the next delivery re-checks and recreates."""
+        self._delivery_dirs.pop(address, None)
+
+    def _folder(self, path: Path, name: str) -> Folder:
+        key = str(path)
+        folder = self._folders.get(key)
+        if folder is None:
+            folder = Folder(path, name, self.settings)
+            self._folders[key] = folder
+        return folder
+
+    def _forget_folders(self, prefix: str) -> None:
+        for key in [k for k in self._folders if k == prefix or k.startswith(prefix + ".")]:
+            self._folders.pop(key, None)
+
+
+class Mailbox:
+    """One user's mailbox: INBOX plus Maildir++ folders. Names, never paths."""
+
+    def __init__(self, store: MailStore, address: str, path: Path) -> None:
+        self.address = address
+        self._store = store
+        self._path = path
+
+    def __repr__(self) -> str:
+        return f"<Mailbox {self.address}>"
+
+    def _folder_path(self, name: str) -> tuple[str, Path]:
+        name = names.normalise_folder(name)
+        if name == names.INBOX:
+            return name, self._path
+        return name, self._path / names.folder_dirname(name)
+
+    def folder(self, name: str = names.INBOX) -> Folder:
+        """The folder ``name`` (``INBOX`` case-insensitive); FolderNotFound if missing."""
+        name, path = self._folder_path(name)
+        if not is_maildir(path):
+            raise FolderNotFound(f"no folder {name!r} in {self.address}")
+        return self._store._folder(path, name)
+
+    def has_folder(self, name: str) -> bool:
+        try:
+            _, path = self._folder_path(name)
+        except InvalidName:
+            return False
+        return is_maildir(path)
+
+    def list_folders(self) -> list[str]:
+        """``INBOX`` then every folder, sorted. A parent missing on disk (``.A.B`` without
+        ``.A``) is not listed; IMAP LIST shows such a parent as ``\\Noselect``."""
+        found: list[str] = []
+        with os.scandir(self._path) as it:
+            for de in it:
+                name = names.folder_from_dirname(de.name)
+                if name is not None and de.is_dir(follow_symlinks=False):
+                    if is_maildir(Path(de.path)):
+                        found.append(name)
+        return [names.INBOX, *sorted(found)]
+
+    def create_folder(self, name: str) -> Folder:
+        """Create a folder (``.Name`` with ``maildirfolder``); FolderExists if it exists.
+
+        Parents are not created, as in Dovecot's Maildir++ layout.
+        """
+        name, path = self._folder_path(name)
+        if name == names.INBOX or is_maildir(path):
+            raise FolderExists(f"folder {name!r} already exists")
+        create_maildir(path, folder=True)
+        log.info("created folder {name} in {address}", name=name, address=self.address)
+        return self._store._folder(path, name)
+
+    def rename_folder(self, old: str, new: str) -> None:
+        """Rename a folder and all its children (``A`` -> ``B`` also moves ``A.x`` to ``B.x``).
+
+        UIDs and UIDVALIDITY move with the folder (the list lives inside it). Each directory
+        rename is atomic; the set of them is not (a crash may leave some children behind).
+        """
+        old, old_path = self._folder_path(old)
+        new, new_path = self._folder_path(new)
+        if names.INBOX in (old, new):
+            raise FolderError("renaming INBOX (or onto INBOX) is not supported")
+        if not is_maildir(old_path):
+            raise FolderNotFound(f"no folder {old!r} in {self.address}")
+        if new == old or new.startswith(old + names.FOLDER_DELIMITER):
+            raise FolderError(f"cannot rename {old!r} into itself")
+        moves: list[tuple[Path, Path]] = [(old_path, new_path)]
+        prefix = old + names.FOLDER_DELIMITER
+        for child in self.list_folders():
+            if child.startswith(prefix):
+                _, src = self._folder_path(child)
+                _, dst = self._folder_path(new + child[len(old) :])
+                moves.append((src, dst))
+        for _, dst in moves:
+            if dst.exists():
+                raise FolderExists(f"folder {names.folder_from_dirname(dst.name)!r} exists")
+        for src, dst in moves:
+            os.rename(src, dst)
+        fsync_dir(self._path)
+        self._store._forget_folders(str(old_path))
+
+    def delete_folder(self, name: str) -> None:
+        """Delete a folder and its messages; INBOX cannot be deleted (RFC 3501 6.3.4).
+
+        The directory is first renamed out of sight (atomic), then removed, so readers never
+        see a half-deleted folder.
+        """
+        name, path = self._folder_path(name)
+        if name == names.INBOX:
+            raise FolderError("INBOX cannot be deleted")
+        if not is_maildir(path):
+            raise FolderNotFound(f"no folder {name!r} in {self.address}")
+        # Not starting with "." so no Maildir++ reader takes it for a folder.
+        doomed = self._path / f"mailhub-deleting.{names.unique_name(self._store.hostname)}"
+        os.rename(path, doomed)
+        fsync_dir(self._path)
+        self._store._forget_folders(str(path))
+        shutil.rmtree(doomed, ignore_errors=True)

@@ -1,0 +1,106 @@
+"""Recipient policy: plain objects in, a decision out."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mailhub.config import DomainsConfig
+from mailhub.smtp.address import AddressError, parse_rcpt_to
+from mailhub.smtp.policy import ISMTPPolicy, RecipientPolicy, unsafe_local_part
+from mailhub.smtp.session import Session
+
+DOMAINS = DomainsConfig(local=("example.org", "catchall.example"), catch_all=("catchall.example",))
+
+
+def decide(policy: RecipientPolicy, address: str, *, authenticated: str | None = None):
+    session = Session("192.0.2.1", authenticated_as=authenticated)
+    mailbox, _ = parse_rcpt_to(f"TO:<{address}>")
+    decision = policy.check_recipient(session, mailbox)
+    return (decision.reply.code, decision.reply.enhanced, decision.mailbox)
+
+
+class RecipientPolicyTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.asked: list[str] = []
+
+        def exists(mailbox: str) -> bool:
+            self.asked.append(mailbox)
+            return mailbox in {"user@example.org", "jörg@example.org"}
+
+        self.policy = RecipientPolicy(DOMAINS, exists)
+
+    def test_provides_interface(self) -> None:
+        self.assertTrue(verifyObject(ISMTPPolicy, self.policy))
+
+    def test_known_user_with_case_and_plus(self) -> None:
+        self.assertEqual(
+            decide(self.policy, "User@Example.ORG"), (250, "2.1.5", "user@example.org")
+        )
+        self.assertEqual(
+            decide(self.policy, "user+news@example.org"), (250, "2.1.5", "user@example.org")
+        )
+        self.assertEqual(
+            decide(self.policy, "Jörg+x@example.org"), (250, "2.1.5", "jörg@example.org")
+        )
+        self.assertEqual(self.asked, ["user@example.org"] * 2 + ["jörg@example.org"])
+
+    def test_unknown_user(self) -> None:
+        self.assertEqual(decide(self.policy, "nobody@example.org"), (550, "5.1.1", None))
+        # "+tag" alone is not plus-addressing of an empty user.
+        decide(self.policy, "+tag@example.org")
+        self.assertEqual(self.asked[-1], "+tag@example.org")
+
+    def test_catch_all(self) -> None:
+        self.assertEqual(
+            decide(self.policy, "Any.One+x@catchall.example"),
+            (250, "2.1.5", "any.one@catchall.example"),
+        )
+        self.assertEqual(self.asked, [])
+
+    def test_postmaster_always_accepted(self) -> None:
+        # RFC 5321 4.5.1, even where no such user exists.
+        self.assertEqual(
+            decide(self.policy, "PostMaster@example.org"), (250, "2.1.5", "postmaster@example.org")
+        )
+        self.assertEqual(
+            decide(self.policy, "Postmaster"), (250, "2.1.5", "postmaster@example.org")
+        )
+        other = RecipientPolicy(DOMAINS, lambda m: False, postmaster_domain="mx.example.org")
+        self.assertEqual(decide(other, "postmaster"), (250, "2.1.5", "postmaster@mx.example.org"))
+
+    def test_relay(self) -> None:
+        self.assertEqual(decide(self.policy, "x@elsewhere.example"), (554, "5.7.1", None))
+        self.assertEqual(decide(self.policy, "x@[192.0.2.9]"), (554, "5.7.1", None))
+        self.assertEqual(
+            decide(self.policy, "X@Elsewhere.Example", authenticated="user@example.org"),
+            (250, "2.1.5", "X@elsewhere.example"),
+        )
+
+    def test_unsafe_local_parts(self) -> None:
+        for local in ('"../x"', '".hidden"', '"a/b"', "a/b", '"a..b"', '"a.."'):
+            self.assertEqual(
+                decide(self.policy, f"{local}@catchall.example"), (553, "5.1.3", None), local
+            )
+        # Control characters cannot even be quoted in SMTP (quoted-pairSMTP is %d32-126).
+        self.assertRaises(AddressError, parse_rcpt_to, 'TO:<"a\\\x01b"@catchall.example>')
+        for local in ("", ".", "..", "a\x00", "a\x7f", "x\x85y", "a\nb"):
+            self.assertTrue(unsafe_local_part(local), repr(local))
+        self.assertFalse(unsafe_local_part("ok.name-1"))
+
+    def test_accept_any(self) -> None:
+        policy = RecipientPolicy(DomainsConfig(accept_any=True), lambda m: False)
+        self.assertEqual(decide(policy, "A@Whatever.Example"), (250, "2.1.5", "a@whatever.example"))
+        self.assertEqual(decide(policy, "a@[192.0.2.1]"), (554, "5.7.1", None))
+
+    def test_aliases_seam(self) -> None:
+        policy = RecipientPolicy(
+            DOMAINS, lambda m: False, aliases={"sales@example.org": "user@example.org"}.get
+        )
+        self.assertEqual(decide(policy, "Sales+q@example.org"), (250, "2.1.5", "user@example.org"))
+        self.assertEqual(decide(policy, "other@example.org")[0], 550)
+
+    def test_sender_accepted(self) -> None:
+        decision = self.policy.check_sender(Session("192.0.2.1"), None)
+        self.assertEqual(decision.reply.code, 250)
+        self.assertTrue(decision.accepted)

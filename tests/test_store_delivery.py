@@ -1,0 +1,319 @@
+"""Durable delivery (MaildirSink) and the group committer, driven through the real reactor."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import stat
+import threading
+import time
+from pathlib import Path
+
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from mailhub.envelope import Envelope, Recipient
+from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
+from mailhub.store.delivery import GroupCommitter, MaildirSink, StaleTmpCleaner
+from mailhub.store.store import MailStore
+
+BODY = b"Subject: hello\r\n\r\n" + b"x" * 4000 + b"\r\n"
+NAME = re.compile(rf"^(\d+)\.M\d+P{os.getpid()}Q\d+\.mx\.test,S=(\d+)$")
+
+
+def envelope(*mailboxes: str, mail_from: str = "sender@example.org", qid: str = "Q1") -> Envelope:
+    return Envelope(
+        queue_id=qid,
+        mail_from=mail_from,
+        recipients=[Recipient(m.upper(), m) for m in mailboxes],
+    )
+
+
+def is_dir_fd(fd: int) -> bool:
+    return stat.S_ISDIR(os.fstat(fd).st_mode)
+
+
+class SinkTestCase(TestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        self.store = MailStore(self.root, "mx.test")
+        self.committer = GroupCommitter(threads=8)
+        self.committer.startService()
+        self.addCleanup(self.committer.stopService)
+        self.sink = MaildirSink(self.store, self.committer, flush_size=1024)
+
+    def box(self, address: str) -> Path:
+        local, domain = address.split("@")
+        return self.root / domain / local
+
+    def create(self, *addresses: str) -> None:
+        """Create mailboxes up front (creation fsyncs too, which some tests patch)."""
+        for address in addresses:
+            self.store.mailbox(address, create=True)
+
+    def files(self, address: str, sub: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.box(address) / sub))
+        except FileNotFoundError:
+            return []
+
+    def send(self, env: Envelope, body: bytes = BODY, chunk: int = 100) -> defer.Deferred[str]:
+        msg = self.sink.open(env)
+        for i in range(0, len(body), chunk):
+            msg.write(body[i : i + chunk])
+        return msg.commit()
+
+
+class DeliveryTests(SinkTestCase):
+    def test_interfaces(self) -> None:
+        self.assertTrue(verifyObject(IMessageSink, self.sink))
+        msg = self.sink.open(envelope("a@example.com"))
+        self.assertTrue(verifyObject(IIncomingMessage, msg))
+        msg.abort()
+
+    @defer.inlineCallbacks
+    def test_commit_delivers_with_return_path(self):
+        qid = yield self.send(envelope("a@example.com", qid="ABC123"))
+        self.assertEqual(qid, "ABC123")
+        [name] = self.files("a@example.com", "new")
+        m = NAME.match(name)
+        self.assertIsNotNone(m)
+        data = (self.box("a@example.com") / "new" / name).read_bytes()
+        self.assertEqual(data, b"Return-Path: <sender@example.org>\r\n" + BODY)
+        self.assertEqual(int(m.group(2)), len(data))  # ,S= is the size on disk
+        self.assertLess(abs(int(m.group(1)) - time.time()), 5)
+        self.assertEqual(self.files("a@example.com", "tmp"), [])
+        # Readers see it, with the size from the name.
+        [info] = self.store.mailbox("a@example.com").folder().sync().messages
+        self.assertEqual(info.size, len(data))
+
+    @defer.inlineCallbacks
+    def test_null_reverse_path(self):
+        yield self.send(envelope("a@example.com", mail_from=""))
+        [name] = self.files("a@example.com", "new")
+        data = (self.box("a@example.com") / "new" / name).read_bytes()
+        self.assertTrue(data.startswith(b"Return-Path: <>\r\n"))
+
+    @defer.inlineCallbacks
+    def test_one_copy_per_distinct_mailbox(self):
+        env = envelope("a@example.com", "b@example.com", "a@example.com", "c@other.example")
+        yield self.send(env)
+        inodes = set()
+        for address in ("a@example.com", "b@example.com", "c@other.example"):
+            [name] = self.files(address, "new")
+            inodes.add(os.stat(self.box(address) / "new" / name).st_ino)
+        self.assertEqual(len(inodes), 1)  # hard links: one inode, one copy per mailbox
+
+    def test_nothing_visible_before_durable(self):
+        self.create("a@example.com", "b@example.com")
+        """The file is fsync'd before it appears in new/, new/ is fsync'd after the link, and
+        commit() fires only after both (maildir.html's order)."""
+        events: list[tuple[str, list[str]]] = []
+        real_fsync = os.fsync
+        inbox_new = self.box("a@example.com") / "new"
+
+        def fsync(fd: int) -> None:
+            events.append(("dir" if is_dir_fd(fd) else "file", sorted(os.listdir(inbox_new))))
+            real_fsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        d = self.send(envelope("a@example.com"))
+
+        def check(_: str) -> None:
+            self.assertEqual([kind for kind, _ in events], ["file", "dir"])
+            self.assertEqual(events[0][1], [])  # file fsync: nothing in new/ yet
+            self.assertEqual(len(events[1][1]), 1)  # dir fsync: after the link
+            self.assertEqual(len(self.files("a@example.com", "new")), 1)
+
+        return d.addCallback(check)
+
+    def test_commit_waits_for_fsync(self):
+        self.create("a@example.com", "b@example.com")
+        gate, reached = threading.Event(), threading.Event()
+        real_fsync = os.fsync
+
+        def slow_fsync(fd: int) -> None:
+            if not is_dir_fd(fd):
+                reached.set()
+                gate.wait(10)
+            real_fsync(fd)
+
+        self.patch(os, "fsync", slow_fsync)
+        d = self.send(envelope("a@example.com"))
+        self.assertTrue(reached.wait(10))
+        self.assertNoResult(d)
+        self.assertEqual(self.files("a@example.com", "new"), [])
+        gate.set()
+        return d.addCallback(lambda _: self.assertEqual(len(self.files("a@example.com", "new")), 1))
+
+    def test_failing_file_fsync(self):
+        self.create("a@example.com", "b@example.com")
+
+        def broken(fd: int) -> None:
+            raise OSError(errno.EIO, "I/O error")
+
+        self.patch(os, "fsync", broken)
+        d = self.send(envelope("a@example.com", "b@example.com"))
+
+        def check(err: DeliveryError) -> None:
+            self.assertFalse(err.permanent)
+            for address in ("a@example.com", "b@example.com"):
+                self.assertEqual(self.files(address, "new"), [])
+                self.assertEqual(self.files(address, "tmp"), [])
+
+        return self.assertFailure(d, DeliveryError).addCallback(check)
+
+    def test_failing_dir_fsync_unlinks_copies(self):
+        self.create("a@example.com", "b@example.com")
+        real_fsync = os.fsync
+
+        def broken_dirs(fd: int) -> None:
+            if is_dir_fd(fd):
+                raise OSError(errno.EIO, "I/O error")
+            real_fsync(fd)
+
+        self.patch(os, "fsync", broken_dirs)
+        d = self.send(envelope("a@example.com", "b@example.com"))
+
+        def check(err: DeliveryError) -> None:
+            for address in ("a@example.com", "b@example.com"):
+                self.assertEqual(self.files(address, "new"), [])
+                self.assertEqual(self.files(address, "tmp"), [])
+
+        return self.assertFailure(d, DeliveryError).addCallback(check)
+
+    def test_abort(self):
+        msg = self.sink.open(envelope("a@example.com"))
+        msg.write(b"x" * 5000)  # beyond flush_size: the tmp file exists
+        self.assertEqual(len(self.files("a@example.com", "tmp")), 1)
+        msg.abort()
+        msg.abort()  # idempotent
+        self.assertEqual(self.files("a@example.com", "tmp"), [])
+        self.assertEqual(self.files("a@example.com", "new"), [])
+        self.assertRaises(DeliveryError, msg.write, b"more")
+        return self.assertFailure(msg.commit(), DeliveryError)
+
+    def test_abort_small_message(self):
+        msg = self.sink.open(envelope("a@example.com"))
+        msg.write(b"tiny")
+        msg.abort()
+        self.assertEqual(self.files("a@example.com", "tmp"), [])
+        self.assertEqual(self.files("a@example.com", "new"), [])
+
+    def test_write_error(self):
+        msg = self.sink.open(envelope("a@example.com"))
+
+        def full(fd: int, data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(os, "write", full)
+        e = self.assertRaises(DeliveryError, msg.write, b"x" * 5000)
+        self.assertFalse(e.permanent)
+        self.assertEqual(self.files("a@example.com", "tmp"), [])
+        return self.assertFailure(msg.commit(), DeliveryError)
+
+    def test_file_too_big_is_permanent(self):
+        msg = self.sink.open(envelope("a@example.com"))
+
+        def too_big(fd: int, data: object) -> int:
+            raise OSError(errno.EFBIG, "File too large")
+
+        self.patch(os, "write", too_big)
+        e = self.assertRaises(DeliveryError, msg.write, b"x" * 5000)
+        self.assertTrue(e.permanent)
+
+    def test_bad_mailbox_name_is_permanent(self):
+        e = self.assertRaises(DeliveryError, self.sink.open, envelope("../x@example.com"))
+        self.assertTrue(e.permanent)
+        e = self.assertRaises(DeliveryError, self.sink.open, envelope())
+        self.assertTrue(e.permanent)
+        e = self.assertRaises(
+            DeliveryError, self.sink.open, envelope("a@example.com", mail_from="a\r\nX: y")
+        )
+        self.assertTrue(e.permanent)
+        self.assertFalse(self.root.exists() and any(self.root.rglob("x")))
+
+    @defer.inlineCallbacks
+    def test_mailbox_removed_under_cache(self):
+        yield self.send(envelope("a@example.com"))
+        shutil.rmtree(self.box("a@example.com"))
+        # The first attempt fails (mailbox gone), the sink forgets its cache, the next works.
+        yield self.assertFailure(self.send(envelope("a@example.com"), b"small"), DeliveryError)
+        yield self.send(envelope("a@example.com"))
+        self.assertEqual(len(self.files("a@example.com", "new")), 1)
+
+    @defer.inlineCallbacks
+    def test_concurrent_commits_share_directory_fsyncs(self):
+        real_fsync = os.fsync
+
+        def slow_dirs(fd: int) -> None:
+            if is_dir_fd(fd):
+                time.sleep(0.05)
+            real_fsync(fd)
+
+        self.patch(os, "fsync", slow_dirs)
+        n = 20
+        results = yield defer.gatherResults(
+            [self.send(envelope("a@example.com", qid=f"q{i}")) for i in range(n)]
+        )
+        self.assertEqual(sorted(results), sorted(f"q{i}" for i in range(n)))
+        self.assertEqual(len(self.files("a@example.com", "new")), n)
+        # Without batching there would be one directory fsync per message.
+        self.assertLessEqual(self.committer.dir_fsyncs, n // 2)
+        self.assertEqual(self.committer.dir_fsyncs, self.committer.batches)
+
+    @defer.inlineCallbacks
+    def test_many_small_writes_large_message(self):
+        body = b"".join(b"line %06d\r\n" % i for i in range(20000))  # ~260 KB
+        yield self.send(envelope("a@example.com"), body, chunk=7)
+        [name] = self.files("a@example.com", "new")
+        data = (self.box("a@example.com") / "new" / name).read_bytes()
+        self.assertEqual(data, b"Return-Path: <sender@example.org>\r\n" + body)
+
+
+class CommitterServiceTests(SinkTestCase):
+    def test_not_running(self):
+        committer = GroupCommitter(threads=2)
+        sink = MaildirSink(self.store, committer, flush_size=10)
+        msg = sink.open(envelope("a@example.com"))
+        msg.write(b"more than ten bytes: the tmp file exists")
+        d = self.assertFailure(msg.commit(), DeliveryError)
+        return d.addCallback(lambda _: self.assertEqual(self.files("a@example.com", "tmp"), []))
+
+    def test_stop_waits_for_commits_in_flight(self):
+        gate, reached = threading.Event(), threading.Event()
+        real_fsync = os.fsync
+
+        def slow_fsync(fd: int) -> None:
+            if not is_dir_fd(fd):
+                reached.set()
+                gate.wait(10)
+            real_fsync(fd)
+
+        self.patch(os, "fsync", slow_fsync)
+        committed = self.send(envelope("a@example.com"))
+        self.assertTrue(reached.wait(10))
+        stopped = self.committer.stopService()
+        self.assertNoResult(stopped)
+        gate.set()
+        return defer.gatherResults([committed, stopped])
+
+    def test_stale_tmp_cleaner_runs_at_start(self):
+        self.store.mailbox("a@example.com", create=True)
+        stale = self.box("a@example.com") / "tmp" / "stale"
+        stale.write_bytes(b"x")
+        store = MailStore(self.root, "mx.test", now=lambda: time.time() + 40 * 3600)
+        cleaner = StaleTmpCleaner(store, interval=3600)
+        cleaner.startService()
+        self.addCleanup(cleaner.stopService)
+        return self.wait_until(lambda: not stale.exists())
+
+    @defer.inlineCallbacks
+    def wait_until(self, condition, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, "condition not met in time")
+            yield task.deferLater(reactor, 0.01, lambda: None)

@@ -1,0 +1,426 @@
+"""Mailboxes, folders, flags and UIDs of the Maildir store (single process)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailhub.store import maildir, names, uidlist
+from mailhub.store.errors import (
+    FolderError,
+    FolderExists,
+    FolderNotFound,
+    InvalidName,
+    MailboxNotFound,
+    MessageGone,
+)
+from mailhub.store.store import MailStore
+
+ADDRESS = "alice@example.com"
+
+
+class Clock:
+    """An injectable wall clock, well after the files' real mtimes so scans are trusted."""
+
+    def __init__(self) -> None:
+        self.t = time.time() + 3600
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def drop(maildir_path: Path, base: str, data: bytes = b"Subject: x\r\n\r\nbody\r\n") -> str:
+    """Put a message into new/ the way any Maildir deliverer would (tmp/ then link)."""
+    tmp = maildir_path / "tmp" / base
+    tmp.write_bytes(data)
+    os.link(tmp, maildir_path / "new" / base)
+    tmp.unlink()
+    return base
+
+
+class StoreTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        self.clock = Clock()
+        self.store = self.new_store()
+        self.box = self.store.mailbox(ADDRESS, create=True)
+        self.inbox_path = self.root / "example.com" / "alice"
+
+    def new_store(self) -> MailStore:
+        return MailStore(self.root, "test.host", now=self.clock, lock_timeout=2)
+
+    def deliver(self, n: int, start: int = 1_700_000_000) -> list[str]:
+        return [
+            drop(self.inbox_path, names.with_size(f"{start + i}.M0P1Q{i}.h", 22)) for i in range(n)
+        ]
+
+
+class LayoutTests(StoreTestCase):
+    def test_mailbox_layout(self) -> None:
+        for sub in ("tmp", "new", "cur"):
+            self.assertTrue((self.inbox_path / sub).is_dir())
+        self.assertTrue(self.store.has_mailbox(ADDRESS))
+        self.assertFalse(self.store.has_mailbox("bob@example.com"))
+        self.assertEqual(self.store.mailboxes(), [ADDRESS])
+        self.assertEqual(self.box.folder("inbox").name, "INBOX")
+
+    def test_missing_mailbox(self) -> None:
+        self.assertRaises(MailboxNotFound, self.store.mailbox, "bob@example.com")
+        self.assertFalse((self.root / "example.com" / "bob").exists())
+
+    def test_utf8_localpart(self) -> None:
+        self.store.mailbox("jörg@example.com", create=True)
+        self.assertTrue((self.root / "example.com" / "jörg" / "cur").is_dir())
+        self.assertIn("jörg@example.com", self.store.mailboxes())
+
+    def test_escape_attempts_create_nothing(self) -> None:
+        outside = set(Path(self.root).parent.iterdir())
+        for address in [
+            "../../evil@example.com",
+            "x@../..",
+            "..@example.com",
+            "a/b@c.org",
+            "/etc/passwd@x.org",
+            "a@/tmp",
+            ".x@example.com",
+            "a\0@b.org",
+        ]:
+            with self.subTest(address):
+                self.assertRaises(InvalidName, self.store.mailbox, address, create=True)
+                self.assertRaises(InvalidName, self.store.has_mailbox, address)
+        self.assertEqual(set(Path(self.root).parent.iterdir()), outside)
+        self.assertEqual(sorted(os.listdir(self.root)), ["example.com"])
+        for name in ["../../x", "a/b", "..", "INBOX.x", ".hidden", "a\x00"]:
+            with self.subTest(name):
+                self.assertRaises(InvalidName, self.box.create_folder, name)
+                self.assertRaises(InvalidName, self.box.folder, name)
+
+
+class FolderTests(StoreTestCase):
+    def test_create_maildir_plus_plus(self) -> None:
+        self.box.create_folder("Sent")
+        self.box.create_folder("A")
+        self.box.create_folder("A.B")
+        self.box.create_folder("Entwürfe")
+        for d in (".Sent", ".A", ".A.B", ".Entw&APw-rfe"):
+            with self.subTest(d):
+                path = self.inbox_path / d
+                for sub in ("tmp", "new", "cur"):
+                    self.assertTrue((path / sub).is_dir())
+                marker = path / "maildirfolder"
+                self.assertTrue(marker.is_file())
+                self.assertEqual(marker.stat().st_size, 0)
+        self.assertEqual(self.box.list_folders(), ["INBOX", "A", "A.B", "Entwürfe", "Sent"])
+        self.assertRaises(FolderExists, self.box.create_folder, "Sent")
+        self.assertRaises(FolderExists, self.box.create_folder, "inbox")
+
+    def test_rename_moves_children_and_uids(self) -> None:
+        a = self.box.create_folder("A")
+        self.box.create_folder("A.B")
+        uid = a.append(b"hello\r\n")
+        validity = a.sync().uidvalidity
+        self.box.rename_folder("A", "C")
+        self.assertEqual(self.box.list_folders(), ["INBOX", "C", "C.B"])
+        self.assertTrue((self.inbox_path / ".C.B" / "maildirfolder").exists())
+        self.assertFalse((self.inbox_path / ".A").exists())
+        c = self.box.folder("C")
+        self.assertEqual(c.read_message(uid), b"hello\r\n")
+        self.assertEqual(c.sync().uidvalidity, validity)
+        self.assertRaises(FolderNotFound, self.box.folder, "A")
+
+    def test_rename_refusals(self) -> None:
+        self.box.create_folder("A")
+        self.box.create_folder("B")
+        self.assertRaises(FolderError, self.box.rename_folder, "INBOX", "X")
+        self.assertRaises(FolderError, self.box.rename_folder, "A", "INBOX")
+        self.assertRaises(FolderError, self.box.rename_folder, "A", "A.sub")
+        self.assertRaises(FolderExists, self.box.rename_folder, "A", "B")
+        self.assertRaises(FolderNotFound, self.box.rename_folder, "Nope", "X")
+        self.assertEqual(self.box.list_folders(), ["INBOX", "A", "B"])
+
+    def test_delete(self) -> None:
+        self.box.create_folder("A")
+        self.box.create_folder("A.B")
+        self.box.folder("A").append(b"x")
+        self.box.delete_folder("A")
+        # RFC 3501 6.3.4: inferiors are not removed.
+        self.assertEqual(self.box.list_folders(), ["INBOX", "A.B"])
+        self.assertEqual(
+            sorted(p.name for p in self.inbox_path.iterdir() if p.name[0] == "."), [".A.B"]
+        )
+        self.assertFalse(
+            any(p.name.startswith("mailhub-deleting") for p in self.inbox_path.iterdir())
+        )
+        self.assertRaises(FolderError, self.box.delete_folder, "INBOX")
+        self.assertRaises(FolderNotFound, self.box.delete_folder, "A")
+
+    def test_deleted_folder_object(self) -> None:
+        f = self.box.create_folder("Gone")
+        self.box.delete_folder("Gone")
+        self.assertRaises(FolderNotFound, f.sync)
+
+
+class UidTests(StoreTestCase):
+    def test_uids_ascend_in_arrival_order(self) -> None:
+        # Delivered out of name order: UIDs follow the names' timestamps, not readdir order.
+        b2 = drop(self.inbox_path, "1700000002.M0P1Q1.h,S=22")
+        b1 = drop(self.inbox_path, "1700000001.M0P1Q2.h,S=22")
+        b3 = drop(self.inbox_path, "1700000001.M5P1Q3.h,S=22")
+        state = self.box.folder().sync()
+        self.assertEqual([m.key for m in state.messages], [b1, b3, b2])
+        self.assertEqual([m.uid for m in state.messages], [1, 2, 3])
+        self.assertEqual(state.uidnext, 4)
+        self.assertTrue(all(m.recent for m in state.messages))
+        self.assertEqual(state.messages[0].internaldate, 1700000001)
+        self.assertTrue((self.inbox_path / "mailhub-uidlist").is_file())
+        self.assertFalse((self.inbox_path / "dovecot-uidlist").exists())
+
+    def test_uids_stable_across_take_flags_and_restart(self) -> None:
+        keys = self.deliver(3)
+        inbox = self.box.folder()
+        before = {m.key: m.uid for m in inbox.sync().messages}
+        validity = inbox.sync().uidvalidity
+        inbox.take(before[keys[0]])
+        inbox.set_flags(before[keys[1]], {"S", "F"})
+        drop(self.inbox_path, "1700000100.M0P1Q9.h,S=22")
+        after = {m.key: m.uid for m in inbox.sync().messages}
+        self.assertEqual({k: after[k] for k in keys}, before)
+        self.assertEqual(after["1700000100.M0P1Q9.h,S=22"], 4)
+        # A fresh store (another process, or after a restart) reads the same list.
+        fresh = self.new_store().mailbox(ADDRESS).folder()
+        state = fresh.sync()
+        self.assertEqual({m.key: m.uid for m in state.messages}, after)
+        self.assertEqual(state.uidvalidity, validity)
+
+    def test_vanished_messages_free_no_uids(self) -> None:
+        keys = self.deliver(3)
+        inbox = self.box.folder()
+        inbox.sync()
+        (self.inbox_path / "new" / keys[2]).unlink()  # removed by another program
+        state = inbox.sync()
+        self.assertEqual([m.uid for m in state.messages], [1, 2])
+        self.assertEqual(state.uidnext, 4)
+        drop(self.inbox_path, "1700000200.M0P1Q1.h,S=22")
+        self.assertEqual([m.uid for m in inbox.sync().messages], [1, 2, 4])
+        # The list on disk forgot it too.
+        lst = uidlist.load(self.inbox_path / "mailhub-uidlist")
+        assert lst is not None
+        self.assertNotIn(keys[2], lst.records)
+
+    def test_uidvalidity_regenerated_when_list_lost(self) -> None:
+        self.deliver(2)
+        inbox = self.box.folder()
+        first = inbox.sync().uidvalidity
+        (self.inbox_path / "mailhub-uidlist").unlink()
+        fresh = self.new_store().mailbox(ADDRESS).folder()
+        self.clock.t += 5
+        state = fresh.sync()
+        self.assertNotEqual(state.uidvalidity, first)
+        self.assertEqual([m.uid for m in state.messages], [1, 2])
+
+    def test_uidvalidity_changes_even_in_the_same_second(self) -> None:
+        self.deliver(1)
+        inbox = self.box.folder()
+        first = inbox.sync().uidvalidity
+        (self.inbox_path / "mailhub-uidlist").write_bytes(b"garbage\n")
+        drop(self.inbox_path, "1700000300.M0P1Q1.h,S=22")  # make the next sync look again
+        second = inbox.sync().uidvalidity
+        self.assertGreater(second, first)
+        (self.inbox_path / "mailhub-uidlist").unlink()
+        drop(self.inbox_path, "1700000301.M0P1Q1.h,S=22")
+        state = inbox.sync()
+        self.assertGreater(state.uidvalidity, second)
+        self.assertEqual([m.uid for m in state.messages], [1, 2, 3])
+
+    def test_corrupt_list_rebuilt(self) -> None:
+        self.deliver(2)
+        first = self.box.folder().sync().uidvalidity
+        (self.inbox_path / "mailhub-uidlist").write_bytes(b"mailhub-uidlist 1 5 3\n2 1 1 x\n1")
+        self.clock.t += 5
+        state = self.new_store().mailbox(ADDRESS).folder().sync()
+        self.assertNotEqual(state.uidvalidity, first)
+        self.assertEqual(len(state.messages), 2)
+
+    def test_size_and_date_without_stat(self) -> None:
+        # ",S=" and the name's time are trusted: the file's real size/mtime are not consulted.
+        drop(self.inbox_path, "1600000000.M1P1Q1.h,S=999", b"short")
+        # A foreign name without them is stat()ed once.
+        drop(self.inbox_path, "foreign-name", b"12345")
+        when = 1650000000
+        os.utime(self.inbox_path / "new" / "foreign-name", (when, when))
+        msgs = {m.key: m for m in self.box.folder().sync().messages}
+        self.assertEqual(msgs["1600000000.M1P1Q1.h,S=999"].size, 999)
+        self.assertEqual(msgs["1600000000.M1P1Q1.h,S=999"].internaldate, 1600000000)
+        self.assertEqual(msgs["foreign-name"].size, 5)
+        self.assertEqual(msgs["foreign-name"].internaldate, when)
+
+    def test_sync_is_two_stats_when_nothing_changed(self) -> None:
+        self.deliver(3)
+        inbox = self.box.folder()
+        state = inbox.sync()
+
+        def no_scandir(path: object) -> None:
+            raise AssertionError("sync() rescanned although nothing changed")
+
+        self.patch(maildir.os, "scandir", no_scandir)
+        self.assertIs(inbox.sync(), state)
+        self.assertIs(inbox.sync(), state)
+
+    def test_recent_change_is_rescanned(self) -> None:
+        # A directory modified within the dirty window is not trusted (coarse mtimes).
+        self.clock.t = time.time()
+        inbox = self.box.folder()
+        inbox.sync()
+        scans = []
+        real = os.scandir
+        self.patch(maildir.os, "scandir", lambda p: scans.append(p) or real(p))
+        inbox.sync()
+        self.assertTrue(scans)
+
+    def test_folders_share_one_object(self) -> None:
+        self.assertIs(self.box.folder(), self.store.mailbox(ADDRESS).folder("INBOX"))
+
+
+class FlagTests(StoreTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.key = self.deliver(1)[0]
+        self.inbox = self.box.folder()
+        self.uid = self.inbox.sync().messages[0].uid
+
+    def on_disk(self) -> list[str]:
+        return sorted(os.listdir(self.inbox_path / "cur")) + sorted(
+            os.listdir(self.inbox_path / "new")
+        )
+
+    def test_take_moves_new_to_cur(self) -> None:
+        self.inbox.take(self.uid)
+        self.assertEqual(self.on_disk(), [self.key + ":2,"])
+        msg = self.inbox.sync().messages[0]
+        self.assertFalse(msg.recent)
+        self.assertEqual(msg.flags, frozenset())
+
+    def test_flags_in_ascii_order(self) -> None:
+        self.inbox.set_flags(self.uid, {"S", "R", "F"})
+        self.assertEqual(self.on_disk(), [self.key + ":2,FRS"])
+        self.assertEqual(self.inbox.sync().messages[0].flags, frozenset("FRS"))
+
+    def test_add_remove_keep_unknown_letters(self) -> None:
+        cur = self.inbox_path / "cur"
+        os.rename(self.inbox_path / "new" / self.key, cur / (self.key + ":2,Sbz"))
+        self.inbox.add_flags(self.uid, {"T"})
+        self.assertEqual(self.on_disk(), [self.key + ":2,STbz"])
+        self.inbox.remove_flags(self.uid, {"S"})
+        self.assertEqual(self.on_disk(), [self.key + ":2,Tbz"])
+        self.assertEqual(self.inbox.sync().messages[0].flags, frozenset("Tbz"))
+
+    def test_survives_concurrent_rename(self) -> None:
+        # Another reader changed the flags after our sync: we find it and keep its flags.
+        self.inbox.sync()
+        os.rename(self.inbox_path / "new" / self.key, self.inbox_path / "cur" / (self.key + ":2,D"))
+        self.assertEqual(self.inbox.add_flags(self.uid, {"S"}), frozenset("DS"))
+        with self.inbox.open_message(self.uid) as f:
+            self.assertTrue(f.read().startswith(b"Subject"))
+
+    def test_message_gone(self) -> None:
+        self.inbox.sync()
+        (self.inbox_path / "new" / self.key).unlink()
+        self.assertRaises(MessageGone, self.inbox.read_message, self.uid)
+        self.assertRaises(MessageGone, self.inbox.set_flags, self.uid, {"S"})
+        self.assertRaises(MessageGone, self.inbox.read_message, 12345)
+
+    def test_open_file_survives_expunge(self) -> None:
+        f = self.inbox.open_message(self.uid)
+        self.addCleanup(f.close)
+        self.inbox.expunge([self.uid])
+        self.assertTrue(f.read().startswith(b"Subject"))
+
+    def test_bad_flags(self) -> None:
+        self.assertRaises(InvalidName, self.inbox.set_flags, self.uid, {"Seen"})
+        self.assertEqual(self.on_disk(), [self.key])
+
+
+class MessageOpsTests(StoreTestCase):
+    def test_expunge_and_delete(self) -> None:
+        self.deliver(3)
+        inbox = self.box.folder()
+        inbox.sync()
+        self.assertEqual(inbox.expunge([1, 3, 99]), [1, 3])
+        self.assertEqual([m.uid for m in inbox.sync().messages], [2])
+        self.assertEqual(len(os.listdir(self.inbox_path / "new")), 1)
+        inbox.delete(2)
+        self.assertRaises(MessageGone, inbox.delete, 2)
+        self.assertEqual(inbox.count(), 0)
+        self.assertEqual(inbox.sync().uidnext, 4)
+
+    def test_count_and_size(self) -> None:
+        self.deliver(3)
+        inbox = self.box.folder()
+        self.assertEqual(inbox.count(), 3)
+        self.assertEqual(inbox.total_size(), 66)
+
+    def test_append(self) -> None:
+        self.deliver(2)
+        sent = self.box.create_folder("Sent")
+        data = b"From: a@b\r\n\r\nhi\r\n"
+        uid = sent.append(data, flags={"S"}, internaldate=1234567890)
+        self.assertEqual(uid, 1)
+        msg = sent.sync().by_uid[uid]
+        self.assertEqual(
+            (msg.flags, msg.size, msg.internaldate), (frozenset("S"), len(data), 1234567890)
+        )
+        self.assertEqual(sent.read_message(uid), data)
+        files = os.listdir(self.inbox_path / ".Sent" / "cur")
+        self.assertEqual(len(files), 1)
+        self.assertTrue(files[0].endswith(f",S={len(data)}:2,S"))
+        self.assertEqual(os.listdir(self.inbox_path / ".Sent" / "tmp"), [])
+        # No flags: a new message (in new/, recent).
+        uid2 = sent.append(b"x")
+        self.assertEqual(uid2, 2)
+        self.assertTrue(sent.sync().by_uid[uid2].recent)
+
+    def test_copy_to(self) -> None:
+        self.deliver(1)
+        inbox = self.box.folder()
+        inbox.set_flags(1, {"F"})
+        archive = self.box.create_folder("Archive")
+        archive.append(b"older")
+        new_uid = inbox.copy_to(1, archive)
+        self.assertEqual(new_uid, 2)
+        copied = archive.sync().by_uid[new_uid]
+        original = inbox.sync().by_uid[1]
+        self.assertEqual(copied.flags, frozenset("F"))
+        self.assertEqual(copied.internaldate, original.internaldate)
+        self.assertEqual(archive.read_message(new_uid), inbox.read_message(1))
+        self.assertNotEqual(copied.key, original.key)
+        # Changing the copy's flags leaves the original alone (separate names, one inode).
+        archive.set_flags(new_uid, set())
+        self.assertEqual(inbox.sync().by_uid[1].flags, frozenset("F"))
+
+
+class StaleTmpTests(StoreTestCase):
+    def test_clean_stale_tmp(self) -> None:
+        # ctime cannot be set, so move the injected clock 40 hours past the real time instead.
+        self.clock.t = time.time() + 40 * 3600
+        self.box.create_folder("Sent")
+        stale = [self.inbox_path / "tmp" / "stale1", self.inbox_path / ".Sent" / "tmp" / "stale2"]
+        for p in stale:
+            p.write_bytes(b"x")
+        fresh = self.inbox_path / "tmp" / "in-progress"
+        fresh.write_bytes(b"x")
+        written = self.clock.t - 35 * 3600  # still being written 35 hours "ago"
+        os.utime(fresh, (written, written))
+        removed = self.store.clean_tmp()
+        self.assertEqual(removed, 2)
+        self.assertFalse(any(p.exists() for p in stale))
+        self.assertTrue(fresh.exists())
+        self.assertTrue((self.inbox_path / "tmp").is_dir())
+
+    def test_nothing_stale(self) -> None:
+        (self.inbox_path / "tmp" / "new-delivery").write_bytes(b"x")
+        self.clock.t = time.time()
+        self.assertEqual(self.store.clean_stale_tmp(), 0)
+        self.assertTrue((self.inbox_path / "tmp" / "new-delivery").exists())

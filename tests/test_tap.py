@@ -1,0 +1,49 @@
+"""The twistd plugin is found, and its options build the right service or stop cleanly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailhub import tap
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Plugin(SynchronousTestCase):
+    def test_plugin_is_discovered(self) -> None:
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("mailhub", makers)
+        self.assertEqual(makers["mailhub"].options, tap.Options)
+
+    def test_no_init_shadowing_twisted(self) -> None:
+        # An __init__.py in twisted/ or twisted/plugins/ would hide Twisted's own package.
+        self.assertFalse((REPO / "twisted" / "__init__.py").exists())
+        self.assertFalse((REPO / "twisted" / "plugins" / "__init__.py").exists())
+
+
+class MakeService(SynchronousTestCase):
+    def options(self, *argv: str) -> tap.Options:
+        options = tap.Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_no_options_is_the_dev_stack(self) -> None:
+        data = Path(self.mktemp()).absolute()
+        service = tap.makeService(self.options("--data", str(data)))
+        self.assertTrue(service.config.dev)
+        self.assertEqual(service.config.data_dir, data)
+        self.assertEqual(
+            [s.description for s in service.namedServices.values() if hasattr(s, "key")],
+            ["tcp:1025:interface=127.0.0.1"],
+        )
+
+    def test_bad_config_is_a_clean_exit(self) -> None:
+        path = Path(self.mktemp())
+        path.write_text("[domains]\nlocal = 5\n")
+        err = self.assertRaises(SystemExit, tap.makeService, self.options("--config", str(path)))
+        self.assertIn(f"{path}: [domains] local", str(err.code))
+        self.assertIn("must be a list of strings", str(err.code))
