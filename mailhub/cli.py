@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from mailhub import __version__
 from mailhub.config import Config, ConfigError, dev_config, load
+from mailhub.store.errors import StoreError
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -131,4 +132,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as e:
         print(f"mailhub: {e}", file=sys.stderr)
         status = 1
+    except StoreError as e:
+        print(f"mailhub: {e}", file=sys.stderr)
+        status = 1
     sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import idna
 from twisted.internet.endpoints import serverFromString
 
 # Port plan (fixed by the foundation issue; dev ports match Mailpit/MailHog where they overlap).
@@ -271,8 +272,10 @@ def normalise_domain(domain: str) -> str:
     if not text:
         raise ValueError("empty domain name")
     try:
-        ascii_form = text.encode("idna").decode("ascii")
-    except UnicodeError as e:
+        # IDNA 2008 with UTS #46 mapping, the same conversion the SMTP address parser applies,
+        # so a domain in the config matches the one a client writes.
+        ascii_form = text if text.isascii() else idna.encode(text, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as e:
         raise ValueError(f"{domain!r} is not a valid domain name ({e})") from None
     labels = ascii_form.split(".")
     # RFC 1035 2.3.1 / RFC 5321 4.1.2: letters, digits, hyphens; no hyphen at either end.
