@@ -2,48 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import smtplib
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-REPO = Path(__file__).resolve().parents[2]
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-MAILHUB = [sys.executable, "-c", "from mailhub.cli import main; main()"]
-
-
-def environment() -> dict[str, str]:
-    env = dict(os.environ)
-    # The plugin is found through twisted/plugins/ on sys.path, installed or not.
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def write_config(directory: Path, smtp: str, extra: str = "") -> Path:
-    path = directory / "mailhub.toml"
-    path.write_text(
-        f"""
-[server]
-hostname = "mx.example.test"
-data_dir = "{directory / "data"}"
-
-[domains]
-local = ["example.test"]
-catch_all = ["example.test"]
-
-[listeners]
-smtp = ["{smtp}"]
-{extra}
-"""
-    )
-    return path
+from tests.integration.helpers import MAILHUB, TWISTD, environment, start_twistd, write_config
 
 
 class StartupErrors(SynchronousTestCase):
@@ -100,23 +67,7 @@ class RunningServer(SynchronousTestCase):
         tmp = Path(self.mktemp()).absolute()
         tmp.mkdir()
         config = write_config(tmp, "tcp:0:interface=127.0.0.1")
-        log = (tmp / "twistd.log").open("w+")
-        proc = subprocess.Popen(
-            [*TWISTD, "-n", "--pidfile=", "--logfile=-", "mailhub", "--config", str(config)],
-            cwd=tmp,
-            env=environment(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.addCleanup(lambda: proc.poll() is None and proc.kill())
-        port = None
-        deadline = time.monotonic() + 30
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-            found = re.search(r"smtp listening on 127\.0\.0\.1:(\d+)", Path(log.name).read_text())
-            port = int(found.group(1)) if found else None
-        self.assertIsNotNone(port, Path(log.name).read_text())
-
+        proc, port, log = start_twistd(self, tmp, config)
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             banner = client.ehlo()
             self.assertEqual(banner[0], 250)
@@ -128,7 +79,7 @@ class RunningServer(SynchronousTestCase):
         new = tmp / "data" / "mail" / "example.test" / "b" / "new"
         [delivered] = list(new.iterdir())
         self.assertIn(b"Subject: hi", delivered.read_bytes())
-        output = Path(log.name).read_text()
+        output = log.read_text()
         self.assertNotIn("Traceback", output)
         self.assertIn("Main loop terminated", output)
 
