@@ -91,6 +91,80 @@ def mailbox_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _users_db(args: argparse.Namespace):  # -> UserDB; imported late (argon2) like _store
+    from mailhub.users import UserDB
+
+    path = args.users or _config(args).users_file
+    if path is None:
+        raise SystemExit(
+            'mailhub: no users file: give --users FILE, or set users = "/etc/mailhub/users" '
+            "under [files] in the config"
+        )
+    return UserDB(path)
+
+
+def _read_password() -> str:
+    """Without echo from a terminal (asked twice), else the first line of stdin (scripts:
+    ``printf '%s\\n' "$pw" | mailhub user add ...``). Never from argv: ps would show it."""
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("New password: ")
+        if getpass.getpass("Again: ") != password:
+            raise SystemExit("mailhub: the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise SystemExit("mailhub: empty password")
+    return password
+
+
+def _user_edit(args: argparse.Namespace, done: str) -> int:
+    from mailhub.users import FileFormatError, UsersError
+
+    try:
+        db = _users_db(args)
+        if args.action == "del":
+            address = db.delete(args.address)
+        else:
+            password = _read_password()
+            edit = db.add if args.action == "add" else db.set_password
+            address = edit(args.address, password)
+    except (UsersError, FileFormatError) as e:
+        print(f"mailhub: {e}", file=sys.stderr)
+        return 1
+    print(f"{address}: {done} in {db.path}")
+    return 0
+
+
+def user_add(args: argparse.Namespace) -> int:
+    return _user_edit(args, "added")
+
+
+def user_passwd(args: argparse.Namespace) -> int:
+    return _user_edit(args, "password changed")
+
+
+def user_del(args: argparse.Namespace) -> int:
+    return _user_edit(args, "deleted (the mailbox is kept)")
+
+
+def user_list(args: argparse.Namespace) -> int:
+    from mailhub.users import FileFormatError
+
+    try:
+        db = _users_db(args)
+    except FileFormatError as e:
+        print(f"mailhub: {e}", file=sys.stderr)
+        return 1
+    entries = db.entries()
+    if not entries:
+        print("no users")
+    for entry in entries:
+        print(f"{entry.address}\t{entry.scheme or '-'}\t{entry.locked or 'ok'}")
+    return 0
+
+
 def version(args: argparse.Namespace) -> int:
     print(f"mailhub {__version__}")
     return 0
@@ -119,6 +193,22 @@ def parser() -> argparse.ArgumentParser:
     show = mailbox_sub.add_parser("show", parents=[common], help="folders of a mailbox")
     show.add_argument("address")
     show.set_defaults(run=mailbox_show)
+
+    users_opt = argparse.ArgumentParser(add_help=False)
+    users_opt.add_argument("--users", "-u", help="users file (default: [files] users)")
+    user = sub.add_parser("user", help="add, change, delete and list users (passwords)")
+    user_sub = user.add_subparsers(dest="action", required=True)
+    for action, run, text in (
+        ("add", user_add, "add a user; the password is read without echo, or from stdin"),
+        ("passwd", user_passwd, "change a user's password (read like for add)"),
+        ("del", user_del, "delete a user (the mailbox stays)"),
+    ):
+        command = user_sub.add_parser(action, parents=[common, users_opt], help=text)
+        command.add_argument("address")
+        command.set_defaults(run=run)
+    user_sub.add_parser(
+        "list", parents=[common, users_opt], help="users and hash schemes"
+    ).set_defaults(run=user_list)
     return top
 
 

@@ -131,8 +131,9 @@ class ConfigError(Exception):
     """A config problem, worded for the operator: where it is, what is wrong, how to fix it."""
 
     def __init__(self, source: str, key: str | None, problem: str, fix: str = "") -> None:
+        # key is shown as written in the file: "[limits] max_size", or "[tls]" for a section.
         self.source, self.key, self.problem, self.fix = source, key, problem, fix
-        where = f"{source}: [{key}]" if key else source
+        where = f"{source}: {key}" if key else source
         text = f"{where}: {problem}"
         if fix:
             text += f"\n  fix: {fix}"
@@ -177,7 +178,7 @@ class _Reader:
         self.known: list[str] = []
 
     def _error(self, key: str, problem: str, fix: str = "") -> ConfigError:
-        return ConfigError(self.source, f"{self.section}] {key}".lstrip("] "), problem, fix)
+        return ConfigError(self.source, f"[{self.section}] {key}", problem, fix)
 
     def get(self, key: str, default: Any, convert: Callable[[str, Any], Any]) -> Any:
         self.known.append(key)
@@ -308,7 +309,7 @@ def _domains(source: str, table: Mapping[str, Any]) -> DomainsConfig:
                 out.append(normalise_domain(name))
             except ValueError as e:
                 raise ConfigError(
-                    source, f"domains] {key}", str(e), "use a plain host name like example.com"
+                    source, f"[domains] {key}", str(e), "use a plain host name like example.com"
                 ) from None
         return tuple(dict.fromkeys(out))
 
@@ -333,7 +334,7 @@ def _listeners(source: str, table: Mapping[str, Any], reactor: Any) -> Listeners
             except (ValueError, TypeError, KeyError) as e:
                 raise ConfigError(
                     source,
-                    f"listeners] {name}",
+                    f"[listeners] {name}",
                     f"{description!r} is not a Twisted server endpoint string ({e})",
                     f'for example {name} = ["tcp:{PRODUCTION_PORTS[name]}:interface=0.0.0.0"]',
                 ) from None
@@ -366,9 +367,9 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         if section not in _SECTIONS:
             close = difflib.get_close_matches(section, _SECTIONS, n=1)
             fix = f"did you mean [{close[0]}]?" if close else "sections: " + ", ".join(_SECTIONS)
-            raise ConfigError(source, section, "unknown section", fix)
+            raise ConfigError(source, f"[{section}]", "unknown section", fix)
         if not isinstance(value, dict):
-            raise ConfigError(source, section, "must be a table", f"write it as [{section}]")
+            raise ConfigError(source, f"[{section}]", "must be a table", f"write it as [{section}]")
     # Relative paths resolve against the working directory, as --data does.
     base = Path.cwd()
 
@@ -380,7 +381,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     try:
         hostname = normalise_domain(hostname)
     except ValueError as e:
-        raise ConfigError(source, "server] hostname", str(e), "use this host's DNS name") from None
+        raise ConfigError(source, "[server] hostname", str(e), "use this host's DNS name") from None
 
     limits_r = _Reader(source, "limits", doc.get("limits", {}))
     d = Limits()
@@ -415,7 +416,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     )
     tls_r.finish()
     if (tls.certificate is None) != (tls.key is None):
-        raise ConfigError(source, "tls", "certificate and key go together", "set both or neither")
+        raise ConfigError(source, "[tls]", "certificate and key go together", "set both or neither")
 
     files = _Reader(source, "files", doc.get("files", {}))
     users_file = files.path("users", None, base, must_exist=True)
@@ -426,7 +427,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     if not domains.local and not domains.accept_any:
         raise ConfigError(
             source,
-            "domains] local",
+            "[domains] local",
             "no local domains: this server would accept no mail",
             'add local = ["example.com"] (or accept_any = true for a catch-everything test server)',
         )

@@ -72,6 +72,15 @@ class Mistakes(SynchronousTestCase):
         self.assertIn("unknown key", str(err))
         self.assertIn("did you mean 'max_message_size'", str(err))
 
+    def test_whole_message(self) -> None:
+        path = self.write('[domains]\nlocal=["a.example"]\n[limits]\nmax_recipients = "many"\n')
+        err = self.assertRaises(ConfigError, load, path)
+        self.assertEqual(
+            str(err),
+            f"{path}: [limits] max_recipients: must be a whole number, not a string\n"
+            "  fix: max_recipients = 100",
+        )
+
     def test_unknown_section(self) -> None:
         err = self.error('[domain]\nlocal=["a.example"]\n')
         self.assertIn("[domain]", str(err))

@@ -1,0 +1,227 @@
+"""One ``twisted.cred`` portal for SMTP AUTH, IMAP and POP3.
+
+- ``UserDBChecker`` checks ``IUsernamePassword`` against the users file (``mailhub.users``). The
+  hash is slow on purpose (argon2: 64 MiB, tens of milliseconds), so it runs off the reactor
+  thread, by default in a small dedicated pool (``HashingPool``) that also caps how much memory
+  and CPU a burst of logins can take. The avatar ID is the canonical address.
+- ``DevChecker`` is the dev stack's: any username and password is accepted, and the user is
+  created (its mailbox) on first login. Nothing is written but the mailbox: no password hashes.
+- ``MailRealm`` turns an avatar ID into a ``MailUser`` (``IMailUser``); the IMAP and POP3
+  services register factories for their own avatar interfaces (``IAccount``, ``IMailbox``) over
+  the same user.
+- ``PasswordCredentials`` is an ``IUsernamePassword`` whose password is never in its repr, for
+  protocol code that decodes AUTH PLAIN/LOGIN itself.
+
+Passwords never reach a log line, a repr or an exception message.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from twisted.application.service import Service
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThread, deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import Attribute, Interface, implementer
+from zope.interface.interface import InterfaceClass
+
+from mailhub.users import UserDB, canonical_user
+
+log = Logger()
+R = TypeVar("R")
+
+
+class Runner(Protocol):
+    """Runs a blocking call somewhere other than the reactor thread; a Deferred of its result."""
+
+    def __call__(self, f: Callable[..., R], /, *args: Any) -> Deferred[R]: ...
+
+
+def reactor_threads(f: Callable[..., R], /, *args: Any) -> Deferred[R]:
+    """The reactor's shared thread pool (``deferToThread``)."""
+    return deferToThread(f, *args)
+
+
+class HashingPool(Service):
+    """A small thread pool for password hashing, as a service (started and stopped with the
+    server). ``threads`` bounds concurrent hashes: each argon2 verify takes 64 MiB and a core,
+    so the default matches a small machine; further logins wait their turn."""
+
+    def __init__(self, reactor: IReactorFromThreads | None = None, threads: int = 2) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor  # type: ignore[assignment]
+        self._reactor = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="mailhub-password-hash")
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+    def run(self, f: Callable[..., R], /, *args: Any) -> Deferred[R]:
+        return deferToThreadPool(self._reactor, self.pool, f, *args)
+
+
+def _text(value: str | bytes) -> str | None:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value
+
+
+def _loggable(username: str | bytes) -> str:
+    """A username fit for a log line: bounded, control characters escaped (it came from the
+    network and may even be a password typed in the wrong field, so only its start is kept)."""
+    text = _text(username) or repr(username)
+    return repr(text[:64] + ("..." if len(text) > 64 else ""))
+
+
+# --- credentials -------------------------------------------------------------------------------
+
+
+@implementer(IUsernamePassword)
+@dataclass(frozen=True)
+class PasswordCredentials:
+    """A username and password from AUTH PLAIN/LOGIN, IMAP LOGIN or POP3 USER/PASS.
+
+    ``password`` is left out of the repr (and so of tracebacks and log events that show it)."""
+
+    username: bytes
+    password: bytes = field(repr=False)
+
+    def checkPassword(self, password: bytes) -> bool:
+        return hmac.compare_digest(self.password, password)
+
+
+# --- checkers ----------------------------------------------------------------------------------
+
+
+@implementer(ICredentialsChecker)
+class UserDBChecker:
+    """``IUsernamePassword`` against the users file; the avatar ID is the canonical address."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, users: UserDB, run: Runner = reactor_threads) -> None:
+        self._users = users
+        self._run = run
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
+        username = credentials.username
+
+        def checked(address: str | None) -> str:
+            if address is None:
+                log.info("authentication failed for {username}", username=_loggable(username))
+                raise UnauthorizedLogin("authentication failed")
+            return address
+
+        d = self._run(self._users.authenticate, username, credentials.password)
+        return d.addCallback(checked)
+
+
+@implementer(ICredentialsChecker)
+class DevChecker:
+    """Development stack: every username/password pair logs in (the password is ignored and
+    kept nowhere). A username without ``@`` gets ``@<default_domain>``. The first login of an
+    address calls ``on_first_login(address)`` (in ``run``: it creates a Maildir), once per
+    process."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(
+        self,
+        *,
+        default_domain: str = "localhost",
+        on_first_login: Callable[[str], object] | None = None,
+        run: Runner = reactor_threads,
+    ) -> None:
+        self._default_domain = default_domain
+        self._on_first_login = on_first_login
+        self._run = run
+        self.known: set[str] = set()
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
+        name = _text(credentials.username)
+        if name is not None and "@" not in name:
+            name = f"{name}@{self._default_domain}"
+        try:
+            if name is None:
+                raise ValueError("not UTF-8")
+            address = canonical_user(name)
+        except ValueError:
+            log.info("dev login refused for {username}", username=_loggable(credentials.username))
+            return fail(UnauthorizedLogin("not a usable address"))
+        if address in self.known or self._on_first_login is None:
+            self.known.add(address)
+            return succeed(address)
+
+        def created(_: object) -> str:
+            self.known.add(address)
+            log.info("dev stack: created user {address} on first login", address=address)
+            return address
+
+        return self._run(self._on_first_login, address).addCallback(created)
+
+
+# --- realm -------------------------------------------------------------------------------------
+
+
+class IMailUser(Interface):
+    """A logged-in mail user; IMAP and POP3 adapt it to their own avatars."""
+
+    address = Attribute("canonical address (str): local part lower case, IDNA A-label domain")
+
+
+@implementer(IMailUser)
+@dataclass(frozen=True)
+class MailUser:
+    address: str
+
+
+AvatarFactory = Callable[[MailUser], Any]
+
+
+@implementer(IRealm)
+class MailRealm:
+    """Avatar ID (canonical address) -> avatar for the first interface the protocol asks for
+    that we serve: ``IMailUser`` always, others through ``factories`` (e.g. the IMAP service
+    registers ``{IAccount: lambda user: Account(store, user.address)}``). An avatar with a
+    ``logout()`` method gets it called on logout."""
+
+    def __init__(self, factories: Mapping[InterfaceClass, AvatarFactory] | None = None) -> None:
+        self.factories: dict[InterfaceClass, AvatarFactory] = {IMailUser: lambda user: user}
+        self.factories.update(factories or {})
+
+    def requestAvatar(
+        self, avatarId: str | bytes, mind: object, *interfaces: InterfaceClass
+    ) -> tuple[InterfaceClass, Any, Callable[[], None]]:
+        address = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
+        user = MailUser(address)
+        for interface in interfaces:
+            factory = self.factories.get(interface)
+            if factory is not None:
+                avatar = factory(user)
+                return interface, avatar, getattr(avatar, "logout", lambda: None)
+        raise NotImplementedError(f"no avatar for {', '.join(map(str, interfaces))}")
+
+
+def make_portal(checker: ICredentialsChecker, realm: MailRealm | None = None) -> Portal:
+    """The one portal the SMTP submission, IMAP and POP3 services share."""
+    return Portal(realm or MailRealm(), [checker])
