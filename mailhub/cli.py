@@ -52,6 +52,16 @@ def check_config(args: argparse.Namespace) -> int:
         endpoints = getattr(config.listeners, name)
         if endpoints:
             print(f"  {name:<10} {', '.join(endpoints)}")
+    if config.tls.pairs:
+        from mailhub.tls import ServerTLS, TLSFileError, as_config_error
+
+        try:
+            tls = ServerTLS(config.tls.pairs)
+        except TLSFileError as e:
+            raise as_config_error(e, config.source) from None
+        for info in tls.certificates:
+            names = ", ".join(info.dns_names)
+            print(f"  tls        {info.path}: {names} until {info.not_after:%Y-%m-%d}")
     return 0
 
 
@@ -165,6 +175,48 @@ def user_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cert(args: argparse.Namespace) -> int:
+    """Show the TLS certificate(s) in use: the configured ones, or the dev stack's (made now if it
+    does not exist yet, as the first start would). --new replaces the dev certificate."""
+    from mailhub.tls import (
+        TLSFileError,
+        as_config_error,
+        describe_certificate,
+        ensure_dev_certificate,
+        new_dev_certificate,
+    )
+
+    config = _config(args)
+    pairs = config.tls.pairs
+    if args.new:
+        if pairs:
+            print(
+                f"mailhub: {config.source} names its own certificate ([tls] certificate); "
+                "--new only makes the dev stack's self-signed one",
+                file=sys.stderr,
+            )
+            return 1
+        dev = new_dev_certificate(config.data_dir)
+        print("made a new dev certificate; a running mailhub uses it after `kill -HUP <pid>`")
+        pairs = ((dev.certificate_path, dev.key_path),)
+    elif not pairs:
+        if not config.dev:
+            print(f"{config.source}: no [tls] certificate: TLS is off")
+            return 0
+        dev = ensure_dev_certificate(config.data_dir)
+        pairs = ((dev.certificate_path, dev.key_path),)
+    try:
+        for n, (certificate, key) in enumerate(pairs):
+            if n:
+                print()
+            for line in describe_certificate(certificate).describe():
+                print(line)
+            print(f"key          {key}")
+    except TLSFileError as e:
+        raise as_config_error(e, config.source) from None
+    return 0
+
+
 def version(args: argparse.Namespace) -> int:
     print(f"mailhub {__version__}")
     return 0
@@ -181,6 +233,13 @@ def parser() -> argparse.ArgumentParser:
         run=check_config
     )
     sub.add_parser("version", help="print the version").set_defaults(run=version)
+    cert_p = sub.add_parser(
+        "cert", parents=[common], help="show the TLS certificate (path, SHA-256, names, expiry)"
+    )
+    cert_p.add_argument(
+        "--new", action="store_true", help="replace the dev stack's self-signed certificate"
+    )
+    cert_p.set_defaults(run=cert)
 
     mailbox = sub.add_parser("mailbox", help="list, create and show mailboxes")
     mailbox_sub = mailbox.add_subparsers(dest="action", required=True)

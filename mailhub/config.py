@@ -100,6 +100,16 @@ class ListenersConfig:
 class TLSConfig:
     certificate: Path | None = None
     key: Path | None = None
+    # More (certificate, key) pairs from [[tls.sni]], picked by the name the client asks for
+    # (SNI, RFC 6066 3); certificate/key above stay the default for every other client.
+    sni: tuple[tuple[Path, Path], ...] = ()
+
+    @property
+    def pairs(self) -> tuple[tuple[Path, Path], ...]:
+        """All (certificate, key) pairs, the default first; () when TLS is not configured."""
+        if self.certificate is None or self.key is None:
+            return ()
+        return ((self.certificate, self.key), *self.sni)
 
 
 @dataclass(frozen=True)
@@ -341,6 +351,23 @@ def _listeners(source: str, table: Mapping[str, Any], reactor: Any) -> Listeners
     return ListenersConfig(**values)
 
 
+def _sni_pairs(source: str, value: Any, base: Path) -> tuple[tuple[Path, Path], ...]:
+    """[[tls.sni]] tables, each with certificate and key, into (certificate, key) pairs."""
+    fix = '[[tls.sni]] tables, each with certificate = "..." and key = "..."'
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError(source, "[tls] sni", "must be an array of tables", fix)
+    pairs = []
+    for table in value:
+        r = _Reader(source, "tls.sni", table)
+        certificate = r.path("certificate", None, base, must_exist=True)
+        key = r.path("key", None, base, must_exist=True)
+        r.finish()
+        if certificate is None or key is None:
+            raise ConfigError(source, "[[tls.sni]]", "each entry needs certificate and key", fix)
+        pairs.append((certificate, key))
+    return tuple(pairs)
+
+
 _SECTIONS = ("server", "domains", "listeners", "limits", "smtp", "tls", "files")
 
 
@@ -413,10 +440,18 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     tls = TLSConfig(
         certificate=tls_r.path("certificate", None, base, must_exist=True),
         key=tls_r.path("key", None, base, must_exist=True),
+        sni=tls_r.get("sni", (), lambda k, v: _sni_pairs(source, v, base)),
     )
     tls_r.finish()
     if (tls.certificate is None) != (tls.key is None):
         raise ConfigError(source, "[tls]", "certificate and key go together", "set both or neither")
+    if tls.sni and tls.certificate is None:
+        raise ConfigError(
+            source,
+            "[tls]",
+            "[[tls.sni]] certificates without a default certificate",
+            "set [tls] certificate and key: clients that send no name get that one",
+        )
 
     files = _Reader(source, "files", doc.get("files", {}))
     users_file = files.path("users", None, base, must_exist=True)

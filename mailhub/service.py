@@ -18,6 +18,13 @@ from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy
 from mailhub.store.delivery import GroupCommitter, MaildirSink, StaleTmpCleaner
 from mailhub.store.store import MailStore
+from mailhub.tls import (
+    ServerTLS,
+    SighupReloadService,
+    TLSFileError,
+    as_config_error,
+    ensure_dev_certificate,
+)
 
 log = Logger()
 
@@ -61,6 +68,7 @@ class MailhubService(MultiService):
     def __init__(self, config: Config, store: MailStore, sink: MaildirSink) -> None:
         super().__init__()
         self.config, self.store, self.sink = config, store, sink
+        self.tls: ServerTLS | None = None  # set by build(); reload() re-reads certificates
 
     def startService(self) -> None:
         super().startService()
@@ -86,7 +94,9 @@ def _reactor() -> IReactorCore:
     return reactor  # type: ignore[return-value]
 
 
-def _smtp_factory(config: Config, store: MailStore, sink: MaildirSink) -> Factory:
+def _smtp_factory(
+    config: Config, store: MailStore, sink: MaildirSink, tls: ServerTLS | None
+) -> Factory:
     policy = RecipientPolicy(config.domains, mailbox_exists=store.has_mailbox)
     return SMTPServerFactory(
         hostname=config.hostname,
@@ -95,14 +105,35 @@ def _smtp_factory(config: Config, store: MailStore, sink: MaildirSink) -> Factor
         policy=policy,
         sink=sink,
         clock=_reactor(),
+        tls_context_factory=tls,  # None: STARTTLS not offered
     )
 
 
 # Listener kinds this version serves, and how to build each one's protocol factory. The port plan
 # in config.DEV_PORTS names the others; they arrive with their own issues.
-FACTORIES: dict[str, Callable[[Config, MailStore, MaildirSink], Factory]] = {
+FACTORIES: dict[str, Callable[[Config, MailStore, MaildirSink, ServerTLS | None], Factory]] = {
     "smtp": _smtp_factory,
 }
+
+
+def _server_tls(config: Config) -> ServerTLS | None:
+    """The configured certificates, or in the dev stack a self-signed one for localhost that is
+    made on first start and reused after. None: no TLS (production without [tls])."""
+    pairs = config.tls.pairs
+    try:
+        if not pairs and config.dev:
+            dev = ensure_dev_certificate(config.data_dir)
+            log.info(
+                "dev TLS certificate {path} ({state}), SHA-256 fingerprint {fingerprint}",
+                path=str(dev.certificate_path),
+                state="new" if dev.created else "reused",
+                fingerprint=dev.fingerprint,
+            )
+            pairs = ((dev.certificate_path, dev.key_path),)
+        return ServerTLS(pairs) if pairs else None
+    except TLSFileError as e:
+        message = f"mailhub: configuration error in {as_config_error(e, config.source)}"
+        raise SystemExit(message) from None
 
 
 def build(config: Config) -> MailhubService:
@@ -114,12 +145,16 @@ def build(config: Config) -> MailhubService:
     top = MailhubService(config, store, sink)
     committer.setServiceParent(top)
     StaleTmpCleaner(store, interval=TMP_CLEAN_INTERVAL).setServiceParent(top)
+    tls = top.tls = _server_tls(config)
+    if tls is not None:
+        # `kill -HUP` (systemd: ExecReload=/bin/kill -HUP $MAINPID) re-reads the certificates.
+        SighupReloadService(tls.reload).setServiceParent(top)
 
     for key, builder in FACTORIES.items():
         descriptions = getattr(config.listeners, key)
         if not descriptions:
             continue
-        factory = builder(config, store, sink)
+        factory = builder(config, store, sink, tls)
         for description in descriptions:
             ListenerService(config, key, description, factory).setServiceParent(top)
     waiting = [k for k in config.listeners.__dataclass_fields__ if k not in FACTORIES]

@@ -95,7 +95,7 @@ class TLSFileError(Exception):
 
 def as_config_error(error: TLSFileError, source: str) -> ConfigError:
     """The same problem as a ConfigError ("source: [tls] key: file: problem / fix")."""
-    return ConfigError(source, f"tls] {error.role}", f"{error.path}: {error.problem}", error.fix)
+    return ConfigError(source, f"[tls] {error.role}", f"{error.path}: {error.problem}", error.fix)
 
 
 def _read(path: Path, role: str) -> bytes:
