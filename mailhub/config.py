@@ -454,7 +454,15 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         )
 
     files = _Reader(source, "files", doc.get("files", {}))
-    users_file = files.path("users", None, base, must_exist=True)
+    # The users file may not exist yet: `mailhub user add` creates it (its folder must exist).
+    users_file = files.path("users", None, base, must_exist=False)
+    if users_file is not None and not users_file.parent.is_dir():
+        raise ConfigError(
+            source,
+            "[files] users",
+            f"folder {str(users_file.parent)!r} does not exist",
+            "create it, or fix the path",
+        )
     aliases_file = files.path("aliases", None, base, must_exist=True)
     files.finish()
 

@@ -118,9 +118,18 @@ class Mistakes(SynchronousTestCase):
         self.assertIn("not found", str(err))
 
     def test_missing_referenced_file(self) -> None:
+        err = self.error('[domains]\nlocal=["a.example"]\n[files]\naliases = "/nonexistent/a"\n')
+        self.assertIn("[files] aliases", str(err))
+        self.assertIn("does not exist", str(err))
+
+    def test_users_file_may_be_created_later_but_its_folder_must_exist(self) -> None:
+        folder = Path(self.mktemp()).absolute()
+        folder.mkdir()
+        path = self.write(f'[domains]\nlocal=["a.example"]\n[files]\nusers = "{folder}/users"\n')
+        self.assertEqual(load(path).users_file, folder / "users")
         err = self.error('[domains]\nlocal=["a.example"]\n[files]\nusers = "/nonexistent/users"\n')
         self.assertIn("[files] users", str(err))
-        self.assertIn("does not exist", str(err))
+        self.assertIn("folder '/nonexistent' does not exist", str(err))
 
     def test_certificate_without_key(self) -> None:
         cert = self.write("not really a cert")
