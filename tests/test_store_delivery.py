@@ -266,12 +266,130 @@ class DeliveryTests(SinkTestCase):
         self.assertEqual(self.committer.dir_fsyncs, self.committer.batches)
 
     @defer.inlineCallbacks
+    def test_batch_reports_to_the_reactor_once(self):
+        """Results come back with one callFromThread per directory batch, not per message."""
+        self.create("a@example.com")
+        calls: list[object] = []
+        real_call = reactor.callFromThread
+
+        def counting(f, *args, **kwargs):
+            calls.append(f)
+            return real_call(f, *args, **kwargs)
+
+        self.patch(self.committer, "_reactor", _CallFromThreadProxy(counting))
+        real_fsync = os.fsync
+
+        def slow_dirs(fd: int) -> None:
+            if is_dir_fd(fd):
+                time.sleep(0.05)
+            real_fsync(fd)
+
+        self.patch(os, "fsync", slow_dirs)
+        n = 20
+        results = yield defer.gatherResults(
+            [self.send(envelope("a@example.com", qid=f"q{i}")) for i in range(n)]
+        )
+        self.assertEqual(sorted(results), sorted(f"q{i}" for i in range(n)))
+        self.assertEqual(len(calls), self.committer.batches)
+        self.assertLess(len(calls), n)
+
+    @defer.inlineCallbacks
+    def test_failing_file_fsync_fails_only_that_message(self):
+        """One message's fsync fails while others in the same batch succeed."""
+        self.create("a@example.com")
+        real_fsync = os.fsync
+
+        def broken_for_bad(fd: int) -> None:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if not is_dir_fd(fd) and b"<bad@example.org>" in Path(path).read_bytes()[:200]:
+                raise OSError(errno.EIO, "I/O error")
+            time.sleep(0.01)  # let the commits overlap
+            real_fsync(fd)
+
+        self.patch(os, "fsync", broken_for_bad)
+        senders = ["good@example.org"] * 5 + ["bad@example.org"] + ["good@example.org"] * 5
+        ds = [
+            self.send(envelope("a@example.com", mail_from=m, qid=f"q{i}"))
+            for i, m in enumerate(senders)
+        ]
+        results = yield defer.DeferredList(ds, consumeErrors=True)
+        outcomes = [ok for ok, _ in results]
+        self.assertEqual(outcomes, [m == "good@example.org" for m in senders])
+        [(_, failure)] = [r for r in results if not r[0]]
+        self.assertIsInstance(failure.value, DeliveryError)
+        new = self.files("a@example.com", "new")
+        self.assertEqual(len(new), 10)
+        for name in new:
+            data = (self.box("a@example.com") / "new" / name).read_bytes()
+            self.assertNotIn(b"bad@example.org", data)
+        self.assertEqual(self.files("a@example.com", "tmp"), [])
+
+    @defer.inlineCallbacks
+    def test_failing_dir_fsync_fails_only_messages_for_that_directory(self):
+        """A batch with a failed directory fsync fails the messages linked into it (and takes
+        their other copies out of new/ too); the rest of the batch is delivered."""
+        self.create("a@example.com", "b@example.com")
+        bad_inode = os.stat(self.box("b@example.com") / "new").st_ino
+        real_fsync = os.fsync
+
+        def broken_b(fd: int) -> None:
+            if is_dir_fd(fd):
+                if os.fstat(fd).st_ino == bad_inode:
+                    raise OSError(errno.EIO, "I/O error")
+                time.sleep(0.02)  # let the next batch collect several messages
+            real_fsync(fd)
+
+        self.patch(os, "fsync", broken_b)
+        targets = [("a@example.com",), ("a@example.com", "b@example.com"), ("b@example.com",)]
+        ds = [
+            self.send(envelope(*targets[i % 3], mail_from=f"s{i}@example.org", qid=f"q{i}"))
+            for i in range(12)
+        ]
+        results = yield defer.DeferredList(ds, consumeErrors=True)
+        self.assertEqual([ok for ok, _ in results], [i % 3 == 0 for i in range(12)])
+        for ok, value in results:
+            if not ok:
+                self.assertIsInstance(value.value, DeliveryError)
+        self.assertEqual(len(self.files("a@example.com", "new")), 4)
+        for name in self.files("a@example.com", "new"):
+            data = (self.box("a@example.com") / "new" / name).read_bytes()
+            sender = int(data.split(b"<s", 1)[1].split(b"@", 1)[0])
+            self.assertEqual(sender % 3, 0)
+        self.assertEqual(self.files("b@example.com", "new"), [])
+        self.assertEqual(self.files("a@example.com", "tmp"), [])
+        self.assertEqual(self.files("b@example.com", "tmp"), [])
+
+    @defer.inlineCallbacks
+    def test_new_mailbox_is_created_at_commit(self):
+        """A small message to a new mailbox touches no disk on the reactor before commit()."""
+        msg = self.sink.open(envelope("new@example.com"))
+        msg.write(b"small")
+        self.assertFalse(self.box("new@example.com").exists())
+        yield msg.commit()
+        self.assertEqual(len(self.files("new@example.com", "new")), 1)
+        self.assertTrue(self.store.has_mailbox("new@example.com"))
+
+    @defer.inlineCallbacks
+    def test_mailbox_creation_failure(self):
+        (self.root / "example.com").mkdir(parents=True)
+        (self.root / "example.com" / "x").write_bytes(b"a file where the mailbox should be")
+        d = self.send(envelope("x@example.com"), b"small")  # not flushed: created at commit
+        e = yield self.assertFailure(d, DeliveryError)
+        self.assertFalse(e.permanent)
+        self.assertIn("could not create the mailbox", str(e))
+
+    @defer.inlineCallbacks
     def test_many_small_writes_large_message(self):
         body = b"".join(b"line %06d\r\n" % i for i in range(20000))  # ~260 KB
         yield self.send(envelope("a@example.com"), body, chunk=7)
         [name] = self.files("a@example.com", "new")
         data = (self.box("a@example.com") / "new" / name).read_bytes()
         self.assertEqual(data, b"Return-Path: <sender@example.org>\r\n" + body)
+
+
+class _CallFromThreadProxy:
+    def __init__(self, call_from_thread) -> None:
+        self.callFromThread = call_from_thread
 
 
 class CommitterServiceTests(SinkTestCase):

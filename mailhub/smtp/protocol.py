@@ -889,19 +889,29 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         if outcome is None:
             outcome = "accepted" if reply is not None and reply.code < 400 else "rejected"
         envelope = txn.envelope
+        queue_id = envelope.queue_id if envelope is not None else None
+        client = self.session.client_address
+        mail_from = txn.sender.written if txn.sender is not None else ""
+        recipients = [r.address for r in txn.recipients]
+        code = reply.code if reply is not None else None
+        enhanced = reply.enhanced if reply is not None else None
+        reason = reason or (reply.lines[-1] if reply is not None else "connection lost")
+        # The line is rendered here with an f-string: observers (twistd's file log) then format
+        # one field instead of ten with string.Formatter, which cost ~25 us per message.
         self._log.info(
-            "{outcome} queue_id={queue_id} client={client} from=<{mail_from}> "
-            "to={recipients} size={size} reply={code} {enhanced} {reason}",
+            "{log_text}",
+            log_text=f"{outcome} queue_id={queue_id} client={client} from=<{mail_from}> "
+            f"to={recipients} size={txn.size} reply={code} {enhanced} {reason}",
             event="message",
             outcome=outcome,
-            queue_id=envelope.queue_id if envelope is not None else None,
-            client=self.session.client_address,
-            mail_from=txn.sender.written if txn.sender is not None else "",
-            recipients=[r.address for r in txn.recipients],
+            queue_id=queue_id,
+            client=client,
+            mail_from=mail_from,
+            recipients=recipients,
             size=txn.size,
-            code=reply.code if reply is not None else None,
-            enhanced=reply.enhanced if reply is not None else None,
-            reason=reason or (reply.lines[-1] if reply is not None else "connection lost"),
+            code=code,
+            enhanced=enhanced,
+            reason=reason,
         )
 
 

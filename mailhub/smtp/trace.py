@@ -15,6 +15,7 @@ from mailhub.smtp.address import AddressError, normalise_domain
 _UNSAFE = re.compile(r"[^\x21-\x7e]|[()\\;]")
 
 
+@lru_cache(maxsize=1024)
 def address_literal(ip: str) -> str:
     """RFC 5321 4.1.3: ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``."""
     try:
@@ -26,6 +27,7 @@ def address_literal(ip: str) -> str:
     return f"[{addr}]"
 
 
+@lru_cache(maxsize=1024)
 def _helo_token(helo: str) -> str:
     # The HELO argument is client-chosen text; keep it from smuggling header syntax, and keep
     # the header 7-bit even for a U-label HELO (A-label instead).

@@ -7,23 +7,28 @@ Per message, following https://cr.yp.to/proto/maildir.html:
    the final delivery agent records the reverse-path).
 2. ``write()`` (reactor thread): append to an in-memory buffer; every ``flush_size`` bytes it
    goes to the tmp file (created then) with os.write(), so small SMTP chunks cost no syscall.
-3. ``commit()``: one hop into the ``GroupCommitter``'s thread pool, which creates the tmp file
-   if the message was small, writes the rest, fsyncs the file, link()s it as
-   ``new/<unique>,S=<size>`` into each distinct target mailbox, unlinks the tmp name and then
-   waits for the *group* fsync of the new/ directories. The Deferred fires with the queue id
-   only then: every copy is on disk and visible.
+3. ``commit()``: one hop into the ``GroupCommitter``'s thread pool, which creates the mailboxes
+   seen for the first time, creates the tmp file if the message was small, writes the rest,
+   fsyncs the file, link()s it as ``new/<unique>,S=<size>`` into each distinct target mailbox
+   and unlinks the tmp name. The message then joins the next *group* fsync of the new/
+   directories; its Deferred fires with the queue id only after that: every copy is on disk
+   and visible.
 
 Group commit: link() and rename() are durable only once their directory is fsync'd. Instead of
-one directory fsync per message, commits that finish their file fsync while a directory-fsync
-batch is in flight join the next batch, and each distinct directory is fsync'd once per batch
-(leader/follower inside the pool threads: the first waiter does the fsyncs for everyone). File
-fsyncs run in parallel in the pool, which lets the file system merge journal commits.
+one directory fsync per message, messages that finish their file phase while a directory-fsync
+batch is in flight join the next batch, and each distinct directory is fsync'd once per batch.
+The first pool thread to find no batch running leads: it fsyncs the batch's directories and
+loops while more messages have joined; the other threads never wait for it, they go back to
+file work. The leader hands each finished batch to the reactor with one callFromThread, so the
+reactor wakes once per batch, not once per message. File fsyncs run in parallel in the pool,
+which lets the file system merge journal commits.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -34,7 +39,6 @@ from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from mailhub.envelope import Envelope
@@ -55,22 +59,51 @@ def _delivery_error(what: str, e: OSError) -> DeliveryError:
     return DeliveryError(f"{what}: {e.strerror or e}", permanent=e.errno in _PERMANENT_ERRNOS)
 
 
+class _Commit:
+    """One message's commit: built on the reactor thread, worked on by one pool thread, then
+    handed back to the reactor (with its batch) to fire ``d``."""
+
+    __slots__ = ("d", "error", "fd", "linked", "name", "new_dirs", "prepare", "tail", "tmp")
+
+    def __init__(
+        self,
+        fd: int | None,
+        tmp: str,
+        tail: bytearray,
+        name: str,
+        new_dirs: list[str],
+        prepare: Callable[[], None] | None,
+    ) -> None:
+        self.fd = fd
+        self.tmp = tmp
+        self.tail = tail
+        self.name = name
+        self.new_dirs = new_dirs
+        self.prepare = prepare  # creates mailboxes seen for the first time (pool thread)
+        self.linked: list[str] = []
+        self.error: BaseException | Failure | None = None
+        self.d: defer.Deferred[None] | None = None
+
+
 class _Batch:
-    __slots__ = ("dirs", "done", "failures")
+    __slots__ = ("dirs", "jobs")
 
     def __init__(self) -> None:
         self.dirs: set[str] = set()
-        self.done = False
-        self.failures: dict[str, OSError] = {}
+        self.jobs: list[_Commit] = []
+
+
+_STOP = object()
 
 
 class GroupCommitter(Service):
-    """A thread pool for fsync work plus batched directory fsyncs. Add it to the MultiService
+    """Worker threads for fsync work plus batched directory fsyncs. Add it to the MultiService
     before the listeners, so it is started before and stopped after them.
 
-    ``run(f, *args)`` runs ``f`` in the pool and returns a Deferred. Inside ``f``,
-    ``sync_dirs(dirs)`` blocks until every directory has been fsync'd by a batch that started
-    after the call, sharing that work with every other concurrent caller.
+    ``submit(job)`` (used by ``MaildirMessage.commit``) runs one message's file work in a
+    worker and returns a Deferred that fires once the message's new/ directories have been
+    fsync'd by a batch (see the module docstring). ``run(f, *args)`` runs ``f`` in a worker and
+    returns a Deferred.
     """
 
     def __init__(self, reactor: IReactorFromThreads | None = None, threads: int = 16) -> None:
@@ -79,19 +112,24 @@ class GroupCommitter(Service):
 
             reactor = default_reactor  # type: ignore[assignment]
         self._reactor = reactor
-        self._pool = ThreadPool(minthreads=1, maxthreads=threads, name="mailhub-store-fsync")
-        self._cond = threading.Condition()
+        self._nthreads = threads
+        self._threads: list[threading.Thread] = []
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
         self._collecting = _Batch()
         self._leading = False
         self._inflight = 0
         self._drained: defer.Deferred[None] | None = None
-        # Counters for tests and metrics (written under the condition's lock).
+        # Counters for tests and metrics (written under the lock).
         self.batches = 0
         self.dir_fsyncs = 0
 
     def startService(self) -> None:
         super().startService()
-        self._pool.start()
+        for i in range(self._nthreads):
+            t = threading.Thread(target=self._worker, name=f"mailhub-store-fsync-{i}")
+            t.start()
+            self._threads.append(t)
 
     def stopService(self) -> defer.Deferred[None]:
         """Wait for commits in flight, then stop the threads."""
@@ -105,53 +143,124 @@ class GroupCommitter(Service):
             d = defer.succeed(None)
 
         def stop(_: object) -> None:
-            self._pool.stop()
+            threads, self._threads = self._threads, []
+            for _t in threads:
+                self._queue.put(_STOP)
+            for t in threads:
+                t.join()
 
         return d.addCallback(stop)
 
+    def _worker(self) -> None:
+        get = self._queue.get
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            if isinstance(item, _Commit):
+                self._work(item)
+            else:
+                f, args, d = item
+                try:
+                    result = f(*args)
+                except BaseException:
+                    self._reactor.callFromThread(self._finish_run, d, Failure())
+                else:
+                    self._reactor.callFromThread(self._finish_run, d, result)
+
     def run(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        """Run ``f(*args)`` in the pool (reactor thread only)."""
+        """Run ``f(*args)`` in a worker (reactor thread only)."""
         if not self.running:
             return defer.fail(DeliveryError("message store is not running"))
         self._inflight += 1
-        d = threads.deferToThreadPool(self._reactor, self._pool, f, *args)  # type: ignore[arg-type]
+        d: defer.Deferred[T] = defer.Deferred()
+        self._queue.put((f, args, d))
+        return d
 
-        def done(result: T | Failure) -> T | Failure:
-            self._inflight -= 1
-            if not self._inflight and self._drained is not None:
-                drained, self._drained = self._drained, None
-                drained.callback(None)
-            return result
+    def _finish_run(self, d: defer.Deferred[Any], result: object) -> None:
+        self._inflight -= 1
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+        self._check_drained()
 
-        return d.addBoth(done)
+    def submit(self, job: _Commit) -> defer.Deferred[None]:
+        """Commit one message (reactor thread only); fires when it is durable everywhere."""
+        if not self.running:
+            return defer.fail(DeliveryError("message store is not running"))
+        self._inflight += 1
+        job.d = d = defer.Deferred()
+        self._queue.put(job)
+        return d
 
-    def sync_dirs(self, dirs: Iterable[str]) -> None:
-        """fsync each of ``dirs`` (pool threads only); raises the OSError of a failed one."""
-        mine = set(dirs)
-        with self._cond:
+    def _work(self, job: _Commit) -> None:
+        """Worker thread: the file phase, then join the next directory batch (never waits)."""
+        try:
+            _write_and_link(job)
+        except DeliveryError as e:
+            job.error = e
+        except BaseException:
+            job.error = Failure()
+        if job.error is not None:
+            self._reactor.callFromThread(self._deliver, [job])
+            return
+        with self._lock:
             batch = self._collecting
-            batch.dirs |= mine
-            while not batch.done:
-                if self._leading:
-                    self._cond.wait()
-                    continue
-                # Lead: take everything collected so far; later arrivals form the next batch.
-                self._leading = True
-                current, self._collecting = self._collecting, _Batch()
-                self._cond.release()
-                try:
-                    failures = self._fsync_all(current.dirs)
-                finally:
-                    self._cond.acquire()
-                current.failures = failures
-                current.done = True
-                self._leading = False
-                self.batches += 1
-                self.dir_fsyncs += len(current.dirs)
-                self._cond.notify_all()
-        for d in mine:
-            if d in batch.failures:
-                raise batch.failures[d]
+            batch.jobs.append(job)
+            batch.dirs.update(job.new_dirs)
+            if self._leading:
+                return  # the leader takes it with its next batch
+            self._leading = True
+        self._lead()
+
+    def _lead(self) -> None:
+        """fsync the directories of everything collected, hand the batch to the reactor, and
+        go on while more has been collected meanwhile."""
+        while True:
+            with self._lock:
+                batch = self._collecting
+                if not batch.jobs:
+                    self._leading = False
+                    return
+                self._collecting = _Batch()
+            try:
+                failures = self._fsync_all(batch.dirs)
+                if failures:
+                    for job in batch.jobs:
+                        for new_dir in job.new_dirs:
+                            if new_dir in failures:
+                                for path in job.linked:  # a failed delivery leaves nothing in new/
+                                    _unlink_quietly(path)
+                                job.error = _delivery_error(
+                                    "could not store the message", failures[new_dir]
+                                )
+                                break
+                with self._lock:
+                    self.batches += 1
+                    self.dir_fsyncs += len(batch.dirs)
+            finally:
+                # One wake-up of the reactor for the whole batch.
+                self._reactor.callFromThread(self._deliver, batch.jobs)
+
+    def _deliver(self, jobs: list[_Commit]) -> None:
+        """Reactor thread: fire the Deferreds of finished commits."""
+        self._inflight -= len(jobs)
+        for job in jobs:
+            d, job.d = job.d, None
+            error, job.error = job.error, None
+            if d is None:
+                continue
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(error)
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if not self._inflight and self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
 
     @staticmethod
     def _fsync_all(dirs: Iterable[str]) -> dict[str, OSError]:
@@ -165,7 +274,7 @@ class GroupCommitter(Service):
                     os.close(fd)
             except OSError as e:
                 failures[d] = e
-            except Exception as e:  # never leave the followers waiting on a dead leader
+            except Exception as e:  # never leave a batch without an answer
                 failures[d] = OSError(errno.EIO, f"directory fsync failed: {e!r}")
         return failures
 
@@ -196,39 +305,47 @@ def _copy_across(src: str, new_dir: str, name: str) -> str:
     return dest
 
 
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
 def _create_tmp(path: str) -> int:
     # O_EXCL: the unique name must really be new (maildir.html: "if the file exists, wait").
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return os.open(path, _TMP_FLAGS, 0o600)
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:
+    n = os.write(fd, data)
+    if n == len(data):
+        return
     view = memoryview(data)
     try:
+        view = view[n:]
         while view:
             view = view[os.write(fd, view) :]
     finally:
         view.release()
 
 
-def _finish_in_thread(
-    committer: GroupCommitter,
-    fd: int | None,
-    tmp: str,
-    tail: bytearray,
-    name: str,
-    new_dirs: list[str],
-) -> None:
-    """The pool-thread half of commit(): write, fsync, link into every new/, group-fsync."""
-    linked: list[str] = []
+def _write_and_link(job: _Commit) -> None:
+    """The worker-thread half of commit(): create new mailboxes, write, fsync, link into every
+    new/. The directory fsyncs follow in a batch (GroupCommitter._lead)."""
+    tmp = job.tmp
+    linked = job.linked
     try:
+        if job.prepare is not None:
+            job.prepare()
+        fd = job.fd
+        job.fd = None
         if fd is None:
             fd = _create_tmp(tmp)
         try:
-            _write_all(fd, tail)
+            if job.tail:
+                _write_all(fd, job.tail)
             os.fsync(fd)  # the data, before any name in new/ points at it (maildir.html)
         finally:
             os.close(fd)
-        for new_dir in new_dirs:
+        name = job.name
+        for new_dir in job.new_dirs:
             dest = f"{new_dir}/{name}"
             try:
                 # link(), not rename(): never overwrites, and one inode serves every copy.
@@ -239,12 +356,27 @@ def _finish_in_thread(
                 dest = _copy_across(tmp, new_dir, name)
             linked.append(dest)
         os.unlink(tmp)
-        committer.sync_dirs(new_dirs)
     except OSError as e:
         for path in linked:  # a failed delivery leaves nothing in new/
             _unlink_quietly(path)
         _unlink_quietly(tmp)
         raise _delivery_error("could not store the message", e) from e
+    except BaseException:
+        for path in linked:
+            _unlink_quietly(path)
+        _unlink_quietly(tmp)
+        raise
+
+
+def _mailbox_creator(store: MailStore, addresses: list[str]) -> Callable[[], None]:
+    def create() -> None:
+        try:
+            for address in addresses:
+                store.delivery_dirs(address)
+        except OSError as e:
+            raise _delivery_error("could not create the mailbox", e) from e
+
+    return create
 
 
 @implementer(IIncomingMessage)
@@ -254,7 +386,8 @@ class MaildirMessage:
     The tmp file is created lazily: at the first flush for a big message, otherwise in the
     pool thread at commit. Creating it on the reactor thread cost 0.6-0.8 ms per message under
     fsync load (ext4: the tmp/ directory lock and journal handle are contended by the pool's
-    unlinks and fsyncs), most of the reactor's budget at 1000 msg/s.
+    unlinks and fsyncs), most of the reactor's budget at 1000 msg/s. Mailboxes that receive
+    their first message are created the same way (their creation fsyncs directories).
     """
 
     def __init__(
@@ -265,6 +398,7 @@ class MaildirMessage:
         base: str,
         new_dirs: list[str],
         header: bytes,
+        prepare: Callable[[], None] | None = None,
     ) -> None:
         self.envelope = envelope
         self._sink = sink
@@ -272,8 +406,10 @@ class MaildirMessage:
         self._tmp = tmp
         self._base = base
         self._new_dirs = new_dirs
+        self._prepare = prepare
         self._buf = bytearray(header)
         self._size = len(header)
+        self._flush_size = sink.flush_size
         self._state = "open"  # open -> committing -> committed | failed | aborted
 
     def write(self, data: bytes) -> None:
@@ -281,18 +417,25 @@ class MaildirMessage:
             raise DeliveryError(f"message is {self._state}, cannot write")
         self._buf += data
         self._size += len(data)
-        if len(self._buf) >= self._sink.flush_size:
+        if len(self._buf) >= self._flush_size:
             self._flush()
 
     def _flush(self) -> None:
         try:
             if self._fd is None:
+                if self._prepare is not None:
+                    prepare, self._prepare = self._prepare, None
+                    prepare()
                 self._fd = _create_tmp(self._tmp)
             _write_all(self._fd, self._buf)
         except OSError as e:
             self._cleanup("failed")
             self._sink.forget(self.envelope)
             raise _delivery_error("could not write the message", e) from e
+        except DeliveryError:
+            self._cleanup("failed")
+            self._sink.forget(self.envelope)
+            raise
         self._buf.clear()
 
     def commit(self) -> defer.Deferred[str]:
@@ -303,26 +446,30 @@ class MaildirMessage:
             self._cleanup("failed")
             return defer.fail(DeliveryError("message store is not running"))
         self._state = "committing"
-        name = names.with_size(self._base, self._size)
-        d = committer.run(
-            _finish_in_thread, committer, self._fd, self._tmp, self._buf, name, self._new_dirs
+        job = _Commit(
+            self._fd,
+            self._tmp,
+            self._buf,
+            f"{self._base},S={self._size}",  # names.with_size
+            self._new_dirs,
+            self._prepare,
         )
-        self._fd = None  # the pool thread owns (and closes) it now
+        self._fd = None  # the worker thread owns (and closes) it now
         self._buf = bytearray()
+        self._prepare = None
+        return committer.submit(job).addCallbacks(self._committed, self._failed)
 
-        def ok(_: None) -> str:
-            self._state = "committed"
-            return self.envelope.queue_id
+    def _committed(self, _: None) -> str:
+        self._state = "committed"
+        return self.envelope.queue_id
 
-        def failed(f: Failure) -> Failure:
-            self._state = "failed"
-            self._sink.forget(self.envelope)
-            if not f.check(DeliveryError):
-                log.failure("delivery of {qid} failed", f, qid=self.envelope.queue_id)
-                return Failure(DeliveryError(f"could not store the message: {f.value}"))
-            return f
-
-        return d.addCallbacks(ok, failed)
+    def _failed(self, f: Failure) -> Failure:
+        self._state = "failed"
+        self._sink.forget(self.envelope)
+        if not f.check(DeliveryError):
+            log.failure("delivery of {qid} failed", f, qid=self.envelope.queue_id)
+            return Failure(DeliveryError(f"could not store the message: {f.value}"))
+        return f
 
     def abort(self) -> None:
         """Drop the message. After commit() was called it is too late: the commit finishes."""
@@ -360,18 +507,38 @@ class MaildirSink:
         mailboxes = envelope.mailboxes
         if not mailboxes:
             raise DeliveryError("no recipients", permanent=True)
-        if any(c in envelope.mail_from for c in "\r\n\0"):
+        mail_from = envelope.mail_from
+        if "\r" in mail_from or "\n" in mail_from or "\0" in mail_from:
             raise DeliveryError("reverse-path cannot be written as a header", permanent=True)
+        store = self.store
+        known = store.known_delivery_dirs
+        new_dirs: list[str] = []
+        missing: list[str] | None = None
+        tmp_dir = None
         try:
-            dirs = [self.store.delivery_dirs(mb) for mb in mailboxes]
+            for mb in mailboxes:
+                dirs = known(mb)
+                if dirs is None:
+                    # First delivery (or after a failure): created by the worker at commit.
+                    dirs = store.delivery_paths(mb)
+                    if missing is None:
+                        missing = []
+                    missing.append(mb)
+                if tmp_dir is None:
+                    tmp_dir = dirs[0]
+                new_dirs.append(dirs[1])
         except InvalidName as e:
             raise DeliveryError(f"bad mailbox name: {e}", permanent=True) from e
-        except OSError as e:
-            raise _delivery_error("could not create the mailbox", e) from e
-        base = names.unique_name(self.store.hostname, self.store.settings.now)
-        header = f"Return-Path: <{envelope.mail_from}>\r\n".encode()
+        base = names.unique_name(store.hostname, store.settings.now)
+        header = f"Return-Path: <{mail_from}>\r\n".encode()
         return MaildirMessage(
-            envelope, self, f"{dirs[0][0]}/{base}", base, [new for _, new in dirs], header
+            envelope,
+            self,
+            f"{tmp_dir}/{base}",
+            base,
+            new_dirs,
+            header,
+            None if missing is None else _mailbox_creator(store, missing),
         )
 
     def forget(self, envelope: Envelope) -> None:

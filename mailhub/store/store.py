@@ -143,6 +143,17 @@ class MailStore:
             self._delivery_dirs[address] = dirs
         return dirs
 
+    def known_delivery_dirs(self, address: str) -> tuple[str, str] | None:
+        """``delivery_dirs(address)`` if the mailbox is known to exist, else None (no syscall)."""
+        return self._delivery_dirs.get(address)
+
+    def delivery_paths(self, address: str) -> tuple[str, str]:
+        """(tmp dir, new dir) of the INBOX of ``address`` without touching the disk; may raise
+        InvalidName. ``delivery_dirs`` creates them (it is safe to call from a worker thread:
+        creation tolerates a concurrent creator)."""
+        path = self._path(address)
+        return (f"{path}/tmp", f"{path}/new")
+
     def forget_delivery_dirs(self, address: str) -> None:
         """The mailbox vanished under a delivery: the next delivery re-checks and recreates."""
         self._delivery_dirs.pop(address, None)
