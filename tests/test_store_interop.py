@@ -1,0 +1,49 @@
+"""Another Maildir++ implementation (the standard library's) reads what the store writes."""
+
+from __future__ import annotations
+
+import mailbox
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailhub.store.store import MailStore
+
+
+class StdlibReader(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        self.store = MailStore(self.root, hostname="node1.example")
+        self.mbox = self.store.mailbox("alice@example.com", create=True)
+        self.reader = mailbox.Maildir(self.root / "example.com" / "alice", create=False)
+
+    def test_folders_are_maildir_plus_plus(self) -> None:
+        self.mbox.create_folder("Sent")
+        self.mbox.create_folder("Archive.2026")
+        self.assertEqual(sorted(self.reader.list_folders()), ["Archive.2026", "Sent"])
+        self.assertEqual(len(self.reader.get_folder("Archive.2026")), 0)
+
+    def test_messages_and_flags_read_back(self) -> None:
+        inbox = self.mbox.folder()
+        uid = inbox.append(b"Subject: first\r\n\r\nbody one\r\n")
+        inbox.append(b"Subject: second\r\n\r\nbody two\r\n", flags="S")
+        inbox.set_flags(uid, frozenset("FR"))
+
+        messages = {m["Subject"]: m for m in self.reader}
+        self.assertEqual(set(messages), {"first", "second"})
+        self.assertEqual(messages["first"].get_flags(), "FR")
+        self.assertEqual(messages["second"].get_flags(), "S")
+        # Flagged messages live in cur/ with the ":2," info the spec defines.
+        self.assertEqual(messages["first"].get_subdir(), "cur")
+        # Stored with CRLF as received; readers fold it to their own line ends.
+        self.assertEqual(messages["first"].get_payload(), "body one\n")
+
+    def test_new_delivery_is_in_new_until_taken(self) -> None:
+        inbox = self.mbox.folder()
+        uid = inbox.append(b"Subject: fresh\r\n\r\nx\r\n")
+        [message] = list(self.reader)
+        self.assertEqual(message.get_subdir(), "new")
+        inbox.take(uid)
+        [message] = list(self.reader)
+        self.assertEqual(message.get_subdir(), "cur")
+        self.assertEqual(message["Subject"], "fresh")
