@@ -46,6 +46,7 @@ from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
 from mailhub.store import names
 from mailhub.store.errors import InvalidName
 from mailhub.store.maildir import STALE_TMP_AGE
+from mailhub.store.safeio import write_all
 from mailhub.store.store import MailStore
 
 log = Logger()
@@ -295,7 +296,7 @@ def _copy_across(src: str, new_dir: str, name: str) -> str:
     fd = _create_tmp(tmp)
     try:
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -313,19 +314,6 @@ def _create_tmp(path: str) -> int:
     return os.open(path, _TMP_FLAGS, 0o600)
 
 
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    n = os.write(fd, data)
-    if n == len(data):
-        return
-    view = memoryview(data)
-    try:
-        view = view[n:]
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        view.release()
-
-
 def _write_and_link(job: _Commit) -> None:
     """The worker-thread half of commit(): create new mailboxes, write, fsync, link into every
     new/. The directory fsyncs follow in a batch (GroupCommitter._lead)."""
@@ -340,7 +328,7 @@ def _write_and_link(job: _Commit) -> None:
             fd = _create_tmp(tmp)
         try:
             if job.tail:
-                _write_all(fd, job.tail)
+                write_all(fd, job.tail)
             os.fsync(fd)  # the data, before any name in new/ points at it (maildir.html)
         finally:
             os.close(fd)
@@ -427,7 +415,7 @@ class MaildirMessage:
                     prepare, self._prepare = self._prepare, None
                     prepare()
                 self._fd = _create_tmp(self._tmp)
-            _write_all(self._fd, self._buf)
+            write_all(self._fd, self._buf)
         except OSError as e:
             self._cleanup("failed")
             self._sink.forget(self.envelope)

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from mailhub.store import names, uidlist
 from mailhub.store.dotlock import DotLock
 from mailhub.store.errors import CorruptUidList, FolderNotFound, MessageGone
-from mailhub.store.safeio import fsync_dir
+from mailhub.store.safeio import fsync_dir, write_all
 from mailhub.store.uidlist import UidList
 
 log = Logger()
@@ -526,9 +526,7 @@ class Folder:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)

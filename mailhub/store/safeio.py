@@ -18,6 +18,20 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes | bytearray) -> None:
+    """os.write until every byte is out (a write may be short, e.g. on a full pipe or signal)."""
+    n = os.write(fd, data)
+    if n == len(data):
+        return
+    view = memoryview(data)
+    try:
+        view = view[n:]
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        view.release()
+
+
 def atomic_write(path: Path, data: bytes, hostname: str = "localhost") -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix, and
     the new one survives a crash once this returns."""
@@ -26,9 +40,7 @@ def atomic_write(path: Path, data: bytes, hostname: str = "localhost") -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
