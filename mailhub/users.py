@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -48,7 +47,7 @@ from mailhub.config import normalise_domain
 from mailhub.store.dotlock import DotLock
 from mailhub.store.errors import InvalidName
 from mailhub.store.names import split_address
-from mailhub.store.safeio import fsync_dir
+from mailhub.store.safeio import atomic_write
 
 log = Logger()
 
@@ -568,28 +567,4 @@ def replace_file(path: Path, data: bytes, like: os.stat_result | None = None) ->
     """Atomically replace ``path`` with ``data``: readers see the old or the new file, never a
     mix, and the new one is durable when this returns. Mode and owner are taken from ``like``
     (the file being replaced); a new file is 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    # 0600 from the first byte: the hashes are never readable by others, even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            if like is not None:
-                os.fchmod(fd, stat.S_IMODE(like.st_mode))
-                try:
-                    os.fchown(fd, like.st_uid, like.st_gid)  # root editing mailhub's file
-                except PermissionError:
-                    pass
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
+    atomic_write(path, data, like=like)

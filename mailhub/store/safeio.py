@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from mailhub.store.names import unique_name
@@ -32,14 +33,26 @@ def write_all(fd: int, data: bytes | bytearray) -> None:
         view.release()
 
 
-def atomic_write(path: Path, data: bytes, hostname: str = "localhost") -> None:
+def atomic_write(
+    path: Path, data: bytes, hostname: str = "localhost", like: os.stat_result | None = None
+) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix, and
-    the new one survives a crash once this returns."""
+    the new one survives a crash once this returns.
+
+    The new file is 0600 from its first byte; with ``like`` (the stat of the file being
+    replaced) it takes that file's mode and, where permitted, its owner.
+    """
     # No leading dot: in a mailbox root, dot-names are Maildir++ folders.
     tmp = path.with_name(f"{path.name}.{unique_name(hostname)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
+            if like is not None:
+                os.fchmod(fd, stat.S_IMODE(like.st_mode))
+                try:
+                    os.fchown(fd, like.st_uid, like.st_gid)  # root editing mailhub's file
+                except PermissionError:
+                    pass
             write_all(fd, data)
             os.fsync(fd)
         finally:
