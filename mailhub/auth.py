@@ -70,6 +70,8 @@ class HashingPool(Service):
         self.pool.start()
 
     def stopService(self) -> None:
+        if not self.running:
+            return  # stopping twice (a parent stopped again) must not stop the pool twice
         super().stopService()
         self.pool.stop()
 

@@ -59,6 +59,11 @@ class Limits:
     # Simultaneous connections, in total and from one client address (421 4.7.0 beyond).
     max_connections: int = 500
     max_connections_per_ip: int = 50
+    # Failed logins (SMTP AUTH, later IMAP/POP3) per client address: each is answered after a
+    # doubling delay (1 s, 2 s, ... at most auth_max_delay); at auth_max_failures within 15
+    # minutes the client gets 421 4.7.0 and is refused until they pass.
+    auth_max_failures: int = 5
+    auth_max_delay: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,12 @@ class SMTPConfig:
     bare_line_endings: str = "reject"
     expn: bool = False  # EXPN leaks list members: 502 5.5.1 unless enabled
     banner: str = "mailhub ESMTP"
+    # Submission (RFC 6409 4.3): an authenticated user may use only their own address, a +tag
+    # form of it or an alias of theirs as MAIL FROM (553 5.7.1 otherwise).
+    restrict_sender: bool = True
+    # AUTH without TLS for clients on 127.0.0.1/::1 (the dev stack's default; never do it where
+    # other users share the machine). Elsewhere AUTH needs TLS: 538 5.7.11.
+    auth_without_tls_on_loopback: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,7 +173,9 @@ def dev_config(data_dir: Path | str = "mailhub-data", hostname: str | None = Non
             **{name: (f"tcp:{port}:interface=127.0.0.1",) for name, port in DEV_PORTS.items()}
         ),
         limits=Limits(),
-        smtp=SMTPConfig(),
+        # Any login works on the dev stack (DevChecker); an app should not fight it over TLS or
+        # sender addresses.
+        smtp=SMTPConfig(restrict_sender=False, auth_without_tls_on_loopback=True),
     )
 
 
@@ -422,6 +435,10 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         max_connections_per_ip=limits_r.number(
             "max_connections_per_ip", d.max_connections_per_ip, minimum=1
         ),
+        auth_max_failures=limits_r.number("auth_max_failures", d.auth_max_failures, minimum=1),
+        auth_max_delay=float(
+            limits_r.number("auth_max_delay", d.auth_max_delay, minimum=0, integer=False)
+        ),
     )
     limits_r.finish()
 
@@ -433,6 +450,10 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         ),
         expn=smtp_r.boolean("expn", s.expn),
         banner=smtp_r.string("banner", s.banner),
+        restrict_sender=smtp_r.boolean("restrict_sender", s.restrict_sender),
+        auth_without_tls_on_loopback=smtp_r.boolean(
+            "auth_without_tls_on_loopback", s.auth_without_tls_on_loopback
+        ),
     )
     smtp_r.finish()
 

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.cred.portal import Portal
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from mailhub.aliases import AliasMap
+from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
 from mailhub.config import Config
 from mailhub.smtp.factory import SMTPServerFactory
-from mailhub.smtp.policy import RecipientPolicy
+from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy
+from mailhub.smtp.submission import SubmissionSink
+from mailhub.smtp.throttle import AuthThrottle
 from mailhub.store.delivery import GroupCommitter, MaildirSink, StaleTmpCleaner
 from mailhub.store.store import MailStore
 from mailhub.tls import (
@@ -24,7 +30,9 @@ from mailhub.tls import (
     TLSFileError,
     as_config_error,
     ensure_dev_certificate,
+    tls_server_factory,
 )
+from mailhub.users import FileFormatError, UserDB
 
 log = Logger()
 
@@ -69,6 +77,10 @@ class MailhubService(MultiService):
         super().__init__()
         self.config, self.store, self.sink = config, store, sink
         self.tls: ServerTLS | None = None  # set by build(); reload() re-reads certificates
+        self.portal: Portal | None = None  # the shared twisted.cred portal
+        self.throttle: AuthThrottle | None = None
+        self.users: UserDB | None = None
+        self.aliases: AliasMap | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -94,10 +106,45 @@ def _reactor() -> IReactorCore:
     return reactor  # type: ignore[return-value]
 
 
-def _smtp_factory(
-    config: Config, store: MailStore, sink: MaildirSink, tls: ServerTLS | None
-) -> Factory:
-    policy = RecipientPolicy(config.domains, mailbox_exists=store.has_mailbox)
+@dataclass(frozen=True)
+class Shared:
+    """What every listener's factory is built from: one of each per process."""
+
+    config: Config
+    store: MailStore
+    sink: MaildirSink
+    tls: ServerTLS | None
+    portal: Portal
+    throttle: AuthThrottle
+    users: UserDB | None
+    aliases: AliasMap | None
+
+    def mailbox_exists(self, address: str) -> bool:
+        """A recipient in a non-catch-all local domain exists if it is a user or has a mailbox."""
+        if self.users is not None and self.users.exists(address):
+            return True
+        return self.store.has_mailbox(address)
+
+
+def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPServerFactory:
+    config = shared.config
+    policy_options: dict[str, Any] = {
+        "aliases": shared.aliases,
+        "auth_without_tls_on_loopback": config.smtp.auth_without_tls_on_loopback,
+    }
+    if role is Role.SUBMISSION:
+        policy: RecipientPolicy = SubmissionPolicy(
+            config.domains,
+            shared.mailbox_exists,
+            restrict_sender=config.smtp.restrict_sender,
+            aliases_of=shared.aliases.aliases_of if shared.aliases is not None else None,
+            **policy_options,
+        )
+        # RFC 6409 8: Message-ID, Date, no Bcc. Never on port 25: relayed mail is not ours to fix.
+        sink: Any = SubmissionSink(shared.sink, hostname=config.hostname, clock=_reactor())
+    else:
+        policy = RecipientPolicy(config.domains, shared.mailbox_exists, **policy_options)
+        sink = shared.sink
     return SMTPServerFactory(
         hostname=config.hostname,
         limits=config.limits,
@@ -105,15 +152,36 @@ def _smtp_factory(
         policy=policy,
         sink=sink,
         clock=_reactor(),
-        tls_context_factory=tls,  # None: STARTTLS not offered
+        tls_context_factory=shared.tls if starttls else None,  # None: STARTTLS not offered
+        role=role,
+        portal=shared.portal,
+        throttle=shared.throttle,
     )
+
+
+def _mta(shared: Shared) -> Factory:
+    return _smtp_factory(shared, Role.MTA)
+
+
+def _submission(shared: Shared) -> Factory:
+    return _smtp_factory(shared, Role.SUBMISSION)
+
+
+def _smtps(shared: Shared) -> Factory:
+    # RFC 8314 3: TLS from the first byte; the protocol sees ISSLTransport and offers no STARTTLS.
+    assert shared.tls is not None  # _check_tls_for_listeners
+    return tls_server_factory(shared.tls, _smtp_factory(shared, Role.SUBMISSION, starttls=False))
 
 
 # Listener kinds this version serves, and how to build each one's protocol factory. The port plan
 # in config.DEV_PORTS names the others; they arrive with their own issues.
-FACTORIES: dict[str, Callable[[Config, MailStore, MaildirSink, ServerTLS | None], Factory]] = {
-    "smtp": _smtp_factory,
+FACTORIES: dict[str, Callable[[Shared], Factory]] = {
+    "smtp": _mta,
+    "submission": _submission,
+    "smtps": _smtps,
 }
+# Listener kinds that carry passwords: they do not start without a certificate.
+NEEDS_TLS = ("submission", "smtps")
 
 
 def _server_tls(config: Config) -> ServerTLS | None:
@@ -136,6 +204,56 @@ def _server_tls(config: Config) -> ServerTLS | None:
         raise SystemExit(message) from None
 
 
+def _check_tls_for_listeners(config: Config, tls: ServerTLS | None) -> None:
+    if tls is not None:
+        return
+    for key in NEEDS_TLS:
+        if getattr(config.listeners, key):
+            raise SystemExit(
+                f"mailhub: configuration error in {config.source}: [listeners] {key}: "
+                "needs a TLS certificate (passwords are sent there), but [tls] has none\n"
+                '  fix: set [tls] certificate = "/path/fullchain.pem" and key = '
+                f'"/path/privkey.pem", or turn the listener off with {key} = []'
+            )
+
+
+def _load(config: Config, key: str, make: Callable[[], Any]) -> Any:
+    """Read the users or aliases file at start-up; a broken one stops it with a clean message."""
+    try:
+        return make()
+    except (FileFormatError, OSError) as e:
+        raise SystemExit(
+            f"mailhub: configuration error in {config.source}: {key}: {e}\n"
+            "  fix: correct that line (the running server keeps its last good copy on later edits)"
+        ) from None
+
+
+def _portal(config: Config, store: MailStore, pool: HashingPool) -> tuple[Portal, UserDB | None]:
+    """The one portal (SMTP AUTH now, IMAP and POP3 later): the users file, or in the dev stack
+    without one, any login (the user's mailbox is made on first login)."""
+    users = None
+    if config.users_file is not None:
+        users = _load(config, "[files] users", lambda: UserDB(config.users_file))
+    if users is not None:
+        return make_portal(UserDBChecker(users, run=pool.run)), users
+    if config.dev:
+
+        def create(address: str) -> None:
+            store.mailbox(address, create=True)
+
+        checker = DevChecker(default_domain=config.hostname, on_first_login=create, run=pool.run)
+        log.info("dev stack: any user name and password logs in")
+        return make_portal(checker), None
+    if config.listeners.submission or config.listeners.smtps:
+        log.warn(
+            "{source}: no [files] users: nobody can log in to submission "
+            "(create one with `mailhub user add`)",
+            source=config.source,
+        )
+    # No checker: every login is refused (535), as for a users file with nobody in it.
+    return Portal(MailRealm(), []), None
+
+
 def build(config: Config) -> MailhubService:
     config.mail_dir.mkdir(parents=True, exist_ok=True)
     store = MailStore(config.mail_dir, hostname=config.hostname)
@@ -146,15 +264,37 @@ def build(config: Config) -> MailhubService:
     committer.setServiceParent(top)
     StaleTmpCleaner(store, interval=TMP_CLEAN_INTERVAL).setServiceParent(top)
     tls = top.tls = _server_tls(config)
+    _check_tls_for_listeners(config, tls)
     if tls is not None:
         # `kill -HUP` (systemd: ExecReload=/bin/kill -HUP $MAINPID) re-reads the certificates.
         SighupReloadService(tls.reload).setServiceParent(top)
+    # Password hashes run here, off the reactor; started before and stopped after the listeners.
+    pool = HashingPool(_reactor())  # type: ignore[arg-type]
+    pool.setServiceParent(top)
+    portal, users = _portal(config, store, pool)
+    aliases = None
+    if config.aliases_file is not None:
+        aliases = _load(
+            config,
+            "[files] aliases",
+            lambda: AliasMap(
+                config.aliases_file,
+                is_user=lambda a: (users is not None and users.exists(a)) or store.has_mailbox(a),
+            ),
+        )
+    throttle = AuthThrottle(
+        _reactor(),  # type: ignore[arg-type]
+        max_failures=config.limits.auth_max_failures,
+        max_delay=config.limits.auth_max_delay,
+    )
+    shared = Shared(config, store, sink, tls, portal, throttle, users, aliases)
+    top.portal, top.throttle, top.users, top.aliases = portal, throttle, users, aliases
 
     for key, builder in FACTORIES.items():
         descriptions = getattr(config.listeners, key)
         if not descriptions:
             continue
-        factory = builder(config, store, sink, tls)
+        factory = builder(shared)
         for description in descriptions:
             ListenerService(config, key, description, factory).setServiceParent(top)
     waiting = [k for k in config.listeners.__dataclass_fields__ if k not in FACTORIES]

@@ -179,3 +179,41 @@ class Domains(SynchronousTestCase):
         path = Path(self.mktemp())
         path.write_text('[domains]\nlocal = ["a.example"]\n')
         self.assertEqual(load(path).limits, Limits())
+
+
+class AuthSettings(SynchronousTestCase):
+    """[smtp] restrict_sender / auth_without_tls_on_loopback and [limits] auth_* keys."""
+
+    def load_text(self, text: str):
+        path = Path(self.mktemp())
+        path.write_text('[domains]\nlocal = ["a.example"]\n' + text)
+        return load(path)
+
+    def test_production_defaults_are_strict(self) -> None:
+        config = self.load_text("")
+        self.assertTrue(config.smtp.restrict_sender)
+        self.assertFalse(config.smtp.auth_without_tls_on_loopback)
+        self.assertEqual((config.limits.auth_max_failures, config.limits.auth_max_delay), (5, 15.0))
+
+    def test_dev_defaults_are_relaxed(self) -> None:
+        config = dev_config()
+        self.assertFalse(config.smtp.restrict_sender)
+        self.assertTrue(config.smtp.auth_without_tls_on_loopback)
+
+    def test_set(self) -> None:
+        config = self.load_text(
+            "[smtp]\nrestrict_sender = false\nauth_without_tls_on_loopback = true\n"
+            "[limits]\nauth_max_failures = 3\nauth_max_delay = 2.5\n"
+        )
+        self.assertFalse(config.smtp.restrict_sender)
+        self.assertTrue(config.smtp.auth_without_tls_on_loopback)
+        self.assertEqual((config.limits.auth_max_failures, config.limits.auth_max_delay), (3, 2.5))
+
+    def test_mistakes(self) -> None:
+        for text, key in (
+            ("[smtp]\nrestrict_sender = 1\n", "[smtp] restrict_sender"),
+            ("[limits]\nauth_max_failures = 0\n", "[limits] auth_max_failures"),
+            ("[limits]\nauth_max_delay = -1\n", "[limits] auth_max_delay"),
+        ):
+            err = self.assertRaises(ConfigError, self.load_text, text)
+            self.assertIn(key, str(err))

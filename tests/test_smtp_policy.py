@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from mailhub.aliases import AliasMap
 from mailhub.config import DomainsConfig
-from mailhub.smtp.address import AddressError, parse_rcpt_to
-from mailhub.smtp.policy import ISMTPPolicy, RecipientPolicy, unsafe_local_part
+from mailhub.smtp.address import AddressError, parse_mail_from, parse_rcpt_to
+from mailhub.smtp.policy import (
+    ISMTPPolicy,
+    RecipientPolicy,
+    SubmissionPolicy,
+    is_loopback,
+    unsafe_local_part,
+)
 from mailhub.smtp.session import Session
 
 DOMAINS = DomainsConfig(local=("example.org", "catchall.example"), catch_all=("catchall.example",))
@@ -74,7 +83,7 @@ class RecipientPolicyTests(SynchronousTestCase):
         self.assertEqual(decide(self.policy, "x@[192.0.2.9]"), (554, "5.7.1", None))
         self.assertEqual(
             decide(self.policy, "X@Elsewhere.Example", authenticated="user@example.org"),
-            (250, "2.1.5", "X@elsewhere.example"),
+            (451, "4.4.3", None),  # authenticated, but no relay queue in this version
         )
 
     def test_unsafe_local_parts(self) -> None:
@@ -95,7 +104,7 @@ class RecipientPolicyTests(SynchronousTestCase):
 
     def test_aliases_seam(self) -> None:
         policy = RecipientPolicy(
-            DOMAINS, lambda m: False, aliases={"sales@example.org": "user@example.org"}.get
+            DOMAINS, lambda m: False, aliases={"sales@example.org": ["user@example.org"]}.get
         )
         self.assertEqual(decide(policy, "Sales+q@example.org"), (250, "2.1.5", "user@example.org"))
         self.assertEqual(decide(policy, "other@example.org")[0], 550)
@@ -104,3 +113,95 @@ class RecipientPolicyTests(SynchronousTestCase):
         decision = self.policy.check_sender(Session("192.0.2.1"), None)
         self.assertEqual(decision.reply.code, 250)
         self.assertTrue(decision.accepted)
+
+
+class AliasesTests(SynchronousTestCase):
+    """The alias seam with the real AliasMap: several targets, loops, forwards."""
+
+    def setUp(self) -> None:
+        path = Path(self.mktemp())
+        path.write_text(
+            "team@example.org: user@example.org, other@catchall.example\n"
+            "loop1@example.org: loop2@example.org\n"
+            "loop2@example.org: loop1@example.org\n"
+            "fwd@example.org: someone@elsewhere.example\n"
+            "sales@catchall.example: user@example.org\n"
+        )
+        self.aliases = AliasMap(path)
+        self.policy = RecipientPolicy(
+            DOMAINS, {"user@example.org"}.__contains__, aliases=self.aliases
+        )
+
+    def test_several_targets(self) -> None:
+        decision = self.policy.check_recipient(
+            Session("192.0.2.1"), parse_rcpt_to("TO:<Team+x@example.org>")[0]
+        )
+        self.assertEqual(decision.mailboxes, ("user@example.org", "other@catchall.example"))
+
+    def test_loop_is_550_5_4_6(self) -> None:
+        self.assertEqual(decide(self.policy, "loop1@example.org"), (550, "5.4.6", None))
+
+    def test_forward_to_another_domain_waits_for_the_relay(self) -> None:
+        self.assertEqual(decide(self.policy, "fwd@example.org"), (451, "4.4.3", None))
+
+    def test_alias_wins_over_catch_all(self) -> None:
+        self.assertEqual(
+            decide(self.policy, "sales@catchall.example"), (250, "2.1.5", "user@example.org")
+        )
+        self.assertEqual(
+            decide(self.policy, "else@catchall.example"), (250, "2.1.5", "else@catchall.example")
+        )
+
+
+class AuthRules(SynchronousTestCase):
+    def test_tls_required_unless_loopback_allowed(self) -> None:
+        strict = RecipientPolicy(DOMAINS, lambda m: False)
+        dev = RecipientPolicy(DOMAINS, lambda m: False, auth_without_tls_on_loopback=True)
+        plain_remote = Session("192.0.2.1")
+        plain_local = Session("::1")
+        tls_remote = Session("192.0.2.1", tls="TLS")
+        self.assertEqual(strict.check_auth(plain_remote).reply.code, 538)
+        self.assertEqual(strict.check_auth(plain_local).reply.enhanced, "5.7.11")
+        self.assertTrue(strict.check_auth(tls_remote).accepted)
+        self.assertTrue(dev.check_auth(plain_local).accepted)
+        self.assertFalse(dev.check_auth(plain_remote).accepted)
+
+    def test_is_loopback(self) -> None:
+        for address in ("127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"):
+            self.assertTrue(is_loopback(address), address)
+        for address in ("192.0.2.1", "::ffff:192.0.2.1", "2001:db8::1", "", "/tmp/sock"):
+            self.assertFalse(is_loopback(address), address)
+
+
+class SubmissionPolicyTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.policy = SubmissionPolicy(
+            DOMAINS,
+            lambda m: False,
+            aliases_of={"user@example.org": ["sales@example.org"]}.get,
+        )
+        verifyObject(ISMTPPolicy, self.policy)
+
+    def sender(self, text: str, user: str | None = "user@example.org"):
+        mailbox, _ = parse_mail_from(f"FROM:{text}")
+        decision = self.policy.check_sender(Session("192.0.2.1", authenticated_as=user), mailbox)
+        return decision.reply.code, decision.reply.enhanced
+
+    def test_auth_first(self) -> None:
+        self.assertEqual(self.sender("<user@example.org>", user=None), (530, "5.7.0"))
+
+    def test_own_addresses(self) -> None:
+        for text in ("<user@example.org>", "<User+Tag@EXAMPLE.org>", "<sales@example.org>"):
+            self.assertEqual(self.sender(text), (250, "2.1.0"), text)
+        for text in ("<other@example.org>", "<>", "<user@example.com>", "<+x@example.org>"):
+            self.assertEqual(self.sender(text), (553, "5.7.1"), text)
+
+    def test_recipients_as_for_the_mta(self) -> None:
+        self.assertEqual(
+            decide(self.policy, "x@elsewhere.example", authenticated="user@example.org"),
+            (451, "4.4.3", None),
+        )
+        self.assertEqual(
+            decide(self.policy, "a@catchall.example", authenticated="user@example.org"),
+            (250, "2.1.5", "a@catchall.example"),
+        )

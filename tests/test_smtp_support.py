@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
@@ -28,7 +29,7 @@ from mailhub.config import DomainsConfig, Limits, SMTPConfig
 from mailhub.envelope import Envelope
 from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
 from mailhub.smtp.factory import SMTPServerFactory
-from mailhub.smtp.policy import ISMTPPolicy, RecipientPolicy
+from mailhub.smtp.policy import ISMTPPolicy, RecipientPolicy, Role
 
 LOCAL = "example.org"
 
@@ -118,6 +119,9 @@ class SlowPolicy:
         self.inner = inner
         self.pending: list[tuple[Deferred, object]] = []
 
+    def check_auth(self, session):
+        return self.inner.check_auth(session)
+
     def check_sender(self, session, sender):
         d: Deferred = Deferred()
         self.pending.append((d, self.inner.check_sender(session, sender)))
@@ -144,6 +148,14 @@ class TLSStringTransport(StringTransport):
         self.tls_started_with = context_factory
 
 
+@implementer(ISSLTransport)
+class ImplicitTLSStringTransport(StringTransport):
+    """Already TLS from the first byte, as ``mailhub.tls.tls_server_factory`` presents it."""
+
+    def getPeerCertificate(self) -> None:
+        return None
+
+
 class Harness:
     """A factory with an in-memory sink, a Clock and captured log events."""
 
@@ -156,6 +168,9 @@ class Harness:
         mailboxes: set[str] | None = None,
         policy: object | None = None,
         tls_context_factory: object | None = None,
+        role: Role = Role.MTA,
+        portal: object | None = None,
+        throttle: object | None = None,
     ) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)  # 2027-01-15: dates in headers are recognisable
@@ -175,11 +190,17 @@ class Harness:
             sink=self.sink,
             clock=self.clock,
             tls_context_factory=tls_context_factory,
+            role=role,
+            portal=portal,
+            throttle=throttle,
             log=Logger(namespace="test.smtp", observer=self.events.append),
         )
 
-    def connect(self, peer: str = "192.0.2.7", port: int = 40001, tls: bool = False) -> Dialog:
-        return Dialog(self, peer, port, tls)
+    def connect(
+        self, peer: str = "192.0.2.7", port: int = 40001, tls: bool = False, implicit: bool = False
+    ) -> Dialog:
+        """``tls``: STARTTLS can be used; ``implicit``: the connection is TLS from the start."""
+        return Dialog(self, peer, port, tls, implicit)
 
     def message_events(self) -> list[dict]:
         return [e for e in self.events if e.get("event") == "message"]
@@ -191,9 +212,15 @@ class Harness:
 class Dialog:
     """One connection driven by ``C:``/``S:`` scripts, without sockets."""
 
-    def __init__(self, harness: Harness, peer: str, port: int, tls: bool) -> None:
+    def __init__(
+        self, harness: Harness, peer: str, port: int, tls: bool, implicit: bool = False
+    ) -> None:
         self.harness = harness
-        transport_class = TLSStringTransport if tls else StringTransport
+        transport_class = (
+            ImplicitTLSStringTransport
+            if implicit
+            else (TLSStringTransport if tls else StringTransport)
+        )
         self.transport = transport_class(
             hostAddress=IPv4Address("TCP", "192.0.2.1", 25),
             peerAddress=IPv4Address("TCP", peer, port),

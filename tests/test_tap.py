@@ -38,7 +38,11 @@ class MakeService(SynchronousTestCase):
         self.assertEqual(service.config.data_dir, data)
         self.assertEqual(
             [s.description for s in service.namedServices.values() if hasattr(s, "key")],
-            ["tcp:1025:interface=127.0.0.1"],
+            [
+                "tcp:1025:interface=127.0.0.1",
+                "tcp:1587:interface=127.0.0.1",
+                "tcp:1465:interface=127.0.0.1",
+            ],
         )
 
     def test_bad_config_is_a_clean_exit(self) -> None:

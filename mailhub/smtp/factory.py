@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -11,10 +12,11 @@ from twisted.logger import Logger
 from mailhub.config import Limits, SMTPConfig
 from mailhub.interfaces import IMessageSink
 from mailhub.smtp import replies
-from mailhub.smtp.policy import ISMTPPolicy
+from mailhub.smtp.policy import ISMTPPolicy, Role
 from mailhub.smtp.protocol import SMTPServerProtocol
 from mailhub.smtp.queueid import QueueIdGenerator
 from mailhub.smtp.replies import Reply
+from mailhub.smtp.throttle import AuthThrottle
 
 BARE_LINE_ENDING_POLICIES = ("reject", "normalise", "normalize")
 
@@ -24,7 +26,10 @@ class SMTPServerFactory(ServerFactory):
 
     Use with any stream endpoint: ``serverFromString(reactor, "tcp:1025").listen(factory)``.
     ``tls_context_factory`` (an ``IOpenSSLServerConnectionCreator`` or context factory) turns
-    on STARTTLS. ``log`` and ``queue_ids`` are injectable for tests.
+    on STARTTLS. ``portal`` (the shared ``twisted.cred`` portal) turns on AUTH, whenever the
+    policy's ``check_auth`` allows it; ``throttle`` slows down and cuts off password guessing.
+    ``role`` says what the listener is for; the policy and sink passed in must fit it (the
+    service builds them per role). ``log`` and ``queue_ids`` are injectable for tests.
     """
 
     protocol = SMTPServerProtocol
@@ -39,6 +44,9 @@ class SMTPServerFactory(ServerFactory):
         sink: IMessageSink,
         clock: IReactorTime,
         tls_context_factory: object | None = None,
+        role: Role = Role.MTA,
+        portal: Portal | None = None,
+        throttle: AuthThrottle | None = None,
         log: Logger | None = None,
         queue_ids: Callable[[], str] | None = None,
     ) -> None:
@@ -54,6 +62,9 @@ class SMTPServerFactory(ServerFactory):
         self.sink = sink
         self.clock = clock
         self.tls_context_factory = tls_context_factory
+        self.role = role
+        self.portal = portal
+        self.throttle = throttle
         self.log = log if log is not None else Logger(namespace="mailhub.smtp")
         self.new_queue_id = queue_ids if queue_ids is not None else QueueIdGenerator(clock)
         # RFC 5321 4.2 / RFC 2034: the greeting carries no enhanced status code.

@@ -8,21 +8,29 @@ input is only buffered, and past a bound the transport is paused.
 Message data is never handled line by line in Python: each received chunk is scanned with bytes
 methods for the end-of-data marker, dot-unstuffed with one ``replace``, checked for bare CR/LF by
 counting, and written to the sink whole (up to its last complete line).
+
+SMTP AUTH (RFC 4954) keeps that model: the client's responses to ``334`` challenges are lines
+read by the same command loop, routed to the exchange in progress instead of the dispatcher, and
+checking the credentials is one more pending Deferred. Mechanism parsing is ``mailhub.smtp.sasl``;
+whether a session may authenticate at all is the policy's ``check_auth``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from mailhub.auth import IMailUser, PasswordCredentials
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import DeliveryError, IIncomingMessage
 from mailhub.smtp import replies as R
+from mailhub.smtp import sasl
 from mailhub.smtp.address import (
     AddressError,
     Mailbox,
@@ -61,6 +69,7 @@ class _Transaction:
         "envelope",
         "failed",
         "message",
+        "rcpt_count",
         "recipients",
         "sender",
         "size",
@@ -71,6 +80,7 @@ class _Transaction:
     def __init__(self, sender: Mailbox | None) -> None:
         self.sender = sender
         self.recipients: list[Recipient] = []
+        self.rcpt_count = 0  # accepted RCPT commands (an alias may add several recipients)
         self.body_type = "7BIT"
         self.smtputf8 = False
         self.declared_size: int | None = None
@@ -128,11 +138,12 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
             "EXPN",
             "HELP",
             "STARTTLS",
+            "AUTH",
         )
     }
-    # RFC 5321 4.2.4: known to SMTP but not provided here -> 502. AUTH until the next issue.
+    # RFC 5321 4.2.4: known to SMTP but not provided here -> 502.
     not_implemented: ClassVar[frozenset[bytes]] = frozenset(
-        {b"AUTH", b"TURN", b"ETRN", b"ATRN", b"SEND", b"SOML", b"SAML"}
+        {b"TURN", b"ETRN", b"ATRN", b"SEND", b"SOML", b"SAML"}
     )
     # Another protocol talking to us (cross-protocol attacks via browsers): end it at once.
     forbidden: ClassVar[frozenset[bytes]] = frozenset(
@@ -163,6 +174,11 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         self._bdat_error: Reply | None = None
         self._tail = b""
         self.session = Session("")
+        # AUTH: the SASL exchange waiting for the client's next response line, the throttle's
+        # pending delay (cancelled if the client goes), the realm's logout for the session user.
+        self._auth: sasl.Mechanism | None = None
+        self._auth_delay: Deferred | None = None
+        self._logout: object = None
 
     # --- connection -------------------------------------------------------------------------
 
@@ -188,12 +204,18 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         self._counted = True
         # An implicit-TLS listener (smtps) hands us a transport that is already TLS.
         self._tls_active = ISSLTransport.providedBy(self.transport)
+        if self._tls_active:
+            self.session.tls = "TLS"  # refined (version, cipher) once a message is received
         self.setTimeout(self._limits.idle_timeout)
         self.transport.write(f.greeting.wire)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = self._closing = True
         self.setTimeout(None)
+        delay, self._auth_delay = self._auth_delay, None
+        if delay is not None:
+            delay.cancel()
+        self._end_login()
         txn = self._txn
         if txn is not None and txn.message is not None:
             self._log_message(txn, None, outcome="aborted")
@@ -306,6 +328,10 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         self._run()
 
     def _reply(self, reply: Reply) -> None:
+        if reply.code == 421:
+            # RFC 5321 4.2.2: 421 means the server is closing the channel; so it does.
+            self._shutdown(reply)
+            return
         self.transport.write(reply.wire)
         if reply.code >= 500:
             self._errors += 1
@@ -324,7 +350,7 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
                 return False
             self._pos = j + 1
             self._skip_line = False
-            self._respond(R.LINE_TOO_LONG)
+            self._bad_line(R.LINE_TOO_LONG)
             return True
         if j < 0:
             if len(buf) - pos >= self._max_line:
@@ -335,16 +361,26 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
             return False
         self._pos = j + 1
         if j + 1 - pos > self._max_line:
-            self._respond(R.LINE_TOO_LONG)
+            self._bad_line(R.LINE_TOO_LONG)
         elif j == pos or buf[j - 1] != _CR:
-            self._respond(R.BARE_LF_COMMAND)
+            self._bad_line(R.BARE_LF_COMMAND)
         else:
             line = buf[pos : j - 1]
             if b"\r" in line:
-                self._respond(R.BARE_LF_COMMAND)
+                self._bad_line(R.BARE_LF_COMMAND)
+            elif self._auth is not None:
+                self._auth_response(line)
             else:
                 self._dispatch(line)
         return True
+
+    def _bad_line(self, reply: Reply) -> None:
+        """A line that cannot be used. Inside an AUTH exchange it ends the exchange."""
+        if self._auth is not None:
+            self._auth = None
+            # RFC 4954 4: an over-long response line is 500 5.5.6.
+            reply = R.AUTH_LINE_TOO_LONG if reply is R.LINE_TOO_LONG else R.AUTH_MALFORMED
+        self._respond(reply)
 
     def _dispatch(self, line: bytes) -> None:
         verb, _, rest = line.partition(b" ")
@@ -387,11 +423,20 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         ]
         if self._starttls_available():
             keywords.append("STARTTLS")  # RFC 3207
+        if self._auth_available():
+            keywords.append("AUTH " + " ".join(sasl.MECHANISMS))  # RFC 4954 3
         keywords.append("HELP")
         return keywords
 
     def _starttls_available(self) -> bool:
         return self.factory.tls_context_factory is not None and not self._tls_active
+
+    def _auth_available(self) -> bool:
+        """AUTH is advertised only where it may be used (RFC 4954 4: not before TLS)."""
+        return (
+            self.factory.portal is not None
+            and self.factory.policy.check_auth(self.session).accepted
+        )
 
     def smtp_EHLO(self, arg: str) -> Reply:
         # RFC 2034: no enhanced codes in replies to HELO/EHLO.
@@ -472,7 +517,7 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
             return Reply(555, "5.5.4", f"Error: unsupported parameter {next(iter(params))}")
         if rcpt.needs_smtputf8 and not txn.smtputf8:
             return R.NEED_SMTPUTF8
-        if len(txn.recipients) >= self._limits.max_recipients:
+        if txn.rcpt_count >= self._limits.max_recipients:
             return R.TOO_MANY_RECIPIENTS  # RFC 5321 4.5.3.1.10; the client retries the rest
         return _then(
             self.factory.policy.check_recipient(self.session, rcpt), self._rcpt_decided, txn, rcpt
@@ -480,7 +525,9 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
 
     def _rcpt_decided(self, decision: Decision, txn: _Transaction, rcpt: Mailbox) -> Reply:
         if decision.accepted:
-            txn.recipients.append(Recipient(rcpt.written, decision.mailbox or str(rcpt)))
+            txn.rcpt_count += 1
+            for mailbox in decision.mailboxes or (str(rcpt),):
+                txn.recipients.append(Recipient(rcpt.written, mailbox))
         else:
             self._log.info(
                 "recipient rejected: client={client} from=<{mail_from}> to=<{rcpt}> "
@@ -588,7 +635,10 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
 
     def smtp_HELP(self, arg: str) -> Reply:
         verbs = " ".join(
-            v.decode() for v in self.commands if v != b"STARTTLS" or self._starttls_available()
+            v.decode()
+            for v in self.commands
+            if (v != b"STARTTLS" or self._starttls_available())
+            and (v != b"AUTH" or self.factory.portal is not None)
         )
         return Reply(
             214,
@@ -612,6 +662,7 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         self._restart_session()
         self.transport.startTLS(self.factory.tls_context_factory)
         self._tls_active = True
+        self.session.tls = "TLS"
         return None
 
     def _restart_session(self) -> None:
@@ -620,6 +671,150 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         old = self.session
         self.session = Session(old.client_address, old.client_port, old.client_name)
         self._skip_line = False
+        self._auth = None
+        self._end_login()
+
+    # --- AUTH (RFC 4954) ----------------------------------------------------------------------
+
+    def smtp_AUTH(self, arg: str) -> HandlerResult:
+        f = self.factory
+        if f.portal is None:
+            return R.NOT_IMPLEMENTED
+        if self.session.helo is None:
+            return R.NEED_HELO  # RFC 4954 4: AUTH follows EHLO
+        if self.session.authenticated_as is not None:
+            return R.ALREADY_AUTHENTICATED  # RFC 4954 4: at most one successful AUTH
+        if self._txn is not None:
+            return R.AUTH_IN_TRANSACTION  # RFC 4954 4: not during a mail transaction
+        name, _, initial = arg.partition(" ")
+        if not name or " " in initial:
+            return R.AUTH_USAGE
+        mechanism = sasl.mechanism(name)
+        if mechanism is None:
+            return R.AUTH_UNKNOWN_MECHANISM
+        allowed = f.policy.check_auth(self.session)
+        if not allowed.accepted:
+            return allowed.reply  # 538 5.7.11 before TLS (RFC 4954 6)
+        if f.throttle is not None and f.throttle.should_disconnect(self.session.client_address):
+            # RFC 4954 6 leaves it to the server; we stop guessing before any password is read.
+            return R.AUTH_TOO_MANY_FAILURES
+        self._auth = mechanism
+        if initial:
+            # RFC 4954 4: the initial response, "=" for an empty one.
+            return self._auth_response(initial.encode("ascii", "replace"), answer=False)
+        return self._auth_step(None)
+
+    def _auth_response(self, line: bytes, *, answer: bool = True) -> HandlerResult:
+        """One client response (a line of the command loop, or the initial response)."""
+        if line == b"*":
+            self._auth = None  # RFC 4954 4: the client cancels
+            return self._answer(R.AUTH_CANCELLED, answer)
+        try:
+            data = sasl.decode_response(line)
+        except sasl.SASLError:
+            self._auth = None
+            return self._answer(R.AUTH_BAD_BASE64, answer)
+        return self._answer(self._auth_step(data), answer)
+
+    def _answer(self, result: HandlerResult, answer: bool) -> HandlerResult:
+        if answer:
+            self._respond(result)
+            return None
+        return result
+
+    def _auth_step(self, data: bytes | None) -> HandlerResult:
+        mechanism = self._auth
+        assert mechanism is not None
+        try:
+            result = mechanism.step(data)
+        except sasl.SASLError:
+            self._auth = None
+            return R.AUTH_MALFORMED
+        if isinstance(result, bytes):
+            # RFC 4954 4: "334 " and the base64 challenge; RFC 3463 has no class-3 codes.
+            return Reply(334, None, sasl.encode_challenge(result))
+        self._auth = None
+        return self._authenticate(result, mechanism.name)
+
+    def _authenticate(self, credentials: sasl.SASLCredentials, mechanism: str) -> HandlerResult:
+        client = self.session.client_address
+        throttle = self.factory.throttle
+        if throttle is not None and throttle.should_disconnect(client):
+            return R.AUTH_TOO_MANY_FAILURES
+        if not credentials.acts_as_itself():
+            # RFC 4616 2: we let nobody act as another user; a failed login like any other.
+            self._log.info(
+                "AUTH {mechanism} from {client}: authorization identity refused",
+                mechanism=mechanism,
+                client=client,
+            )
+            return self._auth_failure()
+        d = self.factory.portal.login(
+            PasswordCredentials(credentials.authcid, credentials.password), None, IMailUser
+        )
+        return d.addCallbacks(
+            self._auth_succeeded,
+            self._auth_refused,
+            callbackArgs=(mechanism,),
+            errbackArgs=(mechanism,),
+        )
+
+    def _auth_succeeded(self, login: tuple, mechanism: str) -> Reply:
+        _interface, user, logout = login
+        if self._closing:
+            logout()
+            return R.AUTH_OK  # nobody is listening
+        client = self.session.client_address
+        if self.factory.throttle is not None:
+            self.factory.throttle.success(client)
+        self.session.authenticated_as = user.address
+        self._logout = logout
+        self._log.info(
+            "authenticated {user} from {client} with {mechanism}",
+            event="auth",
+            user=user.address,
+            client=client,
+            mechanism=mechanism,
+        )
+        return R.AUTH_OK
+
+    def _auth_refused(self, failure: Failure, mechanism: str) -> Reply | Deferred:
+        if not failure.check(UnauthorizedLogin, UnhandledCredentials):
+            self._log.failure("AUTH {mechanism} could not be checked", failure, mechanism=mechanism)
+            return R.AUTH_TEMPORARY  # RFC 4954 6: 454 4.7.0
+        self._log.info(
+            "AUTH {mechanism} failed from {client}",
+            event="auth_failed",
+            mechanism=mechanism,
+            client=self.session.client_address,
+        )
+        return self._auth_failure()
+
+    def _auth_failure(self) -> Reply | Deferred:
+        """535 5.7.8 after the throttle's delay, or 421 4.7.0 (and close) after too many."""
+        throttle = self.factory.throttle
+        if throttle is None:
+            return R.AUTH_FAILED
+        client = self.session.client_address
+        if self._closed:
+            throttle.failure(client)  # still counted; nobody to wait for
+            return R.AUTH_FAILED
+        d = self._auth_delay = throttle.delay_reply(client)
+
+        def waited(disconnect: bool) -> Reply:
+            self._auth_delay = None
+            return R.AUTH_TOO_MANY_FAILURES if disconnect else R.AUTH_FAILED
+
+        def cancelled(failure: Failure) -> Reply:
+            failure.trap(CancelledError)  # the client went away while we waited
+            return R.AUTH_FAILED
+
+        return d.addCallbacks(waited, cancelled)
+
+    def _end_login(self) -> None:
+        logout, self._logout = self._logout, None
+        if callable(logout):
+            logout()
 
     # --- transaction and message ------------------------------------------------------------
 

@@ -103,6 +103,20 @@ EXPN_DISABLED = Reply(502, "5.5.1", "Error: EXPN is disabled")
 NOT_A_LIST = Reply(550, "5.1.1", "Error: not a mailing list")
 FORBIDDEN_COMMAND = Reply(421, "4.7.0", "Error: this is an SMTP server, goodbye")
 
+# SMTP AUTH (RFC 4954 6; enhanced codes from RFC 5248).
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = Reply(535, "5.7.8", "Error: authentication failed")
+AUTH_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")
+AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Error: cannot decode the response (base64)")
+AUTH_MALFORMED = Reply(501, "5.5.2", "Error: malformed authentication response")
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Error: authentication exchange line is too long")
+AUTH_USAGE = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Error: unrecognized authentication mechanism")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Error: already authenticated")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
+AUTH_TEMPORARY = Reply(454, "4.7.0", "Error: temporary authentication failure, try again later")
+AUTH_TOO_MANY_FAILURES = Reply(421, "4.7.0", "Error: too many authentication failures")
+
 
 def syntax(usage: str, enhanced: str | None = "5.5.4") -> Reply:
     """501 with a usage hint (RFC 5321 4.2.2: syntax error in parameters or arguments)."""

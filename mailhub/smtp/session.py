@@ -15,5 +15,5 @@ class Session:
     client_name: str = ""  # reverse DNS name if known
     helo: str | None = None  # argument of the last HELO/EHLO; None before it
     esmtp: bool = False  # EHLO (True) or HELO (False)
-    tls: str | None = None  # TLS description once TLS is active
-    authenticated_as: str | None = None  # set by AUTH (next issue)
+    tls: str | None = None  # "TLS" once TLS is active; version and cipher from the first message
+    authenticated_as: str | None = None  # canonical address, set by a successful AUTH
