@@ -8,6 +8,9 @@ streams to disk as it arrives, and ``commit`` fires only when every copy is dura
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
+
 from zope.interface import Attribute, Interface
 
 
@@ -46,4 +49,42 @@ class IMessageSink(Interface):
 
         May raise DeliveryError (for example when the disk is full), which the receiver answers
         with a 4xx reply.
+        """
+
+
+# --- the queue's view of deliverers (chasquid's "courier" seam) --------------------------------
+
+
+class Outcome(enum.Enum):
+    """What one delivery attempt did for one recipient. Anything not said permanent is temporary
+    (maddy's rule): a deliverer that is unsure must not make the queue give up."""
+
+    DELIVERED = "delivered"
+    TEMPORARY = "temporary"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """One recipient's result from one attempt, with what the other side said (for DSNs/logs)."""
+
+    recipient: str
+    outcome: Outcome
+    # Diagnostic, e.g. "smtp; 550 5.1.1 user unknown" (RFC 3464 2.3.6) or "" when delivered.
+    diagnostic: str = ""
+    status: str = ""  # enhanced status code (RFC 3463), e.g. "5.1.1"; "2.0.0" when delivered
+    remote_mta: str = ""  # the host that answered, e.g. "mx.example.org [192.0.2.1]"
+
+
+class ICourier(Interface):
+    """Delivers one queued message to some of its recipients (the queue groups recipients by
+    courier and destination domain)."""
+
+    def deliver(item):
+        """Attempt delivery of ``item`` (a mailhub.queue item: ``queue_id``, ``mail_from``,
+        ``recipients`` (the ones to attempt now), ``open_body()`` -> binary file, ``size``,
+        ``body_type``, ``smtputf8``, ``envelope_id``).
+
+        Returns a Deferred firing with a list of AttemptResult, one per recipient attempted.
+        Must not fail: unexpected errors become TEMPORARY results.
         """
