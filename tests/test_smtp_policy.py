@@ -86,6 +86,16 @@ class RecipientPolicyTests(SynchronousTestCase):
             (451, "4.4.3", None),  # authenticated, but no relay queue in this version
         )
 
+    def test_relay_through_the_queue_when_available(self) -> None:
+        policy = RecipientPolicy(DOMAINS, lambda m: False, relay_available=True)
+        # Still no open relay.
+        self.assertEqual(decide(policy, "x@elsewhere.example"), (554, "5.7.1", None))
+        # Authenticated: accepted as written; the remote local part keeps its case.
+        self.assertEqual(
+            decide(policy, "X.Y@Elsewhere.Example", authenticated="user@example.org"),
+            (250, "2.1.5", "X.Y@elsewhere.example"),
+        )
+
     def test_unsafe_local_parts(self) -> None:
         for local in ('"../x"', '".hidden"', '"a/b"', "a/b", '"a..b"', '"a.."'):
             self.assertEqual(

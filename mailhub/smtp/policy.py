@@ -139,8 +139,8 @@ class RecipientPolicy:
     - Catch-all domains (or ``accept_any`` in the dev stack) accept any local part; otherwise
       ``mailbox_exists`` must agree, or 550 5.1.1.
     - Other domains: never for unauthenticated clients (554 5.7.1: no open relay). Authenticated
-      clients would relay, but there is no outgoing queue in this version: 451 4.4.3 (never
-      accept what cannot be delivered).
+      clients relay through the outgoing queue when ``relay_available``; without one, 451 4.4.3
+      (never accept what cannot be delivered).
     - AUTH only over TLS (RFC 4954 4; 538 5.7.11 otherwise), except, when
       ``auth_without_tls_on_loopback`` (dev stack), for clients on 127.0.0.1/::1.
 
@@ -155,8 +155,11 @@ class RecipientPolicy:
         aliases: Callable[[str], Sequence[str] | None] | None = None,
         postmaster_domain: str | None = None,
         auth_without_tls_on_loopback: bool = False,
+        relay_available: bool = False,
     ) -> None:
         self._local = frozenset(domains.local)
+        # True once an outgoing queue takes mail for other domains (the relay issue).
+        self._relay = relay_available
         self._catch_all = frozenset(domains.catch_all)
         self._accept_any = domains.accept_any
         self._mailbox_exists = mailbox_exists
@@ -185,9 +188,13 @@ class RecipientPolicy:
         if not domain:
             return Decision.accept(self._postmaster)
         if recipient.is_literal or not self.is_local_domain(domain):
-            if session.authenticated_as is not None:
-                return RELAY_UNAVAILABLE  # until the relay issue's queue exists
-            return RELAY_DENIED
+            if session.authenticated_as is None:
+                return RELAY_DENIED
+            if not self._relay:
+                return RELAY_UNAVAILABLE
+            # A remote local part is the remote domain's business (RFC 5321 2.4: case-sensitive):
+            # keep it as written, in its RFC 5321 form.
+            return Decision.accept(str(recipient))
         local = recipient.local
         if unsafe_local_part(local):
             return UNSAFE_LOCAL_PART
@@ -219,7 +226,7 @@ class RecipientPolicy:
         if not targets:
             return USER_UNKNOWN
         for target in targets:
-            if not self.is_local_domain(target.rpartition("@")[2]):
+            if not self._relay and not self.is_local_domain(target.rpartition("@")[2]):
                 return RELAY_UNAVAILABLE  # a forward to another domain needs the relay queue
         return Decision.accept(targets)
 

@@ -1,0 +1,91 @@
+"""Where each recipient's copy goes: our own Maildir store, or the outgoing queue.
+
+At receipt (``SplitSink``): local recipients are written straight into the Maildir (being in the
+mailbox is stronger than being in the queue, and it keeps one fsync pass per message), remote ones
+into the durable queue; "250" waits for both. In the queue (``Router``): local recipients (for
+example a bounce to one of our users) go to the ``local`` courier, others to ``remote`` grouped by
+domain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from mailhub.envelope import Envelope
+from mailhub.interfaces import IIncomingMessage, IMessageSink
+
+LOCAL = "local"
+REMOTE = "remote"
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+class Router:
+    """The queue's routing: ``route(recipient) -> (courier name, destination)``."""
+
+    def __init__(self, is_local_domain: Callable[[str], bool]) -> None:
+        self._is_local = is_local_domain
+
+    def __call__(self, recipient: str) -> tuple[str, str]:
+        domain = domain_of(recipient)
+        if self._is_local(domain):
+            return LOCAL, domain
+        return REMOTE, domain
+
+
+@implementer(IMessageSink)
+class SplitSink:
+    """One message in, a copy for the local store and/or one for the queue."""
+
+    def __init__(
+        self, local: IMessageSink, remote: IMessageSink, is_local_domain: Callable[[str], bool]
+    ) -> None:
+        self._local, self._remote, self._is_local = local, remote, is_local_domain
+
+    def open(self, envelope: Envelope) -> IIncomingMessage:
+        mine = [r for r in envelope.recipients if self._is_local(domain_of(r.mailbox))]
+        if len(mine) == len(envelope.recipients):
+            return self._local.open(envelope)  # the common case: no wrapper, no extra work
+        if not mine:
+            return self._remote.open(envelope)
+        theirs = [r for r in envelope.recipients if r not in mine]
+        local = self._local.open(dataclasses.replace(envelope, recipients=mine))
+        try:
+            remote = self._remote.open(dataclasses.replace(envelope, recipients=theirs))
+        except BaseException:
+            local.abort()
+            raise
+        return _Both(envelope, local, remote)
+
+
+@implementer(IIncomingMessage)
+class _Both:
+    def __init__(
+        self, envelope: Envelope, local: IIncomingMessage, remote: IIncomingMessage
+    ) -> None:
+        self.envelope, self._parts = envelope, (local, remote)
+
+    def write(self, data: bytes) -> None:
+        try:
+            for part in self._parts:
+                part.write(data)
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self) -> defer.Deferred[str]:
+        # Both durable before "250". If one fails the client is told so and sends again: the
+        # copy that did commit may then arrive twice, never not at all.
+        d = defer.gatherResults([part.commit() for part in self._parts], consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure)  # the first failure, as DeliveryError
+        return d.addCallback(lambda _: self.envelope.queue_id)
+
+    def abort(self) -> None:
+        for part in self._parts:
+            part.abort()
