@@ -7,6 +7,7 @@ file, the key and the fix (``ConfigError``).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import socket
 import tomllib
@@ -94,6 +95,45 @@ class SMTPConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """The outgoing queue: when to retry, when to give up (seconds)."""
+
+    # Waits after the 1st, 2nd, ... failed attempt; the last repeats. Jittered by the queue.
+    retry_schedule: tuple[float, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)
+    max_lifetime: float = 5 * 86400  # then the sender gets a bounce (RFC 5321 4.5.4.1: 4-5 days)
+    delay_notice: float = 4 * 3600  # a "still trying" DSN after this long; 0: never
+    max_per_destination: int = 4  # simultaneous attempts to one destination domain
+
+
+@dataclass(frozen=True)
+class Smarthost:
+    """Send all outgoing mail through one server (for hosts behind a port-25 block)."""
+
+    host: str
+    port: int = 587
+    tls: str = "starttls"  # starttls | implicit | none
+    username: str | None = None
+    password_file: Path | None = None  # the password, in a file of its own (not in the config)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """How mail for other domains leaves."""
+
+    routes: tuple[tuple[str, str, int], ...] = ()  # (domain, host, port): overrides DNS
+    smarthost: Smarthost | None = None
+    tls: str = "opportunistic"  # default policy: opportunistic | verify | none
+    tls_policy: tuple[tuple[str, str], ...] = ()  # (domain, policy) exceptions
+    nameservers: tuple[tuple[str, int], ...] = ()  # () = the system resolver (/etc/resolv.conf)
+    port: int = 25  # the MX port (tests and special setups change it)
+
+    @property
+    def configured(self) -> bool:
+        """True when some mail may leave (the dev stack keeps everything otherwise)."""
+        return bool(self.routes) or self.smarthost is not None
+
+
+@dataclass(frozen=True)
 class ListenersConfig:
     """Twisted endpoint strings per service; an empty tuple turns the service off."""
 
@@ -133,6 +173,8 @@ class Config:
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
     limits: Limits = field(default_factory=Limits)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     users_file: Path | None = None
     aliases_file: Path | None = None
@@ -364,6 +406,124 @@ def _listeners(source: str, table: Mapping[str, Any], reactor: Any) -> Listeners
     return ListenersConfig(**values)
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(reader: _Reader, key: str, value: Any) -> float:
+    """Seconds, as a number or a string with s/m/h/d ("15m", "5d")."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        unit = _DURATION_UNITS.get(text[-1:])
+        number = text[:-1] if unit else text
+        try:
+            amount = float(number)
+        except ValueError:
+            amount = -1
+        if amount >= 0:
+            return amount * (unit or 1)
+    raise reader._error(key, f'must be a duration such as 300 or "5m", "4h", "5d"; not {value!r}')
+
+
+def _host_port(reader: _Reader, key: str, value: Any, default_port: int) -> tuple[str, int]:
+    """ "host", "host:port" or "[v6addr]:port"."""
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        host, port = text, default_port
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            if rest.startswith(":") and rest[1:].isdigit():
+                port = int(rest[1:])
+        elif text.count(":") == 1:
+            host, _, p = text.partition(":")
+            if p.isdigit():
+                port = int(p)
+            else:
+                host = ""
+        if host and 0 < port < 65536:
+            return host, port
+    raise reader._error(key, f"must be a host or host:port, not {value!r}", f'{key} = "host:25"')
+
+
+def _relay(source: str, table: Mapping[str, Any], base: Path) -> RelayConfig:
+    r = _Reader(source, "relay", table)
+    policies = ("opportunistic", "verify", "none")
+
+    def routes(key: str, value: Any) -> tuple[tuple[str, str, int], ...]:
+        if not isinstance(value, dict):
+            raise r._error(key, "must be a table", f'{key} = {{ "example.org" = "10.0.0.5:25" }}')
+        out = []
+        for domain, target in value.items():
+            try:
+                name = normalise_domain(domain)
+            except ValueError as e:
+                raise r._error(key, str(e)) from None
+            out.append((name, *_host_port(r, f"{key}.{domain}", target, 25)))
+        return tuple(out)
+
+    def tls_policy(key: str, value: Any) -> tuple[tuple[str, str], ...]:
+        if not isinstance(value, dict) or not all(v in policies for v in value.values()):
+            raise r._error(
+                key,
+                f"must map domains to one of {', '.join(policies)}",
+                f'{key} = {{ "example.org" = "verify" }}',
+            )
+        return tuple((normalise_domain(d), p) for d, p in value.items())
+
+    def nameservers(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+        if not isinstance(value, list):
+            raise r._error(key, "must be a list", f'{key} = ["127.0.0.1:53"]')
+        return tuple(_host_port(r, key, v, 53) for v in value)
+
+    relay = RelayConfig(
+        routes=r.get("routes", (), routes),
+        tls=r.string("tls", "opportunistic", policies),
+        tls_policy=r.get("tls_policy", (), tls_policy),
+        nameservers=r.get("nameservers", (), nameservers),
+        port=r.number("port", 25, minimum=1),
+    )
+    smarthost_at = r.get("smarthost", None, lambda k, v: _host_port(r, k, v, 587))
+    tls_mode = r.string("smarthost_tls", "starttls", ("starttls", "implicit", "none"))
+    username = r.string("smarthost_username", "") or None
+    password_file = r.path("smarthost_password_file", None, base, must_exist=True)
+    r.finish()
+    if smarthost_at is not None:
+        if (username is None) != (password_file is None):
+            raise ConfigError(
+                source,
+                "[relay] smarthost_username",
+                "username and password file go together",
+                "set both smarthost_username and smarthost_password_file, or neither",
+            )
+        relay = dataclasses.replace(
+            relay,
+            smarthost=Smarthost(
+                smarthost_at[0], smarthost_at[1], tls_mode, username, password_file
+            ),
+        )
+    return relay
+
+
+def _queue(source: str, table: Mapping[str, Any]) -> QueueConfig:
+    r = _Reader(source, "queue", table)
+    d = QueueConfig()
+
+    def schedule(key: str, value: Any) -> tuple[float, ...]:
+        if not isinstance(value, list) or not value:
+            raise r._error(key, "must be a non-empty list of durations", f'{key} = ["1m", "1h"]')
+        return tuple(_duration(r, key, v) for v in value)
+
+    queue = QueueConfig(
+        retry_schedule=r.get("retry_schedule", d.retry_schedule, schedule),
+        max_lifetime=r.get("max_lifetime", d.max_lifetime, lambda k, v: _duration(r, k, v)),
+        delay_notice=r.get("delay_notice", d.delay_notice, lambda k, v: _duration(r, k, v)),
+        max_per_destination=r.number("max_per_destination", d.max_per_destination, minimum=1),
+    )
+    r.finish()
+    return queue
+
+
 def _sni_pairs(source: str, value: Any, base: Path) -> tuple[tuple[Path, Path], ...]:
     """[[tls.sni]] tables, each with certificate and key, into (certificate, key) pairs."""
     fix = '[[tls.sni]] tables, each with certificate = "..." and key = "..."'
@@ -381,7 +541,7 @@ def _sni_pairs(source: str, value: Any, base: Path) -> tuple[tuple[Path, Path], 
     return tuple(pairs)
 
 
-_SECTIONS = ("server", "domains", "listeners", "limits", "smtp", "tls", "files")
+_SECTIONS = ("server", "domains", "listeners", "limits", "smtp", "queue", "relay", "tls", "files")
 
 
 def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any = None) -> Config:
@@ -496,6 +656,8 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
             'add local = ["example.com"] (or accept_any = true for a catch-everything test server)',
         )
     listeners = _listeners(source, doc.get("listeners", {}), reactor)
+    queue = _queue(source, doc.get("queue", {}))
+    relay = _relay(source, doc.get("relay", {}), base)
 
     return Config(
         source=source,
@@ -506,6 +668,8 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         listeners=listeners,
         limits=limits,
         smtp=smtp,
+        queue=queue,
+        relay=relay,
         tls=tls,
         users_file=users_file,
         aliases_file=aliases_file,

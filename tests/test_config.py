@@ -163,6 +163,52 @@ class Mistakes(SynchronousTestCase):
         self.assertIn("'fix' is not one of reject, normalise", str(err))
 
 
+class QueueAndRelay(SynchronousTestCase):
+    def load_text(self, text: str):
+        path = Path(self.mktemp())
+        path.write_text('[domains]\nlocal = ["a.example"]\n' + text)
+        return load(path)
+
+    def test_durations(self) -> None:
+        queue = self.load_text(
+            '[queue]\nretry_schedule = ["30s", "5m", 600, "1.5h"]\nmax_lifetime = "3d"\n'
+            "delay_notice = 0\nmax_per_destination = 2\n"
+        ).queue
+        self.assertEqual(queue.retry_schedule, (30.0, 300.0, 600.0, 5400.0))
+        self.assertEqual(queue.max_lifetime, 3 * 86400)
+        self.assertEqual(queue.delay_notice, 0)
+        self.assertEqual(queue.max_per_destination, 2)
+        err = self.assertRaises(ConfigError, self.load_text, '[queue]\nmax_lifetime = "soon"\n')
+        self.assertIn("[queue] max_lifetime: must be a duration", str(err))
+
+    def test_routes_smarthost_and_tls_policy(self) -> None:
+        secret = Path(self.mktemp())
+        secret.write_text("pw\n")
+        relay = self.load_text(
+            '[relay]\nroutes = { "B.test" = "127.0.0.1:2525", "c.test" = "[::1]:26" }\n'
+            'smarthost = "smtp.example.net"\nsmarthost_username = "me"\n'
+            f'smarthost_password_file = "{secret}"\ntls = "verify"\n'
+            'tls_policy = { "d.test" = "none" }\nnameservers = ["127.0.0.1:5353"]\n'
+        ).relay
+        self.assertEqual(relay.routes, (("b.test", "127.0.0.1", 2525), ("c.test", "::1", 26)))
+        self.assertEqual(relay.smarthost.host, "smtp.example.net")
+        self.assertEqual(relay.smarthost.port, 587)
+        self.assertEqual(relay.smarthost.username, "me")
+        self.assertEqual(relay.tls, "verify")
+        self.assertEqual(relay.tls_policy, (("d.test", "none"),))
+        self.assertEqual(relay.nameservers, (("127.0.0.1", 5353),))
+        self.assertTrue(relay.configured)
+
+    def test_relay_mistakes(self) -> None:
+        for text, needle in [
+            ('[relay]\nroutes = { "b.test" = "host:port" }\n', "[relay] routes.b.test"),
+            ('[relay]\ntls = "maybe"\n', "'maybe' is not one of opportunistic, verify, none"),
+            ('[relay]\nsmarthost = "x.example"\nsmarthost_username = "me"\n', "go together"),
+        ]:
+            err = self.assertRaises(ConfigError, self.load_text, text)
+            self.assertIn(needle, str(err))
+
+
 class Domains(SynchronousTestCase):
     def test_normalised_to_lower_case_a_labels(self) -> None:
         self.assertEqual(normalise_domain("Example.COM."), "example.com")
