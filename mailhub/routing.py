@@ -15,8 +15,12 @@ from collections.abc import Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
+from mailhub.config import Config
 from mailhub.envelope import Envelope
 from mailhub.interfaces import IIncomingMessage, IMessageSink
+from mailhub.smtp.address import AddressError, parse_path
+from mailhub.smtp.policy import RecipientPolicy
+from mailhub.smtp.session import Session
 
 LOCAL = "local"
 REMOTE = "remote"
@@ -89,3 +93,39 @@ class _Both:
     def abort(self) -> None:
         for part in self._parts:
             part.abort()
+
+
+def local_domains(config: Config) -> Callable[[str], bool]:
+    """Which domains this server keeps: the listed ones, and with ``accept_any`` (the dev stack)
+    every domain, except those the config sends on (a route, or all of them via a smarthost)."""
+    listed = frozenset(config.domains.local) | frozenset(config.domains.catch_all)
+    routed = frozenset(domain for domain, _host, _port in config.relay.routes)
+    keep_the_rest = config.domains.accept_any and config.relay.smarthost is None
+
+    def is_local(domain: str) -> bool:
+        domain = domain.lower()
+        return domain in listed or (keep_the_rest and domain not in routed)
+
+    return is_local
+
+
+def policy_resolver(policy: RecipientPolicy) -> Callable[[str], list[str] | tuple[str, str]]:
+    """The local courier's view of the recipient policy: an address from the queue resolves to
+    the mailboxes SMTP would have delivered it to (plus-addressing, aliases, unknown users)."""
+    system = Session(client_address="", authenticated_as="MAILER-DAEMON")
+
+    def resolve(address: str) -> list[str] | tuple[str, str]:
+        try:
+            mailbox, _rest = parse_path(f"<{address}>")
+        except AddressError as e:
+            return ("5.1.3", f"bad recipient address syntax: {e}")
+        decision = policy.check_recipient(system, mailbox)
+        if decision.accepted:
+            return list(decision.mailboxes)
+        text = decision.reply.text
+        return (
+            decision.reply.enhanced or "5.0.0",
+            text if isinstance(text, str) else " ".join(text),
+        )
+
+    return resolve

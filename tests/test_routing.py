@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,9 +10,11 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from mailhub.config import DomainsConfig, RelayConfig, Smarthost, dev_config
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import DeliveryError, ICourier, IMessageSink, Outcome
-from mailhub.routing import LOCAL, REMOTE, Router, SplitSink
+from mailhub.routing import LOCAL, REMOTE, Router, SplitSink, local_domains, policy_resolver
+from mailhub.smtp.policy import RecipientPolicy
 from mailhub.store.courier import LocalCourier
 from mailhub.store.delivery import GroupCommitter, MaildirSink
 from mailhub.store.store import MailStore
@@ -68,6 +71,44 @@ class Routing(SynchronousTestCase):
         message.write(b"x\r\n")
         failure = self.failureResultOf(message.commit(), DeliveryError)
         self.assertIn("queue disk full", str(failure.value))
+
+
+class LocalDomains(SynchronousTestCase):
+    def test_dev_stack_keeps_everything_but_routed_domains(self) -> None:
+        config = dataclasses.replace(
+            dev_config("/tmp/unused"), relay=RelayConfig(routes=(("b.test", "127.0.0.1", 2525),))
+        )
+        is_local = local_domains(config)
+        self.assertTrue(is_local("anything.example"))
+        self.assertFalse(is_local("b.test"))
+        self.assertFalse(is_local("B.TEST"))
+
+    def test_a_smarthost_sends_every_unlisted_domain_on(self) -> None:
+        config = dataclasses.replace(
+            dev_config("/tmp/unused"),
+            domains=DomainsConfig(local=("mine.example",), accept_any=True),
+            relay=RelayConfig(smarthost=Smarthost("smtp.example.net")),
+        )
+        is_local = local_domains(config)
+        self.assertTrue(is_local("mine.example"))
+        self.assertFalse(is_local("anything.example"))
+
+    def test_production_keeps_listed_domains_only(self) -> None:
+        config = dataclasses.replace(
+            dev_config("/tmp/unused"), domains=DomainsConfig(local=("a.example",))
+        )
+        self.assertEqual(
+            [local_domains(config)(d) for d in ("a.example", "b.example")], [True, False]
+        )
+
+    def test_policy_resolver_applies_plus_addressing_and_unknown_users(self) -> None:
+        policy = RecipientPolicy(
+            DomainsConfig(local=("example.com",)), lambda m: m == "bob@example.com"
+        )
+        resolve = policy_resolver(policy)
+        self.assertEqual(resolve("Bob+news@example.com"), ["bob@example.com"])
+        self.assertEqual(resolve("nobody@example.com")[0], "5.1.1")
+        self.assertEqual(resolve("not an address")[0], "5.1.3")
 
 
 @dataclass

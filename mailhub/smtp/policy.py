@@ -156,10 +156,13 @@ class RecipientPolicy:
         postmaster_domain: str | None = None,
         auth_without_tls_on_loopback: bool = False,
         relay_available: bool = False,
+        local_domain: Callable[[str], bool] | None = None,
     ) -> None:
         self._local = frozenset(domains.local)
         # True once an outgoing queue takes mail for other domains (the relay issue).
         self._relay = relay_available
+        # Overrides the domains list: the dev stack sends routed domains on (mailhub.routing).
+        self._local_domain = local_domain
         self._catch_all = frozenset(domains.catch_all)
         self._accept_any = domains.accept_any
         self._mailbox_exists = mailbox_exists
@@ -177,6 +180,8 @@ class RecipientPolicy:
         return ENCRYPTION_REQUIRED
 
     def is_local_domain(self, domain: str) -> bool:
+        if self._local_domain is not None:
+            return self._local_domain(domain)
         return self._accept_any or domain in self._local or domain in self._catch_all
 
     def check_sender(self, session: Session, sender: Mailbox | None) -> Decision:
@@ -188,7 +193,8 @@ class RecipientPolicy:
         if not domain:
             return Decision.accept(self._postmaster)
         if recipient.is_literal or not self.is_local_domain(domain):
-            if session.authenticated_as is None:
+            # A mail catcher (accept_any, loopback) sends its routed domains on for anyone.
+            if session.authenticated_as is None and not (self._accept_any and self._relay):
                 return RELAY_DENIED
             if not self._relay:
                 return RELAY_UNAVAILABLE
