@@ -217,6 +217,57 @@ def cert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _queue_dir(args: argparse.Namespace):
+    return _config(args).data_dir / "queue"
+
+
+def queue_list(args: argparse.Namespace) -> int:
+    import time
+
+    from mailhub.queue import admin
+
+    messages = admin.list_messages(_queue_dir(args))
+    if not messages:
+        print("queue is empty")
+    now = time.time()
+    for m in messages:
+        print(f"{m.id}\t{admin.age(now - m.created)}\t{m.size} bytes\t<{m.sender}>")
+        for r in m.recipients:
+            state = r.status
+            if r.status == "pending" and r.next_attempt is not None:
+                wait = r.next_attempt - now
+                state += f", next {'now' if wait <= 0 else 'in ' + admin.age(wait)}"
+            diag = f"\t{r.diagnostic}" if r.diagnostic else ""
+            print(f"\t<{r.address}>\t{state}, {r.attempts} attempt(s){diag}")
+    return 0
+
+
+def queue_show(args: argparse.Namespace) -> int:
+    import time
+
+    from mailhub.queue import admin
+
+    try:
+        info = admin.show(_queue_dir(args), args.id)
+    except admin.NoSuchMessage:
+        print(f"mailhub: no queued message {args.id}", file=sys.stderr)
+        return 1
+    for line in admin.describe(info, time.time()):
+        print(line)
+    return 0
+
+
+def queue_change(args: argparse.Namespace) -> int:
+    from mailhub.queue import admin
+
+    try:
+        print(admin.request(_queue_dir(args), args.action, args.id))
+    except admin.NoSuchMessage:
+        print(f"mailhub: no queued message {args.id}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def version(args: argparse.Namespace) -> int:
     print(f"mailhub {__version__}")
     return 0
@@ -268,6 +319,24 @@ def parser() -> argparse.ArgumentParser:
     user_sub.add_parser(
         "list", parents=[common, users_opt], help="users and hash schemes"
     ).set_defaults(run=user_list)
+    queue = sub.add_parser("queue", help="list, show, retry and delete queued outgoing mail")
+    queue_sub = queue.add_subparsers(dest="action", required=True)
+    queue_sub.add_parser(
+        "list", parents=[common], help="queued messages with their recipients' state"
+    ).set_defaults(run=queue_list)
+    q_show = queue_sub.add_parser("show", parents=[common], help="one queued message")
+    q_show.add_argument("id")
+    q_show.set_defaults(run=queue_show)
+    q_retry = queue_sub.add_parser(
+        "retry", parents=[common], help="try a message (or, without ID, all) now"
+    )
+    q_retry.add_argument("id", nargs="?")
+    q_retry.set_defaults(run=queue_change)
+    q_delete = queue_sub.add_parser(
+        "delete", parents=[common], help="remove a message without delivering or bouncing it"
+    )
+    q_delete.add_argument("id")
+    q_delete.set_defaults(run=queue_change)
     return top
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +19,15 @@ from twisted.logger import Logger
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
 from mailhub.config import Config
+from mailhub.interfaces import IMessageSink
+from mailhub.queue import Queue, RetrySchedule
+from mailhub.relay.courier import courier_from_config
+from mailhub.routing import LOCAL, REMOTE, Router, SplitSink, local_domains, policy_resolver
 from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy
 from mailhub.smtp.submission import SubmissionSink
 from mailhub.smtp.throttle import AuthThrottle
+from mailhub.store.courier import LocalCourier
 from mailhub.store.delivery import GroupCommitter, MaildirSink, StaleTmpCleaner
 from mailhub.store.store import MailStore
 from mailhub.tls import (
@@ -77,6 +83,7 @@ class MailhubService(MultiService):
         super().__init__()
         self.config, self.store, self.sink = config, store, sink
         self.tls: ServerTLS | None = None  # set by build(); reload() re-reads certificates
+        self.queue: Queue | None = None  # the outgoing queue, set by build()
         self.portal: Portal | None = None  # the shared twisted.cred portal
         self.throttle: AuthThrottle | None = None
         self.users: UserDB | None = None
@@ -112,12 +119,22 @@ class Shared:
 
     config: Config
     store: MailStore
-    sink: MaildirSink
+    sink: IMessageSink  # local copies to the Maildir, remote ones to the queue (SplitSink)
     tls: ServerTLS | None
     portal: Portal
     throttle: AuthThrottle
     users: UserDB | None
     aliases: AliasMap | None
+    is_local_domain: Callable[[str], bool]
+
+    def policy_options(self) -> dict[str, Any]:
+        """What every recipient policy shares (MTA, submission, the queue's local courier)."""
+        return {
+            "aliases": self.aliases,
+            "auth_without_tls_on_loopback": self.config.smtp.auth_without_tls_on_loopback,
+            "relay_available": True,  # the outgoing queue takes mail for other domains
+            "local_domain": self.is_local_domain,
+        }
 
     def mailbox_exists(self, address: str) -> bool:
         """A recipient in a non-catch-all local domain exists if it is a user or has a mailbox."""
@@ -128,10 +145,7 @@ class Shared:
 
 def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPServerFactory:
     config = shared.config
-    policy_options: dict[str, Any] = {
-        "aliases": shared.aliases,
-        "auth_without_tls_on_loopback": config.smtp.auth_without_tls_on_loopback,
-    }
+    policy_options = shared.policy_options()
     if role is Role.SUBMISSION:
         policy: RecipientPolicy = SubmissionPolicy(
             config.domains,
@@ -287,8 +301,29 @@ def build(config: Config) -> MailhubService:
         max_failures=config.limits.auth_max_failures,
         max_delay=config.limits.auth_max_delay,
     )
-    shared = Shared(config, store, sink, tls, portal, throttle, users, aliases)
+    is_local = local_domains(config)
+    shared = Shared(config, store, sink, tls, portal, throttle, users, aliases, is_local)
     top.portal, top.throttle, top.users, top.aliases = portal, throttle, users, aliases
+
+    # The outgoing queue, started before the listeners (they hand it mail) and stopped after.
+    local_policy = RecipientPolicy(config.domains, shared.mailbox_exists, **shared.policy_options())
+    queue = top.queue = Queue(
+        config.data_dir / "queue",
+        route=Router(is_local),
+        couriers={
+            LOCAL: LocalCourier(sink, policy_resolver(local_policy)),
+            REMOTE: courier_from_config(config.relay, config.hostname),
+        },
+        hostname=config.hostname,
+        schedule=RetrySchedule(
+            delays=config.queue.retry_schedule,
+            lifetime=config.queue.max_lifetime,
+            delay_notice=config.queue.delay_notice,
+        ),
+        per_destination=config.queue.max_per_destination,
+    )
+    queue.setServiceParent(top)
+    shared = dataclasses.replace(shared, sink=SplitSink(sink, queue.sink, is_local))
 
     for key, builder in FACTORIES.items():
         descriptions = getattr(config.listeners, key)

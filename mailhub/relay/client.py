@@ -1,0 +1,646 @@
+"""An ESMTP client for one delivery: one connection, one transaction, a result per recipient.
+
+Not Twisted's ``ESMTPSender``: it cannot report per-recipient results and aborts when an
+opportunistic STARTTLS fails (see ``docs``/twisted-mail-notes). This one is written as one
+coroutine (``_session``) over a small reply reader, so the dialogue reads top to bottom:
+
+    220 greeting -> EHLO (HELO if EHLO gets 5xx) -> [STARTTLS -> EHLO] -> [AUTH]
+    -> MAIL, RCPT..., DATA (one write with PIPELINING) -> body (dot-stuffed, streamed) -> QUIT
+
+What it decides itself, before sending anything (RFC references beside each rule):
+- SIZE: a message larger than the peer's declared limit is not offered: permanent 5.3.4.
+- 8BITMIME: an 8-bit body to a peer without 8BITMIME is a permanent 5.6.3 failure. RFC 6152 3
+  allows converting it to 7 bit instead; we do not rewrite messages (that would break DKIM
+  signatures), and a retry would meet the same peer, so temporary would only delay the bounce.
+- BINARYMIME needs BINARYMIME and CHUNKING (RFC 3030); sent as one ``BDAT n LAST``; else 5.6.3.
+- SMTPUTF8: a non-ASCII address needs the peer's SMTPUTF8 (RFC 6531 3.2): else permanent 5.6.7,
+  for the sender (every recipient) or only for the non-ASCII recipients. A message whose only
+  UTF-8 is in its headers goes to such a peer unchanged (as Postfix does).
+
+Replies: 2xx accepted, 4xx temporary, 5xx permanent, per recipient (RCPT) and for all accepted
+recipients (DATA). A timeout or a lost connection is temporary for every recipient without a
+final answer yet. Timeouts per stage follow RFC 5321 4.5.3.2 and run on an injected clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailhub.interfaces import AttemptResult, Outcome
+from mailhub.relay.tlsclient import OpportunisticTLS, TLSPolicy, describe, verifying_creator
+
+MAX_REPLY_LINE = 4096  # longer than RFC 5321 4.5.3.1.5's 512; a peer sending more is broken
+MAX_REPLY_LINES = 200
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to wait for each reply. Defaults: RFC 5321 4.5.3.2."""
+
+    greeting: float = 300  # 4.5.3.2.1 initial 220
+    command: float = 300  # EHLO, STARTTLS, AUTH, RSET: not in the RFC; as MAIL
+    mail: float = 300  # 4.5.3.2.2
+    rcpt: float = 300  # 4.5.3.2.3
+    data_init: float = 120  # 4.5.3.2.4 (354)
+    data_block: float = 180  # 4.5.3.2.5: each chunk of the body must leave within this
+    data_final: float = 600  # 4.5.3.2.6 (reply to the final ".")
+    quit: float = 30  # 221 after QUIT; we have our answers, so not long
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.lines).strip()
+
+    @property
+    def status(self) -> str:
+        """The enhanced status code (RFC 3463) if the reply has one of its class, else x.0.0."""
+        m = _ENHANCED.match(self.lines[0] if self.lines else "")
+        if m and m.group(1) == str(self.code)[0]:
+            return f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
+        return f"{str(self.code)[0]}.0.0"
+
+    @property
+    def diagnostic(self) -> str:
+        """RFC 3464 2.3.6 Diagnostic-Code value, e.g. "smtp; 550 5.1.1 <b@x>: user unknown"."""
+        return f"smtp; {self.code} {self.text}".rstrip()
+
+    @property
+    def outcome(self) -> Outcome:
+        if 200 <= self.code < 300:
+            return Outcome.DELIVERED
+        return Outcome.PERMANENT if 500 <= self.code < 600 else Outcome.TEMPORARY
+
+
+@dataclass(frozen=True)
+class Message:
+    """What one session delivers: the queue item's fields the dialogue needs."""
+
+    mail_from: str  # "" is the null reverse-path
+    recipients: tuple[str, ...]
+    open_body: Callable[[], BinaryIO]  # CRLF line ends, not dot-stuffed
+    size: int
+    body_type: str = "7BIT"
+    smtputf8: bool = False
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    helo_name: str
+    tls: TLSPolicy = TLSPolicy.OPPORTUNISTIC
+    tls_hostname: str = ""  # the name the certificate must match (the MX host name)
+    ca_certificates: list[Any] | None = None  # None: the platform's trust store
+    plaintext: bool = False  # the fallback attempt after a failed handshake: no STARTTLS
+    implicit_tls: bool = False  # the transport is TLS from the start (smarthost on 465)
+    auth: tuple[str, str] | None = None  # (user, password): AUTH after TLS, never without
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+@dataclass
+class SessionResult:
+    """``results`` has a final answer for every recipient once the peer answered MAIL (or we
+    decided without asking, e.g. SIZE). Before that, ``results`` is None and the courier tries
+    the next address; ``tls_failed`` says the failure was the TLS handshake (so an opportunistic
+    attempt may be repeated in plain text)."""
+
+    results: list[AttemptResult] | None
+    status: str = "4.4.1"
+    diagnostic: str = ""
+    tls: str = "none"
+    tls_failed: bool = False
+
+
+class _Lost(Exception):
+    """The connection ended (or timed out) while we waited at ``stage``."""
+
+    def __init__(self, stage: str, why: str, timed_out: bool = False) -> None:
+        super().__init__(f"{why} (at {stage})")
+        self.stage, self.why, self.timed_out = stage, why, timed_out
+
+
+class _Stop(Exception):
+    def __init__(self, result: SessionResult) -> None:
+        super().__init__(result.diagnostic)
+        self.result = result
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+class DotStuffer:
+    """Transforms a CRLF body into SMTP DATA form chunk by chunk (RFC 5321 4.5.2: a line that
+    starts with "." gets another one), however the chunks split the lines."""
+
+    def __init__(self) -> None:
+        self.at_line_start = True
+        self.tail = b""  # the last two bytes seen, to know whether the body ended with CRLF
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return chunk
+        out = chunk.replace(b"\n.", b"\n..")
+        if self.at_line_start and chunk[:1] == b".":
+            out = b"." + out
+        self.at_line_start = chunk.endswith(b"\n")
+        self.tail = (self.tail + chunk)[-2:]
+        return out
+
+    def end(self) -> bytes:
+        """The end-of-data indicator, with a CRLF first if the body lacked a final one."""
+        if self.tail in (b"", b"\r\n"):  # an empty body, or one ending with CRLF
+            return b".\r\n"
+        return b"\r\n.\r\n"
+
+
+@implementer(IHandshakeListener)
+class SMTPClientProtocol(Protocol):
+    """One delivery over one connection. ``done`` fires with a SessionResult once the
+    connection has closed; it never fails."""
+
+    def __init__(
+        self,
+        message: Message,
+        options: SessionOptions,
+        *,
+        remote: str,
+        clock: IReactorTime,
+        log: Logger | None = None,
+    ) -> None:
+        self.message = message
+        self.options = options
+        self.remote = remote  # "mx.example.org [192.0.2.1]"
+        self.clock = clock
+        self.log = log if log is not None else Logger(namespace="mailhub.relay")
+        self.t = options.timeouts
+        self.done: Deferred[SessionResult] = Deferred()
+        self.sent: list[bytes] = []  # each command write (AUTH hidden), for logs and tests
+        self.extensions: dict[str, str] = {}
+        self.tls = "none"
+        self._buffer = b""
+        self._partial: list[str] = []
+        self._replies: deque[Reply] = deque()
+        self._waiter: Deferred[Reply] | None = None
+        self._lost: str | None = None
+        self._result: SessionResult | None = None
+        self._tls_creator: Any = None
+        self._block_timer: Any = None
+        self._closed = False
+        self._sender: FileSender | None = None
+
+    # --- connection events --------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        d = Deferred.fromCoroutine(self._converse())
+        d.addErrback(self._internal_error)
+        d.addCallback(self._finished)
+
+    def handshakeCompleted(self) -> None:
+        pass  # the reply to the EHLO sent after STARTTLS tells us the same, in order
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_REPLY_LINE:
+                    self._broken("reply line too long")
+                return
+            line, self._buffer = self._buffer[:end].rstrip(b"\r"), self._buffer[end + 1 :]
+            if not self._line(line):
+                return
+
+    def _line(self, raw: bytes) -> bool:
+        text = raw.decode("utf-8", "replace")
+        code, sep = text[:3], text[3:4]
+        if not (code.isdigit() and code[0] in "12345" and sep in ("", " ", "-")):
+            self._broken(f"malformed reply {text[:80]!r}")
+            return False
+        self._partial.append(text[4:])
+        if sep == "-":  # RFC 5321 4.2.1: a multiline reply continues
+            if len(self._partial) > MAX_REPLY_LINES:
+                self._broken("reply with too many lines")
+                return False
+            return True
+        reply = Reply(int(code), tuple(self._partial))
+        self._partial = []
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.callback(reply)
+        else:
+            self._replies.append(reply)
+        return True
+
+    def _broken(self, why: str) -> None:
+        self._lost = f"protocol error: {why}"
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._closed = True
+        if self._lost is None:
+            self._lost = _describe_loss(reason)
+        self._stop_block_timer()
+        if self._sender is not None:  # the transport should have stopped it; make sure
+            self._sender.stopProducing()
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.errback(_Lost("", self._lost))
+        if self._result is not None and not self.done.called:
+            self.done.callback(self._result)
+
+    # --- reading and writing ------------------------------------------------------------
+
+    async def _read(self, stage: str, timeout: float) -> Reply:
+        if self._replies:
+            return self._replies.popleft()
+        if self._lost is not None:
+            raise _Lost(stage, self._lost)
+
+        def cancel(d: Deferred[Reply]) -> None:
+            if self._waiter is d:
+                self._waiter = None
+
+        waiter: Deferred[Reply] = Deferred(cancel)
+        self._waiter = waiter
+        waiter.addTimeout(timeout, self.clock)
+        try:
+            return await waiter
+        except defer.TimeoutError:
+            why = f"no reply to {stage} within {timeout:g} seconds"
+            self._lost = why
+            self.transport.abortConnection()
+            raise _Lost(stage, why, timed_out=True) from None
+        except _Lost as e:
+            raise _Lost(stage, e.why) from None
+
+    def _send(self, *commands: str, shown: str | None = None) -> None:
+        """Write commands in one segment (several = a pipelined group, RFC 2920 3.1)."""
+        data = "".join(f"{c}\r\n" for c in commands).encode("utf-8")
+        self.sent.append(shown.encode() if shown is not None else data)
+        self.transport.write(data)
+
+    async def _command(self, command: str, stage: str, timeout: float, **kw: Any) -> Reply:
+        self._send(command, **kw)
+        return await self._read(stage, timeout)
+
+    # --- the dialogue -------------------------------------------------------------------
+
+    async def _converse(self) -> SessionResult:
+        try:
+            return await self._session()
+        except _Stop as stop:
+            return stop.result
+        except _Lost as e:
+            return self._no_answer(
+                "4.4.2", f"connection to {self.remote} failed at {e.stage}: {e.why}"
+            )
+
+    def _no_answer(self, status: str, text: str, *, tls_failed: bool = False) -> SessionResult:
+        return SessionResult(None, status, f"X-mailhub; {text}", self.tls, tls_failed)
+
+    def _refused(self, reply: Reply, stage: str) -> _Stop:
+        """A reply that ends this session before the transaction: try another host."""
+        return _Stop(SessionResult(None, reply.status, reply.diagnostic, self.tls))
+
+    async def _session(self) -> SessionResult:
+        greeting = await self._read("greeting", self.t.greeting)
+        if greeting.code != 220:  # RFC 5321 3.1: 554 (or 421) instead of a greeting
+            await self._quit()
+            raise self._refused(greeting, "greeting")
+        if self.options.implicit_tls:
+            self.tls = describe(self.transport.getHandle()) + " verified"
+        await self._hello()
+        opts = self.options
+        if not opts.implicit_tls and opts.tls is not TLSPolicy.NONE and not opts.plaintext:
+            if "STARTTLS" in self.extensions:
+                await self._starttls()
+            elif opts.tls is TLSPolicy.VERIFY:
+                await self._quit()
+                # RFC 3463 4.7.4 (RFC 5248): security features not supported
+                raise _Stop(self._no_answer("4.7.4", f"{self.remote} does not offer STARTTLS"))
+        if opts.auth is not None:
+            await self._authenticate()
+        return await self._transaction()
+
+    async def _hello(self) -> None:
+        reply = await self._command(f"EHLO {self.options.helo_name}", "EHLO", self.t.command)
+        if reply.code == 250:
+            self.extensions = _extensions(reply)
+            return
+        if 500 <= reply.code < 600:  # RFC 5321 3.2: an old server; fall back to HELO
+            reply = await self._command(f"HELO {self.options.helo_name}", "HELO", self.t.command)
+            if reply.code == 250:
+                self.extensions = {}
+                return
+        await self._quit()
+        raise self._refused(reply, "EHLO")
+
+    async def _starttls(self) -> None:
+        opts = self.options
+        reply = await self._command("STARTTLS", "STARTTLS", self.t.command)
+        if reply.code != 220:
+            if opts.tls is TLSPolicy.VERIFY:
+                await self._quit()
+                raise self._refused(reply, "STARTTLS")
+            self.log.info(
+                "STARTTLS refused by {remote} ({reply}); continuing without TLS",
+                remote=self.remote,
+                reply=reply.diagnostic,
+            )
+            return
+        if opts.tls is TLSPolicy.VERIFY:
+            self._tls_creator = verifying_creator(opts.tls_hostname, opts.ca_certificates)
+        else:
+            self._tls_creator = OpportunisticTLS(opts.tls_hostname, opts.ca_certificates)
+        self.transport.startTLS(self._tls_creator)  # RFC 3207 4.2: forget what EHLO said
+        self.extensions = {}
+        try:
+            await self._hello()  # the first bytes after the handshake
+        except _Lost as e:
+            raise _Stop(
+                self._no_answer("4.7.5", f"TLS with {self.remote} failed: {e.why}", tls_failed=True)
+            ) from None
+        handle = self.transport.getHandle()
+        if isinstance(self._tls_creator, OpportunisticTLS):
+            problem = self._tls_creator.verification(handle)
+            self.tls = describe(handle) + (
+                " verified" if problem is None else f" unverified ({problem})"
+            )
+        else:
+            self.tls = describe(handle) + " verified"
+
+    async def _authenticate(self) -> None:
+        """RFC 4954: PLAIN (RFC 4616) if offered, else LOGIN. Only over TLS."""
+        user, password = self.options.auth  # type: ignore[misc]
+        if self.tls == "none" and self.options.tls is not TLSPolicy.NONE:
+            # Only a smarthost configured with tls = "none" gets a password in plain text.
+            await self._quit()
+            raise _Stop(
+                self._no_answer("4.7.4", f"no TLS with {self.remote}: not sending a password")
+            )
+        mechanisms = self.extensions.get("AUTH", "").upper().split()
+        if "PLAIN" in mechanisms:
+            response = _b64(f"\0{user}\0{password}")
+            reply = await self._command(
+                f"AUTH PLAIN {response}", "AUTH", self.t.command, shown="AUTH PLAIN ***\r\n"
+            )
+        elif "LOGIN" in mechanisms:
+            reply = await self._command("AUTH LOGIN", "AUTH", self.t.command)
+            for secret in (user, password):
+                if reply.code != 334:
+                    break
+                reply = await self._command(_b64(secret), "AUTH", self.t.command, shown="***\r\n")
+        else:
+            await self._quit()
+            raise _Stop(self._no_answer("4.7.4", f"{self.remote} offers no AUTH PLAIN or LOGIN"))
+        if reply.code != 235:
+            # Wrong credentials are the operator's to fix: temporary, so no mail bounces.
+            await self._quit()
+            raise self._refused(reply, "AUTH")
+
+    async def _transaction(self) -> SessionResult:
+        msg, ext = self.message, self.extensions
+        results: dict[str, AttemptResult] = {}
+
+        def final(rcpt: str, outcome: Outcome, status: str, diagnostic: str) -> None:
+            if outcome is Outcome.DELIVERED:
+                diagnostic = ""  # AttemptResult: "" when delivered (the reply is logged)
+            results[rcpt] = AttemptResult(rcpt, outcome, diagnostic, status, self.remote)
+
+        def everyone(outcome: Outcome, status: str, diagnostic: str) -> SessionResult:
+            for rcpt in msg.recipients:
+                if rcpt not in results:
+                    final(rcpt, outcome, status, diagnostic)
+            return SessionResult([results[r] for r in msg.recipients], tls=self.tls)
+
+        async def refuse_all(status: str, text: str) -> SessionResult:
+            await self._quit()
+            return everyone(Outcome.PERMANENT, status, f"X-mailhub; {text}")
+
+        params: list[str] = []
+        if "SIZE" in ext:  # RFC 1870 4: the peer's fixed maximum, 0 = none
+            limit = _int(ext["SIZE"])
+            if limit and msg.size > limit:
+                return await refuse_all(
+                    "5.3.4",
+                    f"message size {msg.size} exceeds the limit of {limit} of {self.remote}",
+                )
+            params.append(f"SIZE={msg.size}")
+        bdat = False
+        body_type = msg.body_type.upper()
+        if body_type == "8BITMIME":  # RFC 6152 3
+            if "8BITMIME" not in ext:
+                return await refuse_all("5.6.3", f"{self.remote} does not accept 8-bit messages")
+            params.append("BODY=8BITMIME")
+        elif body_type == "BINARYMIME":  # RFC 3030 3
+            if "BINARYMIME" not in ext or "CHUNKING" not in ext:
+                return await refuse_all(
+                    "5.6.3", f"{self.remote} does not accept binary messages (BINARYMIME)"
+                )
+            params.append("BODY=BINARYMIME")
+            bdat = True
+        utf8_addresses = not msg.mail_from.isascii() or not all(r.isascii() for r in msg.recipients)
+        if "SMTPUTF8" in ext and (msg.smtputf8 or utf8_addresses):
+            params.append("SMTPUTF8")  # RFC 6531 3.4
+        elif not msg.mail_from.isascii():  # RFC 6531 3.2
+            return await refuse_all(
+                "5.6.7", f"{self.remote} does not support SMTPUTF8 (non-ASCII sender address)"
+            )
+        candidates = []
+        for rcpt in msg.recipients:
+            if not rcpt.isascii() and "SMTPUTF8" not in ext:
+                final(
+                    rcpt,
+                    Outcome.PERMANENT,
+                    "5.6.7",
+                    f"X-mailhub; {self.remote} does not support SMTPUTF8 (non-ASCII address)",
+                )
+            else:
+                candidates.append(rcpt)
+        if not candidates:
+            await self._quit()
+            return everyone(Outcome.PERMANENT, "5.6.7", "")
+
+        mail = " ".join([f"MAIL FROM:<{msg.mail_from}>", *params])
+        rcpts = [f"RCPT TO:<{r}>" for r in candidates]
+        accepted: list[str] = []
+        try:
+            if "PIPELINING" in ext:  # RFC 2920 3.1: MAIL, RCPTs and DATA as one group
+                self._send(mail, *rcpts, *([] if bdat else ["DATA"]))
+                mail_reply = await self._read("MAIL", self.t.mail)
+                rcpt_replies = [await self._read("RCPT", self.t.rcpt) for _ in candidates]
+                data_reply = None if bdat else await self._read("DATA", self.t.data_init)
+            else:
+                mail_reply = await self._command(mail, "MAIL", self.t.mail)
+                rcpt_replies = []
+                if mail_reply.code == 250:
+                    for command in rcpts:
+                        rcpt_replies.append(await self._command(command, "RCPT", self.t.rcpt))
+                data_reply = None
+            if mail_reply.code != 250:
+                await self._quit()
+                return everyone(mail_reply.outcome, mail_reply.status, mail_reply.diagnostic)
+            for rcpt, reply in zip(candidates, rcpt_replies, strict=True):
+                if reply.outcome is Outcome.DELIVERED:
+                    accepted.append(rcpt)
+                else:
+                    final(rcpt, reply.outcome, reply.status, reply.diagnostic)
+            if not accepted:
+                if data_reply is not None and data_reply.code == 354:
+                    # A server that says 354 with no recipient (RFC 2920 3.1 says it must
+                    # not): an empty message ends it; nobody receives it.
+                    self._send(".")
+                    await self._read("DATA", self.t.data_final)
+                await self._quit()
+                return everyone(Outcome.TEMPORARY, "4.0.0", "")
+            if bdat:
+                reply = await self._send_bdat()
+            else:
+                if data_reply is None:
+                    data_reply = await self._command("DATA", "DATA", self.t.data_init)
+                if data_reply.code != 354:
+                    await self._quit()
+                    return everyone(data_reply.outcome, data_reply.status, data_reply.diagnostic)
+                reply = await self._send_body()
+        except _Lost as e:
+            # RFC 5321 6.1: without the final reply the message may or may not have arrived;
+            # retrying may duplicate it, which is better than losing it.
+            diagnostic = f"X-mailhub; connection to {self.remote} lost at {e.stage}: {e.why}"
+            return everyone(Outcome.TEMPORARY, "4.4.2", diagnostic)
+        self.log.info(
+            "{remote} answered the message: {reply}", remote=self.remote, reply=reply.diagnostic
+        )
+        await self._quit()
+        return everyone(reply.outcome, reply.status, reply.diagnostic)
+
+    async def _stream(self, transform: Callable[[bytes], bytes]) -> None:
+        """Send the body from its file, in chunks, honouring the transport's flow control."""
+        try:
+            body = self.message.open_body()
+        except OSError as e:
+            self._lost = f"cannot read the queued message: {e}"
+            self.transport.abortConnection()
+            raise _Lost("DATA", self._lost) from None
+
+        def chunk(data: bytes) -> bytes:
+            self._restart_block_timer()
+            return transform(data)
+
+        self._sender = FileSender()
+        try:
+            self._restart_block_timer()
+            await self._sender.beginFileTransfer(body, self.transport, chunk)
+        except Exception:
+            raise _Lost("DATA", self._lost or "connection lost while sending the message") from None
+        finally:
+            self._sender = None
+            self._stop_block_timer()
+            body.close()
+
+    async def _send_body(self) -> Reply:
+        stuffer = DotStuffer()
+        await self._stream(stuffer)
+        self.transport.write(stuffer.end())
+        return await self._read("end of data", self.t.data_final)
+
+    async def _send_bdat(self) -> Reply:
+        size = self.message.size
+        try:
+            with self.message.open_body() as f:
+                f.seek(0, 2)
+                size = f.tell()
+        except OSError:
+            pass  # _stream reports it
+        self._send(f"BDAT {size} LAST")  # RFC 3030 2: one chunk, the whole message
+        await self._stream(lambda data: data)
+        return await self._read("BDAT", self.t.data_final)
+
+    def _restart_block_timer(self) -> None:
+        if self._block_timer is not None and self._block_timer.active():
+            self._block_timer.reset(self.t.data_block)
+        else:
+            self._block_timer = self.clock.callLater(self.t.data_block, self._block_timeout)
+
+    def _stop_block_timer(self) -> None:
+        if self._block_timer is not None and self._block_timer.active():
+            self._block_timer.cancel()
+        self._block_timer = None
+
+    def _block_timeout(self) -> None:
+        self._block_timer = None
+        self._lost = f"the peer took no data for {self.t.data_block:g} seconds"
+        self.transport.abortConnection()
+
+    async def _quit(self) -> None:
+        """RFC 5321 4.1.1.10: send QUIT and wait for 221 (or the close) before closing."""
+        if self._lost is not None:
+            return
+        try:
+            self._send("QUIT")
+            for _ in range(len(self.message.recipients) + 3):  # replies to what we pipelined
+                if (await self._read("QUIT", self.t.quit)).code == 221:
+                    break
+        except _Lost:
+            pass
+
+    # --- the end ------------------------------------------------------------------------
+
+    def _internal_error(self, failure: Failure) -> SessionResult:
+        self.log.failure("relay session with {remote} failed", failure, remote=self.remote)
+        return self._no_answer("4.3.0", f"internal error talking to {self.remote}")
+
+    def _finished(self, result: SessionResult) -> None:
+        result.tls = self.tls
+        self._result = result
+        if self._closed:
+            if not self.done.called:
+                self.done.callback(result)
+            return
+        self.transport.loseConnection()  # done fires in connectionLost
+
+
+def _extensions(reply: Reply) -> dict[str, str]:
+    """EHLO keywords (RFC 5321 4.1.1.1): upper-case keyword -> its parameters."""
+    found: dict[str, str] = {}
+    for line in reply.lines[1:]:
+        keyword, _, params = line.strip().partition(" ")
+        if keyword:
+            found[keyword.upper()] = params.strip()
+    return found
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.split()[0]) if text.strip() else 0
+    except ValueError:
+        return 0
+
+
+def _describe_loss(reason: Failure | None) -> str:
+    if reason is None:
+        return "connection closed"
+    error = reason.value
+    text = str(error) or type(error).__name__
+    if reason.check(defer.CancelledError):
+        return "cancelled"
+    return f"{type(error).__name__}: {text}" if "Connection" not in type(error).__name__ else text

@@ -1,0 +1,147 @@
+"""The client side of TLS for outgoing mail: policies and connection creators.
+
+Three policies per destination (``TLSPolicy``):
+
+- ``opportunistic`` (default; RFC 3207 with RFC 7435's "opportunistic security"): STARTTLS when
+  the peer offers it. The certificate is checked but a failed check does not stop delivery (a
+  passive eavesdropper still sees nothing); the result is logged as "TLSv1.3 verified" or
+  "TLSv1.3 unverified (...)". A failed handshake (or a peer that breaks the connection during
+  it) makes the courier reconnect in plain text for that attempt: Twisted's own client aborts
+  instead (twisted#10334).
+- ``verify``: TLS is required and the certificate must verify for the host name (service-identity
+  via ``optionsForClientTLS``); anything else is a temporary failure.
+- ``none``: never STARTTLS.
+
+TLS 1.2 is the minimum (RFC 8996, RFC 9325 3.1.1).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from typing import Any
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+from service_identity import VerificationError
+from service_identity.pyopenssl import verify_hostname, verify_ip_address
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import (
+    Certificate,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
+from zope.interface import implementer
+
+
+class TLSPolicy(enum.Enum):
+    NONE = "none"
+    OPPORTUNISTIC = "opportunistic"
+    VERIFY = "verify"
+
+
+# X509_V_ERR_* codes worth naming in a log line; others are given by number.
+_VERIFY_ERRORS = {
+    2: "unable to get issuer certificate",
+    10: "certificate has expired",
+    9: "certificate is not yet valid",
+    18: "self-signed certificate",
+    19: "self-signed certificate in chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+}
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def load_ca_pem(pem: bytes) -> list[x509.Certificate]:
+    """The certificates of a PEM bundle (the ``ca_file`` to trust instead of the platform's)."""
+    return x509.load_pem_x509_certificates(pem)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class OpportunisticTLS:
+    """Encrypts whatever the certificate; remembers whether it verified for ``hostname``.
+
+    One instance per connection: it keeps that connection's verification result.
+    """
+
+    def __init__(self, hostname: str, ca_certificates: list[x509.Certificate] | None) -> None:
+        self.hostname = hostname
+        self.ca_certificates = ca_certificates
+        self.chain_errors: list[str] = []
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+        if self.ca_certificates is None:
+            ctx.set_default_verify_paths()
+        else:
+            store = ctx.get_cert_store()
+            assert store is not None
+            for cert in self.ca_certificates:
+                store.add_cert(crypto.X509.from_cryptography(cert))
+        # VERIFY_PEER makes OpenSSL check the chain; the callback records failures and lets
+        # the handshake go on (RFC 7435: encrypted but unauthenticated beats plain text).
+        ctx.set_verify(SSL.VERIFY_PEER, self._verify)
+        conn = SSL.Connection(ctx, None)
+        conn.set_app_data(tlsProtocol)
+        if not _is_ip(self.hostname):
+            conn.set_tlsext_host_name(self.hostname.encode("idna"))  # SNI (RFC 6066 3)
+        conn.set_connect_state()
+        return conn
+
+    def _verify(self, conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
+        if not ok:
+            why = _VERIFY_ERRORS.get(errno, f"verify error {errno}")
+            self.chain_errors.append(f"{why} (depth {depth})")
+        return True
+
+    def verification(self, conn: SSL.Connection) -> str | None:
+        """None when the peer's certificate verified for the host name, else why not."""
+        if self.chain_errors:
+            return self.chain_errors[0]
+        try:
+            if _is_ip(self.hostname):
+                verify_ip_address(conn, self.hostname)
+            else:
+                verify_hostname(conn, self.hostname)
+        except VerificationError:
+            return f"certificate does not match {self.hostname}"
+        except Exception as e:  # no certificate at all, odd encodings ...
+            return f"cannot check the certificate: {e}"
+        return None
+
+
+def verifying_creator(
+    hostname: str, ca_certificates: list[x509.Certificate] | None
+) -> IOpenSSLClientConnectionCreator:
+    """A creator whose handshake fails unless the certificate verifies for ``hostname``."""
+    trust = None
+    if ca_certificates is not None:
+        trust = trustRootFromCertificates(
+            [Certificate(crypto.X509.from_cryptography(c)) for c in ca_certificates]
+        )
+    return optionsForClientTLS(
+        hostname,
+        trustRoot=trust,
+        extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
+    )
+
+
+def describe(conn: Any) -> str:
+    """e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384" for an SSL.Connection, "TLS" if unknown."""
+    try:
+        version = conn.get_protocol_version_name()
+        cipher = conn.get_cipher_name()
+    except Exception:
+        return "TLS"
+    return f"{version} {cipher}" if version and cipher else "TLS"

@@ -1,0 +1,198 @@
+"""Peers for relay tests, all on 127.0.0.1 with OS-chosen ports.
+
+- ``ReceiverPeer``: mailhub's own SMTP receiver (``SMTPServerFactory``) with an in-memory sink:
+  the real server code path, with STARTTLS and AUTH when asked.
+- ``ScriptedPeer``: a tiny hand-written server that misbehaves on purpose (drops the connection
+  in DATA, breaks the TLS handshake, answers 4xx...).
+- ``Item``: a queue item as the courier sees it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from mailhub.auth import DevChecker, make_portal
+from mailhub.config import DomainsConfig, Limits, SMTPConfig
+from mailhub.smtp.factory import SMTPServerFactory
+from mailhub.smtp.policy import RecipientPolicy, Role
+from mailhub.tls import ServerTLS, tls_server_factory
+from tests.test_smtp_support import MemorySink
+
+
+@dataclass
+class Item:
+    queue_id: str = "Q1"
+    mail_from: str = "sender@a.test"
+    recipients: list[str] = field(default_factory=lambda: ["alice@b.test"])
+    body: bytes = b"Subject: hi\r\n\r\nHello.\r\n"
+    body_type: str = "7BIT"
+    smtputf8: bool = False
+    envelope_id: str | None = None
+    opened: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.body)
+
+    def open_body(self) -> io.BytesIO:
+        self.opened += 1
+        return io.BytesIO(self.body)
+
+
+def inline(f: Any, /, *args: Any) -> Deferred[Any]:
+    from twisted.internet.defer import maybeDeferred
+
+    return maybeDeferred(f, *args)
+
+
+class ReceiverPeer:
+    """Our own receiver for ``domain`` with mailboxes; ``tls`` is a (cert, key) pair of files."""
+
+    def __init__(
+        self,
+        case: Any,
+        *,
+        domain: str = "b.test",
+        mailboxes: set[str] | None = None,
+        tls: tuple[Path, Path] | None = None,
+        auth: bool = False,
+        limits: Limits | None = None,
+        hostname: str = "mx.b.test",
+        implicit_tls: bool = False,
+    ) -> None:
+        self.sink = MemorySink()
+        self.events: list[dict] = []
+        self.mailboxes = mailboxes if mailboxes is not None else {f"alice@{domain}"}
+        domains = DomainsConfig(local=(domain,))
+        policy = RecipientPolicy(domains, self.mailboxes.__contains__)
+        self.factory = SMTPServerFactory(
+            hostname=hostname,
+            limits=limits or Limits(),
+            smtp_config=SMTPConfig(),
+            policy=policy,
+            sink=self.sink,
+            clock=reactor,  # type: ignore[arg-type]
+            tls_context_factory=ServerTLS([tls]) if tls else None,
+            role=Role.MTA,
+            portal=make_portal(DevChecker(run=inline)) if auth else None,
+            log=Logger(namespace="test.peer", observer=self.events.append),
+        )
+        listen: Any = self.factory
+        if implicit_tls:  # TLS from the first byte, as on 465 (RFC 8314)
+            listen = tls_server_factory(self.factory.tls_context_factory, self.factory)
+        self.listening = reactor.listenTCP(0, listen, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.port = self.listening.getHost().port
+        case.addCleanup(self.stop)
+
+    async def _stop(self) -> None:
+        if self.listening.connected:
+            await self.listening.stopListening()
+        for _ in range(200):  # the server side closes a moment after the client's QUIT
+            if self.factory.connections == 0:
+                return
+            await task.deferLater(reactor, 0.01, lambda: None)
+
+    def stop(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+    def messages(self) -> list[Any]:
+        return self.sink.delivered
+
+
+class _Scripted(Protocol):
+    """Answers commands with ``script(line, peer) -> bytes | None``; in DATA mode calls
+    ``on_data(data, peer)``."""
+
+    def __init__(self, owner: ScriptedPeer) -> None:
+        self.owner = owner
+        self.buffer = b""
+        self.in_data = False
+        self.received: list[bytes] = []
+        self.data = b""  # message data received so far (see ``accept_data``)
+
+    def connectionMade(self) -> None:
+        self.owner.connections.append(self)
+        self.transport.write(self.owner.greeting)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.in_data:
+            self.owner.on_data(data, self)
+            return
+        self.buffer += data
+        while b"\r\n" in self.buffer and not self.in_data:
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            self.received.append(line)
+            answer = self.owner.script(line.decode(), self)
+            if answer:
+                self.transport.write(answer)
+        if self.in_data and self.buffer:
+            rest, self.buffer = self.buffer, b""
+            self.owner.on_data(rest, self)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.owner.closed += 1
+
+
+def default_script(line: str, peer: _Scripted) -> bytes | None:
+    verb = line.split(" ", 1)[0].upper()
+    if verb == "EHLO":
+        return b"250-fake.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+    if verb in ("MAIL", "RCPT", "RSET", "NOOP"):
+        return b"250 2.0.0 ok\r\n"
+    if verb == "DATA":
+        peer.in_data = True
+        return b"354 go on\r\n"
+    if verb == "QUIT":
+        peer.transport.write(b"221 2.0.0 bye\r\n")
+        peer.transport.loseConnection()
+        return None
+    return b"502 5.5.1 no\r\n"
+
+
+def accept_data(data: bytes, conn: _Scripted) -> None:
+    """An ``on_data`` that takes the message and answers 250 at the end-of-data line."""
+    conn.data += data
+    if conn.data.endswith(b"\r\n.\r\n"):
+        conn.in_data = False
+        conn.transport.write(b"250 2.0.0 queued\r\n")
+
+
+class ScriptedPeer:
+    def __init__(
+        self,
+        case: Any,
+        script: Callable[[str, _Scripted], bytes | None] = default_script,
+        on_data: Callable[[bytes, _Scripted], None] | None = None,
+        greeting: bytes = b"220 fake.test ESMTP\r\n",
+    ) -> None:
+        self.script = script
+        self.on_data = on_data or (lambda data, peer: None)
+        self.greeting = greeting
+        self.connections: list[_Scripted] = []
+        self.closed = 0
+        factory = Factory.forProtocol(lambda: _Scripted(self))
+        self.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.port = self.listening.getHost().port
+        case.addCleanup(self.stop)
+
+    async def _stop(self) -> None:
+        if self.listening.connected:
+            await self.listening.stopListening()
+        for c in self.connections:
+            c.transport.loseConnection()
+        for _ in range(200):
+            if self.closed >= len(self.connections):
+                return
+            await task.deferLater(reactor, 0.01, lambda: None)
+
+    def stop(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
