@@ -1,0 +1,168 @@
+"""The whole chain on one machine: MUA -> A (submission, AUTH over STARTTLS) -> A's queue -> MX
+lookup (a real DNS server on 127.0.0.1, real dnspython code path) -> B's port 25 -> B's Maildir.
+
+A serves a.test, B serves b.test. Both are complete mailhub services built from a Config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import email.policy
+import smtplib
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor, task
+from twisted.trial.unittest import TestCase
+
+from mailhub.config import (
+    DomainsConfig,
+    ListenersConfig,
+    QueueConfig,
+    RelayConfig,
+    dev_config,
+)
+from mailhub.service import MailhubService, build
+from tests.dnshelpers import LocalDNS
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TwoInstances(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.dns = LocalDNS(
+            {"b.test": {"MX": [(10, "mx.b.test")]}, "mx.b.test": {"A": ["127.0.0.1"]}}
+        )
+        self.dns.start()
+        self.addCleanup(self.dns.stop)
+
+    def start(self, service: MailhubService) -> MailhubService:
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    def instance_b(self, *, smtp: str = LOOPBACK, catch_all: bool = True) -> MailhubService:
+        config = dataclasses.replace(
+            dev_config(Path(self.mktemp()).absolute(), hostname="mx.b.test"),
+            domains=DomainsConfig(local=("b.test",), catch_all=("b.test",) if catch_all else ()),
+            listeners=ListenersConfig(smtp=(smtp,)),
+        )
+        return build(config)
+
+    def instance_a(self, b_port: int) -> MailhubService:
+        config = dataclasses.replace(
+            dev_config(Path(self.mktemp()).absolute(), hostname="mx.a.test"),
+            domains=DomainsConfig(local=("a.test",), catch_all=("a.test",)),
+            listeners=ListenersConfig(smtp=(LOOPBACK,), submission=(LOOPBACK,)),
+            # The MX answer says "mx.b.test -> 127.0.0.1"; B listens on b_port there.
+            relay=RelayConfig(
+                nameservers=(("127.0.0.1", self.dns.port.getHost().port),), port=b_port
+            ),
+            queue=QueueConfig(retry_schedule=(0.5,), delay_notice=0),
+        )
+        return self.start(build(config))
+
+    def port(self, service: MailhubService, kind: str) -> int:
+        return service.listening_ports(kind)[0].getHost().port
+
+    def submit(self, a: MailhubService, rcpts: list[str]) -> Any:
+        """alice@a.test submits over STARTTLS (certificate verified) with AUTH PLAIN."""
+        [cert] = a.tls.certificates
+        context = ssl.create_default_context(cafile=str(cert.path))
+        port = self.port(a, "submission")
+
+        def send() -> dict:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                client.starttls(context=context)
+                client.login("alice@a.test", "any password works in the dev stack")
+                msg = email.message.EmailMessage()
+                msg["From"], msg["To"], msg["Subject"] = "alice@a.test", ", ".join(rcpts), "hop"
+                msg.set_content("across two servers\n")
+                return client.send_message(msg, to_addrs=rcpts)
+
+        from twisted.internet.threads import deferToThread
+
+        return deferToThread(send)
+
+    def inbox(self, service: MailhubService, address: str) -> list[email.message.EmailMessage]:
+        local, domain = address.split("@")
+        new = service.config.mail_dir / domain / local / "new"
+        files = sorted(new.iterdir()) if new.is_dir() else []
+        return [
+            email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in files
+        ]
+
+    async def until(self, check: Any, what: str, seconds: float = 20) -> None:
+        for _ in range(int(seconds / 0.1)):
+            if check():
+                return
+            await task.deferLater(reactor, 0.1, lambda: None)
+        self.fail(f"timed out waiting for {what}")
+
+    async def test_submitted_on_a_relayed_to_b_via_mx(self) -> None:
+        b = self.start(self.instance_b())
+        a = self.instance_a(self.port(b, "smtp"))
+        self.assertEqual(await self.submit(a, ["bob@b.test"]), {})
+        await self.until(lambda: self.inbox(b, "bob@b.test"), "delivery to B")
+        [msg] = self.inbox(b, "bob@b.test")
+        self.assertEqual(msg["Subject"], "hop")
+        self.assertEqual(msg["Return-Path"], "<alice@a.test>")
+        received = msg.get_all("Received")
+        # B's trace header on top (from A, over TLS), A's below it (from the MUA, authenticated).
+        self.assertIn("by mx.b.test", received[0])
+        self.assertIn("with ESMTPS", received[0])
+        self.assertIn("by mx.a.test", received[1])
+        self.assertIn("ESMTPSA", received[1])
+        self.assertIn(("b.test", "MX"), self.dns.queries)
+        await self.until(
+            lambda: not list((a.config.data_dir / "queue").glob("*.json")), "A's queue to empty"
+        )
+
+    async def test_b_down_then_back(self) -> None:
+        b_port = free_port()  # nothing listens there yet
+        a = self.instance_a(b_port)
+        self.assertEqual(await self.submit(a, ["carol@b.test"]), {})
+        queue_dir = a.config.data_dir / "queue"
+        await self.until(lambda: list(queue_dir.glob("*.json")), "the message to be queued")
+
+        def attempted() -> bool:
+            import json
+
+            records = [json.loads(p.read_text()) for p in queue_dir.glob("*.json")]
+            return any(r["attempts"] >= 1 for rec in records for r in rec["recipients"])
+
+        await self.until(attempted, "a failed attempt while B is down")
+        self.assertEqual(self.inbox(a, "alice@a.test"), [], "no bounce for a temporary failure")
+        b = self.start(self.instance_b(smtp=f"tcp:{b_port}:interface=127.0.0.1"))
+        await self.until(lambda: self.inbox(b, "carol@b.test"), "delivery after B came back")
+        self.assertEqual(self.inbox(a, "alice@a.test"), [])
+
+    async def test_one_of_two_refused_bounces_only_that_one(self) -> None:
+        b = self.instance_b(catch_all=False)
+        b.store.mailbox("dave@b.test", create=True)  # erin does not exist: 550 5.1.1
+        self.start(b)
+        a = self.instance_a(self.port(b, "smtp"))
+        self.assertEqual(await self.submit(a, ["dave@b.test", "erin@b.test"]), {})
+        await self.until(lambda: self.inbox(b, "dave@b.test"), "delivery of the accepted one")
+        await self.until(lambda: self.inbox(a, "alice@a.test"), "the bounce in A's store")
+        [bounce] = self.inbox(a, "alice@a.test")
+        self.assertEqual(bounce["Return-Path"], "<>")
+        self.assertEqual(bounce.get_content_type(), "multipart/report")
+        self.assertEqual(bounce.get_param("report-type"), "delivery-status")
+        text = bounce.as_string()
+        self.assertIn("erin@b.test", text)
+        self.assertIn("5.1.1", text)
+        self.assertNotIn("Final-Recipient: rfc822; dave@b.test", text)
+        self.assertEqual(self.inbox(b, "erin@b.test"), [])
