@@ -6,9 +6,11 @@ A serves a.test, B serves b.test. Both are complete mailhub services built from 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email
 import email.policy
+import io
 import smtplib
 import socket
 import ssl
@@ -16,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor, task
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from mailhub.cli import main
 from mailhub.config import (
     DomainsConfig,
     ListenersConfig,
@@ -29,6 +33,17 @@ from mailhub.service import MailhubService, build
 from tests.dnshelpers import LocalDNS
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
+
+
+def run_cli(*argv: str) -> str:
+    """The ``mailhub`` admin command in this process, its standard output as text."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(list(argv))
+        except SystemExit as e:
+            assert e.code == 0, (argv, e.code, out.getvalue())
+    return out.getvalue()
 
 
 def free_port() -> int:
@@ -92,8 +107,6 @@ class TwoInstances(TestCase):
                 msg.set_content("across two servers\n")
                 return client.send_message(msg, to_addrs=rcpts)
 
-        from twisted.internet.threads import deferToThread
-
         return deferToThread(send)
 
     def inbox(self, service: MailhubService, address: str) -> list[email.message.EmailMessage]:
@@ -145,6 +158,13 @@ class TwoInstances(TestCase):
 
         await self.until(attempted, "a failed attempt while B is down")
         self.assertEqual(self.inbox(a, "alice@a.test"), [], "no bounce for a temporary failure")
+
+        # The operator looks at the queue of the running server, as `mailhub queue list` does.
+        data = str(a.config.data_dir)
+        listing = await deferToThread(run_cli, "queue", "list", "--data", data)
+        self.assertIn("<alice@a.test>", listing)
+        self.assertIn("<carol@b.test>\tpending", listing)
+        self.assertIn("Connection refused", listing)
         b = self.start(self.instance_b(smtp=f"tcp:{b_port}:interface=127.0.0.1"))
         await self.until(lambda: self.inbox(b, "carol@b.test"), "delivery after B came back")
         self.assertEqual(self.inbox(a, "alice@a.test"), [])
