@@ -128,6 +128,46 @@ class ProductionSubmission(ProductionSetup):
         [msg] = self.delivered(USER)
         self.assertIn("with ESMTPSA", msg["Received"])
 
+    async def test_limits_hold_inside_tls(self) -> None:
+        """The foundation's limits, answered the same after STARTTLS and on implicit TLS."""
+        self.service.stopService()
+        small = dataclasses.replace(self.config.limits, max_message_size=20_000, max_recipients=2)
+        self.launch(dataclasses.replace(self.config, limits=small, data_dir=self.dir / "small"))
+
+        def probe(client: smtplib.SMTP) -> dict[str, Any]:
+            client.login(USER, PASSWORD)
+            out: dict[str, Any] = {"size": client.esmtp_features["size"]}
+            out["long line"] = client.docmd("NOOP", "x" * 2000)
+            out["alive"] = client.docmd("NOOP")
+            client.docmd("MAIL", f"FROM:<{USER}>")
+            out["rcpts"] = [client.docmd("RCPT", f"TO:<u{i}@example.test>")[0] for i in range(3)]
+            client.docmd("RSET")
+            try:
+                client.sendmail(USER, [USER], message() + b"x" * 30_000 + b"\r\n")
+            except (smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as e:
+                # smtplib declares SIZE= at MAIL, so the 552 comes there (RFC 1870 6.1).
+                out["big"] = (e.smtp_code, e.smtp_error[:5])
+            return out
+
+        def over_starttls() -> dict[str, Any]:
+            with PinnedSMTP(HOST, self.submission_port, timeout=10) as client:
+                client.starttls(context=self.context)
+                client.ehlo("client.example.net")
+                return probe(client)
+
+        def over_smtps() -> dict[str, Any]:
+            with PinnedSMTPSSL(HOST, self.smtps_port, timeout=10, context=self.context) as client:
+                client.ehlo("client.example.net")
+                return probe(client)
+
+        for results in (await self.in_thread(over_starttls), await self.in_thread(over_smtps)):
+            self.assertEqual(results["size"], "20000")
+            self.assertEqual(results["long line"][0], 500)
+            self.assertTrue(results["long line"][1].startswith(b"5.5.2"))
+            self.assertEqual(results["alive"][0], 250)  # the session survives
+            self.assertEqual(results["rcpts"], [250, 250, 452])
+            self.assertEqual(results["big"], (552, b"5.3.4"))
+
     async def test_certificate_is_really_verified(self) -> None:
         def connect() -> None:
             with PinnedSMTPSSL("other.example.test", self.smtps_port, context=self.context):
