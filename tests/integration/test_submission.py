@@ -140,7 +140,9 @@ class ProductionSubmission(ProductionSetup):
             out["long line"] = client.docmd("NOOP", "x" * 2000)
             out["alive"] = client.docmd("NOOP")
             client.docmd("MAIL", f"FROM:<{USER}>")
-            out["rcpts"] = [client.docmd("RCPT", f"TO:<u{i}@example.test>")[0] for i in range(3)]
+            out["rcpts"] = [
+                client.docmd("RCPT", f"TO:<alice+{i}@example.test>")[0] for i in range(3)
+            ]
             client.docmd("RSET")
             try:
                 client.sendmail(USER, [USER], message() + b"x" * 30_000 + b"\r\n")
