@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest.mock import patch
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -73,6 +74,39 @@ class AdminCommand(SynchronousTestCase):
         code, _, err = self.run_cli("check-config", "--config", str(bad))
         self.assertEqual(code, 1)
         self.assertIn(f"{bad}: [limits] max_recipients", err)
+
+    def test_user_add_passwd_list_del_with_password_on_stdin(self) -> None:
+        from mailhub.users import UserDB
+
+        users = str(Path(self.mktemp()).absolute())
+        with patch("sys.stdin", io.StringIO("first-secret\n")):
+            code, out, _ = self.run_cli("user", "add", "Carol@Example.com", "--users", users)
+        self.assertEqual((code, out), (0, f"carol@example.com: added in {users}\n"))
+        self.assertEqual(Path(users).stat().st_mode & 0o777, 0o600)
+        self.assertNotIn("first-secret", Path(users).read_text())  # a hash, never the password
+        self.assertTrue(UserDB(users).check_password("carol@example.com", "first-secret"))
+
+        with patch("sys.stdin", io.StringIO("second-secret\n")):
+            code, _, _ = self.run_cli("user", "passwd", "carol@example.com", "--users", users)
+        self.assertEqual(code, 0)
+        self.assertFalse(UserDB(users).check_password("carol@example.com", "first-secret"))
+        self.assertTrue(UserDB(users).check_password("carol@example.com", "second-secret"))
+
+        code, out, _ = self.run_cli("user", "list", "--users", users)
+        self.assertEqual(out, "carol@example.com\tARGON2ID\tok\n")
+        with patch("sys.stdin", io.StringIO("x\n")):
+            code, _, err = self.run_cli("user", "add", "carol@example.com", "--users", users)
+        self.assertEqual(code, 1)
+        self.assertIn("carol@example.com", err)
+
+        code, _, _ = self.run_cli("user", "del", "carol@example.com", "--users", users)
+        self.assertEqual(code, 0)
+        self.assertEqual(self.run_cli("user", "list", "--users", users)[1], "no users\n")
+
+    def test_user_add_without_a_users_file_says_how(self) -> None:
+        with patch("sys.stdin", io.StringIO("pw\n")):
+            code, _, _ = self.run_cli("user", "add", "a@example.com", "--data", str(self.data))
+        self.assertIn("no users file", str(code))
 
     def test_version(self) -> None:
         from mailhub import __version__
