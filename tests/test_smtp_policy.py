@@ -96,6 +96,19 @@ class RecipientPolicyTests(SynchronousTestCase):
             (250, "2.1.5", "X.Y@elsewhere.example"),
         )
 
+    def test_a_catcher_relays_routed_domains_for_loopback_clients_only(self) -> None:
+        catcher = RecipientPolicy(
+            DomainsConfig(accept_any=True),
+            lambda m: False,
+            relay_available=True,
+            local_domain=lambda d: d != "routed.example",
+        )
+        mailbox, _ = parse_rcpt_to("TO:<x@routed.example>")
+        here = catcher.check_recipient(Session(client_address="127.0.0.1"), mailbox)
+        self.assertEqual(here.reply.code, 250)
+        there = catcher.check_recipient(Session(client_address="192.0.2.7"), mailbox)
+        self.assertEqual((there.reply.code, there.reply.enhanced), (554, "5.7.1"))
+
     def test_unsafe_local_parts(self) -> None:
         for local in ('"../x"', '".hidden"', '"a/b"', "a/b", '"a..b"', '"a.."'):
             self.assertEqual(

@@ -193,8 +193,10 @@ class RecipientPolicy:
         if not domain:
             return Decision.accept(self._postmaster)
         if recipient.is_literal or not self.is_local_domain(domain):
-            # A mail catcher (accept_any, loopback) sends its routed domains on for anyone.
-            if session.authenticated_as is None and not (self._accept_any and self._relay):
+            # A mail catcher (accept_any) sends its routed domains on for programs on this
+            # machine only; from anywhere else that would be an open relay.
+            catcher = self._accept_any and self._relay and is_loopback(session.client_address)
+            if session.authenticated_as is None and not catcher:
                 return RELAY_DENIED
             if not self._relay:
                 return RELAY_UNAVAILABLE
