@@ -104,8 +104,9 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def wait_process_idle(pid: int, below: float = 0.03, span: float = 0.5, times: int = 3,
-                      limit: float = 600.0) -> float:
+def wait_process_idle(
+    pid: int, below: float = 0.03, span: float = 0.5, times: int = 3, limit: float = 600.0
+) -> float:
     """Wait until ``pid`` used less than ``below`` of a core in ``times`` consecutive spans."""
     start = time.monotonic()
     calm = 0
@@ -141,8 +142,9 @@ def wait_port(port: int, limit: float = 60.0) -> float:
 OFF = ("submission", "smtps", "imap", "imaps", "pop3", "pop3s", "web")
 
 
-def write_config(path: Path, *, hostname: str, data: Path, port: int, queue: dict,
-                 relay: dict) -> None:
+def write_config(
+    path: Path, *, hostname: str, data: Path, port: int, queue: dict, relay: dict
+) -> None:
     lines = [
         "[server]",
         f'hostname = "{hostname}"',
@@ -168,8 +170,9 @@ def write_config(path: Path, *, hostname: str, data: Path, port: int, queue: dic
 class Instance:
     """One twistd mailhub (or the null server) as a subprocess."""
 
-    def __init__(self, name: str, argv: list[str], log: Path, port: int,
-                 env: dict | None = None) -> None:
+    def __init__(
+        self, name: str, argv: list[str], log: Path, port: int, env: dict | None = None
+    ) -> None:
         self.name, self.argv, self.log, self.port, self.env = name, argv, log, port, env
         self.proc: subprocess.Popen | None = None
 
@@ -177,8 +180,9 @@ class Instance:
         """Spawn and wait until the port accepts; returns the seconds that took."""
         t0 = time.monotonic()
         out = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env=self.env)
+        self.proc = subprocess.Popen(
+            self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env
+        )
         out.close()
         wait_port(self.port)
         return time.monotonic() - t0
@@ -201,8 +205,14 @@ class Instance:
 
 def twistd() -> list[str]:
     # twistd of this interpreter (the pyenv shim may pick another one)
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "mailhub"]
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        "mailhub",
+    ]
 
 
 def a_env(a: argparse.Namespace) -> dict | None:
@@ -212,7 +222,7 @@ def a_env(a: argparse.Namespace) -> dict | None:
         return None
     env = dict(os.environ)
     extra = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(a.a_pythonpath).resolve()), str(ROOT)] + extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(a.a_pythonpath).resolve()), str(ROOT), *extra])
     return env
 
 
@@ -227,20 +237,32 @@ class Setup:
         if a.per_destination:
             queue["max_per_destination"] = a.per_destination
         write_config(
-            self.dir / "a.toml", hostname="mx.a.test", data=self.a_data, port=self.a_port,
+            self.dir / "a.toml",
+            hostname="mx.a.test",
+            data=self.a_data,
+            port=self.a_port,
             queue=queue,
             relay={"routes": {"b.test": f"127.0.0.1:{self.b_port}"}, "tls": a.relay_tls},
         )
         write_config(
-            self.dir / "b.toml", hostname="mx.b.test", data=self.b_data, port=self.b_port,
-            queue={}, relay={},
+            self.dir / "b.toml",
+            hostname="mx.b.test",
+            data=self.b_data,
+            port=self.b_port,
+            queue={},
+            relay={},
         )
-        self.A = Instance("A", twistd() + ["--config", str(self.dir / "a.toml")],
-                          self.dir / "a.log", self.a_port, env=a_env(a))
+        self.A = Instance(
+            "A",
+            [*twistd(), "--config", str(self.dir / "a.toml")],
+            self.dir / "a.log",
+            self.a_port,
+            env=a_env(a),
+        )
         if a.receiver == "null":
             argv = [sys.executable, str(HERE / "null_smtp_server.py"), "--port", str(self.b_port)]
         else:
-            argv = twistd() + ["--config", str(self.dir / "b.toml")]
+            argv = [*twistd(), "--config", str(self.dir / "b.toml")]
         self.B = Instance("B", argv, self.dir / "b.log", self.b_port)
         self.receiver = a.receiver
 
@@ -271,9 +293,23 @@ class Setup:
 
 def load(a: argparse.Namespace, port: int, n: int, first: int = 0) -> dict:
     """benchmarks/smtp_load.py against A (its JSON). ``first`` is only a label."""
-    argv = [sys.executable, str(HERE / "smtp_load.py"), "--port", str(port), "--messages",
-            str(n), "--size", str(a.size), "--connections", str(a.connections),
-            "--rcpt-domain", "b.test", "--json", "--label", f"from {first}"]
+    argv = [
+        sys.executable,
+        str(HERE / "smtp_load.py"),
+        "--port",
+        str(port),
+        "--messages",
+        str(n),
+        "--size",
+        str(a.size),
+        "--connections",
+        str(a.connections),
+        "--rcpt-domain",
+        "b.test",
+        "--json",
+        "--label",
+        f"from {first}",
+    ]
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0 or not r.stdout.strip():
         raise SystemExit(f"relay_load: smtp_load failed: {r.stderr.strip()} {r.stdout.strip()}")
@@ -340,8 +376,7 @@ def mode_live(a: argparse.Namespace) -> dict:
         poll.start()
         t0 = time.monotonic()
         res = load(a, s.a_port, a.messages)
-        ok = wait_for(lambda: poll.t_all is not None and poll.t_queue_empty is not None,
-                      a.timeout)
+        ok = wait_for(lambda: poll.t_all is not None and poll.t_queue_empty is not None, a.timeout)
         poll.stop_flag = True
         cpu1 = {x.name: proc_cpu(x.pid) for x in (s.A, s.B)}
         out["idle_after"] = round(idle_pct(1.0), 1)
@@ -354,8 +389,7 @@ def mode_live(a: argparse.Namespace) -> dict:
             out["relay_msgs_per_s"] = round(a.messages / el, 1)
         if poll.t_queue_empty is not None:
             out["queue_empty_seconds"] = round(poll.t_queue_empty - t0, 2)
-        out["cpu_us_per_msg"] = {k: round((cpu1[k] - cpu0[k]) / a.messages * 1e6)
-                                 for k in cpu0}
+        out["cpu_us_per_msg"] = {k: round((cpu1[k] - cpu0[k]) / a.messages * 1e6) for k in cpu0}
     finally:
         s.stop()
     return out
@@ -379,14 +413,22 @@ def mode_drain(a: argparse.Namespace) -> dict:
         poll.start()
         t0 = time.monotonic()
         r = subprocess.run(
-            [sys.executable, "-c", "from mailhub.cli import main; main()",
-             "queue", "retry", "--data", str(s.a_data)],
-            capture_output=True, text=True, cwd=ROOT,
+            [
+                sys.executable,
+                "-c",
+                "from mailhub.cli import main; main()",
+                "queue",
+                "retry",
+                "--data",
+                str(s.a_data),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
         )
         t_ack = time.monotonic()
         out["retry_command"] = (r.stdout + r.stderr).strip()
-        ok = wait_for(lambda: poll.t_all is not None and poll.t_queue_empty is not None,
-                      a.timeout)
+        ok = wait_for(lambda: poll.t_all is not None and poll.t_queue_empty is not None, a.timeout)
         poll.stop_flag = True
         cpu1 = {x.name: proc_cpu(x.pid) for x in (s.A, s.B)}
         out["idle_after"] = round(idle_pct(1.0), 1)
@@ -399,8 +441,7 @@ def mode_drain(a: argparse.Namespace) -> dict:
             out["drain_msgs_per_s_from_retry"] = round(a.messages / (poll.t_all - t0), 1)
         if poll.t_queue_empty is not None:
             out["queue_empty_seconds"] = round(poll.t_queue_empty - t0, 2)
-        out["cpu_us_per_msg"] = {k: round((cpu1[k] - cpu0[k]) / a.messages * 1e6)
-                                 for k in cpu0}
+        out["cpu_us_per_msg"] = {k: round((cpu1[k] - cpu0[k]) / a.messages * 1e6) for k in cpu0}
     finally:
         s.stop()
     return out
@@ -419,13 +460,15 @@ def mode_memory(a: argparse.Namespace) -> dict:
             out.setdefault("idle_before", wait_quiet(a.quiet))
             res = load(a, s.a_port, cp - sent, sent)
             sent = cp
-            wait_for(lambda: s.queue_count() >= sent, 60)
+            wait_for(lambda n=sent: s.queue_count() >= n, 60)
             wait_process_idle(s.A.pid)
-            out["points"].append({
-                "queued": s.queue_count(),
-                "rss_kib": rss_kib(s.A.pid),
-                "inbound_msgs_per_s": res["acked_msgs_per_s"],
-            })
+            out["points"].append(
+                {
+                    "queued": s.queue_count(),
+                    "rss_kib": rss_kib(s.A.pid),
+                    "inbound_msgs_per_s": res["acked_msgs_per_s"],
+                }
+            )
             print(json.dumps(out["points"][-1]), file=sys.stderr)
         out["rss_kib_before_restart"] = out["points"][-1]["rss_kib"]
         s.A.stop()
@@ -448,17 +491,28 @@ def mode_memory(a: argparse.Namespace) -> dict:
         n = out["points"][-1]["queued"]
         p0 = out["rss_kib_empty"]
         out["bytes_per_queued_msg_running"] = round(
-            (out["points"][-1]["rss_kib"] - p0) * 1024 / max(n, 1))
+            (out["points"][-1]["rss_kib"] - p0) * 1024 / max(n, 1)
+        )
         out["bytes_per_queued_msg_after_restart"] = round(
-            (out["restart"]["rss_kib"] - p0) * 1024 / max(n, 1))
+            (out["restart"]["rss_kib"] - p0) * 1024 / max(n, 1)
+        )
     finally:
         s.stop()
     return out
 
 
 def summary(res: dict) -> dict:
-    return {k: res[k] for k in ("acked", "failed", "acked_seconds", "acked_msgs_per_s",
-                                "acked_MB_per_s", "latency_ms")}
+    return {
+        k: res[k]
+        for k in (
+            "acked",
+            "failed",
+            "acked_seconds",
+            "acked_msgs_per_s",
+            "acked_MB_per_s",
+            "latency_ms",
+        )
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,10 +522,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", "-s", type=int, default=4096)
     ap.add_argument("--connections", "-c", type=int, default=20)
     ap.add_argument("--checkpoints", default="1000,5000,10000", help="memory mode")
-    ap.add_argument("--per-destination", type=int, default=0,
-                    help="[queue] max_per_destination for A (0: mailhub's default)")
-    ap.add_argument("--relay-tls", default="opportunistic",
-                    choices=("opportunistic", "none", "verify"))
+    ap.add_argument(
+        "--per-destination",
+        type=int,
+        default=0,
+        help="[queue] max_per_destination for A (0: mailhub's default)",
+    )
+    ap.add_argument(
+        "--relay-tls", default="opportunistic", choices=("opportunistic", "none", "verify")
+    )
     ap.add_argument("--receiver", default="mailhub", choices=("mailhub", "null"))
     ap.add_argument("--a-pythonpath", help="experiments: DIR first on A's sys.path")
     ap.add_argument("--timeout", type=float, default=600.0, help="give up waiting for B")
@@ -482,9 +541,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--receiver null only in live mode (nothing to count at B: A's queue is)")
     fn = {"live": mode_live, "drain": mode_drain, "memory": mode_memory}[a.mode]
     out = fn(a)
-    out.update(messages=a.messages, size=a.size, connections=a.connections,
-               per_destination=a.per_destination or "default", relay_tls=a.relay_tls,
-               receiver=a.receiver, a_pythonpath=a.a_pythonpath)
+    out.update(
+        messages=a.messages,
+        size=a.size,
+        connections=a.connections,
+        per_destination=a.per_destination or "default",
+        relay_tls=a.relay_tls,
+        receiver=a.receiver,
+        a_pythonpath=a.a_pythonpath,
+    )
     print(json.dumps(out))
     return 0 if out.get("complete", True) else 1
 
