@@ -15,7 +15,7 @@ from mailhub.interfaces import ICourier, Outcome
 from mailhub.relay import MXResolver, RemoteCourier, Smarthost, TLSPolicy
 from mailhub.relay.tlsclient import load_ca_pem
 from tests.dnshelpers import LocalDNS
-from tests.test_relay_support import Item, ReceiverPeer, ScriptedPeer, accept_data, default_script
+from tests.relaysupport import Item, ReceiverPeer, ScriptedPeer, accept_data, default_script
 from tests.test_smtp_support import body_of
 from tests.tlshelpers import CertificateAuthority
 
