@@ -293,6 +293,25 @@ class TLSTests(CourierTestCase):
         [tls] = self.tls_events()
         self.assertIn(" unverified (", tls)
 
+    async def test_one_context_shared_and_results_kept_per_connection(self) -> None:
+        from mailhub.relay import tlsclient
+
+        untrusted = CertificateAuthority("untrusted").issue(["mx.b.test"]).write(self.dir, "u2")
+        bad = ReceiverPeer(self, tls=untrusted)
+        good = ReceiverPeer(self, tls=self.cert("mx.b.test"))
+        await self.courier(bad.port, ca_certificates=self.ca_certs).deliver(Item())
+        await self.courier(good.port, ca_certificates=self.ca_certs).deliver(Item())
+        first, second = self.tls_events()
+        self.assertIn(" unverified (", first)
+        self.assertTrue(second.endswith(" verified"), second)  # no bleed from the first
+        a = tlsclient.OpportunisticTLS("mx.b.test", self.ca_certs)
+        b = tlsclient.OpportunisticTLS("other.example", self.ca_certs)
+        # The context (and its parsed trust store) is built once per trust setting.
+        self.assertIs(
+            a.clientConnectionForTLS(None).get_context(),
+            b.clientConnectionForTLS(None).get_context(),
+        )
+
     async def test_opportunistic_verified(self) -> None:
         peer = ReceiverPeer(self, tls=self.cert("mx.b.test"))
         results = await self.courier(peer.port, ca_certificates=self.ca_certs).deliver(Item())
