@@ -15,7 +15,6 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhub.envelope import Envelope
@@ -23,7 +22,7 @@ from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
 from mailhub.queue.record import QUEUE_ID, QueueRecord, RecipientState
 from mailhub.queue.spool import Spool
 from mailhub.smtp.queueid import QueueIdGenerator
-from mailhub.store.safeio import write_all
+from mailhub.spooled import SpooledMessage
 
 log = Logger()
 
@@ -31,84 +30,34 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 @implementer(IIncomingMessage)
-class QueueMessage:
-    """One message on its way into the spool. Small messages stay in memory until commit (one
-    hop to a worker then); big ones go to the tmp file every ``flush_size`` bytes."""
+class QueueMessage(SpooledMessage):
+    """One message on its way into the spool (``mailhub.spooled``: in memory until commit when
+    small, to the tmp file every ``flush_size`` bytes when big)."""
+
+    what = "queue"
 
     def __init__(self, envelope: Envelope, sink: QueueSink, record: QueueRecord) -> None:
-        self.envelope = envelope
+        super().__init__(envelope, str(sink.spool.tmp_path(record.id, "msg")), sink.flush_size)
         self._sink = sink
         self._record = record
-        self._tmp: Path = sink.spool.tmp_path(record.id, "msg")
-        self._fd: int | None = None
-        self._buf = bytearray()
-        self._state = "open"  # open -> committing -> committed | failed | aborted
 
     @property
     def queue_id(self) -> str:
         return self._record.id
 
-    def write(self, data: bytes) -> None:
-        if self._state != "open":
-            raise DeliveryError(f"message is {self._state}, cannot write")
-        self._buf += data
-        if len(self._buf) >= self._sink.flush_size:
-            try:
-                if self._fd is None:
-                    self._fd = os.open(self._tmp, _FLAGS, 0o600)
-                write_all(self._fd, self._buf)
-            except OSError as e:
-                self._cleanup("failed")
-                raise DeliveryError(f"could not queue the message: {e.strerror or e}") from e
-            self._buf.clear()
-
     def commit(self) -> defer.Deferred[str]:
-        if self._state != "open":
-            return defer.fail(DeliveryError(f"message is {self._state}, cannot commit"))
         sink = self._sink
-        if not sink.running():
-            self._cleanup("failed")
-            return defer.fail(DeliveryError("the queue is not running"))
-        self._state = "committing"
-        fd, self._fd = self._fd, None  # the worker owns (and closes) it now
-        tail, self._buf = self._buf, bytearray()
-        record = self._record
-        d = sink.io.run(sink.spool.commit_new, record, self._tmp, fd, tail)
+        refused = self._cannot_commit(sink.running(), "the queue")
+        if refused is not None:
+            return refused
+        fd, tail = self.take()
+        d = sink.io.run(sink.spool.commit_new, self._record, Path(self._tmp), fd, tail)
         return d.addCallbacks(self._committed, self._failed)
 
     def _committed(self, size: int) -> str:
         self._state = "committed"
         self._sink.committed(self._record, size)
         return self._record.id
-
-    def _failed(self, f: Failure) -> Failure:
-        self._state = "failed"
-        if f.check(OSError):
-            e = f.value
-            return Failure(DeliveryError(f"could not queue the message: {e.strerror or e}"))
-        if not f.check(DeliveryError):
-            log.failure("queueing {qid} failed", f, qid=self._record.id)
-            return Failure(DeliveryError(f"could not queue the message: {f.value}"))
-        return f
-
-    def abort(self) -> None:
-        """Drop the message (nothing stays on disk). After commit() it is too late."""
-        if self._state == "open":
-            self._cleanup("aborted")
-
-    def _cleanup(self, state: str) -> None:
-        self._state = state
-        self._buf = bytearray()
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-            try:
-                os.unlink(self._tmp)
-            except FileNotFoundError:
-                pass
 
 
 @implementer(IMessageSink)

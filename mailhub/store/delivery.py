@@ -43,6 +43,7 @@ from zope.interface import implementer
 
 from mailhub.envelope import Envelope
 from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
+from mailhub.spooled import TMP_FLAGS, SpooledMessage, io_error
 from mailhub.store import names
 from mailhub.store.errors import InvalidName
 from mailhub.store.maildir import STALE_TMP_AGE
@@ -53,11 +54,9 @@ log = Logger()
 T = TypeVar("T")
 
 # errno values that will not get better by trying again later (answered with 5xx).
-_PERMANENT_ERRNOS = frozenset({errno.EFBIG})
 
 
-def _delivery_error(what: str, e: OSError) -> DeliveryError:
-    return DeliveryError(f"{what}: {e.strerror or e}", permanent=e.errno in _PERMANENT_ERRNOS)
+_delivery_error = io_error
 
 
 class _Commit:
@@ -306,12 +305,8 @@ def _copy_across(src: str, new_dir: str, name: str) -> str:
     return dest
 
 
-_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-
-
 def _create_tmp(path: str) -> int:
-    # O_EXCL: the unique name must really be new (maildir.html: "if the file exists, wait").
-    return os.open(path, _TMP_FLAGS, 0o600)
+    return os.open(path, TMP_FLAGS, 0o600)
 
 
 def _write_and_link(job: _Commit) -> None:
@@ -368,7 +363,7 @@ def _mailbox_creator(store: MailStore, addresses: list[str]) -> Callable[[], Non
 
 
 @implementer(IIncomingMessage)
-class MaildirMessage:
+class MaildirMessage(SpooledMessage):
     """One message on its way into the Maildir store (see the module docstring).
 
     The tmp file is created lazily: at the first flush for a big message, otherwise in the
@@ -388,92 +383,31 @@ class MaildirMessage:
         header: bytes,
         prepare: Callable[[], None] | None = None,
     ) -> None:
-        self.envelope = envelope
+        super().__init__(envelope, tmp, sink.flush_size, header)
         self._sink = sink
-        self._fd: int | None = None
-        self._tmp = tmp
         self._base = base
         self._new_dirs = new_dirs
         self._prepare = prepare
-        self._buf = bytearray(header)
-        self._size = len(header)
-        self._flush_size = sink.flush_size
-        self._state = "open"  # open -> committing -> committed | failed | aborted
 
-    def write(self, data: bytes) -> None:
-        if self._state != "open":
-            raise DeliveryError(f"message is {self._state}, cannot write")
-        self._buf += data
-        self._size += len(data)
-        if len(self._buf) >= self._flush_size:
-            self._flush()
-
-    def _flush(self) -> None:
-        try:
-            if self._fd is None:
-                if self._prepare is not None:
-                    prepare, self._prepare = self._prepare, None
-                    prepare()
-                self._fd = _create_tmp(self._tmp)
-            write_all(self._fd, self._buf)
-        except OSError as e:
-            self._cleanup("failed")
-            self._sink.forget(self.envelope)
-            raise _delivery_error("could not write the message", e) from e
-        except DeliveryError:
-            self._cleanup("failed")
-            self._sink.forget(self.envelope)
-            raise
-        self._buf.clear()
+    def _create_tmp(self) -> int:
+        if self._prepare is not None:  # new mailboxes first: tmp/ must exist
+            prepare, self._prepare = self._prepare, None
+            prepare()
+        return super()._create_tmp()
 
     def commit(self) -> defer.Deferred[str]:
-        if self._state != "open":
-            return defer.fail(DeliveryError(f"message is {self._state}, cannot commit"))
         committer = self._sink.committer
-        if not committer.running:
-            self._cleanup("failed")
-            return defer.fail(DeliveryError("message store is not running"))
-        self._state = "committing"
-        job = _Commit(
-            self._fd,
-            self._tmp,
-            self._buf,
-            f"{self._base},S={self._size}",  # names.with_size
-            self._new_dirs,
-            self._prepare,
-        )
-        self._fd = None  # the worker thread owns (and closes) it now
-        self._buf = bytearray()
+        refused = self._cannot_commit(committer.running, "message store")
+        if refused is not None:
+            return refused
+        fd, tail = self.take()
+        name = f"{self._base},S={self._size}"  # names.with_size
+        job = _Commit(fd, self._tmp, tail, name, self._new_dirs, self._prepare)
         self._prepare = None
         return committer.submit(job).addCallbacks(self._committed, self._failed)
 
-    def _committed(self, _: None) -> str:
-        self._state = "committed"
-        return self.envelope.queue_id
-
-    def _failed(self, f: Failure) -> Failure:
-        self._state = "failed"
+    def _on_failure(self) -> None:
         self._sink.forget(self.envelope)
-        if not f.check(DeliveryError):
-            log.failure("delivery of {qid} failed", f, qid=self.envelope.queue_id)
-            return Failure(DeliveryError(f"could not store the message: {f.value}"))
-        return f
-
-    def abort(self) -> None:
-        """Drop the message. After commit() was called it is too late: the commit finishes."""
-        if self._state == "open":
-            self._cleanup("aborted")
-
-    def _cleanup(self, state: str) -> None:
-        self._state = state
-        self._buf = bytearray()
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-            _unlink_quietly(self._tmp)
 
 
 @implementer(IMessageSink)
