@@ -41,7 +41,7 @@ from twisted.python.threadpool import ThreadPool
 
 from mailhub.queue.record import QUEUE_ID, CorruptRecord, QueueRecord
 from mailhub.store.names import unique_name
-from mailhub.store.safeio import fsync_dir, write_all
+from mailhub.store.safeio import fsync_dir, remove_if_exists, write_all
 
 log = Logger()
 T = TypeVar("T")
@@ -220,7 +220,7 @@ class Spool:
             return size
         except BaseException:
             for p in (body_tmp, json_tmp, *made):
-                _unlink_quietly(p)
+                remove_if_exists(p)
             raise
 
     def save(self, record: QueueRecord) -> None:
@@ -234,7 +234,7 @@ class Spool:
             self._write_synced(tmp, data)
             os.rename(tmp, self.json_path(qid))
         except BaseException:
-            _unlink_quietly(tmp)
+            remove_if_exists(tmp)
             raise
         self.dirsync.sync()
 
@@ -251,8 +251,8 @@ class Spool:
         """Delete a message: JSON first, so a crash in between leaves an orphaned body (cleaned
         later), never a record without its body. No directory fsync: a removal undone by a
         crash only means one more attempt (a duplicate at worst, never a loss)."""
-        _unlink_quietly(self.json_path(qid))
-        _unlink_quietly(self.body_path(qid))
+        remove_if_exists(self.json_path(qid))
+        remove_if_exists(self.body_path(qid))
 
     def move_aside(self, qid: str) -> Path:
         """Put a damaged record (and its body) into corrupt/ for a human to look at."""
@@ -319,10 +319,3 @@ class Spool:
             except FileNotFoundError:
                 pass
         return removed
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -47,7 +47,7 @@ from mailhub.spooled import TMP_FLAGS, SpooledMessage, io_error
 from mailhub.store import names
 from mailhub.store.errors import InvalidName
 from mailhub.store.maildir import STALE_TMP_AGE
-from mailhub.store.safeio import write_all
+from mailhub.store.safeio import unlink_quietly, write_all, write_new_file
 from mailhub.store.store import MailStore
 
 log = Logger()
@@ -231,7 +231,7 @@ class GroupCommitter(Service):
                         for new_dir in job.new_dirs:
                             if new_dir in failures:
                                 for path in job.linked:  # a failed delivery leaves nothing in new/
-                                    _unlink_quietly(path)
+                                    unlink_quietly(path)
                                 job.error = _delivery_error(
                                     "could not store the message", failures[new_dir]
                                 )
@@ -279,29 +279,17 @@ class GroupCommitter(Service):
         return failures
 
 
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
 def _copy_across(src: str, new_dir: str, name: str) -> str:
     """link() fails across file systems (EXDEV): write a copy via that mailbox's tmp/."""
     tmp = f"{os.path.dirname(new_dir)}/tmp/{name}"
     dest = f"{new_dir}/{name}"
     with open(src, "rb") as f:
         data = f.read()
-    fd = _create_tmp(tmp)
     try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new_file(tmp, data)
         os.link(tmp, dest)
     finally:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
     return dest
 
 
@@ -341,13 +329,13 @@ def _write_and_link(job: _Commit) -> None:
         os.unlink(tmp)
     except OSError as e:
         for path in linked:  # a failed delivery leaves nothing in new/
-            _unlink_quietly(path)
-        _unlink_quietly(tmp)
+            unlink_quietly(path)
+        unlink_quietly(tmp)
         raise _delivery_error("could not store the message", e) from e
     except BaseException:
         for path in linked:
-            _unlink_quietly(path)
-        _unlink_quietly(tmp)
+            unlink_quietly(path)
+        unlink_quietly(tmp)
         raise
 
 

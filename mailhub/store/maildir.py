@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from mailhub.store import names, uidlist
 from mailhub.store.dotlock import DotLock
 from mailhub.store.errors import CorruptUidList, FolderNotFound, MessageGone
-from mailhub.store.safeio import fsync_dir, write_all
+from mailhub.store.safeio import fsync_dir, unlink_quietly, write_new_file
 from mailhub.store.uidlist import UidList
 
 log = Logger()
@@ -523,20 +523,12 @@ class Folder:
         base = names.with_size(names.unique_name(self._settings.hostname, lambda: when), len(data))
         tmp = f"{self._dir}/tmp/{base}"
         target = self._target(base, flagset)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_new_file(tmp, data)
             os.utime(tmp, (when, when))
             os.link(tmp, target)  # link, not rename: never overwrite (maildir.html)
         finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            unlink_quietly(tmp)
         fsync_dir(os.path.dirname(target))
         self._changed_by_us()
         return self._uid_of(base)

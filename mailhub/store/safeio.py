@@ -33,6 +33,32 @@ def write_all(fd: int, data: bytes | bytearray) -> None:
         view.release()
 
 
+def write_new_file(path: str | os.PathLike[str], data: bytes | bytearray) -> None:
+    """Create ``path`` (it must not exist: O_EXCL), write ``data``, fsync, close (mode 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unlink_quietly(path: str | os.PathLike[str]) -> None:
+    """Remove a file that may already be gone (cleanup paths must not raise)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def remove_if_exists(path: str | os.PathLike[str]) -> None:
+    """Remove a file; one already gone is fine, any other failure is the caller's to see."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def atomic_write(
     path: Path, data: bytes, hostname: str = "localhost", like: os.stat_result | None = None
 ) -> None:
