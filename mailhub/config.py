@@ -65,6 +65,14 @@ class Limits:
     # minutes the client gets 421 4.7.0 and is refused until they pass.
     auth_max_failures: int = 5
     auth_max_delay: float = 15.0
+    # RFC 3501 5.4: an IMAP autologout timer must be at least 30 minutes (IDLE clients re-issue
+    # IDLE before it runs out; RFC 2177 3).
+    imap_idle_timeout: float = 1800.0
+    # IMAP command lines, not counting literals (Dovecot's imap_max_line_length is 64 KiB;
+    # RFC 7162 4 asks for at least 8192 octets). Longer: BAD and the line is discarded.
+    imap_max_line_length: int = 65536
+    # RFC 1939 3: a POP3 inactivity autologout timer must be at least 10 minutes.
+    pop3_idle_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -598,6 +606,15 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         auth_max_failures=limits_r.number("auth_max_failures", d.auth_max_failures, minimum=1),
         auth_max_delay=float(
             limits_r.number("auth_max_delay", d.auth_max_delay, minimum=0, integer=False)
+        ),
+        imap_idle_timeout=float(
+            limits_r.number("imap_idle_timeout", d.imap_idle_timeout, 1, integer=False)
+        ),
+        imap_max_line_length=limits_r.number(
+            "imap_max_line_length", d.imap_max_line_length, minimum=1000
+        ),
+        pop3_idle_timeout=float(
+            limits_r.number("pop3_idle_timeout", d.pop3_idle_timeout, 1, integer=False)
         ),
     )
     limits_r.finish()

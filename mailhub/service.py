@@ -24,7 +24,7 @@ from mailhub.queue import Queue, RetrySchedule
 from mailhub.relay.courier import courier_from_config
 from mailhub.routing import LOCAL, REMOTE, Router, SplitSink, local_domains, policy_resolver
 from mailhub.smtp.factory import SMTPServerFactory
-from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy
+from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy, is_loopback
 from mailhub.smtp.submission import SubmissionSink
 from mailhub.smtp.throttle import AuthThrottle
 from mailhub.store.courier import LocalCourier
@@ -135,6 +135,13 @@ class Shared:
             "relay_available": True,  # the outgoing queue takes mail for other domains
             "local_domain": self.is_local_domain,
         }
+
+    def plaintext_login_allowed(self, client_host: str) -> bool:
+        """May this client log in (IMAP, POP3) before TLS? In the dev stack yes; otherwise only
+        from loopback when [smtp] auth_without_tls_on_loopback says so (the SMTP AUTH rule)."""
+        if self.config.dev:
+            return True
+        return self.config.smtp.auth_without_tls_on_loopback and is_loopback(client_host)
 
     def mailbox_exists(self, address: str) -> bool:
         """A recipient in a non-catch-all local domain exists if it is a user or has a mailbox."""
