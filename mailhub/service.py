@@ -26,10 +26,10 @@ from mailhub.routing import LOCAL, REMOTE, Router, SplitSink, local_domains, pol
 from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy, is_loopback
 from mailhub.smtp.submission import SubmissionSink
-from mailhub.smtp.throttle import AuthThrottle
 from mailhub.store.courier import LocalCourier
 from mailhub.store.delivery import GroupCommitter, MaildirSink, StaleTmpCleaner
 from mailhub.store.store import MailStore
+from mailhub.throttle import AuthThrottle
 from mailhub.tls import (
     ServerTLS,
     SighupReloadService,

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailhub.auth import DevChecker, UserDBChecker, make_portal
 from mailhub.config import DomainsConfig, SMTPConfig
 from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy
-from mailhub.smtp.throttle import AuthThrottle
+from mailhub.throttle import AuthThrottle
 from mailhub.users import UserDB
 from tests.test_smtp_support import LOCAL, Dialog, Harness
 

@@ -16,7 +16,7 @@ from mailhub.smtp.policy import ISMTPPolicy, Role
 from mailhub.smtp.protocol import SMTPServerProtocol
 from mailhub.smtp.queueid import QueueIdGenerator
 from mailhub.smtp.replies import Reply
-from mailhub.smtp.throttle import AuthThrottle
+from mailhub.throttle import AuthThrottle
 
 BARE_LINE_ENDING_POLICIES = ("reject", "normalise", "normalize")
 

@@ -11,7 +11,7 @@ counting, and written to the sink whole (up to its last complete line).
 
 SMTP AUTH (RFC 4954) keeps that model: the client's responses to ``334`` challenges are lines
 read by the same command loop, routed to the exchange in progress instead of the dispatcher, and
-checking the credentials is one more pending Deferred. Mechanism parsing is ``mailhub.smtp.sasl``;
+checking the credentials is one more pending Deferred. Mechanism parsing is ``mailhub.sasl``;
 whether a session may authenticate at all is the policy's ``check_auth``.
 """
 
@@ -26,11 +26,11 @@ from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from mailhub import sasl
 from mailhub.auth import IMailUser, PasswordCredentials
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import DeliveryError, IIncomingMessage
 from mailhub.smtp import replies as R
-from mailhub.smtp import sasl
 from mailhub.smtp.address import (
     AddressError,
     Mailbox,

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.smtp.throttle import AuthThrottle, address_key
+from mailhub.throttle import AuthThrottle, address_key
 
 
 def throttle(**kw) -> tuple[AuthThrottle, Clock]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.smtp import sasl
-from mailhub.smtp.sasl import Login, Plain, SASLCredentials, SASLError
+from mailhub import sasl
+from mailhub.sasl import Login, Plain, SASLCredentials, SASLError
 
 
 class Framing(SynchronousTestCase):

@@ -1,4 +1,5 @@
-"""SASL mechanisms PLAIN (RFC 4616) and LOGIN, and the base64 framing SMTP AUTH uses (RFC 4954).
+"""SASL mechanisms PLAIN (RFC 4616) and LOGIN, and the base64 framing of SMTP AUTH (RFC 4954),
+IMAP AUTHENTICATE (RFC 3501 6.2.2) and POP3 AUTH (RFC 5034).
 
 Protocol-neutral and free of I/O: a mechanism is a small state machine that takes the client's
 decoded responses and returns either the next challenge (bytes, to be base64-encoded by the
