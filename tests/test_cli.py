@@ -10,6 +10,7 @@ from unittest.mock import patch
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.cli import main
+from mailhub.store.names import SPECIAL_USE
 from mailhub.store.store import MailStore
 
 
@@ -39,7 +40,7 @@ class AdminCommand(SynchronousTestCase):
         inbox = store.mailbox("bob@example.com", create=True).folder()
         inbox.append(b"Subject: one\r\n\r\nx\r\n")
         inbox.append(b"Subject: two\r\n\r\nyy\r\n")
-        store.mailbox("bob@example.com").create_folder("Archive")
+        store.mailbox("bob@example.com").create_folder("Lists")
 
         code, out, _ = self.run_cli("mailbox", "list", "--data", str(self.data))
         self.assertEqual(code, 0)
@@ -47,8 +48,12 @@ class AdminCommand(SynchronousTestCase):
 
         code, out, _ = self.run_cli("mailbox", "show", "bob@example.com", "--data", str(self.data))
         self.assertEqual(code, 0)
+        lines = out.splitlines()
+        self.assertEqual(lines[0], "INBOX\t2 messages\t39 bytes")
+        # A new mailbox has the RFC 6154 special-use folders; ours comes beside them.
         self.assertEqual(
-            out.splitlines(), ["INBOX\t2 messages\t39 bytes", "Archive\t0 messages\t0 bytes"]
+            sorted(lines[1:]),
+            sorted(f"{name}\t0 messages\t0 bytes" for name in SPECIAL_USE.keys() | {"Lists"}),
         )
 
     def test_show_unknown_mailbox(self) -> None:

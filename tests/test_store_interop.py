@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import mailbox
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.store.store import MailStore
+from tests.integration.test_dovecot_interop import CONFIG as DOVECOT_CONFIG
+from tests.integration.test_dovecot_interop import _skip_reason as dovecot_skip_reason
 
 
 class StdlibReader(SynchronousTestCase):
@@ -18,9 +25,12 @@ class StdlibReader(SynchronousTestCase):
         self.reader = mailbox.Maildir(self.root / "example.com" / "alice", create=False)
 
     def test_folders_are_maildir_plus_plus(self) -> None:
-        self.mbox.create_folder("Sent")
+        self.mbox.create_folder("Lists")
         self.mbox.create_folder("Archive.2026")
-        self.assertEqual(sorted(self.reader.list_folders()), ["Archive.2026", "Sent"])
+        self.assertEqual(
+            sorted(self.reader.list_folders()),
+            ["Archive", "Archive.2026", "Drafts", "Junk", "Lists", "Sent", "Trash"],
+        )
         self.assertEqual(len(self.reader.get_folder("Archive.2026")), 0)
 
     def test_messages_and_flags_read_back(self) -> None:
@@ -47,3 +57,54 @@ class StdlibReader(SynchronousTestCase):
         [message] = list(self.reader)
         self.assertEqual(message.get_subdir(), "cur")
         self.assertEqual(message["Subject"], "fresh")
+
+
+class DovecotSharesSubscriptions(SynchronousTestCase):
+    """Dovecot (doveadm on the same files) and mailhub read each other's subscriptions."""
+
+    skip = dovecot_skip_reason()
+
+    def test_both_ways(self) -> None:
+        base = Path(tempfile.mkdtemp(prefix="mh-dovecot-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        base.chmod(0o755)
+        mailbox = MailStore(base / "mail", hostname="node1.example").mailbox(
+            "alice@example.com", create=True
+        )
+        mailbox.create_folder("Ärger")
+        mailbox.subscribe("Ärger")
+        mailbox.unsubscribe("Junk")
+        inbox = mailbox.folder()
+        inbox.store_flags([inbox.append(b"Subject: k\r\n\r\n")], "add", keywords=["Work"])
+        for sub in ("run", "state", "home"):
+            (base / sub).mkdir()
+        config = base / "dovecot.conf"
+        config.write_text(DOVECOT_CONFIG.format(base=base))
+        mail = pwd.getpwnam("mail")
+        for path in [base, *base.rglob("*")]:
+            os.chown(path, mail.pw_uid, mail.pw_gid)
+
+        def doveadm(*args: str) -> str:
+            env = dict(os.environ, USER="alice@example.com", HOME=str(base / "home"))
+            done = subprocess.run(
+                ["doveadm", "-c", str(config), *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            self.assertEqual(done.returncode, 0, done.stderr)
+            return done.stdout
+
+        self.assertEqual(
+            sorted(doveadm("mailbox", "list", "-s").split()),
+            ["Archive", "Drafts", "Sent", "Trash", "Ärger"],
+        )
+        doveadm("mailbox", "subscribe", "Junk")
+        doveadm("mailbox", "unsubscribe", "Sent")
+        self.assertEqual(
+            sorted(mailbox.subscriptions()), ["Archive", "Drafts", "Junk", "Trash", "Ärger"]
+        )
+        # Our index files are not folders to Dovecot, and the message is readable.
+        self.assertNotIn("mailhub", doveadm("mailbox", "list"))
+        self.assertIn("k", doveadm("fetch", "hdr.subject", "mailbox", "INBOX", "all"))

@@ -20,6 +20,7 @@ from mailhub.store.errors import (
 from mailhub.store.store import MailStore
 
 ADDRESS = "alice@example.com"
+SPECIAL = sorted(names.SPECIAL_USE)  # every new mailbox has them (RFC 6154)
 
 
 class Clock:
@@ -101,11 +102,11 @@ class LayoutTests(StoreTestCase):
 
 class FolderTests(StoreTestCase):
     def test_create_maildir_plus_plus(self) -> None:
-        self.box.create_folder("Sent")
+        self.box.create_folder("Lists")
         self.box.create_folder("A")
         self.box.create_folder("A.B")
         self.box.create_folder("Entwürfe")
-        for d in (".Sent", ".A", ".A.B", ".Entw&APw-rfe"):
+        for d in (".Lists", ".A", ".A.B", ".Entw&APw-rfe", ".Sent"):
             with self.subTest(d):
                 path = self.inbox_path / d
                 for sub in ("tmp", "new", "cur"):
@@ -113,7 +114,10 @@ class FolderTests(StoreTestCase):
                 marker = path / "maildirfolder"
                 self.assertTrue(marker.is_file())
                 self.assertEqual(marker.stat().st_size, 0)
-        self.assertEqual(self.box.list_folders(), ["INBOX", "A", "A.B", "Entwürfe", "Sent"])
+        self.assertEqual(
+            self.box.list_folders(), ["INBOX", *sorted(["A", "A.B", "Entwürfe", "Lists", *SPECIAL])]
+        )
+        self.assertRaises(FolderExists, self.box.create_folder, "Lists")
         self.assertRaises(FolderExists, self.box.create_folder, "Sent")
         self.assertRaises(FolderExists, self.box.create_folder, "inbox")
 
@@ -123,7 +127,7 @@ class FolderTests(StoreTestCase):
         uid = a.append(b"hello\r\n")
         validity = a.sync().uidvalidity
         self.box.rename_folder("A", "C")
-        self.assertEqual(self.box.list_folders(), ["INBOX", "C", "C.B"])
+        self.assertEqual(self.box.list_folders(), ["INBOX", *sorted(["C", "C.B", *SPECIAL])])
         self.assertTrue((self.inbox_path / ".C.B" / "maildirfolder").exists())
         self.assertFalse((self.inbox_path / ".A").exists())
         c = self.box.folder("C")
@@ -139,7 +143,7 @@ class FolderTests(StoreTestCase):
         self.assertRaises(FolderError, self.box.rename_folder, "A", "A.sub")
         self.assertRaises(FolderExists, self.box.rename_folder, "A", "B")
         self.assertRaises(FolderNotFound, self.box.rename_folder, "Nope", "X")
-        self.assertEqual(self.box.list_folders(), ["INBOX", "A", "B"])
+        self.assertEqual(self.box.list_folders(), ["INBOX", *sorted(["A", "B", *SPECIAL])])
 
     def test_delete(self) -> None:
         self.box.create_folder("A")
@@ -147,9 +151,10 @@ class FolderTests(StoreTestCase):
         self.box.folder("A").append(b"x")
         self.box.delete_folder("A")
         # RFC 3501 6.3.4: inferiors are not removed.
-        self.assertEqual(self.box.list_folders(), ["INBOX", "A.B"])
+        self.assertEqual(self.box.list_folders(), ["INBOX", *sorted(["A.B", *SPECIAL])])
         self.assertEqual(
-            sorted(p.name for p in self.inbox_path.iterdir() if p.name[0] == "."), [".A.B"]
+            sorted(p.name for p in self.inbox_path.iterdir() if p.name[0] == "."),
+            sorted([".A.B", *("." + n for n in SPECIAL)]),
         )
         self.assertFalse(
             any(p.name.startswith("mailhub-deleting") for p in self.inbox_path.iterdir())
@@ -364,7 +369,7 @@ class MessageOpsTests(StoreTestCase):
 
     def test_append(self) -> None:
         self.deliver(2)
-        sent = self.box.create_folder("Sent")
+        sent = self.box.folder("Sent")
         data = b"From: a@b\r\n\r\nhi\r\n"
         uid = sent.append(data, flags={"S"}, internaldate=1234567890)
         self.assertEqual(uid, 1)
@@ -386,7 +391,7 @@ class MessageOpsTests(StoreTestCase):
         self.deliver(1)
         inbox = self.box.folder()
         inbox.set_flags(1, {"F"})
-        archive = self.box.create_folder("Archive")
+        archive = self.box.folder("Archive")
         archive.append(b"older")
         new_uid = inbox.copy_to(1, archive)
         self.assertEqual(new_uid, 2)
@@ -405,7 +410,6 @@ class StaleTmpTests(StoreTestCase):
     def test_clean_stale_tmp(self) -> None:
         # ctime cannot be set, so move the injected clock 40 hours past the real time instead.
         self.clock.t = time.time() + 40 * 3600
-        self.box.create_folder("Sent")
         stale = [self.inbox_path / "tmp" / "stale1", self.inbox_path / ".Sent" / "tmp" / "stale2"]
         for p in stale:
             p.write_bytes(b"x")

@@ -83,7 +83,9 @@ out.write_text(json.dumps({"seen": {k: sorted(v) for k, v in seen.items()},
 """
 
 
-class MultiProcessTests(SynchronousTestCase):
+class MultiProcessCase(SynchronousTestCase):
+    """Spawning real processes on one shared mailbox, and checking what they saw."""
+
     def setUp(self) -> None:
         self.root = Path(self.mktemp())
         self.store = MailStore(self.root, "test")
@@ -138,6 +140,8 @@ class MultiProcessTests(SynchronousTestCase):
             out.append(first)
         return out
 
+
+class MultiProcessTests(MultiProcessCase):
     def test_two_deliverers_and_a_reader(self) -> None:
         reader, out = self.syncer("reader")
         writers = [self.deliverer("a", 150), self.deliverer("b", 150)]
@@ -173,3 +177,184 @@ class MultiProcessTests(SynchronousTestCase):
         # The flagging reader's renames kept every message's UID (keyed by base name).
         flagged = [m for m in self.folder.sync().messages if "S" in m.flags]
         self.assertGreater(len(flagged), 0)
+
+
+# argv: root, stop file, output file, keyword. Adds its keyword to every message, round after
+# round, then once more after the stop file appears; records each STORE's mod-sequence.
+STORER = """
+import json, sys, time
+from pathlib import Path
+from mailhub.store.store import MailStore
+
+root, stop, out, keyword = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+folder = MailStore(root, "storer-" + keyword).mailbox("shared@example.com").folder()
+modseqs = []
+while True:
+    last = stop.exists()
+    uids = [m.uid for m in folder.sync().messages]
+    outcome = folder.store_flags(uids, "add", keywords=[keyword])
+    values = {outcome.infos[u].modseq for u in outcome.changed}
+    assert len(values) <= 1, values  # one STORE, one mod-sequence
+    modseqs.extend(values)
+    if last:
+        break
+    time.sleep(0.005)
+out.write_text(json.dumps(modseqs))
+"""
+
+# argv: root, stop file. Marks every message \\Flagged through the old one-message API (as
+# POP3 does with \\Seen) and renames like mutt would: flag letter "P" straight on disk.
+FLAGGER = """
+import os, sys, time
+from pathlib import Path
+from mailhub.store.errors import MessageGone
+from mailhub.store.store import MailStore
+
+root, stop = Path(sys.argv[1]), Path(sys.argv[2])
+folder = MailStore(root, "flagger").mailbox("shared@example.com").folder()
+cur = root / "example.com" / "shared" / "cur"
+while True:
+    last = stop.exists()
+    for m in folder.sync().messages:
+        if "F" not in m.flags:
+            try:
+                folder.add_flags(m.uid, "F")
+            except MessageGone:
+                pass
+    for fn in os.listdir(cur):
+        base, _, info = fn.partition(":")
+        if info.startswith("2,") and "P" not in info:
+            try:  # a foreign program: no lock, no index, just the rename
+                os.rename(cur / fn, cur / (base + ":2," + "".join(sorted(info[2:] + "P"))))
+            except FileNotFoundError:
+                pass
+    if last:
+        break
+    time.sleep(0.005)
+"""
+
+# argv: root, names... Computes a cache entry "copy" (the whole file) for every message.
+CACHER = """
+import sys
+from pathlib import Path
+from mailhub.store import cache
+from mailhub.store.errors import MessageGone
+from mailhub.store.store import MailStore
+
+root, order = Path(sys.argv[1]), sys.argv[2]
+cache.COMPACT_MIN_DEAD = int(sys.argv[3])
+folder = MailStore(root, "cacher-" + order).mailbox("shared@example.com").folder()
+for _ in range(3):
+    msgs = list(folder.sync().messages)
+    if order == "down":
+        msgs.reverse()
+    for m in msgs:
+        try:
+            got = folder.cached(m.uid, "copy", lambda f: f.read(), bytes, bytes)
+            assert got == folder.read_message(m.uid), m.uid
+        except MessageGone:
+            pass
+"""
+
+
+class ModseqMultiProcessTests(MultiProcessCase):
+    def test_no_flag_or_keyword_change_is_lost(self) -> None:
+        for i in range(60):
+            self.folder.append(b"X-Marker: early-%d\r\n\r\n" % i)
+        storers = []
+        for kw in ("alpha", "beta", "gamma"):
+            out = self.root / f"{kw}.json"
+            storers.append((self.spawn(STORER, str(self.root), str(self.stop), str(out), kw), out))
+        flagger = self.spawn(FLAGGER, str(self.root), str(self.stop))
+        writer = self.deliverer("d", 120)
+        self.wait(writer)
+        time.sleep(0.3)
+        self.stop.touch()
+        self.wait(flagger)
+        for p, _ in storers:
+            self.wait(p)
+        # The flagger's last round ran after all delivery, so every message carries F and P;
+        # each storer's last round ran after that, so every message has every keyword.
+        state = MailStore(self.root, "after").mailbox(ADDRESS).folder().sync()
+        self.assertEqual(len(state.messages), 180)
+        for m in state.messages:
+            self.assertEqual(m.keywords, frozenset({"alpha", "beta", "gamma"}), m.key)
+            self.assertLessEqual({"F", "P"}, m.flags, m.key)
+            self.assertLessEqual(m.modseq, state.highestmodseq)
+        # RFC 7162 3.2: STOREs from different connections never share a mod-sequence.
+        used = [v for _, out in storers for v in json.loads(out.read_text())]
+        self.assertEqual(len(used), len(set(used)))
+        self.assertLessEqual(max(used), state.highestmodseq)
+
+    def test_mod_sequences_only_grow_as_seen_by_a_reader(self) -> None:
+        reader_out = self.root / "reader.json"
+        reader = self.spawn(
+            """
+import json, sys, time
+from pathlib import Path
+from mailhub.store.store import MailStore
+root, stop, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+folder = MailStore(root, "reader").mailbox("shared@example.com").folder()
+highest, last_seen, bad = 0, {}, []
+while True:
+    last = stop.exists()
+    state = folder.sync()
+    if state.highestmodseq < highest:
+        bad.append(("highest went down", highest, state.highestmodseq))
+    highest = state.highestmodseq
+    for m in state.messages:
+        if m.modseq < last_seen.get(m.uid, 0) or m.modseq > highest:
+            bad.append((m.uid, last_seen.get(m.uid), m.modseq, highest))
+        last_seen[m.uid] = m.modseq
+    if last:
+        break
+    time.sleep(0.002)
+out.write_text(json.dumps(bad))
+""",
+            str(self.root),
+            str(self.stop),
+            str(reader_out),
+        )
+        out = self.root / "s.json"
+        storer = self.spawn(STORER, str(self.root), str(self.stop), str(out), "kw")
+        writer = self.deliverer("e", 100)
+        self.wait(writer)
+        self.stop.touch()
+        self.wait(storer)
+        self.wait(reader)
+        self.assertEqual(json.loads(reader_out.read_text()), [])
+
+
+class CacheMultiProcessTests(MultiProcessCase):
+    def fill(self, n: int) -> None:
+        for i in range(n):
+            self.folder.append(b"X-Marker: c-%d\r\n\r\n" % i + b"y" * (i * 37))
+
+    def test_entries_are_shared_between_processes(self) -> None:
+        self.fill(80)
+        cachers = [self.spawn(CACHER, str(self.root), o, "65536") for o in ("up", "down")]
+        for p in cachers:
+            self.wait(p)
+        fresh = MailStore(self.root, "after").mailbox(ADDRESS).folder()
+
+        def no_compute(f: object) -> bytes:
+            raise AssertionError("should have come from the cache file")
+
+        for m in fresh.sync().messages:
+            got = fresh.cached(m.uid, "copy", no_compute, bytes, bytes)
+            self.assertEqual(got, fresh.read_message(m.uid))
+
+    def test_expunges_and_compaction_during_use_never_give_wrong_data(self) -> None:
+        self.fill(120)
+        # The cachers check every value they get against the file itself (assert in CACHER).
+        cachers = [self.spawn(CACHER, str(self.root), o, "0") for o in ("up", "down")]
+        uids = [m.uid for m in self.folder.sync().messages]
+        for chunk in range(0, 100, 10):
+            self.folder.expunge(uids[chunk : chunk + 10])
+            time.sleep(0.01)
+        for p in cachers:
+            self.wait(p)
+        fresh = MailStore(self.root, "after").mailbox(ADDRESS).folder()
+        for m in fresh.sync().messages:
+            got = fresh.cached(m.uid, "copy", lambda f: f.read(), bytes, bytes)
+            self.assertEqual(got, fresh.read_message(m.uid))

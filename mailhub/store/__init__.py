@@ -15,7 +15,7 @@ from mailhub.store.errors import (
     MessageGone,
     StoreError,
 )
-from mailhub.store.maildir import Folder, FolderState, MessageInfo
+from mailhub.store.maildir import Folder, FolderState, MessageInfo, StoreOutcome
 from mailhub.store.store import Mailbox, MailStore
 
 __all__ = [
@@ -33,4 +33,5 @@ __all__ = [
     "MessageGone",
     "MessageInfo",
     "StoreError",
+    "StoreOutcome",
 ]

@@ -20,20 +20,23 @@ Concurrency model (several sessions, processes and nodes on one tree):
 from __future__ import annotations
 
 import errno
+import io
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, Literal, TypeVar
 
 from twisted.logger import Logger
 
 from mailhub.store import names, uidlist
+from mailhub.store.cache import MISSING, FolderCache
+from mailhub.store.cache import check_name as check_cache_name
 from mailhub.store.dotlock import DotLock
-from mailhub.store.errors import CorruptUidList, FolderNotFound, MessageGone
-from mailhub.store.safeio import fsync_dir, unlink_quietly, write_new_file
+from mailhub.store.errors import CorruptUidList, FolderNotFound, LockTimeout, MessageGone
+from mailhub.store.safeio import fsync_dir, unlink_quietly, write_all
 from mailhub.store.uidlist import UidList
 
 log = Logger()
@@ -55,6 +58,8 @@ class MessageInfo:
     size: int  # octets as stored (CRLF line ends, so this is IMAP's RFC822.SIZE)
     internaldate: int  # seconds since the epoch
     recent: bool  # still in new/: no reader has taken it yet
+    keywords: frozenset[str] = frozenset()  # IMAP keywords ("$Forwarded", "Junk"), from the index
+    modseq: int = 1  # RFC 7162 mod-sequence of its last flag/keyword change
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class FolderState:
     uidvalidity: int
     uidnext: int
     messages: tuple[MessageInfo, ...]
+    highestmodseq: int = 1  # RFC 7162 3.1.1: grows on every change, expunge and new mail
 
     @cached_property
     def by_uid(self) -> dict[int, MessageInfo]:
@@ -76,6 +82,16 @@ class FolderState:
     @property
     def total_size(self) -> int:
         return sum(m.size for m in self.messages)
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What ``Folder.store_flags`` did (RFC 7162 3.2 for ``modified``)."""
+
+    infos: dict[int, MessageInfo]  # every requested UID still present, its info after the call
+    changed: frozenset[int]  # UIDs whose flags/keywords really changed (got a new modseq)
+    modified: tuple[int, ...]  # refused by unchanged_since ([MODIFIED ...])
+    gone: tuple[int, ...]  # requested but no longer in the folder
 
 
 @dataclass(frozen=True)
@@ -155,6 +171,12 @@ class Folder:
     a ``sync()`` that has to rescan; protocol code may call them on the reactor thread. Not
     thread-safe: sessions share one Folder per directory (``MailStore`` hands out the same
     object), so use it from one thread only.
+
+    Mod-sequences (RFC 7162): every change made under the folder lock - flags or keywords set,
+    new messages given UIDs, messages found gone, a rename by another program noticed - takes
+    one new value ``highestmodseq + 1`` for all the messages it touches. A change that only
+    touches the index (keywords) also touches ``cur/``'s mtime, so other processes' two-stat
+    ``sync()`` notices it.
     """
 
     def __init__(self, path: Path, name: str, settings: StoreSettings) -> None:
@@ -169,6 +191,8 @@ class Folder:
         self._entries: dict[str, tuple[str, str]] = {}  # base -> (subdir, file name)
         self._uid_base: dict[int, str] = {}
         self._infos: dict[str, MessageInfo] = {}  # file name -> info, reused across syncs
+        self._pending_keywords: dict[str, frozenset[str]] = {}  # base -> keywords, for adding
+        self._cache: FolderCache | None = None
 
     def __repr__(self) -> str:
         return f"<Folder {self.name!r}>"
@@ -179,7 +203,8 @@ class Folder:
         """Bring the view up to date with the disk and return it.
 
         Assigns UIDs (in arrival order) to messages not seen before, forgets vanished ones,
-        and persists the UID list. Costs two stat() calls when nothing changed.
+        gives flag changes made by other programs a new mod-sequence, and persists the UID
+        list. Costs two stat() calls when nothing changed.
         """
         changed = False
         for sub in ("new", "cur"):  # new/ first: a message moving new->cur is then seen in cur/
@@ -213,6 +238,11 @@ class Folder:
         scan.stamp = stamp
         scan.trusted = st.st_mtime < self._settings.now() - self._settings.dirty_window
         return True
+
+    def _rescan(self) -> dict[str, tuple[str, str]]:
+        for sub in ("new", "cur"):
+            self._refresh_dir(sub, force=True)
+        return self._scan_all()
 
     def _scan_all(self) -> dict[str, tuple[str, str]]:
         entries = {base: ("new", fn) for base, fn in self._scans["new"].files.items()}
@@ -257,36 +287,57 @@ class Folder:
         self._list, self._list_stamp = lst, stamp
         return lst
 
+    def _save_list(self, lst: UidList) -> None:
+        uidlist.save(self._list_path(), lst, self._settings.hostname)
+        self._list, self._list_stamp = lst, self._file_stamp()
+
+    @staticmethod
+    def _differences(
+        lst: UidList, entries: dict[str, tuple[str, str]]
+    ) -> tuple[set[str], bool, bool]:
+        """(bases listed but not on disk, any file without a UID, any file whose flags differ
+        from the list's or are not yet in it)."""
+        records = lst.records
+        vanished = {b for b in records if b not in entries}
+        unknown = False
+        flags_differ = False
+        flags_of = names.flags_of
+        sep = names.INFO_SEPARATOR
+        for base, (_, fn) in entries.items():
+            rec = records.get(base)
+            if rec is None:
+                unknown = True
+            elif rec.flags is None or rec.flags != flags_of(fn.partition(sep)[2]):
+                flags_differ = True
+        return vanished, unknown, flags_differ
+
     def _reconcile(self) -> None:
-        """Merge the scan with the UID list; take the lock only if UIDs must change."""
+        """Merge the scan with the UID list; take the lock only if the list must change."""
         known_before = self._list.records if self._list is not None else {}
         entries = self._scan_all()
         lst = self._reload_list()
-        vanished: set[str] = set()
+        needs_lock = True
         if lst is not None:
-            vanished = {b for b in known_before if b not in entries}
+            vanished, unknown, differ = self._differences(lst, entries)
             if vanished:
                 # A file renamed during readdir() may be missed (POSIX leaves it unspecified);
                 # look again before declaring anything gone, so UIDs stay stable.
-                for sub in ("new", "cur"):
-                    self._refresh_dir(sub, force=True)
-                entries = self._scan_all()
-                vanished = {b for b in vanished if b not in entries}
-            needs_lock = bool(vanished) or any(b not in lst.records for b in entries)
-        else:
-            needs_lock = True
+                entries = self._rescan()
+                vanished, unknown, differ = self._differences(lst, entries)
+            needs_lock = bool(vanished) or unknown or differ
+        gone: set[str] = set()
         if needs_lock:
             with self._lock():
-                lst = self._update_list_locked(entries, vanished, known_before)
+                lst, entries, gone = self._update_list_locked(entries, known_before)
         assert lst is not None
         self._build_state(lst, entries)
+        if gone:
+            self._collect_cache(gone)
 
     def _update_list_locked(
-        self,
-        entries: dict[str, tuple[str, str]],
-        vanished: set[str],
-        known_before: dict[str, uidlist.UidRecord],
-    ) -> UidList:
+        self, entries: dict[str, tuple[str, str]], known_before: dict[str, uidlist.UidRecord]
+    ) -> tuple[UidList, dict[str, tuple[str, str]], set[str]]:
+        """Under the lock: the list on disk now, brought in line with the directories."""
         lst = self._reload_list()
         dirty = False
         if lst is None:
@@ -295,9 +346,37 @@ class Folder:
             lst = UidList(uidvalidity)
             dirty = True
             log.info("new UIDVALIDITY {v} for {folder}", v=uidvalidity, folder=self._dir)
-        for base in vanished:
-            if lst.records.pop(base, None) is not None:
+        vanished, _, differ = self._differences(lst, entries)
+        if differ or vanished:
+            # Our scan may predate the list we just read (another holder renamed and recorded
+            # the new flags meanwhile): compare with a scan taken under the lock.
+            entries = self._rescan()
+            vanished, _, differ = self._differences(lst, entries)
+        modseq = 0
+
+        def next_modseq() -> int:
+            nonlocal modseq, dirty
+            if not modseq:
+                modseq = lst.next_modseq()
                 dirty = True
+            return modseq
+
+        for base in vanished:
+            del lst.records[base]
+            next_modseq()  # RFC 7162 3.1.1: an expunge is a change too
+        if differ:
+            flags_of = names.flags_of
+            for base, (_, fn) in entries.items():
+                rec = lst.records.get(base)
+                if rec is None:
+                    continue
+                flags = flags_of(fn.partition(names.INFO_SEPARATOR)[2])
+                if rec.flags is None:  # read from a version 1 list: adopt, no change
+                    rec.flags = flags
+                    dirty = True
+                elif rec.flags != flags:  # renamed by another program (or crash mid-store)
+                    rec.flags = flags
+                    rec.modseq = next_modseq()
         unknown = [b for b in entries if b not in lst.records]
         fresh: list[tuple[tuple[int, int, str], str, int, int]] = []
         for base in unknown:
@@ -319,20 +398,22 @@ class Folder:
                     ts = (int(st.st_mtime), 0)
             fresh.append(((ts[0], ts[1], base), base, size, ts[0]))
         fresh.sort()  # RFC 3501: UIDs ascend in arrival order; the name's time is arrival
+        flags_of = names.flags_of
         for _, base, size, date in fresh:
-            lst.assign(base, size, date)
-            dirty = True
+            rec = lst.assign(base, size, date, next_modseq())
+            rec.flags = flags_of(entries[base][1].partition(names.INFO_SEPARATOR)[2])
+            rec.keywords = self._pending_keywords.pop(base, _NO_KEYWORDS)
         if dirty:
-            uidlist.save(self._list_path(), lst, self._settings.hostname)
-            self._list_stamp = self._file_stamp()
+            self._save_list(lst)
         self._list = lst
-        return lst
+        return lst, entries, set(vanished)
 
     def _build_state(self, lst: UidList, entries: dict[str, tuple[str, str]]) -> None:
         records = lst.records
         flags_of = names.flags_of
-        # Reuse the MessageInfo of every file whose name did not change: a rescan of a big
-        # folder after one flag change then costs dictionary lookups, not 10,000 objects.
+        sep = names.INFO_SEPARATOR
+        # Reuse the MessageInfo of every file whose name and record did not change: a rescan
+        # of a big folder after one flag change then costs lookups, not 10,000 objects.
         previous = self._infos
         infos: dict[str, MessageInfo] = {}
         for base, (sub, fn) in entries.items():
@@ -340,22 +421,44 @@ class Folder:
             if rec is None:  # appeared after the lock was released; next sync assigns it
                 continue
             m = previous.get(fn)
-            if m is None or m.uid != rec.uid or m.recent != (sub == "new"):
-                info = fn.partition(names.INFO_SEPARATOR)[2]
+            recent = sub == "new"
+            if (
+                m is None
+                or m.uid != rec.uid
+                or m.recent != recent
+                or m.modseq != rec.modseq
+                or m.keywords is not rec.keywords
+            ):
                 m = MessageInfo(
-                    rec.uid, base, flags_of(info), rec.size, rec.internaldate, sub == "new"
+                    rec.uid,
+                    base,
+                    flags_of(fn.partition(sep)[2]),
+                    rec.size,
+                    rec.internaldate,
+                    recent,
+                    rec.keywords,
+                    rec.modseq,
                 )
             infos[fn] = m
-        msgs = sorted(infos.values(), key=lambda m: m.uid)
+        msgs = sorted(infos.values(), key=_by_uid)
         self._infos = infos
         self._entries = entries
         self._uid_base = {m.uid: m.key for m in msgs}
-        self._state = FolderState(lst.uidvalidity, lst.uidnext, tuple(msgs))
+        self._state = FolderState(lst.uidvalidity, lst.uidnext, tuple(msgs), lst.highestmodseq)
 
     def _changed_by_us(self) -> None:
         """Our own rename/unlink changed a directory: make the next sync() look again."""
         for scan in self._scans.values():
             scan.trusted = False
+
+    def _announce_index_change(self) -> None:
+        """The index changed but no directory did (keywords only): touch cur/ so every
+        process's two-stat sync() rescans and re-reads the list."""
+        try:
+            os.utime(f"{self._dir}/cur")
+        except FileNotFoundError:
+            raise FolderNotFound(f"folder {self.name!r} no longer exists") from None
+        self._changed_by_us()
 
     # -- locating files ------------------------------------------------------------------
 
@@ -418,42 +521,218 @@ class Folder:
         with self.open_message(uid) as f:
             return f.read()
 
-    # -- flags and new -> cur -------------------------------------------------------------
+    # -- flags, keywords and new -> cur -----------------------------------------------------
 
-    def _rename_flags(
-        self, uid: int, compute: Callable[[frozenset[str]], frozenset[str]]
+    def store_flags(
+        self,
+        uids: Iterable[int],
+        mode: Literal["set", "add", "remove"],
+        flags: Iterable[str] = (),
+        keywords: Iterable[str] = (),
+        unchanged_since: int | None = None,
+    ) -> StoreOutcome:
+        """Change flags (Maildir letters) and keywords of many messages at once (IMAP STORE).
+
+        One lock, one index write and one rename per message whose letters change. With
+        ``unchanged_since`` (RFC 7162 3.2 UNCHANGEDSINCE), a message whose mod-sequence is
+        greater is left alone and reported in ``modified``.
+        """
+        flagset = names.check_flags(flags)
+        kwset = names.check_keywords(keywords)
+        if mode == "set":
+
+            def compute(
+                f: frozenset[str], k: frozenset[str]
+            ) -> tuple[frozenset[str], frozenset[str]]:
+                return flagset, kwset
+        elif mode == "add":
+
+            def compute(
+                f: frozenset[str], k: frozenset[str]
+            ) -> tuple[frozenset[str], frozenset[str]]:
+                return f | flagset, k | kwset
+        elif mode == "remove":
+
+            def compute(
+                f: frozenset[str], k: frozenset[str]
+            ) -> tuple[frozenset[str], frozenset[str]]:
+                return f - flagset, k - kwset
+        else:
+            raise ValueError(f"mode must be 'set', 'add' or 'remove', not {mode!r}")
+        return self._store(uids, compute, unchanged_since)
+
+    def _store(
+        self,
+        uids: Iterable[int],
+        compute: Callable[[frozenset[str], frozenset[str]], tuple[frozenset[str], frozenset[str]]],
+        unchanged_since: int | None = None,
+    ) -> StoreOutcome:
+        wanted = sorted(set(uids))
+        self.sync()
+        with self._lock():
+            lst = self._reload_list()
+            if lst is None:  # lost or corrupt: rebuild it (new UIDVALIDITY) like sync() would
+                lst, entries, _ = self._update_list_locked(self._rescan(), {})
+                self._build_state(lst, entries)
+            outcome, renamed, dirty = self._store_locked(lst, wanted, compute, unchanged_since)
+            if dirty:
+                self._save_list(lst)
+        if renamed:
+            fsync_dir(f"{self._dir}/cur")  # the new names survive a crash before we answer
+            self._changed_by_us()
+        elif dirty:
+            self._announce_index_change()
+        return outcome
+
+    def _store_locked(
+        self,
+        lst: UidList,
+        wanted: list[int],
+        compute: Callable[[frozenset[str], frozenset[str]], tuple[frozenset[str], frozenset[str]]],
+        unchanged_since: int | None,
+    ) -> tuple[StoreOutcome, bool, bool]:
+        infos: dict[int, MessageInfo] = {}
+        changed: list[int] = []
+        modified: list[int] = []
+        gone: list[int] = []
+        modseq = 0
+        renamed = dirty = False
+        records = lst.records
+        flags_of = names.flags_of
+        sep = names.INFO_SEPARATOR
+        directory = self._dir
+        for uid in wanted:
+            base = self._uid_base.get(uid)
+            rec = records.get(base) if base is not None else None
+            where = self._entries.get(base) if base is not None else None
+            if base is None or rec is None or rec.uid != uid or where is None:
+                gone.append(uid)
+                continue
+            sub, fn = where
+            for _ in range(_RETRIES):
+                disk = flags_of(fn.partition(sep)[2])
+                if rec.flags != disk:
+                    # Renamed by another program since the list was written: that change
+                    # gets its mod-sequence now (a None from a version 1 list: adopted).
+                    if rec.flags is not None:
+                        if not modseq:
+                            modseq = lst.next_modseq()
+                        rec.modseq = modseq
+                    rec.flags = disk
+                    dirty = True
+                if unchanged_since is not None and rec.modseq > unchanged_since:
+                    modified.append(uid)
+                    break
+                new_flags, new_keywords = compute(disk, rec.keywords)
+                if new_flags == disk and new_keywords == rec.keywords:
+                    break
+                if new_flags != disk:
+                    target = names.format_filename(base, new_flags)
+                    try:
+                        os.rename(f"{directory}/{sub}/{fn}", f"{directory}/cur/{target}")
+                    except FileNotFoundError:
+                        try:
+                            sub, fn = self._relocate(base)
+                        except MessageGone:
+                            sub = ""
+                            break
+                        continue
+                    sub, fn = "cur", target
+                    self._entries[base] = (sub, fn)
+                    renamed = True
+                if not modseq:
+                    modseq = lst.next_modseq()
+                rec.flags = new_flags
+                rec.keywords = _intern_keywords(new_keywords)
+                rec.modseq = modseq
+                dirty = True
+                changed.append(uid)
+                break
+            else:
+                sub = ""  # kept moving: report it gone rather than loop forever
+            if not sub:
+                gone.append(uid)
+                continue
+            info = MessageInfo(
+                uid,
+                base,
+                flags_of(fn.partition(sep)[2]),
+                rec.size,
+                rec.internaldate,
+                sub == "new",
+                rec.keywords,
+                rec.modseq,
+            )
+            self._infos[fn] = info  # the next sync's rebuild reuses it
+            infos[uid] = info
+        outcome = StoreOutcome(infos, frozenset(changed), tuple(modified), tuple(gone))
+        return outcome, renamed, dirty
+
+    def _store_one(
+        self,
+        uid: int,
+        compute: Callable[[frozenset[str]], frozenset[str]],
     ) -> frozenset[str]:
-        def op(base: str, sub: str, fn: str) -> frozenset[str]:
-            _, _, info = fn.partition(names.INFO_SEPARATOR)
-            old = names.flags_of(info or None)
-            new = names.check_flags(compute(old))
-            target = names.format_filename(base, new)
-            if sub != "cur" or target != fn:
-                # rename(2) is atomic: readers see the old or the new name, never neither.
-                os.rename(f"{self._dir}/{sub}/{fn}", f"{self._dir}/cur/{target}")
-                self._entries[base] = ("cur", target)
-                self._changed_by_us()  # the next sync() rescans and shows the new flags
-            return new
-
-        return self._with_file(uid, op)
+        outcome = self._store([uid], lambda f, k: (compute(f), k))
+        info = outcome.infos.get(uid)
+        if info is None:
+            raise MessageGone(f"no message with UID {uid} in {self.name!r}")
+        return info.flags
 
     def set_flags(self, uid: int, flags: Iterable[str]) -> frozenset[str]:
-        """Replace the message's flags (letters, see names.py); moves it to cur/."""
+        """Replace the message's flag letters (see names.py), keeping its keywords; moves it
+        to cur/. Gets a new mod-sequence if anything changed."""
         wanted = names.check_flags(flags)
-        return self._rename_flags(uid, lambda old: wanted)
+        return self._store_one(uid, lambda old: wanted)
 
     def add_flags(self, uid: int, flags: Iterable[str]) -> frozenset[str]:
         extra = names.check_flags(flags)
-        return self._rename_flags(uid, lambda old: old | extra)
+        return self._store_one(uid, lambda old: old | extra)
 
     def remove_flags(self, uid: int, flags: Iterable[str]) -> frozenset[str]:
         gone = names.check_flags(flags)
-        return self._rename_flags(uid, lambda old: old - gone)
+        return self._store_one(uid, lambda old: old - gone)
 
     def take(self, uid: int) -> None:
         """Move a message from new/ to cur/ (with an empty ``:2,`` info), as a reader does when
-        it has seen it (maildir.html). No-op if already in cur/."""
-        self._rename_flags(uid, lambda old: old)
+        it has seen it (maildir.html). No-op if already in cur/. Flags do not change, so this
+        is not a mod-sequence change."""
+
+        def op(base: str, sub: str, fn: str) -> None:
+            if sub == "cur":
+                return
+            target = names.format_filename(base, names.flags_of(fn.partition(":")[2]))
+            os.rename(f"{self._dir}/{sub}/{fn}", f"{self._dir}/cur/{target}")
+            self._entries[base] = ("cur", target)
+            self._changed_by_us()
+
+        self._with_file(uid, op)
+
+    def take_recent(self, uids: Iterable[int]) -> list[int]:
+        """Move these messages from new/ to cur/; return the UIDs *this call* moved.
+
+        RFC 3501 2.3.2: \\Recent goes to exactly one session. rename(2) of a name in new/
+        succeeds for one caller only (any process); the others get ENOENT and skip it.
+        """
+        moved: list[int] = []
+        self._state_or_sync()
+        directory = self._dir
+        for uid in sorted(set(uids)):
+            base = self._uid_base.get(uid)
+            where = self._entries.get(base) if base is not None else None
+            if base is None or where is None or where[0] != "new":
+                continue
+            fn = where[1]
+            target = names.format_filename(base, names.flags_of(fn.partition(":")[2]))
+            try:
+                os.rename(f"{directory}/new/{fn}", f"{directory}/cur/{target}")
+            except FileNotFoundError:
+                continue  # another session or program took it (or it was expunged)
+            self._entries[base] = ("cur", target)
+            moved.append(uid)
+        if moved:
+            self._changed_by_us()
+        return moved
 
     # -- removing -------------------------------------------------------------------------
 
@@ -483,11 +762,12 @@ class Folder:
             if lst is not None:
                 for _, base in removed:
                     lst.records.pop(base, None)
-                uidlist.save(self._list_path(), lst, self._settings.hostname)
-                self._list_stamp = self._file_stamp()
+                lst.next_modseq()  # RFC 7162 3.1.1: HIGHESTMODSEQ grows on expunge
+                self._save_list(lst)
         for _, base in removed:
             self._entries.pop(base, None)
         self._state = None
+        self._collect_cache({base for _, base in removed})
         return [uid for uid, _ in removed]
 
     def delete(self, uid: int) -> None:
@@ -497,12 +777,26 @@ class Folder:
 
     # -- adding ---------------------------------------------------------------------------
 
-    def _uid_of(self, base: str) -> int:
+    def _uids_of(self, bases: Iterable[str]) -> dict[str, int]:
+        """UIDs of messages we just added; gives them the keywords still pending (another
+        process may have assigned their UIDs before our sync could)."""
+        wanted = list(bases)
         state = self.sync()
-        for m in reversed(state.messages):
-            if m.key == base:
-                return m.uid
-        raise MessageGone(f"message {base!r} vanished right after it was added")
+        by_key = {m.key: m for m in state.messages[-len(wanted) - 64 :]}
+        found: dict[str, int] = {}
+        late: dict[frozenset[str], list[int]] = {}
+        for base in wanted:
+            m = by_key.get(base) or next((x for x in state.messages if x.key == base), None)
+            if m is None:
+                self._pending_keywords.pop(base, None)
+                raise MessageGone(f"message {base!r} vanished right after it was added")
+            found[base] = m.uid
+            kw = self._pending_keywords.pop(base, None)
+            if kw:
+                late.setdefault(kw, []).append(m.uid)
+        for kw, uids in late.items():
+            self._store(uids, lambda f, k, kw=kw: (f, k | kw))  # type: ignore[misc]
+        return found
 
     def _target(self, base: str, flags: frozenset[str]) -> str:
         # Without flags the message is new (IMAP \Recent); with flags it has been "seen".
@@ -513,53 +807,183 @@ class Folder:
     def append(
         self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None
     ) -> int:
-        """Add a message durably (IMAP APPEND) and return its UID.
+        """Add a message durably (IMAP APPEND) and return its UID."""
+        return self.append_from(io.BytesIO(data), flags=flags, internaldate=internaldate)
+
+    def append_from(
+        self,
+        src: BinaryIO,
+        *,
+        flags: Iterable[str] = (),
+        keywords: Iterable[str] = (),
+        internaldate: float | None = None,
+    ) -> int:
+        """Copy ``src`` (read to its end, in chunks) into the folder durably; return the UID.
 
         The internal date is carried in the file name's time field (and the mtime, for
-        Dovecot), so whichever process assigns the UID records the right date.
+        Dovecot), so whichever process assigns the UID records the right date. The file and
+        its directory are fsync'd before this returns.
         """
         flagset = names.check_flags(flags)
+        kwset = names.check_keywords(keywords)
         when = self._settings.now() if internaldate is None else internaldate
-        base = names.with_size(names.unique_name(self._settings.hostname, lambda: when), len(data))
-        tmp = f"{self._dir}/tmp/{base}"
-        target = self._target(base, flagset)
+        unique = names.unique_name(self._settings.hostname, lambda: when)
+        tmp = f"{self._dir}/tmp/{unique}"
         try:
-            write_new_file(tmp, data)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            size = 0
+            try:
+                buf = bytearray(_CHUNK)
+                view = memoryview(buf)
+                while True:
+                    n = src.readinto(view) if hasattr(src, "readinto") else None
+                    if n is None:  # a file object without readinto()
+                        chunk = src.read(_CHUNK)
+                        n = len(chunk)
+                        view[:n] = chunk
+                    if not n:
+                        break
+                    write_all(fd, view[:n])
+                    size += n
+                view.release()
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.utime(tmp, (when, when))
+            base = names.with_size(unique, size)
+            target = self._target(base, flagset)
+            if kwset:
+                self._pending_keywords[base] = _intern_keywords(kwset)
             os.link(tmp, target)  # link, not rename: never overwrite (maildir.html)
         finally:
             unlink_quietly(tmp)
         fsync_dir(os.path.dirname(target))
         self._changed_by_us()
-        return self._uid_of(base)
+        return self._uids_of([base])[base]
 
     def copy_to(self, uid: int, other: Folder) -> int:
-        """Copy a message to ``other`` keeping flags and internal date (RFC 3501 6.4.7);
-        returns the new UID. Uses a hard link (messages are immutable), falling back to a
-        byte copy across file systems."""
-        info = self._state_or_sync().by_uid.get(uid)
-        if info is None:
+        """Copy a message to ``other`` keeping flags, keywords and internal date (RFC 3501
+        6.4.7); returns the new UID."""
+        pairs = self.copy_many([uid], other)
+        if not pairs:
             raise MessageGone(f"no message with UID {uid} in {self.name!r}")
-        base = names.with_size(
-            names.unique_name(other._settings.hostname, lambda: info.internaldate), info.size
-        )
+        return pairs[0][1]
 
-        def op(b: str, sub: str, fn: str) -> tuple[str, frozenset[str]]:
-            # Flags as on disk now (another session may have changed them since our sync).
-            flags = names.flags_of(fn.partition(names.INFO_SEPARATOR)[2] or None)
-            target = other._target(base, flags)
-            os.link(f"{self._dir}/{sub}/{fn}", target)
-            return target, flags
+    def copy_many(self, uids: Iterable[int], other: Folder) -> list[tuple[int, int]]:
+        """Copy messages to ``other`` (COPY/MOVE); [(source UID, new UID)] in source-UID order.
 
-        try:
-            target, _ = self._with_file(uid, op)
-        except OSError as e:
-            if e.errno != errno.EXDEV:
-                raise
-            return other.append(self.read_message(uid), info.flags, info.internaldate)
-        fsync_dir(os.path.dirname(target))
-        other._changed_by_us()
-        return other._uid_of(base)
+        Hard links (messages are immutable), falling back to a byte copy across file systems.
+        Keeps flags (as on disk now), keywords and internal date; skips vanished messages.
+        """
+        by_uid = self.sync().by_uid  # flags and keywords as of now, for the copies
+        hostname = other._settings.hostname
+        links: list[tuple[int, str]] = []  # (source uid, new base)
+        dirs: set[str] = set()
+        for uid in sorted(set(uids)):
+            info = by_uid.get(uid)
+            if info is None:
+                continue
+            date = float(info.internaldate)
+            base = names.with_size(names.unique_name(hostname, lambda d=date: d), info.size)
+            if info.keywords:
+                other._pending_keywords[base] = info.keywords
+
+            def op(b: str, sub: str, fn: str, base: str = base) -> str:
+                # Flags as on disk now (another session may have changed them since our sync).
+                target = other._target(base, names.flags_of(fn.partition(":")[2]))
+                os.link(f"{self._dir}/{sub}/{fn}", target)
+                return target
+
+            try:
+                target = self._with_file(uid, op)
+            except MessageGone:
+                other._pending_keywords.pop(base, None)
+                continue
+            except OSError as e:
+                other._pending_keywords.pop(base, None)
+                if e.errno != errno.EXDEV:
+                    raise
+                with self.open_message(uid) as f:
+                    new = other.append_from(
+                        f,
+                        flags=info.flags,
+                        keywords=info.keywords,
+                        internaldate=info.internaldate,
+                    )
+                links.append((uid, f"#{new}"))
+                continue
+            dirs.add(os.path.dirname(target))
+            links.append((uid, base))
+        for d in dirs:
+            fsync_dir(d)
+        if dirs:
+            other._changed_by_us()
+        new_uids = other._uids_of([b for _, b in links if not b.startswith("#")])
+        return [(u, int(b[1:]) if b.startswith("#") else new_uids[b]) for u, b in links]
 
     def clean_stale_tmp(self, max_age: float = STALE_TMP_AGE) -> int:
         return clean_stale_tmp(self._path, self._settings.now, max_age)
+
+    # -- derived-data cache -----------------------------------------------------------------
+
+    def cached(
+        self,
+        uid: int,
+        name: str,
+        compute: Callable[[BinaryIO], T],
+        encode: Callable[[T], bytes],
+        decode: Callable[[bytes], T],
+    ) -> T:
+        """Derived data about a message (``name`` says which, e.g. ``"structure"``), computed
+        once by ``compute(open file)`` and kept in the folder's cache file (shared with other
+        processes, surviving restarts) and decoded in memory. MessageGone if expunged."""
+        check_cache_name(name)
+        base, _, _ = self._where(uid)
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = FolderCache(self._path, self._settings.hostname)
+        value = cache.get(base, name, decode)
+        if value is not MISSING:
+            return value  # type: ignore[no-any-return]
+        with self.open_message(uid) as f:
+            value = compute(f)
+        if cache.needs_compaction():  # first, so that the new record lands in a clean file
+            self._compact_cache(cache)
+        cache.put(base, name, encode(value), value)
+        return value  # type: ignore[no-any-return]
+
+    def _collect_cache(self, gone: set[str]) -> None:
+        cache = self._cache
+        if cache is None or not gone:
+            return
+        cache.forget(gone)
+        if cache.needs_compaction():
+            self._compact_cache(cache)
+
+    def _compact_cache(self, cache: FolderCache) -> None:
+        try:
+            with self._lock():
+                cache.compact(set(self._entries))
+        except (LockTimeout, OSError) as e:
+            log.warn("cache of {folder} not compacted: {e}", folder=self._dir, e=str(e))
+
+
+_CHUNK = 64 * 1024
+_NO_KEYWORDS: frozenset[str] = frozenset()
+_keyword_sets: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _intern_keywords(kws: frozenset[str]) -> frozenset[str]:
+    """One object per distinct keyword set, so state rebuilds compare by identity."""
+    if not kws:
+        return _NO_KEYWORDS
+    found = _keyword_sets.get(kws)
+    if found is None:
+        if len(_keyword_sets) > 4096:
+            _keyword_sets.clear()
+        found = _keyword_sets[kws] = kws
+    return found
+
+
+def _by_uid(m: MessageInfo) -> int:
+    return m.uid

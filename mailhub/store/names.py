@@ -36,7 +36,15 @@ NAME_MAX = 255  # bytes per path component (Linux NAME_MAX; also ext4, xfs, NFS,
 INBOX = "INBOX"
 FOLDER_DELIMITER = "."
 INFO_SEPARATOR = ":"  # the spec's separator between unique name and info
-FLAGS_PREFIX = "2,"  # "info starting with 2, ... experimental semantics" (maildir.html)
+FLAGS_PREFIX = "2,"
+# RFC 6154 special-use folders every mailbox gets (created with it, and at IMAP login).
+SPECIAL_USE: dict[str, str] = {
+    "Sent": "\\Sent",
+    "Drafts": "\\Drafts",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}  # "info starting with 2, ... experimental semantics" (maildir.html)
 
 # Standard Maildir flag letters (maildir.html, "info semantics"). P is "passed" (resent).
 DRAFT, FLAGGED, PASSED, REPLIED, SEEN, TRASHED = "D", "F", "P", "R", "S", "T"
@@ -248,6 +256,23 @@ def check_flags(flags: Iterable[str]) -> frozenset[str]:
     for f in result:
         if len(f) != 1 or not (f.isascii() and f.isalpha()):
             raise InvalidName(f"flag must be one ASCII letter, not {f!r}")
+    return result
+
+
+MAX_KEYWORD_LENGTH = 100  # octets; RFC 3501 sets none, this keeps index lines bounded
+_ATOM_SPECIALS = frozenset('(){ %*"\\]')  # RFC 3501 9: atom-specials (SP and CTL below)
+
+
+def check_keywords(keywords: Iterable[str]) -> frozenset[str]:
+    """IMAP keywords are atoms (RFC 3501 9 flag-keyword): printable ASCII, no atom-specials,
+    hence never a space (the index relies on it) and never a ``\\`` system flag."""
+    result = frozenset(keywords)
+    for k in result:
+        if not isinstance(k, str) or not k or len(k) > MAX_KEYWORD_LENGTH:
+            raise InvalidName(f"keyword must be 1 to {MAX_KEYWORD_LENGTH} characters")
+        for ch in k:
+            if not 0x21 <= ord(ch) <= 0x7E or ch in _ATOM_SPECIALS:
+                raise InvalidName(f"keyword contains a forbidden character {ch!r}")
     return result
 
 

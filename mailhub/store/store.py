@@ -17,12 +17,13 @@ import os
 import shutil
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from twisted.logger import Logger
 
-from mailhub.store import names
+from mailhub.store import names, subscriptions
+from mailhub.store.dotlock import DotLock
 from mailhub.store.errors import (
     FolderError,
     FolderExists,
@@ -84,9 +85,14 @@ class MailStore:
             self._create(path)
         return Mailbox(self, address, path)
 
-    def _create(self, path: Path) -> None:
+    def _create(self, path: Path, *, special: bool = True) -> None:
+        """A new mailbox: INBOX and the special-use folders (RFC 6154) every user gets. Safe
+        when two deliveries create the same mailbox at once. Delivery creates INBOX only (it
+        must stay light); IMAP adds the rest at login (``ensure_special_folders``)."""
         makedirs_durable(path.parent)
         create_maildir(path, folder=False)
+        if special:
+            Mailbox(self, "", path).ensure_special_folders()
 
     def mailboxes(self) -> list[str]:
         """Every mailbox address in the store, sorted."""
@@ -138,7 +144,7 @@ class MailStore:
         if dirs is None:
             path = self._path(address)
             if not is_maildir(path):
-                self._create(path)
+                self._create(path, special=False)
             dirs = (f"{path}/tmp", f"{path}/new")
             self._delivery_dirs[address] = dirs
         return dirs
@@ -254,6 +260,13 @@ class Mailbox:
             os.rename(src, dst)
         fsync_dir(self._path)
         self._store._forget_folders(str(old_path))
+        # RFC 3501 6.3.5 lets subscriptions stay behind; following the folder is what users
+        # expect (Dovecot does the same). Subscriptions of DELETE'd folders stay (6.3.4).
+        self._change_subscriptions(
+            lambda subs: _dedup(
+                new + s[len(old) :] if s == old or s.startswith(prefix) else s for s in subs
+            )
+        )
 
     def delete_folder(self, name: str) -> None:
         """Delete a folder and its messages; INBOX cannot be deleted (RFC 3501 6.3.4).
@@ -272,3 +285,63 @@ class Mailbox:
         fsync_dir(self._path)
         self._store._forget_folders(str(path))
         shutil.rmtree(doomed, ignore_errors=True)
+
+    # -- special-use folders (RFC 6154) -------------------------------------------------------
+
+    def special_use(self, name: str) -> str | None:
+        """The RFC 6154 attribute of folder ``name`` (``\\Sent``...), or None."""
+        return names.SPECIAL_USE.get(name)
+
+    def ensure_special_folders(self) -> list[str]:
+        """Create the special-use folders that are missing (and subscribe them, as Dovecot's
+        ``auto = subscribe`` does); returns the names created. Safe against a concurrent
+        creator."""
+        created: list[str] = []
+        for name in names.SPECIAL_USE:
+            _, path = self._folder_path(name)
+            if is_maildir(path):
+                continue
+            create_maildir(path, folder=True)
+            created.append(name)
+        if created:
+            self._change_subscriptions(lambda subs: subs + [n for n in created if n not in subs])
+            log.info("created {names} in {address}", names=created, address=self.address)
+        return created
+
+    # -- subscriptions (RFC 3501 6.3.6), in Dovecot's ``subscriptions`` file ------------------
+
+    def subscriptions(self) -> list[str]:
+        """Subscribed names in the order subscribed; they need not exist (RFC 3501 6.3.6)."""
+        return subscriptions.load(self._path / subscriptions.FILENAME)
+
+    def subscribe(self, name: str) -> bool:
+        """Subscribe ``name`` (checked, INBOX normalised); False if it already was."""
+        name = names.normalise_folder(name)
+        return self._change_subscriptions(lambda subs: subs if name in subs else [*subs, name])
+
+    def unsubscribe(self, name: str) -> bool:
+        """Unsubscribe ``name``; False if it was not subscribed."""
+        name = names.normalise_folder(name)
+        return self._change_subscriptions(lambda subs: [s for s in subs if s != name])
+
+    def _change_subscriptions(self, change: Callable[[list[str]], list[str]]) -> bool:
+        path = self._path / subscriptions.FILENAME
+        s = self._store.settings
+        lock = DotLock(
+            self._path / subscriptions.LOCKNAME,  # the lock name Dovecot's dotlock uses
+            timeout=s.lock_timeout,
+            stale_after=s.lock_stale_after,
+            hostname=s.hostname,
+            now=s.now,
+        )
+        with lock:
+            before = subscriptions.load(path)
+            after = change(list(before))
+            if after == before:
+                return False
+            subscriptions.save(path, after, s.hostname)
+        return True
+
+
+def _dedup(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))

@@ -1,15 +1,26 @@
-"""The persistent per-folder UID list, ``mailhub-uidlist`` (Dovecot keeps ``dovecot-uidlist``).
+"""The persistent per-folder index, ``mailhub-uidlist`` (Dovecot keeps ``dovecot-uidlist``).
 
 IMAP needs UIDs that stay the same across sessions and restarts (RFC 3501 2.3.1.1), and a
 UIDVALIDITY that changes only when they could not be kept. Maildir has no UIDs, so each folder
 keeps a list from the message *base name* (the file name before ``:2,``, which survives flag
 changes and the new/ -> cur/ move) to its UID, plus the size and internal date so FETCH needs no
-stat().
+stat(). Version 2 adds what CONDSTORE (RFC 7162) and IMAP keywords need: the folder's highest
+mod-sequence, and per message its mod-sequence, its keywords (Maildir file names cannot carry
+them portably) and the flags it had when its mod-sequence was last set, so a rename by another
+program (mutt, Dovecot) shows up as a difference on the next scan and gets a new mod-sequence.
 
-Format (text, one record a line, base name last because it may contain spaces)::
+Format version 2 (text, one record a line, base name last because it may contain spaces)::
 
-    mailhub-uidlist 1 <uidvalidity> <uidnext>
-    <uid> <size> <internaldate> <base>
+    mailhub-uidlist 2 <uidvalidity> <uidnext> <highestmodseq>
+    K <keyword> <keyword> ...
+    <uid> <size> <internaldate> <modseq> <flags> <keywords> <base>
+
+``<flags>`` are the Maildir letters in ASCII order, ``<keywords>`` comma-separated indexes
+into the ``K`` line; ``-`` for none. Keywords are IMAP atoms, so they never contain a space.
+
+Version 1 (still read; the next write upgrades it) had ``<uid> <size> <internaldate> <base>``
+records. Its messages read as mod-sequence 1 with no keywords and unknown flags (adopted from
+the file names without a new mod-sequence).
 
 The file is always replaced atomically (temp -> fsync -> rename -> fsync dir) by a holder of the
 folder's dotlock (see ``maildir.Folder``); readers without the lock see the old or the new list.
@@ -27,8 +38,11 @@ from mailhub.store.safeio import atomic_write
 FILENAME = "mailhub-uidlist"
 LOCKNAME = FILENAME + ".lock"
 MAGIC = b"mailhub-uidlist"
-VERSION = b"1"
+VERSION = b"2"
 MAX_UID = 2**32 - 1  # RFC 3501: UIDs and UIDVALIDITY are non-zero 32-bit numbers
+MAX_MODSEQ = 2**63 - 1  # RFC 7162 3.1: mod-sequences are unsigned 63-bit numbers
+
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -36,6 +50,9 @@ class UidRecord:
     uid: int
     size: int
     internaldate: int  # seconds since the epoch (IMAP INTERNALDATE has second precision)
+    modseq: int = 1
+    flags: frozenset[str] | None = None  # letters as of ``modseq``; None: unknown (version 1)
+    keywords: frozenset[str] = _NONE
 
 
 @dataclass
@@ -43,15 +60,22 @@ class UidList:
     uidvalidity: int
     uidnext: int = 1
     records: dict[str, UidRecord] = field(default_factory=dict)  # base name -> record
+    highestmodseq: int = 1
 
-    def assign(self, base: str, size: int, internaldate: int) -> UidRecord:
+    def assign(self, base: str, size: int, internaldate: int, modseq: int = 1) -> UidRecord:
         """Give ``base`` the next UID (RFC 3501: strictly ascending, never reused)."""
         if self.uidnext > MAX_UID:
             raise CorruptUidList("UID space exhausted; UIDVALIDITY must change")
-        rec = UidRecord(self.uidnext, size, internaldate)
+        rec = UidRecord(self.uidnext, size, internaldate, modseq)
         self.records[base] = rec
         self.uidnext += 1
         return rec
+
+    def next_modseq(self) -> int:
+        """Reserve the mod-sequence of one change (one lock hold = one change, as one STORE
+        command must get one value: RFC 7162 3.2)."""
+        self.highestmodseq += 1
+        return self.highestmodseq
 
 
 def load(path: Path) -> UidList | None:
@@ -64,13 +88,66 @@ def load(path: Path) -> UidList | None:
     return parse(data)
 
 
+# Few distinct flag and keyword fields occur in a folder: parse each spelling once.
+_flag_fields: dict[bytes, frozenset[str]] = {b"-": _NONE}
+
+
+def _flags_field(raw: bytes) -> frozenset[str]:
+    flags = _flag_fields.get(raw)
+    if flags is None:
+        text = raw.decode("ascii")
+        if not (text.isascii() and text.isalpha()):
+            raise ValueError(f"bad flags {raw!r}")
+        flags = frozenset(text)
+        if len(_flag_fields) > 4096:
+            _flag_fields.clear()
+            _flag_fields[b"-"] = _NONE
+        _flag_fields[raw] = flags
+    return flags
+
+
 def parse(data: bytes) -> UidList:
     lines = data.split(b"\n")
     header = lines[0].split(b" ")
-    if len(header) != 4 or header[0] != MAGIC or header[1] != VERSION:
+    if len(header) < 2 or header[0] != MAGIC:
         raise CorruptUidList("bad header")
     if lines[-1] != b"":
         raise CorruptUidList("truncated (no final newline)")
+    if header[1] == b"1" and len(header) == 4:
+        return _parse_v1(header, lines)
+    if header[1] != VERSION or len(header) != 5 or len(lines) < 3 or lines[1][:1] != b"K":
+        raise CorruptUidList("bad header")
+    try:
+        uidvalidity, uidnext, highest = int(header[2]), int(header[3]), int(header[4])
+        table = [w.decode("ascii") for w in lines[1].split(b" ")[1:]]
+        kw_fields: dict[bytes, frozenset[str]] = {b"-": _NONE}
+        flags_field = _flags_field
+        records: dict[str, UidRecord] = {}
+        last_uid = 0
+        for line in lines[2:-1]:
+            uid_s, size_s, date_s, mod_s, flags_s, kw_s, base = line.split(b" ", 6)
+            uid = int(uid_s)
+            # Records are written in UID order; anything else means damage.
+            if uid <= last_uid or not base:
+                raise CorruptUidList(f"bad record for uid {uid}")
+            last_uid = uid
+            kws = kw_fields.get(kw_s)
+            if kws is None:
+                kws = kw_fields[kw_s] = frozenset(table[int(i)] for i in kw_s.split(b","))
+            modseq = int(mod_s)
+            if not 0 < modseq <= highest:
+                raise CorruptUidList(f"bad mod-sequence for uid {uid}")
+            records[os.fsdecode(base)] = UidRecord(
+                uid, int(size_s), int(date_s), modseq, flags_field(flags_s), kws
+            )
+    except (ValueError, IndexError, UnicodeDecodeError) as e:
+        raise CorruptUidList(f"bad record: {e}") from None
+    if not (0 < uidvalidity <= MAX_UID) or uidnext <= last_uid or not 0 < highest <= MAX_MODSEQ:
+        raise CorruptUidList("bad UIDVALIDITY, UIDNEXT or HIGHESTMODSEQ")
+    return UidList(uidvalidity, uidnext, records, highest)
+
+
+def _parse_v1(header: list[bytes], lines: list[bytes]) -> UidList:
     try:
         uidvalidity, uidnext = int(header[2]), int(header[3])
         records: dict[str, UidRecord] = {}
@@ -78,7 +155,6 @@ def parse(data: bytes) -> UidList:
         for line in lines[1:-1]:
             uid_s, size_s, date_s, base = line.split(b" ", 3)
             uid = int(uid_s)
-            # Records are written in UID order; anything else means damage.
             if uid <= last_uid or not base:
                 raise CorruptUidList(f"bad record for uid {uid}")
             last_uid = uid
@@ -87,15 +163,38 @@ def parse(data: bytes) -> UidList:
         raise CorruptUidList(f"bad record: {e}") from None
     if not (0 < uidvalidity <= MAX_UID) or uidnext <= last_uid:
         raise CorruptUidList("bad UIDVALIDITY or UIDNEXT")
-    return UidList(uidvalidity, uidnext, records)
+    return UidList(uidvalidity, uidnext, records, 1)
 
 
 def serialise(lst: UidList) -> bytes:
-    out = [b"%s %s %d %d\n" % (MAGIC, VERSION, lst.uidvalidity, lst.uidnext)]
+    """Version 2. Records whose flags are still unknown (read from version 1 and not seen by a
+    scan since) are written with ``-`` and the caller must have filled them in first."""
     recs = sorted(lst.records.items(), key=lambda kv: kv[1].uid)
-    out.extend(
-        b"%d %d %d %s\n" % (r.uid, r.size, r.internaldate, os.fsencode(base)) for base, r in recs
-    )
+    index: dict[str, int] = {}
+    kw_fields: dict[frozenset[str], bytes] = {_NONE: b"-"}
+    flag_fields: dict[frozenset[str] | None, bytes] = {_NONE: b"-", None: b"-"}
+    out = [
+        b"%s %s %d %d %d\n" % (MAGIC, VERSION, lst.uidvalidity, lst.uidnext, lst.highestmodseq),
+        b"",  # the keyword table, filled in below
+    ]
+    for base, r in recs:
+        kw = kw_fields.get(r.keywords)
+        if kw is None:
+            ids = []
+            for k in sorted(r.keywords):
+                i = index.get(k)
+                if i is None:
+                    i = index[k] = len(index)
+                ids.append(b"%d" % i)
+            kw = kw_fields[r.keywords] = b",".join(ids)
+        fl = flag_fields.get(r.flags)
+        if fl is None:
+            fl = flag_fields[r.flags] = "".join(sorted(r.flags)).encode("ascii")  # type: ignore[arg-type]
+        out.append(
+            b"%d %d %d %d %s %s %s\n"
+            % (r.uid, r.size, r.internaldate, r.modseq, fl, kw, os.fsencode(base))
+        )
+    out[1] = b" ".join([b"K", *(k.encode("ascii") for k in index)]) + b"\n"
     return b"".join(out)
 
 

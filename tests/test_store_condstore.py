@@ -1,0 +1,380 @@
+"""IMAP-facing store operations in one process: mod-sequences (RFC 7162), keywords, batched
+STORE with UNCHANGEDSINCE, \\Recent hand-over, streaming APPEND, COPY of many, UID list v2."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from mailhub.store import names, uidlist
+from mailhub.store.errors import CorruptUidList, InvalidName, MessageGone
+from mailhub.store.maildir import Folder
+from tests.test_store_maildir import StoreTestCase
+
+
+class ModseqTestCase(StoreTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.deliver(3)
+        self.inbox = self.box.folder()
+        self.state = self.inbox.sync()
+
+    def other_process_folder(self, name: str = "INBOX") -> Folder:
+        """The same folder as another process sees it (its own MailStore, its own caches)."""
+        return self.new_store().mailbox("alice@example.com").folder(name)
+
+    def file_of(self, uid: int) -> Path:
+        key = self.inbox.sync().by_uid[uid].key
+        for sub in ("cur", "new"):
+            for fn in os.listdir(self.inbox_path / sub):
+                if fn.split(":")[0] == key:
+                    return self.inbox_path / sub / fn
+        raise AssertionError(f"no file for UID {uid}")
+
+
+class StoreFlagsTests(ModseqTestCase):
+    def test_new_mail_gets_a_modseq_and_raises_highestmodseq(self) -> None:
+        # RFC 7162 3.1.1: new messages are a change; the three were assigned in one go.
+        self.assertEqual({m.modseq for m in self.state.messages}, {self.state.highestmodseq})
+        before = self.state.highestmodseq
+        uid = self.inbox.append(b"Subject: later\r\n\r\n")
+        state = self.inbox.sync()
+        self.assertGreater(state.highestmodseq, before)
+        self.assertEqual(state.by_uid[uid].modseq, state.highestmodseq)
+
+    def test_add_remove_set_flags_and_keywords(self) -> None:
+        out = self.inbox.store_flags([1, 2], "add", flags="S", keywords=["$Forwarded"])
+        self.assertEqual(out.changed, frozenset({1, 2}))
+        self.assertEqual(out.infos[1].flags, frozenset("S"))
+        self.assertEqual(out.infos[1].keywords, frozenset({"$Forwarded"}))
+        self.assertEqual((out.modified, out.gone), ((), ()))
+        self.assertTrue(self.file_of(1).name.endswith(":2,S"))
+        out = self.inbox.store_flags([1], "remove", keywords=["$Forwarded"])
+        self.assertEqual(out.infos[1].keywords, frozenset())
+        self.assertEqual(out.infos[1].flags, frozenset("S"))  # flags untouched by remove
+        out = self.inbox.store_flags([2], "set", flags="F", keywords=["Junk"])
+        self.assertEqual((out.infos[2].flags, out.infos[2].keywords), (frozenset("F"), {"Junk"}))
+        # What sync() reports agrees, in this and in another process.
+        for folder in (self.inbox, self.other_process_folder()):
+            m = folder.sync().by_uid[2]
+            self.assertEqual((m.flags, m.keywords), (frozenset("F"), frozenset({"Junk"})))
+
+    def test_one_modseq_per_call_and_only_for_real_changes(self) -> None:
+        self.inbox.store_flags([1], "add", flags="S")
+        before = self.inbox.sync()
+        out = self.inbox.store_flags([1, 2, 3], "add", flags="S")
+        # RFC 7162 3.2: one STORE = one new mod-sequence, shared by what it changed; UID 1
+        # already had \Seen, so it is neither changed nor given a new value.
+        self.assertEqual(out.changed, frozenset({2, 3}))
+        self.assertEqual(out.infos[2].modseq, before.highestmodseq + 1)
+        self.assertEqual(out.infos[3].modseq, before.highestmodseq + 1)
+        self.assertEqual(out.infos[1].modseq, before.by_uid[1].modseq)
+        self.assertEqual(self.inbox.sync().highestmodseq, before.highestmodseq + 1)
+        noop = self.inbox.store_flags([1, 2, 3], "add", flags="S")
+        self.assertEqual(noop.changed, frozenset())
+        self.assertEqual(self.inbox.sync().highestmodseq, before.highestmodseq + 1)
+
+    def test_one_index_write_and_one_rename_per_changed_message(self) -> None:
+        saves: list[int] = []
+        renames: list[str] = []
+        real_save, real_rename = uidlist.save, os.rename
+        self.patch(uidlist, "save", lambda *a, **k: (saves.append(1), real_save(*a, **k)))
+        self.patch(os, "rename", lambda a, b: (renames.append(str(b)), real_rename(a, b)))
+        self.inbox.store_flags([1, 2, 3], "add", flags="F", keywords=["x"])
+        self.assertEqual(len(saves), 1)
+        self.assertEqual(len([r for r in renames if ":2," in r]), 3)
+        renames.clear()
+        self.inbox.store_flags([1, 2, 3], "add", keywords=["y"])  # keywords only: no rename
+        self.assertEqual([r for r in renames if ":2," in r], [])
+        self.assertEqual(len(saves), 2)
+
+    def test_unchanged_since(self) -> None:
+        first = self.inbox.store_flags([1], "add", flags="F")
+        mark = first.infos[1].modseq
+        out = self.inbox.store_flags([1, 2], "add", flags="S", unchanged_since=mark - 1)
+        # RFC 7162 3.2: UID 1 changed after the client's value: refused, reported, untouched.
+        self.assertEqual(out.modified, (1,))
+        self.assertEqual(out.changed, frozenset({2}))
+        self.assertEqual(out.infos[1].flags, frozenset("F"))
+        out = self.inbox.store_flags([1], "add", flags="S", unchanged_since=mark)
+        self.assertEqual((out.modified, out.changed), ((), frozenset({1})))
+        # A mod-sequence is never 0, so UNCHANGEDSINCE 0 refuses everything.
+        out = self.inbox.store_flags([1, 2, 3], "remove", flags="S", unchanged_since=0)
+        self.assertEqual(out.modified, (1, 2, 3))
+        self.assertEqual(out.changed, frozenset())
+
+    def test_gone_uids(self) -> None:
+        self.inbox.expunge([2])
+        out = self.inbox.store_flags([1, 2, 42], "add", flags="S")
+        self.assertEqual(out.gone, (2, 42))
+        self.assertEqual(set(out.infos), {1})
+        # Removed by another program since our last sync: gone, nothing renamed into view.
+        self.file_of(3).unlink()
+        out = self.inbox.store_flags([3], "add", flags="S")
+        self.assertEqual(out.gone, (3,))
+        self.assertNotIn(3, self.inbox.sync().by_uid)
+
+    def test_bad_arguments(self) -> None:
+        self.assertRaises(ValueError, self.inbox.store_flags, [1], "toggle", flags="S")
+        self.assertRaises(InvalidName, self.inbox.store_flags, [1], "add", flags=["Seen"])
+        for bad in ["two words", "\\Seen", "a]", "", "x" * 101, "ü"]:
+            with self.subTest(bad):
+                self.assertRaises(InvalidName, self.inbox.store_flags, [1], "add", keywords=[bad])
+
+    def test_keyword_change_seen_by_another_process_in_two_stats(self) -> None:
+        other = self.other_process_folder()
+        other.sync()
+        self.inbox.store_flags([1], "add", keywords=["$Label1"])
+        # The index-only change touched cur/, so the other side's cheap sync() notices.
+        m = other.sync().by_uid[1]
+        self.assertEqual(m.keywords, frozenset({"$Label1"}))
+        self.assertEqual(m.modseq, self.inbox.sync().highestmodseq)
+
+
+class ExternalChangeTests(ModseqTestCase):
+    def test_rename_by_another_program_gets_a_new_modseq(self) -> None:
+        self.inbox.take_recent([1, 2, 3])
+        before = self.inbox.sync()
+        path = self.file_of(2)
+        os.rename(path, path.with_name(path.name.split(":")[0] + ":2,FS"))  # as mutt does
+        self.inbox._changed_by_us()  # same second as our scan: no need to wait for mtime
+        after = self.inbox.sync()
+        self.assertEqual(after.by_uid[2].flags, frozenset("FS"))
+        self.assertEqual(after.highestmodseq, before.highestmodseq + 1)
+        self.assertEqual(after.by_uid[2].modseq, after.highestmodseq)
+        self.assertEqual(after.by_uid[1].modseq, before.by_uid[1].modseq)
+        # Recorded: another process (and a restart) agree, without a further change.
+        self.assertEqual(self.other_process_folder().sync().by_uid[2].modseq, after.highestmodseq)
+
+    def test_removal_by_another_program_raises_highestmodseq(self) -> None:
+        before = self.inbox.sync().highestmodseq
+        self.file_of(3).unlink()
+        self.inbox._changed_by_us()
+        state = self.inbox.sync()
+        self.assertNotIn(3, state.by_uid)
+        self.assertGreater(state.highestmodseq, before)
+
+    def test_our_expunge_raises_highestmodseq(self) -> None:
+        before = self.inbox.sync().highestmodseq
+        self.assertEqual(self.inbox.expunge([1, 3]), [1, 3])
+        self.assertEqual(self.inbox.sync().highestmodseq, before + 1)
+        self.assertEqual(self.other_process_folder().sync().highestmodseq, before + 1)
+
+    def test_legacy_flag_methods_bump_modseq_and_keep_keywords(self) -> None:
+        # POP3 RETR marking \Seen, SMTP-side tools: the old API goes through the same books.
+        self.inbox.store_flags([1], "add", keywords=["Junk"])
+        before = self.inbox.sync().highestmodseq
+        self.assertEqual(self.inbox.add_flags(1, "S"), frozenset("S"))
+        m = self.inbox.sync().by_uid[1]
+        self.assertEqual((m.modseq, m.keywords), (before + 1, frozenset({"Junk"})))
+        self.assertEqual(self.inbox.set_flags(1, "F"), frozenset("F"))
+        self.assertEqual(self.inbox.remove_flags(1, "F"), frozenset())
+        m = self.inbox.sync().by_uid[1]
+        self.assertEqual((m.modseq, m.keywords), (before + 3, frozenset({"Junk"})))
+        self.inbox.expunge([2])
+        self.assertRaises(MessageGone, self.inbox.set_flags, 2, "S")
+
+    def test_take_is_not_a_change(self) -> None:
+        before = self.inbox.sync()
+        self.inbox.take(1)
+        after = self.inbox.sync()
+        self.assertFalse(after.by_uid[1].recent)
+        self.assertEqual(after.highestmodseq, before.highestmodseq)
+
+
+class TakeRecentTests(ModseqTestCase):
+    def test_recent_goes_to_exactly_one_taker(self) -> None:
+        other = self.other_process_folder()
+        other.sync()
+        self.assertEqual(self.inbox.take_recent([1, 3]), [1, 3])
+        self.assertEqual(other.take_recent([1, 2, 3]), [2])  # its view was stale: skipped
+        self.assertEqual(self.inbox.take_recent([1, 2, 3]), [])
+        self.assertEqual(os.listdir(self.inbox_path / "new"), [])
+        state = self.inbox.sync()
+        self.assertFalse(any(m.recent for m in state.messages))
+        self.assertTrue(all(self.file_of(u).name.endswith(":2,") for u in (1, 2, 3)))
+
+    def test_unknown_and_expunged_uids_are_skipped(self) -> None:
+        self.inbox.expunge([2])
+        self.assertEqual(self.inbox.take_recent([2, 9, 1]), [1])
+
+
+class ShortReads(io.RawIOBase):
+    """A source that hands out at most 1,000 bytes per read, like a socket-backed spool."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        n = min(len(b), 1000, len(self._data))
+        b[:n] = self._data[:n]
+        self._data = self._data[n:]
+        return n
+
+
+class ReadOnly:
+    """A file-like object with read() only."""
+
+    def __init__(self, data: bytes) -> None:
+        self._f = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+
+class AppendFromTests(StoreTestCase):
+    DATA = b"Subject: big\r\n\r\n" + b"0123456789abcdef" * 20_000
+
+    def test_streams_durably_with_flags_keywords_and_date(self) -> None:
+        sent = self.box.folder("Sent")
+        synced: list[int] = []
+        real_fsync = os.fsync
+        self.patch(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+        uid = sent.append_from(
+            ShortReads(self.DATA), flags="S", keywords=["$MDNSent"], internaldate=1_000_000_000
+        )
+        self.assertGreaterEqual(len(synced), 2)  # the file, then its directory
+        m = sent.sync().by_uid[uid]
+        self.assertEqual((m.flags, m.keywords), (frozenset("S"), frozenset({"$MDNSent"})))
+        self.assertEqual((m.size, m.internaldate, m.recent), (len(self.DATA), 1_000_000_000, False))
+        self.assertEqual(sent.read_message(uid), self.DATA)
+        [fn] = os.listdir(self.inbox_path / ".Sent" / "cur")
+        self.assertTrue(fn.endswith(f",S={len(self.DATA)}:2,S"))
+        self.assertEqual(os.stat(self.inbox_path / ".Sent" / "cur" / fn).st_mtime, 1_000_000_000)
+        self.assertEqual(os.listdir(self.inbox_path / ".Sent" / "tmp"), [])
+        # Keywords are in the index: another process sees them.
+        other = self.new_store().mailbox("alice@example.com").folder("Sent")
+        self.assertEqual(other.sync().by_uid[uid].keywords, frozenset({"$MDNSent"}))
+
+    def test_without_flags_it_is_recent_and_read_only_sources_work(self) -> None:
+        drafts = self.box.folder("Drafts")
+        uid = drafts.append_from(ReadOnly(b"x" * 70_000))
+        m = drafts.sync().by_uid[uid]
+        self.assertTrue(m.recent)
+        self.assertEqual(drafts.read_message(uid), b"x" * 70_000)
+
+    def test_keywords_when_another_process_assigns_the_uid_first(self) -> None:
+        other = self.new_store().mailbox("alice@example.com").folder()
+        inbox = self.box.folder()
+        real_link = os.link
+
+        def link_then_other_syncs(src: str, dst: str) -> None:
+            real_link(src, dst)
+            if "/new/" in str(dst):
+                other._changed_by_us()
+                other.sync()  # gives the UID without knowing our keywords
+
+        self.patch(os, "link", link_then_other_syncs)
+        uid = inbox.append_from(io.BytesIO(b"x"), keywords=["Junk"])
+        self.assertEqual(other.sync().by_uid[uid].keywords, frozenset({"Junk"}))
+
+    def test_source_errors_leave_nothing_behind(self) -> None:
+        class Broken(io.RawIOBase):
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+                raise OSError("spool file unreadable")
+
+        inbox = self.box.folder()
+        self.assertRaises(OSError, inbox.append_from, Broken())
+        self.assertEqual(os.listdir(self.inbox_path / "tmp"), [])
+        self.assertEqual(inbox.sync().count, 0)
+
+
+class CopyManyTests(ModseqTestCase):
+    def test_copies_in_uid_order_keeping_flags_keywords_and_dates(self) -> None:
+        self.inbox.store_flags([3], "add", flags="F", keywords=["$Forwarded"])
+        archive = self.box.folder("Archive")
+        pairs = self.inbox.copy_many([3, 1, 3, 77], archive)
+        self.assertEqual(pairs, [(1, 1), (3, 2)])
+        src, dst = self.inbox.sync(), archive.sync()
+        for old, new in pairs:
+            a, b = src.by_uid[old], dst.by_uid[new]
+            self.assertEqual((b.flags, b.keywords), (a.flags, a.keywords))
+            self.assertEqual((b.internaldate, b.size), (a.internaldate, a.size))
+            self.assertEqual(archive.read_message(new), self.inbox.read_message(old))
+        # Hard links: one inode, two names.
+        [linked] = [fn for fn in os.listdir(self.inbox_path / ".Archive" / "cur")]
+        self.assertEqual(os.stat(self.inbox_path / ".Archive" / "cur" / linked).st_nlink, 2)
+        # No flags: recent in the destination (RFC 3501 6.4.7).
+        self.assertTrue(dst.by_uid[1].recent)
+
+    def test_copy_to_keeps_working(self) -> None:
+        self.inbox.store_flags([2], "add", keywords=["Junk"])
+        junk = self.box.folder("Junk")
+        uid = self.inbox.copy_to(2, junk)
+        self.assertEqual(junk.sync().by_uid[uid].keywords, frozenset({"Junk"}))
+        self.inbox.expunge([1])
+        self.assertRaises(MessageGone, self.inbox.copy_to, 1, junk)
+
+    def test_across_file_systems_falls_back_to_a_copy(self) -> None:
+        import errno
+
+        self.inbox.store_flags([1], "add", flags="S", keywords=["k"])
+        real_link = os.link
+
+        def no_cross_links(src: str, dst: str) -> None:
+            if "/.Trash/" in str(dst) and "/.Trash/" not in str(src):  # message links only
+                raise OSError(errno.EXDEV, "cross-device link")
+            real_link(src, dst)
+
+        self.patch(os, "link", no_cross_links)
+        trash = self.box.folder("Trash")
+        pairs = self.inbox.copy_many([1, 2], trash)
+        self.assertEqual([p[0] for p in pairs], [1, 2])
+        m = trash.sync().by_uid[pairs[0][1]]
+        self.assertEqual((m.flags, m.keywords), (frozenset("S"), frozenset({"k"})))
+        self.assertEqual(trash.read_message(pairs[1][1]), self.inbox.read_message(2))
+
+
+class UidListFormatTests(StoreTestCase):
+    V1 = (
+        b"mailhub-uidlist 1 1700000000 4\n"
+        b"1 22 1700000000 1700000000.M0P1Q0.h,S=22\n"
+        b"3 22 1700000002 1700000002.M0P1Q2.h,S=22\n"
+    )
+
+    def test_version_2_round_trip(self) -> None:
+        lst = uidlist.UidList(7, 5, highestmodseq=9)
+        lst.records["a b"] = uidlist.UidRecord(1, 10, 100, 3, frozenset("SF"), frozenset({"x"}))
+        lst.records["c"] = uidlist.UidRecord(4, 20, 200, 9, frozenset(), frozenset({"x", "$y"}))
+        data = uidlist.serialise(lst)
+        self.assertEqual(
+            data,
+            b"mailhub-uidlist 2 7 5 9\nK x $y\n1 10 100 3 FS 0 a b\n4 20 200 9 - 1,0 c\n",
+        )
+        self.assertEqual(uidlist.parse(data), lst)
+
+    def test_damage_is_detected(self) -> None:
+        good = b"mailhub-uidlist 2 7 5 9\nK x\n1 10 100 3 S 0 a\n"
+        for bad in [
+            good.replace(b" 3 S", b" 10 S"),  # modseq above HIGHESTMODSEQ
+            good.replace(b" S 0 ", b" S 1 "),  # keyword index out of range
+            good.replace(b" S ", b" 1 "),  # not flag letters
+            good.replace(b"K x\n", b""),  # keyword table missing
+            good.replace(b" 9\n", b" 0\n"),
+            good[:-1],
+        ]:
+            with self.subTest(bad):
+                self.assertRaises(CorruptUidList, uidlist.parse, bad)
+
+    def test_version_1_is_read_and_upgraded(self) -> None:
+        for i in (0, 2):
+            base = names.with_size(f"{1700000000 + i}.M0P1Q{i}.h", 22)
+            (self.inbox_path / "cur" / (base + ":2,S")).write_bytes(b"x" * 22)
+        (self.inbox_path / uidlist.FILENAME).write_bytes(self.V1)
+        state = self.box.folder().sync()
+        self.assertEqual([m.uid for m in state.messages], [1, 3])
+        self.assertEqual(state.uidvalidity, 1700000000)
+        # Flags adopted from the names without a change: everything is mod-sequence 1.
+        self.assertEqual(state.highestmodseq, 1)
+        self.assertEqual({m.modseq for m in state.messages}, {1})
+        self.assertEqual({m.flags for m in state.messages}, {frozenset("S")})
+        written = (self.inbox_path / uidlist.FILENAME).read_bytes()
+        self.assertTrue(written.startswith(b"mailhub-uidlist 2 1700000000 4 1\n"))
+        self.assertIn(b"\n3 22 1700000002 1 S - 1700000002.M0P1Q2.h,S=22\n", written)
