@@ -37,6 +37,11 @@ Modes:
   Then stop A (SIGTERM), start it again with the N messages in the spool: start-up time (spawn
   -> "N message(s) resumed" logged -> SMTP port accepting) and RSS again.
 
+``live`` and ``drain`` also report the ratio to the inbound rate (``relay_over_inbound``;
+``drain_over_inbound`` = [from the retry command, first-to-last]), the 1/5/15-minute load
+averages before and after (the machine may be shared), and from A's log how many recipients
+went over a new or a reused SMTP session and how many new sessions resumed TLS.
+
 Machine gate: before each run it waits (up to 5 min) until the machine has been >= 90 % idle
 for 3 s (``--quiet``), like run_matrix.sh, and reports idle % before and after.
 All traffic is to 127.0.0.1. Standard library only (plus mailhub's own twistd/CLI).
@@ -171,9 +176,16 @@ class Instance:
     """One twistd mailhub (or the null server) as a subprocess."""
 
     def __init__(
-        self, name: str, argv: list[str], log: Path, port: int, env: dict | None = None
+        self,
+        name: str,
+        argv: list[str],
+        log: Path,
+        port: int,
+        env: dict | None = None,
+        cwd: Path = ROOT,
     ) -> None:
         self.name, self.argv, self.log, self.port, self.env = name, argv, log, port, env
+        self.cwd = cwd
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> float:
@@ -181,7 +193,7 @@ class Instance:
         t0 = time.monotonic()
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env
+            self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env
         )
         out.close()
         wait_port(self.port)
@@ -258,6 +270,9 @@ class Setup:
             self.dir / "a.log",
             self.a_port,
             env=a_env(a),
+            # "python -c" puts the working directory first on sys.path: with ROOT there,
+            # ROOT's mailhub would shadow the one in --a-pythonpath.
+            cwd=Path(a.a_pythonpath).resolve() if a.a_pythonpath else ROOT,
         )
         if a.receiver == "null":
             argv = [sys.executable, str(HERE / "null_smtp_server.py"), "--port", str(self.b_port)]
@@ -352,6 +367,29 @@ class Poller(threading.Thread):
             time.sleep(self.every)
 
 
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared: state it per figure)."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def relay_sessions(log: Path) -> dict:
+    """From A's log: relayed recipients on a new or a reused session, and TLS handshakes
+    that resumed an earlier session (mailhub.relay.courier's per-recipient line)."""
+    counts = {"new": 0, "reused": 0, "resumed_tls": 0}
+    with open(log, errors="replace") as f:
+        for line in f:
+            if "[mailhub.relay#info] relay " not in line or " via " not in line:
+                continue
+            if "reused session" in line:
+                counts["reused"] += 1
+            elif "new session" in line:
+                counts["new"] += 1
+                if " resumed " in line:
+                    counts["resumed_tls"] += 1
+    return counts
+
+
 def wait_for(cond, limit: float) -> bool:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -371,6 +409,7 @@ def mode_live(a: argparse.Namespace) -> dict:
         s.B.start()
         s.A.start()
         out["idle_before"] = wait_quiet(a.quiet)
+        out["load_before"] = loadavg()
         poll = Poller(s, a.messages)
         cpu0 = {x.name: proc_cpu(x.pid) for x in (s.A, s.B)}
         poll.start()
@@ -383,10 +422,13 @@ def mode_live(a: argparse.Namespace) -> dict:
         out["inbound"] = summary(res)
         out["complete"] = ok
         out["max_queue"] = poll.max_queue
+        out["load_after"] = loadavg()
         if poll.t_all is not None:
             el = poll.t_all - t0
             out["relay_seconds"] = round(el, 2)
             out["relay_msgs_per_s"] = round(a.messages / el, 1)
+            out["relay_over_inbound"] = round(out["relay_msgs_per_s"] / res["acked_msgs_per_s"], 2)
+        out["relay_sessions"] = relay_sessions(s.A.log)
         if poll.t_queue_empty is not None:
             out["queue_empty_seconds"] = round(poll.t_queue_empty - t0, 2)
         out["cpu_us_per_msg"] = {k: round((cpu1[k] - cpu0[k]) / a.messages * 1e6) for k in cpu0}
@@ -401,6 +443,7 @@ def mode_drain(a: argparse.Namespace) -> dict:
     try:
         s.A.start()
         out["idle_before"] = wait_quiet(a.quiet)
+        out["load_before"] = loadavg()
         res = load(a, s.a_port, a.messages)
         out["inbound"] = summary(res)
         wait_for(lambda: s.queue_count() >= a.messages, 60)
@@ -439,6 +482,13 @@ def mode_drain(a: argparse.Namespace) -> dict:
             out["drain_seconds_first_to_last"] = round(el, 2)
             out["drain_msgs_per_s"] = round((a.messages - 1) / max(el, 1e-9), 1)
             out["drain_msgs_per_s_from_retry"] = round(a.messages / (poll.t_all - t0), 1)
+            inbound = res["acked_msgs_per_s"]
+            out["drain_over_inbound"] = [
+                round(out["drain_msgs_per_s_from_retry"] / inbound, 2),
+                round(out["drain_msgs_per_s"] / inbound, 2),
+            ]
+        out["load_after"] = loadavg()
+        out["relay_sessions"] = relay_sessions(s.A.log)
         if poll.t_queue_empty is not None:
             out["queue_empty_seconds"] = round(poll.t_queue_empty - t0, 2)
         out["cpu_us_per_msg"] = {k: round((cpu1[k] - cpu0[k]) / a.messages * 1e6) for k in cpu0}

@@ -3,7 +3,7 @@
 - ``ReceiverPeer``: mailhub's own SMTP receiver (``SMTPServerFactory``) with an in-memory sink:
   the real server code path, with STARTTLS and AUTH when asked.
 - ``ScriptedPeer``: a tiny hand-written server that misbehaves on purpose (drops the connection
-  in DATA, breaks the TLS handshake, answers 4xx...).
+  in DATA, breaks the TLS handshake, answers 4xx...); it keeps each connection's command lines.
 - ``Item``: a queue item as the courier sees it.
 """
 
@@ -86,6 +86,14 @@ class ReceiverPeer:
             portal=make_portal(DevChecker(run=inline)) if auth else None,
             log=Logger(namespace="test.peer", observer=self.events.append),
         )
+        self.opened = 0  # connections accepted: one per session the client opened
+        build = self.factory.buildProtocol
+
+        def counting(addr: Any) -> Any:
+            self.opened += 1
+            return build(addr)
+
+        self.factory.buildProtocol = counting  # type: ignore[method-assign]
         listen: Any = self.factory
         if implicit_tls:  # TLS from the first byte, as on 465 (RFC 8314)
             listen = tls_server_factory(self.factory.tls_context_factory, self.factory)
@@ -107,6 +115,19 @@ class ReceiverPeer:
     def messages(self) -> list[Any]:
         return self.sink.delivered
 
+    async def wait_closed(self) -> None:
+        """Until every connection to this peer has ended (a QUIT from an idle session ...)."""
+        await until(lambda: self.factory.connections == 0)
+
+
+async def until(condition: Callable[[], bool], limit: float = 5.0) -> None:
+    """Let the reactor run until ``condition()`` holds (fails the test after ``limit`` s)."""
+    for _ in range(int(limit / 0.01)):
+        if condition():
+            return
+        await task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"condition not met within {limit} seconds")
+
 
 class _Scripted(Protocol):
     """Answers commands with ``script(line, peer) -> bytes | None``; in DATA mode calls
@@ -118,6 +139,7 @@ class _Scripted(Protocol):
         self.in_data = False
         self.received: list[bytes] = []
         self.data = b""  # message data received so far (see ``accept_data``)
+        self.closed = False
 
     def connectionMade(self) -> None:
         self.owner.connections.append(self)
@@ -139,6 +161,7 @@ class _Scripted(Protocol):
             self.owner.on_data(rest, self)
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.closed = True
         self.owner.closed += 1
 
 

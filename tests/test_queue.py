@@ -103,13 +103,13 @@ class QueueTestBase(SynchronousTestCase):
 
     def make_queue(self, start: bool = True, **kwargs: Any) -> Queue:
         kwargs.setdefault("schedule", RetrySchedule(jitter=0, delay_notice=0, rng=random.Random(1)))
+        kwargs.setdefault("io", InlineIO())
         q = Queue(
             self.dir,
             route=route,
             couriers={"local": self.local, "remote": self.remote},
             hostname="mx.src.test",
             clock=self.clock,
-            io=InlineIO(),
             **kwargs,
         )
         if start:
@@ -207,6 +207,25 @@ class Enqueue(QueueTestBase):
             (rcpt["address"], rcpt["original"], rcpt["status"], rcpt["attempts"]),
             ("b@remote.test", "B+x@Remote.test", PENDING, 0),
         )
+
+    def test_receiver_id_kept_unless_in_use_or_unsafe(self) -> None:
+        q = self.make_queue()
+        self.remote.default = "temporary"  # keep the messages in the spool
+
+        def commit(qid: str) -> str:
+            env = Envelope(
+                queue_id=qid, mail_from="a@src.test", recipients=[Recipient("b@x", "b@x")]
+            )
+            message = q.sink.open(env)
+            message.write(BODY)
+            return self.successResultOf(message.commit())
+
+        self.assertEqual(commit("QID7"), "QID7")
+        again = commit("QID7")  # in use: a record of that name exists
+        self.assertNotEqual(again, "QID7")
+        self.assertEqual((self.dir / "QID7.msg").read_bytes(), BODY)
+        self.assertNotIn("/", commit("../evil"))
+        self.assertEqual(len(q), 3)
 
     def test_abort_leaves_nothing(self) -> None:
         q = self.make_queue()
@@ -627,3 +646,105 @@ class Memory(QueueTestBase):
         self.assertEqual(len(q), 300)
         self.assertEqual(len(self.remote.calls), 300)
         self.assertTrue(all(m.record is None and not m.busy for m in q._index.values()))
+
+
+class HeldIO:
+    """Disk work that runs only when the test says so, in the order it chooses."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def run(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.calls.append((f.__name__, f, args, d))
+        return d
+
+    def names(self) -> list[str]:
+        return [name for name, *_ in self.calls]
+
+    def finish(self, name: str) -> None:
+        index = self.names().index(name)
+        _, f, args, d = self.calls.pop(index)
+        d.callback(f(*args))
+
+
+class DiskWork(QueueTestBase):
+    """Disk work the queue saves itself, without giving up any durability."""
+
+    def count_saves(self, q: Queue) -> list[str]:
+        saved: list[str] = []
+        save = q.spool.save_raw
+
+        def counting(qid: str, data: bytes) -> None:
+            saved.append(qid)
+            save(qid, data)
+
+        q.spool.save_raw = counting  # type: ignore[method-assign]
+        return saved
+
+    def test_delivered_message_is_removed_without_rewriting_its_record(self) -> None:
+        q = self.make_queue()
+        saved = self.count_saves(q)
+        self.enqueue("b@x.test")
+        self.clock.advance(0)
+        self.assertEqual(self.files(), [])
+        self.assertEqual(saved, [])  # the removal is the last change: no write before it
+
+    def test_new_message_is_not_read_back_for_its_first_attempt(self) -> None:
+        q = self.make_queue()
+        loads: list[str] = []
+        load = q.spool.load
+        q.spool.load = lambda qid: loads.append(qid) or load(qid)  # type: ignore[method-assign]
+        self.remote.default = "temporary"
+        qid = self.enqueue("b@x.test")
+        self.clock.advance(0)
+        self.assertEqual(len(self.remote.calls), 1)
+        self.assertEqual(loads, [])  # the committed record itself was used
+        self.assertIsNone(q._index[qid].record)  # and dropped after the round
+        self.clock.advance(3600)  # the retry reads it from disk
+        self.assertEqual(len(self.remote.calls), 2)
+        self.assertEqual(loads, [qid])
+
+    def test_state_still_saved_when_something_is_left(self) -> None:
+        q = self.make_queue()
+        saved = self.count_saves(q)
+        self.remote.set("c@x.test", "temporary")
+        qid = self.enqueue("b@x.test", "c@x.test")
+        self.clock.advance(0)
+        self.assertEqual(saved, [qid])
+        states = {r.address: r.status for r in self.record(qid).recipients}
+        self.assertEqual(states, {"b@x.test": DELIVERED, "c@x.test": PENDING})
+
+    def test_removal_waits_for_an_earlier_jobs_save(self) -> None:
+        io = HeldIO()
+        self.make_queue(io=io)
+        self.remote.set("a@x.test", "hold")
+        self.enqueue_held(io, "a@x.test", "b@y.test")
+        self.clock.advance(0)  # y.test delivered at once: its state is being saved
+        self.assertEqual(io.names(), ["save_raw"])
+        self.remote.release()  # x.test delivered too: nothing left, but that save runs still
+        self.assertEqual(io.names(), ["save_raw"])  # no removal racing it
+        io.finish("save_raw")
+        self.assertEqual(io.names(), ["remove"])
+        io.finish("remove")
+        self.assertEqual(self.files(), [])
+
+    def enqueue_held(self, io: HeldIO, *rcpts: str) -> None:
+        q = self.queue
+        assert q is not None
+        env = Envelope(
+            queue_id=q.sink.new_id(),
+            mail_from="a@src.test",
+            recipients=[Recipient(r, r) for r in rcpts],
+        )
+        message = q.sink.open(env)
+        message.write(BODY)
+        d = message.commit()
+        io.finish("commit_new")
+        self.successResultOf(d)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -38,14 +39,22 @@ class Session:
         self.clock = Clock()
         self.transport = StringTransport()
         self.protocol = SMTPClientProtocol(
-            self.message,
             SessionOptions("a.test", tls=TLSPolicy.NONE, timeouts=Timeouts()),
             remote="mx.b.test [192.0.2.1]",
             clock=self.clock,
         )
         self.protocol.makeConnection(self.transport)
         self.results: list[SessionResult] = []
-        self.protocol.done.addCallback(self.results.append)
+        # What the courier does with a new session: open, one transaction, QUIT.
+        Deferred.fromCoroutine(self.one_message()).addCallback(self.results.append)
+
+    async def one_message(self) -> SessionResult:
+        failed = await self.protocol.ready
+        if failed is not None:
+            return failed
+        result = await self.protocol.deliver(self.message)
+        await self.protocol.quit()
+        return result
 
     def server(self, text: str) -> None:
         self.protocol.dataReceived(text.encode())
@@ -236,6 +245,107 @@ class DialogueTests(SynchronousTestCase):
         self.assertEqual(Reply(550, ("no such user",)).status, "5.0.0")
         self.assertEqual(Reply(550, ("4.1.1 mixed",)).status, "5.0.0")
         self.assertEqual(Reply(250, ("2.1.5 ok",)).status, "2.1.5")
+
+
+class BareSession(Session):
+    """A session driven by hand, transaction by transaction, as the courier does."""
+
+    async def one_message(self) -> SessionResult:
+        return SessionResult(None)  # nothing automatic
+
+    def open(self) -> None:
+        opened: list[SessionResult | None] = []
+        self.protocol.ready.addCallback(opened.append)
+        self.server("220 mx.b.test ESMTP\r\n")
+        assert self.client() == b"EHLO a.test\r\n"
+        self.server(EHLO)
+        assert opened == [None], opened
+
+    def deliver(self, into: list[SessionResult]) -> None:
+        Deferred.fromCoroutine(self.protocol.deliver(self.message)).addCallback(into.append)
+
+
+class SessionTests(SynchronousTestCase):
+    """One session, several transactions: what the courier's idle sessions rely on."""
+
+    def test_reset_and_deliver_again(self) -> None:
+        s = BareSession()
+        s.open()
+        first: list[SessionResult] = []
+        s.deliver(first)
+        self.assertEqual(
+            s.client(), b"MAIL FROM:<s@a.test> SIZE=21\r\nRCPT TO:<a@b.test>\r\nDATA\r\n"
+        )
+        s.server("250 ok\r\n250 ok\r\n354 go\r\n")
+        self.assertEqual(s.client(), BODY + b".\r\n")
+        s.server("250 2.0.0 queued as 1\r\n")
+        self.assertEqual(s.client(), b"")  # no QUIT: the session stays open
+        self.assertEqual([r.outcome for r in first[0].results], [Outcome.DELIVERED])
+        self.assertTrue(s.protocol.usable)
+
+        second: list[SessionResult] = []
+        Deferred.fromCoroutine(s.protocol.deliver(s.message, reset=True)).addCallback(second.append)
+        # RFC 5321 4.1.1.5 RSET, in the same pipelined group (RFC 2920 3.1)
+        self.assertEqual(
+            s.client(),
+            b"RSET\r\nMAIL FROM:<s@a.test> SIZE=21\r\nRCPT TO:<a@b.test>\r\nDATA\r\n",
+        )
+        s.server("250 2.0.0 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n")
+        self.assertEqual(second, [])
+        s.server("554 5.5.1 no valid recipients\r\n")
+        self.assertEqual(second[0].transaction, 2)
+        self.assertEqual([r.status for r in second[0].results], ["5.1.1"])
+        self.assertTrue(s.protocol.usable)  # a refused transaction leaves the session in step
+
+    def test_rset_refused_in_data_mode_aborts(self) -> None:
+        s = BareSession()
+        s.open()
+        results: list[SessionResult] = []
+        Deferred.fromCoroutine(s.protocol.deliver(s.message, reset=True)).addCallback(
+            results.append
+        )
+        s.client()
+        s.server("500 5.5.1 what?\r\n250 ok\r\n250 ok\r\n354 go ahead\r\n")
+        self.assertEqual(s.client(), b"")  # no body, no "."
+        self.assertTrue(s.transport.disconnecting)
+        self.assertTrue(results[0].untouched)
+        self.assertIsNone(results[0].results)
+        self.assertEqual(results[0].status, "4.5.1")
+
+    def test_lost_before_mail_is_answered_is_untouched(self) -> None:
+        s = BareSession()
+        s.open()
+        results: list[SessionResult] = []
+        s.deliver(results)
+        s.close()
+        self.assertTrue(results[0].untouched)
+        self.assertFalse(s.protocol.usable)
+
+    def test_lost_after_mail_is_answered_is_not_untouched(self) -> None:
+        s = BareSession()
+        s.open()
+        results: list[SessionResult] = []
+        s.deliver(results)
+        s.server("250 ok\r\n")
+        s.close()
+        self.assertEqual([r.status for r in results[0].results], ["4.4.2"])
+        self.assertFalse(results[0].untouched)
+
+    def test_reply_421_ends_reuse(self) -> None:
+        s = BareSession()
+        s.open()
+        results: list[SessionResult] = []
+        s.deliver(results)
+        s.server("421 4.3.2 shutting down\r\n")
+        self.assertFalse(s.protocol.usable)
+
+    def test_data_while_idle_closes(self) -> None:
+        s = BareSession()
+        s.open()
+        s.protocol.idle = True
+        s.server("421 4.4.2 idle timeout\r\n")
+        self.assertTrue(s.transport.disconnecting)
+        self.assertFalse(s.protocol.usable)
 
 
 class TimeoutTests(SynchronousTestCase):

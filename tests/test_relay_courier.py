@@ -38,7 +38,9 @@ class CourierTestCase(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
 
     def courier(self, port: int, **kw: Any) -> RemoteCourier:
-        return RemoteCourier(MXResolver(self.dns.resolver()), hostname="a.test", port=port, **kw)
+        courier = RemoteCourier(MXResolver(self.dns.resolver()), hostname="a.test", port=port, **kw)
+        self.addCleanup(courier.close)  # QUIT its idle sessions before the peers stop
+        return courier
 
     def log_text(self) -> str:
         from twisted.logger import formatEvent
@@ -417,6 +419,7 @@ class ConfigTests(CourierTestCase):
             smarthost=None,
         )
         courier = courier_from_config(relay, "a.test")
+        self.addCleanup(courier.close)
         self.assertEqual(courier.routes, {"c.test": ("127.0.0.1", peer.port)})
         self.assertEqual(courier.default_tls, TLSPolicy.NONE)
         self.assertEqual(courier.tls_policy, {"d.test": TLSPolicy.VERIFY})

@@ -80,7 +80,7 @@ class _Msg:
         self.qid = qid
         self.size = size
         self.due: float | None = None  # in the heap with this time; None while busy
-        self.record: QueueRecord | None = None  # loaded only while busy
+        self.record: QueueRecord | None = None  # loaded only while busy (or just committed)
         self.busy = False  # a round is running
         self.jobs = 0  # courier calls in flight or waiting
         self.force = False  # operator asked for a retry now
@@ -193,8 +193,13 @@ class Queue(Service):
             self._timer.cancel()
         self._timer = None
         # Attempts still in flight are not waited for: their results are dropped and the
-        # attempt is repeated after the restart (a duplicate at worst). Disk work is.
+        # attempt is repeated after the restart (a duplicate at worst). Disk work is, and
+        # couriers that keep connections open (the relay's idle sessions) close them.
         pending = list(self._pending)
+        for courier in self.couriers.values():
+            close = getattr(courier, "close", None)
+            if close is not None:
+                pending.append(defer.maybeDeferred(close))
 
         def stop(_: object) -> None:
             self.io.stop()
@@ -261,6 +266,7 @@ class Queue(Service):
     def _committed(self, record: QueueRecord, size: int) -> None:
         """The sink made a new message durable: try it at once."""
         msg = _Msg(record.id, size)
+        msg.record = record  # what was just written: _start need not read it back
         self._index[record.id] = msg
         self._push(msg, self.clock.seconds())
         self._arm()
@@ -308,7 +314,7 @@ class Queue(Service):
         msg.due = None
         msg.busy = True
         try:
-            record = self.spool.load(msg.qid)
+            record = msg.record if msg.record is not None else self.spool.load(msg.qid)
         except FileNotFoundError:
             log.warn("queue: {qid} vanished from the spool", qid=msg.qid)
             self._index.pop(msg.qid, None)
@@ -447,10 +453,24 @@ class Queue(Service):
             if state is None or state.final:
                 continue
             self._apply(record, state, result, now, job.key)
-        d = self._track(self._save(msg))
+        if msg.jobs == 0 and _nothing_left(record) and not msg.deleted:
+            # Every recipient delivered: the removal in _settle is this record's last change,
+            # and saving it first would only add a write and two fsyncs. Equally safe: a crash
+            # before the removal is on disk repeats the attempt either way (the removal is
+            # not fsync'd, Spool.remove) -- a duplicate at worst, never a loss.
+            d = self._after_saves(msg)
+        else:
+            d = self._track(self._save(msg))
         if msg.jobs == 0:
             d.addBoth(lambda _: self._settle(msg))
         self._pump()
+
+    def _after_saves(self, msg: _Msg) -> defer.Deferred[None]:
+        """Fires once the saves of ``msg`` already started have finished (a removal must not
+        race an earlier job's save: that would leave a record without its body)."""
+        if msg.lock is None:
+            return defer.succeed(None)
+        return msg.lock.run(defer.succeed, None)
 
     def _apply(
         self,
@@ -705,3 +725,9 @@ class Queue(Service):
                 os.unlink(path)  # the operator's command waits for this (admin.request)
             except FileNotFoundError:
                 pass
+
+
+def _nothing_left(record: QueueRecord) -> bool:
+    """Every recipient final and nobody to report to: all delivered, or failures whose DSN
+    is already queued."""
+    return all(r.status == DELIVERED or (r.final and r.dsn_sent) for r in record.recipients)

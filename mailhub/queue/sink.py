@@ -100,7 +100,7 @@ class QueueSink:
         # The receiver's id names the message in its "250 queued as" reply and the Received:
         # header: keep it when it is a safe, unused file name (it is time-ordered and random).
         qid = envelope.queue_id
-        if not QUEUE_ID.match(qid) or self.spool.exists(qid):
+        if not QUEUE_ID.match(qid) or self.spool.record_exists(qid):
             qid = self.new_id()
         originals: dict[str, str] = {}
         for r in envelope.recipients:

@@ -138,6 +138,7 @@ class Spool:
 
     def __init__(self, directory: str | os.PathLike[str], hostname: str = "localhost") -> None:
         self.path = Path(directory)
+        self._path_text = str(self.path)
         self.control = self.path / "control"
         self.corrupt = self.path / "corrupt"
         self.hostname = hostname
@@ -157,6 +158,12 @@ class Spool:
 
     def exists(self, qid: str) -> bool:
         return self.json_path(qid).exists() or self.body_path(qid).exists()
+
+    def record_exists(self, qid: str) -> bool:
+        """Whether a message (its record) has this id: one stat, no Path objects (it is asked
+        for every incoming message, on the reactor thread). A body without a record is an
+        orphan that ``clean`` removes; a new message may replace it."""
+        return os.path.exists(f"{self._path_text}/{qid}.json")
 
     # --- setup and the lock ----------------------------------------------------------------
 

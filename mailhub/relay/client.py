@@ -1,11 +1,16 @@
-"""An ESMTP client for one delivery: one connection, one transaction, a result per recipient.
+"""An ESMTP client: one connection, one or more transactions, a result per recipient.
 
 Not Twisted's ``ESMTPSender``: it cannot report per-recipient results and aborts when an
-opportunistic STARTTLS fails (see ``docs``/twisted-mail-notes). This one is written as one
-coroutine (``_session``) over a small reply reader, so the dialogue reads top to bottom:
+opportunistic STARTTLS fails (see ``docs``/twisted-mail-notes). This one is written as
+coroutines over a small reply reader, so the dialogue reads top to bottom:
 
-    220 greeting -> EHLO (HELO if EHLO gets 5xx) -> [STARTTLS -> EHLO] -> [AUTH]
-    -> MAIL, RCPT..., DATA (one write with PIPELINING) -> body (dot-stuffed, streamed) -> QUIT
+    open:     220 greeting -> EHLO (HELO if EHLO gets 5xx) -> [STARTTLS -> EHLO] -> [AUTH]
+    deliver:  MAIL, RCPT..., DATA (one write with PIPELINING) -> body (dot-stuffed, streamed)
+              (RSET first on a session that waited idle, RFC 5321 4.1.1.5; pipelined too)
+    quit:     QUIT
+
+The courier keeps open sessions for the next message to the same host (mailhub.relay.pool):
+one TLS handshake for many messages.
 
 What it decides itself, before sending anything (RFC references beside each rule):
 - SIZE: a message larger than the peer's declared limit is not offered: permanent 5.3.4.
@@ -41,7 +46,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhub.interfaces import AttemptResult, Outcome
-from mailhub.relay.tlsclient import OpportunisticTLS, TLSPolicy, describe, verifying_creator
+from mailhub.relay.tlsclient import (
+    OpportunisticTLS,
+    TLSPolicy,
+    TLSSessionCache,
+    describe,
+    verifying_creator,
+)
 
 MAX_REPLY_LINE = 4096  # longer than RFC 5321 4.5.3.1.5's 512; a peer sending more is broken
 MAX_REPLY_LINES = 200
@@ -113,6 +124,7 @@ class SessionOptions:
     plaintext: bool = False  # the fallback attempt after a failed handshake: no STARTTLS
     implicit_tls: bool = False  # the transport is TLS from the start (smarthost on 465)
     auth: tuple[str, str] | None = None  # (user, password): AUTH after TLS, never without
+    tls_sessions: TLSSessionCache | None = None  # opportunistic TLS: resume sessions from here
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -121,13 +133,19 @@ class SessionResult:
     """``results`` has a final answer for every recipient once the peer answered MAIL (or we
     decided without asking, e.g. SIZE). Before that, ``results`` is None and the courier tries
     the next address; ``tls_failed`` says the failure was the TLS handshake (so an opportunistic
-    attempt may be repeated in plain text)."""
+    attempt may be repeated in plain text). ``untouched``: the session failed before the peer
+    answered MAIL (lost, or RSET refused): nothing of the message was sent, so it is safe to
+    repeat on a new connection. ``transaction``: 1 for the first on its connection, 2 for the
+    next... ``reply``: the peer's final reply to the message (for the log)."""
 
     results: list[AttemptResult] | None
     status: str = "4.4.1"
     diagnostic: str = ""
     tls: str = "none"
     tls_failed: bool = False
+    untouched: bool = False
+    transaction: int = 0
+    reply: str = ""
 
 
 class _Lost(Exception):
@@ -175,37 +193,47 @@ class DotStuffer:
 
 @implementer(IHandshakeListener)
 class SMTPClientProtocol(Protocol):
-    """One delivery over one connection. ``done`` fires with a SessionResult once the
-    connection has closed; it never fails."""
+    """One connection to one peer, carrying one or more transactions.
+
+    ``ready`` fires once the session is open (greeting, EHLO, STARTTLS, AUTH): with None when
+    transactions may begin, or with a SessionResult saying why not (then only after the
+    connection has closed). Then ``deliver`` runs one transaction at a time (``reset``: RSET
+    first, for a session that waited idle); ``quit`` ends the session.
+    Nothing here fails: problems become SessionResults.
+    """
 
     def __init__(
         self,
-        message: Message,
         options: SessionOptions,
         *,
         remote: str,
         clock: IReactorTime,
         log: Logger | None = None,
     ) -> None:
-        self.message = message
         self.options = options
         self.remote = remote  # "mx.example.org [192.0.2.1]"
         self.clock = clock
         self.log = log if log is not None else Logger(namespace="mailhub.relay")
         self.t = options.timeouts
-        self.done: Deferred[SessionResult] = Deferred()
+        self.ready: Deferred[SessionResult | None] = Deferred()
         self.sent: list[bytes] = []  # each command write (AUTH hidden), for logs and tests
         self.extensions: dict[str, str] = {}
         self.tls = "none"
+        self.transactions = 0  # begun on this connection
+        self.connected_at = clock.seconds()
+        self.idle = False  # waiting in a pool: any data from the peer now ends the session
         self._buffer = b""
         self._partial: list[str] = []
         self._replies: deque[Reply] = deque()
         self._waiter: Deferred[Reply] | None = None
         self._lost: str | None = None
-        self._result: SessionResult | None = None
+        self._closing = False  # we closed (loseConnection)
+        self._quit_sent = False
+        self._goodbye = False  # the peer said 421 or spoke while idle: no more transactions
         self._tls_creator: Any = None
         self._block_timer: Any = None
         self._closed = False
+        self._close_waiters: list[Deferred[None]] = []
         self._sender: FileSender | None = None
 
     # --- connection events --------------------------------------------------------------
@@ -216,14 +244,21 @@ class SMTPClientProtocol(Protocol):
         set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
         if set_nodelay is not None:
             set_nodelay(True)
-        d = Deferred.fromCoroutine(self._converse())
+        d = Deferred.fromCoroutine(self._open())
         d.addErrback(self._internal_error)
-        d.addCallback(self._finished)
+        d.addCallback(self._opened)
 
     def handshakeCompleted(self) -> None:
         pass  # the reply to the EHLO sent after STARTTLS tells us the same, in order
 
     def dataReceived(self, data: bytes) -> None:
+        if self.idle:
+            # Nothing is pending while idle: this is most likely "421 idle timeout" before the
+            # peer closes (RFC 5321 4.5.3.2.7). The session cannot be trusted for more.
+            self._goodbye = True
+            self._lost = f"the peer spoke while idle: {data[:80]!r}"
+            self._close()
+            return
         self._buffer += data
         while True:
             end = self._buffer.find(b"\n")
@@ -249,6 +284,8 @@ class SMTPClientProtocol(Protocol):
             return True
         reply = Reply(int(code), tuple(self._partial))
         self._partial = []
+        if reply.code == 421:  # RFC 5321 3.8: the peer is closing the transmission channel
+            self._goodbye = True
         if self._waiter is not None:
             waiter, self._waiter = self._waiter, None
             waiter.callback(reply)
@@ -270,8 +307,24 @@ class SMTPClientProtocol(Protocol):
         if self._waiter is not None:
             waiter, self._waiter = self._waiter, None
             waiter.errback(_Lost("", self._lost))
-        if self._result is not None and not self.done.called:
-            self.done.callback(self._result)
+        waiters, self._close_waiters = self._close_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # --- state --------------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """Open, in step with the peer (no reply outstanding) and not told to go away."""
+        gone = self._closed or self._closing or self._quit_sent or self._goodbye
+        return not gone and self._lost is None and not self._replies
+
+    def when_closed(self) -> Deferred[None]:
+        if self._closed:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._close_waiters.append(d)
+        return d
 
     # --- reading and writing ------------------------------------------------------------
 
@@ -308,17 +361,26 @@ class SMTPClientProtocol(Protocol):
         self._send(command, **kw)
         return await self._read(stage, timeout)
 
-    # --- the dialogue -------------------------------------------------------------------
+    # --- opening the session ------------------------------------------------------------
 
-    async def _converse(self) -> SessionResult:
+    async def _open(self) -> SessionResult | None:
         try:
-            return await self._session()
+            await self._session()
         except _Stop as stop:
             return stop.result
         except _Lost as e:
             return self._no_answer(
                 "4.4.2", f"connection to {self.remote} failed at {e.stage}: {e.why}"
             )
+        return None
+
+    def _opened(self, failed: SessionResult | None) -> None:
+        if failed is None:
+            self.ready.callback(None)
+            return
+        failed.tls = self.tls
+        self._close()
+        self.when_closed().addCallback(lambda _: self.ready.callback(failed))
 
     def _no_answer(self, status: str, text: str, *, tls_failed: bool = False) -> SessionResult:
         return SessionResult(None, status, f"X-mailhub; {text}", self.tls, tls_failed)
@@ -327,7 +389,7 @@ class SMTPClientProtocol(Protocol):
         """A reply that ends this session before the transaction: try another host."""
         return _Stop(SessionResult(None, reply.status, reply.diagnostic, self.tls))
 
-    async def _session(self) -> SessionResult:
+    async def _session(self) -> None:
         greeting = await self._read("greeting", self.t.greeting)
         if greeting.code != 220:  # RFC 5321 3.1: 554 (or 421) instead of a greeting
             await self._quit()
@@ -345,7 +407,6 @@ class SMTPClientProtocol(Protocol):
                 raise _Stop(self._no_answer("4.7.4", f"{self.remote} does not offer STARTTLS"))
         if opts.auth is not None:
             await self._authenticate()
-        return await self._transaction()
 
     async def _hello(self) -> None:
         reply = await self._command(f"EHLO {self.options.helo_name}", "EHLO", self.t.command)
@@ -373,15 +434,19 @@ class SMTPClientProtocol(Protocol):
                 reply=reply.diagnostic,
             )
             return
+        cache, peer = opts.tls_sessions, self._peer_key()
         if opts.tls is TLSPolicy.VERIFY:
             self._tls_creator = verifying_creator(opts.tls_hostname, opts.ca_certificates)
         else:
-            self._tls_creator = OpportunisticTLS(opts.tls_hostname, opts.ca_certificates)
+            resume = cache.get(peer) if cache is not None else None
+            self._tls_creator = OpportunisticTLS(opts.tls_hostname, opts.ca_certificates, resume)
         self.transport.startTLS(self._tls_creator)  # RFC 3207 4.2: forget what EHLO said
         self.extensions = {}
         try:
             await self._hello()  # the first bytes after the handshake
         except _Lost as e:
+            if cache is not None:
+                cache.forget(peer)  # in case the offered session was the trouble
             raise _Stop(
                 self._no_answer("4.7.5", f"TLS with {self.remote} failed: {e.why}", tls_failed=True)
             ) from None
@@ -391,8 +456,18 @@ class SMTPClientProtocol(Protocol):
             self.tls = describe(handle) + (
                 " verified" if problem is None else f" unverified ({problem})"
             )
+            if self._tls_creator.resumed:
+                self.tls += " resumed"
+            if cache is not None:
+                # After the EHLO reply: a TLS 1.3 server's tickets came before it.
+                cache.put(peer, handle.get_session(), problem)
         else:
             self.tls = describe(handle) + " verified"
+
+    def _peer_key(self) -> tuple[str, str, int]:
+        """Whose TLS sessions may be resumed here: the name we check and the address."""
+        peer = self.transport.getPeer()
+        return (self.options.tls_hostname, getattr(peer, "host", ""), getattr(peer, "port", 0))
 
     async def _authenticate(self) -> None:
         """RFC 4954: PLAIN (RFC 4616) if offered, else LOGIN. Only over TLS."""
@@ -423,8 +498,36 @@ class SMTPClientProtocol(Protocol):
             await self._quit()
             raise self._refused(reply, "AUTH")
 
-    async def _transaction(self) -> SessionResult:
-        msg, ext = self.message, self.extensions
+    # --- transactions -------------------------------------------------------------------
+
+    async def deliver(self, message: Message, *, reset: bool = False) -> SessionResult:
+        """One transaction (MAIL, RCPT..., DATA) on the open session. The session stays open
+        for the next one (``usable`` says whether it can take one). ``reset``: begin with RSET
+        (RFC 5321 4.1.1.5), for a session that waited idle: its reply shows the peer is still
+        there and in step; with PIPELINING it travels in the same group as MAIL (RFC 2920 3.1
+        allows RSET anywhere in a group), so checking costs no round trip."""
+        self.idle = False
+        self.transactions += 1
+        try:
+            result = await self._transaction(message, reset)
+        except Exception:
+            self.log.failure("relay transaction with {remote} failed", remote=self.remote)
+            self._lost = "internal error"
+            self.transport.abortConnection()
+            result = self._no_answer("4.3.0", f"internal error talking to {self.remote}")
+        result.tls = self.tls
+        result.transaction = self.transactions
+        return result
+
+    async def quit(self) -> None:
+        """End the session (QUIT, RFC 5321 4.1.1.10) and wait until the connection closed."""
+        self.idle = False
+        await self._quit()
+        self._close()
+        await self.when_closed()
+
+    async def _transaction(self, msg: Message, reset: bool) -> SessionResult:
+        ext = self.extensions
         results: dict[str, AttemptResult] = {}
 
         def final(rcpt: str, outcome: Outcome, status: str, diagnostic: str) -> None:
@@ -438,15 +541,14 @@ class SMTPClientProtocol(Protocol):
                     final(rcpt, outcome, status, diagnostic)
             return SessionResult([results[r] for r in msg.recipients], tls=self.tls)
 
-        async def refuse_all(status: str, text: str) -> SessionResult:
-            await self._quit()
+        def refuse_all(status: str, text: str) -> SessionResult:
             return everyone(Outcome.PERMANENT, status, f"X-mailhub; {text}")
 
         params: list[str] = []
         if "SIZE" in ext:  # RFC 1870 4: the peer's fixed maximum, 0 = none
             limit = _int(ext["SIZE"])
             if limit and msg.size > limit:
-                return await refuse_all(
+                return refuse_all(
                     "5.3.4",
                     f"message size {msg.size} exceeds the limit of {limit} of {self.remote}",
                 )
@@ -455,11 +557,11 @@ class SMTPClientProtocol(Protocol):
         body_type = msg.body_type.upper()
         if body_type == "8BITMIME":  # RFC 6152 3
             if "8BITMIME" not in ext:
-                return await refuse_all("5.6.3", f"{self.remote} does not accept 8-bit messages")
+                return refuse_all("5.6.3", f"{self.remote} does not accept 8-bit messages")
             params.append("BODY=8BITMIME")
         elif body_type == "BINARYMIME":  # RFC 3030 3
             if "BINARYMIME" not in ext or "CHUNKING" not in ext:
-                return await refuse_all(
+                return refuse_all(
                     "5.6.3", f"{self.remote} does not accept binary messages (BINARYMIME)"
                 )
             params.append("BODY=BINARYMIME")
@@ -468,7 +570,7 @@ class SMTPClientProtocol(Protocol):
         if "SMTPUTF8" in ext and (msg.smtputf8 or utf8_addresses):
             params.append("SMTPUTF8")  # RFC 6531 3.4
         elif not msg.mail_from.isascii():  # RFC 6531 3.2
-            return await refuse_all(
+            return refuse_all(
                 "5.6.7", f"{self.remote} does not support SMTPUTF8 (non-ASCII sender address)"
             )
         candidates = []
@@ -483,19 +585,31 @@ class SMTPClientProtocol(Protocol):
             else:
                 candidates.append(rcpt)
         if not candidates:
-            await self._quit()
             return everyone(Outcome.PERMANENT, "5.6.7", "")
 
         mail = " ".join([f"MAIL FROM:<{msg.mail_from}>", *params])
         rcpts = [f"RCPT TO:<{r}>" for r in candidates]
         accepted: list[str] = []
+        mail_reply: Reply | None = None
         try:
             if "PIPELINING" in ext:  # RFC 2920 3.1: MAIL, RCPTs and DATA as one group
-                self._send(mail, *rcpts, *([] if bdat else ["DATA"]))
+                self._send(*(["RSET"] if reset else []), mail, *rcpts, *([] if bdat else ["DATA"]))
+                reset_reply = await self._read("RSET", self.t.command) if reset else None
                 mail_reply = await self._read("MAIL", self.t.mail)
                 rcpt_replies = [await self._read("RCPT", self.t.rcpt) for _ in candidates]
                 data_reply = None if bdat else await self._read("DATA", self.t.data_init)
+                if reset_reply is not None and reset_reply.code != 250:
+                    # Out of step with the peer: the transaction must not complete. In DATA
+                    # mode only closing without the final "." ends it (RFC 5321 4.1.1.4).
+                    if data_reply is not None and data_reply.code == 354:
+                        self._lost = "RSET refused"
+                        self.transport.abortConnection()
+                    return self._reset_refused(reset_reply)
             else:
+                if reset:
+                    reset_reply = await self._command("RSET", "RSET", self.t.command)
+                    if reset_reply.code != 250:
+                        return self._reset_refused(reset_reply)
                 mail_reply = await self._command(mail, "MAIL", self.t.mail)
                 rcpt_replies = []
                 if mail_reply.code == 250:
@@ -503,7 +617,6 @@ class SMTPClientProtocol(Protocol):
                         rcpt_replies.append(await self._command(command, "RCPT", self.t.rcpt))
                 data_reply = None
             if mail_reply.code != 250:
-                await self._quit()
                 return everyone(mail_reply.outcome, mail_reply.status, mail_reply.diagnostic)
             for rcpt, reply in zip(candidates, rcpt_replies, strict=True):
                 if reply.outcome is Outcome.DELIVERED:
@@ -516,32 +629,37 @@ class SMTPClientProtocol(Protocol):
                     # not): an empty message ends it; nobody receives it.
                     self._send(".")
                     await self._read("DATA", self.t.data_final)
-                await self._quit()
                 return everyone(Outcome.TEMPORARY, "4.0.0", "")
             if bdat:
-                reply = await self._send_bdat()
+                reply = await self._send_bdat(msg)
             else:
                 if data_reply is None:
                     data_reply = await self._command("DATA", "DATA", self.t.data_init)
                 if data_reply.code != 354:
-                    await self._quit()
                     return everyone(data_reply.outcome, data_reply.status, data_reply.diagnostic)
-                reply = await self._send_body()
+                reply = await self._send_body(msg)
         except _Lost as e:
             # RFC 5321 6.1: without the final reply the message may or may not have arrived;
             # retrying may duplicate it, which is better than losing it.
             diagnostic = f"X-mailhub; connection to {self.remote} lost at {e.stage}: {e.why}"
-            return everyone(Outcome.TEMPORARY, "4.4.2", diagnostic)
-        self.log.info(
-            "{remote} answered the message: {reply}", remote=self.remote, reply=reply.diagnostic
-        )
-        await self._quit()
-        return everyone(reply.outcome, reply.status, reply.diagnostic)
+            result = everyone(Outcome.TEMPORARY, "4.4.2", diagnostic)
+            # Not one reply to this transaction: nothing of it can have been delivered.
+            result.untouched = mail_reply is None
+            return result
+        result = everyone(reply.outcome, reply.status, reply.diagnostic)
+        result.reply = reply.diagnostic  # the courier logs it (e.g. "queued as ...")
+        return result
 
-    async def _stream(self, transform: Callable[[bytes], bytes]) -> None:
+    def _reset_refused(self, reply: Reply) -> SessionResult:
+        self._goodbye = True  # never used again; the courier closes it
+        result = SessionResult(None, _temporary_status(reply), f"RSET refused: {reply.diagnostic}")
+        result.untouched = True
+        return result
+
+    async def _stream(self, msg: Message, transform: Callable[[bytes], bytes]) -> None:
         """Send the body from its file, in chunks, honouring the transport's flow control."""
         try:
-            body = self.message.open_body()
+            body = msg.open_body()
         except OSError as e:
             self._lost = f"cannot read the queued message: {e}"
             self.transport.abortConnection()
@@ -562,22 +680,22 @@ class SMTPClientProtocol(Protocol):
             self._stop_block_timer()
             body.close()
 
-    async def _send_body(self) -> Reply:
+    async def _send_body(self, msg: Message) -> Reply:
         stuffer = DotStuffer()
-        await self._stream(stuffer)
+        await self._stream(msg, stuffer)
         self.transport.write(stuffer.end())
         return await self._read("end of data", self.t.data_final)
 
-    async def _send_bdat(self) -> Reply:
-        size = self.message.size
+    async def _send_bdat(self, msg: Message) -> Reply:
+        size = msg.size
         try:
-            with self.message.open_body() as f:
+            with msg.open_body() as f:
                 f.seek(0, 2)
                 size = f.tell()
         except OSError:
             pass  # _stream reports it
         self._send(f"BDAT {size} LAST")  # RFC 3030 2: one chunk, the whole message
-        await self._stream(lambda data: data)
+        await self._stream(msg, lambda data: data)
         return await self._read("BDAT", self.t.data_final)
 
     def _restart_block_timer(self) -> None:
@@ -597,31 +715,42 @@ class SMTPClientProtocol(Protocol):
         self.transport.abortConnection()
 
     async def _quit(self) -> None:
-        """RFC 5321 4.1.1.10: send QUIT and wait for 221 (or the close) before closing."""
-        if self._lost is not None:
+        """Send QUIT and wait for 221 (or the close) before closing (RFC 5321 4.1.1.10)."""
+        if self._lost is not None or self._closing or self._quit_sent:
             return
+        self._quit_sent = True
         try:
             self._send("QUIT")
-            for _ in range(len(self.message.recipients) + 3):  # replies to what we pipelined
+            for _ in range(3):  # a late reply to something else first, at most
                 if (await self._read("QUIT", self.t.quit)).code == 221:
                     break
         except _Lost:
             pass
 
+    def abort(self, why: str) -> None:
+        """Drop the connection now (no QUIT)."""
+        if not self._closed:
+            if self._lost is None:
+                self._lost = why
+            self.transport.abortConnection()
+
+    def _close(self) -> None:
+        if not (self._closed or self._closing):
+            self._closing = True
+            self.transport.loseConnection()
+
     # --- the end ------------------------------------------------------------------------
 
     def _internal_error(self, failure: Failure) -> SessionResult:
         self.log.failure("relay session with {remote} failed", failure, remote=self.remote)
+        self._lost = "internal error"
+        self.transport.abortConnection()
         return self._no_answer("4.3.0", f"internal error talking to {self.remote}")
 
-    def _finished(self, result: SessionResult) -> None:
-        result.tls = self.tls
-        self._result = result
-        if self._closed:
-            if not self.done.called:
-                self.done.callback(result)
-            return
-        self.transport.loseConnection()  # done fires in connectionLost
+
+def _temporary_status(reply: Reply) -> str:
+    status = reply.status
+    return status if status.startswith("4.") else "4" + status[1:]
 
 
 def _extensions(reply: Reply) -> dict[str, str]:

@@ -6,6 +6,11 @@ order until one gives a final answer for every recipient (RFC 5321 5.1). A host 
 transaction ends the round, whatever it said: its 4xx recipients are temporary for this round.
 Connection-level failures (refused, timeout, 421 greeting, failed TLS with ``verify``) move on to
 the next address. Nothing makes ``deliver``'s Deferred fail: surprises become TEMPORARY results.
+
+Sessions are reused (mailhub.relay.pool): after a transaction the connection waits a few seconds
+for the next message to the same address; that one starts with RSET. A reused session found
+dead (RSET unanswered or refused, or the connection lost before any reply to MAIL) costs no
+failure: the message goes on a new connection at once, and only that attempt counts.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from mailhub.relay.client import (
     Timeouts,
 )
 from mailhub.relay.mx import DNSFailure, MXHost, MXResolver
-from mailhub.relay.tlsclient import TLSPolicy, verifying_creator
+from mailhub.relay.pool import ConnectionPool
+from mailhub.relay.tlsclient import TLSPolicy, TLSSessionCache, verifying_creator
 
 SMTP_PORT = 25
 
@@ -81,6 +87,19 @@ class _Target:
     auth: tuple[str, str] | None = None
 
 
+@dataclass(frozen=True)
+class _SessionKey:
+    """Which idle sessions a delivery may reuse: same peer, same TLS and AUTH settings."""
+
+    address: str
+    port: int
+    tls: TLSPolicy
+    tls_hostname: str
+    implicit_tls: bool
+    plaintext: bool
+    auth: tuple[str, str] | None
+
+
 class _OneProtocol(Factory):
     def __init__(self, protocol: SMTPClientProtocol) -> None:
         self.protocol_instance = protocol
@@ -98,7 +117,10 @@ class RemoteCourier:
     ``smarthost``: send everything there instead. ``tls_policy``: domain -> policy, else
     ``default_tls``. ``ca_certificates``: certificates to trust instead of the platform's (for
     ``verify`` and the verified/unverified log). ``reactor`` makes connections; ``clock`` runs
-    the SMTP timeouts.
+    the SMTP timeouts and the idle sessions' timers. ``idle_timeout``: seconds an open session
+    waits for the next message to the same host (0: one message per connection);
+    ``max_messages_per_connection``, ``max_connection_age``: when a session is closed anyway.
+    ``close()`` ends the idle sessions (the queue calls it when it stops).
     """
 
     def __init__(
@@ -114,6 +136,9 @@ class RemoteCourier:
         port: int = SMTP_PORT,
         timeouts: Timeouts | None = None,
         connect_timeout: float = 30,
+        idle_timeout: float = 5.0,
+        max_messages_per_connection: int = 100,
+        max_connection_age: float = 300.0,
         reactor: Any = None,
         clock: IReactorTime | None = None,
         log: Logger | None = None,
@@ -133,6 +158,17 @@ class RemoteCourier:
         self.reactor = reactor if reactor is not None else global_reactor
         self.clock = clock if clock is not None else self.reactor
         self.log = log if log is not None else Logger(namespace="mailhub.relay")
+        self.tls_sessions = TLSSessionCache()  # resumption for new opportunistic connections
+        self.pool = ConnectionPool(
+            self.clock,
+            idle_timeout=idle_timeout,
+            max_messages=max_messages_per_connection if idle_timeout > 0 else 1,
+            max_age=max_connection_age,
+        )
+
+    def close(self) -> Deferred[None]:
+        """QUIT the idle sessions; fires once they are closed."""
+        return self.pool.close()
 
     # --- ICourier -----------------------------------------------------------------------
 
@@ -224,6 +260,46 @@ class RemoteCourier:
     async def _attempt(
         self, message: Message, target: _Target, address: str, *, plaintext: bool
     ) -> SessionResult:
+        key = _SessionKey(
+            address,
+            target.port,
+            target.tls,
+            target.host.name.strip("[]"),
+            target.implicit_tls,
+            plaintext,
+            target.auth,
+        )
+        conn = self.pool.take(key)
+        if conn is not None:
+            result = await self._reuse(conn, message)
+            if result is not None:
+                self.pool.put(key, conn)
+                return result
+        opened = await self._connect(target, address, plaintext=plaintext)
+        if isinstance(opened, SessionResult):
+            return opened
+        result = await opened.deliver(message)
+        self.pool.put(key, opened)
+        return result
+
+    async def _reuse(self, conn: SMTPClientProtocol, message: Message) -> SessionResult | None:
+        """The transaction on an idle session (RSET first), or None if the session turned out
+        dead or out of step before the peer answered MAIL: then nothing was sent."""
+        result = await conn.deliver(message, reset=True)
+        if result.untouched:
+            self.log.info(
+                "relay: idle session with {remote} unusable ({why}); opening a new one",
+                remote=conn.remote,
+                why=result.diagnostic,
+            )
+            self.pool.discard(conn)  # QUIT if it is still open
+            return None
+        return result
+
+    async def _connect(
+        self, target: _Target, address: str, *, plaintext: bool
+    ) -> SMTPClientProtocol | SessionResult:
+        """A new session, open and ready for transactions, or why there is none."""
         remote = _remote(target.host, address)
         options = SessionOptions(
             helo_name=self.hostname,
@@ -234,10 +310,9 @@ class RemoteCourier:
             implicit_tls=target.implicit_tls,
             auth=target.auth,
             timeouts=self.timeouts,
+            tls_sessions=self.tls_sessions,
         )
-        protocol = SMTPClientProtocol(
-            message, options, remote=remote, clock=self.clock, log=self.log
-        )
+        protocol = SMTPClientProtocol(options, remote=remote, clock=self.clock, log=self.log)
         endpoint_class = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         endpoint: Any = endpoint_class(
             self.reactor, address, target.port, timeout=self.connect_timeout
@@ -252,7 +327,8 @@ class RemoteCourier:
             return SessionResult(
                 None, "4.4.1", f"X-mailhub; cannot connect to {remote}:{target.port}: {e}"
             )
-        return await protocol.done
+        failed = await protocol.ready
+        return protocol if failed is None else failed
 
     def _log_round(
         self,
@@ -267,7 +343,7 @@ class RemoteCourier:
         for r in result.results:
             self.log.info(
                 "relay {queue_id} to <{recipient}> via {remote} port {port}: {outcome} "
-                "{status} tls={tls} ({diagnostic}) in {seconds:.2f}s",
+                "{status} tls={tls} {connection} ({diagnostic}) in {seconds:.2f}s",
                 queue_id=item.queue_id,
                 recipient=r.recipient,
                 domain=domain,
@@ -276,7 +352,10 @@ class RemoteCourier:
                 outcome=r.outcome.value,
                 status=r.status,
                 tls=result.tls,
-                diagnostic=r.diagnostic or "delivered",
+                connection="new session"
+                if result.transaction <= 1
+                else f"reused session (message {result.transaction})",
+                diagnostic=r.diagnostic or result.reply or "delivered",
                 seconds=time.monotonic() - started,
             )
 

@@ -13,6 +13,11 @@ Three policies per destination (``TLSPolicy``):
 - ``none``: never STARTTLS.
 
 TLS 1.2 is the minimum (RFC 8996, RFC 9325 3.1.1).
+
+Opportunistic connections resume the last TLS session with the same host (``TLSSessionCache``;
+RFC 8446 2.2 tickets, or TLS 1.2 session ids): no certificate exchange and verification, one
+signature less for the peer. A resumed handshake checks no certificate, so the verification
+result of the full handshake that made the session is kept with it and reported again.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 import weakref
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -77,13 +85,53 @@ _RECORDS: weakref.WeakKeyDictionary[SSL.Connection, OpportunisticTLS] = weakref.
 
 def _record_verify_error(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
     """VERIFY_PEER makes OpenSSL check the chain; failures are recorded on the connection's
-    OpportunisticTLS and the handshake goes on (RFC 7435: encrypted beats plain text)."""
-    if not ok:
-        record = _RECORDS.get(conn)
-        if record is not None:
+    OpportunisticTLS and the handshake goes on (RFC 7435: encrypted beats plain text). Called
+    for every certificate of a full handshake, never for a resumed one."""
+    record = _RECORDS.get(conn)
+    if record is not None:
+        record.chain_checked = True
+        if not ok:
             why = _VERIFY_ERRORS.get(errno, f"verify error {errno}")
             record.chain_errors.append(f"{why} (depth {depth})")
     return True
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """A TLS session to resume, and what the full handshake that made it found: None when
+    the certificate verified for the host name, else why not."""
+
+    session: SSL.Session
+    problem: str | None
+
+
+class TLSSessionCache:
+    """The last resumable session per peer (host name, address, port), at most ``size``
+    peers (least recently used dropped first)."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self.size = size
+        self._sessions: OrderedDict[Hashable, Resumable] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, key: Hashable) -> Resumable | None:
+        found = self._sessions.get(key)
+        if found is not None:
+            self._sessions.move_to_end(key)
+        return found
+
+    def put(self, key: Hashable, session: SSL.Session | None, problem: str | None) -> None:
+        if session is None:
+            return
+        self._sessions[key] = Resumable(session, problem)
+        self._sessions.move_to_end(key)
+        while len(self._sessions) > self.size:
+            self._sessions.popitem(last=False)
+
+    def forget(self, key: Hashable) -> None:
+        self._sessions.pop(key, None)
 
 
 def _shared_context(ca_certificates: list[x509.Certificate] | None) -> SSL.Context:
@@ -111,18 +159,33 @@ def _shared_context(ca_certificates: list[x509.Certificate] | None) -> SSL.Conte
 class OpportunisticTLS:
     """Encrypts whatever the certificate; remembers whether it verified for ``hostname``.
 
-    One instance per connection: it keeps that connection's verification result.
+    One instance per connection: it keeps that connection's verification result. ``resume``:
+    a session of an earlier connection to the same peer, offered in the handshake.
     """
 
-    def __init__(self, hostname: str, ca_certificates: list[x509.Certificate] | None) -> None:
+    def __init__(
+        self,
+        hostname: str,
+        ca_certificates: list[x509.Certificate] | None,
+        resume: Resumable | None = None,
+    ) -> None:
         self.hostname = hostname
         self.ca_certificates = ca_certificates
+        self.resume = resume
         self.chain_errors: list[str] = []
+        self.chain_checked = False  # a certificate was verified: a full handshake
+
+    @property
+    def resumed(self) -> bool:
+        """After the handshake: the offered session was accepted (no certificate was sent)."""
+        return self.resume is not None and not self.chain_checked
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         conn = SSL.Connection(_shared_context(self.ca_certificates), None)
         _RECORDS[conn] = self  # where the shared context's verify callback records failures
         conn.set_app_data(tlsProtocol)
+        if self.resume is not None:
+            conn.set_session(self.resume.session)
         if not _is_ip(self.hostname):
             conn.set_tlsext_host_name(self.hostname.encode("idna"))  # SNI (RFC 6066 3)
         conn.set_connect_state()
@@ -130,6 +193,9 @@ class OpportunisticTLS:
 
     def verification(self, conn: SSL.Connection) -> str | None:
         """None when the peer's certificate verified for the host name, else why not."""
+        if self.resumed:
+            assert self.resume is not None
+            return self.resume.problem  # the certificate was checked when it was made
         if self.chain_errors:
             return self.chain_errors[0]
         try:
