@@ -19,6 +19,8 @@ from typing import Any
 import idna
 from twisted.internet.endpoints import serverFromString
 
+from mailhub.faults import FaultError, Rule
+
 # Port plan (fixed by the foundation issue; dev ports match Mailpit/MailHog where they overlap).
 DEV_PORTS = {
     "smtp": 1025,
@@ -156,6 +158,32 @@ class ListenersConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The web page and JSON API (mailhub.web), served on the ``web`` listener."""
+
+    # HTTP Basic login against the users file (the shared portal). Credentials are accepted only
+    # over TLS (an ssl: listener) or from loopback (a TLS-terminating proxy on this host).
+    # Production default: on. The dev stack: off (it listens on loopback only).
+    login: bool = True
+    # With login: these users see every mailbox and may release mail and change fault rules;
+    # any other user sees only their own mailbox.
+    admins: tuple[str, ...] = ()
+    # How often mailboxes are re-scanned for mail from other processes or hosts (seconds);
+    # deliveries on this host are also noticed at once through inotify where available.
+    poll_interval: float = 1.0
+    # The longest /api/v1/wait long poll a client may ask for (seconds).
+    max_wait: float = 300.0
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    """Fault rules for the SMTP receiver from ``[[faults.rule]]`` tables (mailhub.faults): in
+    force from start-up; the web API can add and remove rules at run time."""
+
+    rules: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True)
 class TLSConfig:
     certificate: Path | None = None
     key: Path | None = None
@@ -184,6 +212,8 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     users_file: Path | None = None
     aliases_file: Path | None = None
 
@@ -226,6 +256,7 @@ def dev_config(data_dir: Path | str = "mailhub-data", hostname: str | None = Non
         # Any login works on the dev stack (DevChecker); an app should not fight it over TLS or
         # sender addresses.
         smtp=SMTPConfig(restrict_sender=False, auth_without_tls_on_loopback=True),
+        web=WebConfig(login=False),
     )
 
 
@@ -532,6 +563,54 @@ def _queue(source: str, table: Mapping[str, Any]) -> QueueConfig:
     return queue
 
 
+def _web(source: str, table: Mapping[str, Any], dev: bool) -> WebConfig:
+    r = _Reader(source, "web", table)
+    d = WebConfig()
+    login = r.boolean("login", not dev)
+    admins = []
+    for address in r.strings("admins", ()):
+        local, at, domain = address.strip().rpartition("@")
+        try:
+            if not at or not local:
+                raise ValueError(f"{address!r} is not an address")
+            admins.append(f"{local.lower()}@{normalise_domain(domain)}")
+        except ValueError as e:
+            raise ConfigError(
+                source, "[web] admins", str(e), 'admins = ["ops@example.com"]'
+            ) from None
+    web = WebConfig(
+        login=login,
+        admins=tuple(admins),
+        poll_interval=float(r.number("poll_interval", d.poll_interval, 0.05, integer=False)),
+        max_wait=float(r.number("max_wait", d.max_wait, 1, integer=False)),
+    )
+    r.finish()
+    return web
+
+
+def _faults(source: str, table: Mapping[str, Any]) -> FaultsConfig:
+    """[[faults.rule]] tables, each one mailhub.faults.Rule, in the order written."""
+    r = _Reader(source, "faults", table)
+    example = '[[faults.rule]] tables, e.g. stage = "rcpt", action = "reply", code = 550'
+
+    def rules(key: str, value: Any) -> tuple[Rule, ...]:
+        if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+            raise r._error(key, "must be an array of tables", example)
+        out = []
+        for n, data in enumerate(value, 1):
+            try:
+                out.append(Rule.from_dict(data))
+            except FaultError as e:
+                fix = e.fix or "see the [faults] example in etc/dev.toml"
+                where = f"[[faults.rule]] number {n}: {e.key}"
+                raise ConfigError(source, where, e.problem, fix) from None
+        return tuple(out)
+
+    faults = FaultsConfig(rules=r.get("rule", (), rules))
+    r.finish()
+    return faults
+
+
 def _sni_pairs(source: str, value: Any, base: Path) -> tuple[tuple[Path, Path], ...]:
     """[[tls.sni]] tables, each with certificate and key, into (certificate, key) pairs."""
     fix = '[[tls.sni]] tables, each with certificate = "..." and key = "..."'
@@ -549,7 +628,19 @@ def _sni_pairs(source: str, value: Any, base: Path) -> tuple[tuple[Path, Path], 
     return tuple(pairs)
 
 
-_SECTIONS = ("server", "domains", "listeners", "limits", "smtp", "queue", "relay", "tls", "files")
+_SECTIONS = (
+    "server",
+    "domains",
+    "listeners",
+    "limits",
+    "smtp",
+    "queue",
+    "relay",
+    "tls",
+    "files",
+    "web",
+    "faults",
+)
 
 
 def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any = None) -> Config:
@@ -675,6 +766,8 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     listeners = _listeners(source, doc.get("listeners", {}), reactor)
     queue = _queue(source, doc.get("queue", {}))
     relay = _relay(source, doc.get("relay", {}), base)
+    web = _web(source, doc.get("web", {}), dev)
+    faults = _faults(source, doc.get("faults", {}))
 
     return Config(
         source=source,
@@ -688,6 +781,8 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         queue=queue,
         relay=relay,
         tls=tls,
+        web=web,
+        faults=faults,
         users_file=users_file,
         aliases_file=aliases_file,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -19,7 +19,10 @@ from twisted.logger import Logger
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
 from mailhub.config import Config
+from mailhub.faults import FaultRules, FaultyServerTLS
+from mailhub.imap.factory import IMAPServerFactory
 from mailhub.interfaces import IMessageSink
+from mailhub.pop3.factory import POP3ServerFactory
 from mailhub.queue import Queue, RetrySchedule
 from mailhub.relay.courier import courier_from_config
 from mailhub.routing import LOCAL, REMOTE, Router, SplitSink, local_domains, policy_resolver
@@ -39,6 +42,7 @@ from mailhub.tls import (
     tls_server_factory,
 )
 from mailhub.users import FileFormatError, UserDB
+from mailhub.web.site import make_site
 
 log = Logger()
 
@@ -88,6 +92,8 @@ class MailhubService(MultiService):
         self.throttle: AuthThrottle | None = None
         self.users: UserDB | None = None
         self.aliases: AliasMap | None = None
+        # The SMTP receiver's fault rules: from [[faults.rule]], changed at run time (web API).
+        self.faults = FaultRules(config.faults.rules)
 
     def startService(self) -> None:
         super().startService()
@@ -126,6 +132,11 @@ class Shared:
     users: UserDB | None
     aliases: AliasMap | None
     is_local_domain: Callable[[str], bool]
+    faults: FaultRules = field(default_factory=FaultRules)  # the SMTP listeners consult these
+
+    def smtp_tls(self) -> FaultyServerTLS | None:
+        """The SMTP listeners' TLS: the real certificates, unless a fault rule says otherwise."""
+        return FaultyServerTLS(self.tls, self.faults) if self.tls is not None else None
 
     def policy_options(self) -> dict[str, Any]:
         """What every recipient policy shares (MTA, submission, the queue's local courier)."""
@@ -173,10 +184,11 @@ def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPS
         policy=policy,
         sink=sink,
         clock=_reactor(),
-        tls_context_factory=shared.tls if starttls else None,  # None: STARTTLS not offered
+        tls_context_factory=shared.smtp_tls() if starttls else None,  # None: no STARTTLS
         role=role,
         portal=shared.portal,
         throttle=shared.throttle,
+        faults=shared.faults,
     )
 
 
@@ -191,7 +203,61 @@ def _submission(shared: Shared) -> Factory:
 def _smtps(shared: Shared) -> Factory:
     # RFC 8314 3: TLS from the first byte; the protocol sees ISSLTransport and offers no STARTTLS.
     assert shared.tls is not None  # _check_tls_for_listeners
-    return tls_server_factory(shared.tls, _smtp_factory(shared, Role.SUBMISSION, starttls=False))
+    tls = shared.smtp_tls()
+    return tls_server_factory(tls, _smtp_factory(shared, Role.SUBMISSION, starttls=False))
+
+
+def _pop3_factory(shared: Shared, *, stls: bool = True) -> POP3ServerFactory:
+    config = shared.config
+    return POP3ServerFactory(
+        hostname=config.hostname,
+        limits=config.limits,
+        store=shared.store,
+        portal=shared.portal,
+        clock=_reactor(),  # type: ignore[arg-type]
+        tls_context_factory=shared.tls if stls else None,  # None: STLS not offered
+        throttle=shared.throttle,
+        plaintext_login_allowed=shared.plaintext_login_allowed,
+    )
+
+
+def _pop3(shared: Shared) -> Factory:
+    return _pop3_factory(shared)
+
+
+def _pop3s(shared: Shared) -> Factory:
+    # RFC 8314 3: TLS from the first byte; the protocol sees ISSLTransport and offers no STLS.
+    assert shared.tls is not None  # _check_tls_for_listeners
+    return tls_server_factory(shared.tls, _pop3_factory(shared, stls=False))
+
+
+def _imap_factory(shared: Shared, *, starttls: bool = True) -> IMAPServerFactory:
+    config = shared.config
+    return IMAPServerFactory(
+        hostname=config.hostname,
+        limits=config.limits,
+        store=shared.store,
+        portal=shared.portal,
+        clock=_reactor(),  # type: ignore[arg-type]
+        tls_context_factory=shared.tls if starttls else None,  # None: STARTTLS not offered
+        plaintext_login_allowed=shared.plaintext_login_allowed,
+        throttle=shared.throttle,
+    )
+
+
+def _imap(shared: Shared) -> Factory:
+    return _imap_factory(shared)
+
+
+def _imaps(shared: Shared) -> Factory:
+    # RFC 8314 3: TLS from the first byte (993); the protocol sees ISSLTransport, no STARTTLS.
+    assert shared.tls is not None  # _check_tls_for_listeners
+    return tls_server_factory(shared.tls, _imap_factory(shared, starttls=False))
+
+
+def _web(shared: Shared) -> Factory:
+    # The page and JSON API (issue 7): a twisted.web Site over the same store and portal.
+    return make_site(shared)
 
 
 # Listener kinds this version serves, and how to build each one's protocol factory. The port plan
@@ -200,9 +266,14 @@ FACTORIES: dict[str, Callable[[Shared], Factory]] = {
     "smtp": _mta,
     "submission": _submission,
     "smtps": _smtps,
+    "pop3": _pop3,
+    "pop3s": _pop3s,
+    "imap": _imap,
+    "imaps": _imaps,
+    "web": _web,
 }
 # Listener kinds that carry passwords: they do not start without a certificate.
-NEEDS_TLS = ("submission", "smtps")
+NEEDS_TLS = ("submission", "smtps", "pop3", "pop3s", "imap", "imaps")
 
 
 def _server_tls(config: Config) -> ServerTLS | None:
@@ -309,7 +380,14 @@ def build(config: Config) -> MailhubService:
         max_delay=config.limits.auth_max_delay,
     )
     is_local = local_domains(config)
-    shared = Shared(config, store, sink, tls, portal, throttle, users, aliases, is_local)
+    shared = Shared(
+        config, store, sink, tls, portal, throttle, users, aliases, is_local, faults=top.faults
+    )
+    if tls is not None:
+        # Bad certificates (fault rules) carry the names of the real one, so each is bad only
+        # in the way the rule says.
+        info = tls.certificates[0]
+        top.faults.certificate_names = info.dns_names + info.ip_addresses
     top.portal, top.throttle, top.users, top.aliases = portal, throttle, users, aliases
 
     # The outgoing queue, started before the listeners (they hand it mail) and stopped after.

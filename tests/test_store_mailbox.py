@@ -3,8 +3,12 @@ Dovecot's ``subscriptions`` file format."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 from mailhub.store import names, subscriptions
 from mailhub.store.errors import InvalidName
+from mailhub.store.store import MailStore
 from tests.test_store_maildir import ADDRESS, SPECIAL, StoreTestCase
 
 
@@ -90,3 +94,22 @@ class SubscriptionTests(StoreTestCase):
         # RFC 3501 6.3.4: DELETE does not touch the subscription list.
         self.box.delete_folder("C")
         self.assertEqual(self.box.subscriptions(), ["C", "C.B", "AB"])
+
+
+class FolderReuseTests(StoreTestCase):
+    """Recently used folders outlive their sessions, so the next login does not re-read the
+    UID list; the oldest are let go beyond the limit."""
+
+    def test_folder_is_kept_after_its_users_are_gone(self) -> None:
+        self.box.folder().append(b"Subject: a\r\n\r\nx\r\n")
+        first = weakref.ref(self.store.mailbox(ADDRESS).folder())
+        gc.collect()
+        self.assertIsNotNone(first())
+        self.assertIs(self.store.mailbox(ADDRESS).folder(), first())
+
+    def test_only_the_most_recent_are_kept(self) -> None:
+        store = MailStore(self.root, hostname="test", keep_folders=2)
+        box = store.mailbox(ADDRESS)
+        folders = [weakref.ref(box.folder(name)) for name in ("INBOX", "Sent", "Drafts")]
+        gc.collect()
+        self.assertEqual([f() is not None for f in folders], [False, True, True])

@@ -9,6 +9,7 @@ from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub import tap
+from mailhub.config import DEV_PORTS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,13 +37,10 @@ class MakeService(SynchronousTestCase):
         service = tap.makeService(self.options("--data", str(data)))
         self.assertTrue(service.config.dev)
         self.assertEqual(service.config.data_dir, data)
+        # Every listener of the port plan is served, on loopback only.
         self.assertEqual(
-            [s.description for s in service.namedServices.values() if hasattr(s, "key")],
-            [
-                "tcp:1025:interface=127.0.0.1",
-                "tcp:1587:interface=127.0.0.1",
-                "tcp:1465:interface=127.0.0.1",
-            ],
+            {s.key: s.description for s in service.namedServices.values() if hasattr(s, "key")},
+            {key: f"tcp:{port}:interface=127.0.0.1" for key, port in DEV_PORTS.items()},
         )
 
     def test_bad_config_is_a_clean_exit(self) -> None:

@@ -13,22 +13,29 @@ SMTP AUTH (RFC 4954) keeps that model: the client's responses to ``334`` challen
 read by the same command loop, routed to the exchange in progress instead of the dispatcher, and
 checking the credentials is one more pending Deferred. Mechanism parsing is ``mailhub.sasl``;
 whether a session may authenticate at all is the policy's ``check_auth``.
+
+Fault injection (``mailhub.faults``) hooks in at each stage: connect, EHLO/HELO, MAIL, RCPT, the
+end of the data, STARTTLS. Each hook first tests ``stage in faults.stages``, a lookup in an empty
+frozenset while no rule is active, so normal sessions pay nothing more.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from mailhub import sasl
 from mailhub.auth import IMailUser, PasswordCredentials
 from mailhub.envelope import Envelope, Recipient
+from mailhub.faults import Action, Rule, Stage
 from mailhub.interfaces import DeliveryError, IIncomingMessage
 from mailhub.smtp import replies as R
 from mailhub.smtp.address import (
@@ -58,6 +65,8 @@ MAX_PENDING_INPUT = 256 * 1024
 _BODY_TYPES = ("7BIT", "8BITMIME", "BINARYMIME")  # RFC 6152, RFC 3030
 
 HandlerResult = Reply | Deferred | None
+
+_NO_STARTTLS = frozenset({Action.NO_STARTTLS})
 
 
 class _Transaction:
@@ -141,6 +150,11 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
             "AUTH",
         )
     }
+    # RFC 5321 3.1: after a 554 (or other refusal) greeting the server waits for QUIT and
+    # answers every other command 503; a connect-stage fault swaps this table in.
+    refused_commands: ClassVar[dict[bytes, str]] = {
+        verb: "smtp_QUIT" if verb == b"QUIT" else "_refused_session" for verb in commands
+    }
     # RFC 5321 4.2.4: known to SMTP but not provided here -> 502.
     not_implemented: ClassVar[frozenset[bytes]] = frozenset(
         {b"TURN", b"ETRN", b"ATRN", b"SEND", b"SOML", b"SAML"}
@@ -179,6 +193,11 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         self._auth: sasl.Mechanism | None = None
         self._auth_delay: Deferred | None = None
         self._logout: object = None
+        # Fault injection: pending fault delays (cancelled if the client goes), the extra wait
+        # before every reply of a throttled session, and whether STARTTLS was hidden.
+        self._fault_delays: list[Deferred] | None = None
+        self._slow = 0.0
+        self._starttls_hidden = False
 
     # --- connection -------------------------------------------------------------------------
 
@@ -207,6 +226,12 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         if self._tls_active:
             self.session.tls = "TLS"  # refined (version, cipher) once a message is received
         self.setTimeout(self._limits.idle_timeout)
+        self._faults = f.faults
+        if Stage.CONNECT in self._faults.stages:
+            rule = self._fault(Stage.CONNECT)
+            if rule is not None:
+                self._connect_fault(rule, f.greeting)
+                return
         self.transport.write(f.greeting.wire)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -215,6 +240,9 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         delay, self._auth_delay = self._auth_delay, None
         if delay is not None:
             delay.cancel()
+        delays, self._fault_delays = self._fault_delays, None
+        for d in delays or ():
+            d.cancel()
         self._end_login()
         txn = self._txn
         if txn is not None and txn.message is not None:
@@ -294,6 +322,8 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
     def _respond(self, result: HandlerResult) -> None:
         if result is None:
             return
+        if self._slow:
+            result = self._delayed(self._slow, lambda r=result: r)  # a throttle fault
         if isinstance(result, Deferred):
             self._waiting = True
             # The client is not idle while we work; the timer restarts with the reply.
@@ -314,11 +344,12 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         self._log.failure("Error sending an SMTP reply", failure)
         self._shutdown(Reply(421, "4.3.0", "Error: internal server error"))
 
-    def _async_reply(self, reply: Reply) -> None:
+    def _async_reply(self, reply: Reply | None) -> None:
         self._waiting = False
         if self._closing:
             return
-        self._reply(reply)
+        if reply is not None:  # None: the handler answered itself (a delayed STARTTLS)
+            self._reply(reply)
         if self._closing:
             return
         self.setTimeout(self._limits.idle_timeout)
@@ -429,7 +460,11 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         return keywords
 
     def _starttls_available(self) -> bool:
-        return self.factory.tls_context_factory is not None and not self._tls_active
+        return (
+            self.factory.tls_context_factory is not None
+            and not self._tls_active
+            and not self._starttls_hidden
+        )
 
     def _auth_available(self) -> bool:
         """AUTH is advertised only where it may be used (RFC 4954 4: not before TLS)."""
@@ -438,18 +473,38 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
             and self.factory.policy.check_auth(self.session).accepted
         )
 
-    def smtp_EHLO(self, arg: str) -> Reply:
+    def smtp_EHLO(self, arg: str) -> HandlerResult:
         # RFC 2034: no enhanced codes in replies to HELO/EHLO.
         if not arg:
             return R.syntax("EHLO hostname", None)
+        stages = self._faults.stages
+        if stages:
+            if Stage.STARTTLS in stages and self._starttls_available():
+                self._starttls_hidden = (
+                    self._fault(Stage.STARTTLS, actions=_NO_STARTTLS) is not None
+                )
+            if Stage.EHLO in stages:
+                rule = self._fault(Stage.EHLO)
+                if rule is not None:
+                    return self._apply_fault(rule, lambda: self._ehlo(arg))
+        return self._ehlo(arg)
+
+    def _ehlo(self, arg: str) -> Reply:
         self._reset_transaction()  # RFC 5321 4.1.4: EHLO implies RSET
         self.session.helo = arg.split(" ", 1)[0]
         self.session.esmtp = True
         return Reply(250, None, (self.factory.hostname, *self.ehlo_keywords()))
 
-    def smtp_HELO(self, arg: str) -> Reply:
+    def smtp_HELO(self, arg: str) -> HandlerResult:
         if not arg:
             return R.syntax("HELO hostname", None)
+        if Stage.EHLO in self._faults.stages:
+            rule = self._fault(Stage.EHLO)
+            if rule is not None:
+                return self._apply_fault(rule, lambda: self._helo(arg))
+        return self._helo(arg)
+
+    def _helo(self, arg: str) -> Reply:
         self._reset_transaction()
         self.session.helo = arg.split(" ", 1)[0]
         self.session.esmtp = False
@@ -489,6 +544,14 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
                 return Reply(555, "5.5.4", f"Error: unsupported parameter {key}")
         if sender is not None and sender.needs_smtputf8 and not txn.smtputf8:
             return R.NEED_SMTPUTF8
+        if Stage.MAIL in self._faults.stages:
+            written = sender.written if sender is not None else ""
+            rule = self._fault(Stage.MAIL, sender=written)
+            if rule is not None:
+                return self._apply_fault(rule, lambda: self._check_sender(sender, txn))
+        return self._check_sender(sender, txn)
+
+    def _check_sender(self, sender: Mailbox | None, txn: _Transaction) -> HandlerResult:
         return _then(
             self.factory.policy.check_sender(self.session, sender), self._mail_decided, txn
         )
@@ -519,6 +582,14 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
             return R.NEED_SMTPUTF8
         if txn.rcpt_count >= self._limits.max_recipients:
             return R.TOO_MANY_RECIPIENTS  # RFC 5321 4.5.3.1.10; the client retries the rest
+        if Stage.RCPT in self._faults.stages:
+            written = txn.sender.written if txn.sender is not None else ""
+            rule = self._fault(Stage.RCPT, sender=written, recipients=(rcpt.written,))
+            if rule is not None:
+                return self._apply_fault(rule, lambda: self._check_recipient(rcpt, txn))
+        return self._check_recipient(rcpt, txn)
+
+    def _check_recipient(self, rcpt: Mailbox, txn: _Transaction) -> HandlerResult:
         return _then(
             self.factory.policy.check_recipient(self.session, rcpt), self._rcpt_decided, txn, rcpt
         )
@@ -649,12 +720,19 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
     def smtp_STARTTLS(self, arg: str) -> HandlerResult:
         if self._tls_active:
             return R.TLS_ACTIVE
-        if self.factory.tls_context_factory is None:
+        if self.factory.tls_context_factory is None or self._starttls_hidden:
             return R.NOT_IMPLEMENTED
         if arg:
             return R.syntax("STARTTLS")
         if self.session.helo is None:
             return R.NEED_HELO
+        if Stage.STARTTLS in self._faults.stages:
+            rule = self._fault(Stage.STARTTLS)
+            if rule is not None:
+                return self._apply_fault(rule, self._start_tls)
+        return self._start_tls()
+
+    def _start_tls(self) -> None:
         self.transport.write(R.START_TLS.wire)
         # RFC 3207 4.2 and CVE-2011-0411: anything the client sent after STARTTLS in plain text
         # is dropped, and everything learned before the handshake is forgotten.
@@ -973,10 +1051,21 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
             region = region[1:]
         self._content(region.replace(b"\r\n.", b"\r\n"))
 
-    def _finish_message(self, txn: _Transaction) -> Reply | Deferred:
+    def _finish_message(self, txn: _Transaction) -> HandlerResult:
+        if txn.failed is None and Stage.DATA in self._faults.stages:
+            rule = self._fault(
+                Stage.DATA,
+                sender=txn.sender.written if txn.sender is not None else "",
+                recipients=[r.address for r in txn.recipients],
+            )
+            if rule is not None:
+                return self._data_fault(rule, txn)
         if txn.failed is not None:
             self._log_message(txn, txn.failed)
             return txn.failed
+        return self._commit(txn)
+
+    def _commit(self, txn: _Transaction) -> Reply | Deferred:
         message, txn.message = txn.message, None
         try:
             d = message.commit()
@@ -1069,6 +1158,130 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
             self._content(tail)
         self._txn = None
         return self._finish_message(txn)
+
+    # --- fault injection (mailhub.faults) ---------------------------------------------------
+
+    def _fault(
+        self,
+        stage: Stage,
+        *,
+        sender: str | None = None,
+        recipients: tuple[str, ...] | list[str] = (),
+        actions: frozenset[Action] | None = None,
+    ) -> Rule | None:
+        if actions is None:
+            return self._faults.decide(
+                stage, sender=sender, recipients=recipients, client=self.session.client_address
+            )
+        return self._faults.decide(
+            stage,
+            sender=sender,
+            recipients=recipients,
+            actions=actions,
+            client=self.session.client_address,
+        )
+
+    def _apply_fault(self, rule: Rule, proceed: Callable[[], HandlerResult]) -> HandlerResult:
+        """What a command does under a firing rule; ``proceed`` is its normal handling."""
+        action = rule.action
+        if action is Action.REPLY:
+            return rule.reply
+        if action is Action.DISCONNECT:
+            self._drop()
+            return None
+        if action is Action.DELAY:
+            return self._delayed(rule.seconds, proceed)
+        self._slow = rule.seconds  # THROTTLE: from this reply on (_respond adds the wait)
+        return proceed()
+
+    def _connect_fault(self, rule: Rule, greeting: Reply) -> None:
+        if rule.action is Action.DISCONNECT:
+            self._drop()
+        elif rule.action is Action.REPLY:
+            reply = rule.reply
+            assert reply is not None
+            if reply.code != 421:
+                # RFC 5321 3.1: a refused session waits for QUIT; other commands get 503.
+                self.commands = self.refused_commands  # type: ignore[misc]
+            self._respond(reply)
+        else:
+            self._respond(self._apply_fault(rule, lambda: greeting))
+
+    def _refused_session(self, arg: str) -> Reply:
+        return R.BAD_SEQUENCE
+
+    def _data_fault(self, rule: Rule, txn: _Transaction) -> HandlerResult:
+        """A rule firing at the end of the data: the message is refused, dropped or late."""
+        action = rule.action
+        if action is Action.REPLY:
+            assert rule.reply is not None
+            self._fail(txn, rule.reply)  # not stored
+            self._log_message(txn, rule.reply, reason="fault injected")
+            return rule.reply
+        if action is Action.DISCONNECT:
+            self._log_message(txn, None, outcome="aborted", reason="fault injected: disconnect")
+            self._fail(txn, R.INTERNAL_ERROR)  # aborts the message; no reply is sent
+            self._drop()
+            return None
+        if action is Action.DELAY:
+
+            def gone() -> None:
+                self._log_message(txn, None, outcome="aborted")
+                self._fail(txn, R.INTERNAL_ERROR)
+
+            return self._delayed(rule.seconds, lambda: self._finish_after_fault(txn), gone)
+        self._slow = rule.seconds  # THROTTLE
+        return self._finish_after_fault(txn)
+
+    def _finish_after_fault(self, txn: _Transaction) -> Reply | Deferred:
+        if txn.failed is not None:
+            self._log_message(txn, txn.failed)
+            return txn.failed
+        return self._commit(txn)
+
+    def _delayed(
+        self,
+        seconds: float,
+        proceed: Callable[[], HandlerResult],
+        gone: Callable[[], None] | None = None,
+    ) -> Deferred:
+        """``proceed()`` after ``seconds`` on the factory's clock; ``gone()`` instead if the
+        connection ends first (the wait is cancelled then)."""
+        d: Deferred = deferLater(self.factory.clock, seconds, lambda: None)
+        if self._fault_delays is None:
+            self._fault_delays = []
+        self._fault_delays.append(d)
+
+        def waited(_: object) -> HandlerResult:
+            if self._fault_delays is not None and d in self._fault_delays:
+                self._fault_delays.remove(d)
+            if self._closing:
+                if gone is not None:
+                    gone()
+                return None
+            return proceed()
+
+        def cancelled(failure: Failure) -> None:
+            failure.trap(CancelledError)
+            if gone is not None:
+                gone()
+
+        return d.addCallbacks(waited, cancelled)
+
+    def _drop(self) -> None:
+        """End the connection without a reply, as a failing network would (a fault)."""
+        if self._closing:
+            return
+        self._closing = True
+        self.setTimeout(None)
+        self._log.info(
+            "fault: dropping the connection of {client}", client=self.session.client_address
+        )
+        txn = self._txn
+        if txn is not None and txn.message is not None:
+            self._log_message(txn, None, outcome="aborted", reason="fault injected: disconnect")
+        self._reset_transaction()
+        self.transport.loseConnection()
 
     # --- logging ----------------------------------------------------------------------------
 

@@ -104,6 +104,7 @@ class FolderCache:
         self._decoded: dict[tuple[str, str], object] = {}
         self._raw: dict[tuple[str, str], bytes] = {}
         self._sizes: dict[tuple[str, str], int] = {}  # key -> size of its latest record in file
+        self._live = 0  # sum of _sizes, kept as it changes (checked after every miss)
         self._ino: int | None = None  # the file generation read so far
         self._offset = 0  # bytes of it parsed
         self._dead = 0  # bytes in the file no longer needed (superseded, expunged, damaged)
@@ -177,7 +178,9 @@ class FolderCache:
             old = self._sizes.get(key)
             if old is not None:
                 self._dead += old
+                self._live -= old
             self._sizes[key] = size
+            self._live += size
             if key not in self._decoded:
                 self._raw[key] = body
 
@@ -187,6 +190,7 @@ class FolderCache:
         self._offset = 0
         self._raw.clear()
         self._sizes.clear()
+        self._live = 0
         self._dead = 0
         self._damaged = False
 
@@ -198,11 +202,29 @@ class FolderCache:
         key = (base, name)
         self._decoded[key] = value
         self._raw.pop(key, None)
+        rec = record(base, name, data)
         try:
             fd = self._appender()
-            os.write(fd, record(base, name, data))
+            written = os.write(fd, rec)
+            end = os.fstat(fd).st_size
         except OSError as e:
             log.warn("cannot append to {path}: {e}", path=str(self._path), e=str(e))
+            return
+        if (
+            written == len(rec)
+            and self._offset > 0
+            and self._ino == self._append_ino
+            and end - written == self._offset
+        ):
+            # Nothing else was appended since we last read the file: our record is the next
+            # one, so account for it here instead of re-reading it on the next miss.
+            self._offset = end
+            old = self._sizes.get(key)
+            if old is not None:
+                self._dead += old
+                self._live -= old
+            self._sizes[key] = written
+            self._live += written
 
     def _appender(self) -> int:
         try:
@@ -243,14 +265,15 @@ class FolderCache:
             for key in [k for k in store if k[0] in gone]:
                 del store[key]
         for key in [k for k in self._sizes if k[0] in gone]:
-            self._dead += self._sizes.pop(key)
+            size = self._sizes.pop(key)
+            self._dead += size
+            self._live -= size
 
     def live_bases(self) -> set[str]:
         return {k[0] for k in self._sizes} | {k[0] for k in self._decoded}
 
     def needs_compaction(self) -> bool:
-        live = sum(self._sizes.values())
-        return self._damaged or self._dead > max(COMPACT_MIN_DEAD, live)
+        return self._damaged or self._dead > max(COMPACT_MIN_DEAD, self._live)
 
     def compact(self, live: set[str]) -> None:
         """Rewrite the file keeping the latest intact record of each live message. The caller

@@ -193,6 +193,9 @@ class Folder:
         self._infos: dict[str, MessageInfo] = {}  # file name -> info, reused across syncs
         self._pending_keywords: dict[str, frozenset[str]] = {}  # base -> keywords, for adding
         self._cache: FolderCache | None = None
+        # Our own change since the state was built (it may not show in the listing: keywords
+        # only, or a rename that _entries already knows): the next sync() must rebuild.
+        self._stale = False
 
     def __repr__(self) -> str:
         return f"<Folder {self.name!r}>"
@@ -234,9 +237,15 @@ class Folder:
                 fn = de.name
                 if is_message(fn):
                     files[fn.partition(names.INFO_SEPARATOR)[0]] = fn
+        same = files == scan.files
         scan.files = files
         scan.stamp = stamp
         scan.trusted = st.st_mtime < self._settings.now() - self._settings.dirty_window
+        if not force and same and not self._stale and self._file_stamp() == self._list_stamp:
+            # Looked again (a recent mtime cannot be trusted) and found the same files, and
+            # the UID list did not change either: the state still holds. Saves rebuilding it
+            # on every command for a second after any change.
+            return False
         return True
 
     def _rescan(self) -> dict[str, tuple[str, str]]:
@@ -444,10 +453,12 @@ class Folder:
         self._infos = infos
         self._entries = entries
         self._uid_base = {m.uid: m.key for m in msgs}
+        self._stale = False
         self._state = FolderState(lst.uidvalidity, lst.uidnext, tuple(msgs), lst.highestmodseq)
 
     def _changed_by_us(self) -> None:
         """Our own rename/unlink changed a directory: make the next sync() look again."""
+        self._stale = True
         for scan in self._scans.values():
             scan.trusted = False
 

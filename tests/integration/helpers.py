@@ -35,12 +35,16 @@ def needs(tool: str) -> str | None:
 class ServiceTestCase(TestCase):
     """Runs the real service (store, group commit, SMTP listener) for the duration of a test."""
 
-    def start(self, **changes: Any) -> MailhubService:
-        """Build from the dev defaults with a fresh data dir; ``changes`` replace Config fields."""
+    def start(self, *, listeners: ListenersConfig | None = None, **changes: Any) -> MailhubService:
+        """Build from the dev defaults with a fresh data dir; ``changes`` replace Config fields.
+
+        ``listeners`` defaults to one SMTP listener on a loopback port chosen by the OS; pass
+        your own (with an SMTP one: ``smtp_port`` is read from it) to add IMAP, POP3, ...
+        """
         base = dev_config(Path(self.mktemp()).absolute())
-        config: Config = dataclasses.replace(
-            base, listeners=ListenersConfig(smtp=(LOOPBACK_ANY_PORT,)), **changes
-        )
+        if listeners is None:
+            listeners = ListenersConfig(smtp=(LOOPBACK_ANY_PORT,))
+        config: Config = dataclasses.replace(base, listeners=listeners, **changes)
         service = build(config)
         service.privilegedStartService()
         service.startService()
@@ -48,6 +52,10 @@ class ServiceTestCase(TestCase):
         self.service = service
         self.smtp_port = service.listening_ports("smtp")[0].getHost().port
         return service
+
+    def port(self, listener: str) -> int:
+        """The port the OS chose for the first ``listener`` ("imap", "imaps", ...)."""
+        return self.service.listening_ports(listener)[0].getHost().port
 
     def smtp(self) -> smtplib.SMTP:
         """A blocking smtplib client; use it inside ``in_thread``."""

@@ -1,11 +1,19 @@
-"""The whole receive path over a real socket: SMTP client -> receiver -> group commit -> Maildir."""
+"""The whole receive path over a real socket: SMTP client -> receiver -> group commit -> Maildir.
+
+``SmtplibDelivery`` runs on ``mailhub.testing`` (the fixture other projects use); the swaks tests
+still use ``ServiceTestCase``.
+"""
 
 from __future__ import annotations
 
 import smtplib
+from email.message import EmailMessage
+from typing import Any
 
-from twisted.internet import utils
+from twisted.internet import defer, threads, utils
+from twisted.trial.unittest import TestCase
 
+from mailhub.testing import MailhubTestServer
 from tests.integration.helpers import ServiceTestCase, needs, simple_message
 
 
@@ -14,9 +22,23 @@ def text(msg) -> str:
     return msg.get_content().replace("\r\n", "\n")
 
 
-class SmtplibDelivery(ServiceTestCase):
+class SmtplibDelivery(TestCase):
+    async def start(self, **changes: Any) -> MailhubTestServer:
+        """The whole server on a free port; ``changes`` replace Config fields."""
+        self.hub = await MailhubTestServer.started(self, services=("smtp",), **changes)
+        return self.hub
+
+    def smtp(self) -> smtplib.SMTP:
+        return self.hub.smtp_client()
+
+    def in_thread(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        return threads.deferToThread(f, *args)
+
+    def delivered(self, address: str) -> list[EmailMessage]:
+        return [m.message for m in self.hub.messages(address)]
+
     async def test_message_lands_in_maildir_with_trace_headers(self) -> None:
-        self.start()
+        await self.start()
 
         def send() -> dict:
             with self.smtp() as client:
@@ -36,7 +58,7 @@ class SmtplibDelivery(ServiceTestCase):
         self.assertEqual(list(msg.keys())[:2], ["Return-Path", "Received"])
 
     async def test_each_mailbox_gets_one_copy(self) -> None:
-        self.start()
+        await self.start()
         rcpts = ["bob@example.com", "bob+news@example.com", "Carol@Example.COM", "bob@example.com"]
 
         def send() -> dict:
@@ -50,7 +72,7 @@ class SmtplibDelivery(ServiceTestCase):
         self.assertNotIn("for <", self.delivered("carol@example.com")[0]["Received"])
 
     async def test_large_message_arrives_intact(self) -> None:
-        self.start()
+        await self.start()
         body = "".join(f"line {i:07d} " + "x" * 60 + "\n" for i in range(80_000))  # ~6 MB
 
         def send() -> None:
@@ -62,7 +84,7 @@ class SmtplibDelivery(ServiceTestCase):
         self.assertEqual(text(msg), body)
 
     async def test_dot_lines_survive_transparency(self) -> None:
-        self.start()
+        await self.start()
         body = ".\n..\n.leading dot\nend\n"
 
         def send() -> None:
@@ -74,7 +96,7 @@ class SmtplibDelivery(ServiceTestCase):
         self.assertEqual(text(msg), body)
 
     async def test_smtputf8_address(self) -> None:
-        self.start()
+        await self.start()
         raw = (
             "From: app@example.net\r\nTo: jörg@bücher.example\r\nSubject: grüße\r\n\r\nhallo\r\n"
         ).encode()
@@ -94,7 +116,7 @@ class SmtplibDelivery(ServiceTestCase):
     async def test_message_too_big_is_refused_and_not_stored(self) -> None:
         from mailhub.config import Limits
 
-        self.start(limits=Limits(max_message_size=10_000))
+        await self.start(limits=Limits(max_message_size=10_000))
 
         def send() -> tuple[int, bytes]:
             with self.smtp() as client:
@@ -116,7 +138,7 @@ class SmtplibDelivery(ServiceTestCase):
     async def test_unknown_user_in_closed_domain(self) -> None:
         from mailhub.config import DomainsConfig
 
-        self.start(domains=DomainsConfig(local=("example.com",)))
+        await self.start(domains=DomainsConfig(local=("example.com",)))
 
         def send() -> tuple[int, bytes]:
             with self.smtp() as client:

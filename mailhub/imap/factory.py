@@ -1,0 +1,71 @@
+"""The IMAP listener's factory: limits, store, portal, throttle, TLS, clock, connection counts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from mailhub.config import Limits
+from mailhub.imap.protocol import IMAPServerProtocol
+from mailhub.store import MailStore
+from mailhub.throttle import AuthThrottle
+
+
+class IMAPServerFactory(ServerFactory):
+    """Builds ``IMAPServerProtocol`` sessions sharing one configuration.
+
+    ``tls_context_factory`` turns on STARTTLS (None on an implicit-TLS listener, whose
+    transport is already TLS). ``plaintext_login_allowed(client_host)`` says whether LOGIN and
+    AUTHENTICATE may be used before TLS (otherwise LOGINDISABLED is advertised, RFC 3501 6.2.3).
+    """
+
+    protocol = IMAPServerProtocol
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        limits: Limits,
+        store: MailStore,
+        portal: Portal,
+        clock: IReactorTime,
+        tls_context_factory: object | None = None,
+        plaintext_login_allowed: Callable[[str], bool] = lambda host: False,
+        throttle: AuthThrottle | None = None,
+        log: Logger | None = None,
+    ) -> None:
+        self.hostname = hostname
+        self.limits = limits
+        self.store = store
+        self.portal = portal
+        self.clock = clock
+        self.tls_context_factory = tls_context_factory
+        self.plaintext_login_allowed = plaintext_login_allowed
+        self.throttle = throttle
+        self.log = log if log is not None else Logger(namespace="mailhub.imap")
+        self.connections = 0
+        self.connections_by_ip: dict[str, int] = {}
+
+    def connection_opened(self, client_address: str) -> bool:
+        """Count a new connection; False (not counted) when a limit says refuse it."""
+        per_ip = self.connections_by_ip.get(client_address, 0)
+        if (
+            self.connections >= self.limits.max_connections
+            or per_ip >= self.limits.max_connections_per_ip
+        ):
+            return False
+        self.connections += 1
+        self.connections_by_ip[client_address] = per_ip + 1
+        return True
+
+    def connection_closed(self, client_address: str) -> None:
+        self.connections -= 1
+        left = self.connections_by_ip.get(client_address, 1) - 1
+        if left > 0:
+            self.connections_by_ip[client_address] = left
+        else:
+            self.connections_by_ip.pop(client_address, None)

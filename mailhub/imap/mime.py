@@ -1,0 +1,802 @@
+"""Message structure for IMAP FETCH: the MIME tree of a stored message with byte offsets, ENVELOPE
+and BODYSTRUCTURE rendering (RFC 3501 7.4.2) and BODY[section] data (RFC 3501 6.4.5).
+
+``parse_structure`` reads a message once, line by line in bounded pieces (a 100 MB message is
+never in memory), and yields a small ``MessageStructure``: offsets and content fields of every
+part plus the top-level header block. Nothing is ever refused: missing or unterminated boundaries,
+bare LF, 8-bit headers, header-only messages all give a structure, as Dovecot's parser does.
+
+Part model (as Dovecot's): every part has a header [header_start, body_start) and a body
+[body_start, end). A multipart's children are its parts; a message/rfc822 part has one child,
+the encapsulated message, whose header starts at the part's body. The top-level part is the
+message itself. The CRLF before a boundary line belongs to the boundary (RFC 2046 5.1.1).
+"""
+
+from __future__ import annotations
+
+import marshal
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from mailhub.imap import mime_header as mh
+from mailhub.imap.render import nstring, paren, string
+
+# -- limits (Dovecot's defaults, message_max_nested/total parts) -----------------------------
+
+MAX_DEPTH = 100  # deeper multiparts and message/rfc822 parts are treated as opaque leaves
+MAX_PARTS = 10_000  # beyond this many parts further multiparts are leaves too
+MAX_LINE = 65_536  # read at most this much per readline(); longer lines come in pieces
+MAX_KEPT_HEADER = 256 * 1024  # top-level header octets kept for ENVELOPE / SEARCH / HEADER
+MAX_FIELD = 64 * 1024  # a content field longer than this is cut (it is garbage anyway)
+
+_VERSION = 1  # bump when the encoded layout changes
+
+# Fields kept per part: content fields for BODYSTRUCTURE, envelope fields for message parts.
+_CONTENT_FIELDS = {
+    b"content-type": 0,
+    b"content-transfer-encoding": 1,
+    b"content-id": 2,
+    b"content-description": 3,
+    b"content-md5": 4,
+    b"content-disposition": 5,
+    b"content-language": 6,
+    b"content-location": 7,
+}
+# RFC 3501 7.4.2 ENVELOPE order
+ENVELOPE_FIELDS = (
+    b"date",
+    b"subject",
+    b"from",
+    b"sender",
+    b"reply-to",
+    b"to",
+    b"cc",
+    b"bcc",
+    b"in-reply-to",
+    b"message-id",
+)
+_ENVELOPE_INDEX = {name: i for i, name in enumerate(ENVELOPE_FIELDS)}
+_ADDRESS_FIELDS = frozenset(range(2, 8))  # from .. bcc
+
+
+# -- the structure ---------------------------------------------------------------------------
+
+
+class Part:
+    """One MIME part. Field values are raw bytes (unfolded) or None; type/subtype as sent."""
+
+    __slots__ = (
+        "body_start",
+        "children",
+        "description",
+        "disposition",
+        "encoding",
+        "end",
+        "envelope",
+        "header_start",
+        "id",
+        "language",
+        "lines",
+        "location",
+        "md5",
+        "params",
+        "subtype",
+        "type",
+    )
+
+    def __init__(self) -> None:
+        self.header_start = 0
+        self.body_start = 0
+        self.end = 0
+        self.lines = 0
+        self.type = b"text"
+        self.subtype = b"plain"
+        self.params: tuple[tuple[bytes, bytes], ...] = ()
+        self.id: bytes | None = None
+        self.description: bytes | None = None
+        self.encoding: bytes | None = None
+        self.md5: bytes | None = None
+        self.disposition: tuple[bytes, tuple[tuple[bytes, bytes], ...]] | None = None
+        self.language: tuple[bytes, ...] | None = None
+        self.location: bytes | None = None
+        self.children: list[Part] = []
+        # for message roots (top level and encapsulated messages): the ENVELOPE fields
+        self.envelope: tuple[bytes | None, ...] | None = None
+
+    @property
+    def is_multipart(self) -> bool:
+        return self.type.lower() == b"multipart"
+
+    @property
+    def is_message(self) -> bool:
+        """message/rfc822 with an encapsulated message parsed (RFC 2046 5.2.1)."""
+        return bool(self.children) and not self.is_multipart
+
+    @property
+    def size(self) -> int:
+        return self.end - self.body_start
+
+    @property
+    def header_size(self) -> int:
+        return self.body_start - self.header_start
+
+    def _to_tuple(self) -> tuple:
+        return (
+            self.header_start,
+            self.body_start,
+            self.end,
+            self.lines,
+            self.type,
+            self.subtype,
+            self.params,
+            self.id,
+            self.description,
+            self.encoding,
+            self.md5,
+            self.disposition,
+            self.language,
+            self.location,
+            tuple(c._to_tuple() for c in self.children),
+            self.envelope,
+        )
+
+    @classmethod
+    def _from_tuple(cls, t: tuple) -> Part:
+        p = cls.__new__(cls)
+        (
+            p.header_start,
+            p.body_start,
+            p.end,
+            p.lines,
+            p.type,
+            p.subtype,
+            p.params,
+            p.id,
+            p.description,
+            p.encoding,
+            p.md5,
+            p.disposition,
+            p.language,
+            p.location,
+            children,
+            p.envelope,
+        ) = t
+        p.children = [cls._from_tuple(c) for c in children]
+        return p
+
+    def walk(self) -> Iterator[Part]:
+        yield self
+        for c in self.children:
+            yield from c.walk()
+
+
+class MessageStructure:
+    """What one parse of a message file yields: the part tree and the top-level header block.
+    ``to_bytes``/``from_bytes`` are a marshal of plain tuples; the part tree is rebuilt lazily
+    on first use, so decoding many cached structures for SEARCH on headers stays cheap."""
+
+    __slots__ = ("_data", "_root", "memo")
+
+    def __init__(self, data: tuple) -> None:
+        # (version, header block, envelope, file size, marshalled part tree): the tree stays
+        # one bytes object until a FETCH needs it, so decoding is one small marshal.loads
+        self._data = data
+        self._root: Part | None = None
+        self.memo: dict = {}  # derived values (e.g. decoded header text for SEARCH)
+
+    @classmethod
+    def _build(cls, header: bytes, root: Part, size: int) -> MessageStructure:
+        tree = marshal.dumps(root._to_tuple())
+        s = cls((_VERSION, header, root.envelope, size, tree))
+        s._root = root
+        return s
+
+    def to_bytes(self) -> bytes:
+        return marshal.dumps(self._data)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MessageStructure:
+        t = marshal.loads(data)
+        if type(t) is not tuple or not t or t[0] != _VERSION:
+            raise ValueError("not a MessageStructure of this version")
+        return cls(t)
+
+    @property
+    def header(self) -> bytes:
+        """The top-level header block including the blank line (cut at MAX_KEPT_HEADER)."""
+        return self._data[1]
+
+    @property
+    def envelope_fields(self) -> tuple[bytes | None, ...]:
+        """Raw (unfolded) values of the ENVELOPE fields of the message, in ENVELOPE order."""
+        return self._data[2]
+
+    @property
+    def size(self) -> int:
+        """Octets of the message file (RFC822.SIZE as stored)."""
+        return self._data[3]
+
+    @property
+    def root(self) -> Part:
+        """The top-level part (the message itself)."""
+        if self._root is None:
+            self._root = Part._from_tuple(marshal.loads(self._data[4]))
+        return self._root
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MessageStructure) and self._data == other._data
+
+    def __hash__(self) -> int:
+        return hash(self._data[4])
+
+    def __repr__(self) -> str:
+        return f"<MessageStructure {self.size} octets, {sum(1 for _ in self.root.walk())} parts>"
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+# A boundary line that ended a part: (index in the boundary stack, closing "--b--", offset of
+# the line, LFs before it, length of the line end before it -- which belongs to the boundary).
+_Hit = tuple[int, bool, int, int, int]
+
+
+class _Reader:
+    """Lines of a file with their offsets and LF counts; long lines come in MAX_LINE pieces and
+    only a piece that starts a line (``fresh``) can be a boundary or a header field."""
+
+    __slots__ = (
+        "fp",
+        "fresh",
+        "last_eol",
+        "next_fresh",
+        "nl",
+        "parts",
+        "pos",
+        "prev_eol",
+    )
+
+    def __init__(self, fp: BinaryIO) -> None:
+        self.fp = fp
+        self.pos = 0  # offset of the next unread octet
+        self.nl = 0  # LFs read so far
+        self.fresh = True  # the line last returned started at a line start
+        self.next_fresh = True
+        self.prev_eol = 0  # line end length (CRLF 2, LF 1, none 0) of the line before the last
+        self.last_eol = 0  # the same for the line last returned
+        self.parts = 0
+
+    def readline(self) -> bytes:
+        line = self.fp.readline(MAX_LINE)
+        self.fresh = self.next_fresh
+        self.prev_eol = self.last_eol
+        if line.endswith(b"\n"):
+            self.next_fresh = True
+            self.nl += 1
+            self.last_eol = 2 if line.endswith(b"\r\n") else 1
+        else:
+            self.next_fresh = False
+            self.last_eol = 0
+        self.pos += len(line)
+        return line
+
+
+def _boundary_hit(line: bytes, stack: list[bytes]) -> tuple[int, bool] | None:
+    """Which active boundary (index in stack, innermost first as Dovecot checks) this line is,
+    and whether it is the closing one ("--b--"). Prefix match, like Dovecot: trailing junk after
+    the boundary (whitespace, per RFC 2046, or worse) is ignored."""
+    for i in range(len(stack) - 1, -1, -1):
+        b = stack[i]
+        if line.startswith(b, 2):
+            return i, line.startswith(b"--", 2 + len(b))
+    return None
+
+
+def parse_structure(fp: BinaryIO) -> MessageStructure:
+    """Parse a message file (positioned at its start) into a MessageStructure; never raises
+    for bad message syntax (only for I/O errors)."""
+    r = _Reader(fp)
+    kept: list[bytes] = []
+    root, _hit = _parse_part(r, [], b"text", b"plain", 0, kept=kept)
+    return MessageStructure._build(b"".join(kept), root, r.pos)
+
+
+def _parse_part(
+    r: _Reader,
+    stack: list[bytes],
+    default_type: bytes,
+    default_subtype: bytes,
+    depth: int,
+    *,
+    kept: list[bytes] | None = None,
+    message: bool = True,
+) -> tuple[Part, _Hit | None]:
+    """Parse one part starting at r.pos (its header) and all inside it. Returns the part and the
+    boundary line that ended it (a _Hit), or None at EOF. ``kept`` collects the header lines
+    (top level); ``message`` says the part is a message (top level or encapsulated) whose
+    ENVELOPE fields are collected."""
+    p = Part()
+    r.parts += 1
+    p.header_start = r.pos
+    content: list[bytes | None] = [None] * len(_CONTENT_FIELDS)
+    env: list[bytes | None] | None = [None] * len(ENVELOPE_FIELDS) if message else None
+    kept_size = 0
+
+    # -- header: fields until the blank line
+    name: bytes | None = None
+    value: list[bytes] = []
+    value_size = 0
+    hit: _Hit | None = None
+
+    def finish_field() -> None:
+        if name is None:
+            return
+        lname = name.lower()
+        idx = _CONTENT_FIELDS.get(lname)
+        if idx is not None:
+            if content[idx] is None:  # the first Content-* field counts (as in Dovecot)
+                content[idx] = mh.unfold(b"".join(value))
+        elif env is not None:
+            idx = _ENVELOPE_INDEX.get(lname)
+            if idx is not None:
+                # as Dovecot: repeated address fields add up, other fields: the last one counts
+                val = mh.unfold(b"".join(value))
+                old = env[idx]
+                env[idx] = old + b", " + val if old and idx in _ADDRESS_FIELDS else val
+
+    while True:
+        line = r.readline()
+        if not line:
+            p.body_start = p.end = r.pos
+            break
+        fresh = r.fresh
+        if fresh and stack and line.startswith(b"--"):
+            h = _boundary_hit(line, stack)
+            if h is not None:
+                start = r.pos - len(line)
+                # the header ends before the CRLF that belongs to the boundary; no body. (The
+                # enclosing parts keep that CRLF: Dovecot counts so.)
+                hit = (h[0], h[1], start, r.nl - (r.last_eol > 0), 0)
+                p.body_start = p.end = max(p.header_start, start - r.prev_eol)
+                break
+        if kept is not None and kept_size < MAX_KEPT_HEADER:
+            kept.append(line)
+            kept_size += len(line)
+        if fresh and (line == b"\r\n" or line == b"\n"):
+            p.body_start = r.pos
+            break
+        if fresh and line[:1] not in (b" ", b"\t"):
+            finish_field()
+            colon = line.find(b":")
+            name = line[:colon].rstrip(b" \t") if colon > 0 else None
+            if name is not None and (b" " in name or b"\t" in name):
+                name = None
+            value = [line[colon + 1 :]] if name is not None else []
+            value_size = len(line)
+        elif name is not None and value_size < MAX_FIELD:
+            value.append(line)
+            value_size += len(line)
+    finish_field()
+    if env is not None:
+        p.envelope = tuple(env)
+    _apply_content(p, content, default_type, default_subtype)
+    body_nl = r.nl
+    if hit is not None:
+        return p, hit
+
+    # -- body
+    ltype = p.type.lower()
+    boundary = _param(p.params, b"boundary") if ltype == b"multipart" else None
+    deep = depth >= MAX_DEPTH or r.parts >= MAX_PARTS
+    if boundary is not None and not deep:
+        hit = _parse_multipart(r, p, stack, boundary, depth)
+    elif ltype == b"message" and p.subtype.lower() == b"rfc822":
+        # parsed as a message whatever its (invalid, RFC 2046 5.2.1) encoding, as Dovecot does;
+        # too deep: an empty message, so BODYSTRUCTURE keeps its RFC 3501 shape
+        if deep:
+            child = Part()
+            child.envelope = (None,) * len(ENVELOPE_FIELDS)
+            child.params = ((b"charset", b"us-ascii"),)
+            child.header_start = child.body_start = child.end = p.body_start
+            hit = _skip_body(r, stack)
+        else:
+            child, hit = _parse_part(r, stack, b"text", b"plain", depth + 1)
+        p.children = [child]
+    else:
+        hit = _skip_body(r, stack)
+    if hit is not None:
+        # the CRLF before the boundary line belongs to the boundary, not to this body
+        cut = hit[2] - hit[4]
+        if cut < p.body_start:
+            # an empty body right after the blank line: that line end belongs to the boundary
+            # and the header ends before it (as Dovecot counts)
+            p.body_start = max(p.header_start, cut)
+        p.end = max(p.body_start, cut)
+        end_nl = hit[3] - (1 if hit[4] and p.end == cut else 0)
+    else:
+        p.end = r.pos
+        end_nl = r.nl
+    p.lines = max(0, end_nl - body_nl)
+    if p.is_multipart and not p.children:
+        # RFC 3501 body-type-mpart needs one body at least: an empty text/plain, as Dovecot
+        empty = Part()
+        empty.header_start = empty.body_start = empty.end = p.body_start
+        empty.params = ((b"charset", b"us-ascii"),)
+        p.children = [empty]
+    return p, hit
+
+
+def _skip_body(r: _Reader, stack: list[bytes]) -> _Hit | None:
+    """Read a leaf body to the next boundary line of any open multipart, or to EOF."""
+    if not stack:
+        # nothing but EOF can end this body: read in big pieces
+        read = r.fp.read
+        while chunk := read(MAX_LINE):
+            r.pos += len(chunk)
+            r.nl += chunk.count(b"\n")
+        return None
+    readline = r.readline
+    while line := readline():
+        if line[:2] == b"--" and r.fresh:
+            h = _boundary_hit(line, stack)
+            if h is not None:
+                return h[0], h[1], r.pos - len(line), r.nl - (r.last_eol > 0), r.prev_eol
+    return None
+
+
+def _parse_multipart(
+    r: _Reader, p: Part, stack: list[bytes], boundary: bytes, depth: int
+) -> _Hit | None:
+    """The body of a multipart: preamble, parts, epilogue. Returns the outer boundary hit that
+    ended it, or None at EOF."""
+    inner = [*stack, boundary]
+    mine = len(stack)
+    digest = p.subtype.lower() == b"digest"
+    dtype, dsub = (b"message", b"rfc822") if digest else (b"text", b"plain")
+    hit = _skip_body(r, inner)  # preamble
+    while hit is not None and hit[0] == mine and not hit[1]:
+        child, hit = _parse_part(r, inner, dtype, dsub, depth + 1, message=False)
+        p.children.append(child)
+    if hit is not None and hit[0] == mine:  # closing boundary: the epilogue
+        epilogue = r.pos
+        hit = _skip_body(r, stack)
+        if hit is not None and hit[2] == epilogue:
+            # no epilogue: the line end of "--b--" stays in this part (as Dovecot counts)
+            hit = (*hit[:4], 0)
+    return hit
+
+
+def _param(params: tuple[tuple[bytes, bytes], ...], name: bytes) -> bytes | None:
+    for k, v in params:
+        if k.lower() == name:
+            return v or None
+    return None
+
+
+def _apply_content(
+    p: Part, content: list[bytes | None], default_type: bytes, default_subtype: bytes
+) -> None:
+    ctype, cte, cid, cdesc, cmd5, cdisp, clang, cloc = content
+    parsed = mh.parse_content_type(ctype) if ctype is not None else None
+    if parsed is None:
+        # RFC 2045 5.2: no (or an invalid) Content-Type means text/plain; charset=us-ascii
+        p.type, p.subtype = default_type, default_subtype
+        p.params = ((b"charset", b"us-ascii"),) if default_type == b"text" else ()
+    else:
+        p.type, p.subtype, params = parsed
+        if p.type.lower() == b"text" and not any(k.lower() == b"charset" for k, _ in params):
+            params.append((b"charset", b"us-ascii"))  # RFC 2045 5.2 default, shown as Dovecot
+        p.params = tuple(params)
+    p.encoding = cte.split(b";")[0].strip() or None if cte else None
+    p.id = cid or None
+    p.description = cdesc or None
+    p.md5 = cmd5 or None
+    p.location = cloc or None
+    if cdisp:
+        d = mh.parse_disposition(cdisp)
+        if d is not None:
+            p.disposition = (d[0], tuple(d[1]))
+    if clang:
+        langs = tuple(t for t in re.split(rb"[\s,]+", _strip_comments(clang)) if t)
+        p.language = langs or None
+
+
+def _strip_comments(value: bytes) -> bytes:
+    return re.sub(rb"\([^)]*\)", b" ", value)
+
+
+# -- rendering: ENVELOPE and BODYSTRUCTURE (RFC 3501 7.4.2) ----------------------------------
+
+
+def envelope(s: MessageStructure) -> bytes:
+    """The ENVELOPE of the message (memoised on the structure)."""
+    out = s.memo.get("envelope")
+    if out is None:
+        out = s.memo["envelope"] = _envelope(s.envelope_fields)
+    return out
+
+
+def _envelope(fields: tuple[bytes | None, ...] | None) -> bytes:
+    if fields is None:
+        fields = (None,) * len(ENVELOPE_FIELDS)
+    date, subject, from_, sender, reply_to, to, cc, bcc, in_reply_to, message_id = fields
+    from_list = _addresses(from_)
+    # RFC 3501 7.4.2: sender and reply-to default to from when absent
+    sender_list = _addresses(sender) if sender else from_list
+    reply_list = _addresses(reply_to) if reply_to else from_list
+    return paren(
+        [
+            nstring(date),
+            # Dovecot shows the subject with every whitespace run as one space; so do we
+            nstring(_WSP_RUN.sub(b" ", subject) if subject else subject),
+            from_list,
+            sender_list,
+            reply_list,
+            _addresses(to),
+            _addresses(cc),
+            _addresses(bcc),
+            nstring(in_reply_to),
+            nstring(message_id),
+        ]
+    )
+
+
+_WSP_RUN = re.compile(rb"[ \t]+")
+
+
+def _addresses(value: bytes | None) -> bytes:
+    addrs = mh.parse_address_list(value)
+    if not addrs:
+        return b"NIL"
+    return b"(" + b"".join(paren(nstring(x) for x in a) for a in addrs) + b")"
+
+
+def bodystructure(s: MessageStructure, extensible: bool) -> bytes:
+    """BODYSTRUCTURE (extensible=True, with extension data) or BODY (without); memoised."""
+    key = "bodystructure" if extensible else "body"
+    out = s.memo.get(key)
+    if out is None:
+        out = s.memo[key] = _body(s.root, extensible)
+    return out
+
+
+def _params(params: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    if not params:
+        return b"NIL"
+    return paren(string(x) for kv in params for x in kv)
+
+
+def _body(p: Part, ext: bool) -> bytes:
+    if p.is_multipart:
+        out = b"".join(_body(c, ext) for c in p.children) + b" " + string(p.subtype)
+        if ext:
+            out += b" " + _params(p.params) + b" " + _ext_tail(p)
+        return b"(" + out + b")"
+    items = [
+        # media-message is "MESSAGE" "RFC822"; shown in lower case as Dovecot does
+        b'"message" "rfc822"' if p.is_message else string(p.type) + b" " + string(p.subtype),
+        _params(p.params),
+        nstring(p.id),
+        nstring(p.description),
+        string(p.encoding or b"7bit"),
+        b"%d" % p.size,
+    ]
+    ltype = p.type.lower()
+    if p.is_message:
+        child = p.children[0]
+        items += [_envelope(child.envelope), _body(child, ext), b"%d" % p.lines]
+    elif ltype == b"text":
+        items.append(b"%d" % p.lines)
+    if ext:
+        items += [nstring(p.md5), _ext_tail(p)]
+    return paren(items)
+
+
+def _ext_tail(p: Part) -> bytes:
+    """body-fld-dsp SP body-fld-lang SP body-fld-loc"""
+    if p.disposition is None:
+        dsp = b"NIL"
+    else:
+        dsp = paren([string(p.disposition[0]), _params(p.disposition[1])])
+    if p.language is None:
+        lang = b"NIL"
+    else:
+        lang = paren(string(x) for x in p.language)
+    return dsp + b" " + lang + b" " + nstring(p.location)
+
+
+def header_block(s: MessageStructure) -> bytes:
+    """The top-level header including the blank line that ends it (if the message has one)."""
+    return s.header
+
+
+# -- sections (RFC 3501 6.4.5) ---------------------------------------------------------------
+
+_SECTION_TEXTS = ("", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME")
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """BODY[<section>]: part numbers, then what of that part. ``fields`` are upper-cased."""
+
+    part: tuple[int, ...] = ()
+    text: str = ""
+    fields: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str, fields: tuple[str, ...] | list[str] = ()) -> Section:
+        """From the text between the brackets without the field list, e.g. ``1.2.MIME`` or
+        ``HEADER.FIELDS`` (then fields are the names inside the parentheses). ValueError if the
+        spec is not RFC 3501 section-spec."""
+        part: list[int] = []
+        rest = spec
+        while rest and rest[0].isdigit():
+            num, _, rest = rest.partition(".")
+            if not num.isdigit() or num.startswith("0"):
+                raise ValueError(f"bad section part number {num!r}")
+            part.append(int(num))
+            if not rest and spec.endswith("."):
+                raise ValueError("section ends with '.'")
+        text = rest.upper()
+        if text not in _SECTION_TEXTS:
+            raise ValueError(f"unknown section text {rest!r}")
+        if text == "MIME" and not part:
+            raise ValueError("MIME needs a part number (RFC 3501 6.4.5)")
+        has_list = text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT")
+        if has_list and not fields:
+            raise ValueError(f"{text} needs a list of header field names")
+        if fields and not has_list:
+            raise ValueError(f"{text or 'section'} takes no header field list")
+        upper = tuple(f.upper() for f in fields)
+        for f in upper:
+            if not f or any(c <= " " or c == ":" or c > "~" for c in f):
+                raise ValueError(f"bad header field name {f!r}")
+        return cls(tuple(part), text, upper)
+
+    def render(self) -> bytes:
+        """The section as echoed in the FETCH response, e.g. ``1.HEADER.FIELDS (FROM TO)``."""
+        spec = ".".join([*map(str, self.part), *([self.text] if self.text else [])])
+        if self.fields:
+            spec += " (" + " ".join(self.fields) + ")"
+        return spec.encode("ascii")
+
+
+class SectionData:
+    """The octets of a section: literal bytes and/or (offset, length) ranges of the file,
+    streamed on demand."""
+
+    __slots__ = ("pieces", "size")
+
+    def __init__(self, pieces: list[bytes | tuple[int, int]]) -> None:
+        self.pieces = [x for x in pieces if (len(x) if isinstance(x, bytes) else x[1]) > 0]
+        self.size = sum(len(x) if isinstance(x, bytes) else x[1] for x in self.pieces)
+
+    def slice(self, origin: int, count: int | None) -> SectionData:
+        """RFC 3501 6.4.5 partial <origin.count>: octets origin .. origin+count-1 (fewer when
+        the data is shorter; none when origin is beyond the end)."""
+        stop = self.size if count is None else min(self.size, origin + count)
+        out: list[bytes | tuple[int, int]] = []
+        pos = 0
+        for x in self.pieces:
+            n = len(x) if isinstance(x, bytes) else x[1]
+            lo, hi = max(origin, pos), min(stop, pos + n)
+            if lo < hi:
+                if isinstance(x, bytes):
+                    out.append(x[lo - pos : hi - pos])
+                else:
+                    out.append((x[0] + lo - pos, hi - lo))
+            pos += n
+        return SectionData(out)
+
+    def chunks(self, fp: BinaryIO, chunk_size: int = 65536) -> Iterator[bytes]:
+        for x in self.pieces:
+            if isinstance(x, bytes):
+                yield x
+                continue
+            offset, left = x
+            fp.seek(offset)
+            while left > 0:
+                data = fp.read(min(chunk_size, left))
+                if not data:  # the file shrank: never hand out fewer octets than announced
+                    raise OSError(f"message file ended at {offset + x[1] - left}")
+                left -= len(data)
+                yield data
+
+    def read(self, fp: BinaryIO) -> bytes:
+        """All of it in memory: for small sections only."""
+        return b"".join(self.chunks(fp))
+
+    def __repr__(self) -> str:
+        return f"<SectionData {self.size} octets {self.pieces!r}>"
+
+
+def find_part(s: MessageStructure, numbers: tuple[int, ...]) -> Part | None:
+    """The part a section number names (RFC 3501 6.4.5), or None if there is no such part.
+    Numbers after a message/rfc822 part count in the encapsulated message, where 1 names the
+    body of a non-multipart message. As in Dovecot, a leaf part of a multipart also answers to
+    one ``.1`` more (``2.1`` is part 2), and nothing deeper."""
+    node = s.root
+    in_message = True  # node is a message whose body the next number indexes
+    leaf_once = False
+    for i, n in enumerate(numbers):
+        if i and node.is_message:
+            node = node.children[0]
+            in_message = True
+        if node.is_multipart:
+            if n > len(node.children):
+                return None
+            node = node.children[n - 1]
+            leaf_once = True
+        elif n == 1 and (in_message or leaf_once):
+            leaf_once = False
+        else:
+            return None
+        in_message = False
+    return node
+
+
+def section_data(s: MessageStructure, section: Section, fp: BinaryIO) -> SectionData:
+    """The octets of BODY[section] (before any partial): an empty SectionData when the part
+    does not exist (RFC 3501 answers "" then, as Dovecot does)."""
+    node = find_part(s, section.part)
+    if node is None:
+        return SectionData([])
+    text = section.text
+    if text == "":
+        if not section.part:
+            return SectionData([(0, node.end)])
+        return SectionData([(node.body_start, node.size)])
+    if text == "MIME":
+        return SectionData([(node.header_start, node.header_size)])
+    # HEADER, HEADER.FIELDS[.NOT], TEXT: of the message (top) or of a message/rfc822 part
+    if section.part:
+        if not node.is_message:
+            return SectionData([])
+        node = node.children[0]
+    if text == "TEXT":
+        return SectionData([(node.body_start, node.size)])
+    if text == "HEADER":
+        return SectionData([(node.header_start, node.header_size)])
+    if node is s.root and len(s.header) == node.header_size:
+        block = s.header
+    else:
+        fp.seek(node.header_start)
+        block = _read_exact(fp, min(node.header_size, 4 * MAX_KEPT_HEADER))
+    return SectionData([filter_fields(block, section.fields, text == "HEADER.FIELDS.NOT")])
+
+
+def _read_exact(fp: BinaryIO, n: int) -> bytes:
+    out = []
+    while n > 0:
+        data = fp.read(n)
+        if not data:
+            break
+        out.append(data)
+        n -= len(data)
+    return b"".join(out)
+
+
+def filter_fields(block: bytes, names: tuple[str, ...], exclude: bool) -> bytes:
+    """HEADER.FIELDS / HEADER.FIELDS.NOT: the fields of a header block whose name is (not) in
+    names, case-insensitively, in message order, all occurrences, continuation lines included,
+    and the blank line that ends a header (RFC 3501 6.4.5: the subset is itself a header)."""
+    wanted = {n.lower().encode("ascii", "replace") for n in names}
+    out: list[bytes] = []
+    keep = False
+    for line in block.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                out.append(line)
+            continue
+        colon = line.find(b":")
+        # a line that is no field (no colon) is a field without value for this, as in Dovecot
+        name = (line[:colon] if colon >= 0 else line).rstrip(b" \t\r\n").lower()
+        keep = (name in wanted) != exclude
+        if keep:
+            out.append(line if line.endswith(b"\n") else line + b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)

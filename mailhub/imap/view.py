@@ -1,0 +1,200 @@
+"""One session's view of its selected folder: sequence numbers, flags as last told, \\Recent.
+
+Every session keeps its own snapshot (UIDs in sequence order and the ``MessageInfo`` it last
+reported) and reconciles it with ``Folder.sync()`` (two stat() calls when nothing changed).
+What changed since is turned into untagged responses (RFC 3501 7.3.1, 7.4.1, 7.4.2):
+
+- messages that others expunged -> ``* n EXPUNGE`` (highest first, so no number shifts under
+  another), but only when the command allows it (RFC 3501 7.4.1: not during FETCH, STORE or
+  SEARCH; their UID forms are fine). Until then they stay in the view as "ghosts", keeping
+  every sequence number right;
+- new messages -> ``* n EXISTS`` and ``* n RECENT``;
+- flag changes by others -> ``* n FETCH (FLAGS (...) UID u)``, with ``MODSEQ`` once CONDSTORE
+  is enabled (RFC 7162 3.2).
+
+\\Recent (RFC 3501 2.3.2) belongs to exactly one session: the one whose ``take_recent`` moved the
+message out of new/. EXAMINE takes nothing; it shows as recent what is still in new/.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
+
+from mailhub.imap import render
+from mailhub.imap.sequence import SequenceSet
+from mailhub.store import Folder, FolderState, MessageInfo
+
+# IMAP system flags <-> Maildir info letters (maildir.html); \Recent is session state.
+FLAG_TO_LETTER = {"\\Seen": "S", "\\Answered": "R", "\\Flagged": "F", "\\Deleted": "T",
+                  "\\Draft": "D"}  # fmt: skip
+LETTER_TO_FLAG = {v: k for k, v in FLAG_TO_LETTER.items()}
+_LETTER_ORDER = "SRFTD"
+PERMANENT_FLAGS = tuple(FLAG_TO_LETTER)
+
+
+def imap_flags(info: MessageInfo, recent: bool = False) -> list[str]:
+    flags = [LETTER_TO_FLAG[c] for c in _LETTER_ORDER if c in info.flags]
+    flags.extend(sorted(info.keywords))
+    if recent:
+        flags.append("\\Recent")
+    return flags
+
+
+def split_flags(flags: Iterable[str]) -> tuple[set[str], set[str]]:
+    """IMAP flag names -> (Maildir letters, keywords)."""
+    letters, keywords = set(), set()
+    for f in flags:
+        letter = FLAG_TO_LETTER.get(f)
+        if letter is not None:
+            letters.add(letter)
+        else:
+            keywords.add(f)
+    return letters, keywords
+
+
+class UidValidityChanged(Exception):
+    """The folder's UIDVALIDITY changed under the session: it cannot continue (RFC 3501 2.3.1.1)."""
+
+
+class BadSequence(ValueError):
+    """A message sequence number beyond the mailbox (RFC 9051 6.4.4: tagged BAD)."""
+
+
+def _same(a: MessageInfo, b: MessageInfo) -> bool:
+    return a is b or (a.flags == b.flags and a.keywords == b.keywords and a.modseq == b.modseq)
+
+
+class View:
+    """The selected folder as this session sees it (see the module docstring)."""
+
+    def __init__(self, folder: Folder, *, readonly: bool) -> None:
+        self.folder = folder
+        self.readonly = readonly
+        self.condstore = False  # set by the session when CONDSTORE is enabled
+        state = folder.sync()
+        self.uidvalidity = state.uidvalidity
+        self.uids: list[int] = [m.uid for m in state.messages]  # ascending (FolderState)
+        self.infos: dict[int, MessageInfo] = {m.uid: m for m in state.messages}
+        self.recent: set[int] = set()
+        fresh = [m.uid for m in state.messages if m.recent]
+        if readonly:
+            self.recent.update(fresh)
+        elif fresh:
+            self.recent.update(folder.take_recent(fresh))
+            state = folder.sync()
+            self.infos.update((m.uid, m) for m in state.messages if m.uid in self.infos)
+        self._state: FolderState = state
+        self.uidnext = state.uidnext
+        self.highestmodseq = state.highestmodseq
+
+    # -- numbers --------------------------------------------------------------------------
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def select(self, sequence: SequenceSet, *, uid: bool) -> list[tuple[int, int]]:
+        """``(seq, uid)`` pairs of a sequence set or UID set, in ascending order."""
+        uids = self.uids
+        out: list[tuple[int, int]] = []
+        if uid:
+            largest = uids[-1] if uids else 0
+            for low, high in sequence.ranges(largest):
+                i = bisect_left(uids, low)
+                j = bisect_right(uids, high)
+                out.extend((k + 1, uids[k]) for k in range(i, j))
+            return out
+        count = len(uids)
+        for low, high in sequence.ranges(count):
+            if high > count:
+                raise BadSequence(f"no message {high} (mailbox has {count})")
+            out.extend((k, uids[k - 1]) for k in range(low, high + 1))
+        return out
+
+    def info(self, uid: int) -> MessageInfo:
+        return self.infos[uid]
+
+    def gone(self, uid: int) -> bool:
+        """Expunged by someone else, not yet announced to this session."""
+        return uid not in self._state.by_uid
+
+    def flags_of(self, uid: int) -> list[str]:
+        return imap_flags(self.infos[uid], uid in self.recent)
+
+    # -- updates --------------------------------------------------------------------------
+
+    def update(self, infos: dict[int, MessageInfo]) -> None:
+        """Take the session's own flag changes (STORE) into the snapshot."""
+        for uid, info in infos.items():
+            if uid in self.infos:
+                self.infos[uid] = info
+                if info.modseq > self.highestmodseq:
+                    self.highestmodseq = info.modseq
+
+    def fetch_line(self, seq: int, uid: int, *, with_uid: bool = True) -> bytes:
+        parts = [b"FLAGS " + render.flag_list(self.flags_of(uid))]
+        if with_uid:
+            parts.insert(0, b"UID %d" % uid)
+        if self.condstore:
+            parts.append(b"MODSEQ (%d)" % self.infos[uid].modseq)
+        return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+
+    def sync(self, *, allow_expunge: bool) -> list[bytes]:
+        """Reconcile with the folder; the untagged responses that tell the client."""
+        state = self.folder.sync()
+        if state.uidvalidity != self.uidvalidity:
+            raise UidValidityChanged(self.folder.name)
+        previous, self._state = self._state, state
+        out: list[bytes] = []
+        if state is previous and not (allow_expunge and len(self.uids) != state.count):
+            return out
+        by_uid = state.by_uid
+        if allow_expunge:
+            gone = [i for i, uid in enumerate(self.uids) if uid not in by_uid]
+            if gone:
+                for i in reversed(gone):
+                    out.append(b"* %d EXPUNGE\r\n" % (i + 1))
+                    uid = self.uids[i]
+                    del self.infos[uid]
+                    self.recent.discard(uid)
+                keep = set(gone)
+                self.uids = [u for i, u in enumerate(self.uids) if i not in keep]
+        last = self.uids[-1] if self.uids else 0
+        new: list[MessageInfo] = []
+        changed: list[int] = []
+        infos = self.infos
+        for m in state.messages:
+            old = infos.get(m.uid)
+            if old is None:
+                if m.uid > last:
+                    new.append(m)
+                continue
+            if not _same(old, m):
+                infos[m.uid] = m
+                if old.flags != m.flags or old.keywords != m.keywords or self.condstore:
+                    changed.append(m.uid)
+        for uid in changed:
+            seq = self.seq_of(uid)
+            if seq is not None:
+                out.append(self.fetch_line(seq, uid))
+        if new:
+            new.sort(key=lambda m: m.uid)
+            for m in new:
+                self.uids.append(m.uid)
+                infos[m.uid] = m
+            fresh = [m.uid for m in new if m.recent]
+            if fresh:
+                if self.readonly:
+                    self.recent.update(fresh)
+                else:
+                    self.recent.update(self.folder.take_recent(fresh))
+            out.append(b"* %d EXISTS\r\n" % len(self.uids))
+            out.append(b"* %d RECENT\r\n" % len(self.recent))
+        self.uidnext = max(self.uidnext, state.uidnext)
+        self.highestmodseq = max(self.highestmodseq, state.highestmodseq)
+        return out

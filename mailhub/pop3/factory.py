@@ -1,0 +1,78 @@
+"""The POP3 listener's factory: settings, store, portal, throttle, clock and connection counts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from mailhub.config import Limits
+from mailhub.pop3.maildrop import Maildrop, open_maildrop
+from mailhub.pop3.protocol import POP3ServerProtocol
+from mailhub.store import MailStore
+from mailhub.throttle import AuthThrottle
+
+
+class POP3ServerFactory(ServerFactory):
+    """Builds ``POP3ServerProtocol`` sessions sharing one configuration.
+
+    ``tls_context_factory`` turns on STLS (RFC 2595); leave it None on an implicit-TLS listener
+    (pop3s: the service wraps this factory with ``tls_server_factory``) or where no certificate
+    is configured. ``plaintext_login_allowed(client_host)`` says whether USER/PASS/AUTH may be
+    used before TLS. ``open_maildrop`` is injectable for tests.
+    """
+
+    protocol = POP3ServerProtocol
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        limits: Limits,
+        store: MailStore,
+        portal: Portal,
+        clock: IReactorTime,
+        tls_context_factory: object | None = None,
+        throttle: AuthThrottle | None = None,
+        plaintext_login_allowed: Callable[[str], bool] = lambda host: False,
+        log: Logger | None = None,
+        open_maildrop: Callable[[MailStore, str], Maildrop] = open_maildrop,
+    ) -> None:
+        self.hostname = hostname
+        self.limits = limits
+        self.store = store
+        self.portal = portal
+        self.clock = clock
+        self.tls_context_factory = tls_context_factory
+        self.throttle = throttle
+        self.plaintext_login_allowed = plaintext_login_allowed
+        self.log = log if log is not None else Logger(namespace="mailhub.pop3")
+        self._open_maildrop = open_maildrop
+        self.connections = 0
+        self.connections_by_ip: dict[str, int] = {}
+
+    def open_maildrop(self, address: str) -> Maildrop:
+        return self._open_maildrop(self.store, address)
+
+    def connection_opened(self, client_address: str) -> bool:
+        """Count a new connection; False (not counted) when a limit says to refuse it."""
+        per_ip = self.connections_by_ip.get(client_address, 0)
+        if (
+            self.connections >= self.limits.max_connections
+            or per_ip >= self.limits.max_connections_per_ip
+        ):
+            return False
+        self.connections += 1
+        self.connections_by_ip[client_address] = per_ip + 1
+        return True
+
+    def connection_closed(self, client_address: str) -> None:
+        self.connections -= 1
+        left = self.connections_by_ip.get(client_address, 1) - 1
+        if left > 0:
+            self.connections_by_ip[client_address] = left
+        else:
+            self.connections_by_ip.pop(client_address, None)

@@ -1,0 +1,180 @@
+"""One POP3 session's view of a mailbox: the snapshot taken at login, and the UPDATE state.
+
+RFC 1939 4: message numbers are fixed for the session, so the maildrop is a snapshot of the
+INBOX taken when the lock is acquired; mail delivered later, or flags changed by IMAP, do not
+renumber it. Deletion marks live here, in memory, and reach the disk only in ``commit()`` (the
+UPDATE state after QUIT, RFC 1939 6): a dropped connection deletes nothing.
+
+No protocol text here: the protocol turns these answers into ``+OK``/``-ERR`` lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from twisted.logger import Logger
+
+from mailhub.pop3.lock import LOCK_FILENAME, SessionLock
+from mailhub.store import Folder, MailStore, MessageInfo, StoreError
+from mailhub.store.names import SEEN
+
+log = Logger(namespace="mailhub.pop3")
+
+# RFC 1939 7 (UIDL): a unique-id is 1 to 70 characters in the range 0x21 to 0x7E.
+MAX_UID_LENGTH = 70
+
+
+class NoSuchMessage(Exception):
+    """The message number is not usable; the text says why (for the ``-ERR`` line)."""
+
+
+def unique_id(key: str) -> str:
+    """The UIDL of a message: its Maildir base name, which is unique in the folder and never
+    changes or comes back. A base name that breaks RFC 1939's rules (longer than 70 characters,
+    e.g. from a long host name, or with characters outside 0x21-0x7E) is replaced by a digest
+    of itself: as stable, and collision-free in practice."""
+    if len(key) <= MAX_UID_LENGTH and key.isascii() and key.isprintable() and " " not in key:
+        return key
+    return "h" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    number: int  # 1-based message number (RFC 1939 4)
+    info: MessageInfo
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    deleted: int  # messages removed from disk
+    missing: int  # marked ones another session had already removed (not an error)
+    failed: bool  # some could not be removed: the client must hear -ERR (RFC 1939 6)
+
+
+class Maildrop:
+    """A snapshot of one folder with deletion marks. Use ``open_maildrop``."""
+
+    def __init__(self, address: str, folder: Folder, lock: SessionLock) -> None:
+        self.address = address
+        self._folder = folder
+        self._lock = lock
+        self._messages: tuple[MessageInfo, ...] = folder.sync().messages
+        self._deleted: set[int] = set()  # 0-based indexes
+        self._unique_ids: list[str] | None = None
+        self._seen: set[int] = set()  # retrieved: flagged \Seen when the session ends
+        self._count = len(self._messages)
+        self._size = sum(m.size for m in self._messages)
+        self.retrieved = 0  # for the session's log line
+
+    # -- reading the snapshot ----------------------------------------------------------------
+
+    def stat(self) -> tuple[int, int]:
+        """(messages, octets) not marked as deleted (RFC 1939 5 STAT)."""
+        return self._count, self._size
+
+    def get(self, number_text: str) -> Entry:
+        """The message ``number_text`` names, or NoSuchMessage saying why."""
+        if not (number_text.isascii() and number_text.isdigit()) or len(number_text) > 9:
+            raise NoSuchMessage(f"invalid message number {number_text[:20]!r}")
+        number = int(number_text)
+        if not 1 <= number <= len(self._messages):
+            raise NoSuchMessage(f"no message {number} (the maildrop has {len(self._messages)})")
+        if number - 1 in self._deleted:
+            raise NoSuchMessage(f"message {number} is deleted")
+        return Entry(number, self._messages[number - 1])
+
+    def entries(self) -> Iterator[tuple[int, MessageInfo]]:
+        """(number, info) of every message not marked as deleted, in order."""
+        deleted = self._deleted
+        if not deleted:
+            return enumerate(self._messages, 1)
+        return ((i + 1, m) for i, m in enumerate(self._messages) if i not in deleted)
+
+    def unique_ids(self) -> list[str]:
+        """The UIDL of every message in the snapshot (computed once per session)."""
+        if self._unique_ids is None:
+            self._unique_ids = [unique_id(m.key) for m in self._messages]
+        return self._unique_ids
+
+    # -- marks -------------------------------------------------------------------------------
+
+    def delete(self, entry: Entry) -> None:
+        self._deleted.add(entry.number - 1)
+        self._count -= 1
+        self._size -= entry.info.size
+
+    def reset(self) -> None:
+        """RSET: unmark every message (RFC 1939 5)."""
+        self._deleted.clear()
+        self._count = len(self._messages)
+        self._size = sum(m.size for m in self._messages)
+
+    # -- messages on disk --------------------------------------------------------------------
+
+    def open(self, entry: Entry) -> BinaryIO:
+        """The message file, for reading; MessageGone if another session expunged it."""
+        return self._folder.open_message(entry.info.uid)
+
+    def mark_seen(self, entry: Entry) -> None:
+        """RETR sets \\Seen for IMAP users, as Dovecot does (the Maildir S flag). Collected and
+        written in one batch when the session ends (QUIT or a dropped connection): one index
+        write for the session instead of one per message."""
+        self.retrieved += 1
+        if SEEN not in entry.info.flags:
+            self._seen.add(entry.number - 1)
+
+    def flush_seen(self) -> None:
+        """Set \\Seen on the retrieved messages (those marked deleted are left alone)."""
+        pending = sorted(self._seen - self._deleted)
+        self._seen.clear()
+        if not pending:
+            return
+        try:
+            self._folder.store_flags([self._messages[i].uid for i in pending], "add", {SEEN})
+        except (OSError, StoreError) as e:
+            # The client has its copies; a flag we could not set is not worth an error.
+            log.warn(
+                "could not mark {n} retrieved messages of {address} seen: {error}",
+                n=len(pending),
+                address=self.address,
+                error=str(e),
+            )
+
+    def commit(self) -> UpdateResult:
+        """The UPDATE state (RFC 1939 6): remove the marked messages, durably."""
+        self.flush_seen()
+        uids = [self._messages[i].uid for i in sorted(self._deleted)]
+        if not uids:
+            return UpdateResult(0, 0, False)
+        try:
+            removed = self._folder.expunge(uids)
+        except (OSError, StoreError) as e:
+            log.error("UPDATE failed for {address}: {error}", address=self.address, error=str(e))
+            return UpdateResult(0, 0, True)
+        return UpdateResult(len(removed), len(uids) - len(removed), False)
+
+    def close(self) -> None:
+        """End the session (after ``commit`` or without it): flags, then the lock."""
+        try:
+            self.flush_seen()
+        finally:
+            self._lock.release()
+
+
+def open_maildrop(store: MailStore, address: str) -> Maildrop:
+    """Lock the INBOX of ``address`` for this session and snapshot it. The mailbox is created
+    when missing (a user with no mail yet sees an empty maildrop). Raises MailboxBusy, or a
+    StoreError/OSError when the mailbox cannot be read."""
+    mailbox = store.mailbox(address, create=True)
+    # The lock file sits in the mailbox directory (the store keeps paths to itself; this is the
+    # one file the POP3 layer owns there).
+    lock = SessionLock(mailbox._path / LOCK_FILENAME)
+    lock.acquire()
+    try:
+        return Maildrop(address, mailbox.folder(), lock)
+    except BaseException:
+        lock.release()
+        raise

@@ -1,0 +1,685 @@
+"""The POP3 server session (RFC 1939) with CAPA (RFC 2449), STLS (RFC 2595), AUTH (RFC 5034)
+and the response codes of RFC 2449 8 and RFC 3206.
+
+Input is handled strictly one command at a time from a buffer (RFC 2449 6.6 PIPELINING: the
+client may send many commands at once; replies come in order). A handler returns the reply
+bytes, None when it answered itself, or a Deferred (a login being checked, a big message being
+streamed) while which nothing more is parsed: input is only buffered, and past a bound the
+transport is paused.
+
+States (RFC 1939 3): AUTHORIZATION until a login succeeds and the maildrop is locked, then
+TRANSACTION. UPDATE happens inside QUIT: only there are messages removed (``Maildrop.commit``);
+a connection that ends any other way removes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from mailhub import sasl
+from mailhub.auth import IMailUser, PasswordCredentials
+from mailhub.pop3.lock import MailboxBusy
+from mailhub.pop3.maildrop import Entry, Maildrop, NoSuchMessage, unique_id
+from mailhub.pop3.sender import WHOLE_MESSAGE_LIMIT, MessageProducer, TopReader, whole_message
+from mailhub.store import MessageGone
+
+if TYPE_CHECKING:
+    from mailhub.pop3.factory import POP3ServerFactory
+
+# RFC 2449 4: "command lines ... MUST NOT exceed 255 octets, including the terminating CRLF".
+MAX_COMMAND_LINE = 255
+# RFC 5034 4 lets SASL responses be longer than command lines; PLAIN with three 255-octet
+# fields is about 1 KiB of base64. Anything longer is refused as too long.
+MAX_SASL_LINE = 4096
+# Pipelined input buffered while a reply is pending, before the transport is paused.
+MAX_PENDING_INPUT = 64 * 1024
+
+_AUTHORIZATION, _TRANSACTION = "AUTHORIZATION", "TRANSACTION"
+
+Result = bytes | Deferred | None
+
+
+def ok(text: str = "") -> bytes:
+    return b"+OK " + text.encode("utf-8") + b"\r\n" if text else b"+OK\r\n"
+
+
+def err(text: str) -> bytes:
+    return b"-ERR " + text.encode("utf-8") + b"\r\n"
+
+
+def _printable(data: bytes, limit: int = 20) -> str:
+    """A piece of client input fit to quote in a reply: short, no control characters."""
+    text = data[:limit].decode("ascii", "replace")
+    return "".join(ch if ch.isascii() and ch.isprintable() else "?" for ch in text)
+
+
+# Fixed replies.
+TOO_MANY_CONNECTIONS = err("[SYS/TEMP] Too many connections, try again later")
+TIMEOUT = err("Disconnected for inactivity")
+TOO_MANY_ERRORS = err("Too many bad commands, closing")
+LINE_TOO_LONG = err(f"Command line too long (at most {MAX_COMMAND_LINE} octets with CRLF)")
+NOT_UTF8 = err("Command is not UTF-8")
+INTERNAL_ERROR = err("[SYS/TEMP] Internal server error")
+# RFC 3206 4: [AUTH] says the credentials (or their use here) are the problem.
+PLAINTEXT_REFUSED = err("[AUTH] Plaintext authentication is not allowed without TLS; use STLS")
+AUTH_FAILED = err("[AUTH] Authentication failed")
+# RFC 3206 4: [SYS/TEMP] means try again later; the throttle refuses this client for a while.
+TOO_MANY_FAILURES = err("[SYS/TEMP] Too many failed logins, try again later")
+AUTH_UNAVAILABLE = err("[SYS/TEMP] Cannot check credentials now, try again later")
+# RFC 2449 8.1.2: the maildrop is locked by another session.
+IN_USE = err("[IN-USE] Mailbox is in use by another POP3 session")
+MAILBOX_UNAVAILABLE = err("[SYS/TEMP] Cannot open the mailbox now, try again later")
+AUTH_CANCELLED = err("Authentication cancelled")
+AUTH_BAD_BASE64 = err("Authentication response is not valid base64")
+AUTH_MALFORMED = err("Authentication response is malformed")
+AUTH_LINE_TOO_LONG = err(f"Authentication response too long (at most {MAX_SASL_LINE} octets)")
+
+
+class POP3ServerProtocol(Protocol, TimeoutMixin):
+    """One POP3 session. ``commands`` maps each state's verbs to ``pop3_<VERB>(arg)``."""
+
+    factory: POP3ServerFactory
+
+    commands: ClassVar[dict[str, dict[bytes, str]]] = {
+        _AUTHORIZATION: {
+            v.encode(): f"pop3_{v}" for v in ("USER", "PASS", "AUTH", "STLS", "CAPA", "QUIT")
+        },
+        _TRANSACTION: {
+            v.encode(): f"pop3_{v}"
+            for v in (
+                "STAT",
+                "LIST",
+                "RETR",
+                "DELE",
+                "NOOP",
+                "RSET",
+                "QUIT",
+                "TOP",
+                "UIDL",
+                "CAPA",
+            )
+        },
+    }
+    # Known to POP3 but not offered: a clear answer instead of "unknown command".
+    not_supported: ClassVar[frozenset[bytes]] = frozenset({b"APOP", b"UTF8", b"LANG"})
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._running = False
+        self._waiting = False  # a reply is pending on a Deferred
+        self._paused = False
+        self._closing = False
+        self._counted = False
+        self._skip_line = False  # discarding the rest of an over-long line
+        self._errors = 0
+        self._state = _AUTHORIZATION
+        self._tls_active = False
+        self._user: bytes | None = None  # from USER, waiting for PASS
+        self._sasl: sasl.Mechanism | None = None  # an AUTH exchange waiting for a response
+        self._auth_delay: Deferred | None = None  # the throttle's delay before -ERR
+        self._maildrop: Maildrop | None = None
+        self._logout: object = None
+        self._streaming = False  # a RETR/TOP producer is sending: idle means no progress
+        self.client_address = ""
+
+    # --- connection -------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        f = self.factory
+        self._log = f.log
+        self.callLater = f.clock.callLater  # TimeoutMixin uses the injected clock
+        peer = self.transport.getPeer()
+        self.client_address = str(getattr(peer, "host", ""))
+        if not f.connection_opened(self.client_address):
+            self._log.info("refused connection from {client}", client=self.client_address)
+            self._shutdown(TOO_MANY_CONNECTIONS)
+            return
+        self._counted = True
+        # An implicit-TLS listener (pop3s) hands us a transport that is already TLS.
+        self._tls_active = ISSLTransport.providedBy(self.transport)
+        self.setTimeout(f.limits.pop3_idle_timeout)
+        self.transport.write(ok(f"{f.hostname} POP3 server ready"))
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        self.setTimeout(None)
+        delay, self._auth_delay = self._auth_delay, None
+        if delay is not None:
+            delay.cancel()
+        # No UPDATE: RFC 1939 6 removes messages only after QUIT.
+        self._end_session()
+        if self._counted:
+            self._counted = False
+            self.factory.connection_closed(self.client_address)
+
+    def timeoutConnection(self) -> None:
+        # RFC 1939 3: the autologout timer closes the session without entering UPDATE.
+        self._log.info("idle timeout for {client}", client=self.client_address)
+        if self._streaming:
+            # The client stopped reading a message: nothing more can reach it, and waiting for
+            # our buffers to drain would hold the lock and the connection slot forever.
+            self._closing = True
+            self.transport.abortConnection()
+            return
+        self._shutdown(TIMEOUT)
+
+    def _shutdown(self, reply: bytes) -> None:
+        if self._closing:
+            return
+        self.transport.write(reply)
+        self._closing = True
+        self.setTimeout(None)
+        self.transport.loseConnection()
+
+    def _end_session(self) -> None:
+        """Release the maildrop lock and the login (without UPDATE)."""
+        maildrop, self._maildrop = self._maildrop, None
+        if maildrop is not None:
+            maildrop.close()
+        logout, self._logout = self._logout, None
+        if callable(logout):
+            logout()
+
+    # --- input ------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            self._buf = data
+        else:
+            self._buf = buf[pos:] + data
+        self._pos = 0
+        if self._waiting:
+            if not self._paused and len(self._buf) > MAX_PENDING_INPUT:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        self._run()
+
+    def _run(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        try:
+            while not self._waiting and not self._closing and self._step():
+                pass
+        except Exception:
+            self._log.failure("POP3 session state broken for {client}", client=self.client_address)
+            self._shutdown(INTERNAL_ERROR)
+        finally:
+            self._running = False
+        if self._closing:
+            self._buf, self._pos = b"", 0
+
+    def _step(self) -> bool:
+        """Handle one line if a whole one is buffered; False when more input is needed."""
+        buf, pos = self._buf, self._pos
+        limit = MAX_SASL_LINE if self._sasl is not None else MAX_COMMAND_LINE
+        j = buf.find(b"\n", pos)
+        if self._skip_line:
+            if j < 0:
+                self._buf, self._pos = b"", 0
+                return False
+            self._pos = j + 1
+            self._skip_line = False
+            self._too_long()
+            return True
+        if j < 0:
+            if len(buf) - pos >= limit:
+                # Never buffer an endless line: drop it as it comes, answer at its end.
+                self._skip_line = True
+                self._buf, self._pos = b"", 0
+                return True
+            return False
+        self._pos = j + 1
+        if j + 1 - pos > limit:
+            self._too_long()
+            return True
+        # RFC 1939 3 says CRLF; a bare LF is taken too (it is unambiguous, and some clients
+        # send it).
+        end = j - 1 if j > pos and buf[j - 1] == 0x0D else j
+        line = buf[pos:end]
+        if self._sasl is not None:
+            self._respond(self._auth_response(line))
+        else:
+            self._dispatch(line)
+        return True
+
+    def _too_long(self) -> None:
+        if self._sasl is not None:
+            self._sasl = None
+            self._respond(AUTH_LINE_TOO_LONG)
+        else:
+            self._bad(LINE_TOO_LONG)
+
+    def _dispatch(self, line: bytes) -> None:
+        verb, _, rest = line.partition(b" ")
+        verb = verb.upper()
+        name = self.commands[self._state].get(verb)
+        if name is None:
+            if verb in self.not_supported:
+                self._bad(err(f"{verb.decode()} is not supported"))
+            elif any(verb in table for table in self.commands.values()):
+                when = "before login" if self._state == _AUTHORIZATION else "after login"
+                self._bad(err(f"{verb.decode()} is not allowed {when}"))
+            else:
+                self._bad(err(f"Unknown command {_printable(verb)!r}"))
+            return
+        try:
+            arg = rest.decode("utf-8")
+        except UnicodeDecodeError:
+            self._bad(NOT_UTF8)
+            return
+        try:
+            result = getattr(self, name)(arg)
+        except Exception:
+            self._log.failure(
+                "Unexpected error in {verb} from {client}",
+                verb=verb.decode("ascii", "replace"),
+                client=self.client_address,
+            )
+            result = INTERNAL_ERROR
+        self._respond(result)
+
+    # --- replies ----------------------------------------------------------------------------
+
+    def _bad(self, reply: bytes) -> None:
+        """A command error: answered, counted, and the session ends after too many."""
+        self.transport.write(reply)
+        self._errors += 1
+        if self._errors >= self.factory.limits.max_errors:
+            self._log.info("too many errors from {client}", client=self.client_address)
+            self._shutdown(TOO_MANY_ERRORS)
+
+    def _respond(self, result: Result) -> None:
+        if result is None:
+            return
+        if isinstance(result, Deferred):
+            self._waiting = True
+            if not self._streaming:
+                self.setTimeout(None)  # we are working, the client is not idle
+            result.addErrback(self._unexpected_failure)
+            result.addCallback(self._async_reply)
+            result.addErrback(self._reply_failed)
+        else:
+            self.transport.write(result)
+
+    def _unexpected_failure(self, failure: Failure) -> bytes:
+        self._log.failure(
+            "Unexpected error answering {client}", failure, client=self.client_address
+        )
+        return INTERNAL_ERROR
+
+    def _reply_failed(self, failure: Failure) -> None:
+        self._log.failure("Error sending a POP3 reply", failure)
+        self._shutdown(INTERNAL_ERROR)
+
+    def _async_reply(self, reply: bytes | None) -> None:
+        self._waiting = False
+        self._streaming = False
+        if self._closing:
+            return
+        if reply is not None:
+            self.transport.write(reply)
+        self.setTimeout(self.factory.limits.pop3_idle_timeout)
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+        self._run()
+
+    # --- AUTHORIZATION state ----------------------------------------------------------------
+
+    def capabilities(self) -> list[str]:
+        """RFC 2449 6: what this session offers now (it changes with STLS and login)."""
+        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+        if self._state == _AUTHORIZATION:
+            if self._login_allowed():
+                caps.append("USER")  # RFC 2449 6.3
+                caps.append("SASL " + " ".join(sasl.MECHANISMS))  # RFC 5034 5
+            if self._stls_available():
+                caps.append("STLS")  # RFC 2595 4
+        caps.append("IMPLEMENTATION mailhub")
+        return caps
+
+    def _login_allowed(self) -> bool:
+        return self._tls_active or self.factory.plaintext_login_allowed(self.client_address)
+
+    def _stls_available(self) -> bool:
+        return self.factory.tls_context_factory is not None and not self._tls_active
+
+    def pop3_CAPA(self, arg: str) -> bytes:
+        lines = "".join(f"{c}\r\n" for c in self.capabilities())
+        return ok("Capability list follows") + lines.encode() + b".\r\n"
+
+    def pop3_STLS(self, arg: str) -> Result:
+        if self._tls_active:
+            return self._error("TLS is already active")
+        if self.factory.tls_context_factory is None:
+            return self._error("STLS is not available on this listener")
+        if arg:
+            return self._error("Usage: STLS")
+        self.transport.write(ok("Begin TLS negotiation"))
+        # RFC 2595 4 and CVE-2011-0411: whatever the client sent after STLS in plain text is
+        # dropped, and a half-done USER is forgotten.
+        self._buf, self._pos = b"", 0
+        self._user = None
+        self.transport.startTLS(self.factory.tls_context_factory)
+        self._tls_active = True
+        return None
+
+    def pop3_USER(self, arg: str) -> Result:
+        if not self._login_allowed():
+            return PLAINTEXT_REFUSED
+        if not arg or " " in arg.strip():
+            self._user = None
+            return self._error("Usage: USER name")
+        self._user = arg.strip().encode("utf-8")
+        return ok("Send your password")
+
+    def pop3_PASS(self, arg: str) -> Result:
+        user, self._user = self._user, None
+        if user is None:
+            return self._error("Send USER first")
+        if not self._login_allowed():
+            return PLAINTEXT_REFUSED
+        if not arg:
+            return self._error("Usage: PASS password")
+        # RFC 1939 7: the password is the rest of the line, spaces included.
+        return self._login(user, arg.encode("utf-8"), "USER")
+
+    def pop3_AUTH(self, arg: str) -> Result:
+        self._user = None
+        if not arg:
+            # RFC 1734's form, still used by clients to probe: the mechanisms, one a line.
+            names = "".join(f"{m}\r\n" for m in sasl.MECHANISMS)
+            return ok("Supported mechanisms follow") + names.encode() + b".\r\n"
+        if not self._login_allowed():
+            return PLAINTEXT_REFUSED
+        name, _, initial = arg.partition(" ")
+        if " " in initial:
+            return self._error("Usage: AUTH mechanism [initial-response]")
+        mechanism = sasl.mechanism(name)
+        if mechanism is None:
+            return self._error(f"Unknown authentication mechanism {name[:20]!r}")
+        if self._refuse_throttled():
+            return None
+        self._sasl = mechanism
+        if initial:
+            # RFC 5034 4: the initial response, "=" for an empty one.
+            return self._auth_response(initial.encode("ascii", "replace"))
+        return self._auth_step(None)
+
+    def _auth_response(self, line: bytes) -> Result:
+        if line == b"*":
+            self._sasl = None  # RFC 5034 4: the client cancels
+            return AUTH_CANCELLED
+        try:
+            data = sasl.decode_response(line)
+        except sasl.SASLError:
+            self._sasl = None
+            return AUTH_BAD_BASE64
+        return self._auth_step(data)
+
+    def _auth_step(self, data: bytes | None) -> Result:
+        mechanism = self._sasl
+        assert mechanism is not None
+        try:
+            result = mechanism.step(data)
+        except sasl.SASLError:
+            self._sasl = None
+            return AUTH_MALFORMED
+        if isinstance(result, bytes):
+            # RFC 5034 4: a continuation is "+ " and the base64 challenge.
+            return b"+ " + sasl.encode_challenge(result).encode("ascii") + b"\r\n"
+        self._sasl = None
+        if not result.acts_as_itself():
+            # RFC 4616 2: nobody may act as another user; a failed login like any other.
+            self._log.info(
+                "AUTH from {client}: authorization identity refused", client=self.client_address
+            )
+            return self._login_failed()
+        return self._login(result.authcid, result.password, f"AUTH {mechanism.name}")
+
+    # --- login ------------------------------------------------------------------------------
+
+    def _refuse_throttled(self) -> bool:
+        """Too many failures from this address: refuse before any password is checked."""
+        throttle = self.factory.throttle
+        if throttle is not None and throttle.should_disconnect(self.client_address):
+            self._shutdown(TOO_MANY_FAILURES)
+            return True
+        return False
+
+    def _login(self, username: bytes, password: bytes, how: str) -> Result:
+        if self._refuse_throttled():
+            return None
+        d = self.factory.portal.login(PasswordCredentials(username, password), None, IMailUser)
+        return d.addCallbacks(
+            self._logged_in, self._login_refused, callbackArgs=(how,), errbackArgs=(how,)
+        )
+
+    def _logged_in(self, login: tuple, how: str) -> Result:
+        _interface, user, logout = login
+        if self._closing:
+            logout()
+            return None
+        if self.factory.throttle is not None:
+            self.factory.throttle.success(self.client_address)
+        try:
+            maildrop = self.factory.open_maildrop(user.address)
+        except MailboxBusy:
+            logout()
+            self._log.info(
+                "POP3 login of {user} from {client}: mailbox in use",
+                user=user.address,
+                client=self.client_address,
+            )
+            return IN_USE
+        except Exception:
+            logout()
+            self._log.failure("cannot open the maildrop of {user}", user=user.address)
+            return MAILBOX_UNAVAILABLE
+        self._maildrop, self._logout = maildrop, logout
+        self._state = _TRANSACTION
+        count, size = maildrop.stat()
+        self._log.info(
+            "POP3 login {user} from {client} ({how}): {count} messages",
+            event="login",
+            user=user.address,
+            client=self.client_address,
+            how=how,
+            count=count,
+        )
+        return ok(f"Logged in, {count} messages ({size} octets)")
+
+    def _login_refused(self, failure: Failure, how: str) -> Result:
+        if not failure.check(UnauthorizedLogin, UnhandledCredentials):
+            self._log.failure("POP3 {how} could not be checked", failure, how=how)
+            return AUTH_UNAVAILABLE
+        self._log.info(
+            "POP3 {how} failed from {client}",
+            event="auth_failed",
+            how=how,
+            client=self.client_address,
+        )
+        return self._login_failed()
+
+    def _login_failed(self) -> Result:
+        """-ERR [AUTH] after the throttle's delay, or disconnect after too many failures."""
+        throttle = self.factory.throttle
+        if throttle is None:
+            return AUTH_FAILED
+        if self._closing:
+            throttle.failure(self.client_address)  # still counted; nobody to answer
+            return None
+        d = self._auth_delay = throttle.delay_reply(self.client_address)
+
+        def waited(disconnect: bool) -> bytes | None:
+            self._auth_delay = None
+            if disconnect:
+                self._shutdown(TOO_MANY_FAILURES)
+                return None
+            return AUTH_FAILED
+
+        def cancelled(failure: Failure) -> None:
+            failure.trap(CancelledError)  # the client went away while we waited
+
+        return d.addCallbacks(waited, cancelled)
+
+    # --- TRANSACTION state ------------------------------------------------------------------
+
+    def _error(self, text: str) -> None:
+        self._bad(err(text))
+
+    def _entry(self, arg: str) -> Entry | None:
+        """The message one argument names; None after answering -ERR."""
+        assert self._maildrop is not None
+        try:
+            return self._maildrop.get(arg)
+        except NoSuchMessage as e:
+            self._error(str(e).capitalize())
+            return None
+
+    def _args(self, arg: str, usage: str, least: int, most: int) -> list[str] | None:
+        args = arg.split()
+        if not least <= len(args) <= most:
+            self._error(f"Usage: {usage}")
+            return None
+        return args
+
+    def pop3_STAT(self, arg: str) -> Result:
+        if arg:
+            return self._error("Usage: STAT")
+        count, size = self._maildrop.stat()
+        return ok(f"{count} {size}")
+
+    def pop3_LIST(self, arg: str) -> Result:
+        args = self._args(arg, "LIST [message]", 0, 1)
+        if args is None:
+            return None
+        if args:
+            entry = self._entry(args[0])
+            return None if entry is None else ok(f"{entry.number} {entry.info.size}")
+        count, size = self._maildrop.stat()
+        lines = "".join([f"{n} {m.size}\r\n" for n, m in self._maildrop.entries()])
+        return ok(f"{count} messages ({size} octets)") + lines.encode() + b".\r\n"
+
+    def pop3_UIDL(self, arg: str) -> Result:
+        args = self._args(arg, "UIDL [message]", 0, 1)
+        if args is None:
+            return None
+        if args:
+            entry = self._entry(args[0])
+            return None if entry is None else ok(f"{entry.number} {unique_id(entry.info.key)}")
+        ids = self._maildrop.unique_ids()
+        lines = "".join([f"{n} {ids[n - 1]}\r\n" for n, _ in self._maildrop.entries()])
+        return ok("Unique-ID listing follows") + lines.encode("ascii") + b".\r\n"
+
+    def pop3_DELE(self, arg: str) -> Result:
+        args = self._args(arg, "DELE message", 1, 1)
+        if args is None:
+            return None
+        entry = self._entry(args[0])
+        if entry is None:
+            return None
+        self._maildrop.delete(entry)  # only marked: removed in UPDATE (RFC 1939 6)
+        return ok(f"Message {entry.number} deleted")
+
+    def pop3_RSET(self, arg: str) -> Result:
+        if arg:
+            return self._error("Usage: RSET")
+        self._maildrop.reset()
+        count, size = self._maildrop.stat()
+        return ok(f"Maildrop has {count} messages ({size} octets)")
+
+    def pop3_NOOP(self, arg: str) -> Result:
+        if arg:
+            return self._error("Usage: NOOP")
+        return ok()
+
+    def pop3_RETR(self, arg: str) -> Result:
+        args = self._args(arg, "RETR message", 1, 1)
+        if args is None:
+            return None
+        entry = self._entry(args[0])
+        if entry is None:
+            return None
+        return self._send(entry, None)
+
+    def pop3_TOP(self, arg: str) -> Result:
+        args = self._args(arg, "TOP message lines", 2, 2)
+        if args is None:
+            return None
+        lines_text = args[1]
+        if not (lines_text.isascii() and lines_text.isdigit()) or len(lines_text) > 9:
+            return self._error(f"Invalid number of lines {lines_text[:20]!r}")
+        entry = self._entry(args[0])
+        if entry is None:
+            return None
+        return self._send(entry, int(lines_text))
+
+    def _send(self, entry: Entry, body_lines: int | None) -> Result:
+        """RETR (``body_lines`` None) or TOP: the message from disk, dot-stuffed."""
+        maildrop = self._maildrop
+        try:
+            f = maildrop.open(entry)
+        except MessageGone:
+            return self._error(f"Message {entry.number} was removed by another session")
+        source = f if body_lines is None else TopReader(f, body_lines)
+        try:
+            first = source.read(WHOLE_MESSAGE_LIMIT + 1)
+        except BaseException:
+            f.close()
+            raise
+        if body_lines is None:
+            head = ok(f"{entry.info.size} octets")
+        else:
+            head = ok(f"Top of message {entry.number} follows")
+        if len(first) <= WHOLE_MESSAGE_LIMIT:
+            f.close()
+            self.transport.write(head + whole_message(first))
+            if body_lines is None:
+                maildrop.mark_seen(entry)
+            return None
+        self.transport.write(head)
+        # The idle timer keeps running while we send, restarted by every block the client
+        # takes: a client that stops reading is cut off after pop3_idle_timeout.
+        self._streaming = True
+        d = MessageProducer(source, self.transport, first, progress=self.resetTimeout).start()
+        if body_lines is None:
+            d.addCallback(lambda _: maildrop.mark_seen(entry))
+        return d
+
+    def pop3_QUIT(self, arg: str) -> Result:
+        maildrop = self._maildrop
+        if maildrop is None:
+            self._shutdown(ok("Bye"))
+            return None
+        # RFC 1939 6: the UPDATE state. -ERR if a marked message could not be removed.
+        result = maildrop.commit()
+        self._log.info(
+            "POP3 logout {user} from {client}: {retrieved} retrieved, {deleted} deleted",
+            event="logout",
+            user=maildrop.address,
+            client=self.client_address,
+            retrieved=maildrop.retrieved,
+            deleted=result.deleted,
+        )
+        self._end_session()
+        if result.failed:
+            reply = err("[SYS/TEMP] Some deleted messages could not be removed")
+        else:
+            reply = ok(f"Logging out, {result.deleted} messages deleted")
+        self._shutdown(reply)
+        return None

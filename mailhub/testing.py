@@ -1,0 +1,527 @@
+"""A whole mailhub inside a test: free ports, a temporary directory, a test CA, helpers.
+
+Trial (the reactor runs the test; helpers return Deferreds)::
+
+    class SignupMail(TestCase):
+        async def test_welcome_mail(self):
+            hub = await MailhubTestServer.started(self)   # stopped by the test's cleanup
+            await hub.send("new-user@example.com", subject="Welcome")
+            message = await hub.wait_for_message(to="new-user@example.com")
+            self.assertEqual(message.subject, "Welcome")
+
+pytest (no reactor in the test; the helpers block, the reactor runs in a thread)::
+
+    @pytest.fixture
+    def mailhub(tmp_path):
+        with mailhub.testing.running(tmp_path) as hub:
+            yield hub
+
+    def test_welcome_mail(mailhub):
+        my_app.sign_up("new-user@example.com", smtp_port=mailhub.smtp_port)
+        assert mailhub.wait_for_message(to="new-user@example.com").subject == "Welcome"
+
+``wait_for_message`` never misses a message that arrived before it was called: it looks at
+everything delivered after its cursor (by default: since the server started, minus the messages
+earlier waits returned), so send-then-wait has no race.
+
+Everything runs with the development stack's behaviour (every address is accepted and kept),
+on 127.0.0.1 port 0, with a certificate for ``localhost``/``127.0.0.1`` signed by a throw-away
+CA (``ca_file``, ``client_context()``) so clients can really verify TLS. ``faults`` are the
+server's fault rules (``mailhub.faults``); bad certificates are signed by the same CA, so each
+is bad only in the way the rule says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import email
+import email.policy
+import smtplib
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import getaddresses
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet import defer, threads
+from twisted.internet.task import deferLater
+
+from mailhub.config import Config, FaultsConfig, ListenersConfig, TLSConfig, dev_config
+from mailhub.faults import CertificateIssuer, FaultRules, Rule
+from mailhub.service import FACTORIES, MailhubService, build
+from mailhub.store.errors import StoreError
+
+LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
+SMTP_POLICY = email.policy.SMTP
+POLL_INTERVAL = 0.02  # seconds between store scans while waiting for a message
+
+
+class MessageTimeout(AssertionError):
+    """No matching message arrived in time (an AssertionError: a test failure, not an error)."""
+
+
+# --- a throw-away certificate authority -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestCA:
+    """A root CA and a server certificate it signed for localhost and 127.0.0.1."""
+
+    __test__ = False  # not a pytest test class
+
+    ca_file: Path  # the root, PEM: what a client trusts
+    certificate_file: Path  # the server's certificate, PEM
+    key_file: Path  # its key
+    issuer: CertificateIssuer  # for the bad certificates of fault rules
+
+    @classmethod
+    def create(cls, directory: Path, names: Sequence[str] = ("localhost", "127.0.0.1")) -> TestCA:
+        directory.mkdir(parents=True, exist_ok=True)
+        now = datetime.datetime.now(datetime.UTC)
+        day = datetime.timedelta(days=1)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailhub.testing CA")])
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - day)
+            .not_valid_after(now + 30 * day)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        general: list[x509.GeneralName] = []
+        for name in names:
+            try:
+                general.append(x509.IPAddress(ip_address(name)))
+            except ValueError:
+                general.append(x509.DNSName(name))
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - day)
+            .not_valid_after(now + 30 * day)
+            .add_extension(x509.SubjectAlternativeName(general), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        pem = serialization.Encoding.PEM
+        ca_file = directory / "test-ca.pem"
+        ca_file.write_bytes(ca.public_bytes(pem))
+        certificate_file = directory / "server-cert.pem"
+        certificate_file.write_bytes(leaf.public_bytes(pem))
+        key_file = directory / "server-key.pem"
+        key_file.write_bytes(
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        return cls(ca_file, certificate_file, key_file, CertificateIssuer(ca, ca_key))
+
+    def client_context(self, *, check_hostname: bool = True) -> ssl.SSLContext:
+        """A client context that trusts only this CA and really verifies."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        ctx.check_hostname = check_hostname
+        return ctx
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A message as the store holds it."""
+
+    mailbox: str  # the address it was delivered to
+    folder: str
+    uid: int
+    key: str  # the Maildir base name: unique and stable
+    internaldate: int
+    raw: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.raw, policy=email.policy.default)  # type: ignore[return-value]
+
+    @property
+    def subject(self) -> str:
+        return str(self.message.get("Subject", ""))
+
+    @property
+    def recipients(self) -> list[str]:
+        """The mailbox plus the To and Cc header addresses, lower case."""
+        msg = self.message
+        found = [a for _n, a in getaddresses(msg.get_all("To", []) + msg.get_all("Cc", []))]
+        return [self.mailbox.lower(), *(a.lower() for a in found if a)]
+
+    @property
+    def text(self) -> str:
+        """The plain-text body (the first text/plain part), or ""."""
+        part = self.message.get_body(preferencelist=("plain",))
+        return part.get_content() if part is not None else ""  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A point in the store's history: the messages present then (by mailbox and key)."""
+
+    seen: frozenset[tuple[str, str]]
+
+
+def _matches(
+    m: Delivered, to: str | None, subject: str | None, match: Callable[[Delivered], bool] | None
+) -> bool:
+    if to is not None and to.lower() not in m.recipients:
+        return False
+    if subject is not None and subject not in m.subject:
+        return False
+    return match is None or match(m)
+
+
+# --- the server -----------------------------------------------------------------------------------
+
+
+class MailhubTestServer:
+    """One in-process mailhub on free ports. Helpers return Deferreds: call them on the reactor
+    thread (trial tests, ``async def`` tests). For blocking helpers use ``running()``.
+
+    ``changes`` replace fields of the dev ``Config`` (``limits=...``, ``smtp=...``); ``faults``
+    are rules in force from the start (``Rule`` objects or dicts); ``services`` names the
+    listeners to start (default: every kind this version serves, ``service.FACTORIES``)."""
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        faults: Sequence[Rule | Mapping[str, Any]] = (),
+        services: Sequence[str] | None = None,
+        **changes: Any,
+    ) -> None:
+        self.directory = Path(directory).absolute()
+        self.ca = TestCA.create(self.directory / "tls")
+        kinds = tuple(FACTORIES) if services is None else tuple(services)
+        unknown = [k for k in kinds if k not in FACTORIES]
+        if unknown:
+            raise ValueError(f"no such listeners: {unknown}; this version serves {list(FACTORIES)}")
+        listeners = ListenersConfig(**{key: (LOOPBACK_ANY_PORT,) for key in kinds})
+        rules = tuple(r if isinstance(r, Rule) else Rule.from_dict(r) for r in faults)
+        base = dev_config(self.directory / "data")
+        self.config: Config = dataclasses.replace(
+            base,
+            listeners=listeners,
+            tls=TLSConfig(certificate=self.ca.certificate_file, key=self.ca.key_file),
+            faults=FaultsConfig(rules=rules),
+            **changes,
+        )
+        self.service: MailhubService | None = None
+        self.ports: dict[str, int] = {}
+        self._returned: set[tuple[str, str]] = set()
+        self._start_cursor = Cursor(frozenset())
+
+    # -- life ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build and start the service (on the reactor thread); the ports are known after."""
+        service = build(self.config)
+        service.faults.certificate_issuer = self.ca.issuer
+        service.privilegedStartService()
+        service.startService()
+        self.service = service
+        self.ports = {
+            key: service.listening_ports(key)[0].getHost().port
+            for key in FACTORIES
+            if service.listening_ports(key)
+        }
+        self._start_cursor = self.cursor()
+
+    def stop(self) -> defer.Deferred[Any]:
+        service, self.service = self.service, None
+        if service is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(service.stopService)
+
+    @classmethod
+    async def started(cls, test: Any, **kwargs: Any) -> MailhubTestServer:
+        """A started server in a fresh directory of a trial test, stopped at its cleanup."""
+        hub = cls(Path(test.mktemp()), **kwargs)
+        hub.start()
+        test.addCleanup(hub.stop)
+        return hub
+
+    # -- facts ---------------------------------------------------------------------------------
+
+    @property
+    def smtp_port(self) -> int:
+        return self.ports["smtp"]
+
+    @property
+    def submission_port(self) -> int:
+        return self.ports["submission"]
+
+    @property
+    def smtps_port(self) -> int:
+        return self.ports["smtps"]
+
+    @property
+    def ca_file(self) -> Path:
+        return self.ca.ca_file
+
+    def client_context(self, *, check_hostname: bool = True) -> ssl.SSLContext:
+        return self.ca.client_context(check_hostname=check_hostname)
+
+    @property
+    def faults(self) -> FaultRules:
+        assert self.service is not None, "start the server first"
+        return self.service.faults
+
+    # -- mail ----------------------------------------------------------------------------------
+
+    def smtp_client(self, port: str = "smtp", timeout: float = 10) -> smtplib.SMTP:
+        """A blocking smtplib client connected to one listener (use it in a thread)."""
+        if port == "smtps":
+            return smtplib.SMTP_SSL(
+                "localhost", self.ports[port], timeout=timeout, context=self.client_context()
+            )
+        return smtplib.SMTP("127.0.0.1", self.ports[port], timeout=timeout)
+
+    def send_blocking(
+        self,
+        to: str | Sequence[str],
+        subject: str = "Test message",
+        body: str = "Sent by mailhub.testing.\n",
+        *,
+        sender: str = "sender@example.com",
+        message: EmailMessage | bytes | None = None,
+        port: str = "smtp",
+        starttls: bool = False,
+        login: tuple[str, str] | None = None,
+    ) -> dict[str, tuple[int, bytes]]:
+        """Send one message with smtplib (blocking: not on the reactor thread). Returns the
+        refused recipients as smtplib does; raises smtplib's exceptions when it fails."""
+        recipients = [to] if isinstance(to, str) else list(to)
+        if message is None:
+            message = EmailMessage()
+            message["From"] = sender
+            message["To"] = ", ".join(recipients)
+            message["Subject"] = subject
+            message.set_content(body)
+        # SMTP wants CRLF line ends (a bare LF is refused: RFC 5321 2.3.8).
+        data = message if isinstance(message, bytes) else message.as_bytes(policy=SMTP_POLICY)
+        with self.smtp_client(port) as client:
+            if starttls:
+                client.starttls(context=self.client_context())
+            if login is not None:
+                client.login(*login)
+            return client.sendmail(sender, recipients, data)
+
+    def send(self, *args: Any, **kwargs: Any) -> defer.Deferred[dict[str, tuple[int, bytes]]]:
+        """``send_blocking`` in a thread, so the reactor keeps serving it."""
+        return threads.deferToThread(self.send_blocking, *args, **kwargs)
+
+    def _entries(self, mailbox: str | None = None) -> list[tuple[str, str, Any, Any]]:
+        """(address, folder name, MessageInfo, Folder) of every message, oldest first."""
+        assert self.service is not None, "start the server first"
+        store = self.service.store
+        found: list[tuple[str, str, Any, Any]] = []
+        boxes = [mailbox.lower()] if mailbox is not None else store.mailboxes()
+        for address in boxes:
+            if not store.has_mailbox(address):
+                continue
+            box = store.mailbox(address)
+            for name in box.list_folders():
+                try:
+                    folder = box.folder(name)
+                    found.extend((address, name, i, folder) for i in folder.sync().messages)
+                except StoreError:
+                    continue  # deleted while we looked
+        found.sort(key=lambda e: (e[2].internaldate, e[2].key))
+        return found
+
+    @staticmethod
+    def _read(entry: tuple[str, str, Any, Any]) -> Delivered | None:
+        address, name, info, folder = entry
+        try:
+            raw = folder.read_message(info.uid)
+        except StoreError:
+            return None  # expunged meanwhile
+        return Delivered(address, name, info.uid, info.key, info.internaldate, raw)
+
+    def messages(self, mailbox: str | None = None) -> list[Delivered]:
+        """Every message in the store (or in one mailbox), oldest first, all folders."""
+        return [m for m in map(self._read, self._entries(mailbox)) if m is not None]
+
+    def cursor(self) -> Cursor:
+        """Now, as a point to wait from: only messages arriving after it count."""
+        return Cursor(frozenset((e[0], e[2].key) for e in self._entries()))
+
+    def find(
+        self,
+        *,
+        to: str | None = None,
+        subject: str | None = None,
+        match: Callable[[Delivered], bool] | None = None,
+        since: Cursor | None = None,
+    ) -> Delivered | None:
+        """The oldest matching message after ``since`` (default: the waits' own cursor)."""
+        exclude = since.seen if since is not None else self._start_cursor.seen | self._returned
+        for entry in self._entries():
+            if (entry[0], entry[2].key) in exclude:
+                continue
+            m = self._read(entry)
+            if m is not None and _matches(m, to, subject, match):
+                return m
+        return None
+
+    def wait_for_message(
+        self,
+        *,
+        to: str | None = None,
+        subject: str | None = None,
+        match: Callable[[Delivered], bool] | None = None,
+        since: Cursor | None = None,
+        timeout: float = 10.0,
+    ) -> defer.Deferred[Delivered]:
+        """The oldest message matching ``to`` (an address: the mailbox, To or Cc), ``subject``
+        (a substring) and ``match``, delivered after ``since``; at once if one is already
+        there. Without ``since``: delivered since the server started and not returned by an
+        earlier wait. Fails with MessageTimeout after ``timeout`` seconds."""
+        return defer.Deferred.fromCoroutine(
+            self._wait(to=to, subject=subject, match=match, since=since, timeout=timeout)
+        )
+
+    async def _wait(self, *, to, subject, match, since, timeout) -> Delivered:  # type: ignore[no-untyped-def]
+        from twisted.internet import reactor
+
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.find(to=to, subject=subject, match=match, since=since)
+            if found is not None:
+                if since is None:
+                    self._returned.add((found.mailbox, found.key))
+                return found
+            if time.monotonic() >= deadline:
+                wanted = ", ".join(
+                    f"{k}={v!r}" for k, v in (("to", to), ("subject", subject)) if v is not None
+                )
+                raise MessageTimeout(
+                    f"no message ({wanted or 'any'}) within {timeout} s; the store holds "
+                    f"{len(self._entries())}"
+                )
+            await deferLater(reactor, POLL_INTERVAL, lambda: None)  # type: ignore[arg-type]
+
+
+# --- blocking helpers for tests without a reactor (pytest) --------------------------------------
+
+_reactor_thread: threading.Thread | None = None
+_reactor_lock = threading.Lock()
+
+
+def _reactor_in_thread() -> Any:
+    """The global reactor, running in a daemon thread (started on first use, kept for the rest
+    of the process: a Twisted reactor cannot be restarted)."""
+    global _reactor_thread
+    from twisted.internet import reactor
+
+    with _reactor_lock:
+        if _reactor_thread is None:
+            # Under trial the reactor belongs to the test runner, even between its runs.
+            if reactor.running or "twisted.trial.runner" in sys.modules:  # type: ignore[attr-defined]
+                raise RuntimeError(
+                    "the reactor already runs here (a trial test?): use MailhubTestServer, "
+                    "whose helpers return Deferreds, instead of mailhub.testing.running()"
+                )
+            _reactor_thread = threading.Thread(
+                target=reactor.run,  # type: ignore[attr-defined]
+                kwargs={"installSignalHandlers": False},
+                name="mailhub.testing reactor",
+                daemon=True,
+            )
+            _reactor_thread.start()
+    return reactor
+
+
+class BlockingMailhub:
+    """``MailhubTestServer`` with blocking helpers; the reactor runs in another thread."""
+
+    def __init__(self, server: MailhubTestServer, reactor: Any) -> None:
+        self.server, self._reactor = server, reactor
+
+    def _call(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return threads.blockingCallFromThread(self._reactor, f, *args, **kwargs)
+
+    ports = property(lambda self: self.server.ports)
+    smtp_port = property(lambda self: self.server.smtp_port)
+    submission_port = property(lambda self: self.server.submission_port)
+    smtps_port = property(lambda self: self.server.smtps_port)
+    ca_file = property(lambda self: self.server.ca_file)
+    directory = property(lambda self: self.server.directory)
+
+    def client_context(self, *, check_hostname: bool = True) -> ssl.SSLContext:
+        return self.server.client_context(check_hostname=check_hostname)
+
+    def send(self, *args: Any, **kwargs: Any) -> dict[str, tuple[int, bytes]]:
+        return self.server.send_blocking(*args, **kwargs)
+
+    def messages(self, mailbox: str | None = None) -> list[Delivered]:
+        return self._call(self.server.messages, mailbox)
+
+    def cursor(self) -> Cursor:
+        return self._call(self.server.cursor)
+
+    def wait_for_message(self, **kwargs: Any) -> Delivered:
+        return self._call(self.server.wait_for_message, **kwargs)
+
+    def add_fault(self, rule: Rule | Mapping[str, Any]) -> str:
+        """Add a fault rule (on the reactor thread); its id."""
+        return self._call(lambda: self.server.faults.add(rule))
+
+    def remove_fault(self, rule_id: str) -> bool:
+        return self._call(lambda: self.server.faults.remove(rule_id))
+
+    def clear_faults(self) -> int:
+        return self._call(lambda: self.server.faults.clear())
+
+    def list_faults(self) -> list[dict[str, Any]]:
+        return self._call(lambda: self.server.faults.list())
+
+
+@contextlib.contextmanager
+def running(
+    directory: Path | str | None = None,
+    **kwargs: Any,
+) -> Iterator[BlockingMailhub]:
+    """A started mailhub with blocking helpers, for tests that do not run a reactor (pytest).
+    ``directory`` defaults to a new temporary one, removed afterwards."""
+    reactor = _reactor_in_thread()
+    with contextlib.ExitStack() as stack:
+        if directory is None:
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="mailhub-"))
+        server = MailhubTestServer(directory, **kwargs)
+        threads.blockingCallFromThread(reactor, server.start)
+        try:
+            yield BlockingMailhub(server, reactor)
+        finally:
+            threads.blockingCallFromThread(reactor, server.stop)

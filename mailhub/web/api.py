@@ -1,0 +1,745 @@
+"""The JSON API under /api/v1 (its description: ``openapi.py``, served at /api/v1/openapi.json).
+
+Every answer is JSON (raw sources, parts and the event stream apart); errors are
+``{"error": "...", "status": N}`` with a status that fits: 400 bad query or body, 401/403 login,
+404 unknown id or path, 405 method, 408 wait timed out, 413 body too large, 415 not JSON,
+502 release refused by the other server, 503 not ready. List and wait answers carry the feed's
+``cursor`` (also in the ``X-Mailhub-Cursor`` header).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from functools import cached_property
+from typing import Any
+from urllib.parse import quote
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from mailhub import __version__
+from mailhub.interfaces import Outcome
+from mailhub.store import MailboxNotFound, MessageGone, StoreError
+from mailhub.store.names import FLAGGED, SEEN
+from mailhub.web import parse, search
+from mailhub.web.access import Viewer
+from mailhub.web.feed import Change, Entry, MailFeed
+from mailhub.web.ids import parse_id
+from mailhub.web.openapi import openapi
+from mailhub.web.release import ReleaseError, release
+from mailhub.web.sanitise import count_remote, data_url, document, sanitise
+
+log = Logger()
+
+MAX_BODY = 64 * 1024  # JSON request bodies; larger: 413
+MAX_LIMIT = 1000  # messages per page
+DEFAULT_LIMIT = 50
+DEFAULT_WAIT = 30.0
+KEEPALIVE = 15.0  # seconds between SSE comments, so proxies keep the stream open
+MAX_STREAMS = 200  # simultaneous event streams and waits; more: 503
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+class _Candidate:
+    """An entry seen through the search module's eyes; parses the message only when asked."""
+
+    def __init__(self, feed: MailFeed, entry: Entry) -> None:
+        self._feed, self._entry = feed, entry
+        self.mailbox = entry.ref.mailbox
+        self.folder = entry.ref.folder
+        self.received = float(entry.received)
+        self.seen = SEEN in entry.flags
+        self.flagged = FLAGGED in entry.flags
+
+    @cached_property
+    def _summary(self) -> parse.Summary:
+        return self._feed.summary(self._entry)
+
+    @cached_property
+    def sender(self) -> str:
+        s = self._summary.sender
+        return f"{s.name} <{s.address}>".lower() if s else ""
+
+    @cached_property
+    def to(self) -> str:
+        return " ".join(
+            [f"{a.name} <{a.address}>" for a in self._summary.to] + [self.mailbox]
+        ).lower()
+
+    @cached_property
+    def cc(self) -> str:
+        return " ".join(f"{a.name} <{a.address}>" for a in self._summary.cc).lower()
+
+    @cached_property
+    def subject(self) -> str:
+        return self._summary.subject.lower()
+
+    @cached_property
+    def has_attachment(self) -> bool:
+        return any(not a.inline for a in self._summary.attachments)
+
+    def body(self) -> str:
+        return parse.body_text(parse.load(self._feed.raw(self._entry)))
+
+
+class Api:
+    """The handlers; ``site.Root`` routes requests here after the login check."""
+
+    def __init__(
+        self,
+        feed: MailFeed,
+        clock: IReactorTime,
+        *,
+        hostname: str,
+        max_wait: float,
+        faults: Any = None,
+        ready: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self.feed, self.clock, self.hostname, self.max_wait = feed, clock, hostname, max_wait
+        self.faults = faults
+        self.ready = ready
+        # Open long polls and event streams -> how to end each at shutdown.
+        self.streams: dict[IRequest, Callable[[], None]] = {}
+
+    # --- dispatch --------------------------------------------------------------------------
+
+    async def handle(self, request: IRequest, viewer: Viewer, path: list[str]) -> Any:
+        """Returns a JSON-able object (200 unless the handler set another code), or None when
+        the handler wrote the response itself."""
+        method = request.method.decode("ascii", "replace")
+        if method == "HEAD":
+            method = "GET"
+        n = len(path)
+        routes: dict[str, Callable[..., Awaitable[Any]]]
+        args: tuple[Any, ...] = ()
+        if n == 1 and path[0] in ("health", "livez"):
+            routes = {"GET": self.health}
+        elif n == 1 and path[0] in ("ready", "readyz"):
+            routes = {"GET": self.readiness}
+        elif n == 1 and path[0] == "openapi.json":
+            routes = {"GET": self.description}
+        elif n == 1 and path[0] == "info":
+            routes = {"GET": self.info}
+        elif n == 1 and path[0] == "mailboxes":
+            routes = {"GET": self.mailboxes}
+        elif n == 1 and path[0] == "messages":
+            routes = {"GET": self.list, "DELETE": self.delete_many}
+        elif n == 1 and path[0] == "wait":
+            routes = {"GET": self.wait}
+        elif n == 1 and path[0] == "events":
+            routes = {"GET": self.events}
+        elif n in (1, 2) and path[0] == "faults":
+            args = tuple(path[1:])
+            routes = (
+                {"GET": self.fault, "DELETE": self.fault_delete}
+                if args
+                else {"GET": self.fault_list, "POST": self.fault_add, "DELETE": self.fault_clear}
+            )
+        elif n >= 2 and path[0] == "messages":
+            entry = self._entry(path[1], viewer)
+            args = (entry,)
+            tail = path[2:]
+            if not tail:
+                routes = {"GET": self.get, "PATCH": self.patch, "DELETE": self.delete}
+            elif tail == ["raw"]:
+                routes = {"GET": self.raw}
+            elif tail == ["html"]:
+                routes = {"GET": self.html}
+            elif tail == ["release"]:
+                routes = {"POST": self.release}
+            elif len(tail) == 2 and tail[0] == "parts":
+                args = (entry, tail[1])
+                routes = {"GET": self.part}
+            else:
+                raise ApiError(404, "no such resource")
+        else:
+            raise ApiError(404, "no such resource (see /api/v1/openapi.json)")
+        handler = routes.get(method)
+        if handler is None:
+            request.setHeader(
+                "Allow", ", ".join(sorted(routes) + (["HEAD"] if "GET" in routes else []))
+            )
+            raise ApiError(405, f"{method} is not allowed here")
+        return await handler(request, viewer, *args)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _entry(self, message_id: str, viewer: Viewer) -> Entry:
+        ref = parse_id(message_id)
+        entry = self.feed.entries.get(message_id) if ref is not None else None
+        if entry is None and ref is not None and viewer.may_see(ref.mailbox):
+            self.feed.scan()  # delivered a moment ago, before the feed noticed
+            entry = self.feed.entries.get(message_id)
+        if entry is None or not viewer.may_see(entry.ref.mailbox):
+            raise ApiError(404, "no message with that id")
+        return entry
+
+    def _raw(self, entry: Entry) -> bytes:
+        try:
+            return self.feed.raw(entry)
+        except (MessageGone, StoreError, FileNotFoundError):
+            self.feed.scan()
+            raise ApiError(404, "the message was deleted") from None
+
+    def summary_json(self, entry: Entry) -> dict[str, Any]:
+        summary = self.feed.summary(entry)
+        out = {
+            "id": entry.id,
+            "seq": entry.seq,
+            "mailbox": entry.ref.mailbox,
+            "folder": entry.ref.folder,
+            "size": entry.size,
+            "received": _iso(entry.received),
+            "seen": SEEN in entry.flags,
+            "flagged": FLAGGED in entry.flags,
+        }
+        out.update(summary.json())
+        out["date"] = _iso(summary.date)
+        out["has_attachments"] = any(not a.inline for a in summary.attachments)
+        return out
+
+    @staticmethod
+    def _query(request: IRequest, name: str, default: str | None = None) -> str | None:
+        values = request.args.get(name.encode())
+        if not values:
+            return default
+        try:
+            return values[-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, f"query parameter {name} is not UTF-8") from None
+
+    def _int(self, request: IRequest, name: str, default: int, low: int, high: int) -> int:
+        text = self._query(request, name)
+        if text is None:
+            return default
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise ApiError(400, f"{name} must be a whole number from {low} to {high}")
+        return int(text)
+
+    def _terms(self, request: IRequest, extra: tuple[str, ...] = ()) -> tuple[search.Term, ...]:
+        parts = [self._query(request, "q") or ""]
+        for key in ("mailbox", "folder", *extra):
+            value = self._query(request, key)
+            if value:
+                parts.append(f"{key}:{json.dumps(value)}")
+        try:
+            return search.parse(" ".join(parts))
+        except search.QueryError as e:
+            raise ApiError(400, str(e)) from None
+
+    def _matching(
+        self, entries: Any, terms: tuple[search.Term, ...], viewer: Viewer
+    ) -> list[Entry]:
+        found = []
+        for entry in entries:
+            if not viewer.may_see(entry.ref.mailbox):
+                continue
+            try:
+                if search.matches(terms, _Candidate(self.feed, entry)):
+                    found.append(entry)
+            except (MessageGone, StoreError, FileNotFoundError):
+                continue  # deleted while we looked
+        return found
+
+    def _body(self, request: IRequest) -> dict[str, Any]:
+        data = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+        if len(data) > MAX_BODY:
+            raise ApiError(413, f"request body larger than {MAX_BODY} bytes")
+        if not data.strip():
+            return {}
+        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise ApiError(415, "send the request body as application/json")
+        try:
+            body = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"request body is not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        return body
+
+    def _cursor(self, request: IRequest) -> str:
+        cursor = self.feed.cursor
+        request.setHeader("X-Mailhub-Cursor", cursor)
+        return cursor
+
+    # --- health ----------------------------------------------------------------------------
+
+    async def health(self, request: IRequest, viewer: Viewer) -> Any:
+        return {"status": "ok", "version": __version__}
+
+    async def readiness(self, request: IRequest, viewer: Viewer) -> Any:
+        problem = self.ready()
+        if problem is None and not self.feed.running:
+            problem = "the mail feed is not running"
+        if problem is not None:
+            raise ApiError(503, problem)
+        return {"status": "ready", "messages": len(self.feed.entries)}
+
+    async def description(self, request: IRequest, viewer: Viewer) -> Any:
+        return openapi()
+
+    async def info(self, request: IRequest, viewer: Viewer) -> Any:
+        return {
+            "version": __version__,
+            "hostname": self.hostname,
+            "user": viewer.address,
+            "admin": viewer.admin,
+            "faults": self.faults is not None and viewer.admin,
+            "cursor": self._cursor(request),
+        }
+
+    # --- messages --------------------------------------------------------------------------
+
+    async def mailboxes(self, request: IRequest, viewer: Viewer) -> Any:
+        self.feed.scan()
+        boxes: dict[str, dict[str, Any]] = {}
+        for address in self.feed.store.mailboxes():
+            if viewer.may_see(address):
+                boxes[address] = {"address": address, "total": 0, "unread": 0, "folders": {}}
+        for entry in self.feed.entries.values():
+            box = boxes.get(entry.ref.mailbox)
+            if box is None:
+                continue
+            folder = box["folders"].setdefault(entry.ref.folder, {"total": 0, "unread": 0})
+            unread = SEEN not in entry.flags
+            box["total"] += 1
+            box["unread"] += unread
+            folder["total"] += 1
+            folder["unread"] += unread
+        return {"mailboxes": list(boxes.values()), "cursor": self._cursor(request)}
+
+    async def list(self, request: IRequest, viewer: Viewer) -> Any:
+        terms = self._terms(request)
+        start = self._int(request, "start", 0, 0, 10**9)
+        limit = self._int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        self.feed.scan()
+        cursor = self._cursor(request)
+        found = self._matching(self.feed.newest_first(), terms, viewer)
+        page = found[start : start + limit]
+        return {
+            "total": len(found),
+            "unread": sum(1 for e in found if SEEN not in e.flags),
+            "start": start,
+            "count": len(page),
+            "cursor": cursor,
+            "messages": [self.summary_json(e) for e in page],
+        }
+
+    async def get(self, request: IRequest, viewer: Viewer, entry: Entry) -> Any:
+        msg = parse.load(self._raw(entry))
+        d = parse.detail(msg)
+        base = f"/api/v1/messages/{entry.id}"
+        out = self.summary_json(entry)
+        out.update(
+            {
+                "headers": [[k, v] for k, v in d.headers],
+                "text": d.text,
+                "html": sanitise(d.html, self._inline_images(msg)) if d.html else "",
+                "html_url": f"{base}/html" if d.html else None,
+                "remote_content": count_remote(d.html) if d.html else 0,
+                "raw_url": f"{base}/raw",
+                "attachments": [
+                    {
+                        "part": a.part,
+                        "filename": a.filename,
+                        "content_type": a.content_type,
+                        "size": a.size,
+                        "content_id": a.content_id,
+                        "inline": a.inline,
+                        "url": f"{base}/parts/{a.part}",
+                    }
+                    for a in d.summary.attachments
+                ],
+                "envelope": {
+                    "mail_from": d.trace.mail_from,
+                    "recipient": d.trace.recipient or entry.ref.mailbox,
+                    "helo": d.trace.helo,
+                    "client_address": d.trace.client_address,
+                    "client_name": d.trace.client_name,
+                    "server": d.trace.server,
+                    "protocol": d.trace.protocol,
+                    "queue_id": d.trace.queue_id,
+                    "tls": d.trace.tls,
+                    "tls_cipher": d.trace.tls_cipher,
+                    "authenticated": d.trace.authenticated,
+                    "smtputf8": d.trace.smtputf8,
+                    "received": d.trace.received,
+                },
+                "defects": d.defects,
+            }
+        )
+        return out
+
+    @staticmethod
+    def _inline_images(msg: Any) -> Callable[[str], str | None]:
+        by_cid = {}
+        for part in msg.walk():
+            cid = (part.get("Content-ID") or "").strip().strip("<>")
+            if cid and part.get_content_maintype() == "image":
+                by_cid[cid] = part
+
+        def inline(cid: str) -> str | None:
+            part = by_cid.get(cid)
+            return data_url(part.get_content_type(), parse.part_bytes(part)) if part else None
+
+        return inline
+
+    async def html(self, request: IRequest, viewer: Viewer, entry: Entry) -> None:
+        msg = parse.load(self._raw(entry))
+        d = parse.detail(msg)
+        remote = self._query(request, "remote") in ("1", "true", "yes")
+        body = sanitise(d.html, self._inline_images(msg)) if d.html else ""
+        page = document(body, remote).encode("utf-8")
+        from mailhub.web.sanitise import content_security_policy
+
+        request.setHeader("Content-Type", "text/html; charset=utf-8")
+        request.setHeader("Content-Security-Policy", content_security_policy(remote))
+        request.setHeader("X-Frame-Options", "SAMEORIGIN")
+        self._send(request, page)
+
+    async def raw(self, request: IRequest, viewer: Viewer, entry: Entry) -> None:
+        data = self._raw(entry)
+        if self._query(request, "download") in ("1", "true", "yes"):
+            request.setHeader("Content-Type", "message/rfc822")
+            request.setHeader("Content-Disposition", _disposition(f"{entry.ref.key}.eml"))
+        else:
+            request.setHeader("Content-Type", "text/plain; charset=utf-8")
+        self._send(request, data)
+
+    async def part(self, request: IRequest, viewer: Viewer, entry: Entry, part: str) -> None:
+        msg = parse.load(self._raw(entry))
+        found = parse.find_part(msg, part)
+        if found is None:
+            raise ApiError(404, f"no part {part} in that message")
+        name = ""
+        try:
+            name = found.get_filename() or ""
+        except Exception:
+            pass
+        content_type = found.get_content_type()
+        # Always a download: an attachment's HTML or SVG must not run in the page's origin.
+        request.setHeader("Content-Type", "application/octet-stream")
+        request.setHeader("X-Mailhub-Content-Type", content_type)
+        request.setHeader("Content-Disposition", _disposition(name or f"part-{part}"))
+        self._send(request, parse.part_bytes(found))
+
+    @staticmethod
+    def _send(request: IRequest, data: bytes) -> None:
+        request.setHeader("Content-Length", str(len(data)))
+        if request.method != b"HEAD":
+            request.write(data)
+        request.finish()
+
+    async def patch(self, request: IRequest, viewer: Viewer, entry: Entry) -> Any:
+        body = self._body(request)
+        unknown = set(body) - {"seen", "flagged"}
+        if unknown or not body:
+            raise ApiError(400, 'send {"seen": true|false} and/or {"flagged": true|false}')
+        folder = self.feed.folder(entry.ref)
+        for key, letter in (("seen", SEEN), ("flagged", FLAGGED)):
+            if key not in body:
+                continue
+            if not isinstance(body[key], bool):
+                raise ApiError(400, f"{key} must be true or false")
+            try:
+                if body[key]:
+                    folder.add_flags(entry.uid, {letter})
+                else:
+                    folder.remove_flags(entry.uid, {letter})
+            except MessageGone:
+                self.feed.scan()
+                raise ApiError(404, "the message was deleted") from None
+        self.feed.scan()  # publishes the change to the page and other viewers
+        return self.summary_json(entry)
+
+    async def delete(self, request: IRequest, viewer: Viewer, entry: Entry) -> Any:
+        try:
+            self.feed.folder(entry.ref).delete(entry.uid)
+        except MessageGone:
+            pass  # gone already: the wanted state
+        self.feed.scan()
+        return {"deleted": [entry.id]}
+
+    async def delete_many(self, request: IRequest, viewer: Viewer) -> Any:
+        body = self._body(request)
+        self.feed.scan()
+        if "ids" in body:
+            ids = body["ids"]
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise ApiError(400, "ids must be a list of message ids")
+            entries = [self._entry(i, viewer) for i in ids]
+        else:
+            entries = self._matching(list(self.feed.entries.values()), self._terms(request), viewer)
+        by_folder: dict[Any, list[Entry]] = {}
+        for entry in entries:
+            by_folder.setdefault((entry.ref.mailbox, entry.ref.folder), []).append(entry)
+        deleted = []
+        for group in by_folder.values():
+            try:
+                folder = self.feed.folder(group[0].ref)
+                gone = set(folder.expunge([e.uid for e in group]))
+            except (MailboxNotFound, StoreError):
+                continue
+            deleted += [e.id for e in group if e.uid in gone]
+        self.feed.scan()
+        return {"deleted": deleted, "cursor": self._cursor(request)}
+
+    async def release(self, request: IRequest, viewer: Viewer, entry: Entry) -> Any:
+        if not viewer.admin:
+            raise ApiError(403, "only admins may release mail")
+        body = self._body(request)
+        host, port = body.get("host"), body.get("port", 25)
+        if not isinstance(host, str) or not host.strip() or len(host) > 255:
+            raise ApiError(400, 'release needs {"host": "smtp.example.com", "port": 25}')
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ApiError(400, "port must be a number from 1 to 65535")
+        raw = self._raw(entry)
+        facts = parse.trace(parse.load(raw))
+        recipients = body.get("to", [facts.recipient or entry.ref.mailbox])
+        if isinstance(recipients, str):
+            recipients = [recipients]
+        if not recipients or not all(
+            isinstance(r, str) and "@" in r and r.isprintable() and "<" not in r and ">" not in r
+            for r in recipients
+        ):
+            raise ApiError(400, "to must be a list of addresses")
+        mail_from = body.get("from", facts.mail_from or "")
+        if not isinstance(mail_from, str) or not mail_from.isprintable() or "<" in mail_from:
+            raise ApiError(400, "from must be an address (or empty for <>)")
+        try:
+            results = await release(
+                raw,
+                host=host.strip(),
+                port=port,
+                mail_from=mail_from,
+                recipients=recipients,
+                hostname=self.hostname,
+                queue_id=f"release-{entry.ref.key[:40]}",
+                reactor=self.clock,
+            )
+        except ReleaseError as e:
+            raise ApiError(502, str(e)) from None
+        answers = [
+            {
+                "recipient": r.recipient,
+                "outcome": r.outcome.value,
+                "status": r.status,
+                "diagnostic": r.diagnostic,
+                "remote": r.remote_mta,
+            }
+            for r in results
+        ]
+        delivered = all(r.outcome is Outcome.DELIVERED for r in results)
+        log.info(
+            "released {id} to {host}:{port} for {rcpts}: {ok}",
+            id=entry.id,
+            host=host,
+            port=port,
+            rcpts=recipients,
+            ok="delivered" if delivered else "refused",
+        )
+        if not delivered:
+            raise ApiError(502, "the server did not accept every recipient", results=answers)
+        return {"delivered": True, "results": answers}
+
+    # --- waiting and live events -----------------------------------------------------------
+
+    async def wait(self, request: IRequest, viewer: Viewer) -> Any:
+        terms = self._terms(request, extra=("to", "from", "subject"))
+        try:
+            since = self.feed.parse_cursor(self._query(request, "since"))
+        except search.QueryError as e:
+            raise ApiError(400, str(e)) from None
+        text = self._query(request, "timeout", str(DEFAULT_WAIT)) or ""
+        try:
+            timeout = float(text)
+        except ValueError:
+            timeout = -1.0
+        if not 0 <= timeout <= self.max_wait:
+            raise ApiError(400, f"timeout must be a number of seconds from 0 to {self.max_wait:g}")
+        self.feed.scan()  # everything on disk now is numbered: nothing before this is missed
+        found = self._matching(self.feed.after(since), terms, viewer)
+        if not found and timeout > 0:
+            if len(self.streams) >= MAX_STREAMS:
+                raise ApiError(503, "too many waiting clients")
+            found = await self._wait_for(request, terms, viewer, timeout)
+        cursor = self._cursor(request)
+        if not found:
+            raise ApiError(408, f"no matching message within {timeout:g} s", cursor=cursor)
+        return {"cursor": cursor, "messages": [self.summary_json(e) for e in found]}
+
+    async def _wait_for(
+        self, request: IRequest, terms: tuple[search.Term, ...], viewer: Viewer, timeout: float
+    ) -> list[Entry]:
+        done: Deferred[list[Entry]] = Deferred()
+
+        def changed(changes: list[Change]) -> None:
+            new = [c.entry for c in changes if c.kind == "new"]
+            found = self._matching(new, terms, viewer)
+            if found and not done.called:
+                done.callback(found)
+
+        def give_up(_: object = None) -> None:
+            if not done.called:
+                done.callback([])
+
+        unsubscribe = self.feed.subscribe(changed)
+        timer = self.clock.callLater(timeout, give_up)
+        request.notifyFinish().addErrback(give_up)  # the client went away
+        self.streams[request] = give_up  # shutdown: answer now
+        try:
+            return await done
+        finally:
+            self.streams.pop(request, None)
+            unsubscribe()
+            if timer.active():
+                timer.cancel()
+
+    async def events(self, request: IRequest, viewer: Viewer) -> None:
+        """Server-Sent Events: ``new`` (a message summary), ``flags`` (id, seen, flagged),
+        ``deleted`` (id); each event's id is the cursor after it. A reconnecting browser sends
+        ``Last-Event-ID`` and gets the messages it missed."""
+        if len(self.streams) >= MAX_STREAMS:
+            raise ApiError(503, "too many event streams")
+        request.setHeader("Content-Type", "text/event-stream; charset=utf-8")
+        request.setHeader("Cache-Control", "no-store")
+        request.setHeader("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
+        self.feed.scan()
+        missed: list[Entry] = []
+        last = request.getHeader("last-event-id")
+        if last:
+            try:
+                missed = self.feed.after(self.feed.parse_cursor(last))
+            except search.QueryError:
+                missed = []
+        request.write(b"retry: 2000\n\n")
+        request.write(_event("hello", {"cursor": self.feed.cursor}, self.feed.cursor))
+        for entry in missed:
+            if viewer.may_see(entry.ref.mailbox):
+                request.write(
+                    _event("new", self.summary_json(entry), f"{self.feed.epoch}-{entry.seq}")
+                )
+
+        def changed(changes: list[Change]) -> None:
+            for c in changes:
+                if not viewer.may_see(c.entry.ref.mailbox):
+                    continue
+                try:
+                    if c.kind == "new":
+                        data = self.summary_json(c.entry)
+                    else:
+                        data = {
+                            "id": c.entry.id,
+                            "mailbox": c.entry.ref.mailbox,
+                            "seen": SEEN in c.entry.flags,
+                            "flagged": FLAGGED in c.entry.flags,
+                        }
+                except (MessageGone, StoreError, FileNotFoundError):
+                    continue
+                request.write(_event(c.kind, data, self.feed.cursor))
+
+        unsubscribe = self.feed.subscribe(changed)
+        keepalive = LoopingCall(request.write, b": keepalive\n\n")
+        keepalive.clock = self.clock
+        keepalive.start(KEEPALIVE, now=False)
+        self.streams[request] = request.finish
+
+        def closed(_: object) -> None:
+            self.streams.pop(request, None)
+            unsubscribe()
+            if keepalive.running:
+                keepalive.stop()
+
+        request.notifyFinish().addBoth(closed)
+        return None
+
+    def close_streams(self) -> None:
+        """At shutdown: end every event stream and long poll."""
+        for end in list(self.streams.values()):
+            try:
+                end()
+            except Exception:  # already gone
+                pass
+        self.streams.clear()
+
+    # --- fault rules (mailhub.faults) ------------------------------------------------------
+
+    def _faults(self, viewer: Viewer) -> Any:
+        if self.faults is None:
+            raise ApiError(404, "fault injection is not available in this server")
+        if not viewer.admin:
+            raise ApiError(403, "only admins may change fault rules")
+        return self.faults
+
+    async def fault_list(self, request: IRequest, viewer: Viewer) -> Any:
+        return {"rules": self._faults(viewer).list()}
+
+    async def fault(self, request: IRequest, viewer: Viewer, rule_id: str) -> Any:
+        rule = self._faults(viewer).get(rule_id)
+        if rule is None:
+            raise ApiError(404, "no fault rule with that id")
+        return rule
+
+    async def fault_add(self, request: IRequest, viewer: Viewer) -> Any:
+        faults = self._faults(viewer)
+        body = self._body(request)
+        from mailhub.faults import FaultError
+
+        try:
+            rule_id = faults.add(body)
+        except FaultError as e:
+            raise ApiError(400, str(e), key=getattr(e, "key", None)) from None
+        request.setResponseCode(201)
+        request.setHeader("Location", f"/api/v1/faults/{quote(rule_id)}")
+        return faults.get(rule_id)
+
+    async def fault_delete(self, request: IRequest, viewer: Viewer, rule_id: str) -> Any:
+        if not self._faults(viewer).remove(rule_id):
+            raise ApiError(404, "no fault rule with that id")
+        return {"deleted": [rule_id]}
+
+    async def fault_clear(self, request: IRequest, viewer: Viewer) -> Any:
+        return {"deleted": self._faults(viewer).clear()}
+
+
+def _event(kind: str, data: Any, event_id: str) -> bytes:
+    return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _disposition(filename: str) -> str:
+    """RFC 6266: an ASCII fallback and the real name in RFC 8187 encoding."""
+    safe = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in filename
+    )
+    return f"attachment; filename=\"{safe}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def error_body(status: int, message: str, **extra: Any) -> bytes:
+    body = {"error": message, "status": status}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return json.dumps(body).encode()
+
+
+def unexpected(failure: Failure) -> ApiError:
+    if failure.check(CancelledError):
+        return ApiError(499, "client went away")
+    log.failure("web API request failed", failure)
+    return ApiError(500, "internal error (logged on the server)")

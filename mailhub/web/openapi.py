@@ -1,0 +1,223 @@
+"""The OpenAPI 3.1 description of /api/v1, served at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailhub import __version__
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_ERROR = {"$ref": "#/components/responses/Error"}
+_SEARCH = [
+    {
+        "name": "q",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "Search: from: to: cc: subject: has:attachment is:unread is:read "
+        "is:flagged before:DATE after:DATE mailbox: folder:, free text; -term negates.",
+    },
+    {"name": "mailbox", "in": "query", "schema": {"type": "string"}},
+    {"name": "folder", "in": "query", "schema": {"type": "string"}},
+]
+
+
+def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema or {"type": "object"}}},
+    }
+
+
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    params: list[Any] = (),
+    body: bool = False,
+    errors: tuple[str, ...] = ("400", "404"),
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": ok}}
+    if params:
+        op["parameters"] = list(params)
+    if body:
+        op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
+    for code in errors:
+        op["responses"][code] = _ERROR
+    return op
+
+
+def openapi() -> dict[str, Any]:
+    summary_list = {"$ref": "#/components/schemas/MessageList"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mailhub",
+            "version": __version__,
+            "description": "Caught mail: list, read, search, wait for, delete, release. "
+            "Errors are JSON {error, status}. List and wait answers carry a cursor: pass it "
+            "as since= to /wait to get exactly the messages that arrived after it.",
+        },
+        "components": {
+            "responses": {"Error": _json("An error", {"$ref": "#/components/schemas/Error"})},
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "status"],
+                    "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
+                },
+                "Address": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "address": {"type": "string"}},
+                },
+                "Summary": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "seq": {"type": "integer"},
+                        "mailbox": {"type": "string"},
+                        "folder": {"type": "string"},
+                        "size": {"type": "integer"},
+                        "received": {"type": "string", "format": "date-time"},
+                        "date": {"type": ["string", "null"], "format": "date-time"},
+                        "seen": {"type": "boolean"},
+                        "flagged": {"type": "boolean"},
+                        "from": {"$ref": "#/components/schemas/Address"},
+                        "to": {"type": "array", "items": {"$ref": "#/components/schemas/Address"}},
+                        "cc": {"type": "array", "items": {"$ref": "#/components/schemas/Address"}},
+                        "subject": {"type": "string"},
+                        "message_id": {"type": "string"},
+                        "attachments": {"type": "integer"},
+                        "has_attachments": {"type": "boolean"},
+                        "snippet": {"type": "string"},
+                    },
+                },
+                "MessageList": {
+                    "type": "object",
+                    "properties": {
+                        "total": {"type": "integer"},
+                        "unread": {"type": "integer"},
+                        "start": {"type": "integer"},
+                        "count": {"type": "integer"},
+                        "cursor": {"type": "string"},
+                        "messages": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Summary"},
+                        },
+                    },
+                },
+            },
+        },
+        "paths": {
+            "/api/v1/health": {"get": _op("Liveness", _json("Alive"), errors=())},
+            "/api/v1/ready": {"get": _op("Readiness", _json("Ready"), errors=("503",))},
+            "/api/v1/info": {"get": _op("Server, user and cursor", _json("Info"), errors=())},
+            "/api/v1/mailboxes": {"get": _op("Mailboxes with counts", _json("Mailboxes"))},
+            "/api/v1/messages": {
+                "get": _op(
+                    "Messages, newest first",
+                    _json("A page", summary_list),
+                    params=[
+                        *_SEARCH,
+                        {"name": "start", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                    ],
+                ),
+                "delete": _op(
+                    "Delete messages: body {ids: [...]}, or all that match q/mailbox (all)",
+                    _json("Deleted ids"),
+                    params=_SEARCH,
+                    body=True,
+                ),
+            },
+            "/api/v1/messages/{id}": {
+                "get": _op(
+                    "One message: headers, text, sanitised html, attachments, envelope",
+                    _json("The message"),
+                    params=[_ID],
+                ),
+                "patch": _op(
+                    "Mark seen/unseen, flagged: {seen: bool, flagged: bool}",
+                    _json("The summary"),
+                    params=[_ID],
+                    body=True,
+                ),
+                "delete": _op("Delete", _json("Deleted"), params=[_ID]),
+            },
+            "/api/v1/messages/{id}/raw": {
+                "get": _op(
+                    "Raw source (download=1: as message/rfc822 attachment)",
+                    {"description": "Source", "content": {"text/plain": {}}},
+                    params=[_ID],
+                )
+            },
+            "/api/v1/messages/{id}/html": {
+                "get": _op(
+                    "Sanitised HTML document (remote=1 allows remote images)",
+                    {"description": "HTML", "content": {"text/html": {}}},
+                    params=[_ID],
+                )
+            },
+            "/api/v1/messages/{id}/parts/{part}": {
+                "get": _op(
+                    "Download a part (attachment)",
+                    {"description": "Bytes", "content": {"application/octet-stream": {}}},
+                    params=[
+                        _ID,
+                        {
+                            "name": "part",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                )
+            },
+            "/api/v1/messages/{id}/release": {
+                "post": _op(
+                    "Relay to {host, port, to?: [...], from?}",
+                    _json("Per-recipient results"),
+                    params=[_ID],
+                    body=True,
+                    errors=("400", "403", "404", "502"),
+                )
+            },
+            "/api/v1/wait": {
+                "get": _op(
+                    "Wait for the next matching message after the cursor `since` (long poll). "
+                    "Returns at once if one arrived after it; 408 with the cursor on timeout.",
+                    _json("The matching messages and the new cursor", summary_list),
+                    params=[
+                        *_SEARCH,
+                        {"name": "to", "in": "query", "schema": {"type": "string"}},
+                        {"name": "from", "in": "query", "schema": {"type": "string"}},
+                        {"name": "subject", "in": "query", "schema": {"type": "string"}},
+                        {"name": "since", "in": "query", "schema": {"type": "string"}},
+                        {"name": "timeout", "in": "query", "schema": {"type": "number"}},
+                    ],
+                    errors=("400", "408"),
+                )
+            },
+            "/api/v1/events": {
+                "get": _op(
+                    "Server-Sent Events: new, flags, deleted",
+                    {"description": "Event stream", "content": {"text/event-stream": {}}},
+                    errors=(),
+                )
+            },
+            "/api/v1/faults": {
+                "get": _op("Fault rules", _json("Rules"), errors=("403", "404")),
+                "post": _op(
+                    "Add a fault rule", _json("The rule"), body=True, errors=("400", "403", "404")
+                ),
+                "delete": _op("Remove all fault rules", _json("Removed"), errors=("403", "404")),
+            },
+            "/api/v1/faults/{id}": {
+                "get": _op("One rule", _json("The rule"), params=[_ID], errors=("403", "404")),
+                "delete": _op(
+                    "Remove one rule", _json("Removed"), params=[_ID], errors=("403", "404")
+                ),
+            },
+        },
+        "security": [{"basic": []}, {}],
+    }

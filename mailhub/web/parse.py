@@ -1,0 +1,275 @@
+"""A stored message -> what the page and the API show: summary, detail, parts, trace facts.
+
+Parsed with the standard library's ``email`` package (policy=default: RFC 2047 words decoded,
+structured address headers). Stored messages are never rewritten; a malformed one still gets a
+summary (its defects listed), never a traceback.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from dataclasses import asdict, dataclass, field
+from email.message import EmailMessage, Message
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+SNIPPET_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class Address:
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Attachment:
+    part: str  # the part's index in walk() order: /messages/{id}/parts/{part}
+    filename: str
+    content_type: str
+    size: int  # decoded octets
+    content_id: str
+    inline: bool
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a message list shows; computed once per message (files never change)."""
+
+    sender: Address | None
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    subject: str
+    date: float | None  # the Date: header, seconds since the epoch
+    message_id: str
+    attachments: tuple[Attachment, ...]
+    snippet: str
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "from": asdict(self.sender) if self.sender else None,
+            "to": [asdict(a) for a in self.to],
+            "cc": [asdict(a) for a in self.cc],
+            "subject": self.subject,
+            "date": self.date,
+            "message_id": self.message_id,
+            "attachments": len(self.attachments),
+            "snippet": self.snippet,
+        }
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The SMTP envelope and session facts, read back from the ``Return-Path:`` and topmost
+    ``Received:`` headers mailhub writes at delivery (mailhub/smtp/trace.py)."""
+
+    mail_from: str | None = None
+    helo: str = ""
+    client_address: str = ""
+    client_name: str = ""
+    server: str = ""
+    protocol: str = ""  # RFC 3848 keyword: ESMTPS = TLS, ESMTPA = AUTH, ESMTPSA = both
+    queue_id: str = ""
+    tls: bool = False
+    tls_cipher: str = ""
+    authenticated: bool = False
+    smtputf8: bool = False
+    recipient: str = ""  # written only for single-recipient messages (Bcc privacy)
+    received: str = ""  # the date in the header
+
+
+@dataclass
+class Detail:
+    summary: Summary
+    headers: list[tuple[str, str]]
+    text: str
+    html: str  # unsanitised: the caller sanitises before showing it
+    trace: Trace
+    defects: list[str] = field(default_factory=list)
+
+
+def load(raw: bytes) -> EmailMessage:
+    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def _header(msg: Message, name: str) -> str:
+    try:
+        value = msg.get(name)
+    except Exception:  # a header the policy cannot parse: show it as it came
+        return _raw_header(msg, name)
+    return "" if value is None else _one_line(str(value))
+
+
+def _raw_header(msg: Message, name: str) -> str:
+    for k, v in msg.raw_items() if hasattr(msg, "raw_items") else msg.items():
+        if k.lower() == name.lower():
+            return _one_line(str(v))
+    return ""
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+
+
+def _addresses(msg: Message, name: str) -> tuple[Address, ...]:
+    try:
+        header = msg.get(name)
+        if header is None:
+            return ()
+        return tuple(Address(a.display_name, a.addr_spec) for a in header.addresses)
+    except Exception:
+        text = _raw_header(msg, name)
+        return (Address("", text),) if text else ()
+
+
+def _date(msg: Message) -> float | None:
+    try:
+        text = _raw_header(msg, "Date")
+        return parsedate_to_datetime(text).timestamp() if text else None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def content_text(part: Message) -> str:
+    """A text part's content as str, whatever its declared charset says."""
+    try:
+        return part.get_content()  # type: ignore[attr-defined,no-any-return]
+    except (LookupError, UnicodeError, KeyError, ValueError, AssertionError):
+        payload = part.get_payload(decode=True)
+        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+
+
+def part_bytes(part: Message) -> bytes:
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _bodies(msg: EmailMessage) -> tuple[Message | None, Message | None]:
+    try:
+        text = msg.get_body(preferencelist=("plain",))
+        html = msg.get_body(preferencelist=("html",))
+    except Exception:
+        return None, None
+    return text, html
+
+
+def attachments(msg: EmailMessage) -> tuple[Attachment, ...]:
+    """Every leaf part that is not the message's text or HTML body."""
+    text, html = _bodies(msg)
+    found = []
+    for index, part in enumerate(msg.walk()):
+        if part.is_multipart() or part is text or part is html:
+            continue
+        if index == 0 and part.get_content_maintype() == "text":
+            continue  # a single-part text message whose body get_body() skipped (odd charset)
+        disposition = (part.get_content_disposition() or "").lower()
+        try:
+            filename = part.get_filename() or ""
+        except Exception:
+            filename = ""
+        cid = _header(part, "Content-ID").strip("<> ")
+        found.append(
+            Attachment(
+                part=str(index),
+                filename=filename,
+                content_type=part.get_content_type(),
+                size=len(part_bytes(part)),
+                content_id=cid,
+                inline=disposition == "inline" or (bool(cid) and disposition != "attachment"),
+            )
+        )
+    return tuple(found)
+
+
+def summarise(msg: EmailMessage) -> Summary:
+    senders = _addresses(msg, "From")
+    text, html = _bodies(msg)
+    snippet = content_text(text) if text is not None else ""
+    if not snippet and html is not None:
+        snippet = re.sub(r"<[^>]*>", " ", content_text(html))
+    return Summary(
+        sender=senders[0] if senders else None,
+        to=_addresses(msg, "To"),
+        cc=_addresses(msg, "Cc"),
+        subject=_header(msg, "Subject"),
+        date=_date(msg),
+        message_id=_header(msg, "Message-ID"),
+        attachments=attachments(msg),
+        snippet=" ".join(snippet.split())[:SNIPPET_LENGTH],
+    )
+
+
+def body_text(msg: EmailMessage) -> str:
+    """Text to search in: the plain part, else the HTML part without tags."""
+    text, html = _bodies(msg)
+    if text is not None:
+        return content_text(text)
+    if html is not None:
+        return re.sub(r"<[^>]*>", " ", content_text(html))
+    return ""
+
+
+_RECEIVED = re.compile(
+    r"from (?P<helo>\S+) \((?P<rdns>\S+) \[(?P<ip>[^\]]*)\]\)"
+    r" by (?P<server>\S+) \(mailhub\) with (?P<protocol>\S+) id (?P<id>[^\s;]+)"
+    r"(?: \(using (?P<tls>[^)]*)\))?"
+    r"(?: for <(?P<rcpt>[^>]*)>)?;? *(?P<date>.*)$"
+)
+
+
+def trace(msg: Message) -> Trace:
+    """Envelope facts from our own trace headers; empty facts when another MTA wrote them."""
+    return_path = _raw_header(msg, "Return-Path")
+    mail_from = return_path.strip().strip("<>") if return_path else None
+    for name, value in msg.raw_items() if hasattr(msg, "raw_items") else msg.items():
+        if name.lower() != "received":
+            continue
+        found = _RECEIVED.match(" ".join(str(value).split()))
+        if found is None:
+            break  # the topmost Received is not ours: say nothing rather than guess
+        g = found.groupdict()
+        protocol = g["protocol"]
+        suffix = protocol.removeprefix("UTF8SMTP").removeprefix("ESMTP")
+        return Trace(
+            mail_from=mail_from,
+            helo=g["helo"],
+            client_address=g["ip"].removeprefix("IPv6:"),
+            client_name="" if g["rdns"] == "unknown" else g["rdns"],
+            server=g["server"],
+            protocol=protocol,
+            queue_id=g["id"],
+            tls="S" in suffix,
+            tls_cipher=g["tls"] or "",
+            authenticated="A" in suffix,
+            smtputf8=protocol.startswith("UTF8SMTP"),
+            recipient=g["rcpt"] or "",
+            received=g["date"].strip(),
+        )
+    return Trace(mail_from=mail_from)
+
+
+def detail(msg: EmailMessage) -> Detail:
+    text_part, html_part = _bodies(msg)
+    headers = [(k, _one_line(str(v))) for k, v in msg.raw_items()]
+    defects = [type(d).__name__ for part in msg.walk() for d in part.defects]
+    return Detail(
+        summary=summarise(msg),
+        headers=headers,
+        text=content_text(text_part) if text_part is not None else "",
+        html=content_text(html_part) if html_part is not None else "",
+        trace=trace(msg),
+        defects=defects,
+    )
+
+
+def find_part(msg: EmailMessage, part: str) -> Message | None:
+    """The leaf part numbered ``part`` (walk() order), or None."""
+    if not part.isdigit() or len(part) > 6:
+        return None
+    index = int(part)
+    for i, p in enumerate(msg.walk()):
+        if i == index:
+            return None if p.is_multipart() else p
+    return None

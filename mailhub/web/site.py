@@ -1,0 +1,251 @@
+"""The twisted.web Site: the page (static files), the API, login, and the headers every answer
+carries. One ``Root`` resource routes by path after the (possibly asynchronous) login check."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from mailhub.web.access import Access, LoginRefused, LoginRequired, Viewer
+from mailhub.web.api import Api, ApiError, error_body, unexpected
+from mailhub.web.feed import MailFeed
+
+log = Logger()
+
+STATIC = {
+    "": ("index.html", "text/html; charset=utf-8"),
+    "index.html": ("index.html", "text/html; charset=utf-8"),
+    "app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "app.css": ("app.css", "text/css; charset=utf-8"),
+    "favicon.svg": ("favicon.svg", "image/svg+xml"),
+}
+# The page runs only its own script; messages are shown in sandboxed frames from /api/v1.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+UNSAFE = (b"POST", b"PUT", b"PATCH", b"DELETE")
+
+
+def _static(name: str) -> bytes:
+    return resources.files("mailhub.web").joinpath("static", name).read_bytes()
+
+
+class Root(Resource):
+    isLeaf = True
+
+    def __init__(self, api: Api, access: Access) -> None:
+        super().__init__()
+        self.api, self.access = api, access
+        self.files = {name: (_static(f), kind) for name, (f, kind) in STATIC.items()}
+
+    def render(self, request: IRequest) -> Any:
+        request.setHeader("X-Content-Type-Options", "nosniff")
+        request.setHeader("Referrer-Policy", "no-referrer")
+        request.setHeader("Cache-Control", "no-store")
+        path = [p.decode("utf-8", "replace") for p in request.postpath]
+        if path and path[-1] == "" and len(path) > 1:
+            path = path[:-1]
+        is_api = path[:2] == ["api", "v1"] or path[:1] in (["livez"], ["readyz"])
+        d = Deferred.fromCoroutine(self._serve(request, path, is_api))
+        d.addErrback(lambda f: self._error(request, unexpected(f)))
+        return NOT_DONE_YET
+
+    async def _serve(self, request: IRequest, path: list[str], is_api: bool) -> None:
+        if path in (["livez"], ["readyz"]):
+            path = ["api", "v1", path[0]]
+        if path[2:3] in (["health"], ["livez"]) and len(path) == 3:
+            viewer = None  # liveness needs no login: container health checks have none
+        else:
+            viewer = await self._viewer(request)
+            if viewer is None:
+                return
+        if request.method in UNSAFE and not self._same_origin(request):
+            self._error(request, ApiError(403, "cross-site request refused"))
+            return
+        if not is_api:
+            self._page(request, path)
+            return
+        try:
+            result = await self.api.handle(request, viewer or Viewer(None, False), path[2:])
+        except ApiError as e:
+            self._error(request, e)
+            return
+        if result is not None and not request.finished:
+            self._json(request, result)
+
+    async def _viewer(self, request: IRequest) -> Viewer | None:
+        try:
+            return await self.access.viewer(request)
+        except LoginRequired:
+            request.setHeader("WWW-Authenticate", 'Basic realm="mailhub", charset="UTF-8"')
+            self._error(request, ApiError(401, "log in with your mail address and password"))
+        except LoginRefused as e:
+            self._error(request, ApiError(403, str(e)))
+        return None
+
+    @staticmethod
+    def _same_origin(request: IRequest) -> bool:
+        """CSRF: a browser names the page that sent a request in Origin; ours must match."""
+        origin = request.getHeader("origin")
+        if origin is None:
+            return True  # not a browser's cross-site request (curl, tests, old browsers' GETs)
+        scheme = "https" if request.isSecure() else "http"
+        return origin == f"{scheme}://{request.getHeader('host')}"
+
+    def _page(self, request: IRequest, path: list[str]) -> None:
+        name = "/".join(path)
+        found = self.files.get(name)
+        if found is None:
+            self._error(request, ApiError(404, "no such page"))
+            return
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader("Allow", "GET, HEAD")
+            self._error(request, ApiError(405, "the page is read-only"))
+            return
+        data, kind = found
+        request.setHeader("Content-Type", kind)
+        request.setHeader("Content-Security-Policy", PAGE_CSP)
+        request.setHeader("X-Frame-Options", "DENY")
+        request.setHeader("Content-Length", str(len(data)))
+        if request.method != b"HEAD":
+            request.write(data)
+        request.finish()
+
+    def _json(self, request: IRequest, body: Any, status: int | None = None) -> None:
+        if getattr(request, "_disconnected", False):
+            return  # a long poll whose client went away
+        data = json.dumps(body).encode()
+        if status is not None:
+            request.setResponseCode(status)
+        request.setHeader("Content-Type", "application/json; charset=utf-8")
+        request.setHeader("Content-Length", str(len(data)))
+        if request.method != b"HEAD":
+            request.write(data)
+        request.finish()
+
+    def _error(self, request: IRequest, error: ApiError) -> None:
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        if error.status == 499:
+            return
+        request.setResponseCode(error.status)
+        data = error_body(error.status, error.message, **error.extra)
+        request.setHeader("Content-Type", "application/json; charset=utf-8")
+        request.setHeader("Content-Length", str(len(data)))
+        if request.method != b"HEAD":
+            request.write(data)
+        request.finish()
+
+
+class _Discard:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, *args: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class WebRequest(Request):
+    """Request bodies beyond ``max_body`` are refused with 413 as soon as they are announced
+    (Content-Length) or pass the limit (chunked), and not stored: the API takes small JSON."""
+
+    max_body = 1024 * 1024
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body:
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if not self._refused and self._received > self.max_body:
+            self._refuse()
+        if not self._refused:
+            super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        self.content = _Discard()  # type: ignore[assignment]
+        body = error_body(413, f"request body larger than {self.max_body} bytes")
+        head = (
+            "HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        self.channel.transport.write(head.encode() + body)
+        self.channel.transport.loseConnection()
+
+    def process(self) -> None:
+        if not self._refused:
+            super().process()
+
+
+class WebSite(Site):
+    """Starts the mail feed with the first listening port and stops it with the last."""
+
+    requestFactory = WebRequest
+
+    def __init__(self, root: Root, feed: MailFeed) -> None:
+        super().__init__(root)
+        self.feed, self.api = feed, root.api
+        self.noisy = False
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        if not self.feed.running:
+            self.feed.startService()
+
+    def stopFactory(self) -> None:
+        self.api.close_streams()
+        if self.feed.running:
+            self.feed.stopService()
+        super().stopFactory()
+
+
+def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
+    """The web listener's factory from ``mailhub.service.Shared``."""
+    if clock is None:
+        from twisted.internet import reactor
+
+        clock = reactor  # type: ignore[assignment]
+    config = shared.config
+    feed = MailFeed(shared.store, clock, poll_interval=config.web.poll_interval)  # type: ignore[arg-type]
+
+    def ready() -> str | None:
+        if not config.mail_dir.is_dir():
+            return f"the mail directory {config.mail_dir} is missing"
+        return None
+
+    api = Api(
+        feed,
+        clock,  # type: ignore[arg-type]
+        hostname=config.hostname,
+        max_wait=config.web.max_wait,
+        faults=getattr(shared, "faults", None),
+        ready=ready,
+    )
+    access = Access(
+        login=config.web.login,
+        admins=config.web.admins,
+        portal=shared.portal,
+        throttle=shared.throttle,
+        clock=clock,  # type: ignore[arg-type]
+    )
+    if config.web.login and shared.users is None:
+        log.warn("[web] login is on but there is no [files] users: nobody can log in to the page")
+    return WebSite(Root(api, access), feed)

@@ -1,0 +1,228 @@
+// mailhub's page: hand-written, no build step. Talks only to /api/v1 (see /api/v1/openapi.json).
+"use strict";
+
+const API = "/api/v1";
+const state = { mailbox: "", q: "", messages: [], total: 0, selected: null, open: null, tab: "html", remote: false, limit: 100 };
+const $ = (sel) => document.querySelector(sel);
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "class") node.className = v;
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(c ?? ""));
+  return node;
+}
+
+async function api(path, options = {}) {
+  const init = { ...options, headers: { Accept: "application/json", ...(options.headers || {}) } };
+  if (options.json !== undefined) {
+    init.body = JSON.stringify(options.json);
+    init.headers["Content-Type"] = "application/json";
+  }
+  const response = await fetch(API + path, init);
+  const body = response.headers.get("Content-Type")?.startsWith("application/json") ? await response.json() : await response.text();
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+function who(a) { return a ? (a.name ? `${a.name} <${a.address}>` : a.address) : ""; }
+function short(a) { return a ? (a.name || a.address) : "(no sender)"; }
+function size(n) { return n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} kB` : `${(n / 1048576).toFixed(1)} MB`; }
+function when(iso) {
+  if (!iso) return "";
+  const d = new Date(iso), now = new Date();
+  return d.toDateString() === now.toDateString() ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : d.toLocaleDateString();
+}
+function status(text, error = false) { const s = $("#list-status"); s.textContent = text; s.classList.toggle("error", error); }
+
+// --- mailboxes and the list -------------------------------------------------------------
+
+async function loadMailboxes() {
+  const { mailboxes } = await api("/mailboxes");
+  const nav = $("#mailboxes");
+  const total = mailboxes.reduce((n, b) => n + b.unread, 0);
+  const link = (address, label, unread) => el("a", { href: "#", class: address === state.mailbox ? "current" : "", dataset: { mailbox: address },
+      onclick: (e) => { e.preventDefault(); state.mailbox = address; refresh(); } },
+    el("span", {}, label), el("span", { class: "count" }, unread ? String(unread) : ""));
+  nav.replaceChildren(link("", "All mail", total), ...mailboxes.map((b) => link(b.address, b.address, b.unread)));
+}
+
+function query() {
+  const p = new URLSearchParams({ limit: String(state.limit) });
+  if (state.q) p.set("q", state.q);
+  if (state.mailbox) p.set("mailbox", state.mailbox);
+  return p;
+}
+
+let refreshing = null;
+async function refresh() {
+  if (refreshing) { refreshing.again = true; return; }
+  refreshing = { again: false };
+  try {
+    const page = await api("/messages?" + query());
+    state.messages = page.messages; state.total = page.total;
+    renderList();
+    status(page.total ? `${page.total} message${page.total === 1 ? "" : "s"}, ${page.unread} unread` : "No messages");
+    await loadMailboxes();
+  } catch (e) { status(e.message, true); }
+  const again = refreshing.again; refreshing = null;
+  if (again) refresh();
+}
+
+function renderList() {
+  const ul = $("#messages");
+  ul.replaceChildren(...state.messages.map((m) => {
+    const li = el("li", { class: "msg" + (m.seen ? "" : " unread") + (m.id === state.selected ? " selected" : ""), role: "option", tabindex: "0",
+        "aria-selected": String(m.id === state.selected), dataset: { id: m.id }, onclick: () => openMessage(m.id) },
+      el("span", { class: "from" }, short(m.from)), el("span", { class: "time", title: m.received }, when(m.received)),
+      el("span", { class: "subj" }, (m.has_attachments ? "📎 " : "") + (m.subject || "(no subject)")), el("span", { class: "size" }, size(m.size)),
+      el("span", { class: "to" }, "To: " + (m.to.map(short).join(", ") || m.mailbox)), el("span"),
+      el("span", { class: "snippet" }, m.snippet));
+    if (m.has_attachments) li.classList.add("has-attachment");
+    return li;
+  }));
+  $("#more").hidden = state.messages.length >= state.total;
+}
+
+// --- one message -------------------------------------------------------------------------
+
+async function openMessage(id) {
+  state.selected = id; state.remote = false;
+  let m;
+  try { m = await api(`/messages/${id}`); } catch (e) { status(e.message, true); return; }
+  state.open = m;
+  document.body.classList.add("reading");
+  $("#detail").hidden = false;
+  $("#subject").textContent = m.subject || "(no subject)";
+  const meta = [["From", who(m.from)], ["To", m.to.map(who).join(", ")], ["Cc", m.cc.map(who).join(", ")],
+    ["Date", m.date ? new Date(m.date).toLocaleString() : ""], ["Received", new Date(m.received).toLocaleString()],
+    ["Mailbox", `${m.mailbox} / ${m.folder}`], ["Size", size(m.size)],
+    ["Delivery", [m.envelope.protocol, m.envelope.tls ? "TLS" : "no TLS", m.envelope.authenticated ? "AUTH" : "no AUTH"].filter(Boolean).join(" · ")]];
+  $("#meta").replaceChildren(...meta.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  $("#attachments").replaceChildren(...m.attachments.map((a) => el("li", {},
+    el("a", { class: "attachment", href: a.url, download: a.filename || `part-${a.part}` }, `📎 ${a.filename || a.content_type} (${size(a.size)})`))));
+  $("#text").textContent = m.text || "(no plain-text part)";
+  $("#headers tbody").replaceChildren(...m.headers.map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, v))));
+  $("#envelope tbody").replaceChildren(...Object.entries(m.envelope).map(([k, v]) => el("tr", {}, el("td", {}, k.replace("_", " ")), el("td", {}, String(v ?? "")))));
+  $("#raw").textContent = "";
+  $("#download-raw").href = `${API}/messages/${id}/raw?download=1`;
+  $("#toggle-seen").textContent = "Mark unread";
+  showTab(m.html_url ? "html" : "text");
+  if (!m.seen) { try { await api(`/messages/${id}`, { method: "PATCH", json: { seen: true } }); } catch (e) { /* shown on next refresh */ } }
+  state.open.seen = true;
+  renderList();
+}
+
+async function showTab(tab) {
+  const m = state.open; if (!m) return;
+  state.tab = tab;
+  for (const b of document.querySelectorAll(".tabs button")) b.setAttribute("aria-selected", String(b.dataset.tab === tab));
+  for (const p of document.querySelectorAll(".panels > *")) p.classList.toggle("shown", p.dataset.panel === tab);
+  $("#remote-banner").hidden = !(tab === "html" && m.remote_content > 0 && !state.remote);
+  if (tab === "html") $("#html").src = m.html_url ? `${m.html_url}${state.remote ? "?remote=1" : ""}` : "about:blank";
+  if (tab === "raw" && !$("#raw").textContent) $("#raw").textContent = await api(`/messages/${m.id}/raw`);
+}
+
+function closeMessage() {
+  state.open = null; document.body.classList.remove("reading"); $("#detail").hidden = true;
+  const row = document.querySelector(`.msg[data-id="${CSS.escape(state.selected || "")}"]`);
+  if (row) row.focus();
+}
+
+async function deleteOpen() {
+  const m = state.open; if (!m) return;
+  const index = state.messages.findIndex((x) => x.id === m.id);
+  await api(`/messages/${m.id}`, { method: "DELETE" });
+  closeMessage();
+  state.messages = state.messages.filter((x) => x.id !== m.id); renderList();
+  const next = state.messages[Math.min(index, state.messages.length - 1)];
+  if (next) select(next.id);
+  refresh();
+}
+
+async function toggleSeen() {
+  const m = state.open; if (!m) return;
+  const seen = !m.seen;
+  await api(`/messages/${m.id}`, { method: "PATCH", json: { seen } });
+  m.seen = seen; $("#toggle-seen").textContent = seen ? "Mark unread" : "Mark read";
+  refresh();
+}
+
+function select(id) {
+  state.selected = id;
+  for (const row of document.querySelectorAll(".msg")) {
+    const on = row.dataset.id === id; row.classList.toggle("selected", on); row.setAttribute("aria-selected", String(on));
+    if (on) { row.focus(); row.scrollIntoView({ block: "nearest" }); }
+  }
+}
+
+function move(step) {
+  const ids = state.messages.map((m) => m.id);
+  if (!ids.length) return;
+  const i = ids.indexOf(state.selected);
+  select(ids[Math.max(0, Math.min(ids.length - 1, i < 0 ? 0 : i + step))]);
+}
+
+// --- live updates ------------------------------------------------------------------------
+
+let pending = null;
+function soon() { clearTimeout(pending); pending = setTimeout(refresh, 80); }
+
+function listen() {
+  const source = new EventSource(`${API}/events`);
+  source.onopen = () => $("#live").classList.add("on");
+  source.onerror = () => $("#live").classList.remove("on");
+  for (const kind of ["new", "deleted", "flags"]) source.addEventListener(kind, (e) => {
+    const data = JSON.parse(e.data);
+    if (kind === "deleted" && state.open && state.open.id === data.id) closeMessage();
+    soon();
+  });
+}
+
+// --- wiring ------------------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#search").addEventListener("submit", (e) => { e.preventDefault(); state.q = $("#q").value.trim(); refresh(); });
+  $("#home").addEventListener("click", (e) => { e.preventDefault(); state.mailbox = ""; state.q = ""; $("#q").value = ""; closeMessage(); refresh(); });
+  $("#back").addEventListener("click", closeMessage);
+  $("#delete").addEventListener("click", () => deleteOpen().catch((e) => status(e.message, true)));
+  $("#toggle-seen").addEventListener("click", () => toggleSeen().catch((e) => status(e.message, true)));
+  $("#more").addEventListener("click", () => { state.limit += 100; refresh(); });
+  $("#show-remote").addEventListener("click", () => { state.remote = true; showTab("html"); });
+  for (const b of document.querySelectorAll(".tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
+  $("#delete-all").addEventListener("click", async () => {
+    const what = state.q || state.mailbox ? "every message shown" : "ALL messages in every mailbox";
+    if (!confirm(`Delete ${what}?`)) return;
+    try { await api("/messages?" + query(), { method: "DELETE" }); closeMessage(); refresh(); } catch (e) { status(e.message, true); }
+  });
+  const dialog = $("#release-dialog");
+  $("#release").addEventListener("click", () => { $("#release-result").textContent = ""; dialog.showModal(); });
+  $("#release-cancel").addEventListener("click", () => dialog.close());
+  $("#release-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = e.target, body = { host: f.host.value.trim(), port: Number(f.port.value) };
+    if (f.to.value.trim()) body.to = f.to.value.split(",").map((s) => s.trim()).filter(Boolean);
+    const out = $("#release-result"); out.textContent = "Sending…"; out.classList.remove("error");
+    try {
+      const r = await api(`/messages/${state.open.id}/release`, { method: "POST", json: body });
+      out.textContent = "Delivered: " + r.results.map((x) => `${x.recipient} ${x.status}`).join(", ");
+    } catch (err) { out.textContent = err.message; out.classList.add("error"); }
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.target.matches("input, textarea") || dialog.open) { if (e.key === "Escape") e.target.blur(); return; }
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const keys = {
+      "/": () => $("#q").focus(), j: () => move(1), ArrowDown: () => move(1), k: () => move(-1), ArrowUp: () => move(-1),
+      Enter: () => state.selected && openMessage(state.selected), o: () => state.selected && openMessage(state.selected),
+      Escape: closeMessage, "#": () => deleteOpen(), Delete: () => deleteOpen(), u: () => toggleSeen(),
+    };
+    const action = keys[e.key];
+    if (action) { e.preventDefault(); Promise.resolve(action()).catch((err) => status(err.message, true)); }
+  });
+  refresh();
+  listen();
+});

@@ -1,0 +1,546 @@
+"""The JSON API over real HTTP on 127.0.0.1, with mail delivered by real SMTP (smtplib) into a
+whole in-process mailhub (``mailhub.testing``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import treq
+from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+
+from mailhub.config import WebConfig
+from mailhub.store import MailStore
+from mailhub.testing import MailhubTestServer
+from mailhub.users import UserDB
+
+
+def rich_message(to: str = "alice@example.com", subject: str = "Invoice 42") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "Shop <shop@example.net>"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg.set_content("Your invoice is attached.\n")
+    msg.add_alternative(
+        '<p onclick="steal()">Your <b>invoice</b><img src="https://tracker.example/p.gif">'
+        "<script>alert(1)</script></p>",
+        subtype="html",
+    )
+    msg.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="inv.pdf")
+    return msg
+
+
+class Response:
+    def __init__(self, code: int, headers: Any, body: bytes) -> None:
+        self.code, self.headers, self.body = code, headers, body
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class WebTestCase(TestCase):
+    services: tuple[str, ...] = ("smtp", "web")
+
+    async def start(self, **changes: Any) -> MailhubTestServer:
+        self.hub = await MailhubTestServer.started(self, services=self.services, **changes)
+        self.base = f"http://127.0.0.1:{self.hub.ports['web']}"
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        return self.hub
+
+    @property
+    def site(self) -> Any:
+        assert self.hub.service is not None
+        return self.hub.service.listening_ports("web")[0].factory
+
+    def without_inotify(self) -> None:
+        feed = self.site.feed
+        notifier, feed._notifier = feed._notifier, None
+        feed._use_inotify = False
+        if notifier is not None:
+            notifier.loseConnection()
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Response:
+        response = await treq.request(method, self.base + path, pool=self.pool, **kwargs)
+        body = await treq.content(response)
+        return Response(response.code, response.headers, body)
+
+    async def get(self, path: str, **kwargs: Any) -> Any:
+        response = await self.call("GET", path, **kwargs)
+        self.assertEqual(response.code, 200, response.body)
+        return response.json
+
+    async def send(self, to: str = "alice@example.com", **kwargs: Any) -> None:
+        await self.hub.send(to, **kwargs)
+
+    async def only_id(self, query: str = "") -> str:
+        page = await self.get("/api/v1/messages" + query)
+        self.assertEqual(page["total"], 1)
+        return page["messages"][0]["id"]
+
+
+class Messages(WebTestCase):
+    async def test_list_newest_first_with_paging(self) -> None:
+        await self.start()
+        for n in range(3):
+            await self.send(subject=f"number {n}")
+        page = await self.get("/api/v1/messages?limit=2")
+        self.assertEqual(page["total"], 3)
+        self.assertEqual([m["subject"] for m in page["messages"]], ["number 2", "number 1"])
+        rest = await self.get("/api/v1/messages?limit=2&start=2")
+        self.assertEqual([m["subject"] for m in rest["messages"]], ["number 0"])
+        first = page["messages"][0]
+        self.assertEqual(first["from"], {"name": "", "address": "sender@example.com"})
+        self.assertEqual(first["mailbox"], "alice@example.com")
+        self.assertFalse(first["seen"])
+        self.assertEqual(page["unread"], 3)
+
+    async def test_search_and_mailbox_filter(self) -> None:
+        await self.start()
+        await self.hub.send("alice@example.com", message=rich_message())
+        await self.send("bob@example.com", subject="Weekly report", body="numbers inside\n")
+        await self.send("bob@example.com", subject="Lunch?", sender="carol@example.org")
+
+        async def subjects(query: str) -> list[str]:
+            page = await self.get("/api/v1/messages?" + query)
+            return sorted(m["subject"] for m in page["messages"])
+
+        self.assertEqual(await subjects("mailbox=bob@example.com"), ["Lunch?", "Weekly report"])
+        self.assertEqual(await subjects("q=has:attachment"), ["Invoice 42"])
+        self.assertEqual(await subjects("q=from:carol"), ["Lunch?"])
+        self.assertEqual(await subjects("q=" + "subject:%22weekly report%22"), ["Weekly report"])
+        self.assertEqual(await subjects("q=numbers"), ["Weekly report"])  # free text: the body
+        self.assertEqual(await subjects("q=to:alice -has:attachment"), [])
+        self.assertEqual(
+            await subjects("q=is:unread after:2000-01-01"),
+            sorted(["Invoice 42", "Lunch?", "Weekly report"]),
+        )
+        self.assertEqual(await subjects("q=before:2000-01-01"), [])
+        bad = await self.call("GET", "/api/v1/messages?q=before:someday")
+        self.assertEqual(bad.code, 400)
+        self.assertIn("not a date", bad.json["error"])
+
+    async def test_one_message_parsed_and_sanitised(self) -> None:
+        await self.start()
+        await self.hub.send("alice@example.com", message=rich_message())
+        message_id = await self.only_id()
+        m = await self.get(f"/api/v1/messages/{message_id}")
+        self.assertEqual(m["subject"], "Invoice 42")
+        self.assertEqual(m["text"].replace("\r\n", "\n"), "Your invoice is attached.\n")
+        self.assertIn("<b>invoice</b>", m["html"])
+        self.assertNotIn("script", m["html"])
+        self.assertNotIn("onclick", m["html"])
+        self.assertEqual(m["remote_content"], 1)
+        self.assertIn(["Subject", "Invoice 42"], m["headers"])
+        [attachment] = m["attachments"]
+        self.assertEqual(
+            (attachment["filename"], attachment["content_type"], attachment["size"]),
+            ("inv.pdf", "application/pdf", 13),
+        )
+        part = await self.call("GET", attachment["url"])
+        self.assertEqual(part.code, 200)
+        self.assertEqual(part.body, b"%PDF-1.4 fake")
+        self.assertIn('filename="inv.pdf"', part.header("Content-Disposition"))
+        raw = await self.call("GET", f"/api/v1/messages/{message_id}/raw")
+        self.assertTrue(raw.body.startswith(b"Return-Path: <sender@example.com>\r\nReceived: "))
+        self.assertIn(b"Subject: Invoice 42", raw.body)
+
+    async def test_html_view_carries_a_strict_policy(self) -> None:
+        await self.start()
+        await self.hub.send("alice@example.com", message=rich_message())
+        message_id = await self.only_id()
+        page = await self.call("GET", f"/api/v1/messages/{message_id}/html")
+        csp = page.header("Content-Security-Policy")
+        self.assertIn("default-src 'none'", csp)
+        self.assertIn("img-src data:;", csp)  # remote images blocked
+        self.assertIn("sandbox", csp)
+        self.assertNotIn(b"<script", page.body)
+        shown = await self.call("GET", f"/api/v1/messages/{message_id}/html?remote=1")
+        self.assertIn("img-src data: http: https:", shown.header("Content-Security-Policy"))
+
+    async def test_envelope_and_tls_auth_facts(self) -> None:
+        self.services = ("smtp", "submission", "web")
+        await self.start()
+        await self.send(subject="plain")
+        await self.hub.send(
+            "alice@example.com",
+            subject="secure",
+            port="submission",
+            starttls=True,
+            login=("app@example.com", "any"),
+            sender="app@example.com",
+        )
+        page = await self.get("/api/v1/messages")
+        by_subject = {m["subject"]: m["id"] for m in page["messages"]}
+        plain = (await self.get(f"/api/v1/messages/{by_subject['plain']}"))["envelope"]
+        self.assertEqual(plain["mail_from"], "sender@example.com")
+        self.assertEqual(plain["recipient"], "alice@example.com")
+        self.assertEqual(plain["client_address"], "127.0.0.1")
+        self.assertEqual(
+            (plain["protocol"], plain["tls"], plain["authenticated"]), ("ESMTP", False, False)
+        )
+        secure = (await self.get(f"/api/v1/messages/{by_subject['secure']}"))["envelope"]
+        self.assertEqual(secure["protocol"], "ESMTPSA")
+        self.assertTrue(secure["tls"])
+        self.assertTrue(secure["authenticated"])
+        self.assertIn("TLS", secure["tls_cipher"])
+
+    async def test_mark_seen_is_the_maildir_flag_imap_sees(self) -> None:
+        hub = await self.start()
+        await self.send()
+        message_id = await self.only_id()
+        m = await self.call("PATCH", f"/api/v1/messages/{message_id}", json={"seen": True})
+        self.assertEqual(m.code, 200, m.body)
+        self.assertTrue(m.json["seen"])
+        # Another reader of the same tree (a new store object, as an IMAP process would be).
+        other = MailStore(hub.config.mail_dir, hostname="localhost")
+        [info] = other.mailbox("alice@example.com").folder().sync().messages
+        self.assertIn("S", info.flags)
+        again = await self.get("/api/v1/messages?q=is:unread")
+        self.assertEqual(again["total"], 0)
+        await self.call("PATCH", f"/api/v1/messages/{message_id}", json={"seen": False})
+        [info] = other.mailbox("alice@example.com").folder().sync().messages
+        self.assertNotIn("S", info.flags)
+        bad = await self.call("PATCH", f"/api/v1/messages/{message_id}", json={"seen": "yes"})
+        self.assertEqual(bad.code, 400)
+
+    async def test_delete_one_then_all_of_a_mailbox_then_everything(self) -> None:
+        hub = await self.start()
+        for to in (
+            "alice@example.com",
+            "alice@example.com",
+            "bob@example.com",
+            "carol@example.com",
+        ):
+            await self.send(to)
+        first = (await self.get("/api/v1/messages?mailbox=alice@example.com"))["messages"][0]
+        gone = await self.call("DELETE", f"/api/v1/messages/{first['id']}")
+        self.assertEqual(gone.json["deleted"], [first["id"]])
+        self.assertEqual((await self.call("GET", f"/api/v1/messages/{first['id']}")).code, 404)
+        self.assertEqual(len(hub.messages("alice@example.com")), 1)
+        box = await self.call("DELETE", "/api/v1/messages?mailbox=bob@example.com")
+        self.assertEqual(len(box.json["deleted"]), 1)
+        self.assertEqual(hub.messages("bob@example.com"), [])
+        self.assertEqual(len(hub.messages("alice@example.com")), 1)
+        everything = await self.call("DELETE", "/api/v1/messages")
+        self.assertEqual(len(everything.json["deleted"]), 2)
+        self.assertEqual(hub.messages(), [])
+        self.assertEqual((await self.get("/api/v1/messages"))["total"], 0)
+
+
+class Errors(WebTestCase):
+    async def test_errors_are_json_with_fitting_statuses(self) -> None:
+        await self.start()
+        await self.send()
+        message_id = await self.only_id()
+        cases = [
+            ("GET", "/api/v1/messages/not-an-id", {}, 404),
+            ("GET", "/api/v1/nothing-here", {}, 404),
+            ("PUT", "/api/v1/messages", {}, 405),
+            ("GET", "/api/v1/messages?limit=0", {}, 400),
+            ("GET", "/api/v1/messages?q=%22unbalanced", {}, 400),
+            ("GET", "/api/v1/wait?timeout=forever", {}, 400),
+            ("GET", "/api/v1/wait?since=zzz-1", {}, 400),
+            ("GET", f"/api/v1/messages/{message_id}/parts/99", {}, 404),
+            (
+                "PATCH",
+                f"/api/v1/messages/{message_id}",
+                {"data": b"{", "headers": {"Content-Type": "application/json"}},
+                400,
+            ),
+            (
+                "PATCH",
+                f"/api/v1/messages/{message_id}",
+                {
+                    "data": b"seen=1",
+                    "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+                },
+                415,
+            ),
+            ("POST", f"/api/v1/messages/{message_id}/release", {"json": {"port": 25}}, 400),
+        ]
+        for method, path, kwargs, status in cases:
+            response = await self.call(method, path, **kwargs)
+            self.assertEqual(response.code, status, (method, path, response.body))
+            self.assertEqual(response.header("Content-Type"), "application/json; charset=utf-8")
+            self.assertEqual(response.json["status"], status)
+            self.assertTrue(response.json["error"])
+        self.assertEqual(
+            (await self.call("PUT", "/api/v1/messages")).header("Allow"), "DELETE, GET, HEAD"
+        )
+
+    async def test_large_body_refused_with_413(self) -> None:
+        await self.start()
+        response = await self.call(
+            "POST",
+            "/api/v1/faults",
+            data=b"x" * (2 * 1024 * 1024),
+            headers={"Content-Type": "application/json"},
+        )
+        self.assertEqual(response.code, 413)
+        self.assertEqual(response.json["status"], 413)
+
+    async def test_cross_site_requests_refused(self) -> None:
+        await self.start()
+        await self.send()
+        message_id = await self.only_id()
+        evil = await self.call(
+            "DELETE", f"/api/v1/messages/{message_id}", headers={"Origin": "http://evil.example"}
+        )
+        self.assertEqual(evil.code, 403)
+        same = await self.call(
+            "DELETE", f"/api/v1/messages/{message_id}", headers={"Origin": self.base}
+        )
+        self.assertEqual(same.code, 200)
+
+    async def test_health_readiness_and_openapi(self) -> None:
+        await self.start()
+        self.assertEqual((await self.get("/api/v1/health"))["status"], "ok")
+        self.assertEqual((await self.get("/readyz"))["status"], "ready")
+        spec = await self.get("/api/v1/openapi.json")
+        self.assertEqual(spec["openapi"], "3.1.0")
+        for path in ("/api/v1/messages", "/api/v1/wait", "/api/v1/messages/{id}/release"):
+            self.assertIn(path, spec["paths"])
+        page = await self.call("GET", "/")
+        self.assertEqual(page.code, 200)
+        self.assertIn(b"<title>mailhub</title>", page.body)
+        self.assertIn("script-src 'self'", page.header("Content-Security-Policy"))
+
+
+class Waiting(WebTestCase):
+    """GET /api/v1/wait: never misses a message, never returns one twice."""
+
+    async def test_message_that_arrived_before_the_wait_is_returned_at_once(self) -> None:
+        await self.start(web=WebConfig(login=False, poll_interval=3600))
+        self.without_inotify()  # no poll, no inotify: only the wait's own scan can see mail
+        cursor = (await self.get("/api/v1/messages"))["cursor"]
+        await self.send("bob@example.com", subject="Welcome")  # 250: on disk
+        # timeout=0: no long poll at all.
+        found = await self.get(f"/api/v1/wait?to=bob@example.com&since={cursor}&timeout=0")
+        self.assertEqual([m["subject"] for m in found["messages"]], ["Welcome"])
+        self.assertNotEqual(found["cursor"], cursor)
+        # The next wait from the new cursor does not see it again.
+        again = await self.call(
+            "GET", f"/api/v1/wait?to=bob@example.com&since={found['cursor']}&timeout=0"
+        )
+        self.assertEqual(again.code, 408)
+        self.assertEqual(again.json["cursor"], found["cursor"])
+
+    async def test_message_delivered_during_the_wait_wakes_it(self) -> None:
+        await self.start(web=WebConfig(login=False, poll_interval=3600))
+        cursor = (await self.get("/api/v1/info"))["cursor"]
+        waiting = defer.ensureDeferred(
+            self.get(f"/api/v1/wait?to=bob@example.com&subject=Welcome&since={cursor}&timeout=60")
+        )
+        while not self.site.api.streams:  # the wait is registered and long-polling
+            await task.deferLater(reactor, 0.01)
+        await self.send("carol@example.com", subject="Welcome")  # another recipient: no match
+        await self.send("bob@example.com", subject="Unrelated")  # another subject: no match
+        self.assertFalse(waiting.called)
+        await self.send("bob@example.com", subject="Welcome")
+        found = await waiting
+        self.assertEqual(
+            [(m["mailbox"], m["subject"]) for m in found["messages"]],
+            [("bob@example.com", "Welcome")],
+        )
+
+    async def test_timeout_answers_408_with_the_cursor(self) -> None:
+        await self.start()
+        cursor = (await self.get("/api/v1/messages"))["cursor"]
+        response = await self.call("GET", "/api/v1/wait?to=nobody@example.com&timeout=0.2")
+        self.assertEqual(response.code, 408)
+        self.assertEqual(response.json["cursor"], cursor)
+        self.assertEqual(response.header("X-Mailhub-Cursor"), cursor)
+        self.assertFalse(self.site.api.streams)  # the waiter is gone
+
+    async def test_shutdown_answers_open_waits(self) -> None:
+        await self.start()
+        waiting = defer.ensureDeferred(self.call("GET", "/api/v1/wait?to=x@example.com&timeout=60"))
+        while not self.site.api.streams:
+            await task.deferLater(reactor, 0.01)
+        api = self.site.api
+        await self.hub.stop()
+        response = await waiting
+        self.assertEqual(response.code, 408)
+        self.assertEqual(api.streams, {})
+
+    async def test_without_since_every_matching_message_counts(self) -> None:
+        await self.start()
+        await self.send("dave@example.com", subject="one")
+        await self.send("dave@example.com", subject="two")
+        found = await self.get("/api/v1/wait?to=dave@example.com&timeout=0")
+        self.assertEqual([m["subject"] for m in found["messages"]], ["one", "two"])  # oldest first
+
+
+class LiveEvents(WebTestCase):
+    async def test_event_stream_reports_new_and_deleted_mail(self) -> None:
+        await self.start()
+        response = await treq.get(self.base + "/api/v1/events", pool=self.pool, unbuffered=True)
+        self.assertEqual(
+            response.headers.getRawHeaders("Content-Type"), ["text/event-stream; charset=utf-8"]
+        )
+        stream = _Collector()
+        response.deliverBody(stream)
+        await stream.until(b"event: hello")
+        await self.send("erin@example.com", subject="Live!")
+        await stream.until(b"event: new")
+        event = stream.event("new")
+        self.assertEqual(event["subject"], "Live!")
+        await self.call("DELETE", f"/api/v1/messages/{event['id']}")
+        await stream.until(b"event: deleted")
+        self.assertEqual(stream.event("deleted")["id"], event["id"])
+        stream.transport.stopProducing()
+
+
+class _Collector(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.waiting: list[tuple[bytes, defer.Deferred[None]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        for needle, d in list(self.waiting):
+            if needle in self.data:
+                self.waiting.remove((needle, d))
+                d.callback(None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        pass
+
+    def until(self, needle: bytes) -> defer.Deferred[None]:
+        if needle in self.data:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self.waiting.append((needle, d))
+        return d
+
+    def event(self, kind: str) -> Any:
+        for block in self.data.split(b"\n\n"):
+            lines = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
+            if lines.get(b"event") == kind.encode():
+                found = json.loads(lines[b"data"])
+        return found
+
+
+class Release(WebTestCase):
+    async def test_release_relays_to_the_named_server(self) -> None:
+        await self.start()
+        target = await MailhubTestServer.started(self, services=("smtp",))
+        await self.hub.send("alice@example.com", message=rich_message())
+        message_id = await self.only_id()
+        response = await self.call(
+            "POST",
+            f"/api/v1/messages/{message_id}/release",
+            json={"host": "localhost", "port": target.smtp_port, "to": ["zed@example.org"]},
+        )
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(
+            [(r["recipient"], r["outcome"]) for r in response.json["results"]],
+            [("zed@example.org", "delivered")],
+        )
+        [copy] = target.messages("zed@example.org")
+        self.assertEqual(copy.subject, "Invoice 42")
+        # One Return-Path (the target's own), with the original sender; our trace header stays.
+        # One Return-Path (the target's, with our envelope sender); our trace header travels on.
+        self.assertEqual(copy.message.get_all("Return-Path"), ["<sender@example.com>"])
+        self.assertEqual(len(copy.message.get_all("Received")), 2)
+
+    async def test_release_to_a_server_that_refuses_is_502(self) -> None:
+        await self.start()
+        target = await MailhubTestServer.started(
+            self,
+            services=("smtp",),
+            faults=[{"stage": "rcpt", "action": "reply", "code": 550, "enhanced": "5.1.1"}],
+        )
+        await self.send()
+        message_id = await self.only_id()
+        response = await self.call(
+            "POST",
+            f"/api/v1/messages/{message_id}/release",
+            json={"host": "127.0.0.1", "port": target.smtp_port},
+        )
+        self.assertEqual(response.code, 502)
+        [result] = response.json["results"]
+        self.assertEqual((result["outcome"], result["status"]), ("permanent", "5.1.1"))
+        self.assertEqual(target.messages(), [])
+
+
+class Faults(WebTestCase):
+    async def test_rules_added_at_run_time_take_effect(self) -> None:
+        await self.start()
+        added = await self.call(
+            "POST",
+            "/api/v1/faults",
+            json={"stage": "rcpt", "action": "reply", "code": 550, "recipient": "fail-550@*"},
+        )
+        self.assertEqual(added.code, 201, added.body)
+        rule_id = added.json["id"]
+        self.assertEqual([r["id"] for r in (await self.get("/api/v1/faults"))["rules"]], [rule_id])
+        refused = await self.hub.send(["fail-550@example.com", "ok@example.com"])
+        self.assertEqual(list(refused), ["fail-550@example.com"])
+        bad = await self.call("POST", "/api/v1/faults", json={"stage": "nowhere"})
+        self.assertEqual(bad.code, 400)
+        self.assertEqual((await self.call("DELETE", f"/api/v1/faults/{rule_id}")).code, 200)
+        self.assertEqual((await self.call("DELETE", f"/api/v1/faults/{rule_id}")).code, 404)
+        self.assertEqual((await self.get("/api/v1/faults"))["rules"], [])
+
+
+class Login(WebTestCase):
+    async def start_with_users(self) -> MailhubTestServer:
+        users = Path(self.mktemp())
+        db = UserDB(users)
+        db.add("admin@example.com", "admin-secret")
+        db.add("alice@example.com", "alice-secret")
+        hub = await self.start(
+            users_file=users, web=WebConfig(login=True, admins=("admin@example.com",))
+        )
+        return hub
+
+    def auth(self, user: str, password: str) -> dict[str, Any]:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"headers": {"Authorization": f"Basic {token}"}}
+
+    async def test_basic_login_and_what_each_user_sees(self) -> None:
+        await self.start_with_users()
+        await self.send("alice@example.com", subject="for alice")
+        await self.send("bob@example.com", subject="for bob")
+        anonymous = await self.call("GET", "/api/v1/messages")
+        self.assertEqual(anonymous.code, 401)
+        self.assertIn("Basic", anonymous.header("WWW-Authenticate"))
+        self.assertEqual((await self.call("GET", "/")).code, 401)
+        self.assertEqual((await self.call("GET", "/api/v1/health")).code, 200)
+        wrong = await self.call("GET", "/api/v1/messages", **self.auth("alice@example.com", "x"))
+        self.assertEqual(wrong.code, 401)
+        admin = await self.call(
+            "GET", "/api/v1/messages", **self.auth("admin@example.com", "admin-secret")
+        )
+        self.assertEqual(admin.json["total"], 2)
+        alice = await self.call(
+            "GET", "/api/v1/messages", **self.auth("alice@example.com", "alice-secret")
+        )
+        self.assertEqual([m["subject"] for m in alice.json["messages"]], ["for alice"])
+        bobs = (
+            admin.json["messages"][0]
+            if admin.json["messages"][0]["subject"] == "for bob"
+            else admin.json["messages"][1]
+        )
+        hidden = await self.call(
+            "GET",
+            f"/api/v1/messages/{bobs['id']}",
+            **self.auth("alice@example.com", "alice-secret"),
+        )
+        self.assertEqual(hidden.code, 404)
+        faults = await self.call(
+            "GET", "/api/v1/faults", **self.auth("alice@example.com", "alice-secret")
+        )
+        self.assertEqual(faults.code, 403)

@@ -1,0 +1,162 @@
+"""The page in a real headless browser (Debian's chromium + chromedriver, driven by Selenium):
+a message sent by SMTP shows up live, opens, its attachment downloads, delete works."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import threads
+from twisted.trial.unittest import TestCase
+
+from mailhub.testing import MailhubTestServer
+
+try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:  # pragma: no cover - the [test] extra installs it
+    webdriver = None  # type: ignore[assignment]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def _skip() -> str | None:
+    if webdriver is None:
+        return "selenium is not installed (pip install -e '.[test]')"
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        return (
+            "chromium and chromedriver are not installed (apt-get install chromium "
+            "chromium-driver); .ci/run installs them"
+        )
+    return None
+
+
+def message_with_attachment() -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "Shop <shop@example.net>"
+    msg["To"] = "buyer@example.com"
+    msg["Subject"] = "Your receipt"
+    msg.set_content("Thanks for shopping.\n")
+    msg.add_alternative(
+        "<h1>Thanks</h1><p>See the <b>receipt</b>.</p>"
+        '<img src="http://tracker.invalid/pixel.gif" alt="tracker">'
+        "<script>document.body.innerHTML = 'pwned'</script>",
+        subtype="html",
+    )
+    msg.add_attachment(
+        b"receipt line 1\nreceipt line 2\n",
+        maintype="text",
+        subtype="plain",
+        filename="receipt.txt",
+    )
+    return msg
+
+
+class Page(TestCase):
+    skip = _skip()
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.downloads = Path(self.mktemp()).absolute()
+        self.downloads.mkdir(parents=True)
+
+    def browser(self) -> Any:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for arg in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,900",
+        ):
+            options.add_argument(arg)
+        options.add_experimental_option(
+            "prefs",
+            {
+                "download.default_directory": str(self.downloads),
+                "download.prompt_for_download": False,
+            },
+        )
+        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+        self.addCleanup(driver.quit)
+        return driver
+
+    async def test_live_open_download_delete(self) -> None:
+        hub = await MailhubTestServer.started(self, services=("smtp", "web"))
+        url = f"http://127.0.0.1:{hub.ports['web']}/"
+        driver = await threads.deferToThread(self.browser)
+
+        def open_page() -> None:
+            driver.get(url)
+            wait = WebDriverWait(driver, 15)
+            wait.until(ec.text_to_be_present_in_element((By.ID, "list-status"), "No messages"))
+            wait.until(lambda d: "on" in d.find_element(By.ID, "live").get_attribute("class"))
+
+        await threads.deferToThread(open_page)
+        await hub.send("buyer@example.com", message=message_with_attachment())
+
+        def see_it_live_and_open_it() -> None:
+            wait = WebDriverWait(driver, 15)
+            row = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#messages .msg")))
+            self.assertIn("Your receipt", row.text)
+            self.assertIn("unread", row.get_attribute("class"))
+            self.assertIn("has-attachment", row.get_attribute("class"))
+            row.click()  # selects and opens; then back to the list and in again by keyboard
+            wait.until(ec.text_to_be_present_in_element((By.ID, "subject"), "Your receipt"))
+            driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+            wait.until(lambda d: d.find_element(By.ID, "detail").get_attribute("hidden"))
+            driver.switch_to.active_element.send_keys(Keys.ENTER)
+            wait.until(ec.text_to_be_present_in_element((By.ID, "subject"), "Your receipt"))
+            self.assertFalse(driver.find_element(By.ID, "remote-banner").get_attribute("hidden"))
+            frame = driver.find_element(By.ID, "html")
+            self.assertEqual(
+                frame.get_attribute("sandbox"), "allow-popups allow-popups-to-escape-sandbox"
+            )
+            driver.switch_to.frame(frame)
+            body = wait.until(ec.presence_of_element_located((By.TAG_NAME, "h1")))
+            self.assertEqual(body.text, "Thanks")
+            self.assertNotIn("pwned", driver.find_element(By.TAG_NAME, "body").text)
+            driver.switch_to.default_content()
+            # Opening marked it read: the Maildir S flag IMAP and POP3 see.
+            wait.until(
+                lambda d: (
+                    "unread"
+                    not in d.find_element(By.CSS_SELECTOR, "#messages .msg").get_attribute("class")
+                )
+            )
+
+        await threads.deferToThread(see_it_live_and_open_it)
+
+        def download_attachment() -> bytes:
+            link = driver.find_element(By.CSS_SELECTOR, "a.attachment")
+            self.assertIn("receipt.txt", link.text)
+            link.click()
+            target = self.downloads / "receipt.txt"
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not target.exists():
+                time.sleep(0.1)
+            return target.read_bytes()
+
+        self.assertEqual(
+            await threads.deferToThread(download_attachment),
+            b"receipt line 1\nreceipt line 2\n",
+        )
+        self.assertEqual(hub.messages("buyer@example.com")[0].subject, "Your receipt")
+
+        def delete_it() -> None:
+            driver.find_element(By.ID, "delete").click()
+            WebDriverWait(driver, 15).until(
+                lambda d: not d.find_elements(By.CSS_SELECTOR, "#messages .msg")
+            )
+
+        await threads.deferToThread(delete_it)
+        self.assertEqual(hub.messages("buyer@example.com"), [])

@@ -1,0 +1,690 @@
+"""IMAP dialogs per command and extension, over a real Maildir store (RFC 3501 and extensions)."""
+
+from __future__ import annotations
+
+import base64
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.internet.defer import Deferred
+
+from mailhub.auth import make_portal
+from tests.test_imap_support import USER, IMAPTestCase, message
+
+CAPS = (
+    "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
+    "SPECIAL-USE CONDSTORE APPENDLIMIT=36700160"
+)
+
+
+class Greeting(IMAPTestCase):
+    def test_before_tls_without_plaintext_login(self) -> None:
+        self.plaintext_allowed = False
+        client = self.connect()
+        self.assertEqual(
+            client.greeting,
+            f"* OK [CAPABILITY {CAPS} STARTTLS LOGINDISABLED] mail.example.org IMAP4rev1 "
+            "mailhub ready\r\n".encode(),
+        )
+        client.run("""
+            C: a1 LOGIN alice secret
+            S: a1 NO [PRIVACYREQUIRED] Use STARTTLS first
+            C: a2 AUTHENTICATE PLAIN
+            S: a2 NO [PRIVACYREQUIRED] Use STARTTLS first
+        """)
+
+    def test_starttls_then_login_is_offered_and_plaintext_after_it_is_ignored(self) -> None:
+        self.plaintext_allowed = False
+        client = self.connect()
+        # RFC 3501 6.2.1: what was pipelined behind STARTTLS in plaintext must not run.
+        client.run(f"""
+            C: a1 STARTTLS
+            C: a2 LOGIN alice secret
+            S: a1 OK Begin TLS negotiation now
+            C: a3 CAPABILITY
+            S: * CAPABILITY {CAPS} AUTH=PLAIN AUTH=LOGIN
+            S: a3 OK CAPABILITY completed
+            C: a4 STARTTLS
+            S: a4 BAD TLS is already active
+        """)
+        self.assertIs(client.transport.tls_context, self.factory.tls_context_factory)
+
+    def test_implicit_tls_offers_login_and_no_starttls(self) -> None:
+        self.plaintext_allowed = False
+        client = self.connect(tls=True)
+        self.assertIn(b"AUTH=PLAIN", client.greeting)
+        self.assertNotIn(b"STARTTLS", client.greeting)
+
+    def test_connection_limit_per_ip(self) -> None:
+        self.with_limits(max_connections_per_ip=2)
+        first, second = self.connect(), self.connect()
+        third = self.connect()
+        self.assertEqual(third.greeting, b"* BYE Too many connections, try again later\r\n")
+        self.assertTrue(third.closed)
+        self.assertFalse(first.closed or second.closed)
+        first.protocol.connectionLost(None)
+        self.assertIn(b"* OK", self.connect().greeting)
+
+    def test_autologout_after_idle_timeout(self) -> None:
+        self.with_limits(imap_idle_timeout=60.0)
+        client = self.connect()
+        self.clock.advance(59)
+        client.send("a1 NOOP\r\n")
+        self.assertEqual(client.lines(), ["a1 OK NOOP completed"])
+        self.clock.advance(59)
+        self.assertFalse(client.closed)
+        self.clock.advance(1)
+        self.assertEqual(client.lines(), ["* BYE Autologout; idle for too long"])
+        self.assertTrue(client.closed)
+
+
+class BadInput(IMAPTestCase):
+    def test_unknown_wrong_state_and_syntax(self) -> None:
+        client = self.connect()
+        client.run("""
+            C: a1 FROBNICATE
+            S: a1 BAD Unknown command FROBNICATE
+            C: a2 SELECT INBOX
+            S: a2 BAD SELECT not allowed now (not authenticated)
+            C: a3 LOGIN "unterminated
+            S: a3 BAD unterminated quoted string
+            C: a4 LOGIN onlyone
+            S: a4 BAD wrong number of arguments
+            C: * NOOP
+            S: * BAD missing or invalid tag
+            C: a5 NOOP
+            S: a5 OK NOOP completed
+        """)
+
+    def test_line_too_long_is_bad_and_the_connection_survives(self) -> None:
+        self.with_limits(imap_max_line_length=1000)
+        client = self.connect()
+        client.send("a1 NOOP " + "x" * 3000 + "\r\na2 NOOP\r\n")
+        self.assertEqual(client.lines(), ["a1 BAD Command line too long", "a2 OK NOOP completed"])
+        self.assertFalse(client.closed)
+
+
+class Login(IMAPTestCase):
+    def use_password_checker(self) -> None:
+        checker = InMemoryUsernamePasswordDatabaseDontUse(**{USER: b"secret"})
+        self.factory = self.make_factory(portal=make_portal(checker))
+
+    def test_login_creates_the_special_folders(self) -> None:
+        client = self.connect()
+        client.run(f"""
+            C: a1 LOGIN alice "any password"
+            S: a1 OK [CAPABILITY {CAPS}] Logged in
+            C: a2 LIST "" *
+            S: * LIST (\\HasNoChildren) "." INBOX
+            S: * LIST (\\HasNoChildren \\Archive) "." Archive
+            S: * LIST (\\HasNoChildren \\Drafts) "." Drafts
+            S: * LIST (\\HasNoChildren \\Junk) "." Junk
+            S: * LIST (\\HasNoChildren \\Sent) "." Sent
+            S: * LIST (\\HasNoChildren \\Trash) "." Trash
+            S: a2 OK LIST completed
+        """)
+
+    def test_failed_logins_are_delayed_then_disconnected(self) -> None:
+        self.use_password_checker()
+        client = self.connect()
+        client.send(f"a1 LOGIN {USER} wrong\r\na2 NOOP\r\n")
+        self.assertEqual(client.lines(), [], "the answer waits for the throttle's delay")
+        self.clock.advance(1)
+        self.assertEqual(
+            client.lines(),
+            ["a1 NO [AUTHENTICATIONFAILED] Authentication failed", "a2 OK NOOP completed"],
+        )
+        client.send(f"a3 LOGIN {USER} wrong\r\n")
+        self.clock.advance(2)
+        self.assertEqual(client.lines(), ["a3 NO [AUTHENTICATIONFAILED] Authentication failed"])
+        client.send(f"a4 LOGIN {USER} wrong\r\n")
+        self.clock.advance(4)
+        self.assertEqual(
+            client.lines(),
+            [
+                "a4 NO [AUTHENTICATIONFAILED] Authentication failed",
+                "* BYE Too many authentication failures",
+            ],
+        )
+        self.assertTrue(client.closed)
+        # Another connection from the same address is refused before any password is checked.
+        again = self.connect()
+        again.send(f"b1 LOGIN {USER} secret\r\n")
+        self.assertEqual(again.lines(), ["* BYE Too many authentication failures"])
+
+    def test_right_password_after_a_failure(self) -> None:
+        self.use_password_checker()
+        client = self.connect()
+        client.send(f"a1 LOGIN {USER} wrong\r\n")
+        self.clock.advance(1)
+        client.run(f"""
+            S: a1 NO [AUTHENTICATIONFAILED] Authentication failed
+            C: a2 LOGIN {USER} secret
+            S: a2 OK [CAPABILITY {CAPS}] Logged in
+        """)
+        self.assertEqual(self.throttle.failures("192.0.2.7"), 0)
+
+    def test_authenticate_plain_with_initial_response(self) -> None:
+        self.use_password_checker()
+        ir = base64.b64encode(f"\0{USER}\0secret".encode()).decode()
+        self.connect().run(f"""
+            C: a1 AUTHENTICATE PLAIN {ir}
+            S: a1 OK [CAPABILITY {CAPS}] Logged in
+        """)
+
+    def test_authenticate_plain_with_continuation_and_cancel(self) -> None:
+        self.use_password_checker()
+        response = base64.b64encode(f"\0{USER}\0secret".encode()).decode()
+        self.connect().run(f"""
+            C: a1 AUTHENTICATE PLAIN
+            S: +
+            C: *
+            S: a1 BAD AUTHENTICATE cancelled
+            C: a2 AUTHENTICATE PLAIN
+            S: +
+            C: {response}
+            S: a2 OK [CAPABILITY {CAPS}] Logged in
+        """)
+
+    def test_authenticate_unknown_mechanism_and_bad_base64(self) -> None:
+        self.connect().run("""
+            C: a1 AUTHENTICATE CRAM-MD5
+            S: a1 NO [CANNOT] Unsupported mechanism CRAM-MD5
+            C: a2 AUTHENTICATE PLAIN !!!
+            S: a2 BAD Invalid base64 in initial response
+        """)
+
+    def test_commands_are_answered_in_order_while_login_waits(self) -> None:
+        # twisted#9282: pipelined commands behind an asynchronous one must wait for it.
+        held: list[Deferred] = []
+        real = self.checker.requestAvatarId
+
+        def slow(credentials):
+            d: Deferred = Deferred()
+            held.append(d)
+            return d.addCallback(lambda _: real(credentials))
+
+        self.checker.requestAvatarId = slow  # type: ignore[method-assign]
+        self.deliver()
+        client = self.connect()
+        client.send("a1 LOGIN alice pw\r\na2 SELECT INBOX\r\na3 FETCH 1 (FLAGS)\r\n")
+        self.assertEqual(client.lines(), [])
+        held[0].callback(None)
+        lines = client.lines()
+        self.assertEqual(
+            [line.split()[0] for line in lines if not line.startswith("*")], ["a1", "a2", "a3"]
+        )
+        self.assertEqual(lines[-2:], ["* 1 FETCH (FLAGS (\\Recent))", "a3 OK FETCH completed"])
+
+
+class Mailboxes(IMAPTestCase):
+    def test_create_list_rename_delete_with_modified_utf7(self) -> None:
+        client = self.login(select=None)
+        client.run("""
+            C: a1 CREATE Projekte.Entw&APw-rfe
+            S: a1 OK CREATE completed
+            C: a2 LIST "" Projekte*
+            S: * LIST (\\HasChildren) "." Projekte
+            S: * LIST (\\HasNoChildren) "." Projekte.Entw&APw-rfe
+            S: a2 OK LIST completed
+            C: a3 LIST "Projekte." %
+            S: * LIST (\\HasNoChildren) "." Projekte.Entw&APw-rfe
+            S: a3 OK LIST completed
+            C: a4 RENAME Projekte Work
+            S: a4 OK RENAME completed
+            C: a5 LIST "" W*
+            S: * LIST (\\HasChildren) "." Work
+            S: * LIST (\\HasNoChildren) "." Work.Entw&APw-rfe
+            S: a5 OK LIST completed
+            C: a6 DELETE Work.Entw&APw-rfe
+            S: a6 OK DELETE completed
+            C: a7 DELETE Work.Entw&APw-rfe
+            S: a7 NO [NONEXISTENT] Mailbox does not exist
+            C: a8 CREATE Work
+            S: a8 NO [ALREADYEXISTS] Mailbox already exists
+            C: a9 DELETE INBOX
+            S: a9 NO [CANNOT] INBOX cannot be deleted
+            C: b1 LIST "" ""
+            S: * LIST (\\Noselect) "." ""
+            S: b1 OK LIST completed
+        """)
+        self.assertEqual(self.store.mailbox(USER).list_folders()[-1], "Work")
+
+    def test_names_escaping_the_directory_are_refused(self) -> None:
+        client = self.login(select=None)
+        for n, name in enumerate(('"../../bob"', '"a/b"', "..", '"x..y"')):
+            client.send(f"c{n} CREATE {name}\r\n")
+            [line] = client.lines()
+            self.assertTrue(line.startswith(f"c{n} NO "), line)
+        self.assertFalse((self.store.root / "example.org" / "bob").exists())
+
+    def test_subscriptions(self) -> None:
+        client = self.login(select=None)
+        # The special-use folders come subscribed (as Dovecot's autosubscribe does).
+        client.run("""
+            C: a1 CREATE Lists.Twisted
+            S: a1 OK CREATE completed
+            C: a2 SUBSCRIBE Lists.Twisted
+            S: a2 OK SUBSCRIBE completed
+            C: a3 UNSUBSCRIBE Trash
+            S: a3 OK UNSUBSCRIBE completed
+            C: a4 UNSUBSCRIBE Junk
+            S: a4 OK UNSUBSCRIBE completed
+            C: a5 LSUB "" *
+            S: * LSUB (\\HasNoChildren) "." Archive
+            S: * LSUB (\\HasNoChildren) "." Drafts
+            S: * LSUB (\\HasNoChildren) "." Lists.Twisted
+            S: * LSUB (\\HasNoChildren) "." Sent
+            S: a5 OK LSUB completed
+            C: a6 LSUB "" L%
+            S: * LSUB (\\Noselect) "." Lists
+            S: a6 OK LSUB completed
+        """)
+
+    def test_status_namespace_id(self) -> None:
+        self.deliver()
+        self.folder().append(message("seen"), flags=["S"])
+        client = self.login(select=None)
+        validity = self.folder().sync().uidvalidity
+        client.run(f"""
+            C: a1 STATUS INBOX (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN APPENDLIMIT)
+            S: * STATUS INBOX (MESSAGES 2 RECENT 1 UIDNEXT 3 UIDVALIDITY {validity} UNSEEN 1 APPENDLIMIT 36700160)
+            S: a1 OK STATUS completed
+            C: a2 STATUS Nope (MESSAGES)
+            S: a2 NO [NONEXISTENT] Mailbox does not exist
+            C: a3 NAMESPACE
+            S: * NAMESPACE (("" ".")) NIL NIL
+            S: a3 OK NAMESPACE completed
+            C: a4 ID ("name" "test")
+            S: * ID ("name" "mailhub" "vendor" "mailhub")
+            S: a4 OK ID completed
+        """)  # noqa: E501
+
+
+class Select(IMAPTestCase):
+    def test_select_reports_state_and_takes_recent(self) -> None:
+        self.deliver()
+        self.folder().append(message("seen"), flags=["S"])
+        client = self.connect()
+        client.command("LOGIN alice pw")
+        validity = self.folder().sync().uidvalidity
+        client.run(f"""
+            C: a1 SELECT INBOX
+            S: * FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft)
+            S: * OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft \\*)] Flags permitted
+            S: * 2 EXISTS
+            S: * 1 RECENT
+            S: * OK [UNSEEN 1] First unseen
+            S: * OK [UIDVALIDITY {validity}] UIDs valid
+            S: * OK [UIDNEXT 3] Predicted next UID
+            S: * OK [HIGHESTMODSEQ ...
+            S: a1 OK [READ-WRITE] SELECT completed
+        """)  # noqa: E501
+        # \Recent went to this session only (RFC 3501 2.3.2).
+        other = self.login(select=None)
+        other.run("""
+            C: b1 EXAMINE INBOX
+            S: ...
+            S: * 0 RECENT
+            S: ...
+            S: b1 OK [READ-ONLY] EXAMINE completed
+            C: b2 STORE 1 +FLAGS (\\Seen)
+            S: b2 NO [READ-ONLY] Mailbox is read-only
+        """)
+
+    def test_failed_select_deselects(self) -> None:
+        client = self.login()
+        client.run("""
+            C: a1 SELECT Nope
+            S: a1 NO [NONEXISTENT] Mailbox does not exist
+            C: a2 FETCH 1 FLAGS
+            S: a2 BAD FETCH not allowed now (auth)
+        """)
+
+    def test_close_expunges_silently_and_unselect_does_not(self) -> None:
+        for _ in range(3):
+            self.deliver()
+        client = self.login()
+        client.run("""
+            C: a1 STORE 1:2 +FLAGS.SILENT (\\Deleted)
+            S: a1 OK STORE completed
+            C: a2 UNSELECT
+            S: a2 OK UNSELECT completed
+        """)
+        self.assertEqual(self.folder().sync().count, 3)
+        client.command("SELECT INBOX")
+        client.run("""
+            C: a3 CLOSE
+            S: a3 OK CLOSE completed
+        """)
+        self.assertEqual([m.uid for m in self.folder().sync().messages], [3])
+
+
+class Fetch(IMAPTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.deliver(message("one", "Line one.\r\nLine two.\r\n"))
+        self.deliver(message("two"))
+        self.client = self.login()
+
+    def test_flags_uid_size_and_seq_beyond_the_end(self) -> None:
+        size1 = self.folder().sync().messages[0].size
+        self.client.run(f"""
+            C: a1 FETCH 1:* (UID RFC822.SIZE FLAGS)
+            S: * 1 FETCH (UID 1 FLAGS (\\Recent) RFC822.SIZE {size1})
+            S: * 2 FETCH (UID 2 FLAGS (\\Recent) RFC822.SIZE ...
+            S: a1 OK FETCH completed
+            C: a2 FETCH 3 FLAGS
+            S: a2 BAD no message 3 (mailbox has 2)
+            C: a3 UID FETCH 3:* FLAGS
+            S: * 2 FETCH (UID 2 FLAGS (\\Recent))
+            S: a3 OK FETCH completed
+            C: a4 UID FETCH 5 FLAGS
+            S: a4 OK FETCH completed
+        """)
+
+    def test_body_sets_seen_and_peek_does_not(self) -> None:
+        self.client.run("""
+            C: a1 FETCH 1 (BODY.PEEK[TEXT])
+            S: * 1 FETCH (BODY[TEXT] {22}
+            S: Line one.
+            S: Line two.
+            S: )
+            S: a1 OK FETCH completed
+            C: a2 FETCH 1 (BODY[TEXT]<5.8>)
+            S: * 1 FETCH (FLAGS (\\Seen \\Recent) BODY[TEXT]<5> {8}
+            S: one.
+            S: Li)
+            S: a2 OK FETCH completed
+            C: a3 FETCH 1 BODY[HEADER.FIELDS (subject)]
+            S: * 1 FETCH (BODY[HEADER.FIELDS (subject)] {16}
+            S: Subject: one
+            S:
+            S: )
+            S: a3 OK FETCH completed
+        """)
+        self.assertIn("S", self.folder().sync().messages[0].flags)
+        self.assertNotIn("S", self.folder().sync().messages[1].flags)
+
+    def test_rfc822_items(self) -> None:
+        data = message("two")
+        header = data[: data.index(b"\r\n\r\n") + 4]
+        self.client.send("a1 FETCH 2 (RFC822.HEADER)\r\n")
+        self.assertEqual(
+            self.client.take(),
+            b"* 2 FETCH (RFC822.HEADER {%d}\r\n%s)\r\na1 OK FETCH completed\r\n"
+            % (len(header), header),
+        )
+        self.client.send("a2 UID FETCH 2 RFC822\r\n")
+        self.assertEqual(
+            self.client.take(),
+            b"* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent) RFC822 {%d}\r\n%s)\r\n"
+            b"a2 OK FETCH completed\r\n" % (len(data), data),
+        )
+
+    def test_envelope_and_bodystructure(self) -> None:
+        self.client.run("""
+            C: a1 FETCH 2 (ENVELOPE BODYSTRUCTURE)
+            S: * 2 FETCH (ENVELOPE ("Mon, 7 Feb 1994 21:52:25 -0800" "two" ((NIL NIL "bob" "example.net")) ((NIL NIL "bob" "example.net")) ((NIL NIL "bob" "example.net")) ((NIL NIL "alice" "example.org")) NIL NIL NIL "<two@example.net>") BODYSTRUCTURE ("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 11 1 NIL NIL NIL NIL))
+            S: a1 OK FETCH completed
+        """)  # noqa: E501
+
+    def test_bad_attributes(self) -> None:
+        self.client.run("""
+            C: a1 FETCH 1 (FLAGS BOGUS)
+            S: a1 BAD unknown fetch attribute BOGUS
+            C: a2 FETCH 1 BODY[MIME]
+            S: a2 BAD MIME needs a part number
+            C: a3 FETCH x FLAGS
+            S: a3 BAD bad sequence number 'x'
+        """)
+
+    def test_fetch_streams_with_flow_control(self) -> None:
+        big = message("big", "x" * 70 + "\r\n") * 1  # the message itself is small
+        for _ in range(3):
+            self.deliver(big)
+        client = self.client
+        client.command("NOOP")
+        client.protocol.pauseProducing()  # the transport's buffer is full
+        client.send("a1 FETCH 1:* BODY.PEEK[]\r\n")
+        first = client.take()
+        self.assertEqual(first.count(b" FETCH "), 1, "stops after the first write")
+        self.assertIs(client.transport.producer, client.protocol)
+        client.send("a2 NOOP\r\n")
+        self.assertEqual(client.take(), b"", "the next command waits behind the FETCH")
+        while client.transport.producer is not None:
+            client.protocol.pauseProducing()
+            client.protocol.resumeProducing()
+            first += client.take()
+        rest = client.lines()
+        self.assertEqual(first.count(b" FETCH ("), 5)
+        self.assertIn(b"a1 OK FETCH completed\r\na2 OK NOOP completed\r\n", first + b"\r\n".join(
+            line.encode() for line in rest) + b"\r\n")  # fmt: skip
+
+
+class Store(IMAPTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(3):
+            self.deliver(message(f"m{n}"))
+        self.client = self.login()
+
+    def test_add_remove_replace_and_silent(self) -> None:
+        self.client.run("""
+            C: a1 STORE 1:2 +FLAGS (\\Flagged $Work)
+            S: * 1 FETCH (FLAGS (\\Flagged $Work \\Recent))
+            S: * 2 FETCH (FLAGS (\\Flagged $Work \\Recent))
+            S: a1 OK STORE completed
+            C: a2 STORE 1 -FLAGS ($Work)
+            S: * 1 FETCH (FLAGS (\\Flagged \\Recent))
+            S: a2 OK STORE completed
+            C: a3 UID STORE 3 FLAGS (\\Seen \\Answered)
+            S: * 3 FETCH (UID 3 FLAGS (\\Seen \\Answered \\Recent))
+            S: a3 OK STORE completed
+            C: a4 STORE 2 FLAGS.SILENT (\\Draft)
+            S: a4 OK STORE completed
+            C: a5 FETCH 1:3 FLAGS
+            S: * 1 FETCH (FLAGS (\\Flagged \\Recent))
+            S: * 2 FETCH (FLAGS (\\Draft \\Recent))
+            S: * 3 FETCH (FLAGS (\\Seen \\Answered \\Recent))
+            S: a5 OK FETCH completed
+            C: a6 STORE 1 +FLAGS (\\Recent)
+            S: a6 BAD unknown system flag \\Recent
+        """)
+        infos = self.folder().sync().messages
+        self.assertEqual([m.flags for m in infos], [{"F"}, {"D"}, {"S", "R"}])
+        self.assertEqual(infos[1].keywords, frozenset())
+
+    def test_expunge_and_uid_expunge(self) -> None:
+        self.client.run("""
+            C: a1 STORE 1:3 +FLAGS.SILENT (\\Deleted)
+            S: a1 OK STORE completed
+            C: a2 UID EXPUNGE 2
+            S: * 2 EXPUNGE
+            S: a2 OK EXPUNGE completed
+            C: a3 STORE 1 -FLAGS.SILENT (\\Deleted)
+            S: a3 OK STORE completed
+            C: a4 EXPUNGE
+            S: * 2 EXPUNGE
+            S: a4 OK EXPUNGE completed
+            C: a5 UID FETCH 1:* UID
+            S: * 1 FETCH (UID 1)
+            S: a5 OK FETCH completed
+        """)
+
+
+class CondStore(IMAPTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(3):
+            self.deliver(message(f"m{n}"))
+        self.client = self.login(select=None)
+
+    def test_enable_then_modseq_everywhere(self) -> None:
+        client = self.client
+        client.run("""
+            C: a1 ENABLE CONDSTORE X-UNKNOWN
+            S: * ENABLED CONDSTORE
+            S: a1 OK ENABLE completed
+        """)
+        client.command("SELECT INBOX")
+        client.send("a2 STORE 2 +FLAGS (\\Seen)\r\n")
+        [fetch, done] = client.lines()
+        modseq = int(fetch.split("MODSEQ (")[1].removesuffix("))"))
+        self.assertEqual(fetch, f"* 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ ({modseq}))")
+        self.assertEqual(done, "a2 OK STORE completed")
+        client.run(f"""
+            C: a3 FETCH 1:* (FLAGS) (CHANGEDSINCE {modseq - 1})
+            S: * 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ ({modseq}))
+            S: a3 OK FETCH completed
+            C: a4 STORE 2 (UNCHANGEDSINCE {modseq - 1}) +FLAGS (\\Flagged)
+            S: a4 OK [MODIFIED 2] Conditional STORE failed
+            C: a5 UID STORE 1:2 (UNCHANGEDSINCE {modseq}) +FLAGS.SILENT (\\Answered)
+            S: * 1 FETCH (UID 1 MODSEQ (...
+            S: * 2 FETCH (UID 2 MODSEQ (...
+            S: a5 OK STORE completed
+        """)
+
+    def test_fetch_modseq_enables_condstore_with_highestmodseq(self) -> None:
+        self.client.command("SELECT INBOX")
+        self.client.run("""
+            C: a1 FETCH 1 (MODSEQ)
+            S: * OK [HIGHESTMODSEQ ...
+            S: * 1 FETCH (MODSEQ (...
+            S: a1 OK FETCH completed
+        """)
+
+
+class AppendCopyMove(IMAPTestCase):
+    def test_append_with_flags_and_date_then_appenduid(self) -> None:
+        client = self.login(select=None)
+        data = message("appended")
+        validity = self.folder("Drafts").sync().uidvalidity
+        client.run(f"""
+            C: a1 APPEND Drafts (\\Draft $Todo) " 7-Feb-1994 21:52:25 -0800" {{{len(data)}}}
+            S: + Ready for literal data
+        """)
+        client.send(data + b"\r\n")
+        self.assertEqual(client.lines(), [f"a1 OK [APPENDUID {validity} 1] APPEND completed"])
+        [info] = self.folder("Drafts").sync().messages
+        self.assertEqual((info.flags, info.keywords), ({"D"}, {"$Todo"}))
+        self.assertEqual(info.internaldate, 760686745)
+        self.assertEqual(self.folder("Drafts").read_message(1), data)
+
+    def test_append_literal_plus_without_flags_and_trycreate(self) -> None:
+        client = self.login(select=None)
+        client.send(b"a1 APPEND INBOX {5+}\r\nhello\r\na2 APPEND Nope {5+}\r\nhello\r\n")
+        lines = client.lines()
+        self.assertTrue(lines[0].startswith("a1 OK [APPENDUID "), lines)
+        self.assertEqual(lines[1], "a2 NO [TRYCREATE] Mailbox does not exist")
+        self.assertEqual(self.folder().read_message(1), b"hello")
+
+    def test_append_too_big(self) -> None:
+        self.with_limits(max_message_size=1000)
+        client = self.login(select=None)
+        client.run("""
+            C: a1 APPEND INBOX {1001}
+            S: a1 NO [TOOBIG] Message larger than 1000 octets
+        """)
+        client.send(b"a2 APPEND INBOX {2000+}\r\n" + b"x" * 2000 + b"\r\na3 NOOP\r\n")
+        self.assertEqual(
+            client.lines(),
+            ["a2 NO [TOOBIG] Message larger than 1000 octets", "a3 OK NOOP completed"],
+        )
+        self.assertIn(b"APPENDLIMIT=1000", client.greeting)
+        self.assertEqual(self.folder().sync().count, 0)
+
+    def test_append_to_selected_mailbox_reports_exists(self) -> None:
+        client = self.login()
+        client.send(b"a1 APPEND INBOX {5+}\r\nhello\r\n")
+        lines = client.lines()
+        self.assertEqual(lines[:2], ["* 1 EXISTS", "* 1 RECENT"])
+
+    def test_copy_and_move_with_copyuid(self) -> None:
+        for n in range(3):
+            self.deliver(message(f"m{n}"))
+        client = self.login()
+        trash = self.folder("Trash").sync().uidvalidity
+        archive = self.folder("Archive").sync().uidvalidity
+        client.run(f"""
+            C: a1 COPY 2:3 Trash
+            S: a1 OK [COPYUID {trash} 2:3 1:2] COPY completed
+            C: a2 UID MOVE 1,3 Archive
+            S: * OK [COPYUID {archive} 1,3 1:2] Moved
+            S: * 3 EXPUNGE
+            S: * 1 EXPUNGE
+            S: a2 OK MOVE completed
+            C: a3 COPY 1 Nope
+            S: a3 NO [TRYCREATE] Mailbox does not exist
+            C: a4 FETCH 1 (UID)
+            S: * 1 FETCH (UID 2)
+            S: a4 OK FETCH completed
+        """)
+        self.assertEqual(self.folder("Trash").sync().count, 2)
+        self.assertEqual(self.folder("Archive").sync().count, 2)
+
+
+class Idle(IMAPTestCase):
+    def test_new_mail_during_idle_and_only_done_ends_it(self) -> None:
+        client = self.login()
+        client.run("""
+            C: a1 IDLE
+            S: + idling
+        """)
+        self.deliver()
+        self.clock.advance(1.0)
+        client.run("""
+            S: * 1 EXISTS
+            S: * 1 RECENT
+            C: DONE
+            S: a1 OK IDLE terminated
+            C: a2 IDLE
+            S: + idling
+            C: a3 NOOP
+            S: a2 BAD Expected DONE
+        """)
+
+    def test_idle_in_authenticated_state_just_waits(self) -> None:
+        client = self.login(select=None)
+        client.run("""
+            C: a1 IDLE
+            S: + idling
+            C: done
+            S: a1 OK IDLE terminated
+        """)
+
+
+class Search(IMAPTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(3):
+            self.deliver(message(f"m{n}", f"body number {n}\r\n"))
+        self.client = self.login()
+
+    def test_search_and_uid_search(self) -> None:
+        self.client.run("""
+            C: a1 STORE 2 +FLAGS.SILENT (\\Seen)
+            S: a1 OK STORE completed
+            C: a2 SEARCH UNSEEN
+            S: * SEARCH 1 3
+            S: a2 OK SEARCH completed
+            C: a3 UID SEARCH SUBJECT m2
+            S: * SEARCH 3
+            S: a3 OK SEARCH completed
+            C: a4 SEARCH CHARSET UTF-8 BODY "number 1"
+            S: * SEARCH 2
+            S: a4 OK SEARCH completed
+            C: a5 SEARCH CHARSET KOI8-R ALL
+            S: a5 NO [BADCHARSET (US-ASCII UTF-8)] ...
+            C: a6 SEARCH FROBNICATE
+            S: a6 BAD ...
+        """)
+
+    def test_search_modseq_enables_condstore(self) -> None:
+        self.client.command("STORE 3 +FLAGS (\\Flagged)")
+        modseq = self.folder().sync().messages[2].modseq
+        self.client.run(f"""
+            C: a1 SEARCH MODSEQ {modseq}
+            S: * OK [HIGHESTMODSEQ ...
+            S: * SEARCH 3 (MODSEQ {modseq})
+            S: a1 OK SEARCH completed
+        """)

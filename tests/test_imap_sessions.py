@@ -1,0 +1,156 @@
+"""Several sessions on one mailbox, and SMTP delivery into it: what each session is told.
+
+RFC 3501 5.2 and 7.4.1: new mail -> EXISTS, expunges -> EXPUNGE (never while answering FETCH,
+STORE or SEARCH, whose UID forms are fine), flag changes -> untagged FETCH; sequence numbers
+stay right for every session.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import TestCase
+
+from mailhub.envelope import Envelope, Recipient
+from mailhub.store.delivery import GroupCommitter, MaildirSink
+from tests.test_imap_support import USER, IMAPTestCase, message
+
+
+class TwoSessions(IMAPTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(3):
+            self.deliver(message(f"m{n}"))
+        self.a = self.login()
+        self.b = self.login()
+
+    def test_expunge_by_another_waits_until_allowed(self) -> None:
+        self.a.run("""
+            C: a1 STORE 2 +FLAGS.SILENT (\\Deleted)
+            S: a1 OK STORE completed
+            C: a2 EXPUNGE
+            S: * 2 EXPUNGE
+            S: a2 OK EXPUNGE completed
+        """)
+        # B still has three messages: not told during FETCH; message 2 is gone.
+        self.b.run("""
+            C: b1 FETCH 1:3 (UID)
+            S: * 1 FETCH (UID 1)
+            S: * 2 FETCH (UID 2)
+            S: * 3 FETCH (UID 3)
+            S: b1 OK FETCH completed
+            C: b2 FETCH 2 (BODY.PEEK[HEADER.FIELDS (Subject)])
+            S: b2 NO [EXPUNGEISSUED] Some messages were expunged meanwhile
+            C: b3 STORE 3 +FLAGS (\\Flagged)
+            S: * 3 FETCH (FLAGS (\\Flagged))
+            S: b3 OK STORE completed
+            C: b4 NOOP
+            S: * 2 EXPUNGE
+            S: b4 OK NOOP completed
+            C: b5 FETCH 2 (UID FLAGS)
+            S: * 2 FETCH (UID 3 FLAGS (\\Flagged))
+            S: b5 OK FETCH completed
+        """)
+
+    def test_uid_fetch_may_report_the_expunge(self) -> None:
+        self.a.command("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        self.a.command("EXPUNGE")
+        self.b.run("""
+            C: b1 UID FETCH 1:* (FLAGS)
+            S: * 1 EXPUNGE
+            S: * 1 FETCH (UID 2 FLAGS ())
+            S: * 2 FETCH (UID 3 FLAGS ())
+            S: b1 OK FETCH completed
+        """)
+
+    def test_flag_changes_of_another_are_reported(self) -> None:
+        self.a.command("STORE 3 +FLAGS (\\Seen $Done)")
+        self.b.run("""
+            C: b1 NOOP
+            S: * 3 FETCH (UID 3 FLAGS (\\Seen $Done))
+            S: b1 OK NOOP completed
+            C: b2 NOOP
+            S: b2 OK NOOP completed
+        """)
+
+    def test_flag_changes_carry_modseq_with_condstore(self) -> None:
+        self.b.command("ENABLE CONDSTORE")
+        self.a.command("STORE 1 +FLAGS (\\Answered)")
+        modseq = self.folder().sync().messages[0].modseq
+        self.b.run(f"""
+            C: b1 NOOP
+            S: * 1 FETCH (UID 1 FLAGS (\\Answered) MODSEQ ({modseq}))
+            S: b1 OK NOOP completed
+        """)
+
+    def test_new_mail_goes_recent_to_one_session_only(self) -> None:
+        self.deliver(message("new"))
+        self.a.run("""
+            C: a1 NOOP
+            S: * 4 EXISTS
+            S: * 4 RECENT
+            S: a1 OK NOOP completed
+            C: a2 FETCH 4 FLAGS
+            S: * 4 FETCH (FLAGS (\\Recent))
+            S: a2 OK FETCH completed
+        """)
+        self.b.run("""
+            C: b1 NOOP
+            S: * 4 EXISTS
+            S: * 0 RECENT
+            S: b1 OK NOOP completed
+            C: b2 FETCH 4 FLAGS
+            S: * 4 FETCH (FLAGS ())
+            S: b2 OK FETCH completed
+        """)
+
+    def test_expunge_and_new_mail_while_idle(self) -> None:
+        self.b.run("""
+            C: b1 IDLE
+            S: + idling
+        """)
+        self.a.command("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        self.a.command("EXPUNGE")
+        self.clock.advance(1.0)
+        self.b.run("""
+            S: * 1 EXPUNGE
+        """)
+        self.deliver(message("late"))
+        self.clock.advance(1.0)
+        self.b.run("""
+            S: * 3 EXISTS
+            S: * 1 RECENT
+            C: DONE
+            S: b1 OK IDLE terminated
+        """)
+
+
+class DeliveryDuringIdle(IMAPTestCase, TestCase):
+    async def test_smtp_delivery_shows_within_a_second(self) -> None:
+        client = self.login()
+        client.run("""
+            C: a1 IDLE
+            S: + idling
+        """)
+        committer = GroupCommitter(threads=2)
+        committer.startService()
+        self.addCleanup(committer.stopService)
+        sink = MaildirSink(self.store, committer)
+        incoming = sink.open(
+            Envelope(queue_id="Q1", mail_from="bob@example.net", recipients=[Recipient(USER, USER)])
+        )
+        incoming.write(message("via smtp"))
+        await incoming.commit()  # the real delivery path: fsync'd into new/
+        self.clock.advance(0.5)
+        self.assertEqual(client.lines(), [])
+        self.clock.advance(0.5)
+        client.run("""
+            S: * 1 EXISTS
+            S: * 1 RECENT
+            C: DONE
+            S: a1 OK IDLE terminated
+            C: a2 FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])
+            S: * 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {21}
+            S: Subject: via smtp
+            S:
+            S: )
+            S: a2 OK FETCH completed
+        """)

@@ -1,0 +1,128 @@
+"""mailhub.testing: the in-process server for other projects' tests (trial and pytest)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+from twisted.internet import utils
+from twisted.trial.unittest import TestCase
+
+from mailhub.testing import MailhubTestServer, MessageTimeout
+
+SMTP_AND_TLS = ("smtp", "submission", "smtps")
+
+
+class TrialFixture(TestCase):
+    async def test_mail_sent_before_the_wait_is_not_missed(self) -> None:
+        hub = await MailhubTestServer.started(self, services=SMTP_AND_TLS)
+        await hub.send("first@example.com", subject="one")
+        await hub.send("second@example.com", subject="two")
+        # Both arrived before anybody waited; each wait returns the next one, once.
+        self.assertEqual((await hub.wait_for_message()).subject, "one")
+        self.assertEqual((await hub.wait_for_message()).subject, "two")
+        await self.assertFailure(hub.wait_for_message(timeout=0.2), MessageTimeout)
+
+    async def test_filters_and_cursor(self) -> None:
+        hub = await MailhubTestServer.started(self, services=SMTP_AND_TLS)
+        await hub.send("old@example.com", subject="before the cursor")
+        cursor = hub.cursor()
+        await hub.send("a@example.com", subject="Your invoice 17")
+        await hub.send("b@example.com", subject="Welcome")
+        found = await hub.wait_for_message(to="B@example.com", since=cursor)
+        self.assertEqual((found.mailbox, found.subject), ("b@example.com", "Welcome"))
+        found = await hub.wait_for_message(subject="invoice", since=cursor)
+        self.assertEqual(found.mailbox, "a@example.com")
+        self.assertEqual(found.text.replace("\r\n", "\n"), "Sent by mailhub.testing.\n")
+        await self.assertFailure(
+            hub.wait_for_message(to="old@example.com", since=cursor, timeout=0.2), MessageTimeout
+        )
+        self.assertEqual([m.subject for m in hub.messages("a@example.com")], ["Your invoice 17"])
+
+    async def test_waiting_sees_a_message_that_arrives_later(self) -> None:
+        hub = await MailhubTestServer.started(self, services=SMTP_AND_TLS)
+        waiting = hub.wait_for_message(to="late@example.com")
+        self.assertNoResult(waiting)
+        await hub.send("late@example.com", subject="late")
+        self.assertEqual((await waiting).subject, "late")
+
+    async def test_tls_with_the_test_ca_and_submission(self) -> None:
+        hub = await MailhubTestServer.started(self, services=SMTP_AND_TLS)
+        await hub.send("tls@example.com", port="smtps", login=("me@example.com", "any"))
+        await hub.send("tls@example.com", port="submission", starttls=True, login=("me", "x"))
+        self.assertEqual(len(hub.messages("tls@example.com")), 2)
+        self.assertIn("BEGIN CERTIFICATE", hub.ca_file.read_text())
+
+    async def test_every_listener_gets_a_free_port(self) -> None:
+        from mailhub.service import FACTORIES
+
+        hub = MailhubTestServer(Path(self.mktemp()), services=SMTP_AND_TLS)
+        hub.start()
+        self.addCleanup(hub.stop)
+        self.assertEqual(set(hub.ports), set(SMTP_AND_TLS))
+        self.assertEqual(len(set(hub.ports.values())), 3)
+        self.assertNotIn(1025, hub.ports.values())
+        self.assertRaises(ValueError, MailhubTestServer, self.mktemp(), services=["gopher"])
+        self.assertTrue(set(SMTP_AND_TLS) <= set(FACTORIES))
+
+
+class PytestFixture(TestCase):
+    """The blocking helpers, as a pytest suite uses them (pytest runs in its own process: the
+    reactor runs in a thread there)."""
+
+    async def test_pytest_suite_passes(self) -> None:
+        directory = Path(self.mktemp()).absolute()
+        directory.mkdir()
+        (directory / "test_app.py").write_text(
+            textwrap.dedent(
+                """
+                import smtplib
+                import pytest
+                import mailhub.testing
+
+                @pytest.fixture
+                def mailhub_server(tmp_path):
+                    with mailhub.testing.running(tmp_path, services=("smtp",)) as hub:
+                        yield hub
+
+                def test_send_and_wait(mailhub_server):
+                    mailhub_server.send("app@example.com", subject="Hello from pytest")
+                    got = mailhub_server.wait_for_message(to="app@example.com")
+                    assert got.subject == "Hello from pytest"
+
+                def test_faults(mailhub_server):
+                    mailhub_server.add_fault(
+                        {"stage": "rcpt", "action": "reply", "code": 550, "recipient": "no@*"}
+                    )
+                    with pytest.raises(smtplib.SMTPRecipientsRefused):
+                        mailhub_server.send("no@example.com")
+                    assert mailhub_server.list_faults()[0]["fired"] == 1
+                    assert mailhub_server.messages() == []
+
+                def test_temporary_directory():
+                    with mailhub.testing.running(services=("smtp",)) as hub:
+                        hub.send("x@example.com")
+                        assert len(hub.wait_for_message().raw) > 0
+                """
+            )
+        )
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        out, err, code = await utils.getProcessOutputAndValue(
+            sys.executable,
+            ("-m", "pytest", "-q", "-p", "no:cacheprovider", str(directory)),
+            env=env,
+            path=str(directory),
+        )
+        self.assertEqual(code, 0, (out + err).decode())
+        self.assertIn(b"3 passed", out)
+
+    def test_blocking_helpers_refuse_to_run_inside_trial(self) -> None:
+        import mailhub.testing
+
+        def attempt() -> None:
+            with mailhub.testing.running(self.mktemp()):
+                pass
+
+        self.assertRaises(RuntimeError, attempt)

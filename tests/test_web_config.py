@@ -1,0 +1,39 @@
+"""The [web] config section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailhub.config import ConfigError, WebConfig, dev_config, load
+
+
+class WebSection(SynchronousTestCase):
+    def load_text(self, text: str):
+        path = Path(self.mktemp())
+        path.write_text('[domains]\nlocal = ["a.example"]\n' + text)
+        return load(path)
+
+    def test_login_is_on_in_production_off_in_the_dev_stack(self) -> None:
+        self.assertEqual(self.load_text("").web, WebConfig(login=True))
+        self.assertFalse(dev_config().web.login)
+        self.assertFalse(self.load_text("[server]\ndev = true\n").web.login)
+
+    def test_set(self) -> None:
+        web = self.load_text(
+            '[web]\nlogin = false\nadmins = ["Ops@EXAMPLE.com"]\npoll_interval = 0.5\n'
+            "max_wait = 60\n"
+        ).web
+        self.assertEqual(web, WebConfig(False, ("ops@example.com",), 0.5, 60.0))
+
+    def test_mistakes(self) -> None:
+        for text, key in (
+            ("[web]\nadmins = ['nobody']\n", "[web] admins"),
+            ("[web]\npoll_interval = 0\n", "[web] poll_interval"),
+            ("[web]\nlogin = 1\n", "[web] login"),
+            ("[web]\nlogn = true\n", "[web] logn"),
+        ):
+            with self.assertRaises(ConfigError, msg=text) as caught:
+                self.load_text(text)
+            self.assertEqual(caught.exception.key, key)
