@@ -1,5 +1,6 @@
 """The whole chain on one machine: MUA -> A (submission, AUTH over STARTTLS) -> A's queue -> MX
-lookup (a real DNS server on 127.0.0.1, real dnspython code path) -> B's port 25 -> B's Maildir.
+lookup (a real DNS server on 127.0.0.1, real dnspython code path) -> B's port 25 -> B's Maildir ->
+the recipient reading it on B over IMAPS and POP3S.
 
 A serves a.test, B serves b.test. Both are complete mailhub services built from a Config.
 """
@@ -10,7 +11,9 @@ import contextlib
 import dataclasses
 import email
 import email.policy
+import imaplib
 import io
+import poplib
 import smtplib
 import socket
 import ssl
@@ -68,11 +71,15 @@ class TwoInstances(TestCase):
         self.addCleanup(service.stopService)
         return service
 
-    def instance_b(self, *, smtp: str = LOOPBACK, catch_all: bool = True) -> MailhubService:
+    def instance_b(
+        self, *, smtp: str = LOOPBACK, catch_all: bool = True, readers: bool = False
+    ) -> MailhubService:
+        """B; with ``readers`` also its IMAPS and POP3S listeners (implicit TLS)."""
+        more = {"imaps": (LOOPBACK,), "pop3s": (LOOPBACK,)} if readers else {}
         config = dataclasses.replace(
             dev_config(Path(self.mktemp()).absolute(), hostname="mx.b.test"),
             domains=DomainsConfig(local=("b.test",), catch_all=("b.test",) if catch_all else ()),
-            listeners=ListenersConfig(smtp=(smtp,)),
+            listeners=ListenersConfig(smtp=(smtp,), **more),
         )
         return build(config)
 
@@ -124,8 +131,44 @@ class TwoInstances(TestCase):
             await task.deferLater(reactor, 0.1, lambda: None)
         self.fail(f"timed out waiting for {what}")
 
+    def client_context(self, service: MailhubService) -> ssl.SSLContext:
+        """A client context that verifies ``service``'s (self-signed dev) certificate."""
+        [cert] = service.tls.certificates
+        return ssl.create_default_context(cafile=str(cert.path))
+
+    def read_over_imap(self, b: MailhubService, user: str) -> Any:
+        """The newest INBOX message of ``user`` on B, by IMAPS (certificate verified)."""
+        port, context = self.port(b, "imaps"), self.client_context(b)
+
+        def read() -> bytes:
+            with imaplib.IMAP4_SSL("localhost", port, ssl_context=context, timeout=10) as imap:
+                imap.login(user, "any password works in the dev stack")
+                imap.select("INBOX")
+                status, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[])")
+                assert status == "OK", (status, data)
+                return data[-2][1]
+
+        return deferToThread(read)
+
+    def read_over_pop3(self, b: MailhubService, user: str) -> Any:
+        """The newest message of ``user`` on B, by POP3S (certificate verified)."""
+        port, context = self.port(b, "pop3s"), self.client_context(b)
+
+        def read() -> bytes:
+            pop = poplib.POP3_SSL("localhost", port, context=context, timeout=10)
+            try:
+                pop.user(user)
+                pop.pass_("any password works in the dev stack")
+                count, _ = pop.stat()
+                # poplib gives the lines without their CRLF (and un-dot-stuffed).
+                return b"".join(line + b"\r\n" for line in pop.retr(count)[1])
+            finally:
+                pop.quit()
+
+        return deferToThread(read)
+
     async def test_submitted_on_a_relayed_to_b_via_mx(self) -> None:
-        b = self.start(self.instance_b())
+        b = self.start(self.instance_b(readers=True))
         a = self.instance_a(self.port(b, "smtp"))
         self.assertEqual(await self.submit(a, ["bob@b.test"]), {})
         await self.until(lambda: self.inbox(b, "bob@b.test"), "delivery to B")
@@ -142,6 +185,15 @@ class TwoInstances(TestCase):
         await self.until(
             lambda: not list((a.config.data_dir / "queue").glob("*.json")), "A's queue to empty"
         )
+        # Bob reads it on B over IMAP and over POP3: the same bytes as in B's store.
+        stored = msg.as_bytes(policy=email.policy.SMTP)
+        for read in (self.read_over_imap, self.read_over_pop3):
+            fetched = email.message_from_bytes(
+                await read(b, "bob@b.test"), policy=email.policy.default
+            )
+            self.assertEqual(fetched["Subject"], "hop")
+            self.assertEqual(fetched.get_all("Received"), received)
+            self.assertEqual(fetched.as_bytes(policy=email.policy.SMTP), stored)
 
     async def test_b_down_then_back(self) -> None:
         b_port = free_port()  # nothing listens there yet
