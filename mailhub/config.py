@@ -112,7 +112,9 @@ class QueueConfig:
     retry_schedule: tuple[float, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)
     max_lifetime: float = 5 * 86400  # then the sender gets a bounce (RFC 5321 4.5.4.1: 4-5 days)
     delay_notice: float = 4 * 3600  # a "still trying" DSN after this long; 0: never
-    max_per_destination: int = 4  # simultaneous attempts to one destination domain
+    # Simultaneous attempts (connections) to one destination domain; 20 as Postfix's
+    # default_destination_concurrency_limit. With reused connections each carries many messages.
+    max_per_destination: int = 20
 
 
 @dataclass(frozen=True)
