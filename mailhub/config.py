@@ -243,8 +243,15 @@ class ConfigError(Exception):
         super().__init__(text)
 
 
-def dev_config(data_dir: Path | str = "mailhub-data", hostname: str | None = None) -> Config:
-    """The zero-config development stack: loopback only, every address accepted, nothing leaves."""
+def dev_config(
+    data_dir: Path | str = "mailhub-data",
+    hostname: str | None = None,
+    interface: str = "127.0.0.1",
+) -> Config:
+    """The zero-config development stack: loopback only (unless ``interface`` says otherwise, as
+    in a container), every address accepted, nothing leaves."""
+    # Endpoint strings escape the colons of an IPv6 address ("::" -> "\\:\\:").
+    where = interface.replace(":", "\\:")
     return Config(
         source=DEV_SOURCE,
         hostname=hostname or "localhost",
@@ -252,7 +259,7 @@ def dev_config(data_dir: Path | str = "mailhub-data", hostname: str | None = Non
         dev=True,
         domains=DomainsConfig(accept_any=True),
         listeners=ListenersConfig(
-            **{name: (f"tcp:{port}:interface=127.0.0.1",) for name, port in DEV_PORTS.items()}
+            **{name: (f"tcp:{port}:interface={where}",) for name, port in DEV_PORTS.items()}
         ),
         limits=Limits(),
         # Any login works on the dev stack (DevChecker); an app should not fight it over TLS or

@@ -1,9 +1,13 @@
-"""twistd glue: ``twistd -n mailhub [--config FILE] [--data DIR]``.
+"""twistd glue: ``twistd -n mailhub [--config FILE] [--data DIR] [--interface ADDR]``.
 
 No options: the development stack (loopback only, catch-all, nothing leaves the machine).
+``--interface 0.0.0.0`` opens the same stack to other hosts, as a container in docker-compose
+needs (like Mailpit's default there).
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -12,7 +16,7 @@ from mailhub.config import ConfigError, dev_config, load
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--data DIR]"
+    synopsis = "[--config FILE] [--data DIR] [--interface ADDR]"
     longdesc = (
         "Without --config, starts the development stack: SMTP on 127.0.0.1:1025 accepts mail for "
         "any address and keeps it in DIR/mail (default ./mailhub-data). With --config, runs as "
@@ -26,7 +30,30 @@ class Options(usage.Options):
             None,
             "Data directory (overrides [server] data_dir; default ./mailhub-data)",
         ],
+        [
+            "interface",
+            "i",
+            None,
+            "Development stack only: the address its listeners bind (default 127.0.0.1; "
+            "0.0.0.0 or :: in a container). Any login works there: never on a shared network.",
+        ],
     ]
+
+    def postOptions(self) -> None:
+        if self["interface"] is not None and self["config"]:
+            raise usage.UsageError(
+                "--interface is for the development stack; with --config set [listeners] instead"
+            )
+        if self["interface"] is not None and not _is_ip_address(self["interface"]):
+            raise usage.UsageError(f"--interface: not an IP address: {self['interface']!r}")
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def makeService(options: Options) -> IService:
@@ -36,7 +63,9 @@ def makeService(options: Options) -> IService:
         if options["config"]:
             config = load(options["config"], data_dir=options["data"])
         else:
-            config = dev_config(options["data"] or "mailhub-data")
+            config = dev_config(
+                options["data"] or "mailhub-data", interface=options["interface"] or "127.0.0.1"
+            )
     except ConfigError as e:
         # One clear message and a non-zero exit, never a traceback: twistd prints SystemExit.
         raise SystemExit(f"mailhub: configuration error in {e}") from None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub import tap
@@ -42,6 +43,22 @@ class MakeService(SynchronousTestCase):
             {s.key: s.description for s in service.namedServices.values() if hasattr(s, "key")},
             {key: f"tcp:{port}:interface=127.0.0.1" for key, port in DEV_PORTS.items()},
         )
+
+    def test_interface_opens_the_dev_stack_to_other_hosts(self) -> None:
+        data = Path(self.mktemp()).absolute()
+        for interface, written in (("0.0.0.0", "0.0.0.0"), ("::", "\\:\\:")):
+            service = tap.makeService(self.options("--data", str(data), "--interface", interface))
+            listeners = [s for s in service.namedServices.values() if hasattr(s, "key")]
+            self.assertEqual(
+                {s.key: s.description for s in listeners},
+                {key: f"tcp:{port}:interface={written}" for key, port in DEV_PORTS.items()},
+            )
+            self.assertTrue(service.config.dev)
+
+    def test_interface_is_checked(self) -> None:
+        self.assertRaises(usage.UsageError, self.options, "--interface", "localhost:25")
+        # With a config file the listeners are the config's.
+        self.assertRaises(usage.UsageError, self.options, "--interface", "::", "--config", "x")
 
     def test_bad_config_is_a_clean_exit(self) -> None:
         path = Path(self.mktemp())
