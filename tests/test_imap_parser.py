@@ -59,6 +59,9 @@ class ItemTests(SynchronousTestCase):
             b"a X close)",
             b'a X "bad\\q"',
             b'a X "a""b"',
+            b"a SELECT {abc}",  # "{" is an atom-special: neither an atom nor a literal
+            b"a SELECT {-1}",
+            b"a SELECT x{3}y",
         ):
             with self.assertRaises(ParseError, msg=bad):
                 items_of(bad)

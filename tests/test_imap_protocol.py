@@ -12,7 +12,7 @@ from tests.test_imap_support import USER, IMAPTestCase, message
 
 CAPS = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
-    "SPECIAL-USE CONDSTORE APPENDLIMIT=36700160"
+    "SPECIAL-USE CONDSTORE QRESYNC APPENDLIMIT=36700160"
 )
 
 
@@ -335,6 +335,7 @@ class Select(IMAPTestCase):
         client = self.login()
         client.run("""
             C: a1 SELECT Nope
+            S: * OK [CLOSED] Previous mailbox closed
             S: a1 NO [NONEXISTENT] Mailbox does not exist
             C: a2 FETCH 1 FLAGS
             S: a2 BAD FETCH not allowed now (auth)
@@ -420,6 +421,29 @@ class Fetch(IMAPTestCase):
             b"* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent) RFC822 {%d}\r\n%s)\r\n"
             b"a2 OK FETCH completed\r\n" % (len(data), data),
         )
+
+    def test_whole_message_items_partials_and_several_in_one_response(self) -> None:
+        # BODY[] and RFC822 are served straight from the file (no structure needed); mixed
+        # with a part section or ENVELOPE they go through the parsed structure. Same answers.
+        data = message("two")
+        size = len(data)
+        self.client.send(
+            "a1 FETCH 2 (BODY.PEEK[]<0.4> BODY.PEEK[]<4.99999> BODY.PEEK[]<9999.5>)\r\n"
+        )
+        self.assertEqual(
+            self.client.take(),
+            b"* 2 FETCH (BODY[]<0> {4}\r\nFrom BODY[]<4> {%d}\r\n%s BODY[]<9999> {0}\r\n)\r\n"
+            b"a1 OK FETCH completed\r\n" % (size - 4, data[4:]),
+        )
+        self.client.send("a2 FETCH 1:2 (UID BODY.PEEK[] BODY.PEEK[1])\r\n")
+        first = message("one", "Line one.\r\nLine two.\r\n")
+        self.assertEqual(
+            self.client.take(),
+            b"* 1 FETCH (UID 1 BODY[] {%d}\r\n%s BODY[1] {22}\r\nLine one.\r\nLine two.\r\n)\r\n"
+            b"* 2 FETCH (UID 2 BODY[] {%d}\r\n%s BODY[1] {11}\r\nHi there.\r\n)\r\n"
+            b"a2 OK FETCH completed\r\n" % (len(first), first, size, data),
+        )
+        self.assertEqual([m.flags for m in self.folder().sync().messages], [set(), set()])
 
     def test_envelope_and_bodystructure(self) -> None:
         self.client.run("""
@@ -551,6 +575,94 @@ class CondStore(IMAPTestCase):
             S: * OK [HIGHESTMODSEQ ...
             S: * 1 FETCH (MODSEQ (...
             S: a1 OK FETCH completed
+        """)
+
+
+class QResync(IMAPTestCase):
+    """RFC 7162 3.2: a client that knew the mailbox at some mod-sequence catches up at SELECT."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(5):
+            self.deliver(message(f"m{n}"))
+        self.client = self.login(select=None)
+        self.other = self.login()
+
+    def change_meanwhile(self) -> int:
+        """Another session expunges UIDs 2 and 4 and flags UID 3; the modseq before that."""
+        before = self.folder().sync().highestmodseq
+        self.other.command("UID STORE 2,4 +FLAGS.SILENT (\\Deleted)")
+        self.other.command("EXPUNGE")
+        self.other.command("UID STORE 3 +FLAGS.SILENT (\\Flagged)")
+        return before
+
+    def test_select_with_qresync_reports_vanished_and_changed(self) -> None:
+        validity = self.folder().sync().uidvalidity
+        self.client.run("""
+            C: a1 ENABLE QRESYNC
+            S: * ENABLED QRESYNC
+            S: a1 OK ENABLE completed
+            C: a2 SELECT INBOX
+            S: ...
+            S: a2 OK [READ-WRITE] SELECT completed
+        """)
+        modseq = self.change_meanwhile()
+        changed = self.folder().sync().messages[1].modseq
+        self.client.run(f"""
+            C: a3 SELECT INBOX (QRESYNC ({validity} {modseq}))
+            S: * OK [CLOSED] Previous mailbox closed
+            S: ...
+            S: * 3 EXISTS
+            S: ...
+            S: * VANISHED (EARLIER) 2,4
+            S: * 2 FETCH (UID 3 FLAGS (\\Flagged) MODSEQ ({changed}))
+            S: a3 OK [READ-WRITE] SELECT completed
+            C: a4 EXAMINE INBOX (QRESYNC ({validity} {modseq} 1:3))
+            S: * OK [CLOSED] Previous mailbox closed
+            S: ...
+            S: * VANISHED (EARLIER) 2
+            S: * 2 FETCH (UID 3 FLAGS (\\Flagged) MODSEQ ({changed}))
+            S: a4 OK [READ-ONLY] EXAMINE completed
+            C: a5 SELECT INBOX (QRESYNC ({validity + 1} {modseq}))
+            S: * OK [CLOSED] Previous mailbox closed
+            S: ...
+            S: * OK [HIGHESTMODSEQ ...
+            S: a5 OK [READ-WRITE] SELECT completed
+        """)
+
+    def test_expunges_are_vanished_and_uid_fetch_vanished(self) -> None:
+        self.client.command("ENABLE QRESYNC")
+        self.client.command("SELECT INBOX")
+        modseq = self.change_meanwhile()
+        changed = self.folder().sync().messages[1].modseq
+        self.client.run(f"""
+            C: a1 NOOP
+            S: * VANISHED 2,4
+            S: * 2 FETCH (UID 3 FLAGS (\\Flagged) MODSEQ ({changed}))
+            S: a1 OK NOOP completed
+            C: a2 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {modseq} VANISHED)
+            S: * VANISHED (EARLIER) 2,4
+            S: * 2 FETCH (UID 3 FLAGS (\\Flagged) MODSEQ ({changed}))
+            S: a2 OK FETCH completed
+            C: a3 UID FETCH 1:* (FLAGS) (VANISHED)
+            S: a3 BAD VANISHED needs UID FETCH and CHANGEDSINCE
+            C: a4 UID STORE 5 +FLAGS.SILENT (\\Deleted)
+            S: * 3 FETCH (UID 5 MODSEQ (...
+            S: a4 OK STORE completed
+            C: a5 EXPUNGE
+            S: * VANISHED 5
+            S: a5 OK EXPUNGE completed
+        """)
+
+    def test_qresync_needs_enable(self) -> None:
+        self.client.run("""
+            C: a1 SELECT INBOX (QRESYNC (1 1))
+            S: a1 BAD QRESYNC parameter needs ENABLE QRESYNC first
+            C: a2 SELECT INBOX (CONDSTORE)
+            S: ...
+            S: a2 OK [READ-WRITE] SELECT completed
+            C: a3 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)
+            S: a3 BAD VANISHED needs QRESYNC (ENABLE QRESYNC first)
         """)
 
 

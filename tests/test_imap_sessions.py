@@ -10,6 +10,7 @@ from __future__ import annotations
 from twisted.trial.unittest import TestCase
 
 from mailhub.envelope import Envelope, Recipient
+from mailhub.store import MailStore
 from mailhub.store.delivery import GroupCommitter, MaildirSink
 from tests.test_imap_support import USER, IMAPTestCase, message
 
@@ -153,4 +154,43 @@ class DeliveryDuringIdle(IMAPTestCase, TestCase):
             S:
             S: )
             S: a2 OK FETCH completed
+        """)
+
+
+class AnotherProcess(IMAPTestCase):
+    """Another mailhub process (its own MailStore on the same directory) changes the mailbox
+    within the second after our last look, when directory times cannot be trusted and the
+    listing is re-read: what did not change the listing must still be seen."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(3):
+            self.deliver(message(f"m{n}"))
+        self.a = self.login()
+        self.elsewhere = MailStore(self.store.root, hostname="node2.example.org")
+
+    def test_keyword_only_change_is_seen(self) -> None:
+        # Only the UID list changes (keywords are not in file names): the listing is the same.
+        folder = self.elsewhere.mailbox(USER).folder()
+        folder.sync()
+        folder.store_flags([2], "add", keywords=["$Done"])
+        self.a.run("""
+            C: a1 NOOP
+            S: * 2 FETCH (UID 2 FLAGS ($Done \\Recent))
+            S: a1 OK NOOP completed
+            C: a2 NOOP
+            S: a2 OK NOOP completed
+        """)
+
+    def test_flag_rename_and_delivery_are_seen(self) -> None:
+        folder = self.elsewhere.mailbox(USER).folder()
+        folder.sync()
+        folder.store_flags([1], "add", ["F"])
+        folder.append(message("from node2"))
+        self.a.run("""
+            C: a1 NOOP
+            S: * 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))
+            S: * 4 EXISTS
+            S: * 4 RECENT
+            S: a1 OK NOOP completed
         """)

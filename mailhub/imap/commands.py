@@ -215,7 +215,7 @@ def body_section(name: str) -> BodySection:
     return BodySection(part, text, fields, partial, peek)
 
 
-def fetch_request(items: list[Item], *, uid: bool, condstore: bool = False) -> FetchRequest:
+def fetch_request(items: list[Item], *, uid: bool, qresync: bool = False) -> FetchRequest:
     """``FETCH`` arguments after the sequence set: one attribute, a macro, or a list; then
     optionally ``(CHANGEDSINCE n)`` (RFC 7162 3.1.4)."""
     if not items:
@@ -267,14 +267,21 @@ def fetch_request(items: list[Item], *, uid: bool, condstore: bool = False) -> F
                 i += 1
             else:
                 raise ParseError(f"unknown FETCH modifier {name}")
-        if vanished:
-            raise ParseError("VANISHED needs QRESYNC")
+        # RFC 7162 3.2.6: only in UID FETCH, with CHANGEDSINCE, once QRESYNC is enabled.
+        if vanished and not qresync:
+            raise ParseError("VANISHED needs QRESYNC (ENABLE QRESYNC first)")
+        if vanished and not (uid and changedsince is not None):
+            raise ParseError("VANISHED needs UID FETCH and CHANGEDSINCE")
     if changedsince is not None or values.get("modseq"):
         # RFC 7162 3.1.4.1: CHANGEDSINCE implies MODSEQ in the response.
         values["modseq"] = True
     return FetchRequest(
-        rfc822=tuple(rfc822), sections=tuple(sections), changedsince=changedsince, **values
-    )  # type: ignore[arg-type]
+        rfc822=tuple(rfc822),
+        sections=tuple(sections),
+        changedsince=changedsince,
+        vanished=vanished,
+        **values,  # type: ignore[arg-type]
+    )
 
 
 # --- STORE ---------------------------------------------------------------------------------
@@ -384,3 +391,46 @@ def list_pattern_matcher(reference: str, pattern: str) -> re.Pattern[str]:
         else:
             regex.append(re.escape(ch))
     return re.compile("".join(regex) + r"\Z", re.DOTALL)
+
+
+# --- SELECT/EXAMINE parameters (RFC 7162 3.1.8, 3.2.5) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class QresyncParams:
+    """``QRESYNC (uidvalidity modseq [known-uids [(seq-match)]])``: what the client knew."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+
+
+def select_params(item: Item) -> tuple[bool, QresyncParams | None]:
+    """The parenthesised SELECT/EXAMINE parameters: (CONDSTORE asked, QRESYNC parameters)."""
+    if not isinstance(item, list) or not item:
+        raise ParseError("bad SELECT parameters")
+    condstore = False
+    qresync = None
+    i = 0
+    while i < len(item):
+        name = atom(item[i], "SELECT parameter").upper()
+        if name == "CONDSTORE":
+            condstore = True
+            i += 1
+        elif name == "QRESYNC" and i + 1 < len(item) and isinstance(item[i + 1], list):
+            args = item[i + 1]
+            if not 2 <= len(args) <= 4:
+                raise ParseError("QRESYNC takes (uidvalidity modseq [known-uids [seq-match]])")
+            known = sequence_set(args[2]) if len(args) >= 3 else None
+            if len(args) == 4 and (not isinstance(args[3], list) or len(args[3]) != 2):
+                raise ParseError("QRESYNC seq-match is (sequence-set uid-set)")
+            if len(args) == 4:  # a hint to save VANISHED output; checked, not needed here
+                sequence_set(args[3][0])
+                sequence_set(args[3][1])
+            qresync = QresyncParams(
+                number(args[0], "UIDVALIDITY"), number(args[1], "mod-sequence", bits=63), known
+            )
+            i += 2
+        else:
+            raise ParseError(f"unknown SELECT parameter {name[:40]}")
+    return condstore, qresync

@@ -329,6 +329,10 @@ class CommandFramer:
 # --- items ---------------------------------------------------------------------------------
 
 _SPACE = 0x20
+# Parenthesised lists nest this deep at most: real commands need a few levels (SEARCH, FETCH
+# BODY[HEADER.FIELDS (...)]); far deeper input would exhaust the parser's (and the command
+# handlers') stack, so it is refused with BAD.
+MAX_NESTING = 100
 _ATOM_END = frozenset(b' ()"') | frozenset(range(0x00, 0x20)) | {0x7F}
 
 
@@ -357,6 +361,8 @@ class _Reader:
                 return out
             c = text[self.pos]
             if c == 0x28:  # (
+                if depth >= MAX_NESTING:
+                    raise ParseError(f"lists nested deeper than {MAX_NESTING} levels")
                 self.pos += 1
                 out.append(self.items(depth + 1))
             elif c == 0x29:  # )
@@ -412,6 +418,8 @@ class _Reader:
                     raise ParseError("control character in argument")
             elif c in _ATOM_END:
                 break
+            elif c == 0x7B:  # "{" is an atom-special (RFC 3501 9): only a literal starts so
+                raise ParseError("'{' outside a literal announcement {n}")
             i += 1
         if depth:
             raise ParseError("missing ]")

@@ -1,8 +1,12 @@
 """The IMAP4rev1 server protocol (RFC 3501) with the extensions real clients use.
 
 IDLE (RFC 2177), NAMESPACE (2342), UIDPLUS (4315), MOVE (6851), UNSELECT (3691), LITERAL+
-(7888), ENABLE (5161), ID (2971), CHILDREN (3348), SPECIAL-USE (6154), CONDSTORE (7162),
-APPENDLIMIT (7889), SASL-IR (4959).
+(7888), ENABLE (5161), ID (2971), CHILDREN (3348), SPECIAL-USE (6154), CONDSTORE and QRESYNC
+(7162), APPENDLIMIT (7889), SASL-IR (4959).
+
+QRESYNC keeps no log of expunged UIDs: VANISHED (EARLIER) names every UID of the client's set
+that is not in the mailbox, including ones expunged before the client's mod-sequence, which
+RFC 7162 3.2.5.1 allows (clients ignore UIDs they do not know).
 
 Structure: ``CommandFramer`` (parser.py) cuts the input into commands; each command runs as a
 coroutine (``async def do_*``) and the next one is not even parsed before it has answered, so
@@ -20,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -47,7 +52,7 @@ from mailhub.imap.parser import (
     SpooledLiteral,
     parse_command,
 )
-from mailhub.imap.sequence import compress
+from mailhub.imap.sequence import SequenceSet, compress
 from mailhub.imap.view import (
     PERMANENT_FLAGS,
     BadSequence,
@@ -64,7 +69,7 @@ from mailhub.store import (
     Mailbox,
     MessageGone,
 )
-from mailhub.store.names import INBOX
+from mailhub.store.names import INBOX, normalise_folder
 
 if TYPE_CHECKING:
     from mailhub.imap.factory import IMAPServerFactory
@@ -77,6 +82,9 @@ AUTHED = (AUTHENTICATED, SELECTED)
 MAX_PENDING_INPUT = 1024 * 1024
 # During IDLE, look for changes this often (seconds): new mail shows within about a second.
 IDLE_POLL_INTERVAL = 1.0
+# FETCH output is written in pieces of about this size; message files are read in chunks.
+FETCH_BATCH = 64 * 1024
+FETCH_CHUNK = 64 * 1024
 # Client identification fields we keep (RFC 2971 3.3: at most 30 pairs, values <= 1024 octets).
 ID_MAX_PAIRS = 30
 
@@ -151,6 +159,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         self.mailbox: Mailbox | None = None
         self.view: View | None = None
         self.condstore = False
+        self.qresync = False  # RFC 7162 3.2.3: ENABLE QRESYNC
         self._tls_active = False
         self._counted = False
         self._closing = False
@@ -218,6 +227,11 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
 
     def _write(self, data: bytes) -> None:
         self.transport.write(data)
+
+    def _write_all(self, lines: list[bytes]) -> None:
+        """Untagged updates (thousands after a big expunge) in one write."""
+        if lines:
+            self.transport.write(b"".join(lines))
 
     # --- flow control (IPushProducer, registered while a FETCH streams) ------------------
 
@@ -385,8 +399,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             uid = name == "UID"
             allow = uid or name not in ("FETCH", "STORE", "SEARCH")
             try:
-                for line in self.view.sync(allow_expunge=allow):
-                    self._write(line)
+                self._write_all(self.view.sync(allow_expunge=allow))
             except UidValidityChanged:
                 self._bye("Mailbox UIDVALIDITY changed; please reselect")
                 return
@@ -409,7 +422,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
 
     def capabilities(self) -> list[str]:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
-                "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE",
+                "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "QRESYNC",
                 f"APPENDLIMIT={self.factory.limits.max_message_size}"]  # fmt: skip
         if self.state == NOT_AUTHENTICATED:
             if not self._tls_active and self.factory.tls_context_factory is not None:
@@ -470,6 +483,13 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             if name == "CONDSTORE" and "CONDSTORE" not in enabled:
                 self._enable_condstore(announce=False)
                 enabled.append("CONDSTORE")
+            elif name == "QRESYNC" and "QRESYNC" not in enabled:
+                # RFC 7162 3.2.3: QRESYNC implies CONDSTORE (named only if asked for).
+                self._enable_condstore(announce=False)
+                self.qresync = True
+                if self.view is not None:
+                    self.view.qresync = True
+                enabled.append("QRESYNC")
         self._write(_b("* ENABLED" + "".join(" " + e for e in enabled) + "\r\n"))
         return Done("OK", "ENABLE completed")
 
@@ -610,11 +630,16 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
     def _select(self, items: list[Item], *, readonly: bool) -> Done:
         C.expect_count(items, 1, 2)
         name = C.mailbox(items[0])
+        qresync: C.QresyncParams | None = None
         if len(items) == 2:
-            params = items[1]
-            if not isinstance(params, list) or [str(p).upper() for p in params] != ["CONDSTORE"]:
-                raise ParseError("unknown SELECT parameters")
-            self.condstore = True
+            condstore, qresync = C.select_params(items[1])
+            if qresync is not None and not self.qresync:
+                raise ParseError("QRESYNC parameter needs ENABLE QRESYNC first")  # 3.2.5
+            if condstore:
+                self.condstore = True
+        if self.view is not None:
+            # RFC 7162 3.2.11: the previous mailbox is closed (tells apart its late responses).
+            self._write(b"* OK [CLOSED] Previous mailbox closed\r\n")
         # RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected.
         self.view = None
         self.state = AUTHENTICATED
@@ -624,6 +649,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             return Done("NO", "Mailbox does not exist", "NONEXISTENT", sync=False)
         view = View(folder, readonly=readonly)
         view.condstore = self.condstore
+        view.qresync = self.qresync
         keywords = sorted({k for info in view.infos.values() for k in info.keywords})
         flags = [*PERMANENT_FLAGS, *keywords]
         w = self._write
@@ -645,10 +671,28 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         w(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % view.uidvalidity)
         w(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % view.uidnext)
         w(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % view.highestmodseq)
+        if qresync is not None and qresync.uidvalidity == view.uidvalidity:
+            self._resync(view, qresync)
         self.view = view
         self.state = SELECTED
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         return Done("OK", f"{'EXAMINE' if readonly else 'SELECT'} completed", mode, sync=False)
+
+    def _resync(self, view: View, known: C.QresyncParams) -> None:
+        """RFC 7162 3.2.5.1: what changed since the client's mod-sequence: the expunged UIDs
+        (VANISHED (EARLIER)), then the flags of messages changed since."""
+        scope = known.known_uids or SequenceSet.parse("1:*")
+        vanished = view.vanished(scope)
+        if vanished:
+            self._write(b"* VANISHED (EARLIER) %s\r\n" % vanished.encode())
+        out = _Output(self._write, FETCH_BATCH)
+        top = view.uids[-1] if view.uids else 0
+        for seq, uid in enumerate(view.uids, 1):
+            info = view.infos[uid]
+            if info.modseq > known.modseq and scope.contains(uid, top):
+                out.write(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n"
+                          % (seq, uid, view.flag_list(uid), info.modseq))  # fmt: skip
+        out.flush()
 
     async def do_CREATE(self, tag: str, items: list[Item]) -> Done:
         C.expect_count(items, 1)
@@ -659,6 +703,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         box = self._box()
         if box.has_folder(name):
             return Done("NO", "Mailbox already exists", "ALREADYEXISTS")
+        normalise_folder(name)  # InvalidName before any superior is made: nothing left behind
         parts = name.split(".")
         for i in range(1, len(parts)):  # superiors are created too (RFC 3501 6.3.3)
             parent = ".".join(parts[:i])
@@ -869,8 +914,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         view = self._view()
         if view.readonly:
             return Done("NO", "Mailbox is read-only", "READ-ONLY")
-        for line in view.sync(allow_expunge=True):  # the freshest flags decide
-            self._write(line)
+        self._write_all(view.sync(allow_expunge=True))  # the freshest flags decide
         deleted = [
             uid for uid in view.uids
             if "T" in view.infos[uid].flags and (uids is None or uid in uids)
@@ -886,8 +930,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         rest = items[1:]
         # UID commands may report expunges (RFC 3501 7.4.1): doing it first keeps messages
         # expunged by others out of the answer.
-        for line in self._view().sync(allow_expunge=True):
-            self._write(line)
+        self._write_all(self._view().sync(allow_expunge=True))
         if sub == "FETCH":
             return await self._fetch(rest, uid=True)
         if sub == "SEARCH":
@@ -924,10 +967,15 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             raise ParseError("FETCH needs a sequence set and attributes")
         view = self._view()
         sequence = C.sequence_set(items[0])
-        request = C.fetch_request(items[1:], uid=uid)
+        request = C.fetch_request(items[1:], uid=uid, qresync=self.qresync)
         if request.modseq:
             self._enable_condstore()
         pairs = view.select(sequence, uid=uid)
+        if request.vanished:
+            # RFC 7162 3.2.6: expunged UIDs of the set, before the FETCH responses.
+            vanished = view.vanished(sequence)
+            if vanished:
+                self._write(b"* VANISHED (EARLIER) %s\r\n" % vanished.encode())
         if request.changedsince is not None:
             pairs = [(s, u) for s, u in pairs if view.infos[u].modseq > request.changedsince]
         if request.sets_seen and not view.readonly:
@@ -936,19 +984,28 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
                 outcome = view.folder.store_flags(unseen, "add", ["S"])
                 view.update(outcome.infos)
                 request = _with_flags(request)
+        if self.condstore and request.flags and not request.modseq:
+            # RFC 7162 3.1: once CONDSTORE is enabled, FETCH responses carrying flags carry
+            # their MODSEQ too (Thunderbird relies on it after SELECT (CONDSTORE)), as the
+            # STORE responses and flag updates already do.
+            request = replace(request, modseq=True)
+        plan = _FetchPlan.of(request)
+        out = _Output(self._write, FETCH_BATCH)
         missing = False
         registered = False
         try:
-            if request.sections or request.rfc822:
+            if plan.wanted:
                 self.transport.registerProducer(self, True)
                 registered = True
             for seq, u in pairs:
                 if self._closing:
                     raise _Closing()
-                if not await self._fetch_one(view, request, seq, u):
+                if not await self._fetch_one(view, plan, seq, u, out):
                     missing = True
                 if self._write_paused:
+                    out.flush()
                     await self._drain()
+            out.flush()
         finally:
             if registered and not self._closing:
                 self.transport.unregisterProducer()
@@ -958,55 +1015,60 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             return Done("NO", "Some messages were expunged meanwhile", "EXPUNGEISSUED")
         return Done("OK", "FETCH completed")
 
-    async def _fetch_one(self, view: View, request: C.FetchRequest, seq: int, uid: int) -> bool:
+    async def _fetch_one(
+        self, view: View, plan: _FetchPlan, seq: int, uid: int, out: _Output
+    ) -> bool:
+        request = plan.request
         info = view.infos[uid]
         head: list[bytes] = []
         if request.uid:
             head.append(b"UID %d" % uid)
         if request.flags:
-            head.append(b"FLAGS " + render.flag_list(view.flags_of(uid)))
+            head.append(b"FLAGS " + view.flag_list(uid))
         if request.modseq:
             head.append(b"MODSEQ (%d)" % info.modseq)
         if request.internaldate:
             head.append(b"INTERNALDATE " + render.internaldate(info.internaldate))
         if request.size:
             head.append(b"RFC822.SIZE %d" % info.size)
-        if not request.needs_structure:
-            self._write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(head)))
+        if not plan.needs_file:
+            out.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(head)))
             return True
         try:
-            structure = _structure(view.folder, uid)
+            # The whole message (BODY[], RFC822) needs no parse: the file is the data.
+            structure = _structure(view.folder, uid) if plan.needs_structure else None
             fp = view.folder.open_message(uid)
         except (MessageGone, FileNotFoundError):
             if head:
-                self._write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(head)))
+                out.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(head)))
             return False
         with fp:
-            if request.envelope:
-                head.append(b"ENVELOPE " + mime.envelope(structure))
-            if request.body:
-                head.append(b"BODY " + mime.bodystructure(structure, False))
-            if request.bodystructure:
-                head.append(b"BODYSTRUCTURE " + mime.bodystructure(structure, True))
-            wanted = [(_RFC822_NAMES[r], _RFC822_SECTIONS[r], None) for r in request.rfc822]
-            wanted += [(s.response_name(), mime.Section(s.part, s.text,
-                        tuple(f.upper() for f in s.fields)), s.partial)
-                       for s in request.sections]  # fmt: skip
+            if structure is not None:
+                if request.envelope:
+                    head.append(b"ENVELOPE " + mime.envelope(structure))
+                if request.body:
+                    head.append(b"BODY " + mime.bodystructure(structure, False))
+                if request.bodystructure:
+                    head.append(b"BODYSTRUCTURE " + mime.bodystructure(structure, True))
             prefix = b"* %d FETCH (" % seq + b" ".join(head)
-            for name, section, partial in wanted:
-                data = mime.section_data(structure, section, fp)
+            sep = b" " if head else b""
+            for name, section, partial in plan.wanted:
+                if structure is None:  # whole-message sections only
+                    data = mime.SectionData([(0, os.fstat(fp.fileno()).st_size)])
+                else:
+                    data = mime.section_data(structure, section, fp)
                 if partial is not None:
                     data = data.slice(partial[0], partial[1])
-                sep = b" " if prefix != b"* %d FETCH (" % seq else b""
-                self._write(prefix + sep + name + b" {%d}\r\n" % data.size)
-                prefix = b""
-                for chunk in data.chunks(fp):
-                    self._write(chunk)
+                out.write(prefix + sep + name + b" {%d}\r\n" % data.size)
+                prefix, sep = b"", b" "
+                for chunk in data.chunks(fp, FETCH_CHUNK):
+                    out.write(chunk)
                     if self._write_paused:
+                        out.flush()
                         await self._drain()
                         if self._closing:
                             raise _Closing()
-            self._write(prefix + b")\r\n")
+            out.write(prefix + b")\r\n")
         return True
 
     # STORE ------------------------------------------------------------------------------------
@@ -1029,6 +1091,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         )  # type: ignore[arg-type]
         view.update(outcome.infos)
         refused = set(outcome.modified)
+        out = _Output(self._write, FETCH_BATCH)
         for seq, u in pairs:
             if u not in outcome.infos or u in refused:
                 continue
@@ -1039,12 +1102,13 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
                 if not (self.condstore and u in outcome.changed):
                     continue
             else:
-                parts.append(b"FLAGS " + render.flag_list(view.flags_of(u)))
+                parts.append(b"FLAGS " + view.flag_list(u))
             if uid:
                 parts.insert(0, b"UID %d" % u)
             if self.condstore:
                 parts.append(b"MODSEQ (%d)" % outcome.infos[u].modseq)
-            self._write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
+            out.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
+        out.flush()
         if refused:
             numbers = sorted(refused) if uid else sorted(view.seq_of(u) or 0 for u in refused)
             return Done("OK", "Conditional STORE failed", f"MODIFIED {compress(numbers)}")
@@ -1078,7 +1142,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             if (criteria.needs_structure or criteria.needs_body) and view.gone(u):
                 continue
             m = _SearchMessage(
-                seq, u, largest_seq, largest_uid, frozenset(view.flags_of(u)),
+                seq, u, largest_seq, largest_uid, view.flag_set(u),
                 u in view.recent, info.internaldate, info.size, info.modseq, folder,
             )  # fmt: skip
             try:
@@ -1151,8 +1215,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             return
         if self.view is not None:
             try:
-                for line in self.view.sync(allow_expunge=True):
-                    self._write(line)
+                self._write_all(self.view.sync(allow_expunge=True))
             except UidValidityChanged:
                 self._bye("Mailbox UIDVALIDITY changed; please reselect")
                 return
@@ -1172,6 +1235,59 @@ def _with_flags(request: C.FetchRequest) -> C.FetchRequest:
     if request.flags:
         return request
     return replace(request, flags=True)
+
+
+@dataclass(frozen=True)
+class _FetchPlan:
+    """What a FETCH needs per message, worked out once for all of them."""
+
+    request: C.FetchRequest
+    wanted: tuple[tuple[bytes, mime.Section, tuple[int, int | None] | None], ...]
+    needs_file: bool
+    needs_structure: bool
+
+    @classmethod
+    def of(cls, request: C.FetchRequest) -> _FetchPlan:
+        wanted = [(_RFC822_NAMES[r], _RFC822_SECTIONS[r], None) for r in request.rfc822]
+        wanted += [(s.response_name(), mime.Section(s.part, s.text,
+                    tuple(f.upper() for f in s.fields)), s.partial)
+                   for s in request.sections]  # fmt: skip
+        described = request.envelope or request.body or request.bodystructure
+        whole_only = all(section == _WHOLE for _, section, _ in wanted)
+        return cls(
+            request,
+            tuple(wanted),
+            needs_file=bool(wanted) or described,
+            needs_structure=described or not whole_only,
+        )
+
+
+class _Output:
+    """Collects small response pieces into writes of about ``batch`` octets: one FETCH of
+    10,000 messages is then a few hundred transport writes, not tens of thousands."""
+
+    __slots__ = ("_batch", "_parts", "_sink", "_size")
+
+    def __init__(self, sink: Callable[[bytes], None], batch: int) -> None:
+        self._sink = sink
+        self._batch = batch
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= self._batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._parts:
+            self._sink(b"".join(self._parts))
+            self._parts.clear()
+            self._size = 0
+
+
+_WHOLE = mime.Section()
 
 
 _RFC822_NAMES = {"RFC822": b"RFC822", "RFC822.HEADER": b"RFC822.HEADER",

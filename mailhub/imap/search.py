@@ -23,6 +23,10 @@ from mailhub.imap.sequence import SequenceSet
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
 
 
+# How deep NOT/OR/parenthesised search keys may nest (real clients use a handful of levels).
+MAX_KEY_DEPTH = 100
+
+
 class SearchError(ValueError):
     """Bad search criteria: the command gets a tagged BAD with str(error)."""
 
@@ -135,6 +139,7 @@ class _Compiler:
         self.pos = 0
         self.charset = charset
         self.c = Criteria()
+        self.depth = 0  # search keys being compiled around the current one
 
     # token access
     def more(self) -> bool:
@@ -204,10 +209,22 @@ class _Compiler:
         return _and(keys)
 
     def key(self, context: str = "SEARCH") -> _Matcher:
+        # NOT, OR and parentheses nest: compiling and matching recurse once per level, so the
+        # depth is bounded well below Python's stack (a deeper key is refused with BAD).
+        if self.depth >= MAX_KEY_DEPTH:
+            raise SearchError(f"search keys nested deeper than {MAX_KEY_DEPTH} levels")
+        self.depth += 1
+        try:
+            return self._key(context)
+        finally:
+            self.depth -= 1
+
+    def _key(self, context: str) -> _Matcher:
         item = self.take("a search key", context)
         if isinstance(item, list):
             sub = _Compiler(item, self.charset)
             sub.c = self.c
+            sub.depth = self.depth
             if not item:
                 raise SearchError("empty parenthesised search key list")
             return sub.all()

@@ -22,7 +22,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
 from mailhub.imap import render
-from mailhub.imap.sequence import SequenceSet
+from mailhub.imap.sequence import SequenceSet, compress
 from mailhub.store import Folder, FolderState, MessageInfo
 
 # IMAP system flags <-> Maildir info letters (maildir.html); \Recent is session state.
@@ -31,6 +31,7 @@ FLAG_TO_LETTER = {"\\Seen": "S", "\\Answered": "R", "\\Flagged": "F", "\\Deleted
 LETTER_TO_FLAG = {v: k for k, v in FLAG_TO_LETTER.items()}
 _LETTER_ORDER = "SRFTD"
 PERMANENT_FLAGS = tuple(FLAG_TO_LETTER)
+_FLAG_LISTS_KEPT = 4096  # distinct rendered flag lists a view keeps
 
 
 def imap_flags(info: MessageInfo, recent: bool = False) -> list[str]:
@@ -72,11 +73,14 @@ class View:
         self.folder = folder
         self.readonly = readonly
         self.condstore = False  # set by the session when CONDSTORE is enabled
+        self.qresync = False  # RFC 7162 3.2.10: expunges are then told as VANISHED
         state = folder.sync()
         self.uidvalidity = state.uidvalidity
         self.uids: list[int] = [m.uid for m in state.messages]  # ascending (FolderState)
         self.infos: dict[int, MessageInfo] = {m.uid: m for m in state.messages}
         self.recent: set[int] = set()
+        self._flag_lists: dict[tuple[frozenset[str], frozenset[str], bool], bytes] = {}
+        self._flag_sets: dict[tuple[frozenset[str], frozenset[str], bool], frozenset[str]] = {}
         fresh = [m.uid for m in state.messages if m.recent]
         if readonly:
             self.recent.update(fresh)
@@ -116,6 +120,29 @@ class View:
             out.extend((k, uids[k - 1]) for k in range(low, high + 1))
         return out
 
+    def vanished(self, sequence: SequenceSet) -> str:
+        """The UIDs of ``sequence`` (clamped to those ever given out) not in the view, as a
+        uid-set: RFC 7162 3.2.5.1 and 3.2.6 VANISHED (EARLIER). Without a log of expunges
+        this may name UIDs expunged before the client's mod-sequence too, which the RFC
+        allows (the client ignores UIDs it does not know)."""
+        uids = self.uids
+        top = self.uidnext - 1
+        parts: list[str] = []
+        for low, high in sequence.ranges(top):
+            high = min(high, top)
+            at = low
+            i = bisect_left(uids, low)
+            while at <= high:
+                present = uids[i] if i < len(uids) else None
+                if present is None or present > high:
+                    parts.append(str(at) if at == high else f"{at}:{high}")
+                    break
+                if present > at:
+                    parts.append(str(at) if at == present - 1 else f"{at}:{present - 1}")
+                at = present + 1
+                i += 1
+        return ",".join(parts)
+
     def info(self, uid: int) -> MessageInfo:
         return self.infos[uid]
 
@@ -125,6 +152,28 @@ class View:
 
     def flags_of(self, uid: int) -> list[str]:
         return imap_flags(self.infos[uid], uid in self.recent)
+
+    def flag_set(self, uid: int) -> frozenset[str]:
+        """``flags_of`` as a frozenset (for SEARCH), shared between messages with equal flags."""
+        info = self.infos[uid]
+        key = (info.flags, info.keywords, uid in self.recent)
+        found = self._flag_sets.get(key)
+        if found is None:
+            if len(self._flag_sets) >= _FLAG_LISTS_KEPT:
+                self._flag_sets.clear()
+            found = self._flag_sets[key] = frozenset(imap_flags(info, key[2]))
+        return found
+
+    def flag_list(self, uid: int) -> bytes:
+        """``flags_of`` rendered; a mailbox has few distinct flag sets, each rendered once."""
+        info = self.infos[uid]
+        key = (info.flags, info.keywords, uid in self.recent)
+        rendered = self._flag_lists.get(key)
+        if rendered is None:
+            if len(self._flag_lists) >= _FLAG_LISTS_KEPT:
+                self._flag_lists.clear()
+            rendered = self._flag_lists[key] = render.flag_list(imap_flags(info, key[2]))
+        return rendered
 
     # -- updates --------------------------------------------------------------------------
 
@@ -137,7 +186,7 @@ class View:
                     self.highestmodseq = info.modseq
 
     def fetch_line(self, seq: int, uid: int, *, with_uid: bool = True) -> bytes:
-        parts = [b"FLAGS " + render.flag_list(self.flags_of(uid))]
+        parts = [b"FLAGS " + self.flag_list(uid)]
         if with_uid:
             parts.insert(0, b"UID %d" % uid)
         if self.condstore:
@@ -157,8 +206,12 @@ class View:
         if allow_expunge:
             gone = [i for i, uid in enumerate(self.uids) if uid not in by_uid]
             if gone:
+                if self.qresync:
+                    vanished = compress([self.uids[i] for i in gone])
+                    out.append(b"* VANISHED %s\r\n" % vanished.encode())
                 for i in reversed(gone):
-                    out.append(b"* %d EXPUNGE\r\n" % (i + 1))
+                    if not self.qresync:
+                        out.append(b"* %d EXPUNGE\r\n" % (i + 1))
                     uid = self.uids[i]
                     del self.infos[uid]
                     self.recent.discard(uid)

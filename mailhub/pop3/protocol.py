@@ -5,7 +5,9 @@ Input is handled strictly one command at a time from a buffer (RFC 2449 6.6 PIPE
 client may send many commands at once; replies come in order). A handler returns the reply
 bytes, None when it answered itself, or a Deferred (a login being checked, a big message being
 streamed) while which nothing more is parsed: input is only buffered, and past a bound the
-transport is paused.
+transport is paused. The same holds while the transport's write buffer is full (the session is
+its push producer): a client that pipelines RETRs without reading the answers cannot make the
+server hold their replies in memory.
 
 States (RFC 1939 3): AUTHORIZATION until a login succeeds and the maildrop is locked, then
 TRANSACTION. UPDATE happens inside QUIT: only there are messages removed (``Maildrop.commit``);
@@ -18,10 +20,11 @@ from typing import TYPE_CHECKING, ClassVar
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailhub import sasl
 from mailhub.auth import IMailUser, PasswordCredentials
@@ -82,6 +85,7 @@ AUTH_MALFORMED = err("Authentication response is malformed")
 AUTH_LINE_TOO_LONG = err(f"Authentication response too long (at most {MAX_SASL_LINE} octets)")
 
 
+@implementer(IPushProducer)
 class POP3ServerProtocol(Protocol, TimeoutMixin):
     """One POP3 session. ``commands`` maps each state's verbs to ``pop3_<VERB>(arg)``."""
 
@@ -115,7 +119,9 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
         self._pos = 0
         self._running = False
         self._waiting = False  # a reply is pending on a Deferred
-        self._paused = False
+        self._paused = False  # the transport is paused (we read no more input)
+        self._write_paused = False  # the transport's write buffer is full: answer nothing more
+        self._producing = False  # registered as the transport's (push) producer, while answering
         self._closing = False
         self._counted = False
         self._skip_line = False  # discarding the rest of an over-long line
@@ -177,7 +183,41 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
         self.transport.write(reply)
         self._closing = True
         self.setTimeout(None)
+        self._unregister()
         self.transport.loseConnection()
+
+    # --- output flow control (IPushProducer, registered while commands are answered) ------
+
+    def _register(self) -> None:
+        if not self._producing:
+            self._producing = True
+            self.transport.registerProducer(self, True)
+
+    def _unregister(self) -> None:
+        if self._producing:
+            self._producing = False
+            self._write_paused = False
+            self.transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._write_paused = True
+
+    def resumeProducing(self) -> None:
+        if not self._write_paused:
+            return
+        self._write_paused = False
+        if self._closing or self._waiting:
+            return
+        self._resume_reading()
+        self._run()
+
+    def stopProducing(self) -> None:
+        self._write_paused = False
+
+    def _resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
 
     def _end_session(self) -> None:
         """Release the maildrop lock and the login (without UPDATE)."""
@@ -200,7 +240,7 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
         else:
             self._buf = buf[pos:] + data
         self._pos = 0
-        if self._waiting:
+        if self._waiting or self._write_paused:
             if not self._paused and len(self._buf) > MAX_PENDING_INPUT:
                 self._paused = True
                 self.transport.pauseProducing()
@@ -211,8 +251,12 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
         if self._running:
             return
         self._running = True
+        if not self._waiting and not self._closing:
+            self._register()  # so a full write buffer pauses us (pauseProducing)
         try:
-            while not self._waiting and not self._closing and self._step():
+            while (
+                not self._waiting and not self._write_paused and not self._closing and self._step()
+            ):
                 pass
         except Exception:
             self._log.failure("POP3 session state broken for {client}", client=self.client_address)
@@ -221,6 +265,8 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
             self._running = False
         if self._closing:
             self._buf, self._pos = b"", 0
+        elif not self._waiting and not self._write_paused:
+            self._unregister()  # all input answered; a streamed message registers its own
 
     def _step(self) -> bool:
         """Handle one line if a whole one is buffered; False when more input is needed."""
@@ -333,10 +379,9 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
         if reply is not None:
             self.transport.write(reply)
         self.setTimeout(self.factory.limits.pop3_idle_timeout)
-        if self._paused:
-            self._paused = False
-            self.transport.resumeProducing()
-        self._run()
+        if not self._write_paused:
+            self._resume_reading()
+            self._run()
 
     # --- AUTHORIZATION state ----------------------------------------------------------------
 
@@ -656,6 +701,7 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
         # The idle timer keeps running while we send, restarted by every block the client
         # takes: a client that stops reading is cut off after pop3_idle_timeout.
         self._streaming = True
+        self._unregister()  # one producer at a time: the message's own, until it is sent
         d = MessageProducer(source, self.transport, first, progress=self.resetTimeout).start()
         if body_lines is None:
             d.addCallback(lambda _: maildrop.mark_seen(entry))

@@ -214,6 +214,9 @@ class Folder:
             changed |= self._refresh_dir(sub, force=False)
         if not changed and self._state is not None:
             return self._state
+        # The scans now hold the new listing: until a state is built from it (_build_state
+        # clears this), it must not count as "seen" should _reconcile fail (lock timeout).
+        self._stale = True
         self._reconcile()
         assert self._state is not None
         return self._state
@@ -492,6 +495,8 @@ class Folder:
         it was removed."""
         for sub in ("new", "cur"):
             self._refresh_dir(sub, force=True)
+        # The scans are now newer than the state: the next sync() must rebuild it.
+        self._changed_by_us()
         for sub in ("cur", "new"):
             fn = self._scans[sub].files.get(base)
             if fn is not None:
@@ -664,17 +669,25 @@ class Folder:
             if not sub:
                 gone.append(uid)
                 continue
-            info = MessageInfo(
-                uid,
-                base,
-                flags_of(fn.partition(sep)[2]),
-                rec.size,
-                rec.internaldate,
-                sub == "new",
-                rec.keywords,
-                rec.modseq,
-            )
-            self._infos[fn] = info  # the next sync's rebuild reuses it
+            info = self._infos.get(fn)
+            if (
+                info is None
+                or info.uid != uid
+                or info.modseq != rec.modseq
+                or info.keywords is not rec.keywords
+                or info.recent != (sub == "new")
+            ):  # changed (or not known yet): STORE 1:* mostly touches few of them
+                info = MessageInfo(
+                    uid,
+                    base,
+                    flags_of(fn.partition(sep)[2]),
+                    rec.size,
+                    rec.internaldate,
+                    sub == "new",
+                    rec.keywords,
+                    rec.modseq,
+                )
+                self._infos[fn] = info  # the next sync's rebuild reuses it
             infos[uid] = info
         outcome = StoreOutcome(infos, frozenset(changed), tuple(modified), tuple(gone))
         return outcome, renamed, dirty
@@ -726,6 +739,7 @@ class Folder:
         succeeds for one caller only (any process); the others get ENOENT and skip it.
         """
         moved: list[int] = []
+        renamed: list[tuple[str, str]] = []
         self._state_or_sync()
         directory = self._dir
         for uid in sorted(set(uids)):
@@ -741,8 +755,21 @@ class Folder:
                 continue  # another session or program took it (or it was expunged)
             self._entries[base] = ("cur", target)
             moved.append(uid)
-        if moved:
-            self._changed_by_us()
+            renamed.append((base, target))
+        if renamed:
+            current = not self._stale and self._state is not None and self._list is not None
+            self._changed_by_us()  # the next sync() reads the directories again
+            new_files = self._scans["new"].files
+            cur_files = self._scans["cur"].files
+            for base, target in renamed:
+                new_files.pop(base, None)
+                cur_files[base] = target
+            if current:
+                # Only where the files are changed, and we know how: the state follows without
+                # a rescan, and the next sync() finds the listing it expects (SELECT of a big
+                # folder with many new messages would otherwise rebuild everything twice).
+                assert self._list is not None
+                self._build_state(self._list, self._scan_all())
         return moved
 
     # -- removing -------------------------------------------------------------------------

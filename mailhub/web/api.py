@@ -271,6 +271,9 @@ class Api:
             body = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"request body is not JSON: {e}") from None
+        except RecursionError:
+            # json recurses per nesting level: a body of 64 KiB of "[" is valid-looking input.
+            raise ApiError(400, "request body is not JSON: nested too deeply") from None
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
         return body
