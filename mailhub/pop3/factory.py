@@ -10,6 +10,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from mailhub.config import Limits
+from mailhub.connlimit import ConnectionCounter
 from mailhub.pop3.maildrop import Maildrop, open_maildrop
 from mailhub.pop3.protocol import POP3ServerProtocol
 from mailhub.store import MailStore
@@ -51,28 +52,16 @@ class POP3ServerFactory(ServerFactory):
         self.plaintext_login_allowed = plaintext_login_allowed
         self.log = log if log is not None else Logger(namespace="mailhub.pop3")
         self._open_maildrop = open_maildrop
-        self.connections = 0
-        self.connections_by_ip: dict[str, int] = {}
+        self.connection_count = ConnectionCounter(
+            limits.max_connections, limits.max_connections_per_ip
+        )
 
     def open_maildrop(self, address: str) -> Maildrop:
         return self._open_maildrop(self.store, address)
 
     def connection_opened(self, client_address: str) -> bool:
         """Count a new connection; False (not counted) when a limit says to refuse it."""
-        per_ip = self.connections_by_ip.get(client_address, 0)
-        if (
-            self.connections >= self.limits.max_connections
-            or per_ip >= self.limits.max_connections_per_ip
-        ):
-            return False
-        self.connections += 1
-        self.connections_by_ip[client_address] = per_ip + 1
-        return True
+        return self.connection_count.admit(client_address)
 
     def connection_closed(self, client_address: str) -> None:
-        self.connections -= 1
-        left = self.connections_by_ip.get(client_address, 1) - 1
-        if left > 0:
-            self.connections_by_ip[client_address] = left
-        else:
-            self.connections_by_ip.pop(client_address, None)
+        self.connection_count.release(client_address)

@@ -10,6 +10,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from mailhub.config import Limits, SMTPConfig
+from mailhub.connlimit import ConnectionCounter
 from mailhub.faults import FaultRules
 from mailhub.interfaces import IMessageSink
 from mailhub.smtp import replies
@@ -74,25 +75,21 @@ class SMTPServerFactory(ServerFactory):
         self.faults = faults if faults is not None else FaultRules()
         # RFC 5321 4.2 / RFC 2034: the greeting carries no enhanced status code.
         self.greeting = Reply(220, None, f"{hostname} {smtp_config.banner}")
-        self.connections = 0
-        self.connections_by_ip: dict[str, int] = {}
+        self.connection_count = ConnectionCounter(
+            limits.max_connections, limits.max_connections_per_ip
+        )
+
+    @property
+    def connections(self) -> int:
+        return self.connection_count.total
+
+    @property
+    def connections_by_ip(self) -> dict[str, int]:
+        return self.connection_count.by_address
 
     def connection_opened(self, client_address: str) -> Reply | None:
         """Count a new connection, or return the 421 to refuse it with (then it is not counted)."""
-        per_ip = self.connections_by_ip.get(client_address, 0)
-        if (
-            self.connections >= self.limits.max_connections
-            or per_ip >= self.limits.max_connections_per_ip
-        ):
-            return replies.TOO_MANY_CONNECTIONS
-        self.connections += 1
-        self.connections_by_ip[client_address] = per_ip + 1
-        return None
+        return None if self.connection_count.admit(client_address) else replies.TOO_MANY_CONNECTIONS
 
     def connection_closed(self, client_address: str) -> None:
-        self.connections -= 1
-        left = self.connections_by_ip.get(client_address, 1) - 1
-        if left > 0:
-            self.connections_by_ip[client_address] = left
-        else:
-            self.connections_by_ip.pop(client_address, None)
+        self.connection_count.release(client_address)
