@@ -16,6 +16,7 @@ import subprocess
 import sysconfig
 import tempfile
 from pathlib import Path
+from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -859,6 +860,176 @@ class SectionDataPieces(SynchronousTestCase):
         self.assertEqual(d.read(fp), b"abc234z")
         self.assertEqual(d.slice(2, 3).read(fp), b"c23")
         self.assertEqual(d.slice(5, None).read(fp), b"4z")
+
+
+# -- the header-only read -------------------------------------------------------------------
+
+
+def _corpus() -> list[bytes]:
+    out = [ALTERNATIVE_WITH_ATTACHMENTS, NESTED, ADDRESSES, SIMPLE, Sections.MP]
+    if PYTHON_EMAIL_DATA.is_dir():
+        for path in sorted(PYTHON_EMAIL_DATA.glob("msg_*.txt")):
+            data = path.read_bytes()
+            out += [data, data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")]
+    return out
+
+
+class _TotalReader(io.BytesIO):
+    """Counts every octet handed out by read() and readline()."""
+
+    total = 0
+    largest = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        data = super().read(n)
+        self.total += len(data)
+        self.largest = max(self.largest, len(data))
+        return data
+
+    def readline(self, n: int | None = -1) -> bytes:
+        data = super().readline(n)
+        self.total += len(data)
+        self.largest = max(self.largest, len(data))
+        return data
+
+
+class HeaderOnly(SynchronousTestCase):
+    """parse_header: the header block and ENVELOPE fields of parse_structure, from a read of
+    the header alone."""
+
+    def assertSameAsFullParse(self, data: bytes) -> None:
+        h = mime.parse_header(io.BytesIO(data))
+        h = mime.MessageHeader.from_bytes(h.to_bytes())
+        s = parse(data)
+        self.assertEqual(h.header, s.header, data[:80])
+        self.assertEqual(h.envelope_fields, s.envelope_fields, data[:80])
+        self.assertEqual(h.header_size, s.root.header_size, data[:80])
+        self.assertEqual(mime.envelope(h), mime.envelope(s))
+
+    def test_same_as_the_full_parse_on_real_messages(self) -> None:
+        corpus = _corpus()
+        for data in corpus:
+            self.assertSameAsFullParse(data)
+        self.assertGreater(len(corpus), 5)
+
+    @settings(max_examples=400, deadline=None)
+    @given(_messages)
+    def test_same_as_the_full_parse_on_anything(self, data: bytes) -> None:
+        self.assertSameAsFullParse(data)
+
+    def test_edges_of_the_header_end(self) -> None:
+        for data in (
+            b"",
+            b"\r\n",
+            b"\n",
+            b"\r\nbody",
+            b"Subject: x",
+            b"Subject: x\r",
+            b"Subject: x\r\n",
+            b"Subject: x\n\nbody\r\n\r\n",
+            b"Subject: x\r\n \r\nTo: a@b\r\n\r\n",
+            b"Subject: x\r\n\r \r\nTo: a@b\r\n\r\n",  # CR SP is no blank line
+        ):
+            self.assertSameAsFullParse(data)
+        # the blank line straddling two reads
+        for pad in range(mime.HEADER_READ - 4, mime.HEADER_READ + 3):
+            head = b"Subject: s\r\nX: " + b"y" * (pad - 15) + b"\r\n"
+            self.assertSameAsFullParse(head + b"\r\nTo: not@header\r\n")
+
+    def test_reads_only_the_header(self) -> None:
+        body = b"q" * 70 + b"\r\n"
+        data = crlf(b"Subject: big\nTo: a@b\n\n") + body * 50_000
+        fp = _TotalReader(data)
+        h = mime.parse_header(fp)
+        self.assertEqual(h.envelope_fields[1], b"big")
+        self.assertLessEqual(fp.total, mime.HEADER_READ)
+        # a 200 KB header: large reads, stopping within one read after its end
+        head = b"".join(b"Received: from h%d by x\r\n" % i for i in range(8000))
+        fp = _TotalReader(head + b"Subject: late\r\n\r\n" + body * 50_000)
+        h = mime.parse_header(fp)
+        self.assertEqual(h.envelope_fields[1], b"late")
+        self.assertLessEqual(fp.total, len(head) + mime.MAX_LINE + 100)
+        self.assertLessEqual(fp.largest, mime.MAX_LINE)
+        self.assertSameAsFullParse(head + b"Subject: late\r\n\r\n" + body * 50)
+        self.assertSameAsFullParse(head * 2 + b"To: a@b\r\n\tc@d\r\nTo: e@f\r\n\r\nx")
+
+    def test_endless_header_is_read_in_bounded_pieces(self) -> None:
+        data = b"Subject: s\r\n" + b"X-Junk: " + b"j" * 100 + b"\r\n"
+        data += b"X-More: m\r\n" * (mime.MAX_HEADER_SCAN // 10) + b"To: end@x\r\n"
+        fp = _TotalReader(data)
+        h = mime.parse_header(fp)
+        self.assertEqual(h.envelope_fields[5], b"end@x")
+        self.assertEqual(h.header_size, len(data))
+        self.assertSameAsFullParse(data)
+        self.assertLessEqual(fp.largest, mime.MAX_LINE)
+
+    def test_cache_bytes_are_not_mixed_up(self) -> None:
+        s = mime.parse_structure(io.BytesIO(SIMPLE))
+        h = mime.parse_header(io.BytesIO(SIMPLE))
+        self.assertRaises(ValueError, mime.MessageHeader.from_bytes, s.to_bytes())
+        self.assertRaises(ValueError, MessageStructure.from_bytes, h.to_bytes())
+        self.assertEqual(mime.MessageHeader.from_bytes(h.to_bytes()), h)
+
+
+# -- the chunked boundary scan ---------------------------------------------------------------
+
+
+def _skip_body_by_lines(r: mime._Reader, stack: list[bytes]):  # type: ignore[no-untyped-def]
+    """The reference: what _skip_body must find, reading line by line (its first version)."""
+    while line := r.readline():
+        if line[:2] == b"--" and r.fresh:
+            h = mime._boundary_hit(line, stack)
+            if h is not None:
+                return h[0], h[1], r.pos - len(line), r.nl - (r.last_eol > 0), r.prev_eol
+    return None
+
+
+def _flat(s: MessageStructure) -> tuple:
+    return (s.header, s.envelope_fields, s.size, s.root._to_tuple())
+
+
+_long_lines = st.sampled_from(
+    [
+        b"x" * 9 + b"\r\n",
+        b"y" * 8 + b"\r",
+        b"\n--a\r\n",
+        b"--a" + b"z" * 12 + b"\r\n",
+        b"--b--\n",
+        b"-",
+        b"-\n-",
+        b"--",
+    ]
+)
+_scan_messages = st.lists(_lines | _long_lines, max_size=50).map(b"".join)
+
+
+class ChunkedBoundaryScan(SynchronousTestCase):
+    """_skip_body reads big pieces and finds boundaries with bytes.find: the structures are
+    the same as reading line by line, also with tiny MAX_LINE (pieces of long lines, reads
+    that cut a boundary line or a CRLF in two)."""
+
+    def assertSameAsLineByLine(self, data: bytes, max_line: int) -> None:
+        with patch.object(mime, "MAX_LINE", max_line):
+            fast = _flat(mime.parse_structure(io.BytesIO(data)))
+            with patch.object(mime, "_skip_body", _skip_body_by_lines):
+                slow = _flat(mime.parse_structure(io.BytesIO(data)))
+        self.assertEqual(fast, slow, (max_line, data))
+
+    @settings(max_examples=300, deadline=None)
+    @given(_scan_messages, st.sampled_from([3, 4, 5, 7, 11, 64, 65536]))
+    def test_same_as_line_by_line(self, data: bytes, max_line: int) -> None:
+        self.assertSameAsLineByLine(data, max_line)
+
+    def test_real_messages(self) -> None:
+        for data in _corpus():
+            for max_line in (5, 13, 80, 65536):
+                self.assertSameAsLineByLine(data, max_line)
+
+    def test_boundaries_at_every_read_offset(self) -> None:
+        head = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n\r\n"
+        for n in range(0, 40):
+            for tail in (b"\r\n--B\r\n\r\nx\r\n--B--\r\n", b"\n--B--", b"\r\n--Bx\r\n"):
+                self.assertSameAsLineByLine(head + b"a" * n + tail, 8)
 
 
 # -- the same answers as Dovecot ---------------------------------------------------------------

@@ -8,6 +8,7 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.defer import Deferred
 
 from mailhub.auth import make_portal
+from mailhub.imap import mime
 from tests.test_imap_support import USER, IMAPTestCase, message
 
 CAPS = (
@@ -790,6 +791,36 @@ class Search(IMAPTestCase):
             C: a6 SEARCH FROBNICATE
             S: a6 BAD ...
         """)
+
+    def test_header_keys_and_envelope_need_no_mime_parse(self) -> None:
+        # SUBJECT/FROM/HEADER/SENT* and ENVELOPE come from the header block alone (the
+        # "headers" cache entry); BODYSTRUCTURE and BODY parse the MIME structure
+        parsed: list[object] = []
+        full = mime.parse_structure
+
+        def counting(fp: object) -> mime.MessageStructure:
+            parsed.append(fp)
+            return full(fp)  # type: ignore[arg-type]
+
+        self.patch(mime, "parse_structure", counting)
+        self.client.run("""
+            C: a1 UID SEARCH OR SUBJECT m1 HEADER Message-ID <m2@
+            S: * SEARCH 2 3
+            S: a1 OK SEARCH completed
+            C: a2 SEARCH SENTBEFORE 1-Jan-1990
+            S: * SEARCH
+            S: a2 OK SEARCH completed
+            C: a3 FETCH 1 (ENVELOPE)
+            S: * 1 FETCH (ENVELOPE ...
+            S: a3 OK FETCH completed
+        """)
+        self.assertEqual(parsed, [])
+        self.client.run("""
+            C: a4 SEARCH BODY "number 0"
+            S: * SEARCH 1
+            S: a4 OK SEARCH completed
+        """)
+        self.assertEqual(len(parsed), 3)
 
     def test_search_modseq_enables_condstore(self) -> None:
         self.client.command("STORE 3 +FLAGS (\\Flagged)")

@@ -54,10 +54,19 @@ class Message:
     size: int = 0
     modseq: int = 1
     opened: int = 0
+    parsed: int = 0  # full MIME parses (structure())
+    _headers: mime.MessageHeader | None = field(default=None, repr=False)
     _structure: mime.MessageStructure | None = field(default=None, repr=False)
+
+    def headers(self) -> mime.MessageHeader:
+        if self._headers is None:
+            parsed = mime.parse_header(io.BytesIO(self.data))
+            self._headers = mime.MessageHeader.from_bytes(parsed.to_bytes())
+        return self._headers
 
     def structure(self) -> mime.MessageStructure:
         if self._structure is None:
+            self.parsed += 1
             parsed = mime.parse_structure(io.BytesIO(self.data))
             self._structure = mime.MessageStructure.from_bytes(parsed.to_bytes())
         return self._structure
@@ -286,10 +295,24 @@ class Headers(SynchronousTestCase):
     def test_header_keys_never_open_the_file(self) -> None:
         m = Message(data=MULTIPART)
         c = crit("OR", "SUBJECT", b"nope", "HEADER", b"X-Mailer", b"x", "FROM", b"joerg")
-        self.assertTrue(c.needs_structure)
-        self.assertFalse(c.needs_body)
+        self.assertTrue(c.needs_headers)
+        self.assertFalse(c.needs_structure or c.needs_body)
         self.assertTrue(c.matches(m))
         self.assertEqual(m.opened, 0)
+
+    def test_header_keys_need_no_mime_parse(self) -> None:
+        # SUBJECT, FROM.., HEADER and SENT* are answered from the header block alone
+        m = Message(data=MULTIPART)
+        for key in (("SUBJECT", b"x"), ("CC", b"x"), ("HEADER", b"X-Mailer", b"x"),
+                    ("SENTON", "1-Jan-2000"), ("NOT", "BCC", b"x")):  # fmt: skip
+            c = crit(*key)
+            self.assertTrue(c.needs_headers, key)
+            self.assertFalse(c.needs_structure, key)
+            c.matches(m)
+        self.assertEqual(m.parsed, 0)
+        self.assertTrue(crit("BODY", b"x").needs_structure)
+        crit("TEXT", b"x").matches(m)
+        self.assertEqual(m.parsed, 1)
 
 
 class Bodies(SynchronousTestCase):

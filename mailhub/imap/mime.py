@@ -14,6 +14,7 @@ message itself. The CRLF before a boundary line belongs to the boundary (RFC 204
 
 from __future__ import annotations
 
+import io
 import marshal
 import re
 from collections.abc import Iterator
@@ -32,6 +33,9 @@ MAX_KEPT_HEADER = 256 * 1024  # top-level header octets kept for ENVELOPE / SEAR
 MAX_FIELD = 64 * 1024  # a content field longer than this is cut (it is garbage anyway)
 
 _VERSION = 1  # bump when the encoded layout changes
+_HEADER_VERSION = "header-2"  # the same for MessageHeader
+HEADER_READ = 8192  # first read of parse_header: most header blocks fit
+MAX_HEADER_SCAN = 1024 * 1024  # a header not ended within this is read line by line
 
 # Fields kept per part: content fields for BODYSTRUCTURE, envelope fields for message parts.
 _CONTENT_FIELDS = {
@@ -235,6 +239,73 @@ class MessageStructure:
         return f"<MessageStructure {self.size} octets, {sum(1 for _ in self.root.walk())} parts>"
 
 
+class MessageHeader:
+    """The top-level header of a message alone, read without its body: what SEARCH on header
+    keys (SUBJECT, FROM, HEADER, SENT*, ...) and ENVELOPE need. The same header block and
+    ENVELOPE fields as the MessageStructure of the message, much cheaper to get: the file is
+    read only to the end of its header. For the usual small header the ENVELOPE fields are
+    found in the block on demand, one at a time (a SUBJECT search looks for Subject only)."""
+
+    __slots__ = ("_data", "_fields", "memo")
+
+    def __init__(self, data: tuple) -> None:
+        # (version tag, header block, header octets in the file, envelope fields or None when
+        # they are to be found in the header block)
+        self._data = data
+        self._fields: list[bytes | object | None] | None = None
+        self.memo: dict = {}
+
+    def to_bytes(self) -> bytes:
+        return marshal.dumps(self._data)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MessageHeader:
+        t = marshal.loads(data)
+        if type(t) is not tuple or len(t) != 4 or t[0] != _HEADER_VERSION:
+            raise ValueError("not a MessageHeader of this version")
+        return cls(t)
+
+    @property
+    def header(self) -> bytes:
+        """The top-level header block including the blank line (cut at MAX_KEPT_HEADER)."""
+        return self._data[1]
+
+    @property
+    def header_size(self) -> int:
+        """Octets of the header in the file, blank line included (not cut)."""
+        return self._data[2]
+
+    def envelope_field(self, index: int) -> bytes | None:
+        """The raw (unfolded) value of ENVELOPE field ``index`` (ENVELOPE_FIELDS order)."""
+        if self._data[3] is not None:
+            return self._data[3][index]
+        if self._fields is None:
+            self._fields = [_UNKNOWN] * len(ENVELOPE_FIELDS)
+        value = self._fields[index]
+        if value is _UNKNOWN:
+            value = self._fields[index] = _find_field(self._data[1], index)
+        return value  # type: ignore[return-value]
+
+    @property
+    def envelope_fields(self) -> tuple[bytes | None, ...]:
+        """Raw (unfolded) values of the ENVELOPE fields of the message, in ENVELOPE order."""
+        if self._data[3] is not None:
+            return self._data[3]
+        return tuple(self.envelope_field(i) for i in range(len(ENVELOPE_FIELDS)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MessageHeader) and self._data == other._data
+
+    def __hash__(self) -> int:
+        return hash(self._data)
+
+    def __repr__(self) -> str:
+        return f"<MessageHeader {self.header_size} octets>"
+
+
+_UNKNOWN = object()
+
+
 # -- parsing ---------------------------------------------------------------------------------
 
 
@@ -251,6 +322,7 @@ class _Reader:
         "fp",
         "fresh",
         "last_eol",
+        "line_start",
         "next_fresh",
         "nl",
         "parts",
@@ -266,10 +338,13 @@ class _Reader:
         self.next_fresh = True
         self.prev_eol = 0  # line end length (CRLF 2, LF 1, none 0) of the line before the last
         self.last_eol = 0  # the same for the line last returned
+        self.line_start = 0  # offset of the line the piece last returned belongs to
         self.parts = 0
 
     def readline(self) -> bytes:
         line = self.fp.readline(MAX_LINE)
+        if self.next_fresh:
+            self.line_start = self.pos
         self.fresh = self.next_fresh
         self.prev_eol = self.last_eol
         if line.endswith(b"\n"):
@@ -303,6 +378,75 @@ def parse_structure(fp: BinaryIO) -> MessageStructure:
     return MessageStructure._build(b"".join(kept), root, r.pos)
 
 
+def parse_header(fp: BinaryIO) -> MessageHeader:
+    """The top-level header of a message file (positioned at its start), reading only up to
+    the blank line that ends it, in large reads; the same header block and ENVELOPE fields as
+    ``parse_structure`` gives. Never raises for bad message syntax."""
+    block = fp.read(HEADER_READ)
+    end = _header_end(block, 0)
+    while end < 0:
+        if len(block) >= MAX_HEADER_SCAN:
+            fp.seek(0)  # an endless header: streamed line by line, as parse_structure does
+            return _header_of(fp)
+        more = fp.read(MAX_LINE)
+        if not more:
+            end = len(block)  # no blank line: the whole message is header
+            break
+        searched = len(block) - 2  # b"\n\r\n" may straddle the pieces
+        block += more
+        end = _header_end(block, max(0, searched))
+    if end < min(MAX_LINE, MAX_FIELD, MAX_KEPT_HEADER):
+        # the usual case: the ENVELOPE fields are found in the block when asked for
+        return MessageHeader((_HEADER_VERSION, block[:end], end, None))
+    return _header_of(io.BytesIO(block[:end]))
+
+
+# One ENVELOPE field at a line start with its continuation lines (RFC 5322 2.2.3 folding).
+_FIELD_PATTERNS = tuple(
+    re.compile(
+        rb"^" + re.escape(name) + rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*\n?)",
+        re.IGNORECASE | re.MULTILINE,
+    )
+    for name in ENVELOPE_FIELDS
+)
+
+
+def _find_field(block: bytes, index: int) -> bytes | None:
+    """ENVELOPE field ``index`` of a header block shorter than MAX_LINE, MAX_FIELD and
+    MAX_KEPT_HEADER (kept as read by ``parse_header``): every line of it is one readline piece
+    and no cut applies, so a regex over the block finds what ``_read_header`` would."""
+    value = None
+    for m in _FIELD_PATTERNS[index].finditer(block):
+        val = mh.unfold(m.group(1))
+        # as _read_header: repeated address fields add up, other fields: the last one counts
+        value = value + b", " + val if value and index in _ADDRESS_FIELDS else val
+    return value
+
+
+def _header_end(block: bytes, start: int) -> int:
+    """Offset after the blank line ending the header in block (searching from start), or -1.
+    A blank line is an empty line at a line start: the file's start or after an LF."""
+    if start == 0:
+        if block[:1] == b"\n":
+            return 1
+        if block[:2] == b"\r\n":
+            return 2
+    crlf = block.find(b"\n\r\n", start)
+    # a bare-LF blank line only counts before the CRLF one (no scan of a CRLF message's body)
+    lf = block.find(b"\n\n", start, len(block) if crlf < 0 else crlf + 1)
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
+
+
+def _header_of(fp: BinaryIO) -> MessageHeader:
+    r = _Reader(fp)
+    p = Part()
+    kept: list[bytes] = []
+    _read_header(r, p, [], kept, True)
+    return MessageHeader((_HEADER_VERSION, b"".join(kept), p.body_start, p.envelope))
+
+
 def _parse_part(
     r: _Reader,
     stack: list[bytes],
@@ -320,6 +464,61 @@ def _parse_part(
     p = Part()
     r.parts += 1
     p.header_start = r.pos
+    content, hit = _read_header(r, p, stack, kept, message)
+    _apply_content(p, content, default_type, default_subtype)
+    body_nl = r.nl
+    if hit is not None:
+        return p, hit
+
+    # -- body
+    ltype = p.type.lower()
+    boundary = _param(p.params, b"boundary") if ltype == b"multipart" else None
+    deep = depth >= MAX_DEPTH or r.parts >= MAX_PARTS
+    if boundary is not None and not deep:
+        hit = _parse_multipart(r, p, stack, boundary, depth)
+    elif ltype == b"message" and p.subtype.lower() == b"rfc822":
+        # parsed as a message whatever its (invalid, RFC 2046 5.2.1) encoding, as Dovecot does;
+        # too deep: an empty message, so BODYSTRUCTURE keeps its RFC 3501 shape
+        if deep:
+            child = Part()
+            child.envelope = (None,) * len(ENVELOPE_FIELDS)
+            child.params = ((b"charset", b"us-ascii"),)
+            child.header_start = child.body_start = child.end = p.body_start
+            hit = _skip_body(r, stack)
+        else:
+            child, hit = _parse_part(r, stack, b"text", b"plain", depth + 1)
+        p.children = [child]
+    else:
+        hit = _skip_body(r, stack)
+    if hit is not None:
+        # the CRLF before the boundary line belongs to the boundary, not to this body
+        cut = hit[2] - hit[4]
+        if cut < p.body_start:
+            # an empty body right after the blank line: that line end belongs to the boundary
+            # and the header ends before it (as Dovecot counts)
+            p.body_start = max(p.header_start, cut)
+        p.end = max(p.body_start, cut)
+        end_nl = hit[3] - (1 if hit[4] and p.end == cut else 0)
+    else:
+        p.end = r.pos
+        end_nl = r.nl
+    p.lines = max(0, end_nl - body_nl)
+    if p.is_multipart and not p.children:
+        # RFC 3501 body-type-mpart needs one body at least: an empty text/plain, as Dovecot
+        empty = Part()
+        empty.header_start = empty.body_start = empty.end = p.body_start
+        empty.params = ((b"charset", b"us-ascii"),)
+        p.children = [empty]
+    return p, hit
+
+
+def _read_header(
+    r: _Reader, p: Part, stack: list[bytes], kept: list[bytes] | None, message: bool
+) -> tuple[list[bytes | None], _Hit | None]:
+    """The header of part p (at r.pos): its content fields, its ENVELOPE fields (a message)
+    and its header lines (into ``kept``, top level); sets p.body_start (and p.end when the
+    header is all there is). Returns the content fields and the boundary line that ended the
+    header, if one did."""
     content: list[bytes | None] = [None] * len(_CONTENT_FIELDS)
     env: list[bytes | None] | None = [None] * len(ENVELOPE_FIELDS) if message else None
     kept_size = 0
@@ -381,69 +580,104 @@ def _parse_part(
     finish_field()
     if env is not None:
         p.envelope = tuple(env)
-    _apply_content(p, content, default_type, default_subtype)
-    body_nl = r.nl
-    if hit is not None:
-        return p, hit
-
-    # -- body
-    ltype = p.type.lower()
-    boundary = _param(p.params, b"boundary") if ltype == b"multipart" else None
-    deep = depth >= MAX_DEPTH or r.parts >= MAX_PARTS
-    if boundary is not None and not deep:
-        hit = _parse_multipart(r, p, stack, boundary, depth)
-    elif ltype == b"message" and p.subtype.lower() == b"rfc822":
-        # parsed as a message whatever its (invalid, RFC 2046 5.2.1) encoding, as Dovecot does;
-        # too deep: an empty message, so BODYSTRUCTURE keeps its RFC 3501 shape
-        if deep:
-            child = Part()
-            child.envelope = (None,) * len(ENVELOPE_FIELDS)
-            child.params = ((b"charset", b"us-ascii"),)
-            child.header_start = child.body_start = child.end = p.body_start
-            hit = _skip_body(r, stack)
-        else:
-            child, hit = _parse_part(r, stack, b"text", b"plain", depth + 1)
-        p.children = [child]
-    else:
-        hit = _skip_body(r, stack)
-    if hit is not None:
-        # the CRLF before the boundary line belongs to the boundary, not to this body
-        cut = hit[2] - hit[4]
-        if cut < p.body_start:
-            # an empty body right after the blank line: that line end belongs to the boundary
-            # and the header ends before it (as Dovecot counts)
-            p.body_start = max(p.header_start, cut)
-        p.end = max(p.body_start, cut)
-        end_nl = hit[3] - (1 if hit[4] and p.end == cut else 0)
-    else:
-        p.end = r.pos
-        end_nl = r.nl
-    p.lines = max(0, end_nl - body_nl)
-    if p.is_multipart and not p.children:
-        # RFC 3501 body-type-mpart needs one body at least: an empty text/plain, as Dovecot
-        empty = Part()
-        empty.header_start = empty.body_start = empty.end = p.body_start
-        empty.params = ((b"charset", b"us-ascii"),)
-        p.children = [empty]
-    return p, hit
+    return content, hit
 
 
 def _skip_body(r: _Reader, stack: list[bytes]) -> _Hit | None:
-    """Read a leaf body to the next boundary line of any open multipart, or to EOF."""
+    """Read a leaf body to the next boundary line of any open multipart, or to EOF.
+
+    The body is read in MAX_LINE pieces and only line starts followed by "--" are looked at
+    (found with bytes.find), with the same answers as reading it with ``_Reader.readline``:
+    a line start is the offset after an LF (or the body's start when that is one), and the
+    boundary line is taken as readline would return it (at most MAX_LINE octets)."""
+    fp = r.fp
+    read = fp.read
     if not stack:
         # nothing but EOF can end this body: read in big pieces
-        read = r.fp.read
         while chunk := read(MAX_LINE):
             r.pos += len(chunk)
             r.nl += chunk.count(b"\n")
         return None
-    readline = r.readline
-    while line := readline():
-        if line[:2] == b"--" and r.fresh:
-            h = _boundary_hit(line, stack)
-            if h is not None:
-                return h[0], h[1], r.pos - len(line), r.nl - (r.last_eol > 0), r.prev_eol
+    base = r.pos  # file offset of buf[0]
+    nl = r.nl  # LFs before base
+    line_start = r.pos if r.next_fresh else r.line_start  # the line buf[0] belongs to
+    buf = read(MAX_LINE)
+    eof = not buf
+    check_zero = r.next_fresh  # buf[0] starts a line: a candidate itself
+    scan = 0  # where to look for the next b"\n--" (earlier ones are done)
+    while True:
+        if check_zero:
+            at = 0 if buf[:2] == b"--" else -1
+            if at < 0 and len(buf) < 2 and not eof:
+                at = 0  # too little read to tell: read more below
+        else:
+            at = buf.find(b"\n--", scan) + 1 or -1
+        if at < 0:
+            if check_zero:
+                check_zero = False
+                continue
+            if eof:
+                break
+            # nothing here: keep the last 3 octets (a b"\n--" may straddle, and the octet
+            # before an LF tells CRLF) and read on
+            cut = max(0, len(buf) - 3)
+            scan = max(scan, len(buf) - 2) - cut
+        else:
+            end = buf.find(b"\n", at, at + MAX_LINE)
+            if end < 0 and len(buf) < at + MAX_LINE and not eof:
+                cut = max(0, at - 2)  # the line is not all here: read on, keep its start
+                scan = max(0, scan - cut)
+            else:
+                stop = end + 1 if end >= 0 else min(len(buf), at + MAX_LINE)
+                line = buf[at:stop]
+                h = _boundary_hit(line, stack) if len(line) >= 2 else None
+                if h is None:
+                    check_zero = False
+                    scan = at
+                    continue
+                nl_before = nl + buf.count(b"\n", 0, at)
+                prev_eol = _eol_of_piece(buf, at, base, line_start) if at else r.last_eol
+                r.pos = base + stop
+                r.nl = nl_before + (end >= 0)
+                r.fresh = True
+                r.prev_eol = prev_eol
+                r.last_eol = (2 if line.endswith(b"\r\n") else 1) if end >= 0 else 0
+                r.next_fresh = end >= 0
+                r.line_start = base + at
+                fp.seek(r.pos)
+                return h[0], h[1], base + at, nl_before, prev_eol
+        # drop buf[:cut] (counting its LFs) and read the next piece
+        if cut:
+            nl += buf.count(b"\n", 0, cut)
+            k = buf.rfind(b"\n", 0, cut)
+            if k >= 0:
+                line_start = base + k + 1
+            base += cut
+        more = read(MAX_LINE)
+        eof = not more
+        buf = buf[cut:] + more
+    # EOF: what readline would leave (only pos and nl are used after this)
+    r.pos = base + len(buf)
+    r.nl = nl + buf.count(b"\n")
+    if buf.endswith(b"\n"):
+        r.fresh, r.prev_eol = True, _eol_of_piece(buf, len(buf), base, line_start)
+    elif buf:
+        r.fresh, r.prev_eol = False, 0
+    else:
+        r.fresh, r.prev_eol = r.next_fresh, r.last_eol
+    r.next_fresh, r.last_eol = False, 0
     return None
+
+
+def _eol_of_piece(buf: bytes, end: int, base: int, line_start: int) -> int:
+    """The line end length (2 CRLF, 1 LF) readline gives the piece that ends with the LF at
+    buf[end - 1]: 1 when the CR before it ended the previous MAX_LINE piece of a long line.
+    ``base`` is buf's file offset, ``line_start`` that of the line buf[0] belongs to."""
+    k = buf.rfind(b"\n", 0, end - 1)
+    start = base + k + 1 if k >= 0 else line_start
+    lf = base + end - 1
+    piece = start + (lf - start) // MAX_LINE * MAX_LINE
+    return 2 if end >= 2 and lf - 1 >= piece and buf[end - 2] == 0x0D else 1
 
 
 def _parse_multipart(
@@ -510,8 +744,8 @@ def _strip_comments(value: bytes) -> bytes:
 # -- rendering: ENVELOPE and BODYSTRUCTURE (RFC 3501 7.4.2) ----------------------------------
 
 
-def envelope(s: MessageStructure) -> bytes:
-    """The ENVELOPE of the message (memoised on the structure)."""
+def envelope(s: MessageStructure | MessageHeader) -> bytes:
+    """The ENVELOPE of the message (memoised on the structure or header)."""
     out = s.memo.get("envelope")
     if out is None:
         out = s.memo["envelope"] = _envelope(s.envelope_fields)

@@ -125,7 +125,13 @@ class _SearchMessage:
     size: int
     modseq: int
     folder: Folder
+    _headers: mime.MessageHeader | None = None
     _structure: mime.MessageStructure | None = None
+
+    def headers(self) -> mime.MessageHeader:
+        if self._headers is None:  # criteria may ask once per key
+            self._headers = _headers(self.folder, self.uid)
+        return self._headers
 
     def structure(self) -> mime.MessageStructure:
         if self._structure is None:  # criteria may ask once per key
@@ -136,7 +142,20 @@ class _SearchMessage:
         return self.folder.open_message(self.uid)
 
 
+def _headers(folder: Folder, uid: int) -> mime.MessageHeader:
+    """The top-level header (SEARCH header keys, ENVELOPE): cached apart from the structure,
+    as it costs only a read of the header block."""
+    return folder.cached(
+        uid,
+        "headers",
+        mime.parse_header,
+        mime.MessageHeader.to_bytes,
+        mime.MessageHeader.from_bytes,
+    )
+
+
 def _structure(folder: Folder, uid: int) -> mime.MessageStructure:
+    """The MIME structure (BODYSTRUCTURE, sections, SEARCH BODY/TEXT): a parse of the file."""
     return folder.cached(
         uid,
         "structure",
@@ -1031,18 +1050,24 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             head.append(b"INTERNALDATE " + render.internaldate(info.internaldate))
         if request.size:
             head.append(b"RFC822.SIZE %d" % info.size)
-        if not plan.needs_file:
-            out.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(head)))
-            return True
         try:
-            # The whole message (BODY[], RFC822) needs no parse: the file is the data.
+            # The whole message (BODY[], RFC822) needs no parse: the file is the data; ENVELOPE
+            # alone needs only the header block.
             structure = _structure(view.folder, uid) if plan.needs_structure else None
+            headers = _headers(view.folder, uid) if plan.needs_headers else None
+            if not plan.needs_file:
+                if headers is not None:
+                    head.append(b"ENVELOPE " + mime.envelope(headers))
+                out.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(head)))
+                return True
             fp = view.folder.open_message(uid)
         except (MessageGone, FileNotFoundError):
             if head:
                 out.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(head)))
             return False
         with fp:
+            if headers is not None:
+                head.append(b"ENVELOPE " + mime.envelope(headers))
             if structure is not None:
                 if request.envelope:
                     head.append(b"ENVELOPE " + mime.envelope(structure))
@@ -1139,7 +1164,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         folder = view.folder
         for seq, u in enumerate(view.uids, 1):
             info = view.infos[u]
-            if (criteria.needs_structure or criteria.needs_body) and view.gone(u):
+            if (criteria.needs_headers or criteria.needs_structure) and view.gone(u):
                 continue
             m = _SearchMessage(
                 seq, u, largest_seq, largest_uid, view.flag_set(u),
@@ -1245,6 +1270,7 @@ class _FetchPlan:
     wanted: tuple[tuple[bytes, mime.Section, tuple[int, int | None] | None], ...]
     needs_file: bool
     needs_structure: bool
+    needs_headers: bool  # ENVELOPE without the structure: from the header block alone
 
     @classmethod
     def of(cls, request: C.FetchRequest) -> _FetchPlan:
@@ -1252,13 +1278,15 @@ class _FetchPlan:
         wanted += [(s.response_name(), mime.Section(s.part, s.text,
                     tuple(f.upper() for f in s.fields)), s.partial)
                    for s in request.sections]  # fmt: skip
-        described = request.envelope or request.body or request.bodystructure
+        described = request.body or request.bodystructure
         whole_only = all(section == _WHOLE for _, section, _ in wanted)
+        needs_structure = described or not whole_only
         return cls(
             request,
             tuple(wanted),
             needs_file=bool(wanted) or described,
-            needs_structure=described or not whole_only,
+            needs_structure=needs_structure,
+            needs_headers=request.envelope and not needs_structure,
         )
 
 

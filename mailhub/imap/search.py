@@ -2,9 +2,10 @@
 
 ``compile_criteria`` turns the parsed arguments into a tree of small matcher functions once;
 ``Criteria.matches`` runs them per message. Flag, size, date and set keys use only what the
-protocol layer knows; header keys use the cached MessageStructure (no file access: the top
-header and the ENVELOPE fields live in it); BODY and TEXT read the file, decoding text parts
-(search_text). Text matching is a case-insensitive substring match on decoded text."""
+protocol layer knows; header keys use the cached MessageHeader (the top header and the ENVELOPE
+fields, read once without the body: no MIME parse); BODY and TEXT use the MessageStructure and
+read the file, decoding text parts (search_text). Text matching is a case-insensitive substring
+match on decoded text."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from datetime import date, datetime
 from typing import BinaryIO, Protocol
 
 from mailhub.imap import search_text
-from mailhub.imap.mime import MessageStructure
+from mailhub.imap.mime import MessageHeader, MessageStructure
 from mailhub.imap.mime_header import decode_words, split_fields
 from mailhub.imap.parser import Atom
 from mailhub.imap.sequence import SequenceSet
@@ -51,6 +52,8 @@ class SearchMessage(Protocol):
     internaldate: int
     size: int
     modseq: int
+
+    def headers(self) -> MessageHeader: ...
 
     def structure(self) -> MessageStructure: ...
 
@@ -94,7 +97,8 @@ _Matcher = Callable[[SearchMessage, _Eval], bool]
 class Criteria:
     """Compiled search criteria (an AND of the top-level keys)."""
 
-    needs_structure: bool = False  # header keys: the MessageStructure is needed (cached, cheap)
+    needs_headers: bool = False  # header keys: the MessageHeader is needed (cached, cheap)
+    needs_structure: bool = False  # BODY/TEXT: the MessageStructure is needed (cached)
     needs_body: bool = False  # BODY/TEXT: the file is read
     uses_modseq: bool = False  # RFC 7162 3.1.5: the SEARCH response carries (MODSEQ n)
     _match: _Matcher = field(default=lambda m, e: True, repr=False)
@@ -314,30 +318,31 @@ class _Compiler:
     # Date: header
     def k_SENTBEFORE(self, key: str) -> _Matcher:
         d = self.date(key)
-        self.c.needs_structure = True
+        self.c.needs_headers = True
         return lambda m, e: _sent_date(m) < d
 
     def k_SENTON(self, key: str) -> _Matcher:
         d = self.date(key)
-        self.c.needs_structure = True
+        self.c.needs_headers = True
         return lambda m, e: _sent_date(m) == d
 
     def k_SENTSINCE(self, key: str) -> _Matcher:
         d = self.date(key)
-        self.c.needs_structure = True
+        self.c.needs_headers = True
         return lambda m, e: _sent_date(m) >= d
 
     # headers
     def _envelope_key(self, key: str) -> _Matcher:
         needle = self.string(key).casefold()
         index = _ENVELOPE_KEYS[key]
-        self.c.needs_structure = True
+        self.c.needs_headers = True
 
         def match(m: SearchMessage, e: _Eval) -> bool:
-            memo = m.structure().memo
+            h = m.headers()
+            memo = h.memo
             text = memo.get(index, _MISSING)
             if text is _MISSING:
-                text = memo[index] = _decoded(m.structure().envelope_fields[index])
+                text = memo[index] = _decoded(h.envelope_field(index))
             return text is not None and needle in text
 
         return match
@@ -349,10 +354,10 @@ class _Compiler:
         needle = self.string(key).casefold()
         if not name:
             raise SearchError("HEADER needs a field name")
-        self.c.needs_structure = True
+        self.c.needs_headers = True
 
         def match(m: SearchMessage, e: _Eval) -> bool:
-            values = _header_values(m.structure()).get(name)
+            values = _header_values(m.headers()).get(name)
             if values is None:
                 return False
             # RFC 3501 6.4.4: an empty string matches every message that has the field
@@ -449,16 +454,16 @@ _NO_DATE = date(1970, 1, 1)
 def _sent_date(m: SearchMessage) -> date:
     """The Date: header's date; without a readable one 1-Jan-1970, the date Dovecot uses (so
     SENTBEFORE finds such messages and SENTSINCE does not)."""
-    s = m.structure()
+    s = m.headers()
     d = s.memo.get("sent")
     if d is None:
-        d = s.memo["sent"] = parse_sent_date(s.envelope_fields[0]) or _NO_DATE
+        d = s.memo["sent"] = parse_sent_date(s.envelope_field(0)) or _NO_DATE
     return d
 
 
-def _header_values(s: MessageStructure) -> dict[str, list[str]]:
+def _header_values(s: MessageHeader) -> dict[str, list[str]]:
     """The top-level header fields, lower-cased name -> decoded, casefolded values (memoised
-    on the structure)."""
+    on the header)."""
     fields = s.memo.get("fields")
     if fields is None:
         fields = {}
