@@ -267,10 +267,10 @@ class UidTests(StoreTestCase):
         inbox = self.box.folder()
         state = inbox.sync()
 
-        def no_scandir(path: object) -> None:
+        def no_listdir(path: object) -> None:
             raise AssertionError("sync() rescanned although nothing changed")
 
-        self.patch(maildir.os, "scandir", no_scandir)
+        self.patch(maildir.os, "listdir", no_listdir)
         self.assertIs(inbox.sync(), state)
         self.assertIs(inbox.sync(), state)
 
@@ -280,13 +280,48 @@ class UidTests(StoreTestCase):
         inbox = self.box.folder()
         inbox.sync()
         scans = []
-        real = os.scandir
-        self.patch(maildir.os, "scandir", lambda p: scans.append(p) or real(p))
+        real = os.listdir
+        self.patch(maildir.os, "listdir", lambda p: scans.append(p) or real(p))
         inbox.sync()
         self.assertTrue(scans)
 
     def test_folders_share_one_object(self) -> None:
         self.assertIs(self.box.folder(), self.store.mailbox(ADDRESS).folder("INBOX"))
+
+
+class FirstScanTests(StoreTestCase):
+    """The first scan of a folder never indexed, and take_recent() updating the state."""
+
+    def test_uids_in_arrival_order_with_and_without_name_fields(self) -> None:
+        # Names with time and size, one without size (stat), one without time (mtime).
+        (self.inbox_path / "cur" / "1700000005.M2P1Q1.h,S=22:2,S").write_bytes(b"x\r\n")
+        drop(self.inbox_path, "1700000005.M1P1Q2.h,S=22")
+        drop(self.inbox_path, "1700000001.M9P1Q3.h")
+        odd = drop(self.inbox_path, "oddname,S=22")
+        os.utime(self.inbox_path / "new" / odd, (1700000003, 1700000003))
+        (self.inbox_path / "cur" / ":2,S").write_bytes(b"x\r\n")  # empty base: no message
+        state = self.box.folder().sync()
+        self.assertEqual(
+            [m.key for m in state.messages],
+            ["1700000001.M9P1Q3.h", "oddname,S=22", "1700000005.M1P1Q2.h,S=22",
+             "1700000005.M2P1Q1.h,S=22"],
+        )  # fmt: skip
+        self.assertEqual([m.uid for m in state.messages], [1, 2, 3, 4])
+        self.assertEqual([m.internaldate for m in state.messages][:2], [1700000001, 1700000003])
+
+    def test_take_recent_state_equals_a_rebuild(self) -> None:
+        self.deliver(5)
+        inbox = self.box.folder()
+        state = inbox.sync()
+        self.assertEqual(inbox.take_recent([2, 4]), [2, 4])
+        after = inbox.sync()
+        self.assertIsNot(after, state)
+        self.assertEqual([m.recent for m in after.messages], [True, False, True, False, True])
+        fresh = self.new_store().mailbox(ADDRESS).folder().sync()
+        self.assertEqual(after.messages, fresh.messages)
+        self.assertEqual(inbox.read_message(4), b"Subject: x\r\n\r\nbody\r\n")
+        taken = sorted(f"{m.key}:2," for m in after.messages if m.uid in (2, 4))
+        self.assertEqual(sorted(os.listdir(self.inbox_path / "cur")), taken)
 
 
 class FlagTests(StoreTestCase):

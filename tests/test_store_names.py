@@ -134,3 +134,23 @@ class FileNameTests(SynchronousTestCase):
         self.assertFalse(names.is_message_filename(".nfs0001"))
         self.assertFalse(names.is_message_filename("a\nb"))
         self.assertTrue(re.match(r"\d+\.", names.unique_name("h")))
+
+
+class BulkParseTests(SynchronousTestCase):
+    """arrival_fields/message_filenames give what the per-name functions give."""
+
+    def test_arrival_fields_match_per_name_parsing(self) -> None:
+        bases = ["1700000000.M5P1Q1.h,S=4096", "17.x,S=,S=9", "garbage", "1.M,S=3", "9.Mx"]
+        for group in (bases, bases[:1], [], ["a\nb", "1.M2,S=3"]):
+            secs, usecs, sizes = names.arrival_fields(group)
+            times = [names.time_from_base(b) for b in group]
+            self.assertEqual(secs, [t[0] if t else None for t in times])
+            self.assertEqual(usecs, [t[1] if t else 0 for t in times])
+            self.assertEqual(sizes, [names.size_from_base(b) for b in group])
+        self.assertEqual(names.arrival_fields(bases[:1]), ([1700000000], [5], [4096]))
+
+    def test_message_filenames(self) -> None:
+        listing = ["a", ".nfs1", ":2,S", "b\rc", "d:2,S"]
+        self.assertEqual(names.message_filenames(listing), ["a", "d:2,S"])
+        self.assertEqual(names.message_filenames(["a", "b"]), ["a", "b"])
+        self.assertEqual(names.message_filenames([""]), [])

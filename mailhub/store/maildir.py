@@ -23,9 +23,11 @@ import errno
 import io
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import repeat
 from pathlib import Path
 from typing import BinaryIO, Literal, TypeVar
 
@@ -60,6 +62,45 @@ class MessageInfo:
     recent: bool  # still in new/: no reader has taken it yet
     keywords: frozenset[str] = frozenset()  # IMAP keywords ("$Forwarded", "Junk"), from the index
     modseq: int = 1  # RFC 7162 mod-sequence of its last flag/keyword change
+
+
+def _info_maker() -> Callable[
+    [int, str, frozenset[str], int, int, bool, frozenset[str], int], MessageInfo
+]:
+    """A constructor for MessageInfo that skips the frozen dataclass's ``__init__`` (eight
+    ``object.__setattr__`` calls): scanning a big folder makes thousands, and this halves
+    their cost. The result is the same immutable object."""
+    new = object.__new__
+    s_uid, s_key, s_flags, s_size, s_date, s_recent, s_kw, s_mod = (
+        getattr(MessageInfo, f).__set__
+        for f in ("uid", "key", "flags", "size", "internaldate", "recent", "keywords", "modseq")
+    )
+
+    def make(
+        uid: int,
+        key: str,
+        flags: frozenset[str],
+        size: int,
+        internaldate: int,
+        recent: bool,
+        keywords: frozenset[str],
+        modseq: int,
+    ) -> MessageInfo:
+        m = new(MessageInfo)
+        s_uid(m, uid)
+        s_key(m, key)
+        s_flags(m, flags)
+        s_size(m, size)
+        s_date(m, internaldate)
+        s_recent(m, recent)
+        s_kw(m, keywords)
+        s_mod(m, modseq)
+        return m  # type: ignore[no-any-return]
+
+    return make
+
+
+_make_info = _info_maker()
 
 
 @dataclass(frozen=True)
@@ -233,13 +274,12 @@ class Folder:
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if not force and scan.trusted and scan.stamp == stamp:
             return False
-        files: dict[str, str] = {}
-        is_message = names.is_message_filename
-        with os.scandir(f"{self._dir}/{sub}") as it:
-            for de in it:
-                fn = de.name
-                if is_message(fn):
-                    files[fn.partition(names.INFO_SEPARATOR)[0]] = fn
+        try:
+            listing = os.listdir(f"{self._dir}/{sub}")
+        except FileNotFoundError:
+            raise FolderNotFound(f"folder {self.name!r} no longer exists") from None
+        sep = names.INFO_SEPARATOR
+        files = {fn.partition(sep)[0]: fn for fn in names.message_filenames(listing)}
         same = files == scan.files
         scan.files = files
         scan.stamp = stamp
@@ -257,8 +297,11 @@ class Folder:
         return self._scan_all()
 
     def _scan_all(self) -> dict[str, tuple[str, str]]:
-        entries = {base: ("new", fn) for base, fn in self._scans["new"].files.items()}
-        entries.update((base, ("cur", fn)) for base, fn in self._scans["cur"].files.items())
+        new, cur = self._scans["new"].files, self._scans["cur"].files
+        entries = dict(zip(new, zip(repeat("new"), new.values()), strict=False))
+        entries.update(
+            zip(cur, zip(repeat("cur"), cur.values()), strict=False)
+        )  # cur/ wins: it is newer
         return entries
 
     def _list_path(self) -> Path:
@@ -297,6 +340,9 @@ class Folder:
             # Lost. Keep our copy: its UIDVALIDITY makes sure the new one differs.
             return None
         self._list, self._list_stamp = lst, stamp
+        # Another process changed the list (keywords, say): whatever state we hold predates it,
+        # even if the directories look the same.
+        self._stale = True
         return lst
 
     def _save_list(self, lst: UidList) -> None:
@@ -358,7 +404,10 @@ class Folder:
             lst = UidList(uidvalidity)
             dirty = True
             log.info("new UIDVALIDITY {v} for {folder}", v=uidvalidity, folder=self._dir)
-        vanished, _, differ = self._differences(lst, entries)
+        vanished: set[str] = set()
+        differ = False
+        if lst.records:  # (a first scan has nothing to compare)
+            vanished, _, differ = self._differences(lst, entries)
         if differ or vanished:
             # Our scan may predate the list we just read (another holder renamed and recorded
             # the new flags meanwhile): compare with a scan taken under the lock.
@@ -389,50 +438,86 @@ class Folder:
                 elif rec.flags != flags:  # renamed by another program (or crash mid-store)
                     rec.flags = flags
                     rec.modseq = next_modseq()
-        unknown = [b for b in entries if b not in lst.records]
-        fresh: list[tuple[tuple[int, int, str], str, int, int]] = []
-        for base in unknown:
-            sub, fn = entries[base]
-            path = f"{self._dir}/{sub}/{fn}"
-            size = names.size_from_base(base)
-            ts = names.time_from_base(base)
-            if size is None or ts is None or base in known_before:
-                # Stat once; its result is kept in the list. A base we knew that another
-                # process dropped must be checked: it may have been expunged meanwhile.
-                try:
-                    st = os.stat(path)
-                except FileNotFoundError:
-                    del entries[base]
-                    continue
-                if size is None:
-                    size = st.st_size
-                if ts is None:
-                    ts = (int(st.st_mtime), 0)
-            fresh.append(((ts[0], ts[1], base), base, size, ts[0]))
-        fresh.sort()  # RFC 3501: UIDs ascend in arrival order; the name's time is arrival
-        flags_of = names.flags_of
-        for _, base, size, date in fresh:
-            rec = lst.assign(base, size, date, next_modseq())
-            rec.flags = flags_of(entries[base][1].partition(names.INFO_SEPARATOR)[2])
-            rec.keywords = self._pending_keywords.pop(base, _NO_KEYWORDS)
+        records = lst.records
+        unknown = [b for b in entries if b not in records] if records else list(entries)
+        if unknown:
+            self._assign_uids(lst, unknown, entries, known_before, next_modseq)
         if dirty:
             self._save_list(lst)
         self._list = lst
         return lst, entries, set(vanished)
 
+    def _assign_uids(
+        self,
+        lst: UidList,
+        unknown: list[str],
+        entries: dict[str, tuple[str, str]],
+        known_before: dict[str, uidlist.UidRecord],
+        next_modseq: Callable[[], int],
+    ) -> None:
+        """Give the ``unknown`` bases UIDs in arrival order (RFC 3501 2.3.1.1: ascending); drop
+        from ``entries`` those that vanished before we could stat them."""
+        secs, usecs, sizes = names.arrival_fields(unknown)
+        keyed: list[tuple[int, int, str, int]]
+        if None in secs or None in sizes or not known_before.keys().isdisjoint(unknown):
+            keyed = []
+            for base, sec, usec, size in zip(unknown, secs, usecs, sizes, strict=True):
+                if size is None or sec is None or base in known_before:
+                    # Stat once; its result is kept in the list. A base we knew that another
+                    # process dropped must be checked: it may have been expunged meanwhile.
+                    sub, fn = entries[base]
+                    try:
+                        st = os.stat(f"{self._dir}/{sub}/{fn}")
+                    except FileNotFoundError:
+                        del entries[base]
+                        continue
+                    if size is None:
+                        size = st.st_size
+                    if sec is None:
+                        sec, usec = int(st.st_mtime), 0
+                keyed.append((sec, usec, base, size))
+            keyed.sort()
+        else:  # every name says its time and size (Dovecot-style names): no stat()
+            keyed = sorted(zip(secs, usecs, unknown, sizes, strict=True))  # type: ignore[arg-type]
+        # Sorted by the name's time (its arrival), the name breaking ties.
+        if not keyed:
+            return
+        flags_of = names.flags_of
+        sep = names.INFO_SEPARATOR
+        pending = self._pending_keywords
+        fresh = [
+            (
+                base,
+                size,
+                sec,
+                flags_of(entries[base][1].partition(sep)[2]),
+                pending.pop(base, _NO_KEYWORDS) if pending else _NO_KEYWORDS,
+            )
+            for sec, _, base, size in keyed
+        ]
+        lst.assign_all(fresh, next_modseq())
+
     def _build_state(self, lst: UidList, entries: dict[str, tuple[str, str]]) -> None:
-        records = lst.records
         flags_of = names.flags_of
         sep = names.INFO_SEPARATOR
         # Reuse the MessageInfo of every file whose name and record did not change: a rescan
         # of a big folder after one flag change then costs lookups, not 10,000 objects.
         previous = self._infos
         infos: dict[str, MessageInfo] = {}
-        for base, (sub, fn) in entries.items():
-            rec = records.get(base)
-            if rec is None:  # appeared after the lock was released; next sync assigns it
+        msgs: list[MessageInfo] = []
+        last_uid = 0
+        in_order = True
+        # The records are kept in UID order (uidlist.parse, UidList.assign): walking them
+        # gives the messages sorted. A record without a file vanished since the list was
+        # written; a file without a record appeared after the lock was released (the next
+        # sync assigns it).
+        make = _make_info
+        for base, rec in lst.records.items():
+            where = entries.get(base)
+            if where is None:
                 continue
-            m = previous.get(fn)
+            sub, fn = where
+            m = previous.get(fn) if previous else None
             recent = sub == "new"
             if (
                 m is None
@@ -441,7 +526,7 @@ class Folder:
                 or m.modseq != rec.modseq
                 or m.keywords is not rec.keywords
             ):
-                m = MessageInfo(
+                m = make(
                     rec.uid,
                     base,
                     flags_of(fn.partition(sep)[2]),
@@ -452,7 +537,12 @@ class Folder:
                     rec.modseq,
                 )
             infos[fn] = m
-        msgs = sorted(infos.values(), key=_by_uid)
+            msgs.append(m)
+            if m.uid <= last_uid:
+                in_order = False
+            last_uid = m.uid
+        if not in_order:
+            msgs.sort(key=_by_uid)
         self._infos = infos
         self._entries = entries
         self._uid_base = {m.uid: m.key for m in msgs}
@@ -741,36 +831,70 @@ class Folder:
         moved: list[int] = []
         renamed: list[tuple[str, str]] = []
         self._state_or_sync()
-        directory = self._dir
+        current = not self._stale  # the state matches _entries: it can follow our renames
+        src = f"{self._dir}/new/"
+        dst = f"{self._dir}/cur/"
+        uid_base = self._uid_base
+        entries = self._entries
+        flags_of = names.flags_of
+        format_filename = names.format_filename
+        rename = os.rename
         for uid in sorted(set(uids)):
-            base = self._uid_base.get(uid)
-            where = self._entries.get(base) if base is not None else None
-            if base is None or where is None or where[0] != "new":
+            base = uid_base.get(uid)
+            where = entries.get(base) if base is not None else None
+            if where is None or where[0] != "new":
                 continue
             fn = where[1]
-            target = names.format_filename(base, names.flags_of(fn.partition(":")[2]))
+            if fn == base:  # the usual file in new/: no info yet
+                target = base + names.INFO_SEPARATOR + names.FLAGS_PREFIX
+            else:  # keep whatever flags it already has
+                target = format_filename(base, flags_of(fn.partition(":")[2]))
             try:
-                os.rename(f"{directory}/new/{fn}", f"{directory}/cur/{target}")
+                rename(src + fn, dst + target)
             except FileNotFoundError:
                 continue  # another session or program took it (or it was expunged)
-            self._entries[base] = ("cur", target)
+            entries[base] = ("cur", target)
             moved.append(uid)
-            renamed.append((base, target))
+            renamed.append((fn, target))
         if renamed:
-            current = not self._stale and self._state is not None and self._list is not None
             self._changed_by_us()  # the next sync() reads the directories again
             new_files = self._scans["new"].files
             cur_files = self._scans["cur"].files
-            for base, target in renamed:
+            for fn, target in renamed:
+                base = fn.partition(":")[0]
                 new_files.pop(base, None)
                 cur_files[base] = target
-            if current:
-                # Only where the files are changed, and we know how: the state follows without
-                # a rescan, and the next sync() finds the listing it expects (SELECT of a big
-                # folder with many new messages would otherwise rebuild everything twice).
-                assert self._list is not None
-                self._build_state(self._list, self._scan_all())
+            state = self._taken(self._state, moved, renamed) if current else None
+            if state is not None:
+                # The state follows without a rescan or a rebuild, and the next sync() finds
+                # the listing it expects (SELECT of a big folder with many new messages would
+                # otherwise rebuild everything twice).
+                self._state = state
+                self._stale = False
         return moved
+
+    def _taken(
+        self, state: FolderState | None, moved: list[int], renamed: list[tuple[str, str]]
+    ) -> FolderState | None:
+        """``state`` after the messages ``moved`` (ascending UIDs) went from new/ to cur/
+        under the names ``renamed`` ((old, new) file names, in the same order); None if the
+        state does not hold them as expected (the next sync() rebuilds it then)."""
+        if state is None:
+            return None
+        msgs = list(state.messages)
+        infos = self._infos
+        lo = 0
+        for uid, (old, new) in zip(moved, renamed, strict=True):
+            i = bisect_left(msgs, uid, lo, key=_by_uid)
+            if i == len(msgs) or msgs[i].uid != uid or not msgs[i].recent:
+                return None
+            m = msgs[i]
+            m = _make_info(uid, m.key, m.flags, m.size, m.internaldate, False, m.keywords, m.modseq)
+            msgs[i] = m
+            infos.pop(old, None)
+            infos[new] = m
+            lo = i + 1
+        return FolderState(state.uidvalidity, state.uidnext, tuple(msgs), state.highestmodseq)
 
     # -- removing -------------------------------------------------------------------------
 

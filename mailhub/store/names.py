@@ -299,7 +299,60 @@ def time_from_base(base: str) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2) or 0)
 
 
+# Over "\n"-joined base names, at most one match a line: the time prefix as _TIME_PREFIX
+# matches it, and the first ``,S=<digits>`` as _SIZE_FIELD.search finds it.
+_TIME_LINES = re.compile(r"^(\d+)\.(?:M(\d+))?", re.MULTILINE)
+_SIZE_LINES = re.compile(r",S=(\d+)[^\n]*")
+
+
+def arrival_fields(bases: list[str]) -> tuple[list[int | None], list[int], list[int | None]]:
+    """Columns ``(seconds or None, microseconds, size or None)`` of the base names, as
+    ``time_from_base`` and ``size_from_base`` give them; one regex pass over the joined names
+    when every name has both fields (a first scan of a big folder parses thousands)."""
+    joined = "\n".join(bases)
+    if bases and joined.count("\n") == len(bases) - 1:  # no name holds a line break
+        times = _TIME_LINES.findall(joined)
+        sizes = _SIZE_LINES.findall(joined)
+        # At most one match a line, so as many matches as names means one on every line.
+        if len(times) == len(sizes) == len(bases):
+            secs, usecs = zip(*times, strict=True)
+            return (
+                list(map(int, secs)),
+                list(map(int, usecs)) if all(usecs) else [int(u) if u else 0 for u in usecs],
+                list(map(int, sizes)),
+            )
+    secs_col: list[int | None] = []
+    usecs_col: list[int] = []
+    sizes_col: list[int | None] = []
+    for base in bases:
+        ts = time_from_base(base)
+        secs_col.append(ts[0] if ts else None)
+        usecs_col.append(ts[1] if ts else 0)
+        sizes_col.append(size_from_base(base))
+    return secs_col, usecs_col, sizes_col
+
+
+def message_filenames(listing: list[str]) -> list[str]:
+    """The names of a directory listing that ``is_message_filename`` accepts. Checks the joined
+    listing first, as a scan of a big folder would otherwise test every name in Python."""
+    joined = "\n".join(listing)
+    if (
+        joined.count("\n") != len(listing) - 1  # a name with a line break
+        or "\r" in joined
+        or joined[:1] in ("", ".", ":", "\n")  # "": an empty name (or listing)
+        or "\n." in joined
+        or "\n:" in joined
+        or "\n\n" in joined
+        or joined.endswith("\n")
+    ):
+        return [fn for fn in listing if is_message_filename(fn)]
+    return listing
+
+
 def is_message_filename(filename: str) -> bool:
-    """Files a scan considers messages: not hidden (``.nfs*`` etc.), no line breaks (they would
-    break the line-oriented UID list)."""
-    return bool(filename) and filename[0] != "." and "\n" not in filename and "\r" not in filename
+    """Files a scan considers messages: not hidden (``.nfs*`` etc.), not starting with ``:``
+    (an empty base name cannot be indexed), no line breaks (they would break the line-oriented
+    UID list)."""
+    return (
+        bool(filename) and filename[0] not in ".:" and "\n" not in filename and "\r" not in filename
+    )

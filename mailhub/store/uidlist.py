@@ -71,6 +71,22 @@ class UidList:
         self.uidnext += 1
         return rec
 
+    def assign_all(
+        self,
+        fresh: list[tuple[str, int, int, frozenset[str], frozenset[str]]],
+        modseq: int,
+    ) -> None:
+        """Give each ``(base, size, internaldate, flags, keywords)`` the next UID, in list
+        order, all with mod-sequence ``modseq``; all or none (the UID space is checked first)."""
+        uid = self.uidnext
+        if uid + len(fresh) - 1 > MAX_UID:
+            raise CorruptUidList("UID space exhausted; UIDVALIDITY must change")
+        records = self.records
+        for base, size, date, flags, keywords in fresh:
+            records[base] = UidRecord(uid, size, date, modseq, flags, keywords)
+            uid += 1
+        self.uidnext = uid
+
     def next_modseq(self) -> int:
         """Reserve the mod-sequence of one change (one lock hold = one change, as one STORE
         command must get one value: RFC 7162 3.2)."""
@@ -169,15 +185,14 @@ def _parse_v1(header: list[bytes], lines: list[bytes]) -> UidList:
 def serialise(lst: UidList) -> bytes:
     """Version 2. Records whose flags are still unknown (read from version 1 and not seen by a
     scan since) are written with ``-`` and the caller must have filled them in first."""
-    recs = sorted(lst.records.items(), key=lambda kv: kv[1].uid)
+    recs = lst.records
+    if not _in_uid_order(recs):  # kept in UID order by parse() and assign(); never trust it
+        recs = dict(sorted(recs.items(), key=lambda kv: kv[1].uid))
     index: dict[str, int] = {}
-    kw_fields: dict[frozenset[str], bytes] = {_NONE: b"-"}
-    flag_fields: dict[frozenset[str] | None, bytes] = {_NONE: b"-", None: b"-"}
-    out = [
-        b"%s %s %d %d %d\n" % (MAGIC, VERSION, lst.uidvalidity, lst.uidnext, lst.highestmodseq),
-        b"",  # the keyword table, filled in below
-    ]
-    for base, r in recs:
+    kw_fields: dict[frozenset[str], str] = {_NONE: "-"}
+    flag_fields: dict[frozenset[str] | None, str] = {_NONE: "-", None: "-"}
+    lines = []
+    for base, r in recs.items():
         kw = kw_fields.get(r.keywords)
         if kw is None:
             ids = []
@@ -185,17 +200,28 @@ def serialise(lst: UidList) -> bytes:
                 i = index.get(k)
                 if i is None:
                     i = index[k] = len(index)
-                ids.append(b"%d" % i)
-            kw = kw_fields[r.keywords] = b",".join(ids)
+                ids.append(str(i))
+            kw = kw_fields[r.keywords] = ",".join(ids)
         fl = flag_fields.get(r.flags)
         if fl is None:
-            fl = flag_fields[r.flags] = "".join(sorted(r.flags)).encode("ascii")  # type: ignore[arg-type]
-        out.append(
-            b"%d %d %d %d %s %s %s\n"
-            % (r.uid, r.size, r.internaldate, r.modseq, fl, kw, os.fsencode(base))
-        )
-    out[1] = b" ".join([b"K", *(k.encode("ascii") for k in index)]) + b"\n"
-    return b"".join(out)
+            fl = flag_fields[r.flags] = "".join(sorted(r.flags))  # type: ignore[arg-type]
+        lines.append(f"{r.uid} {r.size} {r.internaldate} {r.modseq} {fl} {kw} {base}\n")
+    head = (
+        b"%s %s %d %d %d\n" % (MAGIC, VERSION, lst.uidvalidity, lst.uidnext, lst.highestmodseq)
+        + b" ".join([b"K", *(k.encode("ascii") for k in index)])
+        + b"\n"
+    )
+    # One encode for all records: the base names as os.fsencode() would give them.
+    return head + os.fsencode("".join(lines))
+
+
+def _in_uid_order(records: dict[str, UidRecord]) -> bool:
+    last = 0
+    for r in records.values():
+        if r.uid <= last:
+            return False
+        last = r.uid
+    return True
 
 
 def save(path: Path, lst: UidList, hostname: str = "localhost") -> None:
