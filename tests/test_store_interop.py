@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import mailbox
-import os
-import pwd
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.store.store import MailStore
-from tests.integration.test_dovecot_interop import CONFIG as DOVECOT_CONFIG
 from tests.integration.test_dovecot_interop import _skip_reason as dovecot_skip_reason
+from tests.integration.test_dovecot_interop import doveadm_for
 
 
 class StdlibReader(SynchronousTestCase):
@@ -76,25 +73,7 @@ class DovecotSharesSubscriptions(SynchronousTestCase):
         mailbox.unsubscribe("Junk")
         inbox = mailbox.folder()
         inbox.store_flags([inbox.append(b"Subject: k\r\n\r\n")], "add", keywords=["Work"])
-        for sub in ("run", "state", "home"):
-            (base / sub).mkdir()
-        config = base / "dovecot.conf"
-        config.write_text(DOVECOT_CONFIG.format(base=base))
-        mail = pwd.getpwnam("mail")
-        for path in [base, *base.rglob("*")]:
-            os.chown(path, mail.pw_uid, mail.pw_gid)
-
-        def doveadm(*args: str) -> str:
-            env = dict(os.environ, USER="alice@example.com", HOME=str(base / "home"))
-            done = subprocess.run(
-                ["doveadm", "-c", str(config), *args],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            self.assertEqual(done.returncode, 0, done.stderr)
-            return done.stdout
+        doveadm = doveadm_for(self, base)
 
         self.assertEqual(
             sorted(doveadm("mailbox", "list", "-s").split()),

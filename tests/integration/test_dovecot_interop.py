@@ -11,6 +11,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -42,6 +43,33 @@ mail_gid = mail
 """
 
 
+def doveadm_for(test: SynchronousTestCase, base: Path) -> Callable[..., str]:
+    """Set ``base`` up for Dovecot (config, run/state/home dirs, the whole tree owned by ``mail``:
+    Dovecot refuses root) and return ``doveadm(*args)`` acting as alice@example.com, which
+    fails ``test`` on a non-zero exit and returns standard output."""
+    for sub in ("run", "state", "home"):
+        (base / sub).mkdir()
+    config = base / "dovecot.conf"
+    config.write_text(CONFIG.format(base=base))
+    mail = pwd.getpwnam("mail")
+    for path in [base, *base.rglob("*")]:
+        os.chown(path, mail.pw_uid, mail.pw_gid)
+
+    def doveadm(*args: str) -> str:
+        env = dict(os.environ, USER="alice@example.com", HOME=str(base / "home"))
+        done = subprocess.run(
+            ["doveadm", "-c", str(config), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        test.assertEqual(done.returncode, 0, done.stderr)
+        return done.stdout
+
+    return doveadm
+
+
 class DoveadmReadsTheStore(SynchronousTestCase):
     skip = _skip_reason()
 
@@ -59,25 +87,7 @@ class DoveadmReadsTheStore(SynchronousTestCase):
         inbox.set_flags(first, frozenset("FR"))
         mailbox.folder("Sent").append(b"Subject: sent\r\n\r\nx\r\n")
 
-        for sub in ("run", "state", "home"):
-            (base / sub).mkdir()
-        config = base / "dovecot.conf"
-        config.write_text(CONFIG.format(base=base))
-        mail = pwd.getpwnam("mail")
-        for path in [base, *base.rglob("*")]:
-            os.chown(path, mail.pw_uid, mail.pw_gid)
-
-        def doveadm(*args: str) -> str:
-            env = dict(os.environ, USER="alice@example.com", HOME=str(base / "home"))
-            done = subprocess.run(
-                ["doveadm", "-c", str(config), *args],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            self.assertEqual(done.returncode, 0, done.stderr)
-            return done.stdout
+        doveadm = doveadm_for(self, base)
 
         self.assertEqual(
             sorted(doveadm("mailbox", "list").split()),
