@@ -138,6 +138,12 @@ class RelayConfig:
     tls_policy: tuple[tuple[str, str], ...] = ()  # (domain, policy) exceptions
     nameservers: tuple[tuple[str, int], ...] = ()  # () = the system resolver (/etc/resolv.conf)
     port: int = 25  # the MX port (tests and special setups change it)
+    # Connection reuse (Postfix's smtp_connection_cache_time_limit, _reuse_count_limit,
+    # _reuse_time_limit): a session waits reuse_idle_time seconds for the next message to the
+    # same host (0: never reused), carries at most reuse_max_messages, lives reuse_max_age.
+    reuse_idle_time: float = 5.0
+    reuse_max_messages: int = 100
+    reuse_max_age: float = 300.0
 
     @property
     def configured(self) -> bool:
@@ -530,6 +536,9 @@ def _relay(source: str, table: Mapping[str, Any], base: Path) -> RelayConfig:
         tls_policy=r.get("tls_policy", (), tls_policy),
         nameservers=r.get("nameservers", (), nameservers),
         port=r.number("port", 25, minimum=1),
+        reuse_idle_time=r.get("reuse_idle_time", 5.0, lambda k, v: _duration(r, k, v)),
+        reuse_max_messages=r.number("reuse_max_messages", 100, minimum=1),
+        reuse_max_age=r.get("reuse_max_age", 300.0, lambda k, v: _duration(r, k, v)),
     )
     smarthost_at = r.get("smarthost", None, lambda k, v: _host_port(r, k, v, 587))
     tls_mode = r.string("smarthost_tls", "starttls", ("starttls", "implicit", "none"))

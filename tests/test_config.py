@@ -199,8 +199,19 @@ class QueueAndRelay(SynchronousTestCase):
         self.assertEqual(relay.nameservers, (("127.0.0.1", 5353),))
         self.assertTrue(relay.configured)
 
+    def test_connection_reuse(self) -> None:
+        relay = self.load_text(
+            '[relay]\nreuse_idle_time = "2s"\nreuse_max_messages = 10\nreuse_max_age = "1m"\n'
+        ).relay
+        self.assertEqual(
+            (relay.reuse_idle_time, relay.reuse_max_messages, relay.reuse_max_age), (2, 10, 60)
+        )
+        self.assertEqual(self.load_text("[relay]\nreuse_idle_time = 0\n").relay.reuse_idle_time, 0)
+
     def test_relay_mistakes(self) -> None:
         for text, needle in [
+            ("[relay]\nreuse_max_messages = 0\n", "[relay] reuse_max_messages: must be at least 1"),
+            ('[relay]\nreuse_idle_time = "never"\n', "[relay] reuse_idle_time: must be a duration"),
             ('[relay]\nroutes = { "b.test" = "host:port" }\n', "[relay] routes.b.test"),
             ('[relay]\ntls = "maybe"\n', "'maybe' is not one of opportunistic, verify, none"),
             ('[relay]\nsmarthost = "x.example"\nsmarthost_username = "me"\n', "go together"),

@@ -423,6 +423,21 @@ class ConfigTests(CourierTestCase):
         self.assertEqual(courier.routes, {"c.test": ("127.0.0.1", peer.port)})
         self.assertEqual(courier.default_tls, TLSPolicy.NONE)
         self.assertEqual(courier.tls_policy, {"d.test": TLSPolicy.VERIFY})
+        # [relay] reuse_* reach the connection pool
+        self.assertEqual(
+            (courier.pool.idle_timeout, courier.pool.max_messages, courier.pool.max_age),
+            (RelayConfig.reuse_idle_time, RelayConfig.reuse_max_messages, 300.0),
+        )
+        no_reuse = courier_from_config(
+            RelayConfig(reuse_idle_time=0, reuse_max_messages=7, reuse_max_age=9), "a.test"
+        )
+        self.addCleanup(no_reuse.close)
+        self.assertEqual((no_reuse.pool.max_messages, no_reuse.pool.max_age), (1, 9))
+        tuned = courier_from_config(
+            RelayConfig(reuse_idle_time=2, reuse_max_messages=7, reuse_max_age=9), "a.test"
+        )
+        self.addCleanup(tuned.close)
+        self.assertEqual((tuned.pool.idle_timeout, tuned.pool.max_messages), (2, 7))
         results = await courier.deliver(Item())  # b.test via the configured name server
         self.assertEqual(results[0].outcome, Outcome.DELIVERED)
         with_smarthost = courier_from_config(

@@ -406,5 +406,8 @@ def courier_from_config(
         default_tls=relay.tls,
         ca_certificates=ca_certificates,
         port=relay.port,
+        idle_timeout=relay.reuse_idle_time,
+        max_messages_per_connection=relay.reuse_max_messages,
+        max_connection_age=relay.reuse_max_age,
         reactor=reactor,
     )
