@@ -893,18 +893,55 @@ class _TotalReader(io.BytesIO):
         return data
 
 
+_field_names = st.sampled_from(
+    [b"Subject", b"SUBJECT", b"subject", b"sUbJeCt", b"Subjects", b"X-Subject", b"Sub ject",
+     b"From", b"from", b"TO", b"To", b"cc", b"Bcc", b"Date", b"Message-ID", b"message-id",
+     b"In-Reply-To", b"Reply-To", b"Sender", b"Received", b"", b"\x00"]
+)  # fmt: skip
+_field_values = st.sampled_from(
+    [b" plain", b"", b"  spaced  ", b" =?utf-8?q?f=C3=BCr?=", b" a@b, c@d", b" \x00nul",
+     b" \xc3\xa9 8bit", b"\tt", b" x\ry"]
+)  # fmt: skip
+_field_colons = st.sampled_from([b":", b" :", b"\t:", b"", b" \t :"])
+_field_ends = st.sampled_from([b"\r\n", b"\n", b"\r\n \tfolded\r\n", b"\n folded\n", b"\r\n\r\n"])
+_header_fields = (
+    st.lists(
+        st.tuples(_field_names, _field_colons, _field_values, _field_ends).map(b"".join),
+        max_size=12,
+    )
+    .map(b"".join)
+    .flatmap(
+        lambda head: st.sampled_from([head, head + b"\r\n", head + b"\r\nbody\r\nSubject: b\r\n"])
+    )
+)
+
+
 class HeaderOnly(SynchronousTestCase):
     """parse_header: the header block and ENVELOPE fields of parse_structure, from a read of
     the header alone."""
 
     def assertSameAsFullParse(self, data: bytes) -> None:
-        h = mime.parse_header(io.BytesIO(data))
-        h = mime.MessageHeader.from_bytes(h.to_bytes())
         s = parse(data)
-        self.assertEqual(h.header, s.header, data[:80])
-        self.assertEqual(h.envelope_fields, s.envelope_fields, data[:80])
-        self.assertEqual(h.header_size, s.root.header_size, data[:80])
-        self.assertEqual(mime.envelope(h), mime.envelope(s))
+        path = self._file(data)
+        for h in (mime.parse_header(io.BytesIO(data)), mime.read_header(path)):
+            h = mime.MessageHeader.from_bytes(h.to_bytes())
+            self.assertEqual(h.header, s.header, data[:80])
+            self.assertEqual(h.envelope_fields, s.envelope_fields, data[:80])
+            self.assertEqual(h.header_size, s.root.header_size, data[:80])
+            self.assertEqual(mime.envelope(h), mime.envelope(s))
+        # each field alone, first asked for (SEARCH SUBJECT looks for one field only)
+        for i in range(len(mime.ENVELOPE_FIELDS)):
+            alone = mime.MessageHeader.from_bytes(mime.read_header(path).to_bytes())
+            self.assertEqual(alone.envelope_field(i), s.envelope_fields[i], (i, data[:80]))
+
+    def _file(self, data: bytes) -> str:
+        """``data`` as a message file (one per test, rewritten per example)."""
+        path = getattr(self, "_path", None)
+        if path is None:
+            path = self._path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
 
     def test_same_as_the_full_parse_on_real_messages(self) -> None:
         corpus = _corpus()
@@ -916,6 +953,31 @@ class HeaderOnly(SynchronousTestCase):
     @given(_messages)
     def test_same_as_the_full_parse_on_anything(self, data: bytes) -> None:
         self.assertSameAsFullParse(data)
+
+    @settings(max_examples=500, deadline=None)
+    @given(_header_fields)
+    def test_fields_found_as_the_full_parse_finds_them(self, data: bytes) -> None:
+        # names in any case, blanks before the colon, look-alike names, folding, encoded
+        # words, NUL, bare LF and CR, repeated fields, no blank line or no body
+        self.assertSameAsFullParse(data)
+
+    def test_odd_headers(self) -> None:
+        for data in (
+            b"SUBJECT:a\r\nsubject :b\r\n\r\n",  # the last one counts
+            b"Subjects: no\r\nX-Subject: no\r\nSubject\t: yes\r\n\r\nSubject: body\r\n",
+            b"Sub ject: no\r\n\r\n",
+            b"To: a@b\r\n\tc@d\r\nTO: e@f\r\n\r\n",  # address fields add up
+            b"Subject: =?utf-8?q?f=C3=BCr?=\r\n =?utf-8?b?w7xiZXI=?=\r\n\r\n",
+            b"Subject: nul\x00inside\r\nFrom: \x00@x\r\n\r\n",
+            b"Subject: bare\nFrom: lf@x\n\nbody\n",
+            b"Subject: cr\ronly\r\n\r\n",
+            b"Subject: no blank line, no body",
+            b"Subject: x\r\n\r\n",  # no body
+            b"\r\nSubject: in the body\r\n",
+            b"Subject: " + b"long " * 3000 + b"\r\nTo: after@x\r\n\r\nbody",  # > 8 KiB
+            b"X: " + b"y" * 9000 + b"\r\n folded " + b"z" * 9000 + b"\r\nSubject: s\r\n\r\n",
+        ):
+            self.assertSameAsFullParse(data)
 
     def test_edges_of_the_header_end(self) -> None:
         for data in (

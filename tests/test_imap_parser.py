@@ -139,6 +139,29 @@ class FramerTests(SynchronousTestCase):
         self.assertEqual(refused, Refused("a", "TOOBIG", "APPEND"))
         self.assertEqual(parse_command(noop)[1], "NOOP")
 
+    def test_non_synchronising_literal_too_large_to_skip_ends_the_framing(self) -> None:
+        # RFC 7888 4: past twice the APPEND limit the data is not read to skip it; the refusal
+        # is fatal and nothing after the announcement is taken as a command.
+        f = self.framer()
+        f.feed(b"a APPEND INBOX {99999999999+}\r\nb NOOP\r\n")
+        self.assertEqual(self.events(f), [Refused("a", "TOOBIG", "APPEND", fatal=True)])
+        f.feed(b"c NOOP\r\n")
+        self.assertEqual((self.events(f), f.buffered), ([], 0))
+
+    def test_non_synchronising_literal_limit_of_other_commands(self) -> None:
+        f = CommandFramer(max_line=100, max_append=1000, max_discard=3000)
+        f.feed(b"a LOGIN {2000+}\r\n" + b"x" * 2000 + b" y\r\nb NOOP\r\n")
+        refused, noop = self.events(f)
+        self.assertEqual(refused, Refused("a", "LINE", "LOGIN"))
+        self.assertEqual(parse_command(noop)[1], "NOOP")
+        f.feed(b"c LOGIN {3001+}\r\n")
+        self.assertEqual(self.events(f), [Refused("c", "TOOBIG", "LOGIN", fatal=True)])
+
+    def test_a_later_literal_too_large_to_skip_is_fatal_too(self) -> None:
+        f = CommandFramer(max_line=100, max_append=1000, max_discard=3000)
+        f.feed(b"a LOGIN {200+}\r\n" + b"x" * 200 + b" {5000+}\r\n")
+        self.assertEqual(self.events(f), [Refused("a", "LINE", "LOGIN", fatal=True)])
+
     def test_long_line_is_refused_and_skipped(self) -> None:
         f = self.framer()
         f.feed(b"a NOOP " + b"x" * 300)

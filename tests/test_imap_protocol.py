@@ -258,6 +258,82 @@ class Mailboxes(IMAPTestCase):
             self.assertTrue(line.startswith(f"c{n} NO "), line)
         self.assertFalse((self.store.root / "example.org" / "bob").exists())
 
+    def test_wildcards_are_refused_in_new_names(self) -> None:
+        # % and * are LIST wildcards (RFC 3501 6.3.8): Dovecot refuses them in new names too.
+        client = self.login(select=None)
+        client.run("""
+            C: a1 CREATE "50%"
+            S: a1 NO [CANNOT] Mailbox names cannot contain the LIST wildcards % and *
+            C: a2 CREATE Star.*
+            S: a2 NO [CANNOT] Mailbox names cannot contain the LIST wildcards % and *
+            C: a3 RENAME Drafts Dr%fts
+            S: a3 NO [CANNOT] Mailbox names cannot contain the LIST wildcards % and *
+            C: a4 RENAME INBOX Old*
+            S: a4 NO [CANNOT] Mailbox names cannot contain the LIST wildcards % and *
+        """)
+        self.assertEqual(
+            self.store.mailbox(USER).list_folders(),
+            ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"],
+        )
+
+    def test_non_canonical_modified_utf7_is_refused(self) -> None:
+        # RFC 3501 5.1.3: printable ASCII is never base64-encoded ("&AGE-" would be "a"), no
+        # null shift between two runs, every "&" run ends with "-", no stray base64 bits.
+        client = self.login(select=None)
+        for n, name in enumerate(("&AGE-", "Caf&AOk-&AOk-", "Caf&AOk", "&AOl-", "x&AGEA6Q-")):
+            client.send(f"c{n} CREATE {name}\r\n")
+            self.assertEqual(
+                client.lines(), [f"c{n} BAD mailbox name is not in canonical modified UTF-7"]
+                if name != "Caf&AOk" else [f"c{n} BAD mailbox name is not valid modified UTF-7"]
+            )  # fmt: skip
+        client.run("""
+            C: d1 SELECT &AEkATgBCAE8AWA-
+            S: d1 BAD mailbox name is not in canonical modified UTF-7
+            C: d2 CREATE Caf&AOkA6Q-
+            S: d2 OK CREATE completed
+            C: d3 LIST "" Caf*
+            S: * LIST (\\HasNoChildren) "." Caf&AOkA6Q-
+            S: d3 OK LIST completed
+        """)
+
+    def test_rename_inbox_moves_its_messages(self) -> None:
+        # RFC 3501 6.3.5: all messages move to the new mailbox, INBOX stays and is empty.
+        self.deliver(message("one"))
+        self.folder().append(message("two"), flags=["S", "F"])
+        client = self.login()
+        client.run("""
+            C: a1 RENAME INBOX Old.2024
+            S: * 2 EXPUNGE
+            S: * 1 EXPUNGE
+            S: a1 OK RENAME completed
+            C: a2 STATUS Old.2024 (MESSAGES)
+            S: * STATUS Old.2024 (MESSAGES 2)
+            S: a2 OK STATUS completed
+            C: a3 STATUS INBOX (MESSAGES)
+            S: * STATUS INBOX (MESSAGES 0)
+            S: a3 OK STATUS completed
+            C: a4 RENAME INBOX Old.2024
+            S: a4 NO [ALREADYEXISTS] Target mailbox exists
+            C: a5 RENAME INBOX Empty
+            S: a5 OK RENAME completed
+            C: a6 LIST "" *
+            S: * LIST (\\HasNoChildren) "." INBOX
+            S: * LIST (\\HasNoChildren \\Archive) "." Archive
+            S: * LIST (\\HasNoChildren \\Drafts) "." Drafts
+            S: * LIST (\\HasNoChildren) "." Empty
+            S: * LIST (\\HasNoChildren \\Junk) "." Junk
+            S: * LIST (\\HasChildren) "." Old
+            S: * LIST (\\HasNoChildren) "." Old.2024
+            S: * LIST (\\HasNoChildren \\Sent) "." Sent
+            S: * LIST (\\HasNoChildren \\Trash) "." Trash
+            S: a6 OK LIST completed
+        """)
+        moved = self.folder("Old.2024")
+        infos = moved.sync().messages
+        self.assertEqual([m.flags for m in infos], [set(), {"S", "F"}])
+        self.assertIn(b"Subject: two", moved.read_message(infos[1].uid))
+        self.assertEqual(self.folder().sync().count, 0)
+
     def test_subscriptions(self) -> None:
         client = self.login(select=None)
         # The special-use folders come subscribed (as Dovecot's autosubscribe does).
@@ -446,6 +522,25 @@ class Fetch(IMAPTestCase):
         )
         self.assertEqual([m.flags for m in self.folder().sync().messages], [set(), set()])
 
+    def test_large_messages_stream_with_the_same_answer(self) -> None:
+        # Messages up to FETCH_WHOLE_MAX are read in one piece, larger ones are streamed in
+        # chunks: the octets on the wire are the same either way.
+        from mailhub.imap import protocol
+
+        command = "a1 UID FETCH 1:* (BODY.PEEK[] RFC822.SIZE BODY.PEEK[]<3.10>)\r\n"
+        self.client.send(command)
+        whole = self.client.take()
+        self.patch(protocol, "FETCH_WHOLE_MAX", 10)
+        self.patch(protocol, "FETCH_CHUNK", 7)
+        self.client.send(command)
+        self.assertEqual(self.client.take(), whole)
+        data = message("two")
+        self.assertIn(
+            b"* 2 FETCH (UID 2 RFC822.SIZE %d BODY[] {%d}\r\n%s BODY[]<3> {10}\r\n%s)\r\n"
+            % (len(data), len(data), data, data[3:13]),
+            whole,
+        )
+
     def test_envelope_and_bodystructure(self) -> None:
         self.client.run("""
             C: a1 FETCH 2 (ENVELOPE BODYSTRUCTURE)
@@ -519,6 +614,44 @@ class Store(IMAPTestCase):
         self.assertEqual([m.flags for m in infos], [{"F"}, {"D"}, {"S", "R"}])
         self.assertEqual(infos[1].keywords, frozenset())
 
+    def test_only_messages_whose_flags_changed_are_answered(self) -> None:
+        # RFC 3501 6.4.6 ("normally" the new value), as Dovecot and Cyrus do: message 2 already
+        # has \Seen and needs no FETCH; neither do 1 and 3 when \Seen is added again.
+        self.client.run("""
+            C: a1 STORE 2 +FLAGS.SILENT (\\Seen)
+            S: a1 OK STORE completed
+            C: a2 STORE 1:3 +FLAGS (\\Seen)
+            S: * 1 FETCH (FLAGS (\\Seen \\Recent))
+            S: * 3 FETCH (FLAGS (\\Seen \\Recent))
+            S: a2 OK STORE completed
+            C: a3 UID STORE 1:3 +FLAGS (\\Seen)
+            S: a3 OK STORE completed
+            C: a4 STORE 1:3 FLAGS (\\Seen)
+            S: a4 OK STORE completed
+            C: a5 STORE 1:3 -FLAGS (\\Flagged)
+            S: a5 OK STORE completed
+        """)
+
+    def test_changes_by_another_session_are_told_even_when_silent(self) -> None:
+        # RFC 3501 6.4.6 note: whatever .SILENT says, a flag change from elsewhere is reported;
+        # a change the client can work out from its own STORE is not.
+        other = self.login()
+        other.command("STORE 2 +FLAGS.SILENT (\\Flagged)")
+        other.command("STORE 3 +FLAGS.SILENT (\\Seen)")
+        self.client.run("""
+            C: a1 STORE 1:3 +FLAGS.SILENT (\\Seen)
+            S: * 2 FETCH (FLAGS (\\Seen \\Flagged \\Recent))
+            S: a1 OK STORE completed
+            C: a2 STORE 1:3 +FLAGS (\\Seen)
+            S: a2 OK STORE completed
+        """)
+        other.command("STORE 1 +FLAGS.SILENT (\\Answered)")
+        self.client.run("""
+            C: a3 STORE 1:2 +FLAGS (\\Seen)
+            S: * 1 FETCH (FLAGS (\\Seen \\Answered \\Recent))
+            S: a3 OK STORE completed
+        """)
+
     def test_expunge_and_uid_expunge(self) -> None:
         self.client.run("""
             C: a1 STORE 1:3 +FLAGS.SILENT (\\Deleted)
@@ -567,6 +700,22 @@ class CondStore(IMAPTestCase):
             S: * 1 FETCH (UID 1 MODSEQ (...
             S: * 2 FETCH (UID 2 MODSEQ (...
             S: a5 OK STORE completed
+        """)
+
+    def test_unchanged_messages_answered_only_for_unchangedsince(self) -> None:
+        self.client.command("ENABLE CONDSTORE")
+        self.client.command("SELECT INBOX")
+        self.client.command("STORE 1 +FLAGS.SILENT (\\Seen)")
+        modseq = self.folder().sync().messages[0].modseq
+        # Nothing changes for message 1, so a plain STORE tells nothing about it; a conditional
+        # one that passes reports every message with its MODSEQ (RFC 7162 3.2).
+        self.client.run(f"""
+            C: a1 STORE 1:2 +FLAGS (\\Seen)
+            S: * 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (...
+            S: a1 OK STORE completed
+            C: a2 STORE 1 (UNCHANGEDSINCE {modseq}) +FLAGS.SILENT (\\Seen)
+            S: * 1 FETCH (MODSEQ ({modseq}))
+            S: a2 OK STORE completed
         """)
 
     def test_fetch_modseq_enables_condstore_with_highestmodseq(self) -> None:
@@ -704,6 +853,32 @@ class AppendCopyMove(IMAPTestCase):
             ["a2 NO [TOOBIG] Message larger than 1000 octets", "a3 OK NOOP completed"],
         )
         self.assertIn(b"APPENDLIMIT=1000", client.greeting)
+        self.assertEqual(self.folder().sync().count, 0)
+
+    def test_absurd_non_synchronising_literal_is_refused_with_bye(self) -> None:
+        # RFC 7888 4: the client is already sending the 99,999,999,999 octets; reading them
+        # only to throw them away would look like a hang, so the session ends (RFC 7888 5:
+        # NO [TOOBIG] for APPEND, BAD [TOOBIG] for other commands).
+        client = self.login(select=None)
+        client.send(b"a1 APPEND INBOX {99999999999+}\r\nFrom: x\r\n\r\na2 NOOP\r\n")
+        self.assertEqual(
+            client.lines(),
+            [
+                "a1 NO [TOOBIG] Message larger than 36700160 octets",
+                "* BYE Literal too large to skip; closing the connection",
+            ],
+        )
+        self.assertTrue(client.closed)
+        other = self.login(select=None)
+        other.send(b"b1 LOGIN {99999999999+}\r\n")
+        self.assertEqual(
+            other.lines(),
+            [
+                "b1 BAD [TOOBIG] Literal too large",
+                "* BYE Literal too large to skip; closing the connection",
+            ],
+        )
+        self.assertTrue(other.closed)
         self.assertEqual(self.folder().sync().count, 0)
 
     def test_append_to_selected_mailbox_reports_exists(self) -> None:

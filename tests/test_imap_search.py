@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import calendar
 import io
+import os
 import re
 import shutil
 import tempfile
@@ -14,11 +15,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.imap import mime
 from mailhub.imap.parser import Atom
 from mailhub.imap.search import BadCharset, Criteria, SearchError, compile_criteria
+from mailhub.store import MailStore
 from tests.test_imap_mime import (
     ADDRESSES,
     ALTERNATIVE_WITH_ATTACHMENTS,
@@ -28,6 +31,7 @@ from tests.test_imap_mime import (
     _dovecot_skip,
     _messages,
 )
+from tests.test_imap_support import USER, Client, IMAPTestCase, message
 
 
 def crlf(text: bytes) -> bytes:
@@ -496,3 +500,242 @@ class NeverRaises(SynchronousTestCase):
         self.assertIsInstance(c.matches(Message(data=data)), bool)
         c = crit("HEADER", b"from", b"\xe2\x82\xac", "CC", b"q", charset="UTF-8")
         self.assertIsInstance(c.matches(Message(data=data)), bool)
+
+
+class Box:
+    """A SearchMailbox over Messages; messages in ``vanish`` turn out gone when read."""
+
+    def __init__(self, messages: list[Message], vanish: tuple[int, ...] = ()) -> None:
+        self.by_uid = {m.uid: m for m in messages}
+        self.largest_seq = len(messages)
+        self.largest_uid = max(self.by_uid, default=0)
+        self.gone: set[int] = set()
+        self.vanish = set(vanish)
+        self.reads: list[int] = []  # UIDs whose header or structure was asked for
+
+    def uids(self) -> list[int]:
+        return list(self.by_uid)
+
+    def seq(self, uid: int) -> int:
+        return self.by_uid[uid].seq
+
+    def flags(self, uid: int) -> frozenset[str]:
+        return self.by_uid[uid].flags
+
+    def recent(self, uid: int) -> bool:
+        return self.by_uid[uid].recent
+
+    def internaldate(self, uid: int) -> int:
+        return self.by_uid[uid].internaldate
+
+    def size(self, uid: int) -> int:
+        return self.by_uid[uid].size
+
+    def modseq(self, uid: int) -> int:
+        return self.by_uid[uid].modseq
+
+    def _read(self, uid: int) -> Message | None:
+        self.reads.append(uid)
+        if uid in self.vanish:
+            self.gone.add(uid)
+            return None
+        return self.by_uid[uid]
+
+    def headers(self, uid: int) -> mime.MessageHeader | None:
+        m = self._read(uid)
+        return m.headers() if m else None
+
+    def structure(self, uid: int) -> mime.MessageStructure | None:
+        m = self._read(uid)
+        return m.structure() if m else None
+
+    def open(self, uid: int) -> BinaryIO | None:
+        m = self._read(uid)
+        return m.open() if m else None
+
+
+def mailbox(*subjects: str) -> list[Message]:
+    """Messages with UIDs 10, 20, ...: subject, body and flags vary with the position."""
+    out = []
+    for i, subject in enumerate(subjects):
+        data = crlf(f"Subject: {subject}\nX-N: {i}\n\nbody {subject} {i % 3}\n".encode())
+        m = Message(data=data, seq=i + 1, uid=10 * (i + 1), size=len(data), modseq=i + 1)
+        m.largest_seq, m.largest_uid = len(subjects), 10 * len(subjects)
+        m.flags = frozenset(["\\Seen"] if i % 2 else []) | frozenset(["$x"] if i % 3 == 0 else [])
+        m.recent = i % 4 == 1
+        out.append(m)
+    return out
+
+
+_LEAVES = [
+    ["ALL"], ["SEEN"], ["UNSEEN"], ["NEW"], ["RECENT"], ["KEYWORD", "$X"], ["LARGER", "40"],
+    ["SUBJECT", b"a"], ["SUBJECT", b"b"], ["HEADER", b"X-N", b"1"], ["HEADER", b"X-N", b""],
+    ["BODY", b"1"], ["TEXT", b"ab"], ["UID", "20:40"], ["2,4:*"], ["SENTSINCE", "1-Jan-2000"],
+]  # fmt: skip
+
+
+def _key_trees(leaf: st.SearchStrategy[list]) -> st.SearchStrategy[list]:
+    return st.recursive(
+        leaf,
+        lambda inner: st.one_of(
+            inner.map(lambda k: ["NOT", *k]),
+            st.tuples(inner, inner).map(lambda ab: ["OR", *ab[0], *ab[1]]),
+            st.lists(inner, min_size=1, max_size=3).map(lambda ks: [[x for k in ks for x in k]]),
+        ),
+        max_leaves=6,
+    )
+
+
+class MailboxSearch(SynchronousTestCase):
+    """``Criteria.search`` over a mailbox: each key filters the messages still in question."""
+
+    SUBJECTS = ("a", "b", "ab", "c", "ba", "a", "x", "b")
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(_key_trees(st.sampled_from(_LEAVES)), min_size=1, max_size=3))
+    def test_same_as_one_message_at_a_time(self, keys: list[list]) -> None:
+        args = [x for k in keys for x in k]
+        messages = mailbox(*self.SUBJECTS)
+        box = Box(messages)
+        one_by_one = [m.uid for m in messages if crit(*args).matches(m)]
+        self.assertEqual(crit(*args).search(box, box.uids()), one_by_one, args)
+
+    def test_and_reads_only_what_the_keys_before_let_through(self) -> None:
+        box = Box(mailbox(*self.SUBJECTS))
+        self.assertEqual(crit("UID", "20:40", "SUBJECT", b"b").search(box, box.uids()), [20, 30])
+        self.assertEqual(box.reads, [20, 30, 40])
+
+    def test_or_asks_its_second_key_only_about_the_rest(self) -> None:
+        box = Box(mailbox(*self.SUBJECTS))
+        found = crit("OR", "SEEN", "SUBJECT", b"a").search(box, box.uids())
+        self.assertEqual(found, [10, 20, 30, 40, 50, 60, 80])
+        self.assertEqual(box.reads, [10, 30, 50, 70])  # the unseen ones
+
+    def test_messages_found_gone_are_left_out(self) -> None:
+        # another process expunged 30 and 60: reading them fails; whatever key found them
+        # (NOT included) they are not in the answer - but a key that never read them cannot
+        # know, as before (the expunge is told on the next command)
+        messages = mailbox(*self.SUBJECTS)
+        for query, expected in (
+            (("SUBJECT", b"a"), [10, 50]),
+            (("NOT", "SUBJECT", b"zzz"), [10, 20, 40, 50, 70, 80]),
+            (("OR", "SUBJECT", b"c", "NOT", "SUBJECT", b"a"), [20, 40, 70, 80]),
+            (("SEEN", "SUBJECT", b"b"), [20, 80]),
+            (("TEXT", b"body"), [10, 20, 40, 50, 70, 80]),
+            (("UNSEEN",), [10, 30, 50, 70]),
+        ):
+            box = Box(messages, vanish=(30, 60))
+            self.assertEqual(crit(*query).search(box, box.uids()), expected, query)
+
+    def test_an_empty_mailbox(self) -> None:
+        box = Box([])
+        self.assertEqual(crit("OR", "SUBJECT", b"a", "NOT", "ALL").search(box, []), [])
+        self.assertEqual(box.reads, [])
+
+
+class SearchOverTheStore(IMAPTestCase):
+    """SEARCH in a session while other processes (another server, delivery, a Maildir tool)
+    share the folder and its cache file: what it answers is the folder's truth."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(3):
+            self.deliver(message(f"m{n} report"))
+        self.reads: list[str] = []
+        real = mime.read_header
+
+        def counting(path: str) -> mime.MessageHeader:
+            self.reads.append(path)
+            return real(path)
+
+        self.patch(mime, "read_header", counting)
+
+    def elsewhere(self) -> MailStore:
+        """The same Maildirs as another process sees them: its own folders and caches."""
+        return MailStore(self.store.root, hostname="mail.example.org")
+
+    def login_elsewhere(self) -> Client:
+        """A session on a second server process."""
+        ours = self.factory
+        self.factory = self.make_factory(store=self.elsewhere())
+        try:
+            return self.login()
+        finally:
+            self.factory = ours
+
+    def test_cache_shared_with_another_server_and_new_mail_seen(self) -> None:
+        first = self.login()
+        first.run("""
+            C: a1 UID SEARCH SUBJECT m1
+            S: * SEARCH 2
+            S: a1 OK SEARCH completed
+        """)
+        self.assertEqual(len(self.reads), 3)  # each header read once
+        second = self.login_elsewhere()
+        second.run("""
+            C: b1 SEARCH SUBJECT report
+            S: * SEARCH 1 2 3
+            S: b1 OK SEARCH completed
+        """)
+        self.assertEqual(len(self.reads), 3)  # the first server's records were used
+        self.elsewhere().mailbox(USER).folder().append(message("m3 report"))  # SMTP delivery
+        second.run("""
+            C: b2 SEARCH SUBJECT report
+            S: * SEARCH 1 2 3
+            S: * 4 EXISTS
+            S: * 1 RECENT
+            S: b2 OK SEARCH completed
+            C: b3 SEARCH SUBJECT report
+            S: * SEARCH 1 2 3 4
+            S: b3 OK SEARCH completed
+        """)
+        self.assertEqual(len(self.reads), 4)
+        first.run("""
+            C: a2 NOOP
+            S: * 4 EXISTS
+            S: ...
+            S: a2 OK NOOP completed
+            C: a3 UID SEARCH SUBJECT m3
+            S: * SEARCH 4
+            S: a3 OK SEARCH completed
+        """)
+        self.assertEqual(len(self.reads), 4)  # the second server's record was used
+
+    def test_expunge_by_another_process(self) -> None:
+        client = self.login()
+        client.command("SEARCH SUBJECT report")
+        self.elsewhere().mailbox(USER).folder().expunge([2])
+        client.run("""
+            C: a1 UID SEARCH SUBJECT report
+            S: * 2 EXPUNGE
+            S: * SEARCH 1 3
+            S: a1 OK SEARCH completed
+            C: a2 SEARCH NOT SUBJECT m0
+            S: * SEARCH 2
+            S: a2 OK SEARCH completed
+        """)
+
+    def test_file_removed_under_a_cold_search(self) -> None:
+        # A Maildir tool removes a message file while the session has not yet looked: the
+        # search that finds it gone leaves it out (the EXPUNGE follows on the next command).
+        client = self.login()
+        folder = self.folder()
+        gone = folder.sync().by_uid[2].key
+        real = mime.read_header
+
+        def remove_first(path: str) -> mime.MessageHeader:
+            for sub in ("new", "cur"):
+                for fn in os.listdir(f"{folder._dir}/{sub}"):
+                    if fn.startswith(gone):
+                        os.unlink(f"{folder._dir}/{sub}/{fn}")
+            return real(path)
+
+        self.patch(mime, "read_header", remove_first)
+        client.run("""
+            C: a1 SEARCH NOT SUBJECT nothing
+            S: * SEARCH 1 3
+            S: a1 OK SEARCH completed
+            C: a2 NOOP
+            S: * 2 EXPUNGE
+            S: a2 OK NOOP completed
+        """)

@@ -194,3 +194,52 @@ class AnotherProcess(IMAPTestCase):
             S: * 4 RECENT
             S: a1 OK NOOP completed
         """)
+
+
+class DeliveryDuringSelect(IMAPTestCase):
+    """SELECT takes \\Recent (new/ -> cur/) and then builds the session's view from the state
+    the folder kept through its own renames, without reading the directories again. Mail that
+    lands between the two is not in the SELECT answer: it must come with the next command, even
+    one that may not announce expunges (RFC 3501 7.4.1 allows EXISTS during FETCH)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(2):
+            self.deliver(message(f"m{n}"))
+        folder = self.folder()
+        take_recent = folder.take_recent
+
+        def take_then_deliver(uids):  # type: ignore[no-untyped-def]
+            moved = take_recent(uids)
+            if not self.delivered:
+                self.delivered = True
+                self.deliver(message("during select"))
+            return moved
+
+        self.delivered = False
+
+        self.patch(folder, "take_recent", take_then_deliver)
+
+    def test_delivery_is_told_on_the_next_fetch(self) -> None:
+        client = self.login(select=None)
+        client.run("""
+            C: a1 SELECT INBOX
+            S: ...
+            S: * 2 EXISTS
+            S: * 2 RECENT
+            S: ...
+            S: a1 OK [READ-WRITE] SELECT completed
+            C: a2 FETCH 1:2 (UID)
+            S: * 1 FETCH (UID 1)
+            S: * 2 FETCH (UID 2)
+            S: * 3 EXISTS
+            S: * 3 RECENT
+            S: a2 OK FETCH completed
+            C: a3 FETCH 3 (UID FLAGS)
+            S: * 3 FETCH (UID 3 FLAGS (\\Recent))
+            S: a3 OK FETCH completed
+        """)
+        # All three were taken (moved to cur/) by this session, as another process sees.
+        elsewhere = MailStore(self.store.root, hostname="node2.example.org")
+        state = elsewhere.mailbox(USER).folder().sync()
+        self.assertEqual([(m.uid, m.recent) for m in state.messages], [(1, 0), (2, 0), (3, 0)])

@@ -8,7 +8,7 @@ from typing import BinaryIO
 from mailhub.store import cache
 from mailhub.store.errors import MessageGone
 from mailhub.store.maildir import Folder
-from tests.test_store_maildir import StoreTestCase
+from tests.test_store_maildir import StoreTestCase, drop
 
 
 class Counter:
@@ -34,7 +34,7 @@ class Counter:
         return folder.cached(uid, name, self.compute, self.encode, self.decode)
 
 
-class CacheTests(StoreTestCase):
+class CacheCase(StoreTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.inbox = self.box.folder()
@@ -42,8 +42,11 @@ class CacheTests(StoreTestCase):
         self.path = self.inbox_path / cache.FILENAME
 
     def restarted(self) -> Folder:
+        """The folder as another process (or this one after a restart) sees it."""
         return self.new_store().mailbox("alice@example.com").folder()
 
+
+class CacheTests(CacheCase):
     def test_computed_once_kept_decoded_and_persisted(self) -> None:
         c = Counter()
         self.assertEqual([c.get(self.inbox, u) for u in self.uids], [1, 2, 3, 4, 5])
@@ -158,3 +161,189 @@ class CacheTests(StoreTestCase):
         c.get(self.inbox, self.uids[1])
         self.assertTrue(self.path.read_bytes().startswith(cache.HEADER))
         self.assertEqual(Counter().get(self.restarted(), self.uids[1]), 2)
+
+
+class PassTests(CacheCase):
+    """``Folder.cache_pass``: one look at the file per command, one append at its end."""
+
+    def run_pass(self, folder: Folder, c: Counter, uids: list[int] | None = None) -> list[int]:
+        with folder.cache_pass("lines", c.compute, c.encode, c.decode) as p:
+            return [p.get(u) for u in (self.uids if uids is None else uids)]
+
+    def count_writes(self) -> list[int]:
+        """Sizes of the os.write() calls on the cache file from now on."""
+        writes: list[int] = []
+        real = os.write
+
+        def counting(fd: int, data: bytes) -> int:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(self.path.absolute()):
+                writes.append(len(data))
+            return real(fd, data)
+
+        self.patch(os, "write", counting)
+        return writes
+
+    def test_computed_once_and_appended_in_one_write_at_the_end(self) -> None:
+        c = Counter()
+        writes = self.count_writes()
+        with self.inbox.cache_pass("lines", c.compute, c.encode, c.decode) as p:
+            self.assertEqual([p.get(u) for u in self.uids], [1, 2, 3, 4, 5])
+            self.assertEqual([p.get(u) for u in self.uids], [1, 2, 3, 4, 5])
+            self.assertEqual(writes, [])  # nothing written while the pass runs
+        self.assertEqual(c.computed, 5)
+        self.assertEqual(len(writes), 1)
+        # The records are whole and found by another process (and by cached()).
+        other = Counter()
+        self.assertEqual(self.run_pass(self.restarted(), other), [1, 2, 3, 4, 5])
+        self.assertEqual([other.get(self.restarted(), u) for u in self.uids], [1, 2, 3, 4, 5])
+        self.assertEqual(other.computed, 0)
+
+    def test_many_records_are_appended_in_bounded_batches(self) -> None:
+        self.patch(cache, "FLUSH_SIZE", 100)
+        writes = self.count_writes()
+        self.run_pass(self.inbox, Counter())
+        self.assertGreater(len(writes), 1)
+        self.assertLessEqual(max(writes), 100 + 120)  # a batch passes the limit by one record
+
+    def test_sees_what_another_process_appended_before_it(self) -> None:
+        c, other = Counter(), Counter()
+        self.run_pass(self.inbox, c, self.uids[:1])  # our file position is now past uid 0's
+        fresh = self.restarted()
+        self.run_pass(fresh, other)  # the other process computes the rest and appends
+        self.assertEqual(other.computed, 4)
+        self.assertEqual(self.run_pass(self.inbox, c), [1, 2, 3, 4, 5])
+        self.assertEqual(c.computed, 1)
+        self.assertEqual(c.decoded, 4)
+
+    def test_compaction_by_another_process_is_noticed(self) -> None:
+        self.patch(cache, "COMPACT_MIN_DEAD", 0)
+        c = Counter()
+        self.run_pass(self.inbox, c, self.uids[:2])  # we hold the file open
+        ino = self.path.stat().st_ino
+        # Another process expunges two messages and compacts: a new file replaces ours.
+        other = self.restarted()
+        Counter().get(other, self.uids[3])
+        other.expunge([self.uids[0], self.uids[3]])
+        self.assertNotEqual(self.path.stat().st_ino, ino)
+        self.assertEqual(len(self.records()), 1)
+        # A third process adds a record to the new file; our next pass must find it there.
+        Counter().get(self.restarted(), self.uids[2])
+        self.inbox.sync()
+        self.assertEqual(self.run_pass(self.inbox, c, self.uids[1:3] + self.uids[4:]), [2, 3, 5])
+        self.assertEqual((c.computed, c.decoded), (2 + 1, 1))
+        # What we append after the compaction lands in the new file: nobody recomputes.
+        late = Counter()
+        self.assertEqual(self.run_pass(self.restarted(), late, self.uids[1:3]), [2, 3])
+        self.assertEqual(self.run_pass(self.restarted(), late, self.uids[4:]), [5])
+        self.assertEqual(late.computed, 0)
+
+    def test_compaction_during_a_pass_loses_none_of_its_records(self) -> None:
+        self.patch(cache, "COMPACT_MIN_DEAD", 0)
+        c = Counter()
+        self.run_pass(self.inbox, c, self.uids[:1])
+        with self.inbox.cache_pass("lines", c.compute, c.encode, c.decode) as p:
+            self.assertEqual(p.get(self.uids[1]), 2)  # deferred: not written yet
+            other = self.restarted()
+            Counter().get(other, self.uids[3])
+            other.expunge([self.uids[0], self.uids[3]])  # compacted meanwhile
+        # Our deferred record was appended to the new file, not to the one we had open.
+        self.assertIn(self.inbox.sync().by_uid[self.uids[1]].key, [r[0] for r in self.records()])
+
+    def test_replaced_file_still_linked_elsewhere_is_noticed_by_path(self) -> None:
+        # NFS keeps a file that is open but replaced as .nfsXXXX (st_nlink stays 1): a pass
+        # compares the path's inode too.
+        self.patch(cache, "COMPACT_MIN_DEAD", 0)
+        c = Counter()
+        self.run_pass(self.inbox, c, self.uids[:1])
+        os.link(self.path, self.inbox_path / ".nfs-silly-rename")
+        other = self.restarted()
+        Counter().get(other, self.uids[3])
+        other.expunge([self.uids[0], self.uids[3]])
+        Counter().get(self.restarted(), self.uids[2])  # only in the new file
+        self.assertEqual(self.run_pass(self.inbox, c, self.uids[2:3]), [3])
+        self.assertEqual((c.computed, c.decoded), (1, 1))
+
+    def records(self) -> list[tuple[str, str, bytes, int]]:
+        records, _, damaged = cache.parse_records(self.path.read_bytes(), len(cache.HEADER))
+        self.assertFalse(damaged)
+        return records
+
+    def test_single_lookups_notice_compaction_without_a_pass(self) -> None:
+        # cached() re-reads on a miss: the replaced file shows as st_nlink == 0 on our
+        # descriptor, and the new one is read by path.
+        self.patch(cache, "COMPACT_MIN_DEAD", 0)
+        c = Counter()
+        c.get(self.inbox, self.uids[1])
+        ino = self.path.stat().st_ino
+        other = self.restarted()
+        Counter().get(other, self.uids[0])
+        Counter().get(other, self.uids[3])
+        other.expunge([self.uids[0], self.uids[3]])
+        self.assertNotEqual(self.path.stat().st_ino, ino)
+        Counter().get(self.restarted(), self.uids[2])
+        self.assertEqual(c.get(self.inbox, self.uids[2]), 3)
+        self.assertEqual((c.computed, c.decoded), (1, 1))
+
+    def test_expunged_and_new_messages(self) -> None:
+        c = Counter()
+        self.run_pass(self.inbox, c, self.uids[2:])
+        # Another program removes messages 1 and 3 and delivers a new one.
+        state = self.inbox.sync()
+        doomed = {state.by_uid[u].key for u in (self.uids[0], self.uids[2])}
+        for sub in ("new", "cur"):
+            for fn in os.listdir(self.inbox_path / sub):
+                if fn.split(":")[0] in doomed:
+                    os.unlink(self.inbox_path / sub / fn)
+        drop(self.inbox_path, "1700000099.M1P2Q3.other", b"a\r\nb\r\nc\r\nd\r\ne\r\nf\r\n")
+        with self.inbox.cache_pass("lines", c.compute, c.encode, c.decode) as p:
+            # Not synced yet: what is known of a message stays true (it was immutable), and
+            # one never looked at is found gone when its file is.
+            self.assertEqual(p.get(self.uids[2]), 3)
+            self.assertRaises(MessageGone, p.get, self.uids[0])
+        self.inbox._changed_by_us()
+        state = self.inbox.sync()
+        self.assertNotIn(self.uids[0], state.by_uid)
+        self.assertNotIn(self.uids[2], state.by_uid)
+        new_uid = state.messages[-1].uid
+        self.assertNotIn(new_uid, self.uids)
+        with self.inbox.cache_pass("lines", c.compute, c.encode, c.decode) as p:
+            self.assertRaises(MessageGone, p.get, self.uids[0])
+            self.assertRaises(MessageGone, p.get, self.uids[2])  # synced: gone, cached or not
+            self.assertEqual(p.get(new_uid), 6)
+            self.assertEqual(p.get(self.uids[4]), 5)
+
+    def test_undecodable_record_is_recomputed_in_a_pass(self) -> None:
+        Counter().get(self.inbox, self.uids[2])
+
+        def picky(data: bytes) -> int:
+            raise ValueError("format from another version")
+
+        fresh = self.restarted()
+        with fresh.cache_pass("lines", lambda fp: 42, Counter.encode, picky) as p:
+            self.assertEqual(p.get(self.uids[2]), 42)
+        self.assertEqual(Counter().get(self.restarted(), self.uids[2]), 42)
+
+    def test_compute_from_the_path(self) -> None:
+        paths: list[str] = []
+
+        def by_path(path: str) -> int:
+            paths.append(path)
+            with open(path, "rb") as f:
+                return sum(1 for _ in f)
+
+        with self.inbox.cache_pass("lines", None, Counter.encode, int, compute_path=by_path) as p:  # type: ignore[arg-type]
+            self.assertEqual(p.get(self.uids[3]), 4)
+        self.assertEqual(len(paths), 1)
+        self.assertTrue(paths[0].startswith(str(self.inbox_path)))
+        # cached() too; a file renamed meanwhile by another reader (a flag change) is found
+        state = self.inbox.sync()
+        key = state.by_uid[self.uids[2]].key
+        for sub in ("new", "cur"):
+            for fn in os.listdir(self.inbox_path / sub):
+                if fn.startswith(key):
+                    os.rename(self.inbox_path / sub / fn, self.inbox_path / "cur" / f"{key}:2,S")
+        got = self.inbox.cached(
+            self.uids[2], "lines", None, Counter.encode, int, compute_path=by_path
+        )  # type: ignore[arg-type]
+        self.assertEqual(got, 3)
+        self.assertEqual(paths[-1], f"{self.inbox_path}/cur/{key}:2,S")

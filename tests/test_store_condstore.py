@@ -350,6 +350,29 @@ class UidListFormatTests(StoreTestCase):
         )
         self.assertEqual(uidlist.parse(data), lst)
 
+    def test_records_out_of_uid_order_are_written_in_uid_order(self) -> None:
+        lst = uidlist.UidList(7, 9, highestmodseq=2)
+        lst.records["late"] = uidlist.UidRecord(8, 1, 100, 2, frozenset("S"))
+        lst.records["early"] = uidlist.UidRecord(2, 1, 100, 1, frozenset())
+        self.assertEqual(
+            uidlist.serialise(lst),
+            b"mailhub-uidlist 2 7 9 2\nK\n2 1 100 1 - - early\n8 1 100 2 S - late\n",
+        )
+
+    def test_assign_columns(self) -> None:
+        lst = uidlist.UidList(7, 5)
+        kw = frozenset({"$x"})
+        lst.assign_columns(["a", "b"], [10, 20], [100, 200], [frozenset("S"), frozenset()],
+                           [frozenset(), kw], 3)  # fmt: skip
+        self.assertEqual(lst.uidnext, 7)
+        self.assertEqual(lst.records, {
+            "a": uidlist.UidRecord(5, 10, 100, 3, frozenset("S"), frozenset()),
+            "b": uidlist.UidRecord(6, 20, 200, 3, frozenset(), kw)})  # fmt: skip
+        full = uidlist.UidList(7, uidlist.MAX_UID)
+        with self.assertRaises(CorruptUidList):  # all or none
+            full.assign_columns(["a", "b"], [1, 1], [1, 1], [frozenset()] * 2, [frozenset()] * 2, 1)
+        self.assertEqual((full.records, full.uidnext), ({}, uidlist.MAX_UID))
+
     def test_damage_is_detected(self) -> None:
         good = b"mailhub-uidlist 2 7 5 9\nK x\n1 10 100 3 S 0 a\n"
         for bad in [

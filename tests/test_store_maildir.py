@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -322,6 +325,111 @@ class FirstScanTests(StoreTestCase):
         self.assertEqual(inbox.read_message(4), b"Subject: x\r\n\r\nbody\r\n")
         taken = sorted(f"{m.key}:2," for m in after.messages if m.uid in (2, 4))
         self.assertEqual(sorted(os.listdir(self.inbox_path / "cur")), taken)
+
+
+class ColdSelectTests(StoreTestCase):
+    """The first sync of a big folder never indexed, as a cold IMAP SELECT does it (columns
+    built in bulk): what it writes is what any later reader gets."""
+
+    def fill(self) -> list[tuple[str, str]]:
+        """A mixed folder: seen and unseen in cur/, new in new/, names sharing a second with
+        microseconds of different lengths, a keyword-free flag mix; (subdir, file name)."""
+        files = []
+        for i in range(60):
+            sec = 1_700_000_000 + i // 4  # four names a second
+            base = f"{sec}.M{(7 - i % 4) * 10 ** (i % 3)}P9Q{i}.h,S={100 + i}"
+            flags = "S" if i % 3 else "FS"
+            sub, fn = ("new", base) if i % 10 == 9 else ("cur", f"{base}:2,{flags}")
+            (self.inbox_path / sub / fn).write_bytes(b"x" * (100 + i))
+            files.append((sub, fn))
+        return files
+
+    def uids_elsewhere(self) -> list[list[object]]:
+        """(uid, key, flags, size, date, recent) as a separate process reads them."""
+        script = (
+            "import json, sys\n"
+            "from pathlib import Path\n"
+            "from mailhub.store.store import MailStore\n"
+            "f = MailStore(Path(sys.argv[1]), 'other.host').mailbox(sys.argv[2]).folder()\n"
+            "print(json.dumps([[m.uid, m.key, ''.join(sorted(m.flags)), m.size,"
+            " m.internaldate, m.recent] for m in f.sync().messages]))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(self.root), ADDRESS],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def rows(state: maildir.FolderState) -> list[list[object]]:
+        return [[m.uid, m.key, "".join(sorted(m.flags)), m.size, m.internaldate, m.recent]
+                for m in state.messages]  # fmt: skip
+
+    def test_index_is_read_back_unchanged_by_another_process(self) -> None:
+        self.fill()
+        inbox = self.box.folder()
+        state = inbox.sync()
+        taken = inbox.take_recent(m.uid for m in state.messages if m.recent)
+        self.assertEqual(len(taken), 6)
+        after = inbox.current_state()
+        assert after is not None
+        listed = self.inbox_path / "mailhub-uidlist"
+        written = listed.read_bytes()
+        self.assertEqual(self.uids_elsewhere(), self.rows(after))
+        self.assertEqual(listed.read_bytes(), written)  # it had nothing to add or change
+        # Arrival order: by the name's time (seconds, then microseconds), then the name.
+        order = sorted(m.key for m in state.messages)
+        order.sort(key=lambda b: (*names.time_from_base(b), b))  # type: ignore[misc]
+        self.assertEqual([m.key for m in state.messages], order)
+        self.assertEqual([m.uid for m in state.messages], list(range(1, 61)))
+
+    def test_bulk_state_equals_one_rebuilt_message_by_message(self) -> None:
+        self.fill()
+        inbox = self.box.folder()
+        state = inbox.sync()
+        # Another program flags one message: the next sync rebuilds, reusing what it can.
+        m = state.messages[5]
+        sub, fn = inbox._entries[m.key]
+        target = names.format_filename(m.key, m.flags | {"T"})
+        os.rename(self.inbox_path / sub / fn, self.inbox_path / "cur" / target)
+        inbox._changed_by_us()  # (the clock says the directories are old: look anyway)
+        rebuilt = inbox.sync()
+        self.assertEqual(rebuilt.messages[5].flags, m.flags | {"T"})
+        self.assertGreater(rebuilt.messages[5].modseq, m.modseq)
+        self.assertEqual(rebuilt.messages[:5] + rebuilt.messages[6:],
+                         state.messages[:5] + state.messages[6:])  # fmt: skip
+        # A fresh store (bulk path again) agrees with the incremental one.
+        self.assertEqual(self.new_store().mailbox(ADDRESS).folder().sync(), rebuilt)
+
+    def test_crash_between_index_write_and_renames_keeps_every_uid(self) -> None:
+        # SELECT writes the index (fsync) before it renames new/ -> cur/, and answers after
+        # both: a crash part-way through the renames leaves messages in either directory
+        # under the same base name, which is what the UIDs are keyed by.
+        self.fill()
+        state = self.box.folder().sync()
+        recent = [m for m in state.messages if m.recent]
+        for m in recent[:3]:  # what take_recent had done when the process died
+            os.rename(self.inbox_path / "new" / m.key, self.inbox_path / "cur" / f"{m.key}:2,")
+        rows = self.rows(state)
+        for row in rows:
+            if row[1] in {m.key for m in recent[:3]}:
+                row[5] = False
+        self.assertEqual(self.uids_elsewhere(), rows)
+        again = self.new_store().mailbox(ADDRESS).folder()
+        self.assertEqual(again.take_recent(m.uid for m in recent), [m.uid for m in recent[3:]])
+
+    def test_a_message_listed_in_new_and_cur_is_one_message_in_cur(self) -> None:
+        # Another reader moved it between our readdir of new/ and that of cur/.
+        base = "1700000000.M1P1Q1.h,S=3"
+        (self.inbox_path / "cur" / f"{base}:2,S").write_bytes(b"x\r\n")
+        files = maildir._Files.of_listings({base: base}, {base: f"{base}:2,S"})
+        self.assertEqual(list(files), [base])
+        self.assertEqual(files.get(base), ("cur", f"{base}:2,S"))
+        state = self.box.folder().sync()
+        self.assertEqual([(m.key, m.recent, m.flags) for m in state.messages],
+                         [(base, False, frozenset("S"))])  # fmt: skip
 
 
 class FlagTests(StoreTestCase):

@@ -149,6 +149,22 @@ class BulkParseTests(SynchronousTestCase):
             self.assertEqual(sizes, [names.size_from_base(b) for b in group])
         self.assertEqual(names.arrival_fields(bases[:1]), ([1700000000], [5], [4096]))
 
+    def test_arrival_order_sorts_by_time_then_name(self) -> None:
+        # Names sharing a second, microseconds of different lengths (not zero-padded).
+        bases = ["1700000002.M5P1Q1.h,S=1", "1700000001.M900P1Q2.h,S=2",
+                 "1700000001.M80P1Q3.h,S=3", "1700000001.M80P1Q0.h,S=4",
+                 "1700000001.P1Q5.h,S=5", "99.M1P1Q6.h,S=6"]  # fmt: skip
+        order, secs, sizes = names.arrival_order(bases)  # type: ignore[misc]
+        by_parsing = sorted(range(6), key=lambda i: (*names.time_from_base(bases[i]), bases[i]))
+        self.assertEqual(order, by_parsing)
+        self.assertEqual([bases[i] for i in order][:3], [bases[5], bases[4], bases[3]])
+        self.assertEqual(secs, [names.time_from_base(b)[0] for b in bases])  # type: ignore[index]
+        self.assertEqual(sizes, [1, 2, 3, 4, 5, 6])
+        self.assertEqual(names.arrival_order([]), ([], [], []))
+        # A name without its time or size, or with a line break: the caller must stat.
+        for odd in ("garbage,S=1", "1700000001.M1P1Q1.h", "1.M2,S=3\n4.M5,S=6"):
+            self.assertIsNone(names.arrival_order([bases[0], odd]))
+
     def test_message_filenames(self) -> None:
         listing = ["a", ".nfs1", ":2,S", "b\rc", "d:2,S"]
         self.assertEqual(names.message_filenames(listing), ["a", "d:2,S"])

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 from mailhub.imap.parser import Atom, Item, ParseError, SpooledLiteral
 from mailhub.imap.sequence import SequenceSet
-from mailhub.store.names import decode_mutf7
+from mailhub.store.names import decode_mutf7, encode_mutf7
 
 # --- basic items ---------------------------------------------------------------------------
 
@@ -38,9 +38,15 @@ def mailbox(item: Item) -> str:
         return "INBOX"
     if text.isascii():
         try:
-            return decode_mutf7(text)
+            decoded = decode_mutf7(text)
         except ValueError:
             raise ParseError("mailbox name is not valid modified UTF-7") from None
+        # RFC 3501 5.1.3: one spelling per name. Printable ASCII stands for itself (never in
+        # base64: "&AGE-" for "a"), no null shifts between runs ("&AOk-&AOk-"), no stray base64
+        # bits, every "&" run ends with "-". The canonical encoding must give back what was sent.
+        if encode_mutf7(decoded) != text:
+            raise ParseError("mailbox name is not in canonical modified UTF-7")
+        return decoded
     return text
 
 

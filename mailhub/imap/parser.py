@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 
@@ -82,11 +82,14 @@ class Continue:
 @dataclass
 class Refused:
     """The command (tag ``tag``) is refused before it was complete; ``code`` is "TOOBIG" for a
-    literal over the limit, "LINE" for an over-long line."""
+    literal over the limit, "LINE" for an over-long line. ``fatal``: a non-synchronising literal
+    too large to skip is on its way, so nothing after it can be read as commands: the session
+    must end (RFC 7888 4)."""
 
     tag: str
     code: str
     what: str  # the command name (upper case), "" if unknown
+    fatal: bool = False
 
 
 Event = Command | Continue | Refused
@@ -110,7 +113,7 @@ def _command_name(line: bytes) -> str:
     return name.decode("ascii", "replace")
 
 
-_LINE, _LITERAL, _SKIP_LINE, _DISCARD = range(4)
+_LINE, _LITERAL, _SKIP_LINE, _DISCARD, _CLOSED = range(5)
 
 
 class CommandFramer:
@@ -121,14 +124,24 @@ class CommandFramer:
     APPENDLIMIT) and go to a temporary file above ``spool_threshold``; other commands' literals
     count against ``max_line`` (they are names, passwords and search strings, kept in memory).
     A synchronising literal over the limit is refused at once (the client sends nothing more
-    of that command); a non-synchronising one is read and thrown away first (RFC 7888 4).
+    of that command). A non-synchronising one is already on its way (RFC 7888 4: the server
+    either reads and discards it, or says BYE and closes): up to ``max_discard`` octets (twice
+    the APPEND limit unless given) it is read and thrown away as it arrives, so a client that
+    overshoots a little keeps its session; a larger one is refused with ``fatal`` set and the
+    framer reads nothing more (skipping ``{99999999999+}`` would look like a hang).
     """
 
     def __init__(
-        self, *, max_line: int, max_append: int, spool_threshold: int = 256 * 1024
+        self,
+        *,
+        max_line: int,
+        max_append: int,
+        spool_threshold: int = 256 * 1024,
+        max_discard: int | None = None,
     ) -> None:
         self.max_line = max_line
         self.max_append = max_append
+        self.max_discard = 2 * max(max_append, max_line) if max_discard is None else max_discard
         self.spool_threshold = spool_threshold
         self._buf = bytearray()
         self._scan = 0  # where to look for the next LF
@@ -175,6 +188,9 @@ class CommandFramer:
 
     def next_line(self) -> bytes | Refused | None:
         """The next whole line without its line end, outside of command framing."""
+        if self._mode == _CLOSED:
+            self._buf.clear()
+            return None
         if self._mode == _SKIP_LINE:
             if not self._skip_to_eol():
                 return None
@@ -198,6 +214,9 @@ class CommandFramer:
         """The next event, or None when more input is needed."""
         while True:
             mode = self._mode
+            if mode == _CLOSED:
+                self._buf.clear()
+                return None
             if mode == _SKIP_LINE:
                 if not self._skip_to_eol():
                     return None
@@ -252,6 +271,12 @@ class CommandFramer:
             return self._finish(self._doomed)
         size, nonsync = int(m.group(1)), bool(m.group(2))
         limit = self.max_append if is_append else self.max_line - self._size
+        if nonsync and size > self.max_discard and (size > limit or self._doomed is not None):
+            # Too much to read just to skip it (RFC 7888 4): the session ends.
+            refused = self._doomed or self._refusal(first, "TOOBIG")
+            self._mode = _CLOSED
+            self._buf.clear()
+            return self._finish(replace(refused, fatal=True))
         if size > limit:
             refused = self._refusal(first, "TOOBIG" if is_append else "LINE")
             if not nonsync or self._doomed is not None:

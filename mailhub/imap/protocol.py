@@ -85,6 +85,8 @@ IDLE_POLL_INTERVAL = 1.0
 # FETCH output is written in pieces of about this size; message files are read in chunks.
 FETCH_BATCH = 64 * 1024
 FETCH_CHUNK = 64 * 1024
+# Whole messages up to this size are read in one piece for FETCH BODY[]; larger ones stream.
+FETCH_WHOLE_MAX = 1024 * 1024
 # Client identification fields we keep (RFC 2971 3.3: at most 30 pairs, values <= 1024 octets).
 ID_MAX_PAIRS = 30
 
@@ -111,54 +113,83 @@ def _b(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-@dataclass(slots=True)
-class _SearchMessage:
-    """One message as mime/search.py's ``SearchMessage`` sees it."""
+class _SearchMailbox:
+    """The selected mailbox as search.py's ``SearchMailbox`` sees it: what the view knows, and
+    the command's cache passes for headers and structures (one dict look-up when cached)."""
 
-    seq: int
-    uid: int
-    largest_seq: int
-    largest_uid: int
-    flags: frozenset[str]
-    recent: bool
-    internaldate: int
-    size: int
-    modseq: int
-    folder: Folder
-    _headers: mime.MessageHeader | None = None
-    _structure: mime.MessageStructure | None = None
+    def __init__(
+        self,
+        view: View,
+        headers: Callable[[int], mime.MessageHeader],
+        structure: Callable[[int], mime.MessageStructure],
+    ) -> None:
+        self.view = view
+        self.largest_seq = view.exists
+        self.largest_uid = view.uids[-1] if view.uids else 0
+        self.gone: set[int] = set()
+        self.flags = view.flag_set
+        self._headers = headers
+        self._structure = structure
+        self._seqs: dict[int, int] | None = None
 
-    def headers(self) -> mime.MessageHeader:
-        if self._headers is None:  # criteria may ask once per key
-            self._headers = _headers(self.folder, self.uid)
-        return self._headers
+    def seq(self, uid: int) -> int:
+        if self._seqs is None:
+            self._seqs = {u: n for n, u in enumerate(self.view.uids, 1)}
+        return self._seqs[uid]
 
-    def structure(self) -> mime.MessageStructure:
-        if self._structure is None:  # criteria may ask once per key
-            self._structure = _structure(self.folder, self.uid)
-        return self._structure
+    def recent(self, uid: int) -> bool:
+        return uid in self.view.recent
 
-    def open(self) -> Any:
-        return self.folder.open_message(self.uid)
+    def internaldate(self, uid: int) -> int:
+        return self.view.infos[uid].internaldate
+
+    def size(self, uid: int) -> int:
+        return self.view.infos[uid].size
+
+    def modseq(self, uid: int) -> int:
+        return self.view.infos[uid].modseq
+
+    def headers(self, uid: int) -> mime.MessageHeader | None:
+        try:
+            return self._headers(uid)
+        except (MessageGone, FileNotFoundError):  # expunged by another process meanwhile
+            self.gone.add(uid)
+            return None
+
+    def structure(self, uid: int) -> mime.MessageStructure | None:
+        try:
+            return self._structure(uid)
+        except (MessageGone, FileNotFoundError):
+            self.gone.add(uid)
+            return None
+
+    def open(self, uid: int) -> Any:
+        try:
+            return self.view.folder.open_message(uid)
+        except (MessageGone, FileNotFoundError):
+            self.gone.add(uid)
+            return None
 
 
 def _headers(folder: Folder, uid: int) -> mime.MessageHeader:
     """The top-level header (SEARCH header keys, ENVELOPE): cached apart from the structure,
     as it costs only a read of the header block."""
-    return folder.cached(
-        uid,
-        "headers",
-        mime.parse_header,
-        mime.MessageHeader.to_bytes,
-        mime.MessageHeader.from_bytes,
-    )
+    return folder.cached(uid, "headers", *_headers_codec(), compute_path=mime.read_header)
 
 
 def _structure(folder: Folder, uid: int) -> mime.MessageStructure:
     """The MIME structure (BODYSTRUCTURE, sections, SEARCH BODY/TEXT): a parse of the file."""
-    return folder.cached(
-        uid,
-        "structure",
+    return folder.cached(uid, "structure", *_structure_codec())
+
+
+def _headers_codec() -> tuple[Any, Any, Any]:
+    """compute, encode, decode of the cache entry "headers" (looked up per use: tests patch)."""
+    return (mime.parse_header, mime.MessageHeader.to_bytes, mime.MessageHeader.from_bytes)
+
+
+def _structure_codec() -> tuple[Any, Any, Any]:
+    """compute, encode, decode of the cache entry "structure" (looked up per use, too)"""
+    return (
         mime.parse_structure,
         mime.MessageStructure.to_bytes,
         mime.MessageStructure.from_bytes,
@@ -321,11 +352,18 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             self._processing = False
 
     def _refused(self, event: Refused) -> None:
-        if event.code == "TOOBIG":
+        if event.code == "TOOBIG" and event.what == "APPEND":
             limit = self.factory.limits.max_message_size
             self._write(_b(f"{event.tag} NO [TOOBIG] Message larger than {limit} octets\r\n"))
+        elif event.code == "TOOBIG":
+            # RFC 7888 5: TOOBIG in the tagged BAD for a command other than APPEND.
+            self._write(_b(f"{event.tag} BAD [TOOBIG] Literal too large\r\n"))
         else:
             self._write(_b(f"{event.tag} BAD Command line too long\r\n"))
+        if event.fatal:
+            # RFC 7888 4: the non-synchronising literal is too large to read and discard, and
+            # nothing after it could be told apart from its data: BYE and close.
+            self._bye("Literal too large to skip; closing the connection")
 
     def _next_line(self) -> Deferred[bytes | Refused]:
         """The client's next line, for a command that is running (IDLE, AUTHENTICATE)."""
@@ -669,8 +707,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         view = View(folder, readonly=readonly)
         view.condstore = self.condstore
         view.qresync = self.qresync
-        keywords = sorted({k for info in view.infos.values() for k in info.keywords})
-        flags = [*PERMANENT_FLAGS, *keywords]
+        flags = [*PERMANENT_FLAGS, *sorted(view.keywords_in_use())]
         w = self._write
         w(b"* FLAGS " + render.flag_list(flags) + b"\r\n")
         if readonly:
@@ -719,25 +756,33 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         name = C.mailbox(items[0]).rstrip(".")
         if not name or name.upper() == INBOX:
             return Done("NO", "Cannot create that mailbox", "ALREADYEXISTS")
+        refused = _refuse_new_name(name)
+        if refused is not None:
+            return refused
         box = self._box()
         if box.has_folder(name):
             return Done("NO", "Mailbox already exists", "ALREADYEXISTS")
+        try:
+            self._create_folder(name)
+        except FolderExists:
+            return Done("NO", "Mailbox already exists", "ALREADYEXISTS")
+        except FolderError as e:
+            return Done("NO", str(e), "CANNOT")
+        return Done("OK", "CREATE completed")
+
+    def _create_folder(self, name: str) -> Folder:
+        """Create ``name`` and its missing superiors (RFC 3501 6.3.3)."""
+        box = self._box()
         normalise_folder(name)  # InvalidName before any superior is made: nothing left behind
         parts = name.split(".")
-        for i in range(1, len(parts)):  # superiors are created too (RFC 3501 6.3.3)
+        for i in range(1, len(parts)):
             parent = ".".join(parts[:i])
             if not box.has_folder(parent):
                 try:
                     box.create_folder(parent)
                 except FolderExists:
                     pass
-        try:
-            box.create_folder(name)
-        except FolderExists:
-            return Done("NO", "Mailbox already exists", "ALREADYEXISTS")
-        except FolderError as e:
-            return Done("NO", str(e), "CANNOT")
-        return Done("OK", "CREATE completed")
+        return box.create_folder(name)
 
     async def do_DELETE(self, tag: str, items: list[Item]) -> Done:
         C.expect_count(items, 1)
@@ -759,10 +804,13 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         C.expect_count(items, 2)
         old, new = C.mailbox(items[0]), C.mailbox(items[1]).rstrip(".")
         box = self._box()
-        if old == INBOX:
-            return Done("NO", "Renaming INBOX is not supported", "CANNOT")
-        if box.has_folder(new) or new == INBOX:
+        if box.has_folder(new) or new.upper() == INBOX:
             return Done("NO", "Target mailbox exists", "ALREADYEXISTS")
+        refused = _refuse_new_name(new)
+        if refused is not None:
+            return refused
+        if old == INBOX:
+            return self._rename_inbox(new)
         try:
             box.rename_folder(old, new)
         except FolderNotFound:
@@ -771,6 +819,24 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             return Done("NO", "Target mailbox exists", "ALREADYEXISTS")
         except FolderError as e:
             return Done("NO", str(e), "CANNOT")
+        return Done("OK", "RENAME completed")
+
+    def _rename_inbox(self, new: str) -> Done:
+        """RFC 3501 6.3.5: renaming INBOX moves all its messages to a new mailbox of that name
+        and leaves INBOX empty (it stays, as do folders named under it). Copied first (hard
+        links, made durable), then expunged from INBOX: a crash between leaves copies, never
+        a loss. Mail delivered meanwhile stays in INBOX."""
+        try:
+            target = self._create_folder(new)
+        except FolderExists:
+            return Done("NO", "Target mailbox exists", "ALREADYEXISTS")
+        except FolderError as e:
+            return Done("NO", str(e), "CANNOT")
+        inbox = self._box().folder(INBOX)
+        uids = [m.uid for m in inbox.sync().messages]
+        moved = [source for source, _ in inbox.copy_many(uids, target)] if uids else []
+        if moved:
+            inbox.expunge(moved)
         return Done("OK", "RENAME completed")
 
     async def do_SUBSCRIBE(self, tag: str, items: list[Item]) -> Done:
@@ -1060,6 +1126,13 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
                     head.append(b"ENVELOPE " + mime.envelope(headers))
                 out.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(head)))
                 return True
+            if plan.whole_file and info.size <= FETCH_WHOLE_MAX:
+                # BODY[], RFC822 of a message of usual size: one read, no section bookkeeping
+                # (a FETCH 1:* BODY.PEEK[] does this 10,000 times). The literal's length is
+                # what was read, whatever the index says.
+                data = view.folder.read_message(uid)
+                self._write_whole(data, plan, b"* %d FETCH (" % seq + b" ".join(head), out)
+                return True
             fp = view.folder.open_message(uid)
         except (MessageGone, FileNotFoundError):
             if head:
@@ -1096,6 +1169,17 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             out.write(prefix + b")\r\n")
         return True
 
+    @staticmethod
+    def _write_whole(data: bytes, plan: _FetchPlan, prefix: bytes, out: _Output) -> None:
+        sep = b" " if prefix[-1:] != b"(" else b""
+        for name, _section, partial in plan.wanted:
+            # RFC 3501 6.4.5 <origin.octets>: fewer octets (none) near (past) the end.
+            piece = data if partial is None else data[partial[0] : partial[0] + partial[1]]
+            out.write(prefix + sep + name + b" {%d}\r\n" % len(piece))
+            out.write(piece)
+            prefix, sep = b"", b" "
+        out.write(b")\r\n")
+
     # STORE ------------------------------------------------------------------------------------
 
     def _store(self, items: list[Item], *, uid: bool) -> Done:
@@ -1106,32 +1190,48 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         request = C.store_request(items[1:])
         if view.readonly:
             return Done("NO", "Mailbox is read-only", "READ-ONLY")
-        if request.unchanged_since is not None:
+        conditional = request.unchanged_since is not None
+        if conditional:
             self._enable_condstore()
         pairs = view.select(sequence, uid=uid)
         letters, keywords = split_flags(request.flags)
         live = [u for _, u in pairs if not view.gone(u)]
+        told = {u: view.infos[u] for u in live}  # what the client knows, before the change
         outcome = view.folder.store_flags(
             live, request.mode, letters, keywords, unchanged_since=request.unchanged_since
         )  # type: ignore[arg-type]
         view.update(outcome.infos)
         refused = set(outcome.modified)
+        expect = _expected_flags(request.mode, frozenset(letters), frozenset(keywords))
+        condstore = self.condstore
         out = _Output(self._write, FETCH_BATCH)
         for seq, u in pairs:
-            if u not in outcome.infos or u in refused:
+            info = outcome.infos.get(u)
+            if info is None or u in refused:
                 continue
-            parts = []
+            old = told[u]
+            # RFC 3501 6.4.6 says STORE "normally" returns the updated flags in an untagged
+            # FETCH; like Dovecot and Cyrus we answer only for messages whose flags differ from
+            # what the client was last told (STORE 1:* +FLAGS (\Seen) on a mostly read
+            # mailbox answers the few it changed). Unchanged messages need no answer: their
+            # flags are what the client already has, and what it asked for.
             if request.silent:
-                # RFC 7162 3.2: with CONDSTORE a changed message is reported even when .SILENT,
-                # with its new MODSEQ (the client knows its flags).
-                if not (self.condstore and u in outcome.changed):
-                    continue
+                # .SILENT: the client derives the result itself, unless another session
+                # changed the flags meanwhile (RFC 3501 6.4.6 note: report that change).
+                show_flags = (info.flags, info.keywords) != expect(old.flags, old.keywords)
             else:
+                show_flags = info.flags != old.flags or info.keywords != old.keywords
+            # RFC 7162 3.2: with CONDSTORE a message the STORE changed is reported, even when
+            # .SILENT, with its new MODSEQ; with UNCHANGEDSINCE every message that passed is
+            # (the client learns which mod-sequence its change holds).
+            show_modseq = condstore and (info.modseq != old.modseq or conditional)
+            if not (show_flags or show_modseq):
+                continue
+            parts = [b"UID %d" % u] if uid else []
+            if show_flags:
                 parts.append(b"FLAGS " + view.flag_list(u))
-            if uid:
-                parts.insert(0, b"UID %d" % u)
-            if self.condstore:
-                parts.append(b"MODSEQ (%d)" % outcome.infos[u].modseq)
+            if condstore:
+                parts.append(b"MODSEQ (%d)" % info.modseq)
             out.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
         out.flush()
         if refused:
@@ -1157,26 +1257,35 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             raise ParseError(str(e)) from None
         if criteria.uses_modseq:
             self._enable_condstore()
-        found: list[int] = []
-        highest = 0
-        largest_seq = view.exists
-        largest_uid = view.uids[-1] if view.uids else 0
         folder = view.folder
-        for seq, u in enumerate(view.uids, 1):
-            info = view.infos[u]
-            if (criteria.needs_headers or criteria.needs_structure) and view.gone(u):
-                continue
-            m = _SearchMessage(
-                seq, u, largest_seq, largest_uid, view.flag_set(u),
-                u in view.recent, info.internaldate, info.size, info.modseq, folder,
-            )  # fmt: skip
-            try:
-                hit = criteria.matches(m)
-            except (MessageGone, FileNotFoundError):
-                continue
-            if hit:
-                found.append(u if uid else seq)
-                highest = max(highest, info.modseq)
+        # One pass over each cache entry the keys need: the cache file is checked for other
+        # processes' work once, here, and what this search computes is appended in one write.
+        # For header keys only the header block is read (usually with one read()).
+        headers = structure = None
+        try:
+            if criteria.needs_headers:
+                headers = folder.cache_pass(
+                    "headers", *_headers_codec(), compute_path=mime.read_header
+                )
+            if criteria.needs_structure:
+                structure = folder.cache_pass("structure", *_structure_codec())
+            box = _SearchMailbox(
+                view,
+                headers.get if headers else lambda u: _headers(folder, u),
+                structure.get if structure else lambda u: _structure(folder, u),
+            )
+            uids = view.uids
+            if criteria.needs_headers or criteria.needs_structure:
+                # expunged by others, not yet announced: nothing left to read
+                uids = [u for u in uids if not view.gone(u)]
+            found = criteria.search(box, uids)
+        finally:
+            for p in (headers, structure):
+                if p is not None:
+                    p.close()
+        highest = max((view.infos[u].modseq for u in found), default=0)
+        if not uid:
+            found = [box.seq(u) for u in found]
         line = b"* SEARCH" + b"".join(b" %d" % n for n in found)
         if criteria.uses_modseq and found:
             line += b" (MODSEQ %d)" % highest
@@ -1262,6 +1371,25 @@ def _with_flags(request: C.FetchRequest) -> C.FetchRequest:
     return replace(request, flags=True)
 
 
+def _refuse_new_name(name: str) -> Done | None:
+    """Names a client may not give a new mailbox: ``%`` and ``*`` are LIST wildcards (RFC 3501
+    6.3.8), so such a mailbox could never be listed on its own (Dovecot refuses them too)."""
+    if "%" in name or "*" in name:
+        return Done("NO", "Mailbox names cannot contain the LIST wildcards % and *", "CANNOT")
+    return None
+
+
+def _expected_flags(
+    mode: str, letters: frozenset[str], keywords: frozenset[str]
+) -> Callable[[frozenset[str], frozenset[str]], tuple[frozenset[str], frozenset[str]]]:
+    """What a client expects a STORE to leave, from the flags it knew (``.SILENT``)."""
+    if mode == "set":
+        return lambda f, k: (letters, keywords)
+    if mode == "add":
+        return lambda f, k: (f | letters, k | keywords)
+    return lambda f, k: (f - letters, k - keywords)
+
+
 @dataclass(frozen=True)
 class _FetchPlan:
     """What a FETCH needs per message, worked out once for all of them."""
@@ -1271,6 +1399,7 @@ class _FetchPlan:
     needs_file: bool
     needs_structure: bool
     needs_headers: bool  # ENVELOPE without the structure: from the header block alone
+    whole_file: bool  # only whole-message sections (BODY[], RFC822, partial or not)
 
     @classmethod
     def of(cls, request: C.FetchRequest) -> _FetchPlan:
@@ -1287,6 +1416,7 @@ class _FetchPlan:
             needs_file=bool(wanted) or described,
             needs_structure=needs_structure,
             needs_headers=request.envelope and not needs_structure,
+            whole_file=bool(wanted) and not needs_structure and not request.envelope,
         )
 
 

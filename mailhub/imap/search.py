@@ -1,11 +1,15 @@
-"""IMAP SEARCH (RFC 3501 6.4.4, RFC 7162 3.1.5 MODSEQ): compiling criteria, matching messages.
+"""IMAP SEARCH (RFC 3501 6.4.4, RFC 7162 3.1.5 MODSEQ): compiling criteria, finding messages.
 
-``compile_criteria`` turns the parsed arguments into a tree of small matcher functions once;
-``Criteria.matches`` runs them per message. Flag, size, date and set keys use only what the
-protocol layer knows; header keys use the cached MessageHeader (the top header and the ENVELOPE
-fields, read once without the body: no MIME parse); BODY and TEXT use the MessageStructure and
-read the file, decoding text parts (search_text). Text matching is a case-insensitive substring
-match on decoded text."""
+``compile_criteria`` turns the parsed arguments into a tree of small filters once;
+``Criteria.search`` runs them over the mailbox's messages, each filter taking the messages still
+in question and returning those it matches (AND narrows the list key by key, so a costly key
+only looks at what the cheaper keys before it let through; OR asks its second key only about
+what its first did not match; NOT is the complement). Per message work is a few dict look-ups
+in a tight loop. Flag, size, date and set keys use only what the protocol layer knows; header
+keys use the cached MessageHeader (the top header and the ENVELOPE fields, read once without
+the body: no MIME parse); BODY and TEXT use the MessageStructure and read the file, decoding
+text parts (search_text) once per message for all of the keys. Text matching is a
+case-insensitive substring match on decoded text."""
 
 from __future__ import annotations
 
@@ -40,8 +44,36 @@ class BadCharset(SearchError):
         self.charset = charset
 
 
+class SearchMailbox(Protocol):
+    """What SEARCH needs of the selected mailbox; the protocol layer provides it. Messages are
+    named by UID. ``headers``/``structure``/``open`` return None for a message that turns out
+    to be gone (expunged by another process) and add its UID to ``gone``: it is left out."""
+
+    largest_seq: int  # what "*" means in a sequence set
+    largest_uid: int  # what "*" means in a UID set
+    gone: set[int]
+
+    def seq(self, uid: int) -> int: ...
+
+    def flags(self, uid: int) -> frozenset[str]: ...  # "\\Seen", ..., keywords as stored
+
+    def recent(self, uid: int) -> bool: ...
+
+    def internaldate(self, uid: int) -> int: ...
+
+    def size(self, uid: int) -> int: ...
+
+    def modseq(self, uid: int) -> int: ...
+
+    def headers(self, uid: int) -> MessageHeader | None: ...
+
+    def structure(self, uid: int) -> MessageStructure | None: ...
+
+    def open(self, uid: int) -> BinaryIO | None: ...
+
+
 class SearchMessage(Protocol):
-    """What SEARCH needs of a message; the protocol layer provides it."""
+    """One message on its own (``Criteria.matches``)."""
 
     seq: int
     uid: int
@@ -60,29 +92,69 @@ class SearchMessage(Protocol):
     def open(self) -> BinaryIO: ...
 
 
-class _Eval:
-    """Per-message evaluation state: the body scan is done once for all BODY/TEXT keys."""
+class _OneMessage:
+    """A SearchMessage as a SearchMailbox of one."""
 
-    __slots__ = ("body_found", "criteria", "m", "text_found")
-
-    def __init__(self, criteria: Criteria, m: SearchMessage) -> None:
-        self.criteria = criteria
+    def __init__(self, m: SearchMessage) -> None:
         self.m = m
-        self.body_found: set[str] | None = None
-        self.text_found: set[str] | None = None
+        self.largest_seq = m.largest_seq
+        self.largest_uid = m.largest_uid
+        self.gone: set[int] = set()
 
-    def body_has(self, needle: str, with_header: bool) -> bool:
-        if with_header:
-            if self.text_found is None:
-                self.text_found = self._scan(self.criteria._text_needles, True)
-            return needle in self.text_found
-        if self.body_found is None:
-            self.body_found = self._scan(self.criteria._body_needles, False)
-        return needle in self.body_found
+    def seq(self, uid: int) -> int:
+        return self.m.seq
 
-    def _scan(self, needles: set[str], with_header: bool) -> set[str]:
-        s = self.m.structure()
-        fp = self.m.open()
+    def flags(self, uid: int) -> frozenset[str]:
+        return self.m.flags
+
+    def recent(self, uid: int) -> bool:
+        return self.m.recent
+
+    def internaldate(self, uid: int) -> int:
+        return self.m.internaldate
+
+    def size(self, uid: int) -> int:
+        return self.m.size
+
+    def modseq(self, uid: int) -> int:
+        return self.m.modseq
+
+    def headers(self, uid: int) -> MessageHeader:
+        return self.m.headers()
+
+    def structure(self, uid: int) -> MessageStructure:
+        return self.m.structure()
+
+    def open(self, uid: int) -> BinaryIO:
+        return self.m.open()
+
+
+class _Run:
+    """One search over a mailbox: the body scans are done once per message for all
+    BODY/TEXT keys (the needles found are remembered per UID)."""
+
+    __slots__ = ("body_found", "box", "criteria", "text_found")
+
+    def __init__(self, criteria: Criteria, box: SearchMailbox) -> None:
+        self.criteria = criteria
+        self.box = box
+        self.body_found: dict[int, set[str] | None] = {}
+        self.text_found: dict[int, set[str] | None] = {}
+
+    def body_has(self, uid: int, needle: str, with_header: bool) -> bool:
+        found_by_uid = self.text_found if with_header else self.body_found
+        found = found_by_uid.get(uid, _MISSING)
+        if found is _MISSING:
+            c = self.criteria
+            needles = c._text_needles if with_header else c._body_needles
+            found = found_by_uid[uid] = self._scan(uid, needles, with_header)
+        return found is not None and needle in found  # type: ignore[operator]
+
+    def _scan(self, uid: int, needles: set[str], with_header: bool) -> set[str] | None:
+        s = self.box.structure(uid)
+        fp = self.box.open(uid) if s is not None else None
+        if s is None or fp is None:
+            return None
         try:
             texts = search_text.message_texts(s, fp, with_header=with_header)
             return search_text.find_all(texts, needles)
@@ -90,7 +162,8 @@ class _Eval:
             fp.close()
 
 
-_Matcher = Callable[[SearchMessage, _Eval], bool]
+# A compiled key: the UIDs (in mailbox order) among those given that match it.
+_Filter = Callable[[_Run, list[int]], list[int]]
 
 
 @dataclass(eq=False)
@@ -101,12 +174,19 @@ class Criteria:
     needs_structure: bool = False  # BODY/TEXT: the MessageStructure is needed (cached)
     needs_body: bool = False  # BODY/TEXT: the file is read
     uses_modseq: bool = False  # RFC 7162 3.1.5: the SEARCH response carries (MODSEQ n)
-    _match: _Matcher = field(default=lambda m, e: True, repr=False)
+    _filter: _Filter = field(default=lambda run, uids: uids, repr=False)
     _body_needles: set[str] = field(default_factory=set, repr=False)
     _text_needles: set[str] = field(default_factory=set, repr=False)
 
+    def search(self, box: SearchMailbox, uids: list[int]) -> list[int]:
+        """The UIDs among ``uids`` (in mailbox order) that match, in that order."""
+        found = self._filter(_Run(self, box), uids)
+        if box.gone:
+            found = [u for u in found if u not in box.gone]
+        return found
+
     def matches(self, m: SearchMessage) -> bool:
-        return self._match(m, _Eval(self, m))
+        return bool(self.search(_OneMessage(m), [m.uid]))
 
 
 # -- compiling -------------------------------------------------------------------------------
@@ -204,7 +284,7 @@ class _Compiler:
             raise SearchError(f"{key}: bad sequence set {text!r}: {e}") from None
 
     # the grammar
-    def all(self) -> _Matcher:
+    def all(self) -> _Filter:
         if not self.more():
             raise SearchError("SEARCH needs at least one search key")
         keys = []
@@ -212,7 +292,7 @@ class _Compiler:
             keys.append(self.key())
         return _and(keys)
 
-    def key(self, context: str = "SEARCH") -> _Matcher:
+    def key(self, context: str = "SEARCH") -> _Filter:
         # NOT, OR and parentheses nest: compiling and matching recurse once per level, so the
         # depth is bounded well below Python's stack (a deeper key is refused with BAD).
         if self.depth >= MAX_KEY_DEPTH:
@@ -223,7 +303,7 @@ class _Compiler:
         finally:
             self.depth -= 1
 
-    def _key(self, context: str) -> _Matcher:
+    def _key(self, context: str) -> _Filter:
         item = self.take("a search key", context)
         if isinstance(item, list):
             sub = _Compiler(item, self.charset)
@@ -237,7 +317,7 @@ class _Compiler:
         word = str(item)
         if _SEQUENCE.fullmatch(word):
             seqset = self.sequence(word, "sequence set")
-            return lambda m, e: seqset.contains(m.seq, m.largest_seq)
+            return _each(lambda box, u: seqset.contains(box.seq(u), box.largest_seq))
         name = word.upper()
         method = getattr(self, "k_" + name.replace(".", "_"), None)
         if name in _FLAG_KEYS:
@@ -248,49 +328,62 @@ class _Compiler:
         return method(name)
 
     # keys without arguments
-    def k_ALL(self, key: str) -> _Matcher:
-        return lambda m, e: True
+    def k_ALL(self, key: str) -> _Filter:
+        return lambda run, uids: uids
 
-    def k_NEW(self, key: str) -> _Matcher:
-        return lambda m, e: m.recent and "\\Seen" not in m.flags
+    def k_NEW(self, key: str) -> _Filter:
+        return _each(lambda box, u: box.recent(u) and "\\Seen" not in box.flags(u))
 
-    def k_OLD(self, key: str) -> _Matcher:
-        return lambda m, e: not m.recent
+    def k_OLD(self, key: str) -> _Filter:
+        return _each(lambda box, u: not box.recent(u))
 
-    def k_RECENT(self, key: str) -> _Matcher:
-        return lambda m, e: m.recent
+    def k_RECENT(self, key: str) -> _Filter:
+        return _each(lambda box, u: box.recent(u))
 
     # logic
-    def k_NOT(self, key: str) -> _Matcher:
+    def k_NOT(self, key: str) -> _Filter:
         inner = self.key(key)
-        return lambda m, e: not inner(m, e)
 
-    def k_OR(self, key: str) -> _Matcher:
+        def complement(run: _Run, uids: list[int]) -> list[int]:
+            hits = set(inner(run, uids))
+            return [u for u in uids if u not in hits]
+
+        return complement
+
+    def k_OR(self, key: str) -> _Filter:
         a = self.key(key)
         b = self.key(key)
-        return lambda m, e: a(m, e) or b(m, e)
+
+        def either(run: _Run, uids: list[int]) -> list[int]:
+            hits = set(a(run, uids))
+            if len(hits) == len(uids):
+                return uids
+            hits.update(b(run, [u for u in uids if u not in hits]))  # b only where a failed
+            return [u for u in uids if u in hits]
+
+        return either
 
     # flags
-    def k_KEYWORD(self, key: str) -> _Matcher:
+    def k_KEYWORD(self, key: str) -> _Filter:
         return _keyword(self.atom("a flag keyword", key), True)
 
-    def k_UNKEYWORD(self, key: str) -> _Matcher:
+    def k_UNKEYWORD(self, key: str) -> _Filter:
         return _keyword(self.atom("a flag keyword", key), False)
 
     # sizes, sets, modseq
-    def k_LARGER(self, key: str) -> _Matcher:
+    def k_LARGER(self, key: str) -> _Filter:
         n = self.number(key)
-        return lambda m, e: m.size > n
+        return _each(lambda box, u: box.size(u) > n)
 
-    def k_SMALLER(self, key: str) -> _Matcher:
+    def k_SMALLER(self, key: str) -> _Filter:
         n = self.number(key)
-        return lambda m, e: m.size < n
+        return _each(lambda box, u: box.size(u) < n)
 
-    def k_UID(self, key: str) -> _Matcher:
+    def k_UID(self, key: str) -> _Filter:
         uids = self.sequence(self.atom("a UID set", key), key)
-        return lambda m, e: uids.contains(m.uid, m.largest_uid)
+        return _each(lambda box, u: uids.contains(u, box.largest_uid))
 
-    def k_MODSEQ(self, key: str) -> _Matcher:
+    def k_MODSEQ(self, key: str) -> _Filter:
         # RFC 7162 3.1.5: MODSEQ [<entry-name> <entry-type-req>] <mod-sequence-valzer>;
         # the optional entry (flag metadata) is accepted and ignored: one modseq per message
         if self.more() and isinstance(self.args[self.pos], bytes):
@@ -300,83 +393,91 @@ class _Compiler:
                 raise SearchError(f"MODSEQ entry type must be priv, shared or all, not {kind!r}")
         n = self.number(key)
         self.c.uses_modseq = True
-        return lambda m, e: m.modseq >= n
+        return _each(lambda box, u: box.modseq(u) >= n)
 
     # internal date (RFC 3501: disregarding time and timezone: the server's calendar date)
-    def k_BEFORE(self, key: str) -> _Matcher:
+    def k_BEFORE(self, key: str) -> _Filter:
         d = self.date(key)
-        return lambda m, e: _local_date(m.internaldate) < d
+        return _each(lambda box, u: _local_date(box.internaldate(u)) < d)
 
-    def k_ON(self, key: str) -> _Matcher:
+    def k_ON(self, key: str) -> _Filter:
         d = self.date(key)
-        return lambda m, e: _local_date(m.internaldate) == d
+        return _each(lambda box, u: _local_date(box.internaldate(u)) == d)
 
-    def k_SINCE(self, key: str) -> _Matcher:
+    def k_SINCE(self, key: str) -> _Filter:
         d = self.date(key)
-        return lambda m, e: _local_date(m.internaldate) >= d
+        return _each(lambda box, u: _local_date(box.internaldate(u)) >= d)
 
     # Date: header
-    def k_SENTBEFORE(self, key: str) -> _Matcher:
+    def k_SENTBEFORE(self, key: str) -> _Filter:
         d = self.date(key)
         self.c.needs_headers = True
-        return lambda m, e: _sent_date(m) < d
+        return _each_header(lambda h: _sent_date(h) < d)
 
-    def k_SENTON(self, key: str) -> _Matcher:
+    def k_SENTON(self, key: str) -> _Filter:
         d = self.date(key)
         self.c.needs_headers = True
-        return lambda m, e: _sent_date(m) == d
+        return _each_header(lambda h: _sent_date(h) == d)
 
-    def k_SENTSINCE(self, key: str) -> _Matcher:
+    def k_SENTSINCE(self, key: str) -> _Filter:
         d = self.date(key)
         self.c.needs_headers = True
-        return lambda m, e: _sent_date(m) >= d
+        return _each_header(lambda h: _sent_date(h) >= d)
 
     # headers
-    def _envelope_key(self, key: str) -> _Matcher:
+    def _envelope_key(self, key: str) -> _Filter:
         needle = self.string(key).casefold()
         index = _ENVELOPE_KEYS[key]
         self.c.needs_headers = True
 
-        def match(m: SearchMessage, e: _Eval) -> bool:
-            h = m.headers()
-            memo = h.memo
-            text = memo.get(index, _MISSING)
-            if text is _MISSING:
-                text = memo[index] = _decoded(h.envelope_field(index))
-            return text is not None and needle in text
+        def envelope_field_has(run: _Run, uids: list[int]) -> list[int]:
+            # the common SUBJECT/FROM search: one tight loop, the decoded value memoised
+            headers = run.box.headers
+            found = []
+            for u in uids:
+                h = headers(u)
+                if h is None:
+                    continue
+                memo = h.memo
+                text = memo.get(index, _MISSING)
+                if text is _MISSING:
+                    text = memo[index] = _decoded(h.envelope_field(index))
+                if text is not None and needle in text:
+                    found.append(u)
+            return found
 
-        return match
+        return envelope_field_has
 
     k_SUBJECT = k_FROM = k_TO = k_CC = k_BCC = _envelope_key
 
-    def k_HEADER(self, key: str) -> _Matcher:
+    def k_HEADER(self, key: str) -> _Filter:
         name = self.string(key).strip().lower()
         needle = self.string(key).casefold()
         if not name:
             raise SearchError("HEADER needs a field name")
         self.c.needs_headers = True
 
-        def match(m: SearchMessage, e: _Eval) -> bool:
-            values = _header_values(m.headers()).get(name)
+        def match(h: MessageHeader) -> bool:
+            values = _header_values(h).get(name)
             if values is None:
                 return False
             # RFC 3501 6.4.4: an empty string matches every message that has the field
             return any(needle in v for v in values)
 
-        return match
+        return _each_header(match)
 
     # text
-    def k_BODY(self, key: str) -> _Matcher:
+    def k_BODY(self, key: str) -> _Filter:
         needle = self.string(key).casefold()
         self.c.needs_body = self.c.needs_structure = True
         self.c._body_needles.add(needle)
-        return lambda m, e: e.body_has(needle, False)
+        return lambda run, uids: [u for u in uids if run.body_has(u, needle, False)]
 
-    def k_TEXT(self, key: str) -> _Matcher:
+    def k_TEXT(self, key: str) -> _Filter:
         needle = self.string(key).casefold()
         self.c.needs_body = self.c.needs_structure = True
         self.c._text_needles.add(needle)
-        return lambda m, e: e.body_has(needle, True)
+        return lambda run, uids: [u for u in uids if run.body_has(u, needle, True)]
 
 
 _MISSING = object()
@@ -391,31 +492,65 @@ def _decoded(raw: bytes | None) -> str | None:
     return raw.decode("ascii").casefold()
 
 
-def _and(keys: list[_Matcher]) -> _Matcher:
+def _and(keys: list[_Filter]) -> _Filter:
     if len(keys) == 1:
         return keys[0]
     keys_t = tuple(keys)
-    return lambda m, e: all(k(m, e) for k in keys_t)
+
+    def every(run: _Run, uids: list[int]) -> list[int]:
+        for k in keys_t:  # each key looks only at what the keys before it let through
+            if not uids:
+                break
+            uids = k(run, uids)
+        return uids
+
+    return every
 
 
-def _flag(flag: str, present: bool) -> _Matcher:
+def _each(test: Callable[[SearchMailbox, int], bool]) -> _Filter:
+    """A filter from a test of one message against what the mailbox knows of it."""
+
+    def each(run: _Run, uids: list[int]) -> list[int]:
+        box = run.box
+        return [u for u in uids if test(box, u)]
+
+    return each
+
+
+def _each_header(test: Callable[[MessageHeader], bool]) -> _Filter:
+    """A filter from a test of a message's top-level header (gone messages match nothing)."""
+
+    def each(run: _Run, uids: list[int]) -> list[int]:
+        headers = run.box.headers
+        found = []
+        for u in uids:
+            h = headers(u)
+            if h is not None and test(h):
+                found.append(u)
+        return found
+
+    return each
+
+
+def _flag(flag: str, present: bool) -> _Filter:
     if present:
-        return lambda m, e: flag in m.flags
-    return lambda m, e: flag not in m.flags
+        return lambda run, uids: [u for u in uids if flag in run.box.flags(u)]
+    return lambda run, uids: [u for u in uids if flag not in run.box.flags(u)]
 
 
-def _keyword(word: str, present: bool) -> _Matcher:
+def _keyword(word: str, present: bool) -> _Filter:
     # keywords compare case-insensitively (RFC 3501 2.3.2 flags are atoms; Dovecot, Cyrus)
     low = word.lower()
 
-    def has(m: SearchMessage) -> bool:
-        if word in m.flags:
+    def has(box: SearchMailbox, u: int) -> bool:
+        flags = box.flags(u)
+        if word in flags:
             return True
-        return any(f.lower() == low for f in m.flags)
+        return any(f.lower() == low for f in flags)
 
     if present:
-        return lambda m, e: has(m)
-    return lambda m, e: not has(m)
+        return _each(has)
+    return _each(lambda box, u: not has(box, u))
 
 
 def _local_date(ts: float) -> date:
@@ -451,10 +586,9 @@ def parse_sent_date(value: bytes | None) -> date | None:
 _NO_DATE = date(1970, 1, 1)
 
 
-def _sent_date(m: SearchMessage) -> date:
+def _sent_date(s: MessageHeader) -> date:
     """The Date: header's date; without a readable one 1-Jan-1970, the date Dovecot uses (so
     SENTBEFORE finds such messages and SENTSINCE does not)."""
-    s = m.headers()
     d = s.memo.get("sent")
     if d is None:
         d = s.memo["sent"] = parse_sent_date(s.envelope_field(0)) or _NO_DATE
@@ -484,5 +618,5 @@ def compile_criteria(args: list, charset: str | None) -> Criteria:
         if charset not in SUPPORTED_CHARSETS:
             raise BadCharset(charset)
     comp = _Compiler(list(args), charset)
-    comp.c._match = comp.all()
+    comp.c._filter = comp.all()
     return comp.c

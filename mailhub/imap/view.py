@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
+from operator import attrgetter
 
 from mailhub.imap import render
 from mailhub.imap.sequence import SequenceSet, compress
@@ -62,6 +63,10 @@ class BadSequence(ValueError):
     """A message sequence number beyond the mailbox (RFC 9051 6.4.4: tagged BAD)."""
 
 
+_uid_of = attrgetter("uid")
+_keywords_of = attrgetter("keywords")
+
+
 def _same(a: MessageInfo, b: MessageInfo) -> bool:
     return a is b or (a.flags == b.flags and a.keywords == b.keywords and a.modseq == b.modseq)
 
@@ -74,23 +79,40 @@ class View:
         self.readonly = readonly
         self.condstore = False  # set by the session when CONDSTORE is enabled
         self.qresync = False  # RFC 7162 3.2.10: expunges are then told as VANISHED
-        state = folder.sync()
-        self.uidvalidity = state.uidvalidity
-        self.uids: list[int] = [m.uid for m in state.messages]  # ascending (FolderState)
-        self.infos: dict[int, MessageInfo] = {m.uid: m for m in state.messages}
         self.recent: set[int] = set()
         self._flag_lists: dict[tuple[frozenset[str], frozenset[str], bool], bytes] = {}
         self._flag_sets: dict[tuple[frozenset[str], frozenset[str], bool], frozenset[str]] = {}
+        state = folder.sync()
         fresh = [m.uid for m in state.messages if m.recent]
         if readonly:
             self.recent.update(fresh)
         elif fresh:
             self.recent.update(folder.take_recent(fresh))
-            state = folder.sync()
-            self.infos.update((m.uid, m) for m in state.messages if m.uid in self.infos)
+            state = self._after_take(state)
+        self.uidvalidity = state.uidvalidity
+        self.uids: list[int] = list(map(_uid_of, state.messages))  # ascending (FolderState)
+        self.infos: dict[int, MessageInfo] = dict(zip(self.uids, state.messages, strict=True))
         self._state: FolderState = state
         self.uidnext = state.uidnext
         self.highestmodseq = state.highestmodseq
+
+    def _after_take(self, state: FolderState) -> FolderState:
+        """The folder's state after our ``take_recent`` if it is ``state`` with those renames
+        applied (the folder follows its own renames), else ``state`` itself.
+
+        Not a second ``sync()``: it would read both directories again (our renames make their
+        mtimes untrustworthy) only to find the same files. A delivery that lands meanwhile is
+        not lost: the next ``sync()`` reads the directories and reports it (EXISTS), because
+        the view keeps a state holding exactly the messages in ``self.uids``."""
+        after = self.folder.current_state()
+        if (
+            after is not None
+            and after.uidvalidity == state.uidvalidity
+            and after.uidnext == state.uidnext
+            and after.count == state.count
+        ):
+            return after
+        return state
 
     # -- numbers --------------------------------------------------------------------------
 
@@ -149,6 +171,10 @@ class View:
     def gone(self, uid: int) -> bool:
         """Expunged by someone else, not yet announced to this session."""
         return uid not in self._state.by_uid
+
+    def keywords_in_use(self) -> frozenset[str]:
+        """Every keyword some message has (SELECT's FLAGS, RFC 3501 7.2.6)."""
+        return frozenset().union(*map(_keywords_of, self.infos.values()))
 
     def flags_of(self, uid: int) -> list[str]:
         return imap_flags(self.infos[uid], uid in self.recent)
@@ -246,6 +272,7 @@ class View:
                     self.recent.update(fresh)
                 else:
                     self.recent.update(self.folder.take_recent(fresh))
+                    self._state = self._after_take(state)
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
             out.append(b"* %d RECENT\r\n" % len(self.recent))
         self.uidnext = max(self.uidnext, state.uidnext)

@@ -9,26 +9,30 @@ File format: a header line, then records appended one after the other::
     mailhub-cache 1\\n
     +<crc32 hex8> <length> <name> <base>\\n<length bytes of data>
 
-The CRC-32 covers everything after ``+<crc> ``. Records are only ever appended, each with one
-``write()`` on an ``O_APPEND`` descriptor, without a lock: on local file systems such appends
-never interleave. Where they might (NFS), or after a crash mid-write, the CRC exposes the damage;
-a reader stops at the first bad record and the file is compacted. A record that is incomplete
+The CRC-32 covers everything after ``+<crc> ``. Records are only ever appended, whole (one
+record, or a pass's batch of them) with one ``write()`` on an ``O_APPEND`` descriptor, without a
+lock: on local file systems such appends never interleave. Where they might (NFS), or after a
+crash mid-write, the CRC exposes the damage; a reader stops at the first bad record and the file
+is compacted. A record that is incomplete
 at the end of the file is a write in progress: the reader waits for it. A later record for the
 same key wins (a reader that cannot decode an old record computes and appends a new one).
 
 Compaction - dropping records of expunged messages, superseded and damaged ones - rewrites the
 file under the folder's lock and renames it into place; writers still holding the old file lose
-their appends, which is harmless for a cache. Readers notice the new inode and re-read.
+their appends, which is harmless for a cache (an append that sees its file replaced is made
+again to the new one). Readers notice (``st_nlink == 0`` on the file they hold open, or another
+inode at the path) and re-read.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from twisted.logger import Logger
 
@@ -41,6 +45,7 @@ HEADER = b"mailhub-cache 1\n"
 _MAX_HEADER = 1024  # a record's header line is at most this long (a base name is <= 255)
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 COMPACT_MIN_DEAD = 64 * 1024  # rewrite once dead bytes pass this and the live bytes
+FLUSH_SIZE = 256 * 1024  # deferred records are appended once they add up to this
 
 MISSING: Any = object()
 
@@ -95,45 +100,70 @@ class FolderCache:
     """One folder's cache, shared by the sessions of a process through its ``Folder``.
 
     Values are kept decoded in memory once used; records read from the file stay as bytes
-    until first asked for. Not thread-safe (like ``Folder``).
+    until first asked for. One descriptor stays open on the file, for reading (``pread``) and
+    appending (``O_APPEND``); a file replaced by a compaction or removed shows as
+    ``st_nlink == 0`` on it and is reopened by path. Not thread-safe (like ``Folder``).
+
+    Freshness: a lookup that misses re-reads what other processes appended (one ``fstat``
+    when nothing was); ``refresh`` also compares the path's inode (a compaction seen through
+    NFS's silly rename keeps ``st_nlink``) and is what a command pass calls once before
+    serving many lookups from memory (``lookup``). Staleness never gives a wrong value -
+    entries are keyed by the immutable message's base name - only a needless recompute.
     """
 
     def __init__(self, directory: Path, hostname: str) -> None:
         self._path = directory / FILENAME
         self._hostname = hostname
-        self._decoded: dict[tuple[str, str], object] = {}
-        self._raw: dict[tuple[str, str], bytes] = {}
-        self._sizes: dict[tuple[str, str], int] = {}  # key -> size of its latest record in file
+        # name -> base -> value; these dicts are never replaced (a pass holds on to one)
+        self._decoded: dict[str, dict[str, object]] = {}
+        self._raw: dict[str, dict[str, bytes]] = {}  # name -> base -> record data, undecoded
+        self._sizes: dict[tuple[str, str], int] = {}  # (base, name) -> size of latest record
         self._live = 0  # sum of _sizes, kept as it changes (checked after every miss)
-        self._ino: int | None = None  # the file generation read so far
+        self._fd: int | None = None  # the file, O_RDWR|O_APPEND (O_RDONLY if not writable)
+        self._ino: int | None = None  # the file generation read so far (the fd's inode)
         self._offset = 0  # bytes of it parsed
         self._dead = 0  # bytes in the file no longer needed (superseded, expunged, damaged)
         self._damaged = False
-        self._append_fd: int | None = None
-        self._append_ino: int | None = None
+        self._pending: list[tuple[tuple[str, str], bytes]] = []  # deferred appends
+        self._pending_size = 0
 
     def close(self) -> None:
-        if self._append_fd is not None:
-            os.close(self._append_fd)
-            self._append_fd = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __del__(self) -> None:
         self.close()
 
     # -- reading -----------------------------------------------------------------------------
 
+    def values(self, name: str) -> dict[str, object]:
+        """The decoded values of entry ``name`` by base name: a live dict, kept up to date
+        (and never replaced) for as long as this cache lives. Read it, do not change it."""
+        found = self._decoded.get(name)
+        if found is None:
+            found = self._decoded[name] = {}
+        return found
+
     def get(self, base: str, name: str, decode: Callable[[bytes], object]) -> object:
-        """The decoded value, or MISSING. An undecodable record counts as missing."""
-        key = (base, name)
-        value = self._decoded.get(key, MISSING)
+        """The decoded value, or MISSING. An undecodable record counts as missing. A miss
+        first reads what other processes appended since the last look."""
+        value = self.lookup(base, name, decode)
+        if value is MISSING:
+            self._read_new_records(False)
+            value = self.lookup(base, name, decode)
+        return value
+
+    def lookup(self, base: str, name: str, decode: Callable[[bytes], object]) -> object:
+        """The decoded value from what was read so far, or MISSING: no I/O."""
+        values = self.values(name)
+        value = values.get(base, MISSING)
         if value is not MISSING:
             return value
-        raw = self._raw.pop(key, None)
+        raws = self._raw.get(name)
+        raw = raws.pop(base, None) if raws else None
         if raw is None:
-            self._read_new_records()
-            raw = self._raw.pop(key, None)
-            if raw is None:
-                return MISSING
+            return MISSING
         try:
             value = decode(raw)
         except Exception as e:  # a format from another version, or a bug: recompute
@@ -144,25 +174,30 @@ class FolderCache:
                 e=repr(e),
             )
             return MISSING
-        self._decoded[key] = value
+        values[base] = value
         return value
 
-    def _read_new_records(self) -> None:
-        try:
-            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self._forget_file()
-            return
-        try:
+    def refresh(self) -> None:
+        """Catch up with the file: reopen it if it was replaced or removed (checked by path
+        too), read the records other processes appended."""
+        self._read_new_records(True)
+
+    def _read_new_records(self, by_path: bool) -> None:
+        fd = self._fd
+        st = None
+        if fd is not None:
             st = os.fstat(fd)
-            if st.st_ino != self._ino:
-                self._forget_file()
-                self._ino = st.st_ino
-            if st.st_size <= self._offset:
+            if st.st_nlink == 0 or (by_path and self._path_ino() != st.st_ino):
+                self.close()  # compacted (replaced) or removed: the path has the truth
+                fd = st = None
+        if fd is None or st is None:
+            fd = self._open(create=False)
+            if fd is None:
                 return
-            data = os.pread(fd, st.st_size - self._offset, self._offset)
-        finally:
-            os.close(fd)
+            st = os.fstat(fd)
+        if st.st_size <= self._offset:
+            return
+        data = os.pread(fd, st.st_size - self._offset, self._offset)
         start = 0
         if self._offset == 0:
             if not data.startswith(HEADER):
@@ -174,21 +209,60 @@ class FolderCache:
         self._offset += end
         self._damaged = self._damaged or damaged
         for base, name, body, size in records:
-            key = (base, name)
-            old = self._sizes.get(key)
-            if old is not None:
-                self._dead += old
-                self._live -= old
-            self._sizes[key] = size
-            self._live += size
-            if key not in self._decoded:
-                self._raw[key] = body
+            self._account((base, name), size)
+            values = self._decoded.get(name)
+            if values is None or base not in values:
+                raws = self._raw.get(name)
+                if raws is None:
+                    raws = self._raw[name] = {}
+                raws[base] = body
+
+    def _path_ino(self) -> int | None:
+        try:
+            return os.stat(self._path).st_ino
+        except FileNotFoundError:
+            return None
+
+    def _open(self, create: bool) -> int | None:
+        """Open the file at the path (creating it if asked); None if it does not exist. A
+        different file than the one read so far resets the reading position."""
+        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+        for _ in range(3):
+            try:
+                try:
+                    fd = os.open(self._path, flags)
+                except PermissionError:  # a read-only folder: read, never write
+                    fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+                break
+            except FileNotFoundError:
+                if not create:
+                    self._forget_file()
+                    return None
+                self._create()
+        else:
+            return None
+        self._fd = fd
+        ino = os.fstat(fd).st_ino
+        if ino != self._ino:
+            self._forget_file()
+            self._ino = ino
+        return fd
+
+    def _account(self, key: tuple[str, str], size: int) -> None:
+        """The latest record of ``key`` in the file is ``size`` bytes long."""
+        old = self._sizes.get(key)
+        if old is not None:
+            self._dead += old
+            self._live -= old
+        self._sizes[key] = size
+        self._live += size
 
     def _forget_file(self) -> None:
         """The file was replaced or removed: what we decoded stays valid, the offsets not."""
         self._ino = None
         self._offset = 0
-        self._raw.clear()
+        for raws in self._raw.values():
+            raws.clear()
         self._sizes.clear()
         self._live = 0
         self._dead = 0
@@ -196,47 +270,54 @@ class FolderCache:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def put(self, base: str, name: str, data: bytes, value: object) -> None:
+    def put(self, base: str, name: str, data: bytes, value: object, defer: bool = False) -> None:
         """Remember ``value`` and append its encoding ``data`` for other processes/restarts.
-        A failure to write is logged, never raised: the value is still correct."""
-        key = (base, name)
-        self._decoded[key] = value
-        self._raw.pop(key, None)
+        ``defer`` collects the record for one append by ``flush`` (a pass over many messages
+        writes once, not once per message). A failure to write is logged, never raised: the
+        value is still correct."""
+        self.values(name)[base] = value
+        raws = self._raw.get(name)
+        if raws:
+            raws.pop(base, None)
         rec = record(base, name, data)
+        self._pending.append(((base, name), rec))
+        self._pending_size += len(rec)
+        if not defer or self._pending_size >= FLUSH_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        """Append the deferred records, in one write."""
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        if not pending:
+            return
+        buf = b"".join(rec for _, rec in pending)
         try:
-            fd = self._appender()
-            written = os.write(fd, rec)
-            end = os.fstat(fd).st_size
+            for _ in range(2):
+                fd = self._fd if self._fd is not None else self._open(create=True)
+                if fd is None:
+                    raise FileNotFoundError(errno.ENOENT, "cannot create", str(self._path))
+                written = os.write(fd, buf)
+                st = os.fstat(fd)
+                if st.st_nlink:
+                    break
+                # compacted or removed under us: the records went to a dead file; again
+                self.close()
         except OSError as e:
             log.warn("cannot append to {path}: {e}", path=str(self._path), e=str(e))
             return
-        if (
-            written == len(rec)
-            and self._offset > 0
-            and self._ino == self._append_ino
-            and end - written == self._offset
-        ):
-            # Nothing else was appended since we last read the file: our record is the next
-            # one, so account for it here instead of re-reading it on the next miss.
-            self._offset = end
-            old = self._sizes.get(key)
-            if old is not None:
-                self._dead += old
-                self._live -= old
-            self._sizes[key] = written
-            self._live += written
+        before = st.st_size - written
+        if self._offset == 0 and before == len(HEADER) and self._fd is not None:
+            self._offset = self._check_header(self._fd)  # a new file: nothing to read in it
+        if written == len(buf) and self._offset > 0 and before == self._offset:
+            # Nothing else was appended since we last read the file: our records are the
+            # next ones, so account for them here instead of re-reading them on the next pass.
+            self._offset = st.st_size
+            for key, rec in pending:
+                self._account(key, len(rec))
 
-    def _appender(self) -> int:
-        try:
-            ino = os.stat(self._path).st_ino
-        except FileNotFoundError:
-            self._create()
-            ino = os.stat(self._path).st_ino
-        if self._append_fd is None or ino != self._append_ino:
-            self.close()
-            self._append_fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-            self._append_ino = os.fstat(self._append_fd).st_ino
-        return self._append_fd
+    def _check_header(self, fd: int) -> int:
+        """The offset after the file's header line, 0 if it is not (yet) there."""
+        return len(HEADER) if os.pread(fd, len(HEADER), 0) == HEADER else 0
 
     def _create(self) -> None:
         """A new file with its header, atomically (link fails if another process won)."""
@@ -260,17 +341,21 @@ class FolderCache:
         gone = set(bases)
         if not gone:
             return
-        self._read_new_records()  # know every record in the file, ours included, by size
-        for store in (self._decoded, self._raw):
-            for key in [k for k in store if k[0] in gone]:
-                del store[key]
+        self.flush()
+        self._read_new_records(False)  # know every record in the file, ours included, by size
+        for store in (*self._decoded.values(), *self._raw.values()):
+            for base in gone.intersection(store):
+                del store[base]
         for key in [k for k in self._sizes if k[0] in gone]:
             size = self._sizes.pop(key)
             self._dead += size
             self._live -= size
 
     def live_bases(self) -> set[str]:
-        return {k[0] for k in self._sizes} | {k[0] for k in self._decoded}
+        out = {k[0] for k in self._sizes}
+        for values in self._decoded.values():
+            out.update(values)
+        return out
 
     def needs_compaction(self) -> bool:
         return self._damaged or self._dead > max(COMPACT_MIN_DEAD, self._live)
@@ -295,3 +380,44 @@ class FolderCache:
         self.close()
         self._forget_file()
         log.info("compacted {path}: {kept} entries kept", path=str(self._path), kept=len(latest))
+
+
+T = TypeVar("T")
+
+
+class CachePass(Generic[T]):
+    """One command's look at one entry of many messages (``Folder.cache_pass``): ``get(uid)``
+    is a dict look-up when the value is known; otherwise ``miss`` decodes or computes it (and
+    defers its record). ``close`` (or leaving the ``with`` block) appends the new records."""
+
+    __slots__ = ("_cache", "_find", "_miss", "_values")
+
+    def __init__(
+        self,
+        cache: FolderCache,
+        name: str,
+        find: Callable[[int], str | None],
+        miss: Callable[[int], T],
+    ) -> None:
+        self._cache = cache
+        self._values = cache.values(name)
+        self._find = find  # uid -> base name, None if not (or no longer) in the folder
+        self._miss = miss  # uid -> value the slow way; raises MessageGone
+
+    def get(self, uid: int) -> T:
+        base = self._find(uid)
+        if base is not None:
+            value = self._values.get(base, MISSING)
+            if value is not MISSING:
+                return value  # type: ignore[return-value]
+        return self._miss(uid)
+
+    def close(self) -> None:
+        """The pass is over: append the records of what it computed."""
+        self._cache.flush()
+
+    def __enter__(self) -> CachePass[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

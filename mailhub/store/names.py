@@ -29,6 +29,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from itertools import groupby
 
 from mailhub.store.errors import InvalidName
 
@@ -330,6 +331,47 @@ def arrival_fields(bases: list[str]) -> tuple[list[int | None], list[int], list[
         usecs_col.append(ts[1] if ts else 0)
         sizes_col.append(size_from_base(base))
     return secs_col, usecs_col, sizes_col
+
+
+_SECS_LINES = re.compile(r"\n(\d+)\.")  # over "\n" + joined names: one match a line at most
+
+
+def arrival_order(bases: list[str]) -> tuple[list[int], list[int], list[int]] | None:
+    """The order in which messages arrived, for assigning UIDs (RFC 3501 2.3.1.1: ascending):
+    ``(order, seconds, sizes)`` with ``order`` the indexes of ``bases`` sorted by (seconds,
+    microseconds, name) as ``time_from_base`` gives them, and the seconds and ``size_from_base``
+    columns. None when some name lacks its time or its size (the caller must stat those).
+
+    Seconds alone order a first scan of a big folder almost entirely: only names sharing a
+    second are parsed further, so the common case costs two regex passes and one sort."""
+    n = len(bases)
+    if not n:
+        return [], [], []
+    joined = "\n" + "\n".join(bases)
+    if joined.count("\n") != n:  # a name holds a line break
+        return None
+    secs_s = _SECS_LINES.findall(joined)
+    sizes_s = _SIZE_LINES.findall(joined)
+    if len(secs_s) != n or len(sizes_s) != n:
+        return None
+    secs = list(map(int, secs_s))
+    sizes = list(map(int, sizes_s))
+    sec_of = secs.__getitem__
+    order = sorted(range(n), key=sec_of)
+    if len(set(secs)) != n:  # names sharing a second: order those by microseconds, then name
+
+        def finer(i: int) -> tuple[int, str]:
+            usec = _TIME_PREFIX.match(bases[i]).group(2)  # type: ignore[union-attr]
+            return int(usec or 0), bases[i]
+
+        tied = order
+        order = []
+        for _, group in groupby(tied, key=sec_of):
+            run = list(group)
+            if len(run) > 1:
+                run.sort(key=finer)
+            order.extend(run)
+    return order, secs, sizes
 
 
 def message_filenames(listing: list[str]) -> list[str]:

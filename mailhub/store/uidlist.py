@@ -29,7 +29,10 @@ folder's dotlock (see ``maildir.Folder``); readers without the lock see the old 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
 from pathlib import Path
 
 from mailhub.store.errors import CorruptUidList
@@ -71,21 +74,27 @@ class UidList:
         self.uidnext += 1
         return rec
 
-    def assign_all(
+    def assign_columns(
         self,
-        fresh: list[tuple[str, int, int, frozenset[str], frozenset[str]]],
+        bases: list[str],
+        sizes: Iterable[int],
+        internaldates: Iterable[int],
+        flags: Iterable[frozenset[str]],
+        keywords: Iterable[frozenset[str]],
         modseq: int,
     ) -> None:
-        """Give each ``(base, size, internaldate, flags, keywords)`` the next UID, in list
-        order, all with mod-sequence ``modseq``; all or none (the UID space is checked first)."""
+        """Give each of ``bases`` the next UID, in list order, with the size, internal date,
+        flags and keywords at the same place in the other columns, all with mod-sequence
+        ``modseq``; all or none (the UID space is checked first). Columns, not records: a
+        first scan of a big folder assigns thousands, and this makes them in one C loop."""
         uid = self.uidnext
-        if uid + len(fresh) - 1 > MAX_UID:
+        end = uid + len(bases)
+        if end - 1 > MAX_UID:
             raise CorruptUidList("UID space exhausted; UIDVALIDITY must change")
-        records = self.records
-        for base, size, date, flags, keywords in fresh:
-            records[base] = UidRecord(uid, size, date, modseq, flags, keywords)
-            uid += 1
-        self.uidnext = uid
+        uids = range(uid, end)
+        made = map(UidRecord, uids, sizes, internaldates, repeat(modseq), flags, keywords)
+        self.records.update(zip(bases, made, strict=True))
+        self.uidnext = end
 
     def next_modseq(self) -> int:
         """Reserve the mod-sequence of one change (one lock hold = one change, as one STORE
@@ -186,42 +195,51 @@ def serialise(lst: UidList) -> bytes:
     """Version 2. Records whose flags are still unknown (read from version 1 and not seen by a
     scan since) are written with ``-`` and the caller must have filled them in first."""
     recs = lst.records
-    if not _in_uid_order(recs):  # kept in UID order by parse() and assign(); never trust it
+    # Column by column, in C loops (a big folder has thousands of records): the flag and
+    # keyword fields are spelled once per distinct set, then looked up.
+    columns = list(zip(*map(_fields, recs.values()), strict=True)) or [()] * 6
+    uids = columns[0]
+    if not all(map(int.__lt__, uids, uids[1:])):
+        # Kept in UID order by parse() and assign_columns(); never trust it.
         recs = dict(sorted(recs.items(), key=lambda kv: kv[1].uid))
+        columns = list(zip(*map(_fields, recs.values()), strict=True))
+    uids, sizes, dates, modseqs, flag_sets, kw_sets = columns
     index: dict[str, int] = {}
     kw_fields: dict[frozenset[str], str] = {_NONE: "-"}
-    flag_fields: dict[frozenset[str] | None, str] = {_NONE: "-", None: "-"}
-    lines = []
-    for base, r in recs.items():
-        kw = kw_fields.get(r.keywords)
-        if kw is None:
+    for kws in dict.fromkeys(kw_sets):  # first appearance order: the same list, the same bytes
+        if kws not in kw_fields:
             ids = []
-            for k in sorted(r.keywords):
+            for k in sorted(kws):
                 i = index.get(k)
                 if i is None:
                     i = index[k] = len(index)
                 ids.append(str(i))
-            kw = kw_fields[r.keywords] = ",".join(ids)
-        fl = flag_fields.get(r.flags)
-        if fl is None:
-            fl = flag_fields[r.flags] = "".join(sorted(r.flags))  # type: ignore[arg-type]
-        lines.append(f"{r.uid} {r.size} {r.internaldate} {r.modseq} {fl} {kw} {base}\n")
+            kw_fields[kws] = ",".join(ids)
+    flag_fields: dict[frozenset[str] | None, str] = {_NONE: "-", None: "-"}
+    for flags in dict.fromkeys(flag_sets):
+        if flags not in flag_fields:
+            flag_fields[flags] = "".join(sorted(flags))  # type: ignore[arg-type]
+    rows = zip(
+        uids,
+        sizes,
+        dates,
+        modseqs,
+        map(flag_fields.__getitem__, flag_sets),
+        map(kw_fields.__getitem__, kw_sets),
+        recs,
+        strict=True,
+    )
     head = (
         b"%s %s %d %d %d\n" % (MAGIC, VERSION, lst.uidvalidity, lst.uidnext, lst.highestmodseq)
         + b" ".join([b"K", *(k.encode("ascii") for k in index)])
         + b"\n"
     )
     # One encode for all records: the base names as os.fsencode() would give them.
-    return head + os.fsencode("".join(lines))
+    return head + os.fsencode("".join(map(_RECORD_LINE.__mod__, rows)))
 
 
-def _in_uid_order(records: dict[str, UidRecord]) -> bool:
-    last = 0
-    for r in records.values():
-        if r.uid <= last:
-            return False
-        last = r.uid
-    return True
+_RECORD_LINE = "%d %d %d %d %s %s %s\n"
+_fields = attrgetter("uid", "size", "internaldate", "modseq", "flags", "keywords")
 
 
 def save(path: Path, lst: UidList, hostname: str = "localhost") -> None:
