@@ -23,37 +23,33 @@ the password is stored in its login manager, then "Get Messages", "Mark as Read"
    listener's factory keeps each dialogue: shown when a check fails, and kept as
    imap-dialogues.txt in the test's temporary directory).
 
-The story runs with Thunderbird's default settings and again with its CONDSTORE support on.
-A run takes about 8 s (Thunderbird starts twice).
+The story runs with Thunderbird's default settings and again with its CONDSTORE support on
+(about 9 s each: Thunderbird starts twice). Two short tests (2-3 s) look at the TLS around it:
+an account on the imaps listener (implicit TLS) does its first sync, and a profile that does
+not trust the test CA refuses the certificate at STARTTLS and never logs in. Sending through
+the submission listener is in test_smtp_thunderbird.py.
 """
 
 from __future__ import annotations
 
-import email
-import email.policy
 import imaplib
-import inspect
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor, task
-
-from mailhub.config import ListenersConfig, TLSConfig
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, needs, simple_message
+from mailhub.config import ListenersConfig
+from tests.integration.helpers import LOOPBACK_ANY_PORT, simple_message
 from tests.integration.thunderbird import (
+    GET_MESSAGES,
+    IMPLICIT_TLS,
+    PRELUDE,
     Dialogue,
     ImapAccount,
-    Marionette,
-    RecordingFactory,
-    Thunderbird,
-    offline_messages,
+    ThunderbirdCase,
     refusals,
 )
-from tests.tlshelpers import CertificateAuthority, client_context
+from tests.tlshelpers import client_context
 
 USER = "tess@example.com"
-SYNC_TIMEOUT = 60  # seconds for Thunderbird to act; it needs one to five
+PASSWORD = "any"  # the dev stack takes any password
 
 BODIES = {
     "read me": "Mark this one read.\n",
@@ -63,29 +59,6 @@ BODIES = {
 NO_FLAGS = {subject: "" for subject in BODIES}
 AWAY = ("arrives while Thunderbird is away", "Found at the next start.\n")
 LATE = ("arrives during IDLE", "Pushed while Thunderbird was idling.\n")
-
-# Chrome JavaScript, run by Marionette inside Thunderbird. MailServices is Thunderbird's own
-# service registry; each snippet ends in the call its menu command makes.
-PRELUDE = """
-const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
-const server = MailServices.accounts.defaultAccount.incomingServer;
-const inbox = server.rootFolder.getFolderWithFlags(Ci.nsMsgFolderFlags.Inbox);
-const msgWindow = Services.wm.getMostRecentWindow("mail:3pane").msgWindow;
-"""
-
-GET_MESSAGES = (
-    PRELUDE
-    + """
-const [origin, user, password] = arguments;
-const login = Cc["@mozilla.org/login-manager/loginInfo;1"].createInstance(Ci.nsILoginInfo);
-login.init(origin, null, origin, user, password, "", "");
-return (async () => {
-  await Services.logins.addLoginAsync(login);
-  server.getNewMessages(inbox, msgWindow, null);  // the "Get Messages" button
-  return inbox.URI;
-})();
-"""
-)
 
 FOLDERS = (
     PRELUDE
@@ -125,28 +98,23 @@ return Object.fromEntries([...inbox.msgDatabase.enumerateMessages()].map(
 )
 
 
-class ThunderbirdIMAP(ServiceTestCase):
-    skip = needs("thunderbird") or needs("certutil")
+def thunderbird_sessions(dialogues: list[Dialogue]) -> list[Dialogue]:
+    """The recorded sessions that Thunderbird opened (it says who it is with ID)."""
+    said = b'ID ("name" "Thunderbird"'
+    return [d for d in dialogues if said in b"".join(data for who, data in d.parts if who == "C")]
 
+
+def commands(dialogue: Dialogue) -> list[bytes]:
+    """The command names (after the tag) a session's client sent, in order."""
+    return [line.split(b" ")[1].upper() for line in dialogue.lines("C") if b" " in line]
+
+
+class ThunderbirdIMAP(ThunderbirdCase):
     def setUp(self) -> None:
-        self.dir = Path(self.mktemp()).absolute()
-        self.dir.mkdir(parents=True)
-        ca = CertificateAuthority()
-        cert, key = ca.issue(["localhost"], ip_addresses=["127.0.0.1"]).write(self.dir, "server")
-        self.ca_file = ca_file = ca.write_root(self.dir)
-        listeners = ListenersConfig(smtp=(LOOPBACK_ANY_PORT,), imap=(LOOPBACK_ANY_PORT,))
-        self.start(listeners=listeners, tls=TLSConfig(certificate=cert, key=key))
-        # Record every IMAP dialogue: the listening port builds each connection's protocol
-        # through its ``factory`` attribute, so wrapping it there sees every session.
-        port = self.service.listening_ports("imap")[0]
-        self.recorder = RecordingFactory(port.factory)
-        port.factory = self.recorder
-        account = ImapAccount(USER, "localhost", port.getHost().port, starttls=True)
-        self.thunderbird = Thunderbird(self.dir / "thunderbird", account, ca_file)
-        self.addCleanup(self.thunderbird.kill)
-        # Kept beside the profile for whoever looks into a failure (or a passing run).
-        self.addCleanup(lambda: (self.dir / "imap-dialogues.txt").write_text(self.evidence()))
-        self.inbox_store = self.thunderbird.profile / "ImapMail" / "localhost" / "INBOX"
+        listeners = ListenersConfig(
+            smtp=(LOOPBACK_ANY_PORT,), imap=(LOOPBACK_ANY_PORT,), imaps=(LOOPBACK_ANY_PORT,)
+        )
+        self.start_server(listeners, recorded=("imap", "imaps"))
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -154,29 +122,11 @@ class ThunderbirdIMAP(ServiceTestCase):
         with self.smtp() as smtp:
             smtp.send_message(simple_message(to=USER, subject=subject, body=body))
 
-    def maildir(self, name: str) -> dict[str, tuple[str, bytes]]:
-        """Subject -> (the flags in the file name, message bytes) of every message in folder
-        ``name``, read straight from the server's Maildir as other Maildir tools would."""
-        local, domain = USER.split("@")
-        path = self.service.config.mail_dir / domain / local
-        if name != "INBOX":
-            path = path / f".{name}"
-        out = {}
-        for sub in ("new", "cur"):
-            for message in (path / sub).iterdir():
-                try:
-                    raw = message.read_bytes()
-                except FileNotFoundError:  # renamed (a flag changed) since the listing
-                    continue
-                msg = email.message_from_bytes(raw, policy=email.policy.default)
-                out[str(msg["Subject"])] = (message.name.partition(":2,")[2], raw)
-        return out
-
     def move_flag_elsewhere(self) -> None:
         """Another client (imaplib, STARTTLS) flags "read me" and unflags "flag me"."""
         with imaplib.IMAP4("127.0.0.1", self.port("imap"), timeout=10) as client:
             client.starttls(client_context(self.ca_file))
-            client.login(USER, "any")
+            client.login(USER, PASSWORD)
             client.select("INBOX")
             for subject, change in (("read me", "+FLAGS"), ("flag me", "-FLAGS")):
                 _, [uid] = client.uid("SEARCH", "SUBJECT", f'"{subject}"')
@@ -184,49 +134,11 @@ class ThunderbirdIMAP(ServiceTestCase):
                 client.uid("STORE", uid.decode(), change, "(\\Flagged)")
             client.logout()
 
-    def thunderbird_dialogues(self) -> list[Dialogue]:
-        """The recorded sessions that Thunderbird opened (it says who it is with ID)."""
-        return [
-            d
-            for d in self.recorder.dialogues
-            if b'ID ("name" "Thunderbird"' in b"".join(data for who, data in d.parts if who == "C")
-        ]
-
-    def offline(self) -> dict[str, bytes]:
-        """Subject -> message bytes of Thunderbird's offline INBOX store."""
-        out = {}
-        for raw in offline_messages(self.inbox_store):
-            msg = email.message_from_bytes(raw, policy=email.policy.default)
-            out[str(msg["Subject"])] = raw
-        return out
-
-    def evidence(self) -> str:
-        dialogues = "\n-- next connection --\n".join(
-            d.transcript() for d in self.recorder.dialogues
-        )
-        return f"\nIMAP dialogues:\n{dialogues}{self.thunderbird.tail()}"
-
-    async def until(self, what: str, check: Callable[[], Any]) -> Any:
-        """Poll ``check`` on the reactor thread (so the server keeps serving) until it returns
-        something true; fail with the dialogues and Thunderbird's output at the deadline."""
-        deadline = reactor.seconds() + SYNC_TIMEOUT  # type: ignore[attr-defined]
-        while reactor.seconds() < deadline:  # type: ignore[attr-defined]
-            result = check()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return result
-            await task.deferLater(reactor, 0.1, lambda: None)  # type: ignore[arg-type]
-        self.fail(f"Thunderbird did not get there within {SYNC_TIMEOUT} s: {what}{self.evidence()}")
-
-    async def run_js(self, marionette: Marionette, script: str, *args: Any) -> Any:
-        return await self.in_thread(marionette.run, script, *args)
-
     def idling(self) -> tuple[int, int] | None:
         """(dialogue, position) of a session whose last command is IDLE, still running."""
-        for n, dialogue in enumerate(self.recorder.dialogues):
-            commands = [line for line in dialogue.lines("C") if line]
-            if commands and commands[-1].upper().endswith(b" IDLE"):
+        for n, dialogue in enumerate(self.dialogues("imap")):
+            said = [line for line in dialogue.lines("C") if line]
+            if said and said[-1].upper().endswith(b" IDLE"):
                 return n, len(dialogue.parts)
         return None
 
@@ -239,20 +151,66 @@ class ThunderbirdIMAP(ServiceTestCase):
         """The same story with Thunderbird's CONDSTORE support (RFC 7162, off by default) on:
         after the restart it resynchronises flags with UID FETCH ... (CHANGEDSINCE n)."""
         await self.story(use_condstore=True)
-        commands = b"".join(d for s in self.thunderbird_dialogues() for w, d in s.parts if w == "C")
-        self.assertIn(b"(CHANGEDSINCE ", commands, self.evidence())
+        sessions = thunderbird_sessions(self.dialogues("imap"))
+        said = b"".join(d for s in sessions for w, d in s.parts if w == "C")
+        self.assertIn(b"(CHANGEDSINCE ", said, self.evidence())
+
+    async def test_implicit_tls(self) -> None:
+        """An account on the imaps listener (TLS from the first byte, RFC 8314 3; Thunderbird's
+        "SSL/TLS", socketType 3): the first sync brings every message into the offline store
+        byte for byte, with no STARTTLS and nothing refused."""
+        for subject, body in BODIES.items():
+            await self.in_thread(self.deliver, subject, body)
+        delivered = {subject: raw for subject, (_, raw) in self.maildir(USER).items()}
+        self.make_thunderbird(ImapAccount(USER, "localhost", self.port("imaps"), IMPLICIT_TLS))
+        marionette = await self.start_thunderbird()
+        await self.run_js(marionette, GET_MESSAGES, "imap://localhost", USER, PASSWORD)
+
+        await self.until("all three messages offline", lambda: set(self.offline()) >= set(BODIES))
+        self.assertEqual(self.offline(), {s: raw + b"\r\n" for s, raw in delivered.items()})
+        sessions = thunderbird_sessions(self.dialogues("imaps"))
+        self.assertGreaterEqual(len(sessions), 1, self.evidence())
+        for dialogue in sessions:
+            said = commands(dialogue)
+            # It logs in at once, in the TLS session it opened with: no STARTTLS.
+            self.assertIn(b"AUTHENTICATE", said, dialogue.transcript())
+            self.assertNotIn(b"STARTTLS", said, dialogue.transcript())
+        self.assertEqual(refusals(self.dialogues("imaps")), [], self.evidence())
+        self.assertEqual(self.dialogues("imap"), [])  # the STARTTLS listener was not used
+
+    async def test_untrusted_certificate(self) -> None:
+        """A profile that does not trust the test CA: Thunderbird breaks off the STARTTLS
+        handshake (a TLS alert the server sees) and never sends LOGIN or AUTHENTICATE."""
+        self.make_thunderbird(ImapAccount(USER, "localhost", self.port("imap")), trust_ca=False)
+        marionette = await self.start_thunderbird()
+        await self.run_js(marionette, GET_MESSAGES, "imap://localhost", USER, PASSWORD)
+
+        def refused() -> list[Dialogue]:
+            return [
+                d
+                for d in self.dialogues("imap")
+                if commands(d)[-1:] == [b"STARTTLS"] and d.lost is not None
+            ]
+
+        [first, *_] = await self.until("a refused TLS handshake", refused, timeout=20)
+        self.assertIn(b"OK", first.lines("S")[-2], first.transcript())  # STARTTLS accepted
+        self.assertIn("alert", first.lost, self.evidence())
+        for dialogue in self.dialogues("imap"):
+            said = commands(dialogue)
+            self.assertNotIn(b"LOGIN", said, dialogue.transcript())
+            self.assertNotIn(b"AUTHENTICATE", said, dialogue.transcript())
 
     async def story(self, **prefs: Any) -> None:
         for subject, body in BODIES.items():
             await self.in_thread(self.deliver, subject, body)
-        delivered = {subject: raw for subject, (_, raw) in self.maildir("INBOX").items()}
+        delivered = {subject: raw for subject, (_, raw) in self.maildir(USER).items()}
         self.assertEqual(set(delivered), set(BODIES))
 
+        self.make_thunderbird(ImapAccount(USER, "localhost", self.port("imap")))
         self.thunderbird.make_profile()
         self.thunderbird.set_prefs(**prefs)
-        marionette = await self.in_thread(self.thunderbird.start)
-        self.addCleanup(marionette.close)
-        inbox = await self.run_js(marionette, GET_MESSAGES, "imap://localhost", USER, "any")
+        marionette = await self.start_thunderbird()
+        inbox = await self.run_js(marionette, GET_MESSAGES, "imap://localhost", USER, PASSWORD)
         self.assertEqual(inbox, "imap://tess%40example.com@localhost/INBOX")
 
         # 1. The offline store holds every message exactly as the server has it (and the blank
@@ -263,7 +221,7 @@ class ThunderbirdIMAP(ServiceTestCase):
             self.assertEqual(offline[subject], raw + b"\r\n", subject)
             self.assertIn(BODIES[subject].replace("\n", "\r\n").encode(), offline[subject])
         # Downloading for offline use peeked: nothing was marked read on the server.
-        self.assertEqual({s: flags for s, (flags, _) in self.maildir("INBOX").items()}, NO_FLAGS)
+        self.assertEqual({s: flags for s, (flags, _) in self.maildir(USER).items()}, NO_FLAGS)
 
         # The special-use folders, known by their LIST attributes (RFC 6154), each with its
         # folder file in the profile.
@@ -287,7 +245,8 @@ class ThunderbirdIMAP(ServiceTestCase):
             },
             self.evidence(),
         )
-        folder_files = {p.name for p in self.inbox_store.parent.glob("*.msf")}
+        store = self.thunderbird.profile / "ImapMail" / "localhost"
+        folder_files = {p.name for p in store.glob("*.msf")}
         self.assertEqual(folder_files, {f"{name}.msf" for name in found})
 
         # 2. Read, star and delete in Thunderbird; the server's Maildir file names show each.
@@ -296,25 +255,25 @@ class ThunderbirdIMAP(ServiceTestCase):
         expected_inbox = {"read me": "S", "flag me": "F"}
 
         def changed() -> bool:
-            inbox = {s: flags for s, (flags, _) in self.maildir("INBOX").items()}
-            return inbox == expected_inbox and set(self.maildir("Trash")) == {"delete me"}
+            inbox = {s: flags for s, (flags, _) in self.maildir(USER).items()}
+            return inbox == expected_inbox and set(self.maildir(USER, "Trash")) == {"delete me"}
 
         await self.until("read, flagged and moved to Trash on the server", changed)
         # Moved whole: the Trash copy is the delivered message, not marked deleted.
-        self.assertEqual(self.maildir("Trash")["delete me"], ("", delivered["delete me"]))
+        self.assertEqual(self.maildir(USER, "Trash")["delete me"], ("", delivered["delete me"]))
 
         # 3. New mail while Thunderbird idles: announced at once, downloaded for offline use.
         session, position = await self.until("Thunderbird idling in a session", self.idling)
         await self.in_thread(self.deliver, *LATE)
         await self.until("the late message offline", lambda: LATE[0] in self.offline())
-        dialogue = self.recorder.dialogues[session]
+        dialogue = self.dialogues("imap")[session]
         during_idle = dialogue.parts[position:]
         said = [who for who, _ in during_idle]
         first_client = said.index("C") if "C" in said else len(said)
         announced = b"".join(data for _, data in during_idle[:first_client])
         self.assertRegex(announced, rb"\* \d+ EXISTS\r\n", self.evidence())
         self.assertEqual(during_idle[first_client][1], b"DONE\r\n", self.evidence())
-        late_raw = self.maildir("INBOX")[LATE[0]][1]
+        late_raw = self.maildir(USER)[LATE[0]][1]
         self.assertEqual(self.offline()[LATE[0]], late_raw + b"\r\n")
 
         # 4. Quit. While Thunderbird is away another client moves a flag and mail arrives;
@@ -324,12 +283,11 @@ class ThunderbirdIMAP(ServiceTestCase):
         await self.in_thread(self.move_flag_elsewhere)
         await self.in_thread(self.deliver, *AWAY)
         self.thunderbird.set_prefs(**prefs, login_at_startup=True)
-        marionette = await self.in_thread(self.thunderbird.start)
-        self.addCleanup(marionette.close)
+        marionette = await self.start_thunderbird()
         await self.until(
             "the message delivered while away, offline", lambda: AWAY[0] in self.offline()
         )
-        self.assertEqual(self.offline()[AWAY[0]], self.maildir("INBOX")[AWAY[0]][1] + b"\r\n")
+        self.assertEqual(self.offline()[AWAY[0]], self.maildir(USER)[AWAY[0]][1] + b"\r\n")
         expected = {
             "read me": [True, True],  # [read, flagged]
             "flag me": [False, False],
@@ -344,9 +302,8 @@ class ThunderbirdIMAP(ServiceTestCase):
 
         # 5. Every Thunderbird session began with STARTTLS, and none of its commands was
         # answered NO or BAD.
-        sessions = self.thunderbird_dialogues()
+        sessions = thunderbird_sessions(self.dialogues("imap"))
         self.assertGreaterEqual(len(sessions), 2, self.evidence())
         for dialogue in sessions:
-            commands = [line.split(b" ")[1].upper() for line in dialogue.lines("C") if b" " in line]
-            self.assertEqual(commands[:1], [b"STARTTLS"], dialogue.transcript())
+            self.assertEqual(commands(dialogue)[:1], [b"STARTTLS"], dialogue.transcript())
         self.assertEqual(refusals(sessions), [], self.evidence())

@@ -1,18 +1,26 @@
 """Run a real, unmodified Thunderbird headless and drive it through Marionette.
 
-- ``Thunderbird``: a throw-away profile (``user.js`` prefs for one IMAP account, an NSS
-  certificate database trusting only the test CA) and the ``thunderbird --headless --marionette``
-  process in its own process group, killed whatever happens.
+- ``Thunderbird``: a throw-away profile (``user.js`` prefs for one IMAP account, STARTTLS or
+  implicit TLS, optionally sending through an SMTP submission server with a copy in Sent; an
+  NSS certificate database trusting only the test CA, or nothing) and the
+  ``thunderbird --headless --marionette`` process in its own process group, killed whatever
+  happens.
 - ``Marionette``: the few lines of Marionette's wire protocol the tests need (length-prefixed
   JSON over TCP: ``[0, id, command, params]`` answered by ``[1, id, error, result]``) to run
   chrome-privileged JavaScript, the same calls Thunderbird's own menus make.
-- ``RecordingFactory``: wraps a listener's factory and keeps each connection's dialogue, in
-  clear text (it sits above the STARTTLS layer), to find every tagged NO or BAD the server gave.
+- ``RecordingFactory``/``record``: wraps a listener's factory and keeps each connection's
+  dialogue in clear text (above the STARTTLS layer, inside an implicit-TLS one) and how it
+  ended, to find every tagged NO or BAD the server gave.
 - ``offline_messages``: the messages of a folder's offline store (Thunderbird's mbox file).
+- ``ThunderbirdCase``: a ServiceTestCase with a test CA's certificate, recorded listeners, a
+  Thunderbird killed at the end, Maildir and offline-store readers and deadline-bound waits.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
+import inspect
 import json
 import os
 import re
@@ -20,12 +28,20 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from twisted.internet import reactor, task
 from twisted.internet.protocol import Factory
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from mailhub.config import ListenersConfig, TLSConfig
+from tests.integration.helpers import ServiceTestCase, needs
+from tests.tlshelpers import CertificateAuthority
 
 STARTUP_TIMEOUT = 60  # seconds until Marionette listens; Thunderbird needs about three
 SCRIPT_TIMEOUT = 30  # seconds one chrome script may run (Marionette's own default)
@@ -46,17 +62,30 @@ QUIET_PREFS: dict[str, Any] = {
 }
 
 
+# nsMsgSocketType: how Thunderbird secures a connection (mail.server.*.socketType,
+# mail.smtpserver.*.try_ssl).
+PLAIN, STARTTLS, IMPLICIT_TLS = 0, 2, 3
+
+
 @dataclass(frozen=True)
 class ImapAccount:
-    """One IMAP account as Thunderbird's account manager stores it in prefs."""
+    """One IMAP account as Thunderbird's account manager stores it in prefs; with
+    ``smtp_port`` its identity sends through that SMTP (submission) server, STARTTLS and
+    normal password, and keeps a copy in the account's Sent folder."""
 
     user: str
     host: str
     port: int
-    starttls: bool = True
+    socket_type: int = STARTTLS
+    smtp_port: int | None = None
+
+    @property
+    def server_uri(self) -> str:
+        """The account's root folder URI, as Thunderbird writes it."""
+        return f"imap://{quote(self.user, safe='')}@{self.host}"
 
     def prefs(self, profile: Path) -> dict[str, Any]:
-        return {
+        prefs = {
             "mail.accountmanager.accounts": "account1,account2",
             "mail.accountmanager.defaultaccount": "account1",
             "mail.accountmanager.localfoldersserver": "server2",
@@ -71,7 +100,7 @@ class ImapAccount:
             "mail.server.server1.hostname": self.host,
             "mail.server.server1.port": self.port,
             "mail.server.server1.userName": self.user,
-            "mail.server.server1.socketType": 2 if self.starttls else 0,  # 2 STARTTLS, 0 plain
+            "mail.server.server1.socketType": self.socket_type,
             "mail.server.server1.authMethod": 3,  # normal password
             "mail.server.server1.directory": str(profile / "ImapMail" / self.host),
             "mail.server.server1.check_new_mail": True,
@@ -86,6 +115,23 @@ class ImapAccount:
             "mail.server.server2.userName": "nobody",
             "mail.server.server2.directory": str(profile / "Mail" / "Local Folders"),
         }
+        if self.smtp_port is not None:
+            prefs |= {
+                "mail.smtpservers": "smtp1",
+                "mail.smtp.defaultserver": "smtp1",
+                "mail.smtpserver.smtp1.type": "smtp",
+                "mail.smtpserver.smtp1.hostname": self.host,
+                "mail.smtpserver.smtp1.port": self.smtp_port,
+                "mail.smtpserver.smtp1.try_ssl": STARTTLS,
+                "mail.smtpserver.smtp1.authMethod": 3,  # normal password: AUTH PLAIN or LOGIN
+                "mail.smtpserver.smtp1.username": self.user,
+                "mail.identity.id1.smtpServer": "smtp1",
+                # "Place a copy in: Sent folder on this account", as the account wizard sets it.
+                "mail.identity.id1.fcc": True,
+                "mail.identity.id1.fcc_folder": f"{self.server_uri}/Sent",
+                "mail.identity.id1.fcc_folder_picker_mode": "0",
+            }
+        return prefs
 
 
 def user_js(prefs: dict[str, Any]) -> str:
@@ -95,7 +141,8 @@ def user_js(prefs: dict[str, Any]) -> str:
 class Thunderbird:
     """A headless Thunderbird on its own profile; ``start`` blocks (call it in a thread)."""
 
-    def __init__(self, directory: Path, account: ImapAccount, ca_file: Path) -> None:
+    def __init__(self, directory: Path, account: ImapAccount, ca_file: Path | None) -> None:
+        """``ca_file`` None: the profile trusts no certificate authority at all."""
         self.directory = directory
         self.profile = directory / "profile"
         self.home = directory / "home"
@@ -111,8 +158,9 @@ class Thunderbird:
         # The profile's own NSS database trusts the test CA for TLS servers ("C,,") and
         # nothing else is added: Thunderbird verifies mailhub's chain as it would a real one.
         subprocess.run(["certutil", "-N", "-d", nssdb, "--empty-password"], check=True)
-        trust = ["-n", "mailhub test CA", "-t", "C,,", "-i", str(self.ca_file)]
-        subprocess.run(["certutil", "-A", "-d", nssdb, *trust], check=True)
+        if self.ca_file is not None:
+            trust = ["-n", "mailhub test CA", "-t", "C,,", "-i", str(self.ca_file)]
+            subprocess.run(["certutil", "-A", "-d", nssdb, *trust], check=True)
         self.set_prefs()
 
     def set_prefs(self, **changes: Any) -> None:
@@ -248,9 +296,11 @@ class Marionette:
 
 @dataclass
 class Dialogue:
-    """What one connection carried, in order, as (sender, bytes): "C" client, "S" server."""
+    """What one connection carried, in order, as (sender, bytes): "C" client, "S" server;
+    once it is over, why (``lost``: "connection done" for a clean close, else the error)."""
 
     parts: list[tuple[str, bytes]] = field(default_factory=list)
+    lost: str | None = None
 
     def lines(self, sender: str) -> list[bytes]:
         data = b"".join(d for who, d in self.parts if who == sender)
@@ -282,6 +332,10 @@ class _Recorder(ProtocolWrapper):
     def writeSequence(self, data: Any) -> None:
         self.write(b"".join(data))
 
+    def connectionLost(self, reason: Any) -> None:
+        self.dialogue.lost = reason.getErrorMessage()
+        super().connectionLost(reason)
+
 
 class RecordingFactory(WrappingFactory):
     """Wraps a server factory; every connection's dialogue lands in ``dialogues``. STARTTLS
@@ -292,6 +346,20 @@ class RecordingFactory(WrappingFactory):
     def __init__(self, wrapped: Factory) -> None:
         super().__init__(wrapped)
         self.dialogues: list[Dialogue] = []
+
+
+def record(port: Any) -> RecordingFactory:
+    """Record every dialogue on a listening port, which builds each connection's protocol
+    through its ``factory``. An implicit-TLS listener's factory wraps the protocol's: the
+    recorder goes between the two, so it too sees clear text."""
+    factory = port.factory
+    if isinstance(factory, TLSMemoryBIOFactory):
+        recorder = RecordingFactory(factory.wrappedFactory)
+        factory.wrappedFactory = recorder
+    else:
+        recorder = RecordingFactory(factory)
+        port.factory = recorder
+    return recorder
 
 
 TAGGED_REFUSAL = re.compile(rb"^([A-Za-z0-9.]+) (NO|BAD)\b")
@@ -333,3 +401,126 @@ def offline_messages(mbox: Path) -> list[bytes]:
             chunk = chunk[match.end() :]
         messages.append(chunk)
     return messages
+
+
+# --- the test case ---------------------------------------------------------------------------
+
+SYNC_TIMEOUT = 60  # seconds for Thunderbird to act; it needs one to five
+
+# Chrome JavaScript, run by Marionette inside Thunderbird. MailServices is Thunderbird's own
+# service registry; each snippet ends in the call its menu command makes.
+PRELUDE = """
+const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
+const server = MailServices.accounts.defaultAccount.incomingServer;
+const inbox = server.rootFolder.getFolderWithFlags(Ci.nsMsgFolderFlags.Inbox);
+const msgWindow = Services.wm.getMostRecentWindow("mail:3pane").msgWindow;
+async function savePassword(origin, user, password) {
+  // What "Use Password Manager to remember this password" stores.
+  const login = Cc["@mozilla.org/login-manager/loginInfo;1"].createInstance(Ci.nsILoginInfo);
+  login.init(origin, null, origin, user, password, "", "");
+  await Services.logins.addLoginAsync(login);
+}
+"""
+
+GET_MESSAGES = (
+    PRELUDE
+    + """
+const [origin, user, password] = arguments;
+return (async () => {
+  await savePassword(origin, user, password);
+  server.getNewMessages(inbox, msgWindow, null);  // the "Get Messages" button
+  return inbox.URI;
+})();
+"""
+)
+
+
+class ThunderbirdCase(ServiceTestCase):
+    """A mailhub service with a certificate from a fresh test CA (for ``localhost``), every
+    dialogue on the chosen listeners recorded, and a Thunderbird to point at it."""
+
+    skip = needs("thunderbird") or needs("certutil")
+
+    def start_server(
+        self, listeners: ListenersConfig, recorded: tuple[str, ...], **changes: Any
+    ) -> None:
+        self.dir = Path(self.mktemp()).absolute()
+        self.dir.mkdir(parents=True)
+        ca = CertificateAuthority()
+        cert, key = ca.issue(["localhost"], ip_addresses=["127.0.0.1"]).write(self.dir, "server")
+        self.ca_file = ca.write_root(self.dir)
+        self.start(listeners=listeners, tls=TLSConfig(certificate=cert, key=key), **changes)
+        self.recorders = {name: record(self.service.listening_ports(name)[0]) for name in recorded}
+
+    def make_thunderbird(self, account: ImapAccount, *, trust_ca: bool = True) -> Thunderbird:
+        """A Thunderbird (not started) on a new profile; killed, whatever happens, at the end."""
+        self.thunderbird = Thunderbird(
+            self.dir / "thunderbird", account, self.ca_file if trust_ca else None
+        )
+        self.addCleanup(self.thunderbird.kill)
+        # Kept beside the profile for whoever looks into a failure (or a passing run).
+        self.addCleanup(lambda: (self.dir / "dialogues.txt").write_text(self.evidence()))
+        return self.thunderbird
+
+    async def start_thunderbird(self) -> Marionette:
+        marionette = await self.in_thread(self.thunderbird.start)
+        self.addCleanup(marionette.close)
+        return marionette
+
+    def dialogues(self, listener: str) -> list[Dialogue]:
+        return self.recorders[listener].dialogues
+
+    def maildir(self, user: str, folder: str = "INBOX") -> dict[str, tuple[str, bytes]]:
+        """Subject -> (the flags in the file name, message bytes) of every message in
+        ``folder``, read straight from the server's Maildir as other Maildir tools would."""
+        local, domain = user.split("@")
+        path = self.service.config.mail_dir / domain / local
+        if folder != "INBOX":
+            path = path / f".{folder}"
+        out = {}
+        for sub in ("new", "cur"):
+            if not (path / sub).is_dir():
+                continue
+            for message in (path / sub).iterdir():
+                try:
+                    raw = message.read_bytes()
+                except FileNotFoundError:  # renamed (a flag changed) since the listing
+                    continue
+                msg = email.message_from_bytes(raw, policy=email.policy.default)
+                out[str(msg["Subject"])] = (message.name.partition(":2,")[2], raw)
+        return out
+
+    def offline(self, folder: str = "INBOX") -> dict[str, bytes]:
+        """Subject -> message bytes of one folder's offline store in Thunderbird's profile."""
+        out = {}
+        mbox = self.thunderbird.profile / "ImapMail" / self.thunderbird.account.host / folder
+        for raw in offline_messages(mbox):
+            msg = email.message_from_bytes(raw, policy=email.policy.default)
+            out[str(msg["Subject"])] = raw
+        return out
+
+    def evidence(self) -> str:
+        out = []
+        for name, recorder in self.recorders.items():
+            for dialogue in recorder.dialogues:
+                out.append(f"\n-- {name} connection (ended: {dialogue.lost}) --")
+                out.append(dialogue.transcript())
+        return "\n".join(out) + self.thunderbird.tail()
+
+    async def until(
+        self, what: str, check: Callable[[], Any], timeout: float = SYNC_TIMEOUT
+    ) -> Any:
+        """Poll ``check`` on the reactor thread (so the server keeps serving) until it returns
+        something true; fail with the dialogues and Thunderbird's output at the deadline."""
+        deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+        while reactor.seconds() < deadline:  # type: ignore[attr-defined]
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return result
+            await task.deferLater(reactor, 0.1, lambda: None)  # type: ignore[arg-type]
+        self.fail(f"Thunderbird did not get there within {timeout} s: {what}{self.evidence()}")
+
+    async def run_js(self, marionette: Marionette, script: str, *args: Any) -> Any:
+        return await self.in_thread(marionette.run, script, *args)
