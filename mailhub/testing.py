@@ -22,7 +22,9 @@ pytest (no reactor in the test; the helpers block, the reactor runs in a thread)
 
 ``wait_for_message`` never misses a message that arrived before it was called: it looks at
 everything delivered after its cursor (by default: since the server started, minus the messages
-earlier waits returned), so send-then-wait has no race.
+earlier waits returned), so send-then-wait has no race. It uses the server's own change feed
+(``mailhub.web.feed``, the one behind the web API's ``/wait``): a wait is woken by the delivery
+itself (inotify), not by polling the store.
 
 Everything runs with the development stack's behaviour (every address is accepted and kept),
 on 127.0.0.1 port 0, with a certificate for ``localhost``/``127.0.0.1`` signed by a throw-away
@@ -43,8 +45,7 @@ import ssl
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import getaddresses
@@ -57,16 +58,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer, threads
-from twisted.internet.task import deferLater
 
 from mailhub.config import Config, FaultsConfig, ListenersConfig, TLSConfig, dev_config
 from mailhub.faults import CertificateIssuer, FaultRules, Rule
 from mailhub.service import FACTORIES, MailhubService, build
 from mailhub.store.errors import StoreError
+from mailhub.web.feed import Change, Entry, MailFeed
+from mailhub.web.ids import MessageRef
 
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
 SMTP_POLICY = email.policy.SMTP
-POLL_INTERVAL = 0.02  # seconds between store scans while waiting for a message
+# Seconds between whole scans of the store when inotify cannot report deliveries (not Linux):
+# the feed's fallback, not a poll of the waits (they are woken by the feed's changes).
+FEED_POLL_INTERVAL = 1.0
 
 
 class MessageTimeout(AssertionError):
@@ -186,9 +190,10 @@ class Delivered:
 
 @dataclass(frozen=True)
 class Cursor:
-    """A point in the store's history: the messages present then (by mailbox and key)."""
+    """A point in the store's history: the server's arrival sequence number then (every
+    message gets the next one when the server's feed notices it)."""
 
-    seen: frozenset[tuple[str, str]]
+    seq: int
 
 
 def _matches(
@@ -238,8 +243,10 @@ class MailhubTestServer:
         )
         self.service: MailhubService | None = None
         self.ports: dict[str, int] = {}
-        self._returned: set[tuple[str, str]] = set()
-        self._start_cursor = Cursor(frozenset())
+        self.feed: MailFeed | None = None  # the change feed waits use (the web listener's)
+        self._own_feed = False
+        self._returned: set[str] = set()  # ids of the messages waits without since returned
+        self._start_cursor = Cursor(0)
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -255,12 +262,23 @@ class MailhubTestServer:
             for key in FACTORIES
             if service.listening_ports(key)
         }
+        web = service.listening_ports("web")
+        if web:
+            self.feed = web[0].factory.feed
+        else:
+            from twisted.internet import reactor
+
+            self.feed = MailFeed(service.store, reactor, poll_interval=FEED_POLL_INTERVAL)  # type: ignore[arg-type]
+            self.feed.startService()
+            self._own_feed = True
         self._start_cursor = self.cursor()
 
     def stop(self) -> defer.Deferred[Any]:
         service, self.service = self.service, None
         if service is None:
             return defer.succeed(None)
+        if self._own_feed and self.feed is not None and self.feed.running:
+            self.feed.stopService()
         return defer.maybeDeferred(service.stopService)
 
     @classmethod
@@ -375,7 +393,42 @@ class MailhubTestServer:
 
     def cursor(self) -> Cursor:
         """Now, as a point to wait from: only messages arriving after it count."""
-        return Cursor(frozenset((e[0], e[2].key) for e in self._entries()))
+        return Cursor(self._feed().seq)
+
+    def _feed(self) -> MailFeed:
+        """The feed, caught up with every delivery made before this call."""
+        assert self.feed is not None, "start the server first"
+        self.feed.catch_up()
+        return self.feed
+
+    def _delivered(self, entry: Entry) -> Delivered | None:
+        assert self.feed is not None
+        try:
+            raw = self.feed.raw(entry)
+        except (StoreError, OSError):
+            return None  # expunged meanwhile
+        ref = entry.ref
+        return Delivered(ref.mailbox, ref.folder, entry.uid, ref.key, entry.received, raw)
+
+    def _returning(self, m: Delivered, since: Cursor | None) -> Delivered:
+        if since is None:  # the waits' own cursor moves past it
+            self._returned.add(MessageRef(m.mailbox, m.folder, m.key).id)
+        return m
+
+    def _first_match(
+        self,
+        entries: Iterable[Entry],
+        since: Cursor | None,
+        wanted: Callable[[Delivered], bool],
+    ) -> Delivered | None:
+        after = since.seq if since is not None else self._start_cursor.seq
+        for entry in entries:
+            if entry.seq <= after or (since is None and entry.id in self._returned):
+                continue
+            m = self._delivered(entry)
+            if m is not None and wanted(m):
+                return m
+        return None
 
     def find(
         self,
@@ -386,14 +439,11 @@ class MailhubTestServer:
         since: Cursor | None = None,
     ) -> Delivered | None:
         """The oldest matching message after ``since`` (default: the waits' own cursor)."""
-        exclude = since.seen if since is not None else self._start_cursor.seen | self._returned
-        for entry in self._entries():
-            if (entry[0], entry[2].key) in exclude:
-                continue
-            m = self._read(entry)
-            if m is not None and _matches(m, to, subject, match):
-                return m
-        return None
+        feed = self._feed()
+        after = since.seq if since is not None else self._start_cursor.seq
+        return self._first_match(
+            feed.after(after), since, lambda m: _matches(m, to, subject, match)
+        )
 
     def wait_for_message(
         self,
@@ -407,30 +457,53 @@ class MailhubTestServer:
         """The oldest message matching ``to`` (an address: the mailbox, To or Cc), ``subject``
         (a substring) and ``match``, delivered after ``since``; at once if one is already
         there. Without ``since``: delivered since the server started and not returned by an
-        earlier wait. Fails with MessageTimeout after ``timeout`` seconds."""
-        return defer.Deferred.fromCoroutine(
-            self._wait(to=to, subject=subject, match=match, since=since, timeout=timeout)
-        )
+        earlier wait. Fails with MessageTimeout after ``timeout`` seconds.
 
-    async def _wait(self, *, to, subject, match, since, timeout) -> Delivered:  # type: ignore[no-untyped-def]
+        Race-free: the feed first numbers everything on disk (a message whose SMTP 250 came
+        before the call is found), then the wait listens to the feed's changes from that very
+        point - nothing runs in between, on the reactor thread."""
         from twisted.internet import reactor
 
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.find(to=to, subject=subject, match=match, since=since)
-            if found is not None:
-                if since is None:
-                    self._returned.add((found.mailbox, found.key))
-                return found
-            if time.monotonic() >= deadline:
-                wanted = ", ".join(
+        def wanted(m: Delivered) -> bool:
+            return _matches(m, to, subject, match)
+
+        feed = self._feed()
+        after = since.seq if since is not None else self._start_cursor.seq
+        found = self._first_match(feed.after(after), since, wanted)
+        if found is not None:
+            return defer.succeed(self._returning(found, since))
+        done: defer.Deferred[Delivered] = defer.Deferred()
+
+        def changed(changes: list[Change]) -> None:
+            if done.called:
+                return
+            new = [c.entry for c in changes if c.kind == "new"]
+            m = self._first_match(new, since, wanted)
+            if m is not None:
+                done.callback(self._returning(m, since))
+
+        def give_up() -> None:
+            if not done.called:
+                wanted_text = ", ".join(
                     f"{k}={v!r}" for k, v in (("to", to), ("subject", subject)) if v is not None
                 )
-                raise MessageTimeout(
-                    f"no message ({wanted or 'any'}) within {timeout} s; the store holds "
-                    f"{len(self._entries())}"
+                done.errback(
+                    MessageTimeout(
+                        f"no message ({wanted_text or 'any'}) within {timeout} s; the store "
+                        f"holds {feed.count()}"
+                    )
                 )
-            await deferLater(reactor, POLL_INTERVAL, lambda: None)  # type: ignore[arg-type]
+
+        unsubscribe = feed.subscribe(changed)
+        timer = reactor.callLater(timeout, give_up)  # type: ignore[attr-defined]
+
+        def finished(result: Any) -> Any:
+            unsubscribe()
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return done.addBoth(finished)
 
 
 # --- blocking helpers for tests without a reactor (pytest) --------------------------------------

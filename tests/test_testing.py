@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from twisted.internet import utils
+from twisted.internet import reactor, task, utils
 from twisted.trial.unittest import TestCase
 
 from mailhub.testing import MailhubTestServer, MessageTimeout
@@ -47,6 +47,43 @@ class TrialFixture(TestCase):
         self.assertNoResult(waiting)
         await hub.send("late@example.com", subject="late")
         self.assertEqual((await waiting).subject, "late")
+
+    async def test_waiting_does_not_poll_the_store(self) -> None:
+        """A wait is woken by the delivery (the server's feed), not by looking at the store
+        again and again: while it waits for nothing, the store is not listed."""
+        hub = await MailhubTestServer.started(self, services=SMTP_AND_TLS)
+        store = hub.service.store  # type: ignore[union-attr]
+        listings = []
+        real = store.mailboxes
+
+        def counting() -> list[str]:
+            listings.append(1)
+            return real()
+
+        store.mailboxes = counting  # type: ignore[method-assign]
+        self.addCleanup(setattr, store, "mailboxes", real)
+        waiting = hub.wait_for_message(to="later@example.com", timeout=30)
+        await task.deferLater(reactor, 0.5, lambda: None)
+        self.assertNoResult(waiting)
+        # The feed's own fallback scan (once a second, for other hosts) may run once here; the
+        # old fixture listed the store every 20 ms (25 times).
+        self.assertLessEqual(len(listings), 1)
+        sent = reactor.seconds()
+        await hub.send("later@example.com", subject="woken")
+        found = await waiting
+        self.assertEqual(found.subject, "woken")
+        self.assertLess(reactor.seconds() - sent, 0.5)  # inotify woke it, not the 1 s fallback
+
+    async def test_cursor_counts_mail_delivered_before_it_was_taken(self) -> None:
+        # The cursor is taken after the feed has caught up with the disk: mail acked before
+        # it is before it, whatever the feed had noticed by itself.
+        hub = await MailhubTestServer.started(self, services=SMTP_AND_TLS)
+        await hub.send("early@example.com", subject="early")
+        cursor = hub.cursor()
+        await hub.send("early@example.com", subject="late")
+        found = await hub.wait_for_message(to="early@example.com", since=cursor, timeout=1)
+        self.assertEqual(found.subject, "late")
+        self.assertIsNone(hub.find(subject="late", since=hub.cursor()))
 
     async def test_tls_with_the_test_ca_and_submission(self) -> None:
         hub = await MailhubTestServer.started(self, services=SMTP_AND_TLS)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from twisted.internet import task
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from mailhub.store import MailStore
-from mailhub.web.feed import Change, MailFeed
+from mailhub.web import parse
+from mailhub.web.feed import Change, Entry, MailFeed
 from mailhub.web.search import QueryError
 
 
@@ -101,3 +102,101 @@ class Feed(SynchronousTestCase):
                 self.feed.parse_cursor(text)
         # A cursor ahead of the feed (impossible unless forged) means "now".
         self.assertEqual(self.feed.parse_cursor(f"{self.feed.epoch}-99"), 0)
+
+
+class Listing(SynchronousTestCase):
+    """Pages and counts come from the feed's own lists, kept as changes arrive."""
+
+    def setUp(self) -> None:
+        self.store = MailStore(Path(self.mktemp()), "localhost", now=lambda: 1_800_000_000.0)
+        self.feed = MailFeed(self.store, task.Clock(), use_inotify=False)
+
+    def deliver(self, address: str, subject: str) -> int:
+        folder = self.store.mailbox(address, create=True).folder()
+        return folder.append(
+            f"Subject: {subject}\r\n\r\nhi\r\n".encode(), internaldate=1_800_000_000
+        )
+
+    def subjects(self, entries: list[Entry]) -> list[str]:
+        return [self.feed.summary(e).subject for e in entries]
+
+    def test_pages_counts_and_unread_follow_changes(self) -> None:
+        uids = []
+        for n in range(3):
+            uids.append(self.deliver("a@example.com", f"a{n}"))
+            self.feed.scan()  # one at a time: the same arrival second, an order all the same
+        self.deliver("b@example.com", "b0")
+        self.feed.scan()
+        self.assertEqual(self.subjects(self.feed.page(0, 2)), ["b0", "a2"])
+        self.assertEqual(self.subjects(self.feed.page(2, 2)), ["a1", "a0"])
+        self.assertEqual(self.feed.page(4, 2), [])
+        self.assertEqual(self.subjects(self.feed.page(1, 5, "a@example.com")), ["a1", "a0"])
+        self.assertEqual((self.feed.count(), self.feed.unread()), (4, 4))
+        self.assertEqual(self.feed.count("nobody@example.com"), 0)
+        folder = self.store.mailbox("a@example.com").folder()
+        folder.add_flags(uids[0], {"S"})
+        folder.delete(uids[1])
+        self.feed.scan()
+        self.assertEqual(self.subjects(self.feed.page(0, 9)), ["b0", "a2", "a0"])
+        self.assertEqual(
+            (self.feed.count("a@example.com"), self.feed.unread("a@example.com")), (2, 1)
+        )
+        self.assertEqual((self.feed.count(), self.feed.unread()), (3, 2))
+        self.assertEqual(
+            sorted(f for f in self.feed.folders() if f[1] == "INBOX"),
+            [("a@example.com", "INBOX", 2, 1), ("b@example.com", "INBOX", 1, 1)],
+        )
+        self.assertEqual(sum(f[2] for f in self.feed.folders()), 3)
+
+    def test_summaries_are_kept_in_the_folder_cache_across_runs(self) -> None:
+        self.deliver("a@example.com", "Parsed once")
+        self.feed.scan()
+        self.feed.summarise(self.feed.page(0, 10))
+        # Another run (or process): a new store over the same directory. Parsing is broken
+        # there, so the summary can only come from the cache file.
+        again = MailFeed(MailStore(self.store.root, "localhost"), task.Clock(), use_inotify=False)
+        again.scan()
+        self.patch(parse, "summarise", lambda msg: self.fail("parsed again"))
+        [entry] = again.page(0, 10)
+        self.assertEqual(again.summary(entry).subject, "Parsed once")
+
+
+class Inotify(TestCase):
+    """With inotify, ``catch_up`` reads the kernel's queued events at once and syncs only the
+    folders they name: everything done before the call is seen, without a whole scan."""
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.store = MailStore(Path(self.mktemp()), "localhost")
+        self.store.root.mkdir(parents=True)
+        self.feed = MailFeed(self.store, reactor, poll_interval=3600)  # type: ignore[arg-type]
+        self.feed.startService()
+        self.addCleanup(self.feed.stopService)
+        if self.feed._notifier is None:
+            raise SkipTest("no inotify here")
+
+    def test_changes_made_just_before_catch_up_are_seen_without_a_whole_scan(self) -> None:
+        scans = self.feed.scans
+        # No reactor turn between any change and the catch_up after it.
+        box = self.store.mailbox("new@example.com", create=True)  # a mailbox never seen
+        uid = box.folder().append(b"Subject: one\r\n\r\nx\r\n")
+        self.assertEqual([c.kind for c in self.feed.catch_up()], ["new"])
+        box.folder().add_flags(uid, {"S"})
+        self.assertEqual([c.kind for c in self.feed.catch_up()], ["flags"])
+        box.create_folder("Projects").append(b"Subject: two\r\n\r\nx\r\n")
+        [change] = self.feed.catch_up()
+        self.assertEqual((change.kind, change.entry.ref.folder), ("new", "Projects"))
+        box.folder().delete(uid)
+        self.assertEqual([c.kind for c in self.feed.catch_up()], ["deleted"])
+        self.assertEqual(self.feed.catch_up(), [])  # nothing changed: nothing to do
+        self.assertEqual(self.feed.scans, scans)
+        self.assertEqual(self.feed.count(), 1)
+
+    def test_without_inotify_catch_up_is_a_whole_scan(self) -> None:
+        notifier, self.feed._notifier = self.feed._notifier, None
+        notifier.loseConnection()
+        scans = self.feed.scans
+        self.store.mailbox("x@example.com", create=True).folder().append(b"Subject: s\r\n\r\n")
+        self.assertEqual([c.kind for c in self.feed.catch_up()], ["new"])
+        self.assertEqual(self.feed.scans, scans + 1)

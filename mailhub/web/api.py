@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
-from functools import cached_property
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 from urllib.parse import quote
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -57,46 +58,84 @@ def _iso(seconds: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """A summary's text as search compares it (lower case), made once per message."""
+
+    sender: str
+    to: str  # To addresses; the mailbox is added by the candidate
+    cc: str
+    subject: str
+    has_attachment: bool
+
+
+def _fields(summary: parse.Summary) -> _Fields:
+    s = summary.sender
+    return _Fields(
+        sender=f"{s.name} <{s.address}>".lower() if s else "",
+        to=" ".join(f"{a.name} <{a.address}>" for a in summary.to).lower(),
+        cc=" ".join(f"{a.name} <{a.address}>" for a in summary.cc).lower(),
+        subject=summary.subject.lower(),
+        has_attachment=any(not a.inline for a in summary.attachments),
+    )
+
+
 class _Candidate:
     """An entry seen through the search module's eyes; parses the message only when asked."""
+
+    __slots__ = ("_entry", "_feed", "folder", "mailbox", "received")
 
     def __init__(self, feed: MailFeed, entry: Entry) -> None:
         self._feed, self._entry = feed, entry
         self.mailbox = entry.ref.mailbox
         self.folder = entry.ref.folder
         self.received = float(entry.received)
-        self.seen = SEEN in entry.flags
-        self.flagged = FLAGGED in entry.flags
 
-    @cached_property
-    def _summary(self) -> parse.Summary:
-        return self._feed.summary(self._entry)
+    @property
+    def _fields(self) -> _Fields:
+        entry = self._entry
+        if entry.search is None:
+            entry.search = _fields(self._feed.summary(entry))
+        return entry.search  # type: ignore[no-any-return]
 
-    @cached_property
+    @property
+    def seen(self) -> bool:
+        return SEEN in self._entry.flags
+
+    @property
+    def flagged(self) -> bool:
+        return FLAGGED in self._entry.flags
+
+    @property
     def sender(self) -> str:
-        s = self._summary.sender
-        return f"{s.name} <{s.address}>".lower() if s else ""
+        return self._fields.sender
 
-    @cached_property
+    @property
     def to(self) -> str:
-        return " ".join(
-            [f"{a.name} <{a.address}>" for a in self._summary.to] + [self.mailbox]
-        ).lower()
+        return f"{self._fields.to} {self.mailbox}"
 
-    @cached_property
+    @property
     def cc(self) -> str:
-        return " ".join(f"{a.name} <{a.address}>" for a in self._summary.cc).lower()
+        return self._fields.cc
 
-    @cached_property
+    @property
     def subject(self) -> str:
-        return self._summary.subject.lower()
+        return self._fields.subject
 
-    @cached_property
+    @property
     def has_attachment(self) -> bool:
-        return any(not a.inline for a in self._summary.attachments)
+        return self._fields.has_attachment
 
     def body(self) -> str:
         return parse.body_text(parse.load(self._feed.raw(self._entry)))
+
+
+# Search terms that need a message's summary (the others: mailbox, folder, flags, dates).
+_SUMMARY_KEYS = frozenset(("", "from", "to", "cc", "subject", "has"))
+# A search works through the entries in slices of this many, giving the reactor a turn between
+# slices that took longer than YIELD_AFTER seconds (cold summaries: parsing).
+SLICE = 256
+YIELD_AFTER = 0.02
 
 
 class Api:
@@ -185,7 +224,7 @@ class Api:
         ref = parse_id(message_id)
         entry = self.feed.entries.get(message_id) if ref is not None else None
         if entry is None and ref is not None and viewer.may_see(ref.mailbox):
-            self.feed.scan()  # delivered a moment ago, before the feed noticed
+            self.feed.catch_up()  # delivered a moment ago, before the feed noticed
             entry = self.feed.entries.get(message_id)
         if entry is None or not viewer.may_see(entry.ref.mailbox):
             raise ApiError(404, "no message with that id")
@@ -195,7 +234,7 @@ class Api:
         try:
             return self.feed.raw(entry)
         except (MessageGone, StoreError, FileNotFoundError):
-            self.feed.scan()
+            self.feed.catch_up()
             raise ApiError(404, "the message was deleted") from None
 
     def summary_json(self, entry: Entry) -> dict[str, Any]:
@@ -245,7 +284,7 @@ class Api:
             raise ApiError(400, str(e)) from None
 
     def _matching(
-        self, entries: Any, terms: tuple[search.Term, ...], viewer: Viewer
+        self, entries: Iterable[Entry], terms: tuple[search.Term, ...], viewer: Viewer
     ) -> list[Entry]:
         found = []
         for entry in entries:
@@ -257,6 +296,42 @@ class Api:
             except (MessageGone, StoreError, FileNotFoundError):
                 continue  # deleted while we looked
         return found
+
+    async def _search(
+        self, entries: list[Entry], terms: tuple[search.Term, ...], viewer: Viewer
+    ) -> list[Entry]:
+        """``_matching`` in slices: summaries a slice needs are filled in with one cache pass
+        per folder, and the reactor gets a turn whenever a stretch of work took longer than
+        YIELD_AFTER (a first search over many never-parsed messages)."""
+        if not terms:
+            return [e for e in entries if viewer.may_see(e.ref.mailbox)]
+        needs_summary = any(t.key in _SUMMARY_KEYS for t in terms)
+        found: list[Entry] = []
+        began = perf_counter()
+        for i in range(0, len(entries), SLICE):
+            part = entries[i : i + SLICE]
+            if needs_summary:
+                self.feed.summarise(e for e in part if viewer.may_see(e.ref.mailbox))
+            found += self._matching(part, terms, viewer)
+            if perf_counter() - began > YIELD_AFTER:
+                await deferLater(self.clock, 0, lambda: None)
+                began = perf_counter()
+        return found
+
+    def _listing(
+        self, terms: tuple[search.Term, ...], viewer: Viewer
+    ) -> tuple[str | None, tuple[search.Term, ...]]:
+        """The one mailbox (None: all) a list is confined to, by the viewer or by an exact
+        ``mailbox:`` term, and the terms left to match."""
+        mailbox = None if viewer.admin else (viewer.address or "")
+        rest = []
+        for term in terms:
+            exact = term.key == "mailbox" and not term.negated and "@" in term.value
+            if exact and mailbox in (None, term.value):
+                mailbox = term.value
+            else:
+                rest.append(term)
+        return mailbox, tuple(rest)
 
     def _body(self, request: IRequest) -> dict[str, Any]:
         data = request.content.read(MAX_BODY + 1) if request.content is not None else b""
@@ -312,38 +387,48 @@ class Api:
     # --- messages --------------------------------------------------------------------------
 
     async def mailboxes(self, request: IRequest, viewer: Viewer) -> Any:
-        self.feed.scan()
+        self.feed.catch_up()
         boxes: dict[str, dict[str, Any]] = {}
         for address in self.feed.store.mailboxes():
             if viewer.may_see(address):
                 boxes[address] = {"address": address, "total": 0, "unread": 0, "folders": {}}
-        for entry in self.feed.entries.values():
-            box = boxes.get(entry.ref.mailbox)
-            if box is None:
+        for address, name, total, unread in sorted(self.feed.folders()):
+            box = boxes.get(address)
+            if box is None or not total:
                 continue
-            folder = box["folders"].setdefault(entry.ref.folder, {"total": 0, "unread": 0})
-            unread = SEEN not in entry.flags
-            box["total"] += 1
+            box["folders"][name] = {"total": total, "unread": unread}
+            box["total"] += total
             box["unread"] += unread
-            folder["total"] += 1
-            folder["unread"] += unread
         return {"mailboxes": list(boxes.values()), "cursor": self._cursor(request)}
 
     async def list(self, request: IRequest, viewer: Viewer) -> Any:
         terms = self._terms(request)
         start = self._int(request, "start", 0, 0, 10**9)
         limit = self._int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        self.feed.scan()
+        self.feed.catch_up()
         cursor = self._cursor(request)
-        found = self._matching(self.feed.newest_first(), terms, viewer)
-        page = found[start : start + limit]
+        mailbox, rest = self._listing(terms, viewer)
+        if not rest:  # the whole list or one mailbox's: counts kept, the page a slice
+            total, unread = self.feed.count(mailbox), self.feed.unread(mailbox)
+            page = self.feed.page(start, limit, mailbox)
+        else:
+            found = await self._search(list(self.feed.newest_first(mailbox)), rest, viewer)
+            total, unread = len(found), sum(1 for e in found if SEEN not in e.flags)
+            page = found[start : start + limit]
+        self.feed.summarise(page)
+        messages = []
+        for entry in page:
+            try:
+                messages.append(self.summary_json(entry))
+            except (MessageGone, StoreError, FileNotFoundError):
+                continue  # deleted since the page was cut
         return {
-            "total": len(found),
-            "unread": sum(1 for e in found if SEEN not in e.flags),
+            "total": total,
+            "unread": unread,
             "start": start,
-            "count": len(page),
+            "count": len(messages),
             "cursor": cursor,
-            "messages": [self.summary_json(e) for e in page],
+            "messages": messages,
         }
 
     async def get(self, request: IRequest, viewer: Viewer, entry: Entry) -> Any:
@@ -468,9 +553,9 @@ class Api:
                 else:
                     folder.remove_flags(entry.uid, {letter})
             except MessageGone:
-                self.feed.scan()
+                self.feed.catch_up()
                 raise ApiError(404, "the message was deleted") from None
-        self.feed.scan()  # publishes the change to the page and other viewers
+        self.feed.catch_up()  # publishes the change to the page and other viewers
         return self.summary_json(entry)
 
     async def delete(self, request: IRequest, viewer: Viewer, entry: Entry) -> Any:
@@ -478,19 +563,21 @@ class Api:
             self.feed.folder(entry.ref).delete(entry.uid)
         except MessageGone:
             pass  # gone already: the wanted state
-        self.feed.scan()
+        self.feed.catch_up()
         return {"deleted": [entry.id]}
 
     async def delete_many(self, request: IRequest, viewer: Viewer) -> Any:
         body = self._body(request)
-        self.feed.scan()
+        self.feed.catch_up()
         if "ids" in body:
             ids = body["ids"]
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                 raise ApiError(400, "ids must be a list of message ids")
             entries = [self._entry(i, viewer) for i in ids]
         else:
-            entries = self._matching(list(self.feed.entries.values()), self._terms(request), viewer)
+            entries = await self._search(
+                list(self.feed.entries.values()), self._terms(request), viewer
+            )
         by_folder: dict[Any, list[Entry]] = {}
         for entry in entries:
             by_folder.setdefault((entry.ref.mailbox, entry.ref.folder), []).append(entry)
@@ -502,7 +589,7 @@ class Api:
             except (MailboxNotFound, StoreError):
                 continue
             deleted += [e.id for e in group if e.uid in gone]
-        self.feed.scan()
+        self.feed.catch_up()
         return {"deleted": deleted, "cursor": self._cursor(request)}
 
     async def release(self, request: IRequest, viewer: Viewer, entry: Entry) -> Any:
@@ -578,13 +665,26 @@ class Api:
             timeout = -1.0
         if not 0 <= timeout <= self.max_wait:
             raise ApiError(400, f"timeout must be a number of seconds from 0 to {self.max_wait:g}")
-        self.feed.scan()  # everything on disk now is numbered: nothing before this is missed
-        found = self._matching(self.feed.after(since), terms, viewer)
-        if not found and timeout > 0:
-            if len(self.streams) >= MAX_STREAMS:
-                raise ApiError(503, "too many waiting clients")
-            found = await self._wait_for(request, terms, viewer, timeout)
-        cursor = self._cursor(request)
+        self.feed.catch_up()  # everything on disk now is numbered: nothing before this is missed
+        while True:
+            # A search of many messages gives the reactor turns: look again at what the feed
+            # numbered meanwhile, until a pass saw it all. From there to the subscription in
+            # _wait_for nothing else runs, so no message falls between.
+            upto = self.feed.seq
+            found = await self._search(self.feed.after(since), terms, viewer)
+            found = [e for e in found if e.seq <= upto]
+            if found or self.feed.seq == upto:
+                break
+            since = upto
+        if found:
+            cursor = f"{self.feed.epoch}-{upto}"  # what this answer covers, no further
+            request.setHeader("X-Mailhub-Cursor", cursor)
+        else:
+            if timeout > 0:
+                if len(self.streams) >= MAX_STREAMS:
+                    raise ApiError(503, "too many waiting clients")
+                found = await self._wait_for(request, terms, viewer, timeout)
+            cursor = self._cursor(request)
         if not found:
             raise ApiError(408, f"no matching message within {timeout:g} s", cursor=cursor)
         return {"cursor": cursor, "messages": [self.summary_json(e) for e in found]}
@@ -625,7 +725,7 @@ class Api:
         request.setHeader("Content-Type", "text/event-stream; charset=utf-8")
         request.setHeader("Cache-Control", "no-store")
         request.setHeader("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
-        self.feed.scan()
+        self.feed.catch_up()
         missed: list[Entry] = []
         last = request.getHeader("last-event-id")
         if last:

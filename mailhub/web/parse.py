@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage, Message
@@ -58,6 +59,44 @@ class Summary:
             "attachments": len(self.attachments),
             "snippet": self.snippet,
         }
+
+    # The folder's ``mailhub-cache`` keeps summaries between runs and processes
+    # (``Folder.cached``): a flat JSON array, read back without the ``email`` package.
+    def encode(self) -> bytes:
+        def address(a: Address | None) -> list[str] | None:
+            return None if a is None else [a.name, a.address]
+
+        return json.dumps(
+            [
+                address(self.sender),
+                [address(a) for a in self.to],
+                [address(a) for a in self.cc],
+                self.subject,
+                self.date,
+                self.message_id,
+                [
+                    [a.part, a.filename, a.content_type, a.size, a.content_id, a.inline]
+                    for a in self.attachments
+                ],
+                self.snippet,
+            ],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Summary:
+        sender, to, cc, subject, date, message_id, attachments, snippet = json.loads(data)
+        return cls(
+            sender=Address(*sender) if sender is not None else None,
+            to=tuple(Address(*a) for a in to),
+            cc=tuple(Address(*a) for a in cc),
+            subject=subject,
+            date=date,
+            message_id=message_id,
+            attachments=tuple(Attachment(*a) for a in attachments),
+            snippet=snippet,
+        )
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -195,10 +196,75 @@ class WebRequest(Request):
             super().process()
 
 
+class WebChannel(HTTPChannel):
+    """HTTPChannel whose over-long request line or header section gets the API's JSON error
+    with the status RFC 9110 gives it - 414 URI Too Long (15.5.15) for the request line, 431
+    Request Header Fields Too Large (RFC 6585 5) for the headers - instead of a bare 400.
+
+    Limits: ``max_request_line`` octets of request line, ``max_header_bytes`` octets of header
+    lines (each line's length without CRLF, summed), ``maxHeaders`` header fields. Twisted's
+    own total limit (``totalHeadersSize``) is set above their sum, so these answer first."""
+
+    max_request_line = 16 * 1024
+    max_header_bytes = 16 * 1024
+    maxHeaders = 500
+    totalHeadersSize = max_request_line + max_header_bytes + 1
+    # LineReceiver's per-line limit: a line longer than this never reaches lineReceived (it
+    # may not even have its CRLF yet) but lineLengthExceeded.
+    MAX_LENGTH = max(max_request_line, max_header_bytes)
+    _header_bytes = 0
+    _refused = False
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        if self._receivedHeaderSize == 0 and line:  # a request's first line
+            self._header_bytes = 0
+            if len(line) > self.max_request_line:
+                self._refuse(414, f"request line longer than {self.max_request_line} octets")
+                return
+        elif line:
+            self._header_bytes += len(line)
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse(431, f"request headers longer than {self.max_header_bytes} octets")
+                return
+        super().lineReceived(line)
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._refuse(431, f"more than {self.maxHeaders} request header fields")
+            return False
+        return bool(super().headerReceived(line))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._receivedHeaderSize == 0:
+            self._refuse(414, f"request line longer than {self.max_request_line} octets")
+        else:
+            self._refuse(431, f"a request header line longer than {self.MAX_LENGTH} octets")
+
+    def _refuse(self, status: int, message: str) -> None:
+        # The request was not read to its end: answer, then close (RFC 9112 9.6).
+        self._refused = True
+        self.setRawMode()  # whatever else comes is ignored (rawDataReceived below)
+        body = error_body(status, message)
+        reason = {414: "URI Too Long", 431: "Request Header Fields Too Large"}[status]
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        self.loseConnection()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
+
+
 class WebSite(Site):
     """Starts the mail feed with the first listening port and stops it with the last."""
 
     requestFactory = WebRequest
+    protocol = WebChannel  # type: ignore[assignment]
 
     def __init__(self, root: Root, feed: MailFeed) -> None:
         super().__init__(root)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import treq
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -544,3 +545,66 @@ class Login(WebTestCase):
             "GET", "/api/v1/faults", **self.auth("alice@example.com", "alice-secret")
         )
         self.assertEqual(faults.code, 403)
+
+
+class RequestLimits(WebTestCase):
+    """Over-long request lines and header sections get the API's JSON error with the status
+    that names the problem (RFC 9110 15.5.15: 414; RFC 6585 5: 431), then the connection closes."""
+
+    def exchange(self, request: bytes) -> defer.Deferred[bytes]:
+        port = self.hub.ports["web"]
+
+        def talk() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                try:
+                    s.sendall(request)
+                except OSError:
+                    pass  # the server may close before it has read everything
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+                return answer
+
+        return threads.deferToThread(talk)
+
+    def assertRefused(self, answer: bytes, status: int, words: str) -> None:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 %d " % status), head)
+        self.assertIn(b"Content-Type: application/json; charset=utf-8", head)
+        self.assertIn(b"Connection: close", head)
+        error = json.loads(body)
+        self.assertEqual(error["status"], status)
+        self.assertIn(words, error["error"])
+
+    async def test_request_line_over_the_limit_is_414(self) -> None:
+        await self.start()
+        target = b"/api/v1/messages?q=" + b"x" * (17 * 1024)
+        answer = await self.exchange(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+        self.assertRefused(answer, 414, "request line longer than 16384 octets")
+        # No CRLF yet (the line is still coming): the same answer, at once.
+        answer = await self.exchange(b"GET /" + b"y" * (20 * 1024))
+        self.assertRefused(answer, 414, "request line")
+
+    async def test_header_section_over_the_limit_is_431(self) -> None:
+        await self.start()
+        one_big = b"GET /api/v1/health HTTP/1.1\r\nHost: h\r\nX-Big: " + b"z" * 17000 + b"\r\n\r\n"
+        self.assertRefused(await self.exchange(one_big), 431, "header")
+        many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(200))  # ~21 KB
+        answer = await self.exchange(b"GET /api/v1/health HTTP/1.1\r\nHost: h\r\n" + many + b"\r\n")
+        self.assertRefused(answer, 431, "request headers longer than 16384 octets")
+        fields = b"".join(b"X-%d: 1\r\n" % i for i in range(501))
+        answer = await self.exchange(
+            b"GET /api/v1/health HTTP/1.1\r\nHost: h\r\n" + fields + b"\r\n"
+        )
+        self.assertRefused(answer, 431, "more than 500 request header fields")
+
+    async def test_requests_within_the_limits_are_served(self) -> None:
+        await self.start()
+        target = b"/api/v1/health?pad=" + b"p" * 15000
+        headers = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(100))  # ~11 KB
+        answer = await self.exchange(
+            b"GET " + target + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n" + headers + b"\r\n"
+        )
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        self.assertEqual(json.loads(body)["status"], "ok")
