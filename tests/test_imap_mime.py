@@ -916,6 +916,15 @@ _header_fields = (
 )
 
 
+_TOP_HEADER_SECTIONS = (
+    Section(text="HEADER"),
+    Section(text="HEADER.FIELDS", fields=("SUBJECT", "TO", "X", "NOT-THERE")),
+    Section(text="HEADER.FIELDS", fields=("SUB JECT",)),
+    Section(text="HEADER.FIELDS.NOT", fields=("SUBJECT", "FROM")),
+    Section(text="HEADER.FIELDS.NOT", fields=("NOT-THERE",)),
+)
+
+
 class HeaderOnly(SynchronousTestCase):
     """parse_header: the header block and ENVELOPE fields of parse_structure, from a read of
     the header alone."""
@@ -933,6 +942,23 @@ class HeaderOnly(SynchronousTestCase):
         for i in range(len(mime.ENVELOPE_FIELDS)):
             alone = mime.MessageHeader.from_bytes(mime.read_header(path).to_bytes())
             self.assertEqual(alone.envelope_field(i), s.envelope_fields[i], (i, data[:80]))
+        self.assertSameHeaderSections(data, s, h)
+
+    def assertSameHeaderSections(
+        self, data: bytes, s: MessageStructure, h: mime.MessageHeader
+    ) -> None:
+        """FETCH BODY[HEADER...] from the cached header block: the octets section_data reads
+        from the file, or None when the block was cut."""
+        fp = io.BytesIO(data)
+        cut = s.root.header_size > mime.MAX_KEPT_HEADER
+        for sec in _TOP_HEADER_SECTIONS:
+            self.assertTrue(mime.is_top_header(sec))
+            got = mime.header_section_data(h, sec)
+            if cut:
+                self.assertIsNone(got, data[:80])
+                continue
+            assert got is not None, data[:80]
+            self.assertEqual(got.read(fp), mime.section_data(s, sec, fp).read(fp), (sec, data[:80]))
 
     def _file(self, data: bytes) -> str:
         """``data`` as a message file (one per test, rewritten per example)."""
@@ -997,6 +1023,22 @@ class HeaderOnly(SynchronousTestCase):
         for pad in range(mime.HEADER_READ - 4, mime.HEADER_READ + 3):
             head = b"Subject: s\r\nX: " + b"y" * (pad - 15) + b"\r\n"
             self.assertSameAsFullParse(head + b"\r\nTo: not@header\r\n")
+
+    def test_header_sections_of_headers_beyond_what_is_kept(self) -> None:
+        # Around MAX_KEPT_HEADER the kept block is cut: the header sections must then come
+        # from the file (header_section_data says None), never from a shortened block.
+        for size in (mime.MAX_KEPT_HEADER - 100, mime.MAX_KEPT_HEADER + 5000):
+            filler = b"".join(b"X-Filler: %070d\r\n" % i for i in range(size // 82))
+            data = b"Subject: big\r\n" + filler + b"To: a@b\r\n\r\nbody\r\n"
+            h = mime.read_header(self._file(data))
+            self.assertEqual(h.header_size, data.index(b"\r\n\r\n") + 4)
+            whole = mime.header_section_data(h, Section(text="HEADER"))
+            if h.header_size > mime.MAX_KEPT_HEADER:
+                self.assertIsNone(whole)
+            else:
+                assert whole is not None
+                self.assertEqual(whole.read(io.BytesIO(data)), data[: h.header_size])
+            self.assertSameAsFullParse(data)
 
     def test_reads_only_the_header(self) -> None:
         body = b"q" * 70 + b"\r\n"

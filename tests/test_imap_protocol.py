@@ -152,6 +152,18 @@ class Login(IMAPTestCase):
         again.send(f"b1 LOGIN {USER} secret\r\n")
         self.assertEqual(again.lines(), ["* BYE Too many authentication failures"])
 
+    def test_disconnect_while_a_failed_login_waits(self) -> None:
+        # The throttle's delay is cancelled with the command: no timer left, nothing written.
+        self.use_password_checker()
+        client = self.connect()
+        client.send(f"a1 LOGIN {USER} wrong\r\n")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the delay (no autologout now)
+        client.protocol.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10)
+        self.assertEqual(client.lines(), [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_right_password_after_a_failure(self) -> None:
         self.use_password_checker()
         client = self.connect()
@@ -525,13 +537,13 @@ class Fetch(IMAPTestCase):
     def test_large_messages_stream_with_the_same_answer(self) -> None:
         # Messages up to FETCH_WHOLE_MAX are read in one piece, larger ones are streamed in
         # chunks: the octets on the wire are the same either way.
-        from mailhub.imap import protocol
+        from mailhub.imap import fetch_command
 
         command = "a1 UID FETCH 1:* (BODY.PEEK[] RFC822.SIZE BODY.PEEK[]<3.10>)\r\n"
         self.client.send(command)
         whole = self.client.take()
-        self.patch(protocol, "FETCH_WHOLE_MAX", 10)
-        self.patch(protocol, "FETCH_CHUNK", 7)
+        self.patch(fetch_command, "FETCH_WHOLE_MAX", 10)
+        self.patch(fetch_command, "FETCH_CHUNK", 7)
         self.client.send(command)
         self.assertEqual(self.client.take(), whole)
         data = message("two")
@@ -579,6 +591,104 @@ class Fetch(IMAPTestCase):
         self.assertEqual(first.count(b" FETCH ("), 5)
         self.assertIn(b"a1 OK FETCH completed\r\na2 OK NOOP completed\r\n", first + b"\r\n".join(
             line.encode() for line in rest) + b"\r\n")  # fmt: skip
+
+
+class HeaderFetch(IMAPTestCase):
+    """FETCH BODY[HEADER], BODY[HEADER.FIELDS (...)], HEADER.FIELDS.NOT and RFC822.HEADER (what
+    message lists ask for) are answered from the cached header block, byte for byte what the
+    file gives; a header longer than the cache keeps is read from the file."""
+
+    ODD = (
+        b"Subject: a\r\n folded\r\n\tsubject\r\nX-Long: 1\r\n 2\r\nFrom: x@y\r\n\r\nbody\r\n",
+        b"Subject: bare\nX-Long: lf\n  folded\nFrom: x@y\n\nbody\n",
+        b"Subject: mixed\r\nFrom: x@y\r\n\nbody\r\n",
+        b"Subject: only a header\r\nFrom: x@y\r\n",
+        b"Subject: no line end at all",
+        b"\r\nSubject: in the body (the header is empty)\r\n",
+        b"Subject : spaced\r\nnot a field\r\nX-Long:\r\nx-long: again\r\n\r\nbody\r\n",
+        b"Subject: cr\r\r\nX-Long: a\rb\r\n\r\nbody",
+        b"Subject: over 8 KiB\r\n" + b"X-Filler: %070d\r\n" * 150 % tuple(range(150))
+        + b"\r\nbody\r\n",
+        b"Subject: one line over 64 KiB\r\nX-Long: " + b"y" * 70_000 + b"\r\n\r\nbody\r\n",
+        b"Subject: over 256 KiB\r\n" + b"X-Filler: %070d\r\n" * 3300 % tuple(range(3300))
+        + b"\r\nbody\r\n",
+    )  # fmt: skip
+    ITEMS = (
+        "BODY.PEEK[HEADER] RFC822.HEADER BODY.PEEK[HEADER.FIELDS (SUBJECT X-LONG)] "
+        "BODY.PEEK[HEADER.FIELDS.NOT (SUBJECT)] BODY.PEEK[HEADER]<2.50> "
+        "BODY.PEEK[HEADER.FIELDS (X-LONG FROM)]<0.9> BODY.PEEK[HEADER.FIELDS (SUBJECT)]<900000.5>"
+    )
+
+    def setUp(self) -> None:
+        super().setUp()
+        for data in self.ODD:
+            self.deliver(data)
+        self.client = self.login()
+        self.parsed: list[object] = []
+        full = mime.parse_structure
+
+        def counting(fp: object) -> mime.MessageStructure:
+            self.parsed.append(fp)
+            return full(fp)  # type: ignore[arg-type]
+
+        self.patch(mime, "parse_structure", counting)
+
+    def fetch(self, seq: int, items: str) -> bytes:
+        self.client.send(f"f{seq} FETCH {seq} ({items})\r\n")
+        got = self.client.take()
+        done = b"f%d OK FETCH completed\r\n" % seq
+        self.assertTrue(got.endswith(done), got[-200:])
+        return got[: -len(done)]
+
+    def test_same_octets_as_the_file_based_answer(self) -> None:
+        # With BODYSTRUCTURE in the same FETCH the sections come from the parsed structure and
+        # the file (as before the header path existed): the answers differ only by that item.
+        for seq, data in enumerate(self.ODD, 1):
+            fast = self.fetch(seq, self.ITEMS)
+            structure = self.fetch(seq, "BODYSTRUCTURE")
+            prefix = b"* %d FETCH (" % seq
+            self.assertTrue(structure.startswith(prefix + b"BODYSTRUCTURE "))
+            described = structure[len(prefix) : -len(b")\r\n")]
+            slow = self.fetch(seq, "BODYSTRUCTURE " + self.ITEMS)
+            self.assertEqual(slow, prefix + described + b" " + fast[len(prefix) :], data[:40])
+        self.assertIn(b"BODY[HEADER.FIELDS (SUBJECT)]<900000> {0}\r\n", fast)
+
+    def test_no_mime_parse_unless_the_header_is_longer_than_kept(self) -> None:
+        self.client.send(f"a1 FETCH 1:* (UID FLAGS {self.ITEMS})\r\n")
+        got = self.client.take()
+        self.assertEqual(got.count(b" FETCH (UID "), len(self.ODD))
+        self.assertTrue(got.endswith(b"a1 OK FETCH completed\r\n"))
+        self.assertEqual(len(self.parsed), 1, "only the header over MAX_KEPT_HEADER is parsed")
+        big = self.ODD[-1]
+        body = big[: big.index(b"\r\n\r\n") + 4]
+        self.assertGreater(len(body), mime.MAX_KEPT_HEADER)
+        self.assertIn(b"RFC822.HEADER {%d}\r\n%s" % (len(body), body), got)
+        # ENVELOPE with the header sections: from the same header block, still no parse
+        self.client.send("a2 FETCH 1 (ENVELOPE RFC822.HEADER)\r\n")
+        self.assertIn(b'* 1 FETCH (ENVELOPE (NIL "a folded subject" ', self.client.take())
+        self.assertEqual(len(self.parsed), 1)
+
+    def test_header_sets_seen_unless_peek(self) -> None:
+        self.client.run("""
+            C: a1 FETCH 1 (FLAGS BODY[HEADER.FIELDS (FROM)])
+            S: * 1 FETCH (FLAGS (\\Seen \\Recent) BODY[HEADER.FIELDS (FROM)] {13}
+            S: From: x@y
+            S:
+            S: )
+            S: a1 OK FETCH completed
+        """)
+        # A field keeps its bare LF; the blank line ending the subset is CRLF (as from the file)
+        self.assertEqual(
+            self.fetch(2, "BODY.PEEK[HEADER.FIELDS (FROM)]"),
+            b"* 2 FETCH (BODY[HEADER.FIELDS (FROM)] {12}\r\nFrom: x@y\n\r\n)\r\n",
+        )
+        # RFC822.HEADER (mutt) sets no \Seen either (RFC 3501 6.4.5); bare LFs stay as they are
+        self.assertEqual(
+            self.fetch(2, "FLAGS RFC822.HEADER"),
+            b"* 2 FETCH (FLAGS (\\Recent) RFC822.HEADER {45}\r\n"
+            b"Subject: bare\nX-Long: lf\n  folded\nFrom: x@y\n\n)\r\n",
+        )
+        self.assertEqual(len(self.parsed), 0)
 
 
 class Store(IMAPTestCase):

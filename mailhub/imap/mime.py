@@ -1038,6 +1038,28 @@ def section_data(s: MessageStructure, section: Section, fp: BinaryIO) -> Section
     return SectionData([filter_fields(block, section.fields, text == "HEADER.FIELDS.NOT")])
 
 
+_HEADER_TEXTS = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")
+
+
+def is_top_header(section: Section) -> bool:
+    """BODY[HEADER], BODY[HEADER.FIELDS (...)], BODY[HEADER.FIELDS.NOT (...)] (RFC822.HEADER)
+    of the message itself: what ``header_section_data`` answers from a MessageHeader."""
+    return not section.part and section.text in _HEADER_TEXTS
+
+
+def header_section_data(h: MessageHeader, section: Section) -> SectionData | None:
+    """A top-level header section (``is_top_header``) from the header block alone: the octets
+    ``section_data`` gives from the file. None when the block was cut (MAX_KEPT_HEADER): then
+    only the file has them. Whole, the block is the file's first ``header_size`` octets, as
+    the root part's header is (``header_start`` 0): the same bytes, the same field filter."""
+    block = h.header
+    if len(block) != h.header_size:
+        return None
+    if section.text == "HEADER":
+        return SectionData([block])
+    return SectionData([filter_fields(block, section.fields, section.text == "HEADER.FIELDS.NOT")])
+
+
 def _read_exact(fp: BinaryIO, n: int) -> bytes:
     out = []
     while n > 0:

@@ -1,0 +1,205 @@
+"""Commands that change messages: STORE (with CONDSTORE's UNCHANGEDSINCE, RFC 7162), COPY and
+MOVE (RFC 6851) with UIDPLUS's COPYUID (RFC 4315), EXPUNGE and UID EXPUNGE, APPEND (APPENDUID,
+TRYCREATE); and UID, which runs FETCH, SEARCH, STORE, COPY, MOVE or EXPUNGE by UID."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from mailhub.imap import commands as C
+from mailhub.imap import fetch_command, search_command
+from mailhub.imap.dispatch import AUTHED, SELECTED, CommandTable, Done, utf8
+from mailhub.imap.parser import Item, ParseError, SpooledLiteral
+from mailhub.imap.sequence import compress
+from mailhub.imap.session_commands import enable_condstore
+from mailhub.imap.view import split_flags
+from mailhub.store import FolderNotFound
+
+if TYPE_CHECKING:
+    from mailhub.imap.protocol import IMAPServerProtocol
+
+COMMANDS = CommandTable()
+
+
+@COMMANDS.command("APPEND", AUTHED)
+async def append(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    request = C.append_request(items)
+    message = request.message
+    size = message.size if isinstance(message, SpooledLiteral) else len(message)
+    if size == 0:
+        return Done("NO", "Cannot save an empty message")
+    try:
+        folder = session.box().folder(request.mailbox)
+    except FolderNotFound:
+        # RFC 3501 6.3.11: TRYCREATE tells the client CREATE would help.
+        return Done("NO", "Mailbox does not exist", "TRYCREATE")
+    letters, keywords = split_flags(request.flags)
+    src = message.file if isinstance(message, SpooledLiteral) else io.BytesIO(message)
+    uid = folder.append_from(src, flags=letters, keywords=keywords,
+                             internaldate=request.internaldate)  # fmt: skip
+    validity = folder.sync().uidvalidity
+    return Done("OK", "APPEND completed", f"APPENDUID {validity} {uid}")
+
+
+@COMMANDS.command("EXPUNGE", (SELECTED,))
+async def expunge(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    C.expect_count(items, 0)
+    return _expunge(session, None)
+
+
+def _expunge(session: IMAPServerProtocol, uids: set[int] | None) -> Done:
+    view = session.selected_view()
+    if view.readonly:
+        return Done("NO", "Mailbox is read-only", "READ-ONLY")
+    session.write_all(view.sync(allow_expunge=True))  # the freshest flags decide
+    deleted = [
+        uid for uid in view.uids
+        if "T" in view.infos[uid].flags and (uids is None or uid in uids)
+    ]  # fmt: skip
+    if deleted:
+        view.folder.expunge(deleted)
+    return Done("OK", "EXPUNGE completed")
+
+
+@COMMANDS.command("UID", (SELECTED,))
+async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    if not items:
+        raise ParseError("UID needs a command")
+    sub = C.atom(items[0], "command").upper()
+    rest = items[1:]
+    # UID commands may report expunges (RFC 3501 7.4.1): doing it first keeps messages
+    # expunged by others out of the answer.
+    session.write_all(session.selected_view().sync(allow_expunge=True))
+    if sub == "FETCH":
+        return await fetch_command.fetch_messages(session, rest, uid=True)
+    if sub == "SEARCH":
+        return search_command.search_messages(session, rest, uid=True)
+    if sub == "STORE":
+        return _store(session, rest, uid=True)
+    if sub in ("COPY", "MOVE"):
+        return _copy(session, rest, uid=True, move=sub == "MOVE")
+    if sub == "EXPUNGE":
+        C.expect_count(rest, 1)
+        pairs = session.selected_view().select(C.sequence_set(rest[0]), uid=True)
+        return _expunge(session, {u for _, u in pairs})
+    raise ParseError(f"unknown UID command {sub[:20]}")
+
+
+@COMMANDS.command("STORE", (SELECTED,))
+async def store(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    return _store(session, items, uid=False)
+
+
+@COMMANDS.command("COPY", (SELECTED,))
+async def copy(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    return _copy(session, items, uid=False, move=False)
+
+
+@COMMANDS.command("MOVE", (SELECTED,))
+async def move(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    return _copy(session, items, uid=False, move=True)
+
+
+def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done:
+    if len(items) < 2:
+        raise ParseError("STORE needs a sequence set, an item and flags")
+    view = session.selected_view()
+    sequence = C.sequence_set(items[0])
+    request = C.store_request(items[1:])
+    if view.readonly:
+        return Done("NO", "Mailbox is read-only", "READ-ONLY")
+    conditional = request.unchanged_since is not None
+    if conditional:
+        enable_condstore(session)
+    pairs = view.select(sequence, uid=uid)
+    letters, keywords = split_flags(request.flags)
+    live = [u for _, u in pairs if not view.gone(u)]
+    told = {u: view.infos[u] for u in live}  # what the client knows, before the change
+    outcome = view.folder.store_flags(
+        live, request.mode, letters, keywords, unchanged_since=request.unchanged_since
+    )  # type: ignore[arg-type]
+    view.update(outcome.infos)
+    refused = set(outcome.modified)
+    expect = _expected_flags(request.mode, frozenset(letters), frozenset(keywords))
+    condstore = session.condstore
+    out = session.batched()
+    for seq, u in pairs:
+        info = outcome.infos.get(u)
+        if info is None or u in refused:
+            continue
+        old = told[u]
+        # RFC 3501 6.4.6 says STORE "normally" returns the updated flags in an untagged
+        # FETCH; like Dovecot and Cyrus we answer only for messages whose flags differ from
+        # what the client was last told (STORE 1:* +FLAGS (\Seen) on a mostly read
+        # mailbox answers the few it changed). Unchanged messages need no answer: their
+        # flags are what the client already has, and what it asked for.
+        if request.silent:
+            # .SILENT: the client derives the result itself, unless another session
+            # changed the flags meanwhile (RFC 3501 6.4.6 note: report that change).
+            show_flags = (info.flags, info.keywords) != expect(old.flags, old.keywords)
+        else:
+            show_flags = info.flags != old.flags or info.keywords != old.keywords
+        # RFC 7162 3.2: with CONDSTORE a message the STORE changed is reported, even when
+        # .SILENT, with its new MODSEQ; with UNCHANGEDSINCE every message that passed is
+        # (the client learns which mod-sequence its change holds).
+        show_modseq = condstore and (info.modseq != old.modseq or conditional)
+        if not (show_flags or show_modseq):
+            continue
+        parts = [b"UID %d" % u] if uid else []
+        if show_flags:
+            parts.append(b"FLAGS " + view.flag_list(u))
+        if condstore:
+            parts.append(b"MODSEQ (%d)" % info.modseq)
+        out.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
+    out.flush()
+    if refused:
+        numbers = sorted(refused) if uid else sorted(view.seq_of(u) or 0 for u in refused)
+        return Done("OK", "Conditional STORE failed", f"MODIFIED {compress(numbers)}")
+    return Done("OK", "STORE completed")
+
+
+def _copy(session: IMAPServerProtocol, items: list[Item], *, uid: bool, move: bool) -> Done:
+    C.expect_count(items, 2)
+    view = session.selected_view()
+    sequence = C.sequence_set(items[0])
+    name = C.mailbox(items[1])
+    verb = "MOVE" if move else "COPY"
+    if move and view.readonly:
+        return Done("NO", "Mailbox is read-only", "READ-ONLY")
+    pairs = view.select(sequence, uid=uid)
+    try:
+        target = session.box().folder(name)
+    except FolderNotFound:
+        return Done("NO", "Mailbox does not exist", "TRYCREATE")
+    uids = [u for _, u in pairs]
+    copied = view.folder.copy_many(uids, target) if uids else []
+    code = None
+    if copied:
+        validity = target.sync().uidvalidity
+        source = compress([s for s, _ in copied])
+        dest = compress([d for _, d in copied])
+        code = f"COPYUID {validity} {source} {dest}"
+    if move:
+        if code:
+            # RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
+            session.write(utf8(f"* OK [{code}] Moved\r\n"))
+        moved = [s for s, _ in copied]
+        if moved:
+            view.folder.expunge(moved)
+        return Done("OK", "MOVE completed")
+    if len(copied) < len(uids) and not uid:
+        return Done("NO", "Some messages were expunged meanwhile", "EXPUNGEISSUED")
+    return Done("OK", f"{verb} completed", code)
+
+
+def _expected_flags(
+    mode: str, letters: frozenset[str], keywords: frozenset[str]
+) -> Callable[[frozenset[str], frozenset[str]], tuple[frozenset[str], frozenset[str]]]:
+    """What a client expects a STORE to leave, from the flags it knew (``.SILENT``)."""
+    if mode == "set":
+        return lambda f, k: (letters, keywords)
+    if mode == "add":
+        return lambda f, k: (f | letters, k | keywords)
+    return lambda f, k: (f - letters, k - keywords)

@@ -1,0 +1,245 @@
+"""Commands of the session itself: CAPABILITY, NOOP, LOGOUT, ID (RFC 2971), ENABLE (RFC 5161),
+STARTTLS, LOGIN, AUTHENTICATE (SASL-IR, RFC 4959) and IDLE (RFC 2177)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import TYPE_CHECKING
+
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+
+from mailhub import sasl
+from mailhub.auth import IMailUser, PasswordCredentials
+from mailhub.imap import commands as C
+from mailhub.imap.dispatch import (
+    ANY,
+    AUTHED,
+    AUTHENTICATED,
+    LOGOUT,
+    NOT_AUTHENTICATED,
+    Answered,
+    CommandTable,
+    Done,
+    utf8,
+)
+from mailhub.imap.parser import Atom, Item, ParseError, Refused
+
+if TYPE_CHECKING:
+    from mailhub.imap.protocol import IMAPServerProtocol
+
+COMMANDS = CommandTable()
+
+# Client identification fields we keep (RFC 2971 3.3: at most 30 pairs, values <= 1024 octets).
+ID_MAX_PAIRS = 30
+
+
+def enable_condstore(session: IMAPServerProtocol, *, announce: bool = True) -> None:
+    """CONDSTORE is on from now (ENABLE, or a command using MODSEQ: RFC 7162 3.1)."""
+    if session.condstore:
+        return
+    session.condstore = True
+    view = session.view
+    if view is not None:
+        view.condstore = True
+        if announce:
+            # RFC 7162 3.1: the first CONDSTORE-enabling command tells HIGHESTMODSEQ.
+            session.write(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % view.highestmodseq)
+
+
+# --- any state ------------------------------------------------------------------------------
+
+
+@COMMANDS.command("CAPABILITY", ANY)
+async def capability(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    C.expect_count(items, 0)
+    session.write(utf8("* CAPABILITY " + " ".join(session.capabilities()) + "\r\n"))
+    return Done("OK", "CAPABILITY completed")
+
+
+@COMMANDS.command("NOOP", ANY)
+async def noop(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    return Done("OK", "NOOP completed")
+
+
+@COMMANDS.command("LOGOUT", ANY)
+async def logout(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    session.state = LOGOUT
+    session.bye("Logging out", then=Done("OK", "LOGOUT completed").line(tag))
+    raise Answered()
+
+
+@COMMANDS.command("ID", ANY)
+async def identify(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    # RFC 2971: NIL or a list of field/value pairs; we log the client's and name ourselves.
+    C.expect_count(items, 1)
+    arg = items[0]
+    if isinstance(arg, list):
+        if len(arg) % 2 or len(arg) > 2 * ID_MAX_PAIRS:
+            raise ParseError("ID takes up to 30 field-value pairs")
+        fields = {}
+        for key, value in zip(arg[0::2], arg[1::2], strict=True):
+            if not isinstance(key, bytes):
+                raise ParseError("ID field names are strings")
+            fields[key.decode("utf-8", "replace")[:30]] = (
+                None if value == Atom("NIL") or value == "NIL" else
+                C.astring(value).decode("utf-8", "replace")[:1024]
+            )  # fmt: skip
+        session.log.info("client {client} ID {fields}", client=session.client_address,
+                         fields=fields)  # fmt: skip
+    elif not (isinstance(arg, Atom) and arg.upper() == "NIL"):
+        raise ParseError("ID takes NIL or a list")
+    session.write(b'* ID ("name" "mailhub" "vendor" "mailhub")\r\n')
+    return Done("OK", "ID completed")
+
+
+@COMMANDS.command("ENABLE", AUTHED)
+async def enable(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    if not items:
+        raise ParseError("ENABLE needs capability names")
+    enabled = []
+    for item in items:
+        name = C.atom(item, "capability").upper()
+        if name == "CONDSTORE" and "CONDSTORE" not in enabled:
+            enable_condstore(session, announce=False)
+            enabled.append("CONDSTORE")
+        elif name == "QRESYNC" and "QRESYNC" not in enabled:
+            # RFC 7162 3.2.3: QRESYNC implies CONDSTORE (named only if asked for).
+            enable_condstore(session, announce=False)
+            session.qresync = True
+            if session.view is not None:
+                session.view.qresync = True
+            enabled.append("QRESYNC")
+    session.write(utf8("* ENABLED" + "".join(" " + e for e in enabled) + "\r\n"))
+    return Done("OK", "ENABLE completed")
+
+
+# --- not authenticated ----------------------------------------------------------------------
+
+
+@COMMANDS.command("STARTTLS", (NOT_AUTHENTICATED,))
+async def starttls(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    C.expect_count(items, 0)
+    ctx = session.factory.tls_context_factory
+    if session.tls_active or ctx is None:
+        return Done("BAD", "TLS is already active" if session.tls_active else "No TLS here")
+    session.write(Done("OK", "Begin TLS negotiation now").line(tag))
+    session.start_tls(ctx)
+    raise Answered()  # answered already; the session goes on
+
+
+@COMMANDS.command("LOGIN", (NOT_AUTHENTICATED,))
+async def login(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    C.expect_count(items, 2)
+    user, password = C.astring(items[0], "user name"), C.astring(items[1], "password")
+    if not session.login_allowed():
+        return Done("NO", "Use STARTTLS first", "PRIVACYREQUIRED")
+    return await _login(session, tag, user, password, "LOGIN")
+
+
+@COMMANDS.command("AUTHENTICATE", (NOT_AUTHENTICATED,))
+async def authenticate(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    C.expect_count(items, 1, 2)
+    name = C.atom(items[0], "mechanism")
+    if not session.login_allowed():
+        return Done("NO", "Use STARTTLS first", "PRIVACYREQUIRED")
+    mechanism = sasl.mechanism(name)
+    if mechanism is None:
+        return Done("NO", f"Unsupported mechanism {name[:40]}", "CANNOT")
+    response: bytes | None = None
+    if len(items) == 2:  # RFC 4959 SASL-IR: "=" is an empty initial response
+        response = _sasl_decode(C.astring(items[1]))
+        if response is None:
+            return Done("BAD", "Invalid base64 in initial response")
+    while True:
+        try:
+            result = mechanism.step(response)
+        except sasl.SASLError as e:
+            return Done("BAD", f"AUTHENTICATE failed: {e}")
+        if isinstance(result, sasl.SASLCredentials):
+            break
+        session.write(utf8("+ " + sasl.encode_challenge(result) + "\r\n"))
+        line = await session.next_line()
+        if isinstance(line, Refused):
+            return Done("BAD", "Response too long")
+        if line == b"*":
+            return Done("BAD", "AUTHENTICATE cancelled")  # RFC 3501 6.2.2
+        response = _sasl_decode(line)
+        if response is None:
+            return Done("BAD", "Invalid base64 response")
+    if not result.acts_as_itself():
+        return await _login_failed(session, tag, "authorization identity refused")
+    return await _login(session, tag, result.authcid, result.password, f"AUTHENTICATE {name}")
+
+
+def _sasl_decode(data: bytes) -> bytes | None:
+    if data == b"=":
+        return b""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+async def _login(
+    session: IMAPServerProtocol, tag: str, user: bytes, password: bytes, how: str
+) -> Done:
+    f = session.factory
+    throttle = f.throttle
+    if throttle is not None and throttle.should_disconnect(session.client_address):
+        session.bye("Too many authentication failures")
+        raise Answered()
+    try:
+        _iface, avatar, avatar_logout = await f.portal.login(
+            PasswordCredentials(user, password), None, IMailUser
+        )
+    except (UnauthorizedLogin, UnhandledCredentials):
+        return await _login_failed(session, tag, how)
+    if session.closing:
+        avatar_logout()
+        raise Answered()
+    if throttle is not None:
+        throttle.success(session.client_address)
+    session.avatar_logout = avatar_logout
+    session.user = avatar.address
+    session.mailbox = f.store.mailbox(avatar.address, create=True)
+    session.mailbox.ensure_special_folders()
+    session.state = AUTHENTICATED
+    session.log.info("IMAP login {user} from {client} ({how})", event="auth", user=session.user,
+                     client=session.client_address, how=how)  # fmt: skip
+    caps = " ".join(session.capabilities())
+    return Done("OK", "Logged in", f"CAPABILITY {caps}")
+
+
+async def _login_failed(session: IMAPServerProtocol, tag: str, how: str) -> Done:
+    session.log.info("IMAP {how} failed from {client}", event="auth_failed", how=how,
+                     client=session.client_address)  # fmt: skip
+    throttle = session.factory.throttle
+    if throttle is None:
+        return Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
+    # Cancelled with the command if the connection goes away meanwhile (connectionLost).
+    disconnect = await throttle.delay_reply(session.client_address)
+    if disconnect:
+        session.write(Done("NO", "Authentication failed", "AUTHENTICATIONFAILED").line(tag))
+        session.bye("Too many authentication failures")
+        raise Answered()
+    return Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
+
+
+# --- authenticated: IDLE --------------------------------------------------------------------
+
+
+@COMMANDS.command("IDLE", AUTHED)
+async def idle(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    C.expect_count(items, 0)
+    session.write(b"+ idling\r\n")
+    # The autologout timer keeps running (RFC 2177 3: clients re-IDLE within 29 minutes).
+    session.setTimeout(session.factory.limits.imap_idle_timeout)
+    session.start_idle_poll()
+    try:
+        line = await session.next_line()
+    finally:
+        session.stop_idle_poll()
+    if isinstance(line, Refused) or line.upper() != b"DONE":
+        return Done("BAD", "Expected DONE")  # RFC 2177 3: only DONE ends IDLE
+    return Done("OK", "IDLE terminated")
