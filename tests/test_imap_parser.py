@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.imap import commands as C
+from mailhub.imap import arguments as A
 from mailhub.imap.parser import (
     Atom,
     Command,
@@ -184,8 +184,8 @@ class FramerTests(SynchronousTestCase):
 
 
 class GrammarTests(SynchronousTestCase):
-    def fetch(self, text: bytes, uid: bool = False) -> C.FetchRequest:
-        return C.fetch_request(items_of(text), uid=uid)
+    def fetch(self, text: bytes, uid: bool = False) -> A.FetchRequest:
+        return A.fetch_request(items_of(text), uid=uid)
 
     def test_macros(self) -> None:
         full = self.fetch(b"FULL")
@@ -220,29 +220,29 @@ class GrammarTests(SynchronousTestCase):
         self.assertEqual((r.changedsince, r.modseq), (12345, True))
 
     def test_store(self) -> None:
-        r = C.store_request(items_of(b"(UNCHANGEDSINCE 7) -FLAGS.SILENT (\\seen $Junk)"))
-        self.assertEqual(r, C.StoreRequest("remove", True, ("\\Seen", "$Junk"), 7))
-        self.assertEqual(C.store_request(items_of(b"FLAGS \\Draft")).flags, ("\\Draft",))
+        r = A.store_request(items_of(b"(UNCHANGEDSINCE 7) -FLAGS.SILENT (\\seen $Junk)"))
+        self.assertEqual(r, A.StoreRequest("remove", True, ("\\Seen", "$Junk"), 7))
+        self.assertEqual(A.store_request(items_of(b"FLAGS \\Draft")).flags, ("\\Draft",))
         for bad in (b"+FLAGS (\\Recent)", b"XFLAGS (a)", b"+FLAGS"):
             with self.assertRaises(ParseError, msg=bad):
-                C.store_request(items_of(bad))
+                A.store_request(items_of(bad))
 
     def test_append(self) -> None:
-        r = C.append_request([*items_of(b'Sent (\\Seen) "17-Jul-1996 02:44:25 -0700"'), b"message"])
+        r = A.append_request([*items_of(b'Sent (\\Seen) "17-Jul-1996 02:44:25 -0700"'), b"message"])
         self.assertEqual((r.mailbox, r.flags, r.message), ("Sent", ["\\Seen"], b"message"))
         self.assertEqual(r.internaldate, 837596665.0)
-        r = C.append_request([Atom("INBOX"), b"m"])  # neither flags nor date
+        r = A.append_request([Atom("INBOX"), b"m"])  # neither flags nor date
         self.assertEqual((r.flags, r.internaldate), ([], None))
 
     def test_mailbox_names_are_modified_utf7(self) -> None:
-        self.assertEqual(C.mailbox(Atom("Entw&APw-rfe")), "Entwürfe")
-        self.assertEqual(C.mailbox(b"inbox"), "INBOX")
+        self.assertEqual(A.mailbox(Atom("Entw&APw-rfe")), "Entwürfe")
+        self.assertEqual(A.mailbox(b"inbox"), "INBOX")
         with self.assertRaises(ParseError):
-            C.mailbox(Atom("bad&ZeVnLIqe"))
+            A.mailbox(Atom("bad&ZeVnLIqe"))
 
     def test_list_patterns(self) -> None:
-        star = C.list_pattern_matcher("", "*")
-        percent = C.list_pattern_matcher("", "%")
+        star = A.list_pattern_matcher("", "*")
+        percent = A.list_pattern_matcher("", "%")
         self.assertTrue(star.match("A.B") and percent.match("A"))
         self.assertIsNone(percent.match("A.B"))
-        self.assertTrue(C.list_pattern_matcher("A.", "%").match("A.B"))
+        self.assertTrue(A.list_pattern_matcher("A.", "%").match("A.B"))

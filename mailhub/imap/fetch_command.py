@@ -10,7 +10,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from mailhub.imap import commands as C
+from mailhub.imap import arguments as A
 from mailhub.imap import message_cache, mime, render
 from mailhub.imap.dispatch import SELECTED, Answered, CommandTable, Done
 from mailhub.imap.parser import Item, ParseError
@@ -38,8 +38,8 @@ async def fetch_messages(session: IMAPServerProtocol, items: list[Item], *, uid:
     if len(items) < 2:
         raise ParseError("FETCH needs a sequence set and attributes")
     view = session.selected_view()
-    sequence = C.sequence_set(items[0])
-    request = C.fetch_request(items[1:], uid=uid, qresync=session.qresync)
+    sequence = A.sequence_set(items[0])
+    request = A.fetch_request(items[1:], uid=uid, qresync=session.qresync)
     if request.modseq:
         enable_condstore(session)
     pairs = view.select(sequence, uid=uid)
@@ -186,7 +186,7 @@ def _write_whole(data: bytes, plan: _FetchPlan, prefix: bytes, out: Output) -> N
     out.write(b")\r\n")
 
 
-def _with_flags(request: C.FetchRequest) -> C.FetchRequest:
+def _with_flags(request: A.FetchRequest) -> A.FetchRequest:
     """RFC 3501 6.4.5: when FETCH sets \\Seen, the new FLAGS are reported."""
     if request.flags:
         return request
@@ -197,7 +197,7 @@ def _with_flags(request: C.FetchRequest) -> C.FetchRequest:
 class _FetchPlan:
     """What a FETCH needs per message, worked out once for all of them."""
 
-    request: C.FetchRequest
+    request: A.FetchRequest
     wanted: tuple[tuple[bytes, mime.Section, tuple[int, int | None] | None], ...]
     needs_file: bool
     needs_structure: bool
@@ -206,7 +206,7 @@ class _FetchPlan:
     header_sections: bool  # only top-level HEADER[.FIELDS[.NOT]] sections (RFC822.HEADER)
 
     @classmethod
-    def of(cls, request: C.FetchRequest) -> _FetchPlan:
+    def of(cls, request: A.FetchRequest) -> _FetchPlan:
         wanted = [(_RFC822_NAMES[r], _RFC822_SECTIONS[r], None) for r in request.rfc822]
         wanted += [(s.response_name(), mime.Section(s.part, s.text,
                     tuple(f.upper() for f in s.fields)), s.partial)

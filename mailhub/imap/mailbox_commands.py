@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailhub.imap import commands as C
+from mailhub.imap import arguments as A
 from mailhub.imap import render
 from mailhub.imap.dispatch import AUTHED, SELECTED, CommandTable, Done, utf8
 from mailhub.imap.parser import Item, ParseError
@@ -35,11 +35,11 @@ async def examine(session: IMAPServerProtocol, tag: str, items: list[Item]) -> D
 
 
 def _select(session: IMAPServerProtocol, items: list[Item], *, readonly: bool) -> Done:
-    C.expect_count(items, 1, 2)
-    name = C.mailbox(items[0])
-    qresync: C.QresyncParams | None = None
+    A.expect_count(items, 1, 2)
+    name = A.mailbox(items[0])
+    qresync: A.QresyncParams | None = None
     if len(items) == 2:
-        condstore, qresync = C.select_params(items[1])
+        condstore, qresync = A.select_params(items[1])
         if qresync is not None and not session.qresync:
             raise ParseError("QRESYNC parameter needs ENABLE QRESYNC first")  # 3.2.5
         if condstore:
@@ -79,7 +79,7 @@ def _select(session: IMAPServerProtocol, items: list[Item], *, readonly: bool) -
     return Done("OK", f"{'EXAMINE' if readonly else 'SELECT'} completed", mode, sync=False)
 
 
-def _resync(session: IMAPServerProtocol, view: View, known: C.QresyncParams) -> None:
+def _resync(session: IMAPServerProtocol, view: View, known: A.QresyncParams) -> None:
     """RFC 7162 3.2.5.1: what changed since the client's mod-sequence: the expunged UIDs
     (VANISHED (EARLIER)), then the flags of messages changed since."""
     scope = known.known_uids or SequenceSet.parse("1:*")
@@ -98,9 +98,9 @@ def _resync(session: IMAPServerProtocol, view: View, known: C.QresyncParams) -> 
 
 @COMMANDS.command("CREATE", AUTHED)
 async def create(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    C.expect_count(items, 1)
+    A.expect_count(items, 1)
     # RFC 3501 6.3.3: a trailing delimiter only says children will follow.
-    name = C.mailbox(items[0]).rstrip(".")
+    name = A.mailbox(items[0]).rstrip(".")
     if not name or name.upper() == INBOX:
         return Done("NO", "Cannot create that mailbox", "ALREADYEXISTS")
     refused = _refuse_new_name(name)
@@ -134,8 +134,8 @@ def _create_folder(box: Mailbox, name: str) -> Folder:
 
 @COMMANDS.command("DELETE", AUTHED)
 async def delete(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    C.expect_count(items, 1)
-    name = C.mailbox(items[0])
+    A.expect_count(items, 1)
+    name = A.mailbox(items[0])
     if name == INBOX:
         return Done("NO", "INBOX cannot be deleted", "CANNOT")
     if session.view is not None and session.view.folder.name == name:
@@ -151,8 +151,8 @@ async def delete(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
 
 @COMMANDS.command("RENAME", AUTHED)
 async def rename(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    C.expect_count(items, 2)
-    old, new = C.mailbox(items[0]), C.mailbox(items[1]).rstrip(".")
+    A.expect_count(items, 2)
+    old, new = A.mailbox(items[0]), A.mailbox(items[1]).rstrip(".")
     box = session.box()
     if box.has_folder(new) or new.upper() == INBOX:
         return Done("NO", "Target mailbox exists", "ALREADYEXISTS")
@@ -193,15 +193,15 @@ def _rename_inbox(session: IMAPServerProtocol, new: str) -> Done:
 
 @COMMANDS.command("SUBSCRIBE", AUTHED)
 async def subscribe(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    C.expect_count(items, 1)
-    session.box().subscribe(C.mailbox(items[0]))
+    A.expect_count(items, 1)
+    session.box().subscribe(A.mailbox(items[0]))
     return Done("OK", "SUBSCRIBE completed")
 
 
 @COMMANDS.command("UNSUBSCRIBE", AUTHED)
 async def unsubscribe(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    C.expect_count(items, 1)
-    session.box().unsubscribe(C.mailbox(items[0]))
+    A.expect_count(items, 1)
+    session.box().unsubscribe(A.mailbox(items[0]))
     return Done("OK", "UNSUBSCRIBE completed")
 
 
@@ -216,10 +216,10 @@ async def list_subscribed(session: IMAPServerProtocol, tag: str, items: list[Ite
 
 
 def _list(session: IMAPServerProtocol, items: list[Item], verb: str) -> Done:
-    C.expect_count(items, 2)
-    reference = C.mailbox(items[0]) if items[0] != b"" else ""
-    pattern_raw = C.astring(items[1], "pattern")
-    pattern = C.mailbox(pattern_raw) if pattern_raw else ""
+    A.expect_count(items, 2)
+    reference = A.mailbox(items[0]) if items[0] != b"" else ""
+    pattern_raw = A.astring(items[1], "pattern")
+    pattern = A.mailbox(pattern_raw) if pattern_raw else ""
     if not pattern:
         # RFC 3501 6.3.8: the delimiter and root name.
         session.write(utf8(f'* {verb} (\\Noselect) "." ""\r\n'))
@@ -232,8 +232,8 @@ def _list(session: IMAPServerProtocol, items: list[Item], verb: str) -> Done:
         parts = name.split(".")
         names.update(".".join(parts[:i]) for i in range(1, len(parts)))
     subscribed = set(box.subscriptions()) if verb == "LSUB" else set()
-    matcher = C.list_pattern_matcher(reference, pattern)
-    inbox_matcher = C.list_pattern_matcher(reference.upper(), pattern.upper())
+    matcher = A.list_pattern_matcher(reference, pattern)
+    inbox_matcher = A.list_pattern_matcher(reference.upper(), pattern.upper())
     if verb == "LSUB":
         # RFC 3501 6.3.9: an unsubscribed parent shows (\Noselect) only when the pattern
         # matches it but not its subscribed children ("%" while "*" lists them).
@@ -276,12 +276,12 @@ async def namespace(session: IMAPServerProtocol, tag: str, items: list[Item]) ->
 
 @COMMANDS.command("STATUS", AUTHED)
 async def status(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    C.expect_count(items, 2)
-    name = C.mailbox(items[0])
+    A.expect_count(items, 2)
+    name = A.mailbox(items[0])
     wanted = items[1]
     if not isinstance(wanted, list) or not wanted:
         raise ParseError("STATUS needs a list of items")
-    names = [C.atom(w, "status item").upper() for w in wanted]
+    names = [A.atom(w, "status item").upper() for w in wanted]
     try:
         folder = session.box().folder(name)
     except FolderNotFound:

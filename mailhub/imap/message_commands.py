@@ -8,7 +8,7 @@ import io
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mailhub.imap import commands as C
+from mailhub.imap import arguments as A
 from mailhub.imap import fetch_command, search_command
 from mailhub.imap.dispatch import AUTHED, SELECTED, CommandTable, Done, utf8
 from mailhub.imap.parser import Item, ParseError, SpooledLiteral
@@ -25,7 +25,7 @@ COMMANDS = CommandTable()
 
 @COMMANDS.command("APPEND", AUTHED)
 async def append(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    request = C.append_request(items)
+    request = A.append_request(items)
     message = request.message
     size = message.size if isinstance(message, SpooledLiteral) else len(message)
     if size == 0:
@@ -45,7 +45,7 @@ async def append(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
 
 @COMMANDS.command("EXPUNGE", (SELECTED,))
 async def expunge(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    C.expect_count(items, 0)
+    A.expect_count(items, 0)
     return _expunge(session, None)
 
 
@@ -67,7 +67,7 @@ def _expunge(session: IMAPServerProtocol, uids: set[int] | None) -> Done:
 async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
     if not items:
         raise ParseError("UID needs a command")
-    sub = C.atom(items[0], "command").upper()
+    sub = A.atom(items[0], "command").upper()
     rest = items[1:]
     # UID commands may report expunges (RFC 3501 7.4.1): doing it first keeps messages
     # expunged by others out of the answer.
@@ -81,8 +81,8 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
     if sub in ("COPY", "MOVE"):
         return _copy(session, rest, uid=True, move=sub == "MOVE")
     if sub == "EXPUNGE":
-        C.expect_count(rest, 1)
-        pairs = session.selected_view().select(C.sequence_set(rest[0]), uid=True)
+        A.expect_count(rest, 1)
+        pairs = session.selected_view().select(A.sequence_set(rest[0]), uid=True)
         return _expunge(session, {u for _, u in pairs})
     raise ParseError(f"unknown UID command {sub[:20]}")
 
@@ -106,8 +106,8 @@ def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done
     if len(items) < 2:
         raise ParseError("STORE needs a sequence set, an item and flags")
     view = session.selected_view()
-    sequence = C.sequence_set(items[0])
-    request = C.store_request(items[1:])
+    sequence = A.sequence_set(items[0])
+    request = A.store_request(items[1:])
     if view.readonly:
         return Done("NO", "Mailbox is read-only", "READ-ONLY")
     conditional = request.unchanged_since is not None
@@ -161,10 +161,10 @@ def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done
 
 
 def _copy(session: IMAPServerProtocol, items: list[Item], *, uid: bool, move: bool) -> Done:
-    C.expect_count(items, 2)
+    A.expect_count(items, 2)
     view = session.selected_view()
-    sequence = C.sequence_set(items[0])
-    name = C.mailbox(items[1])
+    sequence = A.sequence_set(items[0])
+    name = A.mailbox(items[1])
     verb = "MOVE" if move else "COPY"
     if move and view.readonly:
         return Done("NO", "Mailbox is read-only", "READ-ONLY")

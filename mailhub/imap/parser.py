@@ -9,7 +9,7 @@ Two layers, both free of I/O:
 - ``parse_items`` turns a framed command into generic items: ``Atom`` (unquoted, case as sent),
   ``bytes`` (quoted string or literal), ``list`` (parenthesised, nested) and ``SpooledLiteral``
   (a literal kept in a file). Per-command grammar (FETCH attributes, STORE, ...) lives in
-  ``commands.py`` on top of these items.
+  ``arguments.py`` on top of these items.
 
 An atom containing ``[`` runs to the matching ``]`` including spaces and parentheses, so a FETCH
 attribute like ``BODY.PEEK[HEADER.FIELDS (From To)]<0.100>`` stays one atom.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mailhub.imap import commands as C
+from mailhub.imap import arguments as A
 from mailhub.imap import message_cache, mime
 from mailhub.imap.dispatch import SELECTED, CommandTable, Done
 from mailhub.imap.parser import Atom, Item, ParseError
@@ -30,7 +30,7 @@ def search_messages(session: IMAPServerProtocol, items: list[Item], *, uid: bool
     view = session.selected_view()
     charset = None
     if len(items) >= 2 and isinstance(items[0], Atom) and items[0].upper() == "CHARSET":
-        charset = C.astring(items[1], "charset").decode("ascii", "replace")
+        charset = A.astring(items[1], "charset").decode("ascii", "replace")
         items = items[2:]
     try:
         criteria = compile_criteria(items, charset)

@@ -11,7 +11,7 @@ from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 
 from mailhub import sasl
 from mailhub.auth import IMailUser, PasswordCredentials
-from mailhub.imap import commands as C
+from mailhub.imap import arguments as A
 from mailhub.imap.dispatch import (
     ANY,
     AUTHED,
@@ -52,7 +52,7 @@ def enable_condstore(session: IMAPServerProtocol, *, announce: bool = True) -> N
 
 @COMMANDS.command("CAPABILITY", ANY)
 async def capability(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    C.expect_count(items, 0)
+    A.expect_count(items, 0)
     session.write(utf8("* CAPABILITY " + " ".join(session.capabilities()) + "\r\n"))
     return Done("OK", "CAPABILITY completed")
 
@@ -72,7 +72,7 @@ async def logout(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
 @COMMANDS.command("ID", ANY)
 async def identify(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
     # RFC 2971: NIL or a list of field/value pairs; we log the client's and name ourselves.
-    C.expect_count(items, 1)
+    A.expect_count(items, 1)
     arg = items[0]
     if isinstance(arg, list):
         if len(arg) % 2 or len(arg) > 2 * ID_MAX_PAIRS:
@@ -83,7 +83,7 @@ async def identify(session: IMAPServerProtocol, tag: str, items: list[Item]) -> 
                 raise ParseError("ID field names are strings")
             fields[key.decode("utf-8", "replace")[:30]] = (
                 None if value == Atom("NIL") or value == "NIL" else
-                C.astring(value).decode("utf-8", "replace")[:1024]
+                A.astring(value).decode("utf-8", "replace")[:1024]
             )  # fmt: skip
         session.log.info("client {client} ID {fields}", client=session.client_address,
                          fields=fields)  # fmt: skip
@@ -99,7 +99,7 @@ async def enable(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
         raise ParseError("ENABLE needs capability names")
     enabled = []
     for item in items:
-        name = C.atom(item, "capability").upper()
+        name = A.atom(item, "capability").upper()
         if name == "CONDSTORE" and "CONDSTORE" not in enabled:
             enable_condstore(session, announce=False)
             enabled.append("CONDSTORE")
@@ -119,7 +119,7 @@ async def enable(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
 
 @COMMANDS.command("STARTTLS", (NOT_AUTHENTICATED,))
 async def starttls(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    C.expect_count(items, 0)
+    A.expect_count(items, 0)
     ctx = session.factory.tls_context_factory
     if session.tls_active or ctx is None:
         return Done("BAD", "TLS is already active" if session.tls_active else "No TLS here")
@@ -130,8 +130,8 @@ async def starttls(session: IMAPServerProtocol, tag: str, items: list[Item]) -> 
 
 @COMMANDS.command("LOGIN", (NOT_AUTHENTICATED,))
 async def login(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    C.expect_count(items, 2)
-    user, password = C.astring(items[0], "user name"), C.astring(items[1], "password")
+    A.expect_count(items, 2)
+    user, password = A.astring(items[0], "user name"), A.astring(items[1], "password")
     if not session.login_allowed():
         return Done("NO", "Use STARTTLS first", "PRIVACYREQUIRED")
     return await _login(session, tag, user, password, "LOGIN")
@@ -139,8 +139,8 @@ async def login(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Don
 
 @COMMANDS.command("AUTHENTICATE", (NOT_AUTHENTICATED,))
 async def authenticate(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    C.expect_count(items, 1, 2)
-    name = C.atom(items[0], "mechanism")
+    A.expect_count(items, 1, 2)
+    name = A.atom(items[0], "mechanism")
     if not session.login_allowed():
         return Done("NO", "Use STARTTLS first", "PRIVACYREQUIRED")
     mechanism = sasl.mechanism(name)
@@ -148,7 +148,7 @@ async def authenticate(session: IMAPServerProtocol, tag: str, items: list[Item])
         return Done("NO", f"Unsupported mechanism {name[:40]}", "CANNOT")
     response: bytes | None = None
     if len(items) == 2:  # RFC 4959 SASL-IR: "=" is an empty initial response
-        response = _sasl_decode(C.astring(items[1]))
+        response = _sasl_decode(A.astring(items[1]))
         if response is None:
             return Done("BAD", "Invalid base64 in initial response")
     while True:
@@ -231,7 +231,7 @@ async def _login_failed(session: IMAPServerProtocol, tag: str, how: str) -> Done
 
 @COMMANDS.command("IDLE", AUTHED)
 async def idle(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    C.expect_count(items, 0)
+    A.expect_count(items, 0)
     session.write(b"+ idling\r\n")
     # The autologout timer keeps running (RFC 2177 3: clients re-IDLE within 29 minutes).
     session.setTimeout(session.factory.limits.imap_idle_timeout)
