@@ -7,6 +7,8 @@ stay right for every session.
 
 from __future__ import annotations
 
+import os
+
 from twisted.trial.unittest import TestCase
 
 from mailhub.envelope import Envelope, Recipient
@@ -243,3 +245,55 @@ class DeliveryDuringSelect(IMAPTestCase):
         elsewhere = MailStore(self.store.root, hostname="node2.example.org")
         state = elsewhere.mailbox(USER).folder().sync()
         self.assertEqual([(m.uid, m.recent) for m in state.messages], [(1, 0), (2, 0), (3, 0)])
+
+
+class DeliveryDuringColdSelect(IMAPTestCase):
+    """The first SELECT of a folder this process never indexed moves new/ -> cur/ between
+    writing the UID list and building the state. Another process's delivery that lands during
+    those renames is not in the SELECT answer (it has no UID yet); the next command tells it
+    (EXISTS, \\Recent to this session)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.new = self.folder()._path / "new"
+        for n in range(2):
+            self.drop(n)
+        real = os.rename
+
+        def rename(src, dst, **dir_fds):  # type: ignore[no-untyped-def]
+            real(src, dst, **dir_fds)
+            if dir_fds and not self.delivered:  # SELECT's first move new/ -> cur/
+                self.delivered = True
+                self.drop(2)  # another process's delivery
+
+        self.delivered = False
+        self.patch(os, "rename", rename)
+
+    def drop(self, n: int) -> None:
+        data = message(f"m{n}")
+        base = f"{1_700_000_000 + n}.M0P77Q{n}.other.host,S={len(data)}"
+        (self.new.parent / "tmp" / base).write_bytes(data)
+        os.link(self.new.parent / "tmp" / base, self.new / base)
+        os.unlink(self.new.parent / "tmp" / base)
+
+    def test_delivery_is_told_on_the_next_command(self) -> None:
+        client = self.login(select=None)
+        client.run("""
+            C: a1 SELECT INBOX
+            S: ...
+            S: * 2 EXISTS
+            S: * 2 RECENT
+            S: ...
+            S: a1 OK [READ-WRITE] SELECT completed
+            C: a2 NOOP
+            S: * 3 EXISTS
+            S: * 3 RECENT
+            S: a2 OK NOOP completed
+            C: a3 FETCH 1:3 (UID FLAGS)
+            S: * 1 FETCH (UID 1 FLAGS (\\Recent))
+            S: * 2 FETCH (UID 2 FLAGS (\\Recent))
+            S: * 3 FETCH (UID 3 FLAGS (\\Recent))
+            S: a3 OK FETCH completed
+        """)
+        self.assertTrue(self.delivered)
+        self.assertEqual(os.listdir(self.new), [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from pathlib import Path
 
 from mailhub.store import names, uidlist
@@ -130,6 +131,144 @@ class StoreFlagsTests(ModseqTestCase):
         m = other.sync().by_uid[1]
         self.assertEqual(m.keywords, frozenset({"$Label1"}))
         self.assertEqual(m.modseq, self.inbox.sync().highestmodseq)
+
+
+class StoreFollowTests(ModseqTestCase):
+    """After our STORE the folder keeps a state that follows its own renames and index write:
+    the next sync() reads the directories again (their mtimes changed) but rebuilds nothing
+    unless what it reads differs, so changes by others, even in the same second, still show."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.inbox.take_recent([1, 2, 3])
+        self.inbox.sync()
+        self.rebuilds: list[int] = []
+        real = Folder._reconcile
+
+        def reconcile(folder: Folder, *args: object) -> None:
+            if folder is self.inbox:
+                self.rebuilds.append(1)
+            real(folder, *args)
+
+        self.patch(Folder, "_reconcile", reconcile)
+
+    def assert_as_rebuilt(self, state: object) -> None:
+        self.assertEqual(self.other_process_folder().sync(), state)
+
+    def test_own_renames_need_no_rebuild(self) -> None:
+        out = self.inbox.store_flags([1, 3], "add", flags="S")
+        state = self.inbox.sync()
+        self.assertEqual(self.rebuilds, [])
+        self.assertEqual(state.highestmodseq, out.infos[1].modseq)
+        self.assertIs(state.by_uid[1], out.infos[1])  # the objects the caller was given
+        self.assertEqual([m.flags for m in state.messages], [{"S"}, set(), {"S"}])
+        self.assert_as_rebuilt(state)
+        # Keywords only (index written, cur/ touched): the same.
+        self.inbox.store_flags([2], "add", keywords=["$Done"])
+        self.assertEqual(self.inbox.sync().by_uid[2].keywords, {"$Done"})
+        self.assertEqual(self.rebuilds, [])
+        self.assert_as_rebuilt(self.inbox.sync())
+
+    def test_a_rename_by_another_in_the_same_second_is_seen(self) -> None:
+        self.clock.t = time.time()  # the directories' mtimes are within the dirty window
+        self.inbox.store_flags([1], "add", flags="S")
+        cur = self.inbox_path / "cur"
+        mtime = os.stat(cur).st_mtime_ns
+        path = self.file_of(3)
+        os.rename(path, path.with_name(path.name.split(":")[0] + ":2,F"))  # mutt, same tick
+        os.utime(cur, ns=(mtime, mtime))  # a coarse clock: cur/ looks unchanged
+        state = self.inbox.sync()
+        self.assertEqual(self.rebuilds, [1])
+        self.assertEqual(state.by_uid[3].flags, frozenset("F"))
+        self.assertEqual(state.by_uid[3].modseq, state.highestmodseq)
+        self.assert_as_rebuilt(state)
+
+    def test_a_rename_by_another_after_our_next_sync_in_the_same_second_is_seen(self) -> None:
+        self.clock.t = time.time()
+        self.inbox.store_flags([1], "add", flags="S")
+        self.inbox.sync()  # reads cur/ again, finds what it expects, keeps the state
+        self.assertEqual(self.rebuilds, [])
+        cur = self.inbox_path / "cur"
+        mtime = os.stat(cur).st_mtime_ns
+        path = self.file_of(2)
+        os.rename(path, path.with_name(path.name.split(":")[0] + ":2,T"))
+        os.utime(cur, ns=(mtime, mtime))
+        self.assertEqual(self.inbox.sync().by_uid[2].flags, frozenset("T"))
+        self.assertEqual(self.rebuilds, [1])
+
+    def test_an_index_change_by_another_is_seen(self) -> None:
+        other = self.other_process_folder()
+        other.sync()
+        self.inbox.store_flags([1], "add", flags="S")
+        other.store_flags([2], "add", keywords=["Junk"])  # index only; touches cur/
+        state = self.inbox.sync()
+        self.assertEqual(self.rebuilds, [1])
+        self.assertEqual(state.by_uid[2].keywords, {"Junk"})
+        self.assertEqual(state.by_uid[1].flags, {"S"})
+
+    def test_nothing_to_do_costs_no_write_and_keeps_every_info(self) -> None:
+        self.inbox.store_flags([1, 2, 3], "add", flags="S", keywords=["a"])
+        before = self.inbox.sync()
+        saves: list[int] = []
+        real_save = uidlist.save
+        self.patch(uidlist, "save", lambda *a, **k: (saves.append(1), real_save(*a, **k)))
+        for mode, flags, kws in (("add", "S", ["a"]), ("remove", "F", ["b"]),
+                                 ("set", "S", ["a"]), ("add", "", [])):  # fmt: skip
+            out = self.inbox.store_flags([1, 2, 3], mode, flags=flags, keywords=kws)  # type: ignore[arg-type]
+            self.assertEqual(out.changed, frozenset(), mode)
+            self.assertEqual([out.infos[u] for u in (1, 2, 3)], list(before.messages))
+            for uid in (1, 2, 3):
+                self.assertIs(out.infos[uid], before.by_uid[uid])
+        self.assertEqual(saves, [])
+        self.assertIs(self.inbox.sync(), before)
+
+    def test_nothing_to_do_still_adopts_a_rename_by_another(self) -> None:
+        self.inbox.store_flags([1, 2], "add", flags="S")
+        before = self.inbox.sync().highestmodseq
+        path = self.file_of(2)
+        key, _, _ = path.name.partition(":")
+        os.rename(path, path.with_name(key + ":2,FS"))  # mutt
+        # Our scan saw the new name, the list still has the old flags (as after a rescan
+        # of a file that moved under a reader): no skipping that one.
+        self.inbox._entries[key] = ("cur", key + ":2,FS")
+        out = self.inbox.store_flags([1, 2], "add", flags="S")
+        self.assertEqual(out.changed, frozenset())
+        self.assertEqual(out.infos[2].flags, frozenset("FS"))
+        self.assertGreater(out.infos[2].modseq, before)
+
+    def test_unchanged_since_is_checked_before_skipping(self) -> None:
+        first = self.inbox.store_flags([1], "add", flags="S")
+        out = self.inbox.store_flags(
+            [1], "add", flags="S", unchanged_since=first.infos[1].modseq - 1
+        )
+        self.assertEqual(out.modified, (1,))
+
+
+class ReadMessageTests(ModseqTestCase):
+    def test_whole_file_whatever_fstat_said(self) -> None:
+        data = b"Subject: x\r\n\r\n" + b"y" * 200_000
+        uid = self.inbox.append(data)
+        self.assertEqual(self.inbox.read_message(uid), data)
+        real_fstat = os.fstat
+        for wrong in (-150_000, -1, +1, +50_000):  # grew, shrank, or a short read meanwhile
+
+            def fstat(fd: int, wrong: int = wrong) -> os.stat_result:
+                st = list(real_fstat(fd))
+                st[6] += wrong  # st_size
+                return os.stat_result(st)
+
+            self.patch(os, "fstat", fstat)
+            self.assertEqual(self.inbox.read_message(uid), data, wrong)
+        self.patch(os, "fstat", real_fstat)
+        empty = self.inbox.append(b"")
+        self.assertEqual(self.inbox.read_message(empty), b"")
+
+    def test_moved_by_another_reader_then_gone(self) -> None:
+        path = self.file_of(2)
+        os.rename(path, self.inbox_path / "cur" / (path.name.split(":")[0] + ":2,S"))
+        self.assertEqual(self.inbox.read_message(2), b"Subject: x\r\n\r\nbody\r\n")
+        self.file_of(2).unlink()
+        self.assertRaises(MessageGone, self.inbox.read_message, 2)
 
 
 class ExternalChangeTests(ModseqTestCase):
@@ -372,6 +511,27 @@ class UidListFormatTests(StoreTestCase):
         with self.assertRaises(CorruptUidList):  # all or none
             full.assign_columns(["a", "b"], [1, 1], [1, 1], [frozenset()] * 2, [frozenset()] * 2, 1)
         self.assertEqual((full.records, full.uidnext), ({}, uidlist.MAX_UID))
+
+    def test_records_rendered_from_columns_are_what_serialise_writes(self) -> None:
+        # A first scan writes the lines it rendered from its columns; any later write (and
+        # another process's) must find the same bytes.
+        bases = ["1.M1.h,S=10", "2.M1.h,S=20 x", "3.M1.h,S=30", "4.M\udcff.h,S=1"]
+        flags = [frozenset("S"), frozenset(), frozenset("FSa"), frozenset("S")]
+        lst = uidlist.UidList(7, 3, highestmodseq=4)
+        lst.assign_columns(bases, [10, 20, 30, 1], [1, 2, 3, 4], flags, [frozenset()] * 4, 5)
+        lst.highestmodseq = 5
+        text = uidlist.render_records(range(3, 7), [10, 20, 30, 1], [1, 2, 3, 4], 5, flags, bases)
+        self.assertEqual(len(text), 4)
+        self.assertEqual(uidlist.serialise(lst, text), uidlist.serialise(lst))
+        self.assertIn(b"\n5 30 3 5 FSa - 3.M1.h,S=30\n", uidlist.serialise(lst, text))
+        self.assertEqual(uidlist.parse(uidlist.serialise(lst, text)), lst)
+        # Later writes render each record's first fields once: still the same bytes.
+        first = uidlist.serialise(lst)
+        lst.records[bases[1]].flags = frozenset("T")
+        lst.records[bases[1]].modseq = 6
+        lst.highestmodseq = 6
+        self.assertEqual(uidlist.serialise(lst), first.replace(
+            b" 7 7 5\n", b" 7 7 6\n").replace(b"4 20 2 5 - -", b"4 20 2 6 T -"))  # fmt: skip
 
     def test_damage_is_detected(self) -> None:
         good = b"mailhub-uidlist 2 7 5 9\nK x\n1 10 100 3 S 0 a\n"

@@ -420,6 +420,97 @@ class ColdSelectTests(StoreTestCase):
         again = self.new_store().mailbox(ADDRESS).folder()
         self.assertEqual(again.take_recent(m.uid for m in recent), [m.uid for m in recent[3:]])
 
+    def test_select_moves_before_building_and_equals_sync_then_take(self) -> None:
+        # sync_taking_recent (SELECT) renames between the index write and the state build;
+        # what it returns is what sync() + take_recent() give, and what others read.
+        files = self.fill()
+        inbox = self.box.folder()
+        renames: list[str] = []
+        real = os.rename
+
+        def rename(a: str, b: str, **dir_fds: int) -> None:
+            if dir_fds:  # new/ -> cur/, names relative to the directories
+                renames.append(b)
+            real(a, b, **dir_fds)
+
+        self.patch(maildir.os, "rename", rename)
+        state, taken = inbox.sync_taking_recent()
+        self.assertEqual(len(taken), 6)
+        self.assertEqual(taken, sorted(taken))
+        self.assertFalse(os.listdir(self.inbox_path / "new"))
+        self.assertEqual(len(renames), 6, "one rename a message, nothing more")
+        self.assertFalse(any(m.recent for m in state.messages))
+        self.assertIs(inbox.current_state(), state)
+        self.assertIs(inbox.sync(), state)  # its own renames: the listing it expects
+        self.assertEqual(self.uids_elsewhere(), self.rows(state))
+        # The same as the two steps on a copy never indexed.
+        other_root = Path(self.mktemp())
+        other_box = other_root / "example.com" / "alice"
+        for sub in ("tmp", "new", "cur"):
+            (other_box / sub).mkdir(parents=True)
+        for sub, fn in files:
+            (other_box / sub / fn).write_bytes(b"x")
+        other = MailStore(other_root, "test.host", now=self.clock).mailbox(ADDRESS).folder()
+        before = other.sync()
+        self.assertEqual(other.take_recent(m.uid for m in before.messages if m.recent), taken)
+        after = other.current_state()
+        assert after is not None
+        self.assertEqual([(m.uid, m.key, m.flags, m.recent) for m in after.messages],
+                         [(m.uid, m.key, m.flags, m.recent) for m in state.messages])  # fmt: skip
+        # Nothing left to take: a second SELECT takes nothing.
+        self.assertEqual(inbox.sync_taking_recent(), (state, []))
+
+    def test_select_skips_what_another_reader_took_meanwhile(self) -> None:
+        # Another process renames two of new/ between our readdir and our rename: they are
+        # \Recent to it, not to us (RFC 3501 2.3.2), and the next sync finds them in cur/.
+        self.fill()
+        recent = sorted(fn for fn in os.listdir(self.inbox_path / "new"))
+        stolen = set(recent[:2])
+        real = os.rename
+
+        def rename(src: str, dst: str, **dir_fds: int) -> None:
+            base = os.path.basename(src)
+            if base in stolen:
+                stolen.discard(base)
+                other = self.inbox_path / "cur" / f"{base}:2,S"  # the other reader
+                real(self.inbox_path / "new" / base, other)
+            real(src, dst, **dir_fds)
+
+        self.patch(maildir.os, "rename", rename)
+        inbox = self.box.folder()
+        state, taken = inbox.sync_taking_recent()
+        by_key = {m.key: m for m in state.messages}
+        self.assertEqual(sorted(taken), sorted(by_key[fn].uid for fn in recent[2:]))
+        self.assertEqual([by_key[fn].recent for fn in recent[:2]], [True, True])  # as listed
+        self.patch(maildir.os, "rename", real)
+        later = inbox.sync()
+        self.assertIsNot(later, state)
+        moved = [later.by_uid[by_key[fn].uid] for fn in recent[:2]]
+        self.assertEqual([(m.recent, m.flags) for m in moved], [(False, {"S"})] * 2)
+        self.assertEqual(self.uids_elsewhere(), self.rows(later))
+
+    def test_select_failing_half_way_leaves_a_folder_the_next_sync_reads_right(self) -> None:
+        self.fill()
+        inbox = self.box.folder()
+        real = os.rename
+        calls = []
+
+        def rename(src: str, dst: str, **dir_fds: int) -> None:
+            if dir_fds:  # new/ -> cur/
+                calls.append(src)
+                if len(calls) == 4:
+                    raise PermissionError(13, "denied", src)
+            real(src, dst, **dir_fds)
+
+        self.patch(maildir.os, "rename", rename)
+        self.assertRaises(PermissionError, inbox.sync_taking_recent)
+        self.assertIsNone(inbox.current_state())
+        self.patch(maildir.os, "rename", real)
+        state = inbox.sync()
+        self.assertEqual([m.recent for m in state.messages].count(True), 3)  # 3 were moved
+        self.assertEqual(self.uids_elsewhere(), self.rows(state))
+        self.assertEqual(len(inbox.sync_taking_recent()[1]), 3)
+
     def test_a_message_listed_in_new_and_cur_is_one_message_in_cur(self) -> None:
         # Another reader moved it between our readdir of new/ and that of cur/.
         base = "1700000000.M1P1Q1.h,S=3"

@@ -154,13 +154,23 @@ class BulkParseTests(SynchronousTestCase):
         bases = ["1700000002.M5P1Q1.h,S=1", "1700000001.M900P1Q2.h,S=2",
                  "1700000001.M80P1Q3.h,S=3", "1700000001.M80P1Q0.h,S=4",
                  "1700000001.P1Q5.h,S=5", "99.M1P1Q6.h,S=6"]  # fmt: skip
-        order, secs, sizes = names.arrival_order(bases)  # type: ignore[misc]
-        by_parsing = sorted(range(6), key=lambda i: (*names.time_from_base(bases[i]), bases[i]))
-        self.assertEqual(order, by_parsing)
-        self.assertEqual([bases[i] for i in order][:3], [bases[5], bases[4], bases[3]])
-        self.assertEqual(secs, [names.time_from_base(b)[0] for b in bases])  # type: ignore[index]
-        self.assertEqual(sizes, [1, 2, 3, 4, 5, 6])
+
+        def by_parsing(group: list[str]) -> list[str]:
+            return sorted(group, key=lambda b: (*names.time_from_base(b), b))  # type: ignore[misc]
+
+        ordered, secs, sizes = names.arrival_order(bases)  # type: ignore[misc]
+        self.assertEqual(ordered, by_parsing(bases))
+        self.assertEqual(ordered[:3], [bases[5], bases[4], bases[3]])
+        self.assertEqual(secs, [names.time_from_base(b)[0] for b in ordered])  # type: ignore[index]
+        self.assertEqual(sizes, [6, 5, 4, 3, 2, 1])
         self.assertEqual(names.arrival_order([]), ([], [], []))
+        # One width of seconds (sorted as strings), with and without names sharing a second.
+        wide = [f"17000000{i % 7:02d}.M{(i * 37) % 1000}P1Q{i}.h,S={i}" for i in range(40)]
+        for group in (wide, wide[::7], list(reversed(wide))):
+            ordered, secs, sizes = names.arrival_order(group)  # type: ignore[misc]
+            self.assertEqual(ordered, by_parsing(group))
+            self.assertEqual(secs, [names.time_from_base(b)[0] for b in ordered])  # type: ignore[index]
+            self.assertEqual(sizes, [names.size_from_base(b) for b in ordered])
         # A name without its time or size, or with a line break: the caller must stat.
         for odd in ("garbage,S=1", "1700000001.M1P1Q1.h", "1.M2,S=3\n4.M5,S=6"):
             self.assertIsNone(names.arrival_order([bases[0], odd]))

@@ -12,8 +12,9 @@ What changed since is turned into untagged responses (RFC 3501 7.3.1, 7.4.1, 7.4
 - flag changes by others -> ``* n FETCH (FLAGS (...) UID u)``, with ``MODSEQ`` once CONDSTORE
   is enabled (RFC 7162 3.2).
 
-\\Recent (RFC 3501 2.3.2) belongs to exactly one session: the one whose ``take_recent`` moved the
-message out of new/. EXAMINE takes nothing; it shows as recent what is still in new/.
+\\Recent (RFC 3501 2.3.2) belongs to exactly one session: the one whose SELECT
+(``sync_taking_recent``) or later ``take_recent`` moved the message out of new/. EXAMINE takes
+nothing; it shows as recent what is still in new/.
 """
 
 from __future__ import annotations
@@ -82,13 +83,12 @@ class View:
         self.recent: set[int] = set()
         self._flag_lists: dict[tuple[frozenset[str], frozenset[str], bool], bytes] = {}
         self._flag_sets: dict[tuple[frozenset[str], frozenset[str], bool], frozenset[str]] = {}
-        state = folder.sync()
-        fresh = [m.uid for m in state.messages if m.recent]
         if readonly:
-            self.recent.update(fresh)
-        elif fresh:
-            self.recent.update(folder.take_recent(fresh))
-            state = self._after_take(state)
+            state = folder.sync()
+            self.recent.update(m.uid for m in state.messages if m.recent)
+        else:
+            state, taken = folder.sync_taking_recent()
+            self.recent.update(taken)
         self.uidvalidity = state.uidvalidity
         self.uids: list[int] = list(map(_uid_of, state.messages))  # ascending (FolderState)
         self.infos: dict[int, MessageInfo] = dict(zip(self.uids, state.messages, strict=True))
@@ -133,13 +133,13 @@ class View:
             for low, high in sequence.ranges(largest):
                 i = bisect_left(uids, low)
                 j = bisect_right(uids, high)
-                out.extend((k + 1, uids[k]) for k in range(i, j))
+                out.extend(zip(range(i + 1, j + 1), uids[i:j], strict=True))
             return out
         count = len(uids)
         for low, high in sequence.ranges(count):
             if high > count:
                 raise BadSequence(f"no message {high} (mailbox has {count})")
-            out.extend((k, uids[k - 1]) for k in range(low, high + 1))
+            out.extend(zip(range(low, high + 1), uids[low - 1 : high], strict=True))
         return out
 
     def vanished(self, sequence: SequenceSet) -> str:

@@ -20,11 +20,13 @@ Concurrency model (several sessions, processes and nodes on one tree):
 from __future__ import annotations
 
 import errno
+import gc
 import io
 import os
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from itertools import chain, repeat
@@ -149,13 +151,12 @@ class _Files:
         fn = self.cur.get(base)
         return self.new.get(base) if fn is None else fn
 
-    def file_names(self, bases: Iterable[str]) -> list[str]:
+    def file_names(self, bases: list[str]) -> list[str]:
         """The file names of ``bases`` (all present)."""
-        fns = list(map(self.cur.get, bases))
-        if None in fns:
-            new = self.new
-            fns = [new[b] if fn is None else fn for b, fn in zip(bases, fns, strict=True)]
-        return fns  # type: ignore[return-value]
+        if not self.new:
+            return list(map(self.cur.__getitem__, bases))
+        # (cur/ wins; in C loops: a first scan has a thousand in new/ among ten thousand)
+        return list(map(self.cur.get, bases, map(self.new.get, bases)))  # type: ignore[arg-type]
 
     def files(self) -> Iterator[tuple[str, str]]:
         """(base, file name) of every message."""
@@ -300,6 +301,35 @@ class Folder:
         gives flag changes made by other programs a new mod-sequence, and persists the UID
         list. Costs two stat() calls when nothing changed.
         """
+        return self._sync(None)
+
+    def sync_taking_recent(self) -> tuple[FolderState, list[int]]:
+        """``sync()``, then move every message still in new/ to cur/ (as ``take_recent``
+        does): SELECT. Returns the state after the moves and the UIDs this call moved (in
+        ascending order): RFC 3501 2.3.2, \\Recent goes to exactly one session.
+
+        When the sync has to rebuild the state (a first SELECT), the moves happen between
+        writing the UID list and building the state, so the state is built once, already
+        holding the moved messages in cur/."""
+        taken: list[int] = []
+        state = self._sync(taken)
+        if taken or not any(map(_is_recent, state.messages)):
+            # (What is still in new/ after the moves was taken by someone else meanwhile.)
+            return state, taken
+        taken = self.take_recent(m.uid for m in state.messages if m.recent)
+        after = self.current_state()
+        if (
+            after is not None
+            and after.uidvalidity == state.uidvalidity
+            and after.uidnext == state.uidnext
+            and after.count == state.count
+        ):
+            state = after
+        return state, taken
+
+    def _sync(self, taken: list[int] | None) -> FolderState:
+        """``sync()``; with a list ``taken``, a rebuild also moves what is in new/ to cur/
+        first and puts the UIDs it moved in ``taken``."""
         changed = False
         for sub in ("new", "cur"):  # new/ first: a message moving new->cur is then seen in cur/
             changed |= self._refresh_dir(sub, force=False)
@@ -308,7 +338,8 @@ class Folder:
         # The scans now hold the new listing: until a state is built from it (_build_state
         # clears this), it must not count as "seen" should _reconcile fail (lock timeout).
         self._stale = True
-        self._reconcile()
+        with _collector_paused():
+            self._reconcile(taken)
         assert self._state is not None
         return self._state
 
@@ -335,8 +366,7 @@ class Folder:
             listing = os.listdir(f"{self._dir}/{sub}")
         except FileNotFoundError:
             raise FolderNotFound(f"folder {self.name!r} no longer exists") from None
-        sep = names.INFO_SEPARATOR
-        files = {fn.partition(sep)[0]: fn for fn in names.message_filenames(listing)}
+        files = names.files_by_base(listing)
         same = files == scan.files
         scan.files = files
         scan.stamp = stamp
@@ -397,8 +427,8 @@ class Folder:
         self._stale = True
         return lst
 
-    def _save_list(self, lst: UidList) -> None:
-        uidlist.save(self._list_path(), lst, self._settings.hostname)
+    def _save_list(self, lst: UidList, records: list[str] | None = None) -> None:
+        uidlist.save(self._list_path(), lst, self._settings.hostname, records)
         self._list, self._list_stamp = lst, self._file_stamp()
 
     @staticmethod
@@ -419,8 +449,9 @@ class Folder:
                 flags_differ = True
         return vanished, unknown, flags_differ
 
-    def _reconcile(self) -> None:
-        """Merge the scan with the UID list; take the lock only if the list must change."""
+    def _reconcile(self, taken: list[int] | None = None) -> None:
+        """Merge the scan with the UID list; take the lock only if the list must change.
+        With ``taken``: move new/ to cur/ before building the state (``_take_new``)."""
         known_before = self._list.records if self._list is not None else {}
         entries = self._scan_all()
         lst = self._reload_list()
@@ -438,9 +469,61 @@ class Folder:
             with self._lock():
                 lst, entries, gone = self._update_list_locked(entries, known_before)
         assert lst is not None
+        if taken is not None and entries.new:
+            taken.extend(self._take_new(lst, entries))
         self._build_state(lst, entries)
         if gone:
             self._collect_cache(gone)
+
+    def _open_dir(self, sub: str) -> int:
+        try:
+            return os.open(f"{self._dir}/{sub}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FolderNotFound(f"folder {self.name!r} no longer exists") from None
+
+    def _take_new(self, lst: UidList, entries: _Files) -> list[int]:
+        """Move every message of ``entries.new`` that has a UID to cur/ (``take_recent``'s
+        renames, before any state is built); ``entries`` and the scans follow. Returns the
+        UIDs moved, ascending. A file gone meanwhile was taken by another reader (or
+        expunged): it stays in ``entries.new`` as it was, and the next sync() finds where it
+        went, because our renames make the directories' mtimes untrusted."""
+        records = lst.records
+        moves = [(base, fn) for base, fn in entries.new.items() if base in records]
+        if not moves:
+            return []
+        suffix = names.INFO_SEPARATOR + names.FLAGS_PREFIX
+        rename = os.rename
+        moved: list[tuple[str, str]] = []
+        # Names relative to the two directories (the kernel walks no path a thousand times).
+        src = self._open_dir("new")
+        try:
+            dst = self._open_dir("cur")
+            try:
+                for base, fn in moves:
+                    if fn == base:  # the usual file in new/: no info yet
+                        target = base + suffix
+                    else:  # keep whatever flags it already has
+                        info = fn.partition(names.INFO_SEPARATOR)[2]
+                        target = names.format_filename(base, names.flags_of(info))
+                    try:
+                        rename(fn, target, src_dir_fd=src, dst_dir_fd=dst)
+                    except FileNotFoundError:
+                        continue
+                    moved.append((base, target))
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+            if moved:
+                self._changed_by_us()  # the next sync() reads the directories again
+                new_files, cur_files = self._scans["new"].files, self._scans["cur"].files
+                new, cur = entries.new, entries.cur
+                for base, target in moved:
+                    del new[base]
+                    cur[base] = target
+                    new_files.pop(base, None)
+                    cur_files[base] = target
+        return sorted(records[base].uid for base, _ in moved)
 
     def _update_list_locked(
         self, entries: _Files, known_before: dict[str, uidlist.UidRecord]
@@ -490,10 +573,11 @@ class Folder:
                     rec.modseq = next_modseq()
         records = lst.records
         unknown = [b for b in entries if b not in records] if records else list(entries)
+        lines = None  # the record lines, if the assignment rendered them all
         if unknown:
-            self._assign_uids(lst, unknown, entries, known_before, next_modseq)
+            lines = self._assign_uids(lst, unknown, entries, known_before, next_modseq)
         if dirty:
-            self._save_list(lst)
+            self._save_list(lst, lines)
         self._list = lst
         return lst, entries, set(vanished)
 
@@ -504,11 +588,13 @@ class Folder:
         entries: _Files,
         known_before: dict[str, uidlist.UidRecord],
         next_modseq: Callable[[], int],
-    ) -> None:
+    ) -> list[str] | None:
         """Give the ``unknown`` bases UIDs in arrival order (RFC 3501 2.3.1.1: ascending); drop
-        from ``entries`` those that vanished before we could stat them."""
+        from ``entries`` those that vanished before we could stat them. When the list had no
+        records (a folder's first scan), returns its record lines rendered from the columns
+        (``uidlist.render_records``) for the write that follows."""
         if not unknown:
-            return
+            return None
         pending = self._pending_keywords
         arrival = None
         if known_before.keys().isdisjoint(unknown):
@@ -516,18 +602,22 @@ class Folder:
         if arrival is not None:
             # Every name says its time and size (Dovecot-style names): no stat(), and the
             # columns go to the list as they are (a first scan of a big folder has thousands).
-            order, secs, sizes = arrival
-            bases = list(map(unknown.__getitem__, order))
-            fns = entries.file_names(bases)
+            bases, secs, sizes = arrival
+            flags = _flags_column(entries.file_names(bases))
+            first, modseq = lst.uidnext, next_modseq()
+            whole = not lst.records and not pending  # the list will be these records only
             lst.assign_columns(
                 bases,
-                map(sizes.__getitem__, order),
-                map(secs.__getitem__, order),
-                _flags_column(fns),
+                sizes,
+                secs,
+                flags,
                 [pending.pop(b, _NO_KEYWORDS) for b in bases] if pending else repeat(_NO_KEYWORDS),
-                next_modseq(),
+                modseq,
             )
-            return
+            if whole:
+                return uidlist.render_records(range(first, lst.uidnext), sizes, secs, modseq,
+                                              flags, bases)  # fmt: skip
+            return None
         secs, usecs, sizes = names.arrival_fields(unknown)
         keyed: list[tuple[int, int, str, int]] = []
         for base, sec, usec, size in zip(unknown, secs, usecs, sizes, strict=True):
@@ -547,7 +637,7 @@ class Folder:
             keyed.append((sec, usec, base, size))
         keyed.sort()  # by the name's time (its arrival), the name breaking ties
         if not keyed:
-            return
+            return None
         bases = [base for _, _, base, _ in keyed]
         lst.assign_columns(
             bases,
@@ -557,6 +647,7 @@ class Folder:
             [pending.pop(b, _NO_KEYWORDS) for b in bases] if pending else repeat(_NO_KEYWORDS),
             next_modseq(),
         )
+        return None
 
     def _build_state(self, lst: UidList, entries: _Files) -> None:
         if not self._infos:
@@ -735,8 +826,17 @@ class Folder:
         return self._with_file(uid, op)
 
     def read_message(self, uid: int) -> bytes:
-        with self.open_message(uid) as f:
-            return f.read()
+        """The whole message. One open, fstat and read for the usual file (no Python file
+        object: FETCH BODY[] of a big folder reads thousands)."""
+
+        def op(base: str, sub: str, fn: str) -> bytes:
+            fd = os.open(f"{self._dir}/{sub}/{fn}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return _read_to_end(fd)
+            finally:
+                os.close(fd)
+
+        return self._with_file(uid, op)
 
     # -- flags, keywords and new -> cur -----------------------------------------------------
 
@@ -756,33 +856,45 @@ class Folder:
         """
         flagset = names.check_flags(flags)
         kwset = names.check_keywords(keywords)
+        # ``unchanged(flags, keywords)``: true when ``compute`` would change nothing (STORE
+        # +FLAGS (\\Seen) 1:* of a mostly read folder: one test for most messages).
         if mode == "set":
 
             def compute(
                 f: frozenset[str], k: frozenset[str]
             ) -> tuple[frozenset[str], frozenset[str]]:
                 return flagset, kwset
+
+            def unchanged(f: frozenset[str], k: frozenset[str]) -> bool:
+                return f == flagset and k == kwset
         elif mode == "add":
 
             def compute(
                 f: frozenset[str], k: frozenset[str]
             ) -> tuple[frozenset[str], frozenset[str]]:
                 return f | flagset, k | kwset
+
+            def unchanged(f: frozenset[str], k: frozenset[str]) -> bool:
+                return flagset <= f and kwset <= k
         elif mode == "remove":
 
             def compute(
                 f: frozenset[str], k: frozenset[str]
             ) -> tuple[frozenset[str], frozenset[str]]:
                 return f - flagset, k - kwset
+
+            def unchanged(f: frozenset[str], k: frozenset[str]) -> bool:
+                return f.isdisjoint(flagset) and k.isdisjoint(kwset)
         else:
             raise ValueError(f"mode must be 'set', 'add' or 'remove', not {mode!r}")
-        return self._store(uids, compute, unchanged_since)
+        return self._store(uids, compute, unchanged_since, unchanged)
 
     def _store(
         self,
         uids: Iterable[int],
         compute: Callable[[frozenset[str], frozenset[str]], tuple[frozenset[str], frozenset[str]]],
         unchanged_since: int | None = None,
+        unchanged: Callable[[frozenset[str], frozenset[str]], bool] | None = None,
     ) -> StoreOutcome:
         wanted = sorted(set(uids))
         self.sync()
@@ -791,15 +903,45 @@ class Folder:
             if lst is None:  # lost or corrupt: rebuild it (new UIDVALIDITY) like sync() would
                 lst, entries, _ = self._update_list_locked(self._rescan(), {})
                 self._build_state(lst, entries)
-            outcome, renamed, dirty = self._store_locked(lst, wanted, compute, unchanged_since)
+            # The state matches the scans and the list: it can follow our own changes.
+            current = not self._stale and self._state is not None
+            outcome, renamed, dirty = self._store_locked(
+                lst, wanted, compute, unchanged_since, unchanged
+            )
             if dirty:
                 self._save_list(lst)
+        # (A rename by another reader found on the way rescanned: the state is behind.)
+        current = current and not self._stale
         if renamed:
             fsync_dir(f"{self._dir}/cur")  # the new names survive a crash before we answer
             self._changed_by_us()
         elif dirty:
             self._announce_index_change()
+        if dirty and current:
+            self._follow_store(lst, outcome, renamed)
         return outcome
+
+    def _follow_store(
+        self, lst: UidList, outcome: StoreOutcome, renamed: list[tuple[str, str, str]]
+    ) -> None:
+        """Our STORE's changes applied to the state and the scans, so that the next sync()
+        finds the listing it expects and keeps the state. It still reads the directories (our
+        renames made their mtimes untrusted), so a change by another process in the same
+        second shows as a different listing (or a different UID list) and a rebuild."""
+        scans_new, scans_cur = self._scans["new"].files, self._scans["cur"].files
+        for base, sub, target in renamed:
+            if sub == "new":
+                scans_new.pop(base, None)
+            scans_cur[base] = target
+        state = self._state
+        assert state is not None
+        infos = outcome.infos
+        msgs = state.messages
+        # Every message's info, the requested ones as they are now (the same objects the
+        # caller got, so a view comparing by identity sees no change).
+        patched = tuple(map(infos.get, map(_by_uid, msgs), msgs))
+        self._state = FolderState(state.uidvalidity, state.uidnext, patched, lst.highestmodseq)
+        self._stale = False
 
     def _store_locked(
         self,
@@ -807,20 +949,49 @@ class Folder:
         wanted: list[int],
         compute: Callable[[frozenset[str], frozenset[str]], tuple[frozenset[str], frozenset[str]]],
         unchanged_since: int | None,
-    ) -> tuple[StoreOutcome, bool, bool]:
+        unchanged: Callable[[frozenset[str], frozenset[str]], bool] | None = None,
+    ) -> tuple[StoreOutcome, list[tuple[str, str, str]], bool]:
+        """The changes, under the lock: (outcome, (base, old subdir, new file name in cur/)
+        of each rename, whether the list changed)."""
         infos: dict[int, MessageInfo] = {}
         changed: list[int] = []
         modified: list[int] = []
         gone: list[int] = []
+        renamed: list[tuple[str, str, str]] = []
         modseq = 0
-        renamed = dirty = False
+        dirty = False
         records = lst.records
         flags_of = names.flags_of
         sep = names.INFO_SEPARATOR
         directory = self._dir
+        uid_base = self._uid_base
+        cur_file = self._entries.cur.get
+        known = self._infos
         for uid in wanted:
-            base = self._uid_base.get(uid)
-            rec = records.get(base) if base is not None else None
+            base = uid_base.get(uid)
+            rec = records.get(base)  # type: ignore[arg-type]
+            # Nothing to do for this one (the usual case of +FLAGS on a mostly flagged folder):
+            # in cur/, the list agrees with its name, compute() would change nothing and the
+            # info we hold is up to date.
+            fn = cur_file(base)  # type: ignore[arg-type]
+            if (
+                unchanged is not None
+                and fn is not None
+                and rec is not None
+                and rec.uid == uid
+                and rec.flags == flags_of(fn.partition(sep)[2])
+                and unchanged(rec.flags, rec.keywords)
+                and (unchanged_since is None or rec.modseq <= unchanged_since)
+            ):
+                info = known.get(fn)
+                if (
+                    info is not None
+                    and info.uid == uid
+                    and info.modseq == rec.modseq
+                    and info.keywords is rec.keywords
+                ):
+                    infos[uid] = info
+                    continue
             where = self._entries.get(base) if base is not None else None
             if base is None or rec is None or rec.uid != uid or where is None:
                 gone.append(uid)
@@ -854,9 +1025,10 @@ class Folder:
                             sub = ""
                             break
                         continue
+                    known.pop(fn, None)  # (the next rebuild would drop it too)
+                    renamed.append((base, sub, target))
                     sub, fn = "cur", target
                     self._entries[base] = (sub, fn)
-                    renamed = True
                 if not modseq:
                     modseq = lst.next_modseq()
                 rec.flags = new_flags
@@ -870,7 +1042,7 @@ class Folder:
             if not sub:
                 gone.append(uid)
                 continue
-            info = self._infos.get(fn)
+            info = known.get(fn)
             if (
                 info is None
                 or info.uid != uid
@@ -888,7 +1060,7 @@ class Folder:
                     rec.keywords,
                     rec.modseq,
                 )
-                self._infos[fn] = info  # the next sync's rebuild reuses it
+                known[fn] = info  # the next sync's rebuild reuses it
             infos[uid] = info
         outcome = StoreOutcome(infos, frozenset(changed), tuple(modified), tuple(gone))
         return outcome, renamed, dirty
@@ -1298,6 +1470,38 @@ class Folder:
             log.warn("cache of {folder} not compacted: {e}", folder=self._dir, e=str(e))
 
 
+def _read_to_end(fd: int) -> bytes:
+    """Everything from ``fd`` (a regular file) to its end. One read() asking for one byte more
+    than fstat() says is there: getting no more than that means the end was reached. Anything
+    else (a file that grew or shrank, a short read) is read on until read() returns nothing."""
+    want = os.fstat(fd).st_size + 1
+    data = os.read(fd, want)
+    if len(data) == want - 1:
+        return data
+    chunks = [data]
+    while data:
+        data = os.read(fd, _CHUNK)
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a rebuild: a first scan of a big folder makes
+    tens of thousands of objects (records, infos, dicts) and no reference cycles, and each
+    few hundred of them would otherwise set off a collection pass (dozens per cold SELECT of
+    10,000 messages, now and then a full one of the whole process). One pass over the new
+    objects runs after, at the next allocation."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 _CHUNK = 64 * 1024
 _NO_KEYWORDS: frozenset[str] = frozenset()
 _keyword_sets: dict[frozenset[str], frozenset[str]] = {}
@@ -1316,6 +1520,7 @@ def _intern_keywords(kws: frozenset[str]) -> frozenset[str]:
 
 
 _by_uid = attrgetter("uid")
+_is_recent = attrgetter("recent")
 
 
 _flags_of_record = attrgetter("flags")

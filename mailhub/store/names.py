@@ -336,18 +336,22 @@ def arrival_fields(bases: list[str]) -> tuple[list[int | None], list[int], list[
 _SECS_LINES = re.compile(r"\n(\d+)\.")  # over "\n" + joined names: one match a line at most
 
 
-def arrival_order(bases: list[str]) -> tuple[list[int], list[int], list[int]] | None:
+def arrival_order(bases: list[str]) -> tuple[list[str], list[int], list[int]] | None:
     """The order in which messages arrived, for assigning UIDs (RFC 3501 2.3.1.1: ascending):
-    ``(order, seconds, sizes)`` with ``order`` the indexes of ``bases`` sorted by (seconds,
-    microseconds, name) as ``time_from_base`` gives them, and the seconds and ``size_from_base``
-    columns. None when some name lacks its time or its size (the caller must stat those).
+    ``(ordered, seconds, sizes)`` with ``ordered`` the ``bases`` sorted by (seconds,
+    microseconds, name) as ``time_from_base`` gives them, and the seconds and
+    ``size_from_base`` of each, in that order. None when some name lacks its time or its size
+    (the caller must stat those).
 
-    Seconds alone order a first scan of a big folder almost entirely: only names sharing a
-    second are parsed further, so the common case costs two regex passes and one sort."""
+    Names whose seconds have one width (every name from 2001 to 2286) sort by seconds as
+    strings: a first scan of a big folder sorts the names once, in C, and reads both columns
+    from the sorted names with two regex passes. Only names sharing a second are parsed
+    further."""
     n = len(bases)
     if not n:
         return [], [], []
-    joined = "\n" + "\n".join(bases)
+    ordered = sorted(bases)
+    joined = "\n" + "\n".join(ordered)
     if joined.count("\n") != n:  # a name holds a line break
         return None
     secs_s = _SECS_LINES.findall(joined)
@@ -356,28 +360,45 @@ def arrival_order(bases: list[str]) -> tuple[list[int], list[int], list[int]] | 
         return None
     secs = list(map(int, secs_s))
     sizes = list(map(int, sizes_s))
-    sec_of = secs.__getitem__
-    order = sorted(range(n), key=sec_of)
+    if len(set(map(len, secs_s))) != 1:  # "99." sorts after "1700000000." as a string
+        perm = sorted(range(n), key=secs.__getitem__)
+        ordered = list(map(ordered.__getitem__, perm))
+        secs = list(map(secs.__getitem__, perm))
+        sizes = list(map(sizes.__getitem__, perm))
     if len(set(secs)) != n:  # names sharing a second: order those by microseconds, then name
 
         def finer(i: int) -> tuple[int, str]:
-            usec = _TIME_PREFIX.match(bases[i]).group(2)  # type: ignore[union-attr]
-            return int(usec or 0), bases[i]
+            usec = _TIME_PREFIX.match(ordered[i]).group(2)  # type: ignore[union-attr]
+            return int(usec or 0), ordered[i]
 
-        tied = order
-        order = []
-        for _, group in groupby(tied, key=sec_of):
+        perm = []
+        for _, group in groupby(range(n), key=secs.__getitem__):
             run = list(group)
             if len(run) > 1:
                 run.sort(key=finer)
-            order.extend(run)
-    return order, secs, sizes
+            perm.extend(run)
+        ordered = list(map(ordered.__getitem__, perm))
+        sizes = list(map(sizes.__getitem__, perm))  # (the seconds are equal within a run)
+    return ordered, secs, sizes
 
 
-def message_filenames(listing: list[str]) -> list[str]:
-    """The names of a directory listing that ``is_message_filename`` accepts. Checks the joined
-    listing first, as a scan of a big folder would otherwise test every name in Python."""
+def files_by_base(listing: list[str]) -> dict[str, str]:
+    """Base name -> file name of each name of a directory listing that ``is_message_filename``
+    accepts (one join of the listing for both checks)."""
     joined = "\n".join(listing)
+    listing = message_filenames(listing, joined)
+    if INFO_SEPARATOR not in joined:  # no info parts (new/, usually): each name is its base
+        return dict(zip(listing, listing, strict=True))
+    sep = INFO_SEPARATOR
+    return {fn.partition(sep)[0]: fn for fn in listing}
+
+
+def message_filenames(listing: list[str], joined: str | None = None) -> list[str]:
+    """The names of a directory listing that ``is_message_filename`` accepts. Checks the joined
+    listing first (``joined``: ``"\\n".join(listing)`` if the caller has it), as a scan of a big
+    folder would otherwise test every name in Python."""
+    if joined is None:
+        joined = "\n".join(listing)
     if (
         joined.count("\n") != len(listing) - 1  # a name with a line break
         or "\r" in joined

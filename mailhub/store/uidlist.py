@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice, repeat
 from operator import attrgetter
 from pathlib import Path
 
@@ -50,12 +50,17 @@ _NONE: frozenset[str] = frozenset()
 
 @dataclass(slots=True)
 class UidRecord:
+    """One message of the list. ``uid``, ``size`` and ``internaldate`` never change once a
+    record exists (a message is immutable; a new UID means a new record): ``serialise`` keeps
+    their text in ``head`` and renders only the rest of the line again on later writes."""
+
     uid: int
     size: int
     internaldate: int  # seconds since the epoch (IMAP INTERNALDATE has second precision)
     modseq: int = 1
     flags: frozenset[str] | None = None  # letters as of ``modseq``; None: unknown (version 1)
     keywords: frozenset[str] = _NONE
+    head: str | None = field(default=None, compare=False, repr=False)  # "uid size date"
 
 
 @dataclass
@@ -191,22 +196,43 @@ def _parse_v1(header: list[bytes], lines: list[bytes]) -> UidList:
     return UidList(uidvalidity, uidnext, records, 1)
 
 
-def serialise(lst: UidList) -> bytes:
+def render_records(
+    uids: range,
+    sizes: list[int],
+    internaldates: list[int],
+    modseq: int,
+    flags: list[frozenset[str]],
+    bases: list[str],
+) -> list[str]:
+    """The record lines ``serialise`` writes for records without keywords given as columns
+    (``UidList.assign_columns`` of a list that had none): a folder's first scan renders them
+    from its columns, several times faster than from 10,000 record objects."""
+    fields = {f: "".join(sorted(f)) or "-" for f in set(flags)}
+    return [
+        f"{uid} {size} {date} {modseq} {flag_field} - {base}\n"
+        for uid, size, date, flag_field, base in zip(
+            uids, sizes, internaldates, map(fields.__getitem__, flags), bases, strict=True
+        )
+    ]
+
+
+def serialise(lst: UidList, records: list[str] | None = None) -> bytes:
     """Version 2. Records whose flags are still unknown (read from version 1 and not seen by a
-    scan since) are written with ``-`` and the caller must have filled them in first."""
+    scan since) are written with ``-`` and the caller must have filled them in first.
+    ``records``: the record lines, when the caller has them already (``render_records`` of
+    exactly ``lst.records``, none with keywords)."""
+    if records is not None:
+        return os.fsencode("".join([_header(lst, ()), *records]))
     recs = lst.records
-    # Column by column, in C loops (a big folder has thousands of records): the flag and
-    # keyword fields are spelled once per distinct set, then looked up.
-    columns = list(zip(*map(_fields, recs.values()), strict=True)) or [()] * 6
-    uids = columns[0]
-    if not all(map(int.__lt__, uids, uids[1:])):
+    uids = list(map(_uid_of, recs.values()))
+    if not all(map(int.__lt__, uids, islice(uids, 1, None))):
         # Kept in UID order by parse() and assign_columns(); never trust it.
         recs = dict(sorted(recs.items(), key=lambda kv: kv[1].uid))
-        columns = list(zip(*map(_fields, recs.values()), strict=True))
-    uids, sizes, dates, modseqs, flag_sets, kw_sets = columns
+    # The flag and keyword fields are spelled once per distinct set (a folder has few), then
+    # looked up; the keyword table in first appearance order: the same list, the same bytes.
     index: dict[str, int] = {}
     kw_fields: dict[frozenset[str], str] = {_NONE: "-"}
-    for kws in dict.fromkeys(kw_sets):  # first appearance order: the same list, the same bytes
+    for kws in dict.fromkeys(map(_keywords_of, recs.values())):
         if kws not in kw_fields:
             ids = []
             for k in sorted(kws):
@@ -216,31 +242,42 @@ def serialise(lst: UidList) -> bytes:
                 ids.append(str(i))
             kw_fields[kws] = ",".join(ids)
     flag_fields: dict[frozenset[str] | None, str] = {_NONE: "-", None: "-"}
-    for flags in dict.fromkeys(flag_sets):
+    for flags in set(map(_flags_of, recs.values())):
         if flags not in flag_fields:
             flag_fields[flags] = "".join(sorted(flags))  # type: ignore[arg-type]
-    rows = zip(
-        uids,
-        sizes,
-        dates,
-        modseqs,
-        map(flag_fields.__getitem__, flag_sets),
-        map(kw_fields.__getitem__, kw_sets),
-        recs,
-        strict=True,
+    head = _header(lst, index)
+    # One f-string a record, its first three fields rendered once in the record's life (a
+    # big folder has thousands of records and most writes change few), one encode for all:
+    # the base names as os.fsencode() would give them.
+    lines = [
+        f"{r.head or _head(r)} {r.modseq} {flag_fields[r.flags]} {kw_fields[r.keywords]} {base}\n"
+        for base, r in recs.items()
+    ]
+    lines.insert(0, head)
+    return os.fsencode("".join(lines))  # (one big copy less than header + encoded records)
+
+
+def _header(lst: UidList, keywords: Iterable[str]) -> str:
+    """The first two lines (keywords are ASCII atoms)."""
+    magic, version = MAGIC.decode(), VERSION.decode()
+    return (
+        f"{magic} {version} {lst.uidvalidity} {lst.uidnext} {lst.highestmodseq}\n"
+        + " ".join(["K", *keywords])
+        + "\n"
     )
-    head = (
-        b"%s %s %d %d %d\n" % (MAGIC, VERSION, lst.uidvalidity, lst.uidnext, lst.highestmodseq)
-        + b" ".join([b"K", *(k.encode("ascii") for k in index)])
-        + b"\n"
-    )
-    # One encode for all records: the base names as os.fsencode() would give them.
-    return head + os.fsencode("".join(map(_RECORD_LINE.__mod__, rows)))
 
 
-_RECORD_LINE = "%d %d %d %d %s %s %s\n"
-_fields = attrgetter("uid", "size", "internaldate", "modseq", "flags", "keywords")
+def _head(rec: UidRecord) -> str:
+    text = rec.head = f"{rec.uid} {rec.size} {rec.internaldate}"
+    return text
 
 
-def save(path: Path, lst: UidList, hostname: str = "localhost") -> None:
-    atomic_write(path, serialise(lst), hostname)
+_uid_of = attrgetter("uid")
+_flags_of = attrgetter("flags")
+_keywords_of = attrgetter("keywords")
+
+
+def save(
+    path: Path, lst: UidList, hostname: str = "localhost", records: list[str] | None = None
+) -> None:
+    atomic_write(path, serialise(lst, records), hostname)
