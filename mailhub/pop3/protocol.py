@@ -2,12 +2,12 @@
 and the response codes of RFC 2449 8 and RFC 3206.
 
 Input is handled strictly one command at a time from a buffer (RFC 2449 6.6 PIPELINING: the
-client may send many commands at once; replies come in order). A handler returns the reply
-bytes, None when it answered itself, or a Deferred (a login being checked, a big message being
-streamed) while which nothing more is parsed: input is only buffered, and past a bound the
-transport is paused. The same holds while the transport's write buffer is full (the session is
-its push producer): a client that pipelines RETRs without reading the answers cannot make the
-server hold their replies in memory.
+client may send many commands at once; replies come in order; ``mailhub.inputpump``). A handler
+returns the reply bytes, None when it answered itself, or a Deferred (a login being checked, a
+big message being streamed) while which nothing more is parsed: input is only buffered, and past
+a bound the transport is paused. The same holds while the transport's write buffer is full (the
+session is its push producer): a client that pipelines RETRs without reading the answers cannot
+make the server hold their replies in memory.
 
 States (RFC 1939 3): AUTHORIZATION until a login succeeds and the maildrop is locked, then
 TRANSACTION. UPDATE happens inside QUIT: only there are messages removed (``Maildrop.commit``);
@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from mailhub import sasl
 from mailhub.auth import IMailUser, PasswordCredentials
+from mailhub.inputpump import TOO_LONG, FlowControlledInputPump
 from mailhub.pop3.lock import MailboxBusy
 from mailhub.pop3.maildrop import Entry, Maildrop, NoSuchMessage, unique_id
 from mailhub.pop3.sender import WHOLE_MESSAGE_LIMIT, MessageProducer, TopReader, whole_message
@@ -85,11 +85,11 @@ AUTH_MALFORMED = err("Authentication response is malformed")
 AUTH_LINE_TOO_LONG = err(f"Authentication response too long (at most {MAX_SASL_LINE} octets)")
 
 
-@implementer(IPushProducer)
-class POP3ServerProtocol(Protocol, TimeoutMixin):
+class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
     """One POP3 session. ``commands`` maps each state's verbs to ``pop3_<VERB>(arg)``."""
 
     factory: POP3ServerFactory
+    max_pending_input = MAX_PENDING_INPUT
 
     commands: ClassVar[dict[str, dict[bytes, str]]] = {
         _AUTHORIZATION: {
@@ -115,16 +115,8 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
     not_supported: ClassVar[frozenset[bytes]] = frozenset({b"APOP", b"UTF8", b"LANG"})
 
     def __init__(self) -> None:
-        self._buf = b""
-        self._pos = 0
-        self._running = False
-        self._waiting = False  # a reply is pending on a Deferred
-        self._paused = False  # the transport is paused (we read no more input)
-        self._write_paused = False  # the transport's write buffer is full: answer nothing more
-        self._producing = False  # registered as the transport's (push) producer, while answering
-        self._closing = False
+        super().__init__()
         self._counted = False
-        self._skip_line = False  # discarding the rest of an over-long line
         self._errors = 0
         self._state = _AUTHORIZATION
         self._tls_active = False
@@ -183,41 +175,8 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
         self.transport.write(reply)
         self._closing = True
         self.setTimeout(None)
-        self._unregister()
+        self._unregister_producer()
         self.transport.loseConnection()
-
-    # --- output flow control (IPushProducer, registered while commands are answered) ------
-
-    def _register(self) -> None:
-        if not self._producing:
-            self._producing = True
-            self.transport.registerProducer(self, True)
-
-    def _unregister(self) -> None:
-        if self._producing:
-            self._producing = False
-            self._write_paused = False
-            self.transport.unregisterProducer()
-
-    def pauseProducing(self) -> None:
-        self._write_paused = True
-
-    def resumeProducing(self) -> None:
-        if not self._write_paused:
-            return
-        self._write_paused = False
-        if self._closing or self._waiting:
-            return
-        self._resume_reading()
-        self._run()
-
-    def stopProducing(self) -> None:
-        self._write_paused = False
-
-    def _resume_reading(self) -> None:
-        if self._paused:
-            self._paused = False
-            self.transport.resumeProducing()
 
     def _end_session(self) -> None:
         """Release the maildrop lock and the login (without UPDATE)."""
@@ -228,74 +187,24 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
         if callable(logout):
             logout()
 
-    # --- input ------------------------------------------------------------------------------
+    # --- input (the loop and the output flow control are FlowControlledInputPump's) ----------
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self.resetTimeout()
-        buf, pos = self._buf, self._pos
-        if pos >= len(buf):
-            self._buf = data
-        else:
-            self._buf = buf[pos:] + data
-        self._pos = 0
-        if self._waiting or self._write_paused:
-            if not self._paused and len(self._buf) > MAX_PENDING_INPUT:
-                self._paused = True
-                self.transport.pauseProducing()
-            return
-        self._run()
-
-    def _run(self) -> None:
-        if self._running:
-            return
-        self._running = True
-        if not self._waiting and not self._closing:
-            self._register()  # so a full write buffer pauses us (pauseProducing)
-        try:
-            while (
-                not self._waiting and not self._write_paused and not self._closing and self._step()
-            ):
-                pass
-        except Exception:
-            self._log.failure("POP3 session state broken for {client}", client=self.client_address)
-            self._shutdown(INTERNAL_ERROR)
-        finally:
-            self._running = False
-        if self._closing:
-            self._buf, self._pos = b"", 0
-        elif not self._waiting and not self._write_paused:
-            self._unregister()  # all input answered; a streamed message registers its own
+    def _input_broken(self) -> None:
+        self._log.failure("POP3 session state broken for {client}", client=self.client_address)
+        self._shutdown(INTERNAL_ERROR)
 
     def _step(self) -> bool:
         """Handle one line if a whole one is buffered; False when more input is needed."""
-        buf, pos = self._buf, self._pos
-        limit = MAX_SASL_LINE if self._sasl is not None else MAX_COMMAND_LINE
-        j = buf.find(b"\n", pos)
-        if self._skip_line:
-            if j < 0:
-                self._buf, self._pos = b"", 0
-                return False
-            self._pos = j + 1
-            self._skip_line = False
-            self._too_long()
-            return True
-        if j < 0:
-            if len(buf) - pos >= limit:
-                # Never buffer an endless line: drop it as it comes, answer at its end.
-                self._skip_line = True
-                self._buf, self._pos = b"", 0
-                return True
+        line = self._take_line(MAX_SASL_LINE if self._sasl is not None else MAX_COMMAND_LINE)
+        if line is None:
             return False
-        self._pos = j + 1
-        if j + 1 - pos > limit:
+        if line is TOO_LONG:
             self._too_long()
             return True
         # RFC 1939 3 says CRLF; a bare LF is taken too (it is unambiguous, and some clients
         # send it).
-        end = j - 1 if j > pos and buf[j - 1] == 0x0D else j
-        line = buf[pos:end]
+        if line.endswith(b"\r"):
+            line = line[:-1]
         if self._sasl is not None:
             self._respond(self._auth_response(line))
         else:
@@ -352,12 +261,9 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
         if result is None:
             return
         if isinstance(result, Deferred):
-            self._waiting = True
             if not self._streaming:
                 self.setTimeout(None)  # we are working, the client is not idle
-            result.addErrback(self._unexpected_failure)
-            result.addCallback(self._async_reply)
-            result.addErrback(self._reply_failed)
+            self._await(result)
         else:
             self.transport.write(result)
 
@@ -371,17 +277,11 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
         self._log.failure("Error sending a POP3 reply", failure)
         self._shutdown(INTERNAL_ERROR)
 
-    def _async_reply(self, reply: bytes | None) -> None:
-        self._waiting = False
+    def _late_reply(self, reply: bytes | None) -> None:
         self._streaming = False
-        if self._closing:
-            return
         if reply is not None:
             self.transport.write(reply)
         self.setTimeout(self.factory.limits.pop3_idle_timeout)
-        if not self._write_paused:
-            self._resume_reading()
-            self._run()
 
     # --- AUTHORIZATION state ----------------------------------------------------------------
 
@@ -417,7 +317,7 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
         self.transport.write(ok("Begin TLS negotiation"))
         # RFC 2595 4 and CVE-2011-0411: whatever the client sent after STLS in plain text is
         # dropped, and a half-done USER is forgotten.
-        self._buf, self._pos = b"", 0
+        self._discard_input()
         self._user = None
         self.transport.startTLS(self.factory.tls_context_factory)
         self._tls_active = True
@@ -701,7 +601,7 @@ class POP3ServerProtocol(Protocol, TimeoutMixin):
         # The idle timer keeps running while we send, restarted by every block the client
         # takes: a client that stops reading is cut off after pop3_idle_timeout.
         self._streaming = True
-        self._unregister()  # one producer at a time: the message's own, until it is sent
+        self._unregister_producer()  # one producer at a time: the message's own, until it is sent
         d = MessageProducer(source, self.transport, first, progress=self.resetTimeout).start()
         if body_lines is None:
             d.addCallback(lambda _: maildrop.mark_seen(entry))

@@ -1,9 +1,9 @@
 """The ESMTP receiver: parser and state machine on a plain ``Protocol``.
 
 Input is processed strictly one command at a time from a buffer (RFC 2920 4: replies in command
-order). A handler returns a ``Reply``, a Deferred firing with one (policy lookups, the sink's
-commit), or None when it answered itself. While a Deferred is outstanding nothing more is parsed;
-input is only buffered, and past a bound the transport is paused.
+order; ``mailhub.inputpump``). A handler returns a ``Reply``, a Deferred firing with one (policy
+lookups, the sink's commit), or None when it answered itself. While a Deferred is outstanding
+nothing more is parsed; input is only buffered, and past a bound the transport is paused.
 
 Message data is never handled line by line in Python: each received chunk is scanned with bytes
 methods for the end-of-data marker, dot-unstuffed with one ``replace``, checked for bare CR/LF by
@@ -36,6 +36,7 @@ from mailhub import sasl
 from mailhub.auth import IMailUser, PasswordCredentials
 from mailhub.envelope import Envelope, Recipient
 from mailhub.faults import Action, Rule, Stage
+from mailhub.inputpump import TOO_LONG, InputPump
 from mailhub.interfaces import DeliveryError, IIncomingMessage
 from mailhub.smtp import replies as R
 from mailhub.smtp.address import (
@@ -120,7 +121,7 @@ def has_long_line(data: bytes, limit: int) -> bool:
     return False
 
 
-class SMTPServerProtocol(Protocol, TimeoutMixin):
+class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
     """One SMTP session (RFC 5321) with PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
     ENHANCEDSTATUSCODES, CHUNKING and BINARYMIME; STARTTLS when the factory has a context.
 
@@ -130,6 +131,7 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
     """
 
     factory: SMTPServerFactory
+    max_pending_input = MAX_PENDING_INPUT
 
     commands: ClassVar[dict[bytes, str]] = {
         verb.encode(): f"smtp_{verb}"
@@ -165,16 +167,10 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
     )
 
     def __init__(self) -> None:
-        self._buf = b""
-        self._pos = 0  # start of unprocessed input in _buf
+        super().__init__()
         self._mode = _COMMAND
-        self._running = False  # inside _run: re-entry only flags more work
-        self._waiting = False  # a reply is pending on a Deferred
-        self._paused = False  # we paused the transport (backpressure)
-        self._closing = False  # no more input is processed
         self._closed = False
         self._counted = False  # the factory counted this connection
-        self._skip_line = False  # discarding an over-long command line
         self._errors = 0
         self._txn: _Transaction | None = None
         self._tls_active = False
@@ -269,53 +265,14 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         self._reset_transaction()
         self.transport.loseConnection()
 
-    # --- input ------------------------------------------------------------------------------
+    # --- input (the loop is InputPump's; _step is below) -------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self.resetTimeout()
-        buf, pos = self._buf, self._pos
-        if pos >= len(buf):
-            self._buf = data
-        elif pos:
-            self._buf = buf[pos:] + data
-        else:
-            self._buf = buf + data
-        self._pos = 0
-        if self._waiting:
-            if not self._paused and len(self._buf) > MAX_PENDING_INPUT:
-                self._paused = True
-                self.transport.pauseProducing()
-            return
-        self._run()
-
-    def _run(self) -> None:
-        if self._running:
-            return
-        self._running = True
-        try:
-            while not self._waiting and not self._closing:
-                mode = self._mode
-                if mode == _COMMAND:
-                    more = self._step_command()
-                elif mode == _DATA:
-                    more = self._step_data()
-                else:
-                    more = self._step_bdat()
-                if not more:
-                    break
-        except Exception:
-            # A bug in the framing code: the byte stream can no longer be trusted.
-            self._log.failure(
-                "SMTP session state broken for {client}", client=self.session.client_address
-            )
-            self._shutdown(Reply(421, "4.3.0", "Error: internal server error"))
-        finally:
-            self._running = False
-        if self._closing:
-            self._buf = b""
-            self._pos = 0
+    def _input_broken(self) -> None:
+        # A bug in the framing code: the byte stream can no longer be trusted.
+        self._log.failure(
+            "SMTP session state broken for {client}", client=self.session.client_address
+        )
+        self._shutdown(Reply(421, "4.3.0", "Error: internal server error"))
 
     # --- replies ----------------------------------------------------------------------------
 
@@ -325,12 +282,9 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         if self._slow:
             result = self._delayed(self._slow, lambda r=result: r)  # a throttle fault
         if isinstance(result, Deferred):
-            self._waiting = True
             # The client is not idle while we work; the timer restarts with the reply.
             self.setTimeout(None)
-            result.addErrback(self._unexpected_failure)
-            result.addCallback(self._async_reply)
-            result.addErrback(self._reply_failed)
+            self._await(result)
         else:
             self._reply(result)
 
@@ -344,19 +298,11 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         self._log.failure("Error sending an SMTP reply", failure)
         self._shutdown(Reply(421, "4.3.0", "Error: internal server error"))
 
-    def _async_reply(self, reply: Reply | None) -> None:
-        self._waiting = False
-        if self._closing:
-            return
+    def _late_reply(self, reply: Reply | None) -> None:
         if reply is not None:  # None: the handler answered itself (a delayed STARTTLS)
             self._reply(reply)
-        if self._closing:
-            return
-        self.setTimeout(self._limits.idle_timeout)
-        if self._paused:
-            self._paused = False
-            self.transport.resumeProducing()
-        self._run()
+        if not self._closing:
+            self.setTimeout(self._limits.idle_timeout)
 
     def _reply(self, reply: Reply) -> None:
         if reply.code == 421:
@@ -372,31 +318,22 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
 
     # --- commands ---------------------------------------------------------------------------
 
-    def _step_command(self) -> bool:
-        buf, pos = self._buf, self._pos
-        j = buf.find(b"\n", pos)
-        if self._skip_line:
-            if j < 0:
-                self._buf, self._pos = b"", 0
-                return False
-            self._pos = j + 1
-            self._skip_line = False
-            self._bad_line(R.LINE_TOO_LONG)
-            return True
-        if j < 0:
-            if len(buf) - pos >= self._max_line:
-                # Never buffer an endless line: drop it as it comes, answer at its end.
-                self._skip_line = True
-                self._buf, self._pos = b"", 0
-                return True
+    def _step(self) -> bool:
+        """One command line or, in DATA or BDAT mode, a piece of the message (for InputPump)."""
+        mode = self._mode
+        if mode == _DATA:
+            return self._step_data()
+        if mode == _BDAT:
+            return self._step_bdat()
+        line = self._take_line(self._max_line)
+        if line is None:
             return False
-        self._pos = j + 1
-        if j + 1 - pos > self._max_line:
+        if line is TOO_LONG:
             self._bad_line(R.LINE_TOO_LONG)
-        elif j == pos or buf[j - 1] != _CR:
+        elif not line.endswith(b"\r"):
             self._bad_line(R.BARE_LF_COMMAND)
         else:
-            line = buf[pos : j - 1]
+            line = line[:-1]
             if b"\r" in line:
                 self._bad_line(R.BARE_LF_COMMAND)
             elif self._auth is not None:
@@ -736,7 +673,7 @@ class SMTPServerProtocol(Protocol, TimeoutMixin):
         self.transport.write(R.START_TLS.wire)
         # RFC 3207 4.2 and CVE-2011-0411: anything the client sent after STARTTLS in plain text
         # is dropped, and everything learned before the handshake is forgotten.
-        self._buf, self._pos = b"", 0
+        self._discard_input()
         self._restart_session()
         self.transport.startTLS(self.factory.tls_context_factory)
         self._tls_active = True
