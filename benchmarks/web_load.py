@@ -2,10 +2,10 @@
 """The web API and page under a big catch-all: list, page deep, search, wait, live events.
 
 N messages (realistic headers; 20 % multipart with an attachment; 1 % with "quarterly" in the
-subject) are written straight into the dev stack's Maildir, spread over M mailboxes
-(``user{i % M}@example.com``). mailhub then starts as its own process (this script with
-``--serve``: the dev stack with only the SMTP and web listeners), and an HTTP client on
-127.0.0.1 (http.client, one persistent connection) times:
+subject, 1 % with "zebra" in the body) are written straight into the dev stack's Maildir,
+spread over M mailboxes (``user{i % M}@example.com``). mailhub then starts as its own process
+(this script with ``--serve``: the dev stack with only the SMTP and web listeners), and an HTTP
+client on 127.0.0.1 (http.client, one persistent connection) times:
 
 * ``start_to_page``: process start until the first page (GET /api/v1/messages?limit=50) has
   been answered: imports, the feed's first scan, the first page (``first_page_cold``) on it;
@@ -13,6 +13,8 @@ subject) are written straight into the dev stack's Maildir, spread over M mailbo
 * ``deep_page``: ``start=N-100&limit=50`` (median of 3);
 * ``search_cold`` / ``search_warm``: ``q=subject:quarterly`` the first time / again (median of
   3); the first search of a run needs every message's summary;
+* ``text_cold`` / ``text_warm``: ``q=zebra`` (free text: subject, addresses and body text) the
+  first time / again (median of 3);
 * ``wait_wake``: an open ``/api/v1/wait?to=...&since=<cursor>`` long poll, then an SMTP delivery
   (smtplib): time from the 250 to the wait's answer (median of 3);
 * ``sse_new``: an open ``/api/v1/events`` stream (what the page uses), then an SMTP delivery:
@@ -62,6 +64,8 @@ def make_message(i: int, rng: random.Random) -> bytes:
     )
     line = "The quick brown fox jumps over the lazy dog. 0123456789 abcdefghijklmnop\r\n"
     text = line * rng.randint(3, 40)
+    if i % 100 == 50:  # 1 %: a word only the body has, for free-text search
+        text += "Mind the zebra crossing.\r\n"
     if i % 5:
         return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + text).encode()
     blob = rng.randbytes(rng.randint(2000, 12000)).hex()
@@ -86,7 +90,12 @@ def fill(mail_dir: Path, count: int, mailboxes: int) -> None:
         data = make_message(i, rng)
         new = mail_dir / DOMAIN / f"user{i % mailboxes}" / "new"
         (new / f"{BASE_TIME + i}.M{i}P4242Q{i}.bench,S={len(data)}").write_bytes(data)
-    (mail_dir / f".count-{count}-{mailboxes}").touch()
+    marker(mail_dir, count, mailboxes).touch()
+
+
+def marker(mail_dir: Path, count: int, mailboxes: int) -> Path:
+    """Says which messages the directory holds (v2: with the free-text body word)."""
+    return mail_dir / f".count-v2-{count}-{mailboxes}"
 
 
 def serve(data_dir: str, smtp_port: int, web_port: int) -> None:
@@ -198,8 +207,7 @@ def rss_mb(pid: int) -> float:
 def run(args: argparse.Namespace, count: int) -> dict[str, float]:
     data = Path(args.workdir) / f"n{count}"
     mail = data / "mail"
-    marker = mail / f".count-{count}-{args.mailboxes}"
-    if args.fresh or not marker.exists():
+    if args.fresh or not marker(mail, count, args.mailboxes).exists():
         fill(mail, count, args.mailboxes)
     for extra in [*mail.glob(f"{DOMAIN}/waiter*"), *mail.glob(f"{DOMAIN}/live*")]:
         shutil.rmtree(extra)  # the previous run's wait and live-event deliveries
@@ -228,6 +236,10 @@ def run(args: argparse.Namespace, count: int) -> dict[str, float]:
         if found["total"] != (count + 99) // 100:
             raise SystemExit(f"search found {found['total']}")
         search = [client.get("/api/v1/messages?q=subject:quarterly&limit=50")[0] for _ in range(3)]
+        text_cold, found = client.get("/api/v1/messages?q=zebra&limit=50")
+        if found["total"] != (count + 49) // 100:
+            raise SystemExit(f"free-text search found {found['total']}")
+        text = [client.get("/api/v1/messages?q=zebra&limit=50")[0] for _ in range(3)]
         wake = [wait_wake(args.web_port, args.smtp_port, n) for n in range(3)]
         live = [sse_new(args.web_port, args.smtp_port, n) for n in range(3)]
         memory = rss_mb(proc.pid)
@@ -242,6 +254,8 @@ def run(args: argparse.Namespace, count: int) -> dict[str, float]:
         "deep_page": statistics.median(deep),
         "search_cold": search_cold,
         "search_warm": statistics.median(search),
+        "text_cold": text_cold,
+        "text_warm": statistics.median(text),
         "wait_wake": statistics.median(wake),
         "sse_new": statistics.median(live),
         "rss_mb": memory,
@@ -256,6 +270,8 @@ COLUMNS = (
     ("deep_page", "{:>9.4f}"),
     ("search_cold", "{:>11.3f}"),
     ("search_warm", "{:>11.4f}"),
+    ("text_cold", "{:>9.3f}"),
+    ("text_warm", "{:>9.4f}"),
     ("wait_wake", "{:>9.4f}"),
     ("sse_new", "{:>8.4f}"),
     ("rss_mb", "{:>7.0f}"),

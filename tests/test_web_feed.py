@@ -8,7 +8,7 @@ from twisted.internet import task
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from mailhub.store import MailStore
-from mailhub.web import parse
+from mailhub.web import parse, scan
 from mailhub.web.feed import Change, Entry, MailFeed
 from mailhub.web.search import QueryError
 
@@ -87,6 +87,23 @@ class Feed(SynchronousTestCase):
         [entry] = self.feed.entries.values()
         self.assertEqual(entry.seq, 2)
 
+    def test_mail_of_one_second_is_numbered_by_the_names_microseconds(self) -> None:
+        # Maildir names do not zero-pad the microseconds: "M99999" came before "M100000",
+        # though it sorts after it as text.
+        inbox = self.store.mailbox("a@example.com", create=True).folder()
+        inbox.sync()
+        new = self.store.root / "example.com" / "a" / "new"
+        if not new.is_dir():
+            new = next(p for p in self.store.root.rglob("new") if p.is_dir())
+        for usecs, subject in ((99999, "first"), (100000, "second"), (100001, "third")):
+            name = f"1800000000.M{usecs}P42Q1.host,S=20"
+            (new / name).write_bytes(f"Subject: {subject}\r\n\r\nx\r\n".encode())
+        self.feed.scan()
+        entries = self.feed.page(0, 10)  # newest first
+        self.assertEqual(
+            [self.feed.summary(e).subject for e in entries], ["third", "second", "first"]
+        )
+
     def test_summaries_are_parsed_once(self) -> None:
         self.deliver("a@example.com", "Hello")
         self.feed.scan()
@@ -156,9 +173,24 @@ class Listing(SynchronousTestCase):
         # there, so the summary can only come from the cache file.
         again = MailFeed(MailStore(self.store.root, "localhost"), task.Clock(), use_inotify=False)
         again.scan()
-        self.patch(parse, "summarise", lambda msg: self.fail("parsed again"))
+        self.patch(scan, "summarise_scanned", lambda fp: self.fail("scanned again"))
+        self.patch(parse, "load", lambda raw: self.fail("parsed again"))
         [entry] = again.page(0, 10)
         self.assertEqual(again.summary(entry).subject, "Parsed once")
+
+    def test_search_text_is_kept_in_the_folder_cache_across_runs(self) -> None:
+        folder = self.store.mailbox("a@example.com", create=True).folder()
+        folder.append(b"Subject: s\r\n\r\nTracking  Number\r\nZX9\r\n", internaldate=1_800_000_000)
+        self.feed.scan()
+        self.feed.search_texts(self.feed.page(0, 10))
+        [entry] = self.feed.page(0, 10)
+        self.assertEqual(entry.text, "tracking number zx9")
+        again = MailFeed(MailStore(self.store.root, "localhost"), task.Clock(), use_inotify=False)
+        again.scan()
+        self.patch(scan, "search_text_scanned", lambda fp: self.fail("scanned again"))
+        self.patch(parse, "load", lambda raw: self.fail("parsed again"))
+        [entry] = again.page(0, 10)
+        self.assertEqual(again.search_text(entry), "tracking number zx9")
 
 
 class Inotify(TestCase):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import email.policy
+import io
+import random
+from dataclasses import replace
 from email.message import EmailMessage
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.envelope import Envelope, Recipient
 from mailhub.smtp.trace import received_header
-from mailhub.web import parse
+from mailhub.web import parse, scan
 from mailhub.web.ids import MessageRef, parse_id
 
 
@@ -129,3 +134,260 @@ class Parts(SynchronousTestCase):
         self.assertIsNone(s.date)
         self.assertIn("body", s.snippet)
         self.assertTrue(s.subject)
+
+
+# -- summaries by a scan (mailhub.web.scan) ---------------------------------------------------
+
+
+def _alternative_html_only() -> bytes:
+    lines = b"lorem ipsum dolor sit amet =\r\n" * 300  # soft line breaks: one long line
+    return (
+        b"From: x@example.com\r\nSubject: alt\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/alternative; boundary="AA"\r\n\r\n--AA\r\n'
+        b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
+        b'\r\n\r\n<div class=3D"x">Gr=C3=BC=C3=9Fe ' + lines + b"</div>\r\n--AA--\r\n"
+    )
+
+
+def _mixed() -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "=?utf-8?q?J=C3=BCrgen?= <j@example.de>"
+    msg["To"] = "a@example.com, B <b@example.com>"
+    msg["Subject"] = "=?utf-8?q?Gr=C3=BC=C3=9Fe?="
+    msg["Date"] = "Tue, 24 Nov 2026 01:00:00 +0000"
+    msg.set_content("plain text\n")
+    msg.add_alternative('<p>html <img src="cid:logo"></p>', subtype="html")
+    msg.get_payload()[1].add_related(b"PNG", "image", "png", cid="<logo>")
+    msg.add_attachment(b"1,2\n", maintype="text", subtype="csv", filename="data.csv")
+    return msg.as_bytes()
+
+
+_B64_TEXT = base64.encodebytes(("Grüße aus Köln. " * 800).encode()).replace(b"\n", b"\r\n")
+
+# Messages the scan reads itself: its summary must be the full parse's.
+SCANNED = {
+    "multipart with related and attachment": _mixed(),
+    "no subject, bare LF-less body": b"From: a@example.com\r\nTo: b@example.com\r\n\r\nhello",
+    "encoded words, quoted comma, odd message id": (
+        b"From: =?iso-8859-1?q?Andr=E9?= Pirard <PIRARD@vm1.ulg.ac.be>\r\n"
+        b"To: =?US-ASCII?Q?Keith_Moore?= <moore@cs.utk.edu>\r\n"
+        b'Cc: =?ISO-8859-1?Q?Olle_J=E4rnefors?= <o@kth.se>, "Quoted, Name" <q@x.org>\r\n'
+        b"Subject: =?ISO-8859-1?B?SWYgeW91IGNhbiByZWFkIHRoaXMgeW8=?=\r\n"
+        b" =?ISO-8859-2?B?dSB1bmRlcnN0YW5kIHRoZSBleGFtcGxlLg==?=\r\n"
+        b"Message-ID: <weird id@x>\r\n\r\nbody\r\n"
+    ),
+    "multipart/alternative with only HTML": _alternative_html_only(),
+    "single-part HTML with a style block": (
+        b"From: x@example.com\r\nContent-Type: text/html\r\n\r\n<html><head><style>p{}</style>"
+        b"</head><body><p>Hello <b>there</b> " + b"word " * 200 + b"</p></body></html>"
+    ),
+    "RFC 2231 and RFC 2047 attachment names, inline image": (
+        b"From: x@example.com\r\nSubject: att\r\nContent-Type: multipart/mixed; boundary=b\r\n"
+        b"\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\n"
+        b"Content-Type: application/pdf; name*=utf-8''R%C3%A9sum%C3%A9.pdf\r\n"
+        b"Content-Disposition: attachment;\r\n filename*0*=utf-8''R%C3%A9sum;"
+        b" filename*1*=%C3%A9.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n"
+        b"--b\r\nContent-Type: image/png\r\nContent-ID: <img1@x>\r\n\r\nPNG\r\n--b\r\n"
+        b'Content-Type: text/plain; name="=?utf-8?q?n=C3=B6tes.txt?="\r\n'
+        b"Content-Disposition: attachment\r\n\r\nnotes\r\n--b--\r\n"
+    ),
+    "broken MIME: closing boundary missing": (
+        b"From: x@example.com\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\npreamble\r\n"
+        b"--zz\r\nContent-Type: text/plain\r\n\r\nfirst part never closed\r\n"
+    ),
+    "broken header values, unknown charset, 8-bit body": (
+        b"From: <<<broken\r\nSubject: =?x-unknown?q?abc?=\r\nContent-Type: text/plain; "
+        b"charset=x-unknown\r\nDate: not a date\r\n\r\nbody \xff\r\n"
+    ),
+    "long base64 text": (
+        b"From: a@example.com\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + _B64_TEXT
+    ),
+    "long UTF-8 text, a character cut by the first read": (
+        "From: a@example.com\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + "é中" * 3000
+    ).encode(),
+    "long quoted-printable text": (
+        b"From: a@x.org\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        + b"=E2=82=AC price list, soft=\r\nbreaks=20and more  \r\n"
+        * 500
+    ),
+    "HTML whose tags straddle the first read": (
+        b"From: a@x.org\r\nContent-Type: text/html\r\n\r\n"
+        + b"<p>a</p>" * 600
+        + b"<div title='x>y'>text here</div>" * 300
+    ),
+    "latin-1 8bit": (
+        "From: a@example.com\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\ndéjà vu\r\n"
+    ).encode("latin-1"),
+    "forwarded message with its own attachment": (
+        b"From: a@example.com\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\n"
+        b"Content-Type: text/plain\r\n\r\nsee below\r\n--o\r\nContent-Type: message/rfc822\r\n"
+        b"\r\nFrom: b@example.com\r\nSubject: inner\r\nContent-Type: multipart/mixed; boundary=i"
+        b"\r\n\r\n--i\r\nContent-Type: text/plain\r\n\r\ninner text\r\n--i\r\n"
+        b"Content-Type: application/zip\r\nContent-Disposition: attachment; filename=a.zip\r\n"
+        b"\r\nPK\r\n--i--\r\n--o--\r\n"
+    ),
+    "only an attachment": (
+        b"From: a@example.com\r\nContent-Type: application/pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n"
+    ),
+    "text that is an attachment": (
+        b"From: a@x.org\r\nContent-Type: text/plain\r\n"
+        b"Content-Disposition: attachment; filename=a.txt\r\n\r\nattached text\r\n"
+    ),
+    "repeated fields: the first counts": (
+        b"From: a@example.com\r\nFrom: b@example.com\r\nSubject: one\r\nSubject: two\r\n"
+        b"To: c@x.org\r\nTo: d@x.org\r\n\r\nx\r\n"
+    ),
+    "comments, groups, folding with a tab": (
+        b'From: "Doe, John" <john@x.org> (comment)\r\nTo: undisclosed-recipients:;\r\n'
+        b"Cc: group: a@b.c, d@e.f;\r\nSubject: folded\r\n   subject\twith tab\r\n"
+        b"Message-ID: <a@b>  \r\nDate: Tue, 24 Nov 2026 01:00:00 +0100\r\n\r\nx\r\n"
+    ),
+    "8-bit header": "From: Jürgen <j@x.de>\r\nSubject: Grüße\r\nTo: b@x.de\r\n\r\nx\r\n".encode(),
+    "bare LF": (
+        b"From: a@example.com\nSubject: lf\nContent-Type: multipart/alternative; boundary=x\n\n"
+        b"--x\nContent-Type: text/plain\n\nplain lf\n--x\nContent-Type: text/html\n\n<p>h</p>\n"
+        b"--x--\n"
+    ),
+    "digest": (
+        b"From: a@x\r\nContent-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\n"
+        b"From: b@x\r\nSubject: one\r\n\r\nfirst\r\n--d--\r\n"
+    ),
+    "header only": b"From: a@example.com\r\nSubject: nobody",
+    "no header at all": b"\r\nbody first\r\n\r\nsecond paragraph\r\n",
+    "a lone CR in the header": b"Subject: one\rTo: a@b.c\r\n\r\nbody\r\n",
+    "long header, multipart": (
+        b"Received: from somewhere\r\n\tby somewhere else\r\n"
+        * 400
+        + b"Subject: deep\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n"
+        b"text after a long header\r\n--b--\r\n"
+    ),
+    "empty file": b"",
+}
+
+# Messages the two parsers may see differently: the scan leaves them to the full parse.
+ODD = {
+    "multipart without a boundary": (
+        b"From: x@example.com\r\nContent-Type: multipart/mixed\r\n\r\n--zz\r\n"
+        b"Content-Type: text/plain\r\n\r\ntext\r\n--zz--\r\n"
+    ),
+    "multipart whose boundary never comes": (
+        b"From: x@example.com\r\nContent-Type: multipart/mixed; boundary=nope\r\n\r\n--zz\r\n"
+        b"Content-Type: text/plain\r\n\r\ntext\r\n--zz--\r\n"
+    ),
+    "a line that is no header field": (
+        b"From: a@example.com\r\nSubject: s\r\nthis line is no field\r\nTo: b@x\r\n\r\nbody\r\n"
+    ),
+    "delivery status": (
+        b"From: MAILER-DAEMON@x\r\nSubject: bounce\r\nContent-Type: multipart/report; "
+        b"report-type=delivery-status; boundary=r\r\n\r\n--r\r\nContent-Type: text/plain\r\n\r\n"
+        b"failed\r\n--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x"
+        b"\r\n\r\nFinal-Recipient: rfc822; a@b\r\nAction: failed\r\n--r--\r\n"
+    ),
+    "multipart/related naming its start": (
+        b'From: a@x\r\nContent-Type: multipart/related; boundary=q; start="<b@x>"\r\n\r\n--q\r\n'
+        b"Content-Type: image/png\r\nContent-ID: <a@x>\r\n\r\nPNG\r\n--q\r\n"
+        b"Content-Type: text/html\r\nContent-ID: <b@x>\r\n\r\n<p>hi</p>\r\n--q--\r\n"
+    ),
+}
+
+
+def _shown(s: parse.Summary) -> tuple[object, ...]:
+    """Everything of a summary but attachment sizes (which the scan does not count)."""
+    return (s.json(), [replace(a, size=None) for a in s.attachments])
+
+
+class Scanned(SynchronousTestCase):
+    def test_scan_gives_the_full_parse_summary(self) -> None:
+        for name, raw in SCANNED.items():
+            full = parse.summarise(parse.load(raw))
+            scanned = scan.summarise_scanned(io.BytesIO(raw))  # raises Odd if it gave up
+            self.assertEqual(_shown(scanned), _shown(full), name)
+
+    def test_odd_messages_take_the_full_parse(self) -> None:
+        for name, raw in ODD.items():
+            with self.assertRaises(scan.Odd, msg=name):
+                scan.summarise_scanned(io.BytesIO(raw))
+            full = parse.summarise(parse.load(raw))
+            self.assertEqual(scan.summarise_file(io.BytesIO(raw)), full, name)
+
+    def test_the_shown_values(self) -> None:
+        s = scan.summarise_file(io.BytesIO(SCANNED["multipart with related and attachment"]))
+        self.assertEqual(s.sender, parse.Address("Jürgen", "j@example.de"))
+        self.assertEqual((s.subject, s.snippet), ("Grüße", "plain text"))
+        self.assertEqual(
+            [(a.content_type, a.filename, a.inline, a.size) for a in s.attachments],
+            [("image/png", "", True, None), ("text/csv", "data.csv", False, None)],
+        )
+        s = scan.summarise_file(io.BytesIO(SCANNED["multipart/alternative with only HTML"]))
+        self.assertTrue(s.snippet.startswith("Grüße lorem ipsum dolor sit amet lorem"), s)
+        self.assertEqual(len(s.snippet), parse.SNIPPET_LENGTH)
+        raw = SCANNED["RFC 2231 and RFC 2047 attachment names, inline image"]
+        names = [a.filename for a in scan.summarise_file(io.BytesIO(raw)).attachments]
+        self.assertEqual(names, ["Résumé.pdf", "", "nötes.txt"])
+
+    def test_only_the_start_of_a_long_body_is_decoded(self) -> None:
+        # Junk far into a base64 body: a whole-body decode would have to forgive it (the
+        # scan gives up on junk it decodes); the snippet is from the first read alone.
+        raw = SCANNED["long base64 text"].replace(_B64_TEXT[-40:], b"!!junk!!" * 5)
+        s = scan.summarise_scanned(io.BytesIO(raw))
+        self.assertEqual(s.snippet, " ".join(("Grüße aus Köln. " * 20).split())[:200])
+
+    def test_plain_values_are_read_as_the_policy_reads_them(self) -> None:
+        # The scan recognises the plainest address lists itself: the same display names and
+        # addresses as email.policy.default, over many generated values.
+        rng = random.Random(7)
+        pieces = ["a", "Bob", "x.y", "user5", "example.com", " ", "  ", "'", "=", "?", "+"]
+        pieces += [".", "..", "-", "_", "~", "#", "Jo Ann", "O'Neil", "!", "{", "|", "(", '"']
+
+        def word() -> str:
+            return "".join(rng.choice(pieces) for _ in range(rng.randint(1, 3)))
+
+        def mailbox() -> str:
+            return rng.choice(
+                [
+                    f"{word()}@{word()}",
+                    f"{word()} <{word()}@{word()}>",
+                    f'"{word()} {word()}" <{word()}@{word()}>',
+                    f"<{word()}@{word()}>",
+                ]
+            )
+
+        recognised = 0
+        for _ in range(30_000):
+            value = ", ".join(mailbox() for _ in range(rng.randint(1, 3)))
+            fast = scan.plain_addresses(value)
+            if fast is None:
+                continue
+            recognised += 1
+            header = email.policy.default.header_factory("To", value)
+            policy = tuple(parse.Address(a.display_name, a.addr_spec) for a in header.addresses)
+            self.assertEqual(fast, policy, value)
+        self.assertGreater(recognised, 1000)
+        for value in ("Order 5 shipped", "  a  b ", "x (y) <z>", "<bench.5@example.net>"):
+            summary = scan.summarise_file(io.BytesIO(f"Subject: {value}\r\n\r\n".encode()))
+            self.assertEqual(
+                summary.subject, str(email.policy.default.header_factory("Subject", value)).strip()
+            )
+            raw = f"Message-ID: {value}\r\n\r\n".encode()
+            self.assertEqual(
+                scan.summarise_file(io.BytesIO(raw)).message_id,
+                parse.summarise(parse.load(raw)).message_id,
+            )
+
+
+class SearchText(SynchronousTestCase):
+    def test_body_text_in_lower_case_one_space_between_words(self) -> None:
+        for name, raw in {**SCANNED, **ODD}.items():
+            expected = " ".join(parse.body_text(parse.load(raw)).split()).lower()
+            self.assertEqual(scan.search_text_file(io.BytesIO(raw)), expected, name)
+
+    def test_bounded(self) -> None:
+        raw = b"Subject: big\r\n\r\n" + b"Word " * scan.SEARCH_TEXT + b"needle\r\n"
+        text = scan.search_text_file(io.BytesIO(raw))
+        self.assertEqual(len(text), scan.SEARCH_TEXT)
+        self.assertTrue(text.startswith("word word"))
+        self.assertNotIn("needle", text)

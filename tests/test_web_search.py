@@ -21,12 +21,12 @@ class Message:
     has_attachment: bool = False
     seen: bool = False
     flagged: bool = False
-    text: str = "Tracking number ZX9"
+    text: str = "tracking number zx9  on its way"
     reads: int = 0
 
-    def body(self) -> str:
+    def body(self) -> str:  # as the feed keeps it: lower case, one space between words
         self.reads += 1
-        return self.text
+        return " ".join(self.text.lower().split())
 
 
 def find(query: str, message: Message | None = None) -> bool:
@@ -94,3 +94,4 @@ class Match(SynchronousTestCase):
         self.assertTrue(find("zx9", m))
         self.assertEqual(m.reads, 1)
         self.assertFalse(find("nowhere", m))
+        self.assertTrue(find('"ZX9   On"', m))  # a quoted phrase: spacing as in the kept text

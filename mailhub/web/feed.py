@@ -27,6 +27,7 @@ before the call. It runs
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import select
 from bisect import bisect_left
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
@@ -44,7 +45,7 @@ from twisted.python.filepath import FilePath
 
 from mailhub.store import Folder, FolderState, MailStore, MessageGone, StoreError
 from mailhub.store.names import INBOX, SEEN, folder_dirname, folder_from_dirname
-from mailhub.web import parse
+from mailhub.web import parse, scan
 from mailhub.web.ids import MessageRef
 from mailhub.web.search import QueryError
 
@@ -53,8 +54,20 @@ log = Logger()
 # Debounce for inotify bursts: one scan for the many events of one delivery.
 NOTICE_DELAY = 0.02
 # The summaries' entry in each folder's mailhub-cache; a new format takes a new name.
-SUMMARY_CACHE = "web-summary-1"
+SUMMARY_CACHE = "web-summary-2"
+SEARCH_TEXT_CACHE = "web-text-1"  # what free-text search looks in (mailhub.web.scan)
 _seq_of = attrgetter("seq")
+# A Maildir name's time (``<secs>.M<usecs>P...``): orders mail that arrived in one second.
+_NAME_TIME = re.compile(r"(\d+)\.M(\d+)P")
+
+
+def _arrival(internaldate: int, key: str) -> tuple[int, int, int, str]:
+    """The order new messages are numbered in: arrival second, then the name's time as
+    numbers (the microseconds are not zero-padded: "M99999" came before "M100000")."""
+    found = _NAME_TIME.match(key)
+    if found is None:
+        return (internaldate, 0, -1, key)
+    return (internaldate, int(found[1]), int(found[2]), key)
 
 
 @dataclass(eq=False, slots=True)
@@ -69,6 +82,7 @@ class Entry:
     flags: frozenset[str]
     summary: parse.Summary | None = None  # parsed on first use; message files never change
     search: Any = None  # what the API's search matches against, made from the summary once
+    text: str | None = None  # the body text free-text search looks in, read on first use
 
     @property
     def id(self) -> str:
@@ -111,11 +125,22 @@ class _Listing:
             self.unread -= SEEN not in entry.flags
 
 
-def _summarise(f: BinaryIO) -> parse.Summary:
-    return parse.summarise(parse.load(f.read()))
+# A summary is scanned (mailhub.web.scan), not parsed in full: a first search over many
+# messages reads only their headers, structure and the start of their text.
+_SUMMARY_CODEC = (scan.summarise_file, parse.Summary.encode, parse.Summary.decode)
+_SUMMARY_PATH = {"compute_path": scan.summarise_path}
 
 
-_SUMMARY_CODEC = (_summarise, parse.Summary.encode, parse.Summary.decode)
+def _encode_text(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _decode_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogatepass")
+
+
+_SEARCH_TEXT_CODEC = (scan.search_text_file, _encode_text, _decode_text)
+_SEARCH_TEXT_PATH = {"compute_path": scan.search_text_path}
 
 
 class MailFeed(Service):
@@ -247,29 +272,54 @@ class MailFeed(Service):
         return self.folder(entry.ref).read_message(entry.uid)
 
     def summary(self, entry: Entry) -> parse.Summary:
-        """The entry's summary: from memory, else the folder's cache, else parsed (and cached
+        """The entry's summary: from memory, else the folder's cache, else scanned (and cached
         for every later run and process). MessageGone if the message was expunged."""
         if entry.summary is None:
-            entry.summary = self.folder(entry.ref).cached(entry.uid, SUMMARY_CACHE, *_SUMMARY_CODEC)
+            entry.summary = self.folder(entry.ref).cached(
+                entry.uid, SUMMARY_CACHE, *_SUMMARY_CODEC, **_SUMMARY_PATH
+            )
         return entry.summary
+
+    def search_text(self, entry: Entry) -> str:
+        """The entry's body text for free-text search (lower case), kept like a summary."""
+        if entry.text is None:
+            folder = self.folder(entry.ref)
+            entry.text = folder.cached(
+                entry.uid, SEARCH_TEXT_CACHE, *_SEARCH_TEXT_CODEC, **_SEARCH_TEXT_PATH
+            )
+        return entry.text
 
     def summarise(self, entries: Iterable[Entry]) -> None:
         """Fill in the summaries of many entries at once: one cache pass per folder (the cache
         file is checked once, new records are appended in one write). Entries of expunged
         messages are left without one."""
+        self._fill(entries, "summary", SUMMARY_CACHE, _SUMMARY_CODEC, _SUMMARY_PATH)
+
+    def search_texts(self, entries: Iterable[Entry]) -> None:
+        """``search_text`` of many entries at once, as ``summarise``."""
+        self._fill(entries, "text", SEARCH_TEXT_CACHE, _SEARCH_TEXT_CODEC, _SEARCH_TEXT_PATH)
+
+    def _fill(
+        self,
+        entries: Iterable[Entry],
+        attr: str,
+        name: str,
+        codec: tuple[Any, ...],
+        path: dict[str, Any],
+    ) -> None:
         by_folder: dict[tuple[str, str], list[Entry]] = {}
         for entry in entries:
-            if entry.summary is None:
+            if getattr(entry, attr) is None:
                 by_folder.setdefault((entry.ref.mailbox, entry.ref.folder), []).append(entry)
         for group in by_folder.values():
             try:
-                cache = self.folder(group[0].ref).cache_pass(SUMMARY_CACHE, *_SUMMARY_CODEC)
+                cache = self.folder(group[0].ref).cache_pass(name, *codec, **path)
             except (StoreError, OSError):
                 continue
             with cache:
                 for entry in group:
                     try:
-                        entry.summary = cache.get(entry.uid)
+                        setattr(entry, attr, cache.get(entry.uid))
                     except (MessageGone, StoreError, FileNotFoundError):
                         continue
 
@@ -389,7 +439,7 @@ class MailFeed(Service):
             entry = watched.ids.get(m.key)
             if entry is None:
                 ref = MessageRef(address, name, m.key)
-                fresh.append(((m.internaldate, m.key), ref, (watched, m)))
+                fresh.append((_arrival(m.internaldate, m.key), ref, (watched, m)))
             elif entry.flags != m.flags or entry.uid != m.uid:
                 self._set_flags(entry, m.flags)
                 entry.uid = m.uid

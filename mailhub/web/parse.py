@@ -30,7 +30,7 @@ class Attachment:
     part: str  # the part's index in walk() order: /messages/{id}/parts/{part}
     filename: str
     content_type: str
-    size: int  # decoded octets
+    size: int | None  # decoded octets; None in a list summary (mailhub.web.scan: not counted)
     content_id: str
     inline: bool
 

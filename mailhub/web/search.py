@@ -5,7 +5,8 @@
 
 Terms are ANDed; ``-term`` negates one. Values compare case-insensitively as substrings; dates
 are ISO 8601 (a day means its midnight, UTC unless an offset is given) against the time the
-message arrived. Free text looks in the subject, the addresses and the body text.
+message arrived. Free text looks in the subject, the addresses and the body text (its first
+64 K characters: mailhub.web.scan.SEARCH_TEXT).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Candidate(Protocol):
     seen: bool
     flagged: bool
 
-    def body(self) -> str: ...
+    def body(self) -> str: ...  # the body text, lower case, whitespace runs made one space
 
 
 def parse(query: str) -> tuple[Term, ...]:
@@ -62,7 +63,8 @@ def parse(query: str) -> tuple[Term, ...]:
         key, colon, value = word.partition(":")
         key = key.lower()
         if not colon or key not in KEYS:
-            terms.append(Term("", word.lower(), negated))
+            # free text: spacing as the body text is kept (one space between words)
+            terms.append(Term("", " ".join(word.lower().split()), negated))
             continue
         if not value:
             raise QueryError(f"search term {key}: needs a value")
@@ -102,7 +104,7 @@ def _holds(term: Term, c: Candidate) -> bool:
             or value in c.sender
             or value in c.to
             or value in c.cc
-            or value in c.body().lower()
+            or value in c.body()
         )
     if key == "from":
         return value in c.sender

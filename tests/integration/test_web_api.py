@@ -20,6 +20,7 @@ from mailhub.config import WebConfig
 from mailhub.store import MailStore
 from mailhub.testing import MailhubTestServer
 from mailhub.users import UserDB
+from mailhub.web import parse, scan
 
 
 def rich_message(to: str = "alice@example.com", subject: str = "Invoice 42") -> EmailMessage:
@@ -130,6 +131,11 @@ class Messages(WebTestCase):
         bad = await self.call("GET", "/api/v1/messages?q=before:someday")
         self.assertEqual(bad.code, 400)
         self.assertIn("not a date", bad.json["error"])
+        # Later free-text searches read no message: each body's text was kept by the first.
+        self.patch(scan, "search_text_scanned", lambda fp: self.fail("a body read again"))
+        self.patch(parse, "load", lambda raw: self.fail("a message parsed again"))
+        self.assertEqual(await subjects("q=INSIDE"), ["Weekly report"])
+        self.assertEqual(await subjects("q=%22numbers%20%20inside%22"), ["Weekly report"])
 
     async def test_one_message_parsed_and_sanitised(self) -> None:
         await self.start()

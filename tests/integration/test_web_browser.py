@@ -4,7 +4,6 @@ a message sent by SMTP shows up live, opens, its attachment downloads, delete wo
 from __future__ import annotations
 
 import shutil
-import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from mailhub.testing import MailhubTestServer
 
 try:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -105,15 +105,33 @@ class Page(TestCase):
         await hub.send("buyer@example.com", message=message_with_attachment())
 
         def see_it_live_and_open_it() -> None:
-            wait = WebDriverWait(driver, 15)
-            row = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#messages .msg")))
-            self.assertIn("Your receipt", row.text)
-            self.assertIn("unread", row.get_attribute("class"))
-            self.assertIn("has-attachment", row.get_attribute("class"))
-            row.click()  # selects and opens; then back to the list and in again by keyboard
+            # Every look at the list is a condition an explicit wait re-checks from a fresh
+            # find: a live update between finding a row and using it cannot fail the test.
+            wait = WebDriverWait(driver, 15, ignored_exceptions=(StaleElementReferenceException,))
+
+            def first_row_classes(d: Any) -> str:
+                return d.find_element(By.CSS_SELECTOR, "#messages .msg").get_attribute("class")
+
+            def row_listed(d: Any) -> bool:
+                row = d.find_element(By.CSS_SELECTOR, "#messages .msg")
+                return "Your receipt" in row.text
+
+            wait.until(row_listed)
+            self.assertIn("unread", first_row_classes(driver))
+            self.assertIn("has-attachment", first_row_classes(driver))
+            row = driver.find_element(By.CSS_SELECTOR, "#messages .msg")
+            row_id = row.get_attribute("data-id")
+
+            def clicked(d: Any) -> bool:
+                d.find_element(By.CSS_SELECTOR, "#messages .msg").click()
+                return True
+
+            wait.until(clicked)  # selects and opens; then back to the list and in again by key
             wait.until(ec.text_to_be_present_in_element((By.ID, "subject"), "Your receipt"))
             driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
             wait.until(lambda d: d.find_element(By.ID, "detail").get_attribute("hidden"))
+            # Back in the list, the opened row has the focus again: Enter opens it.
+            wait.until(lambda d: d.switch_to.active_element.get_attribute("data-id") == row_id)
             driver.switch_to.active_element.send_keys(Keys.ENTER)
             wait.until(ec.text_to_be_present_in_element((By.ID, "subject"), "Your receipt"))
             self.assertFalse(driver.find_element(By.ID, "remote-banner").get_attribute("hidden"))
@@ -127,12 +145,13 @@ class Page(TestCase):
             self.assertNotIn("pwned", driver.find_element(By.TAG_NAME, "body").text)
             driver.switch_to.default_content()
             # Opening marked it read: the Maildir S flag IMAP and POP3 see.
-            wait.until(
-                lambda d: (
-                    "unread"
-                    not in d.find_element(By.CSS_SELECTOR, "#messages .msg").get_attribute("class")
-                )
+            wait.until(lambda d: "unread" not in first_row_classes(d))
+            # The live updates that followed (flags) kept the row, the same element.
+            self.assertEqual(
+                driver.find_element(By.CSS_SELECTOR, "#messages .msg").get_attribute("data-id"),
+                row_id,
             )
+            row.get_attribute("class")  # raises StaleElementReferenceException if redrawn
 
         await threads.deferToThread(see_it_live_and_open_it)
 
@@ -140,10 +159,8 @@ class Page(TestCase):
             link = driver.find_element(By.CSS_SELECTOR, "a.attachment")
             self.assertIn("receipt.txt", link.text)
             link.click()
-            target = self.downloads / "receipt.txt"
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not target.exists():
-                time.sleep(0.1)
+            target = self.downloads / "receipt.txt"  # Chrome renames it there when complete
+            WebDriverWait(driver, 15).until(lambda d: target.exists())
             return target.read_bytes()
 
         self.assertEqual(

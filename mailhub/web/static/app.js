@@ -73,18 +73,36 @@ async function refresh() {
   if (again) refresh();
 }
 
+// The list is kept, not redrawn: a row stays the same element while its message is listed
+// (focus, selection and a pointer on it survive a live update); only rows whose message changed
+// are updated, and rows move only when the order changed.
+function rowContent(m) {
+  return [el("span", { class: "from" }, short(m.from)), el("span", { class: "time", title: m.received }, when(m.received)),
+    el("span", { class: "subj" }, (m.has_attachments ? "📎 " : "") + (m.subject || "(no subject)")), el("span", { class: "size" }, size(m.size)),
+    el("span", { class: "to" }, "To: " + (m.to.map(short).join(", ") || m.mailbox)), el("span"),
+    el("span", { class: "snippet" }, m.snippet)];
+}
+
+function updateRow(li, m) {
+  const selected = m.id === state.selected;
+  const cls = "msg" + (m.seen ? "" : " unread") + (selected ? " selected" : "") + (m.has_attachments ? " has-attachment" : "");
+  if (li.className !== cls) li.className = cls;
+  if (li.getAttribute("aria-selected") !== String(selected)) li.setAttribute("aria-selected", String(selected));
+  const shown = JSON.stringify([m.from, m.received, when(m.received), m.has_attachments, m.subject, m.size, m.to, m.mailbox, m.snippet]);
+  if (li.dataset.shown !== shown) { li.dataset.shown = shown; li.replaceChildren(...rowContent(m)); }
+}
+
 function renderList() {
   const ul = $("#messages");
-  ul.replaceChildren(...state.messages.map((m) => {
-    const li = el("li", { class: "msg" + (m.seen ? "" : " unread") + (m.id === state.selected ? " selected" : ""), role: "option", tabindex: "0",
-        "aria-selected": String(m.id === state.selected), dataset: { id: m.id }, onclick: () => openMessage(m.id) },
-      el("span", { class: "from" }, short(m.from)), el("span", { class: "time", title: m.received }, when(m.received)),
-      el("span", { class: "subj" }, (m.has_attachments ? "📎 " : "") + (m.subject || "(no subject)")), el("span", { class: "size" }, size(m.size)),
-      el("span", { class: "to" }, "To: " + (m.to.map(short).join(", ") || m.mailbox)), el("span"),
-      el("span", { class: "snippet" }, m.snippet));
-    if (m.has_attachments) li.classList.add("has-attachment");
-    return li;
-  }));
+  const rows = new Map([...ul.children].map((li) => [li.dataset.id, li]));
+  const wanted = new Set(state.messages.map((m) => m.id));
+  for (const [id, li] of rows) if (!wanted.has(id)) li.remove();
+  state.messages.forEach((m, i) => {
+    let li = rows.get(m.id);
+    if (!li) li = el("li", { role: "option", tabindex: "0", dataset: { id: m.id }, onclick: () => openMessage(m.id) });
+    updateRow(li, m);
+    if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null);
+  });
   $("#more").hidden = state.messages.length >= state.total;
 }
 
