@@ -28,6 +28,12 @@ class Plugin(SynchronousTestCase):
 
 
 class MakeService(SynchronousTestCase):
+    def setUp(self) -> None:
+        # The service freezes the heap when started: record it instead of freezing the test
+        # runner's heap.
+        self.frozen: list[bool] = []
+        self.patch(tap, "freeze_startup_heap", lambda: self.frozen.append(True))
+
     def options(self, *argv: str) -> tap.Options:
         options = tap.Options()
         options.parseOptions(list(argv))
@@ -37,6 +43,11 @@ class MakeService(SynchronousTestCase):
         data = Path(self.mktemp()).absolute()
         service = tap.makeService(self.options("--data", str(data)))
         self.assertTrue(service.config.dev)
+        freeze = service.getServiceNamed("heap-freeze")
+        self.assertIs(list(service)[-1], freeze)  # after the listeners and the rest
+        self.assertEqual(self.frozen, [])
+        freeze.startService()
+        self.assertEqual(self.frozen, [True])
         self.assertEqual(service.config.data_dir, data)
         # Every listener of the port plan is served, on loopback only.
         self.assertEqual(
@@ -66,3 +77,13 @@ class MakeService(SynchronousTestCase):
         err = self.assertRaises(SystemExit, tap.makeService, self.options("--config", str(path)))
         self.assertIn(f"{path}: [domains] local", str(err.code))
         self.assertIn("must be a list of strings", str(err.code))
+
+
+class StartupHeap(SynchronousTestCase):
+    def test_freeze_moves_the_heap_out_of_the_collectors_reach(self) -> None:
+        import gc
+
+        self.addCleanup(gc.unfreeze)
+        before = gc.get_freeze_count()
+        tap.freeze_startup_heap()
+        self.assertGreater(gc.get_freeze_count(), before)
