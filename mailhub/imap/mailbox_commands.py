@@ -16,6 +16,7 @@ from mailhub.imap.sequence import SequenceSet
 from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.view import PERMANENT_FLAGS, View
 from mailhub.store import Folder, FolderError, FolderExists, FolderNotFound, Mailbox
+from mailhub.store.errors import StoreError
 from mailhub.store.names import INBOX, normalise_folder
 
 if TYPE_CHECKING:
@@ -111,11 +112,18 @@ async def create(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
         return Done("NO", "Mailbox already exists", "ALREADYEXISTS")
     try:
         _create_folder(box, name)
-    except FolderExists:
-        return Done("NO", "Mailbox already exists", "ALREADYEXISTS")
-    except FolderError as e:
-        return Done("NO", str(e), "CANNOT")
+    except (FolderExists, FolderError) as e:
+        return _refusal(e)
     return Done("OK", "CREATE completed")
+
+
+def _refusal(e: StoreError, *, exists: str = "Mailbox already exists") -> Done:
+    """The tagged NO for a folder operation the store refused, with RFC 5530's code."""
+    if isinstance(e, FolderNotFound):
+        return Done("NO", "Mailbox does not exist", "NONEXISTENT")
+    if isinstance(e, FolderExists):
+        return Done("NO", exists, "ALREADYEXISTS")
+    return Done("NO", str(e), "CANNOT")
 
 
 def _create_folder(box: Mailbox, name: str) -> Folder:
@@ -142,10 +150,8 @@ async def delete(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
         session.deselect()
     try:
         session.box().delete_folder(name)
-    except FolderNotFound:
-        return Done("NO", "Mailbox does not exist", "NONEXISTENT")
-    except FolderError as e:
-        return Done("NO", str(e), "CANNOT")
+    except (FolderNotFound, FolderError) as e:
+        return _refusal(e)
     return Done("OK", "DELETE completed")
 
 
@@ -163,12 +169,8 @@ async def rename(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
         return _rename_inbox(session, new)
     try:
         box.rename_folder(old, new)
-    except FolderNotFound:
-        return Done("NO", "Mailbox does not exist", "NONEXISTENT")
-    except FolderExists:
-        return Done("NO", "Target mailbox exists", "ALREADYEXISTS")
-    except FolderError as e:
-        return Done("NO", str(e), "CANNOT")
+    except (FolderNotFound, FolderExists, FolderError) as e:
+        return _refusal(e, exists="Target mailbox exists")
     return Done("OK", "RENAME completed")
 
 
@@ -179,10 +181,8 @@ def _rename_inbox(session: IMAPServerProtocol, new: str) -> Done:
     a loss. Mail delivered meanwhile stays in INBOX."""
     try:
         target = _create_folder(session.box(), new)
-    except FolderExists:
-        return Done("NO", "Target mailbox exists", "ALREADYEXISTS")
-    except FolderError as e:
-        return Done("NO", str(e), "CANNOT")
+    except (FolderExists, FolderError) as e:
+        return _refusal(e, exists="Target mailbox exists")
     inbox = session.box().folder(INBOX)
     uids = [m.uid for m in inbox.sync().messages]
     moved = [source for source, _ in inbox.copy_many(uids, target)] if uids else []
