@@ -63,7 +63,7 @@ from mailhub.config import Config, FaultsConfig, ListenersConfig, TLSConfig, dev
 from mailhub.faults import CertificateIssuer, FaultRules, Rule
 from mailhub.service import FACTORIES, MailhubService, build
 from mailhub.store.errors import StoreError
-from mailhub.web.feed import Change, Entry, MailFeed
+from mailhub.web.feed import Change, Entry, MailFeed, arrival_order
 from mailhub.web.ids import MessageRef
 
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
@@ -375,7 +375,7 @@ class MailhubTestServer:
                     found.extend((address, name, i, folder) for i in folder.sync().messages)
                 except StoreError:
                     continue  # deleted while we looked
-        found.sort(key=lambda e: (e[2].internaldate, e[2].key))
+        found.sort(key=lambda e: arrival_order(e[2].internaldate, e[2].key))
         return found
 
     @staticmethod

@@ -41,6 +41,19 @@ class TrialFixture(TestCase):
         )
         self.assertEqual([m.subject for m in hub.messages("a@example.com")], ["Your invoice 17"])
 
+    async def test_messages_in_one_second_come_in_arrival_order(self) -> None:
+        hub = await MailhubTestServer.started(self, services=SMTP_AND_TLS)
+        folder = hub.service.store.mailbox("same@example.com", create=True).folder()
+        new = folder._path / "new"
+        # Maildir names do not zero-pad the microseconds: M99999 arrived before M100000,
+        # although it sorts after it as text.
+        for usec, subject in ((99999, "first"), (100000, "second")):
+            data = f"Subject: {subject}\r\n\r\nbody\r\n".encode()
+            path = new / f"1700000000.M{usec}P7Q1.host,S={len(data)}"
+            path.write_bytes(data)
+            os.utime(path, (1_700_000_000, 1_700_000_000))
+        self.assertEqual([m.subject for m in hub.messages("same@example.com")], ["first", "second"])
+
     async def test_waiting_sees_a_message_that_arrives_later(self) -> None:
         hub = await MailhubTestServer.started(self, services=SMTP_AND_TLS)
         waiting = hub.wait_for_message(to="late@example.com")

@@ -61,7 +61,7 @@ _seq_of = attrgetter("seq")
 _NAME_TIME = re.compile(r"(\d+)\.M(\d+)P")
 
 
-def _arrival(internaldate: int, key: str) -> tuple[int, int, int, str]:
+def arrival_order(internaldate: int, key: str) -> tuple[int, int, int, str]:
     """The order new messages are numbered in: arrival second, then the name's time as
     numbers (the microseconds are not zero-padded: "M99999" came before "M100000")."""
     found = _NAME_TIME.match(key)
@@ -439,7 +439,7 @@ class MailFeed(Service):
             entry = watched.ids.get(m.key)
             if entry is None:
                 ref = MessageRef(address, name, m.key)
-                fresh.append((_arrival(m.internaldate, m.key), ref, (watched, m)))
+                fresh.append((arrival_order(m.internaldate, m.key), ref, (watched, m)))
             elif entry.flags != m.flags or entry.uid != m.uid:
                 self._set_flags(entry, m.flags)
                 entry.uid = m.uid
