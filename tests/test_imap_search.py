@@ -600,6 +600,23 @@ class MailboxSearch(SynchronousTestCase):
         one_by_one = [m.uid for m in messages if crit(*args).matches(m)]
         self.assertEqual(crit(*args).search(box, box.uids()), one_by_one, args)
 
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(_key_trees(st.sampled_from(_LEAVES)), min_size=1, max_size=3), st.integers(1, 5)
+    )
+    def test_searching_in_pieces_gives_the_same_answer(self, keys: list[list], size: int) -> None:
+        # what SEARCH relies on to work in slices (search_command): each key is decided per
+        # message, so the answers for consecutive pieces, joined, are the answer for all
+        args = [x for k in keys for x in k]
+        messages = mailbox(*self.SUBJECTS)
+        whole = Box(messages, vanish=(30,))
+        expected = crit(*args).search(whole, whole.uids())
+        c, box = crit(*args), Box(messages, vanish=(30,))
+        uids = box.uids()
+        found = [u for i in range(0, len(uids), size) for u in c.search(box, uids[i : i + size])]
+        self.assertEqual(found, expected, args)
+        self.assertEqual(sorted(box.reads), sorted(whole.reads))
+
     def test_and_reads_only_what_the_keys_before_let_through(self) -> None:
         box = Box(mailbox(*self.SUBJECTS))
         self.assertEqual(crit("UID", "20:40", "SUBJECT", b"b").search(box, box.uids()), [20, 30])

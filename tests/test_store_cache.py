@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 from typing import BinaryIO
 
 from mailhub.store import cache
@@ -347,3 +348,106 @@ class PassTests(CacheCase):
         )  # type: ignore[arg-type]
         self.assertEqual(got, 3)
         self.assertEqual(paths[-1], f"{self.inbox_path}/cur/{key}:2,S")
+
+
+class BigText:
+    """An entry "web-text-1" as the web API keeps it: tens of kilobytes per message."""
+
+    def __init__(self) -> None:
+        self.computed = 0
+
+    def compute(self, fp: BinaryIO) -> bytes:
+        self.computed += 1
+        return fp.read() * 10000
+
+    def get(self, folder: Folder, uid: int) -> bytes:
+        return folder.cached(uid, "web-text-1", self.compute, bytes, bytes)
+
+
+class UnaskedNames(CacheCase):
+    """A process keeps the bytes of records only for entry names it asked for (an IMAP
+    process never holds the web API's search texts), and finds the others when it asks."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.patch(cache, "COMPACT_MIN_DEAD", 0)
+        self.expected = [b"l\r\n" * (i + 1) * 10000 for i in range(5)]
+
+    def imap_process(self) -> Folder:
+        """Another process that uses only "lines", after it has read the whole file."""
+        folder = self.restarted()
+        self.assertEqual(Counter().get(folder, self.uids[0]), 1)
+        return folder
+
+    def test_records_of_unasked_names_are_not_held(self) -> None:
+        web = BigText()
+        for u in self.uids:
+            web.get(self.inbox, u)
+            Counter().get(self.inbox, u)
+        self.assertGreater(self.path.stat().st_size, 400_000)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            imap = self.imap_process()
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        self.assertLess(held, 50_000)  # what reading the file left behind, 450 KB of it text
+        self.assertEqual(imap._cache.held_bytes(), {"lines": 4})  # type: ignore[union-attr]
+        # Asked for: read from the file, not recomputed; from then on kept as any name.
+        later = BigText()
+        self.assertEqual(later.get(imap, self.uids[3]), self.expected[3])
+        self.assertEqual(later.computed, 0)
+        held_now = imap._cache.held_bytes()  # type: ignore[union-attr]
+        self.assertEqual(
+            held_now["web-text-1"], sum(map(len, self.expected)) - len(self.expected[3])
+        )
+        self.assertEqual([later.get(imap, u) for u in self.uids], self.expected)
+        self.assertEqual(later.computed, 0)
+
+    def test_asked_for_after_another_process_compacted_the_file(self) -> None:
+        web = BigText()
+        for u in self.uids[:4]:
+            web.get(self.inbox, u)
+        imap = self.imap_process()  # knows where uids 1-4's texts are in the file it has open
+        ino = self.path.stat().st_ino
+        other = self.restarted()
+        Counter().get(other, self.uids[1])
+        other.expunge([self.uids[0], self.uids[3]])  # compacted: a new file, other places
+        self.assertNotEqual(self.path.stat().st_ino, ino)
+        BigText().get(self.restarted(), self.uids[4])  # only in the new file
+        later = BigText()
+        got = [later.get(imap, u) for u in (self.uids[1], self.uids[2], self.uids[4])]
+        self.assertEqual(got, [self.expected[1], self.expected[2], self.expected[4]])
+        self.assertEqual(later.computed, 0)
+        self.assertEqual(Counter().get(imap, self.uids[1]), 2)
+
+    def test_damaged_unasked_record_is_recomputed(self) -> None:
+        web = BigText()
+        for u in self.uids[:3]:
+            web.get(self.inbox, u)
+        data = bytearray(self.path.read_bytes())
+        data[-1:] = b"X"  # the last record (uid 3's text) no longer matches its CRC
+        self.path.write_bytes(bytes(data))
+        imap = self.imap_process()
+        later = BigText()
+        self.assertEqual([later.get(imap, u) for u in self.uids[:3]], self.expected[:3])
+        self.assertEqual(later.computed, 1)  # only the damaged one
+        _, end, damaged = cache.parse_records(self.path.read_bytes(), len(cache.HEADER))
+        self.assertFalse(damaged)  # compacted
+        self.assertEqual(end, len(self.path.read_bytes()))
+
+    def test_record_damaged_after_it_was_read_is_recomputed(self) -> None:
+        web = BigText()
+        for u in self.uids[:3]:
+            web.get(self.inbox, u)
+        imap = self.imap_process()  # checked every record's CRC, kept only places
+        key = imap.sync().by_uid[self.uids[2]].key  # the last record
+        data = self.path.read_bytes()
+        at = data.index(b" web-text-1 %s\n" % key.encode()) + 5000
+        with open(self.path, "r+b") as f:  # damaged in place (a disk error, say)
+            f.seek(at)
+            f.write(b"X")
+        later = BigText()
+        self.assertEqual([later.get(imap, u) for u in self.uids[:3]], self.expected[:3])
+        self.assertEqual(later.computed, 1)

@@ -179,7 +179,9 @@ class Criteria:
     _text_needles: set[str] = field(default_factory=set, repr=False)
 
     def search(self, box: SearchMailbox, uids: list[int]) -> list[int]:
-        """The UIDs among ``uids`` (in mailbox order) that match, in that order."""
+        """The UIDs among ``uids`` (in mailbox order) that match, in that order. Every key
+        is decided per message, so searching consecutive pieces of ``uids`` and joining the
+        answers gives the same answer (SEARCH works in slices, search_command.py)."""
         found = self._filter(_Run(self, box), uids)
         if box.gone:
             found = [u for u in found if u not in box.gone]

@@ -22,6 +22,13 @@ file under the folder's lock and renames it into place; writers still holding th
 their appends, which is harmless for a cache (an append that sees its file replaced is made
 again to the new one). Readers notice (``st_nlink == 0`` on the file they hold open, or another
 inode at the path) and re-read.
+
+Memory: processes share the file but not the entry names they use (IMAP: "headers" and
+"structure"; the web API: a search text of up to 64 K per message). A reader keeps the bytes
+of records only for names it has asked for; of the others it keeps where the latest record
+is (offset and size in the file it holds open). The first time a name is asked for, those
+records are read again from that descriptor (the file is append-only and a compaction
+replaces it, so the bytes there are the ones whose CRC was checked) and checked again.
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ _MAX_HEADER = 1024  # a record's header line is at most this long (a base name i
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 COMPACT_MIN_DEAD = 64 * 1024  # rewrite once dead bytes pass this and the live bytes
 FLUSH_SIZE = 256 * 1024  # deferred records are appended once they add up to this
+READ_SIZE = 4 * 1024 * 1024  # the file is read in pieces of about this size (less memory)
+_GAP = 64 * 1024  # records of a name first asked for: one read spans gaps up to this
+_SIZE_BITS = 40  # a record's place in the file as one int: offset << _SIZE_BITS | size
+_SIZE_MASK = (1 << _SIZE_BITS) - 1
 
 MISSING: Any = object()
 
@@ -100,9 +111,11 @@ class FolderCache:
     """One folder's cache, shared by the sessions of a process through its ``Folder``.
 
     Values are kept decoded in memory once used; records read from the file stay as bytes
-    until first asked for. One descriptor stays open on the file, for reading (``pread``) and
-    appending (``O_APPEND``); a file replaced by a compaction or removed shows as
-    ``st_nlink == 0`` on it and is reopened by path. Not thread-safe (like ``Folder``).
+    until first asked for, if their name was asked for before (``want``); of other names
+    only their place in the file is kept. One descriptor stays open on the file, for
+    reading (``pread``) and appending (``O_APPEND``); a file replaced by a compaction or
+    removed shows as ``st_nlink == 0`` on it and is reopened by path. Not thread-safe (like
+    ``Folder``).
 
     Freshness: a lookup that misses re-reads what other processes appended (one ``fstat``
     when nothing was); ``refresh`` also compares the path's inode (a compaction seen through
@@ -117,6 +130,10 @@ class FolderCache:
         # name -> base -> value; these dicts are never replaced (a pass holds on to one)
         self._decoded: dict[str, dict[str, object]] = {}
         self._raw: dict[str, dict[str, bytes]] = {}  # name -> base -> record data, undecoded
+        self._wanted: set[str] = set()  # names asked for: their records are kept as bytes
+        # other names: base -> offset << _SIZE_BITS | size of its latest record in the file
+        # generation read so far (self._ino); one int, not a tuple of two: 50,000 add up
+        self._at: dict[str, dict[str, int]] = {}
         self._sizes: dict[tuple[str, str], int] = {}  # (base, name) -> size of latest record
         self._live = 0  # sum of _sizes, kept as it changes (checked after every miss)
         self._fd: int | None = None  # the file, O_RDWR|O_APPEND (O_RDONLY if not writable)
@@ -143,7 +160,46 @@ class FolderCache:
         found = self._decoded.get(name)
         if found is None:
             found = self._decoded[name] = {}
+            self.want(name)
         return found
+
+    def want(self, name: str) -> None:
+        """This process uses entry ``name``: keep its records' bytes from now on (reading
+        those the file already holds: checked again, a damaged one is left out)."""
+        if name in self._wanted:
+            return
+        self._wanted.add(name)
+        raws = self._raw.setdefault(name, {})
+        at = self._at.pop(name, None)
+        if not at:
+            return
+        fd = self._fd if self._fd is not None else self._open(create=False)
+        if fd is None or self._offset == 0:  # the file is gone, or another one (forgotten)
+            return
+        places = sorted((p >> _SIZE_BITS, p & _SIZE_MASK, base) for base, p in at.items())
+        i = 0
+        while i < len(places):
+            start = places[i][0]
+            j, end = i + 1, start + places[i][1]
+            while j < len(places) and places[j][0] - end <= _GAP and end - start < READ_SIZE:
+                end = places[j][0] + places[j][1]
+                j += 1
+            try:
+                data = os.pread(fd, end - start, start)
+            except OSError as e:
+                log.warn("cannot read {path}: {e}", path=str(self._path), e=str(e))
+                return
+            for offset, size, base in places[i:j]:
+                got, _, damaged = parse_records(data[offset - start : offset - start + size], 0)
+                if damaged or len(got) != 1 or got[0][:2] != (base, name):
+                    self._damaged = True  # changed since it was read: compact, recompute
+                    continue
+                raws[base] = got[0][2]
+            i = j
+
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes of undecoded records held in memory, by entry name (for tests, diagnostics)."""
+        return {name: sum(map(len, raws.values())) for name, raws in self._raw.items() if raws}
 
     def get(self, base: str, name: str, decode: Callable[[bytes], object]) -> object:
         """The decoded value, or MISSING. An undecodable record counts as missing. A miss
@@ -195,27 +251,40 @@ class FolderCache:
             if fd is None:
                 return
             st = os.fstat(fd)
-        if st.st_size <= self._offset:
-            return
-        data = os.pread(fd, st.st_size - self._offset, self._offset)
-        start = 0
-        if self._offset == 0:
-            if not data.startswith(HEADER):
-                if len(data) >= len(HEADER) or not HEADER.startswith(data):
-                    self._damaged = True
-                return
-            start = len(HEADER)
-        records, end, damaged = parse_records(data, start)
-        self._offset += end
-        self._damaged = self._damaged or damaged
+        want = READ_SIZE
+        while st.st_size > self._offset:
+            # In pieces: the records of names nobody here asked for are only looked at.
+            data = os.pread(fd, min(st.st_size - self._offset, want), self._offset)
+            start = 0
+            if self._offset == 0:
+                if not data.startswith(HEADER):
+                    if len(data) >= len(HEADER) or not HEADER.startswith(data):
+                        self._damaged = True
+                    return
+                start = len(HEADER)
+            records, end, damaged = parse_records(data, start)
+            self._keep(records, self._offset + start)
+            self._offset += end
+            self._damaged = self._damaged or damaged
+            if damaged or len(data) < want:
+                return  # stopped at damage, or read to the end (maybe a write in progress)
+            want = READ_SIZE if end > start else want * 2  # a record longer than the piece
+
+    def _keep(self, records: list[tuple[str, str, bytes, int]], offset: int) -> None:
+        """Take in ``records``, read from the file from ``offset`` on."""
+        wanted, at = self._wanted, self._at
         for base, name, body, size in records:
             self._account((base, name), size)
-            values = self._decoded.get(name)
-            if values is None or base not in values:
-                raws = self._raw.get(name)
-                if raws is None:
-                    raws = self._raw[name] = {}
-                raws[base] = body
+            if name in wanted:
+                values = self._decoded.get(name)
+                if values is None or base not in values:
+                    self._raw[name][base] = body
+            else:
+                places = at.get(name)
+                if places is None:
+                    places = at[name] = {}
+                places[base] = offset << _SIZE_BITS | size
+            offset += size
 
     def _path_ino(self) -> int | None:
         try:
@@ -263,6 +332,7 @@ class FolderCache:
         self._offset = 0
         for raws in self._raw.values():
             raws.clear()
+        self._at.clear()
         self._sizes.clear()
         self._live = 0
         self._dead = 0
@@ -276,9 +346,7 @@ class FolderCache:
         writes once, not once per message). A failure to write is logged, never raised: the
         value is still correct."""
         self.values(name)[base] = value
-        raws = self._raw.get(name)
-        if raws:
-            raws.pop(base, None)
+        self._raw[name].pop(base, None)
         rec = record(base, name, data)
         self._pending.append(((base, name), rec))
         self._pending_size += len(rec)
@@ -343,7 +411,7 @@ class FolderCache:
             return
         self.flush()
         self._read_new_records(False)  # know every record in the file, ours included, by size
-        for store in (*self._decoded.values(), *self._raw.values()):
+        for store in (*self._decoded.values(), *self._raw.values(), *self._at.values()):
             for base in gone.intersection(store):
                 del store[base]
         for key in [k for k in self._sizes if k[0] in gone]:

@@ -1421,6 +1421,7 @@ class Folder:
         check_cache_name(name)
         self._state_or_sync()
         cache = self._folder_cache()
+        cache.want(name)  # before reading: its new records are then kept as they are read
         cache.refresh()
         if cache.needs_compaction():
             self._compact_cache(cache)
