@@ -17,7 +17,11 @@ other in one session:
 - ``fetch_headers`` UID FETCH 1:* (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (...)]), what
   Thunderbird's message list asks for (after SEARCH: mailhub's header cache is warm);
 - ``store_seen``   STORE 1:* +FLAGS (\\Seen): renames the unseen 30 %; mailhub, like Dovecot,
-  answers an untagged FETCH (FLAGS ...) only for the 3,000 messages whose flags changed.
+  answers an untagged FETCH (FLAGS ...) only for the 3,000 messages whose flags changed;
+- ``sort_date``    SORT (DATE) UTF-8 ALL (RFC 5256; the headers were read by the steps before:
+  mailhub's header cache and Dovecot's cache file hold them, the sort keys are new);
+- ``thread_refs``  THREAD REFERENCES UTF-8 ALL (these messages have no References: the
+  threads come from the subject grouping step).
 
 mailhub runs as its own process (this script with ``--serve``: the dev stack, IMAP listener
 only, any password logs in). Dovecot is a throwaway ``dovecot -F -c <conf>`` started by this
@@ -40,6 +44,7 @@ import json
 import os
 import pwd
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -48,7 +53,7 @@ import time
 from pathlib import Path
 
 STEPS = ("select_cold", "select_warm", "fetch_flags", "search_cold", "search_warm",
-         "fetch_headers", "fetch_bodies", "store_seen")  # fmt: skip
+         "fetch_headers", "fetch_bodies", "store_seen", "sort_date", "thread_refs")  # fmt: skip
 MAILHUB_USER = "bench@localhost"  # the dev stack's default domain is its host name
 DOVECOT_USER, DOVECOT_PASSWORD = "bench@example.com", "bench"
 SEARCH_WORD = "quarterly"  # in about 1 % of the subjects
@@ -216,6 +221,12 @@ def measure(port: int, user: str, password: str, count: int) -> dict[str, float]
     changed = sum(1 for d in data if d)
     if changed != count * 3 // 10:
         raise SystemExit(f"STORE: {changed} untagged FETCH responses, expected {count * 3 // 10}")
+    data = timed("sort_date", client.sort, "(DATE)", "UTF-8", "ALL")
+    if len(data[0].split()) != count:
+        raise SystemExit(f"SORT: {len(data[0].split())} numbers, expected {count}")
+    data = timed("thread_refs", client.thread, "REFERENCES", "UTF-8", "ALL")
+    if len(re.findall(rb"\d+", data[0])) != count:
+        raise SystemExit("THREAD: not every message in the answer")
     client.logout()
     out["octets"] = octets
     return out

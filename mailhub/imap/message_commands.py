@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mailhub.imap import arguments as A
-from mailhub.imap import fetch_command, search_command
+from mailhub.imap import fetch_command, search_command, sort_command
 from mailhub.imap.dispatch import AUTHED, SELECTED, CommandTable, Done, utf8
 from mailhub.imap.parser import Item, ParseError, SpooledLiteral
 from mailhub.imap.sequence import compress
@@ -75,7 +75,9 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
     if sub == "FETCH":
         return await fetch_command.fetch_messages(session, rest, uid=True)
     if sub == "SEARCH":
-        return search_command.search_messages(session, rest, uid=True)
+        return await search_command.search_messages(session, rest, uid=True)
+    if sub in sort_command.UID_COMMANDS:  # SORT, THREAD (RFC 5256)
+        return await sort_command.UID_COMMANDS[sub](session, rest, uid=True)
     if sub == "STORE":
         return _store(session, rest, uid=True)
     if sub in ("COPY", "MOVE"):

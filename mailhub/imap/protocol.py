@@ -41,6 +41,7 @@ from mailhub.imap import (
     message_commands,
     search_command,
     session_commands,
+    sort_command,
 )
 from mailhub.imap.dispatch import (
     AUTHENTICATED,
@@ -361,9 +362,10 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         if self.closing:
             return
         if result.sync and self.view is not None:
-            # RFC 3501 7.4.1: no EXPUNGE while answering FETCH, STORE or SEARCH (UID forms ok).
+            # RFC 3501 7.4.1: no EXPUNGE while answering FETCH, STORE or SEARCH (UID forms ok);
+            # SORT and THREAD answer sequence numbers too.
             uid = name == "UID"
-            allow = uid or name not in ("FETCH", "STORE", "SEARCH")
+            allow = uid or name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD")
             try:
                 self.write_all(self.view.sync(allow_expunge=allow))
             except UidValidityChanged:
@@ -408,6 +410,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
     def capabilities(self) -> list[str]:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
                 "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "QRESYNC",
+                "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
                 f"APPENDLIMIT={self.factory.limits.max_message_size}"]  # fmt: skip
         if self.state == NOT_AUTHENTICATED:
             if not self._tls_active and self.factory.tls_context_factory is not None:
@@ -474,4 +477,5 @@ COMMANDS = CommandTable.merged(
     fetch_command.COMMANDS,
     search_command.COMMANDS,
     message_commands.COMMANDS,
+    sort_command.COMMANDS,
 )

@@ -1,0 +1,381 @@
+"""SORT (RFC 5256 3, DISPLAYFROM/DISPLAYTO of RFC 5957): sort keys of a message and the order.
+
+The keys come from the cached top-level header (message_cache "headers"): the base subject
+(RFC 5256 2.1), the sent date (2.2), the first address of From/To/Cc; what a key costs to
+compute is remembered in the header's ``memo`` (kept in memory with the cache entry), so a
+second SORT of the same mailbox only compares. THREAD (thread.py) uses the same keys.
+
+Strings compare as Dovecot compares them: decoded (RFC 2047), upper-cased (for ASCII this is
+i;ascii-casemap, RFC 5256 3's default; other text is decomposed first, like Dovecot's
+i;unicode-casemap titlecase), then by code point.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailhub.imap.mime import MessageHeader
+from mailhub.imap.mime_header import decode_words, parse_address_list
+from mailhub.imap.parser import Atom
+
+# ENVELOPE field index (mime.ENVELOPE_FIELDS) of the header fields used here
+_DATE, _SUBJECT, _FROM, _TO, _CC, _IN_REPLY_TO, _MESSAGE_ID = 0, 1, 2, 5, 6, 8, 9
+
+
+class SortError(ValueError):
+    """Bad sort criteria: the command gets a tagged BAD with str(error)."""
+
+
+# -- base subject (RFC 5256 2.1) ---------------------------------------------------------------
+
+_WSP_RUN = re.compile(r"[ \t\r\n]+")
+# subj-blob = "[" *BLOBCHAR "]" *WSP; BLOBCHAR is any character but "[" and "]" (the ABNF
+# says US-ASCII; Dovecot takes any, and subjects arrive decoded to UTF-8 here)
+_BLOB = r"\[[^\[\]]*\] *"
+# subj-leader = (*subj-blob subj-refwd) / WSP; subj-refwd = ("re" / ("fw" ["d"])) *WSP
+# [subj-blob] ":"
+_LEADER = re.compile(rf"(?:{_BLOB})*(?:re|fwd?) *(?:{_BLOB})?:| ", re.IGNORECASE)
+_BLOB_PREFIX = re.compile(_BLOB)
+
+
+def base_subject(subject: str) -> tuple[str, bool]:
+    """The base subject of a (decoded) subject, and whether the extraction found it to be a
+    reply or forward: it removed a subj-refwd, a "(fwd)" trailer or a "[fwd: ...]" wrapper
+    (RFC 5256 2.1 and its note)."""
+    # (1) tabs, continuations and runs of white space become one space
+    s = _WSP_RUN.sub(" ", subject)
+    reply = False
+    while True:
+        # (2) trailing subj-trailer ("(fwd)" / WSP), as often as it matches
+        while True:
+            if s.endswith(" "):
+                s = s[:-1]
+            elif s[-5:].lower() == "(fwd)":
+                s = s[:-5]
+                reply = True
+            else:
+                break
+        # (3) leading subj-leader, (4) a leading subj-blob unless nothing would be left,
+        # (5) both again until neither matches
+        while True:
+            m = _LEADER.match(s)
+            if m is not None:
+                if m.group() != " ":
+                    reply = True
+                s = s[m.end() :]
+                continue
+            m = _BLOB_PREFIX.match(s)
+            if m is not None and s[m.end() :].strip(" "):
+                s = s[m.end() :]
+                continue
+            break
+        # (6) "[fwd:" ... "]" around the rest: remove it and start over at (2)
+        if s[:5].lower() == "[fwd:" and s.endswith("]"):
+            s = s[5:-1]
+            reply = True
+            continue
+        return s, reply
+
+
+def collation_key(text: str) -> str:
+    """What strings are compared by (see the module's docstring)."""
+    if text.isascii():
+        return text.upper()
+    return unicodedata.normalize("NFD", text).upper()
+
+
+# -- sent date (RFC 5256 2.2, RFC 5322 3.3 and the obsolete forms of 4.3) ----------------------
+
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        (b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN", b"JUL", b"AUG", b"SEP", b"OCT", b"NOV",
+         b"DEC"), 1)
+}  # fmt: skip
+_DATE_TIME = re.compile(
+    rb"(?:\s*[A-Za-z]+\s*,)?\s*(\d{1,2})\s+([A-Za-z]{3})[A-Za-z]*\.?\s+(\d{2,4})\s+"
+    rb"(\d{1,2})\s*:\s*(\d{2})(?:\s*:\s*(\d{2}))?(?:\s+([+-]\d{4}|[A-Za-z]+))?(?![^\s(])"
+)  # the zone after white space (RFC 5322 3.3 FWS): "00:01+0000" is no date, as for Dovecot
+# RFC 5322 4.3 obs-zone; other alphabetic zones (military ones) count as +0000
+_ZONES = {
+    b"UT": 0, b"GMT": 0, b"Z": 0, b"EST": -500, b"EDT": -400, b"CST": -600, b"CDT": -500,
+    b"MST": -700, b"MDT": -600, b"PST": -800, b"PDT": -700,
+}  # fmt: skip
+
+
+def parse_date_time(value: bytes | None) -> int | None:
+    """A Date: header as seconds since the epoch in UTC (the zone applied), or None when it
+    cannot be read."""
+    if not value:
+        return None
+    m = _DATE_TIME.match(value)  # envelope_field values come unfolded
+    if m is None:
+        return None
+    month = _MONTHS.get(m.group(2).upper())
+    if month is None:
+        return None
+    year = int(m.group(3))
+    if len(m.group(3)) == 2:
+        year += 2000 if year < 50 else 1900
+    elif len(m.group(3)) == 3:
+        year += 1900
+    day, hour, minute = int(m.group(1)), int(m.group(4)), int(m.group(5))
+    second = int(m.group(6) or 0)
+    if not (1 <= day <= _month_days(year, month) and hour < 24 and minute < 60 and second < 61):
+        return None
+    zone = m.group(7)
+    offset = 0
+    if zone is not None:
+        if zone[:1] in b"+-":
+            hhmm = int(zone[1:])
+            offset = (hhmm // 100 * 60 + hhmm % 100) * 60 * (-1 if zone[:1] == b"-" else 1)
+        else:
+            offset = (_ZONES.get(zone.upper(), 0) // 100) * 3600
+    return (_days(year, month, day) * 24 + hour) * 3600 + minute * 60 + second - offset
+
+
+def _month_days(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def _days(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to the date (proleptic Gregorian; what calendar.timegm counts, in
+    arithmetic: this runs once per message of a cold SORT)."""
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+# -- message IDs (RFC 5322 3.6.4) for THREAD REFERENCES -----------------------------------------
+
+_MSG_ID = re.compile(rb"<\s*([^<>\s@]+@[^<>\s]+?)\s*>")
+_COMMENT = re.compile(rb"\((?:[^()\\]|\\.)*\)")
+
+
+def message_ids(value: bytes | None) -> list[bytes]:
+    """The msg-ids of a Message-ID, In-Reply-To or References field (folded or not), in order,
+    without the angle brackets; comments and what is not a msg-id (garbage is common here) are
+    left out."""
+    if not value:
+        return []
+    if b"(" in value:
+        value = _COMMENT.sub(b" ", value)
+    return _MSG_ID.findall(value)
+
+
+def _references_field(block: bytes) -> bytes | None:
+    """The raw value of the first References field of a header block (the cached header keeps
+    the block; References is not one of the ENVELOPE fields it indexes)."""
+    low = block.lower()
+    if low.startswith(b"references"):
+        start = 10
+    else:
+        start = low.find(b"\nreferences")
+        if start < 0:
+            return None
+        start += 11
+    while True:
+        rest = low[start:].lstrip(b" \t")
+        if rest.startswith(b":"):
+            begin = len(low) - len(rest) + 1
+            break
+        start = low.find(b"\nreferences", start)  # "References-Foo:" and the like
+        if start < 0:
+            return None
+        start += 11
+    end = begin
+    while True:
+        end = block.find(b"\n", end)
+        if end < 0:
+            return block[begin:].rstrip(b"\r")
+        if block[end + 1 : end + 2] not in (b" ", b"\t"):
+            return block[begin:end].rstrip(b"\r")
+        end += 1
+
+
+# -- one message as SORT and THREAD see it -------------------------------------------------------
+
+
+class SortMessage:
+    """A message of the selected mailbox with its cached header; every key is computed once
+    per header and kept in ``header.memo`` (a list, one place per key: read many times)."""
+
+    __slots__ = ("_keys", "header", "internaldate", "seq", "size", "uid")
+
+    def __init__(self, uid: int, seq: int, internaldate: int, size: int, header: MessageHeader):
+        self.uid = uid
+        self.seq = seq
+        self.internaldate = internaldate
+        self.size = size
+        self.header = header
+        keys = header.memo.get("sort")
+        if keys is None:
+            keys = header.memo["sort"] = [_MISSING] * len(_COMPUTE)
+        self._keys: list[object] = keys
+
+    def _key(self, index: int) -> object:
+        value = self._keys[index]
+        if value is _MISSING:
+            value = self._keys[index] = _COMPUTE[index](self.header)
+        return value
+
+    @property
+    def sent(self) -> int:
+        """RFC 5256 2.2: the Date: header in UTC, or the internal date without a valid one."""
+        sent = self._keys[0]
+        if sent is _MISSING:
+            sent = self._key(0)
+        return self.internaldate if sent is None else sent  # type: ignore[return-value]
+
+    @property
+    def subject(self) -> tuple[str, bool]:
+        """The base subject as compared (collation_key) and whether it is a reply/forward."""
+        value = self._keys[1]
+        return self._key(1) if value is _MISSING else value  # type: ignore[return-value]
+
+    @property
+    def message_id(self) -> bytes | None:
+        return self._key(2)  # type: ignore[return-value]
+
+    @property
+    def references(self) -> list[bytes]:
+        """RFC 5256 4 REFERENCES (1)(A): the References field's msg-ids, or without any the
+        first msg-id of In-Reply-To."""
+        return self._key(3)  # type: ignore[return-value]
+
+    def address(self, key: str) -> str:
+        """FROM, TO, CC (the first address's local part, RFC 5256 3) or DISPLAYFROM,
+        DISPLAYTO (its display name, else the address, RFC 5957 7), as compared."""
+        return self._key(_ADDRESS_INDEX[key])  # type: ignore[return-value]
+
+
+_MISSING = object()
+
+
+def _subject_key(h: MessageHeader) -> tuple[str, bool]:
+    raw = h.envelope_field(_SUBJECT)
+    if not raw:
+        return "", False
+    text = decode_words(raw) if b"=?" in raw or not raw.isascii() else raw.decode("ascii")
+    base, reply = base_subject(text)
+    return collation_key(base), reply
+
+
+def _first_address(h: MessageHeader, index: int) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """(display name, local part, domain) of the first address of a field as ENVELOPE has it:
+    a group's name is in the local part (RFC 3501 7.4.2), as Dovecot sorts it too."""
+    for name, _adl, mailbox, host in parse_address_list(h.envelope_field(index)):
+        return name, mailbox, host
+    return None, None, None
+
+
+def _mailbox_key(index: int) -> Callable[[MessageHeader], str]:
+    def key(h: MessageHeader) -> str:
+        mailbox = _first_address(h, index)[1]
+        return collation_key(mailbox.decode("utf-8", "replace")) if mailbox else ""
+
+    return key
+
+
+def _display_key(index: int) -> Callable[[MessageHeader], str]:
+    def key(h: MessageHeader) -> str:
+        name, mailbox, host = _first_address(h, index)
+        text = decode_words(name).strip() if name else ""
+        if not text and mailbox is not None:
+            # RFC 5957 7: without a display name, the addr-spec
+            text = (mailbox + b"@" + host if host else mailbox).decode("utf-8", "replace")
+        return collation_key(text)
+
+    return key
+
+
+_ADDRESS_KEYS = {
+    "FROM": _mailbox_key(_FROM),
+    "TO": _mailbox_key(_TO),
+    "CC": _mailbox_key(_CC),
+    "DISPLAYFROM": _display_key(_FROM),
+    "DISPLAYTO": _display_key(_TO),
+}
+
+
+def _references(h: MessageHeader) -> list[bytes]:
+    refs = message_ids(_references_field(h.header))
+    if refs:
+        return refs
+    return message_ids(h.envelope_field(_IN_REPLY_TO))[:1]
+
+
+def _message_id(h: MessageHeader) -> bytes | None:
+    ids = message_ids(h.envelope_field(_MESSAGE_ID))
+    return ids[0] if ids else None
+
+
+# What SortMessage keeps per header, in this order: sent date, subject, Message-ID,
+# references, then the address keys.
+_COMPUTE: tuple[Callable[[MessageHeader], object], ...] = (
+    lambda h: parse_date_time(h.envelope_field(_DATE)),
+    _subject_key,
+    _message_id,
+    _references,
+    *_ADDRESS_KEYS.values(),
+)
+_ADDRESS_INDEX = {name: 4 + i for i, name in enumerate(_ADDRESS_KEYS)}
+
+
+# -- SORT criteria and the order -----------------------------------------------------------------
+
+_KEYS: dict[str, Callable[[SortMessage], object]] = {
+    "ARRIVAL": lambda m: m.internaldate,
+    "DATE": lambda m: m.sent,
+    "SIZE": lambda m: m.size,
+    "SUBJECT": lambda m: m.subject[0],
+    **{name: (lambda m, n=name: m.address(n)) for name in _ADDRESS_KEYS},
+}
+
+
+@dataclass(frozen=True)
+class SortKey:
+    name: str  # ARRIVAL, CC, DATE, ...
+    reverse: bool
+
+    def value(self, m: SortMessage) -> object:
+        return _KEYS[self.name](m)
+
+
+def parse_program(item: object) -> list[SortKey]:
+    """The parenthesised sort criteria of RFC 5256 3: ``(REVERSE DATE SUBJECT)``."""
+    if not isinstance(item, list) or not item:
+        raise SortError("SORT needs a parenthesised list of sort criteria")
+    program: list[SortKey] = []
+    reverse = False
+    for word in item:
+        if not isinstance(word, Atom):
+            raise SortError("sort criteria are atoms")
+        name = word.upper()
+        if name == "REVERSE" and not reverse:
+            reverse = True
+            continue
+        if name not in _KEYS:
+            raise SortError(f"unknown sort criterion {str(word)[:40]!r}")
+        program.append(SortKey(name, reverse))
+        reverse = False
+    if reverse:
+        raise SortError("REVERSE must be followed by a sort criterion")
+    return program
+
+
+def sort_messages(messages: list[SortMessage], program: list[SortKey]) -> list[SortMessage]:
+    """``messages`` (in mailbox order) in the order of ``program``; messages that compare
+    equal on every criterion stay in mailbox order (RFC 5256 3), REVERSE or not."""
+    ordered = sorted(messages, key=lambda m: m.seq)
+    # stable sorts, last criterion first; reverse=True keeps equal elements' order too
+    for key in reversed(program):
+        ordered.sort(key=key.value, reverse=key.reverse)
+    return ordered

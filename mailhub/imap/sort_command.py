@@ -1,0 +1,161 @@
+"""SORT and THREAD (RFC 5256; DISPLAYFROM and DISPLAYTO of RFC 5957), plain and UID: the glue
+between sort.py / thread.py and the selected mailbox.
+
+The search keys are SEARCH's (search.compile_criteria, same charsets), searched as SEARCH does
+(search_command: one cache pass, in slices that give the reactor a turn). The sort and thread
+keys come from the same pass over the cached headers, computed in slices too: a cold SORT of
+10,000 messages reads 10,000 header blocks once, later ones only compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from mailhub.imap import arguments as A
+from mailhub.imap import message_cache, search_command
+from mailhub.imap.dispatch import SELECTED, CommandTable, Done
+from mailhub.imap.parser import Item, ParseError
+from mailhub.imap.search import BadCharset, SearchError, compile_criteria
+from mailhub.imap.session_commands import enable_condstore
+from mailhub.imap.sort import SortError, SortMessage, parse_program, sort_messages
+from mailhub.imap.thread import ALGORITHMS, render, thread_orderedsubject, thread_references
+
+if TYPE_CHECKING:
+    from mailhub.imap.protocol import IMAPServerProtocol
+
+COMMANDS = CommandTable()
+
+
+@COMMANDS.command("SORT", (SELECTED,))
+async def sort(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    return await sort_command(session, items, uid=False)
+
+
+@COMMANDS.command("THREAD", (SELECTED,))
+async def thread(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    return await thread_command(session, items, uid=False)
+
+
+async def sort_command(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done:
+    """``SORT (criteria) charset search-keys`` (RFC 5256 3)."""
+    if len(items) < 3:
+        raise ParseError("SORT needs sort criteria, a charset and search keys")
+    try:
+        program = parse_program(items[0])
+    except SortError as e:
+        raise ParseError(str(e)) from None
+
+    def touch(m: SortMessage) -> None:
+        for key in program:
+            key.value(m)
+
+    found = await _find(session, items[1], items[2:], touch)
+    if isinstance(found, Done):
+        return found
+    messages, modseq = found
+    line = b"* SORT" + b"".join(
+        b" %d" % (m.uid if uid else m.seq) for m in sort_messages(messages, program)
+    )
+    if modseq is not None:
+        line += b" (MODSEQ %d)" % modseq  # RFC 7162 3.1.5
+    session.write(line + b"\r\n")
+    return Done("OK", "SORT completed")
+
+
+async def thread_command(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done:
+    """``THREAD algorithm charset search-keys`` (RFC 5256 4)."""
+    if len(items) < 3:
+        raise ParseError("THREAD needs an algorithm, a charset and search keys")
+    algorithm = A.atom(items[0], "threading algorithm").upper()
+    if algorithm not in ALGORITHMS:
+        raise ParseError(f"unknown threading algorithm {algorithm[:40]}")
+    references = algorithm == "REFERENCES"
+
+    def touch(m: SortMessage) -> None:
+        # computed and memoised now, in slices
+        _ = (m.sent, m.subject, m.message_id, m.references) if references else (m.sent, m.subject)
+
+    found = await _find(session, items[1], items[2:], touch)
+    if isinstance(found, Done):
+        return found
+    messages, _ = found
+    roots = thread_references(messages) if references else thread_orderedsubject(messages)
+    number: Callable[[SortMessage], int] = (lambda m: m.uid) if uid else (lambda m: m.seq)
+    session.write(b"* THREAD" + (b" " if roots else b"") + render(roots, number) + b"\r\n")
+    return Done("OK", "THREAD completed")
+
+
+UID_COMMANDS = {"SORT": sort_command, "THREAD": thread_command}
+
+
+async def _find(
+    session: IMAPServerProtocol,
+    charset_item: Item,
+    keys: list[Item],
+    touch: Callable[[SortMessage], None],
+) -> tuple[list[SortMessage], int | None] | Done:
+    """The messages matching the search keys, in mailbox order, with their cached headers and
+    the keys ``touch`` asks for computed; and the highest mod-sequence among them when the
+    search used MODSEQ (RFC 7162 3.1.5). A Done for an unsupported charset."""
+    view = session.selected_view()
+    charset = A.astring(charset_item, "charset").decode("ascii", "replace")
+    try:
+        criteria = compile_criteria(keys, charset)
+    except BadCharset as e:
+        return Done("NO", str(e) or "Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+    except SearchError as e:
+        raise ParseError(str(e)) from None
+    if criteria.uses_modseq:
+        enable_condstore(session)
+    folder = view.folder
+    headers = message_cache.headers_pass(folder)
+    structure = None
+    try:
+        if criteria.needs_structure:
+            structure = message_cache.structure_pass(folder)
+        box = search_command.SearchMailbox(
+            view,
+            headers.get,
+            structure.get if structure else lambda u: message_cache.structure(folder, u),
+        )
+        # expunged by others, not yet announced: nothing left to read
+        uids = [u for u in view.uids if not view.gone(u)]
+        found = await search_command.search_in_slices(session, criteria, box, uids)
+
+        def message(u: int) -> SortMessage | None:
+            h = box.headers(u)
+            if h is None:  # gone meanwhile: left out, as SEARCH leaves it out
+                return None
+            info = view.infos[u]
+            m = SortMessage(u, box.seq(u), info.internaldate, info.size, h)
+            touch(m)
+            return m
+
+        messages = await _in_slices(session, found, message)
+    finally:
+        for p in (headers, structure):
+            if p is not None:
+                p.close()
+    modseq = None
+    if criteria.uses_modseq and messages:
+        modseq = max(view.infos[m.uid].modseq for m in messages)
+    return messages, modseq
+
+
+async def _in_slices(
+    session: IMAPServerProtocol, uids: list[int], make: Callable[[int], SortMessage | None]
+) -> list[SortMessage]:
+    """``make`` of each UID (Nones left out), giving the reactor a turn after every
+    search_command.SLICE_SECONDS of work, as SEARCH does."""
+    clock = session.factory.clock
+    out: list[SortMessage] = []
+    slice_start = clock.seconds()
+    for i, u in enumerate(uids, 1):
+        m = make(u)
+        if m is not None:
+            out.append(m)
+        if i % 64 == 0 and clock.seconds() - slice_start >= search_command.SLICE_SECONDS:
+            await search_command.let_others_run(session)
+            slice_start = clock.seconds()
+    return out

@@ -1,0 +1,276 @@
+"""THREAD (RFC 5256 4): ORDEREDSUBJECT and REFERENCES over SortMessages, and the response.
+
+Every walk over the trees is iterative: a References chain of 10,000 messages is a tree
+10,000 deep, beyond Python's recursion limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import pairwise
+
+from mailhub.imap.sort import SortMessage
+
+ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
+
+
+class Node:
+    """A message of a thread, or a dummy (``message`` None) standing for a message that is
+    referenced but not there."""
+
+    __slots__ = ("children", "date", "message", "parent", "subject")
+
+    def __init__(self, message: SortMessage | None = None) -> None:
+        self.parent: Node | None = None
+        self.children: list[Node] = []
+        self.message: SortMessage | None = None
+        if message is not None:
+            self.fill(message)
+
+    def fill(self, message: SortMessage) -> None:
+        """The node is this message's (read its keys once: they are compared many times)."""
+        self.message = message
+        self.date = (message.sent, message.seq)
+        self.subject = message.subject
+
+    def __repr__(self) -> str:
+        return f"<Node {self.message.seq if self.message else 'dummy'}>"
+
+
+def _date_key(node: Node) -> tuple[int, int]:
+    """RFC 5256 2.2 sent date, ties broken by sequence number; a dummy sorts as its first
+    child (whose children are sorted first)."""
+    while node.message is None:
+        node = node.children[0]
+    return node.date
+
+
+def _subject(node: Node) -> tuple[str, bool]:
+    """(base subject, reply or forward) of a thread: of its message, or for a dummy of its
+    first child (RFC 5256 4 REFERENCES (5)(B)(i)); a dummy is never a reply."""
+    if node.message is not None:
+        return node.subject
+    return _subject(node.children[0])[0], False
+
+
+# -- ORDEREDSUBJECT ------------------------------------------------------------------------------
+
+
+def thread_orderedsubject(messages: list[SortMessage]) -> list[Node]:
+    """RFC 5256 4 ORDEREDSUBJECT: messages grouped by base subject; in each group the first by
+    sent date is the parent of all the others; groups in the order of their first message."""
+    ordered = sorted(messages, key=lambda m: (m.subject[0], m.sent, m.seq))
+    roots: list[Node] = []
+    current: Node | None = None
+    subject: str | None = None
+    for m in ordered:
+        node = Node(m)
+        if current is not None and m.subject[0] == subject:
+            node.parent = current
+            current.children.append(node)
+        else:
+            current, subject = node, m.subject[0]
+            roots.append(node)
+    roots.sort(key=_date_key)
+    return roots
+
+
+# -- REFERENCES ----------------------------------------------------------------------------------
+
+
+def _is_ancestor(a: Node, b: Node | None) -> bool:
+    """``a`` is ``b`` or one of its ancestors."""
+    while b is not None:
+        if b is a:
+            return True
+        b = b.parent
+    return False
+
+
+def _unlink(child: Node) -> None:
+    if child.parent is not None:
+        child.parent.children.remove(child)
+        child.parent = None
+
+
+def _link(parent: Node, child: Node) -> None:
+    """Make ``child`` a child of ``parent`` unless that would make a loop."""
+    if _is_ancestor(child, parent):
+        return
+    _unlink(child)
+    child.parent = parent
+    parent.children.append(child)
+
+
+def thread_references(messages: list[SortMessage]) -> list[Node]:
+    """RFC 5256 4 REFERENCES, steps (1) to (6)."""
+    by_id: dict[bytes, Node] = {}
+    nodes: list[Node] = []  # every node, in the order made
+
+    def node_of(message_id: bytes) -> Node:
+        node = by_id.get(message_id)
+        if node is None:
+            node = by_id[message_id] = Node()  # a dummy until its message shows up
+            nodes.append(node)
+        return node
+
+    # (1) link the messages by Message-ID and References / In-Reply-To, in mailbox order (the
+    # first of several messages with one Message-ID keeps it)
+    for m in sorted(messages, key=lambda m: m.seq):
+        mid = m.message_id
+        if mid is not None and (mid not in by_id or by_id[mid].message is None):
+            node = node_of(mid)  # maybe the dummy made for an earlier reference
+        else:
+            # (A) no Message-ID, or an earlier message has it: a unique ID of its own
+            node = Node()
+            nodes.append(node)
+        node.fill(m)
+        refs = [node_of(r) for r in m.references]
+        # (A) link the references in order, keeping links made before, making no loops
+        for parent, child in pairwise(refs):
+            if child.parent is None:
+                _link(parent, child)
+        # (B) the last reference is the message's parent: a parent from another message's
+        # (maybe truncated) References is replaced; no reference, no parent
+        _unlink(node)
+        if refs:
+            _link(refs[-1], node)
+
+    # (2) the root set: the nodes without a parent
+    roots = [n for n in nodes if n.parent is None]
+    # (3) prune dummies
+    roots = _prune(roots)
+    # (4) sort the root set by sent date (a dummy by its first child, sorted first)
+    for n in roots:
+        if n.message is None:
+            n.children.sort(key=_date_key)
+    roots.sort(key=_date_key)
+    # (5) gather threads with the same base subject
+    roots = _group_by_subject(roots)
+    # (6) sort every set of siblings by sent date, the deepest first
+    for n in _descendants_first(roots):
+        if len(n.children) > 1:
+            n.children.sort(key=_date_key)
+    roots.sort(key=_date_key)
+    return roots
+
+
+def _descendants_first(roots: list[Node]) -> list[Node]:
+    """Every node, each after all of its descendants (a breadth-first list, reversed)."""
+    out = list(roots)
+    i = 0
+    while i < len(out):
+        out.extend(out[i].children)
+        i += 1
+    out.reverse()
+    return out
+
+
+def _prune(roots: list[Node]) -> list[Node]:
+    """RFC 5256 4 REFERENCES (3): a dummy without children goes; a dummy with children gives
+    way to them, except at the top with more than one child (they would all become
+    threads of their own)."""
+    for node in _descendants_first(roots):  # a dummy's children are pruned before it
+        if any(c.message is None for c in node.children):
+            kept: list[Node] = []
+            for c in node.children:
+                if c.message is None:
+                    for g in c.children:
+                        g.parent = node
+                    kept.extend(c.children)
+                else:
+                    kept.append(c)
+            node.children = kept
+    top: list[Node] = []
+    for node in roots:
+        if node.message is None and len(node.children) <= 1:
+            for c in node.children:
+                c.parent = None
+            top.extend(node.children)
+        else:
+            top.append(node)
+    return top
+
+
+def _group_by_subject(roots: list[Node]) -> list[Node]:
+    """RFC 5256 4 REFERENCES (5)."""
+    table: dict[str, Node] = {}
+    # (B) one thread per base subject: a dummy before a message, a message before a reply
+    for node in roots:
+        subject, reply = _subject(node)
+        if not subject:
+            continue
+        old = table.get(subject)
+        if old is None:
+            table[subject] = node
+        elif old.message is not None and (node.message is None or (_subject(old)[1] and not reply)):
+            table[subject] = node
+    # (C) merge the others into it
+    top = set(map(id, roots))
+    order = list(roots)
+    for node in roots:
+        if id(node) not in top:
+            continue  # already merged into another thread
+        subject, reply = _subject(node)
+        if not subject:
+            continue
+        other = table[subject]
+        if other is node:
+            continue
+        top.discard(id(node))
+        if node.message is None and other.message is None:
+            # both dummies: their children become siblings
+            for c in node.children:
+                c.parent = other
+            other.children.extend(node.children)
+        elif other.message is None or (reply and not _subject(other)[1]):
+            # into the dummy, or a reply under the message it answers
+            node.parent = other
+            other.children.append(node)
+        else:
+            dummy = Node()
+            top.discard(id(other))
+            for c in (other, node):
+                c.parent = dummy
+                dummy.children.append(c)
+            table[subject] = dummy
+            top.add(id(dummy))
+            order.append(dummy)
+    return [n for n in order if id(n) in top]
+
+
+# -- the response (RFC 5256 5: thread-list) ------------------------------------------------------
+
+
+def render(roots: list[Node], number: Callable[[SortMessage], int]) -> bytes:
+    """``(3 6 (4 23)(44 7 96))``...: a chain of single children is a list of numbers, children
+    of a branching point each in parentheses; a dummy is left out but keeps its children
+    together."""
+    out: list[bytes] = []
+    # a stack of what is still to write: nodes to open and closing parentheses
+    todo: list[Node | bytes] = []
+    for root in reversed(roots):
+        todo.extend((b")", root, b"("))
+    while todo:
+        item = todo.pop()
+        if isinstance(item, bytes):
+            out.append(item)
+            continue
+        node = item
+        first = True
+        while True:
+            if node.message is not None:
+                if not first:
+                    out.append(b" ")
+                out.append(b"%d" % number(node.message))
+                first = False
+            if len(node.children) == 1 and node.message is not None:
+                node = node.children[0]
+                continue
+            break
+        if node.children:
+            if not first:
+                out.append(b" ")
+            for c in reversed(node.children):
+                todo.extend((b")", c, b"("))
+    return b"".join(out)
