@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -756,3 +757,18 @@ class SearchOverTheStore(IMAPTestCase):
             S: * 2 EXPUNGE
             S: a2 OK NOOP completed
         """)
+
+
+class ObsoleteYears(SynchronousTestCase):
+    """RFC 5322 4.3: two-digit years 00-49 are 2000-2049, 50-99 are 1950-1999; three digits
+    are added to 1900. SENT* (via parse_sent_date) and SORT (DATE) read them the same way."""
+
+    def test_sent_dates(self) -> None:
+        from mailhub.imap.search import parse_sent_date
+        from mailhub.imap.sort import parse_date_time
+
+        for text, year in ((b"3 Mar 49", 2049), (b"3 Mar 50", 1950), (b"3 Mar 103", 2003),
+                           (b"3 Mar 2024", 2024)):  # fmt: skip
+            self.assertEqual(parse_sent_date(b"Sun, " + text + b" 10:00 +0000"), date(year, 3, 3))
+            seconds = parse_date_time(text + b" 00:00:00 +0000")
+            self.assertEqual(seconds, int(datetime(year, 3, 3, tzinfo=UTC).timestamp()))

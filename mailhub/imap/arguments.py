@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from mailhub.imap.dates import MONTHS
 from mailhub.imap.parser import Atom, Item, ParseError, SpooledLiteral
 from mailhub.imap.sequence import SequenceSet
 from mailhub.store.names import decode_mutf7, encode_mutf7
@@ -324,12 +325,6 @@ def store_request(items: list[Item]) -> StoreRequest:
 
 # --- APPEND --------------------------------------------------------------------------------
 
-_MONTHS = {
-    m: i
-    for i, m in enumerate(
-        ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1
-    )
-}
 _DATE_TIME = re.compile(
     r" ?([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4}) "
     r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})\Z"
@@ -342,7 +337,7 @@ def date_time(raw: bytes) -> float:
     if m is None:
         raise ParseError("bad date-time")
     day, mon, year, hh, mm, ss, sign, zh, zm = m.groups()
-    month = _MONTHS.get(mon.upper())
+    month = MONTHS.get(mon.upper())
     if month is None:
         raise ParseError("bad month in date-time")
     offset = timedelta(hours=int(zh), minutes=int(zm)) * (-1 if sign == "-" else 1)

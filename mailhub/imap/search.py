@@ -20,6 +20,7 @@ from datetime import date, datetime
 from typing import BinaryIO, Protocol
 
 from mailhub.imap import search_text
+from mailhub.imap.dates import MONTHS, MONTHS_B, full_year
 from mailhub.imap.mime import MessageHeader, MessageStructure
 from mailhub.imap.mime_header import decode_words, split_fields
 from mailhub.imap.parser import Atom
@@ -193,12 +194,6 @@ class Criteria:
 
 # -- compiling -------------------------------------------------------------------------------
 
-_MONTHS = {
-    m: i
-    for i, m in enumerate(
-        ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1
-    )
-}
 _SEARCH_DATE = re.compile(r"([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})")
 _SEQUENCE = re.compile(r"[0-9*:,]+")
 _NUMBER = re.compile(r"[0-9]+")
@@ -271,7 +266,7 @@ class _Compiler:
     def date(self, key: str) -> date:
         text = self.atom("a date (d-Mon-yyyy)", key)
         m = _SEARCH_DATE.fullmatch(text)
-        month = _MONTHS.get(m.group(2).upper()) if m else None
+        month = MONTHS.get(m.group(2).upper()) if m else None
         if m is None or month is None:
             raise SearchError(f"{key} needs a date like 1-Feb-1994, not {text!r}")
         try:
@@ -560,7 +555,6 @@ def _local_date(ts: float) -> date:
 
 
 _RFC5322_DATE = re.compile(rb"(?:^|[\s,])(\d{1,2})\s+([A-Za-z]{3})[A-Za-z]*\.?\s+(\d{2,4})\b")
-_MONTHS_B = {k.encode(): v for k, v in _MONTHS.items()}
 
 
 def parse_sent_date(value: bytes | None) -> date | None:
@@ -571,16 +565,11 @@ def parse_sent_date(value: bytes | None) -> date | None:
     m = _RFC5322_DATE.search(value)
     if m is None:
         return None
-    month = _MONTHS_B.get(m.group(2).upper())
+    month = MONTHS_B.get(m.group(2).upper())
     if month is None:
         return None
-    year = int(m.group(3))
-    if len(m.group(3)) == 2:
-        year += 2000 if year < 50 else 1900
-    elif len(m.group(3)) == 3:
-        year += 1900
     try:
-        return date(year, month, int(m.group(1)))
+        return date(full_year(m.group(3)), month, int(m.group(1)))
     except ValueError:
         return None
 

@@ -17,6 +17,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailhub.imap.dates import MONTHS_B, full_year
 from mailhub.imap.mime import MessageHeader
 from mailhub.imap.mime_header import decode_words, parse_address_list
 from mailhub.imap.parser import Atom
@@ -89,12 +90,6 @@ def collation_key(text: str) -> str:
 
 # -- sent date (RFC 5256 2.2, RFC 5322 3.3 and the obsolete forms of 4.3) ----------------------
 
-_MONTHS = {
-    m: i
-    for i, m in enumerate(
-        (b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN", b"JUL", b"AUG", b"SEP", b"OCT", b"NOV",
-         b"DEC"), 1)
-}  # fmt: skip
 _DATE_TIME = re.compile(
     rb"(?:\s*[A-Za-z]+\s*,)?\s*(\d{1,2})\s+([A-Za-z]{3})[A-Za-z]*\.?\s+(\d{2,4})\s+"
     rb"(\d{1,2})\s*:\s*(\d{2})(?:\s*:\s*(\d{2}))?(?:\s+([+-]\d{4}|[A-Za-z]+))?(?![^\s(])"
@@ -114,14 +109,10 @@ def parse_date_time(value: bytes | None) -> int | None:
     m = _DATE_TIME.match(value)  # envelope_field values come unfolded
     if m is None:
         return None
-    month = _MONTHS.get(m.group(2).upper())
+    month = MONTHS_B.get(m.group(2).upper())
     if month is None:
         return None
-    year = int(m.group(3))
-    if len(m.group(3)) == 2:
-        year += 2000 if year < 50 else 1900
-    elif len(m.group(3)) == 3:
-        year += 1900
+    year = full_year(m.group(3))
     day, hour, minute = int(m.group(1)), int(m.group(4)), int(m.group(5))
     second = int(m.group(6) or 0)
     if not (1 <= day <= _month_days(year, month) and hour < 24 and minute < 60 and second < 61):
