@@ -207,52 +207,46 @@ def _smtps(shared: Shared) -> Factory:
     return tls_server_factory(tls, _smtp_factory(shared, Role.SUBMISSION, starttls=False))
 
 
-def _pop3_factory(shared: Shared, *, stls: bool = True) -> POP3ServerFactory:
+def _mail_access_factory(
+    kind: type[IMAPServerFactory] | type[POP3ServerFactory], shared: Shared, *, upgrade: bool
+) -> IMAPServerFactory | POP3ServerFactory:
+    """IMAP and POP3 listeners are built alike: the same store, logins and throttle; ``upgrade``
+    offers STARTTLS/STLS (False on the implicit-TLS ports, where TLS is already on)."""
     config = shared.config
-    return POP3ServerFactory(
+    return kind(
         hostname=config.hostname,
         limits=config.limits,
         store=shared.store,
         portal=shared.portal,
         clock=_reactor(),  # type: ignore[arg-type]
-        tls_context_factory=shared.tls if stls else None,  # None: STLS not offered
+        tls_context_factory=shared.tls if upgrade else None,
         throttle=shared.throttle,
         plaintext_login_allowed=shared.plaintext_login_allowed,
     )
 
 
 def _pop3(shared: Shared) -> Factory:
-    return _pop3_factory(shared)
+    return _mail_access_factory(POP3ServerFactory, shared, upgrade=True)
 
 
 def _pop3s(shared: Shared) -> Factory:
     # RFC 8314 3: TLS from the first byte; the protocol sees ISSLTransport and offers no STLS.
     assert shared.tls is not None  # _check_tls_for_listeners
-    return tls_server_factory(shared.tls, _pop3_factory(shared, stls=False))
-
-
-def _imap_factory(shared: Shared, *, starttls: bool = True) -> IMAPServerFactory:
-    config = shared.config
-    return IMAPServerFactory(
-        hostname=config.hostname,
-        limits=config.limits,
-        store=shared.store,
-        portal=shared.portal,
-        clock=_reactor(),  # type: ignore[arg-type]
-        tls_context_factory=shared.tls if starttls else None,  # None: STARTTLS not offered
-        plaintext_login_allowed=shared.plaintext_login_allowed,
-        throttle=shared.throttle,
+    return tls_server_factory(
+        shared.tls, _mail_access_factory(POP3ServerFactory, shared, upgrade=False)
     )
 
 
 def _imap(shared: Shared) -> Factory:
-    return _imap_factory(shared)
+    return _mail_access_factory(IMAPServerFactory, shared, upgrade=True)
 
 
 def _imaps(shared: Shared) -> Factory:
     # RFC 8314 3: TLS from the first byte (993); the protocol sees ISSLTransport, no STARTTLS.
     assert shared.tls is not None  # _check_tls_for_listeners
-    return tls_server_factory(shared.tls, _imap_factory(shared, starttls=False))
+    return tls_server_factory(
+        shared.tls, _mail_access_factory(IMAPServerFactory, shared, upgrade=False)
+    )
 
 
 def _web(shared: Shared) -> Factory:
