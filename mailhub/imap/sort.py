@@ -42,12 +42,21 @@ _LEADER = re.compile(rf"(?:{_BLOB})*(?:re|fwd?) *(?:{_BLOB})?:| ", re.IGNORECASE
 _BLOB_PREFIX = re.compile(_BLOB)
 
 
+# what a subj-leader (3), subj-blob (4) or "[fwd:" (6) starts with; a subj-trailer (2) ends
+# with " " or ")"
+_MAY_LEAD = frozenset(" [rRfF")
+
+
 def base_subject(subject: str) -> tuple[str, bool]:
     """The base subject of a (decoded) subject, and whether the extraction found it to be a
     reply or forward: it removed a subj-refwd, a "(fwd)" trailer or a "[fwd: ...]" wrapper
     (RFC 5256 2.1 and its note)."""
     # (1) tabs, continuations and runs of white space become one space
-    s = _WSP_RUN.sub(" ", subject)
+    s = subject
+    if "\t" in s or "\n" in s or "\r" in s or "  " in s:
+        s = _WSP_RUN.sub(" ", s)
+    if s and s[0] not in _MAY_LEAD and s[-1] not in " )":
+        return s, False  # nothing below can match: the usual subject, done at once
     reply = False
     while True:
         # (2) trailing subj-trailer ("(fwd)" / WSP), as often as it matches
@@ -109,15 +118,18 @@ def parse_date_time(value: bytes | None) -> int | None:
     m = _DATE_TIME.match(value)  # envelope_field values come unfolded
     if m is None:
         return None
-    month = MONTHS_B.get(m.group(2).upper())
-    if month is None:
+    d, mon, y, hh, mm, ss, zone = m.groups()
+    # the days since the epoch of (day, month, year) as written: one date is shared by many
+    # messages, and this is most of the cost
+    days = _DAYS_OF.get((d, mon, y), _MISSING)
+    if days is _MISSING:
+        days = _days_of(d, mon, y)
+        if len(_DAYS_OF) >= 10_000:
+            _DAYS_OF.clear()
+        _DAYS_OF[d, mon, y] = days
+    hour, minute, second = int(hh), int(mm), int(ss or 0)
+    if days is None or not (hour < 24 and minute < 60 and second < 61):
         return None
-    year = full_year(m.group(3))
-    day, hour, minute = int(m.group(1)), int(m.group(4)), int(m.group(5))
-    second = int(m.group(6) or 0)
-    if not (1 <= day <= _month_days(year, month) and hour < 24 and minute < 60 and second < 61):
-        return None
-    zone = m.group(7)
     offset = 0
     if zone is not None:
         if zone[:1] in b"+-":
@@ -125,7 +137,22 @@ def parse_date_time(value: bytes | None) -> int | None:
             offset = (hhmm // 100 * 60 + hhmm % 100) * 60 * (-1 if zone[:1] == b"-" else 1)
         else:
             offset = (_ZONES.get(zone.upper(), 0) // 100) * 3600
-    return (_days(year, month, day) * 24 + hour) * 3600 + minute * 60 + second - offset
+    return (days * 24 + hour) * 3600 + minute * 60 + second - offset
+
+
+_DAYS_OF: dict[tuple[bytes, bytes, bytes], int | None] = {}
+
+
+def _days_of(day: bytes, month_name: bytes, year_digits: bytes) -> int | None:
+    """Days from 1970-01-01 to a date as _DATE_TIME reads it (negative before it); None for
+    no such date."""
+    month = MONTHS_B.get(month_name.upper())
+    if month is None:
+        return None
+    year = full_year(year_digits)
+    if not 1 <= int(day) <= _month_days(year, month):
+        return None
+    return _days(year, month, int(day))
 
 
 def _month_days(year: int, month: int) -> int:
@@ -161,10 +188,10 @@ def message_ids(value: bytes | None) -> list[bytes]:
     return _MSG_ID.findall(value)
 
 
-def _references_field(block: bytes) -> bytes | None:
-    """The raw value of the first References field of a header block (the cached header keeps
-    the block; References is not one of the ENVELOPE fields it indexes)."""
-    low = block.lower()
+def _references_field(block: bytes, low: bytes) -> bytes | None:
+    """The raw value of the first References field of a header block (``low``: it in lower
+    case; the cached header keeps the block; References is not one of the ENVELOPE fields it
+    indexes)."""
     if low.startswith(b"references"):
         start = 10
     else:
@@ -217,6 +244,15 @@ class SortMessage:
             value = self._keys[index] = _COMPUTE[index](self.header)
         return value
 
+    def compute_thread_keys(self) -> None:
+        """Compute (once) what THREAD REFERENCES reads: sent date, subject, Message-ID and
+        references; one call per message instead of one per key."""
+        keys = self._keys
+        h = self.header
+        for i in range(4):
+            if keys[i] is _MISSING:
+                keys[i] = _COMPUTE[i](h)
+
     @property
     def sent(self) -> int:
         """RFC 5256 2.2: the Date: header in UTC, or the internal date without a valid one."""
@@ -236,7 +272,7 @@ class SortMessage:
         return self._key(2)  # type: ignore[return-value]
 
     @property
-    def references(self) -> list[bytes]:
+    def references(self) -> list[bytes] | tuple[()]:
         """RFC 5256 4 REFERENCES (1)(A): the References field's msg-ids, or without any the
         first msg-id of In-Reply-To."""
         return self._key(3)  # type: ignore[return-value]
@@ -296,16 +332,28 @@ _ADDRESS_KEYS = {
 }
 
 
-def _references(h: MessageHeader) -> list[bytes]:
-    refs = message_ids(_references_field(h.header))
-    if refs:
-        return refs
-    return message_ids(h.envelope_field(_IN_REPLY_TO))[:1]
+def _references(h: MessageHeader) -> list[bytes] | tuple[()]:
+    block = h.header
+    low = block.lower()
+    if b"references" in low:
+        refs = message_ids(_references_field(block, low))
+        if refs:
+            return refs
+    if b"in-reply-to" not in low and h.header_size == len(block):
+        return ()  # the whole header is in the block, without In-Reply-To: no need to look
+    # kept for every message: no list (one more object for the garbage collector) for none
+    return message_ids(h.envelope_field(_IN_REPLY_TO))[:1] or ()
 
 
 def _message_id(h: MessageHeader) -> bytes | None:
-    ids = message_ids(h.envelope_field(_MESSAGE_ID))
-    return ids[0] if ids else None
+    """The first msg-id of Message-ID (message_ids(...)[0], without the list of them all)."""
+    value = h.envelope_field(_MESSAGE_ID)
+    if not value:
+        return None
+    if b"(" in value:
+        value = _COMMENT.sub(b" ", value)
+    m = _MSG_ID.search(value)
+    return m.group(1) if m is not None else None
 
 
 # What SortMessage keeps per header, in this order: sent date, subject, Message-ID,

@@ -19,7 +19,13 @@ from mailhub.imap.parser import Item, ParseError
 from mailhub.imap.search import BadCharset, SearchError, compile_criteria
 from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.sort import SortError, SortMessage, parse_program, sort_messages
-from mailhub.imap.thread import ALGORITHMS, render, thread_orderedsubject, thread_references
+from mailhub.imap.thread import (
+    ALGORITHMS,
+    release,
+    render,
+    thread_orderedsubject,
+    thread_references,
+)
 
 if TYPE_CHECKING:
     from mailhub.imap.protocol import IMAPServerProtocol
@@ -74,7 +80,10 @@ async def thread_command(session: IMAPServerProtocol, items: list[Item], *, uid:
 
     def touch(m: SortMessage) -> None:
         # computed and memoised now, in slices
-        _ = (m.sent, m.subject, m.message_id, m.references) if references else (m.sent, m.subject)
+        if references:
+            m.compute_thread_keys()
+        else:
+            _ = (m.sent, m.subject)
 
     found = await _find(session, items[1], items[2:], touch)
     if isinstance(found, Done):
@@ -82,7 +91,9 @@ async def thread_command(session: IMAPServerProtocol, items: list[Item], *, uid:
     messages, _ = found
     roots = thread_references(messages) if references else thread_orderedsubject(messages)
     number: Callable[[SortMessage], int] = (lambda m: m.uid) if uid else (lambda m: m.seq)
-    session.write(b"* THREAD" + (b" " if roots else b"") + render(roots, number) + b"\r\n")
+    text = render(roots, number)
+    release(roots)
+    session.write(b"* THREAD" + (b" " if roots else b"") + text + b"\r\n")
     return Done("OK", "THREAD completed")
 
 

@@ -22,7 +22,9 @@ class Node:
 
     def __init__(self, message: SortMessage | None = None) -> None:
         self.parent: Node | None = None
-        self.children: list[Node] = []
+        # most messages have no replies: they share the empty tuple (a list per node would be
+        # 10,000 more objects for the garbage collector to walk), _adopt makes the list
+        self.children: list[Node] | tuple[()] = ()
         self.message: SortMessage | None = None
         if message is not None:
             self.fill(message)
@@ -30,14 +32,35 @@ class Node:
     def fill(self, message: SortMessage) -> None:
         """The node is this message's (read its keys once: they are compared many times)."""
         self.message = message
-        self.date = (message.sent, message.seq)
+        # (sent date, sequence number) in one int (sequence numbers are below 2**32, RFC 3501
+        # 4.1): compared the same, and an int is no object for the garbage collector to track
+        self.date = (message.sent << 32) + message.seq
         self.subject = message.subject
 
     def __repr__(self) -> str:
         return f"<Node {self.message.seq if self.message else 'dummy'}>"
 
 
-def _date_key(node: Node) -> tuple[int, int]:
+def _adopt(parent: Node, child: Node) -> None:
+    """Append ``child`` to ``parent``'s children (setting no parent link)."""
+    if parent.children:
+        parent.children.append(child)  # type: ignore[union-attr]
+    else:
+        parent.children = [child]
+
+
+def release(roots: list[Node]) -> None:
+    """Break the parent links of the trees (each one a reference cycle), so that they are
+    freed when the command is done, not by a later garbage collection that walks them all."""
+    todo = list(roots)
+    while todo:
+        node = todo.pop()
+        node.parent = None
+        if node.children:
+            todo.extend(node.children)
+
+
+def _date_key(node: Node) -> int:
     """RFC 5256 2.2 sent date, ties broken by sequence number; a dummy sorts as its first
     child (whose children are sorted first)."""
     while node.message is None:
@@ -67,7 +90,7 @@ def thread_orderedsubject(messages: list[SortMessage]) -> list[Node]:
         node = Node(m)
         if current is not None and m.subject[0] == subject:
             node.parent = current
-            current.children.append(node)
+            _adopt(current, node)
         else:
             current, subject = node, m.subject[0]
             roots.append(node)
@@ -99,7 +122,7 @@ def _link(parent: Node, child: Node) -> None:
         return
     _unlink(child)
     child.parent = parent
-    parent.children.append(child)
+    _adopt(parent, child)
 
 
 def thread_references(messages: list[SortMessage]) -> list[Node]:
@@ -118,39 +141,47 @@ def thread_references(messages: list[SortMessage]) -> list[Node]:
     # first of several messages with one Message-ID keeps it)
     for m in sorted(messages, key=lambda m: m.seq):
         mid = m.message_id
-        if mid is not None and (mid not in by_id or by_id[mid].message is None):
-            node = node_of(mid)  # maybe the dummy made for an earlier reference
-        else:
+        node = by_id.get(mid) if mid is not None else None
+        if node is None and mid is not None:
+            node = by_id[mid] = Node()
+            nodes.append(node)
+        elif node is None or node.message is not None:
             # (A) no Message-ID, or an earlier message has it: a unique ID of its own
             node = Node()
             nodes.append(node)
+        # else the dummy made for an earlier reference
         node.fill(m)
-        refs = [node_of(r) for r in m.references]
+        ids = m.references
+        if not ids:  # (B) no reference, no parent (the usual message: done at once)
+            if node.parent is not None:
+                _unlink(node)
+            continue
+        refs = [node_of(r) for r in ids]
         # (A) link the references in order, keeping links made before, making no loops
         for parent, child in pairwise(refs):
             if child.parent is None:
                 _link(parent, child)
         # (B) the last reference is the message's parent: a parent from another message's
-        # (maybe truncated) References is replaced; no reference, no parent
+        # (maybe truncated) References is replaced
         _unlink(node)
-        if refs:
-            _link(refs[-1], node)
+        _link(refs[-1], node)
 
     # (2) the root set: the nodes without a parent
     roots = [n for n in nodes if n.parent is None]
-    # (3) prune dummies
-    roots = _prune(roots)
+    # (3) prune dummies (there are none without references)
+    if len(nodes) > len(messages):
+        roots = _prune(roots)
     # (4) sort the root set by sent date (a dummy by its first child, sorted first)
     for n in roots:
-        if n.message is None:
-            n.children.sort(key=_date_key)
+        if n.message is None and len(n.children) > 1:
+            n.children.sort(key=_date_key)  # type: ignore[union-attr]
     roots.sort(key=_date_key)
     # (5) gather threads with the same base subject
     roots = _group_by_subject(roots)
     # (6) sort every set of siblings by sent date, the deepest first
     for n in _descendants_first(roots):
         if len(n.children) > 1:
-            n.children.sort(key=_date_key)
+            n.children.sort(key=_date_key)  # type: ignore[union-attr]
     roots.sort(key=_date_key)
     return roots
 
@@ -171,7 +202,7 @@ def _prune(roots: list[Node]) -> list[Node]:
     way to them, except at the top with more than one child (they would all become
     threads of their own)."""
     for node in _descendants_first(roots):  # a dummy's children are pruned before it
-        if any(c.message is None for c in node.children):
+        if node.children and any(c.message is None for c in node.children):
             kept: list[Node] = []
             for c in node.children:
                 if c.message is None:
@@ -195,9 +226,9 @@ def _prune(roots: list[Node]) -> list[Node]:
 def _group_by_subject(roots: list[Node]) -> list[Node]:
     """RFC 5256 4 REFERENCES (5)."""
     table: dict[str, Node] = {}
+    subjects = [_subject(node) for node in roots]
     # (B) one thread per base subject: a dummy before a message, a message before a reply
-    for node in roots:
-        subject, reply = _subject(node)
+    for node, (subject, reply) in zip(roots, subjects, strict=True):
         if not subject:
             continue
         old = table.get(subject)
@@ -205,38 +236,33 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
             table[subject] = node
         elif old.message is not None and (node.message is None or (_subject(old)[1] and not reply)):
             table[subject] = node
-    # (C) merge the others into it
-    top = set(map(id, roots))
+    # (C) merge the others into it; a thread merged into another gets a parent (the roots have
+    # none), so that the root set is what has no parent
     order = list(roots)
-    for node in roots:
-        if id(node) not in top:
-            continue  # already merged into another thread
-        subject, reply = _subject(node)
-        if not subject:
-            continue
+    for node, (subject, reply) in zip(roots, subjects, strict=True):
+        if not subject or node.parent is not None:
+            continue  # no subject, or already merged into another thread
         other = table[subject]
         if other is node:
             continue
-        top.discard(id(node))
         if node.message is None and other.message is None:
-            # both dummies: their children become siblings
+            # both dummies: their children become siblings (and this dummy goes)
             for c in node.children:
                 c.parent = other
-            other.children.extend(node.children)
+            other.children.extend(node.children)  # type: ignore[union-attr]
+            node.parent = other
         elif other.message is None or (reply and not _subject(other)[1]):
             # into the dummy, or a reply under the message it answers
             node.parent = other
-            other.children.append(node)
+            _adopt(other, node)
         else:
             dummy = Node()
-            top.discard(id(other))
             for c in (other, node):
                 c.parent = dummy
-                dummy.children.append(c)
+                _adopt(dummy, c)
             table[subject] = dummy
-            top.add(id(dummy))
             order.append(dummy)
-    return [n for n in order if id(n) in top]
+    return [n for n in order if n.parent is None]
 
 
 # -- the response (RFC 5256 5: thread-list) ------------------------------------------------------
