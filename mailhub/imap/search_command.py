@@ -50,20 +50,32 @@ async def search(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
     return await search_messages(session, items, uid=False)
 
 
-async def search_messages(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done:
-    view = session.selected_view()
-    charset = None
-    if len(items) >= 2 and isinstance(items[0], Atom) and items[0].upper() == "CHARSET":
-        charset = A.astring(items[1], "charset").decode("ascii", "replace")
-        items = items[2:]
+def compile_for(
+    session: IMAPServerProtocol, keys: list[Item], charset: str | None
+) -> Criteria | Done:
+    """The search keys of SEARCH, SORT or THREAD compiled; a NO [BADCHARSET] for a charset we
+    cannot search in (RFC 3501 6.4.4), BAD (ParseError) for bad keys. Keys using MODSEQ turn
+    CONDSTORE on (RFC 7162 3.1.5)."""
     try:
-        criteria = compile_criteria(items, charset)
+        criteria = compile_criteria(keys, charset)
     except BadCharset as e:
         return Done("NO", str(e) or "Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
     except SearchError as e:
         raise ParseError(str(e)) from None
     if criteria.uses_modseq:
         enable_condstore(session)
+    return criteria
+
+
+async def search_messages(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done:
+    view = session.selected_view()
+    charset = None
+    if len(items) >= 2 and isinstance(items[0], Atom) and items[0].upper() == "CHARSET":
+        charset = A.astring(items[1], "charset").decode("ascii", "replace")
+        items = items[2:]
+    criteria = compile_for(session, items, charset)
+    if isinstance(criteria, Done):
+        return criteria
     folder = view.folder
     # One pass over each cache entry the keys need: the cache file is checked for other
     # processes' work once, here, and what this search computes is appended in one write.

@@ -16,8 +16,6 @@ from mailhub.imap import arguments as A
 from mailhub.imap import message_cache, search_command
 from mailhub.imap.dispatch import SELECTED, CommandTable, Done
 from mailhub.imap.parser import Item, ParseError
-from mailhub.imap.search import BadCharset, SearchError, compile_criteria
-from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.sort import SortError, SortMessage, parse_program, sort_messages
 from mailhub.imap.thread import (
     ALGORITHMS,
@@ -111,14 +109,9 @@ async def _find(
     search used MODSEQ (RFC 7162 3.1.5). A Done for an unsupported charset."""
     view = session.selected_view()
     charset = A.astring(charset_item, "charset").decode("ascii", "replace")
-    try:
-        criteria = compile_criteria(keys, charset)
-    except BadCharset as e:
-        return Done("NO", str(e) or "Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
-    except SearchError as e:
-        raise ParseError(str(e)) from None
-    if criteria.uses_modseq:
-        enable_condstore(session)
+    criteria = search_command.compile_for(session, keys, charset)
+    if isinstance(criteria, Done):
+        return criteria
     folder = view.folder
     headers = message_cache.headers_pass(folder)
     structure = None
