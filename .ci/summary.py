@@ -1,5 +1,10 @@
-"""Turn trial's closing line into "tests: N passed, N failed, N skipped" for CI's reader."""
+"""Turn trial's closing line into "tests: N passed, N failed, N skipped" for CI's reader.
 
+Under CI=true a skip is a failure: every test need is installed by .ci/run, so a skip there means
+an install step is missing (tests/support/tools.py makes such tests fail; this catches the rest).
+"""
+
+import os
 import re
 import sys
 
@@ -11,4 +16,8 @@ if not match:
 counts = dict((k, int(v)) for k, v in re.findall(r"(\w+)=(\d+)", match[-1][1]))
 passed = counts.get("successes", 0) + counts.get("expectedFailures", 0)
 failed = counts.get("failures", 0) + counts.get("errors", 0) + counts.get("unexpectedSuccesses", 0)
-print(f"tests: {passed} passed, {failed} failed, {counts.get('skips', 0)} skipped")
+skipped = counts.get("skips", 0)
+print(f"tests: {passed} passed, {failed} failed, {skipped} skipped")
+if skipped and os.environ.get("CI", "").lower() == "true":
+    print(f"CI=true: {skipped} skipped tests mean a missing install step in .ci/run", file=sys.stderr)
+    sys.exit(1)

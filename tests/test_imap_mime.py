@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailhub.imap import mime, render
 from mailhub.imap import mime_header as mh
 from mailhub.imap.mime import MessageStructure, Section, SectionData
+from tests.support.tools import DOVECOT_IMAP, dovecot_imap, requires
 
 
 def crlf(text: bytes) -> bytes:
@@ -1138,7 +1139,6 @@ class ChunkedBoundaryScan(SynchronousTestCase):
 
 # -- the same answers as Dovecot ---------------------------------------------------------------
 
-DOVECOT_IMAP = "/usr/lib/dovecot/imap"
 PYTHON_EMAIL_DATA = Path(sysconfig.get_path("stdlib")) / "test" / "test_email" / "data"
 
 # Where we answer differently on purpose (each checked by a test above):
@@ -1172,18 +1172,6 @@ COMPARED_SECTIONS = (
     "HEADER.FIELDS.NOT (SUBJECT FROM CONTENT-TYPE)",
     "2.HEADER.FIELDS (SUBJECT)",
 )
-
-
-def _dovecot_skip() -> str | None:
-    if not os.path.exists(DOVECOT_IMAP):
-        return "dovecot-imapd is not installed (apt-get install dovecot-imapd)"
-    if os.geteuid() != 0:
-        return "needs root: dovecot's imap binary drops to the 'mail' user"
-    try:
-        pwd.getpwnam("mail")
-    except KeyError:
-        return "no 'mail' system user"
-    return None
 
 
 # an atom, NIL, or a fetch item name like BODY[HEADER.FIELDS (A B)]
@@ -1266,12 +1254,11 @@ def _fetch_responses(out: bytes, item: str) -> dict[int, object]:
     return found
 
 
+@requires(dovecot_imap())
 class AgreesWithDovecot(SynchronousTestCase):
     """ENVELOPE, BODYSTRUCTURE, BODY and sections of real-world messages (Python's email test
     corpus and the messages above) compared value by value with Dovecot's answers (quoted or
     literal is the same string)."""
-
-    skip = _dovecot_skip()
 
     def test_same_answers(self) -> None:
         named: list[tuple[str, bytes]] = [

@@ -23,13 +23,13 @@ from mailhub.imap import mime
 from mailhub.imap.parser import Atom
 from mailhub.imap.search import BadCharset, Criteria, SearchError, compile_criteria
 from mailhub.store import MailStore
+from tests.support.tools import dovecot_imap, requires
 from tests.test_imap_mime import (
     ADDRESSES,
     ALTERNATIVE_WITH_ATTACHMENTS,
     NESTED,
     PYTHON_EMAIL_DATA,
     _ask_dovecot,
-    _dovecot_skip,
     _messages,
 )
 from tests.test_imap_support import USER, Client, IMAPTestCase, message
@@ -416,11 +416,10 @@ class Errors(SynchronousTestCase):
         self.assertSearchError("MODSEQ entry type", "MODSEQ", b"/flags/\\seen", "odd", "3")
 
 
+@requires(dovecot_imap())
 class AgreesWithDovecot(SynchronousTestCase):
     """UID SEARCH over real-world messages (Python's email test corpus and the messages of
     these tests) finds the same messages as Dovecot."""
-
-    skip = _dovecot_skip()
 
     QUERIES: tuple[tuple[object, ...], ...] = (
         ("SUBJECT", b"test"),

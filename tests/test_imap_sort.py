@@ -25,7 +25,8 @@ from mailhub.imap.sort import (
     sort_messages,
 )
 from mailhub.imap.thread import render, thread_orderedsubject, thread_references
-from tests.test_imap_mime import PYTHON_EMAIL_DATA, _ask_dovecot, _dovecot_skip
+from tests.support.tools import dovecot_imap, requires
+from tests.test_imap_mime import PYTHON_EMAIL_DATA, _ask_dovecot
 from tests.test_imap_support import IMAPTestCase
 
 NOW = 1_800_000_000  # in 2027, after every Date of these tests
@@ -427,13 +428,12 @@ class SortFromTheCache(IMAPTestCase):
 # -- the same answers as Dovecot -------------------------------------------------------------------
 
 
+@requires(dovecot_imap())
 class AgreesWithDovecot(SynchronousTestCase):
     """SORT by every criterion and THREAD by both algorithms over Python's email test corpus
     and CRAFTED give Dovecot's answers. The internal dates are the same (Dovecot's is the
     file's mtime, about now; ours here is now too): messages without a readable Date sort by
     it."""
-
-    skip = _dovecot_skip()
 
     PROGRAMS = (
         "DATE", "SIZE", "SUBJECT", "FROM", "TO", "CC", "DISPLAYFROM", "DISPLAYTO",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from itertools import combinations, pairwise
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger
@@ -15,12 +17,6 @@ from zope.interface.verify import verifyObject
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
 from mailhub.smtp.submission import MAX_UNDECIDED, SubmissionSink, default_id_source
-
-try:
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-except ImportError:  # not in the [test] extra yet: the property tests skip
-    given = None
 
 RECEIVED = (
     b"Received: from client.example.net (unknown [192.0.2.7])\r\n"
@@ -527,75 +523,67 @@ def header_names(message: bytes) -> list[bytes]:
     return names
 
 
-if given is not None:
-    names = st.sampled_from(
-        [
-            b"Bcc",
-            b"BCC ",
-            b"bcc\t",
-            b"Resent-Bcc",
-            b"Message-ID",
-            b"message-id ",
-            b"Date",
-            b"DATE",
-            b"Subject",
-            b"To",
-            b"X-Bcc",
-            b"Resent-Date",
-        ]
-    )
-    values = st.binary(max_size=30).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
-    fields = st.builds(
-        lambda name, value, folds: (
-            name + b":" + value + b"\r\n" + b"".join(b" " + f + b"\r\n" for f in folds)
-        ),
-        names,
-        values,
-        st.lists(values, max_size=2),
-    )
-    messages = st.builds(
-        lambda fs, sep, body: b"".join(fs) + sep + body,
-        st.lists(fields, max_size=8),
-        st.sampled_from([b"\r\n", b""]),
-        st.binary(max_size=200),
-    )
-
-    @st.composite
-    def chunked(draw, message_parts):
-        message = draw(message_parts)
-        cuts = sorted(draw(st.lists(st.integers(0, len(message)), max_size=6)))
-        bounds = [0, *cuts, len(message)]
-        return message, [message[a:b] for a, b in pairwise(bounds)]
-
-    class PropertyTests(SynchronousTestCase):
-        @settings(max_examples=300, deadline=None)
-        @given(chunked(messages))
-        def test_matches_the_whole_message_model(self, case) -> None:
-            message, chunks = case
-            self.assertEqual(submit(chunks), RECEIVED + reference(message))
-
-        @settings(max_examples=300, deadline=None)
-        @given(chunked(messages))
-        def test_invariants(self, case) -> None:
-            message, chunks = case
-            out = submit(chunks)
-            self.assertEqual(out, submit([message]))  # any split, the same output
-            names = header_names(out)
-            self.assertNotIn(b"bcc", names)
-            self.assertNotIn(b"resent-bcc", names)
-            before = header_names(RECEIVED + message)
-            for name in (b"date", b"message-id"):
-                self.assertEqual(names.count(name), max(1, before.count(name)))
-            # From the first line that is no field or continuation on, bytes are unchanged.
-            lines = lines_of(message)
-            k = next((k for k, line in enumerate(lines) if not is_header_line(line)), len(lines))
-            self.assertTrue(out.endswith(b"".join(lines[k:])))
+names = st.sampled_from(
+    [
+        b"Bcc",
+        b"BCC ",
+        b"bcc\t",
+        b"Resent-Bcc",
+        b"Message-ID",
+        b"message-id ",
+        b"Date",
+        b"DATE",
+        b"Subject",
+        b"To",
+        b"X-Bcc",
+        b"Resent-Date",
+    ]
+)
+values = st.binary(max_size=30).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+fields = st.builds(
+    lambda name, value, folds: (
+        name + b":" + value + b"\r\n" + b"".join(b" " + f + b"\r\n" for f in folds)
+    ),
+    names,
+    values,
+    st.lists(values, max_size=2),
+)
+messages = st.builds(
+    lambda fs, sep, body: b"".join(fs) + sep + body,
+    st.lists(fields, max_size=8),
+    st.sampled_from([b"\r\n", b""]),
+    st.binary(max_size=200),
+)
 
 
-else:
+@st.composite
+def chunked(draw, message_parts):
+    message = draw(message_parts)
+    cuts = sorted(draw(st.lists(st.integers(0, len(message)), max_size=6)))
+    bounds = [0, *cuts, len(message)]
+    return message, [message[a:b] for a, b in pairwise(bounds)]
 
-    class PropertyTests(SynchronousTestCase):
-        skip = "hypothesis is not installed"
 
-        def test_properties(self) -> None:
-            pass
+class PropertyTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(chunked(messages))
+    def test_matches_the_whole_message_model(self, case) -> None:
+        message, chunks = case
+        self.assertEqual(submit(chunks), RECEIVED + reference(message))
+
+    @settings(max_examples=300, deadline=None)
+    @given(chunked(messages))
+    def test_invariants(self, case) -> None:
+        message, chunks = case
+        out = submit(chunks)
+        self.assertEqual(out, submit([message]))  # any split, the same output
+        names = header_names(out)
+        self.assertNotIn(b"bcc", names)
+        self.assertNotIn(b"resent-bcc", names)
+        before = header_names(RECEIVED + message)
+        for name in (b"date", b"message-id"):
+            self.assertEqual(names.count(name), max(1, before.count(name)))
+        # From the first line that is no field or continuation on, bytes are unchanged.
+        lines = lines_of(message)
+        k = next((k for k, line in enumerate(lines) if not is_header_line(line)), len(lines))
+        self.assertTrue(out.endswith(b"".join(lines[k:])))

@@ -10,8 +10,8 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.store.store import MailStore
-from tests.integration.test_dovecot_interop import _skip_reason as dovecot_skip_reason
 from tests.integration.test_dovecot_interop import doveadm_for
+from tests.support.tools import doveadm, requires
 
 
 class StdlibReader(SynchronousTestCase):
@@ -56,10 +56,9 @@ class StdlibReader(SynchronousTestCase):
         self.assertEqual(message["Subject"], "fresh")
 
 
+@requires(doveadm())
 class DovecotSharesSubscriptions(SynchronousTestCase):
     """Dovecot (doveadm on the same files) and mailhub read each other's subscriptions."""
-
-    skip = dovecot_skip_reason()
 
     def test_both_ways(self) -> None:
         base = Path(tempfile.mkdtemp(prefix="mh-dovecot-"))

@@ -7,7 +7,6 @@ import email
 import email.policy
 import os
 import re
-import shutil
 import smtplib
 import subprocess
 import sys
@@ -23,13 +22,6 @@ from mailhub.config import Config, ListenersConfig, dev_config
 from mailhub.service import MailhubService, build
 
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
-
-
-def needs(tool: str) -> str | None:
-    """A trial ``skip`` reason when a real client is not installed, else None."""
-    if shutil.which(tool) is None:
-        return f"{tool} is not installed (apt-get install {tool}); .ci/run installs it"
-    return None
 
 
 class ServiceTestCase(TestCase):

@@ -17,19 +17,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.store.store import MailStore
-
-
-def _skip_reason() -> str | None:
-    if shutil.which("doveadm") is None:
-        return "doveadm is not installed (apt-get install dovecot-core); .ci/run installs it"
-    if os.geteuid() != 0:
-        return "needs root: the tree is handed to the 'mail' user, as Dovecot won't read as root"
-    try:
-        pwd.getpwnam("mail")
-    except KeyError:
-        return "no 'mail' system user"
-    return None
-
+from tests.support.tools import doveadm, requires
 
 CONFIG = """\
 log_path = /dev/stderr
@@ -70,9 +58,8 @@ def doveadm_for(test: SynchronousTestCase, base: Path) -> Callable[..., str]:
     return doveadm
 
 
+@requires(doveadm())
 class DoveadmReadsTheStore(SynchronousTestCase):
-    skip = _skip_reason()
-
     def test_folders_flags_sizes_and_bodies(self) -> None:
         # Short and traversable by 'mail': trial's own temp dir is 0700 and too deep for the
         # unix socket paths doveadm makes under base_dir.

@@ -8,14 +8,11 @@ import ssl
 import time
 from pathlib import Path
 
+import imapclient
+
 from mailhub.config import ListenersConfig, TLSConfig
 from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
 from tests.tlshelpers import CertificateAuthority, client_context
-
-try:
-    import imapclient
-except ImportError:  # pragma: no cover - installed in CI
-    imapclient = None
 
 USER = "carol@example.com"
 
@@ -114,8 +111,6 @@ class Imaplib(IMAPService):
 
 
 class IMAPClient(IMAPService):
-    skip = None if imapclient is not None else "imapclient is not installed"
-
     async def test_folders_flags_copy_move_and_idle_with_delivery(self) -> None:
         self.start_imap()
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from mailhub.config import ListenersConfig, TLSConfig
 from mailhub.store import MessageInfo
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, needs, simple_message
+from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
+from tests.support.tools import requires, tool
 from tests.tlshelpers import CertificateAuthority, client_context
 
 USER = "dana@example.com"
@@ -180,9 +181,8 @@ class SyncClientTest(ServiceTestCase):
         self.assertEqual(self.snapshot(), before)
 
 
+@requires(tool("mbsync"))
 class Mbsync(SyncClientTest):
-    skip = needs("mbsync")
-
     def setUp(self) -> None:
         super().setUp()
         self.config = self.dir / "mbsyncrc"
@@ -223,9 +223,8 @@ class Mbsync(SyncClientTest):
         return self.run_tool(["mbsync", "-c", str(self.config), "-a"])
 
 
+@requires(tool("offlineimap"))
 class OfflineIMAP(SyncClientTest):
-    skip = needs("offlineimap")
-
     def setUp(self) -> None:
         super().setUp()
         self.config = self.dir / "offlineimaprc"

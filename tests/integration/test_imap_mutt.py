@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 from mailhub.config import ListenersConfig, TLSConfig
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, needs, simple_message
+from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
+from tests.support.tools import requires, tool
 from tests.tlshelpers import CertificateAuthority, client_context
 
 USER = "erin@example.com"
@@ -56,9 +57,8 @@ def readable(screen: bytes) -> str:
     return CONTROL.sub(b"", screen).replace(b"\r", b"\n").decode("utf-8", "replace")
 
 
+@requires(tool("mutt"))
 class Mutt(ServiceTestCase):
-    skip = needs("mutt")
-
     def setUp(self) -> None:
         self.dir = Path(self.mktemp()).absolute()
         self.home = self.dir / "home"

@@ -16,7 +16,8 @@ from twisted.internet import utils
 from mailhub.config import Config, DomainsConfig, ListenersConfig, TLSConfig
 from mailhub.service import MailhubService, build
 from mailhub.users import UserDB
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, needs
+from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.tools import requires, tool
 from tests.tlshelpers import CertificateAuthority, client_context
 
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -210,9 +211,8 @@ class Poplib(POP3Service):
         self.assertTrue(after.startswith(b"+OK"), after)
 
 
+@requires(tool("fetchmail"))
 class Fetchmail(POP3Service):
-    skip = needs("fetchmail")
-
     async def test_fetchmail_stls_downloads_and_deletes(self) -> None:
         out_file = self.dir / "fetched.bsmtp"
         rc = self.dir / "fetchmailrc"
@@ -238,9 +238,8 @@ class Fetchmail(POP3Service):
         self.assertEqual(self.on_disk(), 0)  # fetchmail deletes what it fetched (no "keep")
 
 
+@requires(tool("getmail"))
 class Getmail(POP3Service):
-    skip = needs("getmail")
-
     def getmail_env(self) -> dict[str, str]:
         # getmail is the system python's script: our interpreter's PYTHONPATH (trial -j sets it
         # to this sys.path) would load another build's extension modules into it.
@@ -294,9 +293,8 @@ class Getmail(POP3Service):
         self.assertEqual(len(list((maildir / "new").iterdir())), 2)
 
 
+@requires(tool("curl"))
 class Curl(POP3Service):
-    skip = needs("curl")
-
     async def test_curl_stls_retr_into_file(self) -> None:
         target = self.dir / "message2.eml"
         out, err, code = await utils.getProcessOutputAndValue(

@@ -14,7 +14,8 @@ from twisted.internet import defer, threads, utils
 from twisted.trial.unittest import TestCase
 
 from mailhub.testing import MailhubTestServer
-from tests.integration.helpers import ServiceTestCase, needs, simple_message
+from tests.integration.helpers import ServiceTestCase, simple_message
+from tests.support.tools import requires, tool
 
 
 def text(msg) -> str:
@@ -155,9 +156,8 @@ class SmtplibDelivery(TestCase):
         self.assertTrue(relay[1].startswith(b"5.7.1"))
 
 
+@requires(tool("swaks"))
 class SwaksDelivery(ServiceTestCase):
-    skip = needs("swaks")
-
     async def swaks(self, *args: str) -> tuple[str, int]:
         out, err, code = await utils.getProcessOutputAndValue(
             "swaks",

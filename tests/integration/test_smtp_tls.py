@@ -6,7 +6,8 @@ import ssl
 
 from twisted.internet import utils
 
-from tests.integration.helpers import ServiceTestCase, needs, simple_message
+from tests.integration.helpers import ServiceTestCase, simple_message
+from tests.support.tools import requires, swaks_tls
 
 
 class StartTLS(ServiceTestCase):
@@ -49,9 +50,8 @@ class StartTLS(ServiceTestCase):
         self.assertEqual(again.tls.certificates[0].fingerprint, first)
 
 
+@requires(swaks_tls())
 class SwaksTLS(ServiceTestCase):
-    skip = needs("swaks")
-
     async def test_swaks_starttls(self) -> None:
         self.start()
         out, err, code = await utils.getProcessOutputAndValue(

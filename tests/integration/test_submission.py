@@ -18,7 +18,8 @@ from twisted.internet import utils
 from mailhub.config import Config, DomainsConfig, ListenersConfig, TLSConfig, dev_config
 from mailhub.service import MailhubService, build
 from mailhub.users import UserDB
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, needs
+from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.tools import requires, swaks_tls
 from tests.tlshelpers import CertificateAuthority, client_context
 
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -229,9 +230,8 @@ class ProductionSubmission(ProductionSetup):
         self.assertIn("[listeners] smtps", str(err.code))
 
 
+@requires(swaks_tls())
 class SwaksSubmission(ProductionSetup):
-    skip = needs("swaks")
-
     async def swaks(self, *args: str) -> str:
         out, err, code = await utils.getProcessOutputAndValue(
             "swaks",

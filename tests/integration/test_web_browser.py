@@ -12,6 +12,7 @@ from twisted.internet import threads
 from twisted.trial.unittest import TestCase
 
 from mailhub.testing import MailhubTestServer
+from tests.support.tools import requires
 
 try:
     from selenium import webdriver
@@ -60,8 +61,8 @@ def message_with_attachment() -> EmailMessage:
     return msg
 
 
+@requires(_skip())
 class Page(TestCase):
-    skip = _skip()
     timeout = 120
 
     def setUp(self) -> None:

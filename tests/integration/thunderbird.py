@@ -40,7 +40,8 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailhub.config import ListenersConfig, TLSConfig
-from tests.integration.helpers import ServiceTestCase, needs
+from tests.integration.helpers import ServiceTestCase
+from tests.support.tools import requires, tool
 from tests.tlshelpers import CertificateAuthority
 
 STARTUP_TIMEOUT = 60  # seconds until Marionette listens; Thunderbird needs about three
@@ -435,11 +436,10 @@ return (async () => {
 )
 
 
+@requires(tool("thunderbird"), tool("certutil"))
 class ThunderbirdCase(ServiceTestCase):
     """A mailhub service with a certificate from a fresh test CA (for ``localhost``), every
     dialogue on the chosen listeners recorded, and a Thunderbird to point at it."""
-
-    skip = needs("thunderbird") or needs("certutil")
 
     def start_server(
         self, listeners: ListenersConfig, recorded: tuple[str, ...], **changes: Any
