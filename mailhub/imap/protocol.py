@@ -63,13 +63,17 @@ from mailhub.imap.parser import (
     parse_command,
 )
 from mailhub.imap.view import BadSequence, UidValidityChanged, View
-from mailhub.store import FolderNotFound, InvalidName, Mailbox
+from mailhub.store import Folder, FolderNotFound, InvalidName, Mailbox
+from mailhub.store.errors import LockBusy, LockTimeout
+from mailhub.store.lockwait import BusyWait, retry_busy
 
 if TYPE_CHECKING:
     from mailhub.imap.factory import IMAPServerFactory
 
 # Pause reading when this much input waits behind a running command.
 MAX_PENDING_INPUT = 1024 * 1024
+# Commands that may have added messages before they met a busy folder lock: not run again.
+_ADDING = frozenset({"APPEND", "COPY", "MOVE"})
 # During IDLE, look for changes this often (seconds): new mail shows within about a second.
 IDLE_POLL_INTERVAL = 1.0
 # Untagged responses (FETCH, also after STORE or QRESYNC) are written in pieces of this size.
@@ -337,7 +341,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         command: Command,
     ) -> None:
         try:
-            result = await handler(self, tag, items)
+            result = await self._run_handler(name, handler, tag, items)
         except Answered:
             return
         except ParseError as e:
@@ -353,6 +357,10 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             result = self._folder_vanished()
         except CancelledError:
             return
+        except LockTimeout as e:
+            # RFC 5530 3: a temporary failure the client may retry, not a server bug.
+            self.log.warn("IMAP {command}: {error}", command=name, error=str(e))
+            result = Done("NO", "Mailbox is busy, try again later", "UNAVAILABLE")
         except Exception:
             self.log.failure("IMAP {command} failed for {client}", command=name,
                              client=self.client_address)  # fmt: skip
@@ -373,7 +381,26 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
                 return
             except FolderNotFound:
                 result = self._folder_vanished()
+            except LockBusy:
+                pass  # the changes are reported after a later command (or IDLE poll)
         self.write(result.line(tag))
+
+    async def _run_handler(self, name: str, handler: Handler, tag: str, items: list[Item]) -> Done:
+        """The handler's result; run again from a timer while it meets a busy folder lock
+        (the reactor never waits for a lock: mailhub.store.lockwait), unless it may have
+        added messages before it met the lock (APPEND, COPY, MOVE: again would add twice)."""
+        wait: BusyWait | None = None
+        while True:
+            try:
+                return await handler(self, tag, items)
+            except LockBusy as busy:
+                sub = items[0] if name == "UID" and items else None
+                verb = (sub if isinstance(sub, str) else name).upper()
+                if verb in _ADDING or self.closing:
+                    raise
+                if wait is None:
+                    wait = BusyWait(self.factory.clock, self.factory.store.settings.lock_timeout)
+                await wait.pause(busy)
 
     def _folder_vanished(self) -> Done:
         if self.view is not None:
@@ -397,6 +424,12 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
     def select_view(self, view: View) -> None:
         self.view = view
         self.state = SELECTED
+
+    async def settle(self, *folders: Folder) -> None:
+        """Sync the folders, waiting (on reactor timers) while their locks are busy."""
+        timeout = self.factory.store.settings.lock_timeout
+        for folder in folders:
+            await retry_busy(self.factory.clock, timeout, folder.sync)
 
     def deselect(self) -> None:
         self.view = None
@@ -437,6 +470,8 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             except FolderNotFound:
                 self.bye("Selected mailbox no longer exists")
                 return
+            except LockBusy:
+                pass  # reported at the next poll
         self._idle_timer = self.factory.clock.callLater(IDLE_POLL_INTERVAL, self.start_idle_poll)
 
     def stop_idle_poll(self) -> None:

@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from mailhub.store import Folder, FolderState, MailStore, MessageGone, StoreError
+from mailhub.store.errors import LockBusy
 from mailhub.store.names import INBOX, SEEN, folder_dirname, folder_from_dirname
 from mailhub.web import parse, scan
 from mailhub.web.ids import MessageRef
@@ -428,6 +429,12 @@ class MailFeed(Service):
         self._watch_folder(address, name)  # before reading it: nothing falls between
         try:
             state = watched.folder.sync()
+        except LockBusy:
+            # Another session or process has the folder's lock for a moment: look again soon
+            # (the reactor never waits for a lock) and keep what we know meanwhile.
+            self._dirty_folders.add(key)
+            self.notice_soon()
+            return True
         except (StoreError, OSError):
             self._drop(key, changes)
             return False
