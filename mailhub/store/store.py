@@ -140,6 +140,26 @@ class MailStore:
                         removed += clean_stale_tmp(Path(de.path), self.settings.now, max_age)
         return removed
 
+    def clean_leftovers(self) -> int:
+        """Break stale dotlocks and remove the temporary files a killed process left, in every
+        mailbox and folder (``mailhub.store.leftovers``). Walks the whole tree: in a thread."""
+        from mailhub.store import leftovers
+
+        s = self.settings
+        removed = 0
+        for address in self.mailboxes():
+            path = self._path(address)
+            removed += leftovers.clean_folder(path, now=s.now, stale_after=s.lock_stale_after)
+            with os.scandir(path) as it:
+                for de in it:
+                    if names.folder_from_dirname(de.name) is not None and de.is_dir(
+                        follow_symlinks=False
+                    ):
+                        removed += leftovers.clean_folder(
+                            Path(de.path), now=s.now, stale_after=s.lock_stale_after
+                        )
+        return removed
+
     def clean_tmp(self) -> int:
         """Alias of ``clean_stale_tmp()`` with the default 36 hours (used by service.py)."""
         return self.clean_stale_tmp()
