@@ -60,6 +60,11 @@ _attempts = itertools.count(1)
 STALE_AFTER = 60.0  # the age rule: a lock of another host untouched this long is stale
 
 
+def on_reactor_thread() -> bool:
+    """Whether the caller runs on the reactor thread (which must never wait for a lock)."""
+    return threadable.isInIOThread()
+
+
 @dataclass(frozen=True)
 class Machine:
     """Where a process runs, as far as telling whether a pid is ours to check goes."""
@@ -225,7 +230,7 @@ class DotLock:
         machine: Machine | None = None,
         pid: int | None = None,
         alive: Callable[[int, str], bool] = pid_alive,
-        in_reactor: Callable[[], bool] = threadable.isInIOThread,
+        in_reactor: Callable[[], bool] | None = None,
     ) -> None:
         self.path = Path(path)
         self.timeout = timeout
@@ -238,7 +243,7 @@ class DotLock:
         self._machine = machine or this_machine()
         self._pid = os.getpid() if pid is None else pid
         self._alive = alive
-        self._in_reactor = in_reactor
+        self._in_reactor = in_reactor or (lambda: on_reactor_thread())
         self._token: bytes | None = None  # content of the lock file we hold
         self.holder = ""  # why the last failed try failed (for LockBusy and logs)
 
