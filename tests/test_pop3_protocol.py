@@ -751,3 +751,14 @@ class BusyFolderLock(POP3Case):
             self.transport.value(),
             b"-ERR [SYS/TEMP] Cannot open the mailbox now, try again later\r\n",
         )
+
+    def test_quit_deletes_while_the_lock_is_busy(self) -> None:
+        self.holder.release()
+        self.login()
+        self.assertTrue(self.send(b"DELE 1\r\n").startswith(b"+OK"))
+        self.holder.acquire()  # taken again by the other process before our QUIT
+        self.assertEqual(self.send(b"QUIT\r\n"), b"+OK Logging out, 1 messages deleted\r\n")
+        self.assertEqual(len(self.files()), 2)
+        # The UID list follows at the next sync that gets the lock.
+        self.holder.release()
+        self.assertEqual([m.uid for m in self.folder.sync().messages], [*self.uids[1:], 3])

@@ -25,7 +25,7 @@ few syscalls; see mailhub.store) and run on the reactor thread, like SMTP delive
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 
 # Pause reading when this much input waits behind a running command.
 MAX_PENDING_INPUT = 1024 * 1024
+T = TypeVar("T")
 # Commands that may have added messages before they met a busy folder lock: not run again.
 _ADDING = frozenset({"APPEND", "COPY", "MOVE"})
 # During IDLE, look for changes this often (seconds): new mail shows within about a second.
@@ -374,8 +375,10 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             # SORT and THREAD answer sequence numbers too.
             uid = name == "UID"
             allow = uid or name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD")
+            view = self.view
             try:
-                self.write_all(self.view.sync(allow_expunge=allow))
+                # The lock may be busy (new mail needs UIDs): wait on timers, as commands do.
+                lines = await self.unlocked(lambda: view.sync(allow_expunge=allow))
             except UidValidityChanged:
                 self.bye("Mailbox UIDVALIDITY changed; please reselect")
                 return
@@ -383,6 +386,10 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
                 result = self._folder_vanished()
             except LockBusy:
                 pass  # the changes are reported after a later command (or IDLE poll)
+            else:
+                if self.closing:
+                    return
+                self.write_all(lines)
         self.write(result.line(tag))
 
     async def _run_handler(self, name: str, handler: Handler, tag: str, items: list[Item]) -> Done:
@@ -425,11 +432,14 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         self.view = view
         self.state = SELECTED
 
+    async def unlocked(self, f: Callable[[], T]) -> T:
+        """``f()``, run again from reactor timers while it meets a busy folder lock."""
+        return await retry_busy(self.factory.clock, self.factory.store.settings.lock_timeout, f)
+
     async def settle(self, *folders: Folder) -> None:
         """Sync the folders, waiting (on reactor timers) while their locks are busy."""
-        timeout = self.factory.store.settings.lock_timeout
         for folder in folders:
-            await retry_busy(self.factory.clock, timeout, folder.sync)
+            await self.unlocked(folder.sync)
 
     def deselect(self) -> None:
         self.view = None
