@@ -1161,3 +1161,22 @@ class BusyLock(IMAPTestCase):
             self.client.lines(), ["a1 NO [UNAVAILABLE] Mailbox is busy, try again later"]
         )
         self.client.command("NOOP")  # the session goes on
+
+    def test_login_waits_for_the_subscriptions_lock(self) -> None:
+        root = self.store.root / "example.org" / "alice"
+        sent = root / ".Sent"
+        for sub in ("cur", "new", "tmp"):
+            (sent / sub).rmdir()
+        (sent / "maildirfolder").unlink()
+        sent.rmdir()
+        holder = DotLock(root / "subscriptions.lock", in_reactor=lambda: True)
+        holder.acquire()
+        self.addCleanup(holder.release)
+        client = self.connect()
+        client.send("a1 LOGIN alice secret\r\n")
+        self.assertEqual(client.take(), b"")
+        self.assertFalse(sent.exists())  # nothing done before the lock
+        holder.release()
+        self.clock.advance(0.1)
+        self.assertTrue(client.lines()[-1].startswith("a1 OK"))
+        self.assertIn("Sent", self.store.mailbox(USER).subscriptions())

@@ -73,8 +73,9 @@ if TYPE_CHECKING:
 # Pause reading when this much input waits behind a running command.
 MAX_PENDING_INPUT = 1024 * 1024
 T = TypeVar("T")
-# Commands that may have added messages before they met a busy folder lock: not run again.
-_ADDING = frozenset({"APPEND", "COPY", "MOVE"})
+# Commands not run again when they meet a busy lock: they may have added messages before
+# (again would add twice), or logged in (they wait for the lock where they take it).
+_NOT_AGAIN = frozenset({"APPEND", "COPY", "MOVE", "LOGIN", "AUTHENTICATE"})
 # During IDLE, look for changes this often (seconds): new mail shows within about a second.
 IDLE_POLL_INTERVAL = 1.0
 # Untagged responses (FETCH, also after STORE or QRESYNC) are written in pieces of this size.
@@ -394,8 +395,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
 
     async def _run_handler(self, name: str, handler: Handler, tag: str, items: list[Item]) -> Done:
         """The handler's result; run again from a timer while it meets a busy folder lock
-        (the reactor never waits for a lock: mailhub.store.lockwait), unless it may have
-        added messages before it met the lock (APPEND, COPY, MOVE: again would add twice)."""
+        (the reactor never waits for a lock: mailhub.store.lockwait), unless in _NOT_AGAIN."""
         wait: BusyWait | None = None
         while True:
             try:
@@ -403,7 +403,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             except LockBusy as busy:
                 sub = items[0] if name == "UID" and items else None
                 verb = (sub if isinstance(sub, str) else name).upper()
-                if verb in _ADDING or self.closing:
+                if verb in _NOT_AGAIN or self.closing:
                     raise
                 if wait is None:
                     wait = BusyWait(self.factory.clock, self.factory.store.settings.lock_timeout)

@@ -331,15 +331,23 @@ class Mailbox:
         """Create the special-use folders that are missing (and subscribe them, as Dovecot's
         ``auto = subscribe`` does); returns the names created. Safe against a concurrent
         creator."""
+        missing = [n for n in names.SPECIAL_USE if not is_maildir(self._folder_path(n)[1])]
+        if not missing:
+            return []
         created: list[str] = []
-        for name in names.SPECIAL_USE:
-            _, path = self._folder_path(name)
-            if is_maildir(path):
-                continue
-            create_maildir(path, folder=True)
-            created.append(name)
+
+        def create(subs: list[str]) -> list[str]:
+            # Under the subscriptions lock: a busy lock (LockBusy on the reactor) is met before
+            # any folder is made, so the caller can simply try again.
+            for name in missing:
+                _, path = self._folder_path(name)
+                if not is_maildir(path):
+                    create_maildir(path, folder=True)
+                    created.append(name)
+            return subs + [n for n in created if n not in subs]
+
+        self._change_subscriptions(create)
         if created:
-            self._change_subscriptions(lambda subs: subs + [n for n in created if n not in subs])
             log.info("created {names} in {address}", names=created, address=self.address)
         return created
 
