@@ -269,3 +269,27 @@ class OwnerTests(SynchronousTestCase):
         lock.acquire()
         self.assertTrue(lock.held)
         lock.release()
+
+    def test_forked_process_records_its_own_start_time(self) -> None:
+        # A worker forked from a process that already locked: its record must name itself,
+        # or its live lock would look like a dead holder's whose pid was reused.
+        DotLock(self.path).acquire()
+        self.path.unlink()
+        lock = DotLock(self.path)  # made before the fork, used after
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            try:
+                lock.acquire()
+                os.write(write, self.path.read_bytes())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as f:
+            record = f.read()
+        start = process_start(child)  # a zombie until reaped: its /proc entry is still there
+        os.waitpid(child, 0)
+        owner = parse_owner(record)
+        assert owner is not None
+        self.assertEqual((owner.pid, owner.start), (child, start))
+        self.assertNotEqual(owner.start, process_start(os.getpid()))

@@ -241,7 +241,7 @@ class DotLock:
         self._min_delay = min_delay
         self._max_delay = max_delay
         self._machine = machine or this_machine()
-        self._pid = os.getpid() if pid is None else pid
+        self._pid = pid
         self._alive = alive
         self._in_reactor = in_reactor or (lambda: on_reactor_thread())
         self._token: bytes | None = None  # content of the lock file we hold
@@ -259,8 +259,8 @@ class DotLock:
 
     def _try_once(self) -> bool:
         unique = self._unique_path()
-        start = _own_start() if self._pid == os.getpid() else ""
-        token = owner_record(self._machine, self._pid, start)
+        pid = os.getpid() if self._pid is None else self._pid  # at each try: fork changes it
+        token = owner_record(self._machine, pid, _own_start(pid) if pid == os.getpid() else "")
         fd = os.open(unique, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, token)
@@ -360,9 +360,16 @@ class DotLock:
         self.release()
 
 
-@cache
-def _own_start() -> str:
-    return process_start(os.getpid())
+_starts: dict[int, str] = {}
+
+
+def _own_start(pid: int) -> str:
+    # Keyed by pid, not cached once: a forked worker must record its own start time, or its
+    # live lock would look like one of a dead process whose pid was reused.
+    start = _starts.get(pid)
+    if start is None:
+        start = _starts[pid] = process_start(pid)
+    return start
 
 
 def break_lock(path: Path, seen: tuple[float, bytes], why: str, aside: Path) -> bool:
