@@ -477,4 +477,4 @@ class StaleTmpCleaner(TimerService):
     def _clean_blocking(self) -> int:
         # Stale dotlocks first: a kill -9 leaves them, and until they are broken the folder's
         # UIDs cannot be assigned (mailhub.store.leftovers).
-        return self._store.clean_leftovers() + self._store.clean_stale_tmp(self._max_age)
+        return self._store.clean_stale_tmp(self._max_age, leftovers=True)
