@@ -19,7 +19,9 @@ push producer while a FETCH writes.
 
 This module is the connection: framing, output and flow control, the session states, in-order
 dispatch, timeouts, STARTTLS's switch, BYE. Store calls are blocking but short (one folder, a
-few syscalls; see mailhub.store) and run on the reactor thread, like SMTP delivery's.
+few syscalls; see mailhub.store) and run on the reactor thread, like SMTP delivery's. They
+never wait for a folder lock there: a command that meets a busy one (``LockBusy``) is run again
+from a timer, and answered ``NO [UNAVAILABLE]`` (RFC 5530) if the lock stays busy.
 """
 
 from __future__ import annotations
