@@ -9,6 +9,8 @@ from twisted.internet.defer import Deferred
 
 from mailhub.auth import make_portal
 from mailhub.imap import mime
+from mailhub.store import dotlock, uidlist
+from mailhub.store.dotlock import DotLock
 from tests.test_imap_support import USER, IMAPTestCase, message
 
 CAPS = (
@@ -1117,3 +1119,64 @@ class Search(IMAPTestCase):
             S: * SEARCH 3 (MODSEQ {modseq})
             S: a1 OK SEARCH completed
         """)
+
+
+class BusyLock(IMAPTestCase):
+    """A folder lock held by a live holder: the command waits on the clock, the reactor does
+    not (mailhub.store.lockwait); past lock_timeout it is a temporary NO (RFC 5530)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.patch(dotlock, "on_reactor_thread", lambda: True)
+        self.deliver()  # UID 1 assigned
+        # As SMTP delivery does it (no lock): a file in new/ whose UID needs the lock.
+        new = self.store.root / "example.org" / "alice" / "new"
+        data = message()
+        (new / f"1765000000.M1P1Q1.mail.example.org,S={len(data)}").write_bytes(data)
+        # Another live process on this machine holds the folder lock.
+        self.holder = DotLock(self.store.root / "example.org" / "alice" / uidlist.LOCKNAME,
+                              in_reactor=lambda: True)  # fmt: skip
+        self.holder.acquire()
+        self.addCleanup(self.holder.release)
+        self.client = self.login(select=None)
+
+    def test_select_waits_for_the_holder(self) -> None:
+        self.client.send("a1 SELECT INBOX\r\n")
+        self.assertEqual(self.client.take(), b"")
+        other = self.login(select=None)  # the reactor serves other sessions meanwhile
+        other.command("NOOP")
+        self.clock.advance(1)
+        self.assertEqual(self.client.take(), b"")
+        self.holder.release()
+        self.clock.advance(0.1)
+        lines = self.client.lines()
+        self.assertIn("* 2 EXISTS", lines)
+        self.assertTrue(lines[-1].startswith("a1 OK [READ-WRITE]"), lines)
+
+    def test_select_gives_up_with_a_temporary_no(self) -> None:
+        self.client.send("a1 SELECT INBOX\r\n")
+        for _ in range(110):
+            self.clock.advance(0.1)
+        self.assertEqual(
+            self.client.lines(), ["a1 NO [UNAVAILABLE] Mailbox is busy, try again later"]
+        )
+        self.client.command("NOOP")  # the session goes on
+
+    def test_login_waits_for_the_subscriptions_lock(self) -> None:
+        root = self.store.root / "example.org" / "alice"
+        sent = root / ".Sent"
+        for sub in ("cur", "new", "tmp"):
+            (sent / sub).rmdir()
+        (sent / "maildirfolder").unlink()
+        sent.rmdir()
+        holder = DotLock(root / "subscriptions.lock", in_reactor=lambda: True)
+        holder.acquire()
+        self.addCleanup(holder.release)
+        client = self.connect()
+        client.send("a1 LOGIN alice secret\r\n")
+        self.assertEqual(client.take(), b"")
+        self.assertFalse(sent.exists())  # nothing done before the lock
+        holder.release()
+        self.clock.advance(0.1)
+        self.assertTrue(client.lines()[-1].startswith("a1 OK"))
+        self.assertIn("Sent", self.store.mailbox(USER).subscriptions())

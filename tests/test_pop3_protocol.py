@@ -24,7 +24,8 @@ from mailhub.pop3 import sender
 from mailhub.pop3.factory import POP3ServerFactory
 from mailhub.pop3.maildrop import unique_id
 from mailhub.pop3.protocol import POP3ServerProtocol
-from mailhub.store import MailStore
+from mailhub.store import MailStore, dotlock, uidlist
+from mailhub.store.dotlock import DotLock
 from mailhub.throttle import AuthThrottle
 
 USER = b"alice@example.com"
@@ -714,3 +715,50 @@ class UniqueIds(SynchronousTestCase):
         self.assertTrue(all(0x21 <= ord(c) <= 0x7E for c in uid))
         self.assertNotEqual(unique_id(long_key + "2"), uid)
         self.assertNotEqual(unique_id("a b"), "a b")
+
+
+class BusyFolderLock(POP3Case):
+    """The INBOX's UID lock held by a live holder: PASS waits on the clock (the reactor serves
+    others meanwhile) and answers -ERR [SYS/TEMP] after lock_timeout (RFC 3206 4)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.patch(dotlock, "on_reactor_thread", lambda: True)
+        # A delivery (no lock) whose UID needs the lock, held by another live process.
+        root = self.store.root / "example.com" / "alice"
+        (root / "new" / f"1765000000.M1P1Q1.mx,S={len(MSG1)}").write_bytes(MSG1)
+        self.holder = DotLock(root / uidlist.LOCKNAME, in_reactor=lambda: True)
+        self.holder.acquire()
+        self.addCleanup(self.holder.release)
+
+    def test_login_waits_for_the_holder(self) -> None:
+        self.send(b"USER alice@example.com\r\n")
+        self.assertEqual(self.send(b"PASS secret\r\n"), b"")
+        other, _ = self.connect()
+        self.assertTrue(self.send(b"NOOP\r\n", other).startswith(b"-ERR"))  # served meanwhile
+        self.clock.advance(1)
+        self.assertEqual(self.transport.value(), b"")
+        self.holder.release()
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.value().startswith(b"+OK Logged in, 3 messages"))
+
+    def test_login_gives_up_with_sys_temp(self) -> None:
+        self.send(b"USER alice@example.com\r\n")
+        self.send(b"PASS secret\r\n")
+        for _ in range(110):
+            self.clock.advance(0.1)
+        self.assertEqual(
+            self.transport.value(),
+            b"-ERR [SYS/TEMP] Cannot open the mailbox now, try again later\r\n",
+        )
+
+    def test_quit_deletes_while_the_lock_is_busy(self) -> None:
+        self.holder.release()
+        self.login()
+        self.assertTrue(self.send(b"DELE 1\r\n").startswith(b"+OK"))
+        self.holder.acquire()  # taken again by the other process before our QUIT
+        self.assertEqual(self.send(b"QUIT\r\n"), b"+OK Logging out, 1 messages deleted\r\n")
+        self.assertEqual(len(self.files()), 2)
+        # The UID list follows at the next sync that gets the lock.
+        self.holder.release()
+        self.assertEqual([m.uid for m in self.folder.sync().messages], [*self.uids[1:], 3])

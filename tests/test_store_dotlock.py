@@ -10,8 +10,16 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.store.dotlock import DotLock
-from mailhub.store.errors import LockTimeout
+from mailhub.store.dotlock import (
+    DotLock,
+    Machine,
+    Owner,
+    break_lock,
+    parse_owner,
+    process_start,
+    this_machine,
+)
+from mailhub.store.errors import LockBusy, LockTimeout
 
 REPO = str(Path(__file__).resolve().parent.parent)
 
@@ -48,7 +56,7 @@ class DotLockTests(SynchronousTestCase):
 
     def test_held_lock_times_out(self) -> None:
         with DotLock(self.path):
-            other = DotLock(self.path, timeout=0.1, stale_after=60)
+            other = DotLock(self.path, timeout=0.1, stale_after=60, in_reactor=lambda: False)
             start = time.monotonic()
             self.assertRaises(LockTimeout, other.acquire)
             self.assertLess(time.monotonic() - start, 2.0)
@@ -74,6 +82,7 @@ class DotLockTests(SynchronousTestCase):
             stale_after=60,
             now=lambda: clock[0],
             sleep=lambda s: clock.__setitem__(0, clock[0] + 10),
+            in_reactor=lambda: False,  # a worker thread: it may wait
         )
         # Not stale now; the fake sleep advances the clock until it is, within the timeout.
         lock.acquire()
@@ -89,7 +98,7 @@ class DotLockTests(SynchronousTestCase):
             raise OSError(5, "simulated lost NFS reply")
 
         self.patch(os, "link", link)
-        lock = DotLock(self.path, timeout=0.2)
+        lock = DotLock(self.path, timeout=0.2, in_reactor=lambda: False)
         lock.acquire()
         self.assertTrue(lock.held)
         lock.release()
@@ -114,3 +123,173 @@ class DotLockTests(SynchronousTestCase):
         for p in procs:
             self.assertEqual(p.wait(timeout=60), 0)
         self.assertEqual(counter.read_text(), "120")
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped): nobody has it now."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _never_sleep(seconds: float) -> None:
+    raise AssertionError(f"slept {seconds}s")
+
+
+HERE = Machine("mx1", "boot-a", "4026531836")
+
+
+class OwnerTests(SynchronousTestCase):
+    """Who holds a lock is judged at once: the pid on this machine, the age elsewhere."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.path = self.dir / "mailhub-uidlist.lock"
+        self.clock = [1_000_000.0]
+        self.live: set[int] = set()
+
+    def write(self, content: str, age: float = 0.0) -> None:
+        self.path.write_text(content)
+        when = self.clock[0] - age
+        os.utime(self.path, (when, when))
+
+    def lock(self, **kwargs: object) -> DotLock:
+        args: dict = dict(
+            timeout=10,
+            stale_after=60,
+            now=lambda: self.clock[0],
+            sleep=_never_sleep,
+            machine=HERE,
+            alive=lambda pid, start: pid in self.live,
+            in_reactor=lambda: True,  # the reactor thread: never waits
+        )
+        args.update(kwargs)
+        return DotLock(self.path, **args)  # type: ignore[arg-type]
+
+    def test_record_names_pid_host_and_boot_id(self) -> None:
+        lock = DotLock(self.path)
+        with lock:
+            owner = parse_owner(self.path.read_bytes())
+        me = this_machine()
+        self.assertEqual(owner, Owner(me.host, os.getpid(), process_start(os.getpid()),
+                                      me.boot_id, me.pidns))  # fmt: skip
+        self.assertTrue(me.boot_id)  # Linux: /proc/sys/kernel/random/boot_id
+
+    def test_dead_holder_on_this_machine_is_broken_at_once(self) -> None:
+        self.write("host=mx1 pid=4242 start=99 boot=boot-a pidns=4026531836 nonce=1\n")
+        lock = self.lock()
+        lock.acquire()  # the lock is fresh (age 0): only the dead pid says it is stale
+        self.assertTrue(lock.held)
+        self.assertIn(f"pid={os.getpid()}", self.path.read_text())
+
+    def test_live_holder_on_this_machine_is_never_broken(self) -> None:
+        self.live.add(4242)
+        self.write("host=mx1 pid=4242 start=99 boot=boot-a pidns=4026531836 nonce=1\n", age=3600)
+        busy = self.assertRaises(LockBusy, self.lock().acquire)
+        self.assertIn("pid 4242 on mx1", str(busy))
+        self.assertIn("pid=4242", self.path.read_text())
+
+    def test_reactor_thread_gets_busy_at_once_instead_of_sleeping(self) -> None:
+        self.live.add(4242)
+        self.write("host=mx1 pid=4242 start=99 boot=boot-a pidns=4026531836 nonce=1\n")
+        lock = self.lock(timeout=3600)
+        self.assertRaises(LockBusy, lock.acquire)  # _never_sleep was not called
+        self.assertFalse(lock.held)
+        self.assertFalse(lock.try_acquire())
+        self.live.clear()
+        self.assertTrue(lock.try_acquire())
+
+    def test_holder_from_before_a_reboot_is_broken(self) -> None:
+        self.live.add(4242)  # some process has that pid now: not the holder
+        self.write("host=mx1 pid=4242 start=99 boot=boot-old pidns=4026531836 nonce=1\n")
+        lock = self.lock()
+        lock.acquire()
+        self.assertTrue(lock.held)
+
+    def test_another_host_waits_for_the_age_rule(self) -> None:
+        self.write("host=mx2 pid=4242 start=99 boot=boot-b pidns=4026531836 nonce=1\n", age=59)
+        self.assertRaises(LockBusy, self.lock().acquire)
+        self.clock[0] += 2  # 61 s old now
+        lock = self.lock()
+        lock.acquire()
+        self.assertTrue(lock.held)
+
+    def test_another_pid_namespace_waits_for_the_age_rule(self) -> None:
+        # A container on the same kernel: its pid means nothing here.
+        self.write("host=mx1 pid=4242 start=99 boot=boot-a pidns=4026532000 nonce=1\n", age=30)
+        self.assertRaises(LockBusy, self.lock().acquire)
+        self.clock[0] += 31
+        self.lock().acquire()
+
+    def test_garbage_waits_for_the_age_rule(self) -> None:
+        self.write("\x00\xff garbage", age=30)
+        self.assertRaises(LockBusy, self.lock().acquire)
+        self.clock[0] += 31
+        self.lock().acquire()
+
+    def test_older_record_without_boot_id_uses_the_pid(self) -> None:
+        self.write("mx1 4242 0123456789abcdef\n")
+        self.lock().acquire()
+
+    def test_worker_thread_waits_with_the_injected_clock(self) -> None:
+        self.live.add(4242)
+        self.write("host=mx2 pid=4242 start=99 boot=boot-b pidns=1 nonce=1\n", age=50)
+        slept: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            self.clock[0] += 1
+
+        lock = self.lock(in_reactor=lambda: False, sleep=sleep, timeout=30)
+        lock.acquire()  # another host: stale after 60 s, so after ~10 fake seconds
+        self.assertTrue(lock.held)
+        self.assertEqual(len(slept), 11)
+
+    def test_two_breakers_never_remove_a_fresh_lock(self) -> None:
+        self.write("host=mx1 pid=4242 start=99 boot=boot-a pidns=4026531836 nonce=1\n")
+        seen = DotLock._identity(self.path)
+        assert seen is not None
+        # Another contender breaks the dead lock first and takes it...
+        winner = self.lock()
+        winner.acquire()
+        # ...then the slow one acts on what it judged: it must leave the winner's lock alone.
+        self.assertFalse(break_lock(self.path, seen, "slow", self.dir / "slow"))
+        self.assertEqual(DotLock._identity(self.path)[1], winner._token)  # type: ignore[index]
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), [self.path.name])
+        winner.release()
+        self.assertFalse(self.path.exists())
+
+    def test_killed_holder_process(self) -> None:
+        # A real process that died holding the lock (its record, its pid now free).
+        me = this_machine()
+        self.write(f"host={me.host} pid={_dead_pid()} start=1 boot={me.boot_id} "
+                   f"pidns={me.pidns} nonce=1\n")  # fmt: skip
+        lock = DotLock(self.path, timeout=0, in_reactor=lambda: True, sleep=_never_sleep)
+        lock.acquire()
+        self.assertTrue(lock.held)
+        lock.release()
+
+    def test_forked_process_records_its_own_start_time(self) -> None:
+        # A worker forked from a process that already locked: its record must name itself,
+        # or its live lock would look like a dead holder's whose pid was reused.
+        DotLock(self.path).acquire()
+        self.path.unlink()
+        lock = DotLock(self.path)  # made before the fork, used after
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            try:
+                lock.acquire()
+                os.write(write, self.path.read_bytes())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as f:
+            record = f.read()
+        start = process_start(child)  # a zombie until reaped: its /proc entry is still there
+        os.waitpid(child, 0)
+        owner = parse_owner(record)
+        assert owner is not None
+        self.assertEqual((owner.pid, owner.start), (child, start))
+        self.assertNotEqual(owner.start, process_start(os.getpid()))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailhub.store import dotlock
 from mailhub.store.store import MailStore
 
 REPO = str(Path(__file__).resolve().parent.parent)
@@ -87,6 +88,9 @@ class MultiProcessCase(SynchronousTestCase):
     """Spawning real processes on one shared mailbox, and checking what they saw."""
 
     def setUp(self) -> None:
+        # This process is one more plain (reactor-less) process on the tree: its store calls
+        # wait for the lock, even where trial runs the test on its reactor thread (-j2).
+        self.patch(dotlock, "on_reactor_thread", lambda: False)
         self.root = Path(self.mktemp())
         self.store = MailStore(self.root, "test")
         self.folder = self.store.mailbox(ADDRESS, create=True).folder()

@@ -7,7 +7,8 @@ from pathlib import Path
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mailhub.store import MailStore
+from mailhub.store import MailStore, dotlock, uidlist
+from mailhub.store.dotlock import DotLock
 from mailhub.web import parse, scan
 from mailhub.web.feed import Change, Entry, MailFeed
 from mailhub.web.search import QueryError
@@ -233,3 +234,33 @@ class Inotify(TestCase):
         self.store.mailbox("x@example.com", create=True).folder().append(b"Subject: s\r\n\r\n")
         self.assertEqual([c.kind for c in self.feed.catch_up()], ["new"])
         self.assertEqual(self.feed.scans, scans + 1)
+
+
+class FeedBusyLock(SynchronousTestCase):
+    """A folder whose UID lock a live holder has: the feed keeps what it knows and looks again
+    soon, on the clock (it neither waits on the reactor nor reports the messages deleted)."""
+
+    def test_busy_folder_is_looked_at_again(self) -> None:
+        self.patch(dotlock, "on_reactor_thread", lambda: True)
+        clock = task.Clock()
+        store = MailStore(Path(self.mktemp()), "localhost")
+        feed = MailFeed(store, clock, poll_interval=60.0, use_inotify=False)
+        changes: list[Change] = []
+        feed.subscribe(changes.extend)
+        folder = store.mailbox("a@example.com", create=True).folder()
+        folder.append(b"Subject: one\r\n\r\nhi\r\n")
+        feed.scan()
+        self.assertEqual([c.kind for c in changes], ["new"])
+        changes.clear()
+        # A delivery (no lock) whose UID needs the lock, which another process holds.
+        root = store.root / "example.com" / "a"
+        (root / "new" / "1765000000.M1P1Q1.other,S=20").write_bytes(b"Subject: two\r\n\r\nhi\r\n")
+        holder = DotLock(root / uidlist.LOCKNAME, in_reactor=lambda: True)
+        holder.acquire()
+        self.addCleanup(holder.release)
+        self.assertEqual(feed.scan(), [])  # busy: nothing new yet, nothing deleted
+        self.assertEqual(len(feed.entries), 1)
+        holder.release()
+        clock.advance(1)  # the look again
+        self.assertEqual([c.kind for c in changes], ["new"])
+        self.assertEqual(len(feed.entries), 2)

@@ -15,7 +15,8 @@ from mailhub.imap.parser import Item, ParseError, SpooledLiteral
 from mailhub.imap.sequence import compress
 from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.view import split_flags
-from mailhub.store import FolderNotFound
+from mailhub.store import FolderNotFound, StoreError
+from mailhub.store.errors import LockBusy
 
 if TYPE_CHECKING:
     from mailhub.imap.protocol import IMAPServerProtocol
@@ -37,9 +38,15 @@ async def append(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
         return Done("NO", "Mailbox does not exist", "TRYCREATE")
     letters, keywords = split_flags(request.flags)
     src = message.file if isinstance(message, SpooledLiteral) else io.BytesIO(message)
-    uid = folder.append_from(src, flags=letters, keywords=keywords,
-                             internaldate=request.internaldate)  # fmt: skip
-    validity = folder.sync().uidvalidity
+    await session.settle(folder)  # wait for a busy lock before storing, not after
+    try:
+        uid = folder.append_from(src, flags=letters, keywords=keywords,
+                                 internaldate=request.internaldate)  # fmt: skip
+        validity = folder.sync().uidvalidity
+    except LockBusy:
+        # Stored durably, only its UID is not known yet (the folder lock was taken again
+        # meanwhile): OK without APPENDUID rather than NO and a duplicate on the retry.
+        return Done("OK", "APPEND completed")
     return Done("OK", "APPEND completed", f"APPENDUID {validity} {uid}")
 
 
@@ -81,6 +88,7 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
     if sub == "STORE":
         return _store(session, rest, uid=True)
     if sub in ("COPY", "MOVE"):
+        await _settle_for_copy(session, rest)
         return _copy(session, rest, uid=True, move=sub == "MOVE")
     if sub == "EXPUNGE":
         A.expect_count(rest, 1)
@@ -96,12 +104,24 @@ async def store(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Don
 
 @COMMANDS.command("COPY", (SELECTED,))
 async def copy(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    await _settle_for_copy(session, items)
     return _copy(session, items, uid=False, move=False)
 
 
 @COMMANDS.command("MOVE", (SELECTED,))
 async def move(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
+    await _settle_for_copy(session, items)
     return _copy(session, items, uid=False, move=True)
+
+
+async def _settle_for_copy(session: IMAPServerProtocol, items: list[Item]) -> None:
+    """Wait for busy locks of both folders before copying: a busy lock met after the links
+    were made cannot be waited for by running the command again (it would copy twice)."""
+    try:
+        target = session.box().folder(A.mailbox(items[1]))
+    except (ParseError, IndexError, StoreError):
+        return  # _copy answers that
+    await session.settle(session.selected_view().folder, target)
 
 
 def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done:

@@ -19,13 +19,15 @@ push producer while a FETCH writes.
 
 This module is the connection: framing, output and flow control, the session states, in-order
 dispatch, timeouts, STARTTLS's switch, BYE. Store calls are blocking but short (one folder, a
-few syscalls; see mailhub.store) and run on the reactor thread, like SMTP delivery's.
+few syscalls; see mailhub.store) and run on the reactor thread, like SMTP delivery's. They
+never wait for a folder lock there: a command that meets a busy one (``LockBusy``) is run again
+from a timer, and answered ``NO [UNAVAILABLE]`` (RFC 5530) if the lock stays busy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
@@ -63,13 +65,19 @@ from mailhub.imap.parser import (
     parse_command,
 )
 from mailhub.imap.view import BadSequence, UidValidityChanged, View
-from mailhub.store import FolderNotFound, InvalidName, Mailbox
+from mailhub.store import Folder, FolderNotFound, InvalidName, Mailbox
+from mailhub.store.errors import LockBusy, LockTimeout
+from mailhub.store.lockwait import BusyWait, retry_busy
 
 if TYPE_CHECKING:
     from mailhub.imap.factory import IMAPServerFactory
 
 # Pause reading when this much input waits behind a running command.
 MAX_PENDING_INPUT = 1024 * 1024
+T = TypeVar("T")
+# Commands not run again when they meet a busy lock: they may have added messages before
+# (again would add twice), or logged in (they wait for the lock where they take it).
+_NOT_AGAIN = frozenset({"APPEND", "COPY", "MOVE", "LOGIN", "AUTHENTICATE"})
 # During IDLE, look for changes this often (seconds): new mail shows within about a second.
 IDLE_POLL_INTERVAL = 1.0
 # Untagged responses (FETCH, also after STORE or QRESYNC) are written in pieces of this size.
@@ -337,7 +345,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         command: Command,
     ) -> None:
         try:
-            result = await handler(self, tag, items)
+            result = await self._run_handler(name, handler, tag, items)
         except Answered:
             return
         except ParseError as e:
@@ -353,6 +361,10 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             result = self._folder_vanished()
         except CancelledError:
             return
+        except LockTimeout as e:
+            # RFC 5530 3: a temporary failure the client may retry, not a server bug.
+            self.log.warn("IMAP {command}: {error}", command=name, error=str(e))
+            result = Done("NO", "Mailbox is busy, try again later", "UNAVAILABLE")
         except Exception:
             self.log.failure("IMAP {command} failed for {client}", command=name,
                              client=self.client_address)  # fmt: skip
@@ -366,14 +378,38 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             # SORT and THREAD answer sequence numbers too.
             uid = name == "UID"
             allow = uid or name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD")
+            view = self.view
             try:
-                self.write_all(self.view.sync(allow_expunge=allow))
+                # The lock may be busy (new mail needs UIDs): wait on timers, as commands do.
+                lines = await self.unlocked(lambda: view.sync(allow_expunge=allow))
             except UidValidityChanged:
                 self.bye("Mailbox UIDVALIDITY changed; please reselect")
                 return
             except FolderNotFound:
                 result = self._folder_vanished()
+            except LockBusy:
+                pass  # the changes are reported after a later command (or IDLE poll)
+            else:
+                if self.closing:
+                    return
+                self.write_all(lines)
         self.write(result.line(tag))
+
+    async def _run_handler(self, name: str, handler: Handler, tag: str, items: list[Item]) -> Done:
+        """The handler's result; run again from a timer while it meets a busy folder lock
+        (the reactor never waits for a lock: mailhub.store.lockwait), unless in _NOT_AGAIN."""
+        wait: BusyWait | None = None
+        while True:
+            try:
+                return await handler(self, tag, items)
+            except LockBusy as busy:
+                sub = items[0] if name == "UID" and items else None
+                verb = (sub if isinstance(sub, str) else name).upper()
+                if verb in _NOT_AGAIN or self.closing:
+                    raise
+                if wait is None:
+                    wait = BusyWait(self.factory.clock, self.factory.store.settings.lock_timeout)
+                await wait.pause(busy)
 
     def _folder_vanished(self) -> Done:
         if self.view is not None:
@@ -397,6 +433,15 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
     def select_view(self, view: View) -> None:
         self.view = view
         self.state = SELECTED
+
+    async def unlocked(self, f: Callable[[], T]) -> T:
+        """``f()``, run again from reactor timers while it meets a busy folder lock."""
+        return await retry_busy(self.factory.clock, self.factory.store.settings.lock_timeout, f)
+
+    async def settle(self, *folders: Folder) -> None:
+        """Sync the folders, waiting (on reactor timers) while their locks are busy."""
+        for folder in folders:
+            await self.unlocked(folder.sync)
 
     def deselect(self) -> None:
         self.view = None
@@ -437,6 +482,8 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             except FolderNotFound:
                 self.bye("Selected mailbox no longer exists")
                 return
+            except LockBusy:
+                pass  # reported at the next poll
         self._idle_timer = self.factory.clock.callLater(IDLE_POLL_INTERVAL, self.start_idle_poll)
 
     def stop_idle_poll(self) -> None:

@@ -203,7 +203,7 @@ async def _login(
     session.avatar_logout = avatar_logout
     session.user = avatar.address
     session.mailbox = f.store.mailbox(avatar.address, create=True)
-    session.mailbox.ensure_special_folders()
+    await session.unlocked(session.mailbox.ensure_special_folders)  # subscriptions.lock
     session.state = AUTHENTICATED
     session.log.info("IMAP login {user} from {client} ({how})", event="auth", user=session.user,
                      client=session.client_address, how=how)  # fmt: skip

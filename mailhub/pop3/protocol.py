@@ -16,7 +16,8 @@ a connection that ends any other way removes nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import CancelledError, Deferred
@@ -32,6 +33,8 @@ from mailhub.pop3.lock import MailboxBusy
 from mailhub.pop3.maildrop import Entry, Maildrop, NoSuchMessage, unique_id
 from mailhub.pop3.sender import WHOLE_MESSAGE_LIMIT, MessageProducer, TopReader, whole_message
 from mailhub.store import MessageGone
+from mailhub.store.errors import LockTimeout
+from mailhub.store.lockwait import retry_busy
 
 if TYPE_CHECKING:
     from mailhub.pop3.factory import POP3ServerFactory
@@ -421,8 +424,16 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
             return None
         if self.factory.throttle is not None:
             self.factory.throttle.success(self.client_address)
+        return Deferred.fromCoroutine(self._open_maildrop(user, logout, how))
+
+    async def _open_maildrop(self, user: Any, logout: Callable[[], None], how: str) -> Result:
+        f = self.factory
         try:
-            maildrop = self.factory.open_maildrop(user.address)
+            # A folder lock held by another session or process is waited for on reactor
+            # timers, never on the reactor (mailhub.store.lockwait).
+            maildrop = await retry_busy(
+                f.clock, f.store.settings.lock_timeout, lambda: f.open_maildrop(user.address)
+            )
         except MailboxBusy:
             logout()
             self._log.info(
@@ -431,10 +442,19 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
                 client=self.client_address,
             )
             return IN_USE
+        except LockTimeout as e:
+            logout()
+            self._log.warn("cannot open the maildrop of {user}: {error}", user=user.address,
+                           error=str(e))  # fmt: skip
+            return MAILBOX_UNAVAILABLE
         except Exception:
             logout()
             self._log.failure("cannot open the maildrop of {user}", user=user.address)
             return MAILBOX_UNAVAILABLE
+        if self._closing:  # the client left while we waited
+            maildrop.close()
+            logout()
+            return None
         self._maildrop, self._logout = maildrop, logout
         self._state = _TRANSACTION
         count, size = maildrop.stat()

@@ -458,8 +458,9 @@ class MaildirSink:
 
 
 class StaleTmpCleaner(TimerService):
-    """Removes stale tmp/ files (maildir.html: 36 hours) at start and every ``interval``
-    seconds, in a thread, because it walks the whole tree."""
+    """Removes stale tmp/ files (maildir.html: 36 hours), stale dotlocks and temporary
+    leftovers of killed processes, at start and every ``interval`` seconds, in a thread,
+    because it walks the whole tree."""
 
     def __init__(
         self, store: MailStore, interval: float = 3600.0, max_age: float = STALE_TMP_AGE
@@ -469,6 +470,11 @@ class StaleTmpCleaner(TimerService):
         self._max_age = max_age
 
     def _clean(self) -> defer.Deferred[int]:
-        d = threads.deferToThread(self._store.clean_stale_tmp, self._max_age)
+        d = threads.deferToThread(self._clean_blocking)
         d.addErrback(lambda f: log.failure("cleaning stale tmp files failed", f))
         return d
+
+    def _clean_blocking(self) -> int:
+        # Stale dotlocks first: a kill -9 leaves them, and until they are broken the folder's
+        # UIDs cannot be assigned (mailhub.store.leftovers).
+        return self._store.clean_stale_tmp(self._max_age, leftovers=True)

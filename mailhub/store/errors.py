@@ -36,7 +36,17 @@ class MessageGone(StoreError, LookupError):
 
 
 class LockTimeout(StoreError):
-    """A dotlock could not be taken within the bounded wait."""
+    """A dotlock could not be taken within the bounded wait: answer with a temporary error
+    (SMTP 451 4.3.0, IMAP ``NO [UNAVAILABLE]`` of RFC 5530, POP3 ``-ERR [SYS/TEMP]``)."""
+
+
+class LockBusy(LockTimeout):
+    """A live holder has the dotlock and the caller runs on the reactor thread, which never
+    waits: try again from a reactor timer (``mailhub.store.lockwait``)."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class CorruptUidList(StoreError):

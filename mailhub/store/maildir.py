@@ -40,7 +40,13 @@ from mailhub.store import names, uidlist
 from mailhub.store.cache import MISSING, CachePass, FolderCache
 from mailhub.store.cache import check_name as check_cache_name
 from mailhub.store.dotlock import DotLock
-from mailhub.store.errors import CorruptUidList, FolderNotFound, LockTimeout, MessageGone
+from mailhub.store.errors import (
+    CorruptUidList,
+    FolderNotFound,
+    LockBusy,
+    LockTimeout,
+    MessageGone,
+)
 from mailhub.store.safeio import fsync_dir, unlink_quietly, write_all
 from mailhub.store.uidlist import UidList
 
@@ -1204,13 +1210,18 @@ class Folder:
         for sub in touched:  # make the removal survive a crash before we answer the client
             fsync_dir(f"{self._dir}/{sub}")
         self._changed_by_us()
-        with self._lock():
-            lst = self._reload_list()
-            if lst is not None:
-                for _, base in removed:
-                    lst.records.pop(base, None)
-                lst.next_modseq()  # RFC 7162 3.1.1: HIGHESTMODSEQ grows on expunge
-                self._save_list(lst)
+        try:
+            with self._lock():
+                lst = self._reload_list()
+                if lst is not None:
+                    for _, base in removed:
+                        lst.records.pop(base, None)
+                    lst.next_modseq()  # RFC 7162 3.1.1: HIGHESTMODSEQ grows on expunge
+                    self._save_list(lst)
+        except LockBusy:
+            # The files are gone (durably): the next sync() that gets the lock drops them from
+            # the list as vanished. The reactor does not wait for the lock here.
+            log.info("UID list of {folder} updated later: lock busy", folder=self._dir)
         for _, base in removed:
             self._entries.pop(base, None)
         self._state = None

@@ -18,7 +18,7 @@ import shutil
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from twisted.logger import Logger
@@ -122,23 +122,43 @@ class MailStore:
                         found.append(f"{box.name}@{dom.name}")
         return sorted(found)
 
-    def clean_stale_tmp(self, max_age: float = STALE_TMP_AGE) -> int:
-        """Remove stale files from every tmp/ of every mailbox and folder (maildir.html: 36 h).
+    def clean_stale_tmp(self, max_age: float = STALE_TMP_AGE, *, leftovers: bool = False) -> int:
+        """Remove stale files from every tmp/ of every mailbox and folder (maildir.html: 36 h);
+        with ``leftovers`` also stale dotlocks and the temporary files of killed processes
+        (``mailhub.store.leftovers``), in the same walk.
 
         Walks the whole tree: call it at start and then every few hours, in a thread for big
         trees (see ``mailhub.store.delivery.StaleTmpCleaner``).
         """
         removed = 0
+        for path in self._folder_paths():
+            if leftovers:
+                removed += self._clean_leftovers(path)
+            removed += clean_stale_tmp(path, self.settings.now, max_age)
+        return removed
+
+    def clean_leftovers(self) -> int:
+        """Break stale dotlocks and remove the temporary files a killed process left, in every
+        mailbox and folder (``mailhub.store.leftovers``). Walks the whole tree: in a thread."""
+        return sum(map(self._clean_leftovers, self._folder_paths()))
+
+    def _clean_leftovers(self, path: Path) -> int:
+        from mailhub.store import leftovers
+
+        s = self.settings
+        return leftovers.clean_folder(path, now=s.now, stale_after=s.lock_stale_after)
+
+    def _folder_paths(self) -> Iterator[Path]:
+        """The directory of every mailbox's INBOX and folders."""
         for address in self.mailboxes():
             path = self._path(address)
-            removed += clean_stale_tmp(path, self.settings.now, max_age)
+            yield path
             with os.scandir(path) as it:
                 for de in it:
                     if names.folder_from_dirname(de.name) is not None and de.is_dir(
                         follow_symlinks=False
                     ):
-                        removed += clean_stale_tmp(Path(de.path), self.settings.now, max_age)
-        return removed
+                        yield Path(de.path)
 
     def clean_tmp(self) -> int:
         """Alias of ``clean_stale_tmp()`` with the default 36 hours (used by service.py)."""
@@ -311,15 +331,23 @@ class Mailbox:
         """Create the special-use folders that are missing (and subscribe them, as Dovecot's
         ``auto = subscribe`` does); returns the names created. Safe against a concurrent
         creator."""
+        missing = [n for n in names.SPECIAL_USE if not is_maildir(self._folder_path(n)[1])]
+        if not missing:
+            return []
         created: list[str] = []
-        for name in names.SPECIAL_USE:
-            _, path = self._folder_path(name)
-            if is_maildir(path):
-                continue
-            create_maildir(path, folder=True)
-            created.append(name)
+
+        def create(subs: list[str]) -> list[str]:
+            # Under the subscriptions lock: a busy lock (LockBusy on the reactor) is met before
+            # any folder is made, so the caller can simply try again.
+            for name in missing:
+                _, path = self._folder_path(name)
+                if not is_maildir(path):
+                    create_maildir(path, folder=True)
+                    created.append(name)
+            return subs + [n for n in created if n not in subs]
+
+        self._change_subscriptions(create)
         if created:
-            self._change_subscriptions(lambda subs: subs + [n for n in created if n not in subs])
             log.info("created {names} in {address}", names=created, address=self.address)
         return created
 

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from time import perf_counter
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +27,8 @@ from twisted.web.iweb import IRequest
 
 from mailhub import __version__
 from mailhub.interfaces import Outcome
-from mailhub.store import MailboxNotFound, MessageGone, StoreError
+from mailhub.store import LockTimeout, MailboxNotFound, MessageGone, StoreError
+from mailhub.store.lockwait import retry_busy
 from mailhub.store.names import FLAGGED, SEEN
 from mailhub.web import parse, search
 from mailhub.web.access import Viewer
@@ -568,14 +570,16 @@ class Api:
                 continue
             if not isinstance(body[key], bool):
                 raise ApiError(400, f"{key} must be true or false")
+            change = folder.add_flags if body[key] else folder.remove_flags
             try:
-                if body[key]:
-                    folder.add_flags(entry.uid, {letter})
-                else:
-                    folder.remove_flags(entry.uid, {letter})
+                # A busy folder lock is waited for on reactor timers (mailhub.store.lockwait).
+                timeout = self.feed.store.settings.lock_timeout
+                await retry_busy(self.clock, timeout, partial(change, entry.uid, {letter}))
             except MessageGone:
                 self.feed.catch_up()
                 raise ApiError(404, "the message was deleted") from None
+            except LockTimeout:
+                raise ApiError(503, "the mailbox is busy, try again") from None
         self.feed.catch_up()  # publishes the change to the page and other viewers
         return self.summary_json(entry)
 

@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 from mailhub.store import Folder, FolderState, MailStore, MessageGone, StoreError
+from mailhub.store.errors import LockBusy
 from mailhub.store.names import INBOX, SEEN, folder_dirname, folder_from_dirname
 from mailhub.web import parse, scan
 from mailhub.web.ids import MessageRef
@@ -53,6 +54,9 @@ log = Logger()
 
 # Debounce for inotify bursts: one scan for the many events of one delivery.
 NOTICE_DELAY = 0.02
+# A folder whose lock was busy is looked at again after this long (a live holder keeps it for
+# milliseconds; a dead one on another node for up to a minute: not 50 looks a second).
+BUSY_DELAY = 0.1
 # The summaries' entry in each folder's mailhub-cache; a new format takes a new name.
 SUMMARY_CACHE = "web-summary-2"
 SEARCH_TEXT_CACHE = "web-text-1"  # what free-text search looks in (mailhub.web.scan)
@@ -428,6 +432,13 @@ class MailFeed(Service):
         self._watch_folder(address, name)  # before reading it: nothing falls between
         try:
             state = watched.folder.sync()
+        except LockBusy:
+            # Another session or process has the folder's lock for a moment: look again soon
+            # (the reactor never waits for a lock) and keep what we know meanwhile.
+            self._dirty_folders.add(key)
+            if self._soon is None or not self._soon.active():
+                self._soon = self.clock.callLater(BUSY_DELAY, self._catch_up_logged)
+            return True
         except (StoreError, OSError):
             self._drop(key, changes)
             return False

@@ -17,7 +17,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from mailhub.config import WebConfig
-from mailhub.store import MailStore
+from mailhub.store import MailStore, uidlist
+from mailhub.store.dotlock import DotLock
 from mailhub.testing import MailhubTestServer
 from mailhub.users import UserDB
 from mailhub.web import parse, scan
@@ -220,6 +221,26 @@ class Messages(WebTestCase):
         self.assertNotIn("S", info.flags)
         bad = await self.call("PATCH", f"/api/v1/messages/{message_id}", json={"seen": "yes"})
         self.assertEqual(bad.code, 400)
+
+    async def test_mark_seen_waits_for_a_busy_folder_lock(self) -> None:
+        hub = await self.start()
+        await self.send()
+        message_id = await self.only_id()
+        # Another live process holds the folder's UID lock (this one's pid: alive).
+        lock = hub.config.mail_dir / "example.com" / "alice" / uidlist.LOCKNAME
+        holder = DotLock(lock, in_reactor=lambda: False)
+        holder.acquire()
+        self.addCleanup(holder.release)
+        patch = defer.ensureDeferred(
+            self.call("PATCH", f"/api/v1/messages/{message_id}", json={"seen": True})
+        )
+        # The server answers other requests meanwhile (the reactor does not wait)...
+        self.assertEqual((await self.get("/api/v1/messages"))["total"], 1)
+        self.assertFalse(patch.called)  # ...while the PATCH waits for the holder
+        holder.release()
+        m = await patch
+        self.assertEqual(m.code, 200, m.body)
+        self.assertTrue(m.json["seen"])
 
     async def test_delete_one_then_all_of_a_mailbox_then_everything(self) -> None:
         hub = await self.start()
