@@ -523,6 +523,15 @@ class _ImplicitTLSTransport(BufferingTLSTransport):
     STARTTLS on an implicit-TLS port (RFC 8314 3.3). ``TLSMemoryBIOProtocol`` only copies the
     TCP transport's interfaces, which do not include ISSLTransport."""
 
+    def loseConnection(self) -> None:
+        # A client that never finished the handshake (an idle connection timed out, evicted or
+        # refused) cannot get our goodbye, and TLSMemoryBIOProtocol waits for the handshake to
+        # send it: forever, holding the socket. Its own abort covers only "nothing written".
+        if self.connected and not self.disconnecting and not self._handshakeDone:
+            self.abortConnection()
+            return
+        super().loseConnection()
+
 
 class _ImplicitTLSFactory(TLSMemoryBIOFactory):
     protocol = _ImplicitTLSTransport
