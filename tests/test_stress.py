@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from base64 import b64encode
 from dataclasses import replace
+from pathlib import Path
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
@@ -16,7 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from mailhub.auth import DevChecker, HashQueueFull, make_portal
-from mailhub.config import Limits
+from mailhub.config import Config, ConfigError, Limits, load
+from mailhub.connlimit import counter_for
 from mailhub.smtp.policy import Role
 from tests.test_imap_support import IMAPTestCase
 from tests.test_pop3_protocol import POP3Case
@@ -175,3 +177,33 @@ class SMTPStress(SynchronousTestCase):
         h = self.harness(checker=BusyChecker())
         d = self.connect(h, "192.0.2.1")
         d.run(f"C: AUTH PLAIN {plain('bob')}\nS: 454 4.7.0 Error: temporary authentication ...")
+
+
+class ConfigKeys(SynchronousTestCase):
+    def load_text(self, text: str) -> Config:
+        path = Path(self.mktemp())
+        path.write_text('[domains]\nlocal = ["a.example"]\n[limits]\n' + text)
+        return load(path)
+
+    def test_keys(self) -> None:
+        limits = self.load_text(
+            "auth_user_delay_after = 0\nauth_user_max_delay = 60\nauth_hash_queue = 4\n"
+            "stress_threshold = 0.5\nstress_idle_timeout = 5\n"
+        ).limits
+        self.assertEqual(
+            (limits.auth_user_delay_after, limits.auth_user_max_delay, limits.auth_hash_queue),
+            (0, 60.0, 4),
+        )
+        self.assertEqual((limits.stress_threshold, limits.stress_idle_timeout), (0.5, 5.0))
+        self.assertEqual(counter_for(limits, evict=True).stress_at, 250)
+
+    def test_mistakes(self) -> None:
+        for text, words in (
+            ("stress_threshold = 1.5", "must be a share above 0 and at most 1, not 1.5"),
+            ("stress_threshold = 0", "must be a share above 0"),
+            ("auth_hash_queue = 0", "must be at least 1"),
+            ("stress_idle_timeout = 0", "must be at least 1"),
+            ("auth_user_max_delay = -1", "must be at least 0"),
+        ):
+            err = self.assertRaises(ConfigError, self.load_text, text + "\n")
+            self.assertIn(words, str(err))
