@@ -144,7 +144,9 @@ class ThrottleCase(ServiceTestCase):
 
         try:
             client = Client(HOST, 0, ssl_context=self.context, timeout=TIMEOUT)
-        except (imaplib.IMAP4.abort, OSError):
+        except imaplib.IMAP4.error as e:
+            return f"greeting: {e}"  # refused at once
+        except OSError:
             return "closed"
         try:
             client.login(user, password)
@@ -349,3 +351,17 @@ class IdleConnections(ThrottleCase):
         self.assertEqual(results, ["ok", "ok", "ok"])
         for listener in ("imaps", "pop3s", "smtps"):
             self.assertGreaterEqual(self.counter(listener).evictions, 3, listener)
+
+    async def test_a_refused_client_still_reads_why(self) -> None:
+        """Closing before the TLS handshake finished must not throw away the goodbye of a
+        client that is about to send its ClientHello (only one that never does is cut off)."""
+        self.launch(replace(FAST_LIMITS, max_connections_per_ip=1))
+
+        def refused() -> str:
+            with socket.create_connection(("127.0.0.1", self.port("imaps")), TIMEOUT):
+                return self.imaps(ALICE, PASSWORDS[ALICE])
+
+        self.assertEqual(
+            await self.in_thread(refused),
+            "greeting: b'* BYE Too many connections, try again later'",
+        )
