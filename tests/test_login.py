@@ -4,18 +4,23 @@ and the temporary error every protocol gives when the queue is full (issue 12 5b
 
 from __future__ import annotations
 
+from base64 import b64encode
+
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from mailhub.auth import HashingPool, HashQueueFull, make_portal
 from mailhub.login import Outcome, guarded_login
 from mailhub.throttle import AuthThrottle
+from mailhub.web.access import Access, LoginBusy, LoginRefused, LoginRequired
 
 
 @implementer(ICredentialsChecker)
@@ -229,3 +234,40 @@ class BoundedHashQueue(SynchronousTestCase):
 
     def test_bad_parameters(self) -> None:
         self.assertRaises(ValueError, HashingPool, FakeReactor(), max_pending=0)
+
+
+class WebBasicLogin(GuardedLoginCase):
+    """The web page's Basic login goes through the same guard."""
+
+    def access(self, checker: object | None = None) -> Access:
+        portal = make_portal(checker) if checker is not None else self.portal
+        return Access(login=True, admins=(), portal=portal, throttle=self.throttle,
+                      clock=self.clock)  # fmt: skip
+
+    def request(self, user: str, password: str) -> DummyRequest:
+        request = DummyRequest([b""])
+        request.client = IPv4Address("TCP", "127.0.0.1", 40000)
+        request.isSecure = lambda: False  # type: ignore[attr-defined]  # loopback: allowed
+        token = b64encode(f"{user}:{password}".encode()).decode()
+        request.requestHeaders.setRawHeaders(b"authorization", [f"Basic {token}"])
+        return request
+
+    def test_busy_is_login_busy(self) -> None:
+        self.checker.busy = True
+        d = self.access().viewer(self.request("alice", "right"))
+        self.failureResultOf(d, LoginBusy)
+
+    def test_a_success_of_another_user_does_not_clear_the_count(self) -> None:
+        access = self.access()
+        for i in range(4):
+            d = access.viewer(self.request("bob", f"guess{i}"))
+            self.clock.advance(60)
+            self.clock.advance(60)
+            self.failureResultOf(d, LoginRequired)
+        self.successResultOf(access.viewer(self.request("alice", "right")))
+        d = access.viewer(self.request("bob", "guess5"))
+        self.clock.advance(60)
+        self.clock.advance(60)
+        self.failureResultOf(d, LoginRequired)
+        self.assertRaises(LoginRefused, access.viewer, self.request("bob", "guess6"))
+        self.assertEqual(self.checker.checks.count(b"bob"), 5)
