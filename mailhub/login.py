@@ -5,7 +5,8 @@ password through ``guarded_login``, so the throttle's rules (``mailhub.throttle`
 everywhere and in the right order:
 
 1. ``throttle.begin`` reserves the attempt *before* the check (parallel guesses cannot all get
-   through while the first ones are hashing) or refuses it: ``REFUSED``, nothing is hashed.
+   through while the first ones are hashing), or the login waits for the attempts in flight
+   from its address, or it is refused: ``REFUSED``, nothing is hashed.
 2. The per-user delay, if the user name has collected failures from anywhere.
 3. The portal checks the password. A full hash queue (``mailhub.auth.HashQueueFull``) or a
    checker that cannot answer is ``UNAVAILABLE``: a temporary error, nothing counted.
@@ -27,7 +28,7 @@ from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -70,25 +71,39 @@ class _GuardedLogin:
         throttle: AuthThrottle | None,
         clock: IReactorTime,
         address: str,
-        attempt: Attempt | None,
+        credentials: PasswordCredentials,
+        refuse: bool,
         interface: InterfaceClass,
     ) -> None:
         self.portal, self.throttle, self.clock = portal, throttle, clock
-        self.address, self.attempt, self.interface = address, attempt, interface
+        self.address, self.credentials, self.refuse = address, credentials, refuse
+        self.interface = interface
+        self.attempt: Attempt | None = None
         self.result: Deferred[LoginResult] = Deferred(self._cancel)
         self.timer: IDelayedCall | None = None
+        self.waiting: Deferred[None] | None = None
         self.cancelled = False
 
-    def start(self, credentials: PasswordCredentials, refuse: bool) -> Deferred[LoginResult]:
-        if refuse:
+    def start(self, _: object = None) -> None:
+        self.waiting = None
+        if self.throttle is not None:
+            self.attempt = self.throttle.begin(self.address, self.credentials.username)
+            if self.attempt is None:
+                if self.throttle.refused(self.address):
+                    self.result.callback(REFUSED)
+                    return
+                # The attempts in flight could use up what this address has left: wait for one.
+                self.waiting = self.throttle.released(self.address)
+                self.waiting.addCallbacks(self.start, lambda f: f.trap(CancelledError))
+                return
+        if self.refuse:
             self._failed()  # counted like a wrong password (no check needed)
-            return self.result
+            return
         delay = self.attempt.delay if self.attempt is not None else 0.0
         if delay > 0:
-            self.timer = self.clock.callLater(delay, self._check, credentials)
+            self.timer = self.clock.callLater(delay, self._check, self.credentials)
         else:
-            self._check(credentials)
-        return self.result
+            self._check(self.credentials)
 
     def _check(self, credentials: PasswordCredentials) -> None:
         self.timer = None
@@ -123,13 +138,16 @@ class _GuardedLogin:
         delay = self.attempt.failed()
         if self.cancelled:
             return
-        disconnect = self.throttle.should_disconnect(self.address)
+        disconnect = self.throttle.refused(self.address)
         self.timer = self.clock.callLater(
             delay, self.result.callback, LoginResult(Outcome.FAILED, disconnect=disconnect)
         )
 
     def _cancel(self, _: Deferred) -> None:
         self.cancelled = True
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.cancel()  # waiting for room: nothing reserved
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -153,12 +171,9 @@ def guarded_login(
     the module docstring). ``refuse``: the protocol already knows the login must fail (an
     authorization identity that is not the user, RFC 4616 2): counted and answered like a wrong
     password, without a check. The Deferred never fails (cancelling it aside)."""
-    attempt = None
-    if throttle is not None:
-        attempt = throttle.begin(address, username)
-        if attempt is None:
-            d: Deferred[LoginResult] = Deferred()
-            d.callback(REFUSED)
-            return d
-    guard = _GuardedLogin(portal, throttle, clock, address, attempt, interface)
-    return guard.start(PasswordCredentials(username, password), refuse)
+    guard = _GuardedLogin(
+        portal, throttle, clock, address, PasswordCredentials(username, password), refuse,
+        interface,
+    )  # fmt: skip
+    guard.start()
+    return guard.result

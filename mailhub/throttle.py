@@ -6,11 +6,14 @@ AUTH, IMAP LOGIN/AUTHENTICATE, POP3 USER/PASS/AUTH and the web's Basic login sha
 count). ``mailhub.login.guarded_login`` is the one way the protocols use it:
 
 1. **Reserve before checking.** ``begin(address, user)`` returns an ``Attempt`` or None. An
-   attempt counts against the address *while* its password is being checked, so 150 parallel
-   guesses from one address get at most ``max_failures`` checks: the others are refused before
-   any hashing (the failures so far plus the attempts in flight reach the limit).
+   attempt counts against the address *while* its password is being checked: when the failures
+   so far plus the attempts in flight reach ``max_failures``, a new login waits (``released``)
+   until one of them is resolved, and is refused once the failures alone reach the limit. So
+   150 parallel guesses from one address get at most ``max_failures`` checks, while the
+   parallel logins of a client that opens several connections (or of an office behind one NAT
+   address) with the right password only wait for the ones before them, a hash each.
 2. **Per-user delay.** ``Attempt.delay``: once a user name has ``user_free_failures`` failures
-   (from any address, attempts in flight included) within the window, every further check of
+   (from any address) within the window, every further check of
    that user's password waits ``user_base_delay * 2 ** k`` seconds (at most ``user_max_delay``)
    first. A delay, never a lockout: the real user still gets in after it, while one guess each
    from many addresses (the "spread" attack) is slowed down instead of hashed at full speed.
@@ -45,6 +48,7 @@ import ipaddress
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -170,25 +174,25 @@ class Attempt:
 
     def failed(self) -> float:
         """The password was wrong: count it. Returns the seconds to wait before answering."""
-        if self._release():
-            return self._throttle._failed(self.address, self.user)
-        return 0.0
+        if self._done:
+            return 0.0
+        self._done = True
+        delay = self._throttle._failed(self.address, self.user)
+        self._throttle._release(self.address)  # after counting: waiters must see the failure
+        return delay
 
     def succeeded(self) -> None:
         """The login succeeded: forgive this user's failures from this address only."""
-        if self._release():
+        if not self._done:
+            self._done = True
             self._throttle._succeeded(self.address, self.user)
+            self._throttle._release(self.address)
 
     def abandoned(self) -> None:
         """No password was checked (or its result is unknown): count nothing."""
-        self._release()
-
-    def _release(self) -> bool:
-        if self._done:
-            return False
-        self._done = True
-        self._throttle._release(self.address, self.user)
-        return True
+        if not self._done:
+            self._done = True
+            self._throttle._release(self.address)
 
 
 class AuthThrottle:
@@ -237,9 +241,9 @@ class AuthThrottle:
         self._pairs: _Table[tuple[str, str]] = _Table("users by address", window, max_entries,
                                                       self.log)  # fmt: skip
         self._users: _Table[str] = _Table("users", window, max_entries, self.log)
-        # Attempts reserved and not yet resolved, by address key and by user key.
+        # Attempts reserved and not yet resolved, and logins waiting for one, by address key.
         self._in_flight: dict[str, int] = {}
-        self._user_in_flight: dict[str, int] = {}
+        self._waiters: dict[str, list[Deferred[None]]] = {}
         self.refusals = 0  # attempts refused by ``begin`` (for tests and metrics)
 
     def __len__(self) -> int:
@@ -267,42 +271,57 @@ class AuthThrottle:
         """Attempts from ``address`` reserved and not yet resolved."""
         return self._in_flight.get(self.key(address), 0)
 
-    def refused(self, address: str) -> bool:
-        """True while ``address`` may not try: its failures plus its attempts in flight reach
-        ``max_failures``. Protocols ask this before they even read a password."""
-        key = self.key(address)
-        used = self._addresses.count(key, self._clock.seconds()) + self._in_flight.get(key, 0)
-        return used >= self.max_failures
+    def waiting(self, address: str) -> int:
+        """Logins from ``address`` waiting for one of its attempts in flight (``released``)."""
+        return len(self._waiters.get(self.key(address), ()))
 
-    def should_disconnect(self, address: str) -> bool:
-        """True once ``address`` has ``max_failures`` failures within the window."""
+    def refused(self, address: str) -> bool:
+        """True once ``address`` has ``max_failures`` failures within the window: refuse it
+        (protocols ask this before they even read a password)."""
         return self.failures(address) >= self.max_failures
 
     # --- one attempt ----------------------------------------------------------------------------
 
     def begin(self, address: str, username: str | bytes) -> Attempt | None:
-        """Reserve an attempt for ``username`` from ``address``; None: refused, check nothing."""
-        if self.refused(address):
-            self.refusals += 1
+        """Reserve an attempt for ``username`` from ``address``, or None: check nothing now.
+        None means either that the address is ``refused``, or that its attempts in flight
+        could still use up what it has left; then wait for ``released`` and ask again."""
+        key, now = self.key(address), self._clock.seconds()
+        failures = self._addresses.count(key, now)
+        if failures + self._in_flight.get(key, 0) >= self.max_failures:
+            if failures >= self.max_failures:
+                self.refusals += 1
             return None
-        key, user = self.key(address), user_key(username)
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        pending = self._user_in_flight.get(user, 0)
-        self._user_in_flight[user] = pending + 1
-        n = self._users.count(user, self._clock.seconds()) + pending
+        user = user_key(username)
+        n = self._users.count(user, now)
         delay = 0.0
         if n >= self.user_free_failures:
             delay = _doubling(self.user_base_delay, n - self.user_free_failures,
                               self.user_max_delay)  # fmt: skip
         return Attempt(self, key, user, delay)
 
-    def _release(self, key: str, user: str) -> None:
-        for table, k in ((self._in_flight, key), (self._user_in_flight, user)):
-            left = table.get(k, 1) - 1
-            if left > 0:
-                table[k] = left
-            else:
-                table.pop(k, None)
+    def released(self, address: str) -> Deferred[None]:
+        """Fires when an attempt in flight from ``address`` is resolved (cancellable)."""
+        waiters = self._waiters.setdefault(self.key(address), [])
+
+        def cancel(d: Deferred[None]) -> None:
+            if d in waiters:
+                waiters.remove(d)
+
+        d: Deferred[None] = Deferred(cancel)
+        waiters.append(d)
+        return d
+
+    def _release(self, key: str) -> None:
+        left = self._in_flight.get(key, 1) - 1
+        if left > 0:
+            self._in_flight[key] = left
+        else:
+            self._in_flight.pop(key, None)
+        # Everyone waiting asks again (those who find no room wait again, or are refused).
+        for d in self._waiters.pop(key, ()):
+            d.callback(None)
 
     def _failed(self, key: str, user: str | None) -> float:
         now = self._clock.seconds()
