@@ -73,9 +73,10 @@ class Limits:
     # auth_user_max_delay (a delay, not a lockout: the real user still gets in).
     auth_user_delay_after: int = 3
     auth_user_max_delay: float = 15.0
-    # Password checks queued or running in the hashing pool (2 threads); beyond, a login gets a
-    # temporary error before anything is hashed (SMTP 454 4.7.0, IMAP NO [UNAVAILABLE], POP3
-    # -ERR [SYS/TEMP]).
+    # Threads hashing passwords (argon2: 64 MiB and a core each), and the checks queued or
+    # running in them; beyond, a login gets a temporary error before anything is hashed (SMTP
+    # 454 4.7.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]).
+    auth_hash_threads: int = 2
     auth_hash_queue: int = 16
     # Stress (Postfix's stress mode, Dovecot's login limits): from this share of
     # max_connections on, sessions that have not logged in get stress_idle_timeout instead of
@@ -745,6 +746,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         auth_user_max_delay=float(
             limits_r.number("auth_user_max_delay", d.auth_user_max_delay, integer=False)
         ),
+        auth_hash_threads=limits_r.number("auth_hash_threads", d.auth_hash_threads, minimum=1),
         auth_hash_queue=limits_r.number("auth_hash_queue", d.auth_hash_queue, minimum=1),
         stress_threshold=_fraction(limits_r, "stress_threshold", d.stress_threshold),
         stress_idle_timeout=float(

@@ -356,7 +356,12 @@ def build(config: Config) -> MailhubService:
         # `kill -HUP` (systemd: ExecReload=/bin/kill -HUP $MAINPID) re-reads the certificates.
         SighupReloadService(tls.reload).setServiceParent(top)
     # Password hashes run here, off the reactor; started before and stopped after the listeners.
-    pool = HashingPool(_reactor(), max_pending=config.limits.auth_hash_queue)  # type: ignore[arg-type]
+    limits = config.limits
+    pool = HashingPool(
+        _reactor(),  # type: ignore[arg-type]
+        threads=limits.auth_hash_threads,
+        max_pending=limits.auth_hash_queue,
+    )
     pool.setServiceParent(top)
     portal, users = _portal(config, store, pool)
     aliases = None

@@ -188,6 +188,7 @@ class ConfigKeys(SynchronousTestCase):
     def test_keys(self) -> None:
         limits = self.load_text(
             "auth_user_delay_after = 0\nauth_user_max_delay = 60\nauth_hash_queue = 4\n"
+            "auth_hash_threads = 3\n"
             "stress_threshold = 0.5\nstress_idle_timeout = 5\n"
         ).limits
         self.assertEqual(
@@ -195,6 +196,7 @@ class ConfigKeys(SynchronousTestCase):
             (0, 60.0, 4),
         )
         self.assertEqual((limits.stress_threshold, limits.stress_idle_timeout), (0.5, 5.0))
+        self.assertEqual(limits.auth_hash_threads, 3)
         self.assertEqual(counter_for(limits, evict=True).stress_at, 250)
 
     def test_mistakes(self) -> None:
