@@ -75,7 +75,8 @@ class Limits:
     auth_user_max_delay: float = 15.0
     # Threads hashing passwords (argon2: 64 MiB and a core each), and the checks queued or
     # running in them; beyond, a login gets a temporary error before anything is hashed (SMTP
-    # 454 4.7.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]).
+    # 454 4.7.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]). Likely guesses may hold only half
+    # of the queue (mailhub.throttle), so a real login finds room during a flood.
     auth_hash_threads: int = 2
     auth_hash_queue: int = 16
     # Stress (Postfix's stress mode, Dovecot's login limits): from this share of

@@ -8,8 +8,9 @@ everywhere and in the right order:
    through while the first ones are hashing), or the login waits for the attempts in flight
    from its address, or it is refused: ``REFUSED``, nothing is hashed.
 2. The per-user delay, if the user name has collected failures from anywhere.
-3. The portal checks the password. A full hash queue (``mailhub.auth.HashQueueFull``) or a
-   checker that cannot answer is ``UNAVAILABLE``: a temporary error, nothing counted.
+3. The portal checks the password. A full hash queue (``mailhub.auth.HashQueueFull``), the
+   suspect share of the checks taken (``Attempt.may_check``) or a checker that cannot answer is
+   ``UNAVAILABLE``: a temporary error, nothing counted.
 4. A failure is counted, then answered after the throttle's delay (``FAILED``, with
    ``disconnect`` once the address reached its limit); a success forgives this user's own
    failures from this address (``OK``).
@@ -107,6 +108,10 @@ class _GuardedLogin:
 
     def _check(self, credentials: PasswordCredentials) -> None:
         self.timer = None
+        if self.attempt is not None and not self.attempt.may_check():
+            self.attempt.abandoned()  # the suspect share of the checks is taken: busy
+            self.result.callback(UNAVAILABLE)
+            return
         d = self.portal.login(credentials, None, self.interface)
         d.addCallbacks(self._succeeded, self._refused)
 

@@ -380,6 +380,8 @@ def build(config: Config) -> MailhubService:
         max_delay=config.limits.auth_max_delay,
         user_free_failures=config.limits.auth_user_delay_after,
         user_max_delay=config.limits.auth_user_max_delay,
+        # Guesses may fill only half the hashing queue: real logins always find room.
+        max_suspect_checks=max(1, config.limits.auth_hash_queue // 2),
     )
     is_local = local_domains(config)
     shared = Shared(

@@ -17,7 +17,13 @@ count). ``mailhub.login.guarded_login`` is the one way the protocols use it:
    that user's password waits ``user_base_delay * 2 ** k`` seconds (at most ``user_max_delay``)
    first. A delay, never a lockout: the real user still gets in after it, while one guess each
    from many addresses (the "spread" attack) is slowed down instead of hashed at full speed.
-3. **Record.** ``Attempt.failed()`` counts the failure for the address, for the (address, user)
+3. **A share of the checks for guesses.** An attempt is *suspect* when its user name or its
+   address has failures within the window, or its user name already has
+   ``user_free_failures`` attempts in flight. Suspect checks may hold at most
+   ``max_suspect_checks`` places at once (the service gives half the hashing queue); beyond,
+   ``Attempt.may_check`` says no and the login gets a temporary error, nothing hashed. So a
+   flood of guesses cannot fill the hashing queue: a real login, clean, still finds room.
+4. **Record.** ``Attempt.failed()`` counts the failure for the address, for the (address, user)
    pair and for the user, and returns the delay before the answer (``base_delay * 2 ** (n - 1)``,
    at most ``max_delay``, n counted per address). ``Attempt.succeeded()`` forgives only the
    failures of *that* user *from that* address (they were the user's own typing): a login with
@@ -163,36 +169,59 @@ class Attempt:
     """One reserved login attempt (``AuthThrottle.begin``). Resolve it exactly once: with
     ``failed``, ``succeeded`` or ``abandoned`` (later calls do nothing)."""
 
-    __slots__ = ("_done", "_throttle", "address", "delay", "user")
+    __slots__ = ("_checking", "_done", "_throttle", "address", "delay", "suspect", "user")
 
-    def __init__(self, throttle: AuthThrottle, address: str, user: str, delay: float) -> None:
+    def __init__(
+        self, throttle: AuthThrottle, address: str, user: str, delay: float, suspect: bool
+    ) -> None:
         self._throttle = throttle
         self._done = False
+        self._checking = False  # holds one of the suspect checks' places
         self.address = address  # the address key
         self.user = user  # the user key
         self.delay = delay  # seconds to wait before checking the password (per-user delay)
+        # A guess, likely: its user name or address has failures, or the user name has many
+        # attempts in flight. Such checks may take only max_suspect_checks places.
+        self.suspect = suspect
+
+    def may_check(self) -> bool:
+        """Just before the password is checked: False if this suspect attempt finds the
+        suspect share of the checks taken (then answer "busy" and ``abandoned``)."""
+        if not self.suspect or self._checking:
+            return True
+        t = self._throttle
+        if t.max_suspect_checks is not None and t.suspect_checks >= t.max_suspect_checks:
+            t.busy_refusals += 1
+            return False
+        t.suspect_checks += 1
+        self._checking = True
+        return True
 
     def failed(self) -> float:
         """The password was wrong: count it. Returns the seconds to wait before answering."""
         if self._done:
             return 0.0
-        self._done = True
         delay = self._throttle._failed(self.address, self.user)
-        self._throttle._release(self.address)  # after counting: waiters must see the failure
+        self._resolve()  # after counting: waiters must see the failure
         return delay
 
     def succeeded(self) -> None:
         """The login succeeded: forgive this user's failures from this address only."""
         if not self._done:
-            self._done = True
             self._throttle._succeeded(self.address, self.user)
-            self._throttle._release(self.address)
+            self._resolve()
 
     def abandoned(self) -> None:
         """No password was checked (or its result is unknown): count nothing."""
         if not self._done:
-            self._done = True
-            self._throttle._release(self.address)
+            self._resolve()
+
+    def _resolve(self) -> None:
+        self._done = True
+        if self._checking:
+            self._checking = False
+            self._throttle.suspect_checks -= 1
+        self._throttle._release(self.address, self.user)
 
 
 class AuthThrottle:
@@ -216,6 +245,7 @@ class AuthThrottle:
         user_free_failures: int = 3,
         user_base_delay: float = 1.0,
         user_max_delay: float = 15.0,
+        max_suspect_checks: int | None = None,
         log: Logger | None = None,
     ) -> None:
         if max_failures < 1 or max_entries < 1 or window <= 0:
@@ -244,7 +274,13 @@ class AuthThrottle:
         # Attempts reserved and not yet resolved, and logins waiting for one, by address key.
         self._in_flight: dict[str, int] = {}
         self._waiters: dict[str, list[Deferred[None]]] = {}
+        self._user_in_flight: dict[str, int] = {}
         self.refusals = 0  # attempts refused by ``begin`` (for tests and metrics)
+        # Suspect checks running (Attempt.may_check), their maximum (None: no maximum, the
+        # service gives half the hashing queue) and the attempts refused for it.
+        self.max_suspect_checks = max_suspect_checks
+        self.suspect_checks = 0
+        self.busy_refusals = 0
 
     def __len__(self) -> int:
         """Addresses with failures counted now."""
@@ -294,12 +330,15 @@ class AuthThrottle:
             return None
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         user = user_key(username)
+        pending = self._user_in_flight.get(user, 0)
+        self._user_in_flight[user] = pending + 1
         n = self._users.count(user, now)
         delay = 0.0
         if n >= self.user_free_failures:
             delay = _doubling(self.user_base_delay, n - self.user_free_failures,
                               self.user_max_delay)  # fmt: skip
-        return Attempt(self, key, user, delay)
+        suspect = n > 0 or failures > 0 or pending >= max(self.user_free_failures, 1)
+        return Attempt(self, key, user, delay, suspect)
 
     def released(self, address: str) -> Deferred[None]:
         """Fires when an attempt in flight from ``address`` is resolved (cancellable)."""
@@ -313,12 +352,13 @@ class AuthThrottle:
         waiters.append(d)
         return d
 
-    def _release(self, key: str) -> None:
-        left = self._in_flight.get(key, 1) - 1
-        if left > 0:
-            self._in_flight[key] = left
-        else:
-            self._in_flight.pop(key, None)
+    def _release(self, key: str, user: str) -> None:
+        for table, k in ((self._in_flight, key), (self._user_in_flight, user)):
+            left = table.get(k, 1) - 1
+            if left > 0:
+                table[k] = left
+            else:
+                table.pop(k, None)
         # Everyone waiting asks again (those who find no room wait again, or are refused).
         for d in self._waiters.pop(key, ()):
             d.callback(None)

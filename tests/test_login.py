@@ -299,3 +299,21 @@ class WebBasicLogin(GuardedLoginCase):
         self.failureResultOf(d, LoginRequired)
         self.assertRaises(LoginRefused, access.viewer, self.request("bob", "guess6"))
         self.assertEqual(self.checker.checks.count(b"bob"), 5)
+
+
+class SuspectShare(GuardedLoginCase):
+    def test_guesses_fill_only_their_share_and_a_real_login_gets_in(self) -> None:
+        """Issue 12 5b(3): a real login waited 10.2 s behind a flood of guesses."""
+        self.throttle.max_suspect_checks = 2
+        self.login(user=b"bob", address="198.51.100.1")  # bob now has a failure
+        self.clock.advance(60)
+        self.checker.hold = True
+        guesses = [self.login(user=b"bob", address=f"10.0.0.{i}") for i in range(6)]
+        busy = [self.successResultOf(d).outcome for d in guesses if d.called]
+        self.assertEqual(busy, [Outcome.UNAVAILABLE] * 4)  # nothing hashed for them
+        self.assertEqual(self.checker.checks.count(b"bob"), 1 + 2)
+        real = self.login(password=b"right", address="192.0.2.50")
+        self.assertEqual(self.checker.checks[-1], b"alice")  # checked at once, beside the guesses
+        self.checker.release()
+        self.assertIs(self.successResultOf(real).outcome, Outcome.OK)
+        self.assertEqual(self.throttle.suspect_checks, 0)

@@ -342,3 +342,46 @@ class PerUserDelay(SynchronousTestCase):
             fail(t, "10.0.0.1", f"user{i}")
         self.assertEqual(len(t._users.entries), 100)
         self.assertEqual(len(t._pairs.entries), 100)
+
+
+class SuspectShare(SynchronousTestCase):
+    """Issue 12 5b(3): guesses may hold only part of the checks, so a real login finds room."""
+
+    def test_what_is_suspect(self) -> None:
+        t, _ = throttle(user_free_failures=3)
+        clean = [t.begin("192.0.2.1", "alice") for _ in range(3)]
+        self.assertEqual([a.suspect for a in clean if a is not None], [False] * 3)
+        many = t.begin("192.0.2.1", "alice")  # a 4th at once for one user name
+        assert many is not None
+        self.assertTrue(many.suspect)
+        for a in [*clean, many]:
+            assert a is not None
+            a.succeeded()
+        fail(t, "198.51.100.1", "bob")
+        from_elsewhere = t.begin("192.0.2.9", "bob")  # the user name has failures
+        same_address = t.begin("198.51.100.1", "carol")  # the address has failures
+        other = t.begin("192.0.2.9", "carol")
+        self.assertEqual(
+            [a.suspect for a in (from_elsewhere, same_address, other) if a is not None],
+            [True, True, False],
+        )
+
+    def test_suspect_checks_are_capped_clean_ones_are_not(self) -> None:
+        t, _ = throttle(max_suspect_checks=2)
+        fail(t, "198.51.100.1", "bob")
+        guesses = [t.begin(f"10.0.0.{i}", "bob") for i in range(3)]
+        allowed = [a.may_check() for a in guesses if a is not None]
+        self.assertEqual(allowed, [True, True, False])
+        self.assertEqual((t.suspect_checks, t.busy_refusals), (2, 1))
+        clean = t.begin("192.0.2.1", "alice")
+        assert clean is not None
+        self.assertTrue(clean.may_check())
+        assert guesses[0] is not None and guesses[2] is not None
+        guesses[0].failed()
+        guesses[2].abandoned()
+        self.assertEqual(t.suspect_checks, 1)
+        again = t.begin("10.0.0.9", "bob")
+        assert again is not None
+        self.assertTrue(again.may_check())
+        self.assertTrue(again.may_check())  # asking twice takes one place
+        self.assertEqual(t.suspect_checks, 2)
