@@ -228,8 +228,9 @@ class AuthThrottle:
     """Counts authentication failures (see the module docstring).
 
     The n-th failure of an address within ``window`` is answered after ``base_delay * 2 ** (n -
-    1)`` seconds, at most ``max_delay``; from ``max_failures`` failures on (attempts in flight
-    included), the address is refused until ``window`` seconds pass without a failure.
+    1)`` seconds, at most ``max_delay``; from ``max_failures`` failures on, the address is
+    refused until ``window`` seconds pass without a failure, and until then its attempts in
+    flight count against that limit (``begin``).
     """
 
     def __init__(
@@ -342,11 +343,14 @@ class AuthThrottle:
 
     def released(self, address: str) -> Deferred[None]:
         """Fires when an attempt in flight from ``address`` is resolved (cancellable)."""
-        waiters = self._waiters.setdefault(self.key(address), [])
+        key = self.key(address)
+        waiters = self._waiters.setdefault(key, [])
 
         def cancel(d: Deferred[None]) -> None:
             if d in waiters:
                 waiters.remove(d)
+                if not waiters and self._waiters.get(key) is waiters:
+                    del self._waiters[key]
 
         d: Deferred[None] = Deferred(cancel)
         waiters.append(d)

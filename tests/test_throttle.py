@@ -214,6 +214,7 @@ class ReservedAttempts(SynchronousTestCase):
         d.cancel()
         self.failureResultOf(d, CancelledError)
         self.assertEqual(t.waiting("192.0.2.1"), 0)
+        self.assertEqual(t._waiters, {})  # nothing left behind
         attempt.abandoned()
 
     def test_abandoned_attempts_count_nothing(self) -> None:
