@@ -52,18 +52,33 @@ def reactor_threads(f: Callable[..., R], /, *args: Any) -> Deferred[R]:
     return deferToThread(f, *args)
 
 
+class HashQueueFull(Exception):
+    """The hashing pool has ``max_pending`` checks queued or running: refused before hashing
+    (the protocols answer a temporary error: SMTP 454 4.7.0, IMAP NO [UNAVAILABLE], POP3 -ERR
+    [SYS/TEMP])."""
+
+
 class HashingPool(Service):
     """A small thread pool for password hashing, as a service (started and stopped with the
     server). ``threads`` bounds concurrent hashes: each argon2 verify takes 64 MiB and a core,
-    so the default matches a small machine; further logins wait their turn."""
+    so the default matches a small machine. ``max_pending`` bounds the checks queued or running:
+    beyond it ``run`` fails at once with ``HashQueueFull``, so a flood of guesses cannot make a
+    real login wait behind a long queue (it waits behind at most ``max_pending`` hashes)."""
 
-    def __init__(self, reactor: IReactorFromThreads | None = None, threads: int = 2) -> None:
+    def __init__(
+        self, reactor: IReactorFromThreads | None = None, threads: int = 2, max_pending: int = 16
+    ) -> None:
+        if threads < 1 or max_pending < 1:
+            raise ValueError("threads and max_pending must be >= 1")
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor  # type: ignore[assignment]
         self._reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="mailhub-password-hash")
+        self.max_pending = max_pending
+        self.pending = 0  # checks queued or running
+        self.refused = 0  # checks refused with HashQueueFull (for tests and metrics)
 
     def startService(self) -> None:
         super().startService()
@@ -76,7 +91,24 @@ class HashingPool(Service):
         self.pool.stop()
 
     def run(self, f: Callable[..., R], /, *args: Any) -> Deferred[R]:
-        return deferToThreadPool(self._reactor, self.pool, f, *args)
+        if self.pending >= self.max_pending:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warn(
+                    "password hashing queue full ({pending}): refusing logins for now "
+                    "({refused} so far)",
+                    pending=self.pending,
+                    refused=self.refused,
+                )
+            return fail(HashQueueFull())
+        self.pending += 1
+        d = deferToThreadPool(self._reactor, self.pool, f, *args)
+
+        def done(result: object) -> object:
+            self.pending -= 1
+            return result
+
+        return d.addBoth(done)
 
 
 def _text(value: str | bytes) -> str | None:

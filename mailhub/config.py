@@ -62,11 +62,29 @@ class Limits:
     # Simultaneous connections, in total and from one client address (421 4.7.0 beyond).
     max_connections: int = 500
     max_connections_per_ip: int = 50
-    # Failed logins (SMTP AUTH, later IMAP/POP3) per client address: each is answered after a
+    # Failed logins (SMTP AUTH, IMAP, POP3, web) per client address: each is answered after a
     # doubling delay (1 s, 2 s, ... at most auth_max_delay); at auth_max_failures within 15
-    # minutes the client gets 421 4.7.0 and is refused until they pass.
+    # minutes (attempts still being checked count too) the client gets 421 4.7.0 and is refused
+    # until they pass. A success forgives only that user's failures from that address.
     auth_max_failures: int = 5
     auth_max_delay: float = 15.0
+    # Failed logins of one user name from all addresses: past auth_user_delay_after within 15
+    # minutes, each check of its password waits 1, 2, 4 ... seconds first, at most
+    # auth_user_max_delay (a delay, not a lockout: the real user still gets in).
+    auth_user_delay_after: int = 3
+    auth_user_max_delay: float = 15.0
+    # Threads hashing passwords (argon2: 64 MiB and a core each), and the checks queued or
+    # running in them; beyond, a login gets a temporary error before anything is hashed (SMTP
+    # 454 4.7.0, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]). Likely guesses may hold only half
+    # of the queue (mailhub.throttle), so a real login finds room during a flood.
+    auth_hash_threads: int = 2
+    auth_hash_queue: int = 16
+    # Stress (Postfix's stress mode, Dovecot's login limits): from this share of
+    # max_connections on, sessions that have not logged in get stress_idle_timeout instead of
+    # the idle timeouts, and on listeners with logins they may fill only this share: a new
+    # connection beyond it closes the oldest such session instead of being refused.
+    stress_threshold: float = 0.8
+    stress_idle_timeout: float = 10.0
     # RFC 3501 5.4: an IMAP autologout timer must be at least 30 minutes (IDLE clients re-issue
     # IDLE before it runs out; RFC 2177 3).
     imap_idle_timeout: float = 1800.0
@@ -480,6 +498,15 @@ def _duration(reader: _Reader, key: str, value: Any) -> float:
     raise reader._error(key, f'must be a duration such as 300 or "5m", "4h", "5d"; not {value!r}')
 
 
+def _fraction(reader: _Reader, key: str, default: float) -> float:
+    """A share between 0 (exclusive) and 1 (inclusive)."""
+    value = float(reader.number(key, default, integer=False))
+    if not 0 < value <= 1:
+        raise reader._error(key, f"must be a share above 0 and at most 1, not {value}",
+                            f"{key} = {default}")  # fmt: skip
+    return value
+
+
 def _host_port(reader: _Reader, key: str, value: Any, default_port: int) -> tuple[str, int]:
     """ "host", "host:port" or "[v6addr]:port"."""
     if isinstance(value, str) and value.strip():
@@ -715,6 +742,16 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         auth_max_failures=limits_r.number("auth_max_failures", d.auth_max_failures, minimum=1),
         auth_max_delay=float(
             limits_r.number("auth_max_delay", d.auth_max_delay, minimum=0, integer=False)
+        ),
+        auth_user_delay_after=limits_r.number("auth_user_delay_after", d.auth_user_delay_after),
+        auth_user_max_delay=float(
+            limits_r.number("auth_user_max_delay", d.auth_user_max_delay, integer=False)
+        ),
+        auth_hash_threads=limits_r.number("auth_hash_threads", d.auth_hash_threads, minimum=1),
+        auth_hash_queue=limits_r.number("auth_hash_queue", d.auth_hash_queue, minimum=1),
+        stress_threshold=_fraction(limits_r, "stress_threshold", d.stress_threshold),
+        stress_idle_timeout=float(
+            limits_r.number("stress_idle_timeout", d.stress_idle_timeout, 1, integer=False)
         ),
         imap_idle_timeout=float(
             limits_r.number("imap_idle_timeout", d.imap_idle_timeout, 1, integer=False)

@@ -90,6 +90,7 @@ class MailhubService(MultiService):
         self.queue: Queue | None = None  # the outgoing queue, set by build()
         self.portal: Portal | None = None  # the shared twisted.cred portal
         self.throttle: AuthThrottle | None = None
+        self.hashing: HashingPool | None = None  # the password hashing pool (bounded queue)
         self.users: UserDB | None = None
         self.aliases: AliasMap | None = None
         # The SMTP receiver's fault rules: from [[faults.rule]], changed at run time (web API).
@@ -355,7 +356,12 @@ def build(config: Config) -> MailhubService:
         # `kill -HUP` (systemd: ExecReload=/bin/kill -HUP $MAINPID) re-reads the certificates.
         SighupReloadService(tls.reload).setServiceParent(top)
     # Password hashes run here, off the reactor; started before and stopped after the listeners.
-    pool = HashingPool(_reactor())  # type: ignore[arg-type]
+    limits = config.limits
+    pool = HashingPool(
+        _reactor(),  # type: ignore[arg-type]
+        threads=limits.auth_hash_threads,
+        max_pending=limits.auth_hash_queue,
+    )
     pool.setServiceParent(top)
     portal, users = _portal(config, store, pool)
     aliases = None
@@ -372,6 +378,10 @@ def build(config: Config) -> MailhubService:
         _reactor(),  # type: ignore[arg-type]
         max_failures=config.limits.auth_max_failures,
         max_delay=config.limits.auth_max_delay,
+        user_free_failures=config.limits.auth_user_delay_after,
+        user_max_delay=config.limits.auth_user_max_delay,
+        # Guesses may fill only half the hashing queue: real logins always find room.
+        max_suspect_checks=max(1, config.limits.auth_hash_queue // 2),
     )
     is_local = local_domains(config)
     shared = Shared(
@@ -383,6 +393,7 @@ def build(config: Config) -> MailhubService:
         info = tls.certificates[0]
         top.faults.certificate_names = info.dns_names + info.ip_addresses
     top.portal, top.throttle, top.users, top.aliases = portal, throttle, users, aliases
+    top.hashing = pool
 
     # The outgoing queue, started before the listeners (they hand it mail) and stopped after.
     local_policy = RecipientPolicy(config.domains, shared.mailbox_exists, **shared.policy_options())

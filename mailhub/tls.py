@@ -31,13 +31,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
     ISSLTransport,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhub.config import ConfigError
@@ -517,11 +520,37 @@ class ServerTLS:
                 )
 
 
+# Seconds a connection closed before its TLS handshake finished may still take to finish it.
+HANDSHAKE_GRACE = 5.0
+
+
 @implementer(ISSLTransport)
 class _ImplicitTLSTransport(BufferingTLSTransport):
     """Tells the wrapped protocol it is already on TLS (``ISSLTransport``), so it does not offer
     STARTTLS on an implicit-TLS port (RFC 8314 3.3). ``TLSMemoryBIOProtocol`` only copies the
     TCP transport's interfaces, which do not include ISSLTransport."""
+
+    _abort_timer: IDelayedCall | None = None
+
+    def loseConnection(self) -> None:
+        # Closed before the handshake finished (refused at once, or an idle connection timed out
+        # or evicted): TLSMemoryBIOProtocol keeps our goodbye until the handshake is done, and
+        # waits for that forever if the client never sends a ClientHello (its own abort covers
+        # only "nothing written"). A client that just connected still gets the goodbye; one
+        # that does not finish the handshake within HANDSHAKE_GRACE is cut off.
+        if self.connected and not self.disconnecting and not self._handshakeDone:
+            self._abort_timer = self.factory._clock.callLater(HANDSHAKE_GRACE, self._cut_off)
+        super().loseConnection()
+
+    def _cut_off(self) -> None:
+        self._abort_timer = None
+        self.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        timer, self._abort_timer = self._abort_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        super().connectionLost(reason)
 
 
 class _ImplicitTLSFactory(TLSMemoryBIOFactory):

@@ -432,14 +432,17 @@ class BruteForce(SynchronousTestCase):
         h = AuthHarness(self, max_failures=5)
         d = h.connect()
         starttls(d)
-        for delay in (1, 2, 4, 8):
+        # The 4th guess for alice also waits the per-user delay (1 s) before it is checked.
+        for user_delay, delay in ((0, 1), (0, 2), (0, 4), (1, 8)):
             d.send(f"AUTH PLAIN {plain(password='guess')}\r\n".encode())
-            h.clock.advance(delay - 0.01)
+            h.clock.advance(user_delay)
+            h.clock.advance(delay - 0.5)
             self.assertEqual(d.replies(), [], delay)
-            h.clock.advance(0.01)
+            h.clock.advance(0.5)
             self.assertEqual(d.replies(), ["535 5.7.8 Error: authentication failed"], delay)
         d.send(f"AUTH PLAIN {plain(password='guess')}\r\n".encode())
-        h.clock.advance(15)
+        h.clock.advance(2)  # the per-user delay
+        h.clock.advance(15)  # the address's (capped) one
         self.assertEqual(d.replies(), ["421 4.7.0 Error: too many authentication failures"])
         self.assertTrue(d.closed)
         # Another connection from the same address: refused before any password is read,
@@ -448,10 +451,15 @@ class BruteForce(SynchronousTestCase):
         starttls(again)
         again.run(f"C: AUTH PLAIN {plain()}\nS: 421 4.7.0 Error: too many authentication failures")
         self.assertTrue(again.closed)
-        # Another address is not affected.
+        # Another address is not refused; alice's password is checked after the per-user delay
+        # (her 5 failures from anywhere: 4 s), a delay and not a lockout.
         other = h.connect(peer="198.51.100.1")
         starttls(other)
-        other.run(f"C: AUTH PLAIN {plain()}\nS: 235 2.7.0 Authentication successful")
+        other.send(f"AUTH PLAIN {plain()}\r\n".encode())
+        h.clock.advance(3.5)
+        self.assertEqual(other.replies(), [])
+        h.clock.advance(0.5)
+        self.assertEqual(other.replies(), ["235 2.7.0 Authentication successful"])
 
     def test_disconnect_during_delay_cancels_the_timer(self) -> None:
         h = AuthHarness(self)

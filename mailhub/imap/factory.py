@@ -10,7 +10,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from mailhub.config import Limits
-from mailhub.connlimit import ConnectionCounter
+from mailhub.connlimit import CountedSession, Slot, counter_for
 from mailhub.imap.protocol import IMAPServerProtocol
 from mailhub.store import MailStore
 from mailhub.throttle import AuthThrottle
@@ -48,13 +48,11 @@ class IMAPServerFactory(ServerFactory):
         self.plaintext_login_allowed = plaintext_login_allowed
         self.throttle = throttle
         self.log = log if log is not None else Logger(namespace="mailhub.imap")
-        self.connection_count = ConnectionCounter(
-            limits.max_connections, limits.max_connections_per_ip
-        )
+        self.connection_count = counter_for(limits, evict=True)
 
-    def connection_opened(self, client_address: str) -> bool:
-        """Count a new connection; False (not counted) when a limit says refuse it."""
-        return self.connection_count.admit(client_address)
+    def connection_opened(self, client_address: str, session: CountedSession) -> Slot | None:
+        """Count a new connection; None (not counted) when a limit says refuse it."""
+        return self.connection_count.admit(client_address, session)
 
-    def connection_closed(self, client_address: str) -> None:
-        self.connection_count.release(client_address)
+    def connection_closed(self, slot: Slot) -> None:
+        self.connection_count.release(slot)

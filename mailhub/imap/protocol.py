@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhub import sasl
+from mailhub.connlimit import Slot
 from mailhub.imap import (
     fetch_command,
     mailbox_commands,
@@ -104,7 +105,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         self.write_paused = False  # the transport's buffer is full (IPushProducer)
         # the connection
         self._tls_active = False
-        self._counted = False
+        self._slot: Slot | None = None  # the factory counted this connection
         self._busy = False  # a command is running
         self._processing = False  # inside _process (re-entry only flags more work)
         self._read_paused = False
@@ -125,13 +126,13 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         self._framer = CommandFramer(
             max_line=f.limits.imap_max_line_length, max_append=f.limits.max_message_size
         )
-        if not f.connection_opened(self.client_address):
+        self._slot = f.connection_opened(self.client_address, self)
+        if self._slot is None:
             self.log.info("refused connection from {client}: too many", client=self.client_address)
             self.bye("Too many connections, try again later")
             return
-        self._counted = True
         self._tls_active = ISSLTransport.providedBy(self.transport)
-        self.setTimeout(f.limits.imap_idle_timeout)
+        self.setTimeout(self.idle_timeout())
         caps = " ".join(self.capabilities())
         self.write(utf8(f"* OK [CAPABILITY {caps}] {f.hostname} IMAP4rev1 mailhub ready\r\n"))
 
@@ -148,9 +149,31 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         avatar_logout, self.avatar_logout = self.avatar_logout, None
         if avatar_logout is not None:
             avatar_logout()
-        if self._counted:
-            self._counted = False
-            self.factory.connection_closed(self.client_address)
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            self.factory.connection_closed(slot)
+
+    def idle_timeout(self) -> float:
+        """RFC 3501 5.4's autologout timer, or the stress timeout (mailhub.connlimit)."""
+        f = self.factory
+        return f.connection_count.idle_timeout(self._slot, f.limits.imap_idle_timeout)
+
+    def logged_in(self) -> None:
+        """LOGIN or AUTHENTICATE succeeded: the session leaves the not-logged-in share."""
+        if self._slot is not None:
+            self.factory.connection_count.logged_in(self._slot)
+
+    def under_stress(self) -> None:
+        """The listener is under stress and this session has not logged in: cut its timer."""
+        short = self.idle_timeout()
+        if not self.closing and self.timeOut is not None and self.timeOut > short:
+            self.setTimeout(short)
+
+    def evict(self) -> None:
+        """The listener needs this session's place (it is the oldest not logged in)."""
+        self.log.info("closing {client} to make room", client=self.client_address)
+        # RFC 5530 3: UNAVAILABLE, the server cannot serve this session now.
+        self.bye("[UNAVAILABLE] Too many connections, closing the oldest not logged in")
 
     def timeoutConnection(self) -> None:
         # RFC 3501 5.4: autologout after at least 30 minutes of inactivity (configurable).
@@ -330,7 +353,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             self.log.failure("IMAP command failed", result)
         if self.closing:
             return
-        self.setTimeout(self.factory.limits.imap_idle_timeout)
+        self.setTimeout(self.idle_timeout())
         if self._read_paused:
             self._read_paused = False
             self.transport.resumeProducing()

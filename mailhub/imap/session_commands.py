@@ -7,10 +7,7 @@ import base64
 import binascii
 from typing import TYPE_CHECKING
 
-from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
-
 from mailhub import sasl
-from mailhub.auth import IMailUser, PasswordCredentials
 from mailhub.imap import arguments as A
 from mailhub.imap.dispatch import (
     ANY,
@@ -24,6 +21,7 @@ from mailhub.imap.dispatch import (
     utf8,
 )
 from mailhub.imap.parser import Atom, Item, ParseError, Refused
+from mailhub.login import Outcome, guarded_login
 
 if TYPE_CHECKING:
     from mailhub.imap.protocol import IMAPServerProtocol
@@ -167,9 +165,9 @@ async def authenticate(session: IMAPServerProtocol, tag: str, items: list[Item])
         response = _sasl_decode(line)
         if response is None:
             return Done("BAD", "Invalid base64 response")
-    if not result.acts_as_itself():
-        return await _login_failed(session, tag, "authorization identity refused")
-    return await _login(session, tag, result.authcid, result.password, f"AUTHENTICATE {name}")
+    # RFC 4616 2: nobody may act as another user; a failed login like any other.
+    return await _login(session, tag, result.authcid, result.password, f"AUTHENTICATE {name}",
+                        refuse=not result.acts_as_itself())  # fmt: skip
 
 
 def _sasl_decode(data: bytes) -> bytes | None:
@@ -182,24 +180,41 @@ def _sasl_decode(data: bytes) -> bytes | None:
 
 
 async def _login(
-    session: IMAPServerProtocol, tag: str, user: bytes, password: bytes, how: str
+    session: IMAPServerProtocol,
+    tag: str,
+    user: bytes,
+    password: bytes,
+    how: str,
+    *,
+    refuse: bool = False,
 ) -> Done:
     f = session.factory
-    throttle = f.throttle
-    if throttle is not None and throttle.should_disconnect(session.client_address):
+    # Cancelled with the command if the connection goes away meanwhile (connectionLost); a
+    # check already running is still counted (mailhub.login).
+    result = await guarded_login(
+        f.portal, f.throttle, f.clock, session.client_address, user, password, refuse=refuse
+    )
+    if result.outcome is Outcome.REFUSED:
         session.bye("Too many authentication failures")
         raise Answered()
-    try:
-        _iface, avatar, avatar_logout = await f.portal.login(
-            PasswordCredentials(user, password), None, IMailUser
-        )
-    except (UnauthorizedLogin, UnhandledCredentials):
-        return await _login_failed(session, tag, how)
+    if result.outcome is Outcome.UNAVAILABLE:
+        # RFC 5530 3: UNAVAILABLE, temporary (busy: nothing was checked).
+        return Done("NO", "Cannot check credentials now, try again later", "UNAVAILABLE")
+    if result.outcome is Outcome.FAILED:
+        session.log.info("IMAP {how} failed from {client}", event="auth_failed", how=how,
+                         client=session.client_address)  # fmt: skip
+        failed = Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
+        if result.disconnect:
+            session.write(failed.line(tag))
+            session.bye("Too many authentication failures")
+            raise Answered()
+        return failed
+    assert result.login is not None
+    _iface, avatar, avatar_logout = result.login
     if session.closing:
         avatar_logout()
         raise Answered()
-    if throttle is not None:
-        throttle.success(session.client_address)
+    session.logged_in()
     session.avatar_logout = avatar_logout
     session.user = avatar.address
     session.mailbox = f.store.mailbox(avatar.address, create=True)
@@ -209,21 +224,6 @@ async def _login(
                      client=session.client_address, how=how)  # fmt: skip
     caps = " ".join(session.capabilities())
     return Done("OK", "Logged in", f"CAPABILITY {caps}")
-
-
-async def _login_failed(session: IMAPServerProtocol, tag: str, how: str) -> Done:
-    session.log.info("IMAP {how} failed from {client}", event="auth_failed", how=how,
-                     client=session.client_address)  # fmt: skip
-    throttle = session.factory.throttle
-    if throttle is None:
-        return Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
-    # Cancelled with the command if the connection goes away meanwhile (connectionLost).
-    disconnect = await throttle.delay_reply(session.client_address)
-    if disconnect:
-        session.write(Done("NO", "Authentication failed", "AUTHENTICATIONFAILED").line(tag))
-        session.bye("Too many authentication failures")
-        raise Answered()
-    return Done("NO", "Authentication failed", "AUTHENTICATIONFAILED")
 
 
 # --- authenticated: IDLE --------------------------------------------------------------------

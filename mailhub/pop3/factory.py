@@ -10,7 +10,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from mailhub.config import Limits
-from mailhub.connlimit import ConnectionCounter
+from mailhub.connlimit import CountedSession, Slot, counter_for
 from mailhub.pop3.maildrop import Maildrop, open_maildrop
 from mailhub.pop3.protocol import POP3ServerProtocol
 from mailhub.store import MailStore
@@ -52,16 +52,14 @@ class POP3ServerFactory(ServerFactory):
         self.plaintext_login_allowed = plaintext_login_allowed
         self.log = log if log is not None else Logger(namespace="mailhub.pop3")
         self._open_maildrop = open_maildrop
-        self.connection_count = ConnectionCounter(
-            limits.max_connections, limits.max_connections_per_ip
-        )
+        self.connection_count = counter_for(limits, evict=True)
 
     def open_maildrop(self, address: str) -> Maildrop:
         return self._open_maildrop(self.store, address)
 
-    def connection_opened(self, client_address: str) -> bool:
-        """Count a new connection; False (not counted) when a limit says to refuse it."""
-        return self.connection_count.admit(client_address)
+    def connection_opened(self, client_address: str, session: CountedSession) -> Slot | None:
+        """Count a new connection; None (not counted) when a limit says refuse it."""
+        return self.connection_count.admit(client_address, session)
 
-    def connection_closed(self, client_address: str) -> None:
-        self.connection_count.release(client_address)
+    def connection_closed(self, slot: Slot) -> None:
+        self.connection_count.release(slot)

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
@@ -27,8 +26,9 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from mailhub import sasl
-from mailhub.auth import IMailUser, PasswordCredentials
+from mailhub.connlimit import Slot
 from mailhub.inputpump import TOO_LONG, FlowControlledInputPump
+from mailhub.login import LoginResult, Outcome, guarded_login
 from mailhub.pop3.lock import MailboxBusy
 from mailhub.pop3.maildrop import Entry, Maildrop, NoSuchMessage, unique_id
 from mailhub.pop3.sender import WHOLE_MESSAGE_LIMIT, MessageProducer, TopReader, whole_message
@@ -69,6 +69,7 @@ def _printable(data: bytes, limit: int = 20) -> str:
 # Fixed replies.
 TOO_MANY_CONNECTIONS = err("[SYS/TEMP] Too many connections, try again later")
 TIMEOUT = err("Disconnected for inactivity")
+EVICTED = err("[SYS/TEMP] Too many connections, closing the oldest session not logged in")
 TOO_MANY_ERRORS = err("Too many bad commands, closing")
 LINE_TOO_LONG = err(f"Command line too long (at most {MAX_COMMAND_LINE} octets with CRLF)")
 NOT_UTF8 = err("Command is not UTF-8")
@@ -119,7 +120,7 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
 
     def __init__(self) -> None:
         super().__init__()
-        self._counted = False
+        self._slot: Slot | None = None  # the factory counted this connection
         self._errors = 0
         self._state = _AUTHORIZATION
         self._tls_active = False
@@ -139,14 +140,14 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
         self.callLater = f.clock.callLater  # TimeoutMixin uses the injected clock
         peer = self.transport.getPeer()
         self.client_address = str(getattr(peer, "host", ""))
-        if not f.connection_opened(self.client_address):
+        self._slot = f.connection_opened(self.client_address, self)
+        if self._slot is None:
             self._log.info("refused connection from {client}", client=self.client_address)
             self._shutdown(TOO_MANY_CONNECTIONS)
             return
-        self._counted = True
         # An implicit-TLS listener (pop3s) hands us a transport that is already TLS.
         self._tls_active = ISSLTransport.providedBy(self.transport)
-        self.setTimeout(f.limits.pop3_idle_timeout)
+        self.setTimeout(self._idle_timeout())
         self.transport.write(ok(f"{f.hostname} POP3 server ready"))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -157,9 +158,25 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
             delay.cancel()
         # No UPDATE: RFC 1939 6 removes messages only after QUIT.
         self._end_session()
-        if self._counted:
-            self._counted = False
-            self.factory.connection_closed(self.client_address)
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            self.factory.connection_closed(slot)
+
+    def _idle_timeout(self) -> float:
+        """RFC 1939 3's autologout timer, or the stress timeout (mailhub.connlimit)."""
+        f = self.factory
+        return f.connection_count.idle_timeout(self._slot, f.limits.pop3_idle_timeout)
+
+    def under_stress(self) -> None:
+        """The listener is under stress and this session has not logged in: cut its timer."""
+        short = self._idle_timeout()
+        if not self._closing and self.timeOut is not None and self.timeOut > short:
+            self.setTimeout(short)
+
+    def evict(self) -> None:
+        """The listener needs this session's place (it is the oldest not logged in)."""
+        self._log.info("closing {client} to make room", client=self.client_address)
+        self._shutdown(EVICTED)
 
     def timeoutConnection(self) -> None:
         # RFC 1939 3: the autologout timer closes the session without entering UPDATE.
@@ -284,7 +301,7 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
         self._streaming = False
         if reply is not None:
             self.transport.write(reply)
-        self.setTimeout(self.factory.limits.pop3_idle_timeout)
+        self.setTimeout(self._idle_timeout())
 
     # --- AUTHORIZATION state ----------------------------------------------------------------
 
@@ -391,39 +408,62 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
             # RFC 5034 4: a continuation is "+ " and the base64 challenge.
             return b"+ " + sasl.encode_challenge(result).encode("ascii") + b"\r\n"
         self._sasl = None
-        if not result.acts_as_itself():
+        refuse = not result.acts_as_itself()
+        if refuse:
             # RFC 4616 2: nobody may act as another user; a failed login like any other.
             self._log.info(
                 "AUTH from {client}: authorization identity refused", client=self.client_address
             )
-            return self._login_failed()
-        return self._login(result.authcid, result.password, f"AUTH {mechanism.name}")
+        return self._login(result.authcid, result.password, f"AUTH {mechanism.name}",
+                           refuse=refuse)  # fmt: skip
 
     # --- login ------------------------------------------------------------------------------
 
     def _refuse_throttled(self) -> bool:
-        """Too many failures from this address: refuse before any password is checked."""
+        """Too many failures from this address: refuse before any password is read."""
         throttle = self.factory.throttle
-        if throttle is not None and throttle.should_disconnect(self.client_address):
+        if throttle is not None and throttle.refused(self.client_address):
             self._shutdown(TOO_MANY_FAILURES)
             return True
         return False
 
-    def _login(self, username: bytes, password: bytes, how: str) -> Result:
-        if self._refuse_throttled():
-            return None
-        d = self.factory.portal.login(PasswordCredentials(username, password), None, IMailUser)
-        return d.addCallbacks(
-            self._logged_in, self._login_refused, callbackArgs=(how,), errbackArgs=(how,)
+    def _login(self, username: bytes, password: bytes, how: str, *, refuse: bool = False) -> Result:
+        f = self.factory
+        # Cancelled in connectionLost; a check already running is still counted (mailhub.login).
+        d = self._auth_delay = guarded_login(
+            f.portal, f.throttle, f.clock, self.client_address, username, password, refuse=refuse
         )
+        return d.addCallbacks(self._login_result, self._login_cancelled, callbackArgs=(how,))
 
-    def _logged_in(self, login: tuple, how: str) -> Result:
-        _interface, user, logout = login
+    def _login_cancelled(self, failure: Failure) -> None:
+        failure.trap(CancelledError)  # the client went away while we waited
+        self._auth_delay = None
+
+    def _login_result(self, result: LoginResult, how: str) -> Result:
+        self._auth_delay = None
+        if result.outcome is Outcome.REFUSED:
+            self._shutdown(TOO_MANY_FAILURES)
+            return None
+        if result.outcome is Outcome.UNAVAILABLE:
+            return AUTH_UNAVAILABLE  # RFC 3206 4: [SYS/TEMP] (busy: nothing was checked)
+        if result.outcome is Outcome.FAILED:
+            self._log.info(
+                "POP3 {how} failed from {client}",
+                event="auth_failed",
+                how=how,
+                client=self.client_address,
+            )
+            if result.disconnect:
+                self._shutdown(TOO_MANY_FAILURES)
+                return None
+            return AUTH_FAILED
+        assert result.login is not None
+        _interface, user, logout = result.login
         if self._closing:
             logout()
             return None
-        if self.factory.throttle is not None:
-            self.factory.throttle.success(self.client_address)
+        if self._slot is not None:
+            self.factory.connection_count.logged_in(self._slot)
         return Deferred.fromCoroutine(self._open_maildrop(user, logout, how))
 
     async def _open_maildrop(self, user: Any, logout: Callable[[], None], how: str) -> Result:
@@ -467,40 +507,6 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
             count=count,
         )
         return ok(f"Logged in, {count} messages ({size} octets)")
-
-    def _login_refused(self, failure: Failure, how: str) -> Result:
-        if not failure.check(UnauthorizedLogin, UnhandledCredentials):
-            self._log.failure("POP3 {how} could not be checked", failure, how=how)
-            return AUTH_UNAVAILABLE
-        self._log.info(
-            "POP3 {how} failed from {client}",
-            event="auth_failed",
-            how=how,
-            client=self.client_address,
-        )
-        return self._login_failed()
-
-    def _login_failed(self) -> Result:
-        """-ERR [AUTH] after the throttle's delay, or disconnect after too many failures."""
-        throttle = self.factory.throttle
-        if throttle is None:
-            return AUTH_FAILED
-        if self._closing:
-            throttle.failure(self.client_address)  # still counted; nobody to answer
-            return None
-        d = self._auth_delay = throttle.delay_reply(self.client_address)
-
-        def waited(disconnect: bool) -> bytes | None:
-            self._auth_delay = None
-            if disconnect:
-                self._shutdown(TOO_MANY_FAILURES)
-                return None
-            return AUTH_FAILED
-
-        def cancelled(failure: Failure) -> None:
-            failure.trap(CancelledError)  # the client went away while we waited
-
-        return d.addCallbacks(waited, cancelled)
 
     # --- TRANSACTION state ------------------------------------------------------------------
 

@@ -10,10 +10,9 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from mailhub.config import Limits, SMTPConfig
-from mailhub.connlimit import ConnectionCounter
+from mailhub.connlimit import CountedSession, Slot, counter_for
 from mailhub.faults import FaultRules
 from mailhub.interfaces import IMessageSink
-from mailhub.smtp import replies
 from mailhub.smtp.policy import ISMTPPolicy, Role
 from mailhub.smtp.protocol import SMTPServerProtocol
 from mailhub.smtp.queueid import QueueIdGenerator
@@ -75,8 +74,10 @@ class SMTPServerFactory(ServerFactory):
         self.faults = faults if faults is not None else FaultRules()
         # RFC 5321 4.2 / RFC 2034: the greeting carries no enhanced status code.
         self.greeting = Reply(220, None, f"{hostname} {smtp_config.banner}")
-        self.connection_count = ConnectionCounter(
-            limits.max_connections, limits.max_connections_per_ip
+        # Sessions that have not logged in are evicted for room only where people log in
+        # (submission); on port 25 a session is a message on its way (mailhub.connlimit).
+        self.connection_count = counter_for(
+            limits, evict=role is Role.SUBMISSION and portal is not None
         )
 
     @property
@@ -87,9 +88,9 @@ class SMTPServerFactory(ServerFactory):
     def connections_by_ip(self) -> dict[str, int]:
         return self.connection_count.by_address
 
-    def connection_opened(self, client_address: str) -> Reply | None:
-        """Count a new connection, or return the 421 to refuse it with (then it is not counted)."""
-        return None if self.connection_count.admit(client_address) else replies.TOO_MANY_CONNECTIONS
+    def connection_opened(self, client_address: str, session: CountedSession) -> Slot | None:
+        """Count a new connection; None (not counted) when a limit says refuse it (421)."""
+        return self.connection_count.admit(client_address, session)
 
-    def connection_closed(self, client_address: str) -> None:
-        self.connection_count.release(client_address)
+    def connection_closed(self, slot: Slot) -> None:
+        self.connection_count.release(slot)

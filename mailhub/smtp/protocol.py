@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
-from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
@@ -33,11 +32,12 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from mailhub import sasl
-from mailhub.auth import IMailUser, PasswordCredentials
+from mailhub.connlimit import Slot
 from mailhub.envelope import Envelope, Recipient
 from mailhub.faults import Action, Rule, Stage
 from mailhub.inputpump import TOO_LONG, InputPump
 from mailhub.interfaces import DeliveryError, IIncomingMessage
+from mailhub.login import LoginResult, Outcome, guarded_login
 from mailhub.smtp import replies as R
 from mailhub.smtp.address import (
     AddressError,
@@ -170,7 +170,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         super().__init__()
         self._mode = _COMMAND
         self._closed = False
-        self._counted = False  # the factory counted this connection
+        self._slot: Slot | None = None  # the factory counted this connection
         self._errors = 0
         self._txn: _Transaction | None = None
         self._tls_active = False
@@ -207,21 +207,20 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         self.callLater = f.clock.callLater  # TimeoutMixin uses the injected clock
         peer = self.transport.getPeer()
         self.session = Session(str(getattr(peer, "host", "")), int(getattr(peer, "port", 0) or 0))
-        refusal = f.connection_opened(self.session.client_address)
-        if refusal is not None:
+        self._slot = f.connection_opened(self.session.client_address, self)
+        if self._slot is None:
             self._log.info(
                 "refused connection from {client}: {reply}",
                 client=self.session.client_address,
-                reply=str(refusal),
+                reply=str(R.TOO_MANY_CONNECTIONS),
             )
-            self._shutdown(refusal)
+            self._shutdown(R.TOO_MANY_CONNECTIONS)
             return
-        self._counted = True
         # An implicit-TLS listener (smtps) hands us a transport that is already TLS.
         self._tls_active = ISSLTransport.providedBy(self.transport)
         if self._tls_active:
             self.session.tls = "TLS"  # refined (version, cipher) once a message is received
-        self.setTimeout(self._limits.idle_timeout)
+        self.setTimeout(self._idle_timeout())
         self._faults = f.faults
         if Stage.CONNECT in self._faults.stages:
             rule = self._fault(Stage.CONNECT)
@@ -244,9 +243,24 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         if txn is not None and txn.message is not None:
             self._log_message(txn, None, outcome="aborted")
         self._reset_transaction()
-        if self._counted:
-            self._counted = False
-            self.factory.connection_closed(self.session.client_address)
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            self.factory.connection_closed(slot)
+
+    def _idle_timeout(self) -> float:
+        """The idle timeout now: [limits] idle_timeout, or the stress one (mailhub.connlimit)."""
+        return self.factory.connection_count.idle_timeout(self._slot, self._limits.idle_timeout)
+
+    def under_stress(self) -> None:
+        """The listener is under stress and this session has not logged in: cut its timer."""
+        short = self._idle_timeout()
+        if not self._closing and self.timeOut is not None and self.timeOut > short:
+            self.setTimeout(short)
+
+    def evict(self) -> None:
+        """The listener needs this session's place (it is the oldest not logged in)."""
+        self._log.info("closing {client} to make room", client=self.session.client_address)
+        self._shutdown(R.TOO_MANY_CONNECTIONS)
 
     def timeoutConnection(self) -> None:
         # RFC 5321 4.5.3.2.7: the server may close an idle session, saying 421 first.
@@ -302,7 +316,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         if reply is not None:  # None: the handler answered itself (a delayed STARTTLS)
             self._reply(reply)
         if not self._closing:
-            self.setTimeout(self._limits.idle_timeout)
+            self.setTimeout(self._idle_timeout())
 
     def _reply(self, reply: Reply) -> None:
         if reply.code == 421:
@@ -710,7 +724,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         allowed = f.policy.check_auth(self.session)
         if not allowed.accepted:
             return allowed.reply  # 538 5.7.11 before TLS (RFC 4954 6)
-        if f.throttle is not None and f.throttle.should_disconnect(self.session.client_address):
+        if f.throttle is not None and f.throttle.refused(self.session.client_address):
             # RFC 4954 6 leaves it to the server; we stop guessing before any password is read.
             return R.AUTH_TOO_MANY_FAILURES
         self._auth = mechanism
@@ -752,38 +766,47 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         return self._authenticate(result, mechanism.name)
 
     def _authenticate(self, credentials: sasl.SASLCredentials, mechanism: str) -> HandlerResult:
+        f = self.factory
         client = self.session.client_address
-        throttle = self.factory.throttle
-        if throttle is not None and throttle.should_disconnect(client):
-            return R.AUTH_TOO_MANY_FAILURES
-        if not credentials.acts_as_itself():
-            # RFC 4616 2: we let nobody act as another user; a failed login like any other.
+        # RFC 4616 2: we let nobody act as another user; a failed login like any other.
+        refuse = not credentials.acts_as_itself()
+        if refuse:
             self._log.info(
                 "AUTH {mechanism} from {client}: authorization identity refused",
                 mechanism=mechanism,
                 client=client,
             )
-            return self._auth_failure()
-        d = self.factory.portal.login(
-            PasswordCredentials(credentials.authcid, credentials.password), None, IMailUser
-        )
-        return d.addCallbacks(
-            self._auth_succeeded,
-            self._auth_refused,
-            callbackArgs=(mechanism,),
-            errbackArgs=(mechanism,),
-        )
+        # Cancelled in connectionLost; a check already running is still counted (mailhub.login).
+        d = self._auth_delay = guarded_login(
+            f.portal, f.throttle, f.clock, client, credentials.authcid, credentials.password,
+            refuse=refuse,
+        )  # fmt: skip
+        return d.addCallbacks(self._auth_result, self._auth_cancelled, callbackArgs=(mechanism,))
 
-    def _auth_succeeded(self, login: tuple, mechanism: str) -> Reply:
-        _interface, user, logout = login
+    def _auth_result(self, result: LoginResult, mechanism: str) -> Reply:
+        self._auth_delay = None
+        client = self.session.client_address
+        if result.outcome is Outcome.REFUSED:
+            return R.AUTH_TOO_MANY_FAILURES
+        if result.outcome is Outcome.UNAVAILABLE:
+            return R.AUTH_TEMPORARY  # RFC 4954 6: 454 4.7.0 (busy: nothing was checked)
+        if result.outcome is Outcome.FAILED:
+            self._log.info(
+                "AUTH {mechanism} failed from {client}",
+                event="auth_failed",
+                mechanism=mechanism,
+                client=client,
+            )
+            return R.AUTH_TOO_MANY_FAILURES if result.disconnect else R.AUTH_FAILED
+        assert result.login is not None
+        _interface, user, logout = result.login
         if self._closing:
             logout()
             return R.AUTH_OK  # nobody is listening
-        client = self.session.client_address
-        if self.factory.throttle is not None:
-            self.factory.throttle.success(client)
         self.session.authenticated_as = user.address
         self._logout = logout
+        if self._slot is not None:
+            self.factory.connection_count.logged_in(self._slot)
         self._log.info(
             "authenticated {user} from {client} with {mechanism}",
             event="auth",
@@ -793,38 +816,10 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         )
         return R.AUTH_OK
 
-    def _auth_refused(self, failure: Failure, mechanism: str) -> Reply | Deferred:
-        if not failure.check(UnauthorizedLogin, UnhandledCredentials):
-            self._log.failure("AUTH {mechanism} could not be checked", failure, mechanism=mechanism)
-            return R.AUTH_TEMPORARY  # RFC 4954 6: 454 4.7.0
-        self._log.info(
-            "AUTH {mechanism} failed from {client}",
-            event="auth_failed",
-            mechanism=mechanism,
-            client=self.session.client_address,
-        )
-        return self._auth_failure()
-
-    def _auth_failure(self) -> Reply | Deferred:
-        """535 5.7.8 after the throttle's delay, or 421 4.7.0 (and close) after too many."""
-        throttle = self.factory.throttle
-        if throttle is None:
-            return R.AUTH_FAILED
-        client = self.session.client_address
-        if self._closed:
-            throttle.failure(client)  # still counted; nobody to wait for
-            return R.AUTH_FAILED
-        d = self._auth_delay = throttle.delay_reply(client)
-
-        def waited(disconnect: bool) -> Reply:
-            self._auth_delay = None
-            return R.AUTH_TOO_MANY_FAILURES if disconnect else R.AUTH_FAILED
-
-        def cancelled(failure: Failure) -> Reply:
-            failure.trap(CancelledError)  # the client went away while we waited
-            return R.AUTH_FAILED
-
-        return d.addCallbacks(waited, cancelled)
+    def _auth_cancelled(self, failure: Failure) -> Reply:
+        failure.trap(CancelledError)  # the client went away while we waited
+        self._auth_delay = None
+        return R.AUTH_FAILED
 
     def _end_login(self) -> None:
         logout, self._logout = self._logout, None

@@ -2,7 +2,7 @@
 
 Credentials travel in every request, so they are accepted only over TLS or from loopback (a
 TLS-terminating proxy on this host); elsewhere the answer is 403 and the password is never
-checked. Failed logins count in the shared ``AuthThrottle`` like SMTP AUTH failures. A login
+checked. Logins go through ``mailhub.login.guarded_login`` like SMTP AUTH and IMAP LOGIN. A login
 that succeeded is remembered (a keyed hash of the pair, in memory) for ``REMEMBER`` seconds so
 the page's many requests do not each pay for an argon2 hash.
 """
@@ -15,13 +15,12 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-from mailhub.auth import IMailUser, PasswordCredentials
+from mailhub.login import LoginResult, Outcome, guarded_login
 from mailhub.smtp.policy import is_loopback
 from mailhub.throttle import AuthThrottle
 
@@ -49,6 +48,10 @@ class LoginRequired(Exception):
 
 class LoginRefused(Exception):
     """403: credentials over plain HTTP from afar, or too many failures."""
+
+
+class LoginBusy(LoginRefused):
+    """503: passwords cannot be checked now (the hashing queue is full)."""
 
 
 def client_host(request: IRequest) -> str:
@@ -82,7 +85,7 @@ class Access:
         host = client_host(request)
         if not request.isSecure() and not is_loopback(host):
             raise LoginRefused("log in over HTTPS: passwords are not accepted in plain text")
-        if self.throttle is not None and self.throttle.should_disconnect(host):
+        if self.throttle is not None and self.throttle.refused(host):
             raise LoginRefused("too many failed logins from your address; try again later")
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True)
@@ -98,25 +101,22 @@ class Access:
             return succeed(self._viewer(remembered[0]))
         if self.portal is None:
             raise LoginRequired()
-        d = self.portal.login(PasswordCredentials(username, password), None, IMailUser)
+        d = guarded_login(self.portal, self.throttle, self.clock, host, username, password)
 
-        def ok(result: tuple) -> Viewer:
-            address = result[1].address
+        def checked(result: LoginResult) -> Viewer:
+            if result.outcome is Outcome.REFUSED:
+                raise LoginRefused("too many failed logins from your address; try again later")
+            if result.outcome is Outcome.UNAVAILABLE:
+                raise LoginBusy("cannot check passwords now; try again later")
+            if result.outcome is Outcome.FAILED:
+                raise LoginRequired()
+            address = result.avatar.address
             if len(self._remembered) > 1000:
                 self._remembered.clear()
             self._remembered[digest] = (address, now + REMEMBER)
-            if self.throttle is not None:
-                self.throttle.success(host)
             return self._viewer(address)
 
-        def failed(failure: object) -> Viewer:
-            if self.throttle is not None:
-                self.throttle.failure(host)
-            raise LoginRequired()
-
-        d.addCallback(ok)
-        d.addErrback(lambda f: failed(f.trap(UnauthorizedLogin)))
-        return d
+        return d.addCallback(checked)
 
     def _viewer(self, address: str) -> Viewer:
         return Viewer(address, address in self.admins)

@@ -15,7 +15,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from mailhub.web.access import Access, LoginRefused, LoginRequired, Viewer
+from mailhub.web.access import Access, LoginBusy, LoginRefused, LoginRequired, Viewer
 from mailhub.web.api import Api, ApiError, error_body, unexpected
 from mailhub.web.feed import MailFeed
 
@@ -90,6 +90,9 @@ class Root(Resource):
         except LoginRequired:
             request.setHeader("WWW-Authenticate", 'Basic realm="mailhub", charset="UTF-8"')
             self._error(request, ApiError(401, "log in with your mail address and password"))
+        except LoginBusy as e:
+            request.setHeader("Retry-After", "5")
+            self._error(request, ApiError(503, str(e)))
         except LoginRefused as e:
             self._error(request, ApiError(403, str(e)))
         return None
