@@ -702,6 +702,8 @@ class Store(IMAPTestCase):
     def test_add_remove_replace_and_silent(self) -> None:
         self.client.run("""
             C: a1 STORE 1:2 +FLAGS (\\Flagged $Work)
+            S: * FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Work)
+            S: * OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Work \\*)]...
             S: * 1 FETCH (FLAGS (\\Flagged $Work \\Recent))
             S: * 2 FETCH (FLAGS (\\Flagged $Work \\Recent))
             S: a1 OK STORE completed

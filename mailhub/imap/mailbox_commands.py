@@ -14,7 +14,7 @@ from mailhub.imap.dispatch import AUTHED, SELECTED, CommandTable, Done, utf8
 from mailhub.imap.parser import Item, ParseError
 from mailhub.imap.sequence import SequenceSet
 from mailhub.imap.session_commands import enable_condstore
-from mailhub.imap.view import PERMANENT_FLAGS, View
+from mailhub.imap.view import View
 from mailhub.store import Folder, FolderError, FolderExists, FolderNotFound, Mailbox
 from mailhub.store.errors import StoreError
 from mailhub.store.names import INBOX, normalise_folder
@@ -57,13 +57,8 @@ def _select(session: IMAPServerProtocol, items: list[Item], *, readonly: bool) -
     view = View(folder, readonly=readonly)
     view.condstore = session.condstore
     view.qresync = session.qresync
-    flags = [*PERMANENT_FLAGS, *sorted(view.keywords_in_use())]
     w = session.write
-    w(b"* FLAGS " + render.flag_list(flags) + b"\r\n")
-    if readonly:
-        w(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
-    else:
-        w(b"* OK [PERMANENTFLAGS " + render.flag_list([*flags, "\\*"]) + b"] Flags permitted\r\n")
+    session.write_all(view.flags_responses())
     w(b"* %d EXISTS\r\n" % view.exists)
     w(b"* %d RECENT\r\n" % len(view.recent))
     for seq, uid in enumerate(view.uids, 1):
