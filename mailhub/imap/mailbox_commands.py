@@ -16,7 +16,7 @@ from mailhub.imap.sequence import SequenceSet
 from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.view import View
 from mailhub.store import Folder, FolderError, FolderExists, FolderNotFound, Mailbox
-from mailhub.store.errors import StoreError
+from mailhub.store.errors import InvalidName, StoreError
 from mailhub.store.names import INBOX, normalise_folder
 
 if TYPE_CHECKING:
@@ -212,9 +212,13 @@ async def list_subscribed(session: IMAPServerProtocol, tag: str, items: list[Ite
 
 def _list(session: IMAPServerProtocol, items: list[Item], verb: str) -> Done:
     A.expect_count(items, 2)
-    reference = A.mailbox(items[0]) if items[0] != b"" else ""
     pattern_raw = A.astring(items[1], "pattern")
-    pattern = A.mailbox(pattern_raw) if pattern_raw else ""
+    try:
+        reference = A.mailbox(items[0]) if items[0] != b"" else ""
+        pattern = A.mailbox(pattern_raw) if pattern_raw else ""
+    except InvalidName:
+        # not modified UTF-7 (or UTF-8): no mailbox has such a name, so nothing matches
+        return Done("OK", f"{verb} completed")
     if not pattern:
         # RFC 3501 6.3.8: the delimiter and root name.
         session.write(utf8(f'* {verb} (\\Noselect) "." ""\r\n'))
