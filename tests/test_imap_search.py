@@ -506,6 +506,15 @@ class AgreesWithDovecot(SynchronousTestCase):
         ("OR", "SUBJECT", b"simple", "BODY", b"digest"),
         ("1:3,50:*",),
         ("UID", "5:7"),
+        # addresses as written again: <local@domain>, quoted names, groups
+        ("FROM", b"<"),
+        ("FROM", b"> "),
+        ("TO", b"python.org>"),
+        ("TO", b">, "),
+        ("CC", b"@"),
+        ("FROM", b"barry@"),
+        ("TO", b":"),
+        ("BCC", b"<"),
     )
     # (query index, file name): answered differently on purpose
     DELIBERATE = frozenset(
@@ -513,6 +522,9 @@ class AgreesWithDovecot(SynchronousTestCase):
             # "Content-Type: text" without subtype is text/plain to us (RFC 2045 5.2), so its
             # body is searched; Dovecot takes it for no text at all
             (24, "msg_14.txt"),
+            # two To: fields: ENVELOPE (and so SEARCH TO) joins them into one list, Dovecot
+            # searches each field on its own, so only it cannot match across the two
+            (31, "msg_25.txt"),
         }
     )
 
