@@ -140,6 +140,14 @@ b
 
 SIMPLE = b"Subject: hi\r\nFrom: a@b.c\r\n\r\nhello"
 
+DISPLAY_NAMES = crlf(b"""From: Undisclosed recipients
+To: "Q N", a@b, Real Name (c), postmaster
+Cc: g: Real Name;
+Subject: s
+
+x
+""")
+
 
 class Envelope(SynchronousTestCase):
     def test_comment_after_a_bare_address_is_the_name(self) -> None:
@@ -191,6 +199,20 @@ x
             b' ((NIL NIL "odd local" "example.com")(NIL NIL "broken" "MISSING_DOMAIN")'
             b'(NIL NIL "MISSING_MAILBOX" "nolocal.com")(NIL NIL "trailing" "MISSING_DOMAIN"))'
             b' "<prev@example.com>  " "<id@example.com> (c)")',
+        )
+
+    def test_a_display_name_without_an_address(self) -> None:
+        # RFC 5322 has no such mailbox, but mail has it; Dovecot reads a phrase (two words or
+        # a quoted string) as the name of a missing address, one word as a local part
+        sender = b'(("Undisclosed recipients" NIL "MISSING_MAILBOX" "MISSING_DOMAIN"))'
+        self.assertEqual(
+            mime.envelope(parse(DISPLAY_NAMES)),
+            b'(NIL "s" %s %s %s (("Q N" NOADDR)(NIL NIL "a" "b")("Real Name" NOADDR)'
+            b'(NIL NIL "postmaster" "MISSING_DOMAIN")) ((NIL NIL "g" NIL)("Real Name" NOADDR)'
+            b"(NIL NIL NIL NIL)) NIL NIL NIL)".replace(
+                b"NOADDR", b'NIL "MISSING_MAILBOX" "MISSING_DOMAIN"'
+            )
+            % (sender, sender, sender),
         )
 
     def test_8bit_header_values_are_literals(self) -> None:
@@ -1266,6 +1288,7 @@ class AgreesWithDovecot(SynchronousTestCase):
             ("nested", NESTED),
             ("addresses", ADDRESSES),
             ("simple", SIMPLE),
+            ("display names", DISPLAY_NAMES),
             ("sections", Sections.MP),
         ]
         if PYTHON_EMAIL_DATA.is_dir():

@@ -17,6 +17,7 @@ from mailhub.imap.parser import (
     parse_command,
 )
 from mailhub.imap.sequence import SequenceSet, compress
+from mailhub.store.errors import InvalidName
 
 
 class SequenceSetTests(SynchronousTestCase):
@@ -51,6 +52,19 @@ class ItemTests(SynchronousTestCase):
     def test_fetch_attribute_with_brackets_is_one_atom(self) -> None:
         items = items_of(b"a FETCH 1 (BODY.PEEK[HEADER.FIELDS (From To)]<0.100> UID)")
         self.assertEqual(items[3], [Atom("BODY.PEEK[HEADER.FIELDS (From To)]<0.100>"), Atom("UID")])
+
+    def test_brackets_outside_fetch_sections_are_atom_characters(self) -> None:
+        # RFC 3501 9: "[" is an ATOM-CHAR, "]" an ASTRING-CHAR and a list-char; only a fetch
+        # section (BODY[...], BINARY[...]) spans spaces up to its "]".
+        name = "!#$&'+,-.0123456789:;<=>?@^_`|[}"
+        self.assertEqual(items_of(f"a SELECT {name}".encode())[2:], [Atom(name)])
+        self.assertEqual(items_of(f'a LIST "" {name}%*'.encode())[3], Atom(name + "%*"))
+        self.assertEqual(items_of(b"a SELECT x]y z[")[2:], [Atom("x]y"), Atom("z[")])
+        self.assertEqual(items_of(b"a SELECT a[b c]")[2:], [Atom("a[b"), Atom("c]")])
+        self.assertEqual(items_of(b"a FETCH 1 body[]")[3], Atom("body[]"))
+        self.assertEqual(items_of(b"a FETCH 1 BINARY.PEEK[1 2]")[3], Atom("BINARY.PEEK[1 2]"))
+        with self.assertRaises(ParseError):
+            items_of(b"a FETCH 1 (BODY[HEADER.FIELDS (From)")
 
     def test_errors(self) -> None:
         for bad in (
@@ -237,8 +251,11 @@ class GrammarTests(SynchronousTestCase):
     def test_mailbox_names_are_modified_utf7(self) -> None:
         self.assertEqual(A.mailbox(Atom("Entw&APw-rfe")), "Entwürfe")
         self.assertEqual(A.mailbox(b"inbox"), "INBOX")
-        with self.assertRaises(ParseError):
+        # valid syntax, impossible name: the command answers NO [CANNOT], not BAD
+        with self.assertRaises(InvalidName):
             A.mailbox(Atom("bad&ZeVnLIqe"))
+        with self.assertRaises(InvalidName):
+            A.mailbox(b"caf\xe9")  # a literal may carry any octets; this is not UTF-8
 
     def test_list_patterns(self) -> None:
         star = A.list_pattern_matcher("", "*")

@@ -297,13 +297,14 @@ class Mailboxes(IMAPTestCase):
         client = self.login(select=None)
         for n, name in enumerate(("&AGE-", "Caf&AOk-&AOk-", "Caf&AOk", "&AOl-", "x&AGEA6Q-")):
             client.send(f"c{n} CREATE {name}\r\n")
+            # valid astring syntax naming no possible mailbox: NO, not BAD (as Dovecot)
+            why = "not in canonical" if name != "Caf&AOk" else "not valid"
             self.assertEqual(
-                client.lines(), [f"c{n} BAD mailbox name is not in canonical modified UTF-7"]
-                if name != "Caf&AOk" else [f"c{n} BAD mailbox name is not valid modified UTF-7"]
-            )  # fmt: skip
+                client.lines(), [f"c{n} NO [CANNOT] Invalid mailbox name: {why} modified UTF-7"]
+            )
         client.run("""
             C: d1 SELECT &AEkATgBCAE8AWA-
-            S: d1 BAD mailbox name is not in canonical modified UTF-7
+            S: d1 NO [CANNOT] Invalid mailbox name: not in canonical modified UTF-7
             C: d2 CREATE Caf&AOkA6Q-
             S: d2 OK CREATE completed
             C: d3 LIST "" Caf*
@@ -390,6 +391,101 @@ class Mailboxes(IMAPTestCase):
             S: * ID ("name" "mailhub" "vendor" "mailhub")
             S: a4 OK ID completed
         """)  # noqa: E501
+
+
+# RFC 3501 9: atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards / quoted-specials /
+# resp-specials; ASTRING-CHAR = ATOM-CHAR / resp-specials ("]" allowed); list-char =
+# ATOM-CHAR / list-wildcards / resp-specials.
+NOT_ASTRING_CHAR = frozenset('(){%*"\\')
+NOT_LIST_CHAR = frozenset('(){"\\')
+# every command that takes a mailbox name, and how it must answer a name that does not exist
+NAME_COMMANDS = ("SELECT {}", "EXAMINE {}", "STATUS {} (MESSAGES)", "DELETE {}")
+
+
+class MailboxNameSyntax(IMAPTestCase):
+    """Every printable ASCII character in a mailbox name, sent as an atom (where the grammar
+    allows it), a quoted string and a literal: a name that does not exist gets NO, LIST and
+    LSUB answer OK, CREATE works or says NO with a reason; BAD only for what RFC 3501 9 does
+    not allow unquoted; the connection always survives."""
+
+    def answer(self, client, command: str) -> list[str]:
+        client.send(f"n {command}\r\n")
+        lines = client.lines()
+        self.assertFalse(client.closed, command)
+        self.assertTrue(lines and lines[-1].startswith("n "), (command, lines))
+        return lines
+
+    def forms(self, name: str, *, specials: frozenset[str]) -> list[tuple[str, bool]]:
+        """(the name as sent, whether that form is valid syntax)."""
+        quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        literal = f"{{{len(name)}+}}\r\n{name}"
+        return [(name, not specials & set(name)), (quoted, True), (literal, True)]
+
+    def test_every_printable_character(self) -> None:
+        client = self.login(select=None)
+        wrong: list[tuple[str, list[str]]] = []
+        for code in range(0x21, 0x7F):
+            name = f"x{chr(code)}y"
+            for sent, valid in self.forms(name, specials=NOT_ASTRING_CHAR):
+                for command in NAME_COMMANDS:
+                    lines = self.answer(client, command.format(sent))
+                    status = lines[-1].split()[1]
+                    if status != "NO" and (valid or status != "BAD"):
+                        wrong.append((command.format(sent), lines))
+            for sent, valid in self.forms(name + "%", specials=NOT_LIST_CHAR):
+                for verb in ("LIST", "LSUB"):
+                    lines = self.answer(client, f'{verb} "" {sent}')
+                    status = lines[-1].split()[1]
+                    if status != "OK" and (valid or status != "BAD"):
+                        wrong.append((f'{verb} "" {sent}', lines))
+            for sent, valid in self.forms(name, specials=NOT_ASTRING_CHAR):
+                lines = self.answer(client, f"CREATE {sent}")
+                status = lines[-1].split()[1]
+                if status == "NO" and len(lines[-1].split()) > 3:
+                    continue  # refused, with a reason (wildcards, invalid modified UTF-7, ...)
+                if status != "OK" and (valid or status != "BAD"):
+                    wrong.append((f"CREATE {sent}", lines))
+                if status != "OK":
+                    continue
+                # made: it can be selected, is listed under its name, and can be deleted
+                for command in ("SELECT {}", 'LIST "" {}', "DELETE {}"):
+                    lines = self.answer(client, command.format(sent))
+                    if lines[-1].split()[1] != "OK" or (
+                        command.startswith("LIST") and len(lines) != 2
+                    ):
+                        wrong.append((command.format(sent), lines))
+        self.assertEqual(wrong, [])
+
+    def test_the_names_of_the_conformance_run(self) -> None:
+        # issue 12: "BAD missing ]" for SELECT, and LIST with this pattern
+        client = self.login(select=None)
+        name = "!#$&'+,-.0123456789:;<=>?@^_`|[}"
+        client.run(f"""
+            C: a1 SELECT {name}
+            S: a1 NO [CANNOT] Invalid mailbox name: not valid modified UTF-7
+            C: a2 LIST "" {name}%*
+            S: a2 OK LIST completed
+            C: a3 LSUB "" {name}%*
+            S: a3 OK LSUB completed
+            C: a4 EXAMINE ~foo
+            S: a4 NO [NONEXISTENT] Mailbox does not exist
+            C: a5 LIST "" ~foo%*
+            S: a5 OK LIST completed
+        """)
+        valid = name.replace("&", "&-")  # the same characters in valid modified UTF-7
+        client.run(f"""
+            C: b1 SELECT {valid}
+            S: b1 NO [NONEXISTENT] Mailbox does not exist
+            C: b2 CREATE {valid}
+            S: b2 OK CREATE completed
+            C: b3 LIST "" !*
+            S: * LIST (\\HasChildren) "." !#$&-'+,-
+            S: * LIST (\\HasNoChildren) "." {valid}
+            S: b3 OK LIST completed
+            C: b4 SELECT {valid}
+            S: ...
+            S: b4 OK [READ-WRITE] SELECT completed
+        """)
 
 
 class Select(IMAPTestCase):
@@ -704,6 +800,8 @@ class Store(IMAPTestCase):
     def test_add_remove_replace_and_silent(self) -> None:
         self.client.run("""
             C: a1 STORE 1:2 +FLAGS (\\Flagged $Work)
+            S: * FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Work)
+            S: * OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Work \\*)]...
             S: * 1 FETCH (FLAGS (\\Flagged $Work \\Recent))
             S: * 2 FETCH (FLAGS (\\Flagged $Work \\Recent))
             S: a1 OK STORE completed

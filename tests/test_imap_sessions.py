@@ -68,6 +68,8 @@ class TwoSessions(IMAPTestCase):
         self.a.command("STORE 3 +FLAGS (\\Seen $Done)")
         self.b.run("""
             C: b1 NOOP
+            S: * FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Done)
+            S: * OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Done \\*)]...
             S: * 3 FETCH (UID 3 FLAGS (\\Seen $Done))
             S: b1 OK NOOP completed
             C: b2 NOOP
@@ -126,6 +128,118 @@ class TwoSessions(IMAPTestCase):
         """)
 
 
+SYSTEM = "\\Seen \\Answered \\Flagged \\Deleted \\Draft"
+
+
+def announced(*keywords: str, readonly: bool = False) -> str:
+    """The dialog lines of RFC 3501 7.2.6's FLAGS (and PERMANENTFLAGS) with these keywords."""
+    flags = " ".join((SYSTEM, *keywords))
+    if readonly:
+        permanent = "* OK [PERMANENTFLAGS ()] Read-only mailbox"
+    else:
+        permanent = f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted"
+    return f"S: * FLAGS ({flags})\nS: {permanent}"
+
+
+class KeywordsAnnounced(IMAPTestCase):
+    """RFC 3501 7.2.6: a keyword reaches a client in FLAGS before any FETCH carries it, however
+    the session learns of it: its own STORE, another session's change told on any command or
+    during IDLE, a new message, or the \\Seen a FETCH sets."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(3):
+            self.deliver(message(f"m{n}"))
+        self.a = self.login()
+        self.b = self.login()
+
+    def test_store_of_a_new_keyword_announces_it_first_and_only_once(self) -> None:
+        self.b.run(f"""
+            C: b1 STORE 1 +FLAGS ($New)
+            {announced("$New")}
+            S: * 1 FETCH (FLAGS ($New))
+            S: b1 OK STORE completed
+            C: b2 STORE 2 +FLAGS ($New)
+            S: * 2 FETCH (FLAGS ($New))
+            S: b2 OK STORE completed
+        """)
+
+    def test_change_by_another_session_on_noop_fetch_and_uid_fetch(self) -> None:
+        self.a.command("STORE 1 +FLAGS ($One)")
+        # FETCH answers from what B was told, then the update: FLAGS before its FETCH.
+        self.b.run(f"""
+            C: b1 FETCH 1 FLAGS
+            S: * 1 FETCH (FLAGS ())
+            {announced("$One")}
+            S: * 1 FETCH (UID 1 FLAGS ($One))
+            S: b1 OK FETCH completed
+        """)
+        self.a.command("STORE 2 +FLAGS ($Two)")
+        self.b.run(f"""
+            C: b2 UID FETCH 2 FLAGS
+            {announced("$One", "$Two")}
+            S: * 2 FETCH (UID 2 FLAGS ($Two))
+            S: * 2 FETCH (UID 2 FLAGS ($Two))
+            S: b2 OK FETCH completed
+        """)
+        self.a.command("STORE 3 +FLAGS ($Three $One)")
+        self.b.run(f"""
+            C: b3 NOOP
+            {announced("$One", "$Three", "$Two")}
+            S: * 3 FETCH (UID 3 FLAGS ($One $Three))
+            S: b3 OK NOOP completed
+        """)
+
+    def test_change_by_another_session_during_idle(self) -> None:
+        self.b.run("""
+            C: b1 IDLE
+            S: + idling
+        """)
+        self.a.command("STORE 2 +FLAGS ($Idle)")
+        self.clock.advance(1.0)
+        self.b.run(f"""
+            {announced("$Idle")}
+            S: * 2 FETCH (UID 2 FLAGS ($Idle))
+            C: DONE
+            S: b1 OK IDLE terminated
+        """)
+
+    def test_examine_repeats_the_read_only_permanentflags(self) -> None:
+        self.b.command("EXAMINE INBOX")
+        self.a.command("STORE 1 +FLAGS ($Seen2)")
+        self.b.run(f"""
+            C: b1 NOOP
+            {announced("$Seen2", readonly=True)}
+            S: * 1 FETCH (UID 1 FLAGS ($Seen2))
+            S: b1 OK NOOP completed
+        """)
+
+    def test_new_message_with_a_keyword(self) -> None:
+        self.a.command("APPEND INBOX ($Appended) {6+}\r\nx: y\r\n")
+        self.b.run(f"""
+            C: b1 NOOP
+            {announced("$Appended")}
+            S: * 4 EXISTS
+            S: * 0 RECENT
+            S: b1 OK NOOP completed
+            C: b2 FETCH 4 FLAGS
+            S: * 4 FETCH (FLAGS ($Appended))
+            S: b2 OK FETCH completed
+        """)
+
+    def test_fetch_setting_seen_learns_another_sessions_keyword(self) -> None:
+        self.a.command("STORE 1 +FLAGS ($Other)")
+        self.b.run(f"""
+            C: b1 FETCH 1 BODY[HEADER.FIELDS (Subject)]
+            {announced("$Other")}
+            S: * 1 FETCH (FLAGS (\\Seen $Other) BODY[HEADER.FIELDS (Subject)] {{15}}
+            S: Subject: m0
+            S:
+            S: )
+            S: b1 OK FETCH completed
+        """)
+
+
 class DeliveryDuringIdle(IMAPTestCase, TestCase):
     async def test_smtp_delivery_shows_within_a_second(self) -> None:
         client = self.login()
@@ -178,6 +292,8 @@ class AnotherProcess(IMAPTestCase):
         folder.store_flags([2], "add", keywords=["$Done"])
         self.a.run("""
             C: a1 NOOP
+            S: * FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Done)
+            S: * OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Done \\*)]...
             S: * 2 FETCH (UID 2 FLAGS ($Done \\Recent))
             S: a1 OK NOOP completed
             C: a2 NOOP

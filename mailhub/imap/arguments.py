@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from mailhub.imap.dates import MONTHS
 from mailhub.imap.parser import Atom, Item, ParseError, SpooledLiteral
 from mailhub.imap.sequence import SequenceSet
+from mailhub.store.errors import InvalidName
 from mailhub.store.names import decode_mutf7, encode_mutf7
 
 # --- basic items ---------------------------------------------------------------------------
@@ -29,24 +30,28 @@ def astring(item: Item, what: str = "argument") -> bytes:
 
 def mailbox(item: Item) -> str:
     """A mailbox name from the wire: modified UTF-7 decoded (RFC 3501 5.1.3); INBOX in any case
-    is INBOX. Raw UTF-8 is accepted as well (clients that never encode)."""
+    is INBOX. Raw UTF-8 is accepted as well (clients that never encode).
+
+    Any astring is valid syntax, so a name that is not valid modified UTF-7 (``a&b``) or not
+    UTF-8 is no mailbox there can be: ``InvalidName``, answered NO [CANNOT], never BAD (as
+    Dovecot answers it)."""
     raw = astring(item, "mailbox name")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ParseError("mailbox name is not UTF-8") from None
+        raise InvalidName("not UTF-8") from None
     if text.upper() == "INBOX":
         return "INBOX"
     if text.isascii():
         try:
             decoded = decode_mutf7(text)
         except ValueError:
-            raise ParseError("mailbox name is not valid modified UTF-7") from None
+            raise InvalidName("not valid modified UTF-7") from None
         # RFC 3501 5.1.3: one spelling per name. Printable ASCII stands for itself (never in
         # base64: "&AGE-" for "a"), no null shifts between runs ("&AOk-&AOk-"), no stray base64
         # bits, every "&" run ends with "-". The canonical encoding must give back what was sent.
         if encode_mutf7(decoded) != text:
-            raise ParseError("mailbox name is not in canonical modified UTF-7")
+            raise InvalidName("not in canonical modified UTF-7")
         return decoded
     return text
 

@@ -54,7 +54,7 @@ async def fetch_messages(session: IMAPServerProtocol, items: list[Item], *, uid:
         unseen = [u for _, u in pairs if "S" not in view.infos[u].flags and not view.gone(u)]
         if unseen:
             outcome = view.folder.store_flags(unseen, "add", ["S"])
-            view.update(outcome.infos)
+            session.write_all(view.update(outcome.infos))  # FLAGS if keywords are new
             request = _with_flags(request)
     if session.condstore and request.flags and not request.modseq:
         # RFC 7162 3.1: once CONDSTORE is enabled, FETCH responses carrying flags carry

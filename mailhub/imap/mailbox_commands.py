@@ -14,9 +14,9 @@ from mailhub.imap.dispatch import AUTHED, SELECTED, CommandTable, Done, utf8
 from mailhub.imap.parser import Item, ParseError
 from mailhub.imap.sequence import SequenceSet
 from mailhub.imap.session_commands import enable_condstore
-from mailhub.imap.view import PERMANENT_FLAGS, View
+from mailhub.imap.view import View
 from mailhub.store import Folder, FolderError, FolderExists, FolderNotFound, Mailbox
-from mailhub.store.errors import StoreError
+from mailhub.store.errors import InvalidName, StoreError
 from mailhub.store.names import INBOX, normalise_folder
 
 if TYPE_CHECKING:
@@ -57,13 +57,8 @@ def _select(session: IMAPServerProtocol, items: list[Item], *, readonly: bool) -
     view = View(folder, readonly=readonly)
     view.condstore = session.condstore
     view.qresync = session.qresync
-    flags = [*PERMANENT_FLAGS, *sorted(view.keywords_in_use())]
     w = session.write
-    w(b"* FLAGS " + render.flag_list(flags) + b"\r\n")
-    if readonly:
-        w(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
-    else:
-        w(b"* OK [PERMANENTFLAGS " + render.flag_list([*flags, "\\*"]) + b"] Flags permitted\r\n")
+    session.write_all(view.flags_responses())
     w(b"* %d EXISTS\r\n" % view.exists)
     w(b"* %d RECENT\r\n" % len(view.recent))
     for seq, uid in enumerate(view.uids, 1):
@@ -217,9 +212,13 @@ async def list_subscribed(session: IMAPServerProtocol, tag: str, items: list[Ite
 
 def _list(session: IMAPServerProtocol, items: list[Item], verb: str) -> Done:
     A.expect_count(items, 2)
-    reference = A.mailbox(items[0]) if items[0] != b"" else ""
     pattern_raw = A.astring(items[1], "pattern")
-    pattern = A.mailbox(pattern_raw) if pattern_raw else ""
+    try:
+        reference = A.mailbox(items[0]) if items[0] != b"" else ""
+        pattern = A.mailbox(pattern_raw) if pattern_raw else ""
+    except InvalidName:
+        # not modified UTF-7 (or UTF-8): no mailbox has such a name, so nothing matches
+        return Done("OK", f"{verb} completed")
     if not pattern:
         # RFC 3501 6.3.8: the delimiter and root name.
         session.write(utf8(f'* {verb} (\\Noselect) "." ""\r\n'))

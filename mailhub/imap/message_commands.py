@@ -142,7 +142,8 @@ def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done
     outcome = view.folder.store_flags(
         live, request.mode, letters, keywords, unchanged_since=request.unchanged_since
     )  # type: ignore[arg-type]
-    view.update(outcome.infos)
+    # new keywords (ours or another session's) are announced before a FETCH shows them
+    session.write_all(view.update(outcome.infos))
     refused = set(outcome.modified)
     expect = _expected_flags(request.mode, frozenset(letters), frozenset(keywords))
     condstore = session.condstore

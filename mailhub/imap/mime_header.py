@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from itertools import pairwise
 
 # -- unfolding ------------------------------------------------------------------------------
 
@@ -315,12 +316,17 @@ def parse_address_list(value: bytes | None) -> list[Address]:
             i = k
         else:
             if j > i and any(k != "c" for k, _ in toks[i:j]):
-                # a bare addr-spec: a comment after it is the name (as Dovecot, Cyrus show it)
                 spec = toks[i:j]
-                first = next(x for x, (k, _) in enumerate(spec) if k != "c")
-                comments = [v for k, v in spec[first:] if k == "c"]
-                name = b" ".join(comments[-1].split()) or None if comments else None
-                out.append((name, *_addr_spec(spec)))
+                if _display_name_only(spec):
+                    # "Undisclosed recipients": a name without an address (as Dovecot reads it)
+                    out.append((_phrase(spec), None, MISSING_MAILBOX, MISSING_DOMAIN))
+                    i = j
+                else:
+                    # a bare addr-spec: a comment after it is the name (as Dovecot, Cyrus show it)
+                    first = next(x for x, (k, _) in enumerate(spec) if k != "c")
+                    comments = [v for k, v in spec[first:] if k == "c"]
+                    name = b" ".join(comments[-1].split()) or None if comments else None
+                    out.append((name, *_addr_spec(spec)))
             i = j
         if i < n:
             kind = toks[i][0]
@@ -356,6 +362,15 @@ def _simple_addresses(value: bytes) -> list[Address] | None:
     return out
 
 
+def _display_name_only(toks: list[tuple[str, bytes]]) -> bool:
+    """No "@" and no route, and a phrase rather than one (dot-)atom: a quoted string or two
+    words in a row. ``Undisclosed recipients`` is a name; ``postmaster`` a local part."""
+    words = [k for k, _ in toks if k != "c"]
+    if any(k in ("@", ":") for k in words):
+        return False
+    return "q" in words or any(a == b == "a" for a, b in pairwise(words))
+
+
 def _has_at(toks: list[tuple[str, bytes]], i: int, j: int) -> bool:
     return any(k == "@" for k, _ in toks[i:j])
 
@@ -386,6 +401,85 @@ def _addr_spec(
     local = b"".join(v for k, v in local_toks if k in ("a", "q", "."))
     domain = None if at is None else b"".join(v for k, v in toks[at + 1 :] if k in ("a", "."))
     return adl, local or MISSING_MAILBOX, domain or MISSING_DOMAIN
+
+
+# -- addresses as SEARCH FROM/TO/CC/BCC match them ------------------------------------------
+
+# RFC 5322 3.2.3 atext (8-bit octets count as atext: RFC 6532 3.2); dot-atom-text with dots
+_ATOM_TEXT = re.compile(rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\x80-\xff-]+")
+_DOT_ATOM_TEXT = re.compile(rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\x80-\xff.-]+")
+
+
+def _maybe_quoted(word: bytes, dots: bool) -> bytes:
+    """``word`` as RFC 5322 writes it: as it is when it is atext (with ``dots``: dot-atom
+    text), else a quoted string."""
+    if (_DOT_ATOM_TEXT if dots else _ATOM_TEXT).fullmatch(word):
+        return word
+    return b'"' + word.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+_ATOM = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_SPEC = rb"[.A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+"
+# one mailbox, plain ASCII: "Display Name <a@b>" (words one space apart) or "a@b"
+_ONE_PLAIN_MAILBOX = re.compile(
+    rb"[ \t]*(?:(%s(?: %s)*)[ \t]*<(%s)>|(%s))[ \t]*" % (_ATOM, _ATOM, _PLAIN_SPEC, _PLAIN_SPEC)
+)
+
+
+def _text(value: bytes) -> str:
+    """decode_words, skipping it for the usual plain ASCII."""
+    if value.isascii() and b"=?" not in value:
+        return value.decode("ascii")
+    return decode_words(value)
+
+
+def address_search_text(value: bytes | None) -> str | None:
+    """An address field as SEARCH FROM/TO/CC/BCC see it (RFC 3501 6.4.4: the "envelope
+    structure's" field): the addresses as ENVELOPE parses them (RFC 5322 3.4 with the obsolete
+    syntax of 4.4: CFWS inside an addr-spec, routes, groups, a comment after a bare address as
+    its name, a display name alone) written again one way: ``"Display Name" <local@domain>``,
+    ``<@route:local@domain>``, ``group: <a@x>, <b@y>;``, ``group:;``, quoting names and local
+    parts that need it, encoded words decoded (RFC 2047), raw UTF-8 as it is (RFC 6532).
+    This is how Dovecot writes them for its search (message_address_write), so the same
+    searches find the same messages; e.g. ``<user (c)@ (c) domain.org>`` is found by
+    ``user@domain.org``."""
+    if value is None:
+        return None
+    m = _ONE_PLAIN_MAILBOX.fullmatch(value) if b"=?" not in value else None
+    if m is not None:  # the usual single "a@b" or "Name <a@b>", without the parser
+        name, spec = m.group(1), (m.group(2) or m.group(3)).decode("ascii")
+        if name is None:
+            return "<" + spec + ">"
+        shown = name.decode("ascii")
+        return ('"' + shown + '"' if b" " in name else shown) + " <" + spec + ">"
+    items: list[str] = []
+    members: list[str] | None = None  # inside a group
+    group = ""
+    for name, adl, local, host in parse_address_list(value):
+        if host is None:  # a group's start (its name in the mailbox slot) or its end
+            if members is None:
+                group = _phrase_text(local or b"") if local else '""'
+                members = []
+            else:
+                items.append(group + (": " + ", ".join(members) if members else ":") + ";")
+                members = None
+            continue
+        spec = _maybe_quoted(local or b"", dots=True) + b"@" + host
+        if adl:
+            spec = adl + b":" + spec
+        text = "<" + _text(spec) + ">"
+        if name:
+            text = _phrase_text(name) + " " + text
+        (items if members is None else members).append(text)
+    return ", ".join(items)
+
+
+def _phrase_text(phrase: bytes) -> str:
+    """A display or group name as text: quoted unless it is one atom, encoded words decoded
+    (never quoted: RFC 2047 5 keeps them out of quoted strings)."""
+    if b"=?" in phrase:
+        return decode_words(phrase)
+    return _text(_maybe_quoted(phrase, dots=False))
 
 
 # -- RFC 2047 encoded words (for SEARCH; ENVELOPE leaves them as they are) --------------------

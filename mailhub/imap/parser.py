@@ -11,8 +11,10 @@ Two layers, both free of I/O:
   (a literal kept in a file). Per-command grammar (FETCH attributes, STORE, ...) lives in
   ``arguments.py`` on top of these items.
 
-An atom containing ``[`` runs to the matching ``]`` including spaces and parentheses, so a FETCH
-attribute like ``BODY.PEEK[HEADER.FIELDS (From To)]<0.100>`` stays one atom.
+A FETCH section atom (``BODY[``, ``BODY.PEEK[``, ``BINARY[``...) runs to the matching ``]``
+including spaces and parentheses, so ``BODY.PEEK[HEADER.FIELDS (From To)]<0.100>`` stays one
+atom. Anywhere else ``[`` and ``]`` are ordinary characters: ``[`` is an ATOM-CHAR and ``]`` an
+ASTRING-CHAR and list-char (RFC 3501 9), so ``SELECT a[b`` and ``LIST "" x]%`` name mailboxes.
 """
 
 from __future__ import annotations
@@ -359,6 +361,9 @@ _SPACE = 0x20
 # handlers') stack, so it is refused with BAD.
 MAX_NESTING = 100
 _ATOM_END = frozenset(b' ()"') | frozenset(range(0x00, 0x20)) | {0x7F}
+# The fetch attributes whose "[section]" may hold spaces and parentheses (RFC 3501 6.4.5,
+# RFC 3516 BINARY): only after these does "[" open a bracketed part of the atom.
+_SECTION_ATOMS = frozenset({b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"})
 
 
 class _Reader:
@@ -434,7 +439,7 @@ class _Reader:
         start = i
         while i < len(text):
             c = text[i]
-            if c == 0x5B:  # [
+            if c == 0x5B and (depth or text[start:i].upper() in _SECTION_ATOMS):  # [
                 depth += 1
             elif c == 0x5D and depth:  # ]
                 depth -= 1

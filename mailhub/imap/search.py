@@ -22,7 +22,7 @@ from typing import BinaryIO, Protocol
 from mailhub.imap import search_text
 from mailhub.imap.dates import MONTHS, MONTHS_B, full_year
 from mailhub.imap.mime import MessageHeader, MessageStructure
-from mailhub.imap.mime_header import decode_words, split_fields
+from mailhub.imap.mime_header import address_search_text, decode_words, split_fields
 from mailhub.imap.parser import Atom
 from mailhub.imap.sequence import SequenceSet
 
@@ -426,6 +426,8 @@ class _Compiler:
         needle = self.string(key).casefold()
         index = _ENVELOPE_KEYS[key]
         self.c.needs_headers = True
+        # SUBJECT is the decoded field; FROM/TO/CC/BCC the parsed addresses, written again
+        decoded = _decoded if key == "SUBJECT" else _addresses
 
         def envelope_field_has(run: _Run, uids: list[int]) -> list[int]:
             # the common SUBJECT/FROM search: one tight loop, the decoded value memoised
@@ -438,7 +440,7 @@ class _Compiler:
                 memo = h.memo
                 text = memo.get(index, _MISSING)
                 if text is _MISSING:
-                    text = memo[index] = _decoded(h.envelope_field(index))
+                    text = memo[index] = decoded(h.envelope_field(index))
                 if text is not None and needle in text:
                     found.append(u)
             return found
@@ -487,6 +489,13 @@ def _decoded(raw: bytes | None) -> str | None:
     if b"=?" in raw or not raw.isascii():
         return decode_words(raw).casefold()
     return raw.decode("ascii").casefold()
+
+
+def _addresses(raw: bytes | None) -> str | None:
+    """An address field as casefolded text, as ENVELOPE parses it (CFWS inside addresses gone,
+    groups, routes; mime_header.address_search_text)."""
+    text = address_search_text(raw)
+    return None if text is None else text.casefold()
 
 
 def _and(keys: list[_Filter]) -> _Filter:

@@ -10,7 +10,10 @@ What changed since is turned into untagged responses (RFC 3501 7.3.1, 7.4.1, 7.4
   every sequence number right;
 - new messages -> ``* n EXISTS`` and ``* n RECENT``;
 - flag changes by others -> ``* n FETCH (FLAGS (...) UID u)``, with ``MODSEQ`` once CONDSTORE
-  is enabled (RFC 7162 3.2).
+  is enabled (RFC 7162 3.2);
+- a keyword the session was never told of (set by another session, or by this session's
+  STORE) -> ``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` again, before the first FETCH that
+  carries it (RFC 3501 7.2.6: a client may reject or ignore flags it was not announced).
 
 \\Recent (RFC 3501 2.3.2) belongs to exactly one session: the one whose SELECT
 (``sync_taking_recent``) or later ``take_recent`` moved the message out of new/. EXAMINE takes
@@ -95,6 +98,8 @@ class View:
         self._state: FolderState = state
         self.uidnext = state.uidnext
         self.highestmodseq = state.highestmodseq
+        # the keywords told in FLAGS: SELECT's list, grown as new ones appear (never shrunk)
+        self.announced: set[str] = set(self.keywords_in_use())
 
     def _after_take(self, state: FolderState) -> FolderState:
         """The folder's state after our ``take_recent`` if it is ``state`` with those renames
@@ -201,15 +206,45 @@ class View:
             rendered = self._flag_lists[key] = render.flag_list(imap_flags(info, key[2]))
         return rendered
 
+    # -- FLAGS (RFC 3501 7.2.6) -------------------------------------------------------------
+
+    def flags_responses(self) -> list[bytes]:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS ...]`` for the keywords announced so far."""
+        flags = [*PERMANENT_FLAGS, *sorted(self.announced)]
+        if self.readonly:
+            permanent = b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
+        else:  # \\*: new keywords may be created (RFC 3501 7.1)
+            allowed = render.flag_list([*flags, "\\*"])
+            permanent = b"* OK [PERMANENTFLAGS " + allowed + b"] Flags permitted\r\n"
+        return [b"* FLAGS " + render.flag_list(flags) + b"\r\n", permanent]
+
+    def announce(self, infos: Iterable[MessageInfo]) -> list[bytes]:
+        """The FLAGS responses again if ``infos`` carry keywords never announced to this
+        session, else nothing: to be written before any FETCH that shows them."""
+        announced = self.announced
+        fresh: set[str] = set()
+        for info in infos:
+            keywords = info.keywords
+            if keywords and not keywords <= announced:
+                fresh.update(keywords - announced)
+        if not fresh:
+            return []
+        announced.update(fresh)
+        return self.flags_responses()
+
     # -- updates --------------------------------------------------------------------------
 
-    def update(self, infos: dict[int, MessageInfo]) -> None:
-        """Take the session's own flag changes (STORE) into the snapshot."""
+    def update(self, infos: dict[int, MessageInfo]) -> list[bytes]:
+        """Take the session's own flag changes (STORE, FETCH setting \\Seen) into the
+        snapshot; the FLAGS responses to write first if they brought new keywords."""
+        taken = []
         for uid, info in infos.items():
             if uid in self.infos:
                 self.infos[uid] = info
+                taken.append(info)
                 if info.modseq > self.highestmodseq:
                     self.highestmodseq = info.modseq
+        return self.announce(taken)
 
     def fetch_line(self, seq: int, uid: int, *, with_uid: bool = True) -> bytes:
         parts = [b"FLAGS " + self.flag_list(uid)]
@@ -257,6 +292,8 @@ class View:
                 infos[m.uid] = m
                 if old.flags != m.flags or old.keywords != m.keywords or self.condstore:
                     changed.append(m.uid)
+        # new keywords are told before the FETCH (or the EXISTS whose FETCH) carries them
+        out.extend(self.announce([*(infos[u] for u in changed), *new]))
         for uid in changed:
             seq = self.seq_of(uid)
             if seq is not None:

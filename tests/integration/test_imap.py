@@ -6,6 +6,7 @@ from __future__ import annotations
 import imaplib
 import ssl
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import imapclient
@@ -159,3 +160,87 @@ class IMAPClient(IMAPService):
         self.assertIn((3, b"EXISTS"), out["idle"])
         self.assertLess(out["idle_seconds"], 3.0)
         self.assertEqual(out["status"], {b"MESSAGES": 1, b"UIDNEXT": 2})
+
+
+class RecordingIMAP4(imaplib.IMAP4):
+    """imaplib, keeping every line the server sent in order (imaplib files untagged responses
+    by type, which loses the order this test is about)."""
+
+    lines: list[bytes]
+
+    def __init__(self, host: str, port: int) -> None:
+        self.lines = []
+        super().__init__(host, port, timeout=10)
+
+    def _get_line(self) -> bytes:
+        line = super()._get_line()
+        self.lines.append(line)
+        return line
+
+    def take(self) -> list[bytes]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+class KeywordsAnnounced(IMAPService):
+    """RFC 3501 7.2.6 with real clients in two sessions: a keyword set by one reaches the
+    other in FLAGS before any FETCH carries it (on NOOP, FETCH and during IDLE)."""
+
+    skip = None if imapclient is not None else "imapclient is not installed"
+
+    async def test_other_sessions_keywords_come_in_flags_first(self) -> None:
+        self.start_imap()
+
+        def sessions() -> dict:
+            out: dict = {}
+            with ExitStack() as stack:
+                one = stack.enter_context(RecordingIMAP4("127.0.0.1", self.imap_port))
+                two = stack.enter_context(RecordingIMAP4("127.0.0.1", self.imap_port))
+                three = stack.enter_context(
+                    imapclient.IMAPClient("127.0.0.1", port=self.imap_port, ssl=False, timeout=10)
+                )
+                for client in (one, two, three):
+                    client.login(USER, "any")
+                for n in range(2):
+                    one.append("INBOX", None, None, f"Subject: n{n}\r\n\r\nbody\r\n".encode())
+                one.select("INBOX")
+                two.select("INBOX")
+                three.select_folder("INBOX")
+                two.take()
+                one.store("1", "+FLAGS", "($New)")
+                two.noop()
+                out["noop"] = two.take()
+                one.store("2", "+FLAGS", "($Other)")
+                two.fetch("2", "(FLAGS)")
+                out["fetch"] = two.take()
+                three.idle()
+                one.store("1", "+FLAGS", "($Idle)")
+                seen: list = []
+                deadline = time.monotonic() + 10
+                while not any(b"FETCH" in r for r in seen) and time.monotonic() < deadline:
+                    seen += three.idle_check(timeout=5)
+                three.idle_done()
+                out["idle"] = seen
+            return out
+
+        out = await self.in_thread(sessions)
+
+        def first(lines: list[bytes], prefix: bytes) -> int:
+            found = [i for i, line in enumerate(lines) if line.startswith(prefix)]
+            self.assertTrue(found, f"no {prefix!r} in {lines!r}")
+            return found[0]
+
+        noop = out["noop"]
+        self.assertLess(first(noop, b"* FLAGS ("), first(noop, b"* 1 FETCH"), noop)
+        self.assertIn(b"$New)", noop[first(noop, b"* FLAGS (")])
+        self.assertIn(b"$New", noop[first(noop, b"* 1 FETCH")])
+        self.assertIn(b"* OK [PERMANENTFLAGS (", noop[first(noop, b"* FLAGS (") + 1])
+        fetch = out["fetch"]
+        flags = first(fetch, b"* FLAGS (")
+        self.assertIn(b"$Other", fetch[flags])
+        carrying = [i for i, line in enumerate(fetch) if b"$Other" in line and b"FETCH" in line]
+        self.assertTrue(carrying and min(carrying) > flags, fetch)
+        idle = out["idle"]
+        kinds = [r[1] if isinstance(r[0], int) else r[0] for r in idle]
+        self.assertLess(kinds.index(b"FLAGS"), kinds.index(b"FETCH"), idle)
+        self.assertIn(b"$Idle", idle[kinds.index(b"FLAGS")][1])
