@@ -652,12 +652,11 @@ ADDRESS_NEEDLES = (
 )  # fmt: skip
 
 
+@requires(dovecot_imap())
 class AddressesAgreeWithDovecot(SynchronousTestCase):
     """SEARCH FROM over address fields that need a real parser (CFWS, groups, routes, quoted
     local parts, encoded and UTF-8 names, a display name alone) finds what Dovecot finds;
     and imaptest's search-addresses messages give Dovecot's answers too."""
-
-    skip = _dovecot_skip()
 
     def ask(self, messages: list[bytes], queries: list[tuple[str, bytes]]) -> list[set[int]]:
         base = Path(tempfile.mkdtemp(prefix="mh-dv-"))
