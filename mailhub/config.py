@@ -43,6 +43,48 @@ PRODUCTION_PORTS = {
     "web": 8025,
 }
 
+# The dev stack's listeners bind this address unless told otherwise (tap's --interface).
+DEV_INTERFACE = "127.0.0.1"
+
+
+def dev_listener(name: str, interface: str = DEV_INTERFACE) -> tuple[str, ...]:
+    """The dev stack's endpoint for one listener kind: its DEV_PORTS port on ``interface``."""
+    # Endpoint strings escape the colons of an IPv6 address ("::" -> "\\:\\:").
+    where = interface.replace(":", "\\:")
+    return (f"tcp:{DEV_PORTS[name]}:interface={where}",)
+
+
+@dataclass(frozen=True)
+class ModeDefault:
+    """A setting whose default depends on ``[server] dev``."""
+
+    production: Any
+    dev: Any
+
+    def __call__(self, dev: bool) -> Any:
+        return self.dev if dev else self.production
+
+
+# THE table of settings whose default differs between production and the dev stack, keyed as
+# the README's configuration reference writes them. Config loading (a file with ``dev = true``),
+# dev_config() (no --config) and the twistd options all take their defaults from here, and
+# tests/test_readme.py checks the README's "production / dev" column against it. Everything else
+# defaults the same in both; what dev changes beyond defaults (any login works, a self-signed
+# certificate) is behaviour keyed on Config.dev itself.
+MODE_DEFAULTS: Mapping[str, ModeDefault] = {
+    "[server] hostname": ModeDefault(None, "localhost"),  # None: this host's FQDN
+    "[server] data_dir": ModeDefault("/var/lib/mailhub", "./mailhub-data"),
+    "[server] dev": ModeDefault(False, True),
+    "[domains] accept_any": ModeDefault(False, True),  # a mail catcher: every address is ours
+    # Production listens only where the file says; the dev stack on its loopback ports.
+    **{f"[listeners] {name}": ModeDefault((), dev_listener(name)) for name in DEV_PORTS},
+    # Any login works on the dev stack (DevChecker); an app should not fight it over TLS or
+    # sender addresses.
+    "[smtp] restrict_sender": ModeDefault(True, False),
+    "[smtp] auth_without_tls_on_loopback": ModeDefault(False, True),
+    "[web] login": ModeDefault(True, False),  # the dev page listens on loopback only
+}
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -250,28 +292,30 @@ class ConfigError(Exception):
 
 
 def dev_config(
-    data_dir: Path | str = "mailhub-data",
+    data_dir: Path | str | None = None,
     hostname: str | None = None,
-    interface: str = "127.0.0.1",
+    interface: str = DEV_INTERFACE,
 ) -> Config:
     """The zero-config development stack: loopback only (unless ``interface`` says otherwise, as
-    in a container), every address accepted, nothing leaves."""
-    # Endpoint strings escape the colons of an IPv6 address ("::" -> "\\:\\:").
-    where = interface.replace(":", "\\:")
+    in a container), every address accepted, nothing leaves. The same Config as a file holding
+    only ``dev = true`` (MODE_DEFAULTS)."""
+
+    def default(key: str) -> Any:
+        return MODE_DEFAULTS[key].dev
+
     return Config(
         source=DEV_SOURCE,
-        hostname=hostname or "localhost",
-        data_dir=Path(data_dir).absolute(),
+        hostname=hostname or default("[server] hostname"),
+        data_dir=Path(data_dir or default("[server] data_dir")).absolute(),
         dev=True,
-        domains=DomainsConfig(accept_any=True),
-        listeners=ListenersConfig(
-            **{name: (f"tcp:{port}:interface={where}",) for name, port in DEV_PORTS.items()}
-        ),
+        domains=DomainsConfig(accept_any=default("[domains] accept_any")),
+        listeners=ListenersConfig(**{name: dev_listener(name, interface) for name in DEV_PORTS}),
         limits=Limits(),
-        # Any login works on the dev stack (DevChecker); an app should not fight it over TLS or
-        # sender addresses.
-        smtp=SMTPConfig(restrict_sender=False, auth_without_tls_on_loopback=True),
-        web=WebConfig(login=False),
+        smtp=SMTPConfig(
+            restrict_sender=default("[smtp] restrict_sender"),
+            auth_without_tls_on_loopback=default("[smtp] auth_without_tls_on_loopback"),
+        ),
+        web=WebConfig(login=default("[web] login")),
     )
 
 
@@ -414,11 +458,11 @@ def normalise_domain(domain: str) -> str:
     return ascii_form
 
 
-def _domains(source: str, table: Mapping[str, Any]) -> DomainsConfig:
+def _domains(source: str, table: Mapping[str, Any], dev: bool) -> DomainsConfig:
     r = _Reader(source, "domains", table)
     local = r.strings("local", ())
     catch_all = r.strings("catch_all", ())
-    accept_any = r.boolean("accept_any", False)
+    accept_any = r.boolean("accept_any", MODE_DEFAULTS["[domains] accept_any"](dev))
     r.finish()
 
     def clean(key: str, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -438,9 +482,11 @@ def _domains(source: str, table: Mapping[str, Any]) -> DomainsConfig:
     return DomainsConfig(local=local_t, catch_all=catch_t, accept_any=accept_any)
 
 
-def _listeners(source: str, table: Mapping[str, Any], reactor: Any) -> ListenersConfig:
+def _listeners(source: str, table: Mapping[str, Any], reactor: Any, dev: bool) -> ListenersConfig:
     r = _Reader(source, "listeners", table)
-    values = {name: r.strings(name, ()) for name in DEV_PORTS}
+    values = {
+        name: r.strings(name, MODE_DEFAULTS[f"[listeners] {name}"](dev)) for name in DEV_PORTS
+    }
     r.finish()
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -584,7 +630,7 @@ def _queue(source: str, table: Mapping[str, Any]) -> QueueConfig:
 def _web(source: str, table: Mapping[str, Any], dev: bool) -> WebConfig:
     r = _Reader(source, "web", table)
     d = WebConfig()
-    login = r.boolean("login", not dev)
+    login = r.boolean("login", MODE_DEFAULTS["[web] login"](dev))
     admins = []
     for address in r.strings("admins", ()):
         local, at, domain = address.strip().rpartition("@")
@@ -691,9 +737,16 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     base = Path.cwd()
 
     server = _Reader(source, "server", doc.get("server", {}))
-    hostname = server.string("hostname", socket.getfqdn() or "localhost")
-    data = server.path("data_dir", Path("/var/lib/mailhub"), base, must_exist=False)
-    dev = server.boolean("dev", False)
+    # dev first: it picks the default of every setting in MODE_DEFAULTS.
+    dev = server.boolean("dev", MODE_DEFAULTS["[server] dev"].production)
+
+    def default(key: str) -> Any:
+        return MODE_DEFAULTS[key](dev)
+
+    hostname = server.string("hostname", default("[server] hostname") or socket.getfqdn())
+    hostname = hostname or "localhost"
+    data_default = Path(default("[server] data_dir"))
+    data = server.path("data_dir", base / data_default, base, must_exist=False)
     server.finish()
     try:
         hostname = normalise_domain(hostname)
@@ -736,9 +789,9 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         ),
         expn=smtp_r.boolean("expn", s.expn),
         banner=smtp_r.string("banner", s.banner),
-        restrict_sender=smtp_r.boolean("restrict_sender", s.restrict_sender),
+        restrict_sender=smtp_r.boolean("restrict_sender", default("[smtp] restrict_sender")),
         auth_without_tls_on_loopback=smtp_r.boolean(
-            "auth_without_tls_on_loopback", s.auth_without_tls_on_loopback
+            "auth_without_tls_on_loopback", default("[smtp] auth_without_tls_on_loopback")
         ),
     )
     smtp_r.finish()
@@ -773,7 +826,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     aliases_file = files.path("aliases", None, base, must_exist=True)
     files.finish()
 
-    domains = _domains(source, doc.get("domains", {}))
+    domains = _domains(source, doc.get("domains", {}), dev)
     if not domains.local and not domains.accept_any:
         raise ConfigError(
             source,
@@ -781,7 +834,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
             "no local domains: this server would accept no mail",
             'add local = ["example.com"] (or accept_any = true for a catch-everything test server)',
         )
-    listeners = _listeners(source, doc.get("listeners", {}), reactor)
+    listeners = _listeners(source, doc.get("listeners", {}), reactor, dev)
     queue = _queue(source, doc.get("queue", {}))
     relay = _relay(source, doc.get("relay", {}), base)
     web = _web(source, doc.get("web", {}), dev)

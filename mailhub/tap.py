@@ -13,15 +13,19 @@ import ipaddress
 from twisted.application.service import IService, Service
 from twisted.python import usage
 
-from mailhub.config import ConfigError, dev_config, load
+from mailhub.config import DEV_INTERFACE, DEV_PORTS, MODE_DEFAULTS, ConfigError, dev_config, load
+
+# The help texts show the dev stack's defaults from the one table config.py keeps.
+_DEV_DATA = MODE_DEFAULTS["[server] data_dir"].dev
 
 
 class Options(usage.Options):
     synopsis = "[--config FILE] [--data DIR] [--interface ADDR]"
     longdesc = (
-        "Without --config, starts the development stack: SMTP on 127.0.0.1:1025 accepts mail for "
-        "any address and keeps it in DIR/mail (default ./mailhub-data). With --config, runs as "
-        "configured in the TOML file (see etc/mailhub.toml)."
+        f"Without --config, starts the development stack: SMTP on {DEV_INTERFACE}:"
+        f"{DEV_PORTS['smtp']} accepts mail for any address and keeps it in DIR/mail (default "
+        f"{_DEV_DATA}). With --config, runs as configured in the TOML file (see "
+        "etc/mailhub.toml); dev = true there gives the same defaults."
     )
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: development stack)."],
@@ -29,13 +33,13 @@ class Options(usage.Options):
             "data",
             "d",
             None,
-            "Data directory (overrides [server] data_dir; default ./mailhub-data)",
+            f"Data directory (overrides [server] data_dir; default {_DEV_DATA})",
         ],
         [
             "interface",
             "i",
             None,
-            "Development stack only: the address its listeners bind (default 127.0.0.1; "
+            f"Development stack only: the address its listeners bind (default {DEV_INTERFACE}; "
             "0.0.0.0 or :: in a container). Any login works there: never on a shared network.",
         ],
     ]
@@ -64,9 +68,7 @@ def makeService(options: Options) -> IService:
         if options["config"]:
             config = load(options["config"], data_dir=options["data"])
         else:
-            config = dev_config(
-                options["data"] or "mailhub-data", interface=options["interface"] or "127.0.0.1"
-            )
+            config = dev_config(options["data"], interface=options["interface"] or DEV_INTERFACE)
     except ConfigError as e:
         # One clear message and a non-zero exit, never a traceback: twistd prints SystemExit.
         raise SystemExit(f"mailhub: configuration error in {e}") from None
