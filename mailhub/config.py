@@ -117,6 +117,10 @@ class Limits:
     imap_max_line_length: int = 65536
     # RFC 1939 3: a POP3 inactivity autologout timer must be at least 10 minutes.
     pop3_idle_timeout: float = 600.0
+    # listen(2) backlog of every listener that does not name its own (endpoint ``backlog=``).
+    # Twisted's default of 50 left 500 of a burst of 1,000 connections unanswered for 15 s
+    # (SYN retries); Linux caps it at net.core.somaxconn (4096 since 5.4).
+    listen_backlog: int = 1024
 
 
 @dataclass(frozen=True)
@@ -778,6 +782,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         pop3_idle_timeout=float(
             limits_r.number("pop3_idle_timeout", d.pop3_idle_timeout, 1, integer=False)
         ),
+        listen_backlog=limits_r.number("listen_backlog", d.listen_backlog, minimum=1),
     )
     limits_r.finish()
 

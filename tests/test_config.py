@@ -320,3 +320,12 @@ class AuthSettings(SynchronousTestCase):
         ):
             err = self.assertRaises(ConfigError, self.load_text, text)
             self.assertIn(key, str(err))
+
+
+class ListenBacklog(SynchronousTestCase):
+    def test_key(self) -> None:
+        path = Path(self.mktemp())
+        path.write_text('[domains]\nlocal = ["a.example"]\n[limits]\nlisten_backlog = 4096\n')
+        self.assertEqual(load(path).limits.listen_backlog, 4096)
+        path.write_text('[domains]\nlocal = ["a.example"]\n[limits]\nlisten_backlog = 0\n')
+        self.assertIn("[limits] listen_backlog", str(self.assertRaises(ConfigError, load, path)))
