@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -227,6 +228,10 @@ class WebConfig:
     poll_interval: float = 1.0
     # The longest /api/v1/wait long poll a client may ask for (seconds).
     max_wait: float = 300.0
+    # Host names (or addresses) the page answers to besides loopback names and addresses, the
+    # address a request arrived on and [server] hostname: the DNS rebinding defence
+    # (mailhub.web.access.HostCheck) answers any other Host with 421.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -299,6 +304,7 @@ def dev_config(
     data_dir: Path | str | None = None,
     hostname: str | None = None,
     interface: str = DEV_INTERFACE,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> Config:
     """The zero-config development stack: loopback only (unless ``interface`` says otherwise, as
     in a container), every address accepted, nothing leaves. The same Config as a file holding
@@ -319,7 +325,10 @@ def dev_config(
             restrict_sender=default("[smtp] restrict_sender"),
             auth_without_tls_on_loopback=default("[smtp] auth_without_tls_on_loopback"),
         ),
-        web=WebConfig(login=default("[web] login")),
+        web=WebConfig(
+            login=default("[web] login"),
+            allowed_hosts=tuple(allowed_host(name) for name in allowed_hosts),
+        ),
     )
 
 
@@ -631,6 +640,15 @@ def _queue(source: str, table: Mapping[str, Any]) -> QueueConfig:
     return queue
 
 
+def allowed_host(name: str) -> str:
+    """A web Host allow-list entry: an IP address, or a domain name in A-label form."""
+    text = name.strip()
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        return normalise_domain(text)
+
+
 def _web(source: str, table: Mapping[str, Any], dev: bool) -> WebConfig:
     r = _Reader(source, "web", table)
     d = WebConfig()
@@ -646,11 +664,20 @@ def _web(source: str, table: Mapping[str, Any], dev: bool) -> WebConfig:
             raise ConfigError(
                 source, "[web] admins", str(e), 'admins = ["ops@example.com"]'
             ) from None
+    allowed_hosts = []
+    for name in r.strings("allowed_hosts", ()):
+        try:
+            allowed_hosts.append(allowed_host(name))
+        except ValueError as e:
+            raise ConfigError(
+                source, "[web] allowed_hosts", str(e), 'allowed_hosts = ["mail.internal"]'
+            ) from None
     web = WebConfig(
         login=login,
         admins=tuple(admins),
         poll_interval=float(r.number("poll_interval", d.poll_interval, 0.05, integer=False)),
         max_wait=float(r.number("max_wait", d.max_wait, 1, integer=False)),
+        allowed_hosts=tuple(allowed_hosts),
     )
     r.finish()
     return web
