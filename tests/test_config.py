@@ -329,3 +329,18 @@ class ListenBacklog(SynchronousTestCase):
         self.assertEqual(load(path).limits.listen_backlog, 4096)
         path.write_text('[domains]\nlocal = ["a.example"]\n[limits]\nlisten_backlog = 0\n')
         self.assertIn("[limits] listen_backlog", str(self.assertRaises(ConfigError, load, path)))
+
+
+class TwoDomainsExample(SynchronousTestCase):
+    def test_the_two_instances_can_run_side_by_side(self) -> None:
+        """Both say dev = true (any login, the dev certificate) but neither is a mail catcher,
+        and they share no port (MODE_DEFAULTS would give both the dev ports)."""
+        a, b = (load(ETC / "two-domains" / f"{name}.toml") for name in "ab")
+        ports = []
+        for config in (a, b):
+            self.assertTrue(config.dev)
+            self.assertFalse(config.domains.accept_any)
+            for name in DEV_PORTS:
+                ports += getattr(config.listeners, name)
+        self.assertEqual(len(ports), len(set(ports)))
+        self.assertEqual(len(ports), 4)
