@@ -111,7 +111,8 @@ class Root(Resource):
             return ApiError(
                 421,
                 f"this server does not answer to Host {shown!r} (DNS rebinding protection): "
-                "use localhost or its address, or add the name to [web] allowed_hosts",
+                "use localhost or its address, or add the name to [web] allowed_hosts "
+                "(dev stack: --allowed-host)",
             )
         return None
 
