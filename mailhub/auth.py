@@ -6,6 +6,7 @@
   and CPU a burst of logins can take. The avatar ID is the canonical address.
 - ``DevChecker`` is the dev stack's: any username and password is accepted, and the user is
   created (its mailbox) on first login. Nothing is written but the mailbox: no password hashes.
+  The name must be an address by SMTP's rules (``dev_login_address``): it becomes a directory.
 - ``MailRealm`` turns an avatar ID into a ``MailUser`` (``IMailUser``); the IMAP and POP3
   services register factories for their own avatar interfaces (``IAccount``, ``IMailbox``) over
   the same user.
@@ -18,6 +19,7 @@ Passwords never reach a log line, a repr or an exception message.
 from __future__ import annotations
 
 import hmac
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -35,6 +37,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import Attribute, Interface, implementer
 from zope.interface.interface import InterfaceClass
 
+from mailhub.smtp.address import AddressError, parse_path, quote_local_part
 from mailhub.users import UserDB, canonical_user
 
 log = Logger()
@@ -144,6 +147,49 @@ class PasswordCredentials:
         return hmac.compare_digest(self.password, password)
 
 
+# --- dev login names ---------------------------------------------------------------------------
+
+# RFC 8264 9.11-9.14 / RFC 8265 3.3 (PRECIS usernames): controls, format characters (the bidi
+# overrides such as U+202E that make a name read backwards), surrogates, private-use and
+# unassigned code points, and spaces have no place in a name that becomes a directory.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+# atext in RFC 5321, but IMAP's LIST wildcards (RFC 3501 6.3.8) and the "%-hack" route
+# separator: a mailbox directory named with them is a trap for clients and shell globs.
+_REFUSED_IN_LOCAL_PART = "*%"
+# RFC 5321 4.5.3.1.1: a local part is at most 64 octets.
+MAX_LOCAL_PART_OCTETS = 64
+
+
+def dev_login_address(name: str, default_domain: str = "localhost") -> str:
+    """A dev stack login name -> the canonical address whose mailbox it gets, or ValueError.
+
+    Parsed as an SMTP path (RFC 5321 4.1.2 with RFC 6531 UTF-8, A-labels checked as RCPT TO
+    checks them), then held to what may name a mailbox directory: an unquoted local part of
+    at most 64 octets without ``*``, ``%`` or ``+`` (a tag), a domain name (no address
+    literal), and no control, format or space characters anywhere."""
+    if "@" not in name:
+        name = f"{name}@{default_domain}"
+    for ch in name:
+        if unicodedata.category(ch) in _REFUSED_CATEGORIES:
+            raise ValueError(f"U+{ord(ch):04X} is not allowed in a login name")
+    try:
+        mailbox, rest = parse_path(f"<{name}>")
+    except AddressError as e:
+        raise ValueError(str(e)) from None
+    if rest or mailbox.written != name:
+        raise ValueError("not a plain address (no source route)")
+    if mailbox.is_literal:
+        raise ValueError("the domain must be a name, not an address literal")
+    local = mailbox.local
+    if quote_local_part(local) != local:
+        raise ValueError("a quoted local part cannot name a mailbox")
+    if any(c in local for c in _REFUSED_IN_LOCAL_PART):
+        raise ValueError("'*' and '%' are not allowed in a login name")
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART_OCTETS:
+        raise ValueError(f"local part longer than {MAX_LOCAL_PART_OCTETS} octets")
+    return canonical_user(f"{local}@{mailbox.domain}")
+
+
 # --- checkers ----------------------------------------------------------------------------------
 
 
@@ -193,12 +239,10 @@ class DevChecker:
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
         name = _text(credentials.username)
-        if name is not None and "@" not in name:
-            name = f"{name}@{self._default_domain}"
         try:
             if name is None:
                 raise ValueError("not UTF-8")
-            address = canonical_user(name)
+            address = dev_login_address(name, self._default_domain)
         except ValueError:
             log.info("dev login refused for {username}", username=_loggable(credentials.username))
             return fail(UnauthorizedLogin("not a usable address"))

@@ -18,7 +18,7 @@ from mailhub.store.errors import StoreError
 def _config(args: argparse.Namespace) -> Config:
     if args.config:
         return load(args.config, data_dir=args.data)
-    return dev_config(args.data or "mailhub-data")
+    return dev_config(args.data)
 
 
 def _store(config: Config):  # -> MailStore; imported late so check-config stays light

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -41,6 +42,48 @@ PRODUCTION_PORTS = {
     "pop3": 110,
     "pop3s": 995,
     "web": 8025,
+}
+
+# The dev stack's listeners bind this address unless told otherwise (tap's --interface).
+DEV_INTERFACE = "127.0.0.1"
+
+
+def dev_listener(name: str, interface: str = DEV_INTERFACE) -> tuple[str, ...]:
+    """The dev stack's endpoint for one listener kind: its DEV_PORTS port on ``interface``."""
+    # Endpoint strings escape the colons of an IPv6 address ("::" -> "\\:\\:").
+    where = interface.replace(":", "\\:")
+    return (f"tcp:{DEV_PORTS[name]}:interface={where}",)
+
+
+@dataclass(frozen=True)
+class ModeDefault:
+    """A setting whose default depends on ``[server] dev``."""
+
+    production: Any
+    dev: Any
+
+    def __call__(self, dev: bool) -> Any:
+        return self.dev if dev else self.production
+
+
+# THE table of settings whose default differs between production and the dev stack, keyed as
+# the README's configuration reference writes them. Config loading (a file with ``dev = true``),
+# dev_config() (no --config) and the twistd options all take their defaults from here, and
+# tests/test_readme.py checks the README's "production / dev" column against it. Everything else
+# defaults the same in both; what dev changes beyond defaults (any login works, a self-signed
+# certificate) is behaviour keyed on Config.dev itself.
+MODE_DEFAULTS: Mapping[str, ModeDefault] = {
+    "[server] hostname": ModeDefault(None, "localhost"),  # None: this host's FQDN
+    "[server] data_dir": ModeDefault("/var/lib/mailhub", "./mailhub-data"),
+    "[server] dev": ModeDefault(False, True),
+    "[domains] accept_any": ModeDefault(False, True),  # a mail catcher: every address is ours
+    # Production listens only where the file says; the dev stack on its loopback ports.
+    **{f"[listeners] {name}": ModeDefault((), dev_listener(name)) for name in DEV_PORTS},
+    # Any login works on the dev stack (DevChecker); an app should not fight it over TLS or
+    # sender addresses.
+    "[smtp] restrict_sender": ModeDefault(True, False),
+    "[smtp] auth_without_tls_on_loopback": ModeDefault(False, True),
+    "[web] login": ModeDefault(True, False),  # the dev page listens on loopback only
 }
 
 
@@ -93,6 +136,11 @@ class Limits:
     imap_max_line_length: int = 65536
     # RFC 1939 3: a POP3 inactivity autologout timer must be at least 10 minutes.
     pop3_idle_timeout: float = 600.0
+    # listen(2) backlog of every listener that does not name its own (endpoint ``backlog=``).
+    # Twisted's default of 50 left over half of a burst of 1,000 connections without a greeting
+    # for 15 s and more (measured: 409 greeted in 20 s; with 1024 all in 0.2 s). Linux caps it
+    # at net.core.somaxconn (4096 since 5.4).
+    listen_backlog: int = 1024
 
 
 @dataclass(frozen=True)
@@ -199,6 +247,10 @@ class WebConfig:
     poll_interval: float = 1.0
     # The longest /api/v1/wait long poll a client may ask for (seconds).
     max_wait: float = 300.0
+    # Host names (or addresses) the page answers to besides loopback names and addresses, the
+    # address a request arrived on and [server] hostname: the DNS rebinding defence
+    # (mailhub.web.access.HostCheck) answers any other Host with 421.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -268,28 +320,34 @@ class ConfigError(Exception):
 
 
 def dev_config(
-    data_dir: Path | str = "mailhub-data",
+    data_dir: Path | str | None = None,
     hostname: str | None = None,
-    interface: str = "127.0.0.1",
+    interface: str = DEV_INTERFACE,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> Config:
     """The zero-config development stack: loopback only (unless ``interface`` says otherwise, as
-    in a container), every address accepted, nothing leaves."""
-    # Endpoint strings escape the colons of an IPv6 address ("::" -> "\\:\\:").
-    where = interface.replace(":", "\\:")
+    in a container), every address accepted, nothing leaves. The same Config as a file holding
+    only ``dev = true`` (MODE_DEFAULTS)."""
+
+    def default(key: str) -> Any:
+        return MODE_DEFAULTS[key].dev
+
     return Config(
         source=DEV_SOURCE,
-        hostname=hostname or "localhost",
-        data_dir=Path(data_dir).absolute(),
+        hostname=hostname or default("[server] hostname"),
+        data_dir=Path(data_dir or default("[server] data_dir")).absolute(),
         dev=True,
-        domains=DomainsConfig(accept_any=True),
-        listeners=ListenersConfig(
-            **{name: (f"tcp:{port}:interface={where}",) for name, port in DEV_PORTS.items()}
-        ),
+        domains=DomainsConfig(accept_any=default("[domains] accept_any")),
+        listeners=ListenersConfig(**{name: dev_listener(name, interface) for name in DEV_PORTS}),
         limits=Limits(),
-        # Any login works on the dev stack (DevChecker); an app should not fight it over TLS or
-        # sender addresses.
-        smtp=SMTPConfig(restrict_sender=False, auth_without_tls_on_loopback=True),
-        web=WebConfig(login=False),
+        smtp=SMTPConfig(
+            restrict_sender=default("[smtp] restrict_sender"),
+            auth_without_tls_on_loopback=default("[smtp] auth_without_tls_on_loopback"),
+        ),
+        web=WebConfig(
+            login=default("[web] login"),
+            allowed_hosts=tuple(allowed_host(name) for name in allowed_hosts),
+        ),
     )
 
 
@@ -432,11 +490,11 @@ def normalise_domain(domain: str) -> str:
     return ascii_form
 
 
-def _domains(source: str, table: Mapping[str, Any]) -> DomainsConfig:
+def _domains(source: str, table: Mapping[str, Any], dev: bool) -> DomainsConfig:
     r = _Reader(source, "domains", table)
     local = r.strings("local", ())
     catch_all = r.strings("catch_all", ())
-    accept_any = r.boolean("accept_any", False)
+    accept_any = r.boolean("accept_any", MODE_DEFAULTS["[domains] accept_any"](dev))
     r.finish()
 
     def clean(key: str, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -456,9 +514,11 @@ def _domains(source: str, table: Mapping[str, Any]) -> DomainsConfig:
     return DomainsConfig(local=local_t, catch_all=catch_t, accept_any=accept_any)
 
 
-def _listeners(source: str, table: Mapping[str, Any], reactor: Any) -> ListenersConfig:
+def _listeners(source: str, table: Mapping[str, Any], reactor: Any, dev: bool) -> ListenersConfig:
     r = _Reader(source, "listeners", table)
-    values = {name: r.strings(name, ()) for name in DEV_PORTS}
+    values = {
+        name: r.strings(name, MODE_DEFAULTS[f"[listeners] {name}"](dev)) for name in DEV_PORTS
+    }
     r.finish()
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -608,10 +668,19 @@ def _queue(source: str, table: Mapping[str, Any]) -> QueueConfig:
     return queue
 
 
+def allowed_host(name: str) -> str:
+    """A web Host allow-list entry: an IP address, or a domain name in A-label form."""
+    text = name.strip()
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        return normalise_domain(text)
+
+
 def _web(source: str, table: Mapping[str, Any], dev: bool) -> WebConfig:
     r = _Reader(source, "web", table)
     d = WebConfig()
-    login = r.boolean("login", not dev)
+    login = r.boolean("login", MODE_DEFAULTS["[web] login"](dev))
     admins = []
     for address in r.strings("admins", ()):
         local, at, domain = address.strip().rpartition("@")
@@ -623,11 +692,20 @@ def _web(source: str, table: Mapping[str, Any], dev: bool) -> WebConfig:
             raise ConfigError(
                 source, "[web] admins", str(e), 'admins = ["ops@example.com"]'
             ) from None
+    allowed_hosts = []
+    for name in r.strings("allowed_hosts", ()):
+        try:
+            allowed_hosts.append(allowed_host(name))
+        except ValueError as e:
+            raise ConfigError(
+                source, "[web] allowed_hosts", str(e), 'allowed_hosts = ["mail.internal"]'
+            ) from None
     web = WebConfig(
         login=login,
         admins=tuple(admins),
         poll_interval=float(r.number("poll_interval", d.poll_interval, 0.05, integer=False)),
         max_wait=float(r.number("max_wait", d.max_wait, 1, integer=False)),
+        allowed_hosts=tuple(allowed_hosts),
     )
     r.finish()
     return web
@@ -718,9 +796,16 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     base = Path.cwd()
 
     server = _Reader(source, "server", doc.get("server", {}))
-    hostname = server.string("hostname", socket.getfqdn() or "localhost")
-    data = server.path("data_dir", Path("/var/lib/mailhub"), base, must_exist=False)
-    dev = server.boolean("dev", False)
+    # dev first: it picks the default of every setting in MODE_DEFAULTS.
+    dev = server.boolean("dev", MODE_DEFAULTS["[server] dev"].production)
+
+    def default(key: str) -> Any:
+        return MODE_DEFAULTS[key](dev)
+
+    fqdn = default("[server] hostname") or socket.getfqdn() or "localhost"
+    hostname = server.string("hostname", fqdn)
+    data_default = Path(default("[server] data_dir"))
+    data = server.path("data_dir", base / data_default, base, must_exist=False)
     server.finish()
     try:
         hostname = normalise_domain(hostname)
@@ -762,6 +847,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         pop3_idle_timeout=float(
             limits_r.number("pop3_idle_timeout", d.pop3_idle_timeout, 1, integer=False)
         ),
+        listen_backlog=limits_r.number("listen_backlog", d.listen_backlog, minimum=1),
     )
     limits_r.finish()
 
@@ -773,9 +859,9 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         ),
         expn=smtp_r.boolean("expn", s.expn),
         banner=smtp_r.string("banner", s.banner),
-        restrict_sender=smtp_r.boolean("restrict_sender", s.restrict_sender),
+        restrict_sender=smtp_r.boolean("restrict_sender", default("[smtp] restrict_sender")),
         auth_without_tls_on_loopback=smtp_r.boolean(
-            "auth_without_tls_on_loopback", s.auth_without_tls_on_loopback
+            "auth_without_tls_on_loopback", default("[smtp] auth_without_tls_on_loopback")
         ),
     )
     smtp_r.finish()
@@ -810,7 +896,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     aliases_file = files.path("aliases", None, base, must_exist=True)
     files.finish()
 
-    domains = _domains(source, doc.get("domains", {}))
+    domains = _domains(source, doc.get("domains", {}), dev)
     if not domains.local and not domains.accept_any:
         raise ConfigError(
             source,
@@ -818,7 +904,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
             "no local domains: this server would accept no mail",
             'add local = ["example.com"] (or accept_any = true for a catch-everything test server)',
         )
-    listeners = _listeners(source, doc.get("listeners", {}), reactor)
+    listeners = _listeners(source, doc.get("listeners", {}), reactor, dev)
     queue = _queue(source, doc.get("queue", {}))
     relay = _relay(source, doc.get("relay", {}), base)
     web = _web(source, doc.get("web", {}), dev)

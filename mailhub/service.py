@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,18 @@ log = Logger()
 TMP_CLEAN_INTERVAL = 3600.0
 
 
+# Endpoint types whose parser takes ``backlog=`` (Twisted's tcp, tcp6, ssl and unix).
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
+
+
+def with_backlog(description: str, backlog: int) -> str:
+    """The endpoint string with ``backlog=`` added, unless it names one or takes none."""
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind not in _BACKLOG_TYPES or re.search(r"(?<!\\):backlog=", description):
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 class ListenerService(StreamServerEndpointService):
     """One endpoint from the config; remembers which config key it came from for error messages."""
 
@@ -57,7 +70,8 @@ class ListenerService(StreamServerEndpointService):
     _raiseSynchronously = True
 
     def __init__(self, config: Config, key: str, description: str, factory: Factory) -> None:
-        super().__init__(serverFromString(_reactor(), description), factory)
+        endpoint = with_backlog(description, config.limits.listen_backlog)
+        super().__init__(serverFromString(_reactor(), endpoint), factory)
         self.config_source, self.key, self.description = config.source, key, description
         self.setName(f"{key}:{description}")
 

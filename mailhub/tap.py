@@ -13,15 +13,27 @@ import ipaddress
 from twisted.application.service import IService, Service
 from twisted.python import usage
 
-from mailhub.config import ConfigError, dev_config, load
+from mailhub.config import (
+    DEV_INTERFACE,
+    DEV_PORTS,
+    MODE_DEFAULTS,
+    ConfigError,
+    allowed_host,
+    dev_config,
+    load,
+)
+
+# The help texts show the dev stack's defaults from the one table config.py keeps.
+_DEV_DATA = MODE_DEFAULTS["[server] data_dir"].dev
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--data DIR] [--interface ADDR]"
+    synopsis = "[--config FILE] [--data DIR] [--interface ADDR] [--allowed-host NAME ...]"
     longdesc = (
-        "Without --config, starts the development stack: SMTP on 127.0.0.1:1025 accepts mail for "
-        "any address and keeps it in DIR/mail (default ./mailhub-data). With --config, runs as "
-        "configured in the TOML file (see etc/mailhub.toml)."
+        f"Without --config, starts the development stack: SMTP on {DEV_INTERFACE}:"
+        f"{DEV_PORTS['smtp']} accepts mail for any address and keeps it in DIR/mail (default "
+        f"{_DEV_DATA}). With --config, runs as configured in the TOML file (see "
+        "etc/mailhub.toml); dev = true there gives the same defaults."
     )
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: development stack)."],
@@ -29,21 +41,38 @@ class Options(usage.Options):
             "data",
             "d",
             None,
-            "Data directory (overrides [server] data_dir; default ./mailhub-data)",
+            f"Data directory (overrides [server] data_dir; default {_DEV_DATA})",
         ],
         [
             "interface",
             "i",
             None,
-            "Development stack only: the address its listeners bind (default 127.0.0.1; "
+            f"Development stack only: the address its listeners bind (default {DEV_INTERFACE}; "
             "0.0.0.0 or :: in a container). Any login works there: never on a shared network.",
         ],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["allowed_hosts"] = []
+
+    def opt_allowed_host(self, name: str) -> None:
+        """Development stack only: one more Host name for the web page (repeatable)."""
+        # Besides localhost and the server's addresses, e.g. the docker-compose service name.
+        try:
+            self["allowed_hosts"].append(allowed_host(name))
+        except ValueError as e:
+            raise usage.UsageError(f"--allowed-host: {e}") from None
 
     def postOptions(self) -> None:
         if self["interface"] is not None and self["config"]:
             raise usage.UsageError(
                 "--interface is for the development stack; with --config set [listeners] instead"
+            )
+        if self["allowed_hosts"] and self["config"]:
+            raise usage.UsageError(
+                "--allowed-host is for the development stack; with --config set "
+                "[web] allowed_hosts instead"
             )
         if self["interface"] is not None and not _is_ip_address(self["interface"]):
             raise usage.UsageError(f"--interface: not an IP address: {self['interface']!r}")
@@ -65,7 +94,9 @@ def makeService(options: Options) -> IService:
             config = load(options["config"], data_dir=options["data"])
         else:
             config = dev_config(
-                options["data"] or "mailhub-data", interface=options["interface"] or "127.0.0.1"
+                options["data"],
+                interface=options["interface"] or DEV_INTERFACE,
+                allowed_hosts=tuple(options["allowed_hosts"]),
             )
     except ConfigError as e:
         # One clear message and a non-zero exit, never a traceback: twistd prints SystemExit.

@@ -26,6 +26,7 @@ from mailhub.auth import (
     MailUser,
     PasswordCredentials,
     UserDBChecker,
+    dev_login_address,
     make_portal,
     reactor_threads,
 )
@@ -168,6 +169,28 @@ class DevStack(SynchronousTestCase):
         for name in (b"../etc", b"a+b@x.test", b"\xff", b"a b@x.test", b""):
             self.failureResultOf(self.login(name), UnauthorizedLogin)
         self.assertEqual(self.created, [])
+
+    def test_names_are_addresses_by_smtp_rules(self) -> None:
+        """Issue 12, 5h: each of these became a mailbox directory."""
+        for name in (
+            "\u202egnp.exe@x.test",  # bidi override
+            "a\u200bb@x.test",  # zero-width space (a format character)
+            "*@x.test",
+            "a%b@x.test",
+            "%",
+            "x@x@x.test",
+            '"x@x"@x.test',
+            "a@xn--zz.test",  # an A-label that decodes to nothing valid
+            "a@[192.0.2.1]",
+            "a" * 65 + "@x.test",
+            "a@x.test.",
+            "a..b@x.test",
+        ):
+            self.failureResultOf(self.login(name.encode()), UnauthorizedLogin)
+            self.assertRaises(ValueError, dev_login_address, name)
+        self.assertEqual(self.created, [])
+        self.assertEqual(dev_login_address("Bücher@Bücher.example"), "bücher@xn--bcher-kva.example")
+        self.assertEqual(dev_login_address("o'neil.x", "dev.test"), "o'neil.x@dev.test")
 
     def test_writes_nothing_without_a_callback(self) -> None:
         checker = DevChecker()

@@ -10,6 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailhub.config import (
     DEV_PORTS,
     DEV_SOURCE,
+    MODE_DEFAULTS,
+    Config,
     ConfigError,
     Limits,
     dev_config,
@@ -50,6 +52,50 @@ class ShippedConfigs(SynchronousTestCase):
     def test_data_option_overrides_data_dir(self) -> None:
         config = load(ETC / "mailhub.toml", data_dir="/srv/mail")
         self.assertEqual(config.data_dir, Path("/srv/mail"))
+
+
+def setting(config: Config, key: str) -> object:
+    """The value of a README-style key ("[smtp] restrict_sender") in a loaded Config."""
+    section, name = key[1:].split("] ")
+    if section == "server":
+        return str(config.data_dir) if name == "data_dir" else getattr(config, name)
+    return getattr(getattr(config, section), name)
+
+
+class DevMode(SynchronousTestCase):
+    """``[server] dev = true`` in a file gives every dev default of MODE_DEFAULTS (issue 12, 3)."""
+
+    def load_text(self, text: str) -> Config:
+        path = Path(self.mktemp())
+        path.write_text(text)
+        return load(path)
+
+    def test_dev_true_alone_is_the_dev_stack(self) -> None:
+        loaded = self.load_text("[server]\ndev = true\n")
+        self.assertEqual(dataclasses.replace(loaded, source=DEV_SOURCE), dev_config())
+
+    def test_each_default_follows_the_table(self) -> None:
+        dev = self.load_text("[server]\ndev = true\n")
+        production = self.load_text('[domains]\nlocal = ["a.example"]\n')
+        for key, default in MODE_DEFAULTS.items():
+            expected_dev = default.dev
+            if key == "[server] data_dir":
+                expected_dev = str(Path(expected_dev).absolute())
+            self.assertEqual(setting(dev, key), expected_dev, key)
+            if default.production is not None:  # None: computed (the host's FQDN)
+                self.assertEqual(setting(production, key), default.production, key)
+
+    def test_dev_defaults_give_way_to_the_file(self) -> None:
+        config = self.load_text(
+            "[server]\ndev = true\n[smtp]\nrestrict_sender = true\n"
+            '[domains]\naccept_any = false\nlocal = ["a.example"]\n[listeners]\nweb = []\n'
+        )
+        self.assertTrue(config.dev)
+        self.assertTrue(config.smtp.restrict_sender)
+        self.assertTrue(config.smtp.auth_without_tls_on_loopback)
+        self.assertFalse(config.domains.accept_any)
+        self.assertEqual(config.listeners.web, ())
+        self.assertEqual(config.listeners.smtp, ("tcp:1025:interface=127.0.0.1",))
 
 
 class Mistakes(SynchronousTestCase):
@@ -274,3 +320,27 @@ class AuthSettings(SynchronousTestCase):
         ):
             err = self.assertRaises(ConfigError, self.load_text, text)
             self.assertIn(key, str(err))
+
+
+class ListenBacklog(SynchronousTestCase):
+    def test_key(self) -> None:
+        path = Path(self.mktemp())
+        path.write_text('[domains]\nlocal = ["a.example"]\n[limits]\nlisten_backlog = 4096\n')
+        self.assertEqual(load(path).limits.listen_backlog, 4096)
+        path.write_text('[domains]\nlocal = ["a.example"]\n[limits]\nlisten_backlog = 0\n')
+        self.assertIn("[limits] listen_backlog", str(self.assertRaises(ConfigError, load, path)))
+
+
+class TwoDomainsExample(SynchronousTestCase):
+    def test_the_two_instances_can_run_side_by_side(self) -> None:
+        """Both say dev = true (any login, the dev certificate) but neither is a mail catcher,
+        and they share no port (MODE_DEFAULTS would give both the dev ports)."""
+        a, b = (load(ETC / "two-domains" / f"{name}.toml") for name in "ab")
+        ports = []
+        for config in (a, b):
+            self.assertTrue(config.dev)
+            self.assertFalse(config.domains.accept_any)
+            for name in DEV_PORTS:
+                ports += getattr(config.listeners, name)
+        self.assertEqual(len(ports), len(set(ports)))
+        self.assertEqual(len(ports), 4)

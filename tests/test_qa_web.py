@@ -149,7 +149,7 @@ class ConcurrentWaits(WebQATestCase):
 
         def flood() -> tuple[int, int]:
             socks = []
-            request = b"GET /api/v1/wait?to=nobody@x&timeout=60 HTTP/1.1\r\nHost: x\r\n\r\n"
+            request = b"GET /api/v1/wait?to=nobody@x&timeout=60 HTTP/1.1\r\nHost: localhost\r\n\r\n"
             for _ in range(230):
                 s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
                 s.sendall(request)

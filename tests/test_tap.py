@@ -71,6 +71,14 @@ class MakeService(SynchronousTestCase):
         # With a config file the listeners are the config's.
         self.assertRaises(usage.UsageError, self.options, "--interface", "::", "--config", "x")
 
+    def test_allowed_hosts_for_the_dev_stack_web_page(self) -> None:
+        data = Path(self.mktemp()).absolute()
+        options = self.options("--data", str(data), "--allowed-host", "Mail", "--allowed-host=::1")
+        service = tap.makeService(options)
+        self.assertEqual(service.config.web.allowed_hosts, ("mail", "::1"))
+        self.assertRaises(usage.UsageError, self.options, "--allowed-host", "bad name")
+        self.assertRaises(usage.UsageError, self.options, "--allowed-host", "m", "--config", "x")
+
     def test_bad_config_is_a_clean_exit(self) -> None:
         path = Path(self.mktemp())
         path.write_text("[domains]\nlocal = 5\n")

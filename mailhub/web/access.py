@@ -1,4 +1,5 @@
-"""Who may use the web page and API: HTTP Basic login (RFC 7617) against the shared portal.
+"""Who may use the web page and API: which Host names it answers to (``HostCheck``, against DNS
+rebinding), and HTTP Basic login (RFC 7617) against the shared portal.
 
 Credentials travel in every request, so they are accepted only over TLS or from loopback (a
 TLS-terminating proxy on this host); elsewhere the answer is 403 and the password is never
@@ -12,7 +13,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from twisted.cred.portal import Portal
@@ -52,6 +55,70 @@ class LoginRefused(Exception):
 
 class LoginBusy(LoginRefused):
     """503: passwords cannot be checked now (the hashing queue is full)."""
+
+
+def host_name(header: str) -> str | None:
+    """The host of a Host header (RFC 9110 7.2: uri-host [":" port]), lower case, without the
+    port, brackets or a trailing dot; None when it is not of that form."""
+    text = header.strip().lower()
+    if text.startswith("["):  # IP-literal (RFC 3986 3.2.2)
+        name, bracket, port = text[1:].partition("]")
+        if not bracket:
+            return None
+    else:
+        name, colon, port = text.rpartition(":")
+        if not colon:
+            name, port = text, ""
+        elif ":" in name:
+            return None  # an IPv6 address must be in brackets
+    port = port.removeprefix(":")
+    if not name or (port and not port.isdigit()):
+        return None
+    return name.rstrip(".") or None
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # a dual-stack socket's view of an IPv4 client
+    return address
+
+
+class HostCheck:
+    """DNS rebinding defence: a page on ``evil.test`` that re-resolves its name to 127.0.0.1
+    reaches this server with ``Host: evil.test``, and the browser counts it as evil.test's own
+    origin, so neither the same-origin policy nor an Origin check stops it. Only a Host we know
+    is answered (as Mailpit, Jupyter and Vite do): loopback names (``localhost``,
+    ``*.localhost``, which browsers resolve to loopback themselves, RFC 6761 6.3), loopback
+    addresses, the address the request arrived on (the --interface address, or the one a
+    wildcard listener was reached at: an IP literal cannot be rebound), the configured host
+    name and ``[web] allowed_hosts``."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names: frozenset[str] = frozenset()
+        self.addresses: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address] = frozenset()
+        for name in names:
+            address = _ip(name.strip("[]"))
+            if address is not None:
+                self.addresses |= {address}
+            else:
+                self.names |= {name.lower().rstrip(".")}
+
+    def allows(self, request: IRequest) -> bool:
+        header = request.getHeader("host")
+        name = host_name(header) if header is not None else None
+        if name is None:
+            return False
+        if name == "localhost" or name.endswith(".localhost") or name in self.names:
+            return True
+        address = _ip(name)
+        if address is None:
+            return False
+        local = _ip(getattr(request.getHost(), "host", "") or "")
+        return address.is_loopback or address == local or address in self.addresses
 
 
 def client_host(request: IRequest) -> str:

@@ -15,7 +15,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from mailhub.web.access import Access, LoginBusy, LoginRefused, LoginRequired, Viewer
+from mailhub.web.access import Access, HostCheck, LoginBusy, LoginRefused, LoginRequired, Viewer
 from mailhub.web.api import Api, ApiError, error_body, unexpected
 from mailhub.web.feed import MailFeed
 
@@ -35,6 +35,8 @@ PAGE_CSP = (
     "frame-ancestors 'none'"
 )
 UNSAFE = (b"POST", b"PUT", b"PATCH", b"DELETE")
+# Reason phrases Twisted's table lacks (it would send "Unknown Status").
+REASONS = {421: b"Misdirected Request"}
 
 
 def _static(name: str) -> bytes:
@@ -44,9 +46,10 @@ def _static(name: str) -> bytes:
 class Root(Resource):
     isLeaf = True
 
-    def __init__(self, api: Api, access: Access) -> None:
+    def __init__(self, api: Api, access: Access, hosts: HostCheck | None = None) -> None:
         super().__init__()
         self.api, self.access = api, access
+        self.hosts = hosts if hosts is not None else HostCheck(())
         self.files = {name: (_static(f), kind) for name, (f, kind) in STATIC.items()}
 
     def render(self, request: IRequest) -> Any:
@@ -57,6 +60,10 @@ class Root(Resource):
         if path and path[-1] == "" and len(path) > 1:
             path = path[:-1]
         is_api = path[:2] == ["api", "v1"] or path[:1] in (["livez"], ["readyz"])
+        refused = self._host_refusal(request)
+        if refused is not None:
+            self._error(request, refused)
+            return NOT_DONE_YET
         d = Deferred.fromCoroutine(self._serve(request, path, is_api))
         d.addErrback(lambda f: self._error(request, unexpected(f)))
         return NOT_DONE_YET
@@ -97,14 +104,32 @@ class Root(Resource):
             self._error(request, ApiError(403, str(e)))
         return None
 
-    @staticmethod
-    def _same_origin(request: IRequest) -> bool:
-        """CSRF: a browser names the page that sent a request in Origin; ours must match."""
+    def _host_refusal(self, request: IRequest) -> ApiError | None:
+        """Before anything else: one Host header (RFC 9112 3.2), naming us (HostCheck)."""
+        hosts = request.requestHeaders.getRawHeaders(b"host") or []
+        if len(hosts) > 1 or (not hosts and request.clientproto != b"HTTP/1.0"):
+            return ApiError(400, "a request needs exactly one Host header (RFC 9112 3.2)")
+        if hosts and not self.hosts.allows(request):
+            shown = hosts[0].decode("latin-1")[:100]
+            return ApiError(
+                421,
+                f"this server does not answer to Host {shown!r} (DNS rebinding protection): "
+                "use localhost or its address, or add the name to [web] allowed_hosts "
+                "(dev stack: --allowed-host)",
+            )
+        return None
+
+    def _same_origin(self, request: IRequest) -> bool:
+        """CSRF: a browser names the page that sent a request in Origin; ours must match. The
+        Host it is compared with has passed HostCheck, so a rebound name cannot match itself."""
         origin = request.getHeader("origin")
         if origin is None:
             return True  # not a browser's cross-site request (curl, tests, old browsers' GETs)
+        host = request.getHeader("host")
+        if host is None or not self.hosts.allows(request):
+            return False
         scheme = "https" if request.isSecure() else "http"
-        return origin == f"{scheme}://{request.getHeader('host')}"
+        return origin == f"{scheme}://{host}"
 
     def _page(self, request: IRequest, path: list[str]) -> None:
         name = "/".join(path)
@@ -142,7 +167,7 @@ class Root(Resource):
             return
         if error.status == 499:
             return
-        request.setResponseCode(error.status)
+        request.setResponseCode(error.status, REASONS.get(error.status))
         data = error_body(error.status, error.message, **error.extra)
         request.setHeader("Content-Type", "application/json; charset=utf-8")
         request.setHeader("Content-Length", str(len(data)))
@@ -317,4 +342,5 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
     )
     if config.web.login and shared.users is None:
         log.warn("[web] login is on but there is no [files] users: nobody can log in to the page")
-    return WebSite(Root(api, access), feed)
+    hosts = HostCheck((config.hostname, *config.web.allowed_hosts))
+    return WebSite(Root(api, access, hosts), feed)

@@ -5,6 +5,7 @@ from the test CA that clients really verify) and against the dev stack."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import smtplib
 import socket
 import ssl
@@ -15,7 +16,7 @@ from typing import Any
 import argon2
 from twisted.internet import utils
 
-from mailhub.config import Config, DomainsConfig, ListenersConfig, TLSConfig, dev_config
+from mailhub.config import Config, DomainsConfig, ListenersConfig, TLSConfig, dev_config, load
 from mailhub.service import MailhubService, build
 from mailhub.users import UserDB
 from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
@@ -305,6 +306,40 @@ class DevStackSubmission(SubmissionCase):
 
         await self.in_thread(pinned)
         self.assertTrue((self.service.config.mail_dir / "example.org" / "x").is_dir())
+
+
+class DevConfigFile(SubmissionCase):
+    """A config file that says ``dev = true`` (and where to listen) runs the README's Python
+    examples unchanged but for the ports: no [smtp] or [domains] section needed (issue 12, 3)."""
+
+    def setUp(self) -> None:
+        directory = Path(self.mktemp()).absolute()
+        directory.mkdir()
+        path = directory / "dev.toml"
+        path.write_text(
+            f'[server]\ndev = true\ndata_dir = "{directory / "data"}"\n'
+            f'[listeners]\nsmtp = ["{LOOPBACK_ANY_PORT}"]\nsubmission = ["{LOOPBACK_ANY_PORT}"]\n'
+            f'smtps = ["{LOOPBACK_ANY_PORT}"]\n'
+            "imap = []\nimaps = []\npop3 = []\npop3s = []\nweb = []\n"
+        )
+        self.launch(load(path))
+
+    def readme_example(self, marker: str) -> str:
+        readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+        blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+        [block] = [b for b in blocks if marker in b]
+        return block
+
+    async def test_readme_smtp_examples(self) -> None:
+        send = self.readme_example("msg = EmailMessage()").replace("1025", str(self.smtp_port))
+        login = self.readme_example('smtplib.SMTP("127.0.0.1", 1587)').replace(
+            "1587", str(self.submission_port)
+        )
+        namespace: dict[str, Any] = {}
+        await self.in_thread(exec, send + login, namespace)
+        # The first example to port 25's counterpart, the second through submission with AUTH.
+        self.assertEqual(len(self.delivered("alice@example.com")), 2)
+        self.assertTrue((self.service.config.mail_dir / "example.com" / "me").is_dir())
 
 
 class BrokenFiles(SubmissionCase):
