@@ -168,6 +168,9 @@ class SMTPConfig:
     # AUTH without TLS for clients on 127.0.0.1/::1 (the dev stack's default; never do it where
     # other users share the machine). Elsewhere AUTH needs TLS: 538 5.7.11.
     auth_without_tls_on_loopback: bool = False
+    # Name the AUTH login in the Received: header, "(Authenticated sender: alice@example.com)",
+    # as Postfix's smtpd_sasl_authenticated_header. Off by default: recipients learn the login.
+    received_auth_header: bool = False
 
 
 @dataclass(frozen=True)
@@ -863,6 +866,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         auth_without_tls_on_loopback=smtp_r.boolean(
             "auth_without_tls_on_loopback", default("[smtp] auth_without_tls_on_loopback")
         ),
+        received_auth_header=smtp_r.boolean("received_auth_header", s.received_auth_header),
     )
     smtp_r.finish()
 

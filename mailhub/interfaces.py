@@ -22,6 +22,17 @@ class DeliveryError(Exception):
         self.permanent = permanent
 
 
+class MessageRejected(DeliveryError):
+    """The content broke a policy (a forged From, say): the message is refused with this reply
+    (``code``, RFC 3463 ``enhanced``, ``text``) instead of the generic storage error's."""
+
+    def __init__(self, code: int, enhanced: str, text: str) -> None:
+        super().__init__(text, permanent=code >= 500)
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+
+
 class IIncomingMessage(Interface):
     """One message being received. Written in order, then committed or aborted exactly once."""
 

@@ -180,15 +180,22 @@ def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPS
     config = shared.config
     policy_options = shared.policy_options()
     if role is Role.SUBMISSION:
-        policy: RecipientPolicy = SubmissionPolicy(
+        submission = SubmissionPolicy(
             config.domains,
             shared.mailbox_exists,
             restrict_sender=config.smtp.restrict_sender,
             aliases_of=shared.aliases.aliases_of if shared.aliases is not None else None,
             **policy_options,
         )
+        policy: RecipientPolicy = submission
         # RFC 6409 8: Message-ID, Date, no Bcc. Never on port 25: relayed mail is not ours to fix.
-        sink: Any = SubmissionSink(shared.sink, hostname=config.hostname, clock=_reactor())
+        # With restrict_sender the header From/Sender must pass MAIL FROM's rule too.
+        sink: Any = SubmissionSink(
+            shared.sink,
+            hostname=config.hostname,
+            clock=_reactor(),
+            may_send_as=submission.may_send_as if config.smtp.restrict_sender else None,
+        )
     else:
         policy = RecipientPolicy(config.domains, shared.mailbox_exists, **policy_options)
         sink = shared.sink

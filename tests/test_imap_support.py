@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import succeed
+from twisted.internet.defer import maybeDeferred, succeed
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -90,6 +90,7 @@ class IMAPTestCase(SynchronousTestCase):
             plaintext_login_allowed=lambda host: self.plaintext_allowed,
             throttle=self.throttle,
             log=Logger(namespace="test.imap"),
+            run=lambda f, *a: maybeDeferred(f, *a),  # APPEND's disk work, inline
         )
         options.update(changes)
         return IMAPServerFactory(**options)

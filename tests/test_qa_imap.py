@@ -271,8 +271,11 @@ class Literals(QATestCase):
                 d.until(b"a2 "),
                 [b"* STATUS INBOX (MESSAGES 0)\r\n", b"a2 OK STATUS completed\r\n"],
             )
+            d.close()
 
         await self.run_client(dialog)
+        # The literal is spooled in the folder's tmp/: gone once the server has seen c go.
+        await self.server_connections_closed()
         tmp = self.service.config.mail_dir / "example.com" / "qa" / "tmp"
         self.assertEqual(list(tmp.iterdir()), [])
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from mailhub.config import Limits
@@ -22,6 +25,8 @@ class IMAPServerFactory(ServerFactory):
     ``tls_context_factory`` turns on STARTTLS (None on an implicit-TLS listener, whose
     transport is already TLS). ``plaintext_login_allowed(client_host)`` says whether LOGIN and
     AUTHENTICATE may be used before TLS (otherwise LOGINDISABLED is advertised, RFC 3501 6.2.3).
+    ``run(f, *args)`` runs disk-heavy work (APPEND's fsync and link) off the reactor thread and
+    returns a Deferred (tests pass one that runs inline).
     """
 
     protocol = IMAPServerProtocol
@@ -38,6 +43,7 @@ class IMAPServerFactory(ServerFactory):
         plaintext_login_allowed: Callable[[str], bool] = lambda host: False,
         throttle: AuthThrottle | None = None,
         log: Logger | None = None,
+        run: Callable[..., Deferred[Any]] = deferToThread,
     ) -> None:
         self.hostname = hostname
         self.limits = limits
@@ -47,6 +53,7 @@ class IMAPServerFactory(ServerFactory):
         self.tls_context_factory = tls_context_factory
         self.plaintext_login_allowed = plaintext_login_allowed
         self.throttle = throttle
+        self.run = run
         self.log = log if log is not None else Logger(namespace="mailhub.imap")
         self.connection_count = counter_for(limits, evict=True)
 

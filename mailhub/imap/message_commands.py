@@ -5,8 +5,11 @@ TRYCREATE); and UID, which runs FETCH, SEARCH, STORE, COPY, MOVE or EXPUNGE by U
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
+
+from twisted.internet.defer import CancelledError
 
 from mailhub.imap import arguments as A
 from mailhub.imap import fetch_command, search_command, sort_command
@@ -17,6 +20,7 @@ from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.view import split_flags
 from mailhub.store import FolderNotFound, StoreError
 from mailhub.store.errors import LockBusy
+from mailhub.store.maildir import SpoolFile
 
 if TYPE_CHECKING:
     from mailhub.imap.protocol import IMAPServerProtocol
@@ -36,12 +40,30 @@ async def append(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
     except FolderNotFound:
         # RFC 3501 6.3.11: TRYCREATE tells the client CREATE would help.
         return Done("NO", "Mailbox does not exist", "TRYCREATE")
-    letters, keywords = split_flags(request.flags)
-    src = message.file if isinstance(message, SpooledLiteral) else io.BytesIO(message)
     await session.settle(folder)  # wait for a busy lock before storing, not after
+    letters, keywords = split_flags(request.flags)
+    source: BinaryIO | None = None
+    if not isinstance(message, SpooledLiteral):
+        spool, source = folder.spool(), io.BytesIO(message)  # a small literal, from memory
+    elif isinstance(message.file, SpoolFile) and folder.spooled_here(message.file):
+        spool = message.file  # already in this folder's tmp/: delivery is a link
+    else:
+        # Spooled elsewhere (the folder was not known when it arrived): copied once, by the
+        # worker, from its own descriptor (the command closes the literal's when it ends).
+        spool, source = folder.spool(), os.fdopen(os.dup(message.file.fileno()), "rb", 0)
+    placement = folder.prepare_spooled(
+        spool, size, flags=letters, keywords=keywords, internaldate=request.internaldate
+    )
     try:
-        uid = folder.append_from(src, flags=letters, keywords=keywords,
-                                 internaldate=request.internaldate)  # fmt: skip
+        # fsync and link (and the copy of a literal spooled elsewhere) off the reactor thread.
+        await session.factory.run(placement.place, source)
+    except CancelledError:
+        raise  # the connection is gone; the worker finishes the delivery on its own
+    except BaseException:
+        folder.abandon(placement)
+        raise
+    try:
+        uid = folder.adopt(placement)
         validity = folder.sync().uidvalidity
     except LockBusy:
         # Stored durably, only its UID is not known yet (the folder lock was taken again

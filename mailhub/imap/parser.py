@@ -5,7 +5,7 @@ Two layers, both free of I/O:
 - ``CommandFramer`` cuts the stream into commands: line fragments and the literals between them
   (RFC 3501 4.3 ``{n}``, RFC 7888 ``{n+}``). It says when a synchronising literal wants its
   ``+`` continuation, enforces the line and literal limits without buffering what it refuses,
-  and spools large literals (APPEND) to a temporary file.
+  and spools large literals (APPEND) to a file as they arrive (the target folder's tmp/).
 - ``parse_items`` turns a framed command into generic items: ``Atom`` (unquoted, case as sent),
   ``bytes`` (quoted string or literal), ``list`` (parenthesised, nested) and ``SpooledLiteral``
   (a literal kept in a file). Per-command grammar (FETCH attributes, STORE, ...) lives in
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
@@ -131,6 +132,11 @@ class CommandFramer:
     the APPEND limit unless given) it is read and thrown away as it arrives, so a client that
     overshoots a little keeps its session; a larger one is refused with ``fatal`` set and the
     framer reads nothing more (skipping ``{99999999999+}`` would look like a hang).
+
+    ``spool_to(command_so_far)`` picks the file a large APPEND literal is written into as it
+    arrives: the protocol gives a file in the target folder's tmp/, so delivery is a link and
+    the message is written once (as SMTP's). ``command_so_far`` is the command up to the literal
+    (its announcement cut off). None (or no ``spool_to``): an anonymous temporary file.
     """
 
     def __init__(
@@ -140,11 +146,13 @@ class CommandFramer:
         max_append: int,
         spool_threshold: int = 256 * 1024,
         max_discard: int | None = None,
+        spool_to: Callable[[Command], BinaryIO | None] | None = None,
     ) -> None:
         self.max_line = max_line
         self.max_append = max_append
         self.max_discard = 2 * max(max_append, max_line) if max_discard is None else max_discard
         self.spool_threshold = spool_threshold
+        self.spool_to = spool_to
         self._buf = bytearray()
         self._scan = 0  # where to look for the next LF
         self._mode = _LINE
@@ -296,7 +304,13 @@ class CommandFramer:
             return False
         self._mode, self._remaining, self._lit_size = _LITERAL, size, size
         if size > self.spool_threshold:
-            self._lit_file = tempfile.TemporaryFile(prefix="mailhub-imap-literal-")
+            spool = None
+            if self.spool_to is not None and is_append:
+                so_far = [*self._fragments[:-1], line[: m.start()]]
+                spool = self.spool_to(Command(so_far, list(self._literals)))
+            if spool is None:
+                spool = tempfile.TemporaryFile(prefix="mailhub-imap-literal-")
+            self._lit_file = spool
         else:
             self._lit_buf = bytearray()
         return False if nonsync else Continue()

@@ -46,6 +46,7 @@ from mailhub.imap import (
     session_commands,
     sort_command,
 )
+from mailhub.imap.arguments import mailbox as mailbox_name
 from mailhub.imap.dispatch import (
     AUTHENTICATED,
     NOT_AUTHENTICATED,
@@ -66,9 +67,10 @@ from mailhub.imap.parser import (
     parse_command,
 )
 from mailhub.imap.view import BadSequence, UidValidityChanged, View
-from mailhub.store import Folder, FolderNotFound, InvalidName, Mailbox
+from mailhub.store import Folder, FolderNotFound, InvalidName, Mailbox, StoreError
 from mailhub.store.errors import LockBusy, LockTimeout
 from mailhub.store.lockwait import BusyWait, retry_busy
+from mailhub.store.maildir import SpoolFile
 
 if TYPE_CHECKING:
     from mailhub.imap.factory import IMAPServerFactory
@@ -124,7 +126,9 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         peer = self.transport.getPeer()
         self.client_address = str(getattr(peer, "host", ""))
         self._framer = CommandFramer(
-            max_line=f.limits.imap_max_line_length, max_append=f.limits.max_message_size
+            max_line=f.limits.imap_max_line_length,
+            max_append=f.limits.max_message_size,
+            spool_to=self._append_spool,
         )
         self._slot = f.connection_opened(self.client_address, self)
         if self._slot is None:
@@ -312,6 +316,20 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             # RFC 7888 4: the non-synchronising literal is too large to read and discard, and
             # nothing after it could be told apart from its data: BYE and close.
             self.bye("Literal too large to skip; closing the connection")
+
+    def _append_spool(self, command: Command) -> SpoolFile | None:
+        """A file in the target folder's tmp/ for a large APPEND literal, so the message is
+        written once and delivered by a link; None (a temporary file) when the folder is not
+        known (yet): the command answers for that itself."""
+        if self.mailbox is None:
+            return None
+        try:
+            _tag, name, items = parse_command(command)
+            if name != "APPEND" or not items:
+                return None
+            return self.mailbox.folder(mailbox_name(items[0])).spool()
+        except (ParseError, StoreError, OSError):
+            return None
 
     def next_line(self) -> Deferred[bytes | Refused]:
         """The client's next line, for a command that is running (IDLE, AUTHENTICATE)."""

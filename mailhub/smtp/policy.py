@@ -244,6 +244,7 @@ class SubmissionPolicy(RecipientPolicy):
     """The submission role (RFC 6409): MAIL only after AUTH (530 5.7.0), and with
     ``restrict_sender`` only from the user's own address, a ``+tag`` form of it, or an alias whose
     expansion includes the user (``aliases_of``; 553 5.7.1 otherwise, also for ``<>``).
+    ``may_send_as`` is that rule; the submission sink applies it to the header From too.
     Recipients are decided as for the MTA: local ones delivered, remote ones 451 4.4.3 until the
     relay queue exists."""
 
@@ -266,14 +267,19 @@ class SubmissionPolicy(RecipientPolicy):
             return AUTH_REQUIRED
         if not self._restrict:
             return SENDER_ACCEPTED
-        if sender is None or sender.is_literal:
+        if sender is None or not self.may_send_as(user, sender):
             return SENDER_NOT_OWNED
+        return SENDER_ACCEPTED
+
+    def may_send_as(self, user: str, sender: Mailbox) -> bool:
+        """Whether ``user`` (the canonical authenticated address) may use ``sender``: the one rule
+        for MAIL FROM and for the header From/Sender (``mailhub.smtp.submission``)."""
+        if sender.is_literal:
+            return False
         local, plus, _tag = sender.local.lower().partition("+")
         if not plus or not local:
             local = sender.local.lower()
         address = f"{local}@{sender.domain}"
         if address == user:
-            return SENDER_ACCEPTED
-        if self._aliases_of is not None and address in self._aliases_of(user):
-            return SENDER_ACCEPTED
-        return SENDER_NOT_OWNED
+            return True
+        return self._aliases_of is not None and address in self._aliases_of(user)

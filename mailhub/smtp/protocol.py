@@ -878,15 +878,16 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         try:
             message = f.sink.open(envelope)
         except DeliveryError as e:
-            reply = R.DELIVERY_PERMANENT if e.permanent else R.DELIVERY_TEMPORARY
+            reply = R.delivery_error(e)
             self._log_message(txn, reply, reason=str(e))
             return reply
         txn.message = message
         try:
-            message.write(received_header(envelope))
+            auth_header = f.smtp_config.received_auth_header
+            message.write(received_header(envelope, authenticated_sender=auth_header))
         except DeliveryError as e:
             self._reset_transaction()
-            reply = R.DELIVERY_PERMANENT if e.permanent else R.DELIVERY_TEMPORARY
+            reply = R.delivery_error(e)
             self._log_message(txn, reply, reason=str(e))
             return reply
         return None
@@ -925,7 +926,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         try:
             txn.message.write(region)
         except DeliveryError as e:
-            self._fail(txn, R.DELIVERY_PERMANENT if e.permanent else R.DELIVERY_TEMPORARY)
+            self._fail(txn, R.delivery_error(e))
         except Exception:
             self._log.failure("Unexpected error writing message data")
             self._fail(txn, R.INTERNAL_ERROR)
@@ -1016,7 +1017,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
 
     def _commit_failed(self, failure: Failure, txn: _Transaction) -> Reply:
         if failure.check(DeliveryError):
-            reply = R.DELIVERY_PERMANENT if failure.value.permanent else R.DELIVERY_TEMPORARY
+            reply = R.delivery_error(failure.value)
             self._log_message(txn, reply, reason=str(failure.value))
         else:
             self._log.failure("Unexpected error committing a message", failure)
@@ -1056,7 +1057,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
             try:
                 txn.message.write(chunk)
             except DeliveryError as e:
-                self._fail(txn, R.DELIVERY_PERMANENT if e.permanent else R.DELIVERY_TEMPORARY)
+                self._fail(txn, R.delivery_error(e))
             return
         # 7BIT/8BITMIME content gets the same line rules as DATA (no dot-stuffing, though):
         # pass on complete lines, hold back the last partial one (a CRLF may span chunks).

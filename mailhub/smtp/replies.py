@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mailhub.interfaces import DeliveryError, MessageRejected
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -125,3 +127,11 @@ def syntax(usage: str, enhanced: str | None = "5.5.4") -> Reply:
 
 def queued(queue_id: str) -> Reply:
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def delivery_error(e: DeliveryError) -> Reply:
+    """The reply for a sink's error: a content rejection carries its own reply, anything else is
+    the generic storage error (5xx only when the sink says it is permanent)."""
+    if isinstance(e, MessageRejected):
+        return Reply(e.code, e.enhanced, e.text)
+    return DELIVERY_PERMANENT if e.permanent else DELIVERY_TEMPORARY

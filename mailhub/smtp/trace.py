@@ -13,6 +13,9 @@ from mailhub.smtp.address import AddressError, normalise_domain
 
 # What may appear as a bare token in the "from" clause without breaking the header grammar.
 _UNSAFE = re.compile(r"[^\x21-\x7e]|[()\\;]")
+# What may not appear inside a comment (RFC 5322 3.2.2 ctext): the login name is ours, but keep
+# the header well-formed whatever it is.
+_NOT_CTEXT = re.compile(r"[()\\\x00-\x20\x7f]")
 
 
 @lru_cache(maxsize=1024)
@@ -57,18 +60,23 @@ def protocol_keyword(*, esmtp: bool, tls: bool, authenticated: bool, smtputf8: b
     return base + ("S" if tls else "") + ("A" if authenticated else "")
 
 
-def received_header(envelope: Envelope) -> bytes:
+def received_header(envelope: Envelope, *, authenticated_sender: bool = False) -> bytes:
     """The trace header for ``envelope``, folded, ending with CRLF.
 
     ``for`` is written only with a single recipient: with several, naming one would be wrong
-    and naming all would leak Bcc recipients to every copy.
+    and naming all would leak Bcc recipients to every copy. ``authenticated_sender`` names the
+    AUTH login as Postfix's ``smtpd_sasl_authenticated_header`` does (off by default: it tells
+    every recipient the user's login name).
     """
     client = address_literal(envelope.client_address)
     rdns = envelope.client_name or "unknown"
-    lines = [
-        f"Received: from {_helo_token(envelope.helo)} ({rdns} {client})",
-        f"\tby {envelope.server_name} (mailhub) with {envelope.protocol} id {envelope.queue_id}",
-    ]
+    lines = [f"Received: from {_helo_token(envelope.helo)} ({rdns} {client})"]
+    if authenticated_sender and envelope.authenticated_as:
+        login = _NOT_CTEXT.sub("", envelope.authenticated_as)
+        lines.append(f"\t(Authenticated sender: {login})")
+    lines.append(
+        f"\tby {envelope.server_name} (mailhub) with {envelope.protocol} id {envelope.queue_id}"
+    )
     if envelope.tls:
         lines.append(f"\t(using {_UNSAFE.sub(' ', envelope.tls).strip()})")
     date = _rfc5322_date(int(envelope.received_at))

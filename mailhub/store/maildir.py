@@ -1280,44 +1280,66 @@ class Folder:
 
         The internal date is carried in the file name's time field (and the mtime, for
         Dovecot), so whichever process assigns the UID records the right date. The file and
-        its directory are fsync'd before this returns.
+        its directory are fsync'd before this returns. The same steps as a message spooled
+        straight into tmp/ (``spool``, ``prepare_spooled``, ``Placement.place``, ``adopt``).
         """
+        names.check_flags(flags)
+        names.check_keywords(keywords)
+        with self.spool() as spool:
+            size = spool.copy_from(src)
+            placement = self.prepare_spooled(
+                spool, size, flags=flags, keywords=keywords, internaldate=internaldate
+            )
+            try:
+                placement.place()
+            except BaseException:
+                self.abandon(placement)
+                raise
+        return self.adopt(placement)
+
+    # A message received straight into tmp/ (IMAP APPEND's literal, written as it arrives) and
+    # delivered by a link (maildir.html), so it is written once. ``spool`` and ``Placement.place``
+    # only touch the file system (``place`` may run in a worker thread); ``prepare_spooled``,
+    # ``adopt`` and ``abandon`` touch the folder's state (the thread that owns the folder).
+
+    def spool(self) -> SpoolFile:
+        """A new, empty file in this folder's tmp/ (removed again when closed undelivered)."""
+        unique = names.unique_name(self._settings.hostname, self._settings.now)
+        return SpoolFile(f"{self._dir}/tmp/{unique}")
+
+    def spooled_here(self, spool: SpoolFile) -> bool:
+        """Is ``spool`` in this folder's tmp/ (so delivery is a link)?"""
+        return os.path.dirname(spool.path) == f"{self._dir}/tmp"
+
+    def prepare_spooled(
+        self,
+        spool: SpoolFile,
+        size: int,
+        *,
+        flags: Iterable[str] = (),
+        keywords: Iterable[str] = (),
+        internaldate: float | None = None,
+    ) -> Placement:
+        """Name the message (its ``size`` octets are in ``spool``) and note its keywords."""
         flagset = names.check_flags(flags)
         kwset = names.check_keywords(keywords)
         when = self._settings.now() if internaldate is None else internaldate
-        unique = names.unique_name(self._settings.hostname, lambda: when)
-        tmp = f"{self._dir}/tmp/{unique}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            size = 0
-            try:
-                buf = bytearray(_CHUNK)
-                view = memoryview(buf)
-                while True:
-                    n = src.readinto(view) if hasattr(src, "readinto") else None
-                    if n is None:  # a file object without readinto()
-                        chunk = src.read(_CHUNK)
-                        n = len(chunk)
-                        view[:n] = chunk
-                    if not n:
-                        break
-                    write_all(fd, view[:n])
-                    size += n
-                view.release()
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.utime(tmp, (when, when))
-            base = names.with_size(unique, size)
-            target = self._target(base, flagset)
-            if kwset:
-                self._pending_keywords[base] = _intern_keywords(kwset)
-            os.link(tmp, target)  # link, not rename: never overwrite (maildir.html)
-        finally:
-            unlink_quietly(tmp)
-        fsync_dir(os.path.dirname(target))
+        base = names.with_size(names.unique_name(self._settings.hostname, lambda: when), size)
+        if kwset:
+            # Noted before the link: whoever finds the file first gives it its keywords.
+            self._pending_keywords[base] = _intern_keywords(kwset)
+        spool.handed_over = True  # from now on only the placement closes it
+        return Placement(spool, base, self._target(base, flagset), when)
+
+    def adopt(self, placement: Placement) -> int:
+        """The UID of a placed message."""
         self._changed_by_us()
-        return self._uids_of([base])[base]
+        return self._uids_of([placement.base])[placement.base]
+
+    def abandon(self, placement: Placement) -> None:
+        """Forget a message whose placing failed (its tmp file is removed)."""
+        self._pending_keywords.pop(placement.base, None)
+        placement.spool.discard()
 
     def copy_to(self, uid: int, other: Folder) -> int:
         """Copy a message to ``other`` keeping flags, keywords and internal date (RFC 3501
@@ -1515,6 +1537,84 @@ def _collector_paused() -> Iterator[None]:
 
 
 _CHUNK = 64 * 1024
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_CLOEXEC, 0o600)
+
+
+class SpoolFile(io.FileIO):
+    """A message being written into a folder's tmp/ (``Folder.spool``). Closing it removes it.
+    Once it has a placement (``Folder.prepare_spooled``) only the placement closes it: a close
+    from the protocol (a lost connection) is then ignored, as a worker may be using the file."""
+
+    def __init__(self, path: str) -> None:
+        # "x": O_EXCL, a temporary name must really be new (maildir.html).
+        super().__init__(path, "x+b", opener=_private)
+        self.path = path
+        self.handed_over = False
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        # FileIO.write may be short; a spooled message is written whole or fails.
+        write_all(self.fileno(), data)
+        return len(data)
+
+    def copy_from(self, src: BinaryIO) -> int:
+        """Write ``src`` (from where it is to its end) after what is here; octets copied."""
+        size = 0
+        buf = bytearray(_CHUNK)
+        with memoryview(buf) as view:
+            while True:
+                n = src.readinto(view) if hasattr(src, "readinto") else None
+                if n is None:  # a file object without readinto()
+                    chunk = src.read(_CHUNK)
+                    n = len(chunk)
+                    view[:n] = chunk
+                if not n:
+                    return size
+                write_all(self.fileno(), view[:n])
+                size += n
+
+    def close(self) -> None:
+        if self.handed_over or self.closed:
+            return
+        self.discard()
+
+    def discard(self) -> None:
+        """Close and remove the tmp name, whoever owns the file."""
+        # Placed or not, the tmp name goes: a placed message lives under its link in new/ or cur/.
+        try:
+            super().close()
+        finally:
+            unlink_quietly(self.path)
+
+
+@dataclass
+class Placement:
+    """A spooled message with its final name: ``place`` makes it durable and visible."""
+
+    spool: SpoolFile
+    base: str
+    target: str  # new/<base> or cur/<base>:2,<flags>
+    when: float  # the internal date
+
+    def place(self, source: BinaryIO | None = None) -> None:
+        """Copy ``source`` (if given) into the file, fsync it, date it, link it into new/ or
+        cur/, drop the tmp name, fsync the directory. Only file system calls: safe in a worker
+        thread. The file is closed (and its tmp name gone) whatever happens."""
+        spool = self.spool
+        try:
+            if source is not None:
+                with source:
+                    spool.copy_from(source)
+            os.fsync(spool.fileno())
+            os.utime(spool.path, (self.when, self.when))
+            os.link(spool.path, self.target)  # link, not rename: never overwrite (maildir.html)
+        finally:
+            spool.discard()
+        fsync_dir(os.path.dirname(self.target))
+
+
 _NO_KEYWORDS: frozenset[str] = frozenset()
 _keyword_sets: dict[frozenset[str], frozenset[str]] = {}
 

@@ -231,6 +231,74 @@ class ProductionSubmission(ProductionSetup):
         self.assertIn("[listeners] smtps", str(err.code))
 
 
+class HeaderFromOverTheWire(ProductionSetup):
+    """restrict_sender covers the header From too (issue 12 5f): smtplib over STARTTLS+AUTH."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.service.stopService()
+        smtp = dataclasses.replace(self.config.smtp, received_auth_header=True)
+        self.launch(dataclasses.replace(self.config, smtp=smtp, data_dir=self.dir / "from"))
+
+    def session(self, work: Any) -> Any:
+        def run() -> Any:
+            with PinnedSMTP(HOST, self.submission_port, timeout=10) as client:
+                client.starttls(context=self.context)
+                client.ehlo("client.example.net")
+                client.login(USER, PASSWORD)
+                return work(client)
+
+        return self.in_thread(run)
+
+    async def test_forged_from_553_own_from_250(self) -> None:
+        def work(client: smtplib.SMTP) -> list[Any]:
+            out: list[Any] = []
+            for from_ in (
+                "The CEO <ceo@example.test>",
+                f"{USER}, ceo@example.test",
+                f'"{USER}" <ceo@example.test>',  # the display name is no address
+                f"Alice <{USER}>",
+                f"{USER} (Alice at work)",
+                f'"Example, Alice" <{USER}>',
+                f"=?utf-8?q?Al=C3=AFce?= <{USER}>",
+                f"Alïce Ünïcode <{USER}>",
+            ):
+                text = f"From: {from_}\r\nTo: {USER}\r\nSubject: s\r\n\r\nbody\r\n"
+                try:
+                    client.sendmail(USER, [USER], text.encode())
+                    out.append(250)
+                except smtplib.SMTPDataError as e:
+                    out.append((e.smtp_code, e.smtp_error.decode()))
+            return out
+
+        results = await self.session(work)
+        refusal = "5.7.1 Error: From header address <ceo@example.test> not owned by the "
+        refusal += "authenticated user"
+        self.assertEqual(results[:3], [(553, refusal)] * 3)
+        self.assertEqual(results[3:], [250] * 5)
+        delivered = self.delivered(USER)
+        self.assertEqual(len(delivered), 5)  # nothing of the refused ones
+        self.assertEqual([m["From"].addresses[0].addr_spec for m in delivered], [USER] * 5)
+        self.assertIn(f"(Authenticated sender: {USER})", delivered[0]["Received"])
+
+    async def test_bdat(self) -> None:
+        def work(client: smtplib.SMTP) -> list[tuple[int, bytes]]:
+            out = []
+            for from_ in ("ceo@example.test", f"Alice <{USER}>"):
+                body = f"From: {from_}\r\nSubject: s\r\n\r\nbody\r\n".encode()
+                client.mail(USER)
+                client.rcpt(USER)
+                client.send(b"BDAT %d LAST\r\n" % len(body) + body)
+                out.append(client.getreply())
+            return out
+
+        forged, own = await self.session(work)
+        self.assertEqual(forged[0], 553)
+        self.assertIn(b"<ceo@example.test>", forged[1])
+        self.assertEqual(own[0], 250)
+        self.assertEqual(len(self.delivered(USER)), 1)
+
+
 @requires(swaks_tls())
 class SwaksSubmission(ProductionSetup):
     async def swaks(self, *args: str) -> str:
