@@ -120,6 +120,18 @@ class RecipientPolicyTests(SynchronousTestCase):
             self.assertTrue(unsafe_local_part(local), repr(local))
         self.assertFalse(unsafe_local_part("ok.name-1"))
 
+    def test_catch_all_creates_only_mailboxes_a_login_could_name(self) -> None:
+        # Issue 12 5h: a catch-all (the dev stack) makes a directory per recipient: the rule
+        # of dev logins (mailhub.store.names.new_localpart_problem) holds here too.
+        existing = {"x*y@whatever.example"}
+        policy = RecipientPolicy(DomainsConfig(accept_any=True), existing.__contains__)
+        for local in ("*", "a%b", "\u202eevil", "a\u200bb", '"a b"', "x" * 65):
+            self.assertEqual(decide(policy, f"{local}@whatever.example"), (553, "5.1.3", None))
+        # A mailbox made before the rule keeps its mail; tags and UTF-8 letters are fine.
+        self.assertEqual(decide(policy, "x*y@whatever.example")[0], 250)
+        self.assertEqual(decide(policy, "bob+" + "t" * 70 + "@whatever.example")[0], 250)
+        self.assertEqual(decide(policy, "jürgen@whatever.example")[0], 250)
+
     def test_accept_any(self) -> None:
         policy = RecipientPolicy(DomainsConfig(accept_any=True), lambda m: False)
         self.assertEqual(decide(policy, "A@Whatever.Example"), (250, "2.1.5", "a@whatever.example"))

@@ -26,6 +26,7 @@ from mailhub.smtp import replies
 from mailhub.smtp.address import Mailbox
 from mailhub.smtp.replies import Reply
 from mailhub.smtp.session import Session
+from mailhub.store.names import new_localpart_problem
 
 
 class Role(Enum):
@@ -225,6 +226,10 @@ class RecipientPolicy:
             if targets is not None:
                 return self._alias_targets(targets)
         if self._accept_any or domain in self._catch_all:
+            if new_localpart_problem(local) is not None and not self._mailbox_exists(mailbox):
+                # A catch-all creates the mailbox: it must be a name we would create (no
+                # bidi controls, LIST wildcards, ...), the rule dev logins follow too.
+                return UNSAFE_LOCAL_PART
             return Decision.accept(mailbox)
         if self._mailbox_exists(mailbox):
             return Decision.accept(mailbox)

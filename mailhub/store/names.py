@@ -28,6 +28,7 @@ import itertools
 import os
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from itertools import groupby
 
@@ -98,6 +99,37 @@ def split_address(address: str) -> tuple[str, str]:
     if not domain.isascii():
         raise InvalidName("domain must be an IDNA A-label (ASCII), e.g. xn--...")
     return localpart, domain
+
+
+# RFC 8264 9.11-9.14 / RFC 8265 3.3 (PRECIS usernames): controls, format characters (the bidi
+# overrides such as U+202E that make a name read backwards), surrogates, private-use and
+# unassigned code points, and spaces have no place in a name that becomes a directory.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+# atext in RFC 5321, but IMAP's LIST wildcards (RFC 3501 6.3.8) and the "%-hack" route
+# separator: a mailbox directory named with them is a trap for clients and shell globs.
+_REFUSED_IN_LOCALPART = "*%"
+# RFC 5321 4.5.3.1.1: a local part is at most 64 octets.
+MAX_LOCALPART_OCTETS = 64
+
+
+def new_localpart_problem(localpart: str) -> str | None:
+    """Why ``localpart`` may not name a *new* mailbox, or None: the one rule for a recipient
+    the store would create a mailbox for (catch-all, the dev stack) and for a dev stack login.
+    Stricter than ``check_component`` (which existing mailboxes pass, so none is locked out)."""
+    try:
+        check_component(localpart, "localpart")
+    except InvalidName as e:
+        return str(e)
+    if ".." in localpart:
+        return "localpart may not contain '..'"
+    for ch in localpart:
+        if unicodedata.category(ch) in _REFUSED_CATEGORIES:
+            return f"U+{ord(ch):04X} is not allowed in a mailbox name"
+        if ch in _REFUSED_IN_LOCALPART:
+            return "'*' and '%' are not allowed in a mailbox name"
+    if len(localpart.encode("utf-8")) > MAX_LOCALPART_OCTETS:
+        return f"localpart longer than {MAX_LOCALPART_OCTETS} octets"
+    return None
 
 
 # -- folder names ---------------------------------------------------------------------------
