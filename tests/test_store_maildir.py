@@ -243,6 +243,37 @@ class UidTests(StoreTestCase):
         self.assertGreater(state.uidvalidity, second)
         self.assertEqual([m.uid for m in state.messages], [1, 2, 3])
 
+    def test_folder_made_again_gets_a_greater_uidvalidity_in_another_process(self) -> None:
+        # RFC 3501 2.3.1.1; two MailStores on one tree are two processes' views, and the
+        # clock does not move: only the per-user counter can tell the folders apart.
+        other = self.new_store().mailbox(ADDRESS)
+        self.box.create_folder("Lists").append(b"Subject: a\r\n\r\n1\r\n")
+        first = self.box.folder("Lists").sync().uidvalidity
+        other.delete_folder("Lists")
+        other.create_folder("Lists").append(b"Subject: b\r\n\r\n2\r\n")
+        second = self.box.folder("Lists").sync()
+        self.assertEqual([m.uid for m in second.messages], [1])
+        self.assertGreater(second.uidvalidity, first)
+        other.rename_folder("Lists", "Old")
+        self.box.create_folder("Lists").append(b"Subject: c\r\n\r\n3\r\n")
+        self.assertEqual(other.folder("Old").sync().uidvalidity, second.uidvalidity)
+        self.assertGreater(other.folder("Lists").sync().uidvalidity, second.uidvalidity)
+        counter = (self.inbox_path / "mailhub-uidvalidity").read_bytes()
+        self.assertEqual(int(counter), other.folder("Lists").sync().uidvalidity)
+
+    def test_uidvalidity_counter_starts_above_the_folders_it_finds(self) -> None:
+        # A tree from before the counter (or one whose counter file was lost).
+        inbox = self.box.folder()
+        self.deliver(1)
+        taken = inbox.sync().uidvalidity
+        lst = uidlist.load(self.inbox_path / "mailhub-uidlist")
+        assert lst is not None
+        lst.uidvalidity = taken + 1000
+        uidlist.save(self.inbox_path / "mailhub-uidlist", lst)
+        (self.inbox_path / "mailhub-uidvalidity").unlink(missing_ok=True)
+        self.box.create_folder("Fresh")
+        self.assertEqual(self.box.folder("Fresh").sync().uidvalidity, taken + 1001)
+
     def test_corrupt_list_rebuilt(self) -> None:
         self.deliver(2)
         first = self.box.folder().sync().uidvalidity

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, Literal, NamedTuple, TypeVar
 from twisted.logger import Logger
 
 from mailhub.store import names, uidlist
+from mailhub.store import uidvalidity as uidvalidity_counter
 from mailhub.store.cache import MISSING, CachePass, FolderCache
 from mailhub.store.cache import check_name as check_cache_name
 from mailhub.store.dotlock import DotLock
@@ -275,6 +276,8 @@ class Folder:
         self.name = name
         self._path = path
         self._dir = str(path)
+        # The user's Maildir root: INBOX itself, the parent of a Maildir++ folder.
+        self._root = path if name == names.INBOX else path.parent
         self._settings = settings
         self._scans = {"new": _DirScan(), "cur": _DirScan()}
         self._list: UidList | None = None
@@ -390,9 +393,12 @@ class Folder:
         return self._path / uidlist.FILENAME
 
     def _lock(self) -> DotLock:
+        return self._dotlock(self._path / uidlist.LOCKNAME)
+
+    def _dotlock(self, path: Path) -> DotLock:
         s = self._settings
         return DotLock(
-            self._path / uidlist.LOCKNAME,
+            path,
             timeout=s.lock_timeout,
             stale_after=s.lock_stale_after,
             hostname=s.hostname,
@@ -533,7 +539,12 @@ class Folder:
         dirty = False
         if lst is None:
             old = self._list.uidvalidity if self._list is not None else 0
-            uidvalidity = max(int(self._settings.now()), old + 1) & uidlist.MAX_UID or 1
+            # RFC 3501 2.3.1.1: above every value this user's folders ever had (a folder of
+            # this name deleted or renamed a moment ago), not merely the clock's.
+            s = self._settings
+            uidvalidity = uidvalidity_counter.reserve(
+                self._root, floor=old, now=s.now, lock=self._dotlock, hostname=s.hostname
+            )
             lst = UidList(uidvalidity)
             dirty = True
             log.info("new UIDVALIDITY {v} for {folder}", v=uidvalidity, folder=self._dir)
