@@ -643,10 +643,16 @@ class MessageOpsTests(StoreTestCase):
             (msg.flags, msg.size, msg.internaldate), (frozenset("S"), len(data), 1234567890)
         )
         self.assertEqual(sent.read_message(uid), data)
-        files = os.listdir(self.inbox_path / ".Sent" / "cur")
+        # In new/ with its flags: new to the folder, recent whatever its flags (RFC 3501
+        # 2.3.2), until a reader takes it to cur/.
+        files = os.listdir(self.inbox_path / ".Sent" / "new")
         self.assertEqual(len(files), 1)
         self.assertTrue(files[0].endswith(f",S={len(data)}:2,S"))
+        self.assertTrue(msg.recent)
         self.assertEqual(os.listdir(self.inbox_path / ".Sent" / "tmp"), [])
+        self.assertEqual(sent.take_recent([uid]), [uid])
+        self.assertEqual(sent.sync().by_uid[uid].flags, frozenset("S"))
+        self.assertEqual(os.listdir(self.inbox_path / ".Sent" / "cur"), files)
         # No flags: a new message (in new/, recent).
         uid2 = sent.append(b"x")
         self.assertEqual(uid2, 2)

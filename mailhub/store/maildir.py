@@ -1257,9 +1257,11 @@ class Folder:
         return found
 
     def _target(self, base: str, flags: frozenset[str]) -> str:
-        # Without flags the message is new (IMAP \Recent); with flags it has been "seen".
+        # Into new/ whatever its flags: a message that arrives by APPEND, COPY or MOVE is new
+        # to this folder, so \Recent for the first session told of it (RFC 3501 2.3.2), as
+        # a delivered one is; that session's take moves it to cur/, keeping the flags.
         if flags:
-            return f"{self._dir}/cur/{names.format_filename(base, flags)}"
+            return f"{self._dir}/new/{names.format_filename(base, flags)}"
         return f"{self._dir}/new/{base}"
 
     def append(
