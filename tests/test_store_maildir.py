@@ -699,3 +699,76 @@ class StaleTmpTests(StoreTestCase):
         self.clock.t = time.time()
         self.assertEqual(self.store.clean_stale_tmp(), 0)
         self.assertTrue((self.inbox_path / "tmp" / "new-delivery").exists())
+
+
+class Session:
+    """A ``maildir.Reader``: knows the UIDs it was last told of."""
+
+    def __init__(self, uids: list[int]) -> None:
+        self.uids = set(uids)
+
+    def knows(self, uid: int) -> bool:
+        return uid in self.uids
+
+
+class KeptForReadersTests(StoreTestCase):
+    """RFC 2180 4.1.1/4.1.2: a session not yet told of an expunge may still read the message;
+    the store keeps its file (a link in tmp/) only while such a session needs it."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.deliver(3)
+        self.inbox = self.box.folder()
+        self.data = {m.uid: self.inbox.read_message(m.uid) for m in self.inbox.sync().messages}
+        self.tmp = self.inbox_path / "tmp"
+
+    def test_reader_not_told_still_reads_until_it_forgets(self) -> None:
+        told, untold = Session([1, 2, 3]), Session([1, 2, 3])
+        self.inbox.add_reader(told)
+        self.inbox.add_reader(untold)
+        self.assertEqual(self.inbox.expunge([2], by=told), [2])
+        self.assertEqual([m.uid for m in self.inbox.sync().messages], [1, 3])
+        self.assertEqual(self.inbox.read_message(2), self.data[2])
+        with self.inbox.open_message(2) as f:
+            self.assertEqual(f.read(), self.data[2])
+        self.assertEqual(len(os.listdir(self.tmp)), 1)
+        self.inbox.forget(untold, [2])  # told now
+        self.assertEqual(os.listdir(self.tmp), [])
+        self.assertRaises(MessageGone, self.inbox.read_message, 2)
+
+    def test_kept_until_every_reader_leaves(self) -> None:
+        a, b = Session([1, 2, 3]), Session([1, 2, 3])
+        self.inbox.add_reader(a)
+        self.inbox.add_reader(b)
+        self.inbox.expunge([1, 3])  # by POP3 or the web: neither session was told
+        self.assertEqual(len(os.listdir(self.tmp)), 2)
+        self.inbox.forget(a)
+        self.assertEqual(self.inbox.read_message(3), self.data[3])
+        self.inbox.forget(b)
+        self.assertEqual(os.listdir(self.tmp), [])
+
+    def test_nothing_is_kept_when_no_other_reader_knows_the_message(self) -> None:
+        me, late = Session([1, 2, 3]), Session([1])
+        self.inbox.add_reader(me)
+        self.inbox.add_reader(late)
+        real_link = os.link
+        links: list[str] = []
+        self.patch(os, "link", lambda src, dst, **kw: (links.append(dst), real_link(src, dst)))
+        self.inbox.expunge([2, 3], by=me)
+        kept = [p for p in map(str, links) if p.startswith(str(self.tmp))]
+        self.assertEqual((kept, os.listdir(self.tmp)), ([], []))
+        self.assertRaises(MessageGone, self.inbox.read_message, 2)
+
+    def test_links_of_a_dead_process_are_removed_at_start(self) -> None:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, check=True)  # fmt: skip
+        pid = int(dead.stdout)
+        host = names.escape_host(self.store.hostname)
+        orphan = self.tmp / f"{maildir.KEPT_PREFIX}{pid}.7.{host}"
+        mine = self.tmp / f"{maildir.KEPT_PREFIX}{os.getpid()}.8.{host}"
+        elsewhere = self.tmp / f"{maildir.KEPT_PREFIX}{pid}.9.other.host"
+        for p in (orphan, mine, elsewhere):
+            p.write_bytes(b"x")
+        self.clock.t = time.time()  # (none of them is 36 hours old)
+        self.assertEqual(self.store.clean_stale_tmp(), 1)
+        self.assertEqual(sorted(os.listdir(self.tmp)), sorted([mine.name, elsewhere.name]))

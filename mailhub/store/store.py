@@ -123,7 +123,8 @@ class MailStore:
         return sorted(found)
 
     def clean_stale_tmp(self, max_age: float = STALE_TMP_AGE) -> int:
-        """Remove stale files from every tmp/ of every mailbox and folder (maildir.html: 36 h).
+        """Remove stale files from every tmp/ of every mailbox and folder (maildir.html: 36 h),
+        and the links to expunged messages that a dead process of this host kept (a crash).
 
         Walks the whole tree: call it at start and then every few hours, in a thread for big
         trees (see ``mailhub.store.delivery.StaleTmpCleaner``).
@@ -131,13 +132,15 @@ class MailStore:
         removed = 0
         for address in self.mailboxes():
             path = self._path(address)
-            removed += clean_stale_tmp(path, self.settings.now, max_age)
+            removed += clean_stale_tmp(path, self.settings.now, max_age, self.hostname)
             with os.scandir(path) as it:
                 for de in it:
                     if names.folder_from_dirname(de.name) is not None and de.is_dir(
                         follow_symlinks=False
                     ):
-                        removed += clean_stale_tmp(Path(de.path), self.settings.now, max_age)
+                        removed += clean_stale_tmp(
+                            Path(de.path), self.settings.now, max_age, self.hostname
+                        )
         return removed
 
     def clean_tmp(self) -> int:
