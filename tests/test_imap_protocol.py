@@ -375,7 +375,8 @@ class Mailboxes(IMAPTestCase):
 
     def test_status_namespace_id(self) -> None:
         self.deliver()
-        self.folder().append(message("seen"), flags=["S"])
+        seen = self.folder().append(message("seen"), flags=["S"])
+        self.folder().take(seen)  # (as a session that was told of it did: not recent)
         client = self.login(select=None)
         validity = self.folder().sync().uidvalidity
         client.run(f"""
@@ -491,7 +492,8 @@ class MailboxNameSyntax(IMAPTestCase):
 class Select(IMAPTestCase):
     def test_select_reports_state_and_takes_recent(self) -> None:
         self.deliver()
-        self.folder().append(message("seen"), flags=["S"])
+        seen = self.folder().append(message("seen"), flags=["S"])
+        self.folder().take(seen)  # (as a session that was told of it did: not recent)
         client = self.connect()
         client.command("LOGIN alice pw")
         validity = self.folder().sync().uidvalidity

@@ -133,10 +133,10 @@ class SlicedSearch(IMAPTestCase):
             S: b2 OK EXPUNGE completed
         """)
         self.turns_until_answered(first)
-        # as for a message expunged by another process: left out of the answer (its
-        # sequence number still counts: the EXPUNGE is told after it, RFC 3501 7.4.1)
+        # not told of the expunge yet (RFC 3501 7.4.1: it is told after the answer), this
+        # session may still read the messages (RFC 2180 4.1.1), so the search finds them
         first.run(f"""
-            S: * SEARCH {" ".join(str(n) for n in range(1, MESSAGES - 1))}
+            S: * SEARCH {" ".join(str(n) for n in range(1, MESSAGES + 1))}
             S: a1 OK SEARCH completed
             C: a2 NOOP
             S: * {MESSAGES} EXPUNGE

@@ -353,9 +353,11 @@ class SortDialogs(IMAPTestCase):
         other = self.login()
         other.command("STORE 4 +FLAGS (\\Deleted)")
         other.command("EXPUNGE")
+        # Not told yet, the client still counts message 4, and its data is still served
+        # (RFC 2180 4.1.1): SORT may find it.
         client.run("""
             C: a1 SORT (ARRIVAL) UTF-8 ALL
-            S: * SORT 1 2 3
+            S: * SORT 1 2 3 4
             S: a1 OK SORT completed
             C: a2 UID SORT (ARRIVAL) UTF-8 ALL
             S: * 4 EXPUNGE

@@ -379,11 +379,12 @@ class AppendFromTests(StoreTestCase):
         self.assertGreaterEqual(len(synced), 2)  # the file, then its directory
         m = sent.sync().by_uid[uid]
         self.assertEqual((m.flags, m.keywords), (frozenset("S"), frozenset({"$MDNSent"})))
-        self.assertEqual((m.size, m.internaldate, m.recent), (len(self.DATA), 1_000_000_000, False))
+        # Recent whatever its flags (RFC 3501 2.3.2): in new/ until a reader takes it.
+        self.assertEqual((m.size, m.internaldate, m.recent), (len(self.DATA), 1_000_000_000, True))
         self.assertEqual(sent.read_message(uid), self.DATA)
-        [fn] = os.listdir(self.inbox_path / ".Sent" / "cur")
+        [fn] = os.listdir(self.inbox_path / ".Sent" / "new")
         self.assertTrue(fn.endswith(f",S={len(self.DATA)}:2,S"))
-        self.assertEqual(os.stat(self.inbox_path / ".Sent" / "cur" / fn).st_mtime, 1_000_000_000)
+        self.assertEqual(os.stat(self.inbox_path / ".Sent" / "new" / fn).st_mtime, 1_000_000_000)
         self.assertEqual(os.listdir(self.inbox_path / ".Sent" / "tmp"), [])
         # Keywords are in the index: another process sees them.
         other = self.new_store().mailbox("alice@example.com").folder("Sent")
@@ -438,10 +439,10 @@ class CopyManyTests(ModseqTestCase):
             self.assertEqual((b.internaldate, b.size), (a.internaldate, a.size))
             self.assertEqual(archive.read_message(new), self.inbox.read_message(old))
         # Hard links: one inode, two names.
-        [linked] = [fn for fn in os.listdir(self.inbox_path / ".Archive" / "cur")]
-        self.assertEqual(os.stat(self.inbox_path / ".Archive" / "cur" / linked).st_nlink, 2)
-        # No flags: recent in the destination (RFC 3501 6.4.7).
-        self.assertTrue(dst.by_uid[1].recent)
+        linked = [fn for fn in os.listdir(self.inbox_path / ".Archive" / "new") if ":2,F" in fn]
+        self.assertEqual(os.stat(self.inbox_path / ".Archive" / "new" / linked[0]).st_nlink, 2)
+        # Recent in the destination, flags or not (RFC 3501 2.3.2, 6.4.7).
+        self.assertEqual([dst.by_uid[new].recent for _, new in pairs], [True, True])
 
     def test_copy_to_keeps_working(self) -> None:
         self.inbox.store_flags([2], "add", keywords=["Junk"])

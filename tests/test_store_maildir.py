@@ -243,6 +243,37 @@ class UidTests(StoreTestCase):
         self.assertGreater(state.uidvalidity, second)
         self.assertEqual([m.uid for m in state.messages], [1, 2, 3])
 
+    def test_folder_made_again_gets_a_greater_uidvalidity_in_another_process(self) -> None:
+        # RFC 3501 2.3.1.1; two MailStores on one tree are two processes' views, and the
+        # clock does not move: only the per-user counter can tell the folders apart.
+        other = self.new_store().mailbox(ADDRESS)
+        self.box.create_folder("Lists").append(b"Subject: a\r\n\r\n1\r\n")
+        first = self.box.folder("Lists").sync().uidvalidity
+        other.delete_folder("Lists")
+        other.create_folder("Lists").append(b"Subject: b\r\n\r\n2\r\n")
+        second = self.box.folder("Lists").sync()
+        self.assertEqual([m.uid for m in second.messages], [1])
+        self.assertGreater(second.uidvalidity, first)
+        other.rename_folder("Lists", "Old")
+        self.box.create_folder("Lists").append(b"Subject: c\r\n\r\n3\r\n")
+        self.assertEqual(other.folder("Old").sync().uidvalidity, second.uidvalidity)
+        self.assertGreater(other.folder("Lists").sync().uidvalidity, second.uidvalidity)
+        counter = (self.inbox_path / "mailhub-uidvalidity").read_bytes()
+        self.assertEqual(int(counter), other.folder("Lists").sync().uidvalidity)
+
+    def test_uidvalidity_counter_starts_above_the_folders_it_finds(self) -> None:
+        # A tree from before the counter (or one whose counter file was lost).
+        inbox = self.box.folder()
+        self.deliver(1)
+        taken = inbox.sync().uidvalidity
+        lst = uidlist.load(self.inbox_path / "mailhub-uidlist")
+        assert lst is not None
+        lst.uidvalidity = taken + 1000
+        uidlist.save(self.inbox_path / "mailhub-uidlist", lst)
+        (self.inbox_path / "mailhub-uidvalidity").unlink(missing_ok=True)
+        self.box.create_folder("Fresh")
+        self.assertEqual(self.box.folder("Fresh").sync().uidvalidity, taken + 1001)
+
     def test_corrupt_list_rebuilt(self) -> None:
         self.deliver(2)
         first = self.box.folder().sync().uidvalidity
@@ -612,10 +643,16 @@ class MessageOpsTests(StoreTestCase):
             (msg.flags, msg.size, msg.internaldate), (frozenset("S"), len(data), 1234567890)
         )
         self.assertEqual(sent.read_message(uid), data)
-        files = os.listdir(self.inbox_path / ".Sent" / "cur")
+        # In new/ with its flags: new to the folder, recent whatever its flags (RFC 3501
+        # 2.3.2), until a reader takes it to cur/.
+        files = os.listdir(self.inbox_path / ".Sent" / "new")
         self.assertEqual(len(files), 1)
         self.assertTrue(files[0].endswith(f",S={len(data)}:2,S"))
+        self.assertTrue(msg.recent)
         self.assertEqual(os.listdir(self.inbox_path / ".Sent" / "tmp"), [])
+        self.assertEqual(sent.take_recent([uid]), [uid])
+        self.assertEqual(sent.sync().by_uid[uid].flags, frozenset("S"))
+        self.assertEqual(os.listdir(self.inbox_path / ".Sent" / "cur"), files)
         # No flags: a new message (in new/, recent).
         uid2 = sent.append(b"x")
         self.assertEqual(uid2, 2)
@@ -662,3 +699,76 @@ class StaleTmpTests(StoreTestCase):
         self.clock.t = time.time()
         self.assertEqual(self.store.clean_stale_tmp(), 0)
         self.assertTrue((self.inbox_path / "tmp" / "new-delivery").exists())
+
+
+class Session:
+    """A ``maildir.Reader``: knows the UIDs it was last told of."""
+
+    def __init__(self, uids: list[int]) -> None:
+        self.uids = set(uids)
+
+    def knows(self, uid: int) -> bool:
+        return uid in self.uids
+
+
+class KeptForReadersTests(StoreTestCase):
+    """RFC 2180 4.1.1/4.1.2: a session not yet told of an expunge may still read the message;
+    the store keeps its file (a link in tmp/) only while such a session needs it."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.deliver(3)
+        self.inbox = self.box.folder()
+        self.data = {m.uid: self.inbox.read_message(m.uid) for m in self.inbox.sync().messages}
+        self.tmp = self.inbox_path / "tmp"
+
+    def test_reader_not_told_still_reads_until_it_forgets(self) -> None:
+        told, untold = Session([1, 2, 3]), Session([1, 2, 3])
+        self.inbox.add_reader(told)
+        self.inbox.add_reader(untold)
+        self.assertEqual(self.inbox.expunge([2], by=told), [2])
+        self.assertEqual([m.uid for m in self.inbox.sync().messages], [1, 3])
+        self.assertEqual(self.inbox.read_message(2), self.data[2])
+        with self.inbox.open_message(2) as f:
+            self.assertEqual(f.read(), self.data[2])
+        self.assertEqual(len(os.listdir(self.tmp)), 1)
+        self.inbox.forget(untold, [2])  # told now
+        self.assertEqual(os.listdir(self.tmp), [])
+        self.assertRaises(MessageGone, self.inbox.read_message, 2)
+
+    def test_kept_until_every_reader_leaves(self) -> None:
+        a, b = Session([1, 2, 3]), Session([1, 2, 3])
+        self.inbox.add_reader(a)
+        self.inbox.add_reader(b)
+        self.inbox.expunge([1, 3])  # by POP3 or the web: neither session was told
+        self.assertEqual(len(os.listdir(self.tmp)), 2)
+        self.inbox.forget(a)
+        self.assertEqual(self.inbox.read_message(3), self.data[3])
+        self.inbox.forget(b)
+        self.assertEqual(os.listdir(self.tmp), [])
+
+    def test_nothing_is_kept_when_no_other_reader_knows_the_message(self) -> None:
+        me, late = Session([1, 2, 3]), Session([1])
+        self.inbox.add_reader(me)
+        self.inbox.add_reader(late)
+        real_link = os.link
+        links: list[str] = []
+        self.patch(os, "link", lambda src, dst, **kw: (links.append(dst), real_link(src, dst)))
+        self.inbox.expunge([2, 3], by=me)
+        kept = [p for p in map(str, links) if p.startswith(str(self.tmp))]
+        self.assertEqual((kept, os.listdir(self.tmp)), ([], []))
+        self.assertRaises(MessageGone, self.inbox.read_message, 2)
+
+    def test_links_of_a_dead_process_are_removed_at_start(self) -> None:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, check=True)  # fmt: skip
+        pid = int(dead.stdout)
+        host = names.escape_host(self.store.hostname)
+        orphan = self.tmp / f"{maildir.KEPT_PREFIX}{pid}.7.{host}"
+        mine = self.tmp / f"{maildir.KEPT_PREFIX}{os.getpid()}.8.{host}"
+        elsewhere = self.tmp / f"{maildir.KEPT_PREFIX}{pid}.9.other.host"
+        for p in (orphan, mine, elsewhere):
+            p.write_bytes(b"x")
+        self.clock.t = time.time()  # (none of them is 36 hours old)
+        self.assertEqual(self.store.clean_stale_tmp(), 1)
+        self.assertEqual(sorted(os.listdir(self.tmp)), sorted([mine.name, elsewhere.name]))

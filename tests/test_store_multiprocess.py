@@ -362,3 +362,50 @@ class CacheMultiProcessTests(MultiProcessCase):
         for m in fresh.sync().messages:
             got = fresh.cached(m.uid, "copy", lambda f: f.read(), bytes, bytes)
             self.assertEqual(got, fresh.read_message(m.uid))
+
+
+# argv: root, tag, rounds, output file. Creates a folder of its own and the shared "Same",
+# deletes and creates them again, round after round, with the clock stopped (every process in
+# the same second); records the UIDVALIDITY of each of its own folders (another process may
+# have made the "Same" it looks at).
+RECREATOR = """
+import json, sys
+from pathlib import Path
+from mailhub.store.errors import FolderExists, FolderNotFound
+from mailhub.store.store import MailStore
+
+root, tag, rounds, out = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+box = MailStore(root, "node-" + tag, now=lambda: 1700000000.0).mailbox("shared@example.com")
+given = []
+for i in range(rounds):
+    for name in ("Own" + tag, "Same"):
+        try:
+            box.delete_folder(name)
+        except (FolderNotFound, FileNotFoundError):  # (deleted by another meanwhile)
+            pass
+        try:
+            box.create_folder(name)
+            validity = box.folder(name).sync().uidvalidity
+            if name != "Same":
+                given.append(validity)
+        except (FolderExists, FolderNotFound, FileNotFoundError):
+            pass  # another process made (or deleted) "Same" in between
+out.write_text(json.dumps(given))
+"""
+
+
+class UidValidityTests(MultiProcessCase):
+    def test_processes_recreating_folders_never_share_a_uidvalidity(self) -> None:
+        # RFC 3501 2.3.1.1: each new folder gets a UIDVALIDITY above every one handed out
+        # before for this user, by any process; the clock cannot help (stopped here).
+        outs = [self.root / f"re{i}.json" for i in range(3)]
+        procs = [self.spawn(RECREATOR, str(self.root), str(i), "20", str(out))
+                 for i, out in enumerate(outs)]  # fmt: skip
+        for p in procs:
+            self.wait(p)
+        given = [json.loads(out.read_text()) for out in outs]
+        everything = [v for values in given for v in values]
+        self.assertEqual(len(everything), 60)
+        self.assertEqual(len(everything), len(set(everything)), "a UIDVALIDITY given twice")
+        for values in given:  # each process saw them grow
+            self.assertEqual(values, sorted(values))

@@ -324,7 +324,7 @@ async def close(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Don
         # RFC 3501 6.4.2: expunge silently, no EXPUNGE responses.
         deleted = [uid for uid in view.uids if "T" in view.infos[uid].flags]
         if deleted:
-            view.folder.expunge(deleted)
+            view.folder.expunge(deleted, by=view)
     session.deselect()
     return Done("OK", "CLOSE completed", sync=False)
 

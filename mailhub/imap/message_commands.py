@@ -88,7 +88,7 @@ def _expunge(session: IMAPServerProtocol, uids: set[int] | None) -> Done:
         if "T" in view.infos[uid].flags and (uids is None or uid in uids)
     ]  # fmt: skip
     if deleted:
-        view.folder.expunge(deleted)
+        view.folder.expunge(deleted, by=view)
     return Done("OK", "EXPUNGE completed")
 
 
@@ -232,7 +232,7 @@ def _copy(session: IMAPServerProtocol, items: list[Item], *, uid: bool, move: bo
             session.write(utf8(f"* OK [{code}] Moved\r\n"))
         moved = [s for s, _ in copied]
         if moved:
-            view.folder.expunge(moved)
+            view.folder.expunge(moved, by=view)
         return Done("OK", "MOVE completed")
     if len(copied) < len(uids) and not uid:
         return Done("NO", "Some messages were expunged meanwhile", "EXPUNGEISSUED")

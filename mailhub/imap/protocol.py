@@ -144,6 +144,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         self.closing = True
         self.setTimeout(None)
         self.stop_idle_poll()
+        self._leave_view()
         for d in (self._line_waiter, self._drained, self._running):
             if d is not None and not d.called:
                 d.cancel()
@@ -194,6 +195,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         self.closing = True
         self.setTimeout(None)
         self.stop_idle_poll()
+        self._leave_view()
         self.transport.loseConnection()
 
     @property
@@ -485,8 +487,13 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             await self.unlocked(folder.sync)
 
     def deselect(self) -> None:
-        self.view = None
+        self._leave_view()
         self.state = AUTHENTICATED
+
+    def _leave_view(self) -> None:
+        view, self.view = self.view, None
+        if view is not None:
+            view.close()
 
     # --- capabilities ---------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ What changed since is turned into untagged responses (RFC 3501 7.3.1, 7.4.1, 7.4
 - messages that others expunged -> ``* n EXPUNGE`` (highest first, so no number shifts under
   another), but only when the command allows it (RFC 3501 7.4.1: not during FETCH, STORE or
   SEARCH; their UID forms are fine). Until then they stay in the view as "ghosts", keeping
-  every sequence number right;
+  every sequence number right, and their data can still be fetched (RFC 2180 4.1.1: the
+  view is a reader of its folder, ``Folder.add_reader``, so the store keeps their files);
 - new messages -> ``* n EXISTS`` and ``* n RECENT``;
 - flag changes by others -> ``* n FETCH (FLAGS (...) UID u)``, with ``MODSEQ`` once CONDSTORE
   is enabled (RFC 7162 3.2);
@@ -86,6 +87,7 @@ class View:
         self.recent: set[int] = set()
         self._flag_lists: dict[tuple[frozenset[str], frozenset[str], bool], bytes] = {}
         self._flag_sets: dict[tuple[frozenset[str], frozenset[str], bool], frozenset[str]] = {}
+        folder.add_reader(self)
         if readonly:
             state = folder.sync()
             self.recent.update(m.uid for m in state.messages if m.recent)
@@ -100,6 +102,14 @@ class View:
         self.highestmodseq = state.highestmodseq
         # the keywords told in FLAGS: SELECT's list, grown as new ones appear (never shrunk)
         self.announced: set[str] = set(self.keywords_in_use())
+
+    def knows(self, uid: int) -> bool:
+        """``Reader``: the client still counts ``uid`` as present (told of no EXPUNGE)."""
+        return uid in self.infos
+
+    def close(self) -> None:
+        """The session leaves the folder: the store need not keep expunged messages for it."""
+        self.folder.forget(self)
 
     def _after_take(self, state: FolderState) -> FolderState:
         """The folder's state after our ``take_recent`` if it is ``state`` with those renames
@@ -277,7 +287,9 @@ class View:
                     del self.infos[uid]
                     self.recent.discard(uid)
                 keep = set(gone)
+                told = [self.uids[i] for i in gone]
                 self.uids = [u for i, u in enumerate(self.uids) if i not in keep]
+                self.folder.forget(self, told)
         last = self.uids[-1] if self.uids else 0
         new: list[MessageInfo] = []
         changed: list[int] = []

@@ -2,12 +2,13 @@
 
 ``kill -9`` (or a crash, or a power cut) in the middle of a locked update can leave:
 
-* the folder's dotlocks (``mailhub-uidlist.lock``, ``subscriptions.lock``): broken when their
+* the folder's dotlocks (``mailhub-uidlist.lock``, ``subscriptions.lock``,
+  ``mailhub-uidvalidity.lock``): broken when their
   holder is dead by the rules of ``mailhub.store.dotlock`` (a dead pid of this machine at once,
   another machine's lock by its age);
 * the files of a dotlock attempt that died between its steps (``<lock>.<host>.<pid>...``,
   ``<lock>...stale``);
-* half-written replacements of ``mailhub-uidlist``/``subscriptions``
+* half-written replacements of ``mailhub-uidlist``/``subscriptions``/``mailhub-uidvalidity``
   (``<name>.<unique>.tmp``, from ``safeio.atomic_write``; one of 347 KB stayed through many
   restarts) and of ``mailhub-cache`` (``mailhub-cache.<pid>.<id>.new``);
 * a folder deletion's renamed directory (``mailhub-deleting.<unique>``) that rmtree() did not
@@ -28,13 +29,13 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from mailhub.store import cache, dotlock, subscriptions, uidlist
+from mailhub.store import cache, dotlock, subscriptions, uidlist, uidvalidity
 
 log = Logger()
 
 TEMP_AGE = 600.0  # seconds: a temporary file this old has no writer left
-LOCK_NAMES = (uidlist.LOCKNAME, subscriptions.LOCKNAME)
-_TMP_PREFIXES = (uidlist.FILENAME + ".", subscriptions.FILENAME + ".")
+LOCK_NAMES = (uidlist.LOCKNAME, subscriptions.LOCKNAME, uidvalidity.LOCKNAME)
+_TMP_PREFIXES = (uidlist.FILENAME + ".", subscriptions.FILENAME + ".", uidvalidity.FILENAME + ".")
 _DELETING = "mailhub-deleting."
 
 

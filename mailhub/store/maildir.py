@@ -22,8 +22,11 @@ from __future__ import annotations
 import errno
 import gc
 import io
+import itertools
 import os
+import re
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -32,11 +35,12 @@ from functools import cached_property, partial
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NamedTuple, TypeVar
+from typing import Any, BinaryIO, Literal, NamedTuple, Protocol, TypeVar
 
 from twisted.logger import Logger
 
-from mailhub.store import names, uidlist
+from mailhub.store import dotlock, names, uidlist
+from mailhub.store import uidvalidity as uidvalidity_counter
 from mailhub.store.cache import MISSING, CachePass, FolderCache
 from mailhub.store.cache import check_name as check_cache_name
 from mailhub.store.dotlock import DotLock
@@ -57,6 +61,28 @@ SUBDIRS = ("tmp", "new", "cur")
 FOLDER_MARKER = "maildirfolder"  # Maildir++: marks a folder dir (used by Courier, Dovecot)
 STALE_TMP_AGE = 36 * 3600  # maildir.html: tmp/ files untouched for 36 hours may be removed
 _RETRIES = 5
+# tmp/<KEPT_PREFIX><pid>.<n>.<host>: a link to an expunged message, kept while a session that
+# was not told of the expunge may still read it (Folder.add_reader).
+KEPT_PREFIX = "mailhub-kept."
+_KEPT_NAME = re.compile(re.escape(KEPT_PREFIX) + r"(\d+)\.\d+\.(.+)\Z")
+_kept_counter = itertools.count(1)
+
+
+class Reader(Protocol):
+    """A session reading a folder that is told of expunges only when its protocol allows (IMAP,
+    RFC 3501 7.4.1): until then it may still read the messages it knows (RFC 2180 4.1)."""
+
+    def knows(self, uid: int) -> bool:
+        """The session still counts message ``uid`` as present (it was not told it is gone)."""
+
+
+@dataclass
+class _Kept:
+    """An expunged message's file, linked into tmp/ for the readers not told yet."""
+
+    base: str
+    name: str  # in tmp/
+    readers: weakref.WeakSet[Reader]
 
 
 class MessageInfo(NamedTuple):
@@ -228,20 +254,35 @@ def create_maildir(path: Path, *, folder: bool) -> None:
     fsync_dir(path.parent)
 
 
+def _orphan(name: str, host: str) -> bool:
+    """A kept link (``KEPT_PREFIX``) made on this host by a process that is gone."""
+    m = _KEPT_NAME.match(name)
+    if m is None or m.group(2) != host:
+        return False
+    pid = int(m.group(1))
+    return pid != os.getpid() and not dotlock.pid_alive(pid, "")
+
+
 def is_maildir(path: Path) -> bool:
     return (path / "cur").is_dir() and (path / "new").is_dir()
 
 
 def clean_stale_tmp(
-    maildir: Path, now: Callable[[], float] = time.time, max_age: float = STALE_TMP_AGE
+    maildir: Path,
+    now: Callable[[], float] = time.time,
+    max_age: float = STALE_TMP_AGE,
+    hostname: str | None = None,
 ) -> int:
     """Remove files in ``maildir/tmp`` older than ``max_age`` (maildir.html: 36 hours).
 
     "Older" means atime, mtime and ctime are all older: a delivery in progress keeps writing
-    (mtime), so it is never removed. Returns the number of files removed.
+    (mtime), so it is never removed. With ``hostname``, also the links to expunged messages
+    that a process of this host kept (``Folder.expunge``) and that died without removing them
+    (a crash). Returns the number of files removed.
     """
     removed = 0
     limit = now() - max_age
+    host = None if hostname is None else names.escape_host(hostname)
     try:
         it = os.scandir(maildir / "tmp")
     except FileNotFoundError:
@@ -250,6 +291,10 @@ def clean_stale_tmp(
         for de in it:
             try:
                 if not de.is_file(follow_symlinks=False):
+                    continue
+                if host is not None and de.name.startswith(KEPT_PREFIX) and _orphan(de.name, host):
+                    os.unlink(de.path)
+                    removed += 1
                     continue
                 st = de.stat(follow_symlinks=False)
                 if max(st.st_atime, st.st_mtime, st.st_ctime) < limit:
@@ -281,6 +326,8 @@ class Folder:
         self.name = name
         self._path = path
         self._dir = str(path)
+        # The user's Maildir root: INBOX itself, the parent of a Maildir++ folder.
+        self._root = path if name == names.INBOX else path.parent
         self._settings = settings
         self._scans = {"new": _DirScan(), "cur": _DirScan()}
         self._list: UidList | None = None
@@ -291,6 +338,10 @@ class Folder:
         self._infos: dict[str, MessageInfo] = {}  # file name -> info, reused across syncs
         self._pending_keywords: dict[str, frozenset[str]] = {}  # base -> keywords, for adding
         self._cache: FolderCache | None = None
+        # Sessions that may read messages they were not told are expunged, and the files of
+        # expunged messages kept for them (uid -> link in tmp/): RFC 2180 4.1.
+        self._readers: weakref.WeakSet[Reader] = weakref.WeakSet()
+        self._kept: dict[int, _Kept] = {}
         # Our own change since the state was built (it may not show in the listing: keywords
         # only, or a rename that _entries already knows): the next sync() must rebuild.
         self._stale = False
@@ -396,9 +447,12 @@ class Folder:
         return self._path / uidlist.FILENAME
 
     def _lock(self) -> DotLock:
+        return self._dotlock(self._path / uidlist.LOCKNAME)
+
+    def _dotlock(self, path: Path) -> DotLock:
         s = self._settings
         return DotLock(
-            self._path / uidlist.LOCKNAME,
+            path,
             timeout=s.lock_timeout,
             stale_after=s.lock_stale_after,
             hostname=s.hostname,
@@ -539,7 +593,12 @@ class Folder:
         dirty = False
         if lst is None:
             old = self._list.uidvalidity if self._list is not None else 0
-            uidvalidity = max(int(self._settings.now()), old + 1) & uidlist.MAX_UID or 1
+            # RFC 3501 2.3.1.1: above every value this user's folders ever had (a folder of
+            # this name deleted or renamed a moment ago), not merely the clock's.
+            s = self._settings
+            uidvalidity = uidvalidity_counter.reserve(
+                self._root, floor=old, now=s.now, lock=self._dotlock, hostname=s.hostname
+            )
             lst = UidList(uidvalidity)
             dirty = True
             log.info("new UIDVALIDITY {v} for {folder}", v=uidvalidity, folder=self._dir)
@@ -781,11 +840,12 @@ class Folder:
         """uid -> (base, subdir, file name) as last seen; MessageGone if unknown."""
         self._state_or_sync()
         base = self._uid_base.get(uid)
-        if base is None:
+        where = None if base is None else self._entries.get(base)
+        if base is None or where is None:
+            kept = self._kept.get(uid)
+            if kept is not None:  # expunged, but a session not told yet may read it
+                return kept.base, "tmp", kept.name
             raise MessageGone(f"no message with UID {uid} in {self.name!r}")
-        where = self._entries.get(base)
-        if where is None:
-            raise MessageGone(f"message UID {uid} was removed from {self.name!r}")
         return base, where[0], where[1]
 
     def _relocate(self, base: str) -> tuple[str, str]:
@@ -1189,13 +1249,25 @@ class Folder:
 
     # -- removing -------------------------------------------------------------------------
 
-    def expunge(self, uids: Iterable[int]) -> list[int]:
-        """Delete the messages; returns the UIDs that were present (and are now gone)."""
+    def expunge(self, uids: Iterable[int], *, by: Reader | None = None) -> list[int]:
+        """Delete the messages; returns the UIDs that were present (and are now gone).
+
+        A message that a reader (``add_reader``) other than ``by`` (the session expunging,
+        which tells its client at once) still knows is first linked into tmp/, so that reader
+        can go on reading it until it is told (``forget``)."""
         removed: list[tuple[int, str]] = []
         touched: set[str] = set()
+        readers = [r for r in self._readers if r is not by] if self._readers else []
         for uid in uids:
+            holders = [r for r in readers if r.knows(uid)] if readers else []
 
-            def op(base: str, sub: str, fn: str) -> str:
+            def op(
+                base: str, sub: str, fn: str, uid: int = uid, holders: list[Reader] = holders
+            ) -> str:
+                if sub == "tmp":  # (already expunged: a link kept for a reader)
+                    raise FileNotFoundError(fn)
+                if holders:
+                    self._keep(uid, base, f"{self._dir}/{sub}/{fn}", holders)
                 os.unlink(f"{self._dir}/{sub}/{fn}")
                 touched.add(sub)
                 return base
@@ -1228,6 +1300,46 @@ class Folder:
         self._collect_cache({base for _, base in removed})
         return [uid for uid, _ in removed]
 
+    # -- expunged messages kept for readers not told yet (RFC 2180 4.1.1, 4.1.2) ------------
+
+    def add_reader(self, reader: Reader) -> None:
+        """``reader`` (an IMAP session that selected this folder) may read messages that others
+        expunge until it calls ``forget`` for them: ``expunge`` keeps their files."""
+        self._readers.add(reader)
+
+    def forget(self, reader: Reader, uids: Iterable[int] | None = None) -> None:
+        """``reader`` was told these messages are gone (None: it leaves the folder); the files
+        kept for them are removed once no reader needs them any more."""
+        if reader in self._readers and uids is None:
+            self._readers.discard(reader)
+        if not self._kept:
+            return
+        for uid in list(self._kept) if uids is None else uids:
+            kept = self._kept.get(uid)
+            if kept is None:
+                continue
+            kept.readers.discard(reader)
+            if not kept.readers:
+                del self._kept[uid]
+                unlink_quietly(f"{self._dir}/tmp/{kept.name}")
+
+    def _keep(self, uid: int, base: str, path: str, readers: list[Reader]) -> None:
+        """Link the file of ``uid`` (about to be unlinked) into tmp/ for ``readers``. No fsync:
+        after a crash nobody needs it (``clean_stale_tmp`` removes it)."""
+        host = names.escape_host(self._settings.hostname)
+        name = f"{KEPT_PREFIX}{os.getpid()}.{next(_kept_counter)}.{host}"
+        old = self._kept.pop(uid, None)
+        if old is not None:  # (a retry after the file moved between our link and unlink)
+            unlink_quietly(f"{self._dir}/tmp/{old.name}")
+        try:
+            os.link(path, f"{self._dir}/tmp/{name}")
+        except FileNotFoundError:
+            raise  # (moved meanwhile: _with_file looks for it again)
+        except OSError as e:  # a full disk, say: the reader gets NO [EXPUNGEISSUED], as before
+            log.warn("could not keep {path} for a reader: {e}", path=path, e=str(e))
+            return
+        self._kept[uid] = _Kept(base, name, weakref.WeakSet(readers))
+
     def delete(self, uid: int) -> None:
         """Delete one message; MessageGone if it was already removed."""
         if not self.expunge([uid]):
@@ -1257,9 +1369,11 @@ class Folder:
         return found
 
     def _target(self, base: str, flags: frozenset[str]) -> str:
-        # Without flags the message is new (IMAP \Recent); with flags it has been "seen".
+        # Into new/ whatever its flags: a message that arrives by APPEND, COPY or MOVE is new
+        # to this folder, so \Recent for the first session told of it (RFC 3501 2.3.2), as
+        # a delivered one is; that session's take moves it to cur/, keeping the flags.
         if flags:
-            return f"{self._dir}/cur/{names.format_filename(base, flags)}"
+            return f"{self._dir}/new/{names.format_filename(base, flags)}"
         return f"{self._dir}/new/{base}"
 
     def append(
@@ -1431,6 +1545,8 @@ class Folder:
         else:
             with self.open_message(uid) as f:
                 value = compute(f)
+        if uid in self._kept:  # expunged (kept for a reader): no record for it
+            return value
         if cache.needs_compaction():  # first, so that the new record lands in a clean file
             self._compact_cache(cache)
         cache.put(base, name, encode(value), value)
@@ -1472,7 +1588,8 @@ class Folder:
                 else:
                     with self.open_message(uid) as f:
                         value = compute(f)
-                cache.put(base, name, encode(value), value, defer=True)
+                if uid not in self._kept:  # (expunged, kept for a reader: no record)
+                    cache.put(base, name, encode(value), value, defer=True)
             return value  # type: ignore[no-any-return]
 
         return CachePass(cache, name, self._live_base, miss)

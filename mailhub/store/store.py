@@ -123,7 +123,8 @@ class MailStore:
         return sorted(found)
 
     def clean_stale_tmp(self, max_age: float = STALE_TMP_AGE, *, leftovers: bool = False) -> int:
-        """Remove stale files from every tmp/ of every mailbox and folder (maildir.html: 36 h);
+        """Remove stale files from every tmp/ of every mailbox and folder (maildir.html: 36 h) and
+        the links to expunged messages that a dead process of this host kept (a crash);
         with ``leftovers`` also stale dotlocks and the temporary files of killed processes
         (``mailhub.store.leftovers``), in the same walk.
 
@@ -134,7 +135,7 @@ class MailStore:
         for path in self._folder_paths():
             if leftovers:
                 removed += self._clean_leftovers(path)
-            removed += clean_stale_tmp(path, self.settings.now, max_age)
+            removed += clean_stale_tmp(path, self.settings.now, max_age, self.hostname)
         return removed
 
     def clean_leftovers(self) -> int:
