@@ -60,7 +60,7 @@ class LiteralIntoTheFolder(IMAPTestCase):
         [line] = client.lines()
         self.assertTrue(line.startswith("a1 OK [APPENDUID "), line)
         self.assertEqual(self.files("Drafts", "tmp"), [])
-        [delivered] = self.files("Drafts", "cur")
+        [delivered] = self.files("Drafts", "new")  # new/ even with \Seen: it is \Recent
         self.assertEqual(delivered.stat().st_ino, inode)  # a link: the octets were written once
         self.assertEqual(self.folder("Drafts").read_message(1), data)
         self.assertEqual(self.folder("Drafts").sync().messages[0].flags, {"S"})

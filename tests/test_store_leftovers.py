@@ -11,7 +11,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.store import subscriptions, uidlist
+from mailhub.store import subscriptions, uidlist, uidvalidity
 from mailhub.store.delivery import StaleTmpCleaner
 from mailhub.store.dotlock import this_machine
 from mailhub.store.store import MailStore
@@ -51,6 +51,9 @@ class LeftoversTests(SynchronousTestCase):
         self.put(i / f"{subscriptions.FILENAME}.1765000000.M2P9Q1.test.host.tmp", "INBOX\n")
         self.put(i / f"{uidlist.LOCKNAME}.test.host.9.140.1", self.dead)  # an attempt's file
         self.put(i / "mailhub-cache.9.140.new", "cache")
+        # The per-user UIDVALIDITY counter's lock and half-written replacement, killed alike.
+        self.put(i / uidvalidity.LOCKNAME, self.dead + " nonce=4\n", old=False)
+        self.put(i / f"{uidvalidity.FILENAME}.1765000000.M4P9Q1.test.host.tmp", "7")
         (i / "mailhub-deleting.1765000000.M3P9Q1.test.host" / "cur").mkdir(parents=True)
         os.utime(i / "mailhub-deleting.1765000000.M3P9Q1.test.host", (self.old, self.old))
         # Another host's lock, untouched for an hour: the age rule.
@@ -62,9 +65,9 @@ class LeftoversTests(SynchronousTestCase):
 
         removed = StaleTmpCleaner(self.store)._clean_blocking()
 
-        self.assertEqual(removed, 7)
+        self.assertEqual(removed, 9)
         self.assertEqual(sorted(p.name for p in i.iterdir() if p.name.startswith("mailhub")),
-                         [uidlist.FILENAME])  # fmt: skip
+                         [uidlist.FILENAME, uidvalidity.FILENAME])  # fmt: skip
         self.assertEqual(sorted(p.name for p in i.iterdir() if p.name.startswith("subscr")),
                          [subscriptions.FILENAME])  # fmt: skip
         self.assertFalse((self.work / subscriptions.LOCKNAME).exists())
