@@ -1,5 +1,5 @@
-"""The IMAP concurrency checker (``mailhub.imapstress``): its rules on canned responses and
-a bounded stress run against an in-process mailhub.
+"""The IMAP concurrency checker (``mailhub.imapstress``): its rules on canned responses, a
+bounded stress run against an in-process mailhub, and a defect it found, pinned as a dialog.
 
 The stress run: 10 sessions for about 15 s on INBOX and Stress over real sockets, seeded
 (``MAILHUB_STRESS_SEED`` picks another seed; the failure message names the seed and, for each
@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mailhub import imapstress
 from mailhub.imapstress import Message, Response, Selection, Session, StressConfig, World
 from mailhub.testing import MailhubTestServer
+from tests.test_imap_support import USER, IMAPTestCase, message
 
 STRESS_SEED = int(os.environ.get("MAILHUB_STRESS_SEED", "20261206"))
 
@@ -149,3 +150,28 @@ class Rules(SynchronousTestCase):
             [b"UID", b"4", b"BODY[HEADER.FIELDS (X-Stress-Id)]", b"X-Stress-Id: s1-2\r\n",
              b"FLAGS", [b"\\Seen"]],
         )  # fmt: skip
+
+
+class FailedCopy(IMAPTestCase):
+    """RFC 3501 6.4.7: "If the COPY command is unsuccessful for any reason, server
+    implementations MUST restore the destination mailbox to its state before the COPY
+    attempt." Found by the stress run (``unexpected-message``): a COPY whose set held a
+    message another session had expunged answered NO [EXPUNGEISSUED] but left the copies of
+    the others in the destination."""
+
+    def test_no_expungeissued_leaves_the_destination_unchanged(self) -> None:
+        for n in range(3):
+            self.deliver(message(f"m{n}"))
+        self.store.mailbox(USER, create=True).create_folder("Stress")
+        a = self.login()
+        b = self.login()
+        a.command("STORE 2 +FLAGS.SILENT (\\Deleted)")
+        a.command("EXPUNGE")
+        b.run("""
+            C: b1 COPY 1:3 Stress
+            S: * 2 EXPUNGE
+            S: b1 NO [EXPUNGEISSUED] Some messages were expunged meanwhile
+            C: b2 STATUS Stress (MESSAGES)
+            S: * STATUS Stress (MESSAGES 0)
+            S: b2 OK STATUS completed
+        """)

@@ -192,6 +192,9 @@ def _copy(session: IMAPServerProtocol, items: list[Item], *, uid: bool, move: bo
             view.folder.expunge(moved)
         return Done("OK", "MOVE completed")
     if len(copied) < len(uids) and not uid:
+        # RFC 3501 6.4.7: a COPY that fails leaves the destination as it was.
+        if copied:
+            target.expunge([d for _, d in copied])
         return Done("NO", "Some messages were expunged meanwhile", "EXPUNGEISSUED")
     return Done("OK", f"{verb} completed", code)
 
