@@ -175,3 +175,22 @@ class FailedCopy(IMAPTestCase):
             S: * STATUS Stress (MESSAGES 0)
             S: b2 OK STATUS completed
         """)
+
+
+class SilentUidStore(IMAPTestCase):
+    """RFC 3501 6.4.6: with .SILENT the client derives the new flags itself, and an untagged
+    FETCH for a change by another session must leave them "determinate without a race
+    condition". Found by the stress run (``model-converges``): UID STORE first reported the
+    other session's change as it was before the STORE (``FLAGS (\\Seen)``) and then nothing,
+    so a client that takes FETCH FLAGS as the message's flags lost its own \\Deleted."""
+
+    def test_flags_told_during_the_store_are_those_after_it(self) -> None:
+        self.deliver(message("m0"))
+        a = self.login()
+        b = self.login()
+        a.command("STORE 1 +FLAGS.SILENT (\\Seen)")
+        b.run("""
+            C: b1 UID STORE 1 +FLAGS.SILENT (\\Deleted)
+            S: * 1 FETCH (UID 1 FLAGS (\\Seen \\Deleted))
+            S: b1 OK STORE completed
+        """)
