@@ -10,13 +10,13 @@ checked; none is excused.
 from __future__ import annotations
 
 import os
-import random
 
 from twisted.internet import threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailhub import imapstress
 from mailhub.imapstress import Message, Response, Selection, Session, StressConfig, World
+from mailhub.imapstress.run import _check_recent, _resolve_copies
 from mailhub.testing import MailhubTestServer
 from tests.test_imap_support import USER, IMAPTestCase, message
 
@@ -45,7 +45,7 @@ class StressRun(TestCase):
 
 
 def _session(*, verifier: bool = False) -> Session:
-    s = Session("s0", World(), random.Random(1), qresync=False, verifier=verifier)
+    s = Session("s0", World(), verifier=verifier)
     s.sel = Selection("INBOX", flags={"\\Seen", "\\Deleted"})
     return s
 
@@ -124,7 +124,7 @@ class Rules(SynchronousTestCase):
         world.created[("INBOX", 1)] = world.created[("INBOX", 2)] = "x"
         world.recent[("INBOX", 1)].update(s0=True, s1=True)
         world.recent[("INBOX", 2)].update(s0=False, s1=False)
-        imapstress._check_recent(world, {"INBOX": {1: Message(1), 2: Message(2)}})
+        _check_recent(world, {"INBOX": {1: Message(1), 2: Message(2)}})
         self.assertEqual(
             sorted(v.rule for v in world.violations), ["recent-missing", "recent-unique"]
         )
@@ -135,7 +135,7 @@ class Rules(SynchronousTestCase):
         world.deletable.add(("INBOX", 7))
         world.copies[("Stress", 3)] = ("INBOX", 7)
         world.copies[("INBOX", 9)] = ("Stress", 3)
-        imapstress._resolve_copies(world)
+        _resolve_copies(world)
         self.assertEqual(world.created[("INBOX", 9)], "s1-1")
         self.assertIn(("INBOX", 9), world.deletable)
 
