@@ -309,6 +309,29 @@ class StressSession(Session):
     async def op_noop(self) -> None:
         await self.command("NOOP")
 
+    async def final_search(self) -> None:
+        """With every session stopped, SEARCH finds exactly what the model holds."""
+        sel = self.sel
+        assert sel is not None
+        keyword = self.rng.choice(KEYWORDS)
+        numbered = list(enumerate(sel.messages, 1))
+        checks = [
+            ("UID SEARCH ALL", [m.uid for _, m in numbered]),
+            ("SEARCH DELETED", [n for n, m in numbered if "\\Deleted" in (m.flags or ())]),
+            (
+                f"UID SEARCH KEYWORD {keyword}",
+                [m.uid for _, m in numbered if keyword in (m.flags or ())],
+            ),
+        ]
+        for line, want in checks:
+            await self.command(line)
+            assert self.running is not None
+            got = sorted(self.running.search or [])
+            if got != sorted(x for x in want if x is not None):
+                self.violation("search-result", None,
+                               f"with every session stopped, {line} found {got[:12]}; "
+                               f"the session's model: {want[:12]}")  # fmt: skip
+
     async def op_switch(self) -> None:
         await self.select(self.other())
 

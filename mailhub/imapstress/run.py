@@ -100,6 +100,7 @@ async def run(host: str, port: int, config: StressConfig, target: str = "") -> R
         try:
             await s.command("NOOP")
             await s.resolve()
+            await s.final_search()
         except (ConnectionGone, OSError) as e:
             errors.append(f"{s.name} (final NOOP): {e}")
             s.dead = True

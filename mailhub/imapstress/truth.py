@@ -33,7 +33,8 @@ RULES: dict[str, str] = {
     "timeout": "the server answered a command within the timeout",
     "syntax": "RFC 3501 9: a response the formal syntax allows",
     "store-result": "RFC 3501 6.4.6: STORE (not .SILENT) tells the new flags in an untagged FETCH",
-    "search-result": "RFC 3501 7.2.5: SEARCH names only messages the session was told of",
+    "search-result": "RFC 3501 6.4.4/7.2.5: SEARCH names only messages the session was told "
+    "of; with every session stopped, exactly those its model says match",
     "appenduid": "RFC 4315 3: APPEND answers APPENDUID with the new UID",
     "copyuid": "RFC 4315 3 / RFC 6851 4.3: COPY and MOVE answer COPYUID for the messages asked",
     "move-expunges": "RFC 6851 3.3: MOVE expunges the moved messages (EXPUNGE or VANISHED)",
