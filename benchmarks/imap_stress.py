@@ -16,6 +16,12 @@ dovecot-imapd; ``--no-dovecot`` to skip it).
 
     python3 benchmarks/imap_stress.py --duration 60 --sessions 10 --seed 7
 
+``--trace FILE`` writes every line sent and received (with each session's mailbox and the
+violations, marked ``!!``) to FILE.mailhub and FILE.dovecot, to follow a finding back to the
+commands that led to it. A seed fixes every session's random choices; which messages they pick
+also depends on what the others did first, so a rerun finds the same kinds of violations, not
+the same lines.
+
 Exit status 1 when mailhub broke a rule (Dovecot's findings are printed, not judged).
 """
 
