@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailhub import imapstress
 from mailhub.imapstress import Message, Response, Selection, Session, StressConfig, World
-from mailhub.imapstress.run import _check_recent, _resolve_copies
+from mailhub.imapstress.run import _check_recent, _resolve_copies, judge
 from mailhub.testing import MailhubTestServer
 from tests.test_imap_support import USER, IMAPTestCase, message
 
@@ -194,3 +194,31 @@ class SilentUidStore(IMAPTestCase):
             S: * 1 FETCH (UID 1 FLAGS (\\Seen \\Deleted))
             S: b1 OK STORE completed
         """)
+
+
+class EndChecks(SynchronousTestCase):
+    """What the final EXAMINE shows, judged against the models and the ground truth."""
+
+    def test_lost_unexpected_resurrected_and_diverged(self) -> None:
+        world = World()
+        for uid, made in ((1, "a"), (2, "b"), (3, "c"), (5, "e")):
+            world.created[("INBOX", uid)] = made
+        world.deletable.add(("INBOX", 2))  # gone, but somebody stored \Deleted: fine
+        world.expunged[("INBOX", 1)] = "s1"
+        world.expunged[("INBOX", 5)] = "s1"  # expunged although nobody deleted or moved it
+        final = {
+            "INBOX": {
+                1: Message(1, frozenset(), stress_id="a"),
+                4: Message(4, frozenset({"\\Seen"}), stress_id="z"),
+            }
+        }
+        s = _session()
+        assert s.sel is not None
+        s.sel.messages = [Message(1, frozenset({"\\Seen"})), Message(4, frozenset({"\\Seen"}))]
+        judge(world, final, [s])
+        self.assertEqual(
+            sorted(v.rule for v in world.violations),
+            ["expunged-undeleted", "lost", "model-converges", "resurrected", "unexpected-message"],
+        )
+        lost = next(v for v in world.violations if v.rule == "lost")
+        self.assertIn("INBOX UID 3 (c)", lost.detail)

@@ -130,10 +130,17 @@ async def _verify(
         assert verifier.sel is not None
         final[mailbox] = verifier.sel.known()
     await verifier.logout()
+    judge(world, final, [s for s in sessions if not s.dead])
+    return final
+
+
+def judge(world: World, final: dict[str, dict[int, Message]], sessions: list[Session]) -> None:
+    """The end checks: each session's model against the mailbox as ``final`` shows it (UID ->
+    message, X-Stress-Id read), and what is there against what the checker made."""
     for s in sessions:
-        if s.dead or s.sel is None:
+        if s.sel is None:
             continue
-        truth = final[s.sel.mailbox]
+        truth = final.get(s.sel.mailbox, {})
         mine = s.sel.known()
         if [m.uid for m in s.sel.messages] != sorted(truth):
             missing = sorted(set(truth) - set(mine))[:8]
@@ -188,16 +195,9 @@ async def _verify(
                 )
     for key, made in world.created.items():
         mailbox, uid = key
-        may_go = key in world.deletable or key in world.moved
-        if uid not in final[mailbox] and not may_go:
-            world.violation(
-                "lost",
-                "verify",
-                "",
-                "",
-                f"{mailbox} UID {uid} ({made}) is gone; nobody deleted or moved it",
-            )
-        elif key in world.expunged and not may_go:
+        if key in world.deletable or key in world.moved or uid in final.get(mailbox, {}):
+            continue  # (still there but announced as expunged: "resurrected" above)
+        if key in world.expunged:
             world.violation(
                 "expunged-undeleted",
                 "verify",
@@ -206,7 +206,14 @@ async def _verify(
                 f"{mailbox} UID {uid} ({made}) was expunged (told to "
                 f"{world.expunged[key]}) without \\Deleted or MOVE",
             )
-    return final
+        else:
+            world.violation(
+                "lost",
+                "verify",
+                "",
+                "",
+                f"{mailbox} UID {uid} ({made}) is gone; nobody deleted or moved it",
+            )
 
 
 def _resolve_copies(world: World) -> None:
