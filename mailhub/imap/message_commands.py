@@ -99,8 +99,12 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
     sub = A.atom(items[0], "command").upper()
     rest = items[1:]
     # UID commands may report expunges (RFC 3501 7.4.1): doing it first keeps messages
-    # expunged by others out of the answer.
-    session.write_all(session.selected_view().sync(allow_expunge=True))
+    # expunged by others out of the answer. Not for STORE: it would tell other sessions'
+    # flag changes as they were before the STORE, which .SILENT does not correct (RFC 3501
+    # 6.4.6: flags "determinate without a race"); STORE skips expunged messages itself, and
+    # the sync after the command reports the expunges.
+    if sub != "STORE":
+        session.write_all(session.selected_view().sync(allow_expunge=True))
     if sub == "FETCH":
         return await fetch_command.fetch_messages(session, rest, uid=True)
     if sub == "SEARCH":
@@ -235,6 +239,9 @@ def _copy(session: IMAPServerProtocol, items: list[Item], *, uid: bool, move: bo
             view.folder.expunge(moved, by=view)
         return Done("OK", "MOVE completed")
     if len(copied) < len(uids) and not uid:
+        # RFC 3501 6.4.7: a COPY that fails leaves the destination as it was.
+        if copied:
+            target.expunge([d for _, d in copied])
         return Done("NO", "Some messages were expunged meanwhile", "EXPUNGEISSUED")
     return Done("OK", f"{verb} completed", code)
 
