@@ -10,6 +10,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 
+from mailhub.store import dotlock, uidlist
+from mailhub.store.dotlock import DotLock
 from tests.test_imap_support import IMAPTestCase, message
 
 BIG = 1024 * 1024  # over the framer's spool threshold (256 KiB)
@@ -143,6 +145,24 @@ class DiskWorkOffTheReactor(IMAPTestCase):
         self.assertEqual(self.folder().read_message(1), data)
         self.assertEqual((info.flags, info.keywords), ({"F"}, {"$Work"}))
         self.assertEqual(os.listdir(self.folder()._path / "tmp"), [])
+
+    def test_lock_taken_while_the_worker_runs_is_waited_for(self) -> None:
+        # Another process takes the folder lock between the placing and the UID: APPEND
+        # waits for it on the clock and still answers APPENDUID (RFC 4315 3), never without.
+        self.patch(dotlock, "on_reactor_thread", lambda: True)
+        client = self.login(select=None)
+        client.send(b"a1 APPEND INBOX {5+}\r\nhello\r\n")
+        holder = DotLock(self.folder()._path / uidlist.LOCKNAME, in_reactor=lambda: True)
+        holder.acquire()
+        self.addCleanup(holder.release)
+        self.runner.run_all()
+        self.clock.advance(1)
+        self.assertEqual(client.lines(), [])  # waiting for the lock, not answered without UID
+        holder.release()
+        self.clock.advance(0.1)
+        [line] = client.lines()
+        self.assertTrue(line.startswith("a1 OK [APPENDUID "), line)
+        self.assertEqual(self.folder().read_message(1), b"hello")
 
     def test_worker_failure_is_a_clean_no(self) -> None:
         client = self.login(select=None)

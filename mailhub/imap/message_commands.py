@@ -63,11 +63,12 @@ async def append(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
         folder.abandon(placement)
         raise
     try:
-        uid = folder.adopt(placement)
+        # adopt() only names the placed file's UID under the folder lock: safe to run again.
+        uid = await session.unlocked(lambda: folder.adopt(placement))
         validity = folder.sync().uidvalidity
     except LockBusy:
-        # Stored durably, only its UID is not known yet (the folder lock was taken again
-        # meanwhile): OK without APPENDUID rather than NO and a duplicate on the retry.
+        # Stored durably, only its UID is not known (the folder lock stayed busy past
+        # lock_timeout): OK without APPENDUID rather than NO and a duplicate on the retry.
         return Done("OK", "APPEND completed")
     return Done("OK", "APPEND completed", f"APPENDUID {validity} {uid}")
 
