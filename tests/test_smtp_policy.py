@@ -7,9 +7,9 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from mailhub.addresses import AddressError, parse_mail_from, parse_rcpt_to
 from mailhub.aliases import AliasMap
 from mailhub.config import DomainsConfig
-from mailhub.smtp.address import AddressError, parse_mail_from, parse_rcpt_to
 from mailhub.smtp.policy import (
     ISMTPPolicy,
     RecipientPolicy,

@@ -20,10 +20,10 @@ from enum import Enum
 from twisted.internet.defer import Deferred
 from zope.interface import Interface, implementer
 
+from mailhub.addresses import Mailbox
 from mailhub.aliases import AliasError
 from mailhub.config import DomainsConfig
 from mailhub.smtp import replies
-from mailhub.smtp.address import Mailbox
 from mailhub.smtp.replies import Reply
 from mailhub.smtp.session import Session
 from mailhub.store.names import new_localpart_problem
