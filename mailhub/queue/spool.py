@@ -40,8 +40,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mailhub.queue.record import QUEUE_ID, CorruptRecord, QueueRecord
-from mailhub.safeio import fsync_dir, remove_if_exists, write_all
-from mailhub.store.names import unique_name
+from mailhub.safeio import fsync_dir, remove_if_exists, unique_name, write_all
 
 log = Logger()
 T = TypeVar("T")
