@@ -36,7 +36,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import Attribute, Interface, implementer
 from zope.interface.interface import InterfaceClass
 
-from mailhub.smtp.address import AddressError, parse_path, quote_local_part
+from mailhub.addresses import AddressError, parse_path, quote_local_part
 from mailhub.store.names import new_localpart_problem
 from mailhub.users import UserDB, canonical_user
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
+from mailhub.addresses import AddressError, parse_path
 from mailhub.config import Config
 from mailhub.envelope import Envelope
 from mailhub.interfaces import IIncomingMessage, IMessageSink
-from mailhub.smtp.address import AddressError, parse_path
 from mailhub.smtp.policy import RecipientPolicy
 from mailhub.smtp.session import Session
 

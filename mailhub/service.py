@@ -23,12 +23,13 @@ from mailhub.config import Config
 from mailhub.faults import FaultRules, FaultyServerTLS
 from mailhub.imap.factory import IMAPServerFactory
 from mailhub.interfaces import IMessageSink
+from mailhub.net import is_loopback
 from mailhub.pop3.factory import POP3ServerFactory
 from mailhub.queue import Queue, RetrySchedule
 from mailhub.relay.courier import courier_from_config
 from mailhub.routing import LOCAL, REMOTE, Router, SplitSink, local_domains, policy_resolver
 from mailhub.smtp.factory import SMTPServerFactory
-from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy, is_loopback
+from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy
 from mailhub.smtp.submission import SubmissionSink
 from mailhub.store.courier import LocalCourier
 from mailhub.store.delivery import GroupCommitter, MaildirSink, StaleTmpCleaner

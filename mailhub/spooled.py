@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from mailhub.envelope import Envelope
 from mailhub.interfaces import DeliveryError
-from mailhub.store.safeio import write_all
+from mailhub.safeio import write_all
 
 log = Logger()
 

@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhub.config import ConfigError
-from mailhub.store.safeio import atomic_write, makedirs_durable
+from mailhub.safeio import atomic_write, makedirs_durable
 
 logger = Logger()
 

@@ -44,10 +44,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from twisted.logger import Logger
 
 from mailhub.config import normalise_domain
+from mailhub.safeio import atomic_write
 from mailhub.store.dotlock import DotLock
 from mailhub.store.errors import InvalidName
 from mailhub.store.names import split_address
-from mailhub.store.safeio import atomic_write
 
 log = Logger()
 

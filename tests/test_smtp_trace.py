@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.envelope import Envelope, Recipient
-from mailhub.smtp.queueid import QueueIdGenerator
+from mailhub.queueid import QueueIdGenerator
 from mailhub.smtp.trace import address_literal, protocol_keyword, received_header
 
 

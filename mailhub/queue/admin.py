@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mailhub.queue.record import QUEUE_ID, CorruptRecord, QueueRecord
 from mailhub.queue.spool import QueueLocked, Spool
-from mailhub.store.safeio import atomic_write
+from mailhub.safeio import atomic_write
 
 ACTIONS = ("retry", "delete")
 

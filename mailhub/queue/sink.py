@@ -21,7 +21,7 @@ from mailhub.envelope import Envelope
 from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
 from mailhub.queue.record import QUEUE_ID, QueueRecord, RecipientState
 from mailhub.queue.spool import Spool
-from mailhub.smtp.queueid import QueueIdGenerator
+from mailhub.queueid import QueueIdGenerator
 from mailhub.spooled import SpooledMessage
 
 log = Logger()

@@ -40,8 +40,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mailhub.queue.record import QUEUE_ID, CorruptRecord, QueueRecord
-from mailhub.store.names import unique_name
-from mailhub.store.safeio import fsync_dir, remove_if_exists, write_all
+from mailhub.safeio import fsync_dir, remove_if_exists, unique_name, write_all
 
 log = Logger()
 T = TypeVar("T")
@@ -168,7 +167,7 @@ class Spool:
     # --- setup and the lock ----------------------------------------------------------------
 
     def create(self) -> None:
-        from mailhub.store.safeio import makedirs_durable
+        from mailhub.safeio import makedirs_durable
 
         for d in (self.path, self.control, self.corrupt):
             makedirs_durable(d)

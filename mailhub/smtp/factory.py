@@ -13,9 +13,9 @@ from mailhub.config import Limits, SMTPConfig
 from mailhub.connlimit import CountedSession, Slot, counter_for
 from mailhub.faults import FaultRules
 from mailhub.interfaces import IMessageSink
+from mailhub.queueid import QueueIdGenerator
 from mailhub.smtp.policy import ISMTPPolicy, Role
 from mailhub.smtp.protocol import SMTPServerProtocol
-from mailhub.smtp.queueid import QueueIdGenerator
 from mailhub.smtp.replies import Reply
 from mailhub.throttle import AuthThrottle
 

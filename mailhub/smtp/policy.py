@@ -11,7 +11,6 @@ only and lets them send only as themselves, ``SubmissionPolicy``.
 
 from __future__ import annotations
 
-import ipaddress
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,10 +19,11 @@ from enum import Enum
 from twisted.internet.defer import Deferred
 from zope.interface import Interface, implementer
 
+from mailhub.addresses import Mailbox
 from mailhub.aliases import AliasError
 from mailhub.config import DomainsConfig
+from mailhub.net import is_loopback
 from mailhub.smtp import replies
-from mailhub.smtp.address import Mailbox
 from mailhub.smtp.replies import Reply
 from mailhub.smtp.session import Session
 from mailhub.store.names import new_localpart_problem
@@ -89,16 +89,6 @@ AUTH_ALLOWED = Decision(Reply(250, "2.0.0", "Ok"))
 ENCRYPTION_REQUIRED = Decision.reject(
     538, "5.7.11", "Encryption required for requested authentication mechanism"
 )
-
-
-def is_loopback(address: str) -> bool:
-    """127.0.0.0/8, ::1, and IPv4-mapped loopback (::ffff:127.0.0.1)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return (mapped or ip).is_loopback
 
 
 class ISMTPPolicy(Interface):

@@ -32,14 +32,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from mailhub import sasl
-from mailhub.connlimit import Slot
-from mailhub.envelope import Envelope, Recipient
-from mailhub.faults import Action, Rule, Stage
-from mailhub.inputpump import TOO_LONG, InputPump
-from mailhub.interfaces import DeliveryError, IIncomingMessage
-from mailhub.login import LoginResult, Outcome, guarded_login
-from mailhub.smtp import replies as R
-from mailhub.smtp.address import (
+from mailhub.addresses import (
     AddressError,
     Mailbox,
     ParameterError,
@@ -47,6 +40,13 @@ from mailhub.smtp.address import (
     parse_mail_from,
     parse_rcpt_to,
 )
+from mailhub.connlimit import Slot
+from mailhub.envelope import Envelope, Recipient
+from mailhub.faults import Action, Rule, Stage
+from mailhub.inputpump import TOO_LONG, InputPump
+from mailhub.interfaces import DeliveryError, IIncomingMessage
+from mailhub.login import LoginResult, Outcome, guarded_login
+from mailhub.smtp import replies as R
 from mailhub.smtp.policy import Decision
 from mailhub.smtp.replies import Reply
 from mailhub.smtp.session import Session

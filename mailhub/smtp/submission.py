@@ -63,9 +63,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailhub.addresses import AddressError, Mailbox, parse_path
 from mailhub.envelope import Envelope
 from mailhub.interfaces import IIncomingMessage, IMessageSink, MessageRejected
-from mailhub.smtp.address import AddressError, Mailbox, parse_path
 
 # RFC 5322 3.6.8: field-name = 1*ftext, printable US-ASCII except ":"; 4.5.3 (obs-optional)
 # allows WSP between the name and the colon.

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from functools import lru_cache
 
+from mailhub.addresses import AddressError, normalise_domain
 from mailhub.envelope import Envelope
-from mailhub.smtp.address import AddressError, normalise_domain
 
 # What may appear as a bare token in the "from" clause without breaking the header grammar.
 _UNSAFE = re.compile(r"[^\x21-\x7e]|[()\\;]")

@@ -43,7 +43,7 @@ from typing import Any, Generic, TypeVar
 
 from twisted.logger import Logger
 
-from mailhub.store.safeio import atomic_write
+from mailhub.safeio import atomic_write
 
 log = Logger()
 

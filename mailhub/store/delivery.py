@@ -43,11 +43,11 @@ from zope.interface import implementer
 
 from mailhub.envelope import Envelope
 from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
+from mailhub.safeio import unlink_quietly, write_all, write_new_file
 from mailhub.spooled import TMP_FLAGS, SpooledMessage, io_error
 from mailhub.store import names
 from mailhub.store.errors import InvalidName
 from mailhub.store.maildir import STALE_TMP_AGE
-from mailhub.store.safeio import unlink_quietly, write_all, write_new_file
 from mailhub.store.store import MailStore
 
 log = Logger()

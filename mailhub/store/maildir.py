@@ -39,6 +39,7 @@ from typing import Any, BinaryIO, Literal, NamedTuple, Protocol, TypeVar
 
 from twisted.logger import Logger
 
+from mailhub.safeio import fsync_dir, unlink_quietly, write_all
 from mailhub.store import dotlock, names, uidlist
 from mailhub.store import uidvalidity as uidvalidity_counter
 from mailhub.store.cache import MISSING, CachePass, FolderCache
@@ -51,7 +52,6 @@ from mailhub.store.errors import (
     LockTimeout,
     MessageGone,
 )
-from mailhub.store.safeio import fsync_dir, unlink_quietly, write_all
 from mailhub.store.uidlist import UidList
 
 log = Logger()

@@ -24,14 +24,15 @@ message's identity; flags live in the info part after ``:2,``.
 from __future__ import annotations
 
 import base64
-import itertools
 import os
 import re
-import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from itertools import groupby
 
+# The unique base name is the Maildir one; safe file writes use it for their temp files too.
+from mailhub.safeio import escape_host as escape_host
+from mailhub.safeio import unique_name as unique_name
 from mailhub.store.errors import InvalidName
 
 NAME_MAX = 255  # bytes per path component (Linux NAME_MAX; also ext4, xfs, NFS, CephFS)
@@ -224,26 +225,6 @@ def decode_mutf7(text: str) -> str:
 
 
 # -- message file names ---------------------------------------------------------------------
-
-_counter = itertools.count(1)
-
-
-def escape_host(hostname: str) -> str:
-    """The spec: replace ``/`` with ``\\057`` and ``:`` with ``\\072`` in the host part. We also
-    escape ``,`` (``\\054``) so that ``,S=`` fields parse unambiguously, as Dovecot does."""
-    return hostname.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
-
-
-def unique_name(hostname: str, now: Callable[[], float] = time.time) -> str:
-    """A new Dovecot-compatible unique base name without size: ``<secs>.M<usecs>P<pid>Q<n>.<host>``.
-
-    Unique across hosts (host), processes (pid) and calls in one process (Q counter), which is
-    what maildir.html asks for without relying on sleeping for a second.
-    """
-    t = now()
-    secs = int(t)
-    usecs = int((t - secs) * 1_000_000)
-    return f"{secs}.M{usecs}P{os.getpid()}Q{next(_counter)}.{escape_host(hostname)}"
 
 
 def with_size(base: str, size: int) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
+from mailhub.safeio import fsync_dir, makedirs_durable
 from mailhub.store import names, subscriptions
 from mailhub.store.dotlock import DotLock
 from mailhub.store.errors import (
@@ -40,7 +41,6 @@ from mailhub.store.maildir import (
     create_maildir,
     is_maildir,
 )
-from mailhub.store.safeio import fsync_dir, makedirs_durable
 
 log = Logger()
 

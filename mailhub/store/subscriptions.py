@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mailhub.safeio import atomic_write
 from mailhub.store import names
-from mailhub.store.safeio import atomic_write
 
 FILENAME = "subscriptions"
 LOCKNAME = FILENAME + ".lock"

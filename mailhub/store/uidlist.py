@@ -35,8 +35,8 @@ from itertools import islice, repeat
 from operator import attrgetter
 from pathlib import Path
 
+from mailhub.safeio import atomic_write
 from mailhub.store.errors import CorruptUidList
-from mailhub.store.safeio import atomic_write
 
 FILENAME = "mailhub-uidlist"
 LOCKNAME = FILENAME + ".lock"

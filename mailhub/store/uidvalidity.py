@@ -22,9 +22,9 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
+from mailhub.safeio import atomic_write
 from mailhub.store import names, uidlist
 from mailhub.store.dotlock import DotLock
-from mailhub.store.safeio import atomic_write
 
 log = Logger()
 

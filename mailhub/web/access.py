@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from mailhub.login import LoginResult, Outcome, guarded_login
-from mailhub.smtp.policy import is_loopback
+from mailhub.net import is_loopback
 from mailhub.throttle import AuthThrottle
 
 REMEMBER = 300.0

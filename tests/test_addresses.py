@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.smtp.address import (
+from mailhub.addresses import (
     AddressError,
     Mailbox,
     ParameterError,

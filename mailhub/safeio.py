@@ -1,12 +1,37 @@
-"""Small durable-I/O helpers: the temp -> fsync -> rename -> fsync(dir) dance in one place."""
+"""Small durable-I/O helpers: the temp -> fsync -> rename -> fsync(dir) dance in one place, and
+the unique file names the store, the queue and ``atomic_write`` create."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from mailhub.store.names import unique_name
+# Unique names in Dovecot's Maildir format (https://cr.yp.to/proto/maildir.html): the store's
+# message files, the queue's spool files and atomic_write's temp files. mailhub.store.names
+# re-exports them beside the rest of the Maildir file-name grammar.
+_counter = itertools.count(1)
+
+
+def escape_host(hostname: str) -> str:
+    """The spec: replace ``/`` with ``\\057`` and ``:`` with ``\\072`` in the host part. We also
+    escape ``,`` (``\\054``) so that ``,S=`` fields parse unambiguously, as Dovecot does."""
+    return hostname.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+
+def unique_name(hostname: str, now: Callable[[], float] = time.time) -> str:
+    """A new Dovecot-compatible unique base name without size: ``<secs>.M<usecs>P<pid>Q<n>.<host>``.
+
+    Unique across hosts (host), processes (pid) and calls in one process (Q counter), which is
+    what maildir.html asks for without relying on sleeping for a second.
+    """
+    t = now()
+    secs = int(t)
+    usecs = int((t - secs) * 1_000_000)
+    return f"{secs}.M{usecs}P{os.getpid()}Q{next(_counter)}.{escape_host(hostname)}"
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
