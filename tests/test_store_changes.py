@@ -94,6 +94,22 @@ class Told(SynchronousTestCase):
         self.changes.scan()
         self.assertEqual(len(inbox_of_b), 1)
 
+    def test_with_only_folder_listeners_only_their_mailboxes_are_looked_at(self) -> None:
+        self.changes._subscriptions.clear()
+        self.deliver(A)
+        self.deliver(B)
+        inbox_of_a: list[StoreChange] = []
+        self.changes.subscribe(inbox_of_a.extend, A)
+        self.changes.scan()
+        self.assertEqual([k for k in kinds(inbox_of_a) if k[0] == NEW], [(NEW, A, "INBOX")])
+        self.assertEqual({address for address, _ in self.changes._watched}, {A})
+        self.changes.touched(B)  # nobody listens to B: not even a look
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # Somebody listens to everything (the web feed): the next look is at the whole store.
+        self.changes.subscribe(self.everything.extend)
+        self.changes.catch_up()
+        self.assertIn((NEW, B, "INBOX"), self.told())
+
     def test_the_timed_scan_runs_on_the_injected_clock_and_only_while_somebody_listens(
         self,
     ) -> None:

@@ -110,6 +110,7 @@ class StoreChanges(Service):
         # What inotify said changed since the last look (see catch_up). Until a whole scan has
         # run with every directory watched, nothing can be trusted: _dirty_all.
         self._dirty_all = True
+        self._partial = False  # the last scan looked only at the subscribed mailboxes
         self._dirty_domains: set[str] = set()
         self._dirty_boxes: set[str] = set()
         self._dirty_folders: set[FolderKey] = set()
@@ -146,6 +147,8 @@ class StoreChanges(Service):
         folder) as they are noticed; returns the unsubscribe function."""
         sub = _Subscription(listener, None if mailbox is None else (mailbox, folder))
         self._subscriptions.append(sub)
+        if sub.key is None and self._partial:
+            self._dirty_all = True  # from now on the whole store is looked at and watched
         if self.running and self._dirty_all:
             # Nobody listened: nothing is watched yet. Look soon, not at the next timed scan.
             self.notice_soon(0)
@@ -168,7 +171,7 @@ class StoreChanges(Service):
     def touched(self, address: str, name: str = INBOX) -> None:
         """This process changed a folder of the mailbox (a delivery): look at the mailbox on
         the next reactor turn, without waiting for inotify (or, without it, a timed scan)."""
-        if not self._subscriptions or not self.running:
+        if not self.running or not self._listened_to(address):
             return
         if not self._touched:
             self.clock.callLater(0, self._look_at_touched)
@@ -183,6 +186,18 @@ class StoreChanges(Service):
         except Exception:
             log.failure("looking at a changed mailbox failed")
         self._finish(changes)
+
+    def _interest(self) -> set[str] | None:
+        """The mailboxes somebody listens to; None: the whole store."""
+        boxes = set()
+        for sub in self._subscriptions:
+            if sub.key is None:
+                return None
+            boxes.add(sub.key[0])
+        return boxes
+
+    def _listened_to(self, address: str) -> bool:
+        return any(sub.key is None or sub.key[0] == address for sub in self._subscriptions)
 
     def _publish(self, changes: list[StoreChange]) -> None:
         for sub in list(self._subscriptions):
@@ -250,20 +265,38 @@ class StoreChanges(Service):
 
     def scan(self) -> list[StoreChange]:
         """Bring the feed up to date with the disk by looking at every folder of every
-        mailbox; returns (and publishes) the changes."""
+        mailbox (only of the mailboxes listened to, when nobody listens to the whole store);
+        returns (and publishes) the changes."""
         self.scans += 1
+        interest = self._interest()
+        if interest is not None:
+            return self._scan_mailboxes(interest)
         # Whatever inotify reports from here on is newer than this scan's look.
         self._read_events()
         self._dirty_all = False
         self._dirty_domains.clear()
         self._dirty_boxes.clear()
         self._dirty_folders.clear()
+        self._partial = False
         changes: list[StoreChange] = []
         present: set[FolderKey] = set()
         for address in self._mailboxes():
             present.update(self._look_at_mailbox(address, changes))
         for key in [k for k in self._watched if k not in present]:
             self._drop(key, changes)
+        return self._finish(changes)
+
+    def _scan_mailboxes(self, addresses: set[str]) -> list[StoreChange]:
+        """``scan()`` for IMAP sessions alone: a server without the web feed does not look
+        at (or watch) the mailboxes of users who are not idling."""
+        self._read_events()
+        self._dirty_all = False
+        self._partial = True
+        self._dirty_boxes -= addresses
+        self._dirty_folders = {k for k in self._dirty_folders if k[0] not in addresses}
+        changes: list[StoreChange] = []
+        for address in sorted(addresses):
+            self._look_at_mailbox(address, changes)
         return self._finish(changes)
 
     def _finish(self, changes: list[StoreChange]) -> list[StoreChange]:
