@@ -108,6 +108,7 @@ class MailhubService(MultiService):
         self.hashing: HashingPool | None = None  # the password hashing pool (bounded queue)
         self.users: UserDB | None = None
         self.aliases: AliasMap | None = None
+        self.changes: StoreChanges | None = None  # the store's change feed, set by build()
         # The SMTP receiver's fault rules: from [[faults.rule]], changed at run time (web API).
         self.faults = FaultRules(config.faults.rules)
 
@@ -385,6 +386,7 @@ def build(config: Config) -> MailhubService:
         scan_interval=config.web.poll_interval,
     )
     changes.setServiceParent(top)
+    top.changes = changes
     sink.delivered = changes.touched
     StaleTmpCleaner(store, interval=TMP_CLEAN_INTERVAL).setServiceParent(top)
     tls = top.tls = _server_tls(config)
