@@ -17,7 +17,8 @@ before the call. It runs
 * soon after ``touched()`` (this process changed a folder: no need to wait for inotify),
 * and a whole ``scan()`` every ``scan_interval`` seconds: file systems without inotify (NFS)
   and other hosts on a shared file system.
-Nothing is looked at while nobody listens.
+Nothing is looked at while nobody listens; while only folder listeners do (IMAP sessions, no web
+feed), only their mailboxes are looked at and watched.
 
 Listeners see facts about the disk, not a protocol's view: an IMAP session is only woken up by
 them and reports what its own View's sync finds (RFC 3501's EXISTS/EXPUNGE rules stay there).

@@ -30,7 +30,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from mailhub.store import Folder, MailStore, MessageGone, StoreError
+from mailhub.store import Folder, MailStore, MessageGone, MessageInfo, StoreError
 from mailhub.store.changes import (
     EXPUNGED,
     FOLDER_CREATED,
@@ -339,46 +339,48 @@ class MailFeed(Service):
 
     def _told(self, told: list[StoreChange]) -> None:
         changes: list[Change] = []
-        fresh: list[StoreChange] = []
+        fresh: list[tuple[tuple[int, int, int, str], str, str, MessageInfo]] = []
         for c in told:
             key = (c.mailbox, c.folder)
+            m = c.message
             if c.kind == FOLDER_CREATED:
                 self._known.setdefault(key, _Known())
             elif c.kind == FOLDER_DELETED:
                 self._drop(key, changes)
-            elif c.message is None:
+            elif m is None:
                 continue
             elif c.kind == NEW:
-                fresh.append(c)
+                fresh.append((arrival_order(m.internaldate, m.key), c.mailbox, c.folder, m))
             elif (known := self._known.get(key)) is None:
                 continue
-            elif (entry := known.ids.get(c.message.key)) is None:
+            elif (entry := known.ids.get(m.key)) is None:
                 continue
             elif c.kind == EXPUNGED:
-                changes.append(Change("deleted", self._forget(known, c.message.key)))
-            elif entry.flags != c.message.flags or entry.uid != c.message.uid:
-                self._set_flags(entry, c.message.flags)
-                entry.uid = c.message.uid
+                changes.append(Change("deleted", self._forget(known, m.key)))
+            elif entry.flags != m.flags or entry.uid != m.uid:  # not keywords: not shown
+                self._set_flags(entry, m.flags)
+                entry.uid = m.uid
                 changes.append(Change("flags", entry))
         # Messages noticed together are numbered in the order they arrived.
-        fresh.sort(key=lambda c: arrival_order(c.message.internaldate, c.message.key))  # type: ignore[union-attr]
-        for c in fresh:
-            m = c.message
-            assert m is not None
-            known = self._known.setdefault((c.mailbox, c.folder), _Known())
-            if m.key in known.ids:
-                continue  # told twice (what was known when we subscribed, then a look)
-            self.seq += 1
-            entry = Entry(self.seq, MessageRef(c.mailbox, c.folder, m.key), m.uid, m.size,
-                          m.internaldate, m.flags)  # fmt: skip
-            known.ids[m.key] = entry
-            known.unread += SEEN not in entry.flags
-            self.entries[entry.id] = entry
-            self._all.add(entry)
-            self._boxes.setdefault(c.mailbox, _Listing()).add(entry)
-            changes.append(Change("new", entry))
+        fresh.sort(key=lambda f: f[0])
+        for _, mailbox, folder, m in fresh:
+            self._add(mailbox, folder, m, changes)
         if changes:
             self._publish(changes)
+
+    def _add(self, mailbox: str, folder: str, m: MessageInfo, changes: list[Change]) -> None:
+        known = self._known.setdefault((mailbox, folder), _Known())
+        if m.key in known.ids:
+            return  # told twice (what was known when we subscribed, then a look)
+        self.seq += 1
+        ref = MessageRef(mailbox, folder, m.key)
+        entry = Entry(self.seq, ref, m.uid, m.size, m.internaldate, m.flags)
+        known.ids[m.key] = entry
+        known.unread += SEEN not in entry.flags
+        self.entries[entry.id] = entry
+        self._all.add(entry)
+        self._boxes.setdefault(mailbox, _Listing()).add(entry)
+        changes.append(Change("new", entry))
 
     def _set_flags(self, entry: Entry, flags: frozenset[str]) -> None:
         delta = (SEEN not in flags) - (SEEN not in entry.flags)
