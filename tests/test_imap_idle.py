@@ -66,6 +66,19 @@ class IdleWokenByTheFeed(IdleFeedCase):
             S: a1 OK IDLE terminated
         """)
 
+    def test_idle_sets_no_timer_of_its_own(self) -> None:
+        def idle_timers() -> list[object]:
+            calls = self.clock.getDelayedCalls()
+            return [c for c in calls if "idle" in getattr(c.func, "__name__", "")]
+
+        self.idle()
+        client = self.login(select=None)  # IDLE in the authenticated state: nothing to watch
+        client.run("""
+            C: a1 IDLE
+            S: + idling
+        """)
+        self.assertEqual(idle_timers(), [])
+
     def test_a_touched_mailbox_is_told_on_the_next_reactor_turn(self) -> None:
         client = self.idle()
         self.deliver(message("local"))

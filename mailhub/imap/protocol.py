@@ -552,7 +552,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         self._idle_timer = None
         if self.closing or not self._idling:
             return
-        again = None if self._idle_unsubscribe is not None else IDLE_POLL_INTERVAL
+        again = None if self.factory.changes is not None else IDLE_POLL_INTERVAL
         if self.view is not None:
             try:
                 self.write_all(self.view.sync(allow_expunge=True))
