@@ -10,8 +10,10 @@ from __future__ import annotations
 from twisted.trial.unittest import TestCase
 
 from mailhub.envelope import Envelope, Recipient
+from mailhub.imap.protocol import IDLE_BUSY_RETRY
 from mailhub.store.changes import StoreChanges
 from mailhub.store.delivery import GroupCommitter, MaildirSink
+from mailhub.store.errors import LockBusy
 from tests.test_imap_support import USER, IMAPTestCase, message
 
 SCAN_INTERVAL = 300.0  # the slow timed scan (other hosts, NFS)
@@ -132,6 +134,28 @@ class IdleWokenByTheFeed(IdleFeedCase):
         self.deliver()
         self.changes.catch_up()  # nobody to wake: no error either
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_busy_lock_when_woken_is_tried_again_on_the_clock(self) -> None:
+        client = self.idle()
+        view = client.protocol.view
+        assert view is not None
+        sync, busy = view.sync, [LockBusy("held by another session")]
+
+        def sync_once_busy(**kwargs: bool) -> list[bytes]:
+            if busy:
+                raise busy.pop()
+            return sync(**kwargs)
+
+        view.sync = sync_once_busy  # type: ignore[method-assign]
+        self.deliver(message("while the lock is held"))
+        self.changes.catch_up()
+        self.assertEqual(client.lines(), [])
+        self.changes.catch_up()  # nothing new for the feed: a look is due anyway
+        self.clock.advance(IDLE_BUSY_RETRY)
+        client.run("""
+            S: * 1 EXISTS
+            S: * 1 RECENT
+        """)
 
     def test_a_deleted_folder_ends_the_session(self) -> None:
         self.store.mailbox(USER, create=True).create_folder("Lists")
