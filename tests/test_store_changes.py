@@ -16,6 +16,7 @@ from mailhub.store.changes import (
     FOLDER_CREATED,
     FOLDER_DELETED,
     NEW,
+    NOTICE_DELAY,
     StoreChange,
     StoreChanges,
 )
@@ -126,19 +127,42 @@ class Told(SynchronousTestCase):
         self.clock.advance(30.0)
         self.assertEqual(self.changes.scans, 2)
 
-    def test_touched_looks_on_the_next_turn_without_a_whole_scan(self) -> None:
+    def test_touched_tells_folder_listeners_on_the_next_turn_without_a_whole_scan(
+        self,
+    ) -> None:
+        self.changes._subscriptions.clear()
+        self.store.mailbox(B, create=True)
+        inbox_of_b: list[StoreChange] = []
+        self.changes.subscribe(inbox_of_b.extend, B)
         self.changes.startService()
         self.addCleanup(self.changes.stopService)
-        self.told()
+        self.clock.advance(0)  # the first look since somebody listens
         scans = self.changes.scans
+        inbox_of_b.clear()
         self.deliver(B)
         self.changes.touched(B)
-        self.assertEqual(self.told(), [])  # not inside the delivery's own call chain
+        self.assertEqual(inbox_of_b, [])  # not inside the delivery's own call chain
         self.clock.advance(0)
-        told = self.told()
-        self.assertIn((FOLDER_CREATED, B, "INBOX"), told)  # and B's special-use folders
-        self.assertEqual([k for k in told if k[0] == NEW], [(NEW, B, "INBOX")])
+        self.assertEqual(kinds(inbox_of_b), [(NEW, B, "INBOX")])
         self.assertEqual(self.changes.scans, scans)
+        # A flood of deliveries: at most one look per NOTICE_DELAY, each seeing all before it.
+        inbox_of_b.clear()
+        self.deliver(B)
+        self.changes.touched(B)
+        self.clock.advance(NOTICE_DELAY / 2)
+        self.deliver(B)
+        self.changes.touched(B)
+        self.assertEqual(inbox_of_b, [])
+        self.clock.advance(NOTICE_DELAY / 2)
+        self.assertEqual(kinds(inbox_of_b), [(NEW, B, "INBOX")] * 2)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # only the timed scan
+
+    def test_touched_does_nothing_for_store_wide_listeners(self) -> None:
+        self.changes.startService()  # self.everything listens to the whole store
+        self.addCleanup(self.changes.stopService)
+        self.deliver(B)
+        self.changes.touched(B)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # only the timed scan
 
     def test_a_failing_listener_does_not_stop_the_others(self) -> None:
         def broken(changes: list[StoreChange]) -> None:

@@ -107,7 +107,8 @@ class StoreChanges(Service):
         self._readable: Any = None  # select.poll() on the notifier's descriptor
         self._watching: set[str] = set()
         self._soon: Any = None
-        self._touched: set[str] = set()  # mailboxes touched() since the last look at them
+        self._touched: set[FolderKey] = set()  # folders touched() since the last look at them
+        self._touched_look = float("-inf")  # when the last look at touched folders was
         # What inotify said changed since the last look (see catch_up). Until a whole scan has
         # run with every directory watched, nothing can be trusted: _dirty_all.
         self._dirty_all = True
@@ -170,22 +171,32 @@ class StoreChanges(Service):
         return self.store.mailbox(address).folder(name)
 
     def touched(self, address: str, name: str = INBOX) -> None:
-        """This process changed a folder of the mailbox (a delivery): look at the mailbox on
-        the next reactor turn, without waiting for inotify (or, without it, a timed scan)."""
-        if not self.running or not self._listened_to(address):
+        """This process changed a folder (a delivery: INBOX). Folder listeners (IDLE sessions)
+        hear of it on the next reactor turn, without waiting for inotify or a timed scan; at
+        most one such look per NOTICE_DELAY (a flood of deliveries: looks, not one each).
+        Store-wide listeners (the web feed) are served by inotify and the timed scan."""
+        key = (address, name)
+        if not self.running or not any(sub.key == key for sub in self._subscriptions):
             return
         if not self._touched:
-            self.clock.callLater(0, self._look_at_touched)
-        self._touched.add(address)
+            now = self.clock.seconds()
+            delay = max(0.0, self._touched_look + NOTICE_DELAY - now)
+            self.clock.callLater(delay, self._look_at_touched)
+        self._touched.add(key)
 
     def _look_at_touched(self) -> None:
-        addresses, self._touched = self._touched, set()
+        keys, self._touched = self._touched, set()
+        self._touched_look = self.clock.seconds()
         changes: list[StoreChange] = []
         try:
-            for address in addresses:
-                self._look_at_mailbox(address, changes)
+            for key in keys:
+                watched = self._watched.get(key)
+                if watched is not None:
+                    self._sync(key, watched, changes)
+                else:  # a folder not known yet (perhaps a first delivery made the mailbox)
+                    self._look_at_mailbox(key[0], changes)
         except Exception:
-            log.failure("looking at a changed mailbox failed")
+            log.failure("looking at a changed folder failed")
         self._finish(changes)
 
     def _interest(self) -> set[str] | None:
@@ -196,9 +207,6 @@ class StoreChanges(Service):
                 return None
             boxes.add(sub.key[0])
         return boxes
-
-    def _listened_to(self, address: str) -> bool:
-        return any(sub.key is None or sub.key[0] == address for sub in self._subscriptions)
 
     def _publish(self, changes: list[StoreChange]) -> None:
         for sub in list(self._subscriptions):
