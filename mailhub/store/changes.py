@@ -14,7 +14,8 @@ before the call. It runs
   without inotify (or once a watch failed) that is a whole ``scan()``,
 * soon after inotify reports a change: deliveries by this process or any other on this host
   (the SMTP receiver, POP3, IMAP, another mailhub worker),
-* soon after ``touched()`` (this process changed a folder: no need to wait for inotify),
+* on the next reactor turn after ``touched()`` (this process delivered into a folder an IMAP
+  session listens to: no need to wait for inotify's debounce),
 * and a whole ``scan()`` every ``scan_interval`` seconds: file systems without inotify (NFS)
   and other hosts on a shared file system.
 Nothing is looked at while nobody listens; while only folder listeners do (IMAP sessions, no web
