@@ -31,6 +31,7 @@ from mailhub.routing import LOCAL, REMOTE, Router, SplitSink, local_domains, pol
 from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy
 from mailhub.smtp.submission import SubmissionSink
+from mailhub.store.changes import StoreChanges
 from mailhub.store.courier import LocalCourier
 from mailhub.store.delivery import GroupCommitter, MaildirSink, StaleTmpCleaner
 from mailhub.store.store import MailStore
@@ -108,6 +109,7 @@ class MailhubService(MultiService):
         self.hashing: HashingPool | None = None  # the password hashing pool (bounded queue)
         self.users: UserDB | None = None
         self.aliases: AliasMap | None = None
+        self.changes: StoreChanges | None = None  # the store's change feed, set by build()
         # The SMTP receiver's fault rules: from [[faults.rule]], changed at run time (web API).
         self.faults = FaultRules(config.faults.rules)
 
@@ -149,6 +151,7 @@ class Shared:
     aliases: AliasMap | None
     is_local_domain: Callable[[str], bool]
     faults: FaultRules = field(default_factory=FaultRules)  # the SMTP listeners consult these
+    changes: StoreChanges | None = None  # the store's change feed: IMAP IDLE, the web feed
 
     def smtp_tls(self) -> FaultyServerTLS | None:
         """The SMTP listeners' TLS: the real certificates, unless a fault rule says otherwise."""
@@ -260,16 +263,21 @@ def _pop3s(shared: Shared) -> Factory:
     )
 
 
+def _imap_factory(shared: Shared, *, upgrade: bool) -> IMAPServerFactory:
+    factory = _mail_access_factory(IMAPServerFactory, shared, upgrade=upgrade)
+    assert isinstance(factory, IMAPServerFactory)
+    factory.changes = shared.changes  # IDLE wakes up on the store's changes
+    return factory
+
+
 def _imap(shared: Shared) -> Factory:
-    return _mail_access_factory(IMAPServerFactory, shared, upgrade=True)
+    return _imap_factory(shared, upgrade=True)
 
 
 def _imaps(shared: Shared) -> Factory:
     # RFC 8314 3: TLS from the first byte (993); the protocol sees ISSLTransport, no STARTTLS.
     assert shared.tls is not None  # _check_tls_for_listeners
-    return tls_server_factory(
-        shared.tls, _mail_access_factory(IMAPServerFactory, shared, upgrade=False)
-    )
+    return tls_server_factory(shared.tls, _imap_factory(shared, upgrade=False))
 
 
 def _web(shared: Shared) -> Factory:
@@ -371,6 +379,16 @@ def build(config: Config) -> MailhubService:
     sink = MaildirSink(store, committer)
     top = MailhubService(config, store, sink)
     committer.setServiceParent(top)
+    # What changed in the store, for IMAP IDLE and the web feed; deliveries by this process are
+    # told at once, others' are noticed through inotify or the timed scan.
+    changes = StoreChanges(
+        store,
+        _reactor(),  # type: ignore[arg-type]
+        scan_interval=config.web.poll_interval,
+    )
+    changes.setServiceParent(top)
+    top.changes = changes
+    sink.delivered = changes.touched
     StaleTmpCleaner(store, interval=TMP_CLEAN_INTERVAL).setServiceParent(top)
     tls = top.tls = _server_tls(config)
     _check_tls_for_listeners(config, tls)
@@ -407,8 +425,9 @@ def build(config: Config) -> MailhubService:
     )
     is_local = local_domains(config)
     shared = Shared(
-        config, store, sink, tls, portal, throttle, users, aliases, is_local, faults=top.faults
-    )
+        config, store, sink, tls, portal, throttle, users, aliases, is_local, faults=top.faults,
+        changes=changes,
+    )  # fmt: skip
     if tls is not None:
         # Bad certificates (fault rules) carry the names of the real one, so each is bad only
         # in the way the rule says.

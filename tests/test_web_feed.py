@@ -207,7 +207,7 @@ class Inotify(TestCase):
         self.feed = MailFeed(self.store, reactor, poll_interval=3600)  # type: ignore[arg-type]
         self.feed.startService()
         self.addCleanup(self.feed.stopService)
-        if self.feed._notifier is None:
+        if self.feed.changes._notifier is None:
             skip_or_fail("no inotify here: the feed falls back to timed scans")
 
     def test_changes_made_just_before_catch_up_are_seen_without_a_whole_scan(self) -> None:
@@ -228,7 +228,7 @@ class Inotify(TestCase):
         self.assertEqual(self.feed.count(), 1)
 
     def test_without_inotify_catch_up_is_a_whole_scan(self) -> None:
-        notifier, self.feed._notifier = self.feed._notifier, None
+        notifier, self.feed.changes._notifier = self.feed.changes._notifier, None
         notifier.loseConnection()
         scans = self.feed.scans
         self.store.mailbox("x@example.com", create=True).folder().append(b"Subject: s\r\n\r\n")

@@ -16,6 +16,7 @@ from mailhub.config import Limits
 from mailhub.connlimit import CountedSession, Slot, counter_for
 from mailhub.imap.protocol import IMAPServerProtocol
 from mailhub.store import MailStore
+from mailhub.store.changes import StoreChanges
 from mailhub.throttle import AuthThrottle
 
 
@@ -26,7 +27,8 @@ class IMAPServerFactory(ServerFactory):
     transport is already TLS). ``plaintext_login_allowed(client_host)`` says whether LOGIN and
     AUTHENTICATE may be used before TLS (otherwise LOGINDISABLED is advertised, RFC 3501 6.2.3).
     ``run(f, *args)`` runs disk-heavy work (APPEND's fsync and link) off the reactor thread and
-    returns a Deferred (tests pass one that runs inline).
+    returns a Deferred (tests pass one that runs inline). ``changes``: the store's change feed
+    (mailhub.store.changes), which wakes IDLE sessions up; without it IDLE polls.
     """
 
     protocol = IMAPServerProtocol
@@ -44,6 +46,7 @@ class IMAPServerFactory(ServerFactory):
         throttle: AuthThrottle | None = None,
         log: Logger | None = None,
         run: Callable[..., Deferred[Any]] = deferToThread,
+        changes: StoreChanges | None = None,
     ) -> None:
         self.hostname = hostname
         self.limits = limits
@@ -54,6 +57,8 @@ class IMAPServerFactory(ServerFactory):
         self.plaintext_login_allowed = plaintext_login_allowed
         self.throttle = throttle
         self.run = run
+        # The store's change feed: IDLE sleeps until it tells of a change (else it polls).
+        self.changes = changes
         self.log = log if log is not None else Logger(namespace="mailhub.imap")
         self.connection_count = counter_for(limits, evict=True)
 

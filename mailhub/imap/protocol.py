@@ -81,8 +81,11 @@ T = TypeVar("T")
 # Commands not run again when they meet a busy lock: they may have added messages before
 # (again would add twice), or logged in (they wait for the lock where they take it).
 _NOT_AGAIN = frozenset({"APPEND", "COPY", "MOVE", "LOGIN", "AUTHENTICATE"})
-# During IDLE, look for changes this often (seconds): new mail shows within about a second.
+# During IDLE without the store's change feed (a factory built without one), look for changes
+# this often (seconds). With the feed, IDLE waits for it (mailhub.store.changes).
 IDLE_POLL_INTERVAL = 1.0
+# During IDLE, the selected folder's lock was busy: look again after this long (seconds).
+IDLE_BUSY_RETRY = 0.1
 # Untagged responses (FETCH, also after STORE or QRESYNC) are written in pieces of this size.
 OUTPUT_BATCH = 64 * 1024
 
@@ -115,6 +118,8 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         self._line_waiter: Deferred[bytes | Refused] | None = None
         self._running: Deferred[None] | None = None
         self._idle_timer: Any = None
+        self._idling = False
+        self._idle_unsubscribe: Callable[[], None] | None = None
         self._framer: CommandFramer | None = None
 
     # --- connection -----------------------------------------------------------------------
@@ -143,7 +148,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closing = True
         self.setTimeout(None)
-        self.stop_idle_poll()
+        self.stop_idle()
         self._leave_view()
         for d in (self._line_waiter, self._drained, self._running):
             if d is not None and not d.called:
@@ -194,7 +199,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             self.write(then)
         self.closing = True
         self.setTimeout(None)
-        self.stop_idle_poll()
+        self.stop_idle()
         self._leave_view()
         self.transport.loseConnection()
 
@@ -431,7 +436,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             except FolderNotFound:
                 result = self._folder_vanished()
             except LockBusy:
-                pass  # the changes are reported after a later command (or IDLE poll)
+                pass  # the changes are reported after a later command (or during IDLE)
             else:
                 if self.closing:
                     return
@@ -516,11 +521,38 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
 
     # --- IDLE (RFC 2177): changes are reported as they happen -------------------------------
 
-    def start_idle_poll(self) -> None:
-        """During IDLE: report the selected mailbox's changes every IDLE_POLL_INTERVAL."""
+    def start_idle(self) -> None:
+        """During IDLE: report the selected mailbox's changes now, then whenever the store's
+        change feed (mailhub.store.changes) tells of one in it. The feed only wakes the session
+        up: what is reported is what the View's sync finds (RFC 3501's rules stay there).
+        Without a feed (a factory built without one), look every IDLE_POLL_INTERVAL."""
+        self._idling = True
+        changes, view = self.factory.changes, self.view
+        if changes is not None and view is not None and self.mailbox is not None:
+            self._idle_unsubscribe = changes.subscribe(
+                self._idle_told, self.mailbox.address, view.folder.name
+            )
+        self._idle_report()
+
+    def stop_idle(self) -> None:
+        self._idling = False
+        unsubscribe, self._idle_unsubscribe = self._idle_unsubscribe, None
+        if unsubscribe is not None:
+            unsubscribe()
+        timer, self._idle_timer = self._idle_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _idle_told(self, _changes: object) -> None:
+        if self._idling and (self._idle_timer is None or not self._idle_timer.active()):
+            self._idle_report()
+        # else a look is due anyway (a busy lock's retry): it will see this change too
+
+    def _idle_report(self) -> None:
         self._idle_timer = None
-        if self.closing:
+        if self.closing or not self._idling:
             return
+        again = None if self.factory.changes is not None else IDLE_POLL_INTERVAL
         if self.view is not None:
             try:
                 self.write_all(self.view.sync(allow_expunge=True))
@@ -531,13 +563,10 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
                 self.bye("Selected mailbox no longer exists")
                 return
             except LockBusy:
-                pass  # reported at the next poll
-        self._idle_timer = self.factory.clock.callLater(IDLE_POLL_INTERVAL, self.start_idle_poll)
-
-    def stop_idle_poll(self) -> None:
-        timer, self._idle_timer = self._idle_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+                if again is None:  # no poll is coming: look again soon (the lock is brief)
+                    again = IDLE_BUSY_RETRY
+        if again is not None:
+            self._idle_timer = self.factory.clock.callLater(again, self._idle_report)
 
 
 class Output:

@@ -235,11 +235,11 @@ async def idle(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done
     session.write(b"+ idling\r\n")
     # The autologout timer keeps running (RFC 2177 3: clients re-IDLE within 29 minutes).
     session.setTimeout(session.factory.limits.imap_idle_timeout)
-    session.start_idle_poll()
+    session.start_idle()
     try:
         line = await session.next_line()
     finally:
-        session.stop_idle_poll()
+        session.stop_idle()
     if isinstance(line, Refused) or line.upper() != b"DONE":
         return Done("BAD", "Expected DONE")  # RFC 2177 3: only DONE ends IDLE
     return Done("OK", "IDLE terminated")

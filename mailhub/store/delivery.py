@@ -392,7 +392,10 @@ class MaildirMessage(SpooledMessage):
         name = f"{self._base},S={self._size}"  # names.with_size
         job = _Commit(fd, self._tmp, tail, name, self._new_dirs, self._prepare)
         self._prepare = None
-        return committer.submit(job).addCallbacks(self._committed, self._failed)
+        d = committer.submit(job)
+        if self._sink.delivered is not None:
+            d.addCallback(self._sink.tell, self.envelope.mailboxes)
+        return d.addCallbacks(self._committed, self._failed)
 
     def _on_failure(self) -> None:
         self._sink.forget(self.envelope)
@@ -412,6 +415,18 @@ class MaildirSink:
         self.store = store
         self.committer = committer
         self.flush_size = flush_size
+        # Told each mailbox a message reached (mailhub.store.changes.StoreChanges.touched):
+        # listeners in this process learn of it without waiting for inotify.
+        self.delivered: Callable[[str], None] | None = None
+
+    def tell(self, result: T, mailboxes: list[str]) -> T:
+        if self.delivered is not None:
+            for mailbox in mailboxes:
+                try:
+                    self.delivered(mailbox)
+                except Exception:
+                    log.failure("telling of a delivery failed")
+        return result
 
     def open(self, envelope: Envelope) -> MaildirMessage:
         mailboxes = envelope.mailboxes

@@ -1,6 +1,6 @@
-"""The change feed: which messages exist, in which order they arrived, and what changed.
+"""The web's list of messages: which exist, in which order they arrived, and what changed.
 
-Every message the feed notices gets this server's next *arrival sequence number*. A cursor is
+Every message the feed is told of gets this server's next *arrival sequence number*. A cursor is
 ``<epoch>-<seq>``: the epoch names this run of the server (sequence numbers restart with it),
 ``seq`` the last number handed out when the cursor was made. "Messages after cursor c" are
 exactly those noticed after c was made, so a client that passes the cursor of its previous answer
@@ -11,52 +11,41 @@ unread counts kept as changes come: a page of the list is a slice, never a pass 
 Summaries (from, to, subject, snippet) are parsed once per message, on first use, and kept in the
 folder's ``mailhub-cache`` so that a restart or another process does not parse them again.
 
-Noticing: ``scan()`` syncs every folder of every mailbox (``Folder.sync()`` costs two stat()
-calls for an unchanged folder) and turns the differences into changes. ``catch_up()`` does the
-same for only the folders inotify reported changed: every directory of the tree is watched
-before it is read, and a delivery's link() queues its event before the syscall returns, so
-reading the inotify descriptor at once (not waiting for the reactor) finds every change made
-before the call. It runs
-* at the start of every list and wait request (so a message whose SMTP 250 came before the
-  request is always found: the race-free part); without inotify (or once a watch failed) that
-  is a whole ``scan()``,
-* soon after inotify reports a change (deliveries by this process or any other on this host),
-* and a whole ``scan()`` every ``poll_interval`` seconds (other hosts on a shared file system).
+Noticing is the store's (mailhub.store.changes): the feed subscribes to every folder and turns the
+store's changes into entries. ``catch_up()`` runs at the start of every list and wait request, so
+a message whose SMTP 250 came before the request is always found (the race-free part).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import select
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
-from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.filepath import FilePath
 
-from mailhub.store import Folder, FolderState, MailStore, MessageGone, StoreError
-from mailhub.store.errors import LockBusy
-from mailhub.store.names import INBOX, SEEN, folder_dirname, folder_from_dirname
+from mailhub.store import Folder, MailStore, MessageGone, MessageInfo, StoreError
+from mailhub.store.changes import (
+    EXPUNGED,
+    FOLDER_CREATED,
+    FOLDER_DELETED,
+    NEW,
+    StoreChange,
+    StoreChanges,
+)
+from mailhub.store.names import SEEN
 from mailhub.web import parse, scan
 from mailhub.web.ids import MessageRef
 from mailhub.web.search import QueryError
 
 log = Logger()
 
-# Debounce for inotify bursts: one scan for the many events of one delivery.
-NOTICE_DELAY = 0.02
-# A folder whose lock was busy is looked at again after this long (a live holder keeps it for
-# milliseconds; a dead one on another node for up to a minute: not 50 looks a second).
-BUSY_DELAY = 0.1
 # The summaries' entry in each folder's mailhub-cache; a new format takes a new name.
 SUMMARY_CACHE = "web-summary-2"
 SEARCH_TEXT_CACHE = "web-text-1"  # what free-text search looks in (mailhub.web.scan)
@@ -104,9 +93,9 @@ class Change:
 
 
 @dataclass(eq=False)
-class _Watched:
-    folder: Folder  # held: the store keeps Folder objects only while somebody uses them
-    state: FolderState | None = None
+class _Known:
+    """One folder of the store: its entries and how many of them are unread."""
+
     ids: dict[str, Entry] = field(default_factory=dict)  # Maildir base name -> entry
     unread: int = 0
 
@@ -154,51 +143,54 @@ class MailFeed(Service):
         clock: IReactorTime,
         poll_interval: float = 1.0,
         use_inotify: bool = True,
+        changes: StoreChanges | None = None,
     ) -> None:
+        """``changes``: the process's store change feed; without one, the feed makes its own
+        (scanning every ``poll_interval`` seconds) and runs it while it runs itself."""
         self.store = store
         self.clock = clock
-        self.poll_interval = poll_interval
+        self._own_changes = changes is None
+        if changes is None:
+            changes = StoreChanges(store, clock, poll_interval, use_inotify)
+        self.changes = changes
         self.epoch = secrets.token_hex(4)
         self.seq = 0
         self.entries: dict[str, Entry] = {}  # id -> entry, in arrival order
-        self.scans = 0  # whole scans (every mailbox); catch-ups of changed folders not counted
         self._all = _Listing()
         self._boxes: dict[str, _Listing] = {}
-        self._watched: dict[tuple[str, str], _Watched] = {}
-        self._folders_of: dict[str, set[str]] = {}  # address -> names of its watched folders
+        self._known: dict[tuple[str, str], _Known] = {}  # the store's folders
         self._listeners: list[Callable[[list[Change]], None]] = []
-        self._poll = LoopingCall(self._scan_logged)
-        self._poll.clock = clock
-        self._use_inotify = use_inotify
-        self._notifier: Any = None
-        self._readable: Any = None  # select.poll() on the notifier's descriptor
-        self._watching: set[str] = set()
-        self._soon: Any = None
-        # What inotify said changed since the last look (see catch_up). Until a whole scan has
-        # run with every directory watched, nothing can be trusted: _dirty_all.
-        self._dirty_all = True
-        self._dirty_domains: set[str] = set()
-        self._dirty_boxes: set[str] = set()
-        self._dirty_folders: set[tuple[str, str]] = set()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._subscribe()
+
+    @property
+    def scans(self) -> int:
+        """Whole scans of the store (every mailbox); catch-ups of changed folders not counted."""
+        return self.changes.scans
 
     # --- service ---------------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self._start_notifier()
-        self._poll.start(self.poll_interval, now=True)
+        self._subscribe()
+        if self._own_changes:
+            self.changes.startService()
+        else:
+            self.catch_up()  # the shared feed may have run long before this
 
     def stopService(self) -> None:
         super().stopService()
-        if self._poll.running:
-            self._poll.stop()
-        if self._soon is not None and self._soon.active():
-            self._soon.cancel()
-        notifier, self._notifier = self._notifier, None
-        self._readable = None
-        self._dirty_all = True
-        if notifier is not None:
-            notifier.loseConnection()
+        if self._own_changes:
+            self.changes.stopService()
+        elif self._unsubscribe is not None:
+            self._unsubscribe()  # the shared feed outlives us: stop listening
+            self._unsubscribe = None
+
+    def _subscribe(self) -> None:
+        if self._unsubscribe is None:
+            self._unsubscribe = self.changes.subscribe(self._told)
+            # What the store's feed knew before we listened (a shared one, started earlier).
+            self._told(self.changes.current())
 
     # --- cursors ---------------------------------------------------------------------------
 
@@ -258,8 +250,8 @@ class MailFeed(Service):
 
     def folders(self) -> Iterator[tuple[str, str, int, int]]:
         """(mailbox, folder, messages, unread) of every folder the feed knows."""
-        for (address, name), watched in self._watched.items():
-            yield address, name, len(watched.ids), watched.unread
+        for (address, name), known in self._known.items():
+            yield address, name, len(known.ids), known.unread
 
     def after(self, seq: int) -> list[Entry]:
         """Entries noticed after ``seq``, oldest first."""
@@ -267,10 +259,7 @@ class MailFeed(Service):
         return entries[bisect_left(entries, seq + 1, key=_seq_of) :]
 
     def folder(self, ref: MessageRef) -> Folder:
-        watched = self._watched.get((ref.mailbox, ref.folder))
-        if watched is not None:
-            return watched.folder
-        return self.store.mailbox(ref.mailbox).folder(ref.folder)
+        return self.changes.folder(ref.mailbox, ref.folder)
 
     def raw(self, entry: Entry) -> bytes:
         return self.folder(entry.ref).read_message(entry.uid)
@@ -327,178 +316,89 @@ class MailFeed(Service):
                     except (MessageGone, StoreError, FileNotFoundError):
                         continue
 
-    # --- noticing --------------------------------------------------------------------------
-
-    def notice_soon(self) -> None:
-        if self._soon is None or not self._soon.active():
-            self._soon = self.clock.callLater(NOTICE_DELAY, self._catch_up_logged)
-
-    def _catch_up_logged(self) -> None:
-        try:
-            self.catch_up()
-        except Exception:
-            log.failure("catching up with the mailboxes for the web feed failed")
-
-    def _scan_logged(self) -> None:
-        try:
-            self.scan()
-        except Exception:  # the poll must go on whatever one scan met
-            log.failure("scanning mailboxes for the web feed failed")
+    # --- noticing: the store's changes turned into entries -------------------------------
 
     def catch_up(self) -> list[Change]:
         """Bring the feed up to date with every change made before this call; returns (and
-        publishes) the changes. Costs a poll() on the inotify descriptor when nothing changed;
-        without trustworthy inotify, a whole ``scan()``."""
-        self._read_events()
-        if self._notifier is None or self._dirty_all:
-            return self.scan()
-        if not (self._dirty_domains or self._dirty_boxes or self._dirty_folders):
-            return []
-        domains, self._dirty_domains = self._dirty_domains, set()
-        boxes, self._dirty_boxes = self._dirty_boxes, set()
-        folders, self._dirty_folders = self._dirty_folders, set()
-        for domain in domains:
-            path = self.store.root / domain
-            self._watch_dir(path, self._domain_event(domain))
-            try:
-                with os.scandir(path) as found:
-                    boxes.update(f"{d.name}@{domain}" for d in found if _visible_dir(d))
-            except OSError:
-                pass
-        changes: list[Change] = []
-        fresh: list[tuple[tuple[int, str], MessageRef, Any]] = []
-        for address in boxes:
-            for key in self._look_at_mailbox(address, changes, fresh):
-                folders.discard(key)
-        for key in folders:
-            watched = self._watched.get(key)
-            if watched is not None:
-                self._sync(key, watched, changes, fresh)
-        return self._finish(changes, fresh)
+        publishes) the changes (see StoreChanges.catch_up)."""
+        return self._collect(self.changes.catch_up)
 
     def scan(self) -> list[Change]:
-        """Bring the feed up to date with the disk by looking at every folder of every
-        mailbox; returns (and publishes) the changes."""
-        self.scans += 1
-        # Whatever inotify reports from here on is newer than this scan's look.
-        self._read_events()
-        self._dirty_all = False
-        self._dirty_domains.clear()
-        self._dirty_boxes.clear()
-        self._dirty_folders.clear()
+        """Bring the feed up to date by looking at every folder of every mailbox; returns (and
+        publishes) the changes."""
+        return self._collect(self.changes.scan)
+
+    def _collect(self, look: Callable[[], object]) -> list[Change]:
+        got: list[Change] = []
+        self._listeners.insert(0, got.extend)
+        try:
+            look()
+        finally:
+            self._listeners.remove(got.extend)
+        return got
+
+    def _told(self, told: list[StoreChange]) -> None:
         changes: list[Change] = []
-        fresh: list[tuple[tuple[int, str], MessageRef, Any]] = []
-        present: set[tuple[str, str]] = set()
-        for address in self._mailboxes():
-            present.update(self._look_at_mailbox(address, changes, fresh))
-        for key in [k for k in self._watched if k not in present]:
-            self._drop(key, changes)
-        return self._finish(changes, fresh)
-
-    def _look_at_mailbox(
-        self, address: str, changes: list[Change], fresh: list[Any]
-    ) -> list[tuple[str, str]]:
-        """Sync every folder of one mailbox; the keys of the folders it has."""
-        keys = []
-        local, _, domain = address.rpartition("@")
-        self._watch_dir(self.store.root / domain / local, self._mailbox_event(address, INBOX))
-        try:
-            mailbox = self.store.mailbox(address)
-            names = mailbox.list_folders()
-        except (StoreError, OSError):
-            names = []
-        for name in names:
-            key = (address, name)
-            watched = self._watched.get(key)
-            try:
-                if watched is None:
-                    watched = _Watched(mailbox.folder(name))
-                    self._watched[key] = watched
-                    self._folders_of.setdefault(address, set()).add(name)
-            except (StoreError, OSError):
+        fresh: list[tuple[tuple[int, int, int, str], str, str, MessageInfo]] = []
+        for c in told:
+            key = (c.mailbox, c.folder)
+            m = c.message
+            if c.kind == FOLDER_CREATED:
+                self._known.setdefault(key, _Known())
+            elif c.kind == FOLDER_DELETED:
+                self._drop(key, changes)
+            elif m is None:
                 continue
-            if self._sync(key, watched, changes, fresh):
-                keys.append(key)
-        for name in self._folders_of.get(address, set()) - set(names):
-            self._drop((address, name), changes)
-        return keys
-
-    def _sync(
-        self, key: tuple[str, str], watched: _Watched, changes: list[Change], fresh: list[Any]
-    ) -> bool:
-        """One folder: its differences since the last sync into ``changes``/``fresh``; False
-        if it is gone."""
-        address, name = key
-        self._watch_folder(address, name)  # before reading it: nothing falls between
-        try:
-            state = watched.folder.sync()
-        except LockBusy:
-            # Another session or process has the folder's lock for a moment: look again soon
-            # (the reactor never waits for a lock) and keep what we know meanwhile.
-            self._dirty_folders.add(key)
-            if self._soon is None or not self._soon.active():
-                self._soon = self.clock.callLater(BUSY_DELAY, self._catch_up_logged)
-            return True
-        except (StoreError, OSError):
-            self._drop(key, changes)
-            return False
-        if state is watched.state:
-            return True
-        seen = set()
-        for m in state.messages:
-            seen.add(m.key)
-            entry = watched.ids.get(m.key)
-            if entry is None:
-                ref = MessageRef(address, name, m.key)
-                fresh.append((arrival_order(m.internaldate, m.key), ref, (watched, m)))
-            elif entry.flags != m.flags or entry.uid != m.uid:
+            elif c.kind == NEW:
+                fresh.append((arrival_order(m.internaldate, m.key), c.mailbox, c.folder, m))
+            elif (known := self._known.get(key)) is None:
+                continue
+            elif (entry := known.ids.get(m.key)) is None:
+                continue
+            elif c.kind == EXPUNGED:
+                changes.append(Change("deleted", self._forget(known, m.key)))
+            elif entry.flags != m.flags or entry.uid != m.uid:  # not keywords: not shown
                 self._set_flags(entry, m.flags)
                 entry.uid = m.uid
                 changes.append(Change("flags", entry))
-        for base in [b for b in watched.ids if b not in seen]:
-            changes.append(Change("deleted", self._forget(watched, base)))
-        watched.state = state
-        return True
-
-    def _finish(self, changes: list[Change], fresh: list[Any]) -> list[Change]:
+        # Messages noticed together are numbered in the order they arrived.
         fresh.sort(key=lambda f: f[0])
-        for _, ref, (watched, m) in fresh:
-            if m.key in watched.ids:
-                continue  # the same folder looked at twice in one pass
-            self.seq += 1
-            entry = Entry(self.seq, ref, m.uid, m.size, m.internaldate, m.flags)
-            watched.ids[m.key] = entry
-            watched.unread += SEEN not in entry.flags
-            self.entries[entry.id] = entry
-            self._all.add(entry)
-            self._boxes.setdefault(ref.mailbox, _Listing()).add(entry)
-            changes.append(Change("new", entry))
+        for _, mailbox, folder, m in fresh:
+            self._add(mailbox, folder, m, changes)
         if changes:
             self._publish(changes)
-        return changes
+
+    def _add(self, mailbox: str, folder: str, m: MessageInfo, changes: list[Change]) -> None:
+        known = self._known.setdefault((mailbox, folder), _Known())
+        if m.key in known.ids:
+            return  # told twice (what was known when we subscribed, then a look)
+        self.seq += 1
+        ref = MessageRef(mailbox, folder, m.key)
+        entry = Entry(self.seq, ref, m.uid, m.size, m.internaldate, m.flags)
+        known.ids[m.key] = entry
+        known.unread += SEEN not in entry.flags
+        self.entries[entry.id] = entry
+        self._all.add(entry)
+        self._boxes.setdefault(mailbox, _Listing()).add(entry)
+        changes.append(Change("new", entry))
 
     def _set_flags(self, entry: Entry, flags: frozenset[str]) -> None:
         delta = (SEEN not in flags) - (SEEN not in entry.flags)
         if delta:
             self._all.unread += delta
             self._boxes[entry.ref.mailbox].unread += delta
-            self._watched[(entry.ref.mailbox, entry.ref.folder)].unread += delta
+            self._known[(entry.ref.mailbox, entry.ref.folder)].unread += delta
         entry.flags = flags
 
     def _drop(self, key: tuple[str, str], changes: list[Change]) -> None:
-        watched = self._watched.pop(key, None)
-        names = self._folders_of.get(key[0])
-        if names is not None:
-            names.discard(key[1])
-            if not names:
-                del self._folders_of[key[0]]
-        if watched is not None:
-            for base in list(watched.ids):
-                changes.append(Change("deleted", self._forget(watched, base)))
+        known = self._known.pop(key, None)
+        if known is not None:
+            for base in list(known.ids):
+                changes.append(Change("deleted", self._forget(known, base)))
 
-    def _forget(self, watched: _Watched, base: str) -> Entry:
-        entry = watched.ids.pop(base)
-        watched.unread -= SEEN not in entry.flags
+    def _forget(self, known: _Known, base: str) -> Entry:
+        entry = known.ids.pop(base)
+        known.unread -= SEEN not in entry.flags
         self.entries.pop(entry.id, None)
         self._all.remove(entry)
         box = self._boxes.get(entry.ref.mailbox)
@@ -507,171 +407,3 @@ class MailFeed(Service):
             if not box.entries:
                 del self._boxes[entry.ref.mailbox]
         return entry
-
-    def _mailboxes(self) -> list[str]:
-        if self._notifier is not None:
-            self._watch_tree()
-        return self.store.mailboxes()
-
-    def _watch_tree(self) -> None:
-        """Watch the root, every domain and every mailbox directory, maildir or not yet: a
-        first delivery creates the mailbox, then its new/, then the message, faster than one
-        scan per step could follow."""
-        root = self.store.root
-        self._watch_dir(root, self._root_event)
-        try:
-            domains = [d for d in os.scandir(root) if _visible_dir(d)]
-            for domain in domains:
-                self._watch_dir(Path(domain.path), self._domain_event(domain.name))
-                with os.scandir(domain.path) as boxes:
-                    for box in boxes:
-                        if _visible_dir(box):
-                            address = f"{box.name}@{domain.name}"
-                            self._watch_dir(Path(box.path), self._mailbox_event(address, INBOX))
-        except OSError:
-            pass  # vanished while we looked: the next scan sees the new shape
-
-    # --- inotify ---------------------------------------------------------------------------
-
-    def _start_notifier(self) -> None:
-        if not self._use_inotify or not self.running:
-            return
-        try:
-            from twisted.internet import inotify
-        except ImportError:  # not Linux: polling alone
-            self._use_inotify = False
-            return
-        feed = self
-
-        class Notifier(inotify.INotify):  # type: ignore[misc,name-defined]
-            def connectionLost(self, reason: Any = None) -> None:
-                super().connectionLost(reason)
-                feed._notifier_lost(self)
-
-        try:
-            self._notifier = Notifier(reactor=self.clock)
-            self._notifier.startReading()
-            self._readable = select.poll()
-            self._readable.register(self._notifier.fileno(), select.POLLIN)
-        except Exception as e:
-            log.info("no inotify ({why}): polling every {n} s", why=e, n=self.poll_interval)
-            self._notifier = self._readable = None
-            self._use_inotify = False
-            return
-        self._watching = set()
-        self._dirty_all = True
-
-    def _notifier_lost(self, notifier: Any) -> None:
-        # Twisted's INotify closes itself when any watched directory is removed (a deleted
-        # folder): start a new one and watch everything again on the next scan.
-        if notifier is not self._notifier:
-            return
-        self._notifier = self._readable = None
-        self._dirty_all = True
-        self._start_notifier()
-        for watched in self._watched.values():
-            watched.state = None
-        self.notice_soon()
-
-    def _read_events(self) -> None:
-        """Handle the events the kernel has queued now, without waiting for the reactor to
-        read them: they include every change made before this call."""
-        while self._readable is not None and self._notifier is not None:
-            if not self._readable.poll(0):
-                return
-            self._notifier.doRead()
-
-    def _overflow(self, mask: int) -> bool:
-        from twisted.internet import inotify
-
-        if mask & inotify.IN_Q_OVERFLOW:
-            self._dirty_all = True  # events were lost
-            return True
-        return False
-
-    def _root_event(self, _watch: Any, path: FilePath[Any], mask: int) -> None:
-        if not self._overflow(mask):
-            self._dirty_domains.add(_name(path))
-        self.notice_soon()
-
-    def _domain_event(self, domain: str) -> Callable[..., None]:
-        def changed(_watch: Any, path: FilePath[Any], mask: int) -> None:
-            if not self._overflow(mask):
-                self._dirty_boxes.add(f"{_name(path)}@{domain}")
-            self.notice_soon()
-
-        return changed
-
-    def _mailbox_event(self, address: str, folder: str) -> Callable[..., None]:
-        """Events in a folder's directory (the mailbox's own for INBOX): its new/ or cur/
-        appearing, or (INBOX) a folder directory coming or going. The store's own files
-        (UID list, cache, locks) are no change."""
-
-        def changed(_watch: Any, path: FilePath[Any], mask: int) -> None:
-            if self._overflow(mask):
-                pass
-            elif (name := _name(path)) in ("new", "cur"):
-                self._dirty_folders.add((address, folder))
-                self._dirty_boxes.add(address)  # a folder that just became a maildir
-            elif folder == INBOX and folder_from_dirname(name) is not None:
-                self._dirty_boxes.add(address)
-            else:
-                return
-            self.notice_soon()
-
-        return changed
-
-    def _folder_event(self, key: tuple[str, str]) -> Callable[..., None]:
-        def changed(_watch: Any, path: FilePath[Any], mask: int) -> None:
-            if not self._overflow(mask):
-                self._dirty_folders.add(key)
-            self.notice_soon()
-
-        return changed
-
-    def _watch_dir(self, path: Path, callback: Callable[..., None]) -> None:
-        if self._notifier is None or str(path) in self._watching:
-            return
-        from twisted.internet import inotify
-
-        mask = (
-            inotify.IN_CREATE
-            | inotify.IN_MOVED_TO
-            | inotify.IN_MOVED_FROM
-            | inotify.IN_DELETE
-            | inotify.IN_Q_OVERFLOW
-        )
-        try:
-            self._notifier.watch(FilePath(str(path)), mask, callbacks=[callback])
-        except Exception:
-            # Gone already (the next look sees that), or out of watches: from now on only a
-            # whole scan can be trusted.
-            if path.is_dir():
-                log.warn("cannot watch {path}: every request scans the store", path=str(path))
-                self._use_inotify = False
-                notifier, self._notifier, self._readable = self._notifier, None, None
-                self._dirty_all = True
-                notifier.loseConnection()
-            return
-        self._watching.add(str(path))
-
-    def _watch_folder(self, address: str, name: str) -> None:
-        # The store's documented layout (mailhub/store/store.py); only ever watched, not used.
-        if self._notifier is None:
-            return
-        local, _, domain = address.rpartition("@")
-        path = self.store.root / domain / local
-        key = (address, name)
-        if name != INBOX:
-            path = path / folder_dirname(name)
-            self._watch_dir(path, self._mailbox_event(address, name))
-        self._watch_dir(path / "new", self._folder_event(key))
-        self._watch_dir(path / "cur", self._folder_event(key))
-
-
-def _name(path: FilePath[Any]) -> str:
-    return os.fsdecode(path.basename())
-
-
-def _visible_dir(entry: os.DirEntry[str]) -> bool:
-    return not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)

@@ -318,7 +318,12 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
 
         clock = reactor  # type: ignore[assignment]
     config = shared.config
-    feed = MailFeed(shared.store, clock, poll_interval=config.web.poll_interval)  # type: ignore[arg-type]
+    feed = MailFeed(
+        shared.store,
+        clock,  # type: ignore[arg-type]
+        poll_interval=config.web.poll_interval,
+        changes=getattr(shared, "changes", None),  # the process's, else the feed makes its own
+    )
 
     def ready() -> str | None:
         if not config.mail_dir.is_dir():

@@ -67,7 +67,7 @@ class WebTestCase(TestCase):
         return self.hub.service.listening_ports("web")[0].factory
 
     def without_inotify(self) -> None:
-        feed = self.site.feed
+        feed = self.site.feed.changes
         notifier, feed._notifier = feed._notifier, None
         feed._use_inotify = False
         if notifier is not None:

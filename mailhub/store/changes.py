@@ -1,0 +1,554 @@
+"""The store's change feed: what changed in which folder, told to whoever listens.
+
+Listeners subscribe to one folder (an IMAP IDLE session: its selected mailbox) or to the whole
+store (the web feed). A change is a new message, a message's flags, an expunged message, or a
+folder created or deleted (a rename is both). Changes come in batches: one per look at the disk.
+
+Noticing: ``scan()`` syncs every folder of every mailbox (``Folder.sync()`` costs two stat()
+calls for an unchanged folder) and turns the differences into changes. ``catch_up()`` does the
+same for only the folders inotify reported changed: every directory of the tree is watched
+before it is read, and a delivery's link() queues its event before the syscall returns, so
+reading the inotify descriptor at once (not waiting for the reactor) finds every change made
+before the call. It runs
+* when a caller needs to be up to date (the web API, before it answers a list or wait);
+  without inotify (or once a watch failed) that is a whole ``scan()``,
+* soon after inotify reports a change: deliveries by this process or any other on this host
+  (the SMTP receiver, POP3, IMAP, another mailhub worker),
+* on the next reactor turn after ``touched()`` (this process delivered into a folder an IMAP
+  session listens to: no need to wait for inotify's debounce),
+* and a whole ``scan()`` every ``scan_interval`` seconds: file systems without inotify (NFS)
+  and other hosts on a shared file system.
+Nothing is looked at while nobody listens; while only folder listeners do (IMAP sessions, no web
+feed), only their mailboxes are looked at and watched.
+
+Listeners see facts about the disk, not a protocol's view: an IMAP session is only woken up by
+them and reports what its own View's sync finds (RFC 3501's EXISTS/EXPUNGE rules stay there).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+
+from mailhub.store.errors import LockBusy, StoreError
+from mailhub.store.maildir import Folder, FolderState, MessageInfo
+from mailhub.store.names import INBOX, folder_dirname, folder_from_dirname
+from mailhub.store.store import MailStore
+
+log = Logger()
+
+# Debounce for inotify bursts: one look for the many events of one delivery.
+NOTICE_DELAY = 0.02
+# A folder whose lock was busy is looked at again after this long (a live holder keeps it for
+# milliseconds; a dead one on another node for up to a minute: not 50 looks a second).
+BUSY_DELAY = 0.1
+
+NEW = "new"
+FLAGS = "flags"  # flags, keywords or UID of a message changed
+EXPUNGED = "expunged"
+FOLDER_CREATED = "folder-created"
+FOLDER_DELETED = "folder-deleted"
+
+FolderKey = tuple[str, str]  # (mailbox address, folder name)
+Listener = Callable[[list["StoreChange"]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChange:
+    kind: str  # NEW, FLAGS, EXPUNGED, FOLDER_CREATED, FOLDER_DELETED
+    mailbox: str
+    folder: str
+    message: MessageInfo | None = None  # the message as it is now (EXPUNGED: as it was)
+
+
+@dataclass(eq=False)
+class _Watched:
+    folder: Folder  # held: the store keeps Folder objects only while somebody uses them
+    state: FolderState | None = None
+    known: dict[str, MessageInfo] = field(default_factory=dict)  # Maildir base name -> info
+
+
+@dataclass(eq=False)
+class _Subscription:
+    listener: Listener
+    key: FolderKey | None  # None: every folder of every mailbox
+
+
+class StoreChanges(Service):
+    """One per process (see mailhub.service); also made by a web feed that was given none."""
+
+    def __init__(
+        self,
+        store: MailStore,
+        clock: IReactorTime,
+        scan_interval: float = 1.0,
+        use_inotify: bool = True,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.scan_interval = scan_interval
+        self.scans = 0  # whole scans (every mailbox); catch-ups of changed folders not counted
+        self._watched: dict[FolderKey, _Watched] = {}
+        self._folders_of: dict[str, set[str]] = {}  # address -> names of its watched folders
+        self._subscriptions: list[_Subscription] = []
+        self._scan_timer = LoopingCall(self._scan_logged)
+        self._scan_timer.clock = clock
+        self._use_inotify = use_inotify
+        self._notifier: Any = None
+        self._readable: Any = None  # select.poll() on the notifier's descriptor
+        self._watching: set[str] = set()
+        self._soon: Any = None
+        self._touched: set[FolderKey] = set()  # folders touched() since the last look at them
+        self._touched_look = float("-inf")  # when the last look at touched folders was
+        # What inotify said changed since the last look (see catch_up). Until a whole scan has
+        # run with every directory watched, nothing can be trusted: _dirty_all.
+        self._dirty_all = True
+        self._partial = False  # the last scan looked only at the subscribed mailboxes
+        self._dirty_domains: set[str] = set()
+        self._dirty_boxes: set[str] = set()
+        self._dirty_folders: set[FolderKey] = set()
+
+    # --- service ---------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        if self.running:  # started early by a listener (the web site) and again by its parent
+            return
+        super().startService()
+        self._start_notifier()
+        self._scan_timer.start(self.scan_interval, now=True)
+
+    def stopService(self) -> None:
+        if not self.running:
+            return
+        super().stopService()
+        if self._scan_timer.running:
+            self._scan_timer.stop()
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        notifier, self._notifier = self._notifier, None
+        self._readable = None
+        self._dirty_all = True
+        if notifier is not None:
+            notifier.loseConnection()
+
+    # --- listeners -------------------------------------------------------------------------
+
+    def subscribe(
+        self, listener: Listener, mailbox: str | None = None, folder: str = INBOX
+    ) -> Callable[[], None]:
+        """Call ``listener`` with the changes of one folder (or, without ``mailbox``, of every
+        folder) as they are noticed; returns the unsubscribe function."""
+        sub = _Subscription(listener, None if mailbox is None else (mailbox, folder))
+        self._subscriptions.append(sub)
+        if sub.key is None and self._partial:
+            self._dirty_all = True  # from now on the whole store is looked at and watched
+        if self.running and self._dirty_all:
+            # Nobody listened: nothing is watched yet. Look soon, not at the next timed scan.
+            self.notice_soon(0)
+        return lambda: self._subscriptions.remove(sub) if sub in self._subscriptions else None
+
+    def current(self) -> list[StoreChange]:
+        """What is known now, as changes from an empty store: FOLDER_CREATED and NEW."""
+        out = []
+        for (address, name), watched in self._watched.items():
+            out.append(StoreChange(FOLDER_CREATED, address, name))
+            out.extend(StoreChange(NEW, address, name, m) for m in watched.known.values())
+        return out
+
+    def folder(self, address: str, name: str) -> Folder:
+        watched = self._watched.get((address, name))
+        if watched is not None:
+            return watched.folder
+        return self.store.mailbox(address).folder(name)
+
+    def touched(self, address: str, name: str = INBOX) -> None:
+        """This process changed a folder (a delivery: INBOX). Folder listeners (IDLE sessions)
+        hear of it on the next reactor turn, without waiting for inotify or a timed scan; at
+        most one such look per NOTICE_DELAY (a flood of deliveries: looks, not one each).
+        Store-wide listeners (the web feed) are served by inotify and the timed scan."""
+        key = (address, name)
+        if not self.running or not any(sub.key == key for sub in self._subscriptions):
+            return
+        if not self._touched:
+            now = self.clock.seconds()
+            delay = max(0.0, self._touched_look + NOTICE_DELAY - now)
+            self.clock.callLater(delay, self._look_at_touched)
+        self._touched.add(key)
+
+    def _look_at_touched(self) -> None:
+        keys, self._touched = self._touched, set()
+        self._touched_look = self.clock.seconds()
+        changes: list[StoreChange] = []
+        try:
+            for key in keys:
+                watched = self._watched.get(key)
+                if watched is not None:
+                    self._sync(key, watched, changes)
+                else:  # a folder not known yet (perhaps a first delivery made the mailbox)
+                    self._look_at_mailbox(key[0], changes)
+        except Exception:
+            log.failure("looking at a changed folder failed")
+        self._finish(changes)
+
+    def _interest(self) -> set[str] | None:
+        """The mailboxes somebody listens to; None: the whole store."""
+        boxes = set()
+        for sub in self._subscriptions:
+            if sub.key is None:
+                return None
+            boxes.add(sub.key[0])
+        return boxes
+
+    def _publish(self, changes: list[StoreChange]) -> None:
+        for sub in list(self._subscriptions):
+            if sub.key is None:
+                mine = changes
+            else:
+                mine = [c for c in changes if (c.mailbox, c.folder) == sub.key]
+            if not mine:
+                continue
+            try:
+                sub.listener(mine)
+            except Exception:
+                log.failure("store change listener failed")
+
+    # --- noticing --------------------------------------------------------------------------
+
+    def notice_soon(self, delay: float = NOTICE_DELAY) -> None:
+        if self._soon is None or not self._soon.active():
+            self._soon = self.clock.callLater(delay, self._catch_up_logged)
+
+    def _catch_up_logged(self) -> None:
+        try:
+            self.catch_up()
+        except Exception:
+            log.failure("catching up with the mailboxes failed")
+
+    def _scan_logged(self) -> None:
+        if not self._subscriptions:
+            self._dirty_all = True  # nobody listens: no look; the next one starts afresh
+            return
+        try:
+            self.scan()
+        except Exception:  # the timer must go on whatever one scan met
+            log.failure("scanning the mailboxes for changes failed")
+
+    def catch_up(self) -> list[StoreChange]:
+        """Bring the feed up to date with every change made before this call; returns (and
+        publishes) the changes. Costs a poll() on the inotify descriptor when nothing changed;
+        without trustworthy inotify, a whole ``scan()``."""
+        self._read_events()
+        if self._notifier is None or self._dirty_all:
+            return self.scan()
+        if not (self._dirty_domains or self._dirty_boxes or self._dirty_folders):
+            return []
+        domains, self._dirty_domains = self._dirty_domains, set()
+        boxes, self._dirty_boxes = self._dirty_boxes, set()
+        folders, self._dirty_folders = self._dirty_folders, set()
+        for domain in domains:
+            path = self.store.root / domain
+            self._watch_dir(path, self._domain_event(domain))
+            try:
+                with os.scandir(path) as found:
+                    boxes.update(f"{d.name}@{domain}" for d in found if _visible_dir(d))
+            except OSError:
+                pass
+        changes: list[StoreChange] = []
+        for address in boxes:
+            for key in self._look_at_mailbox(address, changes):
+                folders.discard(key)
+        for key in folders:
+            watched = self._watched.get(key)
+            if watched is not None:
+                self._sync(key, watched, changes)
+        return self._finish(changes)
+
+    def scan(self) -> list[StoreChange]:
+        """Bring the feed up to date with the disk by looking at every folder of every
+        mailbox (only of the mailboxes listened to, when nobody listens to the whole store);
+        returns (and publishes) the changes."""
+        self.scans += 1
+        interest = self._interest()
+        if interest is not None:
+            return self._scan_mailboxes(interest)
+        # Whatever inotify reports from here on is newer than this scan's look.
+        self._read_events()
+        self._dirty_all = False
+        self._dirty_domains.clear()
+        self._dirty_boxes.clear()
+        self._dirty_folders.clear()
+        self._partial = False
+        changes: list[StoreChange] = []
+        present: set[FolderKey] = set()
+        for address in self._mailboxes():
+            present.update(self._look_at_mailbox(address, changes))
+        for key in [k for k in self._watched if k not in present]:
+            self._drop(key, changes)
+        return self._finish(changes)
+
+    def _scan_mailboxes(self, addresses: set[str]) -> list[StoreChange]:
+        """``scan()`` for IMAP sessions alone: a server without the web feed does not look
+        at (or watch) the mailboxes of users who are not idling."""
+        self._read_events()
+        self._dirty_all = False
+        self._partial = True
+        self._dirty_boxes -= addresses
+        self._dirty_folders = {k for k in self._dirty_folders if k[0] not in addresses}
+        changes: list[StoreChange] = []
+        for address in sorted(addresses):
+            self._look_at_mailbox(address, changes)
+        return self._finish(changes)
+
+    def _finish(self, changes: list[StoreChange]) -> list[StoreChange]:
+        if changes:
+            self._publish(changes)
+        return changes
+
+    def _look_at_mailbox(self, address: str, changes: list[StoreChange]) -> list[FolderKey]:
+        """Sync every folder of one mailbox; the keys of the folders it has."""
+        keys = []
+        local, _, domain = address.rpartition("@")
+        self._watch_dir(self.store.root / domain / local, self._mailbox_event(address, INBOX))
+        try:
+            mailbox = self.store.mailbox(address)
+            names = mailbox.list_folders()
+        except (StoreError, OSError):
+            names = []
+        for name in names:
+            key = (address, name)
+            watched = self._watched.get(key)
+            try:
+                if watched is None:
+                    watched = _Watched(mailbox.folder(name))
+                    self._watched[key] = watched
+                    self._folders_of.setdefault(address, set()).add(name)
+                    changes.append(StoreChange(FOLDER_CREATED, address, name))
+            except (StoreError, OSError):
+                continue
+            if self._sync(key, watched, changes):
+                keys.append(key)
+        for name in self._folders_of.get(address, set()) - set(names):
+            self._drop((address, name), changes)
+        return keys
+
+    def _sync(self, key: FolderKey, watched: _Watched, changes: list[StoreChange]) -> bool:
+        """One folder: its differences since the last sync into ``changes``; False if it is
+        gone."""
+        address, name = key
+        self._watch_folder(address, name)  # before reading it: nothing falls between
+        try:
+            state = watched.folder.sync()
+        except LockBusy:
+            # Another session or process has the folder's lock for a moment: look again soon
+            # (the reactor never waits for a lock) and keep what we know meanwhile.
+            self._dirty_folders.add(key)
+            self.notice_soon(BUSY_DELAY)
+            return True
+        except (StoreError, OSError):
+            self._drop(key, changes)
+            return False
+        if state is watched.state:
+            return True
+        known, seen = watched.known, set()
+        for m in state.messages:
+            seen.add(m.key)
+            old = known.get(m.key)
+            if old is None:
+                changes.append(StoreChange(NEW, address, name, m))
+            elif old.flags != m.flags or old.uid != m.uid or old.keywords != m.keywords:
+                changes.append(StoreChange(FLAGS, address, name, m))
+            known[m.key] = m
+        for base in [b for b in known if b not in seen]:
+            changes.append(StoreChange(EXPUNGED, address, name, known.pop(base)))
+        watched.state = state
+        return True
+
+    def _drop(self, key: FolderKey, changes: list[StoreChange]) -> None:
+        watched = self._watched.pop(key, None)
+        names = self._folders_of.get(key[0])
+        if names is not None:
+            names.discard(key[1])
+            if not names:
+                del self._folders_of[key[0]]
+        if watched is not None:
+            address, name = key
+            changes.extend(StoreChange(EXPUNGED, address, name, m) for m in watched.known.values())
+            changes.append(StoreChange(FOLDER_DELETED, address, name))
+
+    def _mailboxes(self) -> list[str]:
+        if self._notifier is not None:
+            self._watch_tree()
+        return self.store.mailboxes()
+
+    def _watch_tree(self) -> None:
+        """Watch the root, every domain and every mailbox directory, maildir or not yet: a
+        first delivery creates the mailbox, then its new/, then the message, faster than one
+        scan per step could follow."""
+        root = self.store.root
+        self._watch_dir(root, self._root_event)
+        try:
+            domains = [d for d in os.scandir(root) if _visible_dir(d)]
+            for domain in domains:
+                self._watch_dir(Path(domain.path), self._domain_event(domain.name))
+                with os.scandir(domain.path) as boxes:
+                    for box in boxes:
+                        if _visible_dir(box):
+                            address = f"{box.name}@{domain.name}"
+                            self._watch_dir(Path(box.path), self._mailbox_event(address, INBOX))
+        except OSError:
+            pass  # vanished while we looked: the next scan sees the new shape
+
+    # --- inotify ---------------------------------------------------------------------------
+
+    def _start_notifier(self) -> None:
+        if not self._use_inotify or not self.running:
+            return
+        try:
+            from twisted.internet import inotify
+        except ImportError:  # not Linux: timed scans alone
+            self._use_inotify = False
+            return
+        changes = self
+
+        class Notifier(inotify.INotify):  # type: ignore[misc,name-defined]
+            def connectionLost(self, reason: Any = None) -> None:
+                super().connectionLost(reason)
+                changes._notifier_lost(self)
+
+        try:
+            self._notifier = Notifier(reactor=self.clock)
+            self._notifier.startReading()
+            self._readable = select.poll()
+            self._readable.register(self._notifier.fileno(), select.POLLIN)
+        except Exception as e:
+            log.info("no inotify ({why}): scanning every {n} s", why=e, n=self.scan_interval)
+            self._notifier = self._readable = None
+            self._use_inotify = False
+            return
+        self._watching = set()
+        self._dirty_all = True
+
+    def _notifier_lost(self, notifier: Any) -> None:
+        # Twisted's INotify closes itself when any watched directory is removed (a deleted
+        # folder): start a new one and watch everything again on the next scan.
+        if notifier is not self._notifier:
+            return
+        self._notifier = self._readable = None
+        self._dirty_all = True
+        self._start_notifier()
+        for watched in self._watched.values():
+            watched.state = None
+        self.notice_soon()
+
+    def _read_events(self) -> None:
+        """Handle the events the kernel has queued now, without waiting for the reactor to
+        read them: they include every change made before this call."""
+        while self._readable is not None and self._notifier is not None:
+            if not self._readable.poll(0):
+                return
+            self._notifier.doRead()
+
+    def _overflow(self, mask: int) -> bool:
+        from twisted.internet import inotify
+
+        if mask & inotify.IN_Q_OVERFLOW:
+            self._dirty_all = True  # events were lost
+            return True
+        return False
+
+    def _root_event(self, _watch: Any, path: FilePath[Any], mask: int) -> None:
+        if not self._overflow(mask):
+            self._dirty_domains.add(_name(path))
+        self.notice_soon()
+
+    def _domain_event(self, domain: str) -> Callable[..., None]:
+        def changed(_watch: Any, path: FilePath[Any], mask: int) -> None:
+            if not self._overflow(mask):
+                self._dirty_boxes.add(f"{_name(path)}@{domain}")
+            self.notice_soon()
+
+        return changed
+
+    def _mailbox_event(self, address: str, folder: str) -> Callable[..., None]:
+        """Events in a folder's directory (the mailbox's own for INBOX): its new/ or cur/
+        appearing, or (INBOX) a folder directory coming or going. The store's own files
+        (UID list, cache, locks) are no change."""
+
+        def changed(_watch: Any, path: FilePath[Any], mask: int) -> None:
+            if self._overflow(mask):
+                pass
+            elif (name := _name(path)) in ("new", "cur"):
+                self._dirty_folders.add((address, folder))
+                self._dirty_boxes.add(address)  # a folder that just became a maildir
+            elif folder == INBOX and folder_from_dirname(name) is not None:
+                self._dirty_boxes.add(address)
+            else:
+                return
+            self.notice_soon()
+
+        return changed
+
+    def _folder_event(self, key: FolderKey) -> Callable[..., None]:
+        def changed(_watch: Any, path: FilePath[Any], mask: int) -> None:
+            if not self._overflow(mask):
+                self._dirty_folders.add(key)
+            self.notice_soon()
+
+        return changed
+
+    def _watch_dir(self, path: Path, callback: Callable[..., None]) -> None:
+        if self._notifier is None or str(path) in self._watching:
+            return
+        from twisted.internet import inotify
+
+        mask = (
+            inotify.IN_CREATE
+            | inotify.IN_MOVED_TO
+            | inotify.IN_MOVED_FROM
+            | inotify.IN_DELETE
+            | inotify.IN_Q_OVERFLOW
+        )
+        try:
+            self._notifier.watch(FilePath(str(path)), mask, callbacks=[callback])
+        except Exception:
+            # Gone already (the next look sees that), or out of watches: from now on only a
+            # whole scan can be trusted.
+            if path.is_dir():
+                log.warn("cannot watch {path}: every look scans the store", path=str(path))
+                self._use_inotify = False
+                notifier, self._notifier, self._readable = self._notifier, None, None
+                self._dirty_all = True
+                notifier.loseConnection()
+            return
+        self._watching.add(str(path))
+
+    def _watch_folder(self, address: str, name: str) -> None:
+        # The store's documented layout (mailhub/store/store.py); only ever watched, not used.
+        if self._notifier is None:
+            return
+        local, _, domain = address.rpartition("@")
+        path = self.store.root / domain / local
+        key = (address, name)
+        if name != INBOX:
+            path = path / folder_dirname(name)
+            self._watch_dir(path, self._mailbox_event(address, name))
+        self._watch_dir(path / "new", self._folder_event(key))
+        self._watch_dir(path / "cur", self._folder_event(key))
+
+
+def _name(path: FilePath[Any]) -> str:
+    return os.fsdecode(path.basename())
+
+
+def _visible_dir(entry: os.DirEntry[str]) -> bool:
+    return not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)

@@ -1,0 +1,255 @@
+"""The store's change feed (mailhub.store.changes): what it tells, to whom, and when."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.internet import defer, task, threads
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mailhub.store import MailStore
+from mailhub.store.changes import (
+    EXPUNGED,
+    FLAGS,
+    FOLDER_CREATED,
+    FOLDER_DELETED,
+    NEW,
+    NOTICE_DELAY,
+    StoreChange,
+    StoreChanges,
+)
+from tests.support.tools import skip_or_fail
+
+A, B = "a@example.com", "b@example.com"
+
+
+def kinds(changes: list[StoreChange]) -> list[tuple[str, str, str]]:
+    return [(c.kind, c.mailbox, c.folder) for c in changes]
+
+
+class Told(SynchronousTestCase):
+    """With an injected clock and no inotify: the timed scan, subscriptions, touched()."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.store = MailStore(Path(self.mktemp()), "localhost")
+        self.changes = StoreChanges(self.store, self.clock, scan_interval=30.0, use_inotify=False)
+        self.everything: list[StoreChange] = []
+        self.changes.subscribe(self.everything.extend)
+
+    def deliver(self, address: str = A, folder: str = "INBOX") -> int:
+        box = self.store.mailbox(address, create=True)
+        return box.folder(folder).append(b"Subject: x\r\n\r\nhi\r\n")
+
+    def told(self) -> list[tuple[str, str, str]]:
+        out = kinds(self.everything)
+        self.everything.clear()
+        return out
+
+    def test_every_kind_of_change(self) -> None:
+        uid = self.deliver()
+        self.changes.scan()
+        self.assertIn((FOLDER_CREATED, A, "INBOX"), self.told())
+        inbox = self.store.mailbox(A).folder()
+        inbox.add_flags(uid, {"F"})
+        self.changes.scan()
+        [flags] = self.everything
+        self.assertEqual((flags.kind, flags.message and flags.message.flags), (FLAGS, {"F"}))
+        self.everything.clear()
+        self.deliver()
+        inbox.delete(uid)
+        self.assertEqual(self.told(), [])  # not looked at yet: nothing told
+        self.changes.scan()
+        self.assertEqual(sorted(self.told()), [(EXPUNGED, A, "INBOX"), (NEW, A, "INBOX")])
+        box = self.store.mailbox(A)
+        box.create_folder("Projects")
+        self.changes.scan()
+        self.assertEqual(self.told(), [(FOLDER_CREATED, A, "Projects")])
+        box.folder("Projects").append(b"Subject: p\r\n\r\n")
+        box.rename_folder("Projects", "Done")
+        self.changes.scan()
+        self.assertEqual(
+            sorted(self.told()),
+            [(FOLDER_CREATED, A, "Done"), (FOLDER_DELETED, A, "Projects"), (NEW, A, "Done")],
+        )
+        box.delete_folder("Done")
+        self.changes.scan()
+        self.assertEqual(sorted(self.told()), [(EXPUNGED, A, "Done"), (FOLDER_DELETED, A, "Done")])
+        self.assertEqual(self.changes.scan(), [])  # nothing changed: nothing told
+
+    def test_a_folder_subscription_hears_only_its_folder(self) -> None:
+        self.deliver(A)
+        self.deliver(B)
+        self.changes.scan()
+        inbox_of_b: list[StoreChange] = []
+        unsubscribe = self.changes.subscribe(inbox_of_b.extend, B)
+        self.deliver(A)
+        self.deliver(B)
+        self.store.mailbox(B).create_folder("Other").append(b"Subject: o\r\n\r\n")
+        self.changes.scan()
+        self.assertEqual(kinds(inbox_of_b), [(NEW, B, "INBOX")])
+        unsubscribe()
+        self.deliver(B)
+        self.changes.scan()
+        self.assertEqual(len(inbox_of_b), 1)
+
+    def test_with_only_folder_listeners_only_their_mailboxes_are_looked_at(self) -> None:
+        self.changes._subscriptions.clear()
+        self.deliver(A)
+        self.deliver(B)
+        inbox_of_a: list[StoreChange] = []
+        self.changes.subscribe(inbox_of_a.extend, A)
+        self.changes.scan()
+        self.assertEqual([k for k in kinds(inbox_of_a) if k[0] == NEW], [(NEW, A, "INBOX")])
+        self.assertEqual({address for address, _ in self.changes._watched}, {A})
+        self.changes.touched(B)  # nobody listens to B: not even a look
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # Somebody listens to everything (the web feed): the next look is at the whole store.
+        self.changes.subscribe(self.everything.extend)
+        self.changes.catch_up()
+        self.assertIn((NEW, B, "INBOX"), self.told())
+
+    def test_the_timed_scan_runs_on_the_injected_clock_and_only_while_somebody_listens(
+        self,
+    ) -> None:
+        self.changes.startService()
+        self.addCleanup(self.changes.stopService)
+        self.assertEqual(self.changes.scans, 1)  # at start
+        self.deliver()
+        self.clock.advance(29.0)
+        self.assertEqual(self.told(), [])
+        self.clock.advance(1.0)
+        self.assertIn((NEW, A, "INBOX"), self.told())
+        self.assertEqual(self.changes.scans, 2)
+        self.changes._subscriptions.clear()  # nobody listens any more
+        self.clock.advance(30.0)
+        self.assertEqual(self.changes.scans, 2)
+
+    def test_touched_tells_folder_listeners_on_the_next_turn_without_a_whole_scan(
+        self,
+    ) -> None:
+        self.changes._subscriptions.clear()
+        self.store.mailbox(B, create=True)
+        inbox_of_b: list[StoreChange] = []
+        self.changes.subscribe(inbox_of_b.extend, B)
+        self.changes.startService()
+        self.addCleanup(self.changes.stopService)
+        self.clock.advance(0)  # the first look since somebody listens
+        scans = self.changes.scans
+        inbox_of_b.clear()
+        self.deliver(B)
+        self.changes.touched(B)
+        self.assertEqual(inbox_of_b, [])  # not inside the delivery's own call chain
+        self.clock.advance(0)
+        self.assertEqual(kinds(inbox_of_b), [(NEW, B, "INBOX")])
+        self.assertEqual(self.changes.scans, scans)
+        # A flood of deliveries: at most one look per NOTICE_DELAY, each seeing all before it.
+        inbox_of_b.clear()
+        self.deliver(B)
+        self.changes.touched(B)
+        self.clock.advance(NOTICE_DELAY / 2)
+        self.deliver(B)
+        self.changes.touched(B)
+        self.assertEqual(inbox_of_b, [])
+        self.clock.advance(NOTICE_DELAY / 2)
+        self.assertEqual(kinds(inbox_of_b), [(NEW, B, "INBOX")] * 2)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # only the timed scan
+
+    def test_touched_does_nothing_for_store_wide_listeners(self) -> None:
+        self.changes.startService()  # self.everything listens to the whole store
+        self.addCleanup(self.changes.stopService)
+        self.deliver(B)
+        self.changes.touched(B)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # only the timed scan
+
+    def test_a_failing_listener_does_not_stop_the_others(self) -> None:
+        def broken(changes: list[StoreChange]) -> None:
+            raise RuntimeError("listener bug")
+
+        self.changes._subscriptions.clear()
+        self.changes.subscribe(broken)
+        self.changes.subscribe(self.everything.extend)
+        self.deliver()
+        self.changes.scan()
+        self.assertIn((NEW, A, "INBOX"), self.told())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+# Written by another process: what a separate SMTP delivery or another mailhub worker does.
+_DELIVER = """
+import os, sys
+new, name = sys.argv[1], sys.argv[2]
+tmp = os.path.join(os.path.dirname(new), "tmp", name)
+with open(tmp, "wb") as f:
+    f.write(b"Subject: from elsewhere\\r\\n\\r\\nhi\\r\\n")
+os.link(tmp, os.path.join(new, name))
+os.unlink(tmp)
+"""
+
+
+class Inotify(TestCase):
+    """With real inotify, a file another process or thread puts into new/ is told without any
+    timed scan (the scan interval is an hour) and without anybody calling catch_up."""
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.store = MailStore(Path(self.mktemp()), "localhost")
+        self.store.mailbox(A, create=True).folder().sync()
+        self.changes = StoreChanges(self.store, reactor, scan_interval=3600.0)  # type: ignore[arg-type]
+        self.changes.startService()
+        self.addCleanup(self.changes.stopService)
+        if self.changes._notifier is None:
+            skip_or_fail("no inotify here: the feed falls back to timed scans")
+        self.new = self.store.root / "example.com" / "a" / "new"
+
+    def next_new(self, address: str = A, folder: str = "INBOX") -> defer.Deferred[StoreChange]:
+        d: defer.Deferred[StoreChange] = defer.Deferred()
+
+        def told(changes: list[StoreChange]) -> None:
+            for c in changes:
+                if c.kind == NEW and not d.called:
+                    unsubscribe()
+                    d.callback(c)
+
+        unsubscribe = self.changes.subscribe(told, address, folder)
+        return d
+
+    async def test_a_delivery_by_another_process_is_told(self) -> None:
+        await self.changes_settled()
+        scans = self.changes.scans
+        told = self.next_new()
+        name = "1800000000.M1P99999Q1.elsewhere,S=36"
+        subprocess.run([sys.executable, "-c", _DELIVER, str(self.new), name], check=True)
+        change = await told
+        self.assertEqual((change.mailbox, change.message and change.message.key), (A, name))
+        self.assertEqual(self.changes.scans, scans)
+
+    async def test_a_delivery_by_another_thread_is_told(self) -> None:
+        await self.changes_settled()
+        told = self.next_new()
+        inbox = self.store.mailbox(A).folder()
+        await threads.deferToThread(
+            (self.new / "1800000000.M2P1Q1.thread,S=9").write_bytes, b"x: y\r\n\r\n"
+        )
+        change = await told
+        self.assertEqual(change.folder, "INBOX")
+        self.assertEqual(inbox.sync().count, 1)
+
+    async def test_a_new_mailbox_and_folder_are_told(self) -> None:
+        await self.changes_settled()
+        told = self.next_new(B, "Lists")
+        box = await threads.deferToThread(self.store.mailbox, B, True)
+        await threads.deferToThread(
+            lambda: box.create_folder("Lists").append(b"Subject: l\r\n\r\n")
+        )
+        change = await told
+        self.assertEqual((change.mailbox, change.folder), (B, "Lists"))
+
+    def changes_settled(self) -> defer.Deferred[None]:
+        """The first look (on subscribing: the tree is watched from then on) has run."""
+        self.changes.subscribe(lambda changes: None)
+        self.changes.catch_up()
+        return defer.succeed(None)
