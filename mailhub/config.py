@@ -20,7 +20,7 @@ from typing import Any
 import idna
 from twisted.internet.endpoints import serverFromString
 
-from mailhub.faults import FaultError, Rule
+from mailhub.faults.rules import FaultError, Rule
 
 # Port plan (fixed by the foundation issue; dev ports match Mailpit/MailHog where they overlap).
 DEV_PORTS = {

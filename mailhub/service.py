@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
 from mailhub.config import Config
-from mailhub.faults import FaultRules, FaultyServerTLS
+from mailhub.faults.rules import FaultRules, FaultyServerTLS
 from mailhub.imap.factory import IMAPServerFactory
 from mailhub.interfaces import IMessageSink
 from mailhub.pop3.factory import POP3ServerFactory

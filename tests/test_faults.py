@@ -9,7 +9,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.config import ConfigError, load
-from mailhub.faults import (
+from mailhub.faults.rules import (
     Action,
     FaultError,
     FaultRules,

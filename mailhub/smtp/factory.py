@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from mailhub.config import Limits, SMTPConfig
 from mailhub.connlimit import CountedSession, Slot, counter_for
-from mailhub.faults import FaultRules
+from mailhub.faults.rules import FaultRules
 from mailhub.interfaces import IMessageSink
 from mailhub.smtp.policy import ISMTPPolicy, Role
 from mailhub.smtp.protocol import SMTPServerProtocol

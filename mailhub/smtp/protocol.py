@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from mailhub import sasl
 from mailhub.connlimit import Slot
 from mailhub.envelope import Envelope, Recipient
-from mailhub.faults import Action, Rule, Stage
+from mailhub.faults.rules import Action, Rule, Stage
 from mailhub.inputpump import TOO_LONG, InputPump
 from mailhub.interfaces import DeliveryError, IIncomingMessage
 from mailhub.login import LoginResult, Outcome, guarded_login
