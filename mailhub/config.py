@@ -20,6 +20,7 @@ from typing import Any
 import idna
 from twisted.internet.endpoints import serverFromString
 
+from mailhub.errors import ConfigError
 from mailhub.faults.rules import FaultError, Rule
 
 # Port plan (fixed by the foundation issue; dev ports match Mailpit/MailHog where they overlap).
@@ -307,19 +308,6 @@ class Config:
 # --- loading -----------------------------------------------------------------------------------
 
 DEV_SOURCE = "<development defaults>"
-
-
-class ConfigError(Exception):
-    """A config problem, worded for the operator: where it is, what is wrong, how to fix it."""
-
-    def __init__(self, source: str, key: str | None, problem: str, fix: str = "") -> None:
-        # key is shown as written in the file: "[limits] max_size", or "[tls]" for a section.
-        self.source, self.key, self.problem, self.fix = source, key, problem, fix
-        where = f"{source}: {key}" if key else source
-        text = f"{where}: {problem}"
-        if fix:
-            text += f"\n  fix: {fix}"
-        super().__init__(text)
 
 
 def dev_config(

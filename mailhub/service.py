@@ -20,7 +20,8 @@ from twisted.logger import Logger
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
 from mailhub.config import Config
-from mailhub.faults.rules import FaultRules, FaultyServerTLS
+from mailhub.faults.certificates import FaultyServerTLS
+from mailhub.faults.rules import FaultRules
 from mailhub.imap.factory import IMAPServerFactory
 from mailhub.interfaces import IMessageSink
 from mailhub.pop3.factory import POP3ServerFactory

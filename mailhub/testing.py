@@ -60,7 +60,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer, threads
 
 from mailhub.config import Config, FaultsConfig, ListenersConfig, TLSConfig, dev_config
-from mailhub.faults.rules import CertificateIssuer, FaultRules, Rule
+from mailhub.faults.certificates import CertificateIssuer
+from mailhub.faults.rules import FaultRules, Rule
 from mailhub.service import FACTORIES, MailhubService, build
 from mailhub.store.errors import StoreError
 from mailhub.web.feed import Change, Entry, MailFeed, arrival_order
