@@ -22,6 +22,7 @@ from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make
 from mailhub.config import Config
 from mailhub.faults.certificates import FaultyServerTLS
 from mailhub.faults.rules import FaultRules
+from mailhub.faults.smtp import FaultySMTPServerFactory
 from mailhub.imap.factory import IMAPServerFactory
 from mailhub.interfaces import IMessageSink
 from mailhub.pop3.factory import POP3ServerFactory
@@ -200,7 +201,7 @@ def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPS
     else:
         policy = RecipientPolicy(config.domains, shared.mailbox_exists, **policy_options)
         sink = shared.sink
-    return SMTPServerFactory(
+    return FaultySMTPServerFactory(
         hostname=config.hostname,
         limits=config.limits,
         smtp_config=config.smtp,

@@ -17,6 +17,7 @@ from mailhub.faults.rules import (
     Stage,
     compile_pattern,
 )
+from mailhub.faults.smtp import FaultySMTPServerFactory
 from tests.test_smtp_support import LOCAL, Harness
 
 MAIL_OK = "250 2.1.0 Ok"
@@ -185,7 +186,7 @@ class Dialogs(SynchronousTestCase):
     """Each stage and action, as the client sees it (RFC 5321 replies)."""
 
     def setUp(self) -> None:
-        self.h = Harness()
+        self.h = Harness(factory_class=FaultySMTPServerFactory)
         self.faults = self.h.factory.faults
 
     def add(self, **kw) -> str:
@@ -371,7 +372,7 @@ class Dialogs(SynchronousTestCase):
 
 class StartTLSDialogs(SynchronousTestCase):
     def setUp(self) -> None:
-        self.h = Harness(tls_context_factory=object())
+        self.h = Harness(tls_context_factory=object(), factory_class=FaultySMTPServerFactory)
 
     def test_no_starttls_offer_and_502(self) -> None:
         self.h.factory.faults.add({"stage": "starttls", "action": "no_starttls", "count": 1})
