@@ -1,4 +1,5 @@
-"""Reading message data: DATA (RFC 5321 4.1.1.4) and BDAT chunks (RFC 3030), into the sink.
+"""Message data: DATA (RFC 5321 4.1.1.4) and BDAT chunks (RFC 3030) read into the sink, and the
+message opened in the sink (envelope, Received header) and committed there.
 
 Message data is never handled line by line in Python: each received chunk is scanned with bytes
 methods for the end-of-data marker, dot-unstuffed with one ``replace``, checked for bare CR/LF by
@@ -13,12 +14,22 @@ protocol answers with the failure then.
 
 from __future__ import annotations
 
-from twisted.logger import Logger
+from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailhub.envelope import Envelope
 from mailhub.interfaces import DeliveryError
 from mailhub.smtp import replies as R
 from mailhub.smtp.replies import Reply
-from mailhub.smtp.transaction import Transaction
+from mailhub.smtp.session import Session
+from mailhub.smtp.trace import protocol_keyword, received_header
+from mailhub.smtp.transaction import Transaction, log_message
+
+if TYPE_CHECKING:
+    from mailhub.smtp.factory import SMTPServerFactory
 
 _DOT = 0x2E
 _CR = 0x0D
@@ -218,3 +229,83 @@ class ChunkReader:
         """The transaction is over (RSET, EHLO, abort, end of the message)."""
         self.txn = None
         self.tail = b""
+
+
+# --- the message in the sink: opened at DATA or the first BDAT, committed at the end ------------
+
+
+def open_message(
+    factory: SMTPServerFactory, session: Session, txn: Transaction, tls: bool, log: Logger
+) -> Reply | None:
+    """Open ``txn``'s message in the factory's sink, starting with our Received header (RFC 5321
+    4.4); the reply to give (and the message logged) if that failed."""
+    f = factory
+    authenticated = session.authenticated_as is not None
+    envelope = Envelope(
+        queue_id=f.new_queue_id(),
+        mail_from=txn.sender_written,
+        recipients=list(txn.recipients),
+        helo=session.helo or "",
+        client_address=session.client_address,
+        client_port=session.client_port,
+        client_name=session.client_name,
+        server_name=f.hostname,
+        protocol=protocol_keyword(
+            esmtp=session.esmtp,
+            tls=tls,
+            authenticated=authenticated,
+            smtputf8=txn.smtputf8,
+        ),
+        body_type=txn.body_type,
+        smtputf8=txn.smtputf8,
+        declared_size=txn.declared_size,
+        tls=session.tls if tls else None,
+        authenticated_as=session.authenticated_as,
+        received_at=f.clock.seconds(),
+    )
+    txn.envelope = envelope
+    try:
+        message = f.sink.open(envelope)
+    except DeliveryError as e:
+        reply = R.delivery_error(e)
+        log_message(log, session.client_address, txn, reply, reason=str(e))
+        return reply
+    txn.message = message
+    try:
+        auth_header = f.smtp_config.received_auth_header
+        message.write(received_header(envelope, authenticated_sender=auth_header))
+    except DeliveryError as e:
+        txn.abort()
+        reply = R.delivery_error(e)
+        log_message(log, session.client_address, txn, reply, reason=str(e))
+        return reply
+    return None
+
+
+def commit_message(txn: Transaction, log: Logger, client: str) -> Reply | Deferred:
+    """Commit the whole message to the sink: a Deferred firing with the reply (250 once the sink
+    holds it durably; the sink's refusal otherwise), the message logged."""
+    message, txn.message = txn.message, None
+    try:
+        d = message.commit()  # type: ignore[union-attr]  # open until the end of the data
+    except Exception:
+        d = fail()
+    if not isinstance(d, Deferred):
+        d = succeed(d)
+
+    def committed(_result: object) -> Reply:
+        reply = R.queued(txn.envelope.queue_id)  # type: ignore[union-attr]  # set at opening
+        log_message(log, client, txn, reply)
+        return reply
+
+    def commit_failed(failure: Failure) -> Reply:
+        if failure.check(DeliveryError):
+            reply = R.delivery_error(failure.value)
+            log_message(log, client, txn, reply, reason=str(failure.value))
+        else:
+            log.failure("Unexpected error committing a message", failure)
+            reply = R.INTERNAL_ERROR
+            log_message(log, client, txn, reply, reason=failure.getErrorMessage())
+        return reply
+
+    return d.addCallbacks(committed, commit_failed)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
@@ -26,9 +26,8 @@ from twisted.python.failure import Failure
 
 from mailhub import sasl
 from mailhub.connlimit import Slot
-from mailhub.envelope import Envelope, Recipient
+from mailhub.envelope import Recipient
 from mailhub.inputpump import TOO_LONG, InputPump
-from mailhub.interfaces import DeliveryError
 from mailhub.smtp import replies as R
 from mailhub.smtp.address import (
     AddressError,
@@ -39,11 +38,16 @@ from mailhub.smtp.address import (
     parse_rcpt_to,
 )
 from mailhub.smtp.auth import SMTPAuth
-from mailhub.smtp.data import ChunkReader, ContentWriter, DataReader
+from mailhub.smtp.data import (
+    ChunkReader,
+    ContentWriter,
+    DataReader,
+    commit_message,
+    open_message,
+)
 from mailhub.smtp.policy import Decision
 from mailhub.smtp.replies import Reply
 from mailhub.smtp.session import Session
-from mailhub.smtp.trace import protocol_keyword, received_header
 from mailhub.smtp.transaction import Transaction, log_message
 
 if TYPE_CHECKING:
@@ -55,9 +59,9 @@ _COMMAND, _DATA, _BDAT = 0, 1, 2
 # are small; this bounds what a client can make us hold (RFC 2920 leaves it to the server).
 MAX_PENDING_INPUT = 256 * 1024
 
-_BODY_TYPES = ("7BIT", "8BITMIME", "BINARYMIME")  # RFC 6152, RFC 3030
-
 HandlerResult = Reply | Deferred | None
+
+_VERBS = "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN HELP STARTTLS AUTH"
 
 
 class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
@@ -74,23 +78,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
     max_pending_input = MAX_PENDING_INPUT
 
     commands: ClassVar[dict[bytes, str]] = {
-        verb.encode(): f"smtp_{verb}"
-        for verb in (
-            "HELO",
-            "EHLO",
-            "MAIL",
-            "RCPT",
-            "DATA",
-            "BDAT",
-            "RSET",
-            "NOOP",
-            "QUIT",
-            "VRFY",
-            "EXPN",
-            "HELP",
-            "STARTTLS",
-            "AUTH",
-        )
+        verb.encode(): f"smtp_{verb}" for verb in _VERBS.split()
     }
     # RFC 5321 4.2.4: known to SMTP but not provided here -> 502.
     not_implemented: ClassVar[frozenset[bytes]] = frozenset(
@@ -376,26 +364,9 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         except ParameterError as e:
             return _parameter_error(e)
         txn = Transaction(sender)
-        for key, value in params.items():
-            if key == "SIZE":  # RFC 1870
-                if value is None or not value.isascii() or not value.isdigit():
-                    return R.BAD_PARAMETER
-                if len(value) > 18:  # int() refuses thousands of digits; this is too big anyway
-                    return R.SIZE_EXCEEDED
-                txn.declared_size = int(value)
-                if txn.declared_size > self._max_size:
-                    return R.SIZE_EXCEEDED
-            elif key == "BODY":  # RFC 6152, RFC 3030
-                body = (value or "").upper()
-                if body not in _BODY_TYPES:
-                    return R.BAD_PARAMETER
-                txn.body_type = body
-            elif key == "SMTPUTF8" and value is None:  # RFC 6531 3.4
-                txn.smtputf8 = True
-            else:
-                return Reply(555, "5.5.4", f"Error: unsupported parameter {key}")
-        if sender is not None and sender.needs_smtputf8 and not txn.smtputf8:
-            return R.NEED_SMTPUTF8
+        error = txn.take_parameters(params, self._max_size)
+        if error is not None:
+            return error
         return self.check_sender(sender, txn)
 
     def check_sender(self, sender: Mailbox | None, txn: Transaction) -> HandlerResult:
@@ -470,7 +441,6 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
             return R.NO_VALID_RECIPIENTS  # RFC 5321 3.3
         error = self._open_message(txn)
         if error is not None:
-            self._txn = None
             return error
         self._mode = _DATA
         self._data.start(txn)
@@ -499,9 +469,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
             error = R.NO_VALID_RECIPIENTS
         elif not txn.used_bdat:
             error = self._open_message(txn)
-            if error is not None:
-                self._txn = None
-            else:
+            if error is None:
                 txn.used_bdat = first = True
         self._chunks.start(size, bool(last), self._txn, error, first)
         if size == 0:
@@ -627,50 +595,13 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         return "TLS"
 
     def _open_message(self, txn: Transaction) -> Reply | None:
-        f = self.factory
-        session = self.session
+        """Open the message in the sink (DATA, first BDAT); the reply if that failed."""
         if self._tls_active:
-            session.tls = self._describe_tls()
-        authenticated = session.authenticated_as is not None
-        envelope = Envelope(
-            queue_id=f.new_queue_id(),
-            mail_from=txn.sender.written if txn.sender is not None else "",
-            recipients=list(txn.recipients),
-            helo=session.helo or "",
-            client_address=session.client_address,
-            client_port=session.client_port,
-            client_name=session.client_name,
-            server_name=f.hostname,
-            protocol=protocol_keyword(
-                esmtp=session.esmtp,
-                tls=self._tls_active,
-                authenticated=authenticated,
-                smtputf8=txn.smtputf8,
-            ),
-            body_type=txn.body_type,
-            smtputf8=txn.smtputf8,
-            declared_size=txn.declared_size,
-            tls=session.tls if self._tls_active else None,
-            authenticated_as=session.authenticated_as,
-            received_at=f.clock.seconds(),
-        )
-        txn.envelope = envelope
-        try:
-            message = f.sink.open(envelope)
-        except DeliveryError as e:
-            reply = R.delivery_error(e)
-            self._log_message(txn, reply, reason=str(e))
-            return reply
-        txn.message = message
-        try:
-            auth_header = f.smtp_config.received_auth_header
-            message.write(received_header(envelope, authenticated_sender=auth_header))
-        except DeliveryError as e:
+            self.session.tls = self._describe_tls()
+        error = open_message(self.factory, self.session, txn, self._tls_active, self._log)
+        if error is not None:
             self._reset_transaction()
-            reply = R.delivery_error(e)
-            self._log_message(txn, reply, reason=str(e))
-            return reply
-        return None
+        return error
 
     # --- DATA (RFC 5321 4.1.1.4) and BDAT (RFC 3030): mailhub.smtp.data reads them ----------
 
@@ -691,34 +622,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         if txn.failed is not None:
             self._log_message(txn, txn.failed)
             return txn.failed
-        return self._commit(txn)
-
-    def _commit(self, txn: Transaction) -> Reply | Deferred:
-        message, txn.message = txn.message, None
-        try:
-            d = message.commit()
-        except Exception:
-            d = fail()
-        if not isinstance(d, Deferred):
-            d = succeed(d)
-        return d.addCallbacks(
-            self._committed, self._commit_failed, callbackArgs=(txn,), errbackArgs=(txn,)
-        )
-
-    def _committed(self, _result: object, txn: Transaction) -> Reply:
-        reply = R.queued(txn.envelope.queue_id)
-        self._log_message(txn, reply)
-        return reply
-
-    def _commit_failed(self, failure: Failure, txn: Transaction) -> Reply:
-        if failure.check(DeliveryError):
-            reply = R.delivery_error(failure.value)
-            self._log_message(txn, reply, reason=str(failure.value))
-        else:
-            self._log.failure("Unexpected error committing a message", failure)
-            reply = R.INTERNAL_ERROR
-            self._log_message(txn, reply, reason=failure.getErrorMessage())
-        return reply
+        return commit_message(txn, self._log, self.session.client_address)
 
     def _step_bdat(self) -> bool:
         buf, pos = self._buf, self._pos
@@ -751,18 +655,9 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         chunks.reset()
         return self.end_of_data(txn)
 
-    def _log_message(
-        self,
-        txn: Transaction,
-        reply: Reply | None,
-        *,
-        outcome: str | None = None,
-        reason: str = "",
-    ) -> None:
-        """The one log line per message: accepted, rejected or aborted."""
-        log_message(
-            self._log, self.session.client_address, txn, reply, outcome=outcome, reason=reason
-        )
+    def _log_message(self, txn: Transaction, reply: Reply | None, **how: str) -> None:
+        """The one log line per message (``outcome``, ``reason``: see ``log_message``)."""
+        log_message(self._log, self.session.client_address, txn, reply, **how)
 
 
 def _parameter_error(e: ParameterError) -> Reply:

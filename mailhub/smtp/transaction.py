@@ -3,12 +3,17 @@ one log line it ends with."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from twisted.logger import Logger
 
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import IIncomingMessage
+from mailhub.smtp import replies as R
 from mailhub.smtp.address import Mailbox
 from mailhub.smtp.replies import Reply
+
+BODY_TYPES = ("7BIT", "8BITMIME", "BINARYMIME")  # RFC 6152, RFC 3030
 
 
 class Transaction:
@@ -49,6 +54,30 @@ class Transaction:
     def sender_written(self) -> str:
         """The sender as the client wrote it; "" for the null sender."""
         return self.sender.written if self.sender is not None else ""
+
+    def take_parameters(self, params: Mapping[str, str | None], max_size: int) -> Reply | None:
+        """MAIL FROM's parameters (SIZE, BODY, SMTPUTF8); the error reply for a bad one."""
+        for key, value in params.items():
+            if key == "SIZE":  # RFC 1870
+                if value is None or not value.isascii() or not value.isdigit():
+                    return R.BAD_PARAMETER
+                if len(value) > 18:  # int() refuses thousands of digits; this is too big anyway
+                    return R.SIZE_EXCEEDED
+                self.declared_size = int(value)
+                if self.declared_size > max_size:
+                    return R.SIZE_EXCEEDED
+            elif key == "BODY":  # RFC 6152, RFC 3030
+                body = (value or "").upper()
+                if body not in BODY_TYPES:
+                    return R.BAD_PARAMETER
+                self.body_type = body
+            elif key == "SMTPUTF8" and value is None:  # RFC 6531 3.4
+                self.smtputf8 = True
+            else:
+                return Reply(555, "5.5.4", f"Error: unsupported parameter {key}")
+        if self.sender is not None and self.sender.needs_smtputf8 and not self.smtputf8:
+            return R.NEED_SMTPUTF8
+        return None
 
     def fail(self, reply: Reply) -> None:
         """Reject the message in progress; the rest of its data is read and dropped."""
