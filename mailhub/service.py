@@ -20,8 +20,9 @@ from twisted.logger import Logger
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
 from mailhub.config import Config
+from mailhub.errors import ConfigError
 from mailhub.faults.certificates import FaultyServerTLS
-from mailhub.faults.rules import FaultRules
+from mailhub.faults.rules import FaultRules, rules_from_config
 from mailhub.faults.smtp import FaultySMTPServerFactory
 from mailhub.imap.factory import IMAPServerFactory
 from mailhub.interfaces import IMessageSink
@@ -110,7 +111,10 @@ class MailhubService(MultiService):
         self.users: UserDB | None = None
         self.aliases: AliasMap | None = None
         # The SMTP receiver's fault rules: from [[faults.rule]], changed at run time (web API).
-        self.faults = FaultRules(config.faults.rules)
+        try:
+            self.faults = FaultRules(rules_from_config(config))
+        except ConfigError as e:
+            raise SystemExit(f"mailhub: configuration error in {e}") from None
 
     def startService(self) -> None:
         super().startService()

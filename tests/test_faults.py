@@ -3,11 +3,14 @@ at each stage, without sockets (the wire is tests/test_faults_wire.py)."""
 
 from __future__ import annotations
 
+import io
 import random
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailhub.cli import main
 from mailhub.config import ConfigError, load
 from mailhub.faults.rules import (
     Action,
@@ -16,8 +19,10 @@ from mailhub.faults.rules import (
     Rule,
     Stage,
     compile_pattern,
+    rules_from_config,
 )
 from mailhub.faults.smtp import FaultySMTPServerFactory
+from mailhub.service import build
 from tests.test_smtp_support import LOCAL, Harness
 
 MAIL_OK = "250 2.1.0 Ok"
@@ -165,15 +170,30 @@ count = 3
 """
             )
         )
-        first, second = config.faults.rules
+        first, second = rules_from_config(config)
         self.assertEqual(str(first.reply), "550 5.1.1 Error: fault injected by mailhub")
         self.assertEqual((second.stage, second.seconds, second.seed), (Stage.DATA, 2.5, 42))
 
+    BAD = '[[faults.rule]]\nstage = "rcpt"\naction = "reply"\ncode = 250\n'
+
     def test_a_bad_rule_names_file_rule_and_key(self) -> None:
-        path = self.write('[[faults.rule]]\nstage = "rcpt"\naction = "reply"\ncode = 250\n')
-        err = self.assertRaises(ConfigError, load, path)
+        path = self.write(self.BAD)
+        err = self.assertRaises(ConfigError, rules_from_config, load(path))
         self.assertIn(f"{path}: [[faults.rule]] number 1: code: ", str(err))
         self.assertIn("fix: code = 550", str(err))
+
+    def test_check_config_refuses_a_bad_rule(self) -> None:
+        path = self.write(self.BAD)
+        err = io.StringIO()
+        with redirect_stdout(io.StringIO()), redirect_stderr(err):
+            exit_ = self.assertRaises(SystemExit, main, ["check-config", "--config", str(path)])
+        self.assertEqual(exit_.code, 1)
+        self.assertIn(f"{path}: [[faults.rule]] number 1: code: ", err.getvalue())
+
+    def test_start_up_refuses_a_bad_rule(self) -> None:
+        path = self.write(self.BAD + f'[server]\ndata_dir = "{self.mktemp()}"\n')
+        exit_ = self.assertRaises(SystemExit, build, load(path))
+        self.assertIn(f"configuration error in {path}: [[faults.rule]] number 1: ", str(exit_))
 
     def test_faults_must_be_tables(self) -> None:
         err = self.assertRaises(ConfigError, load, self.write('[faults]\nrule = "x"\n'))

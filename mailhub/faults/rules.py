@@ -43,11 +43,13 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from mailhub.errors import ConfigError
 from mailhub.smtp.replies import Reply
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
 
+    from mailhub.config import Config
     from mailhub.faults.certificates import CertificateIssuer
 
 _log = Logger(namespace="mailhub.faults")
@@ -304,6 +306,20 @@ class Rule:
             out["enhanced"] = self._reply.enhanced
             out["text"] = self.text
         return out
+
+
+def rules_from_config(config: Config) -> tuple[Rule, ...]:
+    """The ``[[faults.rule]]`` tables of ``config`` as rules, in the order written. A table that
+    cannot work raises ConfigError naming the file, the rule's number and the key."""
+    rules = []
+    for n, data in enumerate(config.faults.rules, 1):
+        try:
+            rules.append(Rule.from_dict(data))
+        except FaultError as e:
+            fix = e.fix or "see the [faults] example in etc/dev.toml"
+            where = f"[[faults.rule]] number {n}: {e.key}"
+            raise ConfigError(config.source, where, e.problem, fix) from None
+    return tuple(rules)
 
 
 def _choices(key: str) -> str:
