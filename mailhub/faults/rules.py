@@ -4,15 +4,16 @@ A ``Rule`` says *where* (a ``Stage`` of the SMTP session), *for whom* (sender an
 patterns), *how often* (a seeded probability, and at most ``count`` times) and *what happens*
 (an ``Action``: a chosen reply, a delay, slow replies for the rest of the session, a dropped
 connection, no STARTTLS offer, or a bad TLS certificate). ``FaultRules`` holds the rules of one
-running server; the SMTP protocol consults it at each stage, the ``[[faults.rule]]`` tables of the
-config fill it at start-up, and the web API changes it at run time (``add``/``remove``/``clear``/
-``list``; rules travel as plain dicts there: ``Rule.from_dict`` / ``Rule.to_dict``).
+running server; the SMTP receiver consults it at each stage (``mailhub.faults.smtp``), the
+``[[faults.rule]]`` tables of the config fill it at start-up (``rules_from_config``), and the
+web API changes it at run time (``add``/``remove``/``clear``/``list``; rules travel as plain
+dicts there: ``Rule.from_dict`` / ``Rule.to_dict``).
 
 Deterministic means: the rules are tried in the order they were added, the first that fires wins,
 and a rule's random draws come from its own ``random.Random(seed)``, drawn only when stage and
 patterns match. The same rules and the same traffic give the same faults, every run.
 
-Nothing here costs anything while no rule is active: the protocol checks ``FaultRules.stages``
+Nothing here costs anything while no rule is active: the receiver checks ``FaultRules.stages``
 (an empty frozenset then) before doing any work.
 
 For the web API (mailhub.web): the running server's rules are ``MailhubService.faults``.
