@@ -336,6 +336,18 @@ class Dialogs(SynchronousTestCase):
         self.assertEqual(self.h.failures(), [])
         self.assertEqual(self.h.clock.getDelayedCalls(), [])
 
+    def test_client_gone_during_a_delay_ends_the_session(self) -> None:
+        # The cancelled wait must not let the session answer what was pipelined behind it.
+        self.add(stage="data", action="delay", seconds=60)
+        d = self.h.connect()
+        d.greet()
+        d.transaction()
+        d.run("C: DATA\nS: 354 ...")
+        d.send(b"Hi\r\n.\r\nNOOP\r\n")
+        d.protocol.connectionLost(None)
+        self.assertEqual(d.replies(), [])
+        self.assertEqual(self.h.sink.opened[0].state, "aborted")
+
     def test_delay_at_data_then_delivered(self) -> None:
         self.add(stage="data", action="delay", seconds=5)
         d = self.h.connect()

@@ -52,6 +52,8 @@ class FaultySMTPServerProtocol(SMTPServerProtocol):
         super().connectionMade()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        # Closing first: a cancelled wait must not let the session read on.
+        self._closing = True
         delays, self._fault_delays = self._fault_delays, None
         for d in delays or ():
             d.cancel()
