@@ -92,7 +92,6 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
     def __init__(self) -> None:
         super().__init__()
         self._mode = _COMMAND
-        self._closed = False
         self._slot: Slot | None = None  # the factory counted this connection
         self._errors = 0
         self._txn: Transaction | None = None
@@ -141,7 +140,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         self.transport.write(self.factory.greeting.wire)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._closed = self._closing = True
+        self._closing = True
         self.setTimeout(None)
         self._auth.connection_lost()
         txn = self._txn
