@@ -41,6 +41,9 @@ def _canonical(address: str) -> str:
 
 def check_config(args: argparse.Namespace) -> int:
     config = _config(args)
+    from mailhub.faults.rules import rules_from_config
+
+    rules_from_config(config)  # a bad [[faults.rule]] is a ConfigError, as at start-up
     print(f"{config.source}: ok")
     print(f"  hostname   {config.hostname}")
     print(f"  mail in    {config.mail_dir}")

@@ -20,7 +20,10 @@ from twisted.logger import Logger
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
 from mailhub.config import Config
-from mailhub.faults import FaultRules, FaultyServerTLS
+from mailhub.errors import ConfigError
+from mailhub.faults.certificates import FaultyServerTLS
+from mailhub.faults.rules import FaultRules, rules_from_config
+from mailhub.faults.smtp import FaultySMTPServerFactory
 from mailhub.imap.factory import IMAPServerFactory
 from mailhub.interfaces import IMessageSink
 from mailhub.net import is_loopback
@@ -111,7 +114,10 @@ class MailhubService(MultiService):
         self.aliases: AliasMap | None = None
         self.changes: StoreChanges | None = None  # the store's change feed, set by build()
         # The SMTP receiver's fault rules: from [[faults.rule]], changed at run time (web API).
-        self.faults = FaultRules(config.faults.rules)
+        try:
+            self.faults = FaultRules(rules_from_config(config))
+        except ConfigError as e:
+            raise SystemExit(f"mailhub: configuration error in {e}") from None
 
     def startService(self) -> None:
         super().startService()
@@ -203,7 +209,7 @@ def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPS
     else:
         policy = RecipientPolicy(config.domains, shared.mailbox_exists, **policy_options)
         sink = shared.sink
-    return SMTPServerFactory(
+    return FaultySMTPServerFactory(
         hostname=config.hostname,
         limits=config.limits,
         smtp_config=config.smtp,

@@ -60,7 +60,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer, threads
 
 from mailhub.config import Config, FaultsConfig, ListenersConfig, TLSConfig, dev_config
-from mailhub.faults import CertificateIssuer, FaultRules, Rule
+from mailhub.faults.certificates import CertificateIssuer
+from mailhub.faults.rules import FaultRules, Rule
 from mailhub.service import FACTORIES, MailhubService, build
 from mailhub.store.errors import StoreError
 from mailhub.web.feed import Change, Entry, MailFeed, arrival_order
@@ -232,7 +233,8 @@ class MailhubTestServer:
         if unknown:
             raise ValueError(f"no such listeners: {unknown}; this version serves {list(FACTORIES)}")
         listeners = ListenersConfig(**{key: (LOOPBACK_ANY_PORT,) for key in kinds})
-        rules = tuple(r if isinstance(r, Rule) else Rule.from_dict(r) for r in faults)
+        # Checked here (FaultError at once), then kept as the config keeps [[faults.rule]] tables.
+        rules = tuple((r if isinstance(r, Rule) else Rule.from_dict(r)).to_dict() for r in faults)
         base = dev_config(self.directory / "data")
         self.config: Config = dataclasses.replace(
             base,

@@ -43,7 +43,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailhub.config import ConfigError
+from mailhub.errors import ConfigError
 from mailhub.safeio import atomic_write, makedirs_durable
 
 logger = Logger()
@@ -206,7 +206,8 @@ def _names(certificate: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, .
     return tuple(dict.fromkeys(dns)), tuple(ips)
 
 
-def _info(path: Path, chain: Sequence[x509.Certificate]) -> CertificateInfo:
+def certificate_info(path: Path, chain: Sequence[x509.Certificate]) -> CertificateInfo:
+    """What to show about ``chain`` (server certificate first), read from ``path``."""
     leaf = chain[0]
     dns, ips = _names(leaf)
     return CertificateInfo(
@@ -249,7 +250,7 @@ def _load_chain(path: Path) -> list[x509.Certificate]:
 
 def describe_certificate(path: Path) -> CertificateInfo:
     """Read a PEM certificate (chain) file for display. Raises TLSFileError."""
-    return _info(path, _load_chain(path))
+    return certificate_info(path, _load_chain(path))
 
 
 def _public(key: Any) -> bytes:
@@ -318,7 +319,7 @@ def read_pair(certificate_path: Path, key_path: Path) -> CertificatePair:
             "give the key the certificate was issued for (they are usually renewed together)",
         )
     return CertificatePair(
-        certificate_path, key_path, tuple(chain), key, _info(certificate_path, chain)
+        certificate_path, key_path, tuple(chain), key, certificate_info(certificate_path, chain)
     )
 
 
@@ -693,7 +694,7 @@ def new_dev_certificate(
     atomic_write(key_path, key_pem)
     atomic_write(certificate_path, certificate.public_bytes(serialization.Encoding.PEM))
     os.chmod(certificate_path, 0o644)  # public; a developer may want to import it elsewhere
-    info = _info(certificate_path, [certificate])
+    info = certificate_info(certificate_path, [certificate])
     return DevCertificate(certificate_path, key_path, info.fingerprint, True, info)
 
 

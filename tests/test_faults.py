@@ -3,20 +3,26 @@ at each stage, without sockets (the wire is tests/test_faults_wire.py)."""
 
 from __future__ import annotations
 
+import io
 import random
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailhub.cli import main
 from mailhub.config import ConfigError, load
-from mailhub.faults import (
+from mailhub.faults.rules import (
     Action,
     FaultError,
     FaultRules,
     Rule,
     Stage,
     compile_pattern,
+    rules_from_config,
 )
+from mailhub.faults.smtp import FaultySMTPServerFactory
+from mailhub.service import build
 from tests.test_smtp_support import LOCAL, Harness
 
 MAIL_OK = "250 2.1.0 Ok"
@@ -164,15 +170,30 @@ count = 3
 """
             )
         )
-        first, second = config.faults.rules
+        first, second = rules_from_config(config)
         self.assertEqual(str(first.reply), "550 5.1.1 Error: fault injected by mailhub")
         self.assertEqual((second.stage, second.seconds, second.seed), (Stage.DATA, 2.5, 42))
 
+    BAD = '[[faults.rule]]\nstage = "rcpt"\naction = "reply"\ncode = 250\n'
+
     def test_a_bad_rule_names_file_rule_and_key(self) -> None:
-        path = self.write('[[faults.rule]]\nstage = "rcpt"\naction = "reply"\ncode = 250\n')
-        err = self.assertRaises(ConfigError, load, path)
+        path = self.write(self.BAD)
+        err = self.assertRaises(ConfigError, rules_from_config, load(path))
         self.assertIn(f"{path}: [[faults.rule]] number 1: code: ", str(err))
         self.assertIn("fix: code = 550", str(err))
+
+    def test_check_config_refuses_a_bad_rule(self) -> None:
+        path = self.write(self.BAD)
+        err = io.StringIO()
+        with redirect_stdout(io.StringIO()), redirect_stderr(err):
+            exit_ = self.assertRaises(SystemExit, main, ["check-config", "--config", str(path)])
+        self.assertEqual(exit_.code, 1)
+        self.assertIn(f"{path}: [[faults.rule]] number 1: code: ", err.getvalue())
+
+    def test_start_up_refuses_a_bad_rule(self) -> None:
+        path = self.write(self.BAD + f'[server]\ndata_dir = "{self.mktemp()}"\n')
+        exit_ = self.assertRaises(SystemExit, build, load(path))
+        self.assertIn(f"configuration error in {path}: [[faults.rule]] number 1: ", str(exit_))
 
     def test_faults_must_be_tables(self) -> None:
         err = self.assertRaises(ConfigError, load, self.write('[faults]\nrule = "x"\n'))
@@ -185,7 +206,7 @@ class Dialogs(SynchronousTestCase):
     """Each stage and action, as the client sees it (RFC 5321 replies)."""
 
     def setUp(self) -> None:
-        self.h = Harness()
+        self.h = Harness(factory_class=FaultySMTPServerFactory)
         self.faults = self.h.factory.faults
 
     def add(self, **kw) -> str:
@@ -315,6 +336,18 @@ class Dialogs(SynchronousTestCase):
         self.assertEqual(self.h.failures(), [])
         self.assertEqual(self.h.clock.getDelayedCalls(), [])
 
+    def test_client_gone_during_a_delay_ends_the_session(self) -> None:
+        # The cancelled wait must not let the session answer what was pipelined behind it.
+        self.add(stage="data", action="delay", seconds=60)
+        d = self.h.connect()
+        d.greet()
+        d.transaction()
+        d.run("C: DATA\nS: 354 ...")
+        d.send(b"Hi\r\n.\r\nNOOP\r\n")
+        d.protocol.connectionLost(None)
+        self.assertEqual(d.replies(), [])
+        self.assertEqual(self.h.sink.opened[0].state, "aborted")
+
     def test_delay_at_data_then_delivered(self) -> None:
         self.add(stage="data", action="delay", seconds=5)
         d = self.h.connect()
@@ -371,7 +404,7 @@ class Dialogs(SynchronousTestCase):
 
 class StartTLSDialogs(SynchronousTestCase):
     def setUp(self) -> None:
-        self.h = Harness(tls_context_factory=object())
+        self.h = Harness(tls_context_factory=object(), factory_class=FaultySMTPServerFactory)
 
     def test_no_starttls_offer_and_502(self) -> None:
         self.h.factory.faults.add({"stage": "starttls", "action": "no_starttls", "count": 1})

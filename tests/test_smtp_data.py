@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.config import SMTPConfig
-from mailhub.smtp.protocol import has_long_line
+from mailhub.smtp.data import has_long_line
 from tests.test_smtp_support import LOCAL, Dialog, Harness, body_of, limits
 
 SMUGGLING_ENDINGS = [b"\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\n", b"\r.\r", b"\n.\r"]

@@ -171,6 +171,7 @@ class Harness:
         role: Role = Role.MTA,
         portal: object | None = None,
         throttle: object | None = None,
+        factory_class: type[SMTPServerFactory] = SMTPServerFactory,
     ) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)  # 2027-01-15: dates in headers are recognisable
@@ -182,7 +183,7 @@ class Harness:
                 local=(LOCAL, "catchall.example"), catch_all=("catchall.example",)
             )
         self.policy = policy or RecipientPolicy(domains, self.mailboxes.__contains__)
-        self.factory = SMTPServerFactory(
+        self.factory = factory_class(
             hostname="mx.example.org",
             limits=limits or Limits(),
             smtp_config=smtp_config or SMTPConfig(),

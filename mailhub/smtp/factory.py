@@ -11,7 +11,6 @@ from twisted.logger import Logger
 
 from mailhub.config import Limits, SMTPConfig
 from mailhub.connlimit import CountedSession, Slot, counter_for
-from mailhub.faults import FaultRules
 from mailhub.interfaces import IMessageSink
 from mailhub.queueid import QueueIdGenerator
 from mailhub.smtp.policy import ISMTPPolicy, Role
@@ -30,9 +29,8 @@ class SMTPServerFactory(ServerFactory):
     on STARTTLS. ``portal`` (the shared ``twisted.cred`` portal) turns on AUTH, whenever the
     policy's ``check_auth`` allows it; ``throttle`` slows down and cuts off password guessing.
     ``role`` says what the listener is for; the policy and sink passed in must fit it (the
-    service builds them per role). ``faults`` (mailhub.faults) are consulted at each stage of
-    every session; rules may be added and removed while the server runs. ``log`` and
-    ``queue_ids`` are injectable for tests.
+    service builds them per role). ``log`` and ``queue_ids`` are injectable for tests.
+    (Fault rules: ``mailhub.faults.smtp.FaultySMTPServerFactory``.)
     """
 
     protocol = SMTPServerProtocol
@@ -52,7 +50,6 @@ class SMTPServerFactory(ServerFactory):
         throttle: AuthThrottle | None = None,
         log: Logger | None = None,
         queue_ids: Callable[[], str] | None = None,
-        faults: FaultRules | None = None,
     ) -> None:
         if smtp_config.bare_line_endings not in BARE_LINE_ENDING_POLICIES:
             raise ValueError(
@@ -71,7 +68,6 @@ class SMTPServerFactory(ServerFactory):
         self.throttle = throttle
         self.log = log if log is not None else Logger(namespace="mailhub.smtp")
         self.new_queue_id = queue_ids if queue_ids is not None else QueueIdGenerator(clock)
-        self.faults = faults if faults is not None else FaultRules()
         # RFC 5321 4.2 / RFC 2034: the greeting carries no enhanced status code.
         self.greeting = Reply(220, None, f"{hostname} {smtp_config.banner}")
         # Sessions that have not logged in are evicted for room only where people log in

@@ -829,7 +829,7 @@ class Api:
     async def fault_add(self, request: IRequest, viewer: Viewer) -> Any:
         faults = self._faults(viewer)
         body = self._body(request)
-        from mailhub.faults import FaultError
+        from mailhub.faults.rules import FaultError
 
         try:
             rule_id = faults.add(body)

@@ -4,15 +4,16 @@ A ``Rule`` says *where* (a ``Stage`` of the SMTP session), *for whom* (sender an
 patterns), *how often* (a seeded probability, and at most ``count`` times) and *what happens*
 (an ``Action``: a chosen reply, a delay, slow replies for the rest of the session, a dropped
 connection, no STARTTLS offer, or a bad TLS certificate). ``FaultRules`` holds the rules of one
-running server; the SMTP protocol consults it at each stage, the ``[[faults.rule]]`` tables of the
-config fill it at start-up, and the web API changes it at run time (``add``/``remove``/``clear``/
-``list``; rules travel as plain dicts there: ``Rule.from_dict`` / ``Rule.to_dict``).
+running server; the SMTP receiver consults it at each stage (``mailhub.faults.smtp``), the
+``[[faults.rule]]`` tables of the config fill it at start-up (``rules_from_config``), and the
+web API changes it at run time (``add``/``remove``/``clear``/``list``; rules travel as plain
+dicts there: ``Rule.from_dict`` / ``Rule.to_dict``).
 
 Deterministic means: the rules are tried in the order they were added, the first that fires wins,
 and a rule's random draws come from its own ``random.Random(seed)``, drawn only when stage and
 patterns match. The same rules and the same traffic give the same faults, every run.
 
-Nothing here costs anything while no rule is active: the protocol checks ``FaultRules.stages``
+Nothing here costs anything while no rule is active: the receiver checks ``FaultRules.stages``
 (an empty frozenset then) before doing any work.
 
 For the web API (mailhub.web): the running server's rules are ``MailhubService.faults``.
@@ -33,28 +34,24 @@ Example rules (TOML, as in ``[[faults.rule]]``; the same keys in JSON)::
 
 from __future__ import annotations
 
-import datetime
 import fnmatch
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from ipaddress import ip_address
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLContextFactory, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
-from zope.interface import implementer
 
+from mailhub.errors import ConfigError
 from mailhub.smtp.replies import Reply
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+
+    from mailhub.config import Config
+    from mailhub.faults.certificates import CertificateIssuer
 
 _log = Logger(namespace="mailhub.faults")
 
@@ -98,7 +95,6 @@ _RECIPIENT_STAGES = frozenset({Stage.RCPT, Stage.DATA})
 # RFC 2034: the greeting and the replies to EHLO/HELO carry no enhanced status code.
 _NO_ENHANCED = frozenset({Stage.CONNECT, Stage.EHLO})
 _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")  # RFC 3463 2
-WRONG_NAME = "wrong-name.invalid"  # RFC 2606: can never be a real host
 
 
 class FaultError(ValueError):
@@ -313,6 +309,20 @@ class Rule:
         return out
 
 
+def rules_from_config(config: Config) -> tuple[Rule, ...]:
+    """The ``[[faults.rule]]`` tables of ``config`` as rules, in the order written. A table that
+    cannot work raises ConfigError naming the file, the rule's number and the key."""
+    rules = []
+    for n, data in enumerate(config.faults.rules, 1):
+        try:
+            rules.append(Rule.from_dict(data))
+        except FaultError as e:
+            fix = e.fix or "see the [faults] example in etc/dev.toml"
+            where = f"[[faults.rule]] number {n}: {e.key}"
+            raise ConfigError(config.source, where, e.problem, fix) from None
+    return tuple(rules)
+
+
 def _choices(key: str) -> str:
     kind = Stage if key == "stage" else Action
     return ", ".join(v.value for v in kind)
@@ -328,78 +338,6 @@ class _Active:
     remaining: int | None
     fired: int = 0
     matched: int = 0  # times stage and patterns matched (fired or not)
-
-
-# --- bad certificates ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CertificateIssuer:
-    """A CA certificate and key the clients under test trust: bad certificates are signed by it,
-    so each one is bad for exactly its one reason. ``chain`` is sent after the leaf."""
-
-    certificate: x509.Certificate
-    key: PrivateKeyTypes
-    chain: tuple[x509.Certificate, ...] = ()
-
-
-def make_bad_certificate(
-    kind: BadCertificate,
-    names: Sequence[str],
-    issuer: CertificateIssuer | None = None,
-    now: datetime.datetime | None = None,
-) -> tuple[tuple[x509.Certificate, ...], ec.EllipticCurvePrivateKey]:
-    """A (chain, key) bad in the way ``kind`` says, for ``names`` (DNS names or IP addresses).
-
-    Without an issuer every kind is self-signed (the dev stack's own certificate is too, so a
-    client that pinned it still refuses each)."""
-    now = now or datetime.datetime.now(datetime.UTC)
-    day = datetime.timedelta(days=1)
-    key = ec.generate_private_key(ec.SECP256R1())
-    if kind is BadCertificate.WRONG_NAME:
-        names = (WRONG_NAME,)
-    not_before, not_after = now - day, now + 30 * day
-    if kind is BadCertificate.EXPIRED:
-        not_before, not_after = now - 60 * day, now - day
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "localhost"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"mailhub fault: {kind.value}"),
-        ]
-    )
-    general: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            general.append(x509.IPAddress(ip_address(name)))
-        except ValueError:
-            general.append(x509.DNSName(name))
-    signer_cert = (
-        issuer if (issuer is not None and kind is not BadCertificate.SELF_SIGNED) else None
-    )
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(signer_cert.certificate.subject if signer_cert else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(general), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    )
-    signing_key: Any = signer_cert.key if signer_cert else key
-    certificate = builder.sign(signing_key, hashes.SHA256())
-    chain = (certificate, *(signer_cert.chain if signer_cert else ()))
-    return chain, key
-
-
-def _context_for(chain: Sequence[x509.Certificate], key: PrivateKeyTypes) -> SSL.Context:
-    """A server context with mailhub's usual TLS settings (tls.server_context) for a chain."""
-    from mailhub.tls import CertificatePair, _info, server_context
-
-    where = Path(f"<fault certificate {chain[0].subject.rfc4514_string()}>")
-    return server_context(CertificatePair(where, where, tuple(chain), key, _info(where, chain)))
 
 
 # --- the rules of one server --------------------------------------------------------------------
@@ -420,7 +358,8 @@ class FaultRules:
         self.log = log if log is not None else _log
         self.certificate_names: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
         self.certificate_issuer: CertificateIssuer | None = None
-        self._contexts: dict[BadCertificate, SSL.Context] = {}
+        # Bad certificates' server contexts, made on first use (mailhub.faults.certificates).
+        self.certificate_contexts: dict[BadCertificate, SSL.Context] = {}
         for rule in rules:
             self.add(rule)
 
@@ -517,38 +456,6 @@ class FaultRules:
             return rule
         return None
 
-    def bad_context(self, kind: BadCertificate) -> SSL.Context:
-        """The server context presenting a bad certificate of ``kind`` (made once, then kept;
-        setting ``certificate_issuer`` or ``certificate_names`` after that does not change it)."""
-        context = self._contexts.get(kind)
-        if context is None:
-            chain, key = make_bad_certificate(kind, self.certificate_names, self.certificate_issuer)
-            context = self._contexts[kind] = _context_for(chain, key)
-        return context
-
     def forget_certificates(self) -> None:
         """Make the bad certificates anew on next use (after changing names or issuer)."""
-        self._contexts.clear()
-
-
-@implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
-class FaultyServerTLS:
-    """Wraps the real TLS connection creator (``tls.ServerTLS``) for the SMTP listeners: each
-    handshake, STARTTLS or implicit, asks the rules whether to present a bad certificate."""
-
-    def __init__(self, real: Any, rules: FaultRules) -> None:
-        self.real, self.rules = real, rules
-
-    def serverConnectionForTLS(self, protocol: object) -> SSL.Connection:
-        if Stage.STARTTLS in self.rules.stages:
-            rule = self.rules.decide(Stage.STARTTLS, actions=frozenset({Action.BAD_CERTIFICATE}))
-            if rule is not None and rule.certificate is not None:
-                return SSL.Connection(self.rules.bad_context(rule.certificate), None)
-        return self.real.serverConnectionForTLS(protocol)
-
-    def getContext(self) -> SSL.Context:
-        return self.real.getContext()
-
-    def __getattr__(self, name: str) -> Any:
-        # certificates, certificate_for, reload...: whatever else the real one offers.
-        return getattr(self.real, name)
+        self.certificate_contexts.clear()
