@@ -17,7 +17,7 @@ from mailhub.faults import (
     Stage,
     compile_pattern,
 )
-from tests.test_smtp_support import LOCAL, Harness
+from tests.support.smtp import LOCAL, Harness
 
 MAIL_OK = "250 2.1.0 Ok"
 RCPT_OK = "250 2.1.5 Ok"

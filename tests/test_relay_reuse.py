@@ -15,7 +15,8 @@ from twisted.internet.task import Clock
 
 from mailhub.interfaces import Outcome
 from mailhub.relay.tlsclient import load_ca_pem
-from tests.relaysupport import (
+from tests.support.relay import (
+    CourierTestCase,
     Item,
     ReceiverPeer,
     ScriptedPeer,
@@ -23,8 +24,7 @@ from tests.relaysupport import (
     default_script,
     until,
 )
-from tests.test_relay_courier import CourierTestCase
-from tests.tlshelpers import CertificateAuthority
+from tests.support.tls import CertificateAuthority
 
 
 def verbs(conn: Any) -> list[str]:

@@ -17,8 +17,8 @@ from mailhub.config import Config, DomainsConfig, ListenersConfig, TLSConfig
 from mailhub.service import MailhubService, build
 from mailhub.users import UserDB
 from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.tls import CertificateAuthority, client_context
 from tests.support.tools import requires, tool
-from tests.tlshelpers import CertificateAuthority, client_context
 
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 USER = "alice@example.test"

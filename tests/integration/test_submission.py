@@ -20,8 +20,8 @@ from mailhub.config import Config, DomainsConfig, ListenersConfig, TLSConfig, de
 from mailhub.service import MailhubService, build
 from mailhub.users import UserDB
 from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.tls import CertificateAuthority, client_context
 from tests.support.tools import requires, swaks_tls
-from tests.tlshelpers import CertificateAuthority, client_context
 
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 HOST = "mail.example.test"

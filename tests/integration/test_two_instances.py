@@ -33,7 +33,7 @@ from mailhub.config import (
     dev_config,
 )
 from mailhub.service import MailhubService, build
-from tests.dnshelpers import LocalDNS
+from tests.support.localdns import LocalDNS
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 

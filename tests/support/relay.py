@@ -18,14 +18,17 @@ from typing import Any
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
+from twisted.trial.unittest import TestCase
 
 from mailhub.auth import DevChecker, make_portal
 from mailhub.config import DomainsConfig, Limits, SMTPConfig
+from mailhub.relay import MXResolver, RemoteCourier
 from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy, Role
 from mailhub.tls import ServerTLS, tls_server_factory
-from tests.test_smtp_support import MemorySink
+from tests.support.localdns import LocalDNS
+from tests.support.smtp import MemorySink
 
 
 @dataclass
@@ -219,3 +222,32 @@ class ScriptedPeer:
 
     def stop(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
+
+
+ZONE = {
+    "b.test": {"MX": [(10, "mx.b.test")]},
+    "mx.b.test": {"A": ["127.0.0.1"]},
+    "smtp.relay.test": {"A": ["127.0.0.1"]},
+}
+
+
+class CourierTestCase(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.dns = LocalDNS(ZONE)
+        self.dns.start()
+        self.addCleanup(self.dns.stop)
+        self.logged: list[dict] = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def courier(self, port: int, **kw: Any) -> RemoteCourier:
+        courier = RemoteCourier(MXResolver(self.dns.resolver()), hostname="a.test", port=port, **kw)
+        self.addCleanup(courier.close)  # QUIT its idle sessions before the peers stop
+        return courier
+
+    def log_text(self) -> str:
+        from twisted.logger import formatEvent
+
+        return "\n".join(formatEvent(e) for e in self.logged)
