@@ -10,13 +10,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailhub.config import DomainsConfig, SMTPConfig
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import MessageRejected
+from mailhub.received import received_header
 from mailhub.smtp.policy import Role, SubmissionPolicy
 from mailhub.smtp.submission import (
     MAX_ORIGINATOR_OCTETS,
     SubmissionSink,
     originator_mailboxes,
 )
-from mailhub.smtp.trace import received_header
 from tests.support.smtp import LOCAL, Dialog
 from tests.support.smtp_auth import USER, AuthHarness, plain, starttls
 from tests.support.submission import RECEIVED, MemorySink

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.envelope import Envelope, Recipient
-from mailhub.smtp.trace import received_header
+from mailhub.received import received_header
 from mailhub.web import parse, scan
 from mailhub.web.ids import MessageRef, parse_id
 
@@ -54,7 +54,7 @@ def stored(e: Envelope, body: bytes = b"Subject: x\r\n\r\nhi\r\n") -> EmailMessa
 
 
 class Trace(SynchronousTestCase):
-    """The envelope facts come back out of the headers mailhub.smtp.trace writes."""
+    """The envelope facts come back out of the headers mailhub.received writes."""
 
     def test_tls_and_auth(self) -> None:
         t = parse.trace(stored(envelope()))

@@ -38,6 +38,7 @@ from mailhub.faults import Action, Rule, Stage
 from mailhub.inputpump import TOO_LONG, InputPump
 from mailhub.interfaces import DeliveryError, IIncomingMessage
 from mailhub.login import LoginResult, Outcome, guarded_login
+from mailhub.received import protocol_keyword, received_header
 from mailhub.smtp import replies as R
 from mailhub.smtp.address import (
     AddressError,
@@ -50,7 +51,6 @@ from mailhub.smtp.address import (
 from mailhub.smtp.policy import Decision
 from mailhub.smtp.replies import Reply
 from mailhub.smtp.session import Session
-from mailhub.smtp.trace import protocol_keyword, received_header
 
 if TYPE_CHECKING:
     from mailhub.smtp.factory import SMTPServerFactory

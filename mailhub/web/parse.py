@@ -102,7 +102,7 @@ class Summary:
 @dataclass(frozen=True)
 class Trace:
     """The SMTP envelope and session facts, read back from the ``Return-Path:`` and topmost
-    ``Received:`` headers mailhub writes at delivery (mailhub/smtp/trace.py)."""
+    ``Received:`` headers mailhub writes at delivery (mailhub/received.py)."""
 
     mail_from: str | None = None
     helo: str = ""

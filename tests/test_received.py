@@ -1,15 +1,11 @@
-"""The Received header (RFC 5321 4.4, RFC 3848) and queue ids."""
+"""The Received header (RFC 5321 4.4, RFC 3848)."""
 
 from __future__ import annotations
 
-import re
-
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.envelope import Envelope, Recipient
-from mailhub.smtp.queueid import QueueIdGenerator
-from mailhub.smtp.trace import address_literal, protocol_keyword, received_header
+from mailhub.received import address_literal, protocol_keyword, received_header
 
 
 def envelope(**kw) -> Envelope:
@@ -86,16 +82,3 @@ class ReceivedHeaderTests(SynchronousTestCase):
             self.assertEqual(
                 protocol_keyword(esmtp=esmtp, tls=tls, authenticated=auth, smtputf8=utf8), keyword
             )
-
-
-class QueueIdTests(SynchronousTestCase):
-    def test_unique_short_and_ordered(self) -> None:
-        clock = Clock()
-        clock.advance(1_800_000_000)
-        ids = QueueIdGenerator(clock)
-        first = [ids() for _ in range(20000)]  # all in the same millisecond
-        self.assertEqual(len(set(first)), len(first))
-        for qid in first[:100]:
-            self.assertTrue(re.fullmatch(r"[A-Z2-7]{16}", qid), qid)
-        clock.advance(1)
-        self.assertGreater(ids(), first[-1])  # time comes first: ids sort by arrival
