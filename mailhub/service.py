@@ -89,9 +89,24 @@ class ListenerService(StreamServerEndpointService):
             ) from None
 
     def _bound(self, port: Any) -> Any:
+        # The one start-up line of a listener: kind, bound address, and the config's endpoint.
         host = port.getHost()
-        log.info("{key} listening on {host}:{port}", key=self.key, host=host.host, port=host.port)
+        log.info(
+            "{key} listening on {host}:{port} ({description})",
+            key=self.key,
+            host=host.host,
+            port=host.port,
+            description=self.description,
+        )
         return port
+
+
+def _quiet(factory: Any) -> None:
+    """No "Starting factory <... at 0x...>" lines (wrapped factories too, as TLS wraps them):
+    each listener logs its own line when bound (ListenerService._bound)."""
+    while factory is not None:
+        factory.noisy = False
+        factory = getattr(factory, "wrappedFactory", None)
 
 
 class MailhubService(MultiService):
@@ -441,6 +456,7 @@ def build(config: Config) -> MailhubService:
         if not descriptions:
             continue
         factory = builder(shared)
+        _quiet(factory)
         for description in descriptions:
             ListenerService(config, key, description, factory).setServiceParent(top)
     waiting = [k for k in config.listeners.__dataclass_fields__ if k not in FACTORIES]
