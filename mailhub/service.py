@@ -110,7 +110,7 @@ def _quiet(factory: Any) -> None:
 
 
 class MailhubService(MultiService):
-    """The whole server. Holds the shared parts so tests and later services can reach them."""
+    """The whole server. Holds the shared parts (store, queue, portal, TLS) for tests and admin."""
 
     def __init__(self, config: Config, store: MailStore, sink: MaildirSink) -> None:
         super().__init__()
@@ -287,12 +287,11 @@ def _imaps(shared: Shared) -> Factory:
 
 
 def _web(shared: Shared) -> Factory:
-    # The page and JSON API (issue 7): a twisted.web Site over the same store and portal.
+    # The page and JSON API: a twisted.web Site over the same store and portal.
     return make_site(shared)
 
 
-# Listener kinds this version serves, and how to build each one's protocol factory. The port plan
-# in config.DEV_PORTS names the others; they arrive with their own issues.
+# Every listener kind of config.ListenersConfig, and how to build its protocol factory.
 FACTORIES: dict[str, Callable[[Shared], Factory]] = {
     "smtp": _mta,
     "submission": _submission,
@@ -352,7 +351,7 @@ def _load(config: Config, key: str, make: Callable[[], Any]) -> Any:
 
 
 def _portal(config: Config, store: MailStore, pool: HashingPool) -> tuple[Portal, UserDB | None]:
-    """The one portal (SMTP AUTH now, IMAP and POP3 later): the users file, or in the dev stack
+    """The one portal (SMTP AUTH, IMAP, POP3, the web login): the users file, or in the dev stack
     without one, any login (the user's mailbox is made on first login)."""
     users = None
     if config.users_file is not None:
@@ -459,7 +458,4 @@ def build(config: Config) -> MailhubService:
         _quiet(factory)
         for description in descriptions:
             ListenerService(config, key, description, factory).setServiceParent(top)
-    waiting = [k for k in config.listeners.__dataclass_fields__ if k not in FACTORIES]
-    if any(getattr(config.listeners, k) for k in waiting):
-        log.info("not served by this version yet: {kinds}", kinds=", ".join(waiting))
     return top

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailhub.config import ListenersConfig, dev_config
-from mailhub.service import build
+from mailhub.service import FACTORIES, build
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
@@ -38,3 +38,9 @@ class StartupLog(TestCase):
         for kind, port in ports.items():
             ours = [t for t in texts if t.startswith(f"{kind} listening on ")]
             self.assertEqual(ours, [f"{kind} listening on 127.0.0.1:{port} ({LOOPBACK})"])
+
+
+class Listeners(SynchronousTestCase):
+    def test_every_listener_kind_is_served(self) -> None:
+        # A kind in the config that no factory serves would be a listener silently not started.
+        self.assertEqual(set(FACTORIES), set(ListenersConfig.__dataclass_fields__))
