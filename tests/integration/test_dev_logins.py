@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mailhub.config import Limits, ListenersConfig, dev_config
 from mailhub.service import MailhubService, build
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
 
 BAD_NAMES = [
     "\u202egnp.exe@example.com",  # RIGHT-TO-LEFT OVERRIDE: reads as "moc.elpmaxe@exe.png"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.integration.helpers import start_twistd
+from tests.support.service import start_twistd
 
 MiB = 1024 * 1024
 # Growth of the server's peak RSS allowed for a whole APPEND (issue 12 5g: flat within 10 MiB).

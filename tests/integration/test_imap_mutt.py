@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from mailhub.config import ListenersConfig, TLSConfig
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
 from tests.support.tls import CertificateAuthority, client_context
 from tests.support.tools import requires, tool
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mailhub.config import ListenersConfig, TLSConfig
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
 from tests.support.tls import CertificateAuthority, client_context
 
 USER = "dora@example.com"

@@ -36,7 +36,7 @@ import imaplib
 from typing import Any
 
 from mailhub.config import ListenersConfig
-from tests.integration.helpers import LOOPBACK_ANY_PORT, simple_message
+from tests.support.service import LOOPBACK_ANY_PORT, simple_message
 from tests.support.thunderbird import (
     GET_MESSAGES,
     IMPLICIT_TLS,

@@ -28,8 +28,8 @@ from twisted.internet import threads
 from mailhub.config import Config, DomainsConfig, Limits, ListenersConfig, TLSConfig
 from mailhub.service import MailhubService, build
 from mailhub.users import UserDB
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
 from tests.support.relay import until
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
 from tests.support.tls import CertificateAuthority, client_context
 
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)

@@ -14,7 +14,7 @@ from twisted.internet import defer, threads, utils
 from twisted.trial.unittest import TestCase
 
 from mailhub.testing import MailhubTestServer
-from tests.integration.helpers import ServiceTestCase, simple_message
+from tests.support.service import ServiceTestCase, simple_message
 from tests.support.tools import requires, tool
 
 

@@ -19,7 +19,7 @@ from twisted.internet import utils
 from mailhub.config import Config, DomainsConfig, ListenersConfig, TLSConfig, dev_config, load
 from mailhub.service import MailhubService, build
 from mailhub.users import UserDB
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
 from tests.support.tls import CertificateAuthority, client_context
 from tests.support.tools import requires, swaks_tls
 

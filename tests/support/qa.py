@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import Protocol
 
 from mailhub.config import ListenersConfig
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
 
 TIMEOUT = 10.0
 

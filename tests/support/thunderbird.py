@@ -40,7 +40,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailhub.config import ListenersConfig, TLSConfig
-from tests.integration.helpers import ServiceTestCase
+from tests.support.service import ServiceTestCase
 from tests.support.tls import CertificateAuthority
 from tests.support.tools import requires, tool
 
