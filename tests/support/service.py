@@ -5,12 +5,7 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.policy
-import os
-import re
 import smtplib
-import subprocess
-import sys
-import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -79,62 +74,3 @@ def simple_message(
     msg["Subject"] = subject
     msg.set_content(body)
     return msg
-
-
-# --- a real twistd process ------------------------------------------------------------------
-
-REPO = Path(__file__).resolve().parents[2]
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-MAILHUB = [sys.executable, "-c", "from mailhub.cli import main; main()"]
-
-
-def environment() -> dict[str, str]:
-    env = dict(os.environ)
-    # The plugin is found through twisted/plugins/ on sys.path, installed or not.
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def write_config(directory: Path, smtp: str, extra: str = "") -> Path:
-    path = directory / "mailhub.toml"
-    path.write_text(
-        f"""
-[server]
-hostname = "mx.example.test"
-data_dir = "{directory / "data"}"
-
-[domains]
-local = ["example.test"]
-catch_all = ["example.test"]
-
-[listeners]
-smtp = ["{smtp}"]
-{extra}
-"""
-    )
-    return path
-
-
-def start_twistd(
-    test: Any, directory: Path, config: Path
-) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """Run ``twistd -n mailhub --config`` and wait for its SMTP port (from the start-up log)."""
-    log_path = directory / "twistd.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [*TWISTD, "-n", "--pidfile=", "--logfile=-", "mailhub", "--config", str(config)],
-        cwd=directory,
-        env=environment(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    test.addCleanup(log.close)
-    test.addCleanup(lambda: proc.poll() is None and proc.kill())
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = re.search(r"smtp listening on 127\.0\.0\.1:(\d+)", log_path.read_text())
-        if found:
-            return proc, int(found.group(1)), log_path
-        time.sleep(0.1)
-    test.fail(f"twistd did not start:\n{log_path.read_text()}")
-    raise AssertionError("unreachable")
