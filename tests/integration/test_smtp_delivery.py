@@ -1,7 +1,7 @@
 """The whole receive path over a real socket: SMTP client -> receiver -> group commit -> Maildir.
 
-``SmtplibDelivery`` runs on ``mailhub.testing`` (the fixture other projects use); the swaks tests
-still use ``ServiceTestCase``.
+``SmtplibDelivery`` uses ``mailhub.testing`` (the fixture other projects use) directly; the swaks
+tests go through ``ServiceTestCase``, which runs on it too.
 """
 
 from __future__ import annotations

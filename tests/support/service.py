@@ -1,8 +1,12 @@
-"""Start a real mailhub service in-process on 127.0.0.1 with OS-chosen ports."""
+"""The integration tests' base: a real mailhub (``mailhub.testing``) with blocking-client helpers.
+
+The one harness that starts a mailhub for a test is ``mailhub.testing.MailhubTestServer``, the
+fixture users get too; ``ServiceTestCase`` adds what these tests share: endpoints of their own,
+the dev stack's own certificate unless they bring one, and helpers for blocking clients.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import email
 import email.policy
 import smtplib
@@ -13,32 +17,33 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
-from mailhub.config import Config, ListenersConfig, dev_config
-from mailhub.service import MailhubService, build
+from mailhub.config import ListenersConfig, TLSConfig
+from mailhub.service import MailhubService
+from mailhub.testing import LOOPBACK_ANY_PORT, MailhubTestServer
 
-LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
+__all__ = ["LOOPBACK_ANY_PORT", "ServiceTestCase", "simple_message"]
 
 
 class ServiceTestCase(TestCase):
     """Runs the real service (store, group commit, SMTP listener) for the duration of a test."""
 
     def start(self, *, listeners: ListenersConfig | None = None, **changes: Any) -> MailhubService:
-        """Build from the dev defaults with a fresh data dir; ``changes`` replace Config fields.
+        """Start from the dev defaults with a fresh data dir; ``changes`` replace Config fields.
 
         ``listeners`` defaults to one SMTP listener on a loopback port chosen by the OS; pass
         your own (with an SMTP one: ``smtp_port`` is read from it) to add IMAP, POP3, ...
+        Without ``tls``, the dev stack makes its own certificate (as a real dev stack does).
         """
-        base = dev_config(Path(self.mktemp()).absolute())
         if listeners is None:
             listeners = ListenersConfig(smtp=(LOOPBACK_ANY_PORT,))
-        config: Config = dataclasses.replace(base, listeners=listeners, **changes)
-        service = build(config)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        self.service = service
-        self.smtp_port = service.listening_ports("smtp")[0].getHost().port
-        return service
+        changes.setdefault("tls", TLSConfig())
+        self.hub = MailhubTestServer(Path(self.mktemp()), listeners=listeners, **changes)
+        self.hub.start()
+        self.addCleanup(self.hub.stop)
+        assert self.hub.service is not None
+        self.service = self.hub.service
+        self.smtp_port = self.hub.smtp_port
+        return self.service
 
     def port(self, listener: str) -> int:
         """The port the OS chose for the first ``listener`` ("imap", "imaps", ...)."""
