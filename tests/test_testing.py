@@ -136,6 +136,25 @@ class TrialFixture(TestCase):
             ValueError, MailhubTestServer, self.mktemp(), services=["smtp"], listeners=two
         )
 
+    async def test_a_whole_config_runs_as_it_is(self) -> None:
+        import dataclasses
+
+        from mailhub.config import DomainsConfig, ListenersConfig, dev_config
+        from mailhub.testing import LOOPBACK_ANY_PORT
+
+        config = dataclasses.replace(
+            dev_config(Path(self.mktemp()).absolute(), hostname="mx.own.test"),
+            domains=DomainsConfig(local=("own.test",), catch_all=("own.test",)),
+            listeners=ListenersConfig(smtp=(LOOPBACK_ANY_PORT,)),
+        )
+        hub = MailhubTestServer(Path(self.mktemp()), config=config)
+        hub.start()
+        self.addCleanup(hub.stop)
+        self.assertIs(hub.config, config)
+        await hub.send("x@own.test", subject="own")
+        self.assertEqual((await hub.wait_for_message(to="x@own.test")).subject, "own")
+        self.assertRaises(ValueError, MailhubTestServer, self.mktemp(), config=config, limits=None)
+
 
 class PytestFixture(TestCase):
     """The blocking helpers, as a pytest suite uses them (pytest runs in its own process: the

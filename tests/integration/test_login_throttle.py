@@ -26,7 +26,7 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.internet import threads
 
 from mailhub.config import Config, DomainsConfig, Limits, ListenersConfig, TLSConfig
-from mailhub.service import MailhubService, build
+from mailhub.service import MailhubService
 from mailhub.users import UserDB
 from tests.support.relay import until
 from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
@@ -99,11 +99,7 @@ class ThrottleCase(ServiceTestCase):
             users_file=directory / "users",
             limits=limits,
         )
-        service = build(config)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        self.service = service
+        service = self.start_config(config)
         self.checks = Checks(service)
         return service
 

@@ -14,7 +14,6 @@ import argon2
 from twisted.internet import utils
 
 from mailhub.config import Config, DomainsConfig, ListenersConfig, TLSConfig
-from mailhub.service import MailhubService, build
 from mailhub.users import UserDB
 from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
 from tests.support.tls import CertificateAuthority, client_context
@@ -53,11 +52,7 @@ class POP3Service(ServiceTestCase):
             tls=TLSConfig(certificate=cert, key=key),
             users_file=users,
         )
-        service: MailhubService = build(config)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        self.service = service
+        service = self.start_config(config)
         self.pop3_port = service.listening_ports("pop3")[0].getHost().port
         self.pop3s_port = service.listening_ports("pop3s")[0].getHost().port
         self.context = client_context(self.ca_file)

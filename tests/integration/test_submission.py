@@ -55,11 +55,7 @@ def message(sender: str = USER, to: str = USER, bcc: str | None = None) -> bytes
 
 class SubmissionCase(ServiceTestCase):
     def launch(self, config: Config) -> MailhubService:
-        service = build(config)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        self.service = service
+        service = self.start_config(config)
         self.smtp_port = service.listening_ports("smtp")[0].getHost().port
         self.submission_port = service.listening_ports("submission")[0].getHost().port
         self.smtps_port = service.listening_ports("smtps")[0].getHost().port

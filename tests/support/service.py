@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
-from mailhub.config import ListenersConfig, TLSConfig
+from mailhub.config import Config, ListenersConfig, TLSConfig
 from mailhub.service import MailhubService
 from mailhub.testing import LOOPBACK_ANY_PORT, MailhubTestServer
 
@@ -37,12 +37,18 @@ class ServiceTestCase(TestCase):
         if listeners is None:
             listeners = ListenersConfig(smtp=(LOOPBACK_ANY_PORT,))
         changes.setdefault("tls", TLSConfig())
-        self.hub = MailhubTestServer(Path(self.mktemp()), listeners=listeners, **changes)
+        service = self.start_config(None, listeners=listeners, **changes)
+        self.smtp_port = self.hub.smtp_port
+        return service
+
+    def start_config(self, config: Config | None, **kwargs: Any) -> MailhubService:
+        """Start a whole ``config`` of the test's own (production-style: ``dev=False``, a users
+        file, its own CA), or with None the dev stack changed by ``kwargs``."""
+        self.hub = MailhubTestServer(Path(self.mktemp()), config=config, **kwargs)
         self.hub.start()
         self.addCleanup(self.hub.stop)
         assert self.hub.service is not None
         self.service = self.hub.service
-        self.smtp_port = self.hub.smtp_port
         return self.service
 
     def port(self, listener: str) -> int:
