@@ -6,10 +6,10 @@ import socket
 import time
 from typing import Any
 
-from twisted.internet import defer, reactor, task
-from twisted.internet.protocol import Protocol
+from twisted.internet import defer
 
 from mailhub.config import ListenersConfig
+from tests.support.connections import ConnectionWatch
 from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
 
 TIMEOUT = 10.0
@@ -88,20 +88,15 @@ class QATestCase(ServiceTestCase):
             pop3=(LOOPBACK_ANY_PORT,),
             web=(LOOPBACK_ANY_PORT,),
         )
-        self.start(listeners=listeners)
+        service = self.start(listeners=listeners)
+        kinds = ("smtp", "imap", "pop3", "web")
+        self.connections = ConnectionWatch(p for k in kinds for p in service.listening_ports(k))
         # Cleanups run last-in first-out: clients close, then this waits for the server side.
         self.addCleanup(self.server_connections_closed)
 
-    async def server_connections_closed(self) -> None:
-        """Wait (a few seconds at most) until the server has seen every client go away."""
-        for _ in range(250):
-            if not any(
-                isinstance(getattr(s, "protocol", None), Protocol)
-                and type(s.protocol).__module__.startswith("mailhub.")
-                for s in reactor.getReaders() + reactor.getWriters()
-            ):
-                return
-            await task.deferLater(reactor, 0.02, lambda: None)
+    def server_connections_closed(self) -> defer.Deferred[None]:
+        """Fires when the server has seen every client go away."""
+        return self.connections.idle()
 
     def raw(self, listener: str) -> RawClient:
         client = RawClient(self.port(listener))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -27,6 +27,8 @@ from mailhub.relay import MXResolver, RemoteCourier
 from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy, Role
 from mailhub.tls import ServerTLS, tls_server_factory
+from tests.support.connections import TIMEOUT as CLOSE_TIMEOUT
+from tests.support.connections import ConnectionWatch
 from tests.support.localdns import LocalDNS
 from tests.support.smtp import MemorySink
 
@@ -102,15 +104,14 @@ class ReceiverPeer:
             listen = tls_server_factory(self.factory.tls_context_factory, self.factory)
         self.listening = reactor.listenTCP(0, listen, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.port = self.listening.getHost().port
+        self.watch = ConnectionWatch([self.listening])
         case.addCleanup(self.stop)
 
     async def _stop(self) -> None:
         if self.listening.connected:
             await self.listening.stopListening()
-        for _ in range(200):  # the server side closes a moment after the client's QUIT
-            if self.factory.connections == 0:
-                return
-            await task.deferLater(reactor, 0.01, lambda: None)
+        # The server side closes a moment after the client's QUIT.
+        await self.watch.idle()
 
     def stop(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
@@ -120,7 +121,15 @@ class ReceiverPeer:
 
     async def wait_closed(self) -> None:
         """Until every connection to this peer has ended (a QUIT from an idle session ...)."""
-        await until(lambda: self.factory.connections == 0)
+        await self.watch.idle()
+
+
+def _waiter(waiting: list[Deferred[None]], done: bool) -> Deferred[None]:
+    if done:
+        return succeed(None)
+    d: Deferred[None] = Deferred()
+    waiting.append(d)
+    return d.addTimeout(CLOSE_TIMEOUT, reactor)  # type: ignore[arg-type]
 
 
 async def until(condition: Callable[[], bool], limit: float = 5.0) -> None:
@@ -143,6 +152,7 @@ class _Scripted(Protocol):
         self.received: list[bytes] = []
         self.data = b""  # message data received so far (see ``accept_data``)
         self.closed = False
+        self._lost: list[Deferred[None]] = []
 
     def connectionMade(self) -> None:
         self.owner.connections.append(self)
@@ -165,7 +175,14 @@ class _Scripted(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closed = True
-        self.owner.closed += 1
+        waiting, self._lost = self._lost, []
+        for d in waiting:
+            d.callback(None)
+        self.owner.connection_lost()
+
+    def when_closed(self) -> Deferred[None]:
+        """Fires when this connection has closed (at once if it has)."""
+        return _waiter(self._lost, self.closed)
 
 
 def default_script(line: str, peer: _Scripted) -> bytes | None:
@@ -205,6 +222,7 @@ class ScriptedPeer:
         self.greeting = greeting
         self.connections: list[_Scripted] = []
         self.closed = 0
+        self._closed_waits: list[tuple[int, Deferred[None]]] = []
         factory = Factory.forProtocol(lambda: _Scripted(self))
         self.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.port = self.listening.getHost().port
@@ -215,10 +233,22 @@ class ScriptedPeer:
             await self.listening.stopListening()
         for c in self.connections:
             c.transport.loseConnection()
-        for _ in range(200):
-            if self.closed >= len(self.connections):
-                return
-            await task.deferLater(reactor, 0.01, lambda: None)
+        await self.when_closed(len(self.connections))
+
+    def connection_lost(self) -> None:
+        self.closed += 1
+        done = [d for n, d in self._closed_waits if self.closed >= n]
+        self._closed_waits = [(n, d) for n, d in self._closed_waits if self.closed < n]
+        for d in done:
+            d.callback(None)
+
+    def when_closed(self, count: int) -> Deferred[None]:
+        """Fires once ``count`` connections to this peer have closed."""
+        if self.closed >= count:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closed_waits.append((count, d))
+        return d.addTimeout(CLOSE_TIMEOUT, reactor)  # type: ignore[arg-type]
 
     def stop(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
