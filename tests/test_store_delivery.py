@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
@@ -425,13 +425,11 @@ class CommitterServiceTests(SinkTestCase):
         stale.write_bytes(b"x")
         store = MailStore(self.root, "mx.test", now=lambda: time.time() + 40 * 3600)
         cleaner = StaleTmpCleaner(store, interval=3600)
+        runs: list[defer.Deferred[int]] = []
+        clean, args, kwargs = cleaner.call
+        cleaner.call = (lambda: runs.append(clean(*args, **kwargs)) or runs[-1], (), {})
         cleaner.startService()
         self.addCleanup(cleaner.stopService)
-        return self.wait_until(lambda: not stale.exists())
-
-    @defer.inlineCallbacks
-    def wait_until(self, condition, timeout: float = 10.0):
-        deadline = time.monotonic() + timeout
-        while not condition():
-            self.assertLess(time.monotonic(), deadline, "condition not met in time")
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(runs), 1)  # at start, without waiting for the interval
+        # The first run's own Deferred: the clean-up is done when it fires.
+        return runs[0].addCallback(lambda _: self.assertFalse(stale.exists()))
