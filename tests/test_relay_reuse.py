@@ -279,7 +279,7 @@ class IdleTimeoutTests(CourierTestCase):
         await courier.deliver(Item(queue_id="Q1"))
         [conn] = peer.connections
         closed = courier.close()
-        await until(lambda: verbs(conn)[-1:] == ["QUIT"])
+        await conn.when_received("QUIT")
         self.assertNoResult(closed)
         clock.advance(4.9)
         self.assertNoResult(closed)

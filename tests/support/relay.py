@@ -153,6 +153,7 @@ class _Scripted(Protocol):
         self.data = b""  # message data received so far (see ``accept_data``)
         self.closed = False
         self._lost: list[Deferred[None]] = []
+        self._awaited: list[tuple[str, Deferred[None]]] = []
 
     def connectionMade(self) -> None:
         self.owner.connections.append(self)
@@ -166,6 +167,7 @@ class _Scripted(Protocol):
         while b"\r\n" in self.buffer and not self.in_data:
             line, self.buffer = self.buffer.split(b"\r\n", 1)
             self.received.append(line)
+            self._heard(line.decode())
             answer = self.owner.script(line.decode(), self)
             if answer:
                 self.transport.write(answer)
@@ -183,6 +185,20 @@ class _Scripted(Protocol):
     def when_closed(self) -> Deferred[None]:
         """Fires when this connection has closed (at once if it has)."""
         return _waiter(self._lost, self.closed)
+
+    def when_received(self, line: str) -> Deferred[None]:
+        """Fires when the client has sent the command ``line`` (at once if it has)."""
+        if line.encode() in self.received:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._awaited.append((line, d))
+        return d.addTimeout(CLOSE_TIMEOUT, reactor)  # type: ignore[arg-type]
+
+    def _heard(self, line: str) -> None:
+        done = [d for wanted, d in self._awaited if wanted == line]
+        self._awaited = [(w, d) for w, d in self._awaited if w != line]
+        for d in done:
+            d.callback(None)
 
 
 def default_script(line: str, peer: _Scripted) -> bytes | None:
