@@ -22,7 +22,7 @@ from twisted.internet.endpoints import serverFromString
 
 from mailhub.errors import ConfigError
 
-# Port plan (fixed by the foundation issue; dev ports match Mailpit/MailHog where they overlap).
+# The port plan: dev ports match Mailpit/MailHog where they overlap.
 DEV_PORTS = {
     "smtp": 1025,
     "submission": 1587,

@@ -1,9 +1,10 @@
 """The seams between protocol code and the code that keeps messages.
 
-The SMTP receiver knows its destination only through ``IMessageSink``. Today the sink is the
-Maildir store (``mailhub.store.delivery.MaildirSink``); the relay issue puts the durable queue
-behind the same interface. A delivery is open -> write* -> commit | abort (maddy's shape): the body
-streams to disk as it arrives, and ``commit`` fires only when every copy is durable.
+The SMTP receiver knows its destination only through ``IMessageSink``: behind it, local copies
+go to the Maildir store (``mailhub.store.delivery.MaildirSink``) and remote ones to the durable
+queue (``mailhub.queue.sink``), split by ``mailhub.routing.SplitSink``. A delivery is
+open -> write* -> commit | abort (maddy's shape): the body streams to disk as it arrives, and
+``commit`` fires only when every copy is durable.
 """
 
 from __future__ import annotations

@@ -94,13 +94,28 @@ class ListenerService(StreamServerEndpointService):
             ) from None
 
     def _bound(self, port: Any) -> Any:
+        # The one start-up line of a listener: kind, bound address, and the config's endpoint.
         host = port.getHost()
-        log.info("{key} listening on {host}:{port}", key=self.key, host=host.host, port=host.port)
+        log.info(
+            "{key} listening on {host}:{port} ({description})",
+            key=self.key,
+            host=host.host,
+            port=host.port,
+            description=self.description,
+        )
         return port
 
 
+def _quiet(factory: Any) -> None:
+    """No "Starting factory <... at 0x...>" lines (wrapped factories too, as TLS wraps them):
+    each listener logs its own line when bound (ListenerService._bound)."""
+    while factory is not None:
+        factory.noisy = False
+        factory = getattr(factory, "wrappedFactory", None)
+
+
 class MailhubService(MultiService):
-    """The whole server. Holds the shared parts so tests and later services can reach them."""
+    """The whole server. Holds the shared parts (store, queue, portal, TLS) for tests and admin."""
 
     def __init__(self, config: Config, store: MailStore, sink: MaildirSink) -> None:
         super().__init__()
@@ -287,12 +302,11 @@ def _imaps(shared: Shared) -> Factory:
 
 
 def _web(shared: Shared) -> Factory:
-    # The page and JSON API (issue 7): a twisted.web Site over the same store and portal.
+    # The page and JSON API: a twisted.web Site over the same store and portal.
     return make_site(shared)
 
 
-# Listener kinds this version serves, and how to build each one's protocol factory. The port plan
-# in config.DEV_PORTS names the others; they arrive with their own issues.
+# Every listener kind of config.ListenersConfig, and how to build its protocol factory.
 FACTORIES: dict[str, Callable[[Shared], Factory]] = {
     "smtp": _mta,
     "submission": _submission,
@@ -352,7 +366,7 @@ def _load(config: Config, key: str, make: Callable[[], Any]) -> Any:
 
 
 def _portal(config: Config, store: MailStore, pool: HashingPool) -> tuple[Portal, UserDB | None]:
-    """The one portal (SMTP AUTH now, IMAP and POP3 later): the users file, or in the dev stack
+    """The one portal (SMTP AUTH, IMAP, POP3, the web login): the users file, or in the dev stack
     without one, any login (the user's mailbox is made on first login)."""
     users = None
     if config.users_file is not None:
@@ -467,9 +481,7 @@ def build(config: Config) -> MailhubService:
         if not descriptions:
             continue
         factory = builder(shared)
+        _quiet(factory)
         for description in descriptions:
             ListenerService(config, key, description, factory).setServiceParent(top)
-    waiting = [k for k in config.listeners.__dataclass_fields__ if k not in FACTORIES]
-    if any(getattr(config.listeners, k) for k in waiting):
-        log.info("not served by this version yet: {kinds}", kinds=", ".join(waiting))
     return top

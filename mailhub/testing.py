@@ -214,9 +214,14 @@ class MailhubTestServer:
     """One in-process mailhub on free ports. Helpers return Deferreds: call them on the reactor
     thread (trial tests, ``async def`` tests). For blocking helpers use ``running()``.
 
-    ``changes`` replace fields of the dev ``Config`` (``limits=...``, ``smtp=...``); ``faults``
-    are rules in force from the start (``Rule`` objects or dicts); ``services`` names the
-    listeners to start (default: every kind this version serves, ``service.FACTORIES``)."""
+    ``changes`` replace fields of the dev ``Config`` (``limits=...``, ``smtp=...``), ``tls``
+    too (default: the test CA's certificate; ``TLSConfig()`` gives the dev stack's own
+    self-signed one); ``faults`` are rules in force from the start (``Rule`` objects or
+    dicts); ``services`` names the listeners to start (default: every kind this version
+    serves, ``service.FACTORIES``), each on 127.0.0.1 port 0. ``listeners`` instead gives
+    the endpoints themselves (a ``ListenersConfig``: several of a kind, ``tcp6:0:...``).
+    ``config`` runs a whole ``Config`` of the caller's own instead of the dev stack's
+    (production-style: ``dev=False``, a users file, certificates of its own) as it is."""
 
     def __init__(
         self,
@@ -224,31 +229,49 @@ class MailhubTestServer:
         *,
         faults: Sequence[Rule | Mapping[str, Any]] = (),
         services: Sequence[str] | None = None,
+        listeners: ListenersConfig | None = None,
+        config: Config | None = None,
         **changes: Any,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.ca = TestCA.create(self.directory / "tls")
-        kinds = tuple(FACTORIES) if services is None else tuple(services)
-        unknown = [k for k in kinds if k not in FACTORIES]
-        if unknown:
-            raise ValueError(f"no such listeners: {unknown}; this version serves {list(FACTORIES)}")
-        listeners = ListenersConfig(**{key: (LOOPBACK_ANY_PORT,) for key in kinds})
-        # Checked here (FaultError at once), then kept as the config keeps [[faults.rule]] tables.
-        rules = tuple((r if isinstance(r, Rule) else Rule.from_dict(r)).to_dict() for r in faults)
-        base = dev_config(self.directory / "data")
-        self.config: Config = dataclasses.replace(
-            base,
-            listeners=listeners,
-            tls=TLSConfig(certificate=self.ca.certificate_file, key=self.ca.key_file),
-            faults=FaultsConfig(rules=rules),
-            **changes,
-        )
+        if config is None:
+            config = self._dev_config(faults, services, listeners, changes)
+        elif faults or services is not None or listeners is not None or changes:
+            raise ValueError("a whole config comes as it is: no other arguments with it")
+        self.config: Config = config
         self.service: MailhubService | None = None
         self.ports: dict[str, int] = {}
         self.feed: MailFeed | None = None  # the change feed waits use (the web listener's)
         self._own_feed = False
         self._returned: set[str] = set()  # ids of the messages waits without since returned
         self._start_cursor = Cursor(0)
+
+    def _dev_config(
+        self,
+        faults: Sequence[Rule | Mapping[str, Any]],
+        services: Sequence[str] | None,
+        listeners: ListenersConfig | None,
+        changes: dict[str, Any],
+    ) -> Config:
+        if listeners is None:
+            kinds = tuple(FACTORIES) if services is None else tuple(services)
+            unknown = [k for k in kinds if k not in FACTORIES]
+            if unknown:
+                raise ValueError(
+                    f"no such listeners: {unknown}; this version serves {list(FACTORIES)}"
+                )
+            listeners = ListenersConfig(**{key: (LOOPBACK_ANY_PORT,) for key in kinds})
+        elif services is not None:
+            raise ValueError("give services (kinds on port 0) or listeners (endpoints), not both")
+        # Checked here (FaultError at once), then kept as the config keeps [[faults.rule]] tables.
+        rules = tuple((r if isinstance(r, Rule) else Rule.from_dict(r)).to_dict() for r in faults)
+        fields: dict[str, Any] = {
+            "listeners": listeners,
+            "tls": TLSConfig(certificate=self.ca.certificate_file, key=self.ca.key_file),
+            "faults": FaultsConfig(rules=rules),
+        }
+        return dataclasses.replace(dev_config(self.directory / "data"), **(fields | changes))
 
     # -- life ----------------------------------------------------------------------------------
 

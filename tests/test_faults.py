@@ -23,7 +23,7 @@ from mailhub.faults.rules import (
 )
 from mailhub.faults.smtp import FaultySMTPServerFactory
 from mailhub.service import build
-from tests.test_smtp_support import LOCAL, Harness
+from tests.support.smtp import LOCAL, Harness
 
 MAIL_OK = "250 2.1.0 Ok"
 RCPT_OK = "250 2.1.5 Ok"

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 
 from mailhub.store import dotlock, uidlist
 from mailhub.store.dotlock import DotLock
-from tests.test_imap_support import IMAPTestCase, message
+from tests.support.imap import IMAPTestCase, message
 
 BIG = 1024 * 1024  # over the framer's spool threshold (256 KiB)
 

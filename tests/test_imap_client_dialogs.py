@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 
-from tests.test_imap_support import IMAPTestCase, message
+from tests.support.imap import IMAPTestCase, message
 
 HEADER_FIELDS_TB = (
     "From To Cc Bcc Subject Date Message-ID Priority X-Priority References Newsgroups "

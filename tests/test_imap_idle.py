@@ -14,7 +14,7 @@ from mailhub.imap.protocol import IDLE_BUSY_RETRY
 from mailhub.store.changes import StoreChanges
 from mailhub.store.delivery import GroupCommitter, MaildirSink
 from mailhub.store.errors import LockBusy
-from tests.test_imap_support import USER, IMAPTestCase, message
+from tests.support.imap import USER, IMAPTestCase, message
 
 SCAN_INTERVAL = 300.0  # the slow timed scan (other hosts, NFS)
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 import base64
 import io
 import os
-import pwd
 import re
 import shutil
-import subprocess
-import sysconfig
 import tempfile
 from pathlib import Path
 from unittest.mock import patch
@@ -25,11 +22,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailhub.imap import mime, render
 from mailhub.imap import mime_header as mh
 from mailhub.imap.mime import MessageStructure, Section, SectionData
-from tests.support.tools import DOVECOT_IMAP, dovecot_imap, requires
-
-
-def crlf(text: bytes) -> bytes:
-    return text.replace(b"\n", b"\r\n")
+from tests.support.dovecot import _ask_dovecot
+from tests.support.mime import (
+    ADDRESSES,
+    ALTERNATIVE_WITH_ATTACHMENTS,
+    NESTED,
+    PYTHON_EMAIL_DATA,
+    _lines,
+    _messages,
+    crlf,
+)
+from tests.support.tools import dovecot_imap, requires
 
 
 def parse(data: bytes) -> MessageStructure:
@@ -43,100 +46,6 @@ def section(data: bytes, spec: str, fields: tuple[str, ...] = ()) -> bytes:
     fp = io.BytesIO(data)
     return mime.section_data(s, Section.parse(spec, fields), fp).read(fp)
 
-
-PDF = base64.encodebytes(b"%PDF-1.4 fake" * 20)
-
-ALTERNATIVE_WITH_ATTACHMENTS = (
-    crlf(b"""From: =?utf-8?q?J=C3=B6rg_M=C3=BCller?= <joerg@example.de>
-To: Alice <alice@example.com>, "Bob, Jr." <bob@example.com>
-Cc: undisclosed-recipients:;
-Subject: =?iso-8859-1?q?Gr=FC=DFe?= aus =?utf-8?b?TcO8bmNoZW4=?=
-Date: Mon, 7 Feb 1994 21:52:25 -0800 (PST)
-Message-ID: <B27397-0100000@example.de>
-MIME-Version: 1.0
-Content-Type: multipart/mixed; boundary="outer"
-
-This is a multi-part message in MIME format.
---outer
-Content-Type: multipart/alternative; boundary=inner
-
---inner
-Content-Type: text/plain; charset=utf-8
-Content-Transfer-Encoding: quoted-printable
-
-Gr=C3=BC=C3=9Fe
---inner
-Content-Type: text/html; charset=utf-8
-Content-Transfer-Encoding: base64
-
-PGI+R3LDvMOfZTwvYj4=
---inner--
-
---outer
-Content-Type: application/pdf; name="report.pdf"
-Content-Disposition: attachment; filename="report.pdf"; size=12
-Content-Transfer-Encoding: base64
-Content-Description: The report
-
-""")
-    + crlf(PDF)
-    + crlf(b"""--outer
-Content-Type: image/png
-Content-ID: <img1@example.de>
-Content-Disposition: inline
-
-iVBORw0KGgo=
---outer--
-epilogue
-""")
-)
-
-NESTED = crlf(b"""From: list@example.org
-To: a@example.com
-Subject: Fwd: nested
-Content-Type: multipart/mixed; boundary="X"
-
---X
-Content-Type: text/plain
-
-See attached.
---X
-Content-Type: message/rfc822
-
-From: Inner <inner@example.net>
-Subject: inner message
-Date: Tue, 1 Jul 2003 10:52:37 +0200
-Content-Type: multipart/alternative; boundary="Y"
-
---Y
-Content-Type: text/plain
-
-inner text
---Y
-Content-Type: message/rfc822; name=deeper.eml
-
-Subject: deeper
-From: Deep <d@e.f>
-
-deep body
-line two
---Y--
---X--
-""")
-
-ADDRESSES = crlf(b"""From: "Last, First" <first.last@example.com> (comment)
-Sender: <@route1,@route2:user@example.com>
-Reply-To: =?utf-8?q?Caf=C3=A9?= <cafe@example.com>
-To: Group One: a@x.y, "B B" <b@x.y>;, plain@example.org, <angle@example.org>
-Cc: "quoted\\"name" <q@x>, John Q. Public <jqp@example.com>
-Bcc: "odd local"@example.com, broken@, @nolocal.com, trailing,
-In-Reply-To:   <prev@example.com>{trailing}
-Message-ID: <id@example.com> (c)
-Subject:
-Date:
-
-b
-""").replace(b"{trailing}", b"  ")
 
 SIMPLE = b"Subject: hi\r\nFrom: a@b.c\r\n\r\nhello"
 
@@ -730,31 +639,6 @@ class Cache(SynchronousTestCase):
 
 # -- properties ------------------------------------------------------------------------------
 
-_lines = st.sampled_from(
-    [
-        b"Content-Type: multipart/mixed; boundary=a\r\n",
-        b"Content-Type: multipart/alternative; boundary=b\r\n",
-        b"Content-Type: message/rfc822\r\n",
-        b"Content-Type: multipart/digest; boundary=a\r\n",
-        b"Content-Transfer-Encoding: base64\r\n",
-        b"Subject: =?utf-8?q?x?=\r\n",
-        b"From: a@b, (c) <d@e>, g: h@i;\r\n",
-        b" folded\r\n",
-        b"--a\r\n",
-        b"--a--\r\n",
-        b"--b\r\n",
-        b"--b--\r\n",
-        b"\r\n",
-        b"\n",
-        b"text line\r\n",
-        b"bare lf\n",
-        b"\xff\xfe 8bit\r\n",
-        b"no line end",
-        b"\r",
-    ]
-)
-_messages = st.lists(_lines, max_size=40).map(b"".join) | st.binary(max_size=300)
-
 
 def _all_sections(s: MessageStructure) -> list[Section]:
     out = [Section(), Section(text="HEADER"), Section(text="TEXT")]
@@ -1161,7 +1045,6 @@ class ChunkedBoundaryScan(SynchronousTestCase):
 
 # -- the same answers as Dovecot ---------------------------------------------------------------
 
-PYTHON_EMAIL_DATA = Path(sysconfig.get_path("stdlib")) / "test" / "test_email" / "data"
 
 # Where we answer differently on purpose (each checked by a test above):
 DELIBERATE = {
@@ -1232,36 +1115,6 @@ def _sexp(data: bytes, i: int = 0) -> tuple[object, int]:
     assert m is not None, data[i : i + 40]
     word = m.group(0).decode()
     return (None if word == "NIL" else word), m.end()
-
-
-def _ask_dovecot(base: Path, messages: list[bytes], commands: list[str]) -> bytes:
-    mail = pwd.getpwnam("mail")
-    maildir = base / "Maildir"
-    for sub in ("cur", "new", "tmp"):
-        (maildir / sub).mkdir(parents=True)
-    for i, data in enumerate(messages):
-        # names sort in message order: Dovecot gives new files UIDs in file name order
-        (maildir / "cur" / f"{1000000 + i}.m{i}.test:2,").write_bytes(data)
-    (base / "run").mkdir()
-    config = base / "dovecot.conf"
-    config.write_text(
-        f"base_dir = {base}/run\nstate_dir = {base}/run\nlog_path = /dev/stderr\n"
-        f"mail_location = maildir:{maildir}\nmail_uid = mail\nmail_gid = mail\n"
-        "first_valid_uid = 1\nfirst_valid_gid = 1\nssl = no\n"
-    )
-    for path in [base, *base.rglob("*")]:
-        os.chown(path, mail.pw_uid, mail.pw_gid)
-    script = b"a EXAMINE INBOX\r\n" + b"".join(
-        b"c%d %s\r\n" % (i, c.encode()) for i, c in enumerate(commands)
-    )
-    done = subprocess.run(
-        [DOVECOT_IMAP, "-c", str(config)],
-        input=script + b"z LOGOUT\r\n",
-        env={"USER": "mail", "HOME": str(base), "PATH": os.environ.get("PATH", "")},
-        capture_output=True,
-        timeout=120,
-    )
-    return done.stdout
 
 
 def _fetch_responses(out: bytes, item: str) -> dict[int, object]:

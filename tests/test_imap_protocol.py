@@ -11,7 +11,7 @@ from mailhub.auth import make_portal
 from mailhub.imap import mime
 from mailhub.store import dotlock, uidlist
 from mailhub.store.dotlock import DotLock
-from tests.test_imap_support import USER, IMAPTestCase, message
+from tests.support.imap import USER, IMAPTestCase, message
 
 CAPS = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "

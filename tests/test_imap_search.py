@@ -24,16 +24,16 @@ from mailhub.imap import mime, mime_header
 from mailhub.imap.parser import Atom
 from mailhub.imap.search import BadCharset, Criteria, SearchError, compile_criteria
 from mailhub.store import MailStore
-from tests.support.tools import dovecot_imap, requires
-from tests.test_imap_mime import (
+from tests.support.dovecot import _ask_dovecot
+from tests.support.imap import USER, Client, IMAPTestCase, message
+from tests.support.mime import (
     ADDRESSES,
     ALTERNATIVE_WITH_ATTACHMENTS,
     NESTED,
     PYTHON_EMAIL_DATA,
-    _ask_dovecot,
     _messages,
 )
-from tests.test_imap_support import USER, Client, IMAPTestCase, message
+from tests.support.tools import dovecot_imap, requires
 
 
 def crlf(text: bytes) -> bytes:

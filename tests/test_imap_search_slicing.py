@@ -17,8 +17,8 @@ from twisted.python.failure import Failure
 from mailhub.config import ListenersConfig
 from mailhub.imap import mime, search_command, search_text
 from mailhub.store import cache as cache_file
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
-from tests.test_imap_support import Client, IMAPTestCase, message
+from tests.support.imap import Client, IMAPTestCase, message
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
 
 MESSAGES = 40
 READ_SECONDS = 0.004  # what reading one message costs here: a slice holds about four

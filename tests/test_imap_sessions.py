@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 from mailhub.envelope import Envelope, Recipient
 from mailhub.store import MailStore
 from mailhub.store.delivery import GroupCommitter, MaildirSink
-from tests.test_imap_support import USER, IMAPTestCase, message
+from tests.support.imap import USER, IMAPTestCase, message
 
 
 class TwoSessions(IMAPTestCase):

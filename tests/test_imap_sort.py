@@ -25,9 +25,10 @@ from mailhub.imap.sort import (
     sort_messages,
 )
 from mailhub.imap.thread import render, thread_orderedsubject, thread_references
+from tests.support.dovecot import _ask_dovecot
+from tests.support.imap import IMAPTestCase
+from tests.support.mime import PYTHON_EMAIL_DATA
 from tests.support.tools import dovecot_imap, requires
-from tests.test_imap_mime import PYTHON_EMAIL_DATA, _ask_dovecot
-from tests.test_imap_support import IMAPTestCase
 
 NOW = 1_800_000_000  # in 2027, after every Date of these tests
 

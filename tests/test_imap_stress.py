@@ -18,7 +18,7 @@ from mailhub import imapstress
 from mailhub.imapstress import Message, Response, Selection, Session, StressConfig, World
 from mailhub.imapstress.run import _check_recent, _resolve_copies, judge
 from mailhub.testing import MailhubTestServer
-from tests.test_imap_support import USER, IMAPTestCase, message
+from tests.support.imap import USER, IMAPTestCase, message
 
 STRESS_SEED = int(os.environ.get("MAILHUB_STRESS_SEED", "20261206"))
 

@@ -11,7 +11,7 @@ import socket
 from twisted.internet import reactor, task
 
 from mailhub.pop3.protocol import POP3ServerProtocol
-from tests.test_qa_imap import QATestCase, RawClient
+from tests.support.qa import QATestCase, RawClient
 
 
 class POP3QATestCase(QATestCase):

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet import reactor, task
 
-from tests.test_qa_imap import TIMEOUT, QATestCase
+from tests.support.qa import TIMEOUT, QATestCase
 
 
 def http(port: int, method: str, target: str, body: bytes = b"", **headers: str) -> Any:

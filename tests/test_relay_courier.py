@@ -6,46 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from mailhub.config import Limits
 from mailhub.interfaces import ICourier, Outcome
-from mailhub.relay import MXResolver, RemoteCourier, Smarthost, TLSPolicy
+from mailhub.relay import Smarthost, TLSPolicy
 from mailhub.relay.tlsclient import load_ca_pem
-from tests.dnshelpers import LocalDNS
-from tests.relaysupport import Item, ReceiverPeer, ScriptedPeer, accept_data, default_script
-from tests.test_smtp_support import body_of
-from tests.tlshelpers import CertificateAuthority
-
-ZONE = {
-    "b.test": {"MX": [(10, "mx.b.test")]},
-    "mx.b.test": {"A": ["127.0.0.1"]},
-    "smtp.relay.test": {"A": ["127.0.0.1"]},
-}
-
-
-class CourierTestCase(TestCase):
-    timeout = 30
-
-    def setUp(self) -> None:
-        self.dns = LocalDNS(ZONE)
-        self.dns.start()
-        self.addCleanup(self.dns.stop)
-        self.logged: list[dict] = []
-        globalLogPublisher.addObserver(self.logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
-
-    def courier(self, port: int, **kw: Any) -> RemoteCourier:
-        courier = RemoteCourier(MXResolver(self.dns.resolver()), hostname="a.test", port=port, **kw)
-        self.addCleanup(courier.close)  # QUIT its idle sessions before the peers stop
-        return courier
-
-    def log_text(self) -> str:
-        from twisted.logger import formatEvent
-
-        return "\n".join(formatEvent(e) for e in self.logged)
+from tests.support.relay import (
+    CourierTestCase,
+    Item,
+    ReceiverPeer,
+    ScriptedPeer,
+    accept_data,
+    default_script,
+)
+from tests.support.smtp import body_of
+from tests.support.tls import CertificateAuthority
 
 
 class DeliveryTests(CourierTestCase):

@@ -7,7 +7,7 @@ import random
 from twisted.trial.unittest import TestCase
 
 from mailhub.relay.mx import DNSFailure, MXHost, MXResolver, address_literal
-from tests.dnshelpers import LocalDNS
+from tests.support.localdns import LocalDNS
 
 ZONE = {
     "a.test": {"MX": [(20, "mx3.a.test"), (10, "mx1.a.test"), (10, "mx2.a.test")]},

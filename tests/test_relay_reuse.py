@@ -15,7 +15,8 @@ from twisted.internet.task import Clock
 
 from mailhub.interfaces import Outcome
 from mailhub.relay.tlsclient import load_ca_pem
-from tests.relaysupport import (
+from tests.support.relay import (
+    CourierTestCase,
     Item,
     ReceiverPeer,
     ScriptedPeer,
@@ -23,8 +24,7 @@ from tests.relaysupport import (
     default_script,
     until,
 )
-from tests.test_relay_courier import CourierTestCase
-from tests.tlshelpers import CertificateAuthority
+from tests.support.tls import CertificateAuthority
 
 
 def verbs(conn: Any) -> list[str]:
@@ -69,7 +69,7 @@ class ReuseTests(CourierTestCase):
             ["EHLO", "MAIL", "RCPT", "DATA"] + ["RSET", "MAIL", "RCPT", "DATA"] * 2,
         )
         await courier.close()
-        await until(lambda: conn.closed)
+        await conn.when_closed()
         self.assertEqual(verbs(conn)[-1], "QUIT")
 
     async def test_per_recipient_results_on_a_reused_session(self) -> None:
@@ -120,7 +120,7 @@ class ReuseTests(CourierTestCase):
         # RFC 5321 4.5.3.2.7: a server may say 421 before it closes an idle session; this one
         # says it and keeps the connection open: the client must not use it again.
         first.transport.write(b"421 4.4.2 fake.test idle timeout\r\n")
-        await until(lambda: first.closed)
+        await first.when_closed()
         [result] = await courier.deliver(Item(queue_id="Q2"))
         self.assertEqual(result.outcome, Outcome.DELIVERED)
         self.assertEqual(len(peer.connections), 2)
@@ -184,7 +184,7 @@ class ReuseTests(CourierTestCase):
         [result] = await courier.deliver(Item(queue_id="Q2"))
         self.assertEqual(result.outcome, Outcome.DELIVERED)
         first, second = peer.connections
-        await until(lambda: first.closed)
+        await first.when_closed()
         # RSET travelled with the next transaction (PIPELINING); refused, that transaction
         # must not complete: the client closed in DATA mode, before any final ".".
         self.assertEqual(verbs(first)[-4:], ["RSET", "MAIL", "RCPT", "DATA"])
@@ -205,7 +205,7 @@ class ReuseTests(CourierTestCase):
         [result] = await courier.deliver(Item(queue_id="Q2"))
         self.assertEqual(result.outcome, Outcome.DELIVERED)
         first, second = peer.connections
-        await until(lambda: first.closed)
+        await first.when_closed()
         self.assertEqual(verbs(first)[-2:], ["RSET", "QUIT"])  # closed politely
         self.assertEqual(verbs(second), ["EHLO", "MAIL", "RCPT", "DATA"])
 
@@ -228,7 +228,7 @@ class ReuseTests(CourierTestCase):
         for qid in ("Q1", "Q2", "Q3"):
             await courier.deliver(Item(queue_id=qid))
         first, second = peer.connections
-        await until(lambda: first.closed)
+        await first.when_closed()
         self.assertEqual(
             verbs(first), ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA", "QUIT"]
         )
@@ -240,7 +240,7 @@ class ReuseTests(CourierTestCase):
         await courier.deliver(Item(queue_id="Q1"))
         await courier.deliver(Item(queue_id="Q2"))
         self.assertEqual(len(peer.connections), 2)
-        await until(lambda: peer.closed == 2)
+        await peer.when_closed(2)
         self.assertEqual(verbs(peer.connections[0])[-1], "QUIT")
 
 
@@ -260,7 +260,7 @@ class IdleTimeoutTests(CourierTestCase):
         self.assertEqual(len(courier.pool), 1)
         clock.advance(0.1)
         self.assertEqual(len(courier.pool), 0)
-        await until(lambda: first.closed)
+        await first.when_closed()
         self.assertEqual(verbs(first)[-1], "QUIT")
         [result] = await courier.deliver(Item(queue_id="Q3"))
         self.assertEqual(result.outcome, Outcome.DELIVERED)
@@ -279,13 +279,13 @@ class IdleTimeoutTests(CourierTestCase):
         await courier.deliver(Item(queue_id="Q1"))
         [conn] = peer.connections
         closed = courier.close()
-        await until(lambda: verbs(conn)[-1:] == ["QUIT"])
+        await conn.when_received("QUIT")
         self.assertNoResult(closed)
         clock.advance(4.9)
         self.assertNoResult(closed)
         clock.advance(0.1)  # the shutdown grace (5 s), not the 30 s QUIT timeout
         await closed
-        await until(lambda: conn.closed)
+        await conn.when_closed()
 
     async def test_connection_age_limit(self) -> None:
         clock = Clock()

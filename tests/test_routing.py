@@ -18,7 +18,7 @@ from mailhub.smtp.policy import RecipientPolicy
 from mailhub.store.courier import LocalCourier
 from mailhub.store.delivery import GroupCommitter, MaildirSink
 from mailhub.store.store import MailStore
-from tests.test_smtp_support import MemorySink
+from tests.support.smtp import MemorySink
 
 LOCAL_DOMAINS = {"example.com"}
 

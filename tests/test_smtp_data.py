@@ -6,7 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.config import SMTPConfig
 from mailhub.smtp.data import has_long_line
-from tests.test_smtp_support import LOCAL, Dialog, Harness, body_of, limits
+from tests.support.smtp import LOCAL, Dialog, Harness, body_of, limits
 
 SMUGGLING_ENDINGS = [b"\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\n", b"\r.\r", b"\n.\r"]
 BARE_REPLY = "550 5.5.2 Error: bare CR or LF in message data is not allowed (RFC 5321 2.3.8)"

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mailhub.config import DomainsConfig, Limits, SMTPConfig
 from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy
-from tests.test_smtp_support import Harness, MemorySink, body_of, limits
+from tests.support.smtp import Harness, MemorySink, body_of, limits
 
 
 class ConnectionLimitTests(SynchronousTestCase):

@@ -10,16 +10,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailhub.config import DomainsConfig, SMTPConfig
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import MessageRejected
+from mailhub.received import received_header
 from mailhub.smtp.policy import Role, SubmissionPolicy
 from mailhub.smtp.submission import (
     MAX_ORIGINATOR_OCTETS,
     SubmissionSink,
     originator_mailboxes,
 )
-from mailhub.smtp.trace import received_header
-from tests.test_smtp_auth import USER, AuthHarness, plain, starttls
-from tests.test_smtp_submission import RECEIVED, MemorySink
-from tests.test_smtp_support import LOCAL, Dialog
+from tests.support.smtp import LOCAL, Dialog
+from tests.support.smtp_auth import USER, AuthHarness, plain, starttls
+from tests.support.submission import RECEIVED, MemorySink
 
 OWN = f"alice@{LOCAL}"  # USER of the auth tests
 FORGED = f"553 5.7.1 Error: From header address <ceo@{LOCAL}> not owned by the authenticated user"

@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailhub.config import DomainsConfig, SMTPConfig
 from mailhub.interfaces import DeliveryError
 from mailhub.smtp.protocol import MAX_PENDING_INPUT
-from tests.test_smtp_support import LOCAL, Harness, SlowPolicy, body_of, limits
+from tests.support.smtp import LOCAL, Harness, SlowPolicy, body_of, limits
 
 EHLO_REPLY = """
     S: 250-mx.example.org

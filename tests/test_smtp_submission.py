@@ -7,7 +7,7 @@ from itertools import combinations, pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,55 +17,11 @@ from zope.interface.verify import verifyObject
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
 from mailhub.smtp.submission import MAX_UNDECIDED, SubmissionSink, default_id_source
+from tests.support.submission import RECEIVED, MemoryMessage, MemorySink
 
-RECEIVED = (
-    b"Received: from client.example.net (unknown [192.0.2.7])\r\n"
-    b"\tby mx.example.org (mailhub) with ESMTPSA id QID; Thu, 01 Jan 1970 00:00:00 +0000\r\n"
-)
 DATE = b"Date: Sat, 14 Mar 2026 12:00:00 +0000\r\n"  # Clock set to 1773489600
 MSGID = b"Message-ID: <QID.1@mx.example.org>\r\n"
 ADDED = DATE + MSGID
-
-
-class MemoryMessage:
-    def __init__(self, envelope: Envelope, fail_writes: bool = False) -> None:
-        self.envelope = envelope
-        self.writes: list[bytes] = []
-        self.state = "open"
-        self.fail_writes = fail_writes
-
-    def write(self, data: bytes) -> None:
-        assert self.state == "open", self.state
-        if self.fail_writes:
-            raise DeliveryError("disk full")
-        self.writes.append(data)
-
-    def commit(self) -> Deferred:
-        assert self.state == "open", self.state
-        self.state = "committed"
-        return succeed(self.envelope.queue_id)
-
-    def abort(self) -> None:
-        self.state = "aborted"
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.writes)
-
-
-MemoryMessage = implementer(IIncomingMessage)(MemoryMessage)
-
-
-@implementer(IMessageSink)
-class MemorySink:
-    def __init__(self, fail_writes: bool = False) -> None:
-        self.messages: list[MemoryMessage] = []
-        self.fail_writes = fail_writes
-
-    def open(self, envelope: Envelope) -> MemoryMessage:
-        m = MemoryMessage(envelope, self.fail_writes)
-        self.messages.append(m)
-        return m
 
 
 def envelope() -> Envelope:

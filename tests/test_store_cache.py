@@ -9,7 +9,7 @@ from typing import BinaryIO
 from mailhub.store import cache
 from mailhub.store.errors import MessageGone
 from mailhub.store.maildir import Folder
-from tests.test_store_maildir import StoreTestCase, drop
+from tests.support.store import StoreTestCase, drop
 
 
 class Counter:

@@ -11,7 +11,7 @@ from pathlib import Path
 from mailhub.store import names, uidlist
 from mailhub.store.errors import CorruptUidList, InvalidName, MessageGone
 from mailhub.store.maildir import Folder
-from tests.test_store_maildir import StoreTestCase
+from tests.support.store import StoreTestCase
 
 
 class ModseqTestCase(StoreTestCase):

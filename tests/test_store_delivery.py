@@ -11,12 +11,13 @@ import threading
 import time
 from pathlib import Path
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
+from mailhub.store import delivery
 from mailhub.store.delivery import GroupCommitter, MaildirSink, StaleTmpCleaner
 from mailhub.store.store import MailStore
 
@@ -34,6 +35,37 @@ def envelope(*mailboxes: str, mail_from: str = "sender@example.org", qid: str = 
 
 def is_dir_fd(fd: int) -> bool:
     return stat.S_ISDIR(os.fstat(fd).st_mode)
+
+
+def hold_first_batch(case: TestCase, committer: GroupCommitter, n: int) -> None:
+    """Hold the first batch's directory fsyncs until ``n`` messages have finished their file
+    phase: they all meet in the batches after it, whatever the machine's speed. (Instead of
+    a slow disk made by sleeping in fsync, which only makes meeting likely.)"""
+    done = 0
+    changed = threading.Condition()
+    write_and_link = delivery._write_and_link
+
+    def counted(job: object) -> None:
+        nonlocal done
+        try:
+            write_and_link(job)
+        finally:
+            with changed:
+                done += 1
+                changed.notify_all()
+
+    fsync_all = committer._fsync_all
+    first = [True]
+
+    def held(dirs: object) -> object:
+        with changed:
+            if first[0]:
+                first[0] = False
+                changed.wait_for(lambda: done >= n, timeout=30)
+        return fsync_all(dirs)
+
+    case.patch(delivery, "_write_and_link", counted)
+    case.patch(committer, "_fsync_all", held)
 
 
 class SinkTestCase(TestCase):
@@ -247,15 +279,8 @@ class DeliveryTests(SinkTestCase):
 
     @defer.inlineCallbacks
     def test_concurrent_commits_share_directory_fsyncs(self):
-        real_fsync = os.fsync
-
-        def slow_dirs(fd: int) -> None:
-            if is_dir_fd(fd):
-                time.sleep(0.05)
-            real_fsync(fd)
-
-        self.patch(os, "fsync", slow_dirs)
         n = 20
+        hold_first_batch(self, self.committer, n)
         results = yield defer.gatherResults(
             [self.send(envelope("a@example.com", qid=f"q{i}")) for i in range(n)]
         )
@@ -277,15 +302,8 @@ class DeliveryTests(SinkTestCase):
             return real_call(f, *args, **kwargs)
 
         self.patch(self.committer, "_reactor", _CallFromThreadProxy(counting))
-        real_fsync = os.fsync
-
-        def slow_dirs(fd: int) -> None:
-            if is_dir_fd(fd):
-                time.sleep(0.05)
-            real_fsync(fd)
-
-        self.patch(os, "fsync", slow_dirs)
         n = 20
+        hold_first_batch(self, self.committer, n)
         results = yield defer.gatherResults(
             [self.send(envelope("a@example.com", qid=f"q{i}")) for i in range(n)]
         )
@@ -303,11 +321,11 @@ class DeliveryTests(SinkTestCase):
             path = os.readlink(f"/proc/self/fd/{fd}")
             if not is_dir_fd(fd) and b"<bad@example.org>" in Path(path).read_bytes()[:200]:
                 raise OSError(errno.EIO, "I/O error")
-            time.sleep(0.01)  # let the commits overlap
             real_fsync(fd)
 
         self.patch(os, "fsync", broken_for_bad)
         senders = ["good@example.org"] * 5 + ["bad@example.org"] + ["good@example.org"] * 5
+        hold_first_batch(self, self.committer, len(senders))  # the commits overlap
         ds = [
             self.send(envelope("a@example.com", mail_from=m, qid=f"q{i}"))
             for i, m in enumerate(senders)
@@ -336,10 +354,10 @@ class DeliveryTests(SinkTestCase):
             if is_dir_fd(fd):
                 if os.fstat(fd).st_ino == bad_inode:
                     raise OSError(errno.EIO, "I/O error")
-                time.sleep(0.02)  # let the next batch collect several messages
             real_fsync(fd)
 
         self.patch(os, "fsync", broken_b)
+        hold_first_batch(self, self.committer, 12)  # the next batch collects several messages
         targets = [("a@example.com",), ("a@example.com", "b@example.com"), ("b@example.com",)]
         ds = [
             self.send(envelope(*targets[i % 3], mail_from=f"s{i}@example.org", qid=f"q{i}"))
@@ -425,13 +443,11 @@ class CommitterServiceTests(SinkTestCase):
         stale.write_bytes(b"x")
         store = MailStore(self.root, "mx.test", now=lambda: time.time() + 40 * 3600)
         cleaner = StaleTmpCleaner(store, interval=3600)
+        runs: list[defer.Deferred[int]] = []
+        clean, args, kwargs = cleaner.call
+        cleaner.call = (lambda: runs.append(clean(*args, **kwargs)) or runs[-1], (), {})
         cleaner.startService()
         self.addCleanup(cleaner.stopService)
-        return self.wait_until(lambda: not stale.exists())
-
-    @defer.inlineCallbacks
-    def wait_until(self, condition, timeout: float = 10.0):
-        deadline = time.monotonic() + timeout
-        while not condition():
-            self.assertLess(time.monotonic(), deadline, "condition not met in time")
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(runs), 1)  # at start, without waiting for the interval
+        # The first run's own Deferred: the clean-up is done when it fires.
+        return runs[0].addCallback(lambda _: self.assertFalse(stale.exists()))

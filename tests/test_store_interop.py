@@ -10,7 +10,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.store.store import MailStore
-from tests.integration.test_dovecot_interop import doveadm_for
+from tests.support.dovecot import doveadm_for
 from tests.support.tools import doveadm, requires
 
 

@@ -9,7 +9,7 @@ import weakref
 from mailhub.store import names, subscriptions
 from mailhub.store.errors import InvalidName
 from mailhub.store.store import MailStore
-from tests.test_store_maildir import ADDRESS, SPECIAL, StoreTestCase
+from tests.support.store import ADDRESS, SPECIAL, StoreTestCase
 
 
 class SpecialUseTests(StoreTestCase):

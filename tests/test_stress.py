@@ -20,9 +20,9 @@ from mailhub.auth import DevChecker, HashQueueFull, make_portal
 from mailhub.config import Config, ConfigError, Limits, load
 from mailhub.connlimit import counter_for
 from mailhub.smtp.policy import Role
-from tests.test_imap_support import IMAPTestCase
-from tests.test_pop3_protocol import POP3Case
-from tests.test_smtp_support import Dialog, Harness
+from tests.support.imap import IMAPTestCase
+from tests.support.pop3 import POP3Case
+from tests.support.smtp import Dialog, Harness
 
 TOO_MANY = "421 4.7.0 Error: too many connections, try again later"
 STRESSED = Limits(max_connections=5, stress_threshold=0.8, stress_idle_timeout=10.0)

@@ -117,6 +117,44 @@ class TrialFixture(TestCase):
         self.assertRaises(ValueError, MailhubTestServer, self.mktemp(), services=["gopher"])
         self.assertTrue(set(SMTP_AND_TLS) <= set(FACTORIES))
 
+    async def test_own_endpoints_and_the_dev_certificate(self) -> None:
+        # The integration tests' needs: endpoints of their own (two SMTP ports here) and the
+        # dev stack's own certificate instead of the test CA's.
+        from mailhub.config import ListenersConfig, TLSConfig
+        from mailhub.testing import LOOPBACK_ANY_PORT
+
+        two = ListenersConfig(smtp=(LOOPBACK_ANY_PORT, f"{LOOPBACK_ANY_PORT}:backlog=10"))
+        hub = MailhubTestServer(Path(self.mktemp()), listeners=two, tls=TLSConfig())
+        hub.start()
+        self.addCleanup(hub.stop)
+        assert hub.service is not None and hub.service.tls is not None
+        self.assertEqual(len(hub.service.listening_ports("smtp")), 2)
+        self.assertEqual(set(hub.ports), {"smtp"})
+        [certificate] = hub.service.tls.certificates
+        self.assertNotEqual(certificate.path, hub.ca.certificate_file)
+        self.assertRaises(
+            ValueError, MailhubTestServer, self.mktemp(), services=["smtp"], listeners=two
+        )
+
+    async def test_a_whole_config_runs_as_it_is(self) -> None:
+        import dataclasses
+
+        from mailhub.config import DomainsConfig, ListenersConfig, dev_config
+        from mailhub.testing import LOOPBACK_ANY_PORT
+
+        config = dataclasses.replace(
+            dev_config(Path(self.mktemp()).absolute(), hostname="mx.own.test"),
+            domains=DomainsConfig(local=("own.test",), catch_all=("own.test",)),
+            listeners=ListenersConfig(smtp=(LOOPBACK_ANY_PORT,)),
+        )
+        hub = MailhubTestServer(Path(self.mktemp()), config=config)
+        hub.start()
+        self.addCleanup(hub.stop)
+        self.assertIs(hub.config, config)
+        await hub.send("x@own.test", subject="own")
+        self.assertEqual((await hub.wait_for_message(to="x@own.test")).subject, "own")
+        self.assertRaises(ValueError, MailhubTestServer, self.mktemp(), config=config, limits=None)
+
 
 class PytestFixture(TestCase):
     """The blocking helpers, as a pytest suite uses them (pytest runs in its own process: the

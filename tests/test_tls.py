@@ -42,8 +42,8 @@ from mailhub.tls import (
     server_context,
     tls_server_factory,
 )
-from tests.test_smtp_support import MemorySink
-from tests.tlshelpers import (
+from tests.support.smtp import MemorySink
+from tests.support.tls import (
     CertificateAuthority,
     cert_pem,
     client_context,

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.envelope import Envelope, Recipient
-from mailhub.smtp.trace import received_header
+from mailhub.received import received_header
 from mailhub.web import parse, scan
 from mailhub.web.ids import MessageRef, parse_id
 
@@ -54,7 +54,7 @@ def stored(e: Envelope, body: bytes = b"Subject: x\r\n\r\nhi\r\n") -> EmailMessa
 
 
 class Trace(SynchronousTestCase):
-    """The envelope facts come back out of the headers mailhub.smtp.trace writes."""
+    """The envelope facts come back out of the headers mailhub.received writes."""
 
     def test_tls_and_auth(self) -> None:
         t = parse.trace(stored(envelope()))
@@ -89,6 +89,23 @@ class Trace(SynchronousTestCase):
         self.assertFalse(t.authenticated)
         self.assertEqual(t.recipient, "")  # not written for several recipients (Bcc privacy)
         self.assertEqual(t.queue_id, "Q1ABC")
+
+    def test_helo_session_is_not_tls(self) -> None:
+        # Was: the plain "SMTP" keyword (HELO) read as TLS, its own S taken for the suffix.
+        t = parse.trace(stored(envelope(protocol="SMTP", tls=None)))
+        self.assertEqual((t.protocol, t.tls, t.authenticated), ("SMTP", False, False))
+
+    def test_authenticated_sender_header(self) -> None:
+        # Was: with [smtp] received_auth_header the page showed no facts at all.
+        e = envelope(authenticated_as="app@example.net")
+        raw = b"Return-Path: <x@y>\r\n" + received_header(e, authenticated_sender=True) + b"\r\n"
+        t = parse.trace(parse.load(raw))
+        self.assertEqual((t.queue_id, t.authenticated, t.helo), ("Q1ABC", True, "client.example"))
+
+    def test_utf8_recipient(self) -> None:
+        e = envelope(protocol="UTF8SMTPSA", recipients=[Recipient("jörg@bücher.example", "x")])
+        t = parse.trace(stored(e))
+        self.assertEqual((t.recipient, t.smtputf8, t.tls), ("jörg@bücher.example", True, True))
 
     def test_foreign_received_header_gives_no_facts(self) -> None:
         msg = parse.load(b"Received: from a by b with SMTP; today\r\nSubject: x\r\n\r\n")

@@ -388,9 +388,6 @@ class _Reader:
         self.text = command.fragments[0]
         self.pos = 0
 
-    def at_end(self) -> bool:
-        return self.pos >= len(self.text) and self.index >= len(self.fragments) - 1
-
     def items(self, depth: int = 0) -> list[Item]:
         out: list[Item] = []
         while True:

@@ -88,9 +88,6 @@ class SequenceSet:
                 return True
         return False
 
-    def uses_star(self) -> bool:
-        return any(low is None or high is None for low, high in self.items)
-
     def __str__(self) -> str:
         def show(b: _Bound) -> str:
             return "*" if b is None else str(b)

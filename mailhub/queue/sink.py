@@ -8,7 +8,6 @@ mailhub.queue.spool): after that, a crash cannot lose the message, so "250" may 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,8 +24,6 @@ from mailhub.queueid import QueueIdGenerator
 from mailhub.spooled import SpooledMessage
 
 log = Logger()
-
-_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 @implementer(IIncomingMessage)

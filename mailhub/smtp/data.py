@@ -22,10 +22,10 @@ from twisted.python.failure import Failure
 
 from mailhub.envelope import Envelope
 from mailhub.interfaces import DeliveryError
+from mailhub.received import protocol_keyword, received_header
 from mailhub.smtp import replies as R
 from mailhub.smtp.replies import Reply
 from mailhub.smtp.session import Session
-from mailhub.smtp.trace import protocol_keyword, received_header
 from mailhub.smtp.transaction import Transaction, log_message
 
 if TYPE_CHECKING:

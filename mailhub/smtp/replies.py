@@ -29,14 +29,6 @@ class Reply:
     def lines(self) -> tuple[str, ...]:
         return (self.text,) if isinstance(self.text, str) else self.text
 
-    @property
-    def is_error(self) -> bool:
-        return self.code >= 400
-
-    @property
-    def is_permanent_error(self) -> bool:
-        return self.code >= 500
-
     def _render(self) -> bytes:
         lines = self.lines or ("",)
         prefix = f"{self.enhanced} " if self.enhanced else ""
@@ -73,13 +65,11 @@ BAD_SEQUENCE = Reply(503, "5.5.1", "Error: bad sequence of commands")
 NEED_HELO = Reply(503, "5.5.1", "Error: send HELO/EHLO first")
 NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
 NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
-NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
 # RFC 5321 3.3: DATA after every RCPT was rejected may get 554 "no valid recipients".
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "Error: no valid recipients")
 DATA_AFTER_BDAT = Reply(503, "5.5.1", "Error: DATA cannot follow BDAT (RFC 3030 3)")
 BINARYMIME_NEEDS_BDAT = Reply(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT (RFC 3030 3)")
 BDAT_TRANSACTION_FAILED = Reply(503, "5.5.1", "Error: previous BDAT failed, send RSET (RFC 3030 2)")
-UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Error: unsupported MAIL/RCPT parameter")
 DUPLICATE_PARAMETER = Reply(501, "5.5.4", "Error: duplicate parameter")
 BAD_PARAMETER = Reply(501, "5.5.4", "Error: bad parameter value")
 # RFC 1870 6: a SIZE beyond our fixed limit, or data that exceeds it.

@@ -419,12 +419,6 @@ class FolderCache:
             self._dead += size
             self._live -= size
 
-    def live_bases(self) -> set[str]:
-        out = {k[0] for k in self._sizes}
-        for values in self._decoded.values():
-            out.update(values)
-        return out
-
     def needs_compaction(self) -> bool:
         return self._damaged or self._dead > max(COMPACT_MIN_DEAD, self._live)
 

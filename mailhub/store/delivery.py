@@ -53,11 +53,6 @@ from mailhub.store.store import MailStore
 log = Logger()
 T = TypeVar("T")
 
-# errno values that will not get better by trying again later (answered with 5xx).
-
-
-_delivery_error = io_error
-
 
 class _Commit:
     """One message's commit: built on the reactor thread, worked on by one pool thread, then
@@ -232,7 +227,7 @@ class GroupCommitter(Service):
                             if new_dir in failures:
                                 for path in job.linked:  # a failed delivery leaves nothing in new/
                                     unlink_quietly(path)
-                                job.error = _delivery_error(
+                                job.error = io_error(
                                     "could not store the message", failures[new_dir]
                                 )
                                 break
@@ -331,7 +326,7 @@ def _write_and_link(job: _Commit) -> None:
         for path in linked:  # a failed delivery leaves nothing in new/
             unlink_quietly(path)
         unlink_quietly(tmp)
-        raise _delivery_error("could not store the message", e) from e
+        raise io_error("could not store the message", e) from e
     except BaseException:
         for path in linked:
             unlink_quietly(path)
@@ -345,7 +340,7 @@ def _mailbox_creator(store: MailStore, addresses: list[str]) -> Callable[[], Non
             for address in addresses:
                 store.delivery_dirs(address)
         except OSError as e:
-            raise _delivery_error("could not create the mailbox", e) from e
+            raise io_error("could not create the mailbox", e) from e
 
     return create
 

@@ -28,7 +28,6 @@ from mailhub.net import is_loopback
 from mailhub.throttle import AuthThrottle
 
 REMEMBER = 300.0
-REALM = "mailhub"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from mailhub.received import parse_received
+
 SNIPPET_LENGTH = 200
 
 
@@ -102,7 +104,7 @@ class Summary:
 @dataclass(frozen=True)
 class Trace:
     """The SMTP envelope and session facts, read back from the ``Return-Path:`` and topmost
-    ``Received:`` headers mailhub writes at delivery (mailhub/smtp/trace.py)."""
+    ``Received:`` headers mailhub writes at delivery (mailhub/received.py)."""
 
     mail_from: str | None = None
     helo: str = ""
@@ -250,14 +252,6 @@ def body_text(msg: EmailMessage) -> str:
     return ""
 
 
-_RECEIVED = re.compile(
-    r"from (?P<helo>\S+) \((?P<rdns>\S+) \[(?P<ip>[^\]]*)\]\)"
-    r" by (?P<server>\S+) \(mailhub\) with (?P<protocol>\S+) id (?P<id>[^\s;]+)"
-    r"(?: \(using (?P<tls>[^)]*)\))?"
-    r"(?: for <(?P<rcpt>[^>]*)>)?;? *(?P<date>.*)$"
-)
-
-
 def trace(msg: Message) -> Trace:
     """Envelope facts from our own trace headers; empty facts when another MTA wrote them."""
     return_path = _raw_header(msg, "Return-Path")
@@ -265,26 +259,26 @@ def trace(msg: Message) -> Trace:
     for name, value in msg.raw_items() if hasattr(msg, "raw_items") else msg.items():
         if name.lower() != "received":
             continue
-        found = _RECEIVED.match(" ".join(str(value).split()))
-        if found is None:
+        # The email package keeps a raw header's non-ASCII bytes as surrogate escapes; ours
+        # are UTF-8 (an SMTPUTF8 recipient, RFC 6532 3.2).
+        text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        facts = parse_received(text)
+        if facts is None:
             break  # the topmost Received is not ours: say nothing rather than guess
-        g = found.groupdict()
-        protocol = g["protocol"]
-        suffix = protocol.removeprefix("UTF8SMTP").removeprefix("ESMTP")
         return Trace(
             mail_from=mail_from,
-            helo=g["helo"],
-            client_address=g["ip"].removeprefix("IPv6:"),
-            client_name="" if g["rdns"] == "unknown" else g["rdns"],
-            server=g["server"],
-            protocol=protocol,
-            queue_id=g["id"],
-            tls="S" in suffix,
-            tls_cipher=g["tls"] or "",
-            authenticated="A" in suffix,
-            smtputf8=protocol.startswith("UTF8SMTP"),
-            recipient=g["rcpt"] or "",
-            received=g["date"].strip(),
+            helo=facts.helo,
+            client_address=facts.client_address,
+            client_name=facts.client_name,
+            server=facts.server,
+            protocol=facts.protocol,
+            queue_id=facts.queue_id,
+            tls=facts.tls,
+            tls_cipher=facts.tls_cipher,
+            authenticated=facts.authenticated,
+            smtputf8=facts.smtputf8,
+            recipient=facts.recipient,
+            received=facts.date,
         )
     return Trace(mail_from=mail_from)
 

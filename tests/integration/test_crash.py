@@ -14,7 +14,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.integration.helpers import start_twistd, write_config
+from tests.support.twistd import start_twistd, write_config
 
 CONNECTIONS = 6
 BODY = ("0123456789abcdef" * 4 + "\r\n") * 200  # ~13 KiB, several TCP segments

@@ -10,11 +10,10 @@ import poplib
 import smtplib
 import socket
 from base64 import b64encode
-from pathlib import Path
 
-from mailhub.config import Limits, ListenersConfig, dev_config
-from mailhub.service import MailhubService, build
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
+from mailhub.config import Limits, ListenersConfig, TLSConfig
+from mailhub.service import MailhubService
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
 
 BAD_NAMES = [
     "\u202egnp.exe@example.com",  # RIGHT-TO-LEFT OVERRIDE: reads as "moc.elpmaxe@exe.png"
@@ -38,14 +37,7 @@ class DevLogins(ServiceTestCase):
 
     def start_listeners(self, listeners: ListenersConfig, limits: Limits) -> MailhubService:
         # ServiceTestCase.start reads an SMTP port; these tests have no MTA listener.
-        config = dataclasses.replace(
-            dev_config(Path(self.mktemp()).absolute()), listeners=listeners, limits=limits
-        )
-        service = build(config)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        return service
+        return self.start_config(None, listeners=listeners, limits=limits, tls=TLSConfig())
 
     def mailboxes(self) -> list[str]:
         mail = self.service.config.mail_dir

@@ -6,56 +6,15 @@ root, so the tree is handed to the ``mail`` system user: this needs root, as CI 
 
 from __future__ import annotations
 
-import os
-import pwd
 import shutil
-import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.store.store import MailStore
+from tests.support.dovecot import doveadm_for
 from tests.support.tools import doveadm, requires
-
-CONFIG = """\
-log_path = /dev/stderr
-base_dir = {base}/run
-state_dir = {base}/state
-mail_location = maildir:{base}/mail/%d/%n:LAYOUT=maildir++
-first_valid_uid = 1
-first_valid_gid = 1
-mail_uid = mail
-mail_gid = mail
-"""
-
-
-def doveadm_for(test: SynchronousTestCase, base: Path) -> Callable[..., str]:
-    """Set ``base`` up for Dovecot (config, run/state/home dirs, the whole tree owned by ``mail``:
-    Dovecot refuses root) and return ``doveadm(*args)`` acting as alice@example.com, which
-    fails ``test`` on a non-zero exit and returns standard output."""
-    for sub in ("run", "state", "home"):
-        (base / sub).mkdir()
-    config = base / "dovecot.conf"
-    config.write_text(CONFIG.format(base=base))
-    mail = pwd.getpwnam("mail")
-    for path in [base, *base.rglob("*")]:
-        os.chown(path, mail.pw_uid, mail.pw_gid)
-
-    def doveadm(*args: str) -> str:
-        env = dict(os.environ, USER="alice@example.com", HOME=str(base / "home"))
-        done = subprocess.run(
-            ["doveadm", "-c", str(config), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        test.assertEqual(done.returncode, 0, done.stderr)
-        return done.stdout
-
-    return doveadm
 
 
 @requires(doveadm())

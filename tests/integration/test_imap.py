@@ -12,8 +12,8 @@ from pathlib import Path
 import imapclient
 
 from mailhub.config import ListenersConfig, TLSConfig
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
-from tests.tlshelpers import CertificateAuthority, client_context
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
+from tests.support.tls import CertificateAuthority, client_context
 
 USER = "carol@example.com"
 

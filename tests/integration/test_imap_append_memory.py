@@ -12,13 +12,12 @@ import hashlib
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.integration.helpers import start_twistd
+from tests.support.twistd import start_twistd
 
 MiB = 1024 * 1024
 # Growth of the server's peak RSS allowed for a whole APPEND (issue 12 5g: flat within 10 MiB).
@@ -139,12 +138,8 @@ imap = ["tcp:0:interface=127.0.0.1"]
 max_message_size = "200M"
 """)
         self.proc, _smtp, log = start_twistd(self, tmp, config)
-        deadline = time.monotonic() + 30
-        while True:  # the listeners start together; the IMAP line may come just after SMTP's
-            found = re.search(r"imap listening on 127\.0\.0\.1:(\d+)", log.read_text())
-            if found or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        # The listeners start together; the IMAP line may come just after SMTP's.
+        found = log.wait_for(r"imap listening on 127\.0\.0\.1:(\d+)")
         self.assertIsNotNone(found, log.read_text())
         self.port = int(found.group(1))
 

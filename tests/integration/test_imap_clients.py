@@ -27,9 +27,9 @@ from pathlib import Path
 
 from mailhub.config import ListenersConfig, TLSConfig
 from mailhub.store import MessageInfo
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
+from tests.support.tls import CertificateAuthority, client_context
 from tests.support.tools import requires, tool
-from tests.tlshelpers import CertificateAuthority, client_context
 
 USER = "dana@example.com"
 LOCAL_SUBJECT = "written in the local Maildir"

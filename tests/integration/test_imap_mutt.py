@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 from mailhub.config import ListenersConfig, TLSConfig
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
+from tests.support.tls import CertificateAuthority, client_context
 from tests.support.tools import requires, tool
-from tests.tlshelpers import CertificateAuthority, client_context
 
 USER = "erin@example.com"
 MUTT_TIMEOUT = 60  # seconds; mutt needs about one, a hung one is killed and its screen shown

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mailhub.config import ListenersConfig, TLSConfig
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
-from tests.tlshelpers import CertificateAuthority, client_context
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase, simple_message
+from tests.support.tls import CertificateAuthority, client_context
 
 USER = "dora@example.com"
 FROZEN = 1_700_000_000.0  # every step in the same second: a clock cannot tell them apart

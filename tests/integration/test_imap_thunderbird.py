@@ -36,8 +36,8 @@ import imaplib
 from typing import Any
 
 from mailhub.config import ListenersConfig
-from tests.integration.helpers import LOOPBACK_ANY_PORT, simple_message
-from tests.integration.thunderbird import (
+from tests.support.service import LOOPBACK_ANY_PORT, simple_message
+from tests.support.thunderbird import (
     GET_MESSAGES,
     IMPLICIT_TLS,
     PRELUDE,
@@ -46,7 +46,7 @@ from tests.integration.thunderbird import (
     ThunderbirdCase,
     refusals,
 )
-from tests.tlshelpers import client_context
+from tests.support.tls import client_context
 
 USER = "tess@example.com"
 PASSWORD = "any"  # the dev stack takes any password

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.config import DEV_PORTS, Limits, ListenersConfig
 from mailhub.service import FACTORIES, with_backlog
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
 
 
 class ListenBacklog(ServiceTestCase):

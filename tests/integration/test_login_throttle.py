@@ -26,11 +26,12 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.internet import threads
 
 from mailhub.config import Config, DomainsConfig, Limits, ListenersConfig, TLSConfig
-from mailhub.service import MailhubService, build
+from mailhub.service import MailhubService
 from mailhub.users import UserDB
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
-from tests.relaysupport import until
-from tests.tlshelpers import CertificateAuthority, client_context
+from tests.support.connections import ConnectionWatch
+from tests.support.relay import until
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.tls import CertificateAuthority, client_context
 
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 HOST = "mail.example.test"
@@ -99,12 +100,9 @@ class ThrottleCase(ServiceTestCase):
             users_file=directory / "users",
             limits=limits,
         )
-        service = build(config)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        self.service = service
+        service = self.start_config(config)
         self.checks = Checks(service)
+        self.imaps_connections = ConnectionWatch(service.listening_ports("imaps"))
         return service
 
     def counter(self, listener: str) -> Any:
@@ -358,7 +356,8 @@ class IdleConnections(ThrottleCase):
         all_sockets = [s for group in sockets.values() for s in group]
         closed = await run_all([lambda s=s: closed_by_server(s) for s in all_sockets])
         self.assertTrue(all(closed), closed)
-        await until(lambda: self.counter("imaps").total == 0, limit=TIMEOUT)
+        await self.imaps_connections.idle()  # the server has seen them all go
+        self.assertEqual(self.counter("imaps").total, 0)
         self.assertEqual(await self.in_thread(self.imaps, ALICE, PASSWORDS[ALICE]), "ok")
 
     async def test_a_login_gets_in_when_idle_connections_fill_every_place(self) -> None:

@@ -14,11 +14,11 @@ import argon2
 from twisted.internet import utils
 
 from mailhub.config import Config, DomainsConfig, ListenersConfig, TLSConfig
-from mailhub.service import MailhubService, build
 from mailhub.users import UserDB
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.connections import ConnectionWatch
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.tls import CertificateAuthority, client_context
 from tests.support.tools import requires, tool
-from tests.tlshelpers import CertificateAuthority, client_context
 
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 USER = "alice@example.test"
@@ -53,11 +53,8 @@ class POP3Service(ServiceTestCase):
             tls=TLSConfig(certificate=cert, key=key),
             users_file=users,
         )
-        service: MailhubService = build(config)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        self.service = service
+        service = self.start_config(config)
+        self.connections = ConnectionWatch(service.listening_ports("pop3s"))
         self.pop3_port = service.listening_ports("pop3")[0].getHost().port
         self.pop3s_port = service.listening_ports("pop3s")[0].getHost().port
         self.context = client_context(self.ca_file)
@@ -160,26 +157,17 @@ class Poplib(POP3Service):
             client.sock.close()
 
         await self.in_thread(session)
+        # The lock goes with the connection: once the server has seen the reset, it is free.
+        await self.connections.idle()
 
         def again() -> tuple[int, int]:
-            # The lock went with the connection; the server may take a moment to see the reset.
-            for _ in range(50):
-                client = poplib.POP3_SSL(HOST, self.pop3s_port, timeout=10, context=self.context)
-                try:
-                    client.user(USER)
-                    try:
-                        client.pass_(PASSWORD)
-                    except poplib.error_proto as e:
-                        if b"[IN-USE]" not in e.args[0]:
-                            raise
-                        import time
-
-                        time.sleep(0.1)
-                        continue
-                    return client.stat()
-                finally:
-                    client.close()
-            raise AssertionError("the mailbox stayed locked after the connection dropped")
+            client = poplib.POP3_SSL(HOST, self.pop3s_port, timeout=10, context=self.context)
+            try:
+                client.user(USER)
+                client.pass_(PASSWORD)
+                return client.stat()
+            finally:
+                client.close()
 
         self.assertEqual(await self.in_thread(again), (2, sum(len(m) for m in MESSAGES)))
         self.assertEqual(self.on_disk(), 2)

@@ -1,7 +1,7 @@
 """The whole receive path over a real socket: SMTP client -> receiver -> group commit -> Maildir.
 
-``SmtplibDelivery`` runs on ``mailhub.testing`` (the fixture other projects use); the swaks tests
-still use ``ServiceTestCase``.
+``SmtplibDelivery`` uses ``mailhub.testing`` (the fixture other projects use) directly; the swaks
+tests go through ``ServiceTestCase``, which runs on it too.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from twisted.internet import defer, threads, utils
 from twisted.trial.unittest import TestCase
 
 from mailhub.testing import MailhubTestServer
-from tests.integration.helpers import ServiceTestCase, simple_message
+from tests.support.service import ServiceTestCase, simple_message
 from tests.support.tools import requires, tool
 
 

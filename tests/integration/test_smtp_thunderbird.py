@@ -31,8 +31,8 @@ import argon2
 
 from mailhub.config import DomainsConfig, ListenersConfig, SMTPConfig
 from mailhub.users import UserDB
-from tests.integration.helpers import LOOPBACK_ANY_PORT
-from tests.integration.thunderbird import (
+from tests.support.service import LOOPBACK_ANY_PORT
+from tests.support.thunderbird import (
     GET_MESSAGES,
     PRELUDE,
     Dialogue,

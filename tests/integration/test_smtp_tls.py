@@ -6,7 +6,7 @@ import ssl
 
 from twisted.internet import utils
 
-from tests.integration.helpers import ServiceTestCase, simple_message
+from tests.support.service import ServiceTestCase, simple_message
 from tests.support.tools import requires, swaks_tls
 
 

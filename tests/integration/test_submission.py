@@ -19,9 +19,9 @@ from twisted.internet import utils
 from mailhub.config import Config, DomainsConfig, ListenersConfig, TLSConfig, dev_config, load
 from mailhub.service import MailhubService, build
 from mailhub.users import UserDB
-from tests.integration.helpers import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
+from tests.support.tls import CertificateAuthority, client_context
 from tests.support.tools import requires, swaks_tls
-from tests.tlshelpers import CertificateAuthority, client_context
 
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 HOST = "mail.example.test"
@@ -55,11 +55,7 @@ def message(sender: str = USER, to: str = USER, bcc: str | None = None) -> bytes
 
 class SubmissionCase(ServiceTestCase):
     def launch(self, config: Config) -> MailhubService:
-        service = build(config)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        self.service = service
+        service = self.start_config(config)
         self.smtp_port = service.listening_ports("smtp")[0].getHost().port
         self.submission_port = service.listening_ports("submission")[0].getHost().port
         self.smtps_port = service.listening_ports("smtps")[0].getHost().port

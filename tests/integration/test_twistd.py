@@ -10,7 +10,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.integration.helpers import MAILHUB, TWISTD, environment, start_twistd, write_config
+from tests.support.twistd import MAILHUB, TWISTD, environment, start_twistd, write_config
 
 
 class StartupErrors(SynchronousTestCase):

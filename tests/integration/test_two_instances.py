@@ -2,7 +2,8 @@
 lookup (a real DNS server on 127.0.0.1, real dnspython code path) -> B's port 25 -> B's Maildir ->
 the recipient reading it on B over IMAPS and POP3S.
 
-A serves a.test, B serves b.test. Both are complete mailhub services built from a Config.
+A serves a.test, B serves b.test. Both are complete mailhub services started from a Config by
+the test harness (mailhub.testing), whose change feed tells when a message has arrived.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ from twisted.trial.unittest import TestCase
 
 from mailhub.cli import main
 from mailhub.config import (
+    Config,
     DomainsConfig,
     ListenersConfig,
     QueueConfig,
     RelayConfig,
     dev_config,
 )
-from mailhub.service import MailhubService, build
-from tests.dnshelpers import LocalDNS
+from mailhub.service import MailhubService
+from mailhub.testing import MailhubTestServer
+from tests.support.localdns import LocalDNS
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
@@ -64,24 +67,31 @@ class TwoInstances(TestCase):
         )
         self.dns.start()
         self.addCleanup(self.dns.stop)
+        self.hubs: dict[MailhubService, MailhubTestServer] = {}
 
-    def start(self, service: MailhubService) -> MailhubService:
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        return service
+    def start(self, config: Config) -> MailhubService:
+        """Start one instance through the test harness (mailhub.testing); its hub in hubs."""
+        hub = MailhubTestServer(Path(self.mktemp()), config=config)
+        hub.start()
+        self.addCleanup(hub.stop)
+        assert hub.service is not None
+        self.hubs[hub.service] = hub
+        return hub.service
+
+    def delivered(self, service: MailhubService, address: str) -> Any:
+        """Fires when a message for ``address`` is in ``service``'s store (its change feed)."""
+        return self.hubs[service].wait_for_message(to=address, timeout=20)
 
     def instance_b(
         self, *, smtp: str = LOOPBACK, catch_all: bool = True, readers: bool = False
-    ) -> MailhubService:
+    ) -> Config:
         """B; with ``readers`` also its IMAPS and POP3S listeners (implicit TLS)."""
         more = {"imaps": (LOOPBACK,), "pop3s": (LOOPBACK,)} if readers else {}
-        config = dataclasses.replace(
+        return dataclasses.replace(
             dev_config(Path(self.mktemp()).absolute(), hostname="mx.b.test"),
             domains=DomainsConfig(local=("b.test",), catch_all=("b.test",) if catch_all else ()),
             listeners=ListenersConfig(smtp=(smtp,), **more),
         )
-        return build(config)
 
     def instance_a(self, b_port: int) -> MailhubService:
         config = dataclasses.replace(
@@ -94,7 +104,7 @@ class TwoInstances(TestCase):
             ),
             queue=QueueConfig(retry_schedule=(0.5,), delay_notice=0),
         )
-        return self.start(build(config))
+        return self.start(config)
 
     def port(self, service: MailhubService, kind: str) -> int:
         return service.listening_ports(kind)[0].getHost().port
@@ -171,7 +181,7 @@ class TwoInstances(TestCase):
         b = self.start(self.instance_b(readers=True))
         a = self.instance_a(self.port(b, "smtp"))
         self.assertEqual(await self.submit(a, ["bob@b.test"]), {})
-        await self.until(lambda: self.inbox(b, "bob@b.test"), "delivery to B")
+        await self.delivered(b, "bob@b.test")
         [msg] = self.inbox(b, "bob@b.test")
         self.assertEqual(msg["Subject"], "hop")
         self.assertEqual(msg["Return-Path"], "<alice@a.test>")
@@ -218,17 +228,16 @@ class TwoInstances(TestCase):
         self.assertIn("<carol@b.test>\tpending", listing)
         self.assertIn("Connection refused", listing)
         b = self.start(self.instance_b(smtp=f"tcp:{b_port}:interface=127.0.0.1"))
-        await self.until(lambda: self.inbox(b, "carol@b.test"), "delivery after B came back")
+        await self.delivered(b, "carol@b.test")
         self.assertEqual(self.inbox(a, "alice@a.test"), [])
 
     async def test_one_of_two_refused_bounces_only_that_one(self) -> None:
-        b = self.instance_b(catch_all=False)
+        b = self.start(self.instance_b(catch_all=False))
         b.store.mailbox("dave@b.test", create=True)  # erin does not exist: 550 5.1.1
-        self.start(b)
         a = self.instance_a(self.port(b, "smtp"))
         self.assertEqual(await self.submit(a, ["dave@b.test", "erin@b.test"]), {})
-        await self.until(lambda: self.inbox(b, "dave@b.test"), "delivery of the accepted one")
-        await self.until(lambda: self.inbox(a, "alice@a.test"), "the bounce in A's store")
+        await self.delivered(b, "dave@b.test")
+        await self.delivered(a, "alice@a.test")  # the bounce
         [bounce] = self.inbox(a, "alice@a.test")
         self.assertEqual(bounce["Return-Path"], "<>")
         self.assertEqual(bounce.get_content_type(), "multipart/report")

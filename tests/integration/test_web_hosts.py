@@ -13,7 +13,7 @@ from twisted.internet import threads
 
 from mailhub.config import WebConfig
 from mailhub.testing import MailhubTestServer
-from tests.integration.test_web_api import WebTestCase
+from tests.support.web import WebTestCase
 
 
 def exchange(port: int, head: list[str], body: bytes = b"") -> tuple[int, dict[str, str], bytes]:

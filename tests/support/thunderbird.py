@@ -40,9 +40,9 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailhub.config import ListenersConfig, TLSConfig
-from tests.integration.helpers import ServiceTestCase
+from tests.support.service import ServiceTestCase
+from tests.support.tls import CertificateAuthority
 from tests.support.tools import requires, tool
-from tests.tlshelpers import CertificateAuthority
 
 STARTUP_TIMEOUT = 60  # seconds until Marionette listens; Thunderbird needs about three
 SCRIPT_TIMEOUT = 30  # seconds one chrome script may run (Marionette's own default)

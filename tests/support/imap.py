@@ -218,24 +218,3 @@ class Client:
                     raise AssertionError(f"expected {want!r}, got {line!r}; all:\n{report}")
         if i < len(got) and not skipping:
             raise AssertionError(f"unexpected lines {got[i:]!r}; all:\n{report}")
-
-
-class SupportSelfTest(IMAPTestCase):
-    """The driver itself must notice a wrong reply."""
-
-    def test_mismatch_is_reported(self) -> None:
-        client = self.connect()
-        with self.assertRaises(AssertionError):
-            client.run("""
-                C: a1 NOOP
-                S: a1 NO nothing
-            """)
-
-    def test_extra_lines_are_reported(self) -> None:
-        client = self.connect()
-        with self.assertRaises(AssertionError):
-            client.run("""
-                C: a1 NOOP
-                C: a2 NOOP
-                S: a1 OK NOOP completed
-            """)

@@ -16,16 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
+from twisted.trial.unittest import TestCase
 
 from mailhub.auth import DevChecker, make_portal
 from mailhub.config import DomainsConfig, Limits, SMTPConfig
+from mailhub.relay import MXResolver, RemoteCourier
 from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy, Role
 from mailhub.tls import ServerTLS, tls_server_factory
-from tests.test_smtp_support import MemorySink
+from tests.support.connections import TIMEOUT as CLOSE_TIMEOUT
+from tests.support.connections import ConnectionWatch
+from tests.support.localdns import LocalDNS
+from tests.support.smtp import MemorySink
 
 
 @dataclass
@@ -99,15 +104,14 @@ class ReceiverPeer:
             listen = tls_server_factory(self.factory.tls_context_factory, self.factory)
         self.listening = reactor.listenTCP(0, listen, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.port = self.listening.getHost().port
+        self.watch = ConnectionWatch([self.listening])
         case.addCleanup(self.stop)
 
     async def _stop(self) -> None:
         if self.listening.connected:
             await self.listening.stopListening()
-        for _ in range(200):  # the server side closes a moment after the client's QUIT
-            if self.factory.connections == 0:
-                return
-            await task.deferLater(reactor, 0.01, lambda: None)
+        # The server side closes a moment after the client's QUIT.
+        await self.watch.idle()
 
     def stop(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
@@ -117,7 +121,15 @@ class ReceiverPeer:
 
     async def wait_closed(self) -> None:
         """Until every connection to this peer has ended (a QUIT from an idle session ...)."""
-        await until(lambda: self.factory.connections == 0)
+        await self.watch.idle()
+
+
+def _waiter(waiting: list[Deferred[None]], done: bool) -> Deferred[None]:
+    if done:
+        return succeed(None)
+    d: Deferred[None] = Deferred()
+    waiting.append(d)
+    return d.addTimeout(CLOSE_TIMEOUT, reactor)  # type: ignore[arg-type]
 
 
 async def until(condition: Callable[[], bool], limit: float = 5.0) -> None:
@@ -140,6 +152,8 @@ class _Scripted(Protocol):
         self.received: list[bytes] = []
         self.data = b""  # message data received so far (see ``accept_data``)
         self.closed = False
+        self._lost: list[Deferred[None]] = []
+        self._awaited: list[tuple[str, Deferred[None]]] = []
 
     def connectionMade(self) -> None:
         self.owner.connections.append(self)
@@ -153,6 +167,7 @@ class _Scripted(Protocol):
         while b"\r\n" in self.buffer and not self.in_data:
             line, self.buffer = self.buffer.split(b"\r\n", 1)
             self.received.append(line)
+            self._heard(line.decode())
             answer = self.owner.script(line.decode(), self)
             if answer:
                 self.transport.write(answer)
@@ -162,7 +177,28 @@ class _Scripted(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closed = True
-        self.owner.closed += 1
+        waiting, self._lost = self._lost, []
+        for d in waiting:
+            d.callback(None)
+        self.owner.connection_lost()
+
+    def when_closed(self) -> Deferred[None]:
+        """Fires when this connection has closed (at once if it has)."""
+        return _waiter(self._lost, self.closed)
+
+    def when_received(self, line: str) -> Deferred[None]:
+        """Fires when the client has sent the command ``line`` (at once if it has)."""
+        if line.encode() in self.received:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._awaited.append((line, d))
+        return d.addTimeout(CLOSE_TIMEOUT, reactor)  # type: ignore[arg-type]
+
+    def _heard(self, line: str) -> None:
+        done = [d for wanted, d in self._awaited if wanted == line]
+        self._awaited = [(w, d) for w, d in self._awaited if w != line]
+        for d in done:
+            d.callback(None)
 
 
 def default_script(line: str, peer: _Scripted) -> bytes | None:
@@ -202,6 +238,7 @@ class ScriptedPeer:
         self.greeting = greeting
         self.connections: list[_Scripted] = []
         self.closed = 0
+        self._closed_waits: list[tuple[int, Deferred[None]]] = []
         factory = Factory.forProtocol(lambda: _Scripted(self))
         self.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.port = self.listening.getHost().port
@@ -212,10 +249,51 @@ class ScriptedPeer:
             await self.listening.stopListening()
         for c in self.connections:
             c.transport.loseConnection()
-        for _ in range(200):
-            if self.closed >= len(self.connections):
-                return
-            await task.deferLater(reactor, 0.01, lambda: None)
+        await self.when_closed(len(self.connections))
+
+    def connection_lost(self) -> None:
+        self.closed += 1
+        done = [d for n, d in self._closed_waits if self.closed >= n]
+        self._closed_waits = [(n, d) for n, d in self._closed_waits if self.closed < n]
+        for d in done:
+            d.callback(None)
+
+    def when_closed(self, count: int) -> Deferred[None]:
+        """Fires once ``count`` connections to this peer have closed."""
+        if self.closed >= count:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closed_waits.append((count, d))
+        return d.addTimeout(CLOSE_TIMEOUT, reactor)  # type: ignore[arg-type]
 
     def stop(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
+
+
+ZONE = {
+    "b.test": {"MX": [(10, "mx.b.test")]},
+    "mx.b.test": {"A": ["127.0.0.1"]},
+    "smtp.relay.test": {"A": ["127.0.0.1"]},
+}
+
+
+class CourierTestCase(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.dns = LocalDNS(ZONE)
+        self.dns.start()
+        self.addCleanup(self.dns.stop)
+        self.logged: list[dict] = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def courier(self, port: int, **kw: Any) -> RemoteCourier:
+        courier = RemoteCourier(MXResolver(self.dns.resolver()), hostname="a.test", port=port, **kw)
+        self.addCleanup(courier.close)  # QUIT its idle sessions before the peers stop
+        return courier
+
+    def log_text(self) -> str:
+        from twisted.logger import formatEvent
+
+        return "\n".join(formatEvent(e) for e in self.logged)
