@@ -538,12 +538,8 @@ class Api:
         found = parse.find_part(msg, part)
         if found is None:
             raise ApiError(404, f"no part {part} in that message")
-        name = ""
-        try:
-            name = found.get_filename() or ""
-        except Exception:
-            pass
-        content_type = found.get_content_type()
+        name = parse.filename(found)
+        content_type = parse.content_type(found)
         # Always a download: an attachment's HTML or SVG must not run in the page's origin.
         request.setHeader("Content-Type", "application/octet-stream")
         request.setHeader("X-Mailhub-Content-Type", content_type)
