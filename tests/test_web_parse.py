@@ -444,6 +444,18 @@ class HeaderBytes(SynchronousTestCase):
         _strict_json(detail.headers)
         self.assertIn(("X-Odd", "\ufffd\ufffd\ufffd \0"), detail.headers)
 
+    def test_fields_the_email_package_raises_on(self) -> None:
+        # A word that decodes to a lone surrogate (UTF-7) and comments nested 2,000 deep
+        # (a 10 KB field): the email package raises on both, even in the parse of a
+        # Content-Type; the message still parses, its fields shown as plain text.
+        deep = b"(" * 2000 + b")" * 2000
+        for field in (b"Content-Type: text/plain; name=" + deep, b"Subject: =?utf-7?q?+2AA-?="):
+            raw = field + b"\r\nFrom: a@x " + deep + b"\r\n\r\nbody\r\n"
+            detail = parse.detail(parse.load(raw))
+            _strict_json([detail.headers, detail.text, detail.summary.json()])
+            self.assertEqual(detail.text, "body\r\n")
+        self.assertEqual(detail.summary.subject, "\ufffd")
+
     def test_summary_cached_by_an_older_version_is_repaired_on_read(self) -> None:
         # A record holding surrogate escapes (JSON \\udcxx): read back as the rule's text.
         old = b'[["J\\udcc3\\udcbcrgen","a@x"],[],[],"\\ud800s",null,"",[],"x"]'

@@ -16,7 +16,7 @@ import email.policy
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from email.headerregistry import BaseHeader, HeaderRegistry
+from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -149,23 +149,30 @@ class Detail:
     defects: list[str] = field(default_factory=list)
 
 
+class _Unparsed(UnstructuredHeader, BaseHeader):
+    """A field as plain text, whatever its name (as ``HeaderRegistry`` composes its classes)."""
+
+
 class _Headers(HeaderRegistry):
     """``policy.default``'s header classes, but a value they raise on is parsed again with its
-    encoded words decoded by the header rule: an RFC 2047 word that decodes to a lone
-    surrogate (UTF-7 can) makes ``email.utils._sanitize`` raise, and in a Content-Type that
-    would fail the whole parse. Words only ``email`` sees (it also takes one folded inside)
-    are then shown undecoded, marked with U+FFFD."""
+    encoded words decoded by the header rule, else taken as plain text: an RFC 2047 word that
+    decodes to a lone surrogate (UTF-7 can) makes ``email.utils._sanitize`` raise, comments
+    nested deeper than its parser recurses raise RecursionError, and in a Content-Type either
+    would fail the whole parse. Words only ``email`` sees as such (it also takes one folded
+    inside) are then left undecoded, marked with U+FFFD."""
 
     def __call__(self, name: str, value: str) -> BaseHeader:
         try:
             return super().__call__(name, value)
         except UnicodeEncodeError:
+            value = decode_words(value.encode("utf-8", "surrogateescape"))
+            try:
+                return super().__call__(name, value)
+            except (UnicodeEncodeError, RecursionError):
+                pass
+        except RecursionError:
             pass
-        decoded = decode_words(value.encode("utf-8", "surrogateescape"))
-        try:
-            return super().__call__(name, decoded)
-        except UnicodeEncodeError:
-            return super().__call__(name, decoded.replace("=?", "=\ufffd?"))
+        return _Unparsed(name, from_escaped(value).replace("=?", "=\ufffd?"))
 
 
 POLICY = email.policy.default.clone(header_factory=_Headers())
