@@ -34,6 +34,8 @@ surrogates = st.one_of(
     ),
 )
 nul = st.sampled_from([b"\0", b"a\0b", b"\0\0"])
+# Comments nest (RFC 5322 3.2.2): deeper than a recursive parser goes.
+deep_comment = st.integers(1, 2500).map(lambda n: b"(" * n + b"x" + b")" * n)
 
 _CHARSETS = ["utf-8", "UTF-8", "iso-8859-1", "windows-1252", "iso-8859-15", "koi8-r", "utf-16"]
 
@@ -88,6 +90,7 @@ piece = st.one_of(
     octets,
     surrogates,
     nul,
+    deep_comment,
     good_word(),
     broken_word,
 )
@@ -95,13 +98,14 @@ piece = st.one_of(
 
 @st.composite
 def text_value(draw: st.DrawFn) -> bytes:
-    """An unstructured value (Subject): a few pieces, maybe in a comment, maybe 10 KB."""
+    """An unstructured value (Subject): a few pieces, maybe in a comment, maybe 10 KB (long
+    ones folded)."""
     parts = draw(st.lists(piece, min_size=1, max_size=4))
     seps = draw(st.lists(st.sampled_from([b" ", b"", b"\t", b" (", b") "]), min_size=len(parts)))
     value = b"".join(s + p for s, p in zip(seps, parts, strict=False)).strip(b" \t")
-    if draw(st.booleans()) and draw(st.booleans()):  # now and then a long one, folded
-        value = _folded((value + b" ") * (10_240 // (len(value) + 1) + 1))
-    return value
+    if draw(st.booleans()) and draw(st.booleans()):  # now and then a 10 KB one
+        value = (value + b" ") * (10_240 // (len(value) + 1) + 1)
+    return _folded(value) if len(value) > 900 else value
 
 
 def _folded(value: bytes) -> bytes:

@@ -472,7 +472,7 @@ class HeaderBytesProperties(SynchronousTestCase):
     without a surrogate (JSON as UTF-8 never fails), and the scan still gives the full
     parse's summary wherever it does not hand the message over."""
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=100, deadline=None)
     @given(_addresses.flatmap(lambda a: headerbytes.header_block(a, b"t@example.net", b"tok")))
     def test_any_header_bytes(self, head: bytes) -> None:
         raw = head + b"body\r\n"
