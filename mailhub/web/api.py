@@ -713,7 +713,14 @@ class Api:
 
         def changed(changes: list[Change]) -> None:
             new = [c.entry for c in changes if c.kind == "new"]
-            found = self._matching(new, terms, viewer)
+            try:
+                found = self._matching(new, terms, viewer)
+            except Exception:
+                # A message we cannot look at may be the one awaited: fail the wait now (a
+                # 500, logged), never let it time out as if nothing had come (issue 12).
+                if not done.called:
+                    done.errback()
+                return
             if found and not done.called:
                 done.callback(found)
 

@@ -18,11 +18,13 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
 from mailhub.testing import MailhubTestServer
+from mailhub.web import scan
 from tests import headerbytes
+from tests.integration.test_web_api import WebTestCase
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -236,3 +238,28 @@ class HeaderBytes(TestCase):
             self.assertTrue(summary["subject"].endswith(f"tok{n}"), summary)
 
         await threads.deferToThread(prop)
+
+
+class WaitFailsLoudly(WebTestCase):
+    """A message the server cannot summarise (a bug, as issue 12's surrogates were) fails a
+    long-polling wait at once with a 500, instead of leaving it to time out with a 408 as if
+    no message had come: the race-free promise is never broken silently."""
+
+    async def test_a_summary_that_raises_is_a_500_not_a_408(self) -> None:
+        await self.start()
+        cursor = (await self.get("/api/v1/info"))["cursor"]
+        waiting = defer.ensureDeferred(
+            self.call("GET", f"/api/v1/wait?to=bob@example.com&since={cursor}&timeout=60")
+        )
+        while not self.site.api.streams:  # the wait is registered and long-polling
+            await task.deferLater(reactor, 0.01)
+
+        def broken(fp: object) -> None:
+            raise UnicodeEncodeError("utf-8", "\udcc3", 0, 1, "surrogates not allowed")
+
+        self.patch(scan, "summarise_file", broken)
+        self.patch(scan, "summarise_path", broken)
+        await self.send("bob@example.com", subject="Welcome")
+        response = await waiting
+        self.assertEqual(response.code, 500, response.body)
+        self.assertEqual(len(self.flushLoggedErrors(UnicodeEncodeError)), 1)
