@@ -148,9 +148,12 @@ class HeaderBytes(TestCase):
         hub = await MailhubTestServer.started(self, services=("smtp", "imap", "pop3", "web"))
         return Client(self, hub)
 
-    def check(self, client: Client, n: int, head: bytes) -> dict[str, Any]:
-        """Send a message with header block ``head`` and find it everywhere; returns its
-        summary from the list. Its recipient, sender and subject token are made of ``n``."""
+    def check(
+        self, client: Client, n: int, head: bytes, queries: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """Send a message with header block ``head`` and find it everywhere (also by the web
+        search ``queries``); returns its summary from the list. Its recipient, sender and
+        subject token are made of ``n``."""
         user, sender, token = f"hb{n}@example.com", f"s{n}@example.org", f"tok{n}"
         data = head + b"body " + token.encode() + b"\r\n"
         events = client.events()
@@ -166,7 +169,7 @@ class HeaderBytes(TestCase):
         listed = client.get(f"/api/v1/messages?mailbox={urllib.parse.quote(user)}")
         self.assertEqual([m["id"] for m in listed["messages"]], [summary["id"]])
         self.assertEqual(listed["messages"][0], summary)
-        for query in (f"subject:{token}", token):  # a field, and free text (the body)
+        for query in (f"subject:{token}", token, *queries):  # a field, free text (the body)
             found = client.get("/api/v1/messages?q=" + urllib.parse.quote(query))
             self.assertEqual([m["id"] for m in found["messages"]], [summary["id"]], query)
         detail = client.get(f"/api/v1/messages/{summary['id']}")
@@ -191,11 +194,13 @@ class HeaderBytes(TestCase):
                     client,
                     1,
                     "From: Jürgen <s1@example.org>\r\nSubject: plain tok1\r\n\r\n".encode(),
+                    ("from:jürgen", "JÜRGEN"),
                 ),
                 self.check(
                     client,
                     2,
                     "From: 发件人 <s2@example.org>\r\nSubject: 你好 tok2\r\n\r\n".encode(),
+                    ("from:发件人", "subject:你好"),
                 ),
                 self.check(
                     client,
