@@ -62,8 +62,10 @@ from twisted.internet import defer, threads
 from mailhub.config import Config, FaultsConfig, ListenersConfig, TLSConfig, dev_config
 from mailhub.faults.certificates import CertificateIssuer
 from mailhub.faults.rules import FaultRules, Rule
+from mailhub.message.header_text import from_escaped
 from mailhub.service import FACTORIES, MailhubService, build
 from mailhub.store.errors import StoreError
+from mailhub.web import parse
 from mailhub.web.feed import Change, Entry, MailFeed, arrival_order
 from mailhub.web.ids import MessageRef
 
@@ -169,7 +171,8 @@ class Delivered:
 
     @property
     def message(self) -> EmailMessage:
-        return email.message_from_bytes(self.raw, policy=email.policy.default)  # type: ignore[return-value]
+        # policy.default, robust as the web API's (header octets as text by one rule)
+        return parse.load(self.raw)
 
     @property
     def subject(self) -> str:
@@ -180,7 +183,7 @@ class Delivered:
         """The mailbox plus the To and Cc header addresses, lower case."""
         msg = self.message
         found = [a for _n, a in getaddresses(msg.get_all("To", []) + msg.get_all("Cc", []))]
-        return [self.mailbox.lower(), *(a.lower() for a in found if a)]
+        return [self.mailbox.lower(), *(from_escaped(a).lower() for a in found if a)]
 
     @property
     def text(self) -> str:

@@ -352,6 +352,18 @@ x
         self.assertFalse(matches(m, "HEADER", b"X-Absent", b""))
         self.assertTrue(matches(m, "HEADER", b"Subject", "grüße".encode(), charset="UTF-8"))
 
+    def test_header_octets_read_by_the_one_rule(self) -> None:
+        # mailhub.message.header_text, as the web API reads them (issue 12): raw UTF-8 is
+        # text (RFC 6532), other octets U+FFFD, and an encoded word that decodes to a lone
+        # surrogate (UTF-7 can) is U+FFFD too, never a surrogate in the searched text.
+        m = Message(
+            data=b"From: J\xc3\xbcrgen <j@example.de>\r\nTo: J\xfcrgen <k@example.de>\r\n"
+            b"Subject: =?utf-7?q?+2AA-?= x\r\n\r\nbody\r\n"
+        )
+        self.assertTrue(matches(m, "FROM", "jürgen".encode(), charset="UTF-8"))
+        self.assertTrue(matches(m, "TO", "j\ufffdrgen".encode(), charset="UTF-8"))
+        self.assertTrue(matches(m, "SUBJECT", "\ufffd x".encode(), charset="UTF-8"))
+
     def test_header_keys_never_open_the_file(self) -> None:
         m = Message(data=MULTIPART)
         c = crit("OR", "SUBJECT", b"nope", "HEADER", b"X-Mailer", b"x", "FROM", b"joerg")

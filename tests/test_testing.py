@@ -54,6 +54,15 @@ class TrialFixture(TestCase):
             os.utime(path, (1_700_000_000, 1_700_000_000))
         self.assertEqual([m.subject for m in hub.messages("same@example.com")], ["first", "second"])
 
+    async def test_header_octets_read_by_the_one_rule(self) -> None:
+        # issue 12: raw UTF-8 (RFC 6532) in a To address and a subject whose encoded word
+        # decodes to a lone surrogate (UTF-7) neither fail a wait nor let it miss the message.
+        hub = await MailhubTestServer.started(self, services=SMTP_AND_TLS)
+        raw = "To: Jürgen <jürgen@example.com>\r\nSubject: =?utf-7?q?+2AA-?= hi\r\n\r\nx\r\n"
+        await hub.send("a@example.com", message=raw.encode())
+        found = await hub.wait_for_message(to="JÜRGEN@example.com", subject="hi", timeout=10)
+        self.assertEqual(found.subject, "\ufffd hi")
+
     async def test_waiting_sees_a_message_that_arrives_later(self) -> None:
         hub = await MailhubTestServer.started(self, services=SMTP_AND_TLS)
         waiting = hub.wait_for_message(to="late@example.com")

@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mailhub.store import MailStore, dotlock, uidlist
 from mailhub.store.dotlock import DotLock
 from mailhub.web import parse, scan
-from mailhub.web.feed import Change, Entry, MailFeed
+from mailhub.web.feed import SEARCH_TEXT_CACHE, Change, Entry, MailFeed
 from mailhub.web.search import QueryError
 from tests.support.tools import skip_or_fail
 
@@ -193,6 +193,24 @@ class Listing(SynchronousTestCase):
         self.patch(parse, "load", lambda raw: self.fail("parsed again"))
         [entry] = again.page(0, 10)
         self.assertEqual(again.search_text(entry), "tracking number zx9")
+
+    def test_search_text_with_surrogates_from_an_older_version_is_computed_again(self) -> None:
+        # Older versions kept search texts with "surrogatepass": such a record is not UTF-8,
+        # so it is taken as missing and computed again, by the header rule (issue 12).
+        folder = self.store.mailbox("a@example.com", create=True).folder()
+        raw = "Subject: s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nCafé\r\n".encode()
+        uid = folder.append(raw, internaldate=1_800_000_000)
+        folder.cached(
+            uid,
+            SEARCH_TEXT_CACHE,
+            lambda fp: "caf\udcc3\udca9",
+            lambda text: text.encode("utf-8", "surrogatepass"),
+            lambda data: data.decode("utf-8", "surrogatepass"),
+        )
+        again = MailFeed(MailStore(self.store.root, "localhost"), task.Clock(), use_inotify=False)
+        again.scan()
+        [entry] = again.page(0, 10)
+        self.assertEqual(again.search_text(entry), "café")
 
 
 class Inotify(TestCase):

@@ -5,16 +5,20 @@ from __future__ import annotations
 import base64
 import email.policy
 import io
+import json
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
 from email.message import EmailMessage
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.envelope import Envelope, Recipient
 from mailhub.received import received_header
 from mailhub.web import parse, scan
 from mailhub.web.ids import MessageRef, parse_id
+from tests import headerbytes
 
 
 class Ids(SynchronousTestCase):
@@ -408,3 +412,95 @@ class SearchText(SynchronousTestCase):
         self.assertEqual(len(text), scan.SEARCH_TEXT)
         self.assertTrue(text.startswith("word word"))
         self.assertNotIn("needle", text)
+
+
+# -- header bytes that are not ASCII (issue 12: one rule, mailhub.message.header_text) ---------
+
+
+def _strict_json(value: object) -> bytes:
+    """What the API sends: JSON as UTF-8; a lone surrogate anywhere raises."""
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+def _summaries(raw: bytes) -> list[parse.Summary]:
+    return [parse.summarise(parse.load(raw)), scan.summarise_file(io.BytesIO(raw))]
+
+
+class HeaderBytes(SynchronousTestCase):
+    def test_raw_utf8_display_name(self) -> None:
+        # The issue's message: RFC 6532 raw UTF-8 in a display name (sent with SMTPUTF8).
+        raw = "From: Jürgen <a@example.com>\r\nTo: name8@example.com\r\nSubject: plain\r\n\r\nx\r\n"
+        for s in _summaries(raw.encode()):
+            self.assertEqual(s.sender, parse.Address("Jürgen", "a@example.com"))
+            self.assertEqual(parse.Summary.decode(s.encode()), s)  # the folder cache's record
+        detail = parse.detail(parse.load(raw.encode()))
+        self.assertIn(("From", "Jürgen <a@example.com>"), detail.headers)
+
+    def test_chinese_display_name_and_subject(self) -> None:
+        raw = "From: 发件人 <s@example.cn>\r\nSubject: 你好 世界\r\n\r\nx\r\n".encode()
+        for s in _summaries(raw):
+            self.assertEqual(
+                (s.sender.name if s.sender else None, s.subject), ("发件人", "你好 世界")
+            )
+
+    def test_8bit_latin1_and_broken_encoded_words(self) -> None:
+        # Octets that are not UTF-8 become U+FFFD (one per ill-formed stretch), never a
+        # surrogate escape; an encoded UTF-8 surrogate is no UTF-8 either (RFC 3629 3).
+        raw = (
+            b"From: J\xfcrgen M\xfcller <j@example.de>\r\n"
+            b"Subject: =?utf-8?q?Gr=FC=DFe?= \x93quoted\x94 caf\xc3\xa9\r\n"
+            b"To: =?utf-8?q?=ED=A0=80?= <t@example.de>\r\nX-Odd: \xed\xa0\x80 \0\r\n\r\nx\r\n"
+        )
+        for s in _summaries(raw):
+            self.assertEqual(s.sender, parse.Address("J\ufffdrgen M\ufffdller", "j@example.de"))
+            self.assertEqual(s.subject, "Gr\ufffd\ufffde \ufffdquoted\ufffd café")
+            self.assertEqual(s.to, (parse.Address("\ufffd" * 3, "t@example.de"),))
+            _strict_json(s.json())
+            s.encode()
+        detail = parse.detail(parse.load(raw))
+        _strict_json(detail.headers)
+        self.assertIn(("X-Odd", "\ufffd\ufffd\ufffd \0"), detail.headers)
+
+    def test_fields_the_email_package_raises_on(self) -> None:
+        # A word that decodes to a lone surrogate (UTF-7) and comments nested 2,000 deep
+        # (a 10 KB field): the email package raises on both, even in the parse of a
+        # Content-Type; the message still parses, its fields shown as plain text.
+        deep = b"(" * 2000 + b")" * 2000
+        for field in (b"Content-Type: text/plain; name=" + deep, b"Subject: =?utf-7?q?+2AA-?="):
+            raw = field + b"\r\nFrom: a@x " + deep + b"\r\n\r\nbody\r\n"
+            detail = parse.detail(parse.load(raw))
+            _strict_json([detail.headers, detail.text, detail.summary.json()])
+            self.assertEqual(detail.text, "body\r\n")
+        self.assertEqual(detail.summary.subject, "\ufffd")
+
+    def test_summary_cached_by_an_older_version_is_repaired_on_read(self) -> None:
+        # A record holding surrogate escapes (JSON \\udcxx): read back as the rule's text.
+        old = b'[["J\\udcc3\\udcbcrgen","a@x"],[],[],"\\ud800s",null,"",[],"x"]'
+        s = parse.Summary.decode(old)
+        self.assertEqual((s.sender, s.subject), (parse.Address("Jürgen", "a@x"), "\ufffds"))
+        s.encode()
+
+
+_addresses = st.sampled_from([b"a@example.com", b"b.c@example.org"])
+
+
+class HeaderBytesProperties(SynchronousTestCase):
+    """Arbitrary header bytes (tests/headerbytes.py): every summary and detail is text
+    without a surrogate (JSON as UTF-8 never fails), and the scan still gives the full
+    parse's summary wherever it does not hand the message over."""
+
+    @settings(max_examples=100, deadline=None)
+    @given(_addresses.flatmap(lambda a: headerbytes.header_block(a, b"t@example.net", b"tok")))
+    def test_any_header_bytes(self, head: bytes) -> None:
+        raw = head + b"body\r\n"
+        full = parse.summarise(parse.load(raw))
+        _strict_json(full.json())
+        self.assertEqual(parse.Summary.decode(full.encode()), full)
+        self.assertTrue(full.subject.endswith("tok"), full.subject)
+        detail = parse.detail(parse.load(raw))
+        _strict_json([detail.headers, detail.text, asdict(detail.trace)])
+        try:
+            scanned = scan.summarise_scanned(io.BytesIO(raw))
+        except scan.Odd:
+            return
+        self.assertEqual(_shown(scanned), _shown(full))

@@ -10,6 +10,8 @@ import binascii
 import re
 from itertools import pairwise
 
+from mailhub.message.header_text import from_bytes, in_charset
+
 # -- unfolding ------------------------------------------------------------------------------
 
 
@@ -490,34 +492,25 @@ _BETWEEN_WORDS = re.compile(rb"(\?=)[ \t\r\n]+(=\?)")
 
 def decode_words(value: bytes) -> str:
     """A header value as text: encoded words decoded (whitespace between adjacent words
-    dropped, RFC 2047 6.2), unknown charsets and raw 8-bit read as UTF-8 with replacement."""
+    dropped, RFC 2047 6.2), raw octets and what a word's charset cannot decode by the one
+    header rule (``mailhub.message.header_text``: UTF-8, U+FFFD where it is not)."""
     value = unfold(value)
     if b"=?" not in value:
-        return value.decode("utf-8", "replace")
+        return from_bytes(value)
     value = _BETWEEN_WORDS.sub(rb"\1\2", value)
     out: list[str] = []
     pos = 0
     for m in _ENCODED_WORD.finditer(value):
-        out.append(value[pos : m.start()].decode("utf-8", "replace"))
+        out.append(from_bytes(value[pos : m.start()]))
         charset, enc, text = m.group(1).decode("ascii", "replace"), m.group(2), m.group(3)
         try:
             if enc in b"bB":
                 raw = base64.b64decode(text + b"=" * (-len(text) % 4))
             else:
                 raw = binascii.a2b_qp(text.replace(b"_", b" "))
-            out.append(decode_charset(raw, charset))
+            out.append(in_charset(raw, charset))
         except (binascii.Error, ValueError):
-            out.append(m.group(0).decode("ascii", "replace"))
+            out.append(from_bytes(m.group(0)))
         pos = m.end()
-    out.append(value[pos:].decode("utf-8", "replace"))
+    out.append(from_bytes(value[pos:]))
     return "".join(out)
-
-
-def decode_charset(raw: bytes, charset: str | None) -> str:
-    """Bytes in a MIME charset as text; unknown charsets fall back to UTF-8 with replacement."""
-    if charset:
-        try:
-            return raw.decode(charset, "replace")
-        except LookupError:
-            pass
-    return raw.decode("utf-8", "replace")

@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 from mailhub.imap.mime import MessageStructure, Part
 from mailhub.imap.mime_header import decode_words, split_fields
+from mailhub.message.header_text import from_bytes
 
 CHUNK = 65536
 MAX_HEADER = 256 * 1024  # header octets of an encapsulated message searched (more is garbage)
@@ -93,8 +94,7 @@ def part_text(p: Part, fp: BinaryIO) -> Iterator[str]:
 def header_text(block: bytes) -> str:
     """A header block as searchable text: one line per field, encoded words decoded."""
     return "\n".join(
-        name.decode("ascii", "replace") + ": " + decode_words(value)
-        for name, value in split_fields(block)
+        from_bytes(name) + ": " + decode_words(value) for name, value in split_fields(block)
     )
 
 

@@ -21,6 +21,7 @@ from mailhub.imap.dates import MONTHS_B, full_year
 from mailhub.imap.mime import MessageHeader
 from mailhub.imap.mime_header import decode_words, parse_address_list
 from mailhub.imap.parser import Atom
+from mailhub.message.header_text import from_bytes
 
 # ENVELOPE field index (mime.ENVELOPE_FIELDS) of the header fields used here
 _DATE, _SUBJECT, _FROM, _TO, _CC, _IN_REPLY_TO, _MESSAGE_ID = 0, 1, 2, 5, 6, 8, 9
@@ -306,7 +307,7 @@ def _first_address(h: MessageHeader, index: int) -> tuple[bytes | None, bytes | 
 def _mailbox_key(index: int) -> Callable[[MessageHeader], str]:
     def key(h: MessageHeader) -> str:
         mailbox = _first_address(h, index)[1]
-        return collation_key(mailbox.decode("utf-8", "replace")) if mailbox else ""
+        return collation_key(from_bytes(mailbox)) if mailbox else ""
 
     return key
 
@@ -317,7 +318,7 @@ def _display_key(index: int) -> Callable[[MessageHeader], str]:
         text = decode_words(name).strip() if name else ""
         if not text and mailbox is not None:
             # RFC 5957 7: without a display name, the addr-spec
-            text = (mailbox + b"@" + host if host else mailbox).decode("utf-8", "replace")
+            text = from_bytes(mailbox + b"@" + host if host else mailbox)
         return collation_key(text)
 
     return key

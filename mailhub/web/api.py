@@ -540,12 +540,8 @@ class Api:
         found = parse.find_part(msg, part)
         if found is None:
             raise ApiError(404, f"no part {part} in that message")
-        name = ""
-        try:
-            name = found.get_filename() or ""
-        except Exception:
-            pass
-        content_type = found.get_content_type()
+        name = parse.filename(found)
+        content_type = parse.content_type(found)
         # Always a download: an attachment's HTML or SVG must not run in the page's origin.
         request.setHeader("Content-Type", "application/octet-stream")
         request.setHeader("X-Mailhub-Content-Type", content_type)
@@ -721,7 +717,14 @@ class Api:
 
         def changed(changes: list[Change]) -> None:
             new = [c.entry for c in changes if c.kind == "new"]
-            found = self._matching(new, terms, viewer)
+            try:
+                found = self._matching(new, terms, viewer)
+            except Exception:
+                # A message we cannot look at may be the one awaited: fail the wait now (a
+                # 500, logged), never let it time out as if nothing had come (issue 12).
+                if not done.called:
+                    done.errback()
+                return
             if found and not done.called:
                 done.callback(found)
 

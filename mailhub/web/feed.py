@@ -125,11 +125,13 @@ _SUMMARY_PATH = {"compute_path": scan.summarise_path}
 
 
 def _encode_text(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")
+    return text.encode("utf-8")
 
 
 def _decode_text(data: bytes) -> str:
-    return data.decode("utf-8", "surrogatepass")
+    # Strict: a record an older version wrote with surrogates (surrogatepass) does not decode,
+    # so the cache computes it again, now by the header rule (mailhub.message.header_text).
+    return data.decode("utf-8")
 
 
 _SEARCH_TEXT_CODEC = (scan.search_text_file, _encode_text, _decode_text)

@@ -3,6 +3,10 @@
 Parsed with the standard library's ``email`` package (policy=default: RFC 2047 words decoded,
 structured address headers). Stored messages are never rewritten; a malformed one still gets a
 summary (its defects listed), never a traceback.
+
+``email`` reads header octets as ASCII with surrogate escapes; every text that leaves this
+module went through ``header_text.from_escaped``: raw UTF-8 (RFC 6532) is shown as such, other
+8-bit octets as U+FFFD, and no surrogate reaches JSON or the folder cache (issue 12).
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ import email.policy
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from mailhub.imap.mime_header import decode_words
+from mailhub.message.header_text import from_escaped
 from mailhub.received import parse_received
 
 SNIPPET_LENGTH = 200
@@ -88,7 +95,10 @@ class Summary:
 
     @classmethod
     def decode(cls, data: bytes) -> Summary:
-        sender, to, cc, subject, date, message_id, attachments, snippet = json.loads(data)
+        items = json.loads(data)
+        if b"\\ud" in data or b"\\uD" in data:  # an older version's record kept escapes
+            items = _repaired(items)
+        sender, to, cc, subject, date, message_id, attachments, snippet = items
         return cls(
             sender=Address(*sender) if sender is not None else None,
             to=tuple(Address(*a) for a in to),
@@ -99,6 +109,15 @@ class Summary:
             attachments=tuple(Attachment(*a) for a in attachments),
             snippet=snippet,
         )
+
+
+def _repaired(value: Any) -> Any:
+    """Decoded JSON with every string brought under the header rule."""
+    if isinstance(value, str):
+        return from_escaped(value)
+    if isinstance(value, list):
+        return [_repaired(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -131,8 +150,37 @@ class Detail:
     defects: list[str] = field(default_factory=list)
 
 
+class _Unparsed(UnstructuredHeader, BaseHeader):
+    """A field as plain text, whatever its name (as ``HeaderRegistry`` composes its classes)."""
+
+
+class _Headers(HeaderRegistry):
+    """``policy.default``'s header classes, but a value they raise on is parsed again with its
+    encoded words decoded by the header rule, else taken as plain text: an RFC 2047 word that
+    decodes to a lone surrogate (UTF-7 can) makes ``email.utils._sanitize`` raise, comments
+    nested deeper than its parser recurses raise RecursionError, and in a Content-Type either
+    would fail the whole parse. Words only ``email`` sees as such (it also takes one folded
+    inside) are then left undecoded, marked with U+FFFD."""
+
+    def __call__(self, name: str, value: str) -> BaseHeader:
+        try:
+            return super().__call__(name, value)
+        except UnicodeEncodeError:
+            value = decode_words(value.encode("utf-8", "surrogateescape"))
+            try:
+                return super().__call__(name, value)
+            except (UnicodeEncodeError, RecursionError):
+                pass
+        except RecursionError:
+            pass
+        return _Unparsed(name, from_escaped(value).replace("=?", "=\ufffd?"))
+
+
+POLICY = email.policy.default.clone(header_factory=_Headers())
+
+
 def load(raw: bytes) -> EmailMessage:
-    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+    return email.message_from_bytes(raw, policy=POLICY)  # type: ignore[return-value]
 
 
 def _header(msg: Message, name: str) -> str:
@@ -151,7 +199,12 @@ def _raw_header(msg: Message, name: str) -> str:
 
 
 def _one_line(text: str) -> str:
-    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+    """A field's value on one line, as text by the header rule."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", from_escaped(text)).strip()
+
+
+def _address(display_name: str, addr_spec: str) -> Address:
+    return Address(from_escaped(display_name), from_escaped(addr_spec))
 
 
 def _addresses(msg: Message, name: str) -> tuple[Address, ...]:
@@ -159,7 +212,7 @@ def _addresses(msg: Message, name: str) -> tuple[Address, ...]:
         header = msg.get(name)
         if header is None:
             return ()
-        return tuple(Address(a.display_name, a.addr_spec) for a in header.addresses)
+        return tuple(_address(a.display_name, a.addr_spec) for a in header.addresses)
     except Exception:
         text = _raw_header(msg, name)
         return (Address("", text),) if text else ()
@@ -174,12 +227,25 @@ def _date(msg: Message) -> float | None:
 
 
 def content_text(part: Message) -> str:
-    """A text part's content as str, whatever its declared charset says."""
+    """A text part's content as str, whatever its declared charset says (one that decodes to
+    surrogates, UTF-7 say, gives U+FFFD for them)."""
     try:
-        return part.get_content()  # type: ignore[attr-defined,no-any-return]
+        return from_escaped(part.get_content())  # type: ignore[attr-defined]
     except (LookupError, UnicodeError, KeyError, ValueError, AssertionError):
         payload = part.get_payload(decode=True)
         return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+
+
+def filename(part: Message) -> str:
+    """The part's file name (RFC 2231 or RFC 2047 encoded, or raw octets), "" if none."""
+    try:
+        return from_escaped(part.get_filename() or "")
+    except Exception:
+        return ""
+
+
+def content_type(part: Message) -> str:
+    return from_escaped(part.get_content_type())
 
 
 def part_bytes(part: Message) -> bytes:
@@ -206,16 +272,12 @@ def attachments(msg: EmailMessage) -> tuple[Attachment, ...]:
         if index == 0 and part.get_content_maintype() == "text":
             continue  # a single-part text message whose body get_body() skipped (odd charset)
         disposition = (part.get_content_disposition() or "").lower()
-        try:
-            filename = part.get_filename() or ""
-        except Exception:
-            filename = ""
         cid = _header(part, "Content-ID").strip("<> ")
         found.append(
             Attachment(
                 part=str(index),
-                filename=filename,
-                content_type=part.get_content_type(),
+                filename=filename(part),
+                content_type=content_type(part),
                 size=len(part_bytes(part)),
                 content_id=cid,
                 inline=disposition == "inline" or (bool(cid) and disposition != "attachment"),
@@ -259,10 +321,9 @@ def trace(msg: Message) -> Trace:
     for name, value in msg.raw_items() if hasattr(msg, "raw_items") else msg.items():
         if name.lower() != "received":
             continue
-        # The email package keeps a raw header's non-ASCII bytes as surrogate escapes; ours
-        # are UTF-8 (an SMTPUTF8 recipient, RFC 6532 3.2).
-        text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        facts = parse_received(text)
+        # The rule for header octets (mailhub.message.header_text): UTF-8 (an SMTPUTF8
+        # recipient, RFC 6532 3.2), else U+FFFD.
+        facts = parse_received(from_escaped(str(value)))
         if facts is None:
             break  # the topmost Received is not ours: say nothing rather than guess
         return Trace(

@@ -39,6 +39,7 @@ from urllib.parse import unquote_to_bytes
 from mailhub.imap import mime
 from mailhub.imap import mime_header as mh
 from mailhub.imap.mime_header import decode_words
+from mailhub.message.header_text import from_bytes, from_escaped
 from mailhub.web import parse
 
 # A message file this small is read whole, at once (most are).
@@ -89,7 +90,7 @@ def _unfolded(raw: str) -> str:
 def _field_text(name: str, value: str) -> str:
     """``parse._header``: the field as the default policy shows it, on one line."""
     try:
-        return parse._one_line(str(email.policy.default.header_factory(name, value)))
+        return parse._one_line(str(parse.POLICY.header_factory(name, value)))
     except Exception:
         return ""  # the caller shows the raw value instead (as parse._header does)
 
@@ -98,8 +99,8 @@ def _field_text(name: str, value: str) -> str:
 def _field_addresses(name: str, value: str) -> tuple[parse.Address, ...] | None:
     """``parse._addresses`` for one unfolded value; None when the policy cannot parse it."""
     try:
-        header = email.policy.default.header_factory(name, value)
-        return tuple(parse.Address(a.display_name, a.addr_spec) for a in header.addresses)
+        header = parse.POLICY.header_factory(name, value)
+        return tuple(parse._address(a.display_name, a.addr_spec) for a in header.addresses)
     except Exception:
         return None
 
@@ -219,7 +220,7 @@ def _split_plainly(block: bytes) -> dict[str, str] | None:
 
 
 def _ctype(p: mime.Part) -> tuple[str, str]:
-    return p.type.decode("ascii", "replace").lower(), p.subtype.decode("ascii", "replace").lower()
+    return from_bytes(p.type).lower(), from_bytes(p.subtype).lower()
 
 
 def _param(params: tuple[tuple[bytes, bytes], ...], name: bytes) -> bytes | None:
@@ -230,7 +231,7 @@ def _param(params: tuple[tuple[bytes, bytes], ...], name: bytes) -> bytes | None
 
 
 def _disposition(p: mime.Part) -> str:
-    return p.disposition[0].decode("ascii", "replace").lower() if p.disposition else ""
+    return from_bytes(p.disposition[0]).lower() if p.disposition else ""
 
 
 def _usual(root: mime.Part) -> None:
@@ -319,7 +320,7 @@ def _attachments(
         if index == 0 and maintype == "text":
             continue
         disposition = _disposition(p)
-        cid = p.id.decode("utf-8", "replace").strip() if p.id else ""
+        cid = from_bytes(p.id).strip() if p.id else ""
         cid = parse._one_line(cid).strip("<> ")
         found.append(
             parse.Attachment(
@@ -365,7 +366,7 @@ def _decoded_prefix(p: mime.Part, data: bytes, whole: bool) -> str:
     charset = _param(p.params, b"charset")
     name = charset.decode("ascii", "replace") if charset else "ascii"
     try:
-        text = data.decode(name, "replace")
+        text = from_escaped(data.decode(name, "replace"))  # as parse.content_text
     except (LookupError, UnicodeError, ValueError):
         text = data.decode("utf-8", "replace")
     return text if whole else text[:-8]
