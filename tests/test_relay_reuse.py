@@ -287,6 +287,47 @@ class IdleTimeoutTests(CourierTestCase):
         await closed
         await conn.when_closed()
 
+    async def test_close_waits_for_a_session_in_a_transaction(self) -> None:
+        # The queue stops while a message is being sent: close() fires only once that
+        # connection is closed too (no socket left behind a stopped service; the
+        # two-instance test's "reactor unclean" came from this), and cuts it off after the
+        # grace when the peer keeps it busy.
+        held: list[Any] = []
+
+        def hold_data(data: bytes, conn: Any) -> None:
+            conn.data += data
+            if conn.data.endswith(b"\r\n.\r\n"):
+                held.append(conn)  # the reply to the end of data never comes
+
+        clock = Clock()
+        peer = ScriptedPeer(self, on_data=hold_data)
+        courier = self.courier(peer.port, clock=clock)
+        delivering = courier.deliver(Item(queue_id="Q1"))
+        await until(lambda: held)
+        closed = courier.close()
+        self.assertNoResult(closed)
+        clock.advance(4.9)
+        self.assertNoResult(closed)
+        clock.advance(0.1)  # the grace: cut off, the attempt is temporary (repeated later)
+        await closed
+        await held[0].when_closed()
+        [result] = await delivering
+        self.assertEqual(result.outcome, Outcome.TEMPORARY)
+
+    async def test_close_ends_a_session_waiting_for_its_greeting(self) -> None:
+        clock = Clock()
+        peer = ScriptedPeer(self, greeting=b"")  # accepts, never greets
+        courier = self.courier(peer.port, clock=clock)
+        delivering = courier.deliver(Item(queue_id="Q1"))
+        await until(lambda: peer.connections)
+        closed = courier.close()
+        self.assertNoResult(closed)  # the session waiting for its greeting is ours to close
+        clock.advance(5)
+        await closed
+        await peer.connections[0].when_closed()
+        [result] = await delivering
+        self.assertEqual(result.outcome, Outcome.TEMPORARY)
+
     async def test_connection_age_limit(self) -> None:
         clock = Clock()
         peer = ScriptedPeer(self, on_data=accept_data)

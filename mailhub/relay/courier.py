@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Protocol
 
 import dns.resolver
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
@@ -158,6 +158,10 @@ class RemoteCourier:
         self.reactor = reactor if reactor is not None else global_reactor
         self.clock = clock if clock is not None else self.reactor
         self.log = log if log is not None else Logger(namespace="mailhub.relay")
+        # Sessions in a transaction and connections being made (not the pool's: it keeps the
+        # idle ones): close() waits for them too, so a stop leaves no socket behind.
+        self._busy: set[SMTPClientProtocol] = set()
+        self._connecting: set[Deferred[Any]] = set()
         self.tls_sessions = TLSSessionCache()  # resumption for new opportunistic connections
         self.pool = ConnectionPool(
             self.clock,
@@ -167,8 +171,27 @@ class RemoteCourier:
         )
 
     def close(self) -> Deferred[None]:
-        """QUIT the idle sessions; fires once they are closed."""
-        return self.pool.close()
+        """QUIT the idle sessions and stop making new ones; fires once every connection is
+        closed. A session in a transaction finishes it within the pool's ``close_grace`` (then
+        QUITs, as the closed pool takes no session back) or is cut off; the queue repeats an
+        attempt whose result it did not see, so nothing is lost."""
+        for connecting in list(self._connecting):
+            connecting.cancel()
+        waits = [self.pool.close(), *(conn.when_closed() for conn in self._busy)]
+        if self._busy:
+            late = self.clock.callLater(self.pool.close_grace, self._abort_busy)
+        else:
+            late = None
+
+        def closed(_: object) -> None:
+            if late is not None and late.active():
+                late.cancel()
+
+        return DeferredList(waits, consumeErrors=True).addCallback(closed)
+
+    def _abort_busy(self) -> None:
+        for conn in list(self._busy):
+            conn.abort("shutting down")
 
     # --- ICourier -----------------------------------------------------------------------
 
@@ -271,14 +294,22 @@ class RemoteCourier:
         )
         conn = self.pool.take(key)
         if conn is not None:
-            result = await self._reuse(conn, message)
+            self._busy.add(conn)
+            try:
+                result = await self._reuse(conn, message)
+            finally:
+                self._busy.discard(conn)
             if result is not None:
                 self.pool.put(key, conn)
                 return result
         opened = await self._connect(target, address, plaintext=plaintext)
         if isinstance(opened, SessionResult):
             return opened
-        result = await opened.deliver(message)
+        self._busy.add(opened)
+        try:
+            result = await opened.deliver(message)
+        finally:
+            self._busy.discard(opened)
         self.pool.put(key, opened)
         return result
 
@@ -321,13 +352,22 @@ class RemoteCourier:
             endpoint = wrapClientTLS(
                 verifying_creator(options.tls_hostname, self.ca_certificates), endpoint
             )
+        connecting = endpoint.connect(_OneProtocol(protocol))
+        self._connecting.add(connecting)
         try:
-            await endpoint.connect(_OneProtocol(protocol))
+            await connecting
         except Exception as e:
             return SessionResult(
                 None, "4.4.1", f"X-mailhub; cannot connect to {remote}:{target.port}: {e}"
             )
-        failed = await protocol.ready
+        finally:
+            self._connecting.discard(connecting)
+        # Until its greeting and EHLO are through, the new session is ours to close on a stop.
+        self._busy.add(protocol)
+        try:
+            failed = await protocol.ready
+        finally:
+            self._busy.discard(protocol)
         return protocol if failed is None else failed
 
     def _log_round(
