@@ -8,10 +8,9 @@ import os
 import time
 from pathlib import Path
 
-from mailhub.store import names, uidlist
+from mailhub.store import names, sync, uidlist
 from mailhub.store.errors import CorruptUidList, InvalidName, MessageGone
 from mailhub.store.maildir import Folder
-from mailhub.store.sync import Syncer
 from tests.test_store_maildir import StoreTestCase
 
 
@@ -144,14 +143,14 @@ class StoreFollowTests(ModseqTestCase):
         self.inbox.take_recent([1, 2, 3])
         self.inbox.sync()
         self.rebuilds: list[int] = []
-        real = Syncer.reconcile
+        real = sync.Syncer.reconcile
 
-        def reconcile(syncer: Syncer, *args: object) -> None:
+        def reconcile(syncer: sync.Syncer, *args: object) -> None:
             if syncer.core is self.inbox._core:
                 self.rebuilds.append(1)
             real(syncer, *args)
 
-        self.patch(Syncer, "reconcile", reconcile)
+        self.patch(sync.Syncer, "reconcile", reconcile)
 
     def assert_as_rebuilt(self, state: object) -> None:
         self.assertEqual(self.other_process_folder().sync(), state)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.store import maildir, names, scan, uidlist
+from mailhub.store import maildir, names, uidlist
 from mailhub.store.errors import (
     FolderError,
     FolderExists,
@@ -20,6 +20,7 @@ from mailhub.store.errors import (
     MailboxNotFound,
     MessageGone,
 )
+from mailhub.store.scan import Files
 from mailhub.store.store import MailStore
 
 ADDRESS = "alice@example.com"
@@ -546,7 +547,7 @@ class ColdSelectTests(StoreTestCase):
         # Another reader moved it between our readdir of new/ and that of cur/.
         base = "1700000000.M1P1Q1.h,S=3"
         (self.inbox_path / "cur" / f"{base}:2,S").write_bytes(b"x\r\n")
-        files = scan.Files.of_listings({base: base}, {base: f"{base}:2,S"})
+        files = Files.of_listings({base: base}, {base: f"{base}:2,S"})
         self.assertEqual(list(files), [base])
         self.assertEqual(files.get(base), ("cur", f"{base}:2,S"))
         state = self.box.folder().sync()
