@@ -12,6 +12,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.store import maildir, names, uidlist
+from mailhub.store.core import Files
 from mailhub.store.errors import (
     FolderError,
     FolderExists,
@@ -20,7 +21,6 @@ from mailhub.store.errors import (
     MailboxNotFound,
     MessageGone,
 )
-from mailhub.store.scan import Files
 from mailhub.store.store import MailStore
 
 ADDRESS = "alice@example.com"

@@ -1,23 +1,17 @@
-"""A folder's side of the derived-data cache (cache.py): values computed from a message once
-(its parsed structure, header lines...) and kept in the folder's cache file, shared with other
-processes; records of expunged messages dropped, the file compacted under the folder lock."""
+"""Derived data of a folder's messages by UID: values computed from a message once (its parsed
+structure, header lines...) and kept in the folder's cache file (cache.py), shared with other
+processes. (Dropping expunged messages' records and compacting: ``FolderCore``.)"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, BinaryIO, TypeVar
+from typing import BinaryIO, TypeVar
 
-from twisted.logger import Logger
-
-from mailhub.store.cache import MISSING, CachePass, FolderCache
+from mailhub.store.cache import MISSING, CachePass
 from mailhub.store.cache import check_name as check_cache_name
 from mailhub.store.core import FolderCore
-from mailhub.store.errors import LockTimeout
+from mailhub.store.reading import MessageFiles
 
-if TYPE_CHECKING:
-    from mailhub.store.reading import MessageFiles
-
-log = Logger()
 T = TypeVar("T")
 
 
@@ -42,7 +36,7 @@ class DerivedData:
         check_cache_name(name)
         core = self.core
         base, _, _ = self.files.where(uid)
-        cache = folder_cache(core)
+        cache = core.cache_file()
         value = cache.get(base, name, decode)
         if value is not MISSING:
             return value  # type: ignore[no-any-return]
@@ -56,7 +50,7 @@ class DerivedData:
         if uid in core.kept:  # expunged (kept for a reader): no record for it
             return value
         if cache.needs_compaction():  # first, so that the new record lands in a clean file
-            compact_cache(core, cache)
+            core.compact_cache(cache)
         cache.put(base, name, encode(value), value)
         return value  # type: ignore[no-any-return]
 
@@ -74,11 +68,11 @@ class DerivedData:
         core = self.core
         files = self.files
         files.syncer.state_or_sync()
-        cache = folder_cache(core)
+        cache = core.cache_file()
         cache.want(name)  # before reading: its new records are then kept as they are read
         cache.refresh()
         if cache.needs_compaction():
-            compact_cache(core, cache)
+            core.compact_cache(cache)
 
         def from_path(base: str, sub: str, fn: str) -> T:
             assert compute_path is not None
@@ -104,28 +98,3 @@ class DerivedData:
         core = self.core
         base = core.uid_base.get(uid)
         return base if base is not None and base in core.entries else None
-
-
-def folder_cache(core: FolderCore) -> FolderCache:
-    cache = core.cache
-    if cache is None:
-        cache = core.cache = FolderCache(core.path, core.settings.hostname)
-    return cache
-
-
-def collect_cache(core: FolderCore, gone: set[str]) -> None:
-    """Drop the cache records of the messages ``gone`` (expunged)."""
-    cache = core.cache
-    if cache is None or not gone:
-        return
-    cache.forget(gone)
-    if cache.needs_compaction():
-        compact_cache(core, cache)
-
-
-def compact_cache(core: FolderCore, cache: FolderCache) -> None:
-    try:
-        with core.lock():
-            cache.compact(set(core.entries))
-    except (LockTimeout, OSError) as e:
-        log.warn("cache of {folder} not compacted: {e}", folder=core.dir, e=str(e))

@@ -7,13 +7,10 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
 
 from twisted.logger import Logger
 
-from mailhub.store.core import FolderCore
-from mailhub.store.derived import collect_cache
+from mailhub.store.core import FolderCore, Kept, Reader
 from mailhub.store.errors import LockBusy, MessageGone
 from mailhub.store.reading import MessageFiles
 from mailhub.store.safeio import fsync_dir, unlink_quietly
@@ -21,23 +18,6 @@ from mailhub.store.spool import kept_name
 from mailhub.store.uidindex import UidIndex
 
 log = Logger()
-
-
-class Reader(Protocol):
-    """A session reading a folder that is told of expunges only when its protocol allows (IMAP,
-    RFC 3501 7.4.1): until then it may still read the messages it knows (RFC 2180 4.1)."""
-
-    def knows(self, uid: int) -> bool:
-        """The session still counts message ``uid`` as present (it was not told it is gone)."""
-
-
-@dataclass
-class Kept:
-    """An expunged message's file, linked into tmp/ for the readers not told yet."""
-
-    base: str
-    name: str  # in tmp/
-    readers: weakref.WeakSet[Reader]
 
 
 class Expunger:
@@ -73,7 +53,7 @@ class Expunger:
         for _, base in removed:
             core.entries.pop(base, None)
         core.state = None
-        collect_cache(core, {base for _, base in removed})
+        core.collect_cache({base for _, base in removed})
         return [uid for uid, _ in removed]
 
     def _unlink(

@@ -31,10 +31,10 @@ from typing import BinaryIO, Literal, TypeVar
 
 from mailhub.store import names
 from mailhub.store.cache import CachePass
-from mailhub.store.core import FolderCore
+from mailhub.store.core import FolderCore, Reader
 from mailhub.store.derived import DerivedData
 from mailhub.store.errors import MessageGone
-from mailhub.store.expunge import Expunger, Reader
+from mailhub.store.expunge import Expunger
 from mailhub.store.flags import FlagStore
 from mailhub.store.folderstate import FolderState, MessageInfo, StoreOutcome, StoreSettings
 from mailhub.store.placement import Placer

@@ -1,7 +1,8 @@
 """\\Recent: moving messages from new/ to cur/ (maildir.html: a reader that has seen a message
 moves it). RFC 3501 2.3.2: \\Recent goes to exactly one session - rename(2) of a name in new/
 succeeds for one caller only (any process); the others get ENOENT and skip it. Flags do not
-change, so none of this is a mod-sequence change.
+change, so none of this is a mod-sequence change. (The moves a first SELECT makes while the
+state is rebuilt: ``sync.take_new``.)
 """
 
 from __future__ import annotations
@@ -9,62 +10,12 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from mailhub.store import names
 from mailhub.store.core import FolderCore
 from mailhub.store.folderstate import FolderState, MessageInfo, by_uid, is_recent
-from mailhub.store.scan import Files
-from mailhub.store.uidlist import UidList
-
-if TYPE_CHECKING:
-    from mailhub.store.reading import MessageFiles
-    from mailhub.store.sync import Syncer
-
-
-def take_new(core: FolderCore, lst: UidList, entries: Files) -> list[int]:
-    """Move every message of ``entries.new`` that has a UID to cur/ (``take_recent``'s
-    renames, before any state is built); ``entries`` and the scans follow. Returns the
-    UIDs moved, ascending. A file gone meanwhile was taken by another reader (or
-    expunged): it stays in ``entries.new`` as it was, and the next sync() finds where it
-    went, because our renames make the directories' mtimes untrusted."""
-    records = lst.records
-    moves = [(base, fn) for base, fn in entries.new.items() if base in records]
-    if not moves:
-        return []
-    suffix = names.INFO_SEPARATOR + names.FLAGS_PREFIX
-    rename = os.rename
-    moved: list[tuple[str, str]] = []
-    # Names relative to the two directories (the kernel walks no path a thousand times).
-    src = core.open_dir("new")
-    try:
-        dst = core.open_dir("cur")
-        try:
-            for base, fn in moves:
-                if fn == base:  # the usual file in new/: no info yet
-                    target = base + suffix
-                else:  # keep whatever flags it already has
-                    info = fn.partition(names.INFO_SEPARATOR)[2]
-                    target = names.format_filename(base, names.flags_of(info))
-                try:
-                    rename(fn, target, src_dir_fd=src, dst_dir_fd=dst)
-                except FileNotFoundError:
-                    continue
-                moved.append((base, target))
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-        if moved:
-            core.changed_by_us()  # the next sync() reads the directories again
-            new_files, cur_files = core.scans["new"].files, core.scans["cur"].files
-            new, cur = entries.new, entries.cur
-            for base, target in moved:
-                del new[base]
-                cur[base] = target
-                new_files.pop(base, None)
-                cur_files[base] = target
-    return sorted(records[base].uid for base, _ in moved)
+from mailhub.store.reading import MessageFiles
+from mailhub.store.sync import Syncer
 
 
 class Recent:

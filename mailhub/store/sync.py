@@ -1,18 +1,19 @@
 """Bringing a folder's in-memory view up to date with the disk: look at new/ and cur/ (two
 stat() calls when nothing changed), merge with the UID list (uidindex.py; its lock only when
 the list must change), and build the ``FolderState`` - reusing what did not change, or column
-by column in C loops on a first scan.
+by column in C loops on a first scan. A first SELECT moves new/ to cur/ (``take_new``) between
+the list write and the build, so the state is built once.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mailhub.store import names
-from mailhub.store.core import FolderCore
-from mailhub.store.derived import collect_cache
+from mailhub.store.core import Files, FolderCore
 from mailhub.store.folderstate import (
     FolderState,
     MessageInfo,
@@ -25,8 +26,7 @@ from mailhub.store.folderstate import (
     new_infos,
     size_of,
 )
-from mailhub.store.recent import take_new
-from mailhub.store.scan import Files, Scanner
+from mailhub.store.scan import Scanner
 from mailhub.store.uidindex import UidIndex, differences
 from mailhub.store.uidlist import UidList
 
@@ -89,7 +89,7 @@ class Syncer:
             taken.extend(take_new(core, lst, entries))
         self.build_state(lst, entries)
         if gone:
-            collect_cache(core, gone)
+            core.collect_cache(gone)
 
     def build_state(self, lst: UidList, entries: Files) -> None:
         core = self.core
@@ -200,6 +200,51 @@ class Syncer:
         core.uid_base = uid_base
         core.stale = False
         core.state = FolderState(lst.uidvalidity, lst.uidnext, tuple(msgs), lst.highestmodseq)
+
+
+def take_new(core: FolderCore, lst: UidList, entries: Files) -> list[int]:
+    """Move every message of ``entries.new`` that has a UID to cur/ (``take_recent``'s
+    renames, before any state is built); ``entries`` and the scans follow. Returns the
+    UIDs moved, ascending. A file gone meanwhile was taken by another reader (or
+    expunged): it stays in ``entries.new`` as it was, and the next sync() finds where it
+    went, because our renames make the directories' mtimes untrusted."""
+    records = lst.records
+    moves = [(base, fn) for base, fn in entries.new.items() if base in records]
+    if not moves:
+        return []
+    suffix = names.INFO_SEPARATOR + names.FLAGS_PREFIX
+    rename = os.rename
+    moved: list[tuple[str, str]] = []
+    # Names relative to the two directories (the kernel walks no path a thousand times).
+    src = core.open_dir("new")
+    try:
+        dst = core.open_dir("cur")
+        try:
+            for base, fn in moves:
+                if fn == base:  # the usual file in new/: no info yet
+                    target = base + suffix
+                else:  # keep whatever flags it already has
+                    info = fn.partition(names.INFO_SEPARATOR)[2]
+                    target = names.format_filename(base, names.flags_of(info))
+                try:
+                    rename(fn, target, src_dir_fd=src, dst_dir_fd=dst)
+                except FileNotFoundError:
+                    continue
+                moved.append((base, target))
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+        if moved:
+            core.changed_by_us()  # the next sync() reads the directories again
+            new_files, cur_files = core.scans["new"].files, core.scans["cur"].files
+            new, cur = entries.new, entries.cur
+            for base, target in moved:
+                del new[base]
+                cur[base] = target
+                new_files.pop(base, None)
+                cur_files[base] = target
+    return sorted(records[base].uid for base, _ in moved)
 
 
 @contextmanager

@@ -17,10 +17,10 @@ from twisted.logger import Logger
 
 from mailhub.store import names, uidlist
 from mailhub.store import uidvalidity as uidvalidity_counter
-from mailhub.store.core import FolderCore
+from mailhub.store.core import Files, FolderCore
 from mailhub.store.errors import CorruptUidList
 from mailhub.store.folderstate import NO_KEYWORDS, flags_column
-from mailhub.store.scan import Files, Scanner
+from mailhub.store.scan import Scanner
 from mailhub.store.uidlist import UidList
 
 log = Logger()
