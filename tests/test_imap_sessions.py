@@ -329,8 +329,9 @@ class DeliveryDuringSelect(IMAPTestCase):
         super().setUp()
         for n in range(2):
             self.deliver(message(f"m{n}"))
-        folder = self.folder()
-        take_recent = folder.take_recent
+        # (The folder's new/ -> cur/ part: SELECT's sync_taking_recent calls it too.)
+        recent = self.folder()._recent
+        take_recent = recent.take_recent
 
         def take_then_deliver(uids):  # type: ignore[no-untyped-def]
             moved = take_recent(uids)
@@ -341,7 +342,7 @@ class DeliveryDuringSelect(IMAPTestCase):
 
         self.delivered = False
 
-        self.patch(folder, "take_recent", take_then_deliver)
+        self.patch(recent, "take_recent", take_then_deliver)
 
     def test_delivery_is_told_on_the_next_fetch(self) -> None:
         client = self.login(select=None)

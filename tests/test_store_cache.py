@@ -150,7 +150,7 @@ class CacheTests(CacheCase):
             for fn in os.listdir(self.inbox_path / sub):
                 if fn.split(":")[0] in doomed:
                     os.unlink(self.inbox_path / sub / fn)
-        self.inbox._changed_by_us()
+        self.inbox._core.changed_by_us()
         self.inbox.sync()
         records, _, _ = cache.parse_records(self.path.read_bytes(), len(cache.HEADER))
         self.assertEqual([r[0] for r in records], [self.inbox.sync().by_uid[self.uids[4]].key])
@@ -301,7 +301,7 @@ class PassTests(CacheCase):
             # one never looked at is found gone when its file is.
             self.assertEqual(p.get(self.uids[2]), 3)
             self.assertRaises(MessageGone, p.get, self.uids[0])
-        self.inbox._changed_by_us()
+        self.inbox._core.changed_by_us()
         state = self.inbox.sync()
         self.assertNotIn(self.uids[0], state.by_uid)
         self.assertNotIn(self.uids[2], state.by_uid)
@@ -393,12 +393,12 @@ class UnaskedNames(CacheCase):
         finally:
             tracemalloc.stop()
         self.assertLess(held, 50_000)  # what reading the file left behind, 450 KB of it text
-        self.assertEqual(imap._cache.held_bytes(), {"lines": 4})  # type: ignore[union-attr]
+        self.assertEqual(imap._core.cache.held_bytes(), {"lines": 4})  # type: ignore[union-attr]
         # Asked for: read from the file, not recomputed; from then on kept as any name.
         later = BigText()
         self.assertEqual(later.get(imap, self.uids[3]), self.expected[3])
         self.assertEqual(later.computed, 0)
-        held_now = imap._cache.held_bytes()  # type: ignore[union-attr]
+        held_now = imap._core.cache.held_bytes()  # type: ignore[union-attr]
         self.assertEqual(
             held_now["web-text-1"], sum(map(len, self.expected)) - len(self.expected[3])
         )

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from mailhub.store import names, uidlist
+from mailhub.store import names, sync, uidlist
 from mailhub.store.errors import CorruptUidList, InvalidName, MessageGone
 from mailhub.store.maildir import Folder
 from tests.support.store import StoreTestCase
@@ -143,14 +143,14 @@ class StoreFollowTests(ModseqTestCase):
         self.inbox.take_recent([1, 2, 3])
         self.inbox.sync()
         self.rebuilds: list[int] = []
-        real = Folder._reconcile
+        real = sync.Syncer.reconcile
 
-        def reconcile(folder: Folder, *args: object) -> None:
-            if folder is self.inbox:
+        def reconcile(syncer: sync.Syncer, *args: object) -> None:
+            if syncer.core is self.inbox._core:
                 self.rebuilds.append(1)
-            real(folder, *args)
+            real(syncer, *args)
 
-        self.patch(Folder, "_reconcile", reconcile)
+        self.patch(sync.Syncer, "reconcile", reconcile)
 
     def assert_as_rebuilt(self, state: object) -> None:
         self.assertEqual(self.other_process_folder().sync(), state)
@@ -230,7 +230,7 @@ class StoreFollowTests(ModseqTestCase):
         os.rename(path, path.with_name(key + ":2,FS"))  # mutt
         # Our scan saw the new name, the list still has the old flags (as after a rescan
         # of a file that moved under a reader): no skipping that one.
-        self.inbox._entries[key] = ("cur", key + ":2,FS")
+        self.inbox._core.entries[key] = ("cur", key + ":2,FS")
         out = self.inbox.store_flags([1, 2], "add", flags="S")
         self.assertEqual(out.changed, frozenset())
         self.assertEqual(out.infos[2].flags, frozenset("FS"))
@@ -277,7 +277,7 @@ class ExternalChangeTests(ModseqTestCase):
         before = self.inbox.sync()
         path = self.file_of(2)
         os.rename(path, path.with_name(path.name.split(":")[0] + ":2,FS"))  # as mutt does
-        self.inbox._changed_by_us()  # same second as our scan: no need to wait for mtime
+        self.inbox._core.changed_by_us()  # same second as our scan: no need to wait for mtime
         after = self.inbox.sync()
         self.assertEqual(after.by_uid[2].flags, frozenset("FS"))
         self.assertEqual(after.highestmodseq, before.highestmodseq + 1)
@@ -289,7 +289,7 @@ class ExternalChangeTests(ModseqTestCase):
     def test_removal_by_another_program_raises_highestmodseq(self) -> None:
         before = self.inbox.sync().highestmodseq
         self.file_of(3).unlink()
-        self.inbox._changed_by_us()
+        self.inbox._core.changed_by_us()
         state = self.inbox.sync()
         self.assertNotIn(3, state.by_uid)
         self.assertGreater(state.highestmodseq, before)
@@ -405,7 +405,7 @@ class AppendFromTests(StoreTestCase):
         def link_then_other_syncs(src: str, dst: str) -> None:
             real_link(src, dst)
             if "/new/" in str(dst):
-                other._changed_by_us()
+                other._core.changed_by_us()
                 other.sync()  # gives the UID without knowing our keywords
 
         self.patch(os, "link", link_then_other_syncs)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from mailhub.store import maildir, names, uidlist
+from mailhub.store.core import Files
 from mailhub.store.errors import (
     FolderError,
     FolderExists,
@@ -264,7 +265,7 @@ class UidTests(StoreTestCase):
         def no_listdir(path: object) -> None:
             raise AssertionError("sync() rescanned although nothing changed")
 
-        self.patch(maildir.os, "listdir", no_listdir)
+        self.patch(os, "listdir", no_listdir)
         self.assertIs(inbox.sync(), state)
         self.assertIs(inbox.sync(), state)
 
@@ -275,7 +276,7 @@ class UidTests(StoreTestCase):
         inbox.sync()
         scans = []
         real = os.listdir
-        self.patch(maildir.os, "listdir", lambda p: scans.append(p) or real(p))
+        self.patch(os, "listdir", lambda p: scans.append(p) or real(p))
         inbox.sync()
         self.assertTrue(scans)
 
@@ -382,10 +383,10 @@ class ColdSelectTests(StoreTestCase):
         state = inbox.sync()
         # Another program flags one message: the next sync rebuilds, reusing what it can.
         m = state.messages[5]
-        sub, fn = inbox._entries[m.key]
+        sub, fn = inbox._core.entries[m.key]
         target = names.format_filename(m.key, m.flags | {"T"})
         os.rename(self.inbox_path / sub / fn, self.inbox_path / "cur" / target)
-        inbox._changed_by_us()  # (the clock says the directories are old: look anyway)
+        inbox._core.changed_by_us()  # (the clock says the directories are old: look anyway)
         rebuilt = inbox.sync()
         self.assertEqual(rebuilt.messages[5].flags, m.flags | {"T"})
         self.assertGreater(rebuilt.messages[5].modseq, m.modseq)
@@ -424,7 +425,7 @@ class ColdSelectTests(StoreTestCase):
                 renames.append(b)
             real(a, b, **dir_fds)
 
-        self.patch(maildir.os, "rename", rename)
+        self.patch(os, "rename", rename)
         state, taken = inbox.sync_taking_recent()
         self.assertEqual(len(taken), 6)
         self.assertEqual(taken, sorted(taken))
@@ -467,13 +468,13 @@ class ColdSelectTests(StoreTestCase):
                 real(self.inbox_path / "new" / base, other)
             real(src, dst, **dir_fds)
 
-        self.patch(maildir.os, "rename", rename)
+        self.patch(os, "rename", rename)
         inbox = self.box.folder()
         state, taken = inbox.sync_taking_recent()
         by_key = {m.key: m for m in state.messages}
         self.assertEqual(sorted(taken), sorted(by_key[fn].uid for fn in recent[2:]))
         self.assertEqual([by_key[fn].recent for fn in recent[:2]], [True, True])  # as listed
-        self.patch(maildir.os, "rename", real)
+        self.patch(os, "rename", real)
         later = inbox.sync()
         self.assertIsNot(later, state)
         moved = [later.by_uid[by_key[fn].uid] for fn in recent[:2]]
@@ -493,10 +494,10 @@ class ColdSelectTests(StoreTestCase):
                     raise PermissionError(13, "denied", src)
             real(src, dst, **dir_fds)
 
-        self.patch(maildir.os, "rename", rename)
+        self.patch(os, "rename", rename)
         self.assertRaises(PermissionError, inbox.sync_taking_recent)
         self.assertIsNone(inbox.current_state())
-        self.patch(maildir.os, "rename", real)
+        self.patch(os, "rename", real)
         state = inbox.sync()
         self.assertEqual([m.recent for m in state.messages].count(True), 3)  # 3 were moved
         self.assertEqual(self.uids_elsewhere(), self.rows(state))
@@ -506,7 +507,7 @@ class ColdSelectTests(StoreTestCase):
         # Another reader moved it between our readdir of new/ and that of cur/.
         base = "1700000000.M1P1Q1.h,S=3"
         (self.inbox_path / "cur" / f"{base}:2,S").write_bytes(b"x\r\n")
-        files = maildir._Files.of_listings({base: base}, {base: f"{base}:2,S"})
+        files = Files.of_listings({base: base}, {base: f"{base}:2,S"})
         self.assertEqual(list(files), [base])
         self.assertEqual(files.get(base), ("cur", f"{base}:2,S"))
         state = self.box.folder().sync()

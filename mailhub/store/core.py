@@ -1,0 +1,239 @@
+"""What the parts of one folder share: where it is, its settings, and what this process last
+saw of it - the directory scans, where each message's file is (``Files``), the UID list, the
+state built from them, the expunged files kept for readers (``Kept``), the cache file.
+``FolderCore`` owns that memory and the few steps every part needs (the folder's dotlock,
+marking our own changes, the cache's upkeep); the parts (scan, uidindex, sync, reading, flags,
+recent, expunge, placement, derived) read and change it; ``maildir.Folder`` is their façade.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Protocol
+
+from twisted.logger import Logger
+
+from mailhub.store import names, uidlist
+from mailhub.store.cache import FolderCache
+from mailhub.store.dotlock import DotLock
+from mailhub.store.errors import FolderNotFound, LockTimeout
+from mailhub.store.folderstate import FolderState, MessageInfo, StoreSettings
+from mailhub.store.uidlist import UidList
+
+log = Logger()
+
+
+class Files:
+    """Where each message's file is: base name -> (subdir, file name), as a dict of pairs
+    would say, kept as the two directories' own dicts (base -> file name): a first scan of a
+    big folder then copies the listings instead of making a pair per message. A base is in
+    one of them only (cur/ wins: a message moving new/ -> cur/ can show in both listings)."""
+
+    __slots__ = ("cur", "new")
+
+    def __init__(self, new: dict[str, str] | None = None, cur: dict[str, str] | None = None):
+        self.new: dict[str, str] = {} if new is None else new
+        self.cur: dict[str, str] = {} if cur is None else cur
+
+    @classmethod
+    def of_listings(cls, new: dict[str, str], cur: dict[str, str]) -> Files:
+        files = cls(dict(new), dict(cur))
+        for base in files.new.keys() & files.cur.keys():
+            del files.new[base]
+        return files
+
+    def get(self, base: str) -> tuple[str, str] | None:
+        fn = self.cur.get(base)
+        if fn is not None:
+            return "cur", fn
+        fn = self.new.get(base)
+        return None if fn is None else ("new", fn)
+
+    def get_file(self, base: str) -> str | None:
+        fn = self.cur.get(base)
+        return self.new.get(base) if fn is None else fn
+
+    def file_names(self, bases: list[str]) -> list[str]:
+        """The file names of ``bases`` (all present)."""
+        if not self.new:
+            return list(map(self.cur.__getitem__, bases))
+        # (cur/ wins; in C loops: a first scan has a thousand in new/ among ten thousand)
+        return list(map(self.cur.get, bases, map(self.new.get, bases)))  # type: ignore[arg-type]
+
+    def files(self) -> Iterator[tuple[str, str]]:
+        """(base, file name) of every message."""
+        return chain(self.new.items(), self.cur.items())
+
+    def __getitem__(self, base: str) -> tuple[str, str]:
+        where = self.get(base)
+        if where is None:
+            raise KeyError(base)
+        return where
+
+    def __setitem__(self, base: str, where: tuple[str, str]) -> None:
+        sub, fn = where
+        if sub == "cur":
+            self.new.pop(base, None)
+            self.cur[base] = fn
+        else:
+            self.cur.pop(base, None)
+            self.new[base] = fn
+
+    def __delitem__(self, base: str) -> None:
+        if self.pop(base) is None:
+            raise KeyError(base)
+
+    def pop(self, base: str, default: None = None) -> tuple[str, str] | None:
+        where = self.get(base)
+        self.new.pop(base, None)
+        self.cur.pop(base, None)
+        return where
+
+    def __contains__(self, base: object) -> bool:
+        return base in self.cur or base in self.new
+
+    def __iter__(self) -> Iterator[str]:
+        return chain(self.new, self.cur)
+
+    def __len__(self) -> int:
+        return len(self.new) + len(self.cur)
+
+
+@dataclass
+class DirScan:
+    """Cached scan of new/ or cur/: base name -> file name."""
+
+    stamp: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) at the time of the scan
+    trusted: bool = False  # mtime was older than the dirty window, so the stamp can be trusted
+    files: dict[str, str] = field(default_factory=dict)
+
+
+class Reader(Protocol):
+    """A session reading a folder that is told of expunges only when its protocol allows (IMAP,
+    RFC 3501 7.4.1): until then it may still read the messages it knows (RFC 2180 4.1)."""
+
+    def knows(self, uid: int) -> bool:
+        """The session still counts message ``uid`` as present (it was not told it is gone)."""
+
+
+@dataclass
+class Kept:
+    """An expunged message's file, linked into tmp/ for the readers not told yet."""
+
+    base: str
+    name: str  # in tmp/
+    readers: weakref.WeakSet[Reader]
+
+
+class FolderCore:
+    """One folder's identity and this process's memory of it (one per directory: sessions
+    share it through the ``Folder`` that ``MailStore`` hands out; one thread only)."""
+
+    def __init__(self, path: Path, name: str, settings: StoreSettings) -> None:
+        self.name = name
+        self.path = path
+        self.dir = str(path)
+        # The user's Maildir root: INBOX itself, the parent of a Maildir++ folder.
+        self.root = path if name == names.INBOX else path.parent
+        self.settings = settings
+        self.scans = {"new": DirScan(), "cur": DirScan()}
+        # The UID list as last read or written, and its file's stamp then.
+        self.list: UidList | None = None
+        self.list_stamp: tuple[int, int, int] | None = None
+        self.state: FolderState | None = None
+        self.entries = Files()  # where each message's file was last seen
+        self.uid_base: dict[int, str] = {}
+        self.infos: dict[str, MessageInfo] = {}  # file name -> info, reused across syncs
+        self.pending_keywords: dict[str, frozenset[str]] = {}  # base -> keywords, for adding
+        self.cache: FolderCache | None = None
+        # Sessions that may read messages they were not told are expunged, and the files of
+        # expunged messages kept for them (uid -> link in tmp/): RFC 2180 4.1.
+        self.readers: weakref.WeakSet[Reader] = weakref.WeakSet()
+        self.kept: dict[int, Kept] = {}
+        # Our own change since the state was built (it may not show in the listing: keywords
+        # only, or a rename that ``entries`` already knows): the next sync() must rebuild.
+        self.stale = False
+
+    def not_found(self) -> FolderNotFound:
+        return FolderNotFound(f"folder {self.name!r} no longer exists")
+
+    def stat_dir(self, sub: str) -> os.stat_result:
+        try:
+            return os.stat(f"{self.dir}/{sub}")
+        except FileNotFoundError:
+            raise self.not_found() from None
+
+    def open_dir(self, sub: str) -> int:
+        try:
+            return os.open(f"{self.dir}/{sub}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise self.not_found() from None
+
+    def list_path(self) -> Path:
+        return self.path / uidlist.FILENAME
+
+    def list_file_stamp(self) -> tuple[int, int, int] | None:
+        """(inode, mtime_ns, size) of the UID list file now; None if it is missing."""
+        try:
+            st = os.stat(self.list_path())
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def lock(self) -> DotLock:
+        """The folder's dotlock: held to change the UID list (and to compact the cache)."""
+        return self.dotlock(self.path / uidlist.LOCKNAME)
+
+    def dotlock(self, path: Path) -> DotLock:
+        s = self.settings
+        return DotLock(
+            path,
+            timeout=s.lock_timeout,
+            stale_after=s.lock_stale_after,
+            hostname=s.hostname,
+            now=s.now,
+        )
+
+    def changed_by_us(self) -> None:
+        """Our own rename/unlink changed a directory: make the next sync() look again."""
+        self.stale = True
+        for scan in self.scans.values():
+            scan.trusted = False
+
+    def announce_index_change(self) -> None:
+        """The index changed but no directory did (keywords only): touch cur/ so every
+        process's two-stat sync() rescans and re-reads the list."""
+        try:
+            os.utime(f"{self.dir}/cur")
+        except FileNotFoundError:
+            raise self.not_found() from None
+        self.changed_by_us()
+
+    # -- the derived-data cache's file (derived.py reads and writes it) ---------------------
+
+    def cache_file(self) -> FolderCache:
+        cache = self.cache
+        if cache is None:
+            cache = self.cache = FolderCache(self.path, self.settings.hostname)
+        return cache
+
+    def collect_cache(self, gone: set[str]) -> None:
+        """Drop the cache records of the messages ``gone`` (expunged)."""
+        cache = self.cache
+        if cache is None or not gone:
+            return
+        cache.forget(gone)
+        if cache.needs_compaction():
+            self.compact_cache(cache)
+
+    def compact_cache(self, cache: FolderCache) -> None:
+        try:
+            with self.lock():
+                cache.compact(set(self.entries))
+        except (LockTimeout, OSError) as e:
+            log.warn("cache of {folder} not compacted: {e}", folder=self.dir, e=str(e))

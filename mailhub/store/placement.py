@@ -1,0 +1,187 @@
+"""Adding messages to a folder: APPEND (written into tmp/ and linked into new/, durably), a
+message spooled straight into tmp/ as it arrives, and COPY/MOVE by hard links. Whatever
+arrives lands in new/, so \\Recent for the first session told of it (RFC 3501 2.3.2).
+
+``spool`` and ``Placement.place`` only touch the file system (``place`` may run in a worker
+thread); ``prepare_spooled``, ``adopt`` and ``abandon`` touch the folder's state (the thread
+that owns the folder).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from mailhub.safeio import fsync_dir
+from mailhub.store import names
+from mailhub.store.core import FolderCore
+from mailhub.store.errors import MessageGone
+from mailhub.store.flags import FlagStore
+from mailhub.store.folderstate import intern_keywords
+from mailhub.store.reading import MessageFiles
+from mailhub.store.spool import Placement, SpoolFile
+from mailhub.store.sync import Syncer
+
+
+class Placer:
+    """Messages added to one folder (``core.pending_keywords``: keywords of those added but
+    not yet given a UID)."""
+
+    def __init__(
+        self, core: FolderCore, syncer: Syncer, files: MessageFiles, flags: FlagStore
+    ) -> None:
+        self.core = core
+        self.syncer = syncer
+        self.files = files
+        self.flags = flags
+
+    def uids_of(self, bases: Iterable[str]) -> dict[str, int]:
+        """UIDs of messages we just added; gives them the keywords still pending (another
+        process may have assigned their UIDs before our sync could)."""
+        pending = self.core.pending_keywords
+        wanted = list(bases)
+        state = self.syncer.sync()
+        by_key = {m.key: m for m in state.messages[-len(wanted) - 64 :]}
+        found: dict[str, int] = {}
+        late: dict[frozenset[str], list[int]] = {}
+        for base in wanted:
+            m = by_key.get(base) or next((x for x in state.messages if x.key == base), None)
+            if m is None:
+                pending.pop(base, None)
+                raise MessageGone(f"message {base!r} vanished right after it was added")
+            found[base] = m.uid
+            kw = pending.pop(base, None)
+            if kw:
+                late.setdefault(kw, []).append(m.uid)
+        for kw, uids in late.items():
+            self.flags.store(uids, lambda f, k, kw=kw: (f, k | kw))  # type: ignore[misc]
+        return found
+
+    def target(self, base: str, flags: frozenset[str]) -> str:
+        # Into new/ whatever its flags: a message that arrives by APPEND, COPY or MOVE is new
+        # to this folder, so \Recent for the first session told of it (RFC 3501 2.3.2), as
+        # a delivered one is; that session's take moves it to cur/, keeping the flags.
+        if flags:
+            return f"{self.core.dir}/new/{names.format_filename(base, flags)}"
+        return f"{self.core.dir}/new/{base}"
+
+    def append(
+        self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None
+    ) -> int:
+        return self.append_from(io.BytesIO(data), flags=flags, internaldate=internaldate)
+
+    def append_from(
+        self,
+        src: BinaryIO,
+        *,
+        flags: Iterable[str] = (),
+        keywords: Iterable[str] = (),
+        internaldate: float | None = None,
+    ) -> int:
+        """``Folder.append_from``."""
+        names.check_flags(flags)
+        names.check_keywords(keywords)
+        with self.spool() as spool:
+            size = spool.copy_from(src)
+            placement = self.prepare_spooled(
+                spool, size, flags=flags, keywords=keywords, internaldate=internaldate
+            )
+            try:
+                placement.place()
+            except BaseException:
+                self.abandon(placement)
+                raise
+        return self.adopt(placement)
+
+    def spool(self) -> SpoolFile:
+        """A new, empty file in this folder's tmp/ (removed again when closed undelivered)."""
+        settings = self.core.settings
+        unique = names.unique_name(settings.hostname, settings.now)
+        return SpoolFile(f"{self.core.dir}/tmp/{unique}")
+
+    def spooled_here(self, spool: SpoolFile) -> bool:
+        """Is ``spool`` in this folder's tmp/ (so delivery is a link)?"""
+        return os.path.dirname(spool.path) == f"{self.core.dir}/tmp"
+
+    def prepare_spooled(
+        self,
+        spool: SpoolFile,
+        size: int,
+        *,
+        flags: Iterable[str] = (),
+        keywords: Iterable[str] = (),
+        internaldate: float | None = None,
+    ) -> Placement:
+        """Name the message (its ``size`` octets are in ``spool``) and note its keywords."""
+        flagset = names.check_flags(flags)
+        kwset = names.check_keywords(keywords)
+        settings = self.core.settings
+        when = settings.now() if internaldate is None else internaldate
+        base = names.with_size(names.unique_name(settings.hostname, lambda: when), size)
+        if kwset:
+            # Noted before the link: whoever finds the file first gives it its keywords.
+            self.core.pending_keywords[base] = intern_keywords(kwset)
+        spool.handed_over = True  # from now on only the placement closes it
+        return Placement(spool, base, self.target(base, flagset), when)
+
+    def adopt(self, placement: Placement) -> int:
+        """The UID of a placed message."""
+        self.core.changed_by_us()
+        return self.uids_of([placement.base])[placement.base]
+
+    def abandon(self, placement: Placement) -> None:
+        """Forget a message whose placing failed (its tmp file is removed)."""
+        self.core.pending_keywords.pop(placement.base, None)
+        placement.spool.discard()
+
+    def copy_many(self, uids: Iterable[int], other: Placer) -> list[tuple[int, int]]:
+        """``Folder.copy_many``: to ``other`` (the target folder's placer)."""
+        by_uid = self.syncer.sync().by_uid  # flags and keywords as of now, for the copies
+        hostname = other.core.settings.hostname
+        pending = other.core.pending_keywords
+        links: list[tuple[int, str]] = []  # (source uid, new base)
+        dirs: set[str] = set()
+        for uid in sorted(set(uids)):
+            info = by_uid.get(uid)
+            if info is None:
+                continue
+            date = float(info.internaldate)
+            base = names.with_size(names.unique_name(hostname, lambda d=date: d), info.size)
+            if info.keywords:
+                pending[base] = info.keywords
+
+            def op(b: str, sub: str, fn: str, base: str = base) -> str:
+                # Flags as on disk now (another session may have changed them since our sync).
+                target = other.target(base, names.flags_of(fn.partition(":")[2]))
+                os.link(f"{self.core.dir}/{sub}/{fn}", target)
+                return target
+
+            try:
+                target = self.files.with_file(uid, op)
+            except MessageGone:
+                pending.pop(base, None)
+                continue
+            except OSError as e:
+                pending.pop(base, None)
+                if e.errno != errno.EXDEV:
+                    raise
+                with self.files.open_message(uid) as f:
+                    new = other.append_from(
+                        f,
+                        flags=info.flags,
+                        keywords=info.keywords,
+                        internaldate=info.internaldate,
+                    )
+                links.append((uid, f"#{new}"))
+                continue
+            dirs.add(os.path.dirname(target))
+            links.append((uid, base))
+        for d in dirs:
+            fsync_dir(d)
+        if dirs:
+            other.core.changed_by_us()
+        new_uids = other.uids_of([b for _, b in links if not b.startswith("#")])
+        return [(u, int(b[1:]) if b.startswith("#") else new_uids[b]) for u, b in links]

@@ -1,0 +1,98 @@
+"""Listing a folder's new/ and cur/: the cached directory scans (two stat() calls when nothing
+changed) kept in ``FolderCore.scans``, and making and recognising Maildirs.
+
+Directory mtimes have coarse granularity (a kernel tick, seconds on some NFS servers), so a
+scan taken while a directory's mtime is younger than ``dirty_window`` is not trusted and the
+next look lists it again (Dovecot does the same).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mailhub.safeio import fsync_dir
+from mailhub.store import names
+from mailhub.store.core import Files, FolderCore
+from mailhub.store.errors import MessageGone
+
+SUBDIRS = ("tmp", "new", "cur")
+FOLDER_MARKER = "maildirfolder"  # Maildir++: marks a folder dir (used by Courier, Dovecot)
+
+
+class Scanner:
+    """The scans of one folder's new/ and cur/ (kept in ``FolderCore.scans``)."""
+
+    def __init__(self, core: FolderCore) -> None:
+        self.core = core
+
+    def refresh(self, sub: str, *, force: bool) -> bool:
+        """List ``sub`` again unless its stamp is trusted and unchanged; whether the state
+        built from the scans must be rebuilt."""
+        core = self.core
+        scan = core.scans[sub]
+        st = core.stat_dir(sub)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if not force and scan.trusted and scan.stamp == stamp:
+            return False
+        try:
+            listing = os.listdir(f"{core.dir}/{sub}")
+        except FileNotFoundError:
+            raise core.not_found() from None
+        files = names.files_by_base(listing)
+        same = files == scan.files
+        scan.files = files
+        scan.stamp = stamp
+        settings = core.settings
+        scan.trusted = st.st_mtime < settings.now() - settings.dirty_window
+        if not force and same and not core.stale and core.list_file_stamp() == core.list_stamp:
+            # Looked again (a recent mtime cannot be trusted) and found the same files, and
+            # the UID list did not change either: the state still holds. Saves rebuilding it
+            # on every command for a second after any change.
+            return False
+        return True
+
+    def rescan(self) -> Files:
+        for sub in ("new", "cur"):
+            self.refresh(sub, force=True)
+        return self.scan_all()
+
+    def scan_all(self) -> Files:
+        scans = self.core.scans
+        return Files.of_listings(scans["new"].files, scans["cur"].files)
+
+    def relocate(self, base: str) -> tuple[str, str]:
+        """Find where another reader moved ``base`` (flag rename, new->cur); MessageGone if
+        it was removed."""
+        core = self.core
+        for sub in ("new", "cur"):
+            self.refresh(sub, force=True)
+        # The scans are now newer than the state: the next sync() must rebuild it.
+        core.changed_by_us()
+        for sub in ("cur", "new"):
+            fn = core.scans[sub].files.get(base)
+            if fn is not None:
+                core.entries[base] = (sub, fn)
+                return sub, fn
+        core.entries.pop(base, None)
+        raise MessageGone(f"message {base!r} was removed from {core.name!r}")
+
+
+def create_maildir(path: Path, *, folder: bool) -> None:
+    """Create a Maildir (``tmp new cur``), plus ``maildirfolder`` for a Maildir++ folder, and
+    fsync so the directories survive a crash before the first message lands in them."""
+    os.makedirs(path, 0o700, exist_ok=True)
+    for sub in SUBDIRS:
+        try:
+            os.mkdir(path / sub, 0o700)
+        except FileExistsError:
+            pass
+    if folder:
+        fd = os.open(path / FOLDER_MARKER, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
+    fsync_dir(path)
+    fsync_dir(path.parent)
+
+
+def is_maildir(path: Path) -> bool:
+    return (path / "cur").is_dir() and (path / "new").is_dir()

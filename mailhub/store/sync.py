@@ -1,0 +1,264 @@
+"""Bringing a folder's in-memory view up to date with the disk: look at new/ and cur/ (two
+stat() calls when nothing changed), merge with the UID list (uidindex.py; its lock only when
+the list must change), and build the ``FolderState`` - reusing what did not change, or column
+by column in C loops on a first scan. A first SELECT moves new/ to cur/ (``take_new``) between
+the list write and the build, so the state is built once.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mailhub.store import names
+from mailhub.store.core import Files, FolderCore
+from mailhub.store.folderstate import (
+    FolderState,
+    MessageInfo,
+    by_uid,
+    date_of,
+    flags_column,
+    flags_of_record,
+    keywords_of,
+    modseq_of,
+    new_infos,
+    size_of,
+)
+from mailhub.store.scan import Scanner
+from mailhub.store.uidindex import UidIndex, differences
+from mailhub.store.uidlist import UidList
+
+
+class Syncer:
+    """``sync()`` of one folder: the scans and the UID list merged into ``core.state``."""
+
+    def __init__(self, core: FolderCore, scanner: Scanner, index: UidIndex) -> None:
+        self.core = core
+        self.scanner = scanner
+        self.index = index
+
+    def sync(self, taken: list[int] | None = None) -> FolderState:
+        """``Folder.sync()``; with a list ``taken``, a rebuild also moves what is in new/ to
+        cur/ first and puts the UIDs it moved in ``taken``."""
+        core = self.core
+        changed = False
+        refresh = self.scanner.refresh
+        for sub in ("new", "cur"):  # new/ first: a message moving new->cur is then seen in cur/
+            changed |= refresh(sub, force=False)
+        if not changed and core.state is not None:
+            return core.state
+        # The scans now hold the new listing: until a state is built from it (build_state
+        # clears this), it must not count as "seen" should reconcile fail (lock timeout).
+        core.stale = True
+        with _collector_paused():
+            self.reconcile(taken)
+        assert core.state is not None
+        return core.state
+
+    def state_or_sync(self) -> FolderState:
+        state = self.core.state
+        return state if state is not None else self.sync()
+
+    def current_state(self) -> FolderState | None:
+        return None if self.core.stale else self.core.state
+
+    def reconcile(self, taken: list[int] | None = None) -> None:
+        """Merge the scan with the UID list; take the lock only if the list must change.
+        With ``taken``: move new/ to cur/ before building the state (``take_new``)."""
+        core = self.core
+        known_before = core.list.records if core.list is not None else {}
+        entries = self.scanner.scan_all()
+        lst = self.index.reload()
+        needs_lock = True
+        if lst is not None:
+            vanished, unknown, differ = differences(lst, entries)
+            if vanished:
+                # A file renamed during readdir() may be missed (POSIX leaves it unspecified);
+                # look again before declaring anything gone, so UIDs stay stable.
+                entries = self.scanner.rescan()
+                vanished, unknown, differ = differences(lst, entries)
+            needs_lock = bool(vanished) or unknown or differ
+        gone: set[str] = set()
+        if needs_lock:
+            with core.lock():
+                lst, entries, gone = self.index.update_locked(entries, known_before)
+        assert lst is not None
+        if taken is not None and entries.new:
+            taken.extend(take_new(core, lst, entries))
+        self.build_state(lst, entries)
+        if gone:
+            core.collect_cache(gone)
+
+    def build_state(self, lst: UidList, entries: Files) -> None:
+        core = self.core
+        if not core.infos:
+            self._build_fresh_state(lst, entries)
+            return
+        flags_of = names.flags_of
+        sep = names.INFO_SEPARATOR
+        # Reuse the MessageInfo of every file whose name and record did not change: a rescan
+        # of a big folder after one flag change then costs lookups, not 10,000 objects.
+        previous = core.infos
+        infos: dict[str, MessageInfo] = {}
+        msgs: list[MessageInfo] = []
+        last_uid = 0
+        in_order = True
+        # The records are kept in UID order (uidlist.parse, UidList.assign): walking them
+        # gives the messages sorted. A record without a file vanished since the list was
+        # written; a file without a record appeared after the lock was released (the next
+        # sync assigns it).
+        make = MessageInfo
+        cur_file, new_file = entries.cur.get, entries.new.get
+        for base, rec in lst.records.items():
+            fn = cur_file(base)
+            recent = fn is None
+            if recent:
+                fn = new_file(base)
+                if fn is None:
+                    continue
+            m = previous.get(fn) if previous else None
+            if (
+                m is None
+                or m.uid != rec.uid
+                or m.recent != recent
+                or m.modseq != rec.modseq
+                or m.keywords is not rec.keywords
+            ):
+                m = make(
+                    rec.uid,
+                    base,
+                    flags_of(fn.partition(sep)[2]),
+                    rec.size,
+                    rec.internaldate,
+                    recent,
+                    rec.keywords,
+                    rec.modseq,
+                )
+            infos[fn] = m
+            msgs.append(m)
+            if m.uid <= last_uid:
+                in_order = False
+            last_uid = m.uid
+        if not in_order:
+            msgs.sort(key=by_uid)
+        self._set_state(lst, entries, infos, {m.uid: m.key for m in msgs}, msgs)
+
+    def _build_fresh_state(self, lst: UidList, entries: Files) -> None:
+        """``build_state`` with no MessageInfo to reuse (the first sync of the folder): the
+        same result, built column by column in C loops rather than message by message."""
+        records = lst.records
+        bases = list(records)
+        recs = list(records.values())
+        fns = list(map(entries.cur.get, bases))
+        recent = [False] * len(fns)
+        if None in fns:  # in new/, or vanished since the list was written
+            new_file = entries.new.get
+            fns = [new_file(b) if fn is None else fn for b, fn in zip(bases, fns, strict=True)]
+            recent = list(map(entries.new.__contains__, bases))
+            if None in fns:  # the vanished: the next sync drops them from the list
+                keep = [i for i, fn in enumerate(fns) if fn is not None]
+                bases = [bases[i] for i in keep]
+                recs = [recs[i] for i in keep]
+                fns = [fns[i] for i in keep]
+                recent = [recent[i] for i in keep]
+        # The flags as the file names say them: the records say the same (reconcile and
+        # update_locked make them agree before a state is built), unless unknown.
+        flags = list(map(flags_of_record, recs))
+        if None in flags:
+            flags = flags_column(fns)  # type: ignore[arg-type]
+        uids = list(map(by_uid, recs))
+        msgs = new_infos(
+            uids,
+            bases,
+            flags,
+            map(size_of, recs),
+            map(date_of, recs),
+            recent,
+            map(keywords_of, recs),
+            map(modseq_of, recs),
+        )
+        infos = dict(zip(fns, msgs, strict=True))
+        uid_base = dict(zip(uids, bases, strict=True))
+        # The records are kept in UID order (uidlist.parse, UidList.assign_columns).
+        if not all(map(int.__lt__, uids, uids[1:])):
+            msgs.sort(key=by_uid)
+        self._set_state(lst, entries, infos, uid_base, msgs)  # type: ignore[arg-type]
+
+    def _set_state(
+        self,
+        lst: UidList,
+        entries: Files,
+        infos: dict[str, MessageInfo],
+        uid_base: dict[int, str],
+        msgs: list[MessageInfo],
+    ) -> None:
+        core = self.core
+        core.infos = infos
+        core.entries = entries
+        core.uid_base = uid_base
+        core.stale = False
+        core.state = FolderState(lst.uidvalidity, lst.uidnext, tuple(msgs), lst.highestmodseq)
+
+
+def take_new(core: FolderCore, lst: UidList, entries: Files) -> list[int]:
+    """Move every message of ``entries.new`` that has a UID to cur/ (``take_recent``'s
+    renames, before any state is built); ``entries`` and the scans follow. Returns the
+    UIDs moved, ascending. A file gone meanwhile was taken by another reader (or
+    expunged): it stays in ``entries.new`` as it was, and the next sync() finds where it
+    went, because our renames make the directories' mtimes untrusted."""
+    records = lst.records
+    moves = [(base, fn) for base, fn in entries.new.items() if base in records]
+    if not moves:
+        return []
+    suffix = names.INFO_SEPARATOR + names.FLAGS_PREFIX
+    rename = os.rename
+    moved: list[tuple[str, str]] = []
+    # Names relative to the two directories (the kernel walks no path a thousand times).
+    src = core.open_dir("new")
+    try:
+        dst = core.open_dir("cur")
+        try:
+            for base, fn in moves:
+                if fn == base:  # the usual file in new/: no info yet
+                    target = base + suffix
+                else:  # keep whatever flags it already has
+                    info = fn.partition(names.INFO_SEPARATOR)[2]
+                    target = names.format_filename(base, names.flags_of(info))
+                try:
+                    rename(fn, target, src_dir_fd=src, dst_dir_fd=dst)
+                except FileNotFoundError:
+                    continue
+                moved.append((base, target))
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+        if moved:
+            core.changed_by_us()  # the next sync() reads the directories again
+            new_files, cur_files = core.scans["new"].files, core.scans["cur"].files
+            new, cur = entries.new, entries.cur
+            for base, target in moved:
+                del new[base]
+                cur[base] = target
+                new_files.pop(base, None)
+                cur_files[base] = target
+    return sorted(records[base].uid for base, _ in moved)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a rebuild: a first scan of a big folder makes
+    tens of thousands of objects (records, infos, dicts) and no reference cycles, and each
+    few hundred of them would otherwise set off a collection pass (dozens per cold SELECT of
+    10,000 messages, now and then a full one of the whole process). One pass over the new
+    objects runs after, at the next allocation."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
