@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -296,7 +297,7 @@ def read_pair(certificate_path: Path, key_path: Path) -> CertificatePair:
             f"store it unencrypted and readable only by mailhub: openssl pkey -in {key_path} "
             f"-out {key_path}.new && chmod 600 {key_path}.new",
         ) from None
-    except (ValueError, serialization.UnsupportedAlgorithm) as e:
+    except (ValueError, UnsupportedAlgorithm) as e:
         raise TLSFileError(
             key_path, "key", f"the private key cannot be parsed ({e})", "give a PEM private key"
         ) from None
