@@ -21,7 +21,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from twisted.application.service import Service
 from twisted.cred.checkers import ICredentialsChecker
@@ -34,7 +34,6 @@ from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Attribute, Interface, implementer
-from zope.interface.interface import InterfaceClass
 
 from mailhub.addresses import AddressError, parse_path, quote_local_part
 from mailhub.store.names import new_localpart_problem
@@ -76,7 +75,7 @@ class HashingPool(Service):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
-            reactor = default_reactor  # type: ignore[assignment]
+            reactor = cast(IReactorFromThreads, default_reactor)  # the installed reactor
         self._reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="mailhub-password-hash")
         self.max_pending = max_pending
@@ -189,7 +188,8 @@ class UserDBChecker:
         self._users = users
         self._run = run
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
+    # ignore: avatar ids are str addresses here; Twisted's hints say bytes (cred predates str)
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:  # type: ignore[override]
         username = credentials.username
 
         def checked(address: str | None) -> str:
@@ -223,7 +223,8 @@ class DevChecker:
         self._run = run
         self.known: set[str] = set()
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
+    # ignore: avatar ids are str addresses here; Twisted's hints say bytes (cred predates str)
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:  # type: ignore[override]
         name = _text(credentials.username)
         try:
             if name is None:
@@ -269,13 +270,13 @@ class MailRealm:
     registers ``{IAccount: lambda user: Account(store, user.address)}``). An avatar with a
     ``logout()`` method gets it called on logout."""
 
-    def __init__(self, factories: Mapping[InterfaceClass, AvatarFactory] | None = None) -> None:
-        self.factories: dict[InterfaceClass, AvatarFactory] = {IMailUser: lambda user: user}
+    def __init__(self, factories: Mapping[type[Interface], AvatarFactory] | None = None) -> None:
+        self.factories: dict[type[Interface], AvatarFactory] = {IMailUser: lambda user: user}
         self.factories.update(factories or {})
 
-    def requestAvatar(
-        self, avatarId: str | bytes, mind: object, *interfaces: InterfaceClass
-    ) -> tuple[InterfaceClass, Any, Callable[[], None]]:
+    def requestAvatar(  # type: ignore[override]  # avatar ids are str (see requestAvatarId)
+        self, avatarId: str | bytes, mind: object, *interfaces: type[Interface]
+    ) -> tuple[type[Interface], Any, Callable[[], None]]:
         address = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
         user = MailUser(address)
         for interface in interfaces:

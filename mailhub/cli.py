@@ -9,10 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mailhub import __version__
 from mailhub.config import Config, ConfigError, dev_config, load
 from mailhub.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from mailhub.store.store import MailStore
+    from mailhub.users import UserDB
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -21,7 +27,7 @@ def _config(args: argparse.Namespace) -> Config:
     return dev_config(args.data)
 
 
-def _store(config: Config):  # -> MailStore; imported late so check-config stays light
+def _store(config: Config) -> MailStore:  # imported late so check-config stays light
     from mailhub.store.store import MailStore
 
     return MailStore(config.mail_dir, hostname=config.hostname)
@@ -104,7 +110,7 @@ def mailbox_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _users_db(args: argparse.Namespace):  # -> UserDB; imported late (argon2) like _store
+def _users_db(args: argparse.Namespace) -> UserDB:  # imported late (argon2) like _store
     from mailhub.users import UserDB
 
     path = args.users or _config(args).users_file
@@ -220,7 +226,7 @@ def cert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _queue_dir(args: argparse.Namespace):
+def _queue_dir(args: argparse.Namespace) -> Path:
     return _config(args).data_dir / "queue"
 
 

@@ -790,6 +790,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     hostname = server.string("hostname", fqdn)
     data_default = Path(default("[server] data_dir"))
     data = server.path("data_dir", base / data_default, base, must_exist=False)
+    assert data is not None  # it has a default
     server.finish()
     try:
         hostname = normalise_domain(hostname)

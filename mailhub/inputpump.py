@@ -26,6 +26,7 @@ may read lines itself (IDLE, AUTHENTICATE), so its loop asks other questions.
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from twisted.internet.interfaces import IPushProducer
@@ -36,15 +37,16 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
 
-class _TooLong:
-    __slots__ = ()
+class _TooLong(enum.Enum):
+    # An enum member so that ``line is TOO_LONG`` narrows ``bytes | _TooLong`` for the type checker.
+    TOO_LONG = "TOO_LONG"
 
     def __repr__(self) -> str:
         return "TOO_LONG"
 
 
 # What ``_take_line`` returns for a line over its limit (the line itself is dropped).
-TOO_LONG: Final = _TooLong()
+TOO_LONG: Final = _TooLong.TOO_LONG
 
 
 class InputPump:

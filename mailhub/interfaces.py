@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from mailhub.envelope import Envelope
 
 
 class DeliveryError(Exception):
@@ -42,7 +48,7 @@ class IIncomingMessage(Interface):
     def write(data: bytes) -> None:
         """Append message bytes (CRLF line endings, dot-unstuffed). May raise DeliveryError."""
 
-    def commit():
+    def commit() -> Deferred[str]:
         """Make the message durable for every recipient.
 
         Returns a Deferred that fires (with the queue id) once every copy is fsync'd and
@@ -56,7 +62,7 @@ class IIncomingMessage(Interface):
 class IMessageSink(Interface):
     """Where the SMTP receiver sends accepted messages."""
 
-    def open(envelope) -> IIncomingMessage:
+    def open(envelope: Envelope) -> IIncomingMessage:
         """Start receiving a message for ``envelope`` (recipients already accepted).
 
         May raise DeliveryError (for example when the disk is full), which the receiver answers
@@ -92,7 +98,7 @@ class ICourier(Interface):
     """Delivers one queued message to some of its recipients (the queue groups recipients by
     courier and destination domain)."""
 
-    def deliver(item):
+    def deliver(item: Any) -> Deferred[list[AttemptResult]]:
         """Attempt delivery of ``item`` (a mailhub.queue item: ``queue_id``, ``mail_from``,
         ``recipients`` (the ones to attempt now), ``open_body()`` -> binary file, ``size``,
         ``body_type``, ``smtputf8``, ``envelope_id``).

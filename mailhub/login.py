@@ -33,7 +33,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface.interface import InterfaceClass
+from zope.interface import Interface
 
 from mailhub.auth import HashQueueFull, IMailUser, PasswordCredentials
 from mailhub.throttle import Attempt, AuthThrottle
@@ -52,7 +52,7 @@ class Outcome(enum.Enum):
 class LoginResult:
     outcome: Outcome
     # OK: what ``Portal.login`` gave, (interface, avatar, logout)
-    login: tuple[InterfaceClass, Any, Callable[[], None]] | None = None
+    login: tuple[type[Interface], Any, Callable[[], None]] | None = None
     # FAILED: the address has now reached its limit; answer the failure, then disconnect.
     disconnect: bool = False
 
@@ -74,7 +74,7 @@ class _GuardedLogin:
         address: str,
         credentials: PasswordCredentials,
         refuse: bool,
-        interface: InterfaceClass,
+        interface: type[Interface],
     ) -> None:
         self.portal, self.throttle, self.clock = portal, throttle, clock
         self.address, self.credentials, self.refuse = address, credentials, refuse
@@ -169,7 +169,7 @@ def guarded_login(
     username: bytes,
     password: bytes,
     *,
-    interface: InterfaceClass = IMailUser,
+    interface: type[Interface] = IMailUser,
     refuse: bool = False,
 ) -> Deferred[LoginResult]:
     """Check ``username``/``password`` from client ``address`` under the throttle's rules (see

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 
+from twisted.internet.interfaces import (
+    IConsumer,
+    IPushProducer,
+    ISystemHandle,
+    ITLSTransport,
+)
+
 
 def is_loopback(address: str) -> bool:
     """127.0.0.0/8, ::1, and IPv4-mapped loopback (::ffff:127.0.0.1)."""
@@ -13,3 +20,14 @@ def is_loopback(address: str) -> bool:
         return False
     mapped = getattr(ip, "ipv4_mapped", None)
     return (mapped or ip).is_loopback
+
+
+class IStreamTransport(ITLSTransport, ISystemHandle, IConsumer, IPushProducer):
+    """What mailhub's protocols use of their transport: a TCP connection (ITLSTransport extends
+    ITCPTransport), perhaps TLS, that is a consumer (a producer streams a message into it) and a
+    producer (paused while its write buffer is full).
+
+    For the type checker only: Twisted types ``Protocol.transport`` as ``ITransport | None``,
+    which knows neither TLS nor producers, and it is ``None`` only before ``connectionMade``.
+    A protocol class declares ``transport: IStreamTransport`` to say what it relies on.
+    """

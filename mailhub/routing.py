@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhub.addresses import AddressError, parse_path
@@ -68,6 +69,13 @@ class SplitSink:
         return _Both(envelope, local, remote)
 
 
+def _first_failure(f: Failure) -> Failure:
+    """gatherResults(consumeErrors=True) fails with FirstError; what failed is inside it."""
+    error = f.value
+    assert isinstance(error, defer.FirstError)
+    return error.subFailure
+
+
 @implementer(IIncomingMessage)
 class _Both:
     def __init__(
@@ -87,7 +95,7 @@ class _Both:
         # Both durable before "250". If one fails the client is told so and sends again: the
         # copy that did commit may then arrive twice, never not at all.
         d = defer.gatherResults([part.commit() for part in self._parts], consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure)  # the first failure, as DeliveryError
+        d.addErrback(_first_failure)  # the first failure, as DeliveryError
         return d.addCallback(lambda _: self.envelope.queue_id)
 
     def abort(self) -> None:

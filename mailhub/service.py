@@ -13,8 +13,12 @@ from twisted.application.service import MultiService
 from twisted.cred.portal import Portal
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorCore
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import (
+    IProtocolFactory,
+    IReactorCore,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.logger import Logger
 
 from mailhub.aliases import AliasMap
@@ -74,7 +78,9 @@ class ListenerService(StreamServerEndpointService):
     # Fail start-up at once when the port cannot be bound, instead of logging and running on.
     _raiseSynchronously = True
 
-    def __init__(self, config: Config, key: str, description: str, factory: Factory) -> None:
+    def __init__(
+        self, config: Config, key: str, description: str, factory: IProtocolFactory
+    ) -> None:
         endpoint = with_backlog(description, config.limits.listen_backlog)
         super().__init__(serverFromString(_reactor(), endpoint), factory)
         self.config_source, self.key, self.description = config.source, key, description
@@ -83,6 +89,7 @@ class ListenerService(StreamServerEndpointService):
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
+            assert self._waitingForPort is not None  # set by privilegedStartService
             self._waitingForPort.addCallback(self._bound)
         except CannotListenError as e:
             reason = e.socketError.strerror if hasattr(e.socketError, "strerror") else e.socketError
@@ -152,10 +159,14 @@ class MailhubService(MultiService):
         return ports
 
 
-def _reactor() -> IReactorCore:
+class _IReactor(IReactorCore, IReactorTime, IReactorThreads):
+    """What the service asks of the global reactor (for the type checker; any real one has it)."""
+
+
+def _reactor() -> _IReactor:
     from twisted.internet import reactor
 
-    return reactor  # type: ignore[return-value]
+    return reactor  # type: ignore[return-value]  # the module attribute is typed as a module
 
 
 @dataclass(frozen=True)
@@ -239,18 +250,18 @@ def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPS
     )
 
 
-def _mta(shared: Shared) -> Factory:
+def _mta(shared: Shared) -> IProtocolFactory:
     return _smtp_factory(shared, Role.MTA)
 
 
-def _submission(shared: Shared) -> Factory:
+def _submission(shared: Shared) -> IProtocolFactory:
     return _smtp_factory(shared, Role.SUBMISSION)
 
 
-def _smtps(shared: Shared) -> Factory:
+def _smtps(shared: Shared) -> IProtocolFactory:
     # RFC 8314 3: TLS from the first byte; the protocol sees ISSLTransport and offers no STARTTLS.
-    assert shared.tls is not None  # _check_tls_for_listeners
     tls = shared.smtp_tls()
+    assert tls is not None  # _check_tls_for_listeners
     return tls_server_factory(tls, _smtp_factory(shared, Role.SUBMISSION, starttls=False))
 
 
@@ -265,18 +276,18 @@ def _mail_access_factory(
         limits=config.limits,
         store=shared.store,
         portal=shared.portal,
-        clock=_reactor(),  # type: ignore[arg-type]
+        clock=_reactor(),
         tls_context_factory=shared.tls if upgrade else None,
         throttle=shared.throttle,
         plaintext_login_allowed=shared.plaintext_login_allowed,
     )
 
 
-def _pop3(shared: Shared) -> Factory:
+def _pop3(shared: Shared) -> IProtocolFactory:
     return _mail_access_factory(POP3ServerFactory, shared, upgrade=True)
 
 
-def _pop3s(shared: Shared) -> Factory:
+def _pop3s(shared: Shared) -> IProtocolFactory:
     # RFC 8314 3: TLS from the first byte; the protocol sees ISSLTransport and offers no STLS.
     assert shared.tls is not None  # _check_tls_for_listeners
     return tls_server_factory(
@@ -291,23 +302,23 @@ def _imap_factory(shared: Shared, *, upgrade: bool) -> IMAPServerFactory:
     return factory
 
 
-def _imap(shared: Shared) -> Factory:
+def _imap(shared: Shared) -> IProtocolFactory:
     return _imap_factory(shared, upgrade=True)
 
 
-def _imaps(shared: Shared) -> Factory:
+def _imaps(shared: Shared) -> IProtocolFactory:
     # RFC 8314 3: TLS from the first byte (993); the protocol sees ISSLTransport, no STARTTLS.
     assert shared.tls is not None  # _check_tls_for_listeners
     return tls_server_factory(shared.tls, _imap_factory(shared, upgrade=False))
 
 
-def _web(shared: Shared) -> Factory:
+def _web(shared: Shared) -> IProtocolFactory:
     # The page and JSON API: a twisted.web Site over the same store and portal.
     return make_site(shared)
 
 
 # Every listener kind of config.ListenersConfig, and how to build its protocol factory.
-FACTORIES: dict[str, Callable[[Shared], Factory]] = {
+FACTORIES: dict[str, Callable[[Shared], IProtocolFactory]] = {
     "smtp": _mta,
     "submission": _submission,
     "smtps": _smtps,
@@ -369,8 +380,9 @@ def _portal(config: Config, store: MailStore, pool: HashingPool) -> tuple[Portal
     """The one portal (SMTP AUTH, IMAP, POP3, the web login): the users file, or in the dev stack
     without one, any login (the user's mailbox is made on first login)."""
     users = None
-    if config.users_file is not None:
-        users = _load(config, "[files] users", lambda: UserDB(config.users_file))
+    users_file = config.users_file
+    if users_file is not None:
+        users = _load(config, "[files] users", lambda: UserDB(users_file))
     if users is not None:
         return make_portal(UserDBChecker(users, run=pool.run)), users
     if config.dev:
@@ -403,7 +415,7 @@ def build(config: Config) -> MailhubService:
     # told at once, others' are noticed through inotify or the timed scan.
     changes = StoreChanges(
         store,
-        _reactor(),  # type: ignore[arg-type]
+        _reactor(),
         scan_interval=config.web.poll_interval,
     )
     changes.setServiceParent(top)
@@ -418,24 +430,25 @@ def build(config: Config) -> MailhubService:
     # Password hashes run here, off the reactor; started before and stopped after the listeners.
     limits = config.limits
     pool = HashingPool(
-        _reactor(),  # type: ignore[arg-type]
+        _reactor(),
         threads=limits.auth_hash_threads,
         max_pending=limits.auth_hash_queue,
     )
     pool.setServiceParent(top)
     portal, users = _portal(config, store, pool)
     aliases = None
-    if config.aliases_file is not None:
+    aliases_file = config.aliases_file
+    if aliases_file is not None:
         aliases = _load(
             config,
             "[files] aliases",
             lambda: AliasMap(
-                config.aliases_file,
+                aliases_file,
                 is_user=lambda a: (users is not None and users.exists(a)) or store.has_mailbox(a),
             ),
         )
     throttle = AuthThrottle(
-        _reactor(),  # type: ignore[arg-type]
+        _reactor(),
         max_failures=config.limits.auth_max_failures,
         max_delay=config.limits.auth_max_delay,
         user_free_failures=config.limits.auth_user_delay_after,

@@ -21,12 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.application.service import Service
@@ -259,6 +260,16 @@ def _public(key: Any) -> bytes:
     )
 
 
+# The private keys OpenSSL can serve a certificate with (what ``Context.use_privatekey`` takes).
+SigningKey = (
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+    | dsa.DSAPrivateKey
+)
+
+
 @dataclass(frozen=True)
 class CertificatePair:
     """A certificate chain and its private key, read and checked against each other."""
@@ -266,7 +277,7 @@ class CertificatePair:
     certificate_path: Path
     key_path: Path
     chain: tuple[x509.Certificate, ...]
-    key: PrivateKeyTypes
+    key: SigningKey
     info: CertificateInfo
 
 
@@ -297,7 +308,7 @@ def read_pair(certificate_path: Path, key_path: Path) -> CertificatePair:
             f"store it unencrypted and readable only by mailhub: openssl pkey -in {key_path} "
             f"-out {key_path}.new && chmod 600 {key_path}.new",
         ) from None
-    except (ValueError, serialization.UnsupportedAlgorithm) as e:
+    except (ValueError, UnsupportedAlgorithm) as e:
         raise TLSFileError(
             key_path, "key", f"the private key cannot be parsed ({e})", "give a PEM private key"
         ) from None
@@ -318,6 +329,8 @@ def read_pair(certificate_path: Path, key_path: Path) -> CertificatePair:
             f"this private key does not belong to the certificate in {certificate_path}",
             "give the key the certificate was issued for (they are usually renewed together)",
         )
+    if not isinstance(key, SigningKey):  # a certificate for an X25519 or DH key, say
+        raise TLSFileError(key_path, "key", "this kind of key cannot sign", "give an RSA or EC key")
     return CertificatePair(
         certificate_path, key_path, tuple(chain), key, certificate_info(certificate_path, chain)
     )
@@ -558,7 +571,9 @@ class _ImplicitTLSFactory(TLSMemoryBIOFactory):
     protocol = _ImplicitTLSTransport
 
 
-def tls_server_factory(server_tls: object, wrapped: IProtocolFactory) -> TLSMemoryBIOFactory:
+def tls_server_factory(
+    server_tls: IOpenSSLServerConnectionCreator, wrapped: IProtocolFactory
+) -> TLSMemoryBIOFactory:
     """Wrap a protocol factory for an implicit-TLS listener (RFC 8314: 465, 993, 995).
     ``server_tls`` is a ServerTLS (or any IOpenSSLServerConnectionCreator)."""
     return _ImplicitTLSFactory(server_tls, False, wrapped)
@@ -580,7 +595,7 @@ def install_sighup_handler(callback: Callable[[], object], reactor: Any) -> Call
     if sighup is None:  # Windows
         return lambda: None
 
-    def on_sighup(signum: int, frame: object) -> None:
+    def on_sighup(signum: int, frame: FrameType | None) -> None:
         reactor.callFromThread(callback)
         if callable(previous):
             previous(signum, frame)

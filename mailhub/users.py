@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Generic, TypeVar
 
 import argon2
@@ -154,7 +155,7 @@ class UsersSnapshot:
     warnings: tuple[str, ...] = ()
 
 
-def _bcrypt():  # -> module | None; optional dependency, only to verify migrated hashes
+def _bcrypt() -> ModuleType | None:  # optional dependency, only to verify migrated hashes
     try:
         import bcrypt
     except ImportError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Literal
 
 from mailhub.imap.dates import MONTHS
 from mailhub.imap.parser import Atom, Item, ParseError, SpooledLiteral
@@ -248,7 +249,7 @@ def fetch_request(items: list[Item], *, uid: bool, qresync: bool = False) -> Fet
             names.append(a)
     else:
         raise ParseError("bad fetch attributes")
-    values: dict[str, object] = {"uid": uid}
+    values: dict[str, bool] = {"uid": uid}  # FetchRequest's flags
     rfc822: list[str] = []
     sections: list[BodySection] = []
     for name in names:
@@ -268,6 +269,7 @@ def fetch_request(items: list[Item], *, uid: bool, qresync: bool = False) -> Fet
     vanished = False
     if modifiers:
         mods = modifiers[0]
+        assert isinstance(mods, list)  # checked above
         i = 0
         while i < len(mods):
             name = atom(mods[i], "FETCH modifier").upper()
@@ -292,16 +294,20 @@ def fetch_request(items: list[Item], *, uid: bool, qresync: bool = False) -> Fet
         sections=tuple(sections),
         changedsince=changedsince,
         vanished=vanished,
-        **values,  # type: ignore[arg-type]
+        **values,
     )
 
 
 # --- STORE ---------------------------------------------------------------------------------
 
 
+StoreMode = Literal["set", "add", "remove"]
+_STORE_MODES: dict[str, StoreMode] = {"": "set", "+": "add", "-": "remove"}
+
+
 @dataclass(frozen=True)
 class StoreRequest:
-    mode: str  # "set" | "add" | "remove"
+    mode: StoreMode
     silent: bool
     flags: tuple[str, ...]
     unchanged_since: int | None = None
@@ -322,7 +328,7 @@ def store_request(items: list[Item]) -> StoreRequest:
     m = re.fullmatch(r"([+-]?)FLAGS(\.SILENT)?", name)
     if m is None:
         raise ParseError(f"bad STORE item {name}")
-    mode = {"": "set", "+": "add", "-": "remove"}[m.group(1)]
+    mode = _STORE_MODES[m.group(1)]
     rest = items[1:]
     flag_items: list[Item] = rest[0] if len(rest) == 1 and isinstance(rest[0], list) else rest
     return StoreRequest(mode, bool(m.group(2)), tuple(flag_list(flag_items)), unchanged_since)
@@ -374,8 +380,9 @@ def append_request(items: list[Item]) -> AppendRequest:
     request = AppendRequest(name, message=message)
     if rest and isinstance(rest[0], list):
         request.flags = flag_list(rest.pop(0))
-    if rest and isinstance(rest[0], bytes):
-        request.internaldate = date_time(rest.pop(0))
+    if rest and isinstance(date := rest[0], bytes):
+        rest.pop(0)
+        request.internaldate = date_time(date)
     if rest:
         raise ParseError("bad APPEND arguments")
     return request

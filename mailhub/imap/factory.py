@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -20,7 +20,7 @@ from mailhub.store.changes import StoreChanges
 from mailhub.throttle import AuthThrottle
 
 
-class IMAPServerFactory(ServerFactory):
+class IMAPServerFactory(ServerFactory[IMAPServerProtocol]):
     """Builds ``IMAPServerProtocol`` sessions sharing one configuration.
 
     ``tls_context_factory`` turns on STARTTLS (None on an implicit-TLS listener, whose
@@ -41,7 +41,7 @@ class IMAPServerFactory(ServerFactory):
         store: MailStore,
         portal: Portal,
         clock: IReactorTime,
-        tls_context_factory: object | None = None,
+        tls_context_factory: IOpenSSLServerConnectionCreator | None = None,
         plaintext_login_allowed: Callable[[str], bool] = lambda host: False,
         throttle: AuthThrottle | None = None,
         log: Logger | None = None,

@@ -120,8 +120,8 @@ async def _fetch_one(
             # BODY[], RFC822 of a message of usual size: one read, no section bookkeeping
             # (a FETCH 1:* BODY.PEEK[] does this 10,000 times). The literal's length is
             # what was read, whatever the index says.
-            data = view.folder.read_message(uid)
-            _write_whole(data, plan, b"* %d FETCH (" % seq + b" ".join(head), out)
+            whole = view.folder.read_message(uid)
+            _write_whole(whole, plan, b"* %d FETCH (" % seq + b" ".join(head), out)
             return True
         if from_header is None:
             fp = view.folder.open_message(uid)
@@ -148,11 +148,13 @@ async def _fetch_one(
                 assert fp is not None
                 data = mime.SectionData([(0, os.fstat(fp.fileno()).st_size)])
             else:
+                assert fp is not None  # opened above: there is no from_header
                 data = mime.section_data(structure, section, fp)
             if partial is not None:
                 data = data.slice(partial[0], partial[1])
             out.write(prefix + sep + name + b" {%d}\r\n" % data.size)
             prefix, sep = b"", b" "
+            # ignore: fp is None only for from_header's data, which is all in memory
             for chunk in data.chunks(fp, FETCH_CHUNK):  # type: ignore[arg-type]
                 out.write(chunk)
                 if session.write_paused:
@@ -172,7 +174,7 @@ def _header_sections(
     if not plan.header_sections or headers is None:
         return None
     data = [mime.header_section_data(headers, section) for _, section, _ in plan.wanted]
-    return None if None in data else data  # type: ignore[return-value]
+    return None if None in data else data  # type: ignore[return-value]  # no None in it
 
 
 def _write_whole(data: bytes, plan: _FetchPlan, prefix: bytes, out: Output) -> None:
@@ -198,7 +200,7 @@ class _FetchPlan:
     """What a FETCH needs per message, worked out once for all of them."""
 
     request: A.FetchRequest
-    wanted: tuple[tuple[bytes, mime.Section, tuple[int, int | None] | None], ...]
+    wanted: tuple[tuple[bytes, mime.Section, tuple[int, int] | None], ...]
     needs_file: bool
     needs_structure: bool
     needs_headers: bool  # ENVELOPE or header sections without the structure: the header block
@@ -207,6 +209,7 @@ class _FetchPlan:
 
     @classmethod
     def of(cls, request: A.FetchRequest) -> _FetchPlan:
+        wanted: list[tuple[bytes, mime.Section, tuple[int, int] | None]]
         wanted = [(_RFC822_NAMES[r], _RFC822_SECTIONS[r], None) for r in request.rfc822]
         wanted += [(s.response_name(), mime.Section(s.part, s.text,
                     tuple(f.upper() for f in s.fields)), s.partial)

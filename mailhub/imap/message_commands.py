@@ -168,7 +168,7 @@ def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done
     told = {u: view.infos[u] for u in live}  # what the client knows, before the change
     outcome = view.folder.store_flags(
         live, request.mode, letters, keywords, unchanged_since=request.unchanged_since
-    )  # type: ignore[arg-type]
+    )
     # new keywords (ours or another session's) are announced before a FETCH shows them
     session.write_all(view.update(outcome.infos))
     refused = set(outcome.modified)

@@ -23,7 +23,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 
 class Atom(str):
@@ -249,7 +249,7 @@ class CommandFramer:
         self._mode = _LINE
         return True
 
-    def _take_line(self) -> Event | bool | None:
+    def _take_line(self) -> Event | Literal[False] | None:
         """One line fragment; False when it was consumed without an event to report."""
         buf = self._buf
         i = buf.find(b"\n", self._scan)

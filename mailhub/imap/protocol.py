@@ -30,7 +30,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import (
+    IOpenSSLServerConnectionCreator,
+    IPushProducer,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -67,6 +71,7 @@ from mailhub.imap.parser import (
     parse_command,
 )
 from mailhub.imap.view import BadSequence, UidValidityChanged, View
+from mailhub.net import IStreamTransport
 from mailhub.store import Folder, FolderNotFound, InvalidName, Mailbox, StoreError
 from mailhub.store.errors import LockBusy, LockTimeout
 from mailhub.store.lockwait import BusyWait, retry_busy
@@ -95,6 +100,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
     """One IMAP connection. Built by ``IMAPServerFactory``."""
 
     factory: IMAPServerFactory
+    transport: IStreamTransport  # set by connectionMade, before anything below runs
 
     def __init__(self) -> None:
         # the session, as the command handlers see and change it
@@ -127,7 +133,9 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         f = self.factory
         self.log = f.log
-        self.callLater = f.clock.callLater  # TimeoutMixin uses the injected clock
+        # TimeoutMixin uses the injected clock (ignore: mypy sees TimeoutMixin.callLater as a
+        # method with an untyped signature, so replacing it per instance is flagged).
+        self.callLater = f.clock.callLater  # type: ignore[method-assign,assignment]
         peer = self.transport.getPeer()
         self.client_address = str(getattr(peer, "host", ""))
         self._framer = CommandFramer(
@@ -207,7 +215,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
     def tls_active(self) -> bool:
         return self._tls_active
 
-    def start_tls(self, ctx: Any) -> None:
+    def start_tls(self, ctx: IOpenSSLServerConnectionCreator) -> None:
         """Switch to TLS now (STARTTLS has answered OK)."""
         # RFC 3501 6.2.1 / CVE-2011-0411: nothing sent in plaintext after STARTTLS counts.
         assert self._framer is not None

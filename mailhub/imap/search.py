@@ -149,6 +149,7 @@ class _Run:
             c = self.criteria
             needles = c._text_needles if with_header else c._body_needles
             found = found_by_uid[uid] = self._scan(uid, needles, with_header)
+        # ignore: the memo holds str or None, which _MISSING's sentinel hides from the checker
         return found is not None and needle in found  # type: ignore[operator]
 
     def _scan(self, uid: int, needles: set[str], with_header: bool) -> set[str] | None:

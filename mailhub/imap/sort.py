@@ -16,6 +16,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mailhub.imap.dates import MONTHS_B, full_year
 from mailhub.imap.mime import MessageHeader
@@ -122,8 +123,9 @@ def parse_date_time(value: bytes | None) -> int | None:
     d, mon, y, hh, mm, ss, zone = m.groups()
     # the days since the epoch of (day, month, year) as written: one date is shared by many
     # messages, and this is most of the cost
-    days = _DAYS_OF.get((d, mon, y), _MISSING)
-    if days is _MISSING:
+    try:
+        days = _DAYS_OF[d, mon, y]
+    except KeyError:
         days = _days_of(d, mon, y)
         if len(_DAYS_OF) >= 10_000:
             _DAYS_OF.clear()
@@ -254,34 +256,36 @@ class SortMessage:
             if keys[i] is _MISSING:
                 keys[i] = _COMPUTE[i](h)
 
+    # The memo list holds each key's own type (``object`` to the type checker), so these
+    # properties' returns are ignored for it (ignore[return-value]).
     @property
     def sent(self) -> int:
         """RFC 5256 2.2: the Date: header in UTC, or the internal date without a valid one."""
         sent = self._keys[0]
         if sent is _MISSING:
             sent = self._key(0)
-        return self.internaldate if sent is None else sent  # type: ignore[return-value]
+        return self.internaldate if sent is None else sent  # type: ignore[return-value]  # memo
 
     @property
     def subject(self) -> tuple[str, bool]:
         """The base subject as compared (collation_key) and whether it is a reply/forward."""
         value = self._keys[1]
-        return self._key(1) if value is _MISSING else value  # type: ignore[return-value]
+        return self._key(1) if value is _MISSING else value  # type: ignore[return-value]  # memo, see sent
 
     @property
     def message_id(self) -> bytes | None:
-        return self._key(2)  # type: ignore[return-value]
+        return self._key(2)  # type: ignore[return-value]  # memo, see sent
 
     @property
     def references(self) -> list[bytes] | tuple[()]:
         """RFC 5256 4 REFERENCES (1)(A): the References field's msg-ids, or without any the
         first msg-id of In-Reply-To."""
-        return self._key(3)  # type: ignore[return-value]
+        return self._key(3)  # type: ignore[return-value]  # memo, see sent
 
     def address(self, key: str) -> str:
         """FROM, TO, CC (the first address's local part, RFC 5256 3) or DISPLAYFROM,
         DISPLAYTO (its display name, else the address, RFC 5957 7), as compared."""
-        return self._key(_ADDRESS_INDEX[key])  # type: ignore[return-value]
+        return self._key(_ADDRESS_INDEX[key])  # type: ignore[return-value]  # memo, see sent
 
 
 _MISSING = object()
@@ -371,12 +375,18 @@ _ADDRESS_INDEX = {name: 4 + i for i, name in enumerate(_ADDRESS_KEYS)}
 
 # -- SORT criteria and the order -----------------------------------------------------------------
 
-_KEYS: dict[str, Callable[[SortMessage], object]] = {
+
+def _address_key(name: str) -> Callable[[SortMessage], Any]:
+    return lambda m: m.address(name)
+
+
+# Any: each criterion has its own comparable type (int, bytes, ...)
+_KEYS: dict[str, Callable[[SortMessage], Any]] = {
     "ARRIVAL": lambda m: m.internaldate,
     "DATE": lambda m: m.sent,
     "SIZE": lambda m: m.size,
     "SUBJECT": lambda m: m.subject[0],
-    **{name: (lambda m, n=name: m.address(n)) for name in _ADDRESS_KEYS},
+    **{name: _address_key(name) for name in _ADDRESS_KEYS},
 }
 
 
@@ -385,7 +395,7 @@ class SortKey:
     name: str  # ARRIVAL, CC, DATE, ...
     reverse: bool
 
-    def value(self, m: SortMessage) -> object:
+    def value(self, m: SortMessage) -> Any:
         return _KEYS[self.name](m)
 
 

@@ -44,7 +44,7 @@ class Node:
 def _adopt(parent: Node, child: Node) -> None:
     """Append ``child`` to ``parent``'s children (setting no parent link)."""
     if parent.children:
-        parent.children.append(child)  # type: ignore[union-attr]
+        parent.children.append(child)
     else:
         parent.children = [child]
 
@@ -64,7 +64,7 @@ def _date_key(node: Node) -> int:
     """RFC 5256 2.2 sent date, ties broken by sequence number; a dummy sorts as its first
     child (whose children are sorted first)."""
     while node.message is None:
-        node = node.children[0]
+        node = node.children[0]  # type: ignore[misc]  # a dummy has children: a list
     return node.date
 
 
@@ -73,7 +73,7 @@ def _subject(node: Node) -> tuple[str, bool]:
     first child (RFC 5256 4 REFERENCES (5)(B)(i)); a dummy is never a reply."""
     if node.message is not None:
         return node.subject
-    return _subject(node.children[0])[0], False
+    return _subject(node.children[0])[0], False  # type: ignore[misc]  # as in _date_key
 
 
 # -- ORDEREDSUBJECT ------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def _is_ancestor(a: Node, b: Node | None) -> bool:
 
 def _unlink(child: Node) -> None:
     if child.parent is not None:
-        child.parent.children.remove(child)
+        child.parent.children.remove(child)  # type: ignore[union-attr]  # a parent has a list
         child.parent = None
 
 
@@ -174,14 +174,14 @@ def thread_references(messages: list[SortMessage]) -> list[Node]:
     # (4) sort the root set by sent date (a dummy by its first child, sorted first)
     for n in roots:
         if n.message is None and len(n.children) > 1:
-            n.children.sort(key=_date_key)  # type: ignore[union-attr]
+            n.children.sort(key=_date_key)
     roots.sort(key=_date_key)
     # (5) gather threads with the same base subject
     roots = _group_by_subject(roots)
     # (6) sort every set of siblings by sent date, the deepest first
     for n in _descendants_first(roots):
         if len(n.children) > 1:
-            n.children.sort(key=_date_key)  # type: ignore[union-attr]
+            n.children.sort(key=_date_key)
     roots.sort(key=_date_key)
     return roots
 
@@ -249,7 +249,7 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
             # both dummies: their children become siblings (and this dummy goes)
             for c in node.children:
                 c.parent = other
-            other.children.extend(node.children)  # type: ignore[union-attr]
+            other.children.extend(node.children)  # type: ignore[union-attr]  # a parent has a list
             node.parent = other
         elif other.message is None or (reply and not _subject(other)[1]):
             # into the dummy, or a reply under the message it answers

@@ -14,6 +14,11 @@ MAILBOXES = ("INBOX", "Stress")
 KEYWORDS = tuple(f"stress_k{i}" for i in range(12))  # each is new once in each mailbox
 
 
+def _uid(m: Message) -> int:
+    assert m.uid is not None  # pick() gives only messages whose UID is known
+    return m.uid
+
+
 class StressSession(Session):
     """A session that picks random commands (``step``) from its own seeded generator."""
 
@@ -94,7 +99,8 @@ class StressSession(Session):
 
     async def op_append(self) -> None:
         rng = self.rng
-        mailbox = self.sel.mailbox if rng.random() < 0.6 else self.other()  # type: ignore[union-attr]
+        assert self.sel is not None  # step() runs with a mailbox selected
+        mailbox = self.sel.mailbox if rng.random() < 0.6 else self.other()
         self.appends += 1
         stress_id = f"{self.name}-{self.appends}"
         body = make_message(stress_id, rng)
@@ -129,7 +135,7 @@ class StressSession(Session):
         wanted = frozenset(flags)
         if "\\Deleted" in wanted and mode != "-":
             for _, m in picked:
-                self.world.deletable.add((sel.mailbox, m.uid))  # type: ignore[arg-type]
+                self.world.deletable.add((sel.mailbox, _uid(m)))
         item = f"{mode}FLAGS{'.SILENT' if silent else ''}"
         flag_list = " ".join(sorted(wanted))
         line = f"{'UID ' if uid else ''}STORE {self._set(picked, uid)} {item} ({flag_list})"
@@ -139,7 +145,7 @@ class StressSession(Session):
         windows = []
         for _, m in picked:
             window = [self.name, time.monotonic(), None]
-            self.world.stores[(sel.mailbox, m.uid)].append(window)  # type: ignore[index]
+            self.world.stores[(sel.mailbox, _uid(m))].append(window)
             windows.append(window)
         status = await self.command(line)
         for window in windows:
@@ -152,7 +158,7 @@ class StressSession(Session):
         """Another session's STORE on this message overlapped ours: the server may answer
         with flags after both (a multi-process server does), so ours may not show."""
         assert self.sel is not None
-        for other in self.world.stores.get((self.sel.mailbox, m.uid), []):  # type: ignore[arg-type]
+        for other in self.world.stores.get((self.sel.mailbox, _uid(m)), []):
             if (
                 other[0] != self.name
                 and other[1] <= mine[2]
@@ -218,10 +224,10 @@ class StressSession(Session):
             return
         uid = self._uid_form()
         target = self.other() if verb == "MOVE" or self.rng.random() < 0.85 else sel.mailbox
-        asked = {m.uid for _, m in picked}
+        asked = {m.uid for _, m in picked if m.uid is not None}  # all: pick() gives known ones
         if verb == "MOVE":
             for u in asked:
-                self.world.moved.add((sel.mailbox, u))  # type: ignore[arg-type]
+                self.world.moved.add((sel.mailbox, u))
         source_box = sel.mailbox
         line = f"{'UID ' if uid else ''}{verb} {self._set(picked, uid)} {target}"
         status = await self.command(line)
@@ -315,7 +321,7 @@ class StressSession(Session):
         assert sel is not None
         keyword = self.rng.choice(KEYWORDS)
         numbered = list(enumerate(sel.messages, 1))
-        checks = [
+        checks: list[tuple[str, list[int | None]]] = [
             ("UID SEARCH ALL", [m.uid for _, m in numbered]),
             ("SEARCH DELETED", [n for n, m in numbered if "\\Deleted" in (m.flags or ())]),
             (

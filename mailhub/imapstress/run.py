@@ -87,7 +87,7 @@ async def run(host: str, port: int, config: StressConfig, target: str = "") -> R
     deadline = start + config.duration
     barrier = asyncio.Barrier(len(sessions))
 
-    async def drive(s: Session) -> None:
+    async def drive(s: StressSession) -> None:
         try:
             while time.monotonic() < deadline and not s.dead:
                 await s.step()

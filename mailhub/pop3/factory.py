@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.cred.portal import Portal
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
@@ -17,7 +17,7 @@ from mailhub.store import MailStore
 from mailhub.throttle import AuthThrottle
 
 
-class POP3ServerFactory(ServerFactory):
+class POP3ServerFactory(ServerFactory[POP3ServerProtocol]):
     """Builds ``POP3ServerProtocol`` sessions sharing one configuration.
 
     ``tls_context_factory`` turns on STLS (RFC 2595); leave it None on an implicit-TLS listener
@@ -36,7 +36,7 @@ class POP3ServerFactory(ServerFactory):
         store: MailStore,
         portal: Portal,
         clock: IReactorTime,
-        tls_context_factory: object | None = None,
+        tls_context_factory: IOpenSSLServerConnectionCreator | None = None,
         throttle: AuthThrottle | None = None,
         plaintext_login_allowed: Callable[[str], bool] = lambda host: False,
         log: Logger | None = None,

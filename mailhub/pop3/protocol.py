@@ -29,6 +29,7 @@ from mailhub import sasl
 from mailhub.connlimit import Slot
 from mailhub.inputpump import TOO_LONG, FlowControlledInputPump
 from mailhub.login import LoginResult, Outcome, guarded_login
+from mailhub.net import IStreamTransport
 from mailhub.pop3.lock import MailboxBusy
 from mailhub.pop3.maildrop import Entry, Maildrop, NoSuchMessage, unique_id
 from mailhub.pop3.sender import WHOLE_MESSAGE_LIMIT, MessageProducer, TopReader, whole_message
@@ -93,6 +94,7 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
     """One POP3 session. ``commands`` maps each state's verbs to ``pop3_<VERB>(arg)``."""
 
     factory: POP3ServerFactory
+    transport: IStreamTransport  # set by connectionMade, before anything below runs
     max_pending_input = MAX_PENDING_INPUT
 
     commands: ClassVar[dict[str, dict[bytes, str]]] = {
@@ -137,7 +139,9 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         f = self.factory
         self._log = f.log
-        self.callLater = f.clock.callLater  # TimeoutMixin uses the injected clock
+        # TimeoutMixin uses the injected clock (ignore: mypy sees TimeoutMixin.callLater as a
+        # method with an untyped signature, so replacing it per instance is flagged).
+        self.callLater = f.clock.callLater  # type: ignore[method-assign,assignment]
         peer = self.transport.getPeer()
         self.client_address = str(getattr(peer, "host", ""))
         self._slot = f.connection_opened(self.client_address, self)
@@ -329,11 +333,14 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
 
     def pop3_STLS(self, arg: str) -> Result:
         if self._tls_active:
-            return self._error("TLS is already active")
+            self._error("TLS is already active")
+            return None
         if self.factory.tls_context_factory is None:
-            return self._error("STLS is not available on this listener")
+            self._error("STLS is not available on this listener")
+            return None
         if arg:
-            return self._error("Usage: STLS")
+            self._error("Usage: STLS")
+            return None
         self.transport.write(ok("Begin TLS negotiation"))
         # RFC 2595 4 and CVE-2011-0411: whatever the client sent after STLS in plain text is
         # dropped, and a half-done USER is forgotten.
@@ -348,18 +355,21 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
             return PLAINTEXT_REFUSED
         if not arg or " " in arg.strip():
             self._user = None
-            return self._error("Usage: USER name")
+            self._error("Usage: USER name")
+            return None
         self._user = arg.strip().encode("utf-8")
         return ok("Send your password")
 
     def pop3_PASS(self, arg: str) -> Result:
         user, self._user = self._user, None
         if user is None:
-            return self._error("Send USER first")
+            self._error("Send USER first")
+            return None
         if not self._login_allowed():
             return PLAINTEXT_REFUSED
         if not arg:
-            return self._error("Usage: PASS password")
+            self._error("Usage: PASS password")
+            return None
         # RFC 1939 7: the password is the rest of the line, spaces included.
         return self._login(user, arg.encode("utf-8"), "USER")
 
@@ -373,10 +383,12 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
             return PLAINTEXT_REFUSED
         name, _, initial = arg.partition(" ")
         if " " in initial:
-            return self._error("Usage: AUTH mechanism [initial-response]")
+            self._error("Usage: AUTH mechanism [initial-response]")
+            return None
         mechanism = sasl.mechanism(name)
         if mechanism is None:
-            return self._error(f"Unknown authentication mechanism {name[:20]!r}")
+            self._error(f"Unknown authentication mechanism {name[:20]!r}")
+            return None
         if self._refuse_throttled():
             return None
         self._sasl = mechanism
@@ -513,6 +525,12 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
     def _error(self, text: str) -> None:
         self._bad(err(text))
 
+    @property
+    def _drop(self) -> Maildrop:
+        """The maildrop; the commands that use it run only in the TRANSACTION state."""
+        assert self._maildrop is not None
+        return self._maildrop
+
     def _entry(self, arg: str) -> Entry | None:
         """The message one argument names; None after answering -ERR."""
         assert self._maildrop is not None
@@ -531,8 +549,9 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
 
     def pop3_STAT(self, arg: str) -> Result:
         if arg:
-            return self._error("Usage: STAT")
-        count, size = self._maildrop.stat()
+            self._error("Usage: STAT")
+            return None
+        count, size = self._drop.stat()
         return ok(f"{count} {size}")
 
     def pop3_LIST(self, arg: str) -> Result:
@@ -542,8 +561,8 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
         if args:
             entry = self._entry(args[0])
             return None if entry is None else ok(f"{entry.number} {entry.info.size}")
-        count, size = self._maildrop.stat()
-        lines = "".join([f"{n} {m.size}\r\n" for n, m in self._maildrop.entries()])
+        count, size = self._drop.stat()
+        lines = "".join([f"{n} {m.size}\r\n" for n, m in self._drop.entries()])
         return ok(f"{count} messages ({size} octets)") + lines.encode() + b".\r\n"
 
     def pop3_UIDL(self, arg: str) -> Result:
@@ -553,8 +572,8 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
         if args:
             entry = self._entry(args[0])
             return None if entry is None else ok(f"{entry.number} {unique_id(entry.info.key)}")
-        ids = self._maildrop.unique_ids()
-        lines = "".join([f"{n} {ids[n - 1]}\r\n" for n, _ in self._maildrop.entries()])
+        ids = self._drop.unique_ids()
+        lines = "".join([f"{n} {ids[n - 1]}\r\n" for n, _ in self._drop.entries()])
         return ok("Unique-ID listing follows") + lines.encode("ascii") + b".\r\n"
 
     def pop3_DELE(self, arg: str) -> Result:
@@ -564,19 +583,21 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
         entry = self._entry(args[0])
         if entry is None:
             return None
-        self._maildrop.delete(entry)  # only marked: removed in UPDATE (RFC 1939 6)
+        self._drop.delete(entry)  # only marked: removed in UPDATE (RFC 1939 6)
         return ok(f"Message {entry.number} deleted")
 
     def pop3_RSET(self, arg: str) -> Result:
         if arg:
-            return self._error("Usage: RSET")
-        self._maildrop.reset()
-        count, size = self._maildrop.stat()
+            self._error("Usage: RSET")
+            return None
+        self._drop.reset()
+        count, size = self._drop.stat()
         return ok(f"Maildrop has {count} messages ({size} octets)")
 
     def pop3_NOOP(self, arg: str) -> Result:
         if arg:
-            return self._error("Usage: NOOP")
+            self._error("Usage: NOOP")
+            return None
         return ok()
 
     def pop3_RETR(self, arg: str) -> Result:
@@ -594,7 +615,8 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
             return None
         lines_text = args[1]
         if not (lines_text.isascii() and lines_text.isdigit()) or len(lines_text) > 9:
-            return self._error(f"Invalid number of lines {lines_text[:20]!r}")
+            self._error(f"Invalid number of lines {lines_text[:20]!r}")
+            return None
         entry = self._entry(args[0])
         if entry is None:
             return None
@@ -602,11 +624,12 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
 
     def _send(self, entry: Entry, body_lines: int | None) -> Result:
         """RETR (``body_lines`` None) or TOP: the message from disk, dot-stuffed."""
-        maildrop = self._maildrop
+        maildrop = self._drop
         try:
             f = maildrop.open(entry)
         except MessageGone:
-            return self._error(f"Message {entry.number} was removed by another session")
+            self._error(f"Message {entry.number} was removed by another session")
+            return None
         source = f if body_lines is None else TopReader(f, body_lines)
         try:
             first = source.read(WHOLE_MESSAGE_LIMIT + 1)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPullProducer, ITransport
+from twisted.internet.interfaces import IConsumer, IPullProducer
 from zope.interface import implementer
 
 # Messages up to this size are sent in one write; larger ones are streamed in BLOCK pieces.
@@ -98,7 +98,7 @@ class MessageProducer:
     def __init__(
         self,
         f: BinaryIO | TopReader,
-        transport: ITransport,
+        transport: IConsumer,
         first: bytes = b"",
         progress: Callable[[], object] = lambda: None,
     ) -> None:

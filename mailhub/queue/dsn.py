@@ -18,11 +18,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from email import policy as email_policy
-from email.generator import BytesGenerator
 from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.utils import formatdate, make_msgid
-from io import BytesIO
 
 from mailhub.queue.record import QueueRecord, RecipientState
 
@@ -174,6 +172,4 @@ def build_dsn(
         head.set_payload(headers.decode("utf-8", "surrogateescape"))
     report.attach(head)
 
-    out = BytesIO()
-    BytesGenerator(out, policy=pol, mangle_from_=False).flatten(report)
-    return out.getvalue()
+    return report.as_bytes(policy=pol)  # a BytesGenerator, mangle_from_=False, no unixfrom

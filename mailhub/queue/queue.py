@@ -28,7 +28,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -124,8 +124,7 @@ class Queue(Service):
         if clock is None:
             from twisted.internet import reactor
 
-            clock = reactor  # type: ignore[assignment]
-        assert clock is not None
+            clock = cast(IReactorTime, reactor)  # the installed reactor
         self.clock = clock
         self.hostname = hostname
         self.spool = Spool(directory, hostname)
@@ -206,7 +205,7 @@ class Queue(Service):
             self.spool.unlock()
 
         d = defer.DeferredList(pending, consumeErrors=True) if pending else defer.succeed(None)
-        return d.addCallback(stop)  # type: ignore[return-value]
+        return d.addCallback(stop)
 
     def _load(self) -> None:
         """Index every message in the spool (their records are read once, then dropped)."""

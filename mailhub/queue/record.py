@@ -130,7 +130,7 @@ def _typed(value: Any, types: type | tuple[type, ...], name: str) -> Any:
     return value
 
 
-def _optional(value: Any, types: type, name: str) -> Any:
+def _optional(value: Any, types: type | tuple[type, ...], name: str) -> Any:
     return None if value is None else _typed(value, types, name)
 
 
@@ -140,8 +140,8 @@ def _recipient(data: Any) -> RecipientState:
     status = data.get("status", PENDING)
     if status not in _STATUSES:
         raise CorruptRecord(f"unknown recipient status {status!r}")
-    last = _optional(data.get("last_attempt"), (int, float), "last_attempt")  # type: ignore[arg-type]
-    nxt = _optional(data.get("next_attempt"), (int, float), "next_attempt")  # type: ignore[arg-type]
+    last = _optional(data.get("last_attempt"), (int, float), "last_attempt")
+    nxt = _optional(data.get("next_attempt"), (int, float), "next_attempt")
     return RecipientState(
         address=_typed(data["address"], str, "address"),
         original=_typed(data.get("original", ""), str, "original"),

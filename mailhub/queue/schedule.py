@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 MINUTE = 60.0
 HOUR = 3600.0
@@ -52,7 +53,7 @@ class RetrySchedule:
 
     @classmethod
     def exponential(
-        cls, base: float = 60.0, factor: float = 2.0, cap: float = 4 * HOUR, **kwargs: object
+        cls, base: float = 60.0, factor: float = 2.0, cap: float = 4 * HOUR, **kwargs: Any
     ) -> RetrySchedule:
         """``base``, ``base*factor``, ``base*factor**2``, ... up to ``cap``."""
         if base <= 0 or factor < 1 or cap < base:
@@ -63,11 +64,11 @@ class RetrySchedule:
             delays.append(d)
             d *= factor
         delays.append(cap)
-        return cls(delays=tuple(delays), **kwargs)  # type: ignore[arg-type]
+        return cls(delays=tuple(delays), **kwargs)
 
     @classmethod
-    def from_list(cls, delays: Sequence[float], **kwargs: object) -> RetrySchedule:
-        return cls(delays=tuple(float(d) for d in delays), **kwargs)  # type: ignore[arg-type]
+    def from_list(cls, delays: Sequence[float], **kwargs: Any) -> RetrySchedule:
+        return cls(delays=tuple(float(d) for d in delays), **kwargs)
 
     def base_delay(self, attempts: int) -> float:
         """The delay without jitter after ``attempts`` (>= 1) failed attempts."""

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from mailhub.envelope import Envelope
 from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
 from mailhub.queue.record import QUEUE_ID, QueueRecord, RecipientState
-from mailhub.queue.spool import Spool
+from mailhub.queue.spool import InlineIO, Spool, ThreadedIO
 from mailhub.queueid import QueueIdGenerator
 from mailhub.spooled import SpooledMessage
 
@@ -68,7 +68,7 @@ class QueueSink:
     def __init__(
         self,
         spool: Spool,
-        io,  # ThreadedIO | InlineIO
+        io: ThreadedIO | InlineIO,
         clock: IReactorTime,
         on_commit: Callable[[QueueRecord, int], None],
         running: Callable[[], bool],

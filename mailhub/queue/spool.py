@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorFromThreads
@@ -102,7 +102,7 @@ class ThreadedIO:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
-            reactor = default_reactor  # type: ignore[assignment]
+            reactor = cast(IReactorFromThreads, default_reactor)  # the installed reactor
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=threads, name="mailhub-queue-io")
 
@@ -115,7 +115,7 @@ class ThreadedIO:
         self._pool.stop()  # joins: work in flight finishes first
 
     def run(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        return threads.deferToThreadPool(self._reactor, self._pool, f, *args)  # type: ignore[arg-type]
+        return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
 
 
 class InlineIO:

@@ -34,8 +34,9 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
@@ -46,6 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhub.interfaces import AttemptResult, Outcome
+from mailhub.net import IStreamTransport
 from mailhub.relay.tlsclient import (
     OpportunisticTLS,
     TLSPolicy,
@@ -202,6 +204,8 @@ class SMTPClientProtocol(Protocol):
     Nothing here fails: problems become SessionResults.
     """
 
+    transport: IStreamTransport  # set by connectionMade, before anything below runs
+
     def __init__(
         self,
         options: SessionOptions,
@@ -297,7 +301,7 @@ class SMTPClientProtocol(Protocol):
         self._lost = f"protocol error: {why}"
         self.transport.abortConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
         if self._lost is None:
             self._lost = _describe_loss(reason)
@@ -450,7 +454,7 @@ class SMTPClientProtocol(Protocol):
             raise _Stop(
                 self._no_answer("4.7.5", f"TLS with {self.remote} failed: {e.why}", tls_failed=True)
             ) from None
-        handle = self.transport.getHandle()
+        handle = cast(SSL.Connection, self.transport.getHandle())  # TLS is on now
         if isinstance(self._tls_creator, OpportunisticTLS):
             problem = self._tls_creator.verification(handle)
             self.tls = describe(handle) + (
@@ -471,7 +475,8 @@ class SMTPClientProtocol(Protocol):
 
     async def _authenticate(self) -> None:
         """RFC 4954: PLAIN (RFC 4616) if offered, else LOGIN. Only over TLS."""
-        user, password = self.options.auth  # type: ignore[misc]
+        assert self.options.auth is not None  # called only with credentials configured
+        user, password = self.options.auth
         if self.tls == "none" and self.options.tls is not TLSPolicy.NONE:
             # Only a smarthost configured with tls = "none" gets a password in plain text.
             await self._quit()

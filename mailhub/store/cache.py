@@ -411,7 +411,12 @@ class FolderCache:
             return
         self.flush()
         self._read_new_records(False)  # know every record in the file, ours included, by size
-        for store in (*self._decoded.values(), *self._raw.values(), *self._at.values()):
+        stores: list[dict[str, Any]] = [
+            *self._decoded.values(),
+            *self._raw.values(),
+            *self._at.values(),
+        ]
+        for store in stores:
             for base in gone.intersection(store):
                 del store[base]
         for key in [k for k in self._sizes if k[0] in gone]:
@@ -471,7 +476,7 @@ class CachePass(Generic[T]):
         if base is not None:
             value = self._values.get(base, MISSING)
             if value is not MISSING:
-                return value  # type: ignore[return-value]
+                return value  # type: ignore[return-value]  # a T: MISSING ruled out
         return self._miss(uid)
 
     def close(self) -> None:

@@ -420,7 +420,7 @@ class StoreChanges(Service):
             return
         changes = self
 
-        class Notifier(inotify.INotify):  # type: ignore[misc,name-defined]
+        class Notifier(inotify.INotify):
             def connectionLost(self, reason: Any = None) -> None:
                 super().connectionLost(reason)
                 changes._notifier_lost(self)

@@ -31,7 +31,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from twisted.application.internet import TimerService
 from twisted.application.service import Service
@@ -105,7 +105,7 @@ class GroupCommitter(Service):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
-            reactor = default_reactor  # type: ignore[assignment]
+            reactor = cast(IReactorFromThreads, default_reactor)  # the installed reactor
         self._reactor = reactor
         self._nthreads = threads
         self._threads: list[threading.Thread] = []
@@ -185,7 +185,8 @@ class GroupCommitter(Service):
         if not self.running:
             return defer.fail(DeliveryError("message store is not running"))
         self._inflight += 1
-        job.d = d = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
+        job.d = d
         self._queue.put(job)
         return d
 
@@ -380,7 +381,7 @@ class MaildirMessage(SpooledMessage):
 
     def commit(self) -> defer.Deferred[str]:
         committer = self._sink.committer
-        refused = self._cannot_commit(committer.running, "message store")
+        refused = self._cannot_commit(bool(committer.running), "message store")
         if refused is not None:
             return refused
         fd, tail = self.take()

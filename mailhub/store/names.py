@@ -381,7 +381,7 @@ def arrival_order(bases: list[str]) -> tuple[list[str], list[int], list[int]] | 
     if len(set(secs)) != n:  # names sharing a second: order those by microseconds, then name
 
         def finer(i: int) -> tuple[int, str]:
-            usec = _TIME_PREFIX.match(ordered[i]).group(2)  # type: ignore[union-attr]
+            usec = _TIME_PREFIX.match(ordered[i]).group(2)  # type: ignore[union-attr]  # secs came from it
             return int(usec or 0), ordered[i]
 
         perm = []

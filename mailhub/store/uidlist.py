@@ -244,7 +244,7 @@ def serialise(lst: UidList, records: list[str] | None = None) -> bytes:
     flag_fields: dict[frozenset[str] | None, str] = {_NONE: "-", None: "-"}
     for flags in set(map(_flags_of, recs.values())):
         if flags not in flag_fields:
-            flag_fields[flags] = "".join(sorted(flags))  # type: ignore[arg-type]
+            flag_fields[flags] = "".join(sorted(flags))
     head = _header(lst, index)
     # One f-string a record, its first three fields rendered once in the record's life (a
     # big folder has thousands of records and most writes change few), one encode for all:

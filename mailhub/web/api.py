@@ -9,13 +9,14 @@ Every answer is JSON (raw sources, parts and the event stream apart); errors are
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -24,6 +25,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from mailhub import __version__
 from mailhub.interfaces import Outcome
@@ -82,6 +84,11 @@ def _fields(summary: parse.Summary) -> _Fields:
     )
 
 
+def _request(request: IRequest) -> Request:
+    """The request as what Site makes (IRequest lacks ``notifyFinish``, which it has)."""
+    return cast(Request, request)
+
+
 class _Candidate:
     """An entry seen through the search module's eyes; parses the message only when asked."""
 
@@ -98,7 +105,7 @@ class _Candidate:
         entry = self._entry
         if entry.search is None:
             entry.search = _fields(self._feed.summary(entry))
-        return entry.search  # type: ignore[no-any-return]
+        return entry.search
 
     @property
     def seen(self) -> bool:
@@ -712,7 +719,7 @@ class Api:
 
     async def _wait_for(
         self, request: IRequest, terms: tuple[search.Term, ...], viewer: Viewer, timeout: float
-    ) -> list[Entry]:
+    ) -> builtins.list[Entry]:  # builtins: the class's own ``list`` endpoint shadows it
         done: Deferred[list[Entry]] = Deferred()
 
         def changed(changes: list[Change]) -> None:
@@ -734,7 +741,7 @@ class Api:
 
         unsubscribe = self.feed.subscribe(changed)
         timer = self.clock.callLater(timeout, give_up)
-        request.notifyFinish().addErrback(give_up)  # the client went away
+        _request(request).notifyFinish().addErrback(give_up)  # the client went away
         self.streams[request] = give_up  # shutdown: answer now
         try:
             return await done
@@ -799,7 +806,7 @@ class Api:
             if keepalive.running:
                 keepalive.stop()
 
-        request.notifyFinish().addBoth(closed)
+        _request(request).notifyFinish().addBoth(closed)
         return None
 
     def close_streams(self) -> None:

@@ -271,7 +271,7 @@ class MailFeed(Service):
         for every later run and process). MessageGone if the message was expunged."""
         if entry.summary is None:
             entry.summary = self.folder(entry.ref).cached(
-                entry.uid, SUMMARY_CACHE, *_SUMMARY_CODEC, **_SUMMARY_PATH
+                entry.uid, SUMMARY_CACHE, *_SUMMARY_CODEC, compute_path=scan.summarise_path
             )
         return entry.summary
 
@@ -280,7 +280,10 @@ class MailFeed(Service):
         if entry.text is None:
             folder = self.folder(entry.ref)
             entry.text = folder.cached(
-                entry.uid, SEARCH_TEXT_CACHE, *_SEARCH_TEXT_CODEC, **_SEARCH_TEXT_PATH
+                entry.uid,
+                SEARCH_TEXT_CACHE,
+                *_SEARCH_TEXT_CODEC,
+                compute_path=scan.search_text_path,
             )
         return entry.text
 

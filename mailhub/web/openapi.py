@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from mailhub import __version__
@@ -32,7 +33,7 @@ def _op(
     summary: str,
     ok: dict[str, Any],
     *,
-    params: list[Any] = (),
+    params: Sequence[Any] = (),
     body: bool = False,
     errors: tuple[str, ...] = ("400", "404"),
 ) -> dict[str, Any]:

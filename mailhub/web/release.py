@@ -97,6 +97,7 @@ async def release(
     item = ReleaseItem(
         queue_id, mail_from, recipients, body, "8BITMIME" if eight_bit else "7BIT", smtputf8
     )
+    # ignore: a ReleaseItem has all that deliver reads of a QueueItem (duck-typed)
     d: Deferred[list[AttemptResult]] = courier.deliver(item)  # type: ignore[arg-type]
     try:
         return await d

@@ -35,16 +35,36 @@ class Candidate(Protocol):
     """What a term is matched against (lower case text). Implementations compute the parsed
     fields lazily: mailbox, flags and dates need no parsing, ``body()`` reads the message."""
 
-    sender: str
-    to: str  # To and the envelope recipient (the mailbox)
-    cc: str
-    subject: str
-    mailbox: str
-    folder: str
-    received: float
-    has_attachment: bool
-    seen: bool
-    flagged: bool
+    # Read-only properties: an implementation may compute them (a plain attribute does too).
+    @property
+    def sender(self) -> str: ...
+
+    @property
+    def to(self) -> str: ...  # To and the envelope recipient (the mailbox)
+
+    @property
+    def cc(self) -> str: ...
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def mailbox(self) -> str: ...
+
+    @property
+    def folder(self) -> str: ...
+
+    @property
+    def received(self) -> float: ...
+
+    @property
+    def has_attachment(self) -> bool: ...
+
+    @property
+    def seen(self) -> bool: ...
+
+    @property
+    def flagged(self) -> bool: ...
 
     def body(self) -> str: ...  # the body text, lower case, whitespace runs made one space
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -15,6 +15,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from mailhub.net import IStreamTransport
 from mailhub.web.access import Access, HostCheck, LoginBusy, LoginRefused, LoginRequired, Viewer
 from mailhub.web.api import Api, ApiError, error_body, unexpected
 from mailhub.web.feed import MailFeed
@@ -53,9 +54,13 @@ class Root(Resource):
         self.files = {name: (_static(f), kind) for name, (f, kind) in STATIC.items()}
 
     def render(self, request: IRequest) -> Any:
+        return self._render(cast(Request, request))  # what Site makes (IRequest lacks some)
+
+    def _render(self, request: Request) -> Any:
         request.setHeader("X-Content-Type-Options", "nosniff")
         request.setHeader("Referrer-Policy", "no-referrer")
         request.setHeader("Cache-Control", "no-store")
+        assert request.postpath is not None  # set by Site's resource traversal
         path = [p.decode("utf-8", "replace") for p in request.postpath]
         if path and path[-1] == "" and len(path) > 1:
             path = path[:-1]
@@ -68,7 +73,7 @@ class Root(Resource):
         d.addErrback(lambda f: self._error(request, unexpected(f)))
         return NOT_DONE_YET
 
-    async def _serve(self, request: IRequest, path: list[str], is_api: bool) -> None:
+    async def _serve(self, request: Request, path: list[str], is_api: bool) -> None:
         if path in (["livez"], ["readyz"]):
             path = ["api", "v1", path[0]]
         if path[2:3] in (["health"], ["livez"]) and len(path) == 3:
@@ -91,7 +96,7 @@ class Root(Resource):
         if result is not None and not request.finished:
             self._json(request, result)
 
-    async def _viewer(self, request: IRequest) -> Viewer | None:
+    async def _viewer(self, request: Request) -> Viewer | None:
         try:
             return await self.access.viewer(request)
         except LoginRequired:
@@ -104,7 +109,7 @@ class Root(Resource):
             self._error(request, ApiError(403, str(e)))
         return None
 
-    def _host_refusal(self, request: IRequest) -> ApiError | None:
+    def _host_refusal(self, request: Request) -> ApiError | None:
         """Before anything else: one Host header (RFC 9112 3.2), naming us (HostCheck)."""
         hosts = request.requestHeaders.getRawHeaders(b"host") or []
         if len(hosts) > 1 or (not hosts and request.clientproto != b"HTTP/1.0"):
@@ -119,7 +124,7 @@ class Root(Resource):
             )
         return None
 
-    def _same_origin(self, request: IRequest) -> bool:
+    def _same_origin(self, request: Request) -> bool:
         """CSRF: a browser names the page that sent a request in Origin; ours must match. The
         Host it is compared with has passed HostCheck, so a rebound name cannot match itself."""
         origin = request.getHeader("origin")
@@ -131,7 +136,7 @@ class Root(Resource):
         scheme = "https" if request.isSecure() else "http"
         return origin == f"{scheme}://{host}"
 
-    def _page(self, request: IRequest, path: list[str]) -> None:
+    def _page(self, request: Request, path: list[str]) -> None:
         name = "/".join(path)
         found = self.files.get(name)
         if found is None:
@@ -150,7 +155,7 @@ class Root(Resource):
             request.write(data)
         request.finish()
 
-    def _json(self, request: IRequest, body: Any, status: int | None = None) -> None:
+    def _json(self, request: Request, body: Any, status: int | None = None) -> None:
         if getattr(request, "_disconnected", False):
             return  # a long poll whose client went away
         data = json.dumps(body).encode()
@@ -162,7 +167,7 @@ class Root(Resource):
             request.write(data)
         request.finish()
 
-    def _error(self, request: IRequest, error: ApiError) -> None:
+    def _error(self, request: Request, error: ApiError) -> None:
         if request.finished or getattr(request, "_disconnected", False):
             return
         if error.status == 499:
@@ -210,14 +215,16 @@ class WebRequest(Request):
 
     def _refuse(self) -> None:
         self._refused = True
-        self.content = _Discard()  # type: ignore[assignment]
+        self.content = _Discard()
         body = error_body(413, f"request body larger than {self.max_body} bytes")
         head = (
             "HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         )
-        self.channel.transport.write(head.encode() + body)
-        self.channel.transport.loseConnection()
+        transport = self.channel.transport
+        assert transport is not None  # a request being received has its connection
+        transport.write(head.encode() + body)
+        transport.loseConnection()
 
     def process(self) -> None:
         if not self._refused:
@@ -233,6 +240,7 @@ class WebChannel(HTTPChannel):
     lines (each line's length without CRLF, summed), ``maxHeaders`` header fields. Twisted's
     own total limit (``totalHeadersSize``) is set above their sum, so these answer first."""
 
+    transport: IStreamTransport  # set by connectionMade, before anything below runs
     max_request_line = 16 * 1024
     max_header_bytes = 16 * 1024
     maxHeaders = 500
@@ -292,6 +300,7 @@ class WebSite(Site):
     """Starts the mail feed with the first listening port and stops it with the last."""
 
     requestFactory = WebRequest
+    # ignore: Twisted types it as its private _GenericHTTPChannelProtocol wrapper's maker
     protocol = WebChannel  # type: ignore[assignment]
 
     def __init__(self, root: Root, feed: MailFeed) -> None:
@@ -316,11 +325,11 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
     if clock is None:
         from twisted.internet import reactor
 
-        clock = reactor  # type: ignore[assignment]
+        clock = cast(IReactorTime, reactor)  # the installed reactor
     config = shared.config
     feed = MailFeed(
         shared.store,
-        clock,  # type: ignore[arg-type]
+        clock,
         poll_interval=config.web.poll_interval,
         changes=getattr(shared, "changes", None),  # the process's, else the feed makes its own
     )
@@ -332,7 +341,7 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
 
     api = Api(
         feed,
-        clock,  # type: ignore[arg-type]
+        clock,
         hostname=config.hostname,
         max_wait=config.web.max_wait,
         faults=getattr(shared, "faults", None),
@@ -343,7 +352,7 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         admins=config.web.admins,
         portal=shared.portal,
         throttle=shared.throttle,
-        clock=clock,  # type: ignore[arg-type]
+        clock=clock,
     )
     if config.web.login and shared.users is None:
         log.warn("[web] login is on but there is no [files] users: nobody can log in to the page")
