@@ -12,7 +12,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.tls import ServerTLS, TLSFileError
-from tests.tlshelpers import CertificateAuthority
+from tests.support.tls import CertificateAuthority
 
 CA = CertificateAuthority()
 
