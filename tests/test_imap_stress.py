@@ -109,6 +109,31 @@ class Rules(SynchronousTestCase):
         self.assertEqual([m.uid for m in s.sel.messages], [1, None])
         self.assertEqual(_rules(s), [])
 
+    def test_vanished_places_every_uid_before_removing_any(self) -> None:
+        # Seen with IDLE (seed 1): message 1 (told at SELECT, UID 3 not asked), UIDs 5 and 6
+        # known, message 4 told after them (so above 6: UID 7). "VANISHED 5:7" is one set
+        # (RFC 7162 3.2.10): UID 7 is the 4th, after 6, even though 5 and 6 go with it.
+        s = _session()
+        _feed(s, "* 3 EXISTS", "* 2 FETCH (UID 5 FLAGS ())", "* 3 FETCH (UID 6 FLAGS ())")
+        _feed(s, "* 4 EXISTS", "* VANISHED 5:7")
+        assert s.sel is not None
+        self.assertEqual([m.floor for m in s.sel.messages], [0])
+        _feed(s, "* 1 FETCH (UID 3 FLAGS ())")
+        self.assertEqual(_rules(s), [])
+
+    def test_vanished_unknown_of_several_keeps_the_lowest_floors(self) -> None:
+        # Messages 1 (UID 3, told first) and 3 (UID 5, told after UID 4 was known) are both
+        # unasked once UID 4 vanished; "VANISHED 5" may be either as far as the model knows.
+        # Guessing the first would blame the server for UID 3 (uid-new-higher): the guess
+        # must keep the lower floor.
+        s = _session()
+        _feed(s, "* 2 EXISTS", "* 2 FETCH (UID 4 FLAGS ())", "* 3 EXISTS")
+        _feed(s, "* VANISHED 4", "* VANISHED 5", "* 1 FETCH (UID 3 FLAGS ())")
+        self.assertEqual(_rules(s), [])
+        # A UID that really is not above what was known when its message was told still is.
+        _feed(s, "* 2 EXISTS", "* 2 FETCH (UID 4 FLAGS ())")
+        self.assertEqual(_rules(s), ["uid-new-higher"])
+
     def test_fetch_no_expungeissued_is_a_violation_copy_no_is_not(self) -> None:
         s = _session()
         s.running = imapstress.Running("a1", "FETCH 1 (BODY[])", "FETCH")

@@ -369,26 +369,35 @@ class Session:
         running = self.running
         if running is not None and running.name in ("FETCH", "STORE", "SEARCH"):
             self.violation("expunge-during-command", response, f"VANISHED during {running.name}")
+        # One response, one set (RFC 7162 3.2.10): each UID names a message of the mailbox as
+        # it was before this response, so every UID is placed before any message is removed.
+        # (Placed one at a time, a UID after known ones of the same response would find the
+        # run of unknown messages where it fits widened past them, onto older messages.)
+        messages = sel.messages
+        index = {m.uid: i for i, m in enumerate(messages) if m.uid is not None}
+        doomed: set[int] = set()
+        runs: dict[tuple[int, ...], list[int]] = defaultdict(list)  # unknown run -> its UIDs
         for uid in expand_uid_set(words[0]):
-            for i, m in enumerate(sel.messages):
-                if m.uid == uid:
-                    self._gone(sel.messages.pop(i), sel)
-                    break
+            i = index.get(uid)
+            if i is not None:
+                doomed.add(i)
             else:
-                # A message told by EXISTS whose UID the session has not asked yet: the
-                # unknown one in the gap where this UID fits (they are all alike).
-                gap: int | None = None  # first unknown message after the last UID below
-                for i, m in enumerate(sel.messages):
-                    if m.uid is None:
-                        if gap is None:
-                            gap = i
-                    elif m.uid > uid:
-                        break
-                    else:
-                        gap = None
-                if gap is not None:
-                    sel.messages.pop(gap)
-                    self.world.expunged.setdefault((sel.mailbox, uid), self.name)
+                # A message told by EXISTS whose UID the session has not asked yet.
+                run = _unknown_run(messages, uid)
+                if run:
+                    runs[run].append(uid)
+        for run, uids in runs.items():
+            # Which of the run went is unknown. Floors never fall along the list (EXISTS
+            # appends, each with the highest UID known then), so dropping the last ones keeps
+            # the lowest floors: each message left is at or after its entry here, so its true
+            # floor is no lower, and no UID is blamed (uid-new-higher) for a wrong guess.
+            doomed.update(run[-len(uids) :])
+            for uid in uids[: len(run)]:
+                self.world.expunged.setdefault((sel.mailbox, uid), self.name)
+        for i in sorted(doomed):
+            if messages[i].uid is not None:
+                self._gone(messages[i], sel)
+        messages[:] = [m for i, m in enumerate(messages) if i not in doomed]
 
     def _fetch(self, number: int, items: list[Any], response: Response) -> None:
         sel = self.sel
@@ -567,3 +576,18 @@ class Session:
 
 
 _MAY_EXPUNGEISSUE = ("COPY", "UID COPY", "MOVE", "UID MOVE", "STORE", "UID STORE")
+
+
+def _unknown_run(messages: list[Message], uid: int) -> tuple[int, ...]:
+    """The indexes of the messages without a known UID where ``uid`` fits: after the last
+    known UID below it, before the first above (RFC 3501 2.3.1.1: UIDs ascend with sequence
+    numbers)."""
+    run: list[int] = []
+    for i, m in enumerate(messages):
+        if m.uid is None:
+            run.append(i)
+        elif m.uid > uid:
+            break
+        else:
+            run = []
+    return tuple(run)
