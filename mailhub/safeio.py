@@ -44,7 +44,7 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_all(fd: int, data: bytes | bytearray) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """os.write until every byte is out (a write may be short, e.g. on a full pipe or signal)."""
     n = os.write(fd, data)
     if n == len(data):

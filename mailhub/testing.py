@@ -189,7 +189,7 @@ class Delivered:
     def text(self) -> str:
         """The plain-text body (the first text/plain part), or ""."""
         part = self.message.get_body(preferencelist=("plain",))
-        return part.get_content() if part is not None else ""  # type: ignore[union-attr]
+        return part.get_content() if part is not None else ""
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,7 @@ class MailhubTestServer:
         else:
             from twisted.internet import reactor
 
-            self.feed = MailFeed(service.store, reactor, poll_interval=FEED_POLL_INTERVAL)  # type: ignore[arg-type]
+            self.feed = MailFeed(service.store, reactor, poll_interval=FEED_POLL_INTERVAL)
             self.feed.startService()
             self._own_feed = True
         self._start_cursor = self.cursor()
@@ -523,7 +523,7 @@ class MailhubTestServer:
                 )
 
         unsubscribe = feed.subscribe(changed)
-        timer = reactor.callLater(timeout, give_up)  # type: ignore[attr-defined]
+        timer = reactor.callLater(timeout, give_up)
 
         def finished(result: Any) -> Any:
             unsubscribe()
@@ -549,13 +549,13 @@ def _reactor_in_thread() -> Any:
     with _reactor_lock:
         if _reactor_thread is None:
             # Under trial the reactor belongs to the test runner, even between its runs.
-            if reactor.running or "twisted.trial.runner" in sys.modules:  # type: ignore[attr-defined]
+            if reactor.running or "twisted.trial.runner" in sys.modules:
                 raise RuntimeError(
                     "the reactor already runs here (a trial test?): use MailhubTestServer, "
                     "whose helpers return Deferreds, instead of mailhub.testing.running()"
                 )
             _reactor_thread = threading.Thread(
-                target=reactor.run,  # type: ignore[attr-defined]
+                target=reactor.run,
                 kwargs={"installSignalHandlers": False},
                 name="mailhub.testing reactor",
                 daemon=True,

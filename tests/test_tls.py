@@ -436,6 +436,16 @@ class FileErrorTests(SynchronousTestCase):
         e = self.error(self.cert_path, encrypted)
         self.assertIn("encrypted", e.problem)
 
+    def test_malformed_pem_key(self) -> None:
+        # PEM armour around no key: its own TLSFileError (the except clause once named an
+        # exception class cryptography does not have, so this raised AttributeError).
+        broken = self.dir / "broken.pem"
+        broken.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+        e = self.error(self.cert_path, broken)
+        self.assertEqual((e.path, e.role), (broken, "key"))
+        self.assertIn("the private key cannot be parsed", e.problem)
+        self.assertEqual(e.fix, "give a PEM private key")
+
     def test_chain_out_of_order(self) -> None:
         self.cert_path.write_bytes(cert_pem(CA.intermediate, self.issued.certificate))
         e = self.error(self.cert_path, self.key_path)

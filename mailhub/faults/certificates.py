@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IOpenSSLContextFactory, IOpenSSLServerCo
 from zope.interface import implementer
 
 from mailhub.faults.rules import Action, BadCertificate, FaultRules, Stage
-from mailhub.tls import CertificatePair, certificate_info, server_context
+from mailhub.tls import CertificatePair, SigningKey, certificate_info, server_context
 
 WRONG_NAME = "wrong-name.invalid"  # RFC 2606: can never be a real host
 
@@ -90,7 +90,7 @@ def make_bad_certificate(
     return chain, key
 
 
-def context_for(chain: Sequence[x509.Certificate], key: PrivateKeyTypes) -> SSL.Context:
+def context_for(chain: Sequence[x509.Certificate], key: SigningKey) -> SSL.Context:
     """A server context with mailhub's usual TLS settings (tls.server_context) for a chain."""
     where = Path(f"<fault certificate {chain[0].subject.rfc4514_string()}>")
     info = certificate_info(where, chain)

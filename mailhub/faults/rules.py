@@ -226,7 +226,7 @@ class Rule:
         try:
             return kind(value)
         except ValueError:
-            choices = ", ".join(repr(v.value) for v in kind)  # type: ignore[attr-defined]
+            choices = ", ".join(repr(v.value) for v in kind)
             raise FaultError(key, f"{value!r} is not one of {choices}") from None
 
     def _check_reply(self, stage: Stage) -> None:

@@ -74,7 +74,8 @@ class FaultySMTPServerProtocol(SMTPServerProtocol):
 
     def respond(self, result: HandlerResult) -> None:
         if result is not None and self._slow:
-            result = self._delayed(self._slow, lambda r=result: r)  # a throttle fault
+            reply = result  # the lambda runs later, when ``result`` is the delay's Deferred
+            result = self._delayed(self._slow, lambda: reply)  # a throttle fault
         _Base.respond(self, result)
 
     def ehlo(self, arg: str) -> HandlerResult:

@@ -118,8 +118,10 @@ class SMTPAuth:
                 mechanism=mechanism,
                 client=client,
             )
+        portal = f.portal
+        assert portal is not None  # smtp_AUTH answers 502 without one: no exchange starts
         d = self._delay = guarded_login(
-            f.portal, f.throttle, f.clock, client, credentials.authcid, credentials.password,
+            portal, f.throttle, f.clock, client, credentials.authcid, credentials.password,
             refuse=refuse,
         )  # fmt: skip
         return d.addCallbacks(self._result, self._cancelled, callbackArgs=(mechanism,))

@@ -299,9 +299,10 @@ def commit_message(txn: Transaction, log: Logger, client: str) -> Reply | Deferr
         return reply
 
     def commit_failed(failure: Failure) -> Reply:
-        if failure.check(DeliveryError):
-            reply = R.delivery_error(failure.value)
-            log_message(log, client, txn, reply, reason=str(failure.value))
+        e = failure.value
+        if isinstance(e, DeliveryError):
+            reply = R.delivery_error(e)
+            log_message(log, client, txn, reply, reason=str(e))
         else:
             log.failure("Unexpected error committing a message", failure)
             reply = R.INTERNAL_ERROR

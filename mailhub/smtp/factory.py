@@ -21,7 +21,7 @@ from mailhub.throttle import AuthThrottle
 BARE_LINE_ENDING_POLICIES = ("reject", "normalise", "normalize")
 
 
-class SMTPServerFactory(ServerFactory):
+class SMTPServerFactory(ServerFactory[SMTPServerProtocol]):
     """Builds ``SMTPServerProtocol`` sessions sharing one configuration.
 
     Use with any stream endpoint: ``serverFromString(reactor, "tcp:1025").listen(factory)``.

@@ -16,6 +16,7 @@ reply (``mailhub.faults.smtp`` applies fault rules this way; this module knows n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from twisted.internet.defer import Deferred
@@ -116,7 +117,8 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         self._data = DataReader(writer)
         self._chunks = ChunkReader(writer)
         self._auth = SMTPAuth(f, self._log, self._logged_in)
-        self.callLater = f.clock.callLater  # TimeoutMixin uses the injected clock
+        # TimeoutMixin uses the injected clock (its callLater is a method meant to be replaced).
+        self.callLater = f.clock.callLater  # type: ignore[method-assign,assignment]
         peer = self.transport.getPeer()
         self.session = Session(str(getattr(peer, "host", "")), int(getattr(peer, "port", 0) or 0))
         self._slot = f.connection_opened(self.session.client_address, self)
@@ -453,7 +455,8 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
             or last.upper() not in ("", "LAST")
         ):
             # We cannot tell how many octets follow, so everything after would be misread.
-            return self._shutdown(Reply(421, "4.5.0", "Error: BDAT syntax error, closing"))
+            self._shutdown(Reply(421, "4.5.0", "Error: BDAT syntax error, closing"))
+            return None
         size = int(size_text)
         # From here on the chunk is read even if refused (RFC 3030 2), so the stream stays in
         # step: its octets must never be taken for commands.
@@ -613,6 +616,8 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
             return False
         self._mode = _COMMAND
         txn, self._txn = self._txn, None  # the transaction ends here, whatever the outcome
+        # DATA mode starts with a transaction; only closing drops it, and that stops the input.
+        assert txn is not None
         self.respond(self.end_of_data(txn))
         return True
 
@@ -643,6 +648,9 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
                 self._reset_transaction()  # the failed transaction ends with its LAST chunk
             return error
         txn = self._txn
+        # A chunk without an error was started in a transaction (smtp_BDAT), and the transaction
+        # ends only at its LAST chunk or on closing, which stops the input.
+        assert txn is not None
         if not chunks.last:
             if txn.failed is not None:
                 # RFC 3030 2: the client must stop; later chunks are read and refused.
@@ -665,7 +673,9 @@ def _parameter_error(e: ParameterError) -> Reply:
     return Reply(501, "5.5.4", f"Error: {e}")
 
 
-def _then(result, callback, *args) -> Reply | Deferred:
+def _then(
+    result: Decision | Deferred[Decision], callback: Callable[..., Reply], *args: object
+) -> Reply | Deferred:
     """Apply ``callback`` now for a plain result, or when a Deferred result fires."""
     if isinstance(result, Deferred):
         return result.addCallback(callback, *args)

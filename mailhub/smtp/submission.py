@@ -52,7 +52,7 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email import errors as email_errors
-from email.headerregistry import HeaderRegistry
+from email.headerregistry import AddressHeader, HeaderRegistry
 from email.utils import format_datetime
 from typing import Any
 
@@ -119,6 +119,7 @@ def originator_mailboxes(value: bytes) -> list[Mailbox]:
     syntax or names no mailbox."""
     try:
         header = _REGISTRY("From", _header_text(value))
+        assert isinstance(header, AddressHeader)  # the registry's class for From
         defects = [d for d in header.defects if not isinstance(d, _TOLERATED_DEFECTS)]
         addresses = header.addresses
     except Exception as e:  # the stdlib parser reports defects, but this is client input

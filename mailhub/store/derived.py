@@ -39,7 +39,7 @@ class DerivedData:
         cache = core.cache_file()
         value = cache.get(base, name, decode)
         if value is not MISSING:
-            return value  # type: ignore[no-any-return]
+            return value  # type: ignore[return-value]  # decode made it: a T
         if compute_path is not None:
             value = self.files.with_file(
                 uid, lambda b, sub, fn: compute_path(f"{core.dir}/{sub}/{fn}")
@@ -52,7 +52,7 @@ class DerivedData:
         if cache.needs_compaction():  # first, so that the new record lands in a clean file
             core.compact_cache(cache)
         cache.put(base, name, encode(value), value)
-        return value  # type: ignore[no-any-return]
+        return value
 
     def cache_pass(
         self,
@@ -89,7 +89,7 @@ class DerivedData:
                         value = compute(f)
                 if uid not in core.kept:  # (expunged, kept for a reader: no record)
                     cache.put(base, name, encode(value), value, defer=True)
-            return value  # type: ignore[no-any-return]
+            return value  # type: ignore[return-value]  # decoded or computed: a T
 
         return CachePass(cache, name, self._live_base, miss)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from mailhub.safeio import fsync_dir
@@ -24,6 +24,11 @@ from mailhub.store.folderstate import intern_keywords
 from mailhub.store.reading import MessageFiles
 from mailhub.store.spool import Placement, SpoolFile
 from mailhub.store.sync import Syncer
+
+
+def _stopped_at(t: float) -> Callable[[], float]:
+    """A clock that always says ``t``: a copy's name carries its original's internal date."""
+    return lambda: t
 
 
 class Placer:
@@ -149,7 +154,7 @@ class Placer:
             if info is None:
                 continue
             date = float(info.internaldate)
-            base = names.with_size(names.unique_name(hostname, lambda d=date: d), info.size)
+            base = names.with_size(names.unique_name(hostname, _stopped_at(date)), info.size)
             if info.keywords:
                 pending[base] = info.keywords
 

@@ -75,7 +75,9 @@ class Recent:
         rename = os.rename
         for uid in sorted(set(uids)):
             base = uid_base.get(uid)
-            where = entries.get(base) if base is not None else None
+            if base is None:
+                continue
+            where = entries.get(base)
             if where is None or where[0] != "new":
                 continue
             fn = where[1]

@@ -101,7 +101,7 @@ class SpoolFile(io.FileIO):
         self.path = path
         self.handed_over = False
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         # FileIO.write may be short; a spooled message is written whole or fails.
         write_all(self.fileno(), data)
         return len(data)

@@ -114,7 +114,7 @@ class Syncer:
         for base, rec in lst.records.items():
             fn = cur_file(base)
             recent = fn is None
-            if recent:
+            if fn is None:
                 fn = new_file(base)
                 if fn is None:
                     continue

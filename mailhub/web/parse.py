@@ -16,7 +16,7 @@ import email.policy
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.headerregistry import AddressHeader, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -180,7 +180,7 @@ POLICY = email.policy.default.clone(header_factory=_Headers())
 
 
 def load(raw: bytes) -> EmailMessage:
-    return email.message_from_bytes(raw, policy=POLICY)  # type: ignore[return-value]
+    return email.message_from_bytes(raw, policy=POLICY)
 
 
 def _header(msg: Message, name: str) -> str:
@@ -207,15 +207,18 @@ def _address(display_name: str, addr_spec: str) -> Address:
     return Address(from_escaped(display_name), from_escaped(addr_spec))
 
 
-def _addresses(msg: Message, name: str) -> tuple[Address, ...]:
+def _addresses(msg: EmailMessage, name: str) -> tuple[Address, ...]:
     try:
         header = msg.get(name)
         if header is None:
             return ()
-        return tuple(_address(a.display_name, a.addr_spec) for a in header.addresses)
-    except Exception:
-        text = _raw_header(msg, name)
-        return (Address("", text),) if text else ()
+        if isinstance(header, AddressHeader):
+            return tuple(_address(a.display_name, a.addr_spec) for a in header.addresses)
+    except Exception:  # a field the policy cannot parse
+        pass
+    # Not read as addresses (taken as plain text by _Headers, or unparsable): shown as it came.
+    text = _raw_header(msg, name)
+    return (Address("", text),) if text else ()
 
 
 def _date(msg: Message) -> float | None:
