@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.imap import mime, render
-from mailhub.imap import mime_header as mh
 from mailhub.imap.mime import MessageStructure, Section, SectionData
+from mailhub.message import headers as mh
 from tests.support.dovecot import _ask_dovecot
 from tests.support.mime import (
     ADDRESSES,

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from mailhub.imap import mime_header as mh
 from mailhub.imap.render import nstring, paren, string
+from mailhub.message import headers as mh
 
 # -- limits (Dovecot's defaults, message_max_nested/total parts) -----------------------------
 
