@@ -21,10 +21,10 @@ from typing import BinaryIO, Protocol
 
 from mailhub.imap import search_text
 from mailhub.imap.dates import MONTHS, MONTHS_B, full_year
-from mailhub.imap.mime import MessageHeader, MessageStructure
 from mailhub.imap.parser import Atom
 from mailhub.imap.sequence import SequenceSet
 from mailhub.message.headers import address_search_text, decode_words, split_fields
+from mailhub.message.mime import MessageHeader, MessageStructure
 
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
 

@@ -10,7 +10,7 @@ decoded); here (~0.1 ms):
   distinct value; the plainest values are recognised directly, checked against those classes
   in tests/test_web_parse.py);
 * a single-part message's one part is its header's content fields over the rest of the file; a
-  multipart one is scanned by ``mailhub.imap.mime.parse_structure`` (offsets and content
+  multipart one is scanned by ``mailhub.message.mime.parse_structure`` (offsets and content
   fields, nothing decoded);
 * the text body is decoded from a bounded prefix only.
 
@@ -36,8 +36,8 @@ from functools import lru_cache
 from typing import BinaryIO, TypeVar
 from urllib.parse import unquote_to_bytes
 
-from mailhub.imap import mime
 from mailhub.message import headers as mh
+from mailhub.message import mime
 from mailhub.message.header_text import from_bytes, from_escaped
 from mailhub.message.headers import decode_words
 from mailhub.web import parse
