@@ -6,14 +6,11 @@ messages (checked with a throwaway dovecot-imapd), unless a comment says otherwi
 
 from __future__ import annotations
 
-import base64
 import io
-import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,17 +18,19 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.imap import bodystructure, render, sections
 from mailhub.imap.sections import Section, SectionData
-from mailhub.message import headers as mh
 from mailhub.message import mime
 from mailhub.message.mime import MessageStructure
 from tests.support.dovecot import _ask_dovecot
 from tests.support.mime import (
     ADDRESSES,
     ALTERNATIVE_WITH_ATTACHMENTS,
+    MULTIPART,
     NESTED,
     PYTHON_EMAIL_DATA,
-    _lines,
+    SIMPLE,
+    CountingReader,
     _messages,
+    corpus,
     crlf,
 )
 from tests.support.tools import dovecot_imap, requires
@@ -48,8 +47,6 @@ def section(data: bytes, spec: str, fields: tuple[str, ...] = ()) -> bytes:
     fp = io.BytesIO(data)
     return sections.section_data(s, Section.parse(spec, fields), fp).read(fp)
 
-
-SIMPLE = b"Subject: hi\r\nFrom: a@b.c\r\n\r\nhello"
 
 DISPLAY_NAMES = crlf(b"""From: Undisclosed recipients
 To: "Q N", a@b, Real Name (c), postmaster
@@ -469,29 +466,7 @@ U3ViamVjdDogeAoKeQo=
 
 
 class Sections(SynchronousTestCase):
-    MP = crlf(b"""Content-Type: multipart/mixed; boundary="b"
-Subject: x
-
-pre
---b
-Content-Type: text/plain
-
-hello
---b
-
-line1
-line2
-
---b
-Content-Type: message/rfc822
-
-Subject: inner
-To: bare
-
-in body
---b--
-epi
-""")
+    MP = MULTIPART
 
     def test_whole_header_and_text(self) -> None:
         head, _, body = self.MP.partition(b"\r\n\r\n")
@@ -622,27 +597,6 @@ class Cache(SynchronousTestCase):
         self.assertEqual(bodystructure.envelope(again), bodystructure.envelope(s))
         self.assertEqual(again.size, len(NESTED))
 
-    def test_foreign_bytes_are_refused(self) -> None:
-        import marshal
-
-        self.assertRaises(ValueError, MessageStructure.from_bytes, marshal.dumps((99, b"")))
-        self.assertRaises(ValueError, MessageStructure.from_bytes, marshal.dumps([1]))
-
-    def test_real_file_is_read_in_pieces(self) -> None:
-        # a file with a 3 MB attachment: the parse reads it, the structure stays small
-        with tempfile.NamedTemporaryFile(suffix=".eml") as f:
-            f.write(crlf(b"Subject: big\nContent-Type: multipart/mixed; boundary=B\n\n--B\n"))
-            f.write(crlf(b"Content-Transfer-Encoding: base64\n\n"))
-            line = base64.b64encode(os.urandom(57)) + b"\r\n"
-            f.write(line * 40_000 + b"--B--\r\n")
-            f.flush()
-            with open(f.name, "rb") as fp:
-                s = mime.parse_structure(fp)
-                self.assertLess(len(s.to_bytes()), 1000)
-                self.assertEqual(s.root.children[0].size, len(line) * 40_000 - 2)
-                self.assertEqual(s.root.children[0].lines, 40_000 - 1)
-                self.assertEqual(s.size, os.fstat(fp.fileno()).st_size)
-
 
 # -- properties ------------------------------------------------------------------------------
 
@@ -700,70 +654,14 @@ class Properties(SynchronousTestCase):
             self.assertEqual(section(data, str(i)), body)
 
 
-class _CountingReader(io.BytesIO):
-    """Records the largest amount any single read asked for (or got)."""
-
-    largest = 0
-
-    def read(self, n: int | None = -1) -> bytes:
-        data = super().read(n)
-        self.largest = max(self.largest, len(data))
-        return data
-
-    def readline(self, n: int | None = -1) -> bytes:
-        data = super().readline(n)
-        self.largest = max(self.largest, len(data))
-        return data
-
-
 class BoundedMemory(SynchronousTestCase):
-    def test_parse_reads_in_bounded_pieces(self) -> None:
-        # one 3 MB line in a part and 3 MB without any line end at top level
-        for data in (
-            crlf(b"Content-Type: multipart/mixed; boundary=B\n\n--B\n\n")
-            + b"q" * 3_000_000
-            + b"\r\n--B--\r\n",
-            b"Subject: x\r\n\r\n" + b"q" * 3_000_000,
-        ):
-            fp = _CountingReader(data)
-            s = mime.parse_structure(fp)
-            self.assertEqual(s.size, len(data))
-            self.assertLessEqual(fp.largest, mime.MAX_LINE)
-
     def test_section_chunks_are_bounded(self) -> None:
         data = b"Subject: x\r\n\r\n" + b"q" * 300_000
         s = parse(data)
-        fp = _CountingReader(data)
+        fp = CountingReader(data)
         pieces = list(sections.section_data(s, Section(text="TEXT"), fp).chunks(fp))
         self.assertEqual(b"".join(pieces), b"q" * 300_000)
         self.assertLessEqual(fp.largest, 65536)
-
-
-class Addresses(SynchronousTestCase):
-    @settings(max_examples=500, deadline=None)
-    @given(st.binary(max_size=60) | st.text(alphabet='<>@,;:."()[]\\ ab=?', max_size=40))
-    def test_any_value_parses(self, value: bytes | str) -> None:
-        if isinstance(value, str):
-            value = value.encode()
-        for name, adl, mailbox, host in mh.parse_address_list(value):
-            self.assertTrue(all(x is None or isinstance(x, bytes) for x in (name, adl)))
-            # a group marker or a mailbox with both parts (placeholders when missing)
-            if host is None:
-                self.assertTrue(mailbox is None or isinstance(mailbox, bytes))
-            else:
-                self.assertTrue(mailbox)
-
-    def test_simple_and_full_parsers_agree(self) -> None:
-        for value in (
-            b"a@b.c",
-            b"Alice Smith <alice@example.com>, bob@example.org",
-            b"John Q. Public <jqp@example.com>",
-            b"  Spaced   Name\t <s@x.y> ,, z@w",
-            b"=?utf-8?q?J=C3=B6rg?= <j@x.de>",
-        ):
-            self.assertEqual(
-                mh.parse_address_list(value), mh.parse_address_list(b"(comment) " + value)
-            )
 
 
 class SectionDataPieces(SynchronousTestCase):
@@ -777,15 +675,6 @@ class SectionDataPieces(SynchronousTestCase):
 
 
 # -- the header-only read -------------------------------------------------------------------
-
-
-def _corpus() -> list[bytes]:
-    out = [ALTERNATIVE_WITH_ATTACHMENTS, NESTED, ADDRESSES, SIMPLE, Sections.MP]
-    if PYTHON_EMAIL_DATA.is_dir():
-        for path in sorted(PYTHON_EMAIL_DATA.glob("msg_*.txt")):
-            data = path.read_bytes()
-            out += [data, data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")]
-    return out
 
 
 class _TotalReader(io.BytesIO):
@@ -885,10 +774,10 @@ class HeaderOnly(SynchronousTestCase):
         return path
 
     def test_same_as_the_full_parse_on_real_messages(self) -> None:
-        corpus = _corpus()
-        for data in corpus:
+        messages = corpus()
+        for data in messages:
             self.assertSameAsFullParse(data)
-        self.assertGreater(len(corpus), 5)
+        self.assertGreater(len(messages), 5)
 
     @settings(max_examples=400, deadline=None)
     @given(_messages)
@@ -988,67 +877,6 @@ class HeaderOnly(SynchronousTestCase):
         self.assertRaises(ValueError, mime.MessageHeader.from_bytes, s.to_bytes())
         self.assertRaises(ValueError, MessageStructure.from_bytes, h.to_bytes())
         self.assertEqual(mime.MessageHeader.from_bytes(h.to_bytes()), h)
-
-
-# -- the chunked boundary scan ---------------------------------------------------------------
-
-
-def _skip_body_by_lines(r: mime._Reader, stack: list[bytes]):  # type: ignore[no-untyped-def]
-    """The reference: what _skip_body must find, reading line by line (its first version)."""
-    while line := r.readline():
-        if line[:2] == b"--" and r.fresh:
-            h = mime._boundary_hit(line, stack)
-            if h is not None:
-                return h[0], h[1], r.pos - len(line), r.nl - (r.last_eol > 0), r.prev_eol
-    return None
-
-
-def _flat(s: MessageStructure) -> tuple:
-    return (s.header, s.envelope_fields, s.size, s.root._to_tuple())
-
-
-_long_lines = st.sampled_from(
-    [
-        b"x" * 9 + b"\r\n",
-        b"y" * 8 + b"\r",
-        b"\n--a\r\n",
-        b"--a" + b"z" * 12 + b"\r\n",
-        b"--b--\n",
-        b"-",
-        b"-\n-",
-        b"--",
-    ]
-)
-_scan_messages = st.lists(_lines | _long_lines, max_size=50).map(b"".join)
-
-
-class ChunkedBoundaryScan(SynchronousTestCase):
-    """_skip_body reads big pieces and finds boundaries with bytes.find: the structures are
-    the same as reading line by line, also with tiny MAX_LINE (pieces of long lines, reads
-    that cut a boundary line or a CRLF in two)."""
-
-    def assertSameAsLineByLine(self, data: bytes, max_line: int) -> None:
-        with patch.object(mime, "MAX_LINE", max_line):
-            fast = _flat(mime.parse_structure(io.BytesIO(data)))
-            with patch.object(mime, "_skip_body", _skip_body_by_lines):
-                slow = _flat(mime.parse_structure(io.BytesIO(data)))
-        self.assertEqual(fast, slow, (max_line, data))
-
-    @settings(max_examples=300, deadline=None)
-    @given(_scan_messages, st.sampled_from([3, 4, 5, 7, 11, 64, 65536]))
-    def test_same_as_line_by_line(self, data: bytes, max_line: int) -> None:
-        self.assertSameAsLineByLine(data, max_line)
-
-    def test_real_messages(self) -> None:
-        for data in _corpus():
-            for max_line in (5, 13, 80, 65536):
-                self.assertSameAsLineByLine(data, max_line)
-
-    def test_boundaries_at_every_read_offset(self) -> None:
-        head = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n\r\n"
-        for n in range(0, 40):
-            for tail in (b"\r\n--B\r\n\r\nx\r\n--B--\r\n", b"\n--B--", b"\r\n--Bx\r\n"):
-                self.assertSameAsLineByLine(head + b"a" * n + tail, 8)
 
 
 # -- the same answers as Dovecot ---------------------------------------------------------------
