@@ -597,6 +597,23 @@ class Cache(SynchronousTestCase):
         self.assertEqual(bodystructure.envelope(again), bodystructure.envelope(s))
         self.assertEqual(again.size, len(NESTED))
 
+    def test_the_cache_keeps_the_parse_not_the_rendering(self) -> None:
+        # issue 13: what the store's cache persists (to_bytes) is the neutral parse; what IMAP
+        # renders of it is memoised on the object only, never encoded
+        s = mime.parse_structure(io.BytesIO(NESTED))
+        h = mime.parse_header(io.BytesIO(NESTED))
+        before = s.to_bytes(), h.to_bytes()
+        rendered = [
+            bodystructure.bodystructure(s, True),
+            bodystructure.bodystructure(s, False),
+            bodystructure.envelope(s),
+            bodystructure.envelope(h),
+        ]
+        self.assertTrue(s.memo and h.memo)
+        self.assertEqual((s.to_bytes(), h.to_bytes()), before)
+        for out in rendered:
+            self.assertNotIn(out, before[0] + before[1])
+
 
 # -- properties ------------------------------------------------------------------------------
 
