@@ -4,6 +4,7 @@
                    ill-formed stretch U+FFFD), for IMAP SEARCH/SORT, the web page and the API
 * ``headers``      header field syntax: unfolding, MIME parameters (RFC 2045/2231), address
                    lists (RFC 5322 3.4), RFC 2047 encoded words
-* ``mime``         the MIME structure of a message file: part tree, offsets, content fields,
-                   the raw ENVELOPE fields; what the store's cache keeps per message
+* ``structure``    the parse of a message: part tree, offsets, content fields, the raw ENVELOPE
+                   fields, the top-level header; what the store's cache keeps per message
+* ``mime``         parsing a message file (bounded reads, never refusing) into a ``structure``
 """
