@@ -8,7 +8,7 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.defer import Deferred
 
 from mailhub.auth import make_portal
-from mailhub.imap import mime
+from mailhub.message import mime
 from mailhub.store import dotlock, uidlist
 from mailhub.store.dotlock import DotLock
 from tests.support.imap import USER, IMAPTestCase, message

@@ -20,9 +20,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.imap import mime, mime_header
 from mailhub.imap.parser import Atom
 from mailhub.imap.search import BadCharset, Criteria, SearchError, compile_criteria
+from mailhub.message import headers as mime_header
+from mailhub.message import mime
 from mailhub.store import MailStore
 from tests.support.dovecot import _ask_dovecot
 from tests.support.imap import USER, Client, IMAPTestCase, message

@@ -15,7 +15,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
 from mailhub.config import ListenersConfig
-from mailhub.imap import mime, search_command, search_text
+from mailhub.imap import search_command, search_text
+from mailhub.message import mime
 from mailhub.store import cache as cache_file
 from tests.support.imap import Client, IMAPTestCase, message
 from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase

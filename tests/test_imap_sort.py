@@ -13,7 +13,6 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.imap import mime
 from mailhub.imap.parser import Atom
 from mailhub.imap.sort import (
     SortError,
@@ -25,6 +24,7 @@ from mailhub.imap.sort import (
     sort_messages,
 )
 from mailhub.imap.thread import render, thread_orderedsubject, thread_references
+from mailhub.message import mime
 from tests.support.dovecot import _ask_dovecot
 from tests.support.imap import IMAPTestCase
 from tests.support.mime import PYTHON_EMAIL_DATA

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.imap.mime_header import decode_words
 from mailhub.message.header_text import from_bytes, from_escaped, in_charset
+from mailhub.message.headers import decode_words
 from tests import headerbytes
 
 _SURROGATES = range(0xD800, 0xE000)

@@ -11,11 +11,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from mailhub.imap import arguments as A
-from mailhub.imap import message_cache, mime, render
+from mailhub.imap import bodystructure, message_cache, render, sections
 from mailhub.imap.dispatch import SELECTED, Answered, CommandTable, Done
 from mailhub.imap.parser import Item, ParseError
 from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.view import View
+from mailhub.message import mime
 from mailhub.store import MessageGone
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ async def _fetch_one(
             structure, headers = message_cache.structure(view.folder, uid), None
         if not plan.needs_file:
             if headers is not None and request.envelope:
-                head.append(b"ENVELOPE " + mime.envelope(headers))
+                head.append(b"ENVELOPE " + bodystructure.envelope(headers))
             out.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(head)))
             return True
         if plan.whole_file and info.size <= FETCH_WHOLE_MAX:
@@ -131,14 +132,14 @@ async def _fetch_one(
         return False
     with fp or nullcontext():
         if headers is not None and request.envelope:
-            head.append(b"ENVELOPE " + mime.envelope(headers))
+            head.append(b"ENVELOPE " + bodystructure.envelope(headers))
         if structure is not None:
             if request.envelope:
-                head.append(b"ENVELOPE " + mime.envelope(structure))
+                head.append(b"ENVELOPE " + bodystructure.envelope(structure))
             if request.body:
-                head.append(b"BODY " + mime.bodystructure(structure, False))
+                head.append(b"BODY " + bodystructure.bodystructure(structure, False))
             if request.bodystructure:
-                head.append(b"BODYSTRUCTURE " + mime.bodystructure(structure, True))
+                head.append(b"BODYSTRUCTURE " + bodystructure.bodystructure(structure, True))
         prefix = b"* %d FETCH (" % seq + b" ".join(head)
         sep = b" " if head else b""
         for i, (name, section, partial) in enumerate(plan.wanted):
@@ -146,10 +147,10 @@ async def _fetch_one(
                 data = from_header[i]
             elif structure is None:  # whole-message sections only
                 assert fp is not None
-                data = mime.SectionData([(0, os.fstat(fp.fileno()).st_size)])
+                data = sections.SectionData([(0, os.fstat(fp.fileno()).st_size)])
             else:
                 assert fp is not None  # opened above: there is no from_header
-                data = mime.section_data(structure, section, fp)
+                data = sections.section_data(structure, section, fp)
             if partial is not None:
                 data = data.slice(partial[0], partial[1])
             out.write(prefix + sep + name + b" {%d}\r\n" % data.size)
@@ -167,13 +168,13 @@ async def _fetch_one(
 
 def _header_sections(
     plan: _FetchPlan, headers: mime.MessageHeader | None
-) -> list[mime.SectionData] | None:
+) -> list[sections.SectionData] | None:
     """The sections of a FETCH of top-level header sections only, from the cached header
     block (no file read: a message list asks for them for every message); None if the plan
     is another or the block was cut."""
     if not plan.header_sections or headers is None:
         return None
-    data = [mime.header_section_data(headers, section) for _, section, _ in plan.wanted]
+    data = [sections.header_section_data(headers, section) for _, section, _ in plan.wanted]
     return None if None in data else data  # type: ignore[return-value]  # no None in it
 
 
@@ -200,7 +201,7 @@ class _FetchPlan:
     """What a FETCH needs per message, worked out once for all of them."""
 
     request: A.FetchRequest
-    wanted: tuple[tuple[bytes, mime.Section, tuple[int, int] | None], ...]
+    wanted: tuple[tuple[bytes, sections.Section, tuple[int, int] | None], ...]
     needs_file: bool
     needs_structure: bool
     needs_headers: bool  # ENVELOPE or header sections without the structure: the header block
@@ -209,14 +210,14 @@ class _FetchPlan:
 
     @classmethod
     def of(cls, request: A.FetchRequest) -> _FetchPlan:
-        wanted: list[tuple[bytes, mime.Section, tuple[int, int] | None]]
+        wanted: list[tuple[bytes, sections.Section, tuple[int, int] | None]]
         wanted = [(_RFC822_NAMES[r], _RFC822_SECTIONS[r], None) for r in request.rfc822]
-        wanted += [(s.response_name(), mime.Section(s.part, s.text,
+        wanted += [(s.response_name(), sections.Section(s.part, s.text,
                     tuple(f.upper() for f in s.fields)), s.partial)
                    for s in request.sections]  # fmt: skip
         described = request.body or request.bodystructure
         whole_only = all(section == _WHOLE for _, section, _ in wanted)
-        header_only = bool(wanted) and all(mime.is_top_header(s) for _, s, _ in wanted)
+        header_only = bool(wanted) and all(sections.is_top_header(s) for _, s, _ in wanted)
         needs_structure = described or not (whole_only or header_only)
         return cls(
             request,
@@ -229,10 +230,10 @@ class _FetchPlan:
         )
 
 
-_WHOLE = mime.Section()
+_WHOLE = sections.Section()
 
 
 _RFC822_NAMES = {"RFC822": b"RFC822", "RFC822.HEADER": b"RFC822.HEADER",
                  "RFC822.TEXT": b"RFC822.TEXT"}  # fmt: skip
-_RFC822_SECTIONS = {"RFC822": mime.Section(), "RFC822.HEADER": mime.Section(text="HEADER"),
-                    "RFC822.TEXT": mime.Section(text="TEXT")}  # fmt: skip
+_RFC822_SECTIONS = {"RFC822": sections.Section(), "RFC822.HEADER": sections.Section(text="HEADER"),
+                    "RFC822.TEXT": sections.Section(text="TEXT")}  # fmt: skip

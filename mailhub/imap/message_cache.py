@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailhub.imap import mime
+from mailhub.message import mime
 from mailhub.store import Folder
 from mailhub.store.cache import CachePass
 

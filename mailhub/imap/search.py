@@ -21,10 +21,10 @@ from typing import BinaryIO, Protocol
 
 from mailhub.imap import search_text
 from mailhub.imap.dates import MONTHS, MONTHS_B, full_year
-from mailhub.imap.mime import MessageHeader, MessageStructure
-from mailhub.imap.mime_header import address_search_text, decode_words, split_fields
 from mailhub.imap.parser import Atom
 from mailhub.imap.sequence import SequenceSet
+from mailhub.message.headers import address_search_text, decode_words, split_fields
+from mailhub.message.mime import MessageHeader, MessageStructure
 
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
 
@@ -494,7 +494,7 @@ def _decoded(raw: bytes | None) -> str | None:
 
 def _addresses(raw: bytes | None) -> str | None:
     """An address field as casefolded text, as ENVELOPE parses it (CFWS inside addresses gone,
-    groups, routes; mime_header.address_search_text)."""
+    groups, routes; mailhub.message.headers.address_search_text)."""
     text = address_search_text(raw)
     return None if text is None else text.casefold()
 

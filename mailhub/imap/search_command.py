@@ -22,12 +22,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from mailhub.imap import arguments as A
-from mailhub.imap import message_cache, mime
+from mailhub.imap import message_cache
 from mailhub.imap.dispatch import SELECTED, CommandTable, Done
 from mailhub.imap.parser import Atom, Item, ParseError
 from mailhub.imap.search import BadCharset, Criteria, SearchError, compile_criteria
 from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.view import View
+from mailhub.message import mime
 from mailhub.store import MessageGone
 
 if TYPE_CHECKING:

@@ -10,9 +10,9 @@ import codecs
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from mailhub.imap.mime import MessageStructure, Part
-from mailhub.imap.mime_header import decode_words, split_fields
 from mailhub.message.header_text import from_bytes
+from mailhub.message.headers import decode_words, split_fields
+from mailhub.message.mime import MessageStructure, Part
 
 CHUNK = 65536
 MAX_HEADER = 256 * 1024  # header octets of an encapsulated message searched (more is garbage)

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailhub.imap.dates import MONTHS_B, full_year
-from mailhub.imap.mime import MessageHeader
-from mailhub.imap.mime_header import decode_words, parse_address_list
 from mailhub.imap.parser import Atom
 from mailhub.message.header_text import from_bytes
+from mailhub.message.headers import decode_words, parse_address_list
+from mailhub.message.mime import MessageHeader
 
 # ENVELOPE field index (mime.ENVELOPE_FIELDS) of the header fields used here
 _DATE, _SUBJECT, _FROM, _TO, _CC, _IN_REPLY_TO, _MESSAGE_ID = 0, 1, 2, 5, 6, 8, 9

@@ -108,7 +108,7 @@ def default_id_source(envelope: Envelope) -> str:
 
 def _header_text(value: bytes) -> str:
     """A raw field value as text: unfolded (RFC 5322 2.2.3), raw 8-bit read as UTF-8 (RFC 6532)
-    with replacement, the rule of ``mailhub.imap.mime_header.decode_words``. Encoded words are
+    with replacement, the rule of ``mailhub.message.headers.decode_words``. Encoded words are
     left to the address parser (they may only appear in display names, RFC 2047 5)."""
     return value.replace(b"\r", b"").replace(b"\n", b"").decode("utf-8", "replace")
 

@@ -21,8 +21,8 @@ from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from mailhub.imap.mime_header import decode_words
 from mailhub.message.header_text import from_escaped
+from mailhub.message.headers import decode_words
 from mailhub.received import parse_received
 
 SNIPPET_LENGTH = 200

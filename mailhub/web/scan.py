@@ -10,7 +10,7 @@ decoded); here (~0.1 ms):
   distinct value; the plainest values are recognised directly, checked against those classes
   in tests/test_web_parse.py);
 * a single-part message's one part is its header's content fields over the rest of the file; a
-  multipart one is scanned by ``mailhub.imap.mime.parse_structure`` (offsets and content
+  multipart one is scanned by ``mailhub.message.mime.parse_structure`` (offsets and content
   fields, nothing decoded);
 * the text body is decoded from a bounded prefix only.
 
@@ -36,10 +36,10 @@ from functools import lru_cache
 from typing import BinaryIO, TypeVar
 from urllib.parse import unquote_to_bytes
 
-from mailhub.imap import mime
-from mailhub.imap import mime_header as mh
-from mailhub.imap.mime_header import decode_words
+from mailhub.message import headers as mh
+from mailhub.message import mime
 from mailhub.message.header_text import from_bytes, from_escaped
+from mailhub.message.headers import decode_words
 from mailhub.web import parse
 
 # A message file this small is read whole, at once (most are).
@@ -139,7 +139,7 @@ class _Header:
         self.fields = fields
 
     def raw(self, name: str) -> bytes | None:
-        """A field's value as bytes (for the content fields ``mime_header`` parses)."""
+        """A field's value as bytes (for the content fields ``mailhub.message.headers`` parses)."""
         value = self.fields.get(name)
         return None if value is None else value.encode("ascii", "surrogateescape")
 
@@ -432,7 +432,8 @@ def _leaf(
     size: int,
 ) -> mime.Part:
     """The one part of a single-part message, with the content fields ``parse_structure``
-    would give it (parsed by the same ``mime_header`` functions, the first field counting)."""
+    would give it (parsed by the same ``mailhub.message.headers`` functions, the first field
+    counting)."""
     p = mime.Part()  # text/plain unless the header says otherwise (RFC 2045 5.2)
     if ctype is not None:
         p.type, p.subtype, params = ctype

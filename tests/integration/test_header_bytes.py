@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
-from mailhub.imap.mime_header import address_search_text
+from mailhub.message.headers import address_search_text
 from mailhub.testing import MailhubTestServer
 from mailhub.web import scan
 from tests import headerbytes

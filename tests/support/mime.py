@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import sysconfig
 from pathlib import Path
 
@@ -140,3 +141,57 @@ _messages = st.lists(_lines, max_size=40).map(b"".join) | st.binary(max_size=300
 
 
 PYTHON_EMAIL_DATA = Path(sysconfig.get_path("stdlib")) / "test" / "test_email" / "data"
+
+
+SIMPLE = b"Subject: hi\r\nFrom: a@b.c\r\n\r\nhello"
+
+# a multipart with a preamble, an epilogue and a message/rfc822 part
+MULTIPART = crlf(b"""Content-Type: multipart/mixed; boundary="b"
+Subject: x
+
+pre
+--b
+Content-Type: text/plain
+
+hello
+--b
+
+line1
+line2
+
+--b
+Content-Type: message/rfc822
+
+Subject: inner
+To: bare
+
+in body
+--b--
+epi
+""")
+
+
+def corpus() -> list[bytes]:
+    """The sample messages and Python's email test messages (as sent, and in CRLF)."""
+    out = [ALTERNATIVE_WITH_ATTACHMENTS, NESTED, ADDRESSES, SIMPLE, MULTIPART]
+    if PYTHON_EMAIL_DATA.is_dir():
+        for path in sorted(PYTHON_EMAIL_DATA.glob("msg_*.txt")):
+            data = path.read_bytes()
+            out += [data, data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")]
+    return out
+
+
+class CountingReader(io.BytesIO):
+    """Records the largest amount any single read asked for (or got)."""
+
+    largest = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        data = super().read(n)
+        self.largest = max(self.largest, len(data))
+        return data
+
+    def readline(self, n: int | None = -1) -> bytes:
+        data = super().readline(n)
+        self.largest = max(self.largest, len(data))
+        return data

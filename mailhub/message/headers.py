@@ -1,5 +1,6 @@
-"""Header field syntax for IMAP: unfolding, MIME parameters (RFC 2045, RFC 2231 continuations),
-address lists for ENVELOPE (RFC 5322 3.4, groups), RFC 2047 encoded words for SEARCH.
+"""Header field syntax: unfolding, field splitting, MIME parameters (RFC 2045, RFC 2231
+continuations), address lists (RFC 5322 3.4, groups; as IMAP's ENVELOPE and SEARCH see them),
+RFC 2047 encoded words. Used by IMAP, the web page and the API.
 
 Everything is bytes in and tolerant: garbage yields a best effort, never an exception."""
 
@@ -294,7 +295,7 @@ def parse_address_list(value: bytes | None) -> list[Address]:
     in_group = False
     while i < n:
         # collect one mailbox / group start up to "," ";" or ":" at top level
-        phrase: list[bytes] = []
+        phrase: list[tuple[str, bytes]] = []
         j = i
         while j < n and toks[j][0] not in (",", ";", ":", "<"):
             j += 1
