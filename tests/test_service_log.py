@@ -35,6 +35,9 @@ class StartupLog(TestCase):
 
         # Twisted's factory start and stop lines name an object address and say nothing useful.
         self.assertEqual([t for t in texts if "factory <" in t.lower()], [])
+        # ... and names the SMTP listeners by what they are, not by the fault-rule wrapper.
+        self.assertEqual([t for t in texts if "Faulty" in t], [])
+        self.assertIn(f"SMTPServerFactory starting on {ports['smtp']}", texts)
         for kind, port in ports.items():
             ours = [t for t in texts if t.startswith(f"{kind} listening on ")]
             self.assertEqual(ours, [f"{kind} listening on 127.0.0.1:{port} ({LOOPBACK})"])

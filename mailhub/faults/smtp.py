@@ -262,3 +262,8 @@ class FaultySMTPServerFactory(SMTPServerFactory):
     def __init__(self, *, faults: FaultRules | None = None, **settings: Any) -> None:
         super().__init__(**settings)
         self.faults = faults if faults is not None else FaultRules()
+
+    def logPrefix(self) -> str:
+        # Twisted's "<prefix> starting on <port>" line: every SMTP listener is built with fault
+        # rules (they may be added at run time), which is no news to the operator.
+        return SMTPServerFactory.__name__
