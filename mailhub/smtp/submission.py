@@ -66,6 +66,7 @@ from zope.interface import implementer
 from mailhub.addresses import AddressError, Mailbox, parse_path
 from mailhub.envelope import Envelope
 from mailhub.interfaces import IIncomingMessage, IMessageSink, MessageRejected
+from mailhub.message.header_text import from_bytes
 
 # RFC 5322 3.6.8: field-name = 1*ftext, printable US-ASCII except ":"; 4.5.3 (obs-optional)
 # allows WSP between the name and the colon.
@@ -107,10 +108,10 @@ def default_id_source(envelope: Envelope) -> str:
 
 
 def _header_text(value: bytes) -> str:
-    """A raw field value as text: unfolded (RFC 5322 2.2.3), raw 8-bit read as UTF-8 (RFC 6532)
-    with replacement, the rule of ``mailhub.message.headers.decode_words``. Encoded words are
-    left to the address parser (they may only appear in display names, RFC 2047 5)."""
-    return value.replace(b"\r", b"").replace(b"\n", b"").decode("utf-8", "replace")
+    """A raw field value as text: unfolded (RFC 5322 2.2.3), its octets by the one rule for
+    header octets (``mailhub.message.header_text``: UTF-8, RFC 6532, else U+FFFD). Encoded
+    words are left to the address parser (they may only appear in display names, RFC 2047 5)."""
+    return from_bytes(value.replace(b"\r", b"").replace(b"\n", b""))
 
 
 def originator_mailboxes(value: bytes) -> list[Mailbox]:
