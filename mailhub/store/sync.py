@@ -82,8 +82,15 @@ class Syncer:
             needs_lock = bool(vanished) or unknown or differ
         gone: set[str] = set()
         if needs_lock:
-            with core.lock():
-                lst, entries, gone = self.index.update_locked(entries, known_before)
+            try:
+                with core.lock():
+                    lst, entries, gone = self.index.update_locked(entries, known_before)
+            except FileNotFoundError:
+                # The lock file or the list's temporary file has no directory any more: the
+                # folder was deleted (or renamed) by another session or process meanwhile.
+                if os.path.isdir(core.dir):
+                    raise
+                raise core.not_found() from None
         assert lst is not None
         if taken is not None and entries.new:
             taken.extend(take_new(core, lst, entries))
