@@ -48,6 +48,25 @@ class DeleteRaceTests(StoreTestCase):
         self.assertEqual(self.box.list_folders(), ["INBOX", *SPECIAL])
         self.assertIn("A", self.box.subscriptions())  # nothing changed
 
+    def test_create_racing_a_delete(self) -> None:
+        # Seen with real processes: the other's DELETE renames the half-made directory away
+        # before the maildirfolder marker is written. Its DELETE came first: make it again.
+        other = self.new_store().mailbox("alice@example.com")
+        real = store_module.create_maildir
+        calls = []
+
+        def create(path, *, folder):  # type: ignore[no-untyped-def]
+            calls.append(path)
+            real(path, folder=folder)
+            if len(calls) == 1:
+                other.delete_folder("A")
+                raise FileNotFoundError(2, "No such file or directory", str(path))
+
+        self.patch(store_module, "create_maildir", create)
+        self.box.create_folder("A").sync()
+        self.assertEqual(len(calls), 2)
+        self.assertIn("A", self.box.list_folders())
+
 
 class DeletedDuringFirstSyncTests(StoreTestCase):
     """The first sync of a folder writes its UID list under the folder lock: a folder deleted

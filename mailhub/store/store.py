@@ -264,7 +264,15 @@ class Mailbox:
         name, path = self._folder_path(name)
         if name == names.INBOX or is_maildir(path):
             raise FolderExists(f"folder {name!r} already exists")
-        create_maildir(path, folder=True)
+        for attempt in range(3):
+            try:
+                create_maildir(path, folder=True)
+                break
+            except FileNotFoundError:
+                # Another session or process deleted it while we made it: their DELETE came
+                # first, so make it again.
+                if attempt == 2:
+                    raise FolderError(f"folder {name!r} was deleted while created") from None
         log.info("created folder {name} in {address}", name=name, address=self.address)
         return self._store._folder(path, name)
 

@@ -86,10 +86,9 @@ class Syncer:
                 with core.lock():
                     lst, entries, gone = self.index.update_locked(entries, known_before)
             except FileNotFoundError:
-                # The lock file or the list's temporary file has no directory any more: the
-                # folder was deleted (or renamed) by another session or process meanwhile.
-                if os.path.isdir(core.dir):
-                    raise
+                # The lock file or the list's temporary file had no directory: the folder was
+                # deleted (or renamed) by another session or process meanwhile - maybe made
+                # again since, but that is another folder (a new UIDVALIDITY).
                 raise core.not_found() from None
         assert lst is not None
         if taken is not None and entries.new:
