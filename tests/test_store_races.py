@@ -218,3 +218,22 @@ class IMAPBusyLockTests(IMAPTestCase):
         self.assertTrue(client.lines()[-1].startswith("a1 OK [COPYUID "))
         trash = MailStore(self.store.root, hostname="x").mailbox(USER).folder("Trash").sync()
         self.assertEqual([sorted(m.keywords) for m in trash.messages], [["$Important"]])
+
+    def test_delete_racing_another_delete_is_nonexistent(self) -> None:
+        client = self.login(select=None)
+        client.command("CREATE Old")
+        other = self.login(select=None)
+        real = store_module.is_maildir
+        fired: list[Path] = []
+
+        def check(path: Path) -> bool:
+            found = real(path)
+            if not fired and path.name == ".Old":
+                fired.append(path)
+                other.command("DELETE Old")  # the other session's DELETE gets in between
+            return found
+
+        self.patch(store_module, "is_maildir", check)
+        client.send("a1 DELETE Old\r\n")
+        self.assertEqual(client.lines(), ["a1 NO [NONEXISTENT] Mailbox does not exist"])
+        self.assertEqual(fired, [self.root / ".Old"])
