@@ -381,14 +381,14 @@ for i in range(rounds):
     for name in ("Own" + tag, "Same"):
         try:
             box.delete_folder(name)
-        except (FolderNotFound, FileNotFoundError):  # (deleted by another meanwhile)
+        except FolderNotFound:  # (deleted by another meanwhile)
             pass
         try:
             box.create_folder(name)
             validity = box.folder(name).sync().uidvalidity
             if name != "Same":
                 given.append(validity)
-        except (FolderExists, FolderNotFound, FileNotFoundError):
+        except (FolderExists, FolderNotFound):
             pass  # another process made (or deleted) "Same" in between
 out.write_text(json.dumps(given))
 """

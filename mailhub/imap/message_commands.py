@@ -116,7 +116,7 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
         return _store(session, rest, uid=True)
     if sub in ("COPY", "MOVE"):
         await _settle_for_copy(session, rest)
-        return _copy(session, rest, uid=True, move=sub == "MOVE")
+        return await _copy(session, rest, uid=True, move=sub == "MOVE")
     if sub == "EXPUNGE":
         A.expect_count(rest, 1)
         pairs = session.selected_view().select(A.sequence_set(rest[0]), uid=True)
@@ -132,13 +132,13 @@ async def store(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Don
 @COMMANDS.command("COPY", (SELECTED,))
 async def copy(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
     await _settle_for_copy(session, items)
-    return _copy(session, items, uid=False, move=False)
+    return await _copy(session, items, uid=False, move=False)
 
 
 @COMMANDS.command("MOVE", (SELECTED,))
 async def move(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
     await _settle_for_copy(session, items)
-    return _copy(session, items, uid=False, move=True)
+    return await _copy(session, items, uid=False, move=True)
 
 
 async def _settle_for_copy(session: IMAPServerProtocol, items: list[Item]) -> None:
@@ -210,7 +210,7 @@ def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done
     return Done("OK", "STORE completed")
 
 
-def _copy(session: IMAPServerProtocol, items: list[Item], *, uid: bool, move: bool) -> Done:
+async def _copy(session: IMAPServerProtocol, items: list[Item], *, uid: bool, move: bool) -> Done:
     A.expect_count(items, 2)
     view = session.selected_view()
     sequence = A.sequence_set(items[0])
@@ -224,10 +224,24 @@ def _copy(session: IMAPServerProtocol, items: list[Item], *, uid: bool, move: bo
     except FolderNotFound:
         return Done("NO", "Mailbox does not exist", "TRYCREATE")
     uids = [u for _, u in pairs]
-    copied = view.folder.copy_many(uids, target) if uids else []
+    links = view.folder.link_copies(uids, target) if uids else []
+    # The copies are in the target now: COPY/MOVE is not run again (it would copy twice),
+    # so a busy target lock (another process) is waited for here, on reactor timers.
+    copied: list[tuple[int, int]] | None = []
+    validity = 0
+    try:
+        if links:
+            copied, validity = await session.unlocked(
+                lambda: (target.adopt_copies(links), target.sync().uidvalidity)
+            )
+    except LockBusy:
+        if len(links) < len(uids) and not uid and not move:
+            raise  # EXPUNGEISSUED below needs the copies' UIDs to take them back
+        # Stored durably, only their UIDs are unknown (the lock stayed busy past
+        # lock_timeout): answer without COPYUID (RFC 4315 allows it), as APPEND does.
+        copied = None
     code = None
     if copied:
-        validity = target.sync().uidvalidity
         source = compress([s for s, _ in copied])
         dest = compress([d for _, d in copied])
         code = f"COPYUID {validity} {source} {dest}"
@@ -235,11 +249,11 @@ def _copy(session: IMAPServerProtocol, items: list[Item], *, uid: bool, move: bo
         if code:
             # RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
             session.write(utf8(f"* OK [{code}] Moved\r\n"))
-        moved = [s for s, _ in copied]
+        moved = [s for s, _ in links]
         if moved:
             view.folder.expunge(moved, by=view)
         return Done("OK", "MOVE completed")
-    if len(copied) < len(uids) and not uid:
+    if copied is not None and len(copied) < len(uids) and not uid:
         # RFC 3501 6.4.7: a COPY that fails leaves the destination as it was.
         if copied:
             target.expunge([d for _, d in copied])

@@ -58,11 +58,14 @@ class Placer:
                 pending.pop(base, None)
                 raise MessageGone(f"message {base!r} vanished right after it was added")
             found[base] = m.uid
-            kw = pending.pop(base, None)
+            kw = pending.get(base)
             if kw:
                 late.setdefault(kw, []).append(m.uid)
         for kw, uids in late.items():
             self.flags.store(uids, lambda f, k, kw=kw: (f, k | kw))  # type: ignore[misc]
+        # Only now: a busy lock above (LockBusy) leaves them pending for the next try.
+        for base in wanted:
+            pending.pop(base, None)
         return found
 
     def target(self, base: str, flags: frozenset[str]) -> str:
@@ -144,6 +147,10 @@ class Placer:
 
     def copy_many(self, uids: Iterable[int], other: Placer) -> list[tuple[int, int]]:
         """``Folder.copy_many``: to ``other`` (the target folder's placer)."""
+        return other.adopt_copies(self.link_copies(uids, other))
+
+    def link_copies(self, uids: Iterable[int], other: Placer) -> list[tuple[int, str]]:
+        """``Folder.link_copies``: [(source uid, new base, or ``#uid`` if already known)]."""
         by_uid = self.syncer.sync().by_uid  # flags and keywords as of now, for the copies
         hostname = other.core.settings.hostname
         pending = other.core.pending_keywords
@@ -188,5 +195,10 @@ class Placer:
             fsync_dir(d)
         if dirs:
             other.core.changed_by_us()
-        new_uids = other.uids_of([b for _, b in links if not b.startswith("#")])
+        return links
+
+    def adopt_copies(self, links: list[tuple[int, str]]) -> list[tuple[int, int]]:
+        """``Folder.adopt_copies``: [(source uid, new uid)] of ``link_copies``' links to this
+        folder; LockBusy before anything is lost, so it may be run again."""
+        new_uids = self.uids_of([b for _, b in links if not b.startswith("#")])
         return [(u, int(b[1:]) if b.startswith("#") else new_uids[b]) for u, b in links]

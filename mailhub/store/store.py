@@ -264,7 +264,15 @@ class Mailbox:
         name, path = self._folder_path(name)
         if name == names.INBOX or is_maildir(path):
             raise FolderExists(f"folder {name!r} already exists")
-        create_maildir(path, folder=True)
+        for attempt in range(3):
+            try:
+                create_maildir(path, folder=True)
+                break
+            except FileNotFoundError:
+                # Another session or process deleted it while we made it: their DELETE came
+                # first, so make it again.
+                if attempt == 2:
+                    raise FolderError(f"folder {name!r} was deleted while created") from None
         log.info("created folder {name} in {address}", name=name, address=self.address)
         return self._store._folder(path, name)
 
@@ -292,17 +300,28 @@ class Mailbox:
         for _, dst in moves:
             if dst.exists():
                 raise FolderExists(f"folder {names.folder_from_dirname(dst.name)!r} exists")
-        for src, dst in moves:
-            os.rename(src, dst)
-        fsync_dir(self._path)
-        self._store._forget_folders(str(old_path))
-        # RFC 3501 6.3.5 lets subscriptions stay behind; following the folder is what users
-        # expect (Dovecot does the same). Subscriptions of DELETE'd folders stay (6.3.4).
-        self._change_subscriptions(
-            lambda subs: _dedup(
+
+        def rename(subs: list[str]) -> list[str]:
+            # Under the subscriptions lock: a busy lock (LockBusy on the reactor) is met
+            # before anything is renamed, so IMAP can simply run RENAME again.
+            for i, (src, dst) in enumerate(moves):
+                try:
+                    os.rename(src, dst)
+                except FileNotFoundError:
+                    if i:
+                        raise
+                    # Another session or process renamed or deleted it since the check.
+                    raise FolderNotFound(f"no folder {old!r} in {self.address}") from None
+            fsync_dir(self._path)
+            self._store._forget_folders(str(old_path))
+            # RFC 3501 6.3.5 lets subscriptions stay behind; following the folder is what
+            # users expect (Dovecot does the same). Subscriptions of DELETE'd folders stay
+            # (6.3.4).
+            return _dedup(
                 new + s[len(old) :] if s == old or s.startswith(prefix) else s for s in subs
             )
-        )
+
+        self._change_subscriptions(rename)
 
     def delete_folder(self, name: str) -> None:
         """Delete a folder and its messages; INBOX cannot be deleted (RFC 3501 6.3.4).
@@ -317,7 +336,11 @@ class Mailbox:
             raise FolderNotFound(f"no folder {name!r} in {self.address}")
         # Not starting with "." so no Maildir++ reader takes it for a folder.
         doomed = self._path / f"mailhub-deleting.{names.unique_name(self._store.hostname)}"
-        os.rename(path, doomed)
+        try:
+            os.rename(path, doomed)
+        except FileNotFoundError:
+            # Another session or process deleted (or renamed) it since the check above.
+            raise FolderNotFound(f"no folder {name!r} in {self.address}") from None
         fsync_dir(self._path)
         self._store._forget_folders(str(path))
         shutil.rmtree(doomed, ignore_errors=True)

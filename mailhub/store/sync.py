@@ -82,8 +82,14 @@ class Syncer:
             needs_lock = bool(vanished) or unknown or differ
         gone: set[str] = set()
         if needs_lock:
-            with core.lock():
-                lst, entries, gone = self.index.update_locked(entries, known_before)
+            try:
+                with core.lock():
+                    lst, entries, gone = self.index.update_locked(entries, known_before)
+            except FileNotFoundError:
+                # The lock file or the list's temporary file had no directory: the folder was
+                # deleted (or renamed) by another session or process meanwhile - maybe made
+                # again since, but that is another folder (a new UIDVALIDITY).
+                raise core.not_found() from None
         assert lst is not None
         if taken is not None and entries.new:
             taken.extend(take_new(core, lst, entries))
