@@ -25,9 +25,10 @@ The counter does what Postfix's stress mode and Dovecot's login processes do:
   place is the oldest. The per-address limit is never met by eviction: beyond it a new
   connection is refused, whoever else is connected.
 
-On the implicit-TLS ports a connection that never finishes its handshake is cut off
-``HANDSHAKE_GRACE`` seconds after it is closed (``mailhub.tls``): TLS would otherwise hold a
-timed-out or evicted one open, waiting to deliver the goodbye.
+The TLS handshake (implicit-TLS ports, and after STARTTLS or STLS) runs under the same idle or
+stress timeout, and a connection closed before its handshake is done is cut off
+``HANDSHAKE_GRACE`` seconds later (``mailhub.tls.HandshakeDeadline``): Twisted's TLS layer would
+otherwise hold a timed-out or evicted one open, waiting to deliver the goodbye.
 """
 
 from __future__ import annotations

@@ -33,15 +33,15 @@ from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHandshakeListener,
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
+    IReactorTime,
     ISSLTransport,
 )
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailhub.errors import ConfigError
@@ -538,33 +538,52 @@ class ServerTLS:
 HANDSHAKE_GRACE = 5.0
 
 
+@implementer(IHandshakeListener)
+class HandshakeDeadline:
+    """Mixed into the SMTP, IMAP and POP3 sessions: closing one whose TLS handshake has not
+    finished (implicit TLS, or after STARTTLS/STLS) must not wait for that handshake for ever.
+
+    The handshake itself has no timer of its own: it must finish within the session's idle
+    timeout (the stress timeout under stress, ``mailhub.connlimit``), which keeps running from
+    the connection or the STARTTLS command, since handshake bytes are not application data.
+    When that timer (or eviction, or a refusal) closes the session, Twisted's TLS layer keeps
+    the goodbye until the handshake is done; a client about to send its ClientHello still gets
+    it, one that does not finish within HANDSHAKE_GRACE is cut off, which frees its place.
+    Twisted says when the handshake finished (``IHandshakeListener``)."""
+
+    transport: Any
+    _tls_handshaking = False
+    _tls_cut_off: IDelayedCall | None = None
+
+    def tls_handshake_started(self) -> None:
+        """The transport is TLS (implicit) or has just started it (STARTTLS, STLS)."""
+        self._tls_handshaking = True
+
+    def handshakeCompleted(self) -> None:
+        self._tls_handshaking = False
+
+    def close_transport(self, clock: IReactorTime) -> None:
+        """``transport.loseConnection()``, bounded by HANDSHAKE_GRACE during a handshake."""
+        self.transport.loseConnection()
+        if self._tls_handshaking and self._tls_cut_off is None:
+            self._tls_cut_off = clock.callLater(HANDSHAKE_GRACE, self._cut_off)
+
+    def _cut_off(self) -> None:
+        self._tls_cut_off = None
+        self.transport.abortConnection()
+
+    def stop_handshake_deadline(self) -> None:
+        """The connection is gone: no cut-off (call from ``connectionLost``)."""
+        timer, self._tls_cut_off = self._tls_cut_off, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+
 @implementer(ISSLTransport)
 class _ImplicitTLSTransport(BufferingTLSTransport):
     """Tells the wrapped protocol it is already on TLS (``ISSLTransport``), so it does not offer
     STARTTLS on an implicit-TLS port (RFC 8314 3.3). ``TLSMemoryBIOProtocol`` only copies the
     TCP transport's interfaces, which do not include ISSLTransport."""
-
-    _abort_timer: IDelayedCall | None = None
-
-    def loseConnection(self) -> None:
-        # Closed before the handshake finished (refused at once, or an idle connection timed out
-        # or evicted): TLSMemoryBIOProtocol keeps our goodbye until the handshake is done, and
-        # waits for that forever if the client never sends a ClientHello (its own abort covers
-        # only "nothing written"). A client that just connected still gets the goodbye; one
-        # that does not finish the handshake within HANDSHAKE_GRACE is cut off.
-        if self.connected and not self.disconnecting and not self._handshakeDone:
-            self._abort_timer = self.factory._clock.callLater(HANDSHAKE_GRACE, self._cut_off)
-        super().loseConnection()
-
-    def _cut_off(self) -> None:
-        self._abort_timer = None
-        self.abortConnection()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        timer, self._abort_timer = self._abort_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-        super().connectionLost(reason)
 
 
 class _ImplicitTLSFactory(TLSMemoryBIOFactory):

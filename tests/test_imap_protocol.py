@@ -11,6 +11,7 @@ from mailhub.auth import make_portal
 from mailhub.message import mime
 from mailhub.store import dotlock, uidlist
 from mailhub.store.dotlock import DotLock
+from mailhub.tls import HANDSHAKE_GRACE
 from tests.support.imap import USER, IMAPTestCase, message
 
 CAPS = (
@@ -51,6 +52,21 @@ class Greeting(IMAPTestCase):
             S: a4 BAD TLS is already active
         """)
         self.assertIs(client.transport.tls_context, self.factory.tls_context_factory)
+
+    def test_a_handshake_never_finished_after_starttls_is_cut_off(self) -> None:
+        """The autologout timer bounds the handshake (no handshake bytes reach the session);
+        Twisted's TLS layer would hold the BYE, and the connection, until a handshake that never
+        comes, so the connection is aborted HANDSHAKE_GRACE later."""
+        self.with_limits(imap_idle_timeout=60.0)
+        client = self.connect()
+        client.send("a1 STARTTLS\r\n")
+        self.assertEqual(client.lines(), ["a1 OK Begin TLS negotiation now"])
+        self.clock.advance(60)
+        self.assertTrue(client.closed)
+        self.clock.advance(HANDSHAKE_GRACE - 0.5)
+        self.assertFalse(client.transport.disconnected)
+        self.clock.advance(0.5)
+        self.assertTrue(client.transport.disconnected)  # StringTransport: aborted
 
     def test_implicit_tls_offers_login_and_no_starttls(self) -> None:
         self.plaintext_allowed = False

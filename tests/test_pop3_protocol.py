@@ -16,6 +16,7 @@ from mailhub.pop3 import sender
 from mailhub.pop3.maildrop import unique_id
 from mailhub.store import dotlock, uidlist
 from mailhub.store.dotlock import DotLock
+from mailhub.tls import HANDSHAKE_GRACE
 from tests.support.pop3 import (
     MSG1,
     MSG2,
@@ -206,6 +207,18 @@ class PlaintextRefused(POP3Case):
             S: -ERR [AUTH] Plaintext authentication is not allowed without TLS; use STLS
             """
         )
+
+    def test_a_handshake_never_finished_after_stls_is_cut_off(self) -> None:
+        """The autologout timer bounds the handshake (no handshake bytes reach the session);
+        Twisted's TLS layer would hold the goodbye, and the connection, until a handshake that
+        never comes, so the connection is aborted HANDSHAKE_GRACE later."""
+        self.assertEqual(self.send(b"STLS\r\n"), b"+OK Begin TLS negotiation\r\n")
+        self.clock.advance(self.limits.pop3_idle_timeout)
+        self.assertTrue(self.transport.disconnecting)
+        self.clock.advance(HANDSHAKE_GRACE - 0.5)
+        self.assertFalse(self.transport.disconnected)
+        self.clock.advance(0.5)
+        self.assertTrue(self.transport.disconnected)  # StringTransport: aborted
 
     def test_stls_then_login(self) -> None:
         # Commands pipelined after STLS in plain text are dropped (CVE-2011-0411).

@@ -7,9 +7,10 @@ import re
 from twisted.internet.defer import fail
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.config import DomainsConfig, SMTPConfig
+from mailhub.config import DomainsConfig, Limits, SMTPConfig
 from mailhub.interfaces import DeliveryError
 from mailhub.smtp.protocol import MAX_PENDING_INPUT
+from mailhub.tls import HANDSHAKE_GRACE
 from tests.support.smtp import LOCAL, Harness, SlowPolicy, body_of, limits
 
 EHLO_REPLY = """
@@ -734,6 +735,37 @@ class StartTLSTests(SynchronousTestCase):
         self.assertEqual(envelope.protocol, "ESMTPS")
         self.assertEqual(envelope.tls, "TLS")
         self.assertIn(b"(using TLS)", h.sink.delivered[0].data)
+
+    def _stalled_after_starttls(self):
+        h = Harness(tls_context_factory=self.CONTEXT)
+        d = h.connect(tls=True)
+        d.send(b"EHLO c\r\nSTARTTLS\r\n")
+        self.assertEqual(d.replies()[-1], "220 2.0.0 Ready to start TLS")
+        # The idle timer bounds the handshake too: no handshake bytes reach the session.
+        h.clock.advance(Limits().idle_timeout)
+        self.assertTrue(d.closed)
+        return h, d
+
+    def test_a_handshake_never_finished_after_starttls_is_cut_off(self) -> None:
+        """Twisted's TLS layer holds the 421 (and so the connection and its place) until the
+        handshake is done: a client that never finishes it is aborted HANDSHAKE_GRACE later."""
+        h, d = self._stalled_after_starttls()
+        h.clock.advance(HANDSHAKE_GRACE - 0.5)
+        self.assertFalse(d.transport.disconnected)  # still time to finish and read the 421
+        h.clock.advance(0.5)
+        self.assertTrue(d.transport.disconnected)  # StringTransport: aborted
+
+    def test_after_the_handshake_the_close_is_not_cut_short(self) -> None:
+        h = Harness(tls_context_factory=self.CONTEXT)
+        d = h.connect(tls=True)
+        d.send(b"EHLO c\r\nSTARTTLS\r\n")
+        d.replies()
+        d.protocol.handshakeCompleted()  # IHandshakeListener, as Twisted's TLS layer calls it
+        h.clock.advance(Limits().idle_timeout)
+        self.assertTrue(d.closed)
+        h.clock.advance(HANDSHAKE_GRACE)
+        self.assertFalse(d.transport.disconnected)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
 
     def test_starttls_needs_ehlo(self) -> None:
         d = Harness(tls_context_factory=self.CONTEXT).connect(tls=True)

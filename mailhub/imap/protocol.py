@@ -76,6 +76,7 @@ from mailhub.store import Folder, FolderNotFound, InvalidName, Mailbox, StoreErr
 from mailhub.store.errors import LockBusy, LockTimeout
 from mailhub.store.lockwait import BusyWait, retry_busy
 from mailhub.store.maildir import SpoolFile
+from mailhub.tls import HandshakeDeadline
 
 if TYPE_CHECKING:
     from mailhub.imap.factory import IMAPServerFactory
@@ -96,7 +97,7 @@ OUTPUT_BATCH = 64 * 1024
 
 
 @implementer(IPushProducer)
-class IMAPServerProtocol(Protocol, TimeoutMixin):
+class IMAPServerProtocol(Protocol, TimeoutMixin, HandshakeDeadline):
     """One IMAP connection. Built by ``IMAPServerFactory``."""
 
     factory: IMAPServerFactory
@@ -143,6 +144,8 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
             max_append=f.limits.max_message_size,
             spool_to=self._append_spool,
         )
+        if ISSLTransport.providedBy(self.transport):
+            self.tls_handshake_started()  # implicit TLS: even a refusal waits for it
         self._slot = f.connection_opened(self.client_address, self)
         if self._slot is None:
             self.log.info("refused connection from {client}: too many", client=self.client_address)
@@ -156,6 +159,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closing = True
         self.setTimeout(None)
+        self.stop_handshake_deadline()
         self.stop_idle()
         self._leave_view()
         for d in (self._line_waiter, self._drained, self._running):
@@ -209,7 +213,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         self.setTimeout(None)
         self.stop_idle()
         self._leave_view()
-        self.transport.loseConnection()
+        self.close_transport(self.factory.clock)
 
     @property
     def tls_active(self) -> bool:
@@ -221,6 +225,8 @@ class IMAPServerProtocol(Protocol, TimeoutMixin):
         assert self._framer is not None
         self._framer.reset()
         self.transport.startTLS(ctx)
+        # The idle timer keeps running: the handshake must finish within it (HandshakeDeadline).
+        self.tls_handshake_started()
         self._tls_active = True
 
     def write(self, data: bytes) -> None:

@@ -36,6 +36,7 @@ from mailhub.pop3.sender import WHOLE_MESSAGE_LIMIT, MessageProducer, TopReader,
 from mailhub.store import MessageGone
 from mailhub.store.errors import LockTimeout
 from mailhub.store.lockwait import retry_busy
+from mailhub.tls import HandshakeDeadline
 
 if TYPE_CHECKING:
     from mailhub.pop3.factory import POP3ServerFactory
@@ -90,7 +91,7 @@ AUTH_MALFORMED = err("Authentication response is malformed")
 AUTH_LINE_TOO_LONG = err(f"Authentication response too long (at most {MAX_SASL_LINE} octets)")
 
 
-class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
+class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin, HandshakeDeadline):
     """One POP3 session. ``commands`` maps each state's verbs to ``pop3_<VERB>(arg)``."""
 
     factory: POP3ServerFactory
@@ -144,6 +145,8 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
         self.callLater = f.clock.callLater  # type: ignore[method-assign,assignment]
         peer = self.transport.getPeer()
         self.client_address = str(getattr(peer, "host", ""))
+        if ISSLTransport.providedBy(self.transport):
+            self.tls_handshake_started()  # implicit TLS: even a refusal waits for it
         self._slot = f.connection_opened(self.client_address, self)
         if self._slot is None:
             self._log.info("refused connection from {client}", client=self.client_address)
@@ -157,6 +160,7 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
         self.setTimeout(None)
+        self.stop_handshake_deadline()
         delay, self._auth_delay = self._auth_delay, None
         if delay is not None:
             delay.cancel()
@@ -200,7 +204,7 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
         self._closing = True
         self.setTimeout(None)
         self._unregister_producer()
-        self.transport.loseConnection()
+        self.close_transport(self.factory.clock)
 
     def _end_session(self) -> None:
         """Release the maildrop lock and the login (without UPDATE)."""
@@ -347,6 +351,8 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin):
         self._discard_input()
         self._user = None
         self.transport.startTLS(self.factory.tls_context_factory)
+        # The idle timer keeps running: the handshake must finish within it (HandshakeDeadline).
+        self.tls_handshake_started()
         self._tls_active = True
         return None
 

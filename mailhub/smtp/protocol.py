@@ -50,6 +50,7 @@ from mailhub.smtp.policy import Decision
 from mailhub.smtp.replies import Reply
 from mailhub.smtp.session import Session
 from mailhub.smtp.transaction import Transaction, log_message
+from mailhub.tls import HandshakeDeadline
 
 if TYPE_CHECKING:
     from mailhub.smtp.factory import SMTPServerFactory
@@ -65,7 +66,7 @@ HandlerResult = Reply | Deferred | None
 _VERBS = "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN HELP STARTTLS AUTH"
 
 
-class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
+class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
     """One SMTP session (RFC 5321) with PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
     ENHANCEDSTATUSCODES, CHUNKING and BINARYMIME; STARTTLS when the factory has a context.
 
@@ -121,6 +122,8 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         self.callLater = f.clock.callLater  # type: ignore[method-assign,assignment]
         peer = self.transport.getPeer()
         self.session = Session(str(getattr(peer, "host", "")), int(getattr(peer, "port", 0) or 0))
+        if ISSLTransport.providedBy(self.transport):
+            self.tls_handshake_started()  # implicit TLS: even a refusal waits for it
         self._slot = f.connection_opened(self.session.client_address, self)
         if self._slot is None:
             self._log.info(
@@ -144,6 +147,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
         self.setTimeout(None)
+        self.stop_handshake_deadline()
         self._auth.connection_lost()
         txn = self._txn
         if txn is not None and txn.message is not None:
@@ -183,7 +187,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         if txn is not None and txn.message is not None:
             self._log_message(txn, reply, outcome="aborted")
         self._reset_transaction()
-        self.transport.loseConnection()
+        self.close_transport(self.factory.clock)
 
     # --- input (the loop is InputPump's; _step is below) -------------------------------------
 
@@ -542,6 +546,8 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin):
         self._discard_input()
         self._restart_session()
         self.transport.startTLS(self.factory.tls_context_factory)
+        # The idle timer keeps running: the handshake must finish within it (HandshakeDeadline).
+        self.tls_handshake_started()
         self._tls_active = True
         self.session.tls = "TLS"
         return None
