@@ -9,6 +9,7 @@ checked; none is excused.
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from twisted.internet import threads
@@ -53,6 +54,24 @@ def _session(*, verifier: bool = False) -> Session:
 def _feed(s: Session, *lines: str) -> None:
     for line in lines:
         s.handle(Response("*", line.encode() + b"\r\n"))
+
+
+class _Scripted(Session):
+    """A session whose commands are answered from a script (line -> untagged responses),
+    then OK."""
+
+    def __init__(self, script: dict[str, list[str]]) -> None:
+        super().__init__("s0", World())
+        self.sel = Selection("INBOX", flags={"\\Seen", "\\Deleted"})
+        self.script = script
+        self.sent: list[str] = []
+
+    async def command(self, line: str, literal: bytes | None = None) -> imapstress.Status:
+        self.sent.append(line)
+        self.running = imapstress.Running(f"a{len(self.sent)}", line, line.split(" ")[0])
+        _feed(self, *self.script.get(line, []))
+        self.running = None
+        return imapstress.Status("OK", None, b"", "done")
 
 
 def _rules(s: Session) -> list[str]:
@@ -153,6 +172,39 @@ class Rules(SynchronousTestCase):
         self.assertEqual(
             sorted(v.rule for v in world.violations), ["recent-missing", "recent-unique"]
         )
+
+    def test_a_session_asks_the_flags_of_what_it_was_told_before_leaving(self) -> None:
+        """The false recent-missing of a seed-1 benchmark run: a session that switched mailbox
+        right after an EXISTS never asked that message's flags, so its \\Recent (rightly
+        given: it was told first) went unseen and the session told later, without \\Recent,
+        made it look as if no session had it."""
+        s0 = _Scripted({"FETCH 1 (UID FLAGS)": ["* 1 FETCH (UID 1 FLAGS (\\Recent))"]})
+        _feed(s0, "* 1 EXISTS", "* 1 RECENT")
+        s0.world.created[("INBOX", 1)] = "s0-1"
+        s0.world.recent[("INBOX", 1)]["s1"] = False  # told after s0 took it
+        asyncio.run(s0.select("Stress"))
+        self.assertEqual(s0.sent, ["FETCH 1 (UID FLAGS)", "SELECT Stress"])
+        _check_recent(s0.world, {"INBOX": {1: Message(1)}})
+        self.assertEqual(_rules(s0), [])
+
+    def test_recent_of_a_message_left_unasked_is_not_judged(self) -> None:
+        """Each FETCH before leaving announces one more message: the last one's flags are
+        never asked, so whether it was \\Recent here is unknown (no recent-missing for it);
+        a message the session did see without \\Recent is still judged."""
+        s0 = _Scripted({
+            "FETCH 1 (UID FLAGS)": ["* 1 FETCH (UID 1 FLAGS ())", "* 2 EXISTS"],
+            "FETCH 2 (UID FLAGS)": ["* 2 FETCH (UID 2 FLAGS (\\Recent))", "* 3 EXISTS"],
+            "FETCH 3 (UID FLAGS)": ["* 3 FETCH (UID 3 FLAGS (\\Recent))", "* 4 EXISTS"],
+        })  # fmt: skip
+        _feed(s0, "* 1 EXISTS")
+        for uid in (1, 2, 3, 4):
+            s0.world.created[("INBOX", uid)] = f"s9-{uid}"
+        for uid in (1, 4):
+            s0.world.recent[("INBOX", uid)]["s1"] = False
+        asyncio.run(s0.select("Stress"))
+        _check_recent(s0.world, {"INBOX": {u: Message(u) for u in (1, 2, 3, 4)}})
+        self.assertEqual([(v.rule, v.detail.split(" (")[0]) for v in s0.world.violations],
+                         [("recent-missing", "INBOX UID 1")])  # fmt: skip
 
     def test_copies_follow_their_original(self) -> None:
         world = World()

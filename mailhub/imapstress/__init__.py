@@ -26,7 +26,9 @@ its model must equal what a fresh EXAMINE of the mailbox shows (messages and fla
 message present must be one the checker made (in the mailbox it was put or copied to, with its
 own content), present once, and every message missing must have been deleted (\\Deleted and
 EXPUNGE) or moved by somebody. Across sessions, a message is \\Recent in at most one, and in
-exactly one when it is still there and some session was told of it (RFC 3501 2.3.2).
+exactly one when it is still there and some session was told of it (RFC 3501 2.3.2). A session
+asks the flags of every message it was told of before it leaves a mailbox (it may be the one
+that had \\Recent); one a FETCH announced just then, still unasked, is not judged.
 
 Legitimately racy, so not checked or allowed (RFC 2180 discusses these multi-access cases):
 

@@ -544,12 +544,35 @@ class Session:
     # -- selecting ---------------------------------------------------------------------------
 
     async def select(self, mailbox: str, *, readonly: bool = False) -> None:
+        if self.sel is not None and not self.verifier:
+            # Leaving: the \Recent rule needs the flags of every message this session was
+            # told of (it may be the one session that had \Recent). A FETCH can announce yet
+            # more messages; whatever is still unasked then is excused (_left_unasked).
+            await self.resolve()
+            self._left_unasked(self.sel)
         self.sel = Selection(mailbox, readonly=readonly)
         verb = "EXAMINE" if readonly else "SELECT"
         status = await self.command(f"{verb} {mailbox}")
         if status.status != "OK":
             raise ConnectionGone(f"{verb} {mailbox}: {status}")
         await self.resolve()
+
+    def _left_unasked(self, sel: Selection) -> None:
+        """Record the UID range of each message of ``sel`` whose flags were never asked: its
+        \\Recent (RFC 3501 2.3.2) may have been this session's, so no other session's
+        answer can show that none had it (run._check_recent)."""
+        low = 0
+        for i, m in enumerate(sel.messages):
+            if m.uid is not None and m.flags is not None:
+                low = m.uid
+                continue
+            if m.uid is not None:
+                self.world.recent_unasked[sel.mailbox].append((m.uid - 1, m.uid + 1))
+                low = m.uid
+                continue
+            later = (x.uid for x in sel.messages[i + 1 :] if x.uid is not None)
+            high = next(later, None)
+            self.world.recent_unasked[sel.mailbox].append((max(low, m.floor), high))
 
     async def resolve(self) -> None:
         """FETCH the UID and flags of every message announced but not yet known."""

@@ -232,7 +232,8 @@ def _resolve_copies(world: World) -> None:
 
 def _check_recent(world: World, final: dict[str, dict[int, Message]]) -> None:
     """\\Recent across sessions: at most one session had it; and for a message still there at
-    the end that some session was told of (every one of them asked its flags), exactly one."""
+    the end that some session was told of, exactly one - unless a session told of it left the
+    mailbox without asking its flags (``World.recent_unseen``)."""
     for (mailbox, uid), verdicts in world.recent.items():
         holders = sorted(name for name, recent in verdicts.items() if recent)
         if len(holders) > 1:
@@ -243,7 +244,12 @@ def _check_recent(world: World, final: dict[str, dict[int, Message]]) -> None:
                 "",
                 f"{mailbox} UID {uid} is \\Recent in sessions {holders}",
             )
-        elif not holders and uid in final.get(mailbox, {}) and (mailbox, uid) in world.created:
+        elif (
+            not holders
+            and uid in final.get(mailbox, {})
+            and (mailbox, uid) in world.created
+            and not world.recent_unseen(mailbox, uid)
+        ):
             world.violation(
                 "recent-missing",
                 ",".join(sorted(verdicts)),

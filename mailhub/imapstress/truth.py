@@ -79,6 +79,11 @@ class World:
     moved: set[Key] = field(default_factory=set)  # somebody asked to MOVE it
     expunged: dict[Key, str] = field(default_factory=dict)  # announced gone (to whom)
     recent: dict[Key, dict[str, bool]] = field(default_factory=lambda: defaultdict(dict))
+    # UID ranges (both bounds excluded, None: no upper bound) of messages a session was told
+    # of but left the mailbox without asking their flags: their \Recent went unseen.
+    recent_unasked: dict[str, list[tuple[int, int | None]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     uidvalidity: dict[str, int] = field(default_factory=dict)
     copies: dict[Key, Key] = field(default_factory=dict)  # COPYUID: copy -> its source
     # STOREs per message: [session, sent, answered (None while in flight)]
@@ -102,6 +107,14 @@ class World:
                 return made
             key = self.copies[key]
         return None
+
+    def recent_unseen(self, mailbox: str, uid: int) -> bool:
+        """A session left ``mailbox`` without asking the flags of a message that may be
+        ``uid``: whether it had \\Recent is unknown."""
+        return any(
+            low < uid and (high is None or uid < high)
+            for low, high in self.recent_unasked.get(mailbox, ())
+        )
 
     def violation(self, rule: str, session: str, command: str, response: str, detail: str) -> None:
         assert rule in RULES, rule
