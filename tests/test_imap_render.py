@@ -21,8 +21,16 @@ class Strings(SynchronousTestCase):
     def test_string_is_a_literal_for_line_ends_nul_and_8bit(self) -> None:
         self.assertEqual(render.string(b"a\r\nb"), b"{4}\r\na\r\nb")
         self.assertEqual(render.string(b"a\nb"), b"{3}\r\na\nb")
-        self.assertEqual(render.string(b"a\0b"), b"{3}\r\na\0b")
+        # RFC 3501 9 CHAR8 excludes NUL: it shows as U+FFFD (as in Dovecot), in a literal
+        self.assertEqual(render.string(b"a\0b"), b"{5}\r\na\xef\xbf\xbdb")
+        self.assertEqual(render.string(b"a\0b", utf8=True), b"{5}\r\na\xef\xbf\xbdb")
         self.assertEqual(render.string("Grüße".encode()), b"{7}\r\nGr\xc3\xbc\xc3\x9fe")
+
+    def test_message_octets_show_nul_as_0x80(self) -> None:
+        # RFC 3501 9 / RFC 3516: NUL only in a literal8; the octet count stays
+        self.assertEqual(render.message_octets(b"a\0b\0"), b"a\x80b\x80")
+        same = b"no nul here"
+        self.assertIs(render.message_octets(same), same)
 
     def test_utf8_may_be_quoted_when_allowed(self) -> None:
         # RFC 6855: after ENABLE UTF8=ACCEPT, UTF-8 goes in quoted strings; invalid UTF-8 never

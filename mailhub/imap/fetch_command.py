@@ -157,7 +157,7 @@ async def _fetch_one(
             prefix, sep = b"", b" "
             # ignore: fp is None only for from_header's data, which is all in memory
             for chunk in data.chunks(fp, FETCH_CHUNK):  # type: ignore[arg-type]
-                out.write(chunk)
+                out.write(render.message_octets(chunk))
                 if session.write_paused:
                     await session.pace(out)
                     if session.closing:
@@ -184,7 +184,7 @@ def _write_whole(data: bytes, plan: _FetchPlan, prefix: bytes, out: Output) -> N
         # RFC 3501 6.4.5 <origin.octets>: fewer octets (none) near (past) the end.
         piece = data if partial is None else data[partial[0] : partial[0] + partial[1]]
         out.write(prefix + sep + name + b" {%d}\r\n" % len(piece))
-        out.write(piece)
+        out.write(render.message_octets(piece))
         prefix, sep = b"", b" "
     out.write(b")\r\n")
 

@@ -20,6 +20,19 @@ _ASTRING_SPECIALS = _ATOM_SPECIALS - {ord("]")}
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+# U+FFFD REPLACEMENT CHARACTER in UTF-8: what a NUL in a string becomes (see ``string``)
+REPLACEMENT = "\ufffd".encode()
+
+
+def message_octets(chunk: bytes) -> bytes:
+    """Message octets for a non-BINARY FETCH literal (BODY[...], RFC822...). RFC 3501 9: a
+    literal is CHAR8 (%x01-ff) and NUL can only go in an RFC 3516 literal8, so a NUL is sent
+    as 0x80, as Dovecot sends it; the count of octets stays what it was."""
+    if b"\0" in chunk:  # memchr: the common message pays nothing more
+        return chunk.replace(b"\0", b"\x80")
+    return chunk
+
+
 def quoted(s: bytes) -> bytes:
     """``"..."`` with ``\\`` and ``"`` escaped; the caller knows s has no CR, LF or NUL."""
     return b'"' + s.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
@@ -50,6 +63,10 @@ def string(s: bytes, *, utf8: bool = False) -> bytes:
         if b"\\" in s or b'"' in s:
             s = s.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
         return b'"' + s + b'"'
+    if b"\0" in s:
+        # RFC 3501 9: CHAR8 = %x01-ff, no NUL in a literal (only RFC 3516 literal8 carries
+        # one). A NUL in a header shows as U+FFFD, as Dovecot shows it.
+        s = s.replace(b"\0", REPLACEMENT)
     return b"{%d}\r\n" % len(s) + s
 
 
@@ -121,6 +138,7 @@ __all__ = [
     "is_atom",
     "literal",
     "mailbox_name",
+    "message_octets",
     "nstring",
     "paren",
     "quoted",

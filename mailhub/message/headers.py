@@ -279,12 +279,33 @@ class _Tokens:
             i = m.end()
 
 
+def _cut_at_nul(value: bytes) -> bytes:
+    """An address list ends at a NUL outside a comment, as Dovecot's parser ends it (a NUL in
+    a comment stays, shown as U+FFFD on the wire): ``a@b, c\0d@e`` is ``a@b, c``."""
+    depth = 0
+    escaped = False
+    for i, c in enumerate(value):
+        if escaped:
+            escaped = False
+        elif c == 0x5C:  # backslash: quoted-pair
+            escaped = True
+        elif c == 0x28:  # (
+            depth += 1
+        elif c == 0x29 and depth:  # )
+            depth -= 1
+        elif c == 0 and not depth:
+            return value[:i]
+    return value
+
+
 def parse_address_list(value: bytes | None) -> list[Address]:
     """An address list for ENVELOPE: groups become (NIL NIL name NIL) ... (NIL NIL NIL NIL)
     (RFC 3501 7.4.2); a missing local part or domain gets Dovecot's MISSING_* placeholder."""
     if value is None:
         return []
     value = unfold(value)
+    if b"\0" in value:
+        value = _cut_at_nul(value)
     fast = _simple_addresses(value)
     if fast is not None:
         return fast

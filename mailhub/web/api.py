@@ -771,28 +771,19 @@ class Api:
         request.write(b"retry: 2000\n\n")
         request.write(_event("hello", {"cursor": self.feed.cursor}, self.feed.cursor))
         for entry in missed:
-            if viewer.may_see(entry.ref.mailbox):
-                request.write(
-                    _event("new", self.summary_json(entry), f"{self.feed.epoch}-{entry.seq}")
-                )
+            if not viewer.may_see(entry.ref.mailbox):
+                continue
+            event = self._change_event("new", entry, f"{self.feed.epoch}-{entry.seq}")
+            if event:
+                request.write(event)
 
         def changed(changes: list[Change]) -> None:
             for c in changes:
                 if not viewer.may_see(c.entry.ref.mailbox):
                     continue
-                try:
-                    if c.kind == "new":
-                        data = self.summary_json(c.entry)
-                    else:
-                        data = {
-                            "id": c.entry.id,
-                            "mailbox": c.entry.ref.mailbox,
-                            "seen": SEEN in c.entry.flags,
-                            "flagged": FLAGGED in c.entry.flags,
-                        }
-                except (MessageGone, StoreError, FileNotFoundError):
-                    continue
-                request.write(_event(c.kind, data, self.feed.cursor))
+                event = self._change_event(c.kind, c.entry, self.feed.cursor)
+                if event:  # (an empty write could end a chunked body)
+                    request.write(event)
 
         unsubscribe = self.feed.subscribe(changed)
         keepalive = LoopingCall(request.write, b": keepalive\n\n")
@@ -808,6 +799,36 @@ class Api:
 
         _request(request).notifyFinish().addBoth(closed)
         return None
+
+    def _change_event(self, kind: str, entry: Entry, event_id: str) -> bytes:
+        """One SSE event of a change; nothing for a message gone meanwhile (its ``deleted``
+        follows). Any other failure is loud, as ``wait``'s 500 is (issue 12): logged, and a
+        ``failed`` event names the message, then the stream goes on. Not ``event: error``:
+        EventSource hands that to the same listeners as a lost connection. Not a closed
+        stream: the reconnect's Last-Event-ID would bring the same message back, in a loop."""
+        try:
+            if kind == "new":
+                data = self.summary_json(entry)
+            else:
+                data = {
+                    "id": entry.id,
+                    "mailbox": entry.ref.mailbox,
+                    "seen": SEEN in entry.flags,
+                    "flagged": FLAGGED in entry.flags,
+                }
+        except (MessageGone, StoreError, FileNotFoundError):
+            return b""
+        except Exception:
+            log.failure("web event {kind} of {id} failed", kind=kind, id=entry.id)
+            data = {
+                "id": entry.id,
+                "mailbox": entry.ref.mailbox,
+                "event": kind,
+                "error": "internal error (logged on the server)",
+                "status": 500,
+            }
+            kind = "failed"
+        return _event(kind, data, event_id)
 
     def close_streams(self) -> None:
         """At shutdown: end every event stream and long poll."""

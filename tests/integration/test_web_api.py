@@ -359,6 +359,49 @@ class LiveEvents(WebTestCase):
         self.assertEqual(stream.event("deleted")["id"], event["id"])
         stream.transport.stopProducing()
 
+    async def test_a_message_that_cannot_be_summarised_is_reported(self) -> None:
+        # issue 12: a failure other than "message gone" reaches the client as a ``failed``
+        # event naming the message (the stream goes on), live and on a Last-Event-ID replay
+        await self.start()
+        feed = self.site.api.feed
+        summary = feed.summary
+        broken: list[str] = []
+
+        def failing(entry: Any) -> Any:
+            found = summary(entry)
+            if found.subject == "Broken":
+                broken.append(entry.id)
+                raise RuntimeError("injected")
+            return found
+
+        self.patch(feed, "summary", failing)
+        before = feed.cursor
+        response = await treq.get(self.base + "/api/v1/events", pool=self.pool, unbuffered=True)
+        stream = _Collector()
+        response.deliverBody(stream)
+        await stream.until(b"event: hello")
+        await self.send("erin@example.com", subject="Broken")
+        await self.send("erin@example.com", subject="Fine")
+        await stream.until(b'"subject": "Fine"')  # events come in order: "failed" is in
+        stream.transport.stopProducing()
+        self.assertIn(b"event: failed", stream.data)
+        failed = stream.event("failed")
+        self.assertEqual((failed["id"], failed["event"], failed["status"]), (broken[0], "new", 500))
+        # a reconnect from before both: the same answer, in order
+        response = await treq.get(
+            self.base + "/api/v1/events",
+            headers={"Last-Event-ID": before},
+            pool=self.pool,
+            unbuffered=True,
+        )
+        replay = _Collector()
+        response.deliverBody(replay)
+        await replay.until(b'"subject": "Fine"')
+        self.assertLess(replay.data.index(b"event: failed"), replay.data.index(b"event: new"))
+        self.assertEqual(replay.event("failed")["id"], broken[0])
+        replay.transport.stopProducing()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
 
 class _Collector(Protocol):
     def __init__(self) -> None:

@@ -199,6 +199,11 @@ function listen() {
     if (kind === "deleted" && state.open && state.open.id === data.id) closeMessage();
     soon();
   });
+  // a message the server could not summarise (logged there): say so, the stream goes on
+  source.addEventListener("failed", (e) => {
+    const data = JSON.parse(e.data);
+    status(`Message ${data.id} could not be shown: ${data.error}`, true);
+  });
 }
 
 // --- wiring ------------------------------------------------------------------------------
