@@ -64,20 +64,7 @@ def _skip_cfws(s: bytes, i: int) -> int:
         if c in b" \t\r\n":
             i += 1
         elif c == 0x28:  # "(" comment, nested
-            depth = 0
-            while i < n:
-                c = s[i]
-                if c == 0x5C:
-                    i += 2
-                    continue
-                if c == 0x28:
-                    depth += 1
-                elif c == 0x29:
-                    depth -= 1
-                    if depth == 0:
-                        i += 1
-                        break
-                i += 1
+            i = _skip_comment(s, i)
         else:
             break
     return i
