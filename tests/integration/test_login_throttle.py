@@ -28,7 +28,7 @@ from twisted.internet import threads
 from mailhub.config import Config, DomainsConfig, Limits, ListenersConfig, TLSConfig
 from mailhub.service import MailhubService
 from mailhub.users import UserDB
-from tests.support.connections import ConnectionWatch
+from tests.support.connections import ConnectionWatch, closed_by_server
 from tests.support.relay import until
 from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
 from tests.support.tls import CertificateAuthority, client_context
@@ -339,19 +339,6 @@ class IdleConnections(ThrottleCase):
             listener: [self.idle(listener) for _ in range(8)]
             for listener in ("imaps", "pop3s", "smtps")
         }
-
-        def closed_by_server(sock: socket.socket) -> bool:
-            # Blocks until the server closes (or TIMEOUT: then the timeout was not applied).
-            try:
-                while sock.recv(4096):
-                    pass
-            except TimeoutError:
-                return False
-            except OSError:
-                pass
-            finally:
-                sock.close()
-            return True
 
         all_sockets = [s for group in sockets.values() for s in group]
         closed = await run_all([lambda s=s: closed_by_server(s) for s in all_sockets])

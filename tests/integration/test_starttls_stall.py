@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import defer
 
 from mailhub.config import Limits, ListenersConfig
+from tests.support.connections import closed_by_server
 from tests.support.relay import until
 from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
 
@@ -69,26 +70,13 @@ class StalledHandshake(ServiceTestCase):
         sock.sendall(then)
         return sock
 
-    def closed_by_server(self, sock: socket.socket) -> bool:
-        # Blocks until the server closes (or TIMEOUT: then nothing closed it).
-        try:
-            while sock.recv(4096):
-                pass
-        except TimeoutError:
-            return False
-        except OSError:
-            pass
-        finally:
-            sock.close()
-        return True
-
     def counter(self, listener: str) -> Any:
         return self.service.listening_ports(listener)[0].factory.connection_count
 
     async def closed(self, sockets: dict[str, socket.socket]) -> dict[str, bool]:
         """Which of ``sockets`` the server closed (all waited on at once)."""
         results = await defer.gatherResults(
-            [self.in_thread(self.closed_by_server, sock) for sock in sockets.values()]
+            [self.in_thread(closed_by_server, sock) for sock in sockets.values()]
         )
         return dict(zip(sockets, results, strict=True))
 

@@ -3,6 +3,7 @@ looking at counters on a timer."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -61,3 +62,18 @@ class ConnectionWatch:
         d: Deferred[None] = Deferred()
         self._idle.append(d)
         return d.addTimeout(timeout, reactor)  # type: ignore[arg-type]
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Block (in a thread) until the server closes ``sock``: True, or False if the socket's own
+    timeout passed first (then nothing closed it). The socket is closed either way."""
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return True
