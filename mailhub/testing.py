@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import getaddresses
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +64,7 @@ from mailhub.faults.rules import FaultRules, Rule
 from mailhub.message.header_text import from_escaped
 from mailhub.service import FACTORIES, MailhubService, build
 from mailhub.store.errors import StoreError
+from mailhub.tls import subject_alt_names
 from mailhub.web import parse
 from mailhub.web.feed import Change, Entry, MailFeed, arrival_order
 from mailhub.web.ids import MessageRef
@@ -118,12 +118,7 @@ class TestCA:
             .sign(ca_key, hashes.SHA256())
         )
         key = ec.generate_private_key(ec.SECP256R1())
-        general: list[x509.GeneralName] = []
-        for name in names:
-            try:
-                general.append(x509.IPAddress(ip_address(name)))
-            except ValueError:
-                general.append(x509.DNSName(name))
+        general = subject_alt_names(names)
         leaf = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))

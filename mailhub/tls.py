@@ -207,6 +207,18 @@ def _names(certificate: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, .
     return tuple(dict.fromkeys(dns)), tuple(ips)
 
 
+def subject_alt_names(names: Sequence[str]) -> list[x509.GeneralName]:
+    """subjectAltName entries for ``names``: an IP address as iPAddress, anything else as
+    dNSName (RFC 5280 4.2.1.6; clients match an address literal only against iPAddress)."""
+    general: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            general.append(x509.IPAddress(ip_address(name)))
+        except ValueError:
+            general.append(x509.DNSName(name))
+    return general
+
+
 def certificate_info(path: Path, chain: Sequence[x509.Certificate]) -> CertificateInfo:
     """What to show about ``chain`` (server certificate first), read from ``path``."""
     leaf = chain[0]

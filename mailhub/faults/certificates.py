@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,13 @@ from twisted.internet.interfaces import IOpenSSLContextFactory, IOpenSSLServerCo
 from zope.interface import implementer
 
 from mailhub.faults.rules import Action, BadCertificate, FaultRules, Stage
-from mailhub.tls import CertificatePair, SigningKey, certificate_info, server_context
+from mailhub.tls import (
+    CertificatePair,
+    SigningKey,
+    certificate_info,
+    server_context,
+    subject_alt_names,
+)
 
 WRONG_NAME = "wrong-name.invalid"  # RFC 2606: can never be a real host
 
@@ -63,12 +68,7 @@ def make_bad_certificate(
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"mailhub fault: {kind.value}"),
         ]
     )
-    general: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            general.append(x509.IPAddress(ip_address(name)))
-        except ValueError:
-            general.append(x509.DNSName(name))
+    general = subject_alt_names(names)
     signer_cert = (
         issuer if (issuer is not None and kind is not BadCertificate.SELF_SIGNED) else None
     )
