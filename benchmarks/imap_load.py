@@ -320,19 +320,26 @@ def dovecot_available() -> str | None:
     return None
 
 
-def run_dovecot(args: argparse.Namespace, source: Path) -> dict[str, float]:
-    # Short path: Dovecot's unix sockets live under base_dir (108-byte limit).
-    base = Path(args.dovecot_dir)
+def dovecot_base(directory: str, user: str, password: str) -> tuple[Path, tuple[int, int]]:
+    """A fresh Dovecot base directory with a passwd-file for ``user`` and home/mail dirs owned
+    by the ``mail`` user: (base, (uid, gid)). Keep the path short: Dovecot's unix sockets live
+    under base_dir (108-byte limit)."""
+    base = Path(directory)
     if base.exists():
         shutil.rmtree(base)
     base.mkdir(parents=True)
     base.chmod(0o755)
     mail = pwd.getpwnam("mail")
     owner = (mail.pw_uid, mail.pw_gid)
-    (base / "passwd").write_text(f"{DOVECOT_USER}:{{PLAIN}}{DOVECOT_PASSWORD}\n")
+    (base / "passwd").write_text(f"{user}:{{PLAIN}}{password}\n")
     for sub in ("home", "mail"):
         (base / sub).mkdir()
         os.chown(base / sub, *owner)
+    return base, owner
+
+
+def run_dovecot(args: argparse.Namespace, source: Path) -> dict[str, float]:
+    base, owner = dovecot_base(args.dovecot_dir, DOVECOT_USER, DOVECOT_PASSWORD)
     local, domain = DOVECOT_USER.split("@")
     copy_maildir(source, base / "mail" / domain / local, owner)
     conf = base / "dovecot.conf"

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -58,17 +57,7 @@ def stress_mailhub(args: argparse.Namespace, config: StressConfig) -> Report:
 
 
 def stress_dovecot(args: argparse.Namespace, config: StressConfig) -> Report:
-    base = Path(args.dovecot_dir)  # short: Dovecot's unix sockets live under it
-    if base.exists():
-        shutil.rmtree(base)
-    base.mkdir(parents=True)
-    base.chmod(0o755)
-    mail = pwd.getpwnam("mail")
-    owner = (mail.pw_uid, mail.pw_gid)
-    (base / "passwd").write_text(f"{config.user}:{{PLAIN}}{config.password}\n")
-    for sub in ("home", "mail"):
-        (base / sub).mkdir()
-        os.chown(base / sub, *owner)
+    base, owner = imap_load.dovecot_base(args.dovecot_dir, config.user, config.password)
     conf = base / "dovecot.conf"
     conf.write_text(
         imap_load.DOVECOT_CONF.format(base=base, uid=owner[0], gid=owner[1], port=args.dovecot_port)
