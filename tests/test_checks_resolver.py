@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor, task
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailhub import config as config_module
@@ -122,6 +123,15 @@ class RecordTypes(WithDNS):
         self.assertEqual(self.dns.tcp_queries, [("big.test", "TXT")])
         self.assertEqual(self.dns.queries, [("big.test", "TXT")] * 2)  # UDP (truncated), TCP
 
+    async def test_nothing_logged(self) -> None:
+        # A lookup is no news for the operator: no line per socket opened or closed.
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        await self.resolver.a("a.test")
+        await self.resolver.txt("big.test")  # UDP, then TCP
+        self.assertEqual([formatEvent(e) for e in events], [])
+
     async def test_ptr_of_ipv4_ipv6_and_mapped_addresses(self) -> None:
         self.assertEqual(await self.resolver.ptr("192.0.2.1"), Lookup(("host.a.test",)))
         self.assertEqual(await self.resolver.ptr("2001:db8::1"), Lookup(("v6.a.test",)))
@@ -172,6 +182,20 @@ class TemporaryErrors(WithDNS):
         resolver = TwistedResolver([("127.0.0.1", closed_udp_port())], timeout=30)
         e = await self.temp_error(resolver.a("a.test"))
         self.assertIn("ConnectionRefused", str(e))
+
+    async def test_truncated_answer_without_tcp(self) -> None:
+        assert self.dns.tcp_port is not None
+        await self.dns.tcp_port.stopListening()
+        e = await self.temp_error(self.resolver.txt("big.test"))
+        self.assertIn("ConnectionRefused", str(e))
+
+    async def test_a_lookup_given_up_leaves_nothing_behind(self) -> None:
+        # Cancelled while waiting for the answer (the question is sent before ensureDeferred
+        # returns): the socket and its timer go (trial fails a test leaving a dirty reactor).
+        lookup = defer.ensureDeferred(self.resolver.txt("slow.test"))
+        lookup.cancel()
+        with self.assertRaises(defer.CancelledError):
+            await lookup
 
     async def test_no_server_at_all(self) -> None:
         e = await self.temp_error(TwistedResolver([], timeout=1).a("a.test"))
