@@ -379,8 +379,9 @@ class TwistedResolver(TypedLookups):
                 ttl = min([ttl, *(rr.ttl for rr in records)])
                 values = tuple(v for v in (_record(rr) for rr in records) if v is not None)
                 return Answer(Lookup(values), float(ttl))
-            if current == asked:
-                # The answer is about the name we asked: NXDOMAIN or no data (RFC 2308).
+            if current == asked or message.rCode == dns.ENAME:
+                # NXDOMAIN or no data (RFC 2308) for the name we asked or, NXDOMAIN after a
+                # chain, for the chain's end (RFC 6604 3: the aliases exist).
                 negative = min(ttl, _negative_ttl(message))
                 return Answer(Lookup(nxdomain=message.rCode == dns.ENAME), negative)
             # The chain left this answer: ask for its end (RFC 1034 3.6.2).
