@@ -197,6 +197,22 @@ class TemporaryErrors(WithDNS):
         with self.assertRaises(defer.CancelledError):
             await lookup
 
+    async def test_questions_beyond_the_limit_wait_their_turn(self) -> None:
+        resolver = TwistedResolver([self.dns.address], timeout=2.0, max_in_flight=2)
+        self.dns.authority.follow_cnames = False  # each hop its own question
+        names = [f"hop{i}.test" for i in range(5, 13)]  # 8 chains, 36 questions in all
+        lookups = [defer.ensureDeferred(resolver.txt(name)) for name in names]
+        results = await defer.DeferredList(lookups, consumeErrors=True)
+        self.assertEqual(results, [(True, Lookup((b"far",)))] * 8)
+        self.assertEqual(len(self.dns.queries), 36)
+
+    async def test_no_room_to_ask_in_time_is_a_temporary_error(self) -> None:
+        resolver = TwistedResolver([self.dns.address], timeout=0.2, max_in_flight=1)
+        waiting = defer.ensureDeferred(resolver.txt("slow.test"))  # holds the one slot
+        await self.temp_error(resolver.txt("a.test"))
+        await self.temp_error(waiting)
+        self.assertEqual(self.dns.queries, [("slow.test", "TXT")] * 2)  # a.test never asked
+
     async def test_no_server_at_all(self) -> None:
         e = await self.temp_error(TwistedResolver([], timeout=1).a("a.test"))
         self.assertIn("no DNS server", str(e))

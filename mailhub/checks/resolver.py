@@ -63,6 +63,10 @@ MAX_TTL = 86400.0
 MAX_NEGATIVE_TTL = 3600.0
 # RFC 2308 5: without an SOA in the answer, a negative answer is cached for a short while.
 DEFAULT_NEGATIVE_TTL = 300.0
+# Questions on the wire at once, each a socket of its own: beyond, they wait (within their
+# timeout) so that a burst of distinct lookups cannot take every file descriptor (a service's
+# soft limit is often 1024, shared with the SMTP, IMAP and POP3 connections).
+MAX_IN_FLIGHT = 100
 # Each server gets this many tries (timeouts only: a server that answered SERVFAIL is not asked
 # again for the same question).
 ROUNDS = 2
@@ -317,7 +321,8 @@ class TwistedResolver(TypedLookups):
 
     ``timeout``: seconds one question may take in all (each server is tried ``ROUNDS`` times,
     each try getting its share); a CNAME chain asks one question per hop it must follow.
-    ``reactor``: IReactorUDP, IReactorTCP and IReactorTime.
+    ``reactor``: IReactorFDSet, IReactorTCP and IReactorTime. At most ``max_in_flight``
+    questions are on the wire at once; the others wait their turn within their timeout.
     """
 
     def __init__(
@@ -327,6 +332,7 @@ class TwistedResolver(TypedLookups):
         reactor: Any = None,
         *,
         max_cname_hops: int = MAX_CNAME_HOPS,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -338,6 +344,8 @@ class TwistedResolver(TypedLookups):
         self.max_cname_hops = max_cname_hops
         self._reactor = reactor
         self._controller = _Controller()
+        self.max_in_flight = max_in_flight
+        self._slots = defer.DeferredSemaphore(max_in_flight)
 
     async def resolve(self, name: str, rdtype: str) -> Answer:
         """Follow CNAMEs from ``name`` to the records of ``rdtype``; the TTL is the least of
@@ -395,6 +403,19 @@ class TwistedResolver(TypedLookups):
             raise DNSTempError(f"no DNS server to ask for {what}")
         clock: IReactorTime = self._reactor
         deadline = clock.seconds() + self.timeout
+        try:
+            await self._slots.acquire().addTimeout(self.timeout, clock)
+        except defer.TimeoutError:
+            raise DNSTempError(
+                f"{what}: no room to ask ({self.max_in_flight} questions waiting for answers)"
+            ) from None
+        try:
+            return await self._ask_servers(query, what, deadline)
+        finally:
+            self._slots.release()
+
+    async def _ask_servers(self, query: dns.Query, what: str, deadline: float) -> Any:
+        clock: IReactorTime = self._reactor
         tries = [server for _ in range(ROUNDS) for server in self.nameservers]
         share = self.timeout / len(tries)
         answered: set[tuple[str, int]] = set()
@@ -434,7 +455,7 @@ class TwistedResolver(TypedLookups):
             )
             problems.append(f"{where} answered {code}")
         unique = list(dict.fromkeys(problems))
-        raise DNSTempError(f"{what}: " + ("; ".join(unique) or "no time left"))
+        raise DNSTempError(f"{what}: " + ("; ".join(unique) or "no time left to ask"))
 
     async def _udp(self, server: tuple[str, int], query: dns.Query, timeout: float) -> Any:
         message = dns.Message(id=dns.randomSource(), recDes=1)
