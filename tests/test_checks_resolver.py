@@ -213,6 +213,11 @@ class TemporaryErrors(WithDNS):
         await self.temp_error(waiting)
         self.assertEqual(self.dns.queries, [("slow.test", "TXT")] * 2)  # a.test never asked
 
+    async def test_answer_to_another_question_is_not_taken(self) -> None:
+        self.dns.authority.wrong_question.add("a.test")
+        e = await self.temp_error(self.resolver.a("a.test"))
+        self.assertIn("answered another question", str(e))
+
     async def test_no_server_at_all(self) -> None:
         e = await self.temp_error(TwistedResolver([], timeout=1).a("a.test"))
         self.assertIn("no DNS server", str(e))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import struct
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -146,11 +146,11 @@ class RecordResolver(Protocol):
     async def resolve(self, name: str, rdtype: str) -> Answer: ...
 
 
-class TypedLookups:
+class TypedLookups(ABC):
     """``CheckResolver``'s five methods over ``resolve(name, type)``: names normalised first."""
 
-    async def resolve(self, name: str, rdtype: str) -> Answer:
-        raise NotImplementedError
+    @abstractmethod
+    async def resolve(self, name: str, rdtype: str) -> Answer: ...
 
     async def _lookup(self, name: str, rdtype: str) -> Lookup[Any]:
         try:
@@ -219,7 +219,7 @@ class _UDPExchange:
             message = dns.Message()
             try:
                 message.fromStr(data)
-            except (EOFError, ValueError, IndexError, struct.error):
+            except Exception:  # whatever the network sends must not escape
                 continue  # garbage: wait on for the real answer (or the timeout)
             if message.id == self.id and message.answer:
                 self.done.callback(message)
