@@ -294,6 +294,7 @@ class GarbageNames(WithDNS):
         "nul\x00.test",
         "\u200b.test",  # no IDNA form
         "\ud800.test",  # a lone surrogate
+        "ü" * 1_000_000 + ".test",
     ]
 
     async def test_garbage_is_nxdomain_without_a_query(self) -> None:

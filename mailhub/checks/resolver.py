@@ -88,6 +88,8 @@ def query_name(name: str) -> str:
     """``name`` as the lower-case A-label form asked on the wire, without the trailing dot, or
     ``InvalidName`` saying what is wrong."""
     text = name[:-1] if name.endswith(".") else name
+    if len(text) > 4 * MAX_NAME:  # before any IDNA work on a megabyte of text
+        raise InvalidName(f"{name[:40]!r}... is over {MAX_NAME} octets")
     if not text.isascii():
         try:
             # UTS #46 maps first (full-width dots, case), as the SMTP address parser does.
