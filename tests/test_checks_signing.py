@@ -4,6 +4,7 @@ signing sink, signed bounces."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ from mailhub.checks.keys import (
 )
 from mailhub.checks.published import MISMATCH, MISSING, OK, compare
 from mailhub.checks.signing import Signer, SigningSink, author_domain, sign, signed_fields
+from mailhub.config import Config, ConfigError, DKIMConfig, dev_config, load
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import DeliveryError, IMessageSink
 from tests.support.dkim import (
@@ -360,3 +362,52 @@ class SignedBounces(QueueTestBase):
         self.assertEqual(verify_each(body, records(keys)), [("e1", True), ("r1", True)])
         [bounce] = self.bounces()
         self.assertEqual(bounce.get_content_type(), "multipart/report")
+
+
+class Settings(SynchronousTestCase):
+    """[dkim] in the config file, and the bounce signer service.py builds from it."""
+
+    def load(self, text: str) -> Config:
+        path = Path(self.mktemp())
+        path.write_text(
+            f'[domains]\nlocal = ["example.com"]\n[server]\ndata_dir = "/srv/m"\n{text}'
+        )
+        return load(path)
+
+    def test_defaults_and_values(self) -> None:
+        config = self.load("")
+        self.assertEqual(config.dkim_key_dir, Path("/srv/m/dkim"))
+        self.assertEqual(config.dkim.max_sign_size, 25 * 1024 * 1024)
+        self.assertIsNone(config.dkim.bounce_domain)
+        config = self.load(
+            '[dkim]\nkey_dir = "/etc/mailhub/dkim"\nmax_sign_size = "10M"\n'
+            'bounce_domain = "Example.COM"\n'
+        )
+        self.assertEqual(config.dkim_key_dir, Path("/etc/mailhub/dkim"))
+        self.assertEqual(config.dkim.max_sign_size, 10 * 1024 * 1024)
+        self.assertEqual(config.dkim.bounce_domain, "example.com")
+        for bad in ('bounce_domain = "a..b"', "max_sign_size = 0", "keydir = 1"):
+            with self.assertRaises(ConfigError, msg=bad) as caught:
+                self.load(f"[dkim]\n{bad}\n")
+            self.assertIn("[dkim]", str(caught.exception))
+
+    def test_notice_signer_uses_bounce_domain_or_the_hostnames(self) -> None:
+        from mailhub.service import _notice_signer
+
+        key_dir = Path(self.mktemp()).absolute()
+        make_keys(key_dir, "example.com", [ED25519_SHA256])
+        make_keys(key_dir, "example.net", [RSA_SHA256])
+        config = dev_config(Path(self.mktemp()), hostname="mail.example.com")
+        config = dataclasses.replace(config, dkim=DKIMConfig(key_dir=key_dir))
+        dsn = b"From: MAILER-DAEMON@mail.example.com\r\nSubject: x\r\n\r\nbody\r\n"
+
+        def domains(config: Config) -> list[bytes]:
+            store = KeyStore(key_dir, task.Clock())
+            fields = self.successResultOf(_notice_signer(config, store, run=inline)(dsn))
+            return [t[b"d"] for t in signature_fields(fields + dsn)]
+
+        self.assertEqual(domains(config), [b"example.com"])
+        bounce = dataclasses.replace(
+            config, dkim=DKIMConfig(key_dir=key_dir, bounce_domain="example.net")
+        )
+        self.assertEqual(domains(bounce), [b"example.net"])
