@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer, task
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from mailhub.checks.keys import (
@@ -73,6 +73,17 @@ class KeyFiles(SynchronousTestCase):
         self.assertEqual(os.listdir(self.dir / "example.com"), ["sel1.key"])  # no temp left
         with self.assertRaises(KeyFileError):
             write_key(self.dir, "example.com", "sel1", generate(ED25519_SHA256))
+
+    def test_root_makes_keys_for_the_data_directorys_owner(self) -> None:
+        if os.geteuid() != 0:
+            raise SkipTest("needs root: chown")
+        data = Path(self.mktemp()).absolute()
+        data.mkdir()
+        os.chown(data, 65534, 65534)  # the user the server runs as owns its data directory
+        info = write_key(data / "dkim", "example.com", "s", generate(ED25519_SHA256))
+        retire(data / "dkim", "example.com", "s")
+        for path in (data / "dkim", info.path.parent, info.path, info.path.with_suffix(".retired")):
+            self.assertEqual((os.stat(path).st_uid, os.stat(path).st_gid), (65534, 65534), path)
 
     def test_bad_selectors_domains_and_sizes(self) -> None:
         pem = generate(ED25519_SHA256)

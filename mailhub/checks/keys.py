@@ -148,10 +148,29 @@ def generate(algorithm: str, bits: int = DEFAULT_RSA_BITS) -> bytes:
     )
 
 
-def _private_dir(path: Path) -> None:
-    """Make ``path`` (and parents) a folder only the owner may enter."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+def _owner(key_dir: Path) -> tuple[int, int] | None:
+    """Who should own new key files: when root runs ``mailhub dkim keygen``, the owner of the
+    nearest existing folder on the way to ``key_dir`` (the data directory, owned by the user the
+    server runs as), so that the server can read its keys; None: leave them to whoever runs it."""
+    if os.geteuid() != 0:
+        return None
+    probe = key_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    st = os.stat(probe)
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+
+
+def _private_dir(path: Path, owner: tuple[int, int] | None) -> None:
+    """Make ``path`` (and parents) a folder only its owner may enter; an existing one is left
+    as the operator made it."""
+    if path.is_dir():
+        return
+    _private_dir(path.parent, owner)
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)  # whatever the umask
+    if owner is not None:
+        os.chown(path, *owner)
 
 
 def write_key(key_dir: Path, domain: str, selector: str, pem: bytes) -> KeyFile:
@@ -159,8 +178,8 @@ def write_key(key_dir: Path, domain: str, selector: str, pem: bytes) -> KeyFile:
     published selector's key changes only by a new selector (rotation)."""
     domain, selector = check_domain(domain), check_selector(selector)
     folder = key_dir / domain
-    _private_dir(key_dir)
-    _private_dir(folder)
+    owner = _owner(key_dir)
+    _private_dir(folder, owner)
     path = folder / (selector + KEY_SUFFIX)
     if path.exists():
         raise KeyFileError(
@@ -170,6 +189,8 @@ def write_key(key_dir: Path, domain: str, selector: str, pem: bytes) -> KeyFile:
     tmp = folder / f".{selector}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         write_all(fd, pem)
         os.fsync(fd)
     finally:
@@ -197,7 +218,12 @@ def retire(key_dir: Path, domain: str, selector: str) -> KeyFile:
         raise KeyFileError(f"no key {selector!r} for {domain} (looked for {path})")
     marker = path.with_suffix(RETIRED_SUFFIX)
     fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    os.close(fd)
+    try:
+        owner = _owner(key_dir)
+        if owner is not None:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
     return read_key(path)
 
 
