@@ -325,6 +325,11 @@ class Sink(SynchronousTestCase):
         self.assertEqual(out, MESSAGE)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_a_message_dkimpy_cannot_read_goes_unsigned_without_a_traceback(self) -> None:
+        odd = b" continued\r\n" + MESSAGE  # a continuation line before any field
+        self.assertEqual(self.send(self.sink(), odd), odd)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_abort_and_refused_write_leave_nothing(self) -> None:
         sink = self.sink(memory_limit=10)
         incoming = sink.open(envelope())

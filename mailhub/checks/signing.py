@@ -126,6 +126,8 @@ def sign(message: bytes, keys: Sequence[SigningKey]) -> bytes:
             )
     except dkim.DKIMException as e:
         raise SigningError(str(e)) from e
+    except Exception as e:  # dkimpy on odd input (a header starting with a continuation line)
+        raise SigningError(f"dkimpy failed: {e!r}") from e
     return b"".join(out)
 
 
@@ -220,7 +222,10 @@ class Signer:
             return fields
 
         def failed(f: Failure) -> bytes:
-            self.log.failure("dkim: {what} not signed", f, what=what)
+            if f.check(SigningError):  # the message (or a key) is odd: no traceback
+                self.log.warn("dkim: {what} not signed: {why}", what=what, why=f.value)
+            else:
+                self.log.failure("dkim: {what} not signed", f, what=what)
             return b""
 
         return d.addCallbacks(signed, failed)
