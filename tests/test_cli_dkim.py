@@ -168,3 +168,9 @@ class CheckConfigDNS(TestCase):
         self.assertIn("wrong._domainkey.example.com: mismatch: p= is another key", out)
         self.assertIn("absent._domainkey.example.com: missing: no TXT record", out)
         self.assertIn("x._domainkey.example.org: ok", out)
+        # Retired keys' records may go (rotation): reported, not failed.
+        run_cli(self, "dkim", "retire", "example.com", "absent", *argv)
+        run_cli(self, "dkim", "retire", "example.com", "wrong", *argv)
+        code, out, _ = await threads.deferToThread(check)
+        self.assertEqual(code, 0)
+        self.assertIn("absent._domainkey.example.com (retired): missing", out)
