@@ -266,13 +266,26 @@ class Sink(SynchronousTestCase):
 
     def sink(self, **kwargs: Any) -> SigningSink:
         kwargs.setdefault("run", self.worker)
+        # A spooled message is copied on one chunk per turn of this clock.
+        turns = task.Cooperator(
+            terminationPredicateFactory=lambda: lambda: True,  # one step per turn
+            scheduler=lambda f: self.clock.callLater(0.001, f),  # a turn: advance(0.001)
+        )
+        kwargs.setdefault("cooperate", turns.cooperate)
         return SigningSink(self.inner, self.store, spool_dir=self.dir, **kwargs)
 
     def send(self, sink: SigningSink, message: bytes, env: Envelope | None = None) -> bytes:
         incoming = sink.open(env or envelope())
         for i in range(0, len(message), 1000):
             incoming.write(message[i : i + 1000])
-        self.assertEqual(self.successResultOf(incoming.commit()), "Q1")
+        done = incoming.commit()
+        fired: list[object] = []
+        done.addBoth(lambda result: fired.append(result) or result)
+        self.turns = 0
+        while not fired and self.turns < 1000:
+            self.clock.advance(0.001)
+            self.turns += 1
+        self.assertEqual(self.successResultOf(done), "Q1")
         [stored] = self.inner.messages
         self.assertEqual(stored.state, "committed")
         return stored.data
@@ -293,6 +306,7 @@ class Sink(SynchronousTestCase):
         out = self.send(sink, message)
         self.assertEqual(out[-len(message) :], message)
         self.assertEqual(verify_each(out, self.published), [("e1", True), ("r1", True)])
+        self.assertGreater(self.turns, 2)  # ~1.2 MB in 256 KiB chunks, one per turn
 
     def test_too_big_goes_unsigned(self) -> None:
         message = MESSAGE + b"x" * 5000 + b"\r\n"

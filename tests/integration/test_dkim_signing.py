@@ -58,6 +58,19 @@ class SubmittedMailIsSigned(ServiceTestCase):
             self.assertIn("header.a=rsa-sha256 header.s=r1", said)
             self.assertRegex(said, r"dkim=pass [^;]*header.a=ed25519-sha256 header.s=e1")
 
+    async def test_a_big_message_is_spooled_signed_and_kept_whole(self) -> None:
+        big = MESSAGE + b"".join(b"line %07d of a big message\r\n" % i for i in range(80000))
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", self.port("submission"), timeout=30) as client:
+                client.login("alice@example.com", "any")
+                client.sendmail("alice@example.com", ["bob@example.com"], big)
+
+        await self.in_thread(send)  # over 1 MiB: held in a temporary file until signed
+        [stored] = self.raw_delivered("bob@example.com")
+        self.assertTrue(stored.endswith(big[big.index(b"\r\n\r\n") :]))
+        self.assertEqual(verify_each(stored, self.published), [("e1", True), ("r1", True)])
+
     async def test_port_25_without_login_is_not_signed(self) -> None:
         def send() -> None:
             with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=10) as client:
