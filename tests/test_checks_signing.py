@@ -11,6 +11,7 @@ import shutil
 import stat
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer, task
@@ -441,3 +442,61 @@ class Settings(SynchronousTestCase):
             config, dkim=DKIMConfig(key_dir=key_dir, bounce_domain="example.net")
         )
         self.assertEqual(domains(bounce), [b"example.net"])
+
+
+# RFC 8463 Appendix A (A.2 keys, A.3 signed message), by J. Levine, (c) IETF Trust, code
+# components under the Simplified BSD License: an outside vector for the Ed25519 key format.
+RFC8463_SEED = "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A="
+RFC8463_RECORD = "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+RFC8463_MESSAGE = (
+    b"From: Joe SixPack <joe@football.example.com>\r\n"
+    b"To: Suzie Q <suzie@shopping.example.net>\r\n"
+    b"Subject: Is dinner ready?\r\n"
+    b"Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)\r\n"
+    b"Message-ID: <20030712040037.46341.5F8J@football.example.com>\r\n"
+    b"\r\n"
+    b"Hi.\r\n\r\nWe lost the game.  Are you hungry yet?\r\n\r\nJoe.\r\n\r\n"
+)
+RFC8463_BH = b"2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8="
+RFC8463_B = (
+    b"/gCrinpcQOoIfuHNQIbq4pgh9kyIK3AQUdt9OdqQehSwhEIug4D11BusFa3bT3FY5OsU7ZbnKELq+eXdp1Q1Dw=="
+)
+
+
+class RFC8463Vector(SynchronousTestCase):
+    """The RFC's Ed25519 key, kept as a mailhub key file, gives the RFC's record and, Ed25519
+    being deterministic, the RFC's signature byte for byte."""
+
+    def setUp(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        seed = base64.b64decode(RFC8463_SEED)
+        pem = ed25519.Ed25519PrivateKey.from_private_bytes(seed).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self.info = write_key(Path(self.mktemp()), "football.example.com", "brisbane", pem)
+
+    def test_record_and_signature_are_the_rfcs(self) -> None:
+        import dkim
+
+        self.assertEqual(self.info.record, RFC8463_RECORD)
+        key = self.info.key
+        h = [b"from", b"to", b"subject", b"date", b"message-id", b"from", b"subject", b"date"]
+        with patch("dkim.time.time", return_value=1528637909):  # the RFC's t=
+            field = dkim.DKIM(RFC8463_MESSAGE).sign(
+                key.selector.encode(),
+                key.domain.encode(),
+                key.private_key,
+                signature_algorithm=b"ed25519-sha256",
+                canonicalize=(b"relaxed", b"relaxed"),
+                include_headers=h,
+            )
+        [tags] = signature_fields(field + RFC8463_MESSAGE)
+        self.assertEqual((tags[b"bh"], tags[b"b"]), (RFC8463_BH, RFC8463_B))
+
+    def test_mailhubs_own_signature_verifies_with_the_rfcs_record(self) -> None:
+        signed = sign(RFC8463_MESSAGE, [self.info.key]) + RFC8463_MESSAGE
+        published = {"brisbane._domainkey.football.example.com": RFC8463_RECORD}
+        self.assertEqual(verify_each(signed, published), [("brisbane", True)])
