@@ -8,9 +8,11 @@ from __future__ import annotations
 import shutil
 import smtplib
 from pathlib import Path
+from typing import Any
 
-from mailhub.config import DKIMConfig, ListenersConfig, TLSConfig
+from mailhub.config import DKIMConfig, DomainsConfig, ListenersConfig, RelayConfig, TLSConfig
 from tests.support.dkim import make_keys, opendkim_verify, records, signature_fields, verify_each
+from tests.support.relay import ScriptedPeer, accept_data, default_script
 from tests.support.service import LOOPBACK_ANY_PORT, ServiceTestCase
 
 # No Date, no Message-ID: the submission sink adds them before the message is signed.
@@ -80,3 +82,44 @@ class SubmittedMailIsSigned(ServiceTestCase):
         [stored] = self.raw_delivered("bob@example.com")
         self.assertNotIn(b"DKIM-Signature", stored)
         self.assertTrue(stored.endswith(MESSAGE))
+
+
+def _refuse_bad(line: str, peer: Any) -> bytes | None:
+    """The remote server: 550 for bad@b.test at RCPT, 250 for the rest."""
+    if line.upper().startswith("RCPT") and "bad@" in line:
+        return b"550 5.1.1 no such user\r\n"
+    return default_script(line, peer)
+
+
+class RelayedMailAndBouncesAreSigned(ServiceTestCase):
+    """What leaves the server is signed: the relayed copy a remote server receives, and the
+    bounce (From: MAILER-DAEMON@mail.example.com, signed by example.com's keys)."""
+
+    async def test_relayed_copy_and_bounce_verify(self) -> None:
+        key_dir = Path(self.mktemp()).absolute()
+        keys = make_keys(key_dir, "example.com")
+        published = records(keys)
+        peer = ScriptedPeer(self, _refuse_bad, accept_data)
+        self.start(
+            listeners=ListenersConfig(smtp=(LOOPBACK_ANY_PORT,), submission=(LOOPBACK_ANY_PORT,)),
+            tls=TLSConfig(),
+            hostname="mail.example.com",
+            domains=DomainsConfig(local=("example.com",), catch_all=("example.com",)),
+            relay=RelayConfig(routes=(("b.test", "127.0.0.1", peer.port),)),
+            dkim=DKIMConfig(key_dir=key_dir),
+        )
+        message = MESSAGE.replace(b"To: bob@example.com", b"To: good@b.test, bad@b.test")
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", self.port("submission"), timeout=10) as client:
+                client.login("alice@example.com", "any")
+                client.sendmail("alice@example.com", ["good@b.test", "bad@b.test"], message)
+
+        await self.in_thread(send)
+        bounce = await self.hub.wait_for_message(to="alice@example.com")
+        self.assertIn(b"multipart/report", bounce.raw)
+        self.assertEqual(verify_each(bounce.raw, published), [("e1", True), ("r1", True)])
+        self.assertEqual({t[b"d"] for t in signature_fields(bounce.raw)}, {b"example.com"})
+        relayed = peer.connections[0].data.removesuffix(b".\r\n")
+        self.assertTrue(relayed.endswith(b"Hello Bob.\r\n"))
+        self.assertEqual(verify_each(relayed, published), [("e1", True), ("r1", True)])
