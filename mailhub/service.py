@@ -11,6 +11,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
@@ -19,10 +20,13 @@ from twisted.internet.interfaces import (
     IReactorThreads,
     IReactorTime,
 )
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
+from mailhub.checks.keys import KeyStore
+from mailhub.checks.signing import Signer, SigningSink
 from mailhub.config import Config
 from mailhub.errors import ConfigError
 from mailhub.faults.certificates import FaultyServerTLS
@@ -184,6 +188,18 @@ class Shared:
     is_local_domain: Callable[[str], bool]
     faults: FaultRules = field(default_factory=FaultRules)  # the SMTP listeners consult these
     changes: StoreChanges | None = None  # the store's change feed: IMAP IDLE, the web feed
+    keystore: KeyStore | None = None  # DKIM signing keys ([dkim] key_dir)
+
+    def signing(self, inner: IMessageSink) -> IMessageSink:
+        """``inner`` behind DKIM signing of authenticated users' mail (a no-op without keys)."""
+        if self.keystore is None:
+            return inner
+        return SigningSink(
+            inner,
+            self.keystore,
+            max_size=self.config.dkim.max_sign_size,
+            spool_dir=self.config.data_dir,  # unnamed temporary files (O_TMPFILE)
+        )
 
     def smtp_tls(self) -> FaultyServerTLS | None:
         """The SMTP listeners' TLS: the real certificates, unless a fault rule says otherwise."""
@@ -225,16 +241,17 @@ def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPS
         )
         policy: RecipientPolicy = submission
         # RFC 6409 8: Message-ID, Date, no Bcc. Never on port 25: relayed mail is not ours to fix.
-        # With restrict_sender the header From/Sender must pass MAIL FROM's rule too.
+        # With restrict_sender the header From/Sender must pass MAIL FROM's rule too. DKIM
+        # signs after these fixes: the fields it signs are final.
         sink: Any = SubmissionSink(
-            shared.sink,
+            shared.signing(shared.sink),
             hostname=config.hostname,
             clock=_reactor(),
             may_send_as=submission.may_send_as if config.smtp.restrict_sender else None,
         )
     else:
         policy = RecipientPolicy(config.domains, shared.mailbox_exists, **policy_options)
-        sink = shared.sink
+        sink = shared.signing(shared.sink)  # signs only what a logged-in user sends
     return FaultySMTPServerFactory(
         hostname=config.hostname,
         limits=config.limits,
@@ -403,6 +420,20 @@ def _portal(config: Config, store: MailStore, pool: HashingPool) -> tuple[Portal
     return Portal(MailRealm(), []), None
 
 
+def _notice_signer(
+    config: Config, keystore: KeyStore, run: Callable[..., Deferred[Any]] = deferToThread
+) -> Callable[[bytes], Deferred[bytes]]:
+    """Bounces and delay notices (From: MAILER-DAEMON@hostname) are signed by [dkim]
+    bounce_domain's keys, else by the hostname's or its nearest parent domain's."""
+    signer = Signer(keystore, max_size=config.dkim.max_sign_size, run=run)
+    domain = config.dkim.bounce_domain or config.hostname
+
+    def sign(message: bytes) -> Deferred[bytes]:
+        return signer.sign_bytes(message, domain, what="delivery status notification")
+
+    return sign
+
+
 def build(config: Config) -> MailhubService:
     config.mail_dir.mkdir(parents=True, exist_ok=True)
     store = MailStore(config.mail_dir, hostname=config.hostname)
@@ -457,9 +488,11 @@ def build(config: Config) -> MailhubService:
         max_suspect_checks=max(1, config.limits.auth_hash_queue // 2),
     )
     is_local = local_domains(config)
+    # DKIM keys: read now, and again when `mailhub dkim keygen/retire` changes them.
+    keystore = KeyStore(config.dkim_key_dir, _reactor())
     shared = Shared(
         config, store, sink, tls, portal, throttle, users, aliases, is_local, faults=top.faults,
-        changes=changes,
+        changes=changes, keystore=keystore,
     )  # fmt: skip
     if tls is not None:
         # Bad certificates (fault rules) carry the names of the real one, so each is bad only
@@ -485,6 +518,7 @@ def build(config: Config) -> MailhubService:
             delay_notice=config.queue.delay_notice,
         ),
         per_destination=config.queue.max_per_destination,
+        sign_notice=_notice_signer(config, keystore),
     )
     queue.setServiceParent(top)
     shared = dataclasses.replace(shared, sink=SplitSink(sink, queue.sink, is_local))
