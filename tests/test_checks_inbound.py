@@ -67,9 +67,7 @@ class FakeDMARC:
     reason: str = ""
 
     def method_result(self) -> MethodResult:
-        return MethodResult(
-            "dmarc", self.result, self.reason, (("header.from", self.from_domain),)
-        )
+        return MethodResult("dmarc", self.result, self.reason, (("header.from", self.from_domain),))
 
 
 @dataclass
@@ -260,9 +258,7 @@ class DecideTests(SynchronousTestCase):
     """The policy table, on plain facts."""
 
     def action(self, policy: Policy | None = None, env: Envelope | None = None, **facts: Any):
-        return decide(
-            Facts(**facts), env or envelope(), policy or Policy(), authenticated=False
-        )
+        return decide(Facts(**facts), env or envelope(), policy or Policy(), authenticated=False)
 
     def test_table(self) -> None:
         cases = [
