@@ -45,6 +45,7 @@ from twisted.logger import Logger
 
 from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError
 from mailhub.checks.results import AuthenticationResults, MethodResult
+from mailhub.config import CheckPolicy, Config
 from mailhub.envelope import Envelope
 from mailhub.interfaces import MessageRejected
 
@@ -150,6 +151,22 @@ class Policy:
 
     def for_domain(self, domain: str) -> DomainPolicy:
         return self.domains.get(domain.lower().rstrip("."), self.default)
+
+
+def policy_from_config(config: Config) -> Policy:
+    """The policy of ``[checks]`` (and its ``[checks.domain."..."]`` overrides)."""
+    checks = config.checks
+
+    def domain(p: CheckPolicy) -> DomainPolicy:
+        return DomainPolicy(p.dmarc_reject, p.dmarc_quarantine, p.spf_fail)
+
+    return Policy(
+        default=domain(checks.policy),
+        domains={name: domain(p) for name, p in checks.domains},
+        dev=config.dev,
+        timeout=checks.timeout,
+        max_message_size=checks.max_message_size,
+    )
 
 
 # --- the verdict --------------------------------------------------------------------------------
