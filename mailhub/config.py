@@ -240,6 +240,16 @@ class CheckPolicy:
 class ChecksConfig:
     """Mail authentication checks (issue 14), section ``[checks]``."""
 
+    # --- the DNS the checks ask (mailhub.checks.resolver) ---
+    # (address, port) pairs asked in order; () = [relay] nameservers if set, else the system's
+    # (/etc/resolv.conf). Recursive resolvers: the checks need answers for any domain.
+    nameservers: tuple[tuple[str, int], ...] = ()
+    # Seconds one DNS question may take in all (every server tried twice within it) before the
+    # check gives a temporary result (temperror; 451 where policy would reject).
+    dns_timeout: float = 5.0
+    # Answers kept in memory (each for its TTL; the least recently used goes first).
+    dns_cache_size: int = 10000
+
     # --- the inbound judgement (mailhub.checks.inbound) ---
     # SPF, DKIM, DMARC and ARC on port 25 (and, in the dev stack, on every listener: recorded,
     # never refused).
@@ -696,6 +706,20 @@ def _check_policy(r: _Reader, default: CheckPolicy) -> CheckPolicy:
 def _checks(source: str, table: Mapping[str, Any]) -> ChecksConfig:
     r = _Reader(source, "checks", table)
     d = ChecksConfig()
+
+    def nameservers(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+        if not isinstance(value, list):
+            raise r._error(key, "must be a list", f'{key} = ["127.0.0.1:53"]')
+        servers = tuple(_host_port(r, key, v, 53) for v in value)
+        for host, _ in servers:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise r._error(
+                    key, f"{host!r} is not an IP address", f'{key} = ["127.0.0.1:53"]'
+                ) from None
+        return servers
+
     authserv_id = r.string("authserv_id", d.authserv_id).strip()
     if authserv_id and not all(
         c.isascii() and c.isprintable() and c not in ' ;()"\\' for c in authserv_id
@@ -726,6 +750,9 @@ def _checks(source: str, table: Mapping[str, Any]) -> ChecksConfig:
         return tuple(out)
 
     checks = ChecksConfig(
+        nameservers=r.get("nameservers", d.nameservers, nameservers),
+        dns_timeout=r.get("dns_timeout", d.dns_timeout, lambda k, v: _duration(r, k, v)),
+        dns_cache_size=r.number("dns_cache_size", d.dns_cache_size, minimum=0),
         enabled=enabled,
         authserv_id=authserv_id,
         timeout=float(timeout),
@@ -733,6 +760,8 @@ def _checks(source: str, table: Mapping[str, Any]) -> ChecksConfig:
         policy=policy,
         domains=r.get("domain", (), domains),
     )
+    if checks.dns_timeout <= 0:
+        raise r._error("dns_timeout", "must be more than 0 seconds", "dns_timeout = 5")
     r.finish()
     return checks
 
