@@ -23,6 +23,9 @@ from twisted.logger import Logger
 
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
+from mailhub.checks.inbound import judge_with, policy_from_config
+from mailhub.checks.resolver import make_resolver
+from mailhub.checks.sink import CheckingSink
 from mailhub.config import Config
 from mailhub.errors import ConfigError
 from mailhub.faults.certificates import FaultyServerTLS
@@ -184,6 +187,9 @@ class Shared:
     is_local_domain: Callable[[str], bool]
     faults: FaultRules = field(default_factory=FaultRules)  # the SMTP listeners consult these
     changes: StoreChanges | None = None  # the store's change feed: IMAP IDLE, the web feed
+    # ``sink`` behind the inbound checks (mailhub.checks): the MTA listener's, and in the dev
+    # stack every SMTP listener's; None when [checks] enabled is off.
+    checked: IMessageSink | None = None
 
     def smtp_tls(self) -> FaultyServerTLS | None:
         """The SMTP listeners' TLS: the real certificates, unless a fault rule says otherwise."""
@@ -215,6 +221,11 @@ class Shared:
 def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPServerFactory:
     config = shared.config
     policy_options = shared.policy_options()
+    # Port 25 mail is judged (SPF, DKIM, DMARC, ARC); in the dev stack all mail is, so a
+    # developer sees what a receiver would make of what their app sends (never refused there).
+    inner = shared.sink
+    if shared.checked is not None and (role is Role.MTA or config.dev):
+        inner = shared.checked
     if role is Role.SUBMISSION:
         submission = SubmissionPolicy(
             config.domains,
@@ -227,14 +238,14 @@ def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPS
         # RFC 6409 8: Message-ID, Date, no Bcc. Never on port 25: relayed mail is not ours to fix.
         # With restrict_sender the header From/Sender must pass MAIL FROM's rule too.
         sink: Any = SubmissionSink(
-            shared.sink,
+            inner,
             hostname=config.hostname,
             clock=_reactor(),
             may_send_as=submission.may_send_as if config.smtp.restrict_sender else None,
         )
     else:
         policy = RecipientPolicy(config.domains, shared.mailbox_exists, **policy_options)
-        sink = shared.sink
+        sink = inner
     return FaultySMTPServerFactory(
         hostname=config.hostname,
         limits=config.limits,
@@ -403,6 +414,28 @@ def _portal(config: Config, store: MailStore, pool: HashingPool) -> tuple[Portal
     return Portal(MailRealm(), []), None
 
 
+def _checking(config: Config, inner: IMessageSink, is_local: Callable[[str], bool]) -> CheckingSink:
+    """The inbound checks in front of ``inner`` (mailhub.checks.sink), with the server's one
+    resolver (a TTL cache shared by all sessions)."""
+    checks = config.checks
+    authserv_id = checks.authserv_id or config.hostname
+    reactor = _reactor()
+    judge = judge_with(
+        make_resolver(config, reactor),
+        authserv_id=authserv_id,
+        policy=policy_from_config(config),
+        clock=reactor,
+    )
+    return CheckingSink(
+        inner,
+        judge=judge,
+        authserv_id=authserv_id,
+        is_local_domain=is_local,
+        max_check_size=checks.max_message_size,
+        spool_dir=str(config.data_dir),
+    )
+
+
 def build(config: Config) -> MailhubService:
     config.mail_dir.mkdir(parents=True, exist_ok=True)
     store = MailStore(config.mail_dir, hostname=config.hostname)
@@ -488,6 +521,8 @@ def build(config: Config) -> MailhubService:
     )
     queue.setServiceParent(top)
     shared = dataclasses.replace(shared, sink=SplitSink(sink, queue.sink, is_local))
+    if config.checks.enabled:
+        shared = dataclasses.replace(shared, checked=_checking(config, shared.sink, is_local))
 
     for key, builder in FACTORIES.items():
         descriptions = getattr(config.listeners, key)

@@ -415,6 +415,31 @@ async def judge(
     )
 
 
+def judge_with(
+    resolver: CheckResolver,
+    *,
+    authserv_id: str,
+    policy: Policy,
+    clock: IReactorTime,
+    checkers: Checkers | None = None,
+) -> Callable[[bytes, Envelope], Coroutine[Any, Any, Verdict]]:
+    """``judge`` bound to one server's resolver and policy: what ``CheckingSink`` calls."""
+
+    def bound(message: bytes, envelope: Envelope) -> Coroutine[Any, Any, Verdict]:
+        chosen = checkers if checkers is not None else Checkers.real()
+        return judge(
+            resolver,
+            message,
+            envelope,
+            authserv_id=authserv_id,
+            policy=policy,
+            clock=clock,
+            checkers=chosen,
+        )
+
+    return bound
+
+
 async def _call(f: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     return await f(*args, **kwargs)
 
