@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -285,8 +285,7 @@ async def judge(
     if clock is None:
         from twisted.internet import reactor
 
-        clock = reactor  # type: ignore[assignment]  # the module attribute is typed as a module
-    assert clock is not None
+        clock = cast(IReactorTime, reactor)
     if checkers is None:
         checkers = Checkers.real()
     if budget is None:
@@ -298,11 +297,12 @@ async def judge(
             f"({policy.max_message_size})",
         )
     deadline = clock.seconds() + policy.timeout
-    authenticated = envelope.authenticated_as is not None
+    user = envelope.authenticated_as
+    authenticated = user is not None
     found: list[MethodResult] = []
-    if authenticated:
+    if user is not None:
         # RFC 8601 2.7.4: the client authenticated; its mail is its own.
-        found.append(MethodResult("auth", "pass", "", (("smtp.auth", envelope.authenticated_as),)))
+        found.append(MethodResult("auth", "pass", "", (("smtp.auth", user),)))
 
     # Phase 1: SPF (the envelope), DKIM and ARC (the content), at once.
     def spf() -> Coroutine[Any, Any, Any]:
