@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailhub import __version__
+from mailhub.checks.dns import DNSTempError, Lookup
+from mailhub.checks.keys import KeyFile, KeyFileError, zone_line
 from mailhub.config import Config, ConfigError, dev_config, load
 from mailhub.store.errors import StoreError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from mailhub.store.store import MailStore
@@ -71,6 +75,8 @@ def check_config(args: argparse.Namespace) -> int:
         for info in tls.certificates:
             names = ", ".join(info.dns_names)
             print(f"  tls        {info.path}: {names} until {info.not_after:%Y-%m-%d}")
+    if args.dns:
+        return _check_dkim_dns(config, args.nameserver)
     return 0
 
 
@@ -277,6 +283,170 @@ def queue_change(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- DKIM keys (mailhub.checks.keys) ----------------------------------------------------------
+
+
+def _print_key(info: KeyFile) -> None:
+    state = (
+        "retired: no longer signs; keep the record a few days, then remove it"
+        if (info.retired)
+        else "signing"
+    )
+    print(f"{info.record_name}  ({info.key.algorithm}, {info.bits} bits, {state})")
+    print("  zone file line:")
+    print(f"    {zone_line(info.record_name, info.record)}")
+    print("  TXT value as one string (web DNS editors split it themselves):")
+    print(f"    {info.record}")
+
+
+def dkim_keygen(args: argparse.Namespace) -> int:
+    import time
+
+    from mailhub.checks.keys import ED25519_SHA256, RSA_SHA256, generate, write_key
+
+    algorithms = {"rsa": [RSA_SHA256], "ed25519": [ED25519_SHA256]}.get(
+        args.algorithm, [RSA_SHA256, ED25519_SHA256]
+    )
+    if args.selector and len(algorithms) > 1:
+        print("mailhub: --selector names one key: give --algorithm rsa or ed25519", file=sys.stderr)
+        return 1
+    key_dir = _config(args).dkim_key_dir
+    month = time.strftime("%Y%m", time.gmtime())
+    made = []
+    for algorithm in algorithms:
+        selector = args.selector or month + ("e" if algorithm == ED25519_SHA256 else "r")
+        made.append(write_key(key_dir, args.domain, selector, generate(algorithm, args.bits)))
+    print(f"made {len(made)} key(s) in {made[0].path.parent}; publish these TXT records:")
+    for info in made:
+        print()
+        _print_key(info)
+    print()
+    print("mailhub signs with a new key within seconds: publish its record first, or make it on")
+    print("a server that does not send yet. `mailhub check-config --dns` checks what DNS has.")
+    return 0
+
+
+def dkim_show(args: argparse.Namespace) -> int:
+    from mailhub.checks.keys import check_domain, read_domain
+
+    domain = check_domain(args.domain)
+    found = read_domain(_config(args).dkim_key_dir / domain)
+    if not found:
+        print(f"mailhub: no DKIM keys for {domain} (make them: mailhub dkim keygen {domain})")
+        return 1
+    for n, info in enumerate(found):
+        if n:
+            print()
+        _print_key(info)
+    return 0
+
+
+def dkim_retire(args: argparse.Namespace) -> int:
+    from mailhub.checks.keys import retire
+
+    info = retire(_config(args).dkim_key_dir, args.domain, args.selector)
+    print(f"{info.record_name}: retired; it stops signing within seconds. Keep its TXT record")
+    print("until mail signed with it has been delivered and read (a week, say), then remove it.")
+    return 0
+
+
+def dkim_list(args: argparse.Namespace) -> int:
+    from mailhub.checks.keys import all_keys
+
+    found = list(all_keys(_config(args).dkim_key_dir))
+    if not found:
+        print("no DKIM keys")
+    for info in found:
+        state = "retired" if info.retired else "signing"
+        print(f"{info.key.domain}\t{info.key.selector}\t{info.key.algorithm}\t{info.bits}\t{state}")
+    return 0
+
+
+def _check_dkim_dns(config: Config, nameserver: str | None) -> int:
+    """Each key's TXT record, looked up and compared with the key (online)."""
+    from mailhub.checks.keys import all_keys
+    from mailhub.checks.published import OK, check_published
+
+    found = list(all_keys(config.dkim_key_dir))
+    if not found:
+        print(f"  dkim       no keys in {config.dkim_key_dir}")
+        return 0
+    resolver = _BlockingResolver(nameserver, config.relay.nameservers)
+    bad = 0
+    for info in found:
+        verdict = _finish(check_published(resolver, info))
+        bad += verdict.status != OK
+        print(f"  dkim       {info.record_name}: {verdict.status}: {verdict.detail}")
+    return 1 if bad else 0
+
+
+def _finish(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine that never waits (its lookups block): no reactor needed."""
+    try:
+        coroutine.send(None)
+    except StopIteration as e:
+        result: T = e.value
+        return result
+    coroutine.close()
+    raise RuntimeError("the coroutine waited for something")
+
+
+class _BlockingResolver:
+    """The CheckResolver TXT lookup over dnspython, blocking: fine in the admin command, which
+    has no reactor to keep responsive (the server uses mailhub.checks.resolver's)."""
+
+    def __init__(self, nameserver: str | None, configured: tuple[tuple[str, int], ...]) -> None:
+        import dns.resolver
+
+        self._resolver = dns.resolver.Resolver(configure=not (nameserver or configured))
+        servers = list(configured)
+        if nameserver:
+            host, _, port = nameserver.rpartition(":")
+            servers = [(host.strip("[]"), int(port))] if host else [(nameserver, 53)]
+        if servers:
+            self._resolver.nameservers = [host for host, _ in servers]
+            self._resolver.port = servers[0][1]
+        self._resolver.lifetime = 5.0
+
+    def _query(self, name: str, rdtype: str) -> tuple[Any, ...] | None:
+        """The answer's records; None for NXDOMAIN; DNSTempError when there is no answer."""
+        import dns.exception
+        import dns.resolver
+
+        try:
+            return tuple(self._resolver.resolve(name, rdtype, search=False))
+        except dns.resolver.NXDOMAIN:
+            return None
+        except dns.resolver.NoAnswer:
+            return ()
+        except dns.exception.DNSException as e:
+            raise DNSTempError(f"{name}: {e}") from None
+
+    def _lookup(self, name: str, rdtype: str, convert: Callable[[Any], T]) -> Lookup[T]:
+        records = self._query(name, rdtype)
+        if records is None:
+            return Lookup(nxdomain=True)
+        return Lookup(tuple(convert(r) for r in records))
+
+    async def txt(self, name: str) -> Lookup[bytes]:
+        return self._lookup(name, "TXT", lambda r: b"".join(r.strings))
+
+    async def a(self, name: str) -> Lookup[str]:
+        return self._lookup(name, "A", lambda r: str(r.address))
+
+    async def aaaa(self, name: str) -> Lookup[str]:
+        return self._lookup(name, "AAAA", lambda r: str(r.address))
+
+    async def mx(self, name: str) -> Lookup[tuple[int, str]]:
+        return self._lookup(name, "MX", lambda r: (int(r.preference), r.exchange.to_text(True)))
+
+    async def ptr(self, address: str) -> Lookup[str]:
+        from dns.reversename import from_address
+
+        name = from_address(address).to_text(True)
+        return self._lookup(name, "PTR", lambda r: r.target.to_text(True))
+
+
 def version(args: argparse.Namespace) -> int:
     print(f"mailhub {__version__}")
     return 0
@@ -289,9 +459,14 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--data", "-d", help="data directory (overrides the config's data_dir)")
     sub = top.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("check-config", parents=[common], help="validate a config file").set_defaults(
-        run=check_config
+    check = sub.add_parser("check-config", parents=[common], help="validate a config file")
+    check.add_argument(
+        "--dns",
+        action="store_true",
+        help="look up each DKIM key's TXT record and compare it with the key (online)",
     )
+    check.add_argument("--nameserver", help="DNS server HOST[:PORT] for --dns (default: system's)")
+    check.set_defaults(run=check_config)
     sub.add_parser("version", help="print the version").set_defaults(run=version)
     cert_p = sub.add_parser(
         "cert", parents=[common], help="show the TLS certificate (path, SHA-256, names, expiry)"
@@ -346,6 +521,28 @@ def parser() -> argparse.ArgumentParser:
     )
     q_delete.add_argument("id")
     q_delete.set_defaults(run=queue_change)
+    dkim = sub.add_parser("dkim", help="DKIM signing keys and their DNS records")
+    dkim_sub = dkim.add_subparsers(dest="action", required=True)
+    keygen = dkim_sub.add_parser(
+        "keygen", parents=[common], help="make a domain's keys (RSA and Ed25519) and print records"
+    )
+    keygen.add_argument("domain")
+    keygen.add_argument("--selector", "-s", help="default: <yyyymm>r (RSA), <yyyymm>e (Ed25519)")
+    keygen.add_argument("--algorithm", "-a", choices=("rsa", "ed25519"), help="default: both")
+    keygen.add_argument("--bits", "-b", type=int, default=2048, help="RSA size, 1024-4096")
+    keygen.set_defaults(run=dkim_keygen)
+    d_show = dkim_sub.add_parser("show", parents=[common], help="print a domain's TXT records")
+    d_show.add_argument("domain")
+    d_show.set_defaults(run=dkim_show)
+    d_retire = dkim_sub.add_parser(
+        "retire", parents=[common], help="stop signing with a selector (its record stays shown)"
+    )
+    d_retire.add_argument("domain")
+    d_retire.add_argument("selector")
+    d_retire.set_defaults(run=dkim_retire)
+    dkim_sub.add_parser("list", parents=[common], help="every key and its state").set_defaults(
+        run=dkim_list
+    )
     return top
 
 
@@ -359,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as e:
         print(f"mailhub: {e}", file=sys.stderr)
         status = 1
-    except StoreError as e:
+    except (StoreError, KeyFileError) as e:
         print(f"mailhub: {e}", file=sys.stderr)
         status = 1
     sys.exit(status)

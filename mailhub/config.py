@@ -328,6 +328,18 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class DKIMConfig:
+    """Outgoing DKIM signing (mailhub.checks.signing): keys made by ``mailhub dkim keygen``."""
+
+    key_dir: Path | None = None  # None: <data_dir>/dkim
+    # Larger messages go unsigned (logged): dkimpy holds the whole message, and about five times
+    # its size while signing. Mail over 25 MB is refused by most large providers anyway.
+    max_sign_size: int = 25 * 1024 * 1024
+    # The d= domain of bounces and delay notices; None: [server] hostname's (or a parent's).
+    bounce_domain: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     source: str  # the file it came from, or "<development defaults>"
     hostname: str
@@ -343,6 +355,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    dkim: DKIMConfig = field(default_factory=DKIMConfig)
     users_file: Path | None = None
     aliases_file: Path | None = None
 
@@ -350,6 +363,11 @@ class Config:
     def mail_dir(self) -> Path:
         """Root of the Maildir tree: DATA/mail/<domain>/<localpart>/."""
         return self.data_dir / "mail"
+
+    @property
+    def dkim_key_dir(self) -> Path:
+        """Where the DKIM signing keys live: [dkim] key_dir, else DATA/dkim/."""
+        return self.dkim.key_dir if self.dkim.key_dir is not None else self.data_dir / "dkim"
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -843,6 +861,25 @@ def _faults(source: str, table: Mapping[str, Any]) -> FaultsConfig:
     return faults
 
 
+def _dkim(source: str, table: Mapping[str, Any], base: Path) -> DKIMConfig:
+    r = _Reader(source, "dkim", table)
+    d = DKIMConfig()
+    bounce = r.string("bounce_domain", "")
+    try:
+        bounce_domain = normalise_domain(bounce) if bounce else None
+    except ValueError as e:
+        raise ConfigError(
+            source, "[dkim] bounce_domain", str(e), 'bounce_domain = "example.com"'
+        ) from None
+    dkim = DKIMConfig(
+        key_dir=r.path("key_dir", None, base, must_exist=False),
+        max_sign_size=r.size("max_sign_size", d.max_sign_size),
+        bounce_domain=bounce_domain,
+    )
+    r.finish()
+    return dkim
+
+
 def _sni_pairs(source: str, value: Any, base: Path) -> tuple[tuple[Path, Path], ...]:
     """[[tls.sni]] tables, each with certificate and key, into (certificate, key) pairs."""
     fix = '[[tls.sni]] tables, each with certificate = "..." and key = "..."'
@@ -873,6 +910,7 @@ _SECTIONS = (
     "files",
     "web",
     "faults",
+    "dkim",
 )
 
 
@@ -1022,6 +1060,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     checks = _checks(source, doc.get("checks", {}))
     web = _web(source, doc.get("web", {}), dev)
     faults = _faults(source, doc.get("faults", {}))
+    dkim = _dkim(source, doc.get("dkim", {}), base)
 
     return Config(
         source=source,
@@ -1038,6 +1077,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         tls=tls,
         web=web,
         faults=faults,
+        dkim=dkim,
         users_file=users_file,
         aliases_file=aliases_file,
     )

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
@@ -24,8 +25,10 @@ from twisted.logger import Logger
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
 from mailhub.checks.inbound import judge_with, policy_from_config
+from mailhub.checks.keys import KeyStore
 from mailhub.checks.resolver import make_resolver
-from mailhub.checks.sink import CheckingSink
+from mailhub.checks.signing import Signer, SigningSink
+from mailhub.checks.sink import CheckingSink, arc_key
 from mailhub.config import Config
 from mailhub.errors import ConfigError
 from mailhub.faults.certificates import FaultyServerTLS
@@ -190,6 +193,18 @@ class Shared:
     # ``sink`` behind the inbound checks (mailhub.checks): the MTA listener's, and in the dev
     # stack every SMTP listener's; None when [checks] enabled is off.
     checked: IMessageSink | None = None
+    keystore: KeyStore | None = None  # DKIM signing keys ([dkim] key_dir)
+
+    def signing(self, inner: IMessageSink) -> IMessageSink:
+        """``inner`` behind DKIM signing of authenticated users' mail (a no-op without keys)."""
+        if self.keystore is None:
+            return inner
+        return SigningSink(
+            inner,
+            self.keystore,
+            max_size=self.config.dkim.max_sign_size,
+            spool_dir=self.config.data_dir,  # unnamed temporary files (O_TMPFILE)
+        )
 
     def smtp_tls(self) -> FaultyServerTLS | None:
         """The SMTP listeners' TLS: the real certificates, unless a fault rule says otherwise."""
@@ -236,16 +251,17 @@ def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPS
         )
         policy: RecipientPolicy = submission
         # RFC 6409 8: Message-ID, Date, no Bcc. Never on port 25: relayed mail is not ours to fix.
-        # With restrict_sender the header From/Sender must pass MAIL FROM's rule too.
+        # With restrict_sender the header From/Sender must pass MAIL FROM's rule too. DKIM
+        # signs after these fixes: the fields it signs are final.
         sink: Any = SubmissionSink(
-            inner,
+            shared.signing(inner),
             hostname=config.hostname,
             clock=_reactor(),
             may_send_as=submission.may_send_as if config.smtp.restrict_sender else None,
         )
     else:
         policy = RecipientPolicy(config.domains, shared.mailbox_exists, **policy_options)
-        sink = inner
+        sink = shared.signing(inner)  # signs only what a logged-in user sends
     return FaultySMTPServerFactory(
         hostname=config.hostname,
         limits=config.limits,
@@ -414,9 +430,12 @@ def _portal(config: Config, store: MailStore, pool: HashingPool) -> tuple[Portal
     return Portal(MailRealm(), []), None
 
 
-def _checking(config: Config, inner: IMessageSink, is_local: Callable[[str], bool]) -> CheckingSink:
+def _checking(
+    config: Config, inner: IMessageSink, is_local: Callable[[str], bool], keystore: KeyStore
+) -> CheckingSink:
     """The inbound checks in front of ``inner`` (mailhub.checks.sink), with the server's one
-    resolver (a TTL cache shared by all sessions)."""
+    resolver (a TTL cache shared by all sessions). Copies forwarded through an alias to another
+    domain are ARC-sealed with the alias domain's RSA DKIM key (RFC 8617 has only rsa-sha256)."""
     checks = config.checks
     authserv_id = checks.authserv_id or config.hostname
     reactor = _reactor()
@@ -431,9 +450,22 @@ def _checking(config: Config, inner: IMessageSink, is_local: Callable[[str], boo
         judge=judge,
         authserv_id=authserv_id,
         is_local_domain=is_local,
+        arc_key=lambda domain: arc_key(keystore, domain),
         max_check_size=checks.max_message_size,
         spool_dir=str(config.data_dir),
     )
+
+
+def _notice_signer(config: Config, keystore: KeyStore) -> Callable[[bytes], Deferred[bytes]]:
+    """Bounces and delay notices (From: MAILER-DAEMON@hostname) are signed by [dkim]
+    bounce_domain's keys, else by the hostname's or its nearest parent domain's."""
+    signer = Signer(keystore, max_size=config.dkim.max_sign_size)
+    domain = config.dkim.bounce_domain or config.hostname
+
+    def sign(message: bytes) -> Deferred[bytes]:
+        return signer.sign_bytes(message, domain, what="delivery status notification")
+
+    return sign
 
 
 def build(config: Config) -> MailhubService:
@@ -490,9 +522,11 @@ def build(config: Config) -> MailhubService:
         max_suspect_checks=max(1, config.limits.auth_hash_queue // 2),
     )
     is_local = local_domains(config)
+    # DKIM keys: read now, and again when `mailhub dkim keygen/retire` changes them.
+    keystore = KeyStore(config.dkim_key_dir, _reactor())
     shared = Shared(
         config, store, sink, tls, portal, throttle, users, aliases, is_local, faults=top.faults,
-        changes=changes,
+        changes=changes, keystore=keystore,
     )  # fmt: skip
     if tls is not None:
         # Bad certificates (fault rules) carry the names of the real one, so each is bad only
@@ -518,11 +552,13 @@ def build(config: Config) -> MailhubService:
             delay_notice=config.queue.delay_notice,
         ),
         per_destination=config.queue.max_per_destination,
+        sign_notice=_notice_signer(config, keystore),
     )
     queue.setServiceParent(top)
     shared = dataclasses.replace(shared, sink=SplitSink(sink, queue.sink, is_local))
     if config.checks.enabled:
-        shared = dataclasses.replace(shared, checked=_checking(config, shared.sink, is_local))
+        checked = _checking(config, shared.sink, is_local, keystore)
+        shared = dataclasses.replace(shared, checked=checked)
 
     for key, builder in FACTORIES.items():
         descriptions = getattr(config.listeners, key)

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import dkim  # type: ignore[import-untyped]  # dkimpy ships no type information
+import dkim  # dkimpy ships no type information (pyproject.toml: ignore_missing_imports)
 from dkim.crypto import UnparsableKeyError, parse_public_key  # type: ignore[import-untyped]
 from twisted.internet import defer, threads
 from twisted.logger import Logger

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhub.checks.inbound import JUNK, REJECT, TEMPFAIL, Verdict, unchecked
-from mailhub.checks.keys import SigningKey
+from mailhub.checks.keys import RSA_SHA256, KeyStore, SigningKey
 from mailhub.checks.results import AuthenticationResults
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
@@ -52,6 +52,15 @@ Sealer = Callable[[bytes, SigningKey, str, AuthenticationResults], bytes]
 
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
+
+
+def arc_key(keystore: KeyStore, domain: str) -> SigningKey | None:
+    """The key that seals copies forwarded for ``domain``: its first active RSA DKIM key (RFC
+    8617 3.7 defines ARC with rsa-sha256 only), None without one."""
+    for key in keystore.keys_for(domain):
+        if key.algorithm == RSA_SHA256:
+            return key
+    return None
 
 
 # --- removing forged Authentication-Results fields (RFC 8601 5) --------------------------------

@@ -120,6 +120,7 @@ class Queue(Service):
         attempt_timeout: float = 30 * 60.0,
         control_interval: float = 2.0,
         clean_interval: float = 3600.0,
+        sign_notice: Callable[[bytes], defer.Deferred[bytes]] | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -139,6 +140,9 @@ class Queue(Service):
         self.attempt_timeout = attempt_timeout
         self.control_interval = control_interval
         self.clean_interval = clean_interval
+        # DSNs are mail we write: signed (DKIM) like submitted mail when keys exist. It gives
+        # the header fields to put on top of a notice (b"": unsigned).
+        self.sign_notice = sign_notice
         self.sink = QueueSink(
             self.spool, self.io, clock, self._committed, lambda: bool(self.running)
         )
@@ -640,7 +644,7 @@ class Queue(Service):
     ) -> defer.Deferred[str]:
         """Build a DSN for ``recipients`` and queue it durably (from <>, to the sender)."""
 
-        def build(head: bytes) -> defer.Deferred[str]:
+        def build(head: bytes) -> defer.Deferred[bytes]:
             body = dsn.build_dsn(
                 record,
                 recipients,
@@ -650,6 +654,11 @@ class Queue(Service):
                 delayed=delayed,
                 expires=expires,
             )
+            if self.sign_notice is None:
+                return defer.succeed(body)
+            return self.sign_notice(body).addCallback(lambda fields: fields + body)
+
+        def enqueue(body: bytes) -> defer.Deferred[str]:
             sender = record.mail_from
             envelope = Envelope(
                 queue_id=self.sink.new_id(),
@@ -666,7 +675,7 @@ class Queue(Service):
             return message.commit()
 
         d = self.io.run(self.spool.read_headers, record.id)
-        return d.addCallback(build)
+        return d.addCallback(build).addCallback(enqueue)
 
     # --- operator requests ---------------------------------------------------------------------
 
