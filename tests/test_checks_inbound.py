@@ -65,6 +65,8 @@ class FakeDMARC:
     policy: str = "none"
     from_domain: str = "a.test"
     reason: str = ""
+    requested: str = "none"
+    record_domain: str = "a.test"
 
     def method_result(self) -> MethodResult:
         return MethodResult("dmarc", self.result, self.reason, (("header.from", self.from_domain),))
@@ -216,6 +218,16 @@ class JudgeTests(SynchronousTestCase):
         assert verdict.reply is not None
         self.assertEqual(verdict.reply.code, 451)
         self.assertTrue(verdict.reply.enhanced.startswith("4.7."))
+
+    def test_dmarc_temperror_with_a_known_policy(self) -> None:
+        # DKIM's key timed out, so DMARC cannot tell; the record is known: p=none vs p=reject.
+        for requested, action in (("none", ACCEPT), ("reject", TEMPFAIL)):
+            dmarc = FakeDMARC("temperror", "none", requested=requested)
+            verdict = self.successResultOf(self.run_judge(Fakes(dmarc=dmarc)))
+            self.assertEqual(verdict.action, action, requested)
+        # The record itself could not be fetched: it may say reject.
+        dmarc = FakeDMARC("temperror", "none", record_domain="")
+        self.assertEqual(self.successResultOf(self.run_judge(Fakes(dmarc=dmarc))).action, TEMPFAIL)
 
     def test_temperror_accepted_where_policy_would_not_reject(self) -> None:
         fakes = Fakes(spf=DNSTempError("SERVFAIL"), dmarc=DNSTempError("timeout"))

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import dkim  # type: ignore[import-untyped]  # dkimpy ships no type information
+import dkim  # dkimpy ships no type information (pyproject.toml: ignore_missing_imports)
 from dkim.crypto import UnparsableKeyError, parse_public_key  # type: ignore[import-untyped]
 from twisted.internet import defer, threads
 from twisted.logger import Logger

@@ -87,10 +87,22 @@ class SPFVerdictLike(Protocol):
 
 class DMARCResultLike(Protocol):
     result: str
-    policy: str  # the policy as applied: "reject", "quarantine" or "none" ("" unknown)
+    policy: str  # the policy to apply on fail: "reject", "quarantine" or "none" (after pct)
+    requested: str  # the record's p= (or sp=) before pct
+    record_domain: str  # where the record was found ("" when none was)
     from_domain: str
 
     def method_result(self) -> MethodResult: ...
+
+
+def asked_policy(dmarc: DMARCResultLike | None) -> str:
+    """The policy the From domain asks for this message ("" when it could not be learnt: the
+    record's lookup failed, so it may be p=reject)."""
+    if dmarc is None:
+        return ""
+    if dmarc.result == "temperror":
+        return dmarc.requested if dmarc.record_domain else ""
+    return dmarc.policy
 
 
 @dataclass(frozen=True)
@@ -400,7 +412,7 @@ async def judge(
     facts = Facts(
         spf=_result_of(found, "spf"),
         dmarc=_result_of(found, "dmarc"),
-        dmarc_policy=(getattr(dmarc_result, "policy", "") or "") if dmarc_result else "",
+        dmarc_policy=asked_policy(dmarc_result),
         from_domain=from_domain or "",
         client=envelope.client_address,
         mail_from=envelope.mail_from,
