@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
+from mailhub.checks.arc import arc_seal
 from mailhub.checks.inbound import judge_with, policy_from_config
 from mailhub.checks.keys import KeyStore
 from mailhub.checks.resolver import make_resolver
@@ -451,6 +452,7 @@ def _checking(
         authserv_id=authserv_id,
         is_local_domain=is_local,
         arc_key=lambda domain: arc_key(keystore, domain),
+        seal=arc_seal,
         max_check_size=checks.max_message_size,
         spool_dir=str(config.data_dir),
     )

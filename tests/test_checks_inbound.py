@@ -320,6 +320,12 @@ class DecideTests(SynchronousTestCase):
         self.assertEqual((verdict.reply.code, verdict.reply.enhanced), (550, "5.7.23"))
         self.assertIn("192.0.2.1", verdict.reply.text)
         self.assertIn("a.test", verdict.reply.text)
+        # The domain's exp= text (RFC 7208 6.2), made safe for a reply line.
+        verdict = self.action(
+            spf="fail", client="192.0.2.1", mail_from="x@a.test", spf_explanation="see\r\nX"
+        )
+        assert verdict.reply is not None
+        self.assertTrue(verdict.reply.text.endswith("a.test says see??X"), verdict.reply.text)
 
     def test_per_domain_override_and_mixed_recipients(self) -> None:
         policy = Policy(domains={"lenient.test": DomainPolicy(dmarc_reject="none")})

@@ -42,6 +42,7 @@ from typing import Any, Protocol, TypeVar, cast
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError
 from mailhub.checks.results import AuthenticationResults, MethodResult
@@ -236,14 +237,32 @@ class _Outcome:
 def _within(
     make: Callable[[], Coroutine[Any, Any, Any]], clock: IReactorTime, seconds: float
 ) -> defer.Deferred[_Outcome]:
-    """Run one check with a deadline; its outcome, never a failure."""
+    """Run one check with a deadline; its outcome, never a failure. At the deadline the check
+    is left to finish on its own (each lookup has the resolver's own timeout, and the budget
+    caps how many it makes) and its late result is dropped: cancelling would reach into the
+    checks' lookups, which read a cancellation as a broken resolver."""
+    outcome: defer.Deferred[_Outcome] = defer.Deferred()
     try:
         d: defer.Deferred[Any] = defer.Deferred.fromCoroutine(make())
     except Exception as e:  # a checker that fails before its first await
         return defer.succeed(_Outcome(error=e))
-    d.addTimeout(max(0.0, seconds), clock)
-    d.addCallbacks(lambda v: _Outcome(value=v), lambda f: _Outcome(error=f.value))
-    return d
+
+    def expire() -> None:
+        if not outcome.called:
+            outcome.callback(_Outcome(error=defer.TimeoutError()))
+
+    timer = clock.callLater(max(0.0, seconds), expire)
+
+    def finished(result: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if not outcome.called:
+            error = result.value if isinstance(result, Failure) else None
+            outcome.callback(_Outcome(None if error else result, error))
+        # else: too late, dropped (a failure too: it was already counted as temperror)
+
+    d.addBoth(finished)
+    return outcome
 
 
 def _failure_words(error: BaseException, timeout: float) -> tuple[str, str]:
@@ -325,6 +344,7 @@ async def judge(
             envelope.mail_from,
             envelope.helo,
             budget=budget,
+            receiver=envelope.server_name or "unknown",  # RFC 7208 7.3 %{r}
         )
 
     def dkim() -> Coroutine[Any, Any, Any]:
@@ -343,12 +363,14 @@ async def judge(
     dkim_out, arc_out = outcomes
 
     spf_for_dmarc = None
+    spf_exp = ""
     if spf_out is None:
         reason = "not checked: authenticated submission (SPF judges the sending server, not you)"
         found.append(MethodResult("spf", "none", reason, (_mailfrom_identity(envelope),)))
     elif spf_out.ok:
         found.append(spf_out.value.method_result())
         spf_for_dmarc = spf_out.value.mailfrom
+        spf_exp = getattr(spf_for_dmarc, "authority_explanation", "") or ""
     else:
         assert spf_out.error is not None
         _log_unexpected("SPF", envelope, spf_out.error)
@@ -418,6 +440,7 @@ async def judge(
         mail_from=envelope.mail_from,
         spf_reason=_reason_of(found, "spf"),
         dmarc_reason=_reason_of(found, "dmarc"),
+        spf_explanation=spf_exp,
     )
     verdict = decide(facts, envelope, policy, authenticated=authenticated)
     if policy.dev and verdict.would != ACCEPT:
@@ -501,6 +524,7 @@ class Facts:
     mail_from: str = ""
     spf_reason: str = ""
     dmarc_reason: str = ""
+    spf_explanation: str = ""  # the domain's exp= text for a fail (RFC 7208 6.2)
 
 
 def _domain_action(facts: Facts, p: DomainPolicy) -> tuple[str, Refusal | None, str]:
@@ -521,6 +545,9 @@ def _domain_action(facts: Facts, p: DomainPolicy) -> tuple[str, Refusal | None, 
         # RFC 7208 8.4: reject with 550; RFC 7372 3.2: 5.7.23 "SPF validation failed".
         domain = facts.mail_from.rpartition("@")[2] or "the HELO name"
         text = f"SPF: {facts.client} is not allowed to send mail for {domain} (RFC 7208 8.4)"
+        exp = _printable(facts.spf_explanation)
+        if exp:
+            text += f": {domain} says {exp}"  # RFC 7208 6.2: the domain's own words
         return REJECT, Refusal(550, "5.7.23", text), facts.spf_reason or text
     # Temporary failures where the policy could have refused: ask the sender to try again.
     could_reject_dmarc = p.dmarc_reject == "reject" and asked in ("", "reject")
@@ -532,6 +559,12 @@ def _domain_action(facts: Facts, p: DomainPolicy) -> tuple[str, Refusal | None, 
         text = "SPF could not be evaluated now (DNS), try again later"
         return TEMPFAIL, Refusal(451, "4.7.24", text), facts.spf_reason or text
     return ACCEPT, None, ""
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Text safe in an SMTP reply line: printable ASCII, bounded."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text).strip()
+    return clean[:limit]
 
 
 def decide(facts: Facts, envelope: Envelope, policy: Policy, *, authenticated: bool) -> Verdict:
