@@ -35,9 +35,9 @@ them, so a test can give fakes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -51,7 +51,6 @@ from mailhub.envelope import Envelope
 from mailhub.interfaces import MessageRejected
 
 log = Logger()
-T = TypeVar("T")
 
 # Actions (Verdict.action).
 ACCEPT = "accept"
@@ -110,10 +109,13 @@ def asked_policy(dmarc: DMARCResultLike | None) -> str:
 class Checkers:
     """The checks ``judge`` runs (the real ones by default, ``Checkers.real()``)."""
 
-    spf: Callable[..., Awaitable[Any]]  # check_smtp(resolver, ip, mail_from, helo, *, budget)
-    dkim: Callable[..., Awaitable[Sequence[Any]]]  # verify_dkim(resolver, message, *, budget)
-    arc: Callable[..., Awaitable[Any]]  # verify_arc(resolver, message, *, budget)
-    dmarc: Callable[..., Awaitable[Any]]  # evaluate_dmarc(resolver, domain, spf, dkim, *, budget)
+    # Each gives a coroutine: check_smtp(resolver, ip, mail_from, helo, *, budget, receiver),
+    # verify_dkim(resolver, message, *, budget), verify_arc(resolver, message, *, budget),
+    # evaluate_dmarc(resolver, from_domain, spf, dkim, *, budget).
+    spf: Callable[..., Coroutine[Any, Any, Any]]
+    dkim: Callable[..., Coroutine[Any, Any, Sequence[Any]]]
+    arc: Callable[..., Coroutine[Any, Any, Any]]
+    dmarc: Callable[..., Coroutine[Any, Any, Any]]
     from_domain: Callable[[bytes], str | None]  # header_from_domain(message)
 
     @classmethod
@@ -247,11 +249,15 @@ def _within(
     is left to finish on its own (each lookup has the resolver's own timeout, and the budget
     caps how many it makes) and its late result is dropped: cancelling would reach into the
     checks' lookups, which read a cancellation as a broken resolver."""
-    outcome: defer.Deferred[_Outcome] = defer.Deferred()
     try:
         d: defer.Deferred[Any] = defer.Deferred.fromCoroutine(make())
     except Exception as e:  # a checker that fails before its first await
         return defer.succeed(_Outcome(error=e))
+    if d.called:  # answered from the cache without waiting: no timer needed
+        done: list[_Outcome] = []
+        d.addBoth(lambda r: done.append(_as_outcome(r)))
+        return defer.succeed(done[0])
+    outcome: defer.Deferred[_Outcome] = defer.Deferred()
 
     def expire() -> None:
         if not outcome.called:
@@ -263,12 +269,17 @@ def _within(
         if timer.active():
             timer.cancel()
         if not outcome.called:
-            error = result.value if isinstance(result, Failure) else None
-            outcome.callback(_Outcome(None if error else result, error))
+            outcome.callback(_as_outcome(result))
         # else: too late, dropped (a failure too: it was already counted as temperror)
 
     d.addBoth(finished)
     return outcome
+
+
+def _as_outcome(result: Any) -> _Outcome:
+    if isinstance(result, Failure):
+        return _Outcome(error=result.value)
+    return _Outcome(value=result)
 
 
 def _failure_words(error: BaseException, timeout: float) -> tuple[str, str]:
@@ -343,8 +354,7 @@ async def judge(
 
     # Phase 1: SPF (the envelope), DKIM and ARC (the content), at once.
     def spf() -> Coroutine[Any, Any, Any]:
-        return _call(
-            checkers.spf,
+        return checkers.spf(
             resolver,
             envelope.client_address,
             envelope.mail_from,
@@ -354,10 +364,10 @@ async def judge(
         )
 
     def dkim() -> Coroutine[Any, Any, Any]:
-        return _call(checkers.dkim, resolver, message, budget=budget)
+        return checkers.dkim(resolver, message, budget=budget)
 
     def arc() -> Coroutine[Any, Any, Any]:
-        return _call(checkers.arc, resolver, message, budget=budget)
+        return checkers.arc(resolver, message, budget=budget)
 
     started: list[defer.Deferred[_Outcome]] = []
     if not authenticated:
@@ -420,9 +430,7 @@ async def judge(
     if from_domain:
 
         def dmarc() -> Coroutine[Any, Any, Any]:
-            return _call(
-                checkers.dmarc, resolver, from_domain, spf_for_dmarc, signatures, budget=budget
-            )
+            return checkers.dmarc(resolver, from_domain, spf_for_dmarc, signatures, budget=budget)
 
         dmarc_out = await _within(dmarc, clock, deadline - clock.seconds())
         if dmarc_out.ok:
@@ -479,10 +487,6 @@ def judge_with(
         )
 
     return bound
-
-
-async def _call(f: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-    return await f(*args, **kwargs)
 
 
 def unchecked(authserv_id: str, reason: str) -> Verdict:

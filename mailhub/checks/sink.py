@@ -33,7 +33,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailhub.checks.inbound import JUNK, REJECT, TEMPFAIL, Verdict, unchecked
+from mailhub.checks.inbound import ACCEPT, JUNK, REJECT, TEMPFAIL, Verdict, unchecked
 from mailhub.checks.keys import RSA_SHA256, KeyStore, SigningKey
 from mailhub.checks.results import AuthenticationResults
 from mailhub.envelope import Envelope, Recipient
@@ -421,7 +421,9 @@ class _CheckedMessage:
         extra = ""
         if verdict.would != verdict.action:
             extra = f" (without leniency: {verdict.would})"
-        self._sink.log.info(
+        # Every message's results are in its header; the log tells what the policy did.
+        emit = self._sink.log.debug if verdict.would == ACCEPT else self._sink.log.info
+        emit(
             "{queue_id}: {results} -> {action}{extra}{reason}",
             queue_id=self.envelope.queue_id,
             results=words,
