@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.checks.explain import alignment, explain
+from mailhub.checks.explain import alignment, explain, explain_message
 from mailhub.checks.results import parse
 
 
@@ -169,6 +169,27 @@ class Sentences(SynchronousTestCase):
         self.assertEqual(got["other_servers"], ["mx.google.com"])
         self.assertIsNone(got["spf"])
         self.assertEqual(got["dkim"], [])
+
+    def test_a_message_s_own_field_and_the_others_named(self) -> None:
+        headers = [
+            ("Authentication-Results", "mx.google.com; spf=pass smtp.mailfrom=a@forged.example"),
+            ("Authentication-Results", b"Hub.Example; dkim=pass header.d=example.com"),
+            ("Authentication-Results", "relay.example; none"),
+            ("Authentication-Results", "mx.google.com; spf=fail"),
+        ]
+        got = explain_message(headers, "hub.example")
+        self.assertEqual(got.authserv_id, "Hub.Example")
+        self.assertIsNone(got.spf)  # the other servers' results are not believed
+        self.assertEqual(got.dkim[0].domain, "example.com")
+        self.assertEqual(got.other_servers, ("mx.google.com", "relay.example"))
+        anyone = explain_message(headers, None)  # no id: the top-most field
+        self.assertEqual(
+            (anyone.authserv_id, anyone.spf and anyone.spf.result), ("mx.google.com", "pass")
+        )
+        self.assertEqual(anyone.other_servers, ("Hub.Example", "relay.example"))
+        nothing = explain_message(headers, "other.example")
+        self.assertFalse(nothing.checked)
+        self.assertEqual(len(nothing.other_servers), 3)
 
     def test_many_signatures_are_capped(self) -> None:
         got = explained("h" + "; dkim=pass header.d=example.com" * 500)

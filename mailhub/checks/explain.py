@@ -20,13 +20,14 @@ the domain's record asks for is not in the header, so both are named.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Any
 
 from publicsuffixlist import PublicSuffixList
 
-from mailhub.checks.results import AuthenticationResults, MethodResult
+from mailhub.checks.results import AuthenticationResults, MethodResult, all_results
 
 MAX_SIGNATURES = 20  # DKIM results listed (a field from elsewhere may hold any number)
 MAX_OTHER = 20  # results of other methods listed (auth, iprev, ...)
@@ -144,6 +145,22 @@ def explain(
         other_methods=other,
         other_servers=others,
     )
+
+
+def explain_message(
+    headers: Iterable[tuple[str, bytes | str]], authserv_id: str | None
+) -> Explanation:
+    """A message's results explained: its top-most field from ``authserv_id`` (``results.ours``;
+    any top-most one when None), the other servers' fields only named. ``headers``: the
+    message's fields in order, top first."""
+    fields = all_results(headers)
+    mine = next(
+        (f for f in fields if authserv_id is None or f.authserv_id.lower() == authserv_id.lower()),
+        None,
+    )
+    own = (authserv_id or (mine.authserv_id if mine else "")).lower()
+    others = tuple(dict.fromkeys(f.authserv_id for f in fields if f.authserv_id.lower() != own))
+    return explain(mine, authserv_id=authserv_id, others=others)
 
 
 def _not_checked(authserv_id: str | None, others: tuple[str, ...]) -> Explanation:
