@@ -429,9 +429,10 @@ def _verdict(
             )
         return f"DMARC passes for From: {author}.", None
     if dmarc.result == "fail":
+        policy = f" (p={dmarc.policy})" if dmarc.policy else ""
         return (
-            f"DMARC fails for From: {author}: receivers apply its policy "
-            f"(p={dmarc.policy or '?'}); Gmail and Yahoo would not take it from a bulk sender.",
+            f"DMARC fails for From: {author}: receivers apply its policy{policy}; Gmail and "
+            "Yahoo would not take it from a bulk sender.",
             False,
         )
     if dmarc.result in ("none", "permerror"):
