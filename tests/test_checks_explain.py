@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.checks.explain import alignment, explain, explain_message
 from mailhub.checks.results import parse
+from tests import headerbytes
 
 
 def explained(value: str) -> dict:  # type: ignore[type-arg]
@@ -239,6 +240,15 @@ class NeverRaises(SynchronousTestCase):
         out = explain(parse(raw)).json()
         json.dumps(out)
         self.assertTrue(out["summary"])
+
+    @settings(max_examples=300, deadline=None)
+    @given(headerbytes.authentication_results())
+    def test_header_bytes_as_mail_carries_them(self, raw: bytes) -> None:
+        for authserv_id in ("mx.example.net", None):
+            headers = [("Authentication-Results", raw.decode("ascii", "surrogateescape"))]
+            out = explain_message(headers, authserv_id).json()
+            text = json.dumps(out, ensure_ascii=False)
+            text.encode("utf-8")  # no lone surrogate: the API could not send it
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=200))
