@@ -192,6 +192,16 @@ class Sentences(SynchronousTestCase):
         self.assertFalse(nothing.checked)
         self.assertEqual(len(nothing.other_servers), 3)
 
+    def test_what_is_read_of_a_message_is_bounded(self) -> None:
+        # A field past 64 KiB is cut (a 25 MB one would hold the reactor for seconds) ...
+        long = 'hub.example; spf=pass reason="' + "x" * 70_000 + '"; dmarc=fail'
+        got = explain_message([("Authentication-Results", long)], "hub.example")
+        self.assertEqual(got.spf and got.spf.result, "pass")
+        self.assertIsNone(got.dmarc)
+        # ... and only the top 50 fields are read.
+        many = [("Authentication-Results", f"s{i}.example; none") for i in range(60)]
+        self.assertEqual(len(explain_message(many, None).other_servers), 49)
+
     def test_many_signatures_are_capped(self) -> None:
         got = explained("h" + "; dkim=pass header.d=example.com" * 500)
         self.assertEqual(len(got["dkim"]), 20)

@@ -19,6 +19,7 @@ the domain's record asks for is not in the header, so both are named.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,8 @@ from mailhub.checks.results import AuthenticationResults, MethodResult, all_resu
 MAX_SIGNATURES = 20  # DKIM results listed (a field from elsewhere may hold any number)
 MAX_OTHER = 20  # results of other methods listed (auth, iprev, ...)
 MAX_WORDS = 2000  # characters of a reason shown
+MAX_FIELD = 64 * 1024  # characters of one field read (~1 ms a KiB; a field past it is cut)
+MAX_FIELDS = 50  # Authentication-Results fields of one message read, top first
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,15 @@ def explain_message(
 ) -> Explanation:
     """A message's results explained: its top-most field from ``authserv_id`` (``results.ours``;
     any top-most one when None), the other servers' fields only named. ``headers``: the
-    message's fields in order, top first."""
-    fields = all_results(headers)
+    message's fields in order, top first. What is read is bounded (the page's answer must not
+    hold the reactor for a message made to be slow): the first MAX_FIELDS fields, the first
+    MAX_FIELD characters of each."""
+    wanted = (
+        (name, value[:MAX_FIELD])
+        for name, value in headers
+        if name.strip().lower() == "authentication-results"
+    )
+    fields = all_results(itertools.islice(wanted, MAX_FIELDS))
     mine = next(
         (f for f in fields if authserv_id is None or f.authserv_id.lower() == authserv_id.lower()),
         None,
