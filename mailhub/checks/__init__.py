@@ -3,7 +3,8 @@
 - ``dns``: the asynchronous DNS lookups every check makes (``CheckResolver``), with TTL cache,
   timeouts and a per-message budget;
 - ``results``: what a check found (``MethodResult``) and the ``Authentication-Results`` header
-  (RFC 8601) that carries it, written and read back (the web page reads it from the message).
+  (RFC 8601) that carries it, written and read back (the web page reads it from the message);
+- ``explain``: those results in a developer's words, for the dev stack's page and API.
 
 The checks know nothing of SMTP: the receiver's sink decorators call them.
 """
