@@ -220,6 +220,14 @@ class CheckingSinkTests(SynchronousTestCase):
         self.assertEqual(h.sealed, [])
         self.assertIn("without an ARC seal: no DKIM key for b.test", h.logged())
 
+    def test_mail_routed_on_unaliased_is_not_sealed(self) -> None:
+        # A dev stack's [relay] routes send a domain on for any client: no alias of ours.
+        h = Harness()
+        h.sink.arc_key = {"b.test": KEY, "c.test": KEY}.get
+        h.sink.seal = h.seal
+        self.successResultOf(h.send(CONTENT, envelope("carol@c.test")))
+        self.assertEqual(h.sealed, [])
+
     def test_authenticated_relay_is_not_sealed(self) -> None:
         h = Harness()
         h.sink.arc_key = {"b.test": KEY}.get

@@ -368,7 +368,9 @@ class _CheckedMessage:
             folder = seal = None
             if sink.is_local_domain(domain_of(r.mailbox)):
                 folder = verdict.folder_for(r.mailbox)
-            elif forwarding and sink.seal is not None:
+            elif (
+                forwarding and sink.seal is not None and sink.is_local_domain(domain_of(r.address))
+            ):
                 seal = domain_of(r.address)  # through an alias of ours to another domain
             key = (folder, seal)
             if key not in groups:
