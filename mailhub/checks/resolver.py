@@ -5,11 +5,12 @@ Stack them per use::
     resolver = make_resolver(config, reactor)   # CachingResolver(TwistedResolver(...)), shared
     per_message = budgeted(resolver, budget)     # spends the message's DNSBudget on each call
 
-``TwistedResolver`` asks the configured servers itself over UDP (a fresh, connected socket per
-query: a random source port against spoofed answers, RFC 5452 9.2, and a refused port fails at
-once), falls back to TCP when the answer is truncated (RFC 1035 4.2.2, RFC 7766 5: SPF and DKIM
-records over 512 octets are common), follows CNAME chains and reports every failure that is
-not an answer (timeout, SERVFAIL, REFUSED, no server) as ``DNSTempError``.
+``TwistedResolver`` asks the configured servers itself, with twisted.names' message codec, over
+UDP (a fresh, connected socket per question: a random source port against spoofed answers,
+RFC 5452 9.2, and a refused port fails at once); it falls back to TCP when the answer is
+truncated (RFC 1035 4.2.2, RFC 7766 5: SPF and DKIM records over 512 octets are common),
+follows CNAME chains, and reports every failure that is not an answer (timeout, SERVFAIL,
+REFUSED, no server) as ``DNSTempError``.
 
 ``CachingResolver`` keeps answers for their TTL and negative answers for the SOA minimum
 (RFC 2308 5), asks once on the wire for identical lookups in flight, and forgets the least
@@ -24,6 +25,9 @@ RFC 6376 6.1.2: no key, PERMFAIL), so callers need no other exception than ``DNS
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,11 +36,13 @@ from typing import Any, Protocol, cast
 
 import idna
 from twisted.internet import defer, error
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IReadDescriptor
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.names import dns
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailhub.checks.dns import CheckResolver, DNSBudget, DNSTempError, Lookup
 from mailhub.config import Config
@@ -57,6 +63,10 @@ MAX_TTL = 86400.0
 MAX_NEGATIVE_TTL = 3600.0
 # RFC 2308 5: without an SOA in the answer, a negative answer is cached for a short while.
 DEFAULT_NEGATIVE_TTL = 300.0
+# Questions on the wire at once, each a socket of its own: beyond, they wait (within their
+# timeout) so that a burst of distinct lookups cannot take every file descriptor (a service's
+# soft limit is often 1024, shared with the SMTP, IMAP and POP3 connections).
+MAX_IN_FLIGHT = 100
 # Each server gets this many tries (timeouts only: a server that answered SERVFAIL is not asked
 # again for the same question).
 ROUNDS = 2
@@ -78,6 +88,8 @@ def query_name(name: str) -> str:
     """``name`` as the lower-case A-label form asked on the wire, without the trailing dot, or
     ``InvalidName`` saying what is wrong."""
     text = name[:-1] if name.endswith(".") else name
+    if len(text) > 4 * MAX_NAME:  # before any IDNA work on a megabyte of text
+        raise InvalidName(f"{name[:40]!r}... is over {MAX_NAME} octets")
     if not text.isascii():
         try:
             # UTS #46 maps first (full-width dots, case), as the SMTP address parser does.
@@ -136,11 +148,11 @@ class RecordResolver(Protocol):
     async def resolve(self, name: str, rdtype: str) -> Answer: ...
 
 
-class TypedLookups:
+class TypedLookups(ABC):
     """``CheckResolver``'s five methods over ``resolve(name, type)``: names normalised first."""
 
-    async def resolve(self, name: str, rdtype: str) -> Answer:
-        raise NotImplementedError
+    @abstractmethod
+    async def resolve(self, name: str, rdtype: str) -> Answer: ...
 
     async def _lookup(self, name: str, rdtype: str) -> Lookup[Any]:
         try:
@@ -169,30 +181,60 @@ class TypedLookups:
 # --- the wire ----------------------------------------------------------------------------------
 
 
-class _UDPQuery(dns.DNSDatagramProtocol):
-    """One question over a connected UDP socket: an ICMP "port unreachable" fails it at once
-    (the reactor sees the socket's error and closes the port; twisted.names would then wait
-    for the timeout)."""
+@implementer(IReadDescriptor)
+class _UDPExchange:
+    """One question over a connected UDP socket of its own, read by the reactor.
 
-    noisy = False
+    A fresh socket per question gives it a random source port (RFC 5452 9.2: with the random
+    ID, 32 bits for a spoofer to guess) and, being connected, takes datagrams only from the
+    server and hears its ICMP "port unreachable" at once. (twisted.names' own protocol logs two
+    lines for every socket it opens and closes, and waits for the timeout on a refused port.)
+    """
 
-    def connectionRefused(self) -> None:
-        self._fail_live()
+    def __init__(self, server: tuple[str, int], message_id: int) -> None:
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.socket.setblocking(False)
+            self.socket.connect(server)  # UDP: no packet, just the peer
+        except OSError:
+            self.socket.close()
+            raise
+        self.id = message_id
+        self.done: defer.Deferred[Any] = defer.Deferred()
 
-    def stopProtocol(self) -> None:
-        live = self.liveMessages
-        super().stopProtocol()
-        self._fail_live(live)
+    def fileno(self) -> int:
+        return self.socket.fileno()
 
-    def _fail_live(self, live: dict[int, Any] | None = None) -> None:
-        if live is None:
-            live, self.liveMessages = self.liveMessages, {}
-        for d, timer in list(live.values()):
-            if timer.active():
-                timer.cancel()
-            if not d.called:
-                d.errback(error.ConnectionRefusedError("port unreachable"))
-        live.clear()
+    def logPrefix(self) -> str:
+        return "DNS"
+
+    def doRead(self) -> None:
+        while not self.done.called:
+            try:
+                data = self.socket.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self.done.errback(e)  # ConnectionRefusedError: nothing listens there
+                return
+            message = dns.Message()
+            try:
+                message.fromStr(data)
+            except Exception:  # whatever the network sends must not escape
+                continue  # garbage: wait on for the real answer (or the timeout)
+            if message.id == self.id and message.answer:
+                self.done.callback(message)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The epoll reactor hands a socket error (ICMP "port unreachable") here, not to doRead.
+        if not self.done.called:
+            code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            self.done.errback(OSError(code, os.strerror(code)) if code else reason)
+
+    def time_out(self) -> None:
+        if not self.done.called:
+            self.done.errback(dns.DNSQueryTimeoutError(self.id))
 
 
 _CLOSED = Failure(error.ConnectionDone())
@@ -281,7 +323,9 @@ class TwistedResolver(TypedLookups):
 
     ``timeout``: seconds one question may take in all (each server is tried ``ROUNDS`` times,
     each try getting its share); a CNAME chain asks one question per hop it must follow.
-    ``reactor``: IReactorUDP, IReactorTCP and IReactorTime.
+    ``reactor``: IReactorFDSet, IReactorTCP and IReactorTime (``clock``, if given, times the
+    questions instead: tests). At most ``max_in_flight`` questions are on the wire at once; the
+    others wait their turn within their timeout.
     """
 
     def __init__(
@@ -291,6 +335,8 @@ class TwistedResolver(TypedLookups):
         reactor: Any = None,
         *,
         max_cname_hops: int = MAX_CNAME_HOPS,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        clock: IReactorTime | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -301,7 +347,10 @@ class TwistedResolver(TypedLookups):
         self.timeout = timeout
         self.max_cname_hops = max_cname_hops
         self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
         self._controller = _Controller()
+        self.max_in_flight = max_in_flight
+        self.slots = defer.DeferredSemaphore(max_in_flight)  # the questions on the wire
 
     async def resolve(self, name: str, rdtype: str) -> Answer:
         """Follow CNAMEs from ``name`` to the records of ``rdtype``; the TTL is the least of
@@ -343,8 +392,9 @@ class TwistedResolver(TypedLookups):
                 ttl = min([ttl, *(rr.ttl for rr in records)])
                 values = tuple(v for v in (_record(rr) for rr in records) if v is not None)
                 return Answer(Lookup(values), float(ttl))
-            if current == asked:
-                # The answer is about the name we asked: NXDOMAIN or no data (RFC 2308).
+            if current == asked or message.rCode == dns.ENAME:
+                # NXDOMAIN or no data (RFC 2308) for the name we asked or, NXDOMAIN after a
+                # chain, for the chain's end (RFC 6604 3: the aliases exist).
                 negative = min(ttl, _negative_ttl(message))
                 return Answer(Lookup(nxdomain=message.rCode == dns.ENAME), negative)
             # The chain left this answer: ask for its end (RFC 1034 3.6.2).
@@ -356,8 +406,21 @@ class TwistedResolver(TypedLookups):
         what = f"{name} {dns.QUERY_TYPES.get(qtype, qtype)}"
         if not self.nameservers:
             raise DNSTempError(f"no DNS server to ask for {what}")
-        clock: IReactorTime = self._reactor
+        clock = self._clock
         deadline = clock.seconds() + self.timeout
+        try:
+            await self.slots.acquire().addTimeout(self.timeout, clock)
+        except defer.TimeoutError:
+            raise DNSTempError(
+                f"{what}: no room to ask ({self.max_in_flight} questions waiting for answers)"
+            ) from None
+        try:
+            return await self._ask_servers(query, what, deadline)
+        finally:
+            self.slots.release()
+
+    async def _ask_servers(self, query: dns.Query, what: str, deadline: float) -> Any:
+        clock = self._clock
         tries = [server for _ in range(ROUNDS) for server in self.nameservers]
         share = self.timeout / len(tries)
         answered: set[tuple[str, int]] = set()
@@ -397,34 +460,40 @@ class TwistedResolver(TypedLookups):
             )
             problems.append(f"{where} answered {code}")
         unique = list(dict.fromkeys(problems))
-        raise DNSTempError(f"{what}: " + ("; ".join(unique) or "no time left"))
+        raise DNSTempError(f"{what}: " + ("; ".join(unique) or "no time left to ask"))
 
     async def _udp(self, server: tuple[str, int], query: dns.Query, timeout: float) -> Any:
-        protocol = _UDPQuery(self._controller, reactor=self._reactor)
-        interface = "::" if ":" in server[0] else ""
-        port = self._reactor.listenUDP(0, protocol, interface=interface, maxPacketSize=65535)
+        message = dns.Message(id=dns.randomSource(), recDes=1)
+        message.queries = [query]
+        exchange = _UDPExchange(server, message.id)
+        self._reactor.addReader(exchange)
+        timer = self._clock.callLater(timeout, exchange.time_out)
         try:
-            port.connect(*server)
-            return await protocol.query(server, [query], timeout)
+            exchange.socket.send(message.toStr())
+            return await exchange.done
         finally:
-            stopped = port.stopListening()
-            if stopped is not None:
-                await stopped
+            if timer.active():
+                timer.cancel()
+            self._reactor.removeReader(exchange)
+            exchange.socket.close()
 
     async def _tcp(self, server: tuple[str, int], query: dns.Query, timeout: float) -> Any:
         host, port = server
         kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-        endpoint = kind(self._reactor, host, port, timeout=max(1, int(timeout)))
-        connecting = connectProtocol(endpoint, _TCPQuery(self._controller, reactor=self._reactor))
-        protocol = await connecting.addTimeout(timeout, self._reactor)
+        endpoint = kind(self._reactor, host, port, timeout=timeout)
+        factory = Factory.forProtocol(lambda: _TCPQuery(self._controller, reactor=self._clock))
+        factory.noisy = False  # no "Starting factory" line per question
+        connecting = endpoint.connect(factory)
+        protocol = cast(_TCPQuery, await connecting.addTimeout(timeout, self._clock))
         try:
             return await protocol.query([query], timeout)
         finally:
-            protocol.transport.loseConnection()
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
 
 
 def _normal_ip(host: str) -> str:
-    """The textual form twisted reports answers from (so the source check matches)."""
+    """One text per address (servers are compared and told apart by it)."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:

@@ -17,12 +17,14 @@ A name not in the dict gets NXDOMAIN; a name in it without the asked type gets a
 answer (dnspython's NoAnswer). With ``negative_ttl`` set, both negative answers carry an SOA
 record in the authority section with that TTL and MINIMUM (RFC 2308 3). A name with a CNAME
 answers every other type with the CNAME and, while ``follow_cnames`` is on, the chain in the
-zone after it (as an authoritative server does for names in its zones; a loop stops the chain).
+zone after it (as an authoritative server does for names in its zones; a loop stops the chain;
+a chain ending at a name not in the dict is NXDOMAIN, RFC 6604 3).
 
 Names in ``servfail`` get SERVFAIL, in ``refused`` REFUSED; names in ``silent`` are never
-answered (so the client times out). UDP answers over 512 octets are truncated (TC, no records:
-RFC 1035 4.2.1), so the client must ask again over TCP. ``queries`` records every (name, type)
-asked, ``tcp_queries`` those asked over TCP.
+answered (so the client times out); names in ``wrong_question`` are answered with another
+question in the answer (as a spoofer's guess would be). UDP answers over 512 octets are
+truncated (TC, no records: RFC 1035 4.2.1), so the client must ask again over TCP. ``queries``
+records every (name, type) asked, ``tcp_queries`` those asked over TCP.
 """
 
 from __future__ import annotations
@@ -60,9 +62,12 @@ class _Refused(Exception):
 class _NXDomain(DomainError):
     """NXDOMAIN, with the authority section to send (the SOA for negative caching)."""
 
-    def __init__(self, name: str, authority: list[tdns.RRHeader]) -> None:
+    def __init__(
+        self, name: str, authority: list[tdns.RRHeader], answers: tuple[tdns.RRHeader, ...] = ()
+    ) -> None:
         super().__init__(name)
         self.authority = authority
+        self.answers = list(answers)  # a CNAME chain to a name that does not exist (RFC 6604 3)
 
 
 def _character_strings(value: Any) -> list[bytes]:
@@ -90,6 +95,7 @@ class DictResolver(common.ResolverBase):
         self.servfail: set[str] = set()
         self.refused: set[str] = set()
         self.silent: set[str] = set()
+        self.wrong_question: set[str] = set()
         self.queries: list[tuple[str, str]] = []
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred:
@@ -105,6 +111,9 @@ class DictResolver(common.ResolverBase):
         if text not in self.zone:
             return defer.fail(_NXDomain(text, self._negative(text)))
         answers = self._answers(text, type_name, type)
+        end = str(answers[-1].payload.name) if answers and answers[-1].type == tdns.CNAME else ""
+        if self.follow_cnames and end and end not in self.zone:
+            return defer.fail(_NXDomain(text, self._negative(end), tuple(answers)))
         return defer.succeed((answers, [] if answers else self._negative(text), []))
 
     def _answers(self, text: str, type_name: str, type: int) -> list[tdns.RRHeader]:
@@ -165,6 +174,7 @@ class DictResolver(common.ResolverBase):
 class _Factory(server.DNSServerFactory):
     def __init__(self, authority: DictResolver) -> None:
         super().__init__(authorities=[authority])
+        self.authority = authority
         self.tcp_queries: list[tuple[str, str]] = []
 
     def handleQuery(self, message: Any, protocol: Any, address: Any) -> Any:
@@ -175,6 +185,10 @@ class _Factory(server.DNSServerFactory):
         return super().handleQuery(message, protocol, address)
 
     def sendReply(self, protocol: Any, message: Any, address: Any) -> None:
+        name = message.queries[0].name.name.decode("ascii").lower() if message.queries else ""
+        if name in self.authority.wrong_question:
+            # A spoofed-looking answer: right ID and port, another question (RFC 5452 9.1).
+            message.queries = [tdns.Query(b"elsewhere." + name.encode(), message.queries[0].type)]
         if address is not None and len(message.toStr()) > UDP_LIMIT:
             # RFC 1035 4.2.1 / RFC 2181 9: too big for UDP: TC set, the client asks over TCP.
             message.trunc = 1
@@ -186,9 +200,11 @@ class _Factory(server.DNSServerFactory):
         codes = {_ServerFailure: tdns.ESERVER, _Refused: tdns.EREFUSED, _NXDomain: tdns.ENAME}
         for kind, code in codes.items():
             if failure.check(kind):
-                authority = getattr(failure.value, "authority", [])
                 response = self._responseFromMessage(
-                    message=message, rCode=code, authority=authority
+                    message=message,
+                    rCode=code,
+                    answers=getattr(failure.value, "answers", []),
+                    authority=getattr(failure.value, "authority", []),
                 )
                 self.sendReply(protocol, response, address)
                 return
