@@ -383,6 +383,15 @@ class Limits(SPFTestCase):
         self.assertEqual(silent.asked, ["example.com"])
         clock.advance(20)
         self.failureResultOf(d, defer.TimeoutError)
+        # check_smtp asks HELO and MAIL FROM at once; a timeout ends both
+        silent.asked.clear()
+        both = defer.Deferred.fromCoroutine(
+            check_smtp(silent, "192.0.2.9", "a@example.com", "mail.example.net")  # type: ignore[arg-type]
+        )
+        both.addTimeout(20, clock)
+        self.assertEqual(sorted(silent.asked), ["example.com", "mail.example.net"])
+        clock.advance(20)
+        self.failureResultOf(both, defer.TimeoutError)
 
 
 class BadInput(SPFTestCase):

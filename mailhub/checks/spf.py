@@ -124,9 +124,14 @@ async def check_smtp(
         helo_result = await helo_check
         return SPFVerdict(helo_result, helo_result, sender, helo_name)
     mailfrom_check = check(sender.rpartition("@")[2], sender)  # both at once: half the wait
-    helo_result, mailfrom_result = await defer.gatherResults(
-        [helo_check, mailfrom_check], consumeErrors=True
-    )
+    try:
+        helo_result = await helo_check
+        mailfrom_result = await mailfrom_check
+    except defer.CancelledError:
+        # The caller's timeout: stop the other check too (its lookups are not wanted).
+        mailfrom_check.addErrback(lambda f: f.trap(defer.CancelledError))
+        mailfrom_check.cancel()
+        raise
     return SPFVerdict(mailfrom_result, helo_result, sender, helo_name)
 
 
