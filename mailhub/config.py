@@ -221,6 +221,21 @@ class RelayConfig:
 
 
 @dataclass(frozen=True)
+class ChecksConfig:
+    """Mail authentication checks (issue 14), section ``[checks]``."""
+
+    # --- the DNS the checks ask (mailhub.checks.resolver) ---
+    # (address, port) pairs asked in order; () = [relay] nameservers if set, else the system's
+    # (/etc/resolv.conf). Recursive resolvers: the checks need answers for any domain.
+    nameservers: tuple[tuple[str, int], ...] = ()
+    # Seconds one DNS question may take in all (every server tried twice within it) before the
+    # check gives a temporary result (temperror; 451 where policy would reject).
+    dns_timeout: float = 5.0
+    # Answers kept in memory (each for its TTL; the least recently used goes first).
+    dns_cache_size: int = 10000
+
+
+@dataclass(frozen=True)
 class ListenersConfig:
     """Twisted endpoint strings per service; an empty tuple turns the service off."""
 
@@ -294,6 +309,7 @@ class Config:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     web: WebConfig = field(default_factory=WebConfig)
@@ -641,6 +657,34 @@ def _relay(source: str, table: Mapping[str, Any], base: Path) -> RelayConfig:
     return relay
 
 
+def _checks(source: str, table: Mapping[str, Any]) -> ChecksConfig:
+    r = _Reader(source, "checks", table)
+    d = ChecksConfig()
+
+    def nameservers(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+        if not isinstance(value, list):
+            raise r._error(key, "must be a list", f'{key} = ["127.0.0.1:53"]')
+        servers = tuple(_host_port(r, key, v, 53) for v in value)
+        for host, _ in servers:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise r._error(
+                    key, f"{host!r} is not an IP address", f'{key} = ["127.0.0.1:53"]'
+                ) from None
+        return servers
+
+    checks = ChecksConfig(
+        nameservers=r.get("nameservers", d.nameservers, nameservers),
+        dns_timeout=r.get("dns_timeout", d.dns_timeout, lambda k, v: _duration(r, k, v)),
+        dns_cache_size=r.number("dns_cache_size", d.dns_cache_size, minimum=0),
+    )
+    if checks.dns_timeout <= 0:
+        raise r._error("dns_timeout", "must be more than 0 seconds", "dns_timeout = 5")
+    r.finish()
+    return checks
+
+
 def _queue(source: str, table: Mapping[str, Any]) -> QueueConfig:
     r = _Reader(source, "queue", table)
     d = QueueConfig()
@@ -743,6 +787,7 @@ _SECTIONS = (
     "smtp",
     "queue",
     "relay",
+    "checks",
     "tls",
     "files",
     "web",
@@ -893,6 +938,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     listeners = _listeners(source, doc.get("listeners", {}), reactor, dev)
     queue = _queue(source, doc.get("queue", {}))
     relay = _relay(source, doc.get("relay", {}), base)
+    checks = _checks(source, doc.get("checks", {}))
     web = _web(source, doc.get("web", {}), dev)
     faults = _faults(source, doc.get("faults", {}))
 
@@ -907,6 +953,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         smtp=smtp,
         queue=queue,
         relay=relay,
+        checks=checks,
         tls=tls,
         web=web,
         faults=faults,

@@ -3,12 +3,27 @@
 It answers from a dict, so a test writes its zone in a few lines::
 
     dns = LocalDNS({"b.test": {"MX": [(10, "mx.b.test")]}, "mx.b.test": {"A": ["127.0.0.1"]}})
-    port = dns.start()            # UDP on 127.0.0.1, port chosen by the OS
+    port = dns.start()            # UDP and TCP on 127.0.0.1, port chosen by the OS
     resolver = dns.resolver()     # a dnspython Resolver pointed at it
 
+Record types: A, AAAA (addresses), MX ((preference, exchange); "." is the root, a null MX),
+CNAME and PTR (names), TXT and SOA. A TXT value that is a ``str`` (or ``bytes``) is one record of
+one string (cut into 255-octet character-strings when longer, as a zone file must); a list or
+tuple of strings is one record made of exactly those character-strings ("v=spf1 " "-all"), to
+test TXT split in odd places. An ``"SOA"`` entry is ``[(mname, rname, minimum)]``. ``"TTL"``
+(an int) sets the TTL of that name's records (default: ``ttl``).
+
 A name not in the dict gets NXDOMAIN; a name in it without the asked type gets an empty NOERROR
-answer (dnspython's NoAnswer). Names in ``servfail`` get SERVFAIL; names in ``silent`` are never
-answered (so the client times out). ``queries`` records every (name, type) asked.
+answer (dnspython's NoAnswer). With ``negative_ttl`` set, both negative answers carry an SOA
+record in the authority section with that TTL and MINIMUM (RFC 2308 3). A name with a CNAME
+answers every other type with the CNAME and, while ``follow_cnames`` is on, the chain in the
+zone after it (as an authoritative server does for names in its zones; a loop stops the chain;
+a chain ending at a name not in the dict is NXDOMAIN, RFC 6604 3).
+
+Names in ``servfail`` get SERVFAIL, in ``refused`` REFUSED; names in ``silent`` are never
+answered (so the client times out). UDP answers over 512 octets are truncated (TC, no records:
+RFC 1035 4.2.1), so the client must ask again over TCP. ``queries`` records every (name, type)
+asked, ``tcp_queries`` those asked over TCP.
 """
 
 from __future__ import annotations
@@ -17,24 +32,67 @@ from typing import Any
 
 import dns.resolver
 from twisted.internet import defer, reactor
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.names import common, server
 from twisted.names import dns as tdns
 from twisted.names.error import DomainError
 
-_TYPES = {"A": tdns.A, "AAAA": tdns.AAAA, "MX": tdns.MX, "CNAME": tdns.CNAME}
+_TYPES = {
+    "A": tdns.A,
+    "AAAA": tdns.AAAA,
+    "MX": tdns.MX,
+    "CNAME": tdns.CNAME,
+    "TXT": tdns.TXT,
+    "PTR": tdns.PTR,
+    "SOA": tdns.SOA,
+}
+UDP_LIMIT = 512  # RFC 1035 2.3.4 / 4.2.1: without EDNS0, a UDP message is at most 512 octets
 
 
 class _ServerFailure(Exception):
     """Anything but DomainError makes DNSServerFactory answer SERVFAIL."""
 
 
+class _Refused(Exception):
+    """Answered REFUSED."""
+
+
+class _NXDomain(DomainError):
+    """NXDOMAIN, with the authority section to send (the SOA for negative caching)."""
+
+    def __init__(
+        self, name: str, authority: list[tdns.RRHeader], answers: tuple[tdns.RRHeader, ...] = ()
+    ) -> None:
+        super().__init__(name)
+        self.authority = authority
+        self.answers = list(answers)  # a CNAME chain to a name that does not exist (RFC 6604 3)
+
+
+def _character_strings(value: Any) -> list[bytes]:
+    """One TXT record's character-strings (RFC 1035 3.3.14): each at most 255 octets."""
+    if isinstance(value, list | tuple):
+        parts = [p.encode() if isinstance(p, str) else bytes(p) for p in value]
+        assert all(len(p) <= 255 for p in parts), "a character-string holds at most 255 octets"
+        return parts
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    return [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
+
+
 class DictResolver(common.ResolverBase):
-    def __init__(self, zone: dict[str, dict[str, list[Any]]], ttl: int = 60) -> None:
+    def __init__(
+        self,
+        zone: dict[str, dict[str, Any]],
+        ttl: int = 60,
+        negative_ttl: int | None = None,
+    ) -> None:
         common.ResolverBase.__init__(self)
         self.zone = {k.lower().rstrip("."): v for k, v in zone.items()}
         self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.follow_cnames = True
         self.servfail: set[str] = set()
+        self.refused: set[str] = set()
         self.silent: set[str] = set()
         self.queries: list[tuple[str, str]] = []
 
@@ -46,57 +104,159 @@ class DictResolver(common.ResolverBase):
             return defer.Deferred()  # never answered: the client times out
         if text in self.servfail:
             return defer.fail(_ServerFailure(text))
+        if text in self.refused:
+            return defer.fail(_Refused(text))
         if text not in self.zone:
-            return defer.fail(DomainError(text))  # NXDOMAIN
-        records = self.zone[text].get(type_name, [])
-        answers = [self._record(name, type, value) for value in records]
-        return defer.succeed((answers, [], []))
+            return defer.fail(_NXDomain(text, self._negative(text)))
+        answers = self._answers(text, type_name, type)
+        end = str(answers[-1].payload.name) if answers and answers[-1].type == tdns.CNAME else ""
+        if self.follow_cnames and end and end not in self.zone:
+            return defer.fail(_NXDomain(text, self._negative(end), tuple(answers)))
+        return defer.succeed((answers, [] if answers else self._negative(text), []))
 
-    def _record(self, name: bytes, type: int, value: Any) -> tdns.RRHeader:
+    def _answers(self, text: str, type_name: str, type: int) -> list[tdns.RRHeader]:
+        entry = self.zone[text]
+        if type_name == "CNAME" or "CNAME" not in entry:
+            return [self._record(text, type, v) for v in entry.get(type_name, [])]
+        # A name with a CNAME has no other data (RFC 1034 3.6.2): answer with the alias and, if
+        # following, the chain after it as far as the zone goes.
+        answers = []
+        current, seen = text, {text}
+        while True:
+            target = self.zone[current]["CNAME"]
+            target = (target[0] if isinstance(target, list | tuple) else target).lower()
+            answers.append(self._record(current, tdns.CNAME, target))
+            if not self.follow_cnames or target in seen or target not in self.zone:
+                return answers  # one step, a loop, or out of the zone: the client asks on
+            seen.add(target)
+            entry = self.zone[target]
+            if "CNAME" not in entry:
+                return answers + [self._record(target, type, v) for v in entry.get(type_name, [])]
+            current = target
+
+    def _negative(self, text: str) -> list[tdns.RRHeader]:
+        if self.negative_ttl is None:
+            return []
+        apex = text.rsplit(".", 1)[-1]
+        soa = tdns.Record_SOA(
+            mname=b"ns." + apex.encode(),
+            rname=b"hostmaster." + apex.encode(),
+            minimum=self.negative_ttl,
+            ttl=self.negative_ttl,
+        )
+        return [tdns.RRHeader(apex.encode(), tdns.SOA, tdns.IN, self.negative_ttl, soa, auth=True)]
+
+    def _record(self, text: str, type: int, value: Any) -> tdns.RRHeader:
+        ttl = self.zone.get(text, {}).get("TTL", self.ttl)
+        payload: Any
         if type == tdns.MX:
             preference, exchange = value
             target = b"" if exchange == "." else exchange.encode()  # "." is the root (null MX)
-            payload: Any = tdns.Record_MX(preference, target, ttl=self.ttl)
+            payload = tdns.Record_MX(preference, target, ttl=ttl)
         elif type == tdns.A:
-            payload = tdns.Record_A(value, ttl=self.ttl)
+            payload = tdns.Record_A(value, ttl=ttl)
         elif type == tdns.AAAA:
-            payload = tdns.Record_AAAA(value, ttl=self.ttl)
+            payload = tdns.Record_AAAA(value, ttl=ttl)
+        elif type == tdns.TXT:
+            payload = tdns.Record_TXT(*_character_strings(value), ttl=ttl)
+        elif type == tdns.PTR:
+            payload = tdns.Record_PTR(value.encode(), ttl=ttl)
+        elif type == tdns.SOA:
+            mname, rname, minimum = value
+            payload = tdns.Record_SOA(mname.encode(), rname.encode(), minimum=minimum, ttl=ttl)
         else:
-            payload = tdns.Record_CNAME(value.encode(), ttl=self.ttl)
-        return tdns.RRHeader(name, type, tdns.IN, self.ttl, payload, auth=True)
+            payload = tdns.Record_CNAME(value.encode(), ttl=ttl)
+        return tdns.RRHeader(text.encode(), type, tdns.IN, ttl, payload, auth=True)
 
 
 class _Factory(server.DNSServerFactory):
+    def __init__(self, authority: DictResolver) -> None:
+        super().__init__(authorities=[authority])
+        self.tcp_queries: list[tuple[str, str]] = []
+
+    def handleQuery(self, message: Any, protocol: Any, address: Any) -> Any:
+        if isinstance(protocol, tdns.DNSProtocol):
+            q = message.queries[0]
+            name = q.name.name.decode("ascii").lower().rstrip(".")
+            self.tcp_queries.append((name, tdns.QUERY_TYPES.get(q.type, str(q.type))))
+        return super().handleQuery(message, protocol, address)
+
+    def sendReply(self, protocol: Any, message: Any, address: Any) -> None:
+        if address is not None and len(message.toStr()) > UDP_LIMIT:
+            # RFC 1035 4.2.1 / RFC 2181 9: too big for UDP: TC set, the client asks over TCP.
+            message.trunc = 1
+            message.answers, message.authority, message.additional = [], [], []
+        super().sendReply(protocol, message, address)
+
     def gotResolverError(self, failure: Any, protocol: Any, message: Any, address: Any) -> None:
-        if failure.check(_ServerFailure):  # wanted by the test: SERVFAIL without an error log
-            response = self._responseFromMessage(message=message, rCode=tdns.ESERVER)
-            self.sendReply(protocol, response, address)
-            return
+        # Wanted by the test: SERVFAIL, REFUSED, NXDOMAIN with an SOA, without an error log.
+        codes = {_ServerFailure: tdns.ESERVER, _Refused: tdns.EREFUSED, _NXDomain: tdns.ENAME}
+        for kind, code in codes.items():
+            if failure.check(kind):
+                response = self._responseFromMessage(
+                    message=message,
+                    rCode=code,
+                    answers=getattr(failure.value, "answers", []),
+                    authority=getattr(failure.value, "authority", []),
+                )
+                self.sendReply(protocol, response, address)
+                return
         super().gotResolverError(failure, protocol, message, address)
 
 
 class LocalDNS:
-    """The dict resolver served over UDP on 127.0.0.1."""
+    """The dict resolver served over UDP and TCP on 127.0.0.1 (one port number for both)."""
 
-    def __init__(self, zone: dict[str, dict[str, list[Any]]]) -> None:
-        self.authority = DictResolver(zone)
-        self.factory = _Factory(authorities=[self.authority])
+    def __init__(
+        self,
+        zone: dict[str, dict[str, Any]],
+        *,
+        ttl: int = 60,
+        negative_ttl: int | None = None,
+    ) -> None:
+        self.authority = DictResolver(zone, ttl=ttl, negative_ttl=negative_ttl)
+        self.factory = _Factory(self.authority)
         self.port: IListeningPort | None = None
+        self.tcp_port: IListeningPort | None = None
 
     @property
     def queries(self) -> list[tuple[str, str]]:
         return self.authority.queries
 
+    @property
+    def tcp_queries(self) -> list[tuple[str, str]]:
+        return self.factory.tcp_queries
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """("127.0.0.1", port) of the running server."""
+        assert self.port is not None, "start() first"
+        return ("127.0.0.1", self.port.getHost().port)
+
     def start(self) -> int:
-        protocol = tdns.DNSDatagramProtocol(self.factory)
-        self.port = reactor.listenUDP(0, protocol, interface="127.0.0.1")  # type: ignore[attr-defined]
-        return self.port.getHost().port
+        for _ in range(20):  # the UDP port's number may be taken for TCP: try another
+            protocol = tdns.DNSDatagramProtocol(self.factory)
+            udp = reactor.listenUDP(0, protocol, interface="127.0.0.1")  # type: ignore[attr-defined]
+            number = udp.getHost().port
+            try:
+                self.tcp_port = reactor.listenTCP(number, self.factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+            except CannotListenError:
+                udp.stopListening()
+                continue
+            self.port = udp
+            return int(number)
+        raise RuntimeError("no port number free for both UDP and TCP")
 
     def stop(self) -> Any:
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
+        stopping = []
+        for attribute in ("port", "tcp_port"):
+            port = getattr(self, attribute)
+            setattr(self, attribute, None)
+            if port is not None:
+                stopping.append(defer.maybeDeferred(port.stopListening))
+        for connection in list(self.factory.connections):
+            connection.transport.loseConnection()
+        return defer.gatherResults(stopping) if stopping else None
 
     def resolver(self, lifetime: float = 2.0) -> dns.resolver.Resolver:
         """A dnspython resolver that asks only this server."""
