@@ -17,6 +17,7 @@ from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.checks.dns import DNSBudget, Lookup
+from mailhub.checks.resolver import budgeted
 from mailhub.checks.spf import SPFResult, SPFVerdict, check_host, check_smtp
 from tests.support.zonedns import ZoneResolver
 
@@ -360,6 +361,10 @@ class Limits(SPFTestCase):
         self.smtp(dns, "192.0.2.9", "alice@example.com", "mail.example.net", budget=budget)
         self.assertEqual(budget.used, len(dns.queries))
         self.assertEqual(budget.used, 4)
+        # handed a resolver that already spends this budget, and the budget: counted once
+        used = budget.used
+        self.check(budgeted(dns, budget), "192.0.2.9", budget=budget)
+        self.assertEqual(budget.used, used + 2)
 
     def test_waits_on_dns_without_blocking_and_a_timeout_cancels(self) -> None:
         """Nothing blocks: with a resolver that never answers, check_host is a pending

@@ -14,6 +14,7 @@ expand to nonsense, 1000 mechanisms - the answer is a result (``permerror`` most
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import time
@@ -33,6 +34,7 @@ from mailhub.checks.dns import (
     DNSTempError,
     Lookup,
 )
+from mailhub.checks.resolver import budgeted
 from mailhub.checks.results import MethodResult
 
 log = Logger()
@@ -178,7 +180,8 @@ async def check_host(
         receiver=receiver or "unknown",
         now=time.time() if now is None else now,
     )
-    evaluation = _Evaluation(resolver, macros, budget)
+    # Every lookup spends the message's budget (once, also if the resolver already does).
+    evaluation = _Evaluation(budgeted(resolver, budget), macros)
     try:
         outcome = await evaluation.check(name, ())
     except _Stop as stop:
@@ -245,6 +248,9 @@ class _Record:
 
 
 _MACRO = re.compile(r"%\{([A-Za-z])([0-9]*)([rR]?)([.\-+,/_=]*)\}")
+# macro-literal: visible ASCII but "%" (7.1); explanation text also has spaces (6.2)
+_LITERAL_RUN = re.compile(r"[!-$&-~]*")
+_EXPLANATION_RUN = re.compile(r"[ !-$&-~]*")
 _MACRO_LETTERS = "slodipvhcrt"
 _EXP_ONLY_LETTERS = "crt"  # RFC 7208 7.2: c, r and t only in explanation text
 _MODIFIER = re.compile(r"([A-Za-z][A-Za-z0-9._-]*)=(.*)", re.DOTALL)
@@ -268,8 +274,16 @@ def _parse_macro_string(text: str, *, explanation: bool = False) -> tuple[_Macro
     literal: list[str] = []
     tail_start = 0  # index in ``literal`` since the last macro-expand
     ended_in_macro = False
+    run = _EXPLANATION_RUN if explanation else _LITERAL_RUN
     i, n = 0, len(text)
     while i < n:
+        literal_run = run.match(text, i)
+        assert literal_run is not None  # it matches the empty string
+        if literal_run.end() > i:
+            literal.append(literal_run.group())
+            ended_in_macro = False
+            i = literal_run.end()
+            continue
         ch = text[i]
         if ch == "%":
             follower = text[i + 1 : i + 2]
@@ -300,12 +314,7 @@ def _parse_macro_string(text: str, *, explanation: bool = False) -> tuple[_Macro
             tail_start, ended_in_macro = 0, True
             i = m.end()
             continue
-        # macro-literal: visible ASCII but "%" (7.1); explanation text also has spaces (6.2)
-        if not ("!" <= ch <= "~" or (explanation and ch == " ")):
-            raise _SyntaxError(f"character {ch!r} is not allowed in {text[:40]!r} (RFC 7208 7.1)")
-        literal.append(ch)
-        ended_in_macro = False
-        i += 1
+        raise _SyntaxError(f"character {ch!r} is not allowed in {text[:40]!r} (RFC 7208 7.1)")
     tail = "" if ended_in_macro else "".join(literal[tail_start:])
     if literal:
         parts.append("".join(literal))
@@ -345,6 +354,9 @@ def _cidr(text: str, maximum: int, term: str) -> int:
     return int(text)
 
 
+@functools.lru_cache(
+    maxsize=512
+)  # the same records come again and again (includes of big providers)
 def _parse_record(text: str) -> _Record:
     """Parse a whole record first: a syntax error anywhere is permerror (RFC 7208 4.6)."""
     directives: list[_Directive] = []
@@ -574,12 +586,9 @@ class _Context:
 class _Evaluation:
     """One check_host run: its counters and limits are shared by includes and redirects."""
 
-    def __init__(
-        self, resolver: CheckResolver, macros: _MacroValues, budget: DNSBudget | None
-    ) -> None:
+    def __init__(self, resolver: CheckResolver, macros: _MacroValues) -> None:
         self.resolver = resolver
         self.macros = macros
-        self.budget = budget
         self.lookups = 0
         self.void_lookups = 0
         self._validated: dict[str, str] = {}
@@ -600,8 +609,6 @@ class _Evaluation:
         self, ask: Callable[[str], Awaitable[Lookup[T]]], kind: str, name: str
     ) -> Lookup[T]:
         try:
-            if self.budget is not None:
-                self.budget.spend()
             return await ask(name)
         except DNSTempError as e:
             detail = f" ({e})" if str(e) else ""
