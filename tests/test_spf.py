@@ -194,6 +194,16 @@ class Explanations(SPFTestCase):
         )
         self.assertEqual((r.lookups, r.void_lookups), (1, 1))  # mx (void); exp= is not counted
 
+    def test_exp_text_is_printable_and_short(self) -> None:
+        dns = ZoneResolver(
+            {
+                "example.com": spf("v=spf1 -all exp=why.example.com"),
+                "why.example.com": {"TXT": [b"%{l} " + b"x" * 1000]},
+            }
+        )
+        r = self.check(dns, "192.0.2.9", sender="a\tb\x07c@example.com")
+        self.assertEqual(r.authority_explanation, "a b c " + "x" * 294)
+
     def test_exp_is_not_fetched_unless_fail(self) -> None:
         dns = ZoneResolver({"example.com": spf("v=spf1 ~all exp=why.example.com")})
         r = self.check(dns, "192.0.2.9")

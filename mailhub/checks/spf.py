@@ -184,6 +184,10 @@ async def check_host(
     evaluation = _Evaluation(budgeted(resolver, budget), macros)
     try:
         outcome = await evaluation.check(name, ())
+        if outcome.result == "none":
+            return evaluation.result("none", name, outcome.reason)
+        exp = await evaluation.authority_explanation(outcome) if outcome.result == "fail" else ""
+        text = _describe(outcome, address, name)
     except _Stop as stop:
         return evaluation.result(stop.result, name, stop.reason)
     except defer.CancelledError:
@@ -192,10 +196,6 @@ async def check_host(
         # Never a traceback to the SMTP session: a bug here must not lose the message.
         log.failure("SPF evaluation of {domain} failed", domain=name)
         return evaluation.result("temperror", name, "internal error in the SPF evaluation")
-    if outcome.result == "none":
-        return evaluation.result("none", name, outcome.reason)
-    exp = await evaluation.authority_explanation(outcome) if outcome.result == "fail" else ""
-    text = _describe(outcome, address, name)
     if exp:
         text += f'; {outcome.domain} explains: "{exp}"'
     return evaluation.result(outcome.result, name, text, outcome.decided_by(), exp)
@@ -264,6 +264,7 @@ _CIDR = re.compile(r"0|[1-9][0-9]{0,2}")  # RFC 7208 5.6: no leading zeros
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _NAME_CHARS = re.compile(r"[a-z0-9_.-]+")
+_MAX_EXPLANATION = 300  # characters of a domain's exp= text kept
 _MAX_EXPANSION = 8192  # characters of an expanded macro-string we build (names need 253)
 
 
@@ -865,7 +866,10 @@ class _Evaluation:
                 return ""
             text = lookup.records[0].decode("ascii")
             spec, _ = _parse_macro_string(text, explanation=True)
-            return await self.expand(spec, outcome.domain)
+            expanded = await self.expand(spec, outcome.domain)
+            # It goes into an SMTP reply and a header: printable, and not a page long.
+            shown = "".join(ch if ch.isprintable() else " " for ch in expanded)
+            return shown[:_MAX_EXPLANATION]
         except (_Stop, _SyntaxError, UnicodeDecodeError):
             return ""
         finally:
