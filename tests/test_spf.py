@@ -298,6 +298,14 @@ class Mechanisms(SPFTestCase):
         r = self.check(dns, "192.0.2.9", "bücher.example", "a@bücher.example")
         self.assertEqual(r.result, "pass")
         self.assertEqual(dns.queries[0], ("TXT", "xn--bcher-kva.example"))
+        # %{o}, the sender's domain, too
+        dns = ZoneResolver(
+            {
+                "example.com": spf("v=spf1 exists:%{o}.allowed.example.com -all"),
+                "xn--bcher-kva.example.allowed.example.com": {"A": ["127.0.0.2"]},
+            }
+        )
+        self.assertEqual(self.check(dns, "192.0.2.9", sender="a@bücher.example").result, "pass")
 
     def test_time_macro_in_explanation(self) -> None:
         dns = ZoneResolver(

@@ -171,6 +171,8 @@ async def check_host(
     if not at:
         local, sender_domain = "", sender.strip()
     local = local or "postmaster"  # RFC 7208 4.3: no local-part means "postmaster"
+    if not sender_domain.isascii():  # %{o} of an SMTPUTF8 sender: as asked in DNS (RFC 8616)
+        sender_domain = _initial_domain(sender_domain) or sender_domain
     macros = _MacroValues(
         sender=f"{local}@{sender_domain}",
         local=local,
