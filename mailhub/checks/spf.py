@@ -14,6 +14,7 @@ expand to nonsense, 1000 mechanisms - the answer is a result (``permerror`` most
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import time
@@ -33,6 +34,7 @@ from mailhub.checks.dns import (
     DNSTempError,
     Lookup,
 )
+from mailhub.checks.resolver import budgeted
 from mailhub.checks.results import MethodResult
 
 log = Logger()
@@ -124,9 +126,14 @@ async def check_smtp(
         helo_result = await helo_check
         return SPFVerdict(helo_result, helo_result, sender, helo_name)
     mailfrom_check = check(sender.rpartition("@")[2], sender)  # both at once: half the wait
-    helo_result, mailfrom_result = await defer.gatherResults(
-        [helo_check, mailfrom_check], consumeErrors=True
-    )
+    try:
+        helo_result = await helo_check
+        mailfrom_result = await mailfrom_check
+    except defer.CancelledError:
+        # The caller's timeout: stop the other check too (its lookups are not wanted).
+        mailfrom_check.addErrback(lambda f: f.trap(defer.CancelledError))
+        mailfrom_check.cancel()
+        raise
     return SPFVerdict(mailfrom_result, helo_result, sender, helo_name)
 
 
@@ -164,6 +171,8 @@ async def check_host(
     if not at:
         local, sender_domain = "", sender.strip()
     local = local or "postmaster"  # RFC 7208 4.3: no local-part means "postmaster"
+    if not sender_domain.isascii():  # %{o} of an SMTPUTF8 sender: as asked in DNS (RFC 8616)
+        sender_domain = _initial_domain(sender_domain) or sender_domain
     macros = _MacroValues(
         sender=f"{local}@{sender_domain}",
         local=local,
@@ -173,9 +182,14 @@ async def check_host(
         receiver=receiver or "unknown",
         now=time.time() if now is None else now,
     )
-    evaluation = _Evaluation(resolver, macros, budget)
+    # Every lookup spends the message's budget (once, also if the resolver already does).
+    evaluation = _Evaluation(budgeted(resolver, budget), macros)
     try:
         outcome = await evaluation.check(name, ())
+        if outcome.result == "none":
+            return evaluation.result("none", name, outcome.reason)
+        exp = await evaluation.authority_explanation(outcome) if outcome.result == "fail" else ""
+        text = _describe(outcome, address, name)
     except _Stop as stop:
         return evaluation.result(stop.result, name, stop.reason)
     except defer.CancelledError:
@@ -184,10 +198,6 @@ async def check_host(
         # Never a traceback to the SMTP session: a bug here must not lose the message.
         log.failure("SPF evaluation of {domain} failed", domain=name)
         return evaluation.result("temperror", name, "internal error in the SPF evaluation")
-    if outcome.result == "none":
-        return evaluation.result("none", name, outcome.reason)
-    exp = await evaluation.authority_explanation(outcome) if outcome.result == "fail" else ""
-    text = _describe(outcome, address, name)
     if exp:
         text += f'; {outcome.domain} explains: "{exp}"'
     return evaluation.result(outcome.result, name, text, outcome.decided_by(), exp)
@@ -240,6 +250,9 @@ class _Record:
 
 
 _MACRO = re.compile(r"%\{([A-Za-z])([0-9]*)([rR]?)([.\-+,/_=]*)\}")
+# macro-literal: visible ASCII but "%" (7.1); explanation text also has spaces (6.2)
+_LITERAL_RUN = re.compile(r"[!-$&-~]*")
+_EXPLANATION_RUN = re.compile(r"[ !-$&-~]*")
 _MACRO_LETTERS = "slodipvhcrt"
 _EXP_ONLY_LETTERS = "crt"  # RFC 7208 7.2: c, r and t only in explanation text
 _MODIFIER = re.compile(r"([A-Za-z][A-Za-z0-9._-]*)=(.*)", re.DOTALL)
@@ -253,6 +266,7 @@ _CIDR = re.compile(r"0|[1-9][0-9]{0,2}")  # RFC 7208 5.6: no leading zeros
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _NAME_CHARS = re.compile(r"[a-z0-9_.-]+")
+_MAX_EXPLANATION = 300  # characters of a domain's exp= text kept
 _MAX_EXPANSION = 8192  # characters of an expanded macro-string we build (names need 253)
 
 
@@ -263,8 +277,16 @@ def _parse_macro_string(text: str, *, explanation: bool = False) -> tuple[_Macro
     literal: list[str] = []
     tail_start = 0  # index in ``literal`` since the last macro-expand
     ended_in_macro = False
+    run = _EXPLANATION_RUN if explanation else _LITERAL_RUN
     i, n = 0, len(text)
     while i < n:
+        literal_run = run.match(text, i)
+        assert literal_run is not None  # it matches the empty string
+        if literal_run.end() > i:
+            literal.append(literal_run.group())
+            ended_in_macro = False
+            i = literal_run.end()
+            continue
         ch = text[i]
         if ch == "%":
             follower = text[i + 1 : i + 2]
@@ -295,12 +317,7 @@ def _parse_macro_string(text: str, *, explanation: bool = False) -> tuple[_Macro
             tail_start, ended_in_macro = 0, True
             i = m.end()
             continue
-        # macro-literal: visible ASCII but "%" (7.1); explanation text also has spaces (6.2)
-        if not ("!" <= ch <= "~" or (explanation and ch == " ")):
-            raise _SyntaxError(f"character {ch!r} is not allowed in {text[:40]!r} (RFC 7208 7.1)")
-        literal.append(ch)
-        ended_in_macro = False
-        i += 1
+        raise _SyntaxError(f"character {ch!r} is not allowed in {text[:40]!r} (RFC 7208 7.1)")
     tail = "" if ended_in_macro else "".join(literal[tail_start:])
     if literal:
         parts.append("".join(literal))
@@ -340,6 +357,9 @@ def _cidr(text: str, maximum: int, term: str) -> int:
     return int(text)
 
 
+@functools.lru_cache(
+    maxsize=512
+)  # the same records come again and again (includes of big providers)
 def _parse_record(text: str) -> _Record:
     """Parse a whole record first: a syntax error anywhere is permerror (RFC 7208 4.6)."""
     directives: list[_Directive] = []
@@ -569,12 +589,9 @@ class _Context:
 class _Evaluation:
     """One check_host run: its counters and limits are shared by includes and redirects."""
 
-    def __init__(
-        self, resolver: CheckResolver, macros: _MacroValues, budget: DNSBudget | None
-    ) -> None:
+    def __init__(self, resolver: CheckResolver, macros: _MacroValues) -> None:
         self.resolver = resolver
         self.macros = macros
-        self.budget = budget
         self.lookups = 0
         self.void_lookups = 0
         self._validated: dict[str, str] = {}
@@ -595,8 +612,6 @@ class _Evaluation:
         self, ask: Callable[[str], Awaitable[Lookup[T]]], kind: str, name: str
     ) -> Lookup[T]:
         try:
-            if self.budget is not None:
-                self.budget.spend()
             return await ask(name)
         except DNSTempError as e:
             detail = f" ({e})" if str(e) else ""
@@ -853,7 +868,10 @@ class _Evaluation:
                 return ""
             text = lookup.records[0].decode("ascii")
             spec, _ = _parse_macro_string(text, explanation=True)
-            return await self.expand(spec, outcome.domain)
+            expanded = await self.expand(spec, outcome.domain)
+            # It goes into an SMTP reply and a header: printable, and not a page long.
+            shown = "".join(ch if ch.isprintable() else " " for ch in expanded)
+            return shown[:_MAX_EXPLANATION]
         except (_Stop, _SyntaxError, UnicodeDecodeError):
             return ""
         finally:
