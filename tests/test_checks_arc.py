@@ -170,6 +170,16 @@ class Chain(SynchronousTestCase):
         r = run(self, verify_arc(self.dns, lines + broken))
         self.assertEqual(r.result, "fail")
 
+    def test_field_without_space_after_the_colon(self) -> None:
+        # Legal syntax that dkimpy 1.1.8 alone cannot read (IndexError inside); relaxed
+        # canonicalization ignores that white space, so the chain still validates.
+        odd = self.twice.replace(b"ARC-Message-Signature: i=", b"ARC-Message-Signature:i=")
+        self.assertEqual(odd.count(b"ARC-Message-Signature:i="), 2)
+        r = run(self, verify_arc(self.dns, odd))
+        self.assertEqual((r.result, r.instances), ("pass", 2))
+        tabbed = self.twice.replace(b"ARC-Message-Signature: i=", b"ARC-Message-Signature:\ti=")
+        self.assertEqual(run(self, verify_arc(self.dns, tabbed)).result, "pass")
+
 
 class Seal(SynchronousTestCase):
     def test_three_fields_in_order_with_our_results(self) -> None:

@@ -486,7 +486,7 @@ def _crypto(message: bytes, signatures: list[_Signature]) -> None:
             sig.decide("permerror", f"the signature cannot be checked: {e}")
             continue
         except Exception as e:  # dkimpy on input it did not expect: a result, not a traceback
-            log.failure("dkimpy failed on signature {index}", index=sig.index)
+            log.warn("dkimpy failed on signature {index}: {error!r}", index=sig.index, error=e)
             sig.decide("permerror", f"the signature cannot be checked ({e.__class__.__name__})")
             continue
         if ok:
