@@ -424,9 +424,16 @@ class Caps(SynchronousTestCase):
         self.assertEqual({r.result for r in results[5:]}, {"neutral"})
         self.assertEqual(
             results[5].reason,
-            "not checked: only the first 5 DKIM signatures of a message are checked",
+            "not checked: only 5 well-formed DKIM signatures of a message are checked",
         )
         self.assertEqual(len(dns.queries), 5)
+
+    def test_malformed_signatures_do_not_push_a_good_one_out(self) -> None:
+        msg, dns = signed_rsa()
+        for i in range(10):
+            msg = b"DKIM-Signature: v=1; junk %d\r\n" % i + msg
+        results = run(self, verify_dkim(dns, msg))
+        self.assertEqual([r.result for r in results], ["permerror"] * 10 + ["pass"])
 
     def test_budget_spent(self) -> None:
         dns = MemoryResolver()
