@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailhub.checks.arc import ARCResult, ARCSealError, arc_seal, verify_arc
+from mailhub.checks.dkimverify import INLINE_LIMIT
 from mailhub.checks.keys import ED25519_SHA256, RSA_SHA256, SigningKey
 from mailhub.checks.results import AuthenticationResults, MethodResult
 from tests.support.checkdns import MemoryResolver
@@ -254,3 +255,17 @@ class NeverATraceback(SynchronousTestCase):
         r = run(self, verify_arc(resolver(), head + message()))
         self.assertIn(r.result, {"none", "pass", "fail"})
         self.assertTrue(r.reason)
+
+
+class LargeMessage(TestCase):
+    """Over INLINE_LIMIT the chain is validated in the reactor's thread pool."""
+
+    async def test_large_sealed_message(self) -> None:
+        body = b"".join(b"line %d of a long forwarded message\r\n" % i for i in range(6000))
+        msg = message(body=body)
+        self.assertGreater(len(msg), INLINE_LIMIT)
+        sealed = arc_seal(msg, FIRST, "mx.a.example", results("mx.a.example", None)) + msg
+        r = await verify_arc(resolver(), sealed)
+        self.assertEqual((r.result, r.instances), ("pass", 1))
+        r = await verify_arc(resolver(), sealed.replace(b"line 5000", b"line 5001"))
+        self.assertEqual(r.result, "fail")
