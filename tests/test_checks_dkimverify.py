@@ -73,6 +73,11 @@ class RFC8463Example(SynchronousTestCase):
         )
         self.assertIn("Ed25519 key at brisbane._domainkey.football.example.com", ed.reason)
 
+    def test_bare_lf_line_ends(self) -> None:
+        # A message kept with LF line ends (as some stores do) verifies as its CRLF form.
+        results = run(self, verify_dkim(self.dns, RFC8463_MESSAGE.replace(b"\r\n", b"\n")))
+        self.assertEqual([r.result for r in results], ["pass", "pass"])
+
     def test_keys_are_fetched_first_and_once_each(self) -> None:
         run(self, verify_dkim(self.dns, RFC8463_MESSAGE))
         self.assertEqual(
