@@ -409,6 +409,10 @@ class MalformedSignatures(SynchronousTestCase):
         [r] = run(self, verify_dkim(MemoryResolver(), msg))
         self.assertEqual(r.result, "permerror")
 
+    def test_unreadable_unsigned_header_is_unsigned(self) -> None:
+        msg = b" folded first line\r\n" + message()
+        self.assertEqual(run(self, verify_dkim(MemoryResolver(), msg)), [])
+
     def test_parse_tags(self) -> None:
         self.assertEqual(
             parse_tags(b" v = 1 ;\r\n\ta=rsa-sha256;b=AB\r\n CD ;"),

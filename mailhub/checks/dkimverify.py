@@ -198,7 +198,8 @@ def _signature_fields(message: bytes) -> list[bytes] | None:
     try:
         headers, _ = dkim.rfc822_parse(message[:end] + b"\r\n")
     except Exception:  # dkimpy raises MessageFormatError, or IndexError on a leading fold
-        return None
+        # Unreadable: a permerror only if it seems signed, else simply unsigned.
+        return None if b"dkim-signature" in message[:end].lower() else []
     return [value for name, value in headers if name.lower() == b"dkim-signature"]
 
 
