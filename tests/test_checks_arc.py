@@ -72,6 +72,12 @@ class Chain(SynchronousTestCase):
         self.assertEqual((r.result, r.instances), ("none", 0))
         self.assertEqual(self.dns.queries, [])
 
+    def test_unreadable_header_without_arc_is_none(self) -> None:
+        r = run(self, verify_arc(self.dns, b" fold first\r\n" + self.original))
+        self.assertEqual(r.result, "none")
+        r = run(self, verify_arc(self.dns, b" fold first\r\n" + self.once))
+        self.assertEqual(r.result, "fail")
+
     def test_sealed_once_passes(self) -> None:
         r = run(self, verify_arc(self.dns, self.once))
         self.assertEqual((r.result, r.instances), ("pass", 1))

@@ -82,6 +82,8 @@ async def verify_arc(
     """RFC 8617 5.2: the chain's validation status. Never raises for the message or DNS."""
     headers = _headers(message)
     if headers is None:
+        if b"arc-" not in message[: _header_end(message)].lower():
+            return ARCResult("none", 0, "the message carries no ARC sets")
         return ARCResult("fail", 0, "the message's header cannot be parsed for ARC")
     sets: dict[int, dict[bytes, dict[str, bytes]]] = {}
     for name, value in headers:
