@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailhub.checks.arc import ARCResult, ARCSealError, arc_seal, verify_arc
+from mailhub.checks.dkimverify import INLINE_LIMIT
 from mailhub.checks.keys import ED25519_SHA256, RSA_SHA256, SigningKey
 from mailhub.checks.results import AuthenticationResults, MethodResult
 from tests.support.checkdns import MemoryResolver
@@ -70,6 +71,12 @@ class Chain(SynchronousTestCase):
         r = run(self, verify_arc(self.dns, self.original))
         self.assertEqual((r.result, r.instances), ("none", 0))
         self.assertEqual(self.dns.queries, [])
+
+    def test_unreadable_header_without_arc_is_none(self) -> None:
+        r = run(self, verify_arc(self.dns, b" fold first\r\n" + self.original))
+        self.assertEqual(r.result, "none")
+        r = run(self, verify_arc(self.dns, b" fold first\r\n" + self.once))
+        self.assertEqual(r.result, "fail")
 
     def test_sealed_once_passes(self) -> None:
         r = run(self, verify_arc(self.dns, self.once))
@@ -170,6 +177,16 @@ class Chain(SynchronousTestCase):
         r = run(self, verify_arc(self.dns, lines + broken))
         self.assertEqual(r.result, "fail")
 
+    def test_field_without_space_after_the_colon(self) -> None:
+        # Legal syntax that dkimpy 1.1.8 alone cannot read (IndexError inside); relaxed
+        # canonicalization ignores that white space, so the chain still validates.
+        odd = self.twice.replace(b"ARC-Message-Signature: i=", b"ARC-Message-Signature:i=")
+        self.assertEqual(odd.count(b"ARC-Message-Signature:i="), 2)
+        r = run(self, verify_arc(self.dns, odd))
+        self.assertEqual((r.result, r.instances), ("pass", 2))
+        tabbed = self.twice.replace(b"ARC-Message-Signature: i=", b"ARC-Message-Signature:\ti=")
+        self.assertEqual(run(self, verify_arc(self.dns, tabbed)).result, "pass")
+
 
 class Seal(SynchronousTestCase):
     def test_three_fields_in_order_with_our_results(self) -> None:
@@ -244,3 +261,17 @@ class NeverATraceback(SynchronousTestCase):
         r = run(self, verify_arc(resolver(), head + message()))
         self.assertIn(r.result, {"none", "pass", "fail"})
         self.assertTrue(r.reason)
+
+
+class LargeMessage(TestCase):
+    """Over INLINE_LIMIT the chain is validated in the reactor's thread pool."""
+
+    async def test_large_sealed_message(self) -> None:
+        body = b"".join(b"line %d of a long forwarded message\r\n" % i for i in range(6000))
+        msg = message(body=body)
+        self.assertGreater(len(msg), INLINE_LIMIT)
+        sealed = arc_seal(msg, FIRST, "mx.a.example", results("mx.a.example", None)) + msg
+        r = await verify_arc(resolver(), sealed)
+        self.assertEqual((r.result, r.instances), ("pass", 1))
+        r = await verify_arc(resolver(), sealed.replace(b"line 5000", b"line 5001"))
+        self.assertEqual(r.result, "fail")

@@ -73,6 +73,11 @@ class RFC8463Example(SynchronousTestCase):
         )
         self.assertIn("Ed25519 key at brisbane._domainkey.football.example.com", ed.reason)
 
+    def test_bare_lf_line_ends(self) -> None:
+        # A message kept with LF line ends (as some stores do) verifies as its CRLF form.
+        results = run(self, verify_dkim(self.dns, RFC8463_MESSAGE.replace(b"\r\n", b"\n")))
+        self.assertEqual([r.result for r in results], ["pass", "pass"])
+
     def test_keys_are_fetched_first_and_once_each(self) -> None:
         run(self, verify_dkim(self.dns, RFC8463_MESSAGE))
         self.assertEqual(
@@ -404,6 +409,10 @@ class MalformedSignatures(SynchronousTestCase):
         [r] = run(self, verify_dkim(MemoryResolver(), msg))
         self.assertEqual(r.result, "permerror")
 
+    def test_unreadable_unsigned_header_is_unsigned(self) -> None:
+        msg = b" folded first line\r\n" + message()
+        self.assertEqual(run(self, verify_dkim(MemoryResolver(), msg)), [])
+
     def test_parse_tags(self) -> None:
         self.assertEqual(
             parse_tags(b" v = 1 ;\r\n\ta=rsa-sha256;b=AB\r\n CD ;"),
@@ -424,9 +433,16 @@ class Caps(SynchronousTestCase):
         self.assertEqual({r.result for r in results[5:]}, {"neutral"})
         self.assertEqual(
             results[5].reason,
-            "not checked: only the first 5 DKIM signatures of a message are checked",
+            "not checked: only 5 well-formed DKIM signatures of a message are checked",
         )
         self.assertEqual(len(dns.queries), 5)
+
+    def test_malformed_signatures_do_not_push_a_good_one_out(self) -> None:
+        msg, dns = signed_rsa()
+        for i in range(10):
+            msg = b"DKIM-Signature: v=1; junk %d\r\n" % i + msg
+        results = run(self, verify_dkim(dns, msg))
+        self.assertEqual([r.result for r in results], ["permerror"] * 10 + ["pass"])
 
     def test_budget_spent(self) -> None:
         dns = MemoryResolver()

@@ -147,6 +147,7 @@ class Evaluate(SynchronousTestCase):
         )
         self.assertEqual(r.policy, "none")
         self.assertEqual(r.requested, "reject")
+        self.assertEqual(r.method_result().property("policy.dmarc"), "reject")
 
     def test_aligned_spf_passes(self) -> None:
         r = self.evaluate("example.com", SPF("pass", "example.com"))

@@ -41,7 +41,7 @@ from mailhub.checks.results import MethodResult
 
 log = Logger()
 
-MAX_SIGNATURES = 5  # signatures checked per message; the rest are reported as not checked
+MAX_SIGNATURES = 5  # well-formed signatures checked per message; the rest: "not checked"
 MAX_SIGNED_FIELDS = 200  # entries in h=; real signers list a few dozen (oversigning included)
 MIN_RSA_BITS = 1024  # RFC 8301 3.2: smaller keys MUST NOT be considered valid
 MAX_RSA_BITS = 8192  # beyond RFC 8301 3.2's 4096 that verifiers must handle: refused as absurd
@@ -165,11 +165,14 @@ async def verify_dkim(
             )
         ]
     signatures = [_read_signature(i, value, now) for i, value in enumerate(fields)]
-    for extra in signatures[max_signatures:]:
+    # The cap counts the signatures that would cost DNS and cryptography, so that a few
+    # malformed ones on top cannot push a real one out of reach.
+    usable = [s for s in signatures if s.verdict is None]
+    for extra in usable[max_signatures:]:
         extra.decide(
             "neutral",
-            f"not checked: only the first {max_signatures} DKIM signatures of a message are "
-            "checked",
+            f"not checked: only {max_signatures} well-formed DKIM signatures of a message "
+            "are checked",
         )
     wanted = sorted({s.key_name for s in signatures if s.verdict is None})
     answers = await _fetch_keys(resolver, wanted, budget)
@@ -195,7 +198,8 @@ def _signature_fields(message: bytes) -> list[bytes] | None:
     try:
         headers, _ = dkim.rfc822_parse(message[:end] + b"\r\n")
     except Exception:  # dkimpy raises MessageFormatError, or IndexError on a leading fold
-        return None
+        # Unreadable: a permerror only if it seems signed, else simply unsigned.
+        return None if b"dkim-signature" in message[:end].lower() else []
     return [value for name, value in headers if name.lower() == b"dkim-signature"]
 
 
@@ -486,7 +490,7 @@ def _crypto(message: bytes, signatures: list[_Signature]) -> None:
             sig.decide("permerror", f"the signature cannot be checked: {e}")
             continue
         except Exception as e:  # dkimpy on input it did not expect: a result, not a traceback
-            log.failure("dkimpy failed on signature {index}", index=sig.index)
+            log.warn("dkimpy failed on signature {index}: {error!r}", index=sig.index, error=e)
             sig.decide("permerror", f"the signature cannot be checked ({e.__class__.__name__})")
             continue
         if ok:

@@ -86,7 +86,9 @@ class DMARCResult:
         if self.from_domain:
             props.append(("header.from", self.from_domain))
         if self.record_domain:
-            props.append(("policy.dmarc", self.policy))
+            # The published policy for this domain (p, or sp for a subdomain), as receivers
+            # usually show it; what was applied after pct is in ``policy`` and the reason.
+            props.append(("policy.dmarc", self.requested))
         return MethodResult("dmarc", self.result, self.reason, tuple(props))
 
 
