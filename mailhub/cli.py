@@ -371,12 +371,15 @@ def _check_dkim_dns(config: Config, nameserver: str | None) -> int:
     if not found:
         print(f"  dkim       no keys in {config.dkim_key_dir}")
         return 0
-    resolver = _BlockingResolver(nameserver, config.relay.nameservers)
+    configured = config.checks.nameservers or config.relay.nameservers
+    resolver = _BlockingResolver(nameserver, configured, config.checks.dns_timeout)
     bad = 0
     for info in found:
         verdict = _finish(check_published(resolver, info))
-        bad += verdict.status != OK
-        print(f"  dkim       {info.record_name}: {verdict.status}: {verdict.detail}")
+        # A retired key no longer signs: its record may go (README: rotation), so only say so.
+        bad += verdict.status != OK and not info.retired
+        retired = " (retired)" if info.retired else ""
+        print(f"  dkim       {info.record_name}{retired}: {verdict.status}: {verdict.detail}")
     return 1 if bad else 0
 
 
@@ -392,10 +395,13 @@ def _finish(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 class _BlockingResolver:
-    """The CheckResolver TXT lookup over dnspython, blocking: fine in the admin command, which
-    has no reactor to keep responsive (the server uses mailhub.checks.resolver's)."""
+    """A CheckResolver over dnspython, blocking: fine in the admin command, which has no
+    reactor to keep responsive (the server uses mailhub.checks.resolver). It asks what the
+    server's checks ask: [checks] nameservers, else [relay] nameservers, else the system's."""
 
-    def __init__(self, nameserver: str | None, configured: tuple[tuple[str, int], ...]) -> None:
+    def __init__(
+        self, nameserver: str | None, configured: tuple[tuple[str, int], ...], timeout: float
+    ) -> None:
         import dns.resolver
 
         self._resolver = dns.resolver.Resolver(configure=not (nameserver or configured))
@@ -406,7 +412,7 @@ class _BlockingResolver:
         if servers:
             self._resolver.nameservers = [host for host, _ in servers]
             self._resolver.port = servers[0][1]
-        self._resolver.lifetime = 5.0
+        self._resolver.lifetime = timeout
 
     def _query(self, name: str, rdtype: str) -> tuple[Any, ...] | None:
         """The answer's records; None for NXDOMAIN; DNSTempError when there is no answer."""

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import (
     IReactorThreads,
     IReactorTime,
 )
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from mailhub.aliases import AliasMap
@@ -458,10 +459,12 @@ def _checking(
     )
 
 
-def _notice_signer(config: Config, keystore: KeyStore) -> Callable[[bytes], Deferred[bytes]]:
+def _notice_signer(
+    config: Config, keystore: KeyStore, run: Callable[..., Deferred[Any]] = deferToThread
+) -> Callable[[bytes], Deferred[bytes]]:
     """Bounces and delay notices (From: MAILER-DAEMON@hostname) are signed by [dkim]
     bounce_domain's keys, else by the hostname's or its nearest parent domain's."""
-    signer = Signer(keystore, max_size=config.dkim.max_sign_size)
+    signer = Signer(keystore, max_size=config.dkim.max_sign_size, run=run)
     domain = config.dkim.bounce_domain or config.hostname
 
     def sign(message: bytes) -> Deferred[bytes]:

@@ -4,16 +4,18 @@ signing sink, signed bounces."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import re
 import shutil
 import stat
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer, task
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from mailhub.checks.keys import (
@@ -29,6 +31,7 @@ from mailhub.checks.keys import (
 )
 from mailhub.checks.published import MISMATCH, MISSING, OK, compare
 from mailhub.checks.signing import Signer, SigningSink, author_domain, sign, signed_fields
+from mailhub.config import Config, ConfigError, DKIMConfig, dev_config, load
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import DeliveryError, IMessageSink
 from tests.support.dkim import (
@@ -71,6 +74,17 @@ class KeyFiles(SynchronousTestCase):
         self.assertEqual(os.listdir(self.dir / "example.com"), ["sel1.key"])  # no temp left
         with self.assertRaises(KeyFileError):
             write_key(self.dir, "example.com", "sel1", generate(ED25519_SHA256))
+
+    def test_root_makes_keys_for_the_data_directorys_owner(self) -> None:
+        if os.geteuid() != 0:
+            raise SkipTest("needs root: chown")
+        data = Path(self.mktemp()).absolute()
+        data.mkdir()
+        os.chown(data, 65534, 65534)  # the user the server runs as owns its data directory
+        info = write_key(data / "dkim", "example.com", "s", generate(ED25519_SHA256))
+        retire(data / "dkim", "example.com", "s")
+        for path in (data / "dkim", info.path.parent, info.path, info.path.with_suffix(".retired")):
+            self.assertEqual((os.stat(path).st_uid, os.stat(path).st_gid), (65534, 65534), path)
 
     def test_bad_selectors_domains_and_sizes(self) -> None:
         pem = generate(ED25519_SHA256)
@@ -253,13 +267,26 @@ class Sink(SynchronousTestCase):
 
     def sink(self, **kwargs: Any) -> SigningSink:
         kwargs.setdefault("run", self.worker)
+        # A spooled message is copied on one chunk per turn of this clock.
+        turns = task.Cooperator(
+            terminationPredicateFactory=lambda: lambda: True,  # one step per turn
+            scheduler=lambda f: self.clock.callLater(0.001, f),  # a turn: advance(0.001)
+        )
+        kwargs.setdefault("cooperate", turns.cooperate)
         return SigningSink(self.inner, self.store, spool_dir=self.dir, **kwargs)
 
     def send(self, sink: SigningSink, message: bytes, env: Envelope | None = None) -> bytes:
         incoming = sink.open(env or envelope())
         for i in range(0, len(message), 1000):
             incoming.write(message[i : i + 1000])
-        self.assertEqual(self.successResultOf(incoming.commit()), "Q1")
+        done = incoming.commit()
+        fired: list[object] = []
+        done.addBoth(lambda result: fired.append(result) or result)
+        self.turns = 0
+        while not fired and self.turns < 1000:
+            self.clock.advance(0.001)
+            self.turns += 1
+        self.assertEqual(self.successResultOf(done), "Q1")
         [stored] = self.inner.messages
         self.assertEqual(stored.state, "committed")
         return stored.data
@@ -280,6 +307,7 @@ class Sink(SynchronousTestCase):
         out = self.send(sink, message)
         self.assertEqual(out[-len(message) :], message)
         self.assertEqual(verify_each(out, self.published), [("e1", True), ("r1", True)])
+        self.assertGreater(self.turns, 2)  # ~1.2 MB in 256 KiB chunks, one per turn
 
     def test_too_big_goes_unsigned(self) -> None:
         message = MESSAGE + b"x" * 5000 + b"\r\n"
@@ -311,6 +339,11 @@ class Sink(SynchronousTestCase):
         out = self.send(self.sink(run=broken), MESSAGE)
         self.assertEqual(out, MESSAGE)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_a_message_dkimpy_cannot_read_goes_unsigned_without_a_traceback(self) -> None:
+        odd = b" continued\r\n" + MESSAGE  # a continuation line before any field
+        self.assertEqual(self.send(self.sink(), odd), odd)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_abort_and_refused_write_leave_nothing(self) -> None:
         sink = self.sink(memory_limit=10)
@@ -360,3 +393,110 @@ class SignedBounces(QueueTestBase):
         self.assertEqual(verify_each(body, records(keys)), [("e1", True), ("r1", True)])
         [bounce] = self.bounces()
         self.assertEqual(bounce.get_content_type(), "multipart/report")
+
+
+class Settings(SynchronousTestCase):
+    """[dkim] in the config file, and the bounce signer service.py builds from it."""
+
+    def load(self, text: str) -> Config:
+        path = Path(self.mktemp())
+        path.write_text(
+            f'[domains]\nlocal = ["example.com"]\n[server]\ndata_dir = "/srv/m"\n{text}'
+        )
+        return load(path)
+
+    def test_defaults_and_values(self) -> None:
+        config = self.load("")
+        self.assertEqual(config.dkim_key_dir, Path("/srv/m/dkim"))
+        self.assertEqual(config.dkim.max_sign_size, 25 * 1024 * 1024)
+        self.assertIsNone(config.dkim.bounce_domain)
+        config = self.load(
+            '[dkim]\nkey_dir = "/etc/mailhub/dkim"\nmax_sign_size = "10M"\n'
+            'bounce_domain = "Example.COM"\n'
+        )
+        self.assertEqual(config.dkim_key_dir, Path("/etc/mailhub/dkim"))
+        self.assertEqual(config.dkim.max_sign_size, 10 * 1024 * 1024)
+        self.assertEqual(config.dkim.bounce_domain, "example.com")
+        for bad in ('bounce_domain = "a..b"', "max_sign_size = 0", "keydir = 1"):
+            with self.assertRaises(ConfigError, msg=bad) as caught:
+                self.load(f"[dkim]\n{bad}\n")
+            self.assertIn("[dkim]", str(caught.exception))
+
+    def test_notice_signer_uses_bounce_domain_or_the_hostnames(self) -> None:
+        from mailhub.service import _notice_signer
+
+        key_dir = Path(self.mktemp()).absolute()
+        make_keys(key_dir, "example.com", [ED25519_SHA256])
+        make_keys(key_dir, "example.net", [RSA_SHA256])
+        config = dev_config(Path(self.mktemp()), hostname="mail.example.com")
+        config = dataclasses.replace(config, dkim=DKIMConfig(key_dir=key_dir))
+        dsn = b"From: MAILER-DAEMON@mail.example.com\r\nSubject: x\r\n\r\nbody\r\n"
+
+        def domains(config: Config) -> list[bytes]:
+            store = KeyStore(key_dir, task.Clock())
+            fields = self.successResultOf(_notice_signer(config, store, run=inline)(dsn))
+            return [t[b"d"] for t in signature_fields(fields + dsn)]
+
+        self.assertEqual(domains(config), [b"example.com"])
+        bounce = dataclasses.replace(
+            config, dkim=DKIMConfig(key_dir=key_dir, bounce_domain="example.net")
+        )
+        self.assertEqual(domains(bounce), [b"example.net"])
+
+
+# RFC 8463 Appendix A (A.2 keys, A.3 signed message), by J. Levine, (c) IETF Trust, code
+# components under the Simplified BSD License: an outside vector for the Ed25519 key format.
+RFC8463_SEED = "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A="
+RFC8463_RECORD = "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+RFC8463_MESSAGE = (
+    b"From: Joe SixPack <joe@football.example.com>\r\n"
+    b"To: Suzie Q <suzie@shopping.example.net>\r\n"
+    b"Subject: Is dinner ready?\r\n"
+    b"Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)\r\n"
+    b"Message-ID: <20030712040037.46341.5F8J@football.example.com>\r\n"
+    b"\r\n"
+    b"Hi.\r\n\r\nWe lost the game.  Are you hungry yet?\r\n\r\nJoe.\r\n\r\n"
+)
+RFC8463_BH = b"2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8="
+RFC8463_B = (
+    b"/gCrinpcQOoIfuHNQIbq4pgh9kyIK3AQUdt9OdqQehSwhEIug4D11BusFa3bT3FY5OsU7ZbnKELq+eXdp1Q1Dw=="
+)
+
+
+class RFC8463Vector(SynchronousTestCase):
+    """The RFC's Ed25519 key, kept as a mailhub key file, gives the RFC's record and, Ed25519
+    being deterministic, the RFC's signature byte for byte."""
+
+    def setUp(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        seed = base64.b64decode(RFC8463_SEED)
+        pem = ed25519.Ed25519PrivateKey.from_private_bytes(seed).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self.info = write_key(Path(self.mktemp()), "football.example.com", "brisbane", pem)
+
+    def test_record_and_signature_are_the_rfcs(self) -> None:
+        import dkim
+
+        self.assertEqual(self.info.record, RFC8463_RECORD)
+        key = self.info.key
+        h = [b"from", b"to", b"subject", b"date", b"message-id", b"from", b"subject", b"date"]
+        with patch("dkim.time.time", return_value=1528637909):  # the RFC's t=
+            field = dkim.DKIM(RFC8463_MESSAGE).sign(
+                key.selector.encode(),
+                key.domain.encode(),
+                key.private_key,
+                signature_algorithm=b"ed25519-sha256",
+                canonicalize=(b"relaxed", b"relaxed"),
+                include_headers=h,
+            )
+        [tags] = signature_fields(field + RFC8463_MESSAGE)
+        self.assertEqual((tags[b"bh"], tags[b"b"]), (RFC8463_BH, RFC8463_B))
+
+    def test_mailhubs_own_signature_verifies_with_the_rfcs_record(self) -> None:
+        signed = sign(RFC8463_MESSAGE, [self.info.key]) + RFC8463_MESSAGE
+        published = {"brisbane._domainkey.football.example.com": RFC8463_RECORD}
+        self.assertEqual(verify_each(signed, published), [("brisbane", True)])

@@ -148,10 +148,29 @@ def generate(algorithm: str, bits: int = DEFAULT_RSA_BITS) -> bytes:
     )
 
 
-def _private_dir(path: Path) -> None:
-    """Make ``path`` (and parents) a folder only the owner may enter."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+def _owner(key_dir: Path) -> tuple[int, int] | None:
+    """Who should own new key files: when root runs ``mailhub dkim keygen``, the owner of the
+    nearest existing folder on the way to ``key_dir`` (the data directory, owned by the user the
+    server runs as), so that the server can read its keys; None: leave them to whoever runs it."""
+    if os.geteuid() != 0:
+        return None
+    probe = key_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    st = os.stat(probe)
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+
+
+def _private_dir(path: Path, owner: tuple[int, int] | None) -> None:
+    """Make ``path`` (and parents) a folder only its owner may enter; an existing one is left
+    as the operator made it."""
+    if path.is_dir():
+        return
+    _private_dir(path.parent, owner)
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)  # whatever the umask
+    if owner is not None:
+        os.chown(path, *owner)
 
 
 def write_key(key_dir: Path, domain: str, selector: str, pem: bytes) -> KeyFile:
@@ -159,8 +178,8 @@ def write_key(key_dir: Path, domain: str, selector: str, pem: bytes) -> KeyFile:
     published selector's key changes only by a new selector (rotation)."""
     domain, selector = check_domain(domain), check_selector(selector)
     folder = key_dir / domain
-    _private_dir(key_dir)
-    _private_dir(folder)
+    owner = _owner(key_dir)
+    _private_dir(folder, owner)
     path = folder / (selector + KEY_SUFFIX)
     if path.exists():
         raise KeyFileError(
@@ -170,6 +189,8 @@ def write_key(key_dir: Path, domain: str, selector: str, pem: bytes) -> KeyFile:
     tmp = folder / f".{selector}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         write_all(fd, pem)
         os.fsync(fd)
     finally:
@@ -197,19 +218,30 @@ def retire(key_dir: Path, domain: str, selector: str) -> KeyFile:
         raise KeyFileError(f"no key {selector!r} for {domain} (looked for {path})")
     marker = path.with_suffix(RETIRED_SUFFIX)
     fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    os.close(fd)
+    try:
+        owner = _owner(key_dir)
+        if owner is not None:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
     return read_key(path)
 
 
 # --- reading keys -----------------------------------------------------------------------------
 
 
-def read_key(path: Path) -> KeyFile:
-    """One key file (``<key_dir>/<domain>/<selector>.key``) as a ``KeyFile``."""
+def read_key(path: Path, *, validate: bool = True) -> KeyFile:
+    """One key file (``<key_dir>/<domain>/<selector>.key``) as a ``KeyFile``.
+
+    ``validate`` checks an RSA key's numbers (OpenSSL's RSA_check_key): 75 ms for a 2048-bit
+    key, half a second for 4096 bits, so the server (reading on the reactor thread) skips it for
+    the files keygen made and checked; the admin commands check."""
     domain, selector = path.parent.name, path.name.removesuffix(KEY_SUFFIX)
     try:
         pem = path.read_bytes()
-        private = serialization.load_pem_private_key(pem, password=None)
+        private = serialization.load_pem_private_key(
+            pem, password=None, unsafe_skip_rsa_key_validation=not validate
+        )
     except (ValueError, TypeError) as e:
         raise KeyFileError(f"{path}: not an unencrypted PEM private key ({e})") from None
     if isinstance(private, rsa.RSAPrivateKey):
@@ -245,7 +277,7 @@ def read_key(path: Path) -> KeyFile:
     )
 
 
-def read_domain(folder: Path) -> list[KeyFile]:
+def read_domain(folder: Path, *, validate: bool = True) -> list[KeyFile]:
     """Every key of one domain's folder, sorted by selector; unreadable ones are logged and
     skipped (one broken file must not stop the others signing)."""
     out = []
@@ -255,7 +287,7 @@ def read_domain(folder: Path) -> list[KeyFile]:
         return []
     for name in names:
         try:
-            out.append(read_key(folder / name))
+            out.append(read_key(folder / name, validate=validate))
         except (KeyFileError, OSError) as e:
             log.error("dkim: key {path} skipped: {error}", path=str(folder / name), error=e)
     return out
@@ -311,7 +343,7 @@ class KeyStore:
         stamp = _stamp(folder)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        files = read_domain(folder) if stamp is not None else []
+        files = read_domain(folder, validate=False) if stamp is not None else []
         if cached is not None or files:
             log.info(
                 "dkim: {domain}: signing with {selectors}",
