@@ -14,7 +14,7 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.internet.protocol import Protocol
 
 from mailhub.checks.signing import sign
-from mailhub.config import ChecksConfig, WebConfig
+from mailhub.config import ChecksConfig, DKIMConfig, WebConfig
 from mailhub.store import MailStore, uidlist
 from mailhub.store.dotlock import DotLock
 from mailhub.testing import MailhubTestServer
@@ -779,3 +779,45 @@ class AuthenticationChecked(WebTestCase):
         self.assertEqual((dmarc["dkim_alignment"], dmarc["spf_alignment"]), ("no", "no"))
         self.assertIn("DKIM passed but is not aligned with From: example.test", dmarc["why"])
         self.assertIs(auth["bulk_sender"], False)
+
+    async def test_mail_the_dev_stack_signs_shows_what_a_receiver_sees(self) -> None:
+        # The app's domain has keys in [dkim] key_dir: the dev stack signs what the app submits
+        # (authenticated), then judges it as a receiver would (SigningSink, CheckingSink).
+        self.services = ("submission", "web")
+        key_dir = Path(self.mktemp()).absolute()
+        keys = make_keys(key_dir, "app.test")
+        dns = LocalDNS(
+            {
+                "app.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+                "_dmarc.app.test": {"TXT": ["v=DMARC1; p=quarantine"]},
+                **{name: {"TXT": [value]} for name, value in records(keys).items()},
+            }
+        )
+        dns.start()
+        self.addCleanup(dns.stop)
+        await self.start(
+            checks=ChecksConfig(nameservers=(dns.address,)), dkim=DKIMConfig(key_dir=key_dir)
+        )
+        await self.hub.send(
+            "alice@example.com",
+            subject="Welcome",
+            sender="app@app.test",
+            port="submission",
+            starttls=True,
+            login=("app@app.test", "any"),
+        )
+        message_id = await self.only_id()
+        auth = (await self.get(f"/api/v1/messages/{message_id}"))["authentication"]
+        self.assertEqual(auth["authserv_id"], self.hub.config.hostname)
+        self.assertEqual(auth["spf"]["result"], "none", auth)  # authenticated: not judged
+        self.assertIn("authenticated submission", auth["spf"]["why"])
+        self.assertEqual(sorted(d["selector"] for d in auth["dkim"] if d["result"] == "pass"),
+                         ["e1", "r1"], auth)  # fmt: skip
+        self.assertEqual(
+            (auth["dmarc"]["result"], auth["dmarc"]["dkim_alignment"]), ("pass", "strict")
+        )
+        self.assertIsNone(auth["bulk_sender"])  # SPF is for the relaying server to pass
+        self.assertTrue(
+            auth["summary"].startswith("DKIM passes and DMARC passes for From: app.test."),
+            auth["summary"],
+        )
