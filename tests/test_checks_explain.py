@@ -43,7 +43,7 @@ class Sentences(SynchronousTestCase):
         self.assertEqual(
             dmarc["why"],
             "DKIM passed but is not aligned with From: example.com ≠ mailer.example.net, so "
-            "DMARC fails. example.com's policy (p=reject) asks receivers to reject it.",
+            "DMARC fails. example.com's DMARC policy (reject) asks receivers to reject it.",
         )
         self.assertEqual((dmarc["dkim_alignment"], dmarc["dkim_aligned"]), ("no", False))
         self.assertEqual((dmarc["spf_alignment"], dmarc["spf_aligned"]), ("strict", False))
@@ -108,6 +108,21 @@ class Sentences(SynchronousTestCase):
         self.assertIs(got["bulk_sender"], False)
         self.assertIn("but SPF does not", got["summary"])
         self.assertEqual(got["dmarc"]["spf_aligned"], False)
+
+    def test_authenticated_submission_leaves_spf_to_the_receiver(self) -> None:
+        got = explained(
+            "hub.example; auth=pass smtp.auth=app@example.org;"
+            ' spf=none reason="not checked: authenticated submission"'
+            " smtp.mailfrom=app@example.org;"
+            " dkim=pass header.d=example.org; dmarc=pass header.from=example.org"
+        )
+        self.assertIsNone(got["bulk_sender"])  # SPF will be judged for the relaying server
+        self.assertIn("SPF is judged by the receiver", got["summary"])
+        # without auth=pass, SPF none is a missing SPF record: not a bulk sender's mail
+        self.assertIs(explained(
+            "hub.example; spf=none smtp.mailfrom=app@example.org;"
+            " dkim=pass header.d=example.org; dmarc=pass header.from=example.org"
+        )["bulk_sender"], False)  # fmt: skip
 
     def test_no_dmarc_record(self) -> None:
         got = explained(

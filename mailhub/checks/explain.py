@@ -60,7 +60,9 @@ class DKIM:
 @dataclass(frozen=True)
 class DMARC:
     result: str
-    policy: str | None  # p= (or sp=) as applied: none, quarantine, reject
+    # policy.dmarc (RFC 7489 11.2): the policy applied, after sp= and pct= (none, quarantine,
+    # reject); the checks write none when DMARC passes (there is nothing to apply).
+    policy: str | None
     from_domain: str | None
     # "strict": the same domain as From (aligned in either mode); "relaxed": the same
     # organizational domain only (aligned unless the record asks for strict); "no"; None:
@@ -135,7 +137,10 @@ def explain(
         for r in results.results
         if r.method not in ("spf", "dkim", "dmarc", "arc")
     )[:MAX_OTHER]
-    summary, bulk = _verdict(spf, dkim, dmarc)
+    # RFC 8601 2.7.4: the sender logged in (authenticated submission). SPF judges the server
+    # that hands mail to a receiver, so here it says nothing of what a receiver will find.
+    submitted = any(r.method == "auth" and r.result == "pass" for r in results.results)
+    summary, bulk = _verdict(spf, dkim, dmarc, submitted=submitted)
     return Explanation(
         checked=True,
         authserv_id=results.authserv_id,
@@ -372,7 +377,7 @@ def _dmarc_words(
         text = "; ".join(reasons) + ", so DMARC fails."
         clause = _POLICY_WORDS.get(policy or "")
         if clause:
-            text += f" {author}'s policy (p={policy}) {clause}."
+            text += f" {author}'s DMARC policy ({policy}) {clause}."
         return text[0].upper() + text[1:]
     if result == "none":
         return f"{author} publishes no DMARC record, so DMARC does not apply."
@@ -408,7 +413,7 @@ def _arc(r: MethodResult) -> ARC:
 
 
 def _verdict(
-    spf: SPF | None, dkim: tuple[DKIM, ...], dmarc: DMARC | None
+    spf: SPF | None, dkim: tuple[DKIM, ...], dmarc: DMARC | None, *, submitted: bool = False
 ) -> tuple[str, bool | None]:
     """One sentence, and whether the results meet what Gmail and Yahoo ask of bulk senders
     (since February 2024: SPF and DKIM, and DMARC passing for the From domain)."""
@@ -430,6 +435,13 @@ def _verdict(
                 f"pass, and DMARC passes for From: {author}.",
                 True,
             )
+        if dkim_pass and submitted:
+            return (
+                f"DKIM passes and DMARC passes for From: {author}. SPF is judged by the "
+                "receiver, for the server that relays this mail to it: that server must be in "
+                "the SPF record of the MAIL FROM domain.",
+                None,
+            )
         if spf_pass or dkim_pass:
             missing = "DKIM" if spf_pass else "SPF"
             return (
@@ -439,7 +451,7 @@ def _verdict(
             )
         return f"DMARC passes for From: {author}.", None
     if dmarc.result == "fail":
-        policy = f" (p={dmarc.policy})" if dmarc.policy else ""
+        policy = f" ({dmarc.policy})" if dmarc.policy else ""
         return (
             f"DMARC fails for From: {author}: receivers apply its policy{policy}; Gmail and "
             "Yahoo would not take it from a bulk sender.",

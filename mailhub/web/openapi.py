@@ -94,7 +94,11 @@ _AUTHENTICATION_SCHEMAS: dict[str, Any] = {
                     "type": "object",
                     "properties": {
                         "result": _RESULT,
-                        "policy": _STRING_OR_NULL,
+                        "policy": {
+                            **_STRING_OR_NULL,
+                            "description": "policy.dmarc: the policy applied after sp= and "
+                            "pct= (none, quarantine, reject); none when DMARC passes",
+                        },
                         "from_domain": _STRING_OR_NULL,
                         "spf_alignment": _ALIGNMENT,
                         "dkim_alignment": _ALIGNMENT,

@@ -348,6 +348,7 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         max_wait=config.web.max_wait,
         faults=getattr(shared, "faults", None),
         ready=ready,
+        authserv_id=authserv_id_of(config),  # whose Authentication-Results the page believes
     )
     access = Access(
         login=config.web.login,

@@ -13,12 +13,15 @@ import treq
 from twisted.internet import defer, reactor, task, threads
 from twisted.internet.protocol import Protocol
 
-from mailhub.config import WebConfig
+from mailhub.checks.signing import sign
+from mailhub.config import ChecksConfig, DKIMConfig, WebConfig
 from mailhub.store import MailStore, uidlist
 from mailhub.store.dotlock import DotLock
 from mailhub.testing import MailhubTestServer
 from mailhub.users import UserDB
 from mailhub.web import parse, scan
+from tests.support.dkim import make_keys, records
+from tests.support.localdns import LocalDNS
 from tests.support.web import WebTestCase, rich_message
 
 
@@ -725,3 +728,96 @@ class Authentication(WebTestCase):
         )
         self.assertEqual(several["authentication"]["spf"]["result"], "pass")
         self.assertEqual(several["authentication"]["other_servers"], ["a.example", "b.example"])
+
+
+class AuthenticationChecked(WebTestCase):
+    """The dev stack's own checks (SPF, DKIM, DMARC over the local DNS server) write the field
+    the page explains: a message sent by SMTP, signed by a mailer's domain that is not the From
+    domain, shows DMARC failing for the reason the issue names."""
+
+    timeout = 60
+
+    async def test_real_checks_explained(self) -> None:
+        keys = make_keys(Path(self.mktemp()).absolute(), "mailer.test")
+        dns = LocalDNS(
+            {
+                "mailer.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+                "_dmarc.example.test": {"TXT": ["v=DMARC1; p=reject"]},
+                **{name: {"TXT": [value]} for name, value in records(keys).items()},
+            }
+        )
+        dns.start()
+        self.addCleanup(dns.stop)
+        await self.start(
+            checks=ChecksConfig(nameservers=(dns.address,), authserv_id="checks.dev.test")
+        )
+        message = (
+            b"From: App <app@example.test>\r\nTo: alice@example.com\r\n"
+            b"Subject: Signed by the mailer\r\nMessage-ID: <1@mailer.test>\r\n\r\nHello\r\n"
+        )
+        signed = sign(message, [k.key for k in keys]) + message
+        await self.send(sender="bounce@mailer.test", message=signed)
+        message_id = await self.only_id()
+        auth = (await self.get(f"/api/v1/messages/{message_id}"))["authentication"]
+        self.assertTrue(auth["checked"], auth)
+        self.assertEqual(auth["authserv_id"], "checks.dev.test")  # [checks] authserv_id
+        self.assertEqual(
+            (auth["spf"]["result"], auth["spf"]["domain"]), ("pass", "mailer.test"), auth
+        )
+        self.assertEqual(
+            sorted((d["result"], d["domain"], d["selector"]) for d in auth["dkim"]),
+            [("pass", "mailer.test", "e1"), ("pass", "mailer.test", "r1")],
+        )
+        self.assertEqual(
+            sorted(d["algorithm"] for d in auth["dkim"]), ["ed25519-sha256", "rsa-sha256"]
+        )
+        dmarc = auth["dmarc"]
+        self.assertEqual(
+            (dmarc["result"], dmarc["policy"], dmarc["from_domain"]),
+            ("fail", "reject", "example.test"),
+        )
+        self.assertEqual((dmarc["dkim_alignment"], dmarc["spf_alignment"]), ("no", "no"))
+        self.assertIn("DKIM passed but is not aligned with From: example.test", dmarc["why"])
+        self.assertIs(auth["bulk_sender"], False)
+
+    async def test_mail_the_dev_stack_signs_shows_what_a_receiver_sees(self) -> None:
+        # The app's domain has keys in [dkim] key_dir: the dev stack signs what the app submits
+        # (authenticated), then judges it as a receiver would (SigningSink, CheckingSink).
+        self.services = ("submission", "web")
+        key_dir = Path(self.mktemp()).absolute()
+        keys = make_keys(key_dir, "app.test")
+        dns = LocalDNS(
+            {
+                "app.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+                "_dmarc.app.test": {"TXT": ["v=DMARC1; p=quarantine"]},
+                **{name: {"TXT": [value]} for name, value in records(keys).items()},
+            }
+        )
+        dns.start()
+        self.addCleanup(dns.stop)
+        await self.start(
+            checks=ChecksConfig(nameservers=(dns.address,)), dkim=DKIMConfig(key_dir=key_dir)
+        )
+        await self.hub.send(
+            "alice@example.com",
+            subject="Welcome",
+            sender="app@app.test",
+            port="submission",
+            starttls=True,
+            login=("app@app.test", "any"),
+        )
+        message_id = await self.only_id()
+        auth = (await self.get(f"/api/v1/messages/{message_id}"))["authentication"]
+        self.assertEqual(auth["authserv_id"], self.hub.config.hostname)
+        self.assertEqual(auth["spf"]["result"], "none", auth)  # authenticated: not judged
+        self.assertIn("authenticated submission", auth["spf"]["why"])
+        self.assertEqual(sorted(d["selector"] for d in auth["dkim"] if d["result"] == "pass"),
+                         ["e1", "r1"], auth)  # fmt: skip
+        self.assertEqual(
+            (auth["dmarc"]["result"], auth["dmarc"]["dkim_alignment"]), ("pass", "strict")
+        )
+        self.assertIsNone(auth["bulk_sender"])  # SPF is for the relaying server to pass
+        self.assertTrue(
+            auth["summary"].startswith("DKIM passes and DMARC passes for From: app.test."),
+            auth["summary"],
+        )

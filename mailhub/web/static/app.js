@@ -187,7 +187,8 @@ function renderAuth(a) {
       out.push(authBlock("DKIM", d, [d.domain && `d=${d.domain}`, d.selector && `s=${d.selector}`, d.algorithm && `a=${d.algorithm}`, d.signature && `b=${d.signature}…`]));
     }
     const r = a.dmarc;
-    out.push(r ? authBlock("DMARC", r, [r.from_domain && `From: ${r.from_domain}`, r.policy && `p=${r.policy}`,
+    // policy: the one applied (after sp= and pct=); nothing to apply when DMARC passes
+    out.push(r ? authBlock("DMARC", r, [r.from_domain && `From: ${r.from_domain}`, r.result !== "pass" && r.policy && `policy ${r.policy}`,
       r.spf_alignment && `SPF ${ALIGNMENT[r.spf_alignment] || r.spf_alignment}`,
       r.dkim_alignment && `DKIM ${ALIGNMENT[r.dkim_alignment] || r.dkim_alignment}`]) : missing("DMARC", "No DMARC result in the field."));
     if (a.arc) out.push(authBlock("ARC", a.arc, [a.arc.instances !== null ? `chain of ${a.arc.instances}` : ""]));
