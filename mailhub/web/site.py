@@ -344,7 +344,6 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         feed,
         clock,
         hostname=config.hostname,
-        authserv_id=authserv_id_of(config),  # [checks] authserv_id, else the hostname
         max_wait=config.web.max_wait,
         faults=getattr(shared, "faults", None),
         ready=ready,
