@@ -181,6 +181,13 @@ class JudgeTests(SynchronousTestCase):
         self.assertIn("DKIM not aligned", dmarc.reason)
         self.assertIn("would refuse it (550 5.7.1)", dmarc.reason)
 
+    def test_dev_note_goes_with_the_result_that_decided(self) -> None:
+        fakes = Fakes(spf=FakeSPF("fail"), dmarc=FakeDMARC("none", "none"))
+        verdict = self.successResultOf(self.run_judge(fakes, policy=Policy(dev=True)))
+        results = {r.method: r for r in verdict.results.results}
+        self.assertIn("would refuse it (550 5.7.23)", results["spf"].reason)
+        self.assertNotIn("dev stack", results["dmarc"].reason)
+
     def test_authenticated_skips_spf_and_is_never_refused(self) -> None:
         fakes = Fakes(dmarc=FakeDMARC("fail", "reject"))
         env = envelope(authenticated="alice@a.test")

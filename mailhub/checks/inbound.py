@@ -63,6 +63,9 @@ DMARC_REJECT_CHOICES = ("reject", "quarantine", "none")
 DMARC_QUARANTINE_CHOICES = ("junk", "none")
 SPF_FAIL_CHOICES = ("reject", "mark")
 
+# RFC 7372 3.2: the enhanced codes of SPF's own refusals ("validation failed", "error").
+SPF_CODES = ("5.7.23", "4.7.24")
+
 JUNK_FOLDER = "Junk"  # special-use \Junk (RFC 6154), made for every mailbox
 
 
@@ -458,7 +461,10 @@ async def judge(
     )
     verdict = decide(facts, envelope, policy, authenticated=authenticated)
     if policy.dev and verdict.would != ACCEPT:
-        found = [_noted(r, verdict) if r.method == "dmarc" else r for r in found]
+        # The note goes with the result that decided: SPF's own refusals, else DMARC.
+        spf_decided = verdict.reply is not None and verdict.reply.enhanced in SPF_CODES
+        method = "spf" if spf_decided else "dmarc"
+        found = [_noted(r, verdict) if r.method == method else r for r in found]
     return replace(
         verdict, results=AuthenticationResults(authserv_id, tuple(found)), arc=arc_result
     )
