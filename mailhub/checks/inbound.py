@@ -27,7 +27,7 @@ evaluated (the client's address is not the sending server's), DKIM, ARC and DMAR
 and the policy never refuses or junks it (RFC 8601 2.7.4's ``auth=pass`` says why). The dev stack
 (``Policy.dev``) judges everything as a receiver would and records it, but never refuses or junks:
 ``Verdict.would`` tells what a production receiver would have done (it is logged and written in
-the DMARC reason).
+the reason of the result that decided it).
 
 The checks themselves are in ``spf``, ``dkimverify``, ``dmarc`` and ``arc``; ``Checkers`` names
 them, so a test can give fakes.
@@ -518,7 +518,7 @@ def _reason_of(found: list[MethodResult], method: str) -> str:
 
 
 def _noted(r: MethodResult, verdict: Verdict) -> MethodResult:
-    """The dev stack's note in the DMARC reason: what a production receiver would do."""
+    """The dev stack's note in a result's reason: what a production receiver would do."""
     what = {JUNK: "put it in Junk", REJECT: "refuse it", TEMPFAIL: "ask to try again later"}
     reply = f" ({verdict.reply.code} {verdict.reply.enhanced})" if verdict.reply else ""
     note = f"dev stack: a receiver with mailhub's policy would {what[verdict.would]}{reply}"
