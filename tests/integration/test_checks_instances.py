@@ -251,15 +251,14 @@ class Authentication(TestCase):
             await task.deferLater(reactor, 0.05, lambda: None)
         self.fail(f"timed out waiting for {what}")
 
-    def signed(self, key_dir: Path) -> bytes:
+    def signed(self, key_dir: Path, body: bytes = b"Hello B.\r\n") -> bytes:
         """A message from alice@a.test signed with a.test's keys (published in the zone)."""
         key_files = make_keys(key_dir, "a.test")
         for name, value in records(key_files).items():
             self.publish(name, "TXT", value)
         message = (
             b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: direct\r\n"
-            b"Date: Mon, 01 Jan 2024 12:00:00 +0000\r\nMessage-ID: <d1@a.test>\r\n\r\n"
-            b"Hello B.\r\n"
+            b"Date: Mon, 01 Jan 2024 12:00:00 +0000\r\nMessage-ID: <d1@a.test>\r\n\r\n" + body
         )
         return sign(message, [k.key for k in key_files]) + message
 
@@ -426,6 +425,17 @@ class Authentication(TestCase):
         self.assertIn("spf=fail", ours)
         self.assertIn("dmarc=fail", ours)
         self.assertIn("would refuse it (550", ours)
+
+    async def test_a_big_message_is_spooled_and_judged(self) -> None:
+        # 3 MiB: held in a temporary file (over 1 MiB), read back and verified in a thread.
+        b = self.instance_b()
+        body = b"".join(b"line %07d of a big message\r\n" % i for i in range(100_000))
+        message = self.signed(Path(self.mktemp()), body)
+        self.assertEqual(await self.send_direct(b, message), {})
+        [raw] = self.stored(b, "bob@b.test")
+        [ours] = results_of(parse(raw), "mx.b.test")
+        self.assertEqual(ours.count("dkim=pass"), 2, ours)
+        self.assertTrue(raw.endswith(message.split(b"\r\n\r\n", 1)[1]))
 
     async def test_twenty_concurrent_sessions_lose_nothing(self) -> None:
         b = self.instance_b()
