@@ -220,6 +220,10 @@ class JudgeTests(SynchronousTestCase):
         self.assertIn("20 s", results["spf"].reason)
         self.assertEqual(results["dkim"].result, "pass")
         self.assertEqual(results["dmarc"].result, "temperror")
+        # Answers arriving after the deadline are dropped, failures too: nothing is logged.
+        hung_spf.callback(FakeSPF("pass"))
+        hung_dmarc.errback(DNSTempError("late"))
+        self.assertEqual(self.flushLoggedErrors(), [])
         # The default policy would refuse on p=reject, and the policy is unknown: 451.
         self.assertEqual(verdict.action, TEMPFAIL)
         assert verdict.reply is not None
