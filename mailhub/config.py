@@ -221,6 +221,22 @@ class RelayConfig:
 
 
 @dataclass(frozen=True)
+class CheckPolicy:
+    """What the inbound checks do with mail that fails them (``[checks]``, or per recipient
+    domain ``[checks.domain."example.org"]``); mailhub.checks.inbound applies it."""
+
+    # A DMARC fail where the domain publishes p=reject: "reject" (550 5.7.1 at the end of DATA),
+    # "quarantine" (the recipient's Junk folder) or "none" (only recorded).
+    dmarc_reject: str = "reject"
+    # A DMARC fail where the domain publishes p=quarantine: "junk" or "none".
+    dmarc_quarantine: str = "junk"
+    # An SPF fail (the sender's domain says "-all" for this client): "reject" (550 5.7.23, as
+    # Postfix's policyd-spf by default; not when DMARC passes through an aligned DKIM signature,
+    # which forwarded mail keeps) or "mark" (only recorded).
+    spf_fail: str = "reject"
+
+
+@dataclass(frozen=True)
 class ChecksConfig:
     """Mail authentication checks (issue 14), section ``[checks]``."""
 
@@ -233,6 +249,20 @@ class ChecksConfig:
     dns_timeout: float = 5.0
     # Answers kept in memory (each for its TTL; the least recently used goes first).
     dns_cache_size: int = 10000
+
+    # --- the inbound judgement (mailhub.checks.inbound) ---
+    # SPF, DKIM, DMARC and ARC on port 25 (and, in the dev stack, on every listener: recorded,
+    # never refused).
+    enabled: bool = True
+    # The authserv-id of our Authentication-Results header (RFC 8601 2.5); "": [server] hostname.
+    authserv_id: str = ""
+    # Seconds for all the checks of one message; past it, what is unfinished is a temperror.
+    timeout: float = 20.0
+    # Bigger messages are not checked (recorded as such in the header).
+    max_message_size: int = 10 * 1024 * 1024
+    policy: CheckPolicy = field(default_factory=CheckPolicy)
+    # (recipient domain, its policy) overrides.
+    domains: tuple[tuple[str, CheckPolicy], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -675,6 +705,22 @@ def _relay(source: str, table: Mapping[str, Any], base: Path) -> RelayConfig:
     return relay
 
 
+_POLICY_CHOICES = {
+    "dmarc_reject": ("reject", "quarantine", "none"),
+    "dmarc_quarantine": ("junk", "none"),
+    "spf_fail": ("reject", "mark"),
+}
+
+
+def _check_policy(r: _Reader, default: CheckPolicy) -> CheckPolicy:
+    return CheckPolicy(
+        **{
+            key: r.string(key, getattr(default, key), choices)
+            for key, choices in _POLICY_CHOICES.items()
+        }
+    )
+
+
 def _checks(source: str, table: Mapping[str, Any]) -> ChecksConfig:
     r = _Reader(source, "checks", table)
     d = ChecksConfig()
@@ -692,10 +738,45 @@ def _checks(source: str, table: Mapping[str, Any]) -> ChecksConfig:
                 ) from None
         return servers
 
+    authserv_id = r.string("authserv_id", d.authserv_id).strip()
+    if authserv_id and not all(
+        c.isascii() and c.isprintable() and c not in ' ;()"\\' for c in authserv_id
+    ):
+        raise r._error(
+            "authserv_id", f"{authserv_id!r} is not a token (RFC 8601 2.5)", 'e.g. "mx.example.org"'
+        )
+    timeout = r.get("timeout", d.timeout, lambda k, v: _duration(r, k, v))
+    if timeout <= 0:
+        raise r._error("timeout", "must be more than 0 seconds", "timeout = 20")
+    enabled = r.boolean("enabled", d.enabled)
+    max_size = r.size("max_message_size", d.max_message_size)
+    policy = _check_policy(r, d.policy)
+
+    def domains(key: str, value: Any) -> tuple[tuple[str, CheckPolicy], ...]:
+        fix = '[checks.domain."example.org"] tables with dmarc_reject, dmarc_quarantine, spf_fail'
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise r._error(key, "must be tables, one per recipient domain", fix)
+        out = []
+        for name, sub in value.items():
+            try:
+                domain = normalise_domain(name)
+            except ValueError as e:
+                raise r._error(key, str(e), fix) from None
+            dr = _Reader(source, f'checks.domain."{name}"', sub)
+            out.append((domain, _check_policy(dr, policy)))
+            dr.finish()
+        return tuple(out)
+
     checks = ChecksConfig(
         nameservers=r.get("nameservers", d.nameservers, nameservers),
         dns_timeout=r.get("dns_timeout", d.dns_timeout, lambda k, v: _duration(r, k, v)),
         dns_cache_size=r.number("dns_cache_size", d.dns_cache_size, minimum=0),
+        enabled=enabled,
+        authserv_id=authserv_id,
+        timeout=float(timeout),
+        max_message_size=max_size,
+        policy=policy,
+        domains=r.get("domain", (), domains),
     )
     if checks.dns_timeout <= 0:
         raise r._error("dns_timeout", "must be more than 0 seconds", "dns_timeout = 5")

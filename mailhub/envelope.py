@@ -36,6 +36,8 @@ class Envelope:
     declared_size: int | None = None  # SIZE= at MAIL (RFC 1870)
     tls: str | None = None  # e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384", None for plain text
     authenticated_as: str | None = None
+    # The folder local copies go to instead of INBOX ("Junk": the checks quarantined it).
+    folder: str | None = None
     received_at: float = field(default_factory=time.time)
 
     @property

@@ -25,8 +25,12 @@ from twisted.logger import Logger
 
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
+from mailhub.checks.arc import arc_seal
+from mailhub.checks.inbound import authserv_id_of, judge_with, policy_from_config
 from mailhub.checks.keys import KeyStore
+from mailhub.checks.resolver import make_resolver
 from mailhub.checks.signing import Signer, SigningSink
+from mailhub.checks.sink import CheckingSink, arc_key
 from mailhub.config import Config
 from mailhub.errors import ConfigError
 from mailhub.faults.certificates import FaultyServerTLS
@@ -188,6 +192,9 @@ class Shared:
     is_local_domain: Callable[[str], bool]
     faults: FaultRules = field(default_factory=FaultRules)  # the SMTP listeners consult these
     changes: StoreChanges | None = None  # the store's change feed: IMAP IDLE, the web feed
+    # ``sink`` behind the inbound checks (mailhub.checks): the MTA listener's, and in the dev
+    # stack every SMTP listener's; None when [checks] enabled is off.
+    checked: IMessageSink | None = None
     keystore: KeyStore | None = None  # DKIM signing keys ([dkim] key_dir)
 
     def signing(self, inner: IMessageSink) -> IMessageSink:
@@ -231,6 +238,11 @@ class Shared:
 def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPServerFactory:
     config = shared.config
     policy_options = shared.policy_options()
+    # Port 25 mail is judged (SPF, DKIM, DMARC, ARC); in the dev stack all mail is, so a
+    # developer sees what a receiver would make of what their app sends (never refused there).
+    inner = shared.sink
+    if shared.checked is not None and (role is Role.MTA or config.dev):
+        inner = shared.checked
     if role is Role.SUBMISSION:
         submission = SubmissionPolicy(
             config.domains,
@@ -244,14 +256,14 @@ def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPS
         # With restrict_sender the header From/Sender must pass MAIL FROM's rule too. DKIM
         # signs after these fixes: the fields it signs are final.
         sink: Any = SubmissionSink(
-            shared.signing(shared.sink),
+            shared.signing(inner),
             hostname=config.hostname,
             clock=_reactor(),
             may_send_as=submission.may_send_as if config.smtp.restrict_sender else None,
         )
     else:
         policy = RecipientPolicy(config.domains, shared.mailbox_exists, **policy_options)
-        sink = shared.signing(shared.sink)  # signs only what a logged-in user sends
+        sink = shared.signing(inner)  # signs only what a logged-in user sends
     return FaultySMTPServerFactory(
         hostname=config.hostname,
         limits=config.limits,
@@ -420,6 +432,33 @@ def _portal(config: Config, store: MailStore, pool: HashingPool) -> tuple[Portal
     return Portal(MailRealm(), []), None
 
 
+def _checking(
+    config: Config, inner: IMessageSink, is_local: Callable[[str], bool], keystore: KeyStore
+) -> CheckingSink:
+    """The inbound checks in front of ``inner`` (mailhub.checks.sink), with the server's one
+    resolver (a TTL cache shared by all sessions). Copies forwarded through an alias to another
+    domain are ARC-sealed with the alias domain's RSA DKIM key (RFC 8617 has only rsa-sha256)."""
+    checks = config.checks
+    authserv_id = authserv_id_of(config)
+    reactor = _reactor()
+    judge = judge_with(
+        make_resolver(config, reactor),
+        authserv_id=authserv_id,
+        policy=policy_from_config(config),
+        clock=reactor,
+    )
+    return CheckingSink(
+        inner,
+        judge=judge,
+        authserv_id=authserv_id,
+        is_local_domain=is_local,
+        arc_key=lambda domain: arc_key(keystore, domain),
+        seal=arc_seal,
+        max_check_size=checks.max_message_size,
+        spool_dir=str(config.data_dir),
+    )
+
+
 def _notice_signer(
     config: Config, keystore: KeyStore, run: Callable[..., Deferred[Any]] = deferToThread
 ) -> Callable[[bytes], Deferred[bytes]]:
@@ -522,6 +561,9 @@ def build(config: Config) -> MailhubService:
     )
     queue.setServiceParent(top)
     shared = dataclasses.replace(shared, sink=SplitSink(sink, queue.sink, is_local))
+    if config.checks.enabled:
+        checked = _checking(config, shared.sink, is_local, keystore)
+        shared = dataclasses.replace(shared, checked=checked)
 
     for key, builder in FACTORIES.items():
         descriptions = getattr(config.listeners, key)

@@ -26,7 +26,8 @@ earlier waits returned), so send-then-wait has no race. It uses the server's own
 (``mailhub.web.feed``, the one behind the web API's ``/wait``): a wait is woken by the delivery
 itself (inotify), not by polling the store.
 
-Everything runs with the development stack's behaviour (every address is accepted and kept),
+Everything runs with the development stack's behaviour (every address is accepted and kept;
+the inbound checks, which ask the DNS, are off unless ``checks=`` turns them on),
 on 127.0.0.1 port 0, with a certificate for ``localhost``/``127.0.0.1`` signed by a throw-away
 CA (``ca_file``, ``client_context()``) so clients can really verify TLS. ``faults`` are the
 server's fault rules (``mailhub.faults``); bad certificates are signed by the same CA, so each
@@ -264,12 +265,16 @@ class MailhubTestServer:
             raise ValueError("give services (kinds on port 0) or listeners (endpoints), not both")
         # Checked here (FaultError at once), then kept as the config keeps [[faults.rule]] tables.
         rules = tuple((r if isinstance(r, Rule) else Rule.from_dict(r)).to_dict() for r in faults)
+        base = dev_config(self.directory / "data")
         fields: dict[str, Any] = {
+            # No test asks the DNS of the world: the inbound checks are off unless the test
+            # turns them on (``checks=`` with ``nameservers`` of its own DNS server).
+            "checks": dataclasses.replace(base.checks, enabled=False),
             "listeners": listeners,
             "tls": TLSConfig(certificate=self.ca.certificate_file, key=self.ca.key_file),
             "faults": FaultsConfig(rules=rules),
         }
-        return dataclasses.replace(dev_config(self.directory / "data"), **(fields | changes))
+        return dataclasses.replace(base, **(fields | changes))
 
     # -- life ----------------------------------------------------------------------------------
 

@@ -132,6 +132,23 @@ def address_value(draw: st.DrawFn, address: bytes) -> bytes:
 
 
 @st.composite
+def authentication_results(draw: st.DrawFn) -> bytes:
+    """An ``Authentication-Results:`` value (RFC 8601 2.2) with arbitrary bytes where its
+    words, reasons and values go, and now and then what the grammar does not allow."""
+    authserv_id = draw(st.sampled_from([b"mx.example.net", b"localhost", b'"q x"', b""]))
+    resinfos = []
+    for _ in range(draw(st.integers(0, 4))):
+        method = draw(st.sampled_from([b"spf", b"dkim", b"dmarc", b"arc", b"auth", b"", b"x/1"]))
+        words = [method + b"=" + draw(st.one_of(st.sampled_from([b"pass", b"fail"]), piece))]
+        for _ in range(draw(st.integers(0, 3))):
+            key = draw(st.sampled_from([b"reason", b"header.d", b"smtp.mailfrom", b"header.from"]))
+            value = draw(text_value())
+            words.append(key + b"=" + (b'"' + value + b'"' if draw(st.booleans()) else value))
+        resinfos.append(b" ".join(words))
+    return b";\r\n\t".join([authserv_id, *resinfos]) if resinfos else authserv_id + b"; none"
+
+
+@st.composite
 def header_block(draw: st.DrawFn, sender: bytes, to: bytes, token: bytes) -> bytes:
     """A message header block (ending in CRLF CRLF) whose From names ``sender``, whose To
     names ``to`` and whose Subject ends with the ASCII word ``token`` (to search for it)."""
@@ -146,6 +163,8 @@ def header_block(draw: st.DrawFn, sender: bytes, to: bytes, token: bytes) -> byt
         fields.append(b"Message-ID: <" + _no_line_ends(draw(octets)).replace(b">", b"") + b"@x>")
     if draw(st.booleans()):
         fields.append(b"X-Extra: " + draw(text_value()))
+    if draw(st.booleans()):
+        fields.append(b"Authentication-Results: " + draw(authentication_results()))
     if draw(st.booleans()):
         fields.append(
             b'Content-Type: text/plain; charset=utf-8; name="'

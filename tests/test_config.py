@@ -344,3 +344,54 @@ class TwoDomainsExample(SynchronousTestCase):
                 ports += getattr(config.listeners, name)
         self.assertEqual(len(ports), len(set(ports)))
         self.assertEqual(len(ports), 4)
+
+
+class InboundChecks(SynchronousTestCase):
+    """[checks]: the inbound judgement's policy and its per-domain overrides."""
+
+    def load_text(self, text: str):
+        path = Path(self.mktemp())
+        path.write_text('[domains]\nlocal = ["a.example"]\n' + text)
+        return load(path)
+
+    def test_defaults(self) -> None:
+        from mailhub.config import CheckPolicy
+
+        checks = self.load_text("").checks
+        self.assertTrue(checks.enabled)
+        self.assertEqual(checks.authserv_id, "")
+        self.assertEqual(checks.timeout, 20.0)
+        self.assertEqual(checks.policy, CheckPolicy("reject", "junk", "reject"))
+        self.assertEqual(checks.domains, ())
+        self.assertEqual(dev_config().checks, checks)
+
+    def test_policy_and_overrides(self) -> None:
+        from mailhub.checks.inbound import DomainPolicy, policy_from_config
+
+        config = self.load_text(
+            '[checks]\nauthserv_id = "mx.example.org"\ntimeout = "5s"\n'
+            'max_message_size = "2M"\ndmarc_reject = "quarantine"\nspf_fail = "mark"\n'
+            '[checks.domain."Lists.Example"]\ndmarc_reject = "none"\n'
+        )
+        checks = config.checks
+        self.assertEqual((checks.authserv_id, checks.timeout), ("mx.example.org", 5.0))
+        self.assertEqual(checks.max_message_size, 2 * 1024 * 1024)
+        policy = policy_from_config(config)
+        self.assertEqual(policy.default, DomainPolicy("quarantine", "junk", "mark"))
+        # An override starts from the section's own policy.
+        self.assertEqual(policy.for_domain("lists.example"), DomainPolicy("none", "junk", "mark"))
+        self.assertEqual(policy.for_domain("other.example"), policy.default)
+        self.assertEqual((policy.timeout, policy.dev), (5.0, False))
+
+    def test_mistakes(self) -> None:
+        for text, needle in [
+            ('[checks]\ndmarc_reject = "bounce"\n', "'bounce' is not one of reject, quarantine"),
+            ('[checks]\nspf_fail = "junk"\n', "[checks] spf_fail"),
+            ('[checks]\nauthserv_id = "two words"\n', "not a token"),
+            ("[checks]\ntimeout = 0\n", "[checks] timeout: must be more than 0"),
+            ('[checks.domain."x.example"]\nspf_fial = "mark"\n', "did you mean 'spf_fail'"),
+            ('[checks.domain."-bad-"]\nspf_fail = "mark"\n', "[checks] domain"),
+            ("[checks]\nenable = false\n", "did you mean 'enabled'"),
+        ]:
+            err = self.assertRaises(ConfigError, self.load_text, text)
+            self.assertIn(needle, str(err))

@@ -451,3 +451,57 @@ class CommitterServiceTests(SinkTestCase):
         self.assertEqual(len(runs), 1)  # at start, without waiting for the interval
         # The first run's own Deferred: the clean-up is done when it fires.
         return runs[0].addCallback(lambda _: self.assertFalse(stale.exists()))
+
+
+class FolderDeliveryTests(SinkTestCase):
+    """``Envelope.folder``: the checks' quarantine puts every local copy into that folder."""
+
+    def folder_envelope(self, *mailboxes: str, folder: str = "Junk") -> Envelope:
+        env = envelope(*mailboxes)
+        env.folder = folder
+        return env
+
+    @defer.inlineCallbacks
+    def test_into_an_existing_junk_folder(self):
+        self.create("a@example.com")  # a mailbox made at login has its special folders
+        yield self.send(self.folder_envelope("a@example.com"))
+        self.assertEqual(self.files("a@example.com", "new"), [])
+        [name] = os.listdir(self.box("a@example.com") / ".Junk" / "new")
+        data = (self.box("a@example.com") / ".Junk" / "new" / name).read_bytes()
+        self.assertEqual(data, b"Return-Path: <sender@example.org>\r\n" + BODY)
+        # IMAP sees it in Junk, INBOX stays empty.
+        mailbox = self.store.mailbox("a@example.com")
+        self.assertEqual(len(mailbox.folder("Junk").sync().messages), 1)
+        self.assertEqual(len(mailbox.folder().sync().messages), 0)
+
+    @defer.inlineCallbacks
+    def test_first_delivery_makes_mailbox_and_special_folders(self):
+        # Neither mailbox exists: both are made with their special-use folders, subscribed.
+        yield self.send(self.folder_envelope("a@example.com", "b@other.example"), chunk=7)
+        for address in ("a@example.com", "b@other.example"):
+            mailbox = self.store.mailbox(address)
+            self.assertEqual(len(mailbox.folder("Junk").sync().messages), 1)
+            self.assertIn("Junk", mailbox.subscriptions())
+            self.assertIn("Sent", mailbox.list_folders())
+            self.assertEqual(self.files(address, "new"), [])
+
+    @defer.inlineCallbacks
+    def test_junk_folder_made_when_missing(self):
+        self.store.delivery_dirs("a@example.com")  # INBOX only, as a first delivery makes it
+        self.assertFalse(self.store.mailbox("a@example.com").has_folder("Junk"))
+        yield self.send(self.folder_envelope("a@example.com"), body=BODY * 300)  # flushed early
+        self.assertEqual(len(self.store.mailbox("a@example.com").folder("Junk").sync().messages), 1)
+
+    @defer.inlineCallbacks
+    def test_inbox_and_junk_are_told_apart(self):
+        touched: list[tuple] = []
+        self.sink.delivered = lambda *a: touched.append(a)
+        yield self.send(envelope("a@example.com"))
+        yield self.send(self.folder_envelope("a@example.com"))
+        yield self.send(envelope("a@example.com"))
+        self.assertEqual(
+            touched, [("a@example.com",), ("a@example.com", "Junk"), ("a@example.com",)]
+        )
+        mailbox = self.store.mailbox("a@example.com")
+        self.assertEqual(len(mailbox.folder().sync().messages), 2)
+        self.assertEqual(len(mailbox.folder("Junk").sync().messages), 1)

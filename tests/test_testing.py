@@ -148,13 +148,14 @@ class TrialFixture(TestCase):
     async def test_a_whole_config_runs_as_it_is(self) -> None:
         import dataclasses
 
-        from mailhub.config import DomainsConfig, ListenersConfig, dev_config
+        from mailhub.config import ChecksConfig, DomainsConfig, ListenersConfig, dev_config
         from mailhub.testing import LOOPBACK_ANY_PORT
 
         config = dataclasses.replace(
             dev_config(Path(self.mktemp()).absolute(), hostname="mx.own.test"),
             domains=DomainsConfig(local=("own.test",), catch_all=("own.test",)),
             listeners=ListenersConfig(smtp=(LOOPBACK_ANY_PORT,)),
+            checks=ChecksConfig(enabled=False),  # no DNS of the world in a test
         )
         hub = MailhubTestServer(Path(self.mktemp()), config=config)
         hub.start()

@@ -8,7 +8,8 @@
 - ``signing``: DKIM signatures (dkimpy) and ``SigningSink``, which signs authenticated mail;
 - ``published``: whether a key's TXT record is in DNS and is that key (``check-config --dns``);
 - ``results``: what a check found (``MethodResult``) and the ``Authentication-Results`` header
-  (RFC 8601) that carries it, written and read back (the web page reads it from the message).
+  (RFC 8601) that carries it, written and read back (the web page reads it from the message);
+- ``explain``: those results in a developer's words, for the dev stack's page and API.
 
 The checks know nothing of SMTP: the receiver's sink decorators call them.
 """

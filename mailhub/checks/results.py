@@ -12,7 +12,10 @@ the one record of what was found: a message judged once is shown the same way fo
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from mailhub.message.header_text import from_bytes, from_escaped
 
 # RFC 8601 2.7: the result keywords per method.
 SPF_RESULTS = frozenset(
@@ -54,9 +57,14 @@ class AuthenticationResults:
 
     def header_value(self) -> bytes:
         """The field value, folded one resinfo per line (no field name, no final CRLF)."""
+        # authserv-id is a value (RFC 8601 2.2): a token, else quoted (as ``parse`` reads it)
+        authserv_id = _clean(self.authserv_id)
+        raw_id = authserv_id.encode()
+        if not _TOKEN.match(raw_id):
+            raw_id = _quoted(authserv_id)
         if not self.results:
-            return _clean(self.authserv_id).encode() + b"; none"  # RFC 8601 2.2 no-result
-        parts = [_clean(self.authserv_id).encode()]
+            return raw_id + b"; none"  # RFC 8601 2.2 no-result
+        parts = [raw_id]
         for r in self.results:
             words = [f"{r.method}={r.result}".encode()]
             if r.reason:
@@ -86,3 +94,204 @@ def _pvalue(text: str) -> bytes:
     if raw and (_TOKEN.match(raw) or _ADDRESS.match(raw)):
         return raw
     return _quoted(text)
+
+
+# --- reading a header back (RFC 8601 2.2) ------------------------------------------------------
+#
+# authres-payload = [CFWS] authserv-id [CFWS authres-version] (no-result / 1*resinfo) [CFWS]
+# resinfo   = [CFWS] ";" methodspec [CFWS reasonspec] [CFWS 1*propspec]
+# methodspec = [CFWS] method [CFWS] "=" [CFWS] result      method = Keyword [[CFWS] "/" version]
+# reasonspec = "reason" [CFWS] "=" [CFWS] value            value = token / quoted-string
+# propspec  = ptype [CFWS] "." [CFWS] property [CFWS] "=" pvalue
+# pvalue    = [CFWS] (value / [[local-part] "@"] domain-name) [CFWS]
+#
+# The reader is forgiving: the header comes from anyone (a message may carry fields other
+# servers wrote, or forged ones), so whatever cannot be read is skipped up to the next ";" and
+# nothing raises. Method, result, ptype and property are case-insensitive (RFC 8601 2.2:
+# Keywords) and come back in lower case; values keep their case (header.b is base64).
+
+_SPACE = re.compile(r"[ \t\r\n]+")
+# A word: a run up to a space, a comment, a quoted string or one of the stop characters.
+_KEY_WORD = re.compile(r'[^ \t\r\n()";=]+')
+_VALUE_WORD = re.compile(r'[^ \t\r\n()";]+')  # "=" may stand in a pvalue (SRS local-parts)
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def parse(value: bytes | str) -> AuthenticationResults:
+    """An ``Authentication-Results:`` field value (without the field name) read back: what
+    could be read of it. Never raises. Octets are read as UTF-8 (RFC 8601 2.2 allows it by
+    RFC 6532), ill-formed ones as U+FFFD; text from the ``email`` package (surrogate escapes)
+    the same way."""
+    text = from_bytes(value) if isinstance(value, bytes) else from_escaped(value)
+    return _Reader(text).payload()
+
+
+class _Reader:
+    def __init__(self, text: str) -> None:
+        self.s, self.i = text, 0
+        self.comments: list[str] = []
+
+    def at(self, chars: str) -> bool:
+        return self.i < len(self.s) and self.s[self.i] in chars
+
+    def cfws(self) -> None:
+        """Skips spaces, folding and comments (kept in ``comments``: they may say why)."""
+        s = self.s
+        while self.i < len(s):
+            m = _SPACE.match(s, self.i)
+            if m:
+                self.i = m.end()
+            elif s[self.i] == "(":
+                self.comments.append(self.comment())
+            else:
+                return
+
+    def comment(self) -> str:
+        """A comment from its "(": nested, with quoted-pairs (RFC 5322 3.2.2); one left open
+        runs to the end. No recursion: any depth is read."""
+        s, depth, out = self.s, 0, []
+        while self.i < len(s):
+            c = s[self.i]
+            self.i += 1
+            if c == "\\" and self.i < len(s):
+                out.append(s[self.i])
+                self.i += 1
+                continue
+            if c == "(":
+                depth += 1
+                if depth == 1:
+                    continue
+            elif c == ")":
+                depth -= 1
+                if depth == 0:
+                    break
+            out.append(c)
+        return " ".join("".join(out).split())
+
+    def quoted(self) -> str:
+        """A quoted string from its '"' (RFC 5322 3.2.4): quoted-pairs undone, folding removed;
+        one left open runs to the end."""
+        s, out = self.s, []
+        self.i += 1
+        while self.i < len(s):
+            c = s[self.i]
+            self.i += 1
+            if c == '"':
+                break
+            if c == "\\" and self.i < len(s):
+                c = s[self.i]
+                self.i += 1
+            elif c in "\r\n":
+                continue  # folding inside the string: CRLF goes, the blank stays (RFC 5322 3.2.2)
+            out.append(c)
+        return "".join(out)
+
+    def word(self, pattern: re.Pattern[str]) -> str:
+        m = pattern.match(self.s, self.i)
+        if m is None:
+            return ""
+        self.i = m.end()
+        return m[0]
+
+    def value(self) -> str:
+        """A value or pvalue: a quoted string (with "@domain" after it: a quoted local-part),
+        or a word."""
+        if self.at('"'):
+            text = self.quoted()
+            if self.at("@"):
+                text += self.word(_VALUE_WORD)
+            return text
+        return self.word(_VALUE_WORD)
+
+    def key(self) -> str:
+        """The words before an "=" (a method, "reason" or ptype.property), CFWS between them
+        dropped ("header . d", "dkim / 1"); stops at "=", ";", a quoted string or the end."""
+        parts: list[str] = []
+        while True:
+            self.cfws()
+            part = self.word(_KEY_WORD)
+            if not part:
+                return "".join(parts)
+            parts.append(part)
+
+    def skip_to_semicolon(self) -> None:
+        while self.i < len(self.s) and not self.at(";"):
+            if self.at('"'):
+                self.quoted()
+            elif self.at("("):
+                self.comment()
+            else:
+                self.i += 1
+
+    def payload(self) -> AuthenticationResults:
+        self.cfws()
+        authserv_id = self.value() if self.at('"') else self.word(_KEY_WORD)
+        self.cfws()
+        version = _DIGITS.match(self.s, self.i)  # authres-version: read and dropped (only 1)
+        if version is not None:
+            self.i = version.end()
+        results: list[MethodResult] = []
+        while True:
+            self.skip_to_semicolon()  # anything unreadable before the next resinfo
+            if self.i >= len(self.s):
+                break
+            self.i += 1  # ";"
+            result = self.resinfo()
+            if result is not None:
+                results.append(result)
+        return AuthenticationResults(authserv_id, tuple(results))
+
+    def resinfo(self) -> MethodResult | None:
+        """One resinfo after its ";"; None for "none" (no-result) or one without a method."""
+        self.comments = []
+        method = self.key().lower()
+        self.cfws()
+        if not method or not self.at("="):
+            return None
+        self.i += 1
+        self.cfws()
+        result = self.word(_KEY_WORD).lower()
+        method = method.split("/", 1)[0]  # method-version: dropped (only 1 is defined)
+        reason: str | None = None
+        properties: list[tuple[str, str]] = []
+        while True:
+            key = self.key().lower()
+            self.cfws()
+            if not key or not self.at("="):
+                break  # ";", the end, or something unreadable (skipped by the caller)
+            self.i += 1
+            self.cfws()
+            value = self.value()
+            if key == "reason":
+                reason = value if reason is None else reason
+            elif "." in key:
+                properties.append((key, value))
+        if reason is None and self.comments:
+            # No reason= but a comment (as many servers write one, "(google.com: domain of
+            # ... designates ... as permitted sender)"): the best "why" there is.
+            reason = "; ".join(self.comments)
+        return MethodResult(method, result, reason or "", tuple(properties))
+
+
+def ours(
+    headers: Iterable[tuple[str, bytes | str]], authserv_id: str | None
+) -> AuthenticationResults | None:
+    """The top-most ``Authentication-Results:`` field written by ``authserv_id`` (compared
+    without case: it is a host name, RFC 8601 2.5), read; any top-most one when
+    ``authserv_id`` is None; None if there is none. ``headers`` are a message's fields in
+    order, top first (as ``email.message.Message.raw_items()`` gives them).
+
+    Only a field with our own authserv-id can be trusted (RFC 8601 5: others may be forged;
+    ours are removed at delivery before our own is added on top)."""
+    for results in all_results(headers):
+        if authserv_id is None or results.authserv_id.lower() == authserv_id.lower():
+            return results
+    return None
+
+
+def all_results(headers: Iterable[tuple[str, bytes | str]]) -> list[AuthenticationResults]:
+    """Every ``Authentication-Results:`` field of a message, read, top first."""
+    return [parse(value) for name, value in headers if name.strip().lower() == _FIELD]
+
+
+_FIELD = "authentication-results"

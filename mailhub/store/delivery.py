@@ -335,11 +335,13 @@ def _write_and_link(job: _Commit) -> None:
         raise
 
 
-def _mailbox_creator(store: MailStore, addresses: list[str]) -> Callable[[], None]:
+def _mailbox_creator(
+    store: MailStore, addresses: list[str], folder: str | None = None
+) -> Callable[[], None]:
     def create() -> None:
         try:
             for address in addresses:
-                store.delivery_dirs(address)
+                store.delivery_dirs(address, folder)
         except OSError as e:
             raise io_error("could not create the mailbox", e) from e
 
@@ -390,7 +392,7 @@ class MaildirMessage(SpooledMessage):
         self._prepare = None
         d = committer.submit(job)
         if self._sink.delivered is not None:
-            d.addCallback(self._sink.tell, self.envelope.mailboxes)
+            d.addCallback(self._sink.tell, self.envelope.mailboxes, self.envelope.folder)
         return d.addCallbacks(self._committed, self._failed)
 
     def _on_failure(self) -> None:
@@ -411,21 +413,27 @@ class MaildirSink:
         self.store = store
         self.committer = committer
         self.flush_size = flush_size
-        # Told each mailbox a message reached (mailhub.store.changes.StoreChanges.touched):
-        # listeners in this process learn of it without waiting for inotify.
-        self.delivered: Callable[[str], None] | None = None
+        # Told each mailbox (and folder) a message reached (StoreChanges.touched): listeners
+        # in this process learn of it without waiting for inotify.
+        self.delivered: Callable[..., None] | None = None
 
-    def tell(self, result: T, mailboxes: list[str]) -> T:
+    def tell(self, result: T, mailboxes: list[str], folder: str | None = None) -> T:
         if self.delivered is not None:
             for mailbox in mailboxes:
                 try:
-                    self.delivered(mailbox)
+                    if folder is None:
+                        self.delivered(mailbox)
+                    else:
+                        self.delivered(mailbox, folder)
                 except Exception:
                     log.failure("telling of a delivery failed")
         return result
 
     def open(self, envelope: Envelope) -> MaildirMessage:
+        """``envelope.folder`` (when set: Junk, for a message the checks quarantined) is the
+        folder every copy goes to, made on first delivery as INBOX is."""
         mailboxes = envelope.mailboxes
+        folder = envelope.folder
         if not mailboxes:
             raise DeliveryError("no recipients", permanent=True)
         mail_from = envelope.mail_from
@@ -438,10 +446,10 @@ class MaildirSink:
         tmp_dir = None
         try:
             for mb in mailboxes:
-                dirs = known(mb)
+                dirs = known(mb, folder)
                 if dirs is None:
                     # First delivery (or after a failure): created by the worker at commit.
-                    dirs = store.delivery_paths(mb)
+                    dirs = store.delivery_paths(mb, folder)
                     if missing is None:
                         missing = []
                     missing.append(mb)
@@ -459,13 +467,13 @@ class MaildirSink:
             base,
             new_dirs,
             header,
-            None if missing is None else _mailbox_creator(store, missing),
+            None if missing is None else _mailbox_creator(store, missing, folder),
         )
 
     def forget(self, envelope: Envelope) -> None:
         """After a failure, re-check the mailboxes next time (one may have been removed)."""
         for mb in envelope.mailboxes:
-            self.store.forget_delivery_dirs(mb)
+            self.store.forget_delivery_dirs(mb, envelope.folder)
 
 
 class StaleTmpCleaner(TimerService):

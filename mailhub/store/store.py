@@ -167,33 +167,62 @@ class MailStore:
 
     # -- for mailhub.store.delivery only ----------------------------------------------------
 
-    def delivery_dirs(self, address: str) -> tuple[str, str]:
-        """(tmp dir, new dir) of the INBOX of ``address``, creating the mailbox on first
-        delivery (the caller's policy already accepted the recipient). Cached: no syscalls for
-        a mailbox seen before. Store-internal: protocol code never sees paths."""
-        dirs = self._delivery_dirs.get(address)
+    def delivery_dirs(self, address: str, folder: str | None = None) -> tuple[str, str]:
+        """(tmp dir, new dir) of the INBOX of ``address`` (or of its ``folder``: Junk for a
+        message the checks quarantined), creating the mailbox (and the folder) on first
+        delivery: the caller's policy already accepted the recipient. Cached: no syscalls for a
+        mailbox seen before. Store-internal: protocol code never sees paths."""
+        key = address if folder is None else f"{address}\0{folder}"
+        dirs = self._delivery_dirs.get(key)
         if dirs is None:
             path = self._path(address)
-            if not is_maildir(path):
-                self._create(path, special=False)
+            if folder is None:
+                if not is_maildir(path):
+                    self._create(path, special=False)
+            else:
+                name, fpath = Mailbox(self, address, path)._folder_path(folder)
+                if not is_maildir(fpath):
+                    self._create_for_delivery(address, path, name, fpath)
+                path = fpath
             dirs = (f"{path}/tmp", f"{path}/new")
-            self._delivery_dirs[address] = dirs
+            self._delivery_dirs[key] = dirs
         return dirs
 
-    def known_delivery_dirs(self, address: str) -> tuple[str, str] | None:
-        """``delivery_dirs(address)`` if the mailbox is known to exist, else None (no syscall)."""
-        return self._delivery_dirs.get(address)
+    def _create_for_delivery(self, address: str, path: Path, name: str, fpath: Path) -> None:
+        """A folder a delivery needs (its mailbox too): a special-use one is made with its
+        siblings and subscribed, as at a first login; any other is just made."""
+        if not is_maildir(path):
+            self._create(path, special=name in names.SPECIAL_USE)
+        elif name in names.SPECIAL_USE:
+            try:
+                Mailbox(self, address, path).ensure_special_folders()
+            except Exception as e:  # the subscriptions lock is busy or stale: make it alone
+                log.info(
+                    "{address}: {name} made unsubscribed ({e})", address=address, name=name, e=e
+                )
+        if not is_maildir(fpath):
+            create_maildir(fpath, folder=True)
 
-    def delivery_paths(self, address: str) -> tuple[str, str]:
-        """(tmp dir, new dir) of the INBOX of ``address`` without touching the disk; may raise
-        InvalidName. ``delivery_dirs`` creates them (it is safe to call from a worker thread:
-        creation tolerates a concurrent creator)."""
+    def known_delivery_dirs(
+        self, address: str, folder: str | None = None
+    ) -> tuple[str, str] | None:
+        """``delivery_dirs(address, folder)`` if known to exist, else None (no syscall)."""
+        return self._delivery_dirs.get(address if folder is None else f"{address}\0{folder}")
+
+    def delivery_paths(self, address: str, folder: str | None = None) -> tuple[str, str]:
+        """(tmp dir, new dir) of the INBOX (or ``folder``) of ``address`` without touching the
+        disk; may raise InvalidName. ``delivery_dirs`` creates them (it is safe to call from a
+        worker thread: creation tolerates a concurrent creator)."""
         path = self._path(address)
+        if folder is not None:
+            path = Mailbox(self, address, path)._folder_path(folder)[1]
         return (f"{path}/tmp", f"{path}/new")
 
-    def forget_delivery_dirs(self, address: str) -> None:
+    def forget_delivery_dirs(self, address: str, folder: str | None = None) -> None:
         """The mailbox vanished under a delivery: the next delivery re-checks and recreates."""
         self._delivery_dirs.pop(address, None)
+        if folder is not None:
+            self._delivery_dirs.pop(f"{address}\0{folder}", None)
 
     def _folder(self, path: Path, name: str) -> Folder:
         key = str(path)

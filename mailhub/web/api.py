@@ -28,6 +28,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from mailhub import __version__
+from mailhub.checks.explain import explain_message
 from mailhub.interfaces import Outcome
 from mailhub.store import LockTimeout, MailboxNotFound, MessageGone, StoreError
 from mailhub.store.lockwait import retry_busy
@@ -161,8 +162,12 @@ class Api:
         max_wait: float,
         faults: Any = None,
         ready: Callable[[], str | None] = lambda: None,
+        authserv_id: str | None = None,
     ) -> None:
         self.feed, self.clock, self.hostname, self.max_wait = feed, clock, hostname, max_wait
+        # Whose Authentication-Results field a message's "authentication" shows: our own
+        # checks' (RFC 8601 5: only those can be believed); default the server's hostname.
+        self.authserv_id = authserv_id or hostname
         self.faults = faults
         self.ready = ready
         # Open long polls and event streams -> how to end each at shutdown.
@@ -502,6 +507,8 @@ class Api:
                     "received": d.trace.received,
                 },
                 "defects": d.defects,
+                # Only here, not in lists and events: a list stays light (openapi.py).
+                "authentication": explain_message(msg.raw_items(), self.authserv_id).json(),
             }
         )
         return out

@@ -22,6 +22,120 @@ _SEARCH = [
 ]
 
 
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+_STRING_OR_NULL = {"type": ["string", "null"]}
+_BOOL_OR_NULL = {"type": ["boolean", "null"]}
+_RESULT = {"type": "string", "description": "The RFC 8601 2.7 result keyword, lower case"}
+_WHY = {"type": "string", "description": "Why, in words: the checks' reason, else ours"}
+_ALIGNMENT = {
+    "type": ["string", "null"],
+    "enum": ["strict", "relaxed", "no", None],
+    "description": "strict: the same domain as From; relaxed: the same organizational "
+    "domain only (aligned unless the record asks for strict); no; null: nothing to compare",
+}
+
+# The message's Authentication-Results (RFC 8601) from our own checks, explained
+# (mailhub.checks.explain).
+_AUTHENTICATION_SCHEMAS: dict[str, Any] = {
+    "Authentication": {
+        "type": "object",
+        "description": "The top-most Authentication-Results field with the dev stack's own "
+        "authserv-id, explained. checked=false (and only summary, authserv_id, other_servers "
+        'set): the message has none ("Not checked: ..."). Fields other servers wrote are '
+        "named in other_servers but not believed (anyone can write one).",
+        "required": ["checked", "summary"],
+        "properties": {
+            "checked": {"type": "boolean"},
+            "authserv_id": _STRING_OR_NULL,
+            "summary": {"type": "string"},
+            "bulk_sender": {
+                **_BOOL_OR_NULL,
+                "description": "true: SPF and DKIM pass and DMARC passes, as Gmail and Yahoo "
+                "ask of bulk senders; false: they would not take it as such; null: cannot be "
+                "said from these results. Their other rules (PTR, TLS, unsubscribe, spam "
+                "rate) are not checked.",
+            },
+            "spf": _nullable(
+                {
+                    "type": "object",
+                    "properties": {
+                        "result": _RESULT,
+                        "domain": _STRING_OR_NULL,
+                        "identity": {
+                            "type": ["string", "null"],
+                            "enum": ["mailfrom", "helo", None],
+                        },
+                        "mailfrom": _STRING_OR_NULL,
+                        "helo": _STRING_OR_NULL,
+                        "why": _WHY,
+                    },
+                }
+            ),
+            "dkim": {
+                "type": "array",
+                "description": "One per signature (at most 20)",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "result": _RESULT,
+                        "domain": _STRING_OR_NULL,
+                        "selector": _STRING_OR_NULL,
+                        "algorithm": _STRING_OR_NULL,
+                        "signature": {**_STRING_OR_NULL, "description": "The start of b="},
+                        "why": _WHY,
+                    },
+                },
+            },
+            "dmarc": _nullable(
+                {
+                    "type": "object",
+                    "properties": {
+                        "result": _RESULT,
+                        "policy": {
+                            **_STRING_OR_NULL,
+                            "description": "policy.dmarc: the policy applied after sp= and "
+                            "pct= (none, quarantine, reject); none when DMARC passes",
+                        },
+                        "from_domain": _STRING_OR_NULL,
+                        "spf_alignment": _ALIGNMENT,
+                        "dkim_alignment": _ALIGNMENT,
+                        "spf_aligned": _BOOL_OR_NULL,
+                        "dkim_aligned": _BOOL_OR_NULL,
+                        "why": _WHY,
+                    },
+                }
+            ),
+            "arc": _nullable(
+                {
+                    "type": "object",
+                    "properties": {
+                        "result": _RESULT,
+                        "instances": {"type": ["integer", "null"]},
+                        "why": _WHY,
+                    },
+                }
+            ),
+            "other_methods": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "method": {"type": "string"},
+                        "result": _RESULT,
+                        "why": {"type": "string"},
+                        "properties": {"type": "object"},
+                    },
+                },
+            },
+            "other_servers": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+}
+
+
 def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "description": description,
@@ -93,6 +207,21 @@ def openapi() -> dict[str, Any]:
                         "snippet": {"type": "string"},
                     },
                 },
+                "Message": {
+                    "description": "One message: the summary's fields and headers, text, html, "
+                    "attachments, envelope, defects and authentication. Only this answer "
+                    "carries `authentication` (lists, waits and events stay light).",
+                    "allOf": [
+                        {"$ref": "#/components/schemas/Summary"},
+                        {
+                            "type": "object",
+                            "properties": {
+                                "authentication": {"$ref": "#/components/schemas/Authentication"}
+                            },
+                        },
+                    ],
+                },
+                **_AUTHENTICATION_SCHEMAS,
                 "MessageList": {
                     "type": "object",
                     "properties": {
@@ -133,8 +262,9 @@ def openapi() -> dict[str, Any]:
             },
             "/api/v1/messages/{id}": {
                 "get": _op(
-                    "One message: headers, text, sanitised html, attachments, envelope",
-                    _json("The message"),
+                    "One message: headers, text, sanitised html, attachments, envelope, "
+                    "authentication results",
+                    _json("The message", {"$ref": "#/components/schemas/Message"}),
                     params=[_ID],
                 ),
                 "patch": _op(

@@ -15,6 +15,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from mailhub.checks.inbound import authserv_id_of
 from mailhub.net import IStreamTransport
 from mailhub.web.access import Access, HostCheck, LoginBusy, LoginRefused, LoginRequired, Viewer
 from mailhub.web.api import Api, ApiError, error_body, unexpected
@@ -346,6 +347,7 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         max_wait=config.web.max_wait,
         faults=getattr(shared, "faults", None),
         ready=ready,
+        authserv_id=authserv_id_of(config),  # whose Authentication-Results the page believes
     )
     access = Access(
         login=config.web.login,

@@ -201,6 +201,7 @@ class HeaderBytes(TestCase):
             self.assertEqual([m["id"] for m in found["messages"]], [summary["id"]], query)
         detail = client.get(f"/api/v1/messages/{summary['id']}")
         self.assertEqual(detail["subject"], summary["subject"])
+        self.assertTrue(detail["authentication"]["summary"])  # any Authentication-Results
         # POP3 and the raw download return the stored octets as they are: the message as
         # sent, after the trace fields prepended at delivery; IMAP too, but for NUL, which no
         # IMAP literal may carry (RFC 3501 9): 0x80 there, as in Dovecot.

@@ -130,6 +130,9 @@ dev = true
 local = ["example.test"]
 catch_all = ["example.test"]
 
+[checks]
+enabled = false  # tests never ask the DNS of the world
+
 [listeners]
 smtp = ["tcp:0:interface=127.0.0.1"]
 imap = ["tcp:0:interface=127.0.0.1"]

@@ -27,6 +27,7 @@ from twisted.trial.unittest import TestCase
 
 from mailhub.cli import main
 from mailhub.config import (
+    ChecksConfig,
     Config,
     DomainsConfig,
     ListenersConfig,
@@ -82,6 +83,10 @@ class TwoInstances(TestCase):
         """Fires when a message for ``address`` is in ``service``'s store (its change feed)."""
         return self.hubs[service].wait_for_message(to=address, timeout=20)
 
+    def checks(self) -> ChecksConfig:
+        """The inbound checks, asking only the local DNS."""
+        return ChecksConfig(nameservers=(("127.0.0.1", self.dns.port.getHost().port),))
+
     def instance_b(
         self, *, smtp: str = LOOPBACK, catch_all: bool = True, readers: bool = False
     ) -> Config:
@@ -91,6 +96,7 @@ class TwoInstances(TestCase):
             dev_config(Path(self.mktemp()).absolute(), hostname="mx.b.test"),
             domains=DomainsConfig(local=("b.test",), catch_all=("b.test",) if catch_all else ()),
             listeners=ListenersConfig(smtp=(smtp,), **more),
+            checks=self.checks(),
         )
 
     def instance_a(self, b_port: int) -> MailhubService:
@@ -103,6 +109,7 @@ class TwoInstances(TestCase):
                 nameservers=(("127.0.0.1", self.dns.port.getHost().port),), port=b_port
             ),
             queue=QueueConfig(retry_schedule=(0.5,), delay_notice=0),
+            checks=self.checks(),
         )
         return self.start(config)
 

@@ -13,12 +13,15 @@ import treq
 from twisted.internet import defer, reactor, task, threads
 from twisted.internet.protocol import Protocol
 
-from mailhub.config import WebConfig
+from mailhub.checks.signing import sign
+from mailhub.config import ChecksConfig, DKIMConfig, WebConfig
 from mailhub.store import MailStore, uidlist
 from mailhub.store.dotlock import DotLock
 from mailhub.testing import MailhubTestServer
 from mailhub.users import UserDB
 from mailhub.web import parse, scan
+from tests.support.dkim import make_keys, records
+from tests.support.localdns import LocalDNS
 from tests.support.web import WebTestCase, rich_message
 
 
@@ -618,3 +621,203 @@ class RequestLimits(WebTestCase):
         head, _, body = answer.partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
         self.assertEqual(json.loads(body)["status"], "ok")
+
+
+def _with_results(*fields: bytes, subject: bytes = b"Auth") -> bytes:
+    """A message carrying the ``Authentication-Results:`` fields given (top first)."""
+    head = b"".join(b"Authentication-Results: " + f + b"\r\n" for f in fields)
+    return (
+        head + b"From: App <app@example.com>\r\nTo: alice@example.com\r\n"
+        b"Subject: " + subject + b"\r\n\r\nHello\r\n"
+    )
+
+
+class Authentication(WebTestCase):
+    """A message's authentication results in the single-message answer. The messages are put
+    in the store directly (as IMAP APPEND does): the SMTP listeners' own checks write (and
+    replace) the field with our authserv-id, and here the field is the input."""
+
+    def store(self, raw: bytes, to: str = "alice@example.com") -> None:
+        assert self.hub.service is not None
+        self.hub.service.store.mailbox(to, create=True).folder("INBOX").append(raw)
+
+    async def detail(self, raw: bytes) -> dict[str, Any]:
+        self.store(raw)
+        message_id = await self.only_id()
+        message = await self.get(f"/api/v1/messages/{message_id}")
+        await self.call("DELETE", f"/api/v1/messages/{message_id}")
+        return message  # type: ignore[no-any-return]
+
+    async def test_our_results_explained_and_the_others_named(self) -> None:
+        await self.start()
+        ours = self.hub.config.hostname.encode()
+        raw = _with_results(
+            b"mx.elsewhere.example; spf=pass smtp.mailfrom=app@example.com",
+            ours + b";\r\n\tspf=pass smtp.mailfrom=bounce@mailer.example.net;\r\n"
+            b"\tdkim=pass header.d=mailer.example.net header.s=s1 header.a=ed25519-sha256"
+            b" header.b=AbCd/+12;\r\n"
+            b"\tdmarc=fail header.from=example.com policy.dmarc=quarantine;\r\n\tarc=none",
+        )
+        self.store(raw)
+        message_id = await self.only_id()
+        page = await self.get("/api/v1/messages")
+        self.assertNotIn("authentication", page["messages"][0])  # lists stay light
+        auth = (await self.get(f"/api/v1/messages/{message_id}"))["authentication"]
+        self.assertTrue(auth["checked"])
+        self.assertEqual(auth["authserv_id"], self.hub.config.hostname)
+        self.assertEqual(auth["other_servers"], ["mx.elsewhere.example"])
+        self.assertEqual(auth["spf"]["domain"], "mailer.example.net")
+        self.assertEqual(
+            [(d["domain"], d["selector"], d["algorithm"], d["result"]) for d in auth["dkim"]],
+            [("mailer.example.net", "s1", "ed25519-sha256", "pass")],
+        )
+        self.assertTrue(
+            auth["dmarc"]["why"].startswith(
+                "DKIM passed but is not aligned with From: example.com ≠ mailer.example.net"
+            ),
+            auth["dmarc"]["why"],
+        )
+        self.assertEqual(auth["dmarc"]["policy"], "quarantine")
+        self.assertEqual(auth["arc"]["result"], "none")
+        self.assertIs(auth["bulk_sender"], False)
+        # The answer has the shape the description promises.
+        spec = await self.get("/api/v1/openapi.json")
+        schema = spec["components"]["schemas"]["Authentication"]["properties"]
+        self.assertEqual(set(auth), set(schema))
+        for key in ("spf", "dmarc", "arc"):
+            self.assertEqual(set(auth[key]), set(schema[key]["oneOf"][0]["properties"]), key)
+        self.assertEqual(set(auth["dkim"][0]), set(schema["dkim"]["items"]["properties"]))
+        message = spec["components"]["schemas"]["Message"]["allOf"][1]["properties"]
+        self.assertIn("authentication", message)
+
+    async def test_a_message_without_our_field_is_not_checked(self) -> None:
+        await self.start()
+        auth = (await self.detail(_with_results()))["authentication"]
+        self.assertFalse(auth["checked"])
+        self.assertTrue(auth["summary"].startswith("Not checked:"), auth)
+        self.assertIsNone(auth["spf"])
+        forged = await self.detail(_with_results(b"mx.google.com; spf=pass; dmarc=pass"))
+        self.assertFalse(forged["authentication"]["checked"])
+        self.assertEqual(forged["authentication"]["other_servers"], ["mx.google.com"])
+
+    async def test_odd_fields_are_answered_not_a_500(self) -> None:
+        await self.start()
+        ours = self.hub.config.hostname.encode()
+        odd = [
+            ours + b'; dmarc=fail reason="From: b\xc3\xbccher.example \xe2\x89\xa0 x"'
+            b" header.from=b\xc3\xbccher.example",  # raw UTF-8 (RFC 6532)
+            ours + b"; spf=pass smtp.mailfrom=a\xff\xfe@b.example",  # not UTF-8
+            ours + b'; dkim=pass (unclosed "comment; spf=',
+            ours + b"; " + b"(" * 3000 + b"deep" + b")" * 3000 + b" spf=pass",
+            ours + b"\r\n\t; dkim=pass header.d=example.com" * 2000,  # ~80 KB, folded
+            b"\x00; spf=\x00pass",
+            b"",
+        ]
+        for value in odd:
+            auth = (await self.detail(_with_results(value)))["authentication"]
+            self.assertIn("summary", auth)
+        umlaut = (await self.detail(_with_results(odd[0])))["authentication"]
+        self.assertEqual(umlaut["dmarc"]["from_domain"], "bücher.example")
+        self.assertEqual(umlaut["dmarc"]["why"], "From: bücher.example ≠ x")
+        bad = (await self.detail(_with_results(odd[1])))["authentication"]
+        self.assertEqual(bad["spf"]["mailfrom"], "a\ufffd\ufffd@b.example")
+        huge = (await self.detail(_with_results(odd[4])))["authentication"]
+        self.assertEqual(len(huge["dkim"]), 20)
+        several = await self.detail(
+            _with_results(b"a.example; spf=fail", ours + b"; spf=pass", b"b.example; none")
+        )
+        self.assertEqual(several["authentication"]["spf"]["result"], "pass")
+        self.assertEqual(several["authentication"]["other_servers"], ["a.example", "b.example"])
+
+
+class AuthenticationChecked(WebTestCase):
+    """The dev stack's own checks (SPF, DKIM, DMARC over the local DNS server) write the field
+    the page explains: a message sent by SMTP, signed by a mailer's domain that is not the From
+    domain, shows DMARC failing for the reason the issue names."""
+
+    timeout = 60
+
+    async def test_real_checks_explained(self) -> None:
+        keys = make_keys(Path(self.mktemp()).absolute(), "mailer.test")
+        dns = LocalDNS(
+            {
+                "mailer.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+                "_dmarc.example.test": {"TXT": ["v=DMARC1; p=reject"]},
+                **{name: {"TXT": [value]} for name, value in records(keys).items()},
+            }
+        )
+        dns.start()
+        self.addCleanup(dns.stop)
+        await self.start(
+            checks=ChecksConfig(nameservers=(dns.address,), authserv_id="checks.dev.test")
+        )
+        message = (
+            b"From: App <app@example.test>\r\nTo: alice@example.com\r\n"
+            b"Subject: Signed by the mailer\r\nMessage-ID: <1@mailer.test>\r\n\r\nHello\r\n"
+        )
+        signed = sign(message, [k.key for k in keys]) + message
+        await self.send(sender="bounce@mailer.test", message=signed)
+        message_id = await self.only_id()
+        auth = (await self.get(f"/api/v1/messages/{message_id}"))["authentication"]
+        self.assertTrue(auth["checked"], auth)
+        self.assertEqual(auth["authserv_id"], "checks.dev.test")  # [checks] authserv_id
+        self.assertEqual(
+            (auth["spf"]["result"], auth["spf"]["domain"]), ("pass", "mailer.test"), auth
+        )
+        self.assertEqual(
+            sorted((d["result"], d["domain"], d["selector"]) for d in auth["dkim"]),
+            [("pass", "mailer.test", "e1"), ("pass", "mailer.test", "r1")],
+        )
+        self.assertEqual(
+            sorted(d["algorithm"] for d in auth["dkim"]), ["ed25519-sha256", "rsa-sha256"]
+        )
+        dmarc = auth["dmarc"]
+        self.assertEqual(
+            (dmarc["result"], dmarc["policy"], dmarc["from_domain"]),
+            ("fail", "reject", "example.test"),
+        )
+        self.assertEqual((dmarc["dkim_alignment"], dmarc["spf_alignment"]), ("no", "no"))
+        self.assertIn("DKIM passed but is not aligned with From: example.test", dmarc["why"])
+        self.assertIs(auth["bulk_sender"], False)
+
+    async def test_mail_the_dev_stack_signs_shows_what_a_receiver_sees(self) -> None:
+        # The app's domain has keys in [dkim] key_dir: the dev stack signs what the app submits
+        # (authenticated), then judges it as a receiver would (SigningSink, CheckingSink).
+        self.services = ("submission", "web")
+        key_dir = Path(self.mktemp()).absolute()
+        keys = make_keys(key_dir, "app.test")
+        dns = LocalDNS(
+            {
+                "app.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+                "_dmarc.app.test": {"TXT": ["v=DMARC1; p=quarantine"]},
+                **{name: {"TXT": [value]} for name, value in records(keys).items()},
+            }
+        )
+        dns.start()
+        self.addCleanup(dns.stop)
+        await self.start(
+            checks=ChecksConfig(nameservers=(dns.address,)), dkim=DKIMConfig(key_dir=key_dir)
+        )
+        await self.hub.send(
+            "alice@example.com",
+            subject="Welcome",
+            sender="app@app.test",
+            port="submission",
+            starttls=True,
+            login=("app@app.test", "any"),
+        )
+        message_id = await self.only_id()
+        auth = (await self.get(f"/api/v1/messages/{message_id}"))["authentication"]
+        self.assertEqual(auth["authserv_id"], self.hub.config.hostname)
+        self.assertEqual(auth["spf"]["result"], "none", auth)  # authenticated: not judged
+        self.assertIn("authenticated submission", auth["spf"]["why"])
+        self.assertEqual(sorted(d["selector"] for d in auth["dkim"] if d["result"] == "pass"),
+                         ["e1", "r1"], auth)  # fmt: skip
+        self.assertEqual(
+            (auth["dmarc"]["result"], auth["dmarc"]["dkim_alignment"]), ("pass", "strict")
+        )
+        self.assertIsNone(auth["bulk_sender"])  # SPF is for the relaying server to pass
+        self.assertTrue(
+            auth["summary"].startswith("DKIM passes and DMARC passes for From: app.test."),
+            auth["summary"],
+        )

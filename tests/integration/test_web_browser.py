@@ -1,5 +1,6 @@
 """The page in a real headless browser (Debian's chromium + chromedriver, driven by Selenium):
-a message sent by SMTP shows up live, opens, its attachment downloads, delete works."""
+a message sent by SMTP shows up live, opens, its attachment downloads, delete works; a
+message's authentication results show in words, odd fields without a script error."""
 
 from __future__ import annotations
 
@@ -61,8 +62,7 @@ def message_with_attachment() -> EmailMessage:
     return msg
 
 
-@requires(_skip())
-class Page(TestCase):
+class _Browser(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
@@ -87,10 +87,14 @@ class Page(TestCase):
                 "download.prompt_for_download": False,
             },
         )
+        options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})  # script errors
         driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
         self.addCleanup(driver.quit)
         return driver
 
+
+@requires(_skip())
+class Page(_Browser):
     async def test_live_open_download_delete(self) -> None:
         hub = await MailhubTestServer.started(self, services=("smtp", "web"))
         url = f"http://127.0.0.1:{hub.ports['web']}/"
@@ -178,3 +182,122 @@ class Page(TestCase):
 
         await threads.deferToThread(delete_it)
         self.assertEqual(hub.messages("buyer@example.com"), [])
+
+
+def _authenticated(subject: str, *fields: bytes) -> bytes:
+    head = b"".join(b"Authentication-Results: " + f + b"\r\n" for f in fields)
+    return (
+        head + b"From: App <app@example.com>\r\nTo: buyer@example.com\r\n"
+        b"Subject: " + subject.encode() + b"\r\n\r\nHello\r\n"
+    )
+
+
+@requires(_skip())
+class AuthenticationPanel(_Browser):
+    """Messages put in the store directly (as IMAP APPEND does): the SMTP listeners' own
+    checks would write the field with our authserv-id themselves."""
+
+    async def test_results_in_words_and_odd_fields(self) -> None:
+        hub = await MailhubTestServer.started(self, services=("smtp", "web"))
+        ours = hub.config.hostname.encode()
+        messages = {
+            "Unaligned": _authenticated(
+                "Unaligned",
+                b"mx.elsewhere.example; dmarc=pass",
+                ours + b"; spf=softfail smtp.mailfrom=b@mailer.example.net;"
+                b" dkim=pass header.d=mailer.example.net header.s=s1 header.a=rsa-sha256"
+                b" header.b=XyZ12345; dmarc=fail header.from=example.com policy.dmarc=reject",
+            ),
+            "All good": _authenticated(
+                "All good",
+                ours + b"; spf=pass smtp.mailfrom=b@example.com; dkim=pass header.d=example.com"
+                b" header.s=s1; dmarc=pass header.from=example.com policy.dmarc=none;"
+                b' arc=pass reason="chain of 2 sets"',
+            ),
+            "Never checked": _authenticated("Never checked"),
+            "Odd bytes": _authenticated(
+                "Odd bytes",
+                ours + b'; dmarc=fail reason="b\xc3\xbccher \xe2\x89\xa0 <script>x</script>"'
+                b" header.from=\xff\xfe; dkim=pass (unclosed",
+                b"\x00broken (((",
+            ),
+            "Huge": _authenticated("Huge", ours + b"; dkim=pass header.d=example.com" * 3000),
+        }
+        assert hub.service is not None
+        inbox = hub.service.store.mailbox("buyer@example.com", create=True).folder("INBOX")
+        for raw in messages.values():
+            inbox.append(raw)
+        driver = await threads.deferToThread(self.browser)
+        url = f"http://127.0.0.1:{hub.ports['web']}/"
+
+        def panel(subject: str) -> dict[str, Any]:
+            """Opens the message, then its Authentication tab: what the panel shows."""
+            wait = WebDriverWait(driver, 15, ignored_exceptions=(StaleElementReferenceException,))
+
+            def opened(d: Any) -> bool:
+                rows = d.find_elements(By.CSS_SELECTOR, "#messages .msg")
+                row = next((r for r in rows if subject in r.text), None)
+                if row is None:
+                    return False
+                row.click()
+                return True
+
+            wait.until(opened)
+            wait.until(ec.text_to_be_present_in_element((By.ID, "subject"), subject))
+            driver.find_element(By.CSS_SELECTOR, '.tabs button[data-tab="auth"]').click()
+            wait.until(lambda d: d.find_element(By.ID, "auth").is_displayed())
+            summary = driver.find_element(By.ID, "auth-summary")
+            blocks = driver.find_elements(By.CSS_SELECTOR, "#auth .auth-block")
+            return {
+                "summary": summary.text,
+                "verdict": summary.get_attribute("class"),
+                "blocks": [
+                    (
+                        b.get_attribute("data-method"),
+                        b.find_element(By.CSS_SELECTOR, ".result").get_attribute("class"),
+                        b.text,
+                    )
+                    for b in blocks
+                ],
+                "meta": driver.find_element(By.ID, "meta").text,
+                "text": driver.find_element(By.ID, "auth").text,
+            }
+
+        def look() -> dict[str, dict[str, Any]]:
+            driver.get(url)
+            WebDriverWait(driver, 15).until(
+                ec.text_to_be_present_in_element((By.ID, "list-status"), "5 messages")
+            )
+            return {subject: panel(subject) for subject in messages}
+
+        seen = await threads.deferToThread(look)
+        unaligned = seen["Unaligned"]
+        self.assertIn("bad", unaligned["verdict"])
+        self.assertIn("Authentication\nSPF softfail · DKIM pass · DMARC fail", unaligned["meta"])
+        by_method = {m: (cls, text) for m, cls, text in unaligned["blocks"]}
+        self.assertIn("r-pass", by_method["dkim"][0])
+        self.assertIn(
+            "d=mailer.example.net · s=s1 · a=rsa-sha256 · b=XyZ12345…", by_method["dkim"][1]
+        )
+        self.assertIn("r-fail", by_method["dmarc"][0])
+        self.assertIn(
+            "DKIM passed but is not aligned with From: example.com ≠ mailer.example.net, so "
+            "DMARC fails",
+            by_method["dmarc"][1],
+        )
+        self.assertIn("DKIM not aligned", by_method["dmarc"][1])
+        self.assertIn("not believed", unaligned["text"])
+        self.assertIn("mx.elsewhere.example", unaligned["text"])
+        good = seen["All good"]
+        self.assertIn("good", good["verdict"])
+        self.assertIn("Meets Gmail's and Yahoo's", good["summary"])
+        self.assertIn("chain of 2", good["text"])
+        never = seen["Never checked"]
+        self.assertTrue(never["summary"].startswith("Not checked:"), never)
+        self.assertEqual(never["blocks"], [])
+        odd = seen["Odd bytes"]
+        self.assertIn("bücher ≠ <script>x</script>", odd["text"])  # text, never markup
+        self.assertEqual(len(seen["Huge"]["blocks"]), 2 + 20)  # SPF, DMARC: missing; 20 DKIM
+        self.assertEqual(driver.find_element(By.ID, "list-status").get_attribute("class"), "status")
+        errors = await threads.deferToThread(driver.get_log, "browser")
+        self.assertEqual(errors, [])

@@ -26,6 +26,7 @@ PACKAGE_OF = {
     "getmail": "getmail6",
     "mbsync": "isync",
     "offlineimap": "offlineimap3",
+    "opendkim": "opendkim",
 }
 
 DOVECOT_IMAP = "/usr/lib/dovecot/imap"

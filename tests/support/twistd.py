@@ -40,6 +40,10 @@ data_dir = "{directory / "data"}"
 local = ["example.test"]
 catch_all = ["example.test"]
 
+# Tests never ask the DNS of the world.
+[checks]
+enabled = false
+
 [listeners]
 smtp = ["{smtp}"]
 {extra}

@@ -119,12 +119,14 @@ async function openMessage(id) {
   const meta = [["From", who(m.from)], ["To", m.to.map(who).join(", ")], ["Cc", m.cc.map(who).join(", ")],
     ["Date", m.date ? new Date(m.date).toLocaleString() : ""], ["Received", new Date(m.received).toLocaleString()],
     ["Mailbox", `${m.mailbox} / ${m.folder}`], ["Size", size(m.size)],
-    ["Delivery", [m.envelope.protocol, m.envelope.tls ? "TLS" : "no TLS", m.envelope.authenticated ? "AUTH" : "no AUTH"].filter(Boolean).join(" · ")]];
+    ["Delivery", [m.envelope.protocol, m.envelope.tls ? "TLS" : "no TLS", m.envelope.authenticated ? "AUTH" : "no AUTH"].filter(Boolean).join(" · ")],
+    ["Authentication", authLine(m.authentication)]];
   $("#meta").replaceChildren(...meta.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   $("#attachments").replaceChildren(...m.attachments.map((a) => el("li", {},
     el("a", { class: "attachment", href: a.url, download: a.filename || `part-${a.part}` }, `📎 ${a.filename || a.content_type} (${size(a.size)})`))));
   $("#text").textContent = m.text || "(no plain-text part)";
   $("#headers tbody").replaceChildren(...m.headers.map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, v))));
+  renderAuth(m.authentication);
   $("#envelope tbody").replaceChildren(...Object.entries(m.envelope).map(([k, v]) => el("tr", {}, el("td", {}, k.replace("_", " ")), el("td", {}, String(v ?? "")))));
   $("#raw").textContent = "";
   $("#download-raw").href = `${API}/messages/${id}/raw?download=1`;
@@ -133,6 +135,69 @@ async function openMessage(id) {
   if (!m.seen) { try { await api(`/messages/${id}`, { method: "PATCH", json: { seen: true } }); } catch (e) { /* shown on next refresh */ } }
   state.open.seen = true;
   renderList();
+}
+
+// --- authentication results (mailhub.checks.explain: the API's "authentication") ---------
+
+function resultChip(result) {
+  const known = ["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"];
+  return el("span", { class: "result r-" + (known.includes(result) ? result : "other") }, result || "?");
+}
+
+function authLine(a) {
+  if (!a) return "";
+  if (!a.checked) return "not checked";
+  const parts = [];
+  if (a.spf) parts.push(`SPF ${a.spf.result}`);
+  if (a.dkim.length) parts.push(`DKIM ${a.dkim.map((d) => d.result).join("/")}`);
+  if (a.dmarc) parts.push(`DMARC ${a.dmarc.result}`);
+  if (a.arc) parts.push(`ARC ${a.arc.result}`);
+  return parts.join(" · ") || "no results";
+}
+
+function authBlock(name, r, facts) {
+  return el("div", { class: "auth-block", dataset: { method: name.toLowerCase() } },
+    el("div", { class: "auth-head" }, el("strong", {}, name), resultChip(r.result),
+      el("span", { class: "auth-facts" }, facts.filter(Boolean).join(" · "))),
+    el("p", { class: "why" }, r.why || ""));
+}
+
+function missing(name, text) {
+  return el("div", { class: "auth-block", dataset: { method: name.toLowerCase() } },
+    el("div", { class: "auth-head" }, el("strong", {}, name), el("span", { class: "result r-other" }, "not checked")),
+    el("p", { class: "why" }, text));
+}
+
+const ALIGNMENT = { strict: "aligned (same domain)", relaxed: "aligned in relaxed mode (same organizational domain)", no: "not aligned" };
+
+function renderAuth(a) {
+  const box = $("#auth");
+  if (!a) { box.replaceChildren(); return; }
+  const verdict = !a.checked || a.bulk_sender === null ? "unknown" : a.bulk_sender ? "good" : "bad";
+  const out = [el("p", { id: "auth-summary", class: `auth-summary ${verdict}` }, a.summary)];
+  if (a.checked) {
+    out.push(el("p", { class: "muted" }, `Authentication-Results written by ${a.authserv_id}`));
+    const s = a.spf;
+    // RFC 7208 2.4: for the null reverse-path (a bounce) the HELO name is the identity checked
+    out.push(s ? authBlock("SPF", s, [s.domain && `domain ${s.domain}`,
+      s.identity === "helo" ? `HELO ${s.helo} (MAIL FROM was empty)` : s.mailfrom && `MAIL FROM ${s.mailfrom}`])
+      : missing("SPF", "No SPF result in the field."));
+    if (!a.dkim.length) out.push(missing("DKIM", "No DKIM result in the field."));
+    for (const d of a.dkim) {
+      out.push(authBlock("DKIM", d, [d.domain && `d=${d.domain}`, d.selector && `s=${d.selector}`, d.algorithm && `a=${d.algorithm}`, d.signature && `b=${d.signature}…`]));
+    }
+    const r = a.dmarc;
+    // policy: the one applied (after sp= and pct=); nothing to apply when DMARC passes
+    out.push(r ? authBlock("DMARC", r, [r.from_domain && `From: ${r.from_domain}`, r.result !== "pass" && r.policy && `policy ${r.policy}`,
+      r.spf_alignment && `SPF ${ALIGNMENT[r.spf_alignment] || r.spf_alignment}`,
+      r.dkim_alignment && `DKIM ${ALIGNMENT[r.dkim_alignment] || r.dkim_alignment}`]) : missing("DMARC", "No DMARC result in the field."));
+    if (a.arc) out.push(authBlock("ARC", a.arc, [a.arc.instances !== null ? `chain of ${a.arc.instances}` : ""]));
+    for (const o of a.other_methods) out.push(authBlock(o.method, o, Object.entries(o.properties).map(([k, v]) => `${k}=${v}`)));
+  }
+  if (a.checked && a.other_servers.length) {
+    out.push(el("p", { class: "muted" }, `Also in the message, not believed (anyone can write one): fields by ${a.other_servers.join(", ")}.`));
+  }
+  box.replaceChildren(...out);
 }
 
 async function showTab(tab) {

@@ -1,0 +1,613 @@
+"""The inbound judgement of one message: SPF, DKIM, ARC, then DMARC, and what to do about it.
+
+``judge`` runs the checks of one received message (RFC 7208 SPF on the envelope, RFC 6376 DKIM
+and RFC 8617 ARC on the content concurrently, then RFC 7489 DMARC on their results) within one
+``DNSBudget`` and one deadline (``Policy.timeout``): a check still running at the deadline is
+cancelled and counts as ``temperror``, so a silent DNS server never hangs an SMTP session. It
+returns a ``Verdict``: the ``Authentication-Results`` (RFC 8601) with our authserv-id, and the
+action the policy takes:
+
+- DMARC ``fail`` where the domain asks ``p=reject``: ``Policy.dmarc_reject`` (``reject``: 550
+  5.7.1 at the end of DATA; ``quarantine``: the Junk folder; ``none``: only recorded);
+- DMARC ``fail`` with ``p=quarantine``: ``Policy.dmarc_quarantine`` (``junk`` or ``none``);
+- SPF ``fail`` (the domain's ``-all``) with ``Policy.spf_fail = "reject"``: 550 5.7.23 (RFC 7372),
+  unless DMARC passed (an aligned DKIM signature vouches for the message: forwarded mail keeps
+  its DKIM but loses its SPF, RFC 7489 10.1); ``mark`` only records it;
+- a ``temperror`` (DNS timeout, SERVFAIL, the deadline) where the policy could have rejected: 451
+  4.7.x, so the sender tries again later (RFC 7208 8.6, RFC 7489 6.6.3). Where the policy would
+  not reject anyway (``p=none``, or the operator's ``none``), the message is accepted and the
+  temperror recorded.
+
+Recipients' domains may each have their own policy (``Policy.domains``). One message gets one
+reply at the end of DATA, so it is refused only when every recipient's policy refuses it; the
+recipients whose policy would refuse it while others accept get their copy in Junk.
+
+A message from an authenticated session (SMTP AUTH) is the sender's own mail: SPF is not
+evaluated (the client's address is not the sending server's), DKIM, ARC and DMARC are recorded,
+and the policy never refuses or junks it (RFC 8601 2.7.4's ``auth=pass`` says why). The dev stack
+(``Policy.dev``) judges everything as a receiver would and records it, but never refuses or junks:
+``Verdict.would`` tells what a production receiver would have done (it is logged and written in
+the reason of the result that decided it).
+
+The checks themselves are in ``spf``, ``dkimverify``, ``dmarc`` and ``arc``; ``Checkers`` names
+them, so a test can give fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, cast
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError
+from mailhub.checks.results import AuthenticationResults, MethodResult
+from mailhub.config import CheckPolicy, Config
+from mailhub.envelope import Envelope
+from mailhub.interfaces import MessageRejected
+
+log = Logger()
+
+# Actions (Verdict.action).
+ACCEPT = "accept"
+JUNK = "junk"
+REJECT = "reject"
+TEMPFAIL = "tempfail"
+
+# Policy values.
+DMARC_REJECT_CHOICES = ("reject", "quarantine", "none")
+DMARC_QUARANTINE_CHOICES = ("junk", "none")
+SPF_FAIL_CHOICES = ("reject", "mark")
+
+# RFC 7372 3.2: the enhanced codes of SPF's own refusals ("validation failed", "error").
+SPF_CODES = ("5.7.23", "4.7.24")
+
+JUNK_FOLDER = "Junk"  # special-use \Junk (RFC 6154), made for every mailbox
+
+
+# --- the results the checks give, as far as the judgement reads them -------------------------
+
+
+class _HasMethodResult(Protocol):
+    def method_result(self) -> MethodResult: ...
+
+
+class SPFResultLike(Protocol):
+    result: str
+    domain: str
+
+
+class SPFVerdictLike(Protocol):
+    @property
+    def mailfrom(self) -> Any: ...  # SPFResult (passed on to DMARC as it is)
+
+    def method_result(self) -> MethodResult: ...
+
+
+class DMARCResultLike(Protocol):
+    result: str
+    policy: str  # the policy to apply on fail: "reject", "quarantine" or "none" (after pct)
+    requested: str  # the record's p= (or sp=) before pct
+    record_domain: str  # where the record was found ("" when none was)
+    from_domain: str
+
+    def method_result(self) -> MethodResult: ...
+
+
+def asked_policy(dmarc: DMARCResultLike | None) -> str:
+    """The policy the From domain asks for this message ("" when it could not be learnt: the
+    record's lookup failed, so it may be p=reject)."""
+    if dmarc is None:
+        return ""
+    if dmarc.result == "temperror":
+        return dmarc.requested if dmarc.record_domain else ""
+    return dmarc.policy
+
+
+@dataclass(frozen=True)
+class Checkers:
+    """The checks ``judge`` runs (the real ones by default, ``Checkers.real()``)."""
+
+    # Each gives a coroutine: check_smtp(resolver, ip, mail_from, helo, *, budget, receiver),
+    # verify_dkim(resolver, message, *, budget), verify_arc(resolver, message, *, budget),
+    # evaluate_dmarc(resolver, from_domain, spf, dkim, *, budget).
+    spf: Callable[..., Coroutine[Any, Any, Any]]
+    dkim: Callable[..., Coroutine[Any, Any, Sequence[Any]]]
+    arc: Callable[..., Coroutine[Any, Any, Any]]
+    dmarc: Callable[..., Coroutine[Any, Any, Any]]
+    from_domain: Callable[[bytes], str | None]  # header_from_domain(message)
+
+    @classmethod
+    def real(cls) -> Checkers:
+        # Imported here: the orchestrator and its tests do not need every check to load.
+        from mailhub.checks import arc, dkimverify, dmarc, spf
+
+        return cls(
+            spf=spf.check_smtp,
+            dkim=dkimverify.verify_dkim,
+            arc=arc.verify_arc,
+            dmarc=dmarc.evaluate_dmarc,
+            from_domain=dmarc.header_from_domain,
+        )
+
+
+# --- policy -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DomainPolicy:
+    """What a recipient domain does with mail that fails (``[checks]`` or an override)."""
+
+    dmarc_reject: str = "reject"  # what DMARC p=reject does: reject | quarantine | none
+    dmarc_quarantine: str = "junk"  # what DMARC p=quarantine does: junk | none
+    spf_fail: str = "reject"  # SPF fail (-all): reject | mark
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("dmarc_reject", self.dmarc_reject, DMARC_REJECT_CHOICES),
+            ("dmarc_quarantine", self.dmarc_quarantine, DMARC_QUARANTINE_CHOICES),
+            ("spf_fail", self.spf_fail, SPF_FAIL_CHOICES),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} {value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The inbound policy: defaults, per-recipient-domain overrides, the dev stack's rule."""
+
+    default: DomainPolicy = field(default_factory=DomainPolicy)
+    domains: Mapping[str, DomainPolicy] = field(default_factory=dict)
+    dev: bool = False  # never refuse or junk; record what a receiver would see
+    timeout: float = 20.0  # seconds for all the checks of one message
+    max_message_size: int = 10 * 1024 * 1024  # bigger: not checked (recorded as such)
+    dns_budget: int = 50  # lookups per message (DNSBudget)
+
+    def for_domain(self, domain: str) -> DomainPolicy:
+        return self.domains.get(domain.lower().rstrip("."), self.default)
+
+
+def authserv_id_of(config: Config) -> str:
+    """Our authserv-id (RFC 8601 2.5): ``[checks] authserv_id``, else ``[server] hostname``.
+    The web page reads our results back by it."""
+    return config.checks.authserv_id or config.hostname
+
+
+def policy_from_config(config: Config) -> Policy:
+    """The policy of ``[checks]`` (and its ``[checks.domain."..."]`` overrides)."""
+    checks = config.checks
+
+    def domain(p: CheckPolicy) -> DomainPolicy:
+        return DomainPolicy(p.dmarc_reject, p.dmarc_quarantine, p.spf_fail)
+
+    return Policy(
+        default=domain(checks.policy),
+        domains={name: domain(p) for name, p in checks.domains},
+        dev=config.dev,
+        timeout=checks.timeout,
+        max_message_size=checks.max_message_size,
+    )
+
+
+# --- the verdict --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The reply for a refused message (550 ...) or one to try again (451 ...)."""
+
+    code: int
+    enhanced: str
+    text: str
+
+    def error(self) -> MessageRejected:
+        return MessageRejected(self.code, self.enhanced, self.text)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the checks found and what the policy does with the message.
+
+    ``action`` is for the whole message: ``accept`` (``junk`` names the recipients whose copy
+    goes to Junk, possibly none), ``junk`` (every copy to Junk), ``reject`` or ``tempfail``
+    (``reply`` says how). ``would`` is the action without the dev stack's and authenticated
+    sessions' leniency. ``arc`` is ARC's own result (``none``/``pass``/``fail``), for sealing.
+    """
+
+    results: AuthenticationResults
+    action: str
+    reply: Refusal | None = None
+    junk: frozenset[str] = frozenset()  # recipient mailboxes whose copy goes to Junk
+    would: str = ACCEPT
+    reason: str = ""  # why (for the log), "" when accepted without remark
+    arc: str = "none"
+    checked: bool = True  # False: too big, or checks off (results say so)
+
+    def folder_for(self, mailbox: str) -> str | None:
+        """The folder a local recipient's copy goes to: None for INBOX."""
+        return JUNK_FOLDER if mailbox in self.junk else None
+
+
+# --- running the checks -------------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    value: Any = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _within(
+    make: Callable[[], Coroutine[Any, Any, Any]], clock: IReactorTime, seconds: float
+) -> defer.Deferred[_Outcome]:
+    """Run one check with a deadline; its outcome, never a failure. At the deadline the check
+    is left to finish on its own (each lookup has the resolver's own timeout, and the budget
+    caps how many it makes) and its late result is dropped: cancelling would reach into the
+    checks' lookups, which read a cancellation as a broken resolver."""
+    try:
+        d: defer.Deferred[Any] = defer.Deferred.fromCoroutine(make())
+    except Exception as e:  # a checker that fails before its first await
+        return defer.succeed(_Outcome(error=e))
+    if d.called:  # answered from the cache without waiting: no timer needed
+        done: list[_Outcome] = []
+        d.addBoth(lambda r: done.append(_as_outcome(r)))
+        return defer.succeed(done[0])
+    outcome: defer.Deferred[_Outcome] = defer.Deferred()
+
+    def expire() -> None:
+        if not outcome.called:
+            outcome.callback(_Outcome(error=defer.TimeoutError()))
+
+    timer = clock.callLater(max(0.0, seconds), expire)
+
+    def finished(result: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if not outcome.called:
+            outcome.callback(_as_outcome(result))
+        # else: too late, dropped (a failure too: it was already counted as temperror)
+
+    d.addBoth(finished)
+    return outcome
+
+
+def _as_outcome(result: Any) -> _Outcome:
+    if isinstance(result, Failure):
+        return _Outcome(error=result.value)
+    return _Outcome(value=result)
+
+
+def _failure_words(error: BaseException, timeout: float) -> tuple[str, str]:
+    """A check's exception as (result, reason): temporary (DNS, deadline) or not."""
+    if isinstance(error, defer.TimeoutError | defer.CancelledError):
+        return "temperror", f"not finished within the {timeout:g} s for the checks of a message"
+    if isinstance(error, DNSTempError):
+        return "temperror", f"DNS lookup failed: {error}"
+    if isinstance(error, DNSBudgetExceeded):
+        return "permerror", f"too many DNS lookups: {error}"
+    return "permerror", f"internal error: {error.__class__.__name__}"
+
+
+def _log_unexpected(name: str, envelope: Envelope, error: BaseException) -> None:
+    if not isinstance(
+        error, defer.TimeoutError | defer.CancelledError | DNSTempError | DNSBudgetExceeded
+    ):
+        log.error(
+            "{queue_id}: the {name} check failed: {error!r}",
+            queue_id=envelope.queue_id,
+            name=name,
+            error=error,
+        )
+
+
+def _mailfrom_identity(envelope: Envelope) -> tuple[str, str]:
+    """RFC 7208 2.4: the MAIL FROM identity, or postmaster@HELO for the null reverse-path."""
+    if envelope.mail_from:
+        return "smtp.mailfrom", envelope.mail_from
+    return "smtp.mailfrom", f"postmaster@{envelope.helo}" if envelope.helo else ""
+
+
+def _has_arc(message: bytes) -> bool:
+    head = message.split(b"\r\n\r\n", 1)[0].lower()
+    return head.startswith(b"arc-seal:") or b"\r\narc-seal:" in head
+
+
+async def judge(
+    resolver: CheckResolver,
+    message: bytes,
+    envelope: Envelope,
+    *,
+    authserv_id: str,
+    policy: Policy,
+    budget: DNSBudget | None = None,
+    clock: IReactorTime | None = None,
+    checkers: Checkers | None = None,
+) -> Verdict:
+    """Judge one message (see the module docstring). Never raises for what the message or DNS
+    does: every failure of a check is a result in the header."""
+    if clock is None:
+        from twisted.internet import reactor
+
+        clock = cast(IReactorTime, reactor)
+    if checkers is None:
+        checkers = Checkers.real()
+    if budget is None:
+        budget = DNSBudget(policy.dns_budget)
+    if len(message) > policy.max_message_size:
+        return unchecked(
+            authserv_id,
+            f"not checked: {len(message)} octets is more than [checks] max_message_size "
+            f"({policy.max_message_size})",
+        )
+    deadline = clock.seconds() + policy.timeout
+    user = envelope.authenticated_as
+    authenticated = user is not None
+    found: list[MethodResult] = []
+    if user is not None:
+        # RFC 8601 2.7.4: the client authenticated; its mail is its own.
+        found.append(MethodResult("auth", "pass", "", (("smtp.auth", user),)))
+
+    # Phase 1: SPF (the envelope), DKIM and ARC (the content), at once.
+    def spf() -> Coroutine[Any, Any, Any]:
+        return checkers.spf(
+            resolver,
+            envelope.client_address,
+            envelope.mail_from,
+            envelope.helo,
+            budget=budget,
+            receiver=envelope.server_name or "unknown",  # RFC 7208 7.3 %{r}
+        )
+
+    def dkim() -> Coroutine[Any, Any, Any]:
+        return checkers.dkim(resolver, message, budget=budget)
+
+    def arc() -> Coroutine[Any, Any, Any]:
+        return checkers.arc(resolver, message, budget=budget)
+
+    started: list[defer.Deferred[_Outcome]] = []
+    if not authenticated:
+        started.append(_within(spf, clock, deadline - clock.seconds()))
+    started.append(_within(dkim, clock, deadline - clock.seconds()))
+    started.append(_within(arc, clock, deadline - clock.seconds()))
+    outcomes: list[_Outcome] = await defer.gatherResults(started)
+    spf_out = None if authenticated else outcomes.pop(0)
+    dkim_out, arc_out = outcomes
+
+    spf_for_dmarc = None
+    spf_exp = ""
+    if spf_out is None:
+        reason = "not checked: authenticated submission (SPF judges the sending server, not you)"
+        found.append(MethodResult("spf", "none", reason, (_mailfrom_identity(envelope),)))
+    elif spf_out.ok:
+        found.append(spf_out.value.method_result())
+        spf_for_dmarc = spf_out.value.mailfrom
+        spf_exp = getattr(spf_for_dmarc, "authority_explanation", "") or ""
+    else:
+        assert spf_out.error is not None
+        _log_unexpected("SPF", envelope, spf_out.error)
+        result, reason = _failure_words(spf_out.error, policy.timeout)
+        found.append(MethodResult("spf", result, reason, (_mailfrom_identity(envelope),)))
+
+    signatures: Sequence[Any] = ()
+    if dkim_out.ok:
+        signatures = list(dkim_out.value)
+        if signatures:
+            found.extend(s.method_result() for s in signatures)
+        else:
+            found.append(MethodResult("dkim", "none", "the message has no DKIM signature"))
+    else:
+        assert dkim_out.error is not None
+        _log_unexpected("DKIM", envelope, dkim_out.error)
+        result, reason = _failure_words(dkim_out.error, policy.timeout)
+        found.append(MethodResult("dkim", result, reason))
+
+    arc_result = "none"
+    if arc_out.ok:
+        arc_method = arc_out.value.method_result()
+        arc_result = arc_method.result
+        found.append(arc_method)
+    else:
+        assert arc_out.error is not None
+        _log_unexpected("ARC", envelope, arc_out.error)
+        _result, reason = _failure_words(arc_out.error, policy.timeout)
+        # RFC 8617 has no temperror: a chain that could not be validated is not trusted.
+        arc_result = "fail" if _has_arc(message) else "none"
+        found.append(MethodResult("arc", arc_result, f"not validated: {reason}"))
+
+    # Phase 2: DMARC, on the From domain and what SPF and DKIM found.
+    dmarc_out: _Outcome | None = None
+    dmarc_result: Any = None
+    try:
+        from_domain = checkers.from_domain(message)
+        from_error = ""
+    except Exception as e:  # several From addresses, no From: permerror (RFC 7489 6.6.1)
+        from_domain, from_error = None, str(e) or e.__class__.__name__
+    if from_domain:
+
+        def dmarc() -> Coroutine[Any, Any, Any]:
+            return checkers.dmarc(resolver, from_domain, spf_for_dmarc, signatures, budget=budget)
+
+        dmarc_out = await _within(dmarc, clock, deadline - clock.seconds())
+        if dmarc_out.ok:
+            dmarc_result = dmarc_out.value
+            found.append(dmarc_result.method_result())
+        else:
+            assert dmarc_out.error is not None
+            _log_unexpected("DMARC", envelope, dmarc_out.error)
+            result, reason = _failure_words(dmarc_out.error, policy.timeout)
+            found.append(MethodResult("dmarc", result, reason, (("header.from", from_domain),)))
+    else:
+        reason = from_error or "the message has no From address to judge"
+        found.append(MethodResult("dmarc", "permerror" if from_error else "none", reason))
+
+    facts = Facts(
+        spf=_result_of(found, "spf"),
+        dmarc=_result_of(found, "dmarc"),
+        dmarc_policy=asked_policy(dmarc_result),
+        from_domain=from_domain or "",
+        client=envelope.client_address,
+        mail_from=envelope.mail_from,
+        spf_reason=_reason_of(found, "spf"),
+        dmarc_reason=_reason_of(found, "dmarc"),
+        spf_explanation=spf_exp,
+    )
+    verdict = decide(facts, envelope, policy, authenticated=authenticated)
+    if policy.dev and verdict.would != ACCEPT:
+        # The note goes with the result that decided: SPF's own refusals, else DMARC.
+        spf_decided = verdict.reply is not None and verdict.reply.enhanced in SPF_CODES
+        method = "spf" if spf_decided else "dmarc"
+        found = [_noted(r, verdict) if r.method == method else r for r in found]
+    return replace(
+        verdict, results=AuthenticationResults(authserv_id, tuple(found)), arc=arc_result
+    )
+
+
+def judge_with(
+    resolver: CheckResolver,
+    *,
+    authserv_id: str,
+    policy: Policy,
+    clock: IReactorTime,
+    checkers: Checkers | None = None,
+) -> Callable[[bytes, Envelope], Coroutine[Any, Any, Verdict]]:
+    """``judge`` bound to one server's resolver and policy: what ``CheckingSink`` calls."""
+
+    def bound(message: bytes, envelope: Envelope) -> Coroutine[Any, Any, Verdict]:
+        chosen = checkers if checkers is not None else Checkers.real()
+        return judge(
+            resolver,
+            message,
+            envelope,
+            authserv_id=authserv_id,
+            policy=policy,
+            clock=clock,
+            checkers=chosen,
+        )
+
+    return bound
+
+
+def unchecked(authserv_id: str, reason: str) -> Verdict:
+    """A message not judged (too big, checks off for it): recorded so, and accepted."""
+    results = AuthenticationResults(
+        authserv_id, tuple(MethodResult(m, "none", reason) for m in ("spf", "dkim", "dmarc"))
+    )
+    return Verdict(results, ACCEPT, reason=reason, checked=False)
+
+
+def _result_of(found: list[MethodResult], method: str) -> str:
+    for r in found:
+        if r.method == method:
+            return r.result
+    return "none"
+
+
+def _reason_of(found: list[MethodResult], method: str) -> str:
+    for r in found:
+        if r.method == method:
+            return r.reason
+    return ""
+
+
+def _noted(r: MethodResult, verdict: Verdict) -> MethodResult:
+    """The dev stack's note in a result's reason: what a production receiver would do."""
+    what = {JUNK: "put it in Junk", REJECT: "refuse it", TEMPFAIL: "ask to try again later"}
+    reply = f" ({verdict.reply.code} {verdict.reply.enhanced})" if verdict.reply else ""
+    note = f"dev stack: a receiver with mailhub's policy would {what[verdict.would]}{reply}"
+    return replace(r, reason=f"{r.reason}; {note}" if r.reason else note)
+
+
+# --- the policy's decision ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the decision reads of the results (plain, so it is easy to test)."""
+
+    spf: str = "none"  # the SPF result (MAIL FROM, or HELO for <>)
+    dmarc: str = "none"
+    dmarc_policy: str = ""  # the policy the domain asks, as applied ("" if unknown)
+    from_domain: str = ""
+    client: str = ""
+    mail_from: str = ""
+    spf_reason: str = ""
+    dmarc_reason: str = ""
+    spf_explanation: str = ""  # the domain's exp= text for a fail (RFC 7208 6.2)
+
+
+def _domain_action(facts: Facts, p: DomainPolicy) -> tuple[str, Refusal | None, str]:
+    """(action, reply, reason) for recipients under ``p``."""
+    dmarc, asked = facts.dmarc, facts.dmarc_policy.lower()
+    if dmarc == "fail":
+        if asked == "reject" and p.dmarc_reject == "reject":
+            text = (
+                f"Email from {facts.from_domain} failed DMARC and the domain asks to refuse "
+                "it (p=reject, RFC 7489 6.3)"
+            )
+            return REJECT, Refusal(550, "5.7.1", text), facts.dmarc_reason or text
+        if (asked == "reject" and p.dmarc_reject == "quarantine") or (
+            asked == "quarantine" and p.dmarc_quarantine == "junk"
+        ):
+            return JUNK, None, f"DMARC fail, p={asked}: to Junk"
+    if facts.spf == "fail" and p.spf_fail == "reject" and dmarc != "pass":
+        # RFC 7208 8.4: reject with 550; RFC 7372 3.2: 5.7.23 "SPF validation failed".
+        domain = facts.mail_from.rpartition("@")[2] or "the HELO name"
+        text = f"SPF: {facts.client} is not allowed to send mail for {domain} (RFC 7208 8.4)"
+        exp = _printable(facts.spf_explanation)
+        if exp:
+            text += f": {domain} says {exp}"  # RFC 7208 6.2: the domain's own words
+        return REJECT, Refusal(550, "5.7.23", text), facts.spf_reason or text
+    # Temporary failures where the policy could have refused: ask the sender to try again.
+    could_reject_dmarc = p.dmarc_reject == "reject" and asked in ("", "reject")
+    if dmarc == "temperror" and could_reject_dmarc:
+        text = f"DMARC for {facts.from_domain} could not be evaluated now, try again later"
+        return TEMPFAIL, Refusal(451, "4.7.1", text), facts.dmarc_reason or text
+    if facts.spf == "temperror" and p.spf_fail == "reject" and dmarc != "pass":
+        # RFC 7208 8.6 with RFC 7372 3.2's 4.7.24 "SPF validation error".
+        text = "SPF could not be evaluated now (DNS), try again later"
+        return TEMPFAIL, Refusal(451, "4.7.24", text), facts.spf_reason or text
+    return ACCEPT, None, ""
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Text safe in an SMTP reply line: printable ASCII, bounded."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text).strip()
+    return clean[:limit]
+
+
+def decide(facts: Facts, envelope: Envelope, policy: Policy, *, authenticated: bool) -> Verdict:
+    """The action for the message: each recipient domain's policy, then one reply for all."""
+    per_domain: dict[str, tuple[str, Refusal | None, str]] = {}
+    per_mailbox: dict[str, str] = {}
+    for r in envelope.recipients:
+        domain = r.address.rpartition("@")[2].lower()
+        if domain not in per_domain:
+            per_domain[domain] = _domain_action(facts, policy.for_domain(domain))
+        per_mailbox.setdefault(r.mailbox, per_domain[domain][0])
+    if not per_domain:  # no recipient (not from the receiver): the default policy
+        per_domain[""] = _domain_action(facts, policy.default)
+    decisions = list(per_domain.values())
+    junk: frozenset[str] = frozenset()
+    if all(a in (REJECT, TEMPFAIL) for a, _, _ in decisions):
+        # Refused for every recipient: 5xx only if every refusal is permanent.
+        pick = REJECT if all(a == REJECT for a, _, _ in decisions) else TEMPFAIL
+        would, reply, reason = next(x for x in decisions if x[0] == pick)
+    else:
+        # Some accept it: those whose policy refuses or junks it get their copy in Junk.
+        reply = None
+        junk = frozenset(m for m, a in per_mailbox.items() if a != ACCEPT)
+        would = JUNK if junk or any(a != ACCEPT for a, _, _ in decisions) else ACCEPT
+        reason = next((why for a, _, why in decisions if a != ACCEPT), "")
+    empty = AuthenticationResults("")
+    if authenticated or policy.dev:
+        # Never refused nor junked; ``reply`` stays to say what a receiver would answer.
+        return Verdict(empty, ACCEPT, reply=reply, would=would, reason=reason)
+    return Verdict(empty, would, reply=reply, junk=junk, would=would, reason=reason)

@@ -1,0 +1,435 @@
+"""``CheckingSink``: the inbound checks between the SMTP receiver and where messages go.
+
+An ``IMessageSink`` decorator (as ``mailhub.smtp.submission.SubmissionSink`` is). Per message:
+
+1. ``write``: the message (our ``Received:`` line first) is held: in memory up to ``spool_size``
+   octets, beyond it in an unnamed temporary file (nothing is left behind by a crash);
+2. ``commit``: ``judge`` (``mailhub.checks.inbound.judge``, bound to the resolver and policy)
+   decides. A refusal (550 5.7.x, 451 4.7.x) is ``MessageRejected``: the receiver answers it at
+   the end of DATA and nothing is stored. Otherwise every ``Authentication-Results:`` field
+   carrying our authserv-id is removed (RFC 8601 5: it cannot be ours, so it is forged) and ours
+   goes on top, above our ``Received:`` line;
+3. the inner sink gets the message and commits it. Local copies that the policy quarantined go
+   to each recipient's Junk folder (``Envelope.folder``); copies for recipients whose mailbox is
+   in another domain (an alias forwarding elsewhere, received from an unauthenticated client)
+   get an ARC set (RFC 8617 5.1) on top of our results, signed with the DKIM key of the alias's
+   own domain (``arc_key``); without such a key the copy goes unsealed (logged).
+
+The inner sink is opened at ``commit`` (once per group of recipients that get the same bytes in
+the same folder), so a refused message never reaches it. CPU work (ARC signing, reading a spooled
+message back) runs in threads (``run``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import IO, Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mailhub.checks.inbound import ACCEPT, JUNK, REJECT, TEMPFAIL, Verdict, unchecked
+from mailhub.checks.keys import RSA_SHA256, KeyStore, SigningKey
+from mailhub.checks.results import AuthenticationResults
+from mailhub.envelope import Envelope, Recipient
+from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
+
+# Held in memory up to this; beyond it the message goes to a temporary file as it arrives.
+SPOOL_SIZE = 1024 * 1024
+# Of a message too big to be checked, the first octets are read back to find its header
+# section (fields beyond it are not looked at: such a message is not judged either).
+MAX_HEADER = 1024 * 1024
+_CHUNK = 256 * 1024
+
+Judge = Callable[[bytes, Envelope], Awaitable[Verdict]]
+Sealer = Callable[[bytes, SigningKey, str, AuthenticationResults], bytes]
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def arc_key(keystore: KeyStore, domain: str) -> SigningKey | None:
+    """The key that seals copies forwarded for ``domain``: its first active RSA DKIM key (RFC
+    8617 3.7 defines ARC with rsa-sha256 only), None without one."""
+    for key in keystore.keys_for(domain):
+        if key.algorithm == RSA_SHA256:
+            return key
+    return None
+
+
+# --- removing forged Authentication-Results fields (RFC 8601 5) --------------------------------
+
+_AR_NAME = re.compile(rb"authentication-results[ \t]*:", re.IGNORECASE)
+_TOKEN_END = re.compile(rb'[\s;()"]')
+
+
+def _skip_cfws(value: bytes, i: int) -> int:
+    """Past white space and (nested) comments (RFC 5322 3.2.2)."""
+    depth = 0
+    n = len(value)
+    while i < n:
+        c = value[i : i + 1]
+        if depth:
+            if c == b"\\":
+                i += 1
+            elif c == b"(":
+                depth += 1
+            elif c == b")":
+                depth -= 1
+        elif c == b"(":
+            depth = 1
+        elif not c.isspace():
+            break
+        i += 1
+    return i
+
+
+def authserv_id_of(value: bytes) -> str:
+    """The authserv-id of an ``Authentication-Results`` field value (RFC 8601 2.2: a token or a
+    quoted-string after optional CFWS), lower case; "" if there is none."""
+    i = _skip_cfws(value, 0)
+    if value[i : i + 1] == b'"':
+        out = bytearray()
+        i += 1
+        while i < len(value) and value[i : i + 1] != b'"':
+            if value[i : i + 1] == b"\\":
+                i += 1
+            out += value[i : i + 1]
+            i += 1
+        return out.decode("utf-8", "replace").lower()
+    m = _TOKEN_END.search(value, i)
+    end = m.start() if m else len(value)
+    return value[i:end].decode("utf-8", "replace").lower()
+
+
+def header_end(message: bytes) -> int:
+    """Where the header section ends: the index just past its empty line (the whole message if
+    it has none, and 0 if it starts with the empty line)."""
+    if message.startswith(b"\r\n"):
+        return 2
+    i = message.find(b"\r\n\r\n")
+    return len(message) if i < 0 else i + 4
+
+
+def remove_results(head: bytes, authserv_id: str) -> tuple[bytes, int]:
+    """``head`` (a header section, or its complete lines) without the Authentication-Results
+    fields (with their continuation lines) whose authserv-id is ours; and how many went."""
+    ours = authserv_id.lower()
+    lines = head.split(b"\r\n")
+    kept: list[bytes] = []
+    removed = 0
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        j = i + 1
+        while j < len(lines) and lines[j][:1] in (b" ", b"\t"):
+            j += 1  # continuation lines (RFC 5322 2.2.3) belong to the field
+        m = _AR_NAME.match(line)
+        if m is not None and authserv_id_of(b"\r\n".join(lines[i:j])[m.end() :]) == ours:
+            removed += 1
+        else:
+            kept.extend(lines[i:j])
+        i = j
+    return b"\r\n".join(kept), removed
+
+
+# --- the sink -----------------------------------------------------------------------------------
+
+
+@implementer(IMessageSink)
+class CheckingSink:
+    """Wraps ``inner``: each message is judged at commit (see the module docstring).
+
+    ``judge(message, envelope)`` gives the ``Verdict``; ``authserv_id`` names our results;
+    ``is_local_domain`` says which mailboxes are ours (the others are forwarded copies);
+    ``arc_key(domain)`` the key that seals copies forwarded for that domain (None: unsealed),
+    ``seal`` makes the ARC set (``mailhub.checks.arc.arc_seal``). ``max_check_size``: bigger
+    messages are not judged (recorded so).
+    """
+
+    def __init__(
+        self,
+        inner: IMessageSink,
+        *,
+        judge: Judge,
+        authserv_id: str,
+        is_local_domain: Callable[[str], bool] = lambda domain: True,
+        arc_key: Callable[[str], SigningKey | None] | None = None,
+        seal: Sealer | None = None,
+        max_check_size: int = 10 * 1024 * 1024,
+        spool_size: int = SPOOL_SIZE,
+        spool_dir: str | None = None,
+        run: Callable[..., defer.Deferred[Any]] = deferToThread,
+        log: Logger | None = None,
+    ) -> None:
+        self.inner = inner
+        self.judge = judge
+        self.authserv_id = authserv_id
+        self.is_local_domain = is_local_domain
+        self.arc_key = arc_key
+        self.seal = seal
+        self.max_check_size = max_check_size
+        self.spool_size = spool_size
+        self.spool_dir = spool_dir
+        self.run = run
+        self.log = log if log is not None else Logger(namespace="mailhub.checks")
+        self.verdicts = 0  # messages judged (for tests and the log)
+
+    def open(self, envelope: Envelope) -> IIncomingMessage:
+        return _CheckedMessage(self, envelope)
+
+
+@dataclasses.dataclass
+class _Copy:
+    """The recipients that get the same bytes in the same folder."""
+
+    recipients: list[Recipient]
+    folder: str | None = None
+    seal_domain: str | None = None  # the alias's domain whose key seals this copy
+
+
+@implementer(IIncomingMessage)
+class _CheckedMessage:
+    def __init__(self, sink: CheckingSink, envelope: Envelope) -> None:
+        self._sink = sink
+        self.envelope = envelope
+        self._buf = bytearray()
+        self._file: IO[bytes] | None = None
+        self._size = 0
+        self._state = "open"  # open -> committing -> done | aborted
+
+    # -- holding the message ---------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._state != "open":
+            raise DeliveryError(f"message is {self._state}, cannot write")
+        self._size += len(data)
+        if self._file is None:
+            self._buf += data
+            if len(self._buf) <= self._sink.spool_size:
+                return
+            try:
+                self._file = tempfile.TemporaryFile(dir=self._sink.spool_dir)
+                data, self._buf = bytes(self._buf), bytearray()
+            except OSError as e:
+                self.abort()
+                raise DeliveryError(f"could not hold the message: {e.strerror or e}") from e
+        try:
+            self._file.write(data)
+        except OSError as e:
+            self.abort()
+            raise DeliveryError(f"could not hold the message: {e.strerror or e}") from e
+
+    def abort(self) -> None:
+        """Drop the message. After commit() was called it is too late: the commit finishes."""
+        if self._state == "open":
+            self._state = "aborted"
+            self._release()
+
+    def _release(self) -> None:
+        self._buf = bytearray()
+        if self._file is not None:
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    # -- judging and passing on ------------------------------------------------------------------
+
+    def commit(self) -> defer.Deferred[str]:
+        if self._state != "open":
+            return defer.fail(DeliveryError(f"message is {self._state}, cannot commit"))
+        self._state = "committing"
+        d = defer.Deferred.fromCoroutine(self._commit())
+
+        def done(result: Any) -> Any:
+            self._state = "done"
+            self._release()
+            return result
+
+        return d.addBoth(done)
+
+    async def _read_back(self, limit: int) -> bytes:
+        """The first ``limit`` octets held (all, if fewer)."""
+        if self._file is None:
+            return bytes(self._buf[:limit])
+        f = self._file
+
+        def read() -> bytes:
+            f.flush()
+            f.seek(0)
+            return f.read(limit)
+
+        data: bytes = await self._sink.run(read)
+        return data
+
+    async def _commit(self) -> str:
+        sink, envelope = self._sink, self.envelope
+        whole: bytes | None = None
+        if self._size <= sink.max_check_size:
+            whole = await self._read_back(self._size)
+            try:
+                verdict = await sink.judge(whole, envelope)
+            except Exception:
+                # A bug in the checks must not lose mail: it goes in, recorded as not judged.
+                sink.log.failure("{queue_id}: the checks failed", queue_id=envelope.queue_id)
+                verdict = unchecked(sink.authserv_id, "not checked: internal error")
+            head_source = whole
+        else:
+            verdict = unchecked(
+                sink.authserv_id,
+                f"not checked: {self._size} octets is more than [checks] max_message_size "
+                f"({sink.max_check_size})",
+            )
+            head_source = await self._read_back(MAX_HEADER)
+        sink.verdicts += 1
+        self._log(verdict)
+        if verdict.action in (REJECT, TEMPFAIL):
+            assert verdict.reply is not None
+            raise verdict.reply.error()  # nothing stored: the inner sink was never opened
+
+        end = header_end(head_source)
+        if whole is None and end == len(head_source):
+            # A header section longer than MAX_HEADER: only its complete lines are looked at.
+            end = head_source.rfind(b"\r\n") + 2 if b"\r\n" in head_source else 0
+        head, removed = remove_results(head_source[:end], sink.authserv_id)
+        if removed:
+            sink.log.info(
+                "{queue_id}: removed {n} Authentication-Results field(s) claiming to be ours "
+                "({authserv_id}; RFC 8601 5)",
+                queue_id=envelope.queue_id,
+                n=removed,
+                authserv_id=sink.authserv_id,
+            )
+        ours = verdict.results.header()
+        first = ours + head
+        rest = whole[end:] if whole is not None else None
+
+        copies = self._copies(verdict)
+        messages: list[IIncomingMessage] = []
+        try:
+            tops = [await self._top(copy, ours, first, rest, verdict) for copy in copies]
+            for copy, top in zip(copies, tops, strict=True):
+                e = envelope
+                if len(copies) > 1 or copy.folder is not None:
+                    e = dataclasses.replace(envelope, recipients=copy.recipients)
+                    e.folder = copy.folder
+                message = sink.inner.open(e)
+                messages.append(message)
+                message.write(top + head)
+            if rest is not None:
+                for message in messages:
+                    message.write(rest)
+            else:
+                await self._stream_rest(end, messages)
+        except BaseException:
+            for message in messages:
+                message.abort()
+            raise
+        self._release()  # the copies hold it now
+        commits = [m.commit() for m in messages]
+        try:
+            await defer.gatherResults(commits, consumeErrors=True)
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+        return envelope.queue_id
+
+    async def _stream_rest(self, offset: int, messages: list[IIncomingMessage]) -> None:
+        """The spooled message after its header section, to every copy in chunks."""
+        f = self._file
+        assert f is not None
+
+        def read(at: int) -> bytes:
+            f.seek(at)
+            return f.read(_CHUNK)
+
+        at = offset
+        while True:
+            chunk: bytes = await self._sink.run(read, at)
+            if not chunk:
+                return
+            at += len(chunk)
+            for message in messages:
+                message.write(chunk)
+
+    def _copies(self, verdict: Verdict) -> list[_Copy]:
+        """Recipients grouped by what their copy gets: a folder (local), a seal (forwarded)."""
+        sink, envelope = self._sink, self.envelope
+        groups: dict[tuple[str | None, str | None], _Copy] = {}
+        forwarding = envelope.authenticated_as is None
+        for r in envelope.recipients:
+            folder = seal = None
+            if sink.is_local_domain(domain_of(r.mailbox)):
+                folder = verdict.folder_for(r.mailbox)
+            elif (
+                forwarding and sink.seal is not None and sink.is_local_domain(domain_of(r.address))
+            ):
+                seal = domain_of(r.address)  # through an alias of ours to another domain
+            key = (folder, seal)
+            if key not in groups:
+                groups[key] = _Copy([], folder, seal)
+            groups[key].recipients.append(r)
+        return list(groups.values()) or [_Copy(list(envelope.recipients))]
+
+    async def _top(
+        self, copy: _Copy, ours: bytes, first: bytes, rest: bytes | None, verdict: Verdict
+    ) -> bytes:
+        """What goes above the header section for ``copy``: our results, and for a forwarded
+        copy an ARC set above them (RFC 8617 5.1)."""
+        sink = self._sink
+        if copy.seal_domain is None:
+            return ours
+        key = sink.arc_key(copy.seal_domain) if sink.arc_key is not None else None
+        why = ""
+        if key is None:
+            why = f"no DKIM key for {copy.seal_domain} in the key store"
+        elif rest is None or not verdict.checked:
+            why = "the message was not checked"
+        if why:
+            sink.log.info(
+                "{queue_id}: forwarded to {recipients} without an ARC seal: {why}",
+                queue_id=self.envelope.queue_id,
+                recipients=[r.mailbox for r in copy.recipients],
+                why=why,
+            )
+            return ours
+        assert key is not None and rest is not None and sink.seal is not None
+        try:
+            arc_set: bytes = await sink.run(
+                sink.seal, first + rest, key, sink.authserv_id, verdict.results
+            )
+        except Exception:
+            sink.log.failure(
+                "{queue_id}: ARC sealing failed; forwarded unsealed",
+                queue_id=self.envelope.queue_id,
+            )
+            return ours
+        if arc_set and not arc_set.endswith(b"\r\n"):
+            arc_set += b"\r\n"
+        return arc_set + ours
+
+    def _log(self, verdict: Verdict) -> None:
+        words = " ".join(f"{r.method}={r.result}" for r in verdict.results.results)
+        action = verdict.action
+        if action == JUNK and verdict.junk:
+            action = f"junk for {', '.join(sorted(verdict.junk))}"
+        extra = ""
+        if verdict.would != verdict.action:
+            extra = f" (without leniency: {verdict.would})"
+        # Every message's results are in its header; the log tells what the policy did.
+        emit = self._sink.log.debug if verdict.would == ACCEPT else self._sink.log.info
+        emit(
+            "{queue_id}: {results} -> {action}{extra}{reason}",
+            queue_id=self.envelope.queue_id,
+            results=words,
+            action=action,
+            extra=extra,
+            reason=f": {verdict.reason}" if verdict.reason else "",
+        )
