@@ -162,19 +162,30 @@ class TemporaryErrors(WithDNS):
         e = await self.temp_error(self.resolver.a("refusing.test"))
         self.assertIn("REFUSED", str(e))
 
-    async def test_silent_server_times_out(self) -> None:
-        resolver = TwistedResolver([self.dns.address], timeout=0.2)
-        e = await self.temp_error(resolver.txt("slow.test"))
-        self.assertIn("no answer from 127.0.0.1", str(e))
-        self.assertEqual(self.dns.queries, [("slow.test", "TXT")] * 2)  # one resend
+    def test_silent_server_times_out(self) -> None:
+        # dns_timeout 5 s for one server: two tries of 2.5 s, then a temporary error.
+        clock = task.Clock()
+        resolver = TwistedResolver([self.dns.address], timeout=5, clock=clock)
+        lookup = defer.ensureDeferred(resolver.txt("slow.test"))
+        clock.advance(2.4)
+        self.assertNoResult(lookup)
+        clock.advance(0.1)  # the first try gives up; the second goes out
+        clock.advance(2.4)
+        self.assertNoResult(lookup)
+        clock.advance(0.1)
+        failure = self.failureResultOf(lookup, DNSTempError)
+        self.assertIn("no answer from 127.0.0.1", str(failure.value))
 
     async def test_next_server_is_asked_when_one_is_silent(self) -> None:
         quiet = LocalDNS(ZONE)
         quiet.start()
         self.addCleanup(quiet.stop)
         quiet.authority.silent.add("a.test")
-        resolver = TwistedResolver([quiet.address, self.dns.address], timeout=0.4)
-        self.assertEqual(await resolver.a("a.test"), Lookup(("192.0.2.1", "192.0.2.2")))
+        clock = task.Clock()
+        resolver = TwistedResolver([quiet.address, self.dns.address], timeout=5, clock=clock)
+        lookup = defer.ensureDeferred(resolver.a("a.test"))
+        clock.advance(1.25)  # two servers, two rounds: 1.25 s a try
+        self.assertEqual(await lookup, Lookup(("192.0.2.1", "192.0.2.2")))
         self.assertEqual((quiet.queries, self.dns.queries), ([("a.test", "A")],) * 2)
 
     async def test_no_server_listening(self) -> None:
@@ -206,12 +217,21 @@ class TemporaryErrors(WithDNS):
         self.assertEqual(results, [(True, Lookup((b"far",)))] * 8)
         self.assertEqual(len(self.dns.queries), 36)
 
-    async def test_no_room_to_ask_in_time_is_a_temporary_error(self) -> None:
-        resolver = TwistedResolver([self.dns.address], timeout=0.2, max_in_flight=1)
-        waiting = defer.ensureDeferred(resolver.txt("slow.test"))  # holds the one slot
-        await self.temp_error(resolver.txt("a.test"))
-        await self.temp_error(waiting)
-        self.assertEqual(self.dns.queries, [("slow.test", "TXT")] * 2)  # a.test never asked
+    def test_no_room_to_ask_in_time_is_a_temporary_error(self) -> None:
+        clock = task.Clock()
+        resolver = TwistedResolver([self.dns.address], timeout=5, max_in_flight=1, clock=clock)
+        self.successResultOf(resolver.slots.acquire())  # the one question on the wire
+        lookup = defer.ensureDeferred(resolver.a("a.test"))
+        clock.advance(4.9)
+        self.assertNoResult(lookup)
+        clock.advance(0.1)
+        self.assertIn("no room to ask", str(self.failureResultOf(lookup, DNSTempError).value))
+        resolver.slots.release()
+
+    async def test_answer_to_another_question_is_not_taken(self) -> None:
+        self.dns.authority.wrong_question.add("a.test")
+        e = await self.temp_error(self.resolver.a("a.test"))
+        self.assertIn("answered another question", str(e))
 
     async def test_no_server_at_all(self) -> None:
         e = await self.temp_error(TwistedResolver([], timeout=1).a("a.test"))
@@ -274,6 +294,7 @@ class GarbageNames(WithDNS):
         "nul\x00.test",
         "\u200b.test",  # no IDNA form
         "\ud800.test",  # a lone surrogate
+        "ü" * 1_000_000 + ".test",
     ]
 
     async def test_garbage_is_nxdomain_without_a_query(self) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import struct
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,6 +88,8 @@ def query_name(name: str) -> str:
     """``name`` as the lower-case A-label form asked on the wire, without the trailing dot, or
     ``InvalidName`` saying what is wrong."""
     text = name[:-1] if name.endswith(".") else name
+    if len(text) > 4 * MAX_NAME:  # before any IDNA work on a megabyte of text
+        raise InvalidName(f"{name[:40]!r}... is over {MAX_NAME} octets")
     if not text.isascii():
         try:
             # UTS #46 maps first (full-width dots, case), as the SMTP address parser does.
@@ -146,11 +148,11 @@ class RecordResolver(Protocol):
     async def resolve(self, name: str, rdtype: str) -> Answer: ...
 
 
-class TypedLookups:
+class TypedLookups(ABC):
     """``CheckResolver``'s five methods over ``resolve(name, type)``: names normalised first."""
 
-    async def resolve(self, name: str, rdtype: str) -> Answer:
-        raise NotImplementedError
+    @abstractmethod
+    async def resolve(self, name: str, rdtype: str) -> Answer: ...
 
     async def _lookup(self, name: str, rdtype: str) -> Lookup[Any]:
         try:
@@ -219,7 +221,7 @@ class _UDPExchange:
             message = dns.Message()
             try:
                 message.fromStr(data)
-            except (EOFError, ValueError, IndexError, struct.error):
+            except Exception:  # whatever the network sends must not escape
                 continue  # garbage: wait on for the real answer (or the timeout)
             if message.id == self.id and message.answer:
                 self.done.callback(message)
@@ -321,8 +323,9 @@ class TwistedResolver(TypedLookups):
 
     ``timeout``: seconds one question may take in all (each server is tried ``ROUNDS`` times,
     each try getting its share); a CNAME chain asks one question per hop it must follow.
-    ``reactor``: IReactorFDSet, IReactorTCP and IReactorTime. At most ``max_in_flight``
-    questions are on the wire at once; the others wait their turn within their timeout.
+    ``reactor``: IReactorFDSet, IReactorTCP and IReactorTime (``clock``, if given, times the
+    questions instead: tests). At most ``max_in_flight`` questions are on the wire at once; the
+    others wait their turn within their timeout.
     """
 
     def __init__(
@@ -333,6 +336,7 @@ class TwistedResolver(TypedLookups):
         *,
         max_cname_hops: int = MAX_CNAME_HOPS,
         max_in_flight: int = MAX_IN_FLIGHT,
+        clock: IReactorTime | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -343,9 +347,10 @@ class TwistedResolver(TypedLookups):
         self.timeout = timeout
         self.max_cname_hops = max_cname_hops
         self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
         self._controller = _Controller()
         self.max_in_flight = max_in_flight
-        self._slots = defer.DeferredSemaphore(max_in_flight)
+        self.slots = defer.DeferredSemaphore(max_in_flight)  # the questions on the wire
 
     async def resolve(self, name: str, rdtype: str) -> Answer:
         """Follow CNAMEs from ``name`` to the records of ``rdtype``; the TTL is the least of
@@ -401,10 +406,10 @@ class TwistedResolver(TypedLookups):
         what = f"{name} {dns.QUERY_TYPES.get(qtype, qtype)}"
         if not self.nameservers:
             raise DNSTempError(f"no DNS server to ask for {what}")
-        clock: IReactorTime = self._reactor
+        clock = self._clock
         deadline = clock.seconds() + self.timeout
         try:
-            await self._slots.acquire().addTimeout(self.timeout, clock)
+            await self.slots.acquire().addTimeout(self.timeout, clock)
         except defer.TimeoutError:
             raise DNSTempError(
                 f"{what}: no room to ask ({self.max_in_flight} questions waiting for answers)"
@@ -412,10 +417,10 @@ class TwistedResolver(TypedLookups):
         try:
             return await self._ask_servers(query, what, deadline)
         finally:
-            self._slots.release()
+            self.slots.release()
 
     async def _ask_servers(self, query: dns.Query, what: str, deadline: float) -> Any:
-        clock: IReactorTime = self._reactor
+        clock = self._clock
         tries = [server for _ in range(ROUNDS) for server in self.nameservers]
         share = self.timeout / len(tries)
         answered: set[tuple[str, int]] = set()
@@ -462,7 +467,7 @@ class TwistedResolver(TypedLookups):
         message.queries = [query]
         exchange = _UDPExchange(server, message.id)
         self._reactor.addReader(exchange)
-        timer = self._reactor.callLater(timeout, exchange.time_out)
+        timer = self._clock.callLater(timeout, exchange.time_out)
         try:
             exchange.socket.send(message.toStr())
             return await exchange.done
@@ -476,10 +481,10 @@ class TwistedResolver(TypedLookups):
         host, port = server
         kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
         endpoint = kind(self._reactor, host, port, timeout=timeout)
-        factory = Factory.forProtocol(lambda: _TCPQuery(self._controller, reactor=self._reactor))
+        factory = Factory.forProtocol(lambda: _TCPQuery(self._controller, reactor=self._clock))
         factory.noisy = False  # no "Starting factory" line per question
         connecting = endpoint.connect(factory)
-        protocol = cast(_TCPQuery, await connecting.addTimeout(timeout, self._reactor))
+        protocol = cast(_TCPQuery, await connecting.addTimeout(timeout, self._clock))
         try:
             return await protocol.query([query], timeout)
         finally:

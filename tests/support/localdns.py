@@ -21,9 +21,10 @@ zone after it (as an authoritative server does for names in its zones; a loop st
 a chain ending at a name not in the dict is NXDOMAIN, RFC 6604 3).
 
 Names in ``servfail`` get SERVFAIL, in ``refused`` REFUSED; names in ``silent`` are never
-answered (so the client times out). UDP answers over 512 octets are truncated (TC, no records:
-RFC 1035 4.2.1), so the client must ask again over TCP. ``queries`` records every (name, type)
-asked, ``tcp_queries`` those asked over TCP.
+answered (so the client times out); names in ``wrong_question`` are answered with another
+question in the answer (as a spoofer's guess would be). UDP answers over 512 octets are
+truncated (TC, no records: RFC 1035 4.2.1), so the client must ask again over TCP. ``queries``
+records every (name, type) asked, ``tcp_queries`` those asked over TCP.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class DictResolver(common.ResolverBase):
         self.servfail: set[str] = set()
         self.refused: set[str] = set()
         self.silent: set[str] = set()
+        self.wrong_question: set[str] = set()
         self.queries: list[tuple[str, str]] = []
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred:
@@ -172,6 +174,7 @@ class DictResolver(common.ResolverBase):
 class _Factory(server.DNSServerFactory):
     def __init__(self, authority: DictResolver) -> None:
         super().__init__(authorities=[authority])
+        self.authority = authority
         self.tcp_queries: list[tuple[str, str]] = []
 
     def handleQuery(self, message: Any, protocol: Any, address: Any) -> Any:
@@ -182,6 +185,10 @@ class _Factory(server.DNSServerFactory):
         return super().handleQuery(message, protocol, address)
 
     def sendReply(self, protocol: Any, message: Any, address: Any) -> None:
+        name = message.queries[0].name.name.decode("ascii").lower() if message.queries else ""
+        if name in self.authority.wrong_question:
+            # A spoofed-looking answer: right ID and port, another question (RFC 5452 9.1).
+            message.queries = [tdns.Query(b"elsewhere." + name.encode(), message.queries[0].type)]
         if address is not None and len(message.toStr()) > UDP_LIMIT:
             # RFC 1035 4.2.1 / RFC 2181 9: too big for UDP: TC set, the client asks over TCP.
             message.trunc = 1
