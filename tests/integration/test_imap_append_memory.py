@@ -136,6 +136,13 @@ enabled = false  # tests never ask the DNS of the world
 [listeners]
 smtp = ["tcp:0:interface=127.0.0.1"]
 imap = ["tcp:0:interface=127.0.0.1"]
+# the dev defaults listen on fixed ports: off, so parallel runs on one machine never clash
+submission = []
+smtps = []
+imaps = []
+pop3 = []
+pop3s = []
+web = []
 
 [limits]
 max_message_size = "200M"
