@@ -170,6 +170,7 @@ class Api:
         self.authserv_id = authserv_id or hostname
         self.faults = faults
         self.ready = ready
+        self.sandboxes: Any = None  # /sandboxes: mailhub.web.sandboxes.SandboxApi, if enabled
         # Open long polls and event streams -> how to end each at shutdown.
         self.streams: dict[IRequest, Callable[[], None]] = {}
 
@@ -224,6 +225,8 @@ class Api:
                 routes = {"GET": self.part}
             else:
                 raise ApiError(404, "no such resource")
+        elif path[0] == "sandboxes" and self.sandboxes is not None:
+            return await self.sandboxes.handle(request, viewer, path[1:])
         else:
             raise ApiError(404, "no such resource (see /api/v1/openapi.json)")
         handler = routes.get(method)

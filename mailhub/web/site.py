@@ -20,6 +20,7 @@ from mailhub.net import IStreamTransport
 from mailhub.web.access import Access, HostCheck, LoginBusy, LoginRefused, LoginRequired, Viewer
 from mailhub.web.api import Api, ApiError, error_body, unexpected
 from mailhub.web.feed import MailFeed
+from mailhub.web.sandboxes import SandboxApi
 
 log = Logger()
 
@@ -349,6 +350,9 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         ready=ready,
         authserv_id=authserv_id_of(config),  # whose Authentication-Results the page believes
     )
+    sandboxes = getattr(shared, "sandboxes", None)
+    if sandboxes is not None:
+        api.sandboxes = SandboxApi(api, sandboxes, getattr(shared, "listening", None))
     access = Access(
         login=config.web.login,
         admins=config.web.admins,
