@@ -57,6 +57,12 @@ class Sandboxes(SandboxTestCase):
         assert self.hub.service is not None
         stored = (self.hub.config.data_dir / "sandboxes.json").read_text()
         self.assertNotIn(box["password"], stored)
+        # The answer has the shape the description promises, and every path is described.
+        spec = await self.get("/api/v1/openapi.json")
+        self.assertEqual(set(box), set(spec["components"]["schemas"]["Sandbox"]["properties"]))
+        self.assertIn("201", spec["paths"]["/api/v1/sandboxes"]["post"]["responses"])
+        for tail in ("", "/messages", "/messages/{id}", "/wait", "/events", "/faults"):
+            self.assertIn(f"/api/v1/sandboxes/{{sandbox}}{tail}", spec["paths"])
 
     async def test_every_recipient_is_caught_in_the_sandbox(self) -> None:
         await self.start()

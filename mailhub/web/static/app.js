@@ -48,7 +48,31 @@ async function loadMailboxes() {
   const link = (address, label, unread) => el("a", { href: "#", class: address === state.mailbox ? "current" : "", dataset: { mailbox: address },
       onclick: (e) => { e.preventDefault(); state.mailbox = address; refresh(); } },
     el("span", {}, label), el("span", { class: "count" }, unread ? String(unread) : ""));
-  nav.replaceChildren(link("", "All mail", total), ...mailboxes.map((b) => link(b.address, b.address, b.unread)));
+  const names = await sandboxNames();
+  const plain = mailboxes.filter((b) => !names.has(b.address));
+  const boxes = mailboxes.filter((b) => names.has(b.address));
+  nav.replaceChildren(link("", "All mail", total), ...plain.map((b) => link(b.address, b.address, b.unread)),
+    ...(boxes.length ? [el("h2", { class: "nav-heading" }, "Sandboxes")] : []),
+    ...boxes.map((b) => sandboxLink(link(b.address, names.get(b.address), b.unread), b.address)));
+}
+
+// --- sandboxes (isolated inboxes for tests): their own group, by name ----------------------
+
+let sandboxesOff = false;
+async function sandboxNames() {
+  const names = new Map();
+  if (sandboxesOff) return names;
+  try {
+    const { sandboxes } = await api("/sandboxes");
+    for (const b of sandboxes) names.set(b.mailbox, b.name || b.id);
+  } catch (e) { sandboxesOff = true; }  // off in this server, or not an admin
+  return names;
+}
+
+function sandboxLink(a, address) {
+  a.classList.add("sandbox");
+  a.title = `Sandbox ${address}`;
+  return a;
 }
 
 function query() {
