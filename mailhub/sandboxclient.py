@@ -65,10 +65,12 @@ class CaughtMessage:
 
     @property
     def recipients(self) -> list[str]:
-        """The To and Cc header addresses, lower case."""
+        """The envelope's recipients (``X-Original-To``: Bcc too) and the To and Cc header
+        addresses, lower case."""
         msg = self.message
-        found = getaddresses(msg.get_all("To", []) + msg.get_all("Cc", []))
-        return [a.lower() for _n, a in found if a]
+        fields = msg.get_all("X-Original-To", []) + msg.get_all("To", []) + msg.get_all("Cc", [])
+        found = [a.lower() for _n, a in getaddresses(fields) if a]
+        return list(dict.fromkeys(found))
 
     @property
     def text(self) -> str:
@@ -187,11 +189,13 @@ class SandboxClient:
     def wait_for_message(
         self, *, to: str | None = None, subject: str | None = None, timeout: float = 10.0
     ) -> CaughtMessage:
-        """The oldest message (To/Cc ``to``, ``subject`` a substring) no earlier wait returned;
-        waits up to ``timeout`` seconds on the server (``/wait``, a long poll)."""
+        """The oldest message (``to`` one of its recipients: envelope, To or Cc; ``subject`` a
+        substring) no earlier wait returned; waits up to ``timeout`` seconds on the server
+        (``/wait``, a long poll)."""
         deadline = time.monotonic() + timeout
         since: str | None = None
-        params = {k: v for k, v in (("to", to), ("subject", subject)) if v is not None}
+        # The subject is searched on the server; the recipients here (the envelope's too).
+        params = {"subject": subject} if subject is not None else {}
         while True:
             left = max(0.0, deadline - time.monotonic())
             asked = {**params, "timeout": f"{left:.3f}"}
@@ -202,16 +206,25 @@ class SandboxClient:
                 answer = self._call("GET", f"/wait?{query}", timeout=left + self.timeout)
             except SandboxAPIError as e:
                 if e.status == 408:
-                    wanted = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "any"
+                    pairs = (("to", to), ("subject", subject))
+                    wanted = ", ".join(f"{k}={v!r}" for k, v in pairs if v is not None) or "any"
                     raise MessageTimeout(
                         f"no message ({wanted}) in sandbox {self.id} within {timeout} s"
                     ) from None
                 raise
             for summary in answer["messages"]:
-                if summary["id"] not in self._returned:
+                if summary["id"] in self._returned:
+                    continue
+                try:
+                    found = self.message(summary["id"])
+                except SandboxAPIError as e:
+                    if e.status == 404:
+                        continue  # deleted meanwhile
+                    raise
+                if to is None or to.lower() in found.recipients:
                     self._returned.add(summary["id"])
-                    return self.message(summary["id"])
-            since = answer["cursor"]  # all returned before: wait for newer ones
+                    return found
+            since = answer["cursor"]  # none of these: wait for newer ones
 
     # --- its fault rules -------------------------------------------------------------------
 

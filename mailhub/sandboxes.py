@@ -40,6 +40,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailhub.auth import Runner, reactor_threads
+from mailhub.envelope import Envelope
+from mailhub.interfaces import IIncomingMessage, IMessageSink
 from mailhub.safeio import atomic_write
 from mailhub.store.store import MailStore
 
@@ -243,6 +245,28 @@ class Sandboxes:
     def _write(self, data: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, data, self.store.hostname)
+
+
+@implementer(IMessageSink)
+class SandboxSink:
+    """A sandbox's mail keeps its envelope: one ``X-Original-To:`` field per recipient on top
+    (as the client wrote it, Bcc included; Postfix's name for the original recipient), since
+    every recipient lands in the one sandbox mailbox. Other mail passes untouched."""
+
+    def __init__(self, inner: IMessageSink, sandboxes: Sandboxes) -> None:
+        self.inner, self.sandboxes = inner, sandboxes
+
+    def open(self, envelope: Envelope) -> IIncomingMessage:
+        message: IIncomingMessage = self.inner.open(envelope)
+        if self.sandboxes.of_address(envelope.authenticated_as) is not None:
+            # Parsed paths: no CR or LF can be in them (RFC 5321 4.1.2).
+            message.write(
+                b"".join(
+                    b"X-Original-To: " + r.address.encode("utf-8") + b"\r\n"
+                    for r in envelope.recipients
+                )
+            )
+        return message
 
 
 @implementer(ICredentialsChecker)

@@ -44,7 +44,13 @@ from mailhub.pop3.factory import POP3ServerFactory
 from mailhub.queue import Queue, RetrySchedule
 from mailhub.relay.courier import courier_from_config
 from mailhub.routing import LOCAL, REMOTE, Router, SplitSink, local_domains, policy_resolver
-from mailhub.sandboxes import SANDBOX_DOMAIN, SandboxChecker, Sandboxes, SandboxFileError
+from mailhub.sandboxes import (
+    SANDBOX_DOMAIN,
+    SandboxChecker,
+    Sandboxes,
+    SandboxFileError,
+    SandboxSink,
+)
 from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy
 from mailhub.smtp.submission import SubmissionSink
@@ -279,6 +285,8 @@ def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPS
     else:
         policy = RecipientPolicy(config.domains, shared.mailbox_exists, **policy_options)
         sink = shared.signing(inner)  # signs only what a logged-in user sends
+    if shared.sandboxes is not None:
+        sink = SandboxSink(sink, shared.sandboxes)  # a sandbox's mail keeps its recipients
     return FaultySMTPServerFactory(
         hostname=config.hostname,
         limits=config.limits,

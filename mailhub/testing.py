@@ -186,9 +186,11 @@ class Delivered:
 
     @property
     def recipients(self) -> list[str]:
-        """The mailbox plus the To and Cc header addresses, lower case."""
+        """The mailbox plus the To and Cc header addresses, lower case; in a sandbox also the
+        envelope's (``X-Original-To``: Bcc too)."""
         msg = self.message
-        found = [a for _n, a in getaddresses(msg.get_all("To", []) + msg.get_all("Cc", []))]
+        fields = msg.get_all("To", []) + msg.get_all("Cc", []) + msg.get_all("X-Original-To", [])
+        found = [a for _n, a in getaddresses(fields)]
         return [self.mailbox.lower(), *(from_escaped(a).lower() for a in found if a)]
 
     @property

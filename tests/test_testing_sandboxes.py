@@ -50,9 +50,13 @@ class TrialSandboxes(TestCase):
                     raise AssertionError("the sandbox's fault rule did not fire")
                 other.send("x@example.com", subject="other's second")  # not refused
                 box.clear_faults()
-                box.send("d@example.com", subject="second")
+                bcc = (
+                    b"From: app@example.com\r\nTo: d@example.com\r\nSubject: second\r\n"
+                    b"\r\nhello\r\n"
+                )
+                box.send(["d@example.com", "hidden@example.org"], message=bcc)
                 first = box.wait_for_message(to="b@example.com")
-                second = box.wait_for_message()
+                second = box.wait_for_message(to="hidden@example.org")  # the envelope's Bcc
                 subjects = [m["subject"] for m in box.messages()]
                 try:
                     box.wait_for_message(timeout=0.2)

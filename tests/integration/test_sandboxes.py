@@ -3,18 +3,22 @@
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import json
 import poplib
 import smtplib
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import treq
 from twisted.internet import defer, threads
 
-from mailhub.config import SandboxesConfig
+from mailhub.config import SandboxesConfig, WebConfig
 from mailhub.sandboxes import SANDBOX_DOMAIN
-from mailhub.testing import MailhubTestServer
+from mailhub.testing import MailhubTestServer, SandboxClient
+from tests.integration.test_web_api import _Collector
 from tests.support.web import WebTestCase
 
 JSON = {"Content-Type": ["application/json"]}
@@ -33,6 +37,9 @@ class SandboxTestCase(WebTestCase):
 
     def send_as(self, box: dict[str, Any], to: Any, **kwargs: Any) -> defer.Deferred[Any]:
         return self.hub.send(to, login=(box["username"], box["password"]), **kwargs)
+
+    def client(self, box: dict[str, Any]) -> SandboxClient:
+        return SandboxClient(self.base, box, box["password"])
 
     async def subjects(self, box: dict[str, Any], query: str = "") -> list[str]:
         page = await self.get(f"/api/v1/sandboxes/{box['id']}/messages{query}")
@@ -85,6 +92,28 @@ class Sandboxes(SandboxTestCase):
         self.assertEqual(detail["subject"], "Hi")
         raw = await self.call("GET", f"/api/v1/sandboxes/{box['id']}/messages/{message['id']}/raw")
         self.assertIn(b"Subject: Hi", raw.body)
+
+    async def test_the_envelope_recipients_are_kept(self) -> None:
+        await self.start()
+        box = await self.create()
+        message = EmailMessage()
+        message["From"] = "app@example.com"
+        message["To"] = "visible@example.com"
+        message["Subject"] = "with a Bcc"
+        message.set_content("hello\n")
+        await self.send_as(box, ["visible@example.com", "Hidden+Tag@Example.org"], message=message)
+        await self.hub.send("plain@example.com", subject="not a sandbox's")
+        page = await self.get(f"/api/v1/sandboxes/{box['id']}/messages")
+        detail = await self.get(f"/api/v1/messages/{page['messages'][0]['id']}")
+        fields = [v for k, v in detail["headers"] if k.lower() == "x-original-to"]
+        self.assertEqual(fields, ["visible@example.com", "Hidden+Tag@Example.org"])
+        found = await self.hub.wait_for_message(
+            to="hidden+tag@example.org", sandbox=self.client(box)
+        )
+        self.assertEqual(found.subject, "with a Bcc")
+        plain = await self.get("/api/v1/messages?mailbox=plain@example.com")
+        detail = await self.get(f"/api/v1/messages/{plain['messages'][0]['id']}")
+        self.assertNotIn("x-original-to", [k.lower() for k, _v in detail["headers"]])
 
     async def test_submission_port_too(self) -> None:
         await self.start()
@@ -256,6 +285,24 @@ class Isolation(SandboxTestCase):
         )
         self.assertEqual(nothing.code, 408)
 
+    async def test_events_are_scoped(self) -> None:
+        await self.start()
+        a, b = await self.create(), await self.create()
+        response = await treq.get(
+            f"{self.base}/api/v1/sandboxes/{a['id']}/events", pool=self.pool, unbuffered=True
+        )
+        stream = _Collector()
+        response.deliverBody(stream)
+        await stream.until(b"event: hello")
+        await self.send_as(b, "x@example.com", subject="b's")
+        await self.hub.send("x@example.com", subject="nobody's")
+        await self.send_as(a, "x@example.com", subject="a's")
+        await stream.until(b"event: new")
+        stream.transport.stopProducing()
+        self.assertEqual(stream.event("new")["subject"], "a's")
+        self.assertNotIn(b"b's", stream.data)
+        self.assertNotIn(b"nobody's", stream.data)
+
     async def test_fault_rules_are_scoped(self) -> None:
         await self.start()
         a, b = await self.create(), await self.create()
@@ -326,3 +373,43 @@ class Persistence(SandboxTestCase):
         self.assertEqual(await self.subjects(box), ["before the restart"])
         await self.send_as(box, "alice@example.com", subject="after")  # the password still works
         self.assertEqual(await self.subjects(box), ["after", "before the restart"])
+
+
+class WithLogin(SandboxTestCase):
+    """With the page's login on, a sandbox's own credentials (HTTP Basic) reach that sandbox
+    and nothing else."""
+
+    async def test_a_sandbox_login_sees_its_own_mail_only(self) -> None:
+        await self.start(web=WebConfig(login=True, admins=("admin@example.com",)))
+        admin = {"Authorization": [_basic("admin@example.com", "any")], **JSON}
+        made = []
+        for _ in range(2):
+            response = await self.call("POST", "/api/v1/sandboxes", data=b"{}", headers=admin)
+            self.assertEqual(response.code, 201, response.body)
+            made.append(response.json)
+        a, b = made
+        await self.send_as(a, "x@example.com", subject="a's")
+        await self.send_as(b, "x@example.com", subject="b's")
+        mine = {"Authorization": [_basic(a["username"], a["password"])]}
+        page = await self.call("GET", f"/api/v1/sandboxes/{a['id']}/messages", headers=mine)
+        self.assertEqual([m["subject"] for m in page.json["messages"]], ["a's"])
+        everything = await self.call("GET", "/api/v1/messages", headers=mine)
+        self.assertEqual([m["subject"] for m in everything.json["messages"]], ["a's"])
+        for method, path in (
+            ("GET", f"/api/v1/sandboxes/{b['id']}/messages"),
+            ("DELETE", f"/api/v1/sandboxes/{b['id']}"),
+        ):
+            response = await self.call(method, path, headers=mine)
+            self.assertEqual(response.code, 404, path)
+        for method in ("GET", "POST"):
+            response = await self.call(
+                method, "/api/v1/sandboxes", data=b"{}", headers={**mine, **JSON}
+            )
+            self.assertEqual(response.code, 403, method)
+        wrong = {"Authorization": [_basic(a["username"], "guess")]}
+        response = await self.call("GET", f"/api/v1/sandboxes/{a['id']}/messages", headers=wrong)
+        self.assertEqual(response.code, 401)
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
