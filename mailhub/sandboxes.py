@@ -203,7 +203,8 @@ class Sandboxes:
         box = Sandbox(sandbox_id, name, round(self.clock(), 3), _digest(password))
         self._boxes[box.id] = box
         try:
-            await self.run(self.store.mailbox, box.address, True)
+            # INBOX only, as a first delivery makes it (IMAP adds the special folders at login)
+            await self.run(self.store.delivery_dirs, box.address)
             await self._save()
         except BaseException:
             self._boxes.pop(box.id, None)
