@@ -33,6 +33,10 @@ from mailhub.testing import running
 
 ENV = "MAILHUB_URL"
 _KEY = "mailhub_url"
+# The server deletes a sandbox this long after it was made, should the run die before its
+# clean-up (a killed worker): longer than any test or session should take.
+TEST_TTL = 6 * 3600.0
+WORKER_TTL = 24 * 3600.0
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -101,7 +105,7 @@ def mailhub_url(request: Any) -> str:
 def mailhub_worker_sandbox(mailhub_url: str, request: Any) -> Iterator[SandboxClient]:
     """One sandbox for this process's whole session (per pytest-xdist worker)."""
     worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
-    box = SandboxClient.create(mailhub_url, name=f"pytest worker {worker}")
+    box = SandboxClient.create(mailhub_url, name=f"pytest worker {worker}", ttl=WORKER_TTL)
     yield box
     box.delete()
 
@@ -109,6 +113,6 @@ def mailhub_worker_sandbox(mailhub_url: str, request: Any) -> Iterator[SandboxCl
 @pytest.fixture
 def mailhub_sandbox(mailhub_url: str, request: Any) -> Iterator[SandboxClient]:
     """A sandbox of this test's own, deleted after it."""
-    box = SandboxClient.create(mailhub_url, name=request.node.nodeid[:200])
+    box = SandboxClient.create(mailhub_url, name=request.node.nodeid[:200], ttl=TEST_TTL)
     yield box
     box.delete()

@@ -96,9 +96,15 @@ class SandboxClient:
     # --- making and removing ---------------------------------------------------------------
 
     @classmethod
-    def create(cls, api_url: str, name: str = "", timeout: float = 30.0) -> SandboxClient:
-        """A new sandbox on the server at ``api_url``."""
-        info = _call(api_url.rstrip("/"), "POST", "/api/v1/sandboxes", {"name": name}, timeout)
+    def create(
+        cls, api_url: str, name: str = "", *, ttl: float | None = None, timeout: float = 30.0
+    ) -> SandboxClient:
+        """A new sandbox on the server at ``api_url``; with ``ttl`` the server deletes it that
+        many seconds later (if a run dies before its clean-up)."""
+        body: dict[str, Any] = {"name": name}
+        if ttl is not None:
+            body["ttl"] = ttl
+        info = _call(api_url.rstrip("/"), "POST", "/api/v1/sandboxes", body, timeout)
         return cls(api_url, info, info["password"], timeout)
 
     def delete(self) -> None:

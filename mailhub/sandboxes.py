@@ -12,10 +12,14 @@ file or the new, never a mix), written off the reactor thread. Passwords are ran
 and only their SHA-256 is kept: a fast hash is enough for a random secret, and a login costs no
 argon2 round. The password is shown once, when the sandbox is made.
 
+A sandbox made with a ``ttl`` expires: ``SandboxSweeper`` deletes it within a minute after
+(a test run killed before its clean-up leaves nothing behind for long).
+
 Deleting a sandbox forgets it at once (its logins stop working), renames its mailbox directory
 to a hidden name (atomic: the store and the web feed see the mailbox gone) and removes the files
 in a thread; a crash in between leaves hidden ``.deleted-*`` directories that the next start
-removes.
+removes, as it removes sandbox mailboxes no sandbox owns (mail a delivery in flight during a
+deletion wrote after it).
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -52,6 +59,8 @@ SANDBOX_DOMAIN = "sandbox.invalid"
 FILE_NAME = "sandboxes.json"
 FORMAT = 1
 MAX_NAME = 200  # characters of a sandbox's label
+MAX_TTL = 30 * 86400.0  # the longest life a sandbox may be given, seconds
+SWEEP_INTERVAL = 60.0  # seconds between looks for expired sandboxes
 _TRASH = ".deleted-"
 
 
@@ -84,6 +93,7 @@ class Sandbox:
     name: str
     created: float
     secret: str = field(repr=False)
+    expires: float | None = None  # when SandboxSweeper deletes it; None: never
 
     @property
     def address(self) -> str:
@@ -94,7 +104,13 @@ class Sandbox:
         return hmac.compare_digest(self.secret, _digest(password))
 
     def record(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "created": self.created, "secret": self.secret}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "created": self.created,
+            "secret": self.secret,
+            "expires": self.expires,
+        }
 
 
 def _parse(path: Path, data: bytes) -> dict[str, Sandbox]:
@@ -104,8 +120,13 @@ def _parse(path: Path, data: bytes) -> dict[str, Sandbox]:
             raise ValueError(f"not a format {FORMAT} sandboxes file")
         found = {}
         for item in doc["sandboxes"]:
+            expires = item.get("expires")
             box = Sandbox(
-                str(item["id"]), str(item["name"]), float(item["created"]), str(item["secret"])
+                str(item["id"]),
+                str(item["name"]),
+                float(item["created"]),
+                str(item["secret"]),
+                float(expires) if expires is not None else None,
             )
             if not _valid_id(box.id):
                 raise ValueError(f"bad sandbox id {box.id!r}")
@@ -152,7 +173,14 @@ class Sandboxes:
         self._boxes = _parse(self.path, data) if data is not None else {}
         root = self.store.root / SANDBOX_DOMAIN
         try:
-            leftovers = [e.path for e in os.scandir(root) if e.name.startswith(_TRASH)]
+            # Half-done deletions, and mailboxes of no sandbox (a delivery that was in flight
+            # during a deletion): only a sandbox's own login can put mail here.
+            leftovers = [
+                e.path
+                for e in os.scandir(root)
+                if e.name.startswith(_TRASH)
+                or (not e.name.startswith(".") and e.name not in self._boxes)
+            ]
         except FileNotFoundError:
             leftovers = []
         for path in leftovers:
@@ -185,11 +213,16 @@ class Sandboxes:
 
     # --- changing ---------------------------------------------------------------------------
 
-    async def create(self, name: str = "") -> tuple[Sandbox, str]:
-        """A new sandbox and its password (the only time it is shown). Its mailbox exists
-        (empty) and the file is durable before this returns."""
+    async def create(self, name: str = "", ttl: float | None = None) -> tuple[Sandbox, str]:
+        """A new sandbox and its password (the only time it is shown); with ``ttl`` it expires
+        that many seconds from now. Its mailbox exists (empty) and the file is durable before
+        this returns."""
         if not isinstance(name, str) or len(name) > MAX_NAME or not name.isprintable():
             raise SandboxError(400, f"name must be one line of at most {MAX_NAME} characters")
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL
+        ):
+            raise SandboxError(400, f"ttl must be a number of seconds from 1 to {MAX_TTL:.0f}")
         if len(self._boxes) >= self.limit:
             raise SandboxError(
                 409,
@@ -200,7 +233,9 @@ class Sandboxes:
         while sandbox_id in self._boxes:  # 64 bits: practically never
             sandbox_id = secrets.token_hex(8)
         password = secrets.token_urlsafe(16)
-        box = Sandbox(sandbox_id, name, round(self.clock(), 3), _digest(password))
+        now = self.clock()
+        expires = round(now + ttl, 3) if ttl is not None else None
+        box = Sandbox(sandbox_id, name, round(now, 3), _digest(password), expires)
         self._boxes[box.id] = box
         try:
             # INBOX only, as a first delivery makes it (IMAP adds the special folders at login)
@@ -225,6 +260,16 @@ class Sandboxes:
         log.info("sandbox {id} deleted", id=box.id)
         return True
 
+    async def sweep(self) -> list[str]:
+        """Delete the sandboxes whose time is up; their ids."""
+        now = self.clock()
+        gone = [b.id for b in self if b.expires is not None and b.expires <= now]
+        for sandbox_id in gone:
+            await self.delete(sandbox_id)
+        if gone:
+            log.info("{n} expired sandboxes deleted", n=len(gone))
+        return gone
+
     def _remove_mail(self, box: Sandbox) -> None:
         path = self.store.root / SANDBOX_DOMAIN / box.id
         trash = path.with_name(f"{_TRASH}{box.id}-{secrets.token_hex(4)}")
@@ -246,6 +291,32 @@ class Sandboxes:
     def _write(self, data: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, data, self.store.hostname)
+
+
+class SandboxSweeper(Service):
+    """Deletes expired sandboxes every ``interval`` seconds (on ``clock``) while running."""
+
+    def __init__(
+        self, sandboxes: Sandboxes, clock: IReactorTime, interval: float = SWEEP_INTERVAL
+    ) -> None:
+        self.sandboxes, self.interval = sandboxes, interval
+        self._loop = LoopingCall(self._sweep)
+        self._loop.clock = clock
+
+    def _sweep(self) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self.sandboxes.sweep())
+        d.addErrback(lambda f: log.failure("deleting expired sandboxes failed", f))
+        return d.addCallback(lambda _: None)
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        return None
 
 
 @implementer(IMessageSink)

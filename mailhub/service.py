@@ -50,6 +50,7 @@ from mailhub.sandboxes import (
     Sandboxes,
     SandboxFileError,
     SandboxSink,
+    SandboxSweeper,
 )
 from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy
@@ -576,6 +577,7 @@ def build(config: Config) -> MailhubService:
     sandboxes = top.sandboxes = _sandboxes(config, store, portal, top.faults)
     if sandboxes is not None:
         is_local = _with_sandboxes(is_local)
+        SandboxSweeper(sandboxes, _reactor()).setServiceParent(top)  # ttl: expired ones go
     # DKIM keys: read now, and again when `mailhub dkim keygen/retire` changes them.
     keystore = KeyStore(config.dkim_key_dir, _reactor())
     shared = Shared(

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.faults.rules import FaultError, FaultRules, Rule, Stage
@@ -19,6 +20,7 @@ from mailhub.sandboxes import (
     SandboxError,
     Sandboxes,
     SandboxFileError,
+    SandboxSweeper,
 )
 from mailhub.store.store import MailStore
 
@@ -107,11 +109,44 @@ class Registry(SynchronousTestCase):
 
     def test_a_deletion_cut_short_is_finished_at_start(self) -> None:
         data = Path(self.mktemp())
-        self.make(data)
-        trash = data / "mail" / SANDBOX_DOMAIN / ".deleted-0123456789abcdef-00"
+        box, _ = self.create(self.make(data))
+        root = data / "mail" / SANDBOX_DOMAIN
+        trash = root / ".deleted-0123456789abcdef-00"
         (trash / "new").mkdir(parents=True)
+        orphan = root / "00000000deadbeef"  # a delivery in flight wrote after a deletion
+        (orphan / "new").mkdir(parents=True)
         self.make(data)
         self.assertFalse(trash.exists())
+        self.assertFalse(orphan.exists())
+        self.assertTrue((root / box.id).is_dir())  # a sandbox's own mailbox stays
+
+
+class Expiry(SynchronousTestCase):
+    def test_a_sandbox_with_a_ttl_is_swept_when_its_time_is_up(self) -> None:
+        data = Path(self.mktemp())
+        data.mkdir()
+        clock = Clock()
+        clock.advance(1000)
+        boxes = Sandboxes(
+            data, MailStore(data / "mail", hostname="t"), clock=clock.seconds, run=now
+        )
+        short, _ = self.successResultOf(Deferred.fromCoroutine(boxes.create("short", ttl=90)))
+        kept, _ = self.successResultOf(Deferred.fromCoroutine(boxes.create("kept")))
+        self.assertEqual(short.expires, 1090)
+        sweeper = SandboxSweeper(boxes, clock, interval=60)
+        sweeper.startService()
+        self.addCleanup(sweeper.stopService)
+        clock.advance(60)
+        self.assertEqual({b.id for b in boxes}, {short.id, kept.id})
+        clock.advance(60)  # 1120 >= 1090
+        self.assertEqual([b.id for b in boxes], [kept.id])
+        self.assertFalse((data / "mail" / SANDBOX_DOMAIN / short.id).exists())
+        for bad in (0, -1, 31 * 86400, "60", True):
+            failure = self.failureResultOf(
+                Deferred.fromCoroutine(boxes.create("", ttl=bad)),
+                SandboxError,  # type: ignore[arg-type]
+            )
+            self.assertEqual(failure.value.status, 400)
 
 
 class Logins(SynchronousTestCase):

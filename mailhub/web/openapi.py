@@ -369,6 +369,11 @@ _SANDBOX_SCHEMAS: dict[str, Any] = {
             "id": {"type": "string"},
             "name": {"type": "string"},
             "created": {"type": "string", "format": "date-time"},
+            "expires": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "When it is deleted (POST with ttl: seconds); null: never",
+            },
             "username": {"type": "string", "description": "<id>@sandbox.invalid"},
             "password": {"type": "string"},
             "mailbox": {"type": "string"},
@@ -391,8 +396,8 @@ _SANDBOX_SCHEMAS: dict[str, Any] = {
 def _sandbox_paths(summary_list: dict[str, Any]) -> dict[str, Any]:
     box = _json("The sandbox", {"$ref": "#/components/schemas/Sandbox"})
     create = _op(
-        "Make a sandbox: body {name?}. 201 with its credentials (the password only here); "
-        "409 when [sandboxes] max exist",
+        "Make a sandbox: body {name?, ttl? (seconds until it is deleted)}. 201 with its "
+        "credentials (the password only here); 409 when [sandboxes] max exist",
         box,
         body=True,
         errors=("400", "403", "409", "415"),

@@ -89,6 +89,7 @@ class SandboxApi:
             "id": box.id,
             "name": box.name,
             "created": _iso(box.created),
+            "expires": _iso(box.expires) if box.expires is not None else None,
             "username": box.address,
             "mailbox": box.address,
             "messages": feed.count(box.address),
@@ -125,11 +126,11 @@ class SandboxApi:
         if not viewer.admin:
             raise ApiError(403, "only admins may make sandboxes")
         body = self.api._body(request)
-        unknown = set(body) - {"name"}
+        unknown = set(body) - {"name", "ttl"}
         if unknown:
-            raise ApiError(400, f"unknown field {sorted(unknown)[0]!r} (a sandbox takes a name)")
+            raise ApiError(400, f"unknown field {sorted(unknown)[0]!r} (known: name, ttl)")
         try:
-            box, password = await self.sandboxes.create(body.get("name", ""))
+            box, password = await self.sandboxes.create(body.get("name", ""), body.get("ttl"))
         except SandboxError as e:
             raise ApiError(e.status, e.message) from None
         request.setResponseCode(201)

@@ -54,6 +54,7 @@ class Sandboxes(SandboxTestCase):
         self.assertEqual(box["username"], f"{box['id']}@{SANDBOX_DOMAIN}")
         self.assertGreaterEqual(len(box["password"]), 20)
         self.assertEqual(box["messages"], 0)
+        self.assertIsNone(box["expires"])
         self.assertEqual(box["listeners"]["smtp"]["port"], self.hub.smtp_port)
         self.assertEqual(box["listeners"]["imap"]["port"], self.hub.ports["imap"])
         # Later answers never show the password again (only its hash is kept).
@@ -220,6 +221,8 @@ class Sandboxes(SandboxTestCase):
             ("POST", "/api/v1/sandboxes", b'{"name": 5}', 400),
             ("POST", "/api/v1/sandboxes", b'{"name": "two\\nlines"}', 400),
             ("POST", "/api/v1/sandboxes", b"[1]", 400),
+            ("POST", "/api/v1/sandboxes", b'{"ttl": 0}', 400),
+            ("POST", "/api/v1/sandboxes", b'{"ttl": "1h"}', 400),
             ("PATCH", f"/api/v1/sandboxes/{box['id']}", b"{}", 405),
             ("GET", f"/api/v1/sandboxes/{box['id']}/nothing", b"", 404),
         ]
