@@ -15,7 +15,7 @@ from typing import Any
 import treq
 from twisted.internet import defer, threads
 
-from mailhub.config import SandboxesConfig, WebConfig
+from mailhub.config import SandboxesConfig, SMTPConfig, WebConfig
 from mailhub.sandboxes import SANDBOX_DOMAIN
 from mailhub.testing import MailhubTestServer, SandboxClient
 from tests.integration.test_web_api import _Collector
@@ -121,6 +121,25 @@ class Sandboxes(SandboxTestCase):
         box = await self.create()
         await self.send_as(box, "x@example.com", subject="via 587", port="submission")
         self.assertEqual(await self.subjects(box), ["via 587"])
+
+    async def test_a_sandbox_sends_as_anyone_where_senders_are_restricted(self) -> None:
+        # Production's rule (RFC 6409 4.3: MAIL FROM and header From must be the user's own)
+        # does not bind a sandbox: it stands in for whatever the application sends as.
+        await self.start(smtp=SMTPConfig(restrict_sender=True, auth_without_tls_on_loopback=True))
+        box = await self.create()
+        await self.send_as(
+            box,
+            "x@example.com",
+            subject="as the app",
+            sender="noreply@app.example",
+            port="submission",
+        )
+        self.assertEqual(await self.subjects(box), ["as the app"])
+        with self.assertRaises(smtplib.SMTPSenderRefused):  # an ordinary user still may not
+            await self.hub.send(
+                "x@example.com", sender="noreply@app.example", port="submission",
+                login=("dev@example.com", "x"),
+            )  # fmt: skip
 
     async def test_mail_for_the_sandbox_domain_needs_its_login(self) -> None:
         await self.start()
