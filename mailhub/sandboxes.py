@@ -158,6 +158,10 @@ class Sandboxes:
         self.path = Path(data_dir) / FILE_NAME
         self.store, self.limit, self.clock, self.run = store, limit, clock, run
         self._lock = DeferredLock()  # one write of the file at a time, in order
+        # Group commit: changes made (counted) and the count the file on disk includes; a
+        # change that waited for the lock is often written already by the write before it.
+        self._changes = 0
+        self._written = 0
         self._boxes: dict[str, Sandbox] = {}
         # Told (sandbox id) when one is deleted: the fault rules scoped to it go too.
         self.on_delete: list[Callable[[Sandbox], object]] = []
@@ -280,11 +284,19 @@ class Sandboxes:
         shutil.rmtree(trash, ignore_errors=True)
 
     async def _save(self) -> None:
+        """Make the current list durable; changes that come while a write runs share the next
+        one (many tests making sandboxes at once pay one fsync pass each round, not each)."""
+        self._changes += 1
+        mine = self._changes
         await self._lock.acquire()
         try:
+            if self._written >= mine:
+                return  # the write before ours took our change along
+            upto = self._changes
             doc = {"format": FORMAT, "sandboxes": [b.record() for b in self]}
             data = json.dumps(doc, indent=1).encode() + b"\n"
             await self.run(self._write, data)
+            self._written = upto
         finally:
             self._lock.release()
 

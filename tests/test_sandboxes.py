@@ -121,6 +121,34 @@ class Registry(SynchronousTestCase):
         self.assertTrue((root / box.id).is_dir())  # a sandbox's own mailbox stays
 
 
+class GroupCommit(SynchronousTestCase):
+    def test_changes_during_a_write_share_the_next_one(self) -> None:
+        data = Path(self.mktemp())
+        data.mkdir()
+        writes: list[tuple[bytes, Deferred[None]]] = []
+
+        def run(f: Callable[..., Any], /, *args: Any) -> Deferred[Any]:
+            if getattr(f, "__name__", "") != "_write":
+                return maybeDeferred(f, *args)
+            d: Deferred[None] = Deferred()
+            writes.append((args[0], d))
+            return d.addCallback(lambda _: f(*args))
+
+        boxes = Sandboxes(data, MailStore(data / "mail", hostname="t"), run=run)
+        made = [Deferred.fromCoroutine(boxes.create(f"n{i}")) for i in range(3)]
+        self.assertEqual(len(writes), 1)  # the first write runs; the others wait for it
+        writes[0][1].callback(None)
+        self.assertEqual(len(writes), 2)  # one more write carries both waiting changes
+        self.assertEqual(len(json.loads(writes[1][0])["sandboxes"]), 3)
+        self.assertNoResult(made[2])
+        writes[1][1].callback(None)
+        for d in made:
+            self.successResultOf(d)
+        self.assertEqual(len(writes), 2)
+        on_disk = json.loads((data / "sandboxes.json").read_text())["sandboxes"]
+        self.assertEqual(sorted(b["name"] for b in on_disk), ["n0", "n1", "n2"])
+
+
 class Expiry(SynchronousTestCase):
     def test_a_sandbox_with_a_ttl_is_swept_when_its_time_is_up(self) -> None:
         data = Path(self.mktemp())
