@@ -4,6 +4,7 @@ domains, the bulk-sender verdict only when it can be said, and nothing raising o
 from __future__ import annotations
 
 import json
+from email.header import Header
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -216,6 +217,11 @@ class Sentences(SynchronousTestCase):
         # ... and only the top 50 fields are read.
         many = [("Authentication-Results", f"s{i}.example; none") for i in range(60)]
         self.assertEqual(len(explain_message(many, None).other_servers), 49)
+
+    def test_a_header_object_as_compat32_gives_it(self) -> None:
+        value = Header("hub.example; spf=pass smtp.mailfrom=a@example.org")
+        got = explain_message([("Authentication-Results", value)], "hub.example")  # type: ignore[list-item]
+        self.assertEqual(got.spf and got.spf.domain, "example.org")
 
     def test_many_signatures_are_capped(self) -> None:
         got = explained("h" + "; dkim=pass header.d=example.com" * 500)

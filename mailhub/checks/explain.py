@@ -164,7 +164,7 @@ def explain_message(
     hold the reactor for a message made to be slow): the first MAX_FIELDS fields, the first
     MAX_FIELD characters of each."""
     wanted = (
-        (name, value[:MAX_FIELD])
+        (name, (value if isinstance(value, bytes | str) else str(value))[:MAX_FIELD])
         for name, value in headers
         if name.strip().lower() == "authentication-results"
     )
