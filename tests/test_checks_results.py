@@ -132,6 +132,7 @@ class Grammar(SynchronousTestCase):
             [(r.method, r.result) for r in got.results],
             [("dkim", "pass"), ("dmarc", "none")],
         )
+        self.assertEqual(got.results[0].properties, (("header.d", "a"),))  # "junk" dropped
         self.assertEqual(got.results[1].reason, "open")  # an open comment runs to the end
         for value in (b"", b";", b"(", b'"', b"\\", b"h; spf=", b"h; spf=pass smtp.mailfrom="):
             parse(value)  # no exception

@@ -204,14 +204,17 @@ class _Reader:
         return self.word(_VALUE_WORD)
 
     def key(self) -> str:
-        """The words before an "=" (a method, "reason" or ptype.property), CFWS between them
-        dropped ("header . d", "dkim / 1"); stops at "=", ";", a quoted string or the end."""
+        """The words before an "=" (a method, "reason" or ptype.property), CFWS around a "."
+        or "/" dropped ("header . d", "dkim / 1"); a stray word before it is dropped ("junk
+        header.d"); stops at "=", ";", a quoted string or the end."""
         parts: list[str] = []
         while True:
             self.cfws()
             part = self.word(_KEY_WORD)
             if not part:
                 return "".join(parts)
+            if parts and not (parts[-1].endswith((".", "/")) or part.startswith((".", "/"))):
+                parts = []
             parts.append(part)
 
     def skip_to_semicolon(self) -> None:
