@@ -18,6 +18,7 @@ from mailhub.checks.results import (
     ours,
     parse,
 )
+from mailhub.checks.sink import authserv_id_of
 from tests import headerbytes
 
 # RFC 8601 Appendix B.4 ("Service Provided, Several Authentications Done, Single MTA"),
@@ -208,6 +209,40 @@ class RoundTrip(SynchronousTestCase):
             parse(AuthenticationResults("bücher.example").header_value()).authserv_id,
             "bücher.example",
         )
+
+
+class SameIdAsTheSink(SynchronousTestCase):
+    """The page believes the field whose authserv-id is ours; the receiving sink removes every
+    such field a message brings (RFC 8601 5). Both must read the id alike, or a forged field
+    the sink kept as not ours would be read as ours."""
+
+    def test_fields_made_to_differ(self) -> None:
+        for value in (
+            b"localhost=x; spf=pass",
+            b"localhost\xc2\xa0x; spf=pass",  # U+00A0 is no ASCII space
+            b'"local\rhost"; spf=pass',
+            b"\x0blocalhost\x0c; spf=pass",
+            b"(c (d) \\) localhost; spf=pass",
+            b'"local\\"host"; spf=pass',
+        ):
+            self.assertEqual(parse(value).authserv_id.lower(), authserv_id_of(value), value)
+
+    @settings(max_examples=1000, deadline=None)
+    @given(
+        st.one_of(
+            st.binary(max_size=40),
+            headerbytes.authentication_results(),
+            st.builds(
+                lambda a, b: a + b,
+                st.sampled_from([b"localhost", b'"localhost', b"(x)localhost", b" "]),
+                st.binary(max_size=10),
+            ),
+        )
+    )
+    def test_any_value(self, value: bytes) -> None:
+        self.assertEqual(parse(value).authserv_id.lower(), authserv_id_of(value))
+        escaped = value.decode("ascii", "surrogateescape")  # as the email package hands it
+        self.assertEqual(parse(escaped).authserv_id.lower(), authserv_id_of(value))
 
 
 class Ours(SynchronousTestCase):

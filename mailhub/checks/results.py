@@ -110,11 +110,12 @@ def _pvalue(text: str) -> bytes:
 # nothing raises. Method, result, ptype and property are case-insensitive (RFC 8601 2.2:
 # Keywords) and come back in lower case; values keep their case (header.b is base64).
 
-_SPACE = re.compile(r"[ \t\r\n]+")
+_SPACE = re.compile(r"[ \t\r\n\x0b\x0c]+")  # bytes.isspace(): ASCII white space
 # A word: a run up to a space, a comment, a quoted string or one of the stop characters.
 _KEY_WORD = re.compile(r'[^ \t\r\n()";=]+')
 _VALUE_WORD = re.compile(r'[^ \t\r\n()";]+')  # "=" may stand in a pvalue (SRS local-parts)
 _DIGITS = re.compile(r"[0-9]+")
+_AUTHSERV_ID = re.compile(r'[^ \t\r\n\x0b\x0c;()"]+')  # a token: up to ASCII space or specials
 
 
 def parse(value: bytes | str) -> AuthenticationResults:
@@ -168,9 +169,9 @@ class _Reader:
             out.append(c)
         return " ".join("".join(out).split())
 
-    def quoted(self) -> str:
-        """A quoted string from its '"' (RFC 5322 3.2.4): quoted-pairs undone, folding removed;
-        one left open runs to the end."""
+    def quoted(self, unfold: bool = True) -> str:
+        """A quoted string from its '"' (RFC 5322 3.2.4): quoted-pairs undone, folding removed
+        (``unfold``); one left open runs to the end."""
         s, out = self.s, []
         self.i += 1
         while self.i < len(s):
@@ -181,7 +182,7 @@ class _Reader:
             if c == "\\" and self.i < len(s):
                 c = s[self.i]
                 self.i += 1
-            elif c in "\r\n":
+            elif c in "\r\n" and unfold:
                 continue  # folding inside the string: CRLF goes, the blank stays (RFC 5322 3.2.2)
             out.append(c)
         return "".join(out)
@@ -228,7 +229,9 @@ class _Reader:
 
     def payload(self) -> AuthenticationResults:
         self.cfws()
-        authserv_id = self.value() if self.at('"') else self.word(_KEY_WORD)
+        # Read exactly as the receiving sink reads it when it removes fields claiming our id
+        # (checks.sink.authserv_id_of): a field it keeps as not ours must not read as ours.
+        authserv_id = self.quoted(unfold=False) if self.at('"') else self.word(_AUTHSERV_ID)
         self.cfws()
         version = _DIGITS.match(self.s, self.i)  # authres-version: read and dropped (only 1)
         if version is not None:
