@@ -131,8 +131,19 @@ class Sentences(SynchronousTestCase):
             " dmarc=none header.from=example.org"
         )
         self.assertIs(got["bulk_sender"], False)
-        self.assertIn("example.org has no usable DMARC record", got["summary"])
+        self.assertTrue(
+            got["summary"].startswith("DMARC does not apply to From: example.org (example.org "
+                                      "publishes no DMARC record"), got["summary"])  # fmt: skip
         self.assertIn("publishes no DMARC record", got["dmarc"]["why"])
+
+    def test_a_message_the_checks_did_not_judge(self) -> None:
+        # As checks.inbound.unchecked records a message too big to check.
+        why = "not checked: larger than 10485760 octets"
+        got = explained(f'hub.example; spf=none reason="{why}"; dkim=none reason="{why}";'
+                        f' dmarc=none reason="{why}"')  # fmt: skip
+        self.assertIsNone(got["bulk_sender"])
+        self.assertEqual(got["summary"], f"DMARC was not evaluated: {why}")
+        self.assertEqual(got["dkim"][0]["why"], why)
 
     def test_null_reverse_path_checks_helo(self) -> None:
         got = explained('hub.example; spf=pass smtp.mailfrom="" smtp.helo=mta.example.org')

@@ -457,10 +457,14 @@ def _verdict(
             "Yahoo would not take it from a bulk sender.",
             False,
         )
+    if dmarc.from_domain is None:
+        # No From domain named: not judged (the checks record a message too big to check so)
+        # or no From to judge; nothing to say of a receiver's verdict.
+        return f"DMARC was not evaluated: {dmarc.why}", None
     if dmarc.result in ("none", "permerror"):
         return (
-            f"{author} has no usable DMARC record: Gmail and Yahoo require one from bulk "
-            "senders (p=none is enough).",
+            f"DMARC does not apply to From: {author} ({dmarc.why}); Gmail and Yahoo require a "
+            "DMARC record from bulk senders (p=none is enough).",
             False,
         )
-    return f"DMARC could not be evaluated ({dmarc.result}).", None
+    return f"DMARC could not be evaluated ({dmarc.result}): {dmarc.why}", None
