@@ -224,6 +224,7 @@ class SameIdAsTheSink(SynchronousTestCase):
             b"\x0blocalhost\x0c; spf=pass",
             b"(c (d) \\) localhost; spf=pass",
             b'"local\\"host"; spf=pass',
+            b'"localhost\\',  # a quoted-pair cut off by the end
         ):
             self.assertEqual(parse(value).authserv_id.lower(), authserv_id_of(value), value)
 
@@ -240,9 +241,14 @@ class SameIdAsTheSink(SynchronousTestCase):
         )
     )
     def test_any_value(self, value: bytes) -> None:
-        self.assertEqual(parse(value).authserv_id.lower(), authserv_id_of(value))
+        # Alike wherever the page's reading is ASCII, as every authserv-id of ours is ([checks]
+        # authserv_id is a token, a hostname A-labels). They may differ on octets a quoted-pair
+        # splits out of a UTF-8 sequence (the sink decodes after undoing the pair), where the
+        # page's reading has U+FFFD: never ours either way.
         escaped = value.decode("ascii", "surrogateescape")  # as the email package hands it
-        self.assertEqual(parse(escaped).authserv_id.lower(), authserv_id_of(value))
+        for page in (parse(value).authserv_id.lower(), parse(escaped).authserv_id.lower()):
+            if page.isascii():
+                self.assertEqual(page, authserv_id_of(value))
 
 
 class Ours(SynchronousTestCase):

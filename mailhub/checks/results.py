@@ -115,6 +115,8 @@ _SPACE = re.compile(r"[ \t\r\n\x0b\x0c]+")  # bytes.isspace(): ASCII white space
 _KEY_WORD = re.compile(r'[^ \t\r\n()";=]+')
 _VALUE_WORD = re.compile(r'[^ \t\r\n()";]+')  # "=" may stand in a pvalue (SRS local-parts)
 _DIGITS = re.compile(r"[0-9]+")
+_COMMENT_TEXT = re.compile(r"[^()\\]+")
+_QUOTED_TEXT = re.compile(r'[^"\\\r\n]+')
 _AUTHSERV_ID = re.compile(r'[^ \t\r\n\x0b\x0c;()"]+')  # a token: up to ASCII space or specials
 
 
@@ -153,6 +155,12 @@ class _Reader:
         s, depth, out = self.s, 0, []
         while self.i < len(s):
             c = s[self.i]
+            if c not in "()\\":  # the plain text up to the next special, at once
+                run = _COMMENT_TEXT.match(s, self.i)
+                assert run is not None
+                out.append(run[0])
+                self.i = run.end()
+                continue
             self.i += 1
             if c == "\\" and self.i < len(s):
                 out.append(s[self.i])
@@ -176,10 +184,18 @@ class _Reader:
         self.i += 1
         while self.i < len(s):
             c = s[self.i]
+            if c not in '"\\\r\n':
+                run = _QUOTED_TEXT.match(s, self.i)
+                assert run is not None
+                out.append(run[0])
+                self.i = run.end()
+                continue
             self.i += 1
             if c == '"':
                 break
-            if c == "\\" and self.i < len(s):
+            if c == "\\":
+                if self.i == len(s):
+                    break  # a quoted-pair cut off by the end quotes nothing
                 c = s[self.i]
                 self.i += 1
             elif c in "\r\n" and unfold:
