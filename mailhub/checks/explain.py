@@ -28,7 +28,7 @@ from typing import Any
 
 from publicsuffixlist import PublicSuffixList
 
-from mailhub.checks.results import AuthenticationResults, MethodResult, all_results
+from mailhub.checks.results import AuthenticationResults, MethodResult, all_results, parse
 
 MAX_SIGNATURES = 20  # DKIM results listed (a field from elsewhere may hold any number)
 MAX_OTHER = 20  # results of other methods listed (auth, iprev, ...)
@@ -176,6 +176,23 @@ def explain_message(
     own = (authserv_id or (mine.authserv_id if mine else "")).lower()
     others = tuple(dict.fromkeys(f.authserv_id for f in fields if f.authserv_id.lower() != own))
     return explain(mine, authserv_id=authserv_id, others=others)
+
+
+def brief(value: bytes | str) -> tuple[str, str, str, str]:
+    """A message list's badge: (authserv-id, SPF, DKIM, DMARC result) of one field; "" for a
+    method it lacks; DKIM's is "pass" if any signature passed, else the first one's."""
+    read = parse(value[:MAX_FIELD])
+
+    def first(method: str) -> str:
+        return next((r.result for r in read.results if r.method == method), "")
+
+    dkim = [r.result for r in read.results if r.method == "dkim"]
+    return (
+        read.authserv_id,
+        first("spf"),
+        "pass" if "pass" in dkim else (dkim[0] if dkim else ""),
+        first("dmarc"),
+    )
 
 
 def _not_checked(authserv_id: str | None, others: tuple[str, ...]) -> Explanation:
