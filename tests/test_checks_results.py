@@ -7,10 +7,13 @@ the IETF Trust's Legal Provisions Relating to IETF Documents (BCP 78)."""
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+import re
+
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailhub.checks import results
 from mailhub.checks.results import (
     AuthenticationResults,
     MethodResult,
@@ -209,6 +212,40 @@ class RoundTrip(SynchronousTestCase):
             parse(AuthenticationResults("bücher.example").header_value()).authserv_id,
             "bücher.example",
         )
+
+
+_NEVER = re.compile(r"(?!)")
+
+
+def _slowly(value: bytes) -> AuthenticationResults:
+    """``parse`` without its fast paths for plain resinfos: the general reading alone."""
+    fast = results._PLAIN_METHOD, results._PLAIN_PROPERTY
+    results._PLAIN_METHOD = results._PLAIN_PROPERTY = _NEVER
+    try:
+        return parse(value)
+    finally:
+        results._PLAIN_METHOD, results._PLAIN_PROPERTY = fast
+
+
+class FastPath(SynchronousTestCase):
+    """The plain forms read at once give what the general reading gives."""
+
+    @settings(max_examples=1000, deadline=None)
+    @example(b'h; spf=pass smtp.mailfrom="john doe"@example.org smtp.helo=x')
+    @example(b"h; dkim=pass header.d=x (c) header.s=y; spf = pass header . d = x")
+    @example(b'h; spf=pass k="" reason="a\\"b" r="x\r\n y"; dkim=;x=y\x0bz k=v')
+    @example(b"h; a/1=b junk header.d=x reason=1 reason=2 header.i=@d")
+    @given(
+        st.one_of(
+            headerbytes.authentication_results(),
+            st.lists(_method_results, max_size=4).map(
+                lambda rs: AuthenticationResults("h", tuple(rs)).header_value()
+            ),
+            st.binary(max_size=80).map(lambda b: b"h; spf=pass " + b),
+        )
+    )
+    def test_same_as_the_general_reading(self, value: bytes) -> None:
+        self.assertEqual(parse(value), _slowly(value))
 
 
 class SameIdAsTheSink(SynchronousTestCase):

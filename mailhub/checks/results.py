@@ -117,6 +117,14 @@ _VALUE_WORD = re.compile(r'[^ \t\r\n()";]+')  # "=" may stand in a pvalue (SRS l
 _DIGITS = re.compile(r"[0-9]+")
 _COMMENT_TEXT = re.compile(r"[^()\\]+")
 _QUOTED_TEXT = re.compile(r'[^"\\\r\n]+')
+_CFWS_START = " \t\r\n\x0b\x0c("
+# The plain forms of a methodspec and of a reasonspec or propspec, in the same character
+# classes as the general reading (a single-word key; a quoted value without quoted-pairs or
+# folding, not a quoted local-part): a fast path, the general reading does the rest.
+_WS = r"[ \t\r\n\x0b\x0c]*"
+_KEY = r'([^ \t\r\n()";=]+)'
+_PLAIN_METHOD = re.compile(rf'{_WS}{_KEY}{_WS}={_WS}([^ \t\r\n()";=]+)')
+_PLAIN_PROPERTY = re.compile(rf'{_WS}{_KEY}{_WS}={_WS}(?:"([^"\\\r\n]*)"(?!@)|([^ \t\r\n()";]+))')
 _AUTHSERV_ID = re.compile(r'[^ \t\r\n\x0b\x0c;()"]+')  # a token: up to ASCII space or specials
 
 
@@ -140,6 +148,8 @@ class _Reader:
     def cfws(self) -> None:
         """Skips spaces, folding and comments (kept in ``comments``: they may say why)."""
         s = self.s
+        if self.i < len(s) and s[self.i] not in _CFWS_START:
+            return
         while self.i < len(s):
             m = _SPACE.match(s, self.i)
             if m:
@@ -266,24 +276,34 @@ class _Reader:
     def resinfo(self) -> MethodResult | None:
         """One resinfo after its ";"; None for "none" (no-result) or one without a method."""
         self.comments = []
-        method = self.key().lower()
-        self.cfws()
-        if not method or not self.at("="):
-            return None
-        self.i += 1
-        self.cfws()
-        result = self.word(_KEY_WORD).lower()
+        plain = _PLAIN_METHOD.match(self.s, self.i)  # most fields: no comment, no oddity
+        if plain is not None:
+            self.i = plain.end()
+            method, result = plain[1].lower(), plain[2].lower()
+        else:
+            method = self.key().lower()
+            self.cfws()
+            if not method or not self.at("="):
+                return None
+            self.i += 1
+            self.cfws()
+            result = self.word(_KEY_WORD).lower()
         method = method.split("/", 1)[0]  # method-version: dropped (only 1 is defined)
         reason: str | None = None
         properties: list[tuple[str, str]] = []
         while True:
-            key = self.key().lower()
-            self.cfws()
-            if not key or not self.at("="):
-                break  # ";", the end, or something unreadable (skipped by the caller)
-            self.i += 1
-            self.cfws()
-            value = self.value()
+            plain = _PLAIN_PROPERTY.match(self.s, self.i)
+            if plain is not None:  # what the slow way below would read, read at once
+                self.i = plain.end()
+                key, value = plain[1].lower(), plain[2] if plain[2] is not None else plain[3]
+            else:
+                key = self.key().lower()
+                self.cfws()
+                if not key or not self.at("="):
+                    break  # ";", the end, or something unreadable (skipped by the caller)
+                self.i += 1
+                self.cfws()
+                value = self.value()
             if key == "reason":
                 reason = value if reason is None else reason
             elif "." in key:
