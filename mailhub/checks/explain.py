@@ -13,8 +13,8 @@ property is missing, less is said; nothing here raises on what a header holds.
 
 DMARC's alignment (RFC 7489 3.1) is worked out again here from those domains, to show it: an
 identifier is aligned in strict mode when its domain is the From domain, in relaxed mode when
-both have the same organizational domain (the Public Suffix List, RFC 7489 3.2). Which mode
-the domain's record asks for is not in the header, so both are named.
+both have the same organizational domain (``dmarc.organizational_domain``, RFC 7489 3.2).
+Which mode the domain's record asks for is not in the header, so both are named.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from typing import Any
 
-from publicsuffixlist import PublicSuffixList
-
+from mailhub.checks.dmarc import organizational_domain
 from mailhub.checks.results import AuthenticationResults, MethodResult, all_results, parse
 
 MAX_SIGNATURES = 20  # DKIM results listed (a field from elsewhere may hold any number)
@@ -292,17 +290,6 @@ def _dkim(r: MethodResult) -> DKIM:
 
 
 # --- DMARC (RFC 7489 3.1, 6.6) --------------------------------------------------------------
-
-
-@cache
-def _suffixes() -> PublicSuffixList:
-    return PublicSuffixList()  # the list shipped with the package (~40 ms to read: once)
-
-
-def organizational_domain(domain: str) -> str:
-    """RFC 7489 3.2: the public suffix and one label more; the domain itself when it is a
-    public suffix or nothing is known of it."""
-    return _suffixes().privatesuffix(domain) or domain
 
 
 def alignment(identifier: str | None, from_domain: str | None) -> str | None:
