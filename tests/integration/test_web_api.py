@@ -662,6 +662,8 @@ class Authentication(WebTestCase):
         message_id = await self.only_id()
         page = await self.get("/api/v1/messages")
         self.assertNotIn("authentication", page["messages"][0])  # lists stay light
+        # The badge reads the top-most field only (where the checks put theirs): not ours here.
+        self.assertIsNone(page["messages"][0]["auth"])
         auth = (await self.get(f"/api/v1/messages/{message_id}"))["authentication"]
         self.assertTrue(auth["checked"])
         self.assertEqual(auth["authserv_id"], self.hub.config.hostname)
@@ -689,6 +691,31 @@ class Authentication(WebTestCase):
         self.assertEqual(set(auth["dkim"][0]), set(schema["dkim"]["items"]["properties"]))
         message = spec["components"]["schemas"]["Message"]["allOf"][1]["properties"]
         self.assertIn("authentication", message)
+
+    async def test_the_list_badge(self) -> None:
+        await self.start()
+        ours = self.hub.config.hostname.encode()
+        self.store(_with_results(
+            ours.upper() + b"; spf=softfail; dkim=fail; dkim=pass; dmarc=pass; arc=none",
+            b"mx.elsewhere.example; spf=pass",
+            subject=b"ours on top",
+        ))  # fmt: skip
+        self.store(_with_results(b"mx.elsewhere.example; spf=pass", subject=b"not ours"))
+        self.store(_with_results(ours + b"; arc=pass", subject=b"no spf dkim dmarc"))
+        page = await self.get("/api/v1/messages")
+        badges = {m["subject"]: m["auth"] for m in page["messages"]}
+        self.assertEqual(
+            badges,
+            {
+                "ours on top": {"spf": "softfail", "dkim": "pass", "dmarc": "pass"},
+                "not ours": None,
+                "no spf dkim dmarc": {"spf": "", "dkim": "", "dmarc": ""},
+            },
+        )
+        spec = await self.get("/api/v1/openapi.json")
+        summary = spec["components"]["schemas"]["Summary"]["properties"]
+        self.assertEqual(set(summary["auth"]["properties"]), {"spf", "dkim", "dmarc"})
+        self.assertEqual(set(page["messages"][0]), set(summary))  # described, all of it
 
     async def test_a_message_without_our_field_is_not_checked(self) -> None:
         await self.start()
