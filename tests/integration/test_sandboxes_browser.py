@@ -61,6 +61,21 @@ class SandboxPage(_Browser):
             return labels, heading, rows, driver.get_log("browser")
 
         labels, heading, rows, errors = await threads.deferToThread(use_the_page)
+        late = await hub.create_sandbox("made later")
+        await hub.send("new@example.com", subject="Late", login=late.login)
+
+        def named_live() -> list[str]:
+            # The page learns a new sandbox's name when its mailbox first shows (live update).
+            wait = WebDriverWait(driver, 15, ignored_exceptions=(StaleElementReferenceException,))
+            wait.until(
+                lambda d: any(
+                    a.text.startswith("made later")
+                    for a in d.find_elements(By.CSS_SELECTOR, "nav a.sandbox")
+                )
+            )
+            return driver.get_log("browser")
+
+        self.assertEqual(await threads.deferToThread(named_live), [])
         self.assertEqual(sorted(labels), sorted(["signup tests", other.id]))
         self.assertEqual(heading.lower(), "sandboxes")
         self.assertEqual(len(rows), 1)
