@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailhub.config import ConfigError, SandboxesConfig, dev_config, load
 from mailhub.faults.rules import FaultError, FaultRules, Rule, Stage
 from mailhub.sandboxes import (
     SANDBOX_DOMAIN,
@@ -238,3 +239,30 @@ class FaultsByLogin(SynchronousTestCase):
             Rule.from_dict({"stage": "mail", "action": "disconnect", "login": ""})
         with self.assertRaises(FaultError):
             Rule.from_dict({"stage": "mail", "action": "disconnect", "login": 5})
+
+
+class Section(SynchronousTestCase):
+    """[sandboxes]: on in the dev stack, off in production; max."""
+
+    def load_text(self, text: str) -> SandboxesConfig:
+        path = Path(self.mktemp())
+        path.write_text('[domains]\nlocal = ["a.example"]\n' + text)
+        return load(path).sandboxes
+
+    def test_defaults_and_set(self) -> None:
+        self.assertEqual(self.load_text(""), SandboxesConfig(enabled=False, max=1000))
+        self.assertTrue(dev_config().sandboxes.enabled)
+        self.assertTrue(self.load_text("[server]\ndev = true\n").enabled)
+        self.assertEqual(
+            self.load_text("[sandboxes]\nenabled = true\nmax = 5\n"), SandboxesConfig(True, 5)
+        )
+
+    def test_mistakes(self) -> None:
+        for text, key in (
+            ("[sandboxes]\nmax = 0\n", "[sandboxes] max"),
+            ("[sandboxes]\nenabled = 1\n", "[sandboxes] enabled"),
+            ("[sandboxes]\nmaximum = 3\n", "[sandboxes] maximum"),
+        ):
+            with self.assertRaises(ConfigError, msg=text) as caught:
+                self.load_text(text)
+            self.assertEqual(caught.exception.key, key)
