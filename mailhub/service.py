@@ -286,8 +286,6 @@ def _smtp_factory(shared: Shared, role: Role, *, starttls: bool = True) -> SMTPS
     else:
         policy = RecipientPolicy(config.domains, shared.mailbox_exists, **policy_options)
         sink = shared.signing(inner)  # signs only what a logged-in user sends
-    if shared.sandboxes is not None:
-        sink = SandboxSink(sink, shared.sandboxes)  # a sandbox's mail keeps its recipients
     return FaultySMTPServerFactory(
         hostname=config.hostname,
         limits=config.limits,
@@ -612,6 +610,8 @@ def build(config: Config) -> MailhubService:
     )
     queue.setServiceParent(top)
     shared = dataclasses.replace(shared, sink=SplitSink(sink, queue.sink, is_local))
+    if sandboxes is not None:  # a sandbox's mail keeps its envelope recipients (X-Original-To)
+        shared = dataclasses.replace(shared, sink=SandboxSink(shared.sink, sandboxes))
     if config.checks.enabled:
         checked = _checking(config, shared.sink, is_local, keystore)
         shared = dataclasses.replace(shared, checked=checked)
