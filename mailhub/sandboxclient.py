@@ -19,6 +19,7 @@ from __future__ import annotations
 import email.policy
 import json
 import smtplib
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -143,10 +144,19 @@ class SandboxClient:
         host, port = self.address(kind)
         return {"host": host, "port": port, "username": self.username, "password": self.password}
 
-    def smtp_client(self, kind: str = "smtp") -> smtplib.SMTP:
-        """A blocking smtplib client, logged in as the sandbox."""
+    def smtp_client(
+        self, kind: str = "smtp", context: ssl.SSLContext | None = None
+    ) -> smtplib.SMTP:
+        """A blocking smtplib client, logged in as the sandbox (``smtps``: TLS from the first
+        byte, verified with ``context``; the others in plain text, as the dev stack allows
+        AUTH on loopback)."""
         host, port = self.address(kind)
-        client = smtplib.SMTP(host, port, timeout=self.timeout)
+        if kind == "smtps":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                host, port, timeout=self.timeout, context=context
+            )
+        else:
+            client = smtplib.SMTP(host, port, timeout=self.timeout)
         try:
             client.login(self.username, self.password)
         except BaseException:
@@ -163,6 +173,7 @@ class SandboxClient:
         sender: str = "sender@example.com",
         message: EmailMessage | bytes | None = None,
         kind: str = "smtp",
+        context: ssl.SSLContext | None = None,
     ) -> dict[str, tuple[int, bytes]]:
         """Send one message into the sandbox (any recipients); smtplib's answer."""
         recipients = [to] if isinstance(to, str) else list(to)
@@ -173,7 +184,7 @@ class SandboxClient:
             message["Subject"] = subject
             message.set_content(body)
         data = message if isinstance(message, bytes) else message.as_bytes(policy=SMTP_POLICY)
-        with self.smtp_client(kind) as client:
+        with self.smtp_client(kind, context) as client:
             return client.sendmail(sender, recipients, data)
 
     # --- what it caught --------------------------------------------------------------------

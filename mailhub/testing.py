@@ -20,6 +20,11 @@ pytest (no reactor in the test; the helpers block, the reactor runs in a thread)
         my_app.sign_up("new-user@example.com", smtp_port=mailhub.smtp_port)
         assert mailhub.wait_for_message(to="new-user@example.com").subject == "Welcome"
 
+Tests sharing one server each take a sandbox (an inbox of their own: mail sent with its login,
+to anyone, lands there only; waits and fault rules are its own): ``create_sandbox()`` here,
+``hub.sandbox()`` with ``running()``, ``SandboxClient`` from any process, and the fixtures of
+``mailhub.pytest_plugin`` (one server per run, pytest-xdist workers included).
+
 ``wait_for_message`` never misses a message that arrived before it was called: it looks at
 everything delivered after its cursor (by default: since the server started, minus the messages
 earlier waits returned), so send-then-wait has no race. It uses the server's own change feed

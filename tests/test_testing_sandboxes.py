@@ -36,6 +36,8 @@ class TrialSandboxes(TestCase):
         """SandboxClient from a thread, as a pytest test or an xdist worker uses it."""
         hub = await MailhubTestServer.started(self)
 
+        context = hub.client_context()
+
         def use() -> tuple[str, list[str], int]:
             with SandboxClient.create(hub.api_url, name="blocking") as box:
                 other = SandboxClient.create(hub.api_url)
@@ -50,6 +52,7 @@ class TrialSandboxes(TestCase):
                     raise AssertionError("the sandbox's fault rule did not fire")
                 other.send("x@example.com", subject="other's second")  # not refused
                 box.clear_faults()
+                box.send("e@example.com", subject="over TLS", kind="smtps", context=context)
                 bcc = (
                     b"From: app@example.com\r\nTo: d@example.com\r\nSubject: second\r\n"
                     b"\r\nhello\r\n"
@@ -57,6 +60,7 @@ class TrialSandboxes(TestCase):
                 box.send(["d@example.com", "hidden@example.org"], message=bcc)
                 first = box.wait_for_message(to="b@example.com")
                 second = box.wait_for_message(to="hidden@example.org")  # the envelope's Bcc
+                assert box.wait_for_message(subject="TLS").subject == "over TLS"
                 subjects = [m["subject"] for m in box.messages()]
                 try:
                     box.wait_for_message(timeout=0.2)
@@ -76,7 +80,7 @@ class TrialSandboxes(TestCase):
 
         order, subjects, gone = await threads.deferToThread(use)
         self.assertEqual(order, "first/second")
-        self.assertEqual(subjects, ["second", "first"])
+        self.assertEqual(subjects, ["second", "over TLS", "first"])
         self.assertEqual(gone, 404)  # deleted when the with block ended
 
 

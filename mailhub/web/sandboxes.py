@@ -81,9 +81,10 @@ class SandboxApi:
             raise ApiError(404, "no sandbox with that id")
         return box
 
-    def describe(self, box: Sandbox) -> dict[str, Any]:
+    def describe(self, box: Sandbox, *, caught_up: bool = False) -> dict[str, Any]:
         feed = self.api.feed
-        feed.catch_up()
+        if not caught_up:
+            feed.catch_up()  # counts include mail whose 250 came before this request
         base = f"/api/v1/sandboxes/{quote(box.id)}"
         return {
             "id": box.id,
@@ -117,8 +118,9 @@ class SandboxApi:
     def _list(self, viewer: Viewer) -> Any:
         if not viewer.admin:
             raise ApiError(403, "only admins may list the sandboxes")
+        self.api.feed.catch_up()  # once for the whole list
         return {
-            "sandboxes": [self.describe(box) for box in self.sandboxes],
+            "sandboxes": [self.describe(box, caught_up=True) for box in self.sandboxes],
             "max": self.sandboxes.limit,
         }
 
