@@ -471,3 +471,24 @@ class Checking(TestCase):
             "junk",
         ):
             self.assertFalse(links.allowed_address(address), address)
+
+
+class Bounds(TestCase):
+    # Not a measurement: the quadratic patterns these inputs once met take hours on them
+    # (200,000 characters: ~2e10 steps), the linear ones milliseconds; trial's timeout is only
+    # what ends a regression instead of a hang.
+    timeout = 120
+
+    def test_inputs_that_made_regular_expressions_quadratic(self) -> None:
+        """A long run of word characters (adjacent anchors' texts, a long CSS word)."""
+        adjacent = "".join(f"<a href='https://e.example/{n}'>n{n}</a>" for n in range(20_000))
+        self.assertEqual(codes.find_codes("", "", adjacent), [])
+        self.assertEqual(codes._URLS.findall("a" * 200_000 + "@"), [])
+        found = compat.detect("<p style='x: " + "a" * 200_000 + "(1)'>x</p>")
+        self.assertNotIn("css-unit-calc", found.counts)
+
+    def test_links_of_huge_html_are_bounded_and_say_so(self) -> None:
+        html = "<a href='https://e.example/'>x</a>" + "<div>" * (links.MAX_HTML // 5)
+        found = links.extract("", html)
+        self.assertTrue(found.html_truncated)
+        self.assertEqual(found.total, 1)

@@ -20,6 +20,7 @@ from typing import Any
 
 MAX_SCAN = 256 * 1024  # characters of each source scanned
 MAX_CODES = 20
+MAX_CANDIDATES = 5000  # digit runs and tokens weighed per source (a page of numbers: the first)
 NEAR_BEFORE = 80
 NEAR_AFTER = 40
 CONTEXT = 40  # characters shown each side
@@ -34,7 +35,11 @@ _NUMERIC = re.compile(
     r"(?<![\w$€£¥#+/.,-])(?<!\d:)(\d{3}[ -]\d{3}|\d{4}[ -]\d{4}|\d{4,8})(?![\w%€$£¥])(?![.,:/-]\d)"
 )
 _TOKEN = re.compile(r"(?<![\w-])([A-Z0-9]{2,8}(?:-[A-Z0-9]{2,8})?)(?![\w-])")
-_URLS = re.compile(r"\b(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+", re.I)
+# (The lookbehind and bounds keep it linear: one try per run of word characters, not one per
+# character of a long run.)
+_URLS = re.compile(
+    r"\b(?:https?://|www\.)\S+|(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+", re.I
+)
 _CURRENCY = re.compile(r"[$€£¥]|\b(?:usd|eur|gbp|chf|dollars?|euros?|cents?)\b", re.I)
 _PHONE_WORD = re.compile(r"\b(?:phone|tel|telefon|call|fax|mobile|whatsapp)\b", re.I)
 _ORDER_WORD = re.compile(
@@ -130,7 +135,7 @@ def _scan(text: str, source: str, found: dict[str, Code]) -> None:
         if re.search(r"\d", m.group()) and re.search(r"[A-Z]", m.group())
     ]
     candidates.sort(key=lambda c: c[0].start())
-    for match, kind in candidates:
+    for match, kind in candidates[:MAX_CANDIDATES]:
         written = match.group(1)
         code = re.sub(r"[ -]", "", written)
         if not 4 <= len(code) <= (8 if kind == "numeric" else 12) or code in found:

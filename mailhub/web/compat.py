@@ -76,7 +76,7 @@ _PSEUDO = re.compile(r"(::?)([a-zA-Z][\w-]*)")
 _TYPE = re.compile(r"(?:^|[\s>+~,(])([a-zA-Z][\w-]*)")
 _CHAIN = re.compile(r"[\w\])*](?=[.#\[])")
 _DESCENDANT = re.compile(r"[\w\])*]\s+(?=[\w.#\[*:])")
-_FUNCTION = re.compile(r"([a-zA-Z-]+)\(")
+_FUNCTION = re.compile(r"(?<![a-zA-Z-])([a-zA-Z-]{1,40})\(")  # linear on long words
 _UNIT = re.compile(
     r"(?<![\w#.-])-?(?:\d+\.?\d*|\.\d+)(px|em|rem|pt|vh|vw|vmin|vmax|ch|ex|cm|mm|in|pc|%)(?![\w%])",
     re.I,

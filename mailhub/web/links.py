@@ -44,6 +44,7 @@ from zope.interface import implementer
 from mailhub import __version__
 
 MAX_LINKS = 1000  # links listed per message; more are counted, not listed
+MAX_HTML = 1024 * 1024  # characters of HTML parsed (as mailhub.web.compat)
 MAX_TEXT = 200  # characters of anchor text kept
 MAX_CHECK = 50  # unique URLs checked per request
 CONCURRENCY = 8
@@ -68,6 +69,7 @@ class Link:
 class Links:
     links: list[Link] = field(default_factory=list)
     total: int = 0
+    html_truncated: bool = False  # only the first MAX_HTML characters were read
 
     def add(self, link: Link) -> None:
         self.total += 1
@@ -80,6 +82,7 @@ class Links:
             "listed": len(self.links),
             "truncated": self.total > len(self.links),
             "limit": MAX_LINKS,
+            "html_truncated": self.html_truncated,
             "links": [asdict(link) for link in self.links],
         }
 
@@ -149,8 +152,9 @@ def extract(text: str, html: str) -> Links:
     found = Links()
     if html:
         parser = _Anchors(found)
+        found.html_truncated = len(html) > MAX_HTML
         try:
-            parser.feed(html)
+            parser.feed(html[:MAX_HTML])
             parser.close()
         except Exception:  # html.parser is lenient; keep what was found before it gave up
             pass

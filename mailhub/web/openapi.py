@@ -250,6 +250,10 @@ _LAB_SCHEMAS: dict[str, Any] = {
             "listed": {"type": "integer"},
             "truncated": {"type": "boolean"},
             "limit": {"type": "integer"},
+            "html_truncated": {
+                "type": "boolean",
+                "description": "Only the first MiB of the HTML part was read",
+            },
             "links": {
                 "type": "array",
                 "items": {
