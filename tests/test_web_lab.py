@@ -431,6 +431,9 @@ class Checking(TestCase):
         result = await checker.check(f"http://app.test:{port}/ok")
         self.assertEqual(result.result, "ok")
         self.assertEqual(self.site.hosts, [f"app.test:{port}".encode()])
+        idn = await checker.check(f"http://bücher.test:{port}/ok")  # an IRI: sent as its URI
+        self.assertEqual(idn.result, "ok")
+        self.assertEqual(self.site.hosts[-1], f"xn--bcher-kva.test:{port}".encode())
 
     async def test_timeout_on_the_injected_clock(self) -> None:
         clock = task.Clock()

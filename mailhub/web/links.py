@@ -24,6 +24,7 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from hyperlink import URL
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.defer import TimeoutError as NoAnswer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
@@ -280,7 +281,8 @@ class LinkChecker:
         results = await gatherResults(
             [Deferred.fromCoroutine(self._limited(semaphore, url)) for url in chosen]
         )
-        skipped = [u for u in unique if u not in set(chosen)]
+        picked = set(chosen)
+        skipped = [u for u in unique if u not in picked]
         return {
             "checked": [asdict(r) for r in results],
             "skipped": len(skipped),
@@ -341,6 +343,10 @@ class LinkChecker:
     async def _request(self, url: str) -> tuple[int, str | None]:
         if len(url) > MAX_URL:
             raise Refused(f"URL longer than {MAX_URL} characters")
+        try:  # an IRI (bücher.example, /straße) as the URI it stands for (RFC 3987 3.1)
+            url = URL.from_text(url).to_uri().to_text()
+        except Exception:
+            raise Refused(f"not a URL: {url[:100]}") from None
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise Refused(f"not an http(s) URL: {url[:100]}")
