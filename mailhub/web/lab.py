@@ -104,7 +104,6 @@ class Lab:
         found = (await self._analyse(entry, frozenset(("links",))))["links"]
         out: dict[str, Any] = {"id": entry.id, **found}
         if not check:
-            out["check"] = None
             return out
         if self.check_runs >= MAX_CHECK_RUNS:
             raise _error(503, "too many link checks running, try again")

@@ -84,7 +84,8 @@ class Links:
             "truncated": self.total > len(self.links),
             "limit": MAX_LINKS,
             "html_truncated": self.html_truncated,
-            "links": [asdict(link) for link in self.links],
+            "links": [{**asdict(link), "check": None} for link in self.links],
+            "check": None,  # filled in when the links are checked (mailhub.web.lab)
         }
 
 

@@ -239,6 +239,7 @@ _LAB_SCHEMAS: dict[str, Any] = {
             "passed": {"type": "boolean"},
             "failed": {"type": "array", "items": {"type": "string"}},
             "items": {"type": "array", "items": _CHECK_ITEM},
+            "source": {"type": "string", "description": "Where the rules come from"},
         },
     },
     "Links": {
@@ -246,6 +247,7 @@ _LAB_SCHEMAS: dict[str, Any] = {
         "description": "Every link and image URL of the text and HTML parts, in order, with "
         "anchor text (an image link: its alt text). At most `limit` listed; `total` counts all.",
         "properties": {
+            "id": {"type": "string", "description": "The message's (not in /checks)"},
             "total": {"type": "integer"},
             "listed": {"type": "integer"},
             "truncated": {"type": "boolean"},
@@ -287,7 +289,9 @@ _LAB_SCHEMAS: dict[str, Any] = {
         "prices, phone or order numbers, nor anything in a URL. Best first: subject, text, "
         "HTML.",
         "properties": {
+            "id": {"type": "string"},
             "code": {"type": ["string", "null"], "description": "The best one"},
+            "limit": {"type": "integer", "description": "At most this many listed"},
             "codes": {
                 "type": "array",
                 "items": {

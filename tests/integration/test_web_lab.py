@@ -85,6 +85,23 @@ class LabApi(WebTestCase):
         message = await self.hub.wait_for_message(to="new@example.com")
         self.assertEqual(self.hub.code(message), "482913")
         self.assertEqual(self.hub.links(message)[0].text, "Confirm 0")
+        # The answers have the shapes openapi.json describes.
+        spec = (await self.get("/api/v1/openapi.json"))["components"]["schemas"]
+        props = {name: set(spec[name]["properties"]) for name in spec if "properties" in spec[name]}
+        self.assertEqual(set(checks), props["Checks"])
+        self.assertEqual(set(compat), props["Compatibility"])
+        self.assertEqual(set(checks["checklist"]), props["Checklist"])
+        self.assertEqual(set(links), props["Links"])
+        self.assertEqual(set(checks["links"]), props["Links"] - {"id"})
+        self.assertEqual(
+            set(links["links"][0]),
+            set(spec["Links"]["properties"]["links"]["items"]["properties"]),
+        )
+        self.assertEqual(set(codes), props["Codes"])
+        for path in ("checks", "links", "links/check", "codes"):
+            self.assertIn(
+                f"/api/v1/messages/{{id}}/{path}", (await self.get("/api/v1/openapi.json"))["paths"]
+            )
         # Unknown id, wrong method.
         self.assertEqual((await self.call("GET", "/api/v1/messages/nope/checks")).code, 404)
         wrong = await self.call("GET", f"/api/v1/messages/{message_id}/links/check")
@@ -140,6 +157,16 @@ class LabApi(WebTestCase):
         checks = await self.get(f"/api/v1/messages/{message_id}/checks")
         self.assertEqual(checks["codes"]["code"], "482913")
         self.assertEqual(threaded, [1, 1])  # the large message was analysed off the reactor
+
+    async def test_text_only_mail_has_no_compatibility_report(self) -> None:
+        await self.start_lab(private=False)
+        await self.send("new@example.com", subject="plain", body="Your PIN is 5521\n")
+        message_id = await self.only_id()
+        checks = await self.get(f"/api/v1/messages/{message_id}/checks")
+        self.assertIsNone(checks["compatibility"])
+        self.assertEqual(checks["codes"]["code"], "5521")
+        items = {i["id"]: i["status"] for i in checks["checklist"]["items"]}
+        self.assertEqual((items["text_part"], items["html_size"]), ("pass", "pass"))
 
     async def test_broken_mail_gets_an_answer_not_a_traceback(self) -> None:
         await self.start_lab(private=False)
