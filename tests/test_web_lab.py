@@ -495,3 +495,23 @@ class Bounds(TestCase):
         found = links.extract("", html)
         self.assertTrue(found.html_truncated)
         self.assertEqual(found.total, 1)
+
+
+class Deadline(TestCase):
+    async def test_no_request_starts_after_the_deadline(self) -> None:
+        clock = task.Clock()
+        requests: list[str] = []
+
+        async def slow_redirect(url: str) -> tuple[int, str | None]:
+            requests.append(url)
+            clock.advance(links.DEADLINE)  # this request takes all the time there is
+            return 302, url + "next"
+
+        checker = links.LinkChecker(reactor, clock=clock, allow_private=True)
+        self.patch(links, "CONCURRENCY", 1)
+        self.patch(checker, "_request", slow_redirect)
+        report = await checker.check_all(["http://a.test/", "http://b.test/"])
+        self.assertEqual(requests, ["http://a.test/"])  # neither the redirect nor b.test
+        for r in report["checked"]:
+            self.assertIn("were up", r["reason"])
+        self.assertEqual(report["deadline"], links.DEADLINE)

@@ -51,6 +51,7 @@ MAX_CHECK = 50  # unique URLs checked per request
 CONCURRENCY = 8
 TIMEOUT = 8.0  # seconds per request (each redirect hop is a request)
 MAX_REDIRECTS = 5
+DEADLINE = 30.0  # seconds for a whole check_all: no new request starts after it
 MAX_URL = 2048  # longer URLs are listed but not checked
 
 _TEXT_URL = re.compile(r"""\b(?:https?://|www\.)[^\s<>"'`{}|\\^\[\]]+""", re.I)
@@ -272,6 +273,7 @@ class LinkChecker:
         self.allow_private = allow_private
         self.resolve = resolve if resolve is not None else system_resolver(reactor)
         self.timeout = timeout
+        self.deadline = float("inf")  # check_all sets one
 
     async def check_all(self, urls: list[str]) -> dict[str, Any]:
         """Each unique http(s) URL checked once, at most MAX_CHECK; the rest named skipped."""
@@ -279,6 +281,7 @@ class LinkChecker:
         web = [u for u in unique if u.lower().startswith(("http://", "https://"))]
         chosen = web[:MAX_CHECK]
         semaphore = DeferredSemaphore(CONCURRENCY)
+        self.deadline = self.clock.seconds() + DEADLINE
         results = await gatherResults(
             [Deferred.fromCoroutine(self._limited(semaphore, url)) for url in chosen]
         )
@@ -289,6 +292,7 @@ class LinkChecker:
             "skipped": len(skipped),
             "limit": MAX_CHECK,
             "timeout": self.timeout,
+            "deadline": DEADLINE,
             "private_allowed": self.allow_private,
         }
 
@@ -304,6 +308,9 @@ class LinkChecker:
         current = url
         try:
             for _hop in range(MAX_REDIRECTS + 1):
+                if self.clock.seconds() >= self.deadline:
+                    result.reason = f"not checked: the check's {DEADLINE:g} s were up"
+                    return result
                 status, location = await self._request(current)
                 result.status, result.final_url = status, current
                 if status in (301, 302, 303, 307, 308) and location:

@@ -277,8 +277,8 @@ _LAB_SCHEMAS: dict[str, Any] = {
             "check": {
                 "type": ["object", "null"],
                 "description": "How the check went: checked, skipped, limit (URLs), timeout "
-                "(seconds per request), private_allowed ([web] link_check_private); null: "
-                "not asked",
+                "(seconds per request), deadline (seconds for all), private_allowed ([web] "
+                "link_check_private); null: not asked",
             },
         },
     },
@@ -323,10 +323,10 @@ _LAB_SCHEMAS: dict[str, Any] = {
 }
 _LINK_CHECK_NOTE = (
     "Checking is off unless asked; each unique http(s) URL once, at most 50, 8 at a time, "
-    "8 s each, redirects followed by hand (5 at most). Loopback, private, link-local and "
-    "other non-public targets (and localhost names) are refused unless [web] "
-    "link_check_private = true; a name is resolved once and the connection goes to the "
-    "address checked (no DNS rebinding). 503: too many checks running."
+    "8 s each, redirects followed by hand (5 at most), no new request after 30 s. Loopback, "
+    "private, link-local and other non-public targets (and localhost names) are refused "
+    "unless [web] link_check_private = true; a name is resolved once and the connection "
+    "goes to the address checked (no DNS rebinding). 503: too many checks running."
 )
 _LAB_PATHS: dict[str, Any] = {
     "/api/v1/messages/{id}/checks": {
