@@ -446,6 +446,16 @@ class Checking(TestCase):
         self.assertEqual(result.result, "error")
         self.assertEqual(result.reason, "no answer in time")
 
+    async def test_a_lookup_that_never_answers_times_out(self) -> None:
+        clock = task.Clock()
+        lookup: defer.Deferred[list[str]] = defer.Deferred()
+        checker = self.checker(clock=clock, timeout=5, resolve=lambda h, p: lookup)
+        pending = defer.Deferred.fromCoroutine(checker.check("http://slow-dns.example/"))
+        self.assertNoResult(pending)
+        clock.advance(5)
+        result = self.successResultOf(pending)
+        self.assertEqual((result.result, result.reason), ("error", "no answer in time"))
+
     async def test_check_all_is_capped_and_skips_other_schemes(self) -> None:
         self.patch(links, "MAX_CHECK", 2)
         report = await self.checker(allow_private=True).check_all(

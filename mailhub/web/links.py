@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from hyperlink import URL
@@ -39,7 +39,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseFailed
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IResponse
+from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from mailhub import __version__
@@ -53,6 +53,8 @@ TIMEOUT = 8.0  # seconds per request (each redirect hop is a request)
 MAX_REDIRECTS = 5
 DEADLINE = 30.0  # seconds for a whole check_all: no new request starts after it
 MAX_URL = 2048  # longer URLs are listed but not checked
+
+T = TypeVar("T")
 
 _TEXT_URL = re.compile(r"""\b(?:https?://|www\.)[^\s<>"'`{}|\\^\[\]]+""", re.I)
 _CSS_URL = re.compile(r"""url\(\s*['"]?([^'")\s]+)""", re.I)
@@ -328,6 +330,25 @@ class LinkChecker:
             result.result, result.reason = "error", _words(e)
         return result
 
+    async def _in_time(self, d: Deferred[T]) -> T:
+        """``d``'s result, or NoAnswer when it takes longer than the timeout (by self.clock)."""
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()
+
+        timer = self.clock.callLater(self.timeout, expire)
+        try:
+            return await d
+        except Exception:
+            if expired:  # an Agent's cancel shows as ResponseNeverReceived([CancelledError])
+                raise NoAnswer() from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
+
     async def _address(self, host: str, port: int) -> str:
         name = host.strip("[]").rstrip(".").lower()
         try:
@@ -336,7 +357,7 @@ class LinkChecker:
         except ValueError:
             if not self.allow_private and (name == "localhost" or name.endswith(".localhost")):
                 raise Refused(f"{host} is this machine (RFC 6761 6.3)") from None
-            addresses = await self.resolve(name, port)
+            addresses = await self._in_time(self.resolve(name, port))
             if not addresses:
                 raise Refused(f"{host} has no address") from None
         if not self.allow_private:
@@ -367,23 +388,7 @@ class LinkChecker:
         target = url.split("#", 1)[0].encode("ascii", "replace")
         status, location = 0, None
         for method in (b"HEAD", b"GET"):
-            d = agent.request(method, target, headers)
-            expired: list[bool] = []
-
-            def expire(d: Deferred[IResponse] = d, expired: list[bool] = expired) -> None:
-                expired.append(True)
-                d.cancel()
-
-            timer = self.clock.callLater(self.timeout, expire)
-            try:
-                response: IResponse = await d
-            except Exception:
-                if expired:  # the cancel shows as ResponseNeverReceived([CancelledError])
-                    raise NoAnswer() from None
-                raise
-            finally:
-                if timer.active():
-                    timer.cancel()
+            response = await self._in_time(agent.request(method, target, headers))
             drop = _Drop()
             response.deliverBody(drop)
             status = response.code
