@@ -195,6 +195,10 @@ class Codes(SynchronousTestCase):
             "Verify at https://app.example/verify?code=999999 or 654321@example.com",  # in URLs
             "Your invoice 20240115 is attached. Thanks for your order.",  # no code word near
             "The code is: 12.50 per month",  # a price with decimals
+            "Postal code 94103, San Francisco",  # the other codes of mail
+            "Use promo code SAVE20 at checkout",
+            "Error code 5001: try again",
+            "Scan the QR code: A1B2C3",
         ):
             self.assertEqual(self.codes(text), [], text)
 

@@ -7,8 +7,9 @@ vérification, 验证码... (within NEAR_BEFORE characters before it or NEAR_AFT
 "Your code is 123456" and "123456 is your code"). Not codes: years (1900-2099) unless right
 after the word, dates and times (digits joined by . / : -), prices (a currency sign or word
 beside them, decimals), phone numbers (a long run of digit groups, or "phone"/"tel" before
-it), order and invoice numbers (# or the word before it), and anything inside a URL or mail
-address. The subject is looked at first, then the text part, then the HTML part's text.
+it), order and invoice numbers (# or the word before it), anything inside a URL or mail
+address, and the other codes of mail (postal, promo, coupon, error, QR, tracking...). The
+subject is looked at first, then the text part, then the HTML part's text.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ _TOKEN = re.compile(r"(?<![\w-])([A-Z0-9]{2,8}(?:-[A-Z0-9]{2,8})?)(?![\w-])")
 # character of a long run.)
 _URLS = re.compile(
     r"\b(?:https?://|www\.)\S+|(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+", re.I
+)
+# "code" in these is not a one-time code: the phrase is blanked before keywords are sought.
+_OTHER_CODES = re.compile(
+    r"\b(?:postal|zip|post|area|country|dialling|dialing|promo|promotional|coupon|discount|"
+    r"voucher|gift|referral|source|qr|bar|dress|status|error|response|sort|swift|bic|tax|vat|"
+    r"tracking|product)[ -]?codes?\b|\bpostcodes?\b|\bplz\b|\bgutscheincode\b|\brabattcode\b",
+    re.I,
 )
 _CURRENCY = re.compile(r"[$€£¥]|\b(?:usd|eur|gbp|chf|dollars?|euros?|cents?)\b", re.I)
 _PHONE_WORD = re.compile(r"\b(?:phone|tel|telefon|call|fax|mobile|whatsapp)\b", re.I)
@@ -127,7 +135,7 @@ def _excluded(text: str, start: int, end: int, digits: str) -> bool:
 
 
 def _scan(text: str, source: str, found: dict[str, Code]) -> None:
-    text = _URLS.sub(_blank, text[:MAX_SCAN])
+    text = _OTHER_CODES.sub(_blank, _URLS.sub(_blank, text[:MAX_SCAN]))
     candidates = [(m, "numeric") for m in _NUMERIC.finditer(text)]
     candidates += [
         (m, "alphanumeric")
