@@ -26,9 +26,9 @@ from mailhub.web.feed import Entry
 if TYPE_CHECKING:
     from mailhub.web.api import Api
 
-# Raw message size from which the analysis runs in a thread: below it, ~25 ms at most on the
-# reactor (measured under load 6 on 2 cores; 64 KiB took ~50 ms).
-THREAD_AT = 32 * 1024
+# Raw message size from which the analysis runs in a thread: below it, ~20 ms at most on the
+# reactor (measured under load 5-6 on 2 cores: 4 KB 7 ms, 30 KB 38 ms, 64 KB ~50 ms).
+THREAD_AT = 16 * 1024
 MAX_CHECK_RUNS = 4  # link checks running at once (each at most links.MAX_CHECK URLs); more: 503
 
 T = TypeVar("T")
