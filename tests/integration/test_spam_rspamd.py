@@ -6,14 +6,15 @@ scored with described symbols, the SMTP facts reach rspamd, and a stopped rspamd
 from __future__ import annotations
 
 import dataclasses
+import socket
 from email.message import EmailMessage
 
 from twisted.internet import reactor
 
-from mailhub.checks.rspamd import RspamdClient, ScanFacts
+from mailhub.checks.rspamd import ACTIONS, RspamdClient, ScanFacts
 from mailhub.config import ChecksConfig
 from tests.support.localdns import LocalDNS
-from tests.support.rspamd import Rspamd, missing
+from tests.support.rspamd import Rspamd, free_port, missing
 from tests.support.tools import requires
 from tests.support.web import WebTestCase
 
@@ -123,6 +124,23 @@ class RealRspamd(WebTestCase):
         self.assertEqual(response.code, 502, response.body)
         self.assertEqual(response.json["configured"], True)
         self.assertIn("refused the connection (is it running?)", response.json["error"])
+
+    async def test_port_taken_meanwhile(self) -> None:
+        """rspamd cannot bind port 0: the harness picks a free port and hands it over; when
+        another process takes it in between, rspamd exits and another port is tried."""
+        dns = LocalDNS({})
+        dns.start()
+        self.addCleanup(dns.stop)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            handed = iter([taken.getsockname()[1], free_port()])
+            rspamd = await Rspamd.started(self, dns.address, ports=lambda: next(handed))
+            self.assertNotEqual(rspamd.port, taken.getsockname()[1])
+        report = await RspamdClient(rspamd.url, reactor).check(
+            b"Subject: hi\r\n\r\nhi\r\n", ScanFacts()
+        )
+        self.assertIn(report.action, ACTIONS)
 
 
 class NotConfigured(WebTestCase):

@@ -37,6 +37,7 @@ import pwd
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import treq
@@ -143,8 +144,9 @@ class _Output(protocol.ProcessProtocol):
 
 
 class Rspamd:
-    def __init__(self, nameserver: tuple[str, int]) -> None:
+    def __init__(self, nameserver: tuple[str, int], ports: Callable[[], int] = free_port) -> None:
         self.nameserver = nameserver
+        self.ports = ports  # a test may hand out a taken port first
         self.directory = tempfile.mkdtemp(prefix="mailhub-rspamd-")
         self.port = 0
         self.output: _Output | None = None
@@ -196,7 +198,7 @@ class Rspamd:
 
     async def start(self) -> None:
         for _ in range(ATTEMPTS):
-            self.port = free_port()
+            self.port = self.ports()
             self._configure()
             output = self._spawn()
             try:
@@ -252,8 +254,8 @@ class Rspamd:
         return self.output.tail(100_000) if self.output is not None else ""
 
     @classmethod
-    async def started(cls, test: Any, nameserver: tuple[str, int]) -> Rspamd:
-        instance = cls(nameserver)
+    async def started(cls, test: Any, nameserver: tuple[str, int], **kwargs: Any) -> Rspamd:
+        instance = cls(nameserver, **kwargs)
         test.addCleanup(instance.stop)
         await instance.start()
         return instance
