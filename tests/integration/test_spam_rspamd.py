@@ -68,6 +68,13 @@ class RealRspamd(WebTestCase):
         self.assertEqual(asked["rcpt"], ["buyer@example.com"])
         self.assertTrue(asked["queue_id"])
         self.assertIsNone(asked["user"])
+        # The answer has the shape the description promises.
+        spec = await self.get("/api/v1/openapi.json")
+        schema = spec["components"]["schemas"]["SpamScore"]["properties"]
+        self.assertEqual(set(spam) - set(schema), set())
+        self.assertEqual(set(asked), set(schema["asked"]["properties"]))
+        self.assertEqual(set(spam["symbols"][0]), set(schema["symbols"]["items"]["properties"]))
+        self.assertIn("/api/v1/messages/{id}/spam", spec["paths"])
         self.assertIn(f"qid: <{asked['queue_id']}>", rspamd.log())  # rspamd logged our id
         self.assertFalse(spam["cached"])
         again = await self.get(f"/api/v1/messages/{gtube}/spam")
