@@ -52,6 +52,7 @@ USER = "_rspamd"
 # Seconds to wait for the normal worker to answer /ping after it said it started.
 START_TIMEOUT = 120.0
 ATTEMPTS = 5  # ports tried when another process takes ours first
+KILL_AFTER = 30.0
 
 # TLDs that URL detection knows (a test message's links); the public suffix list's format.
 TLDS = "com\nnet\norg\nio\ntest\nexample\ninvalid\nlocalhost\nco.uk\n"
@@ -150,6 +151,7 @@ class Rspamd:
         self.directory = tempfile.mkdtemp(prefix="mailhub-rspamd-")
         self.port = 0
         self.output: _Output | None = None
+        self._output_kept: _Output | None = None
         self.process: Any = None
 
     @property
@@ -233,25 +235,40 @@ class Rspamd:
             raise RuntimeError(f"rspamd answered /ping with {body[:200]!r}")
 
     def stop(self) -> Deferred[Any]:
+        """SIGTERM to the main process, which stops its workers; SIGKILL if it has not ended
+        after KILL_AFTER seconds (a safety net, not a wait: the end is the process's exit)."""
         output, self.output = self.output, None
         if output is None or output.ended.called:
             shutil.rmtree(self.directory, ignore_errors=True)
             return defer.succeed(None)
         done: Deferred[Any] = Deferred()
 
+        def kill() -> None:
+            try:
+                self.process.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+
+        killer = reactor.callLater(KILL_AFTER, kill)  # type: ignore[attr-defined]
+
         def ended(_: Any) -> None:
+            if killer.active():
+                killer.cancel()
             shutil.rmtree(self.directory, ignore_errors=True)
             done.callback(None)
 
         output.ended.addBoth(ended)
         try:
-            self.process.signalProcess("TERM")  # rspamd's main process stops its workers
+            self.process.signalProcess("TERM")
         except error.ProcessExitedAlready:
             pass
+        self._output_kept = output
         return done
 
     def log(self) -> str:
-        return self.output.tail(100_000) if self.output is not None else ""
+        """What rspamd has logged (also after stop())."""
+        output = self.output or self._output_kept
+        return output.tail(100_000) if output is not None else ""
 
     @classmethod
     async def started(cls, test: Any, nameserver: tuple[str, int], **kwargs: Any) -> Rspamd:
