@@ -218,6 +218,7 @@ function renderSpam(r) {
     el("p", { id: "spam-summary", class: "spam-summary " + (r.is_spam ? "bad" : "good") },
       el("strong", {}, `Score ${r.score.toFixed(2)} / ${r.required_score.toFixed(2)}`), " ", spamAction(r),
       r.skipped ? " (rspamd stopped early: a pre-filter decided)" : ""),
+    ...Object.entries(r.messages || {}).map(([k, v]) => el("p", { class: "spam-message" }, `rspamd says (${k}): ${v}`)),
     el("p", { class: "muted" }, `rspamd at ${r.rspamd}, ${r.cached ? "asked" : "just asked"} at ${new Date(r.scanned_at).toLocaleString()} `,
       el("button", { id: "spam-rescan", type: "button", onclick: () => loadSpam(true) }, "Ask again")),
     el("table", { id: "spam-symbols", class: "spam-symbols" },
