@@ -71,6 +71,9 @@ class SpamTab(_Browser):
             ]
             self.assertIn("GTUBE", names)
             self.assertIn(f"rspamd at {rspamd.url}", driver.find_element(By.ID, "spam").text)
+            self.assertIn(
+                "rspamd says (smtp_message): Gtube pattern", driver.find_element(By.ID, "spam").text
+            )
             self.assertIn("just asked", driver.find_element(By.ID, "spam").text)
             old = driver.find_element(By.ID, "spam-symbols")
             driver.find_element(By.ID, "spam-rescan").click()  # asked again, not the cache
