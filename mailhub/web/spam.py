@@ -43,11 +43,8 @@ NOT_CONFIGURED = (
 
 def _head(raw: bytes) -> bytes:
     """The header block only: the facts are there, and the body may be large."""
-    for blank in (b"\r\n\r\n", b"\n\n"):
-        at = raw.find(blank)
-        if at >= 0:
-            return raw[: at + len(blank)]
-    return raw
+    ends = [at + len(blank) for blank in (b"\r\n\r\n", b"\n\n") if (at := raw.find(blank)) >= 0]
+    return raw[: min(ends)] if ends else raw
 
 
 def scan_facts(raw: bytes, mailbox: str) -> ScanFacts:
@@ -71,7 +68,7 @@ def scan_facts(raw: bytes, mailbox: str) -> ScanFacts:
 
 
 class _Error(Exception):
-    """An answer other than 200 (api.ApiError is made of it by the caller)."""
+    """rspamd's trouble: ``handle`` answers it with ``status`` and the words."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
