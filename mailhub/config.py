@@ -264,6 +264,10 @@ class ChecksConfig:
     policy: CheckPolicy = field(default_factory=CheckPolicy)
     # (recipient domain, its policy) overrides.
     domains: tuple[tuple[str, CheckPolicy], ...] = ()
+    # Dev stack: the address the production mail will leave from. SPF judges it instead of a
+    # loopback or private client (an app on 127.0.0.1 says nothing of production) and for
+    # authenticated submission; "": SPF is not evaluated for those (the reason says so).
+    dev_sending_ip: str = ""
 
     # --- the spam score on the page and API (mailhub.checks.rspamd, issue 15) ---
     # rspamd's normal worker, e.g. "http://127.0.0.1:11333"; "": no spam score.
@@ -758,6 +762,16 @@ def _checks(source: str, table: Mapping[str, Any]) -> ChecksConfig:
     enabled = r.boolean("enabled", d.enabled)
     max_size = r.size("max_message_size", d.max_message_size)
     policy = _check_policy(r, d.policy)
+    dev_sending_ip = r.string("dev_sending_ip", d.dev_sending_ip).strip()
+    if dev_sending_ip:
+        try:
+            dev_sending_ip = str(ipaddress.ip_address(dev_sending_ip))
+        except ValueError:
+            raise r._error(
+                "dev_sending_ip",
+                f"{dev_sending_ip!r} is not an IP address",
+                'the address production mail leaves from, e.g. dev_sending_ip = "203.0.113.5"',
+            ) from None
 
     def domains(key: str, value: Any) -> tuple[tuple[str, CheckPolicy], ...]:
         fix = '[checks.domain."example.org"] tables with dmarc_reject, dmarc_quarantine, spf_fail'
@@ -784,6 +798,7 @@ def _checks(source: str, table: Mapping[str, Any]) -> ChecksConfig:
         max_message_size=max_size,
         policy=policy,
         domains=r.get("domain", (), domains),
+        dev_sending_ip=dev_sending_ip,
         rspamd=_rspamd_url(r, d.rspamd),
         rspamd_timeout=float(
             r.get("rspamd_timeout", d.rspamd_timeout, lambda k, v: _duration(r, k, v))

@@ -383,6 +383,13 @@ class InboundChecks(SynchronousTestCase):
         self.assertEqual(policy.for_domain("other.example"), policy.default)
         self.assertEqual((policy.timeout, policy.dev), (5.0, False))
 
+    def test_dev_sending_ip(self) -> None:
+        from mailhub.checks.inbound import policy_from_config
+
+        config = self.load_text('[server]\ndev = true\n[checks]\ndev_sending_ip = "2001:DB8::5"\n')
+        self.assertEqual(config.checks.dev_sending_ip, "2001:db8::5")
+        self.assertEqual(policy_from_config(config).dev_sending_ip, "2001:db8::5")
+
     def test_mistakes(self) -> None:
         for text, needle in [
             ('[checks]\ndmarc_reject = "bounce"\n', "'bounce' is not one of reject, quarantine"),
@@ -392,6 +399,7 @@ class InboundChecks(SynchronousTestCase):
             ('[checks.domain."x.example"]\nspf_fial = "mark"\n', "did you mean 'spf_fail'"),
             ('[checks.domain."-bad-"]\nspf_fail = "mark"\n', "[checks] domain"),
             ("[checks]\nenable = false\n", "did you mean 'enabled'"),
+            ('[checks]\ndev_sending_ip = "mx.example"\n', "[checks] dev_sending_ip: 'mx.ex"),
         ]:
             err = self.assertRaises(ConfigError, self.load_text, text)
             self.assertIn(needle, str(err))

@@ -275,6 +275,11 @@ class Api:
         out.update(summary.json())
         out["date"] = _iso(summary.date)
         out["has_attachments"] = any(not a.inline for a in summary.attachments)
+        # The list's badge: the top-most field's results when it is ours (the detail's
+        # "authentication" says the rest), else null.
+        auth = summary.auth
+        ours = len(auth) == 4 and auth[0].lower() == self.authserv_id.lower()
+        out["auth"] = dict(zip(("spf", "dkim", "dmarc"), auth[1:], strict=True)) if ours else None
         return out
 
     @staticmethod

@@ -272,12 +272,24 @@ def openapi() -> dict[str, Any]:
                         "attachments": {"type": "integer"},
                         "has_attachments": {"type": "boolean"},
                         "snippet": {"type": "string"},
+                        "auth": {
+                            "type": ["object", "null"],
+                            "description": "The list's badge: the results of the top-most "
+                            "Authentication-Results field when it is ours ('' for a method it "
+                            "lacks; dkim: pass if any signature passed); null otherwise. The "
+                            "single message's `authentication` explains them.",
+                            "properties": {
+                                "spf": {"type": "string"},
+                                "dkim": {"type": "string"},
+                                "dmarc": {"type": "string"},
+                            },
+                        },
                     },
                 },
                 "Message": {
                     "description": "One message: the summary's fields and headers, text, html, "
                     "attachments, envelope, defects and authentication. Only this answer "
-                    "carries `authentication` (lists, waits and events stay light).",
+                    "carries `authentication` (lists, waits and events: the `auth` badge).",
                     "allOf": [
                         {"$ref": "#/components/schemas/Summary"},
                         {

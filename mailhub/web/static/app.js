@@ -79,8 +79,17 @@ async function refresh() {
 function rowContent(m) {
   return [el("span", { class: "from" }, short(m.from)), el("span", { class: "time", title: m.received }, when(m.received)),
     el("span", { class: "subj" }, (m.has_attachments ? "📎 " : "") + (m.subject || "(no subject)")), el("span", { class: "size" }, size(m.size)),
-    el("span", { class: "to" }, "To: " + (m.to.map(short).join(", ") || m.mailbox)), el("span"),
+    el("span", { class: "to" }, "To: " + (m.to.map(short).join(", ") || m.mailbox)), authBadge(m.auth),
     el("span", { class: "snippet" }, m.snippet)];
+}
+
+// The list's badge: our checks' DMARC result (SPF and DKIM in its title); nothing when the
+// message's top-most Authentication-Results field is not ours.
+function authBadge(a) {
+  if (!a || !a.dmarc) return el("span");
+  const known = ["pass", "fail", "none", "temperror", "permerror"].includes(a.dmarc) ? a.dmarc : "other";
+  return el("span", { class: `result auth-badge r-${known}`, title: `SPF ${a.spf || "–"} · DKIM ${a.dkim || "–"} · DMARC ${a.dmarc}` },
+    `DMARC ${a.dmarc}`);
 }
 
 function updateRow(li, m) {
@@ -88,7 +97,7 @@ function updateRow(li, m) {
   const cls = "msg" + (m.seen ? "" : " unread") + (selected ? " selected" : "") + (m.has_attachments ? " has-attachment" : "");
   if (li.className !== cls) li.className = cls;
   if (li.getAttribute("aria-selected") !== String(selected)) li.setAttribute("aria-selected", String(selected));
-  const shown = JSON.stringify([m.from, m.received, when(m.received), m.has_attachments, m.subject, m.size, m.to, m.mailbox, m.snippet]);
+  const shown = JSON.stringify([m.from, m.received, when(m.received), m.has_attachments, m.subject, m.size, m.to, m.mailbox, m.snippet, m.auth]);
   if (li.dataset.shown !== shown) { li.dataset.shown = shown; li.replaceChildren(...rowContent(m)); }
 }
 
