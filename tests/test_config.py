@@ -403,3 +403,21 @@ class InboundChecks(SynchronousTestCase):
         ]:
             err = self.assertRaises(ConfigError, self.load_text, text)
             self.assertIn(needle, str(err))
+
+    def test_rspamd(self) -> None:
+        """[checks] rspamd (issue 15): an http(s) URL of rspamd's normal worker; off by default."""
+        checks = self.load_text("").checks
+        self.assertEqual((checks.rspamd, checks.rspamd_timeout), ("", 10.0))
+        checks = self.load_text(
+            '[checks]\nrspamd = "http://127.0.0.1:11333/"\nrspamd_timeout = "3s"\n'
+        ).checks
+        self.assertEqual((checks.rspamd, checks.rspamd_timeout), ("http://127.0.0.1:11333", 3.0))
+        for text, needle in [
+            ('[checks]\nrspamd = "127.0.0.1:11333"\n', "[checks] rspamd: '127.0.0.1:11333' is not"),
+            ('[checks]\nrspamd = "ftp://host"\n', "is not an http URL"),
+            ('[checks]\nrspamd = "http://host:99999"\n', "has a bad port"),
+            ("[checks]\nrspamd = 11333\n", "[checks] rspamd"),
+            ("[checks]\nrspamd_timeout = 0\n", "[checks] rspamd_timeout: must be more than 0"),
+        ]:
+            err = self.assertRaises(ConfigError, self.load_text, text)
+            self.assertIn(needle, str(err))

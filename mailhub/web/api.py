@@ -40,6 +40,8 @@ from mailhub.web.ids import parse_id
 from mailhub.web.openapi import openapi
 from mailhub.web.release import ReleaseError, release
 from mailhub.web.sanitise import count_remote, data_url, document, sanitise
+from mailhub.web.spam import SpamScores
+from mailhub.web.spam import handle as spam_handle
 
 log = Logger()
 
@@ -163,6 +165,7 @@ class Api:
         faults: Any = None,
         ready: Callable[[], str | None] = lambda: None,
         authserv_id: str | None = None,
+        spam: SpamScores | None = None,
     ) -> None:
         self.feed, self.clock, self.hostname, self.max_wait = feed, clock, hostname, max_wait
         # Whose Authentication-Results field a message's "authentication" shows: our own
@@ -170,6 +173,8 @@ class Api:
         self.authserv_id = authserv_id or hostname
         self.faults = faults
         self.ready = ready
+        # rspamd's scores (mailhub.web.spam); without [checks] rspamd it says "not configured"
+        self.spam = spam if spam is not None else SpamScores(None, max_message_size=0)
         # Open long polls and event streams -> how to end each at shutdown.
         self.streams: dict[IRequest, Callable[[], None]] = {}
 
@@ -219,6 +224,8 @@ class Api:
                 routes = {"GET": self.html}
             elif tail == ["release"]:
                 routes = {"POST": self.release}
+            elif tail == ["spam"]:
+                routes = {"GET": partial(spam_handle, self.spam, self._raw)}
             elif len(tail) == 2 and tail[0] == "parts":
                 args = (entry, tail[1])
                 routes = {"GET": self.part}
