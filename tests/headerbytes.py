@@ -144,7 +144,11 @@ def authentication_results(draw: st.DrawFn) -> bytes:
             key = draw(st.sampled_from([b"reason", b"header.d", b"smtp.mailfrom", b"header.from"]))
             value = draw(text_value())
             words.append(key + b"=" + (b'"' + value + b'"' if draw(st.booleans()) else value))
-        resinfos.append(b" ".join(words))
+        # One word a line: no line may pass 998 octets (RFC 5322 2.1.1). A long value comes
+        # folded already; a long piece (a deep comment) is folded here.
+        resinfos.append(
+            b"\r\n\t".join(_folded(w) if len(w) > 900 and b"\r\n" not in w else w for w in words)
+        )
     return b";\r\n\t".join([authserv_id, *resinfos]) if resinfos else authserv_id + b"; none"
 
 

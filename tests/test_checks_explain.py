@@ -4,6 +4,7 @@ domains, the bulk-sender verdict only when it can be said, and nothing raising o
 from __future__ import annotations
 
 import json
+from email.header import Header
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -130,8 +131,19 @@ class Sentences(SynchronousTestCase):
             " dmarc=none header.from=example.org"
         )
         self.assertIs(got["bulk_sender"], False)
-        self.assertIn("example.org has no usable DMARC record", got["summary"])
+        self.assertTrue(
+            got["summary"].startswith("DMARC does not apply to From: example.org (example.org "
+                                      "publishes no DMARC record"), got["summary"])  # fmt: skip
         self.assertIn("publishes no DMARC record", got["dmarc"]["why"])
+
+    def test_a_message_the_checks_did_not_judge(self) -> None:
+        # As checks.inbound.unchecked records a message too big to check.
+        why = "not checked: larger than 10485760 octets"
+        got = explained(f'hub.example; spf=none reason="{why}"; dkim=none reason="{why}";'
+                        f' dmarc=none reason="{why}"')  # fmt: skip
+        self.assertIsNone(got["bulk_sender"])
+        self.assertEqual(got["summary"], f"DMARC was not evaluated: {why}")
+        self.assertEqual(got["dkim"][0]["why"], why)
 
     def test_null_reverse_path_checks_helo(self) -> None:
         got = explained('hub.example; spf=pass smtp.mailfrom="" smtp.helo=mta.example.org')
@@ -216,6 +228,11 @@ class Sentences(SynchronousTestCase):
         # ... and only the top 50 fields are read.
         many = [("Authentication-Results", f"s{i}.example; none") for i in range(60)]
         self.assertEqual(len(explain_message(many, None).other_servers), 49)
+
+    def test_a_header_object_as_compat32_gives_it(self) -> None:
+        value = Header("hub.example; spf=pass smtp.mailfrom=a@example.org")
+        got = explain_message([("Authentication-Results", value)], "hub.example")  # type: ignore[list-item]
+        self.assertEqual(got.spf and got.spf.domain, "example.org")
 
     def test_many_signatures_are_capped(self) -> None:
         got = explained("h" + "; dkim=pass header.d=example.com" * 500)

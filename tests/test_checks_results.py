@@ -7,10 +7,13 @@ the IETF Trust's Legal Provisions Relating to IETF Documents (BCP 78)."""
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+import re
+
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailhub.checks import results
 from mailhub.checks.results import (
     AuthenticationResults,
     MethodResult,
@@ -18,6 +21,7 @@ from mailhub.checks.results import (
     ours,
     parse,
 )
+from mailhub.checks.sink import authserv_id_of
 from tests import headerbytes
 
 # RFC 8601 Appendix B.4 ("Service Provided, Several Authentications Done, Single MTA"),
@@ -132,6 +136,7 @@ class Grammar(SynchronousTestCase):
             [(r.method, r.result) for r in got.results],
             [("dkim", "pass"), ("dmarc", "none")],
         )
+        self.assertEqual(got.results[0].properties, (("header.d", "a"),))  # "junk" dropped
         self.assertEqual(got.results[1].reason, "open")  # an open comment runs to the end
         for value in (b"", b";", b"(", b'"', b"\\", b"h; spf=", b"h; spf=pass smtp.mailfrom="):
             parse(value)  # no exception
@@ -172,7 +177,7 @@ _method_results = st.builds(
 
 
 def _as_written(r: MethodResult) -> MethodResult:
-    """What the header keeps of a result: no CR, LF or NUL, a reason of at most 300 chars."""
+    """What the header keeps of a result: no CR, LF or NUL, a reason of at most 600 chars."""
 
     def clean(text: str) -> str:
         return text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
@@ -180,7 +185,7 @@ def _as_written(r: MethodResult) -> MethodResult:
     return MethodResult(
         r.method,
         r.result,
-        clean(r.reason)[:300],
+        clean(r.reason)[:600],
         tuple((k, clean(v)) for k, v in r.properties),
     )
 
@@ -207,6 +212,80 @@ class RoundTrip(SynchronousTestCase):
             parse(AuthenticationResults("bücher.example").header_value()).authserv_id,
             "bücher.example",
         )
+
+
+_NEVER = re.compile(r"(?!)")
+
+
+def _slowly(value: bytes) -> AuthenticationResults:
+    """``parse`` without its fast paths for plain resinfos: the general reading alone."""
+    fast = results._PLAIN_METHOD, results._PLAIN_PROPERTY
+    results._PLAIN_METHOD = results._PLAIN_PROPERTY = _NEVER
+    try:
+        return parse(value)
+    finally:
+        results._PLAIN_METHOD, results._PLAIN_PROPERTY = fast
+
+
+class FastPath(SynchronousTestCase):
+    """The plain forms read at once give what the general reading gives."""
+
+    @settings(max_examples=1000, deadline=None)
+    @example(b'h; spf=pass smtp.mailfrom="john doe"@example.org smtp.helo=x')
+    @example(b"h; dkim=pass header.d=x (c) header.s=y; spf = pass header . d = x")
+    @example(b'h; spf=pass k="" reason="a\\"b" r="x\r\n y"; dkim=;x=y\x0bz k=v')
+    @example(b"h; a/1=b junk header.d=x reason=1 reason=2 header.i=@d")
+    @given(
+        st.one_of(
+            headerbytes.authentication_results(),
+            st.lists(_method_results, max_size=4).map(
+                lambda rs: AuthenticationResults("h", tuple(rs)).header_value()
+            ),
+            st.binary(max_size=80).map(lambda b: b"h; spf=pass " + b),
+        )
+    )
+    def test_same_as_the_general_reading(self, value: bytes) -> None:
+        self.assertEqual(parse(value), _slowly(value))
+
+
+class SameIdAsTheSink(SynchronousTestCase):
+    """The page believes the field whose authserv-id is ours; the receiving sink removes every
+    such field a message brings (RFC 8601 5). Both must read the id alike, or a forged field
+    the sink kept as not ours would be read as ours."""
+
+    def test_fields_made_to_differ(self) -> None:
+        for value in (
+            b"localhost=x; spf=pass",
+            b"localhost\xc2\xa0x; spf=pass",  # U+00A0 is no ASCII space
+            b'"local\rhost"; spf=pass',
+            b"\x0blocalhost\x0c; spf=pass",
+            b"(c (d) \\) localhost; spf=pass",
+            b'"local\\"host"; spf=pass',
+            b'"localhost\\',  # a quoted-pair cut off by the end
+        ):
+            self.assertEqual(parse(value).authserv_id.lower(), authserv_id_of(value), value)
+
+    @settings(max_examples=1000, deadline=None)
+    @given(
+        st.one_of(
+            st.binary(max_size=40),
+            headerbytes.authentication_results(),
+            st.builds(
+                lambda a, b: a + b,
+                st.sampled_from([b"localhost", b'"localhost', b"(x)localhost", b" "]),
+                st.binary(max_size=10),
+            ),
+        )
+    )
+    def test_any_value(self, value: bytes) -> None:
+        # Alike wherever the page's reading is ASCII, as every authserv-id of ours is ([checks]
+        # authserv_id is a token, a hostname A-labels). They may differ on octets a quoted-pair
+        # splits out of a UTF-8 sequence (the sink decodes after undoing the pair), where the
+        # page's reading has U+FFFD: never ours either way.
+        escaped = value.decode("ascii", "surrogateescape")  # as the email package hands it
+        for page in (parse(value).authserv_id.lower(), parse(escaped).authserv_id.lower()):
+            if page.isascii():
+                self.assertEqual(page, authserv_id_of(value))
 
 
 class Ours(SynchronousTestCase):

@@ -473,6 +473,22 @@ class HeaderBytes(SynchronousTestCase):
             self.assertEqual(detail.text, "body\r\n")
         self.assertEqual(detail.summary.subject, "\ufffd")
 
+    def test_the_top_most_authentication_results_in_brief(self) -> None:
+        raw = (
+            b"Authentication-Results: hub.example; spf=pass;\r\n dkim=fail; dkim=pass;"
+            b' dmarc=fail reason="x"\r\nAuthentication-Results: other.example; spf=fail\r\n'
+            b"Subject: s\r\n\r\nbody\r\n"
+        )
+        scanned = scan.summarise_scanned(io.BytesIO(raw))  # the scan itself, not its fallback
+        for summary in (parse.summarise(parse.load(raw)), scanned):
+            self.assertEqual(summary.auth, ("hub.example", "pass", "pass", "fail"))
+            self.assertEqual(parse.Summary.decode(summary.encode()), summary)
+        for summary in _summaries(b"Subject: s\r\n\r\nbody\r\n"):
+            self.assertEqual(summary.auth, ())
+        # a record written before the checks existed has none (and none of ours could be)
+        old = b'[null,[],[],"s",null,"",[],"body"]'
+        self.assertEqual(parse.Summary.decode(old).auth, ())
+
     def test_summary_cached_by_an_older_version_is_repaired_on_read(self) -> None:
         # A record holding surrogate escapes (JSON \\udcxx): read back as the rule's text.
         old = b'[["J\\udcc3\\udcbcrgen","a@x"],[],[],"\\ud800s",null,"",[],"x"]'

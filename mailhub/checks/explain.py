@@ -13,8 +13,8 @@ property is missing, less is said; nothing here raises on what a header holds.
 
 DMARC's alignment (RFC 7489 3.1) is worked out again here from those domains, to show it: an
 identifier is aligned in strict mode when its domain is the From domain, in relaxed mode when
-both have the same organizational domain (the Public Suffix List, RFC 7489 3.2). Which mode
-the domain's record asks for is not in the header, so both are named.
+both have the same organizational domain (``dmarc.organizational_domain``, RFC 7489 3.2).
+Which mode the domain's record asks for is not in the header, so both are named.
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from typing import Any
 
-from publicsuffixlist import PublicSuffixList
-
-from mailhub.checks.results import AuthenticationResults, MethodResult, all_results
+from mailhub.checks.dmarc import organizational_domain
+from mailhub.checks.results import AuthenticationResults, MethodResult, all_results, parse
 
 MAX_SIGNATURES = 20  # DKIM results listed (a field from elsewhere may hold any number)
 MAX_OTHER = 20  # results of other methods listed (auth, iprev, ...)
@@ -164,7 +162,7 @@ def explain_message(
     hold the reactor for a message made to be slow): the first MAX_FIELDS fields, the first
     MAX_FIELD characters of each."""
     wanted = (
-        (name, value[:MAX_FIELD])
+        (name, (value if isinstance(value, bytes | str) else str(value))[:MAX_FIELD])
         for name, value in headers
         if name.strip().lower() == "authentication-results"
     )
@@ -176,6 +174,23 @@ def explain_message(
     own = (authserv_id or (mine.authserv_id if mine else "")).lower()
     others = tuple(dict.fromkeys(f.authserv_id for f in fields if f.authserv_id.lower() != own))
     return explain(mine, authserv_id=authserv_id, others=others)
+
+
+def brief(value: bytes | str) -> tuple[str, str, str, str]:
+    """A message list's badge: (authserv-id, SPF, DKIM, DMARC result) of one field; "" for a
+    method it lacks; DKIM's is "pass" if any signature passed, else the first one's."""
+    read = parse(value[:MAX_FIELD])
+
+    def first(method: str) -> str:
+        return next((r.result for r in read.results if r.method == method), "")
+
+    dkim = [r.result for r in read.results if r.method == "dkim"]
+    return (
+        read.authserv_id,
+        first("spf"),
+        "pass" if "pass" in dkim else (dkim[0] if dkim else ""),
+        first("dmarc"),
+    )
 
 
 def _not_checked(authserv_id: str | None, others: tuple[str, ...]) -> Explanation:
@@ -275,17 +290,6 @@ def _dkim(r: MethodResult) -> DKIM:
 
 
 # --- DMARC (RFC 7489 3.1, 6.6) --------------------------------------------------------------
-
-
-@cache
-def _suffixes() -> PublicSuffixList:
-    return PublicSuffixList()  # the list shipped with the package (~40 ms to read: once)
-
-
-def organizational_domain(domain: str) -> str:
-    """RFC 7489 3.2: the public suffix and one label more; the domain itself when it is a
-    public suffix or nothing is known of it."""
-    return _suffixes().privatesuffix(domain) or domain
 
 
 def alignment(identifier: str | None, from_domain: str | None) -> str | None:
@@ -457,10 +461,14 @@ def _verdict(
             "Yahoo would not take it from a bulk sender.",
             False,
         )
+    if dmarc.from_domain is None:
+        # No From domain named: not judged (the checks record a message too big to check so)
+        # or no From to judge; nothing to say of a receiver's verdict.
+        return f"DMARC was not evaluated: {dmarc.why}", None
     if dmarc.result in ("none", "permerror"):
         return (
-            f"{author} has no usable DMARC record: Gmail and Yahoo require one from bulk "
-            "senders (p=none is enough).",
+            f"DMARC does not apply to From: {author} ({dmarc.why}); Gmail and Yahoo require a "
+            "DMARC record from bulk senders (p=none is enough).",
             False,
         )
-    return f"DMARC could not be evaluated ({dmarc.result}).", None
+    return f"DMARC could not be evaluated ({dmarc.result}): {dmarc.why}", None

@@ -29,7 +29,9 @@ ARC_RESULTS = frozenset({"none", "pass", "fail"})
 _TOKEN = re.compile(rb"^[!#$%&\'*+\-.0-9A-Z^_`a-z{|}~]+$")
 # RFC 8601 2.2: pvalue may also be [local-part] "@" domain-name without quotes.
 _ADDRESS = re.compile(rb"^[!#$%&'*+\-/=?^_`{|}~0-9A-Za-z.]*@[0-9A-Za-z][0-9A-Za-z.\-]*$")
-_REASON_MAX = 300  # characters of a reason kept in the header (the header line stays readable)
+# Characters of a reason kept in the header (it stays readable): a check's words, and in the
+# dev stack its notes on what a receiver would see (inbound.as_receiver) after them.
+_REASON_MAX = 600
 
 
 @dataclass(frozen=True)
@@ -110,11 +112,22 @@ def _pvalue(text: str) -> bytes:
 # nothing raises. Method, result, ptype and property are case-insensitive (RFC 8601 2.2:
 # Keywords) and come back in lower case; values keep their case (header.b is base64).
 
-_SPACE = re.compile(r"[ \t\r\n]+")
+_SPACE = re.compile(r"[ \t\r\n\x0b\x0c]+")  # bytes.isspace(): ASCII white space
 # A word: a run up to a space, a comment, a quoted string or one of the stop characters.
 _KEY_WORD = re.compile(r'[^ \t\r\n()";=]+')
 _VALUE_WORD = re.compile(r'[^ \t\r\n()";]+')  # "=" may stand in a pvalue (SRS local-parts)
 _DIGITS = re.compile(r"[0-9]+")
+_COMMENT_TEXT = re.compile(r"[^()\\]+")
+_QUOTED_TEXT = re.compile(r'[^"\\\r\n]+')
+_CFWS_START = " \t\r\n\x0b\x0c("
+# The plain forms of a methodspec and of a reasonspec or propspec, in the same character
+# classes as the general reading (a single-word key; a quoted value without quoted-pairs or
+# folding, not a quoted local-part): a fast path, the general reading does the rest.
+_WS = r"[ \t\r\n\x0b\x0c]*"
+_KEY = r'([^ \t\r\n()";=]+)'
+_PLAIN_METHOD = re.compile(rf'{_WS}{_KEY}{_WS}={_WS}([^ \t\r\n()";=]+)')
+_PLAIN_PROPERTY = re.compile(rf'{_WS}{_KEY}{_WS}={_WS}(?:"([^"\\\r\n]*)"(?!@)|([^ \t\r\n()";]+))')
+_AUTHSERV_ID = re.compile(r'[^ \t\r\n\x0b\x0c;()"]+')  # a token: up to ASCII space or specials
 
 
 def parse(value: bytes | str) -> AuthenticationResults:
@@ -137,6 +150,8 @@ class _Reader:
     def cfws(self) -> None:
         """Skips spaces, folding and comments (kept in ``comments``: they may say why)."""
         s = self.s
+        if self.i < len(s) and s[self.i] not in _CFWS_START:
+            return
         while self.i < len(s):
             m = _SPACE.match(s, self.i)
             if m:
@@ -152,6 +167,12 @@ class _Reader:
         s, depth, out = self.s, 0, []
         while self.i < len(s):
             c = s[self.i]
+            if c not in "()\\":  # the plain text up to the next special, at once
+                run = _COMMENT_TEXT.match(s, self.i)
+                assert run is not None
+                out.append(run[0])
+                self.i = run.end()
+                continue
             self.i += 1
             if c == "\\" and self.i < len(s):
                 out.append(s[self.i])
@@ -168,20 +189,28 @@ class _Reader:
             out.append(c)
         return " ".join("".join(out).split())
 
-    def quoted(self) -> str:
-        """A quoted string from its '"' (RFC 5322 3.2.4): quoted-pairs undone, folding removed;
-        one left open runs to the end."""
+    def quoted(self, unfold: bool = True) -> str:
+        """A quoted string from its '"' (RFC 5322 3.2.4): quoted-pairs undone, folding removed
+        (``unfold``); one left open runs to the end."""
         s, out = self.s, []
         self.i += 1
         while self.i < len(s):
             c = s[self.i]
+            if c not in '"\\\r\n':
+                run = _QUOTED_TEXT.match(s, self.i)
+                assert run is not None
+                out.append(run[0])
+                self.i = run.end()
+                continue
             self.i += 1
             if c == '"':
                 break
-            if c == "\\" and self.i < len(s):
+            if c == "\\":
+                if self.i == len(s):
+                    break  # a quoted-pair cut off by the end quotes nothing
                 c = s[self.i]
                 self.i += 1
-            elif c in "\r\n":
+            elif c in "\r\n" and unfold:
                 continue  # folding inside the string: CRLF goes, the blank stays (RFC 5322 3.2.2)
             out.append(c)
         return "".join(out)
@@ -204,14 +233,17 @@ class _Reader:
         return self.word(_VALUE_WORD)
 
     def key(self) -> str:
-        """The words before an "=" (a method, "reason" or ptype.property), CFWS between them
-        dropped ("header . d", "dkim / 1"); stops at "=", ";", a quoted string or the end."""
+        """The words before an "=" (a method, "reason" or ptype.property), CFWS around a "."
+        or "/" dropped ("header . d", "dkim / 1"); a stray word before it is dropped ("junk
+        header.d"); stops at "=", ";", a quoted string or the end."""
         parts: list[str] = []
         while True:
             self.cfws()
             part = self.word(_KEY_WORD)
             if not part:
                 return "".join(parts)
+            if parts and not (parts[-1].endswith((".", "/")) or part.startswith((".", "/"))):
+                parts = []
             parts.append(part)
 
     def skip_to_semicolon(self) -> None:
@@ -225,7 +257,9 @@ class _Reader:
 
     def payload(self) -> AuthenticationResults:
         self.cfws()
-        authserv_id = self.value() if self.at('"') else self.word(_KEY_WORD)
+        # Read exactly as the receiving sink reads it when it removes fields claiming our id
+        # (checks.sink.authserv_id_of): a field it keeps as not ours must not read as ours.
+        authserv_id = self.quoted(unfold=False) if self.at('"') else self.word(_AUTHSERV_ID)
         self.cfws()
         version = _DIGITS.match(self.s, self.i)  # authres-version: read and dropped (only 1)
         if version is not None:
@@ -244,24 +278,34 @@ class _Reader:
     def resinfo(self) -> MethodResult | None:
         """One resinfo after its ";"; None for "none" (no-result) or one without a method."""
         self.comments = []
-        method = self.key().lower()
-        self.cfws()
-        if not method or not self.at("="):
-            return None
-        self.i += 1
-        self.cfws()
-        result = self.word(_KEY_WORD).lower()
+        plain = _PLAIN_METHOD.match(self.s, self.i)  # most fields: no comment, no oddity
+        if plain is not None:
+            self.i = plain.end()
+            method, result = plain[1].lower(), plain[2].lower()
+        else:
+            method = self.key().lower()
+            self.cfws()
+            if not method or not self.at("="):
+                return None
+            self.i += 1
+            self.cfws()
+            result = self.word(_KEY_WORD).lower()
         method = method.split("/", 1)[0]  # method-version: dropped (only 1 is defined)
         reason: str | None = None
         properties: list[tuple[str, str]] = []
         while True:
-            key = self.key().lower()
-            self.cfws()
-            if not key or not self.at("="):
-                break  # ";", the end, or something unreadable (skipped by the caller)
-            self.i += 1
-            self.cfws()
-            value = self.value()
+            plain = _PLAIN_PROPERTY.match(self.s, self.i)
+            if plain is not None:  # what the slow way below would read, read at once
+                self.i = plain.end()
+                key, value = plain[1].lower(), plain[2] if plain[2] is not None else plain[3]
+            else:
+                key = self.key().lower()
+                self.cfws()
+                if not key or not self.at("="):
+                    break  # ";", the end, or something unreadable (skipped by the caller)
+                self.i += 1
+                self.cfws()
+                value = self.value()
             if key == "reason":
                 reason = value if reason is None else reason
             elif "." in key:

@@ -41,6 +41,8 @@ from mailhub.web.lab import Lab
 from mailhub.web.openapi import openapi
 from mailhub.web.release import ReleaseError, release
 from mailhub.web.sanitise import count_remote, data_url, document, sanitise
+from mailhub.web.spam import SpamScores
+from mailhub.web.spam import handle as spam_handle
 
 log = Logger()
 
@@ -164,6 +166,7 @@ class Api:
         faults: Any = None,
         ready: Callable[[], str | None] = lambda: None,
         authserv_id: str | None = None,
+        spam: SpamScores | None = None,
     ) -> None:
         self.feed, self.clock, self.hostname, self.max_wait = feed, clock, hostname, max_wait
         # Whose Authentication-Results field a message's "authentication" shows: our own
@@ -171,6 +174,8 @@ class Api:
         self.authserv_id = authserv_id or hostname
         self.faults = faults
         self.ready = ready
+        # rspamd's scores (mailhub.web.spam); without [checks] rspamd it says "not configured"
+        self.spam = spam if spam is not None else SpamScores(None, max_message_size=0)
         # Open long polls and event streams -> how to end each at shutdown.
         self.streams: dict[IRequest, Callable[[], None]] = {}
         self.lab = Lab(self)  # checks, links and codes of a message (issue 15)
@@ -229,6 +234,8 @@ class Api:
                 routes = {"POST": self.lab.links_check}
             elif tail == ["codes"]:
                 routes = {"GET": self.lab.codes}
+            elif tail == ["spam"]:
+                routes = {"GET": partial(spam_handle, self.spam, self._raw)}
             elif len(tail) == 2 and tail[0] == "parts":
                 args = (entry, tail[1])
                 routes = {"GET": self.part}
@@ -278,6 +285,11 @@ class Api:
         out.update(summary.json())
         out["date"] = _iso(summary.date)
         out["has_attachments"] = any(not a.inline for a in summary.attachments)
+        # The list's badge: the top-most field's results when it is ours (the detail's
+        # "authentication" says the rest), else null.
+        auth = summary.auth
+        ours = len(auth) == 4 and auth[0].lower() == self.authserv_id.lower()
+        out["auth"] = dict(zip(("spf", "dkim", "dmarc"), auth[1:], strict=True)) if ours else None
         return out
 
     @staticmethod

@@ -136,6 +136,73 @@ _AUTHENTICATION_SCHEMAS: dict[str, Any] = {
 }
 
 
+# rspamd's score for a message (mailhub.web.spam, issue 15).
+_SPAM_SCHEMAS: dict[str, Any] = {
+    "SpamScore": {
+        "type": "object",
+        "description": "rspamd's verdict, asked when this is requested (never at delivery) and "
+        "kept in memory: cached=true is the kept answer, ?refresh=1 asks again. "
+        "configured=false: no [checks] rspamd (why says how to set it); scanned=false: the "
+        "message was not sent (why). rspamd refusing, failing or answering nonsense is a 502, "
+        "slower than [checks] rspamd_timeout a 504: {error, status, configured, rspamd}.",
+        "required": ["configured"],
+        "properties": {
+            "configured": {"type": "boolean"},
+            "scanned": {"type": "boolean"},
+            "why": {"type": "string"},
+            "rspamd": {"type": "string", "description": "The rspamd asked (its URL)"},
+            "score": {"type": "number"},
+            "required_score": {
+                "type": "number",
+                "description": "The score at which rspamd takes its strongest action",
+            },
+            "action": {
+                "type": "string",
+                "description": "no action, greylist, add header, rewrite subject, soft reject, "
+                "reject",
+            },
+            "is_spam": {
+                "type": "boolean",
+                "description": "The action is reject, add header or rewrite subject",
+            },
+            "skipped": {
+                "type": "boolean",
+                "description": "rspamd stopped early: a pre-filter decided (GTUBE, settings)",
+            },
+            "symbols": {
+                "type": "array",
+                "description": "The rules that fired, heaviest first",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "score": {"type": "number"},
+                        "description": {"type": "string"},
+                        "options": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+            "messages": {"type": "object", "description": "rspamd's messages (smtp_message)"},
+            "time": {"type": ["number", "null"], "description": "Seconds rspamd took"},
+            "asked": {
+                "type": "object",
+                "description": "The SMTP facts rspamd was told, from the copy's trace fields",
+                "properties": {
+                    "ip": _STRING_OR_NULL,
+                    "helo": _STRING_OR_NULL,
+                    "from": _STRING_OR_NULL,
+                    "rcpt": {"type": "array", "items": {"type": "string"}},
+                    "queue_id": _STRING_OR_NULL,
+                    "user": _STRING_OR_NULL,
+                },
+            },
+            "scanned_at": {"type": "string", "format": "date-time"},
+            "cached": {"type": "boolean"},
+        },
+    }
+}
+
+
 def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "description": description,
@@ -407,12 +474,24 @@ def openapi() -> dict[str, Any]:
                         "attachments": {"type": "integer"},
                         "has_attachments": {"type": "boolean"},
                         "snippet": {"type": "string"},
+                        "auth": {
+                            "type": ["object", "null"],
+                            "description": "The list's badge: the results of the top-most "
+                            "Authentication-Results field when it is ours ('' for a method it "
+                            "lacks; dkim: pass if any signature passed); null otherwise. The "
+                            "single message's `authentication` explains them.",
+                            "properties": {
+                                "spf": {"type": "string"},
+                                "dkim": {"type": "string"},
+                                "dmarc": {"type": "string"},
+                            },
+                        },
                     },
                 },
                 "Message": {
                     "description": "One message: the summary's fields and headers, text, html, "
                     "attachments, envelope, defects and authentication. Only this answer "
-                    "carries `authentication` (lists, waits and events stay light).",
+                    "carries `authentication` (lists, waits and events: the `auth` badge).",
                     "allOf": [
                         {"$ref": "#/components/schemas/Summary"},
                         {
@@ -425,6 +504,7 @@ def openapi() -> dict[str, Any]:
                 },
                 **_AUTHENTICATION_SCHEMAS,
                 **_LAB_SCHEMAS,
+                **_SPAM_SCHEMAS,
                 "MessageList": {
                     "type": "object",
                     "properties": {
@@ -517,6 +597,18 @@ def openapi() -> dict[str, Any]:
                 )
             },
             **_LAB_PATHS,
+            "/api/v1/messages/{id}/spam": {
+                "get": _op(
+                    "rspamd's spam score: score, action, symbols (asked now or kept; "
+                    "refresh=1 asks again)",
+                    _json("The score", {"$ref": "#/components/schemas/SpamScore"}),
+                    params=[
+                        _ID,
+                        {"name": "refresh", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    errors=("404", "502", "504"),
+                )
+            },
             "/api/v1/wait": {
                 "get": _op(
                     "Wait for the next matching message after the cursor `since` (long poll). "

@@ -21,6 +21,7 @@ from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from mailhub.checks.explain import brief
 from mailhub.message.header_text import from_escaped
 from mailhub.message.headers import decode_words
 from mailhub.received import parse_received
@@ -56,6 +57,9 @@ class Summary:
     message_id: str
     attachments: tuple[Attachment, ...]
     snippet: str
+    # The top-most Authentication-Results field in brief (checks.explain.brief): authserv-id,
+    # SPF, DKIM, DMARC; () without one. The API shows it only when the id is ours.
+    auth: tuple[str, ...] = ()
 
     def json(self) -> dict[str, Any]:
         return {
@@ -88,6 +92,7 @@ class Summary:
                     for a in self.attachments
                 ],
                 self.snippet,
+                list(self.auth),
             ],
             ensure_ascii=False,
             separators=(",", ":"),
@@ -98,7 +103,8 @@ class Summary:
         items = json.loads(data)
         if b"\\ud" in data or b"\\uD" in data:  # an older version's record kept escapes
             items = _repaired(items)
-        sender, to, cc, subject, date, message_id, attachments, snippet = items
+        # A record of a version before the checks has no auth: none of ours could be there.
+        sender, to, cc, subject, date, message_id, attachments, snippet, *auth = items
         return cls(
             sender=Address(*sender) if sender is not None else None,
             to=tuple(Address(*a) for a in to),
@@ -108,6 +114,7 @@ class Summary:
             message_id=message_id,
             attachments=tuple(Attachment(*a) for a in attachments),
             snippet=snippet,
+            auth=tuple(auth[0]) if auth else (),
         )
 
 
@@ -304,7 +311,21 @@ def summarise(msg: EmailMessage) -> Summary:
         message_id=_header(msg, "Message-ID"),
         attachments=attachments(msg),
         snippet=" ".join(snippet.split())[:SNIPPET_LENGTH],
+        auth=auth_brief(_raw_value(msg, "Authentication-Results")),
     )
+
+
+def _raw_value(msg: Message, name: str) -> str | None:
+    """The first ``name`` field's value as it came (surrogate escapes, folding kept)."""
+    for k, v in msg.raw_items():
+        if k.lower() == name.lower():
+            return v if isinstance(v, str) else str(v)
+    return None
+
+
+def auth_brief(value: str | None) -> tuple[str, ...]:
+    """``Summary.auth`` of the top-most Authentication-Results field's raw value."""
+    return () if value is None else brief(value)
 
 
 def body_text(msg: EmailMessage) -> str:

@@ -470,6 +470,7 @@ def summarise_scanned(fp: BinaryIO) -> parse.Summary:
         message_id=header.text("Message-ID", message_id=True),
         attachments=_attachments(root, text, html),
         snippet=snippet[: parse.SNIPPET_LENGTH],
+        auth=parse.auth_brief(header.fields.get("authentication-results")),
     )
 
 

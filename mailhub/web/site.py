@@ -20,6 +20,7 @@ from mailhub.net import IStreamTransport
 from mailhub.web.access import Access, HostCheck, LoginBusy, LoginRefused, LoginRequired, Viewer
 from mailhub.web.api import Api, ApiError, error_body, unexpected
 from mailhub.web.feed import MailFeed
+from mailhub.web.spam import spam_scores
 
 log = Logger()
 
@@ -348,6 +349,7 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         faults=getattr(shared, "faults", None),
         ready=ready,
         authserv_id=authserv_id_of(config),  # whose Authentication-Results the page believes
+        spam=spam_scores(config, clock),
     )
     api.lab.configure(link_check_private=config.web.link_check_private)
     access = Access(

@@ -662,6 +662,8 @@ class Authentication(WebTestCase):
         message_id = await self.only_id()
         page = await self.get("/api/v1/messages")
         self.assertNotIn("authentication", page["messages"][0])  # lists stay light
+        # The badge reads the top-most field only (where the checks put theirs): not ours here.
+        self.assertIsNone(page["messages"][0]["auth"])
         auth = (await self.get(f"/api/v1/messages/{message_id}"))["authentication"]
         self.assertTrue(auth["checked"])
         self.assertEqual(auth["authserv_id"], self.hub.config.hostname)
@@ -689,6 +691,31 @@ class Authentication(WebTestCase):
         self.assertEqual(set(auth["dkim"][0]), set(schema["dkim"]["items"]["properties"]))
         message = spec["components"]["schemas"]["Message"]["allOf"][1]["properties"]
         self.assertIn("authentication", message)
+
+    async def test_the_list_badge(self) -> None:
+        await self.start()
+        ours = self.hub.config.hostname.encode()
+        self.store(_with_results(
+            ours.upper() + b"; spf=softfail; dkim=fail; dkim=pass; dmarc=pass; arc=none",
+            b"mx.elsewhere.example; spf=pass",
+            subject=b"ours on top",
+        ))  # fmt: skip
+        self.store(_with_results(b"mx.elsewhere.example; spf=pass", subject=b"not ours"))
+        self.store(_with_results(ours + b"; arc=pass", subject=b"no spf dkim dmarc"))
+        page = await self.get("/api/v1/messages")
+        badges = {m["subject"]: m["auth"] for m in page["messages"]}
+        self.assertEqual(
+            badges,
+            {
+                "ours on top": {"spf": "softfail", "dkim": "pass", "dmarc": "pass"},
+                "not ours": None,
+                "no spf dkim dmarc": {"spf": "", "dkim": "", "dmarc": ""},
+            },
+        )
+        spec = await self.get("/api/v1/openapi.json")
+        summary = spec["components"]["schemas"]["Summary"]["properties"]
+        self.assertEqual(set(summary["auth"]["properties"]), {"spf", "dkim", "dmarc"})
+        self.assertEqual(set(page["messages"][0]), set(summary))  # described, all of it
 
     async def test_a_message_without_our_field_is_not_checked(self) -> None:
         await self.start()
@@ -741,16 +768,18 @@ class AuthenticationChecked(WebTestCase):
         keys = make_keys(Path(self.mktemp()).absolute(), "mailer.test")
         dns = LocalDNS(
             {
-                "mailer.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+                "mailer.test": {"TXT": ["v=spf1 ip4:192.0.2.10 -all"]},
                 "_dmarc.example.test": {"TXT": ["v=DMARC1; p=reject"]},
                 **{name: {"TXT": [value]} for name, value in records(keys).items()},
             }
         )
         dns.start()
         self.addCleanup(dns.stop)
-        await self.start(
-            checks=ChecksConfig(nameservers=(dns.address,), authserv_id="checks.dev.test")
+        # SPF judges where production mail leaves from, not the test's 127.0.0.1.
+        checks = ChecksConfig(
+            nameservers=(dns.address,), authserv_id="checks.dev.test", dev_sending_ip="192.0.2.10"
         )
+        await self.start(checks=checks)
         message = (
             b"From: App <app@example.test>\r\nTo: alice@example.com\r\n"
             b"Subject: Signed by the mailer\r\nMessage-ID: <1@mailer.test>\r\n\r\nHello\r\n"

@@ -268,9 +268,22 @@ class AuthenticationPanel(_Browser):
             WebDriverWait(driver, 15).until(
                 ec.text_to_be_present_in_element((By.ID, "list-status"), "5 messages")
             )
-            return {subject: panel(subject) for subject in messages}
+            badges = {}
+            for row in driver.find_elements(By.CSS_SELECTOR, "#messages .msg"):
+                found = row.find_elements(By.CSS_SELECTOR, ".auth-badge")
+                subject = row.find_element(By.CSS_SELECTOR, ".subj").text
+                badges[subject] = (
+                    (found[0].text, found[0].get_attribute("class")) if found else None
+                )
+            return {"badges": badges} | {subject: panel(subject) for subject in messages}
 
         seen = await threads.deferToThread(look)
+        # The list's badge: the top-most field's DMARC result when that field is ours.
+        self.assertEqual(seen["badges"]["All good"][0], "DMARC pass")
+        self.assertIn("r-pass", seen["badges"]["All good"][1])
+        self.assertEqual(seen["badges"]["Odd bytes"][0], "DMARC fail")
+        self.assertIsNone(seen["badges"]["Unaligned"])  # another server's field is on top
+        self.assertIsNone(seen["badges"]["Never checked"])
         unaligned = seen["Unaligned"]
         self.assertIn("bad", unaligned["verdict"])
         self.assertIn("Authentication\nSPF softfail · DKIM pass · DMARC fail", unaligned["meta"])

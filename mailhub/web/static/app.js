@@ -79,8 +79,17 @@ async function refresh() {
 function rowContent(m) {
   return [el("span", { class: "from" }, short(m.from)), el("span", { class: "time", title: m.received }, when(m.received)),
     el("span", { class: "subj" }, (m.has_attachments ? "📎 " : "") + (m.subject || "(no subject)")), el("span", { class: "size" }, size(m.size)),
-    el("span", { class: "to" }, "To: " + (m.to.map(short).join(", ") || m.mailbox)), el("span"),
+    el("span", { class: "to" }, "To: " + (m.to.map(short).join(", ") || m.mailbox)), authBadge(m.auth),
     el("span", { class: "snippet" }, m.snippet)];
+}
+
+// The list's badge: our checks' DMARC result (SPF and DKIM in its title); nothing when the
+// message's top-most Authentication-Results field is not ours.
+function authBadge(a) {
+  if (!a || !a.dmarc) return el("span");
+  const known = ["pass", "fail", "none", "temperror", "permerror"].includes(a.dmarc) ? a.dmarc : "other";
+  return el("span", { class: `result auth-badge r-${known}`, title: `SPF ${a.spf || "–"} · DKIM ${a.dkim || "–"} · DMARC ${a.dmarc}` },
+    `DMARC ${a.dmarc}`);
 }
 
 function updateRow(li, m) {
@@ -88,7 +97,7 @@ function updateRow(li, m) {
   const cls = "msg" + (m.seen ? "" : " unread") + (selected ? " selected" : "") + (m.has_attachments ? " has-attachment" : "");
   if (li.className !== cls) li.className = cls;
   if (li.getAttribute("aria-selected") !== String(selected)) li.setAttribute("aria-selected", String(selected));
-  const shown = JSON.stringify([m.from, m.received, when(m.received), m.has_attachments, m.subject, m.size, m.to, m.mailbox, m.snippet]);
+  const shown = JSON.stringify([m.from, m.received, when(m.received), m.has_attachments, m.subject, m.size, m.to, m.mailbox, m.snippet, m.auth]);
   if (li.dataset.shown !== shown) { li.dataset.shown = shown; li.replaceChildren(...rowContent(m)); }
 }
 
@@ -130,6 +139,7 @@ async function openMessage(id) {
   $("#envelope tbody").replaceChildren(...Object.entries(m.envelope).map(([k, v]) => el("tr", {}, el("td", {}, k.replace("_", " ")), el("td", {}, String(v ?? "")))));
   $("#raw").textContent = "";
   $("#checks").replaceChildren(); lab.loaded = null;
+  $("#spam").dataset.id = ""; $("#spam").replaceChildren();
   $("#download-raw").href = `${API}/messages/${id}/raw?download=1`;
   $("#toggle-seen").textContent = "Mark unread";
   showTab(m.html_url ? "html" : "text");
@@ -201,6 +211,43 @@ function renderAuth(a) {
   box.replaceChildren(...out);
 }
 
+// --- spam score (mailhub.web.spam: rspamd, asked only when this tab is opened) -----------
+
+function spamAction(r) {
+  return el("span", { class: "result " + (r.is_spam ? "r-fail" : "r-pass") }, r.action);
+}
+
+function renderSpam(r) {
+  const box = $("#spam");
+  if (!r.configured || !r.scanned) { box.replaceChildren(el("p", { id: "spam-summary", class: "spam-summary muted" }, r.why)); return; }
+  const sign = (n) => (n > 0 ? "+" : "") + n.toFixed(2);
+  const rows = r.symbols.map((s) => el("tr", { class: s.score > 0 ? "spam-plus" : s.score < 0 ? "spam-minus" : "" },
+    el("td", { class: "symbol" }, s.name), el("td", { class: "num" }, sign(s.score)),
+    el("td", {}, s.description + (s.options.length ? ` (${s.options.join(", ")})` : ""))));
+  box.replaceChildren(
+    el("p", { id: "spam-summary", class: "spam-summary " + (r.is_spam ? "bad" : "good") },
+      el("strong", {}, `Score ${r.score.toFixed(2)} / ${r.required_score.toFixed(2)}`), " ", spamAction(r),
+      r.skipped ? " (rspamd stopped early: a pre-filter decided)" : ""),
+    ...Object.entries(r.messages || {}).map(([k, v]) => el("p", { class: "spam-message" }, `rspamd says (${k}): ${v}`)),
+    el("p", { class: "muted" }, `rspamd at ${r.rspamd}, ${r.cached ? "asked" : "just asked"} at ${new Date(r.scanned_at).toLocaleString()} `,
+      el("button", { id: "spam-rescan", type: "button", onclick: () => loadSpam(true) }, "Ask again")),
+    el("table", { id: "spam-symbols", class: "spam-symbols" },
+      el("thead", {}, el("tr", {}, el("th", {}, "Symbol"), el("th", {}, "Score"), el("th", {}, "Description"))),
+      el("tbody", {}, ...rows)));
+}
+
+async function loadSpam(refresh = false) {
+  const m = state.open; if (!m) return;
+  const box = $("#spam");
+  box.replaceChildren(el("p", { class: "muted" }, "Asking rspamd…"));
+  try {
+    const r = await api(`/messages/${m.id}/spam${refresh ? "?refresh=1" : ""}`);
+    if (state.open === m) renderSpam(r);
+  } catch (e) {
+    if (state.open === m) box.replaceChildren(el("p", { id: "spam-summary", class: "spam-summary error" }, e.message));
+  }
+}
+
 async function showTab(tab) {
   const m = state.open; if (!m) return;
   state.tab = tab;
@@ -211,6 +258,7 @@ async function showTab(tab) {
   if (tab === "checks") loadChecks(m.id);
   if (tab === "html") $("#html").src = m.html_url ? `${m.html_url}${state.remote ? "?remote=1" : ""}` : "about:blank";
   if (tab === "raw" && !$("#raw").textContent) $("#raw").textContent = await api(`/messages/${m.id}/raw`);
+  if (tab === "spam" && $("#spam").dataset.id !== m.id) { $("#spam").dataset.id = m.id; await loadSpam(); }
 }
 
 function closeMessage() {
