@@ -310,6 +310,9 @@ class WebConfig:
     # address a request arrived on and [server] hostname: the DNS rebinding defence
     # (mailhub.web.access.HostCheck) answers any other Host with 421.
     allowed_hosts: tuple[str, ...] = ()
+    # Link checks (/api/v1/messages/{id}/links?check=1) may go to loopback, private and
+    # link-local addresses and localhost names; off: such targets are refused.
+    link_check_private: bool = False
 
 
 @dataclass(frozen=True)
@@ -887,6 +890,7 @@ def _web(source: str, table: Mapping[str, Any], dev: bool) -> WebConfig:
         poll_interval=float(r.number("poll_interval", d.poll_interval, 0.05, integer=False)),
         max_wait=float(r.number("max_wait", d.max_wait, 1, integer=False)),
         allowed_hosts=tuple(allowed_hosts),
+        link_check_private=r.boolean("link_check_private", d.link_check_private),
     )
     r.finish()
     return web

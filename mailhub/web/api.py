@@ -37,6 +37,7 @@ from mailhub.web import parse, search
 from mailhub.web.access import Viewer
 from mailhub.web.feed import Change, Entry, MailFeed
 from mailhub.web.ids import parse_id
+from mailhub.web.lab import Lab
 from mailhub.web.openapi import openapi
 from mailhub.web.release import ReleaseError, release
 from mailhub.web.sanitise import count_remote, data_url, document, sanitise
@@ -177,6 +178,7 @@ class Api:
         self.spam = spam if spam is not None else SpamScores(None, max_message_size=0)
         # Open long polls and event streams -> how to end each at shutdown.
         self.streams: dict[IRequest, Callable[[], None]] = {}
+        self.lab = Lab(self)  # checks, links and codes of a message (issue 15)
 
     # --- dispatch --------------------------------------------------------------------------
 
@@ -224,6 +226,14 @@ class Api:
                 routes = {"GET": self.html}
             elif tail == ["release"]:
                 routes = {"POST": self.release}
+            elif tail == ["checks"]:
+                routes = {"GET": self.lab.checks}
+            elif tail == ["links"]:
+                routes = {"GET": self.lab.links}
+            elif tail == ["links", "check"]:
+                routes = {"POST": self.lab.links_check}
+            elif tail == ["codes"]:
+                routes = {"GET": self.lab.codes}
             elif tail == ["spam"]:
                 routes = {"GET": partial(spam_handle, self.spam, self._raw)}
             elif len(tail) == 2 and tail[0] == "parts":

@@ -351,6 +351,7 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         authserv_id=authserv_id_of(config),  # whose Authentication-Results the page believes
         spam=spam_scores(config, clock),
     )
+    api.lab.configure(link_check_private=config.web.link_check_private)
     access = Access(
         login=config.web.login,
         admins=config.web.admins,
