@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -76,7 +77,7 @@ def check_config(args: argparse.Namespace) -> int:
             names = ", ".join(info.dns_names)
             print(f"  tls        {info.path}: {names} until {info.not_after:%Y-%m-%d}")
     if args.dns:
-        return _check_dkim_dns(config, args.nameserver)
+        return _check_dns(config, args.nameserver, args.ip)
     return 0
 
 
@@ -362,8 +363,81 @@ def dkim_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_dkim_dns(config: Config, nameserver: str | None) -> int:
-    """Each key's TXT record, looked up and compared with the key (online)."""
+def _smarthost(config: Config) -> str:
+    smarthost = config.relay.smarthost
+    return f"{smarthost.host}:{smarthost.port}" if smarthost is not None else ""
+
+
+def dns_records(args: argparse.Namespace) -> int:
+    """The records to publish for each domain, as zone-file lines with a comment each."""
+    from mailhub.checks.keys import check_domain, read_domain
+    from mailhub.checks.records import records_for
+
+    config = _config(args)
+    for n, name in enumerate(args.domain):
+        domain = check_domain(name)
+        records, notes = records_for(
+            domain,
+            hostname=config.hostname,
+            sending_ips=args.ip,
+            keys=read_domain(config.dkim_key_dir / domain),
+            smarthost=_smarthost(config),
+        )
+        if n:
+            print()
+        print(f"; DNS records for {domain} (mailhub {__version__}; [server] hostname")
+        print(f"; {config.hostname}). Check them once published: mailhub check-config --dns")
+        for record in records:
+            print(textwrap.fill(record.why, 99, initial_indent="; ", subsequent_indent=";   "))
+            print(record.zone_line())
+        for note in notes:
+            print(textwrap.fill(note, 99, initial_indent="; note: ", subsequent_indent=";   "))
+    if "." not in config.hostname or config.hostname == "localhost":
+        print(
+            f"mailhub: [server] hostname is {config.hostname!r}: set it to the server's public "
+            "name (the MX host) in the config",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _check_domain_records(config: Config, resolver: Any, sending_ips: Sequence[str]) -> int:
+    """MX, SPF, DMARC and PTR of each local domain (online); how many are wrong."""
+    from mailhub.checks.records import PROBLEM, TEMPORARY, check_domain
+
+    names = config.domains.local
+    if not names:
+        print("  dns        no [domains] local: only the DKIM keys are checked")
+        return 0
+    bad = 0
+    for domain in names:
+        findings = _finish(
+            check_domain(
+                resolver,
+                domain,
+                hostname=config.hostname,
+                sending_ips=sending_ips,
+                smarthost=_smarthost(config),
+            )
+        )
+        for f in findings:
+            bad += f.status in (PROBLEM, TEMPORARY)
+            print(f"  {f.what.lower():<10} {domain}: {f.status}: {f.detail}")
+    return bad
+
+
+def _check_dns(config: Config, nameserver: str | None, sending_ips: Sequence[str]) -> int:
+    """What DNS has for our domains and keys, against what `mailhub dns` prints (online)."""
+    configured = config.checks.nameservers or config.relay.nameservers
+    resolver = _BlockingResolver(nameserver, configured, config.checks.dns_timeout)
+    bad = _check_domain_records(config, resolver, sending_ips)
+    bad += _check_dkim_dns(config, resolver)
+    return 1 if bad else 0
+
+
+def _check_dkim_dns(config: Config, resolver: Any) -> int:
+    """Each key's TXT record, looked up and compared with the key; how many are wrong."""
     from mailhub.checks.keys import all_keys
     from mailhub.checks.published import OK, check_published
 
@@ -371,8 +445,6 @@ def _check_dkim_dns(config: Config, nameserver: str | None) -> int:
     if not found:
         print(f"  dkim       no keys in {config.dkim_key_dir}")
         return 0
-    configured = config.checks.nameservers or config.relay.nameservers
-    resolver = _BlockingResolver(nameserver, configured, config.checks.dns_timeout)
     bad = 0
     for info in found:
         verdict = _finish(check_published(resolver, info))
@@ -380,7 +452,7 @@ def _check_dkim_dns(config: Config, nameserver: str | None) -> int:
         bad += verdict.status != OK and not info.retired
         retired = " (retired)" if info.retired else ""
         print(f"  dkim       {info.record_name}{retired}: {verdict.status}: {verdict.detail}")
-    return 1 if bad else 0
+    return bad
 
 
 def _finish(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -453,6 +525,15 @@ class _BlockingResolver:
         return self._lookup(name, "PTR", lambda r: r.target.to_text(True))
 
 
+def _ip(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
 def version(args: argparse.Namespace) -> int:
     print(f"mailhub {__version__}")
     return 0
@@ -465,14 +546,29 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--data", "-d", help="data directory (overrides the config's data_dir)")
     sub = top.add_subparsers(dest="command", required=True)
 
-    check = sub.add_parser("check-config", parents=[common], help="validate a config file")
+    ips = argparse.ArgumentParser(add_help=False)
+    ips.add_argument(
+        "--ip",
+        action="append",
+        default=[],
+        type=_ip,
+        help="an address mail leaves from (repeat for more; default: [server] hostname's)",
+    )
+    check = sub.add_parser("check-config", parents=[common, ips], help="validate a config file")
     check.add_argument(
         "--dns",
         action="store_true",
-        help="look up each DKIM key's TXT record and compare it with the key (online)",
+        help="look up what `mailhub dns` prints (MX, SPF, DKIM, DMARC, PTR) and check it (online)",
     )
     check.add_argument("--nameserver", help="DNS server HOST[:PORT] for --dns (default: system's)")
     check.set_defaults(run=check_config)
+    dns = sub.add_parser(
+        "dns",
+        parents=[common, ips],
+        help="print the DNS records to publish for a domain: MX, SPF, DKIM, DMARC, PTR",
+    )
+    dns.add_argument("domain", nargs="+")
+    dns.set_defaults(run=dns_records)
     sub.add_parser("version", help="print the version").set_defaults(run=version)
     cert_p = sub.add_parser(
         "cert", parents=[common], help="show the TLS certificate (path, SHA-256, names, expiry)"

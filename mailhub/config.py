@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import idna
 from twisted.internet.endpoints import serverFromString
@@ -264,6 +265,16 @@ class ChecksConfig:
     policy: CheckPolicy = field(default_factory=CheckPolicy)
     # (recipient domain, its policy) overrides.
     domains: tuple[tuple[str, CheckPolicy], ...] = ()
+    # Dev stack: the address the production mail will leave from. SPF judges it instead of a
+    # loopback or private client (an app on 127.0.0.1 says nothing of production) and for
+    # authenticated submission; "": SPF is not evaluated for those (the reason says so).
+    dev_sending_ip: str = ""
+
+    # --- the spam score on the page and API (mailhub.checks.rspamd, issue 15) ---
+    # rspamd's normal worker, e.g. "http://127.0.0.1:11333"; "": no spam score.
+    rspamd: str = ""
+    # Seconds for one question to rspamd (connect, send, answer).
+    rspamd_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -300,6 +311,9 @@ class WebConfig:
     # address a request arrived on and [server] hostname: the DNS rebinding defence
     # (mailhub.web.access.HostCheck) answers any other Host with 421.
     allowed_hosts: tuple[str, ...] = ()
+    # Link checks (/api/v1/messages/{id}/links?check=1) may go to loopback, private and
+    # link-local addresses and localhost names; off: such targets are refused.
+    link_check_private: bool = False
 
 
 @dataclass(frozen=True)
@@ -762,6 +776,16 @@ def _checks(source: str, table: Mapping[str, Any]) -> ChecksConfig:
     enabled = r.boolean("enabled", d.enabled)
     max_size = r.size("max_message_size", d.max_message_size)
     policy = _check_policy(r, d.policy)
+    dev_sending_ip = r.string("dev_sending_ip", d.dev_sending_ip).strip()
+    if dev_sending_ip:
+        try:
+            dev_sending_ip = str(ipaddress.ip_address(dev_sending_ip))
+        except ValueError:
+            raise r._error(
+                "dev_sending_ip",
+                f"{dev_sending_ip!r} is not an IP address",
+                'the address production mail leaves from, e.g. dev_sending_ip = "203.0.113.5"',
+            ) from None
 
     def domains(key: str, value: Any) -> tuple[tuple[str, CheckPolicy], ...]:
         fix = '[checks.domain."example.org"] tables with dmarc_reject, dmarc_quarantine, spf_fail'
@@ -788,11 +812,36 @@ def _checks(source: str, table: Mapping[str, Any]) -> ChecksConfig:
         max_message_size=max_size,
         policy=policy,
         domains=r.get("domain", (), domains),
+        dev_sending_ip=dev_sending_ip,
+        rspamd=_rspamd_url(r, d.rspamd),
+        rspamd_timeout=float(
+            r.get("rspamd_timeout", d.rspamd_timeout, lambda k, v: _duration(r, k, v))
+        ),
     )
+    if checks.rspamd_timeout <= 0:
+        raise r._error("rspamd_timeout", "must be more than 0 seconds", "rspamd_timeout = 10")
     if checks.dns_timeout <= 0:
         raise r._error("dns_timeout", "must be more than 0 seconds", "dns_timeout = 5")
     r.finish()
     return checks
+
+
+def _rspamd_url(r: _Reader, default: str) -> str:
+    url = r.string("rspamd", default).strip()
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise r._error(
+            "rspamd", f"{url!r} is not an http URL of rspamd", 'rspamd = "http://127.0.0.1:11333"'
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise r._error(
+            "rspamd", f"{url!r} has a bad port", 'e.g. "http://127.0.0.1:11333"'
+        ) from None
+    return url.rstrip("/")
 
 
 def _queue(source: str, table: Mapping[str, Any]) -> QueueConfig:
@@ -852,6 +901,7 @@ def _web(source: str, table: Mapping[str, Any], dev: bool) -> WebConfig:
         poll_interval=float(r.number("poll_interval", d.poll_interval, 0.05, integer=False)),
         max_wait=float(r.number("max_wait", d.max_wait, 1, integer=False)),
         allowed_hosts=tuple(allowed_hosts),
+        link_check_private=r.boolean("link_check_private", d.link_check_private),
     )
     r.finish()
     return web

@@ -468,6 +468,8 @@ def _checking(
         authserv_id=authserv_id,
         policy=policy_from_config(config),
         clock=reactor,
+        # The dev stack says what a receiver would see of what it signs with its own keys.
+        own_keys=keystore.key_files if config.dev else None,
     )
     return CheckingSink(
         inner,

@@ -72,7 +72,7 @@ from mailhub.sandboxclient import CaughtMessage, MessageTimeout, SandboxAPIError
 from mailhub.service import FACTORIES, MailhubService, build
 from mailhub.store.errors import StoreError
 from mailhub.tls import subject_alt_names
-from mailhub.web import parse
+from mailhub.web import codes, links, parse
 from mailhub.web.feed import Change, Entry, MailFeed, arrival_order
 from mailhub.web.ids import MessageRef
 
@@ -203,6 +203,33 @@ class Delivered:
         """The plain-text body (the first text/plain part), or ""."""
         part = self.message.get_body(preferencelist=("plain",))
         return part.get_content() if part is not None else ""
+
+    # -- links and one-time codes (as /api/v1/messages/{id}/links and /codes find them) ----------
+
+    def links(self, *, kind: str | None = "link") -> list[links.Link]:
+        """The links of the text and HTML parts, in order, with anchor text (``kind=None``:
+        images too; "image": only images). At most ``links.MAX_LINKS``."""
+        d = parse.detail(self.message)
+        found = links.extract(d.text, d.html).links
+        return [link for link in found if kind is None or link.kind == kind]
+
+    def codes(self) -> list[codes.Code]:
+        """The one-time codes in the message, best first (``mailhub.web.codes``)."""
+        d = parse.detail(self.message)
+        return codes.find_codes(d.summary.subject, d.text, d.html)
+
+    @property
+    def code(self) -> str:
+        """The message's one-time code ("Your code is 482913" -> "482913"); CodeNotFound when
+        it has none."""
+        found = self.codes()
+        if not found:
+            raise CodeNotFound(f"no one-time code in {self.subject!r}: {self.text[:200]!r}")
+        return found[0].code
+
+
+class CodeNotFound(AssertionError):
+    """The message holds nothing that reads as a one-time code."""
 
 
 @dataclass(frozen=True)
@@ -466,6 +493,16 @@ class MailhubTestServer:
         """Every message in the store (or in one mailbox), oldest first, all folders."""
         return [m for m in map(self._read, self._entries(mailbox)) if m is not None]
 
+    @staticmethod
+    def links(message: Delivered, *, kind: str | None = "link") -> list[links.Link]:
+        """``message.links()``: its links with anchor text (test code reads well either way)."""
+        return message.links(kind=kind)
+
+    @staticmethod
+    def code(message: Delivered) -> str:
+        """``message.code``: its one-time code, or CodeNotFound."""
+        return message.code
+
     def cursor(self) -> Cursor:
         """Now, as a point to wait from: only messages arriving after it count."""
         return Cursor(self._feed().seq)
@@ -645,6 +682,9 @@ class BlockingMailhub:
 
     def wait_for_message(self, **kwargs: Any) -> Delivered:
         return self._call(self.server.wait_for_message, **kwargs)
+
+    links = staticmethod(MailhubTestServer.links)
+    code = staticmethod(MailhubTestServer.code)
 
     def add_fault(self, rule: Rule | Mapping[str, Any]) -> str:
         """Add a fault rule (on the reactor thread); its id."""

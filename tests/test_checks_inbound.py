@@ -21,6 +21,7 @@ from mailhub.checks.inbound import (
     Facts,
     Policy,
     decide,
+    is_local_address,
     judge,
 )
 from mailhub.checks.results import MethodResult
@@ -360,3 +361,80 @@ class DecideTests(SynchronousTestCase):
         self.assertEqual(verdict.action, TEMPFAIL)
         assert verdict.reply is not None
         self.assertEqual(verdict.reply.code, 451)
+
+
+class DevStackSPF(SynchronousTestCase):
+    """The dev stack judges SPF for [checks] dev_sending_ip, not for an app's local address."""
+
+    def run_dev(self, client: str, *, sending_ip: str = "", user: str | None = None) -> Any:
+        fakes = Fakes()
+        env = envelope(authenticated=user)
+        env.client_address = client
+        d = defer.Deferred.fromCoroutine(
+            judge(
+                object(),
+                MESSAGE,
+                env,
+                authserv_id="dev",
+                policy=Policy(dev=True, dev_sending_ip=sending_ip),
+                clock=Clock(),
+                checkers=fakes.checkers(),
+            )
+        )
+        verdict = self.successResultOf(d)
+        [spf] = [r for r in verdict.results.results if r.method == "spf"]
+        asked = [c[1][1] for c in fakes.calls if c[0] == "spf"]
+        return spf, asked
+
+    def test_local_clients(self) -> None:
+        for address in ("127.0.0.1", "::1", "10.1.2.3", "172.17.0.2", "192.168.1.9", "fd00::1"):
+            self.assertTrue(is_local_address(address), address)
+        for address in ("192.0.2.1", "8.8.8.8", "2001:db8::1", "not an address", ""):
+            self.assertFalse(is_local_address(address), address)
+        self.assertTrue(is_local_address("::ffff:127.0.0.1"))
+
+    def test_local_client_without_dev_sending_ip_is_not_evaluated(self) -> None:
+        spf, asked = self.run_dev("172.17.0.2")
+        self.assertEqual(asked, [])
+        self.assertEqual(spf.result, "none")
+        self.assertEqual(
+            spf.reason,
+            "SPF not meaningful for mail from 172.17.0.2; set [checks] dev_sending_ip (the "
+            "address production mail leaves from)",
+        )
+
+    def test_local_client_judged_for_dev_sending_ip(self) -> None:
+        spf, asked = self.run_dev("127.0.0.1", sending_ip="192.0.2.10")
+        self.assertEqual(asked, ["192.0.2.10"])
+        self.assertEqual(spf.result, "pass")
+        self.assertIn("judged for 192.0.2.10 ([checks] dev_sending_ip", spf.reason)
+
+    def test_a_public_client_is_judged_as_it_is(self) -> None:
+        spf, asked = self.run_dev("198.51.100.7", sending_ip="192.0.2.10")
+        self.assertEqual(asked, ["198.51.100.7"])
+        self.assertEqual(spf.reason, "")
+
+    def test_submission_judged_for_dev_sending_ip_only(self) -> None:
+        spf, asked = self.run_dev("198.51.100.7", sending_ip="192.0.2.10", user="a@a.test")
+        self.assertEqual(asked, ["192.0.2.10"])
+        spf, asked = self.run_dev("198.51.100.7", user="a@a.test")
+        self.assertEqual(asked, [])
+        self.assertIn("set [checks] dev_sending_ip", spf.reason)
+
+    def test_production_ignores_dev_sending_ip(self) -> None:
+        fakes = Fakes()
+        env = envelope()
+        env.client_address = "127.0.0.1"
+        d = defer.Deferred.fromCoroutine(
+            judge(
+                object(),
+                MESSAGE,
+                env,
+                authserv_id="mx",
+                policy=Policy(dev_sending_ip="192.0.2.10"),
+                clock=Clock(),
+                checkers=fakes.checkers(),
+            )
+        )
+        self.successResultOf(d)
+        self.assertEqual([c[1][1] for c in fakes.calls if c[0] == "spf"], ["127.0.0.1"])

@@ -177,7 +177,7 @@ _method_results = st.builds(
 
 
 def _as_written(r: MethodResult) -> MethodResult:
-    """What the header keeps of a result: no CR, LF or NUL, a reason of at most 300 chars."""
+    """What the header keeps of a result: no CR, LF or NUL, a reason of at most 600 chars."""
 
     def clean(text: str) -> str:
         return text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
@@ -185,7 +185,7 @@ def _as_written(r: MethodResult) -> MethodResult:
     return MethodResult(
         r.method,
         r.result,
-        clean(r.reason)[:300],
+        clean(r.reason)[:600],
         tuple((k, clean(v)) for k, v in r.properties),
     )
 

@@ -383,6 +383,13 @@ class InboundChecks(SynchronousTestCase):
         self.assertEqual(policy.for_domain("other.example"), policy.default)
         self.assertEqual((policy.timeout, policy.dev), (5.0, False))
 
+    def test_dev_sending_ip(self) -> None:
+        from mailhub.checks.inbound import policy_from_config
+
+        config = self.load_text('[server]\ndev = true\n[checks]\ndev_sending_ip = "2001:DB8::5"\n')
+        self.assertEqual(config.checks.dev_sending_ip, "2001:db8::5")
+        self.assertEqual(policy_from_config(config).dev_sending_ip, "2001:db8::5")
+
     def test_mistakes(self) -> None:
         for text, needle in [
             ('[checks]\ndmarc_reject = "bounce"\n', "'bounce' is not one of reject, quarantine"),
@@ -392,6 +399,25 @@ class InboundChecks(SynchronousTestCase):
             ('[checks.domain."x.example"]\nspf_fial = "mark"\n', "did you mean 'spf_fail'"),
             ('[checks.domain."-bad-"]\nspf_fail = "mark"\n', "[checks] domain"),
             ("[checks]\nenable = false\n", "did you mean 'enabled'"),
+            ('[checks]\ndev_sending_ip = "mx.example"\n', "[checks] dev_sending_ip: 'mx.ex"),
+        ]:
+            err = self.assertRaises(ConfigError, self.load_text, text)
+            self.assertIn(needle, str(err))
+
+    def test_rspamd(self) -> None:
+        """[checks] rspamd (issue 15): an http(s) URL of rspamd's normal worker; off by default."""
+        checks = self.load_text("").checks
+        self.assertEqual((checks.rspamd, checks.rspamd_timeout), ("", 10.0))
+        checks = self.load_text(
+            '[checks]\nrspamd = "http://127.0.0.1:11333/"\nrspamd_timeout = "3s"\n'
+        ).checks
+        self.assertEqual((checks.rspamd, checks.rspamd_timeout), ("http://127.0.0.1:11333", 3.0))
+        for text, needle in [
+            ('[checks]\nrspamd = "127.0.0.1:11333"\n', "[checks] rspamd: '127.0.0.1:11333' is not"),
+            ('[checks]\nrspamd = "ftp://host"\n', "is not an http URL"),
+            ('[checks]\nrspamd = "http://host:99999"\n', "has a bad port"),
+            ("[checks]\nrspamd = 11333\n", "[checks] rspamd"),
+            ("[checks]\nrspamd_timeout = 0\n", "[checks] rspamd_timeout: must be more than 0"),
         ]:
             err = self.assertRaises(ConfigError, self.load_text, text)
             self.assertIn(needle, str(err))

@@ -37,3 +37,11 @@ class WebSection(SynchronousTestCase):
             with self.assertRaises(ConfigError, msg=text) as caught:
                 self.load_text(text)
             self.assertEqual(caught.exception.key, key)
+
+    def test_link_check_private(self) -> None:
+        self.assertFalse(self.load_text("").web.link_check_private)
+        self.assertFalse(dev_config().web.link_check_private)
+        self.assertTrue(self.load_text("[web]\nlink_check_private = true\n").web.link_check_private)
+        with self.assertRaises(ConfigError) as caught:
+            self.load_text('[web]\nlink_check_private = "yes"\n')
+        self.assertEqual(caught.exception.key, "[web] link_check_private")

@@ -29,12 +29,25 @@ and the policy never refuses or junks it (RFC 8601 2.7.4's ``auth=pass`` says wh
 ``Verdict.would`` tells what a production receiver would have done (it is logged and written in
 the reason of the result that decided it).
 
+The dev stack also says what a receiver will see of mail that does not come from where production
+mail will, without making the header say what was not found (``as_receiver``):
+
+- SPF judges the sending server's address; an app's 127.0.0.1 (or a private address: a container)
+  says nothing of production. ``Policy.dev_sending_ip`` ([checks] dev_sending_ip, the address
+  production mail leaves from) is judged instead, for such clients and for authenticated
+  submission, and the reason names it; unset, SPF is not evaluated for them and says so.
+- A DKIM signature made with one of the dev stack's own keys (``own_keys``) whose record DNS
+  does not have (or has another key) is verified again as if the key's record were published;
+  the reason says "would pass once the record ... is published at ..." and whether what DNS
+  has matches the key; DMARC's reason says whether it would then pass.
+
 The checks themselves are in ``spf``, ``dkimverify``, ``dmarc`` and ``arc``; ``Checkers`` names
 them, so a test can give fakes.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
@@ -44,7 +57,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError
+from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError, Lookup
+from mailhub.checks.keys import KeyFile
 from mailhub.checks.results import AuthenticationResults, MethodResult
 from mailhub.config import CheckPolicy, Config
 from mailhub.envelope import Envelope
@@ -166,6 +180,9 @@ class Policy:
     timeout: float = 20.0  # seconds for all the checks of one message
     max_message_size: int = 10 * 1024 * 1024  # bigger: not checked (recorded as such)
     dns_budget: int = 50  # lookups per message (DNSBudget)
+    # Dev stack: the address production mail will leave from; SPF judges it instead of a
+    # loopback or private client (and for authenticated submission). "": SPF not evaluated there.
+    dev_sending_ip: str = ""
 
     def for_domain(self, domain: str) -> DomainPolicy:
         return self.domains.get(domain.lower().rstrip("."), self.default)
@@ -190,6 +207,7 @@ def policy_from_config(config: Config) -> Policy:
         dev=config.dev,
         timeout=checks.timeout,
         max_message_size=checks.max_message_size,
+        dev_sending_ip=checks.dev_sending_ip,
     )
 
 
@@ -330,9 +348,12 @@ async def judge(
     budget: DNSBudget | None = None,
     clock: IReactorTime | None = None,
     checkers: Checkers | None = None,
+    own_keys: OwnKeys | None = None,
 ) -> Verdict:
     """Judge one message (see the module docstring). Never raises for what the message or DNS
-    does: every failure of a check is a result in the header."""
+    does: every failure of a check is a result in the header. ``own_keys(domain)``: the dev
+    stack's own DKIM keys of a domain (``KeyStore.key_files``), to say what a receiver would see
+    once their records are published."""
     if clock is None:
         from twisted.internet import reactor
 
@@ -356,10 +377,12 @@ async def judge(
         found.append(MethodResult("auth", "pass", "", (("smtp.auth", user),)))
 
     # Phase 1: SPF (the envelope), DKIM and ARC (the content), at once.
+    spf_ip, spf_skip, spf_note = _spf_client(envelope, policy, authenticated=authenticated)
+
     def spf() -> Coroutine[Any, Any, Any]:
         return checkers.spf(
             resolver,
-            envelope.client_address,
+            spf_ip,
             envelope.mail_from,
             envelope.helo,
             budget=budget,
@@ -373,21 +396,23 @@ async def judge(
         return checkers.arc(resolver, message, budget=budget)
 
     started: list[defer.Deferred[_Outcome]] = []
-    if not authenticated:
+    if not spf_skip:
         started.append(_within(spf, clock, deadline - clock.seconds()))
     started.append(_within(dkim, clock, deadline - clock.seconds()))
     started.append(_within(arc, clock, deadline - clock.seconds()))
     outcomes: list[_Outcome] = await defer.gatherResults(started)
-    spf_out = None if authenticated else outcomes.pop(0)
+    spf_out = None if spf_skip else outcomes.pop(0)
     dkim_out, arc_out = outcomes
 
     spf_for_dmarc = None
     spf_exp = ""
     if spf_out is None:
-        reason = "not checked: authenticated submission (SPF judges the sending server, not you)"
-        found.append(MethodResult("spf", "none", reason, (_mailfrom_identity(envelope),)))
+        found.append(MethodResult("spf", "none", spf_skip, (_mailfrom_identity(envelope),)))
     elif spf_out.ok:
-        found.append(spf_out.value.method_result())
+        spf_result = spf_out.value.method_result()
+        if spf_note:
+            spf_result = replace(spf_result, reason=_joined(spf_result.reason, spf_note))
+        found.append(spf_result)
         spf_for_dmarc = spf_out.value.mailfrom
         spf_exp = getattr(spf_for_dmarc, "authority_explanation", "") or ""
     else:
@@ -397,10 +422,20 @@ async def judge(
         found.append(MethodResult("spf", result, reason, (_mailfrom_identity(envelope),)))
 
     signatures: Sequence[Any] = ()
+    receiver = _AsReceiver()
     if dkim_out.ok:
         signatures = list(dkim_out.value)
+        if signatures and policy.dev and own_keys is not None:
+            receiver = await _within_receiver(
+                lambda: as_receiver(resolver, message, signatures, own_keys, checkers),
+                clock,
+                deadline - clock.seconds(),
+            )
         if signatures:
-            found.extend(s.method_result() for s in signatures)
+            found.extend(
+                _with_note(s.method_result(), receiver.notes.get(i, ""))
+                for i, s in enumerate(signatures)
+            )
         else:
             found.append(MethodResult("dkim", "none", "the message has no DKIM signature"))
     else:
@@ -438,7 +473,26 @@ async def judge(
         dmarc_out = await _within(dmarc, clock, deadline - clock.seconds())
         if dmarc_out.ok:
             dmarc_result = dmarc_out.value
-            found.append(dmarc_result.method_result())
+            dmarc_method = dmarc_result.method_result()
+            if receiver.signatures and dmarc_result.result != "pass":
+                # What DMARC would say with the dev stack's DKIM records published.
+                would = receiver.signatures
+
+                def dmarc_published() -> Coroutine[Any, Any, Any]:
+                    return checkers.dmarc(
+                        resolver, from_domain, spf_for_dmarc, would, budget=budget
+                    )
+
+                then = await _within(dmarc_published, clock, deadline - clock.seconds())
+                if then.ok and then.value.result != dmarc_result.result:
+                    note = (
+                        "as a receiver would see it once the DKIM records above are published: "
+                        f"dmarc={then.value.result}"
+                    )
+                    if then.value.result != "pass" and then.value.reason:
+                        note += f" ({then.value.reason})"
+                    dmarc_method = _with_note(dmarc_method, note)
+            found.append(dmarc_method)
         else:
             assert dmarc_out.error is not None
             _log_unexpected("DMARC", envelope, dmarc_out.error)
@@ -477,6 +531,7 @@ def judge_with(
     policy: Policy,
     clock: IReactorTime,
     checkers: Checkers | None = None,
+    own_keys: OwnKeys | None = None,
 ) -> Callable[[bytes, Envelope], Coroutine[Any, Any, Verdict]]:
     """``judge`` bound to one server's resolver and policy: what ``CheckingSink`` calls."""
 
@@ -490,9 +545,174 @@ def judge_with(
             policy=policy,
             clock=clock,
             checkers=chosen,
+            own_keys=own_keys,
         )
 
     return bound
+
+
+# --- the dev stack: what a receiver will see ----------------------------------------------------
+
+OwnKeys = Callable[[str], Sequence[KeyFile]]  # domain -> its key files (KeyStore.key_files)
+
+# Addresses no receiver on the Internet sees mail from: loopback, RFC 1918 and RFC 6598
+# (containers, home and carrier NAT), link-local, IPv6 unique-local (RFC 4193).
+_LOCAL_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
+
+
+def is_local_address(address: str) -> bool:
+    """Loopback or a private address (see ``_LOCAL_NETWORKS``); False for anything else."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == n.version and ip in n for n in _LOCAL_NETWORKS)
+
+
+def _spf_client(envelope: Envelope, policy: Policy, *, authenticated: bool) -> tuple[str, str, str]:
+    """(the address SPF judges, why SPF is not evaluated or "", a note for its reason or "").
+
+    In production SPF judges the client, except for authenticated submission (the client is
+    not the server that will hand the mail to a receiver). In the dev stack a loopback or
+    private client says nothing of production either: ``dev_sending_ip`` is judged instead."""
+    client = envelope.client_address
+    submission = "not checked: authenticated submission (SPF judges the sending server, not you)"
+    if not policy.dev:
+        return client, submission if authenticated else "", ""
+    local = is_local_address(client)
+    if policy.dev_sending_ip and (authenticated or local):
+        note = (
+            f"judged for {policy.dev_sending_ip} ([checks] dev_sending_ip, where production "
+            f"mail leaves from), not for the client {client}"
+        )
+        return policy.dev_sending_ip, "", note
+    setting = "set [checks] dev_sending_ip (the address production mail leaves from)"
+    if authenticated:
+        return client, f"{submission}; to see what receivers will find, {setting}", ""
+    if local:
+        return client, f"SPF not meaningful for mail from {client}; {setting}", ""
+    return client, "", ""
+
+
+def _joined(reason: str, note: str) -> str:
+    return f"{reason}; {note}" if reason else note
+
+
+def _with_note(r: MethodResult, note: str) -> MethodResult:
+    return replace(r, reason=_joined(r.reason, note)) if note else r
+
+
+@dataclass(frozen=True)
+class _AsReceiver:
+    """The dev stack's view: notes for DKIM results (by the signature's index), and the
+    signatures as they would be with the own keys' records published (() if nothing changes)."""
+
+    notes: Mapping[int, str] = field(default_factory=dict)
+    signatures: Sequence[Any] = ()
+
+
+class _OwnRecords:
+    """A CheckResolver answering only the own keys' records (as if published); every other name
+    is NXDOMAIN, so verifying again asks the DNS nothing."""
+
+    def __init__(self, records: Mapping[str, bytes]) -> None:
+        self._records = records
+
+    async def txt(self, name: str) -> Lookup[bytes]:
+        record = self._records.get(name.lower().rstrip("."))
+        return Lookup((record,)) if record is not None else Lookup(nxdomain=True)
+
+    async def a(self, name: str) -> Lookup[str]:
+        return Lookup(nxdomain=True)
+
+    async def aaaa(self, name: str) -> Lookup[str]:
+        return Lookup(nxdomain=True)
+
+    async def mx(self, name: str) -> Lookup[tuple[int, str]]:
+        return Lookup(nxdomain=True)
+
+    async def ptr(self, address: str) -> Lookup[str]:
+        return Lookup(nxdomain=True)
+
+
+async def as_receiver(
+    resolver: CheckResolver,
+    message: bytes,
+    signatures: Sequence[Any],
+    own_keys: OwnKeys,
+    checkers: Checkers,
+) -> _AsReceiver:
+    """For each signature that did not pass but was made with one of our own keys: verify it
+    again with the key's record as if published, and say whether DNS has that record."""
+    from mailhub.checks.published import MISMATCH, MISSING, OK, check_published
+
+    mine: dict[int, KeyFile] = {}
+    for i, sig in enumerate(signatures):
+        if sig.result == "pass" or not sig.domain or not sig.selector:
+            continue
+        for key_file in own_keys(sig.domain):
+            if key_file.key.selector == sig.selector.lower():
+                mine[i] = key_file
+    if not mine:
+        return _AsReceiver()
+    records = {f.record_name: f.record.encode("ascii") for f in mine.values()}
+    again = list(await checkers.dkim(_OwnRecords(records), message))
+    if len(again) != len(signatures):  # not the same message: say nothing rather than guess
+        return _AsReceiver()
+    notes: dict[int, str] = {}
+    would = list(signatures)
+    for i, key_file in mine.items():
+        then = again[i]
+        name = key_file.record_name
+        if then.result != "pass":
+            notes[i] = (
+                "as a receiver would see it: fails even with this dev stack's own key "
+                f"({then.reason})"
+            )
+            continue
+        would[i] = then
+        published = await check_published(resolver, key_file)
+        dns = {
+            MISSING: "nothing is published there yet",
+            MISMATCH: f"what is published there does not match: {published.detail}",
+            OK: "what is published there matches",
+        }.get(published.status, f"what is there could not be looked up: {published.detail}")
+        notes[i] = (
+            "as a receiver would see it: would pass once the record "
+            f"`mailhub dkim show {key_file.key.domain}` prints is published at {name} ({dns})"
+        )
+    changed = any(would[i] is not signatures[i] for i in mine)
+    return _AsReceiver(notes, would if changed else ())
+
+
+def _within_receiver(
+    make: Callable[[], Coroutine[Any, Any, _AsReceiver]], clock: IReactorTime, seconds: float
+) -> defer.Deferred[_AsReceiver]:
+    """``as_receiver`` within the deadline; nothing to add when it fails or is late."""
+
+    def value(outcome: _Outcome) -> _AsReceiver:
+        if outcome.ok:
+            return cast(_AsReceiver, outcome.value)
+        if not isinstance(outcome.error, defer.TimeoutError):
+            log.failure("the dev stack's receiver view failed", Failure(outcome.error))
+        return _AsReceiver()
+
+    return _within(make, clock, seconds).addCallback(value)
 
 
 def unchecked(authserv_id: str, reason: str) -> Verdict:

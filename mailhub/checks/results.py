@@ -29,7 +29,9 @@ ARC_RESULTS = frozenset({"none", "pass", "fail"})
 _TOKEN = re.compile(rb"^[!#$%&\'*+\-.0-9A-Z^_`a-z{|}~]+$")
 # RFC 8601 2.2: pvalue may also be [local-part] "@" domain-name without quotes.
 _ADDRESS = re.compile(rb"^[!#$%&'*+\-/=?^_`{|}~0-9A-Za-z.]*@[0-9A-Za-z][0-9A-Za-z.\-]*$")
-_REASON_MAX = 300  # characters of a reason kept in the header (the header line stays readable)
+# Characters of a reason kept in the header (it stays readable): a check's words, and in the
+# dev stack its notes on what a receiver would see (inbound.as_receiver) after them.
+_REASON_MAX = 600
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,12 @@ from mailhub.web import parse, search
 from mailhub.web.access import Viewer
 from mailhub.web.feed import Change, Entry, MailFeed
 from mailhub.web.ids import parse_id
+from mailhub.web.lab import Lab
 from mailhub.web.openapi import openapi
 from mailhub.web.release import ReleaseError, release
 from mailhub.web.sanitise import count_remote, data_url, document, sanitise
+from mailhub.web.spam import SpamScores
+from mailhub.web.spam import handle as spam_handle
 
 log = Logger()
 
@@ -163,6 +166,7 @@ class Api:
         faults: Any = None,
         ready: Callable[[], str | None] = lambda: None,
         authserv_id: str | None = None,
+        spam: SpamScores | None = None,
     ) -> None:
         self.feed, self.clock, self.hostname, self.max_wait = feed, clock, hostname, max_wait
         # Whose Authentication-Results field a message's "authentication" shows: our own
@@ -171,8 +175,11 @@ class Api:
         self.faults = faults
         self.ready = ready
         self.sandboxes: Any = None  # /sandboxes: mailhub.web.sandboxes.SandboxApi, if enabled
+        # rspamd's scores (mailhub.web.spam); without [checks] rspamd it says "not configured"
+        self.spam = spam if spam is not None else SpamScores(None, max_message_size=0)
         # Open long polls and event streams -> how to end each at shutdown.
         self.streams: dict[IRequest, Callable[[], None]] = {}
+        self.lab = Lab(self)  # checks, links and codes of a message (issue 15)
 
     # --- dispatch --------------------------------------------------------------------------
 
@@ -220,6 +227,16 @@ class Api:
                 routes = {"GET": self.html}
             elif tail == ["release"]:
                 routes = {"POST": self.release}
+            elif tail == ["checks"]:
+                routes = {"GET": self.lab.checks}
+            elif tail == ["links"]:
+                routes = {"GET": self.lab.links}
+            elif tail == ["links", "check"]:
+                routes = {"POST": self.lab.links_check}
+            elif tail == ["codes"]:
+                routes = {"GET": self.lab.codes}
+            elif tail == ["spam"]:
+                routes = {"GET": partial(spam_handle, self.spam, self._raw)}
             elif len(tail) == 2 and tail[0] == "parts":
                 args = (entry, tail[1])
                 routes = {"GET": self.part}

@@ -136,6 +136,73 @@ _AUTHENTICATION_SCHEMAS: dict[str, Any] = {
 }
 
 
+# rspamd's score for a message (mailhub.web.spam, issue 15).
+_SPAM_SCHEMAS: dict[str, Any] = {
+    "SpamScore": {
+        "type": "object",
+        "description": "rspamd's verdict, asked when this is requested (never at delivery) and "
+        "kept in memory: cached=true is the kept answer, ?refresh=1 asks again. "
+        "configured=false: no [checks] rspamd (why says how to set it); scanned=false: the "
+        "message was not sent (why). rspamd refusing, failing or answering nonsense is a 502, "
+        "slower than [checks] rspamd_timeout a 504: {error, status, configured, rspamd}.",
+        "required": ["configured"],
+        "properties": {
+            "configured": {"type": "boolean"},
+            "scanned": {"type": "boolean"},
+            "why": {"type": "string"},
+            "rspamd": {"type": "string", "description": "The rspamd asked (its URL)"},
+            "score": {"type": "number"},
+            "required_score": {
+                "type": "number",
+                "description": "The score at which rspamd takes its strongest action",
+            },
+            "action": {
+                "type": "string",
+                "description": "no action, greylist, add header, rewrite subject, soft reject, "
+                "reject",
+            },
+            "is_spam": {
+                "type": "boolean",
+                "description": "The action is reject, add header or rewrite subject",
+            },
+            "skipped": {
+                "type": "boolean",
+                "description": "rspamd stopped early: a pre-filter decided (GTUBE, settings)",
+            },
+            "symbols": {
+                "type": "array",
+                "description": "The rules that fired, heaviest first",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "score": {"type": "number"},
+                        "description": {"type": "string"},
+                        "options": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+            "messages": {"type": "object", "description": "rspamd's messages (smtp_message)"},
+            "time": {"type": ["number", "null"], "description": "Seconds rspamd took"},
+            "asked": {
+                "type": "object",
+                "description": "The SMTP facts rspamd was told, from the copy's trace fields",
+                "properties": {
+                    "ip": _STRING_OR_NULL,
+                    "helo": _STRING_OR_NULL,
+                    "from": _STRING_OR_NULL,
+                    "rcpt": {"type": "array", "items": {"type": "string"}},
+                    "queue_id": _STRING_OR_NULL,
+                    "user": _STRING_OR_NULL,
+                },
+            },
+            "scanned_at": {"type": "string", "format": "date-time"},
+            "cached": {"type": "boolean"},
+        },
+    }
+}
+
+
 def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "description": description,
@@ -159,6 +226,208 @@ def _op(
     for code in errors:
         op["responses"][code] = _ERROR
     return op
+
+
+# --- the lab: checks, links and codes of one message (issue 15; mailhub.web.lab) ---------------
+
+_CHECK_ITEM = {
+    "type": "object",
+    "properties": {
+        "id": {
+            "type": "string",
+            "enum": [
+                "spf_or_dkim", "dmarc", "one_click_unsubscribe", "text_part", "html_size",
+                "from", "date", "message_id",
+            ],
+        },
+        "title": {"type": "string"},
+        "status": {"type": "string", "enum": ["pass", "fail", "warn", "unknown"]},
+        "detail": {"type": "string"},
+    },
+}  # fmt: skip
+_LAB_SCHEMAS: dict[str, Any] = {
+    "Compatibility": {
+        "type": ["object", "null"],
+        "description": "Which HTML/CSS features the HTML part uses (a real parse, bounded by "
+        "limits; truncated=true: only part was read) and which mail clients lack them, from "
+        "caniemail.com's data (MIT; data.source, data.updated). score: over every (feature, "
+        "client) pair with a known result, supported 1, partial 1/2, unsupported 0, the mean "
+        "in percent; each client's score the same over its own pairs. null: no HTML part.",
+        "properties": {
+            "score": {"type": ["number", "null"]},
+            "features": {
+                "type": "array",
+                "description": "Most unsupported first",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "slug": {"type": "string"},
+                        "title": {"type": "string"},
+                        "category": {"type": "string"},
+                        "url": {"type": "string"},
+                        "count": {"type": "integer"},
+                        "supported": {"type": "integer"},
+                        "partial": {"type": "array", "items": {"type": "string"}},
+                        "unsupported": {"type": "array", "items": {"type": "string"}},
+                        "unknown": {"type": "integer"},
+                        "notes": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+            "clients": {
+                "type": "array",
+                "description": "Gmail, Outlook, Apple Mail, Yahoo first; feature slugs each",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "score": {"type": ["number", "null"]},
+                        "unsupported": {"type": "array", "items": {"type": "string"}},
+                        "partial": {"type": "array", "items": {"type": "string"}},
+                        "unknown": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+            "truncated": {"type": "boolean"},
+            "limits": {"type": "object"},
+            "html_size": {"type": "integer"},
+            "data": {"type": "object"},
+        },
+    },
+    "Checklist": {
+        "type": "object",
+        "description": "The Gmail/Yahoo 2024 bulk-sender rules on this message: SPF or DKIM "
+        "pass and DMARC pass (from our own Authentication-Results; unknown without one), "
+        "one-click unsubscribe (RFC 8058: an https List-Unsubscribe, List-Unsubscribe-Post: "
+        "List-Unsubscribe=One-Click, both signed when there is a DKIM signature), a text part, "
+        "HTML under ~102 KB (Gmail clips), valid From, Date, Message-ID (RFC 5322 3.6).",
+        "properties": {
+            "passed": {"type": "boolean"},
+            "failed": {"type": "array", "items": {"type": "string"}},
+            "items": {"type": "array", "items": _CHECK_ITEM},
+            "source": {"type": "string", "description": "Where the rules come from"},
+        },
+    },
+    "Links": {
+        "type": "object",
+        "description": "Every link and image URL of the text and HTML parts, in order, with "
+        "anchor text (an image link: its alt text). At most `limit` listed; `total` counts all.",
+        "properties": {
+            "id": {"type": "string", "description": "The message's (not in /checks)"},
+            "total": {"type": "integer"},
+            "listed": {"type": "integer"},
+            "truncated": {"type": "boolean"},
+            "limit": {"type": "integer"},
+            "html_truncated": {
+                "type": "boolean",
+                "description": "Only the first MiB of the HTML part was read",
+            },
+            "links": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "url": {"type": "string"},
+                        "text": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["link", "image"]},
+                        "part": {"type": "string", "enum": ["html", "text"]},
+                        "check": {
+                            "type": ["object", "null"],
+                            "description": "With check: result ok|broken|error|refused, "
+                            "status, reason, final_url, redirects; null: not checked "
+                            "(over the cap, or not http)",
+                        },
+                    },
+                },
+            },
+            "check": {
+                "type": ["object", "null"],
+                "description": "How the check went: checked, skipped, limit (URLs), timeout "
+                "(seconds per request), deadline (seconds for all), private_allowed ([web] "
+                "link_check_private); null: not asked",
+            },
+        },
+    },
+    "Codes": {
+        "type": "object",
+        "description": "One-time codes (4-8 digits, or 4-12 capitals and digits) near a word "
+        "such as code, verification, OTP, PIN, passcode, Bestätigungscode; not years, dates, "
+        "prices, phone or order numbers, nor anything in a URL. Best first: subject, text, "
+        "HTML.",
+        "properties": {
+            "id": {"type": "string"},
+            "code": {"type": ["string", "null"], "description": "The best one"},
+            "limit": {"type": "integer", "description": "At most this many listed"},
+            "codes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "code": {"type": "string"},
+                        "written": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["numeric", "alphanumeric"]},
+                        "source": {"type": "string", "enum": ["subject", "text", "html"]},
+                        "keyword": {"type": "string"},
+                        "context": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "Checks": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "compatibility": {"$ref": "#/components/schemas/Compatibility"},
+            "checklist": {"$ref": "#/components/schemas/Checklist"},
+            "links": {"$ref": "#/components/schemas/Links"},
+            "codes": {"$ref": "#/components/schemas/Codes"},
+            "links_check_url": {"type": "string"},
+            "html_url": {"type": "string"},
+        },
+    },
+}
+_LINK_CHECK_NOTE = (
+    "Checking is off unless asked; each unique http(s) URL once, at most 50, 8 at a time, "
+    "8 s each, redirects followed by hand (5 at most), no new request after 30 s. Loopback, "
+    "private, link-local and other non-public targets (and localhost names) are refused "
+    "unless [web] link_check_private = true; a name is resolved once and the connection "
+    "goes to the address checked (no DNS rebinding). 503: too many checks running."
+)
+_LAB_PATHS: dict[str, Any] = {
+    "/api/v1/messages/{id}/checks": {
+        "get": _op(
+            "Checks on one message: HTML compatibility (caniemail), the bulk-sender checklist, "
+            "links (unchecked) and one-time codes",
+            _json("The checks", {"$ref": "#/components/schemas/Checks"}),
+            params=[_ID],
+        )
+    },
+    "/api/v1/messages/{id}/links": {
+        "get": _op(
+            "Links and image URLs with anchor text; check=1 checks them. " + _LINK_CHECK_NOTE,
+            _json("The links", {"$ref": "#/components/schemas/Links"}),
+            params=[_ID, {"name": "check", "in": "query", "schema": {"type": "string"}}],
+            errors=("400", "404", "503"),
+        )
+    },
+    "/api/v1/messages/{id}/links/check": {
+        "post": _op(
+            "Check the links (as GET .../links?check=1). " + _LINK_CHECK_NOTE,
+            _json("The links, checked", {"$ref": "#/components/schemas/Links"}),
+            params=[_ID],
+            errors=("404", "503"),
+        )
+    },
+    "/api/v1/messages/{id}/codes": {
+        "get": _op(
+            "One-time codes in the message, best first",
+            _json("The codes", {"$ref": "#/components/schemas/Codes"}),
+            params=[_ID],
+        )
+    },
+}
 
 
 def openapi() -> dict[str, Any]:
@@ -235,6 +504,8 @@ def openapi() -> dict[str, Any]:
                 },
                 **_AUTHENTICATION_SCHEMAS,
                 **_SANDBOX_SCHEMAS,
+                **_LAB_SCHEMAS,
+                **_SPAM_SCHEMAS,
                 "MessageList": {
                     "type": "object",
                     "properties": {
@@ -324,6 +595,19 @@ def openapi() -> dict[str, Any]:
                     params=[_ID],
                     body=True,
                     errors=("400", "403", "404", "502"),
+                )
+            },
+            **_LAB_PATHS,
+            "/api/v1/messages/{id}/spam": {
+                "get": _op(
+                    "rspamd's spam score: score, action, symbols (asked now or kept; "
+                    "refresh=1 asks again)",
+                    _json("The score", {"$ref": "#/components/schemas/SpamScore"}),
+                    params=[
+                        _ID,
+                        {"name": "refresh", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    errors=("404", "502", "504"),
                 )
             },
             "/api/v1/wait": {

@@ -21,6 +21,7 @@ from mailhub.web.access import Access, HostCheck, LoginBusy, LoginRefused, Login
 from mailhub.web.api import Api, ApiError, error_body, unexpected
 from mailhub.web.feed import MailFeed
 from mailhub.web.sandboxes import SandboxApi
+from mailhub.web.spam import spam_scores
 
 log = Logger()
 
@@ -349,10 +350,12 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         faults=getattr(shared, "faults", None),
         ready=ready,
         authserv_id=authserv_id_of(config),  # whose Authentication-Results the page believes
+        spam=spam_scores(config, clock),
     )
     sandboxes = getattr(shared, "sandboxes", None)
     if sandboxes is not None:
         api.sandboxes = SandboxApi(api, sandboxes, getattr(shared, "listening", None))
+    api.lab.configure(link_check_private=config.web.link_check_private)
     access = Access(
         login=config.web.login,
         admins=config.web.admins,

@@ -418,11 +418,13 @@ class Authentication(TestCase):
     async def test_dev_stack_never_refuses_and_records(self) -> None:
         self.publish("a.test", "TXT", "v=spf1 -all")
         self.dmarc("reject")
-        b = self.instance_b(dev=True)
+        # A dev stack judges SPF for where production mail leaves from, not for 127.0.0.1.
+        b = self.instance_b(dev=True, dev_sending_ip="192.0.2.10")
         message = b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: dev\r\n\r\nhi\r\n"
         self.assertEqual(await self.send_direct(b, message), {})
         [ours] = results_of(parse(self.stored(b, "bob@b.test")[0]), "mx.b.test")
         self.assertIn("spf=fail", ours)
+        self.assertIn("judged for 192.0.2.10", ours)
         self.assertIn("dmarc=fail", ours)
         self.assertIn("would refuse it (550", ours)
 

@@ -768,16 +768,18 @@ class AuthenticationChecked(WebTestCase):
         keys = make_keys(Path(self.mktemp()).absolute(), "mailer.test")
         dns = LocalDNS(
             {
-                "mailer.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+                "mailer.test": {"TXT": ["v=spf1 ip4:192.0.2.10 -all"]},
                 "_dmarc.example.test": {"TXT": ["v=DMARC1; p=reject"]},
                 **{name: {"TXT": [value]} for name, value in records(keys).items()},
             }
         )
         dns.start()
         self.addCleanup(dns.stop)
-        await self.start(
-            checks=ChecksConfig(nameservers=(dns.address,), authserv_id="checks.dev.test")
+        # SPF judges where production mail leaves from, not the test's 127.0.0.1.
+        checks = ChecksConfig(
+            nameservers=(dns.address,), authserv_id="checks.dev.test", dev_sending_ip="192.0.2.10"
         )
+        await self.start(checks=checks)
         message = (
             b"From: App <app@example.test>\r\nTo: alice@example.com\r\n"
             b"Subject: Signed by the mailer\r\nMessage-ID: <1@mailer.test>\r\n\r\nHello\r\n"

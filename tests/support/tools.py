@@ -27,6 +27,7 @@ PACKAGE_OF = {
     "mbsync": "isync",
     "offlineimap": "offlineimap3",
     "opendkim": "opendkim",
+    "rspamd": "rspamd",
 }
 
 DOVECOT_IMAP = "/usr/lib/dovecot/imap"

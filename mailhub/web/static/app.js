@@ -167,6 +167,8 @@ async function openMessage(id) {
   renderAuth(m.authentication);
   $("#envelope tbody").replaceChildren(...Object.entries(m.envelope).map(([k, v]) => el("tr", {}, el("td", {}, k.replace("_", " ")), el("td", {}, String(v ?? "")))));
   $("#raw").textContent = "";
+  $("#checks").replaceChildren(); lab.loaded = null;
+  $("#spam").dataset.id = ""; $("#spam").replaceChildren();
   $("#download-raw").href = `${API}/messages/${id}/raw?download=1`;
   $("#toggle-seen").textContent = "Mark unread";
   showTab(m.html_url ? "html" : "text");
@@ -238,14 +240,54 @@ function renderAuth(a) {
   box.replaceChildren(...out);
 }
 
+// --- spam score (mailhub.web.spam: rspamd, asked only when this tab is opened) -----------
+
+function spamAction(r) {
+  return el("span", { class: "result " + (r.is_spam ? "r-fail" : "r-pass") }, r.action);
+}
+
+function renderSpam(r) {
+  const box = $("#spam");
+  if (!r.configured || !r.scanned) { box.replaceChildren(el("p", { id: "spam-summary", class: "spam-summary muted" }, r.why)); return; }
+  const sign = (n) => (n > 0 ? "+" : "") + n.toFixed(2);
+  const rows = r.symbols.map((s) => el("tr", { class: s.score > 0 ? "spam-plus" : s.score < 0 ? "spam-minus" : "" },
+    el("td", { class: "symbol" }, s.name), el("td", { class: "num" }, sign(s.score)),
+    el("td", {}, s.description + (s.options.length ? ` (${s.options.join(", ")})` : ""))));
+  box.replaceChildren(
+    el("p", { id: "spam-summary", class: "spam-summary " + (r.is_spam ? "bad" : "good") },
+      el("strong", {}, `Score ${r.score.toFixed(2)} / ${r.required_score.toFixed(2)}`), " ", spamAction(r),
+      r.skipped ? " (rspamd stopped early: a pre-filter decided)" : ""),
+    ...Object.entries(r.messages || {}).map(([k, v]) => el("p", { class: "spam-message" }, `rspamd says (${k}): ${v}`)),
+    el("p", { class: "muted" }, `rspamd at ${r.rspamd}, ${r.cached ? "asked" : "just asked"} at ${new Date(r.scanned_at).toLocaleString()} `,
+      el("button", { id: "spam-rescan", type: "button", onclick: () => loadSpam(true) }, "Ask again")),
+    el("table", { id: "spam-symbols", class: "spam-symbols" },
+      el("thead", {}, el("tr", {}, el("th", {}, "Symbol"), el("th", {}, "Score"), el("th", {}, "Description"))),
+      el("tbody", {}, ...rows)));
+}
+
+async function loadSpam(refresh = false) {
+  const m = state.open; if (!m) return;
+  const box = $("#spam");
+  box.replaceChildren(el("p", { class: "muted" }, "Asking rspamd…"));
+  try {
+    const r = await api(`/messages/${m.id}/spam${refresh ? "?refresh=1" : ""}`);
+    if (state.open === m) renderSpam(r);
+  } catch (e) {
+    if (state.open === m) box.replaceChildren(el("p", { id: "spam-summary", class: "spam-summary error" }, e.message));
+  }
+}
+
 async function showTab(tab) {
   const m = state.open; if (!m) return;
   state.tab = tab;
   for (const b of document.querySelectorAll(".tabs button")) b.setAttribute("aria-selected", String(b.dataset.tab === tab));
   for (const p of document.querySelectorAll(".panels > *")) p.classList.toggle("shown", p.dataset.panel === tab);
   $("#remote-banner").hidden = !(tab === "html" && m.remote_content > 0 && !state.remote);
+  $("#widths").hidden = !(tab === "html" && m.html_url);
+  if (tab === "checks") loadChecks(m.id);
   if (tab === "html") $("#html").src = m.html_url ? `${m.html_url}${state.remote ? "?remote=1" : ""}` : "about:blank";
   if (tab === "raw" && !$("#raw").textContent) $("#raw").textContent = await api(`/messages/${m.id}/raw`);
+  if (tab === "spam" && $("#spam").dataset.id !== m.id) { $("#spam").dataset.id = m.id; await loadSpam(); }
 }
 
 function closeMessage() {
@@ -308,6 +350,88 @@ function listen() {
     status(`Message ${data.id} could not be shown: ${data.error}`, true);
   });
 }
+
+// --- checks and previews at widths (issue 15: /messages/{id}/checks, /links/check) ------
+
+const lab = { loaded: null, width: "" };
+
+function chip(status) { return el("span", { class: "result r-" + ({ pass: "pass", fail: "fail", warn: "softfail" }[status] || "other") }, status); }
+
+function section(title, ...children) { return el("section", { class: "lab-section" }, el("h2", {}, title), ...children); }
+
+function setWidth(width) {
+  lab.width = width;
+  const frame = $("#html");
+  // The width is the frame's viewport: its border (1px each side) comes on top.
+  frame.style.width = width ? `${Number(width) + 2}px` : "";
+  frame.classList.toggle("fixed-width", Boolean(width));
+  for (const b of document.querySelectorAll("#widths button")) b.setAttribute("aria-pressed", String(b.dataset.width === width));
+}
+
+async function loadChecks(id) {
+  if (lab.loaded === id) return;
+  lab.loaded = id;
+  const box = $("#checks");
+  box.replaceChildren(el("p", { class: "muted" }, "Checking…"));
+  let c;
+  try { c = await api(`/messages/${id}/checks`); } catch (e) { box.replaceChildren(el("p", { class: "status error" }, e.message)); lab.loaded = null; return; }
+  if (!state.open || state.open.id !== id) return;
+  box.replaceChildren(renderCompat(c.compatibility), renderChecklist(c.checklist), renderLinks(id, c.links), renderCodes(c.codes));
+}
+
+function renderCompat(r) {
+  if (!r) return section("HTML compatibility", el("p", { class: "muted" }, "No HTML part."));
+  const titles = Object.fromEntries(r.features.map((f) => [f.slug, f.title]));
+  const clients = el("table", { id: "lab-clients", class: "lab-table" }, el("tbody", {}, ...r.clients.map((c) =>
+    el("tr", { dataset: { client: c.id } }, el("td", {}, c.name), el("td", { class: "score" }, c.score === null ? "?" : `${c.score}%`),
+      el("td", {}, c.unsupported.length ? "Not supported: " + c.unsupported.map((s) => titles[s] || s).join(", ") : "✓",
+        c.partial.length ? el("span", { class: "muted" }, " · partly: " + c.partial.map((s) => titles[s] || s).join(", ")) : "")))));
+  const features = el("ul", { id: "lab-features", class: "lab-list" }, ...r.features.filter((f) => f.unsupported.length || f.partial.length).map((f) =>
+    el("li", { dataset: { slug: f.slug } }, el("a", { href: f.url, target: "_blank", rel: "noopener noreferrer" }, f.title),
+      ` ×${f.count}: not in ${f.unsupported.length} clients`, f.partial.length ? `, partly in ${f.partial.length}` : "")));
+  return section("HTML compatibility",
+    el("p", { id: "lab-score", class: "lab-score" }, r.score === null ? "No known features" : `${r.score}%`,
+      el("span", { class: "muted" }, ` over ${r.features.length} features used · data: ${r.data.source}, ${r.data.updated} (${r.data.licence})`)),
+    r.truncated ? el("p", { class: "banner" }, `Only part of the HTML was read (limits: ${JSON.stringify(r.limits)}).`) : "",
+    clients, features);
+}
+
+function renderChecklist(c) {
+  return section("Bulk-sender checklist (Gmail, Yahoo)", el("ul", { id: "lab-checklist", class: "lab-list" }, ...c.items.map((i) =>
+    el("li", { dataset: { item: i.id } }, chip(i.status), " ", el("strong", {}, i.title), el("span", { class: "muted" }, ` — ${i.detail}`)))));
+}
+
+function linkRow(l) {
+  const c = l.check;
+  const result = c ? el("span", {}, chip({ ok: "pass", broken: "fail", refused: "warn" }[c.result] || c.result), ` ${c.status ?? ""} ${c.reason}`) : "";
+  return el("tr", {}, el("td", {}, l.kind), el("td", { class: "url" }, l.url), el("td", {}, l.text), el("td", { class: "check" }, result));
+}
+
+function renderLinks(id, links) {
+  const table = el("table", { id: "lab-links", class: "lab-table" }, el("tbody", {}, ...links.links.map(linkRow)));
+  const note = el("p", { class: "muted" }, `${links.total} links and images` + (links.truncated ? `, the first ${links.listed} shown` : ""));
+  const button = el("button", { id: "check-links", type: "button", onclick: async () => {
+    button.disabled = true; note.textContent = "Checking links…";
+    try {
+      const r = await api(`/messages/${id}/links/check`, { method: "POST" });
+      table.tBodies[0].replaceChildren(...r.links.map(linkRow));
+      note.textContent = `Checked ${r.check.checked} (at most ${r.check.limit}), ${r.check.skipped} not checked` +
+        (r.check.private_allowed ? "" : "; private and loopback targets refused");
+    } catch (e) { note.textContent = e.message; }
+    button.disabled = false;
+  } }, "Check links");
+  return section("Links", el("div", { class: "lab-row" }, button, note), table);
+}
+
+function renderCodes(c) {
+  return section("One-time codes", c.codes.length ? el("ul", { id: "lab-codes", class: "lab-list" }, ...c.codes.map((x) =>
+    el("li", {}, el("code", { class: "otp" }, x.code), el("span", { class: "muted" }, ` (${x.source}, near “${x.keyword}”): ${x.context}`))))
+    : el("p", { class: "muted" }, "None found."));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const b of document.querySelectorAll("#widths button")) b.addEventListener("click", () => setWidth(b.dataset.width));
+});
 
 // --- wiring ------------------------------------------------------------------------------
 
