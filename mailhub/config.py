@@ -85,6 +85,7 @@ MODE_DEFAULTS: Mapping[str, ModeDefault] = {
     "[smtp] restrict_sender": ModeDefault(True, False),
     "[smtp] auth_without_tls_on_loopback": ModeDefault(False, True),
     "[web] login": ModeDefault(True, False),  # the dev page listens on loopback only
+    "[sandboxes] enabled": ModeDefault(False, True),  # isolated inboxes for tests (issue 15)
 }
 
 
@@ -326,6 +327,14 @@ class FaultsConfig:
 
 
 @dataclass(frozen=True)
+class SandboxesConfig:
+    """Isolated inboxes for tests (mailhub.sandboxes): made and removed through the web API."""
+
+    enabled: bool = False  # the dev stack: on (MODE_DEFAULTS)
+    max: int = 1000  # sandboxes at once; beyond, POST /api/v1/sandboxes answers 409
+
+
+@dataclass(frozen=True)
 class TLSConfig:
     certificate: Path | None = None
     key: Path | None = None
@@ -370,6 +379,7 @@ class Config:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     web: WebConfig = field(default_factory=WebConfig)
     dkim: DKIMConfig = field(default_factory=DKIMConfig)
+    sandboxes: SandboxesConfig = field(default_factory=SandboxesConfig)
     users_file: Path | None = None
     aliases_file: Path | None = None
 
@@ -418,6 +428,7 @@ def dev_config(
             login=default("[web] login"),
             allowed_hosts=tuple(allowed_host(name) for name in allowed_hosts),
         ),
+        sandboxes=SandboxesConfig(enabled=default("[sandboxes] enabled")),
     )
 
 
@@ -911,6 +922,16 @@ def _faults(source: str, table: Mapping[str, Any]) -> FaultsConfig:
     return faults
 
 
+def _sandboxes(source: str, table: Mapping[str, Any], dev: bool) -> SandboxesConfig:
+    r = _Reader(source, "sandboxes", table)
+    sandboxes = SandboxesConfig(
+        enabled=r.boolean("enabled", MODE_DEFAULTS["[sandboxes] enabled"](dev)),
+        max=int(r.number("max", SandboxesConfig.max, 1)),
+    )
+    r.finish()
+    return sandboxes
+
+
 def _dkim(source: str, table: Mapping[str, Any], base: Path) -> DKIMConfig:
     r = _Reader(source, "dkim", table)
     d = DKIMConfig()
@@ -961,6 +982,7 @@ _SECTIONS = (
     "web",
     "faults",
     "dkim",
+    "sandboxes",
 )
 
 
@@ -1111,6 +1133,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     web = _web(source, doc.get("web", {}), dev)
     faults = _faults(source, doc.get("faults", {}))
     dkim = _dkim(source, doc.get("dkim", {}), base)
+    sandboxes = _sandboxes(source, doc.get("sandboxes", {}), dev)
 
     return Config(
         source=source,
@@ -1128,6 +1151,7 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         web=web,
         faults=faults,
         dkim=dkim,
+        sandboxes=sandboxes,
         users_file=users_file,
         aliases_file=aliases_file,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -43,6 +44,14 @@ from mailhub.pop3.factory import POP3ServerFactory
 from mailhub.queue import Queue, RetrySchedule
 from mailhub.relay.courier import courier_from_config
 from mailhub.routing import LOCAL, REMOTE, Router, SplitSink, local_domains, policy_resolver
+from mailhub.sandboxes import (
+    SANDBOX_DOMAIN,
+    SandboxChecker,
+    Sandboxes,
+    SandboxFileError,
+    SandboxSink,
+    SandboxSweeper,
+)
 from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy
 from mailhub.smtp.submission import SubmissionSink
@@ -143,6 +152,7 @@ class MailhubService(MultiService):
         self.users: UserDB | None = None
         self.aliases: AliasMap | None = None
         self.changes: StoreChanges | None = None  # the store's change feed, set by build()
+        self.sandboxes: Sandboxes | None = None  # isolated inboxes for tests ([sandboxes])
         # The SMTP receiver's fault rules: from [[faults.rule]], changed at run time (web API).
         try:
             self.faults = FaultRules(rules_from_config(config))
@@ -165,6 +175,14 @@ class MailhubService(MultiService):
             if isinstance(s, ListenerService) and s.key == key and s._waitingForPort:
                 ports.append(s._waitingForPort.result)
         return ports
+
+    def bound(self, key: str) -> list[tuple[str, int]]:
+        """The (host, port) pairs one listener kind is bound to, once bound."""
+        out = []
+        for port in self.listening_ports(key):
+            host = port.getHost()
+            out.append((host.host, host.port))
+        return out
 
 
 class _IReactor(IReactorCore, IReactorTime, IReactorThreads):
@@ -196,6 +214,9 @@ class Shared:
     # stack every SMTP listener's; None when [checks] enabled is off.
     checked: IMessageSink | None = None
     keystore: KeyStore | None = None  # DKIM signing keys ([dkim] key_dir)
+    sandboxes: Sandboxes | None = None  # isolated inboxes for tests ([sandboxes] enabled)
+    # Listener kind -> the (host, port) pairs it is bound to (a new sandbox's answer names them)
+    listening: Callable[[str], list[tuple[str, int]]] | None = None
 
     def signing(self, inner: IMessageSink) -> IMessageSink:
         """``inner`` behind DKIM signing of authenticated users' mail (a no-op without keys)."""
@@ -219,6 +240,7 @@ class Shared:
             "auth_without_tls_on_loopback": self.config.smtp.auth_without_tls_on_loopback,
             "relay_available": True,  # the outgoing queue takes mail for other domains
             "local_domain": self.is_local_domain,
+            "sandboxes": self.sandboxes,
         }
 
     def plaintext_login_allowed(self, client_host: str) -> bool:
@@ -475,6 +497,29 @@ def _notice_signer(
     return sign
 
 
+def _sandboxes(
+    config: Config, store: MailStore, portal: Portal, faults: FaultRules
+) -> Sandboxes | None:
+    """The sandboxes (mailhub.sandboxes) when [sandboxes] enabled: read from the data dir, their
+    logins in front of the portal's checker, their fault rules removed with them."""
+    if not config.sandboxes.enabled:
+        return None
+    sandboxes = Sandboxes(config.data_dir, store, limit=config.sandboxes.max)
+    try:
+        sandboxes.load()
+    except SandboxFileError as e:
+        raise SystemExit(f"mailhub: {e}") from None
+    inner = portal.checkers.get(IUsernamePassword)
+    portal.registerChecker(SandboxChecker(sandboxes, inner))
+    sandboxes.on_delete.append(lambda box: faults.remove_login(box.address))
+    return sandboxes
+
+
+def _with_sandboxes(is_local: Callable[[str], bool]) -> Callable[[str], bool]:
+    """Sandbox mail stays here even when a smarthost takes every other domain."""
+    return lambda domain: domain.lower() == SANDBOX_DOMAIN or is_local(domain)
+
+
 def build(config: Config) -> MailhubService:
     config.mail_dir.mkdir(parents=True, exist_ok=True)
     store = MailStore(config.mail_dir, hostname=config.hostname)
@@ -529,11 +574,15 @@ def build(config: Config) -> MailhubService:
         max_suspect_checks=max(1, config.limits.auth_hash_queue // 2),
     )
     is_local = local_domains(config)
+    sandboxes = top.sandboxes = _sandboxes(config, store, portal, top.faults)
+    if sandboxes is not None:
+        is_local = _with_sandboxes(is_local)
+        SandboxSweeper(sandboxes, _reactor()).setServiceParent(top)  # ttl: expired ones go
     # DKIM keys: read now, and again when `mailhub dkim keygen/retire` changes them.
     keystore = KeyStore(config.dkim_key_dir, _reactor())
     shared = Shared(
         config, store, sink, tls, portal, throttle, users, aliases, is_local, faults=top.faults,
-        changes=changes, keystore=keystore,
+        changes=changes, keystore=keystore, sandboxes=sandboxes, listening=top.bound,
     )  # fmt: skip
     if tls is not None:
         # Bad certificates (fault rules) carry the names of the real one, so each is bad only
@@ -563,6 +612,8 @@ def build(config: Config) -> MailhubService:
     )
     queue.setServiceParent(top)
     shared = dataclasses.replace(shared, sink=SplitSink(sink, queue.sink, is_local))
+    if sandboxes is not None:  # a sandbox's mail keeps its envelope recipients (X-Original-To)
+        shared = dataclasses.replace(shared, sink=SandboxSink(shared.sink, sandboxes))
     if config.checks.enabled:
         checked = _checking(config, shared.sink, is_local, keystore)
         shared = dataclasses.replace(shared, checked=checked)

@@ -20,6 +20,11 @@ pytest (no reactor in the test; the helpers block, the reactor runs in a thread)
         my_app.sign_up("new-user@example.com", smtp_port=mailhub.smtp_port)
         assert mailhub.wait_for_message(to="new-user@example.com").subject == "Welcome"
 
+Tests sharing one server each take a sandbox (an inbox of their own: mail sent with its login,
+to anyone, lands there only; waits and fault rules are its own): ``create_sandbox()`` here,
+``hub.sandbox()`` with ``running()``, ``SandboxClient`` from any process, and the fixtures of
+``mailhub.pytest_plugin`` (one server per run, pytest-xdist workers included).
+
 ``wait_for_message`` never misses a message that arrived before it was called: it looks at
 everything delivered after its cursor (by default: since the server started, minus the messages
 earlier waits returned), so send-then-wait has no race. It uses the server's own change feed
@@ -63,6 +68,7 @@ from mailhub.config import Config, FaultsConfig, ListenersConfig, TLSConfig, dev
 from mailhub.faults.certificates import CertificateIssuer
 from mailhub.faults.rules import FaultRules, Rule
 from mailhub.message.header_text import from_escaped
+from mailhub.sandboxclient import CaughtMessage, MessageTimeout, SandboxAPIError, SandboxClient
 from mailhub.service import FACTORIES, MailhubService, build
 from mailhub.store.errors import StoreError
 from mailhub.tls import subject_alt_names
@@ -70,15 +76,24 @@ from mailhub.web import codes, links, parse
 from mailhub.web.feed import Change, Entry, MailFeed, arrival_order
 from mailhub.web.ids import MessageRef
 
+__all__ = [
+    "BlockingMailhub",
+    "CaughtMessage",
+    "Cursor",
+    "Delivered",
+    "MailhubTestServer",
+    "MessageTimeout",
+    "SandboxAPIError",
+    "SandboxClient",
+    "TestCA",
+    "running",
+]
+
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
 SMTP_POLICY = email.policy.SMTP
 # Seconds between whole scans of the store when inotify cannot report deliveries (not Linux):
 # the feed's fallback, not a poll of the waits (they are woken by the feed's changes).
 FEED_POLL_INTERVAL = 1.0
-
-
-class MessageTimeout(AssertionError):
-    """No matching message arrived in time (an AssertionError: a test failure, not an error)."""
 
 
 # --- a throw-away certificate authority -----------------------------------------------------------
@@ -176,9 +191,11 @@ class Delivered:
 
     @property
     def recipients(self) -> list[str]:
-        """The mailbox plus the To and Cc header addresses, lower case."""
+        """The mailbox plus the To and Cc header addresses, lower case; in a sandbox also the
+        envelope's (``X-Original-To``: Bcc too)."""
         msg = self.message
-        found = [a for _n, a in getaddresses(msg.get_all("To", []) + msg.get_all("Cc", []))]
+        fields = msg.get_all("To", []) + msg.get_all("Cc", []) + msg.get_all("X-Original-To", [])
+        found = [a for _n, a in getaddresses(fields)]
         return [self.mailbox.lower(), *(from_escaped(a).lower() for a in found if a)]
 
     @property
@@ -224,8 +241,14 @@ class Cursor:
 
 
 def _matches(
-    m: Delivered, to: str | None, subject: str | None, match: Callable[[Delivered], bool] | None
+    m: Delivered,
+    to: str | None,
+    subject: str | None,
+    match: Callable[[Delivered], bool] | None,
+    sandbox: SandboxClient | None = None,
 ) -> bool:
+    if sandbox is not None and m.mailbox != sandbox.username:
+        return False
     if to is not None and to.lower() not in m.recipients:
         return False
     if subject is not None and subject not in m.subject:
@@ -370,6 +393,30 @@ class MailhubTestServer:
         assert self.service is not None, "start the server first"
         return self.service.faults
 
+    @property
+    def api_url(self) -> str:
+        """The web API's base URL (``http://127.0.0.1:<port>``)."""
+        return f"http://127.0.0.1:{self.ports['web']}"
+
+    async def create_sandbox(self, name: str = "") -> SandboxClient:
+        """A new sandbox (its own inbox: mail sent with ``box.login``, to anyone, lands there
+        only; ``wait_for_message(sandbox=box)`` looks there only). Its blocking helpers use the
+        web API: call them from threads, or use this server's helpers."""
+        assert self.service is not None, "start the server first"
+        sandboxes = self.service.sandboxes
+        if sandboxes is None:
+            raise RuntimeError("sandboxes are off in this server's config ([sandboxes])")
+        box, password = await sandboxes.create(name)
+        info = {
+            "id": box.id,
+            "name": box.name,
+            "username": box.address,
+            "listeners": {
+                kind: {"host": "127.0.0.1", "port": port} for kind, port in self.ports.items()
+            },
+        }
+        return SandboxClient(self.api_url if "web" in self.ports else "", info, password)
+
     # -- mail ----------------------------------------------------------------------------------
 
     def smtp_client(self, port: str = "smtp", timeout: float = 10) -> smtplib.SMTP:
@@ -502,12 +549,14 @@ class MailhubTestServer:
         subject: str | None = None,
         match: Callable[[Delivered], bool] | None = None,
         since: Cursor | None = None,
+        sandbox: SandboxClient | None = None,
     ) -> Delivered | None:
-        """The oldest matching message after ``since`` (default: the waits' own cursor)."""
+        """The oldest matching message after ``since`` (default: the waits' own cursor), in
+        ``sandbox`` only when given."""
         feed = self._feed()
         after = since.seq if since is not None else self._start_cursor.seq
         return self._first_match(
-            feed.after(after), since, lambda m: _matches(m, to, subject, match)
+            feed.after(after), since, lambda m: _matches(m, to, subject, match, sandbox)
         )
 
     def wait_for_message(
@@ -518,11 +567,13 @@ class MailhubTestServer:
         match: Callable[[Delivered], bool] | None = None,
         since: Cursor | None = None,
         timeout: float = 10.0,
+        sandbox: SandboxClient | None = None,
     ) -> defer.Deferred[Delivered]:
         """The oldest message matching ``to`` (an address: the mailbox, To or Cc), ``subject``
         (a substring) and ``match``, delivered after ``since``; at once if one is already
         there. Without ``since``: delivered since the server started and not returned by an
-        earlier wait. Fails with MessageTimeout after ``timeout`` seconds.
+        earlier wait. ``sandbox``: in that sandbox only. Fails with MessageTimeout after
+        ``timeout`` seconds.
 
         Race-free: the feed first numbers everything on disk (a message whose SMTP 250 came
         before the call is found), then the wait listens to the feed's changes from that very
@@ -530,7 +581,7 @@ class MailhubTestServer:
         from twisted.internet import reactor
 
         def wanted(m: Delivered) -> bool:
-            return _matches(m, to, subject, match)
+            return _matches(m, to, subject, match, sandbox)
 
         feed = self._feed()
         after = since.seq if since is not None else self._start_cursor.seq
@@ -647,6 +698,15 @@ class BlockingMailhub:
 
     def list_faults(self) -> list[dict[str, Any]]:
         return self._call(lambda: self.server.faults.list())
+
+    @property
+    def api_url(self) -> str:
+        return self.server.api_url
+
+    def sandbox(self, name: str = "") -> SandboxClient:
+        """A new sandbox on this server (through its web API): a test's own inbox, faults and
+        waits; ``delete()`` it (or use it as a context manager) when done."""
+        return SandboxClient.create(self.api_url, name)
 
 
 @contextlib.contextmanager

@@ -148,6 +148,9 @@ class Rule:
     seed: int = 0  # for the probability draws: same seed, same sequence
     count: int | None = None
     name: str = ""  # a label for lists and logs
+    # Only sessions logged in (SMTP AUTH) as this address: a sandbox's own rules (issue 15),
+    # so parallel tests never meet each other's faults. Known from MAIL on.
+    login: str | None = None
     _sender_match: Callable[[str], bool] | None = field(
         init=False, repr=False, compare=False, default=None
     )
@@ -220,6 +223,16 @@ class Rule:
             raise FaultError("count", f"must be a whole number of at least 1, not {self.count!r}")
         if not isinstance(self.name, str):
             raise FaultError("name", "must be a string")
+        if self.login is not None:
+            if not isinstance(self.login, str) or not self.login:
+                raise FaultError("login", "must be an address", 'login = "alice@example.com"')
+            if stage not in _SENDER_STAGES:
+                raise FaultError(
+                    "login",
+                    f"the login is not known yet at stage {stage}",
+                    "use it at stage mail, rcpt or data",
+                )
+            object.__setattr__(self, "login", self.login.lower())
 
     @staticmethod
     def _enum(kind: type[StrEnum], key: str, value: Any) -> Any:
@@ -272,8 +285,12 @@ class Rule:
         """The reply a REPLY rule sends; None for the other actions."""
         return self._reply
 
-    def matches(self, sender: str | None, recipients: Sequence[str]) -> bool:
-        """Do the patterns match? (Stage and action are checked by ``FaultRules``.)"""
+    def matches(
+        self, sender: str | None, recipients: Sequence[str], login: str | None = None
+    ) -> bool:
+        """Do the patterns (and the login) match? (Stage and action: ``FaultRules``.)"""
+        if self.login is not None and self.login != (login or "").lower():
+            return False
         if self._sender_match is not None and (sender is None or not self._sender_match(sender)):
             return False
         if self._recipient_match is not None:
@@ -387,6 +404,13 @@ class FaultRules:
         self._update()
         return count
 
+    def remove_login(self, login: str) -> int:
+        """Remove the rules of one login (a sandbox deleted); how many there were."""
+        before = len(self._rules)
+        self._rules = [a for a in self._rules if a.rule.login != login.lower()]
+        self._update()
+        return before - len(self._rules)
+
     def list(self) -> list[dict[str, Any]]:
         """Every rule as a dict: its settings plus ``id``, ``remaining`` (None: no limit),
         ``fired`` and ``matched`` counters, and ``spent`` once its count is used up."""
@@ -421,6 +445,7 @@ class FaultRules:
         recipients: Sequence[str] = (),
         actions: frozenset[Action] = COMMAND_ACTIONS,
         client: str = "",
+        login: str | None = None,
     ) -> Rule | None:
         """The rule that fires now at ``stage``, among those with one of ``actions``, or None.
         A firing is counted (and may use the rule up); a match draws from the rule's random
@@ -433,7 +458,7 @@ class FaultRules:
                 rule.stage is not stage
                 or rule.action not in actions
                 or active.remaining == 0
-                or not rule.matches(sender, recipients)
+                or not rule.matches(sender, recipients, login)
             ):
                 continue
             active.matched += 1

@@ -143,9 +143,14 @@ class FaultySMTPServerProtocol(SMTPServerProtocol):
         recipients: tuple[str, ...] | list[str] = (),
         actions: frozenset[Action] | None = None,
     ) -> Rule | None:
+        login = self.session.authenticated_as  # rules of one login (a sandbox's) match it
         if actions is None:
             return self._faults.decide(
-                stage, sender=sender, recipients=recipients, client=self.session.client_address
+                stage,
+                sender=sender,
+                recipients=recipients,
+                client=self.session.client_address,
+                login=login,
             )
         return self._faults.decide(
             stage,
@@ -153,6 +158,7 @@ class FaultySMTPServerProtocol(SMTPServerProtocol):
             recipients=recipients,
             actions=actions,
             client=self.session.client_address,
+            login=login,
         )
 
     def _apply_fault(self, rule: Rule, proceed: Callable[[], HandlerResult]) -> HandlerResult:

@@ -23,6 +23,7 @@ from mailhub.addresses import Mailbox
 from mailhub.aliases import AliasError
 from mailhub.config import DomainsConfig
 from mailhub.net import is_loopback
+from mailhub.sandboxes import SANDBOX_DOMAIN, Sandboxes
 from mailhub.smtp import replies
 from mailhub.smtp.replies import Reply
 from mailhub.smtp.session import Session
@@ -148,8 +149,11 @@ class RecipientPolicy:
         auth_without_tls_on_loopback: bool = False,
         relay_available: bool = False,
         local_domain: Callable[[str], bool] | None = None,
+        sandboxes: Sandboxes | None = None,
     ) -> None:
         self._local = frozenset(domains.local)
+        # Sessions logged in as a sandbox deliver every recipient into it (mailhub.sandboxes).
+        self._sandboxes = sandboxes
         # True once an outgoing queue takes mail for other domains (the relay issue).
         self._relay = relay_available
         # Overrides the domains list: the dev stack sends routed domains on (mailhub.routing).
@@ -180,6 +184,12 @@ class RecipientPolicy:
         return SENDER_ACCEPTED
 
     def check_recipient(self, session: Session, recipient: Mailbox) -> Decision:
+        if self._sandboxes is not None:
+            box = self._sandboxes.of_address(session.authenticated_as)
+            if box is not None:
+                return Decision.accept(box.address)  # a test's mail, whoever it is for
+            if recipient.domain.lower() == SANDBOX_DOMAIN:
+                return USER_UNKNOWN  # only a sandbox's own logins put mail there
         domain = recipient.domain
         if not domain:
             return Decision.accept(self._postmaster)
@@ -225,6 +235,10 @@ class RecipientPolicy:
             return Decision.accept(mailbox)
         return USER_UNKNOWN
 
+    def is_sandbox(self, user: str | None) -> bool:
+        """Whether ``user`` (an authenticated address) is one of the sandboxes."""
+        return self._sandboxes is not None and self._sandboxes.of_address(user) is not None
+
     def _alias_targets(self, targets: Sequence[str]) -> Decision:
         if not targets:
             return USER_UNKNOWN
@@ -260,7 +274,7 @@ class SubmissionPolicy(RecipientPolicy):
         user = session.authenticated_as
         if user is None:
             return AUTH_REQUIRED
-        if not self._restrict:
+        if not self._restrict or self.is_sandbox(user):
             return SENDER_ACCEPTED
         if sender is None or not self.may_send_as(user, sender):
             return SENDER_NOT_OWNED
@@ -269,6 +283,8 @@ class SubmissionPolicy(RecipientPolicy):
     def may_send_as(self, user: str, sender: Mailbox) -> bool:
         """Whether ``user`` (the canonical authenticated address) may use ``sender``: the one rule
         for MAIL FROM and for the header From/Sender (``mailhub.smtp.submission``)."""
+        if self.is_sandbox(user):
+            return True  # a test sends as whoever the application under test would
         if sender.is_literal:
             return False
         local, plus, _tag = sender.local.lower().partition("+")

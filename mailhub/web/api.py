@@ -174,6 +174,7 @@ class Api:
         self.authserv_id = authserv_id or hostname
         self.faults = faults
         self.ready = ready
+        self.sandboxes: Any = None  # /sandboxes: mailhub.web.sandboxes.SandboxApi, if enabled
         # rspamd's scores (mailhub.web.spam); without [checks] rspamd it says "not configured"
         self.spam = spam if spam is not None else SpamScores(None, max_message_size=0)
         # Open long polls and event streams -> how to end each at shutdown.
@@ -241,6 +242,8 @@ class Api:
                 routes = {"GET": self.part}
             else:
                 raise ApiError(404, "no such resource")
+        elif path[0] == "sandboxes" and self.sandboxes is not None:
+            return await self.sandboxes.handle(request, viewer, path[1:])
         else:
             raise ApiError(404, "no such resource (see /api/v1/openapi.json)")
         handler = routes.get(method)

@@ -503,6 +503,7 @@ def openapi() -> dict[str, Any]:
                     ],
                 },
                 **_AUTHENTICATION_SCHEMAS,
+                **_SANDBOX_SCHEMAS,
                 **_LAB_SCHEMAS,
                 **_SPAM_SCHEMAS,
                 "MessageList": {
@@ -645,6 +646,123 @@ def openapi() -> dict[str, Any]:
                     "Remove one rule", _json("Removed"), params=[_ID], errors=("403", "404")
                 ),
             },
+            **_sandbox_paths(summary_list),
         },
         "security": [{"basic": []}, {}],
+    }
+
+
+# --- sandboxes: an isolated inbox per test (mailhub.web.sandboxes, issue 15) ---------------------
+
+_SANDBOX_SCHEMAS: dict[str, Any] = {
+    "Sandbox": {
+        "type": "object",
+        "description": "An isolated inbox: mail sent with SMTP AUTH as username (any "
+        "recipients) is kept here only; IMAP and POP3 logins with it see only this mail. "
+        "password: only in the answer to POST (only its hash is kept).",
+        "required": ["id", "username", "mailbox", "messages"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "created": {"type": "string", "format": "date-time"},
+            "expires": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "When it is deleted (POST with ttl: seconds); null: never",
+            },
+            "username": {"type": "string", "description": "<id>@sandbox.invalid"},
+            "password": {"type": "string"},
+            "mailbox": {"type": "string"},
+            "messages": {"type": "integer"},
+            "unread": {"type": "integer"},
+            "listeners": {
+                "type": "object",
+                "description": "Listener kind (smtp, submission, imap, pop3, ...) -> where",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {"host": {"type": "string"}, "port": {"type": "integer"}},
+                },
+            },
+            "urls": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+}
+
+
+def _sandbox_paths(summary_list: dict[str, Any]) -> dict[str, Any]:
+    box = _json("The sandbox", {"$ref": "#/components/schemas/Sandbox"})
+    create = _op(
+        "Make a sandbox: body {name?, ttl? (seconds until it is deleted)}. 201 with its "
+        "credentials (the password only here); 409 when [sandboxes] max exist",
+        box,
+        body=True,
+        errors=("400", "403", "409", "415"),
+    )
+    create["responses"]["201"] = create["responses"].pop("200")
+    sandbox_id = {**_ID, "name": "sandbox"}
+    scoped = [sandbox_id]
+    return {
+        "/api/v1/sandboxes": {
+            "get": _op("Every sandbox (admins)", _json("Sandboxes"), errors=("403",)),
+            "post": create,
+        },
+        "/api/v1/sandboxes/{sandbox}": {
+            "get": _op("One sandbox (no password)", box, params=scoped),
+            "delete": _op(
+                "Remove the sandbox, its mail and its fault rules",
+                _json("{deleted: id, messages: n}"),
+                params=scoped,
+            ),
+        },
+        "/api/v1/sandboxes/{sandbox}/messages": {
+            "get": _op(
+                "As /api/v1/messages, on this sandbox's mail only",
+                _json("A page", summary_list),
+                params=[*scoped, *_SEARCH],
+            ),
+            "delete": _op(
+                "As DELETE /api/v1/messages, on this sandbox's mail only",
+                _json("Deleted ids"),
+                params=[*scoped, *_SEARCH],
+                body=True,
+            ),
+        },
+        "/api/v1/sandboxes/{sandbox}/messages/{id}": {
+            "get": _op(
+                "As /api/v1/messages/{id} (also .../raw, .../html, .../parts/{part}, PATCH, "
+                "DELETE), for a message of this sandbox",
+                _json("The message", {"$ref": "#/components/schemas/Message"}),
+                params=[*scoped, _ID],
+            ),
+        },
+        "/api/v1/sandboxes/{sandbox}/wait": {
+            "get": _op(
+                "As /api/v1/wait (to, from, subject, since, timeout), on this sandbox's mail",
+                _json("The matching messages and the new cursor", summary_list),
+                params=[*scoped, *_SEARCH],
+                errors=("400", "404", "408"),
+            ),
+        },
+        "/api/v1/sandboxes/{sandbox}/events": {
+            "get": _op(
+                "As /api/v1/events, on this sandbox's mail",
+                {"description": "Event stream", "content": {"text/event-stream": {}}},
+                params=scoped,
+            ),
+        },
+        "/api/v1/sandboxes/{sandbox}/faults": {
+            "get": _op("This sandbox's fault rules", _json("Rules"), params=scoped),
+            "post": _op(
+                "A fault rule for this sandbox's SMTP sessions only (login = its username; "
+                "stages mail, rcpt, data)",
+                _json("The rule"),
+                params=scoped,
+                body=True,
+            ),
+            "delete": _op("Remove its fault rules", _json("How many"), params=scoped),
+        },
+        "/api/v1/sandboxes/{sandbox}/faults/{id}": {
+            "get": _op("One of its rules", _json("The rule"), params=[*scoped, _ID]),
+            "delete": _op("Remove one of its rules", _json("Removed"), params=[*scoped, _ID]),
+        },
     }

@@ -20,6 +20,7 @@ from mailhub.net import IStreamTransport
 from mailhub.web.access import Access, HostCheck, LoginBusy, LoginRefused, LoginRequired, Viewer
 from mailhub.web.api import Api, ApiError, error_body, unexpected
 from mailhub.web.feed import MailFeed
+from mailhub.web.sandboxes import SandboxApi
 from mailhub.web.spam import spam_scores
 
 log = Logger()
@@ -351,6 +352,9 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         authserv_id=authserv_id_of(config),  # whose Authentication-Results the page believes
         spam=spam_scores(config, clock),
     )
+    sandboxes = getattr(shared, "sandboxes", None)
+    if sandboxes is not None:
+        api.sandboxes = SandboxApi(api, sandboxes, getattr(shared, "listening", None))
     api.lab.configure(link_check_private=config.web.link_check_private)
     access = Access(
         login=config.web.login,
