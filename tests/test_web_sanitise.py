@@ -46,6 +46,12 @@ class Sanitise(SynchronousTestCase):
         self.assertEqual(count_remote(out), 4)
         self.assertEqual(count_remote(sanitise('<img src="data:image/png;base64,AA==">')), 0)
 
+    def test_class_and_id_stay_for_the_messages_own_style(self) -> None:
+        out = sanitise('<style>.x{color:red}</style><p class="x" id="y" onclick="a()">hi</p>')
+        self.assertIn('class="x"', out)
+        self.assertIn('id="y"', out)
+        self.assertNotIn("onclick", out)
+
     def test_cid_images_become_data_urls_of_the_message_parts(self) -> None:
         parts = {"logo@shop": "data:image/png;base64,iVBORw0KGgo="}
         out = sanitise('<img src="cid:logo@shop"><img src="cid:missing">', parts.get)

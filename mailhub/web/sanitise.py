@@ -21,7 +21,21 @@ import nh3
 
 TAGS = (set(nh3.ALLOWED_TAGS) | {"style", "font", "tfoot", "body"}) - {"map", "area"}
 ATTRIBUTES: dict[str, set[str]] = {k: set(v) for k, v in nh3.ALLOWED_ATTRIBUTES.items()}
-ATTRIBUTES["*"] = {"style", "align", "valign", "width", "height", "bgcolor", "dir", "lang", "title"}
+# class and id too: a message's <style> block selects by them (its layout breaks without), and
+# in a sandboxed iframe without script they can do nothing else.
+ATTRIBUTES["*"] = {
+    "style",
+    "class",
+    "id",
+    "align",
+    "valign",
+    "width",
+    "height",
+    "bgcolor",
+    "dir",
+    "lang",
+    "title",
+}
 for _tag, _extra in {
     "table": {"border", "cellpadding", "cellspacing", "background"},
     "td": {"background", "nowrap"},
