@@ -474,6 +474,8 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--nameserver", help="DNS server HOST[:PORT] for --dns (default: system's)")
     check.set_defaults(run=check_config)
     sub.add_parser("version", help="print the version").set_defaults(run=version)
+    # Only for the help text: main() hands `mailhub sendmail ...` to mailhub.sendmail at once.
+    sub.add_parser("sendmail", help="the /usr/sbin/sendmail interface (-t, -i, -f, -F, -bm, -bs)")
     cert_p = sub.add_parser(
         "cert", parents=[common], help="show the TLS certificate (path, SHA-256, names, expiry)"
     )
@@ -553,6 +555,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sendmail"]:  # sendmail's own command line (-t, -oi, -fsender...)
+        from mailhub import sendmail
+
+        sendmail.main(argv[1:])
     args = parser().parse_args(argv)
     try:
         status = args.run(args)

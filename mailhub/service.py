@@ -39,6 +39,7 @@ from mailhub.faults.smtp import FaultySMTPServerFactory
 from mailhub.imap.factory import IMAPServerFactory
 from mailhub.interfaces import IMessageSink
 from mailhub.net import is_loopback
+from mailhub.pickup import PickupCollector
 from mailhub.pop3.factory import POP3ServerFactory
 from mailhub.queue import Queue, RetrySchedule
 from mailhub.relay.courier import courier_from_config
@@ -93,6 +94,8 @@ class ListenerService(StreamServerEndpointService):
         super().__init__(serverFromString(_reactor(), endpoint), factory)
         self.config_source, self.key, self.description = config.source, key, description
         self.setName(f"{key}:{description}")
+        # Told the bound address (the pickup collector records the SMTP one for sendmail).
+        self.on_bound: Callable[[str, int], None] | None = None
 
     def privilegedStartService(self) -> None:
         try:
@@ -118,6 +121,8 @@ class ListenerService(StreamServerEndpointService):
             port=host.port,
             description=self.description,
         )
+        if self.on_bound is not None:
+            self.on_bound(host.host, host.port)
         return port
 
 
@@ -143,6 +148,7 @@ class MailhubService(MultiService):
         self.users: UserDB | None = None
         self.aliases: AliasMap | None = None
         self.changes: StoreChanges | None = None  # the store's change feed, set by build()
+        self.pickup: PickupCollector | None = None  # what `mailhub sendmail` left, set by build()
         # The SMTP receiver's fault rules: from [[faults.rule]], changed at run time (web API).
         try:
             self.faults = FaultRules(rules_from_config(config))
@@ -560,6 +566,9 @@ def build(config: Config) -> MailhubService:
         sign_notice=_notice_signer(config, keystore),
     )
     queue.setServiceParent(top)
+    # Mail `mailhub sendmail` left while the server was down: into the queue, after it started.
+    pickup = top.pickup = PickupCollector(config.data_dir, queue.sink, _reactor(), config.hostname)
+    pickup.setServiceParent(top)
     shared = dataclasses.replace(shared, sink=SplitSink(sink, queue.sink, is_local))
     if config.checks.enabled:
         checked = _checking(config, shared.sink, is_local, keystore)
@@ -572,5 +581,8 @@ def build(config: Config) -> MailhubService:
         factory = builder(shared)
         _quiet(factory)
         for description in descriptions:
-            ListenerService(config, key, description, factory).setServiceParent(top)
+            listener = ListenerService(config, key, description, factory)
+            if key == "smtp":
+                listener.on_bound = pickup.listener_bound
+            listener.setServiceParent(top)
     return top
