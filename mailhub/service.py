@@ -43,6 +43,7 @@ from mailhub.pickup import PickupCollector
 from mailhub.pop3.factory import POP3ServerFactory
 from mailhub.queue import Queue, RetrySchedule
 from mailhub.relay.courier import courier_from_config
+from mailhub.retention import STATE_FILE, Retention
 from mailhub.routing import LOCAL, REMOTE, Router, SplitSink, local_domains, policy_resolver
 from mailhub.smtp.factory import SMTPServerFactory
 from mailhub.smtp.policy import RecipientPolicy, Role, SubmissionPolicy
@@ -149,6 +150,7 @@ class MailhubService(MultiService):
         self.aliases: AliasMap | None = None
         self.changes: StoreChanges | None = None  # the store's change feed, set by build()
         self.pickup: PickupCollector | None = None  # what `mailhub sendmail` left, set by build()
+        self.retention: Retention | None = None  # the dev stack's pruning, set by build()
         # The SMTP receiver's fault rules: from [[faults.rule]], changed at run time (web API).
         try:
             self.faults = FaultRules(rules_from_config(config))
@@ -202,6 +204,7 @@ class Shared:
     # stack every SMTP listener's; None when [checks] enabled is off.
     checked: IMessageSink | None = None
     keystore: KeyStore | None = None  # DKIM signing keys ([dkim] key_dir)
+    retention: Retention | None = None  # the dev stack's pruning (the web page tells of it)
 
     def signing(self, inner: IMessageSink) -> IMessageSink:
         """``inner`` behind DKIM signing of authenticated users' mail (a no-op without keys)."""
@@ -497,6 +500,18 @@ def build(config: Config) -> MailhubService:
     changes.setServiceParent(top)
     top.changes = changes
     sink.delivered = changes.touched
+    retention = None
+    if config.dev and (config.retention.max_messages or config.retention.max_age):
+        # The oldest caught mail goes first; production never prunes.
+        retention = top.retention = Retention(
+            store,
+            changes,
+            _reactor(),
+            max_messages=config.retention.max_messages,
+            max_age=config.retention.max_age,
+            state_file=config.data_dir / STATE_FILE,
+        )
+        retention.setServiceParent(top)
     StaleTmpCleaner(store, interval=TMP_CLEAN_INTERVAL).setServiceParent(top)
     tls = top.tls = _server_tls(config)
     _check_tls_for_listeners(config, tls)
@@ -537,7 +552,7 @@ def build(config: Config) -> MailhubService:
     keystore = KeyStore(config.dkim_key_dir, _reactor())
     shared = Shared(
         config, store, sink, tls, portal, throttle, users, aliases, is_local, faults=top.faults,
-        changes=changes, keystore=keystore,
+        changes=changes, keystore=keystore, retention=retention,
     )  # fmt: skip
     if tls is not None:
         # Bad certificates (fault rules) carry the names of the real one, so each is bad only

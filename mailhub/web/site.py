@@ -349,6 +349,7 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         ready=ready,
         authserv_id=authserv_id_of(config),  # whose Authentication-Results the page believes
     )
+    api.retention = getattr(shared, "retention", None)  # the dev stack's pruning counts
     access = Access(
         login=config.web.login,
         admins=config.web.admins,

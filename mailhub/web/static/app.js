@@ -49,6 +49,23 @@ async function loadMailboxes() {
       onclick: (e) => { e.preventDefault(); state.mailbox = address; refresh(); } },
     el("span", {}, label), el("span", { class: "count" }, unread ? String(unread) : ""));
   nav.replaceChildren(link("", "All mail", total), ...mailboxes.map((b) => link(b.address, b.address, b.unread)));
+  retentionNote(nav);
+}
+
+// --- retention (the dev stack prunes the oldest mail: [dev] max_messages, max_age) -----------
+
+function age(seconds) {
+  return seconds % 86400 === 0 ? `${seconds / 86400} d` : seconds % 3600 === 0 ? `${seconds / 3600} h` : `${seconds} s`;
+}
+
+async function retentionNote(nav) {
+  let info;
+  try { info = await api("/info"); } catch (e) { return; }
+  const r = info.retention;
+  if (!r) return;
+  const limits = [r.max_messages ? `at most ${r.max_messages} messages` : "", r.max_age ? `none older than ${age(r.max_age)}` : ""].filter(Boolean).join(", ");
+  const text = `Keeps ${limits}; ${r.pruned} oldest pruned`;
+  nav.append(el("p", { id: "retention", class: "retention", title: "The oldest go first ([dev] max_messages, max_age)" }, text));
 }
 
 function query() {
