@@ -453,6 +453,42 @@ class _BlockingResolver:
         return self._lookup(name, "PTR", lambda r: r.target.to_text(True))
 
 
+# --- export and import (mailhub.transfer) -----------------------------------------------------
+
+
+def export_mail(args: argparse.Namespace) -> int:
+    from mailhub import transfer
+
+    store = _store(_config(args))
+    mailbox = _canonical(args.mailbox) if args.mailbox else None
+    if args.folder and not mailbox:
+        print("mailhub: --folder needs --mailbox", file=sys.stderr)
+        return 1
+    counts = transfer.export(
+        store, Path(args.dest), mailbox=mailbox, folder=args.folder, fmt=args.format
+    )
+    print(
+        f"exported {counts.messages} message(s) from {len(counts.folders)} folder(s) to {args.dest}"
+    )
+    return 0
+
+
+def import_mail(args: argparse.Namespace) -> int:
+    from mailhub import transfer
+
+    store = _store(_config(args))
+    mailbox = _canonical(args.mailbox) if args.mailbox else None
+    try:
+        counts = transfer.import_path(store, Path(args.src), mailbox=mailbox, folder=args.folder)
+    except transfer.TransferError as e:
+        print(f"mailhub: {e}", file=sys.stderr)
+        return 1
+    for why in counts.skipped:
+        print(f"skipped {why}", file=sys.stderr)
+    print(f"imported {counts.messages} message(s) into {len(counts.folders)} folder(s)")
+    return 0
+
+
 def version(args: argparse.Namespace) -> int:
     print(f"mailhub {__version__}")
     return 0
@@ -529,6 +565,21 @@ def parser() -> argparse.ArgumentParser:
     )
     q_delete.add_argument("id")
     q_delete.set_defaults(run=queue_change)
+    exp = sub.add_parser(
+        "export", parents=[common], help="write mail (with flags) to .eml files or mbox"
+    )
+    exp.add_argument("dest", help="a directory (.eml, or mbox of several folders) or mbox file")
+    exp.add_argument("--mailbox", "-m", help="only this mailbox (default: every one)")
+    exp.add_argument("--folder", "-f", help="only this folder (with --mailbox)")
+    exp.add_argument("--format", choices=("eml", "mbox"), default="eml")
+    exp.set_defaults(run=export_mail)
+    imp = sub.add_parser(
+        "import", parents=[common], help="deliver .eml files or mbox (with flags) into the store"
+    )
+    imp.add_argument("src", help="an export directory, a directory of .eml files, or an mbox")
+    imp.add_argument("--mailbox", "-m", help="into this mailbox (default: as exported, or To/Cc)")
+    imp.add_argument("--folder", "-f", help="into this folder (default: as exported, or INBOX)")
+    imp.set_defaults(run=import_mail)
     dkim = sub.add_parser("dkim", help="DKIM signing keys and their DNS records")
     dkim_sub = dkim.add_subparsers(dest="action", required=True)
     keygen = dkim_sub.add_parser(
