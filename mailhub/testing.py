@@ -306,7 +306,11 @@ class MailhubTestServer:
         else:
             from twisted.internet import reactor
 
-            self.feed = MailFeed(service.store, reactor, poll_interval=FEED_POLL_INTERVAL)
+            # The server's own change feed (retention listens to it too): one look at the
+            # store for both, not two.
+            self.feed = MailFeed(
+                service.store, reactor, poll_interval=FEED_POLL_INTERVAL, changes=service.changes
+            )
             self.feed.startService()
             self._own_feed = True
         self._start_cursor = self.cursor()
