@@ -32,7 +32,10 @@ from mailhub.store.changes import EXPUNGED, FOLDER_DELETED, NEW, StoreChange, St
 
 log = Logger()
 
-BATCH = 200  # messages expunged per reactor turn at most
+# Messages expunged per reactor turn at most. Measured: a pass of 25 takes 16-25 ms (one
+# folder, or 25 folders: each an unlink, a directory fsync and a UID list rewrite); 200 took
+# 120-670 ms, too long for the reactor to wait.
+BATCH = 25
 STATE_FILE = "retention.json"
 
 _Key = tuple[str, str, str]  # (mailbox, folder, Maildir base name)
