@@ -343,6 +343,8 @@ class PickupCollector(Service):
                 protocol="local",
                 server_name=self._hostname,
                 body_type="8BITMIME",
+                # RFC 6531: a non-ASCII address needs SMTPUTF8 from the next hop too.
+                smtputf8=not all(a.isascii() for a in (envelope.sender, *envelope.recipients)),
             )
             message = self._sink.open(env)
             try:
