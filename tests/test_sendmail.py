@@ -171,7 +171,9 @@ class AgainstServer(TestCase):
 
     async def test_bm_with_recipients_on_the_command_line(self) -> None:
         hub, config = await self.hub()
-        r = await run(config, ["-f", "app@example.test", "-F", "The App", "bob@example.test"],
+        # -bm and the flags apps add that mean nothing here (-oem, -odi, -U) are accepted.
+        flags = ["-bm", "-oem", "-odi", "-U", "-f", "app@example.test", "-F", "The App"]
+        r = await run(config, [*flags, "bob@example.test"],
                       b"Subject: one\n\nhello\n")  # fmt: skip
         self.assertEqual((r.code, r.err), (0, b""))
         m = await hub.wait_for_message(to="bob@example.test", timeout=30)
