@@ -534,6 +534,42 @@ def _ip(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
 
 
+# --- export and import (mailhub.transfer) -----------------------------------------------------
+
+
+def export_mail(args: argparse.Namespace) -> int:
+    from mailhub import transfer
+
+    store = _store(_config(args))
+    mailbox = _canonical(args.mailbox) if args.mailbox else None
+    if args.folder and not mailbox:
+        print("mailhub: --folder needs --mailbox", file=sys.stderr)
+        return 1
+    counts = transfer.export(
+        store, Path(args.dest), mailbox=mailbox, folder=args.folder, fmt=args.format
+    )
+    print(
+        f"exported {counts.messages} message(s) from {len(counts.folders)} folder(s) to {args.dest}"
+    )
+    return 0
+
+
+def import_mail(args: argparse.Namespace) -> int:
+    from mailhub import transfer
+
+    store = _store(_config(args))
+    mailbox = _canonical(args.mailbox) if args.mailbox else None
+    try:
+        counts = transfer.import_path(store, Path(args.src), mailbox=mailbox, folder=args.folder)
+    except transfer.TransferError as e:
+        print(f"mailhub: {e}", file=sys.stderr)
+        return 1
+    for why in counts.skipped:
+        print(f"skipped {why}", file=sys.stderr)
+    print(f"imported {counts.messages} message(s) into {len(counts.folders)} folder(s)")
+    return 0
+
+
 def version(args: argparse.Namespace) -> int:
     print(f"mailhub {__version__}")
     return 0
@@ -570,6 +606,8 @@ def parser() -> argparse.ArgumentParser:
     dns.add_argument("domain", nargs="+")
     dns.set_defaults(run=dns_records)
     sub.add_parser("version", help="print the version").set_defaults(run=version)
+    # Only for the help text: main() hands `mailhub sendmail ...` to mailhub.sendmail at once.
+    sub.add_parser("sendmail", help="the /usr/sbin/sendmail interface (-t, -i, -f, -F, -bm, -bs)")
     cert_p = sub.add_parser(
         "cert", parents=[common], help="show the TLS certificate (path, SHA-256, names, expiry)"
     )
@@ -623,6 +661,21 @@ def parser() -> argparse.ArgumentParser:
     )
     q_delete.add_argument("id")
     q_delete.set_defaults(run=queue_change)
+    exp = sub.add_parser(
+        "export", parents=[common], help="write mail (with flags) to .eml files or mbox"
+    )
+    exp.add_argument("dest", help="a directory (.eml, or mbox of several folders) or mbox file")
+    exp.add_argument("--mailbox", "-m", help="only this mailbox (default: every one)")
+    exp.add_argument("--folder", "-f", help="only this folder (with --mailbox)")
+    exp.add_argument("--format", choices=("eml", "mbox"), default="eml")
+    exp.set_defaults(run=export_mail)
+    imp = sub.add_parser(
+        "import", parents=[common], help="deliver .eml files or mbox (with flags) into the store"
+    )
+    imp.add_argument("src", help="an export directory, a directory of .eml files, or an mbox")
+    imp.add_argument("--mailbox", "-m", help="into this mailbox (default: as exported, or To/Cc)")
+    imp.add_argument("--folder", "-f", help="into this folder (default: as exported, or INBOX)")
+    imp.set_defaults(run=import_mail)
     dkim = sub.add_parser("dkim", help="DKIM signing keys and their DNS records")
     dkim_sub = dkim.add_subparsers(dest="action", required=True)
     keygen = dkim_sub.add_parser(
@@ -649,6 +702,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sendmail"]:  # sendmail's own command line (-t, -oi, -fsender...)
+        from mailhub import sendmail
+
+        sendmail.main(argv[1:])
     args = parser().parse_args(argv)
     try:
         status = args.run(args)

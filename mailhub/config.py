@@ -363,6 +363,27 @@ class DKIMConfig:
 
 
 @dataclass(frozen=True)
+class SendmailConfig:
+    """How ``mailhub sendmail`` reaches the server (mailhub.sendmail)."""
+
+    # host:port; None: the address the running server recorded at start (its SMTP listener),
+    # else [listeners] smtp's port.
+    server: tuple[str, int] | None = None
+    # A login for the submission port (production); none in the dev stack.
+    user: str | None = None
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class DevConfig:
+    """The dev stack's retention (mailhub.retention): the oldest caught messages go first.
+    Production never prunes (these keys are read only with dev = true)."""
+
+    max_messages: int = 5000  # 0: no limit
+    max_age: float | None = None  # seconds; None: off
+
+
+@dataclass(frozen=True)
 class Config:
     source: str  # the file it came from, or "<development defaults>"
     hostname: str
@@ -380,6 +401,8 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     dkim: DKIMConfig = field(default_factory=DKIMConfig)
     sandboxes: SandboxesConfig = field(default_factory=SandboxesConfig)
+    sendmail: SendmailConfig = field(default_factory=SendmailConfig)
+    retention: DevConfig = field(default_factory=DevConfig)
     users_file: Path | None = None
     aliases_file: Path | None = None
 
@@ -951,6 +974,30 @@ def _dkim(source: str, table: Mapping[str, Any], base: Path) -> DKIMConfig:
     return dkim
 
 
+def _sendmail(source: str, table: Mapping[str, Any], base: Path) -> SendmailConfig:
+    r = _Reader(source, "sendmail", table)
+    server = r.get("server", None, lambda k, v: _host_port(r, k, v, 25))
+    user = r.string("user", "") or None
+    password_file = r.path("password_file", None, base, must_exist=True)
+    r.finish()
+    if (user is None) != (password_file is None):
+        raise ConfigError(source, "[sendmail]", "user and password_file go together",
+                          "set both (a login for submission) or neither")  # fmt: skip
+    return SendmailConfig(server=server, user=user, password_file=password_file)
+
+
+def _dev(source: str, table: Mapping[str, Any], dev: bool) -> DevConfig:
+    r = _Reader(source, "dev", table)
+    d = DevConfig()
+    max_messages = r.number("max_messages", d.max_messages)
+    max_age = r.get("max_age", None, lambda k, v: _duration(r, k, v) or None)
+    r.finish()
+    if not dev and table:
+        raise ConfigError(source, "[dev]", "retention is for the dev stack only (dev = true)",
+                          "remove [dev]: production never prunes mail")  # fmt: skip
+    return DevConfig(max_messages=max_messages, max_age=max_age)
+
+
 def _sni_pairs(source: str, value: Any, base: Path) -> tuple[tuple[Path, Path], ...]:
     """[[tls.sni]] tables, each with certificate and key, into (certificate, key) pairs."""
     fix = '[[tls.sni]] tables, each with certificate = "..." and key = "..."'
@@ -983,6 +1030,8 @@ _SECTIONS = (
     "faults",
     "dkim",
     "sandboxes",
+    "sendmail",
+    "dev",
 )
 
 
@@ -1134,6 +1183,8 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
     faults = _faults(source, doc.get("faults", {}))
     dkim = _dkim(source, doc.get("dkim", {}), base)
     sandboxes = _sandboxes(source, doc.get("sandboxes", {}), dev)
+    sendmail = _sendmail(source, doc.get("sendmail", {}), base)
+    retention = _dev(source, doc.get("dev", {}), dev)
 
     return Config(
         source=source,
@@ -1152,6 +1203,8 @@ def load(path: Path | str, *, data_dir: Path | str | None = None, reactor: Any =
         faults=faults,
         dkim=dkim,
         sandboxes=sandboxes,
+        sendmail=sendmail,
+        retention=retention,
         users_file=users_file,
         aliases_file=aliases_file,
     )

@@ -40,9 +40,11 @@ from mailhub.faults.smtp import FaultySMTPServerFactory
 from mailhub.imap.factory import IMAPServerFactory
 from mailhub.interfaces import IMessageSink
 from mailhub.net import is_loopback
+from mailhub.pickup import PickupCollector
 from mailhub.pop3.factory import POP3ServerFactory
 from mailhub.queue import Queue, RetrySchedule
 from mailhub.relay.courier import courier_from_config
+from mailhub.retention import STATE_FILE, Retention
 from mailhub.routing import LOCAL, REMOTE, Router, SplitSink, local_domains, policy_resolver
 from mailhub.sandboxes import (
     SANDBOX_DOMAIN,
@@ -102,6 +104,8 @@ class ListenerService(StreamServerEndpointService):
         super().__init__(serverFromString(_reactor(), endpoint), factory)
         self.config_source, self.key, self.description = config.source, key, description
         self.setName(f"{key}:{description}")
+        # Told the bound address (the pickup collector records the SMTP one for sendmail).
+        self.on_bound: Callable[[str, int], None] | None = None
 
     def privilegedStartService(self) -> None:
         try:
@@ -127,6 +131,8 @@ class ListenerService(StreamServerEndpointService):
             port=host.port,
             description=self.description,
         )
+        if self.on_bound is not None:
+            self.on_bound(host.host, host.port)
         return port
 
 
@@ -153,6 +159,8 @@ class MailhubService(MultiService):
         self.aliases: AliasMap | None = None
         self.changes: StoreChanges | None = None  # the store's change feed, set by build()
         self.sandboxes: Sandboxes | None = None  # isolated inboxes for tests ([sandboxes])
+        self.pickup: PickupCollector | None = None  # what `mailhub sendmail` left, set by build()
+        self.retention: Retention | None = None  # the dev stack's pruning, set by build()
         # The SMTP receiver's fault rules: from [[faults.rule]], changed at run time (web API).
         try:
             self.faults = FaultRules(rules_from_config(config))
@@ -217,6 +225,7 @@ class Shared:
     sandboxes: Sandboxes | None = None  # isolated inboxes for tests ([sandboxes] enabled)
     # Listener kind -> the (host, port) pairs it is bound to (a new sandbox's answer names them)
     listening: Callable[[str], list[tuple[str, int]]] | None = None
+    retention: Retention | None = None  # the dev stack's pruning (the web page tells of it)
 
     def signing(self, inner: IMessageSink) -> IMessageSink:
         """``inner`` behind DKIM signing of authenticated users' mail (a no-op without keys)."""
@@ -538,6 +547,18 @@ def build(config: Config) -> MailhubService:
     changes.setServiceParent(top)
     top.changes = changes
     sink.delivered = changes.touched
+    retention = None
+    if config.dev and (config.retention.max_messages or config.retention.max_age):
+        # The oldest caught mail goes first; production never prunes.
+        retention = top.retention = Retention(
+            store,
+            changes,
+            _reactor(),
+            max_messages=config.retention.max_messages,
+            max_age=config.retention.max_age,
+            state_file=config.data_dir / STATE_FILE,
+        )
+        retention.setServiceParent(top)
     StaleTmpCleaner(store, interval=TMP_CLEAN_INTERVAL).setServiceParent(top)
     tls = top.tls = _server_tls(config)
     _check_tls_for_listeners(config, tls)
@@ -583,6 +604,7 @@ def build(config: Config) -> MailhubService:
     shared = Shared(
         config, store, sink, tls, portal, throttle, users, aliases, is_local, faults=top.faults,
         changes=changes, keystore=keystore, sandboxes=sandboxes, listening=top.bound,
+        retention=retention,
     )  # fmt: skip
     if tls is not None:
         # Bad certificates (fault rules) carry the names of the real one, so each is bad only
@@ -611,6 +633,9 @@ def build(config: Config) -> MailhubService:
         sign_notice=_notice_signer(config, keystore),
     )
     queue.setServiceParent(top)
+    # Mail `mailhub sendmail` left while the server was down: into the queue, after it started.
+    pickup = top.pickup = PickupCollector(config.data_dir, queue.sink, _reactor(), config.hostname)
+    pickup.setServiceParent(top)
     shared = dataclasses.replace(shared, sink=SplitSink(sink, queue.sink, is_local))
     if sandboxes is not None:  # a sandbox's mail keeps its envelope recipients (X-Original-To)
         shared = dataclasses.replace(shared, sink=SandboxSink(shared.sink, sandboxes))
@@ -625,5 +650,8 @@ def build(config: Config) -> MailhubService:
         factory = builder(shared)
         _quiet(factory)
         for description in descriptions:
-            ListenerService(config, key, description, factory).setServiceParent(top)
+            listener = ListenerService(config, key, description, factory)
+            if key == "smtp":
+                listener.on_bound = pickup.listener_bound
+            listener.setServiceParent(top)
     return top

@@ -270,7 +270,10 @@ class MailhubTestServer:
     serves, ``service.FACTORIES``), each on 127.0.0.1 port 0. ``listeners`` instead gives
     the endpoints themselves (a ``ListenersConfig``: several of a kind, ``tcp6:0:...``).
     ``config`` runs a whole ``Config`` of the caller's own instead of the dev stack's
-    (production-style: ``dev=False``, a users file, certificates of its own) as it is."""
+    (production-style: ``dev=False``, a users file, certificates of its own) as it is.
+    ``preload`` is a directory of ``.eml`` fixtures (each into the mailboxes of its To/Cc) or
+    a ``mailhub export`` tree, imported before the server starts (``messages()`` lists them;
+    waits return only what arrives after the start)."""
 
     def __init__(
         self,
@@ -280,9 +283,12 @@ class MailhubTestServer:
         services: Sequence[str] | None = None,
         listeners: ListenersConfig | None = None,
         config: Config | None = None,
+        preload: Path | str | None = None,
         **changes: Any,
     ) -> None:
         self.directory = Path(directory).absolute()
+        # .eml fixtures (or a `mailhub export` tree, or mbox) put in the store before start
+        self.preload = Path(preload) if preload is not None else None
         self.ca = TestCA.create(self.directory / "tls")
         if config is None:
             config = self._dev_config(faults, services, listeners, changes)
@@ -331,6 +337,10 @@ class MailhubTestServer:
     def start(self) -> None:
         """Build and start the service (on the reactor thread); the ports are known after."""
         service = build(self.config)
+        if self.preload is not None:
+            from mailhub.transfer import import_path
+
+            import_path(service.store, self.preload)
         service.faults.certificate_issuer = self.ca.issuer
         service.privilegedStartService()
         service.startService()
@@ -346,7 +356,11 @@ class MailhubTestServer:
         else:
             from twisted.internet import reactor
 
-            self.feed = MailFeed(service.store, reactor, poll_interval=FEED_POLL_INTERVAL)
+            # The server's own change feed (retention listens to it too): one look at the
+            # store for both, not two.
+            self.feed = MailFeed(
+                service.store, reactor, poll_interval=FEED_POLL_INTERVAL, changes=service.changes
+            )
             self.feed.startService()
             self._own_feed = True
         self._start_cursor = self.cursor()

@@ -173,6 +173,7 @@ class Api:
         # checks' (RFC 8601 5: only those can be believed); default the server's hostname.
         self.authserv_id = authserv_id or hostname
         self.faults = faults
+        self.retention: Any = None  # mailhub.retention.Retention (dev stack), set by make_site
         self.ready = ready
         self.sandboxes: Any = None  # /sandboxes: mailhub.web.sandboxes.SandboxApi, if enabled
         # rspamd's scores (mailhub.web.spam); without [checks] rspamd it says "not configured"
@@ -442,6 +443,8 @@ class Api:
             "admin": viewer.admin,
             "faults": self.faults is not None and viewer.admin,
             "cursor": self._cursor(request),
+            # The dev stack's pruning: limits and how many of the oldest went (None: off).
+            "retention": None if self.retention is None else self.retention.info().to_json(),
         }
 
     # --- messages --------------------------------------------------------------------------

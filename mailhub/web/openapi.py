@@ -525,7 +525,9 @@ def openapi() -> dict[str, Any]:
         "paths": {
             "/api/v1/health": {"get": _op("Liveness", _json("Alive"), errors=())},
             "/api/v1/ready": {"get": _op("Readiness", _json("Ready"), errors=("503",))},
-            "/api/v1/info": {"get": _op("Server, user and cursor", _json("Info"), errors=())},
+            "/api/v1/info": {
+                "get": _op("Server, user, cursor, retention (pruned)", _json("Info"), errors=())
+            },
             "/api/v1/mailboxes": {"get": _op("Mailboxes with counts", _json("Mailboxes"))},
             "/api/v1/messages": {
                 "get": _op(

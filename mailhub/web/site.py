@@ -356,6 +356,7 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
     if sandboxes is not None:
         api.sandboxes = SandboxApi(api, sandboxes, getattr(shared, "listening", None))
     api.lab.configure(link_check_private=config.web.link_check_private)
+    api.retention = getattr(shared, "retention", None)  # the dev stack's pruning counts
     access = Access(
         login=config.web.login,
         admins=config.web.admins,

@@ -54,6 +54,7 @@ async function loadMailboxes() {
   nav.replaceChildren(link("", "All mail", total), ...plain.map((b) => link(b.address, b.address, b.unread)),
     ...(boxes.length ? [el("h2", { class: "nav-heading" }, "Sandboxes")] : []),
     ...boxes.map((b) => sandboxLink(link(b.address, names.get(b.address), b.unread), b.address)));
+  retentionNote(nav);
 }
 
 // --- sandboxes (isolated inboxes for tests): their own group, by name ----------------------
@@ -78,6 +79,22 @@ function sandboxLink(a, address) {
   a.classList.add("sandbox");
   a.title = `Sandbox ${address}`;
   return a;
+}
+
+// --- retention (the dev stack prunes the oldest mail: [dev] max_messages, max_age) -----------
+
+function age(seconds) {
+  return seconds % 86400 === 0 ? `${seconds / 86400} d` : seconds % 3600 === 0 ? `${seconds / 3600} h` : `${seconds} s`;
+}
+
+async function retentionNote(nav) {
+  let info;
+  try { info = await api("/info"); } catch (e) { return; }
+  const r = info.retention;
+  if (!r) return;
+  const limits = [r.max_messages ? `at most ${r.max_messages} messages` : "", r.max_age ? `none older than ${age(r.max_age)}` : ""].filter(Boolean).join(", ");
+  const text = `Keeps ${limits}; ${r.pruned} oldest pruned`;
+  nav.append(el("p", { id: "retention", class: "retention", title: "The oldest go first ([dev] max_messages, max_age)" }, text));
 }
 
 function query() {
