@@ -34,6 +34,7 @@ from mailhub.checks.dkimverify import (
     MAX_RSA_BITS,
     MAX_RSA_EXPONENT_BITS,
     TagListError,
+    header_fields,
     parse_tags,
 )
 from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError, Lookup
@@ -127,12 +128,11 @@ async def verify_arc(
 
 
 def _headers(message: bytes) -> list[tuple[bytes, bytes]] | None:
-    end = _header_end(message)
-    try:
-        headers, _ = dkim.rfc822_parse(message[:end] + b"\r\n")
-    except Exception:  # dkimpy's MessageFormatError, or IndexError on a leading fold
-        return None
-    return [(bytes(n), bytes(v)) for n, v in headers]
+    head = message[: _header_end(message)]
+    if b"arc-" not in head.lower():
+        return []  # no ARC field at all (most mail): nothing to parse
+    headers = header_fields(head)  # parsed once for DKIM and ARC
+    return None if headers is None else list(headers)
 
 
 def _add_to_set(sets: dict[int, dict[bytes, dict[str, bytes]]], kind: bytes, value: bytes) -> str:
@@ -269,7 +269,10 @@ def _spaced(message: bytes) -> bytes:
 
 
 def _header_end(message: bytes) -> int:
-    ends = [i for i in (message.find(b"\r\n\r\n"), message.find(b"\n\n")) if i >= 0]
+    crlf = message.find(b"\r\n\r\n")
+    # A bare LF LF matters only before the first CRLF CRLF: not searched for in the body.
+    lf = message.find(b"\n\n", 0, len(message) if crlf < 0 else crlf + 1)
+    ends = [i for i in (crlf, lf) if i >= 0]
     return min(ends) if ends else len(message)
 
 

@@ -24,6 +24,7 @@ RFC 6376 6.1.2: no key, PERMFAIL), so callers need no other exception than ``DNS
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -84,6 +85,7 @@ class InvalidName(ValueError):
     """A name that cannot be in the DNS; the typed lookups answer it NXDOMAIN."""
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of the name; errors are not cached
 def query_name(name: str) -> str:
     """``name`` as the lower-case A-label form asked on the wire, without the trailing dot, or
     ``InvalidName`` saying what is wrong."""

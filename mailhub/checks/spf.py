@@ -461,6 +461,7 @@ def _is_spf(record: bytes) -> bool:
 # --- names and addresses -------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # addresses are immutable; a client sends many messages
 def _client_address(ip: str | IPAddress) -> IPAddress | None:
     try:
         address = ipaddress.ip_address(ip.strip().strip("[]") if isinstance(ip, str) else ip)
@@ -471,6 +472,7 @@ def _client_address(ip: str | IPAddress) -> IPAddress | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of the name
 def _initial_domain(domain: str) -> str | None:
     """RFC 7208 4.3: the <domain> as asked in DNS, or None when it is malformed or has one
     label (then check_host is "none"). U-labels become A-labels (RFC 8616)."""
