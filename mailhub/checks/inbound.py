@@ -489,11 +489,17 @@ def judge_with(
     clock: IReactorTime,
     checkers: Checkers | None = None,
 ) -> Callable[[bytes, Envelope], Coroutine[Any, Any, Verdict]]:
-    """``judge`` bound to one server's resolver and policy: what ``CheckingSink`` calls."""
+    """``judge`` bound to one server's resolver and policy: what ``CheckingSink`` calls. With
+    the real checks and a resolver that tells its answers' lifetimes (``CachingResolver``), SPF
+    results are kept as long as their answers (``spf.SPFCache``)."""
     if checkers is None:
-        from mailhub.checks import dmarc
+        from mailhub.checks import dmarc, spf
 
         dmarc.preload()  # the Public Suffix List, at start rather than in the first message
+        checkers = Checkers.real()
+        if hasattr(resolver, "lifetime"):
+            cache = spf.SPFCache(cast(spf.AnswerLifetimes, resolver), clock)
+            checkers = replace(checkers, spf=functools.partial(spf.check_smtp, cache=cache))
 
     def bound(message: bytes, envelope: Envelope) -> Coroutine[Any, Any, Verdict]:
         chosen = checkers if checkers is not None else Checkers.real()

@@ -548,6 +548,16 @@ class CachingResolver(TypedLookups):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def lifetime(self, name: str, rdtype: str) -> float:
+        """Seconds the answer to ``name``/``rdtype`` (as the typed lookups ask it: a name, or
+        an address for PTR) stays in the cache; 0 when it is not there."""
+        try:
+            qname = reverse_name(name) if rdtype == "PTR" else query_name(name)
+        except InvalidName:
+            return 0.0
+        entry = self._entries.get((qname, rdtype))
+        return 0.0 if entry is None else max(0.0, entry.expires - self.clock.seconds())
+
     async def resolve(self, name: str, rdtype: str) -> Answer:
         key = (name, rdtype)
         now = self.clock.seconds()
