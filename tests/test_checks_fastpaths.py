@@ -4,6 +4,8 @@ judge's no-DeferredList path, the lazily formatted log line."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Any
 
 from twisted.internet import defer
@@ -11,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.checks import arc, dkimverify, dmarc, resolver, sink, spf
+from mailhub.checks import arc, dkimverify, dmarc, inbound, resolver, sink, spf
 from mailhub.checks.inbound import Checkers, Policy, judge
 from mailhub.checks.results import AuthenticationResults, MethodResult
 from mailhub.envelope import Envelope, Recipient
@@ -214,3 +216,16 @@ class LogWordsTests(SynchronousTestCase):
         )
         log.info("{results} -> {action}", results=sink._Words(results), action="accept")
         self.assertEqual(formatEvent(events[0]), "spf=pass dkim=none -> accept")
+
+
+class VerdictCopyTests(SynchronousTestCase):
+    def test_judge_copies_every_field(self) -> None:
+        """judge() builds its Verdict field by field (not dataclasses.replace): a new field
+        must be added there too."""
+        names = [f.name for f in dataclasses.fields(inbound.Verdict)]
+        self.assertEqual(
+            names, ["results", "action", "reply", "junk", "would", "reason", "arc", "checked"]
+        )
+        source = inspect.getsource(inbound.judge)
+        for name in names:
+            self.assertIn(f"{name}=", source)

@@ -476,8 +476,16 @@ async def judge(
         spf_decided = verdict.reply is not None and verdict.reply.enhanced in SPF_CODES
         method = "spf" if spf_decided else "dmarc"
         found = [_noted(r, verdict) if r.method == method else r for r in found]
-    return replace(
-        verdict, results=AuthenticationResults(authserv_id, tuple(found)), arc=arc_result
+    # (Not dataclasses.replace: it costs ~10 us per message in introspection.)
+    return Verdict(
+        results=AuthenticationResults(authserv_id, tuple(found)),
+        action=verdict.action,
+        reply=verdict.reply,
+        junk=verdict.junk,
+        would=verdict.would,
+        reason=verdict.reason,
+        arc=arc_result,
+        checked=verdict.checked,
     )
 
 

@@ -183,7 +183,7 @@ async def check_host(
     local = local or "postmaster"  # RFC 7208 4.3: no local-part means "postmaster"
     if not sender_domain.isascii():  # %{o} of an SMTPUTF8 sender: as asked in DNS (RFC 8616)
         sender_domain = _initial_domain(sender_domain) or sender_domain
-    key = (str(address), name, sender_domain, helo, receiver or "unknown")
+    key: _CacheKey = (address, name, sender_domain, helo, receiver or "unknown")
     if cache is not None:
         cached = cache.get(key)
         if cached is not None:
@@ -229,6 +229,8 @@ async def check_host(
 # The macros whose values differ between messages with the same cache key (RFC 7208 7.2).
 _PER_MESSAGE_MACROS = frozenset("slt")
 _CACHED_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none"})
+# (client address, domain, sender domain, HELO, receiver)
+_CacheKey = tuple[IPAddress, str, str, str, str]
 
 
 class AnswerLifetimes(Protocol):
@@ -252,13 +254,13 @@ class SPFCache:
         self.answers = answers
         self.clock = clock
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, ...], tuple[SPFResult, float]] = OrderedDict()
+        self._entries: OrderedDict[_CacheKey, tuple[SPFResult, float]] = OrderedDict()
         self.hits = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: tuple[str, ...]) -> SPFResult | None:
+    def get(self, key: _CacheKey) -> SPFResult | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -269,7 +271,7 @@ class SPFCache:
         self.hits += 1
         return result
 
-    def put(self, key: tuple[str, ...], result: SPFResult, evaluation: _Evaluation) -> None:
+    def put(self, key: _CacheKey, result: SPFResult, evaluation: _Evaluation) -> None:
         if result.result not in _CACHED_RESULTS or evaluation.letters & _PER_MESSAGE_MACROS:
             return
         if not evaluation.asked or self.max_entries <= 0:
