@@ -150,3 +150,31 @@ class JudgeWithTests(SynchronousTestCase):
             [(r.method, r.result) for r in verdicts[2].results.results],
             [("spf", "pass"), ("dkim", "none"), ("arc", "none"), ("dmarc", "pass")],
         )
+
+
+class FailedLookupTests(SynchronousTestCase):
+    def test_tolerated_failure_not_cached(self) -> None:
+        """RFC 7208 5.5: a PTR lookup that fails is no match, so the record says fail; that
+        fail is not kept, though every answer that was read is in the DNS cache."""
+        clock = Clock()
+        records = FakeRecords(
+            {
+                ("p.test", "TXT"): txt(b"v=spf1 ptr -all"),
+                ("1.2.0.192.in-addr.arpa", "PTR"): DNSTempError("timeout"),
+            }
+        )
+        resolver = CachingResolver(records, clock)
+        cache = SPFCache(resolver, clock)
+
+        def check() -> SPFResult:
+            d = defer.Deferred.fromCoroutine(
+                check_host(resolver, "192.0.2.1", "p.test", "a@p.test", cache=cache)
+            )
+            return self.successResultOf(d)
+
+        self.assertEqual(check().result, "fail")
+        self.assertEqual(len(cache), 0)
+        records.answers[("1.2.0.192.in-addr.arpa", "PTR")] = Answer(Lookup(("mx.p.test",)), 300)
+        records.answers[("mx.p.test", "A")] = Answer(Lookup(("192.0.2.1",)), 300)
+        self.assertEqual(check().result, "pass")
+        self.assertEqual(len(cache), 1)

@@ -243,9 +243,11 @@ class SPFCache:
     """``check_host`` results for (client address, domain, sender domain, HELO, receiver), each
     kept until the first of the DNS answers it was made of expires in ``answers`` (the server's
     ``CachingResolver``, whose TTLs they are): the same answers give the same result (RFC 7208
-    4.6: the evaluation reads nothing else). Not kept: temperror and permerror (a DNS failure,
-    a budget spent: they depend on the moment), results using ``%{s}``, ``%{l}`` or ``%{t}``,
-    and results made of an answer the resolver does not keep (TTL 0). At most ``max_entries``
+    4.6: the evaluation reads nothing else). Not kept: temperror and permerror, any result made
+    while a lookup failed or the message's budget ran out (even where the failure only means
+    "no match"), results using ``%{s}``, ``%{l}`` or ``%{t}``, and results made of an answer
+    the resolver does not keep (TTL 0). A result given from here spends no lookups of the
+    message's ``DNSBudget``. At most ``max_entries``
     (the oldest goes first). ``clock``: IReactorTime."""
 
     def __init__(
@@ -273,6 +275,8 @@ class SPFCache:
 
     def put(self, key: _CacheKey, result: SPFResult, evaluation: _Evaluation) -> None:
         if result.result not in _CACHED_RESULTS or evaluation.letters & _PER_MESSAGE_MACROS:
+            return
+        if evaluation.failed:  # e.g. a PTR lookup that failed counts as no match (5.5)
             return
         if not evaluation.asked or self.max_entries <= 0:
             return
@@ -681,6 +685,7 @@ class _Evaluation:
         self._validated: dict[str, str] = {}
         self.asked: list[tuple[str, str]] = []  # (type, name) of every lookup, for SPFCache
         self.letters: set[str] = set()  # the macro letters expanded
+        self.failed = False  # a lookup failed (even one whose failure RFC 7208 tolerates)
 
     def result(
         self, result: str, domain: str, text: str, mechanism: str = "", exp: str = ""
@@ -701,9 +706,11 @@ class _Evaluation:
         try:
             return await ask(name)
         except DNSTempError as e:
+            self.failed = True
             detail = f" ({e})" if str(e) else ""
             raise _Stop("temperror", f"the DNS lookup of {kind} {name} failed{detail}") from None
         except DNSBudgetExceeded as e:
+            self.failed = True
             # permerror, not temperror: the same message would make the same lookups again,
             # so a retry cannot succeed and a temperror (451) would defer it until it bounced.
             raise _perm(f"gave up: {e} (at {kind} {name})") from None
