@@ -75,6 +75,16 @@ def build_body(size: int) -> tuple[bytes, int]:
     return body + b".\r\n", header_len
 
 
+def load_template(path: str) -> bytes:
+    """A message from a file (CRLF lines, no line starting with '.', e.g. DKIM-signed with
+    Message-ID outside h=) sent instead of the generated one, after the Message-ID line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.endswith(b"\r\n") or data.startswith(b".") or b"\r\n." in data:
+        raise SystemExit(f"{path}: must end with CRLF and have no line starting with '.'")
+    return data + b".\r\n"
+
+
 def message_id_header(i: int, run: int) -> bytes:
     return b"Message-ID: <%010d.%08x@bench.invalid>\r\n" % (i, run & 0xFFFFFFFF)
 
@@ -108,7 +118,7 @@ class Worker:
         self.next = 0
         self.nconns = nconns
         self.run = run
-        self.body, _ = build_body(args.size)
+        self.body = load_template(args.template) if args.template else build_body(args.size)[0]
         self.body_view = memoryview(self.body)
         self.domain = args.rcpt_domain.encode("ascii")
         self.mail_from = b"MAIL FROM:<load@bench.invalid>"
@@ -428,13 +438,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="give up sending after T s")
     ap.add_argument("--no-pipelining", action="store_true", help="lock-step even if advertised")
     ap.add_argument("--size-param", action="store_true", help="send MAIL FROM ... SIZE=S")
+    ap.add_argument("--template", help="send this message file (after a Message-ID line)")
     ap.add_argument("--label", default="", help="free text carried into the output")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead")
     a = ap.parse_args(argv)
     if a.messages < 1 or a.connections < 1 or a.procs < 1:
         ap.error("--messages, --connections and --procs must be at least 1")
     a.procs = min(a.procs, a.connections)
-    build_body(a.size)  # validate early
+    if a.template:
+        a.size = len(load_template(a.template)) - 3 + len(message_id_header(0, 0))
+    else:
+        build_body(a.size)  # validate early
     run = int(time.time() * 1000)
 
     base = count_maildir(a.maildir_root) if a.maildir_root else 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import time
 from collections.abc import Sequence
@@ -164,6 +165,8 @@ async def verify_dkim(
                 "permerror", "", "", "", None, "the message's header cannot be parsed for DKIM"
             )
         ]
+    if not fields:
+        return []  # unsigned: no keys to fetch
     signatures = [_read_signature(i, value, now) for i, value in enumerate(fields)]
     # The cap counts the signatures that would cost DNS and cryptography, so that a few
     # malformed ones on top cannot push a real one out of reach.
@@ -194,17 +197,43 @@ async def verify_dkim(
 def _signature_fields(message: bytes) -> list[bytes] | None:
     """The raw values of the DKIM-Signature fields, in dkimpy's order (top first), read with
     dkimpy's own header parser so that its ``idx`` and ours name the same field."""
-    end = _header_end(message)
-    try:
-        headers, _ = dkim.rfc822_parse(message[:end] + b"\r\n")
-    except Exception:  # dkimpy raises MessageFormatError, or IndexError on a leading fold
-        # Unreadable: a permerror only if it seems signed, else simply unsigned.
-        return None if b"dkim-signature" in message[:end].lower() else []
+    head = message[: _header_end(message)]
+    if b"dkim-signature" not in head.lower():
+        return []  # no field of that name: unsigned, without parsing (most inbound mail)
+    headers = header_fields(head)
+    if headers is None:  # unreadable but seems signed: a permerror
+        return None
     return [value for name, value in headers if name.lower() == b"dkim-signature"]
 
 
+def header_fields(head: bytes) -> tuple[tuple[bytes, bytes], ...] | None:
+    """The fields of a header section (``head``, without its empty line) as dkimpy's parser
+    reads them, or None if it cannot. DKIM and ARC both read the same message's fields: small
+    header sections are parsed once (cached by their bytes)."""
+    if len(head) > _CACHED_HEAD:
+        return _parse_head(head)
+    return _parse_head_cached(head)
+
+
+_CACHED_HEAD = 64 * 1024  # octets; bigger header sections are parsed each time, not kept
+
+
+def _parse_head(head: bytes) -> tuple[tuple[bytes, bytes], ...] | None:
+    try:
+        headers, _ = dkim.rfc822_parse(head + b"\r\n")
+    except Exception:  # dkimpy raises MessageFormatError, or IndexError on a leading fold
+        return None
+    return tuple((bytes(name), bytes(value)) for name, value in headers)
+
+
+_parse_head_cached = functools.lru_cache(maxsize=32)(_parse_head)
+
+
 def _header_end(message: bytes) -> int:
-    ends = [i for i in (message.find(b"\r\n\r\n"), message.find(b"\n\n")) if i >= 0]
+    crlf = message.find(b"\r\n\r\n")
+    # A bare LF LF matters only before the first CRLF CRLF: not searched for in the body.
+    lf = message.find(b"\n\n", 0, len(message) if crlf < 0 else crlf + 1)
+    ends = [i for i in (crlf, lf) if i >= 0]
     return min(ends) if ends else len(message)
 
 

@@ -102,8 +102,18 @@ def organizational_domain(domain: str) -> str:
     """RFC 7489 3.2: the public suffix plus one label (``mail.example.co.uk`` ->
     ``example.co.uk``). A public suffix itself is its own organizational domain; an unknown
     TLD counts as a public suffix (the list's implicit ``*`` rule)."""
-    domain = domain.lower().rstrip(".")
+    return _organizational(domain.lower().rstrip("."))
+
+
+@functools.lru_cache(maxsize=4096)
+def _organizational(domain: str) -> str:
+    # Cached: every message asks it two or three times for the same few domains.
     return _psl().privatesuffix(domain) or domain
+
+
+def preload() -> None:
+    """Load the Public Suffix List now (at server start), not in the first message's check."""
+    _psl()
 
 
 def header_from_domain(message: bytes) -> str | None:
@@ -118,8 +128,15 @@ def header_from_domain(message: bytes) -> str | None:
         raise HeaderFromError(
             "permerror", f"the message has {len(values)} From fields (RFC 7489 6.6.1)"
         )
+    if len(values[0]) <= 1024:
+        return _from_value_domain(values[0])  # the same sender's From again: cached
+    return _from_domain(values[0])
+
+
+def _from_domain(value: bytes) -> str | None:
+    """The domain of a From field's value (see ``header_from_domain``)."""
     # Group markers carry no domain (None); a mailbox always has one (maybe MISSING_DOMAIN).
-    mailboxes = [a for a in parse_address_list(values[0]) if a[3] is not None]
+    mailboxes = [a for a in parse_address_list(value) if a[3] is not None]
     if len(mailboxes) > 1:
         raise HeaderFromError(
             "permerror", f"From holds {len(mailboxes)} addresses (RFC 7489 6.6.1)"
@@ -133,6 +150,10 @@ def header_from_domain(message: bytes) -> str | None:
         raise HeaderFromError(
             "permerror", f"the From domain {raw.decode('utf-8', 'replace')!r} is not valid"
         ) from None
+
+
+# A pure function of the value; HeaderFromError is raised again each time (never cached).
+_from_value_domain = functools.lru_cache(maxsize=1024)(_from_domain)
 
 
 async def check_message(
@@ -300,6 +321,7 @@ def _is_dmarc(raw: bytes) -> bool:
     return eq == b"=" and name.strip() == b"v" and value.strip() == b"DMARC1"
 
 
+@functools.lru_cache(maxsize=1024)  # keyed by the record text; DMARCRecord is immutable
 def parse_record(domain: str, raw: bytes) -> DMARCRecord | None:
     """RFC 7489 6.3 and 6.6.3: a record starting ``v=DMARC1``; unknown tags ignored, invalid
     optional values replaced by their defaults. None when there is no valid p= and no rua=
@@ -416,5 +438,8 @@ def _temporary(
 
 
 def _header_end(message: bytes) -> int:
-    ends = [i + 2 for i in (message.find(b"\r\n\r\n"), message.find(b"\n\n")) if i >= 0]
+    crlf = message.find(b"\r\n\r\n")
+    # A bare LF LF matters only before the first CRLF CRLF: not searched for in the body.
+    lf = message.find(b"\n\n", 0, len(message) if crlf < 0 else crlf + 1)
+    ends = [i + 2 for i in (crlf, lf) if i >= 0]
     return min(ends) if ends else len(message)

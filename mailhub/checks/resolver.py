@@ -24,6 +24,7 @@ RFC 6376 6.1.2: no key, PERMFAIL), so callers need no other exception than ``DNS
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -84,6 +85,7 @@ class InvalidName(ValueError):
     """A name that cannot be in the DNS; the typed lookups answer it NXDOMAIN."""
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of the name; errors are not cached
 def query_name(name: str) -> str:
     """``name`` as the lower-case A-label form asked on the wire, without the trailing dot, or
     ``InvalidName`` saying what is wrong."""
@@ -545,6 +547,16 @@ class CachingResolver(TypedLookups):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def lifetime(self, name: str, rdtype: str) -> float:
+        """Seconds the answer to ``name``/``rdtype`` (as the typed lookups ask it: a name, or
+        an address for PTR) stays in the cache; 0 when it is not there."""
+        try:
+            qname = reverse_name(name) if rdtype == "PTR" else query_name(name)
+        except InvalidName:
+            return 0.0
+        entry = self._entries.get((qname, rdtype))
+        return 0.0 if entry is None else max(0.0, entry.expires - self.clock.seconds())
 
     async def resolve(self, name: str, rdtype: str) -> Answer:
         key = (name, rdtype)

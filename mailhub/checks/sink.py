@@ -120,6 +120,8 @@ def header_end(message: bytes) -> int:
 def remove_results(head: bytes, authserv_id: str) -> tuple[bytes, int]:
     """``head`` (a header section, or its complete lines) without the Authentication-Results
     fields (with their continuation lines) whose authserv-id is ours; and how many went."""
+    if b"authentication-results" not in head.lower():
+        return head, 0  # no such field at all (most mail): nothing to look at
     ours = authserv_id.lower()
     lines = head.split(b"\r\n")
     kept: list[bytes] = []
@@ -183,6 +185,19 @@ class CheckingSink:
 
     def open(self, envelope: Envelope) -> IIncomingMessage:
         return _CheckedMessage(self, envelope)
+
+
+class _Words:
+    """``spf=pass dkim=none ...``, made when the log event is formatted (most are debug)."""
+
+    def __init__(self, results: AuthenticationResults) -> None:
+        self.results = results
+
+    def __str__(self) -> str:
+        return " ".join(f"{r.method}={r.result}" for r in self.results.results)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 @dataclasses.dataclass
@@ -416,7 +431,7 @@ class _CheckedMessage:
         return arc_set + ours
 
     def _log(self, verdict: Verdict) -> None:
-        words = " ".join(f"{r.method}={r.result}" for r in verdict.results.results)
+        words = _Words(verdict.results)  # formatted only if an observer wants the event
         action = verdict.action
         if action == JUNK and verdict.junk:
             action = f"junk for {', '.join(sorted(verdict.junk))}"

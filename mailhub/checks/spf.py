@@ -18,13 +18,15 @@ import functools
 import ipaddress
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 import idna
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mailhub.checks.dns import (
@@ -100,6 +102,7 @@ async def check_smtp(
     budget: DNSBudget | None = None,
     receiver: str = "unknown",
     now: float | None = None,
+    cache: SPFCache | None = None,
 ) -> SPFVerdict:
     """SPF for an SMTP transaction: the HELO identity and the MAIL FROM identity (RFC 7208 2.3,
     2.4). ``mail_from`` is the reverse-path without brackets ("" for ``<>``)."""
@@ -118,6 +121,7 @@ async def check_smtp(
                 helo=helo_name,
                 receiver=receiver,
                 now=now,
+                cache=cache,
             )
         )
 
@@ -147,8 +151,14 @@ async def check_host(
     helo: str = "",
     receiver: str = "unknown",
     now: float | None = None,
+    cache: SPFCache | None = None,
 ) -> SPFResult:
     """RFC 7208 4: the SPF result of ``ip`` sending as ``sender`` for ``domain``.
+
+    ``cache`` (an ``SPFCache``): a result made before for the same address, domain, sender
+    domain, HELO and receiver is given again while every DNS answer it was made of is still
+    within its TTL, when the evaluation used none of the macros that differ per message
+    (``%{s}``, ``%{l}``: the local-part; ``%{t}``: the time). Such a result costs no lookups.
 
     ``helo`` feeds the ``%{h}`` macro, ``receiver`` ``%{r}`` and ``now`` ``%{t}`` (both used
     only in explanations). ``budget`` caps this message's lookups across all checks: running
@@ -173,6 +183,11 @@ async def check_host(
     local = local or "postmaster"  # RFC 7208 4.3: no local-part means "postmaster"
     if not sender_domain.isascii():  # %{o} of an SMTPUTF8 sender: as asked in DNS (RFC 8616)
         sender_domain = _initial_domain(sender_domain) or sender_domain
+    key: _CacheKey = (address, name, sender_domain, helo, receiver or "unknown")
+    if cache is not None:
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
     macros = _MacroValues(
         sender=f"{local}@{sender_domain}",
         local=local,
@@ -187,7 +202,10 @@ async def check_host(
     try:
         outcome = await evaluation.check(name, ())
         if outcome.result == "none":
-            return evaluation.result("none", name, outcome.reason)
+            result = evaluation.result("none", name, outcome.reason)
+            if cache is not None:
+                cache.put(key, result, evaluation)
+            return result
         exp = await evaluation.authority_explanation(outcome) if outcome.result == "fail" else ""
         text = _describe(outcome, address, name)
     except _Stop as stop:
@@ -200,7 +218,75 @@ async def check_host(
         return evaluation.result("temperror", name, "internal error in the SPF evaluation")
     if exp:
         text += f'; {outcome.domain} explains: "{exp}"'
-    return evaluation.result(outcome.result, name, text, outcome.decided_by(), exp)
+    result = evaluation.result(outcome.result, name, text, outcome.decided_by(), exp)
+    if cache is not None:
+        cache.put(key, result, evaluation)
+    return result
+
+
+# --- results kept within the TTLs of their answers ---------------------------------------------
+
+# The macros whose values differ between messages with the same cache key (RFC 7208 7.2).
+_PER_MESSAGE_MACROS = frozenset("slt")
+_CACHED_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none"})
+# (client address, domain, sender domain, HELO, receiver)
+_CacheKey = tuple[IPAddress, str, str, str, str]
+
+
+class AnswerLifetimes(Protocol):
+    """How long a resolver keeps an answer (``CachingResolver.lifetime``)."""
+
+    def lifetime(self, name: str, rdtype: str) -> float: ...
+
+
+class SPFCache:
+    """``check_host`` results for (client address, domain, sender domain, HELO, receiver), each
+    kept until the first of the DNS answers it was made of expires in ``answers`` (the server's
+    ``CachingResolver``, whose TTLs they are): the same answers give the same result (RFC 7208
+    4.6: the evaluation reads nothing else). Not kept: temperror and permerror, any result made
+    while a lookup failed or the message's budget ran out (even where the failure only means
+    "no match"), results using ``%{s}``, ``%{l}`` or ``%{t}``, and results made of an answer
+    the resolver does not keep (TTL 0). A result given from here spends no lookups of the
+    message's ``DNSBudget``. At most ``max_entries``
+    (the oldest goes first). ``clock``: IReactorTime."""
+
+    def __init__(
+        self, answers: AnswerLifetimes, clock: IReactorTime, max_entries: int = 10000
+    ) -> None:
+        self.answers = answers
+        self.clock = clock
+        self.max_entries = max_entries
+        self._entries: OrderedDict[_CacheKey, tuple[SPFResult, float]] = OrderedDict()
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: _CacheKey) -> SPFResult | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        result, expires = entry
+        if expires <= self.clock.seconds():
+            del self._entries[key]
+            return None
+        self.hits += 1
+        return result
+
+    def put(self, key: _CacheKey, result: SPFResult, evaluation: _Evaluation) -> None:
+        if result.result not in _CACHED_RESULTS or evaluation.letters & _PER_MESSAGE_MACROS:
+            return
+        if evaluation.failed:  # e.g. a PTR lookup that failed counts as no match (5.5)
+            return
+        if not evaluation.asked or self.max_entries <= 0:
+            return
+        ttl = min(self.answers.lifetime(name, rdtype) for rdtype, name in evaluation.asked)
+        if ttl <= 0:
+            return
+        self._entries[key] = (result, self.clock.seconds() + ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
 
 
 # --- parsed records ------------------------------------------------------------------------
@@ -461,6 +547,7 @@ def _is_spf(record: bytes) -> bool:
 # --- names and addresses -------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # addresses are immutable; a client sends many messages
 def _client_address(ip: str | IPAddress) -> IPAddress | None:
     try:
         address = ipaddress.ip_address(ip.strip().strip("[]") if isinstance(ip, str) else ip)
@@ -471,6 +558,7 @@ def _client_address(ip: str | IPAddress) -> IPAddress | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of the name
 def _initial_domain(domain: str) -> str | None:
     """RFC 7208 4.3: the <domain> as asked in DNS, or None when it is malformed or has one
     label (then check_host is "none"). U-labels become A-labels (RFC 8616)."""
@@ -595,6 +683,9 @@ class _Evaluation:
         self.lookups = 0
         self.void_lookups = 0
         self._validated: dict[str, str] = {}
+        self.asked: list[tuple[str, str]] = []  # (type, name) of every lookup, for SPFCache
+        self.letters: set[str] = set()  # the macro letters expanded
+        self.failed = False  # a lookup failed (even one whose failure RFC 7208 tolerates)
 
     def result(
         self, result: str, domain: str, text: str, mechanism: str = "", exp: str = ""
@@ -611,12 +702,15 @@ class _Evaluation:
     async def dns(
         self, ask: Callable[[str], Awaitable[Lookup[T]]], kind: str, name: str
     ) -> Lookup[T]:
+        self.asked.append((kind, name))
         try:
             return await ask(name)
         except DNSTempError as e:
+            self.failed = True
             detail = f" ({e})" if str(e) else ""
             raise _Stop("temperror", f"the DNS lookup of {kind} {name} failed{detail}") from None
         except DNSBudgetExceeded as e:
+            self.failed = True
             # permerror, not temperror: the same message would make the same lookups again,
             # so a retry cannot succeed and a temperror (451) would defer it until it bounced.
             raise _perm(f"gave up: {e} (at {kind} {name})") from None
@@ -836,6 +930,7 @@ class _Evaluation:
             return None
 
     async def macro_value(self, letter: str, domain: str) -> str:
+        self.letters.add(letter)
         m, ip = self.macros, self.macros.ip
         if letter == "p":
             return await self.validated_name(domain)
