@@ -665,7 +665,8 @@ def build(config: Config) -> MailhubService:
         _quiet(factory)
         for description in descriptions:
             listener = ListenerService(config, key, description, factory)
-            if key == "smtp":
+            # `mailhub sendmail` talks plain SMTP: not to a listener that wants a PROXY header
+            if key == "smtp" and inner_description(description) is None:
                 listener.on_bound = pickup.listener_bound
             listener.setServiceParent(top)
     return top

@@ -25,6 +25,7 @@ from mailhub.config import (
     load,
 )
 from mailhub.errors import ConfigError
+from mailhub.pickup import read_server_address
 from mailhub.proxyproto import HEADER_TIMEOUT, ProxiedFactory, inner_description
 from mailhub.service import with_backlog
 from mailhub.testing import MailhubTestServer
@@ -218,6 +219,14 @@ class Listeners(TestCase):
         received = message.message["Received"]
         self.assertIn("from client.example (unknown [203.0.113.9])", received)
         self.assertNotIn("127.0.0.1", received)
+
+    async def test_sendmail_is_not_sent_to_a_proxied_listener(self) -> None:
+        # `mailhub sendmail` speaks plain SMTP: the address it is told is a plain listener's
+        listeners = ListenersConfig(smtp=(PROXIED, "tcp:0:interface=127.0.0.1"))
+        hub = await MailhubTestServer.started(self, listeners=listeners)
+        assert hub.service is not None
+        plain = hub.service.listening_ports("smtp")[1].getHost().port
+        self.assertEqual(read_server_address(hub.config.data_dir), ("127.0.0.1", plain))
 
     async def test_a_connection_without_header_gets_no_banner(self) -> None:
         hub = await self._hub()
