@@ -31,6 +31,7 @@ from mailhub.service import with_backlog
 from mailhub.testing import MailhubTestServer
 from mailhub.users import UserDB
 from tests.support import proxied
+from tests.support.localdns import LocalDNS
 from tests.support.proxied import V1_UNKNOWN, v1, v2, v2_local
 from tests.support.tls import CertificateAuthority, client_context
 
@@ -243,6 +244,34 @@ class Listeners(TestCase):
                 return b"".join(chunks)
 
         self.assertEqual(await threads.deferToThread(talk), b"")
+
+
+class SPFBehindProxy(TestCase):
+    async def test_spf_judges_the_client_the_header_names(self) -> None:
+        dns = LocalDNS({"app.test": {"TXT": ["v=spf1 ip4:192.0.2.10 -all"]}})
+        dns.start()
+        self.addCleanup(dns.stop)
+        assert dns.port is not None
+        checks = ChecksConfig(
+            nameservers=(("127.0.0.1", dns.port.getHost().port),), authserv_id="mx.test"
+        )
+        hub = await MailhubTestServer.started(
+            self, listeners=ListenersConfig(smtp=(PROXIED,)), checks=checks
+        )
+
+        def send(source: str) -> None:
+            cls = proxied.proxied(proxied.SMTP, v1(source))
+            with cls("127.0.0.1", hub.smtp_port, local_hostname="client.example") as s:
+                message = f"Subject: from {source}\r\n\r\nx\r\n".encode()
+                s.sendmail("app@app.test", ["someone@example.com"], message)
+
+        for source, result in (("192.0.2.10", "pass"), ("192.0.2.99", "fail")):
+            cursor = hub.cursor()
+            await threads.deferToThread(send, source)
+            message = await hub.wait_for_message(subject=f"from {source}", since=cursor)
+            results = " ".join(str(message.message["Authentication-Results"]).split())
+            self.assertIn(f"spf={result}", results)
+            self.assertIn(source, results)
 
 
 class ThrottleBehindProxy(TestCase):
