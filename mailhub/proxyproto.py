@@ -185,6 +185,7 @@ class ProxiedProtocol(ProtocolWrapper):
 
 class ProxiedFactory(WrappingFactory[ProxiedProtocol]):
     protocol = ProxiedProtocol
+    noisy = False  # the listener logs its own start-up line (mailhub.service)
 
     def __init__(self, wrappedFactory: IProtocolFactory, clock: IReactorTime) -> None:
         super().__init__(wrappedFactory)
