@@ -22,6 +22,7 @@ import idna
 from twisted.internet.endpoints import serverFromString
 
 from mailhub.errors import ConfigError
+from mailhub.proxyproto import inner_description
 
 # The port plan: dev ports match Mailpit/MailHog where they overlap.
 DEV_PORTS = {
@@ -631,7 +632,8 @@ def _listeners(source: str, table: Mapping[str, Any], reactor: Any, dev: bool) -
     for name, endpoints in values.items():
         for description in endpoints:
             try:
-                serverFromString(reactor, description)
+                inner = inner_description(description)  # haproxy:...: the PROXY protocol
+                serverFromString(reactor, description if inner is None else inner)
             except (ValueError, TypeError, KeyError) as e:
                 raise ConfigError(
                     source,

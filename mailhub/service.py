@@ -20,6 +20,7 @@ from twisted.internet.interfaces import (
     IReactorCore,
     IReactorThreads,
     IReactorTime,
+    IStreamServerEndpoint,
 )
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -42,6 +43,7 @@ from mailhub.interfaces import IMessageSink
 from mailhub.net import is_loopback
 from mailhub.pickup import PickupCollector
 from mailhub.pop3.factory import POP3ServerFactory
+from mailhub.proxyproto import ProxiedEndpoint, inner_description
 from mailhub.queue import Queue, RetrySchedule
 from mailhub.relay.courier import courier_from_config
 from mailhub.retention import STATE_FILE, Retention
@@ -85,10 +87,23 @@ _BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
 
 def with_backlog(description: str, backlog: int) -> str:
     """The endpoint string with ``backlog=`` added, unless it names one or takes none."""
+    inner = inner_description(description)
+    if inner is not None:  # haproxy:tcp:...: the backlog is the inner endpoint's
+        return f"{description.partition(':')[0]}:{with_backlog(inner, backlog)}"
     kind = description.split(":", 1)[0].strip().lower()
     if kind not in _BACKLOG_TYPES or re.search(r"(?<!\\):backlog=", description):
         return description
     return f"{description}:backlog={backlog}"
+
+
+def listener_endpoint(config: Config, description: str) -> IStreamServerEndpoint:
+    """The endpoint of one ``[listeners]`` string; ``haproxy:...`` reads a PROXY header first
+    (mailhub.proxyproto: the wrapped protocol sees the client's address, not the proxy's)."""
+    description = with_backlog(description, config.limits.listen_backlog)
+    inner = inner_description(description)
+    if inner is None:
+        return serverFromString(_reactor(), description)
+    return ProxiedEndpoint(serverFromString(_reactor(), inner), _reactor())
 
 
 class ListenerService(StreamServerEndpointService):
@@ -100,8 +115,7 @@ class ListenerService(StreamServerEndpointService):
     def __init__(
         self, config: Config, key: str, description: str, factory: IProtocolFactory
     ) -> None:
-        endpoint = with_backlog(description, config.limits.listen_backlog)
-        super().__init__(serverFromString(_reactor(), endpoint), factory)
+        super().__init__(listener_endpoint(config, description), factory)
         self.config_source, self.key, self.description = config.source, key, description
         self.setName(f"{key}:{description}")
         # Told the bound address (the pickup collector records the SMTP one for sendmail).
@@ -651,7 +665,8 @@ def build(config: Config) -> MailhubService:
         _quiet(factory)
         for description in descriptions:
             listener = ListenerService(config, key, description, factory)
-            if key == "smtp":
+            # `mailhub sendmail` talks plain SMTP: not to a listener that wants a PROXY header
+            if key == "smtp" and inner_description(description) is None:
                 listener.on_bound = pickup.listener_bound
             listener.setServiceParent(top)
     return top

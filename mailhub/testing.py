@@ -352,7 +352,9 @@ class MailhubTestServer:
         }
         web = service.listening_ports("web")
         if web:
-            self.feed = web[0].factory.feed
+            factory = web[0].factory
+            factory = getattr(factory, "wrappedFactory", factory)  # haproxy: wraps the site
+            self.feed = factory.feed
         else:
             from twisted.internet import reactor
 

@@ -24,6 +24,7 @@ PACKAGE_OF = {
     "certutil": "libnss3-tools",
     "doveadm": "dovecot-core",
     "getmail": "getmail6",
+    "haproxy": "haproxy",
     "mbsync": "isync",
     "offlineimap": "offlineimap3",
     "opendkim": "opendkim",
