@@ -32,7 +32,7 @@ SECOND = SigningKey("list.example.org", "seal", RSA_SHA256, rsa_key()[0])
 
 def resolver() -> MemoryResolver:
     return MemoryResolver(
-        {
+        txt={
             "arc._domainkey.forwarder.example": [rsa_key()[1]],
             "seal._domainkey.list.example.org": [rsa_key()[1]],
             "sel._domainkey.example.com": [rsa_key()[1]],
@@ -126,7 +126,7 @@ class Chain(SynchronousTestCase):
         self.assertIn("did not validate: the chain was altered or forged", r.reason)
 
     def test_missing_key_fails(self) -> None:
-        del self.dns.txt_records["arc._domainkey.forwarder.example"]
+        del self.dns.zone["arc._domainkey.forwarder.example"]
         r = run(self, verify_arc(self.dns, self.twice))
         self.assertEqual(r.result, "fail")
         self.assertFalse(r.temporary)
