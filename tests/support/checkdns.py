@@ -11,7 +11,9 @@
     dns.tempfail.add("slow.example")            # DNSTempError, as a timeout or SERVFAIL would
     dns.tempfail.add(("example.net", "A"))      # only that type of the name
     dns.ttls[("example.com", "TXT")] = 60       # what ``resolve`` gives (default ``ttl``)
+    dns.answer("n.example", "TXT", nxdomain=True, ttl=120)   # one answer and its TTL at once
     dns.silent = True                           # no question is ever answered (a dead server)
+    dns.hold = True; ...; dns.release()         # answers held back until released
 
 A name not in the zone is NXDOMAIN; a name without the type asked is an empty answer (NOERROR);
 a name with a CNAME is followed (at most ``MAX_CNAMES``: a loop is a DNSTempError). Names are
@@ -57,6 +59,8 @@ class MemoryResolver:
         self.ttls: dict[tuple[str, str], float] = {}
         self.queries: list[tuple[str, str]] = []
         self.silent = False
+        self.hold = False
+        self._held: list[defer.Deferred[None]] = []
 
     def add(self, name: str, rtype: str, *values: Any) -> None:
         """More records of ``rtype`` for ``name`` (the name exists from now on, even with none)."""
@@ -68,6 +72,26 @@ class MemoryResolver:
     def set_txt(self, name: str, *records: bytes) -> None:
         """The TXT records of ``name`` are these (none: the name exists, without TXT)."""
         self.zone.setdefault(_key(name), {})["TXT"] = list(records)
+
+    def answer(
+        self, name: str, rdtype: str, *values: Any, ttl: float | None = None, nxdomain: bool = False
+    ) -> None:
+        """From now on ``name`` answers ``rdtype`` with ``values`` (or NXDOMAIN: the name goes),
+        with ``ttl`` if given, and no temporary error."""
+        key = _key(name)
+        if nxdomain:
+            self.zone.pop(key, None)
+        else:
+            self.zone.setdefault(key, {})[rdtype] = list(values)
+        if ttl is not None:
+            self.ttls[(key, rdtype)] = ttl
+        self.tempfail.discard((key, rdtype))
+
+    def release(self) -> None:
+        """Let the held questions (``hold``) be answered."""
+        held, self._held = self._held, []
+        for d in held:
+            d.callback(None)
 
     async def txt(self, name: str) -> Lookup[bytes]:
         return cast(Lookup[bytes], (await self.resolve(_key(name), "TXT")).lookup)
@@ -90,6 +114,10 @@ class MemoryResolver:
         self.queries.append((rdtype, name))
         if self.silent:
             await defer.Deferred()  # never fired: the caller's timeout ends the wait
+        if self.hold:
+            held: defer.Deferred[None] = defer.Deferred()
+            self._held.append(held)
+            await held
         key = name
         for _ in range(MAX_CNAMES + 1):
             if key in self.tempfail or (key, rdtype) in self.tempfail:
