@@ -25,7 +25,6 @@ machine); ``--profile DIR`` writes a cProfile of the server's reactor thread per
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import socket
@@ -53,36 +52,31 @@ def signed_template(size: int, directory: Path) -> tuple[Path, dict[str, list[st
     """A message of about ``size`` octets signed with RSA-2048 and Ed25519 (dkimpy), and the
     DNS TXT records of the two keys."""
     import dkim
-    import nacl.signing
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
 
     sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(REPO))
+    from benchkeys import make_keys
     from smtp_load import build_body
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    ed = nacl.signing.SigningKey.generate()
+    keys = make_keys()
     message = build_body(size - 800)[0][: -len(b".\r\n")]
     signed = b"From To Subject Date MIME-Version Content-Type".split()
-    message = dkim.sign(message, b"rsa", b"bench.invalid", pem, include_headers=signed) + message
-    ed_seed = base64.b64encode(bytes(ed))
+    rsa_sig = dkim.sign(message, b"rsa", b"bench.invalid", keys.rsa_pem, include_headers=signed)
+    message = rsa_sig + message
     alg = b"ed25519-sha256"
     ed_sig = dkim.sign(
-        message, b"ed", b"bench.invalid", ed_seed, include_headers=signed, signature_algorithm=alg
+        message,
+        b"ed",
+        b"bench.invalid",
+        keys.ed_seed,
+        include_headers=signed,
+        signature_algorithm=alg,
     )
     path = directory / "signed.eml"
     path.write_bytes(ed_sig + message)
-    rsa_record = "v=DKIM1; k=rsa; p=" + base64.b64encode(spki).decode()
-    ed_record = "v=DKIM1; k=ed25519; p=" + base64.b64encode(bytes(ed.verify_key)).decode()
     return path, {
-        "rsa._domainkey.bench.invalid": [rsa_record],
-        "ed._domainkey.bench.invalid": [ed_record],
+        "rsa._domainkey.bench.invalid": [keys.rsa_record],
+        "ed._domainkey.bench.invalid": [keys.ed_record],
     }
 
 

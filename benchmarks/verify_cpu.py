@@ -8,47 +8,21 @@ answered from memory (as from a warm cache). Prints one line per case; --json fo
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import dkim
-import nacl.signing
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from benchkeys import make_keys
 from twisted.internet import defer
 
 from mailhub.checks.arc import arc_seal, verify_arc
 from mailhub.checks.dkimverify import verify_dkim
 from mailhub.checks.dmarc import check_message
-from mailhub.checks.dns import Lookup
+from mailhub.checks.dns import TXTTable
 from mailhub.checks.keys import RSA_SHA256, SigningKey
 from mailhub.checks.results import AuthenticationResults, MethodResult
-
-
-class Table:
-    """A CheckResolver answering TXT from a dict at once (a warm cache)."""
-
-    def __init__(self, txt: dict[str, bytes]) -> None:
-        self.records = txt
-
-    async def txt(self, name: str) -> Lookup[bytes]:
-        record = self.records.get(name)
-        return Lookup((record,)) if record else Lookup(nxdomain=True)
-
-    async def a(self, name: str) -> Lookup[str]:
-        return Lookup(nxdomain=True)
-
-    async def aaaa(self, name: str) -> Lookup[str]:
-        return Lookup(nxdomain=True)
-
-    async def mx(self, name: str) -> Lookup[tuple[int, str]]:
-        return Lookup(nxdomain=True)
-
-    async def ptr(self, address: str) -> Lookup[str]:
-        return Lookup(nxdomain=True)
 
 
 def now(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -72,20 +46,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    ed = nacl.signing.SigningKey.generate()
-    dns = Table(
+    keys = make_keys()
+    pem, ed_seed = keys.rsa_pem, keys.ed_seed
+    dns = TXTTable(
         {
-            "rsa._domainkey.example.com": b"v=DKIM1; k=rsa; p=" + base64.b64encode(spki),
-            "ed._domainkey.example.com": b"v=DKIM1; k=ed25519; p="
-            + base64.b64encode(bytes(ed.verify_key)),
-            "arc._domainkey.forwarder.example": b"v=DKIM1; k=rsa; p=" + base64.b64encode(spki),
+            "rsa._domainkey.example.com": keys.rsa_record.encode(),
+            "ed._domainkey.example.com": keys.ed_record.encode(),
+            "arc._domainkey.forwarder.example": keys.rsa_record.encode(),
             "_dmarc.example.com": b"v=DMARC1; p=reject",
         }
     )
@@ -101,7 +68,7 @@ def main() -> None:
             msg,
             b"ed",
             b"example.com",
-            base64.b64encode(bytes(ed)),
+            ed_seed,
             signature_algorithm=b"ed25519-sha256",
         )
         + msg
@@ -111,7 +78,7 @@ def main() -> None:
             rsa_signed,
             b"ed",
             b"example.com",
-            base64.b64encode(bytes(ed)),
+            ed_seed,
             signature_algorithm=b"ed25519-sha256",
         )
         + rsa_signed

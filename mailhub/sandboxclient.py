@@ -48,17 +48,52 @@ class MessageTimeout(AssertionError):
     """No matching message arrived in time (an AssertionError: a test failure, not an error)."""
 
 
+class ParsedMessage:
+    """What a test reads of a message it holds as ``raw`` octets (a sandbox's caught message,
+    ``mailhub.testing.Delivered``): parsed by the web API's one rule, and its plain text."""
+
+    raw: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        # policy.default, robust as the web API's (header octets as text by one rule)
+        return parse.load(self.raw)
+
+    @property
+    def text(self) -> str:
+        """The plain-text body (the first text/plain part), or ""."""
+        part = self.message.get_body(preferencelist=("plain",))
+        return part.get_content() if part is not None else ""
+
+
+def outgoing(
+    to: str | Sequence[str],
+    subject: str,
+    body: str,
+    sender: str,
+    message: EmailMessage | bytes | None,
+) -> tuple[list[str], bytes]:
+    """The recipients and the octets of a message to send: ``message`` as given, or a plain
+    one from ``sender`` to ``to`` with ``subject`` and ``body``."""
+    recipients = [to] if isinstance(to, str) else list(to)
+    if message is None:
+        message = EmailMessage()
+        message["From"] = sender
+        message["To"] = ", ".join(recipients)
+        message["Subject"] = subject
+        message.set_content(body)
+    # SMTP wants CRLF line ends (a bare LF is refused: RFC 5321 2.3.8).
+    data = message if isinstance(message, bytes) else message.as_bytes(policy=SMTP_POLICY)
+    return recipients, data
+
+
 @dataclass(frozen=True)
-class CaughtMessage:
+class CaughtMessage(ParsedMessage):
     """A message caught in a sandbox: the API's summary and the raw octets."""
 
     id: str
     summary: Mapping[str, Any] = field(repr=False)
     raw: bytes = field(repr=False)
-
-    @property
-    def message(self) -> EmailMessage:
-        return parse.load(self.raw)
 
     @property
     def subject(self) -> str:
@@ -72,11 +107,6 @@ class CaughtMessage:
         fields = msg.get_all("X-Original-To", []) + msg.get_all("To", []) + msg.get_all("Cc", [])
         found = [a.lower() for _n, a in getaddresses(fields) if a]
         return list(dict.fromkeys(found))
-
-    @property
-    def text(self) -> str:
-        part = self.message.get_body(preferencelist=("plain",))
-        return part.get_content() if part is not None else ""
 
 
 class SandboxClient:
@@ -176,14 +206,7 @@ class SandboxClient:
         context: ssl.SSLContext | None = None,
     ) -> dict[str, tuple[int, bytes]]:
         """Send one message into the sandbox (any recipients); smtplib's answer."""
-        recipients = [to] if isinstance(to, str) else list(to)
-        if message is None:
-            message = EmailMessage()
-            message["From"] = sender
-            message["To"] = ", ".join(recipients)
-            message["Subject"] = subject
-            message.set_content(body)
-        data = message if isinstance(message, bytes) else message.as_bytes(policy=SMTP_POLICY)
+        recipients, data = outgoing(to, subject, body, sender, message)
         with self.smtp_client(kind, context) as client:
             return client.sendmail(sender, recipients, data)
 

@@ -44,8 +44,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import email
-import email.policy
 import smtplib
 import ssl
 import sys
@@ -68,7 +66,14 @@ from mailhub.config import Config, FaultsConfig, ListenersConfig, TLSConfig, dev
 from mailhub.faults.certificates import CertificateIssuer
 from mailhub.faults.rules import FaultRules, Rule
 from mailhub.message.header_text import from_escaped
-from mailhub.sandboxclient import CaughtMessage, MessageTimeout, SandboxAPIError, SandboxClient
+from mailhub.sandboxclient import (
+    CaughtMessage,
+    MessageTimeout,
+    ParsedMessage,
+    SandboxAPIError,
+    SandboxClient,
+    outgoing,
+)
 from mailhub.service import FACTORIES, MailhubService, build
 from mailhub.store.errors import StoreError
 from mailhub.tls import subject_alt_names
@@ -90,7 +95,6 @@ __all__ = [
 ]
 
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
-SMTP_POLICY = email.policy.SMTP
 # Seconds between whole scans of the store when inotify cannot report deliveries (not Linux):
 # the feed's fallback, not a poll of the waits (they are woken by the feed's changes).
 FEED_POLL_INTERVAL = 1.0
@@ -170,7 +174,7 @@ class TestCA:
 
 
 @dataclass(frozen=True)
-class Delivered:
+class Delivered(ParsedMessage):
     """A message as the store holds it."""
 
     mailbox: str  # the address it was delivered to
@@ -179,11 +183,6 @@ class Delivered:
     key: str  # the Maildir base name: unique and stable
     internaldate: int
     raw: bytes
-
-    @property
-    def message(self) -> EmailMessage:
-        # policy.default, robust as the web API's (header octets as text by one rule)
-        return parse.load(self.raw)
 
     @property
     def subject(self) -> str:
@@ -197,12 +196,6 @@ class Delivered:
         fields = msg.get_all("To", []) + msg.get_all("Cc", []) + msg.get_all("X-Original-To", [])
         found = [a for _n, a in getaddresses(fields)]
         return [self.mailbox.lower(), *(from_escaped(a).lower() for a in found if a)]
-
-    @property
-    def text(self) -> str:
-        """The plain-text body (the first text/plain part), or ""."""
-        part = self.message.get_body(preferencelist=("plain",))
-        return part.get_content() if part is not None else ""
 
     # -- links and one-time codes (as /api/v1/messages/{id}/links and /codes find them) ----------
 
@@ -457,15 +450,7 @@ class MailhubTestServer:
     ) -> dict[str, tuple[int, bytes]]:
         """Send one message with smtplib (blocking: not on the reactor thread). Returns the
         refused recipients as smtplib does; raises smtplib's exceptions when it fails."""
-        recipients = [to] if isinstance(to, str) else list(to)
-        if message is None:
-            message = EmailMessage()
-            message["From"] = sender
-            message["To"] = ", ".join(recipients)
-            message["Subject"] = subject
-            message.set_content(body)
-        # SMTP wants CRLF line ends (a bare LF is refused: RFC 5321 2.3.8).
-        data = message if isinstance(message, bytes) else message.as_bytes(policy=SMTP_POLICY)
+        recipients, data = outgoing(to, subject, body, sender, message)
         with self.smtp_client(port) as client:
             if starttls:
                 client.starttls(context=self.client_context())

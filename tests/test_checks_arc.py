@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailhub.checks.arc import ARCResult, ARCSealError, arc_seal, verify_arc
 from mailhub.checks.dkimverify import INLINE_LIMIT
+from mailhub.checks.dns import DNSBudget
 from mailhub.checks.keys import ED25519_SHA256, RSA_SHA256, SigningKey
 from mailhub.checks.results import AuthenticationResults, MethodResult
 from tests.support.checkdns import MemoryResolver
@@ -32,7 +33,7 @@ SECOND = SigningKey("list.example.org", "seal", RSA_SHA256, rsa_key()[0])
 
 def resolver() -> MemoryResolver:
     return MemoryResolver(
-        {
+        txt={
             "arc._domainkey.forwarder.example": [rsa_key()[1]],
             "seal._domainkey.list.example.org": [rsa_key()[1]],
             "sel._domainkey.example.com": [rsa_key()[1]],
@@ -126,7 +127,7 @@ class Chain(SynchronousTestCase):
         self.assertIn("did not validate: the chain was altered or forged", r.reason)
 
     def test_missing_key_fails(self) -> None:
-        del self.dns.txt_records["arc._domainkey.forwarder.example"]
+        del self.dns.zone["arc._domainkey.forwarder.example"]
         r = run(self, verify_arc(self.dns, self.twice))
         self.assertEqual(r.result, "fail")
         self.assertFalse(r.temporary)
@@ -136,6 +137,14 @@ class Chain(SynchronousTestCase):
         r = run(self, verify_arc(self.dns, self.twice))
         self.assertEqual((r.result, r.temporary), ("fail", True))
         self.assertIn("could not be fetched now", r.reason)
+
+    def test_budget_spent_per_key(self) -> None:
+        budget = DNSBudget(limit=2)
+        self.assertEqual(run(self, verify_arc(self.dns, self.twice, budget=budget)).result, "pass")
+        self.assertEqual(budget.used, 2)  # the two keys, each asked once
+        r = run(self, verify_arc(self.dns, self.twice, budget=DNSBudget(limit=1)))
+        self.assertEqual((r.result, r.temporary), ("fail", True))
+        self.assertIn("not checked: more than 1 DNS lookups for one message", r.reason)
 
     def test_incomplete_set(self) -> None:
         lines = self.twice.split(b"\r\n")

@@ -128,7 +128,7 @@ class Records(SynchronousTestCase):
 
 class Evaluate(SynchronousTestCase):
     def setUp(self) -> None:
-        self.dns = MemoryResolver({"_dmarc.example.com": [b"v=DMARC1; p=reject"]})
+        self.dns = MemoryResolver(txt={"_dmarc.example.com": [b"v=DMARC1; p=reject"]})
 
     def evaluate(
         self,
@@ -160,7 +160,7 @@ class Evaluate(SynchronousTestCase):
         self.assertEqual((r.result, r.spf_aligned, r.dkim_aligned), ("pass", True, True))
 
     def test_strict_alignment_refuses_a_subdomain(self) -> None:
-        self.dns.txt_records["_dmarc.example.com"] = [b"v=DMARC1; p=reject; adkim=s; aspf=s"]
+        self.dns.set_txt("_dmarc.example.com", b"v=DMARC1; p=reject; adkim=s; aspf=s")
         r = self.evaluate(
             "example.com", SPF("pass", "bounces.example.com"), [dkim("mail.example.com")]
         )
@@ -198,7 +198,7 @@ class Evaluate(SynchronousTestCase):
         self.assertIn("SPF was not checked", r.reason)
 
     def test_org_domain_fallback(self) -> None:
-        self.dns.txt_records = {"_dmarc.example.co.uk": [b"v=DMARC1; p=quarantine"]}
+        self.dns = MemoryResolver(txt={"_dmarc.example.co.uk": [b"v=DMARC1; p=quarantine"]})
         r = self.evaluate("mail.example.co.uk", None, [dkim("example.co.uk")])
         self.assertEqual(
             (r.result, r.org_domain, r.record_domain), ("pass", "example.co.uk", "example.co.uk")
@@ -209,7 +209,9 @@ class Evaluate(SynchronousTestCase):
         )
 
     def test_sp_applies_to_subdomains_found_through_the_org_domain(self) -> None:
-        self.dns.txt_records = {"_dmarc.example.co.uk": [b"v=DMARC1; p=reject; sp=quarantine"]}
+        self.dns = MemoryResolver(
+            txt={"_dmarc.example.co.uk": [b"v=DMARC1; p=reject; sp=quarantine"]}
+        )
         r = self.evaluate("mail.example.co.uk", None, [])
         self.assertEqual((r.result, r.policy), ("fail", "quarantine"))
         self.assertIn("_dmarc.example.co.uk asks sp=quarantine", r.reason)
@@ -217,17 +219,19 @@ class Evaluate(SynchronousTestCase):
         self.assertEqual(r.policy, "reject")
 
     def test_a_subdomains_own_record_uses_its_p(self) -> None:
-        self.dns.txt_records = {
-            "_dmarc.mail.example.com": [b"v=DMARC1; p=none"],
-            "_dmarc.example.com": [b"v=DMARC1; p=reject; sp=reject"],
-        }
+        self.dns = MemoryResolver(
+            txt={
+                "_dmarc.mail.example.com": [b"v=DMARC1; p=none"],
+                "_dmarc.example.com": [b"v=DMARC1; p=reject; sp=reject"],
+            }
+        )
         r = self.evaluate("mail.example.com")
         self.assertEqual(
             (r.result, r.policy, r.record_domain), ("fail", "none", "mail.example.com")
         )
 
     def test_pct_sampling(self) -> None:
-        self.dns.txt_records["_dmarc.example.com"] = [b"v=DMARC1; p=reject; pct=30"]
+        self.dns.set_txt("_dmarc.example.com", b"v=DMARC1; p=reject; pct=30")
         picked = self.evaluate("example.com", rng=lambda: 0.29)
         self.assertEqual((picked.policy, picked.sampled_out), ("reject", False))
         self.assertIn("pct=30 picked this message", picked.reason)
@@ -236,7 +240,7 @@ class Evaluate(SynchronousTestCase):
             (spared.result, spared.policy, spared.sampled_out), ("fail", "quarantine", True)
         )
         self.assertIn("pct=30 did not pick this message: quarantine applies", spared.reason)
-        self.dns.txt_records["_dmarc.example.com"] = [b"v=DMARC1; p=quarantine; pct=0"]
+        self.dns.set_txt("_dmarc.example.com", b"v=DMARC1; p=quarantine; pct=0")
         self.assertEqual(self.evaluate("example.com", rng=lambda: 0.0).policy, "none")
 
     def test_no_record_is_none(self) -> None:
@@ -248,11 +252,11 @@ class Evaluate(SynchronousTestCase):
         self.assertIsNone(r.method_result().property("policy.dmarc"))
 
     def test_other_txt_records_are_discarded(self) -> None:
-        self.dns.txt_records["_dmarc.example.com"] = [b"v=spf1 -all", b"p=reject; v=DMARC1"]
+        self.dns.set_txt("_dmarc.example.com", b"v=spf1 -all", b"p=reject; v=DMARC1")
         self.assertEqual(self.evaluate("example.com").result, "none")
 
     def test_two_records_is_none(self) -> None:
-        self.dns.txt_records["_dmarc.example.com"].append(b"v=DMARC1; p=none")
+        self.dns.add_txt("_dmarc.example.com", b"v=DMARC1; p=none")
         r = self.evaluate("example.com")
         self.assertEqual(r.result, "none")
         self.assertIn("2 DMARC records at _dmarc.example.com: none applies", r.reason)
@@ -288,7 +292,7 @@ class WholeMessage(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.dns = MemoryResolver(
-            {
+            txt={
                 "sel._domainkey.example.com": [rsa_key()[1]],
                 "sel._domainkey.mailer.example.net": [rsa_key()[1]],
                 "_dmarc.example.com": [b"v=DMARC1; p=reject"],

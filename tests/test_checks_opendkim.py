@@ -37,7 +37,7 @@ class OpenDKIMSigns(SynchronousTestCase):
     def setUp(self) -> None:
         self.work = self.mktemp()
         self.ed_pem, ed_record = _ed25519_key()
-        self.dns = MemoryResolver({RSA_NAME: [rsa_key()[1]], ED_NAME: [ed_record]})
+        self.dns = MemoryResolver(txt={RSA_NAME: [rsa_key()[1]], ED_NAME: [ed_record]})
 
     def signed(self, msg: bytes, **kw: str) -> bytes:
         if kw.get("algorithm") == "ed25519-sha256":

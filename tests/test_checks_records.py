@@ -8,7 +8,6 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.checks.dns import DNSTempError, Lookup
 from mailhub.checks.records import (
     ADVICE,
     OK,
@@ -20,36 +19,7 @@ from mailhub.checks.records import (
     records_for,
     spf_record,
 )
-
-
-class Zone:
-    """A CheckResolver over {name: {type: [values]}}; names in ``broken`` time out."""
-
-    def __init__(self, zone: dict[str, dict[str, list[Any]]]) -> None:
-        self.zone = zone
-        self.broken: set[str] = set()
-
-    def _get(self, name: str, kind: str) -> Lookup[Any]:
-        if name in self.broken:
-            raise DNSTempError(f"timeout asking {kind} {name}")
-        if name not in self.zone:
-            return Lookup(nxdomain=True)
-        return Lookup(tuple(self.zone[name].get(kind, ())))
-
-    async def txt(self, name: str) -> Lookup[bytes]:
-        return self._get(name, "TXT")
-
-    async def a(self, name: str) -> Lookup[str]:
-        return self._get(name, "A")
-
-    async def aaaa(self, name: str) -> Lookup[str]:
-        return self._get(name, "AAAA")
-
-    async def mx(self, name: str) -> Lookup[tuple[int, str]]:
-        return self._get(name, "MX")
-
-    async def ptr(self, address: str) -> Lookup[str]:
-        return self._get(address, "PTR")
+from tests.support.checkdns import MemoryResolver
 
 
 class Records(SynchronousTestCase):
@@ -84,7 +54,7 @@ class Checks(SynchronousTestCase):
         return self.successResultOf(defer.Deferred.fromCoroutine(coroutine))
 
     def test_mx_by_address(self) -> None:
-        zone = Zone(
+        zone = MemoryResolver(
             {
                 "example.com": {"MX": [(10, "mail.example.com.")]},
                 "mail.example.com": {"A": ["192.0.2.10"]},
@@ -97,9 +67,9 @@ class Checks(SynchronousTestCase):
         self.assertEqual(found.status, PROBLEM)
 
     def test_ptr_must_resolve_back(self) -> None:
-        zone = Zone(
+        zone = MemoryResolver(
             {
-                "192.0.2.10": {"PTR": ["mx.example.com."]},
+                "10.2.0.192.in-addr.arpa": {"PTR": ["mx.example.com."]},
                 "mx.example.com": {"A": ["192.0.2.11"]},
             }
         )
@@ -108,12 +78,12 @@ class Checks(SynchronousTestCase):
         self.assertEqual(
             found.detail, "192.0.2.10 is mx.example.com, but mx.example.com is not 192.0.2.10"
         )
-        zone.broken.add("192.0.2.10")
+        zone.tempfail.add("10.2.0.192.in-addr.arpa")
         [found] = self.result(check_ptr(zone, "mx.example.com", ["192.0.2.10"]))
         self.assertEqual(found.status, TEMPORARY)
 
     def test_unknown_hostname_and_smarthost(self) -> None:
-        zone = Zone(
+        zone = MemoryResolver(
             {
                 "example.com": {"MX": [(10, "mx.example.com")], "TXT": [b"v=spf1 mx -all"]},
                 "_dmarc.example.com": {"TXT": [b"v=DMARC1; p=reject"]},
@@ -131,7 +101,7 @@ class Checks(SynchronousTestCase):
         self.assertFalse([f for f in found if f.what == "PTR"])
 
     def test_dmarc_of_the_organizational_domain_applies(self) -> None:
-        zone = Zone(
+        zone = MemoryResolver(
             {
                 "mail.example.com": {"MX": [(10, "mx.example.com")]},
                 "mx.example.com": {"A": ["192.0.2.10"], "TXT": [b"v=spf1 a -all"]},

@@ -17,7 +17,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mailhub import config as config_module
 from mailhub.checks.dns import DNSBudget, DNSBudgetExceeded, DNSTempError, Lookup
 from mailhub.checks.resolver import (
-    Answer,
     BudgetedResolver,
     CachingResolver,
     InvalidName,
@@ -29,6 +28,7 @@ from mailhub.checks.resolver import (
     system_nameservers,
 )
 from mailhub.errors import ConfigError
+from tests.support.checkdns import MemoryResolver
 from tests.support.localdns import LocalDNS
 
 DKIM_KEY = "v=DKIM1; k=rsa; p=" + "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA" * 20  # 900 octets
@@ -325,33 +325,6 @@ class GarbageNames(WithDNS):
         self.assertEqual(reverse_name("1.2.0.192.in-addr.arpa."), "1.2.0.192.in-addr.arpa")
 
 
-class FakeRecords:
-    """An in-memory ``RecordResolver``: answers from a dict, counts the questions, and can hold
-    answers back (``hold``) until released."""
-
-    def __init__(self, answers: dict[tuple[str, str], Answer | Exception]) -> None:
-        self.answers = answers
-        self.asked: list[tuple[str, str]] = []
-        self.held: list[defer.Deferred[None]] = []
-        self.hold = False
-
-    async def resolve(self, name: str, rdtype: str) -> Answer:
-        self.asked.append((name, rdtype))
-        if self.hold:
-            d: defer.Deferred[None] = defer.Deferred()
-            self.held.append(d)
-            await d
-        answer = self.answers[(name, rdtype)]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def release(self) -> None:
-        held, self.held = self.held, []
-        for d in held:
-            d.callback(None)
-
-
 class Cache(WithDNS):
     def setUp(self) -> None:
         super().setUp()
@@ -435,8 +408,8 @@ class Cache(WithDNS):
 class CacheInMemory(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = task.Clock()
-        self.records = FakeRecords(
-            {(f"{n}.test", "A"): Answer(Lookup((f"192.0.2.{n}",)), 60) for n in range(1, 5)}
+        self.records = MemoryResolver(
+            {f"{n}.test": {"A": [f"192.0.2.{n}"]} for n in range(1, 5)}, ttl=60
         )
         self.cache = CachingResolver(self.records, self.clock, max_entries=2)
 
@@ -450,7 +423,7 @@ class CacheInMemory(SynchronousTestCase):
         self.successResultOf(self.a("1.test"))
         self.successResultOf(self.a("2.test"))
         self.assertEqual(
-            [name for name, _ in self.records.asked], ["1.test", "2.test", "3.test", "2.test"]
+            [name for _, name in self.records.queries], ["1.test", "2.test", "3.test", "2.test"]
         )
 
     def test_a_caller_giving_up_does_not_stop_the_others(self) -> None:
@@ -460,9 +433,9 @@ class CacheInMemory(SynchronousTestCase):
         self.failureResultOf(first, defer.CancelledError)
         self.records.release()
         self.assertEqual(self.successResultOf(second), Lookup(("192.0.2.1",)))
-        self.assertEqual(len(self.records.asked), 1)
+        self.assertEqual(len(self.records.queries), 1)
         self.successResultOf(self.a("1.test"))  # and the answer was kept
-        self.assertEqual(len(self.records.asked), 1)
+        self.assertEqual(len(self.records.queries), 1)
 
     def test_remaining_ttl_is_handed_on(self) -> None:
         self.successResultOf(defer.ensureDeferred(self.cache.resolve("1.test", "A")))
@@ -473,7 +446,7 @@ class CacheInMemory(SynchronousTestCase):
 
 class Budget(SynchronousTestCase):
     def setUp(self) -> None:
-        records = FakeRecords({("a.test", "TXT"): Answer(Lookup((b"x",)), 60)})
+        records = MemoryResolver(txt={"a.test": [b"x"]}, ttl=60)
         self.cache = CachingResolver(records, task.Clock())
 
     def test_every_lookup_spends_cached_or_not(self) -> None:

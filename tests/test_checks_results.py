@@ -18,10 +18,10 @@ from mailhub.checks.results import (
     AuthenticationResults,
     MethodResult,
     all_results,
+    authserv_id_of,
     ours,
     parse,
 )
-from mailhub.checks.sink import authserv_id_of
 from tests import headerbytes
 
 # RFC 8601 Appendix B.4 ("Service Provided, Several Authentications Done, Single MTA"),
@@ -250,8 +250,9 @@ class FastPath(SynchronousTestCase):
 
 class SameIdAsTheSink(SynchronousTestCase):
     """The page believes the field whose authserv-id is ours; the receiving sink removes every
-    such field a message brings (RFC 8601 5). Both must read the id alike, or a forged field
-    the sink kept as not ours would be read as ours."""
+    such field a message brings (RFC 8601 5) by ``authserv_id_of``, which reads only the id:
+    it must read it as the whole parse does, or a forged field the sink kept as not ours would
+    be read as ours."""
 
     def test_fields_made_to_differ(self) -> None:
         for value in (

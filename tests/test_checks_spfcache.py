@@ -9,26 +9,27 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.checks.dns import DNSTempError, Lookup
 from mailhub.checks.inbound import Policy, judge_with
-from mailhub.checks.resolver import Answer, CachingResolver
+from mailhub.checks.resolver import CachingResolver
 from mailhub.checks.spf import SPFCache, SPFResult, check_host, check_smtp
 from mailhub.envelope import Envelope, Recipient
-from tests.test_checks_resolver import FakeRecords
+from tests.support.checkdns import MemoryResolver
 
 
-def txt(record: bytes, ttl: float = 300) -> Answer:
-    return Answer(Lookup((record,)), ttl)
+def zone(*txt: tuple[str, bytes, float]) -> MemoryResolver:
+    """Names with one TXT record each, and its TTL."""
+    dns = MemoryResolver()
+    for name, record, ttl in txt:
+        dns.answer(name, "TXT", record, ttl=ttl)
+    return dns
 
 
 class SPFCacheTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.records = FakeRecords(
-            {
-                ("a.test", "TXT"): txt(b"v=spf1 ip4:192.0.2.1 include:b.test -all", 300),
-                ("b.test", "TXT"): txt(b"v=spf1 ip4:192.0.2.2 -all", 60),
-            }
+        self.records = zone(
+            ("a.test", b"v=spf1 ip4:192.0.2.1 include:b.test -all", 300),
+            ("b.test", b"v=spf1 ip4:192.0.2.2 -all", 60),
         )
         self.resolver = CachingResolver(self.records, self.clock)
         self.cache = SPFCache(self.resolver, self.clock)
@@ -42,19 +43,19 @@ class SPFCacheTests(SynchronousTestCase):
 
     def test_reused_within_the_ttls(self) -> None:
         first = self.check()
-        asked = len(self.records.asked)
+        asked = len(self.records.queries)
         hits = self.resolver.hits
         self.clock.advance(59)
         again = self.check(sender="bob@a.test")  # another local-part: same result
         self.assertEqual(again, first)
         self.assertEqual(first.result, "pass")
         self.assertEqual(self.cache.hits, 1)
-        self.assertEqual((len(self.records.asked), self.resolver.hits), (asked, hits))
+        self.assertEqual((len(self.records.queries), self.resolver.hits), (asked, hits))
 
     def test_not_reused_after_the_shortest_ttl(self) -> None:
         """The included b.test's 60 s, not a.test's 300 s, bound the result."""
         self.assertEqual(self.check("192.0.2.2").result, "pass")
-        self.records.answers[("b.test", "TXT")] = txt(b"v=spf1 -all", 60)
+        self.records.answer("b.test", "TXT", b"v=spf1 -all", ttl=60)
         self.clock.advance(59)
         self.assertEqual(self.check("192.0.2.2").result, "pass")  # still within both TTLs
         self.clock.advance(2)
@@ -69,36 +70,36 @@ class SPFCacheTests(SynchronousTestCase):
         self.assertEqual(len(self.cache), 3)
 
     def test_local_part_macro_not_cached(self) -> None:
-        self.records.answers[("l.test", "TXT")] = txt(b"v=spf1 exists:%{l}.ok.l.test -all")
-        self.records.answers[("alice.ok.l.test", "A")] = Answer(Lookup(("127.0.0.2",)), 300)
-        self.records.answers[("bob.ok.l.test", "A")] = Answer(Lookup(nxdomain=True), 300)
+        self.records.answer("l.test", "TXT", b"v=spf1 exists:%{l}.ok.l.test -all")
+        self.records.answer("alice.ok.l.test", "A", "127.0.0.2")
+        self.records.answer("bob.ok.l.test", "A", nxdomain=True)
         self.assertEqual(self.check(sender="alice@l.test").result, "pass")
         self.assertEqual(self.check(sender="bob@l.test").result, "fail")
         self.assertEqual(len(self.cache), 0)
 
     def test_temperror_not_cached(self) -> None:
-        self.records.answers[("a.test", "TXT")] = DNSTempError("timeout")
+        self.records.tempfail.add(("a.test", "TXT"))
         self.assertEqual(self.check().result, "temperror")
-        self.records.answers[("a.test", "TXT")] = txt(b"v=spf1 ip4:192.0.2.1 -all")
+        self.records.answer("a.test", "TXT", b"v=spf1 ip4:192.0.2.1 -all")
         self.assertEqual(self.check().result, "pass")
 
     def test_answer_with_zero_ttl_not_cached(self) -> None:
-        self.records.answers[("z.test", "TXT")] = txt(b"v=spf1 ip4:192.0.2.1 -all", 0)
+        self.records.answer("z.test", "TXT", b"v=spf1 ip4:192.0.2.1 -all", ttl=0)
         self.assertEqual(self.check(sender="a@z.test").result, "pass")
         self.assertEqual(len(self.cache), 0)
 
     def test_no_record_cached_as_none(self) -> None:
-        self.records.answers[("n.test", "TXT")] = Answer(Lookup(nxdomain=True), 120)
+        self.records.answer("n.test", "TXT", nxdomain=True, ttl=120)
         self.assertEqual(self.check(sender="a@n.test").result, "none")
         self.assertEqual(self.check(sender="a@n.test").result, "none")
         self.assertEqual(self.cache.hits, 1)
         self.clock.advance(121)
-        self.records.answers[("n.test", "TXT")] = txt(b"v=spf1 -all")
+        self.records.answer("n.test", "TXT", b"v=spf1 -all")
         self.assertEqual(self.check(sender="a@n.test").result, "fail")
 
     def test_check_smtp_uses_it_for_both_identities(self) -> None:
-        self.records.answers[("mx.a.test", "TXT")] = txt(b"v=spf1 a -all")
-        self.records.answers[("mx.a.test", "A")] = Answer(Lookup(("192.0.2.1",)), 300)
+        self.records.answer("mx.a.test", "TXT", b"v=spf1 a -all")
+        self.records.answer("mx.a.test", "A", "192.0.2.1")
 
         def smtp() -> Any:
             d = defer.Deferred.fromCoroutine(
@@ -119,11 +120,11 @@ class JudgeWithTests(SynchronousTestCase):
         """A server's second message from the same client asks nothing for SPF: only DMARC's
         record is looked up again (answered by the DNS cache)."""
         clock = Clock()
-        records = FakeRecords(
-            {
-                ("a.test", "TXT"): txt(b"v=spf1 ip4:192.0.2.1 -all"),
-                ("mx.a.test", "TXT"): txt(b"v=spf1 ip4:192.0.2.1 -all"),
-                ("_dmarc.a.test", "TXT"): txt(b"v=DMARC1; p=reject"),
+        records = MemoryResolver(
+            txt={
+                "a.test": [b"v=spf1 ip4:192.0.2.1 -all"],
+                "mx.a.test": [b"v=spf1 ip4:192.0.2.1 -all"],
+                "_dmarc.a.test": [b"v=DMARC1; p=reject"],
             }
         )
         resolver = CachingResolver(records, clock)
@@ -157,12 +158,8 @@ class FailedLookupTests(SynchronousTestCase):
         """RFC 7208 5.5: a PTR lookup that fails is no match, so the record says fail; that
         fail is not kept, though every answer that was read is in the DNS cache."""
         clock = Clock()
-        records = FakeRecords(
-            {
-                ("p.test", "TXT"): txt(b"v=spf1 ptr -all"),
-                ("1.2.0.192.in-addr.arpa", "PTR"): DNSTempError("timeout"),
-            }
-        )
+        records = MemoryResolver(txt={"p.test": [b"v=spf1 ptr -all"]})
+        records.tempfail.add("1.2.0.192.in-addr.arpa")
         resolver = CachingResolver(records, clock)
         cache = SPFCache(resolver, clock)
 
@@ -174,7 +171,8 @@ class FailedLookupTests(SynchronousTestCase):
 
         self.assertEqual(check().result, "fail")
         self.assertEqual(len(cache), 0)
-        records.answers[("1.2.0.192.in-addr.arpa", "PTR")] = Answer(Lookup(("mx.p.test",)), 300)
-        records.answers[("mx.p.test", "A")] = Answer(Lookup(("192.0.2.1",)), 300)
+        records.tempfail.clear()
+        records.answer("1.2.0.192.in-addr.arpa", "PTR", "mx.p.test")
+        records.answer("mx.p.test", "A", "192.0.2.1")
         self.assertEqual(check().result, "pass")
         self.assertEqual(len(cache), 1)

@@ -25,7 +25,7 @@ from typing import Any
 
 import dkim  # dkimpy ships no type information (pyproject.toml: ignore_missing_imports)
 from dkim.crypto import UnparsableKeyError, parse_public_key  # type: ignore[import-untyped]
-from twisted.internet import defer, threads
+from twisted.internet import threads
 from twisted.logger import Logger
 
 from mailhub.checks import opensslsign
@@ -35,10 +35,11 @@ from mailhub.checks.dkimverify import (
     MAX_RSA_BITS,
     MAX_RSA_EXPONENT_BITS,
     TagListError,
+    fetch_keys,
     header_fields,
     parse_tags,
 )
-from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError, Lookup
+from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, Lookup
 from mailhub.checks.keys import RSA_SHA256, SigningKey
 from mailhub.checks.results import AuthenticationResults, MethodResult
 
@@ -112,7 +113,7 @@ async def verify_arc(
     )
     if any(not n for n in names):
         return ARCResult("fail", newest, "an ARC-Seal or ARC-Message-Signature has no valid d=/s=")
-    answers = await _fetch(resolver, names, budget)
+    answers = await fetch_keys(resolver, names, budget, "ARC")
     records: dict[str, bytes] = {}
     for n in names:
         answer = answers[n]
@@ -181,24 +182,6 @@ def _key_name(tags: dict[str, bytes]) -> str:
     if not re.fullmatch(rb"[a-z0-9_.-]{1,63}", s) or not re.fullmatch(rb"[a-z0-9.-]{1,200}", d):
         return ""
     return f"{s.decode()}._domainkey.{d.decode()}"
-
-
-async def _fetch(
-    resolver: CheckResolver, names: list[str], budget: DNSBudget | None
-) -> dict[str, Lookup[bytes] | Exception]:
-    async def one(name: str) -> Lookup[bytes] | Exception:
-        try:
-            if budget is not None:
-                budget.spend()
-            return await resolver.txt(name)
-        except (DNSTempError, DNSBudgetExceeded) as e:
-            return e
-        except Exception as e:
-            log.failure("ARC key lookup for {name} failed", name=name)
-            return DNSTempError(f"lookup failed: {e.__class__.__name__}")
-
-    answers = await defer.gatherResults([defer.Deferred.fromCoroutine(one(n)) for n in names])
-    return dict(zip(names, answers, strict=True))
 
 
 def _usable_record(answer: Lookup[bytes]) -> bytes:

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from mailhub.addresses import AddressError, normalise_domain
 from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError, Lookup
+from mailhub.checks.resolver import budgeted
 from mailhub.checks.results import MethodResult
 
 log = Logger()
@@ -178,7 +179,7 @@ async def verify_dkim(
             "are checked",
         )
     wanted = sorted({s.key_name for s in signatures if s.verdict is None})
-    answers = await _fetch_keys(resolver, wanted, budget)
+    answers = await fetch_keys(resolver, wanted, budget)
     for sig in signatures:
         if sig.verdict is None:
             _judge_key(sig, answers[sig.key_name])
@@ -370,20 +371,20 @@ def _check_times(tags: dict[str, bytes], now: float) -> tuple[str, str] | None:
 # -- fetching and judging the key records -----------------------------------------------------
 
 
-async def _fetch_keys(
-    resolver: CheckResolver, names: Sequence[str], budget: DNSBudget | None
+async def fetch_keys(
+    resolver: CheckResolver, names: Sequence[str], budget: DNSBudget | None, what: str = "DKIM"
 ) -> dict[str, Lookup[bytes] | Exception]:
-    """Each name's TXT answer (or the exception it gave), all asked at once."""
+    """Each name's TXT answer (or the exception it gave), all asked at once (DKIM's and ARC's
+    key records), each spending the message's ``budget``."""
+    resolver = budgeted(resolver, budget)
 
     async def one(name: str) -> Lookup[bytes] | Exception:
         try:
-            if budget is not None:
-                budget.spend()
             return await resolver.txt(name)
         except (DNSTempError, DNSBudgetExceeded) as e:
             return e
         except Exception as e:  # a resolver bug must not become a traceback in the session
-            log.failure("DKIM key lookup for {name} failed", name=name)
+            log.failure("{what} key lookup for {name} failed", what=what, name=name)
             return DNSTempError(f"lookup failed: {e.__class__.__name__}")
 
     answers = await defer.gatherResults([defer.Deferred.fromCoroutine(one(n)) for n in names])

@@ -28,6 +28,7 @@ from publicsuffixlist import PublicSuffixList
 from mailhub.addresses import AddressError, normalise_domain
 from mailhub.checks.dkimverify import SignatureResult, TagListError, parse_tags
 from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError, Lookup
+from mailhub.checks.resolver import budgeted
 from mailhub.checks.results import MethodResult
 from mailhub.message.headers import MISSING_DOMAIN, parse_address_list, split_fields
 
@@ -283,9 +284,10 @@ async def discover_record(
 ) -> tuple[DMARCRecord | None, str]:
     """RFC 7489 6.6.3: the record at ``_dmarc.<from>``, else at ``_dmarc.<org>``; or None and
     why. A DNS failure raises ``DNSTempError``."""
-    record, why = await _record_at(resolver, from_domain, budget)
+    resolver = budgeted(resolver, budget)  # each lookup spends the message's budget
+    record, why = await _record_at(resolver, from_domain)
     if record is None and why is None and org != from_domain:
-        record, why = await _record_at(resolver, org, budget)
+        record, why = await _record_at(resolver, org)
     if record is not None:
         return record, ""
     if why:
@@ -294,14 +296,10 @@ async def discover_record(
     return None, f"no DMARC record at {where}: the domain publishes no policy"
 
 
-async def _record_at(
-    resolver: CheckResolver, domain: str, budget: DNSBudget | None
-) -> tuple[DMARCRecord | None, str | None]:
+async def _record_at(resolver: CheckResolver, domain: str) -> tuple[DMARCRecord | None, str | None]:
     """The record at ``_dmarc.<domain>``; (None, None) when there is none to use (go on to the
     organizational domain); (None, why) when discovery ends here without a policy."""
     name = f"_dmarc.{domain}"
-    if budget is not None:
-        budget.spend()
     answer: Lookup[bytes] = await resolver.txt(name)
     # 6.6.3 step 2: records that do not start with v=DMARC1 are discarded.
     candidates = [r for r in answer.records if _is_dmarc(r)]

@@ -11,6 +11,7 @@ anything between them (RFC 7208 3.3, RFC 6376 3.6.2.2).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -64,3 +65,28 @@ class DNSBudget:
         self.used += 1
         if self.used > self.limit:
             raise DNSBudgetExceeded(f"more than {self.limit} DNS lookups for one message")
+
+
+class TXTTable:
+    """A CheckResolver answering TXT from a table at once ({name: record}, names in lower case
+    without the trailing dot); every other question is NXDOMAIN. For answers already in hand:
+    the own keys' records as if published, a benchmark's warm cache."""
+
+    def __init__(self, records: Mapping[str, bytes]) -> None:
+        self._records = records
+
+    async def txt(self, name: str) -> Lookup[bytes]:
+        record = self._records.get(name.lower().rstrip("."))
+        return Lookup((record,)) if record is not None else Lookup(nxdomain=True)
+
+    async def a(self, name: str) -> Lookup[str]:
+        return Lookup(nxdomain=True)
+
+    async def aaaa(self, name: str) -> Lookup[str]:
+        return Lookup(nxdomain=True)
+
+    async def mx(self, name: str) -> Lookup[tuple[int, str]]:
+        return Lookup(nxdomain=True)
+
+    async def ptr(self, address: str) -> Lookup[str]:
+        return Lookup(nxdomain=True)

@@ -58,7 +58,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError, Lookup
+from mailhub.checks.dns import (
+    CheckResolver,
+    DNSBudget,
+    DNSBudgetExceeded,
+    DNSTempError,
+    TXTTable,
+)
 from mailhub.checks.keys import KeyFile
 from mailhub.checks.results import AuthenticationResults, MethodResult
 from mailhub.config import CheckPolicy, Config
@@ -655,30 +661,6 @@ class _AsReceiver:
     signatures: Sequence[Any] = ()
 
 
-class _OwnRecords:
-    """A CheckResolver answering only the own keys' records (as if published); every other name
-    is NXDOMAIN, so verifying again asks the DNS nothing."""
-
-    def __init__(self, records: Mapping[str, bytes]) -> None:
-        self._records = records
-
-    async def txt(self, name: str) -> Lookup[bytes]:
-        record = self._records.get(name.lower().rstrip("."))
-        return Lookup((record,)) if record is not None else Lookup(nxdomain=True)
-
-    async def a(self, name: str) -> Lookup[str]:
-        return Lookup(nxdomain=True)
-
-    async def aaaa(self, name: str) -> Lookup[str]:
-        return Lookup(nxdomain=True)
-
-    async def mx(self, name: str) -> Lookup[tuple[int, str]]:
-        return Lookup(nxdomain=True)
-
-    async def ptr(self, address: str) -> Lookup[str]:
-        return Lookup(nxdomain=True)
-
-
 async def as_receiver(
     resolver: CheckResolver,
     message: bytes,
@@ -700,7 +682,7 @@ async def as_receiver(
     if not mine:
         return _AsReceiver()
     records = {f.record_name: f.record.encode("ascii") for f in mine.values()}
-    again = list(await checkers.dkim(_OwnRecords(records), message))
+    again = list(await checkers.dkim(TXTTable(records), message))
     if len(again) != len(signatures):  # not the same message: say nothing rather than guess
         return _AsReceiver()
     notes: dict[int, str] = {}

@@ -139,6 +139,17 @@ def parse(value: bytes | str) -> AuthenticationResults:
     return _Reader(text).payload()
 
 
+def authserv_id_of(value: bytes | str) -> str:
+    """The authserv-id of an ``Authentication-Results`` field value, lower case ("" if none),
+    read as ``parse`` reads it but nothing after it: the receiving sink removes the fields a
+    message brings that claim our id (RFC 8601 5), and the page believes the one that has it;
+    one reader, so a field the sink kept as not ours cannot read as ours."""
+    text = from_bytes(value) if isinstance(value, bytes) else from_escaped(value)
+    reader = _Reader(text)
+    reader.cfws()
+    return reader.authserv_id().lower()
+
+
 class _Reader:
     def __init__(self, text: str) -> None:
         self.s, self.i = text, 0
@@ -257,9 +268,7 @@ class _Reader:
 
     def payload(self) -> AuthenticationResults:
         self.cfws()
-        # Read exactly as the receiving sink reads it when it removes fields claiming our id
-        # (checks.sink.authserv_id_of): a field it keeps as not ours must not read as ours.
-        authserv_id = self.quoted(unfold=False) if self.at('"') else self.word(_AUTHSERV_ID)
+        authserv_id = self.authserv_id()
         self.cfws()
         version = _DIGITS.match(self.s, self.i)  # authres-version: read and dropped (only 1)
         if version is not None:
@@ -274,6 +283,10 @@ class _Reader:
             if result is not None:
                 results.append(result)
         return AuthenticationResults(authserv_id, tuple(results))
+
+    def authserv_id(self) -> str:
+        """RFC 8601 2.2: a token or a quoted-string (its folding kept, as the sink sees it)."""
+        return self.quoted(unfold=False) if self.at('"') else self.word(_AUTHSERV_ID)
 
     def resinfo(self) -> MethodResult | None:
         """One resinfo after its ";"; None for "none" (no-result) or one without a method."""

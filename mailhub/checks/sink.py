@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from mailhub.checks.inbound import ACCEPT, JUNK, REJECT, TEMPFAIL, Verdict, unchecked
 from mailhub.checks.keys import RSA_SHA256, KeyStore, SigningKey
-from mailhub.checks.results import AuthenticationResults
+from mailhub.checks.results import AuthenticationResults, authserv_id_of
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
 
@@ -66,46 +66,6 @@ def arc_key(keystore: KeyStore, domain: str) -> SigningKey | None:
 # --- removing forged Authentication-Results fields (RFC 8601 5) --------------------------------
 
 _AR_NAME = re.compile(rb"authentication-results[ \t]*:", re.IGNORECASE)
-_TOKEN_END = re.compile(rb'[\s;()"]')
-
-
-def _skip_cfws(value: bytes, i: int) -> int:
-    """Past white space and (nested) comments (RFC 5322 3.2.2)."""
-    depth = 0
-    n = len(value)
-    while i < n:
-        c = value[i : i + 1]
-        if depth:
-            if c == b"\\":
-                i += 1
-            elif c == b"(":
-                depth += 1
-            elif c == b")":
-                depth -= 1
-        elif c == b"(":
-            depth = 1
-        elif not c.isspace():
-            break
-        i += 1
-    return i
-
-
-def authserv_id_of(value: bytes) -> str:
-    """The authserv-id of an ``Authentication-Results`` field value (RFC 8601 2.2: a token or a
-    quoted-string after optional CFWS), lower case; "" if there is none."""
-    i = _skip_cfws(value, 0)
-    if value[i : i + 1] == b'"':
-        out = bytearray()
-        i += 1
-        while i < len(value) and value[i : i + 1] != b'"':
-            if value[i : i + 1] == b"\\":
-                i += 1
-            out += value[i : i + 1]
-            i += 1
-        return out.decode("utf-8", "replace").lower()
-    m = _TOKEN_END.search(value, i)
-    end = m.start() if m else len(value)
-    return value[i:end].decode("utf-8", "replace").lower()
 
 
 def header_end(message: bytes) -> int:

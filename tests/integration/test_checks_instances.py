@@ -17,21 +17,17 @@ import email.message
 import email.policy
 import imaplib
 import smtplib
-import ssl
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import argon2
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.protocols import portforward
-from twisted.trial.unittest import TestCase
 
 from mailhub.checks.signing import sign
 from mailhub.config import (
     CheckPolicy,
-    ChecksConfig,
     Config,
     DomainsConfig,
     ListenersConfig,
@@ -42,13 +38,11 @@ from mailhub.config import (
     dev_config,
 )
 from mailhub.service import MailhubService
-from mailhub.testing import MailhubTestServer
 from mailhub.users import UserDB
 from tests.support.dkim import make_keys, records
-from tests.support.localdns import LocalDNS
+from tests.support.instances import LOOPBACK, Instances
 from tests.support.tls import CertificateAuthority, client_context
 
-LOOPBACK = "tcp:0:interface=127.0.0.1"
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 SPF_LOCAL = "v=spf1 ip4:127.0.0.1 -all"
 
@@ -75,52 +69,23 @@ class Mangler(portforward.ProxyServer):
         super().dataReceived(data.replace(b"$", b"#"))
 
 
-class Authentication(TestCase):
+class Authentication(Instances):
     timeout = 90
-
-    def setUp(self) -> None:
-        self.dns = LocalDNS(
-            {
-                "a.test": {"TXT": [SPF_LOCAL]},
-                "_dmarc.a.test": {"TXT": ["v=DMARC1; p=none"]},
-                "b.test": {"MX": [(10, "mx.b.test")], "TXT": [SPF_LOCAL]},
-                "mx.b.test": {"A": ["127.0.0.1"]},
-                "c.test": {"MX": [(10, "mx.c.test")]},
-                "mx.c.test": {"A": ["127.0.0.1"]},
-            }
-        )
-        self.dns.start()
-        self.addCleanup(self.dns.stop)
-        self.hubs: dict[MailhubService, MailhubTestServer] = {}
+    ZONE = {
+        "a.test": {"TXT": [SPF_LOCAL]},
+        "_dmarc.a.test": {"TXT": ["v=DMARC1; p=none"]},
+        "b.test": {"MX": [(10, "mx.b.test")], "TXT": [SPF_LOCAL]},
+        "mx.b.test": {"A": ["127.0.0.1"]},
+        "c.test": {"MX": [(10, "mx.c.test")]},
+        "mx.c.test": {"A": ["127.0.0.1"]},
+    }
 
     # -- the zone --------------------------------------------------------------------------------
-
-    def publish(self, name: str, kind: str, *values: Any) -> None:
-        self.dns.authority.zone.setdefault(name, {})[kind] = list(values)
 
     def dmarc(self, policy: str) -> None:
         self.publish("_dmarc.a.test", "TXT", f"v=DMARC1; p={policy}")
 
-    @property
-    def nameservers(self) -> tuple[tuple[str, int], ...]:
-        assert self.dns.port is not None
-        return (("127.0.0.1", self.dns.port.getHost().port),)
-
-    def checks(self, **kw: Any) -> ChecksConfig:
-        return ChecksConfig(nameservers=self.nameservers, **kw)
-
     # -- the instances ---------------------------------------------------------------------------
-
-    def start(self, config: Config) -> MailhubService:
-        hub = MailhubTestServer(Path(self.mktemp()), config=config)
-        hub.start()
-        self.addCleanup(hub.stop)
-        assert hub.service is not None
-        self.hubs[hub.service] = hub
-        return hub.service
-
-    def port(self, service: MailhubService, kind: str) -> int:
-        return service.listening_ports(kind)[0].getHost().port
 
     def instance_a(self, mx_port: int, *, keys: bool = True, relay_tls: str = "opportunistic"):
         """A: alice submits here; its DKIM keys (RSA and Ed25519) are published in the zone."""
@@ -206,25 +171,6 @@ class Authentication(TestCase):
 
     # -- mail ------------------------------------------------------------------------------------
 
-    def submit(
-        self, a: MailhubService, to: str, *, sender: str = "alice@a.test", body: str = "hello\n"
-    ) -> Any:
-        """alice submits on A over STARTTLS with AUTH."""
-        [cert] = a.tls.certificates
-        context = ssl.create_default_context(cafile=str(cert.path))
-        port = self.port(a, "submission")
-
-        def send() -> dict:
-            with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
-                client.starttls(context=context)
-                client.login("alice@a.test", "any password works in the dev stack")
-                msg = email.message.EmailMessage()
-                msg["From"], msg["To"], msg["Subject"] = sender, to, "checks"
-                msg.set_content(body)
-                return client.send_message(msg, from_addr="alice@a.test", to_addrs=[to])
-
-        return deferToThread(send)
-
     def send_direct(self, service: MailhubService, message: bytes, to: str = "bob@b.test") -> Any:
         """A message straight to ``service``'s port 25 from 127.0.0.1, as mx.a.test."""
         port = self.port(service, "smtp")
@@ -237,19 +183,6 @@ class Authentication(TestCase):
                     return (e.smtp_code, e.smtp_error.decode())
 
         return deferToThread(send)
-
-    def stored(self, service: MailhubService, address: str, folder: str = "") -> list[bytes]:
-        local, domain = address.split("@")
-        box = service.config.mail_dir / domain / local
-        new = (box / f".{folder}" if folder else box) / "new"
-        return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
-
-    async def until(self, check: Callable[[], Any], what: str, seconds: float = 30) -> None:
-        for _ in range(int(seconds / 0.05)):
-            if check():
-                return
-            await task.deferLater(reactor, 0.05, lambda: None)
-        self.fail(f"timed out waiting for {what}")
 
     def signed(self, key_dir: Path, body: bytes = b"Hello B.\r\n") -> bytes:
         """A message from alice@a.test signed with a.test's keys (published in the zone)."""
@@ -267,7 +200,7 @@ class Authentication(TestCase):
     async def test_a_signs_b_verifies_pass(self) -> None:
         b = self.instance_b()
         a = self.instance_a(self.port(b, "smtp"))
-        self.assertEqual(await self.submit(a, "bob@b.test"), {})
+        self.assertEqual(await self.submit(a, ["bob@b.test"]), {})
         await self.until(lambda: self.stored(b, "bob@b.test"), "the message at B")
         [raw] = self.stored(b, "bob@b.test")
         msg = parse(raw)
@@ -286,7 +219,7 @@ class Authentication(TestCase):
         b = self.instance_b()
         relay = self.mangling_relay(self.port(b, "smtp"))
         a = self.instance_a(relay, relay_tls="none")  # in clear, so the relay step can change it
-        self.assertEqual(await self.submit(a, "bob@b.test", body="costs 5$\n"), {})
+        self.assertEqual(await self.submit(a, ["bob@b.test"], body="costs 5$\n"), {})
         await self.until(lambda: self.stored(b, "bob@b.test"), "the message at B")
         msg = parse(self.stored(b, "bob@b.test")[0])
         self.assertIn("costs 5#", msg.get_content())
@@ -301,7 +234,7 @@ class Authentication(TestCase):
         self.publish("_dmarc.other.test", "TXT", "v=DMARC1; p=none")
         b = self.instance_b()
         a = self.instance_a(self.port(b, "smtp"))
-        self.assertEqual(await self.submit(a, "bob@b.test", sender="alice@other.test"), {})
+        self.assertEqual(await self.submit(a, ["bob@b.test"], sender="alice@other.test"), {})
         await self.until(lambda: self.stored(b, "bob@b.test"), "the message at B")
         [ours] = results_of(parse(self.stored(b, "bob@b.test")[0]), "mx.b.test")
         self.assertIn("spf=pass", ours)  # for a.test, the envelope's domain
@@ -315,7 +248,7 @@ class Authentication(TestCase):
         self.dmarc("reject")
         b = self.instance_b()
         a = self.instance_a(self.port(b, "smtp"), keys=False)
-        self.assertEqual(await self.submit(a, "bob@b.test"), {})
+        self.assertEqual(await self.submit(a, ["bob@b.test"]), {})
         await self.until(lambda: self.stored(a, "alice@a.test"), "the bounce at A")
         bounce = parse(self.stored(a, "alice@a.test")[0])
         self.assertEqual(bounce.get_content_type(), "multipart/report")
@@ -330,7 +263,7 @@ class Authentication(TestCase):
         self.dmarc("quarantine")
         b = self.instance_b(readers=True)
         a = self.instance_a(self.port(b, "smtp"), keys=False)
-        self.assertEqual(await self.submit(a, "bob@b.test", body="suspicious\n"), {})
+        self.assertEqual(await self.submit(a, ["bob@b.test"], body="suspicious\n"), {})
         await self.until(lambda: self.stored(b, "bob@b.test", "Junk"), "the message in Junk")
         port, context = self.port(b, "imaps"), self.b_context
 
@@ -362,7 +295,7 @@ class Authentication(TestCase):
             keys=True,
         )
         a = self.instance_a(self.port(b, "smtp"))
-        self.assertEqual(await self.submit(a, "list@b.test"), {})
+        self.assertEqual(await self.submit(a, ["list@b.test"]), {})
         await self.until(lambda: self.stored(c, "carol@c.test"), "the copy at C")
         await self.until(lambda: self.stored(b, "bob@b.test"), "the copy at B")
         at_c = parse(self.stored(c, "carol@c.test")[0])

@@ -15,19 +15,14 @@ import email.policy
 import imaplib
 import io
 import poplib
-import smtplib
 import socket
-import ssl
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
 
 from mailhub.cli import main
 from mailhub.config import (
-    ChecksConfig,
     Config,
     DomainsConfig,
     ListenersConfig,
@@ -36,10 +31,7 @@ from mailhub.config import (
     dev_config,
 )
 from mailhub.service import MailhubService
-from mailhub.testing import MailhubTestServer
-from tests.support.localdns import LocalDNS
-
-LOOPBACK = "tcp:0:interface=127.0.0.1"
+from tests.support.instances import LOOPBACK, Instances
 
 
 def run_cli(*argv: str) -> str:
@@ -59,33 +51,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class TwoInstances(TestCase):
+class TwoInstances(Instances):
     timeout = 60
-
-    def setUp(self) -> None:
-        self.dns = LocalDNS(
-            {"b.test": {"MX": [(10, "mx.b.test")]}, "mx.b.test": {"A": ["127.0.0.1"]}}
-        )
-        self.dns.start()
-        self.addCleanup(self.dns.stop)
-        self.hubs: dict[MailhubService, MailhubTestServer] = {}
-
-    def start(self, config: Config) -> MailhubService:
-        """Start one instance through the test harness (mailhub.testing); its hub in hubs."""
-        hub = MailhubTestServer(Path(self.mktemp()), config=config)
-        hub.start()
-        self.addCleanup(hub.stop)
-        assert hub.service is not None
-        self.hubs[hub.service] = hub
-        return hub.service
-
-    def delivered(self, service: MailhubService, address: str) -> Any:
-        """Fires when a message for ``address`` is in ``service``'s store (its change feed)."""
-        return self.hubs[service].wait_for_message(to=address, timeout=20)
-
-    def checks(self) -> ChecksConfig:
-        """The inbound checks, asking only the local DNS."""
-        return ChecksConfig(nameservers=(("127.0.0.1", self.dns.port.getHost().port),))
+    ZONE = {"b.test": {"MX": [(10, "mx.b.test")]}, "mx.b.test": {"A": ["127.0.0.1"]}}
 
     def instance_b(
         self, *, smtp: str = LOOPBACK, catch_all: bool = True, readers: bool = False
@@ -105,53 +73,11 @@ class TwoInstances(TestCase):
             domains=DomainsConfig(local=("a.test",), catch_all=("a.test",)),
             listeners=ListenersConfig(smtp=(LOOPBACK,), submission=(LOOPBACK,)),
             # The MX answer says "mx.b.test -> 127.0.0.1"; B listens on b_port there.
-            relay=RelayConfig(
-                nameservers=(("127.0.0.1", self.dns.port.getHost().port),), port=b_port
-            ),
+            relay=RelayConfig(nameservers=self.nameservers, port=b_port),
             queue=QueueConfig(retry_schedule=(0.5,), delay_notice=0),
             checks=self.checks(),
         )
         return self.start(config)
-
-    def port(self, service: MailhubService, kind: str) -> int:
-        return service.listening_ports(kind)[0].getHost().port
-
-    def submit(self, a: MailhubService, rcpts: list[str]) -> Any:
-        """alice@a.test submits over STARTTLS (certificate verified) with AUTH PLAIN."""
-        [cert] = a.tls.certificates
-        context = ssl.create_default_context(cafile=str(cert.path))
-        port = self.port(a, "submission")
-
-        def send() -> dict:
-            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-                client.starttls(context=context)
-                client.login("alice@a.test", "any password works in the dev stack")
-                msg = email.message.EmailMessage()
-                msg["From"], msg["To"], msg["Subject"] = "alice@a.test", ", ".join(rcpts), "hop"
-                msg.set_content("across two servers\n")
-                return client.send_message(msg, to_addrs=rcpts)
-
-        return deferToThread(send)
-
-    def inbox(self, service: MailhubService, address: str) -> list[email.message.EmailMessage]:
-        local, domain = address.split("@")
-        new = service.config.mail_dir / domain / local / "new"
-        files = sorted(new.iterdir()) if new.is_dir() else []
-        return [
-            email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in files
-        ]
-
-    async def until(self, check: Any, what: str, seconds: float = 20) -> None:
-        for _ in range(int(seconds / 0.1)):
-            if check():
-                return
-            await task.deferLater(reactor, 0.1, lambda: None)
-        self.fail(f"timed out waiting for {what}")
-
-    def client_context(self, service: MailhubService) -> ssl.SSLContext:
-        """A client context that verifies ``service``'s (self-signed dev) certificate."""
-        [cert] = service.tls.certificates
-        return ssl.create_default_context(cafile=str(cert.path))
 
     def read_over_imap(self, b: MailhubService, user: str) -> Any:
         """The newest INBOX message of ``user`` on B, by IMAPS (certificate verified)."""
