@@ -20,6 +20,8 @@ from mailhub.net import IStreamTransport
 from mailhub.web.access import Access, HostCheck, LoginBusy, LoginRefused, LoginRequired, Viewer
 from mailhub.web.api import Api, ApiError, error_body, unexpected
 from mailhub.web.feed import MailFeed
+from mailhub.web.tags import Tagger
+from mailhub.web.webhooks import AgentPoster, Webhooks
 
 log = Logger()
 
@@ -313,9 +315,13 @@ class WebSite(Site):
         super().startFactory()
         if not self.feed.running:
             self.feed.startService()
+        if self.api.webhooks is not None:
+            self.api.webhooks.start()  # after the feed's first look: mail already there is not new
 
     def stopFactory(self) -> None:
         self.api.close_streams()
+        if self.api.webhooks is not None:
+            self.api.webhooks.stop()
         if self.feed.running:
             self.feed.stopService()
         super().stopFactory()
@@ -349,6 +355,12 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         ready=ready,
         authserv_id=authserv_id_of(config),  # whose Authentication-Results the page believes
     )
+    # Issue 15: [[web.tag]] rules (a bad match is a ConfigError here) and [[web.webhook]]s.
+    api.tagger = Tagger.from_config(config)
+    if config.web.webhooks:
+        api.webhooks = Webhooks(
+            feed, clock, config.web.webhooks, api.summary_json, AgentPoster(clock)
+        )
     access = Access(
         login=config.web.login,
         admins=config.web.admins,
