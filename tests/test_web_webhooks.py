@@ -216,6 +216,9 @@ class _FakePoster:
         self.posted.append(body)
         return succeed(200)
 
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
 
 class Filters(SynchronousTestCase):
     def hook(self, **kwargs: Any) -> tuple[Hook, _FakePoster]:

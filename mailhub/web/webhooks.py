@@ -90,6 +90,8 @@ class Poster(Protocol):
 
     def post(self, url: str, headers: dict[str, str], body: bytes) -> Deferred[int]: ...
 
+    def close(self) -> Deferred[None]: ...  # close the connections kept open
+
 
 @implementer(IBodyProducer)
 class _Body:
@@ -391,7 +393,7 @@ class Webhooks:
         render: Callable[[Entry], dict[str, Any]],
         poster: Poster,
     ) -> None:
-        self.feed, self.clock, self.render = feed, clock, render
+        self.feed, self.clock, self.render, self.poster = feed, clock, render, poster
         self.hooks = [Hook(c, poster, clock) for c in configs]
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -401,12 +403,14 @@ class Webhooks:
             self.feed.catch_up()
             self._unsubscribe = self.feed.subscribe(self._changed)
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
+        """Stop sending; fires when the connections kept for reuse are closed."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
         for hook in self.hooks:
             hook.stop()
+        return self.poster.close()
 
     def _changed(self, changes: list[Change]) -> None:
         for c in changes:
