@@ -100,6 +100,14 @@ class Webhooks(WebTestCase):
         )
         self.assertEqual(first["attempts"][-1]["message"], got[0].json["message"]["id"])
         self.assertNotIn("s3cret", str(log))
+        # The answer has the shape the description promises.
+        spec = await self.get("/api/v1/openapi.json")
+        schema = spec["components"]["schemas"]["Webhook"]["properties"]
+        self.assertEqual(set(first), set(schema))
+        self.assertEqual(set(first["attempts"][0]), set(schema["attempts"]["items"]["properties"]))
+        self.assertIn("get", spec["paths"]["/api/v1/webhooks"])
+        summary = spec["components"]["schemas"]["Summary"]["properties"]
+        self.assertLessEqual({"tags", "tag_sources"}, set(summary))
 
     @property
     def hub_reactor(self) -> Any:
