@@ -245,6 +245,12 @@ class Filters(SynchronousTestCase):
             self.assertEqual(self.hook(**kwargs)[0].wants(summary), wanted, kwargs)
         # A message without a sandbox never matches a sandbox filter.
         self.assertFalse(self.hook(sandbox="sb1")[0].wants({"mailbox": "bob@example.com"}))
+        self.assertFalse(self.hook(sandbox="*")[0].wants({"mailbox": "bob@example.com"}))
+        # A sandbox is the mailbox <id>@sandbox.invalid (mailhub.sandboxes); "*": any sandbox.
+        boxed = {"mailbox": "k3x9@sandbox.invalid", "folder": "INBOX"}
+        self.assertTrue(self.hook(sandbox="k3x9")[0].wants(boxed))
+        self.assertTrue(self.hook(sandbox="*")[0].wants(boxed))
+        self.assertFalse(self.hook(sandbox="other")[0].wants(boxed))
 
     def test_posts_the_body_as_given(self) -> None:
         hook, poster = self.hook()

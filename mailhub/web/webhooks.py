@@ -182,6 +182,20 @@ def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
+# Sandboxes (mailhub.sandboxes, issue 15) are mailboxes <id>@sandbox.invalid (RFC 6761 6.4).
+SANDBOX_DOMAIN = "sandbox.invalid"
+
+
+def sandbox_of(summary: dict[str, Any]) -> str | None:
+    """The id of the sandbox a message was caught in: the summary's ``sandbox`` if it names
+    one, else its mailbox's local part in the sandbox domain; None outside sandboxes."""
+    named = summary.get("sandbox")
+    if isinstance(named, str) and named:
+        return named
+    local, _, domain = str(summary.get("mailbox", "")).rpartition("@")
+    return local if domain == SANDBOX_DOMAIN and local else None
+
+
 def shown_url(url: str) -> str:
     """The URL without a password (a receiver's user:password@ stays out of the API)."""
     parts = urlsplit(url)
@@ -207,12 +221,14 @@ class Hook:
 
     def wants(self, summary: dict[str, Any]) -> bool:
         c = self.config
+        if c.sandbox:
+            box = sandbox_of(summary)
+            if box is None or c.sandbox not in ("*", box):
+                return False
         return (
             (not c.mailbox or summary.get("mailbox") == c.mailbox)
             and (not c.folder or summary.get("folder") == c.folder)
             and (not c.tag or c.tag in summary.get("tags", ()))
-            # The sandbox a message was caught in, as the API's summary names it.
-            and (not c.sandbox or summary.get("sandbox") == c.sandbox)
         )
 
     def offer(self, item: _Item) -> None:
