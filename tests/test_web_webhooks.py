@@ -140,6 +140,13 @@ class Delivery(_Hooks):
         self.assertEqual([g.message_id for g in got], [first, first, second])
         await self._settled(hooks, delivered=2, queued=0)
 
+    async def test_a_huge_answer_is_not_read_to_its_end(self) -> None:
+        self.receiver.answers.append("big")
+        hooks = self.hooks(self.config())
+        self.deliver(2)
+        await self.receiver.requests(2)  # the next one went: the first answer did not hold it
+        await self._settled(hooks, delivered=2)
+
     async def test_gives_up_after_max_attempts_then_the_next_message(self) -> None:
         self.receiver.answers.extend([500, 500])
         hooks = self.hooks(self.config(max_attempts=2, retry_base=1.0))

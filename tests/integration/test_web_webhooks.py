@@ -109,6 +109,21 @@ class Webhooks(WebTestCase):
         summary = spec["components"]["schemas"]["Summary"]["properties"]
         self.assertLessEqual({"tags", "tag_sources"}, set(summary))
 
+    async def test_a_hanging_hook_does_not_hold_up_the_server(self) -> None:
+        hanging = Receiver(default="hang")
+        hook = WebhookConfig(url=hanging.listen(), timeout=3600, queue_size=2)
+        self.addCleanup(hanging.port.stopListening)  # type: ignore[union-attr]
+        await self.start(web=WebConfig(login=False, webhooks=(hook,)))
+        for n in range(4):
+            await self.send(subject=f"number {n}")  # SMTP answers 250 each time
+        page = await self.get("/api/v1/messages")
+        self.assertEqual(page["total"], 4)
+        await hanging.requests(1)
+        [log] = (await self.get("/api/v1/webhooks"))["webhooks"]
+        first = page["messages"][-1]["id"]
+        self.assertEqual((log["in_flight"], log["queued"], log["dropped"]), (first, 2, 1))
+        self.assertEqual(len(hanging.got), 1)  # one request at a time
+
     @property
     def hub_reactor(self) -> Any:
         from twisted.internet import reactor

@@ -1,5 +1,5 @@
 """A webhook receiver on 127.0.0.1 (twisted.web): records each POST and answers as told -
-a status code, or "hang" (no answer until the connection is closed)."""
+a status code, "hang" (no answer until the connection is closed) or "big" (200 and 4 MiB)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ class Receiver(Resource):
         reactor.callLater(0, self._wake)
         if answer == "hang":
             return NOT_DONE_YET
+        if answer == "big":  # 200 with a body far larger than the sender reads
+            request.setResponseCode(200)
+            return b"x" * (4 * 1024 * 1024)
         request.setResponseCode(int(answer))
         return b"ok"
 
