@@ -37,14 +37,18 @@ from tests.support.webhooks import Receiver
 
 
 def fill(store: MailStore, n: int) -> None:
-    folder = store.mailbox("user@example.com", create=True).folder()
+    """Messages written straight into new/ (as web_load.py does: one APPEND each would sync
+    the folder each time, which is not what is measured here)."""
+    store.mailbox("user@example.com", create=True).folder().sync()
+    new = store.root / "example.com" / "user" / "new"
     for i in range(n):
         to = "user+billing@example.com" if i % 5 == 0 else "user@example.com"
         subject = f"Invoice {i}" if i % 10 == 3 else f"Message {i}"
-        folder.append(
+        data = (
             f"From: shop@example.net\r\nTo: {to}\r\nSubject: {subject}\r\n"
             f"Message-ID: <{i}@example.net>\r\n\r\nHello {i}\r\n".encode()
         )
+        (new / f"{1_800_000_000 + i}.M{i}P4242Q{i}.bench,S={len(data)}").write_bytes(data)
 
 
 async def run(n: int, hooks: int) -> dict[str, float]:
