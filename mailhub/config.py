@@ -14,6 +14,7 @@ import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -315,6 +316,37 @@ class WebConfig:
     # Link checks (/api/v1/messages/{id}/links?check=1) may go to loopback, private and
     # link-local addresses and localhost names; off: such targets are refused.
     link_check_private: bool = False
+    # Issue 15: [[web.webhook]] (mailhub.web.webhooks) and [[web.tag]] rules (mailhub.web.tags).
+    webhooks: tuple[WebhookConfig, ...] = ()
+    tags: tuple[TagRuleConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One ``[[web.webhook]]``: every new message that passes the filters is POSTed to ``url``
+    as JSON, signed with ``secret`` (HMAC-SHA256), retried with exponential backoff."""
+
+    url: str
+    secret: str = ""  # empty: unsigned (no X-Mailhub-Signature)
+    # Filters (all given must hold): the mailbox address, the sandbox id, a tag, a folder.
+    mailbox: str = ""
+    sandbox: str = ""
+    tag: str = ""
+    folder: str = ""
+    timeout: float = 10.0  # seconds one attempt may take (connect, answer)
+    max_attempts: int = 10  # attempts per message, the first included
+    max_age: float = 3600.0  # seconds after the message came: no attempt after that
+    retry_base: float = 1.0  # the first retry's delay; doubled for each further one
+    retry_max: float = 300.0  # the longest delay between two attempts
+    queue_size: int = 1000  # messages waiting for this hook; beyond: dropped (counted, logged)
+
+
+@dataclass(frozen=True)
+class TagRuleConfig:
+    """One ``[[web.tag]]``: messages that match ``match`` (the API's search syntax) get ``tag``."""
+
+    match: str
+    tag: str
 
 
 @dataclass(frozen=True)
@@ -927,9 +959,57 @@ def _web(source: str, table: Mapping[str, Any], dev: bool) -> WebConfig:
         max_wait=float(r.number("max_wait", d.max_wait, 1, integer=False)),
         allowed_hosts=tuple(allowed_hosts),
         link_check_private=r.boolean("link_check_private", d.link_check_private),
+        webhooks=r.get("webhook", (), partial(_tables, source, _webhook)),
+        tags=r.get("tag", (), partial(_tables, source, _tag_rule)),
     )
     r.finish()
     return web
+
+
+# -- [[web.webhook]] and [[web.tag]] (issue 15) ------------------------------------------------
+
+
+def _tables(source: str, read: Callable[[_Reader], Any], key: str, value: Any) -> tuple[Any, ...]:
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError(source, f"[web] {key}", "must be an array of tables", f"[[web.{key}]]")
+    out = []
+    for table in value:
+        r = _Reader(source, f"web.{key}", table)
+        out.append(read(r))
+        r.finish()
+    return tuple(out)
+
+
+def _webhook(r: _Reader) -> WebhookConfig:
+    d = WebhookConfig(url="")
+    url = r.string("url", "")
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https") or not sep or not rest.strip("/"):
+        raise r._error("url", f"{url!r} is not an http:// or https:// URL", 'url = "http://..."')
+    return WebhookConfig(
+        url=url,
+        secret=r.string("secret", d.secret),
+        mailbox=r.string("mailbox", d.mailbox).strip().lower(),
+        sandbox=r.string("sandbox", d.sandbox).strip(),
+        tag=r.string("tag", d.tag).strip().lower(),
+        folder=r.string("folder", d.folder).strip(),
+        timeout=_duration(r, "timeout", r.get("timeout", d.timeout, lambda k, v: v)),
+        max_attempts=r.number("max_attempts", d.max_attempts, minimum=1),
+        max_age=_duration(r, "max_age", r.get("max_age", d.max_age, lambda k, v: v)),
+        retry_base=float(r.number("retry_base", d.retry_base, 0.001, integer=False)),
+        retry_max=float(r.number("retry_max", d.retry_max, 0.001, integer=False)),
+        queue_size=r.number("queue_size", d.queue_size, minimum=1),
+    )
+
+
+def _tag_rule(r: _Reader) -> TagRuleConfig:
+    match = r.string("match", "")
+    tag = r.string("tag", "").strip().lower()
+    if not match.strip():
+        raise r._error("match", "needs a search, as the API takes it", 'match = "subject:invoice"')
+    if not tag:
+        raise r._error("tag", "needs a tag name", 'tag = "billing"')
+    return TagRuleConfig(match=match, tag=tag)
 
 
 def _faults(source: str, table: Mapping[str, Any]) -> FaultsConfig:

@@ -248,6 +248,25 @@ class Inotify(TestCase):
         change = await told
         self.assertEqual((change.mailbox, change.folder), (B, "Lists"))
 
+    async def test_a_keyword_only_change_by_another_thread_is_told(self) -> None:
+        # A keyword STORE renames nothing: it touches cur/'s mtime (IN_ATTRIB), not its entries.
+        uid = self.store.mailbox(A).folder().append(b"Subject: k\r\n\r\nhi\r\n")
+        await self.changes_settled()
+        scans = self.changes.scans
+        d: defer.Deferred[StoreChange] = defer.Deferred()
+
+        def told(changes: list[StoreChange]) -> None:
+            for c in changes:
+                if c.kind == FLAGS and c.message and c.message.keywords and not d.called:
+                    d.callback(c)
+
+        self.addCleanup(self.changes.subscribe(told, A, "INBOX"))
+        other = MailStore(self.store.root, "localhost").mailbox(A).folder()  # as another process
+        await threads.deferToThread(other.store_flags, [uid], "add", keywords=["billing"])
+        change = await d
+        self.assertEqual(change.message and change.message.keywords, {"billing"})
+        self.assertEqual(self.changes.scans, scans)  # inotify, not a timed scan
+
     def changes_settled(self) -> defer.Deferred[None]:
         """The first look (on subscribing: the tree is watched from then on) has run."""
         self.changes.subscribe(lambda changes: None)

@@ -23,6 +23,7 @@ class Message:
     flagged: bool = False
     text: str = "tracking number zx9  on its way"
     reads: int = 0
+    tags: frozenset[str] = frozenset()
 
     def body(self) -> str:  # as the feed keeps it: lower case, one space between words
         self.reads += 1
@@ -62,6 +63,13 @@ class Parse(SynchronousTestCase):
 
 
 class Match(SynchronousTestCase):
+    def test_tag_is_exact(self) -> None:
+        tagged = Message(tags=frozenset({"billing", "invoice"}))
+        self.assertTrue(find("tag:billing", tagged))
+        self.assertTrue(find("tag:BILLING -tag:urgent", tagged))
+        self.assertFalse(find("tag:bill", tagged))  # not a substring match
+        self.assertFalse(find("tag:billing"))
+
     def test_fields(self) -> None:
         self.assertTrue(find("from:orders@shop"))
         self.assertFalse(find("from:alice"))

@@ -506,7 +506,7 @@ class StoreChanges(Service):
 
         return changed
 
-    def _watch_dir(self, path: Path, callback: Callable[..., None]) -> None:
+    def _watch_dir(self, path: Path, callback: Callable[..., None], extra: int = 0) -> None:
         if self._notifier is None or str(path) in self._watching:
             return
         from twisted.internet import inotify
@@ -517,6 +517,7 @@ class StoreChanges(Service):
             | inotify.IN_MOVED_FROM
             | inotify.IN_DELETE
             | inotify.IN_Q_OVERFLOW
+            | extra
         )
         try:
             self._notifier.watch(FilePath(str(path)), mask, callbacks=[callback])
@@ -543,7 +544,11 @@ class StoreChanges(Service):
             path = path / folder_dirname(name)
             self._watch_dir(path, self._mailbox_event(address, name))
         self._watch_dir(path / "new", self._folder_event(key))
-        self._watch_dir(path / "cur", self._folder_event(key))
+        # IN_ATTRIB: a keyword-only STORE renames nothing but touches cur/'s mtime
+        # (mailhub.store.flags); without it only the timed scan would see keyword changes.
+        from twisted.internet.inotify import IN_ATTRIB
+
+        self._watch_dir(path / "cur", self._folder_event(key), IN_ATTRIB)
 
 
 def _name(path: FilePath[Any]) -> str:

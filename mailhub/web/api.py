@@ -34,6 +34,7 @@ from mailhub.store import LockTimeout, MailboxNotFound, MessageGone, StoreError
 from mailhub.store.lockwait import retry_busy
 from mailhub.store.names import FLAGGED, SEEN
 from mailhub.web import parse, search
+from mailhub.web import tags as tagging
 from mailhub.web.access import Viewer
 from mailhub.web.feed import Change, Entry, MailFeed
 from mailhub.web.ids import parse_id
@@ -43,6 +44,7 @@ from mailhub.web.release import ReleaseError, release
 from mailhub.web.sanitise import count_remote, data_url, document, sanitise
 from mailhub.web.spam import SpamScores
 from mailhub.web.spam import handle as spam_handle
+from mailhub.web.webhooks import Webhooks
 
 log = Logger()
 
@@ -96,10 +98,10 @@ def _request(request: IRequest) -> Request:
 class _Candidate:
     """An entry seen through the search module's eyes; parses the message only when asked."""
 
-    __slots__ = ("_entry", "_feed", "folder", "mailbox", "received")
+    __slots__ = ("_entry", "_feed", "_tagger", "folder", "mailbox", "received")
 
-    def __init__(self, feed: MailFeed, entry: Entry) -> None:
-        self._feed, self._entry = feed, entry
+    def __init__(self, feed: MailFeed, entry: Entry, tagger: tagging.Tagger) -> None:
+        self._feed, self._entry, self._tagger = feed, entry, tagger
         self.mailbox = entry.ref.mailbox
         self.folder = entry.ref.folder
         self.received = float(entry.received)
@@ -142,9 +144,13 @@ class _Candidate:
     def body(self) -> str:
         return self._feed.search_text(self._entry)
 
+    @property
+    def tags(self) -> frozenset[str]:
+        return self._tagger.tags(self._feed, self._entry, self)
+
 
 # Search terms that need a message's summary (the others: mailbox, folder, flags, dates).
-_SUMMARY_KEYS = frozenset(("", "from", "to", "cc", "subject", "has"))
+_SUMMARY_KEYS = frozenset(("", "from", "to", "cc", "subject", "has", "tag"))
 # A search works through the entries in slices of this many, giving the reactor a turn between
 # slices that took longer than YIELD_AFTER seconds (cold summaries: parsing).
 SLICE = 256
@@ -181,6 +187,9 @@ class Api:
         # Open long polls and event streams -> how to end each at shutdown.
         self.streams: dict[IRequest, Callable[[], None]] = {}
         self.lab = Lab(self)  # checks, links and codes of a message (issue 15)
+        # Issue 15: tag rules and webhooks (mailhub.web.tags, .webhooks), set by make_site.
+        self.tagger = tagging.Tagger()
+        self.webhooks: Webhooks | None = None
 
     # --- dispatch --------------------------------------------------------------------------
 
@@ -209,6 +218,8 @@ class Api:
             routes = {"GET": self.wait}
         elif n == 1 and path[0] == "events":
             routes = {"GET": self.events}
+        elif n == 1 and path[0] == "webhooks":
+            routes = {"GET": self.webhook_log}
         elif n in (1, 2) and path[0] == "faults":
             args = tuple(path[1:])
             routes = (
@@ -294,6 +305,8 @@ class Api:
         auth = summary.auth
         ours = len(auth) == 4 and auth[0].lower() == self.authserv_id.lower()
         out["auth"] = dict(zip(("spf", "dkim", "dmarc"), auth[1:], strict=True)) if ours else None
+        sources = self.tagger.sources(self.feed, entry, _Candidate(self.feed, entry, self.tagger))
+        out["tags"], out["tag_sources"] = list(sources), sources
         return out
 
     @staticmethod
@@ -316,7 +329,7 @@ class Api:
 
     def _terms(self, request: IRequest, extra: tuple[str, ...] = ()) -> tuple[search.Term, ...]:
         parts = [self._query(request, "q") or ""]
-        for key in ("mailbox", "folder", *extra):
+        for key in ("mailbox", "folder", "tag", *extra):
             value = self._query(request, key)
             if value:
                 parts.append(f"{key}:{json.dumps(value)}")
@@ -333,7 +346,7 @@ class Api:
             if not viewer.may_see(entry.ref.mailbox):
                 continue
             try:
-                if search.matches(terms, _Candidate(self.feed, entry)):
+                if search.matches(terms, _Candidate(self.feed, entry, self.tagger)):
                     found.append(entry)
             except (MessageGone, StoreError, FileNotFoundError):
                 continue  # deleted while we looked
@@ -352,6 +365,8 @@ class Api:
             await self._fill(visible, "summary", self.feed.summarise)
         if any(t.key == "" for t in terms):
             await self._fill(visible, "text", self.feed.search_texts)
+        if any(t.key == "tag" for t in terms):
+            await self._fill(visible, "recipient", partial(tagging.fill_recipients, self.feed))
         found: list[Entry] = []
         began = perf_counter()
         for i in range(0, len(visible), SLICE):
@@ -479,6 +494,7 @@ class Api:
             total, unread = len(found), sum(1 for e in found if SEEN not in e.flags)
             page = found[start : start + limit]
         self.feed.summarise(page)
+        tagging.fill_recipients(self.feed, page)  # plus tags: one cache pass per folder
         messages = []
         for entry in page:
             try:
@@ -599,6 +615,11 @@ class Api:
 
     async def patch(self, request: IRequest, viewer: Viewer, entry: Entry) -> Any:
         body = self._body(request)
+        if "tags" in body:  # issue 15: manual tags (mailhub.web.tags)
+            await self._patch_tags(entry, body.pop("tags"))
+            if not body:
+                self.feed.catch_up()
+                return self.summary_json(entry)
         unknown = set(body) - {"seen", "flagged"}
         if unknown or not body:
             raise ApiError(400, 'send {"seen": true|false} and/or {"flagged": true|false}')
@@ -620,6 +641,23 @@ class Api:
                 raise ApiError(503, "the mailbox is busy, try again") from None
         self.feed.catch_up()  # publishes the change to the page and other viewers
         return self.summary_json(entry)
+
+    async def _patch_tags(self, entry: Entry, change: Any) -> None:
+        try:
+            add, remove = tagging.parse_change(change)
+            derived = self.tagger.sources(
+                self.feed, entry, _Candidate(self.feed, entry, self.tagger)
+            )
+            await tagging.change(self.feed, self.clock, entry, add, remove, derived)
+        except tagging.TagError as e:
+            if e.status == 404:
+                self.feed.catch_up()
+            raise ApiError(e.status, str(e)) from None
+
+    async def webhook_log(self, request: IRequest, viewer: Viewer) -> Any:
+        if not viewer.admin:
+            raise ApiError(403, "only admins may see webhooks")
+        return {"webhooks": self.webhooks.describe() if self.webhooks is not None else []}
 
     async def delete(self, request: IRequest, viewer: Viewer, entry: Entry) -> Any:
         try:

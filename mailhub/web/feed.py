@@ -76,6 +76,8 @@ class Entry:
     summary: parse.Summary | None = None  # parsed on first use; message files never change
     search: Any = None  # what the API's search matches against, made from the summary once
     text: str | None = None  # the body text free-text search looks in, read on first use
+    keywords: frozenset[str] = frozenset()  # IMAP keywords: manual tags (mailhub.web.tags)
+    recipient: str | None = None  # our Received's "for" address (plus tags), read on first use
 
     @property
     def id(self) -> str:
@@ -362,9 +364,10 @@ class MailFeed(Service):
                 continue
             elif c.kind == EXPUNGED:
                 changes.append(Change("deleted", self._forget(known, m.key)))
-            elif entry.flags != m.flags or entry.uid != m.uid:  # not keywords: not shown
+            elif entry.flags != m.flags or entry.uid != m.uid or entry.keywords != m.keywords:
                 self._set_flags(entry, m.flags)
                 entry.uid = m.uid
+                entry.keywords = m.keywords  # manual tags (mailhub.web.tags)
                 changes.append(Change("flags", entry))
         # Messages noticed together are numbered in the order they arrived.
         fresh.sort(key=lambda f: f[0])
@@ -379,7 +382,7 @@ class MailFeed(Service):
             return  # told twice (what was known when we subscribed, then a look)
         self.seq += 1
         ref = MessageRef(mailbox, folder, m.key)
-        entry = Entry(self.seq, ref, m.uid, m.size, m.internaldate, m.flags)
+        entry = Entry(self.seq, ref, m.uid, m.size, m.internaldate, m.flags, keywords=m.keywords)
         known.ids[m.key] = entry
         known.unread += SEEN not in entry.flags
         self.entries[entry.id] = entry

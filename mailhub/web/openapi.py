@@ -15,11 +15,76 @@ _SEARCH = [
         "in": "query",
         "schema": {"type": "string"},
         "description": "Search: from: to: cc: subject: has:attachment is:unread is:read "
-        "is:flagged before:DATE after:DATE mailbox: folder:, free text; -term negates.",
+        "is:flagged before:DATE after:DATE mailbox: folder: tag:, free text; -term negates.",
     },
     {"name": "mailbox", "in": "query", "schema": {"type": "string"}},
     {"name": "folder", "in": "query", "schema": {"type": "string"}},
+    {"name": "tag", "in": "query", "schema": {"type": "string"}, "description": "as tag:"},
 ]
+
+# Issue 15: tags (mailhub.web.tags) and webhooks (mailhub.web.webhooks).
+_TAG_FIELDS: dict[str, Any] = {
+    "tags": {"type": "array", "items": {"type": "string"}, "description": "sorted, lower case"},
+    "tag_sources": {
+        "type": "object",
+        "description": "tag -> where it comes from: manual (an IMAP keyword), address "
+        "(user+tag@), rule ([[web.tag]]); only manual tags can be removed",
+        "additionalProperties": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["manual", "address", "rule"]},
+        },
+    },
+}
+_TAGS_PATCH = {
+    "type": "object",
+    "properties": {
+        "seen": {"type": "boolean"},
+        "flagged": {"type": "boolean"},
+        "tags": {
+            "type": "object",
+            "properties": {
+                "add": {"type": "array", "items": {"type": "string"}, "maxItems": 50},
+                "remove": {"type": "array", "items": {"type": "string"}, "maxItems": 50},
+            },
+        },
+    },
+}
+_WEBHOOK_SCHEMAS: dict[str, Any] = {
+    "Webhook": {
+        "type": "object",
+        "description": "One [[web.webhook]]: its counters and last 50 attempts, newest first",
+        "properties": {
+            "url": {"type": "string", "description": "a password in it shown as ***"},
+            "signed": {"type": "boolean"},
+            "filters": {"type": "object", "additionalProperties": {"type": "string"}},
+            "queued": {"type": "integer"},
+            "in_flight": {"type": ["string", "null"], "description": "a message id"},
+            "delivered": {"type": "integer"},
+            "failed_attempts": {"type": "integer"},
+            "gave_up": {"type": "integer", "description": "max_attempts or max_age reached"},
+            "dropped": {"type": "integer", "description": "the queue was full"},
+            "attempts": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "time": {"type": "string", "format": "date-time"},
+                        "message": {"type": "string"},
+                        "delivery": {"type": "string"},
+                        "attempt": {"type": "integer"},
+                        "status": {"type": ["integer", "null"]},
+                        "latency_ms": {"type": ["number", "null"]},
+                        "error": {"type": ["string", "null"]},
+                        "outcome": {
+                            "type": "string",
+                            "enum": ["delivered", "retrying", "gave up", "dropped", "stopped"],
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -486,6 +551,7 @@ def openapi() -> dict[str, Any]:
                                 "dmarc": {"type": "string"},
                             },
                         },
+                        **_TAG_FIELDS,
                     },
                 },
                 "Message": {
@@ -506,6 +572,7 @@ def openapi() -> dict[str, Any]:
                 **_SANDBOX_SCHEMAS,
                 **_LAB_SCHEMAS,
                 **_SPAM_SCHEMAS,
+                **_WEBHOOK_SCHEMAS,
                 "MessageList": {
                     "type": "object",
                     "properties": {
@@ -553,12 +620,17 @@ def openapi() -> dict[str, Any]:
                     _json("The message", {"$ref": "#/components/schemas/Message"}),
                     params=[_ID],
                 ),
-                "patch": _op(
-                    "Mark seen/unseen, flagged: {seen: bool, flagged: bool}",
-                    _json("The summary"),
-                    params=[_ID],
-                    body=True,
-                ),
+                "patch": {
+                    **_op(
+                        "Mark seen/unseen, flagged, add/remove manual tags: {seen: bool, "
+                        "flagged: bool, tags: {add: [...], remove: [...]}}; removing a tag "
+                        "that only a rule or the address gives: 409",
+                        _json("The summary"),
+                        params=[_ID],
+                        errors=("400", "404", "409"),
+                    ),
+                    "requestBody": {"content": {"application/json": {"schema": _TAGS_PATCH}}},
+                },
                 "delete": _op("Delete", _json("Deleted"), params=[_ID]),
             },
             "/api/v1/messages/{id}/raw": {
@@ -633,6 +705,24 @@ def openapi() -> dict[str, Any]:
                     "Server-Sent Events: new, flags, deleted",
                     {"description": "Event stream", "content": {"text/event-stream": {}}},
                     errors=(),
+                )
+            },
+            "/api/v1/webhooks": {
+                "get": _op(
+                    "Webhooks and their delivery log (admins)",
+                    _json(
+                        "The hooks",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "webhooks": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Webhook"},
+                                }
+                            },
+                        },
+                    ),
+                    errors=("403",),
                 )
             },
             "/api/v1/faults": {

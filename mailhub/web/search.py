@@ -2,11 +2,12 @@
 
     from:alice  to:bob@example.com  subject:"weekly report"  has:attachment  is:unread
     before:2026-01-31  after:2026-01-01T12:00  mailbox:bob@example.com  invoice  -draft
+    tag:billing
 
 Terms are ANDed; ``-term`` negates one. Values compare case-insensitively as substrings; dates
 are ISO 8601 (a day means its midnight, UTC unless an offset is given) against the time the
-message arrived. Free text looks in the subject, the addresses and the body text (its first
-64 K characters: mailhub.web.scan.SEARCH_TEXT).
+message arrived; ``tag:`` is exact (mailhub.web.tags). Free text looks in the subject, the
+addresses and the body text (its first 64 K characters: mailhub.web.scan.SEARCH_TEXT).
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-KEYS = ("from", "to", "cc", "subject", "has", "is", "before", "after", "mailbox", "folder")
+KEYS = (
+    *("from", "to", "cc", "subject", "has", "is", "before", "after", "mailbox", "folder"),
+    "tag",
+)
 MAX_QUERY = 2000
 
 
@@ -67,6 +71,9 @@ class Candidate(Protocol):
     def flagged(self) -> bool: ...
 
     def body(self) -> str: ...  # the body text, lower case, whitespace runs made one space
+
+    @property
+    def tags(self) -> frozenset[str]: ...  # lower case (mailhub.web.tags)
 
 
 def parse(query: str) -> tuple[Term, ...]:
@@ -144,6 +151,8 @@ def _holds(term: Term, c: Candidate) -> bool:
         if value == "flagged":
             return c.flagged
         return c.seen if value in ("read", "seen") else not c.seen
+    if key == "tag":
+        return value in c.tags
     if key == "before":
         return c.received < float(value)
     if key == "after":

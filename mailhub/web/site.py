@@ -22,6 +22,8 @@ from mailhub.web.api import Api, ApiError, error_body, unexpected
 from mailhub.web.feed import MailFeed
 from mailhub.web.sandboxes import SandboxApi
 from mailhub.web.spam import spam_scores
+from mailhub.web.tags import Tagger
+from mailhub.web.webhooks import AgentPoster, Webhooks
 
 log = Logger()
 
@@ -315,9 +317,13 @@ class WebSite(Site):
         super().startFactory()
         if not self.feed.running:
             self.feed.startService()
+        if self.api.webhooks is not None:
+            self.api.webhooks.start()  # after the feed's first look: mail already there is not new
 
     def stopFactory(self) -> None:
         self.api.close_streams()
+        if self.api.webhooks is not None:
+            self.api.webhooks.stop()
         if self.feed.running:
             self.feed.stopService()
         super().stopFactory()
@@ -357,6 +363,12 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         api.sandboxes = SandboxApi(api, sandboxes, getattr(shared, "listening", None))
     api.lab.configure(link_check_private=config.web.link_check_private)
     api.retention = getattr(shared, "retention", None)  # the dev stack's pruning counts
+    # Issue 15: [[web.tag]] rules (a bad match is a ConfigError here) and [[web.webhook]]s.
+    api.tagger = Tagger.from_config(config)
+    if config.web.webhooks:
+        api.webhooks = Webhooks(
+            feed, clock, config.web.webhooks, api.summary_json, AgentPoster(clock)
+        )
     access = Access(
         login=config.web.login,
         admins=config.web.admins,

@@ -124,7 +124,7 @@ async function refresh() {
 // are updated, and rows move only when the order changed.
 function rowContent(m) {
   return [el("span", { class: "from" }, short(m.from)), el("span", { class: "time", title: m.received }, when(m.received)),
-    el("span", { class: "subj" }, (m.has_attachments ? "📎 " : "") + (m.subject || "(no subject)")), el("span", { class: "size" }, size(m.size)),
+    el("span", { class: "subj" }, ...tagChips(m, false), (m.has_attachments ? "📎 " : "") + (m.subject || "(no subject)")), el("span", { class: "size" }, size(m.size)),
     el("span", { class: "to" }, "To: " + (m.to.map(short).join(", ") || m.mailbox)), authBadge(m.auth),
     el("span", { class: "snippet" }, m.snippet)];
 }
@@ -143,7 +143,7 @@ function updateRow(li, m) {
   const cls = "msg" + (m.seen ? "" : " unread") + (selected ? " selected" : "") + (m.has_attachments ? " has-attachment" : "");
   if (li.className !== cls) li.className = cls;
   if (li.getAttribute("aria-selected") !== String(selected)) li.setAttribute("aria-selected", String(selected));
-  const shown = JSON.stringify([m.from, m.received, when(m.received), m.has_attachments, m.subject, m.size, m.to, m.mailbox, m.snippet, m.auth]);
+  const shown = JSON.stringify([m.from, m.received, when(m.received), m.has_attachments, m.subject, m.size, m.to, m.mailbox, m.snippet, m.auth, m.tag_sources]);
   if (li.dataset.shown !== shown) { li.dataset.shown = shown; li.replaceChildren(...rowContent(m)); }
 }
 
@@ -182,6 +182,7 @@ async function openMessage(id) {
   $("#text").textContent = m.text || "(no plain-text part)";
   $("#headers tbody").replaceChildren(...m.headers.map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, v))));
   renderAuth(m.authentication);
+  renderTags(m);
   $("#envelope tbody").replaceChildren(...Object.entries(m.envelope).map(([k, v]) => el("tr", {}, el("td", {}, k.replace("_", " ")), el("td", {}, String(v ?? "")))));
   $("#raw").textContent = "";
   $("#checks").replaceChildren(); lab.loaded = null;
@@ -192,6 +193,36 @@ async function openMessage(id) {
   if (!m.seen) { try { await api(`/messages/${id}`, { method: "PATCH", json: { seen: true } }); } catch (e) { /* shown on next refresh */ } }
   state.open.seen = true;
   renderList();
+}
+
+// --- tags (mailhub.web.tags): chips that filter, manual ones removable ----------------------
+
+function filterTag(tag) {
+  state.q = `tag:${tag}`; $("#q").value = state.q;
+  closeMessage(); refresh();
+}
+
+function tagChips(m, removable) {
+  return (m.tags || []).map((t) => {
+    const sources = (m.tag_sources || {})[t] || [];
+    const chip = el("span", { class: "tag", dataset: { tag: t }, title: `tag from ${sources.join(" and ")}; click to list its messages` },
+      el("button", { type: "button", class: "tag-name", onclick: (e) => { e.stopPropagation(); filterTag(t); } }, t));
+    if (removable && sources.includes("manual")) {
+      chip.append(el("button", { type: "button", class: "tag-remove", title: `Remove tag ${t}`, "aria-label": `Remove tag ${t}`,
+        onclick: (e) => { e.stopPropagation(); changeTags({ remove: [t] }).catch((err) => status(err.message, true)); } }, "×"));
+    }
+    return chip;
+  });
+}
+
+function renderTags(m) { $("#tags").replaceChildren(...tagChips(m, true)); }
+
+async function changeTags(change) {
+  const m = state.open; if (!m) return;
+  const summary = await api(`/messages/${m.id}`, { method: "PATCH", json: { tags: change } });
+  m.tags = summary.tags; m.tag_sources = summary.tag_sources;
+  renderTags(m);
+  refresh();
 }
 
 // --- authentication results (mailhub.checks.explain: the API's "authentication") ---------
@@ -465,6 +496,12 @@ document.addEventListener("DOMContentLoaded", () => {
     const what = state.q || state.mailbox ? "every message shown" : "ALL messages in every mailbox";
     if (!confirm(`Delete ${what}?`)) return;
     try { await api("/messages?" + query(), { method: "DELETE" }); closeMessage(); refresh(); } catch (e) { status(e.message, true); }
+  });
+  $("#tag-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const input = $("#tag-input"), tag = input.value.trim();
+    if (!tag) return;
+    changeTags({ add: [tag] }).then(() => { input.value = ""; }, (err) => status(err.message, true));
   });
   const dialog = $("#release-dialog");
   $("#release").addEventListener("click", () => { $("#release-result").textContent = ""; dialog.showModal(); });
