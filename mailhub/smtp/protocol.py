@@ -37,6 +37,7 @@ from mailhub.addresses import (
 from mailhub.connlimit import Slot
 from mailhub.envelope import Recipient
 from mailhub.inputpump import TOO_LONG, InputPump
+from mailhub.net import write_now
 from mailhub.smtp import replies as R
 from mailhub.smtp.auth import SMTPAuth
 from mailhub.smtp.data import (
@@ -142,7 +143,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
 
     def greet(self) -> None:
         """The 220 greeting (RFC 5321 3.1)."""
-        self.transport.write(self.factory.greeting.wire)
+        write_now(self.transport, self.factory.greeting.wire)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
@@ -180,7 +181,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
     def _shutdown(self, reply: Reply) -> None:
         if self._closing:
             return
-        self.transport.write(reply.wire)
+        write_now(self.transport, reply.wire)
         self._closing = True
         self.setTimeout(None)
         txn = self._txn
@@ -232,7 +233,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
             # RFC 5321 4.2.2: 421 means the server is closing the channel; so it does.
             self._shutdown(reply)
             return
-        self.transport.write(reply.wire)
+        write_now(self.transport, reply.wire)
         if reply.code >= 500:
             self._errors += 1
             if self._errors >= self._limits.max_errors:
@@ -496,7 +497,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
         if arg:
             self.respond(R.syntax("QUIT"))
             return
-        self.transport.write(R.BYE.wire)
+        write_now(self.transport, R.BYE.wire)
         self._closing = True
         self.setTimeout(None)
         self._reset_transaction()
