@@ -195,6 +195,8 @@ def _signature_fields(message: bytes) -> list[bytes] | None:
     """The raw values of the DKIM-Signature fields, in dkimpy's order (top first), read with
     dkimpy's own header parser so that its ``idx`` and ours name the same field."""
     end = _header_end(message)
+    if b"dkim-signature" not in message[:end].lower():
+        return []  # unsigned (most mail): no need to parse the header with dkimpy
     try:
         headers, _ = dkim.rfc822_parse(message[:end] + b"\r\n")
     except Exception:  # dkimpy raises MessageFormatError, or IndexError on a leading fold
