@@ -3,14 +3,20 @@
 
     python3 benchmarks/smtp_load.py --host 127.0.0.1 --port 1025 \\
         --messages 5000 --size 4096 --connections 20 --rcpt-domain example.com \\
-        [--maildir-root DIR] [--procs P] [--json]
+        [--maildir-root DIR] [--procs P] [--conn-per-message] [--json]
 
 Each connection says EHLO once, then sends its messages one after another on the same session:
 MAIL+RCPT+DATA in one write when the server advertises PIPELINING (RFC 2920), then the message
 body once 354 has come back. Message i goes to ``user{i % 100}@DOMAIN``.
 
 The clock starts when every connection (in every process) has had its EHLO answered and stops at
-the last 250 for an end of data ("acked"). With ``--maildir-root`` the run also polls that tree
+the last 250 for an end of data ("acked").
+
+``--conn-per-message`` is how other MTAs deliver (and Postfix's ``smtp-source`` without
+``-d``): C sessions at a time, each a new TCP connection for one message -- connect, greeting,
+EHLO, MAIL+RCPT+DATA, the message, QUIT, and the server closes -- then the next connection.
+The clock starts before the first connect; a message's latency runs from its connect() to the
+250 after its data. With ``--maildir-root`` the run also polls that tree
 until it holds N more files in ``new/``/``cur/`` directories than it did before the run
 ("in Maildir"), and fails when it does not within ``--maildir-timeout``.
 
@@ -107,6 +113,7 @@ class Conn:
     ok: bool = True  # current message still good
     msg: int = -1
     t_sent: float = 0.0
+    closed: bool = False
 
 
 class Worker:
@@ -134,6 +141,11 @@ class Worker:
         self.banner = ""
         self.t_last_ack = 0.0
         self.sending = False
+        # --conn-per-message: a new connection per message; nlive counts open connections.
+        self.per_message = bool(getattr(args, "conn_per_message", False))
+        self.nlive = 0
+        self.sessions = 0
+        self.pipelining_seen = False
 
     # ---- output
     def send(self, c: Conn, *chunks: bytes | memoryview) -> None:
@@ -177,10 +189,13 @@ class Worker:
             return
         i = self.indices[self.next]
         self.next += 1
+        c.t_sent = time.monotonic()
+        self.send_message(c, i)
+
+    def send_message(self, c: Conn, i: int) -> None:
         c.msg = i
         c.ok = True
         rcpt = b"RCPT TO:<user%d@%s>" % (i % MAILBOXES, self.domain)
-        c.t_sent = time.monotonic()
         c.state = "group"
         c.expect = [b"250", b"250", b"354"]
         if c.pipelining:  # RFC 2920: MAIL, RCPT and DATA in one write
@@ -219,6 +234,10 @@ class Worker:
             else:
                 self.failed += 1
                 self.note(c, code, text)
+            if self.per_message:
+                c.state = "quit"
+                self.send(c, b"QUIT\r\n")
+                return
             self.next_message(c)
         elif st == "rset":
             self.next_message(c)
@@ -236,9 +255,15 @@ class Worker:
                 return
             words = {t.split(b" ", 1)[0].upper() for t in text[1:]}
             c.pipelining = b"PIPELINING" in words and not self.a.no_pipelining
+            self.pipelining_seen = self.pipelining_seen or c.pipelining
             c.state = "idle"
             self.ready += 1
+            if self.per_message:
+                self.send_message(c, c.msg)
         elif st == "quit":
+            if self.per_message:  # the server closes after 221 (RFC 5321 4.1.1.10)
+                c.state = "closing"
+                return
             c.state = "done"
             self.close(c)
 
@@ -259,7 +284,7 @@ class Worker:
             self.fail_conn(c, f"recv: {e}")
             return
         if not data:
-            if c.state not in ("quit", "done"):
+            if c.state not in ("quit", "closing", "done"):
                 self.fail_conn(c, f"server closed the connection in state {c.state}")
             else:
                 self.close(c)
@@ -282,22 +307,62 @@ class Worker:
         c.buf = buf[start:]
 
     def fail_conn(self, c: Conn, why: str) -> None:
-        self.errors.append(f"conn {c.cid}: {why}")
-        if c.state in ("group", "data"):
+        if len(self.errors) < 50:
+            self.errors.append(f"conn {c.cid}: {why}")
+        if c.state in ("group", "data") or (
+            self.per_message and c.state in ("greeting", "ehlo", "idle")
+        ):
             self.failed += 1
         c.state = "done"
         self.close(c)
 
     def close(self, c: Conn) -> None:
+        c.state = "done"
+        if c.closed:
+            return
+        c.closed = True
         try:
             self.sel.unregister(c.sock)
         except (KeyError, ValueError):
             pass
         c.sock.close()
-        c.state = "done"
+        self.nlive -= 1
+        if self.per_message and self.sending:
+            self.new_session(c.cid)
 
     def live(self) -> int:
-        return sum(1 for c in self.conns if c.state != "done")
+        return self.nlive
+
+    def open_conn(self, cid: int) -> Conn:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        try:
+            s.connect((self.a.host, self.a.port))
+        except BlockingIOError:
+            pass
+        c = Conn(s, cid)
+        self.nlive += 1
+        self.sel.register(s, selectors.EVENT_READ, c)
+        return c
+
+    def new_session(self, cid: int) -> None:
+        """--conn-per-message: the next message on a new connection (none left: nothing)."""
+        if self.next >= len(self.indices):
+            return
+        i = self.indices[self.next]
+        self.next += 1
+        self.sessions += 1
+        t = time.monotonic()
+        try:
+            c = self.open_conn(cid)
+        except OSError as e:
+            self.failed += 1
+            if len(self.errors) < 50:
+                self.errors.append(f"conn {cid}: connect: {e}")
+            return
+        c.msg = i
+        c.t_sent = t
 
     def loop_until(self, cond, deadline: float) -> bool:
         select = self.sel.select
@@ -314,17 +379,10 @@ class Worker:
 
     # ---- phases
     def connect(self) -> None:
+        if self.per_message:  # connections are made as part of the timed run
+            return
         for cid in range(self.nconns):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            s.setblocking(False)
-            try:
-                s.connect((self.a.host, self.a.port))
-            except BlockingIOError:
-                pass
-            c = Conn(s, cid)
-            self.conns.append(c)
-            self.sel.register(s, selectors.EVENT_READ, c)
+            self.conns.append(self.open_conn(cid))
         deadline = time.monotonic() + 30
         ok = self.loop_until(
             lambda: self.ready + (self.nconns - self.live()) >= self.nconns, deadline
@@ -336,6 +394,16 @@ class Worker:
 
     def blast(self, deadline: float) -> None:
         self.sending = True
+        if self.per_message:
+            for cid in range(self.nconns):
+                self.new_session(cid)
+            self.loop_until(lambda: self.nlive == 0, deadline)
+            self.sending = False
+            for key in list(self.sel.get_map().values()):
+                c = key.data
+                self.errors.append(f"conn {c.cid}: timed out in state {c.state}")
+                self.close(c)
+            return
         for c in self.conns:
             if c.state == "idle":
                 self.next_message(c)
@@ -383,7 +451,8 @@ def run_worker(args, indices, nconns, run, barrier, results) -> dict:
         "cpu": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
         "errors": w.errors,
         "banner": w.banner,
-        "pipelining": any(c.pipelining for c in w.conns),
+        "pipelining": any(c.pipelining for c in w.conns) or w.pipelining_seen,
+        "sessions": w.sessions if w.per_message else nconns,
     }
     if results is not None:
         results.put(res)
@@ -439,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pipelining", action="store_true", help="lock-step even if advertised")
     ap.add_argument("--size-param", action="store_true", help="send MAIL FROM ... SIZE=S")
     ap.add_argument("--template", help="send this message file (after a Message-ID line)")
+    ap.add_argument(
+        "--conn-per-message",
+        action="store_true",
+        help="a new connection (greeting, EHLO, ..., QUIT) for every message",
+    )
     ap.add_argument("--label", default="", help="free text carried into the output")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead")
     a = ap.parse_args(argv)
@@ -493,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         "size": a.size,
         "connections": a.connections,
         "procs": a.procs,
+        "conn_per_message": a.conn_per_message,
+        "sessions": sum(r["sessions"] for r in results),
         "acked": acked,
         "failed": sum(r["failed"] for r in results),
         "unsent": sum(r["unsent"] for r in results),
@@ -546,7 +622,10 @@ def print_table(o: dict) -> None:
         ),
         (
             "load",
-            f"{o['messages']} x {o['size']} B over {o['connections']} conns, {o['procs']} proc(s)",
+            f"{o['messages']} x {o['size']} B over {o['connections']} conns, {o['procs']} proc(s)"
+            + (
+                f", a new connection per message ({o['sessions']})" if o["conn_per_message"] else ""
+            ),
         ),
         (
             "acked (250)",

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
+from collections.abc import Callable
+from typing import Any
 
-from mailhub.net import is_loopback
+from twisted.internet import reactor, tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mailhub.net import is_loopback, write_now
 
 
 class LoopbackTests(SynchronousTestCase):
@@ -13,3 +22,77 @@ class LoopbackTests(SynchronousTestCase):
             self.assertTrue(is_loopback(address), address)
         for address in ("192.0.2.1", "::ffff:192.0.2.1", "2001:db8::1", "", "/tmp/sock"):
             self.assertFalse(is_loopback(address), address)
+
+
+class _Sink(Protocol):
+    """The client end: collects what the server sends until it closes."""
+
+    def __init__(self, done: Deferred[bytes]) -> None:
+        self.data = b""
+        self.done = done
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.done.callback(self.data)
+
+
+class _Server(Protocol):
+    """Runs ``action(transport)`` once connected."""
+
+    def __init__(self, action: Callable[[Any], None]) -> None:
+        self.action = action
+
+    def connectionMade(self) -> None:
+        self.action(self.transport)
+
+
+class WriteNowTests(TestCase):
+    """write_now: one send() for a reply on an idle TCP transport, else transport.write."""
+
+    def exchange(self, action: Callable[[Any], None]) -> Deferred[bytes]:
+        """Listen on 127.0.0.1 (port 0), connect, run ``action`` on the server's transport;
+        fires with every octet the client received."""
+        factory = Factory.forProtocol(lambda: _Server(action))
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        done: Deferred[bytes] = Deferred()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        connectProtocol(endpoint, _Sink(done))
+        return done
+
+    async def test_sent_at_once(self) -> None:
+        seen: dict[str, object] = {}
+
+        def action(transport: Any) -> None:
+            self.assertIs(type(transport), tcp.Server)
+            write_now(transport, b"220 ready\r\n")
+            # Sent by the call itself: nothing queued, the reactor not asked to watch for writing.
+            seen["queued"] = transport._tempDataLen + len(transport.dataBuffer)
+            seen["watched"] = transport in reactor.getWriters()  # type: ignore[attr-defined]
+            write_now(transport, b"221 bye\r\n")
+            transport.loseConnection()
+
+        received = await self.exchange(action)
+        self.assertEqual(received, b"220 ready\r\n221 bye\r\n")
+        self.assertEqual(seen, {"queued": 0, "watched": False})
+
+    async def test_after_queued_data_keeps_the_order(self) -> None:
+        big = bytes(range(256)) * 40_000  # ~10 MB: more than the socket takes at once
+
+        def action(transport: Any) -> None:
+            transport.write(big)  # queued by Twisted, not sent yet
+            write_now(transport, b"250 after\r\n")  # must not overtake it
+            self.assertTrue(transport._tempDataLen > 0)
+            transport.loseConnection()
+
+        received = await self.exchange(action)
+        self.assertEqual(len(received), len(big) + len(b"250 after\r\n"))
+        self.assertTrue(received.endswith(b"250 after\r\n"))
+        self.assertEqual(received[: len(big)], big)
+
+    def test_other_transports_use_write(self) -> None:
+        transport = StringTransport()
+        write_now(transport, b"250 ok\r\n")
+        self.assertEqual(transport.value(), b"250 ok\r\n")

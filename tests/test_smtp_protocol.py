@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.config import DomainsConfig, Limits, SMTPConfig
 from mailhub.interfaces import DeliveryError
+from mailhub.smtp import protocol as protocol_module
 from mailhub.smtp.protocol import MAX_PENDING_INPUT
 from mailhub.tls import HANDSHAKE_GRACE
 from tests.support.smtp import LOCAL, Harness, SlowPolicy, body_of, limits
@@ -465,6 +466,38 @@ class PipeliningTests(SynchronousTestCase):
         lines = self.d.replies()
         self.assertEqual(lines[0], "250 2.1.0 Ok")
         self.assertEqual(set(lines[1:]), {"250 2.0.0 Ok"})
+
+
+class ReplyWriteTests(SynchronousTestCase):
+    """A reply goes out at once (mailhub.net.write_now) only when no further command is
+    buffered; the replies to pipelined commands are queued and leave together."""
+
+    def setUp(self) -> None:
+        self.direct: list[bytes] = []
+
+        def write_now(transport: object, data: bytes) -> None:
+            self.direct.append(data)
+            transport.write(data)  # type: ignore[attr-defined]
+
+        self.patch(protocol_module, "write_now", write_now)
+        self.h = Harness()
+        self.d = self.h.connect()
+        self.d.greet()
+
+    def test_greeting_and_lone_commands_at_once(self) -> None:
+        self.d.send(b"EHLO client.example\r\n")
+        self.assertTrue(self.direct[0].startswith(b"220 "))
+        self.assertTrue(self.direct[1].startswith(b"250-mx.example.org"))
+
+    def test_pipelined_replies_queued_together(self) -> None:
+        self.d.send(b"EHLO client.example\r\n")
+        self.d.replies()
+        before = len(self.direct)
+        self.d.send(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<user@example.org>\r\nDATA\r\n")
+        self.assertEqual(len(self.d.replies()), 3)
+        # MAIL's and RCPT's replies were queued (more was buffered); only DATA's, the last,
+        # was offered for sending at once (behind the queued ones: write_now keeps the order).
+        self.assertEqual(self.direct[before:], [b"354 End data with <CR><LF>.<CR><LF>\r\n"])
 
 
 class TimeoutTests(SynchronousTestCase):

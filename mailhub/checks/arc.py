@@ -83,10 +83,11 @@ async def verify_arc(
     resolver: CheckResolver, message: bytes, *, budget: DNSBudget | None = None
 ) -> ARCResult:
     """RFC 8617 5.2: the chain's validation status. Never raises for the message or DNS."""
+    if b"arc-" not in message[: _header_end(message)].lower():
+        # No ARC field (most mail): no need to parse the header with dkimpy.
+        return ARCResult("none", 0, "the message carries no ARC sets")
     headers = _headers(message)
     if headers is None:
-        if b"arc-" not in message[: _header_end(message)].lower():
-            return ARCResult("none", 0, "the message carries no ARC sets")
         return ARCResult("fail", 0, "the message's header cannot be parsed for ARC")
     sets: dict[int, dict[bytes, dict[str, bytes]]] = {}
     for name, value in headers:

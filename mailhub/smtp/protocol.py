@@ -37,6 +37,7 @@ from mailhub.addresses import (
 from mailhub.connlimit import Slot
 from mailhub.envelope import Recipient
 from mailhub.inputpump import TOO_LONG, InputPump
+from mailhub.net import write_now
 from mailhub.smtp import replies as R
 from mailhub.smtp.auth import SMTPAuth
 from mailhub.smtp.data import (
@@ -142,7 +143,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
 
     def greet(self) -> None:
         """The 220 greeting (RFC 5321 3.1)."""
-        self.transport.write(self.factory.greeting.wire)
+        self._send(self.factory.greeting.wire)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
@@ -180,7 +181,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
     def _shutdown(self, reply: Reply) -> None:
         if self._closing:
             return
-        self.transport.write(reply.wire)
+        self._send(reply.wire)
         self._closing = True
         self.setTimeout(None)
         txn = self._txn
@@ -190,6 +191,16 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
         self.close_transport(self.factory.clock)
 
     # --- input (the loop is InputPump's; _step is below) -------------------------------------
+
+    def _send(self, wire: bytes) -> None:
+        """Write a reply: at once (one send(), ``mailhub.net.write_now``) when no other
+        command is waiting to be answered; queued when more pipelined commands are buffered,
+        so that their replies leave together in one segment (RFC 2920 3.1) -- sent one by one,
+        the second small segment would wait for the client's delayed ACK (Nagle, ~40 ms)."""
+        if self._buf.find(b"\n", self._pos) < 0:
+            write_now(self.transport, wire)
+        else:
+            self.transport.write(wire)
 
     def _input_broken(self) -> None:
         # A bug in the framing code: the byte stream can no longer be trusted.
@@ -232,7 +243,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
             # RFC 5321 4.2.2: 421 means the server is closing the channel; so it does.
             self._shutdown(reply)
             return
-        self.transport.write(reply.wire)
+        self._send(reply.wire)
         if reply.code >= 500:
             self._errors += 1
             if self._errors >= self._limits.max_errors:
@@ -496,7 +507,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
         if arg:
             self.respond(R.syntax("QUIT"))
             return
-        self.transport.write(R.BYE.wire)
+        self._send(R.BYE.wire)
         self._closing = True
         self.setTimeout(None)
         self._reset_transaction()
