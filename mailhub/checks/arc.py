@@ -221,7 +221,7 @@ def _usable_record(answer: Lookup[bytes]) -> bytes:
             public = rsa_numbers(data)  # parsed once per key (cached)
             if isinstance(public, str):
                 continue
-            modulus, exponent = public
+            modulus, exponent, _ = public
             if modulus.bit_length() > MAX_RSA_BITS:
                 continue
             if exponent.bit_length() > MAX_RSA_EXPONENT_BITS:

@@ -489,7 +489,7 @@ def _check_rsa(sig: _Signature, data: bytes) -> tuple[str, str] | None:
     public = rsa_numbers(data)
     if isinstance(public, str):
         return "permerror", f"the RSA key at {where} cannot be read ({public})"
-    modulus, exponent = public
+    modulus, exponent, usable = public
     bits = modulus.bit_length()
     sig.key_bits = bits
     if bits > MAX_RSA_BITS:
@@ -501,20 +501,21 @@ def _check_rsa(sig: _Signature, data: bytes) -> tuple[str, str] | None:
             "policy",
             f"RSA key of {bits} bits is too weak (RFC 8301 3.2 requires {MIN_RSA_BITS}+)",
         )
-    if not opensslverify.rsa_usable(modulus, exponent):
+    if not usable:
         return "permerror", f"the RSA key at {where} is not a usable RSA key (even n or e, e >= n)"
     return None
 
 
 @functools.lru_cache(maxsize=256)
-def rsa_numbers(data: bytes) -> tuple[int, int] | str:
-    """(modulus, exponent) of a DER RSA public key as dkimpy reads it, parsed once per key
-    (cached by its octets), or the name of the error."""
+def rsa_numbers(data: bytes) -> tuple[int, int, bool] | str:
+    """(modulus, exponent, whether OpenSSL takes them) of a DER RSA public key as dkimpy
+    reads it, parsed once per key (cached by its octets), or the name of the error."""
     try:
         public = parse_public_key(data)
-        return int(public["modulus"]), int(public["publicExponent"])
+        modulus, exponent = int(public["modulus"]), int(public["publicExponent"])
     except (UnparsableKeyError, KeyError, TypeError, ValueError, IndexError) as e:
         return e.__class__.__name__
+    return modulus, exponent, opensslverify.rsa_usable(modulus, exponent)
 
 
 # -- the cryptography (dkimpy's steps, OpenSSL's RSA), inline or in a thread ---------------------
