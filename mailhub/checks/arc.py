@@ -4,9 +4,11 @@
 with the same ``i=``), checks their structure here (RFC 8617 5.2 steps 1-3: instances 1..N, each
 complete, at most 50, the newest seal not already ``cv=fail``), fetches every key the seals and
 signatures name through the ``CheckResolver`` at once, and then lets dkimpy validate the chain
-with a ``dnsfunc`` that only reads those answers. ARC results are ``none``, ``pass`` or ``fail``
-(RFC 8601 2.7.8 via RFC 8617 7.2); a key that could not be fetched now gives ``fail`` marked
-``temporary`` so that the caller may prefer to try again later.
+with a ``dnsfunc`` that only reads those answers (``opensslverify.ARCVerifier``: dkimpy's chain
+logic with OpenSSL's RSA, the message's parse and body hashes shared with DKIM verification).
+ARC results are ``none``, ``pass`` or ``fail`` (RFC 8601 2.7.8 via RFC 8617 7.2); a key that
+could not be fetched now gives ``fail`` marked ``temporary`` so that the caller may prefer to
+try again later.
 
 ``arc_seal`` adds our ARC set when we forward a message to another domain (RFC 8617 5.1): our
 Authentication-Results (with the ``arc=`` result of ``verify_arc``, which becomes the new
