@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.checks import arc, dkimverify, dmarc, inbound, resolver, sink, spf
+from mailhub.checks import arc, dkimverify, dmarc, inbound, opensslverify, resolver, sink, spf
 from mailhub.checks.inbound import Checkers, Policy, judge
 from mailhub.checks.results import AuthenticationResults, MethodResult
 from mailhub.envelope import Envelope, Recipient
@@ -61,16 +61,20 @@ class HeaderFieldTests(SynchronousTestCase):
 
     def test_unsigned_message_is_not_parsed(self) -> None:
         dkimverify._parse_head_cached.cache_clear()
+        opensslverify._parse_cached.cache_clear()
         message = b"From: a@a.test\r\nSubject: about dkim\r\n\r\nDKIM-Signature: in the body\r\n"
         self.assertEqual(dkimverify._signature_fields(message), [])
         self.assertEqual(dkimverify._parse_head_cached.cache_info().misses, 0)
+        self.assertEqual(opensslverify._parse_cached.cache_info().misses, 0)
 
     def test_unreadable_signed_header_is_still_a_permerror(self) -> None:
         message = b" folded first line\r\nDKIM-Signature: v=1\r\n\r\nbody\r\n"
         self.assertIsNone(dkimverify._signature_fields(message))
 
     def test_dkim_and_arc_share_one_parse(self) -> None:
-        dkimverify._parse_head_cached.cache_clear()
+        """A small message is parsed whole once (opensslverify.parse), for the DKIM fields,
+        the ARC fields and the cryptography of both."""
+        opensslverify._parse_cached.cache_clear()
         head = b"ARC-Seal: i=1; a=rsa-sha256\r\nDKIM-Signature: v=1\r\nFrom: a@a.test"
         message = head + b"\r\n\r\nbody\r\n"
         fields = dkimverify._signature_fields(message)
@@ -84,8 +88,17 @@ class HeaderFieldTests(SynchronousTestCase):
                 (b"From", b" a@a.test\r\n"),
             ],
         )
-        info = dkimverify._parse_head_cached.cache_info()
+        info = opensslverify._parse_cached.cache_info()
         self.assertEqual((info.misses, info.hits), (1, 1))
+
+    def test_big_message_fields_from_its_header_section(self) -> None:
+        """Over CACHED_MESSAGE octets only the header section is parsed on the reactor."""
+        dkimverify._parse_head_cached.cache_clear()
+        opensslverify._parse_cached.cache_clear()
+        message = b"DKIM-Signature: v=1\r\nFrom: a@a.test\r\n\r\n" + b"x" * 70_000
+        self.assertEqual(dkimverify._signature_fields(message), [b" v=1\r\n"])
+        self.assertEqual(dkimverify._parse_head_cached.cache_info().misses, 1)
+        self.assertEqual(opensslverify._parse_cached.cache_info().currsize, 0)
 
     def test_big_header_section_is_not_kept(self) -> None:
         dkimverify._parse_head_cached.cache_clear()

@@ -4,9 +4,11 @@
 with the same ``i=``), checks their structure here (RFC 8617 5.2 steps 1-3: instances 1..N, each
 complete, at most 50, the newest seal not already ``cv=fail``), fetches every key the seals and
 signatures name through the ``CheckResolver`` at once, and then lets dkimpy validate the chain
-with a ``dnsfunc`` that only reads those answers. ARC results are ``none``, ``pass`` or ``fail``
-(RFC 8601 2.7.8 via RFC 8617 7.2); a key that could not be fetched now gives ``fail`` marked
-``temporary`` so that the caller may prefer to try again later.
+with a ``dnsfunc`` that only reads those answers (``opensslverify.ARCVerifier``: dkimpy's chain
+logic with OpenSSL's RSA, the message's parse and body hashes shared with DKIM verification).
+ARC results are ``none``, ``pass`` or ``fail`` (RFC 8601 2.7.8 via RFC 8617 7.2); a key that
+could not be fetched now gives ``fail`` marked ``temporary`` so that the caller may prefer to
+try again later.
 
 ``arc_seal`` adds our ARC set when we forward a message to another domain (RFC 8617 5.1): our
 Authentication-Results (with the ``arc=`` result of ``verify_arc``, which becomes the new
@@ -24,11 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import dkim  # dkimpy ships no type information (pyproject.toml: ignore_missing_imports)
-from dkim.crypto import UnparsableKeyError, parse_public_key  # type: ignore[import-untyped]
 from twisted.internet import threads
 from twisted.logger import Logger
 
-from mailhub.checks import opensslsign
+from mailhub.checks import opensslsign, opensslverify
 from mailhub.checks.dkimverify import (
     INLINE_LIMIT,
     MAX_KEY_OCTETS,
@@ -36,8 +37,9 @@ from mailhub.checks.dkimverify import (
     MAX_RSA_EXPONENT_BITS,
     TagListError,
     fetch_keys,
-    header_fields,
+    message_fields,
     parse_tags,
+    rsa_numbers,
 )
 from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, Lookup
 from mailhub.checks.keys import RSA_SHA256, SigningKey
@@ -134,7 +136,7 @@ def _headers(message: bytes) -> list[tuple[bytes, bytes]] | None:
     head = message[: _header_end(message)]
     if b"arc-" not in head.lower():
         return []  # no ARC field at all (most mail): nothing to parse
-    headers = header_fields(head)  # parsed once for DKIM and ARC
+    headers = message_fields(message, head)  # parsed once for DKIM and ARC
     return None if headers is None else list(headers)
 
 
@@ -202,11 +204,10 @@ def _usable_record(answer: Lookup[bytes]) -> bytes:
         if len(data) > MAX_KEY_OCTETS:
             continue
         if tags.get("k", b"rsa").strip().lower() == b"rsa" and data:
-            try:
-                public = parse_public_key(data)
-                modulus, exponent = int(public["modulus"]), int(public["publicExponent"])
-            except (UnparsableKeyError, KeyError, TypeError, ValueError, IndexError):
+            public = rsa_numbers(data)  # parsed once per key (cached)
+            if isinstance(public, str):
                 continue
+            modulus, exponent, _ = public
             if modulus.bit_length() > MAX_RSA_BITS:
                 continue
             if exponent.bit_length() > MAX_RSA_EXPONENT_BITS:
@@ -223,7 +224,9 @@ def _validate(message: bytes, records: dict[str, bytes], newest: int) -> ARCResu
         return records.get(key, b"")
 
     try:
-        cv, data, reason = dkim.ARC(_spaced(message), minkey=1024).verify(dnsfunc=dnsfunc)
+        # dkimpy's chain logic with OpenSSL's RSA, the parse and body hashes shared with DKIM
+        verifier = opensslverify.ARCVerifier(opensslverify.parse(_spaced(message)), minkey=1024)
+        cv, data, reason = verifier.verify(dnsfunc=dnsfunc)
     except dkim.DKIMException as e:
         return ARCResult("fail", newest, f"the ARC chain cannot be validated: {e}")
     except Exception as e:
