@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
@@ -20,6 +20,7 @@ from twisted.internet.interfaces import (
     IReactorCore,
     IReactorThreads,
     IReactorTime,
+    IStreamServerEndpoint,
 )
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -72,6 +73,7 @@ from mailhub.tls import (
 )
 from mailhub.users import FileFormatError, UserDB
 from mailhub.web.site import make_site
+from mailhub.workers import WorkerRole, watch_parent
 
 log = Logger()
 
@@ -98,10 +100,17 @@ class ListenerService(StreamServerEndpointService):
     _raiseSynchronously = True
 
     def __init__(
-        self, config: Config, key: str, description: str, factory: IProtocolFactory
+        self,
+        config: Config,
+        key: str,
+        description: str,
+        factory: IProtocolFactory,
+        endpoint: IStreamServerEndpoint | None = None,
     ) -> None:
-        endpoint = with_backlog(description, config.limits.listen_backlog)
-        super().__init__(serverFromString(_reactor(), endpoint), factory)
+        if endpoint is None:  # a worker is given its supervisor's socket (mailhub.workers)
+            described = with_backlog(description, config.limits.listen_backlog)
+            endpoint = serverFromString(_reactor(), described)
+        super().__init__(endpoint, factory)
         self.config_source, self.key, self.description = config.source, key, description
         self.setName(f"{key}:{description}")
         # Told the bound address (the pickup collector records the SMTP one for sendmail).
@@ -174,6 +183,7 @@ class MailhubService(MultiService):
             mode="development stack" if self.config.dev else self.config.source,
             mail_dir=str(self.config.mail_dir),
             listeners=", ".join(s.description for s in self if isinstance(s, ListenerService)),
+            mailhub_ready=True,  # a supervisor (mailhub.workers) waits for this event
         )
 
     def listening_ports(self, key: str) -> list[Any]:
@@ -529,7 +539,19 @@ def _with_sandboxes(is_local: Callable[[str], bool]) -> Callable[[str], bool]:
     return lambda domain: domain.lower() == SANDBOX_DOMAIN or is_local(domain)
 
 
-def build(config: Config) -> MailhubService:
+class ParentWatch(Service):
+    """A worker stops when its supervisor is gone (mailhub.workers.watch_parent)."""
+
+    def startService(self) -> None:
+        super().startService()
+        reactor = _reactor()
+        watch_parent(lambda: reactor.stop() if reactor.running else None)
+
+
+def build(config: Config, worker: WorkerRole | None = None) -> MailhubService:
+    """The server; ``worker``: one of several processes (mailhub.workers), which serves the
+    sockets its supervisor bound and runs the singletons only if it is the primary."""
+    primary = worker is None or worker.primary
     config.mail_dir.mkdir(parents=True, exist_ok=True)
     store = MailStore(config.mail_dir, hostname=config.hostname)
     # Added before the listeners so it stops after them, waiting for commits in flight.
@@ -547,8 +569,10 @@ def build(config: Config) -> MailhubService:
     changes.setServiceParent(top)
     top.changes = changes
     sink.delivered = changes.touched
+    if worker is not None:
+        ParentWatch().setServiceParent(top)
     retention = None
-    if config.dev and (config.retention.max_messages or config.retention.max_age):
+    if primary and config.dev and (config.retention.max_messages or config.retention.max_age):
         # The oldest caught mail goes first; production never prunes.
         retention = top.retention = Retention(
             store,
@@ -559,7 +583,8 @@ def build(config: Config) -> MailhubService:
             state_file=config.data_dir / STATE_FILE,
         )
         retention.setServiceParent(top)
-    StaleTmpCleaner(store, interval=TMP_CLEAN_INTERVAL).setServiceParent(top)
+    if primary:  # the whole tree is walked: once for all workers
+        StaleTmpCleaner(store, interval=TMP_CLEAN_INTERVAL).setServiceParent(top)
     tls = top.tls = _server_tls(config)
     _check_tls_for_listeners(config, tls)
     if tls is not None:
@@ -596,7 +621,7 @@ def build(config: Config) -> MailhubService:
     )
     is_local = local_domains(config)
     sandboxes = top.sandboxes = _sandboxes(config, store, portal, top.faults)
-    if sandboxes is not None:
+    if sandboxes is not None:  # never with workers (tap refuses it): sandboxes are one process's
         is_local = _with_sandboxes(is_local)
         SandboxSweeper(sandboxes, _reactor()).setServiceParent(top)  # ttl: expired ones go
     # DKIM keys: read now, and again when `mailhub dkim keygen/retire` changes them.
@@ -631,11 +656,16 @@ def build(config: Config) -> MailhubService:
         ),
         per_destination=config.queue.max_per_destination,
         sign_notice=_notice_signer(config, keystore),
+        runner=primary,  # the other workers only enqueue (mailhub.queue.queue)
     )
     queue.setServiceParent(top)
     # Mail `mailhub sendmail` left while the server was down: into the queue, after it started.
-    pickup = top.pickup = PickupCollector(config.data_dir, queue.sink, _reactor(), config.hostname)
-    pickup.setServiceParent(top)
+    pickup = None
+    if primary:
+        pickup = top.pickup = PickupCollector(
+            config.data_dir, queue.sink, _reactor(), config.hostname
+        )
+        pickup.setServiceParent(top)
     shared = dataclasses.replace(shared, sink=SplitSink(sink, queue.sink, is_local))
     if sandboxes is not None:  # a sandbox's mail keeps its envelope recipients (X-Original-To)
         shared = dataclasses.replace(shared, sink=SandboxSink(shared.sink, sandboxes))
@@ -647,11 +677,16 @@ def build(config: Config) -> MailhubService:
         descriptions = getattr(config.listeners, key)
         if not descriptions:
             continue
+        endpoints: list[IStreamServerEndpoint | None] = [None] * len(descriptions)
+        if worker is not None:
+            endpoints = list(worker.endpoints(_reactor(), key))
+            if not endpoints:
+                continue  # served by another worker (the web listener: by the primary)
         factory = builder(shared)
         _quiet(factory)
-        for description in descriptions:
-            listener = ListenerService(config, key, description, factory)
-            if key == "smtp":
+        for description, endpoint in zip(descriptions, endpoints, strict=True):
+            listener = ListenerService(config, key, description, factory, endpoint)
+            if key == "smtp" and pickup is not None:
                 listener.on_bound = pickup.listener_bound
             listener.setServiceParent(top)
     return top
