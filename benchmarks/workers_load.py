@@ -16,7 +16,8 @@ IMAP on loopback, a users file) per worker count, in the order 1 2 1 2 ..., and 
   commands per second over ``--imap-rounds`` rounds per session.
 
 CPU time is read from /proc for every worker and the supervisor, before and after each phase:
-the table gives CPU per message (per command) summed over the workers and for each worker, so
+the table gives CPU per message (per command) summed over the workers and for each worker (the
+supervisor's, which re-emits the workers' log lines, separately), so
 what a host with more cores would do can be read off (throughput ~ cores / CPU per message,
 while the load generator leaves cores free). ``uptime`` load goes with each run.
 """
@@ -147,7 +148,8 @@ imap = ["tcp:0:interface=127.0.0.1"]
         return found
 
     def cpu(self) -> list[float]:
-        return [cpu_seconds(p) for p in self.pids]
+        """CPU seconds of each worker, then of the supervisor (last)."""
+        return [cpu_seconds(p) for p in (*self.pids, self.proc.pid)]
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -173,11 +175,12 @@ def smtp_phase(server: Server, args: argparse.Namespace) -> dict[str, float]:
     got = count_files(server.maildir) - before
     if got != args.smtp_messages:
         raise SystemExit(f"smtp: {got} of {args.smtp_messages} in the Maildir")
-    per_worker = [(b - a) for a, b in zip(cpu0, cpu1, strict=True)]
+    *per_worker, supervisor = [(b - a) for a, b in zip(cpu0, cpu1, strict=True)]
     return {
         "rate": args.smtp_messages / elapsed,
         "cpu_ms_per_msg": sum(per_worker) / args.smtp_messages * 1000,
         "worker_cpu_ms_per_msg": [round(c / args.smtp_messages * 1000, 3) for c in per_worker],
+        "supervisor_cpu_ms_per_msg": round(supervisor / args.smtp_messages * 1000, 3),
         "elapsed": elapsed,
     }
 
@@ -254,11 +257,12 @@ def imap_phase(server: Server, args: argparse.Namespace) -> dict[str, float]:
         p.join()
     cpu1 = server.cpu()
     commands = sum(r[0] for r in results)
-    per_worker = [(b - a) for a, b in zip(cpu0, cpu1, strict=True)]
+    *per_worker, supervisor = [(b - a) for a, b in zip(cpu0, cpu1, strict=True)]
     return {
         "rate": commands / elapsed,
         "cpu_ms_per_cmd": sum(per_worker) / commands * 1000,
         "worker_cpu_ms_per_cmd": [round(c / commands * 1000, 3) for c in per_worker],
+        "supervisor_cpu_ms_per_cmd": round(supervisor / commands * 1000, 3),
         "client_cpu_ms_per_cmd": sum(r[1] for r in results) / commands * 1000,
         "elapsed": elapsed,
     }
@@ -322,6 +326,17 @@ def print_summary(rows: list[dict], counts: list[int]) -> None:
         m = medians[n]
         print(f"{n:>7} {m['smtp']:>10.0f} {m['smtp_cpu']:>10.2f} {m['imap']:>10.0f} "
               f"{m['imap_cpu']:>10.3f}")  # fmt: skip
+    for run in sorted({r["run"] for r in rows}):  # same-run ratios (A B order within a run)
+        by_n = {r["workers"]: r for r in rows if r["run"] == run}
+        if 1 in by_n:
+            for n in counts:
+                if n != 1 and n in by_n:
+                    parts = [
+                        f"{phase.upper()} {by_n[n][phase]['rate'] / by_n[1][phase]['rate']:.2f}x"
+                        for phase in ("smtp", "imap")
+                        if phase in by_n[1] and phase in by_n[n]
+                    ]
+                    print(f"run {run}: {n} workers / 1: {', '.join(parts)}")
     if 1 in medians:
         for n in counts:
             if n != 1:
