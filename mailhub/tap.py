@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.python import usage
@@ -160,7 +161,25 @@ def _supervisor(config: Config, options: Options) -> IService:
         for key in FACTORIES
         for description in getattr(config.listeners, key)
     ]
-    return Supervisor(reactor, listeners, options["workers"], twistd_args(options), backlog=backlog)
+    return Supervisor(
+        reactor,
+        listeners,
+        options["workers"],
+        twistd_args(options),
+        backlog=backlog,
+        direct_log=_logs_to_stdout(getattr(options, "parent", None)),
+    )
+
+
+def _logs_to_stdout(twistd: Any) -> bool:
+    """Does twistd log to its stdout (``-n`` without ``--logfile``, or ``--logfile=-``)? Then
+    the workers write their lines there themselves (mailhub.workers.WorkerLog)."""
+    if twistd is None:
+        return False
+    get = twistd.get
+    if get("syslog") or get("logger"):
+        return False
+    return bool(get("nodaemon")) and get("logfile") in (None, "", "-")
 
 
 class HeapFreeze(Service):

@@ -9,8 +9,9 @@ Postfix's master and Dovecot's master. The supervisor never accepts a connection
 * forwards SIGHUP (certificates re-read) and stops every worker on SIGTERM/SIGINT (SIGKILL for
   one that has not stopped after ``stop_timeout``), so it leaves no orphan; a worker whose
   supervisor is gone (even by ``kill -9``) sees its stdin end and stops itself,
-* logs what the workers log, each line tagged ``w<K>`` (the workers write JSON log events to
-  their stdout; the supervisor re-emits them into its own log, wherever that goes).
+* logs what the workers log, each line tagged ``w<K>``: when the supervisor logs to its stdout
+  (``-n``, systemd's journal) the workers write their lines there themselves; when it logs to a
+  file, they send JSON events that it writes to that file (WorkerLog).
 
 How a listening port is shared. Each TCP listener gets one socket per worker, all bound to the
 same address with SO_REUSEPORT (Linux): the kernel spreads new connections evenly over them. The
@@ -30,7 +31,8 @@ What runs once in the whole set (worker 1, "the primary"), everything else in ev
 The store itself is safe for several processes (dotlocks, atomic renames); each worker's change
 feed notices the others' deliveries through inotify, so IMAP IDLE in one worker sees mail that
 another took. Per-process state that is *not* shared: the authentication throttle (a client
-guessing passwords gets its allowance once per worker) and the DNS cache of the checks.
+guessing passwords gets its allowance once per worker), the connection limits ([limits]
+max_connections, max_connections_per_ip: each worker counts its own) and the checks' DNS cache.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from twisted.logger import (
     eventAsJSON,
     eventFromJSON,
     globalLogPublisher,
+    textFileLogObserver,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -197,24 +200,54 @@ def bind_listener(
 # --- the workers' log -------------------------------------------------------------------------
 
 
-@implementer(ILogObserver)
-class _JSONLines:
-    """A worker's log observer: one JSON event per line on its stdout, for the supervisor."""
+# How a worker logs, from its environment (set by the supervisor for each worker).
+LOG_ENV, NUMBER_ENV = "MAILHUB_WORKER_LOG", "MAILHUB_WORKER"
+DIRECT, RELAY = "direct", "relay"
 
-    def __init__(self, out: IO[str]) -> None:
-        self._out = out
+
+@implementer(ILogObserver)
+class WorkerLog:
+    """A worker's log observer (``twistd --logger=mailhub.workers.worker_observer``).
+
+    ``direct`` (the supervisor logs to its stdout, as under systemd or ``-n``): the worker
+    writes its own text lines, tagged ``w<K>``, to its stderr, which is the supervisor's stdout;
+    only the "started" event goes to the supervisor, as JSON on the worker's stdout. Relaying
+    every line cost the supervisor 0.15 ms of CPU per message (benchmarks/README.md, Workers).
+    ``relay`` (the supervisor logs to a file it rotates): every event goes to the supervisor as
+    JSON, which writes it to its log.
+    """
+
+    def __init__(self, number: int, mode: str, control: IO[str], text: IO[str]) -> None:
+        self.number, self.mode = number, mode
+        self._control = control
+        self._text = textFileLogObserver(text)
 
     def __call__(self, event: dict[str, Any]) -> None:
         try:
-            self._out.write(eventAsJSON(event) + "\n")
-            self._out.flush()
+            if self.mode == RELAY or event.get("mailhub_ready"):
+                self._control.write(eventAsJSON(event) + "\n")
+                self._control.flush()
+            if self.mode == DIRECT:
+                self._text(tagged(event, self.number))
         except (OSError, ValueError):
             pass  # the supervisor is gone: the worker is stopping (stdin watch)
 
 
-def json_observer() -> ILogObserver:
-    """``twistd --logger=mailhub.workers.json_observer`` (the supervisor gives it to workers)."""
-    return _JSONLines(sys.stdout)
+def tagged(event: dict[str, Any], number: int) -> dict[str, Any]:
+    """``event`` with the worker's number in the system field the text log shows."""
+    level = event.get("log_level")
+    name = level.name if isinstance(level, type(LogLevel.info)) else "info"
+    return {
+        **event,
+        "log_system": f"w{number} {event.get('log_namespace', '-')}#{name}",
+        "mailhub_worker": number,
+    }
+
+
+def worker_observer() -> ILogObserver:
+    """The observer twistd installs in a worker (see WorkerLog)."""
+    number = int(os.environ.get(NUMBER_ENV, "0"))
+    return WorkerLog(number, os.environ.get(LOG_ENV, RELAY), sys.stdout, sys.stderr)
 
 
 def watch_parent(stop: Callable[[], None]) -> None:
@@ -236,8 +269,11 @@ def watch_parent(stop: Callable[[], None]) -> None:
 class WorkerProtocol(protocol.ProcessProtocol):
     """The supervisor's side of one worker: its log lines re-emitted, its end reported."""
 
-    def __init__(self, number: int, ended: Callable[[int, Failure], None]) -> None:
+    def __init__(
+        self, number: int, ended: Callable[[int, Failure], None], direct: bool = False
+    ) -> None:
         self.number = number
+        self.direct = direct  # the worker writes its own log lines (WorkerLog)
         self._ended = ended
         self._out = b""
         self._err = b""
@@ -265,14 +301,12 @@ class WorkerProtocol(protocol.ProcessProtocol):
         except ValueError:
             log.info("w{number}: {line}", number=self.number, line=text)
             return
-        level = event.get("log_level")
-        name = level.name if isinstance(level, type(LogLevel.info)) else "info"
-        event["log_system"] = f"w{self.number} {event.get('log_namespace', '-')}#{name}"
-        event["mailhub_worker"] = self.number
-        if not self.ready and event.get("mailhub_ready"):
+        if event.get("mailhub_ready") and not self.ready:
             self.ready = True
             log.info("worker {number} ready (pid {pid})", number=self.number, pid=self.pid)
-        globalLogPublisher(event)
+            if self.direct:
+                return  # the worker wrote its own line
+        globalLogPublisher(tagged(event, self.number))
 
     @property
     def pid(self) -> int | None:
@@ -301,6 +335,7 @@ class Supervisor(Service):
         reuseport: bool | None = None,
         executable: str = sys.executable,
         env: dict[str, str] | None = None,
+        direct_log: bool = False,
     ) -> None:
         self.reactor = reactor
         self.listeners = list(listeners)  # (kind, endpoint string) in the config's order
@@ -310,6 +345,8 @@ class Supervisor(Service):
         self.reuseport = reuseport_available() if reuseport is None else reuseport
         self.executable = executable
         self.env = dict(os.environ if env is None else env)
+        # True: this process logs to its stdout, and the workers write their lines there too.
+        self.direct_log = direct_log
         self.bound: list[BoundListener] = []
         self.workers: dict[int, WorkerProtocol] = {}
         self._started: dict[int, float] = {}
@@ -370,15 +407,18 @@ class Supervisor(Service):
     def _spawn(self, number: int) -> None:
         self._restarts.pop(number, None)
         role = self.role(number)
-        # The child's fds: 0 its stdin (the parent watch), 1 and 2 read here, the sockets at
-        # the same numbers as here (the --listen-fds option names them).
-        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        # The child's fds: 0 its stdin (the parent watch), 1 read here (JSON events), 2 read
+        # here or (direct log) this process's stdout, the sockets at the same numbers as here
+        # (the --listen-fds option names them).
+        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: 1 if self.direct_log else "r"}
         for fds in role.fds.values():
             for fd in fds:
                 child_fds[fd] = fd
-        worker = WorkerProtocol(number, self._ended)
+        worker = WorkerProtocol(number, self._ended, direct=self.direct_log)
         args = [self.executable, *self.child_args(role)]
-        self.reactor.spawnProcess(worker, self.executable, args, env=self.env, childFDs=child_fds)
+        env = dict(self.env)
+        env[NUMBER_ENV], env[LOG_ENV] = str(number), DIRECT if self.direct_log else RELAY
+        self.reactor.spawnProcess(worker, self.executable, args, env=env, childFDs=child_fds)
         self.workers[number] = worker
         self._started[number] = self.reactor.seconds()
         log.info("worker {number} started (pid {pid})", number=number, pid=worker.pid)
@@ -478,7 +518,7 @@ def twistd_args(options: dict[str, Any]) -> Callable[[WorkerRole], list[str]]:
             "from twisted.scripts.twistd import run; run()",
             "--nodaemon",
             "--pidfile=",
-            "--logger=mailhub.workers.json_observer",
+            "--logger=mailhub.workers.worker_observer",
             "mailhub",
             "--config",
             os.path.abspath(options["config"]),

@@ -217,3 +217,47 @@ class CommandLine(SynchronousTestCase):
         options.parseOptions(["-c", "x.toml", "--worker", "2/2", "--listen-fds", "smtp=3"])
         self.assertEqual(options["role"], WorkerRole(2, 2, {"smtp": (3,)}))
         self.assertRaises(UsageError, Options().parseOptions, ["--worker", "3/2"])
+
+
+class WorkerLogs(SynchronousTestCase):
+    def events(self) -> list[dict[str, Any]]:
+        from twisted.logger import Logger
+
+        out: list[dict[str, Any]] = []
+        log = Logger(namespace="mailhub.smtp", observer=out.append)
+        log.info("accepted {qid}", qid="Q1")
+        log.info("mailhub started", mailhub_ready=True)
+        return out
+
+    def test_direct_the_worker_writes_tagged_lines_and_tells_only_that_it_started(self) -> None:
+        import io
+
+        control, text = io.StringIO(), io.StringIO()
+        observer = workers.WorkerLog(2, workers.DIRECT, control, text)
+        for event in self.events():
+            observer(event)
+        lines = text.getvalue().splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assertIn("[w2 mailhub.smtp#info] accepted Q1", lines[0])
+        [ready] = control.getvalue().splitlines()
+        self.assertIn('"mailhub_ready": true', ready)
+
+    def test_relay_every_event_goes_to_the_supervisor(self) -> None:
+        import io
+
+        control, text = io.StringIO(), io.StringIO()
+        observer = workers.WorkerLog(2, workers.RELAY, control, text)
+        for event in self.events():
+            observer(event)
+        self.assertEqual(text.getvalue(), "")
+        self.assertEqual(len(control.getvalue().splitlines()), 2)
+
+    def test_which_way_follows_twistds_log_options(self) -> None:
+        from mailhub.tap import _logs_to_stdout
+
+        self.assertTrue(_logs_to_stdout({"nodaemon": True, "logfile": None}))
+        self.assertTrue(_logs_to_stdout({"nodaemon": True, "logfile": "-"}))
+        self.assertFalse(_logs_to_stdout({"nodaemon": True, "logfile": "/var/log/mailhub.log"}))
+        self.assertFalse(_logs_to_stdout({"nodaemon": False, "logfile": None}))  # twistd.log
+        self.assertFalse(_logs_to_stdout({"nodaemon": True, "syslog": True}))
+        self.assertFalse(_logs_to_stdout(None))
