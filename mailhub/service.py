@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -546,6 +547,10 @@ class ParentWatch(Service):
         super().startService()
         reactor = _reactor()
         watch_parent(lambda: reactor.stop() if reactor.running else None)
+        # The supervisor forwards SIGHUP to every worker: without TLS to reload (whose service
+        # starts after this one and takes the signal) it must not end the worker.
+        if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def build(config: Config, worker: WorkerRole | None = None) -> MailhubService:

@@ -452,7 +452,11 @@ class Supervisor(Service):
     # --- signals and stop ---------------------------------------------------------------------
 
     def _sighup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.signal_all, "HUP")
+        self.reactor.callFromThread(self._forward_hup)
+
+    def _forward_hup(self) -> None:
+        self.signal_all("HUP")
+        log.info("SIGHUP forwarded to {n} worker(s)", n=len(self.workers))
 
     def signal_all(self, name: str) -> None:
         for worker in list(self.workers.values()):

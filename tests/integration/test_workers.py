@@ -254,6 +254,14 @@ imap = ["tcp:0:interface={HOST}"]
         served = {self.send(1_000_000 + n) for n in range(24)}
         self.assertIn(new_pid, served)
 
+    def test_sighup_reaches_every_worker_which_reloads_its_certificates(self) -> None:
+        self.proc.send_signal(signal.SIGHUP)
+        reloaded = self.log.wait_for_all(r"\[w(\d) mailhub\.tls#info\] TLS certificate reloaded", 2)
+        self.assertEqual({m.group(1) for m in reloaded}, {"1", "2"}, self.log.read_text())
+        for pid in self.pids.values():
+            self.assertTrue(alive(pid))
+        self.assertNotRegex(self.log.read_text(), r"died")
+
     def test_sigterm_stops_every_worker(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         # twistd ends by the signal that stopped it (its exit status says so)
@@ -271,6 +279,30 @@ imap = ["tcp:0:interface={HOST}"]
         self.proc.wait(WAIT)
         for pid in self.pids.values():
             self.assertTrue(wait_gone(pid), f"worker {pid} orphaned")
+
+
+class WithoutTLS(SynchronousTestCase):
+    def test_sighup_does_not_end_a_worker_with_nothing_to_reload(self) -> None:
+        from tests.support.twistd import write_config
+
+        tmp = Path(self.mktemp()).absolute()
+        tmp.mkdir()
+        config = write_config(tmp, f"tcp:0:interface={HOST}")
+        proc, port, log = start_twistd(self, tmp, config, "--workers", "2")
+        self.addCleanup(lambda: proc.poll() is None and proc.send_signal(signal.SIGTERM))
+        ready = log.wait_for_all(r"worker (\d) ready \(pid (\d+)\)", 2)
+        pids = [int(m.group(2)) for m in ready]
+        proc.send_signal(signal.SIGHUP)
+        self.assertIsNotNone(log.wait_for(r"SIGHUP forwarded to 2 worker"), log.read_text())
+        served = set()
+        for n in range(32):  # until both have answered after the signal
+            with smtplib.SMTP(HOST, port, timeout=WAIT) as client:
+                served.add(server_pid(client, port, pids))
+                client.sendmail("a@example.net", ["b@example.test"], message(n, "b@example.test"))
+            if served == set(pids):
+                break
+        self.assertEqual(served, set(pids))
+        self.assertNotRegex(log.read_text(), "died")
 
 
 class Refused(SynchronousTestCase):
