@@ -170,6 +170,12 @@ def bind_listener(
         port, backlog = endpoint._port, endpoint._backlog or backlog
         sockets: list[socket.socket] = []
         try:
+            if reuseport and port:
+                # SO_REUSEPORT would join another process's sockets on this port (a mailhub
+                # still running, of the same user) without a word: a plain bind says "in use".
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind((host, port))
             for _ in range(count if reuseport else 1):
                 s = socket.socket(family, socket.SOCK_STREAM)
                 sockets.append(s)

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet import error, task
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from mailhub import workers
 from mailhub.tap import Options
@@ -165,6 +165,21 @@ class Binding(SynchronousTestCase):
         with self.assertRaises(workers.ListenError) as caught:
             bind_listener(reactor, "smtp", f"tcp:{port}:interface=127.0.0.1", 5, 2, True)
         self.assertIn("[listeners] smtp: cannot listen on", str(caught.exception))
+
+    def test_a_port_another_process_shares_by_so_reuseport_is_in_use_too(self) -> None:
+        if not workers.reuseport_available():
+            raise SkipTest("SO_REUSEPORT (Linux)")
+        other = socket.socket()
+        self.addCleanup(other.close)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        from twisted.internet import reactor
+
+        with self.assertRaises(workers.ListenError):
+            bind_listener(
+                reactor, "smtp", f"tcp:{other.getsockname()[1]}:interface=127.0.0.1", 5, 2, True
+            )
 
     def test_a_unix_socket_is_shared(self) -> None:
         from twisted.internet import reactor
