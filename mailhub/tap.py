@@ -30,7 +30,9 @@ _DEV_DATA = MODE_DEFAULTS["[server] data_dir"].dev
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--data DIR] [--interface ADDR] [--allowed-host NAME ...]"
+    synopsis = (
+        "[--config FILE [--workers N]] [--data DIR] [--interface ADDR] [--allowed-host NAME ...]"
+    )
     longdesc = (
         f"Without --config, starts the development stack: SMTP on {DEV_INTERFACE}:"
         f"{DEV_PORTS['smtp']} accepts mail for any address and keeps it in DIR/mail (default "
