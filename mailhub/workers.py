@@ -7,7 +7,7 @@ Postfix's master and Dovecot's master. The supervisor never accepts a connection
 
 * restarts a worker that dies (0.5 s later, doubling to 30 s while it keeps dying young),
 * forwards SIGHUP (certificates re-read) and stops every worker on SIGTERM/SIGINT (SIGKILL for
-  one that has not stopped after ``stop_timeout``), so it leaves no orphan; a worker whose
+  one that has not stopped after STOP_TIMEOUT), so it leaves no orphan; a worker whose
   supervisor is gone (even by ``kill -9``) sees its stdin end and stops itself,
 * logs what the workers log, each line tagged ``w<K>``: when the supervisor logs to its stdout
   (``-n``, systemd's journal) the workers write their lines there themselves; when it logs to a
@@ -319,9 +319,8 @@ class WorkerProtocol(protocol.ProcessProtocol):
         return cast("int | None", getattr(self.transport, "pid", None))
 
     def processEnded(self, reason: Failure) -> None:
-        for rest in (self._out,):
-            if rest:
-                self._event(rest)
+        if self._out:  # a last line without its newline
+            self._event(self._out)
         self._ended(self.number, reason)
 
 
