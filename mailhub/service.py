@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
@@ -74,6 +75,7 @@ from mailhub.tls import (
 )
 from mailhub.users import FileFormatError, UserDB
 from mailhub.web.site import make_site
+from mailhub.workers import WorkerRole, watch_parent
 
 log = Logger()
 
@@ -113,9 +115,20 @@ class ListenerService(StreamServerEndpointService):
     _raiseSynchronously = True
 
     def __init__(
-        self, config: Config, key: str, description: str, factory: IProtocolFactory
+        self,
+        config: Config,
+        key: str,
+        description: str,
+        factory: IProtocolFactory,
+        endpoint: IStreamServerEndpoint | None = None,
     ) -> None:
-        super().__init__(listener_endpoint(config, description), factory)
+        if endpoint is None:
+            endpoint = listener_endpoint(config, description)
+        elif inner_description(description) is not None:
+            # A worker's socket from its supervisor (mailhub.workers) for a PROXY listener: the
+            # supervisor bound the inner endpoint; the header is still read here first.
+            endpoint = ProxiedEndpoint(endpoint, _reactor())
+        super().__init__(endpoint, factory)
         self.config_source, self.key, self.description = config.source, key, description
         self.setName(f"{key}:{description}")
         # Told the bound address (the pickup collector records the SMTP one for sendmail).
@@ -188,6 +201,7 @@ class MailhubService(MultiService):
             mode="development stack" if self.config.dev else self.config.source,
             mail_dir=str(self.config.mail_dir),
             listeners=", ".join(s.description for s in self if isinstance(s, ListenerService)),
+            mailhub_ready=True,  # a supervisor (mailhub.workers) waits for this event
         )
 
     def listening_ports(self, key: str) -> list[Any]:
@@ -543,7 +557,23 @@ def _with_sandboxes(is_local: Callable[[str], bool]) -> Callable[[str], bool]:
     return lambda domain: domain.lower() == SANDBOX_DOMAIN or is_local(domain)
 
 
-def build(config: Config) -> MailhubService:
+class ParentWatch(Service):
+    """A worker stops when its supervisor is gone (mailhub.workers.watch_parent)."""
+
+    def startService(self) -> None:
+        super().startService()
+        reactor = _reactor()
+        watch_parent(lambda: reactor.stop() if reactor.running else None)
+        # The supervisor forwards SIGHUP to every worker: without TLS to reload (whose service
+        # starts after this one and takes the signal) it must not end the worker.
+        if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def build(config: Config, worker: WorkerRole | None = None) -> MailhubService:
+    """The server; ``worker``: one of several processes (mailhub.workers), which serves the
+    sockets its supervisor bound and runs the singletons only if it is the primary."""
+    primary = worker is None or worker.primary
     config.mail_dir.mkdir(parents=True, exist_ok=True)
     store = MailStore(config.mail_dir, hostname=config.hostname)
     # Added before the listeners so it stops after them, waiting for commits in flight.
@@ -561,8 +591,10 @@ def build(config: Config) -> MailhubService:
     changes.setServiceParent(top)
     top.changes = changes
     sink.delivered = changes.touched
+    if worker is not None:
+        ParentWatch().setServiceParent(top)
     retention = None
-    if config.dev and (config.retention.max_messages or config.retention.max_age):
+    if primary and config.dev and (config.retention.max_messages or config.retention.max_age):
         # The oldest caught mail goes first; production never prunes.
         retention = top.retention = Retention(
             store,
@@ -573,7 +605,8 @@ def build(config: Config) -> MailhubService:
             state_file=config.data_dir / STATE_FILE,
         )
         retention.setServiceParent(top)
-    StaleTmpCleaner(store, interval=TMP_CLEAN_INTERVAL).setServiceParent(top)
+    if primary:  # the whole tree is walked: once for all workers
+        StaleTmpCleaner(store, interval=TMP_CLEAN_INTERVAL).setServiceParent(top)
     tls = top.tls = _server_tls(config)
     _check_tls_for_listeners(config, tls)
     if tls is not None:
@@ -610,7 +643,7 @@ def build(config: Config) -> MailhubService:
     )
     is_local = local_domains(config)
     sandboxes = top.sandboxes = _sandboxes(config, store, portal, top.faults)
-    if sandboxes is not None:
+    if sandboxes is not None:  # never with workers (tap refuses it): sandboxes are one process's
         is_local = _with_sandboxes(is_local)
         SandboxSweeper(sandboxes, _reactor()).setServiceParent(top)  # ttl: expired ones go
     # DKIM keys: read now, and again when `mailhub dkim keygen/retire` changes them.
@@ -645,11 +678,16 @@ def build(config: Config) -> MailhubService:
         ),
         per_destination=config.queue.max_per_destination,
         sign_notice=_notice_signer(config, keystore),
+        runner=primary,  # the other workers only enqueue (mailhub.queue.queue)
     )
     queue.setServiceParent(top)
     # Mail `mailhub sendmail` left while the server was down: into the queue, after it started.
-    pickup = top.pickup = PickupCollector(config.data_dir, queue.sink, _reactor(), config.hostname)
-    pickup.setServiceParent(top)
+    pickup = None
+    if primary:
+        pickup = top.pickup = PickupCollector(
+            config.data_dir, queue.sink, _reactor(), config.hostname
+        )
+        pickup.setServiceParent(top)
     shared = dataclasses.replace(shared, sink=SplitSink(sink, queue.sink, is_local))
     if sandboxes is not None:  # a sandbox's mail keeps its envelope recipients (X-Original-To)
         shared = dataclasses.replace(shared, sink=SandboxSink(shared.sink, sandboxes))
@@ -661,12 +699,17 @@ def build(config: Config) -> MailhubService:
         descriptions = getattr(config.listeners, key)
         if not descriptions:
             continue
+        endpoints: list[IStreamServerEndpoint | None] = [None] * len(descriptions)
+        if worker is not None:
+            endpoints = list(worker.endpoints(_reactor(), key))
+            if not endpoints:
+                continue  # served by another worker (the web listener: by the primary)
         factory = builder(shared)
         _quiet(factory)
-        for description in descriptions:
-            listener = ListenerService(config, key, description, factory)
+        for description, endpoint in zip(descriptions, endpoints, strict=True):
+            listener = ListenerService(config, key, description, factory, endpoint)
             # `mailhub sendmail` talks plain SMTP: not to a listener that wants a PROXY header
-            if key == "smtp" and inner_description(description) is None:
+            if key == "smtp" and pickup is not None and inner_description(description) is None:
                 listener.on_bound = pickup.listener_bound
             listener.setServiceParent(top)
     return top

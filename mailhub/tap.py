@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.python import usage
@@ -17,6 +18,7 @@ from mailhub.config import (
     DEV_INTERFACE,
     DEV_PORTS,
     MODE_DEFAULTS,
+    Config,
     ConfigError,
     allowed_host,
     dev_config,
@@ -28,7 +30,9 @@ _DEV_DATA = MODE_DEFAULTS["[server] data_dir"].dev
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--data DIR] [--interface ADDR] [--allowed-host NAME ...]"
+    synopsis = (
+        "[--config FILE [--workers N]] [--data DIR] [--interface ADDR] [--allowed-host NAME ...]"
+    )
     longdesc = (
         f"Without --config, starts the development stack: SMTP on {DEV_INTERFACE}:"
         f"{DEV_PORTS['smtp']} accepts mail for any address and keeps it in DIR/mail (default "
@@ -50,6 +54,18 @@ class Options(usage.Options):
             f"Development stack only: the address its listeners bind (default {DEV_INTERFACE}; "
             "0.0.0.0 or :: in a container). Any login works there: never on a shared network.",
         ],
+        [
+            "workers",
+            "w",
+            None,
+            "With --config: run N worker processes sharing every listening port (SO_REUSEPORT "
+            "on Linux) over the same data directory, under this process, which restarts a "
+            "worker that dies (see the README).",
+            int,
+        ],
+        # Given by the supervisor to its workers (mailhub.workers), not by people.
+        ["worker", None, None, "(internal) this process is worker K of N: K/N"],
+        ["listen-fds", None, "", "(internal) inherited listening sockets: kind=fd,fd;..."],
     ]
 
     def __init__(self) -> None:
@@ -76,6 +92,22 @@ class Options(usage.Options):
             )
         if self["interface"] is not None and not _is_ip_address(self["interface"]):
             raise usage.UsageError(f"--interface: not an IP address: {self['interface']!r}")
+        if self["workers"] is not None:
+            if self["workers"] < 1:
+                raise usage.UsageError("--workers: at least 1")
+            if not self["config"]:
+                # The page's sandboxes and run-time fault rules live in one process.
+                raise usage.UsageError(
+                    "--workers needs --config: the development stack runs as one process"
+                )
+        self["role"] = None
+        if self["worker"] is not None:
+            from mailhub.workers import WorkerRole
+
+            try:
+                self["role"] = WorkerRole.parse(self["worker"], self["listen-fds"])
+            except ValueError as e:
+                raise usage.UsageError(f"--worker: {e}") from None
 
 
 def _is_ip_address(text: str) -> bool:
@@ -101,9 +133,55 @@ def makeService(options: Options) -> IService:
     except ConfigError as e:
         # One clear message and a non-zero exit, never a traceback: twistd prints SystemExit.
         raise SystemExit(f"mailhub: configuration error in {e}") from None
-    service = build(config)
+    if options["workers"] is not None:
+        return _supervisor(config, options)
+    service = build(config, worker=options["role"])
     HeapFreeze().setServiceParent(service)  # last child: starts after everything else
     return service
+
+
+def _supervisor(config: Config, options: Options) -> IService:
+    """``--workers N``: this process binds the listeners and runs N workers (mailhub.workers)."""
+    from twisted.internet import reactor
+
+    from mailhub.service import FACTORIES, with_backlog
+    from mailhub.workers import Supervisor, twistd_args
+
+    if config.dev:
+        raise SystemExit(
+            f"mailhub: --workers: {config.source} is a development stack (dev = true), which "
+            "runs as one process (its page's sandboxes and fault rules live in it)"
+        )
+    if config.sandboxes.enabled:
+        raise SystemExit(
+            f"mailhub: --workers: [sandboxes] enabled in {config.source}: sandboxes live in "
+            "one process; turn them off or run without --workers"
+        )
+    backlog = config.limits.listen_backlog
+    listeners = [
+        (key, with_backlog(description, backlog))
+        for key in FACTORIES
+        for description in getattr(config.listeners, key)
+    ]
+    return Supervisor(
+        reactor,
+        listeners,
+        options["workers"],
+        twistd_args(options),
+        backlog=backlog,
+        direct_log=_logs_to_stdout(getattr(options, "parent", None)),
+    )
+
+
+def _logs_to_stdout(twistd: Any) -> bool:
+    """Does twistd log to its stdout (``-n`` without ``--logfile``, or ``--logfile=-``)? Then
+    the workers write their lines there themselves (mailhub.workers.WorkerLog)."""
+    if twistd is None:
+        return False
+    get = twistd.get
+    if get("syslog") or get("logger"):
+        return False
+    return bool(get("nodaemon")) and get("logfile") in (None, "", "-")
 
 
 class HeapFreeze(Service):

@@ -125,7 +125,7 @@ class QueueTestBase(SynchronousTestCase):
     def enqueue(
         self, *rcpts: str, mail_from: str = "a@src.test", body: bytes = BODY, q: Queue | None = None
     ) -> str:
-        q = q or self.queue
+        q = q if q is not None else self.queue  # an empty Queue is falsy (__len__)
         assert q is not None
         env = Envelope(
             queue_id=q.sink.new_id(),
@@ -748,3 +748,47 @@ class DiskWork(QueueTestBase):
         d = message.commit()
         io.finish("commit_new")
         self.successResultOf(d)
+
+
+class SeveralWorkers(QueueTestBase):
+    """mailhub.workers: one worker runs the queue, the others only enqueue into its spool."""
+
+    def other_worker(self) -> Queue:
+        other = Queue(self.dir, route=route, clock=self.clock, io=InlineIO(), runner=False)
+        other.startService()  # no lock: the runner holds it
+        self.addCleanup(self.stop, other)
+        return other
+
+    def test_mail_another_worker_enqueues_is_delivered_by_the_runner(self) -> None:
+        runner = self.make_queue()
+        other = self.other_worker()
+        qid = self.enqueue("b@x.test", q=other)
+        self.assertNotIn(qid, runner)  # not yet told
+        self.assertEqual(len(os.listdir(self.dir / "control")), 1)  # the "arrived" request
+        self.clock.advance(runner.control_interval)
+        self.assertEqual(self.remote.recipients_called(), [("b@x.test",)])
+        self.assertEqual(self.remote.bodies, [BODY])
+        self.assertEqual(os.listdir(self.dir / "control"), [])
+        self.assertEqual(self.files(), [])  # delivered and removed by the runner
+        self.assertEqual(len(other), 0)  # the other keeps no index
+
+    def test_a_lost_arrived_request_is_found_by_the_hourly_look(self) -> None:
+        runner = self.make_queue()
+        other = self.other_worker()
+        qid = self.enqueue("b@x.test", q=other)
+        for name in os.listdir(self.dir / "control"):  # that worker was killed before writing it
+            os.unlink(self.dir / "control" / name)
+        self.clock.advance(runner.control_interval)
+        self.assertEqual(self.remote.calls, [])
+        self.clock.advance(runner.clean_interval)
+        self.assertEqual([c.queue_id for c in self.remote.calls], [qid])
+
+    def test_an_arrived_request_for_a_known_or_gone_message_changes_nothing(self) -> None:
+        runner = self.make_queue()
+        self.remote.default = "temporary"
+        qid = self.enqueue("b@x.test")
+        self.clock.advance(0)
+        self.assertTrue(runner.arrived(qid))
+        self.assertFalse(runner.arrived("0123456789ABCDEF"))
+        self.clock.advance(0)
+        self.assertEqual(len(self.remote.calls), 1)  # not tried again before its time

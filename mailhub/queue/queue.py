@@ -16,6 +16,12 @@ recipients final) or scheduled for its next due time.
 
 Operator requests (``mailhub queue retry|delete``) arrive as files in ``control/`` (see
 mailhub.queue.admin), polled every ``control_interval`` seconds.
+
+Several worker processes (mailhub.workers) share one spool, but only one of them schedules and
+delivers (the spool lock says who): the others run a Queue with ``runner=False``, which only
+enqueues (its sink) and tells the runner of each new message by an ``arrived`` request in
+``control/``. The runner also indexes, every ``clean_interval``, any message it does not know (a
+worker killed between its commit and that request).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import heapq
 import itertools
 import json
 import os
+import secrets
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -39,7 +47,14 @@ from twisted.python.failure import Failure
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import AttemptResult, ICourier, Outcome
 from mailhub.queue import dsn
-from mailhub.queue.record import DELIVERED, FAILED, CorruptRecord, QueueRecord, RecipientState
+from mailhub.queue.record import (
+    DELIVERED,
+    FAILED,
+    QUEUE_ID,
+    CorruptRecord,
+    QueueRecord,
+    RecipientState,
+)
 from mailhub.queue.schedule import RetrySchedule
 from mailhub.queue.sink import QueueSink
 from mailhub.queue.spool import STALE_AGE, InlineIO, Spool, ThreadedIO
@@ -121,6 +136,7 @@ class Queue(Service):
         control_interval: float = 2.0,
         clean_interval: float = 3600.0,
         sign_notice: Callable[[bytes], defer.Deferred[bytes]] | None = None,
+        runner: bool = True,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -143,8 +159,14 @@ class Queue(Service):
         # DSNs are mail we write: signed (DKIM) like submitted mail when keys exist. It gives
         # the header fields to put on top of a notice (b"": unsigned).
         self.sign_notice = sign_notice
+        # False: this process only enqueues; the runner (another worker) delivers.
+        self.runner = runner
         self.sink = QueueSink(
-            self.spool, self.io, clock, self._committed, lambda: bool(self.running)
+            self.spool,
+            self.io,
+            clock,
+            self._committed if runner else self._tell_runner,
+            lambda: bool(self.running),
         )
         self._index: dict[str, _Msg] = {}
         self._heap: list[tuple[float, int, str]] = []
@@ -167,6 +189,10 @@ class Queue(Service):
 
     def startService(self) -> None:
         self.spool.create()
+        if not self.runner:
+            self.io.start()
+            super().startService()
+            return
         self.spool.lock()  # QueueLocked stops start-up: two runners would deliver twice
         try:
             self.io.start()
@@ -188,6 +214,9 @@ class Queue(Service):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
+        if not self.runner:
+            self.io.stop()
+            return defer.succeed(None)
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -248,6 +277,42 @@ class Queue(Service):
     def _clean(self) -> None:
         d = self._track(self.io.run(self.spool.clean, STALE_AGE, self.clock.seconds))
         d.addErrback(lambda f: log.failure("queue: cleaning stale files failed", f))
+        self._index_unknown()
+
+    def _index_unknown(self) -> None:
+        """Messages in the spool that the index lacks: another worker's whose ``arrived``
+        request was never written (that worker was killed right after its commit)."""
+        for qid in self.spool.ids():
+            if qid not in self._index:
+                self.arrived(qid)
+
+    def _tell_runner(self, record: QueueRecord, size: int) -> None:
+        """Not the runner: ask the one that is to schedule this new message (see the module
+        doc). A lost request (this process killed now) is found by the runner's hourly look."""
+        # Named like mailhub.queue.admin's requests; renamed into place so the runner never
+        # reads half of one. Not fsync'd: the message itself is, and the hourly look covers
+        # a request a power cut loses.
+        name = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+        tmp = self.spool.control / f"{name}.tmp"
+        tmp.write_bytes(json.dumps({"action": "arrived", "id": record.id}).encode())
+        os.rename(tmp, self.spool.control / f"{name}.json")
+
+    def arrived(self, qid: str) -> bool:
+        """Index a message another worker enqueued and try it at once. False if unknown."""
+        if qid in self._index or not QUEUE_ID.match(qid):
+            return qid in self._index
+        try:
+            self.spool.load(qid)  # a record that cannot be read is moved aside by _start
+        except FileNotFoundError:
+            return False
+        except (CorruptRecord, OSError) as e:
+            self._move_aside(qid, e)
+            return False
+        msg = _Msg(qid, self.spool.body_size(qid))
+        self._index[qid] = msg
+        self._push(msg, self.clock.seconds())
+        self._arm()
+        return True
 
     # --- what callers can look at --------------------------------------------------------------
 
@@ -720,6 +785,9 @@ class Queue(Service):
                 qid = request.get("id")
                 if action == "retry":
                     self.retry(qid)
+                elif action == "arrived" and isinstance(qid, str):
+                    if not self.arrived(qid):
+                        log.warn("queue: {qid} arrived but is not in the spool", qid=qid)
                 elif action == "delete" and isinstance(qid, str):
                     if not self.delete(qid):
                         log.warn("queue: delete requested for unknown {qid}", qid=qid)

@@ -97,16 +97,31 @@ class ProcessOutput:
             self._changed.wait_for(lambda: found() is not None or self._ended, timeout)
             return found()
 
+    def wait_for_all(
+        self, pattern: str, count: int, timeout: float = START_TIMEOUT
+    ) -> list[re.Match[str]]:
+        """The matches of ``pattern`` once there are ``count`` (fewer: the output ended or
+        ``timeout`` passed)."""
+        regex = re.compile(pattern)
+
+        def found() -> list[re.Match[str]]:
+            return [m for m in map(regex.search, self._lines) if m]
+
+        with self._changed:
+            self._changed.wait_for(lambda: len(found()) >= count or self._ended, timeout)
+            return found()
+
     def close(self, timeout: float = START_TIMEOUT) -> None:
         self._thread.join(timeout)
 
 
 def start_twistd(
-    test: Any, directory: Path, config: Path
+    test: Any, directory: Path, config: Path, *args: str
 ) -> tuple[subprocess.Popen[bytes], int, ProcessOutput]:
-    """Run ``twistd -n mailhub --config`` and wait for its SMTP port (from the start-up log)."""
+    """Run ``twistd -n mailhub --config [args]`` and wait for its SMTP port (from the start-up
+    log)."""
     proc = subprocess.Popen(
-        [*TWISTD, "-n", "--pidfile=", "--logfile=-", "mailhub", "--config", str(config)],
+        [*TWISTD, "-n", "--pidfile=", "--logfile=-", "mailhub", "--config", str(config), *args],
         cwd=directory,
         env=environment(),
         stdout=subprocess.PIPE,
