@@ -13,6 +13,7 @@ import re
 import select
 import signal
 import smtplib
+import socket
 import subprocess
 import threading
 from email.message import EmailMessage
@@ -333,3 +334,42 @@ class Refused(SynchronousTestCase):
         output.close()
         self.assertIn("[listeners] smtp: cannot listen on", output.read_text())
         self.assertNotIn("worker 1 started", output.read_text())
+
+
+class BehindProxy(SynchronousTestCase):
+    """A PROXY listener with workers: the supervisor binds the inner socket, and each worker
+    reads the header first, so the client's address (not the proxy's) reaches Received."""
+
+    def test_each_worker_reads_the_proxy_header(self) -> None:
+        from tests.support.twistd import write_config
+
+        tmp = Path(self.mktemp()).absolute()
+        tmp.mkdir()
+        config = write_config(tmp, f"haproxy:tcp:0:interface={HOST}")
+        proc, port, log = start_twistd(self, tmp, config, "--workers", "2")
+        self.addCleanup(lambda: proc.poll() is None and proc.send_signal(signal.SIGTERM))
+        log.wait_for_all(r"worker (\d) ready \(pid (\d+)\)", 2)
+        for n in range(4):  # the kernel spreads them over both workers' sockets
+            with socket.create_connection((HOST, port), timeout=WAIT) as s:
+                s.sendall(f"PROXY TCP4 192.0.2.{n + 1} {HOST} 40000 {port}\r\n".encode())
+                reader = s.makefile("rb")
+                self.assertTrue(reader.readline().startswith(b"220"))
+                for command in (
+                    b"EHLO client.example\r\n",
+                    b"MAIL FROM:<a@example.net>\r\n",
+                    b"RCPT TO:<b@example.test>\r\n",
+                    b"DATA\r\n",
+                ):
+                    s.sendall(command)
+                    line = reader.readline()
+                    while line[3:4] == b"-":
+                        line = reader.readline()
+                    self.assertIn(line[:1], (b"2", b"3"), line)
+                s.sendall(b"Subject: proxied\r\n\r\nhi\r\n.\r\n")
+                self.assertTrue(reader.readline().startswith(b"250"))
+                s.sendall(b"QUIT\r\n")
+        stored = [p.read_bytes() for p in (tmp / "data").rglob("new/*") if p.is_file()]
+        self.assertEqual(len(stored), 4)
+        for n in range(4):
+            self.assertTrue(any(f"[192.0.2.{n + 1}]".encode() in m for m in stored), n)
+        self.assertNotIn(b"[127.0.0.1]", b"".join(stored))
