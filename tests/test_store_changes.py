@@ -111,6 +111,27 @@ class Told(SynchronousTestCase):
         self.changes.catch_up()
         self.assertIn((NEW, B, "INBOX"), self.told())
 
+    def test_with_only_folder_listeners_the_timed_scan_looks_only_at_their_folders(self) -> None:
+        self.not_everything()
+        self.store.mailbox(A, create=True)  # with Archive (every mailbox has it)
+        inbox: list[StoreChange] = []
+        self.changes.subscribe(inbox.extend, A)
+        self.changes.scan()  # the first look: the whole mailbox, to know its folders
+        looked: list[str] = []
+        for name in ("INBOX", "Archive"):
+            folder = self.changes.folder(A, name)
+            sync = folder.sync
+            folder.sync = lambda sync=sync, name=name: looked.append(name) or sync()  # type: ignore[method-assign]
+        self.deliver(A)
+        self.changes.scan()
+        self.assertEqual((looked, kinds(inbox)[-1:]), (["INBOX"], [(NEW, A, "INBOX")]))
+        archive: list[StoreChange] = []
+        self.changes.subscribe(archive.extend, A, "Archive")  # somebody idles there too now
+        self.deliver(A, "Archive")
+        self.changes.scan()
+        self.assertEqual(sorted(looked), ["Archive", "INBOX", "INBOX"])
+        self.assertEqual(kinds(archive), [(NEW, A, "Archive")])
+
     def test_the_timed_scan_runs_on_the_injected_clock_and_only_while_somebody_listens(
         self,
     ) -> None:
