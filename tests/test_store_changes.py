@@ -116,7 +116,9 @@ class Told(SynchronousTestCase):
         self.store.mailbox(A, create=True)  # with Archive (every mailbox has it)
         inbox: list[StoreChange] = []
         self.changes.subscribe(inbox.extend, A)
-        self.changes.scan()  # the first look: the whole mailbox, to know its folders
+        self.changes.scan()  # the first look: the mailbox, for the folder idled in
+        # Not the other folders: no inotify watches and no Folder kept for them
+        self.assertEqual(list(self.changes._watched), [(A, "INBOX")])
         looked: list[str] = []
         for name in ("INBOX", "Archive"):
             folder = self.changes.folder(A, name)
@@ -128,9 +130,26 @@ class Told(SynchronousTestCase):
         archive: list[StoreChange] = []
         self.changes.subscribe(archive.extend, A, "Archive")  # somebody idles there too now
         self.deliver(A, "Archive")
+        self.changes.scan()  # Archive is new to the feed: its mailbox is looked at once
+        self.assertEqual(kinds(archive), [(FOLDER_CREATED, A, "Archive"), (NEW, A, "Archive")])
+        looked.clear()
+        self.deliver(A, "Archive")
         self.changes.scan()
-        self.assertEqual(sorted(looked), ["Archive", "INBOX", "INBOX"])
-        self.assertEqual(kinds(archive), [(NEW, A, "Archive")])
+        self.assertEqual(sorted(looked), ["Archive", "INBOX"])
+        self.assertEqual(kinds(archive)[-1], (NEW, A, "Archive"))
+
+    def test_a_folder_nobody_idled_in_is_looked_at_as_soon_as_somebody_does(self) -> None:
+        self.not_everything()
+        self.store.mailbox(A, create=True)
+        self.changes.subscribe(lambda changes: None, A)
+        self.changes.startService()
+        self.addCleanup(self.changes.stopService)
+        self.clock.advance(0)
+        self.deliver(A, "Archive")  # not watched: nobody idles there
+        archive: list[StoreChange] = []
+        self.changes.subscribe(archive.extend, A, "Archive")
+        self.clock.advance(0)  # the next turn, not the timed scan 30 s away
+        self.assertEqual(kinds(archive), [(FOLDER_CREATED, A, "Archive"), (NEW, A, "Archive")])
 
     def test_the_timed_scan_runs_on_the_injected_clock_and_only_while_somebody_listens(
         self,

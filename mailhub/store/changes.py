@@ -169,6 +169,10 @@ class StoreChanges(Service):
         if self.running and self._dirty_all:
             # Nobody listened: nothing is watched yet. Look soon, not at the next timed scan.
             self.notice_soon(0)
+        elif self.running and sub.key is not None and sub.key not in self._watched:
+            # A folder not looked at (nobody idled there): look at it and watch it now.
+            self._dirty_boxes.add(sub.key[0])
+            self.notice_soon(0)
         return lambda: self._unsubscribe(sub)
 
     def _unsubscribe(self, sub: _Subscription) -> None:
@@ -387,6 +391,10 @@ class StoreChanges(Service):
             names = mailbox.list_folders()
         except (StoreError, OSError):
             names = []
+        if not self._everything:
+            # Only IDLE sessions listen: the folders they idle in, not the other five every
+            # user has (each folder three inotify watches and a Folder kept in memory).
+            names = [name for name in names if (address, name) in self._by_key]
         for name in names:
             key = (address, name)
             watched = self._watched.get(key)
