@@ -74,14 +74,19 @@ def box_name(i: int) -> str:
 
 
 def serve(
-    data_dir: str, smtp_port: int, imaps_port: int, max_connections: int, profile: str
+    data_dir: str,
+    smtp_port: int,
+    imaps_port: int,
+    max_connections: int,
+    profile: str,
+    store_wide: bool,
 ) -> None:
     import dataclasses
 
     raise_nofile()
     from twisted.internet import reactor
 
-    from mailhub.config import ChecksConfig, ListenersConfig, dev_config
+    from mailhub.config import ChecksConfig, DevConfig, ListenersConfig, dev_config
     from mailhub.service import build
 
     base = dev_config(Path(data_dir))
@@ -92,6 +97,9 @@ def serve(
             smtp=(f"tcp:{smtp_port}:interface=127.0.0.1",),
             imaps=(f"tcp:{imaps_port}:interface=127.0.0.1",),
         ),
+        # The dev stack's retention listens to the whole store, as the web page's feed does;
+        # without it (production without the web listener) only the IDLE sessions listen.
+        retention=base.retention if store_wide else DevConfig(max_messages=0, max_age=None),
         limits=dataclasses.replace(
             base.limits,
             max_connections=max_connections,
@@ -115,6 +123,20 @@ def serve(
     reactor.run()  # type: ignore[attr-defined]
     profiler.disable()
     profiler.dump_stats(profile)
+
+
+def make_mailboxes(data_dir: Path, boxes: int) -> None:
+    """Mailboxes that exist before the server starts, as a real server's users do: one made by
+    the store (INBOX and the five special folders), copied (a first LOGIN would make each one
+    with a dozen fsyncs)."""
+    from mailhub.store import MailStore
+
+    store = MailStore(data_dir / "mail", hostname=DOMAIN)
+    store.mailbox(f"template@{DOMAIN}", create=True).ensure_special_folders()
+    template = data_dir / "mail" / DOMAIN / "template"
+    for i in range(boxes):
+        shutil.copytree(template, template.parent / box_name(i))
+    shutil.rmtree(template)
 
 
 def free_ports(n: int) -> list[int]:
@@ -384,11 +406,16 @@ def main() -> None:
     p.add_argument("--pythonpath", help="run the server from this checkout")
     p.add_argument("--results", help="append a JSON line here")
     p.add_argument("--profile", default="", help="cProfile the server's timed part into FILE")
-    p.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--store-wide",
+        action="store_true",
+        help="a store-wide listener too (the dev stack's retention, as the web feed would be)",
+    )
+    p.add_argument("--serve", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        data, smtp, imaps, most, profile = args.serve
-        serve(data, int(smtp), int(imaps), int(most), profile)
+        data, smtp, imaps, most, profile, store_wide = args.serve
+        serve(data, int(smtp), int(imaps), int(most), profile, store_wide == "1")
         return
     nofile = raise_nofile()
     if nofile < args.sessions // args.procs + 100:
@@ -400,11 +427,13 @@ def main() -> None:
         env["PYTHONPATH"] = args.pythonpath
     profile = os.path.abspath(args.profile) if args.profile else ""
     command = [sys.executable, __file__, "--serve", str(data), str(smtp_port), str(imaps_port),
-               str(args.sessions + 100), profile]  # fmt: skip
+               str(args.sessions + 100), profile, "1" if args.store_wide else "0"]  # fmt: skip
+    if args.boxes > PREPARED:
+        make_mailboxes(data, args.boxes)
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     result: dict[str, object] = {"sessions": args.sessions, "boxes": args.boxes,
                                  "shared": args.shared, "messages": args.messages,
-                                 "rate": args.rate}  # fmt: skip
+                                 "rate": args.rate, "store_wide": args.store_wide}  # fmt: skip
     try:
         wait_for_port(imaps_port, proc)
         wait_for_port(smtp_port, proc)
