@@ -39,6 +39,7 @@ from mailhub.errors import ConfigError
 from mailhub.faults.certificates import FaultyServerTLS
 from mailhub.faults.rules import FaultRules, rules_from_config
 from mailhub.faults.smtp import FaultySMTPServerFactory
+from mailhub.fdlimit import raise_nofile_limit
 from mailhub.imap.factory import IMAPServerFactory
 from mailhub.interfaces import IMessageSink
 from mailhub.net import is_loopback
@@ -575,6 +576,7 @@ def build(config: Config, worker: WorkerRole | None = None) -> MailhubService:
     sockets its supervisor bound and runs the singletons only if it is the primary."""
     primary = worker is None or worker.primary
     config.mail_dir.mkdir(parents=True, exist_ok=True)
+    raise_nofile_limit(config)  # a descriptor per connection: 10,000 IDLE sessions need 10,000
     store = MailStore(config.mail_dir, hostname=config.hostname)
     # Added before the listeners so it stops after them, waiting for commits in flight.
     committer = GroupCommitter()

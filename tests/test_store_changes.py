@@ -37,7 +37,7 @@ class Told(SynchronousTestCase):
         self.store = MailStore(Path(self.mktemp()), "localhost")
         self.changes = StoreChanges(self.store, self.clock, scan_interval=30.0, use_inotify=False)
         self.everything: list[StoreChange] = []
-        self.changes.subscribe(self.everything.extend)
+        self.not_everything = self.changes.subscribe(self.everything.extend)
 
     def deliver(self, address: str = A, folder: str = "INBOX") -> int:
         box = self.store.mailbox(address, create=True)
@@ -96,7 +96,7 @@ class Told(SynchronousTestCase):
         self.assertEqual(len(inbox_of_b), 1)
 
     def test_with_only_folder_listeners_only_their_mailboxes_are_looked_at(self) -> None:
-        self.changes._subscriptions.clear()
+        self.not_everything()
         self.deliver(A)
         self.deliver(B)
         inbox_of_a: list[StoreChange] = []
@@ -111,6 +111,46 @@ class Told(SynchronousTestCase):
         self.changes.catch_up()
         self.assertIn((NEW, B, "INBOX"), self.told())
 
+    def test_with_only_folder_listeners_the_timed_scan_looks_only_at_their_folders(self) -> None:
+        self.not_everything()
+        self.store.mailbox(A, create=True)  # with Archive (every mailbox has it)
+        inbox: list[StoreChange] = []
+        self.changes.subscribe(inbox.extend, A)
+        self.changes.scan()  # the first look: the mailbox, for the folder idled in
+        # Not the other folders: no inotify watches and no Folder kept for them
+        self.assertEqual(list(self.changes._watched), [(A, "INBOX")])
+        looked: list[str] = []
+        for name in ("INBOX", "Archive"):
+            folder = self.changes.folder(A, name)
+            sync = folder.sync
+            folder.sync = lambda sync=sync, name=name: looked.append(name) or sync()  # type: ignore[method-assign]
+        self.deliver(A)
+        self.changes.scan()
+        self.assertEqual((looked, kinds(inbox)[-1:]), (["INBOX"], [(NEW, A, "INBOX")]))
+        archive: list[StoreChange] = []
+        self.changes.subscribe(archive.extend, A, "Archive")  # somebody idles there too now
+        self.deliver(A, "Archive")
+        self.changes.scan()  # Archive is new to the feed: its mailbox is looked at once
+        self.assertEqual(kinds(archive), [(FOLDER_CREATED, A, "Archive"), (NEW, A, "Archive")])
+        looked.clear()
+        self.deliver(A, "Archive")
+        self.changes.scan()
+        self.assertEqual(sorted(looked), ["Archive", "INBOX"])
+        self.assertEqual(kinds(archive)[-1], (NEW, A, "Archive"))
+
+    def test_a_folder_nobody_idled_in_is_looked_at_as_soon_as_somebody_does(self) -> None:
+        self.not_everything()
+        self.store.mailbox(A, create=True)
+        self.changes.subscribe(lambda changes: None, A)
+        self.changes.startService()
+        self.addCleanup(self.changes.stopService)
+        self.clock.advance(0)
+        self.deliver(A, "Archive")  # not watched: nobody idles there
+        archive: list[StoreChange] = []
+        self.changes.subscribe(archive.extend, A, "Archive")
+        self.clock.advance(0)  # the next turn, not the timed scan 30 s away
+        self.assertEqual(kinds(archive), [(FOLDER_CREATED, A, "Archive"), (NEW, A, "Archive")])
+
     def test_the_timed_scan_runs_on_the_injected_clock_and_only_while_somebody_listens(
         self,
     ) -> None:
@@ -123,14 +163,14 @@ class Told(SynchronousTestCase):
         self.clock.advance(1.0)
         self.assertIn((NEW, A, "INBOX"), self.told())
         self.assertEqual(self.changes.scans, 2)
-        self.changes._subscriptions.clear()  # nobody listens any more
+        self.not_everything()  # nobody listens any more
         self.clock.advance(30.0)
         self.assertEqual(self.changes.scans, 2)
 
     def test_touched_tells_folder_listeners_on_the_next_turn_without_a_whole_scan(
         self,
     ) -> None:
-        self.changes._subscriptions.clear()
+        self.not_everything()
         self.store.mailbox(B, create=True)
         inbox_of_b: list[StoreChange] = []
         self.changes.subscribe(inbox_of_b.extend, B)
@@ -168,13 +208,47 @@ class Told(SynchronousTestCase):
         def broken(changes: list[StoreChange]) -> None:
             raise RuntimeError("listener bug")
 
-        self.changes._subscriptions.clear()
+        self.not_everything()
         self.changes.subscribe(broken)
         self.changes.subscribe(self.everything.extend)
         self.deliver()
         self.changes.scan()
         self.assertIn((NEW, A, "INBOX"), self.told())
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def next_turn(self) -> None:
+        """One reactor turn: the calls due now, not those they schedule (Clock.advance(0) would
+        run those too; the reactor runs them on its next turn, after I/O)."""
+        due = [c for c in self.clock.getDelayedCalls() if c.getTime() <= self.clock.seconds()]
+        for call in due:
+            self.clock.calls.remove(call)
+            call.func(*call.args, **call.kw)
+
+    def test_a_big_fan_out_is_spread_over_reactor_turns(self) -> None:
+        from mailhub.store import changes as module
+
+        self.patch(module, "FANOUT_BATCH", 3)
+        self.deliver(A)
+        self.deliver(B)
+        self.changes.scan()
+        woken: list[int] = []
+        unsubscribe = []
+        for n in range(8):
+            unsubscribe.append(self.changes.subscribe(lambda c, n=n: woken.append(n), A))
+        of_b: list[StoreChange] = []
+        self.changes.subscribe(of_b.extend, B)
+        self.deliver(A)
+        self.changes.scan()
+        self.assertEqual(kinds(self.everything)[-1], (NEW, A, "INBOX"))  # store-wide: at once
+        self.assertEqual(woken, [0, 1, 2])  # the first batch in the same call
+        unsubscribe[4]()  # gone before its turn: not told
+        self.next_turn()
+        self.assertEqual(woken, [0, 1, 2, 3, 5])
+        self.next_turn()
+        self.assertEqual(woken, [0, 1, 2, 3, 5, 6, 7])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(of_b, [])  # another mailbox's listener is not called at all
+        self.assertEqual(self.changes.listener_count(), 1 + 7 + 1)
 
 
 # Written by another process: what a separate SMTP delivery or another mailhub worker does.

@@ -73,6 +73,7 @@ from mailhub.imap.parser import (
 from mailhub.imap.view import BadSequence, UidValidityChanged, View
 from mailhub.net import IStreamTransport
 from mailhub.store import Folder, FolderNotFound, InvalidName, Mailbox, StoreError
+from mailhub.store.changes import MESSAGE_CHANGES, StoreChange
 from mailhub.store.errors import LockBusy, LockTimeout
 from mailhub.store.lockwait import BusyWait, retry_busy
 from mailhub.store.maildir import SpoolFile
@@ -557,19 +558,22 @@ class IMAPServerProtocol(Protocol, TimeoutMixin, HandshakeDeadline):
         if timer is not None and timer.active():
             timer.cancel()
 
-    def _idle_told(self, _changes: object) -> None:
+    def _idle_told(self, changes: list[StoreChange]) -> None:
         if self._idling and (self._idle_timer is None or not self._idle_timer.active()):
-            self._idle_report()
+            # The feed has just looked at the folder and found these messages changed: its
+            # look is the session's too. Not when the folder came or went (the session's own
+            # sync finds out what became of its folder).
+            self._idle_report(just_looked=all(c.kind in MESSAGE_CHANGES for c in changes))
         # else a look is due anyway (a busy lock's retry): it will see this change too
 
-    def _idle_report(self) -> None:
+    def _idle_report(self, just_looked: bool = False) -> None:
         self._idle_timer = None
         if self.closing or not self._idling:
             return
         again = None if self.factory.changes is not None else IDLE_POLL_INTERVAL
         if self.view is not None:
             try:
-                self.write_all(self.view.sync(allow_expunge=True))
+                self.write_all(self.view.sync(allow_expunge=True, just_looked=just_looked))
             except UidValidityChanged:
                 self.bye("Mailbox UIDVALIDITY changed; please reselect")
                 return

@@ -264,9 +264,17 @@ class View:
             parts.append(b"MODSEQ (%d)" % self.infos[uid].modseq)
         return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
-    def sync(self, *, allow_expunge: bool) -> list[bytes]:
-        """Reconcile with the folder; the untagged responses that tell the client."""
-        state = self.folder.sync()
+    def sync(self, *, allow_expunge: bool, just_looked: bool = False) -> list[bytes]:
+        """Reconcile with the folder; the untagged responses that tell the client.
+
+        ``just_looked``: the store's change feed has just looked at the folder (its listener is
+        running), so the folder's state as this process last saw it is up to date and the disk
+        need not be looked at again: 1,000 sessions watching one folder then cost one scan of
+        it per change, not 1,000 (each a listing of new/ and cur/ while their mtimes are too
+        young to trust). A change made after the feed's look wakes the session again."""
+        state = self.folder.current_state() if just_looked else None
+        if state is None:
+            state = self.folder.sync()
         if state.uidvalidity != self.uidvalidity:
             raise UidValidityChanged(self.folder.name)
         previous, self._state = self._state, state
