@@ -39,7 +39,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -47,6 +46,9 @@ import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+# the same port helpers as the 1,000-session benchmark beside this file
+from idle_latency import free_ports, wait_for_port
 
 DOMAIN = "localhost"  # the dev stack's default domain is its host name
 SHARED = "shared"
@@ -137,30 +139,6 @@ def make_mailboxes(data_dir: Path, boxes: int) -> None:
     for i in range(boxes):
         shutil.copytree(template, template.parent / box_name(i))
     shutil.rmtree(template)
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited ({proc.returncode})")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def rss_kib(pid: int) -> int:
