@@ -733,3 +733,28 @@ class KeptForReadersTests(StoreTestCase):
         self.clock.t = time.time()  # (none of them is 36 hours old)
         self.assertEqual(self.store.clean_stale_tmp(), 1)
         self.assertEqual(sorted(os.listdir(self.tmp)), sorted([mine.name, elsewhere.name]))
+
+
+class AppendWhileListingRaces(StoreTestCase):
+    """A listing taken while another reader renames the file (new/ -> cur/) may miss it
+    (POSIX leaves readdir() during a rename unspecified): the message just appended is looked
+    for again, not reported gone."""
+
+    def test_a_listing_that_misses_the_new_file_is_taken_again(self) -> None:
+        sent = self.box.folder("Sent")
+        sent.sync()
+        real_listdir = os.listdir
+        hidden: list[str] = []
+
+        def listdir_missing_once(path: str) -> list[str]:
+            found = real_listdir(path)
+            if not hidden and str(path).endswith("/new") and found:
+                hidden.append(found[0])  # what a concurrent rename can do to one listing
+                return found[1:]
+            return found
+
+        self.patch(os, "listdir", listdir_missing_once)
+        uid = sent.append(b"From: a@b\r\n\r\nhi\r\n")
+        self.assertEqual(len(hidden), 1)  # the first listing did miss it
+        self.assertEqual(uid, 1)
+        self.assertIn(uid, sent.sync().by_uid)

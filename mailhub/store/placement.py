@@ -20,7 +20,7 @@ from mailhub.store import names
 from mailhub.store.core import FolderCore
 from mailhub.store.errors import MessageGone
 from mailhub.store.flags import FlagStore
-from mailhub.store.folderstate import intern_keywords
+from mailhub.store.folderstate import FolderState, intern_keywords
 from mailhub.store.reading import MessageFiles
 from mailhub.store.spool import Placement, SpoolFile
 from mailhub.store.sync import Syncer
@@ -49,6 +49,12 @@ class Placer:
         pending = self.core.pending_keywords
         wanted = list(bases)
         state = self.syncer.sync()
+        if not all(_has(state, base) for base in wanted):
+            # A file renamed while readdir() ran (another session taking new/ to cur/, a flag
+            # change) may be missed by that listing (POSIX leaves it unspecified): look again
+            # before calling a message we just placed gone (seen once under load in CI).
+            self.core.changed_by_us()
+            state = self.syncer.sync()
         by_key = {m.key: m for m in state.messages[-len(wanted) - 64 :]}
         found: dict[str, int] = {}
         late: dict[frozenset[str], list[int]] = {}
@@ -202,3 +208,8 @@ class Placer:
         folder; LockBusy before anything is lost, so it may be run again."""
         new_uids = self.uids_of([b for _, b in links if not b.startswith("#")])
         return [(u, int(b[1:]) if b.startswith("#") else new_uids[b]) for u, b in links]
+
+
+def _has(state: FolderState, base: str) -> bool:
+    """Whether ``state`` knows the message ``base`` (the newest first: just placed)."""
+    return any(m.key == base for m in reversed(state.messages))
