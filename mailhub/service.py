@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
 from mailhub.checks.arc import arc_seal
-from mailhub.checks.inbound import authserv_id_of, judge_with, policy_from_config
+from mailhub.checks.inbound import judge_with, our_authserv_id, policy_from_config
 from mailhub.checks.keys import KeyStore
 from mailhub.checks.resolver import make_resolver
 from mailhub.checks.signing import Signer, SigningSink
@@ -499,7 +499,7 @@ def _checking(
     resolver (a TTL cache shared by all sessions). Copies forwarded through an alias to another
     domain are ARC-sealed with the alias domain's RSA DKIM key (RFC 8617 has only rsa-sha256)."""
     checks = config.checks
-    authserv_id = authserv_id_of(config)
+    authserv_id = our_authserv_id(config)
     reactor = _reactor()
     judge = judge_with(
         make_resolver(config, reactor),

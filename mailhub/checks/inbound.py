@@ -200,7 +200,7 @@ class Policy:
         return self.domains.get(domain.lower().rstrip("."), self.default)
 
 
-def authserv_id_of(config: Config) -> str:
+def our_authserv_id(config: Config) -> str:
     """Our authserv-id (RFC 8601 2.5): ``[checks] authserv_id``, else ``[server] hostname``.
     The web page reads our results back by it."""
     return config.checks.authserv_id or config.hostname

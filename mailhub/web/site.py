@@ -15,7 +15,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from mailhub.checks.inbound import authserv_id_of
+from mailhub.checks.inbound import our_authserv_id
 from mailhub.net import IStreamTransport
 from mailhub.web.access import Access, HostCheck, LoginBusy, LoginRefused, LoginRequired, Viewer
 from mailhub.web.api import Api, ApiError, error_body, unexpected
@@ -355,7 +355,7 @@ def make_site(shared: Any, clock: IReactorTime | None = None) -> WebSite:
         max_wait=config.web.max_wait,
         faults=getattr(shared, "faults", None),
         ready=ready,
-        authserv_id=authserv_id_of(config),  # whose Authentication-Results the page believes
+        authserv_id=our_authserv_id(config),  # whose Authentication-Results the page believes
         spam=spam_scores(config, clock),
     )
     sandboxes = getattr(shared, "sandboxes", None)
