@@ -40,6 +40,9 @@ ZONE: dict[str, dict[str, Any]] = {
     "strict.test": {"TXT": ["v=spf1 -all exp=why.strict.test"]},
     "why.strict.test": {"TXT": [("%{i} is not one of ", "our servers (%{d})")]},
     "nullmx.test": {"TXT": ["v=spf1 mx -all"], "MX": [(0, ".")]},
+    # the SPF suite's macro-mania-in-domain: %% %_ %- make a name with spaces, asked as it is
+    "e1a.example.test": {"TXT": ["v=spf1 a:macro%%percent%_%_space%-url-space.example.test -all"]},
+    "macro%percent  space%20url-space.example.test": {"A": ["1.2.3.4"]},
 }
 
 
@@ -70,6 +73,13 @@ class SPFOverLocalDNS(TestCase):
             v.mailfrom.explanation,
         )
         self.assertEqual(v.helo.result, "fail")
+
+    async def test_macro_made_name_with_spaces(self) -> None:
+        v = await self.smtp("1.2.3.4", "test@e1a.example.test", "mail.sender.test")
+        self.assertEqual(v.mailfrom.result, "pass")
+        self.assertIn(
+            ("macro%percent  space%20url-space.example.test", "A"), self.dns.authority.queries
+        )
 
     async def test_softfail_and_ptr(self) -> None:
         v = await self.smtp("203.0.113.5", "bob@example.test", "mail.sender.test")

@@ -112,8 +112,11 @@ def query_name(name: str) -> str:
                 raise InvalidName(f"{name!r} has no IDNA form ({e})") from None
         if len(label) > MAX_LABEL:
             raise InvalidName(f"{name!r} has a label over {MAX_LABEL} octets")
-        if any(c <= " " or c == "\x7f" for c in label):
-            raise InvalidName(f"{name!r} holds spaces or control characters")
+        # RFC 2181 11: a label may hold any octet; SPF macros (RFC 7208 7.3: %_ and %-) make
+        # spaces and percent signs, and the name must be asked as it is. Control characters
+        # come from no address or macro: refused rather than put on the wire.
+        if any(c < " " or c == "\x7f" for c in label):
+            raise InvalidName(f"{name!r} holds control characters")
         labels.append(label.lower())
     result = ".".join(labels)
     if len(result) > MAX_NAME:
