@@ -20,10 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import idna
-from twisted.internet.endpoints import serverFromString
 
 from mailhub.errors import ConfigError
-from mailhub.proxyproto import inner_description
 
 # The port plan: dev ports match Mailpit/MailHog where they overlap.
 DEV_PORTS = {
@@ -657,6 +655,12 @@ def _listeners(source: str, table: Mapping[str, Any], reactor: Any, dev: bool) -
         name: r.strings(name, MODE_DEFAULTS[f"[listeners] {name}"](dev)) for name in DEV_PORTS
     }
     r.finish()
+    # Imported here, not at the top: endpoints (and TLS with it) cost ~150 ms to import, and
+    # `mailhub sendmail` reads the configuration for every message it sends.
+    from twisted.internet.endpoints import serverFromString
+
+    from mailhub.proxyproto import inner_description
+
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
