@@ -256,6 +256,7 @@ class FaultySMTPServerProtocol(SMTPServerProtocol):
         if txn is not None and txn.message is not None:
             self._log_message(txn, None, outcome="aborted", reason="fault injected: disconnect")
         self._reset_transaction()
+        self._flush()  # what earlier commands were answered still goes out
         self.transport.loseConnection()
 
 
