@@ -9,10 +9,10 @@ Per message, following https://cr.yp.to/proto/maildir.html:
    goes to the tmp file (created then) with os.write(), so small SMTP chunks cost no syscall.
 3. ``commit()``: one hop into the ``GroupCommitter``'s thread pool (one idle thread woken, the
    last to go idle), which creates the mailboxes seen for the first time, creates the tmp file
-   if the message was small, writes the rest, fsyncs the file, link()s it as
-   ``new/<unique>,S=<size>`` into each distinct target mailbox and unlinks the tmp name. The
-   message then joins the next *group* fsync of the new/ directories; its Deferred fires with
-   the queue id only after that: every copy is on disk and visible.
+   if the message was small, writes the rest, fsyncs the file, link()s it as ``new/<unique>,S=<size>`` into each distinct target mailbox
+   and unlinks the tmp name. The message then joins the next *group* fsync of the new/
+   directories; its Deferred fires with the queue id only after that: every copy is on disk
+   and visible.
 
 Group commit: link() and rename() are durable only once their directory is fsync'd. Instead of
 one directory fsync per message, messages that finish their file phase while a directory-fsync
