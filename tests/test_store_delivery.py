@@ -437,28 +437,6 @@ class CommitterServiceTests(SinkTestCase):
         gate.set()
         return defer.gatherResults([committed, stopped])
 
-    @defer.inlineCallbacks
-    def test_work_goes_to_one_idle_thread_the_last_idle_first(self):
-        # One item at a time: the thread that just finished takes the next (no other thread
-        # is woken for it), so a lone SMTP session's commits keep to one warm thread.
-        ran = []
-        for _ in range(20):
-            ran.append((yield self.committer.run(threading.get_ident)))
-        self.assertEqual(len(set(ran)), 1)
-
-    @defer.inlineCallbacks
-    def test_work_waits_for_a_thread_when_all_are_busy(self):
-        committer = GroupCommitter(threads=2)
-        committer.startService()
-        self.addCleanup(committer.stopService)
-        gate = threading.Event()
-        busy = [committer.run(gate.wait, 10) for _ in range(2)]
-        queued = [committer.run(lambda i=i: i) for i in range(5)]  # both threads are held
-        self.assertEqual([d.called for d in queued], [False] * 5)
-        gate.set()
-        self.assertEqual((yield defer.gatherResults(queued)), list(range(5)))
-        self.assertEqual((yield defer.gatherResults(busy)), [True, True])
-
     def test_stale_tmp_cleaner_runs_at_start(self):
         self.store.mailbox("a@example.com", create=True)
         stale = self.box("a@example.com") / "tmp" / "stale"

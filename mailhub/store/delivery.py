@@ -7,9 +7,9 @@ Per message, following https://cr.yp.to/proto/maildir.html:
    the final delivery agent records the reverse-path).
 2. ``write()`` (reactor thread): append to an in-memory buffer; every ``flush_size`` bytes it
    goes to the tmp file (created then) with os.write(), so small SMTP chunks cost no syscall.
-3. ``commit()``: one hop into the ``GroupCommitter``'s thread pool (one idle thread woken, the
-   last to go idle), which creates the mailboxes seen for the first time, creates the tmp file
-   if the message was small, writes the rest, fsyncs the file, link()s it as ``new/<unique>,S=<size>`` into each distinct target mailbox
+3. ``commit()``: one hop into the ``GroupCommitter``'s thread pool, which creates the mailboxes
+   seen for the first time, creates the tmp file if the message was small, writes the rest,
+   fsyncs the file, link()s it as ``new/<unique>,S=<size>`` into each distinct target mailbox
    and unlinks the tmp name. The message then joins the next *group* fsync of the new/
    directories; its Deferred fires with the queue id only after that: every copy is on disk
    and visible.
@@ -26,9 +26,9 @@ which lets the file system merge journal commits.
 
 from __future__ import annotations
 
-import collections
 import errno
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
@@ -91,17 +91,6 @@ class _Batch:
 _STOP = object()
 
 
-class _Waiter:
-    """One worker thread's place among the idle ones: ``wake`` is held while it sleeps."""
-
-    __slots__ = ("item", "wake")
-
-    def __init__(self) -> None:
-        self.item: Any = None
-        self.wake = threading.Lock()
-        self.wake.acquire()
-
-
 class GroupCommitter(Service):
     """Worker threads for fsync work plus batched directory fsyncs. Add it to the MultiService
     before the listeners, so it is started before and stopped after them.
@@ -120,11 +109,7 @@ class GroupCommitter(Service):
         self._reactor = reactor
         self._nthreads = threads
         self._threads: list[threading.Thread] = []
-        # Work is handed to one idle thread, woken alone (see _put); with none idle it waits
-        # in _backlog for the first thread to finish.
-        self._idle: list[_Waiter] = []  # a stack: the thread that went idle last works next
-        self._backlog: collections.deque[Any] = collections.deque()
-        self._handoff = threading.Lock()  # guards _idle and _backlog
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._collecting = _Batch()
         self._leading = False
@@ -155,39 +140,16 @@ class GroupCommitter(Service):
         def stop(_: object) -> None:
             threads, self._threads = self._threads, []
             for _t in threads:
-                self._put(_STOP)
+                self._queue.put(_STOP)
             for t in threads:
                 t.join()
 
         return d.addCallback(stop)
 
-    def _put(self, item: object) -> None:
-        """Hand ``item`` to an idle thread, waking that one only (a SimpleQueue shared by all
-        threads wakes a second one with every item: it takes the lock the first released
-        and goes back to sleep, two context switches for nothing per message), or queue it."""
-        with self._handoff:
-            if not self._idle:
-                self._backlog.append(item)
-                return
-            waiter = self._idle.pop()
-        waiter.item = item
-        waiter.wake.release()
-
-    def _get(self, waiter: _Waiter) -> Any:
-        """Worker thread: the next item, sleeping while there is none."""
-        with self._handoff:
-            if self._backlog:
-                return self._backlog.popleft()
-            self._idle.append(waiter)
-        waiter.wake.acquire()  # released by _put once it has set waiter.item
-        item, waiter.item = waiter.item, None
-        return item
-
     def _worker(self) -> None:
-        waiter = _Waiter()
-        get = self._get
+        get = self._queue.get
         while True:
-            item = get(waiter)
+            item = get()
             if item is _STOP:
                 return
             if isinstance(item, _Commit):
@@ -207,7 +169,7 @@ class GroupCommitter(Service):
             return defer.fail(DeliveryError("message store is not running"))
         self._inflight += 1
         d: defer.Deferred[T] = defer.Deferred()
-        self._put((f, args, d))
+        self._queue.put((f, args, d))
         return d
 
     def _finish_run(self, d: defer.Deferred[Any], result: object) -> None:
@@ -225,7 +187,7 @@ class GroupCommitter(Service):
         self._inflight += 1
         d: defer.Deferred[None] = defer.Deferred()
         job.d = d
-        self._put(job)
+        self._queue.put(job)
         return d
 
     def _work(self, job: _Commit) -> None:
