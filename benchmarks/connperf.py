@@ -29,7 +29,9 @@ after the other, the order swapped each time (A B B A ...). The tools:
 A run is done when the Maildir tree holds MESSAGES more files (mailhub's 250 already means
 that; Postfix's means "in the queue"); msg/s = MESSAGES / (start -> last file seen). Server CPU is
 user+system of every thread (mailhub: the twistd process; Postfix: master and all its children,
-including those that exited, from /proc/PID/stat), per message. Each line also has the load
+including those that exited, from /proc/PID/stat), per message; for mailhub also split into the
+reactor (main) thread and the others (the store's fsync threads), with the voluntary context
+switches of all its threads per message (/proc/PID/task/*/). Each line also has the load
 average and the machine's idle % during the run. One JSON object per run goes to ``--out``.
 """
 
@@ -80,14 +82,40 @@ def serve_dns(port: int) -> None:
 
 
 def _stat(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
+    return _stat_path(f"/proc/{pid}/stat")
 
 
 def proc_cpu(pid: int) -> float:
     """utime+stime of every thread of pid, seconds."""
     s = _stat(pid)
     return (int(s[11]) + int(s[12])) / TICK
+
+
+def thread_cpu(pid: int) -> tuple[float, float, int]:
+    """(main thread's CPU, the other threads' CPU, voluntary context switches of all threads):
+    mailhub's reactor runs in the main thread, the store's fsync work in the others."""
+    main = others = 0.0
+    switches = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            s = _stat_path(f"/proc/{pid}/task/{tid}/stat")
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        switches += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended meanwhile (its CPU stays in the process's total)
+        cpu = (int(s[11]) + int(s[12])) / TICK
+        if tid == str(pid):
+            main += cpu
+        else:
+            others += cpu
+    return main, others, switches
+
+
+def _stat_path(path: str) -> list[str]:
+    with open(path) as f:
+        return f.read().rsplit(")", 1)[1].split()
 
 
 def tree_cpu(root: int) -> float:
@@ -145,6 +173,9 @@ class Target:
     def cpu(self) -> float:
         raise NotImplementedError
 
+    def threads(self) -> tuple[float, float, int] | None:
+        return None
+
 
 class Mailhub(Target):
     def __init__(
@@ -184,6 +215,9 @@ class Mailhub(Target):
 
     def cpu(self) -> float:
         return proc_cpu(self.proc.pid)
+
+    def threads(self) -> tuple[float, float, int] | None:
+        return thread_cpu(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -247,6 +281,7 @@ def run_one(t: Target, tool: str, size: int, sessions: int, messages: int, k: in
     load0 = loadavg()
     idle0 = cpu_idle()
     cpu0 = t.cpu()
+    threads0 = t.threads()
     t0 = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     t_tool = time.monotonic() - t0
@@ -259,6 +294,7 @@ def run_one(t: Target, tool: str, size: int, sessions: int, messages: int, k: in
     t1 = time.monotonic()
     time.sleep(0.2)  # let the last deliveries' processes finish their accounting
     cpu1 = t.cpu()
+    threads1 = t.threads()
     idle1 = cpu_idle()
     got = n - base
     el = t1 - t0
@@ -279,6 +315,11 @@ def run_one(t: Target, tool: str, size: int, sessions: int, messages: int, k: in
         "load_after": loadavg(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if threads0 is not None and threads1 is not None:
+        per = 1000 / max(got, 1)
+        out["reactor_cpu_ms_per_msg"] = round((threads1[0] - threads0[0]) * per, 3)
+        out["other_threads_cpu_ms_per_msg"] = round((threads1[1] - threads0[1]) * per, 3)
+        out["voluntary_switches_per_msg"] = round((threads1[2] - threads0[2]) / max(got, 1), 1)
     if tool == "smtp_load" and proc.stdout.strip():
         r = json.loads(proc.stdout)
         out["latency_ms"] = r["latency_ms"]
@@ -333,7 +374,7 @@ def main() -> int:
         k = 0
         print(
             f"{'target':8} {'tool':11} {'case':>14} {'msg/s':>8} {'cpu ms/msg':>10} "
-            f"{'idle%':>5} {'load':>5}  ok"
+            f"{'reactor':>7} {'idle%':>5} {'load':>5}  ok"
         )
         with open(out, "a") as f:
             for rep in range(a.repeats):
@@ -351,7 +392,9 @@ def main() -> int:
                             case = f"{size // 1024}K x{sessions} x{messages}"
                             print(
                                 f"{t.name:8} {tool:11} {case:>14} {r['msgs_per_s']:8.1f} "
-                                f"{r['server_cpu_ms_per_msg']:10.3f} {r['idle_pct']:5.0f} "
+                                f"{r['server_cpu_ms_per_msg']:10.3f} "
+                                f"{r.get('reactor_cpu_ms_per_msg', float('nan')):7.3f} "
+                                f"{r['idle_pct']:5.0f} "
                                 f"{r['load_before']:5.2f}  {r['ok']}"
                                 + (f"  {r.get('stderr', '')[:200]!r}" if not r["ok"] else ""),
                                 flush=True,

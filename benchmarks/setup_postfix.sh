@@ -45,8 +45,9 @@ postfix postfix/main_mailer_type select Local only
 postfix postfix/mailname string bench.localdomain
 EOF
     [ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit)" ] \
-        || apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix postfix-pcre >/dev/null
+        || apt-get -o DPkg::Lock::Timeout=900 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq \
+        --no-install-recommends postfix postfix-pcre >/dev/null
     # The package may have started the system instance (port 25); it is not needed here.
     postfix stop >/dev/null 2>&1 || true
 }

@@ -24,7 +24,8 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.threads import deferToThread
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
@@ -194,6 +195,21 @@ class MailhubService(MultiService):
             self.faults = FaultRules(rules_from_config(config))
         except ConfigError as e:
             raise SystemExit(f"mailhub: configuration error in {e}") from None
+        # What twistd is to log through (mailhub.tap sets it): see setServiceParent.
+        self.twistd_log_observer: ILogObserver | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        """Put under twistd's Application, this also hands it ``twistd_log_observer``: twistd
+        logs through an Application's ILogObserver component when it has one, and looks for
+        it after the plugin made this service, before it starts logging."""
+        super().setServiceParent(parent)
+        observer = self.twistd_log_observer
+        if (
+            observer is not None
+            and isinstance(parent, Componentized)
+            and parent.getComponent(ILogObserver) is None
+        ):
+            parent.setComponent(ILogObserver, observer)
 
     def startService(self) -> None:
         super().startService()

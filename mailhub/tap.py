@@ -12,6 +12,7 @@ import ipaddress
 from typing import Any
 
 from twisted.application.service import IService, Service
+from twisted.logger import FileLogObserver, ILogObserver
 from twisted.python import usage
 
 from mailhub.config import (
@@ -24,6 +25,7 @@ from mailhub.config import (
     dev_config,
     load,
 )
+from mailhub.logtext import faster
 
 # The help texts show the dev stack's defaults from the one table config.py keeps.
 _DEV_DATA = MODE_DEFAULTS["[server] data_dir"].dev
@@ -137,7 +139,21 @@ def makeService(options: Options) -> IService:
         return _supervisor(config, options)
     service = build(config, worker=options["role"])
     HeapFreeze().setServiceParent(service)  # last child: starts after everything else
+    if options["role"] is None:  # a worker logs through mailhub.workers (--logger)
+        service.twistd_log_observer = twistd_log_observer(getattr(options, "parent", None))
     return service
+
+
+def twistd_log_observer(twistd: Any) -> ILogObserver | None:
+    """The observer twistd would make from its options (a file it rotates on SIGUSR1, or
+    stdout), writing the same lines cheaper (mailhub.logtext); None leaves it to twistd
+    (syslog, ``--logger``, or no twistd at all)."""
+    if twistd is None or twistd.get("syslog") or twistd.get("logger"):
+        return None
+    from twisted.scripts._twistd_unix import UnixAppLogger
+
+    observer = UnixAppLogger(twistd)._getLogObserver()
+    return faster(observer) if isinstance(observer, FileLogObserver) else None
 
 
 def _supervisor(config: Config, options: Options) -> IService:

@@ -21,8 +21,9 @@ from mailhub.faults.rules import (
     compile_pattern,
     rules_from_config,
 )
-from mailhub.faults.smtp import FaultySMTPServerFactory
+from mailhub.faults.smtp import FaultySMTPServerFactory, FaultySMTPServerProtocol
 from mailhub.service import build
+from mailhub.smtp.protocol import SMTPServerProtocol
 from tests.support.smtp import LOCAL, Harness
 
 MAIL_OK = "250 2.1.0 Ok"
@@ -217,6 +218,37 @@ class Dialogs(SynchronousTestCase):
         d.greet()
         d.transaction("<a@example.net>", f"<user@{LOCAL}>")
         d.run("C: DATA\nS: 354 ...\nC: Hi\nC: .\nS: 250 2.0.0 Ok: queued as ...")
+        self.assertEqual(len(self.h.sink.delivered), 1)
+
+    def test_sessions_without_rules_are_plain(self) -> None:
+        # While no rule can fire, sessions are built without the fault wrappers (cheaper);
+        # with one in force they consult the rules from the start.
+        self.assertIs(type(self.h.connect().protocol), SMTPServerProtocol)
+        rule_id = self.add(stage="rcpt", action="reply", code=550, recipient="x@*")
+        self.assertIs(type(self.h.connect().protocol), FaultySMTPServerProtocol)
+        self.faults.remove(rule_id)
+        self.assertIs(type(self.h.connect().protocol), SMTPServerProtocol)
+
+    def test_a_rule_added_mid_session_applies_at_its_next_stage(self) -> None:
+        # A session that began with no rule (a plain one) is given the rules when one is added:
+        # an app that keeps its SMTP connection open meets a fault added by its test.
+        d = self.h.connect()
+        d.greet()
+        d.transaction()  # MAIL and RCPT accepted, no rule yet
+        self.add(stage="rcpt", action="reply", code=550, enhanced="5.1.1", recipient="fail@*")
+        self.add(stage="data", action="throttle", seconds=2)
+        self.assertIsInstance(d.protocol, FaultySMTPServerProtocol)
+        d.run(f"""
+            C: RCPT TO:<fail@{LOCAL}>
+            S: 550 5.1.1 Error: fault injected by mailhub
+            C: DATA
+            S: 354 End data with <CR><LF>.<CR><LF>
+            C: Hi
+            C: .
+        """)
+        self.assertEqual(d.replies(), [])  # the throttle fired at the end of the data
+        self.h.clock.advance(2)
+        self.assertTrue(d.reply().startswith("250 2.0.0 Ok: queued as "))
         self.assertEqual(len(self.h.sink.delivered), 1)
 
     def test_connect_554_then_only_quit(self) -> None:

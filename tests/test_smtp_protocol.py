@@ -12,7 +12,7 @@ from mailhub.interfaces import DeliveryError
 from mailhub.smtp import protocol as protocol_module
 from mailhub.smtp.protocol import MAX_PENDING_INPUT
 from mailhub.tls import HANDSHAKE_GRACE
-from tests.support.smtp import LOCAL, Harness, SlowPolicy, body_of, limits
+from tests.support.smtp import LOCAL, Harness, SlowPolicy, TLSStringTransport, body_of, limits
 
 EHLO_REPLY = """
     S: 250-mx.example.org
@@ -494,10 +494,49 @@ class ReplyWriteTests(SynchronousTestCase):
         self.d.replies()
         before = len(self.direct)
         self.d.send(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<user@example.org>\r\nDATA\r\n")
-        self.assertEqual(len(self.d.replies()), 3)
-        # MAIL's and RCPT's replies were queued (more was buffered); only DATA's, the last,
-        # was offered for sending at once (behind the queued ones: write_now keeps the order).
-        self.assertEqual(self.direct[before:], [b"354 End data with <CR><LF>.<CR><LF>\r\n"])
+        # MAIL's and RCPT's replies were held (more was buffered) and leave with DATA's, the
+        # last, in one write: one segment, no reactor turn to flush a queue.
+        self.assertEqual(
+            self.direct[before:],
+            [b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"],
+        )
+
+    def test_held_replies_go_before_waiting(self) -> None:
+        # A reply that comes later (a policy lookup) must not keep the earlier ones back.
+        self.h.factory.policy = slow = SlowPolicy(self.h.policy)
+        self.d.send(b"NOOP\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<user@example.org>\r\n")
+        self.assertEqual(self.d.replies(), ["250 2.0.0 Ok"])
+        slow.release()
+        self.assertEqual(self.d.replies(), ["250 2.1.0 Ok"])  # RCPT's lookup now pending
+        slow.release()
+        self.assertEqual(self.d.replies(), ["250 2.1.5 Ok"])
+
+    def test_held_replies_go_before_a_partial_line(self) -> None:
+        self.d.send(b"NOOP\r\nNOOP\r\nRSET")
+        self.assertEqual(self.d.replies(), ["250 2.0.0 Ok", "250 2.0.0 Ok"])
+        self.d.send(b"\r\n")
+        self.assertEqual(self.d.replies(), ["250 2.0.0 Ok"])
+
+    def test_held_replies_go_before_closing(self) -> None:
+        # QUIT with more pipelined after it, and a 421 for too many errors: what was answered
+        # before is written, then the last reply, then the connection closes.
+        self.d.send(b"NOOP\r\nQUIT\r\nNOOP\r\n")
+        self.assertEqual(self.d.replies(), ["250 2.0.0 Ok", "221 2.0.0 Bye"])
+        self.assertTrue(self.d.closed)
+        h = Harness(limits=limits(max_errors=2))
+        d = h.connect()
+        d.greet()
+        d.send(b"NOOP\r\nX\r\nY\r\nNOOP\r\n")
+        self.assertEqual(
+            d.replies(),
+            [
+                "250 2.0.0 Ok",
+                "500 5.5.1 Error: command not recognized",
+                "500 5.5.1 Error: command not recognized",
+                "421 4.7.0 Error: too many errors",
+            ],
+        )
+        self.assertTrue(d.closed)
 
 
 class TimeoutTests(SynchronousTestCase):
@@ -768,6 +807,30 @@ class StartTLSTests(SynchronousTestCase):
         self.assertEqual(envelope.protocol, "ESMTPS")
         self.assertEqual(envelope.tls, "TLS")
         self.assertIn(b"(using TLS)", h.sink.delivered[0].data)
+
+    def test_replies_before_starttls_go_in_plain_text(self) -> None:
+        # EHLO and STARTTLS pipelined: EHLO's reply was held for the group; it must be written
+        # before the 220 and before the switch to TLS (after it, it would be sent encrypted).
+        at_switch: list[bytes] = []
+
+        class Recording(TLSStringTransport):
+            def startTLS(self, context_factory: object) -> None:
+                at_switch.append(self.value())
+                super().startTLS(context_factory)
+
+        h = Harness(tls_context_factory=self.CONTEXT)
+        d = h.connect(tls=True)
+        d.transport = Recording(
+            hostAddress=d.transport.getHost(), peerAddress=d.transport.getPeer()
+        )
+        d.protocol = h.factory.buildProtocol(d.transport.getPeer())
+        d.protocol.makeConnection(d.transport)
+        d.send(b"EHLO c\r\nSTARTTLS\r\n")
+        [written] = at_switch
+        self.assertTrue(written.startswith(b"220 mx.example.org"))
+        self.assertIn(b"250 HELP\r\n", written)
+        self.assertTrue(written.endswith(b"250 HELP\r\n220 2.0.0 Ready to start TLS\r\n"))
+        self.assertEqual(d.transport.value(), written)  # nothing after the switch
 
     def _stalled_after_starttls(self):
         h = Harness(tls_context_factory=self.CONTEXT)

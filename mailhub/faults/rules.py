@@ -372,6 +372,7 @@ class FaultRules:
         self._rules: list[_Active] = []
         self._next_id = 1
         self.stages: frozenset[Stage] = frozenset()
+        self._watchers: list[Callable[[], None]] = []
         self.log = log if log is not None else _log
         self.certificate_names: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
         self.certificate_issuer: CertificateIssuer | None = None
@@ -434,8 +435,14 @@ class FaultRules:
             "spent": active.remaining == 0,
         }
 
+    def watch(self, changed: Callable[[], None]) -> None:
+        """Call ``changed()`` after every change of the rules (``stages`` is then up to date)."""
+        self._watchers.append(changed)
+
     def _update(self) -> None:
         self.stages = frozenset(a.rule.stage for a in self._rules if a.remaining != 0)
+        for changed in self._watchers:
+            changed()
 
     def decide(
         self,

@@ -99,6 +99,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
         self._errors = 0
         self._txn: Transaction | None = None
         self._tls_active = False
+        self._held: list[bytes] = []  # replies to pipelined commands, written together
         self.session = Session("")
 
     # --- connection -------------------------------------------------------------------------
@@ -181,7 +182,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
     def _shutdown(self, reply: Reply) -> None:
         if self._closing:
             return
-        self._send(reply.wire)
+        self._send(reply.wire, last=True)
         self._closing = True
         self.setTimeout(None)
         txn = self._txn
@@ -192,15 +193,37 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
 
     # --- input (the loop is InputPump's; _step is below) -------------------------------------
 
-    def _send(self, wire: bytes) -> None:
+    def _send(self, wire: bytes, last: bool = False) -> None:
         """Write a reply: at once (one send(), ``mailhub.net.write_now``) when no other
-        command is waiting to be answered; queued when more pipelined commands are buffered,
+        command is waiting to be answered; held while more pipelined commands are buffered,
         so that their replies leave together in one segment (RFC 2920 3.1) -- sent one by one,
-        the second small segment would wait for the client's delayed ACK (Nagle, ~40 ms)."""
-        if self._buf.find(b"\n", self._pos) < 0:
+        the second small segment would wait for the client's delayed ACK (Nagle, ~40 ms).
+        Held replies go out with the next reply written, and at the latest when this turn's
+        processing of input ends (``_run``), so none waits for more input. ``last``: the
+        connection closes after this reply, nothing is held."""
+        if not last and self._running and self._buf.find(b"\n", self._pos) >= 0:
+            self._held.append(wire)
+            return
+        if self._held:
+            self._held.append(wire)
+            wire = b"".join(self._held)
+            self._held = []
+        write_now(self.transport, wire)
+
+    def _flush(self) -> None:
+        """Write the replies held for a pipelined group (see ``_send``)."""
+        if self._held:
+            wire = b"".join(self._held)
+            self._held = []
             write_now(self.transport, wire)
-        else:
-            self.transport.write(wire)
+
+    def _run(self) -> None:
+        if self._running:
+            return
+        try:
+            super()._run()
+        finally:
+            self._flush()  # this turn's input is processed: its replies go now
 
     def _input_broken(self) -> None:
         # A bug in the framing code: the byte stream can no longer be trusted.
@@ -507,7 +530,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
         if arg:
             self.respond(R.syntax("QUIT"))
             return
-        self._send(R.BYE.wire)
+        self._send(R.BYE.wire, last=True)
         self._closing = True
         self.setTimeout(None)
         self._reset_transaction()
@@ -551,6 +574,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
 
     def start_tls(self) -> HandlerResult:
         """STARTTLS accepted (RFC 3207 4): 220, then the handshake."""
+        self._flush()  # replies to commands before it, in plain text, first
         self.transport.write(R.START_TLS.wire)
         # RFC 3207 4.2 and CVE-2011-0411: anything the client sent after STARTTLS in plain text
         # is dropped, and everything learned before the handshake is forgotten.
