@@ -12,8 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.auth import make_portal
 from mailhub.config import Limits
-from mailhub.pop3 import sender
-from mailhub.pop3.maildrop import unique_id
+from mailhub.pop3 import maildrop, sender
+from mailhub.pop3.maildrop import unique_id, unique_ids
 from mailhub.store import dotlock, uidlist
 from mailhub.store.dotlock import DotLock
 from mailhub.tls import HANDSHAKE_GRACE
@@ -332,6 +332,51 @@ class Transaction(POP3Case):
             f"+OK Unique-ID listing follows\r\n1 {keys[0]}\r\n2 {keys[1]}\r\n.\r\n".encode(),
         )
 
+    def test_listings_follow_dele_and_rset(self) -> None:
+        # One line a piece, so the listings are built and sent in several pieces; each is kept
+        # for the session once built, and DELE and RSET must change what is answered.
+        self.patch(maildrop, "LISTING_PIECE", 1)
+        keys = [m.key for m in self.folder.sync().messages]
+        both = f"""
+            C: LIST
+            S: +OK 2 messages ({self.total} octets)
+            S: 1 {len(MSG1)}
+            S: 2 {len(MSG2)}
+            S: .
+            C: UIDL
+            S: +OK Unique-ID listing follows
+            S: 1 {keys[0]}
+            S: 2 {keys[1]}
+            S: .
+            """
+        self.dialog(both)
+        self.dialog(both)
+        self.dialog(
+            f"""
+            C: DELE 1
+            S: +OK Message 1 deleted
+            C: UIDL
+            S: +OK Unique-ID listing follows
+            S: 2 {keys[1]}
+            S: .
+            C: LIST
+            S: +OK 1 messages ({len(MSG2)} octets)
+            S: 2 {len(MSG2)}
+            S: .
+            C: DELE 2
+            S: +OK Message 2 deleted
+            C: UIDL
+            S: +OK Unique-ID listing follows
+            S: .
+            C: LIST
+            S: +OK 0 messages (0 octets)
+            S: .
+            C: RSET
+            S: +OK Maildrop has 2 messages ({self.total} octets)
+            """
+        )
+        self.dialog(both)
+
     def test_retr_dot_stuffs(self) -> None:
         out = self.send(b"RETR 2\r\n")
         self.assertEqual(
@@ -626,6 +671,14 @@ class UniqueIds(SynchronousTestCase):
         self.assertTrue(all(0x21 <= ord(c) <= 0x7E for c in uid))
         self.assertNotEqual(unique_id(long_key + "2"), uid)
         self.assertNotEqual(unique_id("a b"), "a b")
+
+    def test_unique_ids_of_a_whole_maildrop(self) -> None:
+        good = [f"17324123{i}.M1P1Q{i}.mx.example.com,S=12" for i in range(3)]
+        self.assertEqual(unique_ids(good), good)
+        # One key that does not qualify among good ones: only that one becomes a digest.
+        for odd in ("x" * 71, "a b", "caf\u00e9", "tab\there", ""):
+            keys = [*good, odd]
+            self.assertEqual(unique_ids(keys), [*good, unique_id(odd)], odd)
 
 
 class BusyFolderLock(POP3Case):
