@@ -15,8 +15,9 @@ message, the connection limits raised for the idle connections). Then, one after
 - ``append-tls``: the same over IMAPS;
 - ``append-literal+``: the same as a non-synchronising literal ``{n+}`` (RFC 7888 LITERAL+):
   no continuation, the octets follow the command line at once;
-- ``idle-smtp``, ``idle-imap``: ``--idle`` connections opened and left idle (the SMTP ones
-  after the greeting and EHLO, the IMAP ones after the greeting), held for ``--hold`` seconds.
+- ``idle-smtp``, ``idle-imap``, ``idle-imaps``: ``--idle`` connections opened and left idle
+  (the SMTP ones after the greeting and EHLO, the IMAP ones after the greeting, the IMAPS ones
+  after the TLS handshake and the greeting), held for ``--hold`` seconds.
 
 For each step the server's RSS (VmRSS of /proc/PID/status) is read before it, every 10 ms while
 it runs (the peak is kept), and after it (once the answer came, or the idle connections were
@@ -48,7 +49,9 @@ from pathlib import Path
 MiB = 1024 * 1024
 DOMAIN = "localhost"  # the dev stack's default domain is its host name
 USER = f"mem@{DOMAIN}"
-STEPS = ("smtp", "append", "append-tls", "append-literal+", "idle-smtp", "idle-imap")
+STEPS = (
+    "smtp", "append", "append-tls", "append-literal+", "idle-smtp", "idle-imap", "idle-imaps"
+)  # fmt: skip
 
 
 def raise_nofile() -> int:
@@ -217,6 +220,13 @@ def smtp_big(port: int, size: int) -> None:
     sock.close()
 
 
+def client_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the dev stack's self-signed certificate
+    return ctx
+
+
 def imap_tagged(lines: Lines, tag: bytes) -> bytes:
     while True:
         line = lines.line()
@@ -229,10 +239,7 @@ def imap_tagged(lines: Lines, tag: bytes) -> bytes:
 def imap_append(port: int, size: int, *, tls: bool, nonsync: bool) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     if tls:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # the dev stack's self-signed certificate
-        sock = ctx.wrap_socket(sock)
+        sock = client_context().wrap_socket(sock)
     lines = Lines(sock)
     lines.line()  # greeting
     sock.sendall(f"a LOGIN {USER} any\r\n".encode())
@@ -252,12 +259,18 @@ def imap_append(port: int, size: int, *, tls: bool, nonsync: bool) -> None:
 
 
 def idle_connections(
-    port: int, count: int, hold: float, greet: Callable[[socket.socket], None]
+    port: int,
+    count: int,
+    hold: float,
+    greet: Callable[[socket.socket], None],
+    ctx: ssl.SSLContext | None = None,
 ) -> None:
     socks = []
     try:
         for _ in range(count):
             s = socket.create_connection(("127.0.0.1", port))
+            if ctx is not None:
+                s = ctx.wrap_socket(s)
             greet(s)
             socks.append(s)
         time.sleep(hold)
@@ -297,6 +310,9 @@ def run_step(
         "append-literal+": lambda: imap_append(ports["imap"], size, tls=False, nonsync=True),
         "idle-smtp": lambda: idle_connections(ports["smtp"], args.idle, args.hold, smtp_greet),
         "idle-imap": lambda: idle_connections(ports["imap"], args.idle, args.hold, imap_greet),
+        "idle-imaps": lambda: idle_connections(
+            ports["imaps"], args.idle, args.hold, imap_greet, client_context()
+        ),
     }
     big = stored(data, size)
     before = rss(pid)

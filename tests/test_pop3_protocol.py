@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from base64 import b64encode
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailhub.auth import make_portal
 from mailhub.config import Limits
@@ -620,6 +624,65 @@ class Streaming(POP3Case):
         self.login()
         out = self.send(b"RETR 3\r\n")
         self.assertTrue(out.endswith(b"Subject: unix\r\n\r\n..hello\r\nworld\r\n.\r\n"), out)
+
+
+class _Collect(Protocol):
+    """Sends ``script`` at once (RFC 2449 PIPELINING) and collects the answers until closed."""
+
+    def __init__(self, script: bytes, done: Deferred[bytes]) -> None:
+        self.script = script
+        self.done = done
+        self.received: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.script)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.done.callback(b"".join(self.received))
+
+
+class OverTCP(POP3Case, TestCase):
+    """A real TCP connection on 127.0.0.1: replies sent at once with one send() (small RETRs,
+    listings in pieces) and those queued by Twisted (the streamed big message) must still
+    arrive whole and in order."""
+
+    async def test_pipelined_session_arrives_in_order(self) -> None:
+        self.patch(maildrop, "LISTING_PIECE", 1)
+        big = b"Subject: big\r\n\r\n" + (b".dot\r\n" + b"y" * 78 + b"\r\n") * 4000
+        self.assertGreater(len(big), sender.WHOLE_MESSAGE_LIMIT)
+        self.folder.append(big)
+        keys = [m.key for m in self.folder.sync().messages]
+        port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        done: Deferred[bytes] = Deferred()
+        script = b"USER alice@example.com\r\nPASS secret\r\nUIDL\r\nRETR 1\r\nRETR 3\r\n"
+        script += b"RETR 2\r\nLIST\r\nQUIT\r\n"
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await connectProtocol(endpoint, _Collect(script, done))
+        out = await done
+        sizes = [len(MSG1), len(MSG2), len(big)]
+        stuffed = big.replace(b"\r\n.", b"\r\n..")
+        expected = b"".join(
+            [
+                b"+OK mx.example.com POP3 server ready\r\n",
+                b"+OK Send your password\r\n",
+                b"+OK Logged in, 3 messages (%d octets)\r\n" % sum(sizes),
+                b"+OK Unique-ID listing follows\r\n",
+                *(f"{n} {k}\r\n".encode() for n, k in enumerate(keys, 1)),
+                b".\r\n",
+                b"+OK %d octets\r\n" % len(MSG1) + MSG1 + b".\r\n",
+                b"+OK %d octets\r\n" % len(big) + stuffed + b".\r\n",
+                b"+OK %d octets\r\n" % len(MSG2) + MSG2.replace(b"\r\n.", b"\r\n..") + b".\r\n",
+                b"+OK 3 messages (%d octets)\r\n" % sum(sizes),
+                *(b"%d %d\r\n" % (n, size) for n, size in enumerate(sizes, 1)),
+                b".\r\n",
+                b"+OK Logging out, 0 messages deleted\r\n",
+            ]
+        )
+        self.assertEqual(out, expected)
 
 
 class Pipelining(POP3Case):

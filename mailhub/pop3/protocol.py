@@ -652,7 +652,7 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin, Handsh
             except MessageGone:
                 self._error(f"Message {entry.number} was removed by another session")
                 return None
-            write_now(self.transport, ok(f"{entry.info.size} octets") + whole_message(data))
+            write_now(self.transport, b"+OK %d octets\r\n" % entry.info.size + whole_message(data))
             maildrop.mark_seen(entry)
             return None
         try:
