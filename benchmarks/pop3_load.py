@@ -17,6 +17,12 @@ listener, so client and server do not share a GIL); Dovecot is the throwaway ins
     python3 benchmarks/pop3_load.py --messages 10000 --size 3000 --dovecot-port 2110
     bash benchmarks/setup_dovecot_pop3.sh stop
 
+Beside the wall clock each row has the server's CPU time for the UIDL and per RETR (the
+scheduler's count for the mailhub process, all threads, or for Dovecot's pop3 process of the
+session): on a shared machine wall-clock swings with other load, CPU much less. The targets run
+alternately (mailhub, Dovecot, mailhub, ...); the ratios are printed per run as well as of the
+best figures.
+
 Prints one table row per target and run (best of --runs shown last); --json for JSON.
 """
 
