@@ -17,6 +17,12 @@ listener, so client and server do not share a GIL); Dovecot is the throwaway ins
     python3 benchmarks/pop3_load.py --messages 10000 --size 3000 --dovecot-port 2110
     bash benchmarks/setup_dovecot_pop3.sh stop
 
+Beside the wall clock each row has the server's CPU time for the UIDL and per RETR (the
+scheduler's count for the mailhub process, all threads, or for Dovecot's pop3 process of the
+session): on a shared machine wall-clock swings with other load, CPU much less. The targets run
+alternately (mailhub, Dovecot, mailhub, ...); the ratios are printed per run as well as of the
+best figures.
+
 Prints one table row per target and run (best of --runs shown last); --json for JSON.
 """
 
@@ -31,6 +37,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 MAILHUB_USER = "bench@localhost"  # the dev stack's default domain is its host name
@@ -68,7 +75,35 @@ def fill_maildir(maildir: Path, count: int, size: int, owner: tuple[int, int] | 
                 os.chown(os.path.join(root, f), *owner)
 
 
-def measure(host: str, port: int, user: str, password: str, count: int) -> dict[str, float]:
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time of ``pids`` (all their threads) so far: the scheduler's count in nanoseconds
+    (/proc/PID/task/TID/schedstat), fine enough for one UIDL, where /proc/PID/stat counts in
+    10 ms ticks."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue  # gone meanwhile
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except OSError:
+                continue
+    return total / 1e9
+
+
+def measure(
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    count: int,
+    server_pids: Callable[[], list[int]],
+) -> dict[str, float]:
+    """The timed session. Beside the wall-clock figures of UIDL and RETR the server's CPU time
+    for them (``server_pids()``: the processes serving this session, asked once it is logged
+    in): on a shared machine wall-clock swings with other load, CPU much less."""
     warm = poplib.POP3(host, port, timeout=120)
     warm.user(user)
     warm.pass_(password)
@@ -81,18 +116,31 @@ def measure(host: str, port: int, user: str, password: str, count: int) -> dict[
     client.user(user)
     client.pass_(password)
     client.stat()
+    login_stat = time.perf_counter() - t0
+    pids = server_pids()  # (the /proc reads are outside the timed steps)
+    c1 = cpu_seconds(pids)
     t1 = time.perf_counter()
     _, listing, _ = client.uidl()
+    uidl = time.perf_counter() - t1
+    c2 = cpu_seconds(pids)
     t2 = time.perf_counter()
     octets = 0
     for i in range(1, count + 1):
         _, _lines, size = client.retr(i)
         octets += size
     t3 = time.perf_counter()
+    c3 = cpu_seconds(pids)
     client.quit()
     if len(listing) != count:
         raise SystemExit(f"{host}:{port}: UIDL listed {len(listing)} messages")
-    return {"login_stat": t1 - t0, "uidl": t2 - t1, "retr_all": t3 - t2, "octets": octets}
+    return {
+        "login_stat": login_stat,
+        "uidl": uidl,
+        "retr_all": t3 - t2,
+        "octets": octets,
+        "uidl_cpu_ms": (c2 - c1) * 1e3,
+        "retr_cpu_us": (c3 - c2) / count * 1e6,
+    }
 
 
 def wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -114,12 +162,15 @@ def serve(data_dir: str, port: int) -> None:
 
     from twisted.internet import reactor
 
-    from mailhub.config import ListenersConfig, dev_config
+    from mailhub.config import DevConfig, ListenersConfig, dev_config
     from mailhub.service import build
 
     config = dataclasses.replace(
         dev_config(Path(data_dir)),
         listeners=ListenersConfig(pop3=(f"tcp:{port}:interface=127.0.0.1",)),
+        # The dev stack prunes the store to its newest 5,000 messages (mailhub.retention):
+        # off, or it deletes half the benchmark's mailbox while it is being read.
+        retention=DevConfig(max_messages=0, max_age=None),
     )
     service = build(config)
     service.privilegedStartService()
@@ -141,7 +192,8 @@ def run_mailhub(args: argparse.Namespace) -> dict[str, float]:
     )
     try:
         wait_for_port("127.0.0.1", args.mailhub_port, proc, 60)
-        return measure("127.0.0.1", args.mailhub_port, MAILHUB_USER, "any", args.messages)
+        return measure("127.0.0.1", args.mailhub_port, MAILHUB_USER, "any", args.messages,
+                       lambda: [proc.pid])  # fmt: skip
     finally:
         proc.terminate()
         proc.wait(30)
@@ -157,9 +209,35 @@ def run_dovecot(args: argparse.Namespace) -> dict[str, float]:
     for index in home.glob("**/*"):
         if index.is_file():
             index.unlink()  # no index left from a previous run: both start cold
+    master = int((maildir.parents[2] / "run" / "master.pid").read_text())
     return measure(
-        "127.0.0.1", args.dovecot_port, args.dovecot_user, args.dovecot_password, args.messages
+        "127.0.0.1",
+        args.dovecot_port,
+        args.dovecot_user,
+        args.dovecot_password,
+        args.messages,
+        lambda: dovecot_sessions(master),
     )
+
+
+def dovecot_sessions(master: int) -> list[int]:
+    """Dovecot's pop3 session processes (children of its master): after login the session's
+    socket is handed to one of these, which does all the work of UIDL and RETR."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == master and comm == "pop3":
+            pids.append(int(entry.name))
+    if not pids:
+        raise SystemExit(f"no pop3 process under the Dovecot master {master}")
+    return pids
 
 
 def main() -> None:
@@ -185,7 +263,10 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in targets}
     if not args.json:
         print(f"{args.messages} messages of {args.size} octets, poplib on 127.0.0.1")
-        print(f"{'target':10} {'run':>4} {'login+STAT s':>13} {'UIDL s':>8} {'RETR all s':>11}")
+        print(
+            f"{'target':10} {'run':>4} {'login+STAT s':>13} {'UIDL s':>8} {'RETR all s':>11}"
+            f" {'UIDL cpu ms':>12} {'RETR cpu us':>12}"
+        )
     for run in range(1, args.runs + 1):
         for name, fn in targets:
             r = fn(args)
@@ -193,26 +274,31 @@ def main() -> None:
             if not args.json:
                 print(
                     f"{name:10} {run:>4} {r['login_stat']:>13.3f} {r['uidl']:>8.3f} "
-                    f"{r['retr_all']:>11.2f}"
+                    f"{r['retr_all']:>11.2f} {r['uidl_cpu_ms']:>12.2f} {r['retr_cpu_us']:>12.1f}"
                 )
-    best = {
-        name: {k: min(r[k] for r in rs) for k in ("login_stat", "uidl", "retr_all")}
-        for name, rs in results.items()
-    }
+    keys = ("login_stat", "uidl", "retr_all", "uidl_cpu_ms", "retr_cpu_us")
+    best = {name: {k: min(r[k] for r in rs) for k in keys} for name, rs in results.items()}
     if args.json:
         print(json.dumps({"runs": results, "best": best}))
         return
     for name, b in best.items():
         print(
             f"{name:10} {'best':>4} {b['login_stat']:>13.3f} {b['uidl']:>8.3f} "
-            f"{b['retr_all']:>11.2f}"
+            f"{b['retr_all']:>11.2f} {b['uidl_cpu_ms']:>12.2f} {b['retr_cpu_us']:>12.1f}"
         )
     if "dovecot" in best:
         m, d = best["mailhub"], best["dovecot"]
-        ratios = " ".join(
-            f"{k}={m[k] / d[k]:.2f}x" for k in ("login_stat", "uidl", "retr_all") if d[k] > 0
-        )
-        print(f"mailhub / dovecot: {ratios}")
+        ratios = " ".join(f"{k}={m[k] / d[k]:.2f}x" for k in keys if d[k] > 0)
+        print(f"mailhub / dovecot (best of each): {ratios}")
+        # Same-run pairs (run i of each, measured back to back): the ratio per run.
+        for k in keys:
+            pairs = [
+                f"{a[k] / b[k]:.2f}"
+                for a, b in zip(results["mailhub"], results["dovecot"], strict=True)
+                if b[k] > 0
+            ]
+            print(f"  {k} per run: {' '.join(pairs)}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

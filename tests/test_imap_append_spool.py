@@ -4,7 +4,10 @@ the factory's ``run`` (a worker thread in the service), not on the reactor threa
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +116,85 @@ class LiteralIntoTheFolder(IMAPTestCase):
             [f"a1 NO [TOOBIG] Message larger than {BIG - 1} octets", "a2 OK NOOP completed"],
         )
         self.assertEqual(self.files("INBOX", "tmp"), [])
+
+
+CHUNK = 64 * 1024  # what one read from the socket brings
+
+
+def chunks(total: int) -> Iterator[bytes]:
+    """A ``total``-octet message in CHUNK pieces, made as they are asked for: the test never
+    holds it whole either."""
+    head = message("huge")
+    yield head
+    line = b"0123456789abcdef" * 4 + b"\r\n"
+    block = line * (CHUNK // len(line))
+    left = total - len(head)
+    while left:
+        piece = block[: min(left, len(block))]
+        yield piece
+        left -= len(piece)
+
+
+class BoundedMemory(IMAPTestCase):
+    """However big the literal, the session holds at most about one read's worth of it in
+    memory: each piece goes to the spool file before the next arrives (issue 16: RSS flat while
+    a 100 MiB message is APPENDed; benchmarks/memory_flat.py measures the real process)."""
+
+    SIZE = 32 * 1024 * 1024  # 512 pieces: a literal held in memory would show 500 times over
+
+    def feed(self, client_line: bytes, *, sync: bool) -> None:
+        client = self.login(select=None)
+        framer = client.protocol._framer
+        assert framer is not None
+        client.send(client_line)
+        if sync:
+            self.assertEqual(client.lines(), ["+ Ready for literal data"])
+        digest = hashlib.sha256()
+        fed = 0
+        tracing = tracemalloc.is_tracing()
+        if not tracing:
+            tracemalloc.start()
+            self.addCleanup(tracemalloc.stop)
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        spool: Path | None = None
+        for piece in chunks(self.SIZE):
+            client.send(piece)
+            fed += len(piece)
+            digest.update(piece)
+            # Nothing held back: the framer's buffer is empty and the file has every octet.
+            self.assertEqual(framer.buffered, 0)
+            if spool is None:
+                [spool] = self.files("INBOX", "tmp")
+            self.assertEqual(spool.stat().st_size, fed)
+        _, peak = tracemalloc.get_traced_memory()
+        # A piece in the buffer, one in the test's hands, and bookkeeping; never the literal.
+        self.assertLess(peak - base, 4 * CHUNK + 256 * 1024)
+        client.send(b"\r\n")
+        [line] = client.lines()
+        self.assertTrue(line.startswith("a1 OK [APPENDUID "), line)
+        [info] = self.folder().sync().messages
+        self.assertEqual(info.size, self.SIZE)
+        with self.folder().open_message(info.uid) as f:
+            stored = hashlib.sha256()
+            while block := f.read(1024 * 1024):
+                stored.update(block)
+        self.assertEqual(stored.hexdigest(), digest.hexdigest())
+
+    def files(self, folder: str, sub: str) -> list[Path]:
+        path = self.store.mailbox("alice@example.org", create=True).folder(folder)._path / sub
+        return sorted(path.iterdir())
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.with_limits(max_message_size=self.SIZE)
+
+    def test_synchronising_literal(self) -> None:
+        self.feed(b"a1 APPEND INBOX {%d}\r\n" % self.SIZE, sync=True)
+
+    def test_non_synchronising_literal(self) -> None:
+        # RFC 7888 LITERAL+: the octets follow at once, with no "+" from the server.
+        self.feed(b"a1 APPEND INBOX {%d+}\r\n" % self.SIZE, sync=False)
 
 
 class DiskWorkOffTheReactor(IMAPTestCase):

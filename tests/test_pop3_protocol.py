@@ -6,14 +6,18 @@ from __future__ import annotations
 
 from base64 import b64encode
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailhub.auth import make_portal
 from mailhub.config import Limits
-from mailhub.pop3 import sender
-from mailhub.pop3.maildrop import unique_id
+from mailhub.pop3 import maildrop, sender
+from mailhub.pop3.maildrop import unique_id, unique_ids
 from mailhub.store import dotlock, uidlist
 from mailhub.store.dotlock import DotLock
 from mailhub.tls import HANDSHAKE_GRACE
@@ -332,6 +336,51 @@ class Transaction(POP3Case):
             f"+OK Unique-ID listing follows\r\n1 {keys[0]}\r\n2 {keys[1]}\r\n.\r\n".encode(),
         )
 
+    def test_listings_follow_dele_and_rset(self) -> None:
+        # One line a piece, so the listings are built and sent in several pieces; each is kept
+        # for the session once built, and DELE and RSET must change what is answered.
+        self.patch(maildrop, "LISTING_PIECE", 1)
+        keys = [m.key for m in self.folder.sync().messages]
+        both = f"""
+            C: LIST
+            S: +OK 2 messages ({self.total} octets)
+            S: 1 {len(MSG1)}
+            S: 2 {len(MSG2)}
+            S: .
+            C: UIDL
+            S: +OK Unique-ID listing follows
+            S: 1 {keys[0]}
+            S: 2 {keys[1]}
+            S: .
+            """
+        self.dialog(both)
+        self.dialog(both)
+        self.dialog(
+            f"""
+            C: DELE 1
+            S: +OK Message 1 deleted
+            C: UIDL
+            S: +OK Unique-ID listing follows
+            S: 2 {keys[1]}
+            S: .
+            C: LIST
+            S: +OK 1 messages ({len(MSG2)} octets)
+            S: 2 {len(MSG2)}
+            S: .
+            C: DELE 2
+            S: +OK Message 2 deleted
+            C: UIDL
+            S: +OK Unique-ID listing follows
+            S: .
+            C: LIST
+            S: +OK 0 messages (0 octets)
+            S: .
+            C: RSET
+            S: +OK Maildrop has 2 messages ({self.total} octets)
+            """
+        )
+        self.dialog(both)
+
     def test_retr_dot_stuffs(self) -> None:
         out = self.send(b"RETR 2\r\n")
         self.assertEqual(
@@ -577,6 +626,65 @@ class Streaming(POP3Case):
         self.assertTrue(out.endswith(b"Subject: unix\r\n\r\n..hello\r\nworld\r\n.\r\n"), out)
 
 
+class _Collect(Protocol):
+    """Sends ``script`` at once (RFC 2449 PIPELINING) and collects the answers until closed."""
+
+    def __init__(self, script: bytes, done: Deferred[bytes]) -> None:
+        self.script = script
+        self.done = done
+        self.received: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.script)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.done.callback(b"".join(self.received))
+
+
+class OverTCP(POP3Case, TestCase):
+    """A real TCP connection on 127.0.0.1: replies sent at once with one send() (small RETRs,
+    listings in pieces) and those queued by Twisted (the streamed big message) must still
+    arrive whole and in order."""
+
+    async def test_pipelined_session_arrives_in_order(self) -> None:
+        self.patch(maildrop, "LISTING_PIECE", 1)
+        big = b"Subject: big\r\n\r\n" + (b".dot\r\n" + b"y" * 78 + b"\r\n") * 4000
+        self.assertGreater(len(big), sender.WHOLE_MESSAGE_LIMIT)
+        self.folder.append(big)
+        keys = [m.key for m in self.folder.sync().messages]
+        port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        done: Deferred[bytes] = Deferred()
+        script = b"USER alice@example.com\r\nPASS secret\r\nUIDL\r\nRETR 1\r\nRETR 3\r\n"
+        script += b"RETR 2\r\nLIST\r\nQUIT\r\n"
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await connectProtocol(endpoint, _Collect(script, done))
+        out = await done
+        sizes = [len(MSG1), len(MSG2), len(big)]
+        stuffed = big.replace(b"\r\n.", b"\r\n..")
+        expected = b"".join(
+            [
+                b"+OK mx.example.com POP3 server ready\r\n",
+                b"+OK Send your password\r\n",
+                b"+OK Logged in, 3 messages (%d octets)\r\n" % sum(sizes),
+                b"+OK Unique-ID listing follows\r\n",
+                *(f"{n} {k}\r\n".encode() for n, k in enumerate(keys, 1)),
+                b".\r\n",
+                b"+OK %d octets\r\n" % len(MSG1) + MSG1 + b".\r\n",
+                b"+OK %d octets\r\n" % len(big) + stuffed + b".\r\n",
+                b"+OK %d octets\r\n" % len(MSG2) + MSG2.replace(b"\r\n.", b"\r\n..") + b".\r\n",
+                b"+OK 3 messages (%d octets)\r\n" % sum(sizes),
+                *(b"%d %d\r\n" % (n, size) for n, size in enumerate(sizes, 1)),
+                b".\r\n",
+                b"+OK Logging out, 0 messages deleted\r\n",
+            ]
+        )
+        self.assertEqual(out, expected)
+
+
 class Pipelining(POP3Case):
     def test_commands_wait_for_a_slow_login(self) -> None:
         pending: Deferred[bytes] = Deferred()
@@ -626,6 +734,14 @@ class UniqueIds(SynchronousTestCase):
         self.assertTrue(all(0x21 <= ord(c) <= 0x7E for c in uid))
         self.assertNotEqual(unique_id(long_key + "2"), uid)
         self.assertNotEqual(unique_id("a b"), "a b")
+
+    def test_unique_ids_of_a_whole_maildrop(self) -> None:
+        good = [f"17324123{i}.M1P1Q{i}.mx.example.com,S=12" for i in range(3)]
+        self.assertEqual(unique_ids(good), good)
+        # One key that does not qualify among good ones: only that one becomes a digest.
+        for odd in ("x" * 71, "a b", "caf\u00e9", "tab\there", ""):
+            keys = [*good, odd]
+            self.assertEqual(unique_ids(keys), [*good, unique_id(odd)], odd)
 
 
 class BusyFolderLock(POP3Case):

@@ -11,7 +11,7 @@ No protocol text here: the protocol turns these answers into ``+OK``/``-ERR`` li
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -25,10 +25,30 @@ log = Logger(namespace="mailhub.pop3")
 
 # RFC 1939 7 (UIDL): a unique-id is 1 to 70 characters in the range 0x21 to 0x7E.
 MAX_UID_LENGTH = 70
+# Lines per piece of a LIST or UIDL listing (``Maildrop.listing``): ~45 KB of UIDL lines.
+LISTING_PIECE = 1000
 
 
 class NoSuchMessage(Exception):
     """The message number is not usable; the text says why (for the ``-ERR`` line)."""
+
+
+def _valid_uid(key: str) -> bool:
+    return len(key) <= MAX_UID_LENGTH and key.isascii() and key.isprintable() and " " not in key
+
+
+def unique_ids(keys: list[str]) -> list[str]:
+    """``unique_id`` of each key. Checked all at once first (C-speed string tests on the joined
+    keys): Maildir base names nearly always qualify as they are."""
+    joined = "".join(keys)
+    if (
+        joined.isascii()
+        and joined.isprintable()
+        and " " not in joined
+        and max(map(len, keys), default=0) <= MAX_UID_LENGTH
+    ):
+        return keys
+    return [unique_id(k) for k in keys]
 
 
 def unique_id(key: str) -> str:
@@ -36,7 +56,7 @@ def unique_id(key: str) -> str:
     changes or comes back. A base name that breaks RFC 1939's rules (longer than 70 characters,
     e.g. from a long host name, or with characters outside 0x21-0x7E) is replaced by a digest
     of itself: as stable, and collision-free in practice."""
-    if len(key) <= MAX_UID_LENGTH and key.isascii() and key.isprintable() and " " not in key:
+    if _valid_uid(key):
         return key
     return "h" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
@@ -64,6 +84,8 @@ class Maildrop:
         self._messages: tuple[MessageInfo, ...] = folder.sync().messages
         self._deleted: set[int] = set()  # 0-based indexes
         self._unique_ids: list[str] | None = None
+        # LIST and UIDL answers built this session, for the current deletion marks.
+        self._listings: dict[str, bytes] = {}
         self._seen: set[int] = set()  # retrieved: flagged \Seen when the session ends
         self._count = len(self._messages)
         self._size = sum(m.size for m in self._messages)
@@ -96,18 +118,48 @@ class Maildrop:
     def unique_ids(self) -> list[str]:
         """The UIDL of every message in the snapshot (computed once per session)."""
         if self._unique_ids is None:
-            self._unique_ids = [unique_id(m.key) for m in self._messages]
+            self._unique_ids = unique_ids([m.key for m in self._messages])
         return self._unique_ids
+
+    def listing(self, kind: str) -> Iterator[bytes]:
+        """The lines of the multi-line ``LIST`` (number and size) or ``UIDL`` (number and
+        unique-id) answer for the messages not marked deleted (RFC 1939 5, 7), CRLF-ended, in
+        pieces of ``LISTING_PIECE`` lines: the first can go out while the rest is built. Built
+        once per session (kept until the deletion marks change)."""
+        kept = self._listings.get(kind)
+        if kept is not None:
+            if kept:
+                yield kept
+            return
+        if kind == "UIDL":
+            ids = self.unique_ids()
+        else:
+            ids = [str(m.size) for m in self._messages]
+        numbers = [n for n, _ in self.entries()] if self._deleted else None
+        total = len(ids) if numbers is None else len(numbers)
+        pieces = []
+        for start in range(0, total, LISTING_PIECE):
+            span: Iterable[int]
+            if numbers is None:
+                span = range(start + 1, min(start + LISTING_PIECE, total) + 1)
+            else:
+                span = numbers[start : start + LISTING_PIECE]
+            piece = "".join([f"{n} {ids[n - 1]}\r\n" for n in span]).encode("ascii")
+            pieces.append(piece)
+            yield piece
+        self._listings[kind] = b"".join(pieces)
 
     # -- marks -------------------------------------------------------------------------------
 
     def delete(self, entry: Entry) -> None:
+        self._listings.clear()
         self._deleted.add(entry.number - 1)
         self._count -= 1
         self._size -= entry.info.size
 
     def reset(self) -> None:
         """RSET: unmark every message (RFC 1939 5)."""
+        self._listings.clear()
         self._deleted.clear()
         self._count = len(self._messages)
         self._size = sum(m.size for m in self._messages)
@@ -117,6 +169,11 @@ class Maildrop:
     def open(self, entry: Entry) -> BinaryIO:
         """The message file, for reading; MessageGone if another session expunged it."""
         return self._folder.open_message(entry.info.uid)
+
+    def read(self, entry: Entry) -> bytes:
+        """The whole message file (one open, read and close): for messages the index says are
+        small; MessageGone if another session expunged it."""
+        return self._folder.read_message(entry.info.uid)
 
     def mark_seen(self, entry: Entry) -> None:
         """RETR sets \\Seen for IMAP users, as Dovecot does (the Maildir S flag). Collected and
