@@ -252,9 +252,15 @@ class SortMessage:
         references; one call per message instead of one per key."""
         keys = self._keys
         h = self.header
-        for i in range(4):
-            if keys[i] is _MISSING:
-                keys[i] = _COMPUTE[i](h)
+        # (_COMPUTE's first four, called directly: this runs for every message of a THREAD)
+        if keys[0] is _MISSING:
+            keys[0] = parse_date_time(h.envelope_field(_DATE))
+        if keys[1] is _MISSING:
+            keys[1] = _subject_key(h)
+        if keys[2] is _MISSING:
+            keys[2] = _message_id(h)
+        if keys[3] is _MISSING:
+            keys[3] = _references(h)
 
     # The memo list holds each key's own type (``object`` to the type checker), so these
     # properties' returns are ignored for it (ignore[return-value]).
@@ -274,13 +280,15 @@ class SortMessage:
 
     @property
     def message_id(self) -> bytes | None:
-        return self._key(2)  # type: ignore[return-value]  # memo, see sent
+        value = self._keys[2]
+        return self._key(2) if value is _MISSING else value  # type: ignore[return-value]  # memo, see sent
 
     @property
     def references(self) -> list[bytes] | tuple[()]:
         """RFC 5256 4 REFERENCES (1)(A): the References field's msg-ids, or without any the
         first msg-id of In-Reply-To."""
-        return self._key(3)  # type: ignore[return-value]  # memo, see sent
+        value = self._keys[3]
+        return self._key(3) if value is _MISSING else value  # type: ignore[return-value]  # memo, see sent
 
     def address(self, key: str) -> str:
         """FROM, TO, CC (the first address's local part, RFC 5256 3) or DISPLAYFROM,
@@ -339,7 +347,7 @@ _ADDRESS_KEYS = {
 
 def _references(h: MessageHeader) -> list[bytes] | tuple[()]:
     block = h.header
-    low = block.lower()
+    low = h.lower_header()  # shared with the field look-ups (one lower() per header)
     if b"references" in low:
         refs = message_ids(_references_field(block, low))
         if refs:
@@ -355,6 +363,18 @@ def _message_id(h: MessageHeader) -> bytes | None:
     value = h.envelope_field(_MESSAGE_ID)
     if not value:
         return None
+    # The usual "<local@domain>": what _MSG_ID finds in it is all between the brackets (no
+    # regular expression run, which costs more than the rest of the look-up)
+    if value[:1] == b"<" and value[-1:] == b">":
+        inner = value[1:-1]
+        if (
+            0 < inner.find(b"@") < len(inner) - 1
+            and b"<" not in inner
+            and b">" not in inner
+            and b"(" not in inner
+            and inner.split() == [inner]  # no white space
+        ):
+            return inner
     if b"(" in value:
         value = _COMMENT.sub(b" ", value)
     m = _MSG_ID.search(value)

@@ -127,12 +127,15 @@ async def _find(
         uids = [u for u in view.uids if not view.gone(u)]
         found = await search_command.search_in_slices(session, criteria, box, uids)
 
+        header_of, infos = box.headers, view.infos
+        seqs = {u: n for n, u in enumerate(view.uids, 1)}
+
         def message(u: int) -> SortMessage | None:
-            h = box.headers(u)
+            h = header_of(u)
             if h is None:  # gone meanwhile: left out, as SEARCH leaves it out
                 return None
-            info = view.infos[u]
-            m = SortMessage(u, box.seq(u), info.internaldate, info.size, h)
+            info = infos[u]
+            m = SortMessage(u, seqs[u], info.internaldate, info.size, h)
             touch(m)
             return m
 
