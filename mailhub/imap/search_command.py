@@ -95,7 +95,7 @@ async def search_messages(session: IMAPServerProtocol, items: list[Item], *, uid
         uids = view.uids
         if criteria.needs_headers or criteria.needs_structure:
             # expunged by others, not yet announced: nothing left to read
-            uids = [u for u in uids if not view.gone(u)]
+            uids = view.present(uids)
         found = await search_in_slices(session, criteria, box, uids)
     finally:
         for p in (headers, structure):

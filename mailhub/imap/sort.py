@@ -16,6 +16,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from mailhub.imap.dates import MONTHS_B, full_year
@@ -391,6 +392,7 @@ _COMPUTE: tuple[Callable[[MessageHeader], object], ...] = (
     *_ADDRESS_KEYS.values(),
 )
 _ADDRESS_INDEX = {name: 4 + i for i, name in enumerate(_ADDRESS_KEYS)}
+_SEQ = attrgetter("seq")
 
 
 # -- SORT criteria and the order -----------------------------------------------------------------
@@ -410,6 +412,13 @@ _KEYS: dict[str, Callable[[SortMessage], Any]] = {
 }
 
 
+_GETTERS: dict[str, Callable[[SortMessage], Any]] = {
+    "ARRIVAL": attrgetter("internaldate"),
+    "DATE": attrgetter("sent"),
+    "SIZE": attrgetter("size"),
+}
+
+
 @dataclass(frozen=True)
 class SortKey:
     name: str  # ARRIVAL, CC, DATE, ...
@@ -417,6 +426,11 @@ class SortKey:
 
     def value(self, m: SortMessage) -> Any:
         return _KEYS[self.name](m)
+
+    @property
+    def getter(self) -> Callable[[SortMessage], Any]:
+        """``value`` as one callable (attrgetter for the plain keys: no frames per message)."""
+        return _GETTERS.get(self.name) or _KEYS[self.name]
 
 
 def parse_program(item: object) -> list[SortKey]:
@@ -444,8 +458,8 @@ def parse_program(item: object) -> list[SortKey]:
 def sort_messages(messages: list[SortMessage], program: list[SortKey]) -> list[SortMessage]:
     """``messages`` (in mailbox order) in the order of ``program``; messages that compare
     equal on every criterion stay in mailbox order (RFC 5256 3), REVERSE or not."""
-    ordered = sorted(messages, key=lambda m: m.seq)
+    ordered = sorted(messages, key=_SEQ)
     # stable sorts, last criterion first; reverse=True keeps equal elements' order too
     for key in reversed(program):
-        ordered.sort(key=key.value, reverse=key.reverse)
+        ordered.sort(key=key.getter, reverse=key.reverse)
     return ordered

@@ -50,9 +50,11 @@ async def sort_command(session: IMAPServerProtocol, items: list[Item], *, uid: b
     except SortError as e:
         raise ParseError(str(e)) from None
 
+    getters = [key.getter for key in program]
+
     def touch(m: SortMessage) -> None:
-        for key in program:
-            key.value(m)
+        for get in getters:
+            get(m)
 
     found = await _find(session, items[1], items[2:], touch)
     if isinstance(found, Done):
@@ -124,7 +126,7 @@ async def _find(
             structure.get if structure else lambda u: message_cache.structure(folder, u),
         )
         # expunged by others, not yet announced: nothing left to read
-        uids = [u for u in view.uids if not view.gone(u)]
+        uids = view.present(view.uids)
         found = await search_command.search_in_slices(session, criteria, box, uids)
 
         header_of, infos = box.headers, view.infos
