@@ -190,14 +190,14 @@ def thread_references(messages: list[SortMessage]) -> list[Node]:
                 n.children.sort(key=_date_key)
     _sort_by_date(roots, dummies)
     # (5) gather threads with the same base subject
-    count = len(roots)
     roots = _group_by_subject(roots)
     # (6) sort every set of siblings by sent date, the deepest first
-    dummies = dummies or len(roots) < count  # (5) may have made some
     for n in _descendants_first(roots):
         if len(n.children) > 1:
             n.children.sort(key=_date_key)
-    _sort_by_date(roots, dummies)
+        if n.message is None:
+            n.date = _date_key(n)  # its children are sorted: the roots sort by date in C
+    roots.sort(key=_DATE)
     return roots
 
 
