@@ -945,6 +945,32 @@ class SearchOverTheStore(IMAPTestCase):
             S: a2 OK SEARCH completed
         """)
 
+    def test_expunge_by_another_session_not_yet_told(self) -> None:
+        # The file is kept for this session (it may still FETCH it, RFC 2180 4.1), but once
+        # the session has seen the folder without it (FETCH's sync tells no EXPUNGE), a
+        # header search leaves the expunged message out (SORT and THREAD too).
+        client = self.login()
+        other = self.login()
+        other.command("STORE 2 +FLAGS (\\Deleted)")
+        other.command("EXPUNGE")
+        client.run("""
+            C: a0 FETCH 1 (FLAGS)
+            S: * 1 FETCH (FLAGS (\\Recent))
+            S: a0 OK FETCH completed
+            C: a1 SEARCH SUBJECT report
+            S: * SEARCH 1 3
+            S: a1 OK SEARCH completed
+            C: a2 SORT (SUBJECT) UTF-8 SUBJECT report
+            S: * SORT 1 3
+            S: a2 OK SORT completed
+            C: a3 THREAD ORDEREDSUBJECT UTF-8 SUBJECT report
+            S: * THREAD (1)(3)
+            S: a3 OK THREAD completed
+            C: a4 NOOP
+            S: * 2 EXPUNGE
+            S: a4 OK NOOP completed
+        """)
+
     def test_file_removed_under_a_cold_search(self) -> None:
         # A Maildir tool removes a message file while the session has not yet looked: the
         # search that finds it gone leaves it out (the EXPUNGE follows on the next command).

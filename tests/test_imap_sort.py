@@ -174,6 +174,27 @@ class MessageIds(SynchronousTestCase):
     def test_ids_without_garbage(self) -> None:
         self.assertEqual(message_ids(b"<a@x> (see <c@y>)\r\n <b@x> junk <nope>"), [b"a@x", b"b@x"])
 
+    def test_message_id_as_the_msg_id_syntax_finds_it(self) -> None:
+        # The usual "<a@b>" is taken without the regular expression: odd ones still go to it.
+        for value, want in [
+            ("<a@b.example>", b"a@b.example"),
+            ("<a.b@c@d>", b"a.b@c@d"),  # the domain side may hold "@"
+            ("< a@b >", b"a@b"),
+            ("<a @b>", None),
+            ("<@b>", None),
+            ("<a@>", None),
+            ("<a(c)@b>", None),  # a comment is removed: "<a @b>"
+            ("<a@b(c)>", b"a@b"),
+            ("<a<b@c>", b"b@c"),
+            ("<a@b>>", b"a@b"),
+            ("<a@b> <c@d>", b"a@b"),
+            ("a@b", None),
+        ]:
+            with self.subTest(value):
+                (m,) = messages([mail("x", extra=f"Message-ID: {value}\r\n")])
+                self.assertEqual(m.message_id, want)
+                self.assertEqual(m.message_id, (message_ids(value.encode()) or [None])[0])
+
     def test_references_or_first_in_reply_to(self) -> None:
         m1, m2, m3 = messages(
             [

@@ -196,6 +196,28 @@ class StoreFollowTests(ModseqTestCase):
         self.assertEqual(self.inbox.sync().by_uid[2].flags, frozenset("T"))
         self.assertEqual(self.rebuilds, [1])
 
+    def test_an_unchanged_listing_in_the_same_second_is_not_parsed_again(self) -> None:
+        # Every command syncs (twice) while the mtimes are too young to trust: a listing equal
+        # to the last one is the same files, without parsing every name again.
+        self.clock.t = time.time()
+        self.inbox.store_flags([1], "add", flags="S")
+        self.inbox.sync()  # after our renames: the listing is parsed (the scans were edited)
+        parsed: list[int] = []
+        real = names.files_by_base
+        self.patch(names, "files_by_base", lambda listing: (parsed.append(1), real(listing))[1])
+        state = self.inbox.sync()
+        self.assertIs(self.inbox.sync(), state)
+        self.assertEqual((parsed, self.rebuilds), ([], []))
+        # A rename by another process changes the listing: parsed again, and seen.
+        cur = self.inbox_path / "cur"
+        mtime = os.stat(cur).st_mtime_ns
+        path = self.file_of(2)
+        os.rename(path, path.with_name(path.name.split(":")[0] + ":2,F"))
+        os.utime(cur, ns=(mtime, mtime))
+        self.assertEqual(self.inbox.sync().by_uid[2].flags, frozenset("F"))
+        self.assertEqual(parsed, [1])  # cur/ only: new/ is listed again, the same
+        self.assertEqual(self.rebuilds, [1])
+
     def test_an_index_change_by_another_is_seen(self) -> None:
         other = self.other_process_folder()
         other.sync()

@@ -95,16 +95,19 @@ async def search_messages(session: IMAPServerProtocol, items: list[Item], *, uid
         uids = view.uids
         if criteria.needs_headers or criteria.needs_structure:
             # expunged by others, not yet announced: nothing left to read
-            uids = [u for u in uids if not view.gone(u)]
+            uids = view.present(uids)
         found = await search_in_slices(session, criteria, box, uids)
     finally:
         for p in (headers, structure):
             if p is not None:
                 p.close()
-    highest = max((view.infos[u].modseq for u in found), default=0)
+    highest = 0
+    if criteria.uses_modseq:  # (10,000 look-ups otherwise not needed)
+        highest = max((view.infos[u].modseq for u in found), default=0)
     if not uid:
         found = [box.seq(u) for u in found]
-    line = b"* SEARCH" + b"".join(b" %d" % n for n in found)
+    # one str.join in C, not a bytes object per number
+    line = b"* SEARCH " + " ".join(map(str, found)).encode("ascii") if found else b"* SEARCH"
     if criteria.uses_modseq and found:
         line += b" (MODSEQ %d)" % highest
     session.write(line + b"\r\n")

@@ -16,6 +16,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from mailhub.imap.dates import MONTHS_B, full_year
@@ -252,9 +253,15 @@ class SortMessage:
         references; one call per message instead of one per key."""
         keys = self._keys
         h = self.header
-        for i in range(4):
-            if keys[i] is _MISSING:
-                keys[i] = _COMPUTE[i](h)
+        # (_COMPUTE's first four, called directly: this runs for every message of a THREAD)
+        if keys[0] is _MISSING:
+            keys[0] = parse_date_time(h.envelope_field(_DATE))
+        if keys[1] is _MISSING:
+            keys[1] = _subject_key(h)
+        if keys[2] is _MISSING:
+            keys[2] = _message_id(h)
+        if keys[3] is _MISSING:
+            keys[3] = _references(h)
 
     # The memo list holds each key's own type (``object`` to the type checker), so these
     # properties' returns are ignored for it (ignore[return-value]).
@@ -274,13 +281,15 @@ class SortMessage:
 
     @property
     def message_id(self) -> bytes | None:
-        return self._key(2)  # type: ignore[return-value]  # memo, see sent
+        value = self._keys[2]
+        return self._key(2) if value is _MISSING else value  # type: ignore[return-value]  # memo, see sent
 
     @property
     def references(self) -> list[bytes] | tuple[()]:
         """RFC 5256 4 REFERENCES (1)(A): the References field's msg-ids, or without any the
         first msg-id of In-Reply-To."""
-        return self._key(3)  # type: ignore[return-value]  # memo, see sent
+        value = self._keys[3]
+        return self._key(3) if value is _MISSING else value  # type: ignore[return-value]  # memo, see sent
 
     def address(self, key: str) -> str:
         """FROM, TO, CC (the first address's local part, RFC 5256 3) or DISPLAYFROM,
@@ -339,7 +348,7 @@ _ADDRESS_KEYS = {
 
 def _references(h: MessageHeader) -> list[bytes] | tuple[()]:
     block = h.header
-    low = block.lower()
+    low = h.lower_header()  # shared with the field look-ups (one lower() per header)
     if b"references" in low:
         refs = message_ids(_references_field(block, low))
         if refs:
@@ -355,6 +364,18 @@ def _message_id(h: MessageHeader) -> bytes | None:
     value = h.envelope_field(_MESSAGE_ID)
     if not value:
         return None
+    # The usual "<local@domain>": what _MSG_ID finds in it is all between the brackets (no
+    # regular expression run, which costs more than the rest of the look-up)
+    if value[:1] == b"<" and value[-1:] == b">":
+        inner = value[1:-1]
+        if (
+            0 < inner.find(b"@") < len(inner) - 1
+            and b"<" not in inner
+            and b">" not in inner
+            and b"(" not in inner
+            and inner.split() == [inner]  # no white space
+        ):
+            return inner
     if b"(" in value:
         value = _COMMENT.sub(b" ", value)
     m = _MSG_ID.search(value)
@@ -371,6 +392,7 @@ _COMPUTE: tuple[Callable[[MessageHeader], object], ...] = (
     *_ADDRESS_KEYS.values(),
 )
 _ADDRESS_INDEX = {name: 4 + i for i, name in enumerate(_ADDRESS_KEYS)}
+_SEQ = attrgetter("seq")
 
 
 # -- SORT criteria and the order -----------------------------------------------------------------
@@ -390,6 +412,13 @@ _KEYS: dict[str, Callable[[SortMessage], Any]] = {
 }
 
 
+_GETTERS: dict[str, Callable[[SortMessage], Any]] = {
+    "ARRIVAL": attrgetter("internaldate"),
+    "DATE": attrgetter("sent"),
+    "SIZE": attrgetter("size"),
+}
+
+
 @dataclass(frozen=True)
 class SortKey:
     name: str  # ARRIVAL, CC, DATE, ...
@@ -397,6 +426,11 @@ class SortKey:
 
     def value(self, m: SortMessage) -> Any:
         return _KEYS[self.name](m)
+
+    @property
+    def getter(self) -> Callable[[SortMessage], Any]:
+        """``value`` as one callable (attrgetter for the plain keys: no frames per message)."""
+        return _GETTERS.get(self.name) or _KEYS[self.name]
 
 
 def parse_program(item: object) -> list[SortKey]:
@@ -424,8 +458,8 @@ def parse_program(item: object) -> list[SortKey]:
 def sort_messages(messages: list[SortMessage], program: list[SortKey]) -> list[SortMessage]:
     """``messages`` (in mailbox order) in the order of ``program``; messages that compare
     equal on every criterion stay in mailbox order (RFC 5256 3), REVERSE or not."""
-    ordered = sorted(messages, key=lambda m: m.seq)
+    ordered = sorted(messages, key=_SEQ)
     # stable sorts, last criterion first; reverse=True keeps equal elements' order too
     for key in reversed(program):
-        ordered.sort(key=key.value, reverse=key.reverse)
+        ordered.sort(key=key.getter, reverse=key.reverse)
     return ordered

@@ -50,9 +50,11 @@ async def sort_command(session: IMAPServerProtocol, items: list[Item], *, uid: b
     except SortError as e:
         raise ParseError(str(e)) from None
 
+    getters = [key.getter for key in program]
+
     def touch(m: SortMessage) -> None:
-        for key in program:
-            key.value(m)
+        for get in getters:
+            get(m)
 
     found = await _find(session, items[1], items[2:], touch)
     if isinstance(found, Done):
@@ -124,15 +126,18 @@ async def _find(
             structure.get if structure else lambda u: message_cache.structure(folder, u),
         )
         # expunged by others, not yet announced: nothing left to read
-        uids = [u for u in view.uids if not view.gone(u)]
+        uids = view.present(view.uids)
         found = await search_command.search_in_slices(session, criteria, box, uids)
 
+        header_of, infos = box.headers, view.infos
+        seqs = {u: n for n, u in enumerate(view.uids, 1)}
+
         def message(u: int) -> SortMessage | None:
-            h = box.headers(u)
+            h = header_of(u)
             if h is None:  # gone meanwhile: left out, as SEARCH leaves it out
                 return None
-            info = view.infos[u]
-            m = SortMessage(u, box.seq(u), info.internaldate, info.size, h)
+            info = infos[u]
+            m = SortMessage(u, seqs[u], info.internaldate, info.size, h)
             touch(m)
             return m
 

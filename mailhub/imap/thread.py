@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import pairwise
+from operator import attrgetter
 
 from mailhub.imap.sort import SortMessage
 
@@ -66,6 +67,16 @@ def _date_key(node: Node) -> int:
     while node.message is None:
         node = node.children[0]  # type: ignore[misc]  # a dummy has children: a list
     return node.date
+
+
+_DATE = attrgetter("date")
+_SEQ = attrgetter("seq")
+
+
+def _sort_by_date(nodes: list[Node], dummies: bool) -> None:
+    """``nodes.sort(key=_date_key)``; without dummies among them (``dummies`` False) the
+    key is each node's date, read in C."""
+    nodes.sort(key=_date_key if dummies else _DATE)
 
 
 def _subject(node: Node) -> tuple[str, bool]:
@@ -139,7 +150,7 @@ def thread_references(messages: list[SortMessage]) -> list[Node]:
 
     # (1) link the messages by Message-ID and References / In-Reply-To, in mailbox order (the
     # first of several messages with one Message-ID keeps it)
-    for m in sorted(messages, key=lambda m: m.seq):
+    for m in sorted(messages, key=_SEQ):
         mid = m.message_id
         node = by_id.get(mid) if mid is not None else None
         if node is None and mid is not None:
@@ -172,17 +183,21 @@ def thread_references(messages: list[SortMessage]) -> list[Node]:
     if len(nodes) > len(messages):
         roots = _prune(roots)
     # (4) sort the root set by sent date (a dummy by its first child, sorted first)
-    for n in roots:
-        if n.message is None and len(n.children) > 1:
-            n.children.sort(key=_date_key)
-    roots.sort(key=_date_key)
+    dummies = len(nodes) > len(messages)
+    if dummies:
+        for n in roots:
+            if n.message is None and len(n.children) > 1:
+                n.children.sort(key=_date_key)
+    _sort_by_date(roots, dummies)
     # (5) gather threads with the same base subject
     roots = _group_by_subject(roots)
     # (6) sort every set of siblings by sent date, the deepest first
     for n in _descendants_first(roots):
         if len(n.children) > 1:
             n.children.sort(key=_date_key)
-    roots.sort(key=_date_key)
+        if n.message is None:
+            n.date = _date_key(n)  # its children are sorted: the roots sort by date in C
+    roots.sort(key=_DATE)
     return roots
 
 
@@ -226,7 +241,7 @@ def _prune(roots: list[Node]) -> list[Node]:
 def _group_by_subject(roots: list[Node]) -> list[Node]:
     """RFC 5256 4 REFERENCES (5)."""
     table: dict[str, Node] = {}
-    subjects = [_subject(node) for node in roots]
+    subjects = [n.subject if n.message is not None else _subject(n) for n in roots]
     # (B) one thread per base subject: a dummy before a message, a message before a reply
     for node, (subject, reply) in zip(roots, subjects, strict=True):
         if not subject:

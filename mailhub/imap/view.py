@@ -187,6 +187,11 @@ class View:
         """Expunged by someone else, not yet announced to this session."""
         return uid not in self._state.by_uid
 
+    def present(self, uids: list[int]) -> list[int]:
+        """``uids`` without the ``gone`` ones (one look-up each, no call)."""
+        here = self._state.by_uid
+        return [u for u in uids if u in here]
+
     def keywords_in_use(self) -> frozenset[str]:
         """Every keyword some message has (SELECT's FLAGS, RFC 3501 7.2.6)."""
         return frozenset().union(*map(_keywords_of, self.infos.values()))

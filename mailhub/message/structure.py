@@ -267,6 +267,13 @@ class MessageHeader:
             return self._data[3]
         return tuple(self.envelope_field(i) for i in range(len(ENVELOPE_FIELDS)))
 
+    def lower_header(self) -> bytes:
+        """``header.lower()``, kept (field look-ups share it)."""
+        low = self._low
+        if low is None:
+            low = self._low = self._data[1].lower()
+        return low
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MessageHeader) and self._data == other._data
 
@@ -293,6 +300,18 @@ def _find_field(block: bytes, low: bytes, index: int) -> bytes | None:
     (RFC 5322 2.2.3 folding)."""
     name = ENVELOPE_FIELDS[index]
     line_name = _LINE_FIELDS[index]
+    if index not in ADDRESS_FIELDS:
+        # The last field counts: when the name's last appearance at a line start is such a
+        # field (colon right after the name) of one line, that is the value, found with one
+        # rfind (a line with the name can only start a field: a continuation starts with
+        # white space). Anything else takes the walk below.
+        last = low.rfind(line_name)
+        if last >= 0:
+            colon = last + len(line_name)
+            if block[colon : colon + 1] == b":":
+                nl = block.find(b"\n", colon)
+                if nl >= 0 and block[nl + 1 : nl + 2] not in _WSP:
+                    return block[colon + 1 : nl].lstrip(b" \t").rstrip(b"\r")
     value = None
     at = 0 if low.startswith(name) else _after(low.find(line_name))
     while at >= 0:

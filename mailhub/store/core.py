@@ -111,6 +111,9 @@ class DirScan:
     stamp: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) at the time of the scan
     trusted: bool = False  # mtime was older than the dirty window, so the stamp can be trusted
     files: dict[str, str] = field(default_factory=dict)
+    # The os.listdir() that ``files`` was made from, while ``files`` is exactly that (None
+    # once our own renames edited ``files`` in place): an equal listing means equal files.
+    listing: list[str] | None = None
 
 
 class Reader(Protocol):
@@ -204,6 +207,7 @@ class FolderCore:
         self.stale = True
         for scan in self.scans.values():
             scan.trusted = False
+            scan.listing = None  # the caller edits scan.files to follow its renames
 
     def announce_index_change(self) -> None:
         """The index changed but no directory did (keywords only): touch cur/ so every

@@ -97,4 +97,7 @@ class DerivedData:
         """The base name of ``uid`` if the message is (as far as we know) still here."""
         core = self.core
         base = core.uid_base.get(uid)
-        return base if base is not None and base in core.entries else None
+        if base is None:
+            return None
+        entries = core.entries  # (Files.__contains__, without its call: once per message)
+        return base if base in entries.cur or base in entries.new else None
