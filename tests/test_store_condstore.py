@@ -466,6 +466,26 @@ class CopyManyTests(ModseqTestCase):
         # Recent in the destination, flags or not (RFC 3501 2.3.2, 6.4.7).
         self.assertEqual([dst.by_uid[new].recent for _, new in pairs], [True, True])
 
+    def test_copies_of_one_second_keep_their_order_past_a_counter_digit(self) -> None:
+        # Copies carry their originals' internal date (whole seconds) in their names; the
+        # name's counter is not zero-padded ("Q10" sorts before "Q9" as text), so copies of
+        # messages from one second must differ in their names' time to keep the UID order.
+        import itertools
+
+        from mailhub import safeio
+
+        src = self.box.create_folder("Src")
+        for n in range(3):
+            src.append(f"Subject: {n}\r\n\r\n".encode(), internaldate=1_700_000_000)
+        self.patch(safeio, "_counter", itertools.count(9))  # Q9, Q10, Q11
+        archive = self.box.folder("Archive")
+        pairs = src.copy_many([1, 2, 3], archive)
+        self.assertEqual(pairs, [(1, 1), (2, 2), (3, 3)])
+        dst = archive.sync()
+        self.assertEqual({dst.by_uid[u].internaldate for u in (1, 2, 3)}, {1_700_000_000})
+        self.assertEqual([archive.read_message(u) for u in (1, 2, 3)],
+                         [src.read_message(u) for u in (1, 2, 3)])  # fmt: skip
+
     def test_copy_to_keeps_working(self) -> None:
         self.inbox.store_flags([2], "add", keywords=["Junk"])
         junk = self.box.folder("Junk")

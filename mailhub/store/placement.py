@@ -162,11 +162,16 @@ class Placer:
         pending = other.core.pending_keywords
         links: list[tuple[int, str]] = []  # (source uid, new base)
         dirs: set[str] = set()
-        for uid in sorted(set(uids)):
+        for k, uid in enumerate(sorted(set(uids))):
             info = by_uid.get(uid)
             if info is None:
                 continue
-            date = float(info.internaldate)
+            # The k-th copy's name says the k-th microsecond of its original's second (the
+            # internal date stays that second): copies of messages from one second are then
+            # ordered by time, not by the name's counter, which sorts "Q10" before "Q9", so
+            # their UIDs ascend in the order of the originals (RFC 4315 COPYUID).
+            # (+ 0.5: a float near 1.7e9 is exact to 0.24 us only, so aim at the middle.)
+            date = info.internaldate + (min(k, 999_998) + 0.5) / 1_000_000
             base = names.with_size(names.unique_name(hostname, _stopped_at(date)), info.size)
             if info.keywords:
                 pending[base] = info.keywords
