@@ -133,8 +133,9 @@ class _Signature:
     decoded: dict[str, bytes] = field(default_factory=dict)  # b= and bh=, once checked
     verdict: tuple[str, str] | None = None  # (result, reason) once decided
 
-    @property
+    @functools.cached_property
     def key_name(self) -> str:
+        """Where the key is (RFC 6376 3.6.2.1); asked once d= and s= are final."""
         return f"{self.selector}._domainkey.{self.domain}"
 
     def decide(self, result: str, reason: str) -> None:
