@@ -7,12 +7,14 @@ The work is split in two so that dkimpy never does DNS itself and the reactor is
    checking are fetched through the ``CheckResolver``, all in parallel, within the message's
    ``DNSBudget``. The key records are judged here too (revoked, too weak, too big, wrong type),
    so each problem gets a reason in words.
-2. Then dkimpy's verification steps check the signatures (``opensslverify``: RSA by OpenSSL,
-   the message parsed once and each body hash made once per canonicalisation, ``l=`` and hash),
-   with a ``dnsfunc`` that only returns the records already fetched. This is CPU: on a 4 KiB
-   message about 0.3 ms per signature and 0.5 ms for an RSA-2048 + Ed25519 pair (most of it
-   Python around the cryptography), less than a thread hop costs with the GIL held anyway; a
-   10 MiB body takes about 0.4 s (relaxed canonicalisation is Python regular expressions). So a
+2. Then the cryptography: ``dkimfast`` (our own hash and check: only the fields named in
+   ``h=`` canonicalised, one SHA-256, the key object made once per key record; RSA by OpenSSL,
+   Ed25519 by libsodium) for the signatures and key records in the forms dkimpy reads as we do
+   (``dkimfast.usable``: almost all mail), else dkimpy's verification steps (``opensslverify``)
+   with a ``dnsfunc`` that only returns the records already fetched. Both share the message's
+   parse and its body hashes (one per canonicalisation and ``l=``). This is CPU: on a 4 KiB
+   message about 0.1 ms for an RSA-2048 signature and 0.15 ms for Ed25519 in a tight loop
+   (benchmarks/README.md), less than a thread hop costs; a 10 MiB body takes about 0.4 s. So a
    message up to ``INLINE_LIMIT`` octets is checked inline and a larger one in the reactor's
    thread pool, where the reactor keeps running between GIL slices.
 
