@@ -298,6 +298,19 @@ class FastPathTaken(SynchronousTestCase):
         [r] = run(self, verify_dkim(dns, signed))
         self.assertEqual((r.result, calls), ("pass", [1]))
 
+    def test_key_dkimpy_cannot_read_fails_both_ways(self) -> None:
+        """A key record dkimverify accepted but dkimpy's reading refuses (none known today)
+        makes the signature fail, as dkimpy's verify_sig says, on either path."""
+
+        def unreadable(record: bytes) -> Any:
+            raise dkim.KeyFormatError("unreadable")
+
+        self.patch(opensslverify, "public_key", unreadable)
+        signed = _sign(message(), b"rsa-sha256", (b"relaxed", b"relaxed"), False, False)
+        fast, slow = both_ways(self, signed, [rsa_key()[1]])
+        self.assertEqual(fast, slow)
+        self.assertEqual([r.result for r in fast], ["fail"])
+
     def test_usable(self) -> None:
         tags = {"v": b"1", "a": b"rsa-sha256", "d": b"example.com", "s": b"sel", "h": b"from"}
         key = {"p": b"x"}
