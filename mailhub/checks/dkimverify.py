@@ -416,9 +416,10 @@ async def fetch_keys(
         return {names[0]: await one(names[0])}
     waiting = [defer.Deferred.fromCoroutine(one(n)) for n in names]  # all asked at once
     answers: list[Lookup[bytes] | Exception] = []
-    for d in waiting:
-        d.addCallback(answers.append)
-    if len(answers) < len(names):  # some are still on the wire (else all came from the cache)
+    if all(d.called for d in waiting):  # all from the cache: no DeferredList needed
+        for d in waiting:
+            d.addCallback(answers.append)  # one() never fails
+    else:
         answers = await defer.gatherResults(waiting)
     return dict(zip(names, answers, strict=True))
 
