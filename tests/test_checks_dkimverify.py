@@ -73,6 +73,16 @@ class RFC8463Example(SynchronousTestCase):
         )
         self.assertIn("Ed25519 key at brisbane._domainkey.football.example.com", ed.reason)
 
+    def test_keys_answered_later(self) -> None:
+        """The two keys' answers come after the check started (not from a cache): each
+        signature still gets its own key (the lookups wait together)."""
+        self.dns.hold = True
+        waiting = defer.Deferred.fromCoroutine(verify_dkim(self.dns, RFC8463_MESSAGE))
+        self.assertNoResult(waiting)
+        self.dns.release()
+        results = self.successResultOf(waiting)
+        self.assertEqual([(r.result, r.key_bits) for r in results], [("pass", 256), ("pass", 1024)])
+
     def test_bare_lf_line_ends(self) -> None:
         # A message kept with LF line ends (as some stores do) verifies as its CRLF form.
         results = run(self, verify_dkim(self.dns, RFC8463_MESSAGE.replace(b"\r\n", b"\n")))

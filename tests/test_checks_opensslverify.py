@@ -453,6 +453,8 @@ class SharedWork(SynchronousTestCase):
     def test_key_record_read_once(self) -> None:
         opensslverify._read_record.cache_clear()
         dkimverify.rsa_numbers.cache_clear()
+        dkimverify._key_record.cache_clear()
+        dkimverify._check_key.cache_clear()
         dns = MemoryResolver(txt={"sel._domainkey.example.com": [rsa_key()[1]]})
         with (
             mock.patch.object(dkim, "evaluate_pk", wraps=dkim.evaluate_pk) as evaluate,

@@ -72,6 +72,16 @@ class ParsedMessage:
     _headers: dict[Any, list[tuple[bytes, bytes]]] = field(default_factory=dict)
     _bodies: dict[Any, bytes] = field(default_factory=dict)
     _body_hashes: dict[tuple[Any, int | None, Any], bytes] = field(default_factory=dict)
+    _lowered: list[bytes] | None = None
+    # No VT, FF or CR outside CRLF in the header section: each value's relaxed form is then
+    # its white-space-separated words joined by one SP (dkimfast).
+    plain_space: bool = False
+
+    def lowered_names(self) -> list[bytes]:
+        """The header field names in lower case, in order (``dkimfast``'s h= lookups)."""
+        if self._lowered is None:
+            self._lowered = [name.lower() for name, _ in self.headers]
+        return self._lowered
 
     def canonical_headers(self, algorithm: Any) -> list[tuple[bytes, bytes]]:
         """The header fields under ``algorithm`` (dkimpy's Simple or Relaxed class)."""
@@ -115,17 +125,57 @@ def parse(message: bytes) -> ParsedMessage:
 
 def _parse(message: bytes) -> ParsedMessage:
     head, rest = _split(message)
-    headers, _ = dkim.rfc822_parse(head)
+    headers = header_lines(head)
     # dkimpy's body is the lines after the empty line joined with CRLF: the octets themselves
     # when every LF already follows a CR (almost all mail); else the same split and join.
     if rest.count(b"\n") == rest.count(b"\r\n"):
         body = rest
     else:
         body = b"\r\n".join(_LINE_END.split(rest))
-    return ParsedMessage([(bytes(n), bytes(v)) for n, v in headers], bytes(body))
+    plain = b"\x0b" not in head and b"\x0c" not in head and head.count(b"\r") == head.count(b"\r\n")
+    return ParsedMessage(headers, bytes(body), plain_space=plain)
 
 
 _LINE_END = re.compile(rb"\r?\n")  # dkimpy's line separator (rfc822_parse)
+_FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")  # rfc822_parse's field name
+
+
+def header_lines(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The header fields of ``head`` (header lines with their line ends, up to the empty line)
+    exactly as ``dkim.rfc822_parse`` reads them (each value with its folds and a final CRLF;
+    a "From " line skipped), and raising as it does: ``dkim.MessageFormatError`` for a line
+    that is no field, IndexError for a continuation before any field. The same loop over the
+    lines, without its per-line regular expression compile and the body's split and join."""
+    if head.count(b"\n") == head.count(b"\r\n"):
+        lines = head.split(b"\r\n")  # CRLF line ends only (almost all mail)
+    else:
+        lines = _LINE_END.split(head)
+    fields: list[list[bytes]] = []
+    match = _FIELD_NAME.match
+    for line in lines:
+        if not line:
+            break  # the end of the header section (the split's last, empty piece)
+        if line[0] in (9, 32):
+            fields[-1][1] += line + b"\r\n"
+            continue
+        m = match(line)
+        if m is not None:
+            fields.append([m.group(1), line[m.end() :] + b"\r\n"])
+        elif not line.startswith(b"From "):
+            raise dkim.MessageFormatError(f"Unexpected characters in RFC822 header: {line!r}")
+    return [(name, value) for name, value in fields]
+
+
+def empty_b(value: bytes) -> bytes:
+    """A signature field's value with its b= emptied (RFC 6376 3.7), as dkimpy's RE_BTAG does."""
+    return _B_VALUE.sub(_tag_only, value)
+
+
+def _tag_only(match: re.Match[bytes]) -> bytes:
+    # a function, not the template b"\\1": re would expand the template in Python each time
+    return match.group(1)
+
+
 _EMPTY_LINE = re.compile(rb"\n\r?\n")
 
 
@@ -273,7 +323,7 @@ class _FastVerify:
         headers = self._parsed.canonical_headers(policy.header_algorithm)
         # b= emptied first by an equivalent expression that is ~10x faster on a long b=
         # (RFC 6376 3.7); dkimpy's own RE_BTAG then has nothing left to remove.
-        sig_header = (sig_header[0], _B_VALUE.sub(b"\\1", sig_header[1]))
+        sig_header = (sig_header[0], empty_b(sig_header[1]))
         self.signed_headers = dkim.hash_headers(
             h, policy, headers, include_headers, sig_header, sig
         )
