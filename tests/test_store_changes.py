@@ -123,7 +123,7 @@ class Told(SynchronousTestCase):
         for name in ("INBOX", "Archive"):
             folder = self.changes.folder(A, name)
             sync = folder.sync
-            folder.sync = lambda sync=sync, name=name: looked.append(name) or sync()  # type: ignore[method-assign]
+            folder.sync = lambda sync=sync, name=name, **kw: looked.append(name) or sync(**kw)  # type: ignore[method-assign]
         self.deliver(A)
         self.changes.scan()
         self.assertEqual((looked, kinds(inbox)[-1:]), (["INBOX"], [(NEW, A, "INBOX")]))

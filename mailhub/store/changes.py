@@ -44,6 +44,7 @@ from mailhub.store.errors import LockBusy, StoreError
 from mailhub.store.maildir import Folder, FolderState, MessageInfo
 from mailhub.store.names import INBOX, folder_dirname, folder_from_dirname
 from mailhub.store.store import MailStore
+from mailhub.store.uidwriter import UidsPending
 
 log = Logger()
 
@@ -80,6 +81,7 @@ class _Watched:
     folder: Folder  # held: the store keeps Folder objects only while somebody uses them
     state: FolderState | None = None
     known: dict[str, MessageInfo] = field(default_factory=dict)  # Maildir base name -> info
+    unlisten: Callable[[], None] | None = None  # stops hearing of the folder's UID writes
 
 
 @dataclass(eq=False, slots=True)
@@ -400,8 +402,7 @@ class StoreChanges(Service):
             watched = self._watched.get(key)
             try:
                 if watched is None:
-                    watched = _Watched(mailbox.folder(name))
-                    self._watched[key] = watched
+                    watched = self._watch(key, mailbox.folder(name))
                     self._folders_of.setdefault(address, set()).add(name)
                     changes.append(StoreChange(FOLDER_CREATED, address, name))
             except (StoreError, OSError):
@@ -412,13 +413,30 @@ class StoreChanges(Service):
             self._drop((address, name), changes)
         return keys
 
+    def _watch(self, key: FolderKey, folder: Folder) -> _Watched:
+        watched = self._watched[key] = _Watched(folder)
+        watched.unlisten = folder.on_written(lambda: self._written(key))
+        return watched
+
+    def _written(self, key: FolderKey) -> None:
+        """A worker wrote the folder's UID list (uidwriter.py): the messages it gave UIDs
+        are told on the next reactor turn."""
+        if not self.running or key not in self._watched:
+            return
+        if not self._touched:
+            self.clock.callLater(0, self._look_at_touched)
+        self._touched.add(key)
+
     def _sync(self, key: FolderKey, watched: _Watched, changes: list[StoreChange]) -> bool:
         """One folder: its differences since the last sync into ``changes``; False if it is
-        gone."""
+        gone. New messages are told once a worker has given them their UIDs (``_written``):
+        the reactor never writes the UID list (nor waits for its lock) here."""
         address, name = key
         self._watch_folder(address, name)  # before reading it: nothing falls between
         try:
-            state = watched.folder.sync()
+            state = watched.folder.sync(assign=False)
+        except UidsPending:
+            return True  # a first list is being written: _written looks again
         except LockBusy:
             # Another session or process has the folder's lock for a moment: look again soon
             # (the reactor never waits for a lock) and keep what we know meanwhile.
@@ -446,6 +464,8 @@ class StoreChanges(Service):
 
     def _drop(self, key: FolderKey, changes: list[StoreChange]) -> None:
         watched = self._watched.pop(key, None)
+        if watched is not None and watched.unlisten is not None:
+            watched.unlisten()
         names = self._folders_of.get(key[0])
         if names is not None:
             names.discard(key[1])
