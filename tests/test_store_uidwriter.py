@@ -199,6 +199,20 @@ class TheReactorNeverWritesTheList(OffThreadCase):
         self.assertEqual(folder.sync(assign=False).count, 0)
         self.assertEqual(folder.sync().count, 1)
 
+    def test_catch_up_for_the_web_api_still_sees_mail_delivered_before_it(self) -> None:
+        # The web API's catch_up() promises every message whose 250 came before it: it
+        # assigns inline; the feed's own looks leave it to the worker.
+        self.folder().sync()
+        told: list[Any] = []
+        self.changes.subscribe(told.extend)
+        self.clock.advance(0)
+        self.arrive("one")
+        self.changes.notice_soon(0)  # inotify's look
+        self.clock.advance(0)
+        self.assertEqual([c.kind for c in told if c.kind == "new"], [])
+        self.changes.catch_up()
+        self.assertEqual([c.message.uid for c in told if c.kind == "new"], [1])
+
     def test_uids_agree_with_another_process_writing_inline(self) -> None:
         from mailhub.store import MailStore
 

@@ -114,6 +114,7 @@ class StoreChanges(Service):
         self._by_key: dict[FolderKey, dict[_Subscription, None]] = {}  # of one folder (IDLE)
         self._fanout: list[tuple[list[_Subscription], list[StoreChange]]] = []  # still to tell
         self._fanout_call: Any = None
+        self._assign = False  # does the look in progress assign UIDs itself (catch_up)?
         # A timed scan of folder listeners' folders spread over reactor turns: (the keys,
         # how far it got, the mailboxes looked at whole)
         self._spread: tuple[list[FolderKey], int, set[str]] | None = None
@@ -297,7 +298,7 @@ class StoreChanges(Service):
 
     def _catch_up_logged(self) -> None:
         try:
-            self.catch_up()
+            self.catch_up(assign=False)
         except Exception:
             log.failure("catching up with the mailboxes failed")
 
@@ -341,10 +342,22 @@ class StoreChanges(Service):
                 self._spread = (keys, at + SCAN_BATCH, looked)
                 self.clock.callLater(0, self._scan_more)
 
-    def catch_up(self) -> list[StoreChange]:
+    def catch_up(self, *, assign: bool = True) -> list[StoreChange]:
         """Bring the feed up to date with every change made before this call; returns (and
         publishes) the changes. Costs a poll() on the inotify descriptor when nothing changed;
-        without trustworthy inotify, a whole ``scan()``."""
+        without trustworthy inotify, a whole ``scan()``.
+
+        A caller that must see every message delivered before it (the web API) gets their
+        UIDs assigned here, as ``Folder.sync()`` does. The feed's own looks (``assign=False``:
+        inotify, touched(), the timed scan) leave that to the store's worker and tell the new
+        messages once it has written them (``_written``)."""
+        before, self._assign = self._assign, assign
+        try:
+            return self._catch_up()
+        finally:
+            self._assign = before
+
+    def _catch_up(self) -> list[StoreChange]:
         self._read_events()
         if self._notifier is None or self._dirty_all:
             return self.scan()
@@ -480,7 +493,7 @@ class StoreChanges(Service):
         address, name = key
         self._watch_folder(address, name)  # before reading it: nothing falls between
         try:
-            state = watched.folder.sync(assign=False)
+            state = watched.folder.sync(assign=self._assign)
         except UidsPending:
             return True  # a first list is being written: _written looks again
         except LockBusy:
