@@ -281,3 +281,18 @@ class FirstLoginMakesFoldersInAWorker(OffThreadCase):
         again = self.connect()  # a second login finds everything made: no worker
         self.factory.run = lambda *a: self.fail("no work for a worker")  # type: ignore[assignment]
         again.command(f"LOGIN {bob} secret")
+
+
+class AWorkerThatRefuses(OffThreadCase):
+    def test_select_is_not_left_waiting(self) -> None:
+        # The GroupCommitter refuses at once while it is stopped (shutdown): SELECT answers.
+        from twisted.internet.defer import fail
+
+        self.store.settings.offload.run = lambda f, *a: fail(RuntimeError("stopped"))
+        client = self.connect()
+        client.command(f"LOGIN {USER} secret")
+        client.send("s1 SELECT INBOX\r\n")
+        for _ in range(120):  # tried again on the clock, as for a busy lock, then given up
+            self.clock.advance(0.1)
+        self.assertEqual(client.lines(), ["s1 NO [UNAVAILABLE] Mailbox is busy, try again later"])
+        self.flushLoggedErrors(RuntimeError)

@@ -52,10 +52,14 @@ class Job:
 
     pending: dict[str, frozenset[str]]  # the keywords handed to the worker
     waiters: list[Deferred[None]] = field(default_factory=list)
+    done: bool = False  # (a worker that refuses at once ends the job before start returns)
 
     def wait(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
-        self.waiters.append(d)
+        if self.done:
+            d.callback(None)
+        else:
+            self.waiters.append(d)
         return d
 
 
@@ -112,6 +116,7 @@ def write_list(
 
 def _finish(result: Written | Failure, core: FolderCore, job: Job) -> None:
     """Reactor thread: install what the worker wrote, wake whoever waits for it."""
+    job.done = True
     if core.job is job:
         core.job = None
     if isinstance(result, Written):
