@@ -8,8 +8,9 @@ server to its ``GroupCommitter``): it builds the state from the list as it is - 
 in it has a durable UID, the newest ones are simply not in it yet - and starts one job for
 the folder, which any other look during it joins (one write for all of them). The job runs on
 a private ``FolderCore`` (this thread's memory of the folder is never touched there): it waits
-for the dotlock like any thread may, lists the folder under it, merges with the list on disk
-(uidindex.py: UIDs ascending, never reused, the same for every process) and writes it. Back on
+for the dotlock like any thread may, merges the look's listing with the list on disk under it
+(uidindex.py: listed again if they disagree; UIDs ascending, never reused, the same for every
+process) and writes it. Back on
 the reactor the new list is installed, the folder marked for a rebuild, and the folder's
 listeners (the change feed) told: only then can a session announce the new messages.
 
