@@ -201,10 +201,10 @@ class TheReactorNeverWritesTheList(OffThreadCase):
 
     def test_catch_up_for_the_web_api_still_sees_mail_delivered_before_it(self) -> None:
         # The web API's catch_up() promises every message whose 250 came before it: it
-        # assigns inline; the feed's own looks leave it to the worker.
+        # assigns inline; the feed's own looks for IDLE sessions leave it to the worker.
         self.folder().sync()
         told: list[Any] = []
-        self.changes.subscribe(told.extend)
+        self.changes.subscribe(told.extend, USER)  # (an IDLE session's subscription)
         self.clock.advance(0)
         self.arrive("one")
         self.changes.notice_soon(0)  # inotify's look
@@ -212,6 +212,19 @@ class TheReactorNeverWritesTheList(OffThreadCase):
         self.assertEqual([c.kind for c in told if c.kind == "new"], [])
         self.changes.catch_up()
         self.assertEqual([c.message.uid for c in told if c.kind == "new"], [1])
+
+    def test_with_a_store_wide_listener_the_feed_assigns_as_ever(self) -> None:
+        # The web feed's listeners are told of a delivery as soon as the feed looks, as the
+        # web API's lists and waits expect.
+        self.folder().sync()
+        told: list[Any] = []
+        self.changes.subscribe(told.extend)
+        self.clock.advance(0)
+        self.arrive("one")
+        self.changes.notice_soon(0)
+        self.clock.advance(0)
+        self.assertEqual([c.message.uid for c in told if c.kind == "new"], [1])
+        self.assertEqual(self.worker.queued, [])
 
     def test_uids_agree_with_another_process_writing_inline(self) -> None:
         from mailhub.store import MailStore

@@ -365,7 +365,8 @@ class StoreChanges(Service):
         without trustworthy inotify, a whole ``scan()``.
 
         A caller that must see every message delivered before it (the web API) gets their
-        UIDs assigned here, as ``Folder.sync()`` does. The feed's own looks (``assign=False``:
+        UIDs assigned here, as ``Folder.sync()`` does; so do all looks while a store-wide
+        listener (the web feed) listens. Otherwise the feed's own looks (``assign=False``:
         inotify, touched(), the timed scan) leave that to the store's worker and tell the new
         messages once it has written them (``_written``)."""
         before, self._assign = self._assign, assign
@@ -510,7 +511,10 @@ class StoreChanges(Service):
         address, name = key
         self._watch_folder(address, name)  # before reading it: nothing falls between
         try:
-            state = watched.folder.sync(assign=self._assign)
+            # Store-wide listeners (the web feed: its API promises every message whose 250
+            # came before a request) get UIDs assigned in the look, as ever; IDLE sessions
+            # alone leave it to the worker.
+            state = watched.folder.sync(assign=self._assign or bool(self._everything))
         except UidsPending:
             return True  # a first list is being written: _written looks again
         except LockBusy:
