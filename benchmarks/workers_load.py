@@ -59,7 +59,7 @@ def loadavg() -> str:
 class Server:
     """``twistd -n mailhub --workers N`` in a fresh directory; ports and pids from its log."""
 
-    def __init__(self, workdir: Path, workers: int, messages: int) -> None:
+    def __init__(self, workdir: Path, workers: int, messages: int, log: str = "stdout") -> None:
         import argon2
 
         from mailhub.store.store import MailStore
@@ -112,29 +112,55 @@ imap = ["tcp:0:interface=127.0.0.1"]
                 ).encode()
             )
         env = dict(os.environ, PYTHONPATH=str(REPO))
+        # stdout: the workers write their own lines there; file: the supervisor writes the
+        # file (twistd --logfile, which it rotates) and the workers hand it their lines.
+        logfile = "-" if log == "stdout" else str(workdir / "twistd.log")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-             "--pidfile=", "--logfile=-", "mailhub", "--config", str(workdir / "mailhub.toml"),
-             "--workers", str(workers)],
+             "--pidfile=", f"--logfile={logfile}", "mailhub", "--config",
+             str(workdir / "mailhub.toml"), "--workers", str(workers)],
             cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.lines: list[str] = []
         self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        if log == "stdout":
+            threading.Thread(target=self._read, args=("twistd.log", True), daemon=True).start()
+        else:
+            threading.Thread(target=self._read, args=("stdout.log", False), daemon=True).start()
+            threading.Thread(target=self._tail, args=(Path(logfile),), daemon=True).start()
         ready = self.wait(r"worker (\d+) ready \(pid (\d+)\)", workers)
         self.pids = [int(m.group(2)) for m in ready]
         self.smtp_port = int(self.wait(r"smtp listening on 127\.0\.0\.1:(\d+)", 1)[0].group(1))
         self.imap_port = int(self.wait(r"imap listening on 127\.0\.0\.1:(\d+)", 1)[0].group(1))
         self.maildir = data / "mail" / "example.test" / "bench"
 
-    def _read(self) -> None:
+    def _read(self, name: str, watch: bool) -> None:
         assert self.proc.stdout is not None
-        with open(self.dir / "twistd.log", "w") as copy:
+        with open(self.dir / name, "w") as copy:
             for raw in self.proc.stdout:
                 line = raw.decode("utf-8", "replace")
                 copy.write(line)
+                if not watch:
+                    continue
                 with self._cond:
                     self.lines.append(line)
+                    self._cond.notify_all()
+
+    def _tail(self, path: Path) -> None:
+        """The lines of the supervisor's log file until the server stops (the start-up
+        lines are all this needs: a rotation later does not matter)."""
+        while not path.exists() and self.proc.poll() is None:
+            time.sleep(0.05)
+        with open(path, "rb") as f:
+            partial = b""
+            while self.proc.poll() is None:
+                chunk = f.read()
+                if not chunk:
+                    time.sleep(0.05)
+                    continue
+                *lines, partial = (partial + chunk).split(b"\n")
+                with self._cond:
+                    self.lines.extend(line.decode("utf-8", "replace") for line in lines)
                     self._cond.notify_all()
 
     def wait(self, pattern: str, count: int, timeout: float = 120) -> list[re.Match[str]]:
@@ -283,6 +309,12 @@ def main() -> int:
     p.add_argument("--imap-procs", type=int, default=2)
     p.add_argument("--imap-sessions", type=int, default=10)
     p.add_argument("--imap-seconds", type=float, default=8.0)
+    p.add_argument(
+        "--log",
+        choices=("stdout", "file"),
+        default="stdout",
+        help="twistd --logfile=- (workers write their own lines) or a file (the supervisor's)",
+    )
     p.add_argument("--skip", choices=("smtp", "imap"), action="append", default=[])
     p.add_argument("--results", default=None, help="append JSON lines here")
     args = p.parse_args()
@@ -290,9 +322,10 @@ def main() -> int:
     rows = []
     for run in range(1, args.runs + 1):
         for n in counts:
-            server = Server(Path(args.workdir) / f"w{n}", n, args.imap_messages)
+            server = Server(Path(args.workdir) / f"w{n}", n, args.imap_messages, args.log)
             try:
-                row: dict[str, object] = {"run": run, "workers": n, "load_before": loadavg()}
+                row: dict[str, object] = {"run": run, "workers": n, "log": args.log}
+                row["load_before"] = loadavg()
                 if "smtp" not in args.skip:
                     row["smtp"] = smtp_phase(server, args)
                 if "imap" not in args.skip:
