@@ -391,3 +391,23 @@ class TextLogs(SynchronousTestCase):
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.assertIs(workers.twistd_log_file(), log_file)
+
+    def test_the_pipe_a_worker_sends_its_lines_through_is_made_bigger(self) -> None:
+        import fcntl
+        import os
+
+        if not hasattr(fcntl, "F_GETPIPE_SZ"):
+            raise SkipTest("pipe sizes are Linux's")
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        before = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
+
+        class Reader:
+            def fileno(self) -> int:
+                return r
+
+        size = workers.enlarge_pipe(Reader())
+        self.assertIsNotNone(size)
+        self.assertGreater(fcntl.fcntl(r, fcntl.F_GETPIPE_SZ), before)
+        self.assertIsNone(workers.enlarge_pipe(None))
