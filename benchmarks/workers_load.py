@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """One worker against two: ``twistd mailhub --workers N`` for SMTP and IMAP, alternating.
 
-    python3 benchmarks/workers_load.py --runs 3 [--workers 1,2] [--results FILE]
+    python3 benchmarks/workers_load.py --runs 3 [--workers 1,2] [--log file] [--results FILE]
 
 Each run starts a fresh server (its own data directory; a production-style config with SMTP and
 IMAP on loopback, a users file) per worker count, in the order 1 2 1 2 ..., and measures
 
 - ``smtp``: Postfix's ``smtp-source`` (C, light on the shared cores), one connection per
   message (its default, as MTAs deliver), ``--smtp-sessions`` at once, ``--smtp-messages`` of
-  ``--size`` bytes to one local mailbox; the server says 250 only after the fsync, so when
-  smtp-source exits every message is in the Maildir (the script checks the count);
+  ``--size`` bytes to one local mailbox (not the IMAP phase's); the server says 250 only after
+  the fsync, so when smtp-source exits every message is in the Maildir (the script checks);
 - ``imap``: ``--imap-procs`` client processes x ``--imap-sessions`` sessions over raw sockets (no
   imaplib parsing: the clients should cost little) on a 1,000-message INBOX, each session
   repeating SELECT INBOX, FETCH 1:100 (FLAGS UID RFC822.SIZE), UID SEARCH SUBJECT, NOOP for
@@ -18,8 +18,10 @@ IMAP on loopback, a users file) per worker count, in the order 1 2 1 2 ..., and 
   sit idle at the end, which measures the split, not the capacity.
 
 CPU time is read from /proc for every worker and the supervisor, before and after each phase:
-the table gives CPU per message (per command) summed over the workers and for each worker (the
-supervisor's, which re-emits the workers' log lines, separately), so
+the table gives CPU per message (per command) summed over the workers and for each worker, and
+of that its reactor thread's (the rest is its fsync threads'); the supervisor's separately: it
+appends the workers' log lines to its file with ``--log file`` (twistd ``--logfile``), while
+with the default (stdout) the workers write their own. So
 what a host with more cores would do can be read off (throughput ~ cores / CPU per message,
 while the load generator leaves cores free). ``uptime`` load goes with each run.
 """
@@ -44,11 +46,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 USER, PASSWORD = "bench@example.test", "bench-password"
+# The SMTP phase's mailbox: not the IMAP phase's, which stays at its 1,000 messages (with the
+# SMTP mail there too, IMAP measured each worker's first look at 4,000 new messages).
+SINK = "sink@example.test"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, path: str = "") -> float:
+    fields = Path(path or f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
@@ -59,7 +64,7 @@ def loadavg() -> str:
 class Server:
     """``twistd -n mailhub --workers N`` in a fresh directory; ports and pids from its log."""
 
-    def __init__(self, workdir: Path, workers: int, messages: int) -> None:
+    def __init__(self, workdir: Path, workers: int, messages: int, log: str = "stdout") -> None:
         import argon2
 
         from mailhub.store.store import MailStore
@@ -76,7 +81,9 @@ class Server:
             .write(workdir, "mail")
         )
         fast = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
-        UserDB(workdir / "users", hasher=fast).add(USER, PASSWORD)
+        users = UserDB(workdir / "users", hasher=fast)
+        users.add(USER, PASSWORD)
+        users.add(SINK, PASSWORD)
         data = workdir / "data"
         (workdir / "mailhub.toml").write_text(f"""
 [server]
@@ -112,29 +119,55 @@ imap = ["tcp:0:interface=127.0.0.1"]
                 ).encode()
             )
         env = dict(os.environ, PYTHONPATH=str(REPO))
+        # stdout: the workers write their own lines there; file: the supervisor writes the
+        # file (twistd --logfile, which it rotates) and the workers hand it their lines.
+        logfile = "-" if log == "stdout" else str(workdir / "twistd.log")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-             "--pidfile=", "--logfile=-", "mailhub", "--config", str(workdir / "mailhub.toml"),
-             "--workers", str(workers)],
+             "--pidfile=", f"--logfile={logfile}", "mailhub", "--config",
+             str(workdir / "mailhub.toml"), "--workers", str(workers)],
             cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.lines: list[str] = []
         self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        if log == "stdout":
+            threading.Thread(target=self._read, args=("twistd.log", True), daemon=True).start()
+        else:
+            threading.Thread(target=self._read, args=("stdout.log", False), daemon=True).start()
+            threading.Thread(target=self._tail, args=(Path(logfile),), daemon=True).start()
         ready = self.wait(r"worker (\d+) ready \(pid (\d+)\)", workers)
         self.pids = [int(m.group(2)) for m in ready]
         self.smtp_port = int(self.wait(r"smtp listening on 127\.0\.0\.1:(\d+)", 1)[0].group(1))
         self.imap_port = int(self.wait(r"imap listening on 127\.0\.0\.1:(\d+)", 1)[0].group(1))
-        self.maildir = data / "mail" / "example.test" / "bench"
+        self.maildir = data / "mail" / "example.test" / "sink"  # SINK's
 
-    def _read(self) -> None:
+    def _read(self, name: str, watch: bool) -> None:
         assert self.proc.stdout is not None
-        with open(self.dir / "twistd.log", "w") as copy:
+        with open(self.dir / name, "w") as copy:
             for raw in self.proc.stdout:
                 line = raw.decode("utf-8", "replace")
                 copy.write(line)
+                if not watch:
+                    continue
                 with self._cond:
                     self.lines.append(line)
+                    self._cond.notify_all()
+
+    def _tail(self, path: Path) -> None:
+        """The lines of the supervisor's log file until the server stops (the start-up
+        lines are all this needs: a rotation later does not matter)."""
+        while not path.exists() and self.proc.poll() is None:
+            time.sleep(0.05)
+        with open(path, "rb") as f:
+            partial = b""
+            while self.proc.poll() is None:
+                chunk = f.read()
+                if not chunk:
+                    time.sleep(0.05)
+                    continue
+                *lines, partial = (partial + chunk).split(b"\n")
+                with self._cond:
+                    self.lines.extend(line.decode("utf-8", "replace") for line in lines)
                     self._cond.notify_all()
 
     def wait(self, pattern: str, count: int, timeout: float = 120) -> list[re.Match[str]]:
@@ -153,6 +186,10 @@ imap = ["tcp:0:interface=127.0.0.1"]
         """CPU seconds of each worker, then of the supervisor (last)."""
         return [cpu_seconds(p) for p in (*self.pids, self.proc.pid)]
 
+    def main_thread_cpu(self) -> list[float]:
+        """CPU seconds of each worker's reactor thread (the rest: its fsync threads)."""
+        return [cpu_seconds(p, f"/proc/{p}/task/{p}/stat") for p in self.pids]
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(60)
@@ -164,16 +201,16 @@ def count_files(maildir: Path) -> int:
 
 def smtp_phase(server: Server, args: argparse.Namespace) -> dict[str, float]:
     before = count_files(server.maildir)
-    cpu0 = server.cpu()
+    cpu0, main0 = server.cpu(), server.main_thread_cpu()
     t0 = time.perf_counter()
     subprocess.run(
         ["smtp-source", "-s", str(args.smtp_sessions), "-m", str(args.smtp_messages),
-         "-l", str(args.size), "-f", "load@bench.invalid", "-t", USER,
+         "-l", str(args.size), "-f", "load@bench.invalid", "-t", SINK,
          f"127.0.0.1:{server.smtp_port}"],
         check=True,
     )  # fmt: skip
     elapsed = time.perf_counter() - t0
-    cpu1 = server.cpu()
+    cpu1, main1 = server.cpu(), server.main_thread_cpu()
     got = count_files(server.maildir) - before
     if got != args.smtp_messages:
         raise SystemExit(f"smtp: {got} of {args.smtp_messages} in the Maildir")
@@ -182,6 +219,10 @@ def smtp_phase(server: Server, args: argparse.Namespace) -> dict[str, float]:
         "rate": args.smtp_messages / elapsed,
         "cpu_ms_per_msg": sum(per_worker) / args.smtp_messages * 1000,
         "worker_cpu_ms_per_msg": [round(c / args.smtp_messages * 1000, 3) for c in per_worker],
+        # of which the reactor thread (the rest: the fsync threads' file work)
+        "reactor_cpu_ms_per_msg": [
+            round((b - a) / args.smtp_messages * 1000, 3) for a, b in zip(main0, main1, strict=True)
+        ],
         "supervisor_cpu_ms_per_msg": round(supervisor / args.smtp_messages * 1000, 3),
         "elapsed": elapsed,
     }
@@ -283,6 +324,12 @@ def main() -> int:
     p.add_argument("--imap-procs", type=int, default=2)
     p.add_argument("--imap-sessions", type=int, default=10)
     p.add_argument("--imap-seconds", type=float, default=8.0)
+    p.add_argument(
+        "--log",
+        choices=("stdout", "file"),
+        default="stdout",
+        help="twistd --logfile=- (workers write their own lines) or a file (the supervisor's)",
+    )
     p.add_argument("--skip", choices=("smtp", "imap"), action="append", default=[])
     p.add_argument("--results", default=None, help="append JSON lines here")
     args = p.parse_args()
@@ -290,9 +337,10 @@ def main() -> int:
     rows = []
     for run in range(1, args.runs + 1):
         for n in counts:
-            server = Server(Path(args.workdir) / f"w{n}", n, args.imap_messages)
+            server = Server(Path(args.workdir) / f"w{n}", n, args.imap_messages, args.log)
             try:
-                row: dict[str, object] = {"run": run, "workers": n, "load_before": loadavg()}
+                row: dict[str, object] = {"run": run, "workers": n, "log": args.log}
+                row["load_before"] = loadavg()
                 if "smtp" not in args.skip:
                     row["smtp"] = smtp_phase(server, args)
                 if "imap" not in args.skip:

@@ -407,6 +407,38 @@ class Inotify(TestCase):
         self.assertEqual(change.message and change.message.keywords, {"billing"})
         self.assertEqual(self.changes.scans, scans)  # inotify, not a timed scan
 
+    def test_a_folder_nobody_here_listens_to_any_more_is_not_looked_at(self) -> None:
+        # Its IDLE session ended; another worker goes on delivering into it: inotify still
+        # reports each delivery, but nobody in this process wants to hear of it, so no look
+        # (listing new/ and cur/, assigning UIDs: the other worker's deliveries cost this
+        # process nothing).
+        unsubscribe = self.changes.subscribe(lambda changes: None, A)
+        self.changes.catch_up()  # looked at, and watched from now on
+        folder = self.changes._watched[(A, "INBOX")].folder
+        looks: list[object] = []
+        sync = folder.sync
+        self.patch(folder, "sync", lambda *a, **kw: looks.append(a) or sync(*a, **kw))
+
+        def deliver(n: int) -> None:  # as another process does (synchronously: the event is
+            name = f"1800000000.M{n}P99999Q1.elsewhere,S=36"  # queued when link() returns)
+            subprocess.run([sys.executable, "-c", _DELIVER, str(self.new), name], check=True)
+
+        deliver(1)
+        self.changes.catch_up()
+        self.assertEqual(len(looks), 1)  # listened to: looked at
+        unsubscribe()
+        deliver(2)
+        deliver(3)
+        self.assertEqual(self.changes.catch_up(), [])
+        self.assertEqual(len(looks), 1)
+        # Somebody listens again: the folder is looked at again, the new mail told.
+        told: list[StoreChange] = []
+        self.changes.subscribe(told.extend, A)
+        deliver(4)
+        self.changes.catch_up()
+        self.assertEqual(len(looks), 2)
+        self.assertEqual(kinds(told), [(NEW, A, "INBOX")] * 3)
+
     def changes_settled(self) -> defer.Deferred[None]:
         """The first look (on subscribing: the tree is watched from then on) has run."""
         self.changes.subscribe(lambda changes: None)

@@ -23,9 +23,16 @@ class FakeTransport:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.signals: list[str] = []
+        self.reading = True
 
     def signalProcess(self, name: str) -> None:
         self.signals.append(name)
+
+    def pauseProducing(self) -> None:
+        self.reading = False
+
+    def resumeProducing(self) -> None:
+        self.reading = True
 
 
 class FakeReactor(task.Clock):
@@ -34,11 +41,13 @@ class FakeReactor(task.Clock):
     def __init__(self) -> None:
         super().__init__()
         self.spawned: list[tuple[Any, list[str], dict[int, Any]]] = []
+        self.envs: list[dict[str, str]] = []
 
     def spawnProcess(self, proto: Any, executable: str, args: list[str], env: Any, childFDs: Any):
         transport = FakeTransport(1000 + len(self.spawned))
         proto.makeConnection(transport)
         self.spawned.append((proto, args, childFDs))
+        self.envs.append(env)
         return transport
 
     def callFromThread(self, f: Any, *args: Any) -> None:
@@ -276,3 +285,129 @@ class WorkerLogs(SynchronousTestCase):
         self.assertFalse(_logs_to_stdout({"nodaemon": False, "logfile": None}))  # twistd.log
         self.assertFalse(_logs_to_stdout({"nodaemon": True, "syslog": True}))
         self.assertFalse(_logs_to_stdout(None))
+
+
+class FakeLogFile:
+    """What the supervisor asks of twistd's LogFile in TEXT mode: write(bytes)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+class TextLogs(SynchronousTestCase):
+    """--logfile: the workers format their lines, the supervisor appends them unparsed."""
+
+    def worker_output(self, number: int = 2) -> bytes:
+        import io
+
+        control, text = io.StringIO(), io.StringIO()
+        observer = workers.WorkerLog(number, workers.TEXT, control, text)
+        for event in WorkerLogs().events():
+            observer(event)
+        observer(
+            {**WorkerLogs().events()[0], "log_format": "failed:\n{tb}", "tb": "Traceback\n  x"}
+        )
+        self.assertEqual(text.getvalue(), "")  # all of it to the supervisor
+        return control.getvalue().encode()
+
+    def test_the_worker_sends_each_event_formatted_as_one_record(self) -> None:
+        out = self.worker_output().decode()
+        records = out.split(workers.RECORD_END)
+        self.assertEqual(records[-1], "")  # every record ended
+        accepted, ready_json, ready_text, failed = records[:-1]
+        self.assertRegex(accepted, r"^\S+ \[w2 mailhub\.smtp#info\] accepted Q1\n$")
+        self.assertIn('"mailhub_ready": true', ready_json)
+        self.assertTrue(ready_json.startswith("{"))
+        self.assertIn("[w2 mailhub.smtp#info] mailhub started\n", ready_text)
+        # A multi-line event stays one record (twistd's text form: continuation lines tabbed).
+        self.assertTrue(failed.endswith("] failed:\n\tTraceback\n\t  x\n"), failed)
+
+    def protocol(self) -> tuple[workers.WorkerProtocol, FakeLogFile, task.Clock, FakeTransport]:
+        log_file, clock = FakeLogFile(), task.Clock()
+        proto = workers.WorkerProtocol(2, lambda n, r: None, write_text=log_file.write, clock=clock)
+        transport = FakeTransport(1002)
+        proto.makeConnection(transport)
+        return proto, log_file, clock, transport
+
+    def test_the_supervisor_appends_whole_records_and_sees_that_the_worker_started(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        proto, log_file, clock, transport = self.protocol()
+        out = self.worker_output()
+        cut = out.index(b"Traceback")  # in the middle of the last record
+        proto.outReceived(out[:cut])
+        self.assertTrue(proto.ready)
+        self.assertTrue(any("worker {number} ready" in e.get("log_format", "") for e in seen))
+        # Not re-logged event by event: the worker's own lines went to the file as they are.
+        self.assertFalse([e for e in seen if e.get("mailhub_worker") == 2])
+        [first] = log_file.writes
+        self.assertNotIn(b"{", first)  # the JSON record was handled, not written
+        self.assertNotIn(workers.RECORD_END.encode(), first)
+        self.assertEqual(first.count(b"\n"), 2)  # accepted, started; not half the traceback
+        # The pipe is left alone for TEXT_PACE, then read again.
+        self.assertFalse(transport.reading)
+        proto.outReceived(out[cut:])  # (already in flight)
+        clock.advance(workers.TEXT_PACE)
+        self.assertTrue(transport.reading)
+        self.assertEqual(len(log_file.writes), 2)
+        self.assertTrue(log_file.writes[1].endswith(b"\tTraceback\n\t  x\n"))
+        self.assertTrue(log_file.writes[1].startswith(b"20"))  # a whole record: its timestamp
+
+    def test_a_last_record_without_its_end_is_written_when_the_worker_ends(self) -> None:
+        proto, log_file, clock, _ = self.protocol()
+        proto.outReceived(b"2026-12-07T00:00:00+0000 [w2 x#info] last words\n")
+        self.assertEqual(log_file.writes, [])
+        proto.processEnded(Failure(error.ProcessDone(0)))
+        self.assertEqual(log_file.writes, [b"2026-12-07T00:00:00+0000 [w2 x#info] last words\n"])
+        self.assertEqual(clock.getDelayedCalls(), [])  # the pacing call cancelled
+
+    def test_the_supervisor_tells_its_workers_the_way_it_logs(self) -> None:
+        def modes(**kwargs: Any) -> list[str]:
+            reactor = FakeReactor()
+            sup = Supervisor(reactor, [("smtp", LISTEN)], 2, lambda role: ["child"], **kwargs)
+            sup.startService()
+            self.addCleanup(sup.stopService)
+            return [env[workers.LOG_ENV] for env in reactor.envs]
+
+        self.assertEqual(modes(log_file=FakeLogFile()), [workers.TEXT, workers.TEXT])
+        self.assertEqual(modes(direct_log=True), [workers.DIRECT, workers.DIRECT])
+        self.patch(workers, "twistd_log_file", lambda: None)  # syslog, a --logger of its own
+        self.assertEqual(modes(), [workers.RELAY, workers.RELAY])
+
+    def test_twistds_log_file_is_found_among_the_observers(self) -> None:
+        from twisted.logger import globalLogPublisher, textFileLogObserver
+        from twisted.python.logfile import LogFile
+
+        path = self.mktemp()
+        log_file = LogFile.fromFullPath(path)
+        self.addCleanup(log_file.close)
+        observer = textFileLogObserver(log_file)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.assertIs(workers.twistd_log_file(), log_file)
+
+    def test_the_pipe_a_worker_sends_its_lines_through_is_made_bigger(self) -> None:
+        import fcntl
+        import os
+
+        if not hasattr(fcntl, "F_GETPIPE_SZ"):
+            raise SkipTest("pipe sizes are Linux's")
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        before = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
+
+        class Reader:
+            def fileno(self) -> int:
+                return r
+
+        size = workers.enlarge_pipe(Reader())
+        self.assertIsNotNone(size)
+        self.assertGreater(fcntl.fcntl(r, fcntl.F_GETPIPE_SZ), before)
+        self.assertIsNone(workers.enlarge_pipe(None))

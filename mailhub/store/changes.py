@@ -398,7 +398,9 @@ class StoreChanges(Service):
                 folders.discard(key)
         for key in folders:
             watched = self._watched.get(key)
-            if watched is not None:
+            # Watched still, but its last listener here left (an IDLE session ended): another
+            # worker's deliveries there cost this process no look.
+            if watched is not None and (self._everything or key in self._by_key):
                 self._sync(key, watched, changes)
         return self._finish(changes)
 

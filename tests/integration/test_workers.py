@@ -373,3 +373,75 @@ class BehindProxy(SynchronousTestCase):
         for n in range(4):
             self.assertTrue(any(f"[192.0.2.{n + 1}]".encode() in m for m in stored), n)
         self.assertNotIn(b"[127.0.0.1]", b"".join(stored))
+
+
+def wait_in_file(path: Path, pattern: str, count: int) -> list[re.Match[str]]:
+    """The matches of ``pattern`` in the file once there are ``count`` (fewer after WAIT s);
+    woken by inotify each time the file's directory changes, not by a timer."""
+    import time
+
+    from twisted.internet.inotify import IN_CREATE, IN_MODIFY
+    from twisted.python import _inotify
+    from twisted.python.filepath import FilePath
+
+    regex = re.compile(pattern)
+    fd = _inotify.init()
+    try:
+        _inotify.add(fd, FilePath(str(path.parent)), IN_MODIFY | IN_CREATE)  # before reading
+        deadline = time.monotonic() + WAIT
+        while True:
+            found = list(regex.finditer(path.read_text())) if path.exists() else []
+            left = deadline - time.monotonic()
+            if len(found) >= count or left <= 0:
+                return found
+            if select.select([fd], [], [], left)[0]:
+                os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
+class LogFile(SynchronousTestCase):
+    def test_the_workers_lines_reach_the_supervisors_log_file_whole(self) -> None:
+        """twistd --logfile FILE: the supervisor appends its workers' formatted lines."""
+        from tests.support.twistd import TWISTD, environment, write_config
+
+        if not hasattr(os, "pidfd_open"):
+            raise SkipTest("uses pidfd_open (Linux)")
+        tmp = Path(self.mktemp()).absolute()
+        tmp.mkdir()
+        config = write_config(tmp, f"tcp:0:interface={HOST}")
+        path = tmp / "mailhub.log"
+        proc = subprocess.Popen(
+            [*TWISTD, "-n", "--pidfile=", f"--logfile={path}", "mailhub", "--config", str(config),
+             "--workers", "2"],
+            cwd=tmp, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        output = ProcessOutput(proc.stdout, tmp / "stdout.log")
+        self.addCleanup(output.close)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        ready = wait_in_file(path, r"worker (\d) ready \(pid (\d+)\)", 2)
+        self.assertEqual(len(ready), 2, path.read_text())
+        pids = [int(m.group(2)) for m in ready]
+        listening = wait_in_file(path, r"smtp listening on 127\.0\.0\.1:(\d+)", 1)[0]
+        port = int(listening.group(1))
+        served = set()
+        for n in range(32):  # until both workers have taken a message
+            with smtplib.SMTP(HOST, port, timeout=WAIT) as client:
+                served.add(server_pid(client, port, pids))
+                client.sendmail("a@example.net", ["b@example.test"], message(n, "b@example.test"))
+            if served == set(pids):
+                break
+        self.assertEqual(served, set(pids))
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(WAIT), -signal.SIGTERM)  # (twistd ends by the signal)
+        text = path.read_text()
+        for number in (1, 2):  # each worker's own lines, tagged, among the supervisor's
+            self.assertRegex(text, rf"\n\S+ \[w{number} mailhub\.\S+#info\] ")
+        self.assertIn("their log lines appended by this process", text)  # (not relayed)
+        self.assertIn("[mailhub.workers#info] worker 2 stopped", text)
+        self.assertNotIn("\x1e", text)
+        self.assertNotIn('"log_format"', text)  # no JSON record written as it came
+        for line in text.splitlines():  # whole lines: each a timestamp or a continuation
+            self.assertRegex(line, r"^(\d{4}-\d\d-\d\dT|\t)")
+        self.assertEqual(output.read_text(), "")  # nothing went astray on stdout
