@@ -7,8 +7,10 @@ beyond the limits from their Maildir folders (through the store: the files go du
 lists and the IMAP/web readers hear of it as of any expunge).
 
 Work per reactor turn is bounded (``batch`` messages); more waits for the next turn, so a limit
-lowered from 100,000 to 10 never blocks the reactor. How many were pruned is kept in
-``<data_dir>/retention.json`` (across restarts) and shown by the page and ``/api/v1/info``.
+lowered from 100,000 to 10 never blocks the reactor. At the limit (every delivery one over), a
+pass waits ``PRUNE_DELAY`` for the deliveries meanwhile: one expunge per folder for them all.
+How many were pruned is kept in ``<data_dir>/retention.json`` (across restarts) and shown by
+the page and ``/api/v1/info``.
 Production never builds this service (mailhub.service): it never prunes.
 """
 
@@ -36,6 +38,10 @@ log = Logger()
 # folder, or 25 folders: each an unlink, a directory fsync and a UID list rewrite); 200 took
 # 120-670 ms, too long for the reactor to wait.
 BATCH = 25
+# A few over the limit (a delivery each, at the limit): the pass waits this long, so the
+# deliveries meanwhile go in one pass - one expunge (a directory fsync and a UID list write)
+# per folder and one count write, not one of each per delivery.
+PRUNE_DELAY = 1.0
 STATE_FILE = "retention.json"
 
 _Key = tuple[str, str, str]  # (mailbox, folder, Maildir base name)
@@ -152,7 +158,7 @@ class Retention(Service):
                 for key in [k for k in self._uids if k[:2] == (change.mailbox, change.folder)]:
                     self._forget(key)
         if grew:
-            self.soon()
+            self.soon(self._delay())
 
     def _forget(self, key: _Key) -> None:
         self._uids.pop(key, None)
@@ -177,10 +183,29 @@ class Retention(Service):
         """Is a pass asked for on the next reactor turn?"""
         return self._soon is not None and self._soon.active()
 
-    def soon(self) -> None:
-        """Prune on the next reactor turn (several deliveries in one turn: one pass)."""
-        if self.running and (self._soon is None or not self._soon.active()):
-            self._soon = self.clock.callLater(0, self.prune)
+    def soon(self, delay: float = 0.0) -> None:
+        """Prune on the next reactor turn, or in ``delay`` seconds (several deliveries
+        meanwhile: one pass); a pass asked for sooner moves a later one forward."""
+        if not self.running:
+            return
+        call = self._soon
+        if call is None or not call.active():
+            self._soon = self.clock.callLater(delay, self.prune)
+        elif call.getTime() > self.clock.seconds() + delay:
+            call.reset(delay)
+
+    def _delay(self) -> float:
+        """When the next pass should run: at once when a whole batch is due (or by age),
+        PRUNE_DELAY when only a few messages are over the limit."""
+        if self.max_messages and len(self._uids) - self.max_messages < self.batch:
+            oldest = self._oldest()
+            by_age = (
+                self.max_age is not None
+                and oldest is not None
+                and oldest[0] < self.clock.seconds() - self.max_age
+            )
+            return 0.0 if by_age else PRUNE_DELAY
+        return 0.0
 
     def _over(self) -> bool:
         oldest = self._oldest()
@@ -225,7 +250,7 @@ class Retention(Service):
             for d in ready:
                 d.callback(self.pruned)
         if self._over():
-            self.soon()
+            self.soon(self._delay())
         self._arm_age_timer()
         return gone
 

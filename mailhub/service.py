@@ -580,6 +580,8 @@ def build(config: Config, worker: WorkerRole | None = None) -> MailhubService:
     store = MailStore(config.mail_dir, hostname=config.hostname)
     # Added before the listeners so it stops after them, waiting for commits in flight.
     committer = GroupCommitter()
+    # UID-list writes of the reactor's looks (change feed, IDLE, SELECT) run in its workers.
+    store.settings.offload.run = committer.run
     sink = MaildirSink(store, committer)
     top = MailhubService(config, store, sink)
     committer.setServiceParent(top)

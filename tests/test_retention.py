@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.config import DevConfig, ListenersConfig, dev_config
-from mailhub.retention import STATE_FILE, Retention
+from mailhub.retention import PRUNE_DELAY, STATE_FILE, Retention
 from mailhub.service import build
 from mailhub.store import MailStore
 from mailhub.store.changes import StoreChanges
+from mailhub.store.maildir import Folder
 from tests.support.web import WebTestCase
 
 
@@ -89,6 +92,29 @@ class Pruning(SynchronousTestCase):
         self.assertEqual(counts, [2, 1, 2, 1, 2, 1, 1, 0, 0, 0])
         self.assertEqual(r.pruned, 7)
         self.assertEqual(self.subjects("a@x.test"), [f"Subject: number {n}" for n in (7, 8, 9)])
+
+    def test_at_the_limit_deliveries_are_pruned_together(self) -> None:
+        changes = self.changes()
+        for n in range(3):
+            self.add("a@x.test", n)
+        r = self.retention(changes, max_messages=3)
+        self.clock.advance(0)
+        passes: list[list[int]] = []
+        real = Folder.expunge
+
+        def expunge(folder: Folder, uids: Iterable[int], **kw: Any) -> list[int]:
+            passes.append(list(uids))
+            return real(folder, passes[-1], **kw)
+
+        self.patch(Folder, "expunge", expunge)
+        for n in range(3, 6):  # one over the limit at each delivery
+            self.add("a@x.test", n)
+            changes.scan()
+            self.clock.advance(0)
+        self.assertEqual((r.pruned, passes), (0, []))
+        self.clock.advance(PRUNE_DELAY)
+        self.assertEqual((r.pruned, len(passes), len(passes[0])), (3, 1, 3))
+        self.assertEqual(self.subjects("a@x.test"), [f"Subject: number {n}" for n in (3, 4, 5)])
 
     def test_max_age_with_an_injected_clock(self) -> None:
         now = int(self.clock.seconds())

@@ -10,6 +10,7 @@ from twisted.internet import defer, task, threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailhub.store import MailStore
+from mailhub.store import changes as changes_module
 from mailhub.store.changes import (
     EXPUNGED,
     FLAGS,
@@ -111,6 +112,35 @@ class Told(SynchronousTestCase):
         self.changes.catch_up()
         self.assertIn((NEW, B, "INBOX"), self.told())
 
+    def test_the_timed_scan_of_idle_folders_is_spread_over_reactor_turns(self) -> None:
+        self.patch(changes_module, "SCAN_BATCH", 2)
+        self.not_everything()
+        told: list[StoreChange] = []
+        users = [f"u{n}@example.com" for n in range(5)]
+        for user in users:
+            self.store.mailbox(user, create=True)
+            self.changes.subscribe(told.extend, user)
+        self.changes.startService()  # a first timed pass, then one every 30 s
+        self.addCleanup(self.changes.stopService)
+        while self.clock.getDelayedCalls() and self.changes._spread is not None:
+            self.clock.advance(0)
+        looked: list[str] = []
+        for user in users:
+            folder = self.changes.folder(user, "INBOX")
+            sync = folder.sync
+            folder.sync = lambda sync=sync, user=user, **kw: looked.append(user) or sync(**kw)  # type: ignore[method-assign]
+        for user in users:
+            self.deliver(user)
+        told.clear()
+        self.changes._scan_logged()  # the timer's tick: two folders in this turn ...
+        self.assertEqual((len(looked), len(told)), (2, 2))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)  # (... the rest, the timer)
+        self.changes._scan_logged()  # a tick while a pass goes on: skipped
+        self.assertEqual(len(looked), 2)
+        self.clock.advance(0)  # ... the rest on the next turns (task.Clock runs them all)
+        self.assertEqual(sorted(looked), sorted(users))
+        self.assertEqual(sorted(c.mailbox for c in told if c.kind == NEW), sorted(users))
+
     def test_with_only_folder_listeners_the_timed_scan_looks_only_at_their_folders(self) -> None:
         self.not_everything()
         self.store.mailbox(A, create=True)  # with Archive (every mailbox has it)
@@ -123,7 +153,7 @@ class Told(SynchronousTestCase):
         for name in ("INBOX", "Archive"):
             folder = self.changes.folder(A, name)
             sync = folder.sync
-            folder.sync = lambda sync=sync, name=name: looked.append(name) or sync()  # type: ignore[method-assign]
+            folder.sync = lambda sync=sync, name=name, **kw: looked.append(name) or sync(**kw)  # type: ignore[method-assign]
         self.deliver(A)
         self.changes.scan()
         self.assertEqual((looked, kinds(inbox)[-1:]), (["INBOX"], [(NEW, A, "INBOX")]))

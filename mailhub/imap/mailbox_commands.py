@@ -27,15 +27,15 @@ COMMANDS = CommandTable()
 
 @COMMANDS.command("SELECT", AUTHED)
 async def select(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    return _select(session, items, readonly=False)
+    return await _select(session, items, readonly=False)
 
 
 @COMMANDS.command("EXAMINE", AUTHED)
 async def examine(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    return _select(session, items, readonly=True)
+    return await _select(session, items, readonly=True)
 
 
-def _select(session: IMAPServerProtocol, items: list[Item], *, readonly: bool) -> Done:
+async def _select(session: IMAPServerProtocol, items: list[Item], *, readonly: bool) -> Done:
     A.expect_count(items, 1, 2)
     name = A.mailbox(items[0])
     qresync: A.QresyncParams | None = None
@@ -54,7 +54,10 @@ def _select(session: IMAPServerProtocol, items: list[Item], *, readonly: bool) -
         folder = session.box().folder(name)
     except FolderNotFound:
         return Done("NO", "Mailbox does not exist", "NONEXISTENT", sync=False)
-    view = View(folder, readonly=readonly)
+    # New mail gets its UIDs from the store's worker first (the reactor never writes the
+    # UID list): what SELECT reports is then complete and durable.
+    await folder.settled()
+    view = View(folder, readonly=readonly, assign=False)
     view.condstore = session.condstore
     view.qresync = session.qresync
     w = session.write

@@ -573,7 +573,10 @@ class IMAPServerProtocol(Protocol, TimeoutMixin, HandshakeDeadline):
         again = None if self.factory.changes is not None else IDLE_POLL_INTERVAL
         if self.view is not None:
             try:
-                self.write_all(self.view.sync(allow_expunge=True, just_looked=just_looked))
+                # assign=False: new mail's UIDs come from the store's worker, and the feed
+                # wakes the session again when they are written (mailhub.store.uidwriter).
+                lines = self.view.sync(allow_expunge=True, just_looked=just_looked, assign=False)
+                self.write_all(lines)
             except UidValidityChanged:
                 self.bye("Mailbox UIDVALIDITY changed; please reselect")
                 return

@@ -22,6 +22,9 @@ from mailhub.imap.dispatch import (
 )
 from mailhub.imap.parser import Atom, Item, ParseError, Refused
 from mailhub.login import Outcome, guarded_login
+from mailhub.store import Mailbox
+from mailhub.store.errors import LockBusy
+from mailhub.store.lockwait import BusyWait
 
 if TYPE_CHECKING:
     from mailhub.imap.protocol import IMAPServerProtocol
@@ -217,13 +220,30 @@ async def _login(
     session.logged_in()
     session.avatar_logout = avatar_logout
     session.user = avatar.address
-    session.mailbox = f.store.mailbox(avatar.address, create=True)
-    await session.unlocked(session.mailbox.ensure_special_folders)  # subscriptions.lock
+    box = f.store.mailbox(avatar.address) if f.store.has_mailbox(avatar.address) else None
+    if box is None or box.missing_special_folders():
+        # A first login makes the mailbox or its folders: directories, a dozen fsyncs and
+        # the subscriptions lock, in a worker (never the reactor's wait).
+        box = await _made(session, avatar.address)
+    session.mailbox = box
     session.state = AUTHENTICATED
     session.log.info("IMAP login {user} from {client} ({how})", event="auth", user=session.user,
                      client=session.client_address, how=how)  # fmt: skip
     caps = " ".join(session.capabilities())
     return Done("OK", "Logged in", f"CAPABILITY {caps}")
+
+
+async def _made(session: IMAPServerProtocol, address: str) -> Mailbox:
+    """``MailStore.login_mailbox`` in the factory's worker; run inline (tests), a busy
+    subscriptions lock is waited for on the clock, as ``session.unlocked`` does."""
+    f = session.factory
+    wait = BusyWait(f.clock, f.store.settings.lock_timeout)
+    while True:
+        try:
+            box: Mailbox = await f.run(f.store.login_mailbox, address)
+            return box
+        except LockBusy as busy:
+            await wait.pause(busy)
 
 
 # --- authenticated: IDLE --------------------------------------------------------------------

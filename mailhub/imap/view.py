@@ -79,7 +79,7 @@ def _same(a: MessageInfo, b: MessageInfo) -> bool:
 class View:
     """The selected folder as this session sees it (see the module docstring)."""
 
-    def __init__(self, folder: Folder, *, readonly: bool) -> None:
+    def __init__(self, folder: Folder, *, readonly: bool, assign: bool = True) -> None:
         self.folder = folder
         self.readonly = readonly
         self.condstore = False  # set by the session when CONDSTORE is enabled
@@ -88,11 +88,12 @@ class View:
         self._flag_lists: dict[tuple[frozenset[str], frozenset[str], bool], bytes] = {}
         self._flag_sets: dict[tuple[frozenset[str], frozenset[str], bool], frozenset[str]] = {}
         folder.add_reader(self)
+        # assign=False: UIDs for new mail left to the store's worker (Folder.sync)
         if readonly:
-            state = folder.sync()
+            state = folder.sync(assign=assign)
             self.recent.update(m.uid for m in state.messages if m.recent)
         else:
-            state, taken = folder.sync_taking_recent()
+            state, taken = folder.sync_taking_recent(assign=assign)
             self.recent.update(taken)
         self.uidvalidity = state.uidvalidity
         self.uids: list[int] = list(map(_uid_of, state.messages))  # ascending (FolderState)
@@ -264,17 +265,20 @@ class View:
             parts.append(b"MODSEQ (%d)" % self.infos[uid].modseq)
         return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
-    def sync(self, *, allow_expunge: bool, just_looked: bool = False) -> list[bytes]:
+    def sync(
+        self, *, allow_expunge: bool, just_looked: bool = False, assign: bool = True
+    ) -> list[bytes]:
         """Reconcile with the folder; the untagged responses that tell the client.
 
         ``just_looked``: the store's change feed has just looked at the folder (its listener is
         running), so the folder's state as this process last saw it is up to date and the disk
         need not be looked at again: 1,000 sessions watching one folder then cost one scan of
         it per change, not 1,000 (each a listing of new/ and cur/ while their mtimes are too
-        young to trust). A change made after the feed's look wakes the session again."""
+        young to trust). A change made after the feed's look wakes the session again.
+        ``assign=False``: new mail's UIDs are left to the store's worker (``Folder.sync``)."""
         state = self.folder.current_state() if just_looked else None
         if state is None:
-            state = self.folder.sync()
+            state = self.folder.sync(assign=assign)
         if state.uidvalidity != self.uidvalidity:
             raise UidValidityChanged(self.folder.name)
         previous, self._state = self._state, state

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.logger import Logger
 
@@ -24,6 +24,9 @@ from mailhub.store.dotlock import DotLock
 from mailhub.store.errors import FolderNotFound, LockTimeout
 from mailhub.store.folderstate import FolderState, MessageInfo, StoreSettings
 from mailhub.store.uidlist import UidList
+
+if TYPE_CHECKING:
+    from mailhub.store.uidwriter import Job
 
 log = Logger()
 
@@ -158,6 +161,11 @@ class FolderCore:
         # Our own change since the state was built (it may not show in the listing: keywords
         # only, or a rename that ``entries`` already knows): the next sync() must rebuild.
         self.stale = False
+        # Reactor-side looks that leave the UID list to a worker (uidwriter.py): the job in
+        # flight, whether the state lacks messages waiting for it, and who hears it ended.
+        self.job: Job | None = None
+        self.partial = False
+        self.written_listeners: list[Callable[[], None]] = []
 
     def not_found(self) -> FolderNotFound:
         return FolderNotFound(f"folder {self.name!r} no longer exists")

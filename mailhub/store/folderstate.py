@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, partial
 from itertools import repeat
 from operator import attrgetter, itemgetter
@@ -72,6 +72,17 @@ class StoreOutcome:
     gone: tuple[int, ...]  # requested but no longer in the folder
 
 
+class Offload:
+    """Where a store's UID-list writes for reactor-side looks run (mailhub.store.uidwriter):
+    ``run(f, *args)`` in a worker thread, returning a Deferred; None: inline, on the caller's
+    thread (tools, tests). One per store, set once by the server when its workers start."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: Callable[..., Any] | None = None) -> None:
+        self.run = run
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """Knobs shared by every folder of a store (tests inject a clock and short timeouts)."""
@@ -81,6 +92,7 @@ class StoreSettings:
     lock_timeout: float = 10.0
     lock_stale_after: float = 60.0
     dirty_window: float = 1.0
+    offload: Offload = field(default_factory=Offload, compare=False)
 
 
 NO_KEYWORDS: frozenset[str] = frozenset()

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO, Literal, TypeVar
 
+from twisted.internet.defer import Deferred
+
 from mailhub.store import names
 from mailhub.store.cache import CachePass
 from mailhub.store.core import FolderCore, Reader
@@ -100,16 +102,46 @@ class Folder:
 
     # -- the state ---------------------------------------------------------------------------
 
-    def sync(self) -> FolderState:
+    def sync(self, *, assign: bool = True) -> FolderState:
         """Bring the view up to date with the disk and return it.
 
         Assigns UIDs (in arrival order) to messages not seen before, forgets vanished ones,
         gives flag changes made by other programs a new mod-sequence, and persists the UID
         list. Costs two stat() calls when nothing changed.
-        """
-        return self._syncer.sync()
 
-    def sync_taking_recent(self) -> tuple[FolderState, list[int]]:
+        ``assign=False`` (the reactor's looks: the change feed, IDLE, SELECT): when the UID
+        list must change and the store has a worker (``StoreSettings.offload``), the worker
+        does it (mailhub.store.uidwriter) and the state returned holds only the messages
+        that have a durable UID already; ``written()`` fires when the worker is done and the
+        ``on_written`` listeners are called. ``UidsPending`` (a ``LockBusy``) when there is
+        no list yet to build a state from.
+        """
+        return self._syncer.sync(assign=assign)
+
+    def written(self) -> Deferred[None] | None:
+        """A Deferred that fires when the worker's UID-list write in flight has ended (and
+        the next look builds the state again); None when none is in flight."""
+        return self._syncer.written()
+
+    def on_written(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` (reactor thread) whenever a worker's UID-list write of this
+        folder ends; returns the function that stops it."""
+        listeners = self._core.written_listeners
+        listeners.append(listener)
+        return lambda: listeners.remove(listener) if listener in listeners else None
+
+    async def settled(self, rounds: int = 3) -> None:
+        """Wait until the store's worker has given every message found now its UID (SELECT:
+        its ``sync(assign=False)`` then reports everything, durably, and the reactor never
+        writes the list). Gives up after ``rounds`` writes (mail arriving all the while):
+        the look after it then lacks only the newest messages. At once without a worker."""
+        for _ in range(rounds):
+            pending = self._syncer.settling()
+            if pending is None:
+                return
+            await pending
+
+    def sync_taking_recent(self, *, assign: bool = True) -> tuple[FolderState, list[int]]:
         """``sync()``, then move every message still in new/ to cur/ (as ``take_recent``
         does): SELECT. Returns the state after the moves and the UIDs this call moved (in
         ascending order): RFC 3501 2.3.2, \\Recent goes to exactly one session.
@@ -117,7 +149,7 @@ class Folder:
         When the sync has to rebuild the state (a first SELECT), the moves happen between
         writing the UID list and building the state, so the state is built once, already
         holding the moved messages in cur/."""
-        return self._recent.sync_taking_recent()
+        return self._recent.sync_taking_recent(assign=assign)
 
     def current_state(self) -> FolderState | None:
         """The state the last ``sync()`` returned with this process's own changes since

@@ -86,6 +86,14 @@ class MailStore:
     def has_mailbox(self, address: str) -> bool:
         return is_maildir(self._path(address))
 
+    def login_mailbox(self, address: str) -> Mailbox:
+        """The mailbox of a user logging in to IMAP, made with every special-use folder if
+        anything is missing (directories and their fsyncs, the subscriptions lock: blocking,
+        so a worker thread's job; ``Mailbox.missing_special_folders`` tells if it is needed)."""
+        box = self.mailbox(address, create=True)
+        box.ensure_special_folders()
+        return box
+
     def mailbox(self, address: str, create: bool = False) -> Mailbox:
         """The mailbox of ``address``; MailboxNotFound unless it exists or ``create``."""
         path = self._path(address)
@@ -380,11 +388,15 @@ class Mailbox:
         """The RFC 6154 attribute of folder ``name`` (``\\Sent``...), or None."""
         return names.SPECIAL_USE.get(name)
 
+    def missing_special_folders(self) -> list[str]:
+        """The special-use folders this mailbox lacks (two stat() calls each)."""
+        return [n for n in names.SPECIAL_USE if not is_maildir(self._folder_path(n)[1])]
+
     def ensure_special_folders(self) -> list[str]:
         """Create the special-use folders that are missing (and subscribe them, as Dovecot's
         ``auto = subscribe`` does); returns the names created. Safe against a concurrent
         creator."""
-        missing = [n for n in names.SPECIAL_USE if not is_maildir(self._folder_path(n)[1])]
+        missing = self.missing_special_folders()
         if not missing:
             return []
         created: list[str] = []

@@ -12,7 +12,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mailhub.store import names
+from twisted.internet.defer import Deferred
+
+from mailhub.store import names, uidwriter
 from mailhub.store.core import Files, FolderCore
 from mailhub.store.folderstate import (
     FolderState,
@@ -39,23 +41,34 @@ class Syncer:
         self.scanner = scanner
         self.index = index
 
-    def sync(self, taken: list[int] | None = None) -> FolderState:
+    def sync(self, taken: list[int] | None = None, *, assign: bool = True) -> FolderState:
         """``Folder.sync()``; with a list ``taken``, a rebuild also moves what is in new/ to
-        cur/ first and puts the UIDs it moved in ``taken``."""
+        cur/ first and puts the UIDs it moved in ``taken``. ``assign=False``: when the UID
+        list must change, leave that to a worker (uidwriter.py) if the store has one."""
         core = self.core
+        if not assign and core.settings.offload.run is None:
+            assign = True  # no worker: as ever
         changed = False
         refresh = self.scanner.refresh
         for sub in ("new", "cur"):  # new/ first: a message moving new->cur is then seen in cur/
             changed |= refresh(sub, force=False)
+        # A state lacking messages left to a worker is good enough for a look that assigns
+        # nothing while that worker is still at it; otherwise look again.
         if not changed and core.state is not None:
-            return core.state
+            if not core.partial or (not assign and core.job is not None):
+                return core.state
         # The scans now hold the new listing: until a state is built from it (build_state
         # clears this), it must not count as "seen" should reconcile fail (lock timeout).
         core.stale = True
         with _collector_paused():
-            self.reconcile(taken)
+            self.reconcile(taken, assign)
         assert core.state is not None
         return core.state
+
+    def written(self) -> Deferred[None] | None:
+        """Fires when the worker's UID-list write in flight ends; None if there is none."""
+        job = self.core.job
+        return None if job is None else job.wait()
 
     def state_or_sync(self) -> FolderState:
         state = self.core.state
@@ -64,24 +77,24 @@ class Syncer:
     def current_state(self) -> FolderState | None:
         return None if self.core.stale else self.core.state
 
-    def reconcile(self, taken: list[int] | None = None) -> None:
+    def reconcile(self, taken: list[int] | None = None, assign: bool = True) -> None:
         """Merge the scan with the UID list; take the lock only if the list must change.
-        With ``taken``: move new/ to cur/ before building the state (``take_new``)."""
+        With ``taken``: move new/ to cur/ before building the state (``take_new``).
+        ``assign=False``: never the lock; a worker changes the list (``uidwriter.start``)
+        and the state holds only what the list has now (UIDs all durable)."""
         core = self.core
         known_before = core.list.records if core.list is not None else {}
-        entries = self.scanner.scan_all()
-        lst = self.index.reload()
-        needs_lock = True
-        if lst is not None:
-            vanished, unknown, differ = differences(lst, entries)
-            if vanished:
-                # A file renamed during readdir() may be missed (POSIX leaves it unspecified);
-                # look again before declaring anything gone, so UIDs stay stable.
-                entries = self.scanner.rescan()
-                vanished, unknown, differ = differences(lst, entries)
-            needs_lock = bool(vanished) or unknown or differ
+        lst, entries, needs_lock = self._compare()
         gone: set[str] = set()
-        if needs_lock:
+        partial = False
+        if needs_lock and not assign:
+            run = core.settings.offload.run
+            assert run is not None
+            uidwriter.start(core, run)
+            if lst is None:
+                raise uidwriter.UidsPending("the UID list is being written", core.dir)
+            partial = True
+        elif needs_lock:
             try:
                 with core.lock():
                     lst, entries, gone = self.index.update_locked(entries, known_before)
@@ -94,8 +107,45 @@ class Syncer:
         if taken is not None and entries.new:
             taken.extend(take_new(core, lst, entries))
         self.build_state(lst, entries)
+        core.partial = partial
         if gone:
             core.collect_cache(gone)
+
+    def _compare(self) -> tuple[UidList | None, Files, bool]:
+        """The list (None: none), the scans, and whether the list must change for them."""
+        entries = self.scanner.scan_all()
+        lst = self.index.reload()
+        if lst is None:
+            return lst, entries, True
+        vanished, unknown, differ = differences(lst, entries)
+        if vanished:
+            # A file renamed during readdir() may be missed (POSIX leaves it unspecified);
+            # look again before declaring anything gone, so UIDs stay stable.
+            entries = self.scanner.rescan()
+            vanished, unknown, differ = differences(lst, entries)
+        return lst, entries, bool(vanished) or unknown or differ
+
+    def settling(self) -> Deferred[None] | None:
+        """For a look about to be made with ``assign=False`` that wants every message: when
+        the UID list must change first, the worker's write (started now, or in flight) to
+        wait for; None when the list has every message (or the store has no worker: the
+        look assigns inline). Builds no state (a first SELECT then builds it once, moving
+        new/ to cur/ as it does: ``take_new``)."""
+        core = self.core
+        run = core.settings.offload.run
+        if run is None:
+            return None
+        if core.job is not None:
+            return core.job.wait()
+        changed = False
+        for sub in ("new", "cur"):
+            changed |= self.scanner.refresh(sub, force=False)
+        if not changed and core.state is not None and not core.partial:
+            return None
+        if changed:
+            core.changed_by_us()  # the scans are newer than the state: the look rebuilds it
+        _, _, needs_lock = self._compare()
+        return uidwriter.start(core, run).wait() if needs_lock else None
 
     def build_state(self, lst: UidList, entries: Files) -> None:
         core = self.core

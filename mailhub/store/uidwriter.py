@@ -1,0 +1,139 @@
+"""UID-list writes in a worker thread: the reactor looks, a worker assigns and writes.
+
+Giving new messages their UIDs means taking the folder's dotlock and replacing
+``mailhub-uidlist`` durably (a file fsync and a directory fsync: milliseconds each under disk
+load). A reactor-side look (``Folder.sync(assign=False)``: the store's change feed, IDLE,
+SELECT) never does that itself when the store has a worker (``Offload.run``, set by the
+server to its ``GroupCommitter``): it builds the state from the list as it is - every message
+in it has a durable UID, the newest ones are simply not in it yet - and starts one job for
+the folder, which any other look during it joins (one write for all of them). The job runs on
+a private ``FolderCore`` (this thread's memory of the folder is never touched there): it waits
+for the dotlock like any thread may, lists the folder under it, merges with the list on disk
+(uidindex.py: UIDs ascending, never reused, the same for every process) and writes it. Back on
+the reactor the new list is installed, the folder marked for a rebuild, and the folder's
+listeners (the change feed) told: only then can a session announce the new messages.
+
+Without a worker (``Offload.run`` None: tools, most tests) a look assigns inline, as
+``Folder.sync()`` always does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailhub.store.core import FolderCore
+from mailhub.store.errors import LockBusy, LockTimeout, StoreError
+from mailhub.store.folderstate import StoreSettings
+from mailhub.store.scan import Scanner
+from mailhub.store.uidindex import UidIndex
+from mailhub.store.uidlist import UidList, UidRecord
+
+log = Logger()
+
+Runner = Callable[..., "Deferred[Any]"]  # run(f, *args) in a worker; fires with its result
+
+
+class UidsPending(LockBusy):
+    """A look without assigning found no UID list to build a state from (a folder's first
+    look, a lost list): a worker is writing one; try again when it is done (as for a busy
+    lock: every caller that retries LockBusy retries this)."""
+
+
+@dataclass
+class Job:
+    """One folder's UID-list write in a worker; the looks that joined it wait for its end."""
+
+    pending: dict[str, frozenset[str]]  # the keywords handed to the worker
+    waiters: list[Deferred[None]] = field(default_factory=list)
+
+    def wait(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.waiters.append(d)
+        return d
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a worker wrote (or found written by another process)."""
+
+    lst: UidList
+    stamp: tuple[int, int, int] | None  # the file's, as this list was read or written
+    gone: set[str]
+    pending: dict[str, frozenset[str]]  # the keywords it did not use
+
+
+def start(core: FolderCore, run: Runner) -> Job:
+    """The folder's job: the one in flight, or a new one (reactor thread)."""
+    job = core.job
+    if job is not None:
+        return job
+    job = core.job = Job(dict(core.pending_keywords))
+    old = core.list
+    known = dict(old.records) if old is not None else {}
+    validity = old.uidvalidity if old is not None else 0
+    d = run(write_list, core.path, core.name, core.settings, validity, known, dict(job.pending))
+    d.addBoth(_finish, core, job)
+    return job
+
+
+def write_list(
+    path: Path,
+    name: str,
+    settings: StoreSettings,
+    validity: int,
+    known_before: dict[str, UidRecord],
+    pending: dict[str, frozenset[str]],
+) -> Written:
+    """Worker thread: under the folder's lock, the list on disk brought in line with the
+    directories and written (uidindex.UidIndex.update_locked), on a private FolderCore."""
+    shadow = FolderCore(path, name, settings)
+    if validity:
+        # Only for a lost list's new UIDVALIDITY (above ours); list_stamp None: the list is
+        # read from disk under the lock.
+        shadow.list = UidList(validity)
+    shadow.pending_keywords = pending
+    scanner = Scanner(shadow)
+    index = UidIndex(shadow, scanner)
+    try:
+        with shadow.lock():  # not the reactor: waits while another holder has it
+            entries = scanner.rescan()
+            lst, _, gone = index.update_locked(entries, known_before)
+    except FileNotFoundError:
+        raise shadow.not_found() from None
+    return Written(lst, shadow.list_stamp, gone, pending)
+
+
+def _finish(result: Written | Failure, core: FolderCore, job: Job) -> None:
+    """Reactor thread: install what the worker wrote, wake whoever waits for it."""
+    if core.job is job:
+        core.job = None
+    if isinstance(result, Written):
+        core.list, core.list_stamp = result.lst, result.stamp
+        for base in job.pending.keys() - result.pending.keys():
+            core.pending_keywords.pop(base, None)  # in the list now, with their UIDs
+        if result.gone:
+            core.collect_cache(result.gone)
+    elif result.check(LockTimeout, StoreError, OSError):
+        log.warn("UID list of {folder} not written: {why}", folder=core.dir, why=result.value)
+    else:
+        log.failure("writing the UID list of {folder} failed", result, folder=core.dir)
+    # Whatever happened, the next look builds the state again (and starts another job if
+    # anything is still without a UID); the listeners look at once only after a write (not
+    # in a loop of failures: after one, the next look of its own retries).
+    core.changed_by_us()
+    for d in job.waiters:
+        d.callback(None)
+    if not isinstance(result, Written):
+        return
+    for listener in list(core.written_listeners):
+        try:
+            listener()
+        except Exception:
+            log.failure("UID list listener failed")

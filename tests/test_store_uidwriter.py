@@ -1,0 +1,269 @@
+"""UID-list writes in a worker thread (mailhub.store.uidwriter): the reactor's looks - the
+change feed, IDLE, SELECT - never fsync the list nor take the folder's lock; new mail is told
+only once its UID is on disk; one write serves every look made while it runs.
+
+The "reactor thread" here is the test's thread; the store's worker is a real thread whose
+result comes back through the test's clock (as the GroupCommitter's callFromThread does).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from mailhub.safeio import fsync_dir, write_new_file
+from mailhub.store import names, uidlist
+from mailhub.store.changes import StoreChanges
+from mailhub.store.dotlock import DotLock
+from mailhub.store.scan import create_maildir
+from tests.support.imap import USER, IMAPTestCase, message
+
+
+class ThreadWorker:
+    """``Offload.run``: the jobs wait until ``release()`` runs each in a thread of its own
+    and fires its Deferred back on the test's thread (the reactor), as callFromThread does."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+        self.queued: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        self.jobs += 1
+        d: Deferred[Any] = Deferred()
+        self.queued.append((f, args, d))
+        return d
+
+    def release(self) -> None:
+        queued, self.queued = self.queued, []
+        for f, args, d in queued:
+            box: list[Any] = []
+
+            def work(
+                f: Callable[..., Any] = f, args: tuple[Any, ...] = args, box: list[Any] = box
+            ) -> None:
+                try:
+                    box.append(f(*args))
+                except BaseException:
+                    box.append(Failure())
+
+            t = threading.Thread(target=work)
+            t.start()
+            t.join()
+            if isinstance(box[0], Failure):
+                d.errback(box[0])
+            else:
+                d.callback(box[0])
+
+
+class OffThreadCase(IMAPTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.store.mailbox(USER, create=True)  # its making is LOGIN's business, not this
+        self.worker = ThreadWorker()
+        self.store.settings.offload.run = self.worker
+        self.changes = StoreChanges(self.store, self.clock, scan_interval=300.0, use_inotify=False)
+        self.factory = self.make_factory(changes=self.changes)
+        self.changes.startService()
+        self.addCleanup(self.changes.stopService)
+        # What the reactor thread did: fsyncs, UID-list writes, dotlocks taken.
+        self.on_reactor: list[str] = []
+        self.off_reactor: list[str] = []
+        main = threading.main_thread()
+
+        def note(what: str) -> None:
+            mine = threading.current_thread() is main
+            (self.on_reactor if mine else self.off_reactor).append(what)
+
+        real_fsync, real_save, real_acquire = os.fsync, uidlist.save, DotLock.acquire
+
+        def fsync(fd: int) -> None:
+            note("fsync")
+            real_fsync(fd)
+
+        def save(*args: Any, **kw: Any) -> None:
+            note("uidlist.save")
+            real_save(*args, **kw)
+
+        def acquire(lock: DotLock) -> Any:
+            note("dotlock")
+            return real_acquire(lock)
+
+        self.patch(os, "fsync", fsync)
+        self.patch(uidlist, "save", save)
+        self.patch(DotLock, "acquire", acquire)
+
+    def arrive(self, subject: str, folder: str = "") -> None:
+        """A delivery by another thread or process: a durable file in new/, no UID."""
+        root = self.store.root / "example.org" / "alice"
+        path = root / folder if folder else root
+        base = names.unique_name("mail.example.org")
+
+        def deliver() -> None:
+            write_new_file(path / "tmp" / base, message(subject))
+            os.link(path / "tmp" / base, path / "new" / base)
+            os.unlink(path / "tmp" / base)
+            fsync_dir(path / "new")
+
+        t = threading.Thread(target=deliver)
+        t.start()
+        t.join()
+
+    def list_uids(self) -> list[int]:
+        lst = uidlist.load(Path(self.store.root / "example.org/alice" / uidlist.FILENAME))
+        assert lst is not None
+        return sorted(r.uid for r in lst.records.values())
+
+
+class TheReactorNeverWritesTheList(OffThreadCase):
+    def test_delivery_idle_push_and_select(self) -> None:
+        client = self.connect()
+        client.command(f"LOGIN {USER} secret")
+        client.send("s1 SELECT INBOX\r\n")
+        self.assertEqual(client.lines(), [])  # waits for the empty folder's first list
+        self.worker.release()
+        client.run("""
+            S: ...
+            S: * 0 EXISTS
+            S: ...
+            S: s1 OK [READ-WRITE] SELECT completed
+            C: i1 IDLE
+            S: + idling
+        """)
+        self.clock.advance(0)  # the feed's first look
+        self.arrive("one")
+        self.changes.touched(USER)
+        self.clock.advance(0)  # the feed looks: a job for the worker, nothing told yet
+        self.assertEqual(client.lines(), [])
+        self.assertEqual(self.list_uids(), [])
+        self.worker.release()
+        self.clock.advance(0)  # the worker is done: the feed looks again and tells
+        client.run("""
+            S: * 1 EXISTS
+            S: * 1 RECENT
+            C: DONE
+            S: i1 OK IDLE terminated
+        """)
+        self.assertEqual(self.list_uids(), [1])  # on disk before it was told
+        other = self.connect()
+        other.command(f"LOGIN {USER} secret")
+        self.arrive("two")
+        other.send("s2 SELECT INBOX\r\n")
+        self.assertEqual(other.lines(), [])  # waits for the worker
+        self.worker.release()
+        other.run("""
+            S: ...
+            S: * 2 EXISTS
+            S: * 1 RECENT
+            S: ...
+            S: * OK [UIDNEXT 3] Predicted next UID
+            S: ...
+            S: s2 OK [READ-WRITE] SELECT completed
+        """)
+        self.assertEqual(self.list_uids(), [1, 2])
+        self.assertEqual(self.on_reactor, [])
+        self.assertIn("uidlist.save", self.off_reactor)
+        self.assertIn("dotlock", self.off_reactor)
+
+    def test_looks_while_a_write_runs_share_it(self) -> None:
+        folder = self.folder()
+        folder.sync()  # a list to start from
+        del self.on_reactor[:]
+        listeners = [self.store.mailbox(USER).folder("INBOX") for _ in range(3)]
+        self.assertTrue(all(f is folder for f in listeners))
+        for n in range(3):
+            self.arrive(f"m{n}")
+        before = self.worker.jobs
+        for _ in range(5):  # five looks (sessions, the feed) before the worker is back
+            self.assertEqual(folder.sync(assign=False).count, 0)
+        self.assertEqual(self.worker.jobs - before, 1)
+        written = folder.written()
+        assert written is not None
+        self.worker.release()
+        self.assertTrue(written.called)
+        self.assertEqual([m.uid for m in folder.sync(assign=False).messages], [1, 2, 3])
+        self.assertEqual(self.worker.jobs - before, 1)
+        self.assertEqual(self.on_reactor, [])
+
+    def test_a_look_that_assigns_still_sees_mail_the_worker_has_not_done(self) -> None:
+        # Commands other than IDLE/SELECT still sync as ever (inline): they must not be told
+        # the state a reactor-side look left waiting for the worker.
+        folder = self.folder()
+        folder.sync()
+        self.arrive("late")
+        self.assertEqual(folder.sync(assign=False).count, 0)
+        self.assertEqual(folder.sync().count, 1)
+
+    def test_uids_agree_with_another_process_writing_inline(self) -> None:
+        from mailhub.store import MailStore
+
+        other = MailStore(self.store.root, hostname="mail.example.org").mailbox(USER)
+        theirs = other.folder("INBOX")
+        mine = self.folder()
+        mine.sync()
+        self.arrive("a")
+        self.assertEqual(mine.sync(assign=False).count, 0)
+        self.arrive("b")
+        self.assertEqual(len(theirs.sync().messages), 2)  # the other process, first
+        self.worker.release()  # (finds both done)
+        self.arrive("c")
+        mine.sync(assign=False)
+        self.worker.release()
+        got = [(m.uid, m.key) for m in mine.sync(assign=False).messages]
+        self.assertEqual(got, [(m.uid, m.key) for m in theirs.sync().messages])
+        self.assertEqual([uid for uid, _ in got], [1, 2, 3])
+        self.assertEqual(self.list_uids(), [1, 2, 3])
+
+    def test_mail_waiting_when_idle_starts_is_told_after_the_worker(self) -> None:
+        client = self.connect()
+        client.command(f"LOGIN {USER} secret")
+        client.send("s1 SELECT INBOX\r\n")
+        self.worker.release()
+        client.lines()
+        self.arrive("before idle")
+        client.run("""
+            C: i1 IDLE
+            S: + idling
+        """)
+        self.clock.advance(0)  # the feed's first look
+        self.assertEqual(client.lines(), [])
+        self.worker.release()
+        self.clock.advance(0)
+        client.run("""
+            S: * 1 EXISTS
+            S: * 1 RECENT
+        """)
+        self.assertEqual(self.on_reactor, [])
+
+
+def in_a_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """A factory's ``run``: ``f`` in a thread of its own, its result at once."""
+    worker = ThreadWorker()
+    d = worker(f, *args)
+    worker.release()
+    return d
+
+
+class FirstLoginMakesFoldersInAWorker(OffThreadCase):
+    def test_folders_of_a_mailbox_made_by_delivery(self) -> None:
+        # Delivery made INBOX alone (it must stay light); LOGIN adds the special-use folders.
+        bob = "bob@example.org"
+        path = self.store.root / "example.org" / "bob"
+        self.on_reactor.clear()
+        self.factory = self.make_factory(changes=self.changes, run=in_a_thread)
+        path.parent.mkdir(exist_ok=True)
+        in_a_thread(lambda: create_maildir(path, folder=False))
+        client = self.connect()
+        client.command(f"LOGIN {bob} secret")
+        self.assertEqual(self.store.mailbox(bob).missing_special_folders(), [])
+        self.assertIn("Sent", self.store.mailbox(bob).subscriptions())
+        self.assertEqual(self.on_reactor, [])
+        self.assertIn("fsync", self.off_reactor)
+        again = self.connect()  # a second login finds everything made: no worker
+        self.factory.run = lambda *a: self.fail("no work for a worker")  # type: ignore[assignment]
+        again.command(f"LOGIN {bob} secret")
