@@ -158,6 +158,14 @@ class Folder:
         the directories again (our renames made their mtimes untrustworthy) and finds them."""
         return self._syncer.current_state()
 
+    def looked_since(self, mark: int) -> FolderState | None:
+        """``current_state()`` if a ``sync()`` that began after tick ``mark``
+        (``mailhub.store.core.tick``) built or confirmed it and nothing is still being added
+        to it by a worker; else None. Such a look saw every change completed before ``mark``:
+        a command that started at ``mark`` may answer from it (a change by others since is
+        concurrent with the command; the next command's look finds it)."""
+        return self._syncer.looked_since(mark)
+
     def count(self) -> int:
         return self.sync().count
 
