@@ -1303,6 +1303,27 @@ class BusyLock(IMAPTestCase):
         self.assertTrue(lines[-1].startswith("a1 OK [COPYUID "), lines)
         self.assertEqual(len(os.listdir(kept / "new") + os.listdir(kept / "cur")), 2)
 
+    def test_uid_copy_waits_for_the_holder(self) -> None:
+        # Seen in the stress benchmark: the UID prefix's look met the lock busy and UID COPY,
+        # never run again, answered NO [UNAVAILABLE] at once.
+        self.holder.release()
+        self.client.command("SELECT INBOX")
+        self.client.command("CREATE Kept")
+        kept = self.store.root / "example.org" / "alice" / ".Kept"
+        new = self.store.root / "example.org" / "alice" / "new"
+        data = message()
+        (new / f"1765000001.M1P1Q2.mail.example.org,S={len(data)}").write_bytes(data)
+        self.holder.acquire()
+        self.client.send("a1 UID COPY 1 Kept\r\n")
+        self.clock.advance(0.5)
+        self.assertEqual(self.client.take(), b"")
+        self.holder.release()
+        self.clock.advance(0.1)
+        lines = self.client.lines()
+        self.assertIn("* 3 EXISTS", lines)
+        self.assertTrue(lines[-1].startswith("a1 OK [COPYUID "), lines)
+        self.assertEqual(len(os.listdir(kept / "new") + os.listdir(kept / "cur")), 1)
+
     def test_login_waits_for_the_subscriptions_lock(self) -> None:
         root = self.store.root / "example.org" / "alice"
         sent = root / ".Sent"

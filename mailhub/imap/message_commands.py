@@ -106,7 +106,10 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
     # 6.4.6: flags "determinate without a race"); STORE skips expunged messages itself, and
     # the sync after the command reports the expunges.
     if sub != "STORE":
-        session.write_all(session.selected_view().sync(allow_expunge=True))
+        # On reactor timers while the lock is busy (the store's worker, another process):
+        # UID COPY and MOVE are not run again, so a LockBusy here would be their answer.
+        view = session.selected_view()
+        session.write_all(await session.unlocked(lambda: view.sync(allow_expunge=True)))
     if sub == "FETCH":
         return await fetch_command.fetch_messages(session, rest, uid=True)
     if sub == "SEARCH":
