@@ -141,6 +141,42 @@ class Told(SynchronousTestCase):
         self.assertEqual(sorted(looked), sorted(users))
         self.assertEqual(sorted(c.mailbox for c in told if c.kind == NEW), sorted(users))
 
+    def test_while_inotify_is_trusted_each_tick_looks_at_a_share_of_the_folders(self) -> None:
+        self.patch(changes_module, "SCAN_BATCH", 2)
+        self.not_everything()
+        users = [f"u{n}@example.com" for n in range(25)]
+        for user in users:
+            self.store.mailbox(user, create=True)
+            self.changes.subscribe(lambda changes: None, user)
+        self.changes.trusted_rounds = 5
+        self.changes.startService()  # the first look: every folder
+        self.addCleanup(self.changes.stopService)
+        self.clock.advance(0)
+        looked: list[str] = []
+        for user in users:
+            folder = self.changes.folder(user, "INBOX")
+            sync = folder.sync
+            folder.sync = lambda sync=sync, user=user, **kw: looked.append(user) or sync(**kw)  # type: ignore[method-assign]
+
+        class Trusted:  # inotify running, nothing lost: its watches are this host's news
+            def watch(self, *args: object, **kwargs: object) -> None:
+                pass
+
+            def loseConnection(self) -> None:
+                pass
+
+        self.changes._notifier = Trusted()
+        for _ in range(5):
+            self.changes._scan_logged()
+            self.clock.advance(0)
+            self.assertEqual(len(looked) % 5, 0)
+        self.assertEqual(sorted(looked), sorted(users))  # each once in five ticks
+        self.changes._notifier = None  # without inotify: every folder each tick
+        looked.clear()
+        self.changes._scan_logged()
+        self.clock.advance(0)
+        self.assertEqual(sorted(looked), sorted(users))
+
     def test_with_only_folder_listeners_the_timed_scan_looks_only_at_their_folders(self) -> None:
         self.not_everything()
         self.store.mailbox(A, create=True)  # with Archive (every mailbox has it)

@@ -199,6 +199,33 @@ class TheReactorNeverWritesTheList(OffThreadCase):
         self.assertEqual(folder.sync(assign=False).count, 0)
         self.assertEqual(folder.sync().count, 1)
 
+    def test_catch_up_for_the_web_api_still_sees_mail_delivered_before_it(self) -> None:
+        # The web API's catch_up() promises every message whose 250 came before it: it
+        # assigns inline; the feed's own looks for IDLE sessions leave it to the worker.
+        self.folder().sync()
+        told: list[Any] = []
+        self.changes.subscribe(told.extend, USER)  # (an IDLE session's subscription)
+        self.clock.advance(0)
+        self.arrive("one")
+        self.changes.notice_soon(0)  # inotify's look
+        self.clock.advance(0)
+        self.assertEqual([c.kind for c in told if c.kind == "new"], [])
+        self.changes.catch_up()
+        self.assertEqual([c.message.uid for c in told if c.kind == "new"], [1])
+
+    def test_with_a_store_wide_listener_the_feed_assigns_as_ever(self) -> None:
+        # The web feed's listeners are told of a delivery as soon as the feed looks, as the
+        # web API's lists and waits expect.
+        self.folder().sync()
+        told: list[Any] = []
+        self.changes.subscribe(told.extend)
+        self.clock.advance(0)
+        self.arrive("one")
+        self.changes.notice_soon(0)
+        self.clock.advance(0)
+        self.assertEqual([c.message.uid for c in told if c.kind == "new"], [1])
+        self.assertEqual(self.worker.queued, [])
+
     def test_uids_agree_with_another_process_writing_inline(self) -> None:
         from mailhub.store import MailStore
 
@@ -267,3 +294,18 @@ class FirstLoginMakesFoldersInAWorker(OffThreadCase):
         again = self.connect()  # a second login finds everything made: no worker
         self.factory.run = lambda *a: self.fail("no work for a worker")  # type: ignore[assignment]
         again.command(f"LOGIN {bob} secret")
+
+
+class AWorkerThatRefuses(OffThreadCase):
+    def test_select_is_not_left_waiting(self) -> None:
+        # The GroupCommitter refuses at once while it is stopped (shutdown): SELECT answers.
+        from twisted.internet.defer import fail
+
+        self.store.settings.offload.run = lambda f, *a: fail(RuntimeError("stopped"))
+        client = self.connect()
+        client.command(f"LOGIN {USER} secret")
+        client.send("s1 SELECT INBOX\r\n")
+        for _ in range(120):  # tried again on the clock, as for a busy lock, then given up
+            self.clock.advance(0.1)
+        self.assertEqual(client.lines(), ["s1 NO [UNAVAILABLE] Mailbox is busy, try again later"])
+        self.flushLoggedErrors(RuntimeError)

@@ -16,7 +16,9 @@ Concurrency model (several sessions, processes and nodes on one tree):
 * Flag changes, new/ -> cur/ moves and expunges are single rename()/unlink() calls, also
   lock-free; a reader that finds its file renamed under it rescans and retries.
 * Only UID assignment takes the folder's dotlock (``mailhub-uidlist.lock``), for the moment it
-  takes to merge the on-disk UID list with what it scanned and write the list back.
+  takes to merge the on-disk UID list with what it scanned and write the list back. The
+  reactor's own looks (``sync(assign=False)``: the change feed, IDLE, SELECT) leave that to a
+  worker thread when the store has one (``uidwriter.py``).
 * ``sync()`` is cheap when nothing changed: two stat() calls comparing new/ and cur/ with the
   values of the last scan. Directory mtimes have coarse granularity (a kernel tick, seconds on
   some NFS servers), so a scan taken while a directory's mtime is younger than

@@ -102,7 +102,7 @@ class Syncer:
         if needs_lock and not assign:
             run = core.settings.offload.run
             assert run is not None
-            uidwriter.start(core, run)
+            uidwriter.start(core, run, entries)
             if lst is None:
                 raise uidwriter.UidsPending("the UID list is being written", core.dir)
             partial = True
@@ -156,8 +156,8 @@ class Syncer:
             return None
         if changed:
             core.changed_by_us()  # the scans are newer than the state: the look rebuilds it
-        _, _, needs_lock = self._compare()
-        return uidwriter.start(core, run).wait() if needs_lock else None
+        _, entries, needs_lock = self._compare()
+        return uidwriter.start(core, run, entries).wait() if needs_lock else None
 
     def build_state(self, lst: UidList, entries: Files) -> None:
         core = self.core

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from itertools import repeat
 
 from twisted.logger import Logger
@@ -213,18 +214,20 @@ class UidIndex:
 
 def _adopt_flags(lst: UidList, entries: Files, next_modseq: Callable[[], int]) -> bool:
     """Record the flags the file names say; a change gets ``next_modseq()``. Whether a
-    record changed without taking a mod-sequence (flags adopted from a version 1 list)."""
+    record changed without taking a mod-sequence (flags adopted from a version 1 list).
+    A changed record is a new object (a worker's list shares the others with the reactor's,
+    which must not see a mod-sequence before it is written: uidwriter.py)."""
     dirty = False
     flags_of = names.flags_of
+    records = lst.records
     for base, fn in entries.files():
-        rec = lst.records.get(base)
+        rec = records.get(base)
         if rec is None:
             continue
         flags = flags_of(fn.partition(names.INFO_SEPARATOR)[2])
         if rec.flags is None:  # read from a version 1 list: adopt, no change
-            rec.flags = flags
+            records[base] = replace(rec, flags=flags)
             dirty = True
         elif rec.flags != flags:  # renamed by another program (or crash mid-store)
-            rec.flags = flags
-            rec.modseq = next_modseq()
+            records[base] = replace(rec, flags=flags, modseq=next_modseq())
     return dirty

@@ -8,8 +8,9 @@ server to its ``GroupCommitter``): it builds the state from the list as it is - 
 in it has a durable UID, the newest ones are simply not in it yet - and starts one job for
 the folder, which any other look during it joins (one write for all of them). The job runs on
 a private ``FolderCore`` (this thread's memory of the folder is never touched there): it waits
-for the dotlock like any thread may, lists the folder under it, merges with the list on disk
-(uidindex.py: UIDs ascending, never reused, the same for every process) and writes it. Back on
+for the dotlock like any thread may, merges the look's listing with the list on disk under it
+(uidindex.py: listed again if they disagree; UIDs ascending, never reused, the same for every
+process) and writes it. Back on
 the reactor the new list is installed, the folder marked for a rebuild, and the folder's
 listeners (the change feed) told: only then can a session announce the new messages.
 
@@ -28,7 +29,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailhub.store.core import FolderCore
+from mailhub.store.core import Files, FolderCore
 from mailhub.store.errors import LockBusy, LockTimeout, StoreError
 from mailhub.store.folderstate import StoreSettings
 from mailhub.store.scan import Scanner
@@ -52,10 +53,14 @@ class Job:
 
     pending: dict[str, frozenset[str]]  # the keywords handed to the worker
     waiters: list[Deferred[None]] = field(default_factory=list)
+    done: bool = False  # (a worker that refuses at once ends the job before start returns)
 
     def wait(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
-        self.waiters.append(d)
+        if self.done:
+            d.callback(None)
+        else:
+            self.waiters.append(d)
         return d
 
 
@@ -69,16 +74,24 @@ class Written:
     pending: dict[str, frozenset[str]]  # the keywords it did not use
 
 
-def start(core: FolderCore, run: Runner) -> Job:
-    """The folder's job: the one in flight, or a new one (reactor thread)."""
+def start(core: FolderCore, run: Runner, entries: Files | None = None) -> Job:
+    """The folder's job: the one in flight, or a new one (reactor thread). ``entries``: the
+    look's listing of the folder (the worker lists it again only if the list disagrees)."""
     job = core.job
     if job is not None:
         return job
     job = core.job = Job(dict(core.pending_keywords))
     old = core.list
     known = dict(old.records) if old is not None else {}
-    validity = old.uidvalidity if old is not None else 0
-    d = run(write_list, core.path, core.name, core.settings, validity, known, dict(job.pending))
+    # The worker starts from our list if the file is still the one we read (no parse): its
+    # own dict, the records shared - nobody changes one in place without the folder's lock,
+    # which the worker holds while it uses them (_adopt_flags makes new ones).
+    mine = None
+    if old is not None and core.list_stamp is not None:
+        mine = UidList(old.uidvalidity, old.uidnext, dict(old.records), old.highestmodseq)
+    d = run(write_list, core.path, core.name, core.settings, old.uidvalidity if old else 0,
+            known, dict(job.pending), mine, core.list_stamp,
+            None if entries is None else Files(dict(entries.new), dict(entries.cur)))  # fmt: skip
     d.addBoth(_finish, core, job)
     return job
 
@@ -90,11 +103,18 @@ def write_list(
     validity: int,
     known_before: dict[str, UidRecord],
     pending: dict[str, frozenset[str]],
+    mine: UidList | None = None,
+    stamp: tuple[int, int, int] | None = None,
+    listed: Files | None = None,
 ) -> Written:
     """Worker thread: under the folder's lock, the list on disk brought in line with the
-    directories and written (uidindex.UidIndex.update_locked), on a private FolderCore."""
+    directories and written (uidindex.UidIndex.update_locked), on a private FolderCore.
+    ``mine``: the reactor's copy of the list as of the file's ``stamp`` (used if the file
+    is still that one; else it is read again under the lock)."""
     shadow = FolderCore(path, name, settings)
-    if validity:
+    if mine is not None:
+        shadow.list, shadow.list_stamp = mine, stamp
+    elif validity:
         # Only for a lost list's new UIDVALIDITY (above ours); list_stamp None: the list is
         # read from disk under the lock.
         shadow.list = UidList(validity)
@@ -103,7 +123,9 @@ def write_list(
     index = UidIndex(shadow, scanner)
     try:
         with shadow.lock():  # not the reactor: waits while another holder has it
-            entries = scanner.rescan()
+            # update_locked lists the folder again if the list disagrees with ``listed``
+            # (another holder renamed or recorded meanwhile), as for a look on the reactor.
+            entries = scanner.rescan() if listed is None else listed
             lst, _, gone = index.update_locked(entries, known_before)
     except FileNotFoundError:
         raise shadow.not_found() from None
@@ -112,6 +134,7 @@ def write_list(
 
 def _finish(result: Written | Failure, core: FolderCore, job: Job) -> None:
     """Reactor thread: install what the worker wrote, wake whoever waits for it."""
+    job.done = True
     if core.job is job:
         core.job = None
     if isinstance(result, Written):
@@ -126,8 +149,13 @@ def _finish(result: Written | Failure, core: FolderCore, job: Job) -> None:
         log.failure("writing the UID list of {folder} failed", result, folder=core.dir)
     # Whatever happened, the next look builds the state again (and starts another job if
     # anything is still without a UID); the listeners look at once only after a write (not
-    # in a loop of failures: after one, the next look of its own retries).
-    core.changed_by_us()
+    # in a loop of failures: after one, the next look of its own retries). A state left
+    # partial is rebuilt from the scans it was built from (sync: partial, no job): they need
+    # not be listed again.
+    if isinstance(result, Written) and core.partial:
+        core.stale = True
+    else:
+        core.changed_by_us()
     for d in job.waiters:
         d.callback(None)
     if not isinstance(result, Written):
