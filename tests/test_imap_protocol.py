@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import os
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.defer import Deferred
 
 from mailhub.auth import make_portal
+from mailhub.imap.protocol import IMAPServerProtocol
 from mailhub.message import mime
-from mailhub.store import dotlock, uidlist
+from mailhub.store import Folder, dotlock, uidlist
 from mailhub.store.dotlock import DotLock
 from mailhub.tls import HANDSHAKE_GRACE
 from tests.support.imap import USER, IMAPTestCase, message
@@ -1277,6 +1279,50 @@ class BusyLock(IMAPTestCase):
             self.client.lines(), ["a1 NO [UNAVAILABLE] Mailbox is busy, try again later"]
         )
         self.client.command("NOOP")  # the session goes on
+
+    def test_copy_after_the_wait_does_not_meet_the_lock_again(self) -> None:
+        # Seen in the stress benchmark: COPY waited for the busy lock (_settle_for_copy), then
+        # link_copies() looked again, new mail needed the lock, the store's worker had it
+        # again, and COPY (never run again) answered NO [UNAVAILABLE].
+        self.holder.release()
+        self.client.command("SELECT INBOX")
+        self.client.command("CREATE Kept")
+        kept = self.store.root / "example.org" / "alice" / ".Kept"
+        new = self.store.root / "example.org" / "alice" / "new"
+        settle = IMAPServerProtocol.settle
+
+        async def settle_then_busy(session: IMAPServerProtocol, *folders: Folder) -> None:
+            await settle(session, *folders)
+            data = message()
+            (new / f"1765000001.M1P1Q2.mail.example.org,S={len(data)}").write_bytes(data)
+            self.holder.acquire()
+
+        self.patch(IMAPServerProtocol, "settle", settle_then_busy)
+        self.client.send("a1 COPY 1:2 Kept\r\n")
+        lines = self.client.lines()
+        self.assertTrue(lines[-1].startswith("a1 OK [COPYUID "), lines)
+        self.assertEqual(len(os.listdir(kept / "new") + os.listdir(kept / "cur")), 2)
+
+    def test_uid_copy_waits_for_the_holder(self) -> None:
+        # Seen in the stress benchmark: the UID prefix's look met the lock busy and UID COPY,
+        # never run again, answered NO [UNAVAILABLE] at once.
+        self.holder.release()
+        self.client.command("SELECT INBOX")
+        self.client.command("CREATE Kept")
+        kept = self.store.root / "example.org" / "alice" / ".Kept"
+        new = self.store.root / "example.org" / "alice" / "new"
+        data = message()
+        (new / f"1765000001.M1P1Q2.mail.example.org,S={len(data)}").write_bytes(data)
+        self.holder.acquire()
+        self.client.send("a1 UID COPY 1 Kept\r\n")
+        self.clock.advance(0.5)
+        self.assertEqual(self.client.take(), b"")
+        self.holder.release()
+        self.clock.advance(0.1)
+        lines = self.client.lines()
+        self.assertIn("* 3 EXISTS", lines)
+        self.assertTrue(lines[-1].startswith("a1 OK [COPYUID "), lines)
+        self.assertEqual(len(os.listdir(kept / "new") + os.listdir(kept / "cur")), 1)
 
     def test_login_waits_for_the_subscriptions_lock(self) -> None:
         root = self.store.root / "example.org" / "alice"

@@ -12,7 +12,7 @@ import os
 from twisted.trial.unittest import TestCase
 
 from mailhub.envelope import Envelope, Recipient
-from mailhub.store import MailStore
+from mailhub.store import MailStore, scan
 from mailhub.store.delivery import GroupCommitter, MaildirSink
 from tests.support.imap import USER, IMAPTestCase, message
 
@@ -317,6 +317,59 @@ class AnotherProcess(IMAPTestCase):
             S: * 4 RECENT
             S: a1 OK NOOP completed
         """)
+
+
+class AnswersFromALookAfterTheCommand(IMAPTestCase):
+    """A command's untagged responses come from a look at the folder begun after the command
+    started - its own (STORE, UID commands, APPEND, COPY look first), another session's or
+    the feed's - rather than listing new/ and cur/ once more for each answer. A look begun
+    before the command is not enough: it may have missed what the client saw done before it
+    sent the command."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(3):
+            self.deliver(message(f"m{n}"))
+        self.a = self.login()
+        self.b = self.login()
+        self.elsewhere = MailStore(self.store.root, hostname="node2.example.org")
+
+    def listings(self) -> list[str]:
+        seen: list[str] = []
+        real = os.listdir
+
+        def listdir(path: str) -> list[str]:
+            seen.append(os.path.basename(path))
+            return real(path)
+
+        self.patch(scan.os, "listdir", listdir)
+        return seen
+
+    def test_a_change_made_after_another_sessions_look_is_told(self) -> None:
+        self.b.command("NOOP")  # our process looks at the folder
+        self.elsewhere.mailbox(USER).folder().append(message("from node2"))
+        self.a.run("""
+            C: a1 NOOP
+            S: * 4 EXISTS
+            S: * 4 RECENT
+            S: a1 OK NOOP completed
+        """)
+
+    def test_store_answers_from_its_own_look(self) -> None:
+        seen = self.listings()
+        self.a.run("""
+            C: a1 STORE 1 +FLAGS (\\Flagged)
+            S: * 1 FETCH (FLAGS (\\Flagged \\Recent))
+            S: a1 OK STORE completed
+        """)
+        self.assertEqual(sorted(seen), ["cur", "new"], "one look: STORE's own")
+        del seen[:]
+        self.b.run("""
+            C: b1 NOOP
+            S: * 1 FETCH (UID 1 FLAGS (\\Flagged))
+            S: b1 OK NOOP completed
+        """)
+        self.assertEqual(sorted(seen), ["cur", "new"], "B's NOOP looks for itself")
 
 
 class DeliveryDuringSelect(IMAPTestCase):

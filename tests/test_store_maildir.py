@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from mailhub.store import maildir, names, uidlist
-from mailhub.store.core import Files
+from mailhub.store.core import Files, tick
 from mailhub.store.errors import (
     FolderError,
     FolderExists,
@@ -572,6 +572,54 @@ class FlagTests(StoreTestCase):
     def test_bad_flags(self) -> None:
         self.assertRaises(InvalidName, self.inbox.set_flags, self.uid, {"Seen"})
         self.assertEqual(self.on_disk(), [self.key])
+
+
+class LookedSinceTests(StoreTestCase):
+    """``Folder.looked_since(mark)``: the state, only if a sync() begun after tick ``mark``
+    made or confirmed it and nothing of ours since left it unknown (IMAP answers a command
+    from it instead of listing new/ and cur/ again)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.deliver(3)
+        self.inbox = self.box.folder()
+        self.inbox.sync()
+
+    def test_only_a_look_begun_after_the_mark(self) -> None:
+        mark = tick()
+        self.assertIsNone(self.inbox.looked_since(mark), "the last look was before the mark")
+        state = self.inbox.sync()  # nothing changed: it confirms the state
+        self.assertIs(self.inbox.looked_since(mark), state)
+        self.assertIsNone(self.inbox.looked_since(tick()))
+
+    def test_a_change_by_another_program_before_the_mark_needs_a_look(self) -> None:
+        self.deliver(1, start=1_700_000_100)  # after our last look, before the command
+        mark = tick()
+        self.assertIsNone(self.inbox.looked_since(mark))
+        self.assertEqual(self.inbox.sync().count, 4)
+        self.assertEqual(self.inbox.looked_since(mark).count, 4)  # type: ignore[union-attr]
+
+    def test_our_own_store_is_in_it(self) -> None:
+        mark = tick()
+        self.inbox.store_flags([1], "add", ["F"])  # looks, then renames and follows its state
+        state = self.inbox.looked_since(mark)
+        assert state is not None
+        self.assertEqual(state.by_uid[1].flags, frozenset("F"))
+
+    def test_not_after_our_own_expunge(self) -> None:
+        mark = tick()
+        self.inbox.store_flags([2], "add", ["T"])
+        self.inbox.expunge([2])  # the state no longer matches: the next answer must look
+        self.assertIsNone(self.inbox.looked_since(mark))
+        state = self.inbox.sync()
+        self.assertEqual(sorted(state.by_uid), [1, 3])
+        self.assertIs(self.inbox.looked_since(mark), state)
+
+    def test_not_after_a_change_of_ours_that_left_the_state_behind(self) -> None:
+        mark = tick()
+        self.inbox.sync()
+        self.inbox._core.changed_by_us()  # as a rename of ours the state did not follow
+        self.assertIsNone(self.inbox.looked_since(mark))
 
 
 class MessageOpsTests(StoreTestCase):

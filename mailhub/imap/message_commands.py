@@ -19,6 +19,7 @@ from mailhub.imap.sequence import compress
 from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.view import split_flags
 from mailhub.store import FolderNotFound, StoreError
+from mailhub.store.core import tick
 from mailhub.store.errors import LockBusy
 from mailhub.store.maildir import SpoolFile
 
@@ -105,7 +106,10 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
     # 6.4.6: flags "determinate without a race"); STORE skips expunged messages itself, and
     # the sync after the command reports the expunges.
     if sub != "STORE":
-        session.write_all(session.selected_view().sync(allow_expunge=True))
+        # On reactor timers while the lock is busy (the store's worker, another process):
+        # UID COPY and MOVE are not run again, so a LockBusy here would be their answer.
+        view = session.selected_view()
+        session.write_all(await session.unlocked(lambda: view.sync(allow_expunge=True)))
     if sub == "FETCH":
         return await fetch_command.fetch_messages(session, rest, uid=True)
     if sub == "SEARCH":
@@ -115,8 +119,8 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
     if sub == "STORE":
         return _store(session, rest, uid=True)
     if sub in ("COPY", "MOVE"):
-        await _settle_for_copy(session, rest)
-        return await _copy(session, rest, uid=True, move=sub == "MOVE")
+        settled = await _settle_for_copy(session, rest)
+        return await _copy(session, rest, uid=True, move=sub == "MOVE", since=settled)
     if sub == "EXPUNGE":
         A.expect_count(rest, 1)
         pairs = session.selected_view().select(A.sequence_set(rest[0]), uid=True)
@@ -131,24 +135,29 @@ async def store(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Don
 
 @COMMANDS.command("COPY", (SELECTED,))
 async def copy(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    await _settle_for_copy(session, items)
-    return await _copy(session, items, uid=False, move=False)
+    settled = await _settle_for_copy(session, items)
+    return await _copy(session, items, uid=False, move=False, since=settled)
 
 
 @COMMANDS.command("MOVE", (SELECTED,))
 async def move(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    await _settle_for_copy(session, items)
-    return await _copy(session, items, uid=False, move=True)
+    settled = await _settle_for_copy(session, items)
+    return await _copy(session, items, uid=False, move=True, since=settled)
 
 
-async def _settle_for_copy(session: IMAPServerProtocol, items: list[Item]) -> None:
+async def _settle_for_copy(session: IMAPServerProtocol, items: list[Item]) -> int:
     """Wait for busy locks of both folders before copying: a busy lock met after the links
-    were made cannot be waited for by running the command again (it would copy twice)."""
+    were made cannot be waited for by running the command again (it would copy twice).
+    Returns the tick before these looks: ``link_copies`` uses the source's look instead of
+    making another, which could meet the lock busy again (the store's worker, another
+    process) with nobody to wait for it."""
+    settled = tick()
     try:
         target = session.box().folder(A.mailbox(items[1]))
     except (ParseError, IndexError, StoreError):
-        return  # _copy answers that
+        return settled  # _copy answers that
     await session.settle(session.selected_view().folder, target)
+    return settled
 
 
 def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done:
@@ -210,7 +219,9 @@ def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done
     return Done("OK", "STORE completed")
 
 
-async def _copy(session: IMAPServerProtocol, items: list[Item], *, uid: bool, move: bool) -> Done:
+async def _copy(
+    session: IMAPServerProtocol, items: list[Item], *, uid: bool, move: bool, since: int
+) -> Done:
     A.expect_count(items, 2)
     view = session.selected_view()
     sequence = A.sequence_set(items[0])
@@ -224,7 +235,8 @@ async def _copy(session: IMAPServerProtocol, items: list[Item], *, uid: bool, mo
     except FolderNotFound:
         return Done("NO", "Mailbox does not exist", "TRYCREATE")
     uids = [u for _, u in pairs]
-    links = view.folder.link_copies(uids, target) if uids else []
+    # From the look _settle_for_copy made (see there).
+    links = view.folder.link_copies(uids, target, since) if uids else []
     # The copies are in the target now: COPY/MOVE is not run again (it would copy twice),
     # so a busy target lock (another process) is waited for here, on reactor timers.
     copied: list[tuple[int, int]] | None = []

@@ -74,6 +74,7 @@ from mailhub.imap.view import BadSequence, UidValidityChanged, View
 from mailhub.net import IStreamTransport
 from mailhub.store import Folder, FolderNotFound, InvalidName, Mailbox, StoreError
 from mailhub.store.changes import MESSAGE_CHANGES, StoreChange
+from mailhub.store.core import tick
 from mailhub.store.errors import LockBusy, LockTimeout
 from mailhub.store.lockwait import BusyWait, retry_busy
 from mailhub.store.maildir import SpoolFile
@@ -407,6 +408,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin, HandshakeDeadline):
         items: list[Item],
         command: Command,
     ) -> None:
+        started = tick()  # a look at the folder after this one saw all the command must see
         try:
             result = await self._run_handler(name, handler, tag, items)
         except Answered:
@@ -444,7 +446,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin, HandshakeDeadline):
             view = self.view
             try:
                 # The lock may be busy (new mail needs UIDs): wait on timers, as commands do.
-                lines = await self.unlocked(lambda: view.sync(allow_expunge=allow))
+                lines = await self.unlocked(lambda: view.sync(allow_expunge=allow, since=started))
             except UidValidityChanged:
                 self.bye("Mailbox UIDVALIDITY changed; please reselect")
                 return

@@ -271,7 +271,12 @@ class View:
         return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
     def sync(
-        self, *, allow_expunge: bool, just_looked: bool = False, assign: bool = True
+        self,
+        *,
+        allow_expunge: bool,
+        just_looked: bool = False,
+        assign: bool = True,
+        since: int | None = None,
     ) -> list[bytes]:
         """Reconcile with the folder; the untagged responses that tell the client.
 
@@ -280,8 +285,17 @@ class View:
         need not be looked at again: 1,000 sessions watching one folder then cost one scan of
         it per change, not 1,000 (each a listing of new/ and cur/ while their mtimes are too
         young to trust). A change made after the feed's look wakes the session again.
-        ``assign=False``: new mail's UIDs are left to the store's worker (``Folder.sync``)."""
-        state = self.folder.current_state() if just_looked else None
+        ``assign=False``: new mail's UIDs are left to the store's worker (``Folder.sync``).
+        ``since``: the tick (``mailhub.store.core.tick``) the command being answered started
+        at; a look at the folder begun after it (by the command itself, another session or
+        the feed) is as good as a new one: with ten sessions on one folder that saves most
+        listings of new/ and cur/ (young mtimes are never trusted)."""
+        if just_looked:
+            state = self.folder.current_state()
+        elif since is not None:
+            state = self.folder.looked_since(since)
+        else:
+            state = None
         if state is None:
             state = self.folder.sync(assign=assign)
         if state.uidvalidity != self.uidvalidity:

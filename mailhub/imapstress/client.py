@@ -22,10 +22,19 @@ def _uid(m: Message) -> int:
 class StressSession(Session):
     """A session that picks random commands (``step``) from its own seeded generator."""
 
-    def __init__(self, name: str, world: World, rng: random.Random, *, qresync: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        world: World,
+        rng: random.Random,
+        *,
+        qresync: bool,
+        idle: tuple[float, float] = (0.2, 1.5),
+    ) -> None:
         super().__init__(name, world, qresync=qresync)
         self.rng = rng
         self.appends = 0
+        self.idle = idle  # seconds in IDLE: a uniform pick between the two
 
     # -- the random commands -----------------------------------------------------------------
 
@@ -310,7 +319,7 @@ class StressSession(Session):
         assert self.conn is not None
         if "IDLE" not in self.conn.capabilities:
             return
-        await self._command("IDLE", idle=self.rng.uniform(0.2, 1.5))
+        await self._command("IDLE", idle=self.rng.uniform(*self.idle))
 
     async def op_noop(self) -> None:
         await self.command("NOOP")

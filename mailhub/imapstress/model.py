@@ -155,6 +155,7 @@ class Session:
             name = "UID " + words[1].upper()
         self.running = Running(tag, _shorten(line), name)
         self.world.log(self.where, "C:", f"{tag} {line}")
+        sent = time.monotonic()
         if literal is not None:
             conn.send(f"{tag} {line} {{{len(literal)}}}\r\n".encode())
             await self._until_continuation(tag)
@@ -192,6 +193,7 @@ class Session:
                 self._tagged(status, response)
                 self.world.commands += 1
                 self.world.command_counts[name] += 1
+                self.world.command_seconds[name] += time.monotonic() - sent
                 return status
             self.handle(response)
 

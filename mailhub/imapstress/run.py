@@ -7,6 +7,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailhub.imapstress.client import MAILBOXES, StressSession
@@ -24,6 +25,9 @@ class StressConfig:
     seed: int = 1
     qresync_share: float = 1 / 3  # sessions that ENABLE QRESYNC
     trace: bool = False  # keep every line sent and received (Report.world.trace)
+    # Seconds a session stays in IDLE (uniform between the two). The client's own waiting:
+    # with the default, about a fifth of a fast server's session time goes to it.
+    idle: tuple[float, float] = (0.2, 1.5)
 
 
 @dataclass
@@ -34,6 +38,14 @@ class Report:
     world: World
     final_counts: dict[str, int]
     errors: list[str]  # sessions that broke off (and why)
+    client_cpu: float = 0.0  # CPU seconds of this client process over the timed part
+    server_cpu: float | None = None  # the server's, when a probe was given
+
+    def cpu_per_command(self) -> tuple[float, float | None]:
+        """(client, server) CPU milliseconds per command over the timed part."""
+        n = self.world.commands or 1
+        server = None if self.server_cpu is None else 1000 * self.server_cpu / n
+        return 1000 * self.client_cpu / n, server
 
     @property
     def commands_per_second(self) -> float:
@@ -41,6 +53,18 @@ class Report:
 
     def by_rule(self) -> dict[str, int]:
         return dict(Counter(v.rule for v in self.world.violations))
+
+    def timings(self) -> str:
+        """Per command name: how many, and the mean time from sending it to its tagged answer
+        (IDLE: its whole stay); and how much of the sessions' time went to waiting for them."""
+        w = self.world
+        waited = sum(w.command_seconds.values())
+        total = self.elapsed * self.config.sessions
+        lines = [f"  {self.target}: the sessions spent {waited:.0f} s of {total:.0f} waiting"]
+        for name, n in w.command_counts.most_common():
+            spent = w.command_seconds[name]
+            lines.append(f"  {name:12} {n:7} x {1000 * spent / n:7.1f} ms = {spent:6.1f} s")
+        return "\n".join(lines)
 
     def summary(self, examples: int = 2) -> str:
         c = self.config
@@ -62,7 +86,15 @@ class Report:
         return "\n".join(lines)
 
 
-async def run(host: str, port: int, config: StressConfig, target: str = "") -> Report:
+async def run(
+    host: str,
+    port: int,
+    config: StressConfig,
+    target: str = "",
+    server_cpu: Callable[[], float] | None = None,
+) -> Report:
+    """``server_cpu``, if given, reads the server's CPU seconds so far (the benchmark reads
+    /proc); it is read at the start and end of the timed part, as this process's own."""
     world = World(trace=[] if config.trace else None)
     master = random.Random(config.seed)
     sessions = [
@@ -71,6 +103,7 @@ async def run(host: str, port: int, config: StressConfig, target: str = "") -> R
             world,
             random.Random(f"{config.seed}-{i}"),
             qresync=master.random() < config.qresync_share,
+            idle=config.idle,
         )
         for i in range(config.sessions)
     ]
@@ -84,6 +117,8 @@ async def run(host: str, port: int, config: StressConfig, target: str = "") -> R
         await s.connect(host, port, config.user, config.password)
         await s.select(MAILBOXES[i % 2])
     start = time.monotonic()
+    cpu_start = time.process_time()
+    server_start = server_cpu() if server_cpu else 0.0
     deadline = start + config.duration
     barrier = asyncio.Barrier(len(sessions))
 
@@ -107,11 +142,14 @@ async def run(host: str, port: int, config: StressConfig, target: str = "") -> R
 
     await asyncio.gather(*(drive(s) for s in sessions))
     elapsed = time.monotonic() - start
+    client = time.process_time() - cpu_start
+    server = server_cpu() - server_start if server_cpu else None
     final = await _verify(host, port, config, world, sessions)
     for s in sessions:
         await s.logout()
     _check_recent(world, final)
-    return Report(target, config, elapsed, world, {k: len(v) for k, v in final.items()}, errors)
+    counts = {k: len(v) for k, v in final.items()}
+    return Report(target, config, elapsed, world, counts, errors, client, server)
 
 
 async def _verify(
@@ -260,6 +298,12 @@ def _check_recent(world: World, final: dict[str, dict[int, Message]]) -> None:
             )
 
 
-def run_stress(host: str, port: int, config: StressConfig, target: str = "") -> Report:
+def run_stress(
+    host: str,
+    port: int,
+    config: StressConfig,
+    target: str = "",
+    server_cpu: Callable[[], float] | None = None,
+) -> Report:
     """``run`` in a new event loop (for a thread, or a script)."""
-    return asyncio.run(run(host, port, config, target))
+    return asyncio.run(run(host, port, config, target, server_cpu))

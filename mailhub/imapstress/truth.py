@@ -91,6 +91,8 @@ class World:
     violations: list[Violation] = field(default_factory=list)
     commands: int = 0
     command_counts: Counter[str] = field(default_factory=Counter)
+    # wall time from sending to the tagged answer, per command name
+    command_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     appended: int = 0
     trace: list[str] | None = None  # every line sent and received, when asked for
 

@@ -12,7 +12,7 @@ import os
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, count
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -136,6 +136,15 @@ class Kept:
     readers: weakref.WeakSet[Reader]
 
 
+_ticks = count(1)
+
+
+def tick() -> int:
+    """A number above every one given before: orders an event (an IMAP command's start)
+    against looks at the disk (``FolderCore.looked``). One thread, the reactor's."""
+    return next(_ticks)
+
+
 class FolderCore:
     """One folder's identity and this process's memory of it (one per directory: sessions
     share it through the ``Folder`` that ``MailStore`` hands out; one thread only)."""
@@ -144,6 +153,9 @@ class FolderCore:
         self.name = name
         self.path = path
         self.dir = str(path)
+        # Made once: a pathlib join costs more than the stat() it is for (every sync).
+        self._list_path = path / uidlist.FILENAME
+        self._list_file = f"{self.dir}/{uidlist.FILENAME}"
         # The user's Maildir root: INBOX itself, the parent of a Maildir++ folder.
         self.root = path if name == names.INBOX else path.parent
         self.settings = settings
@@ -169,6 +181,9 @@ class FolderCore:
         self.job: Job | None = None
         self.partial = False
         self.written_listeners: list[Callable[[], None]] = []
+        # The tick (``tick()``) at which the last sync() that built or confirmed the state
+        # began: that sync saw every change completed before it.
+        self.looked = 0
 
     def not_found(self) -> FolderNotFound:
         return FolderNotFound(f"folder {self.name!r} no longer exists")
@@ -186,12 +201,12 @@ class FolderCore:
             raise self.not_found() from None
 
     def list_path(self) -> Path:
-        return self.path / uidlist.FILENAME
+        return self._list_path
 
     def list_file_stamp(self) -> tuple[int, int, int] | None:
         """(inode, mtime_ns, size) of the UID list file now; None if it is missing."""
         try:
-            st = os.stat(self.list_path())
+            st = os.stat(self._list_file)
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -160,6 +160,14 @@ class Folder:
         the directories again (our renames made their mtimes untrustworthy) and finds them."""
         return self._syncer.current_state()
 
+    def looked_since(self, mark: int) -> FolderState | None:
+        """``current_state()`` if a ``sync()`` that began after tick ``mark``
+        (``mailhub.store.core.tick``) built or confirmed it and nothing is still being added
+        to it by a worker; else None. Such a look saw every change completed before ``mark``:
+        a command that started at ``mark`` may answer from it (a change by others since is
+        concurrent with the command; the next command's look finds it)."""
+        return self._syncer.looked_since(mark)
+
     def count(self) -> int:
         return self.sync().count
 
@@ -328,11 +336,15 @@ class Folder:
         """
         return self._placer.copy_many(uids, other._placer)
 
-    def link_copies(self, uids: Iterable[int], other: Folder) -> list[tuple[int, str]]:
+    def link_copies(
+        self, uids: Iterable[int], other: Folder, since: int | None = None
+    ) -> list[tuple[int, str]]:
         """The first half of ``copy_many``: the copies linked into ``other`` (durably), their
         UIDs not yet known. ``other.adopt_copies(links)`` names them; it needs ``other``'s
-        lock, and may be run again after LockBusy (the copies must not be made twice)."""
-        return self._placer.link_copies(uids, other._placer)
+        lock, and may be run again after LockBusy (the copies must not be made twice).
+        ``since``: a look at this folder begun after that tick (``looked_since``) serves
+        instead of a new one, which might meet the lock busy."""
+        return self._placer.link_copies(uids, other._placer, since)
 
     def adopt_copies(self, links: list[tuple[int, str]]) -> list[tuple[int, int]]:
         """The second half of ``copy_many``: [(source UID, new UID)] of ``link_copies``."""

@@ -155,9 +155,13 @@ class Placer:
         """``Folder.copy_many``: to ``other`` (the target folder's placer)."""
         return other.adopt_copies(self.link_copies(uids, other))
 
-    def link_copies(self, uids: Iterable[int], other: Placer) -> list[tuple[int, str]]:
+    def link_copies(
+        self, uids: Iterable[int], other: Placer, since: int | None = None
+    ) -> list[tuple[int, str]]:
         """``Folder.link_copies``: [(source uid, new base, or ``#uid`` if already known)]."""
-        by_uid = self.syncer.sync().by_uid  # flags and keywords as of now, for the copies
+        state = self.syncer.looked_since(since) if since is not None else None
+        # flags and keywords as of now, for the copies
+        by_uid = (state if state is not None else self.syncer.sync()).by_uid
         hostname = other.core.settings.hostname
         pending = other.core.pending_keywords
         links: list[tuple[int, str]] = []  # (source uid, new base)

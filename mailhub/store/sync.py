@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from twisted.internet.defer import Deferred
 
 from mailhub.store import names, uidwriter
-from mailhub.store.core import Files, FolderCore
+from mailhub.store.core import Files, FolderCore, tick
 from mailhub.store.folderstate import (
     FolderState,
     MessageInfo,
@@ -48,6 +48,7 @@ class Syncer:
         core = self.core
         if not assign and core.settings.offload.run is None:
             assign = True  # no worker: as ever
+        began = tick()
         changed = False
         refresh = self.scanner.refresh
         for sub in ("new", "cur"):  # new/ first: a message moving new->cur is then seen in cur/
@@ -56,6 +57,7 @@ class Syncer:
         # nothing while that worker is still at it; otherwise look again.
         if not changed and core.state is not None:
             if not core.partial or (not assign and core.job is not None):
+                core.looked = began
                 return core.state
         # The scans now hold the new listing: until a state is built from it (build_state
         # clears this), it must not count as "seen" should reconcile fail (lock timeout).
@@ -63,6 +65,7 @@ class Syncer:
         with _collector_paused():
             self.reconcile(taken, assign)
         assert core.state is not None
+        core.looked = began
         return core.state
 
     def written(self) -> Deferred[None] | None:
@@ -76,6 +79,15 @@ class Syncer:
 
     def current_state(self) -> FolderState | None:
         return None if self.core.stale else self.core.state
+
+    def looked_since(self, mark: int) -> FolderState | None:
+        """The state if a sync() that began after tick ``mark`` built or confirmed it, our
+        own changes since are applied (not stale) and no worker is adding to it (not
+        partial); else None."""
+        core = self.core
+        if core.looked > mark and not core.stale and not core.partial:
+            return core.state
+        return None
 
     def reconcile(self, taken: list[int] | None = None, assign: bool = True) -> None:
         """Merge the scan with the UID list; take the lock only if the list must change.
