@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from mailhub.checks import eager
 from mailhub.checks.dns import (
     CheckResolver,
     DNSBudget,
@@ -110,8 +111,9 @@ async def check_smtp(
     helo_sender = f"postmaster@{helo_name}"
     sender = mail_from.strip().strip("<>") or helo_sender
 
-    def check(domain: str, sender: str) -> defer.Deferred[SPFResult]:
-        return defer.Deferred.fromCoroutine(
+    def check(domain: str, sender: str) -> SPFResult | eager.Pending:
+        # Run at once: a result from ``cache`` (or a cached answer) costs no Deferred.
+        return eager.start(
             check_host(
                 resolver,
                 ip,
@@ -127,16 +129,20 @@ async def check_smtp(
 
     helo_check = check(helo_name, helo_sender)
     if sender == helo_sender:  # <>: the MAIL FROM check is the HELO check (RFC 7208 2.4)
-        helo_result = await helo_check
-        return SPFVerdict(helo_result, helo_result, sender, helo_name)
+        if isinstance(helo_check, eager.Pending):
+            helo_check = await helo_check.deferred
+        return SPFVerdict(helo_check, helo_check, sender, helo_name)
     mailfrom_check = check(sender.rpartition("@")[2], sender)  # both at once: half the wait
+    if not isinstance(helo_check, eager.Pending) and not isinstance(mailfrom_check, eager.Pending):
+        return SPFVerdict(mailfrom_check, helo_check, sender, helo_name)
+    mailfrom_d = eager.as_deferred(mailfrom_check)
     try:
-        helo_result = await helo_check
-        mailfrom_result = await mailfrom_check
+        helo_result = await eager.as_deferred(helo_check)
+        mailfrom_result = await mailfrom_d
     except defer.CancelledError:
         # The caller's timeout: stop the other check too (its lookups are not wanted).
-        mailfrom_check.addErrback(lambda f: f.trap(defer.CancelledError))
-        mailfrom_check.cancel()
+        mailfrom_d.addErrback(lambda f: f.trap(defer.CancelledError))
+        mailfrom_d.cancel()
         raise
     return SPFVerdict(mailfrom_result, helo_result, sender, helo_name)
 
@@ -167,22 +173,18 @@ async def check_host(
     for at least 20 seconds).
     """
     address = _client_address(ip)
-    shown = domain.strip().rstrip(".").lower()
     if address is None:
+        shown = domain.strip().rstrip(".").lower()
         return SPFResult(
             "none", shown, f"{ip!r} is not an IP address, so there is nothing to check"
         )
     name = _initial_domain(domain)
     if name is None:
         # RFC 7208 4.3: a malformed or single-label domain gives "none" at once.
+        shown = domain.strip().rstrip(".").lower()
         why = f"{domain!r} is not a domain name SPF can check (RFC 7208 4.3)"
         return SPFResult("none", shown, why)
-    local, at, sender_domain = sender.strip().rpartition("@")
-    if not at:
-        local, sender_domain = "", sender.strip()
-    local = local or "postmaster"  # RFC 7208 4.3: no local-part means "postmaster"
-    if not sender_domain.isascii():  # %{o} of an SMTPUTF8 sender: as asked in DNS (RFC 8616)
-        sender_domain = _initial_domain(sender_domain) or sender_domain
+    local, sender_domain = _sender_parts(sender)
     key: _CacheKey = (address, name, sender_domain, helo, receiver or "unknown")
     if cache is not None:
         cached = cache.get(key)
@@ -222,6 +224,51 @@ async def check_host(
     if cache is not None:
         cache.put(key, result, evaluation)
     return result
+
+
+@functools.lru_cache(maxsize=4096)  # a pure function of the address; a sender sends again
+def _sender_parts(sender: str) -> tuple[str, str]:
+    """(local-part, domain) of the sender identity as the macros use them (RFC 7208 4.3)."""
+    local, at, sender_domain = sender.strip().rpartition("@")
+    if not at:
+        local, sender_domain = "", sender.strip()
+    local = local or "postmaster"  # RFC 7208 4.3: no local-part means "postmaster"
+    if not sender_domain.isascii():  # %{o} of an SMTPUTF8 sender: as asked in DNS (RFC 8616)
+        sender_domain = _initial_domain(sender_domain) or sender_domain
+    return local, sender_domain
+
+
+def cached_smtp(
+    cache: SPFCache, ip: str | IPAddress, mail_from: str, helo: str, *, receiver: str = "unknown"
+) -> SPFVerdict | None:
+    """``check_smtp``'s verdict when both its results are in ``cache`` (as ``check_smtp``
+    with this cache would give it), without a coroutine; None when one is not (ask
+    ``check_smtp``)."""
+    helo_name = helo.strip()
+    helo_sender = f"postmaster@{helo_name}"
+    sender = mail_from.strip().strip("<>") or helo_sender
+    helo_result = _cached_host(cache, ip, helo_name, helo_sender, helo_name, receiver)
+    if helo_result is None:
+        return None
+    if sender == helo_sender:
+        return SPFVerdict(helo_result, helo_result, sender, helo_name)
+    domain = sender.rpartition("@")[2]
+    mailfrom_result = _cached_host(cache, ip, domain, sender, helo_name, receiver)
+    if mailfrom_result is None:
+        return None
+    return SPFVerdict(mailfrom_result, helo_result, sender, helo_name)
+
+
+def _cached_host(
+    cache: SPFCache, ip: str | IPAddress, domain: str, sender: str, helo: str, receiver: str
+) -> SPFResult | None:
+    """``check_host``'s result from ``cache`` (its key made the same way), or None."""
+    address = _client_address(ip)
+    name = _initial_domain(domain)
+    if address is None or name is None:
+        return None  # check_host answers these without the cache
+    key: _CacheKey = (address, name, _sender_parts(sender)[1], helo, receiver or "unknown")
+    return cache.get(key)
 
 
 # --- results kept within the TTLs of their answers ---------------------------------------------
