@@ -86,6 +86,10 @@ class DMARCResult:
     sampled_out: bool = False  # pct chose not to apply the requested policy
 
     def method_result(self) -> MethodResult:
+        return self._method_result
+
+    @functools.cached_property  # a result kept by DMARCCache serves many messages
+    def _method_result(self) -> MethodResult:
         props: list[tuple[str, str]] = []
         if self.from_domain:
             props.append(("header.from", self.from_domain))
@@ -141,9 +145,9 @@ def header_from_domain(message: bytes) -> str | None:
     return _from_domain(values[0])
 
 
-# A From field's first line: "From" (any case) at a line start, then [ \t]* and the colon,
-# as ``split_fields`` reads a field name (``[^:\s]+``, then ``[ \t]*:``).
-_FROM_LINE = re.compile(rb"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)
+# After a line start: "from" (in lower case here), then [ \t]* and the colon, as
+# ``split_fields`` reads a field name (``[^:\s]+``, then ``[ \t]*:``).
+_FROM_NAME = re.compile(rb"from[ \t]*:")
 
 
 def _one_from(head: bytes) -> bytes | None:
@@ -154,12 +158,22 @@ def _one_from(head: bytes) -> bytes | None:
     crlf = head.count(b"\r\n")
     if crlf != head.count(b"\n") or crlf != head.count(b"\r") or head.startswith(b"\r\n"):
         return None
-    m = _FROM_LINE.search(head)
-    if m is None:
+    low = head.lower()
+    # Where a line starts with "from": at 0, or after a LF (each ends a CRLF here).
+    lines = [0] if low.startswith(b"from") else []
+    i = low.find(b"\nfrom")
+    while i >= 0:
+        lines.append(i + 1)
+        i = low.find(b"\nfrom", i + 1)
+    start = -1
+    for line in lines:
+        m = _FROM_NAME.match(low, line)
+        if m is not None:
+            if start >= 0:
+                return None  # several
+            start = m.end()
+    if start < 0:
         return None
-    start = m.end()
-    if _FROM_LINE.search(head, start) is not None:
-        return None  # several
     # The field goes on over continuation lines (RFC 5322 2.2.3: a line starting with WSP).
     j = head.find(b"\r\n", start)
     while j >= 0 and head[j + 2 : j + 3] in (b" ", b"\t"):
@@ -262,9 +276,21 @@ def evaluate_cached(
     if found is None:
         return None
     record, why_none = found
-    return _evaluate(
+    # A result that depends only on the discovery and SPF's (no DKIM signature, no pct
+    # sampling) is kept with the discovery it was made of.
+    memo = not dkim and spf is not None and (record is None or record.pct >= 100)
+    if memo:
+        assert spf is not None
+        given = (from_domain, spf.result, spf.domain)
+        kept = cache.results.get(given)
+        if kept is not None and kept[0] is found:
+            return kept[1]
+    result = _evaluate(
         from_domain, organizational_domain(from_domain), record, why_none, spf, dkim, rng
     )
+    if memo:
+        cache.keep_result(given, found, result)
+    return result
 
 
 def _evaluate(
@@ -409,6 +435,9 @@ class DMARCCache:
         self._entries: OrderedDict[str, tuple[tuple[DMARCRecord | None, str], float]] = (
             OrderedDict()
         )
+        # evaluate_cached's results by (from domain, SPF result, SPF domain), with the
+        # discovery they were made of (valid while it is the one kept).
+        self.results: dict[tuple[str, str, str], tuple[object, DMARCResult]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -422,6 +451,11 @@ class DMARCCache:
             del self._entries[from_domain]
             return None
         return found
+
+    def keep_result(self, given: tuple[str, str, str], found: object, result: DMARCResult) -> None:
+        self.results[given] = (found, result)
+        if len(self.results) > self.max_entries:
+            del self.results[next(iter(self.results))]  # the oldest
 
     def put(
         self, from_domain: str, found: tuple[DMARCRecord | None, str], asked: Sequence[str]

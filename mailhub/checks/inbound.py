@@ -558,9 +558,13 @@ def _conclude(
     arc_result: str,
 ) -> Verdict:
     """The policy's decision on what was found, and the Verdict with our results."""
+    spf, dmarc = _result_of(found, "spf"), _result_of(found, "dmarc")
+    if spf not in _ACTED_ON and dmarc not in _ACTED_ON:
+        # No policy acts on these (``_domain_action`` accepts for every domain): most mail.
+        return Verdict(AuthenticationResults(authserv_id, tuple(found)), ACCEPT, arc=arc_result)
     facts = Facts(
-        spf=_result_of(found, "spf"),
-        dmarc=_result_of(found, "dmarc"),
+        spf=spf,
+        dmarc=dmarc,
         dmarc_policy=asked_policy(dmarc_result),
         from_domain=from_domain,
         client=envelope.client_address,
@@ -932,8 +936,13 @@ class Facts:
     spf_explanation: str = ""  # the domain's exp= text for a fail (RFC 7208 6.2)
 
 
+# The SPF and DMARC results ``_domain_action`` may act on; with neither, it accepts.
+_ACTED_ON = frozenset({"fail", "temperror"})
+
+
 def _domain_action(facts: Facts, p: DomainPolicy) -> tuple[str, Refusal | None, str]:
-    """(action, reply, reason) for recipients under ``p``."""
+    """(action, reply, reason) for recipients under ``p`` (ACCEPT unless SPF or DMARC is one
+    of ``_ACTED_ON``)."""
     dmarc, asked = facts.dmarc, facts.dmarc_policy.lower()
     if dmarc == "fail":
         if asked == "reject" and p.dmarc_reject == "reject":

@@ -239,6 +239,8 @@ class _CheckedMessage:
             d = self._commit()
         except Exception:
             d = defer.fail()
+        if self._state == "done":
+            return d  # handed on at once (and released)
 
         def done(result: Any) -> Any:
             self._state = "done"
@@ -314,8 +316,12 @@ class _CheckedMessage:
                 message.abort()
             raise
         self._release()  # the copies hold it now
+        self._state = "done"
         if len(messages) == 1:
-            return messages[0].commit().addCallback(lambda _: envelope.queue_id)
+            d = messages[0].commit()
+            if messages[0].envelope is envelope:
+                return d  # its commit gives our queue id: nothing to add
+            return d.addCallback(lambda _: envelope.queue_id)
         return self._commit_all(messages)
 
     def _decided(self, verdict: Verdict) -> None:

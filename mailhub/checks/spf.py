@@ -84,6 +84,10 @@ class SPFVerdict:
 
     def method_result(self) -> MethodResult:
         """The ``spf=`` resinfo of ``Authentication-Results:`` (RFC 8601 2.7.2)."""
+        return self._method_result
+
+    @functools.cached_property  # a verdict kept by SPFCache serves many messages
+    def _method_result(self) -> MethodResult:
         properties: list[tuple[str, str]] = []
         if self.sender:
             properties.append(("smtp.mailfrom", self.sender))
@@ -243,32 +247,42 @@ def cached_smtp(
 ) -> SPFVerdict | None:
     """``check_smtp``'s verdict when both its results are in ``cache`` (as ``check_smtp``
     with this cache would give it), without a coroutine; None when one is not (ask
-    ``check_smtp``)."""
+    ``check_smtp``). The verdict itself is kept too, by these four values as given, until the
+    first of its two results expires: a repeat sender costs one dictionary lookup."""
+    given = (ip, mail_from, helo, receiver)
+    kept = cache.verdicts.get(given)
+    if kept is not None:
+        if kept[1] > cache.clock.seconds():
+            return kept[0]
+        del cache.verdicts[given]
     helo_name = helo.strip()
     helo_sender = f"postmaster@{helo_name}"
     sender = mail_from.strip().strip("<>") or helo_sender
-    helo_result = _cached_host(cache, ip, helo_name, helo_sender, helo_name, receiver)
-    if helo_result is None:
+    helo_entry = _cached_host(cache, ip, helo_name, helo_sender, helo_name, receiver)
+    if helo_entry is None:
         return None
-    if sender == helo_sender:
-        return SPFVerdict(helo_result, helo_result, sender, helo_name)
-    domain = sender.rpartition("@")[2]
-    mailfrom_result = _cached_host(cache, ip, domain, sender, helo_name, receiver)
-    if mailfrom_result is None:
+    mailfrom_entry: tuple[SPFResult, float] | None = helo_entry
+    if sender != helo_sender:
+        domain = sender.rpartition("@")[2]
+        mailfrom_entry = _cached_host(cache, ip, domain, sender, helo_name, receiver)
+    if mailfrom_entry is None:
         return None
-    return SPFVerdict(mailfrom_result, helo_result, sender, helo_name)
+    verdict = SPFVerdict(mailfrom_entry[0], helo_entry[0], sender, helo_name)
+    cache.keep_verdict(given, verdict, min(helo_entry[1], mailfrom_entry[1]))
+    return verdict
 
 
 def _cached_host(
     cache: SPFCache, ip: str | IPAddress, domain: str, sender: str, helo: str, receiver: str
-) -> SPFResult | None:
-    """``check_host``'s result from ``cache`` (its key made the same way), or None."""
+) -> tuple[SPFResult, float] | None:
+    """``check_host``'s result from ``cache`` (its key made the same way) and when it
+    expires, or None."""
     address = _client_address(ip)
     name = _initial_domain(domain)
     if address is None or name is None:
         return None  # check_host answers these without the cache
     key: _CacheKey = (address, name, _sender_parts(sender)[1], helo, receiver or "unknown")
-    return cache.get(key)
+    return cache.entry(key)
 
 
 # --- results kept within the TTLs of their answers ---------------------------------------------
@@ -305,20 +319,35 @@ class SPFCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[_CacheKey, tuple[SPFResult, float]] = OrderedDict()
         self.hits = 0
+        # cached_smtp's verdicts by (ip, mail_from, helo, receiver) as given, and until when.
+        self.verdicts: dict[tuple[str | IPAddress, str, str, str], tuple[SPFVerdict, float]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: _CacheKey) -> SPFResult | None:
+        entry = self.entry(key)
+        return None if entry is None else entry[0]
+
+    def entry(self, key: _CacheKey) -> tuple[SPFResult, float] | None:
+        """The result kept for ``key`` and when it expires (``clock.seconds()``), or None."""
         entry = self._entries.get(key)
         if entry is None:
             return None
-        result, expires = entry
-        if expires <= self.clock.seconds():
+        if entry[1] <= self.clock.seconds():
             del self._entries[key]
             return None
         self.hits += 1
-        return result
+        return entry
+
+    def keep_verdict(
+        self, given: tuple[str | IPAddress, str, str, str], verdict: SPFVerdict, expires: float
+    ) -> None:
+        if self.max_entries <= 0:
+            return
+        self.verdicts[given] = (verdict, expires)
+        if len(self.verdicts) > self.max_entries:
+            del self.verdicts[next(iter(self.verdicts))]  # the oldest
 
     def put(self, key: _CacheKey, result: SPFResult, evaluation: _Evaluation) -> None:
         if result.result not in _CACHED_RESULTS or evaluation.letters & _PER_MESSAGE_MACROS:
