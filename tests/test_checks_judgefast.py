@@ -392,15 +392,16 @@ class OneFromTests(SynchronousTestCase):
         for _ in range(4000):
             lines = [rng.choice(PIECES) for _ in range(rng.randint(0, 5))]
             head = b"".join(line + rng.choice(ENDS) for line in lines)
-            lead = rng.choice([b"", b"", b"\r\n", b"Received: x\r\n"])
+            lead = rng.choice([b"", b"", b"\r\n", b"\r\n\r\n", b"Received: x\r\n"])
             msg = lead + head + rng.choice([b"\r\n", b"\n", b""]) + b"body\r\nFrom: z@body.test\r\n"
             self.assertEqual(new_from(msg), reference_from(msg), msg)
 
     def test_shortcut_used_for_plain_crlf_headers(self) -> None:
         head = b"Received: x\r\nFrom: a@one.test\r\nTo: b@two.test\r\n"
-        self.assertEqual(dmarc._one_from(head), b" a@one.test\r\n")
-        self.assertIsNone(dmarc._one_from(head.replace(b"To", b"From")))  # several
-        self.assertIsNone(dmarc._one_from(b"From: a@one.test\n"))  # bare LF: the long way
+        self.assertEqual(dmarc._from_fields(head), [b" a@one.test\r\n"])
+        self.assertEqual(len(dmarc._from_fields(head.replace(b"To", b"From")) or ()), 2)
+        self.assertIsNone(dmarc._from_fields(b"From: a@one.test\n"))  # bare LF: the long way
+        self.assertIsNone(dmarc._from_fields(b"From: a@one.test\rX: y\r\n"))  # bare CR
 
 
 # --- the sink with a verdict at once or later ----------------------------------------------------

@@ -128,12 +128,16 @@ def header_from_domain(message: bytes) -> str | None:
     """The RFC5322.From domain (A-labels, lower case), or None when the message has no From
     or its From has no domain (then DMARC does not apply). Raises ``HeaderFromError``
     (permerror) for several From fields or several addresses (RFC 7489 6.6.1)."""
-    end = _header_end(message)
-    head = message[:end]
-    value = _one_from(head)
-    if value is not None:
-        return _from_value_domain(value) if len(value) <= 1024 else _from_domain(value)
-    values = [v for name, v in split_fields(head) if name.lower() == b"from"]
+    crlf = message.find(b"\r\n\r\n")
+    values = None
+    if crlf > 0 and not message.startswith(b"\r\n"):  # (an empty first line: no header)
+        values = _from_fields(message[: crlf + 2])
+    if values is None:
+        values = [
+            v
+            for name, v in split_fields(message[: _header_end(message)])
+            if name.lower() == b"from"
+        ]
     if not values:
         return None
     if len(values) > 1:
@@ -150,13 +154,13 @@ def header_from_domain(message: bytes) -> str | None:
 _FROM_NAME = re.compile(rb"from[ \t]*:")
 
 
-def _one_from(head: bytes) -> bytes | None:
-    """The value of the one From field of ``head`` (a header section without its empty line)
-    as ``split_fields`` gives it, without splitting every field: only for a section whose
-    lines all end in CRLF and that holds exactly one From field. None otherwise (then
-    ``split_fields`` reads it: bare CR or LF, an empty line, no From or several)."""
-    crlf = head.count(b"\r\n")
-    if crlf != head.count(b"\n") or crlf != head.count(b"\r") or head.startswith(b"\r\n"):
+def _from_fields(head: bytes) -> list[bytes] | None:
+    """The values of the From fields of ``head`` (the header section up to the CRLF before the
+    first CRLF CRLF), as ``split_fields`` gives them, without splitting every field: only
+    when every line of ``head`` ends in CRLF (then it has no empty line and no LF LF, so it
+    is the whole header section ``_header_end`` finds); None otherwise (bare CR or LF)."""
+    lf = head.count(b"\n")
+    if lf != head.count(b"\r") or lf != head.count(b"\r\n"):
         return None
     low = head.lower()
     # Where a line starts with "from": at 0, or after a LF (each ends a CRLF here).
@@ -165,20 +169,19 @@ def _one_from(head: bytes) -> bytes | None:
     while i >= 0:
         lines.append(i + 1)
         i = low.find(b"\nfrom", i + 1)
-    start = -1
+    values = []
     for line in lines:
         m = _FROM_NAME.match(low, line)
-        if m is not None:
-            if start >= 0:
-                return None  # several
-            start = m.end()
-    if start < 0:
-        return None
-    # The field goes on over continuation lines (RFC 5322 2.2.3: a line starting with WSP).
-    j = head.find(b"\r\n", start)
-    while j >= 0 and head[j + 2 : j + 3] in (b" ", b"\t"):
-        j = head.find(b"\r\n", j + 2)
-    return head[start : len(head) if j < 0 else j + 2]
+        if m is None:
+            continue
+        start = m.end()
+        # The field goes on over continuation lines (RFC 5322 2.2.3: a line starting
+        # with WSP).
+        j = head.find(b"\r\n", start)
+        while j >= 0 and head[j + 2 : j + 3] in (b" ", b"\t"):
+            j = head.find(b"\r\n", j + 2)
+        values.append(head[start : len(head) if j < 0 else j + 2])
+    return values
 
 
 def _from_domain(value: bytes) -> str | None:
