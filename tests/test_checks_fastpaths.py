@@ -233,12 +233,12 @@ class LogWordsTests(SynchronousTestCase):
 
 class VerdictCopyTests(SynchronousTestCase):
     def test_judge_copies_every_field(self) -> None:
-        """judge() builds its Verdict field by field (not dataclasses.replace): a new field
-        must be added there too."""
+        """judge() builds its Verdict field by field in _conclude (not dataclasses.replace): a
+        new field must be added there too."""
         names = [f.name for f in dataclasses.fields(inbound.Verdict)]
         self.assertEqual(
             names, ["results", "action", "reply", "junk", "would", "reason", "arc", "checked"]
         )
-        source = inspect.getsource(inbound.judge)
+        source = inspect.getsource(inbound._conclude)
         for name in names:
             self.assertIn(f"{name}=", source)

@@ -140,6 +140,11 @@ class CheckingSinkTests(SynchronousTestCase):
         [stored] = h.inner.delivered
         self.assertEqual(stored.data, OURS + RECEIVED + CONTENT)
         self.assertIsNone(stored.envelope.folder)
+        self.assertEqual(h.logged(), "")  # a plain accept is not logged by default
+
+    def test_accepted_logged_when_asked(self) -> None:
+        h = Harness(log_accepted=True)
+        self.successResultOf(h.send(CONTENT))
         self.assertIn("spf=pass dkim=pass -> accept", h.logged())
 
     def test_forged_results_removed_everywhere_in_the_header_only(self) -> None:

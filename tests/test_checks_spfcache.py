@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.checks.inbound import Policy, judge_with
+from mailhub.checks.inbound import Policy, Verdict, judge_with
 from mailhub.checks.resolver import CachingResolver
 from mailhub.checks.spf import SPFCache, SPFResult, check_host, check_smtp
 from mailhub.envelope import Envelope, Recipient
@@ -117,8 +117,8 @@ class SPFCacheTests(SynchronousTestCase):
 
 class JudgeWithTests(SynchronousTestCase):
     def test_real_checks_keep_spf_results(self) -> None:
-        """A server's second message from the same client asks nothing for SPF: only DMARC's
-        record is looked up again (answered by the DNS cache)."""
+        """A server's second message from the same client asks nothing: the SPF results and
+        the DMARC record discovered are kept, and the verdict comes at once (no coroutine)."""
         clock = Clock()
         records = MemoryResolver(
             txt={
@@ -141,11 +141,13 @@ class JudgeWithTests(SynchronousTestCase):
         verdicts = []
         for _ in range(3):
             before = resolver.hits + resolver.misses
-            verdicts.append(
-                self.successResultOf(defer.Deferred.fromCoroutine(bound(message, envelope)))
-            )
+            judged = bound(message, envelope)
+            if not isinstance(judged, Verdict):
+                judged = self.successResultOf(defer.Deferred.fromCoroutine(judged))
+            verdicts.append(judged)
             lookups.append(resolver.hits + resolver.misses - before)
-        self.assertEqual(lookups, [3, 1, 1])
+        self.assertEqual(lookups, [3, 0, 0])
+        self.assertIsInstance(bound(message, envelope), Verdict)
         self.assertEqual(verdicts[2].results, verdicts[0].results)
         self.assertEqual(
             [(r.method, r.result) for r in verdicts[2].results.results],

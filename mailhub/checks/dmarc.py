@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import functools
 import random
+import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from publicsuffixlist import PublicSuffixList
+from twisted.internet.interfaces import IReactorTime
 
 from mailhub.addresses import AddressError, normalise_domain
 from mailhub.checks.dkimverify import SignatureResult, TagListError, parse_tags
@@ -83,6 +86,10 @@ class DMARCResult:
     sampled_out: bool = False  # pct chose not to apply the requested policy
 
     def method_result(self) -> MethodResult:
+        return self._method_result
+
+    @functools.cached_property  # a result kept by DMARCCache serves many messages
+    def _method_result(self) -> MethodResult:
         props: list[tuple[str, str]] = []
         if self.from_domain:
             props.append(("header.from", self.from_domain))
@@ -121,8 +128,16 @@ def header_from_domain(message: bytes) -> str | None:
     """The RFC5322.From domain (A-labels, lower case), or None when the message has no From
     or its From has no domain (then DMARC does not apply). Raises ``HeaderFromError``
     (permerror) for several From fields or several addresses (RFC 7489 6.6.1)."""
-    end = _header_end(message)
-    values = [v for name, v in split_fields(message[:end]) if name.lower() == b"from"]
+    crlf = message.find(b"\r\n\r\n")
+    values = None
+    if crlf > 0 and not message.startswith(b"\r\n"):  # (an empty first line: no header)
+        values = _from_fields(message[: crlf + 2])
+    if values is None:
+        values = [
+            v
+            for name, v in split_fields(message[: _header_end(message)])
+            if name.lower() == b"from"
+        ]
     if not values:
         return None
     if len(values) > 1:
@@ -132,6 +147,41 @@ def header_from_domain(message: bytes) -> str | None:
     if len(values[0]) <= 1024:
         return _from_value_domain(values[0])  # the same sender's From again: cached
     return _from_domain(values[0])
+
+
+# After a line start: "from" (in lower case here), then [ \t]* and the colon, as
+# ``split_fields`` reads a field name (``[^:\s]+``, then ``[ \t]*:``).
+_FROM_NAME = re.compile(rb"from[ \t]*:")
+
+
+def _from_fields(head: bytes) -> list[bytes] | None:
+    """The values of the From fields of ``head`` (the header section up to the CRLF before the
+    first CRLF CRLF), as ``split_fields`` gives them, without splitting every field: only
+    when every line of ``head`` ends in CRLF (then it has no empty line and no LF LF, so it
+    is the whole header section ``_header_end`` finds); None otherwise (bare CR or LF)."""
+    lf = head.count(b"\n")
+    if lf != head.count(b"\r") or lf != head.count(b"\r\n"):
+        return None
+    low = head.lower()
+    # Where a line starts with "from": at 0, or after a LF (each ends a CRLF here).
+    lines = [0] if low.startswith(b"from") else []
+    i = low.find(b"\nfrom")
+    while i >= 0:
+        lines.append(i + 1)
+        i = low.find(b"\nfrom", i + 1)
+    values = []
+    for line in lines:
+        m = _FROM_NAME.match(low, line)
+        if m is None:
+            continue
+        start = m.end()
+        # The field goes on over continuation lines (RFC 5322 2.2.3: a line starting
+        # with WSP).
+        j = head.find(b"\r\n", start)
+        while j >= 0 and head[j + 2 : j + 3] in (b" ", b"\t"):
+            j = head.find(b"\r\n", j + 2)
+        values.append(head[start : len(head) if j < 0 else j + 2])
+    return values
 
 
 def _from_domain(value: bytes) -> str | None:
@@ -186,25 +236,78 @@ async def evaluate_dmarc(
     *,
     budget: DNSBudget | None = None,
     rng: Callable[[], float] = random.random,
+    cache: DMARCCache | None = None,
 ) -> DMARCResult:
     """RFC 7489 6.6: the DMARC result for ``from_domain`` given what SPF and DKIM found.
-    ``rng`` gives a float in [0, 1) for pct sampling (injectable for tests)."""
+    ``rng`` gives a float in [0, 1) for pct sampling (injectable for tests). ``cache``: the
+    record discovered for the domain is kept as long as the DNS answers it was made of."""
     from_domain = from_domain.lower().rstrip(".")
     org = organizational_domain(from_domain)
-
-    def unjudged(result: str, reason: str) -> DMARCResult:
-        return DMARCResult(result, "none", from_domain, org, False, False, reason)
-
     try:
-        record, why_none = await discover_record(resolver, from_domain, org, budget=budget)
+        record, why_none = await discover_record(
+            resolver, from_domain, org, budget=budget, cache=cache
+        )
     except DNSTempError as e:
-        return unjudged(
-            "temperror", f"the DMARC record of {from_domain} could not be fetched ({e})"
+        return DMARCResult(
+            "temperror",
+            "none",
+            from_domain,
+            org,
+            False,
+            False,
+            f"the DMARC record of {from_domain} could not be fetched ({e})",
         )
     except DNSBudgetExceeded as e:
-        return unjudged("none", f"DMARC not checked: {e}")
+        return DMARCResult(
+            "none", "none", from_domain, org, False, False, f"DMARC not checked: {e}"
+        )
+    return _evaluate(from_domain, org, record, why_none, spf, dkim, rng)
+
+
+def evaluate_cached(
+    cache: DMARCCache,
+    from_domain: str,
+    spf: SPFOutcome | None,
+    dkim: Sequence[SignatureResult],
+    *,
+    rng: Callable[[], float] = random.random,
+) -> DMARCResult | None:
+    """``evaluate_dmarc``'s result when the domain's record discovery is in ``cache``, without
+    a coroutine; None when it is not (ask ``evaluate_dmarc``)."""
+    from_domain = from_domain.lower().rstrip(".")
+    found = cache.get(from_domain)
+    if found is None:
+        return None
+    record, why_none = found
+    # A result that depends only on the discovery and SPF's (no DKIM signature, no pct
+    # sampling) is kept with the discovery it was made of.
+    memo = not dkim and spf is not None and (record is None or record.pct >= 100)
+    if memo:
+        assert spf is not None
+        given = (from_domain, spf.result, spf.domain)
+        kept = cache.results.get(given)
+        if kept is not None and kept[0] is found:
+            return kept[1]
+    result = _evaluate(
+        from_domain, organizational_domain(from_domain), record, why_none, spf, dkim, rng
+    )
+    if memo:
+        cache.keep_result(given, found, result)
+    return result
+
+
+def _evaluate(
+    from_domain: str,
+    org: str,
+    record: DMARCRecord | None,
+    why_none: str,
+    spf: SPFOutcome | None,
+    dkim: Sequence[SignatureResult],
+    rng: Callable[[], float],
+) -> DMARCResult:
+    """RFC 7489 6.6.2 on the discovered record (or its absence, ``why_none``)."""
     if record is None:
-        return unjudged("none", why_none)
+        return DMARCResult("none", "none", from_domain, org, False, False, why_none)
 
     spf_pass = spf is not None and spf.result == "pass"
     spf_domain = spf.domain.lower().rstrip(".") if spf is not None else ""
@@ -280,20 +383,95 @@ async def evaluate_dmarc(
 
 
 async def discover_record(
-    resolver: CheckResolver, from_domain: str, org: str, *, budget: DNSBudget | None = None
+    resolver: CheckResolver,
+    from_domain: str,
+    org: str,
+    *,
+    budget: DNSBudget | None = None,
+    cache: DMARCCache | None = None,
 ) -> tuple[DMARCRecord | None, str]:
     """RFC 7489 6.6.3: the record at ``_dmarc.<from>``, else at ``_dmarc.<org>``; or None and
-    why. A DNS failure raises ``DNSTempError``."""
+    why. A DNS failure raises ``DNSTempError``. ``cache``: what was found before for
+    ``from_domain``, while the answers it was made of are kept (no lookup, no budget spent)."""
+    if cache is not None:
+        found = cache.get(from_domain)
+        if found is not None:
+            return found
     resolver = budgeted(resolver, budget)  # each lookup spends the message's budget
+    asked = [f"_dmarc.{from_domain}"]
     record, why = await _record_at(resolver, from_domain)
     if record is None and why is None and org != from_domain:
+        asked.append(f"_dmarc.{org}")
         record, why = await _record_at(resolver, org)
     if record is not None:
-        return record, ""
-    if why:
-        return None, why
-    where = f"_dmarc.{from_domain}" + (f" or _dmarc.{org}" if org != from_domain else "")
-    return None, f"no DMARC record at {where}: the domain publishes no policy"
+        found = record, ""
+    elif why:
+        found = None, why
+    else:
+        where = f"_dmarc.{from_domain}" + (f" or _dmarc.{org}" if org != from_domain else "")
+        found = None, f"no DMARC record at {where}: the domain publishes no policy"
+    if cache is not None:
+        cache.put(from_domain, found, asked)
+    return found
+
+
+class AnswerLifetimes(Protocol):
+    """How long a resolver keeps an answer (``CachingResolver.lifetime``)."""
+
+    def lifetime(self, name: str, rdtype: str) -> float: ...
+
+
+class DMARCCache:
+    """What ``discover_record`` found for a From domain (the record, or why there is none),
+    kept until the first of the TXT answers it was made of leaves ``answers`` (the server's
+    ``CachingResolver``, whose TTLs they are): the same answers give the same discovery
+    (RFC 7489 6.6.3 reads nothing else). A lookup that failed raises, so nothing is kept of
+    it; nor of an answer the resolver does not keep (TTL 0). At most ``max_entries`` (the
+    oldest goes first). ``clock``: IReactorTime."""
+
+    def __init__(
+        self, answers: AnswerLifetimes, clock: IReactorTime, max_entries: int = 10000
+    ) -> None:
+        self.answers = answers
+        self.clock = clock
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[tuple[DMARCRecord | None, str], float]] = (
+            OrderedDict()
+        )
+        # evaluate_cached's results by (from domain, SPF result, SPF domain), with the
+        # discovery they were made of (valid while it is the one kept).
+        self.results: dict[tuple[str, str, str], tuple[object, DMARCResult]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, from_domain: str) -> tuple[DMARCRecord | None, str] | None:
+        entry = self._entries.get(from_domain)
+        if entry is None:
+            return None
+        found, expires = entry
+        if expires <= self.clock.seconds():
+            del self._entries[from_domain]
+            return None
+        return found
+
+    def keep_result(self, given: tuple[str, str, str], found: object, result: DMARCResult) -> None:
+        self.results[given] = (found, result)
+        if len(self.results) > self.max_entries:
+            del self.results[next(iter(self.results))]  # the oldest
+
+    def put(
+        self, from_domain: str, found: tuple[DMARCRecord | None, str], asked: Sequence[str]
+    ) -> None:
+        if self.max_entries <= 0:
+            return
+        ttl = min(self.answers.lifetime(name, "TXT") for name in asked)
+        if ttl <= 0:
+            return
+        self._entries[from_domain] = (found, self.clock.seconds() + ttl)
+        self._entries.move_to_end(from_domain)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
 
 
 async def _record_at(resolver: CheckResolver, domain: str) -> tuple[DMARCRecord | None, str | None]:

@@ -58,6 +58,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailhub.checks import eager
 from mailhub.checks.dns import (
     CheckResolver,
     DNSBudget,
@@ -277,19 +278,20 @@ class _Outcome:
 
 def _within(
     make: Callable[[], Coroutine[Any, Any, Any]], clock: IReactorTime, seconds: float
-) -> defer.Deferred[_Outcome]:
-    """Run one check with a deadline; its outcome, never a failure. At the deadline the check
-    is left to finish on its own (each lookup has the resolver's own timeout, and the budget
-    caps how many it makes) and its late result is dropped: cancelling would reach into the
-    checks' lookups, which read a cancellation as a broken resolver."""
+) -> _Outcome | defer.Deferred[_Outcome]:
+    """Run one check with a deadline; its outcome, never a failure: at once when the check
+    finished without waiting (answered from the caches: no Deferred, no timer), else a
+    Deferred of it. At the deadline the check is left to finish on its own (each lookup has
+    the resolver's own timeout, and the budget caps how many it makes) and its late result is
+    dropped: cancelling would reach into the checks' lookups, which read a cancellation as a
+    broken resolver."""
     try:
-        d: defer.Deferred[Any] = defer.Deferred.fromCoroutine(make())
-    except Exception as e:  # a checker that fails before its first await
-        return defer.succeed(_Outcome(error=e))
-    if d.called:  # answered from the cache without waiting: no timer needed
-        done: list[_Outcome] = []
-        d.addBoth(lambda r: done.append(_as_outcome(r)))
-        return defer.succeed(done[0])
+        started = eager.start(make())
+    except Exception as e:  # a checker that fails before it waits
+        return _Outcome(error=e)
+    if not isinstance(started, eager.Pending):
+        return _Outcome(value=started)
+    d = started.deferred
     outcome: defer.Deferred[_Outcome] = defer.Deferred()
 
     def expire() -> None:
@@ -307,6 +309,14 @@ def _within(
 
     d.addBoth(finished)
     return outcome
+
+
+async def _outcome(started: _Outcome | defer.Deferred[_Outcome]) -> _Outcome:
+    return started if isinstance(started, _Outcome) else await started
+
+
+def _as_deferred(started: _Outcome | defer.Deferred[_Outcome]) -> defer.Deferred[_Outcome]:
+    return defer.succeed(started) if isinstance(started, _Outcome) else started
 
 
 def _as_outcome(result: Any) -> _Outcome:
@@ -407,17 +417,16 @@ async def judge(
     def arc() -> Coroutine[Any, Any, Any]:
         return checkers.arc(resolver, message, budget=budget)
 
-    started: list[defer.Deferred[_Outcome]] = []
+    started: list[_Outcome | defer.Deferred[_Outcome]] = []
     if not spf_skip:
         started.append(_within(spf, clock, deadline - clock.seconds()))
     started.append(_within(dkim, clock, deadline - clock.seconds()))
     started.append(_within(arc, clock, deadline - clock.seconds()))
-    outcomes: list[_Outcome] = []
-    if all(d.called for d in started):  # all answered from the cache: no DeferredList
-        for d in started:
-            d.addCallback(outcomes.append)
+    outcomes: list[_Outcome]
+    if all(isinstance(o, _Outcome) for o in started):  # all answered at once: no waiting
+        outcomes = cast(list[_Outcome], started)
     else:
-        outcomes = await defer.gatherResults(started)
+        outcomes = await defer.gatherResults([_as_deferred(o) for o in started])
     spf_out = None if spf_skip else outcomes.pop(0)
     dkim_out, arc_out = outcomes
 
@@ -454,7 +463,7 @@ async def judge(
                 for i, s in enumerate(signatures)
             )
         else:
-            found.append(MethodResult("dkim", "none", "the message has no DKIM signature"))
+            found.append(_NO_DKIM)
     else:
         assert dkim_out.error is not None
         _log_unexpected("DKIM", envelope, dkim_out.error)
@@ -487,7 +496,11 @@ async def judge(
         def dmarc() -> Coroutine[Any, Any, Any]:
             return checkers.dmarc(resolver, from_domain, spf_for_dmarc, signatures, budget=budget)
 
-        dmarc_out = await _within(dmarc, clock, deadline - clock.seconds())
+        dmarc_started = _within(dmarc, clock, deadline - clock.seconds())
+        if isinstance(dmarc_started, _Outcome):
+            dmarc_out = dmarc_started
+        else:
+            dmarc_out = await dmarc_started
         if dmarc_out.ok:
             dmarc_result = dmarc_out.value
             dmarc_method = dmarc_result.method_result()
@@ -500,7 +513,7 @@ async def judge(
                         resolver, from_domain, spf_for_dmarc, would, budget=budget
                     )
 
-                then = await _within(dmarc_published, clock, deadline - clock.seconds())
+                then = await _outcome(_within(dmarc_published, clock, deadline - clock.seconds()))
                 if then.ok and then.value.result != dmarc_result.result:
                     note = (
                         "as a receiver would see it once the DKIM records above are published: "
@@ -519,11 +532,41 @@ async def judge(
         reason = from_error or "the message has no From address to judge"
         found.append(MethodResult("dmarc", "permerror" if from_error else "none", reason))
 
+    return _conclude(
+        found,
+        dmarc_result,
+        from_domain or "",
+        spf_exp,
+        envelope,
+        policy,
+        authenticated=authenticated,
+        authserv_id=authserv_id,
+        arc_result=arc_result,
+    )
+
+
+def _conclude(
+    found: list[MethodResult],
+    dmarc_result: DMARCResultLike | None,
+    from_domain: str,
+    spf_exp: str,
+    envelope: Envelope,
+    policy: Policy,
+    *,
+    authenticated: bool,
+    authserv_id: str,
+    arc_result: str,
+) -> Verdict:
+    """The policy's decision on what was found, and the Verdict with our results."""
+    spf, dmarc = _result_of(found, "spf"), _result_of(found, "dmarc")
+    if spf not in _ACTED_ON and dmarc not in _ACTED_ON:
+        # No policy acts on these (``_domain_action`` accepts for every domain): most mail.
+        return Verdict(AuthenticationResults(authserv_id, tuple(found)), ACCEPT, arc=arc_result)
     facts = Facts(
-        spf=_result_of(found, "spf"),
-        dmarc=_result_of(found, "dmarc"),
+        spf=spf,
+        dmarc=dmarc,
         dmarc_policy=asked_policy(dmarc_result),
-        from_domain=from_domain or "",
+        from_domain=from_domain,
         client=envelope.client_address,
         mail_from=envelope.mail_from,
         spf_reason=_reason_of(found, "spf"),
@@ -549,6 +592,91 @@ async def judge(
     )
 
 
+# --- from the caches, at once ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CachedChecks:
+    """The real checks' answers from their caches, without a coroutine: each gives None when
+    its answer is not cached (``judge`` asks then). ``spf(ip, mail_from, helo, receiver)``
+    (``spf.cached_smtp``), ``dmarc(from_domain, spf, signatures)`` (``dmarc.evaluate_cached``),
+    ``from_domain(message)``; ``no_arc``: ARC's result for a message without ARC fields."""
+
+    spf: Callable[[str, str, str, str], Any]
+    dmarc: Callable[[str, Any, Sequence[Any]], Any]
+    from_domain: Callable[[bytes], str | None]
+    no_arc: MethodResult
+
+
+_NO_DKIM = MethodResult("dkim", "none", "the message has no DKIM signature")
+
+
+def judge_at_once(
+    message: bytes, envelope: Envelope, *, authserv_id: str, policy: Policy, cached: CachedChecks
+) -> Verdict | None:
+    """``judge``'s verdict for an unsigned message (no DKIM-Signature, no ARC field) whose SPF
+    results and DMARC record are in the caches, without a coroutine or a Deferred (most mail
+    from senders seen within the TTLs); None for any other message (ask ``judge``). The same
+    results, in the same order, as ``judge`` with the same caches gives."""
+    if len(message) > policy.max_message_size:
+        return None
+    end = message.find(b"\r\n\r\n")
+    # At least the header section the DKIM and ARC checks read (theirs ends at the first
+    # empty line, CRLF or bare LF): neither field name in it means neither check has work.
+    low = (message if end < 0 else message[:end]).lower()
+    if b"dkim-signature" in low or b"arc-" in low:
+        return None
+    user = envelope.authenticated_as
+    authenticated = user is not None
+    found: list[MethodResult] = []
+    if user is not None:
+        found.append(MethodResult("auth", "pass", "", (("smtp.auth", user),)))
+    spf_ip, spf_skip, spf_note = _spf_client(envelope, policy, authenticated=authenticated)
+    spf_for_dmarc = None
+    spf_exp = ""
+    if spf_skip:
+        found.append(MethodResult("spf", "none", spf_skip, (_mailfrom_identity(envelope),)))
+    else:
+        spf = cached.spf(
+            spf_ip, envelope.mail_from, envelope.helo, envelope.server_name or "unknown"
+        )
+        if spf is None:
+            return None
+        spf_result = spf.method_result()
+        if spf_note:
+            spf_result = replace(spf_result, reason=_joined(spf_result.reason, spf_note))
+        found.append(spf_result)
+        spf_for_dmarc = spf.mailfrom
+        spf_exp = getattr(spf_for_dmarc, "authority_explanation", "") or ""
+    found.append(_NO_DKIM)
+    found.append(cached.no_arc)
+    try:
+        from_domain = cached.from_domain(message)
+        from_error = ""
+    except Exception as e:  # several From addresses, no From: permerror (RFC 7489 6.6.1)
+        from_domain, from_error = None, str(e) or e.__class__.__name__
+    dmarc_result = None
+    if from_domain:
+        dmarc_result = cached.dmarc(from_domain, spf_for_dmarc, ())
+        if dmarc_result is None:
+            return None
+        found.append(dmarc_result.method_result())
+    else:
+        reason = from_error or "the message has no From address to judge"
+        found.append(MethodResult("dmarc", "permerror" if from_error else "none", reason))
+    return _conclude(
+        found,
+        dmarc_result,
+        from_domain or "",
+        spf_exp,
+        envelope,
+        policy,
+        authenticated=authenticated,
+        authserv_id=authserv_id,
+        arc_result=cached.no_arc.result,
+    )
+
+
 def judge_with(
     resolver: CheckResolver,
     *,
@@ -557,20 +685,54 @@ def judge_with(
     clock: IReactorTime,
     checkers: Checkers | None = None,
     own_keys: OwnKeys | None = None,
-) -> Callable[[bytes, Envelope], Coroutine[Any, Any, Verdict]]:
+) -> Callable[[bytes, Envelope], Verdict | Coroutine[Any, Any, Verdict]]:
     """``judge`` bound to one server's resolver and policy: what ``CheckingSink`` calls. With
     the real checks and a resolver that tells its answers' lifetimes (``CachingResolver``), SPF
-    results are kept as long as their answers (``spf.SPFCache``)."""
+    results (``spf.SPFCache``) and DMARC record discoveries (``dmarc.DMARCCache``) are kept as
+    long as their answers, and a message that ``judge_at_once`` can judge from them gets its
+    Verdict directly; any other gets ``judge``'s coroutine."""
+    cached: CachedChecks | None = None
     if checkers is None:
-        from mailhub.checks import dmarc, spf
+        from mailhub.checks import arc, dmarc, spf
 
         dmarc.preload()  # the Public Suffix List, at start rather than in the first message
         checkers = Checkers.real()
         if hasattr(resolver, "lifetime"):
-            cache = spf.SPFCache(cast(spf.AnswerLifetimes, resolver), clock)
-            checkers = replace(checkers, spf=functools.partial(spf.check_smtp, cache=cache))
+            answers = cast(spf.AnswerLifetimes, resolver)
+            spf_cache = spf.SPFCache(answers, clock)
+            dmarc_cache = dmarc.DMARCCache(answers, clock)
+            checkers = replace(
+                checkers,
+                spf=functools.partial(spf.check_smtp, cache=spf_cache),
+                dmarc=functools.partial(dmarc.evaluate_dmarc, cache=dmarc_cache),
+            )
+            # What ARC says of a message without ARC fields (it answers without a lookup).
+            no_arc = eager.start(arc.verify_arc(TXTTable({}), b"From: a@a.invalid\r\n\r\n"))
+            assert not isinstance(no_arc, eager.Pending)
 
-    def bound(message: bytes, envelope: Envelope) -> Coroutine[Any, Any, Verdict]:
+            def spf_cached(ip: str, mail_from: str, helo: str, receiver: str) -> Any:
+                return spf.cached_smtp(spf_cache, ip, mail_from, helo, receiver=receiver)
+
+            def dmarc_cached(domain: str, spf_result: Any, signatures: Sequence[Any]) -> Any:
+                return dmarc.evaluate_cached(dmarc_cache, domain, spf_result, signatures)
+
+            cached = CachedChecks(
+                spf_cached, dmarc_cached, dmarc.header_from_domain, no_arc.method_result()
+            )
+
+    def bound(message: bytes, envelope: Envelope) -> Verdict | Coroutine[Any, Any, Verdict]:
+        if cached is not None:
+            try:
+                verdict = judge_at_once(
+                    message, envelope, authserv_id=authserv_id, policy=policy, cached=cached
+                )
+            except Exception:  # a bug here: the long way still judges the message
+                log.failure(
+                    "{queue_id}: judging from the caches failed", queue_id=envelope.queue_id
+                )
+                verdict = None
+            if verdict is not None:
+                return verdict
         chosen = checkers if checkers is not None else Checkers.real()
         return judge(
             resolver,
@@ -723,7 +885,7 @@ def _within_receiver(
             log.failure("the dev stack's receiver view failed", Failure(outcome.error))
         return _AsReceiver()
 
-    return _within(make, clock, seconds).addCallback(value)
+    return _as_deferred(_within(make, clock, seconds)).addCallback(value)
 
 
 def unchecked(authserv_id: str, reason: str) -> Verdict:
@@ -774,8 +936,13 @@ class Facts:
     spf_explanation: str = ""  # the domain's exp= text for a fail (RFC 7208 6.2)
 
 
+# The SPF and DMARC results ``_domain_action`` may act on; with neither, it accepts.
+_ACTED_ON = frozenset({"fail", "temperror"})
+
+
 def _domain_action(facts: Facts, p: DomainPolicy) -> tuple[str, Refusal | None, str]:
-    """(action, reply, reason) for recipients under ``p``."""
+    """(action, reply, reason) for recipients under ``p`` (ACCEPT unless SPF or DMARC is one
+    of ``_ACTED_ON``)."""
     dmarc, asked = facts.dmarc, facts.dmarc_policy.lower()
     if dmarc == "fail":
         if asked == "reject" and p.dmarc_reject == "reject":

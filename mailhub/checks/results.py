@@ -11,6 +11,7 @@ the one record of what was found: a message judged once is shown the same way fo
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,6 +50,18 @@ class MethodResult:
                 return value
         return None
 
+    @functools.cached_property
+    def written(self) -> bytes:
+        """The resinfo as ``header_value`` writes it (without the ``;`` before it). Written
+        once per object: the checks keep the results most messages repeat (dkim=none,
+        arc=none, a sender's spf=, a domain's dmarc=) and give the same objects again."""
+        words = [f"{self.method}={self.result}".encode()]
+        if self.reason:
+            words.append(b"reason=" + _quoted(_clean(self.reason)[:_REASON_MAX]))
+        for key, value in self.properties:
+            words.append(key.encode() + b"=" + _pvalue(_clean(value)))
+        return b" ".join(words)
+
 
 @dataclass(frozen=True)
 class AuthenticationResults:
@@ -59,26 +72,25 @@ class AuthenticationResults:
 
     def header_value(self) -> bytes:
         """The field value, folded one resinfo per line (no field name, no final CRLF)."""
-        # authserv-id is a value (RFC 8601 2.2): a token, else quoted (as ``parse`` reads it)
-        authserv_id = _clean(self.authserv_id)
-        raw_id = authserv_id.encode()
-        if not _TOKEN.match(raw_id):
-            raw_id = _quoted(authserv_id)
+        raw_id = _authserv_id(self.authserv_id)
         if not self.results:
             return raw_id + b"; none"  # RFC 8601 2.2 no-result
         parts = [raw_id]
         for r in self.results:
-            words = [f"{r.method}={r.result}".encode()]
-            if r.reason:
-                words.append(b"reason=" + _quoted(_clean(r.reason)[:_REASON_MAX]))
-            for key, value in r.properties:
-                words.append(key.encode() + b"=" + _pvalue(_clean(value)))
-            parts.append(b" ".join(words))
+            parts.append(r.written)
         return b";\r\n\t".join(parts)
 
     def header(self) -> bytes:
         """The whole field with its CRLF, ready to put on top of a message."""
         return b"Authentication-Results: " + self.header_value() + b"\r\n"
+
+
+@functools.lru_cache(maxsize=64)  # the server's own id: the same every message
+def _authserv_id(value: str) -> bytes:
+    # authserv-id is a value (RFC 8601 2.2): a token, else quoted (as ``parse`` reads it)
+    authserv_id = _clean(value)
+    raw_id = authserv_id.encode()
+    return raw_id if _TOKEN.match(raw_id) else _quoted(authserv_id)
 
 
 def _clean(text: str) -> str:

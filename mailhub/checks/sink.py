@@ -25,14 +25,16 @@ from __future__ import annotations
 import dataclasses
 import re
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import IO, Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailhub.checks import eager
 from mailhub.checks.inbound import ACCEPT, JUNK, REJECT, TEMPFAIL, Verdict, unchecked
 from mailhub.checks.keys import RSA_SHA256, KeyStore, SigningKey
 from mailhub.checks.results import AuthenticationResults, authserv_id_of
@@ -46,8 +48,13 @@ SPOOL_SIZE = 1024 * 1024
 MAX_HEADER = 1024 * 1024
 _CHUNK = 256 * 1024
 
-Judge = Callable[[bytes, Envelope], Awaitable[Verdict]]
+# A verdict at once (judged from the caches), or one to wait for.
+Judge = Callable[[bytes, Envelope], Verdict | Awaitable[Verdict]]
 Sealer = Callable[[bytes, SigningKey, str, AuthenticationResults], bytes]
+
+
+async def _wait(judging: Awaitable[Verdict]) -> Verdict:
+    return await judging
 
 
 def domain_of(address: str) -> str:
@@ -112,7 +119,8 @@ class CheckingSink:
     ``is_local_domain`` says which mailboxes are ours (the others are forwarded copies);
     ``arc_key(domain)`` the key that seals copies forwarded for that domain (None: unsealed),
     ``seal`` makes the ARC set (``mailhub.checks.arc.arc_seal``). ``max_check_size``: bigger
-    messages are not judged (recorded so).
+    messages are not judged (recorded so). ``log_accepted``: log (at debug) the verdict of
+    messages accepted without remark too, not only of those the policy acted on.
     """
 
     def __init__(
@@ -129,6 +137,7 @@ class CheckingSink:
         spool_dir: str | None = None,
         run: Callable[..., defer.Deferred[Any]] = deferToThread,
         log: Logger | None = None,
+        log_accepted: bool = False,
     ) -> None:
         self.inner = inner
         self.judge = judge
@@ -141,6 +150,10 @@ class CheckingSink:
         self.spool_dir = spool_dir
         self.run = run
         self.log = log if log is not None else Logger(namespace="mailhub.checks")
+        # Plain accepts are not logged unless asked: their results are in the message's own
+        # header and the receiver logs the message; an event per message costs the reactor
+        # (twistd formats and writes every event, whatever its level).
+        self.log_accepted = log_accepted
         self.verdicts = 0  # messages judged (for tests and the log)
 
     def open(self, envelope: Envelope) -> IIncomingMessage:
@@ -222,7 +235,12 @@ class _CheckedMessage:
         if self._state != "open":
             return defer.fail(DeliveryError(f"message is {self._state}, cannot commit"))
         self._state = "committing"
-        d = defer.Deferred.fromCoroutine(self._commit())
+        try:
+            d = self._commit()
+        except Exception:
+            d = defer.fail()
+        if self._state == "done":
+            return d  # handed on at once (and released)
 
         def done(result: Any) -> Any:
             self._state = "done"
@@ -230,6 +248,118 @@ class _CheckedMessage:
             return result
 
         return d.addBoth(done)
+
+    def _commit(self) -> defer.Deferred[str]:
+        """The common case without a coroutine or a Deferred of our own: a message held in
+        memory, judged from the caches at once, one copy (or several, none sealed) written
+        into the inner sink with our header on top; the inner sink's commit is the answer."""
+        sink = self._sink
+        if self._file is not None or self._size > sink.max_check_size:
+            return defer.Deferred.fromCoroutine(self._commit_spooled())
+        whole = bytes(self._buf)
+        judged = self._judge(whole)
+        if isinstance(judged, eager.Pending):
+            return defer.Deferred.fromCoroutine(self._commit_later(judged.deferred, whole))
+        return self._pass_on(judged, whole)
+
+    async def _commit_later(self, judged: defer.Deferred[Verdict], whole: bytes) -> str:
+        """The judgement had to wait (a DNS lookup): the rest once it is there."""
+        verdict = await judged
+        return await self._pass_on(verdict, whole)
+
+    def _judge(self, whole: bytes) -> Verdict | eager.Pending:
+        """``judge``'s verdict, at once if it needs no waiting. A bug in the checks must not
+        lose mail: the message goes in, recorded as not judged."""
+        try:
+            judging = self._sink.judge(whole, self.envelope)
+            if isinstance(judging, Verdict):
+                return judging  # judged from the caches at once
+            verdict = eager.start(judging if isinstance(judging, Coroutine) else _wait(judging))
+        except Exception:
+            return self._judge_failed(Failure())
+        if isinstance(verdict, eager.Pending):
+            verdict.deferred.addErrback(self._judge_failed)
+        return verdict
+
+    def _judge_failed(self, failure: Failure) -> Verdict:
+        sink = self._sink
+        sink.log.failure("{queue_id}: the checks failed", failure, queue_id=self.envelope.queue_id)
+        return unchecked(sink.authserv_id, "not checked: internal error")
+
+    def _pass_on(self, verdict: Verdict, whole: bytes) -> defer.Deferred[str]:
+        """A judged message held in memory: refused, or into the inner sink."""
+        sink, envelope = self._sink, self.envelope
+        self._decided(verdict)
+        end = header_end(whole)
+        head, removed = remove_results(whole[:end], sink.authserv_id)
+        self._log_removed(removed)
+        ours = verdict.results.header()
+        copies = self._copies(verdict)
+        if any(copy.seal_domain is not None for copy in copies):
+            first = ours + head
+            return defer.Deferred.fromCoroutine(
+                self._deliver(copies, verdict, ours, first, head, whole[end:], end)
+            )
+        messages: list[IIncomingMessage] = []
+        try:
+            for copy in copies:
+                message = sink.inner.open(self._envelope_for(copy, len(copies)))
+                messages.append(message)
+                message.write(ours)
+                if removed:
+                    message.write(head)
+                    message.write(whole[end:])
+                else:
+                    message.write(whole)  # nothing taken out: the held bytes as they are
+        except BaseException:
+            for message in messages:
+                message.abort()
+            raise
+        self._release()  # the copies hold it now
+        self._state = "done"
+        if len(messages) == 1:
+            d = messages[0].commit()
+            if messages[0].envelope is envelope:
+                return d  # its commit gives our queue id: nothing to add
+            return d.addCallback(lambda _: envelope.queue_id)
+        return self._commit_all(messages)
+
+    def _decided(self, verdict: Verdict) -> None:
+        """Count and log the verdict; a refusal (nothing stored: the inner sink is never
+        opened) is raised as ``MessageRejected``."""
+        self._sink.verdicts += 1
+        self._log(verdict)
+        if verdict.action in (REJECT, TEMPFAIL):
+            assert verdict.reply is not None
+            raise verdict.reply.error()
+
+    def _log_removed(self, removed: int) -> None:
+        if removed:
+            sink = self._sink
+            sink.log.info(
+                "{queue_id}: removed {n} Authentication-Results field(s) claiming to be ours "
+                "({authserv_id}; RFC 8601 5)",
+                queue_id=self.envelope.queue_id,
+                n=removed,
+                authserv_id=sink.authserv_id,
+            )
+
+    def _envelope_for(self, copy: _Copy, copies: int) -> Envelope:
+        if copies == 1 and copy.folder is None:
+            return self.envelope
+        e = dataclasses.replace(self.envelope, recipients=copy.recipients)
+        e.folder = copy.folder
+        return e
+
+    def _commit_all(self, messages: list[IIncomingMessage]) -> defer.Deferred[str]:
+        queue_id = self.envelope.queue_id
+
+        def first_failure(f: Failure) -> Failure:
+            assert isinstance(f.value, defer.FirstError)
+            return f.value.subFailure
+
+        d = defer.gatherResults([m.commit() for m in messages], consumeErrors=True)
+        return d.addCallbacks(lambda _: queue_id, first_failure)
 
     async def _read_back(self, limit: int) -> bytes:
         """The first ``limit`` octets held (all, if fewer)."""
@@ -245,17 +375,17 @@ class _CheckedMessage:
         data: bytes = await self._sink.run(read)
         return data
 
-    async def _commit(self) -> str:
-        sink, envelope = self._sink, self.envelope
+    async def _commit_spooled(self) -> str:
+        """A message held in a temporary file (beyond ``spool_size``) or too big to check."""
+        sink = self._sink
         whole: bytes | None = None
         if self._size <= sink.max_check_size:
             whole = await self._read_back(self._size)
-            try:
-                verdict = await sink.judge(whole, envelope)
-            except Exception:
-                # A bug in the checks must not lose mail: it goes in, recorded as not judged.
-                sink.log.failure("{queue_id}: the checks failed", queue_id=envelope.queue_id)
-                verdict = unchecked(sink.authserv_id, "not checked: internal error")
+            judged = self._judge(whole)
+            if isinstance(judged, eager.Pending):
+                verdict = await judged.deferred
+            else:
+                verdict = judged
             head_source = whole
         else:
             verdict = unchecked(
@@ -264,39 +394,36 @@ class _CheckedMessage:
                 f"({sink.max_check_size})",
             )
             head_source = await self._read_back(MAX_HEADER)
-        sink.verdicts += 1
-        self._log(verdict)
-        if verdict.action in (REJECT, TEMPFAIL):
-            assert verdict.reply is not None
-            raise verdict.reply.error()  # nothing stored: the inner sink was never opened
-
+        self._decided(verdict)
         end = header_end(head_source)
         if whole is None and end == len(head_source):
             # A header section longer than MAX_HEADER: only its complete lines are looked at.
             end = head_source.rfind(b"\r\n") + 2 if b"\r\n" in head_source else 0
         head, removed = remove_results(head_source[:end], sink.authserv_id)
-        if removed:
-            sink.log.info(
-                "{queue_id}: removed {n} Authentication-Results field(s) claiming to be ours "
-                "({authserv_id}; RFC 8601 5)",
-                queue_id=envelope.queue_id,
-                n=removed,
-                authserv_id=sink.authserv_id,
-            )
+        self._log_removed(removed)
         ours = verdict.results.header()
-        first = ours + head
         rest = whole[end:] if whole is not None else None
-
         copies = self._copies(verdict)
+        return await self._deliver(copies, verdict, ours, ours + head, head, rest, end)
+
+    async def _deliver(
+        self,
+        copies: list[_Copy],
+        verdict: Verdict,
+        ours: bytes,
+        first: bytes,
+        head: bytes,
+        rest: bytes | None,
+        end: int,
+    ) -> str:
+        """Every copy (sealed ones too) into the inner sink; ``rest`` None: the message after
+        its header section (``end``) is read back from the temporary file."""
+        sink = self._sink
         messages: list[IIncomingMessage] = []
         try:
             tops = [await self._top(copy, ours, first, rest, verdict) for copy in copies]
             for copy, top in zip(copies, tops, strict=True):
-                e = envelope
-                if len(copies) > 1 or copy.folder is not None:
-                    e = dataclasses.replace(envelope, recipients=copy.recipients)
-                    e.folder = copy.folder
-                message = sink.inner.open(e)
+                message = sink.inner.open(self._envelope_for(copy, len(copies)))
                 messages.append(message)
                 message.write(top + head)
             if rest is not None:
@@ -309,12 +436,7 @@ class _CheckedMessage:
                 message.abort()
             raise
         self._release()  # the copies hold it now
-        commits = [m.commit() for m in messages]
-        try:
-            await defer.gatherResults(commits, consumeErrors=True)
-        except defer.FirstError as e:
-            e.subFailure.raiseException()
-        return envelope.queue_id
+        return await self._commit_all(messages)
 
     async def _stream_rest(self, offset: int, messages: list[IIncomingMessage]) -> None:
         """The spooled message after its header section, to every copy in chunks."""
@@ -391,6 +513,8 @@ class _CheckedMessage:
         return arc_set + ours
 
     def _log(self, verdict: Verdict) -> None:
+        if verdict.would == ACCEPT and not self._sink.log_accepted:
+            return
         words = _Words(verdict.results)  # formatted only if an observer wants the event
         action = verdict.action
         if action == JUNK and verdict.junk:

@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from mailhub.checks import eager
 from mailhub.checks.dns import (
     CheckResolver,
     DNSBudget,
@@ -83,6 +84,10 @@ class SPFVerdict:
 
     def method_result(self) -> MethodResult:
         """The ``spf=`` resinfo of ``Authentication-Results:`` (RFC 8601 2.7.2)."""
+        return self._method_result
+
+    @functools.cached_property  # a verdict kept by SPFCache serves many messages
+    def _method_result(self) -> MethodResult:
         properties: list[tuple[str, str]] = []
         if self.sender:
             properties.append(("smtp.mailfrom", self.sender))
@@ -110,8 +115,9 @@ async def check_smtp(
     helo_sender = f"postmaster@{helo_name}"
     sender = mail_from.strip().strip("<>") or helo_sender
 
-    def check(domain: str, sender: str) -> defer.Deferred[SPFResult]:
-        return defer.Deferred.fromCoroutine(
+    def check(domain: str, sender: str) -> SPFResult | eager.Pending:
+        # Run at once: a result from ``cache`` (or a cached answer) costs no Deferred.
+        return eager.start(
             check_host(
                 resolver,
                 ip,
@@ -127,16 +133,20 @@ async def check_smtp(
 
     helo_check = check(helo_name, helo_sender)
     if sender == helo_sender:  # <>: the MAIL FROM check is the HELO check (RFC 7208 2.4)
-        helo_result = await helo_check
-        return SPFVerdict(helo_result, helo_result, sender, helo_name)
+        if isinstance(helo_check, eager.Pending):
+            helo_check = await helo_check.deferred
+        return SPFVerdict(helo_check, helo_check, sender, helo_name)
     mailfrom_check = check(sender.rpartition("@")[2], sender)  # both at once: half the wait
+    if not isinstance(helo_check, eager.Pending) and not isinstance(mailfrom_check, eager.Pending):
+        return SPFVerdict(mailfrom_check, helo_check, sender, helo_name)
+    mailfrom_d = eager.as_deferred(mailfrom_check)
     try:
-        helo_result = await helo_check
-        mailfrom_result = await mailfrom_check
+        helo_result = await eager.as_deferred(helo_check)
+        mailfrom_result = await mailfrom_d
     except defer.CancelledError:
         # The caller's timeout: stop the other check too (its lookups are not wanted).
-        mailfrom_check.addErrback(lambda f: f.trap(defer.CancelledError))
-        mailfrom_check.cancel()
+        mailfrom_d.addErrback(lambda f: f.trap(defer.CancelledError))
+        mailfrom_d.cancel()
         raise
     return SPFVerdict(mailfrom_result, helo_result, sender, helo_name)
 
@@ -167,22 +177,18 @@ async def check_host(
     for at least 20 seconds).
     """
     address = _client_address(ip)
-    shown = domain.strip().rstrip(".").lower()
     if address is None:
+        shown = domain.strip().rstrip(".").lower()
         return SPFResult(
             "none", shown, f"{ip!r} is not an IP address, so there is nothing to check"
         )
     name = _initial_domain(domain)
     if name is None:
         # RFC 7208 4.3: a malformed or single-label domain gives "none" at once.
+        shown = domain.strip().rstrip(".").lower()
         why = f"{domain!r} is not a domain name SPF can check (RFC 7208 4.3)"
         return SPFResult("none", shown, why)
-    local, at, sender_domain = sender.strip().rpartition("@")
-    if not at:
-        local, sender_domain = "", sender.strip()
-    local = local or "postmaster"  # RFC 7208 4.3: no local-part means "postmaster"
-    if not sender_domain.isascii():  # %{o} of an SMTPUTF8 sender: as asked in DNS (RFC 8616)
-        sender_domain = _initial_domain(sender_domain) or sender_domain
+    local, sender_domain = _sender_parts(sender)
     key: _CacheKey = (address, name, sender_domain, helo, receiver or "unknown")
     if cache is not None:
         cached = cache.get(key)
@@ -224,6 +230,61 @@ async def check_host(
     return result
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of the address; a sender sends again
+def _sender_parts(sender: str) -> tuple[str, str]:
+    """(local-part, domain) of the sender identity as the macros use them (RFC 7208 4.3)."""
+    local, at, sender_domain = sender.strip().rpartition("@")
+    if not at:
+        local, sender_domain = "", sender.strip()
+    local = local or "postmaster"  # RFC 7208 4.3: no local-part means "postmaster"
+    if not sender_domain.isascii():  # %{o} of an SMTPUTF8 sender: as asked in DNS (RFC 8616)
+        sender_domain = _initial_domain(sender_domain) or sender_domain
+    return local, sender_domain
+
+
+def cached_smtp(
+    cache: SPFCache, ip: str | IPAddress, mail_from: str, helo: str, *, receiver: str = "unknown"
+) -> SPFVerdict | None:
+    """``check_smtp``'s verdict when both its results are in ``cache`` (as ``check_smtp``
+    with this cache would give it), without a coroutine; None when one is not (ask
+    ``check_smtp``). The verdict itself is kept too, by these four values as given, until the
+    first of its two results expires: a repeat sender costs one dictionary lookup."""
+    given = (ip, mail_from, helo, receiver)
+    kept = cache.verdicts.get(given)
+    if kept is not None:
+        if kept[1] > cache.clock.seconds():
+            return kept[0]
+        del cache.verdicts[given]
+    helo_name = helo.strip()
+    helo_sender = f"postmaster@{helo_name}"
+    sender = mail_from.strip().strip("<>") or helo_sender
+    helo_entry = _cached_host(cache, ip, helo_name, helo_sender, helo_name, receiver)
+    if helo_entry is None:
+        return None
+    mailfrom_entry: tuple[SPFResult, float] | None = helo_entry
+    if sender != helo_sender:
+        domain = sender.rpartition("@")[2]
+        mailfrom_entry = _cached_host(cache, ip, domain, sender, helo_name, receiver)
+    if mailfrom_entry is None:
+        return None
+    verdict = SPFVerdict(mailfrom_entry[0], helo_entry[0], sender, helo_name)
+    cache.keep_verdict(given, verdict, min(helo_entry[1], mailfrom_entry[1]))
+    return verdict
+
+
+def _cached_host(
+    cache: SPFCache, ip: str | IPAddress, domain: str, sender: str, helo: str, receiver: str
+) -> tuple[SPFResult, float] | None:
+    """``check_host``'s result from ``cache`` (its key made the same way) and when it
+    expires, or None."""
+    address = _client_address(ip)
+    name = _initial_domain(domain)
+    if address is None or name is None:
+        return None  # check_host answers these without the cache
+    key: _CacheKey = (address, name, _sender_parts(sender)[1], helo, receiver or "unknown")
+    return cache.entry(key)
+
+
 # --- results kept within the TTLs of their answers ---------------------------------------------
 
 # The macros whose values differ between messages with the same cache key (RFC 7208 7.2).
@@ -258,20 +319,35 @@ class SPFCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[_CacheKey, tuple[SPFResult, float]] = OrderedDict()
         self.hits = 0
+        # cached_smtp's verdicts by (ip, mail_from, helo, receiver) as given, and until when.
+        self.verdicts: dict[tuple[str | IPAddress, str, str, str], tuple[SPFVerdict, float]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: _CacheKey) -> SPFResult | None:
+        entry = self.entry(key)
+        return None if entry is None else entry[0]
+
+    def entry(self, key: _CacheKey) -> tuple[SPFResult, float] | None:
+        """The result kept for ``key`` and when it expires (``clock.seconds()``), or None."""
         entry = self._entries.get(key)
         if entry is None:
             return None
-        result, expires = entry
-        if expires <= self.clock.seconds():
+        if entry[1] <= self.clock.seconds():
             del self._entries[key]
             return None
         self.hits += 1
-        return result
+        return entry
+
+    def keep_verdict(
+        self, given: tuple[str | IPAddress, str, str, str], verdict: SPFVerdict, expires: float
+    ) -> None:
+        if self.max_entries <= 0:
+            return
+        self.verdicts[given] = (verdict, expires)
+        if len(self.verdicts) > self.max_entries:
+            del self.verdicts[next(iter(self.verdicts))]  # the oldest
 
     def put(self, key: _CacheKey, result: SPFResult, evaluation: _Evaluation) -> None:
         if result.result not in _CACHED_RESULTS or evaluation.letters & _PER_MESSAGE_MACROS:
