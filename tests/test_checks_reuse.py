@@ -9,9 +9,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.checks import inbound
 from mailhub.checks.dmarc import header_from_domain
-from mailhub.checks.inbound import ACCEPT
+from mailhub.checks.inbound import ACCEPT, JUNK, Verdict
 from mailhub.checks.results import AuthenticationResults, MethodResult
-from tests.test_checks_sink import CONTENT, OURS, RECEIVED, Harness, envelope
+from tests.test_checks_sink import CONTENT, OURS, RECEIVED, RESULTS, Harness, envelope
 
 
 def results(spf: str = "pass", domain: str = "a.test") -> tuple[MethodResult, ...]:
@@ -93,4 +93,22 @@ class HeldBytesTests(SynchronousTestCase):
         buffer[:] = b"X" * len(buffer)
         self.assertEqual(self.successResultOf(message.commit()), "Q1")
         [stored] = h.inner.delivered
+        self.assertEqual(stored.data, OURS + RECEIVED + CONTENT)
+
+
+class OneCopyTests(SynchronousTestCase):
+    def test_junk_for_one_plain_recipient_still_gets_its_own_copy(self) -> None:
+        # Every mailbox is its address (no alias): only the Junk decision splits the copies.
+        verdict = Verdict(RESULTS, JUNK, junk=frozenset({"x@b.test"}), would=JUNK)
+        h = Harness(verdict)
+        self.successResultOf(h.send(CONTENT, envelope("x@b.test", "y@b.test")))
+        folders = {m.envelope.folder: m.envelope.mailboxes for m in h.inner.delivered}
+        self.assertEqual(folders, {"Junk": ["x@b.test"], None: ["y@b.test"]})
+
+    def test_plain_recipients_share_one_copy(self) -> None:
+        h = Harness()
+        env = envelope("x@b.test", "y@b.test", "z@elsewhere.test")
+        self.successResultOf(h.send(CONTENT, env))
+        [stored] = h.inner.delivered
+        self.assertIs(stored.envelope, env)  # the receiver's own envelope, nothing regrouped
         self.assertEqual(stored.data, OURS + RECEIVED + CONTENT)
