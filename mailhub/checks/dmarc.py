@@ -124,14 +124,17 @@ def preload() -> None:
     _psl()
 
 
-def header_from_domain(message: bytes) -> str | None:
+def header_from_domain(message: bytes, lowered: bytes | None = None) -> str | None:
     """The RFC5322.From domain (A-labels, lower case), or None when the message has no From
     or its From has no domain (then DMARC does not apply). Raises ``HeaderFromError``
-    (permerror) for several From fields or several addresses (RFC 7489 6.6.1)."""
+    (permerror) for several From fields or several addresses (RFC 7489 6.6.1). ``lowered``:
+    the message up to the CRLF before its first CRLF CRLF in lower case, if the caller has it
+    (``inbound.judge_at_once`` does)."""
     crlf = message.find(b"\r\n\r\n")
     values = None
     if crlf > 0 and not message.startswith(b"\r\n"):  # (an empty first line: no header)
-        values = _from_fields(message[: crlf + 2])
+        head = message[: crlf + 2]
+        values = _from_fields(head, lowered if lowered and len(lowered) == len(head) else None)
     if values is None:
         values = [
             v
@@ -154,15 +157,17 @@ def header_from_domain(message: bytes) -> str | None:
 _FROM_NAME = re.compile(rb"from[ \t]*:")
 
 
-def _from_fields(head: bytes) -> list[bytes] | None:
+def _from_fields(head: bytes, low: bytes | None = None) -> list[bytes] | None:
     """The values of the From fields of ``head`` (the header section up to the CRLF before the
     first CRLF CRLF), as ``split_fields`` gives them, without splitting every field: only
     when every line of ``head`` ends in CRLF (then it has no empty line and no LF LF, so it
-    is the whole header section ``_header_end`` finds); None otherwise (bare CR or LF)."""
+    is the whole header section ``_header_end`` finds); None otherwise (bare CR or LF).
+    ``low``: ``head.lower()``, if the caller has it."""
     lf = head.count(b"\n")
     if lf != head.count(b"\r") or lf != head.count(b"\r\n"):
         return None
-    low = head.lower()
+    if low is None:
+        low = head.lower()
     # Where a line starts with "from": at 0, or after a LF (each ends a CRLF here).
     lines = [0] if low.startswith(b"from") else []
     i = low.find(b"\nfrom")

@@ -561,7 +561,7 @@ def _conclude(
     spf, dmarc = _result_of(found, "spf"), _result_of(found, "dmarc")
     if spf not in _ACTED_ON and dmarc not in _ACTED_ON:
         # No policy acts on these (``_domain_action`` accepts for every domain): most mail.
-        return Verdict(AuthenticationResults(authserv_id, tuple(found)), ACCEPT, arc=arc_result)
+        return _plain_accept(authserv_id, arc_result, tuple(found))
     facts = Facts(
         spf=spf,
         dmarc=dmarc,
@@ -592,6 +592,27 @@ def _conclude(
     )
 
 
+# The last plain accept: a sender's next messages find the same results (the caches give the
+# same MethodResult objects again), so they get the same Verdict, and with it the same header
+# bytes (``AuthenticationResults.header`` is written once per object). One entry: a busy
+# sender's stream hits it; comparing a key costs less than hashing one would.
+_last_accept: tuple[tuple[str, str, tuple[MethodResult, ...]], Verdict] | None = None
+
+
+def _plain_accept(authserv_id: str, arc_result: str, found: tuple[MethodResult, ...]) -> Verdict:
+    """``Verdict(AuthenticationResults(authserv_id, found), ACCEPT, arc=arc_result)``, the same
+    object as last time when the results are equal (the tuple comparison sees the kept
+    objects as identical first)."""
+    global _last_accept
+    key = (authserv_id, arc_result, found)
+    last = _last_accept
+    if last is not None and last[0] == key:
+        return last[1]
+    verdict = Verdict(AuthenticationResults(authserv_id, found), ACCEPT, arc=arc_result)
+    _last_accept = (key, verdict)
+    return verdict
+
+
 # --- from the caches, at once ---------------------------------------------------------------------
 
 
@@ -600,11 +621,13 @@ class CachedChecks:
     """The real checks' answers from their caches, without a coroutine: each gives None when
     its answer is not cached (``judge`` asks then). ``spf(ip, mail_from, helo, receiver)``
     (``spf.cached_smtp``), ``dmarc(from_domain, spf, signatures)`` (``dmarc.evaluate_cached``),
-    ``from_domain(message)``; ``no_arc``: ARC's result for a message without ARC fields."""
+    ``from_domain(message, lowered)`` (``dmarc.header_from_domain``, given the header section
+    through its last CRLF in lower case); ``no_arc``: ARC's result for a message without ARC
+    fields."""
 
     spf: Callable[[str, str, str, str], Any]
     dmarc: Callable[[str, Any, Sequence[Any]], Any]
-    from_domain: Callable[[bytes], str | None]
+    from_domain: Callable[[bytes, bytes | None], str | None]
     no_arc: MethodResult
 
 
@@ -623,7 +646,8 @@ def judge_at_once(
     end = message.find(b"\r\n\r\n")
     # At least the header section the DKIM and ARC checks read (theirs ends at the first
     # empty line, CRLF or bare LF): neither field name in it means neither check has work.
-    low = (message if end < 0 else message[:end]).lower()
+    # Through the last field's CRLF: the From search below reads the same lowered bytes.
+    low = (message if end < 0 else message[: end + 2]).lower()
     if b"dkim-signature" in low or b"arc-" in low:
         return None
     user = envelope.authenticated_as
@@ -651,7 +675,7 @@ def judge_at_once(
     found.append(_NO_DKIM)
     found.append(cached.no_arc)
     try:
-        from_domain = cached.from_domain(message)
+        from_domain = cached.from_domain(message, low if end >= 0 else None)
         from_error = ""
     except Exception as e:  # several From addresses, no From: permerror (RFC 7489 6.6.1)
         from_domain, from_error = None, str(e) or e.__class__.__name__

@@ -82,6 +82,11 @@ class AuthenticationResults:
 
     def header(self) -> bytes:
         """The whole field with its CRLF, ready to put on top of a message."""
+        return self._field
+
+    @functools.cached_property
+    def _field(self) -> bytes:
+        # Written once per object: the checks give a sender's next message the same one.
         return b"Authentication-Results: " + self.header_value() + b"\r\n"
 
 

@@ -187,7 +187,8 @@ class _CheckedMessage:
     def __init__(self, sink: CheckingSink, envelope: Envelope) -> None:
         self._sink = sink
         self.envelope = envelope
-        self._buf = bytearray()
+        # What arrived, as it arrived (joined once at commit: one copy of the message).
+        self._chunks: list[bytes] = []
         self._file: IO[bytes] | None = None
         self._size = 0
         self._state = "open"  # open -> committing -> done | aborted
@@ -199,12 +200,13 @@ class _CheckedMessage:
             raise DeliveryError(f"message is {self._state}, cannot write")
         self._size += len(data)
         if self._file is None:
-            self._buf += data
-            if len(self._buf) <= self._sink.spool_size:
+            # Kept as it is: only bytes (the receiver's chunks are) cannot change under us.
+            self._chunks.append(data if type(data) is bytes else bytes(data))
+            if self._size <= self._sink.spool_size:
                 return
             try:
                 self._file = tempfile.TemporaryFile(dir=self._sink.spool_dir)
-                data, self._buf = bytes(self._buf), bytearray()
+                data, self._chunks = b"".join(self._chunks), []
             except OSError as e:
                 self.abort()
                 raise DeliveryError(f"could not hold the message: {e.strerror or e}") from e
@@ -221,7 +223,7 @@ class _CheckedMessage:
             self._release()
 
     def _release(self) -> None:
-        self._buf = bytearray()
+        self._chunks = []
         if self._file is not None:
             f, self._file = self._file, None
             try:
@@ -256,7 +258,7 @@ class _CheckedMessage:
         sink = self._sink
         if self._file is not None or self._size > sink.max_check_size:
             return defer.Deferred.fromCoroutine(self._commit_spooled())
-        whole = bytes(self._buf)
+        whole = b"".join(self._chunks)
         judged = self._judge(whole)
         if isinstance(judged, eager.Pending):
             return defer.Deferred.fromCoroutine(self._commit_later(judged.deferred, whole))
@@ -292,14 +294,16 @@ class _CheckedMessage:
         self._decided(verdict)
         end = header_end(whole)
         head, removed = remove_results(whole[:end], sink.authserv_id)
-        self._log_removed(removed)
+        if removed:
+            self._log_removed(removed)
         ours = verdict.results.header()
         copies = self._copies(verdict)
-        if any(copy.seal_domain is not None for copy in copies):
-            first = ours + head
-            return defer.Deferred.fromCoroutine(
-                self._deliver(copies, verdict, ours, first, head, whole[end:], end)
-            )
+        for copy in copies:
+            if copy.seal_domain is not None:  # sealing runs in a thread: the long way
+                first = ours + head
+                return defer.Deferred.fromCoroutine(
+                    self._deliver(copies, verdict, ours, first, head, whole[end:], end)
+                )
         messages: list[IIncomingMessage] = []
         try:
             for copy in copies:
@@ -364,7 +368,7 @@ class _CheckedMessage:
     async def _read_back(self, limit: int) -> bytes:
         """The first ``limit`` octets held (all, if fewer)."""
         if self._file is None:
-            return bytes(self._buf[:limit])
+            return b"".join(self._chunks)[:limit]
         f = self._file
 
         def read() -> bytes:
@@ -459,6 +463,10 @@ class _CheckedMessage:
     def _copies(self, verdict: Verdict) -> list[_Copy]:
         """Recipients grouped by what their copy gets: a folder (local), a seal (forwarded)."""
         sink, envelope = self._sink, self.envelope
+        if not verdict.junk and all(r.mailbox == r.address for r in envelope.recipients):
+            # Most mail: no copy to Junk, and no recipient reached through an alias (so none
+            # to seal: a forwarded copy's mailbox is another address): one copy for all.
+            return [_Copy(list(envelope.recipients))]
         groups: dict[tuple[str | None, str | None], _Copy] = {}
         forwarding = envelope.authenticated_as is None
         for r in envelope.recipients:
