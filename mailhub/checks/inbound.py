@@ -561,7 +561,7 @@ def _conclude(
     spf, dmarc = _result_of(found, "spf"), _result_of(found, "dmarc")
     if spf not in _ACTED_ON and dmarc not in _ACTED_ON:
         # No policy acts on these (``_domain_action`` accepts for every domain): most mail.
-        return _plain_accept(authserv_id, arc_result, tuple(found))
+        return Verdict(AuthenticationResults(authserv_id, tuple(found)), ACCEPT, arc=arc_result)
     facts = Facts(
         spf=spf,
         dmarc=dmarc,
@@ -590,27 +590,6 @@ def _conclude(
         arc=arc_result,
         checked=verdict.checked,
     )
-
-
-# The last plain accept: a sender's next messages find the same results (the caches give the
-# same MethodResult objects again), so they get the same Verdict, and with it the same header
-# bytes (``AuthenticationResults.header`` is written once per object). One entry: a busy
-# sender's stream hits it; comparing a key costs less than hashing one would.
-_last_accept: tuple[tuple[str, str, tuple[MethodResult, ...]], Verdict] | None = None
-
-
-def _plain_accept(authserv_id: str, arc_result: str, found: tuple[MethodResult, ...]) -> Verdict:
-    """``Verdict(AuthenticationResults(authserv_id, found), ACCEPT, arc=arc_result)``, the same
-    object as last time when the results are equal (the tuple comparison sees the kept
-    objects as identical first)."""
-    global _last_accept
-    key = (authserv_id, arc_result, found)
-    last = _last_accept
-    if last is not None and last[0] == key:
-        return last[1]
-    verdict = Verdict(AuthenticationResults(authserv_id, found), ACCEPT, arc=arc_result)
-    _last_accept = (key, verdict)
-    return verdict
 
 
 # --- from the caches, at once ---------------------------------------------------------------------
