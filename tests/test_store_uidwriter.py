@@ -268,6 +268,79 @@ class TheReactorNeverWritesTheList(OffThreadCase):
         self.assertEqual(self.on_reactor, [])
 
 
+class AFirstSelectLooksOnce(OffThreadCase):
+    """The worker writes the list from the scans SELECT handed it: back on the reactor they
+    are neither parsed nor compared with the list again (a first SELECT of 10,000 did both
+    twice more); mail arriving during the write still makes them disagree."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from mailhub.store import sync
+
+        self.parsed: list[int] = []
+        self.compared = 0
+        real_parse, real_compare = names.files_by_base, sync.differences
+        main = threading.main_thread()
+
+        def parse(listing: list[str]) -> dict[str, str]:
+            if threading.current_thread() is main:
+                self.parsed.append(len(listing))
+            return real_parse(listing)
+
+        def compare(*args: Any) -> Any:
+            if threading.current_thread() is main:
+                self.compared += 1
+            return real_compare(*args)
+
+        self.patch(names, "files_by_base", parse)
+        self.patch(sync, "differences", compare)
+
+    def test_first_select(self) -> None:
+        for n in range(3):
+            self.arrive(f"m{n}")
+        client = self.connect()
+        client.command(f"LOGIN {USER} secret")
+        client.send("s1 SELECT INBOX\r\n")
+        self.assertEqual(client.lines(), [])
+        self.worker.release()
+        client.run("""
+            S: ...
+            S: * 3 EXISTS
+            S: * 3 RECENT
+            S: ...
+            S: * OK [UIDNEXT 4] Predicted next UID
+            S: ...
+            S: s1 OK [READ-WRITE] SELECT completed
+        """)
+        self.assertEqual(self.worker.jobs, 1)
+        self.assertEqual(self.parsed, [3, 0])  # new/, cur/: once each
+        self.assertEqual(self.compared, 0)
+        self.assertEqual(self.list_uids(), [1, 2, 3])
+        self.assertEqual(self.on_reactor, [])
+
+    def test_mail_arriving_during_the_write(self) -> None:
+        self.arrive("early")
+        client = self.connect()
+        client.command(f"LOGIN {USER} secret")
+        client.send("s1 SELECT INBOX\r\n")
+        self.arrive("late")  # not in the listing the worker was given
+        self.worker.release()
+        self.assertEqual(client.lines(), [])  # a second write for it
+        self.assertEqual(self.worker.jobs, 2)
+        self.worker.release()
+        client.run("""
+            S: ...
+            S: * 2 EXISTS
+            S: * 2 RECENT
+            S: ...
+            S: * OK [UIDNEXT 3] Predicted next UID
+            S: ...
+            S: s1 OK [READ-WRITE] SELECT completed
+        """)
+        self.assertEqual(self.list_uids(), [1, 2])
+        self.assertEqual(self.on_reactor, [])
+
+
 def in_a_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
     """A factory's ``run``: ``f`` in a thread of its own, its result at once."""
     worker = ThreadWorker()

@@ -181,6 +181,9 @@ class FolderCore:
         self.job: Job | None = None
         self.partial = False
         self.written_listeners: list[Callable[[], None]] = []
+        # (list, new/ listing, cur/ listing): a worker wrote ``list`` from exactly these
+        # listings (uidwriter.py), so they agree without comparing 10,000 names again.
+        self.agreed: tuple[UidList, list[str], list[str]] | None = None
         # The tick (``tick()``) at which the last sync() that built or confirmed the state
         # began: that sync saw every change completed before it.
         self.looked = 0
@@ -228,6 +231,7 @@ class FolderCore:
     def changed_by_us(self) -> None:
         """Our own rename/unlink changed a directory: make the next sync() look again."""
         self.stale = True
+        self.agreed = None
         for scan in self.scans.values():
             scan.trusted = False
             scan.listing = None  # the caller edits scan.files to follow its renames

@@ -55,7 +55,7 @@ class Syncer:
             changed |= refresh(sub, force=False)
         # A state lacking messages left to a worker is good enough for a look that assigns
         # nothing while that worker is still at it; otherwise look again.
-        if not changed and core.state is not None:
+        if not changed and core.state is not None and not core.stale:
             if not core.partial or (not assign and core.job is not None):
                 core.looked = began
                 return core.state
@@ -125,10 +125,16 @@ class Syncer:
 
     def _compare(self) -> tuple[UidList | None, Files, bool]:
         """The list (None: none), the scans, and whether the list must change for them."""
+        core = self.core
         entries = self.scanner.scan_all()
         lst = self.index.reload()
         if lst is None:
             return lst, entries, True
+        agreed = core.agreed
+        if agreed is not None and agreed[0] is lst:
+            scans = core.scans
+            if agreed[1] is scans["new"].listing and agreed[2] is scans["cur"].listing:
+                return lst, entries, False  # a worker made the list from these very scans
         vanished, unknown, differ = differences(lst, entries)
         if vanished:
             # A file renamed during readdir() may be missed (POSIX leaves it unspecified);
@@ -155,7 +161,7 @@ class Syncer:
         if not changed and core.state is not None and not core.partial:
             return None
         if changed:
-            core.changed_by_us()  # the scans are newer than the state: the look rebuilds it
+            core.stale = True  # the scans are newer than the state: the look rebuilds it
         _, entries, needs_lock = self._compare()
         return uidwriter.start(core, run, entries).wait() if needs_lock else None
 

@@ -12,7 +12,9 @@ for the dotlock like any thread may, merges the look's listing with the list on 
 (uidindex.py: listed again if they disagree; UIDs ascending, never reused, the same for every
 process) and writes it. Back on
 the reactor the new list is installed, the folder marked for a rebuild, and the folder's
-listeners (the change feed) told: only then can a session announce the new messages.
+listeners (the change feed) told: only then can a session announce the new messages. A list
+made from the look's listing as given (``FolderCore.agreed``) agrees with the scans while
+they hold that listing: the rebuild (a first SELECT's) neither parses nor compares it again.
 
 Without a worker (``Offload.run`` None: tools, most tests) a look assigns inline, as
 ``Folder.sync()`` always does.
@@ -54,6 +56,8 @@ class Job:
     pending: dict[str, frozenset[str]]  # the keywords handed to the worker
     waiters: list[Deferred[None]] = field(default_factory=list)
     done: bool = False  # (a worker that refuses at once ends the job before start returns)
+    # The scans' listings (new/, cur/) the look's ``entries`` came from, if it gave them.
+    listings: tuple[list[str], list[str]] | None = None
 
     def wait(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
@@ -72,6 +76,9 @@ class Written:
     stamp: tuple[int, int, int] | None  # the file's, as this list was read or written
     gone: set[str]
     pending: dict[str, frozenset[str]]  # the keywords it did not use
+    # The list was made from the look's listing as given (not listed again, no file found
+    # gone): it now agrees with it, every file with its record and flags.
+    as_given: bool = False
 
 
 def start(core: FolderCore, run: Runner, entries: Files | None = None) -> Job:
@@ -81,6 +88,11 @@ def start(core: FolderCore, run: Runner, entries: Files | None = None) -> Job:
     if job is not None:
         return job
     job = core.job = Job(dict(core.pending_keywords))
+    if entries is not None:
+        # (``entries`` are the scans as they are now: Scanner.scan_all or rescan)
+        new, cur = core.scans["new"].listing, core.scans["cur"].listing
+        if new is not None and cur is not None:
+            job.listings = (new, cur)
     old = core.list
     known = dict(old.records) if old is not None else {}
     # The worker starts from our list if the file is still the one we read (no parse): its
@@ -121,15 +133,18 @@ def write_list(
     shadow.pending_keywords = pending
     scanner = Scanner(shadow)
     index = UidIndex(shadow, scanner)
+    count = None if listed is None else len(listed)
     try:
         with shadow.lock():  # not the reactor: waits while another holder has it
             # update_locked lists the folder again if the list disagrees with ``listed``
             # (another holder renamed or recorded meanwhile), as for a look on the reactor.
             entries = scanner.rescan() if listed is None else listed
-            lst, _, gone = index.update_locked(entries, known_before)
+            lst, used, gone = index.update_locked(entries, known_before)
     except FileNotFoundError:
         raise shadow.not_found() from None
-    return Written(lst, shadow.list_stamp, gone, pending)
+    # (_assign_uids drops from ``listed`` a file found gone: not as given then)
+    as_given = used is listed and len(used) == count
+    return Written(lst, shadow.list_stamp, gone, pending, as_given)
 
 
 def _finish(result: Written | Failure, core: FolderCore, job: Job) -> None:
@@ -137,8 +152,22 @@ def _finish(result: Written | Failure, core: FolderCore, job: Job) -> None:
     job.done = True
     if core.job is job:
         core.job = None
+    core.agreed = None
+    agreed = False
     if isinstance(result, Written):
         core.list, core.list_stamp = result.lst, result.stamp
+        scans = core.scans
+        listings = job.listings
+        if (
+            result.as_given
+            and listings is not None
+            and scans["new"].listing is listings[0]
+            and scans["cur"].listing is listings[1]
+        ):
+            # The scans are still those the list was made from: the next look rebuilds the
+            # state without listing or comparing them again (a first SELECT of 10,000).
+            core.agreed = (result.lst, *listings)
+            agreed = True
         for base in job.pending.keys() - result.pending.keys():
             core.pending_keywords.pop(base, None)  # in the list now, with their UIDs
         if result.gone:
@@ -152,7 +181,7 @@ def _finish(result: Written | Failure, core: FolderCore, job: Job) -> None:
     # in a loop of failures: after one, the next look of its own retries). A state left
     # partial is rebuilt from the scans it was built from (sync: partial, no job): they need
     # not be listed again.
-    if isinstance(result, Written) and core.partial:
+    if isinstance(result, Written) and (core.partial or agreed):
         core.stale = True
     else:
         core.changed_by_us()
