@@ -29,6 +29,7 @@ records every (name, type) asked, ``tcp_queries`` those asked over TCP.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import dns.resolver
@@ -241,17 +242,25 @@ class LocalDNS:
         return ("127.0.0.1", self.port.getHost().port)
 
     def start(self) -> int:
-        for _ in range(20):  # the UDP port's number may be taken for TCP: try another
+        for _ in range(20):
+            # A number free for both UDP and TCP, found with plain sockets closed at once: a
+            # Twisted port given up here would close a reactor turn later and log its closing
+            # into the test that started this server (tests assert on what is logged).
+            number = _free_udp_and_tcp_number()
+            if not number:
+                continue
             protocol = tdns.DNSDatagramProtocol(self.factory)
-            udp = reactor.listenUDP(0, protocol, interface="127.0.0.1")  # type: ignore[attr-defined]
-            number = udp.getHost().port
+            try:
+                udp = reactor.listenUDP(number, protocol, interface="127.0.0.1")  # type: ignore[attr-defined]
+            except CannotListenError:
+                continue
             try:
                 self.tcp_port = reactor.listenTCP(number, self.factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-            except CannotListenError:
+            except CannotListenError:  # taken in between by another process: rare
                 udp.stopListening()
                 continue
             self.port = udp
-            return int(number)
+            return number
         raise RuntimeError("no port number free for both UDP and TCP")
 
     def stop(self) -> Any:
@@ -274,3 +283,16 @@ class LocalDNS:
         r.timeout = r.lifetime = lifetime
         r.cache = None
         return r
+
+
+def _free_udp_and_tcp_number() -> int:
+    """A port number the OS gave for UDP on 127.0.0.1 that TCP can bind too, or 0."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        number = int(udp.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                tcp.bind(("127.0.0.1", number))
+            except OSError:
+                return 0
+    return number
