@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import random
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,6 +28,7 @@ from publicsuffixlist import PublicSuffixList
 from twisted.internet.interfaces import IReactorTime
 
 from mailhub.addresses import AddressError, normalise_domain
+from mailhub.checks.answercache import AnswerBoundCache, AnswerLifetimes
 from mailhub.checks.dkimverify import SignatureResult, TagListError, parse_tags
 from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError, Lookup
 from mailhub.checks.resolver import budgeted
@@ -420,12 +420,6 @@ async def discover_record(
     return found
 
 
-class AnswerLifetimes(Protocol):
-    """How long a resolver keeps an answer (``CachingResolver.lifetime``)."""
-
-    def lifetime(self, name: str, rdtype: str) -> float: ...
-
-
 class DMARCCache:
     """What ``discover_record`` found for a From domain (the record, or why there is none),
     kept until the first of the TXT answers it was made of leaves ``answers`` (the server's
@@ -437,28 +431,27 @@ class DMARCCache:
     def __init__(
         self, answers: AnswerLifetimes, clock: IReactorTime, max_entries: int = 10000
     ) -> None:
-        self.answers = answers
-        self.clock = clock
-        self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[tuple[DMARCRecord | None, str], float]] = (
-            OrderedDict()
+        self._kept: AnswerBoundCache[str, tuple[DMARCRecord | None, str]] = AnswerBoundCache(
+            answers, clock, max_entries
         )
         # evaluate_cached's results by (from domain, SPF result, SPF domain), with the
         # discovery they were made of (valid while it is the one kept).
         self.results: dict[tuple[str, str, str], tuple[object, DMARCResult]] = {}
 
+    @property
+    def max_entries(self) -> int:
+        return self._kept.max_entries
+
+    @max_entries.setter
+    def max_entries(self, value: int) -> None:  # results kept beside it follow the same cap
+        self._kept.max_entries = value
+
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._kept)
 
     def get(self, from_domain: str) -> tuple[DMARCRecord | None, str] | None:
-        entry = self._entries.get(from_domain)
-        if entry is None:
-            return None
-        found, expires = entry
-        if expires <= self.clock.seconds():
-            del self._entries[from_domain]
-            return None
-        return found
+        entry = self._kept.entry(from_domain)
+        return None if entry is None else entry[0]
 
     def keep_result(self, given: tuple[str, str, str], found: object, result: DMARCResult) -> None:
         self.results[given] = (found, result)
@@ -468,15 +461,7 @@ class DMARCCache:
     def put(
         self, from_domain: str, found: tuple[DMARCRecord | None, str], asked: Sequence[str]
     ) -> None:
-        if self.max_entries <= 0:
-            return
-        ttl = min(self.answers.lifetime(name, "TXT") for name in asked)
-        if ttl <= 0:
-            return
-        self._entries[from_domain] = (found, self.clock.seconds() + ttl)
-        self._entries.move_to_end(from_domain)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._kept.put(from_domain, found, [(name, "TXT") for name in asked])
 
 
 async def _record_at(resolver: CheckResolver, domain: str) -> tuple[DMARCRecord | None, str | None]:

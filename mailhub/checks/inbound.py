@@ -59,6 +59,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailhub.checks import eager
+from mailhub.checks.answercache import AnswerLifetimes
 from mailhub.checks.dns import (
     CheckResolver,
     DNSBudget,
@@ -701,7 +702,7 @@ def judge_with(
         dmarc.preload()  # the Public Suffix List, at start rather than in the first message
         checkers = Checkers.real()
         if hasattr(resolver, "lifetime"):
-            answers = cast(spf.AnswerLifetimes, resolver)
+            answers = cast(AnswerLifetimes, resolver)
             spf_cache = spf.SPFCache(answers, clock)
             dmarc_cache = dmarc.DMARCCache(answers, clock)
             checkers = replace(

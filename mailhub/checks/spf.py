@@ -18,10 +18,9 @@ import functools
 import ipaddress
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 from urllib.parse import quote
 
 import idna
@@ -30,6 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mailhub.checks import eager
+from mailhub.checks.answercache import AnswerBoundCache, AnswerLifetimes
 from mailhub.checks.dns import (
     CheckResolver,
     DNSBudget,
@@ -294,12 +294,6 @@ _CACHED_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none"})
 _CacheKey = tuple[IPAddress, str, str, str, str]
 
 
-class AnswerLifetimes(Protocol):
-    """How long a resolver keeps an answer (``CachingResolver.lifetime``)."""
-
-    def lifetime(self, name: str, rdtype: str) -> float: ...
-
-
 class SPFCache:
     """``check_host`` results for (client address, domain, sender domain, HELO, receiver), each
     kept until the first of the DNS answers it was made of expires in ``answers`` (the server's
@@ -314,16 +308,24 @@ class SPFCache:
     def __init__(
         self, answers: AnswerLifetimes, clock: IReactorTime, max_entries: int = 10000
     ) -> None:
-        self.answers = answers
         self.clock = clock
-        self.max_entries = max_entries
-        self._entries: OrderedDict[_CacheKey, tuple[SPFResult, float]] = OrderedDict()
+        self._kept: AnswerBoundCache[_CacheKey, SPFResult] = AnswerBoundCache(
+            answers, clock, max_entries
+        )
         self.hits = 0
         # cached_smtp's verdicts by (ip, mail_from, helo, receiver) as given, and until when.
         self.verdicts: dict[tuple[str | IPAddress, str, str, str], tuple[SPFVerdict, float]] = {}
 
+    @property
+    def max_entries(self) -> int:
+        return self._kept.max_entries
+
+    @max_entries.setter
+    def max_entries(self, value: int) -> None:  # results kept beside it follow the same cap
+        self._kept.max_entries = value
+
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._kept)
 
     def get(self, key: _CacheKey) -> SPFResult | None:
         entry = self.entry(key)
@@ -331,13 +333,9 @@ class SPFCache:
 
     def entry(self, key: _CacheKey) -> tuple[SPFResult, float] | None:
         """The result kept for ``key`` and when it expires (``clock.seconds()``), or None."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry[1] <= self.clock.seconds():
-            del self._entries[key]
-            return None
-        self.hits += 1
+        entry = self._kept.entry(key)
+        if entry is not None:
+            self.hits += 1
         return entry
 
     def keep_verdict(
@@ -354,15 +352,7 @@ class SPFCache:
             return
         if evaluation.failed:  # e.g. a PTR lookup that failed counts as no match (5.5)
             return
-        if not evaluation.asked or self.max_entries <= 0:
-            return
-        ttl = min(self.answers.lifetime(name, rdtype) for rdtype, name in evaluation.asked)
-        if ttl <= 0:
-            return
-        self._entries[key] = (result, self.clock.seconds() + ttl)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._kept.put(key, result, [(name, rdtype) for rdtype, name in evaluation.asked])
 
 
 # --- parsed records ------------------------------------------------------------------------
