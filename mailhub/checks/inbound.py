@@ -530,8 +530,7 @@ async def judge(
             result, reason = _failure_words(dmarc_out.error, policy.timeout)
             found.append(MethodResult("dmarc", result, reason, (("header.from", from_domain),)))
     else:
-        reason = from_error or "the message has no From address to judge"
-        found.append(MethodResult("dmarc", "permerror" if from_error else "none", reason))
+        found.append(_dmarc_without_from(from_error))
 
     return _conclude(
         found,
@@ -544,6 +543,13 @@ async def judge(
         authserv_id=authserv_id,
         arc_result=arc_result,
     )
+
+
+def _dmarc_without_from(from_error: str) -> MethodResult:
+    """DMARC's result when there is no one From domain to judge: permerror for a From field
+    that names several or none (RFC 7489 6.6.1), else none."""
+    reason = from_error or "the message has no From address to judge"
+    return MethodResult("dmarc", "permerror" if from_error else "none", reason)
 
 
 def _conclude(
@@ -666,8 +672,7 @@ def judge_at_once(
             return None
         found.append(dmarc_result.method_result())
     else:
-        reason = from_error or "the message has no From address to judge"
-        found.append(MethodResult("dmarc", "permerror" if from_error else "none", reason))
+        found.append(_dmarc_without_from(from_error))
     return _conclude(
         found,
         dmarc_result,
