@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,18 +41,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+# the process helpers of the IDLE benchmark beside this file
+from idle_latency import free_ports, wait_for_port
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def signed_template(
@@ -195,19 +187,6 @@ def time_dkim(path: Path, reactor: Any) -> None:
 
     dkimverify.verify_dkim = timed  # type: ignore[assignment]
     reactor.addSystemEventTrigger("after", "shutdown", write)
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], limit: float = 30) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("server did not start")
 
 
 def settle(pause: float) -> None:

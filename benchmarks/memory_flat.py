@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import socket
 import ssl
@@ -46,20 +45,16 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+# the process helpers of the IDLE benchmarks beside this file
+from idle_10k import raise_nofile
+from idle_latency import free_ports, wait_for_port
+
 MiB = 1024 * 1024
 DOMAIN = "localhost"  # the dev stack's default domain is its host name
 USER = f"mem@{DOMAIN}"
 STEPS = (
     "smtp", "append", "append-tls", "append-literal+", "idle-smtp", "idle-imap", "idle-imaps"
 )  # fmt: skip
-
-
-def raise_nofile() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit (1,000 connections need more than 1,024)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -96,30 +91,6 @@ def serve(data_dir: str, smtp: int, imap: int, imaps: int, max_size: int, conns:
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()  # type: ignore[attr-defined]
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited ({proc.returncode})")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 # --- memory --------------------------------------------------------------------------------
