@@ -66,7 +66,10 @@ async def append(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
     try:
         # adopt() only names the placed file's UID under the folder lock: safe to run again.
         uid = await session.unlocked(lambda: folder.adopt(placement))
-        validity = folder.sync().uidvalidity
+        # Its UIDVALIDITY from a look that may meet the lock busy too (another process or
+        # the store's worker giving newer mail its UID): waited for on the clock as well,
+        # not OK without APPENDUID (RFC 4315 3). No lock needed: the list holds the UID.
+        validity = (await session.unlocked(lambda: folder.sync(assign=False))).uidvalidity
     except LockBusy:
         # Stored durably, only its UID is not known (the folder lock stayed busy past
         # lock_timeout): OK without APPENDUID rather than NO and a duplicate on the retry.
