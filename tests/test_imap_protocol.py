@@ -1347,6 +1347,24 @@ class BusyLock(IMAPTestCase):
         self.clock.advance(0.1)
         self.assertRegex(self.client.lines()[-1], r"^a1 OK \[APPENDUID \d+ 3\] ")
 
+    def test_append_of_a_message_expunged_at_once_is_ok(self) -> None:
+        # Seen with two workers (tests.integration.test_crash_uids): another process gave the
+        # appended message its UID and another session expunged it before APPEND could read
+        # it: the message was stored, so OK (without APPENDUID), not NO [SERVERBUG].
+        self.holder.release()
+        new = self.store.root / "example.org" / "alice" / "new"
+        adopt = Folder.adopt
+
+        def expunged_first(folder: Folder, placement: object) -> int:
+            (new / placement.base).unlink()  # type: ignore[attr-defined]
+            return adopt(folder, placement)  # type: ignore[arg-type]
+
+        self.patch(Folder, "adopt", expunged_first)
+        self.client.send(b"a1 APPEND INBOX {5+}\r\nhello\r\n")
+        self.clock.advance(0.1)
+        self.assertEqual(self.client.lines(), ["a1 OK APPEND completed"])
+        self.client.command("NOOP")  # the session goes on
+
     def test_login_waits_for_the_subscriptions_lock(self) -> None:
         root = self.store.root / "example.org" / "alice"
         sent = root / ".Sent"

@@ -1,9 +1,9 @@
 """UIDs survive kill -9: two worker processes, SMTP deliveries, IMAP APPENDs and sessions
-looking at one mailbox while the store's worker threads write its UID list; kill -9 every
-process mid-load, start again and compare.
+looking at one mailbox (FETCH, STORE, EXPUNGE) while the store's worker threads write its UID
+list; kill -9 every process mid-load, start again and compare.
 
 What a client was told must hold after the restart (RFC 3501 2.3.1.1): every message with a
-250 or an APPENDUID is there; a UID a client saw (FETCH, APPENDUID) still names the same
+250 or an APPENDUID is there unless expunged (and an expunged one is not back); a UID a client saw (FETCH, APPENDUID) still names the same
 message under the same UIDVALIDITY; no message has two UIDs and no UID two messages.
 """
 
@@ -47,6 +47,9 @@ class Seen:
     lock: threading.Lock = field(default_factory=threading.Lock)
     acked: set[str] = field(default_factory=set)  # 250 or APPEND OK
     uids: dict[int, str] = field(default_factory=dict)  # UID -> Message-ID as told
+    mids: dict[str, int] = field(default_factory=dict)  # Message-ID -> UID as told
+    expunged: set[str] = field(default_factory=set)  # EXPUNGE answered OK for these
+    doomed: set[str] = field(default_factory=set)  # EXPUNGE sent for these (maybe done)
     clashes: list[str] = field(default_factory=list)  # wrong answers before the kill
     validities: set[int] = field(default_factory=set)
     enough: threading.Event = field(default_factory=threading.Event)
@@ -61,6 +64,8 @@ class Seen:
         with self.lock:
             if self.uids.setdefault(uid, mid) != mid:
                 self.clashes.append(f"UID {uid}: {self.uids[uid]} and {mid}")
+            if self.mids.setdefault(mid, uid) != uid:
+                self.clashes.append(f"{mid}: UID {self.mids[mid]} and {uid}")
 
 
 def fetch_mids(client: imaplib.IMAP4, first: int) -> dict[int, str]:
@@ -120,7 +125,9 @@ imap = ["tcp:0:interface={HOST}"]
 """)
 
     def start(self, *args: str) -> tuple[int, int, list[int], object]:
-        proc, smtp_port, log = start_twistd(self, self.tmp, self.config, *args)
+        run = self.tmp / f"run{len(list(self.tmp.glob('run*')))}"  # each its own twistd.log
+        run.mkdir()
+        proc, smtp_port, log = start_twistd(self, run, self.config, *args)
         imap = log.wait_for(r"imap listening on 127\.0\.0\.1:(\d+)")
         assert imap is not None, log.read_text()
         pids = [proc.pid]
@@ -190,6 +197,24 @@ imap = ["tcp:0:interface={HOST}"]
                         # flag writes: the UID list changes under the other writers too
                         if k == 0:
                             c.uid("STORE", str(max(got)), "+FLAGS", "(\\Seen)")
+                        # expunges (in whichever worker this session is): every fifth
+                        # SMTP message
+                        # (not APPENDed ones: one expunged before its APPEND's answer has
+                        # no APPENDUID to tell)
+                        doomed = {
+                            u: m
+                            for u, m in got.items()
+                            if m.startswith("smtp-") and int(m.split("-")[1]) % 5 == 0
+                        }
+                        if k == 1 and doomed:
+                            uids = ",".join(map(str, doomed))
+                            with seen.lock:
+                                seen.doomed.update(doomed.values())
+                            c.uid("STORE", uids, "+FLAGS.SILENT", "(\\Deleted)")
+                            typ, _ = c.uid("EXPUNGE", uids)
+                            if typ == "OK":
+                                with seen.lock:
+                                    seen.expunged.update(doomed.values())
                     c.noop()
             except (OSError, imaplib.IMAP4.abort, EOFError):
                 return
@@ -207,7 +232,8 @@ imap = ["tcp:0:interface={HOST}"]
         for t in threads:
             t.join(WAIT)
         with seen.lock:
-            acked, told = set(seen.acked), dict(seen.uids)
+            acked, told, expunged = set(seen.acked), dict(seen.uids), set(seen.expunged)
+            doomed = set(seen.doomed)
             clashes, validities = list(seen.clashes), set(seen.validities)
 
         _, imap_port, _, _ = self.start()
@@ -220,8 +246,13 @@ imap = ["tcp:0:interface={HOST}"]
 
         self.assertEqual(clashes, [], "before the kill")
         self.assertEqual(len(validities), 1, validities)
-        self.assertEqual(acked - set(after.values()), set(), "acknowledged, not there")
-        changed = {u: (m, after.get(u)) for u, m in told.items() if after.get(u) != m}
+        self.assertEqual(acked - doomed - set(after.values()), set(), "acknowledged, gone")
+        self.assertEqual(expunged & set(after.values()), set(), "expunged, back again")
+        changed = {
+            u: (m, after.get(u))
+            for u, m in told.items()
+            if after.get(u) != m and not (m in doomed and u not in after)
+        }
         self.assertEqual(changed, {}, "a UID told before the kill names another message")
         counts: dict[str, int] = {}
         for mid in after.values():
