@@ -3,8 +3,9 @@ looking at one mailbox (FETCH, STORE, EXPUNGE) while the store's worker threads 
 list; kill -9 every process mid-load, start again and compare.
 
 What a client was told must hold after the restart (RFC 3501 2.3.1.1): every message with a
-250 or an APPENDUID is there unless expunged (and an expunged one is not back); a UID a client saw (FETCH, APPENDUID) still names the same
-message under the same UIDVALIDITY; no message has two UIDs and no UID two messages.
+250 or an APPENDUID is there unless expunged (and an expunged one is not back); a UID a client
+saw (FETCH, APPENDUID) still names the same message under the same UIDVALIDITY; no message has
+two UIDs and no UID two messages.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from mailhub.users import UserDB
 from tests.support.smtp_auth import FAST
 from tests.support.tls import CertificateAuthority
-from tests.support.twistd import start_twistd
+from tests.support.twistd import ProcessOutput, start_twistd
 
 HOST = "127.0.0.1"
 USER, PASSWORD = "alice@example.test", "secret-alice"
@@ -124,7 +125,7 @@ smtp = ["tcp:0:interface={HOST}"]
 imap = ["tcp:0:interface={HOST}"]
 """)
 
-    def start(self, *args: str) -> tuple[int, int, list[int], object]:
+    def start(self, *args: str) -> tuple[int, int, list[int], ProcessOutput]:
         run = self.tmp / f"run{len(list(self.tmp.glob('run*')))}"  # each its own twistd.log
         run.mkdir()
         proc, smtp_port, log = start_twistd(self, run, self.config, *args)
@@ -224,7 +225,7 @@ imap = ["tcp:0:interface={HOST}"]
         threads += [threading.Thread(target=watcher, args=(k,)) for k in range(WATCHERS)]
         for t in threads:
             t.start()
-        self.assertTrue(seen.enough.wait(120), log.read_text())  # type: ignore[attr-defined]
+        self.assertTrue(seen.enough.wait(120), log.read_text())
         for pid in reversed(pids):  # the workers first: the supervisor would stop them
             os.kill(pid, signal.SIGKILL)
         self.proc.wait(WAIT)
