@@ -149,17 +149,17 @@ class UidIndex:
         if not unknown:
             return None
         pending = self.core.pending_keywords
+        if lst.uidnext > 1:
+            # The listing may predate the lock (a worker's is the reactor's, taken earlier):
+            # another process may have given a file of it a UID and expunged it meanwhile,
+            # so it is gone from the list again and looks new here. Not a second UID for a
+            # file that is gone (expunge unlinks before it takes the lock to drop the record,
+            # so under the lock a stat() tells). A list that never had a UID needs none.
+            unknown = self._present(unknown, entries)
+            if not unknown:
+                return None
         arrival = None
         if known_before.keys().isdisjoint(unknown):
-            if lst.uidnext > 1:
-                # The listing may predate the lock (a worker's is the reactor's, taken
-                # earlier): another process may have given a file of it a UID and expunged
-                # it meanwhile, so it is gone from the list again and looks new here. Not a
-                # second UID for a file that is gone (expunge unlinks before it takes the
-                # lock to drop the record, so under the lock a stat() tells).
-                unknown = self._present(unknown, entries)
-                if not unknown:
-                    return None
             arrival = names.arrival_order(unknown)
         if arrival is not None:
             # Every name says its time and size (Dovecot-style names): no stat(), and the
