@@ -26,7 +26,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailhub.checks import dkimfast, dkimverify, opensslverify
 from mailhub.checks.dkimverify import SignatureResult, verify_dkim
 from tests.support.checkdns import MemoryResolver
-from tests.support.dkimkeys import RFC8463_MESSAGE, RFC8463_RECORDS, ed25519_key, message, rsa_key
+from tests.support.dkimkeys import (
+    RFC8463_MESSAGE,
+    RFC8463_RECORDS,
+    ed25519_key,
+    message,
+    rsa_key,
+    sign,
+)
 from tests.test_checks_opensslverify import (
     _BODIES,
     _CANON,
@@ -370,3 +377,72 @@ class HeaderData(SynchronousTestCase):
         ours = dkimfast.header_data(parsed, field, tags[b"h"], policy.header_algorithm)
         self.assertEqual(ours, b"".join(seen))
         self.assertEqual(parsed.plain_space, not odd)
+
+
+class PassOnlyWhereDkimpyPasses(SynchronousTestCase):
+    """``verify_dkim`` (its checks of the tags and key, then dkimfast) against dkimpy's own
+    ``dkim.verify`` on messages changed after signing the ways an attacker would (RFC 6376
+    5.4.2 oversigning, 3.4 canonicalisation, 3.5 l=) and odd key records: a "pass" that dkimpy
+    does not give would be a forged message let through, a missing one a true one refused."""
+
+    def cases(self) -> list[tuple[str, bytes]]:
+        body = b"Hello.\r\nLine two.\r\n"
+        out: list[tuple[str, bytes]] = []
+        for algorithm in (b"rsa-sha256", b"ed25519-sha256"):
+            for canon in (
+                (b"simple", b"simple"),
+                (b"relaxed", b"relaxed"),
+                (b"relaxed", b"simple"),
+            ):
+                for length in (False, True):
+                    s = sign(message(body=body), algorithm=algorithm, canonicalize=canon,
+                             include_headers=[b"from", b"subject", b"to", b"x-absent", b"subject"],
+                             length=length)  # fmt: skip
+                    end = s.index(b"\r\n\r\n") + 2
+
+                    def below(field: bytes, s: bytes = s, end: int = end) -> bytes:
+                        return s[:end] + field + s[end:]
+
+                    out += [
+                        ("as signed", s),
+                        ("Subject added on top (oversigned)", b"Subject: evil\r\n" + s),
+                        ("Subject added below", below(b"Subject: evil\r\n")),
+                        ("X-Absent added (signed absent)", below(b"X-Absent: evil\r\n")),
+                        ("From added on top", b"From: evil@example.org\r\n" + s),
+                        ("To added on top (signed once)", b"To: evil@example.org\r\n" + s),
+                        ("To added below", below(b"To: evil@example.org\r\n")),
+                        ("Cc added (not signed)", below(b"Cc: other@example.org\r\n")),
+                        ("case", s.replace(b"Subject:", b"subject:").replace(b"From:", b"FROM:")),
+                        ("empty lines added", s + b"\r\n\r\n"),
+                        ("no final CRLF", s[:-2]),
+                        ("body appended", s + b"more\r\n"),
+                        ("body spaces", s.replace(b"Line two.", b"Line  two. ")),
+                        ("header spaces", s.replace(b"Subject: lunch", b"Subject:  lunch ")),
+                        ("header refolded", s.replace(b"Subject: lunch", b"Subject:\r\n lunch")),
+                        ("signature refolded", re.sub(rb"; ", b";\r\n\t", s, count=3)),
+                        ("sig case", s.replace(b"DKIM-Signature", b"dkim-signature", 1)),
+                        ("h= twice", s.replace(b"h=", b"h=from; h=", 1)),
+                        ("b= folded", re.sub(rb"( b=[\w+/]{10})", rb"\1 \r\n ", s, count=1)),
+                        ("bh= folded", re.sub(rb"(bh=[\w+/]{10})", rb"\1 \r\n ", s, count=1)),
+                        ("colon after space", s.replace(b"Subject:", b"Subject :")),
+                    ]  # fmt: skip
+        return out
+
+    def test_same_pass_as_dkimpy(self) -> None:
+        compared: dict[bool, int] = {True: 0, False: 0}
+        for what, msg in self.cases():
+            ed = b"a=ed25519-sha256" in msg
+            record = (ed25519_key() if ed else rsa_key())[1]
+            revoked = record[: record.index(b"p=") + 2]
+            for key in [record, record + b"; t=y", record + b"; t=s", record + b"; h=sha256",
+                        record + b"; s=email", revoked]:  # fmt: skip
+                dns = MemoryResolver(txt={KEY: [key]})
+                ours = run(self, verify_dkim(dns, msg))[0].result == "pass"
+                try:
+                    theirs = dkim.verify(msg, dnsfunc=lambda *a, key=key, **k: key) is True
+                except Exception:
+                    theirs = False
+                self.assertEqual(ours, theirs, (what, key[-24:], msg))
+                compared[ours] += 1
+        self.assertGreater(compared[True], 100)
+        self.assertGreater(compared[False], 100)

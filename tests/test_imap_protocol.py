@@ -1324,6 +1324,47 @@ class BusyLock(IMAPTestCase):
         self.assertTrue(lines[-1].startswith("a1 OK [COPYUID "), lines)
         self.assertEqual(len(os.listdir(kept / "new") + os.listdir(kept / "cur")), 1)
 
+    def test_append_answers_appenduid_when_the_lock_turns_busy_after_the_uid(self) -> None:
+        # Seen with two workers (tests.integration.test_crash_uids): the look for APPENDUID's
+        # UIDVALIDITY after the UID was named met the lock busy (another process's delivery
+        # being given its UID) and APPEND answered OK without APPENDUID (RFC 4315 3).
+        self.holder.release()
+        new = self.store.root / "example.org" / "alice" / "new"
+        adopt = Folder.adopt
+
+        def adopt_then_busy(folder: Folder, placement: object) -> int:
+            uid = adopt(folder, placement)  # type: ignore[arg-type]
+            data = message()
+            (new / f"1765000002.M1P1Q3.mail.example.org,S={len(data)}").write_bytes(data)
+            self.holder.acquire()
+            return uid
+
+        self.patch(Folder, "adopt", adopt_then_busy)
+        self.client.send(b"a1 APPEND INBOX {5+}\r\nhello\r\n")
+        self.clock.advance(0.5)
+        self.assertEqual(self.client.take(), b"")
+        self.holder.release()
+        self.clock.advance(0.1)
+        self.assertRegex(self.client.lines()[-1], r"^a1 OK \[APPENDUID \d+ 3\] ")
+
+    def test_append_of_a_message_expunged_at_once_is_ok(self) -> None:
+        # Seen with two workers (tests.integration.test_crash_uids): another process gave the
+        # appended message its UID and another session expunged it before APPEND could read
+        # it: the message was stored, so OK (without APPENDUID), not NO [SERVERBUG].
+        self.holder.release()
+        new = self.store.root / "example.org" / "alice" / "new"
+        adopt = Folder.adopt
+
+        def expunged_first(folder: Folder, placement: object) -> int:
+            (new / placement.base).unlink()  # type: ignore[attr-defined]
+            return adopt(folder, placement)  # type: ignore[arg-type]
+
+        self.patch(Folder, "adopt", expunged_first)
+        self.client.send(b"a1 APPEND INBOX {5+}\r\nhello\r\n")
+        self.clock.advance(0.1)
+        self.assertEqual(self.client.lines(), ["a1 OK APPEND completed"])
+        self.client.command("NOOP")  # the session goes on
+
     def test_login_waits_for_the_subscriptions_lock(self) -> None:
         root = self.store.root / "example.org" / "alice"
         sent = root / ".Sent"

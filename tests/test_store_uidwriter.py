@@ -98,11 +98,14 @@ class OffThreadCase(IMAPTestCase):
         self.patch(uidlist, "save", save)
         self.patch(DotLock, "acquire", acquire)
 
-    def arrive(self, subject: str, folder: str = "") -> None:
-        """A delivery by another thread or process: a durable file in new/, no UID."""
+    def arrive(self, subject: str, folder: str = "", sized: bool = False) -> None:
+        """A delivery by another thread or process: a durable file in new/, no UID.
+        ``sized``: its name says its size (",S=", as SMTP delivery names them)."""
         root = self.store.root / "example.org" / "alice"
         path = root / folder if folder else root
         base = names.unique_name("mail.example.org")
+        if sized:
+            base = names.with_size(base, len(message(subject)))
 
         def deliver() -> None:
             write_new_file(path / "tmp" / base, message(subject))
@@ -382,3 +385,25 @@ class AWorkerThatRefuses(OffThreadCase):
             self.clock.advance(0.1)
         self.assertEqual(client.lines(), ["s1 NO [UNAVAILABLE] Mailbox is busy, try again later"])
         self.flushLoggedErrors(RuntimeError)
+
+
+class ExpungedMeanwhile(OffThreadCase):
+    def test_a_message_expunged_by_another_process_gets_no_uid(self) -> None:
+        # The worker's listing is the reactor's, taken before the lock: another process may
+        # give a new message its UID and expunge it meanwhile. The worker must not give
+        # the file that is gone a second UID (a message told that was never there).
+        from mailhub.store import MailStore
+
+        other = MailStore(self.store.root, hostname="mail.example.org").mailbox(USER)
+        theirs = other.folder("INBOX")
+        mine = self.folder()
+        mine.sync()
+        self.arrive("a", sized=True)
+        self.assertEqual(mine.sync(assign=False).count, 0)  # a job, listing "a"
+        [gone] = [m.uid for m in theirs.sync().messages]
+        theirs.expunge([gone])  # (a flag first would do: \\Deleted is only a letter)
+        self.assertEqual(theirs.sync().count, 0)
+        self.worker.release()
+        self.assertEqual(self.list_uids(), [])
+        self.assertEqual([m.uid for m in mine.sync(assign=False).messages], [])
+        self.assertEqual(theirs.sync().uidnext, 2)

@@ -20,7 +20,7 @@ from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.view import split_flags
 from mailhub.store import FolderNotFound, StoreError
 from mailhub.store.core import tick
-from mailhub.store.errors import LockBusy
+from mailhub.store.errors import LockBusy, MessageGone
 from mailhub.store.maildir import SpoolFile
 
 if TYPE_CHECKING:
@@ -66,10 +66,18 @@ async def append(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
     try:
         # adopt() only names the placed file's UID under the folder lock: safe to run again.
         uid = await session.unlocked(lambda: folder.adopt(placement))
-        validity = folder.sync().uidvalidity
+        # Its UIDVALIDITY from a look that may meet the lock busy too (another process or
+        # the store's worker giving newer mail its UID): waited for on the clock as well,
+        # not OK without APPENDUID (RFC 4315 3). No lock needed: the list holds the UID.
+        validity = (await session.unlocked(lambda: folder.sync(assign=False))).uidvalidity
     except LockBusy:
         # Stored durably, only its UID is not known (the folder lock stayed busy past
         # lock_timeout): OK without APPENDUID rather than NO and a duplicate on the retry.
+        return Done("OK", "APPEND completed")
+    except MessageGone:
+        # Stored, given its UID by another process and expunged by another session before
+        # we could read that UID: the APPEND itself succeeded (a NO would invite a retry,
+        # bringing back a message somebody deleted).
         return Done("OK", "APPEND completed")
     return Done("OK", "APPEND completed", f"APPENDUID {validity} {uid}")
 

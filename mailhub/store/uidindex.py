@@ -149,6 +149,15 @@ class UidIndex:
         if not unknown:
             return None
         pending = self.core.pending_keywords
+        if lst.uidnext > 1:
+            # The listing may predate the lock (a worker's is the reactor's, taken earlier):
+            # another process may have given a file of it a UID and expunged it meanwhile,
+            # so it is gone from the list again and looks new here. Not a second UID for a
+            # file that is gone (expunge unlinks before it takes the lock to drop the record,
+            # so under the lock a stat() tells). A list that never had a UID needs none.
+            unknown = self._present(unknown, entries)
+            if not unknown:
+                return None
         arrival = None
         if known_before.keys().isdisjoint(unknown):
             arrival = names.arrival_order(unknown)
@@ -184,6 +193,21 @@ class UidIndex:
             next_modseq(),
         )
         return None
+
+    def _present(self, unknown: list[str], entries: Files) -> list[str]:
+        """Those of ``unknown`` whose file is still there; the others dropped from ``entries``
+        (a file renamed by another program meanwhile is found by the next listing)."""
+        directory = self.core.dir
+        present = []
+        for base in unknown:
+            sub, fn = entries[base]
+            try:
+                os.stat(f"{directory}/{sub}/{fn}")
+            except FileNotFoundError:
+                del entries[base]
+                continue
+            present.append(base)
+        return present
 
     def _stat_unnamed(
         self, unknown: list[str], entries: Files, known_before: dict[str, uidlist.UidRecord]
