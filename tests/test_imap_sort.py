@@ -11,8 +11,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailhub.imap import sort as sort_module
+from mailhub.imap import thread as thread_module
 from mailhub.imap.parser import Atom
 from mailhub.imap.sort import (
     SortError,
@@ -170,6 +174,61 @@ class SentDate(SynchronousTestCase):
         self.assertEqual(undated.sent, 7)
 
 
+# Each part of a Date value: the usual form first, then what is near it
+_DATE_CHOICES = (
+    ["Mon,", "mon,", "Xyzzy,", ",", "Mon", "", "M0n,", "Mon ,"],
+    ["7", "07", "31", "29", "0", "123", "a", "\u0661"],
+    ["Feb", "feb", "FEB", "Fe", "February", "Feb.", "F3b", "Nov", "Jux"],
+    ["1994", "2000", "2100", "94", "0994", "12345", "19x4"],
+    ["21:52:25", "00:00:00", "24:00:00", "23:59:60", "23:60:00", "23:59:61", "1:02:03",
+     "21:5a:25", "21.52.25", "21:52.25", "21:52", "+1:52:25", "21:52:25+0000"],
+    ["-0800", "+0000", "+0530", "+2400", "+0001", "-9959", "GMT", "+000", "", "+0000x"],
+    ["", " (UTC)", " x", "(UTC)", "  "],
+    [" ", "  ", "\t", " \x0b"],
+)  # fmt: skip
+_DATE_PARTS = st.tuples(*(st.sampled_from(choices) for choices in _DATE_CHOICES))
+
+
+def _date_value(parts: tuple[str, ...] | list[str]) -> bytes:
+    *fields, extra, blank = parts
+    return (blank.join(f for f in fields if f) + extra).encode("utf-8")
+
+
+class DateFastPath(SynchronousTestCase):
+    """parse_date_time's split-at-blanks path gives the regular expression's answer."""
+
+    def check(self, value: bytes) -> None:
+        expected = sort_module._parse_date_time(value) if value else None
+        # twice: the first call leaves the date in the cache the fast path reads
+        self.assertEqual(parse_date_time(value), expected, value)
+        self.assertEqual(parse_date_time(value), expected, value)
+
+    def test_one_part_off_the_usual_form(self) -> None:
+        for i, choices in enumerate(_DATE_CHOICES):
+            for choice in choices:
+                parts = [c[0] for c in _DATE_CHOICES]
+                parts[i] = choice
+                self.check(_date_value(parts))
+
+    @settings(max_examples=400, deadline=None)
+    @given(_DATE_PARTS)
+    def test_near_the_usual_form(self, parts: tuple[str, ...]) -> None:
+        self.check(_date_value(parts))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=60))
+    def test_any_octets(self, value: bytes) -> None:
+        self.check(value)
+
+    def test_fast_path_taken(self) -> None:
+        value = b"Tue, 8 Feb 1994 05:52:25 +0000"
+        parse_date_time(value)
+        calls: list[bytes] = []
+        self.patch(sort_module, "_parse_date_time", calls.append)
+        self.assertEqual(parse_date_time(value), 760686745)
+        self.assertEqual(calls, [])
+
+
 class MessageIds(SynchronousTestCase):
     def test_ids_without_garbage(self) -> None:
         self.assertEqual(message_ids(b"<a@x> (see <c@y>)\r\n <b@x> junk <nope>"), [b"a@x", b"b@x"])
@@ -203,9 +262,9 @@ class MessageIds(SynchronousTestCase):
                 mail("x", "3@x", extra="References: <r1@x>\r\n\t<r2@x>\r\n"),
             ]
         )
-        self.assertEqual(m1.references, [b"r1@x", b"r2@x"])
-        self.assertEqual(m2.references, [b"i@x"])
-        self.assertEqual(m3.references, [b"r1@x", b"r2@x"])  # a folded field
+        self.assertEqual(m1.references, (b"r1@x", b"r2@x"))
+        self.assertEqual(m2.references, (b"i@x",))
+        self.assertEqual(m3.references, (b"r1@x", b"r2@x"))  # a folded field
 
 
 class SortOrder(SynchronousTestCase):
@@ -278,6 +337,41 @@ class ThreadReferences(SynchronousTestCase):
 
     def test_nothing(self) -> None:
         self.assertEqual(render(thread_references([]), lambda m: m.seq), b"")
+
+
+_SUBJECTS = st.sampled_from(
+    [None, "", " ", "a", "A", "Re: a", "RE: a", "Fwd: a", "a (fwd)", "[fwd: a]", "[x] a", "b",
+     "Re: b", "Re: Re: b", "=?UTF-8?Q?Re=3A_=C3=A9?=", "\u00e9", "Re: \u00c9"]
+)  # fmt: skip
+_UNREFERENCED = st.lists(
+    st.tuples(
+        _SUBJECTS,
+        st.sampled_from([None, "1@x", "2@x", "3@x", "4@x"]),  # duplicates too
+        st.sampled_from([None, 1, 2, 3]),  # equal dates: the sequence number decides
+    ),
+    max_size=14,
+)
+
+
+class ThreadWithoutReferences(SynchronousTestCase):
+    """THREAD REFERENCES over messages none of which has references takes a shorter path
+    (no Node for a message alone): its answer is the full algorithm's."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(_UNREFERENCED)
+    def test_same_as_the_full_algorithm(self, specs: list) -> None:
+        ms = messages([mail(subject, mid, day=day) for subject, mid, day in specs])
+        number = lambda m: m.seq  # noqa: E731
+        full = thread_module._thread_references(ms)
+        expected = render(full, number)
+        thread_module.release(full)
+        self.assertEqual(render(thread_references(ms), number), expected)
+
+    def test_messages_alone_need_no_node(self) -> None:
+        ms = messages([mail("x", "1@x", day=2), mail("y", "1@x", day=1), mail("Re: x", day=3)])
+        roots = thread_references(ms)
+        self.assertEqual(render(roots, lambda m: m.seq), b"(2)(1 3)")
+        self.assertIs(roots[0], ms[1])  # a message alone is its own root
 
 
 class ThreadOrderedSubject(SynchronousTestCase):

@@ -6,7 +6,7 @@ Every walk over the trees is iterative: a References chain of 10,000 messages is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 from operator import attrgetter
 
@@ -42,6 +42,10 @@ class Node:
         return f"<Node {self.message.seq if self.message else 'dummy'}>"
 
 
+# A thread of the answer: a tree of Nodes, or a message alone (no Node made for it)
+Root = Node | SortMessage
+
+
 def _adopt(parent: Node, child: Node) -> None:
     """Append ``child`` to ``parent``'s children (setting no parent link)."""
     if parent.children:
@@ -50,10 +54,10 @@ def _adopt(parent: Node, child: Node) -> None:
         parent.children = [child]
 
 
-def release(roots: list[Node]) -> None:
+def release(roots: Sequence[Root]) -> None:
     """Break the parent links of the trees (each one a reference cycle), so that they are
     freed when the command is done, not by a later garbage collection that walks them all."""
-    todo = list(roots)
+    todo = [r for r in roots if type(r) is Node]
     while todo:
         node = todo.pop()
         node.parent = None
@@ -136,8 +140,57 @@ def _link(parent: Node, child: Node) -> None:
     _adopt(parent, child)
 
 
-def thread_references(messages: list[SortMessage]) -> list[Node]:
+def thread_references(messages: list[SortMessage]) -> list[Root]:
     """RFC 5256 4 REFERENCES, steps (1) to (6)."""
+    for m in messages:
+        if m.references:
+            return list(_thread_references(messages))
+    return _without_references(messages)
+
+
+def _without_references(messages: list[SortMessage]) -> list[Root]:
+    """thread_references of messages none of which has references (a mailbox without
+    replies, or clients that send none): step (1) links nothing, whatever the Message-IDs
+    (a duplicate only gets an ID of its own), so every message is a root of its own and (3)
+    prunes nothing; (5) joins roots of the same base subject only, so Nodes are made for the
+    messages sharing their base subject with another and threaded as the full algorithm
+    does (4, 5, 6); every other message is a thread alone, placed by its date (4)."""
+    count: dict[str, int] = {}
+    for m in messages:
+        subject = m.subject[0]
+        if subject:
+            count[subject] = count.get(subject, 0) + 1
+    alone: list[Root] = []
+    shared: list[Node] = []
+    for m in messages:
+        subject = m.subject[0]
+        if subject and count[subject] > 1:
+            shared.append(Node(m))
+        else:
+            alone.append(m)
+    roots = alone
+    if shared:
+        _sort_by_date(shared, False)  # (4)
+        grouped = _group_by_subject(shared)  # (5)
+        for n in _descendants_first(grouped):  # (6)
+            if len(n.children) > 1:
+                n.children.sort(key=_date_key)
+            if n.message is None:
+                n.date = _date_key(n)
+        roots.extend(grouped)
+    roots.sort(key=_root_date)
+    return roots
+
+
+def _root_date(root: Root) -> int:
+    """A root's (sent date, sequence number) as Node.date has it."""
+    if type(root) is Node:
+        return root.date
+    return (root.sent << 32) + root.seq  # type: ignore[union-attr]  # a SortMessage
+
+
+def _thread_references(messages: list[SortMessage]) -> list[Node]:
+    """RFC 5256 4 REFERENCES, steps (1) to (6), for any messages."""
     by_id: dict[bytes, Node] = {}
     nodes: list[Node] = []  # every node, in the order made
 
@@ -283,7 +336,7 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
 # -- the response (RFC 5256 5: thread-list) ------------------------------------------------------
 
 
-def render(roots: list[Node], number: Callable[[SortMessage], int]) -> bytes:
+def render(roots: Sequence[Root], number: Callable[[SortMessage], int]) -> bytes:
     """``(3 6 (4 23)(44 7 96))``...: a chain of single children is a list of numbers, children
     of a branching point each in parentheses; a dummy is left out but keeps its children
     together."""
@@ -291,7 +344,10 @@ def render(roots: list[Node], number: Callable[[SortMessage], int]) -> bytes:
     # a stack of what is still to write: nodes to open and closing parentheses
     todo: list[Node | bytes] = []
     for root in reversed(roots):
-        todo.extend((b")", root, b"("))
+        if type(root) is Node:
+            todo.extend((b")", root, b"("))
+        else:  # a message alone
+            todo.append(b"(%d)" % number(root))  # type: ignore[arg-type]  # a SortMessage
     while todo:
         item = todo.pop()
         if isinstance(item, bytes):
