@@ -267,6 +267,41 @@ class MessageIds(SynchronousTestCase):
         self.assertEqual(m3.references, (b"r1@x", b"r2@x"))  # a folded field
 
 
+_HEADER_LINES = st.sampled_from(
+    [b"References: <a@x> <b@x>", b"references:<c@x>", b"REFERENCES : (c) <d@x>",
+     b"In-Reply-To: <e@x> <f@x>", b"in-reply-to:<g@x>", b"In-Reply-To: garbage",
+     b"References: garbage", b"X-References: <h@x>", b"Subject: references in-reply-to",
+     b" references: <i@x>", b"\tin-reply-to: <j@x>", b"References-Foo: <k@x>",
+     b"From: a@x", b"Message-ID: <l@x>", b"References:", b"In-Reply-To:"]
+)  # fmt: skip
+
+
+class ReferencesFastPath(SynchronousTestCase):
+    """SortMessage.references looks at the values only when a References or In-Reply-To
+    field may be there: the answer is the full look's (a field first, folded lines, names
+    in values, other fields of similar names, CRLF or LF, a header cut where it is kept)."""
+
+    def check(self, header: bytes) -> None:
+        h = mime.MessageHeader.from_bytes(
+            mime.parse_header(io.BytesIO(header + b"body\r\n")).to_bytes()
+        )
+        self.assertEqual(sort_module._references(h), sort_module._references_full(h), header)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(_HEADER_LINES, max_size=6), st.sampled_from([b"\r\n", b"\n"]))
+    def test_same_as_the_full_look(self, lines: list[bytes], eol: bytes) -> None:
+        self.check(b"".join(line + eol for line in lines) + eol)
+
+    def test_beyond_the_kept_block(self) -> None:
+        filler = b"X-Filler: " + b"y" * 1000 + b"\r\n"
+        count = mime.MAX_KEPT_HEADER // len(filler) + 2
+        header = filler * count + b"In-Reply-To: <late@x>\r\n\r\n"
+        h = mime.MessageHeader.from_bytes(
+            mime.parse_header(io.BytesIO(header + b"body\r\n")).to_bytes()
+        )
+        self.assertEqual(sort_module._references(h), (b"late@x",))
+
+
 class SortOrder(SynchronousTestCase):
     DATAS = [
         mail("Re: banana", frm="Zed <zed@example.net>", to="b@x", day=3),

@@ -349,6 +349,7 @@ _MISSING = object()
 
 
 def _subject_key(h: MessageHeader) -> tuple[str, bool]:
+    """(collation_key of the base subject, reply or forward) of the Subject field."""
     raw = h.envelope_field(_SUBJECT)
     if not raw:
         return "", False
@@ -394,7 +395,24 @@ _ADDRESS_KEYS = {
 }
 
 
+# a References or In-Reply-To field's name at a line's start
+_REPLY_FIELD = re.compile(rb"\n(?:references|in-reply-to)")
+
+
 def _references(h: MessageHeader) -> tuple[bytes, ...]:
+    """RFC 5256 4 REFERENCES (1)(A) (SortMessage.references) of a header."""
+    low = h.lower_header()  # shared with the field look-ups (one lower() per header)
+    if (
+        _REPLY_FIELD.search(low) is None
+        and not low.startswith((b"references", b"in-reply-to"))
+        and h.header_size == len(low)
+    ):
+        return ()  # neither field in the header, and the whole header is in the block
+    return _references_full(h)
+
+
+def _references_full(h: MessageHeader) -> tuple[bytes, ...]:
+    """_references by the fields' values."""
     block = h.header
     low = h.lower_header()  # shared with the field look-ups (one lower() per header)
     if b"references" in low:

@@ -155,21 +155,26 @@ def _without_references(messages: list[SortMessage]) -> list[Root]:
     prunes nothing; (5) joins roots of the same base subject only, so Nodes are made for the
     messages sharing their base subject with another and threaded as the full algorithm
     does (4, 5, 6); every other message is a thread alone, placed by its date (4)."""
-    count: dict[str, int] = {}
-    for m in messages:
-        subject = m.subject[0]
-        if subject:
-            count[subject] = count.get(subject, 0) + 1
-    alone: list[Root] = []
-    shared: list[Node] = []
-    for m in messages:
-        subject = m.subject[0]
-        if subject and count[subject] > 1:
-            shared.append(Node(m))
+    subjects = [m.subject[0] for m in messages]
+    seen: set[str] = set()
+    twice: set[str] = set()  # base subjects of more than one message
+    for subject in subjects:
+        if subject in seen:
+            twice.add(subject)
         else:
-            alone.append(m)
-    roots = alone
-    if shared:
+            seen.add(subject)
+    twice.discard("")  # (5) leaves messages without a subject alone
+    roots: list[Root]
+    if not twice:
+        roots = list(messages)
+    else:
+        roots = []
+        shared: list[Node] = []
+        for m, subject in zip(messages, subjects, strict=True):
+            if subject in twice:
+                shared.append(Node(m))
+            else:
+                roots.append(m)
         _sort_by_date(shared, False)  # (4)
         grouped = _group_by_subject(shared)  # (5)
         for n in _descendants_first(grouped):  # (6)
@@ -178,15 +183,11 @@ def _without_references(messages: list[SortMessage]) -> list[Root]:
             if n.message is None:
                 n.date = _date_key(n)
         roots.extend(grouped)
-    roots.sort(key=_root_date)
-    return roots
-
-
-def _root_date(root: Root) -> int:
-    """A root's (sent date, sequence number) as Node.date has it."""
-    if type(root) is Node:
-        return root.date
-    return (root.sent << 32) + root.seq  # type: ignore[union-attr]  # a SortMessage
+    # (4) and the last sort of (6): every root by its (sent date, sequence number), as
+    # Node.date has it; the keys are all different (sequence numbers are), so no root is
+    # ever compared
+    dates = [r.date if type(r) is Node else (r.sent << 32) + r.seq for r in roots]  # type: ignore[union-attr]  # a SortMessage
+    return [r for _, r in sorted(zip(dates, roots, strict=True))]
 
 
 def _thread_references(messages: list[SortMessage]) -> list[Node]:
