@@ -29,6 +29,7 @@ from mailhub.imap.sort import (
 )
 from mailhub.imap.thread import render, thread_orderedsubject, thread_references
 from mailhub.message import mime
+from tests import headerbytes
 from tests.support.dovecot import _ask_dovecot
 from tests.support.imap import IMAPTestCase
 from tests.support.mime import PYTHON_EMAIL_DATA
@@ -153,6 +154,40 @@ class BaseSubject(SynchronousTestCase):
     def test_encoded_words_decoded_and_compared_case_insensitively(self) -> None:
         [m] = messages([mail("=?utf-8?q?Re=3A_Caf=C3=A9?= menu")])
         self.assertEqual(m.subject, ("CAFE\u0301 MENU", True))
+
+
+_SUBJECT_PIECES = st.sampled_from(
+    ["Re:", "re", "Fwd:", "fw:", "[list]", "[fwd:", "]", "(fwd)", "Report", "report", "x", "X",
+     " ", "  ", "\t", "\u00e9", "=?utf-8?q?a?=", ":", "(", ")"]
+)  # fmt: skip
+
+
+class SubjectFastPath(SynchronousTestCase):
+    """The base subject of a plain ASCII subject is found without the steps of RFC 5256 2.1:
+    the same answer as the steps (raw UTF-8, encoded words, leaders, trailers, blobs, white
+    space, empty and 10 KB values)."""
+
+    def check(self, value: bytes) -> None:
+        h = mime.MessageHeader.from_bytes(
+            mime.parse_header(io.BytesIO(b"Subject: " + value + b"\r\n\r\nbody")).to_bytes()
+        )
+        raw = h.envelope_field(1)
+        expected = sort_module._subject_key_full(raw) if raw else ("", False)
+        self.assertEqual(sort_module._subject_key(h), expected, value)
+
+    @settings(max_examples=300, deadline=None)
+    @given(headerbytes.text_value())
+    def test_any_subject(self, value: bytes) -> None:
+        self.check(value)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(_SUBJECT_PIECES, max_size=6))
+    def test_near_prefixes_and_suffixes(self, pieces: list[str]) -> None:
+        self.check(" ".join(pieces).strip(" \t").encode("utf-8"))
+
+    def test_plain(self) -> None:
+        self.check(b"Quarterly figures")
+        self.check(b"x")
 
 
 class SentDate(SynchronousTestCase):
