@@ -314,9 +314,10 @@ class SortMessage:
     @property
     def sent(self) -> int:
         """RFC 5256 2.2: the Date: header in UTC, or the internal date without a valid one."""
-        sent = self._keys.get(_SENT, _MISSING)
-        if sent is _MISSING:
-            sent = self._key(_SENT)
+        keys = self._keys
+        sent = keys.get(_SENT, _MISSING)
+        if sent is _MISSING:  # (_COMPUTE[_SENT], called here: once per message of a SORT)
+            sent = keys[_SENT] = parse_date_time(self.header.envelope_field(_DATE))
         return self.internaldate if sent is None else sent  # type: ignore[return-value]  # memo
 
     @property

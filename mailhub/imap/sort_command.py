@@ -57,7 +57,8 @@ async def sort_command(session: IMAPServerProtocol, items: list[Item], *, uid: b
         for get in getters:
             get(m)
 
-    found = await _find(session, items[1], items[2:], touch)
+    # the keys computed and memoised now, in slices
+    found = await _find(session, items[1], items[2:], getters[0] if len(getters) == 1 else touch)
     if isinstance(found, Done):
         return found
     messages, modseq = found
