@@ -4,6 +4,7 @@ answers as Dovecot."""
 
 from __future__ import annotations
 
+import gc
 import io
 import re
 import shutil
@@ -448,6 +449,30 @@ class ThreadOrderedSubject(SynchronousTestCase):
     def test_crafted(self) -> None:
         roots = thread_orderedsubject(messages(CRAFTED))
         self.assertEqual(render(roots, lambda m: m.seq), CRAFTED_ORDEREDSUBJECT)
+
+
+class KeysKeptUntracked(SynchronousTestCase):
+    """The keys SORT and THREAD keep on a header are plain values: its memo dict stays
+    untracked by the garbage collector (a full collection walks every tracked object of the
+    process; 10,000 kept lists or dicts made THREAD of the benchmark pay for one)."""
+
+    def test_memo_untracked(self) -> None:
+        ms = messages(
+            [
+                mail("Re: Status", "1@x", ["0@x", "00@x"], extra="Cc: c@x\r\n"),
+                mail("=?utf-8?q?caf=C3=A9?=", None, irt="<1@x>", day=None),
+            ]
+        )
+        for m in ms:
+            m.compute_thread_keys()  # as THREAD REFERENCES computes them
+        for criteria in ("DATE", "SUBJECT", "FROM", "DISPLAYTO", "ARRIVAL", "SIZE", "CC"):
+            sort_messages(ms, program(criteria))
+        render(thread_references(ms), lambda m: m.seq)
+        render(thread_orderedsubject(ms), lambda m: m.seq)
+        for m in ms:
+            # sent date, subject and reply, Message-ID, references, FROM, DISPLAYTO, CC
+            self.assertEqual(len(m.header.memo), 8, m.header.memo)
+            self.assertFalse(gc.is_tracked(m.header.memo), m.header.memo)
 
 
 # -- the commands --------------------------------------------------------------------------------

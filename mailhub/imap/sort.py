@@ -274,10 +274,11 @@ def _references_field(block: bytes, low: bytes) -> bytes | None:
 
 class SortMessage:
     """A message of the selected mailbox with its cached header; every key is computed once
-    per header and kept in ``header.memo`` (under its name in _COMPUTE). The values kept are
-    ints, strings, bytes and tuples of them: once the garbage collector has looked at them
-    they and the memo dict are no longer tracked, so keys kept for a big mailbox add nothing
-    to every later full collection (a list per header did: 10,000 more objects to walk)."""
+    per header and kept in ``header.memo`` under its own name. The values kept are ints,
+    strings, bytes, booleans and None, which the garbage collector never tracks: inserting
+    them leaves the memo dict untracked, so keys kept for a big mailbox add nothing to every
+    later full collection (a list per header did: 10,000 more objects to walk; a tuple
+    would make the dict tracked until the next full collection)."""
 
     __slots__ = ("_keys", "header", "internaldate", "seq", "size", "uid")
 
@@ -305,9 +306,9 @@ class SortMessage:
         if _SENT not in keys:
             keys[_SENT] = parse_date_time(h.envelope_field(_DATE))
         if _SUBJECT_KEY not in keys:
-            keys[_SUBJECT_KEY] = _subject_key(h)
+            keys[_SUBJECT_KEY], keys[_REPLY] = _subject_key(h)
         if _REFERENCES not in keys:
-            keys[_REFERENCES] = _references(h)
+            keys[_REFERENCES] = b" ".join(_references(h))  # (see references)
 
     # The memo holds each key's own type (``object`` to the type checker), so these
     # properties' returns are ignored for it (ignore[return-value]).
@@ -323,8 +324,19 @@ class SortMessage:
     @property
     def subject(self) -> tuple[str, bool]:
         """The base subject as compared (collation_key) and whether it is a reply/forward."""
-        value = self._keys.get(_SUBJECT_KEY, _MISSING)
-        return self._key(_SUBJECT_KEY) if value is _MISSING else value  # type: ignore[return-value]  # memo, see sent
+        return self.base_subject, self._keys[_REPLY]  # type: ignore[return-value]  # memo, see sent
+
+    @property
+    def base_subject(self) -> str:
+        """``subject[0]`` (no tuple made)."""
+        keys = self._keys
+        base = keys.get(_SUBJECT_KEY, _MISSING)
+        if base is _MISSING:
+            # kept as two plain values: a tuple would make the memo dict tracked by the
+            # garbage collector again (until the next full collection)
+            base, keys[_REPLY] = _subject_key(self.header)
+            keys[_SUBJECT_KEY] = base
+        return base  # type: ignore[return-value]  # memo, see sent
 
     @property
     def message_id(self) -> bytes | None:
@@ -335,8 +347,12 @@ class SortMessage:
     def references(self) -> tuple[bytes, ...]:
         """RFC 5256 4 REFERENCES (1)(A): the References field's msg-ids, or without any the
         first msg-id of In-Reply-To."""
+        # kept as the msg-ids joined by spaces (a msg-id has none, see _MSG_ID): bytes are
+        # never tracked by the garbage collector, a tuple would make the memo dict tracked
         value = self._keys.get(_REFERENCES, _MISSING)
-        return self._key(_REFERENCES) if value is _MISSING else value  # type: ignore[return-value]  # memo, see sent
+        if value is _MISSING:
+            value = self._keys[_REFERENCES] = b" ".join(_references(self.header))
+        return tuple(value.split()) if value else ()  # type: ignore[attr-defined]  # bytes
 
     def address(self, key: str) -> str:
         """FROM, TO, CC (the first address's local part, RFC 5256 3) or DISPLAYFROM,
@@ -346,6 +362,7 @@ class SortMessage:
 
 # names of the keys in the memo (and in _COMPUTE); SEARCH and FETCH keep theirs there too
 _SENT, _SUBJECT_KEY, _MESSAGE_ID_KEY, _REFERENCES = "s:sent", "s:subject", "s:mid", "s:refs"
+_REPLY = "s:reply"  # beside _SUBJECT_KEY: whether the subject is a reply or forward
 _MISSING = object()
 
 
@@ -468,13 +485,11 @@ def _message_id(h: MessageHeader) -> bytes | None:
     return m.group(1) if m is not None else None
 
 
-# What SortMessage keeps per header: sent date, subject, Message-ID, references, then the
-# address keys
+# How SortMessage._key computes the Message-ID and the address keys (the sent date, the
+# subject and the references are computed by their properties and compute_thread_keys)
 _COMPUTE: dict[str, Callable[[MessageHeader], object]] = {
     _SENT: lambda h: parse_date_time(h.envelope_field(_DATE)),
-    _SUBJECT_KEY: _subject_key,
     _MESSAGE_ID_KEY: _message_id,
-    _REFERENCES: _references,
     **{"s:" + name: f for name, f in _ADDRESS_KEYS.items()},
 }
 _ADDRESS_INDEX = {name: "s:" + name for name in _ADDRESS_KEYS}
@@ -493,7 +508,7 @@ _KEYS: dict[str, Callable[[SortMessage], Any]] = {
     "ARRIVAL": lambda m: m.internaldate,
     "DATE": lambda m: m.sent,
     "SIZE": lambda m: m.size,
-    "SUBJECT": lambda m: m.subject[0],
+    "SUBJECT": attrgetter("base_subject"),
     **{name: _address_key(name) for name in _ADDRESS_KEYS},
 }
 

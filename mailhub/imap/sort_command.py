@@ -81,7 +81,7 @@ async def thread_command(session: IMAPServerProtocol, items: list[Item], *, uid:
     references = algorithm == "REFERENCES"
 
     def touch(m: SortMessage) -> None:
-        _ = (m.sent, m.subject)
+        _ = (m.sent, m.base_subject)
 
     # the keys computed and memoised now, in slices
     found = await _find(

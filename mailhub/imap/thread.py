@@ -97,17 +97,17 @@ def _subject(node: Node) -> tuple[str, bool]:
 def thread_orderedsubject(messages: list[SortMessage]) -> list[Node]:
     """RFC 5256 4 ORDEREDSUBJECT: messages grouped by base subject; in each group the first by
     sent date is the parent of all the others; groups in the order of their first message."""
-    ordered = sorted(messages, key=lambda m: (m.subject[0], m.sent, m.seq))
+    ordered = sorted(messages, key=lambda m: (m.base_subject, m.sent, m.seq))
     roots: list[Node] = []
     current: Node | None = None
     subject: str | None = None
     for m in ordered:
         node = Node(m)
-        if current is not None and m.subject[0] == subject:
+        if current is not None and m.base_subject == subject:
             node.parent = current
             _adopt(current, node)
         else:
-            current, subject = node, m.subject[0]
+            current, subject = node, m.base_subject
             roots.append(node)
     roots.sort(key=_date_key)
     return roots
@@ -155,7 +155,7 @@ def _without_references(messages: list[SortMessage]) -> list[Root]:
     prunes nothing; (5) joins roots of the same base subject only, so Nodes are made for the
     messages sharing their base subject with another and threaded as the full algorithm
     does (4, 5, 6); every other message is a thread alone, placed by its date (4)."""
-    subjects = [m.subject[0] for m in messages]  # (the memo's, computed by the command)
+    subjects = [m.base_subject for m in messages]  # (the memo's, computed by the command)
     seen: set[str] = set()
     twice: set[str] = set()  # base subjects of more than one message
     for subject in subjects:
