@@ -675,3 +675,21 @@ class AgreesWithDovecot(SynchronousTestCase):
             (thread_references, thread_orderedsubject), threads, strict=True
         ):
             self.assertEqual(render(algorithm(mine), lambda m: m.seq), theirs, algorithm)
+
+    def test_threads_without_references(self) -> None:
+        # THREAD REFERENCES's path for messages without references (no Node for a message
+        # alone): subjects shared or not, replies and forwards, equal and missing dates
+        subjects = ["Status", "Re: Status", "Fwd: Status", "status (fwd)", "[fwd: Status]",
+                    "Lunch", "Re: Lunch", "Other", "", "=?UTF-8?Q?Re=3A_=C3=A9t=C3=A9?=",
+                    "\u00e9t\u00e9", "[list] Status"]  # fmt: skip
+        datas = [
+            mail(subjects[(i * 7) % len(subjects)], f"{i % 9}@x", day=(i * 5) % 4 or None)
+            for i in range(40)
+        ]
+        base = Path(tempfile.mkdtemp(prefix="mh-dv-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        base.chmod(0o755)
+        out = _ask_dovecot(base, datas, ["THREAD REFERENCES UTF-8 ALL"])
+        [theirs] = re.findall(rb"\* THREAD ?(.*)\r\n", out)
+        mine = messages(datas, internaldate=int(time.time()))
+        self.assertEqual(render(thread_references(mine), lambda m: m.seq), theirs)
