@@ -4,6 +4,7 @@ answers as Dovecot."""
 
 from __future__ import annotations
 
+import gc
 import io
 import re
 import shutil
@@ -11,8 +12,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailhub.imap import sort as sort_module
+from mailhub.imap import thread as thread_module
 from mailhub.imap.parser import Atom
 from mailhub.imap.sort import (
     SortError,
@@ -25,6 +30,7 @@ from mailhub.imap.sort import (
 )
 from mailhub.imap.thread import render, thread_orderedsubject, thread_references
 from mailhub.message import mime
+from tests import headerbytes
 from tests.support.dovecot import _ask_dovecot
 from tests.support.imap import IMAPTestCase
 from tests.support.mime import PYTHON_EMAIL_DATA
@@ -151,6 +157,40 @@ class BaseSubject(SynchronousTestCase):
         self.assertEqual(m.subject, ("CAFE\u0301 MENU", True))
 
 
+_SUBJECT_PIECES = st.sampled_from(
+    ["Re:", "re", "Fwd:", "fw:", "[list]", "[fwd:", "]", "(fwd)", "Report", "report", "x", "X",
+     " ", "  ", "\t", "\u00e9", "=?utf-8?q?a?=", ":", "(", ")"]
+)  # fmt: skip
+
+
+class SubjectFastPath(SynchronousTestCase):
+    """The base subject of a plain ASCII subject is found without the steps of RFC 5256 2.1:
+    the same answer as the steps (raw UTF-8, encoded words, leaders, trailers, blobs, white
+    space, empty and 10 KB values)."""
+
+    def check(self, value: bytes) -> None:
+        h = mime.MessageHeader.from_bytes(
+            mime.parse_header(io.BytesIO(b"Subject: " + value + b"\r\n\r\nbody")).to_bytes()
+        )
+        raw = h.envelope_field(1)
+        expected = sort_module._subject_key_full(raw) if raw else ("", False)
+        self.assertEqual(sort_module._subject_key(h), expected, value)
+
+    @settings(max_examples=300, deadline=None)
+    @given(headerbytes.text_value())
+    def test_any_subject(self, value: bytes) -> None:
+        self.check(value)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(_SUBJECT_PIECES, max_size=6))
+    def test_near_prefixes_and_suffixes(self, pieces: list[str]) -> None:
+        self.check(" ".join(pieces).strip(" \t").encode("utf-8"))
+
+    def test_plain(self) -> None:
+        self.check(b"Quarterly figures")
+        self.check(b"x")
+
+
 class SentDate(SynchronousTestCase):
     """RFC 5256 2.2: the Date field in UTC, else the internal date."""
 
@@ -168,6 +208,61 @@ class SentDate(SynchronousTestCase):
         dated, undated = messages([mail("a", day=2), mail("b", day=None)], internaldate=7)
         self.assertEqual(dated.sent, parse_date_time(b"2 Mar 2024 10:00:00 +0000"))
         self.assertEqual(undated.sent, 7)
+
+
+# Each part of a Date value: the usual form first, then what is near it
+_DATE_CHOICES = (
+    ["Mon,", "mon,", "Xyzzy,", ",", "Mon", "", "M0n,", "Mon ,"],
+    ["7", "07", "31", "29", "0", "123", "a", "\u0661"],
+    ["Feb", "feb", "FEB", "Fe", "February", "Feb.", "F3b", "Nov", "Jux"],
+    ["1994", "2000", "2100", "94", "0994", "12345", "19x4"],
+    ["21:52:25", "00:00:00", "24:00:00", "23:59:60", "23:60:00", "23:59:61", "1:02:03",
+     "21:5a:25", "21.52.25", "21:52.25", "21:52", "+1:52:25", "21:52:25+0000"],
+    ["-0800", "+0000", "+0530", "+2400", "+0001", "-9959", "GMT", "+000", "", "+0000x"],
+    ["", " (UTC)", " x", "(UTC)", "  "],
+    [" ", "  ", "\t", " \x0b"],
+)  # fmt: skip
+_DATE_PARTS = st.tuples(*(st.sampled_from(choices) for choices in _DATE_CHOICES))
+
+
+def _date_value(parts: tuple[str, ...] | list[str]) -> bytes:
+    *fields, extra, blank = parts
+    return (blank.join(f for f in fields if f) + extra).encode("utf-8")
+
+
+class DateFastPath(SynchronousTestCase):
+    """parse_date_time's split-at-blanks path gives the regular expression's answer."""
+
+    def check(self, value: bytes) -> None:
+        expected = sort_module._parse_date_time(value) if value else None
+        # twice: the first call leaves the date in the cache the fast path reads
+        self.assertEqual(parse_date_time(value), expected, value)
+        self.assertEqual(parse_date_time(value), expected, value)
+
+    def test_one_part_off_the_usual_form(self) -> None:
+        for i, choices in enumerate(_DATE_CHOICES):
+            for choice in choices:
+                parts = [c[0] for c in _DATE_CHOICES]
+                parts[i] = choice
+                self.check(_date_value(parts))
+
+    @settings(max_examples=400, deadline=None)
+    @given(_DATE_PARTS)
+    def test_near_the_usual_form(self, parts: tuple[str, ...]) -> None:
+        self.check(_date_value(parts))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=60))
+    def test_any_octets(self, value: bytes) -> None:
+        self.check(value)
+
+    def test_fast_path_taken(self) -> None:
+        value = b"Tue, 8 Feb 1994 05:52:25 +0000"
+        parse_date_time(value)
+        calls: list[bytes] = []
+        self.patch(sort_module, "_parse_date_time", calls.append)
+        self.assertEqual(parse_date_time(value), 760686745)
+        self.assertEqual(calls, [])
 
 
 class MessageIds(SynchronousTestCase):
@@ -203,9 +298,44 @@ class MessageIds(SynchronousTestCase):
                 mail("x", "3@x", extra="References: <r1@x>\r\n\t<r2@x>\r\n"),
             ]
         )
-        self.assertEqual(m1.references, [b"r1@x", b"r2@x"])
-        self.assertEqual(m2.references, [b"i@x"])
-        self.assertEqual(m3.references, [b"r1@x", b"r2@x"])  # a folded field
+        self.assertEqual(m1.references, (b"r1@x", b"r2@x"))
+        self.assertEqual(m2.references, (b"i@x",))
+        self.assertEqual(m3.references, (b"r1@x", b"r2@x"))  # a folded field
+
+
+_HEADER_LINES = st.sampled_from(
+    [b"References: <a@x> <b@x>", b"references:<c@x>", b"REFERENCES : (c) <d@x>",
+     b"In-Reply-To: <e@x> <f@x>", b"in-reply-to:<g@x>", b"In-Reply-To: garbage",
+     b"References: garbage", b"X-References: <h@x>", b"Subject: references in-reply-to",
+     b" references: <i@x>", b"\tin-reply-to: <j@x>", b"References-Foo: <k@x>",
+     b"From: a@x", b"Message-ID: <l@x>", b"References:", b"In-Reply-To:"]
+)  # fmt: skip
+
+
+class ReferencesFastPath(SynchronousTestCase):
+    """SortMessage.references looks at the values only when a References or In-Reply-To
+    field may be there: the answer is the full look's (a field first, folded lines, names
+    in values, other fields of similar names, CRLF or LF, a header cut where it is kept)."""
+
+    def check(self, header: bytes) -> None:
+        h = mime.MessageHeader.from_bytes(
+            mime.parse_header(io.BytesIO(header + b"body\r\n")).to_bytes()
+        )
+        self.assertEqual(sort_module._references(h), sort_module._references_full(h), header)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(_HEADER_LINES, max_size=6), st.sampled_from([b"\r\n", b"\n"]))
+    def test_same_as_the_full_look(self, lines: list[bytes], eol: bytes) -> None:
+        self.check(b"".join(line + eol for line in lines) + eol)
+
+    def test_beyond_the_kept_block(self) -> None:
+        filler = b"X-Filler: " + b"y" * 1000 + b"\r\n"
+        count = mime.MAX_KEPT_HEADER // len(filler) + 2
+        header = filler * count + b"In-Reply-To: <late@x>\r\n\r\n"
+        h = mime.MessageHeader.from_bytes(
+            mime.parse_header(io.BytesIO(header + b"body\r\n")).to_bytes()
+        )
+        self.assertEqual(sort_module._references(h), (b"late@x",))
 
 
 class SortOrder(SynchronousTestCase):
@@ -280,10 +410,69 @@ class ThreadReferences(SynchronousTestCase):
         self.assertEqual(render(thread_references([]), lambda m: m.seq), b"")
 
 
+_SUBJECTS = st.sampled_from(
+    [None, "", " ", "a", "A", "Re: a", "RE: a", "Fwd: a", "a (fwd)", "[fwd: a]", "[x] a", "b",
+     "Re: b", "Re: Re: b", "=?UTF-8?Q?Re=3A_=C3=A9?=", "\u00e9", "Re: \u00c9"]
+)  # fmt: skip
+_UNREFERENCED = st.lists(
+    st.tuples(
+        _SUBJECTS,
+        st.sampled_from([None, "1@x", "2@x", "3@x", "4@x"]),  # duplicates too
+        st.sampled_from([None, 1, 2, 3]),  # equal dates: the sequence number decides
+    ),
+    max_size=14,
+)
+
+
+class ThreadWithoutReferences(SynchronousTestCase):
+    """THREAD REFERENCES over messages none of which has references takes a shorter path
+    (no Node for a message alone): its answer is the full algorithm's."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(_UNREFERENCED)
+    def test_same_as_the_full_algorithm(self, specs: list) -> None:
+        ms = messages([mail(subject, mid, day=day) for subject, mid, day in specs])
+        number = lambda m: m.seq  # noqa: E731
+        full = thread_module._thread_references(ms)
+        expected = render(full, number)
+        thread_module.release(full)
+        self.assertEqual(render(thread_references(ms), number), expected)
+
+    def test_messages_alone_need_no_node(self) -> None:
+        ms = messages([mail("x", "1@x", day=2), mail("y", "1@x", day=1), mail("Re: x", day=3)])
+        roots = thread_references(ms)
+        self.assertEqual(render(roots, lambda m: m.seq), b"(2)(1 3)")
+        self.assertIs(roots[0], ms[1])  # a message alone is its own root
+
+
 class ThreadOrderedSubject(SynchronousTestCase):
     def test_crafted(self) -> None:
         roots = thread_orderedsubject(messages(CRAFTED))
         self.assertEqual(render(roots, lambda m: m.seq), CRAFTED_ORDEREDSUBJECT)
+
+
+class KeysKeptUntracked(SynchronousTestCase):
+    """The keys SORT and THREAD keep on a header are plain values: its memo dict stays
+    untracked by the garbage collector (a full collection walks every tracked object of the
+    process; 10,000 kept lists or dicts made THREAD of the benchmark pay for one)."""
+
+    def test_memo_untracked(self) -> None:
+        ms = messages(
+            [
+                mail("Re: Status", "1@x", ["0@x", "00@x"], extra="Cc: c@x\r\n"),
+                mail("=?utf-8?q?caf=C3=A9?=", None, irt="<1@x>", day=None),
+            ]
+        )
+        for m in ms:
+            m.compute_thread_keys()  # as THREAD REFERENCES computes them
+        for criteria in ("DATE", "SUBJECT", "FROM", "DISPLAYTO", "ARRIVAL", "SIZE", "CC"):
+            sort_messages(ms, program(criteria))
+        render(thread_references(ms), lambda m: m.seq)
+        render(thread_orderedsubject(ms), lambda m: m.seq)
+        for m in ms:
+            # sent date, subject and reply, Message-ID, references, FROM, DISPLAYTO, CC
+            self.assertEqual(len(m.header.memo), 8, m.header.memo)
+            self.assertFalse(gc.is_tracked(m.header.memo), m.header.memo)
 
 
 # -- the commands --------------------------------------------------------------------------------
@@ -486,3 +675,21 @@ class AgreesWithDovecot(SynchronousTestCase):
             (thread_references, thread_orderedsubject), threads, strict=True
         ):
             self.assertEqual(render(algorithm(mine), lambda m: m.seq), theirs, algorithm)
+
+    def test_threads_without_references(self) -> None:
+        # THREAD REFERENCES's path for messages without references (no Node for a message
+        # alone): subjects shared or not, replies and forwards, equal and missing dates
+        subjects = ["Status", "Re: Status", "Fwd: Status", "status (fwd)", "[fwd: Status]",
+                    "Lunch", "Re: Lunch", "Other", "", "=?UTF-8?Q?Re=3A_=C3=A9t=C3=A9?=",
+                    "\u00e9t\u00e9", "[list] Status"]  # fmt: skip
+        datas = [
+            mail(subjects[(i * 7) % len(subjects)], f"{i % 9}@x", day=(i * 5) % 4 or None)
+            for i in range(40)
+        ]
+        base = Path(tempfile.mkdtemp(prefix="mh-dv-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        base.chmod(0o755)
+        out = _ask_dovecot(base, datas, ["THREAD REFERENCES UTF-8 ALL"])
+        [theirs] = re.findall(rb"\* THREAD ?(.*)\r\n", out)
+        mine = messages(datas, internaldate=int(time.time()))
+        self.assertEqual(render(thread_references(mine), lambda m: m.seq), theirs)

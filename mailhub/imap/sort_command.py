@@ -10,6 +10,7 @@ keys come from the same pass over the cached headers, computed in slices too: a 
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from mailhub.imap import arguments as A
@@ -56,13 +57,14 @@ async def sort_command(session: IMAPServerProtocol, items: list[Item], *, uid: b
         for get in getters:
             get(m)
 
-    found = await _find(session, items[1], items[2:], touch)
+    # the keys computed and memoised now, in slices
+    found = await _find(session, items[1], items[2:], getters[0] if len(getters) == 1 else touch)
     if isinstance(found, Done):
         return found
     messages, modseq = found
-    line = b"* SORT" + b"".join(
-        b" %d" % (m.uid if uid else m.seq) for m in sort_messages(messages, program)
-    )
+    ordered = sort_messages(messages, program)
+    # (the numbers read in C: no Python call per message)
+    line = b"* SORT" + b"".join([b" %d" % n for n in map(_UID if uid else _SEQ, ordered)])
     if modseq is not None:
         line += b" (MODSEQ %d)" % modseq  # RFC 7162 3.1.5
     session.write(line + b"\r\n")
@@ -79,18 +81,17 @@ async def thread_command(session: IMAPServerProtocol, items: list[Item], *, uid:
     references = algorithm == "REFERENCES"
 
     def touch(m: SortMessage) -> None:
-        # computed and memoised now, in slices
-        if references:
-            m.compute_thread_keys()
-        else:
-            _ = (m.sent, m.subject)
+        _ = (m.sent, m.base_subject)
 
-    found = await _find(session, items[1], items[2:], touch)
+    # the keys computed and memoised now, in slices
+    found = await _find(
+        session, items[1], items[2:], SortMessage.compute_thread_keys if references else touch
+    )
     if isinstance(found, Done):
         return found
     messages, _ = found
     roots = thread_references(messages) if references else thread_orderedsubject(messages)
-    number: Callable[[SortMessage], int] = (lambda m: m.uid) if uid else (lambda m: m.seq)
+    number: Callable[[SortMessage], int] = _UID if uid else _SEQ
     text = render(roots, number)
     release(roots)
     session.write(b"* THREAD" + (b" " if roots else b"") + text + b"\r\n")
@@ -98,6 +99,7 @@ async def thread_command(session: IMAPServerProtocol, items: list[Item], *, uid:
 
 
 UID_COMMANDS = {"SORT": sort_command, "THREAD": thread_command}
+_UID, _SEQ = attrgetter("uid"), attrgetter("seq")
 
 
 async def _find(

@@ -6,7 +6,7 @@ Every walk over the trees is iterative: a References chain of 10,000 messages is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 from operator import attrgetter
 
@@ -42,6 +42,10 @@ class Node:
         return f"<Node {self.message.seq if self.message else 'dummy'}>"
 
 
+# A thread of the answer: a tree of Nodes, or a message alone (no Node made for it)
+Root = Node | SortMessage
+
+
 def _adopt(parent: Node, child: Node) -> None:
     """Append ``child`` to ``parent``'s children (setting no parent link)."""
     if parent.children:
@@ -50,10 +54,10 @@ def _adopt(parent: Node, child: Node) -> None:
         parent.children = [child]
 
 
-def release(roots: list[Node]) -> None:
+def release(roots: Sequence[Root]) -> None:
     """Break the parent links of the trees (each one a reference cycle), so that they are
     freed when the command is done, not by a later garbage collection that walks them all."""
-    todo = list(roots)
+    todo = [r for r in roots if type(r) is Node]
     while todo:
         node = todo.pop()
         node.parent = None
@@ -93,17 +97,17 @@ def _subject(node: Node) -> tuple[str, bool]:
 def thread_orderedsubject(messages: list[SortMessage]) -> list[Node]:
     """RFC 5256 4 ORDEREDSUBJECT: messages grouped by base subject; in each group the first by
     sent date is the parent of all the others; groups in the order of their first message."""
-    ordered = sorted(messages, key=lambda m: (m.subject[0], m.sent, m.seq))
+    ordered = sorted(messages, key=lambda m: (m.base_subject, m.sent, m.seq))
     roots: list[Node] = []
     current: Node | None = None
     subject: str | None = None
     for m in ordered:
         node = Node(m)
-        if current is not None and m.subject[0] == subject:
+        if current is not None and m.base_subject == subject:
             node.parent = current
             _adopt(current, node)
         else:
-            current, subject = node, m.subject[0]
+            current, subject = node, m.base_subject
             roots.append(node)
     roots.sort(key=_date_key)
     return roots
@@ -136,8 +140,58 @@ def _link(parent: Node, child: Node) -> None:
     _adopt(parent, child)
 
 
-def thread_references(messages: list[SortMessage]) -> list[Node]:
+def thread_references(messages: list[SortMessage]) -> list[Root]:
     """RFC 5256 4 REFERENCES, steps (1) to (6)."""
+    for m in messages:
+        if m.references:
+            return list(_thread_references(messages))
+    return _without_references(messages)
+
+
+def _without_references(messages: list[SortMessage]) -> list[Root]:
+    """thread_references of messages none of which has references (a mailbox without
+    replies, or clients that send none): step (1) links nothing, whatever the Message-IDs
+    (a duplicate only gets an ID of its own), so every message is a root of its own and (3)
+    prunes nothing; (5) joins roots of the same base subject only, so Nodes are made for the
+    messages sharing their base subject with another and threaded as the full algorithm
+    does (4, 5, 6); every other message is a thread alone, placed by its date (4)."""
+    subjects = [m.base_subject for m in messages]  # (the memo's, computed by the command)
+    seen: set[str] = set()
+    twice: set[str] = set()  # base subjects of more than one message
+    for subject in subjects:
+        if subject in seen:
+            twice.add(subject)
+        else:
+            seen.add(subject)
+    twice.discard("")  # (5) leaves messages without a subject alone
+    roots: list[Root]
+    if not twice:
+        roots = list(messages)
+    else:
+        roots = []
+        shared: list[Node] = []
+        for m, subject in zip(messages, subjects, strict=True):
+            if subject in twice:
+                shared.append(Node(m))
+            else:
+                roots.append(m)
+        _sort_by_date(shared, False)  # (4)
+        grouped = _group_by_subject(shared)  # (5)
+        for n in _descendants_first(grouped):  # (6)
+            if len(n.children) > 1:
+                n.children.sort(key=_date_key)
+            if n.message is None:
+                n.date = _date_key(n)
+        roots.extend(grouped)
+    # (4) and the last sort of (6): every root by its (sent date, sequence number), as
+    # Node.date has it, read from a list of ints in C (no tuple per root: 10,000 objects
+    # made here could set off a full garbage collection of the whole process)
+    dates = [r.date if type(r) is Node else (r.sent << 32) + r.seq for r in roots]  # type: ignore[union-attr]  # a SortMessage
+    return [roots[i] for i in sorted(range(len(roots)), key=dates.__getitem__)]
+
+
+def _thread_references(messages: list[SortMessage]) -> list[Node]:
+    """RFC 5256 4 REFERENCES, steps (1) to (6), for any messages."""
     by_id: dict[bytes, Node] = {}
     nodes: list[Node] = []  # every node, in the order made
 
@@ -283,15 +337,23 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
 # -- the response (RFC 5256 5: thread-list) ------------------------------------------------------
 
 
-def render(roots: list[Node], number: Callable[[SortMessage], int]) -> bytes:
+def render(roots: Sequence[Root], number: Callable[[SortMessage], int]) -> bytes:
     """``(3 6 (4 23)(44 7 96))``...: a chain of single children is a list of numbers, children
     of a branching point each in parentheses; a dummy is left out but keeps its children
-    together."""
+    together. A message alone (a root that is no Node) is ``(n)``."""
     out: list[bytes] = []
+    for root in roots:
+        if type(root) is Node:
+            _render_tree(root, number, out)
+        else:
+            out.append(b"(%d)" % number(root))  # type: ignore[arg-type]  # a SortMessage
+    return b"".join(out)
+
+
+def _render_tree(root: Node, number: Callable[[SortMessage], int], out: list[bytes]) -> None:
+    """One thread of render, appended to ``out``."""
     # a stack of what is still to write: nodes to open and closing parentheses
-    todo: list[Node | bytes] = []
-    for root in reversed(roots):
-        todo.extend((b")", root, b"("))
+    todo: list[Node | bytes] = [b")", root, b"("]
     while todo:
         item = todo.pop()
         if isinstance(item, bytes):
@@ -314,4 +376,3 @@ def render(roots: list[Node], number: Callable[[SortMessage], int]) -> bytes:
                 out.append(b" ")
             for c in reversed(node.children):
                 todo.extend((b")", c, b"("))
-    return b"".join(out)
