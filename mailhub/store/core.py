@@ -14,19 +14,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, count
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from mailhub.safeio import fsync_dir
 from mailhub.store import names, uidlist
 from mailhub.store.cache import FolderCache
-from mailhub.store.dotlock import DotLock
+from mailhub.store.dotlock import DotLock, on_reactor_thread
 from mailhub.store.errors import FolderNotFound, LockTimeout
 from mailhub.store.folderstate import FolderState, MessageInfo, StoreSettings
 from mailhub.store.uidlist import UidList
 
 if TYPE_CHECKING:
-    from mailhub.store.uidwriter import Job
+    from mailhub.store.uidwriter import Flush, Job
 
 log = Logger()
 
@@ -145,6 +148,63 @@ def tick() -> int:
     return next(_ticks)
 
 
+class FolderLock:
+    """``FolderCore.lock()``: the dotlock as a context manager. On the reactor thread, with
+    the store's worker (``StoreSettings.offload``) and a folder that defers its writes, the
+    list serialised under it (``UidIndex.save``) and the directories to fsync
+    (``fsync_later``) go to the worker with the lock when the block ends: the worker fsyncs
+    them, writes the list durably and only then releases the lock (uidwriter.Flush). The
+    reactor never waits for the disk; until the worker is done every look at the folder
+    meets ``uidwriter.Flushing`` (a ``LockBusy``), so nothing of it is told before it is on
+    disk."""
+
+    __slots__ = ("core", "dot")
+
+    def __init__(self, core: FolderCore, dot: DotLock) -> None:
+        self.core = core
+        self.dot = dot
+
+    def __enter__(self) -> DotLock:
+        core = self.core
+        if core.flush is not None:
+            raise core.flush.busy()
+        self.dot.acquire()
+        core.deferring = (
+            core.defer_writes is not None
+            and core.settings.offload.run is not None
+            and on_reactor_thread()
+        )
+        core.unsaved, core.later_dirs = None, []
+        return self.dot
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        core = self.core
+        data, dirs = core.unsaved, core.later_dirs
+        core.deferring, core.unsaved, core.later_dirs = False, None, []
+        if exc_type is None and (data is not None or dirs):
+            from mailhub.store import uidwriter  # (uidwriter imports this module)
+
+            # The worker releases the lock; the command waits for the write.
+            flush = uidwriter.start_flush(core, self.dot, data, dirs)
+            if core.defer_writes is not None:
+                core.defer_writes.append(flush.wait())
+            return
+        try:
+            if data is not None:
+                # Failed after changing the list in memory: read it again from the file.
+                core.list_stamp = None
+                core.changed_by_us()
+            for d in dirs:
+                fsync_dir(d)
+        finally:
+            self.dot.release()
+
+
 class FolderCore:
     """One folder's identity and this process's memory of it (one per directory: sessions
     share it through the ``Folder`` that ``MailStore`` hands out; one thread only)."""
@@ -187,6 +247,17 @@ class FolderCore:
         # The tick (``tick()``) at which the last sync() that built or confirmed the state
         # began: that sync saw every change completed before it.
         self.looked = 0
+        # Writes of the UID list made under the lock on the reactor thread go to a worker
+        # with the lock (uidwriter.Flush): set by ``Folder.deferring()`` (IMAP commands,
+        # which wait for the write before they answer), with the list of the writes'
+        # Deferreds it started. While one is in flight, ``flush`` is it; under the lock,
+        # ``deferring`` says ``UidIndex.save`` only serialises (into ``unsaved``) and
+        # ``fsync_later`` collects directories for the worker to fsync first.
+        self.defer_writes: list[Deferred[None]] | None = None
+        self.flush: Flush | None = None
+        self.deferring = False
+        self.unsaved: bytes | None = None
+        self.later_dirs: list[str] = []
 
     def not_found(self) -> FolderNotFound:
         return FolderNotFound(f"folder {self.name!r} no longer exists")
@@ -214,9 +285,20 @@ class FolderCore:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def lock(self) -> DotLock:
-        """The folder's dotlock: held to change the UID list (and to compact the cache)."""
-        return self.dotlock(self.path / uidlist.LOCKNAME)
+    def lock(self) -> FolderLock:
+        """The folder's dotlock: held to change the UID list (and to compact the cache).
+        A context manager; on the reactor thread of a store with a worker, a UID-list write
+        made under it is handed to the worker with the lock (``FolderLock``)."""
+        return FolderLock(self, self.dotlock(self.path / uidlist.LOCKNAME))
+
+    def fsync_later(self, directory: str) -> None:
+        """Make ``directory``'s entries durable: now, or under the lock while writes are
+        deferred, by the worker before it writes the list (answers wait for both)."""
+        if self.deferring:
+            if directory not in self.later_dirs:
+                self.later_dirs.append(directory)
+        else:
+            fsync_dir(directory)
 
     def dotlock(self, path: Path) -> DotLock:
         s = self.settings

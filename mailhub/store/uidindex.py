@@ -76,6 +76,12 @@ class UidIndex:
 
     def save(self, lst: UidList, records: list[str] | None = None) -> None:
         core = self.core
+        if core.deferring:
+            # Under a FolderLock on the reactor: the worker writes it when the lock block
+            # ends (uidwriter.Flush); its stamp is taken then.
+            core.unsaved = uidlist.serialise(lst, records)
+            core.list = lst
+            return
         uidlist.save(core.list_path(), lst, core.settings.hostname, records)
         core.list, core.list_stamp = lst, core.list_file_stamp()
 

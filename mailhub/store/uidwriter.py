@@ -22,6 +22,7 @@ Without a worker (``Offload.run`` None: tools, most tests) a look assigns inline
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailhub.safeio import atomic_write, fsync_dir
 from mailhub.store.core import Files, FolderCore
+from mailhub.store.dotlock import DotLock
 from mailhub.store.errors import LockBusy, LockTimeout, StoreError
 from mailhub.store.folderstate import StoreSettings
 from mailhub.store.scan import Scanner
@@ -188,6 +191,118 @@ def _finish(result: Written | Failure, core: FolderCore, job: Job) -> None:
     for d in job.waiters:
         d.callback(None)
     if not isinstance(result, Written):
+        return
+    for listener in list(core.written_listeners):
+        try:
+            listener()
+        except Exception:
+            log.failure("UID list listener failed")
+
+
+# --- writes made under the lock on the reactor thread (STORE, EXPUNGE, APPEND, COPY...) ---
+
+
+class Flushing(LockBusy):
+    """The folder's UID list, changed by a command of this process, is being written by a
+    worker (``Flush``), which holds the folder's lock: nothing of the change may be told
+    before it is on disk, so every look and lock meets this ``LockBusy`` until then.
+    ``wait`` fires (never fails) when the write has ended: the retry waits for that
+    instead of a timer (``mailhub.store.lockwait``)."""
+
+    def __init__(self, message: str, path: object, wait: Deferred[None]) -> None:
+        super().__init__(message, path)
+        self.wait = wait
+
+
+@dataclass
+class Flush:
+    """One write of a folder's list by a worker, with the lock the reactor took for it."""
+
+    path: str
+    lock: DotLock
+    lst: UidList | None = None  # the list being written (its stamp is known at the end)
+    waiters: list[Deferred[None]] = field(default_factory=list)
+    quiet: list[Deferred[None]] = field(default_factory=list)
+    failure: Failure | None = None
+    done: bool = False
+
+    def wait(self) -> Deferred[None]:
+        """Fires when the write has ended; fails as it failed (the command that made the
+        change answers with it)."""
+        d: Deferred[None] = Deferred()
+        if not self.done:
+            self.waiters.append(d)
+        elif self.failure is not None:
+            d.errback(self.failure)
+        else:
+            d.callback(None)
+        return d
+
+    def busy(self) -> Flushing:
+        d: Deferred[None] = Deferred()
+        if self.done:
+            d.callback(None)
+        else:
+            self.quiet.append(d)
+        return Flushing(f"{self.path}: UID list being written", self.path, d)
+
+
+def start_flush(core: FolderCore, lock: DotLock, data: bytes | None, dirs: list[str]) -> Flush:
+    """Reactor thread, at the end of a lock hold that deferred its writes (core.FolderLock):
+    the worker fsyncs ``dirs``, writes ``data`` as the list and releases ``lock``."""
+    run = core.settings.offload.run
+    assert run is not None and core.flush is None
+    flush = core.flush = Flush(core.dir, lock, core.list if data is not None else None)
+    path = core.list_path()
+    d = run(flush_list, lock, path, data, core.settings.hostname, dirs)
+    d.addBoth(_flushed, core, flush)
+    return flush
+
+
+def flush_list(
+    lock: DotLock, path: Path, data: bytes | None, hostname: str, dirs: list[str]
+) -> tuple[int, int, int] | None:
+    """Worker thread: the directories' entries durable first (an expunge's unlinks before
+    the list that forgets them: a crash between leaves the list naming files that are gone,
+    which the next look drops), then the list replaced durably (atomic_write), then the lock
+    released. Returns the new list file's stamp."""
+    try:
+        for d in dirs:
+            fsync_dir(d)
+        if data is None:
+            return None
+        atomic_write(path, data, hostname)
+        st = os.stat(path)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    finally:
+        lock.release()
+
+
+def _flushed(result: tuple[int, int, int] | Failure | None, core: FolderCore, flush: Flush) -> None:
+    """Reactor thread: the write ended; looks may go on, waiters and listeners are told."""
+    flush.done = True
+    if core.flush is flush:
+        core.flush = None
+    if isinstance(result, Failure):
+        flush.failure = result
+        flush.lock.release()  # (a worker that refused never ran flush_list; else a no-op)
+        log.warn("UID list of {folder} not written: {why}", folder=core.dir, why=result.value)
+        core.list_stamp = None  # read it again: the one in memory is not on disk
+        core.changed_by_us()
+    elif result is not None and core.list is flush.lst:
+        # (Else a worker's job installed its own list meanwhile, with that list's stamp:
+        # the file is newer than it, so the next look reads the file again.)
+        core.list_stamp = result
+    # The commands that made the change first (they answer, then look), then the looks
+    # and changes that waited for it.
+    for d in flush.waiters:
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(None)
+    for d in flush.quiet:
+        d.callback(None)
+    if isinstance(result, Failure):
         return
     for listener in list(core.written_listeners):
         try:
