@@ -509,3 +509,22 @@ class CommandsWriteInTheWorker(OffThreadCase):
         self.clock.advance(0)
         self.assertEqual(self.a.lines()[-1], "a2 OK STORE completed")
         self.assertEqual(self.on_disk()[3][0], "F")
+
+    def test_fetch_that_sets_seen_and_close(self) -> None:
+        self.a.send("a1 FETCH 1 (BODY[HEADER.FIELDS (SUBJECT)])\r\n")
+        self.assertEqual(self.a.lines(), [])  # \Seen is not on disk yet
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.on_disk()[1][0], "S")
+        self.assertEqual(self.a.lines()[-1], "a1 OK FETCH completed")
+        self.a.send("a2 STORE 2 +FLAGS.SILENT (\\Deleted)\r\n")
+        self.worker.release()
+        self.clock.advance(0)
+        self.a.lines()
+        self.a.send("a3 CLOSE\r\n")
+        self.assertEqual(self.a.lines(), [])
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.a.lines(), ["a3 OK CLOSE completed"])
+        self.assertEqual(sorted(self.on_disk()), [1, 3])
+        self.assertNotIn("fsync", self.on_reactor)

@@ -88,9 +88,7 @@ def _deferring(folder: Folder, f: Callable[..., T], *args: Any) -> tuple[T, Writ
     (``Folder.deferring``), and the writes it started: the command waits for them
     (``_durable``) before it tells anything of its change. A failed write fails the
     command (NO [SERVERBUG]); other sessions' looks wait for it (``Flushing``)."""
-    with folder.deferring() as started:
-        result = f(*args)
-    return result, started
+    return folder.deferred(f, *args)
 
 
 async def _durable(written: Written) -> None:
@@ -128,7 +126,12 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
         # On reactor timers while the lock is busy (the store's worker, another process):
         # UID COPY and MOVE are not run again, so a LockBusy here would be their answer.
         view = session.selected_view()
-        session.write_all(await session.unlocked(lambda: view.sync(allow_expunge=True)))
+        # (a look that changes the list leaves its write to the worker and meets Flushing:
+        # tried again once it is on disk)
+        lines, _ = await session.unlocked(
+            lambda: view.folder.deferred(lambda: view.sync(allow_expunge=True))
+        )
+        session.write_all(lines)
     if sub == "FETCH":
         return await fetch_command.fetch_messages(session, rest, uid=True)
     if sub == "SEARCH":

@@ -138,6 +138,12 @@ class Folder:
         finally:
             core.defer_writes = None
 
+    def deferred(self, f: Callable[..., T], *args: object) -> tuple[T, list[Deferred[None]]]:
+        """``f(*args)`` within ``deferring()``, and the Deferreds of the writes it started."""
+        with self.deferring() as started:
+            result = f(*args)
+        return result, started
+
     def flushed(self) -> Deferred[None] | None:
         """A Deferred that fires (never fails) when this process's write of the UID list in
         flight has ended (``deferring``); None when there is none."""
