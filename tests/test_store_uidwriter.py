@@ -438,23 +438,34 @@ class CommandsWriteInTheWorker(OffThreadCase):
         self.assertNotIn("fsync", self.on_reactor)
         self.assertIn("fsync", self.off_reactor)
 
-    def test_changes_while_a_write_runs_wait_for_it(self) -> None:
+    def test_changes_while_a_write_runs_are_written_together_after_it(self) -> None:
+        c = self.selected()
+        jobs = self.worker.jobs
         self.a.send("a1 STORE 1 +FLAGS (\\Seen)\r\n")
         self.b.send("b1 STORE 3 +FLAGS (\\Answered)\r\n")
-        self.assertEqual(len(self.worker.queued), 1)  # b waits for a's write (the lock)
-        self.worker.release()
-        self.clock.advance(0)
-        # a answers (its write first), then b's change is made, its write in the worker
-        self.assertEqual(self.a.lines()[-1], "a1 OK STORE completed")
-        self.assertEqual(self.b.lines(), [])
+        c.send("c1 STORE 2 +FLAGS (\\Draft)\r\n")
+        # b and c changed the folder under our lock, still held by a's write: they join
+        # the next write, started once a's is done
         self.assertEqual(len(self.worker.queued), 1)
         self.worker.release()
         self.clock.advance(0)
+        self.assertEqual(len(self.worker.queued), 1)
+        self.assertEqual(self.b.lines() + c.lines(), [])  # not on disk yet
+        self.assertEqual(self.on_disk()[1][0], "S")
+        self.assertEqual((self.on_disk()[2][0], self.on_disk()[3][0]), ("", ""))
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.worker.jobs - jobs, 2)  # three STOREs, two writes
         disk = self.on_disk()
-        self.assertEqual((disk[1][0], disk[3][0]), ("S", "R"))
+        self.assertEqual((disk[1][0], disk[2][0], disk[3][0]), ("S", "D", "R"))
         self.assertGreater(disk[3][1], disk[1][1])  # one mod-sequence each, in order
-        self.assertIn("b1 OK STORE completed", self.b.lines())
+        self.assertGreater(disk[2][1], disk[3][1])
+        self.assertEqual(self.a.lines()[-1], "a1 OK STORE completed")
+        self.assertEqual(self.b.lines()[-1], "b1 OK STORE completed")
+        self.assertEqual(c.lines()[-1], "c1 OK STORE completed")
         self.assertNotIn("fsync", self.on_reactor)
+        # the lock is released when no write follows
+        self.assertFalse((self.store.root / "example.org/alice" / uidlist.LOCKNAME).exists())
 
     def test_expunge(self) -> None:
         self.a.send("a1 STORE 1 +FLAGS.SILENT (\\Deleted)\r\n")

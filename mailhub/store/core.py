@@ -150,30 +150,42 @@ def tick() -> int:
 
 class FolderLock:
     """``FolderCore.lock()``: the dotlock as a context manager. On the reactor thread, with
-    the store's worker (``StoreSettings.offload``) and a folder that defers its writes, the
-    list serialised under it (``UidIndex.save``) and the directories to fsync
-    (``fsync_later``) go to the worker with the lock when the block ends: the worker fsyncs
-    them, writes the list durably and only then releases the lock (uidwriter.Flush). The
-    reactor never waits for the disk; until the worker is done every look at the folder
-    meets ``uidwriter.Flushing`` (a ``LockBusy``), so nothing of it is told before it is on
-    disk."""
+    the store's worker (``StoreSettings.offload``) and a caller within
+    ``Folder.deferring()``, the list changed under it (``UidIndex.save``) and the
+    directories to fsync (``fsync_later``) go to the worker with the lock when the block
+    ends: the worker fsyncs them and writes the list durably (uidwriter.Flush). The reactor
+    never waits for the disk; until the write is done every look at the folder meets
+    ``uidwriter.Flushing`` (a ``LockBusy``), so nothing of it is told before it is on disk.
 
-    __slots__ = ("core", "dot")
+    Group commit: while a write is in flight the lock stays ours, and a deferring change
+    made meanwhile joins the next write (``core.next``), started when the one in flight
+    ends; the lock is released when no write follows. Nobody else can change the list
+    while we hold it, so the list in memory is the one to write. Changes stop joining once
+    a look is waiting (``Flush.looks_waiting``), so looks wait for at most two writes."""
+
+    __slots__ = ("core", "dot", "joined")
 
     def __init__(self, core: FolderCore, dot: DotLock) -> None:
         self.core = core
         self.dot = dot
+        self.joined = False
 
     def __enter__(self) -> DotLock:
         core = self.core
-        if core.flush is not None:
-            raise core.flush.busy()
-        self.dot.acquire()
-        core.deferring = (
+        deferring = (
             core.defer_writes is not None
             and core.settings.offload.run is not None
             and on_reactor_thread()
         )
+        flush = core.flush
+        if flush is not None:
+            if not deferring or core.looks_waiting():
+                raise core.last_flush().busy(look=False)
+            self.joined = True
+            self.dot = flush.lock
+        else:
+            self.dot.acquire()
+        core.deferring = deferring
         core.unsaved, core.later_dirs = None, []
         return self.dot
 
@@ -184,18 +196,25 @@ class FolderLock:
         tb: TracebackType | None,
     ) -> None:
         core = self.core
-        data, dirs = core.unsaved, core.later_dirs
+        unsaved, dirs = core.unsaved, core.later_dirs
         core.deferring, core.unsaved, core.later_dirs = False, None, []
-        if exc_type is None and (data is not None or dirs):
-            from mailhub.store import uidwriter  # (uidwriter imports this module)
+        from mailhub.store import uidwriter  # (uidwriter imports this module)
 
-            # The worker releases the lock; the command waits for the write.
-            flush = uidwriter.start_flush(core, self.dot, data, dirs)
+        if self.joined:
+            # (With an exception too: what changed in memory matches the disk's files.)
+            if unsaved is not None or dirs:
+                flush = uidwriter.join_next(core, unsaved is not None, dirs)
+                if core.defer_writes is not None:
+                    core.defer_writes.append(flush.wait())
+            return
+        if exc_type is None and (unsaved is not None or dirs):
+            # The command waits for the write; the lock is released after it.
+            flush = uidwriter.start_flush(core, self.dot, unsaved, dirs)
             if core.defer_writes is not None:
                 core.defer_writes.append(flush.wait())
             return
         try:
-            if data is not None:
+            if unsaved is not None:
                 # Failed after changing the list in memory: read it again from the file.
                 core.list_stamp = None
                 core.changed_by_us()
@@ -255,8 +274,9 @@ class FolderCore:
         # ``fsync_later`` collects directories for the worker to fsync first.
         self.defer_writes: list[Deferred[None]] | None = None
         self.flush: Flush | None = None
+        self.next: Flush | None = None  # changes made while ``flush`` runs: written after
         self.deferring = False
-        self.unsaved: bytes | None = None
+        self.unsaved: tuple[UidList, list[str] | None] | None = None  # (list, record lines)
         self.later_dirs: list[str] = []
 
     def not_found(self) -> FolderNotFound:
@@ -290,6 +310,15 @@ class FolderCore:
         A context manager; on the reactor thread of a store with a worker, a UID-list write
         made under it is handed to the worker with the lock (``FolderLock``)."""
         return FolderLock(self, self.dotlock(self.path / uidlist.LOCKNAME))
+
+    def last_flush(self) -> Flush:
+        """The write a look must wait for: the next one if changes wait for it."""
+        last = self.next or self.flush
+        assert last is not None
+        return last
+
+    def looks_waiting(self) -> bool:
+        return any(f is not None and f.looks_waiting for f in (self.flush, self.next))
 
     def fsync_later(self, directory: str) -> None:
         """Make ``directory``'s entries durable: now, or under the lock while writes are

@@ -117,7 +117,11 @@ class FlagStore:
     ) -> StoreOutcome:
         core = self.core
         wanted = sorted(set(uids))
-        self.syncer.sync()
+        if core.flush is None:
+            self.syncer.sync()
+        # (else our write in flight holds the lock, and a deferring STORE joins the next
+        # one with what this process knows of the folder: core.FolderLock; a file renamed by
+        # another process meanwhile is found again by _change_one)
         with core.lock():
             lst = self.index.reload()
             if lst is None:  # lost or corrupt: rebuild it (new UIDVALIDITY) like sync() would

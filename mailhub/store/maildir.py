@@ -147,8 +147,8 @@ class Folder:
     def flushed(self) -> Deferred[None] | None:
         """A Deferred that fires (never fails) when this process's write of the UID list in
         flight has ended (``deferring``); None when there is none."""
-        flush = self._core.flush
-        return None if flush is None else flush.busy().wait
+        core = self._core
+        return None if core.flush is None else core.last_flush().busy(look=False).wait
 
     def written(self) -> Deferred[None] | None:
         """A Deferred that fires when the worker's UID-list write in flight has ended (and

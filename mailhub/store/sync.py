@@ -47,7 +47,7 @@ class Syncer:
         list must change, leave that to a worker (uidwriter.py) if the store has one."""
         core = self.core
         if core.flush is not None:
-            raise core.flush.busy()  # our own change is on its way to disk (uidwriter.Flush)
+            raise core.last_flush().busy()  # our own change is on its way to disk (uidwriter.Flush)
         if not assign and core.settings.offload.run is None:
             assign = True  # no worker: as ever
         began = tick()
@@ -68,7 +68,7 @@ class Syncer:
             self.reconcile(taken, assign)
         if core.flush is not None and taken is None:
             # This look changed the list: it is told once the worker has written it.
-            raise core.flush.busy()
+            raise core.last_flush().busy()
         assert core.state is not None
         core.looked = began
         return core.state
@@ -166,7 +166,7 @@ class Syncer:
         if run is None:
             return None
         if core.flush is not None:
-            return core.flush.busy().wait
+            return core.last_flush().busy().wait
         if core.job is not None:
             return core.job.wait()
         changed = False
