@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mailhub.safeio import fsync_dir, write_new_file
+from mailhub.store import core as store_core
 from mailhub.store import names, uidlist
 from mailhub.store.changes import StoreChanges
 from mailhub.store.dotlock import DotLock
@@ -407,3 +408,159 @@ class ExpungedMeanwhile(OffThreadCase):
         self.assertEqual(self.list_uids(), [])
         self.assertEqual([m.uid for m in mine.sync(assign=False).messages], [])
         self.assertEqual(theirs.sync().uidnext, 2)
+
+
+class CommandsWriteInTheWorker(OffThreadCase):
+    """STORE, EXPUNGE, APPEND, COPY and MOVE change the folder on the reactor under its lock,
+    and hand the list's write (and the directories' fsyncs) to the worker with the lock
+    (``uidwriter.Flush``): no fsync on the reactor, the answer only once it is on disk, and
+    no other session told of the change before that."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        # The test's thread is the reactor's (trial's reactor does not mark it as such).
+        main = threading.main_thread()
+        self.patch(store_core, "on_reactor_thread", lambda: threading.current_thread() is main)
+        folder = self.folder()
+        for n in range(3):
+            folder.append(message(f"m{n}"))
+        self.a = self.selected()
+        self.b = self.selected()
+        del self.on_reactor[:], self.off_reactor[:]
+
+    def selected(self) -> Any:
+        client = self.connect()
+        client.command(f"LOGIN {USER} secret")
+        client.send("s SELECT INBOX\r\n")
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(client.lines()[-1], "s OK [READ-WRITE] SELECT completed")
+        return client
+
+    def on_disk(self) -> dict[int, tuple[str, int]]:
+        """UID -> (flag letters, mod-sequence) in the list file."""
+        lst = uidlist.load(Path(self.store.root / "example.org/alice" / uidlist.FILENAME))
+        assert lst is not None
+        return {r.uid: ("".join(sorted(r.flags or "")), r.modseq) for r in lst.records.values()}
+
+    def test_store_is_answered_and_told_after_the_write(self) -> None:
+        before = self.on_disk()
+        self.a.send("a1 STORE 2 +FLAGS (\\Flagged)\r\n")
+        self.b.send("b1 NOOP\r\n")
+        self.assertEqual(self.a.lines(), [])  # not on disk yet: nothing said
+        self.assertEqual(self.b.lines(), [])  # nor to another session
+        self.assertEqual(self.on_disk(), before)
+        self.assertEqual(self.worker.jobs and len(self.worker.queued), 1)
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.on_disk()[2][0], "F")
+        self.assertEqual(
+            self.a.lines(), ["* 2 FETCH (FLAGS (\\Flagged \\Recent))", "a1 OK STORE completed"]
+        )
+        self.assertEqual(
+            self.b.lines(), ["* 2 FETCH (UID 2 FLAGS (\\Flagged))", "b1 OK NOOP completed"]
+        )
+        self.assertNotIn("fsync", self.on_reactor)
+        self.assertIn("fsync", self.off_reactor)
+
+    def test_changes_while_a_write_runs_are_written_together_after_it(self) -> None:
+        c = self.selected()
+        jobs = self.worker.jobs
+        self.a.send("a1 STORE 1 +FLAGS (\\Seen)\r\n")
+        self.b.send("b1 STORE 3 +FLAGS (\\Answered)\r\n")
+        c.send("c1 STORE 2 +FLAGS (\\Draft)\r\n")
+        # b and c changed the folder under our lock, still held by a's write: they join
+        # the next write, started once a's is done
+        self.assertEqual(len(self.worker.queued), 1)
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(len(self.worker.queued), 1)
+        self.assertEqual(self.b.lines() + c.lines(), [])  # not on disk yet
+        self.assertEqual(self.on_disk()[1][0], "S")
+        self.assertEqual((self.on_disk()[2][0], self.on_disk()[3][0]), ("", ""))
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.worker.jobs - jobs, 2)  # three STOREs, two writes
+        disk = self.on_disk()
+        self.assertEqual((disk[1][0], disk[2][0], disk[3][0]), ("S", "D", "R"))
+        self.assertGreater(disk[3][1], disk[1][1])  # one mod-sequence each, in order
+        self.assertGreater(disk[2][1], disk[3][1])
+        self.assertEqual(self.a.lines()[-1], "a1 OK STORE completed")
+        self.assertEqual(self.b.lines()[-1], "b1 OK STORE completed")
+        self.assertEqual(c.lines()[-1], "c1 OK STORE completed")
+        self.assertNotIn("fsync", self.on_reactor)
+        # the lock is released when no write follows
+        self.assertFalse((self.store.root / "example.org/alice" / uidlist.LOCKNAME).exists())
+
+    def test_expunge(self) -> None:
+        self.a.send("a1 STORE 1 +FLAGS.SILENT (\\Deleted)\r\n")
+        self.worker.release()
+        self.clock.advance(0)
+        self.a.lines()
+        del self.on_reactor[:]
+        self.a.send("a2 EXPUNGE\r\n")
+        self.assertEqual(self.a.lines(), [])
+        self.assertEqual(sorted(self.on_disk()), [1, 2, 3])
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.a.lines(), ["* 1 EXPUNGE", "a2 OK EXPUNGE completed"])
+        self.assertEqual(sorted(self.on_disk()), [2, 3])
+        self.assertNotIn("fsync", self.on_reactor)
+
+    def test_append_and_copy_name_uids_that_are_on_disk(self) -> None:
+        literal = message("new")
+        self.a.send(f"a1 APPEND INBOX {{{len(literal)}+}}\r\n".encode() + literal + b"\r\n")
+        self.clock.advance(0)
+        self.assertEqual(self.a.lines(), [])
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertIn(4, self.on_disk())
+        self.assertTrue(self.a.lines()[-1].startswith("a1 OK [APPENDUID "))
+        self.a.command("CREATE Other")
+        self.folder("Other").sync()  # (its first, empty list)
+        del self.on_reactor[:]
+        self.a.send("a3 COPY 1 Other\r\n")
+        for _ in range(3):  # (the new folder's first list, then the copy's UID)
+            self.clock.advance(0)
+            self.worker.release()
+        self.clock.advance(0)
+        self.assertTrue(self.a.lines()[-1].startswith("a3 OK [COPYUID "))
+        other = uidlist.load(Path(self.store.root / "example.org/alice/.Other" / uidlist.FILENAME))
+        assert other is not None
+        self.assertEqual([r.uid for r in other.records.values()], [1])
+        # (COPY's links are still fsync'd on the reactor: one directory fsync)
+        self.assertEqual(self.on_reactor.count("fsync"), 1)
+
+    def test_a_failed_write_fails_the_command_and_frees_the_lock(self) -> None:
+        from twisted.internet.defer import fail
+
+        self.store.settings.offload.run = lambda f, *a: fail(OSError(28, "No space left"))
+        self.a.send("a1 STORE 2 +FLAGS (\\Flagged)\r\n")
+        self.clock.advance(0)
+        # (the rename is on disk: the look after the command tells it)
+        self.assertEqual(self.a.lines()[-1], "a1 NO [SERVERBUG] Internal server error")
+        self.flushLoggedErrors(OSError)
+        self.store.settings.offload.run = None
+        self.a.send("a2 STORE 3 +FLAGS (\\Flagged)\r\n")  # the lock is free again
+        self.clock.advance(0)
+        self.assertEqual(self.a.lines()[-1], "a2 OK STORE completed")
+        self.assertEqual(self.on_disk()[3][0], "F")
+
+    def test_fetch_that_sets_seen_and_close(self) -> None:
+        self.a.send("a1 FETCH 1 (BODY[HEADER.FIELDS (SUBJECT)])\r\n")
+        self.assertEqual(self.a.lines(), [])  # \Seen is not on disk yet
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.on_disk()[1][0], "S")
+        self.assertEqual(self.a.lines()[-1], "a1 OK FETCH completed")
+        self.a.send("a2 STORE 2 +FLAGS.SILENT (\\Deleted)\r\n")
+        self.worker.release()
+        self.clock.advance(0)
+        self.a.lines()
+        self.a.send("a3 CLOSE\r\n")
+        self.assertEqual(self.a.lines(), [])
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.a.lines(), ["a3 OK CLOSE completed"])
+        self.assertEqual(sorted(self.on_disk()), [1, 3])
+        self.assertNotIn("fsync", self.on_reactor)

@@ -54,7 +54,10 @@ async def fetch_messages(session: IMAPServerProtocol, items: list[Item], *, uid:
     if request.sets_seen and not view.readonly:
         unseen = [u for _, u in pairs if "S" not in view.infos[u].flags and not view.gone(u)]
         if unseen:
-            outcome = view.folder.store_flags(unseen, "add", ["S"])
+            # (the list written by the store's worker: nothing told before it is on disk)
+            outcome, written = view.folder.deferred(view.folder.store_flags, unseen, "add", ["S"])
+            for d in written:
+                await d
             session.write_all(view.update(outcome.infos))  # FLAGS if keywords are new
             request = _with_flags(request)
     if session.condstore and request.flags and not request.modseq:

@@ -327,7 +327,10 @@ async def close(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Don
         # RFC 3501 6.4.2: expunge silently, no EXPUNGE responses.
         deleted = [uid for uid in view.uids if "T" in view.infos[uid].flags]
         if deleted:
-            view.folder.expunge(deleted, by=view)
+            # (the list written by the store's worker; answered once it is on disk)
+            _, written = view.folder.deferred(lambda: view.folder.expunge(deleted, by=view))
+            for d in written:
+                await d
     session.deselect()
     return Done("OK", "CLOSE completed", sync=False)
 

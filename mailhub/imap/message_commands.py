@@ -7,9 +7,9 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 
 from mailhub.imap import arguments as A
 from mailhub.imap import fetch_command, search_command, sort_command
@@ -21,12 +21,14 @@ from mailhub.imap.view import split_flags
 from mailhub.store import FolderNotFound, StoreError
 from mailhub.store.core import tick
 from mailhub.store.errors import LockBusy, MessageGone
-from mailhub.store.maildir import SpoolFile
+from mailhub.store.maildir import Folder, SpoolFile
 
 if TYPE_CHECKING:
     from mailhub.imap.protocol import IMAPServerProtocol
 
 COMMANDS = CommandTable()
+T = TypeVar("T")
+Written = list[Deferred[None]]  # the Deferreds of a command's list writes (Folder.deferring)
 
 
 @COMMANDS.command("APPEND", AUTHED)
@@ -65,7 +67,8 @@ async def append(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
         raise
     try:
         # adopt() only names the placed file's UID under the folder lock: safe to run again.
-        uid = await session.unlocked(lambda: folder.adopt(placement))
+        uid, written = await session.unlocked(lambda: _deferring(folder, folder.adopt, placement))
+        await _durable(written)
         # Its UIDVALIDITY from a look that may meet the lock busy too (another process or
         # the store's worker giving newer mail its UID): waited for on the clock as well,
         # not OK without APPENDUID (RFC 4315 3). No lock needed: the list holds the UID.
@@ -85,10 +88,23 @@ async def append(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Do
 @COMMANDS.command("EXPUNGE", (SELECTED,))
 async def expunge(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
     A.expect_count(items, 0)
-    return _expunge(session, None)
+    return await _expunge(session, None)
 
 
-def _expunge(session: IMAPServerProtocol, uids: set[int] | None) -> Done:
+def _deferring(folder: Folder, f: Callable[..., T], *args: Any) -> tuple[T, Written]:
+    """``f(*args)`` with the folder's list writes left to the store's worker
+    (``Folder.deferring``), and the writes it started: the command waits for them
+    (``_durable``) before it tells anything of its change. A failed write fails the
+    command (NO [SERVERBUG]); other sessions' looks wait for it (``Flushing``)."""
+    return folder.deferred(f, *args)
+
+
+async def _durable(written: Written) -> None:
+    for d in written:
+        await d
+
+
+async def _expunge(session: IMAPServerProtocol, uids: set[int] | None) -> Done:
     view = session.selected_view()
     if view.readonly:
         return Done("NO", "Mailbox is read-only", "READ-ONLY")
@@ -98,7 +114,8 @@ def _expunge(session: IMAPServerProtocol, uids: set[int] | None) -> Done:
         if "T" in view.infos[uid].flags and (uids is None or uid in uids)
     ]  # fmt: skip
     if deleted:
-        view.folder.expunge(deleted, by=view)
+        _, written = _deferring(view.folder, lambda: view.folder.expunge(deleted, by=view))
+        await _durable(written)
     return Done("OK", "EXPUNGE completed")
 
 
@@ -117,7 +134,12 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
         # On reactor timers while the lock is busy (the store's worker, another process):
         # UID COPY and MOVE are not run again, so a LockBusy here would be their answer.
         view = session.selected_view()
-        session.write_all(await session.unlocked(lambda: view.sync(allow_expunge=True)))
+        # (a look that changes the list leaves its write to the worker and meets Flushing:
+        # tried again once it is on disk)
+        lines, _ = await session.unlocked(
+            lambda: view.folder.deferred(lambda: view.sync(allow_expunge=True))
+        )
+        session.write_all(lines)
     if sub == "FETCH":
         return await fetch_command.fetch_messages(session, rest, uid=True)
     if sub == "SEARCH":
@@ -125,20 +147,20 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
     if sub in sort_command.UID_COMMANDS:  # SORT, THREAD (RFC 5256)
         return await sort_command.UID_COMMANDS[sub](session, rest, uid=True)
     if sub == "STORE":
-        return _store(session, rest, uid=True)
+        return await _store(session, rest, uid=True)
     if sub in ("COPY", "MOVE"):
         settled = await _settle_for_copy(session, rest)
         return await _copy(session, rest, uid=True, move=sub == "MOVE", since=settled)
     if sub == "EXPUNGE":
         A.expect_count(rest, 1)
         pairs = session.selected_view().select(A.sequence_set(rest[0]), uid=True)
-        return _expunge(session, {u for _, u in pairs})
+        return await _expunge(session, {u for _, u in pairs})
     raise ParseError(f"unknown UID command {sub[:20]}")
 
 
 @COMMANDS.command("STORE", (SELECTED,))
 async def store(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Done:
-    return _store(session, items, uid=False)
+    return await _store(session, items, uid=False)
 
 
 @COMMANDS.command("COPY", (SELECTED,))
@@ -164,11 +186,22 @@ async def _settle_for_copy(session: IMAPServerProtocol, items: list[Item]) -> in
         target = session.box().folder(A.mailbox(items[1]))
     except (ParseError, IndexError, StoreError):
         return settled  # _copy answers that
-    await session.settle(session.selected_view().folder, target)
-    return settled
+    source = session.selected_view().folder
+    while True:
+        await session.settle(source, target)
+        # Neither may be mid-write (uidwriter.Flush) when the copies are linked: a look
+        # meeting it then would answer the command NO. One reactor turn from here on.
+        pending = [d for d in (source.flushed(), target.flushed()) if d is not None]
+        if not pending:
+            return settled
+        for d in pending:
+            try:
+                await d
+            except Exception:
+                pass  # (the command that made that change answers it; we look again)
 
 
-def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done:
+async def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done:
     if len(items) < 2:
         raise ParseError("STORE needs a sequence set, an item and flags")
     view = session.selected_view()
@@ -183,9 +216,13 @@ def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -> Done
     letters, keywords = split_flags(request.flags)
     live = [u for _, u in pairs if not view.gone(u)]
     told = {u: view.infos[u] for u in live}  # what the client knows, before the change
-    outcome = view.folder.store_flags(
-        live, request.mode, letters, keywords, unchanged_since=request.unchanged_since
+    outcome, written = _deferring(
+        view.folder,
+        lambda: view.folder.store_flags(
+            live, request.mode, letters, keywords, unchanged_since=request.unchanged_since
+        ),
     )
+    await _durable(written)  # (the worker writes the list: nothing told before)
     # new keywords (ours or another session's) are announced before a FETCH shows them
     session.write_all(view.update(outcome.infos))
     refused = set(outcome.modified)
@@ -251,9 +288,11 @@ async def _copy(
     validity = 0
     try:
         if links:
-            copied, validity = await session.unlocked(
-                lambda: (target.adopt_copies(links), target.sync().uidvalidity)
+            adopted, validity = await session.unlocked(
+                lambda: (_deferring(target, target.adopt_copies, links), target.sync().uidvalidity)
             )
+            copied, written = adopted
+            await _durable(written)
     except LockBusy:
         if len(links) < len(uids) and not uid and not move:
             raise  # EXPUNGEISSUED below needs the copies' UIDs to take them back
@@ -271,7 +310,8 @@ async def _copy(
             session.write(utf8(f"* OK [{code}] Moved\r\n"))
         moved = [s for s, _ in links]
         if moved:
-            view.folder.expunge(moved, by=view)
+            _, written = _deferring(view.folder, lambda: view.folder.expunge(moved, by=view))
+            await _durable(written)
         return Done("OK", "MOVE completed")
     if copied is not None and len(copied) < len(uids) and not uid:
         # RFC 3501 6.4.7: a COPY that fails leaves the destination as it was.

@@ -446,7 +446,13 @@ class IMAPServerProtocol(Protocol, TimeoutMixin, HandshakeDeadline):
             view = self.view
             try:
                 # The lock may be busy (new mail needs UIDs): wait on timers, as commands do.
-                lines = await self.unlocked(lambda: view.sync(allow_expunge=allow, since=started))
+                # A look that changes the list leaves its write to the store's worker and
+                # meets Flushing (a LockBusy): tried again once that write is on disk.
+                lines, _ = await self.unlocked(
+                    lambda: view.folder.deferred(
+                        lambda: view.sync(allow_expunge=allow, since=started)
+                    )
+                )
             except UidValidityChanged:
                 self.bye("Mailbox UIDVALIDITY changed; please reselect")
                 return
@@ -506,7 +512,8 @@ class IMAPServerProtocol(Protocol, TimeoutMixin, HandshakeDeadline):
     async def settle(self, *folders: Folder) -> None:
         """Sync the folders, waiting (on reactor timers) while their locks are busy."""
         for folder in folders:
-            await self.unlocked(folder.sync)
+            # (its write of the list, if it must change, in the store's worker)
+            await self.unlocked(lambda folder=folder: folder.deferred(folder.sync))  # type: ignore[misc]
 
     def deselect(self) -> None:
         self._leave_view()

@@ -14,19 +14,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, count
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from mailhub.safeio import fsync_dir
 from mailhub.store import names, uidlist
 from mailhub.store.cache import FolderCache
-from mailhub.store.dotlock import DotLock
+from mailhub.store.dotlock import DotLock, on_reactor_thread
 from mailhub.store.errors import FolderNotFound, LockTimeout
 from mailhub.store.folderstate import FolderState, MessageInfo, StoreSettings
 from mailhub.store.uidlist import UidList
 
 if TYPE_CHECKING:
-    from mailhub.store.uidwriter import Job
+    from mailhub.store.uidwriter import Flush, Job
 
 log = Logger()
 
@@ -145,6 +148,82 @@ def tick() -> int:
     return next(_ticks)
 
 
+class FolderLock:
+    """``FolderCore.lock()``: the dotlock as a context manager. On the reactor thread, with
+    the store's worker (``StoreSettings.offload``) and a caller within
+    ``Folder.deferring()``, the list changed under it (``UidIndex.save``) and the
+    directories to fsync (``fsync_later``) go to the worker with the lock when the block
+    ends: the worker fsyncs them and writes the list durably (uidwriter.Flush). The reactor
+    never waits for the disk; until the write is done every look at the folder meets
+    ``uidwriter.Flushing`` (a ``LockBusy``), so nothing of it is told before it is on disk.
+
+    Group commit: while a write is in flight the lock stays ours, and a deferring change
+    made meanwhile joins the next write (``core.next``), started when the one in flight
+    ends; the lock is released when no write follows. Nobody else can change the list
+    while we hold it, so the list in memory is the one to write. Changes stop joining once
+    a look is waiting (``Flush.looks_waiting``), so looks wait for at most two writes."""
+
+    __slots__ = ("core", "dot", "joined")
+
+    def __init__(self, core: FolderCore, dot: DotLock) -> None:
+        self.core = core
+        self.dot = dot
+        self.joined = False
+
+    def __enter__(self) -> DotLock:
+        core = self.core
+        deferring = (
+            core.defer_writes is not None
+            and core.settings.offload.run is not None
+            and on_reactor_thread()
+        )
+        flush = core.flush
+        if flush is not None:
+            if not deferring or core.looks_waiting():
+                raise core.last_flush().busy(look=False)
+            self.joined = True
+            self.dot = flush.lock
+        else:
+            self.dot.acquire()
+        core.deferring = deferring
+        core.unsaved, core.later_dirs = None, []
+        return self.dot
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        core = self.core
+        unsaved, dirs = core.unsaved, core.later_dirs
+        core.deferring, core.unsaved, core.later_dirs = False, None, []
+        from mailhub.store import uidwriter  # (uidwriter imports this module)
+
+        if self.joined:
+            # (With an exception too: what changed in memory matches the disk's files.)
+            if unsaved is not None or dirs:
+                flush = uidwriter.join_next(core, unsaved is not None, dirs)
+                if core.defer_writes is not None:
+                    core.defer_writes.append(flush.wait())
+            return
+        if exc_type is None and (unsaved is not None or dirs):
+            # The command waits for the write; the lock is released after it.
+            flush = uidwriter.start_flush(core, self.dot, unsaved, dirs)
+            if core.defer_writes is not None:
+                core.defer_writes.append(flush.wait())
+            return
+        try:
+            if unsaved is not None:
+                # Failed after changing the list in memory: read it again from the file.
+                core.list_stamp = None
+                core.changed_by_us()
+            for d in dirs:
+                fsync_dir(d)
+        finally:
+            self.dot.release()
+
+
 class FolderCore:
     """One folder's identity and this process's memory of it (one per directory: sessions
     share it through the ``Folder`` that ``MailStore`` hands out; one thread only)."""
@@ -187,6 +266,18 @@ class FolderCore:
         # The tick (``tick()``) at which the last sync() that built or confirmed the state
         # began: that sync saw every change completed before it.
         self.looked = 0
+        # Writes of the UID list made under the lock on the reactor thread go to a worker
+        # with the lock (uidwriter.Flush): set by ``Folder.deferring()`` (IMAP commands,
+        # which wait for the write before they answer), with the list of the writes'
+        # Deferreds it started. While one is in flight, ``flush`` is it; under the lock,
+        # ``deferring`` says ``UidIndex.save`` only serialises (into ``unsaved``) and
+        # ``fsync_later`` collects directories for the worker to fsync first.
+        self.defer_writes: list[Deferred[None]] | None = None
+        self.flush: Flush | None = None
+        self.next: Flush | None = None  # changes made while ``flush`` runs: written after
+        self.deferring = False
+        self.unsaved: tuple[UidList, list[str] | None] | None = None  # (list, record lines)
+        self.later_dirs: list[str] = []
 
     def not_found(self) -> FolderNotFound:
         return FolderNotFound(f"folder {self.name!r} no longer exists")
@@ -214,9 +305,29 @@ class FolderCore:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def lock(self) -> DotLock:
-        """The folder's dotlock: held to change the UID list (and to compact the cache)."""
-        return self.dotlock(self.path / uidlist.LOCKNAME)
+    def lock(self) -> FolderLock:
+        """The folder's dotlock: held to change the UID list (and to compact the cache).
+        A context manager; on the reactor thread of a store with a worker, a UID-list write
+        made under it is handed to the worker with the lock (``FolderLock``)."""
+        return FolderLock(self, self.dotlock(self.path / uidlist.LOCKNAME))
+
+    def last_flush(self) -> Flush:
+        """The write a look must wait for: the next one if changes wait for it."""
+        last = self.next or self.flush
+        assert last is not None
+        return last
+
+    def looks_waiting(self) -> bool:
+        return any(f is not None and f.looks_waiting for f in (self.flush, self.next))
+
+    def fsync_later(self, directory: str) -> None:
+        """Make ``directory``'s entries durable: now, or under the lock while writes are
+        deferred, by the worker before it writes the list (answers wait for both)."""
+        if self.deferring:
+            if directory not in self.later_dirs:
+                self.later_dirs.append(directory)
+        else:
+            fsync_dir(directory)
 
     def dotlock(self, path: Path) -> DotLock:
         s = self.settings

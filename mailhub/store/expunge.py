@@ -35,11 +35,15 @@ class Expunger:
         removed, touched = self._unlink(uids, by)
         if not removed:
             return []
-        for sub in touched:  # make the removal survive a crash before we answer the client
-            fsync_dir(f"{core.dir}/{sub}")
         core.changed_by_us()
+        dirs = [f"{core.dir}/{sub}" for sub in sorted(touched)]
         try:
             with core.lock():
+                # The removal survives a crash before we answer the client (on the reactor
+                # with a worker: fsync'd by it before the list, uidwriter.Flush).
+                for d in dirs:
+                    core.fsync_later(d)
+                dirs = []
                 lst = self.index.reload()
                 if lst is not None:
                     for _, base in removed:
@@ -47,9 +51,11 @@ class Expunger:
                     lst.next_modseq()  # RFC 7162 3.1.1: HIGHESTMODSEQ grows on expunge
                     self.index.save(lst)
         except LockBusy:
-            # The files are gone (durably): the next sync() that gets the lock drops them from
-            # the list as vanished. The reactor does not wait for the lock here.
+            # The files are gone: the next sync() that gets the lock drops them from the
+            # list as vanished. The reactor does not wait for the lock here.
             log.info("UID list of {folder} updated later: lock busy", folder=core.dir)
+            for d in dirs:
+                fsync_dir(d)
         for _, base in removed:
             core.entries.pop(base, None)
         core.state = None

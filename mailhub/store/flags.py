@@ -10,7 +10,6 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-from mailhub.safeio import fsync_dir
 from mailhub.store import names
 from mailhub.store.core import FolderCore
 from mailhub.store.errors import MessageGone
@@ -118,7 +117,11 @@ class FlagStore:
     ) -> StoreOutcome:
         core = self.core
         wanted = sorted(set(uids))
-        self.syncer.sync()
+        if core.flush is None:
+            self.syncer.sync()
+        # (else our write in flight holds the lock, and a deferring STORE joins the next
+        # one with what this process knows of the folder: core.FolderLock; a file renamed by
+        # another process meanwhile is found again by _change_one)
         with core.lock():
             lst = self.index.reload()
             if lst is None:  # lost or corrupt: rebuild it (new UIDVALIDITY) like sync() would
@@ -129,11 +132,14 @@ class FlagStore:
             run = self._store_locked(lst, wanted, compute, unchanged_since, unchanged)
             if run.dirty:
                 self.index.save(lst)
+            if run.renamed:
+                # The new names survive a crash before we answer (on the reactor with a
+                # worker: fsync'd by it before it writes the list, uidwriter.Flush).
+                core.fsync_later(f"{core.dir}/cur")
         # (A rename by another reader found on the way rescanned: the state is behind.)
         current = current and not core.stale
         outcome = run.outcome()
         if run.renamed:
-            fsync_dir(f"{core.dir}/cur")  # the new names survive a crash before we answer
             core.changed_by_us()
         elif run.dirty:
             core.announce_index_change()

@@ -39,6 +39,12 @@ class BusyWait:
         if self._clock.seconds() >= self._deadline:
             raise busy
         self.tries += 1
+        wait = getattr(busy, "wait", None)
+        if wait is not None:
+            # This process's own write holds the lock (uidwriter.Flushing): its end, not a
+            # timer, says when to try again.
+            await wait
+            return
         await deferLater(self._clock, min(self._delay, self._deadline - self._clock.seconds()))
         self._delay = min(self._delay * 2, MAX_DELAY)
 

@@ -27,7 +27,8 @@ Concurrency model (several sessions, processes and nodes on one tree):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Literal, TypeVar
 
@@ -119,6 +120,35 @@ class Folder:
         no list yet to build a state from.
         """
         return self._syncer.sync(assign=assign)
+
+    @contextmanager
+    def deferring(self) -> Iterator[list[Deferred[None]]]:
+        """Within this block (on the reactor thread of a store with a worker), a change made
+        under the folder's lock leaves the UID list's write and the directories' fsyncs to
+        the worker, which holds the lock until they are done (``core.FolderLock``); until
+        then every look at the folder meets ``Flushing`` (a ``LockBusy``). Yields a list
+        that gets a Deferred for each write started in the block, firing when it is on disk
+        (failing as it failed): the caller waits for them before it tells anything of the
+        change (IMAP commands)."""
+        core = self._core
+        started: list[Deferred[None]] = []
+        core.defer_writes = started
+        try:
+            yield started
+        finally:
+            core.defer_writes = None
+
+    def deferred(self, f: Callable[..., T], *args: object) -> tuple[T, list[Deferred[None]]]:
+        """``f(*args)`` within ``deferring()``, and the Deferreds of the writes it started."""
+        with self.deferring() as started:
+            result = f(*args)
+        return result, started
+
+    def flushed(self) -> Deferred[None] | None:
+        """A Deferred that fires (never fails) when this process's write of the UID list in
+        flight has ended (``deferring``); None when there is none."""
+        core = self._core
+        return None if core.flush is None else core.last_flush().busy(look=False).wait
 
     def written(self) -> Deferred[None] | None:
         """A Deferred that fires when the worker's UID-list write in flight has ended (and

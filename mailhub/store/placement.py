@@ -160,8 +160,10 @@ class Placer:
     ) -> list[tuple[int, str]]:
         """``Folder.link_copies``: [(source uid, new base, or ``#uid`` if already known)]."""
         state = self.syncer.looked_since(since) if since is not None else None
-        # flags and keywords as of now, for the copies
-        by_uid = (state if state is not None else self.syncer.sync()).by_uid
+        # flags and keywords as of now, for the copies. A new look assigns nothing
+        # (assign=False): COPY is not run again, so it must not meet the lock or start a
+        # write of the list (uidwriter.Flushing); what it copies has UIDs already.
+        by_uid = (state if state is not None else self.syncer.sync(assign=False)).by_uid
         hostname = other.core.settings.hostname
         pending = other.core.pending_keywords
         links: list[tuple[int, str]] = []  # (source uid, new base)

@@ -46,6 +46,8 @@ class Syncer:
         cur/ first and puts the UIDs it moved in ``taken``. ``assign=False``: when the UID
         list must change, leave that to a worker (uidwriter.py) if the store has one."""
         core = self.core
+        if core.flush is not None:
+            raise core.last_flush().busy()  # our own change is on its way to disk (uidwriter.Flush)
         if not assign and core.settings.offload.run is None:
             assign = True  # no worker: as ever
         began = tick()
@@ -64,6 +66,9 @@ class Syncer:
         core.stale = True
         with _collector_paused():
             self.reconcile(taken, assign)
+        if core.flush is not None and taken is None:
+            # This look changed the list: it is told once the worker has written it.
+            raise core.last_flush().busy()
         assert core.state is not None
         core.looked = began
         return core.state
@@ -73,19 +78,26 @@ class Syncer:
         job = self.core.job
         return None if job is None else job.wait()
 
-    def state_or_sync(self) -> FolderState:
-        state = self.core.state
-        return state if state is not None else self.sync()
+    def state_or_sync(self) -> FolderState | None:
+        """The state, or a sync() when there is none - unless our own write is in flight
+        (an expunge dropped the state) and where each message is is known: reading and
+        renaming by UID need only that, and a look would meet ``Flushing``."""
+        core = self.core
+        state = core.state
+        if state is None and (core.flush is None or not core.uid_base):
+            return self.sync()
+        return state
 
     def current_state(self) -> FolderState | None:
-        return None if self.core.stale else self.core.state
+        core = self.core
+        return None if core.stale or core.flush is not None else core.state
 
     def looked_since(self, mark: int) -> FolderState | None:
         """The state if a sync() that began after tick ``mark`` built or confirmed it, our
         own changes since are applied (not stale) and no worker is adding to it (not
         partial); else None."""
         core = self.core
-        if core.looked > mark and not core.stale and not core.partial:
+        if core.looked > mark and not core.stale and not core.partial and core.flush is None:
             return core.state
         return None
 
@@ -153,6 +165,8 @@ class Syncer:
         run = core.settings.offload.run
         if run is None:
             return None
+        if core.flush is not None:
+            return core.last_flush().busy().wait
         if core.job is not None:
             return core.job.wait()
         changed = False

@@ -55,6 +55,10 @@ class UidIndex:
     def reload(self) -> UidList | None:
         """The on-disk list, re-read only if the file changed. None if missing or corrupt."""
         core = self.core
+        if core.flush is not None and core.list is not None:
+            # Our writes in flight hold the lock: nobody else changed it, and the list in
+            # memory has changes the file may not have yet (core.FolderLock).
+            return core.list
         stamp = core.list_file_stamp()
         if stamp is not None and stamp == core.list_stamp and core.list is not None:
             return core.list
@@ -76,6 +80,12 @@ class UidIndex:
 
     def save(self, lst: UidList, records: list[str] | None = None) -> None:
         core = self.core
+        if core.deferring:
+            # Under a FolderLock on the reactor: the worker writes it when the lock block
+            # ends (uidwriter.Flush); its stamp is taken then.
+            core.unsaved = (lst, records)
+            core.list = lst
+            return
         uidlist.save(core.list_path(), lst, core.settings.hostname, records)
         core.list, core.list_stamp = lst, core.list_file_stamp()
 

@@ -22,6 +22,7 @@ Without a worker (``Offload.run`` None: tools, most tests) a look assigns inline
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailhub.safeio import atomic_write, fsync_dir
+from mailhub.store import uidlist
 from mailhub.store.core import Files, FolderCore
+from mailhub.store.dotlock import DotLock
 from mailhub.store.errors import LockBusy, LockTimeout, StoreError
 from mailhub.store.folderstate import StoreSettings
 from mailhub.store.scan import Scanner
@@ -155,11 +159,16 @@ def _finish(result: Written | Failure, core: FolderCore, job: Job) -> None:
     core.agreed = None
     agreed = False
     if isinstance(result, Written):
-        core.list, core.list_stamp = result.lst, result.stamp
+        # (While our own writes hold the lock - core.flush - the list in memory is newer
+        # than this one, made before we took the lock: keep it.)
+        installed = core.flush is None
+        if installed:
+            core.list, core.list_stamp = result.lst, result.stamp
         scans = core.scans
         listings = job.listings
         if (
-            result.as_given
+            installed
+            and result.as_given
             and listings is not None
             and scans["new"].listing is listings[0]
             and scans["cur"].listing is listings[1]
@@ -194,3 +203,168 @@ def _finish(result: Written | Failure, core: FolderCore, job: Job) -> None:
             listener()
         except Exception:
             log.failure("UID list listener failed")
+
+
+# --- writes made under the lock on the reactor thread (STORE, EXPUNGE, APPEND, COPY...) ---
+
+
+class Flushing(LockBusy):
+    """The folder's UID list, changed by a command of this process, is being written by a
+    worker (``Flush``), which holds the folder's lock: nothing of the change may be told
+    before it is on disk, so every look and lock meets this ``LockBusy`` until then.
+    ``wait`` fires (never fails) when the write has ended: the retry waits for that
+    instead of a timer (``mailhub.store.lockwait``)."""
+
+    def __init__(self, message: str, path: object, wait: Deferred[None]) -> None:
+        super().__init__(message, path)
+        self.wait = wait
+
+
+@dataclass
+class Flush:
+    """One write of a folder's list by a worker, under the lock the reactor took for it
+    (held until no write follows: core.FolderLock)."""
+
+    path: str
+    lock: DotLock
+    dirty: bool = False  # the list is to be written (else only ``dirs`` fsync'd)
+    records: list[str] | None = None  # its record lines, when the change rendered them
+    dirs: list[str] = field(default_factory=list)
+    lst: UidList | None = None  # the list written (its stamp is known at the end)
+    waiters: list[Deferred[None]] = field(default_factory=list)
+    quiet: list[Deferred[None]] = field(default_factory=list)
+    looks_waiting: bool = False
+    failure: Failure | None = None
+    done: bool = False
+
+    def wait(self) -> Deferred[None]:
+        """Fires when the write has ended; fails as it failed (the command that made the
+        change answers with it)."""
+        d: Deferred[None] = Deferred()
+        if not self.done:
+            self.waiters.append(d)
+        elif self.failure is not None:
+            d.errback(self.failure)
+        else:
+            d.callback(None)
+        return d
+
+    def busy(self, *, look: bool = True) -> Flushing:
+        """The LockBusy to raise for a look (``look``) or a change that cannot join."""
+        d: Deferred[None] = Deferred()
+        if self.done:
+            d.callback(None)
+        else:
+            self.quiet.append(d)
+            self.looks_waiting |= look
+        return Flushing(f"{self.path}: UID list being written", self.path, d)
+
+
+def start_flush(
+    core: FolderCore,
+    lock: DotLock,
+    unsaved: tuple[UidList, list[str] | None] | None,
+    dirs: list[str],
+) -> Flush:
+    """Reactor thread, at the end of a lock hold that deferred its writes (core.FolderLock):
+    a worker fsyncs ``dirs`` and writes the list (``unsaved``), holding ``lock``."""
+    assert core.flush is None
+    flush = core.flush = Flush(core.dir, lock, unsaved is not None, dirs=list(dirs))
+    if unsaved is not None:
+        flush.records = unsaved[1]
+    _run(core, flush)
+    return flush
+
+
+def join_next(core: FolderCore, dirty: bool, dirs: list[str]) -> Flush:
+    """A change made while a write is in flight, with our lock: written right after it."""
+    assert core.flush is not None
+    nxt = core.next
+    if nxt is None:
+        nxt = core.next = Flush(core.dir, core.flush.lock)
+    nxt.dirty |= dirty
+    nxt.records = None  # (the whole list is rendered: it holds every change since)
+    nxt.dirs.extend(d for d in dirs if d not in nxt.dirs)
+    return nxt
+
+
+def _run(core: FolderCore, flush: Flush) -> None:
+    run = core.settings.offload.run
+    assert run is not None
+    data = None
+    if flush.dirty and core.list is not None:
+        flush.lst = core.list
+        data = uidlist.serialise(core.list, flush.records)
+    d = run(flush_list, core.list_path(), data, core.settings.hostname, flush.dirs)
+    d.addBoth(_flushed, core, flush)
+
+
+def flush_list(
+    path: Path, data: bytes | None, hostname: str, dirs: list[str]
+) -> tuple[int, int, int] | None:
+    """Worker thread: the directories' entries durable first (an expunge's unlinks before
+    the list that forgets them: a crash between leaves the list naming files that are gone,
+    which the next look drops), then the list replaced durably (atomic_write). Returns the
+    new list file's stamp. (The reactor releases the lock when no write follows.)"""
+    for d in dirs:
+        fsync_dir(d)
+    if data is None:
+        return None
+    atomic_write(path, data, hostname)
+    st = os.stat(path)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _flushed(result: tuple[int, int, int] | Failure | None, core: FolderCore, flush: Flush) -> None:
+    """Reactor thread: the write ended. The next one starts (changes made meanwhile, same
+    lock) or the lock is released; waiters and listeners are told."""
+    flush.done = True
+    if isinstance(result, Failure):
+        flush.failure = result
+        log.warn("UID list of {folder} not written: {why}", folder=core.dir, why=result.value)
+        core.list_stamp = None  # (if no write follows: the file is read again)
+        core.changed_by_us()
+    elif result is not None and core.list is flush.lst:
+        core.list_stamp = result
+    nxt, core.next = core.next, None
+    if nxt is not None and core.flush is flush:
+        core.flush = nxt  # (it writes the list in memory: every change so far)
+        try:
+            _run(core, nxt)
+        except Exception:
+            log.failure("writing the UID list of {folder} failed", folder=core.dir)
+            core.flush = None
+            nxt.done, nxt.failure = True, Failure()
+            _release(flush.lock, core)
+            _tell(nxt, nxt.failure)
+    else:
+        if core.flush is flush:
+            core.flush = None
+        _release(flush.lock, core)
+    # The commands that made the change first (they answer, then look), then the looks
+    # and changes that waited for it (a change may start the next write at once).
+    _tell(flush, result)
+    if isinstance(result, Failure):
+        return
+    for listener in list(core.written_listeners):
+        try:
+            listener()
+        except Exception:
+            log.failure("UID list listener failed")
+
+
+def _release(lock: DotLock, core: FolderCore) -> None:
+    try:
+        lock.release()
+    except OSError as e:
+        log.warn("lock of {folder} not released: {e}", folder=core.dir, e=str(e))
+
+
+def _tell(flush: Flush, result: object) -> None:
+    for d in flush.waiters:
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(None)
+    for d in flush.quiet:
+        d.callback(None)
