@@ -31,7 +31,7 @@ class ReadWithSize(SynchronousTestCase):
 
     def test_any_size_reads_the_whole_file(self) -> None:
         n = len(DATA)
-        for size in (None, 0, 1, n - 1, n, n + 1, 10 * n):
+        for size in (None, 0, 1, n - 1, n, n + 1, 10 * n, 2**40):
             self.assertEqual(self.folder.read_message(self.uid, size), DATA, size)
 
     def test_file_grown_or_shrunk_since_the_index(self) -> None:

@@ -17,6 +17,7 @@ T = TypeVar("T")
 
 RETRIES = 5  # renames by others in a row before a message counts as gone
 _CHUNK = 64 * 1024
+_TRUSTED_SIZE = 1024 * 1024  # a size given by the caller is used for one read() up to this
 
 
 class MessageFiles:
@@ -105,7 +106,9 @@ def _read_to_end(fd: int, size: int | None = None) -> bytes:
     than the file holds (``size`` if given, else what fstat() says): getting no more than that
     means the end was reached. Anything else (a file that grew or shrank, a size that was wrong,
     a short read) is read on until read() returns nothing."""
-    want = (os.fstat(fd).st_size if size is None else size) + 1
+    if size is None or size > _TRUSTED_SIZE:  # (a name's S= may lie: no huge buffer on its word)
+        size = os.fstat(fd).st_size
+    want = size + 1
     data = os.read(fd, want)
     if len(data) == want - 1:
         return data
