@@ -274,6 +274,7 @@ def serve(data_dir: str, port: int) -> None:
 
     from mailhub.config import DevConfig, ListenersConfig, dev_config
     from mailhub.service import build
+    from mailhub.tap import freeze_startup_heap
 
     config = dataclasses.replace(
         dev_config(Path(data_dir)),
@@ -284,6 +285,9 @@ def serve(data_dir: str, port: int) -> None:
     service = build(config)
     service.privilegedStartService()
     service.startService()
+    # As twistd's mailhub does once its services have started (mailhub.tap.HeapFreeze): the
+    # start-up heap out of the collector's reach, or each full collection walks it again.
+    freeze_startup_heap()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
 

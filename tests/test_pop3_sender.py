@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -73,3 +75,60 @@ class Top(SynchronousTestCase):
     def test_message_without_body(self) -> None:
         self.message = b"A: 1\r\n"
         self.assertEqual(self.top(5), b"A: 1\r\n")
+
+
+def reference_wire(data: bytes) -> bytes:
+    """RFC 1939 3 spelled out one line at a time: every line end becomes CRLF (a bare LF is
+    a line end; a CR not before an LF is data), a line starting with "." gets another one, a
+    last line without its end gets one, then "." CRLF."""
+    if not data:
+        return b".\r\n"
+    *ended, last = data.split(b"\n")
+    # (a CR ends a line only before its LF: in a last line without one it is data)
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in ended]
+    if last:
+        lines.append(last)
+    out = [(b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines]
+    return b"".join(out) + b".\r\n"
+
+
+# Messages as the world writes them: CRLF and bare LF mixed, lone CRs, lines of dots, empty
+# lines and empty messages, octets of every value.
+_pieces = st.sampled_from(
+    [
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b".",
+        b"..",
+        b"\r\n.",
+        b"\n.",
+        b"\r\n.\r\n",
+        b"a",
+        b"xyz",
+        b"\x00",
+        b"\xff\xfe",
+        b"Subject: =?utf-8?q?x?=",
+        b"caf\xc3\xa9",
+        b" \t",
+    ]
+)
+messages = st.one_of(
+    st.lists(_pieces, max_size=40).map(b"".join),
+    st.binary(max_size=300),
+)
+
+
+class Differential(SynchronousTestCase):
+    """whole_message (the RETR/TOP fast path: C-speed scans of the whole message) and the
+    streamed producer answer exactly what the line-by-line reference says."""
+
+    @settings(max_examples=500, deadline=None)
+    @given(messages, st.sampled_from([b"", b"+OK 12 octets\r\n"]))
+    def test_whole_message_equals_reference(self, data: bytes, head: bytes) -> None:
+        self.assertEqual(whole_message(data, head), head + reference_wire(data))
+
+    @settings(max_examples=200, deadline=None)
+    @given(messages, st.integers(min_value=0, max_value=40))
+    def test_streamed_equals_reference(self, data: bytes, first_len: int) -> None:
+        self.assertEqual(streamed(data, first_len), reference_wire(data))

@@ -171,9 +171,10 @@ class Maildrop:
         return self._folder.open_message(entry.info.uid)
 
     def read(self, entry: Entry) -> bytes:
-        """The whole message file (one open, read and close): for messages the index says are
-        small; MessageGone if another session expunged it."""
-        return self._folder.read_message(entry.info.uid)
+        """The whole message file (one open, read and close; the index's size spares an
+        fstat): for messages the index says are small; MessageGone if another session
+        expunged it."""
+        return self._folder.read_message(entry.info.uid, entry.info.size)
 
     def mark_seen(self, entry: Entry) -> None:
         """RETR sets \\Seen for IMAP users, as Dovecot does (the Maildir S flag). Collected and

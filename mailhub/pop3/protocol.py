@@ -652,7 +652,7 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin, Handsh
             except MessageGone:
                 self._error(f"Message {entry.number} was removed by another session")
                 return None
-            write_now(self.transport, b"+OK %d octets\r\n" % entry.info.size + whole_message(data))
+            write_now(self.transport, whole_message(data, b"+OK %d octets\r\n" % entry.info.size))
             maildrop.mark_seen(entry)
             return None
         try:
@@ -672,7 +672,7 @@ class POP3ServerProtocol(FlowControlledInputPump, Protocol, TimeoutMixin, Handsh
             head = ok(f"Top of message {entry.number} follows")
         if len(first) <= WHOLE_MESSAGE_LIMIT:
             f.close()
-            write_now(self.transport, head + whole_message(first))
+            write_now(self.transport, whole_message(first, head))
             if body_lines is None:
                 maildrop.mark_seen(entry)
             return None

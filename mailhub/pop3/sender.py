@@ -40,14 +40,20 @@ def stuff(region: bytes, at_line_start: bool) -> bytes:
     return region
 
 
-def whole_message(data: bytes) -> bytes:
-    """A complete message, ready to send after the ``+OK`` line (terminator included)."""
+def whole_message(data: bytes, head: bytes = b"") -> bytes:
+    """A complete message, ready to send: ``head`` (the ``+OK`` line), the message
+    dot-stuffed with CRLF line ends, and the terminator. For the usual message (CRLF already,
+    few lines starting with a dot) three C-speed scans and one copy: a 10,000-message RETR
+    session does this 10,000 times."""
     if not data:
-        return TERMINATOR
-    data = stuff(_normalise(data), True)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"  # the terminator must start a line
-    return data + TERMINATOR
+        return head + TERMINATOR
+    if data.count(b"\n") != data.count(b"\r\n"):
+        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # bare LF -> CRLF
+    data = data.replace(b"\r\n.", b"\r\n..")  # (the same object when there is no such line)
+    if data[:1] == b".":
+        head += b"."
+    # the terminator must start a line
+    return b"".join((head, data, TERMINATOR if data[-2:] == b"\r\n" else b"\r\n" + TERMINATOR))
 
 
 class TopReader:

@@ -211,9 +211,10 @@ class Folder:
         message is renamed or expunged afterwards."""
         return self._files.open_message(uid)
 
-    def read_message(self, uid: int) -> bytes:
-        """The whole message (one open, fstat and read for the usual file)."""
-        return self._files.read_message(uid)
+    def read_message(self, uid: int, size: int | None = None) -> bytes:
+        """The whole message (one open, fstat and read for the usual file; ``size``, the
+        index's, spares the fstat)."""
+        return self._files.read_message(uid, size)
 
     # -- flags, keywords and new -> cur --------------------------------------------------------
 

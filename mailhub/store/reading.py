@@ -17,6 +17,7 @@ T = TypeVar("T")
 
 RETRIES = 5  # renames by others in a row before a message counts as gone
 _CHUNK = 64 * 1024
+_TRUSTED_SIZE = 1024 * 1024  # a size given by the caller is used for one read() up to this
 
 
 class MessageFiles:
@@ -61,26 +62,53 @@ class MessageFiles:
 
         return self.with_file(uid, op)
 
-    def read_message(self, uid: int) -> bytes:
-        """The whole message. One open, fstat and read for the usual file (no Python file
-        object: FETCH BODY[] of a big folder reads thousands)."""
-        directory = self.core.dir
-
-        def op(base: str, sub: str, fn: str) -> bytes:
-            fd = os.open(f"{directory}/{sub}/{fn}", os.O_RDONLY | os.O_CLOEXEC)
+    def read_message(self, uid: int, size: int | None = None) -> bytes:
+        """The whole message. One open, read and close for the usual file (no Python file
+        object: FETCH BODY[] of a big folder, POP3 RETR of a maildrop, read thousands);
+        ``size``, what the index says the file holds, spares the fstat() too."""
+        path = self._path(uid)
+        if path is not None:
             try:
-                return _read_to_end(fd)
-            finally:
-                os.close(fd)
+                return _read_file(path, size)
+            except FileNotFoundError:
+                pass  # renamed by another reader meanwhile: look again, as with_file does
+        directory = self.core.dir
+        return self.with_file(
+            uid, lambda base, sub, fn: _read_file(f"{directory}/{sub}/{fn}", size)
+        )
 
-        return self.with_file(uid, op)
+    def _path(self, uid: int) -> str | None:
+        """The file of ``uid`` where the last scan saw it (``where`` without the rare cases:
+        None for a message not known there or kept in tmp/)."""
+        core = self.core
+        self.syncer.state_or_sync()
+        base = core.uid_base.get(uid)
+        if base is None:
+            return None
+        entries = core.entries
+        fn = entries.cur.get(base)
+        if fn is not None:
+            return f"{core.dir}/cur/{fn}"
+        fn = entries.new.get(base)
+        return None if fn is None else f"{core.dir}/new/{fn}"
 
 
-def _read_to_end(fd: int) -> bytes:
+def _read_file(path: str, size: int | None) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _read_to_end(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _read_to_end(fd: int, size: int | None = None) -> bytes:
     """Everything from ``fd`` (a regular file) to its end. One read() asking for one byte more
-    than fstat() says is there: getting no more than that means the end was reached. Anything
-    else (a file that grew or shrank, a short read) is read on until read() returns nothing."""
-    want = os.fstat(fd).st_size + 1
+    than the file holds (``size`` if given, else what fstat() says): getting no more than that
+    means the end was reached. Anything else (a file that grew or shrank, a size that was wrong,
+    a short read) is read on until read() returns nothing."""
+    if size is None or size > _TRUSTED_SIZE:  # (a name's S= may lie: no huge buffer on its word)
+        size = os.fstat(fd).st_size
+    want = size + 1
     data = os.read(fd, want)
     if len(data) == want - 1:
         return data
