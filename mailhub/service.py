@@ -598,6 +598,7 @@ def build(config: Config, worker: WorkerRole | None = None) -> MailhubService:
     committer = GroupCommitter()
     # UID-list writes of the reactor's looks (change feed, IDLE, SELECT) run in its workers.
     store.settings.offload.run = committer.run
+    store.settings.offload.holding = committer.run_holding  # commands' writes under their lock
     sink = MaildirSink(store, committer)
     top = MailhubService(config, store, sink)
     committer.setServiceParent(top)

@@ -437,6 +437,23 @@ class CommitterServiceTests(SinkTestCase):
         gate.set()
         return defer.gatherResults([committed, stopped])
 
+    def test_work_under_a_held_lock_never_queues_behind_jobs_waiting_for_it(self):
+        # Every main-lane thread busy with a job waiting for a folder lock we hold (as
+        # uidwriter.write_list waits): the holder's write (run_holding) must still run, or
+        # both would wait until lock_timeout.
+        committer = GroupCommitter(threads=1)
+        committer.startService()
+        self.addCleanup(committer.stopService)
+        released = threading.Event()
+        waited = committer.run(released.wait, 30)  # the one main thread, "waiting for the lock"
+        held = committer.run_holding(released.set)  # the holder's write, then "the release"
+        both = defer.gatherResults([held, waited])
+        return both.addCallback(lambda results: self.assertEqual(results, [None, True]))
+
+    def test_run_holding_when_not_running(self):
+        committer = GroupCommitter(threads=1)
+        return self.assertFailure(committer.run_holding(lambda: None), DeliveryError)
+
     def test_stale_tmp_cleaner_runs_at_start(self):
         self.store.mailbox("a@example.com", create=True)
         stale = self.box("a@example.com") / "tmp" / "stale"

@@ -98,18 +98,29 @@ class GroupCommitter(Service):
     ``submit(job)`` (used by ``MaildirMessage.commit``) runs one message's file work in a
     worker and returns a Deferred that fires once the message's new/ directories have been
     fsync'd by a batch (see the module docstring). ``run(f, *args)`` runs ``f`` in a worker and
-    returns a Deferred.
+    returns a Deferred. ``run_holding(f, *args)`` does the same in a lane of its own for work
+    done while this process holds a folder's lock (the UID-list writes of a command): a job
+    in the main lane may be waiting for that very lock (uidwriter.write_list blocks on it), and
+    with every main thread so waiting, the holder's next write queued behind them would stall
+    until lock_timeout.
     """
 
-    def __init__(self, reactor: IReactorFromThreads | None = None, threads: int = 16) -> None:
+    def __init__(
+        self,
+        reactor: IReactorFromThreads | None = None,
+        threads: int = 16,
+        holding_threads: int = 2,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = cast(IReactorFromThreads, default_reactor)  # the installed reactor
         self._reactor = reactor
         self._nthreads = threads
-        self._threads: list[threading.Thread] = []
+        self._nholding = holding_threads
+        self._threads: list[tuple[threading.Thread, queue.SimpleQueue[Any]]] = []
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._holding_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._collecting = _Batch()
         self._leading = False
@@ -121,10 +132,17 @@ class GroupCommitter(Service):
 
     def startService(self) -> None:
         super().startService()
-        for i in range(self._nthreads):
-            t = threading.Thread(target=self._worker, name=f"mailhub-store-fsync-{i}")
-            t.start()
-            self._threads.append(t)
+        lanes = [
+            (self._queue, self._nthreads, "fsync"),
+            (self._holding_queue, self._nholding, "held"),
+        ]
+        for q, count, name in lanes:
+            for i in range(count):
+                t = threading.Thread(
+                    target=self._worker, args=(q,), name=f"mailhub-store-{name}-{i}"
+                )
+                t.start()
+                self._threads.append((t, q))
 
     def stopService(self) -> defer.Deferred[None]:
         """Wait for commits in flight, then stop the threads."""
@@ -139,15 +157,15 @@ class GroupCommitter(Service):
 
         def stop(_: object) -> None:
             threads, self._threads = self._threads, []
-            for _t in threads:
-                self._queue.put(_STOP)
-            for t in threads:
+            for _t, q in threads:
+                q.put(_STOP)
+            for t, _q in threads:
                 t.join()
 
         return d.addCallback(stop)
 
-    def _worker(self) -> None:
-        get = self._queue.get
+    def _worker(self, lane: queue.SimpleQueue[Any]) -> None:
+        get = lane.get
         while True:
             item = get()
             if item is _STOP:
@@ -165,11 +183,21 @@ class GroupCommitter(Service):
 
     def run(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         """Run ``f(*args)`` in a worker (reactor thread only)."""
+        return self._put(self._queue, f, args)
+
+    def run_holding(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Run ``f(*args)``, which must never wait for a lock, in the lane for work done while
+        holding a folder's lock (reactor thread only)."""
+        return self._put(self._holding_queue, f, args)
+
+    def _put(
+        self, lane: queue.SimpleQueue[Any], f: Callable[..., T], args: Any
+    ) -> defer.Deferred[T]:
         if not self.running:
             return defer.fail(DeliveryError("message store is not running"))
         self._inflight += 1
         d: defer.Deferred[T] = defer.Deferred()
-        self._queue.put((f, args, d))
+        lane.put((f, args, d))
         return d
 
     def _finish_run(self, d: defer.Deferred[Any], result: object) -> None:

@@ -75,12 +75,17 @@ class StoreOutcome:
 class Offload:
     """Where a store's UID-list writes for reactor-side looks run (mailhub.store.uidwriter):
     ``run(f, *args)`` in a worker thread, returning a Deferred; None: inline, on the caller's
-    thread (tools, tests). One per store, set once by the server when its workers start."""
+    thread (tools, tests). ``holding``: the same for writes made while holding a folder's lock,
+    in threads no job waiting for a lock can take (GroupCommitter.run_holding); None: ``run``.
+    One per store, set once by the server when its workers start."""
 
-    __slots__ = ("run",)
+    __slots__ = ("holding", "run")
 
-    def __init__(self, run: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self, run: Callable[..., Any] | None = None, holding: Callable[..., Any] | None = None
+    ) -> None:
         self.run = run
+        self.holding = holding
 
 
 @dataclass(frozen=True)

@@ -289,7 +289,8 @@ def join_next(core: FolderCore, dirty: bool, dirs: list[str]) -> Flush:
 
 
 def _run(core: FolderCore, flush: Flush) -> None:
-    run = core.settings.offload.run
+    # Our lock is held: its lane, never behind jobs that wait for that lock (write_list).
+    run = core.settings.offload.holding or core.settings.offload.run
     assert run is not None
     data = None
     if flush.dirty and core.list is not None:
