@@ -31,7 +31,7 @@ import binascii
 import functools
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -168,7 +168,63 @@ async def verify_dkim(
 ) -> list[SignatureResult]:
     """Every DKIM-Signature of ``message``, top first: one ``SignatureResult`` each (an empty
     list for an unsigned message). Never raises for anything in the message or the DNS."""
-    now = time.time() if now is None else now
+    read = _read_all(message, time.time() if now is None else now, max_signatures)
+    if isinstance(read, list):
+        return read
+    signatures, wanted = read
+    answers = await fetch_keys(resolver, wanted, budget)
+    ready = _judge_keys(signatures, answers)
+    if ready:
+        if len(message) <= INLINE_LIMIT:
+            _crypto(message, ready)
+        else:
+            await threads.deferToThread(_crypto, message, ready)
+    return [s.result() for s in signatures]
+
+
+CachedTXT = Callable[[str], Lookup[bytes] | None]  # a name's TXT answer if cached, else None
+
+
+def verify_at_once(
+    message: bytes,
+    cached: CachedTXT,
+    *,
+    budget: int,
+    max_signatures: int = MAX_SIGNATURES,
+    now: float | None = None,
+) -> list[SignatureResult] | None:
+    """``verify_dkim``'s results without a coroutine, when every key record it would fetch is
+    in the cache (``cached(name)``: ``CachingResolver.cached_txt``) and the message is
+    checked inline (up to ``INLINE_LIMIT``); None otherwise (ask ``verify_dkim``). The same
+    steps, in the same order, on the same answers: the same results. ``budget``: the lookups
+    the message may still spend; more keys than that (``verify_dkim`` would give some
+    ``neutral``) is None too. Every signature is verified: nothing is kept across messages
+    but the key records (by their TTLs) and what is read of them."""
+    if len(message) > INLINE_LIMIT:
+        return None
+    read = _read_all(message, time.time() if now is None else now, max_signatures)
+    if isinstance(read, list):
+        return read
+    signatures, wanted = read
+    if len(wanted) > budget:
+        return None
+    answers: dict[str, Lookup[bytes] | Exception] = {}
+    for name in wanted:
+        answer = cached(name)
+        if answer is None:
+            return None
+        answers[name] = answer
+    ready = _judge_keys(signatures, answers)
+    if ready:
+        _crypto(message, ready)
+    return [s.result() for s in signatures]
+
+
+def _read_all(
+    message: bytes, now: float, max_signatures: int
+) -> list[SignatureResult] | tuple[list[_Signature], list[str]]:
+    """The signatures read and checked (RFC 6376 6.1.1) and the key records they need, or the
+    results at once (no signature, or a header that cannot be read)."""
     fields = _signature_fields(message)
     if fields is None:
         return [
@@ -189,17 +245,17 @@ async def verify_dkim(
             "are checked",
         )
     wanted = sorted({s.key_name for s in signatures if s.verdict is None})
-    answers = await fetch_keys(resolver, wanted, budget)
+    return signatures, wanted
+
+
+def _judge_keys(
+    signatures: list[_Signature], answers: Mapping[str, Lookup[bytes] | Exception]
+) -> list[_Signature]:
+    """Each undecided signature's key record judged; those left for the cryptography."""
     for sig in signatures:
         if sig.verdict is None:
             _judge_key(sig, answers[sig.key_name])
-    ready = [s for s in signatures if s.verdict is None]
-    if ready:
-        if len(message) <= INLINE_LIMIT:
-            _crypto(message, ready)
-        else:
-            await threads.deferToThread(_crypto, message, ready)
-    return [s.result() for s in signatures]
+    return [s for s in signatures if s.verdict is None]
 
 
 # -- reading the signature fields -----------------------------------------------------------
@@ -712,4 +768,4 @@ def _when(seconds: int) -> str:
         return f"{seconds} seconds after 1970"
 
 
-__all__ = ["SignatureResult", "TagListError", "parse_tags", "verify_dkim"]
+__all__ = ["SignatureResult", "TagListError", "parse_tags", "verify_at_once", "verify_dkim"]
