@@ -345,3 +345,50 @@ class CachedTXTTests(SynchronousTestCase):
             resolver.cached_txt("a..test"),
             self.successResultOf(defer.Deferred.fromCoroutine(resolver.txt("a..test"))),
         )
+
+
+class DMARCReadingKeptTests(SynchronousTestCase):
+    """``dmarc.evaluate_cached`` keeps its result by what it reads of the DKIM results (result,
+    domain, a temperror's reason): the same reading gives the same object, any difference in
+    it a result of its own."""
+
+    def setUp(self) -> None:
+        from mailhub.checks import dmarc, spf
+
+        self.dmarc = dmarc
+        clock = Clock()
+        resolver = CachingResolver(
+            MemoryResolver(txt={"_dmarc.a.test": [b"v=DMARC1; p=reject"]}), clock
+        )
+        self.cache = dmarc.DMARCCache(resolver, clock)
+        self.successResultOf(
+            defer.Deferred.fromCoroutine(
+                dmarc.discover_record(resolver, "a.test", "a.test", cache=self.cache)
+            )
+        )
+        self.spf = spf.SPFResult("fail", "b.test", "not allowed")
+
+    def sig(self, result: str, domain: str = "a.test", reason: str = "r", b: str = "x") -> Any:
+        return dkimverify.SignatureResult(result, domain, "sel", "rsa-sha256", 2048, reason, b)
+
+    def evaluate(self, *sigs: Any) -> Any:
+        return self.dmarc.evaluate_cached(self.cache, "a.test", self.spf, sigs)
+
+    def test_same_reading_same_result(self) -> None:
+        first = self.evaluate(self.sig("pass", b="one"))
+        self.assertEqual(first.result, "pass")
+        # another message, another b= and reason: DMARC reads the same
+        self.assertIs(self.evaluate(self.sig("pass", reason="other", b="two")), first)
+
+    def test_what_it_reads_tells_results_apart(self) -> None:
+        passed = self.evaluate(self.sig("pass"))
+        failed = self.evaluate(self.sig("fail"))
+        elsewhere = self.evaluate(self.sig("pass", domain="c.test"))
+        self.assertEqual([r.result for r in (passed, failed, elsewhere)], ["pass", "fail", "fail"])
+        self.assertIn("c.test", elsewhere.reason)
+        self.assertEqual(self.evaluate(self.sig("fail"), self.sig("pass")).result, "pass")
+        late = self.evaluate(self.sig("temperror", reason="timeout one"))
+        later = self.evaluate(self.sig("temperror", reason="timeout two"))
+        self.assertEqual((late.result, later.result), ("temperror", "temperror"))
+        self.assertIn("timeout one", late.reason)
+        self.assertIn("timeout two", later.reason)
