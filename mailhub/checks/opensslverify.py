@@ -147,6 +147,9 @@ def header_lines(head: bytes) -> list[tuple[bytes, bytes]]:
     that is no field, IndexError for a continuation before any field. The same loop over the
     lines, without its per-line regular expression compile and the body's split and join."""
     if head.count(b"\n") == head.count(b"\r\n"):
+        fields_at_once = _crlf_fields(head)
+        if fields_at_once is not None:
+            return fields_at_once
         lines = head.split(b"\r\n")  # CRLF line ends only (almost all mail)
     else:
         lines = _LINE_END.split(head)
@@ -164,6 +167,29 @@ def header_lines(head: bytes) -> list[tuple[bytes, bytes]]:
         elif not line.startswith(b"From "):
             raise dkim.MessageFormatError(f"Unexpected characters in RFC822 header: {line!r}")
     return [(name, value) for name, value in fields]
+
+
+_FIELD_START = re.compile(rb"\r\n(?![ \t])")  # a line end not followed by a fold
+_NAME_ONLY = re.compile(rb"[\x21-\x39\x3b-\x7e]+")  # rfc822_parse's name, without its ":"
+
+
+def _crlf_fields(head: bytes) -> list[tuple[bytes, bytes]] | None:
+    """``header_lines`` for a header section with CRLF line ends only, ending in CRLF, in one
+    split at the line ends not followed by a fold: each field's value is its text after the
+    first ":" with its folds, plus CRLF, as rfc822_parse joins it line by line. None (the
+    line loop decides) where rfc822_parse would raise or skip a line: a fold first, no ":",
+    or a name before the first ":" with anything but printable ASCII (a "From " line that
+    it skips has its space there; the colon may be on a folded line)."""
+    if not head.endswith(b"\r\n") or head[:1] in (b" ", b"\t"):
+        return None
+    fields = []
+    name_only = _NAME_ONLY.fullmatch
+    for text in _FIELD_START.split(head[:-2]):
+        name, colon, value = text.partition(b":")
+        if not colon or name_only(name) is None:
+            return None
+        fields.append((name, value + b"\r\n"))
+    return fields
 
 
 def empty_b(value: bytes) -> bytes:
