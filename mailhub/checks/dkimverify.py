@@ -68,6 +68,10 @@ _LENGTH = re.compile(rb"\d{1,76}")  # l=
 _SECONDS = re.compile(rb"\d{1,12}")  # t=, x=
 
 
+# Tag names read before (valid ones only): the same dozen come in every signature and record.
+_TAG_NAMES: dict[bytes, str] = {}
+
+
 class TagListError(ValueError):
     """A tag=value list (RFC 6376 3.2) that does not parse."""
 
@@ -85,9 +89,13 @@ def parse_tags(value: bytes) -> dict[str, bytes]:
         name = name.strip()
         if not eq:
             raise TagListError(f"'{_show(spec.strip())}' is not tag=value")
-        if not _TAG_NAME.match(name):
-            raise TagListError(f"'{_show(name)}' is not a tag name")
-        key = name.decode("ascii")
+        key = _TAG_NAMES.get(name)
+        if key is None:
+            if not _TAG_NAME.match(name):
+                raise TagListError(f"'{_show(name)}' is not a tag name")
+            key = name.decode("ascii")
+            if len(_TAG_NAMES) < 256:  # the few names signers use; any other is read each time
+                _TAG_NAMES[name] = key
         if key in tags:
             raise TagListError(f"tag {key}= appears twice")
         tags[key] = tag_value.strip()
@@ -355,8 +363,8 @@ def _read_signature(index: int, value: bytes, now: float) -> _Signature:
         sig.decide("permerror", f"unknown signing algorithm a={_show(tags['a'])}")
         return sig
     problem = (
-        _check_base64(sig, "b")
-        or _check_base64(sig, "bh")
+        _check_base64(sig, "b", b_value)
+        or _check_base64(sig, "bh", _no_space(tags["bh"]))
         or _check_signed_fields(tags["h"])
         or _check_canonicalization(tags.get("c"))
         or _check_identity(sig)
@@ -369,10 +377,11 @@ def _read_signature(index: int, value: bytes, now: float) -> _Signature:
     return sig
 
 
-def _check_base64(sig: _Signature, name: str) -> tuple[str, str] | None:
-    value = _no_space(sig.tags[name])
+def _check_base64(sig: _Signature, name: str, value: bytes) -> tuple[str, str] | None:
+    """``value``: the tag's value without white space."""
     try:
-        sig.decoded[name] = base64.b64decode(value, validate=True)
+        # base64.b64decode(value, validate=True) without its Python layer
+        sig.decoded[name] = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         return "permerror", f"{name}= is not valid base64"
     if not value:
