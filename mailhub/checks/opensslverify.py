@@ -54,9 +54,13 @@ _WSP = re.compile(rb"\s+")
 # dkimpy's RE_BTAG is  ([;\s]b FWS =)(?: FWS [a-zA-Z0-9+/=])* (?:\r?\n\Z)?  with FWS =
 # (?:(?:\s*\r?\n)?\s+)? , which matches exactly the runs \s* (possibly empty): so the same
 # strings are matched, the same way, by this one without nested optional groups per character
-# (its backtracking made RE_BTAG cost ~120 us on a 2048-bit b=). tests/
+# (its backtracking made RE_BTAG cost ~120 us on a 2048-bit b=). The [;\s] before b is
+# looked behind from the b instead of matched: the expression then starts with a literal,
+# which re finds by a fast search rather than trying a character class at every position
+# (~3x faster), and as no match ends in [;\s] the same matches are found (the character stays
+# in place instead of being put back by the replacement). tests/
 # test_checks_opensslverify.py compares the two on generated values.
-_B_VALUE = re.compile(rb"([;\s]b\s*=)(?:[\sa-zA-Z0-9+/=]*[a-zA-Z0-9+/=])?(?:\r?\n\Z)?")
+_B_VALUE = re.compile(rb"(b(?<=[;\s]b)\s*=)(?:[\sa-zA-Z0-9+/=]*[a-zA-Z0-9+/=])?(?:\r?\n\Z)?")
 _PREHASHED = {"sha256": utils.Prehashed(hashes.SHA256()), "sha1": utils.Prehashed(hashes.SHA1())}
 # RFC 8017 9.2 note 1: the DER DigestInfo before the digest (octets); EMSA-PKCS1-v1_5 needs 11
 # more octets of padding, so a shorter modulus cannot carry the digest.
