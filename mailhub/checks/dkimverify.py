@@ -210,7 +210,8 @@ def verify_at_once(
     but the key records (by their TTLs) and what is read of them."""
     if len(message) > INLINE_LIMIT:
         return None
-    read = _read_all(message, time.time() if now is None else now, max_signatures)
+    # Called for mail whose header names DKIM-Signature (judge_at_once looked): no second look.
+    read = _read_all(message, time.time() if now is None else now, max_signatures, look=False)
     if isinstance(read, list):
         return read
     signatures, wanted = read
@@ -229,11 +230,12 @@ def verify_at_once(
 
 
 def _read_all(
-    message: bytes, now: float, max_signatures: int
+    message: bytes, now: float, max_signatures: int, look: bool = True
 ) -> list[SignatureResult] | tuple[list[_Signature], list[str]]:
     """The signatures read and checked (RFC 6376 6.1.1) and the key records they need, or the
-    results at once (no signature, or a header that cannot be read)."""
-    fields = _signature_fields(message)
+    results at once (no signature, or a header that cannot be read). ``look``: as
+    ``_signature_fields``."""
+    fields = _signature_fields(message, look)
     if fields is None:
         return [
             SignatureResult(
@@ -269,13 +271,18 @@ def _judge_keys(
 # -- reading the signature fields -----------------------------------------------------------
 
 
-def _signature_fields(message: bytes) -> list[bytes] | None:
+def _signature_fields(message: bytes, look: bool = True) -> list[bytes] | None:
     """The raw values of the DKIM-Signature fields, in dkimpy's order (top first), read with
-    dkimpy's own header parser so that its ``idx`` and ours name the same field."""
-    head = message[: _header_end(message)]
-    if b"dkim-signature" not in head.lower():
-        return []  # no field of that name: unsigned, without parsing (most inbound mail)
-    headers = message_fields(message, head)
+    dkimpy's own header parser so that its ``idx`` and ours name the same field. ``look``
+    False: the caller has seen the name in the header section already, so the message is
+    parsed without looking for it first (the look only spares unsigned mail a parse)."""
+    if not look and len(message) <= opensslverify.CACHED_MESSAGE:
+        headers = message_fields(message, b"")  # (the head is only read for big messages)
+    else:
+        head = message[: _header_end(message)]
+        if b"dkim-signature" not in head.lower():
+            return []  # no field of that name: unsigned, without parsing (most inbound mail)
+        headers = message_fields(message, head)
     if headers is None:  # unreadable but seems signed: a permerror
         return None
     return [value for name, value in headers if name.lower() == b"dkim-signature"]
