@@ -93,6 +93,16 @@ def cpu_ticks(pid: int, thread: int | None = None) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def switches(pid: int, thread: int) -> int:
+    """Voluntary context switches of one thread so far (each a wait: for the GIL, a lock, a
+    poll with nothing ready)."""
+    with open(f"/proc/{pid}/task/{thread}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
 def serve(
     data_dir: str,
     smtp_port: int,
@@ -251,6 +261,7 @@ def run(mode: str, args: argparse.Namespace, index: int) -> dict:
             wait_for_port(smtp, proc)
             before = cpu_ticks(proc.pid)
             reactor_before = cpu_ticks(proc.pid, proc.pid)  # the main thread runs the reactor
+            waits_before = switches(proc.pid, proc.pid)
             out = subprocess.run(
                 [
                     sys.executable,
@@ -274,6 +285,7 @@ def run(mode: str, args: argparse.Namespace, index: int) -> dict:
             )
             used = cpu_ticks(proc.pid) - before
             reactor_used = cpu_ticks(proc.pid, proc.pid) - reactor_before
+            waits = switches(proc.pid, proc.pid) - waits_before
         finally:
             proc.terminate()
             proc.wait(30)
@@ -295,6 +307,7 @@ def run(mode: str, args: argparse.Namespace, index: int) -> dict:
     ticks = os.sysconf("SC_CLK_TCK")
     result["server_cpu_us_per_msg"] = round(used / ticks / max(result["acked"], 1) * 1e6)
     result["reactor_cpu_us_per_msg"] = round(reactor_used / ticks / max(result["acked"], 1) * 1e6)
+    result["reactor_waits_per_msg"] = round(waits / max(result["acked"], 1), 2)
     with open("/proc/loadavg") as f:
         result["loadavg"] = f.read().split()[0]
     return result
@@ -357,6 +370,7 @@ def main() -> int:
                     else ""
                 )
                 + (f", GC {result['gc_us_per_msg']}" if "gc_us_per_msg" in result else "")
+                + f", waits {result['reactor_waits_per_msg']}/msg"
                 + "), "
                 f"load {result['loadavg']}"
             )
