@@ -484,7 +484,11 @@ class SharedWork(SynchronousTestCase):
 
 
 _PIECES = st.sampled_from(
-    [b"From: a", b"To:b", b" folded", b"\tmore", b"X: y  z ", b"From x", b"", b"body \t x", b"\r"]
+    [
+        *(b"From: a", b"To:b", b" folded", b"\tmore", b"X: y  z ", b"From x", b"", b"body \t x"),
+        # names rfc822_parse reads only up to the first ":", or not at all
+        *(b"\r", b":x", b"::y", b"A:", b"N a: v", b"\x7fX: y", b"X:: y", b"no colon", b"From a:b"),
+    ]
 )
 _ENDS = st.sampled_from([b"\r\n", b"\n", b"\r\r\n", b""])
 
@@ -501,6 +505,15 @@ class ParseLikeDkimpy(SynchronousTestCase):
         self.assertEqual(ours, theirs)
         if theirs[0] == "result":
             self.assertEqual(opensslverify._parse(msg).body, dkim.rfc822_parse(msg)[1])
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(_PIECES, max_size=12))
+    def test_crlf_only_as_dkimpy(self, lines: list[bytes]) -> None:
+        """The same with CRLF line ends only (most mail: the header section's fields are then
+        split at once, ``_crlf_fields``, where rfc822_parse would neither raise nor skip)."""
+        msg = b"".join(line + b"\r\n" for line in lines) + b"\r\nbody\r\n"
+        theirs = outcome(lambda: [(bytes(n), bytes(v)) for n, v in dkim.rfc822_parse(msg)[0]])
+        self.assertEqual(outcome(lambda: opensslverify._parse(msg).headers), theirs)
 
     @settings(max_examples=400, deadline=None)
     @given(st.lists(st.sampled_from([b"a", b" ", b"\t", b"  ", b"\r\n", b"x y"]), max_size=30))

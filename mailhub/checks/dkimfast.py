@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import time
@@ -138,11 +139,7 @@ def header_data(
     """RFC 6376 3.7: the canonicalised header fields named in ``h`` (the last instance first,
     as 5.4.2; a name listed more often than it occurs adds nothing), then the signature field
     with ``b=`` emptied and without its final line end, as dkimpy's ``hash_headers``."""
-    names = [n.lower() for n in _H_SPLIT.split(h)]
-    if b"from" in names:
-        # As dkimpy (its bug 644046): a From field not counted in h= is hashed too, so a
-        # second From added on top of a signed message breaks the signature.
-        names.append(b"from")
+    names = _signed_names(h)
     headers = parsed.headers
     lowered = parsed.lowered_names()
     chosen: list[tuple[bytes, bytes]] = []
@@ -168,6 +165,17 @@ def header_data(
         parts = [n + b":" + v for n, v in chosen]
         parts.append(field[0] + b":" + empty_b.rstrip())
     return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=256)  # by h=: a signer's list rarely changes
+def _signed_names(h: bytes) -> tuple[bytes, ...]:
+    """The field names ``h`` lists, in lower case, in order."""
+    names = [n.lower() for n in _H_SPLIT.split(h)]
+    if b"from" in names:
+        # As dkimpy (its bug 644046): a From field not counted in h= is hashed too, so a
+        # second From added on top of a signed message breaks the signature.
+        names.append(b"from")
+    return tuple(names)
 
 
 def _relaxed(value: bytes) -> bytes:

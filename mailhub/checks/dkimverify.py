@@ -31,7 +31,7 @@ import binascii
 import functools
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -68,6 +68,10 @@ _LENGTH = re.compile(rb"\d{1,76}")  # l=
 _SECONDS = re.compile(rb"\d{1,12}")  # t=, x=
 
 
+# Tag names read before (valid ones only): the same dozen come in every signature and record.
+_TAG_NAMES: dict[bytes, str] = {}
+
+
 class TagListError(ValueError):
     """A tag=value list (RFC 6376 3.2) that does not parse."""
 
@@ -85,9 +89,13 @@ def parse_tags(value: bytes) -> dict[str, bytes]:
         name = name.strip()
         if not eq:
             raise TagListError(f"'{_show(spec.strip())}' is not tag=value")
-        if not _TAG_NAME.match(name):
-            raise TagListError(f"'{_show(name)}' is not a tag name")
-        key = name.decode("ascii")
+        key = _TAG_NAMES.get(name)
+        if key is None:
+            if not _TAG_NAME.match(name):
+                raise TagListError(f"'{_show(name)}' is not a tag name")
+            key = name.decode("ascii")
+            if len(_TAG_NAMES) < 256:  # the few names signers use; any other is read each time
+                _TAG_NAMES[name] = key
         if key in tags:
             raise TagListError(f"tag {key}= appears twice")
         tags[key] = tag_value.strip()
@@ -168,8 +176,66 @@ async def verify_dkim(
 ) -> list[SignatureResult]:
     """Every DKIM-Signature of ``message``, top first: one ``SignatureResult`` each (an empty
     list for an unsigned message). Never raises for anything in the message or the DNS."""
-    now = time.time() if now is None else now
-    fields = _signature_fields(message)
+    read = _read_all(message, time.time() if now is None else now, max_signatures)
+    if isinstance(read, list):
+        return read
+    signatures, wanted = read
+    answers = await fetch_keys(resolver, wanted, budget)
+    ready = _judge_keys(signatures, answers)
+    if ready:
+        if len(message) <= INLINE_LIMIT:
+            _crypto(message, ready)
+        else:
+            await threads.deferToThread(_crypto, message, ready)
+    return [s.result() for s in signatures]
+
+
+CachedTXT = Callable[[str], Lookup[bytes] | None]  # a name's TXT answer if cached, else None
+
+
+def verify_at_once(
+    message: bytes,
+    cached: CachedTXT,
+    *,
+    budget: int,
+    max_signatures: int = MAX_SIGNATURES,
+    now: float | None = None,
+) -> list[SignatureResult] | None:
+    """``verify_dkim``'s results without a coroutine, when every key record it would fetch is
+    in the cache (``cached(name)``: ``CachingResolver.cached_txt``) and the message is
+    checked inline (up to ``INLINE_LIMIT``); None otherwise (ask ``verify_dkim``). The same
+    steps, in the same order, on the same answers: the same results. ``budget``: the lookups
+    the message may still spend; more keys than that (``verify_dkim`` would give some
+    ``neutral``) is None too. Every signature is verified: nothing is kept across messages
+    but the key records (by their TTLs) and what is read of them."""
+    if len(message) > INLINE_LIMIT:
+        return None
+    # Called for mail whose header names DKIM-Signature (judge_at_once looked): no second look.
+    read = _read_all(message, time.time() if now is None else now, max_signatures, look=False)
+    if isinstance(read, list):
+        return read
+    signatures, wanted = read
+    if len(wanted) > budget:
+        return None
+    answers: dict[str, Lookup[bytes] | Exception] = {}
+    for name in wanted:
+        answer = cached(name)
+        if answer is None:
+            return None
+        answers[name] = answer
+    ready = _judge_keys(signatures, answers)
+    if ready:
+        _crypto(message, ready)
+    return [s.result() for s in signatures]
+
+
+def _read_all(
+    message: bytes, now: float, max_signatures: int, look: bool = True
+) -> list[SignatureResult] | tuple[list[_Signature], list[str]]:
+    """The signatures read and checked (RFC 6376 6.1.1) and the key records they need, or the
+    results at once (no signature, or a header that cannot be read). ``look``: as
+    ``_signature_fields``."""
+    fields = _signature_fields(message, look)
     if fields is None:
         return [
             SignatureResult(
@@ -189,29 +255,34 @@ async def verify_dkim(
             "are checked",
         )
     wanted = sorted({s.key_name for s in signatures if s.verdict is None})
-    answers = await fetch_keys(resolver, wanted, budget)
+    return signatures, wanted
+
+
+def _judge_keys(
+    signatures: list[_Signature], answers: Mapping[str, Lookup[bytes] | Exception]
+) -> list[_Signature]:
+    """Each undecided signature's key record judged; those left for the cryptography."""
     for sig in signatures:
         if sig.verdict is None:
             _judge_key(sig, answers[sig.key_name])
-    ready = [s for s in signatures if s.verdict is None]
-    if ready:
-        if len(message) <= INLINE_LIMIT:
-            _crypto(message, ready)
-        else:
-            await threads.deferToThread(_crypto, message, ready)
-    return [s.result() for s in signatures]
+    return [s for s in signatures if s.verdict is None]
 
 
 # -- reading the signature fields -----------------------------------------------------------
 
 
-def _signature_fields(message: bytes) -> list[bytes] | None:
+def _signature_fields(message: bytes, look: bool = True) -> list[bytes] | None:
     """The raw values of the DKIM-Signature fields, in dkimpy's order (top first), read with
-    dkimpy's own header parser so that its ``idx`` and ours name the same field."""
-    head = message[: _header_end(message)]
-    if b"dkim-signature" not in head.lower():
-        return []  # no field of that name: unsigned, without parsing (most inbound mail)
-    headers = message_fields(message, head)
+    dkimpy's own header parser so that its ``idx`` and ours name the same field. ``look``
+    False: the caller has seen the name in the header section already, so the message is
+    parsed without looking for it first (the look only spares unsigned mail a parse)."""
+    if not look and len(message) <= opensslverify.CACHED_MESSAGE:
+        headers = message_fields(message, b"")  # (the head is only read for big messages)
+    else:
+        head = message[: _header_end(message)]
+        if b"dkim-signature" not in head.lower():
+            return []  # no field of that name: unsigned, without parsing (most inbound mail)
+        headers = message_fields(message, head)
     if headers is None:  # unreadable but seems signed: a permerror
         return None
     return [value for name, value in headers if name.lower() == b"dkim-signature"]
@@ -299,8 +370,8 @@ def _read_signature(index: int, value: bytes, now: float) -> _Signature:
         sig.decide("permerror", f"unknown signing algorithm a={_show(tags['a'])}")
         return sig
     problem = (
-        _check_base64(sig, "b")
-        or _check_base64(sig, "bh")
+        _check_base64(sig, "b", b_value)
+        or _check_base64(sig, "bh", _no_space(tags["bh"]))
         or _check_signed_fields(tags["h"])
         or _check_canonicalization(tags.get("c"))
         or _check_identity(sig)
@@ -313,10 +384,11 @@ def _read_signature(index: int, value: bytes, now: float) -> _Signature:
     return sig
 
 
-def _check_base64(sig: _Signature, name: str) -> tuple[str, str] | None:
-    value = _no_space(sig.tags[name])
+def _check_base64(sig: _Signature, name: str, value: bytes) -> tuple[str, str] | None:
+    """``value``: the tag's value without white space."""
     try:
-        sig.decoded[name] = base64.b64decode(value, validate=True)
+        # base64.b64decode(value, validate=True) without its Python layer
+        sig.decoded[name] = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         return "permerror", f"{name}= is not valid base64"
     if not value:
@@ -712,4 +784,4 @@ def _when(seconds: int) -> str:
         return f"{seconds} seconds after 1970"
 
 
-__all__ = ["SignatureResult", "TagListError", "parse_tags", "verify_dkim"]
+__all__ = ["SignatureResult", "TagListError", "parse_tags", "verify_at_once", "verify_dkim"]

@@ -284,12 +284,14 @@ def evaluate_cached(
     if found is None:
         return None
     record, why_none = found
-    # A result that depends only on the discovery and SPF's (no DKIM signature, no pct
-    # sampling) is kept with the discovery it was made of.
-    memo = not dkim and spf is not None and (record is None or record.pct >= 100)
+    # A result is a function of the discovery, SPF's result and domain, and what ``_evaluate``
+    # reads of each signature's result (its result and domain, and the reason of a
+    # temperror): without pct sampling it is kept with the discovery it was made of, by those.
+    # (The signatures are verified for every message; only DMARC's reading of them repeats.)
+    memo = spf is not None and (record is None or record.pct >= 100)
     if memo:
         assert spf is not None
-        given = (from_domain, spf.result, spf.domain)
+        given = (from_domain, spf.result, spf.domain, _dkim_summary(dkim))
         kept = cache.results.get(given)
         if kept is not None and kept[0] is found:
             return kept[1]
@@ -299,6 +301,11 @@ def evaluate_cached(
     if memo:
         cache.keep_result(given, found, result)
     return result
+
+
+def _dkim_summary(dkim: Sequence[SignatureResult]) -> tuple[tuple[str, str, str], ...]:
+    """All that ``_evaluate`` reads of the DKIM results."""
+    return tuple((s.result, s.domain, s.reason if s.result == "temperror" else "") for s in dkim)
 
 
 def _evaluate(
@@ -434,9 +441,9 @@ class DMARCCache:
         self._kept: AnswerBoundCache[str, tuple[DMARCRecord | None, str]] = AnswerBoundCache(
             answers, clock, max_entries
         )
-        # evaluate_cached's results by (from domain, SPF result, SPF domain), with the
-        # discovery they were made of (valid while it is the one kept).
-        self.results: dict[tuple[str, str, str], tuple[object, DMARCResult]] = {}
+        # evaluate_cached's results by (from domain, SPF result, SPF domain, DKIM summary),
+        # with the discovery they were made of (valid while it is the one kept).
+        self.results: dict[tuple[object, ...], tuple[object, DMARCResult]] = {}
 
     @property
     def max_entries(self) -> int:
@@ -453,7 +460,7 @@ class DMARCCache:
         entry = self._kept.entry(from_domain)
         return None if entry is None else entry[0]
 
-    def keep_result(self, given: tuple[str, str, str], found: object, result: DMARCResult) -> None:
+    def keep_result(self, given: tuple[object, ...], found: object, result: DMARCResult) -> None:
         self.results[given] = (found, result)
         if len(self.results) > self.max_entries:
             del self.results[next(iter(self.results))]  # the oldest

@@ -609,12 +609,18 @@ class CachedChecks:
     (``spf.cached_smtp``), ``dmarc(from_domain, spf, signatures)`` (``dmarc.evaluate_cached``),
     ``from_domain(message, lowered)`` (``dmarc.header_from_domain``, given the header section
     through its last CRLF in lower case); ``no_arc``: ARC's result for a message without ARC
-    fields."""
+    fields. ``dkim(message, budget)``: every DKIM signature verified with the key records
+    from the cache (``dkimverify.verify_at_once``), None when one is not there; ``dkim`` None:
+    signed mail always goes the long way. ``dmarc_known(from_domain)``: whether ``dmarc``
+    will answer for that domain (asked before the signatures are verified, so that a domain
+    whose DMARC record is not cached costs no verification twice)."""
 
     spf: Callable[[str, str, str, str], Any]
     dmarc: Callable[[str, Any, Sequence[Any]], Any]
     from_domain: Callable[[bytes, bytes | None], str | None]
     no_arc: MethodResult
+    dkim: Callable[[bytes, int], Sequence[Any] | None] | None = None
+    dmarc_known: Callable[[str], bool] = lambda domain: True
 
 
 _NO_DKIM = MethodResult("dkim", "none", "the message has no DKIM signature")
@@ -623,18 +629,23 @@ _NO_DKIM = MethodResult("dkim", "none", "the message has no DKIM signature")
 def judge_at_once(
     message: bytes, envelope: Envelope, *, authserv_id: str, policy: Policy, cached: CachedChecks
 ) -> Verdict | None:
-    """``judge``'s verdict for an unsigned message (no DKIM-Signature, no ARC field) whose SPF
-    results and DMARC record are in the caches, without a coroutine or a Deferred (most mail
-    from senders seen within the TTLs); None for any other message (ask ``judge``). The same
-    results, in the same order, as ``judge`` with the same caches gives."""
+    """``judge``'s verdict for a message without ARC fields whose SPF results, DMARC record
+    and (if it is signed) DKIM key records are in the caches, without a coroutine or a
+    Deferred (most mail from senders seen within the TTLs); None for any other message (ask
+    ``judge``). The same results, in the same order, as ``judge`` with the same caches gives:
+    every signature is verified here as ``verify_dkim`` verifies it."""
     if len(message) > policy.max_message_size:
         return None
     end = message.find(b"\r\n\r\n")
     # At least the header section the DKIM and ARC checks read (theirs ends at the first
-    # empty line, CRLF or bare LF): neither field name in it means neither check has work.
+    # empty line, CRLF or bare LF): no ARC field name in it means ARC has no work, and no
+    # DKIM-Signature (most mail) none for DKIM either.
     # Through the last field's CRLF: the From search below reads the same lowered bytes.
     low = (message if end < 0 else message[: end + 2]).lower()
-    if b"dkim-signature" in low or b"arc-" in low:
+    if b"arc-" in low:
+        return None
+    signed = b"dkim-signature" in low
+    if signed and cached.dkim is None:
         return None
     user = envelope.authenticated_as
     authenticated = user is not None
@@ -658,16 +669,29 @@ def judge_at_once(
         found.append(spf_result)
         spf_for_dmarc = spf.mailfrom
         spf_exp = getattr(spf_for_dmarc, "authority_explanation", "") or ""
-    found.append(_NO_DKIM)
-    found.append(cached.no_arc)
     try:
         from_domain = cached.from_domain(message, low if end >= 0 else None)
         from_error = ""
     except Exception as e:  # several From addresses, no From: permerror (RFC 7489 6.6.1)
         from_domain, from_error = None, str(e) or e.__class__.__name__
+    if from_domain and not cached.dmarc_known(from_domain):
+        return None
+    signatures: Sequence[Any] = ()
+    if signed:
+        assert cached.dkim is not None
+        # judge's budget: SPF and DMARC from their caches spend none of it.
+        verified = cached.dkim(message, policy.dns_budget)
+        if verified is None:
+            return None
+        signatures = verified
+    if signatures:
+        found.extend(s.method_result() for s in signatures)
+    else:
+        found.append(_NO_DKIM)
+    found.append(cached.no_arc)
     dmarc_result = None
     if from_domain:
-        dmarc_result = cached.dmarc(from_domain, spf_for_dmarc, ())
+        dmarc_result = cached.dmarc(from_domain, spf_for_dmarc, signatures)
         if dmarc_result is None:
             return None
         found.append(dmarc_result.method_result())
@@ -702,7 +726,7 @@ def judge_with(
     Verdict directly; any other gets ``judge``'s coroutine."""
     cached: CachedChecks | None = None
     if checkers is None:
-        from mailhub.checks import arc, dmarc, spf
+        from mailhub.checks import arc, dkimverify, dmarc, spf
 
         dmarc.preload()  # the Public Suffix List, at start rather than in the first message
         checkers = Checkers.real()
@@ -725,8 +749,25 @@ def judge_with(
             def dmarc_cached(domain: str, spf_result: Any, signatures: Sequence[Any]) -> Any:
                 return dmarc.evaluate_cached(dmarc_cache, domain, spf_result, signatures)
 
+            def dmarc_known(domain: str) -> bool:
+                return dmarc_cache.get(domain.lower().rstrip(".")) is not None
+
+            cached_txt = getattr(resolver, "cached_txt", None)
+            dkim_cached = None
+            # The dev stack's view of its own keys (``as_receiver``) is judge's alone.
+            if cached_txt is not None and not (policy.dev and own_keys is not None):
+                txt = cast(dkimverify.CachedTXT, cached_txt)
+
+                def dkim_cached(message: bytes, budget: int) -> Sequence[Any] | None:
+                    return dkimverify.verify_at_once(message, txt, budget=budget)
+
             cached = CachedChecks(
-                spf_cached, dmarc_cached, dmarc.header_from_domain, no_arc.method_result()
+                spf_cached,
+                dmarc_cached,
+                dmarc.header_from_domain,
+                no_arc.method_result(),
+                dkim_cached,
+                dmarc_known,
             )
 
     def bound(message: bytes, envelope: Envelope) -> Verdict | Coroutine[Any, Any, Verdict]:

@@ -57,9 +57,9 @@ class MethodResult:
         arc=none, a sender's spf=, a domain's dmarc=) and give the same objects again."""
         words = [f"{self.method}={self.result}".encode()]
         if self.reason:
-            words.append(b"reason=" + _quoted(_clean(self.reason)[:_REASON_MAX]))
+            words.append(_reason_word(self.reason))
         for key, value in self.properties:
-            words.append(key.encode() + b"=" + _pvalue(_clean(value)))
+            words.append(_property_word(key, value))
         return b" ".join(words)
 
 
@@ -96,6 +96,18 @@ def _authserv_id(value: str) -> bytes:
     authserv_id = _clean(value)
     raw_id = authserv_id.encode()
     return raw_id if _TOKEN.match(raw_id) else _quoted(authserv_id)
+
+
+# Pure functions of their text, kept for the words every message repeats (a signer's d=, s=
+# and a=, the reason of a pass): a new result object per message costs no new writing of them.
+@functools.lru_cache(maxsize=4096)
+def _reason_word(reason: str) -> bytes:
+    return b"reason=" + _quoted(_clean(reason)[:_REASON_MAX])
+
+
+@functools.lru_cache(maxsize=4096)
+def _property_word(key: str, value: str) -> bytes:
+    return key.encode() + b"=" + _pvalue(_clean(value))
 
 
 def _clean(text: str) -> str:
