@@ -450,9 +450,26 @@ class CommitterServiceTests(SinkTestCase):
         both = defer.gatherResults([held, waited])
         return both.addCallback(lambda results: self.assertEqual(results, [None, True]))
 
-    def test_run_holding_when_not_running(self):
+    def test_work_under_a_held_lock_is_done_while_stopping_and_after(self):
+        # The lock holder's command is answered after its write: the write is taken while
+        # commits in flight drain, and done in place once the threads are gone.
         committer = GroupCommitter(threads=1)
-        return self.assertFailure(committer.run_holding(lambda: None), DeliveryError)
+        committer.startService()
+        gate = threading.Event()
+        in_flight = committer.run(gate.wait, 30)
+        stopped = committer.stopService()
+        self.assertFalse(committer.running)
+        self.assertFailure(committer.run(lambda: None), DeliveryError)  # new work: refused
+        done = []
+        draining = committer.run_holding(done.append, "while stopping")
+        gate.set()
+
+        def after(_: object) -> defer.Deferred[None]:
+            self.assertEqual(done, ["while stopping"])
+            return committer.run_holding(done.append, "after")
+
+        d = defer.gatherResults([in_flight, draining, stopped]).addCallback(after)
+        return d.addCallback(lambda _: self.assertEqual(done, ["while stopping", "after"]))
 
     def test_stale_tmp_cleaner_runs_at_start(self):
         self.store.mailbox("a@example.com", create=True)

@@ -183,18 +183,23 @@ class GroupCommitter(Service):
 
     def run(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         """Run ``f(*args)`` in a worker (reactor thread only)."""
+        if not self.running:
+            return defer.fail(DeliveryError("message store is not running"))
         return self._put(self._queue, f, args)
 
     def run_holding(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         """Run ``f(*args)``, which must never wait for a lock, in the lane for work done while
-        holding a folder's lock (reactor thread only)."""
-        return self._put(self._holding_queue, f, args)
+        holding a folder's lock (reactor thread only). Also while stopping: the lock holder's
+        command must end with its change on disk (it is answered after it), so its write is
+        taken while commits drain, and done here on the reactor once the threads are gone
+        (only fsyncs and a rename, no lock to wait for)."""
+        if self.running or self._drained is not None:
+            return self._put(self._holding_queue, f, args)
+        return defer.maybeDeferred(f, *args)
 
     def _put(
         self, lane: queue.SimpleQueue[Any], f: Callable[..., T], args: Any
     ) -> defer.Deferred[T]:
-        if not self.running:
-            return defer.fail(DeliveryError("message store is not running"))
         self._inflight += 1
         d: defer.Deferred[T] = defer.Deferred()
         lane.put((f, args, d))
