@@ -260,6 +260,10 @@ class ChecksConfig:
     authserv_id: str = ""
     # Seconds for all the checks of one message; past it, what is unfinished is a temperror.
     timeout: float = 20.0
+    # Log every message's results at info (as opendkim's "DKIM verification successful"),
+    # not only of those the policy acted on (refused, junked, marked): each message's
+    # results are always in its Authentication-Results header.
+    log_accepted: bool = False
     # Bigger messages are not checked (recorded as such in the header).
     max_message_size: int = 10 * 1024 * 1024
     policy: CheckPolicy = field(default_factory=CheckPolicy)
@@ -870,6 +874,7 @@ def _checks(source: str, table: Mapping[str, Any]) -> ChecksConfig:
         enabled=enabled,
         authserv_id=authserv_id,
         timeout=float(timeout),
+        log_accepted=r.boolean("log_accepted", d.log_accepted),
         max_message_size=max_size,
         policy=policy,
         domains=r.get("domain", (), domains),

@@ -534,6 +534,7 @@ def _checking(
         seal=arc_seal,
         max_check_size=checks.max_message_size,
         spool_dir=str(config.data_dir),
+        log_accepted=checks.log_accepted,
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -146,6 +146,8 @@ class CheckingSinkTests(SynchronousTestCase):
         h = Harness(log_accepted=True)
         self.successResultOf(h.send(CONTENT))
         self.assertIn("spf=pass dkim=pass -> accept", h.logged())
+        [event] = [e for e in h.events if "-> accept" in formatEvent(e)]
+        self.assertEqual(event["log_level"], LogLevel.info)  # shown by twistd's default log
 
     def test_forged_results_removed_everywhere_in_the_header_only(self) -> None:
         forged = (

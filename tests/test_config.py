@@ -363,7 +363,13 @@ class InboundChecks(SynchronousTestCase):
         self.assertEqual(checks.timeout, 20.0)
         self.assertEqual(checks.policy, CheckPolicy("reject", "junk", "reject"))
         self.assertEqual(checks.domains, ())
+        self.assertFalse(checks.log_accepted)
         self.assertEqual(dev_config().checks, checks)
+
+    def test_log_accepted(self) -> None:
+        self.assertTrue(self.load_text("[checks]\nlog_accepted = true\n").checks.log_accepted)
+        with self.assertRaises(ConfigError):
+            self.load_text('[checks]\nlog_accepted = "sometimes"\n')
 
     def test_policy_and_overrides(self) -> None:
         from mailhub.checks.inbound import DomainPolicy, policy_from_config

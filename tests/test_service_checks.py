@@ -93,3 +93,10 @@ class Placement(TestCase):
             [listener] = [s for s in service if isinstance(s, ListenerService) and s.key == "smtp"]
             [checking] = [s for s in walk(listener.factory.sink) if isinstance(s, CheckingSink)]
             self.assertEqual(checking.authserv_id, expected)
+
+    def test_log_accepted(self) -> None:
+        for checks, expected in (({"log_accepted": True}, True), ({}, False)):
+            service = build(self.production(**checks))
+            [listener] = [s for s in service if isinstance(s, ListenerService) and s.key == "smtp"]
+            [checking] = [s for s in walk(listener.factory.sink) if isinstance(s, CheckingSink)]
+            self.assertEqual(checking.log_accepted, expected)

@@ -119,8 +119,9 @@ class CheckingSink:
     ``is_local_domain`` says which mailboxes are ours (the others are forwarded copies);
     ``arc_key(domain)`` the key that seals copies forwarded for that domain (None: unsealed),
     ``seal`` makes the ARC set (``mailhub.checks.arc.arc_seal``). ``max_check_size``: bigger
-    messages are not judged (recorded so). ``log_accepted``: log (at debug) the verdict of
-    messages accepted without remark too, not only of those the policy acted on.
+    messages are not judged (recorded so). ``log_accepted``: log (at info, as the others) the
+    verdict of messages accepted without remark too, not only of those the policy acted on
+    (``[checks] log_accepted``).
     """
 
     def __init__(
@@ -530,9 +531,9 @@ class _CheckedMessage:
         extra = ""
         if verdict.would != verdict.action:
             extra = f" (without leniency: {verdict.would})"
-        # Every message's results are in its header; the log tells what the policy did.
-        emit = self._sink.log.debug if verdict.would == ACCEPT else self._sink.log.info
-        emit(
+        # Every message's results are in its header; the log tells what the policy did (and,
+        # when asked, what every message's results were).
+        self._sink.log.info(
             "{queue_id}: {results} -> {action}{extra}{reason}",
             queue_id=self.envelope.queue_id,
             results=words,
