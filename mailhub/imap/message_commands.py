@@ -109,7 +109,9 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
         # On reactor timers while the lock is busy (the store's worker, another process):
         # UID COPY and MOVE are not run again, so a LockBusy here would be their answer.
         view = session.selected_view()
-        session.write_all(await session.unlocked(lambda: view.sync(allow_expunge=True)))
+        # A fast look (view.fast_look): only NOOP-like commands must list young directories.
+        lines = await session.unlocked(lambda: view.sync(allow_expunge=True, fast=True))
+        session.write_all(lines)
     if sub == "FETCH":
         return await fetch_command.fetch_messages(session, rest, uid=True)
     if sub == "SEARCH":

@@ -70,7 +70,7 @@ from mailhub.imap.parser import (
     Refused,
     parse_command,
 )
-from mailhub.imap.view import BadSequence, UidValidityChanged, View
+from mailhub.imap.view import BadSequence, UidValidityChanged, View, fast_look
 from mailhub.net import IStreamTransport
 from mailhub.store import Folder, FolderNotFound, InvalidName, Mailbox, StoreError
 from mailhub.store.changes import MESSAGE_CHANGES, StoreChange
@@ -446,7 +446,10 @@ class IMAPServerProtocol(Protocol, TimeoutMixin, HandshakeDeadline):
             view = self.view
             try:
                 # The lock may be busy (new mail needs UIDs): wait on timers, as commands do.
-                lines = await self.unlocked(lambda: view.sync(allow_expunge=allow, since=started))
+                fast = fast_look(name)  # NOOP and CHECK look in full (view.FULL_LOOK)
+                lines = await self.unlocked(
+                    lambda: view.sync(allow_expunge=allow, since=started, fast=fast)
+                )
             except UidValidityChanged:
                 self.bye("Mailbox UIDVALIDITY changed; please reselect")
                 return

@@ -22,6 +22,11 @@ before the call. It runs
 Nothing is looked at while nobody listens; while only folder listeners do (IMAP sessions, no web
 feed), only their mailboxes are looked at and watched.
 
+While it runs with inotify on a file system of this host alone, the feed also gives the store
+its inotify witness (``dirwatch.DirWatch``, ``StoreSettings.witness``): most IMAP commands then
+need not list a folder changed within the last second again when nothing changed it since
+(``Folder.sync(fast=True)``). On a file system several hosts share (NFS), no witness.
+
 Listeners see facts about the disk, not a protocol's view: an IMAP session is only woken up by
 them and reports what its own View's sync finds (RFC 3501's EXISTS/EXPUNGE rules stay there).
 """
@@ -41,6 +46,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
+from mailhub.store.dirwatch import DirWatch, local_file_system
 from mailhub.store.errors import LockBusy, StoreError
 from mailhub.store.maildir import Folder, FolderState, MessageInfo
 from mailhub.store.names import INBOX, folder_dirname, folder_from_dirname
@@ -104,6 +110,7 @@ class StoreChanges(Service):
         scan_interval: float = 1.0,
         use_inotify: bool = True,
         trusted_rounds: int = 10,
+        witness: bool | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -127,6 +134,10 @@ class StoreChanges(Service):
         self._scan_timer = LoopingCall(self._scan_logged)
         self._scan_timer.clock = clock
         self._use_inotify = use_inotify
+        # Give the store an inotify witness (None: when inotify is used and the store's file
+        # system is this host's alone, dirwatch.local_file_system)
+        self._want_witness = witness
+        self._witness: DirWatch | None = None
         self._notifier: Any = None
         self._readable: Any = None  # select.poll() on the notifier's descriptor
         self._watching: set[str] = set()
@@ -148,6 +159,7 @@ class StoreChanges(Service):
             return
         super().startService()
         self._start_notifier()
+        self._start_witness()
         self._scan_timer.start(self.scan_interval, now=True)
 
     def stopService(self) -> None:
@@ -168,6 +180,22 @@ class StoreChanges(Service):
         self._dirty_all = True
         if notifier is not None:
             notifier.loseConnection()
+        witness, self._witness = self._witness, None
+        if witness is not None:
+            if self.store.settings.witness.dirs is witness:
+                self.store.settings.witness.dirs = None
+            witness.close()
+
+    def _start_witness(self) -> None:
+        slot = self.store.settings.witness
+        if slot.dirs is not None:  # another feed on the same store has given one
+            return
+        want = self._want_witness
+        if want is None:
+            want = self._use_inotify and local_file_system(str(self.store.root))
+        if not want:
+            return
+        self._witness = slot.dirs = DirWatch.open()
 
     # --- listeners -------------------------------------------------------------------------
 

@@ -104,7 +104,7 @@ class Folder:
 
     # -- the state ---------------------------------------------------------------------------
 
-    def sync(self, *, assign: bool = True) -> FolderState:
+    def sync(self, *, assign: bool = True, fast: bool = False) -> FolderState:
         """Bring the view up to date with the disk and return it.
 
         Assigns UIDs (in arrival order) to messages not seen before, forgets vanished ones,
@@ -117,8 +117,13 @@ class Folder:
         that have a durable UID already; ``written()`` fires when the worker is done and the
         ``on_written`` listeners are called. ``UidsPending`` (a ``LockBusy``) when there is
         no list yet to build a state from.
+
+        ``fast``: a directory changed within the dirty window is not listed again while the
+        store's inotify witness saw no change in it since it was last listed (this host's
+        changes, any process's; ``StoreSettings.witness``, set by the change feed on a local
+        file system). For most IMAP commands' looks; NOOP, SELECT and IDLE look in full.
         """
-        return self._syncer.sync(assign=assign)
+        return self._syncer.sync(assign=assign, fast=fast)
 
     def written(self) -> Deferred[None] | None:
         """A Deferred that fires when the worker's UID-list write in flight has ended (and

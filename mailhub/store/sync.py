@@ -41,10 +41,14 @@ class Syncer:
         self.scanner = scanner
         self.index = index
 
-    def sync(self, taken: list[int] | None = None, *, assign: bool = True) -> FolderState:
+    def sync(
+        self, taken: list[int] | None = None, *, assign: bool = True, fast: bool = False
+    ) -> FolderState:
         """``Folder.sync()``; with a list ``taken``, a rebuild also moves what is in new/ to
         cur/ first and puts the UIDs it moved in ``taken``. ``assign=False``: when the UID
-        list must change, leave that to a worker (uidwriter.py) if the store has one."""
+        list must change, leave that to a worker (uidwriter.py) if the store has one.
+        ``fast``: young directories the inotify witness vouches for are not listed again
+        (``Scanner.refresh``)."""
         core = self.core
         if not assign and core.settings.offload.run is None:
             assign = True  # no worker: as ever
@@ -52,7 +56,7 @@ class Syncer:
         changed = False
         refresh = self.scanner.refresh
         for sub in ("new", "cur"):  # new/ first: a message moving new->cur is then seen in cur/
-            changed |= refresh(sub, force=False)
+            changed |= refresh(sub, force=False, fast=fast)
         # A state lacking messages left to a worker is good enough for a look that assigns
         # nothing while that worker is still at it; otherwise look again.
         if not changed and core.state is not None and not core.stale:
