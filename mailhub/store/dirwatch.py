@@ -10,9 +10,10 @@ the listing is still the directory's content (RFC 3501 5.2 and 7 leave it to the
 it reports changes; Dovecot's FAST sync answers most commands from its index log the same way).
 
 One descriptor per process, read only when asked (no reactor callbacks: a STORE of 3,000
-messages queues 6,000 events, each parsed here in a fraction of a microsecond). A queue that
-overflowed (events lost) makes every generation new; a watch the kernel dropped (the
-directory was removed) vouches for nothing. At most ``limit`` directories are watched (each
+messages queues 6,000 events, each parsed here in a fraction of a microsecond), under a lock (a
+store worker's look reads it too: an event one thread read must count before the other asks).
+A queue that overflowed (events lost) makes every generation new; a watch the kernel dropped
+(the directory was removed) vouches for nothing. At most ``limit`` directories are watched (each
 watch counts against the user's ``fs.inotify.max_user_watches``): the oldest watch is given
 up for a new one, and a directory that cannot be watched is simply listed as before.
 
@@ -26,6 +27,7 @@ import ctypes
 import ctypes.util
 import os
 import struct
+import threading
 from functools import cache
 from itertools import count
 
@@ -87,8 +89,7 @@ def local_file_system(path: str, mountinfo: str | None = None) -> bool:
 
 
 class DirWatch:
-    """One inotify descriptor vouching for listed directories (see the module docstring).
-    Reactor thread only."""
+    """One inotify descriptor vouching for listed directories (see the module docstring)."""
 
     def __init__(self, fd: int, limit: int = 4096) -> None:
         self._fd = fd
@@ -98,6 +99,7 @@ class DirWatch:
         self._paths: dict[int, list[str]] = {}  # wd -> paths (one inode, one wd)
         self._generation: dict[int, int] = {}  # wd -> serial of its last event (or its start)
         self.events = 0  # read so far (for tests and curiosity)
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, limit: int = 4096) -> DirWatch | None:
@@ -112,31 +114,33 @@ class DirWatch:
         return cls(fd, limit)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self._wd.clear()
-        self._paths.clear()
-        self._generation.clear()
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._wd.clear()
+            self._paths.clear()
+            self._generation.clear()
 
     def generation(self, path: str, *, watch: bool) -> int | None:
         """Read what is queued, then the generation of directory ``path``: equal to one taken
         before a listing of it only while nothing changed there since. ``watch``: start
         watching it if it is not (then call before listing it); else None for a directory not
         watched (or not any more)."""
-        if self._fd < 0:
-            return None
-        self.drain()
-        wd = self._wd.get(path)
-        if wd is None:
-            if not watch:
+        with self._lock:
+            if self._fd < 0:
                 return None
-            wd = self._add(path)
+            self._drain()
+            wd = self._wd.get(path)
             if wd is None:
-                return None
-        return self._generation.get(wd)
+                if not watch:
+                    return None
+                wd = self._add(path)
+                if wd is None:
+                    return None
+            return self._generation.get(wd)
 
-    def drain(self) -> None:
+    def _drain(self) -> None:
         """Read every event queued now (non-blocking): each makes its watch's generation new."""
         read, unpack = os.read, _EVENT.unpack_from
         generation = self._generation
