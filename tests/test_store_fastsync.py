@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +22,9 @@ from mailhub.store import changes as changes_module
 from mailhub.store.changes import StoreChanges
 from mailhub.store.dirwatch import DirWatch, local_file_system
 from mailhub.store.maildir import Folder
-from tests.support.imap import USER, IMAPTestCase, message
+from tests.support.imap import USER, Client, IMAPTestCase, message
 from tests.support.tools import skip_or_fail
+from tests.test_store_uidwriter import OffThreadCase
 
 # Every directory stays "young" (its mtime within the window) for the whole test: the mtime
 # never vouches for a listing, only the witness can.
@@ -355,3 +357,60 @@ class TheFeedGivesTheWitness(SynchronousTestCase):
     def test_none_without_inotify(self) -> None:
         store, _ = self.feed(use_inotify=False)
         self.assertIsNone(store.settings.witness.dirs)
+
+
+class AFirstSelectListsOnce(OffThreadCase):
+    """A first SELECT with the witness: new/ and cur/ are listed once each on the reactor (the
+    full look of its first ``settled()`` round); the round after the worker's write and the
+    View's look are fast ones, and still see mail that arrived meanwhile."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.dirs = self.store.settings.witness.dirs = open_witness(self)
+        self.seen: list[str] = []
+        real = os.listdir
+        main = threading.main_thread()
+
+        def listdir(path: str) -> list[str]:
+            if threading.current_thread() is main:
+                self.seen.append(os.path.basename(path))
+            return real(path)
+
+        self.patch(scan.os, "listdir", listdir)
+
+    def select(self) -> Client:
+        client = self.connect()
+        client.command(f"LOGIN {USER} secret")
+        client.send("s1 SELECT INBOX\r\n")
+        return client
+
+    def test_first_select(self) -> None:
+        for n in range(3):
+            self.arrive(f"m{n}")
+        client = self.select()
+        self.worker.release()
+        client.run("""
+            S: ...
+            S: * 3 EXISTS
+            S: * 3 RECENT
+            S: ...
+            S: s1 OK [READ-WRITE] SELECT completed
+        """)
+        self.assertEqual(sorted(self.seen), ["cur", "new"])
+        self.assertEqual(self.on_reactor, [])
+
+    def test_mail_arriving_during_the_write(self) -> None:
+        self.arrive("early")
+        client = self.select()
+        with in_the_same_tick(self.store.root / "example.org" / "alice"):
+            self.arrive("late")  # not in the listing the worker was given
+        self.worker.release()
+        self.worker.release()  # a second write for it
+        client.run("""
+            S: ...
+            S: * 2 EXISTS
+            S: * 2 RECENT
+            S: ...
+            S: s1 OK [READ-WRITE] SELECT completed
+        """)
+        self.assertEqual(self.worker.jobs, 2)

@@ -102,12 +102,13 @@ class View:
         self._flag_lists: dict[tuple[frozenset[str], frozenset[str], bool], bytes] = {}
         self._flag_sets: dict[tuple[frozenset[str], frozenset[str], bool], frozenset[str]] = {}
         folder.add_reader(self)
-        # assign=False: UIDs for new mail left to the store's worker (Folder.sync)
+        # assign=False: UIDs for new mail left to the store's worker (Folder.sync). A fast
+        # look: SELECT's full one is Folder.settled()'s, just before (mailbox_commands).
         if readonly:
-            state = folder.sync(assign=assign)
+            state = folder.sync(assign=assign, fast=True)
             self.recent.update(m.uid for m in state.messages if m.recent)
         else:
-            state, taken = folder.sync_taking_recent(assign=assign)
+            state, taken = folder.sync_taking_recent(assign=assign, fast=True)
             self.recent.update(taken)
         self.uidvalidity = state.uidvalidity
         self.uids: list[int] = list(map(_uid_of, state.messages))  # ascending (FolderState)

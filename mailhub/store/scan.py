@@ -26,12 +26,15 @@ class Scanner:
     def __init__(self, core: FolderCore) -> None:
         self.core = core
 
-    def refresh(self, sub: str, *, force: bool, fast: bool = False) -> bool:
+    def refresh(
+        self, sub: str, *, force: bool, fast: bool = False, watch: bool | None = None
+    ) -> bool:
         """List ``sub`` again unless its stamp is trusted and unchanged; whether the state
         built from the scans must be rebuilt. ``fast`` (most IMAP commands' looks, not
         NOOP's): a directory changed within the dirty window is not listed again either
         while the store's inotify witness (``dirwatch.py``) saw no change in it since the
-        last listing; the directory is watched from then on."""
+        last listing; the directory is watched from then on (``watch``: whether to start
+        watching it, by default when ``fast``)."""
         core = self.core
         scan = core.scans[sub]
         st = core.stat_dir(sub)
@@ -49,7 +52,9 @@ class Scanner:
         dirs = core.settings.witness.dirs
         # Taken (the queue read, the watch made) before listing: a change after it shows
         # as a new generation, even one the listing saw.
-        scan.generation = None if dirs is None else dirs.generation(path, watch=fast)
+        if watch is None:
+            watch = fast
+        scan.generation = None if dirs is None else dirs.generation(path, watch=watch)
         try:
             listing = os.listdir(path)
         except FileNotFoundError:

@@ -147,25 +147,26 @@ class Syncer:
             vanished, unknown, differ = differences(lst, entries)
         return lst, entries, bool(vanished) or unknown or differ
 
-    def settling(self) -> Deferred[None] | None:
+    def settling(self, *, fast: bool = False) -> Deferred[None] | None:
         """For a look about to be made with ``assign=False`` that wants every message: when
         the UID list must change first, the worker's write (started now, or in flight) to
         wait for; None when the list has every message (or the store has no worker: the
         look assigns inline). Builds no state (a first SELECT then builds it once, moving
-        new/ to cur/ as it does: ``take_new``)."""
+        new/ to cur/ as it does: ``take_new``). Looks at the directories (``fast``: as
+        ``sync(fast=True)`` does) even without a worker: SELECT's full look."""
         core = self.core
         run = core.settings.offload.run
-        if run is None:
-            return None
-        if core.job is not None:
+        if run is not None and core.job is not None:
             return core.job.wait()
         changed = False
-        for sub in ("new", "cur"):
-            changed |= self.scanner.refresh(sub, force=False)
-        if not changed and core.state is not None and not core.partial:
-            return None
+        for sub in ("new", "cur"):  # (watched: the looks that follow in a session are fast)
+            changed |= self.scanner.refresh(sub, force=False, fast=fast, watch=True)
         if changed:
             core.stale = True  # the scans are newer than the state: the look rebuilds it
+        if run is None:
+            return None
+        if not changed and core.state is not None and not core.partial:
+            return None
         _, entries, needs_lock = self._compare()
         return uidwriter.start(core, run, entries).wait() if needs_lock else None
 
