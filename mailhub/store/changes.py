@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import select
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,9 @@ SCAN_BATCH = 500
 # A folder whose lock was busy is looked at again after this long (a live holder keeps it for
 # milliseconds; a dead one on another node for up to a minute: not 50 looks a second).
 BUSY_DELAY = 0.1
+
+# inotify's queue-overflow event: wd -1, mask IN_Q_OVERFLOW (<sys/inotify.h>)
+_OVERFLOW = struct.pack("=iI", -1, 0x00004000)
 
 NEW = "new"
 FLAGS = "flags"  # flags, keywords or UID of a message changed
@@ -625,6 +629,16 @@ class StoreChanges(Service):
             def connectionLost(self, reason: Any = None) -> None:
                 super().connectionLost(reason)
                 changes._notifier_lost(self)
+
+            def _doRead(self, in_: bytes) -> None:
+                # Twisted drops the queue's overflow event (its watch descriptor is -1, no
+                # watch's): events were lost, so only a whole scan can be trusted now. (A
+                # read holds whole events; the pattern cannot occur inside one: no watch
+                # has descriptor -1, and a name is NUL-padded before the next header.)
+                if _OVERFLOW in in_:
+                    changes._overflow(inotify.IN_Q_OVERFLOW)
+                    changes.notice_soon()
+                super()._doRead(in_)
 
         try:
             self._notifier = Notifier(reactor=self.clock)
