@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -521,37 +520,3 @@ class TakingRecentDuringTheWrite(OffThreadCase):
             S: s1 OK [READ-ONLY] EXAMINE completed
         """)
         self.assertEqual(len(self.files(self.root / "new")), 1)
-
-
-class TakingRecentInAnOldFolder(TakingRecentDuringTheWrite):
-    """The same, with directories older than the dirty window when SELECT lists them (their
-    mtimes trusted then): after our moves their stamps are young again, so a change another
-    process makes in the same clock tick is still found by the next full look."""
-
-    def setUp(self) -> None:
-        super().setUp()
-        old = self.store.settings
-        self.store = MailStore(
-            self.store.root, hostname="mail.example.org", now=lambda: time.time() + 3600
-        )
-        self.store.settings.offload.run = old.offload.run
-        self.store.settings.witness.dirs = old.witness.dirs
-        self.factory = self.make_factory(changes=self.changes)
-
-    def test_a_change_in_the_same_tick_as_our_moves_is_found_by_noop(self) -> None:
-        for n in range(3):
-            self.arrive_named(f"m{n}")
-        client = self.select()
-        self.worker.release()
-        client.run("""
-            S: ...
-            S: s1 OK [READ-WRITE] SELECT completed
-        """)
-        with in_the_same_tick(self.root):
-            self.arrive_named("late")
-        client.run("""
-            C: a1 NOOP
-            S: * 4 EXISTS
-            S: * 4 RECENT
-            S: a1 OK NOOP completed
-        """)

@@ -382,11 +382,9 @@ def take_early(core: FolderCore, job: uidwriter.Job, entries: Files) -> list[str
     for sub, scan in (("new", new_scan), ("cur", cur_scan)):
         if generations[sub] is None:
             scan.generation = None  # stamp left as before the moves: listed again
+            scan.trusted = False
         else:
             scan.stamp, scan.generation = stamps[sub], generations[sub]
-        # The stamp is as young as our moves: only the witness may vouch for it, never its
-        # age (a change in the same clock tick by another process leaves it as it is).
-        scan.trusted = False
     return [base for base, _ in done]
 
 
