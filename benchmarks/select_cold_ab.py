@@ -14,7 +14,6 @@ with the store's inotify witness (h/fastsync) get one, as the server's change fe
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import shutil
@@ -73,13 +72,8 @@ def child(workdir: Path, runs: int) -> None:
         folder = store.mailbox("bench@localhost").folder("INBOX")
         c0, t0 = time.thread_time(), time.perf_counter()
         if worker:
-            # as mailbox_commands._select (since h/fastsync: new/ -> cur/ during the write)
-            if "take" in inspect.signature(folder.settled).parameters:
-                early = await folder.settled(take=True)
-                view = View(folder, readonly=False, assign=False, early=early)
-            else:
-                await folder.settled()
-                view = View(folder, readonly=False, assign=False)
+            await folder.settled()  # as mailbox_commands._select
+            view = View(folder, readonly=False, assign=False)
         else:
             view = View(folder, readonly=False)
         seg["wall"] = time.perf_counter() - t0

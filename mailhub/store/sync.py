@@ -403,37 +403,30 @@ def _rename_new(
     rename = os.rename
     done: list[tuple[str, str]] = []
     sources: set[str] = set()
-    stamps: dict[str, Stamp] = {}
+    src = core.open_dir("new")
     try:
-        src = core.open_dir("new")
+        dst = core.open_dir("cur")
         try:
-            dst = core.open_dir("cur")
-            try:
-                for base, fn in moves:
-                    if fn == base:
-                        target = base + suffix
-                    else:
-                        info = fn.partition(names.INFO_SEPARATOR)[2]
-                        target = names.format_filename(base, names.flags_of(info))
-                    try:
-                        rename(fn, target, src_dir_fd=src, dst_dir_fd=dst)
-                    except FileNotFoundError:
-                        continue  # taken by another reader: the next look finds where it went
-                    done.append((base, target))
-                    sources.add(fn)
-            finally:
-                os.close(dst)
+            for base, fn in moves:
+                if fn == base:
+                    target = base + suffix
+                else:
+                    info = fn.partition(names.INFO_SEPARATOR)[2]
+                    target = names.format_filename(base, names.flags_of(info))
+                try:
+                    rename(fn, target, src_dir_fd=src, dst_dir_fd=dst)
+                except FileNotFoundError:
+                    continue  # taken by another reader: the next look finds where it went
+                done.append((base, target))
+                sources.add(fn)
         finally:
-            os.close(src)
-        for sub in ("new", "cur"):
-            st = core.stat_dir(sub)
-            stamps[sub] = (st.st_ino, st.st_mtime_ns, st.st_size)
-    except BaseException:
-        for sub, path in paths.items():
-            if noting[sub] and dirs is not None:
-                dirs.own(path, set())  # (stops noting)
-        core.changed_by_us()  # some may have moved: the next look lists again
-        raise
+            os.close(dst)
+    finally:
+        os.close(src)
+    stamps: dict[str, Stamp] = {}
+    for sub in ("new", "cur"):
+        st = core.stat_dir(sub)
+        stamps[sub] = (st.st_ino, st.st_mtime_ns, st.st_size)
     expected = {"new": sources, "cur": {t for _, t in done}}
     generations: dict[str, int | None] = {
         sub: dirs.own(paths[sub], expected[sub]) if noting[sub] and dirs is not None else None
