@@ -13,13 +13,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailhub.safeio import write_new_file
-from mailhub.store import MailStore, names, scan, sync
+from mailhub.store import MailStore, scan
 from mailhub.store import changes as changes_module
 from mailhub.store.changes import StoreChanges
 from mailhub.store.dirwatch import DirWatch, local_file_system
@@ -416,107 +414,3 @@ class AFirstSelectListsOnce(OffThreadCase):
             S: s1 OK [READ-WRITE] SELECT completed
         """)
         self.assertEqual(self.worker.jobs, 2)
-
-
-class TakingRecentDuringTheWrite(OffThreadCase):
-    """A first SELECT moves new/ to cur/ while the worker writes the UID list
-    (``sync.take_early``) when every name says its time and size (the worker then needs no
-    stat() of them): the messages are \\Recent to this session only, the list holds them
-    all, and mail arriving meanwhile is still found."""
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.dirs = self.store.settings.witness.dirs = open_witness(self)
-        self.root = self.store.root / "example.org" / "alice"
-        self.files = os.listdir  # (the test's own look, not counted)
-        self.seen = count_listings(self)
-        self.real_rename = os.rename
-
-    def arrive_named(self, subject: str) -> str:
-        """A delivered file named as mailhub's delivery names it (``,S=<size>``)."""
-        data = message(subject)
-        base = names.with_size(names.unique_name("mail.example.org"), len(data))
-        write_new_file(self.root / "tmp" / base, data)
-        self.real_rename(self.root / "tmp" / base, self.root / "new" / base)
-        return base
-
-    def select(self, command: str = "SELECT") -> Client:
-        client = self.connect()
-        client.command(f"LOGIN {USER} secret")
-        del self.seen[:]
-        del self.on_reactor[:]  # (the test's own deliveries fsync'd on this thread)
-        client.send(f"s1 {command} INBOX\r\n")
-        return client
-
-    def test_moved_while_the_worker_writes(self) -> None:
-        for n in range(3):
-            self.arrive_named(f"m{n}")
-        client = self.select()
-        self.assertEqual(self.files(self.root / "new"), [])  # moved; the list not written yet
-        self.assertEqual(len(self.files(self.root / "cur")), 3)
-        self.assertEqual(client.lines(), [])
-        self.worker.release()
-        client.run("""
-            S: ...
-            S: * 3 EXISTS
-            S: * 3 RECENT
-            S: ...
-            S: s1 OK [READ-WRITE] SELECT completed
-        """)
-        self.assertEqual(self.worker.jobs, 1)
-        self.assertEqual(self.list_uids(), [1, 2, 3])
-        self.assertEqual(self.on_reactor, [])
-        # Our own moves, witnessed: the scans are still good, nothing was listed again.
-        self.assertEqual(sorted(self.seen), ["cur", "new"])
-        client.run("""
-            C: a1 FETCH 1:* (FLAGS)
-            S: * 1 FETCH (FLAGS (\\Recent))
-            S: * 2 FETCH (FLAGS (\\Recent))
-            S: * 3 FETCH (FLAGS (\\Recent))
-            S: a1 OK FETCH completed
-        """)
-        other = self.select()
-        other.run("""
-            S: ...
-            S: * 3 EXISTS
-            S: * 0 RECENT
-            S: ...
-            S: s1 OK [READ-WRITE] SELECT completed
-        """)
-
-    def test_mail_arriving_during_the_moves_is_found(self) -> None:
-        self.arrive_named("early")
-        late: list[str] = []
-
-        def rename(*args: Any, **kwargs: Any) -> None:
-            self.real_rename(*args, **kwargs)
-            if not late:  # in the middle of SELECT's moves, in the same clock tick
-                with in_the_same_tick(self.root):
-                    late.append(self.arrive_named("late"))
-
-        self.patch(sync.os, "rename", rename)
-        client = self.select()
-        self.worker.release()
-        self.worker.release()  # a second write: for the late one
-        client.run("""
-            S: ...
-            S: * 2 EXISTS
-            S: * 2 RECENT
-            S: ...
-            S: s1 OK [READ-WRITE] SELECT completed
-        """)
-        self.assertEqual(self.list_uids(), [1, 2])
-
-    def test_examine_moves_nothing(self) -> None:
-        self.arrive_named("m")
-        client = self.select("EXAMINE")
-        self.assertEqual(len(self.files(self.root / "new")), 1)
-        self.worker.release()
-        client.run("""
-            S: ...
-            S: * 1 EXISTS
-            S: * 1 RECENT
-            S: ...
-            S: s1 OK [READ-ONLY] EXAMINE completed
-        """)
-        self.assertEqual(len(self.files(self.root / "new")), 1)

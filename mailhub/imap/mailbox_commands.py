@@ -56,9 +56,8 @@ async def _select(session: IMAPServerProtocol, items: list[Item], *, readonly: b
         return Done("NO", "Mailbox does not exist", "NONEXISTENT", sync=False)
     # New mail gets its UIDs from the store's worker first (the reactor never writes the
     # UID list): what SELECT reports is then complete and durable.
-    # SELECT: new/ -> cur/ while the worker writes (sync.take_early); \Recent to us.
-    early = await folder.settled(take=not readonly)
-    view = View(folder, readonly=readonly, assign=False, early=early)
+    await folder.settled()
+    view = View(folder, readonly=readonly, assign=False)
     view.condstore = session.condstore
     view.qresync = session.qresync
     w = session.write

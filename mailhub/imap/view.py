@@ -93,14 +93,7 @@ def _same(a: MessageInfo, b: MessageInfo) -> bool:
 class View:
     """The selected folder as this session sees it (see the module docstring)."""
 
-    def __init__(
-        self,
-        folder: Folder,
-        *,
-        readonly: bool,
-        assign: bool = True,
-        early: list[str] | None = None,
-    ) -> None:
+    def __init__(self, folder: Folder, *, readonly: bool, assign: bool = True) -> None:
         self.folder = folder
         self.readonly = readonly
         self.condstore = False  # set by the session when CONDSTORE is enabled
@@ -115,8 +108,7 @@ class View:
             state = folder.sync(assign=assign, fast=True)
             self.recent.update(m.uid for m in state.messages if m.recent)
         else:
-            # early: what SELECT's settled(take=True) moved to cur/ for this session
-            state, taken = folder.sync_taking_recent(assign=assign, fast=True, early=early)
+            state, taken = folder.sync_taking_recent(assign=assign, fast=True)
             self.recent.update(taken)
         self.uidvalidity = state.uidvalidity
         self.uids: list[int] = list(map(_uid_of, state.messages))  # ascending (FolderState)

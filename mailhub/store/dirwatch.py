@@ -100,8 +100,6 @@ class DirWatch:
         self._generation: dict[int, int] = {}  # wd -> serial of its last event (or its start)
         self.events = 0  # read so far (for tests and curiosity)
         self._lock = threading.Lock()
-        # Watches whose events' names are being noted (``mark``/``own``); None: one was lost.
-        self._noted: dict[int, list[bytes] | None] = {}
 
     @classmethod
     def open(cls, limit: int = 4096) -> DirWatch | None:
@@ -123,7 +121,6 @@ class DirWatch:
             self._wd.clear()
             self._paths.clear()
             self._generation.clear()
-            self._noted.clear()
 
     def generation(self, path: str, *, watch: bool) -> int | None:
         """Read what is queued, then the generation of directory ``path``: equal to one taken
@@ -141,39 +138,6 @@ class DirWatch:
                 wd = self._add(path)
                 if wd is None:
                     return None
-            return self._generation.get(wd)
-
-    def mark(self, path: str, since: int | None) -> bool:
-        """Read what is queued; if watched directory ``path`` is still at generation
-        ``since`` (nothing changed it since the listing that took it), note the names of its
-        events from now on, for ``own``, and return True."""
-        with self._lock:
-            if self._fd < 0 or since is None:
-                return False
-            self._drain()
-            wd = self._wd.get(path)
-            if wd is None or self._generation.get(wd) != since:
-                return False
-            self._noted[wd] = []
-            return True
-
-    def own(self, path: str, names: set[str]) -> int | None:
-        """Read what is queued and stop noting ``path``'s events: its generation now if
-        every event since ``mark`` was about one of ``names`` (this process's own changes,
-        which the caller's listing follows), else None."""
-        with self._lock:
-            if self._fd < 0:
-                return None
-            self._drain()
-            wd = self._wd.get(path)
-            if wd is None:
-                return None
-            noted = self._noted.pop(wd, None)
-            if noted is None:
-                return None
-            wanted = {os.fsencode(n) for n in names}
-            if not all(n in wanted for n in noted):
-                return None
             return self._generation.get(wd)
 
     def _drain(self) -> None:
@@ -199,15 +163,10 @@ class DirWatch:
                     # Events were lost: no listing can be vouched for any more.
                     for known in generation:
                         generation[known] = serial
-                    self._noted = dict.fromkeys(self._noted)
                 elif mask & IN_IGNORED:
                     self._forget(wd)  # the kernel dropped the watch (directory removed)
                 elif wd in generation:
                     generation[wd] = serial
-                    if wd in self._noted:
-                        noted = self._noted[wd]
-                        if noted is not None:
-                            noted.append(buf[at - size : at].rstrip(b"\0"))
 
     def _add(self, path: str) -> int | None:
         libc = _libc()
@@ -235,8 +194,6 @@ class DirWatch:
 
     def _forget(self, wd: int) -> None:
         self._generation.pop(wd, None)
-        if wd in self._noted:
-            self._noted[wd] = None
         for path in self._paths.pop(wd, []):
             if self._wd.get(path) == wd:
                 del self._wd[path]

@@ -137,7 +137,7 @@ class Folder:
         listeners.append(listener)
         return lambda: listeners.remove(listener) if listener in listeners else None
 
-    async def settled(self, rounds: int = 3, *, take: bool = False) -> list[str]:
+    async def settled(self, rounds: int = 3) -> None:
         """Wait until the store's worker has given every message found now its UID (SELECT:
         its ``sync(assign=False)`` then reports everything, durably, and the reactor never
         writes the list). Gives up after ``rounds`` writes (mail arriving all the while):
@@ -146,22 +146,15 @@ class Folder:
         The first round's look is a full one (SELECT's, RFC 3501 6.3.1); the rounds after a
         write, and the ``sync(fast=True)`` that should follow, come after it in the same
         command: fast looks (``sync``), which list the directories again only if they changed
-        since (when the store's inotify witness can tell).
-
-        ``take`` (SELECT): the first write's wait is used to move what is in new/ to cur/
-        (``sync.take_early``); returns the base names moved, for ``sync_taking_recent``'s
-        ``early``: they are \\Recent to this session (RFC 3501 2.3.2).
-        """
-        taken: list[str] = []
+        since (when the store's inotify witness can tell)."""
         for n in range(rounds):
-            pending = self._syncer.settling(fast=n > 0, take=taken if take and n == 0 else None)
+            pending = self._syncer.settling(fast=n > 0)
             if pending is None:
-                break
+                return
             await pending
-        return taken
 
     def sync_taking_recent(
-        self, *, assign: bool = True, fast: bool = False, early: list[str] | None = None
+        self, *, assign: bool = True, fast: bool = False
     ) -> tuple[FolderState, list[int]]:
         """``sync()``, then move every message still in new/ to cur/ (as ``take_recent``
         does): SELECT. Returns the state after the moves and the UIDs this call moved (in
@@ -169,9 +162,8 @@ class Folder:
 
         When the sync has to rebuild the state (a first SELECT), the moves happen between
         writing the UID list and building the state, so the state is built once, already
-        holding the moved messages in cur/. ``early``: the bases ``settled(take=True)``
-        moved for this session, counted as moved by this call."""
-        return self._recent.sync_taking_recent(assign=assign, fast=fast, early=early)
+        holding the moved messages in cur/."""
+        return self._recent.sync_taking_recent(assign=assign, fast=fast)
 
     def current_state(self) -> FolderState | None:
         """The state the last ``sync()`` returned with this process's own changes since

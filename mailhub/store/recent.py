@@ -27,19 +27,9 @@ class Recent:
         self.files = files
 
     def sync_taking_recent(
-        self, *, assign: bool = True, fast: bool = False, early: list[str] | None = None
+        self, *, assign: bool = True, fast: bool = False
     ) -> tuple[FolderState, list[int]]:
         """``Folder.sync_taking_recent``: SELECT."""
-        state, taken = self._sync_taking_recent(assign, fast)
-        if early:
-            # Moved by this session's settled(take=True) before the state was built.
-            records = self.core.list.records if self.core.list is not None else {}
-            here = state.by_uid
-            mine = [r.uid for b in early if (r := records.get(b)) is not None and r.uid in here]
-            taken = sorted({*taken, *mine})
-        return state, taken
-
-    def _sync_taking_recent(self, assign: bool, fast: bool) -> tuple[FolderState, list[int]]:
         taken: list[int] = []
         state = self.syncer.sync(taken, assign=assign, fast=fast)
         if taken or not any(map(is_recent, state.messages)):

@@ -16,7 +16,6 @@ from twisted.internet.defer import Deferred
 
 from mailhub.store import names, uidwriter
 from mailhub.store.core import Files, FolderCore, tick
-from mailhub.store.dirwatch import DirWatch
 from mailhub.store.folderstate import (
     FolderState,
     MessageInfo,
@@ -32,8 +31,6 @@ from mailhub.store.folderstate import (
 from mailhub.store.scan import Scanner
 from mailhub.store.uidindex import UidIndex, differences
 from mailhub.store.uidlist import UidList
-
-Stamp = tuple[int, int, int]  # a directory's (inode, mtime_ns, size)
 
 
 class Syncer:
@@ -150,19 +147,13 @@ class Syncer:
             vanished, unknown, differ = differences(lst, entries)
         return lst, entries, bool(vanished) or unknown or differ
 
-    def settling(
-        self, *, fast: bool = False, take: list[str] | None = None
-    ) -> Deferred[None] | None:
+    def settling(self, *, fast: bool = False) -> Deferred[None] | None:
         """For a look about to be made with ``assign=False`` that wants every message: when
         the UID list must change first, the worker's write (started now, or in flight) to
         wait for; None when the list has every message (or the store has no worker: the
         look assigns inline). Builds no state (a first SELECT then builds it once, moving
         new/ to cur/ as it does: ``take_new``). Looks at the directories (``fast``: as
-        ``sync(fast=True)`` does) even without a worker: SELECT's full look.
-
-        ``take`` (SELECT): while the worker writes, the reactor moves what the look found in
-        new/ to cur/ (``take_early``) and puts the base names moved in ``take``; the worker
-        gives them their UIDs as it would have (a base keeps its name and flags)."""
+        ``sync(fast=True)`` does) even without a worker: SELECT's full look."""
         core = self.core
         run = core.settings.offload.run
         if run is not None and core.job is not None:
@@ -177,12 +168,7 @@ class Syncer:
         if not changed and core.state is not None and not core.partial:
             return None
         _, entries, needs_lock = self._compare()
-        if not needs_lock:
-            return None
-        job = uidwriter.start(core, run, entries)
-        if take is not None and entries.new and job.listings is not None and not job.done:
-            take.extend(take_early(core, job, entries))
-        return job.wait()
+        return uidwriter.start(core, run, entries).wait() if needs_lock else None
 
     def build_state(self, lst: UidList, entries: Files) -> None:
         core = self.core
@@ -338,103 +324,6 @@ def take_new(core: FolderCore, lst: UidList, entries: Files) -> list[int]:
                 new_files.pop(base, None)
                 cur_files[base] = target
     return sorted(records[base].uid for base, _ in moved)
-
-
-def take_early(core: FolderCore, job: uidwriter.Job, entries: Files) -> list[str]:
-    """A first SELECT's new/ -> cur/ moves made while the worker writes the UID list from
-    the listing (the renames and the write overlap: the worker's fsyncs and the kernel's
-    renames need no GIL). The bases moved; the scans and ``entries`` follow them, and so do
-    the listings the worker's list is checked against (``Job.listings``: a base keeps its
-    name and flags, so the list agrees with the moved files as with the listed ones).
-
-    Not fsync'd, as ``take_new``'s renames are not: after a crash the file is in new/ or in
-    cur/, under the same base, and gets its UID there; nobody was told anything yet (SELECT
-    answers once the list is durable). If the witness (dirwatch.py) saw only these moves
-    in new/ and cur/ since the look, the scans stay vouched for and the next (fast) look
-    lists nothing; else it lists again."""
-    bases = list(entries.new)
-    secs, _, sizes = names.arrival_fields(bases)
-    known = core.list.records if core.list is not None else {}
-    if None in secs or None in sizes or not known.keys().isdisjoint(bases):
-        # The worker would stat() such a file in new/ (uidindex._stat_unnamed): not moved
-        # under it (it would count the file gone); take_new moves them after the write.
-        return []
-    moved = _rename_new(core, list(entries.new.items()), core.settings.witness.dirs)
-    if moved is None:
-        return []
-    done, stamps, generations = moved
-    scans = core.scans
-    new_scan, cur_scan = scans["new"], scans["cur"]
-    new_files, cur_files = new_scan.files, cur_scan.files
-    targets = []
-    for base, target in done:
-        del entries.new[base]
-        entries.cur[base] = target
-        new_files.pop(base, None)
-        cur_files[base] = target
-        targets.append(target)
-    # (a listing as os.listdir would give it but for the order: an equal one is not parsed)
-    new_scan.listing = list(new_files.values())
-    cur_scan.listing = [*(cur_scan.listing or cur_files.values()), *targets]
-    job.listings = (new_scan.listing, cur_scan.listing)
-    core.agreed = None
-    core.stale = True
-    for sub, scan in (("new", new_scan), ("cur", cur_scan)):
-        if generations[sub] is None:
-            scan.generation = None  # stamp left as before the moves: listed again
-            scan.trusted = False
-        else:
-            scan.stamp, scan.generation = stamps[sub], generations[sub]
-    return [base for base, _ in done]
-
-
-def _rename_new(
-    core: FolderCore, moves: list[tuple[str, str]], dirs: DirWatch | None
-) -> tuple[list[tuple[str, str]], dict[str, Stamp], dict[str, int | None]] | None:
-    """``take_early``'s renames: (base, target) of each moved, the directories' stamps after,
-    and their witness generations if only these moves changed them (else None)."""
-    paths = {sub: f"{core.dir}/{sub}" for sub in ("new", "cur")}
-    # (only from the generation the look's listing took: a change between the two is not ours)
-    noting = {
-        sub: dirs is not None and dirs.mark(path, core.scans[sub].generation)
-        for sub, path in paths.items()
-    }
-    suffix = names.INFO_SEPARATOR + names.FLAGS_PREFIX
-    rename = os.rename
-    done: list[tuple[str, str]] = []
-    sources: set[str] = set()
-    src = core.open_dir("new")
-    try:
-        dst = core.open_dir("cur")
-        try:
-            for base, fn in moves:
-                if fn == base:
-                    target = base + suffix
-                else:
-                    info = fn.partition(names.INFO_SEPARATOR)[2]
-                    target = names.format_filename(base, names.flags_of(info))
-                try:
-                    rename(fn, target, src_dir_fd=src, dst_dir_fd=dst)
-                except FileNotFoundError:
-                    continue  # taken by another reader: the next look finds where it went
-                done.append((base, target))
-                sources.add(fn)
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-    stamps: dict[str, Stamp] = {}
-    for sub in ("new", "cur"):
-        st = core.stat_dir(sub)
-        stamps[sub] = (st.st_ino, st.st_mtime_ns, st.st_size)
-    expected = {"new": sources, "cur": {t for _, t in done}}
-    generations: dict[str, int | None] = {
-        sub: dirs.own(paths[sub], expected[sub]) if noting[sub] and dirs is not None else None
-        for sub in ("new", "cur")
-    }
-    if not done:
-        return None
-    return done, stamps, generations
 
 
 @contextmanager
