@@ -5,7 +5,8 @@ trees: the reactor thread's CPU (``time.thread_time``), the store worker's UID-l
 
 Each tree runs in its own child process with ``PYTHONPATH=<tree>`` (a checkout, or
 ``git archive <commit> | tar -x -C <dir>``); the store's worker is a Twisted thread, as the
-server's GroupCommitter is. Trees before h/uidlist (no worker) do it all on the reactor.
+server's GroupCommitter is. Trees before h/uidlist (no worker) do it all on the reactor. Trees
+with the store's inotify witness (h/fastsync) get one, as the server's change feed gives it.
 
     .venv/bin/python benchmarks/select_cold_ab.py /var/tmp/base . --rounds 2
 """
@@ -62,6 +63,12 @@ def child(workdir: Path, runs: int) -> None:
                 return threads.deferToThread(timed if f is real else f, *args)
 
             store.settings.offload.run = run
+        witness = getattr(store.settings, "witness", None)
+        if witness is not None:
+            # As the server's change feed gives it (mailhub.store.changes, a local disk).
+            from mailhub.store.dirwatch import DirWatch
+
+            witness.dirs = DirWatch.open()
         folder = store.mailbox("bench@localhost").folder("INBOX")
         c0, t0 = time.thread_time(), time.perf_counter()
         if worker:
@@ -74,6 +81,8 @@ def child(workdir: Path, runs: int) -> None:
         if len(view.uids) != 10_000:
             raise SystemExit(f"{len(view.uids)} messages")
         out.append(seg)
+        if witness is not None and witness.dirs is not None:
+            witness.dirs.close()
         shutil.rmtree(root)
 
     async def main() -> None:

@@ -135,9 +135,10 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
         # UID COPY and MOVE are not run again, so a LockBusy here would be their answer.
         view = session.selected_view()
         # (a look that changes the list leaves its write to the worker and meets Flushing:
-        # tried again once it is on disk)
+        # tried again once it is on disk.) A fast look (view.fast_look): only NOOP-like
+        # commands must list young directories.
         lines, _ = await session.unlocked(
-            lambda: view.folder.deferred(lambda: view.sync(allow_expunge=True))
+            lambda: view.folder.deferred(lambda: view.sync(allow_expunge=True, fast=True))
         )
         session.write_all(lines)
     if sub == "FETCH":

@@ -70,7 +70,7 @@ from mailhub.imap.parser import (
     Refused,
     parse_command,
 )
-from mailhub.imap.view import BadSequence, UidValidityChanged, View
+from mailhub.imap.view import BadSequence, UidValidityChanged, View, fast_look
 from mailhub.net import IStreamTransport
 from mailhub.store import Folder, FolderNotFound, InvalidName, Mailbox, StoreError
 from mailhub.store.changes import MESSAGE_CHANGES, StoreChange
@@ -448,9 +448,10 @@ class IMAPServerProtocol(Protocol, TimeoutMixin, HandshakeDeadline):
                 # The lock may be busy (new mail needs UIDs): wait on timers, as commands do.
                 # A look that changes the list leaves its write to the store's worker and
                 # meets Flushing (a LockBusy): tried again once that write is on disk.
+                fast = fast_look(name)  # NOOP and CHECK look in full (view.FULL_LOOK)
                 lines, _ = await self.unlocked(
                     lambda: view.folder.deferred(
-                        lambda: view.sync(allow_expunge=allow, since=started)
+                        lambda: view.sync(allow_expunge=allow, since=started, fast=fast)
                     )
                 )
             except UidValidityChanged:

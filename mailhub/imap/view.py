@@ -39,6 +39,20 @@ _LETTER_ORDER = "SRFTD"
 PERMANENT_FLAGS = tuple(FLAG_TO_LETTER)
 _FLAG_LISTS_KEPT = 4096  # distinct rendered flag lists a view keeps
 
+# The commands after which a session looks at the disk in full (``Folder.sync``): NOOP and
+# CHECK are how a client asks for news (RFC 3501 6.1.2, 6.4.1), SELECT/EXAMINE, STATUS and
+# IDLE (its own looks) likewise. Every other command's look may be a fast one
+# (``fast_look``): RFC 3501 5.2 and 7 let the server choose when it reports changes, and the
+# store lists a young directory again only if its inotify witness saw it change (this
+# host's changes by any process; without a witness - no inotify, a file system shared by
+# several hosts - a fast look is a full one). Dovecot does the same (its FAST sync).
+FULL_LOOK = frozenset(("NOOP", "CHECK", "SELECT", "EXAMINE", "STATUS", "IDLE"))
+
+
+def fast_look(command: str) -> bool:
+    """May the look after ``command`` (its name, upper case; "UID" for UID commands) be fast?"""
+    return command not in FULL_LOOK
+
 
 def imap_flags(info: MessageInfo, recent: bool = False) -> list[str]:
     flags = [LETTER_TO_FLAG[c] for c in _LETTER_ORDER if c in info.flags]
@@ -88,12 +102,13 @@ class View:
         self._flag_lists: dict[tuple[frozenset[str], frozenset[str], bool], bytes] = {}
         self._flag_sets: dict[tuple[frozenset[str], frozenset[str], bool], frozenset[str]] = {}
         folder.add_reader(self)
-        # assign=False: UIDs for new mail left to the store's worker (Folder.sync)
+        # assign=False: UIDs for new mail left to the store's worker (Folder.sync). A fast
+        # look: SELECT's full one is Folder.settled()'s, just before (mailbox_commands).
         if readonly:
-            state = folder.sync(assign=assign)
+            state = folder.sync(assign=assign, fast=True)
             self.recent.update(m.uid for m in state.messages if m.recent)
         else:
-            state, taken = folder.sync_taking_recent(assign=assign)
+            state, taken = folder.sync_taking_recent(assign=assign, fast=True)
             self.recent.update(taken)
         self.uidvalidity = state.uidvalidity
         self.uids: list[int] = list(map(_uid_of, state.messages))  # ascending (FolderState)
@@ -277,6 +292,7 @@ class View:
         just_looked: bool = False,
         assign: bool = True,
         since: int | None = None,
+        fast: bool = False,
     ) -> list[bytes]:
         """Reconcile with the folder; the untagged responses that tell the client.
 
@@ -289,7 +305,8 @@ class View:
         ``since``: the tick (``mailhub.store.core.tick``) the command being answered started
         at; a look at the folder begun after it (by the command itself, another session or
         the feed) is as good as a new one: with ten sessions on one folder that saves most
-        listings of new/ and cur/ (young mtimes are never trusted)."""
+        listings of new/ and cur/ (young mtimes are never trusted). ``fast``: the look may
+        trust the store's inotify witness for young directories (``fast_look``)."""
         if just_looked:
             state = self.folder.current_state()
         elif since is not None:
@@ -297,7 +314,7 @@ class View:
         else:
             state = None
         if state is None:
-            state = self.folder.sync(assign=assign)
+            state = self.folder.sync(assign=assign, fast=fast)
         if state.uidvalidity != self.uidvalidity:
             raise UidValidityChanged(self.folder.name)
         previous, self._state = self._state, state

@@ -22,6 +22,11 @@ before the call. It runs
 Nothing is looked at while nobody listens; while only folder listeners do (IMAP sessions, no web
 feed), only their mailboxes are looked at and watched.
 
+While it runs with inotify on a file system of this host alone, the feed also gives the store
+its inotify witness (``dirwatch.DirWatch``, ``StoreSettings.witness``): most IMAP commands then
+need not list a folder changed within the last second again when nothing changed it since
+(``Folder.sync(fast=True)``). On a file system several hosts share (NFS), no witness.
+
 Listeners see facts about the disk, not a protocol's view: an IMAP session is only woken up by
 them and reports what its own View's sync finds (RFC 3501's EXISTS/EXPUNGE rules stay there).
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import os
 import select
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +47,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
+from mailhub.store.dirwatch import DirWatch, local_file_system
 from mailhub.store.errors import LockBusy, StoreError
 from mailhub.store.maildir import Folder, FolderState, MessageInfo
 from mailhub.store.names import INBOX, folder_dirname, folder_from_dirname
@@ -60,6 +67,9 @@ SCAN_BATCH = 500
 # A folder whose lock was busy is looked at again after this long (a live holder keeps it for
 # milliseconds; a dead one on another node for up to a minute: not 50 looks a second).
 BUSY_DELAY = 0.1
+
+# inotify's queue-overflow event: wd -1, mask IN_Q_OVERFLOW (<sys/inotify.h>)
+_OVERFLOW = struct.pack("=iI", -1, 0x00004000)
 
 NEW = "new"
 FLAGS = "flags"  # flags, keywords or UID of a message changed
@@ -104,6 +114,7 @@ class StoreChanges(Service):
         scan_interval: float = 1.0,
         use_inotify: bool = True,
         trusted_rounds: int = 10,
+        witness: bool | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -127,6 +138,10 @@ class StoreChanges(Service):
         self._scan_timer = LoopingCall(self._scan_logged)
         self._scan_timer.clock = clock
         self._use_inotify = use_inotify
+        # Give the store an inotify witness (None: when inotify is used and the store's file
+        # system is this host's alone, dirwatch.local_file_system)
+        self._want_witness = witness
+        self._witness: DirWatch | None = None
         self._notifier: Any = None
         self._readable: Any = None  # select.poll() on the notifier's descriptor
         self._watching: set[str] = set()
@@ -148,6 +163,7 @@ class StoreChanges(Service):
             return
         super().startService()
         self._start_notifier()
+        self._start_witness()
         self._scan_timer.start(self.scan_interval, now=True)
 
     def stopService(self) -> None:
@@ -168,6 +184,22 @@ class StoreChanges(Service):
         self._dirty_all = True
         if notifier is not None:
             notifier.loseConnection()
+        witness, self._witness = self._witness, None
+        if witness is not None:
+            if self.store.settings.witness.dirs is witness:
+                self.store.settings.witness.dirs = None
+            witness.close()
+
+    def _start_witness(self) -> None:
+        slot = self.store.settings.witness
+        if slot.dirs is not None:  # another feed on the same store has given one
+            return
+        want = self._want_witness
+        if want is None:
+            want = self._use_inotify and local_file_system(str(self.store.root))
+        if not want:
+            return
+        self._witness = slot.dirs = DirWatch.open()
 
     # --- listeners -------------------------------------------------------------------------
 
@@ -597,6 +629,16 @@ class StoreChanges(Service):
             def connectionLost(self, reason: Any = None) -> None:
                 super().connectionLost(reason)
                 changes._notifier_lost(self)
+
+            def _doRead(self, in_: bytes) -> None:
+                # Twisted drops the queue's overflow event (its watch descriptor is -1, no
+                # watch's): events were lost, so only a whole scan can be trusted now. (A
+                # read holds whole events; the pattern cannot occur inside one: no watch
+                # has descriptor -1, and a name is NUL-padded before the next header.)
+                if _OVERFLOW in in_:
+                    changes._overflow(inotify.IN_Q_OVERFLOW)
+                    changes.notice_soon()
+                super()._doRead(in_)
 
         try:
             self._notifier = Notifier(reactor=self.clock)

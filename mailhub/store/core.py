@@ -120,6 +120,9 @@ class DirScan:
     # The os.listdir() that ``files`` was made from, while ``files`` is exactly that (None
     # once our own renames edited ``files`` in place): an equal listing means equal files.
     listing: list[str] | None = None
+    # The inotify generation of the directory taken just before that listing (dirwatch.py):
+    # while it is unchanged, nothing changed the directory since (None: no witness).
+    generation: int | None = None
 
 
 class Reader(Protocol):
@@ -346,6 +349,7 @@ class FolderCore:
         for scan in self.scans.values():
             scan.trusted = False
             scan.listing = None  # the caller edits scan.files to follow its renames
+            scan.generation = None
 
     def announce_index_change(self) -> None:
         """The index changed but no directory did (keywords only): touch cur/ so every

@@ -13,6 +13,7 @@ from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
 from mailhub.store import names
+from mailhub.store.dirwatch import DirWatch
 
 
 class MessageInfo(NamedTuple):
@@ -88,6 +89,17 @@ class Offload:
         self.holding = holding
 
 
+class Witness:
+    """The store's inotify witness (``dirwatch.DirWatch``): set by the change feed while it
+    runs with inotify on a file system of this host alone; None (a shared file system, no
+    inotify, no feed): a directory changed within ``dirty_window`` is listed on every look."""
+
+    __slots__ = ("dirs",)
+
+    def __init__(self, dirs: DirWatch | None = None) -> None:
+        self.dirs = dirs
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """Knobs shared by every folder of a store (tests inject a clock and short timeouts)."""
@@ -98,6 +110,7 @@ class StoreSettings:
     lock_stale_after: float = 60.0
     dirty_window: float = 1.0
     offload: Offload = field(default_factory=Offload, compare=False)
+    witness: Witness = field(default_factory=Witness, compare=False)
 
 
 NO_KEYWORDS: frozenset[str] = frozenset()

@@ -105,7 +105,7 @@ class Folder:
 
     # -- the state ---------------------------------------------------------------------------
 
-    def sync(self, *, assign: bool = True) -> FolderState:
+    def sync(self, *, assign: bool = True, fast: bool = False) -> FolderState:
         """Bring the view up to date with the disk and return it.
 
         Assigns UIDs (in arrival order) to messages not seen before, forgets vanished ones,
@@ -118,8 +118,13 @@ class Folder:
         that have a durable UID already; ``written()`` fires when the worker is done and the
         ``on_written`` listeners are called. ``UidsPending`` (a ``LockBusy``) when there is
         no list yet to build a state from.
+
+        ``fast``: a directory changed within the dirty window is not listed again while the
+        store's inotify witness saw no change in it since it was last listed (this host's
+        changes, any process's; ``StoreSettings.witness``, set by the change feed on a local
+        file system). For most IMAP commands' looks; NOOP, SELECT and IDLE look in full.
         """
-        return self._syncer.sync(assign=assign)
+        return self._syncer.sync(assign=assign, fast=fast)
 
     @contextmanager
     def deferring(self) -> Iterator[list[Deferred[None]]]:
@@ -166,14 +171,21 @@ class Folder:
         """Wait until the store's worker has given every message found now its UID (SELECT:
         its ``sync(assign=False)`` then reports everything, durably, and the reactor never
         writes the list). Gives up after ``rounds`` writes (mail arriving all the while):
-        the look after it then lacks only the newest messages. At once without a worker."""
-        for _ in range(rounds):
-            pending = self._syncer.settling()
+        the look after it then lacks only the newest messages. Without a worker: one look.
+
+        The first round's look is a full one (SELECT's, RFC 3501 6.3.1); the rounds after a
+        write, and the ``sync(fast=True)`` that should follow, come after it in the same
+        command: fast looks (``sync``), which list the directories again only if they changed
+        since (when the store's inotify witness can tell)."""
+        for n in range(rounds):
+            pending = self._syncer.settling(fast=n > 0)
             if pending is None:
                 return
             await pending
 
-    def sync_taking_recent(self, *, assign: bool = True) -> tuple[FolderState, list[int]]:
+    def sync_taking_recent(
+        self, *, assign: bool = True, fast: bool = False
+    ) -> tuple[FolderState, list[int]]:
         """``sync()``, then move every message still in new/ to cur/ (as ``take_recent``
         does): SELECT. Returns the state after the moves and the UIDs this call moved (in
         ascending order): RFC 3501 2.3.2, \\Recent goes to exactly one session.
@@ -181,7 +193,7 @@ class Folder:
         When the sync has to rebuild the state (a first SELECT), the moves happen between
         writing the UID list and building the state, so the state is built once, already
         holding the moved messages in cur/."""
-        return self._recent.sync_taking_recent(assign=assign)
+        return self._recent.sync_taking_recent(assign=assign, fast=fast)
 
     def current_state(self) -> FolderState | None:
         """The state the last ``sync()`` returned with this process's own changes since

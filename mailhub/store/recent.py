@@ -26,10 +26,12 @@ class Recent:
         self.syncer = syncer
         self.files = files
 
-    def sync_taking_recent(self, *, assign: bool = True) -> tuple[FolderState, list[int]]:
+    def sync_taking_recent(
+        self, *, assign: bool = True, fast: bool = False
+    ) -> tuple[FolderState, list[int]]:
         """``Folder.sync_taking_recent``: SELECT."""
         taken: list[int] = []
-        state = self.syncer.sync(taken, assign=assign)
+        state = self.syncer.sync(taken, assign=assign, fast=fast)
         if taken or not any(map(is_recent, state.messages)):
             # (What is still in new/ after the moves was taken by someone else meanwhile.)
             return state, taken

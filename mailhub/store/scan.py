@@ -26,18 +26,39 @@ class Scanner:
     def __init__(self, core: FolderCore) -> None:
         self.core = core
 
-    def refresh(self, sub: str, *, force: bool) -> bool:
+    def refresh(
+        self, sub: str, *, force: bool, fast: bool = False, watch: bool | None = None
+    ) -> bool:
         """List ``sub`` again unless its stamp is trusted and unchanged; whether the state
-        built from the scans must be rebuilt."""
+        built from the scans must be rebuilt. ``fast`` (most IMAP commands' looks, not
+        NOOP's): a directory changed within the dirty window is not listed again either
+        while the store's inotify witness (``dirwatch.py``) saw no change in it since the
+        last listing; the directory is watched from then on (``watch``: whether to start
+        watching it, by default when ``fast``)."""
         core = self.core
         scan = core.scans[sub]
         st = core.stat_dir(sub)
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if not force and scan.trusted and scan.stamp == stamp:
-            return False
+        if not force and scan.stamp == stamp:
+            if scan.trusted:
+                return False
+            if fast and scan.generation is not None:
+                dirs = core.settings.witness.dirs
+                if dirs is not None and dirs.generation(f"{core.dir}/{sub}", watch=False) == (
+                    scan.generation
+                ):
+                    return False  # no event since the listing: it still holds
+        path = f"{core.dir}/{sub}"
+        dirs = core.settings.witness.dirs
+        # Taken (the queue read, the watch made) before listing: a change after it shows
+        # as a new generation, even one the listing saw.
+        if watch is None:
+            watch = fast
+        scan.generation = None if dirs is None else dirs.generation(path, watch=watch)
         try:
-            listing = os.listdir(f"{core.dir}/{sub}")
+            listing = os.listdir(path)
         except FileNotFoundError:
+            scan.generation = None
             raise core.not_found() from None
         if listing == scan.listing:
             # The same names in the same order (a second look within the dirty window, in

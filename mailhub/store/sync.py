@@ -41,10 +41,14 @@ class Syncer:
         self.scanner = scanner
         self.index = index
 
-    def sync(self, taken: list[int] | None = None, *, assign: bool = True) -> FolderState:
+    def sync(
+        self, taken: list[int] | None = None, *, assign: bool = True, fast: bool = False
+    ) -> FolderState:
         """``Folder.sync()``; with a list ``taken``, a rebuild also moves what is in new/ to
         cur/ first and puts the UIDs it moved in ``taken``. ``assign=False``: when the UID
-        list must change, leave that to a worker (uidwriter.py) if the store has one."""
+        list must change, leave that to a worker (uidwriter.py) if the store has one.
+        ``fast``: young directories the inotify witness vouches for are not listed again
+        (``Scanner.refresh``)."""
         core = self.core
         if core.flush is not None:
             raise core.last_flush().busy()  # our own change is on its way to disk (uidwriter.Flush)
@@ -54,7 +58,7 @@ class Syncer:
         changed = False
         refresh = self.scanner.refresh
         for sub in ("new", "cur"):  # new/ first: a message moving new->cur is then seen in cur/
-            changed |= refresh(sub, force=False)
+            changed |= refresh(sub, force=False, fast=fast)
         # A state lacking messages left to a worker is good enough for a look that assigns
         # nothing while that worker is still at it; otherwise look again.
         if not changed and core.state is not None and not core.stale:
@@ -155,27 +159,28 @@ class Syncer:
             vanished, unknown, differ = differences(lst, entries)
         return lst, entries, bool(vanished) or unknown or differ
 
-    def settling(self) -> Deferred[None] | None:
+    def settling(self, *, fast: bool = False) -> Deferred[None] | None:
         """For a look about to be made with ``assign=False`` that wants every message: when
         the UID list must change first, the worker's write (started now, or in flight) to
         wait for; None when the list has every message (or the store has no worker: the
         look assigns inline). Builds no state (a first SELECT then builds it once, moving
-        new/ to cur/ as it does: ``take_new``)."""
+        new/ to cur/ as it does: ``take_new``). Looks at the directories (``fast``: as
+        ``sync(fast=True)`` does) even without a worker: SELECT's full look."""
         core = self.core
         run = core.settings.offload.run
-        if run is None:
-            return None
         if core.flush is not None:
-            return core.last_flush().busy().wait
-        if core.job is not None:
+            return core.last_flush().busy().wait  # our own change on its way to disk
+        if run is not None and core.job is not None:
             return core.job.wait()
         changed = False
-        for sub in ("new", "cur"):
-            changed |= self.scanner.refresh(sub, force=False)
-        if not changed and core.state is not None and not core.partial:
-            return None
+        for sub in ("new", "cur"):  # (watched: the looks that follow in a session are fast)
+            changed |= self.scanner.refresh(sub, force=False, fast=fast, watch=True)
         if changed:
             core.stale = True  # the scans are newer than the state: the look rebuilds it
+        if run is None:
+            return None
+        if not changed and core.state is not None and not core.partial:
+            return None
         _, entries, needs_lock = self._compare()
         return uidwriter.start(core, run, entries).wait() if needs_lock else None
 
