@@ -133,7 +133,10 @@ class UidIndex:
             del lst.records[base]
             next_modseq()  # RFC 7162 3.1.1: an expunge is a change too
         if differ:
-            dirty |= _adopt_flags(lst, entries, next_modseq)
+            # (Not ``dirty |= _adopt_flags(...)``: that reads ``dirty`` before the call, and
+            # a rename found takes its mod-sequence through next_modseq(), which sets it.)
+            adopted = _adopt_flags(lst, entries, next_modseq)
+            dirty = dirty or adopted
         records = lst.records
         unknown = [b for b in entries if b not in records] if records else list(entries)
         lines = None  # the record lines, if the assignment rendered them all
