@@ -185,6 +185,7 @@ class FolderLock:
             self.dot = flush.lock
         else:
             self.dot.acquire()
+        core.locked = True
         core.deferring = deferring
         core.unsaved, core.later_dirs = None, []
         return self.dot
@@ -196,6 +197,7 @@ class FolderLock:
         tb: TracebackType | None,
     ) -> None:
         core = self.core
+        core.locked = False
         unsaved, dirs = core.unsaved, core.later_dirs
         core.deferring, core.unsaved, core.later_dirs = False, None, []
         from mailhub.store import uidwriter  # (uidwriter imports this module)
@@ -276,6 +278,9 @@ class FolderCore:
         self.flush: Flush | None = None
         self.next: Flush | None = None  # changes made while ``flush`` runs: written after
         self.deferring = False
+        # Inside a ``lock()`` block: nobody else can change the UID list now, and what we
+        # write goes back over it, so ``UidIndex.reload`` checks it exactly (not by stamp).
+        self.locked = False
         self.unsaved: tuple[UidList, list[str] | None] | None = None  # (list, record lines)
         self.later_dirs: list[str] = []
 
@@ -297,8 +302,13 @@ class FolderCore:
     def list_path(self) -> Path:
         return self._list_path
 
+    def list_file_header(self) -> bytes | None:
+        """The UID list file's first line now (``uidlist.read_header``)."""
+        return uidlist.read_header(self._list_file)
+
     def list_file_stamp(self) -> tuple[int, int, int] | None:
-        """(inode, mtime_ns, size) of the UID list file now; None if it is missing."""
+        """(inode, mtime_ns, size) of the UID list file now; None if it is missing. Equal
+        stamps may hide a change (coarse mtimes, a reused inode): ``UidIndex.reload``."""
         try:
             st = os.stat(self._list_file)
         except FileNotFoundError:
