@@ -185,7 +185,6 @@ class FolderLock:
             self.dot = flush.lock
         else:
             self.dot.acquire()
-        core.locked = True
         core.deferring = deferring
         core.unsaved, core.later_dirs = None, []
         return self.dot
@@ -197,7 +196,6 @@ class FolderLock:
         tb: TracebackType | None,
     ) -> None:
         core = self.core
-        core.locked = False
         unsaved, dirs = core.unsaved, core.later_dirs
         core.deferring, core.unsaved, core.later_dirs = False, None, []
         from mailhub.store import uidwriter  # (uidwriter imports this module)
@@ -278,9 +276,6 @@ class FolderCore:
         self.flush: Flush | None = None
         self.next: Flush | None = None  # changes made while ``flush`` runs: written after
         self.deferring = False
-        # Inside a ``lock()`` block: nobody else can change the UID list now, and what we
-        # write goes back over it, so ``UidIndex.reload`` checks it exactly (not by stamp).
-        self.locked = False
         self.unsaved: tuple[UidList, list[str] | None] | None = None  # (list, record lines)
         self.later_dirs: list[str] = []
 

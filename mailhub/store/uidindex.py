@@ -11,15 +11,17 @@ size) says so cheaply, but not exactly: the list is replaced by rename, so inode
 and are reused, and with coarse file times (a jiffy, ~4 ms, on many kernels) two writes by
 another process (a worker, another host, a CLI tool) within one tick, of the same size, look
 unchanged. Writing our copy back then loses its UIDs (one UID for two messages), flags and
-keywords. So under the lock, before we may write, an equal stamp is confirmed by the file's
-first line (one small pread: ~5 us of CPU; taking the dotlock costs ~130 us). Every write
-that changes the list changes that line: new UIDs move uidnext, any other change (flags,
-keywords, expunges, records dropped for files found gone) takes a mod-sequence (RFC 7162
-3.1), a lost list gets a new UIDVALIDITY - all but the adoption of a version 1 list's
-flags, and that list's first line says version 1 (``uidlist.header_line``). Not chosen:
-keeping each list's old file open so its inode is not reused (as Dovecot does), a
-descriptor per loaded folder (idle_10k loads 10,000). Without the lock a stale copy is
-only read (the locked look that follows checks exactly).
+keywords. So an equal stamp is confirmed by the file's first line (one small pread: ~5 us of
+CPU; taking the dotlock costs ~130 us) whenever the list is looked at: under the lock before
+we may write, and by a look that found the directories changed. (A look that finds the same
+files and an equal stamp trusts it still: scan.Scanner.refresh; a change read late is not
+lost, the first write under the lock reads it.) Every write that changes the list changes
+that line: new UIDs move uidnext, any other change (flags, keywords, expunges, records
+dropped for files found gone) takes a mod-sequence (RFC 7162 3.1), a lost list gets a new
+UIDVALIDITY - all but the adoption of a version 1 list's flags, and that list's first line
+says version 1 (``uidlist.header_line``). Not chosen: keeping each list's old file open so
+its inode is not reused (as Dovecot does), a descriptor per loaded folder (idle_10k loads
+10,000).
 """
 
 from __future__ import annotations
@@ -68,18 +70,20 @@ class UidIndex:
         self.scanner = scanner
 
     def reload(self) -> UidList | None:
-        """The on-disk list, re-read only if the file changed. None if missing or corrupt."""
+        """The on-disk list, re-read only if the file changed (its stamp, then its first
+        line: the module's docstring). None if missing or corrupt."""
         core = self.core
-        if core.flush is not None and core.list is not None:
-            # Our writes in flight hold the lock: nobody else changed it, and the list in
-            # memory has changes the file may not have yet (core.FolderLock).
+        if (core.flush is not None or core.unsaved is not None) and core.list is not None:
+            # Our writes in flight (or to start when this lock block ends) hold the lock:
+            # nobody else changed it, and the list in memory has changes the file may not
+            # have yet (core.FolderLock) - its first line differs, but it is ours to keep.
             return core.list
         stamp = core.list_file_stamp()
         if (
             stamp is not None
             and stamp == core.list_stamp
             and core.list is not None
-            and (not core.locked or core.list_file_header() == uidlist.header_line(core.list))
+            and core.list_file_header() == uidlist.header_line(core.list)
         ):
             return core.list
         try:
