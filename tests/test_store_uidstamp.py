@@ -7,6 +7,9 @@ hold to the file's stamp after the other process's write."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, maybeDeferred
 
 from mailhub.store import names, uidlist, uidwriter
 from mailhub.store.core import FolderCore
@@ -86,34 +89,64 @@ class StampCollisionTests(StoreTestCase):
 
 
 class VersionOneAdoptionTests(StoreTestCase):
-    def test_flags_changed_after_another_process_adopted_them_get_a_modseq(self) -> None:
-        # The one write that takes no mod-sequence: another process adopts the flags of a
-        # version 1 list (same UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ 1 after it). A rename
-        # by another program after that is a change (RFC 7162 3.1) - not adopted again.
-        first, second = self.deliver(2)
-        v1 = b"mailhub-uidlist 1 1234 3\n1 22 1700000000 %s\n2 22 1700000001 %s\n" % (
-            first.encode(),
-            second.encode(),
+    """The one write that takes no mod-sequence: another process adopts the flags of a
+    version 1 list (same UIDVALIDITY and UIDNEXT, HIGHESTMODSEQ 1 after it). A rename by
+    another program after that is a change (RFC 7162 3.1), not adopted again."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.first, self.second = self.deliver(2)
+        self.v1 = b"mailhub-uidlist 1 1234 3\n1 22 1700000000 %s\n2 22 1700000001 %s\n" % (
+            self.first.encode(),
+            self.second.encode(),
         )
-        ours = self.box.folder()
-        path = core_of(ours).list_path()
-        path.write_bytes(v1)
+        self.ours = self.box.folder()
+        self.path = core_of(self.ours).list_path()
+        self.path.write_bytes(self.v1)
+
+    def adopt_then_rename(self) -> None:
         self.new_store().mailbox(ADDRESS).folder().sync()  # adopts: version 2, modseq 1
-        self.assertEqual(path.read_bytes().split(b"\n")[0], b"mailhub-uidlist 2 1234 3 1")
+        self.assertEqual(self.path.read_bytes().split(b"\n")[0], b"mailhub-uidlist 2 1234 3 1")
         new, cur = self.inbox_path / "new", self.inbox_path / "cur"
-        if (new / first).exists():
-            os.rename(new / first, cur / f"{first}:2,S")
+        if (new / self.first).exists():
+            os.rename(new / self.first, cur / f"{self.first}:2,S")
         else:
-            os.rename(cur / f"{first}:2,", cur / f"{first}:2,S")
-        core = core_of(ours)
-        core.list = uidlist.parse(v1)  # we read the version 1 list before
-        same_stamp(core)
-        ours.sync()
-        lst = uidlist.load(path)
+            os.rename(cur / f"{self.first}:2,", cur / f"{self.first}:2,S")
+
+    def check(self) -> None:
+        lst = uidlist.load(self.path)
         assert lst is not None
-        self.assertEqual(lst.records[first].flags, frozenset({"S"}))
-        self.assertEqual(lst.records[first].modseq, 2)
+        self.assertEqual(lst.records[self.first].flags, frozenset({"S"}))
+        self.assertEqual(lst.records[self.first].modseq, 2)
         self.assertEqual(lst.highestmodseq, 2)
+
+    def test_flags_changed_after_another_process_adopted_them_get_a_modseq(self) -> None:
+        self.adopt_then_rename()
+        core = core_of(self.ours)
+        core.list = uidlist.parse(self.v1)  # we read the version 1 list before
+        same_stamp(core)
+        self.ours.sync()
+        self.check()
+
+    def test_so_in_the_worker(self) -> None:
+        # uidwriter.start hands the worker a copy of our list (the version 1 one, read by
+        # the look); the other process writes before the worker takes the lock.
+        core = core_of(self.ours)
+        core.list = uidlist.parse(self.v1)
+        core.list_stamp = core.list_file_stamp()
+
+        def run(f: Callable[..., object], *args: object) -> Deferred[object]:
+            self.adopt_then_rename()
+            given = list(args)
+            given[7] = core.list_file_stamp()  # (write_list's ``stamp``: the collision)
+            return maybeDeferred(f, *given)
+
+        self.store.settings.offload.run = run
+        self.ours.sync(assign=False)
+        # (the worker's listing predates the rename: the next look records it)
+        self.store.settings.offload.run = None
+        self.ours.sync()
+        self.check()
 
 
 class RenameByAnotherProgramTests(StoreTestCase):
