@@ -532,14 +532,25 @@ class CommandsWriteInTheWorker(OffThreadCase):
         self.assertEqual(self.on_reactor.count("fsync"), 1)
 
     def test_a_failed_write_fails_the_command_and_frees_the_lock(self) -> None:
-        from twisted.internet.defer import fail
+        from twisted.internet.defer import fail, maybeDeferred
 
-        self.store.settings.offload.run = lambda f, *a: fail(OSError(28, "No space left"))
+        failed: list[object] = []
+
+        def run(f: Callable[..., Any], *a: Any) -> Deferred[Any]:
+            # The STORE's write fails; the look after it records the rename it finds on
+            # disk (a change of its own, with its mod-sequence) and writes that.
+            if not failed:
+                failed.append(f)
+                return fail(OSError(28, "No space left"))
+            return maybeDeferred(f, *a)
+
+        self.store.settings.offload.run = run
         self.a.send("a1 STORE 2 +FLAGS (\\Flagged)\r\n")
         self.clock.advance(0)
         # (the rename is on disk: the look after the command tells it)
         self.assertEqual(self.a.lines()[-1], "a1 NO [SERVERBUG] Internal server error")
         self.flushLoggedErrors(OSError)
+        self.assertEqual(self.on_disk()[2][0], "F")
         self.store.settings.offload.run = None
         self.a.send("a2 STORE 3 +FLAGS (\\Flagged)\r\n")  # the lock is free again
         self.clock.advance(0)

@@ -300,8 +300,13 @@ class FolderCore:
     def list_path(self) -> Path:
         return self._list_path
 
+    def list_file_header(self) -> bytes | None:
+        """The UID list file's first line now (``uidlist.read_header``)."""
+        return uidlist.read_header(self._list_file)
+
     def list_file_stamp(self) -> tuple[int, int, int] | None:
-        """(inode, mtime_ns, size) of the UID list file now; None if it is missing."""
+        """(inode, mtime_ns, size) of the UID list file now; None if it is missing. Equal
+        stamps may hide a change (coarse mtimes, a reused inode): ``UidIndex.reload``."""
         try:
             st = os.stat(self._list_file)
         except FileNotFoundError:

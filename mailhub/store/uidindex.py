@@ -5,6 +5,23 @@ for every change found: expunges, flags renamed by other programs (RFC 7162 3.1)
 
 Mod-sequences: every change made under the folder lock takes one new value
 ``highestmodseq + 1`` for all the messages it touches.
+
+Has another process changed the list since we read it? Its file's stamp (inode, mtime_ns,
+size) says so cheaply, but not exactly: the list is replaced by rename, so inodes alternate
+and are reused, and with coarse file times (a jiffy, ~4 ms, on many kernels) two writes by
+another process (a worker, another host, a CLI tool) within one tick, of the same size, look
+unchanged. Writing our copy back then loses its UIDs (one UID for two messages), flags and
+keywords. So an equal stamp is confirmed by the file's first line (one small pread: ~5 us of
+CPU; taking the dotlock costs ~130 us) whenever the list is looked at: under the lock before
+we may write, and by a look that found the directories changed. (A look that finds the same
+files and an equal stamp trusts it still: scan.Scanner.refresh; a change read late is not
+lost, the first write under the lock reads it.) Every write that changes the list changes
+that line: new UIDs move uidnext, any other change (flags, keywords, expunges, records
+dropped for files found gone) takes a mod-sequence (RFC 7162 3.1), a lost list gets a new
+UIDVALIDITY - all but the adoption of a version 1 list's flags, and that list's first line
+says version 1 (``uidlist.header_line``). Not chosen: keeping each list's old file open so
+its inode is not reused (as Dovecot does), a descriptor per loaded folder (idle_10k loads
+10,000).
 """
 
 from __future__ import annotations
@@ -53,14 +70,21 @@ class UidIndex:
         self.scanner = scanner
 
     def reload(self) -> UidList | None:
-        """The on-disk list, re-read only if the file changed. None if missing or corrupt."""
+        """The on-disk list, re-read only if the file changed (its stamp, then its first
+        line: the module's docstring). None if missing or corrupt."""
         core = self.core
-        if core.flush is not None and core.list is not None:
-            # Our writes in flight hold the lock: nobody else changed it, and the list in
-            # memory has changes the file may not have yet (core.FolderLock).
+        if (core.flush is not None or core.unsaved is not None) and core.list is not None:
+            # Our writes in flight (or to start when this lock block ends) hold the lock:
+            # nobody else changed it, and the list in memory has changes the file may not
+            # have yet (core.FolderLock) - its first line differs, but it is ours to keep.
             return core.list
         stamp = core.list_file_stamp()
-        if stamp is not None and stamp == core.list_stamp and core.list is not None:
+        if (
+            stamp is not None
+            and stamp == core.list_stamp
+            and core.list is not None
+            and core.list_file_header() == uidlist.header_line(core.list)
+        ):
             return core.list
         try:
             lst = uidlist.load(core.list_path())
@@ -84,9 +108,11 @@ class UidIndex:
             # Under a FolderLock on the reactor: the worker writes it when the lock block
             # ends (uidwriter.Flush); its stamp is taken then.
             core.unsaved = (lst, records)
+            lst.version = 2  # (as it will be written)
             core.list = lst
             return
         uidlist.save(core.list_path(), lst, core.settings.hostname, records)
+        lst.version = 2  # (as written: its header is the file's)
         core.list, core.list_stamp = lst, core.list_file_stamp()
 
     def _renew(self) -> UidList:
@@ -133,7 +159,10 @@ class UidIndex:
             del lst.records[base]
             next_modseq()  # RFC 7162 3.1.1: an expunge is a change too
         if differ:
-            dirty |= _adopt_flags(lst, entries, next_modseq)
+            # (Not ``dirty |= _adopt_flags(...)``: that reads ``dirty`` before the call, and
+            # a rename found takes its mod-sequence through next_modseq(), which sets it.)
+            adopted = _adopt_flags(lst, entries, next_modseq)
+            dirty = dirty or adopted
         records = lst.records
         unknown = [b for b in entries if b not in records] if records else list(entries)
         lines = None  # the record lines, if the assignment rendered them all

@@ -69,6 +69,9 @@ class UidList:
     uidnext: int = 1
     records: dict[str, UidRecord] = field(default_factory=dict)  # base name -> record
     highestmodseq: int = 1
+    # The format of the file this list was read from (1: adopted flags are still to write);
+    # part of the header the folder lock's check compares (``header_line``).
+    version: int = field(default=2, compare=False)
 
     def assign(self, base: str, size: int, internaldate: int, modseq: int = 1) -> UidRecord:
         """Give ``base`` the next UID (RFC 3501: strictly ascending, never reused)."""
@@ -193,7 +196,7 @@ def _parse_v1(header: list[bytes], lines: list[bytes]) -> UidList:
         raise CorruptUidList(f"bad record: {e}") from None
     if not (0 < uidvalidity <= MAX_UID) or uidnext <= last_uid:
         raise CorruptUidList("bad UIDVALIDITY or UIDNEXT")
-    return UidList(uidvalidity, uidnext, records, 1)
+    return UidList(uidvalidity, uidnext, records, 1, version=1)
 
 
 def render_records(
@@ -255,6 +258,31 @@ def serialise(lst: UidList, records: list[str] | None = None) -> bytes:
     ]
     lines.insert(0, head)
     return os.fsencode("".join(lines))  # (one big copy less than header + encoded records)
+
+
+HEADER_MAX = 128  # > len("mailhub-uidlist 2 <10 digits> <10 digits> <19 digits>\n")
+
+
+def header_line(lst: UidList) -> bytes:
+    """The first line of the file ``lst`` was read from or written as (no newline)."""
+    if lst.version == 1:
+        return b"%s 1 %d %d" % (MAGIC, lst.uidvalidity, lst.uidnext)
+    return b"%s %s %d %d %d" % (MAGIC, VERSION, lst.uidvalidity, lst.uidnext, lst.highestmodseq)
+
+
+def read_header(path: str) -> bytes | None:
+    """The file's first line (no newline) from one small pread; None if the file is missing
+    or its first line is not within ``HEADER_MAX`` bytes (not a list this process wrote)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        head = os.pread(fd, HEADER_MAX, 0)
+    finally:
+        os.close(fd)
+    line, newline, _ = head.partition(b"\n")
+    return line if newline else None
 
 
 def _header(lst: UidList, keywords: Iterable[str]) -> str:

@@ -104,7 +104,9 @@ def start(core: FolderCore, run: Runner, entries: Files | None = None) -> Job:
     # which the worker holds while it uses them (_adopt_flags makes new ones).
     mine = None
     if old is not None and core.list_stamp is not None:
-        mine = UidList(old.uidvalidity, old.uidnext, dict(old.records), old.highestmodseq)
+        mine = UidList(
+            old.uidvalidity, old.uidnext, dict(old.records), old.highestmodseq, old.version
+        )
     d = run(write_list, core.path, core.name, core.settings, old.uidvalidity if old else 0,
             known, dict(job.pending), mine, core.list_stamp,
             None if entries is None else Files(dict(entries.new), dict(entries.cur)))  # fmt: skip
