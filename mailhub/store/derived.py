@@ -79,11 +79,16 @@ class DerivedData:
             return compute_path(f"{core.dir}/{sub}/{fn}")
 
         def miss(uid: int) -> T:
-            base, _, _ = files.where(uid)
+            base, sub, fn = files.where(uid)
             value = cache.lookup(base, name, decode)
             if value is MISSING:
                 if compute_path is not None:
-                    value = files.with_file(uid, from_path)
+                    # where the look-up above found it (one look-up per message, not two; a
+                    # cold SEARCH misses on every message); renamed meanwhile: found again
+                    try:
+                        value = compute_path(f"{core.dir}/{sub}/{fn}")
+                    except FileNotFoundError:
+                        value = files.with_file(uid, from_path)
                 else:
                     with files.open_message(uid) as f:
                         value = compute(f)
