@@ -478,12 +478,13 @@ class CachePass(Generic[T]):
         cache: FolderCache,
         name: str,
         find: Callable[[int], str | None],
-        miss: Callable[[int], T],
+        miss: Callable[[int, str | None], T],
     ) -> None:
         self._cache = cache
         self._values = cache.values(name)
         self._find = find  # uid -> base name, None if not (or no longer) in the folder
-        self._miss = miss  # uid -> value the slow way; raises MessageGone
+        # (uid, its base from find or None) -> value the slow way; raises MessageGone
+        self._miss = miss
 
     def get(self, uid: int) -> T:
         base = self._find(uid)
@@ -491,7 +492,7 @@ class CachePass(Generic[T]):
             value = self._values.get(base, MISSING)
             if value is not MISSING:
                 return value  # type: ignore[return-value]  # a T: MISSING ruled out
-        return self._miss(uid)
+        return self._miss(uid, base)
 
     def close(self) -> None:
         """The pass is over: append the records of what it computed."""
