@@ -349,6 +349,58 @@ class PassTests(CacheCase):
         self.assertEqual(got, 3)
         self.assertEqual(paths[-1], f"{self.inbox_path}/cur/{key}:2,S")
 
+    def test_a_pass_finds_a_file_renamed_after_its_look(self) -> None:
+        # The pass reads from the path its one look-up found; a reader that renamed the file
+        # since (a flag change in another process) makes it look again, not fail.
+        paths: list[str] = []
+
+        def by_path(path: str) -> int:
+            paths.append(path)
+            with open(path, "rb") as f:
+                return sum(1 for _ in f)
+
+        key = self.inbox.sync().by_uid[self.uids[2]].key
+        with self.inbox.cache_pass("lines", None, Counter.encode, int, compute_path=by_path) as p:  # type: ignore[arg-type]
+            self.assertEqual(p.get(self.uids[0]), 1)
+            for sub in ("new", "cur"):
+                for fn in os.listdir(self.inbox_path / sub):
+                    if fn.startswith(key):
+                        os.rename(
+                            self.inbox_path / sub / fn, self.inbox_path / "cur" / f"{key}:2,S"
+                        )
+            self.assertEqual(p.get(self.uids[2]), 3)
+        self.assertEqual(paths[-1], f"{self.inbox_path}/cur/{key}:2,S")
+        other = Counter()  # its record went to the file under the message's base name
+        self.assertEqual(other.get(self.restarted(), self.uids[2]), 3)
+        self.assertEqual(other.computed, 0)
+
+    def test_a_pass_accounts_its_own_records_by_their_keys(self) -> None:
+        # A pass's records, appended in one write, are accounted as the file holds them
+        # (each key the size of its own record: what compaction's dead/live sums rest on).
+        c = Counter()
+        with self.inbox.cache_pass(
+            "lines", c.compute, lambda n: b"%d" % n + b" " * 9 * n, int
+        ) as p:
+            self.assertEqual([p.get(u) for u in self.uids], [1, 2, 3, 4, 5])
+        fc = self.inbox._core.cache_file()
+        with open(self.path, "rb") as f:
+            records, _, damaged = cache.parse_records(f.read(), len(cache.HEADER))
+        self.assertFalse(damaged)
+        in_file = {(base, name): size for base, name, _, size in records}
+        self.assertEqual(len(set(in_file.values())), 5)  # every size differs
+        self.assertEqual(fc._sizes, in_file)
+        self.assertEqual(fc._live, sum(in_file.values()))
+
+    def test_record_names_a_base_as_the_file_system_does(self) -> None:
+        # A base name that is not valid UTF-8 on disk (os.fsdecode's surrogates) is written
+        # back as the same bytes and read as the same str.
+        base = os.fsdecode(b"1790000000.M1P2Q3.h\xe9te")
+        rec = cache.record(base, "lines", b"42")
+        self.assertIn(b" lines 1790000000.M1P2Q3.h\xe9te\n42", rec)
+        self.assertEqual(
+            cache.parse_records(rec, 0), ([(base, "lines", b"42", len(rec))], len(rec), False)
+        )
+
 
 class BigText:
     """An entry "web-text-1" as the web API keeps it: tens of kilobytes per message."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -66,8 +67,13 @@ def check_name(name: str) -> None:
         raise ValueError(f"cache entry name must match {_NAME.pattern!r}, not {name!r}")
 
 
+# os.fsencode's encoding, without its call per record (a cold pass writes one per message)
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
 def record(base: str, name: str, data: bytes) -> bytes:
-    rest = b"%d %s %s\n" % (len(data), name.encode("ascii"), os.fsencode(base))
+    rest = b"%d %s %s\n" % (len(data), name.encode("ascii"), base.encode(_FS_ENCODING, _FS_ERRORS))
     crc = zlib.crc32(data, zlib.crc32(rest))
     return b"+%08x %s%s" % (crc, rest, data)
 
@@ -141,7 +147,8 @@ class FolderCache:
         self._offset = 0  # bytes of it parsed
         self._dead = 0  # bytes in the file no longer needed (superseded, expunged, damaged)
         self._damaged = False
-        self._pending: list[tuple[tuple[str, str], bytes]] = []  # deferred appends
+        self._pending: list[bytes] = []  # deferred appends: their records
+        self._pending_keys: list[tuple[str, str]] = []  # and their (base, name), in order
         self._pending_size = 0
 
     def close(self) -> None:
@@ -345,10 +352,16 @@ class FolderCache:
         ``defer`` collects the record for one append by ``flush`` (a pass over many messages
         writes once, not once per message). A failure to write is logged, never raised: the
         value is still correct."""
-        self.values(name)[base] = value
-        self._raw[name].pop(base, None)
+        values = self._decoded.get(name)
+        if values is None:
+            values = self.values(name)
+        values[base] = value
+        raws = self._raw[name]
+        if raws:
+            raws.pop(base, None)
         rec = record(base, name, data)
-        self._pending.append(((base, name), rec))
+        self._pending.append(rec)
+        self._pending_keys.append((base, name))
         self._pending_size += len(rec)
         if not defer or self._pending_size >= FLUSH_SIZE:
             self.flush()
@@ -356,9 +369,10 @@ class FolderCache:
     def flush(self) -> None:
         """Append the deferred records, in one write."""
         pending, self._pending, self._pending_size = self._pending, [], 0
+        keys, self._pending_keys = self._pending_keys, []
         if not pending:
             return
-        buf = b"".join(rec for _, rec in pending)
+        buf = b"".join(pending)
         try:
             for _ in range(2):
                 fd = self._fd if self._fd is not None else self._open(create=True)
@@ -380,7 +394,7 @@ class FolderCache:
             # Nothing else was appended since we last read the file: our records are the
             # next ones, so account for them here instead of re-reading them on the next pass.
             self._offset = st.st_size
-            for key, rec in pending:
+            for key, rec in zip(keys, pending, strict=True):
                 self._account(key, len(rec))
 
     def _check_header(self, fd: int) -> int:
@@ -464,12 +478,13 @@ class CachePass(Generic[T]):
         cache: FolderCache,
         name: str,
         find: Callable[[int], str | None],
-        miss: Callable[[int], T],
+        miss: Callable[[int, str | None], T],
     ) -> None:
         self._cache = cache
         self._values = cache.values(name)
         self._find = find  # uid -> base name, None if not (or no longer) in the folder
-        self._miss = miss  # uid -> value the slow way; raises MessageGone
+        # (uid, its base from find or None) -> value the slow way; raises MessageGone
+        self._miss = miss
 
     def get(self, uid: int) -> T:
         base = self._find(uid)
@@ -477,7 +492,7 @@ class CachePass(Generic[T]):
             value = self._values.get(base, MISSING)
             if value is not MISSING:
                 return value  # type: ignore[return-value]  # a T: MISSING ruled out
-        return self._miss(uid)
+        return self._miss(uid, base)
 
     def close(self) -> None:
         """The pass is over: append the records of what it computed."""

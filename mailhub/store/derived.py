@@ -78,17 +78,30 @@ class DerivedData:
             assert compute_path is not None
             return compute_path(f"{core.dir}/{sub}/{fn}")
 
-        def miss(uid: int) -> T:
-            base, _, _ = files.where(uid)
-            value = cache.lookup(base, name, decode)
+        def miss(uid: int, base: str | None) -> T:
+            # ``base``: the pass's own look found the message there (_live_base): its file
+            # name is taken from the same listings, without where()'s second look (a cold
+            # SEARCH misses on every message); renamed meanwhile: found again below
+            entries = core.entries
+            if base is not None and (fn := entries.cur.get(base)) is not None:
+                found = base, "cur", fn
+            elif base is not None and (fn := entries.new.get(base)) is not None:
+                found = base, "new", fn
+            else:
+                found = files.where(uid)
+            key, sub, fn = found
+            value = cache.lookup(key, name, decode)
             if value is MISSING:
                 if compute_path is not None:
-                    value = files.with_file(uid, from_path)
+                    try:
+                        value = compute_path(f"{core.dir}/{sub}/{fn}")
+                    except FileNotFoundError:
+                        value = files.with_file(uid, from_path)
                 else:
                     with files.open_message(uid) as f:
                         value = compute(f)
                 if uid not in core.kept:  # (expunged, kept for a reader: no record)
-                    cache.put(base, name, encode(value), value, defer=True)
+                    cache.put(key, name, encode(value), value, defer=True)
             return value  # type: ignore[return-value]  # decoded or computed: a T
 
         return CachePass(cache, name, self._live_base, miss)
