@@ -85,13 +85,20 @@ def remove_if_exists(path: str | os.PathLike[str]) -> None:
 
 
 def atomic_write(
-    path: Path, data: bytes, hostname: str = "localhost", like: os.stat_result | None = None
+    path: Path,
+    data: bytes,
+    hostname: str = "localhost",
+    like: os.stat_result | None = None,
+    *,
+    sync_dir: bool = True,
 ) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix, and
     the new one survives a crash once this returns.
 
     The new file is 0600 from its first byte; with ``like`` (the stat of the file being
     replaced) it takes that file's mode and, where permitted, its owner.
+    ``sync_dir=False``: the file's data is durable, its name only once the caller fsyncs
+    ``path.parent`` (it must, before anything relies on the new file surviving a crash).
     """
     # No leading dot: in a mailbox root, dot-names are Maildir++ folders.
     tmp = path.with_name(f"{path.name}.{unique_name(hostname)}.tmp")
@@ -115,7 +122,8 @@ def atomic_write(
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def makedirs_durable(path: Path, mode: int = 0o700) -> bool:

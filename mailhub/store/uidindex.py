@@ -122,9 +122,13 @@ class UidIndex:
         # RFC 3501 2.3.1.1: above every value this user's folders ever had (a folder of
         # this name deleted or renamed a moment ago), not merely the clock's.
         s = core.settings
+        # INBOX's list lives in the root beside the counter: the list's write (update_locked
+        # saves it before any client can see the value) fsyncs the root, so the counter's
+        # own directory fsync would be a second one of the same directory.
         uidvalidity = uidvalidity_counter.reserve(
-            core.root, floor=old, now=s.now, lock=core.dotlock, hostname=s.hostname
-        )
+            core.root, floor=old, now=s.now, lock=core.dotlock, hostname=s.hostname,
+            root_synced_later=core.list_path().parent == core.root,
+        )  # fmt: skip
         log.info("new UIDVALIDITY {v} for {folder}", v=uidvalidity, folder=core.dir)
         return UidList(uidvalidity)
 

@@ -39,10 +39,16 @@ def reserve(
     now: Callable[[], float],
     lock: Callable[[Path], DotLock],
     hostname: str,
+    root_synced_later: bool = False,
 ) -> int:
     """A new UIDVALIDITY for a folder of the Maildir at ``root``: greater than any this
     returned before for ``root`` and than ``floor``; at least the clock's seconds. Durable
-    before it returns. ``lock(path)`` makes the dotlock (the store's timeouts)."""
+    before it returns. ``lock(path)`` makes the dotlock (the store's timeouts).
+
+    ``root_synced_later``: the caller fsyncs ``root`` itself before the value can reach a
+    client (INBOX: its UID list, in ``root``, is written next with a directory fsync, which
+    makes this file's rename durable too). Only the file's data is fsync'd here: a crash
+    before that fsync loses a value nobody was told (the old file, or none, is found)."""
     path = root / FILENAME
     with lock(root / LOCKNAME):
         highest = _load(path)
@@ -55,7 +61,7 @@ def reserve(
             # (Only if the clock passed 2106 or a value was forced that high: start over.)
             log.warn("UIDVALIDITY space of {root} exhausted; wrapping", root=str(root))
             value = 1
-        atomic_write(path, b"%d\n" % value, hostname)
+        atomic_write(path, b"%d\n" % value, hostname, sync_dir=not root_synced_later)
     return value
 
 
