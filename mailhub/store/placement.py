@@ -15,7 +15,6 @@ import os
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
-from mailhub.safeio import fsync_dir
 from mailhub.store import names
 from mailhub.store.core import FolderCore
 from mailhub.store.errors import MessageGone
@@ -24,6 +23,7 @@ from mailhub.store.folderstate import FolderState, intern_keywords
 from mailhub.store.reading import MessageFiles
 from mailhub.store.spool import Placement, SpoolFile
 from mailhub.store.sync import Syncer
+from mailhub.store.uidwriter import Flush
 
 
 def _stopped_at(t: float) -> Callable[[], float]:
@@ -42,6 +42,11 @@ class Placer:
         self.syncer = syncer
         self.files = files
         self.flags = flags
+        # Directories holding copies linked here (link_copies) whose entries are not yet
+        # durable, and the worker's write fsyncing them (uidwriter.Flush) while in flight:
+        # adopt_copies makes them durable, off the reactor, before it gives them UIDs.
+        self.unsynced: set[str] = set()
+        self.syncing: Flush | None = None
 
     def uids_of(self, bases: Iterable[str]) -> dict[str, int]:
         """UIDs of messages we just added; gives them the keywords still pending (another
@@ -208,17 +213,47 @@ class Placer:
                 continue
             dirs.add(os.path.dirname(target))
             links.append((uid, base))
-        for d in dirs:
-            fsync_dir(d)
         if dirs:
+            # Not fsync'd here (the reactor thread: it would stall every session): the
+            # target's adopt_copies has its directory fsync'd before it names their UIDs.
+            other.unsynced |= dirs
             other.core.changed_by_us()
         return links
 
     def adopt_copies(self, links: list[tuple[int, str]]) -> list[tuple[int, int]]:
         """``Folder.adopt_copies``: [(source uid, new uid)] of ``link_copies``' links to this
         folder; LockBusy before anything is lost, so it may be run again."""
+        self.sync_links()
         new_uids = self.uids_of([b for _, b in links if not b.startswith("#")])
         return [(u, int(b[1:]) if b.startswith("#") else new_uids[b]) for u, b in links]
+
+    def sync_links(self) -> None:
+        """The directories of the copies linked here made durable before any of them gets
+        its UID from us (a crash must not leave a told UID without its file). Under the
+        folder's lock, so nobody gives them UIDs meanwhile: on the reactor thread of a
+        store with a worker (``Folder.deferring``) the worker fsyncs them holding the lock
+        (uidwriter.Flush) and this raises ``Flushing`` until it is done (the caller runs
+        again); elsewhere they are fsync'd at once. A failed fsync fails the command, the
+        directories stay to be fsync'd by the next try."""
+        core = self.core
+        syncing = self.syncing
+        if syncing is not None:
+            if not syncing.done:
+                raise syncing.busy(look=False)
+            self.syncing = None
+            if syncing.failure is not None:
+                self.unsynced.update(syncing.dirs)
+                syncing.failure.raiseException()
+        if not self.unsynced:
+            return
+        dirs = sorted(self.unsynced)
+        with core.lock():
+            for d in dirs:
+                core.fsync_later(d)
+        self.unsynced.difference_update(dirs)
+        if core.flush is not None:
+            syncing = self.syncing = core.last_flush()
+            raise syncing.busy(look=False)
 
 
 def _has(state: FolderState, base: str) -> bool:
