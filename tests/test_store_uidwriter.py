@@ -8,6 +8,7 @@ result comes back through the test's clock (as the GroupCommitter's callFromThre
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections.abc import Callable
@@ -561,6 +562,7 @@ class CommandsWriteInTheWorker(OffThreadCase):
         other_dir = str(self.store.root / "example.org/alice/.Other")
         other_list = Path(other_dir) / uidlist.FILENAME
         del self.on_reactor[:], self.off_reactor[:]
+        self.jobs_before = self.worker.jobs
         self.a.send(f"a1 {command}\r\n")
         answer: list[str] = []
         for _ in range(10):
@@ -581,6 +583,8 @@ class CommandsWriteInTheWorker(OffThreadCase):
     def test_copy_links_are_fsyncd_by_the_worker_before_their_uids(self) -> None:
         events, answer = self.copy_to_other("COPY 1:2 Other")
         self.assertTrue(answer[-1].startswith("a1 OK [COPYUID "), answer)
+        # one write: the links' directory fsync'd, then the list naming them
+        self.assertEqual(self.worker.jobs - self.jobs_before, 1)
         other_dir = str(self.store.root / "example.org/alice/.Other")
         synced = events.index(("fsync_dir", f"{other_dir}/new"))
         written = events.index(("write", f"{other_dir}/{uidlist.FILENAME}"))
@@ -638,6 +642,37 @@ class CommandsWriteInTheWorker(OffThreadCase):
         self.assertEqual(self.a.lines(), ["a1 OK COPY completed"])
         self.assertIn(("fsync_dir", f"{other_dir}/new"), events)
         self.assertNotIn("fsync", self.on_reactor)
+
+    def test_a_failed_write_of_copies_leaves_their_directory_to_fsync(self) -> None:
+        from twisted.internet.defer import fail
+
+        self.a.command("CREATE Other")
+        other = self.folder("Other")
+        other.sync()
+        other_dir = str(self.store.root / "example.org/alice/.Other")
+        self.store.settings.offload.run = lambda f, *a: fail(OSError(28, "No space left"))
+        self.a.send("a1 COPY 1 Other\r\n")
+        for _ in range(3):
+            self.clock.advance(0)
+        self.assertEqual(self.a.lines()[-1], "a1 NO [SERVERBUG] Internal server error")
+        self.flushLoggedErrors(OSError)
+        # not known durable: whatever next gives them UIDs under our lock fsyncs it first
+        self.assertEqual(other.unsynced_links(), [f"{other_dir}/new"])
+        self.store.settings.offload.run = self.worker
+        events = self.disk_events()
+        self.a.send("a2 COPY 2 Other\r\n")
+        for _ in range(4):
+            self.clock.advance(0)
+            self.worker.release()
+        self.clock.advance(0)
+        self.assertTrue(self.a.lines()[-1].startswith("a2 OK [COPYUID "))
+        self.assertLess(
+            events.index(("fsync_dir", f"{other_dir}/new")),
+            events.index(("write", f"{other_dir}/{uidlist.FILENAME}")),
+        )
+        self.assertEqual(other.unsynced_links(), [])
+        gc.collect()  # (the failed write's Deferreds of the first try: logged when collected)
+        self.flushLoggedErrors(OSError)
 
     def test_a_failed_write_fails_the_command_and_frees_the_lock(self) -> None:
         from twisted.internet.defer import fail

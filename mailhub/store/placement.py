@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from mailhub.store import names
 from mailhub.store.core import FolderCore
-from mailhub.store.errors import MessageGone
+from mailhub.store.errors import LockBusy, MessageGone
 from mailhub.store.flags import FlagStore
 from mailhub.store.folderstate import FolderState, intern_keywords
 from mailhub.store.reading import MessageFiles
@@ -43,9 +43,10 @@ class Placer:
         self.files = files
         self.flags = flags
         # Directories holding copies linked here (link_copies) whose entries are not yet
-        # durable, and the worker's write fsyncing them (uidwriter.Flush) while in flight:
-        # adopt_copies makes them durable, off the reactor, before it gives them UIDs.
-        self.unsynced: set[str] = set()
+        # durable (the syncer's: the lock hold that gives them UIDs fsyncs them first, in
+        # the worker's write of the list), and a write fsyncing only them while in flight
+        # (sync_links): adopt_copies has them durable before it names their UIDs.
+        self.unsynced = syncer.fsync_first
         self.syncing: Flush | None = None
 
     def uids_of(self, bases: Iterable[str]) -> dict[str, int]:
@@ -223,11 +224,21 @@ class Placer:
     def adopt_copies(self, links: list[tuple[int, str]]) -> list[tuple[int, int]]:
         """``Folder.adopt_copies``: [(source uid, new uid)] of ``link_copies``' links to this
         folder; LockBusy before anything is lost, so it may be run again."""
+        self.sync_links(start=False)  # (a write of ours in flight, or done, with them)
+        try:
+            # A lock hold giving them UIDs fsyncs their directory first (Syncer.fsync_first)
+            new_uids = self.uids_of([b for _, b in links if not b.startswith("#")])
+        except LockBusy:
+            # That hold's write (uidwriter.Flush) is in flight: they are durable when done.
+            core = self.core
+            if core.flush is not None and self.unsynced <= set(core.last_flush().dirs):
+                self.syncing = core.last_flush()
+            raise
+        # Named without such a hold (another process gave them UIDs): fsync'd on their own.
         self.sync_links()
-        new_uids = self.uids_of([b for _, b in links if not b.startswith("#")])
         return [(u, int(b[1:]) if b.startswith("#") else new_uids[b]) for u, b in links]
 
-    def sync_links(self) -> None:
+    def sync_links(self, *, start: bool = True) -> None:
         """The directories of the copies linked here made durable before any of them gets
         its UID from us (a crash must not leave a told UID without its file). Under the
         folder's lock, so nobody gives them UIDs meanwhile: on the reactor thread of a
@@ -242,18 +253,23 @@ class Placer:
                 raise syncing.busy(look=False)
             self.syncing = None
             if syncing.failure is not None:
-                self.unsynced.update(syncing.dirs)
                 syncing.failure.raiseException()
-        if not self.unsynced:
+            self.unsynced.difference_update(syncing.dirs)
+        if not self.unsynced or not start:
             return
         dirs = sorted(self.unsynced)
+        writes = core.defer_writes
+        started = len(writes) if writes is not None else 0
         with core.lock():
             for d in dirs:
                 core.fsync_later(d)
-        self.unsynced.difference_update(dirs)
         if core.flush is not None:
             syncing = self.syncing = core.last_flush()
             raise syncing.busy(look=False)
+        if writes is None or len(writes) == started:
+            self.unsynced.difference_update(dirs)  # (fsync'd at once)
+        # (else the worker's write ended at once - failed, or a test's runner: they stay;
+        # the caller waits for it, failing as it failed)
 
 
 def _has(state: FolderState, base: str) -> bool:

@@ -40,6 +40,10 @@ class Syncer:
         self.core = core
         self.scanner = scanner
         self.index = index
+        # Directories whose new entries must be durable before the list names them (COPY's
+        # links, placement.Placer): fsync'd under the lock before the list changes (by the
+        # worker when the write is deferred, uidwriter.Flush: one write for both).
+        self.fsync_first: set[str] = set()
 
     def sync(self, taken: list[int] | None = None, *, assign: bool = True) -> FolderState:
         """``Folder.sync()``; with a list ``taken``, a rebuild also moves what is in new/ to
@@ -121,6 +125,8 @@ class Syncer:
         elif needs_lock:
             try:
                 with core.lock():
+                    for d in sorted(self.fsync_first):
+                        core.fsync_later(d)  # (kept until the write is known done: Placer)
                     lst, entries, gone = self.index.update_locked(entries, known_before)
             except FileNotFoundError:
                 # The lock file or the list's temporary file had no directory: the folder was
