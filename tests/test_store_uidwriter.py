@@ -24,6 +24,7 @@ from mailhub.store import core as store_core
 from mailhub.store import dotlock, names, uidlist, uidwriter
 from mailhub.store.changes import StoreChanges
 from mailhub.store.dotlock import DotLock
+from mailhub.store.errors import LockBusy
 from mailhub.store.placement import Placer
 from mailhub.store.scan import create_maildir
 from tests.support.imap import USER, IMAPTestCase, message
@@ -546,8 +547,15 @@ class CommandsWriteInTheWorker(OffThreadCase):
             events.append(("write", str(path)))
             real_write(path, *args)
 
+        real_save = uidlist.save
+
+        def save(path: Any, *args: Any, **kw: Any) -> None:
+            events.append(("write", str(path)))  # (a look's list write: the worker's job)
+            real_save(path, *args, **kw)
+
         self.patch(uidwriter, "fsync_dir", fsync_dir)
         self.patch(message_commands, "fsync_dir", fsync_dir)
+        self.patch(uidlist, "save", save)
         self.patch(uidwriter, "atomic_write", atomic_write)
         return events
 
@@ -642,6 +650,50 @@ class CommandsWriteInTheWorker(OffThreadCase):
         self.assertEqual(self.a.lines(), ["a1 OK COPY completed"])
         self.assertIn(("fsync_dir", f"{other_dir}/new"), events)
         self.assertNotIn("fsync", self.on_reactor)
+
+    def test_a_look_while_a_copy_waits_for_the_lock_fsyncs_its_links_first(self) -> None:
+        # Another process holds the target's lock right after the links; meanwhile a look
+        # at it (the change feed's, an IDLE's) leaves the new files' UIDs to the worker's
+        # job: that job fsyncs the links' directory before its list names them.
+        self.a.command("CREATE Other")
+        other = self.folder("Other")
+        other.sync()
+        other_dir = str(self.store.root / "example.org/alice/.Other")
+        real = Placer.link_copies
+        holders: list[DotLock] = []
+
+        def link_copies(placer: Placer, *args: Any) -> Any:
+            links = real(placer, *args)
+            holder = DotLock(Path(other_dir) / uidlist.LOCKNAME, in_reactor=lambda: True)
+            holder.acquire()
+            holders.append(holder)
+            return links
+
+        self.patch(Placer, "link_copies", link_copies)
+        main = threading.main_thread()
+        self.patch(dotlock, "on_reactor_thread", lambda: threading.current_thread() is main)
+        self.worker.release()
+        self.clock.advance(0)
+        events = self.disk_events()
+        self.a.send("a1 COPY 1 Other\r\n")
+        self.clock.advance(0)
+        self.assertEqual(len(holders), 1)
+        try:
+            other.sync(assign=False)
+        except LockBusy:
+            pass  # (UidsPending: the worker is at it)
+        self.assertIsNotNone(other.written())  # the job is queued
+        holders[0].release()
+        self.worker.release()
+        list_path = f"{other_dir}/{uidlist.FILENAME}"
+        self.assertIn(("write", list_path), events)
+        self.assertLess(
+            events.index(("fsync_dir", f"{other_dir}/new")), events.index(("write", list_path))
+        )
+        for _ in range(30):
+            self.clock.advance(0.1)
+            self.worker.release()
+        self.assertTrue(self.a.lines()[-1].startswith("a1 OK [COPYUID "))
 
     def test_a_failed_write_of_copies_leaves_their_directory_to_fsync(self) -> None:
         from twisted.internet.defer import fail

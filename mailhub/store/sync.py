@@ -118,7 +118,7 @@ class Syncer:
         if needs_lock and not assign:
             run = core.settings.offload.run
             assert run is not None
-            uidwriter.start(core, run, entries)
+            uidwriter.start(core, run, entries, sorted(self.fsync_first))
             if lst is None:
                 raise uidwriter.UidsPending("the UID list is being written", core.dir)
             partial = True
@@ -183,7 +183,9 @@ class Syncer:
         if changed:
             core.stale = True  # the scans are newer than the state: the look rebuilds it
         _, entries, needs_lock = self._compare()
-        return uidwriter.start(core, run, entries).wait() if needs_lock else None
+        if not needs_lock:
+            return None
+        return uidwriter.start(core, run, entries, sorted(self.fsync_first)).wait()
 
     def build_state(self, lst: UidList, entries: Files) -> None:
         core = self.core
