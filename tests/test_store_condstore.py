@@ -3,6 +3,7 @@ STORE with UNCHANGEDSINCE, \\Recent hand-over, streaming APPEND, COPY of many, U
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import time
@@ -575,6 +576,45 @@ class UidListFormatTests(StoreTestCase):
         lst.highestmodseq = 6
         self.assertEqual(uidlist.serialise(lst), first.replace(
             b" 7 7 5\n", b" 7 7 6\n").replace(b"4 20 2 5 - -", b"4 20 2 6 T -"))  # fmt: skip
+
+    def test_lines_kept_from_the_last_write_follow_every_change(self) -> None:
+        # serialise keeps each record's line for the next write (a STORE on 10,000 changes
+        # few); whatever changed since - in place or by a new record - is rendered again:
+        # the bytes are those of a list that never had any kept.
+        def fresh(lst: uidlist.UidList) -> bytes:
+            records = {b: dataclasses.replace(r) for b, r in lst.records.items()}
+            copy = uidlist.UidList(lst.uidvalidity, lst.uidnext, records, lst.highestmodseq)
+            self.assertTrue(all(r.line is None for r in records.values()))
+            return uidlist.serialise(copy)
+
+        bases = [f"{n}.M1.h,S={n}" for n in range(1, 7)]
+        flags = [frozenset("S"), frozenset(), frozenset("FS"), frozenset("S"), frozenset(),
+                 frozenset()]  # fmt: skip
+        lst = uidlist.UidList(7, 1, highestmodseq=1)
+        lst.assign_columns(bases, range(1, 7), range(1, 7), flags, [frozenset()] * 6, 1)
+        text = uidlist.render_records(range(1, 7), list(range(1, 7)), list(range(1, 7)), 1,
+                                      flags, bases)  # fmt: skip
+        self.assertEqual(uidlist.serialise(lst, text), fresh(lst))
+        self.assertEqual(uidlist.serialise(lst), fresh(lst))
+        self.assertTrue(all(r.line is not None for r in lst.records.values()))  # kept
+        recs = lst.records
+        lst.highestmodseq = 3
+        recs[bases[0]].flags, recs[bases[0]].modseq = frozenset("ST"), 2  # a STORE
+        recs[bases[1]].flags = frozenset("R")  # same mod-sequence (a version 1 record adopted)
+        recs[bases[2]].keywords, recs[bases[2]].modseq = frozenset({"$x"}), 3
+        recs[bases[3]] = dataclasses.replace(recs[bases[3]], flags=frozenset("D"), modseq=3)
+        recs[bases[4]].flags = frozenset()  # an equal set, another object: rendered again
+        changed = uidlist.serialise(lst)
+        self.assertEqual(changed, fresh(lst))
+        self.assertIn(b"\n1 1 1 2 ST - 1.M1.h,S=1\n", changed)
+        self.assertIn(b"\n2 2 2 1 R - 2.M1.h,S=2\n", changed)
+        self.assertIn(b"\n3 3 3 3 FS 0 3.M1.h,S=3\n", changed)
+        self.assertIn(b"\n4 4 4 3 D - 4.M1.h,S=4\n", changed)
+        self.assertEqual(uidlist.parse(changed), lst)
+        # a keyword that comes first in the table renumbers the others' indexes
+        recs[bases[0]].keywords, recs[bases[0]].modseq = frozenset({"$a"}), 3
+        self.assertEqual(uidlist.serialise(lst), fresh(lst))
+        self.assertEqual(uidlist.parse(uidlist.serialise(lst)), lst)
 
     def test_damage_is_detected(self) -> None:
         good = b"mailhub-uidlist 2 7 5 9\nK x\n1 10 100 3 S 0 a\n"

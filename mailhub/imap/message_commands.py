@@ -18,6 +18,7 @@ from mailhub.imap.parser import Item, ParseError, SpooledLiteral
 from mailhub.imap.sequence import compress
 from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.view import split_flags
+from mailhub.safeio import fsync_dir
 from mailhub.store import FolderNotFound, StoreError
 from mailhub.store.core import tick
 from mailhub.store.errors import LockBusy, MessageGone
@@ -298,7 +299,9 @@ async def _copy(
         if len(links) < len(uids) and not uid and not move:
             raise  # EXPUNGEISSUED below needs the copies' UIDs to take them back
         # Stored durably, only their UIDs are unknown (the lock stayed busy past
-        # lock_timeout): answer without COPYUID (RFC 4315 allows it), as APPEND does.
+        # lock_timeout): answer without COPYUID (RFC 4315 allows it), as APPEND does -
+        # once the links are durable (adopt_copies fsyncs them first: it did not get to).
+        await session.factory.run(_fsync_dirs, target.unsynced_links())
         copied = None
     code = None
     if copied:
@@ -320,6 +323,12 @@ async def _copy(
             target.expunge([d for _, d in copied])
         return Done("NO", "Some messages were expunged meanwhile", "EXPUNGEISSUED")
     return Done("OK", f"{verb} completed", code)
+
+
+def _fsync_dirs(dirs: list[str]) -> None:
+    """Worker thread: the directories' entries made durable."""
+    for d in dirs:
+        fsync_dir(d)
 
 
 def _expected_flags(

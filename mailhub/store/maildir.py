@@ -382,9 +382,10 @@ class Folder:
     def link_copies(
         self, uids: Iterable[int], other: Folder, since: int | None = None
     ) -> list[tuple[int, str]]:
-        """The first half of ``copy_many``: the copies linked into ``other`` (durably), their
-        UIDs not yet known. ``other.adopt_copies(links)`` names them; it needs ``other``'s
-        lock, and may be run again after LockBusy (the copies must not be made twice).
+        """The first half of ``copy_many``: the copies linked into ``other``, their UIDs not
+        yet known. ``other.adopt_copies(links)`` makes them durable (its directory fsync'd,
+        by the store's worker when deferring) and names them; it needs ``other``'s lock,
+        and may be run again after LockBusy (the copies must not be made twice).
         ``since``: a look at this folder begun after that tick (``looked_since``) serves
         instead of a new one, which might meet the lock busy."""
         return self._placer.link_copies(uids, other._placer, since)
@@ -392,6 +393,16 @@ class Folder:
     def adopt_copies(self, links: list[tuple[int, str]]) -> list[tuple[int, int]]:
         """The second half of ``copy_many``: [(source UID, new UID)] of ``link_copies``."""
         return self._placer.adopt_copies(links)
+
+    def unsynced_links(self) -> list[str]:
+        """Directories of copies linked here whose entries may not be durable yet:
+        ``adopt_copies`` makes them so (in the store's worker) before it names their UIDs;
+        a caller that could not adopt them (LockBusy) fsyncs these itself, off the reactor."""
+        placer = self._placer
+        dirs = set(placer.unsynced)
+        if placer.syncing is not None:
+            dirs.update(placer.syncing.dirs)
+        return sorted(dirs)
 
     # -- derived-data cache ------------------------------------------------------------------
 

@@ -15,15 +15,15 @@ import os
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
-from mailhub.safeio import fsync_dir
 from mailhub.store import names
 from mailhub.store.core import FolderCore
-from mailhub.store.errors import MessageGone
+from mailhub.store.errors import LockBusy, MessageGone
 from mailhub.store.flags import FlagStore
 from mailhub.store.folderstate import FolderState, intern_keywords
 from mailhub.store.reading import MessageFiles
 from mailhub.store.spool import Placement, SpoolFile
 from mailhub.store.sync import Syncer
+from mailhub.store.uidwriter import Flush
 
 
 def _stopped_at(t: float) -> Callable[[], float]:
@@ -42,6 +42,12 @@ class Placer:
         self.syncer = syncer
         self.files = files
         self.flags = flags
+        # Directories holding copies linked here (link_copies) whose entries are not yet
+        # durable (the syncer's: the lock hold that gives them UIDs fsyncs them first, in
+        # the worker's write of the list), and a write fsyncing only them while in flight
+        # (sync_links): adopt_copies has them durable before it names their UIDs.
+        self.unsynced = syncer.fsync_first
+        self.syncing: Flush | None = None
 
     def uids_of(self, bases: Iterable[str]) -> dict[str, int]:
         """UIDs of messages we just added; gives them the keywords still pending (another
@@ -208,17 +214,62 @@ class Placer:
                 continue
             dirs.add(os.path.dirname(target))
             links.append((uid, base))
-        for d in dirs:
-            fsync_dir(d)
         if dirs:
+            # Not fsync'd here (the reactor thread: it would stall every session): the
+            # target's adopt_copies has its directory fsync'd before it names their UIDs.
+            other.unsynced |= dirs
             other.core.changed_by_us()
         return links
 
     def adopt_copies(self, links: list[tuple[int, str]]) -> list[tuple[int, int]]:
         """``Folder.adopt_copies``: [(source uid, new uid)] of ``link_copies``' links to this
         folder; LockBusy before anything is lost, so it may be run again."""
-        new_uids = self.uids_of([b for _, b in links if not b.startswith("#")])
+        self.sync_links(start=False)  # (a write of ours in flight, or done, with them)
+        try:
+            # A lock hold giving them UIDs fsyncs their directory first (Syncer.fsync_first)
+            new_uids = self.uids_of([b for _, b in links if not b.startswith("#")])
+        except LockBusy:
+            # That hold's write (uidwriter.Flush) is in flight: they are durable when done.
+            core = self.core
+            if core.flush is not None and self.unsynced <= set(core.last_flush().dirs):
+                self.syncing = core.last_flush()
+            raise
+        # Named without such a hold (another process gave them UIDs): fsync'd on their own.
+        self.sync_links()
         return [(u, int(b[1:]) if b.startswith("#") else new_uids[b]) for u, b in links]
+
+    def sync_links(self, *, start: bool = True) -> None:
+        """The directories of the copies linked here made durable before any of them gets
+        its UID from us (a crash must not leave a told UID without its file). Under the
+        folder's lock, so nobody gives them UIDs meanwhile: on the reactor thread of a
+        store with a worker (``Folder.deferring``) the worker fsyncs them holding the lock
+        (uidwriter.Flush) and this raises ``Flushing`` until it is done (the caller runs
+        again); elsewhere they are fsync'd at once. A failed fsync fails the command, the
+        directories stay to be fsync'd by the next try."""
+        core = self.core
+        syncing = self.syncing
+        if syncing is not None:
+            if not syncing.done:
+                raise syncing.busy(look=False)
+            self.syncing = None
+            if syncing.failure is not None:
+                syncing.failure.raiseException()
+            self.unsynced.difference_update(syncing.dirs)
+        if not self.unsynced or not start:
+            return
+        dirs = sorted(self.unsynced)
+        writes = core.defer_writes
+        started = len(writes) if writes is not None else 0
+        with core.lock():
+            for d in dirs:
+                core.fsync_later(d)
+        if core.flush is not None:
+            syncing = self.syncing = core.last_flush()
+            raise syncing.busy(look=False)
+        if writes is None or len(writes) == started:
+            self.unsynced.difference_update(dirs)  # (fsync'd at once)
+        # (else the worker's write ended at once - failed, or a test's runner: they stay;
+        # the caller waits for it, failing as it failed)
 
 
 def _has(state: FolderState, base: str) -> bool:

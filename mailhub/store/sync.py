@@ -40,6 +40,10 @@ class Syncer:
         self.core = core
         self.scanner = scanner
         self.index = index
+        # Directories whose new entries must be durable before the list names them (COPY's
+        # links, placement.Placer): fsync'd under the lock before the list changes (by the
+        # worker when the write is deferred, uidwriter.Flush: one write for both).
+        self.fsync_first: set[str] = set()
 
     def sync(
         self, taken: list[int] | None = None, *, assign: bool = True, fast: bool = False
@@ -118,13 +122,15 @@ class Syncer:
         if needs_lock and not assign:
             run = core.settings.offload.run
             assert run is not None
-            uidwriter.start(core, run, entries)
+            uidwriter.start(core, run, entries, sorted(self.fsync_first))
             if lst is None:
                 raise uidwriter.UidsPending("the UID list is being written", core.dir)
             partial = True
         elif needs_lock:
             try:
                 with core.lock():
+                    for d in sorted(self.fsync_first):
+                        core.fsync_later(d)  # (kept until the write is known done: Placer)
                     lst, entries, gone = self.index.update_locked(entries, known_before)
             except FileNotFoundError:
                 # The lock file or the list's temporary file had no directory: the folder was
@@ -182,7 +188,9 @@ class Syncer:
         if not changed and core.state is not None and not core.partial:
             return None
         _, entries, needs_lock = self._compare()
-        return uidwriter.start(core, run, entries).wait() if needs_lock else None
+        if not needs_lock:
+            return None
+        return uidwriter.start(core, run, entries, sorted(self.fsync_first)).wait()
 
     def build_state(self, lst: UidList, entries: Files) -> None:
         core = self.core

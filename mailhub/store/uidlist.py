@@ -61,6 +61,13 @@ class UidRecord:
     flags: frozenset[str] | None = None  # letters as of ``modseq``; None: unknown (version 1)
     keywords: frozenset[str] = _NONE
     head: str | None = field(default=None, compare=False, repr=False)  # "uid size date"
+    # (modseq, flags, keywords, line): the line ``serialise`` last wrote for it, and what it
+    # was made from (a change takes a new mod-sequence, flags and keyword sets are replaced,
+    # not changed: compared by identity). Not copied by ``dataclasses.replace``
+    # (init=False). A STORE on 10,000 changes few: the others' lines are written as they are.
+    line: tuple[int, frozenset[str], frozenset[str], str] | None = field(
+        default=None, init=False, compare=False, repr=False
+    )
 
 
 @dataclass
@@ -225,6 +232,11 @@ def serialise(lst: UidList, records: list[str] | None = None) -> bytes:
     ``records``: the record lines, when the caller has them already (``render_records`` of
     exactly ``lst.records``, none with keywords)."""
     if records is not None:
+        if len(records) == len(lst.records):
+            # (exactly this list's lines, in order, none with keywords: the next write's)
+            for r, line in zip(lst.records.values(), records, strict=True):
+                if r.flags is not None and not r.keywords:
+                    r.line = (r.modseq, r.flags, r.keywords, line)
         return os.fsencode("".join([_header(lst, ()), *records]))
     recs = lst.records
     uids = list(map(_uid_of, recs.values()))
@@ -245,15 +257,25 @@ def serialise(lst: UidList, records: list[str] | None = None) -> bytes:
                 ids.append(str(i))
             kw_fields[kws] = ",".join(ids)
     flag_fields: dict[frozenset[str] | None, str] = {_NONE: "-", None: "-"}
-    for flags in set(map(_flags_of, recs.values())):
-        if flags not in flag_fields:
-            flag_fields[flags] = "".join(sorted(flags))
     head = _header(lst, index)
-    # One f-string a record, its first three fields rendered once in the record's life (a
-    # big folder has thousands of records and most writes change few), one encode for all:
-    # the base names as os.fsencode() would give them.
+    # The line written last time for each record that did not change since (most of a big
+    # folder's: a write changes few); else one f-string, its first three fields rendered once
+    # in the record's life. One encode for all: the base names as os.fsencode() gives them.
+
+    def render(base: str, r: UidRecord) -> str:
+        flags, kws = r.flags, r.keywords
+        field_ = flag_fields.get(flags)
+        if field_ is None:
+            field_ = flag_fields[flags] = "".join(sorted(flags))  # type: ignore[arg-type]
+        line = f"{r.head or _head(r)} {r.modseq} {field_} {kw_fields[kws]} {base}\n"
+        if not kws and flags is not None:  # (keywords' indexes depend on the table)
+            r.line = (r.modseq, flags, kws, line)
+        return line
+
     lines = [
-        f"{r.head or _head(r)} {r.modseq} {flag_fields[r.flags]} {kw_fields[r.keywords]} {base}\n"
+        c[3]
+        if (c := r.line) is not None and c[0] == r.modseq and c[1] is r.flags and c[2] is r.keywords
+        else render(base, r)
         for base, r in recs.items()
     ]
     lines.insert(0, head)
@@ -301,7 +323,6 @@ def _head(rec: UidRecord) -> str:
 
 
 _uid_of = attrgetter("uid")
-_flags_of = attrgetter("flags")
 _keywords_of = attrgetter("keywords")
 
 

@@ -85,9 +85,13 @@ class Written:
     as_given: bool = False
 
 
-def start(core: FolderCore, run: Runner, entries: Files | None = None) -> Job:
+def start(
+    core: FolderCore, run: Runner, entries: Files | None = None, dirs: list[str] | None = None
+) -> Job:
     """The folder's job: the one in flight, or a new one (reactor thread). ``entries``: the
-    look's listing of the folder (the worker lists it again only if the list disagrees)."""
+    look's listing of the folder (the worker lists it again only if the list disagrees).
+    ``dirs``: directories to fsync under the lock before the list names what is in them
+    (COPY's links not yet durable: Syncer.fsync_first)."""
     job = core.job
     if job is not None:
         return job
@@ -109,7 +113,8 @@ def start(core: FolderCore, run: Runner, entries: Files | None = None) -> Job:
         )
     d = run(write_list, core.path, core.name, core.settings, old.uidvalidity if old else 0,
             known, dict(job.pending), mine, core.list_stamp,
-            None if entries is None else Files(dict(entries.new), dict(entries.cur)))  # fmt: skip
+            None if entries is None else Files(dict(entries.new), dict(entries.cur)),
+            dirs or [])  # fmt: skip
     d.addBoth(_finish, core, job)
     return job
 
@@ -124,6 +129,7 @@ def write_list(
     mine: UidList | None = None,
     stamp: tuple[int, int, int] | None = None,
     listed: Files | None = None,
+    dirs: list[str] | None = None,
 ) -> Written:
     """Worker thread: under the folder's lock, the list on disk brought in line with the
     directories and written (uidindex.UidIndex.update_locked), on a private FolderCore.
@@ -142,6 +148,8 @@ def write_list(
     count = None if listed is None else len(listed)
     try:
         with shadow.lock():  # not the reactor: waits while another holder has it
+            for d in dirs or ():
+                fsync_dir(d)  # (links made before the lock: durable before they get UIDs)
             # update_locked lists the folder again if the list disagrees with ``listed``
             # (another holder renamed or recorded meanwhile), as for a look on the reactor.
             entries = scanner.rescan() if listed is None else listed
