@@ -21,10 +21,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from mailhub.users import UserDB
-from tests.support.smtp_auth import FAST
-from tests.support.tls import CertificateAuthority
-from tests.support.twistd import ProcessOutput, start_twistd
+from tests.support.twistd import ProcessOutput, start_twistd, write_production_config
 
 HOST = "127.0.0.1"
 USER, PASSWORD = "alice@example.test", "secret-alice"
@@ -95,35 +92,7 @@ class KillDuringUidWrites(SynchronousTestCase):
             raise SkipTest("uses pidfd_open (Linux)")
         tmp = self.tmp = Path(self.mktemp()).absolute()
         tmp.mkdir(parents=True)
-        UserDB(tmp / "users", hasher=FAST).add(USER, PASSWORD)
-        ca = CertificateAuthority()
-        cert, key = ca.issue(["localhost", HOST], ip_addresses=[HOST]).write(tmp, "mail")
-        self.config = tmp / "mailhub.toml"
-        self.config.write_text(f"""
-[server]
-hostname = "mx.example.test"
-data_dir = "{tmp / "data"}"
-
-[domains]
-local = ["example.test"]
-
-[files]
-users = "{tmp / "users"}"
-
-[tls]
-certificate = "{cert}"
-key = "{key}"
-
-[smtp]
-auth_without_tls_on_loopback = true  # IMAP LOGIN on loopback without STARTTLS
-
-[checks]
-enabled = false  # tests never ask the DNS of the world
-
-[listeners]
-smtp = ["tcp:0:interface={HOST}"]
-imap = ["tcp:0:interface={HOST}"]
-""")
+        self.config = write_production_config(tmp, HOST, USER, PASSWORD)
 
     def start(self, *args: str) -> tuple[int, int, list[int], ProcessOutput]:
         run = self.tmp / f"run{len(list(self.tmp.glob('run*')))}"  # each its own twistd.log

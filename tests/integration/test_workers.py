@@ -22,10 +22,7 @@ from pathlib import Path
 from imapclient import IMAPClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from mailhub.users import UserDB
-from tests.support.smtp_auth import FAST
-from tests.support.tls import CertificateAuthority
-from tests.support.twistd import ProcessOutput, start_twistd
+from tests.support.twistd import ProcessOutput, start_twistd, write_production_config
 
 HOST = "127.0.0.1"
 USER, PASSWORD = "alice@example.test", "secret-alice"
@@ -89,35 +86,7 @@ class TwoWorkers(SynchronousTestCase):
             raise SkipTest("reads /proc and uses pidfd_open (Linux)")
         tmp = self.tmp = Path(self.mktemp()).absolute()
         tmp.mkdir(parents=True)
-        ca = CertificateAuthority()
-        cert, key = ca.issue(["localhost", HOST], ip_addresses=[HOST]).write(tmp, "mail")
-        UserDB(tmp / "users", hasher=FAST).add(USER, PASSWORD)
-        config = tmp / "mailhub.toml"
-        config.write_text(f"""
-[server]
-hostname = "mx.example.test"
-data_dir = "{tmp / "data"}"
-
-[domains]
-local = ["example.test"]
-
-[files]
-users = "{tmp / "users"}"
-
-[tls]
-certificate = "{cert}"
-key = "{key}"
-
-[smtp]
-auth_without_tls_on_loopback = true  # IMAP LOGIN on loopback without STARTTLS
-
-[checks]
-enabled = false  # tests never ask the DNS of the world
-
-[listeners]
-smtp = ["tcp:0:interface={HOST}"]
-imap = ["tcp:0:interface={HOST}"]
-""")
+        config = write_production_config(tmp, HOST, USER, PASSWORD)
         self.proc, self.smtp_port, self.log = start_twistd(self, tmp, config, "--workers", "2")
         self.addCleanup(self.stop)
         imap = self.log.wait_for(r"imap listening on 127\.0\.0\.1:(\d+)")

@@ -115,6 +115,46 @@ class ProcessOutput:
         self._thread.join(timeout)
 
 
+def write_production_config(directory: Path, host: str, user: str, password: str) -> Path:
+    """A production config in ``directory`` (users file with ``user``, TLS certificate, SMTP and
+    IMAP on ``host``, ports chosen by the system, checks off): for tests that run several
+    workers of one server (tests.integration.test_workers, test_crash_uids)."""
+    from mailhub.users import UserDB
+    from tests.support.smtp_auth import FAST
+    from tests.support.tls import CertificateAuthority
+
+    ca = CertificateAuthority()
+    cert, key = ca.issue(["localhost", host], ip_addresses=[host]).write(directory, "mail")
+    UserDB(directory / "users", hasher=FAST).add(user, password)
+    config = directory / "mailhub.toml"
+    config.write_text(f"""
+[server]
+hostname = "mx.example.test"
+data_dir = "{directory / "data"}"
+
+[domains]
+local = ["example.test"]
+
+[files]
+users = "{directory / "users"}"
+
+[tls]
+certificate = "{cert}"
+key = "{key}"
+
+[smtp]
+auth_without_tls_on_loopback = true  # IMAP LOGIN on loopback without STARTTLS
+
+[checks]
+enabled = false  # tests never ask the DNS of the world
+
+[listeners]
+smtp = ["tcp:0:interface={host}"]
+imap = ["tcp:0:interface={host}"]
+""")
+    return config
+
+
 def start_twistd(
     test: Any, directory: Path, config: Path, *args: str
 ) -> tuple[subprocess.Popen[bytes], int, ProcessOutput]:
