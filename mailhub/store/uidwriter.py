@@ -208,11 +208,7 @@ def _finish(result: Written | Failure, core: FolderCore, job: Job) -> None:
         d.callback(None)
     if not isinstance(result, Written):
         return
-    for listener in list(core.written_listeners):
-        try:
-            listener()
-        except Exception:
-            log.failure("UID list listener failed")
+    _tell_listeners(core)
 
 
 # --- writes made under the lock on the reactor thread (STORE, EXPUNGE, APPEND, COPY...) ---
@@ -357,11 +353,7 @@ def _flushed(result: tuple[int, int, int] | Failure | None, core: FolderCore, fl
     _tell(flush, result)
     if isinstance(result, Failure):
         return
-    for listener in list(core.written_listeners):
-        try:
-            listener()
-        except Exception:
-            log.failure("UID list listener failed")
+    _tell_listeners(core)
 
 
 def _release(lock: DotLock, core: FolderCore) -> None:
@@ -379,3 +371,12 @@ def _tell(flush: Flush, result: object) -> None:
             d.callback(None)
     for d in flush.quiet:
         d.callback(None)
+
+
+def _tell_listeners(core: FolderCore) -> None:
+    """Reactor thread: a list of ours is on disk; who waits for written lists is told."""
+    for listener in list(core.written_listeners):
+        try:
+            listener()
+        except Exception:
+            log.failure("UID list listener failed")
