@@ -14,11 +14,9 @@ Each tree runs in its own child process with ``<tree>`` first on the path (a che
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,35 +67,8 @@ def child(workdir: Path, runs: int) -> None:
     print(json.dumps(out))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("trees", nargs="*", default=[str(HERE.parent)])
-    p.add_argument("--runs", type=int, default=5, help="cold passes per tree and round")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--workdir", default="/tmp/mailhub-bench-imap")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        child(Path(args.workdir), args.runs)
-        return
-    results: dict[str, list[float]] = {t: [] for t in args.trees}
-    for _ in range(args.rounds):
-        for tree in args.trees:
-            # The tree first on the path, ahead of an editable install's finder.
-            boot = (
-                "import sys, runpy; sys.meta_path[:] = [f for f in sys.meta_path"
-                " if 'editable' not in repr(f).lower()]; sys.path.insert(0, sys.argv.pop(1));"
-                " sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')"
-            )
-            command = [sys.executable, "-c", boot, os.path.abspath(tree), __file__, "--child",
-                       "--runs", str(args.runs), "--workdir", args.workdir]  # fmt: skip
-            line = subprocess.run(command, check=True, capture_output=True, text=True)
-            results[tree].extend(json.loads(line.stdout.strip().splitlines()[-1]))
-            print(f"load {os.getloadavg()[0]:.2f}  {tree}", flush=True)
-    for tree, runs in results.items():
-        vals = sorted(runs)
-        print(f"{tree}: median {vals[len(vals) // 2] * 1000:.1f} ms CPU of {len(vals)} passes")
-
-
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(HERE))
+    import treeab
+
+    treeab.main(__file__, __doc__.split("\n\n")[0], "cold passes", child)

@@ -3,21 +3,20 @@
 trees: the reactor thread's CPU (``time.thread_time``), the store worker's UID-list write
 (its CPU and wall) and the whole wall clock, median of ``--runs`` per tree, trees alternating.
 
-Each tree runs in its own child process with ``PYTHONPATH=<tree>`` (a checkout, or
-``git archive <commit> | tar -x -C <dir>``); the store's worker is a Twisted thread, as the
-server's GroupCommitter is. Trees before h/uidlist (no worker) do it all on the reactor. Trees
-with the store's inotify witness (h/fastsync) get one, as the server's change feed gives it.
+Each tree runs in its own child process with ``<tree>`` first on the path (benchmarks/treeab.py:
+a checkout, or ``git archive <commit> | tar -x -C <dir>``); the store's worker is a Twisted
+thread, as the server's GroupCommitter is. Trees before h/uidlist (no worker) do it all on the
+reactor. Trees with the store's inotify witness (h/fastsync) get one, as the server's change
+feed gives it.
 
     .venv/bin/python benchmarks/select_cold_ab.py /var/tmp/base . --rounds 2
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,34 +98,8 @@ def child(workdir: Path, runs: int) -> None:
     print(json.dumps(out))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("trees", nargs="*", default=[str(HERE.parent)])
-    p.add_argument("--runs", type=int, default=5, help="cold SELECTs per tree and round")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--workdir", default="/tmp/mailhub-bench-imap")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        child(Path(args.workdir), args.runs)
-        return
-    results: dict[str, list[dict[str, float]]] = {t: [] for t in args.trees}
-    for _ in range(args.rounds):
-        for tree in args.trees:
-            env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
-            command = [sys.executable, __file__, "--child", "--runs", str(args.runs),
-                       "--workdir", args.workdir]  # fmt: skip
-            line = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
-            results[tree].extend(json.loads(line.stdout.strip().splitlines()[-1]))
-            print(f"load {os.getloadavg()[0]:.2f}  {tree}", flush=True)
-    for tree, runs in results.items():
-        keys = sorted({k for r in runs for k in r})
-        cols = []
-        for k in keys:
-            vals = sorted(r[k] for r in runs if k in r)
-            cols.append(f"{k} {vals[len(vals) // 2] * 1000:.1f}")
-        print(f"{tree}: median ms of {len(runs)}: " + ", ".join(cols))
-
-
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(HERE))
+    import treeab
+
+    treeab.main(__file__, __doc__.split("\n\n")[0], "cold SELECTs", child)
