@@ -83,35 +83,20 @@ def serve(
     profile: str,
     store_wide: bool,
 ) -> None:
-    import dataclasses
-
     raise_nofile()
+    from benchserve import dev_stack, start
     from twisted.internet import reactor
 
-    from mailhub.config import ChecksConfig, DevConfig, ListenersConfig, dev_config
-    from mailhub.service import build
-
-    base = dev_config(Path(data_dir))
-    config = dataclasses.replace(
-        base,
-        checks=ChecksConfig(enabled=False),  # measured without the DNS of the world
-        listeners=ListenersConfig(
-            smtp=(f"tcp:{smtp_port}:interface=127.0.0.1",),
-            imaps=(f"tcp:{imaps_port}:interface=127.0.0.1",),
-        ),
-        # The dev stack's retention listens to the whole store, as the web page's feed does;
-        # without it (production without the web listener) only the IDLE sessions listen.
-        retention=base.retention if store_wide else DevConfig(max_messages=0, max_age=None),
-        limits=dataclasses.replace(
-            base.limits,
-            max_connections=max_connections,
-            max_connections_per_ip=max_connections,  # every client comes from 127.0.0.1
-        ),
+    # The dev stack's retention listens to the whole store, as the web page's feed does;
+    # without it (production without the web listener) only the IDLE sessions listen.
+    limits = {
+        "max_connections": max_connections,
+        "max_connections_per_ip": max_connections,  # every client comes from 127.0.0.1
+    }
+    config = dev_stack(
+        data_dir, smtp=smtp_port, imaps=imaps_port, keep_all=not store_wide, limits=limits
     )
-    service = build(config)
-    service.privilegedStartService()
-    service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    start(config)
     print(type(reactor).__name__, file=sys.stderr, flush=True)
     if not profile:
         reactor.run()  # type: ignore[attr-defined]

@@ -42,25 +42,10 @@ USER = "idle@localhost"  # the dev stack's default domain is its host name
 
 def serve(data_dir: str, smtp_port: int, imap_port: int) -> None:
     """The dev stack with SMTP and IMAP listeners only, on 127.0.0.1."""
-    import dataclasses
-
+    from benchserve import dev_stack, start
     from twisted.internet import reactor
 
-    from mailhub.config import ChecksConfig, ListenersConfig, dev_config
-    from mailhub.service import build
-
-    config = dataclasses.replace(
-        dev_config(Path(data_dir)),
-        checks=ChecksConfig(enabled=False),  # measured without the DNS of the world
-        listeners=ListenersConfig(
-            smtp=(f"tcp:{smtp_port}:interface=127.0.0.1",),
-            imap=(f"tcp:{imap_port}:interface=127.0.0.1",),
-        ),
-    )
-    service = build(config)
-    service.privilegedStartService()
-    service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    start(dev_stack(data_dir, smtp=smtp_port, imap=imap_port))
     reactor.run()  # type: ignore[attr-defined]
 
 

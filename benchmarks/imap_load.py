@@ -268,27 +268,11 @@ def measure(port: int, user: str, password: str, count: int, server: int) -> dic
 
 def serve(data_dir: str, port: int) -> None:
     """The dev stack with only an IMAP listener on 127.0.0.1:port (any password logs in)."""
-    import dataclasses
-
+    from benchserve import dev_stack, start
     from twisted.internet import reactor
 
-    from mailhub.config import DevConfig, ListenersConfig, dev_config
-    from mailhub.service import build
-    from mailhub.tap import freeze_startup_heap
-
-    config = dataclasses.replace(
-        dev_config(Path(data_dir)),
-        listeners=ListenersConfig(imap=(f"tcp:{port}:interface=127.0.0.1",)),
-        # The dev stack's retention (5,000 messages by default) would prune the mailbox.
-        retention=DevConfig(max_messages=0, max_age=None),
-    )
-    service = build(config)
-    service.privilegedStartService()
-    service.startService()
-    # As twistd's mailhub does once its services have started (mailhub.tap.HeapFreeze): the
-    # start-up heap out of the collector's reach, or each full collection walks it again.
-    freeze_startup_heap()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    # keep_all: the dev stack's retention (5,000 messages by default) would prune the mailbox.
+    start(dev_stack(data_dir, imap=port, keep_all=True))
     reactor.run()
 
 

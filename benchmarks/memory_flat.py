@@ -61,35 +61,16 @@ STEPS = (
 
 
 def serve(data_dir: str, smtp: int, imap: int, imaps: int, max_size: int, conns: int) -> None:
-    import dataclasses
-
     raise_nofile()
+    from benchserve import dev_stack, start
     from twisted.internet import reactor
 
-    from mailhub.config import ChecksConfig, DevConfig, ListenersConfig, dev_config
-    from mailhub.service import build
-
-    base = dev_config(Path(data_dir))
-    config = dataclasses.replace(
-        base,
-        checks=ChecksConfig(enabled=False),  # measured without the DNS of the world
-        listeners=ListenersConfig(
-            smtp=(f"tcp:{smtp}:interface=127.0.0.1",),
-            imap=(f"tcp:{imap}:interface=127.0.0.1",),
-            imaps=(f"tcp:{imaps}:interface=127.0.0.1",),
-        ),
-        retention=DevConfig(max_messages=0, max_age=None),
-        limits=dataclasses.replace(
-            base.limits,
-            max_message_size=max_size,
-            max_connections=conns,
-            max_connections_per_ip=conns,  # every client comes from 127.0.0.1
-        ),
-    )
-    service = build(config)
-    service.privilegedStartService()
-    service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    limits = {
+        "max_message_size": max_size,
+        "max_connections": conns,
+        "max_connections_per_ip": conns,  # every client comes from 127.0.0.1
+    }
+    start(dev_stack(data_dir, smtp=smtp, imap=imap, imaps=imaps, keep_all=True, limits=limits))
     reactor.run()  # type: ignore[attr-defined]
 
 

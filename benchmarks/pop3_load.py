@@ -158,28 +158,12 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: 
 
 def serve(data_dir: str, port: int) -> None:
     """The dev stack with only a POP3 listener on 127.0.0.1:port (any password logs in)."""
-    import dataclasses
-
+    from benchserve import dev_stack, start
     from twisted.internet import reactor
 
-    from mailhub.config import DevConfig, ListenersConfig, dev_config
-    from mailhub.service import build
-    from mailhub.tap import freeze_startup_heap
-
-    config = dataclasses.replace(
-        dev_config(Path(data_dir)),
-        listeners=ListenersConfig(pop3=(f"tcp:{port}:interface=127.0.0.1",)),
-        # The dev stack prunes the store to its newest 5,000 messages (mailhub.retention):
-        # off, or it deletes half the benchmark's mailbox while it is being read.
-        retention=DevConfig(max_messages=0, max_age=None),
-    )
-    service = build(config)
-    service.privilegedStartService()
-    service.startService()
-    # As twistd's mailhub does once its services have started (mailhub.tap.HeapFreeze): the
-    # start-up heap out of the collector's reach, or each full collection walks it again.
-    freeze_startup_heap()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    # keep_all: the dev stack prunes the store to its newest 5,000 messages (mailhub.retention),
+    # which would delete half the benchmark's mailbox while it is being read.
+    start(dev_stack(data_dir, pop3=port, keep_all=True))
     reactor.run()
 
 

@@ -100,25 +100,10 @@ def marker(mail_dir: Path, count: int, mailboxes: int) -> Path:
 
 def serve(data_dir: str, smtp_port: int, web_port: int) -> None:
     """The dev stack with only SMTP and web listeners on 127.0.0.1."""
-    import dataclasses
-
+    from benchserve import dev_stack, start
     from twisted.internet import reactor
 
-    from mailhub.config import ChecksConfig, ListenersConfig, dev_config
-    from mailhub.service import build
-
-    where = "interface=127.0.0.1"
-    config = dataclasses.replace(
-        dev_config(Path(data_dir)),
-        checks=ChecksConfig(enabled=False),  # measured without the DNS of the world
-        listeners=ListenersConfig(
-            smtp=(f"tcp:{smtp_port}:{where}",), web=(f"tcp:{web_port}:{where}",)
-        ),
-    )
-    service = build(config)
-    service.privilegedStartService()
-    service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    start(dev_stack(data_dir, smtp=smtp_port, web=web_port))
     reactor.run()  # type: ignore[attr-defined]
 
 
