@@ -217,7 +217,9 @@ def run(args: argparse.Namespace, count: int) -> dict[str, float]:
         if page["total"] != count:
             raise SystemExit(f"listed {page['total']} messages, expected {count}")
         first = [client.get("/api/v1/messages?limit=50")[0] for _ in range(5)]
-        deep = [client.get(f"/api/v1/messages?start={count - 100}&limit=50")[0] for _ in range(3)]
+        # never a negative start: with fewer than 100 messages the deep page is the first one
+        deep_start = max(count - 100, 0)
+        deep = [client.get(f"/api/v1/messages?start={deep_start}&limit=50")[0] for _ in range(3)]
         search_cold, found = client.get("/api/v1/messages?q=subject:quarterly&limit=50")
         if found["total"] != (count + 99) // 100:
             raise SystemExit(f"search found {found['total']}")
