@@ -380,6 +380,10 @@ def main() -> None:
         data, smtp, imaps, most, profile, store_wide = args.serve
         serve(data, int(smtp), int(imaps), int(most), profile, store_wide == "1")
         return
+    if not 0 <= args.shared <= args.sessions:
+        # more shared sessions than sessions would open more connections than the server's
+        # raised limit admits, and the probe would be turned away
+        p.error(f"--shared ({args.shared}) must be between 0 and --sessions ({args.sessions})")
     nofile = raise_nofile()
     if nofile < args.sessions // args.procs + 100:
         raise SystemExit(f"RLIMIT_NOFILE hard limit {nofile} is too low: raise it (ulimit -Hn)")
