@@ -60,3 +60,24 @@ class AnswerBoundCache(Generic[K, V]):
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+
+class AnswerBoundResults(Generic[K, V]):
+    """The base of the SPF and DMARC caches: their main results in an ``AnswerBoundCache``,
+    whose cap (``max_entries``) what a subclass keeps beside it follows too."""
+
+    def __init__(
+        self, answers: AnswerLifetimes, clock: IReactorTime, max_entries: int = 10000
+    ) -> None:
+        self._kept: AnswerBoundCache[K, V] = AnswerBoundCache(answers, clock, max_entries)
+
+    @property
+    def max_entries(self) -> int:
+        return self._kept.max_entries
+
+    @max_entries.setter
+    def max_entries(self, value: int) -> None:
+        self._kept.max_entries = value
+
+    def __len__(self) -> int:
+        return len(self._kept)

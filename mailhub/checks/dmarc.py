@@ -28,7 +28,7 @@ from publicsuffixlist import PublicSuffixList
 from twisted.internet.interfaces import IReactorTime
 
 from mailhub.addresses import AddressError, normalise_domain
-from mailhub.checks.answercache import AnswerBoundCache, AnswerLifetimes
+from mailhub.checks.answercache import AnswerBoundResults, AnswerLifetimes
 from mailhub.checks.dkimverify import SignatureResult, TagListError, parse_tags
 from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError, Lookup
 from mailhub.checks.resolver import budgeted
@@ -427,7 +427,7 @@ async def discover_record(
     return found
 
 
-class DMARCCache:
+class DMARCCache(AnswerBoundResults[str, tuple[DMARCRecord | None, str]]):
     """What ``discover_record`` found for a From domain (the record, or why there is none),
     kept until the first of the TXT answers it was made of leaves ``answers`` (the server's
     ``CachingResolver``, whose TTLs they are): the same answers give the same discovery
@@ -438,23 +438,10 @@ class DMARCCache:
     def __init__(
         self, answers: AnswerLifetimes, clock: IReactorTime, max_entries: int = 10000
     ) -> None:
-        self._kept: AnswerBoundCache[str, tuple[DMARCRecord | None, str]] = AnswerBoundCache(
-            answers, clock, max_entries
-        )
+        super().__init__(answers, clock, max_entries)
         # evaluate_cached's results by (from domain, SPF result, SPF domain, DKIM summary),
         # with the discovery they were made of (valid while it is the one kept).
         self.results: dict[tuple[object, ...], tuple[object, DMARCResult]] = {}
-
-    @property
-    def max_entries(self) -> int:
-        return self._kept.max_entries
-
-    @max_entries.setter
-    def max_entries(self, value: int) -> None:  # results kept beside it follow the same cap
-        self._kept.max_entries = value
-
-    def __len__(self) -> int:
-        return len(self._kept)
 
     def get(self, from_domain: str) -> tuple[DMARCRecord | None, str] | None:
         entry = self._kept.entry(from_domain)

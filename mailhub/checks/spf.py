@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mailhub.checks import eager
-from mailhub.checks.answercache import AnswerBoundCache, AnswerLifetimes
+from mailhub.checks.answercache import AnswerBoundResults, AnswerLifetimes
 from mailhub.checks.dns import (
     CheckResolver,
     DNSBudget,
@@ -294,7 +294,7 @@ _CACHED_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none"})
 _CacheKey = tuple[IPAddress, str, str, str, str]
 
 
-class SPFCache:
+class SPFCache(AnswerBoundResults[_CacheKey, SPFResult]):
     """``check_host`` results for (client address, domain, sender domain, HELO, receiver), each
     kept until the first of the DNS answers it was made of expires in ``answers`` (the server's
     ``CachingResolver``, whose TTLs they are): the same answers give the same result (RFC 7208
@@ -308,24 +308,11 @@ class SPFCache:
     def __init__(
         self, answers: AnswerLifetimes, clock: IReactorTime, max_entries: int = 10000
     ) -> None:
+        super().__init__(answers, clock, max_entries)
         self.clock = clock
-        self._kept: AnswerBoundCache[_CacheKey, SPFResult] = AnswerBoundCache(
-            answers, clock, max_entries
-        )
         self.hits = 0
         # cached_smtp's verdicts by (ip, mail_from, helo, receiver) as given, and until when.
         self.verdicts: dict[tuple[str | IPAddress, str, str, str], tuple[SPFVerdict, float]] = {}
-
-    @property
-    def max_entries(self) -> int:
-        return self._kept.max_entries
-
-    @max_entries.setter
-    def max_entries(self, value: int) -> None:  # results kept beside it follow the same cap
-        self._kept.max_entries = value
-
-    def __len__(self) -> int:
-        return len(self._kept)
 
     def get(self, key: _CacheKey) -> SPFResult | None:
         entry = self.entry(key)
