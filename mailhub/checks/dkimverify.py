@@ -39,9 +39,10 @@ import dkim  # dkimpy ships no type information (pyproject.toml: ignore_missing_
 from dkim.crypto import UnparsableKeyError, parse_public_key  # type: ignore[import-untyped]
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailhub.addresses import AddressError, normalise_domain
-from mailhub.checks import dkimfast, opensslverify
+from mailhub.checks import dkimfast, eager, opensslverify
 from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError, Lookup
 from mailhub.checks.resolver import budgeted
 from mailhub.checks.results import MethodResult
@@ -191,6 +192,8 @@ async def verify_dkim(
 
 
 CachedTXT = Callable[[str], Lookup[bytes] | None]  # a name's TXT answer if cached, else None
+# Runs a job elsewhere (``CryptoThread.run``): a Deferred of its result, or None to run it here.
+Offload = Callable[[Callable[[], None]], "defer.Deferred[None] | None"]
 
 
 def verify_at_once(
@@ -200,14 +203,19 @@ def verify_at_once(
     budget: int,
     max_signatures: int = MAX_SIGNATURES,
     now: float | None = None,
-) -> list[SignatureResult] | None:
+    offload: Offload | None = None,
+) -> list[SignatureResult] | eager.Pending | None:
     """``verify_dkim``'s results without a coroutine, when every key record it would fetch is
     in the cache (``cached(name)``: ``CachingResolver.cached_txt``) and the message is
     checked inline (up to ``INLINE_LIMIT``); None otherwise (ask ``verify_dkim``). The same
     steps, in the same order, on the same answers: the same results. ``budget``: the lookups
     the message may still spend; more keys than that (``verify_dkim`` would give some
     ``neutral``) is None too. Every signature is verified: nothing is kept across messages
-    but the key records (by their TTLs) and what is read of them."""
+    but the key records (by their TTLs) and what is read of them.
+
+    ``offload``: the cryptography (the message's body and header hashes and every public-key
+    check, one job) is handed to it (``cryptothread``: off the reactor), and the results come
+    as ``eager.Pending``; a job that fails makes each signature it had ``temperror``."""
     if len(message) > INLINE_LIMIT:
         return None
     # Called for mail whose header names DKIM-Signature (judge_at_once looked): no second look.
@@ -225,7 +233,27 @@ def verify_at_once(
         answers[name] = answer
     ready = _judge_keys(signatures, answers)
     if ready:
+        running = None if offload is None else offload(functools.partial(_crypto, message, ready))
+        if running is not None:
+            got = running.addCallbacks(
+                _results, _crypto_failed, callbackArgs=(signatures,), errbackArgs=(signatures,)
+            )
+            return eager.Pending(got)
         _crypto(message, ready)
+    return [s.result() for s in signatures]
+
+
+def _results(_: None, signatures: list[_Signature]) -> list[SignatureResult]:
+    return [s.result() for s in signatures]
+
+
+def _crypto_failed(failure: Failure, signatures: list[_Signature]) -> list[SignatureResult]:
+    """The cryptography's job failed (a bug, never the message: ``_judge_crypto`` turns
+    everything it raises into a result): temperror for each signature it left undecided, as
+    for a check that could not finish (RFC 8601 2.7.1)."""
+    log.failure("DKIM cryptography failed", failure)
+    for sig in signatures:
+        sig.decide("temperror", "the signature could not be checked now (internal error)")
     return [s.result() for s in signatures]
 
 
