@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -730,14 +730,14 @@ def judge_with(
     checkers: Checkers | None = None,
     own_keys: OwnKeys | None = None,
     offload: Offload | None = None,
-) -> Callable[[bytes, Envelope], Verdict | Coroutine[Any, Any, Verdict]]:
+) -> Callable[[bytes, Envelope], Verdict | Awaitable[Verdict]]:
     """``judge`` bound to one server's resolver and policy: what ``CheckingSink`` calls. With
     the real checks and a resolver that tells its answers' lifetimes (``CachingResolver``), SPF
     results (``spf.SPFCache``) and DMARC record discoveries (``dmarc.DMARCCache``) are kept as
     long as their answers, and a message that ``judge_at_once`` can judge from them gets its
     Verdict directly; any other gets ``judge``'s coroutine. ``offload``
     (``CryptoThread.run``): where the DKIM cryptography of mail judged from the caches is
-    done (a coroutine waits for it then); None: inline."""
+    done (a Deferred of the verdict is given then); None: inline."""
     cached: CachedChecks | None = None
     if checkers is None:
         from mailhub.checks import arc, dkimverify, dmarc, spf
@@ -786,7 +786,7 @@ def judge_with(
                 dmarc_known,
             )
 
-    def bound(message: bytes, envelope: Envelope) -> Verdict | Coroutine[Any, Any, Verdict]:
+    def bound(message: bytes, envelope: Envelope) -> Verdict | Awaitable[Verdict]:
         if cached is not None:
             try:
                 verdict = judge_at_once(
@@ -798,7 +798,9 @@ def judge_with(
                 )
                 verdict = None
             if isinstance(verdict, eager.Pending):
-                return later(verdict.deferred, message, envelope)
+                return verdict.deferred.addCallbacks(
+                    later, failed, callbackArgs=(message, envelope), errbackArgs=(message, envelope)
+                )
             if verdict is not None:
                 return verdict
         return the_long_way(message, envelope)
@@ -816,18 +818,21 @@ def judge_with(
             own_keys=own_keys,
         )
 
-    async def later(
-        judging: defer.Deferred[Verdict | None], message: bytes, envelope: Envelope
-    ) -> Verdict:
-        """A verdict from the caches whose DKIM cryptography was done off the reactor."""
-        try:
-            verdict = await judging
-        except Exception:  # a bug, as in bound: the long way still judges the message
-            log.failure("{queue_id}: judging from the caches failed", queue_id=envelope.queue_id)
-            verdict = None
-        if verdict is None:  # (the DMARC record left the cache meanwhile)
-            return await the_long_way(message, envelope)
+    def later(
+        verdict: Verdict | None, message: bytes, envelope: Envelope
+    ) -> Verdict | defer.Deferred[Verdict]:
+        """A verdict from the caches whose DKIM cryptography was done off the reactor, or the
+        long way's when the DMARC record left the cache meanwhile."""
+        if verdict is None:
+            return defer.Deferred.fromCoroutine(the_long_way(message, envelope))
         return verdict
+
+    def failed(failure: Failure, message: bytes, envelope: Envelope) -> defer.Deferred[Verdict]:
+        # a bug, as in bound: the long way still judges the message
+        log.failure(
+            "{queue_id}: judging from the caches failed", failure, queue_id=envelope.queue_id
+        )
+        return defer.Deferred.fromCoroutine(the_long_way(message, envelope))
 
     return bound
 
