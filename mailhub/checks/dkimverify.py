@@ -14,9 +14,12 @@ The work is split in two so that dkimpy never does DNS itself and the reactor is
    with a ``dnsfunc`` that only returns the records already fetched. Both share the message's
    parse and its body hashes (one per canonicalisation and ``l=``). This is CPU: on a 4 KiB
    message about 0.1 ms for an RSA-2048 signature and 0.15 ms for Ed25519 in a tight loop
-   (benchmarks/README.md), less than a thread hop costs; a 10 MiB body takes about 0.4 s. So a
-   message up to ``INLINE_LIMIT`` octets is checked inline and a larger one in the reactor's
-   thread pool, where the reactor keeps running between GIL slices.
+   (benchmarks/README.md); a 10 MiB body takes about 0.4 s. A message up to ``INLINE_LIMIT``
+   octets is checked inline by ``verify_dkim`` and a larger one in the reactor's thread pool,
+   where the reactor keeps running between GIL slices. Mail judged from the caches
+   (``verify_at_once``, most signed mail) hands its cryptography to the server's
+   ``cryptothread`` in one job: the public-key checks release the GIL, and on the reactor
+   each release is a wait for the store's threads to give it back (see that module).
 
 Results follow RFC 8601 2.7.1: ``pass``, ``fail`` (the cryptography said no), ``permerror`` (a
 signature or key record that cannot be used, RFC 6376 6.1 PERMFAIL), ``temperror`` (the key
