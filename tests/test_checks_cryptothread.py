@@ -151,6 +151,27 @@ class FailureTests(Judged):
         )
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_bug_after_the_offload_goes_the_long_way(self) -> None:
+        """A bug in what follows the cryptography (DMARC from its cache, here): logged, and the
+        long way judges the message, as for a bug in the at-once path itself."""
+        from mailhub.checks import dmarc
+
+        offload = Offload()
+        bound = self.bound(Policy(), offload=offload)
+        env = envelope(*ENVELOPES[0])
+        signed = rsa(base())
+        first = self.verdict(bound(signed, env))
+
+        def broken(*args: Any) -> None:
+            raise KeyError("dmarc bug")
+
+        self.patch(dmarc, "evaluate_cached", broken)
+        judged = bound(signed, env)
+        self.assertEqual(len(offload.jobs), 1)
+        self.assertIsInstance(judged, defer.Deferred)
+        self.assertEqual(self.verdict(judged), first)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
     def test_job_raising_in_the_thread_is_temperror(self) -> None:
         reactor = ThreadReactor()
         crypto = CryptoThread(reactor)  # type: ignore[arg-type]
