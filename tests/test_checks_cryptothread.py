@@ -195,6 +195,45 @@ class FailureTests(Judged):
         )
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
+    def test_unexpected_error_logged_by_the_reactor_thread(self) -> None:
+        """Something the cryptography raises unexpectedly is the signature's permerror, as
+        inline; its warning is logged by the reactor's thread (here the test's), never by
+        the crypto thread, where Twisted's logging is not safe."""
+        from twisted.logger import globalLogPublisher
+
+        from mailhub.checks import dkimfast
+
+        reactor = ThreadReactor()
+        crypto = CryptoThread(reactor)  # type: ignore[arg-type]
+        crypto.startService()
+        self.addCleanup(crypto.stopService)
+        bound = self.bound(Policy(), offload=crypto.run)
+        env = envelope(*ENVELOPES[0])
+        signed = rsa(base())
+        self.verdict(bound(signed, env))  # caches filled
+
+        def broken(*args: Any) -> bool:
+            raise ValueError("odd input")
+
+        self.patch(dkimfast, "verify", broken)
+        logged: list[tuple[str, int]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "dkimpy failed" in event.get("log_format", ""):
+                logged.append((repr(event["error"]), threading.get_ident()))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        judged = bound(signed, env)
+        self.assertIsInstance(judged, defer.Deferred)
+        self.assertEqual(logged, [])
+        reactor.run_calls()
+        self.assertEqual(
+            dkim_results(self.verdict(judged)),
+            [("permerror", "the signature cannot be checked (ValueError)")],
+        )
+        self.assertEqual(logged, [("ValueError('odd input')", threading.get_ident())])
+
     def test_stopped_thread_means_inline(self) -> None:
         """Before start and after stop, ``run`` gives None: verified inline, at once."""
         reactor = ThreadReactor()

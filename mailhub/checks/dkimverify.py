@@ -146,6 +146,9 @@ class _Signature:
     key_tags: dict[str, bytes] | None = None  # that record's tags
     decoded: dict[str, bytes] = field(default_factory=dict)  # b= and bh=, once checked
     verdict: tuple[str, str] | None = None  # (result, reason) once decided
+    # What dkimpy raised that it should not have: logged by the reactor thread afterwards
+    # (the cryptography may run in another thread, where Twisted's logging is not safe).
+    unexpected: Exception | None = None
 
     @functools.cached_property
     def key_name(self) -> str:
@@ -191,6 +194,7 @@ async def verify_dkim(
             _crypto(message, ready)
         else:
             await threads.deferToThread(_crypto, message, ready)
+        _log_unexpected(ready)
     return [s.result() for s in signatures]
 
 
@@ -243,11 +247,24 @@ def verify_at_once(
             )
             return eager.Pending(got)
         _crypto(message, ready)
+        _log_unexpected(ready)
     return [s.result() for s in signatures]
 
 
 def _results(_: None, signatures: list[_Signature]) -> list[SignatureResult]:
+    _log_unexpected(signatures)
     return [s.result() for s in signatures]
+
+
+def _log_unexpected(signatures: list[_Signature]) -> None:
+    """Reactor thread: what dkimpy raised unexpectedly in the cryptography (``_judge_crypto``)."""
+    for sig in signatures:
+        if sig.unexpected is not None:
+            log.warn(
+                "dkimpy failed on signature {index}: {error!r}",
+                index=sig.index,
+                error=sig.unexpected,
+            )
 
 
 def _crypto_failed(failure: Failure, signatures: list[_Signature]) -> list[SignatureResult]:
@@ -255,6 +272,7 @@ def _crypto_failed(failure: Failure, signatures: list[_Signature]) -> list[Signa
     everything it raises into a result): temperror for each signature it left undecided, as
     for a check that could not finish (RFC 8601 2.7.1)."""
     log.failure("DKIM cryptography failed", failure)
+    _log_unexpected(signatures)
     for sig in signatures:
         sig.decide("temperror", "the signature could not be checked now (internal error)")
     return [s.result() for s in signatures]
@@ -731,7 +749,7 @@ def _judge_crypto(sig: _Signature, check: Callable[[], bool]) -> None:
         sig.decide("permerror", f"the signature cannot be checked: {e}")
         return
     except Exception as e:  # dkimpy on input it did not expect: a result, not a traceback
-        log.warn("dkimpy failed on signature {index}: {error!r}", index=sig.index, error=e)
+        sig.unexpected = e  # logged by the caller, on the reactor thread
         sig.decide("permerror", f"the signature cannot be checked ({e.__class__.__name__})")
         return
     if ok:
