@@ -20,8 +20,11 @@ with a judge that does nothing (what holding the message and adding the header c
 server; ``Message-ID`` is outside ``h=``, so each copy verifies); ``--signed rsa`` or
 ``--signed ed25519`` one signature only (most real mail carries one RSA signature).
 ``server_cpu_us_per_msg`` is the server process's user+system CPU over the run per message
-(steadier than msg/s on a shared machine); ``--profile DIR`` writes a cProfile of the server's
-reactor thread per run.
+(steadier than msg/s on a shared machine), ``reactor_cpu_us_per_msg`` its reactor thread's, and
+``others_user_us_per_msg`` / ``others_sys_us_per_msg`` the other threads' (the store's fsyncs
+are most of their system time, which swings with the disk's other users: compare user time);
+``--profile DIR`` writes a cProfile of the server's reactor thread per run. Mode ``inline``:
+checks on, with the DKIM cryptography on the reactor (not in ``cryptothread``), for A/B.
 
 Runs are kept apart: before each run (the first too) the previous run's data dir is gone, the
 script calls ``sync`` and then pauses ``--settle`` seconds (3 by default), so the writeback and
@@ -93,6 +96,30 @@ def cpu_ticks(pid: int, thread: int | None = None) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def threads_split(pid: int) -> dict[str, int]:
+    """Of all the process's threads but the reactor's (the main one): user and system CPU
+    ticks, and voluntary and involuntary context switches, summed."""
+    out = {"user": 0, "sys": 0, "vol": 0, "invol": 0}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if int(tid) == pid:
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        out["user"] += int(fields[11])
+        out["sys"] += int(fields[12])
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                out["vol"] += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                out["invol"] += int(line.split()[1])
+    return out
+
+
 def switches(pid: int, thread: int) -> int:
     """Voluntary context switches of one thread so far (each a wait: for the GIL, a lock, a
     poll with nothing ready)."""
@@ -118,6 +145,17 @@ def serve(
     sys.path.insert(0, str(REPO))
     from twisted.internet import reactor
     from twisted.names import dns, server
+
+    mode, _, store_threads = mode.partition(":")
+    if store_threads:  # "on:4": the store's fsync threads (GroupCommitter's, 16) made 4
+        from mailhub.store import delivery
+
+        original = delivery.GroupCommitter.__init__
+
+        def init(self: Any, reactor: Any = None, threads: int = 16, holding: int = 2) -> None:
+            original(self, reactor, int(store_threads), holding)
+
+        delivery.GroupCommitter.__init__ = init  # type: ignore[method-assign]
 
     from mailhub.config import ChecksConfig, Config, DomainsConfig, ListenersConfig
     from mailhub.service import build
@@ -158,6 +196,14 @@ def serve(
         mailhub.service.judge_with = null_judge  # type: ignore[assignment]
     time_dkim(Path(data_dir) / "dkim_cpu.json", reactor)
     time_gc(Path(data_dir) / "gc.json", reactor)
+    if mode == "inline":
+        # Checks on, with the DKIM cryptography on the reactor (before cryptothread).
+        try:
+            from mailhub.checks.cryptothread import CryptoThread
+        except ImportError:  # a tree from before it: inline anyway
+            pass
+        else:
+            CryptoThread.run = lambda self, job: None  # type: ignore[method-assign,assignment]
     if dkim_thread:
         from mailhub.checks import dkimverify
 
@@ -262,6 +308,7 @@ def run(mode: str, args: argparse.Namespace, index: int) -> dict:
             before = cpu_ticks(proc.pid)
             reactor_before = cpu_ticks(proc.pid, proc.pid)  # the main thread runs the reactor
             waits_before = switches(proc.pid, proc.pid)
+            others_before = threads_split(proc.pid)
             out = subprocess.run(
                 [
                     sys.executable,
@@ -286,6 +333,7 @@ def run(mode: str, args: argparse.Namespace, index: int) -> dict:
             used = cpu_ticks(proc.pid) - before
             reactor_used = cpu_ticks(proc.pid, proc.pid) - reactor_before
             waits = switches(proc.pid, proc.pid) - waits_before
+            others_after = threads_split(proc.pid)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -308,6 +356,14 @@ def run(mode: str, args: argparse.Namespace, index: int) -> dict:
     result["server_cpu_us_per_msg"] = round(used / ticks / max(result["acked"], 1) * 1e6)
     result["reactor_cpu_us_per_msg"] = round(reactor_used / ticks / max(result["acked"], 1) * 1e6)
     result["reactor_waits_per_msg"] = round(waits / max(result["acked"], 1), 2)
+    acked = max(result["acked"], 1)
+    for key in ("user", "sys"):
+        spent = others_after[key] - others_before[key]
+        result[f"others_{key}_us_per_msg"] = round(spent / ticks / acked * 1e6)
+    for key in ("vol", "invol"):
+        result[f"others_{key}_switches_per_msg"] = round(
+            (others_after[key] - others_before[key]) / acked, 2
+        )
     with open("/proc/loadavg") as f:
         result["loadavg"] = f.read().split()[0]
     return result
@@ -333,7 +389,9 @@ def main() -> int:
     ap.add_argument(
         "--order",
         default="off,on",
-        help="modes in the order run: off, on, sink (checks on, judge does nothing)",
+        help="modes in the order run: off, on, inline (checks on, the DKIM cryptography on "
+        "the reactor, not in its thread), sink (checks on, judge does nothing); MODE:N with "
+        "N store fsync threads instead of 16",
     )
     ap.add_argument("--profile", metavar="DIR", help="cProfile the server's reactor thread")
     ap.add_argument(
@@ -351,12 +409,12 @@ def main() -> int:
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    rates: dict[str, list[float]] = {"off": [], "on": [], "sink": []}
-    cpu: dict[str, list[int]] = {"off": [], "on": [], "sink": []}
+    rates: dict[str, list[float]] = {"off": [], "on": [], "inline": [], "sink": []}
+    cpu: dict[str, list[int]] = {"off": [], "on": [], "inline": [], "sink": []}
     for index, mode in enumerate(args.order.split(",")):
         result = run(mode, args, index)
-        rates[mode].append(result["acked_msgs_per_s"])
-        cpu[mode].append(result["server_cpu_us_per_msg"])
+        rates.setdefault(mode, []).append(result["acked_msgs_per_s"])
+        cpu.setdefault(mode, []).append(result["server_cpu_us_per_msg"])
         if args.json:
             print(json.dumps(result))
         else:
@@ -371,7 +429,10 @@ def main() -> int:
                 )
                 + (f", GC {result['gc_us_per_msg']}" if "gc_us_per_msg" in result else "")
                 + f", waits {result['reactor_waits_per_msg']}/msg"
-                + "), "
+                + f"; other threads user {result['others_user_us_per_msg']} sys "
+                f"{result['others_sys_us_per_msg']}, switches "
+                f"{result['others_vol_switches_per_msg']}"
+                f"+{result['others_invol_switches_per_msg']}/msg" + "), "
                 f"load {result['loadavg']}"
             )
 
@@ -382,10 +443,14 @@ def main() -> int:
     ratio = on / off if off else 0.0
     cpu_ratio = mean(cpu["off"]) / mean(cpu["on"]) if cpu["on"] else 0.0
     summary = {"on_over_off": round(ratio, 2), "cpu_off_over_on": round(cpu_ratio, 2)}
+    if rates["inline"] and off:
+        summary["inline_over_off"] = round(mean(rates["inline"]) / off, 2)
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"on/off (mean msg/s): {ratio:.2f}; CPU per message off/on: {cpu_ratio:.2f}")
+        if "inline_over_off" in summary:
+            print(f"inline/off (mean msg/s): {summary['inline_over_off']:.2f}")
     return 0
 
 

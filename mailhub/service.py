@@ -30,6 +30,8 @@ from twisted.python.components import Componentized
 from mailhub.aliases import AliasMap
 from mailhub.auth import DevChecker, HashingPool, MailRealm, UserDBChecker, make_portal
 from mailhub.checks.arc import arc_seal
+from mailhub.checks.cryptothread import CryptoThread
+from mailhub.checks.dkimverify import Offload
 from mailhub.checks.inbound import judge_with, our_authserv_id, policy_from_config
 from mailhub.checks.keys import KeyStore
 from mailhub.checks.resolver import make_resolver
@@ -509,11 +511,17 @@ def _portal(config: Config, store: MailStore, pool: HashingPool) -> tuple[Portal
 
 
 def _checking(
-    config: Config, inner: IMessageSink, is_local: Callable[[str], bool], keystore: KeyStore
+    config: Config,
+    inner: IMessageSink,
+    is_local: Callable[[str], bool],
+    keystore: KeyStore,
+    offload: Offload | None = None,
 ) -> CheckingSink:
     """The inbound checks in front of ``inner`` (mailhub.checks.sink), with the server's one
     resolver (a TTL cache shared by all sessions). Copies forwarded through an alias to another
-    domain are ARC-sealed with the alias domain's RSA DKIM key (RFC 8617 has only rsa-sha256)."""
+    domain are ARC-sealed with the alias domain's RSA DKIM key (RFC 8617 has only rsa-sha256).
+    ``offload``: where the DKIM cryptography of mail judged from the caches runs
+    (``CryptoThread.run``)."""
     checks = config.checks
     authserv_id = our_authserv_id(config)
     reactor = _reactor()
@@ -524,6 +532,7 @@ def _checking(
         clock=reactor,
         # The dev stack says what a receiver would see of what it signs with its own keys.
         own_keys=keystore.key_files if config.dev else None,
+        offload=offload,
     )
     return CheckingSink(
         inner,
@@ -714,7 +723,9 @@ def build(config: Config, worker: WorkerRole | None = None) -> MailhubService:
     if sandboxes is not None:  # a sandbox's mail keeps its envelope recipients (X-Original-To)
         shared = dataclasses.replace(shared, sink=SandboxSink(shared.sink, sandboxes))
     if config.checks.enabled:
-        checked = _checking(config, shared.sink, is_local, keystore)
+        crypto = CryptoThread(_reactor())
+        crypto.setServiceParent(top)  # before the listeners: started before, stopped after
+        checked = _checking(config, shared.sink, is_local, keystore, crypto.run)
         shared = dataclasses.replace(shared, checked=checked)
 
     for key, builder in FACTORIES.items():

@@ -113,7 +113,9 @@ def verify(
         raise BodyHashMismatch(
             f"body hash mismatch (got {base64.b64encode(got)!r}, expected {tags['bh']!r})"
         )
-    digest = hashlib.sha256(header_data(parsed, field, tags["h"], header_algorithm)).digest()
+    hashed = hashlib.sha256()
+    opensslverify.update(hashed, header_data(parsed, field, tags["h"], header_algorithm))
+    digest = hashed.digest()
     try:
         key = opensslverify.public_key(record)
     except (dkim.KeyFormatError, binascii.Error):

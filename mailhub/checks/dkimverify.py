@@ -14,9 +14,12 @@ The work is split in two so that dkimpy never does DNS itself and the reactor is
    with a ``dnsfunc`` that only returns the records already fetched. Both share the message's
    parse and its body hashes (one per canonicalisation and ``l=``). This is CPU: on a 4 KiB
    message about 0.1 ms for an RSA-2048 signature and 0.15 ms for Ed25519 in a tight loop
-   (benchmarks/README.md), less than a thread hop costs; a 10 MiB body takes about 0.4 s. So a
-   message up to ``INLINE_LIMIT`` octets is checked inline and a larger one in the reactor's
-   thread pool, where the reactor keeps running between GIL slices.
+   (benchmarks/README.md); a 10 MiB body takes about 0.4 s. A message up to ``INLINE_LIMIT``
+   octets is checked inline by ``verify_dkim`` and a larger one in the reactor's thread pool,
+   where the reactor keeps running between GIL slices. Mail judged from the caches
+   (``verify_at_once``, most signed mail) hands its cryptography to the server's
+   ``cryptothread`` in one job: the public-key checks release the GIL, and on the reactor
+   each release is a wait for the store's threads to give it back (see that module).
 
 Results follow RFC 8601 2.7.1: ``pass``, ``fail`` (the cryptography said no), ``permerror`` (a
 signature or key record that cannot be used, RFC 6376 6.1 PERMFAIL), ``temperror`` (the key
@@ -39,9 +42,10 @@ import dkim  # dkimpy ships no type information (pyproject.toml: ignore_missing_
 from dkim.crypto import UnparsableKeyError, parse_public_key  # type: ignore[import-untyped]
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailhub.addresses import AddressError, normalise_domain
-from mailhub.checks import dkimfast, opensslverify
+from mailhub.checks import dkimfast, eager, opensslverify
 from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError, Lookup
 from mailhub.checks.resolver import budgeted
 from mailhub.checks.results import MethodResult
@@ -142,6 +146,9 @@ class _Signature:
     key_tags: dict[str, bytes] | None = None  # that record's tags
     decoded: dict[str, bytes] = field(default_factory=dict)  # b= and bh=, once checked
     verdict: tuple[str, str] | None = None  # (result, reason) once decided
+    # What dkimpy raised that it should not have: logged by the reactor thread afterwards
+    # (the cryptography may run in another thread, where Twisted's logging is not safe).
+    unexpected: Exception | None = None
 
     @functools.cached_property
     def key_name(self) -> str:
@@ -187,10 +194,13 @@ async def verify_dkim(
             _crypto(message, ready)
         else:
             await threads.deferToThread(_crypto, message, ready)
+        _log_unexpected(ready)
     return [s.result() for s in signatures]
 
 
 CachedTXT = Callable[[str], Lookup[bytes] | None]  # a name's TXT answer if cached, else None
+# Runs a job elsewhere (``CryptoThread.run``): a Deferred of its result, or None to run it here.
+Offload = Callable[[Callable[[], None]], "defer.Deferred[None] | None"]
 
 
 def verify_at_once(
@@ -200,14 +210,19 @@ def verify_at_once(
     budget: int,
     max_signatures: int = MAX_SIGNATURES,
     now: float | None = None,
-) -> list[SignatureResult] | None:
+    offload: Offload | None = None,
+) -> list[SignatureResult] | eager.Pending | None:
     """``verify_dkim``'s results without a coroutine, when every key record it would fetch is
     in the cache (``cached(name)``: ``CachingResolver.cached_txt``) and the message is
     checked inline (up to ``INLINE_LIMIT``); None otherwise (ask ``verify_dkim``). The same
     steps, in the same order, on the same answers: the same results. ``budget``: the lookups
     the message may still spend; more keys than that (``verify_dkim`` would give some
     ``neutral``) is None too. Every signature is verified: nothing is kept across messages
-    but the key records (by their TTLs) and what is read of them."""
+    but the key records (by their TTLs) and what is read of them.
+
+    ``offload``: the cryptography (the message's body and header hashes and every public-key
+    check, one job) is handed to it (``cryptothread``: off the reactor), and the results come
+    as ``eager.Pending``; a job that fails makes each signature it had ``temperror``."""
     if len(message) > INLINE_LIMIT:
         return None
     # Called for mail whose header names DKIM-Signature (judge_at_once looked): no second look.
@@ -225,7 +240,41 @@ def verify_at_once(
         answers[name] = answer
     ready = _judge_keys(signatures, answers)
     if ready:
+        running = None if offload is None else offload(functools.partial(_crypto, message, ready))
+        if running is not None:
+            got = running.addCallbacks(
+                _results, _crypto_failed, callbackArgs=(signatures,), errbackArgs=(signatures,)
+            )
+            return eager.Pending(got)
         _crypto(message, ready)
+        _log_unexpected(ready)
+    return [s.result() for s in signatures]
+
+
+def _results(_: None, signatures: list[_Signature]) -> list[SignatureResult]:
+    _log_unexpected(signatures)
+    return [s.result() for s in signatures]
+
+
+def _log_unexpected(signatures: list[_Signature]) -> None:
+    """Reactor thread: what dkimpy raised unexpectedly in the cryptography (``_judge_crypto``)."""
+    for sig in signatures:
+        if sig.unexpected is not None:
+            log.warn(
+                "dkimpy failed on signature {index}: {error!r}",
+                index=sig.index,
+                error=sig.unexpected,
+            )
+
+
+def _crypto_failed(failure: Failure, signatures: list[_Signature]) -> list[SignatureResult]:
+    """The cryptography's job failed (a bug, never the message: ``_judge_crypto`` turns
+    everything it raises into a result): temperror for each signature it left undecided, as
+    for a check that could not finish (RFC 8601 2.7.1)."""
+    log.failure("DKIM cryptography failed", failure)
+    _log_unexpected(signatures)
+    for sig in signatures:
+        sig.decide("temperror", "the signature could not be checked now (internal error)")
     return [s.result() for s in signatures]
 
 
@@ -700,7 +749,7 @@ def _judge_crypto(sig: _Signature, check: Callable[[], bool]) -> None:
         sig.decide("permerror", f"the signature cannot be checked: {e}")
         return
     except Exception as e:  # dkimpy on input it did not expect: a result, not a traceback
-        log.warn("dkimpy failed on signature {index}: {error!r}", index=sig.index, error=e)
+        sig.unexpected = e  # logged by the caller, on the reactor thread
         sig.decide("permerror", f"the signature cannot be checked ({e.__class__.__name__})")
         return
     if ok:

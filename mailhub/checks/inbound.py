@@ -49,9 +49,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -72,6 +72,9 @@ from mailhub.checks.results import AuthenticationResults, MethodResult
 from mailhub.config import CheckPolicy, Config
 from mailhub.envelope import Envelope
 from mailhub.interfaces import MessageRejected
+
+if TYPE_CHECKING:
+    from mailhub.checks.dkimverify import Offload
 
 log = Logger()
 
@@ -610,8 +613,9 @@ class CachedChecks:
     ``from_domain(message, lowered)`` (``dmarc.header_from_domain``, given the header section
     through its last CRLF in lower case); ``no_arc``: ARC's result for a message without ARC
     fields. ``dkim(message, budget)``: every DKIM signature verified with the key records
-    from the cache (``dkimverify.verify_at_once``), None when one is not there; ``dkim`` None:
-    signed mail always goes the long way. ``dmarc_known(from_domain)``: whether ``dmarc``
+    from the cache (``dkimverify.verify_at_once``), None when one is not there, or
+    ``eager.Pending`` while its cryptography is done off the reactor; ``dkim`` None: signed
+    mail always goes the long way. ``dmarc_known(from_domain)``: whether ``dmarc``
     will answer for that domain (asked before the signatures are verified, so that a domain
     whose DMARC record is not cached costs no verification twice)."""
 
@@ -619,7 +623,7 @@ class CachedChecks:
     dmarc: Callable[[str, Any, Sequence[Any]], Any]
     from_domain: Callable[[bytes, bytes | None], str | None]
     no_arc: MethodResult
-    dkim: Callable[[bytes, int], Sequence[Any] | None] | None = None
+    dkim: Callable[[bytes, int], Sequence[Any] | eager.Pending | None] | None = None
     dmarc_known: Callable[[str], bool] = lambda domain: True
 
 
@@ -628,12 +632,14 @@ _NO_DKIM = MethodResult("dkim", "none", "the message has no DKIM signature")
 
 def judge_at_once(
     message: bytes, envelope: Envelope, *, authserv_id: str, policy: Policy, cached: CachedChecks
-) -> Verdict | None:
+) -> Verdict | eager.Pending | None:
     """``judge``'s verdict for a message without ARC fields whose SPF results, DMARC record
     and (if it is signed) DKIM key records are in the caches, without a coroutine or a
     Deferred (most mail from senders seen within the TTLs); None for any other message (ask
     ``judge``). The same results, in the same order, as ``judge`` with the same caches gives:
-    every signature is verified here as ``verify_dkim`` verifies it."""
+    every signature is verified here as ``verify_dkim`` verifies it. When ``cached.dkim``
+    gives ``eager.Pending`` (the cryptography in ``cryptothread``), so does this: its Deferred
+    fires with the verdict, or None (a DMARC record that left the cache meanwhile)."""
     if len(message) > policy.max_message_size:
         return None
     end = message.find(b"\r\n\r\n")
@@ -676,38 +682,43 @@ def judge_at_once(
         from_domain, from_error = None, str(e) or e.__class__.__name__
     if from_domain and not cached.dmarc_known(from_domain):
         return None
-    signatures: Sequence[Any] = ()
-    if signed:
-        assert cached.dkim is not None
-        # judge's budget: SPF and DMARC from their caches spend none of it.
-        verified = cached.dkim(message, policy.dns_budget)
-        if verified is None:
-            return None
-        signatures = verified
-    if signatures:
-        found.extend(s.method_result() for s in signatures)
-    else:
-        found.append(_NO_DKIM)
-    found.append(cached.no_arc)
-    dmarc_result = None
-    if from_domain:
-        dmarc_result = cached.dmarc(from_domain, spf_for_dmarc, signatures)
-        if dmarc_result is None:
-            return None
-        found.append(dmarc_result.method_result())
-    else:
-        found.append(_dmarc_without_from(from_error))
-    return _conclude(
-        found,
-        dmarc_result,
-        from_domain or "",
-        spf_exp,
-        envelope,
-        policy,
-        authenticated=authenticated,
-        authserv_id=authserv_id,
-        arc_result=cached.no_arc.result,
-    )
+
+    def rest(signatures: Sequence[Any]) -> Verdict | None:
+        if signatures:
+            found.extend(s.method_result() for s in signatures)
+        else:
+            found.append(_NO_DKIM)
+        found.append(cached.no_arc)
+        dmarc_result = None
+        if from_domain:
+            dmarc_result = cached.dmarc(from_domain, spf_for_dmarc, signatures)
+            if dmarc_result is None:
+                return None
+            found.append(dmarc_result.method_result())
+        else:
+            found.append(_dmarc_without_from(from_error))
+        return _conclude(
+            found,
+            dmarc_result,
+            from_domain or "",
+            spf_exp,
+            envelope,
+            policy,
+            authenticated=authenticated,
+            authserv_id=authserv_id,
+            arc_result=cached.no_arc.result,
+        )
+
+    if not signed:
+        return rest(())
+    assert cached.dkim is not None
+    # judge's budget: SPF and DMARC from their caches spend none of it.
+    verified = cached.dkim(message, policy.dns_budget)
+    if verified is None:
+        return None
+    if isinstance(verified, eager.Pending):  # the cryptography is done off the reactor
+        return eager.Pending(verified.deferred.addCallback(rest))
+    return rest(verified)
 
 
 def judge_with(
@@ -718,12 +729,15 @@ def judge_with(
     clock: IReactorTime,
     checkers: Checkers | None = None,
     own_keys: OwnKeys | None = None,
-) -> Callable[[bytes, Envelope], Verdict | Coroutine[Any, Any, Verdict]]:
+    offload: Offload | None = None,
+) -> Callable[[bytes, Envelope], Verdict | Awaitable[Verdict]]:
     """``judge`` bound to one server's resolver and policy: what ``CheckingSink`` calls. With
     the real checks and a resolver that tells its answers' lifetimes (``CachingResolver``), SPF
     results (``spf.SPFCache``) and DMARC record discoveries (``dmarc.DMARCCache``) are kept as
     long as their answers, and a message that ``judge_at_once`` can judge from them gets its
-    Verdict directly; any other gets ``judge``'s coroutine."""
+    Verdict directly; any other gets ``judge``'s coroutine. ``offload``
+    (``CryptoThread.run``): where the DKIM cryptography of mail judged from the caches is
+    done (a Deferred of the verdict is given then); None: inline."""
     cached: CachedChecks | None = None
     if checkers is None:
         from mailhub.checks import arc, dkimverify, dmarc, spf
@@ -758,8 +772,10 @@ def judge_with(
             if cached_txt is not None and not (policy.dev and own_keys is not None):
                 txt = cast(dkimverify.CachedTXT, cached_txt)
 
-                def dkim_cached(message: bytes, budget: int) -> Sequence[Any] | None:
-                    return dkimverify.verify_at_once(message, txt, budget=budget)
+                def dkim_cached(
+                    message: bytes, budget: int
+                ) -> Sequence[Any] | eager.Pending | None:
+                    return dkimverify.verify_at_once(message, txt, budget=budget, offload=offload)
 
             cached = CachedChecks(
                 spf_cached,
@@ -770,7 +786,7 @@ def judge_with(
                 dmarc_known,
             )
 
-    def bound(message: bytes, envelope: Envelope) -> Verdict | Coroutine[Any, Any, Verdict]:
+    def bound(message: bytes, envelope: Envelope) -> Verdict | Awaitable[Verdict]:
         if cached is not None:
             try:
                 verdict = judge_at_once(
@@ -781,8 +797,15 @@ def judge_with(
                     "{queue_id}: judging from the caches failed", queue_id=envelope.queue_id
                 )
                 verdict = None
+            if isinstance(verdict, eager.Pending):
+                return verdict.deferred.addCallbacks(
+                    later, failed, callbackArgs=(message, envelope), errbackArgs=(message, envelope)
+                )
             if verdict is not None:
                 return verdict
+        return the_long_way(message, envelope)
+
+    def the_long_way(message: bytes, envelope: Envelope) -> Coroutine[Any, Any, Verdict]:
         chosen = checkers if checkers is not None else Checkers.real()
         return judge(
             resolver,
@@ -794,6 +817,22 @@ def judge_with(
             checkers=chosen,
             own_keys=own_keys,
         )
+
+    def later(
+        verdict: Verdict | None, message: bytes, envelope: Envelope
+    ) -> Verdict | defer.Deferred[Verdict]:
+        """A verdict from the caches whose DKIM cryptography was done off the reactor, or the
+        long way's when the DMARC record left the cache meanwhile."""
+        if verdict is None:
+            return defer.Deferred.fromCoroutine(the_long_way(message, envelope))
+        return verdict
+
+    def failed(failure: Failure, message: bytes, envelope: Envelope) -> defer.Deferred[Verdict]:
+        # a bug, as in bound: the long way still judges the message
+        log.failure(
+            "{queue_id}: judging from the caches failed", failure, queue_id=envelope.queue_id
+        )
+        return defer.Deferred.fromCoroutine(the_long_way(message, envelope))
 
     return bound
 

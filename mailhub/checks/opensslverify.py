@@ -103,9 +103,29 @@ class ParsedMessage:
             if body is None:
                 body = self._bodies[algorithm] = _canonical_body(algorithm, self.body)
             h = hasher()
-            h.update(body if length is None else body[:length])
+            update(h, body if length is None else body[:length])
             digest = self._body_hashes[key] = h.digest()
         return digest
+
+
+# hashlib releases the GIL to hash 2,048 octets or more in one update (and from then on for
+# every update of that object). On the reactor each release is a wait to get the GIL back
+# from the store's threads, which under load costs far more than the hash (a 4 KiB body: ~3
+# us of CPU, 60-150 us of the reactor's time): so data up to HOLD_GIL_UP_TO octets is hashed
+# in pieces under that size, holding the GIL; bigger data (hashed in a thread) in one update.
+HASH_PIECE = 2047
+HOLD_GIL_UP_TO = 64 * 1024
+
+
+def update(h: Any, data: bytes) -> None:
+    """``h.update(data)``, without releasing the GIL for data up to ``HOLD_GIL_UP_TO``."""
+    size = len(data)
+    if size < HASH_PIECE or size > HOLD_GIL_UP_TO:
+        h.update(data)
+        return
+    view = memoryview(data)
+    for start in range(0, size, HASH_PIECE):
+        h.update(view[start : start + HASH_PIECE])
 
 
 def _canonical_body(algorithm: Any, body: bytes) -> bytes:

@@ -261,14 +261,9 @@ class _CheckedMessage:
             return defer.Deferred.fromCoroutine(self._commit_spooled())
         whole = b"".join(self._chunks)
         judged = self._judge(whole)
-        if isinstance(judged, eager.Pending):
-            return defer.Deferred.fromCoroutine(self._commit_later(judged.deferred, whole))
+        if isinstance(judged, eager.Pending):  # it had to wait (DNS, the DKIM cryptography)
+            return judged.deferred.addCallback(self._pass_on, whole)
         return self._pass_on(judged, whole)
-
-    async def _commit_later(self, judged: defer.Deferred[Verdict], whole: bytes) -> str:
-        """The judgement had to wait (a DNS lookup): the rest once it is there."""
-        verdict = await judged
-        return await self._pass_on(verdict, whole)
 
     def _judge(self, whole: bytes) -> Verdict | eager.Pending:
         """``judge``'s verdict, at once if it needs no waiting. A bug in the checks must not
@@ -277,7 +272,10 @@ class _CheckedMessage:
             judging = self._sink.judge(whole, self.envelope)
             if isinstance(judging, Verdict):
                 return judging  # judged from the caches at once
-            verdict = eager.start(judging if isinstance(judging, Coroutine) else _wait(judging))
+            if isinstance(judging, defer.Deferred):  # from the caches, the DKIM crypto waited
+                verdict: Verdict | eager.Pending = eager.Pending(judging)
+            else:
+                verdict = eager.start(judging if isinstance(judging, Coroutine) else _wait(judging))
         except Exception:
             return self._judge_failed(Failure())
         if isinstance(verdict, eager.Pending):
