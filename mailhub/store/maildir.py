@@ -414,8 +414,9 @@ class Folder:
         a caller that could not adopt them (LockBusy) fsyncs these itself, off the reactor."""
         placer = self._placer
         dirs = set(placer.unsynced)
-        if placer.syncing is not None:
-            dirs.update(placer.syncing.dirs)
+        syncing = placer.syncing
+        if syncing is not None and (not syncing.done or syncing.failure is not None):
+            dirs.update(syncing.dirs)
         return sorted(dirs)
 
     # -- derived-data cache ------------------------------------------------------------------
