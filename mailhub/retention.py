@@ -80,10 +80,12 @@ class Retention(Service):
         self.store, self.changes, self.clock = store, changes, clock
         self.max_messages, self.max_age = max_messages, max_age
         self.state_file, self.batch = state_file, batch
-        # key -> uid of every message known; the heap holds (internaldate, key, uid) in age
-        # order, with entries of messages gone since skipped when they come to the top.
+        # key -> uid of every message known; the heap holds (internaldate, uid, key) in age
+        # order, with entries of messages gone since skipped when they come to the top. Of
+        # one second, the UID says which came first in a folder (given in arrival order);
+        # the key's text would not ("M100000" sorts before "M99999").
         self._uids: dict[_Key, int] = {}
-        self._heap: list[tuple[int, _Key, int]] = []
+        self._heap: list[tuple[int, int, _Key]] = []
         self._unsubscribe: Any = None
         self._soon: IDelayedCall | None = None
         self._age_timer: IDelayedCall | None = None
@@ -149,7 +151,7 @@ class Retention(Service):
                 if key not in self._uids:
                     self._uids[key] = change.message.uid
                     heapq.heappush(
-                        self._heap, (change.message.internaldate, key, change.message.uid)
+                        self._heap, (change.message.internaldate, change.message.uid, key)
                     )
                     grew = True
             elif change.kind == EXPUNGED and change.message is not None:
@@ -165,13 +167,13 @@ class Retention(Service):
         # Its heap entry stays until it reaches the top (lazy deletion); keep the heap from
         # growing without bound when many go by other means (the page's delete).
         if len(self._heap) > 2 * len(self._uids) + 1024:
-            self._heap = [e for e in self._heap if self._uids.get(e[1]) == e[2]]
+            self._heap = [e for e in self._heap if self._uids.get(e[2]) == e[1]]
             heapq.heapify(self._heap)
 
-    def _oldest(self) -> tuple[int, _Key, int] | None:
+    def _oldest(self) -> tuple[int, int, _Key] | None:
         while self._heap:
             top = self._heap[0]
-            if self._uids.get(top[1]) == top[2]:
+            if self._uids.get(top[2]) == top[1]:
                 return top
             heapq.heappop(self._heap)
         return None
@@ -222,7 +224,7 @@ class Retention(Service):
         victims: dict[tuple[str, str], list[tuple[_Key, int]]] = {}
         n = 0
         while n < self.batch and self._over():
-            _, key, uid = heapq.heappop(self._heap)
+            _, uid, key = heapq.heappop(self._heap)
             victims.setdefault(key[:2], []).append((key, uid))
             self._uids.pop(key, None)
             n += 1

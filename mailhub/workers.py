@@ -219,7 +219,11 @@ DIRECT, TEXT, RELAY = "direct", "text", "relay"
 # TEXT: each record a worker sends (a formatted event, or a JSON control event) ends with this
 # byte (ASCII's record separator): the supervisor writes only whole events, so the lines of
 # two workers' tracebacks never interleave, and drops the separators with one replace().
+# An event's text never holds one (text from a client, quoted in an exception's message): it is
+# written as RECORD_END_SHOWN, so nobody can end a record early or forge a control record.
+# (JSON, as RELAY sends it, escapes it itself: \u001e.)
 RECORD_END = "\x1e"
+RECORD_END_SHOWN = "\\x1e"
 # TEXT: after each read the supervisor leaves a worker's pipe for this long, so the lines
 # gather in the kernel's pipe buffer and one wake-up, read and write serve many: a read per
 # line cost 0.05 ms of its CPU per message. Nothing is lost if either side dies meanwhile.
@@ -237,6 +241,8 @@ class _Records(io.TextIOBase):
         self._control = control
 
     def write(self, text: str) -> int:
+        if RECORD_END in text:
+            text = text.replace(RECORD_END, RECORD_END_SHOWN)
         return self._control.write(text + RECORD_END)
 
     def flush(self) -> None:

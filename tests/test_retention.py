@@ -76,6 +76,18 @@ class Pruning(SynchronousTestCase):
         self.assertEqual(self.subjects("a@x.test", "Junk"), [])
         self.assertEqual(r.info().messages, 2)
 
+    def test_of_one_second_the_first_to_arrive_goes_first(self) -> None:
+        # Names say the arrival to the microsecond, as numbers: by text "M100000" (the later)
+        # sorts before "M99999"; the UIDs, given in arrival order, do not.
+        self.store.mailbox("a@x.test", create=True)
+        new = self.dir / "mail" / "x.test" / "a" / "new"
+        for n, base in enumerate(["50000.M99999P1Q1.test", "50000.M100000P1Q2.test"]):
+            (new / base).write_bytes(message(n))
+        r = self.retention(self.changes(), max_messages=1)
+        self.clock.advance(0)
+        self.assertEqual(r.pruned, 1)
+        self.assertEqual(self.subjects("a@x.test"), ["Subject: number 1"])
+
     def test_after_deliveries_with_bounded_work_per_turn(self) -> None:
         changes = self.changes()
         r = self.retention(changes, max_messages=3, batch=2)

@@ -69,6 +69,18 @@ class StampCollisionTests(StoreTestCase):
         # Two changes, two mod-sequences (RFC 7162 3.2), not one value for both.
         self.assertLess(records[self.first].modseq, records[self.second].modseq)
 
+    def test_a_look_that_lists_the_same_files_sees_a_keyword_stored_meanwhile(self) -> None:
+        # Within the dirty window a look lists new/ and cur/ again; finding the same files,
+        # it keeps the state if the list is unchanged - checked by its first line too, not
+        # by a stamp alone (Scanner.refresh).
+        core = core_of(self.ours)
+        for scan in core.scans.values():
+            scan.trusted = False  # (their mtimes are young)
+        self.theirs.store_flags([1], "add", keywords=["$Label"])
+        same_stamp(core)
+        state = self.ours.sync()
+        self.assertEqual(state.by_uid[1].keywords, frozenset({"$Label"}))
+
     def test_worker_write_checks_too(self) -> None:
         # uidwriter.write_list starts from the reactor's copy if the file's stamp is still
         # the one that copy was read with.

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
 from mailhub.imap import message_commands
@@ -696,21 +697,21 @@ class CommandsWriteInTheWorker(OffThreadCase):
         self.assertTrue(self.a.lines()[-1].startswith("a1 OK [COPYUID "))
 
     def test_a_failed_write_of_copies_leaves_their_directory_to_fsync(self) -> None:
-        from twisted.internet.defer import fail
 
         self.a.command("CREATE Other")
         other = self.folder("Other")
         other.sync()
         other_dir = str(self.store.root / "example.org/alice/.Other")
-        self.store.settings.offload.run = lambda f, *a: fail(OSError(28, "No space left"))
         self.a.send("a1 COPY 1 Other\r\n")
         for _ in range(3):
             self.clock.advance(0)
+            for _, _, d in self.worker.queued:
+                d.errback(Failure(OSError(28, "No space left")))
+            self.worker.queued.clear()
         self.assertEqual(self.a.lines()[-1], "a1 NO [SERVERBUG] Internal server error")
         self.flushLoggedErrors(OSError)
         # not known durable: whatever next gives them UIDs under our lock fsyncs it first
         self.assertEqual(other.unsynced_links(), [f"{other_dir}/new"])
-        self.store.settings.offload.run = self.worker
         events = self.disk_events()
         self.a.send("a2 COPY 2 Other\r\n")
         for _ in range(4):
@@ -723,8 +724,63 @@ class CommandsWriteInTheWorker(OffThreadCase):
             events.index(("write", f"{other_dir}/{uidlist.FILENAME}")),
         )
         self.assertEqual(other.unsynced_links(), [])
-        gc.collect()  # (the failed write's Deferreds of the first try: logged when collected)
-        self.flushLoggedErrors(OSError)
+        gc.collect()  # (a failed write's Deferred nobody got is logged when collected)
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
+
+    def test_a_copy_abandoned_during_its_write_leaves_no_directory_to_fsync(self) -> None:
+        # The client goes away while COPY waits for the worker's write (the links' fsync,
+        # then their UIDs): once that write has ended well, later writes of the target
+        # fsync the directory no more.
+        self.a.command("CREATE Other")
+        other = self.folder("Other")
+        other.sync()
+        other_new = str(self.store.root / "example.org/alice/.Other/new")
+        self.a.send("a1 COPY 1 Other\r\n")
+        self.clock.advance(0)
+        self.assertEqual(other.unsynced_links(), [other_new])
+        self.assertEqual(len(self.worker.queued), 1)
+        self.a.protocol.connectionLost(Failure(ConnectionDone()))
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(other.unsynced_links(), [])
+        events = self.disk_events()
+        self.arrive("later", folder=".Other")
+        other.sync(assign=False)  # (a look: the new message's UID by the worker's job)
+        self.worker.release()
+        self.assertIn(("write", f"{other_new[:-4]}/{uidlist.FILENAME}"), events)
+        self.assertNotIn(("fsync_dir", other_new), events)
+
+    def test_a_copy_abandoned_while_the_lock_is_busy_leaves_no_directory_to_fsync(self) -> None:
+        # Another process holds the target's lock right after the links and the client goes
+        # away meanwhile: the next write of the target fsyncs the links' directory (nobody
+        # else will) and then forgets it.
+        self.a.command("CREATE Other")
+        other = self.folder("Other")
+        other.sync()
+        other_new = str(self.store.root / "example.org/alice/.Other/new")
+        real = Placer.link_copies
+        holders: list[DotLock] = []
+
+        def link_copies(placer: Placer, *args: Any) -> Any:
+            links = real(placer, *args)
+            holder = DotLock(Path(other_new).parent / uidlist.LOCKNAME, in_reactor=lambda: True)
+            holder.acquire()
+            holders.append(holder)
+            return links
+
+        self.patch(Placer, "link_copies", link_copies)
+        main = threading.main_thread()
+        self.patch(dotlock, "on_reactor_thread", lambda: threading.current_thread() is main)
+        self.a.send("a1 COPY 1 Other\r\n")
+        self.clock.advance(0.1)
+        self.assertEqual(len(holders), 1)
+        self.a.protocol.connectionLost(Failure(ConnectionDone()))
+        holders[0].release()
+        events = self.disk_events()
+        other.sync(assign=False)  # (a look: the copy's UID by the worker's job)
+        self.worker.release()
+        self.assertIn(("fsync_dir", other_new), events)  # (before its list names the copy)
+        self.assertEqual(other.unsynced_links(), [])
 
     def test_a_failed_write_fails_the_command_and_frees_the_lock(self) -> None:
         from twisted.internet.defer import fail, maybeDeferred
@@ -751,6 +807,42 @@ class CommandsWriteInTheWorker(OffThreadCase):
         self.clock.advance(0)
         self.assertEqual(self.a.lines()[-1], "a2 OK STORE completed")
         self.assertEqual(self.on_disk()[3][0], "F")
+
+    def rename_by_another_program(self, uid: int, letters: str) -> None:
+        """Message ``uid``'s file renamed with new flags (mutt): a look records the change
+        (a new mod-sequence), writing the list under the lock."""
+        base = self.folder()._core.uid_base[uid]
+        cur = self.store.root / "example.org/alice/cur"
+        [fn] = [n for n in os.listdir(cur) if n.startswith(base + ":")]
+        os.rename(cur / fn, cur / f"{base}:2,{letters}")
+
+    def test_a_looks_failed_write_is_no_unhandled_error(self) -> None:
+        # The look after b's NOOP writes the list (the rename); nobody waits for that
+        # write's own Deferred (the look meets Flushing, or the write failed at once):
+        # its failure is logged as a warning (uidwriter._flushed), never left unhandled.
+        self.rename_by_another_program(1, "F")
+        self.b.send("b1 NOOP\r\n")
+        self.assertEqual(len(self.worker.queued), 1)
+        _, _, d = self.worker.queued.pop()
+        d.errback(Failure(OSError(28, "No space left")))  # (the quiet waiters try again)
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.b.lines()[-1], "b1 OK NOOP completed")
+        self.assertEqual(self.on_disk()[1][0], "F")
+        gc.collect()  # (an unhandled error in a Deferred is logged when it is collected)
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
+
+    def test_a_looks_write_refused_at_once_is_no_unhandled_error(self) -> None:
+        from twisted.internet.defer import fail
+
+        self.rename_by_another_program(2, "F")
+        self.store.settings.offload.run = lambda f, *a: fail(OSError(28, "No space left"))
+        self.b.send("b1 NOOP\r\n")
+        self.clock.advance(0)
+        self.store.settings.offload.run = self.worker
+        self.b.lines()
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
 
     def test_fetch_that_sets_seen_and_close(self) -> None:
         self.a.send("a1 FETCH 1 (BODY[HEADER.FIELDS (SUBJECT)])\r\n")

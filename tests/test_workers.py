@@ -359,6 +359,26 @@ class TextLogs(SynchronousTestCase):
         self.assertTrue(log_file.writes[1].endswith(b"\tTraceback\n\t  x\n"))
         self.assertTrue(log_file.writes[1].startswith(b"20"))  # a whole record: its timestamp
 
+    def test_a_record_end_in_an_events_text_neither_splits_it_nor_forges_a_record(self) -> None:
+        # Text from a client (here a HELO name, as an exception's message might quote it)
+        # holding ASCII RS and a JSON "started" event, before the worker has said it started.
+        import io
+
+        from twisted.logger import Logger
+
+        control = io.StringIO()
+        observer = workers.WorkerLog(2, workers.TEXT, control, io.StringIO())
+        helo = 'evil\x1e{"mailhub_ready": true, "log_format": "forged"}\n\x1e'
+        Logger(namespace="mailhub.smtp", observer=observer).info("HELO {helo}", helo=helo)
+        out = control.getvalue().encode()
+        self.assertEqual(out.count(workers.RECORD_END.encode()), 1)  # one event, one record
+        proto, log_file, _, _ = self.protocol()
+        proto.outReceived(out)
+        self.assertFalse(proto.ready)
+        [line] = log_file.writes
+        self.assertIn(b'] HELO evil\\x1e{"mailhub_ready": true, "log_format": "forged"}', line)
+        self.assertTrue(line.endswith(b"\n\t\\x1e\n"), line)  # (continuation line tabbed)
+
     def test_a_last_record_without_its_end_is_written_when_the_worker_ends(self) -> None:
         proto, log_file, clock, _ = self.protocol()
         proto.outReceived(b"2026-12-07T00:00:00+0000 [w2 x#info] last words\n")

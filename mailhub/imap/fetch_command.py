@@ -18,6 +18,7 @@ from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.view import View
 from mailhub.message import mime
 from mailhub.store import MessageGone
+from mailhub.store.maildir import unwaited
 
 if TYPE_CHECKING:
     from mailhub.imap.protocol import IMAPServerProtocol, Output
@@ -56,8 +57,11 @@ async def fetch_messages(session: IMAPServerProtocol, items: list[Item], *, uid:
         if unseen:
             # (the list written by the store's worker: nothing told before it is on disk)
             outcome, written = view.folder.deferred(view.folder.store_flags, unseen, "add", ["S"])
-            for d in written:
-                await d
+            try:
+                for d in written:
+                    await d
+            finally:
+                unwaited(written)  # (those after a failure: logged by the store)
             session.write_all(view.update(outcome.infos))  # FLAGS if keywords are new
             request = _with_flags(request)
     if session.condstore and request.flags and not request.modseq:

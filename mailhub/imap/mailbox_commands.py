@@ -17,6 +17,7 @@ from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.view import View
 from mailhub.store import Folder, FolderError, FolderExists, FolderNotFound, Mailbox
 from mailhub.store.errors import InvalidName, StoreError
+from mailhub.store.maildir import unwaited
 from mailhub.store.names import INBOX, normalise_folder
 
 if TYPE_CHECKING:
@@ -329,8 +330,11 @@ async def close(session: IMAPServerProtocol, tag: str, items: list[Item]) -> Don
         if deleted:
             # (the list written by the store's worker; answered once it is on disk)
             _, written = view.folder.deferred(lambda: view.folder.expunge(deleted, by=view))
-            for d in written:
-                await d
+            try:
+                for d in written:
+                    await d
+            finally:
+                unwaited(written)  # (those after a failure: logged by the store)
     session.deselect()
     return Done("OK", "CLOSE completed", sync=False)
 

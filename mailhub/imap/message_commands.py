@@ -22,7 +22,7 @@ from mailhub.safeio import fsync_dir
 from mailhub.store import FolderNotFound, StoreError
 from mailhub.store.core import tick
 from mailhub.store.errors import LockBusy, MessageGone
-from mailhub.store.maildir import Folder, SpoolFile
+from mailhub.store.maildir import Folder, SpoolFile, unwaited
 
 if TYPE_CHECKING:
     from mailhub.imap.protocol import IMAPServerProtocol
@@ -101,8 +101,11 @@ def _deferring(folder: Folder, f: Callable[..., T], *args: Any) -> tuple[T, Writ
 
 
 async def _durable(written: Written) -> None:
-    for d in written:
-        await d
+    try:
+        for d in written:
+            await d
+    finally:
+        unwaited(written)  # (those after a failure: logged by the store, nobody waits)
 
 
 async def _expunge(session: IMAPServerProtocol, uids: set[int] | None) -> Done:
@@ -138,8 +141,8 @@ async def uid_prefixed(session: IMAPServerProtocol, tag: str, items: list[Item])
         # (a look that changes the list leaves its write to the worker and meets Flushing:
         # tried again once it is on disk.) A fast look (view.fast_look): only NOOP-like
         # commands must list young directories.
-        lines, _ = await session.unlocked(
-            lambda: view.folder.deferred(lambda: view.sync(allow_expunge=True, fast=True))
+        lines = await session.unlocked(
+            lambda: view.folder.deferred_look(lambda: view.sync(allow_expunge=True, fast=True))
         )
         session.write_all(lines)
     if sub == "FETCH":
@@ -290,10 +293,7 @@ async def _copy(
     validity = 0
     try:
         if links:
-            adopted, validity = await session.unlocked(
-                lambda: (_deferring(target, target.adopt_copies, links), target.sync().uidvalidity)
-            )
-            copied, written = adopted
+            copied, written, validity = await session.unlocked(lambda: _adopt(target, links))
             await _durable(written)
     except LockBusy:
         if len(links) < len(uids) and not uid and not move:
@@ -323,6 +323,21 @@ async def _copy(
             target.expunge([d for _, d in copied])
         return Done("NO", "Some messages were expunged meanwhile", "EXPUNGEISSUED")
     return Done("OK", f"{verb} completed", code)
+
+
+def _adopt(
+    target: Folder, links: list[tuple[int, str]]
+) -> tuple[list[tuple[int, int]], Written, int]:
+    """The copies' UIDs, the writes that made them durable, and the target's UIDVALIDITY;
+    LockBusy: run again."""
+    copied, written = _deferring(target, target.adopt_copies, links)
+    try:
+        return copied, written, target.sync().uidvalidity
+    except BaseException:
+        # Run again: a write of these that failed is written again by the next try (the
+        # list is read anew); nobody waits for these Deferreds.
+        unwaited(written)
+        raise
 
 
 def _fsync_dirs(dirs: list[str]) -> None:

@@ -449,8 +449,8 @@ class IMAPServerProtocol(Protocol, TimeoutMixin, HandshakeDeadline):
                 # A look that changes the list leaves its write to the store's worker and
                 # meets Flushing (a LockBusy): tried again once that write is on disk.
                 fast = fast_look(name)  # NOOP and CHECK look in full (view.FULL_LOOK)
-                lines, _ = await self.unlocked(
-                    lambda: view.folder.deferred(
+                lines = await self.unlocked(
+                    lambda: view.folder.deferred_look(
                         lambda: view.sync(allow_expunge=allow, since=started, fast=fast)
                     )
                 )
@@ -514,7 +514,7 @@ class IMAPServerProtocol(Protocol, TimeoutMixin, HandshakeDeadline):
         """Sync the folders, waiting (on reactor timers) while their locks are busy."""
         for folder in folders:
             # (its write of the list, if it must change, in the store's worker)
-            await self.unlocked(lambda folder=folder: folder.deferred(folder.sync))  # type: ignore[misc]
+            await self.unlocked(lambda folder=folder: folder.deferred_look(folder.sync))  # type: ignore[misc]
 
     def deselect(self) -> None:
         self._leave_view()

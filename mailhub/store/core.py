@@ -281,6 +281,12 @@ class FolderCore:
         self.deferring = False
         self.unsaved: tuple[UidList, list[str] | None] | None = None  # (list, record lines)
         self.later_dirs: list[str] = []
+        # Directories whose new entries must be durable before the list names them (COPY's
+        # links, placement.Placer), each with the tick of its last link: fsync'd under the
+        # lock before the list changes (by the worker when the write is deferred), and
+        # forgotten once a write that fsync'd them after that link has ended well
+        # (``links_durable``): whoever made the links may have gone away meanwhile.
+        self.fsync_first: dict[str, int] = {}
 
     def not_found(self) -> FolderNotFound:
         return FolderNotFound(f"folder {self.name!r} no longer exists")
@@ -336,6 +342,22 @@ class FolderCore:
                 self.later_dirs.append(directory)
         else:
             fsync_dir(directory)
+            self.fsync_first.pop(directory, None)  # (no link can come between: one thread)
+
+    def links_marked(self, dirs: list[str]) -> dict[str, int]:
+        """The marks (``fsync_first``) of those of ``dirs`` that have links to make durable,
+        as of now: for ``links_durable`` once a write fsyncing ``dirs`` from now on ends."""
+        marks = self.fsync_first
+        return {d: marks[d] for d in dirs if d in marks}
+
+    def links_durable(self, marked: dict[str, int]) -> None:
+        """A write that fsync'd the ``marked`` directories (``links_marked`` taken before it
+        started) ended well: their links made before it are durable. A link made since
+        keeps its directory marked."""
+        marks = self.fsync_first
+        for d, mark in marked.items():
+            if marks.get(d) == mark:
+                del marks[d]
 
     def dotlock(self, path: Path) -> DotLock:
         s = self.settings

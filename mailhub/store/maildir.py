@@ -144,10 +144,24 @@ class Folder:
             core.defer_writes = None
 
     def deferred(self, f: Callable[..., T], *args: object) -> tuple[T, list[Deferred[None]]]:
-        """``f(*args)`` within ``deferring()``, and the Deferreds of the writes it started."""
+        """``f(*args)`` within ``deferring()``, and the Deferreds of the writes it started
+        (if ``f`` raises - a look meeting ``Flushing`` for its own write - nobody gets them:
+        a failure of theirs is logged by ``uidwriter``, not left unhandled)."""
         with self.deferring() as started:
-            result = f(*args)
+            try:
+                result = f(*args)
+            except BaseException:
+                unwaited(started)
+                raise
         return result, started
+
+    def deferred_look(self, f: Callable[..., T], *args: object) -> T:
+        """``f(*args)``, a look (``sync``), within ``deferring()``: the write it starts (when
+        the list must change) is waited for by the looks after it (``Flushing``), not by the
+        caller, and a failure of it is logged by ``uidwriter``."""
+        result, started = self.deferred(f, *args)
+        unwaited(started)
+        return result
 
     def flushed(self) -> Deferred[None] | None:
         """A Deferred that fires (never fails) when this process's write of the UID list in
@@ -400,8 +414,9 @@ class Folder:
         a caller that could not adopt them (LockBusy) fsyncs these itself, off the reactor."""
         placer = self._placer
         dirs = set(placer.unsynced)
-        if placer.syncing is not None:
-            dirs.update(placer.syncing.dirs)
+        syncing = placer.syncing
+        if syncing is not None and (not syncing.done or syncing.failure is not None):
+            dirs.update(syncing.dirs)
         return sorted(dirs)
 
     # -- derived-data cache ------------------------------------------------------------------
@@ -438,3 +453,10 @@ class Folder:
         of an open file (to open it its own cheaper way; its FileNotFoundError means that the
         message was moved, as for an open)."""
         return self._derived.cache_pass(name, compute, encode, decode, compute_path=compute_path)
+
+
+def unwaited(writes: list[Deferred[None]]) -> None:
+    """Writes nobody waits for: their failures are logged where they end
+    (``uidwriter._flushed``), not again as errors unhandled in a Deferred."""
+    for d in writes:
+        d.addErrback(lambda _: None)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from mailhub.store import names
-from mailhub.store.core import FolderCore
+from mailhub.store.core import FolderCore, tick
 from mailhub.store.errors import LockBusy, MessageGone
 from mailhub.store.flags import FlagStore
 from mailhub.store.folderstate import FolderState, intern_keywords
@@ -43,10 +43,11 @@ class Placer:
         self.files = files
         self.flags = flags
         # Directories holding copies linked here (link_copies) whose entries are not yet
-        # durable (the syncer's: the lock hold that gives them UIDs fsyncs them first, in
-        # the worker's write of the list), and a write fsyncing only them while in flight
-        # (sync_links): adopt_copies has them durable before it names their UIDs.
-        self.unsynced = syncer.fsync_first
+        # durable, each with the tick of its last link (FolderCore.fsync_first: the lock
+        # hold that gives them UIDs fsyncs them first, in the worker's write of the list,
+        # and a write that did forgets them), and a write fsyncing only them while in
+        # flight (sync_links): adopt_copies has them durable before it names their UIDs.
+        self.unsynced = core.fsync_first
         self.syncing: Flush | None = None
 
     def uids_of(self, bases: Iterable[str]) -> dict[str, int]:
@@ -217,7 +218,8 @@ class Placer:
         if dirs:
             # Not fsync'd here (the reactor thread: it would stall every session): the
             # target's adopt_copies has its directory fsync'd before it names their UIDs.
-            other.unsynced |= dirs
+            mark = tick()
+            other.unsynced.update(dict.fromkeys(dirs, mark))
             other.core.changed_by_us()
         return links
 
@@ -231,7 +233,7 @@ class Placer:
         except LockBusy:
             # That hold's write (uidwriter.Flush) is in flight: they are durable when done.
             core = self.core
-            if core.flush is not None and self.unsynced <= set(core.last_flush().dirs):
+            if core.flush is not None and self.unsynced.keys() <= set(core.last_flush().dirs):
                 self.syncing = core.last_flush()
             raise
         # Named without such a hold (another process gave them UIDs): fsync'd on their own.
@@ -254,21 +256,17 @@ class Placer:
             self.syncing = None
             if syncing.failure is not None:
                 syncing.failure.raiseException()
-            self.unsynced.difference_update(syncing.dirs)
+            # (its directories were forgotten when it ended: FolderCore.links_durable)
         if not self.unsynced or not start:
             return
         dirs = sorted(self.unsynced)
-        writes = core.defer_writes
-        started = len(writes) if writes is not None else 0
         with core.lock():
             for d in dirs:
-                core.fsync_later(d)
+                core.fsync_later(d)  # (fsync'd at once, and forgotten, unless deferring)
         if core.flush is not None:
             syncing = self.syncing = core.last_flush()
             raise syncing.busy(look=False)
-        if writes is None or len(writes) == started:
-            self.unsynced.difference_update(dirs)  # (fsync'd at once)
-        # (else the worker's write ended at once - failed, or a test's runner: they stay;
+        # (else the worker's write ended at once - forgotten if it went well, else they stay;
         # the caller waits for it, failing as it failed)
 
 

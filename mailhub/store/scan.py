@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from mailhub.safeio import fsync_dir
-from mailhub.store import names
+from mailhub.store import names, uidlist
 from mailhub.store.core import Files, FolderCore
 from mailhub.store.errors import MessageGone
 
@@ -72,12 +72,24 @@ class Scanner:
         scan.stamp = stamp
         settings = core.settings
         scan.trusted = st.st_mtime < settings.now() - settings.dirty_window
-        if not force and same and not core.stale and core.list_file_stamp() == core.list_stamp:
+        if not force and same and not core.stale and self._list_unchanged():
             # Looked again (a recent mtime cannot be trusted) and found the same files, and
             # the UID list did not change either: the state still holds. Saves rebuilding it
             # on every command for a second after any change.
             return False
         return True
+
+    def _list_unchanged(self) -> bool:
+        """The UID list file is still the one the state was built from: its stamp, then its
+        first line (an equal stamp may hide another process's write - a reused inode, a
+        coarse mtime - and every write that matters moves UIDNEXT or HIGHESTMODSEQ:
+        ``uidindex``'s docstring). ~5 us, after a listdir; else a keyword stored by another
+        process could go unseen until the next change."""
+        core = self.core
+        if core.list_file_stamp() != core.list_stamp:
+            return False
+        lst = core.list
+        return lst is None or core.list_file_header() == uidlist.header_line(lst)
 
     def rescan(self) -> Files:
         for sub in ("new", "cur"):

@@ -43,7 +43,7 @@ class Syncer:
         # Directories whose new entries must be durable before the list names them (COPY's
         # links, placement.Placer): fsync'd under the lock before the list changes (by the
         # worker when the write is deferred, uidwriter.Flush: one write for both).
-        self.fsync_first: set[str] = set()
+        self.fsync_first = core.fsync_first
 
     def sync(
         self, taken: list[int] | None = None, *, assign: bool = True, fast: bool = False
@@ -130,7 +130,7 @@ class Syncer:
             try:
                 with core.lock():
                     for d in sorted(self.fsync_first):
-                        core.fsync_later(d)  # (kept until the write is known done: Placer)
+                        core.fsync_later(d)  # (forgotten when the write is known done)
                     lst, entries, gone = self.index.update_locked(entries, known_before)
             except FileNotFoundError:
                 # The lock file or the list's temporary file had no directory: the folder was

@@ -13,15 +13,15 @@ another process (a worker, another host, a CLI tool) within one tick, of the sam
 unchanged. Writing our copy back then loses its UIDs (one UID for two messages), flags and
 keywords. So an equal stamp is confirmed by the file's first line (one small pread: ~5 us of
 CPU; taking the dotlock costs ~130 us) whenever the list is looked at: under the lock before
-we may write, and by a look that found the directories changed. (A look that finds the same
-files and an equal stamp trusts it still: scan.Scanner.refresh; a change read late is not
-lost, the first write under the lock reads it.) Every write that changes the list changes
-that line: new UIDs move uidnext, any other change (flags, keywords, expunges, records
-dropped for files found gone) takes a mod-sequence (RFC 7162 3.1), a lost list gets a new
-UIDVALIDITY - all but the adoption of a version 1 list's flags, and that list's first line
-says version 1 (``uidlist.header_line``). Not chosen: keeping each list's old file open so
-its inode is not reused (as Dovecot does), a descriptor per loaded folder (idle_10k loads
-10,000).
+we may write, by a look that found the directories changed, and by one that listed them
+again and found the same files (scan.Scanner.refresh: a keyword stored by another process
+changes the list only, and its touch of cur/ - FolderCore.announce_index_change - may leave
+cur/'s coarse mtime as it was). Every write that changes the list changes that line: new
+UIDs move uidnext, any other change (flags, keywords, expunges, records dropped for files
+found gone) takes a mod-sequence (RFC 7162 3.1), a lost list gets a new UIDVALIDITY - all
+but the adoption of a version 1 list's flags, and that list's first line says version 1
+(``uidlist.header_line``). Not chosen: keeping each list's old file open so its inode is
+not reused (as Dovecot does), a descriptor per loaded folder (idle_10k loads 10,000).
 """
 
 from __future__ import annotations

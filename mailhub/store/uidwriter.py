@@ -62,6 +62,7 @@ class Job:
     done: bool = False  # (a worker that refuses at once ends the job before start returns)
     # The scans' listings (new/, cur/) the look's ``entries`` came from, if it gave them.
     listings: tuple[list[str], list[str]] | None = None
+    marked: dict[str, int] = field(default_factory=dict)  # core.links_marked of its dirs
 
     def wait(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
@@ -96,6 +97,7 @@ def start(
     if job is not None:
         return job
     job = core.job = Job(dict(core.pending_keywords))
+    job.marked = core.links_marked(dirs or [])
     if entries is not None:
         # (``entries`` are the scans as they are now: Scanner.scan_all or rescan)
         new, cur = core.scans["new"].listing, core.scans["cur"].listing
@@ -189,6 +191,7 @@ def _finish(result: Written | Failure, core: FolderCore, job: Job) -> None:
             agreed = True
         for base in job.pending.keys() - result.pending.keys():
             core.pending_keywords.pop(base, None)  # in the list now, with their UIDs
+        core.links_durable(job.marked)
         if result.gone:
             core.collect_cache(result.gone)
     elif result.check(LockTimeout, StoreError, OSError):
@@ -242,6 +245,7 @@ class Flush:
     looks_waiting: bool = False
     failure: Failure | None = None
     done: bool = False
+    marked: dict[str, int] = field(default_factory=dict)  # core.links_marked of ``dirs``
 
     def wait(self) -> Deferred[None]:
         """Fires when the write has ended; fails as it failed (the command that made the
@@ -302,6 +306,7 @@ def _run(core: FolderCore, flush: Flush) -> None:
     if flush.dirty and core.list is not None:
         flush.lst = core.list
         data = uidlist.serialise(core.list, flush.records)
+    flush.marked = core.links_marked(flush.dirs)
     d = run(flush_list, core.list_path(), data, core.settings.hostname, flush.dirs)
     d.addBoth(_flushed, core, flush)
 
@@ -331,8 +336,10 @@ def _flushed(result: tuple[int, int, int] | Failure | None, core: FolderCore, fl
         log.warn("UID list of {folder} not written: {why}", folder=core.dir, why=result.value)
         core.list_stamp = None  # (if no write follows: the file is read again)
         core.changed_by_us()
-    elif result is not None and core.list is flush.lst:
-        core.list_stamp = result
+    else:
+        core.links_durable(flush.marked)  # (whoever linked them may wait no more: gone)
+        if result is not None and core.list is flush.lst:
+            core.list_stamp = result
     nxt, core.next = core.next, None
     if nxt is not None and core.flush is flush:
         core.flush = nxt  # (it writes the list in memory: every change so far)
