@@ -285,6 +285,18 @@ class View:
             parts.append(b"MODSEQ (%d)" % self.infos[uid].modseq)
         return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
+    def _on_disk(self) -> FolderState | None:
+        """``Folder.on_disk`` for this session, unless it holds a message this session
+        already saw gone (a ghost: its expunge found before the list on disk has it)."""
+        state = self.folder.on_disk(self, self.highestmodseq, self.uidnext)
+        if state is None or state is self._state:
+            return state
+        seen, here = self._state.by_uid, state.by_uid
+        for uid in self.uids:
+            if uid not in seen and uid in here:
+                return None
+        return state
+
     def sync(
         self,
         *,
@@ -313,6 +325,10 @@ class View:
             state = self.folder.looked_since(since)
         else:
             state = None
+        if state is None:
+            # Another session's change is being written: what is on disk, not a wait (the
+            # change is told once written; never a state older than this session was told).
+            state = self._on_disk()
         if state is None:
             state = self.folder.sync(assign=assign, fast=fast)
         if state.uidvalidity != self.uidvalidity:

@@ -32,13 +32,21 @@ class Expunger:
     def expunge(self, uids: Iterable[int], *, by: Reader | None = None) -> list[int]:
         """``Folder.expunge``."""
         core = self.core
+        uids = list(uids)
+        if by is not None and core.kept:
+            # Expunged by another session meanwhile, not yet told to ``by``: it asks for
+            # that too, so it must be told once that expunge is on disk (its looks meanwhile
+            # wait: core.on_disk), not answered from a list that still has them.
+            self.forget(by, [u for u in uids if u in core.kept])
+        # (what other sessions may still be told while the expunge is being written)
+        before = core.exact_state() if core.flush is None else None
         removed, touched = self._unlink(uids, by)
         if not removed:
             return []
         core.changed_by_us()
         dirs = [f"{core.dir}/{sub}" for sub in sorted(touched)]
         try:
-            with core.lock():
+            with core.lock(before):
                 # The removal survives a crash before we answer the client (on the reactor
                 # with a worker: fsync'd by it before the list, uidwriter.Flush).
                 for d in dirs:
@@ -56,8 +64,9 @@ class Expunger:
             log.info("UID list of {folder} updated later: lock busy", folder=core.dir)
             for d in dirs:
                 fsync_dir(d)
-        for _, base in removed:
+        for uid, base in removed:
             core.entries.pop(base, None)
+            core.unlinked[uid] = base
         core.state = None
         core.collect_cache({base for _, base in removed})
         return [uid for uid, _ in removed]
