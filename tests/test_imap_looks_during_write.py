@@ -50,7 +50,9 @@ class LooksDuringAWrite(OffThreadCase):
         self.write()
         self.assertEqual(self.a.lines()[-1], "a1 OK STORE completed")
         self.b.send("b2 NOOP\r\n")
-        self.assertEqual(self.b.lines(), ["* 2 FETCH (UID 2 FLAGS (\\Flagged))", "b2 OK NOOP completed"])
+        self.assertEqual(
+            self.b.lines(), ["* 2 FETCH (UID 2 FLAGS (\\Flagged))", "b2 OK NOOP completed"]
+        )
 
     def test_a_store_answered_is_never_taken_back(self) -> None:
         # RFC 3501 6.4.6, imap_stress's store-result rule: several changes join one write;
@@ -82,7 +84,9 @@ class LooksDuringAWrite(OffThreadCase):
         self.write()
         self.assertEqual(self.d.lines()[-1], "d1 OK STORE completed")
         self.b.send("b3 NOOP\r\n")
-        self.assertEqual(self.b.lines(), ["* 4 FETCH (UID 4 FLAGS (\\Flagged))", "b3 OK NOOP completed"])
+        self.assertEqual(
+            self.b.lines(), ["* 4 FETCH (UID 4 FLAGS (\\Flagged))", "b3 OK NOOP completed"]
+        )
 
     def test_a_store_that_changed_nothing_waits_for_the_change_it_shows(self) -> None:
         # b's STORE finds \Seen already set by a's change in flight and answers with it:
@@ -105,7 +109,9 @@ class LooksDuringAWrite(OffThreadCase):
         self.a.lines()
         self.a.send("a2 EXPUNGE\r\n")
         self.b.send("b1 NOOP\r\n")
-        self.assertEqual(self.b.lines(), ["* 1 FETCH (UID 1 FLAGS (\\Deleted))", "b1 OK NOOP completed"])
+        self.assertEqual(
+            self.b.lines(), ["* 1 FETCH (UID 1 FLAGS (\\Deleted))", "b1 OK NOOP completed"]
+        )
         self.b.send("b2 FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
         lines = self.b.lines()
         self.assertIn("Subject: m0", lines)  # still there as far as b knows (RFC 2180 4.1)
@@ -132,10 +138,26 @@ class LooksDuringAWrite(OffThreadCase):
         self.a.send("a1 STORE 1 +FLAGS (\\Seen)\r\n")
         self.write()
         self.b.send("b1 NOOP\r\n")
-        self.assertEqual(self.b.lines(), ["* 1 FETCH (UID 1 FLAGS (\\Seen))", "b1 OK NOOP completed"])
+        self.assertEqual(
+            self.b.lines(), ["* 1 FETCH (UID 1 FLAGS (\\Seen))", "b1 OK NOOP completed"]
+        )
         self.c.send("c1 STORE 1 -FLAGS (\\Seen)\r\n")
         self.b.send("b2 NOOP\r\n")  # during c's write: \Seen is still what is on disk
         self.assertEqual(self.b.lines(), ["b2 OK NOOP completed"])
         self.write()
         self.b.send("b3 NOOP\r\n")
         self.assertEqual(self.b.lines(), ["* 1 FETCH (UID 1 FLAGS ())", "b3 OK NOOP completed"])
+
+    def test_an_expunge_of_what_another_session_expunged_meanwhile_is_told(self) -> None:
+        # RFC 3501 6.4.3, RFC 6851 3.3 (imap_stress's move-expunges): b's expunge is in
+        # flight, a copy of the file kept for a, which still counts it; a's own EXPUNGE
+        # of it must tell it, once b's is on disk - not answer from the list that has it.
+        self.a.send("a1 STORE 1 +FLAGS.SILENT (\\Deleted)\r\n")
+        self.write()
+        self.a.lines()
+        self.b.send("b1 EXPUNGE\r\n")
+        self.a.send("a2 EXPUNGE\r\n")
+        self.assertEqual(self.a.lines(), [])
+        self.write()
+        self.assertEqual(self.b.lines()[-2:], ["* 1 EXPUNGE", "b1 OK EXPUNGE completed"])
+        self.assertEqual(self.a.lines(), ["* 1 EXPUNGE", "a2 OK EXPUNGE completed"])

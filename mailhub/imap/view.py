@@ -118,6 +118,9 @@ class View:
         self.highestmodseq = state.highestmodseq
         # the keywords told in FLAGS: SELECT's list, grown as new ones appear (never shrunk)
         self.announced: set[str] = set(self.keywords_in_use())
+        # Messages this session's own commands found gone (STORE, FETCH), not yet told: no
+        # look may answer from a state that still has them (``_on_disk``).
+        self.found_gone: set[int] = set()
 
     def knows(self, uid: int) -> bool:
         """``Reader``: the client still counts ``uid`` as present (told of no EXPUNGE)."""
@@ -289,9 +292,16 @@ class View:
         """``Folder.on_disk`` for this session, unless it holds a message this session
         already saw gone (a ghost: its expunge found before the list on disk has it)."""
         state = self.folder.on_disk(self, self.highestmodseq, self.uidnext)
-        if state is None or state is self._state:
+        if state is None:
+            return None
+        here = state.by_uid
+        if self.found_gone:
+            self.found_gone.intersection_update(self.infos)
+            if not self.found_gone.isdisjoint(here):
+                return None
+        if state is self._state:
             return state
-        seen, here = self._state.by_uid, state.by_uid
+        seen = self._state.by_uid
         for uid in self.uids:
             if uid not in seen and uid in here:
                 return None

@@ -145,6 +145,9 @@ class Kept:
 _ticks = count(1)
 
 
+EXPUNGED_KEPT = 1024  # FolderCore.expunged's size
+
+
 def tick() -> int:
     """A number above every one given before: orders an event (an IMAP command's start)
     against looks at the disk (``FolderCore.looked``). One thread, the reactor's."""
@@ -298,6 +301,10 @@ class FolderCore:
         # may still hold: not told from it to a session that has no copy kept (its own
         # EXPUNGE or MOVE, one it did not know: ``on_disk``).
         self.unlinked: dict[int, str] = {}
+        # The UIDs of the last messages this process expunged (base -> uid, oldest first):
+        # an APPEND or COPY that placed one still names its UID (RFC 4315 APPENDUID,
+        # COPYUID) when another session expunged or moved it before the command could.
+        self.expunged: dict[str, int] = {}
 
     def not_found(self) -> FolderNotFound:
         return FolderNotFound(f"folder {self.name!r} no longer exists")

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from twisted.logger import Logger
 
 from mailhub.safeio import fsync_dir, unlink_quietly
-from mailhub.store.core import FolderCore, Kept, Reader
+from mailhub.store.core import EXPUNGED_KEPT, FolderCore, Kept, Reader
 from mailhub.store.errors import LockBusy, MessageGone
 from mailhub.store.reading import MessageFiles
 from mailhub.store.spool import kept_name
@@ -64,9 +64,13 @@ class Expunger:
             log.info("UID list of {folder} updated later: lock busy", folder=core.dir)
             for d in dirs:
                 fsync_dir(d)
+        expunged = core.expunged
         for uid, base in removed:
             core.entries.pop(base, None)
             core.unlinked[uid] = base
+            expunged[base] = uid
+        while len(expunged) > EXPUNGED_KEPT:
+            del expunged[next(iter(expunged))]
         core.state = None
         core.collect_cache({base for _, base in removed})
         return [uid for uid, _ in removed]
