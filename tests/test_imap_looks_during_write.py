@@ -161,3 +161,26 @@ class LooksDuringAWrite(OffThreadCase):
         self.write()
         self.assertEqual(self.b.lines()[-2:], ["* 1 EXPUNGE", "b1 OK EXPUNGE completed"])
         self.assertEqual(self.a.lines(), ["* 1 EXPUNGE", "a2 OK EXPUNGE completed"])
+
+    def test_a_store_that_finds_a_message_gone_tells_its_expunge(self) -> None:
+        # imap_stress's store-result: a's STORE finds message 1 gone (b's expunge in
+        # flight, a copy kept for a): no answer from the list that still has it - the
+        # look after it waits for b's write and tells the expunge (UID STORE may).
+        self.a.send("a1 STORE 1 +FLAGS.SILENT (\\Deleted)\r\n")
+        self.write()
+        self.a.lines()
+        self.b.send("b1 EXPUNGE\r\n")
+        self.a.send("a2 UID STORE 1 +FLAGS (\\Seen)\r\n")
+        self.assertEqual(self.a.lines(), [])
+        self.write()
+        self.assertEqual(self.a.lines(), ["* 1 EXPUNGE", "a2 OK STORE completed"])
+
+    def test_an_append_expunged_by_another_session_meanwhile_still_has_its_uid(self) -> None:
+        # RFC 4315 APPENDUID: the message got its UID, and another session expunged it
+        # before the APPEND read that UID.
+        folder = self.folder()
+        placement = folder.prepare_spooled(folder.spool(), 0)
+        placement.place()
+        uid = folder.sync().messages[-1].uid
+        folder.expunge([uid])
+        self.assertEqual(folder.adopt(placement), uid)
