@@ -101,7 +101,6 @@ class View:
         self.recent: set[int] = set()
         self._flag_lists: dict[tuple[frozenset[str], frozenset[str], bool], bytes] = {}
         self._flag_sets: dict[tuple[frozenset[str], frozenset[str], bool], frozenset[str]] = {}
-        folder.add_reader(self)
         # assign=False: UIDs for new mail left to the store's worker (Folder.sync). A fast
         # look: SELECT's full one is Folder.settled()'s, just before (mailbox_commands).
         if readonly:
@@ -121,6 +120,9 @@ class View:
         # Messages this session's own commands found gone (STORE, FETCH), not yet told: no
         # look may answer from a state that still has them (``_on_disk``).
         self.found_gone: set[int] = set()
+        # Only now (a look above may meet a busy lock and leave this view half made; the
+        # expunges of others ask a reader what it knows): one reactor turn since the look.
+        folder.add_reader(self)
 
     def knows(self, uid: int) -> bool:
         """``Reader``: the client still counts ``uid`` as present (told of no EXPUNGE)."""

@@ -353,13 +353,16 @@ class FolderCore:
 
     def exact_state(self) -> FolderState | None:
         """The state if it is exactly the list in memory: built from it or following our
-        own changes (not stale, nothing left to a worker) at its mod-sequence. Every change
-        of the list takes a new one (RFC 7162 3.1.1), so equal values mean equal lists."""
+        own changes at its mod-sequence (every change of the list takes a new one, RFC 7162
+        3.1.1: equal values, equal lists; ``stale`` need not be clear: it asks for a new
+        listing of the directories, whose messages without a UID no state has), nothing
+        left to a worker. Without a write of ours in flight, the list must be the file's
+        (not after a failed write)."""
         state, lst = self.state, self.list
         if (
             state is None
             or lst is None
-            or self.stale
+            or (self.list_stamp is None and self.flush is None)
             or self.partial
             or state.highestmodseq != lst.highestmodseq
             or state.uidnext != lst.uidnext
