@@ -82,6 +82,7 @@ async def fetch_messages(session: IMAPServerProtocol, items: list[Item], *, uid:
                 raise Answered()
             if not await _fetch_one(session, view, plan, seq, u, out):
                 missing = True
+                view.found_gone.add(u)  # (told as expunged, never as still there)
             await session.pace(out)
         out.flush()
     finally:

@@ -228,6 +228,8 @@ async def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -
         ),
     )
     await _durable(written)  # (the worker writes the list: nothing told before)
+    if outcome.gone:
+        view.found_gone.update(outcome.gone)  # (told as expunged, never as still there)
     # new keywords (ours or another session's) are announced before a FETCH shows them
     session.write_all(view.update(outcome.infos))
     refused = set(outcome.modified)

@@ -101,7 +101,6 @@ class View:
         self.recent: set[int] = set()
         self._flag_lists: dict[tuple[frozenset[str], frozenset[str], bool], bytes] = {}
         self._flag_sets: dict[tuple[frozenset[str], frozenset[str], bool], frozenset[str]] = {}
-        folder.add_reader(self)
         # assign=False: UIDs for new mail left to the store's worker (Folder.sync). A fast
         # look: SELECT's full one is Folder.settled()'s, just before (mailbox_commands).
         if readonly:
@@ -118,6 +117,12 @@ class View:
         self.highestmodseq = state.highestmodseq
         # the keywords told in FLAGS: SELECT's list, grown as new ones appear (never shrunk)
         self.announced: set[str] = set(self.keywords_in_use())
+        # Messages this session's own commands found gone (STORE, FETCH), not yet told: no
+        # look may answer from a state that still has them (``_on_disk``).
+        self.found_gone: set[int] = set()
+        # Only now (a look above may meet a busy lock and leave this view half made; the
+        # expunges of others ask a reader what it knows): one reactor turn since the look.
+        folder.add_reader(self)
 
     def knows(self, uid: int) -> bool:
         """``Reader``: the client still counts ``uid`` as present (told of no EXPUNGE)."""
@@ -285,6 +290,25 @@ class View:
             parts.append(b"MODSEQ (%d)" % self.infos[uid].modseq)
         return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
+    def _on_disk(self) -> FolderState | None:
+        """``Folder.on_disk`` for this session, unless it holds a message this session
+        already saw gone (a ghost: its expunge found before the list on disk has it)."""
+        state = self.folder.on_disk(self, self.highestmodseq, self.uidnext)
+        if state is None:
+            return None
+        here = state.by_uid
+        if self.found_gone:
+            self.found_gone.intersection_update(self.infos)
+            if not self.found_gone.isdisjoint(here):
+                return None
+        if state is self._state:
+            return state
+        seen = self._state.by_uid
+        for uid in self.uids:
+            if uid not in seen and uid in here:
+                return None
+        return state
+
     def sync(
         self,
         *,
@@ -313,6 +337,10 @@ class View:
             state = self.folder.looked_since(since)
         else:
             state = None
+        if state is None:
+            # Another session's change is being written: what is on disk, not a wait (the
+            # change is told once written; never a state older than this session was told).
+            state = self._on_disk()
         if state is None:
             state = self.folder.sync(assign=assign, fast=fast)
         if state.uidvalidity != self.uidvalidity:

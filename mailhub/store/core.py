@@ -145,6 +145,9 @@ class Kept:
 _ticks = count(1)
 
 
+EXPUNGED_KEPT = 1024  # FolderCore.expunged's size
+
+
 def tick() -> int:
     """A number above every one given before: orders an event (an IMAP command's start)
     against looks at the disk (``FolderCore.looked``). One thread, the reactor's."""
@@ -158,20 +161,24 @@ class FolderLock:
     directories to fsync (``fsync_later``) go to the worker with the lock when the block
     ends: the worker fsyncs them and writes the list durably (uidwriter.Flush). The reactor
     never waits for the disk; until the write is done every look at the folder meets
-    ``uidwriter.Flushing`` (a ``LockBusy``), so nothing of it is told before it is on disk.
+    ``uidwriter.Flushing`` (a ``LockBusy``), so nothing of it is told before it is on disk -
+    but a session's look may be answered from ``core.durable`` (the state of the list on
+    disk) instead, unless the session was told more than that (``FolderCore.on_disk``).
 
     Group commit: while a write is in flight the lock stays ours, and a deferring change
     made meanwhile joins the next write (``core.next``), started when the one in flight
     ends; the lock is released when no write follows. Nobody else can change the list
     while we hold it, so the list in memory is the one to write. Changes stop joining once
-    a look is waiting (``Flush.looks_waiting``), so looks wait for at most two writes."""
+    a look is waiting (``Flush.looks_waiting``) or a worker's job waits for the lock, so
+    they wait for at most two writes."""
 
-    __slots__ = ("core", "dot", "joined")
+    __slots__ = ("before", "core", "dot", "joined")
 
-    def __init__(self, core: FolderCore, dot: DotLock) -> None:
+    def __init__(self, core: FolderCore, dot: DotLock, before: FolderState | None = None) -> None:
         self.core = core
         self.dot = dot
         self.joined = False
+        self.before = before
 
     def __enter__(self) -> DotLock:
         core = self.core
@@ -182,12 +189,17 @@ class FolderLock:
         )
         flush = core.flush
         if flush is not None:
-            if not deferring or core.looks_waiting():
+            if not deferring or core.looks_waiting() or core.job is not None:
                 raise core.last_flush().busy(look=False)
+            # (Before this change: the state may be exactly what the write in flight is.)
+            core.note_written_state(flush)
             self.joined = True
             self.dot = flush.lock
         else:
             self.dot.acquire()
+            # No write of ours in flight: the list in memory is the one on disk (unless
+            # another process changed it since: then the state is older, still told by it).
+            core.set_durable(self.before or core.exact_state(), start=True)
         core.deferring = deferring
         core.unsaved, core.later_dirs = None, []
         return self.dot
@@ -287,6 +299,18 @@ class FolderCore:
         # forgotten once a write that fsync'd them after that link has ended well
         # (``links_durable``): whoever made the links may have gone away meanwhile.
         self.fsync_first: dict[str, int] = {}
+        # While ``flush`` runs: the state of the list on disk (the last one written, exactly:
+        # ``exact_state``), for looks that need not wait for the write (``on_disk``); None
+        # when this process cannot vouch for one (they wait).
+        self.durable: FolderState | None = None
+        # Messages this process expunged (uid -> base), their files gone, that ``durable``
+        # may still hold: not told from it to a session that has no copy kept (its own
+        # EXPUNGE or MOVE, one it did not know: ``on_disk``).
+        self.unlinked: dict[int, str] = {}
+        # The UIDs of the last messages this process expunged (base -> uid, oldest first):
+        # an APPEND or COPY that placed one still names its UID (RFC 4315 APPENDUID,
+        # COPYUID) when another session expunged or moved it before the command could.
+        self.expunged: dict[str, int] = {}
 
     def not_found(self) -> FolderNotFound:
         return FolderNotFound(f"folder {self.name!r} no longer exists")
@@ -319,17 +343,91 @@ class FolderCore:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def lock(self) -> FolderLock:
+    def lock(self, before: FolderState | None = None) -> FolderLock:
         """The folder's dotlock: held to change the UID list (and to compact the cache).
         A context manager; on the reactor thread of a store with a worker, a UID-list write
-        made under it is handed to the worker with the lock (``FolderLock``)."""
-        return FolderLock(self, self.dotlock(self.path / uidlist.LOCKNAME))
+        made under it is handed to the worker with the lock (``FolderLock``). ``before``:
+        the ``exact_state`` taken before a change that began ahead of the lock (an
+        expunge's unlinks), if no write of ours was in flight then."""
+        return FolderLock(self, self.dotlock(self.path / uidlist.LOCKNAME), before)
 
     def last_flush(self) -> Flush:
         """The write a look must wait for: the next one if changes wait for it."""
         last = self.next or self.flush
         assert last is not None
         return last
+
+    def exact_state(self) -> FolderState | None:
+        """The state if it is exactly the list in memory: built from it or following our
+        own changes at its mod-sequence (every change of the list takes a new one, RFC 7162
+        3.1.1: equal values, equal lists; ``stale`` need not be clear: it asks for a new
+        listing of the directories, whose messages without a UID no state has), nothing
+        left to a worker. Without a write of ours in flight, the list must be the file's
+        (not after a failed write)."""
+        state, lst = self.state, self.list
+        if (
+            state is None
+            or lst is None
+            or (self.list_stamp is None and self.flush is None)
+            or self.partial
+            or state.highestmodseq != lst.highestmodseq
+            or state.uidnext != lst.uidnext
+            or state.uidvalidity != lst.uidvalidity
+        ):
+            return None
+        return state
+
+    def note_written_state(self, flush: Flush) -> None:
+        """Keep the state as ``flush``'s if it is exactly the list that write is writing
+        (nothing changed since it began): ``durable`` once it is on disk."""
+        if flush.after is None and flush.version is not None and self.next is None:
+            state = self.exact_state()
+            if state is not None and state.highestmodseq == flush.version:
+                flush.after = state
+
+    def set_durable(self, state: FolderState | None, *, start: bool = False) -> None:
+        """``durable`` is ``state`` (``start``: a chain of writes begins; the list in
+        memory is the one on disk)."""
+        self.durable = state
+        unlinked = self.unlinked
+        if not unlinked:
+            return
+        if state is not None:
+            by_uid = state.by_uid
+            self.unlinked = {u: b for u, b in unlinked.items() if u in by_uid}
+        elif start and self.list is not None:
+            records = self.list.records
+            self.unlinked = {u: b for u, b in unlinked.items() if b in records}
+
+    def on_disk(self, reader: Reader, modseq: int, uidnext: int) -> FolderState | None:
+        """While our write is in flight: the state on disk, if no older than what the
+        session ``reader`` was told or answered (``modseq``, ``uidnext``: it may know
+        changes of the write in flight - a STORE that found its flags set already - and
+        must never be told less); else None (the session's look waits for the write)."""
+        flush = self.flush
+        if flush is None:
+            return None
+        self.note_written_state(flush)
+        state = self.durable
+        if state is None or state.highestmodseq < modseq or state.uidnext < uidnext:
+            return None
+        if self.unlinked:
+            by_uid = state.by_uid
+            kept = self.kept
+            for uid in self.unlinked:
+                if uid in by_uid:
+                    copy = kept.get(uid)
+                    if copy is None or reader not in copy.readers:
+                        # Its own expunge, or one it would be told of as new: it is gone.
+                        return None
+        entries = self.entries
+        for m in reversed(state.messages):
+            if m.uid < uidnext:
+                break
+            if m.key not in entries:
+                # New to the session but gone (another process): no copy kept for it.
+                return None
+        return state
 
     def looks_waiting(self) -> bool:
         return any(f is not None and f.looks_waiting for f in (self.flush, self.next))

@@ -11,11 +11,13 @@ from collections.abc import Iterable
 from twisted.logger import Logger
 
 from mailhub.safeio import fsync_dir, unlink_quietly
-from mailhub.store.core import FolderCore, Kept, Reader
+from mailhub.store.core import EXPUNGED_KEPT, FolderCore, Kept, Reader
 from mailhub.store.errors import LockBusy, MessageGone
+from mailhub.store.folderstate import FolderState
 from mailhub.store.reading import MessageFiles
 from mailhub.store.spool import kept_name
 from mailhub.store.uidindex import UidIndex
+from mailhub.store.uidlist import UidList
 
 log = Logger()
 
@@ -32,13 +34,22 @@ class Expunger:
     def expunge(self, uids: Iterable[int], *, by: Reader | None = None) -> list[int]:
         """``Folder.expunge``."""
         core = self.core
+        uids = list(uids)
+        if by is not None and core.kept:
+            # Expunged by another session meanwhile, not yet told to ``by``: it asks for
+            # that too, so it must be told once that expunge is on disk (its looks meanwhile
+            # wait: core.on_disk), not answered from a list that still has them.
+            self.forget(by, [u for u in uids if u in core.kept])
+        # (what other sessions may still be told while the expunge is being written)
+        before = core.exact_state() if core.flush is None else None
         removed, touched = self._unlink(uids, by)
         if not removed:
             return []
         core.changed_by_us()
         dirs = [f"{core.dir}/{sub}" for sub in sorted(touched)]
+        after = None
         try:
-            with core.lock():
+            with core.lock(before):
                 # The removal survives a crash before we answer the client (on the reactor
                 # with a worker: fsync'd by it before the list, uidwriter.Flush).
                 for d in dirs:
@@ -50,14 +61,25 @@ class Expunger:
                         lst.records.pop(base, None)
                     lst.next_modseq()  # RFC 7162 3.1.1: HIGHESTMODSEQ grows on expunge
                     self.index.save(lst)
+                    after = _without(before, removed, lst)
         except LockBusy:
             # The files are gone: the next sync() that gets the lock drops them from the
             # list as vanished. The reactor does not wait for the lock here.
             log.info("UID list of {folder} updated later: lock busy", folder=core.dir)
             for d in dirs:
                 fsync_dir(d)
-        for _, base in removed:
+        flush = core.flush
+        if after is not None and flush is not None and flush.version == after.highestmodseq:
+            # The write is of this expunge alone, on the list ``before`` was: once it is
+            # on disk, other sessions' looks may be told from the state without them.
+            flush.after = after
+        expunged = core.expunged
+        for uid, base in removed:
             core.entries.pop(base, None)
+            core.unlinked[uid] = base
+            expunged[base] = uid
+        while len(expunged) > EXPUNGED_KEPT:
+            del expunged[next(iter(expunged))]
         core.state = None
         core.collect_cache({base for _, base in removed})
         return [uid for uid, _ in removed]
@@ -132,3 +154,19 @@ class Expunger:
             log.warn("could not keep {path} for a reader: {e}", path=path, e=str(e))
             return
         core.kept[uid] = Kept(base, name, weakref.WeakSet(readers))
+
+
+def _without(
+    before: FolderState | None, removed: list[tuple[int, str]], lst: UidList
+) -> FolderState | None:
+    """``before`` (exactly the list as it was) without the messages ``removed``: exactly
+    ``lst`` if nothing else changed it (its mod-sequence one above); else None."""
+    if before is None or lst.highestmodseq != before.highestmodseq + 1:
+        return None
+    if lst.uidnext != before.uidnext or lst.uidvalidity != before.uidvalidity:
+        return None
+    gone = {uid for uid, _ in removed}
+    messages = tuple(m for m in before.messages if m.uid not in gone)
+    if len(messages) != len(lst.records):
+        return None  # (the list had more or fewer than the state: not the same list)
+    return FolderState(before.uidvalidity, before.uidnext, messages, lst.highestmodseq)

@@ -216,6 +216,15 @@ class Folder:
         the directories again (our renames made their mtimes untrustworthy) and finds them."""
         return self._syncer.current_state()
 
+    def on_disk(self, reader: Reader, modseq: int, uidnext: int) -> FolderState | None:
+        """While this process's write of the UID list is in flight (``deferring``): the
+        state of the list on disk - what a session may be told instead of waiting for the
+        write - if this process knows it and it is no older than what the session
+        ``reader`` was told (``modseq``: its highest mod-sequence, its own STOREs'
+        included; ``uidnext``; no message it expunged itself). None otherwise: the
+        session's ``sync()`` meets ``Flushing`` and waits."""
+        return self._core.on_disk(reader, modseq, uidnext)
+
     def looked_since(self, mark: int) -> FolderState | None:
         """``current_state()`` if a ``sync()`` that began after tick ``mark``
         (``mailhub.store.core.tick``) built or confirmed it and nothing is still being added

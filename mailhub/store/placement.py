@@ -68,6 +68,10 @@ class Placer:
         for base in wanted:
             m = by_key.get(base) or next((x for x in state.messages if x.key == base), None)
             if m is None:
+                uid = self.core.expunged.get(base)
+                if uid is not None:  # given its UID, then expunged (or moved) by another
+                    found[base] = uid
+                    continue
                 pending.pop(base, None)
                 raise MessageGone(f"message {base!r} vanished right after it was added")
             found[base] = m.uid

@@ -69,11 +69,13 @@ class Syncer:
             if not core.partial or (not assign and core.job is not None):
                 core.looked = began
                 return core.state
+        # The list on disk, as our state has it: told while a write this look starts runs.
+        before = core.exact_state()
         # The scans now hold the new listing: until a state is built from it (build_state
         # clears this), it must not count as "seen" should reconcile fail (lock timeout).
         core.stale = True
         with _collector_paused():
-            self.reconcile(taken, assign)
+            self.reconcile(taken, assign, before)
         if core.flush is not None and taken is None:
             # This look changed the list: it is told once the worker has written it.
             raise core.last_flush().busy()
@@ -109,11 +111,17 @@ class Syncer:
             return core.state
         return None
 
-    def reconcile(self, taken: list[int] | None = None, assign: bool = True) -> None:
+    def reconcile(
+        self,
+        taken: list[int] | None = None,
+        assign: bool = True,
+        before: FolderState | None = None,
+    ) -> None:
         """Merge the scan with the UID list; take the lock only if the list must change.
         With ``taken``: move new/ to cur/ before building the state (``take_new``).
         ``assign=False``: never the lock; a worker changes the list (``uidwriter.start``)
-        and the state holds only what the list has now (UIDs all durable)."""
+        and the state holds only what the list has now (UIDs all durable). ``before``:
+        the state as it was exactly the list (``FolderCore.lock``)."""
         core = self.core
         known_before = core.list.records if core.list is not None else {}
         lst, entries, needs_lock = self._compare()
@@ -128,7 +136,7 @@ class Syncer:
             partial = True
         elif needs_lock:
             try:
-                with core.lock():
+                with core.lock(before):
                     for d in sorted(self.fsync_first):
                         core.fsync_later(d)  # (forgotten when the write is known done)
                     lst, entries, gone = self.index.update_locked(entries, known_before)

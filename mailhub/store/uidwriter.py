@@ -37,7 +37,7 @@ from mailhub.store import uidlist
 from mailhub.store.core import Files, FolderCore
 from mailhub.store.dotlock import DotLock
 from mailhub.store.errors import LockBusy, LockTimeout, StoreError
-from mailhub.store.folderstate import StoreSettings
+from mailhub.store.folderstate import FolderState, StoreSettings
 from mailhub.store.scan import Scanner
 from mailhub.store.uidindex import UidIndex
 from mailhub.store.uidlist import UidList, UidRecord
@@ -240,6 +240,11 @@ class Flush:
     records: list[str] | None = None  # its record lines, when the change rendered them
     dirs: list[str] = field(default_factory=list)
     lst: UidList | None = None  # the list written (its stamp is known at the end)
+    # The list's mod-sequence as written (None: only ``dirs``), and the state that is
+    # exactly that list, if one was seen (``FolderCore.note_written_state``): the state on
+    # disk (``FolderCore.durable``) once the write is done.
+    version: int | None = None
+    after: FolderState | None = None
     waiters: list[Deferred[None]] = field(default_factory=list)
     quiet: list[Deferred[None]] = field(default_factory=list)
     looks_waiting: bool = False
@@ -305,7 +310,9 @@ def _run(core: FolderCore, flush: Flush) -> None:
     data = None
     if flush.dirty and core.list is not None:
         flush.lst = core.list
+        flush.version = core.list.highestmodseq
         data = uidlist.serialise(core.list, flush.records)
+        core.note_written_state(flush)
     flush.marked = core.links_marked(flush.dirs)
     d = run(flush_list, core.list_path(), data, core.settings.hostname, flush.dirs)
     d.addBoth(_flushed, core, flush)
@@ -336,10 +343,15 @@ def _flushed(result: tuple[int, int, int] | Failure | None, core: FolderCore, fl
         log.warn("UID list of {folder} not written: {why}", folder=core.dir, why=result.value)
         core.list_stamp = None  # (if no write follows: the file is read again)
         core.changed_by_us()
+        core.set_durable(None)
     else:
         core.links_durable(flush.marked)  # (whoever linked them may wait no more: gone)
         if result is not None and core.list is flush.lst:
             core.list_stamp = result
+        if flush.version is not None:
+            # The list on disk is now this one: its state, if this process knows it.
+            core.note_written_state(flush)
+            core.set_durable(flush.after)
     nxt, core.next = core.next, None
     if nxt is not None and core.flush is flush:
         core.flush = nxt  # (it writes the list in memory: every change so far)
