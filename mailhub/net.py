@@ -9,7 +9,6 @@ from twisted.internet import main, tcp
 from twisted.internet.interfaces import (
     IConsumer,
     IPushProducer,
-    IReactorTime,
     ISystemHandle,
     ITLSTransport,
 )
@@ -75,25 +74,20 @@ def write_now(transport: object, data: bytes) -> None:
 
 
 def close_now(transport: object) -> None:
-    """Close ``transport`` after its last reply, at once when nothing is left to write.
+    """Close ``transport`` after a session's last reply, at once when nothing is left to write.
+    The protocol's ``connectionLost`` may run inside this call: make it the session's last act.
 
     ``loseConnection`` always waits for the socket to be reported writable before it closes:
     an ``epoll_ctl`` to stop reading, one to watch for writing, a turn of the reactor, and one
     more ``epoll_ctl`` at the close -- for every connection-per-message client, after its 221.
     A plain TCP transport whose replies all went out (``write_now``) has nothing to flush, so
-    here it stops reading and closes in the next turn of the reactor (``callLater(0)``, outside
-    the protocol's own ``dataReceived``): an orderly close (shutdown, then close: FIN, never
-    RST), and the protocol's ``connectionLost`` with ``ConnectionDone`` as before. Anything
-    else (TLS, data still queued, a producer, a closing connection) uses ``loseConnection``.
+    here it is closed as Twisted's ``loseConnection`` closes a transport whose writing side is
+    already shut: stop reading, then ``connectionLost`` with ``ConnectionDone`` (shutdown, then
+    close: an orderly FIN, never RST). Anything else (TLS, data still queued, a producer, a
+    closing connection) uses ``loseConnection``.
     """
     if _idle_tcp(transport) and transport.producer is None:
         transport.stopReading()
-        transport.disconnecting = True  # a later loseConnection() is a no-op, as after ours
-        cast(IReactorTime, transport.reactor).callLater(0, _close, transport)
+        transport.connectionLost(Failure(main.CONNECTION_DONE))
         return
     cast(Any, transport).loseConnection()
-
-
-def _close(transport: tcp.Server) -> None:
-    # tcp.Connection.connectionLost ignores a second call (the reactor's, at shutdown).
-    transport.connectionLost(Failure(main.CONNECTION_DONE))

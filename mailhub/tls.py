@@ -45,7 +45,6 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from mailhub.errors import ConfigError
-from mailhub.net import close_now
 from mailhub.safeio import atomic_write, makedirs_durable
 
 logger = Logger()
@@ -576,9 +575,8 @@ class HandshakeDeadline:
         self._tls_handshaking = False
 
     def close_transport(self, clock: IReactorTime) -> None:
-        """``transport.loseConnection()`` (``mailhub.net.close_now``: at once when the last reply
-        went out whole), bounded by HANDSHAKE_GRACE during a handshake."""
-        close_now(self.transport)
+        """``transport.loseConnection()``, bounded by HANDSHAKE_GRACE during a handshake."""
+        self.transport.loseConnection()
         if self._tls_handshaking and self._tls_cut_off is None:
             self._tls_cut_off = clock.callLater(HANDSHAKE_GRACE, self._cut_off)
 

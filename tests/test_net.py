@@ -113,8 +113,8 @@ class WriteNowTests(_Exchange):
 
 
 class CloseNowTests(_Exchange):
-    """close_now: a plain TCP connection with nothing left to write closes without waiting for
-    writability (no epoll watch for writing); otherwise it is loseConnection."""
+    """close_now: a plain TCP connection with nothing left to write closes at once, without
+    waiting for writability (no epoll watch for writing); otherwise it is loseConnection."""
 
     async def test_closes_without_watching_for_writing(self) -> None:
         seen: dict[str, object] = {}
@@ -124,14 +124,15 @@ class CloseNowTests(_Exchange):
             close_now(transport)
             seen["reading"] = transport in reactor.getReaders()  # type: ignore[attr-defined]
             seen["watched"] = transport in reactor.getWriters()  # type: ignore[attr-defined]
-            seen["open"] = transport.connected  # closed in the next turn, not inside the call
+            seen["open"] = transport.connected
+            seen["told"] = self.servers[0].lost.called  # connectionLost ran inside the call
             close_now(transport)  # a second close is harmless
             transport.loseConnection()
 
         received = await self.exchange(action)
         reason = await self.servers[0].lost
         self.assertEqual(received, b"221 bye\r\n")
-        self.assertEqual(seen, {"reading": False, "watched": False, "open": 1})
+        self.assertEqual(seen, {"reading": False, "watched": False, "open": 0, "told": True})
         self.assertIsInstance(reason, ConnectionDone)  # orderly (FIN), not aborted
 
     async def test_with_queued_data_it_waits_for_the_data(self) -> None:

@@ -534,7 +534,8 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
         self._closing = True
         self.setTimeout(None)
         self._reset_transaction()
-        close_now(self.transport)  # the 221 went out whole: no wait for writability
+        # Last: when the 221 went out whole this closes at once, connectionLost included.
+        close_now(self.transport)
 
     def smtp_VRFY(self, arg: str) -> Reply:
         if not arg:
