@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.interfaces import (
     IConsumer,
     IPushProducer,
     ISystemHandle,
     ITLSTransport,
 )
+from twisted.python.failure import Failure
 
 
 def is_loopback(address: str) -> bool:
@@ -35,6 +36,19 @@ class IStreamTransport(ITLSTransport, ISystemHandle, IConsumer, IPushProducer):
     """
 
 
+def _idle_tcp(transport: object) -> TypeGuard[tcp.Server]:
+    """A plain TCP server connection, open, with nothing queued to write."""
+    return (
+        type(transport) is tcp.Server
+        and bool(transport.connected)
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport.TLS
+        and not transport._tempDataLen
+        and len(transport.dataBuffer) == transport.offset
+    )
+
+
 def write_now(transport: object, data: bytes) -> None:
     """Write ``data`` to ``transport``, at once when nothing is queued before it.
 
@@ -48,15 +62,7 @@ def write_now(transport: object, data: bytes) -> None:
     goes through ``transport.write`` as before, so the order of the octets and the handling of
     errors (the reactor finds them when it writes) stay Twisted's.
     """
-    if (
-        type(transport) is tcp.Server
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport.TLS
-        and not transport._tempDataLen
-        and len(transport.dataBuffer) == transport.offset
-    ):
+    if _idle_tcp(transport):
         try:
             sent = transport.socket.send(data)
         except OSError:  # EAGAIN, EINTR, or an error the reactor will report when it writes
@@ -65,3 +71,23 @@ def write_now(transport: object, data: bytes) -> None:
             return
         data = data[sent:]
     cast(Any, transport).write(data)
+
+
+def close_now(transport: object) -> None:
+    """Close ``transport`` after a session's last reply, at once when nothing is left to write.
+    The protocol's ``connectionLost`` may run inside this call: make it the session's last act.
+
+    ``loseConnection`` always waits for the socket to be reported writable before it closes:
+    an ``epoll_ctl`` to stop reading, one to watch for writing, a turn of the reactor, and one
+    more ``epoll_ctl`` at the close -- for every connection-per-message client, after its 221.
+    A plain TCP transport whose replies all went out (``write_now``) has nothing to flush, so
+    here it is closed as Twisted's ``loseConnection`` closes a transport whose writing side is
+    already shut: stop reading, then ``connectionLost`` with ``ConnectionDone`` (shutdown, then
+    close: an orderly FIN, never RST). Anything else (TLS, data still queued, a producer, a
+    closing connection) uses ``loseConnection``.
+    """
+    if _idle_tcp(transport) and transport.producer is None:
+        transport.stopReading()
+        transport.connectionLost(Failure(main.CONNECTION_DONE))
+        return
+    cast(Any, transport).loseConnection()

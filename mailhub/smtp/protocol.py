@@ -37,7 +37,7 @@ from mailhub.addresses import (
 from mailhub.connlimit import Slot
 from mailhub.envelope import Recipient
 from mailhub.inputpump import TOO_LONG, InputPump
-from mailhub.net import write_now
+from mailhub.net import close_now, write_now
 from mailhub.smtp import replies as R
 from mailhub.smtp.auth import SMTPAuth
 from mailhub.smtp.data import (
@@ -534,7 +534,8 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
         self._closing = True
         self.setTimeout(None)
         self._reset_transaction()
-        self.transport.loseConnection()
+        # Last: when the 221 went out whole this closes at once, connectionLost included.
+        close_now(self.transport)
 
     def smtp_VRFY(self, arg: str) -> Reply:
         if not arg:
