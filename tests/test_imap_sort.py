@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -673,6 +674,34 @@ class ThreadDialogs(IMAPTestCase):
             S: * THREAD (1 2 5)((3)(4))
             S: a2 OK THREAD completed
         """)
+
+
+class ThreadPausesTheCollector(IMAPTestCase):
+    """THREAD runs with the cyclic collector paused (its SortMessages and Nodes live until
+    its end: a young collection inside it would only walk them) and leaves it on; the
+    Nodes' cycles are broken by release() before it is on again."""
+
+    def test_paused_while_threading(self) -> None:
+        for data in CRAFTED:
+            self.deliver(data)
+        seen: list[bool] = []
+
+        def noting(algorithm: Any) -> Any:
+            def run(ms: list[SortMessage]) -> Any:
+                seen.append(gc.isenabled())
+                return algorithm(ms)
+
+            return run
+
+        from mailhub.imap import sort_command
+
+        self.patch(sort_command, "thread_references", noting(thread_references))
+        self.patch(sort_command, "thread_orderedsubject", noting(thread_orderedsubject))
+        client = self.login()
+        client.command("THREAD REFERENCES UTF-8 ALL")
+        client.command("UID THREAD ORDEREDSUBJECT UTF-8 ALL")
+        self.assertEqual(seen, [False, False])
+        self.assertTrue(gc.isenabled())
 
 
 class SortFromTheCache(IMAPTestCase):

@@ -25,6 +25,7 @@ from mailhub.imap.thread import (
     thread_orderedsubject,
     thread_references,
 )
+from mailhub.store.core import collector_paused
 
 if TYPE_CHECKING:
     from mailhub.imap.protocol import IMAPServerProtocol
@@ -85,9 +86,25 @@ async def thread_command(session: IMAPServerProtocol, items: list[Item], *, uid:
     if algorithm not in ALGORITHMS:
         raise ParseError(f"unknown threading algorithm {algorithm[:40]}")
     references = algorithm == "REFERENCES"
-    found = await _find(session, items[1], items[2:])
-    if isinstance(found, Done):
-        return found
+    # The collector paused for the command: its 10,000 SortMessages and the Nodes live until
+    # its end (release() breaks the Nodes' cycles), so a young collection inside it only
+    # walks them (two dozen collections, half of them promoting to the next generation).
+    with collector_paused():
+        found = await _find(session, items[1], items[2:])
+        if isinstance(found, Done):
+            return found
+        text, any_roots = await _threads(session, found, references, _UID if uid else _SEQ)
+    session.write(b"* THREAD" + (b" " if any_roots else b"") + text + b"\r\n")
+    return Done("OK", "THREAD completed")
+
+
+async def _threads(
+    session: IMAPServerProtocol,
+    found: _Found,
+    references: bool,
+    number: Callable[[SortMessage], int],
+) -> tuple[bytes, bool]:
+    """THREAD's answer (RFC 5256 4) over the messages found, and whether there is a thread."""
     uids, headers, infos, seqs = found.uids, found.headers, found.infos, found.seqs()
     messages: list[SortMessage] = []
 
@@ -105,11 +122,9 @@ async def thread_command(session: IMAPServerProtocol, items: list[Item], *, uid:
 
     await _in_slices(session, len(uids), make)
     roots = thread_references(messages) if references else thread_orderedsubject(messages)
-    number: Callable[[SortMessage], int] = _UID if uid else _SEQ
     text = render(roots, number)
     release(roots)
-    session.write(b"* THREAD" + (b" " if roots else b"") + text + b"\r\n")
-    return Done("OK", "THREAD completed")
+    return text, bool(roots)
 
 
 UID_COMMANDS = {"SORT": sort_command, "THREAD": thread_command}
