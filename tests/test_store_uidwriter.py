@@ -358,6 +358,39 @@ def in_a_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
     return d
 
 
+class TheWorkersWritePausesTheCollector(OffThreadCase):
+    """The worker assigns and writes with the cyclic collector off (a first list of 10,000
+    makes 20,000 records and lines' tuples: two dozen young collections otherwise), only
+    once it holds the lock, and leaves it on."""
+
+    def test_paused_while_the_list_is_made(self) -> None:
+        from mailhub.store.uidindex import UidIndex
+
+        seen: list[bool] = []
+        real = UidIndex.update_locked
+
+        def update_locked(index: UidIndex, *args: Any) -> Any:
+            if threading.current_thread() is not threading.main_thread():
+                seen.append(gc.isenabled())
+            return real(index, *args)
+
+        self.patch(UidIndex, "update_locked", update_locked)
+        self.arrive("m0")
+        client = self.connect()
+        client.command(f"LOGIN {USER} secret")
+        client.send("s1 SELECT INBOX\r\n")
+        self.assertTrue(gc.isenabled())
+        self.worker.release()
+        client.run("""
+            S: ...
+            S: * 1 EXISTS
+            S: ...
+            S: s1 OK [READ-WRITE] SELECT completed
+        """)
+        self.assertEqual(seen, [False])
+        self.assertTrue(gc.isenabled())
+
+
 class FirstLoginMakesFoldersInAWorker(OffThreadCase):
     def test_folders_of_a_mailbox_made_by_delivery(self) -> None:
         # Delivery made INBOX alone (it must stay light); LOGIN adds the special-use folders.

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mailhub.imap import arguments as A
 from mailhub.imap import message_cache, search_command
 from mailhub.imap.dispatch import SELECTED, CommandTable, Done
 from mailhub.imap.parser import Item, ParseError
-from mailhub.imap.sort import SortError, SortMessage, parse_program, sort_messages
+from mailhub.imap.sort import SortError, SortMessage, key_column, parse_program, sort_order
 from mailhub.imap.thread import (
     ALGORITHMS,
     release,
@@ -25,9 +25,12 @@ from mailhub.imap.thread import (
     thread_orderedsubject,
     thread_references,
 )
+from mailhub.store.core import collector_paused
 
 if TYPE_CHECKING:
     from mailhub.imap.protocol import IMAPServerProtocol
+    from mailhub.imap.view import View
+    from mailhub.message.mime import MessageHeader
 
 COMMANDS = CommandTable()
 
@@ -50,23 +53,27 @@ async def sort_command(session: IMAPServerProtocol, items: list[Item], *, uid: b
         program = parse_program(items[0])
     except SortError as e:
         raise ParseError(str(e)) from None
-
-    getters = [key.getter for key in program]
-
-    def touch(m: SortMessage) -> None:
-        for get in getters:
-            get(m)
-
-    # the keys computed and memoised now, in slices
-    found = await _find(session, items[1], items[2:], getters[0] if len(getters) == 1 else touch)
+    found = await _find(session, items[1], items[2:])
     if isinstance(found, Done):
         return found
-    messages, modseq = found
-    ordered = sort_messages(messages, program)
+    uids, headers = found.uids, found.headers
+    # Each criterion's values as a column (ints and strings, computed and memoised now, in
+    # slices): no object per message for the garbage collector to count or walk
+    columns = []
+    for key in program:
+        column: list[Any] = []
+
+        def fill(start: int, end: int, name: str = key.name, column: list[Any] = column) -> None:
+            column.extend(key_column(name, uids[start:end], headers[start:end], found.infos))
+
+        await _in_slices(session, len(uids), fill)
+        columns.append((column, key.reverse))
+    order = sort_order(columns, len(uids))
+    numbers = uids if uid else found.seqs()
     # (the numbers read in C: no Python call per message)
-    line = b"* SORT" + b"".join([b" %d" % n for n in map(_UID if uid else _SEQ, ordered)])
-    if modseq is not None:
-        line += b" (MODSEQ %d)" % modseq  # RFC 7162 3.1.5
+    line = b"* SORT" + b"".join([b" %d" % n for n in map(numbers.__getitem__, order)])
+    if found.modseq is not None:
+        line += b" (MODSEQ %d)" % found.modseq  # RFC 7162 3.1.5
     session.write(line + b"\r\n")
     return Done("OK", "SORT completed")
 
@@ -79,38 +86,79 @@ async def thread_command(session: IMAPServerProtocol, items: list[Item], *, uid:
     if algorithm not in ALGORITHMS:
         raise ParseError(f"unknown threading algorithm {algorithm[:40]}")
     references = algorithm == "REFERENCES"
+    # The collector paused for the command: its 10,000 SortMessages and the Nodes live until
+    # its end (release() breaks the Nodes' cycles), so a young collection inside it only
+    # walks them (two dozen collections, half of them promoting to the next generation).
+    with collector_paused():
+        found = await _find(session, items[1], items[2:])
+        if isinstance(found, Done):
+            return found
+        text, any_roots = await _threads(session, found, references, _UID if uid else _SEQ)
+    session.write(b"* THREAD" + (b" " if any_roots else b"") + text + b"\r\n")
+    return Done("OK", "THREAD completed")
 
-    def touch(m: SortMessage) -> None:
-        _ = (m.sent, m.base_subject)
 
-    # the keys computed and memoised now, in slices
-    found = await _find(
-        session, items[1], items[2:], SortMessage.compute_thread_keys if references else touch
-    )
-    if isinstance(found, Done):
-        return found
-    messages, _ = found
+async def _threads(
+    session: IMAPServerProtocol,
+    found: _Found,
+    references: bool,
+    number: Callable[[SortMessage], int],
+) -> tuple[bytes, bool]:
+    """THREAD's answer (RFC 5256 4) over the messages found, and whether there is a thread."""
+    uids, headers, infos, seqs = found.uids, found.headers, found.infos, found.seqs()
+    messages: list[SortMessage] = []
+
+    def make(start: int, end: int) -> None:
+        # the keys computed and memoised now, in slices
+        for i in range(start, end):
+            u = uids[i]
+            info = infos[u]
+            m = SortMessage(u, seqs[i], info.internaldate, info.size, headers[i])
+            if references:
+                m.compute_thread_keys()
+            else:
+                _ = (m.sent, m.base_subject)
+            messages.append(m)
+
+    await _in_slices(session, len(uids), make)
     roots = thread_references(messages) if references else thread_orderedsubject(messages)
-    number: Callable[[SortMessage], int] = _UID if uid else _SEQ
     text = render(roots, number)
     release(roots)
-    session.write(b"* THREAD" + (b" " if roots else b"") + text + b"\r\n")
-    return Done("OK", "THREAD completed")
+    return text, bool(roots)
 
 
 UID_COMMANDS = {"SORT": sort_command, "THREAD": thread_command}
 _UID, _SEQ = attrgetter("uid"), attrgetter("seq")
 
 
-async def _find(
-    session: IMAPServerProtocol,
-    charset_item: Item,
-    keys: list[Item],
-    touch: Callable[[SortMessage], None],
-) -> tuple[list[SortMessage], int | None] | Done:
-    """The messages matching the search keys, in mailbox order, with their cached headers and
-    the keys ``touch`` asks for computed; and the highest mod-sequence among them when the
-    search used MODSEQ (RFC 7162 3.1.5). A Done for an unsupported charset."""
+class _Found:
+    """What SORT and THREAD work on: the messages matching the search keys, in mailbox order
+    (``uids``), their cached headers (``headers``, same positions), the view's ``infos``,
+    and the highest mod-sequence among them when the search used MODSEQ (RFC 7162 3.1.5)."""
+
+    __slots__ = ("_view", "headers", "infos", "modseq", "uids")
+
+    def __init__(
+        self, view: View, uids: list[int], headers: list[MessageHeader], modseq: int | None
+    ) -> None:
+        self._view = view
+        self.uids = uids
+        self.headers = headers
+        self.infos = view.infos
+        self.modseq = modseq
+
+    def seqs(self) -> list[int]:
+        """The sequence number of each of ``uids`` (same positions)."""
+        every = self._view.uids
+        if len(self.uids) == len(every):  # every message (a subsequence as long: the same)
+            return list(range(1, len(every) + 1))
+        seq = {u: n for n, u in enumerate(every, 1)}
+        return [seq[u] for u in self.uids]
+
+
+async def _find(session: IMAPServerProtocol, charset_item: Item, keys: list[Item]) -> _Found | Done:
+    """The messages matching the search keys with their cached headers (_Found); a Done for
+    an unsupported charset."""
     view = session.selected_view()
     charset = A.astring(charset_item, "charset").decode("ascii", "replace")
     criteria = search_command.compile_for(session, keys, charset)
@@ -130,43 +178,44 @@ async def _find(
         # expunged by others, not yet announced: nothing left to read
         uids = view.present(view.uids)
         found = await search_command.search_in_slices(session, criteria, box, uids)
+        header_of = box.headers
+        kept: list[int] = []
+        cached: list[MessageHeader] = []
 
-        header_of, infos = box.headers, view.infos
-        seqs = {u: n for n, u in enumerate(view.uids, 1)}
+        def look(start: int, end: int) -> None:
+            part = found[start:end]
+            gone = len(box.gone)
+            hs = [header_of(u) for u in part]
+            if len(box.gone) != gone:  # gone meanwhile: left out, as SEARCH leaves it out
+                part = [u for u, h in zip(part, hs, strict=True) if h is not None]
+                hs = [h for h in hs if h is not None]
+            kept.extend(part)
+            cached.extend(hs)  # type: ignore[arg-type]  # Nones left out above
 
-        def message(u: int) -> SortMessage | None:
-            h = header_of(u)
-            if h is None:  # gone meanwhile: left out, as SEARCH leaves it out
-                return None
-            info = infos[u]
-            m = SortMessage(u, seqs[u], info.internaldate, info.size, h)
-            touch(m)
-            return m
-
-        messages = await _in_slices(session, found, message)
+        await _in_slices(session, len(found), look)
     finally:
         for p in (headers, structure):
             if p is not None:
                 p.close()
     modseq = None
-    if criteria.uses_modseq and messages:
-        modseq = max(view.infos[m.uid].modseq for m in messages)
-    return messages, modseq
+    if criteria.uses_modseq and kept:
+        modseq = max(view.infos[u].modseq for u in kept)
+    return _Found(view, kept, cached, modseq)
+
+
+# messages per piece of _in_slices: a few ms of a cold SORT's key work
+_PIECE = 256
 
 
 async def _in_slices(
-    session: IMAPServerProtocol, uids: list[int], make: Callable[[int], SortMessage | None]
-) -> list[SortMessage]:
-    """``make`` of each UID (Nones left out), giving the reactor a turn after every
+    session: IMAPServerProtocol, count: int, work: Callable[[int, int], None]
+) -> None:
+    """``work(start, end)`` over 0..count in pieces, giving the reactor a turn after every
     search_command.SLICE_SECONDS of work, as SEARCH does."""
     clock = session.factory.clock
-    out: list[SortMessage] = []
     slice_start = clock.seconds()
-    for i, u in enumerate(uids, 1):
-        m = make(u)
-        if m is not None:
-            out.append(m)
-        if i % 64 == 0 and clock.seconds() - slice_start >= search_command.SLICE_SECONDS:
+    for start in range(0, count, _PIECE):
+        work(start, min(start + _PIECE, count))
+        if start + _PIECE < count and clock.seconds() - slice_start >= search_command.SLICE_SECONDS:
             await search_command.let_others_run(session)
             slice_start = clock.seconds()
-    return out

@@ -8,9 +8,11 @@ recent, expunge, placement, derived) read and change it; ``maildir.Folder`` is t
 
 from __future__ import annotations
 
+import gc
 import os
 import weakref
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain, count
 from pathlib import Path
@@ -508,3 +510,22 @@ class FolderCore:
                 cache.compact(set(self.entries))
         except (LockTimeout, OSError) as e:
             log.warn("cache of {folder} not compacted: {e}", folder=self.dir, e=str(e))
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a rebuild or a UID-list write: a first scan
+    of a big folder makes tens of thousands of objects (records, infos, dicts) and no
+    reference cycles, and each few hundred of them would otherwise set off a collection pass
+    (dozens per cold SELECT of 10,000 messages, now and then a full one of the whole
+    process). One pass over the new objects runs after, at the next allocation. The switch
+    is the process's: a worker thread and the reactor may both use this (whichever finds it
+    off leaves it alone), and it is on again when neither is inside."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -7,15 +7,12 @@ the list write and the build, so the state is built once.
 
 from __future__ import annotations
 
-import gc
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from twisted.internet.defer import Deferred
 
 from mailhub.store import names, uidwriter
-from mailhub.store.core import Files, FolderCore, tick
+from mailhub.store.core import Files, FolderCore, collector_paused, tick
 from mailhub.store.folderstate import (
     FolderState,
     MessageInfo,
@@ -74,7 +71,7 @@ class Syncer:
         # The scans now hold the new listing: until a state is built from it (build_state
         # clears this), it must not count as "seen" should reconcile fail (lock timeout).
         core.stale = True
-        with _collector_paused():
+        with collector_paused():
             self.reconcile(taken, assign, before)
         if core.flush is not None and taken is None:
             # This look changed the list: it is told once the worker has written it.
@@ -354,20 +351,3 @@ def take_new(core: FolderCore, lst: UidList, entries: Files) -> list[int]:
                 new_files.pop(base, None)
                 cur_files[base] = target
     return sorted(records[base].uid for base, _ in moved)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for a rebuild: a first scan of a big folder makes
-    tens of thousands of objects (records, infos, dicts) and no reference cycles, and each
-    few hundred of them would otherwise set off a collection pass (dozens per cold SELECT of
-    10,000 messages, now and then a full one of the whole process). One pass over the new
-    objects runs after, at the next allocation."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()

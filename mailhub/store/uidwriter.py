@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 
 from mailhub.safeio import atomic_write, fsync_dir
 from mailhub.store import uidlist
-from mailhub.store.core import Files, FolderCore
+from mailhub.store.core import Files, FolderCore, collector_paused
 from mailhub.store.dotlock import DotLock
 from mailhub.store.errors import LockBusy, LockTimeout, StoreError
 from mailhub.store.folderstate import FolderState, StoreSettings
@@ -150,12 +150,15 @@ def write_list(
     count = None if listed is None else len(listed)
     try:
         with shadow.lock():  # not the reactor: waits while another holder has it
-            for d in dirs or ():
-                fsync_dir(d)  # (links made before the lock: durable before they get UIDs)
-            # update_locked lists the folder again if the list disagrees with ``listed``
-            # (another holder renamed or recorded meanwhile), as for a look on the reactor.
-            entries = scanner.rescan() if listed is None else listed
-            lst, used, gone = index.update_locked(entries, known_before)
+            # (the collector paused once the lock is ours: a first list of 10,000 makes
+            # 20,000 records and lines' tuples, two dozen young collections otherwise)
+            with collector_paused():
+                for d in dirs or ():
+                    fsync_dir(d)  # (links made before the lock: durable before they get UIDs)
+                # update_locked lists the folder again if the list disagrees with ``listed``
+                # (another holder renamed or recorded meanwhile), as for a look on the reactor.
+                entries = scanner.rescan() if listed is None else listed
+                lst, used, gone = index.update_locked(entries, known_before)
     except FileNotFoundError:
         raise shadow.not_found() from None
     # (_assign_uids drops from ``listed`` a file found gone: not as given then)
