@@ -733,9 +733,8 @@ class SortFromTheCache(IMAPTestCase):
 @requires(dovecot_imap())
 class AgreesWithDovecot(SynchronousTestCase):
     """SORT by every criterion and THREAD by both algorithms over Python's email test corpus
-    and CRAFTED give Dovecot's answers. The internal dates are the same (Dovecot's is the
-    file's mtime, about now; ours here is now too): messages without a readable Date sort by
-    it."""
+    and CRAFTED give Dovecot's answers. The internal dates are the same second (Dovecot's is
+    the file's mtime, set to it; ours is given): messages without a readable Date sort by it."""
 
     PROGRAMS = (
         "DATE", "SIZE", "SUBJECT", "FROM", "TO", "CC", "DISPLAYFROM", "DISPLAYTO",
@@ -752,11 +751,12 @@ class AgreesWithDovecot(SynchronousTestCase):
         base.chmod(0o755)
         commands = [f"SORT ({p}) UTF-8 ALL" for p in self.PROGRAMS]
         commands += ["THREAD REFERENCES UTF-8 ALL", "THREAD ORDEREDSUBJECT UTF-8 ALL"]
-        out = _ask_dovecot(base, datas, commands)
+        now = int(time.time())
+        out = _ask_dovecot(base, datas, commands, internaldate=now)
         sorts = re.findall(rb"\* SORT([ 0-9]*)\r\n", out)
         threads = re.findall(rb"\* THREAD ?(.*)\r\n", out)
         self.assertEqual((len(sorts), len(threads)), (len(self.PROGRAMS), 2), out[-300:])
-        mine = messages(datas, internaldate=int(time.time()))
+        mine = messages(datas, internaldate=now)
         for criteria, theirs in zip(self.PROGRAMS, sorts, strict=True):
             got = b"".join(b" %d" % m.seq for m in sort_messages(mine, program(criteria)))
             self.assertEqual(got, theirs, criteria)
@@ -778,7 +778,8 @@ class AgreesWithDovecot(SynchronousTestCase):
         base = Path(tempfile.mkdtemp(prefix="mh-dv-"))
         self.addCleanup(shutil.rmtree, base, True)
         base.chmod(0o755)
-        out = _ask_dovecot(base, datas, ["THREAD REFERENCES UTF-8 ALL"])
+        now = int(time.time())
+        out = _ask_dovecot(base, datas, ["THREAD REFERENCES UTF-8 ALL"], internaldate=now)
         [theirs] = re.findall(rb"\* THREAD ?(.*)\r\n", out)
-        mine = messages(datas, internaldate=int(time.time()))
+        mine = messages(datas, internaldate=now)
         self.assertEqual(render(thread_references(mine), lambda m: m.seq), theirs)

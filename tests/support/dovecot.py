@@ -51,14 +51,23 @@ def doveadm_for(test: SynchronousTestCase, base: Path) -> Callable[..., str]:
     return doveadm
 
 
-def _ask_dovecot(base: Path, messages: list[bytes], commands: list[str]) -> bytes:
+def _ask_dovecot(
+    base: Path, messages: list[bytes], commands: list[str], *, internaldate: int | None = None
+) -> bytes:
+    """Dovecot's imap answers to ``commands`` over ``messages`` (EXAMINE INBOX first).
+    ``internaldate``: every file's mtime, which is Dovecot's INTERNALDATE (and SORT DATE's
+    fallback for a message without a readable Date, RFC 5256 2.2); without it the files keep
+    the moment they were written, which can cross a second between two of them."""
     mail = pwd.getpwnam("mail")
     maildir = base / "Maildir"
     for sub in ("cur", "new", "tmp"):
         (maildir / sub).mkdir(parents=True)
     for i, data in enumerate(messages):
         # names sort in message order: Dovecot gives new files UIDs in file name order
-        (maildir / "cur" / f"{1000000 + i}.m{i}.test:2,").write_bytes(data)
+        path = maildir / "cur" / f"{1000000 + i}.m{i}.test:2,"
+        path.write_bytes(data)
+        if internaldate is not None:
+            os.utime(path, (internaldate, internaldate))
     (base / "run").mkdir()
     config = base / "dovecot.conf"
     config.write_text(
