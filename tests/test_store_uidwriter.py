@@ -867,17 +867,85 @@ class CommandsWriteInTheWorker(OffThreadCase):
         gc.collect()  # (an unhandled error in a Deferred is logged when it is collected)
         self.assertEqual(self.flushLoggedErrors(OSError), [])
 
-    def test_a_looks_write_refused_at_once_is_no_unhandled_error(self) -> None:
+    def refuse(self) -> None:
+        """The worker refuses every write at once (the GroupCommitter stopping)."""
         from twisted.internet.defer import fail
 
-        self.rename_by_another_program(2, "F")
         self.store.settings.offload.run = lambda f, *a: fail(OSError(28, "No space left"))
+
+    def test_a_looks_write_refused_at_once_tells_nothing_of_it(self) -> None:
+        # The look after b's NOOP records the rename (a new mod-sequence) and hands the
+        # list's write to the worker, which refuses it at once: nothing of that list is
+        # told (it is not on disk); the look is tried again on the clock, as for a busy
+        # lock, and answers once its write is done.
+        before = self.on_disk()
+        self.rename_by_another_program(2, "F")
+        self.refuse()
         self.b.send("b1 NOOP\r\n")
         self.clock.advance(0)
+        self.assertEqual(self.b.lines(), [])
+        self.assertEqual(self.on_disk(), before)
         self.store.settings.offload.run = self.worker
-        self.b.lines()
-        gc.collect()
+        self.clock.advance(0.01)  # the retry reads the list again and writes it
+        self.assertEqual(self.b.lines(), [])
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.on_disk()[2][0], "F")
+        self.assertEqual(
+            self.b.lines(), ["* 2 FETCH (UID 2 FLAGS (\\Flagged))", "b1 OK NOOP completed"]
+        )
+        gc.collect()  # (a failure left in a Deferred is logged when it is collected)
         self.assertEqual(self.flushLoggedErrors(OSError), [])
+
+    def test_a_look_whose_writes_are_refused_gives_up_as_for_a_busy_lock(self) -> None:
+        # (NOOP then answers with nothing: its changes are told after a later command)
+        before = self.on_disk()
+        self.rename_by_another_program(2, "F")
+        self.refuse()
+        self.b.send("b1 NOOP\r\n")
+        for _ in range(120):
+            self.clock.advance(0.1)
+        self.assertEqual(self.b.lines(), ["b1 OK NOOP completed"])
+        self.assertEqual(self.on_disk(), before)
+
+    def test_new_mail_whose_write_is_refused_gets_no_uid_told(self) -> None:
+        # RFC 3501 2.3.1.1: a UID told is that message's for good; the list naming it was
+        # never written, so another process may give that UID to another message.
+        self.arrive("new")
+        self.refuse()
+        self.b.send("b1 NOOP\r\n")
+        self.clock.advance(0)
+        self.assertEqual(self.b.lines(), [])
+        self.assertEqual(sorted(self.on_disk()), [1, 2, 3])
+        # Meanwhile another process gives the message its UID, and another one after it.
+        from mailhub.store import MailStore
+
+        other = MailStore(self.store.root, hostname="mail.example.org").mailbox(USER)
+        self.arrive("newer")
+        self.assertEqual([m.uid for m in other.folder("INBOX").sync().messages], [1, 2, 3, 4, 5])
+        self.store.settings.offload.run = self.worker
+        self.clock.advance(0.01)
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.b.lines(), ["* 5 EXISTS", "* 2 RECENT", "b1 OK NOOP completed"])
+        self.b.send("b2 UID FETCH 4:* (UID)\r\n")
+        self.clock.advance(0)
+        self.assertEqual(self.b.lines()[:2], ["* 4 FETCH (UID 4)", "* 5 FETCH (UID 5)"])
+
+    def test_a_looks_write_failing_later_tells_nothing_of_it(self) -> None:
+        # The write fails in the worker (the look waits for it: Flushing): the retry
+        # reads the list from the file again, never answering from the list not written.
+        before = self.on_disk()
+        self.rename_by_another_program(2, "F")
+        self.b.send("b1 NOOP\r\n")
+        self.assertEqual(len(self.worker.queued), 1)
+        _, _, d = self.worker.queued.pop()
+        self.refuse()  # (and every write after it)
+        d.errback(Failure(OSError(28, "No space left")))
+        for _ in range(120):
+            self.clock.advance(0.1)
+        self.assertEqual(self.b.lines(), ["b1 OK NOOP completed"])
+        self.assertEqual(self.on_disk(), before)
 
     def test_fetch_that_sets_seen_and_close(self) -> None:
         self.a.send("a1 FETCH 1 (BODY[HEADER.FIELDS (SUBJECT)])\r\n")

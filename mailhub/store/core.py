@@ -295,6 +295,9 @@ class FolderCore:
         self.deferring = False
         self.unsaved: tuple[UidList, list[str] | None] | None = None  # (list, record lines)
         self.later_dirs: list[str] = []
+        # How many of those writes failed (uidwriter._flushed): a look whose own write
+        # failed at once must not answer from the state it built (Syncer.sync).
+        self.write_failures = 0
         # Directories whose new entries must be durable before the list names them (COPY's
         # links, placement.Placer), each with the tick of its last link: fsync'd under the
         # lock before the list changes (by the worker when the write is deferred), and

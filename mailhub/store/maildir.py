@@ -158,7 +158,8 @@ class Folder:
     def deferred_look(self, f: Callable[..., T], *args: object) -> T:
         """``f(*args)``, a look (``sync``), within ``deferring()``: the write it starts (when
         the list must change) is waited for by the looks after it (``Flushing``), not by the
-        caller, and a failure of it is logged by ``uidwriter``."""
+        caller, and a failure of it is logged by ``uidwriter``; one that fails at once
+        raises ``uidwriter.NotWritten`` (a ``LockBusy``): nothing of that list is told."""
         result, started = self.deferred(f, *args)
         unwaited(started)
         return result

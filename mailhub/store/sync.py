@@ -71,8 +71,14 @@ class Syncer:
         # The scans now hold the new listing: until a state is built from it (build_state
         # clears this), it must not count as "seen" should reconcile fail (lock timeout).
         core.stale = True
+        failures = core.write_failures
         with collector_paused():
             self.reconcile(taken, assign, before)
+        if core.write_failures != failures:
+            # Our write of the list failed at once (uidwriter._flushed: the list is read
+            # again from the file): the state was built from a list that is not on disk.
+            core.stale = True
+            raise uidwriter.NotWritten("the UID list was not written", core.dir)
         if core.flush is not None and taken is None:
             # This look changed the list: it is told once the worker has written it.
             raise core.last_flush().busy()

@@ -47,6 +47,14 @@ log = Logger()
 Runner = Callable[..., "Deferred[Any]"]  # run(f, *args) in a worker; fires with its result
 
 
+class NotWritten(LockBusy):
+    """A look changed the UID list (new UIDs, flags adopted with a new mod-sequence) and its
+    write failed at once (the worker refused it: shutdown): the state it built is of a list
+    that is not on disk, and nothing of it may be told (RFC 3501 2.3.1.1: a UID told stays
+    that message's; another look or process may give it to another). Tried again like a
+    busy lock - the retry reads the list from the file - until the caller gives up."""
+
+
 class UidsPending(LockBusy):
     """A look without assigning found no UID list to build a state from (a folder's first
     look, a lost list): a worker is writing one; try again when it is done (as for a busy
@@ -343,6 +351,7 @@ def _flushed(result: tuple[int, int, int] | Failure | None, core: FolderCore, fl
     flush.done = True
     if isinstance(result, Failure):
         flush.failure = result
+        core.write_failures += 1
         log.warn("UID list of {folder} not written: {why}", folder=core.dir, why=result.value)
         core.list_stamp = None  # (if no write follows: the file is read again)
         core.changed_by_us()
@@ -363,6 +372,7 @@ def _flushed(result: tuple[int, int, int] | Failure | None, core: FolderCore, fl
         except Exception:
             log.failure("writing the UID list of {folder} failed", folder=core.dir)
             core.flush = None
+            core.write_failures += 1
             nxt.done, nxt.failure = True, Failure()
             _release(flush.lock, core)
             _tell(nxt, nxt.failure)
