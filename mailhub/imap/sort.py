@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Protocol
@@ -307,17 +307,8 @@ class SortMessage:
         return value
 
     def compute_thread_keys(self) -> None:
-        """Compute (once) what THREAD REFERENCES reads of every message: sent date, subject
-        and references (the Message-ID only when some message has references: see
-        thread.thread_references); one call per message instead of one per key."""
-        keys = self._keys
-        h = self.header
-        if _SENT not in keys:
-            keys[_SENT] = parse_date_time(h.envelope_field(_DATE))
-        if _SUBJECT_KEY not in keys:
-            keys[_SUBJECT_KEY], keys[_REPLY] = _subject_key(h)
-        if _REFERENCES not in keys:
-            keys[_REFERENCES] = b" ".join(_references(h))  # (see references)
+        """Compute (once) what THREAD REFERENCES reads of every message (thread_keys)."""
+        thread_keys((self.header,), references=True)
 
     # The memo holds each key's own type (``object`` to the type checker), so these
     # properties' returns are ignored for it (ignore[return-value]).
@@ -534,6 +525,22 @@ def parse_program(item: object) -> list[SortKey]:
     if reverse:
         raise SortError("REVERSE must be followed by a sort criterion")
     return program
+
+
+def thread_keys(headers: Iterable[MessageHeader], *, references: bool) -> None:
+    """Compute (once) and keep in each header's memo what THREAD reads of its message: sent
+    date and base subject, and for REFERENCES the references (the Message-ID only when some
+    message has references: see thread.thread_references). The memo gets ints, strings and
+    bytes only, and no object is made per message: the command computes these in slices
+    between reactor turns, and makes its SortMessages in one synchronous step after."""
+    for h in headers:
+        keys = h.memo
+        if _SENT not in keys:
+            keys[_SENT] = parse_date_time(h.envelope_field(_DATE))
+        if _SUBJECT_KEY not in keys:
+            keys[_SUBJECT_KEY], keys[_REPLY] = _subject_key(h)
+        if references and _REFERENCES not in keys:
+            keys[_REFERENCES] = b" ".join(_references(h))  # (see SortMessage.references)
 
 
 def key_column(
