@@ -31,6 +31,7 @@ from mailhub.imap.sort import (
     parse_program,
     sort_messages,
     sort_order,
+    thread_keys,
 )
 from mailhub.imap.thread import render, thread_orderedsubject, thread_references
 from mailhub.message import mime
@@ -467,8 +468,7 @@ class KeysKeptUntracked(SynchronousTestCase):
                 mail("=?utf-8?q?caf=C3=A9?=", None, irt="<1@x>", day=None),
             ]
         )
-        for m in ms:
-            m.compute_thread_keys()  # as THREAD REFERENCES computes them
+        thread_keys([m.header for m in ms], references=True)  # as THREAD REFERENCES does
         for criteria in ("DATE", "SUBJECT", "FROM", "DISPLAYTO", "ARRIVAL", "SIZE", "CC"):
             sort_messages(ms, program(criteria))
         render(thread_references(ms), lambda m: m.seq)

@@ -306,10 +306,6 @@ class SortMessage:
             value = keys[name] = _COMPUTE[name](self.header)
         return value
 
-    def compute_thread_keys(self) -> None:
-        """Compute (once) what THREAD REFERENCES reads of every message (thread_keys)."""
-        thread_keys((self.header,), references=True)
-
     # The memo holds each key's own type (``object`` to the type checker), so these
     # properties' returns are ignored for it (ignore[return-value]).
     @property
@@ -482,7 +478,7 @@ def _message_id(h: MessageHeader) -> bytes | None:
 
 # How SortMessage._key and key_column compute the Message-ID and the address keys (the sent
 # date, the subject and the references are computed by SortMessage's properties,
-# compute_thread_keys and key_column)
+# thread_keys and key_column)
 _COMPUTE: dict[str, Callable[[MessageHeader], object]] = {
     _SENT: lambda h: parse_date_time(h.envelope_field(_DATE)),
     _MESSAGE_ID_KEY: _message_id,
