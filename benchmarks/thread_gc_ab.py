@@ -2,7 +2,8 @@
 """``THREAD REFERENCES UTF-8 ALL`` as a session runs it (search, key slices, threading,
 rendering) over imap_load.py's 10,000-message mailbox, in process with the garbage collector
 on, A/B between source trees: CPU (``time.process_time``), the collections that ran inside
-the command (``gc.callbacks``, by generation), and how many reactor turns the command gave
+the command (``gc.callbacks``, by generation, and the wall time in them), the wall time
+THREAD kept the collector paused, and how many reactor turns the command gave
 back with the collector off (each one a stretch in which every other session runs without
 it). ``cold`` runs clear the keys memoised in the cached headers first (the first THREAD of a
 session), ``warm`` runs do not. The reactor is a ``Clock`` on real time, turned until the
@@ -17,6 +18,8 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +36,7 @@ def child(workdir: Path, runs: int) -> None:
 
     from mailhub.auth import DevChecker, make_portal
     from mailhub.config import Limits
-    from mailhub.imap import message_cache, search_command
+    from mailhub.imap import message_cache, search_command, sort_command
     from mailhub.imap.factory import IMAPServerFactory
     from mailhub.store import MailStore
     from mailhub.throttle import AuthThrottle
@@ -86,10 +89,28 @@ def child(workdir: Path, runs: int) -> None:
 
     collections = [0, 0, 0]
     counting = False
+    in_gc = [0.0, 0.0]  # (start of the collection running, seconds in collections)
 
     def on_gc(phase: str, info: dict) -> None:
         if counting and phase == "start":
             collections[info["generation"]] += 1
+            in_gc[0] = time.perf_counter()
+        elif counting and phase == "stop":
+            in_gc[1] += time.perf_counter() - in_gc[0]
+
+    # wall time of the command with the collector paused by it (across reactor turns or not)
+    paused = [0.0]
+    real_pause = getattr(sort_command, "collector_paused", None)  # (none: THREAD never paused)
+
+    @contextmanager
+    def timed_pause() -> Iterator[None]:
+        start = time.perf_counter()
+        with real_pause():  # type: ignore[misc]  # (not None: patched only then)
+            yield
+        paused[0] += time.perf_counter() - start
+
+    if real_pause is not None:
+        sort_command.collector_paused = timed_pause  # type: ignore[assignment]
 
     paused_turns = [0]
     real_turn = search_command.let_others_run
@@ -112,6 +133,7 @@ def child(workdir: Path, runs: int) -> None:
             gc.collect()
             collections[:] = [0, 0, 0]
             paused_turns[0] = 0
+            in_gc[1] = paused[0] = 0.0
             counting = True
             c = time.process_time()
             command("THREAD REFERENCES UTF-8 ALL")
@@ -124,6 +146,8 @@ def child(workdir: Path, runs: int) -> None:
                     f"{kind} gen0 collections/1000": collections[0] / 1000,
                     f"{kind} gen1+2 collections/1000": (collections[1] + collections[2]) / 1000,
                     f"{kind} turns paused/1000": paused_turns[0] / 1000,
+                    f"{kind} in collections": in_gc[1],
+                    f"{kind} paused wall": paused[0],
                 }
             )
     print(json.dumps(out))
