@@ -692,6 +692,7 @@ class ThreadPausesNoAwait(IMAPTestCase):
         self.patch(sort_command, "_PIECE", 1)
         self.suspended: list[bool] = []  # gc.isenabled() at each suspension of THREAD
         self.made: list[bool] = []  # gc.isenabled() as each SortMessage is made
+        self.message_ids: list[bool] = []  # whether its Message-ID was memoised by then
         real, suspended, made = sort_command.thread_command, self.suspended, self.made
 
         @types.coroutine
@@ -716,6 +717,8 @@ class ThreadPausesNoAwait(IMAPTestCase):
 
         def noting(*args: Any) -> SortMessage:
             made.append(gc.isenabled())
+            # REFERENCES with references reads every Message-ID: found in the slices before
+            self.message_ids.append(sort_module._MESSAGE_ID_KEY in args[4].memo)
             return SortMessage(*args)
 
         self.patch(sort_command, "thread_command", thread_command)
@@ -740,13 +743,14 @@ class ThreadPausesNoAwait(IMAPTestCase):
             ("THREAD REFERENCES UTF-8 ALL", CRAFTED_REFERENCES),
             ("UID THREAD ORDEREDSUBJECT UTF-8 ALL", CRAFTED_ORDEREDSUBJECT),
         ]:
-            del self.suspended[:], self.made[:]
+            del self.suspended[:], self.made[:], self.message_ids[:]
             self.assertEqual(self.thread(client, command), b"* THREAD " + expected)
             # suspended at every slice of the search and of the keys, on each time
             self.assertGreaterEqual(len(self.suspended), 2 * len(CRAFTED))
             self.assertNotIn(False, self.suspended)
             # a SortMessage per message, each in the paused synchronous step
             self.assertEqual(self.made, [False] * len(CRAFTED))
+            self.assertEqual(self.message_ids, [True] * len(CRAFTED))
         self.assertTrue(gc.isenabled())
 
 

@@ -523,20 +523,35 @@ def parse_program(item: object) -> list[SortKey]:
     return program
 
 
-def thread_keys(headers: Iterable[MessageHeader], *, references: bool) -> None:
+def thread_keys(headers: Iterable[MessageHeader], *, references: bool) -> bool:
     """Compute (once) and keep in each header's memo what THREAD reads of its message: sent
-    date and base subject, and for REFERENCES the references (the Message-ID only when some
-    message has references: see thread.thread_references). The memo gets ints, strings and
-    bytes only, and no object is made per message: the command computes these in slices
-    between reactor turns, and makes its SortMessages in one synchronous step after."""
+    date and base subject, and for REFERENCES the references; whether some message has
+    references (then thread.thread_references reads every Message-ID: message_id_keys). The
+    memo gets ints, strings and bytes only, and no object is made per message: the command
+    computes these in slices between reactor turns, and makes its SortMessages in one
+    synchronous step after."""
+    some = False
     for h in headers:
         keys = h.memo
         if _SENT not in keys:
             keys[_SENT] = parse_date_time(h.envelope_field(_DATE))
         if _SUBJECT_KEY not in keys:
             keys[_SUBJECT_KEY], keys[_REPLY] = _subject_key(h)
-        if references and _REFERENCES not in keys:
-            keys[_REFERENCES] = b" ".join(_references(h))  # (see SortMessage.references)
+        if references:
+            refs = keys.get(_REFERENCES, _MISSING)
+            if refs is _MISSING:  # (see SortMessage.references)
+                refs = keys[_REFERENCES] = b" ".join(_references(h))
+            if refs:
+                some = True
+    return some
+
+
+def message_id_keys(headers: Iterable[MessageHeader]) -> None:
+    """Compute (once) and keep in each header's memo its Message-ID (SortMessage.message_id)."""
+    for h in headers:
+        keys = h.memo
+        if _MESSAGE_ID_KEY not in keys:
+            keys[_MESSAGE_ID_KEY] = _message_id(h)
 
 
 def key_column(

@@ -21,6 +21,7 @@ from mailhub.imap.sort import (
     SortError,
     SortMessage,
     key_column,
+    message_id_keys,
     parse_program,
     sort_order,
     thread_keys,
@@ -110,11 +111,17 @@ async def _threads(
     """THREAD's answer (RFC 5256 4) over the messages found, and whether there is a thread."""
     uids, headers, infos = found.uids, found.headers, found.infos
 
+    some_references = False
+
     def keys(start: int, end: int) -> None:
         # the keys computed and memoised now, in slices (plain values: no object per message)
-        thread_keys(headers[start:end], references=references)
+        nonlocal some_references
+        if thread_keys(headers[start:end], references=references):
+            some_references = True
 
     await _in_slices(session, len(uids), keys)
+    if some_references:  # REFERENCES (1) reads every Message-ID then: in slices too
+        await _in_slices(session, len(uids), lambda s, e: message_id_keys(headers[s:e]))
     seqs = found.seqs()
     # One synchronous step from here (no await): the SortMessages and Nodes made for the
     # threading live only inside it, so the collector is paused for it (a collection would
