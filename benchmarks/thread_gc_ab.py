@@ -7,7 +7,9 @@ THREAD kept the collector paused, and how many reactor turns the command gave
 back with the collector off (each one a stretch in which every other session runs without
 it). ``cold`` runs clear the keys memoised in the cached headers first (the first THREAD of a
 session), ``warm`` runs do not. The reactor is a ``Clock`` on real time, turned until the
-answer is written; the start-up heap is frozen, as the daemon's is.
+answer is written; the start-up heap is frozen, as the daemon's is. With THREAD_GC_REPLIES=1
+in the environment two messages of three are replies (References: the one before), so that
+REFERENCES reads every Message-ID.
 
     .venv/bin/python benchmarks/thread_gc_ab.py /var/tmp/base . --rounds 3 --runs 4
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +27,26 @@ from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def add_replies(folder_dir: Path) -> None:
+    """Two messages of three a reply to the one before (References: its Message-ID)."""
+    files = sorted(
+        (p for sub in ("cur", "new") for p in (folder_dir / sub).iterdir()),
+        key=lambda p: int(p.name.split(".")[0]),
+    )
+    previous = None
+    for i, path in enumerate(files):
+        data = path.read_bytes()
+        mid = re.search(rb"\r\nMessage-ID: (<[^>]+>)\r\n", data)
+        if previous is not None and i % 3:
+            data = data.replace(
+                b"\r\nMessage-ID: ", b"\r\nReferences: " + previous + b"\r\nMessage-ID: ", 1
+            )
+            name = re.sub(r",S=\d+", f",S={len(data)}", path.name)
+            path.unlink()
+            (path.parent / name).write_bytes(data)
+        previous = mid.group(1) if mid else None
 
 
 def child(workdir: Path, runs: int) -> None:
@@ -47,10 +71,13 @@ def child(workdir: Path, runs: int) -> None:
 
     source = workdir / "source"
     imap_load.generate(source, 10_000)
-    root = workdir / "thread-gc"
+    replies = bool(os.environ.get("THREAD_GC_REPLIES"))
+    root = workdir / ("thread-gc-replies" if replies else "thread-gc")
     folder_dir = root / "localhost" / "bench"
     if not folder_dir.exists():
         imap_load.copy_maildir(source, folder_dir, None)
+        if replies:
+            add_replies(folder_dir)
     clock = RealTimeClock()
     store = MailStore(root, hostname="localhost")
     factory = IMAPServerFactory(
