@@ -10,6 +10,7 @@ import re
 import shutil
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from mailhub.imap.sort import (
     parse_program,
     sort_messages,
     sort_order,
+    thread_keys,
 )
 from mailhub.imap.thread import render, thread_orderedsubject, thread_references
 from mailhub.message import mime
@@ -466,8 +468,7 @@ class KeysKeptUntracked(SynchronousTestCase):
                 mail("=?utf-8?q?caf=C3=A9?=", None, irt="<1@x>", day=None),
             ]
         )
-        for m in ms:
-            m.compute_thread_keys()  # as THREAD REFERENCES computes them
+        thread_keys([m.header for m in ms], references=True)  # as THREAD REFERENCES does
         for criteria in ("DATE", "SUBJECT", "FROM", "DISPLAYTO", "ARRIVAL", "SIZE", "CC"):
             sort_messages(ms, program(criteria))
         render(thread_references(ms), lambda m: m.seq)
@@ -676,31 +677,80 @@ class ThreadDialogs(IMAPTestCase):
         """)
 
 
-class ThreadPausesTheCollector(IMAPTestCase):
-    """THREAD runs with the cyclic collector paused (its SortMessages and Nodes live until
-    its end: a young collection inside it would only walk them) and leaves it on; the
-    Nodes' cycles are broken by release() before it is on again."""
+class ThreadPausesNoAwait(IMAPTestCase):
+    """THREAD pauses the cyclic collector only for its one synchronous step (SortMessages,
+    threading, rendering, release()), never across an await: the switch is the process's, so
+    every other session would run without it while THREAD waits for its next slice. The slices
+    before it make no object per message (thread_keys: plain values in the memos)."""
 
-    def test_paused_while_threading(self) -> None:
+    def setUp(self) -> None:
+        super().setUp()
+        from mailhub.imap import search_command, sort_command
+
+        # a turn given back after every message: THREAD suspended as often as it can be
+        self.patch(search_command, "SLICE_SECONDS", 0)
+        self.patch(sort_command, "_PIECE", 1)
+        self.suspended: list[bool] = []  # gc.isenabled() at each suspension of THREAD
+        self.made: list[bool] = []  # gc.isenabled() as each SortMessage is made
+        self.message_ids: list[bool] = []  # whether its Message-ID was memoised by then
+        real, suspended, made = sort_command.thread_command, self.suspended, self.made
+
+        @types.coroutine
+        def watched(coro: Any) -> Any:
+            # drive THREAD's coroutine, noting the collector's switch whenever it suspends
+            send: Any = None
+            error: BaseException | None = None
+            while True:
+                try:
+                    waiting = coro.throw(error) if error is not None else coro.send(send)
+                except StopIteration as e:
+                    return e.value
+                suspended.append(gc.isenabled())
+                error = None
+                try:
+                    send = yield waiting
+                except BaseException as e:  # (passed on to THREAD)
+                    send, error = None, e
+
+        async def thread_command(*args: Any, **kwargs: Any) -> Any:
+            return await watched(real(*args, **kwargs))
+
+        def noting(*args: Any) -> SortMessage:
+            made.append(gc.isenabled())
+            # REFERENCES with references reads every Message-ID: found in the slices before
+            self.message_ids.append(sort_module._MESSAGE_ID_KEY in args[4].memo)
+            return SortMessage(*args)
+
+        self.patch(sort_command, "thread_command", thread_command)
+        self.patch(
+            sort_command, "UID_COMMANDS", {**sort_command.UID_COMMANDS, "THREAD": thread_command}
+        )
+        self.patch(sort_command, "SortMessage", noting)
+
+    def thread(self, client: Any, command: str) -> bytes:
+        client.send(f"a1 {command}\r\n")
+        for _ in range(10_000):
+            self.clock.advance(0)
+        lines = client.lines()
+        self.assertEqual(lines[-1], "a1 OK THREAD completed")
+        return lines[0].encode()
+
+    def test_collector_on_whenever_suspended(self) -> None:
         for data in CRAFTED:
             self.deliver(data)
-        seen: list[bool] = []
-
-        def noting(algorithm: Any) -> Any:
-            def run(ms: list[SortMessage]) -> Any:
-                seen.append(gc.isenabled())
-                return algorithm(ms)
-
-            return run
-
-        from mailhub.imap import sort_command
-
-        self.patch(sort_command, "thread_references", noting(thread_references))
-        self.patch(sort_command, "thread_orderedsubject", noting(thread_orderedsubject))
         client = self.login()
-        client.command("THREAD REFERENCES UTF-8 ALL")
-        client.command("UID THREAD ORDEREDSUBJECT UTF-8 ALL")
-        self.assertEqual(seen, [False, False])
+        for command, expected in [
+            ("THREAD REFERENCES UTF-8 ALL", CRAFTED_REFERENCES),
+            ("UID THREAD ORDEREDSUBJECT UTF-8 ALL", CRAFTED_ORDEREDSUBJECT),
+        ]:
+            del self.suspended[:], self.made[:], self.message_ids[:]
+            self.assertEqual(self.thread(client, command), b"* THREAD " + expected)
+            # suspended at every slice of the search and of the keys, on each time
+            self.assertGreaterEqual(len(self.suspended), 2 * len(CRAFTED))
+            self.assertNotIn(False, self.suspended)
+            # a SortMessage per message, each in the paused synchronous step
+            self.assertEqual(self.made, [False] * len(CRAFTED))
+            self.assertEqual(self.message_ids, [True] * len(CRAFTED))
         self.assertTrue(gc.isenabled())
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Protocol
@@ -306,19 +306,6 @@ class SortMessage:
             value = keys[name] = _COMPUTE[name](self.header)
         return value
 
-    def compute_thread_keys(self) -> None:
-        """Compute (once) what THREAD REFERENCES reads of every message: sent date, subject
-        and references (the Message-ID only when some message has references: see
-        thread.thread_references); one call per message instead of one per key."""
-        keys = self._keys
-        h = self.header
-        if _SENT not in keys:
-            keys[_SENT] = parse_date_time(h.envelope_field(_DATE))
-        if _SUBJECT_KEY not in keys:
-            keys[_SUBJECT_KEY], keys[_REPLY] = _subject_key(h)
-        if _REFERENCES not in keys:
-            keys[_REFERENCES] = b" ".join(_references(h))  # (see references)
-
     # The memo holds each key's own type (``object`` to the type checker), so these
     # properties' returns are ignored for it (ignore[return-value]).
     @property
@@ -491,7 +478,7 @@ def _message_id(h: MessageHeader) -> bytes | None:
 
 # How SortMessage._key and key_column compute the Message-ID and the address keys (the sent
 # date, the subject and the references are computed by SortMessage's properties,
-# compute_thread_keys and key_column)
+# thread_keys and key_column)
 _COMPUTE: dict[str, Callable[[MessageHeader], object]] = {
     _SENT: lambda h: parse_date_time(h.envelope_field(_DATE)),
     _MESSAGE_ID_KEY: _message_id,
@@ -534,6 +521,37 @@ def parse_program(item: object) -> list[SortKey]:
     if reverse:
         raise SortError("REVERSE must be followed by a sort criterion")
     return program
+
+
+def thread_keys(headers: Iterable[MessageHeader], *, references: bool) -> bool:
+    """Compute (once) and keep in each header's memo what THREAD reads of its message: sent
+    date and base subject, and for REFERENCES the references; whether some message has
+    references (then thread.thread_references reads every Message-ID: message_id_keys). The
+    memo gets ints, strings and bytes only, and no object is made per message: the command
+    computes these in slices between reactor turns, and makes its SortMessages in one
+    synchronous step after."""
+    some = False
+    for h in headers:
+        keys = h.memo
+        if _SENT not in keys:
+            keys[_SENT] = parse_date_time(h.envelope_field(_DATE))
+        if _SUBJECT_KEY not in keys:
+            keys[_SUBJECT_KEY], keys[_REPLY] = _subject_key(h)
+        if references:
+            refs = keys.get(_REFERENCES, _MISSING)
+            if refs is _MISSING:  # (see SortMessage.references)
+                refs = keys[_REFERENCES] = b" ".join(_references(h))
+            if refs:
+                some = True
+    return some
+
+
+def message_id_keys(headers: Iterable[MessageHeader]) -> None:
+    """Compute (once) and keep in each header's memo its Message-ID (SortMessage.message_id)."""
+    for h in headers:
+        keys = h.memo
+        if _MESSAGE_ID_KEY not in keys:
+            keys[_MESSAGE_ID_KEY] = _message_id(h)
 
 
 def key_column(

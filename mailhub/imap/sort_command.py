@@ -17,7 +17,15 @@ from mailhub.imap import arguments as A
 from mailhub.imap import message_cache, search_command
 from mailhub.imap.dispatch import SELECTED, CommandTable, Done
 from mailhub.imap.parser import Item, ParseError
-from mailhub.imap.sort import SortError, SortMessage, key_column, parse_program, sort_order
+from mailhub.imap.sort import (
+    SortError,
+    SortMessage,
+    key_column,
+    message_id_keys,
+    parse_program,
+    sort_order,
+    thread_keys,
+)
 from mailhub.imap.thread import (
     ALGORITHMS,
     release,
@@ -86,14 +94,10 @@ async def thread_command(session: IMAPServerProtocol, items: list[Item], *, uid:
     if algorithm not in ALGORITHMS:
         raise ParseError(f"unknown threading algorithm {algorithm[:40]}")
     references = algorithm == "REFERENCES"
-    # The collector paused for the command: its 10,000 SortMessages and the Nodes live until
-    # its end (release() breaks the Nodes' cycles), so a young collection inside it only
-    # walks them (two dozen collections, half of them promoting to the next generation).
-    with collector_paused():
-        found = await _find(session, items[1], items[2:])
-        if isinstance(found, Done):
-            return found
-        text, any_roots = await _threads(session, found, references, _UID if uid else _SEQ)
+    found = await _find(session, items[1], items[2:])
+    if isinstance(found, Done):
+        return found
+    text, any_roots = await _threads(session, found, references, _UID if uid else _SEQ)
     session.write(b"* THREAD" + (b" " if any_roots else b"") + text + b"\r\n")
     return Done("OK", "THREAD completed")
 
@@ -105,26 +109,36 @@ async def _threads(
     number: Callable[[SortMessage], int],
 ) -> tuple[bytes, bool]:
     """THREAD's answer (RFC 5256 4) over the messages found, and whether there is a thread."""
-    uids, headers, infos, seqs = found.uids, found.headers, found.infos, found.seqs()
-    messages: list[SortMessage] = []
+    uids, headers, infos = found.uids, found.headers, found.infos
 
-    def make(start: int, end: int) -> None:
-        # the keys computed and memoised now, in slices
-        for i in range(start, end):
-            u = uids[i]
-            info = infos[u]
-            m = SortMessage(u, seqs[i], info.internaldate, info.size, headers[i])
-            if references:
-                m.compute_thread_keys()
-            else:
-                _ = (m.sent, m.base_subject)
-            messages.append(m)
+    some_references = False
 
-    await _in_slices(session, len(uids), make)
-    roots = thread_references(messages) if references else thread_orderedsubject(messages)
-    text = render(roots, number)
-    release(roots)
-    return text, bool(roots)
+    def keys(start: int, end: int) -> None:
+        # the keys computed and memoised now, in slices (plain values: no object per message)
+        nonlocal some_references
+        if thread_keys(headers[start:end], references=references):
+            some_references = True
+
+    await _in_slices(session, len(uids), keys)
+    if some_references:  # REFERENCES (1) reads every Message-ID then: in slices too
+        await _in_slices(session, len(uids), lambda s, e: message_id_keys(headers[s:e]))
+    seqs = found.seqs()
+    # One synchronous step from here (no await): the SortMessages and Nodes made for the
+    # threading live only inside it, so the collector is paused for it (a collection would
+    # only walk them: 16 young and one generation-1 per 10,000 messages) and they are all
+    # freed before it is on again (release() breaks the Nodes' cycles). Never across an
+    # await: the switch is the process's, every other session would run without it.
+    with collector_paused():
+        messages = [
+            SortMessage(u, seq, infos[u].internaldate, infos[u].size, h)
+            for u, seq, h in zip(uids, seqs, headers, strict=True)
+        ]
+        roots = thread_references(messages) if references else thread_orderedsubject(messages)
+        text = render(roots, number)
+        release(roots)
+        any_roots = bool(roots)
+        del messages, roots  # freed while paused: their count starts no collection after
+    return text, any_roots
 
 
 UID_COMMANDS = {"SORT": sort_command, "THREAD": thread_command}

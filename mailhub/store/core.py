@@ -523,7 +523,8 @@ def collector_paused() -> Iterator[None]:
     (dozens per cold SELECT of 10,000 messages, now and then a full one of the whole
     process). One pass over the new objects runs after, at the next allocation. The switch
     is the process's: a worker thread and the reactor may both use this (whichever finds it
-    off leaves it alone), and it is on again when neither is inside."""
+    off leaves it alone), and it is on again when neither is inside. Never around an await
+    (THREAD pauses its synchronous step only): every other session would run without it."""
     if not gc.isenabled():
         yield
         return
