@@ -8,35 +8,19 @@ on disk is older than that, the look waits for the write as before.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from mailhub.imap.view import View
-from mailhub.store import core as store_core
 from mailhub.store.errors import LockBusy
-from tests.support.imap import USER, message
-from tests.test_store_uidwriter import OffThreadCase
+from tests.support.imap import message
+from tests.test_store_uidwriter import OffThreadCase, SessionsCase
 
 
-class LooksDuringAWrite(OffThreadCase):
+class LooksDuringAWrite(SessionsCase):
     def setUp(self) -> None:
         super().setUp()
-        # The test's thread is the reactor's (trial's reactor does not mark it as such).
-        main = threading.main_thread()
-        self.patch(store_core, "on_reactor_thread", lambda: threading.current_thread() is main)
-        folder = self.folder()
-        for n in range(4):
-            folder.append(message(f"m{n}"))
+        self.fill(4)
         self.a, self.b, self.c, self.d = (self.selected() for _ in range(4))
-
-    def selected(self) -> Any:
-        client = self.connect()
-        client.command(f"LOGIN {USER} secret")
-        client.send("s SELECT INBOX\r\n")
-        self.worker.release()
-        self.clock.advance(0)
-        self.assertEqual(client.lines()[-1], "s OK [READ-WRITE] SELECT completed")
-        return client
 
     def write(self) -> None:
         """The worker's write in flight ends (and the next one, if any, starts)."""

@@ -448,23 +448,19 @@ class ExpungedMeanwhile(OffThreadCase):
         self.assertEqual(theirs.sync().uidnext, 2)
 
 
-class CommandsWriteInTheWorker(OffThreadCase):
-    """STORE, EXPUNGE, APPEND, COPY and MOVE change the folder on the reactor under its lock,
-    and hand the list's write (and the directories' fsyncs) to the worker with the lock
-    (``uidwriter.Flush``): no fsync on the reactor, the answer only once it is on disk, and
-    no other session told of the change before that."""
+class SessionsCase(OffThreadCase):
+    """IMAP sessions on INBOX with ``count`` messages, the store's writes in ``self.worker``;
+    the test's thread is the reactor's (trial's reactor does not mark it as such)."""
 
     def setUp(self) -> None:
         super().setUp()
-        # The test's thread is the reactor's (trial's reactor does not mark it as such).
         main = threading.main_thread()
         self.patch(store_core, "on_reactor_thread", lambda: threading.current_thread() is main)
+
+    def fill(self, count: int) -> None:
         folder = self.folder()
-        for n in range(3):
+        for n in range(count):
             folder.append(message(f"m{n}"))
-        self.a = self.selected()
-        self.b = self.selected()
-        del self.on_reactor[:], self.off_reactor[:]
 
     def selected(self) -> Any:
         client = self.connect()
@@ -474,6 +470,20 @@ class CommandsWriteInTheWorker(OffThreadCase):
         self.clock.advance(0)
         self.assertEqual(client.lines()[-1], "s OK [READ-WRITE] SELECT completed")
         return client
+
+
+class CommandsWriteInTheWorker(SessionsCase):
+    """STORE, EXPUNGE, APPEND, COPY and MOVE change the folder on the reactor under its lock,
+    and hand the list's write (and the directories' fsyncs) to the worker with the lock
+    (``uidwriter.Flush``): no fsync on the reactor, the answer only once it is on disk, and
+    no other session told of the change before that."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fill(3)
+        self.a = self.selected()
+        self.b = self.selected()
+        del self.on_reactor[:], self.off_reactor[:]
 
     def on_disk(self) -> dict[int, tuple[str, int]]:
         """UID -> (flag letters, mod-sequence) in the list file."""
