@@ -662,26 +662,36 @@ class CommandsWriteInTheWorker(SessionsCase):
         self.assertLess(synced, events.index(("write", f"{inbox}/{uidlist.FILENAME}")))
         self.assertEqual(sorted(self.on_disk()), [3])
 
-    def test_copy_whose_target_stays_locked_is_ok_once_its_links_are_durable(self) -> None:
-        # Another process takes the target's lock right after the links: past lock_timeout
-        # the COPY is answered OK without COPYUID (the copies are there) - but only after
-        # the worker has fsync'd their directory (nobody else did).
+    def other_locked_after_links(self) -> tuple[Any, str, list[DotLock]]:
+        """Folder Other (made and looked at), its directory, and the locks that another
+        process takes on it right after each COPY's links (released at the test's end, if not
+        before). A busy lock is LockBusy at once on the reactor, which is the test's thread."""
         self.a.command("CREATE Other")
-        self.folder("Other").sync()
+        other = self.folder("Other")
+        other.sync()
         other_dir = str(self.store.root / "example.org/alice/.Other")
         real = Placer.link_copies
+        holders: list[DotLock] = []
 
         def link_copies(placer: Placer, *args: Any) -> Any:
             links = real(placer, *args)
             holder = DotLock(Path(other_dir) / uidlist.LOCKNAME, in_reactor=lambda: True)
             holder.acquire()
-            self.addCleanup(holder.release)
+            self.addCleanup(holder.release)  # (a second release does nothing)
+            holders.append(holder)
             return links
 
         self.patch(Placer, "link_copies", link_copies)
-        self.factory.run = self.worker  # (the IMAP server's disk work: the store's worker)
-        main = threading.main_thread()  # (on the reactor a busy lock is LockBusy at once)
+        main = threading.main_thread()
         self.patch(dotlock, "on_reactor_thread", lambda: threading.current_thread() is main)
+        return other, other_dir, holders
+
+    def test_copy_whose_target_stays_locked_is_ok_once_its_links_are_durable(self) -> None:
+        # Another process takes the target's lock right after the links: past lock_timeout
+        # the COPY is answered OK without COPYUID (the copies are there) - but only after
+        # the worker has fsync'd their directory (nobody else did).
+        _, other_dir, _ = self.other_locked_after_links()
+        self.factory.run = self.worker  # (the IMAP server's disk work: the store's worker)
         self.worker.release()
         self.clock.advance(0)
         events = self.disk_events()
@@ -701,23 +711,7 @@ class CommandsWriteInTheWorker(SessionsCase):
         # Another process holds the target's lock right after the links; meanwhile a look
         # at it (the change feed's, an IDLE's) leaves the new files' UIDs to the worker's
         # job: that job fsyncs the links' directory before its list names them.
-        self.a.command("CREATE Other")
-        other = self.folder("Other")
-        other.sync()
-        other_dir = str(self.store.root / "example.org/alice/.Other")
-        real = Placer.link_copies
-        holders: list[DotLock] = []
-
-        def link_copies(placer: Placer, *args: Any) -> Any:
-            links = real(placer, *args)
-            holder = DotLock(Path(other_dir) / uidlist.LOCKNAME, in_reactor=lambda: True)
-            holder.acquire()
-            holders.append(holder)
-            return links
-
-        self.patch(Placer, "link_copies", link_copies)
-        main = threading.main_thread()
-        self.patch(dotlock, "on_reactor_thread", lambda: threading.current_thread() is main)
+        other, other_dir, holders = self.other_locked_after_links()
         self.worker.release()
         self.clock.advance(0)
         events = self.disk_events()
@@ -799,23 +793,8 @@ class CommandsWriteInTheWorker(SessionsCase):
         # Another process holds the target's lock right after the links and the client goes
         # away meanwhile: the next write of the target fsyncs the links' directory (nobody
         # else will) and then forgets it.
-        self.a.command("CREATE Other")
-        other = self.folder("Other")
-        other.sync()
-        other_new = str(self.store.root / "example.org/alice/.Other/new")
-        real = Placer.link_copies
-        holders: list[DotLock] = []
-
-        def link_copies(placer: Placer, *args: Any) -> Any:
-            links = real(placer, *args)
-            holder = DotLock(Path(other_new).parent / uidlist.LOCKNAME, in_reactor=lambda: True)
-            holder.acquire()
-            holders.append(holder)
-            return links
-
-        self.patch(Placer, "link_copies", link_copies)
-        main = threading.main_thread()
-        self.patch(dotlock, "on_reactor_thread", lambda: threading.current_thread() is main)
+        other, other_dir, holders = self.other_locked_after_links()
+        other_new = f"{other_dir}/new"
         self.a.send("a1 COPY 1 Other\r\n")
         self.clock.advance(0.1)
         self.assertEqual(len(holders), 1)
