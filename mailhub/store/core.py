@@ -223,6 +223,10 @@ class FolderLock:
                 flush = uidwriter.join_next(core, unsaved is not None, dirs)
                 if core.defer_writes is not None:
                     core.defer_writes.append(flush.wait())
+            elif exc_type is None and core.defer_writes is not None:
+                # Nothing changed, but what it found (flags another command set) is the
+                # list in memory: told once the writes in flight are on disk.
+                core.defer_writes.append(core.last_flush().read_through())
             return
         if exc_type is None and (unsaved is not None or dirs):
             # The command waits for the write; the lock is released after it.

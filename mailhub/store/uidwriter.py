@@ -275,6 +275,17 @@ class Flush:
             d.callback(None)
         return d
 
+    def read_through(self) -> Deferred[None]:
+        """For a command that changed nothing but read the list in memory, which this write
+        makes durable (a STORE finding its flags set by another): fires when it is on disk;
+        if it failed, ``NotWritten`` - the command runs again (a ``LockBusy``), reading the
+        list from the file, and never answers for a change it did not make."""
+
+        def failed(_: Failure) -> None:
+            raise NotWritten("the UID list it read was not written", self.path)
+
+        return self.wait().addErrback(failed)
+
     def busy(self, *, look: bool = True) -> Flushing:
         """The LockBusy to raise for a look (``look``) or a change that cannot join."""
         d: Deferred[None] = Deferred()
