@@ -862,6 +862,52 @@ class CommandsWriteInTheWorker(SessionsCase):
 
         self.store.settings.offload.run = lambda f, *a: fail(OSError(28, "No space left"))
 
+    def raising(self) -> None:
+        """The worker raises instead of returning a Deferred (a runner's own bug)."""
+
+        def run(f: Callable[..., Any], *a: Any) -> Deferred[Any]:
+            raise RuntimeError("runner broken")
+
+        self.store.settings.offload.run = run
+
+    def test_a_runner_that_raises_fails_the_command_and_frees_the_lock(self) -> None:
+        # Neither core.flush nor the folder's lock left behind: the command fails (NO),
+        # and the next one, with a worker again, goes through.
+        self.raising()
+        self.a.send("a1 STORE 2 +FLAGS (\\Flagged)\r\n")
+        for _ in range(120):  # (its look after it: tried again, then given up)
+            self.clock.advance(0.1)
+        self.assertEqual(self.a.lines()[-1], "a1 NO [SERVERBUG] Internal server error")
+        self.flushLoggedErrors(RuntimeError)
+        core = self.folder()._core
+        self.assertIsNone(core.flush)
+        self.assertFalse((self.store.root / "example.org/alice" / uidlist.LOCKNAME).exists())
+        self.store.settings.offload.run = self.worker
+        self.b.send("b1 STORE 3 +FLAGS (\\Flagged)\r\n")
+        self.clock.advance(0)
+        while self.worker.queued:
+            self.worker.release()
+            self.clock.advance(0)
+        self.assertEqual(self.b.lines()[-1], "b1 OK STORE completed")
+        self.assertEqual(self.on_disk()[3][0], "F")
+
+    def test_a_runner_that_raises_leaves_no_job_behind(self) -> None:
+        # A look's job (uidwriter.start) whose runner raises: nothing of it told, and the
+        # next look, with a worker again, starts another.
+        self.arrive("new")
+        self.raising()
+        self.b.send("b1 IDLE\r\n")
+        self.clock.advance(0)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertIsNone(self.folder()._core.job)
+        self.store.settings.offload.run = self.worker
+        self.b.send("DONE\r\n")
+        for _ in range(3):
+            self.clock.advance(0.01)
+            self.worker.release()
+        self.clock.advance(0)
+        self.assertIn("* 4 EXISTS", self.b.lines())
+
     def test_a_looks_write_refused_at_once_tells_nothing_of_it(self) -> None:
         # The look after b's NOOP records the rename (a new mod-sequence) and hands the
         # list's write to the worker, which refuses it at once: nothing of that list is
