@@ -806,6 +806,49 @@ class CommandsWriteInTheWorker(SessionsCase):
         self.assertIn(("fsync_dir", other_new), events)  # (before its list names the copy)
         self.assertEqual(other.unsynced_links(), [])
 
+    def test_a_copy_whose_target_stays_locked_forgets_the_links_it_fsyncd(self) -> None:
+        # The COPY given up on the lock fsyncs its links' directory itself: the next write
+        # of the target need not fsync it again.
+        _, other_dir, _ = self.other_locked_after_links()
+        self.factory.run = self.worker
+        self.worker.release()
+        self.clock.advance(0)
+        self.a.send("a1 COPY 1 Other\r\n")
+        for _ in range(120):
+            self.clock.advance(0.1)
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.a.lines(), ["a1 OK COPY completed"])
+        self.assertEqual(self.folder("Other").unsynced_links(), [])
+
+    def test_a_copy_is_not_failed_by_an_abandoned_copys_failed_write(self) -> None:
+        # a goes away while its COPY waits for the target's write, which then fails: b's
+        # COPY to it is b's own (its write fsyncs the directory both linked into).
+        self.a.command("CREATE Other")
+        other = self.folder("Other")
+        other.sync()
+        other_dir = str(self.store.root / "example.org/alice/.Other")
+        self.a.send("a1 COPY 1 Other\r\n")
+        self.clock.advance(0)
+        self.assertEqual(len(self.worker.queued), 1)
+        self.a.protocol.connectionLost(Failure(ConnectionDone()))
+        _, _, d = self.worker.queued.pop()
+        d.errback(Failure(OSError(28, "No space left")))
+        self.clock.advance(0)
+        self.flushLoggedErrors(OSError)
+        events = self.disk_events()
+        self.b.send("b1 COPY 2 Other\r\n")
+        for _ in range(4):
+            self.clock.advance(0)
+            self.worker.release()
+        self.clock.advance(0)
+        self.assertTrue(self.b.lines()[-1].startswith("b1 OK [COPYUID "))
+        self.assertLess(
+            events.index(("fsync_dir", f"{other_dir}/new")),
+            events.index(("write", f"{other_dir}/{uidlist.FILENAME}")),
+        )
+        self.assertEqual(other.unsynced_links(), [])
+
     def test_a_failed_write_fails_the_command_and_frees_the_lock(self) -> None:
         from twisted.internet.defer import fail, maybeDeferred
 
