@@ -975,6 +975,51 @@ class CommandsWriteInTheWorker(SessionsCase):
         gc.collect()  # (a failure left in a Deferred is logged when it is collected)
         self.assertEqual(self.flushLoggedErrors(OSError), [])
 
+    def test_reads_after_a_refused_write_use_the_list_on_disk(self) -> None:
+        # A look whose write was refused gave the new message a UID in memory only: reads
+        # by UID of the messages b was told find their own files (the list on disk's).
+        self.arrive("new")
+        self.refuse()
+        self.a.send("a1 NOOP\r\n")
+        self.clock.advance(0)
+        self.b.send("b1 FETCH 1:3 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
+        for _ in range(120):
+            self.clock.advance(0.1)
+        told = self.b.lines()
+        self.assertEqual([t for t in told if t.startswith("Subject")],
+                         ["Subject: m0", "Subject: m1", "Subject: m2"])  # fmt: skip
+        self.assertNotIn("* 4 EXISTS", told)
+        self.assertNotIn("uidlist.save", self.on_reactor)
+        self.flushLoggedErrors(OSError)
+
+    def test_reads_after_a_refused_write_of_a_new_uidvalidity_are_not_its(self) -> None:
+        # The list is lost: a's look numbers the messages anew (a new UIDVALIDITY) and its
+        # write is refused. b, told UIDs 1 and 3 (2 expunged) of the old list, reads
+        # UID 3: not the message the list not written numbers 3 (the new one).
+        self.a.send("a1 STORE 2 +FLAGS.SILENT (\\Deleted)\r\n")
+        self.worker.release()
+        self.clock.advance(0)
+        self.a.send("a2 EXPUNGE\r\n")
+        self.worker.release()
+        self.clock.advance(0)
+        self.b.send("b1 NOOP\r\n")
+        self.clock.advance(0)
+        self.assertEqual(self.b.lines(), ["* 2 EXPUNGE", "b1 OK NOOP completed"])
+        self.a.lines()
+        os.unlink(self.store.root / "example.org/alice" / uidlist.FILENAME)
+        self.arrive("new")
+        self.refuse()
+        self.a.send("a3 NOOP\r\n")
+        self.clock.advance(0)
+        self.b.send("b2 FETCH 2 (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
+        for _ in range(120):
+            self.clock.advance(0.1)
+        told = self.b.lines()
+        self.assertNotIn("Subject: new", told)
+        self.assertIn("Subject: m2", told)
+        self.assertNotIn("uidlist.save", self.on_reactor)
+        self.flushLoggedErrors(OSError)
+
     def test_a_look_whose_writes_are_refused_gives_up_as_for_a_busy_lock(self) -> None:
         # (NOOP then answers with nothing: its changes are told after a later command)
         before = self.on_disk()
