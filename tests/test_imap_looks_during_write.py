@@ -100,9 +100,7 @@ class LooksDuringAWrite(SessionsCase):
         self.assertEqual(self.b.lines(), [])
         self.write()
         self.assertEqual(self.a.lines()[-1], "a1 OK STORE completed")
-        self.assertEqual(
-            self.b.lines(), ["* 1 FETCH (FLAGS (\\Seen))", "b1 OK STORE completed"]
-        )
+        self.assertEqual(self.b.lines(), ["* 1 FETCH (FLAGS (\\Seen))", "b1 OK STORE completed"])
 
     def test_a_store_that_finds_its_flags_set_by_a_failed_write_runs_again(self) -> None:
         # a's write fails: the \Seen b's STORE found is not on disk, b may not tell it -
@@ -123,9 +121,7 @@ class LooksDuringAWrite(SessionsCase):
             self.clock.advance(0.01)
         self.assertIn("S", self.flags_on_disk(1))
         self.assertEqual(self.a.lines()[-1], "a1 NO [SERVERBUG] Internal server error")
-        self.assertEqual(
-            self.b.lines(), ["* 1 FETCH (FLAGS (\\Seen))", "b1 OK STORE completed"]
-        )
+        self.assertEqual(self.b.lines(), ["* 1 FETCH (FLAGS (\\Seen))", "b1 OK STORE completed"])
         self.flushLoggedErrors(OSError)
 
     def flags_on_disk(self, uid: int) -> str:

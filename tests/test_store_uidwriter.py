@@ -809,7 +809,7 @@ class CommandsWriteInTheWorker(SessionsCase):
     def test_a_copy_whose_target_stays_locked_forgets_the_links_it_fsyncd(self) -> None:
         # The COPY given up on the lock fsyncs its links' directory itself: the next write
         # of the target need not fsync it again.
-        _, other_dir, _ = self.other_locked_after_links()
+        self.other_locked_after_links()
         self.factory.run = self.worker
         self.worker.release()
         self.clock.advance(0)
@@ -1088,3 +1088,76 @@ class CommandsWriteInTheWorker(SessionsCase):
         self.assertEqual(self.a.lines(), ["a3 OK CLOSE completed"])
         self.assertEqual(sorted(self.on_disk()), [1, 3])
         self.assertNotIn("fsync", self.on_reactor)
+
+
+class AJobWaitingForTheLock(SessionsCase):
+    """A look's job (write_list) waits for the folder's lock in a worker, polling with
+    back-off (DotLock.acquire), while sessions' STOREs keep the lock busy with their writes."""
+
+    def test_is_not_starved_by_a_stream_of_stores(self) -> None:
+        self.fill(4)
+        a, b = self.selected(), self.selected()
+        inbox = self.folder()
+        core = inbox._core
+        clients = {"a": a, "b": b}
+        answered = dict.fromkeys(clients, True)
+        sent = dict.fromkeys(clients, 0)
+        real_dotlock = store_core.FolderCore.dotlock
+
+        def stream() -> None:
+            """Each session sends its next STORE once the last one is answered."""
+            for name, client in clients.items():
+                if any(line.startswith(f"{name}{sent[name]} ") for line in client.lines()):
+                    answered[name] = True
+                if answered[name]:
+                    sent[name] += 1
+                    answered[name] = False
+                    sign = "+-"[sent[name] % 2]
+                    client.send(f"{name}{sent[name]} STORE 1 {sign}FLAGS (\\Flagged)\r\n")
+
+        polls: list[float] = []
+
+        def sleep(delay: float) -> None:
+            # (the job's wait between two tries: the reactor runs on - the writes in flight
+            # end, the sessions' next STOREs come - for that long)
+            polls.append(delay)
+            self.worker.release()
+            stream()
+            self.clock.advance(delay)
+
+        def dotlock(c: Any, path: Path) -> DotLock:
+            if c is core:
+                return real_dotlock(c, path)
+            s = c.settings  # the job's own FolderCore: its lock waits on the test's clock
+            return DotLock(
+                path, timeout=s.lock_timeout, hostname=s.hostname, now=self.clock.seconds,
+                sleep=sleep, in_reactor=lambda: False,
+            )  # fmt: skip
+
+        self.patch(store_core.FolderCore, "dotlock", dotlock)
+        self.arrive("new")
+        inbox.sync(assign=False)  # the change feed's look: the new message's UID by a job
+        [(f, args, d)] = self.worker.queued
+        self.assertIs(f, uidwriter.write_list)
+        del self.worker.queued[:]
+        stream()  # STOREs come before the job's thread gets to run (they took the lock)
+        started = self.clock.seconds()
+        try:
+            result = f(*args)  # the job, waiting for the lock as a worker's thread does
+        except Exception:
+            result = Failure()
+        waited = self.clock.seconds() - started
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+        self.flushLoggedErrors()
+        # (before: LockTimeout after 10 s, 205 tries, while 412 STOREs were answered)
+        self.assertFalse(isinstance(result, Failure), (len(polls), waited, sum(sent.values())))
+        self.assertLess(waited, 0.5)
+        for _ in range(3):  # the STOREs, waiting for the job, go on after it
+            self.clock.advance(0)
+            self.worker.release()
+            stream()
+        self.assertGreater(sum(sent.values()), 4)
+        self.assertEqual(self.list_uids(), [1, 2, 3, 4, 5])  # the job's: the new message's

@@ -268,7 +268,7 @@ class Placer:
         if not self.unsynced or not start:
             return
         dirs = sorted(self.unsynced)
-        with core.lock():
+        with core.lock(yields=True):
             for d in dirs:
                 core.fsync_later(d)  # (fsync'd at once, and forgotten, unless deferring)
         if core.flush is not None:

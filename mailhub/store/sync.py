@@ -143,7 +143,7 @@ class Syncer:
             partial = True
         elif needs_lock:
             try:
-                with core.lock(before):
+                with core.lock(before, yields=True):
                     for d in sorted(self.fsync_first):
                         core.fsync_later(d)  # (forgotten when the write is known done)
                     lst, entries, gone = self.index.update_locked(entries, known_before)

@@ -80,6 +80,11 @@ class Job:
             self.waiters.append(d)
         return d
 
+    def busy(self, path: str) -> Flushing:
+        """The LockBusy for a hold that yields to this job (``core.FolderLock``): tried
+        again when it has ended."""
+        return Flushing(f"{path}: UID list being written by a worker", path, self.wait())
+
 
 @dataclass(frozen=True)
 class Written:
