@@ -8,9 +8,11 @@ on disk is older than that, the look waits for the write as before.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mailhub.imap.view import View
+from mailhub.store import uidlist
 from mailhub.store.errors import LockBusy
 from tests.support.imap import message
 from tests.test_store_uidwriter import OffThreadCase, SessionsCase
@@ -88,6 +90,45 @@ class LooksDuringAWrite(SessionsCase):
         told += self.b.lines()
         self.assertEqual(told[-1], "b2 OK NOOP completed")
         self.assertEqual([t for t in told if "FETCH" in t], ["* 1 FETCH (FLAGS (\\Seen))"])
+
+    def test_a_store_that_finds_its_flags_set_in_flight_answers_once_on_disk(self) -> None:
+        # b's STORE finds \Seen already set by a's change, whose write is still in flight:
+        # its answer (the FETCH with \Seen, the tagged OK) tells that change, so it comes
+        # only once a's write is on disk - a crash before it would take the flag back.
+        self.a.send("a1 STORE 1 +FLAGS (\\Seen)\r\n")
+        self.b.send("b1 STORE 1 +FLAGS (\\Seen)\r\n")
+        self.assertEqual(self.b.lines(), [])
+        self.write()
+        self.assertEqual(self.a.lines()[-1], "a1 OK STORE completed")
+        self.assertEqual(self.b.lines(), ["* 1 FETCH (FLAGS (\\Seen))", "b1 OK STORE completed"])
+
+    def test_a_store_that_finds_its_flags_set_by_a_failed_write_runs_again(self) -> None:
+        # a's write fails: the \Seen b's STORE found is not on disk, b may not tell it -
+        # nor fail for a's error: it runs again (reading the list from the file) and answers
+        # once the \Seen it tells is on disk (adopted from the file's name by then).
+        from twisted.python.failure import Failure
+
+        self.a.send("a1 STORE 1 +FLAGS (\\Seen)\r\n")
+        self.b.send("b1 STORE 1 +FLAGS (\\Seen)\r\n")
+        _, _, d = self.worker.queued.pop()
+        d.errback(Failure(OSError(28, "No space left")))
+        self.clock.advance(0)
+        self.clock.advance(0.01)
+        self.assertEqual(self.b.lines(), [])
+        self.assertNotIn("S", self.flags_on_disk(1))
+        while self.worker.queued:
+            self.worker.release()
+            self.clock.advance(0.01)
+        self.assertIn("S", self.flags_on_disk(1))
+        self.assertEqual(self.a.lines()[-1], "a1 NO [SERVERBUG] Internal server error")
+        self.assertEqual(self.b.lines(), ["* 1 FETCH (FLAGS (\\Seen))", "b1 OK STORE completed"])
+        self.flushLoggedErrors(OSError)
+
+    def flags_on_disk(self, uid: int) -> str:
+        lst = uidlist.load(Path(self.store.root / "example.org/alice" / uidlist.FILENAME))
+        assert lst is not None
+        (rec,) = (r for r in lst.records.values() if r.uid == uid)
+        return "".join(sorted(rec.flags or ""))
 
     def test_an_expunge_is_told_once_on_disk(self) -> None:
         self.a.send("a1 STORE 1 +FLAGS.SILENT (\\Deleted)\r\n")

@@ -806,6 +806,49 @@ class CommandsWriteInTheWorker(SessionsCase):
         self.assertIn(("fsync_dir", other_new), events)  # (before its list names the copy)
         self.assertEqual(other.unsynced_links(), [])
 
+    def test_a_copy_whose_target_stays_locked_forgets_the_links_it_fsyncd(self) -> None:
+        # The COPY given up on the lock fsyncs its links' directory itself: the next write
+        # of the target need not fsync it again.
+        self.other_locked_after_links()
+        self.factory.run = self.worker
+        self.worker.release()
+        self.clock.advance(0)
+        self.a.send("a1 COPY 1 Other\r\n")
+        for _ in range(120):
+            self.clock.advance(0.1)
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertEqual(self.a.lines(), ["a1 OK COPY completed"])
+        self.assertEqual(self.folder("Other").unsynced_links(), [])
+
+    def test_a_copy_is_not_failed_by_an_abandoned_copys_failed_write(self) -> None:
+        # a goes away while its COPY waits for the target's write, which then fails: b's
+        # COPY to it is b's own (its write fsyncs the directory both linked into).
+        self.a.command("CREATE Other")
+        other = self.folder("Other")
+        other.sync()
+        other_dir = str(self.store.root / "example.org/alice/.Other")
+        self.a.send("a1 COPY 1 Other\r\n")
+        self.clock.advance(0)
+        self.assertEqual(len(self.worker.queued), 1)
+        self.a.protocol.connectionLost(Failure(ConnectionDone()))
+        _, _, d = self.worker.queued.pop()
+        d.errback(Failure(OSError(28, "No space left")))
+        self.clock.advance(0)
+        self.flushLoggedErrors(OSError)
+        events = self.disk_events()
+        self.b.send("b1 COPY 2 Other\r\n")
+        for _ in range(4):
+            self.clock.advance(0)
+            self.worker.release()
+        self.clock.advance(0)
+        self.assertTrue(self.b.lines()[-1].startswith("b1 OK [COPYUID "))
+        self.assertLess(
+            events.index(("fsync_dir", f"{other_dir}/new")),
+            events.index(("write", f"{other_dir}/{uidlist.FILENAME}")),
+        )
+        self.assertEqual(other.unsynced_links(), [])
+
     def test_a_failed_write_fails_the_command_and_frees_the_lock(self) -> None:
         from twisted.internet.defer import fail, maybeDeferred
 
@@ -862,6 +905,52 @@ class CommandsWriteInTheWorker(SessionsCase):
 
         self.store.settings.offload.run = lambda f, *a: fail(OSError(28, "No space left"))
 
+    def raising(self) -> None:
+        """The worker raises instead of returning a Deferred (a runner's own bug)."""
+
+        def run(f: Callable[..., Any], *a: Any) -> Deferred[Any]:
+            raise RuntimeError("runner broken")
+
+        self.store.settings.offload.run = run
+
+    def test_a_runner_that_raises_fails_the_command_and_frees_the_lock(self) -> None:
+        # Neither core.flush nor the folder's lock left behind: the command fails (NO),
+        # and the next one, with a worker again, goes through.
+        self.raising()
+        self.a.send("a1 STORE 2 +FLAGS (\\Flagged)\r\n")
+        for _ in range(120):  # (its look after it: tried again, then given up)
+            self.clock.advance(0.1)
+        self.assertEqual(self.a.lines()[-1], "a1 NO [SERVERBUG] Internal server error")
+        self.flushLoggedErrors(RuntimeError)
+        core = self.folder()._core
+        self.assertIsNone(core.flush)
+        self.assertFalse((self.store.root / "example.org/alice" / uidlist.LOCKNAME).exists())
+        self.store.settings.offload.run = self.worker
+        self.b.send("b1 STORE 3 +FLAGS (\\Flagged)\r\n")
+        self.clock.advance(0)
+        while self.worker.queued:
+            self.worker.release()
+            self.clock.advance(0)
+        self.assertEqual(self.b.lines()[-1], "b1 OK STORE completed")
+        self.assertEqual(self.on_disk()[3][0], "F")
+
+    def test_a_runner_that_raises_leaves_no_job_behind(self) -> None:
+        # A look's job (uidwriter.start) whose runner raises: nothing of it told, and the
+        # next look, with a worker again, starts another.
+        self.arrive("new")
+        self.raising()
+        self.b.send("b1 IDLE\r\n")
+        self.clock.advance(0)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertIsNone(self.folder()._core.job)
+        self.store.settings.offload.run = self.worker
+        self.b.send("DONE\r\n")
+        for _ in range(3):
+            self.clock.advance(0.01)
+            self.worker.release()
+        self.clock.advance(0)
+        self.assertIn("* 4 EXISTS", self.b.lines())
+
     def test_a_looks_write_refused_at_once_tells_nothing_of_it(self) -> None:
         # The look after b's NOOP records the rename (a new mod-sequence) and hands the
         # list's write to the worker, which refuses it at once: nothing of that list is
@@ -885,6 +974,51 @@ class CommandsWriteInTheWorker(SessionsCase):
         )
         gc.collect()  # (a failure left in a Deferred is logged when it is collected)
         self.assertEqual(self.flushLoggedErrors(OSError), [])
+
+    def test_reads_after_a_refused_write_use_the_list_on_disk(self) -> None:
+        # A look whose write was refused gave the new message a UID in memory only: reads
+        # by UID of the messages b was told find their own files (the list on disk's).
+        self.arrive("new")
+        self.refuse()
+        self.a.send("a1 NOOP\r\n")
+        self.clock.advance(0)
+        self.b.send("b1 FETCH 1:3 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
+        for _ in range(120):
+            self.clock.advance(0.1)
+        told = self.b.lines()
+        self.assertEqual([t for t in told if t.startswith("Subject")],
+                         ["Subject: m0", "Subject: m1", "Subject: m2"])  # fmt: skip
+        self.assertNotIn("* 4 EXISTS", told)
+        self.assertNotIn("uidlist.save", self.on_reactor)
+        self.flushLoggedErrors(OSError)
+
+    def test_reads_after_a_refused_write_of_a_new_uidvalidity_are_not_its(self) -> None:
+        # The list is lost: a's look numbers the messages anew (a new UIDVALIDITY) and its
+        # write is refused. b, told UIDs 1 and 3 (2 expunged) of the old list, reads
+        # UID 3: not the message the list not written numbers 3 (the new one).
+        self.a.send("a1 STORE 2 +FLAGS.SILENT (\\Deleted)\r\n")
+        self.worker.release()
+        self.clock.advance(0)
+        self.a.send("a2 EXPUNGE\r\n")
+        self.worker.release()
+        self.clock.advance(0)
+        self.b.send("b1 NOOP\r\n")
+        self.clock.advance(0)
+        self.assertEqual(self.b.lines(), ["* 2 EXPUNGE", "b1 OK NOOP completed"])
+        self.a.lines()
+        os.unlink(self.store.root / "example.org/alice" / uidlist.FILENAME)
+        self.arrive("new")
+        self.refuse()
+        self.a.send("a3 NOOP\r\n")
+        self.clock.advance(0)
+        self.b.send("b2 FETCH 2 (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
+        for _ in range(120):
+            self.clock.advance(0.1)
+        told = self.b.lines()
+        self.assertNotIn("Subject: new", told)
+        self.assertIn("Subject: m2", told)
+        self.assertNotIn("uidlist.save", self.on_reactor)
+        self.flushLoggedErrors(OSError)
 
     def test_a_look_whose_writes_are_refused_gives_up_as_for_a_busy_lock(self) -> None:
         # (NOOP then answers with nothing: its changes are told after a later command)
@@ -954,3 +1088,76 @@ class CommandsWriteInTheWorker(SessionsCase):
         self.assertEqual(self.a.lines(), ["a3 OK CLOSE completed"])
         self.assertEqual(sorted(self.on_disk()), [1, 3])
         self.assertNotIn("fsync", self.on_reactor)
+
+
+class AJobWaitingForTheLock(SessionsCase):
+    """A look's job (write_list) waits for the folder's lock in a worker, polling with
+    back-off (DotLock.acquire), while sessions' STOREs keep the lock busy with their writes."""
+
+    def test_is_not_starved_by_a_stream_of_stores(self) -> None:
+        self.fill(4)
+        a, b = self.selected(), self.selected()
+        inbox = self.folder()
+        core = inbox._core
+        clients = {"a": a, "b": b}
+        answered = dict.fromkeys(clients, True)
+        sent = dict.fromkeys(clients, 0)
+        real_dotlock = store_core.FolderCore.dotlock
+
+        def stream() -> None:
+            """Each session sends its next STORE once the last one is answered."""
+            for name, client in clients.items():
+                if any(line.startswith(f"{name}{sent[name]} ") for line in client.lines()):
+                    answered[name] = True
+                if answered[name]:
+                    sent[name] += 1
+                    answered[name] = False
+                    sign = "+-"[sent[name] % 2]
+                    client.send(f"{name}{sent[name]} STORE 1 {sign}FLAGS (\\Flagged)\r\n")
+
+        polls: list[float] = []
+
+        def sleep(delay: float) -> None:
+            # (the job's wait between two tries: the reactor runs on - the writes in flight
+            # end, the sessions' next STOREs come - for that long)
+            polls.append(delay)
+            self.worker.release()
+            stream()
+            self.clock.advance(delay)
+
+        def dotlock(c: Any, path: Path) -> DotLock:
+            if c is core:
+                return real_dotlock(c, path)
+            s = c.settings  # the job's own FolderCore: its lock waits on the test's clock
+            return DotLock(
+                path, timeout=s.lock_timeout, hostname=s.hostname, now=self.clock.seconds,
+                sleep=sleep, in_reactor=lambda: False,
+            )  # fmt: skip
+
+        self.patch(store_core.FolderCore, "dotlock", dotlock)
+        self.arrive("new")
+        inbox.sync(assign=False)  # the change feed's look: the new message's UID by a job
+        [(f, args, d)] = self.worker.queued
+        self.assertIs(f, uidwriter.write_list)
+        del self.worker.queued[:]
+        stream()  # STOREs come before the job's thread gets to run (they took the lock)
+        started = self.clock.seconds()
+        try:
+            result = f(*args)  # the job, waiting for the lock as a worker's thread does
+        except Exception:
+            result = Failure()
+        waited = self.clock.seconds() - started
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+        self.flushLoggedErrors()
+        # (before: LockTimeout after 10 s, 205 tries, while 412 STOREs were answered)
+        self.assertFalse(isinstance(result, Failure), (len(polls), waited, sum(sent.values())))
+        self.assertLess(waited, 0.5)
+        for _ in range(3):  # the STOREs, waiting for the job, go on after it
+            self.clock.advance(0)
+            self.worker.release()
+            stream()
+        self.assertGreater(sum(sent.values()), 4)
+        self.assertEqual(self.list_uids(), [1, 2, 3, 4, 5])  # the job's: the new message's

@@ -303,7 +303,10 @@ async def _copy(
         # Stored durably, only their UIDs are unknown (the lock stayed busy past
         # lock_timeout): answer without COPYUID (RFC 4315 allows it), as APPEND does -
         # once the links are durable (adopt_copies fsyncs them first: it did not get to).
-        await session.factory.run(_fsync_dirs, target.unsynced_links())
+        dirs = target.unsynced_links()
+        marked = target.links_marked(dirs)
+        await session.factory.run(_fsync_dirs, dirs)
+        target.links_durable(marked)
         copied = None
     code = None
     if copied:

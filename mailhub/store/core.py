@@ -172,15 +172,25 @@ class FolderLock:
     ends; the lock is released when no write follows. Nobody else can change the list
     while we hold it, so the list in memory is the one to write. Changes stop joining once
     a look is waiting (``Flush.looks_waiting``) or a worker's job waits for the lock, so
-    they wait for at most two writes."""
+    they wait for at most two writes. While such a job waits, a deferring hold that may be
+    run again (``yields``: STORE, a look, a COPY's) does not take the free lock but waits for
+    the job's end: the job polls for the lock, and a stream of holds handing it on from one
+    to the next would keep it from the job (past its lock timeout)."""
 
-    __slots__ = ("before", "core", "dot", "joined")
+    __slots__ = ("before", "core", "dot", "joined", "yields")
 
-    def __init__(self, core: FolderCore, dot: DotLock, before: FolderState | None = None) -> None:
+    def __init__(
+        self,
+        core: FolderCore,
+        dot: DotLock,
+        before: FolderState | None = None,
+        yields: bool = False,
+    ) -> None:
         self.core = core
         self.dot = dot
         self.joined = False
         self.before = before
+        self.yields = yields
 
     def __enter__(self) -> DotLock:
         core = self.core
@@ -198,6 +208,9 @@ class FolderLock:
             self.joined = True
             self.dot = flush.lock
         else:
+            job = core.job
+            if self.yields and deferring and job is not None:
+                raise job.busy(core.dir)
             self.dot.acquire()
             # No write of ours in flight: the list in memory is the one on disk (unless
             # another process changed it since: then the state is older, still told by it).
@@ -223,6 +236,10 @@ class FolderLock:
                 flush = uidwriter.join_next(core, unsaved is not None, dirs)
                 if core.defer_writes is not None:
                     core.defer_writes.append(flush.wait())
+            elif exc_type is None and core.defer_writes is not None:
+                # Nothing changed, but what it found (flags another command set) is the
+                # list in memory: told once the writes in flight are on disk.
+                core.defer_writes.append(core.last_flush().read_through())
             return
         if exc_type is None and (unsaved is not None or dirs):
             # The command waits for the write; the lock is released after it.
@@ -348,13 +365,15 @@ class FolderCore:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def lock(self, before: FolderState | None = None) -> FolderLock:
+    def lock(self, before: FolderState | None = None, *, yields: bool = False) -> FolderLock:
         """The folder's dotlock: held to change the UID list (and to compact the cache).
         A context manager; on the reactor thread of a store with a worker, a UID-list write
         made under it is handed to the worker with the lock (``FolderLock``). ``before``:
         the ``exact_state`` taken before a change that began ahead of the lock (an
-        expunge's unlinks), if no write of ours was in flight then."""
-        return FolderLock(self, self.dotlock(self.path / uidlist.LOCKNAME), before)
+        expunge's unlinks), if no write of ours was in flight then. ``yields``: deferring,
+        LockBusy while a worker's job of ours waits for the lock (the caller runs again:
+        ``FolderLock``)."""
+        return FolderLock(self, self.dotlock(self.path / uidlist.LOCKNAME), before, yields)
 
     def last_flush(self) -> Flush:
         """The write a look must wait for: the next one if changes wait for it."""

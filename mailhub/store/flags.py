@@ -122,7 +122,7 @@ class FlagStore:
         # (else our write in flight holds the lock, and a deferring STORE joins the next
         # one with what this process knows of the folder: core.FolderLock; a file renamed by
         # another process meanwhile is found again by _change_one)
-        with core.lock():
+        with core.lock(yields=True):
             lst = self.index.reload()
             if lst is None:  # lost or corrupt: rebuild it (new UIDVALIDITY) like sync() would
                 lst, entries, _ = self.index.update_locked(self.scanner.rescan(), {})

@@ -429,6 +429,16 @@ class Folder:
             dirs.update(syncing.dirs)
         return sorted(dirs)
 
+    def links_marked(self, dirs: list[str]) -> dict[str, int]:
+        """For ``links_durable``: the marks of ``dirs`` (``unsynced_links``) before a caller
+        fsyncs them itself."""
+        return self._core.links_marked(dirs)
+
+    def links_durable(self, marked: dict[str, int]) -> None:
+        """The caller fsync'd the directories ``marked``: their links made before are
+        durable (no later write of the list fsyncs them again for those)."""
+        self._core.links_durable(marked)
+
     # -- derived-data cache ------------------------------------------------------------------
 
     def cached(

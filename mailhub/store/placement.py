@@ -46,9 +46,11 @@ class Placer:
         # durable, each with the tick of its last link (FolderCore.fsync_first: the lock
         # hold that gives them UIDs fsyncs them first, in the worker's write of the list,
         # and a write that did forgets them), and a write fsyncing only them while in
-        # flight (sync_links): adopt_copies has them durable before it names their UIDs.
+        # flight (sync_links) with the links of the COPY that waits for it (its failure is
+        # that COPY's alone): adopt_copies has them durable before it names their UIDs.
         self.unsynced = core.fsync_first
         self.syncing: Flush | None = None
+        self.syncing_for: object = None
 
     def uids_of(self, bases: Iterable[str]) -> dict[str, int]:
         """UIDs of messages we just added; gives them the keywords still pending (another
@@ -230,7 +232,7 @@ class Placer:
     def adopt_copies(self, links: list[tuple[int, str]]) -> list[tuple[int, int]]:
         """``Folder.adopt_copies``: [(source uid, new uid)] of ``link_copies``' links to this
         folder; LockBusy before anything is lost, so it may be run again."""
-        self.sync_links(start=False)  # (a write of ours in flight, or done, with them)
+        self.sync_links(links, start=False)  # (a write of ours in flight, or done, with them)
         try:
             # A lock hold giving them UIDs fsyncs their directory first (Syncer.fsync_first)
             new_uids = self.uids_of([b for _, b in links if not b.startswith("#")])
@@ -238,37 +240,40 @@ class Placer:
             # That hold's write (uidwriter.Flush) is in flight: they are durable when done.
             core = self.core
             if core.flush is not None and self.unsynced.keys() <= set(core.last_flush().dirs):
-                self.syncing = core.last_flush()
+                self.syncing, self.syncing_for = core.last_flush(), links
             raise
         # Named without such a hold (another process gave them UIDs): fsync'd on their own.
-        self.sync_links()
+        self.sync_links(links)
         return [(u, int(b[1:]) if b.startswith("#") else new_uids[b]) for u, b in links]
 
-    def sync_links(self, *, start: bool = True) -> None:
+    def sync_links(self, links: object, *, start: bool = True) -> None:
         """The directories of the copies linked here made durable before any of them gets
         its UID from us (a crash must not leave a told UID without its file). Under the
         folder's lock, so nobody gives them UIDs meanwhile: on the reactor thread of a
         store with a worker (``Folder.deferring``) the worker fsyncs them holding the lock
         (uidwriter.Flush) and this raises ``Flushing`` until it is done (the caller runs
-        again); elsewhere they are fsync'd at once. A failed fsync fails the command, the
+        again); elsewhere they are fsync'd at once. A failed fsync fails the command whose
+        ``links`` waited for it (not another COPY's, whose own try fsyncs them); the
         directories stay to be fsync'd by the next try."""
         core = self.core
         syncing = self.syncing
         if syncing is not None:
             if not syncing.done:
                 raise syncing.busy(look=False)
-            self.syncing = None
-            if syncing.failure is not None:
+            mine = self.syncing_for is links
+            self.syncing = self.syncing_for = None
+            if syncing.failure is not None and mine:
                 syncing.failure.raiseException()
             # (its directories were forgotten when it ended: FolderCore.links_durable)
         if not self.unsynced or not start:
             return
         dirs = sorted(self.unsynced)
-        with core.lock():
+        with core.lock(yields=True):
             for d in dirs:
                 core.fsync_later(d)  # (fsync'd at once, and forgotten, unless deferring)
         if core.flush is not None:
             syncing = self.syncing = core.last_flush()
+            self.syncing_for = links
             raise syncing.busy(look=False)
         # (else the worker's write ended at once - forgotten if it went well, else they stay;
         # the caller waits for it, failing as it failed)

@@ -72,11 +72,15 @@ class Syncer:
         # clears this), it must not count as "seen" should reconcile fail (lock timeout).
         core.stale = True
         failures = core.write_failures
+        told = core.state, core.uid_base, core.entries, core.infos, core.partial
         with collector_paused():
             self.reconcile(taken, assign, before)
         if core.write_failures != failures:
             # Our write of the list failed at once (uidwriter._flushed: the list is read
             # again from the file): the state was built from a list that is not on disk.
+            # Reads by UID (``state_or_sync``) keep to the one before, whose UIDs the
+            # sessions know: the new one's may be others (a lost list's new UIDVALIDITY).
+            core.state, core.uid_base, core.entries, core.infos, core.partial = told
             core.stale = True
             raise uidwriter.NotWritten("the UID list was not written", core.dir)
         if core.flush is not None and taken is None:
@@ -139,7 +143,7 @@ class Syncer:
             partial = True
         elif needs_lock:
             try:
-                with core.lock(before):
+                with core.lock(before, yields=True):
                     for d in sorted(self.fsync_first):
                         core.fsync_later(d)  # (forgotten when the write is known done)
                     lst, entries, gone = self.index.update_locked(entries, known_before)

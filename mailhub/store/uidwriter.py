@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -80,6 +80,11 @@ class Job:
             self.waiters.append(d)
         return d
 
+    def busy(self, path: str) -> Flushing:
+        """The LockBusy for a hold that yields to this job (``core.FolderLock``): tried
+        again when it has ended."""
+        return Flushing(f"{path}: UID list being written by a worker", path, self.wait())
+
 
 @dataclass(frozen=True)
 class Written:
@@ -121,12 +126,21 @@ def start(
         mine = UidList(
             old.uidvalidity, old.uidnext, dict(old.records), old.highestmodseq, old.version
         )
-    d = run(write_list, core.path, core.name, core.settings, old.uidvalidity if old else 0,
-            known, dict(job.pending), mine, core.list_stamp,
-            None if entries is None else Files(dict(entries.new), dict(entries.cur)),
-            dirs or [])  # fmt: skip
+    d = _call(run, write_list, core.path, core.name, core.settings,
+              old.uidvalidity if old else 0, known, dict(job.pending), mine, core.list_stamp,
+              None if entries is None else Files(dict(entries.new), dict(entries.cur)),
+              dirs or [])  # fmt: skip
     d.addBoth(_finish, core, job)
     return job
+
+
+def _call(run: Runner, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """``run(f, *args)``; a runner that raises fails its Deferred instead (refused at once):
+    the job or write ends as failed, never left in flight holding the folder or its lock."""
+    try:
+        return run(f, *args)
+    except Exception:
+        return fail()
 
 
 def write_list(
@@ -275,6 +289,17 @@ class Flush:
             d.callback(None)
         return d
 
+    def read_through(self) -> Deferred[None]:
+        """For a command that changed nothing but read the list in memory, which this write
+        makes durable (a STORE finding its flags set by another): fires when it is on disk;
+        if it failed, ``NotWritten`` - the command runs again (a ``LockBusy``), reading the
+        list from the file, and never answers for a change it did not make."""
+
+        def failed(_: Failure) -> None:
+            raise NotWritten("the UID list it read was not written", self.path)
+
+        return self.wait().addErrback(failed)
+
     def busy(self, *, look: bool = True) -> Flushing:
         """The LockBusy to raise for a look (``look``) or a change that cannot join."""
         d: Deferred[None] = Deferred()
@@ -325,7 +350,7 @@ def _run(core: FolderCore, flush: Flush) -> None:
         data = uidlist.serialise(core.list, flush.records)
         core.note_written_state(flush)
     flush.marked = core.links_marked(flush.dirs)
-    d = run(flush_list, core.list_path(), data, core.settings.hostname, flush.dirs)
+    d = _call(run, flush_list, core.list_path(), data, core.settings.hostname, flush.dirs)
     d.addBoth(_flushed, core, flush)
 
 
