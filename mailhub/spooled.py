@@ -9,7 +9,8 @@ With a ``worker`` (the sink's disk threads) those flushes run there, not on the 
 (creating the file and writing 256 KiB cost the reactor ~1 ms per big message): one flush at a
 time per message, so its writes stay in order; a full buffer waits for the running flush, and
 ``ready()`` tells the writer to stop until it is done, so memory stays bounded (the SMTP receiver
-stops reading). ``commit`` waits for the flushes before handing over the file.
+stops reading). ``commit`` waits for the running flush before handing over the file; a flush
+no worker has started yet is withdrawn and its buffer goes with the commit's job (one hop).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,6 +35,21 @@ T = TypeVar("T")
 
 # Runs ``f(*args)`` in one of the sink's disk threads: a Deferred of its result.
 Worker = Callable[..., defer.Deferred[Any]]
+
+# Guards _Flush.state between the worker that starts a flush and a commit that withdraws it.
+_claim = threading.Lock()
+
+
+class _Flush:
+    """One flush handed to the worker: ``queued`` -> ``running`` (the worker took it) or
+    ``withdrawn`` (a commit took its buffer back first, so that one job does both)."""
+
+    __slots__ = ("buf", "state")
+
+    def __init__(self, buf: bytearray) -> None:
+        self.buf = buf
+        self.state = "queued"
+
 
 # O_EXCL: a temporary name must really be new (maildir.html: "if the file exists, wait").
 TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -67,7 +84,7 @@ class SpooledMessage:
         self._buf = bytearray(header)
         self._size = len(header)
         self._state = "open"  # open -> committing -> committed | failed | aborted
-        self._flushing = False  # a flush runs in the worker
+        self._flushing: _Flush | None = None  # the flush handed to the worker
         self._queued: bytearray | None = None  # a full buffer waiting for that flush
         self._waiting: list[defer.Deferred[None]] = []  # ready()'s, fired when none is queued
         self._then: Callable[[], None] | None = None  # when_flushed's, once no flush runs
@@ -110,7 +127,7 @@ class SpooledMessage:
 
     def _flush_in_worker(self) -> None:
         buf, self._buf = self._buf, bytearray()
-        if self._flushing:
+        if self._flushing is not None:
             # In order: after the running flush (the writer was told to wait by ready()).
             if self._queued is None:
                 self._queued = buf
@@ -121,28 +138,37 @@ class SpooledMessage:
 
     def _start_flush(self, buf: bytearray) -> None:
         assert self._worker is not None
-        self._flushing = True
-        self._worker(self._write_out, buf).addCallbacks(self._flushed, self._flush_failed)
+        self._flushing = job = _Flush(buf)
+        d = self._worker(self._write_out, job)
+        d.addCallbacks(self._flushed, self._flush_failed, callbackArgs=(job,), errbackArgs=(job,))
 
-    def _write_out(self, buf: bytearray) -> None:
-        """Worker thread: the only one touching ``_fd`` while ``_flushing``."""
+    def _write_out(self, job: _Flush) -> None:
+        """Worker thread: the only one touching ``_fd`` while ``_flushing`` (unless withdrawn)."""
+        with _claim:
+            if job.state == "withdrawn":
+                return
+            job.state = "running"
         if self._fd is None:
             self._fd = self._create_tmp()
-        write_all(self._fd, buf)
+        write_all(self._fd, job.buf)
 
-    def _flushed(self, _: object) -> None:
-        self._flushing = False
+    def _flushed(self, _: object, job: _Flush) -> None:
+        if job is not self._flushing:
+            return  # withdrawn: the commit took its buffer
+        self._flushing = None
         if self._state in ("failed", "aborted"):
             self._discard_file()
         elif self._queued is not None:
             buf, self._queued = self._queued, None
             self._start_flush(buf)
         self._wake()
-        if not self._flushing:
+        if self._flushing is None:
             self._go_on()
 
-    def _flush_failed(self, f: Failure) -> None:
-        self._flushing = False
+    def _flush_failed(self, f: Failure, job: _Flush) -> None:
+        if job is not self._flushing:
+            return
+        self._flushing = None
         self._queued = None
         e = f.value
         if isinstance(e, DeliveryError):
@@ -173,12 +199,24 @@ class SpooledMessage:
         """``commit()`` (which calls ``take()``) once no flush runs: at once, or after the
         flushes in the worker; their failure instead if one failed. Nothing may be written
         from now on."""
-        if not self._flushing:
+        job = self._flushing
+        if job is None:
             return commit()
         self._state = "committing"
         if self._queued is not None:  # write() took it: it is the message's, not yet on disk
             self._buf[:0] = self._queued
             self._queued = None
+        with _claim:
+            withdrawn = job.state == "queued"
+            if withdrawn:
+                job.state = "withdrawn"
+        if withdrawn:
+            # No worker has started it (they are busy): its buffer goes with the commit's
+            # job, one hop instead of two.
+            self._buf[:0] = job.buf
+            self._flushing = None
+            self._wake()
+            return commit()
         d: defer.Deferred[T] = defer.Deferred()
 
         def go_on() -> None:
@@ -191,7 +229,8 @@ class SpooledMessage:
         return d
 
     def _create_tmp(self) -> int:
-        """Create the temporary file (on the reactor thread: only big messages get here)."""
+        """Create the temporary file (only big messages get here; in the worker if there is
+        one, else on the caller's thread)."""
         return os.open(self._tmp, TMP_FLAGS, 0o600)
 
     def _cannot_commit(self, running: bool, service: str) -> defer.Deferred[str] | None:
@@ -242,7 +281,7 @@ class SpooledMessage:
         self._state = state
         self._buf = bytearray()
         self._queued = None
-        if not self._flushing:  # else the flush's end discards the file
+        if self._flushing is None:  # else the flush's end discards the file
             self._discard_file()
 
     def _discard_file(self) -> None:

@@ -298,10 +298,11 @@ class DeliveryTests(SinkTestCase):
 
     @defer.inlineCallbacks
     def test_commit_takes_the_waiting_buffer_after_the_running_flush(self):
-        gate = threading.Event()
+        gate, started = threading.Event(), threading.Event()
         real_write = spooled.write_all
 
         def slow(fd: int, data: bytearray) -> None:
+            started.set()
             gate.wait(10)
             real_write(fd, data)
 
@@ -310,6 +311,7 @@ class DeliveryTests(SinkTestCase):
         msg.write(b"x" * 2000)
         msg.write(b"y" * 2000)  # waiting for the first flush
         msg.write(b"z" * 10)
+        self.assertTrue((yield threads.deferToThread(started.wait, 10)))
         d = msg.commit()
         self.assertRaises(DeliveryError, msg.write, b"late")
         self.assertNoResult(d)
@@ -321,6 +323,36 @@ class DeliveryTests(SinkTestCase):
             data,
             b"Return-Path: <sender@example.org>\r\n" + b"x" * 2000 + b"y" * 2000 + b"z" * 10,
         )
+
+    @defer.inlineCallbacks
+    def test_commit_withdraws_a_flush_no_worker_has_started(self):
+        """Every worker busy: the commit takes the queued flush's buffer, one job does all."""
+        committer = GroupCommitter(threads=1)
+        committer.startService()
+        self.addCleanup(committer.stopService)
+        sink = MaildirSink(self.store, committer, flush_size=1024)
+        flushes: list[bytearray] = []
+        real_write = spooled.write_all
+
+        def recording(fd: int, data: bytearray) -> None:
+            flushes.append(data)
+            real_write(fd, data)
+
+        self.patch(spooled, "write_all", recording)
+        gate = threading.Event()
+        busy = committer.run(gate.wait, 10)  # the only worker
+        msg = sink.open(envelope("a@example.com"))
+        msg.write(b"x" * 2000)  # a flush, queued behind the busy worker
+        msg.write(b"y" * 10)
+        d = msg.commit()
+        gate.set()
+        yield busy
+        yield d
+        self.assertEqual(flushes, [])  # the flush never wrote: the commit's job did
+        [name] = self.files("a@example.com", "new")
+        data = (self.box("a@example.com") / "new" / name).read_bytes()
+        self.assertEqual(data, b"Return-Path: <sender@example.org>\r\n" + b"x" * 2000 + b"y" * 10)
+        self.assertEqual(self.files("a@example.com", "tmp"), [])
 
     def test_abort_small_message(self):
         msg = self.sink.open(envelope("a@example.com"))
@@ -352,14 +384,16 @@ class DeliveryTests(SinkTestCase):
     @defer.inlineCallbacks
     def test_write_error_found_at_commit(self):
         msg = self.sink.open(envelope("a@example.com"))
-        gate = threading.Event()
+        gate, started = threading.Event(), threading.Event()
 
         def full(fd: int, data: bytearray) -> None:
+            started.set()
             gate.wait(10)
             raise OSError(errno.ENOSPC, "No space left on device")
 
         self.patch(spooled, "write_all", full)
         msg.write(b"x" * 5000)
+        self.assertTrue((yield threads.deferToThread(started.wait, 10)))
         d = msg.commit()  # while the flush runs
         gate.set()
         e = yield self.assertFailure(d, DeliveryError)
@@ -377,6 +411,8 @@ class DeliveryTests(SinkTestCase):
 
         self.patch(spooled, "write_all", too_big)
         msg.write(b"x" * 5000)
+        msg.write(b"y" * 5000)
+        yield msg.ready()  # the flush has failed
         e = yield self.assertFailure(msg.commit(), DeliveryError)
         self.assertTrue(e.permanent)
 
