@@ -4,6 +4,8 @@
 # so two trees can be compared on a busy machine (run both, compare the "reactor" lines).
 #
 #   bash benchmarks/connperf_callgrind.sh [TREE] [SESSIONS] [MESSAGES] [BODY]
+#   (environment: PORT, WORKDIR, WARMUP: the listener's port, the directory, the warm-up count;
+#   KEEP=1 keeps the directory with the callgrind files)
 #
 # TREE (default: this checkout) is run as connperf.py runs it: twistd -n mailhub, production
 # mode, checks off, only an SMTP listener on 127.0.0.1, a new data directory under
@@ -19,8 +21,9 @@ SESSIONS=${2:-20}
 MESSAGES=${3:-300}
 BODY=${4:-3900}
 PYTHON=${PYTHON:-/work/main/.venv/bin/python}
-D=/var/tmp/connperf-callgrind-$$
-PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+WARMUP=${WARMUP:-100}
+D=${WORKDIR:-/var/tmp/connperf-callgrind}-$$
+PORT=${PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 mkdir -p "$D"
 cat >"$D/mailhub.toml" <<EOF
 [server]
@@ -48,7 +51,7 @@ send_mail() {
     smtp-source -s "$SESSIONS" -m "$1" -l "$BODY" -f load@source.bench.invalid \
         -t user1@example.com -M loadgen.source.bench.invalid "127.0.0.1:$PORT"
 }
-send_mail 100
+send_mail "$WARMUP"
 callgrind_control -z "$VG" >/dev/null 2>&1
 send_mail "$MESSAGES"
 sleep 1
@@ -58,6 +61,10 @@ kill "$VG"
 wait "$VG" 2>/dev/null || true
 trap - EXIT
 reactor=$(grep -m1 '^summary' "$D/cg.$VG.1-01" | awk '{print $2}')
-echo "tree $TREE, $SESSIONS sessions, $MESSAGES messages"
+echo "tree $TREE, $SESSIONS sessions, $MESSAGES messages of $BODY octets"
 echo "reactor: $reactor instructions, $((reactor / MESSAGES)) per message"
-rm -rf "$D"
+if [ -n "${KEEP:-}" ]; then
+    echo "kept $D (callgrind_annotate $D/cg.$VG.1-01)"
+else
+    rm -rf "$D"
+fi

@@ -48,6 +48,12 @@ class IIncomingMessage(Interface):
     def write(data: bytes) -> None:
         """Append message bytes (CRLF line endings, dot-unstuffed). May raise DeliveryError."""
 
+    def ready() -> Deferred[None] | None:
+        """Flow control: None while more may be written now; else a Deferred that fires when
+        the writer may go on (what was written is on its way to disk). A writer of a big
+        message waits for it between writes, so memory stays bounded whatever the disk's
+        speed (the SMTP receiver stops reading the client meanwhile)."""
+
     def commit() -> Deferred[str]:
         """Make the message durable for every recipient.
 

@@ -351,6 +351,8 @@ class PickupCollector(Service):
                 message.write(self._received(envelope, qid))
                 while chunk := f.read(CHUNK):
                     message.write(chunk)
+                    if (wait := message.ready()) is not None:
+                        await wait
             except BaseException:
                 message.abort()
                 raise

@@ -91,6 +91,12 @@ class _Both:
             self.abort()
             raise
 
+    def ready(self) -> defer.Deferred[None] | None:
+        waits = [d for d in (part.ready() for part in self._parts) if d is not None]
+        if not waits:
+            return None
+        return defer.DeferredList(waits).addCallback(lambda _: None)
+
     def commit(self) -> defer.Deferred[str]:
         # Both durable before "250". If one fails the client is told so and sends again: the
         # copy that did commit may then arrive twice, never not at all.

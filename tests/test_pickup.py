@@ -24,6 +24,9 @@ class Incoming:
     def write(self, data: bytes) -> None:
         self.data += data
 
+    def ready(self) -> defer.Deferred[None] | None:
+        return None
+
     def commit(self) -> defer.Deferred[str]:
         if self.sink.fail is not None:
             return defer.fail(self.sink.fail)

@@ -66,6 +66,12 @@ class DataTests(SynchronousTestCase):
     def test_every_split_point(self) -> None:
         # TCP may cut the stream anywhere: the end marker and stuffed dots across segments.
         stream = b"Subject: s\r\n\r\n..x\r\nline\r\n..\r\n.\r\nNOOP\r\n"
+        self.split_everywhere(stream, b"Subject: s\r\n\r\n.x\r\nline\r\n.\r\n")
+        # Segments with no "<CRLF>." skip unstuffing; one dot further on must still go.
+        stream = b"a.\r\nb\r\n..c.\r\nd\r\n.\r\nNOOP\r\n"
+        self.split_everywhere(stream, b"a.\r\nb\r\n.c.\r\nd\r\n")
+
+    def split_everywhere(self, stream: bytes, body: bytes) -> None:
         for i in range(len(stream) + 1):
             for j in range(i, len(stream) + 1):
                 h = Harness()
@@ -76,9 +82,7 @@ class DataTests(SynchronousTestCase):
                     if part:
                         d.send(part)
                 self.assertEqual([line[:3] for line in d.replies()], ["250", "250"], (i, j))
-                self.assertEqual(
-                    body_of(h.sink.delivered[0]), b"Subject: s\r\n\r\n.x\r\nline\r\n.\r\n", (i, j)
-                )
+                self.assertEqual(body_of(h.sink.delivered[0]), body, (i, j))
 
     def test_byte_at_a_time(self) -> None:
         h = Harness()

@@ -468,6 +468,56 @@ class PipeliningTests(SynchronousTestCase):
         self.assertEqual(set(lines[1:]), {"250 2.0.0 Ok"})
 
 
+class SinkFlowControlTests(SynchronousTestCase):
+    """A sink behind with its disk writes (``ready()``): no more message data is taken until it
+    catches up, and the client is paused past MAX_PENDING_INPUT, so memory stays bounded."""
+
+    def setUp(self) -> None:
+        self.h = Harness()
+        self.d = self.h.connect()
+        self.d.greet()
+        self.d.send(b"EHLO client.example.net\r\nMAIL FROM:<a@example.net>\r\n")
+        self.d.send(b"RCPT TO:<user@example.org>\r\n")
+        self.d.replies()
+
+    def test_data_waits_for_the_sink(self) -> None:
+        self.d.send(b"DATA\r\n")
+        self.assertEqual(self.d.replies(), ["354 End data with <CR><LF>.<CR><LF>"])
+        self.h.sink.hold_ready = True
+        self.d.send(b"Subject: 1\r\n\r\nfirst\r\n")
+        [message] = self.h.sink.opened
+        self.assertIn(b"first\r\n", message.data)
+        self.assertEqual(len(self.h.sink.ready_waits), 1)
+        filler = b"x" * 998 + b"\r\n"
+        for _ in range(MAX_PENDING_INPUT // len(filler) + 1):
+            self.d.send(filler)
+        self.assertNotIn(b"x" * 998, message.data)  # held in the input buffer
+        self.assertEqual(self.d.transport.producerState, "paused")
+        self.d.send(b".\r\n")
+        self.assertEqual(self.d.replies(), [])
+        self.h.sink.catch_up()
+        self.assertEqual(self.d.transport.producerState, "producing")
+        [reply] = self.d.replies()
+        self.assertTrue(reply.startswith("250 2.0.0 Ok: queued as "), reply)
+        body = message.data.split(b"\r\n\r\n", 2)[-1]
+        n = MAX_PENDING_INPUT // len(filler) + 1
+        self.assertEqual(body, b"first\r\n" + filler * n)
+
+    def test_bdat_waits_for_the_sink(self) -> None:
+        self.h.sink.hold_ready = True
+        self.d.send(b"BDAT 8\r\nline 1\r\n")
+        self.assertEqual(self.d.replies(), ["250 2.0.0 Ok: 8 octets received"])
+        self.assertEqual(len(self.h.sink.ready_waits), 1)
+        [message] = self.h.sink.opened
+        self.d.send(b"BDAT 8 LAST\r\nline 2\r\n")
+        self.assertNotIn(b"line 2", message.data)
+        self.assertEqual(self.d.replies(), [])
+        self.h.sink.catch_up()
+        [reply] = self.d.replies()
+        self.assertTrue(reply.startswith("250 2.0.0 Ok: queued as "), reply)
+        self.assertTrue(message.data.endswith(b"line 1\r\nline 2\r\n"), message.data)
+
+
 class ReplyWriteTests(SynchronousTestCase):
     """A reply goes out at once (mailhub.net.write_now) only when no further command is
     buffered; the replies to pipelined commands are queued and leave together."""

@@ -11,10 +11,11 @@ import threading
 import time
 from pathlib import Path
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from mailhub import spooled
 from mailhub.envelope import Envelope, Recipient
 from mailhub.interfaces import DeliveryError, IIncomingMessage, IMessageSink
 from mailhub.store import delivery
@@ -162,6 +163,7 @@ class DeliveryTests(SinkTestCase):
 
         return d.addCallback(check)
 
+    @defer.inlineCallbacks
     def test_commit_waits_for_fsync(self):
         self.create("a@example.com", "b@example.com")
         gate, reached = threading.Event(), threading.Event()
@@ -175,11 +177,13 @@ class DeliveryTests(SinkTestCase):
 
         self.patch(os, "fsync", slow_fsync)
         d = self.send(envelope("a@example.com"))
-        self.assertTrue(reached.wait(10))
+        # Waited for in a thread: the flushes before the commit report to this reactor.
+        self.assertTrue((yield threads.deferToThread(reached.wait, 10)))
         self.assertNoResult(d)
         self.assertEqual(self.files("a@example.com", "new"), [])
         gate.set()
-        return d.addCallback(lambda _: self.assertEqual(len(self.files("a@example.com", "new")), 1))
+        yield d
+        self.assertEqual(len(self.files("a@example.com", "new")), 1)
 
     def test_failing_file_fsync(self):
         self.create("a@example.com", "b@example.com")
@@ -217,16 +221,138 @@ class DeliveryTests(SinkTestCase):
 
         return self.assertFailure(d, DeliveryError).addCallback(check)
 
+    @defer.inlineCallbacks
     def test_abort(self):
         msg = self.sink.open(envelope("a@example.com"))
-        msg.write(b"x" * 5000)  # beyond flush_size: the tmp file exists
+        msg.write(b"x" * 5000)  # beyond flush_size: flushed to the tmp file in a worker
+        msg.write(b"y" * 5000)  # waits for that flush
+        yield msg.ready()  # the first flush is done: the tmp file exists, the second runs
         self.assertEqual(len(self.files("a@example.com", "tmp")), 1)
         msg.abort()
         msg.abort()  # idempotent
+        yield self.committer.stopService()  # every job done, the discarding one too
         self.assertEqual(self.files("a@example.com", "tmp"), [])
         self.assertEqual(self.files("a@example.com", "new"), [])
         self.assertRaises(DeliveryError, msg.write, b"more")
-        return self.assertFailure(msg.commit(), DeliveryError)
+        yield self.assertFailure(msg.commit(), DeliveryError)
+
+    @defer.inlineCallbacks
+    def test_abort_between_flushes(self):
+        msg = self.sink.open(envelope("a@example.com"))
+        msg.write(b"x" * 5000)
+        yield self.committer.stopService()  # the flush is done, no other runs
+        self.committer.startService()
+        self.assertEqual(len(self.files("a@example.com", "tmp")), 1)
+        msg.abort()
+        yield self.committer.stopService()
+        self.assertEqual(self.files("a@example.com", "tmp"), [])
+
+    @defer.inlineCallbacks
+    def test_flushes_run_off_the_reactor_thread_in_order(self):
+        writers: list[threading.Thread] = []
+        real_write = spooled.write_all
+
+        def recording(fd: int, data: bytearray) -> None:
+            writers.append(threading.current_thread())
+            real_write(fd, data)
+
+        self.patch(spooled, "write_all", recording)
+        msg = self.sink.open(envelope("a@example.com"))
+        parts = [bytes([65 + i]) * 1500 + b"\r\n" for i in range(8)]
+        for part in parts:
+            msg.write(part)
+            wait = msg.ready()
+            if wait is not None:  # a full buffer waits for the running flush: so do we
+                yield wait
+        yield msg.commit()
+        self.assertGreaterEqual(len(writers), 2)
+        self.assertNotIn(threading.current_thread(), writers)
+        [name] = self.files("a@example.com", "new")
+        data = (self.box("a@example.com") / "new" / name).read_bytes()
+        self.assertEqual(data, b"Return-Path: <sender@example.org>\r\n" + b"".join(parts))
+
+    @defer.inlineCallbacks
+    def test_ready_holds_the_writer_while_a_full_buffer_waits(self):
+        gate = threading.Event()
+        real_write = spooled.write_all
+
+        def slow(fd: int, data: bytearray) -> None:
+            gate.wait(10)
+            real_write(fd, data)
+
+        self.patch(spooled, "write_all", slow)
+        msg = self.sink.open(envelope("a@example.com"))
+        msg.write(b"x" * 2000)  # the first flush, held in the worker
+        self.assertIsNone(msg.ready())  # nothing waits for it yet
+        msg.write(b"y" * 2000)  # a full buffer behind it
+        wait = msg.ready()
+        self.assertIsNotNone(wait)
+        self.assertNoResult(wait)
+        gate.set()
+        yield wait
+        d = msg.commit()
+        yield d
+        [name] = self.files("a@example.com", "new")
+        data = (self.box("a@example.com") / "new" / name).read_bytes()
+        self.assertEqual(data, b"Return-Path: <sender@example.org>\r\n" + b"x" * 2000 + b"y" * 2000)
+
+    @defer.inlineCallbacks
+    def test_commit_takes_the_waiting_buffer_after_the_running_flush(self):
+        gate, started = threading.Event(), threading.Event()
+        real_write = spooled.write_all
+
+        def slow(fd: int, data: bytearray) -> None:
+            started.set()
+            gate.wait(10)
+            real_write(fd, data)
+
+        self.patch(spooled, "write_all", slow)
+        msg = self.sink.open(envelope("a@example.com"))
+        msg.write(b"x" * 2000)
+        msg.write(b"y" * 2000)  # waiting for the first flush
+        msg.write(b"z" * 10)
+        self.assertTrue((yield threads.deferToThread(started.wait, 10)))
+        d = msg.commit()
+        self.assertRaises(DeliveryError, msg.write, b"late")
+        self.assertNoResult(d)
+        gate.set()
+        yield d
+        [name] = self.files("a@example.com", "new")
+        data = (self.box("a@example.com") / "new" / name).read_bytes()
+        self.assertEqual(
+            data,
+            b"Return-Path: <sender@example.org>\r\n" + b"x" * 2000 + b"y" * 2000 + b"z" * 10,
+        )
+
+    @defer.inlineCallbacks
+    def test_commit_withdraws_a_flush_no_worker_has_started(self):
+        """Every worker busy: the commit takes the queued flush's buffer, one job does all."""
+        committer = GroupCommitter(threads=1)
+        committer.startService()
+        self.addCleanup(committer.stopService)
+        sink = MaildirSink(self.store, committer, flush_size=1024)
+        flushes: list[bytearray] = []
+        real_write = spooled.write_all
+
+        def recording(fd: int, data: bytearray) -> None:
+            flushes.append(data)
+            real_write(fd, data)
+
+        self.patch(spooled, "write_all", recording)
+        gate = threading.Event()
+        busy = committer.run(gate.wait, 10)  # the only worker
+        msg = sink.open(envelope("a@example.com"))
+        msg.write(b"x" * 2000)  # a flush, queued behind the busy worker
+        msg.write(b"y" * 10)
+        d = msg.commit()
+        gate.set()
+        yield busy
+        yield d
+        self.assertEqual(flushes, [])  # the flush never wrote: the commit's job did
+        [name] = self.files("a@example.com", "new")
+        data = (self.box("a@example.com") / "new" / name).read_bytes()
+        self.assertEqual(data, b"Return-Path: <sender@example.org>\r\n" + b"x" * 2000 + b"y" * 10)
+        self.assertEqual(self.files("a@example.com", "tmp"), [])
 
     def test_abort_small_message(self):
         msg = self.sink.open(envelope("a@example.com"))
@@ -235,26 +361,59 @@ class DeliveryTests(SinkTestCase):
         self.assertEqual(self.files("a@example.com", "tmp"), [])
         self.assertEqual(self.files("a@example.com", "new"), [])
 
+    @defer.inlineCallbacks
     def test_write_error(self):
+        """A flush fails in the worker: the next write says so, and nothing stays."""
         msg = self.sink.open(envelope("a@example.com"))
 
-        def full(fd: int, data: object) -> int:
+        def full(fd: int, data: bytearray) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        self.patch(os, "write", full)
-        e = self.assertRaises(DeliveryError, msg.write, b"x" * 5000)
+        self.patch(spooled, "write_all", full)
+        msg.write(b"x" * 5000)  # the flush runs (and fails) in the worker
+        msg.write(b"y" * 5000)
+        yield msg.ready()  # fires when the flush ended
+        e = self.assertRaises(DeliveryError, msg.write, b"x")
         self.assertFalse(e.permanent)
+        self.assertIn("No space left", str(e))
+        f = yield self.assertFailure(msg.commit(), DeliveryError)
+        self.assertIs(f, e)
+        yield self.committer.stopService()
         self.assertEqual(self.files("a@example.com", "tmp"), [])
-        return self.assertFailure(msg.commit(), DeliveryError)
 
+    @defer.inlineCallbacks
+    def test_write_error_found_at_commit(self):
+        msg = self.sink.open(envelope("a@example.com"))
+        gate, started = threading.Event(), threading.Event()
+
+        def full(fd: int, data: bytearray) -> None:
+            started.set()
+            gate.wait(10)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(spooled, "write_all", full)
+        msg.write(b"x" * 5000)
+        self.assertTrue((yield threads.deferToThread(started.wait, 10)))
+        d = msg.commit()  # while the flush runs
+        gate.set()
+        e = yield self.assertFailure(d, DeliveryError)
+        self.assertIn("No space left", str(e))
+        yield self.committer.stopService()
+        self.assertEqual(self.files("a@example.com", "tmp"), [])
+        self.assertEqual(self.files("a@example.com", "new"), [])
+
+    @defer.inlineCallbacks
     def test_file_too_big_is_permanent(self):
         msg = self.sink.open(envelope("a@example.com"))
 
-        def too_big(fd: int, data: object) -> int:
+        def too_big(fd: int, data: bytearray) -> None:
             raise OSError(errno.EFBIG, "File too large")
 
-        self.patch(os, "write", too_big)
-        e = self.assertRaises(DeliveryError, msg.write, b"x" * 5000)
+        self.patch(spooled, "write_all", too_big)
+        msg.write(b"x" * 5000)
+        msg.write(b"y" * 5000)
+        yield msg.ready()  # the flush has failed
+        e = yield self.assertFailure(msg.commit(), DeliveryError)
         self.assertTrue(e.permanent)
 
     def test_bad_mailbox_name_is_permanent(self):
@@ -298,7 +457,8 @@ class DeliveryTests(SinkTestCase):
         real_call = reactor.callFromThread
 
         def counting(f, *args, **kwargs):
-            calls.append(f)
+            if f == self.committer._deliver:  # not the flushes' (one per big message)
+                calls.append(f)
             return real_call(f, *args, **kwargs)
 
         self.patch(self.committer, "_reactor", _CallFromThreadProxy(counting))
@@ -419,6 +579,7 @@ class CommitterServiceTests(SinkTestCase):
         d = self.assertFailure(msg.commit(), DeliveryError)
         return d.addCallback(lambda _: self.assertEqual(self.files("a@example.com", "tmp"), []))
 
+    @defer.inlineCallbacks
     def test_stop_waits_for_commits_in_flight(self):
         gate, reached = threading.Event(), threading.Event()
         real_fsync = os.fsync
@@ -431,11 +592,11 @@ class CommitterServiceTests(SinkTestCase):
 
         self.patch(os, "fsync", slow_fsync)
         committed = self.send(envelope("a@example.com"))
-        self.assertTrue(reached.wait(10))
+        self.assertTrue((yield threads.deferToThread(reached.wait, 10)))
         stopped = self.committer.stopService()
         self.assertNoResult(stopped)
         gate.set()
-        return defer.gatherResults([committed, stopped])
+        yield defer.gatherResults([committed, stopped])
 
     def test_work_under_a_held_lock_never_queues_behind_jobs_waiting_for_it(self):
         # Every main-lane thread busy with a job waiting for a folder lock we hold (as

@@ -266,7 +266,7 @@ class SigningSink:
         spool_dir: Path | None = None,
         memory_limit: int = 1024 * 1024,
         run: Callable[..., Deferred[Any]] = deferToThread,
-        cooperate: Callable[[Iterator[None]], CooperativeTask] = cooperate,
+        cooperate: Callable[[Iterator[Deferred[None] | None]], CooperativeTask] = cooperate,
         log: Logger | None = None,
     ) -> None:
         self._inner = inner
@@ -319,6 +319,9 @@ class _SigningMessage:
         else:
             write_all(self._file.fileno(), data)
 
+    def ready(self) -> Deferred[None] | None:
+        return None  # held here until commit (a temporary file past memory_limit)
+
     def _read_all(self) -> bytes:
         """The whole message (in the worker thread when it was spooled)."""
         if self._file is None:
@@ -343,7 +346,7 @@ class _SigningMessage:
         copied = self._sink.cooperate(self._copy_spooled()).whenDone()
         return copied.addCallback(lambda _: inner.commit())
 
-    def _copy_spooled(self) -> Iterator[None]:
+    def _copy_spooled(self) -> Iterator[Deferred[None] | None]:
         """The spooled message on to the inner message, one chunk per reactor turn."""
         assert self._file is not None
         fd, offset = self._file.fileno(), 0
@@ -353,7 +356,7 @@ class _SigningMessage:
                 raise DeliveryError("the spooled message is shorter than written")
             self._inner.write(chunk)
             offset += len(chunk)
-            yield None
+            yield self._inner.ready()  # a Deferred: the cooperator waits for it
         self._close()
 
     def _failed(self, f: Failure) -> Failure:

@@ -217,6 +217,9 @@ class _CheckedMessage:
             self.abort()
             raise DeliveryError(f"could not hold the message: {e.strerror or e}") from e
 
+    def ready(self) -> defer.Deferred[None] | None:
+        return None  # held here until commit (a temporary file past spool_size)
+
     def abort(self) -> None:
         """Drop the message. After commit() was called it is too late: the commit finishes."""
         if self._state == "open":
@@ -458,6 +461,9 @@ class _CheckedMessage:
             at += len(chunk)
             for message in messages:
                 message.write(chunk)
+            for message in messages:
+                if (wait := message.ready()) is not None:
+                    await wait
 
     def _copies(self, verdict: Verdict) -> list[_Copy]:
         """Recipients grouped by what their copy gets: a folder (local), a seal (forwarded)."""

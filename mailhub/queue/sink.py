@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -24,6 +25,7 @@ from mailhub.queueid import QueueIdGenerator
 from mailhub.spooled import SpooledMessage
 
 log = Logger()
+T = TypeVar("T")
 
 
 @implementer(IIncomingMessage)
@@ -34,7 +36,12 @@ class QueueMessage(SpooledMessage):
     what = "queue"
 
     def __init__(self, envelope: Envelope, sink: QueueSink, record: QueueRecord) -> None:
-        super().__init__(envelope, str(sink.spool.tmp_path(record.id, "msg")), sink.flush_size)
+        super().__init__(
+            envelope,
+            str(sink.spool.tmp_path(record.id, "msg")),
+            sink.flush_size,
+            worker=sink.flush_worker,
+        )
         self._sink = sink
         self._record = record
 
@@ -47,9 +54,13 @@ class QueueMessage(SpooledMessage):
         refused = self._cannot_commit(sink.running(), "the queue")
         if refused is not None:
             return refused
-        fd, tail = self.take()
-        d = sink.io.run(sink.spool.commit_new, self._record, Path(self._tmp), fd, tail)
+        d = self.when_flushed(self._submit)
         return d.addCallbacks(self._committed, self._failed)
+
+    def _submit(self) -> defer.Deferred[int]:
+        fd, tail = self.take()
+        sink = self._sink
+        return sink.io.run(sink.spool.commit_new, self._record, Path(self._tmp), fd, tail)
 
     def _committed(self, size: int) -> str:
         self._state = "committed"
@@ -81,6 +92,12 @@ class QueueSink:
         self._on_commit = on_commit
         self.running = running
         self._ids = QueueIdGenerator(clock)
+
+    def flush_worker(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Where a big message's flushes run: the disk threads, while they run."""
+        if not self.running():
+            return defer.fail(DeliveryError("the queue is not running"))
+        return self.io.run(f, *args)
 
     def new_id(self) -> str:
         qid = self._ids()

@@ -114,25 +114,31 @@ class DataReader:
         # Only <CRLF>.<CRLF> ends the data; bare CR or LF never does (RFC 5321 4.1.1.4).
         if self.bol and buf.startswith(b".\r\n", pos):
             end, after = pos, pos + 3
+            dot = -1
         else:
-            i = buf.find(b"\r\n.\r\n", pos)
+            # One pass finds the first "<CRLF>.": the end marker starts at one, and a region
+            # before the first needs no unstuffing (most mail has no line starting with ".").
+            dot = buf.find(b"\r\n.", pos)
+            i = -1 if dot < 0 else buf.find(b"\r\n.\r\n", dot)
             if i < 0:
-                return self._partial(buf, pos, len(buf)), False
+                return self._partial(buf, pos, len(buf), dot), False
             end, after = i + 2, i + 5
         if end > pos:
-            self._region(buf[pos:end], self.bol)
+            self._region(buf[pos:end], self.bol, 0 <= dot and dot + 3 <= end)
         self.txn = None
         return after, True
 
-    def _partial(self, buf: bytes, pos: int, n: int) -> int:
-        """No end marker yet: pass on the complete lines, keep the incomplete last one."""
+    def _partial(self, buf: bytes, pos: int, n: int, dot: int) -> int:
+        """No end marker yet: pass on the complete lines, keep the incomplete last one
+        (``dot``: where the first "<CRLF>." from ``pos`` is, -1 if none)."""
         j = buf.rfind(b"\n", pos)
         if j >= 0:
             cut = j + 1
             bol = self.bol
             # A LF directly after the previous region's LF is bare: not a line start.
             self.bol = j > pos and buf[j - 1] == _CR
-            self._region(buf if (pos == 0 and cut == n) else buf[pos:cut], bol)
+            region = buf if (pos == 0 and cut == n) else buf[pos:cut]
+            self._region(region, bol, 0 <= dot and dot + 3 <= cut)
             pos = cut
         if n - pos >= self.writer.max_line:
             # The unfinished line is already too long: keep only what could begin the end
@@ -143,14 +149,15 @@ class DataReader:
             return n - 4
         return pos
 
-    def _region(self, region: bytes, bol: bool) -> None:
+    def _region(self, region: bytes, bol: bool, stuffed: bool) -> None:
+        """``stuffed``: a "<CRLF>." is inside ``region`` (else only its start can be one)."""
         txn = self.txn
         if txn is None or txn.failed is not None:
             return
         # Dot-unstuffing (RFC 5321 4.5.2): one leading "." goes from every line.
         if bol and region[0] == _DOT:
             region = region[1:]
-        self.writer.write(txn, region.replace(b"\r\n.", b"\r\n"))
+        self.writer.write(txn, region.replace(b"\r\n.", b"\r\n") if stuffed else region)
 
 
 class ChunkReader:

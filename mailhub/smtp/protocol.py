@@ -655,6 +655,7 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
             return False
         self._pos, ended = self._data.read(buf, pos)
         if not ended:
+            self._wait_for_sink()
             return False
         self._mode = _COMMAND
         txn, self._txn = self._txn, None  # the transaction ends here, whatever the outcome
@@ -662,6 +663,17 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
         assert txn is not None
         self.respond(self.end_of_data(txn))
         return True
+
+    def _wait_for_sink(self) -> None:
+        """Flow control: while the message's sink is behind with its disk writes, read no more
+        (InputPump pauses the transport past max_pending_input), so memory stays bounded."""
+        txn = self._txn
+        if txn is None or txn.message is None:
+            return
+        wait = txn.message.ready()
+        if wait is not None:
+            self.setTimeout(None)  # we are the slow side, not the client
+            self._await(wait)
 
     def end_of_data(self, txn: Transaction) -> HandlerResult:
         """The whole message is in (DATA's end marker, BDAT LAST): the reply owed, or commit."""
@@ -676,9 +688,12 @@ class SMTPServerProtocol(InputPump, Protocol, TimeoutMixin, HandshakeDeadline):
             return False
         self._pos, complete = self._chunks.read(buf, pos)
         if not complete:
+            self._wait_for_sink()
             return False
         self._mode = _COMMAND
         self.respond(self._end_of_chunk())
+        if not self._waiting:  # the next chunk (pipelined, RFC 3030 4) waits for the sink too
+            self._wait_for_sink()
         return True
 
     def _end_of_chunk(self) -> HandlerResult:

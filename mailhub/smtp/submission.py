@@ -251,6 +251,9 @@ class _SubmissionMessage:
         if out:
             self._inner.write(out)
 
+    def ready(self) -> Deferred[None] | None:
+        return self._inner.ready()
+
     def commit(self) -> Deferred:
         if self._in_header:
             try:

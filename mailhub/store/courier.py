@@ -67,6 +67,8 @@ class LocalCourier:
                 with item.open_body() as body:
                     while chunk := body.read(CHUNK):
                         message.write(chunk)
+                        if (wait := message.ready()) is not None:
+                            await wait
             except BaseException:
                 message.abort()
                 raise

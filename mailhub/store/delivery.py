@@ -6,7 +6,9 @@ Per message, following https://cr.yp.to/proto/maildir.html:
    mailbox (created on first delivery) and start the body with ``Return-Path:`` (RFC 5321 4.4:
    the final delivery agent records the reverse-path).
 2. ``write()`` (reactor thread): append to an in-memory buffer; every ``flush_size`` bytes it
-   goes to the tmp file (created then) with os.write(), so small SMTP chunks cost no syscall.
+   goes to the tmp file (created then) with os.write() in a pool thread, one flush at a time
+   per message (``mailhub.spooled``), so small SMTP chunks cost no syscall and big messages
+   no disk work on the reactor.
 3. ``commit()``: one hop into the ``GroupCommitter``'s thread pool, which creates the mailboxes
    seen for the first time, creates the tmp file if the message was small, writes the rest,
    fsyncs the file, link()s it as ``new/<unique>,S=<size>`` into each distinct target mailbox
@@ -385,8 +387,8 @@ def _mailbox_creator(
 class MaildirMessage(SpooledMessage):
     """One message on its way into the Maildir store (see the module docstring).
 
-    The tmp file is created lazily: at the first flush for a big message, otherwise in the
-    pool thread at commit. Creating it on the reactor thread cost 0.6-0.8 ms per message under
+    The tmp file is created lazily in a pool thread: at the first flush for a big message,
+    otherwise at commit. Creating it on the reactor thread cost 0.6-0.8 ms per message under
     fsync load (ext4: the tmp/ directory lock and journal handle are contended by the pool's
     unlinks and fsyncs), most of the reactor's budget at 1000 msg/s. Mailboxes that receive
     their first message are created the same way (their creation fsyncs directories).
@@ -402,7 +404,7 @@ class MaildirMessage(SpooledMessage):
         header: bytes,
         prepare: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(envelope, tmp, sink.flush_size, header)
+        super().__init__(envelope, tmp, sink.flush_size, header, sink.committer.run)
         self._sink = sink
         self._base = base
         self._new_dirs = new_dirs
@@ -419,14 +421,17 @@ class MaildirMessage(SpooledMessage):
         refused = self._cannot_commit(bool(committer.running), "message store")
         if refused is not None:
             return refused
-        fd, tail = self.take()
-        name = f"{self._base},S={self._size}"  # names.with_size
-        job = _Commit(fd, self._tmp, tail, name, self._new_dirs, self._prepare)
-        self._prepare = None
-        d = committer.submit(job)
+        d = self.when_flushed(self._submit)
         if self._sink.delivered is not None:
             d.addCallback(self._sink.tell, self.envelope.mailboxes, self.envelope.folder)
         return d.addCallbacks(self._committed, self._failed)
+
+    def _submit(self) -> defer.Deferred[None]:
+        fd, tail = self.take()
+        name = f"{self._base},S={self._size}"  # names.with_size
+        job = _Commit(fd, self._tmp, tail, name, self._new_dirs, self._prepare)
+        self._prepare = None  # the flush in the worker may have run it already
+        return self._sink.committer.submit(job)
 
     def _on_failure(self) -> None:
         self._sink.forget(self.envelope)

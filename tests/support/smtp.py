@@ -56,6 +56,13 @@ class MemoryMessage:
             raise self.sink.fail_write
         self.chunks.append(data)
 
+    def ready(self) -> Deferred[None] | None:
+        if not self.sink.hold_ready:
+            return None
+        d: Deferred[None] = Deferred()
+        self.sink.ready_waits.append(d)
+        return d
+
     def commit(self) -> Deferred:
         if self.state != "open":
             raise AssertionError(f"commit() on a {self.state} message")
@@ -94,6 +101,8 @@ class MemorySink:
         self.fail_write: Exception | None = None
         self.fail_commit: Exception | None = None
         self.hold_commits = False
+        self.hold_ready = False  # ready() says "wait" (a sink behind with its disk writes)
+        self.ready_waits: list[Deferred[None]] = []
 
     def open(self, envelope: Envelope) -> MemoryMessage:
         if self.fail_open is not None:
@@ -101,6 +110,13 @@ class MemorySink:
         message = MemoryMessage(self, envelope)
         self.opened.append(message)
         return message
+
+    def catch_up(self) -> None:
+        """The sink has caught up: fire every ready() given out, say "go on" from now."""
+        self.hold_ready = False
+        waits, self.ready_waits = self.ready_waits, []
+        for d in waits:
+            d.callback(None)
 
     def release(self) -> None:
         """Fire every held commit."""

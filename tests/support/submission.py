@@ -27,6 +27,9 @@ class MemoryMessage:
             raise DeliveryError("disk full")
         self.writes.append(data)
 
+    def ready(self) -> Deferred[None] | None:
+        return None
+
     def commit(self) -> Deferred:
         assert self.state == "open", self.state
         self.state = "committed"
