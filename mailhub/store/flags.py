@@ -151,7 +151,10 @@ class FlagStore:
         core = self.core
         wanted = sorted(set(uids))
         if core.flush is None:
-            self.syncer.sync()
+            # (fast: a directory the store's inotify witness saw unchanged since its last
+            # listing is not listed again - 10,000 names in cur/ - as for the looks after
+            # IMAP commands; a file moved meanwhile is found again by _change_one)
+            self.syncer.sync(fast=True)
         # (else our write in flight holds the lock, and a deferring STORE joins the next
         # one with what this process knows of the folder: core.FolderLock; a file renamed by
         # another process meanwhile is found again by _change_one)
