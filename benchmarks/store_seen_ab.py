@@ -7,7 +7,7 @@ median of all its runs.
 
 Each tree's server is imap_load.py's (``--serve``, the dev stack) with ``<tree>`` on
 PYTHONPATH, trees alternating per round. A server serves ``--runs`` mailboxes (users
-bench1@localhost...), each a fresh copy of the source made of hard links (a rename changes
+bench0@localhost...), each a fresh copy of the source made of hard links (a rename changes
 only directory entries; no 48 MB copy per run); each gets SELECT, FETCH 1:* (FLAGS UID
 RFC822.SIZE) and the measured STORE, as in imap_load.py. The data directories are kept until
 the end of the series (a no-journal ext4 makes files slowly right after deleting many).
