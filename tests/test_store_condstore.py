@@ -77,12 +77,58 @@ class StoreFlagsTests(ModseqTestCase):
         self.assertEqual(noop.changed, frozenset())
         self.assertEqual(self.inbox.sync().highestmodseq, before.highestmodseq + 1)
 
+    def test_a_store_of_many_finds_what_another_program_moved_meanwhile(self) -> None:
+        # One STORE over many messages, as STORE 1:* runs: the usual ones renamed in one
+        # loop (new/ -> cur/ too); one that mutt renamed after our look found again, its
+        # flag kept and the change given the STORE's mod-sequence; one removed meanwhile
+        # gone; one whose name spells its flags out of ASCII order left as it is.
+        self.deliver(3, start=1_700_000_100)
+        self.inbox.sync()
+        self.inbox.take_recent([2, 3, 4, 5, 6])  # UID 1 stays in new/
+        cur = self.inbox_path / "cur"
+        key = {m.uid: m.key for m in self.inbox.sync().messages}
+        os.rename(cur / f"{key[5]}:2,", cur / f"{key[5]}:2,SF")
+        os.rename(cur / f"{key[6]}:2,", cur / f"{key[6]}:2,S")
+        self.inbox._core.changed_by_us()  # (within the same second: look again)
+        before = self.inbox.sync()
+        real = os.rename
+        meanwhile: list[int] = []
+
+        def rename(src: str, dst: str, **fds: int) -> None:
+            if not meanwhile:  # after our look, before our first rename
+                meanwhile.append(1)
+                real(cur / f"{key[3]}:2,", cur / f"{key[3]}:2,F")
+                os.unlink(cur / f"{key[4]}:2,")
+            real(src, dst, **fds)
+
+        self.patch(os, "rename", rename)
+        out = self.inbox.store_flags(range(1, 7), "add", flags="S")
+        self.patch(os, "rename", real)
+        self.assertEqual((out.changed, out.gone), (frozenset({1, 2, 3}), (4,)))
+        flags = {uid: "".join(sorted(info.flags)) for uid, info in out.infos.items()}
+        self.assertEqual(flags, {1: "S", 2: "S", 3: "FS", 5: "FS", 6: "S"})
+        self.assertEqual({out.infos[u].modseq for u in (1, 2, 3)}, {before.highestmodseq + 1})
+        self.assertIs(out.infos[5], before.by_uid[5])
+        self.assertIs(out.infos[6], before.by_uid[6])
+        self.assertEqual(
+            sorted(os.listdir(cur)),
+            sorted([f"{key[1]}:2,S", f"{key[2]}:2,S", f"{key[3]}:2,FS", f"{key[5]}:2,SF",
+                    f"{key[6]}:2,S"]),
+        )  # fmt: skip
+        self.assertEqual(os.listdir(self.inbox_path / "new"), [])
+        for folder in (self.inbox, self.other_process_folder()):
+            state = folder.sync()
+            self.assertEqual({m.uid: "".join(sorted(m.flags)) for m in state.messages}, flags)
+            self.assertEqual(state.by_uid[3].modseq, before.highestmodseq + 1)
+
     def test_one_index_write_and_one_rename_per_changed_message(self) -> None:
         saves: list[int] = []
         renames: list[str] = []
         real_save, real_rename = uidlist.save, os.rename
         self.patch(uidlist, "save", lambda *a, **k: (saves.append(1), real_save(*a, **k)))
-        self.patch(os, "rename", lambda a, b: (renames.append(str(b)), real_rename(a, b)))
+        self.patch(
+            os, "rename", lambda a, b, **fds: (renames.append(str(b)), real_rename(a, b, **fds))
+        )
         self.inbox.store_flags([1, 2, 3], "add", flags="F", keywords=["x"])
         self.assertEqual(len(saves), 1)
         self.assertEqual(len([r for r in renames if ":2," in r]), 3)

@@ -20,7 +20,7 @@ from mailhub.imap.session_commands import enable_condstore
 from mailhub.imap.view import split_flags
 from mailhub.safeio import fsync_dir
 from mailhub.store import FolderNotFound, StoreError
-from mailhub.store.core import tick
+from mailhub.store.core import collector_paused, tick
 from mailhub.store.errors import LockBusy, MessageGone
 from mailhub.store.maildir import Folder, SpoolFile, unwaited
 
@@ -217,27 +217,38 @@ async def _store(session: IMAPServerProtocol, items: list[Item], *, uid: bool) -
     conditional = request.unchanged_since is not None
     if conditional:
         enable_condstore(session)
-    pairs = view.select(sequence, uid=uid)
     letters, keywords = split_flags(request.flags)
-    live = [u for _, u in pairs if not view.gone(u)]
-    told = {u: view.infos[u] for u in live}  # what the client knows, before the change
-    outcome, written = _deferring(
-        view.folder,
-        lambda: view.folder.store_flags(
-            live, request.mode, letters, keywords, unchanged_since=request.unchanged_since
-        ),
-    )
+    # (Collector paused for this synchronous step, never across the await: STORE 1:* makes
+    # 10,000 pairs and a dict of them, no cycles, a dozen passes otherwise.)
+    with collector_paused():
+        pairs = view.select(sequence, uid=uid)
+        live = view.present([u for _, u in pairs])
+        infos = view.infos
+        told = {u: infos[u] for u in live}  # what the client knows, before the change
+        outcome, written = _deferring(
+            view.folder,
+            lambda: view.folder.store_flags(
+                live, request.mode, letters, keywords, unchanged_since=request.unchanged_since
+            ),
+        )
     await _durable(written)  # (the worker writes the list: nothing told before)
     if outcome.gone:
         view.found_gone.update(outcome.gone)  # (told as expunged, never as still there)
+    # The store hands back the very info the client was told for a message it left as it
+    # was (most of STORE 1:* +FLAGS (\Seen) on a mostly read mailbox): only the others
+    # change the view, and only they can need an answer - unless .SILENT or UNCHANGEDSINCE,
+    # which answer by other rules below.
+    after = outcome.infos
+    moved = {u: info for u, info in after.items() if info is not told[u]}
     # new keywords (ours or another session's) are announced before a FETCH shows them
-    session.write_all(view.update(outcome.infos))
+    session.write_all(view.update(moved))
+    answerable = after if request.silent or conditional else moved
     refused = set(outcome.modified)
     expect = _expected_flags(request.mode, frozenset(letters), frozenset(keywords))
     condstore = session.condstore
     out = session.batched()
     for seq, u in pairs:
-        info = outcome.infos.get(u)
+        info = answerable.get(u)
         if info is None or u in refused:
             continue
         old = told[u]

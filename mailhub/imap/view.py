@@ -376,7 +376,7 @@ class View:
                 if m.uid > last:
                     new.append(m)
                 continue
-            if not _same(old, m):
+            if old is not m and not _same(old, m):  # (the same object: no call)
                 infos[m.uid] = m
                 if old.flags != m.flags or old.keywords != m.keywords or self.condstore:
                     changed.append(m.uid)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Literal
 
 from mailhub.store import names
-from mailhub.store.core import FolderCore
+from mailhub.store.core import FolderCore, collector_paused
 from mailhub.store.errors import MessageGone
 from mailhub.store.folderstate import (
     FolderState,
@@ -28,36 +29,68 @@ from mailhub.store.uidlist import UidList, UidRecord
 
 Flags = frozenset[str]
 Compute = Callable[[Flags, Flags], tuple[Flags, Flags]]  # (flags, keywords) -> the new ones
-Unchanged = Callable[[Flags, Flags], bool]  # true when Compute would change nothing
+Test = Callable[[Flags], bool]
+# (flags test, keywords test): both true when Compute would change nothing
+Unchanged = tuple[Test, Test]
 
 
 def _mode(mode: str, flagset: Flags, kwset: Flags) -> tuple[Compute, Unchanged]:
     """``compute`` and ``unchanged`` of a STORE mode. ``unchanged`` saves most of the work on
-    STORE +FLAGS (\\Seen) 1:* of a mostly read folder: one test for most messages."""
+    STORE +FLAGS (\\Seen) 1:* of a mostly read folder: a look-up or two for most messages."""
     if mode == "set":
 
         def compute(f: Flags, k: Flags) -> tuple[Flags, Flags]:
             return flagset, kwset
 
-        def unchanged(f: Flags, k: Flags) -> bool:
-            return f == flagset and k == kwset
-    elif mode == "add":
+        return compute, (flagset.__eq__, kwset.__eq__)
+    if mode == "add":
 
         def compute(f: Flags, k: Flags) -> tuple[Flags, Flags]:
             return f | flagset, k | kwset
 
-        def unchanged(f: Flags, k: Flags) -> bool:
-            return flagset <= f and kwset <= k
-    elif mode == "remove":
+        return compute, (flagset.issubset, kwset.issubset)
+    if mode == "remove":
 
         def compute(f: Flags, k: Flags) -> tuple[Flags, Flags]:
             return f - flagset, k - kwset
 
-        def unchanged(f: Flags, k: Flags) -> bool:
-            return f.isdisjoint(flagset) and k.isdisjoint(kwset)
+        return compute, (flagset.isdisjoint, kwset.isdisjoint)
+    raise ValueError(f"mode must be 'set', 'add' or 'remove', not {mode!r}")
+
+
+_INFO = names.INFO_SEPARATOR + names.FLAGS_PREFIX
+_NEVER = 2**63  # above every mod-sequence (RFC 7162 3.1: 63 bits)
+
+
+def _suffix(flags: Flags) -> str:
+    """The end of the file name of a message with exactly these flags, as we write it:
+    ``:2,`` and the letters in ASCII order (maildir.html)."""
+    return _INFO + "".join(sorted(flags))
+
+
+# What compute() makes of one (flags, keywords): the new flags (names.flags_of's own set),
+# the new keywords (interned), the new file name's end ("" if the flags stay) and whether
+# anything changes at all.
+_Change = tuple[Flags, Flags, str, bool]
+
+
+def _change(compute: Compute, flags: Flags, keywords: Flags) -> _Change:
+    new_flags, new_keywords = compute(flags, keywords)
+    suffix = ""
+    if new_flags != flags:
+        suffix = _suffix(new_flags)
+        new_flags = names.flags_of(suffix[1:])
     else:
-        raise ValueError(f"mode must be 'set', 'add' or 'remove', not {mode!r}")
-    return compute, unchanged
+        new_flags = flags  # (the record's set stays: lines and views compare by identity)
+    same = not suffix and new_keywords == keywords
+    return new_flags, intern_keywords(new_keywords), suffix, not same
+
+
+_new_info = partial(tuple.__new__, MessageInfo)  # (a tuple of its fields: no Python __new__)
+
+
+# (uid, base, record, file name in cur/, the info held for that file name)
+_Row = tuple[int, "str | None", "UidRecord | None", "str | None", "MessageInfo | None"]
 
 
 class _StoreRun:
@@ -118,11 +151,16 @@ class FlagStore:
         core = self.core
         wanted = sorted(set(uids))
         if core.flush is None:
-            self.syncer.sync()
+            # (fast: a directory the store's inotify witness saw unchanged since its last
+            # listing is not listed again - 10,000 names in cur/ - as for the looks after
+            # IMAP commands; a file moved meanwhile is found again by _change_one)
+            self.syncer.sync(fast=True)
         # (else our write in flight holds the lock, and a deferring STORE joins the next
         # one with what this process knows of the folder: core.FolderLock; a file renamed by
         # another process meanwhile is found again by _change_one)
-        with core.lock(yields=True):
+        # (Collector paused: a STORE on 10,000 makes thousands of objects, no cycles, and
+        # would set off a dozen passes: core.collector_paused.)
+        with core.lock(yields=True), collector_paused():
             lst = self.index.reload()
             if lst is None:  # lost or corrupt: rebuild it (new UIDVALIDITY) like sync() would
                 lst, entries, _ = self.index.update_locked(self.scanner.rescan(), {})
@@ -178,52 +216,173 @@ class FlagStore:
         unchanged_since: int | None,
         unchanged: Unchanged | None = None,
     ) -> _StoreRun:
-        """The changes, under the lock."""
+        """The changes, under the lock. Each message's record, file name and held info are
+        looked up in C loops; the messages left as they are (most of STORE 1:* +FLAGS
+        (\\Seen) on a mostly read folder) are settled by a few comparisons each, with no
+        call; the others are changed in one loop (``_change_all``)."""
         core = self.core
         run = _StoreRun(lst)
+        bases = list(map(core.uid_base.get, wanted))
+        recs = list(map(lst.records.get, bases))  # type: ignore[arg-type]
+        fns = list(map(core.entries.cur.get, bases))  # type: ignore[arg-type]
+        held = list(map(core.infos.get, fns))  # type: ignore[arg-type]
+        rows = zip(wanted, bases, recs, fns, held, strict=True)
+        if unchanged is None:
+            self._change_all(run, rows, compute, unchanged_since)
+            return run
         infos = run.infos
-        records = lst.records
-        flags_of = names.flags_of
-        sep = names.INFO_SEPARATOR
-        uid_base = core.uid_base
-        entries = core.entries
-        cur_file = entries.cur.get
-        known = core.infos
-        for uid in wanted:
-            base = uid_base.get(uid)
-            rec = records.get(base)  # type: ignore[arg-type]
-            # Nothing to do for this one (the usual case of +FLAGS on a mostly flagged folder):
-            # in cur/, the list agrees with its name, compute() would change nothing and the
-            # info we hold is up to date.
-            fn = cur_file(base)  # type: ignore[arg-type]
+        rest: list[_Row] = []
+        keep = rest.append
+        flags_test, keywords_test = unchanged
+        # Per distinct flag set (a folder has few): the end of a name that holds exactly
+        # them if compute() leaves them, else ""; per keyword set: whether it leaves them.
+        suffixes: dict[Flags | None, str] = {}
+        same_keywords: dict[Flags, bool] = {}
+        limit = _NEVER if unchanged_since is None else unchanged_since
+        for uid, base, rec, fn, info in rows:  # (zip reuses its tuple: no object a row)
+            # Nothing to do for this one: in cur/ under the very name its record's flags
+            # give (so the list agrees with the file), compute() would change nothing, and
+            # the info held is up to date. (A name spelled otherwise takes the long way.)
             if (
-                unchanged is not None
-                and fn is not None
+                info is not None
                 and rec is not None
+                and info.uid == uid
                 and rec.uid == uid
-                and rec.flags == flags_of(fn.partition(sep)[2])
-                and unchanged(rec.flags, rec.keywords)
-                and (unchanged_since is None or rec.modseq <= unchanged_since)
+                and info.modseq == rec.modseq
+                and info.keywords is rec.keywords
+                and rec.modseq <= limit
             ):
-                info = known.get(fn)
+                flags, keywords = rec.flags, rec.keywords
+                try:
+                    suffix, same = suffixes[flags], same_keywords[keywords]
+                except KeyError:
+                    ok = flags is not None and flags_test(flags)
+                    suffix = suffixes[flags] = _suffix(flags) if ok else ""  # type: ignore[arg-type]
+                    same = same_keywords[keywords] = bool(keywords_test(keywords))
                 if (
-                    info is not None
-                    and info.uid == uid
-                    and info.modseq == rec.modseq
-                    and info.keywords is rec.keywords
+                    suffix
+                    and same
+                    and len(fn) == len(base) + len(suffix)  # type: ignore[arg-type]
+                    and fn.endswith(suffix)  # type: ignore[union-attr]
                 ):
                     infos[uid] = info
                     continue
-            where = entries.get(base) if base is not None else None
-            if base is None or rec is None or rec.uid != uid or where is None:
-                run.gone.append(uid)
-                continue
-            sub, fn = self._change_one(run, uid, base, rec, where, compute, unchanged_since)
-            if not sub:
-                run.gone.append(uid)
-                continue
-            infos[uid] = self._info_after(uid, base, rec, sub, fn)
+            keep((uid, base, rec, fn, info))
+        if rest:
+            self._change_all(run, rest, compute, unchanged_since)
         return run
+
+    def _change_all(
+        self,
+        run: _StoreRun,
+        rows: Iterable[_Row],
+        compute: Compute,
+        unchanged_since: int | None,
+    ) -> None:
+        """Change each message of ``rows`` (uid, base, record, file name in cur/, held
+        info). The usual one - its file named as its record's flags say, no UNCHANGEDSINCE -
+        here: a look-up of what compute() makes of its (flags, keywords), one rename by
+        names relative to the directories (the kernel walks no path 3,000 times), the
+        record and a new info; any other, or one whose file moved meanwhile, as ever
+        (``_change_one``)."""
+        core = self.core
+        entries = core.entries
+        cur, new = entries.cur, entries.new
+        known = core.infos
+        infos = run.infos
+        gone = run.gone
+        changes: dict[tuple[Flags, Flags], _Change] = {}
+        suffixes: dict[Flags, str] = {}
+        rename = os.rename
+        modseq = 0  # (the STORE's one mod-sequence, taken at its first change)
+        fds: dict[str, int] = {}
+        try:
+            for uid, base, rec, fn, _ in rows:
+                if base is None or rec is None or rec.uid != uid:
+                    gone.append(uid)
+                    continue
+                sub = "cur"
+                if fn is None:
+                    fn = new.get(base)
+                    if fn is None:
+                        gone.append(uid)
+                        continue
+                    sub = "new"
+                flags = rec.flags
+                named = False  # the file's name holds exactly its record's flags
+                if flags is not None and unchanged_since is None:
+                    if sub == "new":
+                        named = fn == base and not flags
+                    else:
+                        suffix = suffixes.get(flags)
+                        if suffix is None:
+                            suffix = suffixes[flags] = _suffix(flags)
+                        named = len(fn) == len(base) + len(suffix) and fn.endswith(suffix)
+                if not named:
+                    self._change_slowly(run, uid, base, rec, (sub, fn), compute, unchanged_since)
+                    continue
+                assert flags is not None  # (named)
+                key = (flags, rec.keywords)
+                change = changes.get(key)
+                if change is None:
+                    change = changes[key] = _change(compute, *key)
+                new_flags, new_keywords, target, changed = change
+                if not changed:
+                    infos[uid] = self._info_after(uid, base, rec, sub, fn)
+                    continue
+                if target:
+                    target = base + target
+                    src = fds.get(sub)
+                    if src is None:
+                        src = fds[sub] = core.open_dir(sub)
+                    dst = fds.get("cur")
+                    if dst is None:
+                        dst = fds["cur"] = core.open_dir("cur")
+                    try:
+                        rename(fn, target, src_dir_fd=src, dst_dir_fd=dst)
+                    except FileNotFoundError:
+                        # Moved by another program since we listed it: found again, as ever.
+                        self._change_slowly(
+                            run, uid, base, rec, (sub, fn), compute, unchanged_since
+                        )
+                        continue
+                    known.pop(fn, None)  # (the next rebuild would drop it too)
+                    run.renamed.append((base, sub, target))
+                    if sub == "new":
+                        del new[base]
+                    cur[base] = target
+                rec.flags = new_flags
+                rec.keywords = new_keywords
+                rec.modseq = modseq or (modseq := run.next_modseq())
+                run.dirty = True
+                run.changed.append(uid)
+                if target:
+                    info = known[target] = _new_info(
+                        (uid, base, new_flags, rec.size, rec.internaldate, False, new_keywords,
+                         rec.modseq)
+                    )  # fmt: skip
+                    infos[uid] = info
+                else:
+                    infos[uid] = self._info_after(uid, base, rec, sub, fn)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def _change_slowly(
+        self,
+        run: _StoreRun,
+        uid: int,
+        base: str,
+        rec: UidRecord,
+        where: tuple[str, str],
+        compute: Compute,
+        unchanged_since: int | None,
+    ) -> None:
+        sub, fn = self._change_one(run, uid, base, rec, where, compute, unchanged_since)
+        if sub:
+            run.infos[uid] = self._info_after(uid, base, rec, sub, fn)
+        else:
+            run.gone.append(uid)
 
     def _change_one(
         self,
