@@ -662,6 +662,45 @@ class UidListFormatTests(StoreTestCase):
         self.assertEqual(uidlist.serialise(lst), fresh(lst))
         self.assertEqual(uidlist.parse(uidlist.serialise(lst)), lst)
 
+    def test_a_first_lists_columns_stand_for_its_records_until_it_changes(self) -> None:
+        # The state of a folder's first list is built from the columns its records were
+        # made from (sync.Syncer._build_from_columns): only while they are exactly those.
+        bases = [f"{n}.M1.h,S={n}" for n in range(1, 5)]
+        flags = [frozenset("S"), frozenset(), frozenset("FS"), frozenset()]
+
+        def first() -> tuple[uidlist.UidList, list[str]]:
+            lst = uidlist.UidList(7, 3, highestmodseq=1)
+            modseq = lst.next_modseq()
+            lst.assign_columns(bases, [1, 2, 3, 4], [5, 6, 7, 8], flags, [frozenset()] * 4,
+                               modseq)  # fmt: skip
+            lst.columns = uidlist.FirstColumns(3, bases, [1, 2, 3, 4], [5, 6, 7, 8], flags, 2)
+            return lst, uidlist.render_records(range(3, 7), [1, 2, 3, 4], [5, 6, 7, 8], 2,
+                                               flags, bases)  # fmt: skip
+
+        lst, text = first()
+        self.assertIs(lst.first_columns(), lst.columns)
+        # The lines kept by the write of a first list (one C loop) are those of any write.
+        data = uidlist.serialise(lst, text)
+        self.assertEqual(data, uidlist.serialise(dataclasses.replace(lst, records={
+            b: dataclasses.replace(r) for b, r in lst.records.items()})))  # fmt: skip
+        for r, line in zip(lst.records.values(), text, strict=True):
+            self.assertEqual(r.line, (2, r.flags, r.keywords, line))
+            self.assertIs(r.line[1], r.flags)  # (kept lines are matched by identity)
+        lst.records[bases[1]].flags, lst.records[bases[1]].modseq = frozenset("S"), 3
+        lst.next_modseq()  # a STORE
+        self.assertIsNone(lst.first_columns())
+        self.assertIsNone(lst.columns)
+        self.assertIn(b"\n4 2 6 3 S - 2.M1.h,S=2\n", uidlist.serialise(lst))  # (not kept)
+        lst, text = first()
+        lst.assign(bases[0] + "x", 1, 1, 2)  # new mail (an APPEND under the lock)
+        self.assertIsNone(lst.first_columns())
+        lst, text = first()
+        del lst.records[bases[0]]  # (an expunge takes a mod-sequence too)
+        self.assertIsNone(lst.first_columns())
+        lst, text = first()
+        lst.version = 1
+        self.assertIsNone(lst.first_columns())
+
     def test_damage_is_detected(self) -> None:
         good = b"mailhub-uidlist 2 7 5 9\nK x\n1 10 100 3 S 0 a\n"
         for bad in [

@@ -327,6 +327,48 @@ class AFirstSelectLooksOnce(OffThreadCase):
         self.assertEqual(self.list_uids(), [1, 2, 3])
         self.assertEqual(self.on_reactor, [])
 
+    def test_the_state_is_built_from_the_first_lists_columns(self) -> None:
+        # Names that say their time and size (as delivery names them): the worker makes the
+        # list from columns, and the state is built from those (sync._build_from_columns),
+        # equal to one built from the records of that list read back from the file.
+        from mailhub.store import MailStore, sync
+
+        built: list[bool] = []
+        real = sync.Syncer._build_from_columns
+
+        def from_columns(*args: Any) -> bool:
+            built.append(real(*args))
+            return built[-1]
+
+        self.patch(sync.Syncer, "_build_from_columns", from_columns)
+        root = self.store.root / "example.org" / "alice"
+        for n in range(6):
+            self.arrive(f"m{n}", sized=True)
+        # Three read elsewhere (in cur/, with flags) before the first SELECT.
+        for base, info in zip(sorted(os.listdir(root / "new"))[::2], ["S", "", "FS"], strict=True):
+            os.rename(root / "new" / base, root / "cur" / f"{base}:2,{info}")
+        client = self.connect()
+        client.command(f"LOGIN {USER} secret")
+        client.send("s1 SELECT INBOX\r\n")
+        self.worker.release()
+        client.run("""
+            S: ...
+            S: * 6 EXISTS
+            S: * 3 RECENT
+            S: ...
+            S: s1 OK [READ-WRITE] SELECT completed
+        """)
+        self.assertEqual(built, [True])
+        state = self.store.mailbox(USER).folder().current_state()
+        assert state is not None
+        again = MailStore(self.store.root, hostname="mail.example.org")
+        self.assertEqual(again.mailbox(USER).folder().sync(), state)
+        self.assertEqual(
+            sorted("".join(sorted(m.flags)) for m in state.messages), ["", "", "", "", "FS", "S"]
+        )
+        self.assertEqual(self.list_uids(), [1, 2, 3, 4, 5, 6])
+        self.assertEqual(self.on_reactor, [])
+
     def test_mail_arriving_during_the_write(self) -> None:
         self.arrive("early")
         client = self.connect()

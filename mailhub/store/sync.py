@@ -8,12 +8,15 @@ the list write and the build, so the state is built once.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from itertools import repeat
 
 from twisted.internet.defer import Deferred
 
 from mailhub.store import names, uidwriter
 from mailhub.store.core import Files, FolderCore, collector_paused, tick
 from mailhub.store.folderstate import (
+    NO_KEYWORDS,
     FolderState,
     MessageInfo,
     by_uid,
@@ -27,7 +30,7 @@ from mailhub.store.folderstate import (
 )
 from mailhub.store.scan import Scanner
 from mailhub.store.uidindex import UidIndex, differences
-from mailhub.store.uidlist import UidList
+from mailhub.store.uidlist import FirstColumns, UidList
 
 
 class Syncer:
@@ -264,6 +267,11 @@ class Syncer:
     def _build_fresh_state(self, lst: UidList, entries: Files) -> None:
         """``build_state`` with no MessageInfo to reuse (the first sync of the folder): the
         same result, built column by column in C loops rather than message by message."""
+        cols = lst.first_columns()
+        if cols is not None:
+            lst.columns = None  # (used once: the records hold the same from now on)
+            if self._build_from_columns(lst, entries, cols):
+                return
         records = lst.records
         bases = list(records)
         recs = list(records.values())
@@ -301,6 +309,35 @@ class Syncer:
         if not all(map(int.__lt__, uids, uids[1:])):
             msgs.sort(key=by_uid)
         self._set_state(lst, entries, infos, uid_base, msgs)  # type: ignore[arg-type]
+
+    def _build_from_columns(self, lst: UidList, entries: Files, cols: FirstColumns) -> bool:
+        """``_build_fresh_state`` of a list just made from ``cols`` (a folder's first list,
+        uidlist.FirstColumns): the records' fields are read from the columns they were made
+        from, already in UID order. False (nothing done) when a file of it is gone since."""
+        bases = cols.bases
+        fns = list(map(entries.cur.get, bases))
+        n = len(bases)
+        recent: Iterable[bool] = repeat(False, n)
+        if None in fns:  # in new/, or vanished since the list was written
+            new_file = entries.new.get
+            fns = [new_file(b) if fn is None else fn for b, fn in zip(bases, fns, strict=True)]
+            if None in fns:
+                return False  # (the general build drops those)
+            recent = map(entries.new.__contains__, bases)
+        uids = range(cols.first, cols.first + n)
+        msgs = new_infos(
+            uids,
+            bases,
+            cols.flags,
+            cols.sizes,
+            cols.internaldates,
+            recent,
+            repeat(NO_KEYWORDS, n),
+            repeat(cols.modseq, n),
+        )
+        infos = dict(zip(fns, msgs, strict=True))
+        self._set_state(lst, entries, infos, dict(zip(uids, bases, strict=True)), msgs)  # type: ignore[arg-type]
+        return True
 
     def _set_state(
         self,

@@ -220,6 +220,8 @@ class UidIndex:
                 modseq,
             )
             if whole:
+                # (the state is built from these columns too: sync.Syncer._build_fresh_state)
+                lst.columns = uidlist.FirstColumns(first, bases, sizes, secs, flags, modseq)
                 return uidlist.render_records(range(first, lst.uidnext), sizes, secs, modseq,
                                               flags, bases)  # fmt: skip
             return None

@@ -29,6 +29,7 @@ folder's dotlock (see ``maildir.Folder``); readers without the lock see the old 
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -70,6 +71,21 @@ class UidRecord:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FirstColumns:
+    """The records of a list made by one ``assign_columns`` on an empty list (a folder's
+    first scan), as the columns they were made from, in UID order (``first`` onwards), all
+    with mod-sequence ``modseq`` and no keywords: the state is built from them
+    (``first_columns``) without reading 10,000 records back."""
+
+    first: int
+    bases: list[str]
+    sizes: list[int]
+    internaldates: list[int]
+    flags: list[frozenset[str]]
+    modseq: int
+
+
 @dataclass
 class UidList:
     uidvalidity: int
@@ -79,6 +95,8 @@ class UidList:
     # The format of the file this list was read from (1: adopted flags are still to write);
     # part of the header the folder lock's check compares (``header_line``).
     version: int = field(default=2, compare=False)
+    # What ``records`` were made from, while they are exactly that (``first_columns``).
+    columns: FirstColumns | None = field(default=None, compare=False, repr=False)
 
     def assign(self, base: str, size: int, internaldate: int, modseq: int = 1) -> UidRecord:
         """Give ``base`` the next UID (RFC 3501: strictly ascending, never reused)."""
@@ -110,6 +128,25 @@ class UidList:
         made = map(UidRecord, uids, sizes, internaldates, repeat(modseq), flags, keywords)
         self.records.update(zip(bases, made, strict=True))
         self.uidnext = end
+        self.columns = None
+
+    def first_columns(self) -> FirstColumns | None:
+        """The columns ``records`` were made from (``FirstColumns``) if they still are
+        exactly these records: every change to a list moves UIDNEXT (new records) or takes
+        a mod-sequence (flags, keywords, expunges: RFC 7162 3.1), and drops none without."""
+        cols = self.columns
+        if cols is None:
+            return None
+        n = len(cols.bases)
+        if (
+            self.uidnext != cols.first + n
+            or self.highestmodseq != cols.modseq
+            or len(self.records) != n
+            or self.version != 2
+        ):
+            self.columns = None
+            return None
+        return cols
 
     def next_modseq(self) -> int:
         """Reserve the mod-sequence of one change (one lock hold = one change, as one STORE
@@ -232,7 +269,14 @@ def serialise(lst: UidList, records: list[str] | None = None) -> bytes:
     ``records``: the record lines, when the caller has them already (``render_records`` of
     exactly ``lst.records``, none with keywords)."""
     if records is not None:
-        if len(records) == len(lst.records):
+        cols = lst.first_columns()
+        if cols is not None and len(records) == len(cols.bases):
+            # A first list: every record has known flags, no keywords and the columns'
+            # mod-sequence; their lines cached for the next write in one C loop.
+            kept = lst.records.values()
+            made = zip(repeat(cols.modseq), cols.flags, map(_keywords_of, kept), records)
+            deque(map(setattr, kept, repeat("line"), made), 0)
+        elif len(records) == len(lst.records):
             # (exactly this list's lines, in order, none with keywords: the next write's)
             for r, line in zip(lst.records.values(), records, strict=True):
                 if r.flags is not None and not r.keywords:
