@@ -147,6 +147,7 @@ class StoreChanges(Service):
         self._notifier: Any = None
         self._readable: Any = None  # select.poll() on the notifier's descriptor
         self._watching: set[str] = set()
+        self._watching_folders: set[FolderKey] = set()  # with every directory in _watching
         self._soon: Any = None
         self._touched: set[FolderKey] = set()  # folders touched() since the last look at them
         self._touched_look = float("-inf")  # when the last look at touched folders was
@@ -674,6 +675,7 @@ class StoreChanges(Service):
             self._use_inotify = False
             return
         self._watching = set()
+        self._watching_folders = set()
         self._dirty_all = True
 
     def _notifier_lost(self, notifier: Any) -> None:
@@ -744,9 +746,12 @@ class StoreChanges(Service):
 
         return changed
 
-    def _watch_dir(self, path: Path, callback: Callable[..., None], extra: int = 0) -> None:
-        if self._notifier is None or str(path) in self._watching:
-            return
+    def _watch_dir(self, path: Path, callback: Callable[..., None], extra: int = 0) -> bool:
+        """Watch ``path``; whether it is watched (now or before)."""
+        if self._notifier is None:
+            return False
+        if str(path) in self._watching:
+            return True
         from twisted.internet import inotify
 
         mask = (
@@ -768,25 +773,31 @@ class StoreChanges(Service):
                 notifier, self._notifier, self._readable = self._notifier, None, None
                 self._dirty_all = True
                 notifier.loseConnection()
-            return
+            return False
         self._watching.add(str(path))
+        return True
 
     def _watch_folder(self, address: str, name: str) -> None:
         # The store's documented layout (mailhub/store/store.py); only ever watched, not used.
         if self._notifier is None:
             return
+        key = (address, name)
+        if key in self._watching_folders:
+            return  # (each look at a folder asks: the paths below cost more than the look)
         local, _, domain = address.rpartition("@")
         path = self.store.root / domain / local
-        key = (address, name)
+        ok = True
         if name != INBOX:
             path = path / folder_dirname(name)
-            self._watch_dir(path, self._mailbox_event(address, name))
-        self._watch_dir(path / "new", self._folder_event(key))
+            ok = self._watch_dir(path, self._mailbox_event(address, name))
+        ok &= self._watch_dir(path / "new", self._folder_event(key))
         # IN_ATTRIB: a keyword-only STORE renames nothing but touches cur/'s mtime
         # (mailhub.store.flags); without it only the timed scan would see keyword changes.
         from twisted.internet.inotify import IN_ATTRIB
 
-        self._watch_dir(path / "cur", self._folder_event(key), IN_ATTRIB)
+        ok &= self._watch_dir(path / "cur", self._folder_event(key), IN_ATTRIB)
+        if ok:
+            self._watching_folders.add(key)
 
 
 def _visible_dir(entry: os.DirEntry[str]) -> bool:

@@ -252,6 +252,7 @@ class FolderCore:
         # Made once: a pathlib join costs more than the stat() it is for (every sync).
         self._list_path = path / uidlist.FILENAME
         self._list_file = f"{self.dir}/{uidlist.FILENAME}"
+        self._lock_path = path / uidlist.LOCKNAME  # (every change: a lock)
         # The user's Maildir root: INBOX itself, the parent of a Maildir++ folder.
         self.root = path if name == names.INBOX else path.parent
         self.settings = settings
@@ -354,7 +355,7 @@ class FolderCore:
         made under it is handed to the worker with the lock (``FolderLock``). ``before``:
         the ``exact_state`` taken before a change that began ahead of the lock (an
         expunge's unlinks), if no write of ours was in flight then."""
-        return FolderLock(self, self.dotlock(self.path / uidlist.LOCKNAME), before)
+        return FolderLock(self, self.dotlock(self._lock_path), before)
 
     def last_flush(self) -> Flush:
         """The write a look must wait for: the next one if changes wait for it."""
