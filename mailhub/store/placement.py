@@ -50,12 +50,13 @@ class Placer:
         self.unsynced = core.fsync_first
         self.syncing: Flush | None = None
 
-    def uids_of(self, bases: Iterable[str]) -> dict[str, int]:
+    def uids_of(self, bases: Iterable[str], *, joined: bool = False) -> dict[str, int]:
         """UIDs of messages we just added; gives them the keywords still pending (another
-        process may have assigned their UIDs before our sync could)."""
+        process may have assigned their UIDs before our sync could). ``joined``: the caller
+        waits for the list writes started meanwhile before it tells them (Syncer.sync)."""
         pending = self.core.pending_keywords
         wanted = list(bases)
-        state = self.syncer.sync()
+        state = self.syncer.sync(joined=joined)
         if not all(_has(state, base) for base in wanted):
             # A file renamed while readdir() ran (another session taking new/ to cur/, a flag
             # change) may be missed by that listing (POSIX leaves it unspecified): look again
@@ -153,9 +154,11 @@ class Placer:
         return Placement(spool, base, self.target(base, flagset), when)
 
     def adopt(self, placement: Placement) -> int:
-        """The UID of a placed message."""
+        """The UID of a placed message. Within ``Folder.deferring`` the caller waits for the
+        writes it started before it tells the UID (APPEND: ``_durable``): the write giving
+        it is not waited for by a second look (``joined``)."""
         self.core.changed_by_us()
-        return self.uids_of([placement.base])[placement.base]
+        return self.uids_of([placement.base], joined=True)[placement.base]
 
     def abandon(self, placement: Placement) -> None:
         """Forget a message whose placing failed (its tmp file is removed)."""
