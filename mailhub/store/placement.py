@@ -236,15 +236,19 @@ class Placer:
         self.sync_links(start=False)  # (a write of ours in flight, or done, with them)
         try:
             # A lock hold giving them UIDs fsyncs their directory first (Syncer.fsync_first)
-            new_uids = self.uids_of([b for _, b in links if not b.startswith("#")])
+            new_uids = self.uids_of([b for _, b in links if not b.startswith("#")], joined=True)
         except LockBusy:
             # That hold's write (uidwriter.Flush) is in flight: they are durable when done.
             core = self.core
             if core.flush is not None and self.unsynced.keys() <= set(core.last_flush().dirs):
                 self.syncing = core.last_flush()
             raise
-        # Named without such a hold (another process gave them UIDs): fsync'd on their own.
-        self.sync_links()
+        if self.core.flush is None:
+            # Named without such a hold (another process gave them UIDs): fsync'd on their own.
+            self.sync_links()
+        # (else our look's hold named them - no write was in flight when it began - and its
+        # write, which the caller waits for before it tells them, fsyncs their directory
+        # before the list: Syncer.fsync_first)
         return [(u, int(b[1:]) if b.startswith("#") else new_uids[b]) for u, b in links]
 
     def sync_links(self, *, start: bool = True) -> None:
