@@ -243,12 +243,14 @@ class Placer:
             if core.flush is not None and self.unsynced.keys() <= set(core.last_flush().dirs):
                 self.syncing = core.last_flush()
             raise
-        if self.core.flush is None:
+        flush = self.core.flush
+        if flush is None or any(flush.marked.get(d) != m for d, m in self.unsynced.items()):
             # Named without such a hold (another process gave them UIDs): fsync'd on their own.
             self.sync_links()
-        # (else our look's hold named them - no write was in flight when it began - and its
-        # write, which the caller waits for before it tells them, fsyncs their directory
-        # before the list: Syncer.fsync_first)
+        # (else our look's hold named them - no write was in flight when it began, so this
+        # one was started within the caller's ``deferring`` and is waited for before it
+        # tells them - and that write fsyncs every link made here so far before the list:
+        # Syncer.fsync_first, uidwriter.Flush.marked)
         return [(u, int(b[1:]) if b.startswith("#") else new_uids[b]) for u, b in links]
 
     def sync_links(self, *, start: bool = True) -> None:
