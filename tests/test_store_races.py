@@ -138,10 +138,10 @@ class IMAPBusyLockTests(IMAPTestCase):
         holders: list[DotLock] = []
         lock = self.root / f".{target}" / uidlist.LOCKNAME
 
-        def uids_of(placer: Placer, bases):  # type: ignore[no-untyped-def]
+        def uids_of(placer: Placer, bases, **kw):  # type: ignore[no-untyped-def]
             if not holders and placer.core.path == lock.parent:
                 holders.append(self.hold(lock))
-            return real(placer, bases)
+            return real(placer, bases, **kw)
 
         self.patch(Placer, "uids_of", uids_of)
         return holders
@@ -203,12 +203,12 @@ class IMAPBusyLockTests(IMAPTestCase):
         holders: list[DotLock] = []
         lock = self.root / ".Trash" / uidlist.LOCKNAME
 
-        def uids_of(placer: Placer, bases):  # type: ignore[no-untyped-def]
+        def uids_of(placer: Placer, bases, **kw):  # type: ignore[no-untyped-def]
             if not holders and placer.core.path == lock.parent:
                 other = MailStore(self.store.root, hostname="other.example.org")
                 other.mailbox(USER).folder("Trash").sync()
                 holders.append(self.hold(lock))
-            return real(placer, bases)
+            return real(placer, bases, **kw)
 
         self.patch(Placer, "uids_of", uids_of)
         client.send("a1 COPY 1 Trash\r\n")

@@ -622,6 +622,42 @@ class CommandsWriteInTheWorker(SessionsCase):
         self.assertEqual([r.uid for r in other.records.values()], [1])
         self.assertNotIn("fsync", self.on_reactor)  # (the links' directory: the worker's)
 
+    def test_append_and_copy_name_their_uids_in_one_look(self) -> None:
+        # The look that names the new UIDs starts the write the command waits for anyway: it
+        # is not run again once that write ends (it used to meet that write, Flushing).
+        calls: list[list[str]] = []
+        real = Placer.uids_of
+
+        def uids_of(placer: Placer, bases: Any, **kw: Any) -> dict[str, int]:
+            calls.append(list(bases))
+            return real(placer, bases, **kw)
+
+        self.patch(Placer, "uids_of", uids_of)
+        literal = message("new")
+        self.a.send(f"a1 APPEND INBOX {{{len(literal)}+}}\r\n".encode() + literal + b"\r\n")
+        self.clock.advance(0)
+        self.assertEqual(self.a.lines(), [])  # (after the write only)
+        self.worker.release()
+        self.clock.advance(0)
+        self.assertTrue(self.a.lines()[-1].startswith("a1 OK [APPENDUID "))
+        self.assertEqual(len(calls), 1)
+        self.a.command("CREATE Other")
+        self.folder("Other").sync()  # (its first, empty list)
+        del calls[:]
+        self.a.send("a3 COPY 1:2 Other\r\n")
+        self.clock.advance(0)
+        self.assertEqual(self.a.lines(), [])
+        self.worker.release()
+        self.clock.advance(0)
+        validity = uidlist.load(
+            Path(self.store.root / "example.org/alice/.Other" / uidlist.FILENAME)
+        )
+        assert validity is not None
+        self.assertEqual(
+            self.a.lines(), [f"a3 OK [COPYUID {validity.uidvalidity} 1:2 1:2] COPY completed"]
+        )
+        self.assertEqual(len(calls), 1)
+
     def disk_events(self) -> list[tuple[str, str]]:
         """(what, path) of the worker's directory fsyncs and list writes, in order."""
         events: list[tuple[str, str]] = []

@@ -348,7 +348,12 @@ def _adopt(
     LockBusy: run again."""
     copied, written = _deferring(target, target.adopt_copies, links)
     try:
-        return copied, written, target.sync().uidvalidity
+        # Named by our own write (in flight, waited for before the answer): its list's
+        # UIDVALIDITY, without a look that would meet that write (Flushing) and run again.
+        validity = target.listed_uidvalidity() if written else None
+        if validity is None:
+            validity = target.sync().uidvalidity
+        return copied, written, validity
     except BaseException:
         # Run again: a write of these that failed is written again by the next try (the
         # list is read anew); nobody waits for these Deferreds.

@@ -70,6 +70,8 @@ BUSY_DELAY = 0.1
 
 # inotify's queue-overflow event: wd -1, mask IN_Q_OVERFLOW (<sys/inotify.h>)
 _OVERFLOW = struct.pack("=iI", -1, 0x00004000)
+# One event's header: wd, mask, cookie, length of the NUL-padded name that follows.
+_EVENT = struct.Struct("=iIII")
 
 NEW = "new"
 FLAGS = "flags"  # flags, keywords or UID of a message changed
@@ -145,6 +147,7 @@ class StoreChanges(Service):
         self._notifier: Any = None
         self._readable: Any = None  # select.poll() on the notifier's descriptor
         self._watching: set[str] = set()
+        self._watching_folders: set[FolderKey] = set()  # with every directory in _watching
         self._soon: Any = None
         self._touched: set[FolderKey] = set()  # folders touched() since the last look at them
         self._touched_look = float("-inf")  # when the last look at touched folders was
@@ -638,7 +641,28 @@ class StoreChanges(Service):
                 if _OVERFLOW in in_:
                     changes._overflow(inotify.IN_Q_OVERFLOW)
                     changes.notice_soon()
-                super()._doRead(in_)
+                # Twisted's own loop makes a FilePath per event (abspath, normpath: most of
+                # an event's cost, ~4 events per IMAP change) and copies the rest of the
+                # buffer after each; ours hands the callbacks the name. Otherwise the same:
+                # no autoAdd watch here, IN_DELETE_SELF drops the watch and closes.
+                buf = self._buffer + in_ if self._buffer else in_
+                points = self._watchpoints
+                end, at = len(buf), 0
+                while end - at >= 16:
+                    wd, mask, _cookie, size = _EVENT.unpack_from(buf, at)
+                    name = buf[at + 16 : at + 16 + size].rstrip(b"\0") if size else b""
+                    at += 16 + size
+                    iwp = points.get(wd)
+                    if iwp is None:
+                        continue  # (the overflow event's -1, a watch removed meanwhile)
+                    if not name:
+                        name = iwp.path.basename()  # an event of the watched directory itself
+                    for callback in iwp.callbacks:
+                        callback(iwp, name, mask)
+                    if mask & inotify.IN_DELETE_SELF:
+                        self._rmWatch(wd)
+                        self.loseConnection()
+                self._buffer = buf[at:]
 
         try:
             self._notifier = Notifier(reactor=self.clock)
@@ -651,6 +675,7 @@ class StoreChanges(Service):
             self._use_inotify = False
             return
         self._watching = set()
+        self._watching_folders = set()
         self._dirty_all = True
 
     def _notifier_lost(self, notifier: Any) -> None:
@@ -681,15 +706,15 @@ class StoreChanges(Service):
             return True
         return False
 
-    def _root_event(self, _watch: Any, path: FilePath[Any], mask: int) -> None:
+    def _root_event(self, _watch: Any, name: bytes, mask: int) -> None:
         if not self._overflow(mask):
-            self._dirty_domains.add(_name(path))
+            self._dirty_domains.add(os.fsdecode(name))
         self.notice_soon()
 
     def _domain_event(self, domain: str) -> Callable[..., None]:
-        def changed(_watch: Any, path: FilePath[Any], mask: int) -> None:
+        def changed(_watch: Any, name: bytes, mask: int) -> None:
             if not self._overflow(mask):
-                self._dirty_boxes.add(f"{_name(path)}@{domain}")
+                self._dirty_boxes.add(f"{os.fsdecode(name)}@{domain}")
             self.notice_soon()
 
         return changed
@@ -699,10 +724,10 @@ class StoreChanges(Service):
         appearing, or (INBOX) a folder directory coming or going. The store's own files
         (UID list, cache, locks) are no change."""
 
-        def changed(_watch: Any, path: FilePath[Any], mask: int) -> None:
+        def changed(_watch: Any, raw: bytes, mask: int) -> None:
             if self._overflow(mask):
                 pass
-            elif (name := _name(path)) in ("new", "cur"):
+            elif (name := os.fsdecode(raw)) in ("new", "cur"):
                 self._dirty_folders.add((address, folder))
                 self._dirty_boxes.add(address)  # a folder that just became a maildir
             elif folder == INBOX and folder_from_dirname(name) is not None:
@@ -714,16 +739,19 @@ class StoreChanges(Service):
         return changed
 
     def _folder_event(self, key: FolderKey) -> Callable[..., None]:
-        def changed(_watch: Any, path: FilePath[Any], mask: int) -> None:
+        def changed(_watch: Any, _name: bytes, mask: int) -> None:
             if not self._overflow(mask):
                 self._dirty_folders.add(key)
             self.notice_soon()
 
         return changed
 
-    def _watch_dir(self, path: Path, callback: Callable[..., None], extra: int = 0) -> None:
-        if self._notifier is None or str(path) in self._watching:
-            return
+    def _watch_dir(self, path: Path, callback: Callable[..., None], extra: int = 0) -> bool:
+        """Watch ``path``; whether it is watched (now or before)."""
+        if self._notifier is None:
+            return False
+        if str(path) in self._watching:
+            return True
         from twisted.internet import inotify
 
         mask = (
@@ -745,29 +773,31 @@ class StoreChanges(Service):
                 notifier, self._notifier, self._readable = self._notifier, None, None
                 self._dirty_all = True
                 notifier.loseConnection()
-            return
+            return False
         self._watching.add(str(path))
+        return True
 
     def _watch_folder(self, address: str, name: str) -> None:
         # The store's documented layout (mailhub/store/store.py); only ever watched, not used.
         if self._notifier is None:
             return
+        key = (address, name)
+        if key in self._watching_folders:
+            return  # (each look at a folder asks: the paths below cost more than the look)
         local, _, domain = address.rpartition("@")
         path = self.store.root / domain / local
-        key = (address, name)
+        ok = True
         if name != INBOX:
             path = path / folder_dirname(name)
-            self._watch_dir(path, self._mailbox_event(address, name))
-        self._watch_dir(path / "new", self._folder_event(key))
+            ok = self._watch_dir(path, self._mailbox_event(address, name))
+        ok &= self._watch_dir(path / "new", self._folder_event(key))
         # IN_ATTRIB: a keyword-only STORE renames nothing but touches cur/'s mtime
         # (mailhub.store.flags); without it only the timed scan would see keyword changes.
         from twisted.internet.inotify import IN_ATTRIB
 
-        self._watch_dir(path / "cur", self._folder_event(key), IN_ATTRIB)
-
-
-def _name(path: FilePath[Any]) -> str:
-    return os.fsdecode(path.basename())
+        ok &= self._watch_dir(path / "cur", self._folder_event(key), IN_ATTRIB)
+        if ok:
+            self._watching_folders.add(key)
 
 
 def _visible_dir(entry: os.DirEntry[str]) -> bool:

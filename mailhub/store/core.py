@@ -269,6 +269,7 @@ class FolderCore:
         # Made once: a pathlib join costs more than the stat() it is for (every sync).
         self._list_path = path / uidlist.FILENAME
         self._list_file = f"{self.dir}/{uidlist.FILENAME}"
+        self._lock_path = path / uidlist.LOCKNAME  # (every change: a lock)
         # The user's Maildir root: INBOX itself, the parent of a Maildir++ folder.
         self.root = path if name == names.INBOX else path.parent
         self.settings = settings
@@ -373,7 +374,7 @@ class FolderCore:
         expunge's unlinks), if no write of ours was in flight then. ``yields``: deferring,
         LockBusy while a worker's job of ours waits for the lock (the caller runs again:
         ``FolderLock``)."""
-        return FolderLock(self, self.dotlock(self.path / uidlist.LOCKNAME), before, yields)
+        return FolderLock(self, self.dotlock(self._lock_path), before, yields)
 
     def last_flush(self) -> Flush:
         """The write a look must wait for: the next one if changes wait for it."""

@@ -418,6 +418,13 @@ class Folder:
         """The second half of ``copy_many``: [(source UID, new UID)] of ``link_copies``."""
         return self._placer.adopt_copies(links)
 
+    def listed_uidvalidity(self) -> int | None:
+        """The UIDVALIDITY of the UID list as this process last read or wrote it (its write
+        may be in flight: for a command that waits for that write before it answers, as
+        COPY's adopt_copies within ``deferring``); None when it has none."""
+        lst = self._core.list
+        return None if lst is None else lst.uidvalidity
+
     def unsynced_links(self) -> list[str]:
         """Directories of copies linked here whose entries may not be durable yet:
         ``adopt_copies`` makes them so (in the store's worker) before it names their UIDs;

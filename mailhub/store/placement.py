@@ -52,12 +52,13 @@ class Placer:
         self.syncing: Flush | None = None
         self.syncing_for: object = None
 
-    def uids_of(self, bases: Iterable[str]) -> dict[str, int]:
+    def uids_of(self, bases: Iterable[str], *, joined: bool = False) -> dict[str, int]:
         """UIDs of messages we just added; gives them the keywords still pending (another
-        process may have assigned their UIDs before our sync could)."""
+        process may have assigned their UIDs before our sync could). ``joined``: the caller
+        waits for the list writes started meanwhile before it tells them (Syncer.sync)."""
         pending = self.core.pending_keywords
         wanted = list(bases)
-        state = self.syncer.sync()
+        state = self.syncer.sync(joined=joined)
         if not all(_has(state, base) for base in wanted):
             # A file renamed while readdir() ran (another session taking new/ to cur/, a flag
             # change) may be missed by that listing (POSIX leaves it unspecified): look again
@@ -155,9 +156,11 @@ class Placer:
         return Placement(spool, base, self.target(base, flagset), when)
 
     def adopt(self, placement: Placement) -> int:
-        """The UID of a placed message."""
+        """The UID of a placed message. Within ``Folder.deferring`` the caller waits for the
+        writes it started before it tells the UID (APPEND: ``_durable``): the write giving
+        it is not waited for by a second look (``joined``)."""
         self.core.changed_by_us()
-        return self.uids_of([placement.base])[placement.base]
+        return self.uids_of([placement.base], joined=True)[placement.base]
 
     def abandon(self, placement: Placement) -> None:
         """Forget a message whose placing failed (its tmp file is removed)."""
@@ -235,15 +238,21 @@ class Placer:
         self.sync_links(links, start=False)  # (a write of ours in flight, or done, with them)
         try:
             # A lock hold giving them UIDs fsyncs their directory first (Syncer.fsync_first)
-            new_uids = self.uids_of([b for _, b in links if not b.startswith("#")])
+            new_uids = self.uids_of([b for _, b in links if not b.startswith("#")], joined=True)
         except LockBusy:
             # That hold's write (uidwriter.Flush) is in flight: they are durable when done.
             core = self.core
             if core.flush is not None and self.unsynced.keys() <= set(core.last_flush().dirs):
                 self.syncing, self.syncing_for = core.last_flush(), links
             raise
-        # Named without such a hold (another process gave them UIDs): fsync'd on their own.
-        self.sync_links(links)
+        flush = self.core.flush
+        if flush is None or any(flush.marked.get(d) != m for d, m in self.unsynced.items()):
+            # Named without such a hold (another process gave them UIDs): fsync'd on their own.
+            self.sync_links(links)
+        # (else our look's hold named them - no write was in flight when it began, so this
+        # one was started within the caller's ``deferring`` and is waited for before it
+        # tells them - and that write fsyncs every link made here so far before the list:
+        # Syncer.fsync_first, uidwriter.Flush.marked)
         return [(u, int(b[1:]) if b.startswith("#") else new_uids[b]) for u, b in links]
 
     def sync_links(self, links: object, *, start: bool = True) -> None:

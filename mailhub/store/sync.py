@@ -46,13 +46,20 @@ class Syncer:
         self.fsync_first = core.fsync_first
 
     def sync(
-        self, taken: list[int] | None = None, *, assign: bool = True, fast: bool = False
+        self,
+        taken: list[int] | None = None,
+        *,
+        assign: bool = True,
+        fast: bool = False,
+        joined: bool = False,
     ) -> FolderState:
         """``Folder.sync()``; with a list ``taken``, a rebuild also moves what is in new/ to
         cur/ first and puts the UIDs it moved in ``taken``. ``assign=False``: when the UID
         list must change, leave that to a worker (uidwriter.py) if the store has one.
         ``fast``: young directories the inotify witness vouches for are not listed again
-        (``Scanner.refresh``)."""
+        (``Scanner.refresh``). ``joined``: the caller waits for the writes this look starts
+        (``Folder.deferred``'s list) before it tells anything of the state, so a write it
+        started is no reason to look again (an APPEND's own UID: Placer.adopt)."""
         core = self.core
         if core.flush is not None:
             raise core.last_flush().busy()  # our own change is on its way to disk (uidwriter.Flush)
@@ -86,8 +93,10 @@ class Syncer:
             core.state, core.uid_base, core.entries, core.infos, core.partial = told
             core.stale = True
             raise uidwriter.NotWritten("the UID list was not written", core.dir)
-        if core.flush is not None and taken is None:
-            # This look changed the list: it is told once the worker has written it.
+        if core.flush is not None and taken is None and not (joined and core.defer_writes):
+            # This look changed the list: it is told once the worker has written it. (No
+            # write was in flight when it began: this one is its own, and with ``joined``
+            # its Deferred is in core.defer_writes, which the caller waits for.)
             raise core.last_flush().busy()
         assert core.state is not None
         core.looked = began
