@@ -137,6 +137,14 @@ class InlineLooks(Renumbering, IMAPTestCase):
 
             self.assertRaises(UidValidityChanged, p.get, 2)
 
+    def test_a_copy_whose_own_look_renumbers_is_refused(self) -> None:
+        folder, trash = self.folder(), self.folder("Trash")
+        self.lose_the_list()
+        from mailhub.store.errors import UidValidityChanged
+
+        self.assertRaises(UidValidityChanged, folder.link_copies, [2], trash)
+        self.assertEqual(self.files_of("m2", self.root / ".Trash"), [])
+
     def test_pop3_finds_its_messages_again_by_name(self) -> None:
         # RFC 1939: the maildrop's numbers stay; RETR 1 is m1 still, DELE 1 removes m1.
         drop = open_maildrop(self.store, USER)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from mailhub.store import names
 from mailhub.store.core import FolderCore
-from mailhub.store.errors import MessageGone
+from mailhub.store.errors import MessageGone, UidValidityChanged
 from mailhub.store.folderstate import (
     FolderState,
     MessageInfo,
@@ -117,13 +117,18 @@ class FlagStore:
     ) -> StoreOutcome:
         core = self.core
         wanted = sorted(set(uids))
+        numbered = core.uidvalidity  # (the numbering ``uids`` are of)
         if core.flush is None:
-            self.syncer.sync()
+            self.syncer.resync(numbered)
         # (else our write in flight holds the lock, and a deferring STORE joins the next
         # one with what this process knows of the folder: core.FolderLock; a file renamed by
         # another process meanwhile is found again by _change_one)
         with core.lock(yields=True):
             lst = self.index.reload()
+            if numbered and (lst is None or lst.uidvalidity != numbered):
+                # Numbered anew (by another process, or the next look: the list is lost)
+                # since the caller got ``uids``: they are other messages' now (as in resync).
+                raise UidValidityChanged(f"{core.name!r} was given new UIDs")
             if lst is None:  # lost or corrupt: rebuild it (new UIDVALIDITY) like sync() would
                 lst, entries, _ = self.index.update_locked(self.scanner.rescan(), {})
                 self.syncer.build_state(lst, entries)
