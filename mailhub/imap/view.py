@@ -29,7 +29,7 @@ from operator import attrgetter
 
 from mailhub.imap import render
 from mailhub.imap.sequence import SequenceSet, compress
-from mailhub.store import Folder, FolderState, MessageInfo
+from mailhub.store import Folder, FolderState, MessageInfo, UidValidityChanged
 
 # IMAP system flags <-> Maildir info letters (maildir.html); \Recent is session state.
 FLAG_TO_LETTER = {"\\Seen": "S", "\\Answered": "R", "\\Flagged": "F", "\\Deleted": "T",
@@ -74,8 +74,8 @@ def split_flags(flags: Iterable[str]) -> tuple[set[str], set[str]]:
     return letters, keywords
 
 
-class UidValidityChanged(Exception):
-    """The folder's UIDVALIDITY changed under the session: it cannot continue (RFC 3501 2.3.1.1)."""
+# UidValidityChanged (the store's, imported from here too): the folder's UIDVALIDITY changed
+# under the session, which cannot continue (RFC 3501 2.3.1.1).
 
 
 class BadSequence(ValueError):
@@ -94,7 +94,7 @@ class View:
     """The selected folder as this session sees it (see the module docstring)."""
 
     def __init__(self, folder: Folder, *, readonly: bool, assign: bool = True) -> None:
-        self.folder = folder
+        self._folder = folder
         self.readonly = readonly
         self.condstore = False  # set by the session when CONDSTORE is enabled
         self.qresync = False  # RFC 7162 3.2.10: expunges are then told as VANISHED
@@ -130,7 +130,19 @@ class View:
 
     def close(self) -> None:
         """The session leaves the folder: the store need not keep expunged messages for it."""
-        self.folder.forget(self)
+        self._folder.forget(self)
+
+    @property
+    def folder(self) -> Folder:
+        """The folder, to read or change the session's messages by UID (every command's way
+        to them). UidValidityChanged once the store numbers them by another UIDVALIDITY (a
+        lost UID list numbered anew by any session's look, even one whose new list is still
+        being written): the session's UIDs and sequence numbers would name other messages
+        (RFC 3501 2.3.1.1), so it ends with BYE (protocol.py), having read or changed none."""
+        folder = self._folder
+        if folder.uidvalidity != self.uidvalidity:
+            raise UidValidityChanged(folder.name)
+        return folder
 
     def _after_take(self, state: FolderState) -> FolderState:
         """The folder's state after our ``take_recent`` if it is ``state`` with those renames
@@ -161,7 +173,10 @@ class View:
         return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
 
     def select(self, sequence: SequenceSet, *, uid: bool) -> list[tuple[int, int]]:
-        """``(seq, uid)`` pairs of a sequence set or UID set, in ascending order."""
+        """``(seq, uid)`` pairs of a sequence set or UID set, in ascending order
+        (UidValidityChanged as for ``folder``: the command must not go on)."""
+        if self._folder.uidvalidity != self.uidvalidity:
+            raise UidValidityChanged(self._folder.name)
         uids = self.uids
         out: list[tuple[int, int]] = []
         if uid:
@@ -344,7 +359,7 @@ class View:
         if state is None:
             state = self.folder.sync(assign=assign, fast=fast)
         if state.uidvalidity != self.uidvalidity:
-            raise UidValidityChanged(self.folder.name)
+            raise UidValidityChanged(self._folder.name)
         previous, self._state = self._state, state
         out: list[bytes] = []
         if state is previous and not (allow_expunge and len(self.uids) != state.count):

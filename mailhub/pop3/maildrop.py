@@ -18,7 +18,7 @@ from typing import BinaryIO
 from twisted.logger import Logger
 
 from mailhub.pop3.lock import LOCK_FILENAME, SessionLock
-from mailhub.store import Folder, MailStore, MessageInfo, StoreError
+from mailhub.store import Folder, MailStore, MessageGone, MessageInfo, StoreError
 from mailhub.store.names import SEEN
 
 log = Logger(namespace="mailhub.pop3")
@@ -81,7 +81,12 @@ class Maildrop:
         self.address = address
         self._folder = folder
         self._lock = lock
-        self._messages: tuple[MessageInfo, ...] = folder.sync().messages
+        state = folder.sync()
+        self._messages: tuple[MessageInfo, ...] = state.messages
+        # The UIDVALIDITY of their UIDs; once the folder is numbered anew (a lost UID list),
+        # base name -> UID in the new numbering (``_uids``).
+        self._uidvalidity = state.uidvalidity
+        self._renumbered: dict[str, int] | None = None
         self._deleted: set[int] = set()  # 0-based indexes
         self._unique_ids: list[str] | None = None
         # LIST and UIDL answers built this session, for the current deletion marks.
@@ -166,15 +171,36 @@ class Maildrop:
 
     # -- messages on disk --------------------------------------------------------------------
 
+    def _uids(self, infos: Iterable[MessageInfo]) -> list[int]:
+        """The UIDs of these messages in the folder now, those gone left out: the snapshot's,
+        unless the folder was numbered anew since (a lost UID list: a new UIDVALIDITY, whose
+        UIDs name other messages) - then each is found again by its file's base name, which
+        the session names it by (UIDL) and which never changes."""
+        folder = self._folder
+        if folder.uidvalidity != self._uidvalidity:
+            state = folder.sync()
+            self._uidvalidity = state.uidvalidity
+            self._renumbered = {m.key: m.uid for m in state.messages}
+        now = self._renumbered
+        if now is None:
+            return [m.uid for m in infos]
+        return [now[m.key] for m in infos if m.key in now]
+
+    def _uid(self, entry: Entry) -> int:
+        found = self._uids([entry.info])
+        if not found:
+            raise MessageGone(f"message {entry.number} is no longer in the folder")
+        return found[0]
+
     def open(self, entry: Entry) -> BinaryIO:
         """The message file, for reading; MessageGone if another session expunged it."""
-        return self._folder.open_message(entry.info.uid)
+        return self._folder.open_message(self._uid(entry))
 
     def read(self, entry: Entry) -> bytes:
         """The whole message file (one open, read and close; the index's size spares an
         fstat): for messages the index says are small; MessageGone if another session
         expunged it."""
-        return self._folder.read_message(entry.info.uid, entry.info.size)
+        return self._folder.read_message(self._uid(entry), entry.info.size)
 
     def mark_seen(self, entry: Entry) -> None:
         """RETR sets \\Seen for IMAP users, as Dovecot does (the Maildir S flag). Collected and
@@ -191,7 +217,8 @@ class Maildrop:
         if not pending:
             return
         try:
-            self._folder.store_flags([self._messages[i].uid for i in pending], "add", {SEEN})
+            uids = self._uids(self._messages[i] for i in pending)
+            self._folder.store_flags(uids, "add", {SEEN})
         except (OSError, StoreError) as e:
             # The client has its copies; a flag we could not set is not worth an error.
             log.warn(
@@ -204,15 +231,17 @@ class Maildrop:
     def commit(self) -> UpdateResult:
         """The UPDATE state (RFC 1939 6): remove the marked messages, durably."""
         self.flush_seen()
-        uids = [self._messages[i].uid for i in sorted(self._deleted)]
-        if not uids:
+        marked = len(self._deleted)
+        if not marked:
             return UpdateResult(0, 0, False)
         try:
-            removed = self._folder.expunge(uids)
+            removed = self._folder.expunge(
+                self._uids(self._messages[i] for i in sorted(self._deleted))
+            )
         except (OSError, StoreError) as e:
             log.error("UPDATE failed for {address}: {error}", address=self.address, error=str(e))
             return UpdateResult(0, 0, True)
-        return UpdateResult(len(removed), len(uids) - len(removed), False)
+        return UpdateResult(len(removed), marked - len(removed), False)
 
     def close(self) -> None:
         """End the session (after ``commit`` or without it): flags, then the lock."""

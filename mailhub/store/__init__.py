@@ -14,6 +14,7 @@ from mailhub.store.errors import (
     MailboxNotFound,
     MessageGone,
     StoreError,
+    UidValidityChanged,
 )
 from mailhub.store.maildir import Folder, FolderState, MessageInfo, StoreOutcome
 from mailhub.store.store import Mailbox, MailStore
@@ -34,4 +35,5 @@ __all__ = [
     "MessageInfo",
     "StoreError",
     "StoreOutcome",
+    "UidValidityChanged",
 ]

@@ -280,6 +280,9 @@ class FolderCore:
         self.state: FolderState | None = None
         self.entries = Files()  # where each message's file was last seen
         self.uid_base: dict[int, str] = {}
+        # The UIDVALIDITY of the numbering ``uid_base`` is by (0: none yet): a caller's UIDs
+        # of another one name other messages (``Syncer.numbered``, ``Folder.uidvalidity``).
+        self.uidvalidity = 0
         self.infos: dict[str, MessageInfo] = {}  # file name -> info, reused across syncs
         self.pending_keywords: dict[str, frozenset[str]] = {}  # base -> keywords, for adding
         self.cache: FolderCache | None = None

@@ -5,11 +5,13 @@ processes. (Dropping expunged messages' records and compacting: ``FolderCore``.)
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import BinaryIO, TypeVar
 
 from mailhub.store.cache import MISSING, CachePass
 from mailhub.store.cache import check_name as check_cache_name
 from mailhub.store.core import FolderCore
+from mailhub.store.errors import UidValidityChanged
 from mailhub.store.reading import MessageFiles
 
 T = TypeVar("T")
@@ -104,11 +106,15 @@ class DerivedData:
                     cache.put(key, name, encode(value), value, defer=True)
             return value  # type: ignore[return-value]  # decoded or computed: a T
 
-        return CachePass(cache, name, self._live_base, miss)
+        # (a pass spans reactor turns, SEARCH's slices: its UIDs are of the numbering now)
+        return CachePass(cache, name, partial(self._live_base, core.uidvalidity), miss)
 
-    def _live_base(self, uid: int) -> str | None:
-        """The base name of ``uid`` if the message is (as far as we know) still here."""
+    def _live_base(self, numbered: int, uid: int) -> str | None:
+        """The base name of ``uid`` if the message is (as far as we know) still here;
+        UidValidityChanged if the folder is no longer numbered by ``numbered``."""
         core = self.core
+        if core.uidvalidity != numbered:
+            raise UidValidityChanged(f"{core.name!r} was given new UIDs")
         base = core.uid_base.get(uid)
         if base is None:
             return None

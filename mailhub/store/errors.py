@@ -35,6 +35,12 @@ class MessageGone(StoreError, LookupError):
     """The message was removed (by another session or process) since the last ``sync()``."""
 
 
+class UidValidityChanged(StoreError):
+    """The folder's messages were numbered anew (a lost or corrupt UID list: a new
+    UIDVALIDITY) after the caller got the UIDs it asks for: they name other messages now, or
+    none (RFC 3501 2.3.1.1), so nothing is read or changed by them. IMAP says BYE."""
+
+
 class LockTimeout(StoreError):
     """A dotlock could not be taken within the bounded wait: answer with a temporary error
     (SMTP 451 4.3.0, IMAP ``NO [UNAVAILABLE]`` of RFC 5530, POP3 ``-ERR [SYS/TEMP]``)."""

@@ -13,7 +13,7 @@ from typing import Literal
 
 from mailhub.store import names
 from mailhub.store.core import FolderCore, collector_paused
-from mailhub.store.errors import MessageGone
+from mailhub.store.errors import MessageGone, UidValidityChanged
 from mailhub.store.folderstate import (
     FolderState,
     MessageInfo,
@@ -150,11 +150,12 @@ class FlagStore:
     ) -> StoreOutcome:
         core = self.core
         wanted = sorted(set(uids))
+        numbered = core.uidvalidity  # (the numbering ``uids`` are of)
         if core.flush is None:
             # (fast: a directory the store's inotify witness saw unchanged since its last
             # listing is not listed again - 10,000 names in cur/ - as for the looks after
             # IMAP commands; a file moved meanwhile is found again by _change_one)
-            self.syncer.sync(fast=True)
+            self.syncer.resync(numbered, fast=True)
         # (else our write in flight holds the lock, and a deferring STORE joins the next
         # one with what this process knows of the folder: core.FolderLock; a file renamed by
         # another process meanwhile is found again by _change_one)
@@ -162,6 +163,10 @@ class FlagStore:
         # would set off a dozen passes: core.collector_paused.)
         with core.lock(yields=True), collector_paused():
             lst = self.index.reload()
+            if numbered and (lst is None or lst.uidvalidity != numbered):
+                # Numbered anew (by another process, or the next look: the list is lost)
+                # since the caller got ``uids``: they are other messages' now (as in resync).
+                raise UidValidityChanged(f"{core.name!r} was given new UIDs")
             if lst is None:  # lost or corrupt: rebuild it (new UIDVALIDITY) like sync() would
                 lst, entries, _ = self.index.update_locked(self.scanner.rescan(), {})
                 self.syncer.build_state(lst, entries)

@@ -234,6 +234,15 @@ class Folder:
         concurrent with the command; the next command's look finds it)."""
         return self._syncer.looked_since(mark)
 
+    @property
+    def uidvalidity(self) -> int:
+        """The UIDVALIDITY of the UIDs this process reads and changes the messages by now
+        (``read_message``, ``store_flags``, ``expunge``...): that of its last look's state,
+        0 before the first. A lost UID list is numbered anew under a new one; UIDs a caller
+        got under another then name other messages (RFC 3501 2.3.1.1). A call whose own
+        look numbers anew raises UidValidityChanged."""
+        return self._core.uidvalidity
+
     def count(self) -> int:
         return self.sync().count
 

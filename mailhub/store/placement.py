@@ -179,7 +179,9 @@ class Placer:
         # flags and keywords as of now, for the copies. A new look assigns nothing
         # (assign=False): COPY is not run again, so it must not meet the lock or start a
         # write of the list (uidwriter.Flushing); what it copies has UIDs already.
-        by_uid = (state if state is not None else self.syncer.sync(assign=False)).by_uid
+        if state is None:  # (``uids`` are of the numbering before it)
+            state = self.syncer.resync(self.core.uidvalidity, assign=False)
+        by_uid = state.by_uid
         hostname = other.core.settings.hostname
         pending = other.core.pending_keywords
         links: list[tuple[int, str]] = []  # (source uid, new base)

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 
 from mailhub.store import names, uidwriter
 from mailhub.store.core import Files, FolderCore, collector_paused, tick
+from mailhub.store.errors import UidValidityChanged
 from mailhub.store.folderstate import (
     NO_KEYWORDS,
     FolderState,
@@ -82,7 +83,7 @@ class Syncer:
         # clears this), it must not count as "seen" should reconcile fail (lock timeout).
         core.stale = True
         failures = core.write_failures
-        told = core.state, core.uid_base, core.entries, core.infos, core.partial
+        told = core.state, core.uid_base, core.uidvalidity, core.entries, core.infos, core.partial
         with collector_paused():
             self.reconcile(taken, assign, before)
         if core.write_failures != failures:
@@ -90,7 +91,9 @@ class Syncer:
             # again from the file): the state was built from a list that is not on disk.
             # Reads by UID (``state_or_sync``) keep to the one before, whose UIDs the
             # sessions know: the new one's may be others (a lost list's new UIDVALIDITY).
-            core.state, core.uid_base, core.entries, core.infos, core.partial = told
+            core.state, core.uid_base, core.uidvalidity, core.entries, core.infos, core.partial = (
+                told
+            )
             core.stale = True
             raise uidwriter.NotWritten("the UID list was not written", core.dir)
         if core.flush is not None and taken is None and not (joined and core.defer_writes):
@@ -114,8 +117,20 @@ class Syncer:
         core = self.core
         state = core.state
         if state is None and (core.flush is None or not core.uid_base):
-            return self.sync()
+            return self.resync(core.uidvalidity)  # (the caller's UIDs are of the state before)
         return state
+
+    def resync(self, numbered: int, *, assign: bool = True, fast: bool = False) -> FolderState:
+        """``sync()`` for a caller holding UIDs of the numbering ``numbered`` (its
+        UIDVALIDITY; 0: none): UidValidityChanged if the look found the list lost and
+        numbered the messages anew - even if it then raises (its write in flight: the
+        caller would run again, by then in the new numbering) - as those UIDs name other
+        messages now (RFC 3501 2.3.1.1)."""
+        try:
+            return self.sync(assign=assign, fast=fast)
+        finally:
+            if numbered and self.core.uidvalidity != numbered:
+                raise UidValidityChanged(f"{self.core.name!r} was given new UIDs")
 
     def current_state(self) -> FolderState | None:
         core = self.core
@@ -360,6 +375,7 @@ class Syncer:
         core.infos = infos
         core.entries = entries
         core.uid_base = uid_base
+        core.uidvalidity = lst.uidvalidity
         core.stale = False
         core.state = FolderState(lst.uidvalidity, lst.uidnext, tuple(msgs), lst.highestmodseq)
 
