@@ -294,7 +294,10 @@ def settle(pause: float) -> None:
 
 def run(mode: str, args: argparse.Namespace, index: int) -> dict:
     settle(args.settle)
-    smtp, dns_port = free_ports(2)
+    if args.ports:  # the caller's own range: two ports per run
+        smtp, dns_port = args.ports + 2 * index, args.ports + 2 * index + 1
+    else:
+        smtp, dns_port = free_ports(2)
     # (kept until the script ends: see "Runs are kept apart")
     data = tempfile.mkdtemp(prefix=f"run{index:02d}-{mode}-", dir=args.workdir)
     zone_file = template = ""
@@ -417,6 +420,13 @@ def main() -> int:
         "--workdir",
         help="the runs' data dirs, all kept until the end (default: a new temporary dir, "
         "removed at the end)",
+    )
+    ap.add_argument(
+        "--ports",
+        type=int,
+        default=0,
+        metavar="BASE",
+        help="run i listens on BASE+2i (SMTP) and BASE+2i+1 (DNS); default: free ports",
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

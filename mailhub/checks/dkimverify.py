@@ -149,11 +149,9 @@ class _Signature:
     # What dkimpy raised that it should not have: logged by the reactor thread afterwards
     # (the cryptography may run in another thread, where Twisted's logging is not safe).
     unexpected: Exception | None = None
-
-    @functools.cached_property
-    def key_name(self) -> str:
-        """Where the key is (RFC 6376 3.6.2.1); asked once d= and s= are final."""
-        return f"{self.selector}._domainkey.{self.domain}"
+    # Where the key is (RFC 6376 3.6.2.1): set once d= and s= are final (a plain attribute:
+    # functools.cached_property takes a lock at its first use, ~1 us a message).
+    key_name: str = ""
 
     def decide(self, result: str, reason: str) -> None:
         if self.verdict is None:
@@ -225,8 +223,17 @@ def verify_at_once(
     as ``eager.Pending``; a job that fails makes each signature it had ``temperror``."""
     if len(message) > INLINE_LIMIT:
         return None
-    # Called for mail whose header names DKIM-Signature (judge_at_once looked): no second look.
-    read = _read_all(message, time.time() if now is None else now, max_signatures, look=False)
+    # Called for mail whose header names DKIM-Signature (judge_at_once looked): parsed without
+    # a second look, and handed to the cryptography as it is (not through opensslverify's
+    # cache by the message's octets: hashing 4 KiB of them as a key costs more than the look
+    # up saves, and no ARC check shares it here).
+    parsed: opensslverify.ParsedMessage | None
+    try:
+        parsed = opensslverify.parse_uncached(message)
+    except Exception:  # dkimpy's parser raises MessageFormatError, or IndexError (a fold first)
+        parsed = None
+    fields = None if parsed is None else _dkim_fields(parsed.headers)
+    read = _read_fields(fields, time.time() if now is None else now, max_signatures)
     if isinstance(read, list):
         return read
     signatures, wanted = read
@@ -240,13 +247,14 @@ def verify_at_once(
         answers[name] = answer
     ready = _judge_keys(signatures, answers)
     if ready:
-        running = None if offload is None else offload(functools.partial(_crypto, message, ready))
+        job = functools.partial(_crypto, message, ready, parsed)
+        running = None if offload is None else offload(job)
         if running is not None:
             got = running.addCallbacks(
                 _results, _crypto_failed, callbackArgs=(signatures,), errbackArgs=(signatures,)
             )
             return eager.Pending(got)
-        _crypto(message, ready)
+        job()
         _log_unexpected(ready)
     return [s.result() for s in signatures]
 
@@ -284,7 +292,14 @@ def _read_all(
     """The signatures read and checked (RFC 6376 6.1.1) and the key records they need, or the
     results at once (no signature, or a header that cannot be read). ``look``: as
     ``_signature_fields``."""
-    fields = _signature_fields(message, look)
+    return _read_fields(_signature_fields(message, look), now, max_signatures)
+
+
+def _read_fields(
+    fields: list[bytes] | None, now: float, max_signatures: int
+) -> list[SignatureResult] | tuple[list[_Signature], list[str]]:
+    """``_read_all`` for the DKIM-Signature values ``fields`` (None: the header could not be
+    read)."""
     if fields is None:
         return [
             SignatureResult(
@@ -334,6 +349,10 @@ def _signature_fields(message: bytes, look: bool = True) -> list[bytes] | None:
         headers = message_fields(message, head)
     if headers is None:  # unreadable but seems signed: a permerror
         return None
+    return _dkim_fields(headers)
+
+
+def _dkim_fields(headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
     return [value for name, value in headers if name.lower() == b"dkim-signature"]
 
 
@@ -409,6 +428,7 @@ def _read_signature(index: int, value: bytes, now: float) -> _Signature:
         sig.decide("permerror", f"d= is not a domain name: {domain}")
         return sig
     sig.domain = domain
+    sig.key_name = f"{sig.selector}._domainkey.{domain}"
     if not _SELECTOR.match(sig.selector) or len(sig.key_name) > 253:
         sig.decide("permerror", f"s={_show(tags['s'])} is not a valid selector (RFC 6376 3.1)")
         return sig
@@ -699,16 +719,21 @@ def rsa_numbers(data: bytes) -> tuple[int, int, bool] | str:
 # -- the cryptography (dkimpy's steps, OpenSSL's RSA), inline or in a thread ---------------------
 
 
-def _crypto(message: bytes, signatures: list[_Signature]) -> None:
+def _crypto(
+    message: bytes,
+    signatures: list[_Signature],
+    parsed: opensslverify.ParsedMessage | None = None,
+) -> None:
     """Each signature's cryptography, with the key records fetched above: ours (``dkimfast``)
     for the signatures and keys it takes, else dkimpy's steps (``opensslverify``: OpenSSL's
-    RSA); both share the message's parse and body hashes."""
-    try:
-        parsed = opensslverify.parse(message)
-    except Exception as e:
-        for sig in signatures:
-            sig.decide("permerror", f"the message cannot be parsed for DKIM ({e})")
-        return
+    RSA); both share the message's parse (``parsed``, if the caller has it) and body hashes."""
+    if parsed is None:
+        try:
+            parsed = opensslverify.parse(message)
+        except Exception as e:
+            for sig in signatures:
+                sig.decide("permerror", f"the message cannot be parsed for DKIM ({e})")
+            return
     sig_fields = [(n, v) for n, v in parsed.headers if n.lower() == b"dkim-signature"]
     verifier: opensslverify.Verifier | None = None
     for sig in signatures:

@@ -147,6 +147,11 @@ def parse(message: bytes) -> ParsedMessage:
     return _parse_cached(message)
 
 
+def parse_uncached(message: bytes) -> ParsedMessage:
+    """``parse`` without its cache: a new ``ParsedMessage`` (for a caller that hands it on)."""
+    return _parse(message)
+
+
 def _parse(message: bytes) -> ParsedMessage:
     head, rest = _split(message)
     headers = header_lines(head)
