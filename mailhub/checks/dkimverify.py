@@ -63,6 +63,7 @@ FUTURE_SLOP = 36000  # seconds; as dkimpy, a t= this far ahead of our clock is r
 
 ALGORITHMS = {"rsa-sha256": "rsa", "ed25519-sha256": "ed25519"}  # a= -> the key type k= needs
 REQUIRED_TAGS = ("v", "a", "b", "bh", "d", "h", "s")  # RFC 6376 3.5
+_REQUIRED = frozenset(REQUIRED_TAGS)
 
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 3.6.8 ftext
 _SELECTOR = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9_-]+)*$")
@@ -232,7 +233,11 @@ def verify_at_once(
         parsed = opensslverify.parse_uncached(message)
     except Exception:  # dkimpy's parser raises MessageFormatError, or IndexError (a fold first)
         parsed = None
-    fields = None if parsed is None else _dkim_fields(parsed.headers)
+    fields = None
+    if parsed is not None:  # (the lowered names are the cryptography's h= lookups too)
+        lowered = parsed.lowered_names()
+        headers = parsed.headers
+        fields = [headers[i][1] for i, n in enumerate(lowered) if n == b"dkim-signature"]
     read = _read_fields(fields, time.time() if now is None else now, max_signatures)
     if isinstance(read, list):
         return read
@@ -409,15 +414,15 @@ def _read_signature(index: int, value: bytes, now: float) -> _Signature:
         sig.decide("permerror", f"the signature's tag list is malformed: {e}")
         return sig
     sig = _Signature(index, tags)
-    sig.domain = _text(tags.get("d", b"")).lower()
-    sig.selector = _text(tags.get("s", b"")).lower()
-    sig.algorithm = _text(tags.get("a", b"")).lower()
-    sig.identity = _text(tags.get("i", b""))
-    b_value = _no_space(tags.get("b", b""))
-    sig.header_b = _text(b_value[:8])
-    missing = [t for t in REQUIRED_TAGS if t not in tags]
-    if missing:
-        names = ", ".join(f"{t}=" for t in missing)
+    get = tags.get
+    sig.domain = get("d", b"").decode("utf-8", "replace").lower()
+    sig.selector = get("s", b"").decode("utf-8", "replace").lower()
+    sig.algorithm = get("a", b"").decode("utf-8", "replace").lower()
+    sig.identity = get("i", b"").decode("utf-8", "replace")
+    b_value = b"".join(get("b", b"").split())  # (_no_space)
+    sig.header_b = b_value[:8].decode("utf-8", "replace")
+    if not _REQUIRED.issubset(tags):
+        names = ", ".join(f"{t}=" for t in REQUIRED_TAGS if t not in tags)
         sig.decide("permerror", f"required tag {names} missing (RFC 6376 3.5)")
         return sig
     if tags["v"] != b"1":
@@ -482,6 +487,7 @@ def _check_signed_fields(h: bytes) -> tuple[str, str] | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)  # by the value: a handful of spellings come in all mail
 def _check_canonicalization(c: bytes | None) -> tuple[str, str] | None:
     if c is None:
         return None
@@ -517,6 +523,8 @@ def _check_length(length: bytes | None) -> tuple[str, str] | None:
 
 
 def _check_times(tags: dict[str, bytes], now: float) -> tuple[str, str] | None:
+    if "t" not in tags and "x" not in tags:
+        return None
     signed = expires = None
     for name in ("t", "x"):
         if name in tags and not _SECONDS.fullmatch(tags[name]):
@@ -839,10 +847,6 @@ def _colon_list(value: bytes | None) -> list[bytes]:
 def _no_space(value: bytes) -> bytes:
     """``value`` without any white space (\\s: SP, HTAB, CR, LF, VT, FF), as ``\\s+`` removed."""
     return b"".join(value.split())
-
-
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", "replace")
 
 
 def _show(value: bytes, limit: int = 40) -> str:
