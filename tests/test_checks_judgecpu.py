@@ -14,13 +14,19 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.checks import dkimverify, dmarc, eager, opensslverify
+from mailhub.checks.inbound import ACCEPT, REJECT, Refusal, Verdict
 from mailhub.checks.resolver import CachingResolver
 from mailhub.checks.results import AuthenticationResults, MethodResult
+from mailhub.checks.sink import CheckingSink
+from mailhub.envelope import Envelope, Recipient
+from mailhub.interfaces import MessageRejected
 from tests.support.checkdns import MemoryResolver
 from tests.support.dkimkeys import ed25519_key, rsa_key, sign
+from tests.support.smtp import MemorySink
 
 _, RSA_RECORD = rsa_key()
 _, ED_RECORD = ed25519_key()
@@ -226,3 +232,51 @@ class ResultsWrittenOnce(SynchronousTestCase):
             b"Authentication-Results: mx.b.test;\r\n"
             b'\tdkim=pass reason="fine" header.d=pass.test\r\n',
         )
+
+
+class VerdictWaitedFor(SynchronousTestCase):
+    """The sink's one callback for a verdict that has to be waited for (the DKIM job in its
+    thread): judged, then refused or passed on, as for a verdict given at once."""
+
+    def send(self, verdict: Any) -> tuple[Any, MemorySink, defer.Deferred[Any]]:
+        inner = MemorySink()
+        later: defer.Deferred[Any] = defer.Deferred()
+        events: list[dict[str, Any]] = []
+        sink = CheckingSink(
+            inner,
+            judge=lambda message, env: later,
+            authserv_id="mx.b.test",
+            log=Logger(observer=events.append),
+        )
+        message = sink.open(Envelope("Q1", "alice@a.test", [Recipient("bob@b.test", "bob@b.test")]))
+        message.write(b"From: alice@a.test\r\n\r\nbody\r\n")
+        committed = message.commit()
+        self.assertNoResult(committed)
+        self.assertEqual(inner.delivered, [])  # nothing stored before the verdict
+        if isinstance(verdict, Exception):
+            later.errback(verdict)
+        else:
+            later.callback(verdict)
+        return committed, inner, later
+
+    def test_refused_before_anything_is_stored(self) -> None:
+        """p=reject through the waited-for path: 550 at the end of DATA, nothing stored."""
+        reply = Refusal(550, "5.7.1", "DMARC p=reject")
+        committed, inner, _ = self.send(Verdict(AuthenticationResults("mx.b.test"), REJECT, reply))
+        failure = self.failureResultOf(committed, MessageRejected)
+        self.assertEqual(failure.value.code, 550)
+        self.assertEqual(inner.delivered, [])
+
+    def test_accepted_with_our_results_on_top(self) -> None:
+        results = AuthenticationResults("mx.b.test", (MethodResult("dkim", "pass"),))
+        committed, inner, _ = self.send(Verdict(results, ACCEPT))
+        self.assertEqual(self.successResultOf(committed), "Q1")
+        [stored] = inner.delivered
+        self.assertEqual(stored.data, results.header() + b"From: alice@a.test\r\n\r\nbody\r\n")
+
+    def test_a_failed_judgement_loses_no_mail(self) -> None:
+        committed, inner, _ = self.send(RuntimeError("bug in a check"))
+        self.assertEqual(self.successResultOf(committed), "Q1")
+        [stored] = inner.delivered
+        self.assertIn(b"not checked: internal error", stored.data)
+        self.flushLoggedErrors(RuntimeError)

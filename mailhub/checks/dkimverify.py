@@ -210,6 +210,7 @@ def verify_at_once(
     max_signatures: int = MAX_SIGNATURES,
     now: float | None = None,
     offload: Offload | None = None,
+    then: Callable[[list[SignatureResult]], object] | None = None,
 ) -> list[SignatureResult] | eager.Pending | None:
     """``verify_dkim``'s results without a coroutine, when every key record it would fetch is
     in the cache (``cached(name)``: ``CachingResolver.cached_txt``) and the message is
@@ -221,7 +222,9 @@ def verify_at_once(
 
     ``offload``: the cryptography (the message's body and header hashes and every public-key
     check, one job) is handed to it (``cryptothread``: off the reactor), and the results come
-    as ``eager.Pending``; a job that fails makes each signature it had ``temperror``."""
+    as ``eager.Pending``; a job that fails makes each signature it had ``temperror``. ``then``:
+    what that Pending's Deferred fires with is ``then(results)`` (one callback fewer for the
+    caller's next step than adding it after)."""
     if len(message) > INLINE_LIMIT:
         return None
     # Called for mail whose header names DKIM-Signature (judge_at_once looked): parsed without
@@ -255,9 +258,17 @@ def verify_at_once(
         job = functools.partial(_crypto, message, ready, parsed)
         running = None if offload is None else offload(job)
         if running is not None:
-            got = running.addCallbacks(
-                _results, _crypto_failed, callbackArgs=(signatures,), errbackArgs=(signatures,)
-            )
+            if then is not None:
+                got = running.addCallbacks(
+                    _results_then,
+                    _crypto_failed_then,
+                    callbackArgs=(signatures, then),
+                    errbackArgs=(signatures, then),
+                )
+            else:
+                got = running.addCallbacks(
+                    _results, _crypto_failed, callbackArgs=(signatures,), errbackArgs=(signatures,)
+                )
             return eager.Pending(got)
         job()
         _log_unexpected(ready)
@@ -267,6 +278,18 @@ def verify_at_once(
 def _results(_: None, signatures: list[_Signature]) -> list[SignatureResult]:
     _log_unexpected(signatures)
     return [s.result() for s in signatures]
+
+
+def _results_then(
+    _: None, signatures: list[_Signature], then: Callable[[list[SignatureResult]], object]
+) -> object:
+    return then(_results(None, signatures))
+
+
+def _crypto_failed_then(
+    failure: Failure, signatures: list[_Signature], then: Callable[[list[SignatureResult]], object]
+) -> object:
+    return then(_crypto_failed(failure, signatures))
 
 
 def _log_unexpected(signatures: list[_Signature]) -> None:
