@@ -343,7 +343,10 @@ def run_smtp_source(args: argparse.Namespace, port: int, data: Path, template: s
 
 def run(mode: str, args: argparse.Namespace, index: int) -> dict:
     settle(args.settle)
-    smtp, dns_port = free_ports(2)
+    if args.ports:  # the caller's own range: two ports per run
+        smtp, dns_port = args.ports + 2 * index, args.ports + 2 * index + 1
+    else:
+        smtp, dns_port = free_ports(2)
     # (kept until the script ends: see "Runs are kept apart")
     data = tempfile.mkdtemp(prefix=f"run{index:02d}-{mode}-", dir=args.workdir)
     zone_file = template = ""
@@ -475,6 +478,13 @@ def main() -> int:
         choices=["smtp_load", "smtp-source"],
         default="smtp_load",
         help="the load generator: benchmarks/smtp_load.py (Python) or Postfix's smtp-source",
+    )
+    ap.add_argument(
+        "--ports",
+        type=int,
+        default=0,
+        metavar="BASE",
+        help="run i listens on BASE+2i (SMTP) and BASE+2i+1 (DNS); default: free ports",
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

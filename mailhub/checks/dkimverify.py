@@ -63,6 +63,7 @@ FUTURE_SLOP = 36000  # seconds; as dkimpy, a t= this far ahead of our clock is r
 
 ALGORITHMS = {"rsa-sha256": "rsa", "ed25519-sha256": "ed25519"}  # a= -> the key type k= needs
 REQUIRED_TAGS = ("v", "a", "b", "bh", "d", "h", "s")  # RFC 6376 3.5
+_REQUIRED = frozenset(REQUIRED_TAGS)
 
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 3.6.8 ftext
 _SELECTOR = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9_-]+)*$")
@@ -149,11 +150,9 @@ class _Signature:
     # What dkimpy raised that it should not have: logged by the reactor thread afterwards
     # (the cryptography may run in another thread, where Twisted's logging is not safe).
     unexpected: Exception | None = None
-
-    @functools.cached_property
-    def key_name(self) -> str:
-        """Where the key is (RFC 6376 3.6.2.1); asked once d= and s= are final."""
-        return f"{self.selector}._domainkey.{self.domain}"
+    # Where the key is (RFC 6376 3.6.2.1): set once d= and s= are final (a plain attribute:
+    # functools.cached_property takes a lock at its first use, ~1 us a message).
+    key_name: str = ""
 
     def decide(self, result: str, reason: str) -> None:
         if self.verdict is None:
@@ -211,6 +210,7 @@ def verify_at_once(
     max_signatures: int = MAX_SIGNATURES,
     now: float | None = None,
     offload: Offload | None = None,
+    then: Callable[[list[SignatureResult]], object] | None = None,
 ) -> list[SignatureResult] | eager.Pending | None:
     """``verify_dkim``'s results without a coroutine, when every key record it would fetch is
     in the cache (``cached(name)``: ``CachingResolver.cached_txt``) and the message is
@@ -222,11 +222,26 @@ def verify_at_once(
 
     ``offload``: the cryptography (the message's body and header hashes and every public-key
     check, one job) is handed to it (``cryptothread``: off the reactor), and the results come
-    as ``eager.Pending``; a job that fails makes each signature it had ``temperror``."""
+    as ``eager.Pending``; a job that fails makes each signature it had ``temperror``. ``then``:
+    what that Pending's Deferred fires with is ``then(results)`` (one callback fewer for the
+    caller's next step than adding it after)."""
     if len(message) > INLINE_LIMIT:
         return None
-    # Called for mail whose header names DKIM-Signature (judge_at_once looked): no second look.
-    read = _read_all(message, time.time() if now is None else now, max_signatures, look=False)
+    # Called for mail whose header names DKIM-Signature (judge_at_once looked): parsed without
+    # a second look, and handed to the cryptography as it is (not through opensslverify's
+    # cache by the message's octets: hashing 4 KiB of them as a key costs more than the look
+    # up saves, and no ARC check shares it here).
+    parsed: opensslverify.ParsedMessage | None
+    try:
+        parsed = opensslverify.parse_uncached(message)
+    except Exception:  # dkimpy's parser raises MessageFormatError, or IndexError (a fold first)
+        parsed = None
+    fields = None
+    if parsed is not None:  # (the lowered names are the cryptography's h= lookups too)
+        lowered = parsed.lowered_names()
+        headers = parsed.headers
+        fields = [headers[i][1] for i, n in enumerate(lowered) if n == b"dkim-signature"]
+    read = _read_fields(fields, time.time() if now is None else now, max_signatures)
     if isinstance(read, list):
         return read
     signatures, wanted = read
@@ -240,13 +255,22 @@ def verify_at_once(
         answers[name] = answer
     ready = _judge_keys(signatures, answers)
     if ready:
-        running = None if offload is None else offload(functools.partial(_crypto, message, ready))
+        job = functools.partial(_crypto, message, ready, parsed)
+        running = None if offload is None else offload(job)
         if running is not None:
-            got = running.addCallbacks(
-                _results, _crypto_failed, callbackArgs=(signatures,), errbackArgs=(signatures,)
-            )
+            if then is not None:
+                got = running.addCallbacks(
+                    _results_then,
+                    _crypto_failed_then,
+                    callbackArgs=(signatures, then),
+                    errbackArgs=(signatures, then),
+                )
+            else:
+                got = running.addCallbacks(
+                    _results, _crypto_failed, callbackArgs=(signatures,), errbackArgs=(signatures,)
+                )
             return eager.Pending(got)
-        _crypto(message, ready)
+        job()
         _log_unexpected(ready)
     return [s.result() for s in signatures]
 
@@ -254,6 +278,18 @@ def verify_at_once(
 def _results(_: None, signatures: list[_Signature]) -> list[SignatureResult]:
     _log_unexpected(signatures)
     return [s.result() for s in signatures]
+
+
+def _results_then(
+    _: None, signatures: list[_Signature], then: Callable[[list[SignatureResult]], object]
+) -> object:
+    return then(_results(None, signatures))
+
+
+def _crypto_failed_then(
+    failure: Failure, signatures: list[_Signature], then: Callable[[list[SignatureResult]], object]
+) -> object:
+    return then(_crypto_failed(failure, signatures))
 
 
 def _log_unexpected(signatures: list[_Signature]) -> None:
@@ -284,7 +320,14 @@ def _read_all(
     """The signatures read and checked (RFC 6376 6.1.1) and the key records they need, or the
     results at once (no signature, or a header that cannot be read). ``look``: as
     ``_signature_fields``."""
-    fields = _signature_fields(message, look)
+    return _read_fields(_signature_fields(message, look), now, max_signatures)
+
+
+def _read_fields(
+    fields: list[bytes] | None, now: float, max_signatures: int
+) -> list[SignatureResult] | tuple[list[_Signature], list[str]]:
+    """``_read_all`` for the DKIM-Signature values ``fields`` (None: the header could not be
+    read)."""
     if fields is None:
         return [
             SignatureResult(
@@ -334,6 +377,10 @@ def _signature_fields(message: bytes, look: bool = True) -> list[bytes] | None:
         headers = message_fields(message, head)
     if headers is None:  # unreadable but seems signed: a permerror
         return None
+    return _dkim_fields(headers)
+
+
+def _dkim_fields(headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
     return [value for name, value in headers if name.lower() == b"dkim-signature"]
 
 
@@ -390,15 +437,15 @@ def _read_signature(index: int, value: bytes, now: float) -> _Signature:
         sig.decide("permerror", f"the signature's tag list is malformed: {e}")
         return sig
     sig = _Signature(index, tags)
-    sig.domain = _text(tags.get("d", b"")).lower()
-    sig.selector = _text(tags.get("s", b"")).lower()
-    sig.algorithm = _text(tags.get("a", b"")).lower()
-    sig.identity = _text(tags.get("i", b""))
-    b_value = _no_space(tags.get("b", b""))
-    sig.header_b = _text(b_value[:8])
-    missing = [t for t in REQUIRED_TAGS if t not in tags]
-    if missing:
-        names = ", ".join(f"{t}=" for t in missing)
+    get = tags.get
+    sig.domain = get("d", b"").decode("utf-8", "replace").lower()
+    sig.selector = get("s", b"").decode("utf-8", "replace").lower()
+    sig.algorithm = get("a", b"").decode("utf-8", "replace").lower()
+    sig.identity = get("i", b"").decode("utf-8", "replace")
+    b_value = b"".join(get("b", b"").split())  # (_no_space)
+    sig.header_b = b_value[:8].decode("utf-8", "replace")
+    if not _REQUIRED.issubset(tags):
+        names = ", ".join(f"{t}=" for t in REQUIRED_TAGS if t not in tags)
         sig.decide("permerror", f"required tag {names} missing (RFC 6376 3.5)")
         return sig
     if tags["v"] != b"1":
@@ -409,6 +456,7 @@ def _read_signature(index: int, value: bytes, now: float) -> _Signature:
         sig.decide("permerror", f"d= is not a domain name: {domain}")
         return sig
     sig.domain = domain
+    sig.key_name = f"{sig.selector}._domainkey.{domain}"
     if not _SELECTOR.match(sig.selector) or len(sig.key_name) > 253:
         sig.decide("permerror", f"s={_show(tags['s'])} is not a valid selector (RFC 6376 3.1)")
         return sig
@@ -462,6 +510,7 @@ def _check_signed_fields(h: bytes) -> tuple[str, str] | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)  # by the value: a handful of spellings come in all mail
 def _check_canonicalization(c: bytes | None) -> tuple[str, str] | None:
     if c is None:
         return None
@@ -497,6 +546,8 @@ def _check_length(length: bytes | None) -> tuple[str, str] | None:
 
 
 def _check_times(tags: dict[str, bytes], now: float) -> tuple[str, str] | None:
+    if "t" not in tags and "x" not in tags:
+        return None
     signed = expires = None
     for name in ("t", "x"):
         if name in tags and not _SECONDS.fullmatch(tags[name]):
@@ -699,16 +750,21 @@ def rsa_numbers(data: bytes) -> tuple[int, int, bool] | str:
 # -- the cryptography (dkimpy's steps, OpenSSL's RSA), inline or in a thread ---------------------
 
 
-def _crypto(message: bytes, signatures: list[_Signature]) -> None:
+def _crypto(
+    message: bytes,
+    signatures: list[_Signature],
+    parsed: opensslverify.ParsedMessage | None = None,
+) -> None:
     """Each signature's cryptography, with the key records fetched above: ours (``dkimfast``)
     for the signatures and keys it takes, else dkimpy's steps (``opensslverify``: OpenSSL's
-    RSA); both share the message's parse and body hashes."""
-    try:
-        parsed = opensslverify.parse(message)
-    except Exception as e:
-        for sig in signatures:
-            sig.decide("permerror", f"the message cannot be parsed for DKIM ({e})")
-        return
+    RSA); both share the message's parse (``parsed``, if the caller has it) and body hashes."""
+    if parsed is None:
+        try:
+            parsed = opensslverify.parse(message)
+        except Exception as e:
+            for sig in signatures:
+                sig.decide("permerror", f"the message cannot be parsed for DKIM ({e})")
+            return
     sig_fields = [(n, v) for n, v in parsed.headers if n.lower() == b"dkim-signature"]
     verifier: opensslverify.Verifier | None = None
     for sig in signatures:
@@ -814,10 +870,6 @@ def _colon_list(value: bytes | None) -> list[bytes]:
 def _no_space(value: bytes) -> bytes:
     """``value`` without any white space (\\s: SP, HTAB, CR, LF, VT, FF), as ``\\s+`` removed."""
     return b"".join(value.split())
-
-
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", "replace")
 
 
 def _show(value: bytes, limit: int = 40) -> str:

@@ -31,6 +31,7 @@ from mailhub.addresses import AddressError, normalise_domain
 from mailhub.checks.answercache import AnswerBoundResults, AnswerLifetimes
 from mailhub.checks.dkimverify import SignatureResult, TagListError, parse_tags
 from mailhub.checks.dns import CheckResolver, DNSBudget, DNSBudgetExceeded, DNSTempError, Lookup
+from mailhub.checks.opensslverify import no_bare_cr, only_crlf
 from mailhub.checks.resolver import budgeted
 from mailhub.checks.results import MethodResult
 from mailhub.message.headers import MISSING_DOMAIN, parse_address_list, split_fields
@@ -163,8 +164,7 @@ def _from_fields(head: bytes, low: bytes | None = None) -> list[bytes] | None:
     when every line of ``head`` ends in CRLF (then it has no empty line and no LF LF, so it
     is the whole header section ``_header_end`` finds); None otherwise (bare CR or LF).
     ``low``: ``head.lower()``, if the caller has it."""
-    lf = head.count(b"\n")
-    if lf != head.count(b"\r") or lf != head.count(b"\r\n"):
+    if not (only_crlf(head) and no_bare_cr(head)):  # (LF, CR and CRLF counts equal)
         return None
     if low is None:
         low = head.lower()

@@ -608,22 +608,26 @@ def _conclude(
 @dataclass(frozen=True)
 class CachedChecks:
     """The real checks' answers from their caches, without a coroutine: each gives None when
-    its answer is not cached (``judge`` asks then). ``spf(ip, mail_from, helo, receiver)``
-    (``spf.cached_smtp``), ``dmarc(from_domain, spf, signatures)`` (``dmarc.evaluate_cached``),
-    ``from_domain(message, lowered)`` (``dmarc.header_from_domain``, given the header section
-    through its last CRLF in lower case); ``no_arc``: ARC's result for a message without ARC
-    fields. ``dkim(message, budget)``: every DKIM signature verified with the key records
-    from the cache (``dkimverify.verify_at_once``), None when one is not there, or
-    ``eager.Pending`` while its cryptography is done off the reactor; ``dkim`` None: signed
-    mail always goes the long way. ``dmarc_known(from_domain)``: whether ``dmarc``
-    will answer for that domain (asked before the signatures are verified, so that a domain
-    whose DMARC record is not cached costs no verification twice)."""
+        its answer is not cached (``judge`` asks then). ``spf(ip, mail_from, helo, receiver)``
+        (``spf.cached_smtp``), ``dmarc(from_domain, spf, signatures)`` (``dmarc.evaluate_cached``),
+        ``from_domain(message, lowered)`` (``dmarc.header_from_domain``, given the header section
+        through its last CRLF in lower case); ``no_arc``: ARC's result for a message without ARC
+        fields. ``dkim(message, budget)``: every DKIM signature verified with the key records
+        from the cache (``dkimverify.verify_at_once``), None when one is not there, or
+        ``eager.Pending`` while its cryptography is done off the reactor (given ``then``, what comes
+    after the signatures: its Deferred fires with ``then(results)``); ``dkim`` None: signed
+        mail always goes the long way. ``dmarc_known(from_domain)``: whether ``dmarc``
+        will answer for that domain (asked before the signatures are verified, so that a domain
+        whose DMARC record is not cached costs no verification twice)."""
 
     spf: Callable[[str, str, str, str], Any]
     dmarc: Callable[[str, Any, Sequence[Any]], Any]
     from_domain: Callable[[bytes, bytes | None], str | None]
     no_arc: MethodResult
-    dkim: Callable[[bytes, int], Sequence[Any] | eager.Pending | None] | None = None
+    dkim: (
+        Callable[[bytes, int, Callable[[Sequence[Any]], Any]], Sequence[Any] | eager.Pending | None]
+        | None
+    ) = None
     dmarc_known: Callable[[str], bool] = lambda domain: True
 
 
@@ -713,11 +717,11 @@ def judge_at_once(
         return rest(())
     assert cached.dkim is not None
     # judge's budget: SPF and DMARC from their caches spend none of it.
-    verified = cached.dkim(message, policy.dns_budget)
+    verified = cached.dkim(message, policy.dns_budget, rest)
     if verified is None:
         return None
     if isinstance(verified, eager.Pending):  # the cryptography is done off the reactor
-        return eager.Pending(verified.deferred.addCallback(rest))
+        return verified  # (its Deferred fires with rest's verdict)
     return rest(verified)
 
 
@@ -773,9 +777,11 @@ def judge_with(
                 txt = cast(dkimverify.CachedTXT, cached_txt)
 
                 def dkim_cached(
-                    message: bytes, budget: int
+                    message: bytes, budget: int, then: Callable[[Sequence[Any]], Any]
                 ) -> Sequence[Any] | eager.Pending | None:
-                    return dkimverify.verify_at_once(message, txt, budget=budget, offload=offload)
+                    return dkimverify.verify_at_once(
+                        message, txt, budget=budget, offload=offload, then=then
+                    )
 
             cached = CachedChecks(
                 spf_cached,

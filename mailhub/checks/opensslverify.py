@@ -147,17 +147,39 @@ def parse(message: bytes) -> ParsedMessage:
     return _parse_cached(message)
 
 
+def parse_uncached(message: bytes) -> ParsedMessage:
+    """``parse`` without its cache: a new ``ParsedMessage`` (for a caller that hands it on)."""
+    return _parse(message)
+
+
 def _parse(message: bytes) -> ParsedMessage:
     head, rest = _split(message)
     headers = header_lines(head)
     # dkimpy's body is the lines after the empty line joined with CRLF: the octets themselves
     # when every LF already follows a CR (almost all mail); else the same split and join.
-    if rest.count(b"\n") == rest.count(b"\r\n"):
+    if only_crlf(rest):
         body = rest
     else:
         body = b"\r\n".join(_LINE_END.split(rest))
-    plain = b"\x0b" not in head and b"\x0c" not in head and head.count(b"\r") == head.count(b"\r\n")
+    plain = b"\x0b" not in head and b"\x0c" not in head and no_bare_cr(head)
     return ParsedMessage(headers, bytes(body), plain_space=plain)
+
+
+# An LF not after a CR; a CR not before an LF. A search for either (a literal first: re looks
+# for it as str.find would) takes a third of the time of counting LF and CRLF to compare them
+# (bytes.count of a 2-octet needle: ~4 us for a 3 KiB body).
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
+def only_crlf(data: bytes) -> bool:
+    """Whether every LF in ``data`` follows a CR (as many LF as CRLF)."""
+    return _BARE_LF.search(data) is None
+
+
+def no_bare_cr(data: bytes) -> bool:
+    """Whether every CR in ``data`` is followed by an LF (as many CR as CRLF)."""
+    return _BARE_CR.search(data) is None
 
 
 _LINE_END = re.compile(rb"\r?\n")  # dkimpy's line separator (rfc822_parse)
@@ -170,7 +192,7 @@ def header_lines(head: bytes) -> list[tuple[bytes, bytes]]:
     a "From " line skipped), and raising as it does: ``dkim.MessageFormatError`` for a line
     that is no field, IndexError for a continuation before any field. The same loop over the
     lines, without its per-line regular expression compile and the body's split and join."""
-    if head.count(b"\n") == head.count(b"\r\n"):
+    if only_crlf(head):
         fields_at_once = _crlf_fields(head)
         if fields_at_once is not None:
             return fields_at_once

@@ -263,14 +263,16 @@ class _CheckedMessage:
         if self._file is not None or self._size > sink.max_check_size:
             return defer.Deferred.fromCoroutine(self._commit_spooled())
         whole = b"".join(self._chunks)
-        judged = self._judge(whole)
+        judged = self._judge(whole, whole)
         if isinstance(judged, eager.Pending):  # it had to wait (DNS, the DKIM cryptography)
-            return judged.deferred.addCallback(self._pass_on, whole)
+            return judged.deferred  # (it fires with _pass_on's result)
         return self._pass_on(judged, whole)
 
-    def _judge(self, whole: bytes) -> Verdict | eager.Pending:
+    def _judge(self, whole: bytes, pass_on: bytes | None = None) -> Verdict | eager.Pending:
         """``judge``'s verdict, at once if it needs no waiting. A bug in the checks must not
-        lose mail: the message goes in, recorded as not judged."""
+        lose mail: the message goes in, recorded as not judged. ``pass_on``: the message to
+        give ``_pass_on`` when the verdict has to be waited for (the Deferred of the Pending
+        then fires with what ``_pass_on`` gives: one callback for both steps)."""
         try:
             judging = self._sink.judge(whole, self.envelope)
             if isinstance(judging, Verdict):
@@ -282,8 +284,20 @@ class _CheckedMessage:
         except Exception:
             return self._judge_failed(Failure())
         if isinstance(verdict, eager.Pending):
-            verdict.deferred.addErrback(self._judge_failed)
+            if pass_on is None:
+                verdict.deferred.addErrback(self._judge_failed)
+            else:
+                waiting: defer.Deferred[Any] = verdict.deferred
+                _: defer.Deferred[str] = waiting.addCallbacks(  # (typed: it is waiting itself)
+                    self._pass_on,
+                    self._failed_pass_on,
+                    callbackArgs=(pass_on,),
+                    errbackArgs=(pass_on,),
+                )
         return verdict
+
+    def _failed_pass_on(self, failure: Failure, whole: bytes) -> defer.Deferred[str]:
+        return self._pass_on(self._judge_failed(failure), whole)
 
     def _judge_failed(self, failure: Failure) -> Verdict:
         sink = self._sink
