@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from mailhub.safeio import atomic_write
-from mailhub.store import MailStore, StoreError
+from mailhub.store import Folder, MailStore, StoreError, UidValidityChanged
 from mailhub.store.changes import EXPUNGED, FOLDER_DELETED, NEW, StoreChange, StoreChanges
 
 log = Logger()
@@ -85,6 +85,9 @@ class Retention(Service):
         # one second, the UID says which came first in a folder (given in arrival order);
         # the key's text would not ("M100000" sorts before "M99999").
         self._uids: dict[_Key, int] = {}
+        # key -> the UIDVALIDITY its UID is of: numbered anew (a lost UID list), the UID names
+        # another message (RFC 3501 2.3.1.1) and the pass finds it again by its base name.
+        self._validity: dict[_Key, int] = {}
         self._heap: list[tuple[int, int, _Key]] = []
         self._unsubscribe: Any = None
         self._soon: IDelayedCall | None = None
@@ -150,6 +153,7 @@ class Retention(Service):
                 key = (change.mailbox, change.folder, change.message.key)
                 if key not in self._uids:
                     self._uids[key] = change.message.uid
+                    self._validity[key] = change.uidvalidity
                     heapq.heappush(
                         self._heap, (change.message.internaldate, change.message.uid, key)
                     )
@@ -164,6 +168,7 @@ class Retention(Service):
 
     def _forget(self, key: _Key) -> None:
         self._uids.pop(key, None)
+        self._validity.pop(key, None)
         # Its heap entry stays until it reaches the top (lazy deletion); keep the heap from
         # growing without bound when many go by other means (the page's delete).
         if len(self._heap) > 2 * len(self._uids) + 1024:
@@ -221,17 +226,17 @@ class Retention(Service):
         """Expunge up to ``batch`` of the oldest messages beyond the limits; another turn is
         asked for when more remain. Returns how many went."""
         self._soon = None
-        victims: dict[tuple[str, str], list[tuple[_Key, int]]] = {}
+        victims: dict[tuple[str, str], list[tuple[_Key, int, int]]] = {}
         n = 0
         while n < self.batch and self._over():
             _, uid, key = heapq.heappop(self._heap)
-            victims.setdefault(key[:2], []).append((key, uid))
+            victims.setdefault(key[:2], []).append((key, uid, self._validity.pop(key, 0)))
             self._uids.pop(key, None)
             n += 1
         gone = 0
         for (mailbox, folder), items in victims.items():
             try:
-                removed = self.store.mailbox(mailbox).folder(folder).expunge(u for _, u in items)
+                removed = self._expunge(self.store.mailbox(mailbox).folder(folder), items)
             except StoreError as e:  # vanished meanwhile, or a lock: the index forgets them
                 log.warn("retention: {mailbox}/{folder}: {e}", mailbox=mailbox, folder=folder, e=e)
                 continue
@@ -255,6 +260,24 @@ class Retention(Service):
             self.soon(self._delay())
         self._arm_age_timer()
         return gone
+
+    def _expunge(self, folder: Folder, items: list[tuple[_Key, int, int]]) -> list[int]:
+        """Expunge these messages by the UIDs of the folder's numbering now: those recorded
+        under another UIDVALIDITY found again by base name; an expunge whose own look numbers
+        anew (UidValidityChanged) made again so."""
+        for attempt in (1, 2):
+            v = folder.uidvalidity or folder.sync().uidvalidity
+            if attempt == 1 and all(validity == v for _, _, validity in items):
+                uids = [u for _, u, _ in items]
+            else:
+                now = {m.key: m.uid for m in folder.sync().messages}
+                uids = [now[k[2]] for k, _, _ in items if k[2] in now]
+            try:
+                return folder.expunge(uids)
+            except UidValidityChanged:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _arm_age_timer(self) -> None:
         """With max_age: wake when the oldest message comes of age."""

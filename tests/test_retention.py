@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailhub.config import DevConfig, ListenersConfig, dev_config
 from mailhub.retention import PRUNE_DELAY, STATE_FILE, Retention
 from mailhub.service import build
-from mailhub.store import MailStore
+from mailhub.store import MailStore, uidlist
 from mailhub.store.changes import StoreChanges
 from mailhub.store.maildir import Folder
 from tests.support.web import WebTestCase
@@ -169,6 +169,26 @@ class Pruning(SynchronousTestCase):
         changes.scan()
         self.clock.advance(0)
         self.assertEqual((r.pruned, self.subjects("a@x.test")), (1, ["Subject: number 9"]))
+
+    def test_after_the_uid_list_is_numbered_anew_the_oldest_goes_not_another(self) -> None:
+        # Its index knew number 1 as UID 2; numbered anew (a lost UID list: a new UIDVALIDITY,
+        # RFC 3501 2.3.1.1) number 1 is UID 1 and UID 2 is number 2. The pass finds number 1
+        # again by its base name.
+        changes = self.changes()
+        r = self.retention(changes, max_messages=2)
+        for n in range(2):
+            self.add("a@x.test", n)
+        folder = self.store.mailbox("a@x.test").folder()
+        folder.expunge([1])
+        changes.scan()
+        self.clock.advance(0)
+        (self.dir / "mail" / "x.test" / "a" / uidlist.FILENAME).unlink()
+        self.assertEqual([m.uid for m in folder.sync().messages], [1])
+        for n in (2, 3):
+            self.add("a@x.test", n)  # UIDs 2 and 3
+        changes.scan()
+        self.assertEqual(r.prune(), 1)
+        self.assertEqual(self.subjects("a@x.test"), ["Subject: number 2", "Subject: number 3"])
 
 
 class Wiring(SynchronousTestCase):

@@ -90,6 +90,9 @@ class StoreChange:
     mailbox: str
     folder: str
     message: MessageInfo | None = None  # the message as it is now (EXPUNGED: as it was)
+    # The UIDVALIDITY of ``message.uid`` (0: unknown): a lost UID list is numbered anew, and
+    # a UID names the same message only with it (RFC 3501 2.3.1.1).
+    uidvalidity: int = 0
 
 
 @dataclass(eq=False)
@@ -249,7 +252,8 @@ class StoreChanges(Service):
         out = []
         for (address, name), watched in self._watched.items():
             out.append(StoreChange(FOLDER_CREATED, address, name))
-            out.extend(StoreChange(NEW, address, name, m) for m in watched.known.values())
+            v = watched.state.uidvalidity if watched.state is not None else 0
+            out.extend(StoreChange(NEW, address, name, m, v) for m in watched.known.values())
         return out
 
     def folder(self, address: str, name: str) -> Folder:
@@ -570,9 +574,9 @@ class StoreChanges(Service):
             seen.add(m.key)
             old = known.get(m.key)
             if old is None:
-                changes.append(StoreChange(NEW, address, name, m))
+                changes.append(StoreChange(NEW, address, name, m, state.uidvalidity))
             elif old.flags != m.flags or old.uid != m.uid or old.keywords != m.keywords:
-                changes.append(StoreChange(FLAGS, address, name, m))
+                changes.append(StoreChange(FLAGS, address, name, m, state.uidvalidity))
             known[m.key] = m
         for base in [b for b in known if b not in seen]:
             changes.append(StoreChange(EXPUNGED, address, name, known.pop(base)))

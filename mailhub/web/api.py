@@ -30,7 +30,7 @@ from twisted.web.server import Request
 from mailhub import __version__
 from mailhub.checks.explain import explain_message
 from mailhub.interfaces import Outcome
-from mailhub.store import LockTimeout, MailboxNotFound, MessageGone, StoreError
+from mailhub.store import Folder, LockTimeout, MailboxNotFound, MessageGone, StoreError
 from mailhub.store.lockwait import retry_busy
 from mailhub.store.names import FLAGGED, SEEN
 from mailhub.web import parse, search
@@ -60,6 +60,10 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.message, self.extra = status, message, extra
+
+
+def _flag(adding: bool, letter: str, folder: Folder, uid: int) -> frozenset[str]:
+    return folder.add_flags(uid, {letter}) if adding else folder.remove_flags(uid, {letter})
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -623,17 +627,17 @@ class Api:
         unknown = set(body) - {"seen", "flagged"}
         if unknown or not body:
             raise ApiError(400, 'send {"seen": true|false} and/or {"flagged": true|false}')
-        folder = self.feed.folder(entry.ref)
         for key, letter in (("seen", SEEN), ("flagged", FLAGGED)):
             if key not in body:
                 continue
             if not isinstance(body[key], bool):
                 raise ApiError(400, f"{key} must be true or false")
-            change = folder.add_flags if body[key] else folder.remove_flags
+            # The UID found at each try: the folder may be numbered anew during a wait.
+            change = partial(self.feed.act_one, entry, partial(_flag, body[key], letter))
             try:
                 # A busy folder lock is waited for on reactor timers (mailhub.store.lockwait).
                 timeout = self.feed.store.settings.lock_timeout
-                await retry_busy(self.clock, timeout, partial(change, entry.uid, {letter}))
+                await retry_busy(self.clock, timeout, change)
             except MessageGone:
                 self.feed.catch_up()
                 raise ApiError(404, "the message was deleted") from None
@@ -661,7 +665,7 @@ class Api:
 
     async def delete(self, request: IRequest, viewer: Viewer, entry: Entry) -> Any:
         try:
-            self.feed.folder(entry.ref).delete(entry.uid)
+            self.feed.act_one(entry, Folder.delete)
         except MessageGone:
             pass  # gone already: the wanted state
         self.feed.catch_up()
@@ -685,11 +689,10 @@ class Api:
         deleted = []
         for group in by_folder.values():
             try:
-                folder = self.feed.folder(group[0].ref)
-                gone = set(folder.expunge([e.uid for e in group]))
+                gone = set(self.feed.act(group, Folder.expunge))
             except (MailboxNotFound, StoreError):
                 continue
-            deleted += [e.id for e in group if e.uid in gone]
+            deleted += [e.id for e in group if e.uid and e.uid in gone]  # (act's numbering)
         self.feed.catch_up()
         return {"deleted": deleted, "cursor": self._cursor(request)}
 

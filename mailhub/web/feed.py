@@ -24,13 +24,20 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from mailhub.store import Folder, MailStore, MessageGone, MessageInfo, StoreError
+from mailhub.store import (
+    Folder,
+    MailStore,
+    MessageGone,
+    MessageInfo,
+    StoreError,
+    UidValidityChanged,
+)
 from mailhub.store.changes import (
     EXPUNGED,
     FOLDER_CREATED,
@@ -45,6 +52,7 @@ from mailhub.web.ids import MessageRef
 from mailhub.web.search import QueryError
 
 log = Logger()
+T = TypeVar("T")
 
 # The summaries' entry in each folder's mailhub-cache; a new format takes a new name.
 SUMMARY_CACHE = "web-summary-2"
@@ -69,6 +77,9 @@ class Entry:
 
     seq: int
     ref: MessageRef
+    # Its UID and the UIDVALIDITY that UID is of: a lost UID list is numbered anew, and the
+    # old UID names another message then (RFC 3501 2.3.1.1). Use MailFeed.act, never ``uid``
+    # alone: it finds the message again by its base name (``ref.key``) in a new numbering.
     uid: int
     size: int
     received: int  # arrival time (the Maildir name's time), seconds since the epoch
@@ -78,6 +89,7 @@ class Entry:
     text: str | None = None  # the body text free-text search looks in, read on first use
     keywords: frozenset[str] = frozenset()  # IMAP keywords: manual tags (mailhub.web.tags)
     recipient: str | None = None  # our Received's "for" address (plus tags), read on first use
+    uidvalidity: int = 0  # (0: unknown - found again by name on first use)
 
     @property
     def id(self) -> str:
@@ -265,27 +277,69 @@ class MailFeed(Service):
     def folder(self, ref: MessageRef) -> Folder:
         return self.changes.folder(ref.mailbox, ref.folder)
 
+    def _renumbered(self, folder: Folder, entries: Iterable[Entry]) -> None:
+        """Bring the entries' UIDs to the numbering the folder reads and changes messages by
+        now: those recorded under another UIDVALIDITY are found again by their base name (which
+        never changes), as POP3 does; those not found get UID 0 (gone: no message has it)."""
+        stale = [e for e in entries if not e.uidvalidity or e.uidvalidity != folder.uidvalidity]
+        if not stale:
+            return
+        state = folder.sync()
+        stale = [e for e in stale if e.uidvalidity != state.uidvalidity]
+        if stale:
+            now = {m.key: m.uid for m in state.messages}
+            for e in stale:
+                e.uid, e.uidvalidity = now.get(e.ref.key, 0), state.uidvalidity
+
+    def act(self, entries: list[Entry], call: Callable[[Folder, list[int]], T]) -> T:
+        """``call(folder, uids)``: the UIDs of these entries (of one folder) in the numbering
+        the folder has now, those gone left out; never a UID of another numbering, which would
+        name another message. A call whose own look numbers anew (UidValidityChanged) is made
+        again with the UIDs found again. Resolving and calling happen in one reactor turn:
+        a caller that waits (a busy lock) calls this again."""
+        folder = self.folder(entries[0].ref)
+        for attempt in (1, 2):
+            self._renumbered(folder, entries)
+            try:
+                return call(folder, [e.uid for e in entries if e.uid])
+            except UidValidityChanged:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def act_one(self, entry: Entry, call: Callable[[Folder, int], T]) -> T:
+        """``act`` for one message: MessageGone if it is not in the folder now."""
+
+        def one(folder: Folder, uids: list[int]) -> T:
+            if not uids:
+                raise MessageGone(f"message {entry.ref.key} is no longer in the folder")
+            return call(folder, uids[0])
+
+        return self.act([entry], one)
+
     def raw(self, entry: Entry) -> bytes:
-        return self.folder(entry.ref).read_message(entry.uid)
+        return self.act_one(entry, Folder.read_message)
 
     def summary(self, entry: Entry) -> parse.Summary:
         """The entry's summary: from memory, else the folder's cache, else scanned (and cached
         for every later run and process). MessageGone if the message was expunged."""
         if entry.summary is None:
-            entry.summary = self.folder(entry.ref).cached(
-                entry.uid, SUMMARY_CACHE, *_SUMMARY_CODEC, compute_path=scan.summarise_path
+            entry.summary = self.act_one(
+                entry,
+                lambda folder, uid: folder.cached(
+                    uid, SUMMARY_CACHE, *_SUMMARY_CODEC, compute_path=scan.summarise_path
+                ),
             )
         return entry.summary
 
     def search_text(self, entry: Entry) -> str:
         """The entry's body text for free-text search (lower case), kept like a summary."""
         if entry.text is None:
-            folder = self.folder(entry.ref)
-            entry.text = folder.cached(
-                entry.uid,
-                SEARCH_TEXT_CACHE,
-                *_SEARCH_TEXT_CODEC,
-                compute_path=scan.search_text_path,
+            entry.text = self.act_one(
+                entry,
+                lambda folder, uid: folder.cached(
+                    uid, SEARCH_TEXT_CACHE, *_SEARCH_TEXT_CODEC, compute_path=scan.search_text_path
+                ),
             )
         return entry.text
 
@@ -313,11 +367,17 @@ class MailFeed(Service):
                 by_folder.setdefault((entry.ref.mailbox, entry.ref.folder), []).append(entry)
         for group in by_folder.values():
             try:
-                cache = self.folder(group[0].ref).cache_pass(name, *codec, **path)
+                folder = self.folder(group[0].ref)
+                self._renumbered(folder, group)
+                cache = folder.cache_pass(name, *codec, **path)
             except (StoreError, OSError):
                 continue
             with cache:
                 for entry in group:
+                    # (the pass refuses UIDs once the folder is numbered anew while it runs:
+                    # UidValidityChanged, a StoreError; those entries are filled on next use)
+                    if not entry.uid or entry.uidvalidity != folder.uidvalidity:
+                        continue
                     try:
                         setattr(entry, attr, cache.get(entry.uid))
                     except (MessageGone, StoreError, FileNotFoundError):
@@ -346,7 +406,7 @@ class MailFeed(Service):
 
     def _told(self, told: list[StoreChange]) -> None:
         changes: list[Change] = []
-        fresh: list[tuple[tuple[int, int, int, str], str, str, MessageInfo]] = []
+        fresh: list[tuple[tuple[int, int, int, str], StoreChange, MessageInfo]] = []
         for c in told:
             key = (c.mailbox, c.folder)
             m = c.message
@@ -357,32 +417,35 @@ class MailFeed(Service):
             elif m is None:
                 continue
             elif c.kind == NEW:
-                fresh.append((arrival_order(m.internaldate, m.key), c.mailbox, c.folder, m))
+                fresh.append((arrival_order(m.internaldate, m.key), c, m))
             elif (known := self._known.get(key)) is None:
                 continue
             elif (entry := known.ids.get(m.key)) is None:
                 continue
             elif c.kind == EXPUNGED:
                 changes.append(Change("deleted", self._forget(known, m.key)))
-            elif entry.flags != m.flags or entry.uid != m.uid or entry.keywords != m.keywords:
-                self._set_flags(entry, m.flags)
-                entry.uid = m.uid
-                entry.keywords = m.keywords  # manual tags (mailhub.web.tags)
-                changes.append(Change("flags", entry))
+            else:
+                uid, entry.uid, entry.uidvalidity = entry.uid, m.uid, c.uidvalidity
+                if entry.flags != m.flags or uid != m.uid or entry.keywords != m.keywords:
+                    self._set_flags(entry, m.flags)
+                    entry.keywords = m.keywords  # manual tags (mailhub.web.tags)
+                    changes.append(Change("flags", entry))
         # Messages noticed together are numbered in the order they arrived.
         fresh.sort(key=lambda f: f[0])
-        for _, mailbox, folder, m in fresh:
-            self._add(mailbox, folder, m, changes)
+        for _, c, m in fresh:
+            self._add(c, m, changes)
         if changes:
             self._publish(changes)
 
-    def _add(self, mailbox: str, folder: str, m: MessageInfo, changes: list[Change]) -> None:
-        known = self._known.setdefault((mailbox, folder), _Known())
+    def _add(self, c: StoreChange, m: MessageInfo, changes: list[Change]) -> None:
+        mailbox = c.mailbox
+        known = self._known.setdefault((mailbox, c.folder), _Known())
         if m.key in known.ids:
             return  # told twice (what was known when we subscribed, then a look)
         self.seq += 1
-        ref = MessageRef(mailbox, folder, m.key)
+        ref = MessageRef(mailbox, c.folder, m.key)
         entry = Entry(self.seq, ref, m.uid, m.size, m.internaldate, m.flags, keywords=m.keywords)
+        entry.uidvalidity = c.uidvalidity
         known.ids[m.key] = entry
         known.unread += SEEN not in entry.flags
         self.entries[entry.id] = entry

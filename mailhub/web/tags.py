@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from functools import partial
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -35,7 +35,7 @@ from mailhub.config import Config
 from mailhub.errors import ConfigError
 from mailhub.message.header_text import from_escaped
 from mailhub.received import parse_received
-from mailhub.store import LockTimeout, MessageGone
+from mailhub.store import Folder, LockTimeout, MessageGone
 from mailhub.store.lockwait import retry_busy
 from mailhub.web import search
 from mailhub.web.feed import Entry, MailFeed
@@ -139,8 +139,11 @@ def fill_recipients(feed: MailFeed, entries: Iterable[Entry]) -> None:
 
 def recipient(feed: MailFeed, entry: Entry) -> str:
     if entry.recipient is None:
-        entry.recipient = feed.folder(entry.ref).cached(
-            entry.uid, RECIPIENT_CACHE, *_CODEC, compute_path=_recipient_path
+        entry.recipient = feed.act_one(
+            entry,
+            lambda folder, uid: folder.cached(
+                uid, RECIPIENT_CACHE, *_CODEC, compute_path=_recipient_path
+            ),
         )
     return entry.recipient
 
@@ -229,6 +232,12 @@ def parse_change(value: object) -> tuple[list[str], list[str]]:
     return _tag_list(value, "add"), _tag_list(value, "remove")
 
 
+def _store_keywords(
+    mode: Literal["add", "remove"], keywords: Iterable[str], folder: Folder, uid: int
+) -> object:
+    return folder.store_flags([uid], mode, keywords=keywords)
+
+
 async def change(
     feed: MailFeed,
     clock: IReactorTime,
@@ -251,19 +260,15 @@ async def change(
                 409,
             )
     drop = {k for k in entry.keywords if k.lower() in remove}
-    folder = feed.folder(entry.ref)
     timeout = feed.store.settings.lock_timeout
     try:
+        # The UID found at each try (feed.act_one): the folder may be numbered anew meanwhile.
         if drop:
-            await retry_busy(
-                clock, timeout, partial(folder.store_flags, [entry.uid], "remove", keywords=drop)
-            )
+            store = partial(_store_keywords, "remove", drop)
+            await retry_busy(clock, timeout, partial(feed.act_one, entry, store))
         if add - manual:
-            await retry_busy(
-                clock,
-                timeout,
-                partial(folder.store_flags, [entry.uid], "add", keywords=sorted(add - manual)),
-            )
+            store = partial(_store_keywords, "add", sorted(add - manual))
+            await retry_busy(clock, timeout, partial(feed.act_one, entry, store))
     except MessageGone:
         raise TagError("the message was deleted", 404) from None
     except LockTimeout:
