@@ -201,6 +201,7 @@ def serve(
         mailhub.service.judge_with = null_judge  # type: ignore[assignment]
     time_dkim(Path(data_dir) / "dkim_cpu.json", reactor)
     time_gc(Path(data_dir) / "gc.json", reactor)
+    time_commits(Path(data_dir) / "commits.json", reactor)
     if mode == "inline":
         # Checks on, with the DKIM cryptography on the reactor (before cryptothread).
         try:
@@ -260,6 +261,34 @@ def time_dkim(path: Path, reactor: Any) -> None:
     if at_once is not None:
         dkimverify.verify_at_once = timed_at_once  # type: ignore[assignment]
     reactor.addSystemEventTrigger("after", "shutdown", write)
+
+
+def time_commits(path: Path, reactor: Any) -> None:
+    """Per message, the wall time from ``commit()`` to its answer of the checking sink (the
+    judgement, then the store's commit: with the checks on) and of the store's own commit (the
+    file written, fsync'd, linked, its directory fsync'd), as JSON lines of seconds in
+    ``path`` when the reactor stops. With 20 sessions the rate is 20 over the time a message
+    takes, so what the checks add to it shows here (the judgement's hops, and the store's
+    commit slowed by a busier reactor: its threads need the GIL between system calls)."""
+    from mailhub.checks import sink
+    from mailhub.store import delivery
+
+    spent: dict[str, list[float]] = {"check": [], "store": []}
+
+    def timed(cls: Any, key: str) -> None:
+        commit = cls.commit
+
+        def wrapper(self: Any) -> Any:
+            start = time.perf_counter()
+            d = commit(self)
+            kept = spent[key]
+            return d.addBoth(lambda r: (kept.append(time.perf_counter() - start), r)[1])
+
+        cls.commit = wrapper
+
+    timed(sink._CheckedMessage, "check")
+    timed(delivery.MaildirMessage, "store")
+    reactor.addSystemEventTrigger("after", "shutdown", lambda: path.write_text(json.dumps(spent)))
 
 
 def time_gc(path: Path, reactor: Any) -> None:
@@ -406,6 +435,12 @@ def run(mode: str, args: argparse.Namespace, index: int) -> dict:
     if dkim_cpu:
         dkim_cpu.sort()
         result["dkim_reactor_us_median"] = round(dkim_cpu[len(dkim_cpu) // 2] * 1e6)
+    commits_path = Path(data) / "commits.json"
+    if commits_path.exists():
+        for key, times in json.loads(commits_path.read_text()).items():
+            if times:
+                times.sort()
+                result[f"{key}_commit_ms_p50"] = round(times[len(times) // 2] * 1e3, 2)
     if gc_spent:
         # from the server's start: its first messages and warm-up too (an upper bound)
         acked = max(result["acked"], 1)
@@ -516,6 +551,11 @@ def run_all(args: argparse.Namespace) -> int:
                     else ""
                 )
                 + (f", GC {result['gc_us_per_msg']}" if "gc_us_per_msg" in result else "")
+                + "".join(
+                    f", {key} commit p50 {result[f'{key}_commit_ms_p50']} ms"
+                    for key in ("check", "store")
+                    if f"{key}_commit_ms_p50" in result
+                )
                 + f", waits {result['reactor_waits_per_msg']}/msg"
                 + f"; generator {result.get('generator_cpu_us_per_msg', '?')}"
                 + f"; other threads user {result['others_user_us_per_msg']} sys "
