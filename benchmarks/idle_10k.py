@@ -98,6 +98,7 @@ def serve(
     )
     start(config)
     print(type(reactor).__name__, file=sys.stderr, flush=True)
+    report_long_collections()
     if not profile:
         reactor.run()  # type: ignore[attr-defined]
         return
@@ -110,6 +111,30 @@ def serve(
     reactor.run()  # type: ignore[attr-defined]
     profiler.disable()
     profiler.dump_stats(profile)
+
+
+def report_long_collections(over: float = 0.010) -> None:
+    """Print each pass of the garbage collector longer than ``over`` seconds (its generation,
+    its length, what it collected), as it ends: a full pass over the heap of 10,000 sessions
+    stops the reactor for as long, and shows in the push latencies' tail."""
+    import gc
+
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        took = time.perf_counter() - started[0]
+        if took > over:
+            print(
+                f"gc: generation {info['generation']} pass {took * 1000:.0f} ms, "
+                f"{info['collected']} collected, at {time.strftime('%H:%M:%S')}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    gc.callbacks.append(callback)
 
 
 def make_mailboxes(data_dir: Path, boxes: int) -> None:
