@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import shutil
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from twisted.internet import defer, reactor, threads
@@ -36,6 +38,26 @@ def envelope(*mailboxes: str, mail_from: str = "sender@example.org", qid: str = 
 
 def is_dir_fd(fd: int) -> bool:
     return stat.S_ISDIR(os.fstat(fd).st_mode)
+
+
+def patch_file_sync(case: TestCase, before: Callable[[int, bytes], None]) -> None:
+    """Call ``before(fd, head)`` just before each point where a message file's data is made
+    durable: an os.fsync() of a file, or a write to a file opened O_DSYNC (small messages:
+    one synchronous write, no fsync). ``head``: the file's first bytes. It may raise."""
+    real_fsync, real_write_all = os.fsync, delivery.write_all
+
+    def fsync(fd: int) -> None:
+        if not is_dir_fd(fd):
+            before(fd, Path(os.readlink(f"/proc/self/fd/{fd}")).read_bytes()[:200])
+        real_fsync(fd)
+
+    def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DSYNC:
+            before(fd, bytes(data[:200]))
+        real_write_all(fd, data)
+
+    case.patch(os, "fsync", fsync)
+    case.patch(delivery, "write_all", write_all)
 
 
 def hold_first_batch(case: TestCase, committer: GroupCommitter, n: int) -> None:
@@ -148,11 +170,13 @@ class DeliveryTests(SinkTestCase):
         real_fsync = os.fsync
         inbox_new = self.box("a@example.com") / "new"
 
-        def fsync(fd: int) -> None:
-            events.append(("dir" if is_dir_fd(fd) else "file", sorted(os.listdir(inbox_new))))
+        def dir_fsync(fd: int) -> None:
+            if is_dir_fd(fd):
+                events.append(("dir", sorted(os.listdir(inbox_new))))
             real_fsync(fd)
 
-        self.patch(os, "fsync", fsync)
+        self.patch(os, "fsync", dir_fsync)
+        patch_file_sync(self, lambda fd, head: events.append(("file", os.listdir(inbox_new))))
         d = self.send(envelope("a@example.com"))
 
         def check(_: str) -> None:
@@ -167,15 +191,12 @@ class DeliveryTests(SinkTestCase):
     def test_commit_waits_for_fsync(self):
         self.create("a@example.com", "b@example.com")
         gate, reached = threading.Event(), threading.Event()
-        real_fsync = os.fsync
 
-        def slow_fsync(fd: int) -> None:
-            if not is_dir_fd(fd):
-                reached.set()
-                gate.wait(10)
-            real_fsync(fd)
+        def slow_sync(fd: int, head: bytes) -> None:
+            reached.set()
+            gate.wait(10)
 
-        self.patch(os, "fsync", slow_fsync)
+        patch_file_sync(self, slow_sync)
         d = self.send(envelope("a@example.com"))
         # Waited for in a thread: the flushes before the commit report to this reactor.
         self.assertTrue((yield threads.deferToThread(reached.wait, 10)))
@@ -188,10 +209,10 @@ class DeliveryTests(SinkTestCase):
     def test_failing_file_fsync(self):
         self.create("a@example.com", "b@example.com")
 
-        def broken(fd: int) -> None:
+        def broken(fd: int, head: bytes) -> None:
             raise OSError(errno.EIO, "I/O error")
 
-        self.patch(os, "fsync", broken)
+        patch_file_sync(self, broken)
         d = self.send(envelope("a@example.com", "b@example.com"))
 
         def check(err: DeliveryError) -> None:
@@ -475,15 +496,12 @@ class DeliveryTests(SinkTestCase):
     def test_failing_file_fsync_fails_only_that_message(self):
         """One message's fsync fails while others in the same batch succeed."""
         self.create("a@example.com")
-        real_fsync = os.fsync
 
-        def broken_for_bad(fd: int) -> None:
-            path = os.readlink(f"/proc/self/fd/{fd}")
-            if not is_dir_fd(fd) and b"<bad@example.org>" in Path(path).read_bytes()[:200]:
+        def broken_for_bad(fd: int, head: bytes) -> None:
+            if b"<bad@example.org>" in head:
                 raise OSError(errno.EIO, "I/O error")
-            real_fsync(fd)
 
-        self.patch(os, "fsync", broken_for_bad)
+        patch_file_sync(self, broken_for_bad)
         senders = ["good@example.org"] * 5 + ["bad@example.org"] + ["good@example.org"] * 5
         hold_first_batch(self, self.committer, len(senders))  # the commits overlap
         ds = [
@@ -557,6 +575,68 @@ class DeliveryTests(SinkTestCase):
         self.assertIn("could not create the mailbox", str(e))
 
     @defer.inlineCallbacks
+    def test_small_message_is_one_synchronous_write(self):
+        """A message that reaches commit unflushed: created O_DSYNC, written once (that write
+        is its fsync), renamed into new/ with mode 0600 and no other name left behind."""
+        self.create("a@example.com")
+        self.sink.flush_size = 1 << 20
+        writes: list[int] = []
+        file_fsyncs: list[int] = []
+        real_fsync, real_write_all = os.fsync, delivery.write_all
+
+        def fsync(fd: int) -> None:
+            if not is_dir_fd(fd):
+                file_fsyncs.append(fd)
+            real_fsync(fd)
+
+        def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+            writes.append(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DSYNC)
+            real_write_all(fd, data)
+
+        self.patch(os, "fsync", fsync)
+        self.patch(delivery, "write_all", write_all)
+        yield self.send(envelope("a@example.com"))
+        self.assertEqual(writes, [os.O_DSYNC])
+        self.assertEqual(file_fsyncs, [])
+        [name] = self.files("a@example.com", "new")
+        st = os.stat(self.box("a@example.com") / "new" / name)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
+        self.assertEqual(st.st_nlink, 1)  # renamed: no tmp/ name left linked
+        self.assertEqual(self.files("a@example.com", "tmp"), [])
+
+    @defer.inlineCallbacks
+    def test_flushed_message_is_fsynced_before_it_is_linked(self):
+        """A message flushed before commit has a plain tmp file: it is fsync'd, and only then
+        named in new/ (in every mailbox)."""
+        self.create("a@example.com", "b@example.com")
+        listings: list[list[str]] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if not is_dir_fd(fd):
+                listings.append(
+                    self.files("a@example.com", "new") + self.files("b@example.com", "new")
+                )
+            real_fsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        msg = self.sink.open(envelope("a@example.com", "b@example.com"))
+        msg.write(b"x" * 5000)  # beyond flush_size: flushed to the tmp file in a worker
+        msg.write(b"y" * 5000)  # waits for that flush
+        yield msg.ready()  # the first flush is done: the tmp file exists
+        self.assertEqual(len(self.files("a@example.com", "tmp")), 1)
+        yield msg.commit()
+        self.assertEqual(listings, [[]])
+        inodes = set()
+        for address in ("a@example.com", "b@example.com"):
+            [name] = self.files(address, "new")
+            st = os.stat(self.box(address) / "new" / name)
+            self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
+            inodes.add(st.st_ino)
+            self.assertEqual(self.files(address, "tmp"), [])
+        self.assertEqual(len(inodes), 1)
+
+    @defer.inlineCallbacks
     def test_many_small_writes_large_message(self):
         body = b"".join(b"line %06d\r\n" % i for i in range(20000))  # ~260 KB
         yield self.send(envelope("a@example.com"), body, chunk=7)
@@ -582,15 +662,12 @@ class CommitterServiceTests(SinkTestCase):
     @defer.inlineCallbacks
     def test_stop_waits_for_commits_in_flight(self):
         gate, reached = threading.Event(), threading.Event()
-        real_fsync = os.fsync
 
-        def slow_fsync(fd: int) -> None:
-            if not is_dir_fd(fd):
-                reached.set()
-                gate.wait(10)
-            real_fsync(fd)
+        def slow_sync(fd: int, head: bytes) -> None:
+            reached.set()
+            gate.wait(10)
 
-        self.patch(os, "fsync", slow_fsync)
+        patch_file_sync(self, slow_sync)
         committed = self.send(envelope("a@example.com"))
         self.assertTrue((yield threads.deferToThread(reached.wait, 10)))
         stopped = self.committer.stopService()
