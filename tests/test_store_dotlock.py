@@ -293,3 +293,108 @@ class OwnerTests(SynchronousTestCase):
         assert owner is not None
         self.assertEqual((owner.pid, owner.start), (child, start))
         self.assertNotEqual(owner.start, process_start(os.getpid()))
+
+
+# Waits for the lock with the real blocking loop (a worker's thread, a CLI command, a second
+# mailhub process) and says whether it got it: "got" or "timeout".
+WAITER = """
+import sys
+from pathlib import Path
+from mailhub.store.dotlock import DotLock
+from mailhub.store.errors import LockTimeout
+lock = DotLock(Path(sys.argv[1]), timeout=float(sys.argv[2]), in_reactor=lambda: False)
+print("waiting", flush=True)
+try:
+    lock.acquire()
+except LockTimeout:
+    print("timeout", flush=True)
+else:
+    print("got", flush=True)
+    lock.release()
+"""
+
+
+class WaiterInAnotherProcessTests(SynchronousTestCase):
+    """A process polling for a lock that this process re-takes at once, again and again (a
+    stream of STOREs handing it on), announces that it waits (``<lock>.want``): holders
+    that would take the lock anew let it have it first."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.path = self.dir / "mailhub-uidlist.lock"
+        self.want = self.dir / "mailhub-uidlist.lock.want"
+
+    def test_is_not_starved_by_a_stream_of_holds(self) -> None:
+        env = dict(os.environ, PYTHONPATH=REPO)
+        holder = DotLock(self.path, in_reactor=lambda: True)  # the reactor: never waits
+        holder.acquire()
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", WAITER, str(self.path), "5"],
+            env=env, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.addCleanup(waiter.wait, 60)
+        assert waiter.stdout is not None
+        self.assertEqual(waiter.stdout.readline(), "waiting\n")
+        holds = yielded = 0
+        deadline = time.monotonic() + 60  # (a bound for a broken test, not a measure)
+        while waiter.poll() is None and time.monotonic() < deadline:
+            # A hold as long as a flush's (fsync), handed on to the next one at once.
+            time.sleep(0.02)
+            holder.release()
+            holds += 1
+            try:
+                holder.acquire()
+            except LockBusy:
+                yielded += 1
+                while waiter.poll() is None:
+                    time.sleep(0.002)  # (retry_busy's back-off)
+                    try:
+                        holder.acquire()
+                        break
+                    except LockBusy:
+                        continue
+        if holder.held:
+            holder.release()
+        self.assertEqual(waiter.stdout.read(), "got\n", (holds, yielded))
+        self.assertGreater(yielded, 0)
+        self.assertFalse(self.want.exists())  # the waiter took its marker away
+
+    def test_stale_markers_slow_nobody(self) -> None:
+        me = this_machine()
+        dead = (f"host={me.host} pid={_dead_pid()} start=1 boot={me.boot_id} "
+                f"pidns={me.pidns} nonce=1\n")  # fmt: skip
+        self.want.write_text(dead)  # a waiter killed while it waited
+        DotLock(self.path, in_reactor=lambda: True, sleep=_never_sleep).acquire()
+        self.path.unlink()
+        self.want.write_text("host=mx2 pid=4242 start=99 boot=boot-b pidns=1 nonce=1\n")
+        old = time.time() - 60  # another host's waiter that stopped refreshing it long ago
+        os.utime(self.want, (old, old))
+        DotLock(self.path, in_reactor=lambda: True, sleep=_never_sleep).acquire()
+
+    def test_a_fresh_marker_makes_the_reactor_yield(self) -> None:
+        self.want.write_text("host=mx2 pid=4242 start=99 boot=boot-b pidns=1 nonce=1\n")
+        lock = DotLock(self.path, in_reactor=lambda: True, sleep=_never_sleep)
+        busy = self.assertRaises(LockBusy, lock.acquire)
+        self.assertIn("waits", str(busy))
+        self.assertFalse(self.path.exists())  # it did not take the free lock
+
+    def test_a_waiter_announces_itself_and_cleans_up(self) -> None:
+        clock = [1_000_000.0]
+        seen: list[bool] = []
+
+        def sleep(seconds: float) -> None:
+            seen.append(self.want.exists())
+            clock[0] += seconds
+
+        self.path.write_text("host=mx2 pid=4242 start=99 boot=boot-b pidns=1 nonce=1\n")
+        lock = DotLock(self.path, timeout=1, now=lambda: clock[0], sleep=sleep,
+                       in_reactor=lambda: False)  # fmt: skip
+        self.assertRaises(LockTimeout, lock.acquire)
+        self.assertEqual(seen[0], False)  # not at once: most waits are short
+        self.assertTrue(seen[-1])
+        self.assertFalse(self.want.exists())  # given up: no marker left
+        self.path.unlink()
+        lock.acquire()
+        lock.release()
+        self.assertEqual(list(self.dir.iterdir()), [])
