@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.store.dotlock import (
@@ -20,6 +23,7 @@ from mailhub.store.dotlock import (
     this_machine,
 )
 from mailhub.store.errors import LockBusy, LockTimeout
+from mailhub.store.lockwait import retry_busy
 
 REPO = str(Path(__file__).resolve().parent.parent)
 
@@ -398,3 +402,80 @@ class WaiterInAnotherProcessTests(SynchronousTestCase):
         lock.acquire()
         lock.release()
         self.assertEqual(list(self.dir.iterdir()), [])
+
+
+# Another process's reactor (a second mailhub worker's STOREs): takes the lock again as soon as
+# it let it go, backing off only on LockBusy, until the file argv[2] exists; says how often
+# it yielded.
+STREAM = """
+import sys, time
+from pathlib import Path
+from mailhub.store.dotlock import DotLock
+from mailhub.store.errors import LockBusy
+lock, stop = DotLock(Path(sys.argv[1]), in_reactor=lambda: True), Path(sys.argv[2])
+busy = 0
+deadline = time.monotonic() + 60
+while not stop.exists() and time.monotonic() < deadline:
+    try:
+        lock.acquire()
+    except LockBusy:
+        busy += 1
+        time.sleep(0.002)
+        continue
+    print("holding", flush=True)
+    time.sleep(0.02)
+    lock.release()
+print(busy, flush=True)
+"""
+
+
+class ReactorWaitTests(SynchronousTestCase):
+    """A command waiting on reactor timers (``lockwait.retry_busy``) for a lock another
+    process hands on from hold to hold announces itself as the blocking wait does."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.path = self.dir / "mailhub-uidlist.lock"
+        self.want = self.dir / "mailhub-uidlist.lock.want"
+
+    def test_is_not_starved_by_another_process(self) -> None:
+        stop = self.dir / "stop"
+        stream = subprocess.Popen(
+            [sys.executable, "-c", STREAM, str(self.path), str(stop)],
+            env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.addCleanup(stream.wait, 60)
+        self.addCleanup(stop.touch)
+        assert stream.stdout is not None
+        self.assertEqual(stream.stdout.readline(), "holding\n")
+        clock = Clock()
+        lock = DotLock(self.path, in_reactor=lambda: True, sleep=_never_sleep)
+        results: list[object] = []
+        ensureDeferred(retry_busy(clock, 5, lock.acquire)).addBoth(results.append)
+        while not results:  # the reactor's timers, run as time goes by (5 s at most)
+            time.sleep(0.005)
+            clock.advance(0.005)
+        stop.touch()
+        self.assertFalse(isinstance(results[0], Failure), (results[0], clock.seconds()))
+        self.assertTrue(lock.held)
+        self.assertFalse(self.want.exists())  # withdrawn
+        lock.release()
+        lines = stream.stdout.read().split()
+        self.assertGreater(int(lines[-1]), 0)  # it yielded to us
+
+    def test_own_process_does_not_yield_to_its_reactor_wait(self) -> None:
+        held = DotLock(self.path)
+        held.acquire()
+        clock = Clock()
+        lock = DotLock(self.path, in_reactor=lambda: True, sleep=_never_sleep)
+        results: list[object] = []
+        ensureDeferred(retry_busy(clock, 5, lock.acquire)).addBoth(results.append)
+        clock.advance(1)
+        clock.advance(1)
+        self.assertTrue(self.want.exists())  # announced, for other processes
+        held.release()
+        clock.advance(1)
+        self.assertEqual(results, [None])  # not yielding to itself
+        self.assertFalse(self.want.exists())
+        lock.release()
