@@ -340,6 +340,8 @@ class DotLock:
         except FileNotFoundError:
             return ""
         # (a waiter's pid on this machine: dead or not; elsewhere the age rule with WANT_FRESH)
+        if content in _reactor_waits:
+            return ""  # this process's reactor waits for it: it is the one to take it
         if judge(content, st.st_mtime, now, WANT_FRESH, self._machine, self._alive).stale:
             return ""
         owner = parse_owner(content)
@@ -354,8 +356,9 @@ class DotLock:
             return
         if self._in_reactor():
             if waiter:
-                raise LockBusy(f"{self.path} is wanted ({waiter} waits for it)", self.path)
-            raise LockBusy(f"{self.path} is busy ({self.holder})", self.path)
+                why = f"{self.path} is wanted ({waiter} waits for it)"
+                raise LockBusy(why, self.path, want=self.want_path)
+            raise LockBusy(f"{self.path} is busy ({self.holder})", self.path, want=self.want_path)
         now = self._now()
         deadline, announce_at = now + self.timeout, now + ANNOUNCE_AFTER
         delay = self._min_delay
@@ -368,36 +371,15 @@ class DotLock:
                         f"could not lock {self.path} within {self.timeout:g}s ({self.holder})"
                     )
                 if now >= announce_at:
-                    announced = self._announce(announced)
+                    pid = os.getpid() if self._pid is None else self._pid
+                    announced = announce(self.want_path, announced, self._machine, pid)
                 self._sleep(delay)
                 delay = min(delay * 2, self._max_delay)
                 if self.try_acquire():
                     return
         finally:
             if announced is not None:
-                self._withdraw(announced)
-
-    def _announce(self, record: bytes | None) -> bytes:
-        """Write (again: its mtime says it is fresh) our marker; returns its content."""
-        if record is None:
-            pid = os.getpid() if self._pid is None else self._pid
-            record = owner_record(self._machine, pid, _own_start(pid) if pid == os.getpid() else "")
-        fd = os.open(self.want_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, record)
-        finally:
-            os.close(fd)
-        return record
-
-    def _withdraw(self, record: bytes) -> None:
-        """Remove our marker, unless another waiter wrote its own over it (it still waits)."""
-        try:
-            with open(self.want_path, "rb") as f:
-                if f.read(512) != record:
-                    return
-            os.unlink(self.want_path)
-        except FileNotFoundError:
-            pass
+                withdraw(self.want_path, announced)
 
     def touch(self) -> None:
         """Refresh the lock's mtime during a long hold, so nobody judges it stale."""
@@ -431,6 +413,46 @@ class DotLock:
 
 
 _starts: dict[int, str] = {}
+# The markers this process's reactor wrote (lockwait.BusyWait): its acquire() does not yield
+# to them (it would to itself).
+_reactor_waits: set[bytes] = set()
+
+
+def announce(
+    want: Path, record: bytes | None, machine: Machine | None = None, pid: int | None = None
+) -> bytes:
+    """Write (again: its mtime says it is fresh) a waiter's marker ``want`` (``<lock>.want``);
+    returns its content, ``record`` or a new owner record."""
+    if record is None:
+        pid = os.getpid() if pid is None else pid
+        start = _own_start(pid) if pid == os.getpid() else ""
+        record = owner_record(machine or this_machine(), pid, start)
+    fd = os.open(want, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, record)
+    finally:
+        os.close(fd)
+    return record
+
+
+def announce_on_reactor(want: Path, record: bytes | None) -> bytes:
+    """``announce()`` for a wait on the reactor (``lockwait.BusyWait``): this process's
+    acquisitions of the lock do not yield to it."""
+    record = announce(want, record)
+    _reactor_waits.add(record)
+    return record
+
+
+def withdraw(want: Path, record: bytes) -> None:
+    """Remove a waiter's marker, unless another waiter wrote its own over it (it waits)."""
+    _reactor_waits.discard(record)
+    try:
+        with open(want, "rb") as f:
+            if f.read(512) != record:
+                return
+        os.unlink(want)
+    except FileNotFoundError:
+        pass
 
 
 def _own_start(pid: int) -> str:
