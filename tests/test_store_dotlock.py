@@ -464,7 +464,7 @@ class ReactorWaitTests(SynchronousTestCase):
         lines = stream.stdout.read().split()
         self.assertGreater(int(lines[-1]), 0)  # it yielded to us
 
-    def test_own_process_does_not_yield_to_its_reactor_wait(self) -> None:
+    def test_an_announced_reactor_wait_yields_to_no_marker(self) -> None:
         held = DotLock(self.path)
         held.acquire()
         clock = Clock()
@@ -474,8 +474,12 @@ class ReactorWaitTests(SynchronousTestCase):
         clock.advance(1)
         clock.advance(1)
         self.assertTrue(self.want.exists())  # announced, for other processes
+        # Another waiter (a reactor's of another process) announced itself over it: two
+        # announced waiters take the free lock, they do not yield to each other.
+        self.want.write_text("host=mx2 pid=4242 start=99 boot=boot-b pidns=1 nonce=1\n")
         held.release()
         clock.advance(1)
-        self.assertEqual(results, [None])  # not yielding to itself
-        self.assertFalse(self.want.exists())
+        self.assertEqual(results, [None])  # not yielding to itself nor the other
+        self.assertTrue(self.want.exists())  # the other's: it still waits
         lock.release()
+        self.assertRaises(LockBusy, lock.acquire)  # the wait is over: it yields again

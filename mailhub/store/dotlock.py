@@ -327,6 +327,8 @@ class DotLock:
     def waiter(self) -> str:
         """Who announced that they wait for the lock (see the module docstring); "" if
         nobody did, or the marker is stale. One stat() when there is no marker."""
+        if _reactor_waits and self.want_path in _reactor_waits:
+            return ""  # this process's reactor announced itself: it takes it, as waiters do
         try:
             st = os.stat(self.want_path)
         except FileNotFoundError:
@@ -340,8 +342,6 @@ class DotLock:
         except FileNotFoundError:
             return ""
         # (a waiter's pid on this machine: dead or not; elsewhere the age rule with WANT_FRESH)
-        if content in _reactor_waits:
-            return ""  # this process's reactor waits for it: it is the one to take it
         if judge(content, st.st_mtime, now, WANT_FRESH, self._machine, self._alive).stale:
             return ""
         owner = parse_owner(content)
@@ -413,9 +413,10 @@ class DotLock:
 
 
 _starts: dict[int, str] = {}
-# The markers this process's reactor wrote (lockwait.BusyWait): its acquire() does not yield
-# to them (it would to itself).
-_reactor_waits: set[bytes] = set()
+# The markers for which this process's reactor announced waits (lockwait.BusyWait), with how
+# many: they are waiters that announced themselves, and take the lock whatever markers say
+# (two waiters yielding to each other's marker would never take it).
+_reactor_waits: dict[Path, int] = {}
 
 
 def announce(
@@ -436,16 +437,22 @@ def announce(
 
 
 def announce_on_reactor(want: Path, record: bytes | None) -> bytes:
-    """``announce()`` for a wait on the reactor (``lockwait.BusyWait``): this process's
-    acquisitions of the lock do not yield to it."""
-    record = announce(want, record)
-    _reactor_waits.add(record)
-    return record
+    """``announce()`` for a wait on the reactor (``lockwait.BusyWait``): until it is
+    withdrawn, this process's acquisitions of the lock yield to no marker."""
+    if record is None:
+        _reactor_waits[want] = _reactor_waits.get(want, 0) + 1
+    return announce(want, record)
+
+
+def withdraw_on_reactor(want: Path, record: bytes) -> None:
+    left = _reactor_waits.pop(want, 0) - 1
+    if left > 0:
+        _reactor_waits[want] = left
+    withdraw(want, record)
 
 
 def withdraw(want: Path, record: bytes) -> None:
     """Remove a waiter's marker, unless another waiter wrote its own over it (it waits)."""
-    _reactor_waits.discard(record)
     try:
         with open(want, "rb") as f:
             if f.read(512) != record:

@@ -22,7 +22,7 @@ from typing import TypeVar
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from mailhub.store.dotlock import ANNOUNCE_AFTER, announce_on_reactor, withdraw
+from mailhub.store.dotlock import ANNOUNCE_AFTER, announce_on_reactor, withdraw_on_reactor
 from mailhub.store.errors import LockBusy
 
 T = TypeVar("T")
@@ -63,7 +63,7 @@ class BusyWait:
         """The wait is over (got through, or gave up): withdraw its markers."""
         marks, self._marks = self._marks, {}
         for want, record in marks.items():
-            withdraw(want, record)
+            withdraw_on_reactor(want, record)
 
 
 async def retry_busy(clock: IReactorTime, timeout: float, f: Callable[[], T]) -> T:
