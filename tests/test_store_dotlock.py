@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailhub.store.dotlock import (
@@ -20,6 +23,7 @@ from mailhub.store.dotlock import (
     this_machine,
 )
 from mailhub.store.errors import LockBusy, LockTimeout
+from mailhub.store.lockwait import retry_busy
 
 REPO = str(Path(__file__).resolve().parent.parent)
 
@@ -293,3 +297,189 @@ class OwnerTests(SynchronousTestCase):
         assert owner is not None
         self.assertEqual((owner.pid, owner.start), (child, start))
         self.assertNotEqual(owner.start, process_start(os.getpid()))
+
+
+# Waits for the lock with the real blocking loop (a worker's thread, a CLI command, a second
+# mailhub process) and says whether it got it: "got" or "timeout".
+WAITER = """
+import sys
+from pathlib import Path
+from mailhub.store.dotlock import DotLock
+from mailhub.store.errors import LockTimeout
+lock = DotLock(Path(sys.argv[1]), timeout=float(sys.argv[2]), in_reactor=lambda: False)
+print("waiting", flush=True)
+try:
+    lock.acquire()
+except LockTimeout:
+    print("timeout", flush=True)
+else:
+    print("got", flush=True)
+    lock.release()
+"""
+
+
+class WaiterInAnotherProcessTests(SynchronousTestCase):
+    """A process polling for a lock that this process re-takes at once, again and again (a
+    stream of STOREs handing it on), announces that it waits (``<lock>.want``): holders
+    that would take the lock anew let it have it first."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.path = self.dir / "mailhub-uidlist.lock"
+        self.want = self.dir / "mailhub-uidlist.lock.want"
+
+    def test_is_not_starved_by_a_stream_of_holds(self) -> None:
+        env = dict(os.environ, PYTHONPATH=REPO)
+        holder = DotLock(self.path, in_reactor=lambda: True)  # the reactor: never waits
+        holder.acquire()
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", WAITER, str(self.path), "5"],
+            env=env, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.addCleanup(waiter.wait, 60)
+        assert waiter.stdout is not None
+        self.assertEqual(waiter.stdout.readline(), "waiting\n")
+        holds = yielded = 0
+        deadline = time.monotonic() + 60  # (a bound for a broken test, not a measure)
+        while waiter.poll() is None and time.monotonic() < deadline:
+            # A hold as long as a flush's (fsync), handed on to the next one at once.
+            time.sleep(0.02)
+            holder.release()
+            holds += 1
+            try:
+                holder.acquire()
+            except LockBusy:
+                yielded += 1
+                while waiter.poll() is None:
+                    time.sleep(0.002)  # (retry_busy's back-off)
+                    try:
+                        holder.acquire()
+                        break
+                    except LockBusy:
+                        continue
+        if holder.held:
+            holder.release()
+        self.assertEqual(waiter.stdout.read(), "got\n", (holds, yielded))
+        self.assertGreater(yielded, 0)
+        self.assertFalse(self.want.exists())  # the waiter took its marker away
+
+    def test_stale_markers_slow_nobody(self) -> None:
+        me = this_machine()
+        dead = (f"host={me.host} pid={_dead_pid()} start=1 boot={me.boot_id} "
+                f"pidns={me.pidns} nonce=1\n")  # fmt: skip
+        self.want.write_text(dead)  # a waiter killed while it waited
+        DotLock(self.path, in_reactor=lambda: True, sleep=_never_sleep).acquire()
+        self.path.unlink()
+        self.want.write_text("host=mx2 pid=4242 start=99 boot=boot-b pidns=1 nonce=1\n")
+        old = time.time() - 60  # another host's waiter that stopped refreshing it long ago
+        os.utime(self.want, (old, old))
+        DotLock(self.path, in_reactor=lambda: True, sleep=_never_sleep).acquire()
+
+    def test_a_fresh_marker_makes_the_reactor_yield(self) -> None:
+        self.want.write_text("host=mx2 pid=4242 start=99 boot=boot-b pidns=1 nonce=1\n")
+        lock = DotLock(self.path, in_reactor=lambda: True, sleep=_never_sleep)
+        busy = self.assertRaises(LockBusy, lock.acquire)
+        self.assertIn("waits", str(busy))
+        self.assertFalse(self.path.exists())  # it did not take the free lock
+
+    def test_a_waiter_announces_itself_and_cleans_up(self) -> None:
+        clock = [1_000_000.0]
+        seen: list[bool] = []
+
+        def sleep(seconds: float) -> None:
+            seen.append(self.want.exists())
+            clock[0] += seconds
+
+        self.path.write_text("host=mx2 pid=4242 start=99 boot=boot-b pidns=1 nonce=1\n")
+        lock = DotLock(self.path, timeout=1, now=lambda: clock[0], sleep=sleep,
+                       in_reactor=lambda: False)  # fmt: skip
+        self.assertRaises(LockTimeout, lock.acquire)
+        self.assertEqual(seen[0], False)  # not at once: most waits are short
+        self.assertTrue(seen[-1])
+        self.assertFalse(self.want.exists())  # given up: no marker left
+        self.path.unlink()
+        lock.acquire()
+        lock.release()
+        self.assertEqual(list(self.dir.iterdir()), [])
+
+
+# Another process's reactor (a second mailhub worker's STOREs): takes the lock again as soon as
+# it let it go, backing off only on LockBusy, until the file argv[2] exists; says how often
+# it yielded.
+STREAM = """
+import sys, time
+from pathlib import Path
+from mailhub.store.dotlock import DotLock
+from mailhub.store.errors import LockBusy
+lock, stop = DotLock(Path(sys.argv[1]), in_reactor=lambda: True), Path(sys.argv[2])
+busy = 0
+deadline = time.monotonic() + 60
+while not stop.exists() and time.monotonic() < deadline:
+    try:
+        lock.acquire()
+    except LockBusy:
+        busy += 1
+        time.sleep(0.002)
+        continue
+    print("holding", flush=True)
+    time.sleep(0.02)
+    lock.release()
+print(busy, flush=True)
+"""
+
+
+class ReactorWaitTests(SynchronousTestCase):
+    """A command waiting on reactor timers (``lockwait.retry_busy``) for a lock another
+    process hands on from hold to hold announces itself as the blocking wait does."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.path = self.dir / "mailhub-uidlist.lock"
+        self.want = self.dir / "mailhub-uidlist.lock.want"
+
+    def test_is_not_starved_by_another_process(self) -> None:
+        stop = self.dir / "stop"
+        stream = subprocess.Popen(
+            [sys.executable, "-c", STREAM, str(self.path), str(stop)],
+            env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.addCleanup(stream.wait, 60)
+        self.addCleanup(stop.touch)
+        assert stream.stdout is not None
+        self.assertEqual(stream.stdout.readline(), "holding\n")
+        clock = Clock()
+        lock = DotLock(self.path, in_reactor=lambda: True, sleep=_never_sleep)
+        results: list[object] = []
+        ensureDeferred(retry_busy(clock, 5, lock.acquire)).addBoth(results.append)
+        while not results:  # the reactor's timers, run as time goes by (5 s at most)
+            time.sleep(0.005)
+            clock.advance(0.005)
+        stop.touch()
+        self.assertFalse(isinstance(results[0], Failure), (results[0], clock.seconds()))
+        self.assertTrue(lock.held)
+        self.assertFalse(self.want.exists())  # withdrawn
+        lock.release()
+        lines = stream.stdout.read().split()
+        self.assertGreater(int(lines[-1]), 0)  # it yielded to us
+
+    def test_an_announced_reactor_wait_yields_to_no_marker(self) -> None:
+        held = DotLock(self.path)
+        held.acquire()
+        clock = Clock()
+        lock = DotLock(self.path, in_reactor=lambda: True, sleep=_never_sleep)
+        results: list[object] = []
+        ensureDeferred(retry_busy(clock, 5, lock.acquire)).addBoth(results.append)
+        clock.advance(1)
+        clock.advance(1)
+        self.assertTrue(self.want.exists())  # announced, for other processes
+        # Another waiter (a reactor's of another process) announced itself over it: two
+        # announced waiters take the free lock, they do not yield to each other.
+        self.want.write_text("host=mx2 pid=4242 start=99 boot=boot-b pidns=1 nonce=1\n")
+        held.release()
+        clock.advance(1)
+        self.assertEqual(results, [None])  # not yielding to itself nor the other
+        self.assertTrue(self.want.exists())  # the other's: it still waits
+        lock.release()
+        self.assertRaises(LockBusy, lock.acquire)  # the wait is over: it yields again

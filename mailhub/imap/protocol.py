@@ -471,17 +471,22 @@ class IMAPServerProtocol(Protocol, TimeoutMixin, HandshakeDeadline):
         """The handler's result; run again from a timer while it meets a busy folder lock
         (the reactor never waits for a lock: mailhub.store.lockwait), unless in _NOT_AGAIN."""
         wait: BusyWait | None = None
-        while True:
-            try:
-                return await handler(self, tag, items)
-            except LockBusy as busy:
-                sub = items[0] if name == "UID" and items else None
-                verb = (sub if isinstance(sub, str) else name).upper()
-                if verb in _NOT_AGAIN or self.closing:
-                    raise
-                if wait is None:
-                    wait = BusyWait(self.factory.clock, self.factory.store.settings.lock_timeout)
-                await wait.pause(busy)
+        try:
+            while True:
+                try:
+                    return await handler(self, tag, items)
+                except LockBusy as busy:
+                    sub = items[0] if name == "UID" and items else None
+                    verb = (sub if isinstance(sub, str) else name).upper()
+                    if verb in _NOT_AGAIN or self.closing:
+                        raise
+                    if wait is None:
+                        settings = self.factory.store.settings
+                        wait = BusyWait(self.factory.clock, settings.lock_timeout)
+                    await wait.pause(busy)
+        finally:
+            if wait is not None:
+                wait.close()  # (its waiting markers: dotlock)
 
     def _folder_vanished(self) -> Done:
         if self.view is not None:

@@ -238,12 +238,15 @@ async def _made(session: IMAPServerProtocol, address: str) -> Mailbox:
     subscriptions lock is waited for on the clock, as ``session.unlocked`` does."""
     f = session.factory
     wait = BusyWait(f.clock, f.store.settings.lock_timeout)
-    while True:
-        try:
-            box: Mailbox = await f.run(f.store.login_mailbox, address)
-            return box
-        except LockBusy as busy:
-            await wait.pause(busy)
+    try:
+        while True:
+            try:
+                box: Mailbox = await f.run(f.store.login_mailbox, address)
+                return box
+            except LockBusy as busy:
+                await wait.pause(busy)
+    finally:
+        wait.close()  # (its waiting markers: dotlock)
 
 
 # --- authenticated: IDLE --------------------------------------------------------------------

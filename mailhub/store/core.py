@@ -175,7 +175,8 @@ class FolderLock:
     they wait for at most two writes. While such a job waits, a deferring hold that may be
     run again (``yields``: STORE, a look, a COPY's) does not take the free lock but waits for
     the job's end: the job polls for the lock, and a stream of holds handing it on from one
-    to the next would keep it from the job (past its lock timeout)."""
+    to the next would keep it from the job (past its lock timeout). Changes stop joining
+    too when a waiter of another process announced itself (``DotLock.waiter``)."""
 
     __slots__ = ("before", "core", "dot", "joined", "yields")
 
@@ -201,7 +202,12 @@ class FolderLock:
         )
         flush = core.flush
         if flush is not None:
-            if not deferring or core.looks_waiting() or core.job is not None:
+            if (
+                not deferring
+                or core.looks_waiting()
+                or core.job is not None
+                or flush.lock.waiter()  # another process's (dotlock: fairness)
+            ):
                 raise core.last_flush().busy(look=False)
             # (Before this change: the state may be exactly what the write in flight is.)
             core.note_written_state(flush)

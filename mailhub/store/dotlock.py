@@ -32,6 +32,17 @@ Waiting: ``acquire()`` on the reactor thread never sleeps. It tries once (breaki
 holder's lock) and raises ``LockBusy`` when a live holder has it, for the caller to try again
 from a reactor timer (``mailhub.store.lockwait``). In any other thread it sleeps between tries
 (a few milliseconds at first) and gives up with ``LockTimeout`` after ``timeout``.
+
+Fairness: a process that polls is starved by one that takes the lock again the moment it lets
+it go (a stream of STOREs, each handing it on): the lock is free for microseconds between two
+polls 50 ms apart. So a waiter that has waited past ``ANNOUNCE_AFTER`` announces itself in
+``<lock>.want`` (an owner record, rewritten at each poll; removed when it gets the lock or
+gives up, if still its own), and ``acquire()`` does not take the lock while a fresh marker of
+a live waiter exists (a holder's next hold yields: ``LockBusy`` on the reactor, a wait
+elsewhere) - one stat() when nobody waits. A marker is ignored when its pid is dead (this
+machine) or it was not rewritten for ``WANT_FRESH`` seconds (a crash; another host's, whose
+clock may differ); ``leftovers`` removes old ones. A waiter that has announced itself takes
+the lock whatever markers say, so two waiters never yield to each other.
 """
 
 from __future__ import annotations
@@ -58,6 +69,8 @@ log = Logger()
 _attempts = itertools.count(1)
 
 STALE_AFTER = 60.0  # the age rule: a lock of another host untouched this long is stale
+ANNOUNCE_AFTER = 0.05  # a waiter announces itself (``<lock>.want``) after waiting this long
+WANT_FRESH = 3.0  # a marker not rewritten for this long is ignored (its waiter polls every 50 ms)
 
 
 def on_reactor_thread() -> bool:
@@ -245,6 +258,7 @@ class DotLock:
         self._alive = alive
         self._in_reactor = in_reactor or (lambda: on_reactor_thread())
         self._token: bytes | None = None  # content of the lock file we hold
+        self.want_path = self.path.with_name(self.path.name + ".want")
         self.holder = ""  # why the last failed try failed (for LockBusy and logs)
 
     @property
@@ -310,24 +324,62 @@ class DotLock:
             return True
         return self._break_if_stale() and self._try_once()
 
+    def waiter(self) -> str:
+        """Who announced that they wait for the lock (see the module docstring); "" if
+        nobody did, or the marker is stale. One stat() when there is no marker."""
+        if _reactor_waits and self.want_path in _reactor_waits:
+            return ""  # this process's reactor announced itself: it takes it, as waiters do
+        try:
+            st = os.stat(self.want_path)
+        except FileNotFoundError:
+            return ""
+        now = self._now()
+        if abs(now - st.st_mtime) > WANT_FRESH:
+            return ""
+        try:
+            with open(self.want_path, "rb") as f:
+                content = f.read(512)
+        except FileNotFoundError:
+            return ""
+        # (a waiter's pid on this machine: dead or not; elsewhere the age rule with WANT_FRESH)
+        if judge(content, st.st_mtime, now, WANT_FRESH, self._machine, self._alive).stale:
+            return ""
+        owner = parse_owner(content)
+        return owner.describe() if owner is not None else "another process"
+
     def acquire(self) -> None:
-        """Take the lock. On the reactor thread: one try, LockBusy if a live holder has it.
-        Elsewhere: wait, and raise LockTimeout after ``timeout`` seconds."""
-        if self.try_acquire():
+        """Take the lock. On the reactor thread: one try, LockBusy if a live holder has it
+        or a waiter announced itself. Elsewhere: wait, and raise LockTimeout after
+        ``timeout`` seconds."""
+        waiter = self.waiter()
+        if not waiter and self.try_acquire():
             return
         if self._in_reactor():
-            raise LockBusy(f"{self.path} is busy ({self.holder})", self.path)
-        deadline = self._now() + self.timeout
+            if waiter:
+                why = f"{self.path} is wanted ({waiter} waits for it)"
+                raise LockBusy(why, self.path, want=self.want_path)
+            raise LockBusy(f"{self.path} is busy ({self.holder})", self.path, want=self.want_path)
+        now = self._now()
+        deadline, announce_at = now + self.timeout, now + ANNOUNCE_AFTER
         delay = self._min_delay
-        while True:
-            if self._now() >= deadline:
-                raise LockTimeout(
-                    f"could not lock {self.path} within {self.timeout:g}s ({self.holder})"
-                )
-            self._sleep(delay)
-            delay = min(delay * 2, self._max_delay)
-            if self.try_acquire():
-                return
+        announced: bytes | None = None
+        try:
+            while True:
+                now = self._now()
+                if now >= deadline:
+                    raise LockTimeout(
+                        f"could not lock {self.path} within {self.timeout:g}s ({self.holder})"
+                    )
+                if now >= announce_at:
+                    pid = os.getpid() if self._pid is None else self._pid
+                    announced = announce(self.want_path, announced, self._machine, pid)
+                self._sleep(delay)
+                delay = min(delay * 2, self._max_delay)
+                if self.try_acquire():
+                    return
+        finally:
+            if announced is not None:
+                withdraw(self.want_path, announced)
 
     def touch(self) -> None:
         """Refresh the lock's mtime during a long hold, so nobody judges it stale."""
@@ -361,6 +413,53 @@ class DotLock:
 
 
 _starts: dict[int, str] = {}
+# The markers for which this process's reactor announced waits (lockwait.BusyWait), with how
+# many: they are waiters that announced themselves, and take the lock whatever markers say
+# (two waiters yielding to each other's marker would never take it).
+_reactor_waits: dict[Path, int] = {}
+
+
+def announce(
+    want: Path, record: bytes | None, machine: Machine | None = None, pid: int | None = None
+) -> bytes:
+    """Write (again: its mtime says it is fresh) a waiter's marker ``want`` (``<lock>.want``);
+    returns its content, ``record`` or a new owner record."""
+    if record is None:
+        pid = os.getpid() if pid is None else pid
+        start = _own_start(pid) if pid == os.getpid() else ""
+        record = owner_record(machine or this_machine(), pid, start)
+    fd = os.open(want, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, record)
+    finally:
+        os.close(fd)
+    return record
+
+
+def announce_on_reactor(want: Path, record: bytes | None) -> bytes:
+    """``announce()`` for a wait on the reactor (``lockwait.BusyWait``): until it is
+    withdrawn, this process's acquisitions of the lock yield to no marker."""
+    if record is None:
+        _reactor_waits[want] = _reactor_waits.get(want, 0) + 1
+    return announce(want, record)
+
+
+def withdraw_on_reactor(want: Path, record: bytes) -> None:
+    left = _reactor_waits.pop(want, 0) - 1
+    if left > 0:
+        _reactor_waits[want] = left
+    withdraw(want, record)
+
+
+def withdraw(want: Path, record: bytes) -> None:
+    """Remove a waiter's marker, unless another waiter wrote its own over it (it waits)."""
+    try:
+        with open(want, "rb") as f:
+            if f.read(512) != record:
+                return
+        os.unlink(want)
+    except FileNotFoundError:
+        pass
 
 
 def _own_start(pid: int) -> str:

@@ -50,9 +50,11 @@ class LockBusy(LockTimeout):
     """A live holder has the dotlock and the caller runs on the reactor thread, which never
     waits: try again from a reactor timer (``mailhub.store.lockwait``)."""
 
-    def __init__(self, message: str, path: object = None) -> None:
+    def __init__(self, message: str, path: object = None, *, want: object = None) -> None:
         super().__init__(message)
         self.path = path
+        # A dotlock's waiting marker (``dotlock.announce``): a caller that waits long writes it.
+        self.want = want
 
 
 class CorruptUidList(StoreError):
