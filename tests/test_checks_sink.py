@@ -403,7 +403,9 @@ class SpoolInWorkerTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), "Q1")
         self.assertEqual(self.created_outside, [False])
         self.assertTrue(all(inside for inside, _ in f.writes))
-        self.assertEqual(b"".join(data for _, data in f.writes), RECEIVED + b"".join(body) + CONTENT)
+        self.assertEqual(
+            b"".join(data for _, data in f.writes), RECEIVED + b"".join(body) + CONTENT
+        )
         [stored] = self.h.inner.delivered
         self.assertEqual(stored.data, OURS + RECEIVED + b"".join(body) + CONTENT)
         self.assertTrue(f.closed)
@@ -478,7 +480,6 @@ class SpoolInWorkerTests(SynchronousTestCase):
         self.assertTrue(f.closed)
 
 
-
 class SpoolEndToEndTests(SynchronousTestCase):
     def test_three_mib_end_to_end(self) -> None:
         """Through the real temporary file: the same bytes stored, the same verdict."""
@@ -507,3 +508,12 @@ class SpoolEndToEndTests(SynchronousTestCase):
         self.assertEqual(h.sink.verdicts, 1)
         [stored] = h.inner.delivered
         self.assertEqual(stored.data, OURS + RECEIVED + CONTENT + body)
+
+    def test_too_big_to_check_but_held_in_memory(self) -> None:
+        h = Harness(max_check_size=100)  # spool_size 1 MiB: no file at all
+        content = CONTENT + b"x" * 200 + b"\r\n"
+        self.successResultOf(h.send(content))
+        self.assertEqual(h.judged, [])
+        [stored] = h.inner.delivered
+        self.assertTrue(stored.data.endswith(RECEIVED + content))
+        self.assertIn(b"not checked: ", stored.data)
