@@ -4,6 +4,7 @@ the integration tests)."""
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -300,3 +301,219 @@ class CheckingSinkTests(SynchronousTestCase):
         self.failureResultOf(message.commit(), DeliveryError)
         self.assertRaises(DeliveryError, message.write, b"more")
         self.assertEqual(h.judged, [])
+
+
+class LaterRun:
+    """A ``run`` that records its calls and runs them when the test says (no threads);
+    ``inside`` is true while one of them runs (the "worker thread")."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+        self.inside = False
+
+    def __call__(self, f: Any, /, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+    def fire(self) -> None:
+        f, args, d = self.calls.pop(0)
+        self.inside = True
+        try:
+            result = f(*args)
+        except Exception:
+            self.inside = False
+            d.errback()
+        else:
+            self.inside = False
+            d.callback(result)
+
+    def fire_all(self) -> None:
+        while self.calls:
+            self.fire()
+
+
+REAL_TEMPORARY_FILE = tempfile.TemporaryFile
+
+
+class SpyFile:
+    """A temporary file that records whether each write ran in the worker."""
+
+    def __init__(self, run: LaterRun, fail: OSError | None = None) -> None:
+        self.run = run
+        self.fail = fail
+        self.f = REAL_TEMPORARY_FILE()
+        self.writes: list[tuple[bool, bytes]] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.writes.append((self.run.inside, bytes(data)))
+        if self.fail is not None:
+            raise self.fail
+        return self.f.write(data)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+    def close(self) -> None:
+        self.closed = True
+        self.f.close()
+
+
+class SpoolInWorkerTests(SynchronousTestCase):
+    """Past spool_size, the temporary file is made and written in ``run`` (never on the
+    reactor thread), one write at a time per message, with flow control."""
+
+    def setUp(self) -> None:
+        import mailhub.checks.sink as sink_module
+
+        self.run = LaterRun()
+        self.files: list[SpyFile] = []
+        self.created_outside: list[bool] = []
+        self.fail: OSError | None = None
+
+        def temporary_file(*a: Any, **kw: Any) -> SpyFile:
+            self.created_outside.append(not self.run.inside)
+            f = SpyFile(self.run, self.fail)
+            self.files.append(f)
+            return f
+
+        self.patch(sink_module.tempfile, "TemporaryFile", temporary_file)
+        self.h = Harness(spool_size=100, run=self.run)
+
+    def test_file_made_and_written_in_the_worker_in_order(self) -> None:
+        message = self.h.sink.open(envelope())
+        message.write(RECEIVED)  # past spool_size: goes to the worker
+        self.assertEqual(self.files, [])  # not made on the caller's thread
+        self.assertEqual(len(self.run.calls), 1)
+        body = [b"line %d\r\n" % i for i in range(100)]
+        for line in body:
+            message.write(line)
+            self.assertLessEqual(len(self.run.calls), 1)  # one write at a time
+        self.run.fire()
+        [f] = self.files
+        message.write(CONTENT)
+        self.run.fire_all()
+        d = message.commit()
+        self.run.fire_all()
+        self.assertEqual(self.successResultOf(d), "Q1")
+        self.assertEqual(self.created_outside, [False])
+        self.assertTrue(all(inside for inside, _ in f.writes))
+        self.assertEqual(
+            b"".join(data for _, data in f.writes), RECEIVED + b"".join(body) + CONTENT
+        )
+        [stored] = self.h.inner.delivered
+        self.assertEqual(stored.data, OURS + RECEIVED + b"".join(body) + CONTENT)
+        self.assertTrue(f.closed)
+
+    def test_ready_while_a_write_runs_with_a_full_buffer(self) -> None:
+        message = self.h.sink.open(envelope())
+        message.write(RECEIVED)  # the first write is running
+        self.assertIsNone(message.ready())
+        message.write(b"x" * 60)
+        self.assertIsNone(message.ready())  # held, not full yet
+        message.write(b"x" * 60)
+        wait = message.ready()
+        self.assertIsInstance(wait, Deferred)
+        assert wait is not None
+        self.assertNoResult(wait)
+        self.run.fire()  # the first write ends: the held buffer goes to the worker
+        self.successResultOf(wait)
+        self.assertIsNone(message.ready())
+        self.run.fire_all()
+        d = message.commit()
+        self.run.fire_all()
+        self.successResultOf(d)
+        [stored] = self.h.inner.delivered
+        self.assertEqual(stored.data, OURS + RECEIVED + b"x" * 120)
+
+    def test_a_failed_write_fails_the_next_write_and_commit(self) -> None:
+        import errno
+
+        self.fail = OSError(errno.ENOSPC, "No space left on device")
+        message = self.h.sink.open(envelope())
+        message.write(RECEIVED)  # no error here: the write runs in the worker
+        self.run.fire()
+        self.assertRaises(DeliveryError, message.write, b"more")
+        self.failureResultOf(message.commit(), DeliveryError)
+        self.assertEqual(self.h.inner.delivered, [])
+        self.assertTrue(self.files[0].closed)
+
+    def test_a_failed_write_fails_a_commit_waiting_for_it(self) -> None:
+        import errno
+
+        self.fail = OSError(errno.ENOSPC, "No space left on device")
+        message = self.h.sink.open(envelope())
+        message.write(RECEIVED)
+        d = message.commit()  # waits for the running write
+        self.assertNoResult(d)
+        self.run.fire_all()
+        f = self.failureResultOf(d, DeliveryError)
+        self.assertIn("No space left", str(f.value))
+        self.assertEqual(self.h.judged, [])
+        self.assertTrue(self.files[0].closed)
+
+    def test_abort_during_a_write_closes_the_file_when_it_ends(self) -> None:
+        message = self.h.sink.open(envelope())
+        message.write(RECEIVED)
+        self.run.fire()
+        [f] = self.files
+        message.write(b"x" * 50)
+        message.write(b"y" * 50)
+        message.abort()  # while the file is being written: not closed under the worker
+        self.assertFalse(f.closed)
+        self.run.fire_all()
+        self.assertTrue(f.closed)
+        self.assertEqual(self.run.calls, [])
+        self.failureResultOf(message.commit(), DeliveryError)
+
+    def test_abort_before_the_file_is_made(self) -> None:
+        message = self.h.sink.open(envelope())
+        message.write(RECEIVED)
+        message.abort()
+        self.run.fire_all()
+        [f] = self.files
+        self.assertTrue(f.closed)
+
+
+class SpoolEndToEndTests(SynchronousTestCase):
+    def test_three_mib_end_to_end(self) -> None:
+        """Through the real temporary file: the same bytes stored, the same verdict."""
+        run = LaterRun()
+        h = Harness(run=run)  # spool_size 1 MiB
+        body = b"".join(b"line %07d of a big message\r\n" % i for i in range(3 * 1024 * 1024 // 28))
+        content = b"Authentication-Results: mx.b.test; forged\r\n" + CONTENT + body
+        self.assertGreater(len(content), 3 * 1024 * 1024)
+        message = h.sink.open(envelope())
+        message.write(RECEIVED)
+        waited = 0
+        for i in range(0, len(content), 65536):
+            message.write(content[i : i + 65536])
+            wait = message.ready()
+            if wait is not None:  # the receiver stops reading until it fires
+                waited += 1
+                while not wait.called:
+                    run.fire()
+        self.assertGreater(waited, 0)
+        d = message.commit()
+        while run.calls:
+            run.fire()
+        self.assertEqual(self.successResultOf(d), "Q1")
+        [(judged, _)] = h.judged
+        self.assertEqual(judged, RECEIVED + content)
+        self.assertEqual(h.sink.verdicts, 1)
+        [stored] = h.inner.delivered
+        self.assertEqual(stored.data, OURS + RECEIVED + CONTENT + body)
+
+    def test_too_big_to_check_but_held_in_memory(self) -> None:
+        h = Harness(max_check_size=100)  # spool_size 1 MiB: no file at all
+        content = CONTENT + b"x" * 200 + b"\r\n"
+        self.successResultOf(h.send(content))
+        self.assertEqual(h.judged, [])
+        [stored] = h.inner.delivered
+        self.assertTrue(stored.data.endswith(RECEIVED + content))
+        self.assertIn(b"not checked: ", stored.data)

@@ -3,7 +3,12 @@
 An ``IMessageSink`` decorator (as ``mailhub.smtp.submission.SubmissionSink`` is). Per message:
 
 1. ``write``: the message (our ``Received:`` line first) is held: in memory up to ``spool_size``
-   octets, beyond it in an unnamed temporary file (nothing is left behind by a crash);
+   octets, beyond it in an unnamed temporary file (nothing is left behind by a crash). The file
+   is made, written and closed in ``run`` (the disk never blocks the reactor; as
+   ``mailhub.spooled``): one write at a time per message, so it stays in order; what arrives
+   meanwhile is held, and once that is ``spool_size`` octets ``ready()`` tells the receiver to
+   stop reading until the write is done (memory stays bounded). A failed write is the
+   ``DeliveryError`` of the next ``write`` or of ``commit``, which waits for the last write;
 2. ``commit``: ``judge`` (``mailhub.checks.inbound.judge``, bound to the resolver and policy)
    decides. A refusal (550 5.7.x, 451 4.7.x) is ``MessageRejected``: the receiver answers it at
    the end of DATA and nothing is stored. Otherwise every ``Authentication-Results:`` field
@@ -16,12 +21,13 @@ An ``IMessageSink`` decorator (as ``mailhub.smtp.submission.SubmissionSink`` is)
    own domain (``arc_key``); without such a key the copy goes unsealed (logged).
 
 The inner sink is opened at ``commit`` (once per group of recipients that get the same bytes in
-the same folder), so a refused message never reaches it. CPU work (ARC signing, reading a spooled
-message back) runs in threads (``run``).
+the same folder), so a refused message never reaches it. CPU and disk work (ARC signing, the
+temporary file) runs in threads (``run``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import tempfile
@@ -108,6 +114,28 @@ def remove_results(head: bytes, authserv_id: str) -> tuple[bytes, int]:
     return b"\r\n".join(kept), removed
 
 
+def _write_chunks(f: IO[bytes] | None, spool_dir: str | None, chunks: list[bytes]) -> IO[bytes]:
+    """In ``run``: ``chunks`` appended to the message's temporary file, made by the first write
+    (unnamed: nothing is left behind by a crash). A file made here whose write fails is closed
+    here (the caller never sees it)."""
+    if f is not None:
+        f.writelines(chunks)
+        return f
+    f = tempfile.TemporaryFile(dir=spool_dir)
+    try:
+        f.writelines(chunks)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            f.close()
+        raise
+    return f
+
+
+def _close(f: IO[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        f.close()
+
+
 # --- the sink -----------------------------------------------------------------------------------
 
 
@@ -188,37 +216,101 @@ class _CheckedMessage:
     def __init__(self, sink: CheckingSink, envelope: Envelope) -> None:
         self._sink = sink
         self.envelope = envelope
-        # What arrived, as it arrived (joined once at commit: one copy of the message).
+        # What arrived, as it arrived (joined once at commit: one copy of the message); once
+        # spooling, what waits for the running write.
         self._chunks: list[bytes] = []
-        self._file: IO[bytes] | None = None
+        self._held = 0  # octets in _chunks while spooling
+        self._spooling = False  # past spool_size: the message goes to _file, in ``run``
+        self._file: IO[bytes] | None = None  # made by the first write, in ``run``
+        self._writing: defer.Deferred[IO[bytes]] | None = None  # the write ``run`` has
+        self._waiting: list[defer.Deferred[None]] = []  # ready()'s, fired when it is done
+        self._then: list[defer.Deferred[None]] = []  # _written()'s, fired when all are done
+        self._error: DeliveryError | None = None  # why a write in ``run`` failed
         self._size = 0
         self._state = "open"  # open -> committing -> done | aborted
 
     # -- holding the message ---------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
         if self._state != "open":
             raise DeliveryError(f"message is {self._state}, cannot write")
         self._size += len(data)
-        if self._file is None:
-            # Kept as it is: only bytes (the receiver's chunks are) cannot change under us.
-            self._chunks.append(data if type(data) is bytes else bytes(data))
-            if self._size <= self._sink.spool_size:
-                return
-            try:
-                self._file = tempfile.TemporaryFile(dir=self._sink.spool_dir)
-                data, self._chunks = b"".join(self._chunks), []
-            except OSError as e:
-                self.abort()
-                raise DeliveryError(f"could not hold the message: {e.strerror or e}") from e
-        try:
-            self._file.write(data)
-        except OSError as e:
-            self.abort()
-            raise DeliveryError(f"could not hold the message: {e.strerror or e}") from e
+        # Kept as it is: only bytes (the receiver's chunks are) cannot change under us.
+        self._chunks.append(data if type(data) is bytes else bytes(data))
+        if self._spooling:
+            self._held += len(data)
+            if self._writing is None and self._held >= self._batch():
+                self._write_held()
+        elif self._size > self._sink.spool_size:
+            self._spooling = True
+            self._write_held()
+
+    def _batch(self) -> int:
+        # What a write to the file takes at least (but the last): a thread hop per _CHUNK,
+        # not per receiver's chunk.
+        return min(_CHUNK, self._sink.spool_size)
 
     def ready(self) -> defer.Deferred[None] | None:
-        return None  # held here until commit (a temporary file past spool_size)
+        """Flow control (``IIncomingMessage.ready``): None while more may be written; else (a
+        write to the file runs and what waits for it is ``spool_size`` or more) a Deferred that
+        fires once that write is done and the held octets went to the next one."""
+        if self._writing is None or self._held < self._sink.spool_size:
+            return None
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def _write_held(self) -> None:
+        """What is held goes to the file in ``run`` (the sink's disk threads, never the
+        reactor's): one write at a time per message, so the file gets it in order."""
+        chunks, self._chunks, self._held = self._chunks, [], 0
+        self._writing = d = self._sink.run(_write_chunks, self._file, self._sink.spool_dir, chunks)
+        d.addCallbacks(self._wrote, self._write_failed)
+
+    def _wrote(self, f: IO[bytes]) -> None:
+        self._writing = None
+        self._file = f
+        if self._state in ("aborted", "done"):
+            self._release()  # dropped while the file was being written: closed now
+        elif self._held >= self._batch() or (self._state == "committing" and self._chunks):
+            self._write_held()
+        self._wake()
+
+    def _write_failed(self, failure: Failure) -> None:
+        self._writing = None
+        e = failure.value
+        if isinstance(e, OSError):
+            self._error = DeliveryError(f"could not hold the message: {e.strerror or e}")
+        else:
+            self._sink.log.failure(
+                "{queue_id}: spooling failed", failure, queue_id=self.envelope.queue_id
+            )
+            self._error = DeliveryError(f"could not hold the message: {e}")
+        if self._state == "open":
+            self._state = "aborted"
+        self._release()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        if self._writing is None:  # all written (or failed): commit goes on
+            waiting += self._then
+            self._then = []
+        for d in waiting:
+            d.callback(None)
+
+    async def _written(self) -> None:
+        """Once all held octets are in the file; the failure of a write if one failed."""
+        if self._spooling and self._writing is None and self._chunks and self._error is None:
+            self._write_held()  # the last octets, fewer than a batch
+        if self._writing is not None:
+            d: defer.Deferred[None] = defer.Deferred()
+            self._then.append(d)
+            await d
+        if self._error is not None:
+            raise self._error
 
     def abort(self) -> None:
         """Drop the message. After commit() was called it is too late: the commit finishes."""
@@ -228,16 +320,19 @@ class _CheckedMessage:
 
     def _release(self) -> None:
         self._chunks = []
+        self._held = 0
+        if self._writing is not None:
+            return  # closed by _wrote once that write is done (not under the worker)
         if self._file is not None:
+            # Closed in ``run`` too: freeing a big unlinked file's blocks is disk work.
             f, self._file = self._file, None
-            try:
-                f.close()
-            except OSError:
-                pass
+            self._sink.run(_close, f).addErrback(lambda _: None)
 
     # -- judging and passing on ------------------------------------------------------------------
 
     def commit(self) -> defer.Deferred[str]:
+        if self._error is not None:
+            return defer.fail(self._error)
         if self._state != "open":
             return defer.fail(DeliveryError(f"message is {self._state}, cannot commit"))
         self._state = "committing"
@@ -260,7 +355,7 @@ class _CheckedMessage:
         memory, judged from the caches at once, one copy (or several, none sealed) written
         into the inner sink with our header on top; the inner sink's commit is the answer."""
         sink = self._sink
-        if self._file is not None or self._size > sink.max_check_size:
+        if self._spooling or self._size > sink.max_check_size:
             return defer.Deferred.fromCoroutine(self._commit_spooled())
         whole = b"".join(self._chunks)
         judged = self._judge(whole, whole)
@@ -398,6 +493,7 @@ class _CheckedMessage:
     async def _commit_spooled(self) -> str:
         """A message held in a temporary file (beyond ``spool_size``) or too big to check."""
         sink = self._sink
+        await self._written()  # the file has it all (the last write may still run)
         whole: bytes | None = None
         if self._size <= sink.max_check_size:
             whole = await self._read_back(self._size)
@@ -461,7 +557,11 @@ class _CheckedMessage:
     async def _stream_rest(self, offset: int, messages: list[IIncomingMessage]) -> None:
         """The spooled message after its header section, to every copy in chunks."""
         f = self._file
-        assert f is not None
+        if f is None:  # held in memory ([checks] max_message_size below spool_size)
+            rest = b"".join(self._chunks)[offset:]
+            for message in messages:
+                message.write(rest)
+            return
 
         def read(at: int) -> bytes:
             f.seek(at)
