@@ -162,6 +162,31 @@ class DeliveryTests(SinkTestCase):
             inodes.add(os.stat(self.box(address) / "new" / name).st_ino)
         self.assertEqual(len(inodes), 1)  # hard links: one inode, one copy per mailbox
 
+    @defer.inlineCallbacks
+    def test_a_mailbox_on_another_file_system_gets_a_copy(self):
+        """link() across file systems fails (EXDEV): that mailbox gets its own copy, written
+        through its own tmp/; the first mailbox's file is renamed as usual."""
+        self.create("a@example.com", "b@example.com")
+        real_link = os.link
+        root_a = str(self.box("a@example.com"))
+
+        def link(src: str, dst: str) -> None:
+            if src.startswith(root_a + "/") != dst.startswith(root_a + "/"):
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            real_link(src, dst)
+
+        self.patch(os, "link", link)
+        yield self.send(envelope("a@example.com", "b@example.com"))
+        paths = []
+        for address in ("a@example.com", "b@example.com"):
+            [name] = self.files(address, "new")
+            paths.append(self.box(address) / "new" / name)
+            self.assertEqual(self.files(address, "tmp"), [])
+        a, b = paths
+        self.assertEqual(a.read_bytes(), b.read_bytes())
+        self.assertNotEqual(os.stat(a).st_ino, os.stat(b).st_ino)  # a copy, not a link
+        self.assertEqual(os.stat(a).st_nlink, 1)
+
     def test_nothing_visible_before_durable(self):
         self.create("a@example.com", "b@example.com")
         """The file is fsync'd before it appears in new/, new/ is fsync'd after the link, and

@@ -327,6 +327,18 @@ def _copy_across(src: str, new_dir: str, name: str) -> str:
     return dest
 
 
+def _link(tmp: str, new_dir: str, name: str) -> str:
+    """``tmp`` linked as ``new_dir/name`` (one inode for every copy); across file systems
+    (EXDEV: mailboxes on different mounts) a copy. Returns the new path."""
+    try:
+        os.link(tmp, f"{new_dir}/{name}")
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        return _copy_across(tmp, new_dir, name)
+    return f"{new_dir}/{name}"
+
+
 # A message small enough to reach commit unflushed is written with one synchronous write:
 # O_DSYNC makes write() return only once the data and the inode fields needed to read it back
 # (size, blocks) are on disk, what fsync() gave in a second system call (POSIX "synchronized
@@ -362,28 +374,14 @@ def _write_and_link(job: _Commit) -> None:
         name = job.name
         first, *others = job.new_dirs
         for new_dir in others:
-            dest = f"{new_dir}/{name}"
-            try:
-                # link(): one inode serves every copy.
-                os.link(tmp, dest)
-            except OSError as e:
-                if e.errno != errno.EXDEV:
-                    raise
-                dest = _copy_across(tmp, new_dir, name)
-            linked.append(dest)
+            linked.append(_link(tmp, new_dir, name))
         # The first mailbox's own tmp/ -> new/: rename() is link()+unlink() in one system call
         # (what Dovecot does). It would replace an existing name, but the base name is unique
         # (host, pid, counter: safeio.unique_name) and ",S=<size>" is ours, so none exists.
+        # tmp/ and new/ are siblings in one Maildir, so on one file system (no EXDEV copy).
         dest = f"{first}/{name}"
-        try:
-            os.rename(tmp, dest)
-        except OSError as e:
-            if e.errno != errno.EXDEV:
-                raise
-            linked.append(_copy_across(tmp, first, name))
-            os.unlink(tmp)
-        else:
-            linked.append(dest)
+        os.rename(tmp, dest)
+        linked.append(dest)
     except OSError as e:
         for path in linked:  # a failed delivery leaves nothing in new/
             unlink_quietly(path)
